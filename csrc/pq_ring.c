@@ -1,0 +1,340 @@
+/* pq_ring.c - create/attach, claim/commit (producers), peek/consume
+ * (consumers) and repair of the MPMC record ring. See pq_ring.h. */
+#define _GNU_SOURCE
+#include "pq_ring.h"
+
+#include <string.h>
+
+#include "pq_proc.h"
+
+#define PQ_CTL_LEN_MASK 0xffffffffull
+#define PQ_CTL_TYPE_SHIFT 32
+#define PQ_CTL_STATE_SHIFT 40
+#define PQ_CTL_TAG_SHIFT 48
+
+/*
+ * The tag ties a header to the position it was written for, so a consumer
+ * holding a stale head that reads an overwritten area (old payload bytes
+ * where it expected a header) notices before acting on it.
+ */
+static inline uint64_t pq_record_tag(uint64_t pos)
+{
+    return (pos >> 4) & 0xffffu;
+}
+
+static inline uint64_t pq_record_ctl(uint64_t pos, uint32_t len, uint8_t type, uint8_t state)
+{
+    return (uint64_t)len | ((uint64_t)type << PQ_CTL_TYPE_SHIFT) |
+           ((uint64_t)state << PQ_CTL_STATE_SHIFT) | (pq_record_tag(pos) << PQ_CTL_TAG_SHIFT);
+}
+
+static inline uint32_t pq_ctl_len(uint64_t ctl) { return (uint32_t)(ctl & PQ_CTL_LEN_MASK); }
+static inline uint8_t pq_ctl_type(uint64_t ctl) { return (uint8_t)(ctl >> PQ_CTL_TYPE_SHIFT); }
+static inline uint8_t pq_ctl_state(uint64_t ctl) { return (uint8_t)(ctl >> PQ_CTL_STATE_SHIFT); }
+static inline uint64_t pq_ctl_tag(uint64_t ctl) { return ctl >> PQ_CTL_TAG_SHIFT; }
+
+static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos)
+{
+    return (pq_record_header *)(r->data + (pos & r->mask));
+}
+
+int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
+                   const uint64_t *user_params, int n_user_params)
+{
+    uint64_t params[PQ_RING_NPARAMS] = {0};
+    pthread_mutexattr_t attr;
+    pq_ring_ctl *ctl;
+    int rc;
+
+    if (!pq_is_power_of_two(capacity) || capacity < PQ_RING_MIN_CAPACITY ||
+        capacity > PQ_RING_MAX_CAPACITY || size < pq_ring_segment_size(capacity))
+        return -EINVAL;
+    if (n_user_params < 0 || n_user_params > PQ_RING_NPARAMS - PQ_RING_PARAM_USER0)
+        return -EINVAL;
+    params[PQ_RING_PARAM_CAPACITY] = capacity;
+    params[PQ_RING_PARAM_MAXSIZE] = maxsize;
+    for (int i = 0; i < n_user_params; i++)
+        params[PQ_RING_PARAM_USER0 + i] = user_params[i];
+
+    rc = pq_segment_init(base, size, PQ_KIND_QUEUE, PQ_RING_DATA_OFFSET, capacity, params,
+                         PQ_RING_NPARAMS);
+    if (rc < 0)
+        return rc;
+
+    ctl = (pq_ring_ctl *)((uint8_t *)base + PQ_RING_CTL_OFFSET);
+    memset(ctl, 0, sizeof *ctl);
+    /*
+     * Robust: if a producer dies holding the claim lock, the kernel hands
+     * the lock to the next one with EOWNERDEAD instead of deadlocking
+     * (faster-fifo's failure mode). Process-shared: it lives in shm.
+     */
+    if (pthread_mutexattr_init(&attr) != 0)
+        return -ENOMEM;
+    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0)
+        rc = pthread_mutex_init(&ctl->claim_lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0)
+        return -rc;
+
+    pq_segment_publish(base);
+    return 0;
+}
+
+int pq_ring_open(pq_ring *r, void *base, size_t size)
+{
+    int rc = pq_segment_check(base, size, PQ_KIND_QUEUE);
+    if (rc < 0)
+        return rc;
+    pq_segment_header *h = base;
+    uint64_t capacity = h->params[PQ_RING_PARAM_CAPACITY];
+    if (h->data_offset != PQ_RING_DATA_OFFSET || capacity != h->data_size ||
+        !pq_is_power_of_two(capacity) || capacity < PQ_RING_MIN_CAPACITY ||
+        capacity > PQ_RING_MAX_CAPACITY || pq_ring_segment_size(capacity) > size)
+        return PQ_ERR_TRUNCATED;
+    r->hdr = h;
+    r->ctl = (pq_ring_ctl *)((uint8_t *)base + PQ_RING_CTL_OFFSET);
+    r->data = (uint8_t *)base + PQ_RING_DATA_OFFSET;
+    r->capacity = capacity;
+    r->mask = capacity - 1;
+    r->maxsize = h->params[PQ_RING_PARAM_MAXSIZE];
+    /* A record may take at most half the ring, so that one always fits
+     * after at most one padding record. */
+    r->max_payload = capacity / 2 - PQ_RECORD_HEADER;
+    if (r->max_payload > UINT32_MAX)
+        r->max_payload = UINT32_MAX & ~(uint64_t)(PQ_RECORD_ALIGN - 1);
+    return 0;
+}
+
+static int pq_ring_lock(pq_ring *r)
+{
+    int rc = pthread_mutex_lock(&r->ctl->claim_lock);
+    if (rc == EOWNERDEAD) {
+        /*
+         * The previous holder died inside its claim. Every step of a claim
+         * is a single store and the tail store (release) publishes the
+         * claim, so the state is consistent whichever store it died
+         * after: headers beyond tail are simply rewritten by the next
+         * claim, and a published CLAIMED record is repaired by consumers.
+         */
+        pthread_mutex_consistent(&r->ctl->claim_lock);
+        return 0;
+    }
+    return rc == 0 ? 0 : -rc;
+}
+
+int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out)
+{
+    pq_ring_ctl *c = r->ctl;
+    pq_proc_id self;
+    uint64_t t, h, p, need = 0;
+    int rc;
+
+    if (n == 0 || lens == NULL || pos_out == NULL)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        if (lens[i] > r->max_payload)
+            return -EMSGSIZE;
+        need += pq_ring_record_size(lens[i]);
+    }
+    /* Each record may need a padding record before it in the worst case
+     * only once per lap; a batch larger than half the ring may never fit. */
+    if (need > r->capacity / 2 && n > 1)
+        return -EMSGSIZE;
+    rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    const uint64_t owner = pq_proc_pack(&self);
+
+    rc = pq_ring_lock(r);
+    if (rc < 0)
+        return rc;
+
+    /* relaxed: tail and tail_msgs are only written under the claim lock. */
+    t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    /* acquire: pairs with the consumers' CAS (release) on head, so their
+     * reads of the payloads we may now overwrite are complete. */
+    h = atomic_load_explicit(&c->head, memory_order_acquire);
+
+    if (r->maxsize != 0) {
+        uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
+        uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
+        if (claimed - passed + n > r->maxsize) {
+            pthread_mutex_unlock(&c->claim_lock);
+            return -EAGAIN;
+        }
+    }
+
+    /* Lay the records out; a record that would cross the end of the data
+     * area starts at the beginning instead, after a padding record. */
+    p = t;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t size = pq_ring_record_size(lens[i]);
+        uint64_t off = p & r->mask;
+        if (off + size > r->capacity)
+            p += r->capacity - off;
+        pos_out[i] = p;
+        p += size;
+    }
+    if (p - h > r->capacity) {
+        pthread_mutex_unlock(&c->claim_lock);
+        return -EAGAIN;
+    }
+
+    /* Write the headers. Consumers cannot look at them until the tail
+     * store below, but a consumer holding a stale head may read these
+     * words concurrently, hence atomic (relaxed) stores. */
+    p = t;
+    for (uint32_t i = 0; i < n; i++) {
+        if (pos_out[i] != p) {
+            pq_record_header *pad = pq_ring_header_at(r, p);
+            uint64_t pad_len = pos_out[i] - p - PQ_RECORD_HEADER;
+            atomic_store_explicit(&pad->owner, 0, memory_order_relaxed);
+            atomic_store_explicit(&pad->ctl, pq_record_ctl(p, (uint32_t)pad_len, 0, PQ_REC_PADDING),
+                                  memory_order_relaxed);
+        }
+        pq_record_header *rec = pq_ring_header_at(r, pos_out[i]);
+        atomic_store_explicit(&rec->owner, owner, memory_order_relaxed);
+        atomic_store_explicit(&rec->ctl, pq_record_ctl(pos_out[i], lens[i], 0, PQ_REC_CLAIMED),
+                              memory_order_relaxed);
+        p = pos_out[i] + pq_ring_record_size(lens[i]);
+    }
+    atomic_store_explicit(&c->tail_msgs, atomic_load_explicit(&c->tail_msgs, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+    /* release: publishes the headers written above to consumers, who
+     * load tail with acquire before reading any header below it. */
+    atomic_store_explicit(&c->tail, p, memory_order_release);
+    pthread_mutex_unlock(&c->claim_lock);
+    return 0;
+}
+
+void pq_ring_commit(pq_ring *r, uint64_t pos, uint8_t type)
+{
+    pq_record_header *rec = pq_ring_header_at(r, pos);
+    uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
+    /* release: the payload bytes written before this store are visible to
+     * a consumer that loads the header with acquire and sees COMMITTED. */
+    atomic_store_explicit(&rec->ctl, pq_record_ctl(pos, pq_ctl_len(ctl), type, PQ_REC_COMMITTED),
+                          memory_order_release);
+}
+
+void pq_ring_notify_readable(pq_ring *r, uint32_t n)
+{
+    pq_event_notify(&r->ctl->readable, n > INT32_MAX ? INT32_MAX : (int)n);
+}
+
+/* Did head move since we read h? Then what we saw may be stale. */
+static inline int pq_ring_stale_or_corrupt(const pq_ring *r, uint64_t h)
+{
+    return atomic_load_explicit(&r->ctl->head, memory_order_acquire) != h ? -ESTALE : PQ_ERR_CORRUPT;
+}
+
+int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b)
+{
+    pq_ring_ctl *c = r->ctl;
+    /* acquire on head: pairs with the CAS of the consumer that moved it. */
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
+    /* acquire on tail: pairs with the producer's release store, so every
+     * header below tail is the one its producer wrote. */
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+    uint64_t p = h;
+
+    b->head = h;
+    b->count = 0;
+    b->skipped = 0;
+    if (t - h > r->capacity || ((t | h) & (PQ_RECORD_ALIGN - 1)) != 0)
+        return pq_ring_stale_or_corrupt(r, h);
+
+    while (p != t && b->count < max) {
+        uint64_t off = p & r->mask;
+        pq_record_header *rec = (pq_record_header *)(r->data + off);
+        /* acquire: pairs with pq_ring_commit's release, making the payload
+         * visible once we see COMMITTED. */
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+        uint64_t len = pq_ctl_len(ctl);
+        uint64_t size = pq_ring_record_size(len);
+
+        /* Bound everything by the data area before using it. */
+        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > r->capacity - off || size > t - p)
+            return pq_ring_stale_or_corrupt(r, h);
+
+        switch (pq_ctl_state(ctl)) {
+        case PQ_REC_COMMITTED:
+            out[b->count].pos = p;
+            out[b->count].payload = (const uint8_t *)rec + PQ_RECORD_HEADER;
+            out[b->count].len = (uint32_t)len;
+            out[b->count].type = pq_ctl_type(ctl);
+            b->count++;
+            break;
+        case PQ_REC_ABANDONED:
+            b->skipped++;
+            break;
+        case PQ_REC_PADDING:
+            break;
+        case PQ_REC_CLAIMED:
+            goto done;
+        default:
+            return pq_ring_stale_or_corrupt(r, h);
+        }
+        p += size;
+    }
+done:
+    b->next = p;
+    if (p == h)
+        return h == t ? -EAGAIN : -EINPROGRESS;
+    return (int)b->count;
+}
+
+int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
+{
+    pq_ring_ctl *c = r->ctl;
+    uint64_t expected = b->head;
+
+    /*
+     * The CAS validates the optimistic copy: head is monotonic, so if it
+     * still equals b->head no other consumer took these records and no
+     * producer can have reused their bytes (room is measured from head).
+     * release: our reads of the payloads happen before a producer that
+     * sees the new head reuses the space. acquire: for what we read next.
+     */
+    if (!atomic_compare_exchange_strong_explicit(&c->head, &expected, b->next,
+                                                 memory_order_acq_rel, memory_order_relaxed))
+        return -EAGAIN;
+    /* relaxed: head_msgs only feeds maxsize checks and statistics, where
+     * a briefly low value errs on the side of "full". */
+    if (b->count + b->skipped != 0)
+        atomic_fetch_add_explicit(&c->head_msgs, b->count + b->skipped, memory_order_relaxed);
+    pq_event_notify(&c->writable, INT32_MAX);
+    return 0;
+}
+
+int pq_ring_repair_head(pq_ring *r)
+{
+    pq_ring_ctl *c = r->ctl;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+    int32_t pid;
+    uint64_t start32;
+
+    if (h == t || t - h > r->capacity)
+        return 0;
+    pq_record_header *rec = pq_ring_header_at(r, h);
+    uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+    if (pq_ctl_tag(ctl) != pq_record_tag(h) || pq_ctl_state(ctl) != PQ_REC_CLAIMED)
+        return 0;
+    pq_proc_unpack(atomic_load_explicit(&rec->owner, memory_order_relaxed), &pid, &start32);
+    int alive = pq_proc_alive(pid, start32, 1);
+    if (alive != 0)
+        return alive < 0 ? alive : 0;
+    /* The owner is gone: its message can never be committed. The CAS only
+     * succeeds if the record is still the same CLAIMED one. */
+    uint64_t abandoned = pq_record_ctl(h, pq_ctl_len(ctl), 0, PQ_REC_ABANDONED);
+    if (!atomic_compare_exchange_strong_explicit(&rec->ctl, &ctl, abandoned,
+                                                 memory_order_acq_rel, memory_order_relaxed))
+        return 0;
+    pq_ring_count(r, PQ_COUNT_ABANDONED, 1);
+    pq_ring_notify_readable(r, INT32_MAX);
+    return 1;
+}

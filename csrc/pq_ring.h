@@ -1,0 +1,231 @@
+/*
+ * pq_ring.h - the multi-producer multi-consumer ring of variable-size
+ * records that backs pyqueue.Queue.
+ *
+ * Layout of a queue segment:
+ *   [0, 256)            pq_segment_header (kind PQ_KIND_QUEUE)
+ *   [256, 4096)         pq_ring_ctl: cursors, claim lock, events, counters
+ *   [4096, 4096 + cap)  data area: records, cap a power of two
+ *
+ * A record is a 16-byte header followed by the payload, padded to 16 bytes.
+ * Positions (head, tail) are ever-growing 64-bit byte counters; the offset
+ * in the data area is pos & (cap - 1). A record never wraps: when it does
+ * not fit before the end of the data area a PADDING record fills the rest.
+ *
+ * Protocol (docs/design.md explains every memory order):
+ *   producers  pq_ring_claim -> copy into pq_ring_payload -> pq_ring_commit
+ *              -> pq_ring_notify_readable. The claim is the only serialized
+ *              step (a robust process-shared mutex held for a few stores);
+ *              copies and commits of different producers run in parallel.
+ *   consumers  pq_ring_peek -> copy the payloads out -> pq_ring_consume,
+ *              lock-free: the copy is validated by the CAS on head, and a
+ *              consumer never holds a record, so a dead consumer costs
+ *              nothing.
+ */
+#ifndef PQ_RING_H
+#define PQ_RING_H
+
+#include <pthread.h>
+
+#include "pq_common.h"
+#include "pq_segment.h"
+#include "pq_wait.h"
+
+#define PQ_RING_CTL_OFFSET PQ_SEGMENT_HEADER_BYTES
+#define PQ_RING_DATA_OFFSET 4096u
+#define PQ_RECORD_HEADER 16u
+#define PQ_RECORD_ALIGN 16u
+#define PQ_RING_MIN_CAPACITY 4096u
+#define PQ_RING_MAX_CAPACITY (1ull << 40)
+
+/* Creation parameters kept in pq_segment_header.params. */
+enum pq_ring_param {
+    PQ_RING_PARAM_CAPACITY = 0,
+    PQ_RING_PARAM_MAXSIZE = 1,     /* message-count limit, 0 = none */
+    PQ_RING_PARAM_USER0 = 2,       /* free for the binding (overflow, ...) */
+    PQ_RING_PARAM_USER1 = 3,
+    PQ_RING_PARAM_USER2 = 4,
+    PQ_RING_PARAM_USER3 = 5,
+    PQ_RING_NPARAMS = 6,
+};
+
+enum pq_record_state {
+    PQ_REC_CLAIMED = 1,   /* a producer is writing it; owner word says who */
+    PQ_REC_COMMITTED = 2, /* readable */
+    PQ_REC_PADDING = 3,   /* filler up to the end of the data area */
+    PQ_REC_ABANDONED = 4, /* its producer died before committing */
+};
+
+enum pq_ring_counter {
+    PQ_COUNT_REJECTED = 0,
+    PQ_COUNT_DROPPED = 1,
+    PQ_COUNT_ABANDONED = 2,
+    PQ_COUNTERS = 8,
+};
+
+typedef struct pq_record_header {
+    /* bits 0-31 payload length, 32-39 type, 40-47 state, 48-63 position tag */
+    _Atomic uint64_t ctl;
+    /* owner of a CLAIMED record: pid | (start time & 0xffffffff) << 32 */
+    _Atomic uint64_t owner;
+} pq_record_header;
+
+typedef struct pq_ring_ctl {
+    /* Producers' line: tail and message count only change under claim_lock. */
+    PQ_ALIGNED_LINE pthread_mutex_t claim_lock;
+    _Atomic uint64_t tail;      /* end of the claimed records */
+    _Atomic uint64_t tail_msgs; /* messages claimed, ever */
+    /* Consumers' line. */
+    PQ_ALIGNED_LINE _Atomic uint64_t head; /* start of the oldest unread record */
+    _Atomic uint64_t head_msgs;            /* messages passed by head, ever */
+    PQ_ALIGNED_LINE pq_event readable;     /* consumers park here */
+    PQ_ALIGNED_LINE pq_event writable;     /* producers park here */
+    PQ_ALIGNED_LINE pq_event tasks_done;   /* JoinableQueue.join parks here */
+    _Atomic int64_t unfinished_tasks;
+    PQ_ALIGNED_LINE _Atomic uint64_t counters[PQ_COUNTERS];
+} pq_ring_ctl;
+
+_Static_assert(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET,
+               "ring control block too big");
+
+/* A process-local view of a mapped queue segment. */
+typedef struct pq_ring {
+    pq_segment_header *hdr;
+    pq_ring_ctl *ctl;
+    uint8_t *data;
+    uint64_t capacity;
+    uint64_t mask;
+    uint64_t maxsize;
+    uint64_t max_payload; /* largest payload one record can hold */
+} pq_ring;
+
+/* One readable record found by pq_ring_peek. */
+typedef struct pq_ring_record {
+    uint64_t pos;
+    const uint8_t *payload;
+    uint32_t len;
+    uint8_t type;
+} pq_ring_record;
+
+/* What a pq_ring_peek saw, handed back to pq_ring_consume. */
+typedef struct pq_ring_batch {
+    uint64_t head;     /* head when peeked */
+    uint64_t next;     /* head after the records returned */
+    uint32_t count;    /* committed records returned */
+    uint32_t skipped;  /* abandoned records passed over */
+} pq_ring_batch;
+
+typedef struct pq_ring_stats {
+    uint64_t enqueued, dequeued, rejected, dropped, abandoned;
+    uint64_t depth, depth_bytes, capacity, maxsize;
+    uint32_t waiting_producers, waiting_consumers;
+    int64_t unfinished_tasks;
+} pq_ring_stats;
+
+/* Bytes a segment with a data area of `capacity` bytes needs. */
+static inline uint64_t pq_ring_segment_size(uint64_t capacity)
+{
+    return PQ_RING_DATA_OFFSET + capacity;
+}
+
+/* Bytes one record with a payload of len bytes takes in the data area. */
+static inline uint64_t pq_ring_record_size(uint64_t len)
+{
+    return PQ_RECORD_HEADER + pq_align_up(len, PQ_RECORD_ALIGN);
+}
+
+/*
+ * Initialize a fresh zeroed segment of `size` bytes as a queue with a data
+ * area of `capacity` bytes (a power of two, PQ_RING_MIN_CAPACITY..MAX).
+ * params (nparams <= PQ_RING_NPARAMS - PQ_RING_PARAM_USER0) are stored as
+ * USER0... Publishes the segment READY on success.
+ */
+int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
+                   const uint64_t *user_params, int n_user_params);
+
+/* Attach to a mapped queue segment after validating it. */
+int pq_ring_open(pq_ring *r, void *base, size_t size);
+
+/* --- producers ------------------------------------------------------- */
+
+/*
+ * Claim room for n records of payload lengths lens[0..n) in one step and
+ * write their positions to pos_out. 0 on success; -EAGAIN when the ring
+ * (or maxsize) has no room now; -EMSGSIZE when the batch can never fit;
+ * -EINVAL on bad arguments; -ENOTRECOVERABLE if the claim lock is broken.
+ * Every claimed record must then be committed (or the process dies and the
+ * record is abandoned by pq_ring_repair_head).
+ */
+int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out);
+
+static inline uint8_t *pq_ring_payload(const pq_ring *r, uint64_t pos)
+{
+    return r->data + (pos & r->mask) + PQ_RECORD_HEADER;
+}
+
+/* Make a claimed record readable with the given payload type. */
+void pq_ring_commit(pq_ring *r, uint64_t pos, uint8_t type);
+
+/* Wake consumers (up to n) after commits; no syscall when none waits. */
+void pq_ring_notify_readable(pq_ring *r, uint32_t n);
+
+/* --- consumers ------------------------------------------------------- */
+
+/*
+ * Look at up to max committed records from head without taking them.
+ * Returns the number of records written to out (>= 0; 0 with
+ * batch->next != batch->head means only abandoned or padding records were
+ * found: consume to pass them); -EAGAIN when empty; -EINPROGRESS when the
+ * oldest record is still being written; -ESTALE when head moved while
+ * looking (retry); PQ_ERR_CORRUPT when the ring is inconsistent.
+ * The payload pointers are valid until pq_ring_consume fails or returns.
+ */
+int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *batch);
+
+/*
+ * Take what pq_ring_peek saw: 0 on success, -EAGAIN when another consumer
+ * took it first (what was copied out must be discarded). Wakes waiting
+ * producers.
+ */
+int pq_ring_consume(pq_ring *r, const pq_ring_batch *batch);
+
+/*
+ * If the oldest record is CLAIMED by a process that is dead, mark it
+ * ABANDONED so consumers pass it. 1 when repaired, 0 when there was
+ * nothing to repair, -errno when liveness could not be told.
+ */
+int pq_ring_repair_head(pq_ring *r);
+
+/* --- waiting --------------------------------------------------------- */
+
+/*
+ * Wait until a committed record may be at head: spin `spin` rounds, then
+ * park. 0 when worth retrying, -ETIMEDOUT at deadline_ns (monotonic, < 0:
+ * none), -EINTR on a signal. Call without holding language locks.
+ */
+int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin);
+
+/* Wait until head moves away from seen_head (room may have been made). */
+int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin);
+
+static inline uint64_t pq_ring_head(const pq_ring *r)
+{
+    return atomic_load_explicit(&r->ctl->head, memory_order_acquire);
+}
+
+/* --- joinable queues ------------------------------------------------- */
+
+void pq_ring_tasks_add(pq_ring *r, int64_t n);
+/* -EINVAL when there is no unfinished task (task_done called too often). */
+int pq_ring_task_done(pq_ring *r);
+/* Wait until no task is unfinished: 0, -ETIMEDOUT, -EINTR. */
+int pq_ring_wait_tasks_done(pq_ring *r, int64_t deadline_ns);
+
+/* --- statistics ------------------------------------------------------ */
+
+void pq_ring_count(pq_ring *r, enum pq_ring_counter which, uint64_t n);
+void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s);
+/* Messages in the queue (claimed and not yet passed by head). */
+uint64_t pq_ring_depth(const pq_ring *r);
+
+#endif /* PQ_RING_H */

@@ -1,0 +1,114 @@
+/* pq_ring_wait.c - blocking, joinable-queue accounting and statistics for
+ * the record ring (the parts built on pq_event). */
+#define _GNU_SOURCE
+#include "pq_ring.h"
+
+/* Is a committed (or skippable) record at head? Cheap, read-only. */
+static int pq_ring_readable(pq_ring *r)
+{
+    pq_ring_record rec;
+    pq_ring_batch b;
+    int rc = pq_ring_peek(r, &rec, 1, &b);
+    return rc >= 0 || rc == -ESTALE || rc == PQ_ERR_CORRUPT;
+}
+
+int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin)
+{
+    for (uint32_t i = 0; i < spin; i++) {
+        if (pq_ring_readable(r))
+            return 0;
+        pq_cpu_relax();
+    }
+    uint32_t seq = pq_event_prepare(&r->ctl->readable);
+    int rc = 0;
+    if (!pq_ring_readable(r))
+        rc = pq_event_park(&r->ctl->readable, seq, deadline_ns);
+    pq_event_finish(&r->ctl->readable);
+    return rc;
+}
+
+int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin)
+{
+    for (uint32_t i = 0; i < spin; i++) {
+        if (pq_ring_head(r) != seen_head)
+            return 0;
+        pq_cpu_relax();
+    }
+    uint32_t seq = pq_event_prepare(&r->ctl->writable);
+    int rc = 0;
+    if (pq_ring_head(r) == seen_head)
+        rc = pq_event_park(&r->ctl->writable, seq, deadline_ns);
+    pq_event_finish(&r->ctl->writable);
+    return rc;
+}
+
+void pq_ring_tasks_add(pq_ring *r, int64_t n)
+{
+    atomic_fetch_add_explicit(&r->ctl->unfinished_tasks, n, memory_order_relaxed);
+}
+
+int pq_ring_task_done(pq_ring *r)
+{
+    _Atomic int64_t *u = &r->ctl->unfinished_tasks;
+    int64_t v = atomic_load_explicit(u, memory_order_relaxed);
+    do {
+        if (v <= 0)
+            return -EINVAL;
+    } while (!atomic_compare_exchange_weak_explicit(u, &v, v - 1, memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    if (v == 1)
+        pq_event_notify(&r->ctl->tasks_done, INT32_MAX);
+    return 0;
+}
+
+int pq_ring_wait_tasks_done(pq_ring *r, int64_t deadline_ns)
+{
+    _Atomic int64_t *u = &r->ctl->unfinished_tasks;
+    for (;;) {
+        if (atomic_load_explicit(u, memory_order_acquire) <= 0)
+            return 0;
+        uint32_t seq = pq_event_prepare(&r->ctl->tasks_done);
+        int rc = 0;
+        if (atomic_load_explicit(u, memory_order_acquire) > 0)
+            rc = pq_event_park(&r->ctl->tasks_done, seq, deadline_ns);
+        pq_event_finish(&r->ctl->tasks_done);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+void pq_ring_count(pq_ring *r, enum pq_ring_counter which, uint64_t n)
+{
+    atomic_fetch_add_explicit(&r->ctl->counters[which], n, memory_order_relaxed);
+}
+
+uint64_t pq_ring_depth(const pq_ring *r)
+{
+    /* Read head_msgs first: it never passes tail_msgs, so the difference
+     * cannot go negative. */
+    uint64_t passed = atomic_load_explicit(&r->ctl->head_msgs, memory_order_acquire);
+    uint64_t claimed = atomic_load_explicit(&r->ctl->tail_msgs, memory_order_acquire);
+    return claimed - passed;
+}
+
+void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s)
+{
+    pq_ring_ctl *c = r->ctl;
+    uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
+    uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_acquire);
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+
+    s->rejected = atomic_load_explicit(&c->counters[PQ_COUNT_REJECTED], memory_order_relaxed);
+    s->dropped = atomic_load_explicit(&c->counters[PQ_COUNT_DROPPED], memory_order_relaxed);
+    s->abandoned = atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED], memory_order_relaxed);
+    s->enqueued = claimed - s->abandoned;
+    s->dequeued = passed - s->dropped - s->abandoned;
+    s->depth = claimed - passed;
+    s->depth_bytes = t >= h ? t - h : 0;
+    s->capacity = r->capacity;
+    s->maxsize = r->maxsize;
+    s->waiting_producers = pq_event_waiters(&c->writable);
+    s->waiting_consumers = pq_event_waiters(&c->readable);
+    s->unfinished_tasks = atomic_load_explicit(&c->unfinished_tasks, memory_order_relaxed);
+}
