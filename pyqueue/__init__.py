@@ -1,0 +1,16 @@
+"""pyqueue: fast, crash-safe multi-process queues over POSIX shared memory.
+
+    from pyqueue import Queue      # instead of multiprocessing.Queue
+"""
+from queue import Empty, Full
+
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Queue", "JoinableQueue", "SimpleQueue",
+    "Empty", "Full",
+    "PyQueueError", "SegmentNotFound", "SegmentMismatch", "MessageTooLarge",
+]

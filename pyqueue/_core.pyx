@@ -1,0 +1,785 @@
+# cython: language_level=3
+"""Cython binding of the pyqueue C core.
+
+Thin by intent: the ring protocol lives in csrc/. What is here:
+- `RingQueue`, the base class of pyqueue.Queue with the hot paths (put/get
+  and their batch forms) so that a put or get is one C call from Python;
+- the one place where C return codes become Python exceptions (_check_rc);
+- blocking: the GIL is released while spinning or parked, the wait is cut
+  into slices so that signals (Ctrl-C) are handled and a dead producer's
+  record is repaired within a bounded time.
+
+Thread safety: the claim -> copy -> commit and peek -> copy -> consume
+sequences run with the GIL held and call no Python code in between, so
+threads of one process never interleave inside them.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.list cimport PyList_New
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINVAL, EINPROGRESS, ESTALE
+
+import os
+import pickle
+import queue as _queue_mod
+
+from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+cdef extern from "pq_wait.h" nogil:
+    int64_t pq_monotonic_ns()
+
+cdef extern from "pq_segment.h" nogil:
+    ctypedef struct pq_segment_header:
+        uint64_t magic
+        uint32_t layout_version
+        uint32_t kind
+        uint64_t segment_size
+        uint64_t data_offset
+        uint64_t data_size
+        int creator_pid
+        uint64_t creator_start_time
+        uint64_t created_unix_ns
+        uint64_t params[16]
+    int pq_segment_check(const void* base, size_t size, uint32_t kind)
+    int PQ_ERR_NOT_PYQUEUE, PQ_ERR_VERSION, PQ_ERR_KIND, PQ_ERR_TRUNCATED, PQ_ERR_CORRUPT
+    int PQ_KIND_QUEUE
+
+cdef extern from "pq_ring.h" nogil:
+    ctypedef struct pq_ring:
+        pq_segment_header* hdr
+        uint64_t capacity
+        uint64_t maxsize
+        uint64_t max_payload
+    ctypedef struct pq_ring_record:
+        uint64_t pos
+        const uint8_t* payload
+        uint32_t len
+        uint8_t type
+    ctypedef struct pq_ring_batch:
+        uint64_t head
+        uint64_t next
+        uint32_t count
+        uint32_t skipped
+    ctypedef struct pq_ring_stats:
+        uint64_t enqueued, dequeued, rejected, dropped, abandoned
+        uint64_t depth, depth_bytes, capacity, maxsize
+        uint32_t waiting_producers, waiting_consumers
+        int64_t unfinished_tasks
+    int PQ_RING_PARAM_USER0, PQ_RECORD_HEADER
+    int PQ_COUNT_REJECTED, PQ_COUNT_DROPPED
+    uint64_t pq_ring_segment_size(uint64_t capacity)
+    uint64_t pq_ring_record_size(uint64_t length)
+    int pq_ring_create(void* base, size_t size, uint64_t capacity, uint64_t maxsize,
+                       const uint64_t* user_params, int n_user_params)
+    int pq_ring_open(pq_ring* r, void* base, size_t size)
+    int pq_ring_claim(pq_ring* r, const uint32_t* lens, uint32_t n, uint64_t* pos_out)
+    uint8_t* pq_ring_payload(const pq_ring* r, uint64_t pos)
+    void pq_ring_commit(pq_ring* r, uint64_t pos, uint8_t type)
+    void pq_ring_notify_readable(pq_ring* r, uint32_t n)
+    int pq_ring_peek(pq_ring* r, pq_ring_record* out, uint32_t max, pq_ring_batch* batch)
+    int pq_ring_consume(pq_ring* r, const pq_ring_batch* batch)
+    int pq_ring_repair_head(pq_ring* r)
+    int pq_ring_wait_readable(pq_ring* r, int64_t deadline_ns, uint32_t spin)
+    int pq_ring_wait_writable(pq_ring* r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin)
+    uint64_t pq_ring_head(const pq_ring* r)
+    void pq_ring_tasks_add(pq_ring* r, int64_t n)
+    int pq_ring_task_done(pq_ring* r)
+    int pq_ring_wait_tasks_done(pq_ring* r, int64_t deadline_ns)
+    void pq_ring_count(pq_ring* r, int which, uint64_t n)
+    void pq_ring_get_stats(const pq_ring* r, pq_ring_stats* s)
+    uint64_t pq_ring_depth(const pq_ring* r)
+
+# Payload types (the record header's type byte). Keep in sync with _codec.py.
+DEF T_BYTES = 1
+DEF T_STR = 2
+DEF T_PICKLE = 3
+DEF T_PICKLE_BUFFERS = 4
+DEF T_CUSTOM = 5
+DEF T_OOB = 0x80          # flag: the payload names an out-of-band segment
+
+# Overflow strategies (segment parameter USER0).
+OVERFLOW_BLOCK = 0
+OVERFLOW_REJECT = 1
+OVERFLOW_DROP_OLDEST = 2
+
+# Parameters kept in the segment after the ring's own (USER0..).
+PARAM_OVERFLOW = 0
+PARAM_MAX_MESSAGE = 1
+PARAM_FLAGS = 2
+FLAG_CUSTOM_SERIALIZER = 1
+
+DEF BATCH_MAX = 256           # records per peek/claim in the batch calls
+DEF SLICE_NS = 100000000      # longest single park: signals and repair run between
+
+cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN", "200"))
+
+cdef object _Empty = _queue_mod.Empty
+cdef object _Full = _queue_mod.Full
+cdef object _pickle_dumps = pickle.dumps
+cdef object _pickle_loads = pickle.loads
+cdef object _PickleBuffer = pickle.PickleBuffer
+
+
+cdef int _check_rc(int rc, str what="") except -1:
+    """The one choke point from C return codes to Python exceptions."""
+    if rc >= 0:
+        return rc
+    if rc == PQ_ERR_NOT_PYQUEUE:
+        raise SegmentMismatch(f"{what}: not a pyqueue segment")
+    if rc == PQ_ERR_VERSION:
+        raise SegmentMismatch(f"{what}: pyqueue segment of another layout version")
+    if rc == PQ_ERR_KIND:
+        raise SegmentMismatch(f"{what}: pyqueue segment of another kind (not a queue)")
+    if rc == PQ_ERR_TRUNCATED:
+        raise SegmentMismatch(f"{what}: segment is truncated or its sizes are inconsistent")
+    if rc == PQ_ERR_CORRUPT:
+        raise SegmentMismatch(f"{what}: queue indices or records are corrupt")
+    if rc == -EMSGSIZE:
+        raise MessageTooLarge(f"{what}: message does not fit in the queue")
+    raise OSError(-rc, os.strerror(-rc) + (f" ({what})" if what else ""))
+
+
+cdef inline int64_t _deadline(bint block, object timeout) except? -2:
+    """Absolute CLOCK_MONOTONIC deadline in ns; -1 = none, 0 = do not wait."""
+    if not block:
+        return 0
+    if timeout is None:
+        return -1
+    cdef double t = float(timeout)
+    if t != t:
+        raise ValueError("'timeout' must be a number, not NaN")
+    if t <= 0:
+        return 0
+    return pq_monotonic_ns() + <int64_t>(t * 1e9)
+
+
+def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,
+                   uint64_t max_message, uint64_t flags):
+    """Initialize a fresh zeroed mapping as a queue segment."""
+    cdef Py_buffer view
+    cdef uint64_t params[3]
+    params[0] = overflow
+    params[1] = max_message
+    params[2] = flags
+    PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
+    try:
+        _check_rc(pq_ring_create(view.buf, view.len, capacity, maxsize, params, 3), "create")
+    finally:
+        PyBuffer_Release(&view)
+
+
+def segment_size(uint64_t capacity):
+    return pq_ring_segment_size(capacity)
+
+
+def check_segment(mm, uint32_t kind=0):
+    """0 when mm holds a ready pyqueue segment (of `kind`), -EAGAIN while
+    it is being created; raises SegmentMismatch otherwise."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(mm, &view, PyBUF_SIMPLE)
+    try:
+        rc = pq_segment_check(view.buf, view.len, kind)
+    finally:
+        PyBuffer_Release(&view)
+    if rc == -EAGAIN:
+        return rc
+    return _check_rc(rc, "open")
+
+
+def segment_info(mm):
+    """Header fields of a mapped (valid) segment, as a dict."""
+    cdef Py_buffer view
+    cdef pq_segment_header* h
+    PyObject_GetBuffer(mm, &view, PyBUF_SIMPLE)
+    try:
+        _check_rc(pq_segment_check(view.buf, view.len, 0), "open")
+        h = <pq_segment_header*>view.buf
+        return {
+            "kind": h.kind, "layout_version": h.layout_version,
+            "segment_size": h.segment_size, "data_size": h.data_size,
+            "creator_pid": h.creator_pid, "creator_start_time": h.creator_start_time,
+            "created_unix_ns": h.created_unix_ns,
+            "params": [h.params[i] for i in range(16)],
+        }
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class RingQueue:
+    """Base class of pyqueue.Queue: a handle on a mapped queue segment."""
+    cdef pq_ring _r
+    cdef Py_buffer _view
+    cdef bint _mapped
+    cdef readonly bint _closed
+    cdef object _mm
+    cdef object _dumps
+    cdef object _loads
+    cdef bint _custom
+    cdef bint _joinable
+    cdef int _overflow
+    cdef uint64_t _max_message     # 0 = no cap
+    cdef uint64_t _inline_max      # larger payloads travel out of band
+    cdef object __weakref__
+    cdef pq_ring_record* _recs
+    cdef object _oob               # pyqueue._oob module hooks (put, get)
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._closed = False
+        self._recs = NULL
+
+    def __dealloc__(self):
+        if self._recs != NULL:
+            free(self._recs)
+            self._recs = NULL
+        if self._mapped:
+            PyBuffer_Release(&self._view)
+            self._mapped = False
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except Exception:
+                pass
+
+    def _attach(self, mm, serializer, bint joinable, oob):
+        """Bind this handle to a mapped, created segment."""
+        cdef int rc
+        PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
+        self._mapped = True
+        self._mm = mm
+        rc = pq_ring_open(&self._r, self._view.buf, self._view.len)
+        _check_rc(rc, "open")
+        cdef uint64_t* params = &self._r.hdr.params[PQ_RING_PARAM_USER0]
+        if params[PARAM_OVERFLOW] > OVERFLOW_DROP_OLDEST:
+            raise SegmentMismatch("open: unknown overflow strategy in segment")
+        self._overflow = <int>params[PARAM_OVERFLOW]
+        self._max_message = params[PARAM_MAX_MESSAGE]
+        self._inline_max = self._r.capacity // 4 - PQ_RECORD_HEADER
+        self._joinable = joinable
+        if serializer is not None:
+            self._dumps, self._loads = serializer
+            self._custom = True
+        elif params[PARAM_FLAGS] & FLAG_CUSTOM_SERIALIZER:
+            raise PyQueueError(
+                "this queue was created with a custom serializer: pass the same "
+                "serializer= to open it")
+        self._oob = oob
+        self._recs = <pq_ring_record*>malloc(BATCH_MAX * sizeof(pq_ring_record))
+        if self._recs == NULL:
+            raise MemoryError()
+
+    # ------------------------------------------------------------ helpers
+
+    cdef inline int _check_open(self) except -1:
+        if self._closed or not self._mapped:
+            raise ValueError(f"Queue {self!r} is closed")
+        return 0
+
+    cdef int _park_readable(self, int64_t deadline) except -1:
+        """Wait (GIL released) until something may be readable. Returns 1
+        when worth retrying, 0 at the deadline."""
+        cdef int64_t now, until
+        cdef int rc
+        now = pq_monotonic_ns()
+        if deadline >= 0 and now >= deadline:
+            return 0
+        until = now + SLICE_NS
+        if deadline >= 0 and deadline < until:
+            until = deadline
+        with nogil:
+            rc = pq_ring_wait_readable(&self._r, until, _spin)
+        if rc == -EINTR or rc == -ETIMEDOUT:
+            PyErr_CheckSignals()
+        if rc == -ETIMEDOUT:
+            # A whole slice without a commit: the oldest record's producer
+            # may be dead. Bounded repair latency: one slice.
+            _check_rc(pq_ring_repair_head(&self._r), "repair")
+            if deadline >= 0 and pq_monotonic_ns() >= deadline:
+                return 0
+        return 1
+
+    cdef int _park_writable(self, uint64_t seen_head, int64_t deadline) except -1:
+        cdef int64_t now, until
+        cdef int rc
+        now = pq_monotonic_ns()
+        if deadline >= 0 and now >= deadline:
+            return 0
+        until = now + SLICE_NS
+        if deadline >= 0 and deadline < until:
+            until = deadline
+        with nogil:
+            rc = pq_ring_wait_writable(&self._r, seen_head, until, _spin)
+        if rc == -EINTR or rc == -ETIMEDOUT:
+            PyErr_CheckSignals()
+        if rc == -ETIMEDOUT:
+            _check_rc(pq_ring_repair_head(&self._r), "repair")
+            if deadline >= 0 and pq_monotonic_ns() >= deadline:
+                return 0
+        return 1
+
+    cdef int _drop_oldest(self) except -1:
+        """Discard the oldest readable record(s) to make room. 1 when
+        something was dropped, 0 when nothing could be."""
+        cdef pq_ring_batch b
+        cdef int rc
+        while True:
+            rc = pq_ring_peek(&self._r, self._recs, 1, &b)
+            if rc == -ESTALE:
+                continue
+            if rc < 0:
+                if rc == -EAGAIN or rc == -EINPROGRESS:
+                    return 0
+                _check_rc(rc, "drop_oldest")
+            if b.count and (self._recs[0].type & T_OOB):
+                ref = PyBytes_FromStringAndSize(<const char*>self._recs[0].payload, self._recs[0].len)
+            else:
+                ref = None
+            if pq_ring_consume(&self._r, &b) == 0:
+                if b.count:
+                    pq_ring_count(&self._r, PQ_COUNT_DROPPED, b.count)
+                    if ref is not None:
+                        self._oob.discard(ref)
+                    return 1
+
+    cdef int _claim(self, const uint32_t* lens, uint32_t n, uint64_t* pos,
+                    int64_t deadline) except -1:
+        """Claim room for n records, applying the overflow strategy.
+        Raises queue.Full when there is no room in time."""
+        cdef int rc
+        cdef uint64_t seen
+        while True:
+            seen = pq_ring_head(&self._r)
+            rc = pq_ring_claim(&self._r, lens, n, pos)
+            if rc == 0:
+                return 0
+            if rc != -EAGAIN:
+                _check_rc(rc, "put")
+            if self._overflow == OVERFLOW_REJECT:
+                pq_ring_count(&self._r, PQ_COUNT_REJECTED, n)
+                raise _Full
+            if self._overflow == OVERFLOW_DROP_OLDEST:
+                if self._drop_oldest():
+                    continue
+            if deadline == 0 or not self._park_writable(seen, deadline):
+                raise _Full
+
+    cdef int _put_raw(self, const char* ptr, Py_ssize_t n, uint8_t typ,
+                      int64_t deadline) except -1:
+        cdef uint32_t length = <uint32_t>n
+        cdef uint64_t pos
+        self._claim(&length, 1, &pos, deadline)
+        # No Python code between claim and commit (see module docstring).
+        memcpy(pq_ring_payload(&self._r, pos), ptr, n)
+        pq_ring_commit(&self._r, pos, typ)
+        pq_ring_notify_readable(&self._r, 1)
+        return 0
+
+    cdef int _put_parts(self, list parts, uint8_t typ, int64_t deadline) except -1:
+        """Put one message made of several bytes-like parts, copied in
+        place one after the other (pickle protocol 5 buffers: one copy)."""
+        cdef Py_ssize_t nparts = len(parts), i, total = 0, off = 0
+        cdef Py_buffer* views = <Py_buffer*>malloc(nparts * sizeof(Py_buffer))
+        cdef Py_ssize_t got = 0
+        cdef uint32_t length
+        cdef uint64_t pos
+        cdef uint8_t* dst
+        if views == NULL:
+            raise MemoryError()
+        try:
+            for i in range(nparts):
+                PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                got += 1
+                total += views[i].len
+            self._check_size(total)
+            if <uint64_t>total > self._inline_max:
+                ref = self._oob.put(self, parts, total)
+                try:
+                    self._put_raw(PyBytes_AS_STRING(ref), PyBytes_GET_SIZE(ref), typ | T_OOB, deadline)
+                except BaseException:
+                    self._oob.discard(ref)
+                    raise
+                return 0
+            length = <uint32_t>total
+            self._claim(&length, 1, &pos, deadline)
+            dst = pq_ring_payload(&self._r, pos)
+            for i in range(nparts):
+                memcpy(dst + off, views[i].buf, views[i].len)
+                off += views[i].len
+            pq_ring_commit(&self._r, pos, typ)
+            pq_ring_notify_readable(&self._r, 1)
+            return 0
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+            free(views)
+
+    cdef inline int _check_size(self, Py_ssize_t n) except -1:
+        if self._max_message and <uint64_t>n > self._max_message:
+            raise MessageTooLarge(
+                f"message of {n} bytes exceeds max_message_bytes={self._max_message}")
+        if n > 0xffffffff - 64:
+            raise MessageTooLarge(f"message of {n} bytes exceeds the 4 GiB limit of one message")
+        return 0
+
+    cdef object _encode(self, obj, uint8_t* typ):
+        """Encode a message that is not on the fast path: returns a list of
+        bytes-like parts and sets *typ."""
+        if self._custom:
+            typ[0] = T_CUSTOM
+            return [self._dumps(obj)]
+        t = type(obj)
+        if t is bytearray or t is memoryview or isinstance(obj, (bytes, bytearray, memoryview)):
+            typ[0] = T_BYTES
+            return [obj]
+        if isinstance(obj, str):
+            typ[0] = T_STR
+            return [(<str>obj).encode("utf-8", "surrogatepass")]
+        buffers = []
+        data = _pickle_dumps(obj, 5, buffer_callback=buffers.append)
+        if not buffers:
+            typ[0] = T_PICKLE
+            return [data]
+        typ[0] = T_PICKLE_BUFFERS
+        return self._oob.frame_buffers(data, buffers)
+
+    # ------------------------------------------------------------ producers
+
+    def put(self, obj, block=True, timeout=None):
+        """Put obj into the queue; see multiprocessing.Queue.put."""
+        cdef const char* ptr
+        cdef Py_ssize_t n
+        cdef uint8_t typ
+        cdef int64_t deadline
+        self._check_open()
+        deadline = _deadline(block, timeout)
+        if self._joinable:
+            pq_ring_tasks_add(&self._r, 1)
+        try:
+            if not self._custom and type(obj) is bytes:
+                ptr = PyBytes_AS_STRING(obj)
+                n = PyBytes_GET_SIZE(obj)
+                typ = T_BYTES
+            elif not self._custom and type(obj) is str:
+                ptr = PyUnicode_AsUTF8AndSize(obj, &n)
+                typ = T_STR
+            else:
+                parts = self._encode(obj, &typ)
+                self._put_parts(parts, typ, deadline)
+                return
+            self._check_size(n)
+            if <uint64_t>n > self._inline_max:
+                self._put_parts([obj.encode("utf-8") if typ == T_STR else obj], typ, deadline)
+                return
+            self._put_raw(ptr, n, typ, deadline)
+        except BaseException:
+            if self._joinable:
+                pq_ring_task_done(&self._r)
+            raise
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every object of an iterable, claiming room for up to 256
+        records at once. Returns the number put. On queue.Full the messages
+        before the one that did not fit stay put."""
+        cdef uint32_t lens[BATCH_MAX]
+        cdef uint8_t types[BATCH_MAX]
+        cdef const char* ptrs[BATCH_MAX]
+        cdef uint64_t pos[BATCH_MAX]
+        cdef uint32_t k = 0
+        cdef uint64_t bytes_in_batch = 0, rec
+        cdef Py_ssize_t n, total = 0
+        cdef const char* ptr
+        cdef uint8_t typ
+        cdef int64_t deadline
+        cdef list keep = []        # keeps the objects behind ptrs alive
+        self._check_open()
+        deadline = _deadline(block, timeout)
+        for item in objs:
+            if not self._custom and type(item) is bytes:
+                typ = T_BYTES
+            elif not self._custom and type(item) is str:
+                typ = T_STR
+            else:
+                item = self._encode_single(item, &typ)
+            if typ == T_STR:
+                ptr = PyUnicode_AsUTF8AndSize(item, &n)
+            else:
+                ptr = PyBytes_AS_STRING(item)
+                n = PyBytes_GET_SIZE(item)
+            self._check_size(n)
+            if <uint64_t>n > self._inline_max:
+                total += self._put_batch(ptrs, lens, types, pos, k, deadline)
+                k = 0
+                bytes_in_batch = 0
+                keep = []
+                self._put_one_counted(item.encode("utf-8", "surrogatepass") if typ == T_STR else item,
+                                      typ, deadline)
+                total += 1
+                continue
+            rec = pq_ring_record_size(n)
+            if k == BATCH_MAX or bytes_in_batch + rec > self._r.capacity // 2:
+                total += self._put_batch(ptrs, lens, types, pos, k, deadline)
+                k = 0
+                bytes_in_batch = 0
+                keep = []
+            keep.append(item)
+            ptrs[k] = ptr
+            lens[k] = <uint32_t>n
+            types[k] = typ
+            bytes_in_batch += rec
+            k += 1
+        total += self._put_batch(ptrs, lens, types, pos, k, deadline)
+        return total
+
+    cdef object _encode_single(self, obj, uint8_t* typ):
+        """_encode, joined into one bytes object (batch path)."""
+        parts = self._encode(obj, typ)
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
+
+    cdef int _put_one_counted(self, obj, uint8_t typ, int64_t deadline) except -1:
+        if self._joinable:
+            pq_ring_tasks_add(&self._r, 1)
+        try:
+            self._put_parts([obj], typ, deadline)
+        except BaseException:
+            if self._joinable:
+                pq_ring_task_done(&self._r)
+            raise
+        return 0
+
+    cdef Py_ssize_t _put_batch(self, const char** ptrs, uint32_t* lens, uint8_t* types,
+                               uint64_t* pos, uint32_t k, int64_t deadline) except -1:
+        cdef uint32_t i
+        if k == 0:
+            return 0
+        if self._joinable:
+            pq_ring_tasks_add(&self._r, k)
+        try:
+            self._claim(lens, k, pos, deadline)
+        except BaseException:
+            if self._joinable:
+                pq_ring_tasks_add(&self._r, -<int64_t>k)
+            raise
+        for i in range(k):
+            memcpy(pq_ring_payload(&self._r, pos[i]), ptrs[i], lens[i])
+            pq_ring_commit(&self._r, pos[i], types[i])
+        pq_ring_notify_readable(&self._r, k)
+        return k
+
+    # ------------------------------------------------------------ consumers
+
+    cdef object _decode_fast(self, const pq_ring_record* rec):
+        """Copy a record out of the ring before the consume CAS. Returns the
+        final object for bytes and str, else the raw bytes to finish later."""
+        cdef uint8_t typ = rec.type
+        if typ == T_STR:
+            try:
+                return PyUnicode_DecodeUTF8(<const char*>rec.payload, rec.len, "surrogatepass")
+            except UnicodeDecodeError:
+                # Only possible when the record was overwritten under a stale
+                # head; the consume CAS will fail and we retry.
+                return None
+        if typ == T_PICKLE_BUFFERS:
+            # Mutable, so that arrays rebuilt on it are writable as with
+            # multiprocessing.Queue.
+            return PyByteArray_FromStringAndSize(<const char*>rec.payload, rec.len)
+        return PyBytes_FromStringAndSize(<const char*>rec.payload, rec.len)
+
+    cdef object _decode_finish(self, uint8_t typ, obj):
+        """After the consume CAS: turn copied bytes into the message."""
+        if typ == T_BYTES or typ == T_STR:
+            if self._custom:
+                raise PyQueueError("message was not encoded with this queue's serializer")
+            return obj
+        if typ & T_OOB:
+            obj = self._oob.get(obj)
+            typ = typ & ~T_OOB
+            if typ == T_BYTES:
+                return bytes(obj) if not isinstance(obj, bytes) else obj
+            if typ == T_STR:
+                return bytes(obj).decode("utf-8", "surrogatepass")
+        if typ == T_CUSTOM:
+            if not self._custom:
+                raise PyQueueError("message was encoded with a custom serializer this handle lacks")
+            return self._loads(obj)
+        if self._custom:
+            raise PyQueueError("refusing to unpickle: this queue uses a custom serializer")
+        if typ == T_PICKLE:
+            return _pickle_loads(obj)
+        if typ == T_PICKLE_BUFFERS:
+            return self._oob.unframe_buffers(obj)
+        raise SegmentMismatch(f"unknown message type {typ}")
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item; see multiprocessing.Queue.get."""
+        cdef pq_ring_batch b
+        cdef int rc
+        cdef int64_t deadline
+        cdef uint8_t typ
+        self._check_open()
+        deadline = _deadline(block, timeout)
+        while True:
+            rc = pq_ring_peek(&self._r, self._recs, 1, &b)
+            if rc > 0:
+                typ = self._recs[0].type
+                obj = self._decode_fast(self._recs)
+                if pq_ring_consume(&self._r, &b) == 0:
+                    if typ == T_BYTES and not self._custom:
+                        return obj
+                    return self._decode_finish(typ, obj)
+                continue
+            if rc == 0:            # only abandoned/padding records: pass them
+                pq_ring_consume(&self._r, &b)
+                continue
+            if rc == -ESTALE:
+                continue
+            if rc != -EAGAIN and rc != -EINPROGRESS:
+                _check_rc(rc, "get")
+            if deadline == 0 or not self._park_readable(deadline):
+                raise _Empty
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
+        """Return a list of up to max_messages messages: waits (unless
+        block is false) for at least one, then takes what is there, with one
+        consume per up to 256 records."""
+        cdef pq_ring_batch b
+        cdef int rc, i
+        cdef int64_t deadline
+        cdef uint32_t want
+        cdef list out, raw
+        cdef bint slow
+        self._check_open()
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        deadline = _deadline(block, timeout)
+        out = []
+        while True:
+            want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
+            rc = pq_ring_peek(&self._r, self._recs, want, &b)
+            if rc > 0:
+                raw = PyList_New(0)
+                slow = False
+                for i in range(rc):
+                    raw.append(self._decode_fast(&self._recs[i]))
+                    if self._recs[i].type != T_BYTES and self._recs[i].type != T_STR:
+                        slow = True
+                if pq_ring_consume(&self._r, &b) != 0:
+                    continue
+                if slow or self._custom:
+                    for i in range(rc):
+                        out.append(self._decode_finish(self._recs[i].type, raw[i]))
+                else:
+                    out.extend(raw)
+                if len(out) >= max_messages:
+                    return out
+                continue
+            if rc == 0:
+                pq_ring_consume(&self._r, &b)
+                continue
+            if rc == -ESTALE:
+                continue
+            if rc != -EAGAIN and rc != -EINPROGRESS:
+                _check_rc(rc, "get_many")
+            if out:
+                return out
+            if deadline == 0 or not self._park_readable(deadline):
+                raise _Empty
+
+    # ------------------------------------------------------------ state
+
+    def qsize(self):
+        """Exact number of messages in the queue (claimed, not yet taken)."""
+        if not self._mapped:
+            raise ValueError("queue is not attached")
+        return pq_ring_depth(&self._r)
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        if not self._mapped:
+            raise ValueError("queue is not attached")
+        if self._r.maxsize and pq_ring_depth(&self._r) >= self._r.maxsize:
+            return True
+        cdef pq_ring_stats s
+        pq_ring_get_stats(&self._r, &s)
+        # Full when not even a small message fits in the free bytes.
+        return s.capacity - s.depth_bytes < pq_ring_record_size(64) * 2
+
+    def close(self):
+        """Close this handle (other handles and processes are unaffected)."""
+        self._closed = True
+
+    def stats(self):
+        cdef pq_ring_stats s
+        if not self._mapped:
+            raise ValueError("queue is not attached")
+        pq_ring_get_stats(&self._r, &s)
+        return {
+            "enqueued": s.enqueued, "dequeued": s.dequeued,
+            "rejected": s.rejected, "dropped": s.dropped, "abandoned": s.abandoned,
+            "depth": s.depth, "depth_bytes": s.depth_bytes,
+            "capacity_bytes": s.capacity, "maxsize": s.maxsize,
+            "waiting_producers": s.waiting_producers,
+            "waiting_consumers": s.waiting_consumers,
+            "unfinished_tasks": s.unfinished_tasks,
+        }
+
+    @property
+    def capacity_bytes(self):
+        return self._r.capacity
+
+    @property
+    def maxsize(self):
+        return self._r.maxsize
+
+    @property
+    def overflow_code(self):
+        return self._overflow
+
+    @property
+    def max_message_bytes(self):
+        return self._max_message or None
+
+    @property
+    def inline_max(self):
+        return self._inline_max
+
+    # ------------------------------------------------------------ joinable
+
+    def _task_done(self):
+        if pq_ring_task_done(&self._r) < 0:
+            raise ValueError("task_done() called too many times")
+
+    def _join(self, timeout=None):
+        cdef int64_t deadline = _deadline(True, timeout)
+        cdef int64_t until
+        cdef int rc
+        while True:
+            until = pq_monotonic_ns() + SLICE_NS
+            if deadline >= 0 and deadline < until:
+                until = deadline
+            with nogil:
+                rc = pq_ring_wait_tasks_done(&self._r, until)
+            if rc == 0:
+                return True
+            if rc == -EINTR or rc == -ETIMEDOUT:
+                PyErr_CheckSignals()
+            if deadline >= 0 and pq_monotonic_ns() >= deadline:
+                return False

@@ -1,0 +1,110 @@
+"""Out-of-band transport of large messages and framing of pickle protocol 5
+buffers.
+
+A message larger than a quarter of the ring travels in a shared-memory
+segment of its own, named after the queue's; the ring carries a small
+reference record (size + segment name). The consumer maps the segment,
+unlinks it at once and reads the message from the mapping, so a NumPy
+array sent with pickle protocol 5 is copied once into shared memory by the
+producer and not copied again by the consumer.
+"""
+import itertools
+import mmap
+import os
+import pickle
+import struct
+
+import posix_ipc
+
+_counter = itertools.count()
+_REF = struct.Struct("<Q")
+_ALIGN = 16
+
+
+def _align(n):
+    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+def put(queue, parts, total):
+    """Write the bytes-like parts into a new segment; return the reference."""
+    name = f"{queue._shm_name}.oob-{os.getpid()}-{next(_counter)}"
+    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=queue._mode, size=max(total, 1))
+    try:
+        with mmap.mmap(shm.fd, max(total, 1)) as mm:
+            off = 0
+            for part in parts:
+                with memoryview(part) as mv:
+                    mm[off:off + mv.nbytes] = mv.cast("B")
+                    off += mv.nbytes
+    except BaseException:
+        shm.unlink()
+        raise
+    finally:
+        shm.close_fd()
+    return _REF.pack(total) + name.encode()
+
+
+def _parse(ref):
+    (size,) = _REF.unpack_from(ref, 0)
+    return size, bytes(ref[_REF.size:]).decode()
+
+
+def get(ref):
+    """Map the segment a reference names, unlink it, return a writable
+    memoryview over the message (the mapping lives as long as the view)."""
+    size, name = _parse(ref)
+    shm = posix_ipc.SharedMemory(name)
+    try:
+        mm = mmap.mmap(shm.fd, max(size, 1))
+    finally:
+        shm.close_fd()
+        shm.unlink()
+    return memoryview(mm)[:size]
+
+
+def discard(ref):
+    """Remove the segment of a reference that will never be read."""
+    _, name = _parse(ref)
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+_FRAME_HEAD = struct.Struct("<II")
+
+
+def frame_buffers(data, buffers):
+    """Lay out a pickle stream and its out-of-band buffers as parts:
+    [u32 nbuf, u32 0][u64 len(data)][u64 len(buf)]*nbuf, then data and each
+    buffer at a 16-byte aligned offset."""
+    raws = [b.raw() for b in buffers]
+    lens = [len(data)] + [r.nbytes for r in raws]
+    head = _FRAME_HEAD.pack(len(raws), 0) + struct.pack(f"<{len(lens)}Q", *lens)
+    parts = [head]
+    off = len(head)
+    for chunk, n in zip([data] + raws, lens):
+        pad = _align(off) - off
+        if pad:
+            parts.append(bytes(pad))
+            off += pad
+        parts.append(chunk)
+        off += n
+    return parts
+
+
+def unframe_buffers(payload):
+    """Inverse of frame_buffers: rebuild the object, its buffers pointing
+    into payload (no copy)."""
+    mv = memoryview(payload).cast("B")
+    nbuf, _ = _FRAME_HEAD.unpack_from(mv, 0)
+    lens = struct.unpack_from(f"<{nbuf + 1}Q", mv, _FRAME_HEAD.size)
+    off = _FRAME_HEAD.size + 8 * (nbuf + 1)
+    views = []
+    for n in lens:
+        off = _align(off)
+        if off + n > mv.nbytes:
+            raise ValueError("corrupt pickle-buffer frame")
+        views.append(mv[off:off + n])
+        off += n
+    return pickle.loads(views[0], buffers=views[1:])

@@ -1,0 +1,142 @@
+"""Named shared-memory segments: create, open, unlink, and removal of the
+unnamed ones when their creating process exits.
+
+Every pyqueue segment is a POSIX shared-memory object named
+"/pyqueue.<name>" (so /dev/shm/pyqueue.<name> on Linux); out-of-band
+messages of a queue use "/pyqueue.<name>.oob-<pid>-<n>".
+"""
+import atexit
+import mmap
+import os
+import secrets
+import time
+
+import posix_ipc
+
+from pyqueue import _core
+from pyqueue.errors import SegmentMismatch, SegmentNotFound
+
+PREFIX = "pyqueue."
+SHM_DIR = "/dev/shm"
+_OPEN_WAIT_S = 2.0  # how long an opener waits for a creator to finish
+
+
+def check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if not name or len(name) > 200 or "/" in name or "\0" in name or name.startswith("."):
+        raise ValueError(f"invalid queue name {name!r}: 1-200 characters, no '/', "
+                         "no NUL, not starting with '.'")
+    return name
+
+
+def unique_name():
+    return f"anon-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def shm_name(name):
+    return "/" + PREFIX + name
+
+
+def create(name, size, mode, init):
+    """Create segment `name` of `size` bytes and run init(mmap) on it.
+    Returns the mapping, or None when a segment of that name exists."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=mode, size=size)
+    except posix_ipc.ExistentialError:
+        return None
+    try:
+        os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
+        mm = mmap.mmap(shm.fd, size)
+        init(mm)
+    except BaseException:
+        shm.unlink()
+        raise
+    finally:
+        shm.close_fd()
+    return mm
+
+
+def open_existing(name, kind):
+    """Map an existing segment after validating its header. Waits up to
+    _OPEN_WAIT_S for a creator that is still initializing it."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name(name))
+    except posix_ipc.ExistentialError:
+        raise SegmentNotFound(f"no pyqueue segment named {name!r}") from None
+    deadline = time.monotonic() + _OPEN_WAIT_S
+    delay = 0.0005
+    try:
+        while True:
+            size = os.fstat(shm.fd).st_size
+            if size > 0:
+                mm = mmap.mmap(shm.fd, size)
+                try:
+                    rc = _core.check_segment(mm, kind)
+                except BaseException:
+                    mm.close()
+                    raise
+                if rc == 0:
+                    return mm, os.fstat(shm.fd).st_mode & 0o777
+                mm.close()
+            if time.monotonic() >= deadline:
+                raise SegmentMismatch(f"segment {name!r} is empty or was never initialized")
+            # Only reached in the short window where a creator has made the
+            # segment but not yet published its header.
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    finally:
+        shm.close_fd()
+
+
+def unlink(name):
+    """Remove a segment and any out-of-band segments left by its messages.
+    Returns True if the segment existed."""
+    existed = True
+    try:
+        posix_ipc.unlink_shared_memory(shm_name(name))
+    except posix_ipc.ExistentialError:
+        existed = False
+    prefix = PREFIX + name + ".oob-"
+    try:
+        leftovers = [f for f in os.listdir(SHM_DIR) if f.startswith(prefix)]
+    except OSError:
+        leftovers = []
+    for f in leftovers:
+        try:
+            posix_ipc.unlink_shared_memory("/" + f)
+        except posix_ipc.ExistentialError:
+            pass
+    return existed
+
+
+# --- unnamed segments die with their creator -----------------------------
+
+_owned = {}          # name -> pid of the creating process
+_hooks_pid = None
+
+
+def _remove_owned():
+    pid = os.getpid()
+    for name, owner in list(_owned.items()):
+        if owner == pid:  # never a forked child's copy of the parent's list
+            unlink(name)
+            del _owned[name]
+
+
+def own(name):
+    """Remove `name` when this process exits (normally, or as a
+    multiprocessing child, which skips atexit)."""
+    global _hooks_pid
+    _owned[name] = os.getpid()
+    if _hooks_pid != os.getpid():
+        _hooks_pid = os.getpid()
+        import multiprocessing.util as mpu
+        mpu.Finalize(None, _remove_owned, exitpriority=-100)
+
+
+atexit.register(_remove_owned)
+
+
+def disown(name):
+    _owned.pop(name, None)

@@ -1,0 +1,165 @@
+"""pyqueue.Queue, JoinableQueue and SimpleQueue: drop-ins for the
+multiprocessing ones over a shared-memory ring."""
+import queue as _stdqueue
+
+from pyqueue import _core, _oob, _segment
+from pyqueue.errors import SegmentMismatch
+
+DEFAULT_CAPACITY = 32 * 1024 * 1024
+MIN_CAPACITY = 64 * 1024
+_OVERFLOWS = {"block": _core.OVERFLOW_BLOCK, "reject": _core.OVERFLOW_REJECT,
+              "drop_oldest": _core.OVERFLOW_DROP_OLDEST}
+_OVERFLOW_NAMES = {v: k for k, v in _OVERFLOWS.items()}
+_FLAG_JOINABLE = 2
+_KIND_QUEUE = 1
+
+Full = _stdqueue.Full
+Empty = _stdqueue.Empty
+
+
+def _round_capacity(n):
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError("capacity_bytes must be an int")
+    if n <= 0:
+        raise ValueError("capacity_bytes must be positive")
+    n = max(n, MIN_CAPACITY)
+    return 1 << (n - 1).bit_length()
+
+
+def _check_serializer(serializer):
+    if serializer is None:
+        return None
+    try:
+        dumps, loads = serializer
+    except (TypeError, ValueError):
+        raise TypeError("serializer must be a (dumps, loads) pair") from None
+    if not callable(dumps) or not callable(loads):
+        raise TypeError("serializer must be a (dumps, loads) pair of callables")
+    return (dumps, loads)
+
+
+def _rebuild(cls, name, serializer):
+    return cls.open(name, serializer=serializer)
+
+
+class Queue(_core.RingQueue):
+    """A multi-process FIFO queue in shared memory; see docs/api.md.
+
+    Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,
+          name=None, overflow="block", serializer=None, mode=0o600)
+    """
+
+    _create_flags = 0
+
+    def __init__(self, maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, max_message_bytes=None,
+                 name=None, overflow="block", serializer=None, mode=0o600):
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+            raise TypeError("maxsize must be an int")
+        capacity = _round_capacity(capacity_bytes)
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {sorted(_OVERFLOWS)}, not {overflow!r}")
+        if max_message_bytes is not None:
+            if not isinstance(max_message_bytes, int) or max_message_bytes <= 0:
+                raise ValueError("max_message_bytes must be a positive int or None")
+        serializer = _check_serializer(serializer)
+        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError("mode must be a permission mask such as 0o600")
+        flags = self._create_flags | (1 if serializer is not None else 0)
+
+        def init(mm):
+            _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
+                                 max_message_bytes or 0, flags)
+
+        size = _core.segment_size(capacity)
+        if name is None:
+            name = _segment.unique_name()
+            mm = _segment.create(name, size, mode, init)
+            _segment.own(name)
+        else:
+            _segment.check_name(name)
+            mm = _segment.create(name, size, mode, init)
+            if mm is None:
+                mm, mode = _segment.open_existing(name, _KIND_QUEUE)
+        self._setup(name, mm, serializer, mode)
+
+    @classmethod
+    def open(cls, name, *, serializer=None):
+        """Open an existing queue by name (SegmentNotFound if missing,
+        SegmentMismatch if it is not a pyqueue queue)."""
+        _segment.check_name(name)
+        serializer = _check_serializer(serializer)
+        mm, mode = _segment.open_existing(name, _KIND_QUEUE)
+        self = cls.__new__(cls)
+        self._setup(name, mm, serializer, mode)
+        return self
+
+    def _setup(self, name, mm, serializer, mode):
+        self._name = name
+        self._shm_name = _segment.shm_name(name)
+        self._mode = mode
+        self._serializer = serializer
+        info = _core.segment_info(mm)
+        joinable = bool(info["params"][2 + _core.PARAM_FLAGS] & _FLAG_JOINABLE)
+        self._attach(mm, serializer, joinable, _oob)
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def overflow(self):
+        return _OVERFLOW_NAMES[self.overflow_code]
+
+    def unlink(self):
+        """Remove the queue's name (processes that have it open keep it)."""
+        _segment.disown(self._name)
+        _segment.unlink(self._name)
+
+    def join_thread(self):
+        # No feeder thread: everything put is already in shared memory.
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
+
+    def cancel_join_thread(self):
+        pass
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._name, self._serializer))
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<pyqueue.{type(self).__name__} {self.__dict__.get('_name')!r} {state}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class JoinableQueue(Queue):
+    """Queue with task_done() and join(), counted in shared memory so that
+    they work across processes."""
+
+    _create_flags = _FLAG_JOINABLE
+
+    def task_done(self):
+        self._task_done()
+
+    def join(self):
+        self._join(None)
+
+
+class SimpleQueue(Queue):
+    """Unbounded-count queue with put/get/empty/close (like
+    multiprocessing.SimpleQueue)."""
+
+    def __init__(self, *, capacity_bytes=DEFAULT_CAPACITY, name=None, serializer=None,
+                 mode=0o600, ctx=None):
+        super().__init__(0, capacity_bytes=capacity_bytes, name=name, serializer=serializer,
+                         mode=mode)
+
+
+def _check_kind(info):
+    if info["kind"] != _KIND_QUEUE:
+        raise SegmentMismatch("not a queue segment")
