@@ -38,6 +38,17 @@ static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos
     return (pq_record_header *)(r->data + (pos & r->mask));
 }
 
+/*
+ * What this thread's last pq_ring_claim saw when it failed on maxsize
+ * (ctl NULL otherwise), for pq_ring_wait_writable in pq_ring_wait.c. A
+ * consumer moves head before it adds to head_msgs, so a claim can see the
+ * new head with the old count, fail, and then wait for head to move again
+ * after the consumer's wake-up went out: the wait must also watch
+ * head_msgs against the value the claim used.
+ */
+_Thread_local const pq_ring_ctl *pq_ring_full_ctl;
+_Thread_local uint64_t pq_ring_full_passed;
+
 int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params)
 {
@@ -100,6 +111,8 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
     r->capacity = capacity;
     r->mask = capacity - 1;
     r->maxsize = h->params[PQ_RING_PARAM_MAXSIZE];
+    r->head_cache = atomic_load_explicit(&r->ctl->head, memory_order_acquire);
+    r->tail_cache = atomic_load_explicit(&r->ctl->tail, memory_order_acquire);
     /* A record may take at most half the ring, so that one always fits
      * after at most one padding record. */
     r->max_payload = capacity / 2 - PQ_RECORD_HEADER;
@@ -113,13 +126,23 @@ static int pq_ring_lock(pq_ring *r)
     int rc = pthread_mutex_lock(&r->ctl->claim_lock);
     if (rc == EOWNERDEAD) {
         /*
-         * The previous holder died inside its claim. Every step of a claim
-         * is a single store and the tail store (release) publishes the
-         * claim, so the state is consistent whichever store it died
-         * after: headers beyond tail are simply rewritten by the next
-         * claim, and a published CLAIMED record is repaired by consumers.
+         * The previous holder died inside its claim. The tail store
+         * (release) publishes the claim: headers beyond tail are simply
+         * rewritten by the next claim, and a published CLAIMED record is
+         * repaired by consumers. tail_msgs is bumped just before tail, so
+         * a holder that died between the two left a count for records
+         * that do not exist: undo it (claim_tail says it was in a claim).
          */
-        pthread_mutex_consistent(&r->ctl->claim_lock);
+        pq_ring_ctl *c = r->ctl;
+        uint64_t pending = atomic_load_explicit(&c->claim_tail, memory_order_acquire);
+        if (pending != 0) {
+            if (atomic_load_explicit(&c->tail, memory_order_relaxed) != pending)
+                atomic_store_explicit(&c->tail_msgs,
+                                      atomic_load_explicit(&c->claim_msgs, memory_order_relaxed),
+                                      memory_order_relaxed);
+            atomic_store_explicit(&c->claim_tail, 0, memory_order_relaxed);
+        }
+        pthread_mutex_consistent(&c->claim_lock);
         return 0;
     }
     return rc == 0 ? 0 : -rc;
@@ -132,6 +155,7 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
     uint64_t t, h, p, need = 0;
     int rc;
 
+    pq_ring_full_ctl = NULL;
     if (n == 0 || lens == NULL || pos_out == NULL)
         return -EINVAL;
     for (uint32_t i = 0; i < n; i++) {
@@ -154,15 +178,15 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
 
     /* relaxed: tail and tail_msgs are only written under the claim lock. */
     t = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    /* acquire: pairs with the consumers' CAS (release) on head, so their
-     * reads of the payloads we may now overwrite are complete. */
-    h = atomic_load_explicit(&c->head, memory_order_acquire);
+    h = r->head_cache;
 
     if (r->maxsize != 0) {
         uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
         uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
         if (claimed - passed + n > r->maxsize) {
             pthread_mutex_unlock(&c->claim_lock);
+            pq_ring_full_ctl = c;
+            pq_ring_full_passed = passed;
             return -EAGAIN;
         }
     }
@@ -178,10 +202,24 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
         pos_out[i] = p;
         p += size;
     }
-    if (p - h > r->capacity) {
-        pthread_mutex_unlock(&c->claim_lock);
-        return -EAGAIN;
+    if (p - h > r->capacity || t - h > r->capacity) {
+        /* acquire: pairs with the consumers' CAS (release) on head, so
+         * their reads of the payloads we may now overwrite are complete.
+         * (The cached value was loaded the same way.) */
+        h = atomic_load_explicit(&c->head, memory_order_acquire);
+        r->head_cache = h;
+        if (p - h > r->capacity) {
+            pthread_mutex_unlock(&c->claim_lock);
+            return -EAGAIN;
+        }
     }
+
+    /* Announce the claim for EOWNERDEAD recovery (see pq_ring_lock);
+     * release: a recovering holder that reads claim_tail sees claim_msgs. */
+    const uint64_t msgs = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
+    const uint64_t new_tail = p;
+    atomic_store_explicit(&c->claim_msgs, msgs, memory_order_relaxed);
+    atomic_store_explicit(&c->claim_tail, new_tail, memory_order_release);
 
     /* Write the headers. Consumers cannot look at them until the tail
      * store below, but a consumer holding a stale head may read these
@@ -201,11 +239,11 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
                               memory_order_relaxed);
         p = pos_out[i] + pq_ring_record_size(lens[i]);
     }
-    atomic_store_explicit(&c->tail_msgs, atomic_load_explicit(&c->tail_msgs, memory_order_relaxed) + n,
-                          memory_order_relaxed);
+    atomic_store_explicit(&c->tail_msgs, msgs + n, memory_order_relaxed);
     /* release: publishes the headers written above to consumers, who
      * load tail with acquire before reading any header below it. */
-    atomic_store_explicit(&c->tail, p, memory_order_release);
+    atomic_store_explicit(&c->tail, new_tail, memory_order_release);
+    atomic_store_explicit(&c->claim_tail, 0, memory_order_release);
     pthread_mutex_unlock(&c->claim_lock);
     return 0;
 }
@@ -237,17 +275,34 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
     /* acquire on head: pairs with the CAS of the consumer that moved it. */
     uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
     /* acquire on tail: pairs with the producer's release store, so every
-     * header below tail is the one its producer wrote. */
-    uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+     * header below tail is the one its producer wrote. A cached tail that
+     * is still ahead of head was loaded the same way and covers fewer
+     * records; reload only when it is used up. */
+    uint64_t t = r->tail_cache;
     uint64_t p = h;
 
     b->head = h;
     b->count = 0;
     b->skipped = 0;
-    if (t - h > r->capacity || ((t | h) & (PQ_RECORD_ALIGN - 1)) != 0)
+    if ((h & (PQ_RECORD_ALIGN - 1)) != 0)
         return pq_ring_stale_or_corrupt(r, h);
+    if (t - h > r->capacity)
+        t = h; /* the cache is behind head: used up, reload below */
 
-    while (p != t && b->count < max) {
+    for (;;) {
+        if (p == t) {
+            if (b->count == max || t == (r->tail_cache = atomic_load_explicit(
+                                             &c->tail, memory_order_acquire)))
+                break;
+            t = r->tail_cache;
+            /* t - p: a tail behind the cached one (only a corrupt
+             * segment) would leave p past t and the walk unbounded. */
+            if (t - h > r->capacity || t - p > r->capacity ||
+                (t & (PQ_RECORD_ALIGN - 1)) != 0)
+                return pq_ring_stale_or_corrupt(r, h);
+        }
+        if (b->count == max)
+            break;
         uint64_t off = p & r->mask;
         pq_record_header *rec = (pq_record_header *)(r->data + off);
         /* acquire: pairs with pq_ring_commit's release, making the payload
@@ -302,10 +357,17 @@ int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
     if (!atomic_compare_exchange_strong_explicit(&c->head, &expected, b->next,
                                                  memory_order_acq_rel, memory_order_relaxed))
         return -EAGAIN;
-    /* relaxed: head_msgs only feeds maxsize checks and statistics, where
-     * a briefly low value errs on the side of "full". */
+    /* head_msgs only feeds maxsize checks and statistics, where a
+     * briefly low value errs on the side of "full". release: a reader
+     * that sees the new count also sees a tail_msgs that covers it (this
+     * consumer read tail with acquire), so depth never goes negative. */
     if (b->count + b->skipped != 0)
-        atomic_fetch_add_explicit(&c->head_msgs, b->count + b->skipped, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->head_msgs, b->count + b->skipped, memory_order_release);
+    /* Abandoned records are counted when head passes them (exactly once:
+     * by the consumer whose CAS won), after head_msgs, so that "dequeued"
+     * (passed - dropped - abandoned) never goes negative. */
+    if (b->skipped != 0)
+        pq_ring_count(r, PQ_COUNT_ABANDONED, b->skipped);
     pq_event_notify(&c->writable, INT32_MAX);
     return 0;
 }
@@ -318,7 +380,9 @@ int pq_ring_repair_head(pq_ring *r)
     int32_t pid;
     uint64_t start32;
 
-    if (h == t || t - h > r->capacity)
+    /* A misaligned head (a corrupt segment) would put the header across
+     * the end of the data area: nothing to repair there. */
+    if (h == t || t - h > r->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0)
         return 0;
     pq_record_header *rec = pq_ring_header_at(r, h);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
@@ -328,13 +392,24 @@ int pq_ring_repair_head(pq_ring *r)
     int alive = pq_proc_alive(pid, start32, 1);
     if (alive != 0)
         return alive < 0 ? alive : 0;
-    /* The owner is gone: its message can never be committed. The CAS only
-     * succeeds if the record is still the same CLAIMED one. */
+    /*
+     * The owner is gone: its message can never be committed. The CAS only
+     * succeeds if the header still holds the same ctl word, but the tag
+     * only tells positions 1 MiB apart, so a header of a later lap can
+     * look the same: if another repairer marked this record while we read
+     * /proc, consumers passed it and producers lapped the ring, the CAS
+     * would abandon a live producer's record. Head cannot pass a CLAIMED
+     * record, so while head is still h the record is the one we checked:
+     * re-check it right before the CAS (that leaves a window of a few
+     * instructions instead of the whole liveness check).
+     */
+    if (atomic_load_explicit(&c->head, memory_order_acquire) != h)
+        return 0;
     uint64_t abandoned = pq_record_ctl(h, pq_ctl_len(ctl), 0, PQ_REC_ABANDONED);
     if (!atomic_compare_exchange_strong_explicit(&rec->ctl, &ctl, abandoned,
                                                  memory_order_acq_rel, memory_order_relaxed))
         return 0;
-    pq_ring_count(r, PQ_COUNT_ABANDONED, 1);
+    /* PQ_COUNT_ABANDONED is counted by pq_ring_consume when head passes it. */
     pq_ring_notify_readable(r, INT32_MAX);
     return 1;
 }

@@ -75,6 +75,12 @@ typedef struct pq_ring_ctl {
     PQ_ALIGNED_LINE pthread_mutex_t claim_lock;
     _Atomic uint64_t tail;      /* end of the claimed records */
     _Atomic uint64_t tail_msgs; /* messages claimed, ever */
+    /* The claim in progress, for a lock holder that dies inside it
+     * (EOWNERDEAD): the tail it is about to publish (0: none) and
+     * tail_msgs before it, so the next holder can undo a count that was
+     * bumped for records that were never published. */
+    _Atomic uint64_t claim_tail;
+    _Atomic uint64_t claim_msgs;
     /* Consumers' line. */
     PQ_ALIGNED_LINE _Atomic uint64_t head; /* start of the oldest unread record */
     _Atomic uint64_t head_msgs;            /* messages passed by head, ever */
@@ -97,6 +103,15 @@ typedef struct pq_ring {
     uint64_t mask;
     uint64_t maxsize;
     uint64_t max_payload; /* largest payload one record can hold */
+    /*
+     * Last values seen of the other side's cursor (Agrona's head cache):
+     * head and tail only grow, so a stale value errs on the safe side
+     * (less room, fewer records) and the shared line is read again only
+     * when the cached value is not enough. Process-local; a pq_ring view
+     * must not be used by two threads at once.
+     */
+    uint64_t head_cache;
+    uint64_t tail_cache;
 } pq_ring;
 
 /* One readable record found by pq_ring_peek. */
@@ -205,7 +220,12 @@ int pq_ring_repair_head(pq_ring *r);
  */
 int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin);
 
-/* Wait until head moves away from seen_head (room may have been made). */
+/*
+ * Wait until head moves away from seen_head (room may have been made), or,
+ * after this thread's pq_ring_claim failed on maxsize, until a consumer has
+ * counted messages out since that claim looked. seen_head: pq_ring_head()
+ * read before the failed claim, by the same thread.
+ */
 int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin);
 
 static inline uint64_t pq_ring_head(const pq_ring *r)

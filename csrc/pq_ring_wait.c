@@ -3,6 +3,10 @@
 #define _GNU_SOURCE
 #include "pq_ring.h"
 
+/* Set by a pq_ring_claim of this thread that failed on maxsize (pq_ring.c). */
+extern _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
+extern _Thread_local uint64_t pq_ring_full_passed;
+
 /* Is a committed (or skippable) record at head? Cheap, read-only. */
 static int pq_ring_readable(pq_ring *r)
 {
@@ -27,16 +31,29 @@ int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin)
     return rc;
 }
 
+/*
+ * Has room possibly been made since the failed claim? head moved, or, when
+ * that claim failed on maxsize, head_msgs moved past what it saw (a
+ * consumer moves head before it counts, see pq_ring.c).
+ */
+static int pq_ring_room_changed(pq_ring *r, uint64_t seen_head)
+{
+    if (pq_ring_head(r) != seen_head)
+        return 1;
+    return pq_ring_full_ctl == r->ctl &&
+           atomic_load_explicit(&r->ctl->head_msgs, memory_order_acquire) != pq_ring_full_passed;
+}
+
 int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin)
 {
     for (uint32_t i = 0; i < spin; i++) {
-        if (pq_ring_head(r) != seen_head)
+        if (pq_ring_room_changed(r, seen_head))
             return 0;
         pq_cpu_relax();
     }
     uint32_t seq = pq_event_prepare(&r->ctl->writable);
     int rc = 0;
-    if (pq_ring_head(r) == seen_head)
+    if (!pq_ring_room_changed(r, seen_head))
         rc = pq_event_park(&r->ctl->writable, seq, deadline_ns);
     pq_event_finish(&r->ctl->writable);
     return rc;
@@ -79,7 +96,9 @@ int pq_ring_wait_tasks_done(pq_ring *r, int64_t deadline_ns)
 
 void pq_ring_count(pq_ring *r, enum pq_ring_counter which, uint64_t n)
 {
-    atomic_fetch_add_explicit(&r->ctl->counters[which], n, memory_order_relaxed);
+    /* release: pairs with pq_ring_get_stats, which reads the counters
+     * first, so it sees the head_msgs a counted consume already added. */
+    atomic_fetch_add_explicit(&r->ctl->counters[which], n, memory_order_release);
 }
 
 uint64_t pq_ring_depth(const pq_ring *r)
@@ -94,17 +113,22 @@ uint64_t pq_ring_depth(const pq_ring *r)
 void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s)
 {
     pq_ring_ctl *c = r->ctl;
+    /* Counters first (acquire), then the message counts: dropped and
+     * abandoned messages are counted after head_msgs passed them, so the
+     * subtractions below cannot go negative (saturated all the same: the
+     * binding may count what it likes). */
+    s->rejected = atomic_load_explicit(&c->counters[PQ_COUNT_REJECTED], memory_order_acquire);
+    s->dropped = atomic_load_explicit(&c->counters[PQ_COUNT_DROPPED], memory_order_acquire);
+    s->abandoned = atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED], memory_order_acquire);
     uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
     uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_acquire);
     uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+    uint64_t gone = s->dropped + s->abandoned;
 
-    s->rejected = atomic_load_explicit(&c->counters[PQ_COUNT_REJECTED], memory_order_relaxed);
-    s->dropped = atomic_load_explicit(&c->counters[PQ_COUNT_DROPPED], memory_order_relaxed);
-    s->abandoned = atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED], memory_order_relaxed);
-    s->enqueued = claimed - s->abandoned;
-    s->dequeued = passed - s->dropped - s->abandoned;
-    s->depth = claimed - passed;
+    s->enqueued = claimed >= s->abandoned ? claimed - s->abandoned : 0;
+    s->dequeued = passed >= gone ? passed - gone : 0;
+    s->depth = claimed >= passed ? claimed - passed : 0;
     s->depth_bytes = t >= h ? t - h : 0;
     s->capacity = r->capacity;
     s->maxsize = r->maxsize;
