@@ -1,0 +1,5 @@
+import sys
+
+from pyqueue.cli import main
+
+sys.exit(main())
