@@ -7,10 +7,6 @@
 
 #include "pq_proc.h"
 
-#define PQ_CTL_LEN_MASK 0xffffffffull
-#define PQ_CTL_TYPE_SHIFT 32
-#define PQ_CTL_STATE_SHIFT 40
-#define PQ_CTL_TAG_SHIFT 48
 
 /*
  * The tag ties a header to the position it was written for, so a consumer

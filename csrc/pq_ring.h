@@ -63,6 +63,11 @@ enum pq_ring_counter {
     PQ_COUNTERS = 8,
 };
 
+#define PQ_CTL_LEN_MASK 0xffffffffull
+#define PQ_CTL_TYPE_SHIFT 32
+#define PQ_CTL_STATE_SHIFT 40
+#define PQ_CTL_TAG_SHIFT 48
+
 typedef struct pq_record_header {
     /* bits 0-31 payload length, 32-39 type, 40-47 state, 48-63 position tag */
     _Atomic uint64_t ctl;

@@ -7,13 +7,26 @@
 extern _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
 extern _Thread_local uint64_t pq_ring_full_passed;
 
-/* Is a committed (or skippable) record at head? Cheap, read-only. */
+/*
+ * Is a committed (or skippable) record at head? Cheap and read-only: it
+ * runs while the binding has released the GIL, possibly beside another
+ * thread's pq_ring_peek on the same view, so it must not touch the view's
+ * process-local caches.
+ */
 static int pq_ring_readable(pq_ring *r)
 {
-    pq_ring_record rec;
-    pq_ring_batch b;
-    int rc = pq_ring_peek(r, &rec, 1, &b);
-    return rc >= 0 || rc == -ESTALE || rc == PQ_ERR_CORRUPT;
+    pq_ring_ctl *c = r->ctl;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
+    /* acquire: headers below tail are published (see pq_ring_peek). */
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
+    if (h == t)
+        return 0;
+    if (t - h > r->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0)
+        return 1; /* stale or corrupt: let the caller's peek tell which */
+    const pq_record_header *rec = (const pq_record_header *)(r->data + (h & r->mask));
+    uint64_t ctl = atomic_load_explicit(&((pq_record_header *)rec)->ctl, memory_order_acquire);
+    /* Anything but a CLAIMED head is worth a peek (a stale read included). */
+    return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;
 }
 
 int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin)

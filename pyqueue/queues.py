@@ -3,7 +3,6 @@ multiprocessing ones over a shared-memory ring."""
 import queue as _stdqueue
 
 from pyqueue import _core, _oob, _segment
-from pyqueue.errors import SegmentMismatch
 
 DEFAULT_CAPACITY = 32 * 1024 * 1024
 MIN_CAPACITY = 64 * 1024
@@ -155,11 +154,7 @@ class SimpleQueue(Queue):
     multiprocessing.SimpleQueue)."""
 
     def __init__(self, *, capacity_bytes=DEFAULT_CAPACITY, name=None, serializer=None,
-                 mode=0o600, ctx=None):
+                 mode=0o600):
         super().__init__(0, capacity_bytes=capacity_bytes, name=name, serializer=serializer,
                          mode=mode)
 
-
-def _check_kind(info):
-    if info["kind"] != _KIND_QUEUE:
-        raise SegmentMismatch("not a queue segment")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: build pyqueue in .venv with the comparison targets
+# (faster-fifo, pyzmq, matplotlib) and run the side-by-side benchmark.
+# Arguments go to `python -m bench.compare` (e.g. --quick, --only 64B).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[bench]"
+exec python -m bench.compare "$@"
