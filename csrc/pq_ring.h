@@ -219,11 +219,11 @@ int pq_ring_repair_head(pq_ring *r);
 /* --- waiting --------------------------------------------------------- */
 
 /*
- * Wait until a committed record may be at head: spin `spin` rounds, then
- * park. 0 when worth retrying, -ETIMEDOUT at deadline_ns (monotonic, < 0:
+ * Wait until a committed record may be at head: spin, then yield, for up
+ * to spin_ns (pq_spin_until), then park. 0 when worth retrying, -ETIMEDOUT at deadline_ns (monotonic, < 0:
  * none), -EINTR on a signal. Call without holding language locks.
  */
-int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin);
+int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin_ns);
 
 /*
  * Wait until head moves away from seen_head (room may have been made), or,
@@ -231,7 +231,7 @@ int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin);
  * counted messages out since that claim looked. seen_head: pq_ring_head()
  * read before the failed claim, by the same thread.
  */
-int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin);
+int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin_ns);
 
 static inline uint64_t pq_ring_head(const pq_ring *r)
 {

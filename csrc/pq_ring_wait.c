@@ -29,13 +29,15 @@ static int pq_ring_readable(pq_ring *r)
     return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;
 }
 
-int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin)
+static int pq_ring_readable_cb(void *r)
 {
-    for (uint32_t i = 0; i < spin; i++) {
-        if (pq_ring_readable(r))
-            return 0;
-        pq_cpu_relax();
-    }
+    return pq_ring_readable(r);
+}
+
+int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin_ns)
+{
+    if (pq_spin_until(pq_ring_readable_cb, r, spin_ns, deadline_ns))
+        return 0;
     uint32_t seq = pq_event_prepare(&r->ctl->readable);
     int rc = 0;
     if (!pq_ring_readable(r))
@@ -57,13 +59,22 @@ static int pq_ring_room_changed(pq_ring *r, uint64_t seen_head)
            atomic_load_explicit(&r->ctl->head_msgs, memory_order_acquire) != pq_ring_full_passed;
 }
 
-int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin)
+struct pq_room_wait {
+    pq_ring *r;
+    uint64_t seen_head;
+};
+
+static int pq_ring_room_changed_cb(void *arg)
 {
-    for (uint32_t i = 0; i < spin; i++) {
-        if (pq_ring_room_changed(r, seen_head))
-            return 0;
-        pq_cpu_relax();
-    }
+    struct pq_room_wait *w = arg;
+    return pq_ring_room_changed(w->r, w->seen_head);
+}
+
+int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin_ns)
+{
+    struct pq_room_wait w = {r, seen_head};
+    if (pq_spin_until(pq_ring_room_changed_cb, &w, spin_ns, deadline_ns))
+        return 0;
     uint32_t seq = pq_event_prepare(&r->ctl->writable);
     int rc = 0;
     if (!pq_ring_room_changed(r, seen_head))

@@ -3,6 +3,7 @@
 #include "pq_wait.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -88,4 +89,28 @@ void pq_event_notify(pq_event *ev, int n)
     /* Bump seq before waking so a waiter about to park sees a new value. */
     atomic_fetch_add_explicit(&ev->seq, 1, memory_order_release);
     pq_futex_wake(&ev->seq, n);
+}
+
+int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t deadline_ns)
+{
+    if (ready(arg))
+        return 1;
+    if (spin_ns == 0)
+        return 0;
+    int64_t end = pq_monotonic_ns() + spin_ns;
+    if (deadline_ns >= 0 && deadline_ns < end)
+        end = deadline_ns;
+    for (uint32_t i = 1;; i++) {
+        /* Pause first: the other side is usually a few hundred ns away.
+         * Then yield, so that spinning never starves a process that
+         * shares our core (more processes than cores). */
+        if (i < 64)
+            pq_cpu_relax();
+        else
+            sched_yield();
+        if (ready(arg))
+            return 1;
+        if ((i & 7) == 0 && pq_monotonic_ns() >= end)
+            return 0;
+    }
 }

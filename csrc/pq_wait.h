@@ -55,6 +55,16 @@ void pq_event_finish(pq_event *ev);
  */
 void pq_event_notify(pq_event *ev, int n);
 
+/*
+ * Phased back-off before parking (the Disruptor's): poll ready(arg), first
+ * with a CPU pause between polls, then yielding the CPU, until spin_ns
+ * have passed or deadline_ns (monotonic, < 0: none) comes. Returns 1 as
+ * soon as ready() does, 0 when the time is up. Spinning keeps a consumer
+ * that keeps up with its producer out of the futex: parked, it would cost
+ * the producer a FUTEX_WAKE system call per message.
+ */
+int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t deadline_ns);
+
 /* Waiters registered right now (for statistics). */
 static inline uint32_t pq_event_waiters(pq_event *ev)
 {

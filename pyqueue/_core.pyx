@@ -88,8 +88,8 @@ cdef extern from "pq_ring.h" nogil:
     int pq_ring_peek(pq_ring* r, pq_ring_record* out, uint32_t max, pq_ring_batch* batch)
     int pq_ring_consume(pq_ring* r, const pq_ring_batch* batch)
     int pq_ring_repair_head(pq_ring* r)
-    int pq_ring_wait_readable(pq_ring* r, int64_t deadline_ns, uint32_t spin)
-    int pq_ring_wait_writable(pq_ring* r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin)
+    int pq_ring_wait_readable(pq_ring* r, int64_t deadline_ns, uint32_t spin_ns)
+    int pq_ring_wait_writable(pq_ring* r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin_ns)
     uint64_t pq_ring_head(const pq_ring* r)
     void pq_ring_tasks_add(pq_ring* r, int64_t n)
     int pq_ring_task_done(pq_ring* r)
@@ -120,7 +120,8 @@ FLAG_CUSTOM_SERIALIZER = 1
 DEF BATCH_MAX = 256           # records per peek/claim in the batch calls
 DEF SLICE_NS = 100000000      # longest single park: signals and repair run between
 
-cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN", "200"))
+# Spin-then-yield budget before parking, in ns (see pq_spin_until).
+cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 
 cdef object _Empty = _queue_mod.Empty
 cdef object _Full = _queue_mod.Full
@@ -528,7 +529,10 @@ cdef class RingQueue:
                 total += 1
                 continue
             rec = pq_ring_record_size(n)
-            if k == BATCH_MAX or bytes_in_batch + rec > self._r.capacity // 2:
+            # One claim per batch where it fits: never more records than
+            # maxsize allows at once, nor more than half the ring.
+            if (k == BATCH_MAX or (self._r.maxsize and k >= self._r.maxsize)
+                    or bytes_in_batch + rec > self._r.capacity // 2):
                 total += self._put_batch(ptrs, lens, types, pos, k, deadline)
                 k = 0
                 bytes_in_batch = 0

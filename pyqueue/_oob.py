@@ -30,6 +30,7 @@ def put(queue, parts, total):
     name = f"{queue._shm_name}.oob-{os.getpid()}-{next(_counter)}"
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=queue._mode, size=max(total, 1))
     try:
+        os.fchmod(shm.fd, queue._mode)  # the queue's mode exactly, whatever the umask
         with mmap.mmap(shm.fd, max(total, 1)) as mm:
             off = 0
             for part in parts:

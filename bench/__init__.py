@@ -1,0 +1,1 @@
+"""pyqueue benchmark suite (``python -m bench.compare``, ``pytest bench/``)."""
