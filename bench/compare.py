@@ -343,7 +343,7 @@ class Case:
 
 
 
-def all_cases(batch_bytes=DEFAULT_BATCH_BYTES):
+def all_cases(batch_bytes=DEFAULT_BATCH_BYTES, procs=(1, 2)):
     import pickle
 
     def case(p, payload, size, label, batch, base):
@@ -353,7 +353,7 @@ def all_cases(batch_bytes=DEFAULT_BATCH_BYTES):
         return Case(f"{p}x{p}-{label}-{mode}", "throughput", payload, size, label, p, p, batch, base, bsz, gmax)
 
     cases = [case(p, "bytes", size, label, batch, base)
-             for p in (1, 2) for size, label, base in SIZES for batch in (False, True)]
+             for p in procs for size, label, base in SIZES for batch in (False, True)]
     dict_size = len(pickle.dumps(_dict_message(123456), protocol=5))
     cases += [case(1, "dict", dict_size, "dict", batch, DICT_BASE_COUNT) for batch in (False, True)]
     cases.append(Case("latency-64B", "latency", "bytes", 64, "64B"))
@@ -1043,6 +1043,8 @@ def parse_args(argv):
                     help="comma-separated case-id patterns (glob, or substring without wildcards); see --list")
     ap.add_argument("--impls", default="pyqueue,mp,faster_fifo,zmq",
                     help="comma-separated implementations (default: %(default)s)")
+    ap.add_argument("--procs", default="1,2", metavar="N,N,...",
+                    help="process counts N of the NxN throughput cases (default 1,2; e.g. 1,2,4,8 for a scaling run)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per case and implementation (default 3)")
     ap.add_argument("--target-seconds", type=float, default=0.75,
                     help="message counts are sized from pilot runs so one timed run lasts about this long "
@@ -1070,7 +1072,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cases = all_cases(args.batch_bytes)
+    cases = all_cases(args.batch_bytes, tuple(int(n) for n in args.procs.split(",") if n.strip()))
     if args.list:
         for c in cases:
             print(f"{c.id:18s} {c.title}")
