@@ -16,6 +16,8 @@ import struct
 
 import posix_ipc
 
+from pyqueue.errors import PyQueueError
+
 _counter = itertools.count()
 _REF = struct.Struct("<Q")
 _ALIGN = 16
@@ -54,7 +56,12 @@ def get(ref):
     """Map the segment a reference names, unlink it, return a writable
     memoryview over the message (the mapping lives as long as the view)."""
     size, name = _parse(ref)
-    shm = posix_ipc.SharedMemory(name)
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError:
+        raise PyQueueError(
+            f"the segment {name!r} holding this large message was removed before it was "
+            "read (pyqueue rm / gc?): the message is lost") from None
     try:
         mm = mmap.mmap(shm.fd, max(size, 1))
     finally:

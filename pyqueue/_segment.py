@@ -24,9 +24,12 @@ _OPEN_WAIT_S = 2.0  # how long an opener waits for a creator to finish
 def check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
-    if not name or len(name) > 200 or "/" in name or "\0" in name or name.startswith("."):
+    # ".oob-" is reserved: "/pyqueue.<name>.oob-<pid>-<n>" are the
+    # out-of-band segments of queue <name> (unlink() and `pyqueue gc` go by it).
+    if (not name or len(name) > 200 or "/" in name or "\0" in name or name.startswith(".")
+            or ".oob-" in name):
         raise ValueError(f"invalid queue name {name!r}: 1-200 characters, no '/', "
-                         "no NUL, not starting with '.'")
+                         "no NUL, not starting with '.', not containing '.oob-'")
     return name
 
 
@@ -89,19 +92,26 @@ def open_existing(name, kind):
         shm.close_fd()
 
 
-def unlink(name):
+def _shm_listing():
+    try:
+        return os.listdir(SHM_DIR)
+    except OSError:
+        return []
+
+
+def unlink(name, listing=None):
     """Remove a segment and any out-of-band segments left by its messages.
-    Returns True if the segment existed."""
+    Returns True if the segment existed. `listing`: a /dev/shm listing to
+    reuse when removing many segments at once."""
     existed = True
     try:
         posix_ipc.unlink_shared_memory(shm_name(name))
     except posix_ipc.ExistentialError:
         existed = False
     prefix = PREFIX + name + ".oob-"
-    try:
-        leftovers = [f for f in os.listdir(SHM_DIR) if f.startswith(prefix)]
-    except OSError:
-        leftovers = []
+    if listing is None:
+        listing = _shm_listing()
+    leftovers = [f for f in listing if f.startswith(prefix)]
     for f in leftovers:
         try:
             posix_ipc.unlink_shared_memory("/" + f)
@@ -118,10 +128,13 @@ _hooks_pid = None
 
 def _remove_owned():
     pid = os.getpid()
-    for name, owner in list(_owned.items()):
-        if owner == pid:  # never a forked child's copy of the parent's list
-            unlink(name)
-            del _owned[name]
+    mine = [name for name, owner in _owned.items() if owner == pid]
+    if not mine:  # never a forked child's copy of the parent's list
+        return
+    listing = _shm_listing()  # once, not once per queue
+    for name in mine:
+        unlink(name, listing)
+        del _owned[name]
 
 
 def own(name):

@@ -1,109 +1,560 @@
-"""The `pyqueue` command line: list, inspect and remove segments.
+"""The `pyqueue` command line: list, inspect, remove and collect segments.
 
-    pyqueue ls            every pyqueue segment on this machine
-    pyqueue stats NAME    the counters of a queue, as JSON
-    pyqueue rm NAME...    remove segments by name
+    pyqueue ls [--json] [PATTERN...]   every pyqueue segment on this machine
+    pyqueue stats NAME                 the counters of a queue, as JSON
+    pyqueue rm NAME...                 remove segments (and their out-of-band segments)
+    pyqueue gc [--dry-run] [--oob-grace SECONDS] [--anon-only] [--json] [PATTERN...]
+                                       remove the segments nobody can use any more
+
+PATTERNs are shell-style globs on queue names (`anon-1234-*`); an
+out-of-band segment goes with its queue's name.
 """
 import argparse
+import fnmatch
 import json
-import mmap
 import os
+import re
+import stat as _stat
+import struct
 import sys
+import time
 
-from pyqueue import _core, _segment
+from pyqueue import _procscan, _segment
 from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log"}
 
+# The segment header (csrc/pq_segment.h), read here with plain reads rather
+# than a mapping: listing must never map (or fault on) files that are not
+# ours, truncated, or being created and resized under us.
+_HEADER = struct.Struct("<QIIQQQiIQQII16Q")
+_HEADER_BYTES = 256
+_MAGIC = 0x0045554555515950  # "PYQUEUE\0"
+_LAYOUT_VERSION = 1
+_READY = 1
 
-def _segments():
-    """(name, size, info or None) for every pyqueue segment in /dev/shm."""
+_OOB_RE = re.compile(r"^(?P<queue>.+)\.oob-(?P<pid>[0-9]+)-(?P<n>[0-9]+)$", re.S)
+_ANON_RE = re.compile(r"^anon-(?P<pid>[0-9]+)-[0-9a-f]+$")
+
+DEFAULT_OOB_GRACE = 300.0
+
+GC_RULE = """\
+What gc removes (PATTERNs restrict it to some queue names):
+
+  a queue (or other) segment, when no live process maps it or holds it
+  open (/proc/*/maps, /proc/*/fd) AND its creator is dead: the header's
+  creator pid no longer runs, is a zombie, or now belongs to another
+  process (its start time differs from the header's creator_start_time).
+  A segment whose header is not (yet) valid (being created, truncated, not
+  pyqueue's) is only removed when it is an unnamed queue "anon-PID-..."
+  whose PID is dead; other such segments are listed as "?" and left alone.
+  Named queues whose creator exited are removed too, messages and all:
+  give --anon-only to collect unnamed queues only.
+
+  an out-of-band segment NAME.oob-PID-N (a large message), when no live
+  process maps it or holds it open AND either
+    - its queue NAME is gone: no segment of that name exists (or gc removes
+      it in this run) and no live process still maps the unlinked queue; or
+    - it is older than --oob-grace seconds (default 300) AND its producer
+      PID is dead (or the pid now belongs to a process started after the
+      segment) AND the queue's ring holds no reference to it.
+  A large message that waits in a live queue is therefore never removed,
+  even when its producer has exited; one whose producer died before the
+  reference was put is removed after the grace period.
+
+Segments that processes we may not inspect (another user's, hidepid)
+could be using are kept. Processes in other PID namespaces are invisible:
+do not run gc across containers that share /dev/shm.
+"""
+
+
+# --------------------------------------------------------------------------
+# reading the shm directory
+# --------------------------------------------------------------------------
+
+class Oob:
+    """An out-of-band segment /dev/shm/pyqueue.QUEUE.oob-PID-N."""
+
+    def __init__(self, entry, queue, pid, n, st):
+        self.entry = entry
+        self.queue = queue
+        self.pid = pid
+        self.n = n
+        self.st = st
+        self.users = set()
+        self.producer_alive = None
+
+    @property
+    def size(self):
+        return self.st.st_size if self.st is not None else 0
+
+    def made_at(self):
+        """Unix time by which the segment existed (its earliest timestamp)."""
+        return min(self.st.st_mtime, self.st.st_ctime)
+
+    def age(self, now):
+        # Its newest timestamp: errs on the young side.
+        return now - max(self.st.st_mtime, self.st.st_ctime)
+
+
+class Segment:
+    """A segment /dev/shm/pyqueue.NAME (a queue, or something else there)."""
+
+    def __init__(self, entry, name):
+        self.entry = entry
+        self.name = name
+        self.st = None
+        self.state = "gone"   # ok, initializing, empty, truncated, not-pyqueue, version,
+        #                       not-a-file, unreadable, gone
+        self.header = None
+        self.creator_alive = None
+        self.users = set()
+        self.oobs = []
+        self.depth = None
+
+    @property
+    def kind(self):
+        if self.state != "ok":
+            return "?"
+        return _KINDS.get(self.header["kind"], str(self.header["kind"]))
+
+    @property
+    def size(self):
+        return self.st.st_size if self.st is not None else 0
+
+    @property
+    def creator_pid(self):
+        return self.header["creator_pid"] if self.header else None
+
+
+def _path(entry):
+    return os.path.join(_segment.SHM_DIR, entry)
+
+
+def _lstat(entry):
     try:
-        files = sorted(os.listdir(_segment.SHM_DIR))
+        return os.lstat(_path(entry))
     except OSError:
-        return
-    for f in files:
-        if not f.startswith(_segment.PREFIX) or ".oob-" in f:
-            continue
-        name = f[len(_segment.PREFIX):]
-        path = os.path.join(_segment.SHM_DIR, f)
-        info = None
-        try:
-            size = os.stat(path).st_size
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ) as mm:
-                info = _core.segment_info(mm)
-        except (OSError, ValueError, PyQueueError):
-            size = size if "size" in locals() else 0
-        yield name, size, info
+        return None
 
 
-def _alive(pid):
+def read_header(entry):
+    """(state, header dict or None, stat) of /dev/shm/<entry>, with plain
+    reads: never blocks (FIFOs), never follows links, never maps."""
+    path = _path(entry)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "gone", None, None
+    except OSError:
+        st = _lstat(entry)
+        if st is not None and not _stat.S_ISREG(st.st_mode):
+            return "not-a-file", None, st
+        return ("unreadable" if st is not None else "gone"), None, st
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            return "not-a-file", None, st
+        data = os.pread(fd, _HEADER_BYTES, 0) if st.st_size else b""
+    except OSError:
+        return "unreadable", None, _lstat(entry)
+    finally:
+        os.close(fd)
+    if not data:
+        return "empty", None, st
+    if len(data) < _HEADER_BYTES:
+        return "truncated", None, st
+    f = _HEADER.unpack_from(data)
+    magic, version, kind, seg_size, data_off, data_size = f[:6]
+    if magic != _MAGIC:
+        return ("initializing" if magic == 0 else "not-pyqueue"), None, st
+    hdr = {"kind": kind, "layout_version": version, "segment_size": seg_size,
+           "data_offset": data_off, "data_size": data_size, "creator_pid": f[6],
+           "creator_start_time": f[8], "created_unix_ns": f[9], "state": f[10],
+           "params": list(f[12:28])}
+    if hdr["state"] != _READY:
+        return "initializing", hdr, st
+    if version != _LAYOUT_VERSION:
+        return "version", hdr, st
+    if (seg_size > st.st_size or data_off < _HEADER_BYTES or data_off > seg_size
+            or data_size > seg_size - data_off):
+        return "truncated", hdr, st
+    return "ok", hdr, st
+
+
+def _matches(name, patterns):
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def collect(patterns=()):
+    """Read the shm directory and /proc. Returns (segments, orphans, users,
+    entries): segments with their out-of-band segments attached, the
+    out-of-band segments whose queue segment does not exist, the
+    _procscan.ShmUsers, and the set of every pyqueue entry present."""
+    try:
+        entries = {e for e in os.listdir(_segment.SHM_DIR) if e.startswith(_segment.PREFIX)}
+    except OSError:
+        entries = set()
+    segs, oobs = {}, []
+    for entry in sorted(entries):
+        name = entry[len(_segment.PREFIX):]
+        m = _OOB_RE.match(name)  # queue names cannot contain ".oob-"
+        if m:
+            if _matches(m["queue"], patterns):
+                oobs.append((entry, m))
+        elif _matches(name, patterns):
+            segs[name] = Segment(entry, name)
+    users = _procscan.scan(_segment.PREFIX, _segment.SHM_DIR)
+    for seg in segs.values():
+        seg.state, seg.header, seg.st = read_header(seg.entry)
+        seg.users = users.users(seg.entry, seg.st)
+        if seg.header is not None and seg.header["creator_pid"] > 0:
+            seg.creator_alive = _procscan.is_alive(seg.header["creator_pid"],
+                                                   seg.header["creator_start_time"])
+    orphans = []
+    for entry, m in oobs:
+        st = _lstat(entry)
+        if st is None:
+            continue  # taken by a consumer meanwhile
+        o = Oob(entry, m["queue"], int(m["pid"]), int(m["n"]), st)
+        o.users = users.users(entry, st)
+        o.producer_alive = _procscan.is_alive_since(o.pid, o.made_at())
+        seg = segs.get(o.queue)
+        if seg is not None:
+            seg.oobs.append(o)
+        else:
+            orphans.append(o)
+    return list(segs.values()), orphans, users, entries
+
+
+def _depth(seg):
+    """Messages in a queue segment (opens it briefly), or None."""
+    if seg.state != "ok" or seg.header["kind"] != 1:
+        return None
+    try:
+        from pyqueue.queues import Queue
+        # Any serializer will do to read counters (and is required to open a
+        # queue made with a custom one).
+        q = Queue.open(seg.name, serializer=(bytes, bytes))
+        try:
+            return q.qsize()
+        finally:
+            q.close()
+            del q
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------
+# references from a queue's ring to out-of-band segments
+# --------------------------------------------------------------------------
+
+def ring_references(queue_entry):
+    """Names (entries) of the out-of-band segments a queue segment refers
+    to: every "/pyqueue.NAME.oob-PID-N" in its bytes. Stale bytes of
+    records already taken count too, which errs on the side of keeping.
+    Reads the file (skipping holes), never maps it. None when unreadable."""
+    prefix = ("/" + queue_entry + ".oob-").encode()
+    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9]+)")
+    overlap = len(prefix) + 48
+    found = set()
+    try:
+        fd = os.open(_path(queue_entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            return None
+        end = st.st_size
+        pos = 0
+        tail = b""
+        chunk = 4 << 20
+        while pos < end:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: only a hole is left
+            if data_at != pos:
+                tail = b""
+                pos = data_at
+            buf = os.pread(fd, min(chunk, end - pos), pos)
+            if not buf:
+                break
+            for m in pat.finditer(tail + buf):
+                found.add((prefix[1:] + m.group(1) + b"-" + m.group(2)).decode())
+            tail = buf[-overlap:]
+            pos += len(buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return found
+
+
+# --------------------------------------------------------------------------
+# gc
+# --------------------------------------------------------------------------
+
+def _segment_verdict(seg, users, anon_only):
+    """Reason to remove a segment, or None to keep it."""
+    anon = _ANON_RE.match(seg.name)
+    if anon_only and not anon:
+        return None
+    if seg.st is None or seg.state in ("not-a-file", "unreadable", "gone"):
+        return None
+    if seg.users or users.maybe_hidden_user(seg.st):
+        return None
+    if seg.state == "ok":
+        if seg.creator_alive is False:
+            return f"creator pid {seg.header['creator_pid']} is dead"
+        return None
+    if anon:
+        pid = int(anon["pid"])
+        made = min(seg.st.st_mtime, seg.st.st_ctime)
+        if _procscan.is_alive_since(pid, made) is False:
+            return f"{seg.state} segment of dead creator pid {pid}"
+    return None
+
+
+def _oob_verdict(o, queue_gone, refs, users, now, grace):
+    """Reason to remove an out-of-band segment, or None to keep it.
+    refs: callable giving the queue's referenced entries (or None)."""
+    if not _stat.S_ISREG(o.st.st_mode):
+        return None
+    if o.users or users.maybe_hidden_user(o.st):
+        return None
+    if queue_gone:
+        return f"its queue {o.queue!r} is gone"
+    if o.age(now) < grace or o.producer_alive is not False:
+        return None
+    referenced = refs()
+    if referenced is None or o.entry in referenced:
+        return None
+    return (f"producer pid {o.pid} is dead, older than {grace:g} s and not "
+            f"referenced by queue {o.queue!r}")
+
+
+def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None):
+    """[(kind, entry, size, reason, st)] of what gc would remove now."""
+    segments, orphans, users, entries = collect(patterns)
+    now = time.time() if now is None else now
+    plan = []
+    removed = set()
+    for seg in segments:
+        why = _segment_verdict(seg, users, anon_only)
+        if why:
+            plan.append((seg.kind, seg.entry, seg.size, why, seg.st))
+            removed.add(seg.name)
+    by_queue = {}
+    for seg in segments:
+        by_queue[seg.name] = seg.oobs
+    for o in orphans:
+        by_queue.setdefault(o.queue, []).append(o)
+    for queue, oobs in sorted(by_queue.items()):
+        if anon_only and not _ANON_RE.match(queue):
+            continue
+        queue_entry = _segment.PREFIX + queue
+        present = queue_entry in entries and queue not in removed
+        queue_gone = not present and not users.deleted_users(queue_entry)
+        cache = []
+
+        def refs(queue_entry=queue_entry, present=present, cache=cache):
+            if not cache:
+                cache.append(ring_references(queue_entry) if present else None)
+            return cache[0]
+
+        for o in oobs:
+            why = _oob_verdict(o, queue_gone, refs, users, now, oob_grace)
+            if why:
+                plan.append(("oob", o.entry, o.size, why, o.st))
+    return plan
+
+
+def _unlink(entry, st):
+    """Remove a segment if it is still the file that was examined.
+    Returns None when done (or already gone), else an error message."""
+    now_st = _lstat(entry)
+    if now_st is None:
+        return None
+    if st is not None and (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
+        return "replaced by a new segment since it was examined; kept"
+    import posix_ipc
+    try:
+        posix_ipc.unlink_shared_memory("/" + entry)
+    except posix_ipc.ExistentialError:
+        return None
+    except (posix_ipc.PermissionsError, OSError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def cmd_gc(args):
+    if args.oob_grace < 0:
+        print("pyqueue gc: --oob-grace must be >= 0", file=sys.stderr)
+        return 2
+    plan = plan_gc(args.patterns, args.oob_grace, args.anon_only)
+    rc = 0
+    done = []
+    for kind, entry, size, why, st in plan:
+        error = None if args.dry_run else _unlink(entry, st)
+        if error:
+            rc = 1
+        done.append({"segment": entry, "kind": kind, "size": size, "reason": why,
+                     "removed": not args.dry_run and error is None, "error": error})
+    if args.json:
+        print(json.dumps(done, indent=2))
+        return rc
+    verb = "would remove" if args.dry_run else "removed"
+    for d in done:
+        if d["error"]:
+            print(f"pyqueue gc: cannot remove {_show(d['segment'])}: {d['error']}", file=sys.stderr)
+        else:
+            print(f"{verb} {_show(d['segment'])} ({d['kind']}, {_bytes(d['size'])}): {d['reason']}")
+    ok = [d for d in done if not d["error"]]
+    total = sum(d["size"] for d in ok)
+    print(f"gc: {verb} {len(ok)} segment{'s' if len(ok) != 1 else ''} ({_bytes(total)})")
+    return rc
+
+
+# --------------------------------------------------------------------------
+# ls, stats, rm
+# --------------------------------------------------------------------------
+
+def _show(name):
+    return name if name.isprintable() else ascii(name)
+
+
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _yn(v):
+    return "?" if v is None else ("yes" if v else "no")
+
+
+def _pids(pids):
+    if not pids:
+        return "-"
+    pids = sorted(pids)
+    s = ",".join(map(str, pids[:3]))
+    return s + (f",+{len(pids) - 3}" if len(pids) > 3 else "")
+
+
+def _oob_row(o, now):
+    return {"name": o.entry[len(_segment.PREFIX):], "segment": o.entry,
+            "kind": "oob", "queue": o.queue, "size": o.size, "producer_pid": o.pid,
+            "producer_alive": o.producer_alive, "open_by": sorted(o.users),
+            "age_s": round(o.age(now), 3)}
 
 
 def cmd_ls(args):
+    segments, orphans, _, _ = collect(args.patterns)
+    now = time.time()
     rows = []
-    for name, size, info in _segments():
-        if info is None:
-            rows.append((name, "?", size, "-", "-", "-"))
-            continue
-        depth = "-"
-        if info["kind"] == 1:
-            try:
-                from pyqueue.queues import Queue
-                q = Queue.open(name)
-                depth = q.qsize()
-                q.close()
-            except Exception:
-                depth = "?"
-        pid = info["creator_pid"]
-        rows.append((name, _KINDS.get(info["kind"], str(info["kind"])), size, depth, pid,
-                     "yes" if _alive(pid) else "no"))
+    for seg in segments:
+        seg.depth = _depth(seg)
+        rows.append({
+            "name": seg.name, "segment": seg.entry, "kind": seg.kind, "state": seg.state,
+            "size": seg.size, "depth": seg.depth,
+            "creator_pid": seg.creator_pid,
+            "creator_start_time": seg.header["creator_start_time"] if seg.header else None,
+            "creator_alive": seg.creator_alive,
+            "created_unix_ns": seg.header["created_unix_ns"] if seg.header else None,
+            "open_by": sorted(seg.users),
+            "mode": oct(seg.st.st_mode & 0o777) if seg.st is not None else None,
+            "oob_count": len(seg.oobs), "oob_bytes": sum(o.size for o in seg.oobs),
+            "oob": [_oob_row(o, now) for o in seg.oobs],
+        })
+    orphan_rows = [_oob_row(o, now) for o in orphans]
     if args.json:
-        keys = ("name", "kind", "size", "depth", "creator_pid", "creator_alive")
-        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        print(json.dumps(rows + orphan_rows, indent=2))
         return 0
-    print(f"{'NAME':40} {'KIND':6} {'SIZE':>12} {'DEPTH':>8} {'CREATOR':>8} ALIVE")
+    print(f"{'NAME':40} {'KIND':6} {'SIZE':>10} {'DEPTH':>7} {'CREATOR':>8} {'ALIVE':5} "
+          f"{'OPEN BY':16} OOB")
     for r in rows:
-        print(f"{r[0]:40} {r[1]:6} {r[2]:>12} {r[3]!s:>8} {r[4]!s:>8} {r[5]}")
+        kind = r["kind"]
+        depth = "-" if r["depth"] is None else r["depth"]
+        oob = f"{r['oob_count']}/{_bytes(r['oob_bytes'])}" if r["oob_count"] else "-"
+        creator = "-" if r["creator_pid"] is None else r["creator_pid"]
+        alive = "-" if r["creator_pid"] is None else _yn(r["creator_alive"])
+        print(f"{_show(r['name']):40} {kind:6} {r['size']:>10} {depth!s:>7} {creator!s:>8} "
+              f"{alive:5} {_pids(r['open_by']):16} {oob}"
+              + ("" if r["state"] == "ok" else f"  ({r['state']})"))
+    if orphan_rows:
+        print()
+        print("out-of-band segments whose queue is gone:")
+        print(f"{'NAME':48} {'SIZE':>10} {'PRODUCER':>8} {'ALIVE':5} {'OPEN BY':16} AGE")
+        for r in orphan_rows:
+            print(f"{_show(r['name']):48} {r['size']:>10} {r['producer_pid']:>8} "
+                  f"{_yn(r['producer_alive']):5} {_pids(r['open_by']):16} {r['age_s']:.0f} s")
     return 0
 
 
 def cmd_stats(args):
     from pyqueue.queues import Queue
-    q = Queue.open(args.name)
-    print(json.dumps(q.stats(), indent=2))
-    q.close()
+    # Any serializer opens a queue made with a custom one; stats decode nothing.
+    q = Queue.open(args.name, serializer=(bytes, bytes))
+    try:
+        print(json.dumps(q.stats(), indent=2))
+    finally:
+        q.close()
     return 0
 
 
 def cmd_rm(args):
+    import posix_ipc
     rc = 0
     for name in args.names:
-        if not _segment.unlink(name):
+        try:
+            existed = _segment.unlink(name)
+        except (posix_ipc.Error, OSError, ValueError) as e:
+            print(f"pyqueue rm: cannot remove {name!r}: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        if not existed:
             print(f"pyqueue rm: no segment named {name!r}", file=sys.stderr)
             rc = 1
     return rc
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="pyqueue", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="pyqueue", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    ls = sub.add_parser("ls", help="list pyqueue segments")
-    ls.add_argument("--json", action="store_true")
+    ls = sub.add_parser(
+        "ls", help="list pyqueue segments",
+        description="List every pyqueue segment: kind, size, depth, creator pid and "
+                    "whether it is alive (pid + start time), the live processes that map "
+                    "or hold it open, and its out-of-band segments. Segments that are "
+                    "not (yet) valid pyqueue segments show kind '?'.")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     ls.set_defaults(func=cmd_ls)
     st = sub.add_parser("stats", help="counters of a queue")
     st.add_argument("name")
     st.set_defaults(func=cmd_stats)
-    rm = sub.add_parser("rm", help="remove segments")
-    rm.add_argument("names", nargs="+")
+    rm = sub.add_parser("rm", help="remove segments",
+                        description="Remove segments by queue name, with their out-of-band "
+                                    "segments. Exits 1 when a name does not exist.")
+    rm.add_argument("names", nargs="+", metavar="NAME")
     rm.set_defaults(func=cmd_rm)
+    gc = sub.add_parser("gc", help="remove segments nobody can use any more",
+                        description="Remove the segments of dead processes.\n\n" + GC_RULE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    gc.add_argument("--oob-grace", type=float, default=DEFAULT_OOB_GRACE, metavar="SECONDS",
+                    help="age below which an out-of-band segment of a live queue is kept "
+                         "(default %(default)g)")
+    gc.add_argument("--anon-only", action="store_true",
+                    help="only unnamed queues (anon-PID-...) and their out-of-band segments")
+    gc.add_argument("--json", action="store_true", help="print JSON")
+    gc.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
+    gc.set_defaults(func=cmd_gc)
     args = p.parse_args(argv)
     try:
         return args.func(args)
