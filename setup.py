@@ -5,6 +5,9 @@ Switches (environment variables):
                        (run Python with LD_PRELOAD of libasan, see .ci/run)
   PYQUEUE_DEBUG=1      -O0 -g, C asserts on
   PYQUEUE_COVERAGE=1   gcov instrumentation of the C core
+  PYQUEUE_FAULT_INJECTION=1
+                       test-only fault points (csrc/pq_fault.h): the test
+                       suite's build; benchmarks and releases build without
 """
 import glob
 import os
@@ -20,6 +23,7 @@ compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-Wno-unused-function", "-Wno-missing-field-initializers"]
 link_args = ["-pthread"]
 undef_macros = []
+define_macros = []
 if _flag("PYQUEUE_DEBUG") or _flag("PYQUEUE_SANITIZE"):
     compile_args += ["-O0", "-g3", "-fno-omit-frame-pointer"]
     undef_macros += ["NDEBUG"]
@@ -29,6 +33,8 @@ if _flag("PYQUEUE_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     compile_args += san
     link_args += san
+if _flag("PYQUEUE_FAULT_INJECTION"):
+    define_macros += [("PQ_FAULT_INJECTION", "1")]
 if _flag("PYQUEUE_COVERAGE"):
     compile_args += ["--coverage"]
     link_args += ["--coverage"]
@@ -40,6 +46,7 @@ ext = Extension(
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     undef_macros=undef_macros,
+    define_macros=define_macros,
 )
 
 try:

@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "pq_fault.h"
 #include "pq_proc.h"
 
 
@@ -36,11 +37,12 @@ static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos
 
 /*
  * What this thread's last pq_ring_claim saw when it failed on maxsize
- * (ctl NULL otherwise), for pq_ring_wait_writable in pq_ring_wait.c. A
- * consumer moves head before it adds to head_msgs, so a claim can see the
- * new head with the old count, fail, and then wait for head to move again
- * after the consumer's wake-up went out: the wait must also watch
- * head_msgs against the value the claim used.
+ * (ctl NULL otherwise), for pq_ring_wait_writable in pq_ring_wait.c.
+ * Where a consumer moves head before it adds to head_msgs (no double-width
+ * CAS, see pq_ring_consume), a claim can see the new head with the old
+ * count, fail, and then wait for head to move again after the consumer's
+ * wake-up went out: the wait must also watch head_msgs against the value
+ * the claim used. (Harmless where the two move together.)
  */
 _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
 _Thread_local uint64_t pq_ring_full_passed;
@@ -92,6 +94,8 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
 
 int pq_ring_open(pq_ring *r, void *base, size_t size)
 {
+    if (((uintptr_t)base & 15) != 0)
+        return -EINVAL; /* the head pair's CAS needs 16-byte alignment */
     int rc = pq_segment_check(base, size, PQ_KIND_QUEUE);
     if (rc < 0)
         return rc;
@@ -175,10 +179,23 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
     /* relaxed: tail and tail_msgs are only written under the claim lock. */
     t = atomic_load_explicit(&c->tail, memory_order_relaxed);
     h = r->head_cache;
+    /* A misaligned tail (only a corrupt segment) would lay a header
+     * across the end of the data area. */
+    if ((t & (PQ_RECORD_ALIGN - 1)) != 0) {
+        pthread_mutex_unlock(&c->claim_lock);
+        return PQ_ERR_CORRUPT;
+    }
 
     if (r->maxsize != 0) {
         uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
         uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
+        /* Every claim keeps claimed - passed <= maxsize and passed only
+         * grows: more (or fewer than none) is a corrupt segment, where
+         * "full" would block producers for good. */
+        if (claimed - passed > r->maxsize) {
+            pthread_mutex_unlock(&c->claim_lock);
+            return PQ_ERR_CORRUPT;
+        }
         if (claimed - passed + n > r->maxsize) {
             pthread_mutex_unlock(&c->claim_lock);
             pq_ring_full_ctl = c;
@@ -204,6 +221,12 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
          * (The cached value was loaded the same way.) */
         h = atomic_load_explicit(&c->head, memory_order_acquire);
         r->head_cache = h;
+        /* head past tail or a capacity behind it: claims never let that
+         * happen, so the segment is corrupt ("no room" would be for good). */
+        if (t - h > r->capacity) {
+            pthread_mutex_unlock(&c->claim_lock);
+            return PQ_ERR_CORRUPT;
+        }
         if (p - h > r->capacity) {
             pthread_mutex_unlock(&c->claim_lock);
             return -EAGAIN;
@@ -216,6 +239,7 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
     const uint64_t new_tail = p;
     atomic_store_explicit(&c->claim_msgs, msgs, memory_order_relaxed);
     atomic_store_explicit(&c->claim_tail, new_tail, memory_order_release);
+    PQ_FAULT_POINT(PQ_FAULT_IN_CLAIM_LOCK);
 
     /* Write the headers. Consumers cannot look at them until the tail
      * store below, but a consumer holding a stale head may read these
@@ -241,11 +265,13 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
     atomic_store_explicit(&c->tail, new_tail, memory_order_release);
     atomic_store_explicit(&c->claim_tail, 0, memory_order_release);
     pthread_mutex_unlock(&c->claim_lock);
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_CLAIM);
     return 0;
 }
 
 void pq_ring_commit(pq_ring *r, uint64_t pos, uint8_t type)
 {
+    PQ_FAULT_POINT(PQ_FAULT_BEFORE_COMMIT);
     pq_record_header *rec = pq_ring_header_at(r, pos);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
     /* release: the payload bytes written before this store are visible to
@@ -338,30 +364,94 @@ done:
     return (int)b->count;
 }
 
+/*
+ * head and head_msgs move in one double-width CAS where the CPU has one
+ * (x86-64 cmpxchg16b; others with a 16-byte __sync CAS): a consumer killed
+ * right after it took records then cannot leave the message count behind
+ * head. With two steps, a SIGKILL between them left qsize() one too high
+ * for good and took one message off maxsize for every such death (at
+ * maxsize=1 the queue stayed "full" forever). The pair is 16-aligned (see
+ * pq_ring.h); other code reads either half with plain 64-bit loads.
+ */
+#if defined(__x86_64__)
+#define PQ_HEAD_PAIR_CAS 1
+static inline int pq_cas_pair(_Atomic uint64_t *pair, uint64_t *lo, uint64_t *hi,
+                              uint64_t new_lo, uint64_t new_hi)
+{
+    unsigned char ok;
+    /* lock cmpxchg16b: a full barrier, so at least acq_rel (see below). */
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                         : "=q"(ok), "+m"(*(volatile uint64_t(*)[2])pair), "+a"(*lo), "+d"(*hi)
+                         : "b"(new_lo), "c"(new_hi)
+                         : "memory", "cc");
+    return ok;
+}
+#elif defined(__GCC_HAVE_SYNC_COMPARE_AND_SWAP_16) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define PQ_HEAD_PAIR_CAS 1
+static inline int pq_cas_pair(_Atomic uint64_t *pair, uint64_t *lo, uint64_t *hi,
+                              uint64_t new_lo, uint64_t new_hi)
+{
+    /* The __sync builtins are full barriers. */
+    unsigned __int128 old = (unsigned __int128)*hi << 64 | *lo;
+    unsigned __int128 got = __sync_val_compare_and_swap(
+        (unsigned __int128 *)(void *)pair, old, (unsigned __int128)new_hi << 64 | new_lo);
+    *lo = (uint64_t)got;
+    *hi = (uint64_t)(got >> 64);
+    return got == old;
+}
+#else
+#define PQ_HEAD_PAIR_CAS 0
+#endif
+
 int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
 {
     pq_ring_ctl *c = r->ctl;
-    uint64_t expected = b->head;
+    uint64_t passed = b->count + b->skipped;
 
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_PEEK);
     /*
      * The CAS validates the optimistic copy: head is monotonic, so if it
      * still equals b->head no other consumer took these records and no
      * producer can have reused their bytes (room is measured from head).
      * release: our reads of the payloads happen before a producer that
      * sees the new head reuses the space. acquire: for what we read next.
+     * The same CAS counts the messages out (head_msgs): a reader that sees
+     * the new count also sees a tail_msgs that covers it (this consumer
+     * read tail with acquire), so depth never goes negative.
      */
+#if PQ_HEAD_PAIR_CAS
+    /* head_msgs only ever changes together with head, so if head is
+     * still b->head, the count read after it is the one that goes with it;
+     * if head moved, the CAS fails on head whatever the count. */
+    uint64_t msgs = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
+    for (;;) {
+        uint64_t h = b->head, m = msgs;
+        if (pq_cas_pair(&c->head, &h, &m, b->next, msgs + passed))
+            break;
+        if (h != b->head)
+            return -EAGAIN;
+        msgs = m; /* same head, other count: only a two-step writer (none) */
+    }
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_CONSUME);
+#else
+    /* No double-width CAS: two steps. A consumer killed between them
+     * leaves head_msgs short by what it took (docs/design.md). */
+    uint64_t expected = b->head;
     if (!atomic_compare_exchange_strong_explicit(&c->head, &expected, b->next,
                                                  memory_order_acq_rel, memory_order_relaxed))
         return -EAGAIN;
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_CONSUME);
     /* head_msgs only feeds maxsize checks and statistics, where a
-     * briefly low value errs on the side of "full". release: a reader
-     * that sees the new count also sees a tail_msgs that covers it (this
-     * consumer read tail with acquire), so depth never goes negative. */
-    if (b->count + b->skipped != 0)
-        atomic_fetch_add_explicit(&c->head_msgs, b->count + b->skipped, memory_order_release);
+     * briefly low value errs on the side of "full". */
+    if (passed != 0)
+        atomic_fetch_add_explicit(&c->head_msgs, passed, memory_order_release);
+#endif
     /* Abandoned records are counted when head passes them (exactly once:
      * by the consumer whose CAS won), after head_msgs, so that "dequeued"
-     * (passed - dropped - abandoned) never goes negative. */
+     * (passed - dropped - abandoned) never goes negative. A consumer
+     * killed just before this leaves the statistic one short, nothing
+     * else. */
     if (b->skipped != 0)
         pq_ring_count(r, PQ_COUNT_ABANDONED, b->skipped);
     pq_event_notify(&c->writable, INT32_MAX);

@@ -86,7 +86,8 @@ typedef struct pq_ring_ctl {
      * bumped for records that were never published. */
     _Atomic uint64_t claim_tail;
     _Atomic uint64_t claim_msgs;
-    /* Consumers' line. */
+    /* Consumers' line. head and head_msgs are one 16-aligned pair that
+     * pq_ring_consume moves with one double-width CAS (pq_ring.c). */
     PQ_ALIGNED_LINE _Atomic uint64_t head; /* start of the oldest unread record */
     _Atomic uint64_t head_msgs;            /* messages passed by head, ever */
     PQ_ALIGNED_LINE pq_event readable;     /* consumers park here */
@@ -98,6 +99,9 @@ typedef struct pq_ring_ctl {
 
 _Static_assert(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET,
                "ring control block too big");
+_Static_assert(offsetof(pq_ring_ctl, head) % 16 == 0 && PQ_RING_CTL_OFFSET % 16 == 0 &&
+                   offsetof(pq_ring_ctl, head_msgs) == offsetof(pq_ring_ctl, head) + 8,
+               "head and head_msgs must be a 16-aligned pair");
 
 /* A process-local view of a mapped queue segment. */
 typedef struct pq_ring {
@@ -163,7 +167,8 @@ static inline uint64_t pq_ring_record_size(uint64_t len)
 int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params);
 
-/* Attach to a mapped queue segment after validating it. */
+/* Attach to a mapped queue segment after validating it (base must be
+ * 16-aligned: -EINVAL otherwise; mappings are page-aligned). */
 int pq_ring_open(pq_ring *r, void *base, size_t size);
 
 /* --- producers ------------------------------------------------------- */

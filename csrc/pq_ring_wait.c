@@ -1,6 +1,7 @@
 /* pq_ring_wait.c - blocking, joinable-queue accounting and statistics for
  * the record ring (the parts built on pq_event). */
 #define _GNU_SOURCE
+#include "pq_fault.h"
 #include "pq_ring.h"
 
 /* Set by a pq_ring_claim of this thread that failed on maxsize (pq_ring.c). */
@@ -40,8 +41,10 @@ int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin_ns)
         return 0;
     uint32_t seq = pq_event_prepare(&r->ctl->readable);
     int rc = 0;
-    if (!pq_ring_readable(r))
+    if (!pq_ring_readable(r)) {
+        PQ_FAULT_POINT(PQ_FAULT_PARKED);
         rc = pq_event_park(&r->ctl->readable, seq, deadline_ns);
+    }
     pq_event_finish(&r->ctl->readable);
     return rc;
 }
@@ -77,8 +80,10 @@ int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, u
         return 0;
     uint32_t seq = pq_event_prepare(&r->ctl->writable);
     int rc = 0;
-    if (!pq_ring_room_changed(r, seen_head))
+    if (!pq_ring_room_changed(r, seen_head)) {
+        PQ_FAULT_POINT(PQ_FAULT_PARKED);
         rc = pq_event_park(&r->ctl->writable, seq, deadline_ns);
+    }
     pq_event_finish(&r->ctl->writable);
     return rc;
 }

@@ -8,6 +8,8 @@ PARAM_OVERFLOW: int
 PARAM_MAX_MESSAGE: int
 PARAM_FLAGS: int
 FLAG_CUSTOM_SERIALIZER: int
+FAULT_INJECTION: bool
+FAULT_POINTS: Tuple[str, ...]
 
 def create_segment(mm: Any, capacity: int, maxsize: int, overflow: int,
                    max_message: int, flags: int) -> None: ...

@@ -15,7 +15,6 @@ threads of one process never interleave inside them.
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
@@ -33,6 +32,12 @@ from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+cdef extern from "pq_fault.h" nogil:
+    int PQ_FAULT_ENABLED, PQ_FAULT_NPOINTS
+    const char* pq_fault_name(int id)
+    # memcpy, split around the mid_copy fault point in fault builds only
+    void pq_fault_copy(uint8_t* dst, uint64_t off, const void* src, size_t n, uint64_t total)
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
@@ -122,6 +127,12 @@ DEF SLICE_NS = 100000000      # longest single park: signals and repair run betw
 
 # Spin-then-yield budget before parking, in ns (see pq_spin_until).
 cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
+
+# Test-only fault injection (csrc/pq_fault.h): True in a build made with
+# PYQUEUE_FAULT_INJECTION=1, where PYQUEUE_FAULT=<point>[:N] stops the
+# process with SIGSTOP at the N-th hit of that point.
+FAULT_INJECTION = bool(PQ_FAULT_ENABLED)
+FAULT_POINTS = tuple(pq_fault_name(i).decode("ascii") for i in range(1, PQ_FAULT_NPOINTS))
 
 cdef object _Empty = _queue_mod.Empty
 cdef object _Full = _queue_mod.Full
@@ -232,6 +243,8 @@ cdef class RingQueue:
     cdef object __weakref__
     cdef pq_ring_record* _recs
     cdef object _oob               # pyqueue._oob module hooks (put, get)
+    cdef uint64_t _stuck_head      # head a non-blocking get found in progress
+    cdef int64_t _stuck_since      # when it first did (0: none)
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -308,6 +321,23 @@ cdef class RingQueue:
                 return 0
         return 1
 
+    cdef int _repair_if_stuck(self, uint64_t head) except -1:
+        """A non-blocking get found the oldest record still being written.
+        A blocking get checks its producer after every parked slice; a
+        get_nowait never parks, so it checks when the same record was
+        already in progress at least a slice ago (at most one /proc read
+        per slice). Without this, consumers that only poll would never get
+        past a dead producer's record. 1 when repaired: peek again."""
+        cdef int64_t now = pq_monotonic_ns()
+        if self._stuck_since == 0 or head != self._stuck_head:
+            self._stuck_head = head
+            self._stuck_since = now
+            return 0
+        if now - self._stuck_since < SLICE_NS:
+            return 0
+        self._stuck_since = now
+        return _check_rc(pq_ring_repair_head(&self._r), "repair")
+
     cdef int _park_writable(self, uint64_t seen_head, int64_t deadline) except -1:
         cdef int64_t now, until
         cdef int rc
@@ -348,7 +378,7 @@ cdef class RingQueue:
                 if b.count:
                     pq_ring_count(&self._r, PQ_COUNT_DROPPED, b.count)
                     if ref is not None:
-                        self._oob.discard(ref)
+                        self._oob.discard(self, ref)
                     return 1
 
     cdef int _claim(self, const uint32_t* lens, uint32_t n, uint64_t* pos,
@@ -379,7 +409,7 @@ cdef class RingQueue:
         cdef uint64_t pos
         self._claim(&length, 1, &pos, deadline)
         # No Python code between claim and commit (see module docstring).
-        memcpy(pq_ring_payload(&self._r, pos), ptr, n)
+        pq_fault_copy(pq_ring_payload(&self._r, pos), 0, ptr, n, n)
         pq_ring_commit(&self._r, pos, typ)
         pq_ring_notify_readable(&self._r, 1)
         return 0
@@ -406,14 +436,14 @@ cdef class RingQueue:
                 try:
                     self._put_raw(PyBytes_AS_STRING(ref), PyBytes_GET_SIZE(ref), typ | T_OOB, deadline)
                 except BaseException:
-                    self._oob.discard(ref)
+                    self._oob.discard(self, ref)
                     raise
                 return 0
             length = <uint32_t>total
             self._claim(&length, 1, &pos, deadline)
             dst = pq_ring_payload(&self._r, pos)
             for i in range(nparts):
-                memcpy(dst + off, views[i].buf, views[i].len)
+                pq_fault_copy(dst, off, views[i].buf, views[i].len, total)
                 off += views[i].len
             pq_ring_commit(&self._r, pos, typ)
             pq_ring_notify_readable(&self._r, 1)
@@ -578,7 +608,7 @@ cdef class RingQueue:
                 pq_ring_tasks_add(&self._r, -<int64_t>k)
             raise
         for i in range(k):
-            memcpy(pq_ring_payload(&self._r, pos[i]), ptrs[i], lens[i])
+            pq_fault_copy(pq_ring_payload(&self._r, pos[i]), 0, ptrs[i], lens[i], lens[i])
             pq_ring_commit(&self._r, pos[i], types[i])
         pq_ring_notify_readable(&self._r, k)
         return k
@@ -603,29 +633,33 @@ cdef class RingQueue:
         return PyBytes_FromStringAndSize(<const char*>rec.payload, rec.len)
 
     cdef object _decode_finish(self, uint8_t typ, obj):
-        """After the consume CAS: turn copied bytes into the message."""
-        if typ == T_BYTES or typ == T_STR:
+        """After the consume CAS: turn copied bytes into the message. The
+        codec is checked against this handle before anything else is done
+        with the payload (an out-of-band reference is only followed for a
+        type this handle would decode)."""
+        cdef uint8_t base = typ & ~T_OOB
+        if base == T_BYTES or base == T_STR:
             if self._custom:
                 raise PyQueueError("message was not encoded with this queue's serializer")
-            return obj
-        if typ & T_OOB:
-            obj = self._oob.get(obj)
-            typ = typ & ~T_OOB
-            if typ == T_BYTES:
-                return bytes(obj) if not isinstance(obj, bytes) else obj
-            if typ == T_STR:
-                return bytes(obj).decode("utf-8", "surrogatepass")
-        if typ == T_CUSTOM:
+        elif base == T_CUSTOM:
             if not self._custom:
                 raise PyQueueError("message was encoded with a custom serializer this handle lacks")
+        elif base == T_PICKLE or base == T_PICKLE_BUFFERS:
+            if self._custom:
+                raise PyQueueError("refusing to unpickle: this queue uses a custom serializer")
+        else:
+            raise SegmentMismatch(f"unknown message type {typ}")
+        if typ & T_OOB:
+            obj = self._oob.get(self, obj)
+        if base == T_BYTES:
+            return obj if type(obj) is bytes else bytes(obj)
+        if base == T_STR:
+            return obj if type(obj) is str else bytes(obj).decode("utf-8", "surrogatepass")
+        if base == T_CUSTOM:
             return self._loads(obj)
-        if self._custom:
-            raise PyQueueError("refusing to unpickle: this queue uses a custom serializer")
-        if typ == T_PICKLE:
+        if base == T_PICKLE:
             return _pickle_loads(obj)
-        if typ == T_PICKLE_BUFFERS:
-            return self._oob.unframe_buffers(obj)
-        raise SegmentMismatch(f"unknown message type {typ}")
+        return self._oob.unframe_buffers(obj)
 
     def get(self, block=True, timeout=None):
         """Remove and return an item; see multiprocessing.Queue.get."""
@@ -652,7 +686,11 @@ cdef class RingQueue:
                 continue
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
-            if deadline == 0 or not self._park_readable(deadline):
+            if deadline == 0:
+                if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
+                    continue
+                raise _Empty
+            if not self._park_readable(deadline):
                 raise _Empty
 
     def get_nowait(self):
@@ -702,7 +740,11 @@ cdef class RingQueue:
                 _check_rc(rc, "get_many")
             if out:
                 return out
-            if deadline == 0 or not self._park_readable(deadline):
+            if deadline == 0:
+                if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
+                    continue
+                raise _Empty
+            if not self._park_readable(deadline):
                 raise _Empty
 
     # ------------------------------------------------------------ state

@@ -16,7 +16,7 @@ import struct
 
 import posix_ipc
 
-from pyqueue.errors import PyQueueError
+from pyqueue.errors import PyQueueError, SegmentMismatch
 
 _counter = itertools.count()
 _REF = struct.Struct("<Q")
@@ -47,15 +47,28 @@ def put(queue, parts, total):
     return _REF.pack(total) + name.encode()
 
 
-def _parse(ref):
+def _parse(queue, ref):
+    """(size, segment name) of a reference, refusing any name that is not
+    one of this queue's out-of-band segments: a crafted record must not make
+    a consumer map or unlink another segment."""
+    if len(ref) <= _REF.size:
+        raise SegmentMismatch("corrupt out-of-band reference")
     (size,) = _REF.unpack_from(ref, 0)
-    return size, bytes(ref[_REF.size:]).decode()
+    try:
+        name = bytes(ref[_REF.size:]).decode()
+    except UnicodeDecodeError:
+        raise SegmentMismatch("corrupt out-of-band reference") from None
+    suffix = name[len(queue._shm_name) + len(".oob-"):]
+    if (not name.startswith(queue._shm_name + ".oob-") or "/" in suffix
+            or not suffix.replace("-", "").isdigit()):
+        raise SegmentMismatch(f"out-of-band reference to a foreign segment {name!r} refused")
+    return size, name
 
 
-def get(ref):
+def get(queue, ref):
     """Map the segment a reference names, unlink it, return a writable
     memoryview over the message (the mapping lives as long as the view)."""
-    size, name = _parse(ref)
+    size, name = _parse(queue, ref)
     try:
         shm = posix_ipc.SharedMemory(name)
     except posix_ipc.ExistentialError:
@@ -70,9 +83,12 @@ def get(ref):
     return memoryview(mm)[:size]
 
 
-def discard(ref):
+def discard(queue, ref):
     """Remove the segment of a reference that will never be read."""
-    _, name = _parse(ref)
+    try:
+        _, name = _parse(queue, ref)
+    except SegmentMismatch:
+        return
     try:
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:

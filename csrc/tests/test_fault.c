@@ -1,0 +1,372 @@
+/*
+ * test_fault.c - the fault-injection primitive (pq_fault.h) and, with it,
+ * a process SIGKILLed at every fault point of the core. Built against a
+ * copy of the core compiled with -DPQ_FAULT_INJECTION (see the Makefile).
+ *
+ * A child arms a point through PYQUEUE_FAULT (set after fork: the child
+ * reads it afresh), runs into it and stops itself with SIGSTOP; the parent
+ * sees it stopped (waitpid WUNTRACED), looks at the ring, and SIGKILLs it
+ * there (or lets it go on with SIGCONT). Then the ring must still work and
+ * its counts must be right.
+ */
+#include "pq_test.h"
+
+#include "../pq_fault.h"
+#include "../pq_ring.h"
+
+#ifndef PQ_FAULT_INJECTION
+#error "test_fault is built with -DPQ_FAULT_INJECTION"
+#endif
+
+#define CAP 4096u
+#define LEN 64u
+
+typedef struct fixture {
+    uint8_t *base;
+    size_t size;
+    pq_ring r;
+} fixture;
+
+static int fixture_open(fixture *f, uint64_t maxsize)
+{
+    f->size = pq_ring_segment_size(CAP);
+    f->base = pq_test_shared(f->size);
+    CHECK(f->base != NULL);
+    CHECK_EQ(pq_ring_create(f->base, f->size, CAP, maxsize, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&f->r, f->base, f->size), 0);
+    return 0;
+}
+
+static void fixture_close(fixture *f)
+{
+    munmap(f->base, f->size);
+}
+
+/* A put as the binding does it: claim, copy (split around mid_copy),
+ * commit, notify. The payload is LEN bytes of `byte`, type `byte`. */
+static int put(pq_ring *r, uint8_t byte)
+{
+    uint8_t src[LEN];
+    uint32_t len = LEN;
+    uint64_t pos;
+    memset(src, byte, sizeof src);
+    int rc = pq_ring_claim(r, &len, 1, &pos);
+    if (rc < 0)
+        return rc;
+    pq_fault_copy(pq_ring_payload(r, pos), 0, src, LEN, LEN);
+    pq_ring_commit(r, pos, byte);
+    pq_ring_notify_readable(r, 1);
+    return 0;
+}
+
+/* A get as the binding does it, repairing a dead producer's record at
+ * head. The type of the message taken, -EAGAIN when empty, -EBADMSG on a
+ * torn payload, or another negative code. */
+static int get(pq_ring *r, int *repairs)
+{
+    pq_ring_record rec;
+    pq_ring_batch b;
+    for (int round = 0; round < 1000; round++) {
+        int rc = pq_ring_peek(r, &rec, 1, &b);
+        if (rc > 0) {
+            for (uint32_t i = 0; i < rec.len; i++)
+                if (rec.payload[i] != rec.type)
+                    return -EBADMSG;
+            int type = rec.type;
+            if (pq_ring_consume(r, &b) == 0)
+                return type;
+            continue;
+        }
+        if (rc == 0) {
+            pq_ring_consume(r, &b);
+            continue;
+        }
+        if (rc == -EINPROGRESS) {
+            rc = pq_ring_repair_head(r);
+            if (rc < 0)
+                return rc;
+            if (rc == 0)
+                return -EINPROGRESS; /* a live producer: not ours */
+            if (repairs)
+                (*repairs)++;
+            continue;
+        }
+        if (rc != -ESTALE)
+            return rc;
+    }
+    return -ELOOP;
+}
+
+/* fork a child that arms `spec`; the child runs the rest of the caller's
+ * branch. */
+static pid_t fork_armed(const char *spec)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        CHILD_CHECK(setenv("PYQUEUE_FAULT", spec, 1) == 0);
+    return pid;
+}
+
+/* 0 once the child is stopped; -1 when it exited or did not stop in time. */
+static int wait_stopped(pid_t pid)
+{
+    int64_t deadline = pq_test_now_ns() + 10000000000LL;
+    int status;
+    while (pq_test_now_ns() < deadline) {
+        pid_t r = waitpid(pid, &status, WUNTRACED | WNOHANG);
+        if (r == pid)
+            return WIFSTOPPED(status) && WSTOPSIG(status) == SIGSTOP ? 0 : -1;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        pq_test_sleep_ms(1);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+static int kill_stopped(pid_t pid)
+{
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 128 + SIGKILL);
+    return 0;
+}
+
+static int test_parse(void)
+{
+    int point = -1;
+    uint64_t nth = 0;
+    for (int id = 1; id < PQ_FAULT_NPOINTS; id++) {
+        const char *name = pq_fault_name(id);
+        CHECK(name != NULL);
+        CHECK_EQ(pq_fault_parse(name, &point, &nth), 0);
+        CHECK_EQ(point, id);
+        CHECK_EQ(nth, 1);
+    }
+    CHECK_EQ(pq_fault_parse("mid_copy:17", &point, &nth), 0);
+    CHECK_EQ(point, PQ_FAULT_MID_COPY);
+    CHECK_EQ(nth, 17);
+    const char *bad[] = {"", "none", "bogus", "after_claimx", "after_clai", "after_claim:",
+                         "after_claim:0", "after_claim:x", "after_claim:3x", "after_claim:-1",
+                         "after_claim: 2", ":3"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ(pq_fault_parse(bad[i], &point, &nth), -EINVAL);
+    CHECK_EQ(pq_fault_parse(NULL, &point, &nth), -EINVAL);
+    CHECK(pq_fault_name(0) != NULL);
+    CHECK(pq_fault_name(PQ_FAULT_NPOINTS) == NULL);
+    CHECK(pq_fault_name(-1) == NULL);
+    return 0;
+}
+
+/* Disarmed (unset, or a spec naming no point): nothing stops. */
+static int test_disarmed(void)
+{
+    fixture f;
+    if (fixture_open(&f, 0))
+        return 1;
+    const char *specs[] = {NULL, "bogus", "after_claim:0"};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (specs[i])
+                setenv("PYQUEUE_FAULT", specs[i], 1);
+            else
+                unsetenv("PYQUEUE_FAULT");
+            for (int k = 0; k < 3; k++)
+                CHILD_CHECK(put(&f.r, 0x11) == 0);
+            for (int k = 0; k < 3; k++)
+                CHILD_CHECK(get(&f.r, NULL) == 0x11);
+            _exit(0);
+        }
+        CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    }
+    fixture_close(&f);
+    return 0;
+}
+
+/* after_claim:3 stops at the third claim, not before; SIGCONT goes on. */
+static int test_nth_hit_and_resume(void)
+{
+    fixture f;
+    if (fixture_open(&f, 0))
+        return 1;
+    pid_t pid = fork_armed("after_claim:3");
+    if (pid == 0) {
+        for (int k = 1; k <= 5; k++)
+            CHILD_CHECK(put(&f.r, (uint8_t)k) == 0);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    /* Two committed, the third claimed (counted) and not written. */
+    CHECK_EQ(pq_ring_depth(&f.r), 3);
+    CHECK_EQ(get(&f.r, NULL), 1);
+    CHECK_EQ(get(&f.r, NULL), 2);
+    CHECK_EQ(get(&f.r, NULL), -EINPROGRESS); /* stopped is alive: no repair */
+    CHECK_EQ(kill(pid, SIGCONT), 0);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    for (int k = 3; k <= 5; k++)
+        CHECK_EQ(get(&f.r, NULL), k);
+    CHECK_EQ(get(&f.r, NULL), -EAGAIN);
+    fixture_close(&f);
+    return 0;
+}
+
+/*
+ * A producer killed at each of its points: what was put before and after
+ * arrives, the half-written message never does, it is counted abandoned
+ * when it had been published, and the counts add up.
+ */
+static int producer_point(const char *spec, int published)
+{
+    fixture f;
+    int repairs = 0;
+    if (fixture_open(&f, 0))
+        return 1;
+    CHECK_EQ(put(&f.r, 0xA1), 0);
+    pid_t pid = fork_armed(spec);
+    if (pid == 0) {
+        put(&f.r, 0xB2);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    if (strcmp(spec, "mid_copy") == 0) {
+        /* Exactly the first half is in place. */
+        const uint8_t *p = pq_ring_payload(&f.r, pq_ring_record_size(LEN));
+        for (uint32_t i = 0; i < LEN; i++)
+            CHECK_EQ(p[i], i < LEN / 2 ? 0xB2 : 0);
+    }
+    CHECK_EQ(kill_stopped(pid), 0);
+    CHECK_EQ(put(&f.r, 0xC3), 0); /* (in_claim_lock: EOWNERDEAD recovery) */
+    CHECK_EQ(get(&f.r, &repairs), 0xA1);
+    CHECK_EQ(get(&f.r, &repairs), 0xC3);
+    CHECK_EQ(get(&f.r, &repairs), -EAGAIN);
+    CHECK_EQ(repairs, published);
+    pq_ring_stats st;
+    pq_ring_get_stats(&f.r, &st);
+    CHECK_EQ(st.abandoned, published);
+    CHECK_EQ(st.depth, 0);
+    CHECK_EQ(st.enqueued, 2);
+    CHECK_EQ(st.dequeued, 2);
+    fixture_close(&f);
+    return 0;
+}
+
+static int test_producer_after_claim(void) { return producer_point("after_claim", 1); }
+static int test_producer_mid_copy(void) { return producer_point("mid_copy", 1); }
+static int test_producer_before_commit(void) { return producer_point("before_commit", 1); }
+static int test_producer_in_claim_lock(void) { return producer_point("in_claim_lock", 0); }
+
+/*
+ * A consumer killed before its CAS took nothing; killed right after it,
+ * it took the message, and the count went with it: the depth is right and
+ * a maxsize=1 queue is not left "full" (the double-width CAS).
+ */
+static int consumer_point(const char *spec, int taken)
+{
+    fixture f;
+    uint32_t len = LEN;
+    uint64_t pos;
+    if (fixture_open(&f, 1))
+        return 1;
+    CHECK_EQ(put(&f.r, 0xA1), 0);
+    CHECK_EQ(pq_ring_claim(&f.r, &len, 1, &pos), -EAGAIN); /* maxsize */
+    pid_t pid = fork_armed(spec);
+    if (pid == 0) {
+        get(&f.r, NULL);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    CHECK_EQ(kill_stopped(pid), 0);
+    CHECK_EQ(pq_ring_depth(&f.r), taken ? 0 : 1);
+    if (!taken)
+        CHECK_EQ(get(&f.r, NULL), 0xA1);
+    CHECK_EQ(get(&f.r, NULL), -EAGAIN);
+    CHECK_EQ(pq_ring_depth(&f.r), 0);
+    CHECK_EQ(put(&f.r, 0xC3), 0);
+    CHECK_EQ(get(&f.r, NULL), 0xC3);
+    pq_ring_stats st;
+    pq_ring_get_stats(&f.r, &st);
+    CHECK_EQ(st.depth, 0);
+    CHECK_EQ(st.enqueued, 2);
+    CHECK_EQ(st.dequeued, 2);
+    fixture_close(&f);
+    return 0;
+}
+
+static int test_consumer_after_peek(void) { return consumer_point("after_peek", 0); }
+static int test_consumer_after_consume(void) { return consumer_point("after_consume", 1); }
+
+/* Killed parked (readable and writable): the waiter count stays one high,
+ * and that is harmless. */
+static int test_parked(void)
+{
+    for (int side = 0; side < 2; side++) {
+        fixture f;
+        if (fixture_open(&f, 1))
+            return 1;
+        pq_event *ev = side == 0 ? &f.r.ctl->readable : &f.r.ctl->writable;
+        if (side == 1)
+            CHECK_EQ(put(&f.r, 0xA1), 0); /* full: maxsize 1 */
+        pid_t pid = fork_armed("parked");
+        if (pid == 0) {
+            int64_t deadline = pq_monotonic_ns() + 5000000000LL;
+            if (side == 0)
+                pq_ring_wait_readable(&f.r, deadline, 0);
+            else
+                pq_ring_wait_writable(&f.r, pq_ring_head(&f.r), deadline, 0);
+            _exit(0);
+        }
+        CHECK(pid > 0);
+        CHECK_EQ(wait_stopped(pid), 0);
+        CHECK_EQ(pq_event_waiters(ev), 1);
+        CHECK_EQ(kill_stopped(pid), 0);
+        CHECK_EQ(pq_event_waiters(ev), 1);
+        if (side == 0)
+            CHECK_EQ(put(&f.r, 0xA1), 0);
+        CHECK_EQ(get(&f.r, NULL), 0xA1);
+        /* Waits still wait and still time out. */
+        int64_t t0 = pq_monotonic_ns();
+        CHECK_EQ(pq_ring_wait_readable(&f.r, t0 + 20000000, 0), -ETIMEDOUT);
+        CHECK(pq_monotonic_ns() - t0 >= 20000000);
+        /* A live waiter is still woken by a put. */
+        uint32_t before = pq_event_waiters(&f.r.ctl->readable);
+        pid_t waiter = fork();
+        if (waiter == 0) {
+            unsetenv("PYQUEUE_FAULT");
+            int64_t deadline = pq_monotonic_ns() + 5000000000LL;
+            int rc;
+            while ((rc = get(&f.r, NULL)) == -EAGAIN)
+                CHILD_CHECK(pq_ring_wait_readable(&f.r, deadline, 0) == 0);
+            _exit(rc == 0xD4 ? 0 : 1);
+        }
+        CHECK(waiter > 0);
+        int64_t until = pq_monotonic_ns() + 5000000000LL;
+        while (pq_event_waiters(&f.r.ctl->readable) == before && pq_monotonic_ns() < until)
+            pq_test_sleep_ms(1);
+        CHECK_EQ(put(&f.r, 0xD4), 0);
+        CHECK_EQ(pq_test_wait_child(waiter, 10000), 0);
+        fixture_close(&f);
+    }
+    return 0;
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    unsetenv("PYQUEUE_FAULT");
+    printf("test_fault\n");
+    RUN(test_parse);
+    RUN(test_disarmed);
+    RUN(test_nth_hit_and_resume);
+    RUN(test_producer_after_claim);
+    RUN(test_producer_mid_copy);
+    RUN(test_producer_before_commit);
+    RUN(test_producer_in_claim_lock);
+    RUN(test_consumer_after_peek);
+    RUN(test_consumer_after_consume);
+    RUN(test_parked);
+    return pq_test_result();
+}
