@@ -121,25 +121,14 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
     return 0;
 }
 
-/* trylock rounds before a producer blocks in the kernel on the claim lock. */
-#define PQ_CLAIM_LOCK_SPINS 100
-
 static int pq_ring_lock(pq_ring *r)
 {
     /*
-     * The lock is held for a few stores, far less than a FUTEX_WAIT plus
-     * the holder's FUTEX_WAKE cost, so spin on trylock first (glibc's
-     * adaptive mutexes cannot be robust). A robust trylock reports a dead
-     * holder with EOWNERDEAD like lock does.
+     * No trylock spin before blocking: measured on 16 cores, spinning on
+     * trylock (a locked instruction per try) made 4x4 and 8x8 producers
+     * 2-3x slower than letting glibc park them.
      */
-    int rc = EBUSY;
-    for (int i = 0; i < PQ_CLAIM_LOCK_SPINS && rc == EBUSY; i++) {
-        rc = pthread_mutex_trylock(&r->ctl->claim_lock);
-        if (rc == EBUSY)
-            pq_cpu_relax();
-    }
-    if (rc == EBUSY)
-        rc = pthread_mutex_lock(&r->ctl->claim_lock);
+    int rc = pthread_mutex_lock(&r->ctl->claim_lock);
     if (rc == EOWNERDEAD) {
         /*
          * The previous holder died inside its claim. The tail store
