@@ -16,6 +16,7 @@ import struct
 
 import posix_ipc
 
+from pyqueue import _segment
 from pyqueue.errors import PyQueueError, SegmentMismatch
 
 _counter = itertools.count()
@@ -33,6 +34,7 @@ def put(queue, parts, total):
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=queue._mode, size=max(total, 1))
     try:
         os.fchmod(shm.fd, queue._mode)  # the queue's mode exactly, whatever the umask
+        _segment.reserve(shm.fd, max(total, 1), name)  # ENOSPC here, not SIGBUS below
         with mmap.mmap(shm.fd, max(total, 1)) as mm:
             off = 0
             for part in parts:

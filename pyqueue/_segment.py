@@ -6,6 +6,7 @@ Every pyqueue segment is a POSIX shared-memory object named
 messages of a queue use "/pyqueue.<name>.oob-<pid>-<n>".
 """
 import atexit
+import errno
 import mmap
 import os
 import secrets
@@ -50,6 +51,7 @@ def create(name, size, mode, init):
         return None
     try:
         os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
+        reserve(shm.fd, size, name)
         mm = mmap.mmap(shm.fd, size)
         init(mm)
     except BaseException:
@@ -58,6 +60,22 @@ def create(name, size, mode, init):
     finally:
         shm.close_fd()
     return mm
+
+
+def reserve(fd, size, name):
+    """Allocate every page of a new segment now. A sparse segment would get
+    its pages on first touch, and a write to a page that a full /dev/shm
+    cannot provide kills the process with SIGBUS; reserved, a full /dev/shm
+    is a clear OSError at creation instead. (A ring that wraps touches all
+    its pages anyway, so this costs no memory in the long run.)"""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise OSError(e.errno, f"{SHM_DIR} has no room for segment {name!r} of {size} bytes "
+                                   f"({os.strerror(e.errno)})") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def open_existing(name, kind):
