@@ -13,11 +13,13 @@
 static pq_proc_id pq_self_cache;
 static int pq_self_valid; /* only touched with the GIL / by one thread at a time per process */
 static pthread_once_t pq_atfork_once = PTHREAD_ONCE_INIT;
+unsigned pq_proc_forks;
 
 static void pq_proc_forget_self(void)
 {
     /* In the child of fork(): the cached identity is the parent's. */
     pq_self_valid = 0;
+    pq_proc_forks++;
 }
 
 static void pq_proc_register_atfork(void)

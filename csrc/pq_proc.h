@@ -18,6 +18,14 @@ typedef struct pq_proc_id {
 /* The calling process's identity. Cached; refreshed in a forked child. */
 int pq_proc_self(pq_proc_id *out);
 
+/*
+ * Forks this process is away from its ancestor: bumped in the child of
+ * every fork once pq_proc_self has been called. A cheap "am I still the
+ * process that cached this?" for hot paths: cache it next to anything
+ * derived from pq_proc_self and compare.
+ */
+extern unsigned pq_proc_forks;
+
 /* Start time of pid. -ESRCH when there is no such process (or a zombie). */
 int pq_proc_start_time(int32_t pid, uint64_t *out);
 

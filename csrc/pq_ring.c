@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "pq_cas.h"
 #include "pq_fault.h"
 #include "pq_proc.h"
 
@@ -94,6 +95,9 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
 
 int pq_ring_open(pq_ring *r, void *base, size_t size)
 {
+    /* A view that failed to open is still safe to release (no slot). */
+    memset(r, 0, sizeof *r);
+    r->slot = -1;
     if (((uintptr_t)base & 15) != 0)
         return -EINVAL; /* the head pair's CAS needs 16-byte alignment */
     int rc = pq_segment_check(base, size, PQ_KIND_QUEUE);
@@ -113,6 +117,8 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
     r->maxsize = h->params[PQ_RING_PARAM_MAXSIZE];
     r->head_cache = atomic_load_explicit(&r->ctl->head, memory_order_acquire);
     r->tail_cache = atomic_load_explicit(&r->ctl->tail, memory_order_acquire);
+    r->held = 0;
+    r->slot_owner = 0;
     /* A record may take at most half the ring, so that one always fits
      * after at most one padding record. */
     r->max_payload = capacity / 2 - PQ_RECORD_HEADER;
@@ -376,45 +382,14 @@ done:
  * head. With two steps, a SIGKILL between them left qsize() one too high
  * for good and took one message off maxsize for every such death (at
  * maxsize=1 the queue stayed "full" forever). The pair is 16-aligned (see
- * pq_ring.h); other code reads either half with plain 64-bit loads.
+ * pq_ring.h); other code reads either half with plain 64-bit loads
+ * (pq_cas_pair: pq_cas.h).
  */
-#if defined(__x86_64__)
-#define PQ_HEAD_PAIR_CAS 1
-static inline int pq_cas_pair(_Atomic uint64_t *pair, uint64_t *lo, uint64_t *hi,
-                              uint64_t new_lo, uint64_t new_hi)
-{
-    unsigned char ok;
-    /* lock cmpxchg16b: a full barrier, so at least acq_rel (see below). */
-    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
-                         : "=q"(ok), "+m"(*(volatile uint64_t(*)[2])pair), "+a"(*lo), "+d"(*hi)
-                         : "b"(new_lo), "c"(new_hi)
-                         : "memory", "cc");
-    return ok;
-}
-#elif defined(__GCC_HAVE_SYNC_COMPARE_AND_SWAP_16) && defined(__BYTE_ORDER__) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define PQ_HEAD_PAIR_CAS 1
-static inline int pq_cas_pair(_Atomic uint64_t *pair, uint64_t *lo, uint64_t *hi,
-                              uint64_t new_lo, uint64_t new_hi)
-{
-    /* The __sync builtins are full barriers. */
-    unsigned __int128 old = (unsigned __int128)*hi << 64 | *lo;
-    unsigned __int128 got = __sync_val_compare_and_swap(
-        (unsigned __int128 *)(void *)pair, old, (unsigned __int128)new_hi << 64 | new_lo);
-    *lo = (uint64_t)got;
-    *hi = (uint64_t)(got >> 64);
-    return got == old;
-}
-#else
-#define PQ_HEAD_PAIR_CAS 0
-#endif
-
-int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
+static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
 {
     pq_ring_ctl *c = r->ctl;
     uint64_t passed = b->count + b->skipped;
 
-    PQ_FAULT_POINT(PQ_FAULT_AFTER_PEEK);
     /*
      * The CAS validates the optimistic copy: head is monotonic, so if it
      * still equals b->head no other consumer took these records and no
@@ -460,6 +435,66 @@ int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
     if (b->skipped != 0)
         pq_ring_count(r, PQ_COUNT_ABANDONED, b->skipped);
     pq_event_notify(&c->writable, INT32_MAX);
+    return 0;
+}
+
+int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
+{
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_PEEK);
+    return pq_ring_consume_cas(r, b);
+}
+
+/* pq_ring_slots.c: claim a slot for the process `owner` in this view (or
+ * find none); resets the view's take state. */
+extern pq_ring_slot *pq_ring_slot_claim(pq_ring *r, uint64_t owner);
+
+/* This process's slot in this view, NULL when it has none. A forked child
+ * finds its parent's slot in the view (pq_proc_forks moved) and claims its
+ * own. */
+static inline pq_ring_slot *pq_ring_own_slot(pq_ring *r)
+{
+    if (PQ_LIKELY(r->slot_owner != 0 && r->slot_forks == pq_proc_forks))
+        return r->slot >= 0 ? &r->ctl->slots[r->slot] : NULL;
+    pq_proc_id self;
+    if (pq_proc_self(&self) < 0)
+        return NULL; /* identity unknown: no accounting this time */
+    return pq_ring_slot_claim(r, pq_proc_pack(&self));
+}
+
+int pq_ring_take(pq_ring *r, const pq_ring_batch *b)
+{
+    PQ_FAULT_POINT(PQ_FAULT_AFTER_PEEK);
+    pq_ring_slot *s = b->count != 0 ? pq_ring_own_slot(r) : NULL;
+    if (s == NULL)
+        return pq_ring_consume_cas(r, b);
+    /*
+     * Announce the batch in our slot, then CAS (docs/design.md, "Consumers
+     * that die holding messages"). A reaper counts, for a dead owner,
+     * held + (batch count if head has passed taking_next): whatever store
+     * we die after, that is what we took and did not hand over, except
+     * between the announcement and a CAS that fails (or the clear after
+     * it), where a batch another consumer took is counted as ours.
+     *
+     * Order: the reaper only looks at a slot once its owner is dead, so it
+     * sees a prefix of these stores in program order. release keeps them
+     * in that order (compiler and CPU; plain stores on x86), and keeps
+     * them before the CAS; the CAS (a full barrier) then publishes them:
+     * whoever sees head at or past taking_next by way of our CAS (or a
+     * later one on head) also sees the announcement.
+     */
+    const uint64_t held = (uint64_t)r->held << PQ_SLOT_HELD_SHIFT;
+    if (r->held != 0) /* an earlier batch of this operation: its count is in held now */
+        atomic_store_explicit(&s->taking, held, memory_order_release);
+    atomic_store_explicit(&s->taking_head, b->head, memory_order_release);
+    atomic_store_explicit(&s->taking_next, b->next, memory_order_release);
+    atomic_store_explicit(&s->taking, held | b->count, memory_order_release);
+    int rc = pq_ring_consume_cas(r, b);
+    if (rc != 0) {
+        atomic_store_explicit(&s->taking, held, memory_order_release);
+        return rc;
+    }
+    uint64_t sum = (uint64_t)r->held + b->count;
+    r->held = sum > UINT32_MAX ? UINT32_MAX : (uint32_t)sum;
     return 0;
 }
 

@@ -4,7 +4,8 @@
  *
  * Layout of a queue segment:
  *   [0, 256)            pq_segment_header (kind PQ_KIND_QUEUE)
- *   [256, 4096)         pq_ring_ctl: cursors, claim lock, events, counters
+ *   [256, 4096)         pq_ring_ctl: cursors, claim lock, events, counters,
+ *                       process slots
  *   [4096, 4096 + cap)  data area: records, cap a power of two
  *
  * A record is a 16-byte header followed by the payload, padded to 16 bytes.
@@ -17,10 +18,13 @@
  *              -> pq_ring_notify_readable. The claim is the only serialized
  *              step (a robust process-shared mutex held for a few stores);
  *              copies and commits of different producers run in parallel.
- *   consumers  pq_ring_peek -> copy the payloads out -> pq_ring_consume,
- *              lock-free: the copy is validated by the CAS on head, and a
- *              consumer never holds a record, so a dead consumer costs
- *              nothing.
+ *   consumers  pq_ring_peek -> copy the payloads out -> pq_ring_take
+ *              -> build the objects -> pq_ring_taken_done, lock-free: the
+ *              copy is validated by the CAS on head, and a consumer never
+ *              holds a record, so a dead consumer never blocks the queue.
+ *              pq_ring_take announces the batch in the consumer's process
+ *              slot first, so that messages a consumer took and died with
+ *              are counted (pq_ring_reap_dead_consumers).
  */
 #ifndef PQ_RING_H
 #define PQ_RING_H
@@ -59,9 +63,32 @@ enum pq_record_state {
 enum pq_ring_counter {
     PQ_COUNT_REJECTED = 0,
     PQ_COUNT_DROPPED = 1,
-    PQ_COUNT_ABANDONED = 2,
+    PQ_COUNT_ABANDONED = 2,       /* records whose producer died (passed by head) */
+    PQ_COUNT_ABANDONED_TAKEN = 3, /* messages taken by a consumer that died with them */
     PQ_COUNTERS = 8,
 };
+
+/*
+ * Process slots: a consumer process announces in its slot the batch it is
+ * about to take, so that when it dies after its consume CAS and before it
+ * handed the messages over, the loss is counted (PQ_COUNT_ABANDONED_TAKEN)
+ * by pq_ring_reap_dead_consumers. docs/design.md, "Consumers that die
+ * holding messages", has the protocol.
+ */
+#define PQ_RING_SLOTS 64
+#define PQ_SLOT_HELD_SHIFT 32
+
+typedef struct pq_ring_slot {
+    /* pq_proc_pack of the process that holds the slot; 0 = free. owner
+     * and taking are one 16-aligned pair (a reaper frees both at once). */
+    _Atomic uint64_t owner;
+    /* held (bits 32-63): messages taken by earlier batches of the current
+     * operation (get_many), not yet handed over; bits 0-31: messages of the
+     * announced batch, which count only if head has passed taking_next. */
+    _Atomic uint64_t taking;
+    _Atomic uint64_t taking_head; /* head the announced batch was peeked at */
+    _Atomic uint64_t taking_next; /* head after it */
+} __attribute__((aligned(32))) pq_ring_slot;
 
 #define PQ_CTL_LEN_MASK 0xffffffffull
 #define PQ_CTL_TYPE_SHIFT 32
@@ -95,6 +122,9 @@ typedef struct pq_ring_ctl {
     PQ_ALIGNED_LINE pq_event tasks_done;   /* JoinableQueue.join parks here */
     _Atomic int64_t unfinished_tasks;
     PQ_ALIGNED_LINE _Atomic uint64_t counters[PQ_COUNTERS];
+    /* Two slots per cache line; pq_ring_take claims them so that the
+     * first PQ_RING_SLOTS / 2 consumers get a line each. */
+    PQ_ALIGNED_LINE pq_ring_slot slots[PQ_RING_SLOTS];
 } pq_ring_ctl;
 
 _Static_assert(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET,
@@ -102,6 +132,9 @@ _Static_assert(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET,
 _Static_assert(offsetof(pq_ring_ctl, head) % 16 == 0 && PQ_RING_CTL_OFFSET % 16 == 0 &&
                    offsetof(pq_ring_ctl, head_msgs) == offsetof(pq_ring_ctl, head) + 8,
                "head and head_msgs must be a 16-aligned pair");
+_Static_assert(sizeof(pq_ring_slot) == 32 && offsetof(pq_ring_ctl, slots) % 16 == 0 &&
+                   offsetof(pq_ring_slot, taking) == offsetof(pq_ring_slot, owner) + 8,
+               "a slot's owner and taking must be a 16-aligned pair");
 
 /* A process-local view of a mapped queue segment. */
 typedef struct pq_ring {
@@ -121,6 +154,16 @@ typedef struct pq_ring {
      */
     uint64_t head_cache;
     uint64_t tail_cache;
+    /*
+     * This view's process slot (pq_ring_take): its index (-1: none), the
+     * owner word it was claimed with (0: not tried yet), pq_proc_forks
+     * then (another value after a fork: the child claims its own slot),
+     * and the messages taken since the last pq_ring_taken_done.
+     */
+    int slot;
+    uint32_t held;
+    uint64_t slot_owner;
+    unsigned slot_forks; /* pq_proc_forks when the slot was claimed */
 } pq_ring;
 
 /* One readable record found by pq_ring_peek. */
@@ -144,6 +187,9 @@ typedef struct pq_ring_stats {
     uint64_t depth, depth_bytes, capacity, maxsize;
     uint32_t waiting_producers, waiting_consumers;
     int64_t unfinished_tasks;
+    /* Of abandoned: messages taken by consumers that died with them (the
+     * rest are records whose producer died). */
+    uint64_t abandoned_taken;
 } pq_ring_stats;
 
 /* Bytes a segment with a data area of `capacity` bytes needs. */
@@ -168,7 +214,8 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params);
 
 /* Attach to a mapped queue segment after validating it (base must be
- * 16-aligned: -EINVAL otherwise; mappings are page-aligned). */
+ * 16-aligned: -EINVAL otherwise; mappings are page-aligned). A view whose
+ * open failed holds no slot: pq_ring_release_slot on it does nothing. */
 int pq_ring_open(pq_ring *r, void *base, size_t size);
 
 /* --- producers ------------------------------------------------------- */
@@ -210,9 +257,38 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
 /*
  * Take what pq_ring_peek saw: 0 on success, -EAGAIN when another consumer
  * took it first (what was copied out must be discarded). Wakes waiting
- * producers.
+ * producers. Nothing is announced: for records that are not handed to
+ * anyone (dropped by drop-oldest, or only abandoned/padding records), and
+ * for callers that do not care about the accounting below.
  */
 int pq_ring_consume(pq_ring *r, const pq_ring_batch *batch);
+
+/*
+ * pq_ring_consume for messages that will be handed over: announces the
+ * batch in this process's slot first (claimed at the first take; none
+ * when all PQ_RING_SLOTS are held by live processes, and then no
+ * accounting), so that if the process dies before pq_ring_taken_done the
+ * messages are counted as abandoned. Takes of one operation (get_many's
+ * batches) accumulate until pq_ring_taken_done; every successful take must
+ * be followed by one, on every path.
+ */
+int pq_ring_take(pq_ring *r, const pq_ring_batch *batch);
+
+/* The messages taken since the last call have been handed over (or failed
+ * to decode, raising): nothing is outstanding any more. */
+void pq_ring_taken_done(pq_ring *r);
+
+/*
+ * Count the messages that dead consumers took and did not hand over
+ * (PQ_COUNT_ABANDONED_TAKEN) and free their slots. Looks only at slots
+ * with something announced, so it costs a /proc read per consumer that is
+ * inside a take right now, and nothing else. Returns the number counted.
+ */
+int pq_ring_reap_dead_consumers(pq_ring *r);
+
+/* Give this view's slot back (closing the handle); in a forked child that
+ * inherited the view, only forgets it. */
+void pq_ring_release_slot(pq_ring *r);
 
 /*
  * If the oldest record is CLAIMED by a process that is dead, mark it

@@ -148,14 +148,20 @@ void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s)
      * binding may count what it likes). */
     s->rejected = atomic_load_explicit(&c->counters[PQ_COUNT_REJECTED], memory_order_acquire);
     s->dropped = atomic_load_explicit(&c->counters[PQ_COUNT_DROPPED], memory_order_acquire);
-    s->abandoned = atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED], memory_order_acquire);
+    /* Records whose producer died were claimed but never enqueued;
+     * messages a consumer died with were enqueued and passed by head, but
+     * never handed to anyone. */
+    uint64_t unwritten = atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED], memory_order_acquire);
+    s->abandoned_taken =
+        atomic_load_explicit(&c->counters[PQ_COUNT_ABANDONED_TAKEN], memory_order_acquire);
+    s->abandoned = unwritten + s->abandoned_taken;
     uint64_t passed = atomic_load_explicit(&c->head_msgs, memory_order_acquire);
     uint64_t claimed = atomic_load_explicit(&c->tail_msgs, memory_order_acquire);
     uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
     uint64_t gone = s->dropped + s->abandoned;
 
-    s->enqueued = claimed >= s->abandoned ? claimed - s->abandoned : 0;
+    s->enqueued = claimed >= unwritten ? claimed - unwritten : 0;
     s->dequeued = passed >= gone ? passed - gone : 0;
     s->depth = claimed >= passed ? claimed - passed : 0;
     s->depth_bytes = t >= h ? t - h : 0;

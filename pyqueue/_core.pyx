@@ -79,6 +79,7 @@ cdef extern from "pq_ring.h" nogil:
         uint64_t depth, depth_bytes, capacity, maxsize
         uint32_t waiting_producers, waiting_consumers
         int64_t unfinished_tasks
+        uint64_t abandoned_taken
     int PQ_RING_PARAM_USER0, PQ_RECORD_HEADER
     int PQ_COUNT_REJECTED, PQ_COUNT_DROPPED
     uint64_t pq_ring_segment_size(uint64_t capacity)
@@ -92,6 +93,10 @@ cdef extern from "pq_ring.h" nogil:
     void pq_ring_notify_readable(pq_ring* r, uint32_t n)
     int pq_ring_peek(pq_ring* r, pq_ring_record* out, uint32_t max, pq_ring_batch* batch)
     int pq_ring_consume(pq_ring* r, const pq_ring_batch* batch)
+    int pq_ring_take(pq_ring* r, const pq_ring_batch* batch)
+    void pq_ring_taken_done(pq_ring* r)
+    int pq_ring_reap_dead_consumers(pq_ring* r)
+    void pq_ring_release_slot(pq_ring* r)
     int pq_ring_repair_head(pq_ring* r)
     int pq_ring_wait_readable(pq_ring* r, int64_t deadline_ns, uint32_t spin_ns)
     int pq_ring_wait_writable(pq_ring* r, uint64_t seen_head, int64_t deadline_ns, uint32_t spin_ns)
@@ -256,6 +261,7 @@ cdef class RingQueue:
             free(self._recs)
             self._recs = NULL
         if self._mapped:
+            pq_ring_release_slot(&self._r)
             PyBuffer_Release(&self._view)
             self._mapped = False
         if self._mm is not None:
@@ -315,8 +321,10 @@ cdef class RingQueue:
             PyErr_CheckSignals()
         if rc == -ETIMEDOUT:
             # A whole slice without a commit: the oldest record's producer
-            # may be dead. Bounded repair latency: one slice.
+            # may be dead. Bounded repair latency: one slice. Consumers that
+            # died holding messages are counted on the same occasion.
             _check_rc(pq_ring_repair_head(&self._r), "repair")
+            pq_ring_reap_dead_consumers(&self._r)
             if deadline >= 0 and pq_monotonic_ns() >= deadline:
                 return 0
         return 1
@@ -336,6 +344,7 @@ cdef class RingQueue:
         if now - self._stuck_since < SLICE_NS:
             return 0
         self._stuck_since = now
+        pq_ring_reap_dead_consumers(&self._r)
         return _check_rc(pq_ring_repair_head(&self._r), "repair")
 
     cdef int _park_writable(self, uint64_t seen_head, int64_t deadline) except -1:
@@ -353,13 +362,16 @@ cdef class RingQueue:
             PyErr_CheckSignals()
         if rc == -ETIMEDOUT:
             _check_rc(pq_ring_repair_head(&self._r), "repair")
+            pq_ring_reap_dead_consumers(&self._r)
             if deadline >= 0 and pq_monotonic_ns() >= deadline:
                 return 0
         return 1
 
     cdef int _drop_oldest(self) except -1:
         """Discard the oldest readable record(s) to make room. 1 when
-        something was dropped, 0 when nothing could be."""
+        something was dropped, 0 when nothing could be. pq_ring_consume,
+        not pq_ring_take: dropped records are counted as dropped, and a
+        producer that dies with them is not counted as a consumer."""
         cdef pq_ring_batch b
         cdef int rc
         while True:
@@ -674,10 +686,16 @@ cdef class RingQueue:
             if rc > 0:
                 typ = self._recs[0].type
                 obj = self._decode_fast(self._recs)
-                if pq_ring_consume(&self._r, &b) == 0:
+                if pq_ring_take(&self._r, &b) == 0:
+                    # Taken: until pq_ring_taken_done, a death of this
+                    # process counts the message as abandoned.
                     if typ == T_BYTES and not self._custom:
+                        pq_ring_taken_done(&self._r)
                         return obj
-                    return self._decode_finish(typ, obj)
+                    try:
+                        return self._decode_finish(typ, obj)
+                    finally:
+                        pq_ring_taken_done(&self._r)
                 continue
             if rc == 0:            # only abandoned/padding records: pass them
                 pq_ring_consume(&self._r, &b)
@@ -711,41 +729,47 @@ cdef class RingQueue:
             raise ValueError("max_messages must be at least 1")
         deadline = _deadline(block, timeout)
         out = []
-        while True:
-            want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
-            rc = pq_ring_peek(&self._r, self._recs, want, &b)
-            if rc > 0:
-                raw = PyList_New(0)
-                slow = False
-                for i in range(rc):
-                    raw.append(self._decode_fast(&self._recs[i]))
-                    if self._recs[i].type != T_BYTES and self._recs[i].type != T_STR:
-                        slow = True
-                if pq_ring_consume(&self._r, &b) != 0:
-                    continue
-                if slow or self._custom:
+        # The batches taken accumulate in this process's slot until they
+        # are returned (pq_ring_taken_done): a death in between counts
+        # them all as abandoned.
+        try:
+            while True:
+                want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
+                rc = pq_ring_peek(&self._r, self._recs, want, &b)
+                if rc > 0:
+                    raw = PyList_New(0)
+                    slow = False
                     for i in range(rc):
-                        out.append(self._decode_finish(self._recs[i].type, raw[i]))
-                else:
-                    out.extend(raw)
-                if len(out) >= max_messages:
-                    return out
-                continue
-            if rc == 0:
-                pq_ring_consume(&self._r, &b)
-                continue
-            if rc == -ESTALE:
-                continue
-            if rc != -EAGAIN and rc != -EINPROGRESS:
-                _check_rc(rc, "get_many")
-            if out:
-                return out
-            if deadline == 0:
-                if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
+                        raw.append(self._decode_fast(&self._recs[i]))
+                        if self._recs[i].type != T_BYTES and self._recs[i].type != T_STR:
+                            slow = True
+                    if pq_ring_take(&self._r, &b) != 0:
+                        continue
+                    if slow or self._custom:
+                        for i in range(rc):
+                            out.append(self._decode_finish(self._recs[i].type, raw[i]))
+                    else:
+                        out.extend(raw)
+                    if len(out) >= max_messages:
+                        return out
                     continue
-                raise _Empty
-            if not self._park_readable(deadline):
-                raise _Empty
+                if rc == 0:
+                    pq_ring_consume(&self._r, &b)
+                    continue
+                if rc == -ESTALE:
+                    continue
+                if rc != -EAGAIN and rc != -EINPROGRESS:
+                    _check_rc(rc, "get_many")
+                if out:
+                    return out
+                if deadline == 0:
+                    if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
+                        continue
+                    raise _Empty
+                if not self._park_readable(deadline):
+                    raise _Empty
+        finally:
+            pq_ring_taken_done(&self._r)
 
     # ------------------------------------------------------------ state
 
@@ -771,15 +795,21 @@ cdef class RingQueue:
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""
         self._closed = True
+        if self._mapped:
+            pq_ring_release_slot(&self._r)
 
     def stats(self):
         cdef pq_ring_stats s
         if not self._mapped:
             raise ValueError("queue is not attached")
+        # Count what consumers that died took with them (a /proc read per
+        # consumer inside a take right now; nothing when none is).
+        pq_ring_reap_dead_consumers(&self._r)
         pq_ring_get_stats(&self._r, &s)
         return {
             "enqueued": s.enqueued, "dequeued": s.dequeued,
             "rejected": s.rejected, "dropped": s.dropped, "abandoned": s.abandoned,
+            "abandoned_by_consumers": s.abandoned_taken,
             "depth": s.depth, "depth_bytes": s.depth_bytes,
             "capacity_bytes": s.capacity, "maxsize": s.maxsize,
             "waiting_producers": s.waiting_producers,

@@ -8,6 +8,7 @@ forked child reads it afresh), and the parent's environment stays clean.
 
 import os
 import queue
+import signal
 import struct
 import time
 
@@ -43,6 +44,40 @@ def armed_get(q, spec, n=1):
     arm(spec)
     for _ in range(n):
         q.get(timeout=WAIT)
+
+
+def armed_get_many(q, spec, max_messages=1024):
+    arm(spec)
+    q.get_many(max_messages, timeout=WAIT)
+
+
+def get_then_stop(q):
+    """get() one message, then stop (for the test to SIGKILL): a consumer
+    that dies after get() returned, holding nothing of the queue's."""
+    q.get(timeout=WAIT)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+STOP_ON_LOAD = "PYQUEUE_TEST_STOP_ON_LOAD"
+
+
+def _stop_on_load():
+    if os.environ.get(STOP_ON_LOAD):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return StopOnLoad()
+
+
+class StopOnLoad:
+    """Unpickling it stops the process where STOP_ON_LOAD is set: a
+    consumer inside get() after its consume CAS, building the object."""
+
+    def __reduce__(self):
+        return (_stop_on_load, ())
+
+
+def get_stop_on_load(q):
+    os.environ[STOP_ON_LOAD] = "1"
+    q.get(timeout=WAIT)
 
 
 # -- soak ----------------------------------------------------------------------

@@ -59,6 +59,8 @@ CDEF = r"""
 #define PQ_CTL_TYPE_SHIFT ...
 #define PQ_CTL_STATE_SHIFT ...
 #define PQ_CTL_TAG_SHIFT ...
+#define PQ_RING_SLOTS ...
+#define PQ_SLOT_HELD_SHIFT ...
 
 enum pq_kind { PQ_KIND_QUEUE = 1, PQ_KIND_TOPIC = 2, PQ_KIND_LOG = 3 };
 enum pq_segment_state { PQ_SEGMENT_INITIALIZING = 0, PQ_SEGMENT_READY = 1 };
@@ -87,6 +89,14 @@ typedef struct pq_record_header {
     uint64_t owner;
 } pq_record_header;
 
+typedef struct pq_ring_slot {
+    uint64_t owner;
+    uint64_t taking;
+    uint64_t taking_head;
+    uint64_t taking_next;
+    ...;
+} pq_ring_slot;
+
 typedef struct pq_ring_ctl {
     uint64_t tail;
     uint64_t tail_msgs;
@@ -95,6 +105,8 @@ typedef struct pq_ring_ctl {
     uint64_t head;
     uint64_t head_msgs;
     int64_t unfinished_tasks;
+    uint64_t counters[8];
+    pq_ring_slot slots[...];
     ...;
 } pq_ring_ctl;
 
@@ -108,6 +120,10 @@ typedef struct pq_ring {
     uint64_t max_payload;
     uint64_t head_cache;
     uint64_t tail_cache;
+    int slot;
+    uint32_t held;
+    uint64_t slot_owner;
+    unsigned slot_forks;
 } pq_ring;
 
 typedef struct pq_ring_record {
@@ -129,6 +145,7 @@ typedef struct pq_ring_stats {
     uint64_t depth, depth_bytes, capacity, maxsize;
     uint32_t waiting_producers, waiting_consumers;
     int64_t unfinished_tasks;
+    uint64_t abandoned_taken;
 } pq_ring_stats;
 
 int pq_segment_check(const void *base, size_t size, uint32_t kind);
@@ -142,6 +159,10 @@ uint8_t *pq_ring_payload(const pq_ring *r, uint64_t pos);
 void pq_ring_commit(pq_ring *r, uint64_t pos, uint8_t type);
 int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *batch);
 int pq_ring_consume(pq_ring *r, const pq_ring_batch *batch);
+int pq_ring_take(pq_ring *r, const pq_ring_batch *batch);
+void pq_ring_taken_done(pq_ring *r);
+int pq_ring_reap_dead_consumers(pq_ring *r);
+void pq_ring_release_slot(pq_ring *r);
 int pq_ring_repair_head(pq_ring *r);
 void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s);
 uint64_t pq_ring_depth(const pq_ring *r);

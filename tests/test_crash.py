@@ -224,6 +224,7 @@ def test_consumer_killed_after_peek_loses_nothing(ctx, procs, make_queue):
     assert drain(q) == []
     s = q.stats()
     assert s["depth"] == 0 and s["dequeued"] == 3
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 0  # it took nothing
 
 
 @needs_faults
@@ -248,7 +249,10 @@ def test_consumer_killed_after_consume_loses_exactly_that_one(ctx, procs, make_q
         q.put_nowait(3)
     assert [q.get(timeout=WAIT) for _ in range(3)] == [0, 1, 2]
     s = q.stats()
-    assert s["depth"] == 0 and s["enqueued"] == 6 and s["dequeued"] == 6
+    # ... and the message it died with is counted as abandoned (once).
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 1
+    assert s["depth"] == 0 and s["enqueued"] == 6 and s["dequeued"] == 5
+    assert q.stats()["abandoned"] == 1
 
 
 @needs_faults
@@ -261,6 +265,68 @@ def test_consumer_killed_after_consume_maxsize_one(ctx, procs, make_queue):
     assert q.qsize() == 0
     q.put(b"next", timeout=REPAIR_BOUND)
     assert q.get(timeout=WAIT) == b"next"
+    s = q.stats()
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 1
+    assert s["enqueued"] == 2 and s["dequeued"] == 1
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_consumer_killed_in_get_many_loses_that_batch(ctx, procs, make_queue):
+    q = make_queue.Queue(capacity_bytes=RING)
+    q.put_many([b"b-%d" % i for i in range(5)])
+    p = start_stopped(procs, ctx, W.armed_get_many, q, "after_consume")
+    kill_stopped(p)
+    assert q.qsize() == 0
+    s = q.stats()
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 5
+    assert s["enqueued"] == 5 and s["dequeued"] == 0
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_consumer_killed_between_get_many_batches(ctx, procs, make_queue):
+    """get_many takes up to 256 records per CAS: killed after the second
+    CAS of one call, it dies holding both batches (none was returned)."""
+    q = make_queue.Queue(capacity_bytes=RING)
+    q.put_many([b"%d" % i for i in range(300)])
+    q.put(b"left")
+    p = start_stopped(procs, ctx, W.armed_get_many, q, "after_consume:2", 300)
+    kill_stopped(p)
+    assert q.get(timeout=WAIT) == b"left"
+    s = q.stats()
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 300
+    assert s["enqueued"] == 301 and s["dequeued"] == 1 and s["depth"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_consumer_killed_while_unpickling(ctx, procs, make_queue):
+    """After the CAS, a pickled message is built (unpickled) before get()
+    returns: a consumer killed there dies holding it."""
+    q = make_queue.Queue(capacity_bytes=RING)
+    q.put(W.StopOnLoad())
+    q.put(b"next")
+    p = start_stopped(procs, ctx, W.get_stop_on_load, q)
+    assert q.stats()["abandoned"] == 0  # alive (stopped): not counted
+    kill_stopped(p)
+    assert q.get(timeout=WAIT) == b"next"
+    s = q.stats()
+    assert s["abandoned"] == s["abandoned_by_consumers"] == 1
+    assert s["enqueued"] == 2 and s["dequeued"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_consumer_killed_after_get_returned(ctx, procs, make_queue):
+    """get() returned the message: the consumer holds nothing of the
+    queue's any more, and its death counts nothing."""
+    q = make_queue.Queue(capacity_bytes=RING)
+    q.put_many([b"m-0", b"m-1"])
+    p = start_stopped(procs, ctx, W.get_then_stop, q)
+    kill_stopped(p)
+    assert q.get(timeout=WAIT) == b"m-1"
+    s = q.stats()
+    assert s["abandoned"] == 0
+    assert s["enqueued"] == s["dequeued"] == 2
 
 
 # -- parked --------------------------------------------------------------------
@@ -371,9 +437,9 @@ def test_soak_random_kills(procs, make_queue, record_property):
     """2 producers and 2 consumers, one of them SIGKILLed every 200-400 ms
     (and replaced) for PYQUEUE_SOAK_SECONDS: no duplicate, no corrupt
     message, nothing that was not at least started, every message whose
-    put() returned delivered except at most one per consumer kill, per
-    producer FIFO, and a queue that still works. Random instants, no
-    fault injection."""
+    put() returned delivered except at most one per consumer kill (and at
+    most one counted as abandoned per consumer kill), per producer FIFO,
+    and a queue that still works. Random instants, no fault injection."""
     import multiprocessing
 
     np = pytest.importorskip("numpy")
@@ -448,14 +514,24 @@ def test_soak_random_kills(procs, make_queue, record_property):
         "seconds": SOAK_SECONDS, "producer_kills": kills["producer"],
         "consumer_kills": kills["consumer"], "messages_fully_put": fully_put,
         "messages_received": received, "lost_fully_put": len(lost),
-        "abandoned": s["abandoned"],
+        "abandoned": s["abandoned"], "abandoned_by_consumers": s["abandoned_by_consumers"],
         "capped": [started[i] + 4 > cap for i in range(2)],
     }
     record_property("soak", report)
     print("\nsoak:", report)
     assert len(lost) <= kills["consumer"], "lost %d > %d consumer kills: %r" % (
         len(lost), kills["consumer"], lost[:10])
-    assert s["abandoned"] <= 4 * kills["producer"]  # a batch is up to 4 records
+    # A consumer is inside at most one get() when it is killed: at most one
+    # message counted per kill. Not "== len(lost)" at random instants: a
+    # kill after get() returned and before the consumer's own record of
+    # the message (counts[...] += 1) loses it from that record although
+    # pyqueue delivered it (not abandoned, rightly); and a kill between a
+    # consumer's announcement and a consume CAS that another consumer won
+    # counts a message that was delivered (docs/design.md). The exact
+    # accounting is tested at fault points above.
+    assert s["abandoned_by_consumers"] <= kills["consumer"]
+    # Producers' records: a batch is up to 4 of them.
+    assert s["abandoned"] - s["abandoned_by_consumers"] <= 4 * kills["producer"]
     assert s["depth"] == 0 and q.qsize() == 0
     assert fully_put > 1000, "the soak did hardly any work: %r" % report
     # The queue still works, with its whole maxsize.

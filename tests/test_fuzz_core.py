@@ -9,13 +9,14 @@ and never loop forever:
     valid header, buffers of 0..8 KiB;
 (b) a valid ring (small capacity, committed, padding, abandoned and
     in-progress records, wrapped) whose cursors, message counts, cached
-    cursors and record header words are overwritten with chosen values;
+    cursors, record header words and process slots (owner, announced
+    batch) are overwritten with chosen values;
 (c) the same ring with random bytes of its data area overwritten.
 
 After the damage: pq_ring_peek returns an error code or records whose
 payload lies entirely inside the data area (checked with pointer
-arithmetic and by reading every byte), consume/repair/stats/depth do not
-trap, a peek-consume loop ends within a bound, and pq_ring_claim either
+arithmetic and by reading every byte), consume/take/repair/reap/stats/depth
+do not trap, a peek-consume loop ends within a bound, and pq_ring_claim either
 refuses or hands out room inside the data area (then written in full)
 without touching the segment header. The buffers end at a PROT_NONE page,
 or, under PYQUEUE_SANITIZE=1 (ASan), are malloc'd to their exact size.
@@ -132,6 +133,7 @@ def exercise_consumer(r, max_=16):
         check_records(r, rc, recs, batch, max_)
     rr = L.pq_ring_repair_head(r)
     assert rr in (0, 1) or rr < 0
+    assert L.pq_ring_reap_dead_consumers(r) >= 0
     stats = F.new("pq_ring_stats *")
     L.pq_ring_get_stats(r, stats)
     L.pq_ring_depth(r)
@@ -141,20 +143,25 @@ def exercise_consumer(r, max_=16):
     # bytes, never past a tail within one capacity of it (a cached tail
     # may add one more capacity).
     bound = 2 * (r.capacity // 16) + 4
-    for _ in range(bound):
+    for i in range(bound):
         rc = L.pq_ring_peek(r, recs, 64, batch)
         if rc < 0:
             assert rc in peek_codes and rc != -errno.ESTALE, rc
             break
         check_records(r, rc, recs, batch, 64)
         assert batch.next != batch.head
-        assert L.pq_ring_consume(r, batch) == 0
+        if i % 2:
+            assert L.pq_ring_take(r, batch) == 0  # announced in this process's slot
+            L.pq_ring_taken_done(r)
+        else:
+            assert L.pq_ring_consume(r, batch) == 0
         assert r.ctl.head == batch.next
     else:
         pytest.fail("peek/consume loop on a corrupt ring did not end")
     L.pq_ring_get_stats(r, stats)
     rr = L.pq_ring_repair_head(r)
     assert rr in (0, 1) or rr < 0
+    assert L.pq_ring_reap_dead_consumers(r) >= 0
 
 
 def exercise_producer(r, base, lens):
@@ -454,8 +461,16 @@ def corruptions(draw, ring):
     for _ in range(draw(st.integers(1, 4))):
         target = draw(st.sampled_from(["head", "tail", "head", "tail", "head_msgs", "tail_msgs",
                                        "rec_ctl", "rec_ctl", "rec_owner", "head_cache",
-                                       "tail_cache"]))
-        if target in ("head", "tail", "head_cache", "tail_cache"):
+                                       "tail_cache", "slot"]))
+        if target == "slot":
+            # A process slot: owner dead (pid 0, a gone pid), alive (ours)
+            # or anything; any announcement.
+            owner = draw(st.sampled_from([0, 1 << 32, 0x7FFFFFFF, os.getpid(), U64])
+                         | st.integers(0, U64))
+            words = (owner, draw(st.sampled_from([0, 1, 1 << 32, U64]) | st.integers(0, U64)),
+                     draw(cursor_values(ring)), draw(cursor_values(ring)))
+            out.append((target, draw(st.integers(0, lib().PQ_RING_SLOTS - 1)), words))
+        elif target in ("head", "tail", "head_cache", "tail_cache"):
             out.append((target, None, draw(cursor_values(ring))))
         elif target in ("head_msgs", "tail_msgs"):
             out.append((target, None, draw(count_values(ring))))
@@ -484,6 +499,9 @@ def apply(ring, damage, fresh_view):
             u64_at(ring.r.data, pos & ring.r.mask)[0] = value
         elif target == "rec_owner":
             u64_at(ring.r.data, (pos & ring.r.mask) + 8)[0] = value
+        elif target == "slot":
+            s = c.slots[pos]
+            s.owner, s.taking, s.taking_head, s.taking_next = value
 
 
 CLAIM_LENS = st.lists(st.sampled_from([0, 1, 16, 100, 1000, 2016]) | st.integers(0, 2100),

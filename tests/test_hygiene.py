@@ -300,14 +300,16 @@ def test_ls_and_gc_survive_segments_that_are_not_pyqueues(names, ctx):
     """Not pyqueue's, truncated, being created, empty, not a file: listed as
     '?', never crash; gc leaves them, except an unfinished unnamed queue of a
     dead creator."""
+    from pyqueue.cli import _LAYOUT_VERSION as version
+
     base = names()
     entries = {
         "junk": b"this is not a pyqueue segment" * 20,
         "short": b"PYQ",
         "creating": bytes(8192),                        # header not written yet
         "empty": b"",
-        "half": struct.pack("<QII", 0x0045554555515950, 1, 1) + bytes(300),  # state 0
-        "huge": struct.pack("<QIIQQQ", 0x0045554555515950, 1, 1, 1 << 40, 4096, 1 << 39)
+        "half": struct.pack("<QII", 0x0045554555515950, version, 1) + bytes(300),  # state 0
+        "huge": struct.pack("<QIIQQQ", 0x0045554555515950, version, 1, 1 << 40, 4096, 1 << 39)
                 + bytes(24) + b"\x01" + bytes(200),    # ready, but claims 1 TiB
     }
     made = []

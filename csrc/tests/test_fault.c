@@ -59,9 +59,10 @@ static int put(pq_ring *r, uint8_t byte)
     return 0;
 }
 
-/* A get as the binding does it, repairing a dead producer's record at
- * head. The type of the message taken, -EAGAIN when empty, -EBADMSG on a
- * torn payload, or another negative code. */
+/* A get as the binding does it (take, then hand over: taken_done),
+ * repairing a dead producer's record at head. The type of the message
+ * taken, -EAGAIN when empty, -EBADMSG on a torn payload, or another
+ * negative code. */
 static int get(pq_ring *r, int *repairs)
 {
     pq_ring_record rec;
@@ -73,8 +74,10 @@ static int get(pq_ring *r, int *repairs)
                 if (rec.payload[i] != rec.type)
                     return -EBADMSG;
             int type = rec.type;
-            if (pq_ring_consume(r, &b) == 0)
+            if (pq_ring_take(r, &b) == 0) {
+                pq_ring_taken_done(r);
                 return type;
+            }
             continue;
         }
         if (rc == 0) {
@@ -261,7 +264,8 @@ static int test_producer_in_claim_lock(void) { return producer_point("in_claim_l
 /*
  * A consumer killed before its CAS took nothing; killed right after it,
  * it took the message, and the count went with it: the depth is right and
- * a maxsize=1 queue is not left "full" (the double-width CAS).
+ * a maxsize=1 queue is not left "full" (the double-width CAS); and the
+ * message it died with is counted as abandoned (its process slot), once.
  */
 static int consumer_point(const char *spec, int taken)
 {
@@ -281,6 +285,8 @@ static int consumer_point(const char *spec, int taken)
     CHECK_EQ(wait_stopped(pid), 0);
     CHECK_EQ(kill_stopped(pid), 0);
     CHECK_EQ(pq_ring_depth(&f.r), taken ? 0 : 1);
+    CHECK_EQ(pq_ring_reap_dead_consumers(&f.r), taken);
+    CHECK_EQ(pq_ring_reap_dead_consumers(&f.r), 0);
     if (!taken)
         CHECK_EQ(get(&f.r, NULL), 0xA1);
     CHECK_EQ(get(&f.r, NULL), -EAGAIN);
@@ -291,7 +297,9 @@ static int consumer_point(const char *spec, int taken)
     pq_ring_get_stats(&f.r, &st);
     CHECK_EQ(st.depth, 0);
     CHECK_EQ(st.enqueued, 2);
-    CHECK_EQ(st.dequeued, 2);
+    CHECK_EQ(st.dequeued, 2 - taken);
+    CHECK_EQ(st.abandoned, taken);
+    CHECK_EQ(st.abandoned_taken, taken);
     fixture_close(&f);
     return 0;
 }
