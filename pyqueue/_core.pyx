@@ -304,9 +304,11 @@ cdef class RingQueue:
             raise ValueError(f"Queue {self!r} is closed")
         return 0
 
-    cdef int _park_readable(self, int64_t deadline) except -1:
-        """Wait (GIL released) until something may be readable. Returns 1
-        when worth retrying, 0 at the deadline."""
+    cdef int _park(self, bint writable, uint64_t seen_head, int64_t deadline) except -1:
+        """Wait (GIL released) for at most one slice until something may be
+        readable (or, writable: until head moves from seen_head). Returns 1
+        when worth retrying, 0 at the deadline. Between slices signals are
+        handled (Ctrl-C) and dead processes' leftovers repaired."""
         cdef int64_t now, until
         cdef int rc
         now = pq_monotonic_ns()
@@ -316,11 +318,14 @@ cdef class RingQueue:
         if deadline >= 0 and deadline < until:
             until = deadline
         with nogil:
-            rc = pq_ring_wait_readable(&self._r, until, _spin)
+            if writable:
+                rc = pq_ring_wait_writable(&self._r, seen_head, until, _spin)
+            else:
+                rc = pq_ring_wait_readable(&self._r, until, _spin)
         if rc == -EINTR or rc == -ETIMEDOUT:
             PyErr_CheckSignals()
         if rc == -ETIMEDOUT:
-            # A whole slice without a commit: the oldest record's producer
+            # A whole slice without progress: the oldest record's producer
             # may be dead. Bounded repair latency: one slice. Consumers that
             # died holding messages are counted on the same occasion.
             _check_rc(pq_ring_repair_head(&self._r), "repair")
@@ -346,26 +351,6 @@ cdef class RingQueue:
         self._stuck_since = now
         pq_ring_reap_dead_consumers(&self._r)
         return _check_rc(pq_ring_repair_head(&self._r), "repair")
-
-    cdef int _park_writable(self, uint64_t seen_head, int64_t deadline) except -1:
-        cdef int64_t now, until
-        cdef int rc
-        now = pq_monotonic_ns()
-        if deadline >= 0 and now >= deadline:
-            return 0
-        until = now + SLICE_NS
-        if deadline >= 0 and deadline < until:
-            until = deadline
-        with nogil:
-            rc = pq_ring_wait_writable(&self._r, seen_head, until, _spin)
-        if rc == -EINTR or rc == -ETIMEDOUT:
-            PyErr_CheckSignals()
-        if rc == -ETIMEDOUT:
-            _check_rc(pq_ring_repair_head(&self._r), "repair")
-            pq_ring_reap_dead_consumers(&self._r)
-            if deadline >= 0 and pq_monotonic_ns() >= deadline:
-                return 0
-        return 1
 
     cdef int _drop_oldest(self) except -1:
         """Discard the oldest readable record(s) to make room. 1 when
@@ -412,7 +397,7 @@ cdef class RingQueue:
             if self._overflow == OVERFLOW_DROP_OLDEST:
                 if self._drop_oldest():
                     continue
-            if deadline == 0 or not self._park_writable(seen, deadline):
+            if deadline == 0 or not self._park(True, seen, deadline):
                 raise _Full
 
     cdef int _put_raw(self, const char* ptr, Py_ssize_t n, uint8_t typ,
@@ -708,7 +693,7 @@ cdef class RingQueue:
                 if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                     continue
                 raise _Empty
-            if not self._park_readable(deadline):
+            if not self._park(False, 0, deadline):
                 raise _Empty
 
     def get_nowait(self):
@@ -766,7 +751,7 @@ cdef class RingQueue:
                     if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                         continue
                     raise _Empty
-                if not self._park_readable(deadline):
+                if not self._park(False, 0, deadline):
                     raise _Empty
         finally:
             pq_ring_taken_done(&self._r)
