@@ -108,6 +108,21 @@ cdef extern from "pq_ring.h" nogil:
     void pq_ring_get_stats(const pq_ring* r, pq_ring_stats* s)
     uint64_t pq_ring_depth(const pq_ring* r)
 
+cdef extern from *:
+    """
+    #define PQ_RING_HEAD_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, head))
+    #define PQ_RING_TAIL_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, tail))
+    """
+    size_t PQ_RING_HEAD_FILE_OFFSET
+    size_t PQ_RING_TAIL_FILE_OFFSET
+    size_t PQ_RING_DATA_OFFSET
+
+# Where a queue segment keeps its cursors and data (for tools such as
+# `pyqueue gc` that read a segment file without attaching to it).
+RING_HEAD_OFFSET = PQ_RING_HEAD_FILE_OFFSET
+RING_TAIL_OFFSET = PQ_RING_TAIL_FILE_OFFSET
+RING_DATA_OFFSET = PQ_RING_DATA_OFFSET
+
 # Payload types (the record header's type byte). Keep in sync with _codec.py.
 DEF T_BYTES = 1
 DEF T_STR = 2

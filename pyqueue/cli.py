@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from pyqueue import _procscan, _segment
+from pyqueue import _core, _procscan, _segment
 from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log"}
@@ -55,12 +55,15 @@ What gc removes (PATTERNs restrict it to some queue names):
   process maps it or holds it open AND either
     - its queue NAME is gone: no segment of that name exists (or gc removes
       it in this run) and no live process still maps the unlinked queue; or
-    - it is older than --oob-grace seconds (default 300) AND its producer
-      PID is dead (or the pid now belongs to a process started after the
-      segment) AND the queue's ring holds no reference to it.
+    - it is older than --oob-grace seconds (default 300) AND its reference
+      is not in the unread part of the queue's ring AND either a consumer
+      already took its message (the reference is in the read part: the
+      consumer died before removing the segment) or its producer PID is
+      dead (or the pid now belongs to a process started after the segment).
   A large message that waits in a live queue is therefore never removed,
   even when its producer has exited; one whose producer died before the
-  reference was put is removed after the grace period.
+  reference was put, or whose consumer died after taking it, is removed
+  after the grace period.
 
 Segments that processes we may not inspect (another user's, hidepid)
 could be using are kept. Processes in other PID namespaces are invisible:
@@ -250,14 +253,16 @@ def _depth(seg):
 # --------------------------------------------------------------------------
 
 def ring_references(queue_entry):
-    """Names (entries) of the out-of-band segments a queue segment refers
-    to: every "/pyqueue.NAME.oob-PID-N" in its bytes. Stale bytes of
-    records already taken count too, which errs on the side of keeping.
-    Reads the file (skipping holes), never maps it. None when unreadable."""
+    """Out-of-band segments a queue segment refers to, as two sets of
+    entries: (unread, taken). A reference inside [head, tail) of the ring
+    belongs to a message still waiting; one elsewhere is the stale copy of
+    a message a consumer already took (who then removes the segment, unless
+    it died first). Reads the file (skipping holes), never maps it. None
+    when unreadable or not a queue."""
     prefix = ("/" + queue_entry + ".oob-").encode()
     pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9]+)")
     overlap = len(prefix) + 48
-    found = set()
+    unread, taken = set(), set()
     try:
         fd = os.open(_path(queue_entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -266,9 +271,23 @@ def ring_references(queue_entry):
         st = os.fstat(fd)
         if not _stat.S_ISREG(st.st_mode):
             return None
-        end = st.st_size
-        pos = 0
-        tail = b""
+        head_block = os.pread(fd, _core.RING_DATA_OFFSET, 0)
+        if len(head_block) < _core.RING_DATA_OFFSET:
+            return None
+        (data_size,) = struct.unpack_from("<Q", head_block, 32)
+        (head,) = struct.unpack_from("<Q", head_block, _core.RING_HEAD_OFFSET)
+        (tail,) = struct.unpack_from("<Q", head_block, _core.RING_TAIL_OFFSET)
+        if data_size == 0 or data_size & (data_size - 1) or tail - head > data_size:
+            return None
+        mask = data_size - 1
+
+        def waiting(file_offset):
+            rel = (file_offset - _core.RING_DATA_OFFSET - (head & mask)) & mask
+            return rel < tail - head
+
+        end = min(st.st_size, _core.RING_DATA_OFFSET + data_size)
+        pos = _core.RING_DATA_OFFSET
+        tail_bytes = b""
         chunk = 4 << 20
         while pos < end:
             try:
@@ -276,20 +295,22 @@ def ring_references(queue_entry):
             except OSError:
                 break  # ENXIO: only a hole is left
             if data_at != pos:
-                tail = b""
+                tail_bytes = b""
                 pos = data_at
             buf = os.pread(fd, min(chunk, end - pos), pos)
             if not buf:
                 break
-            for m in pat.finditer(tail + buf):
-                found.add((prefix[1:] + m.group(1) + b"-" + m.group(2)).decode())
-            tail = buf[-overlap:]
+            base = pos - len(tail_bytes)
+            for m in pat.finditer(tail_bytes + buf):
+                entry = (prefix[1:] + m.group(1) + b"-" + m.group(2)).decode()
+                (unread if waiting(base + m.start()) else taken).add(entry)
+            tail_bytes = buf[-overlap:]
             pos += len(buf)
-    except OSError:
+    except (OSError, struct.error):
         return None
     finally:
         os.close(fd)
-    return found
+    return unread, taken - unread
 
 
 # --------------------------------------------------------------------------
@@ -326,11 +347,19 @@ def _oob_verdict(o, queue_gone, refs, users, now, grace):
         return None
     if queue_gone:
         return f"its queue {o.queue!r} is gone"
-    if o.age(now) < grace or o.producer_alive is not False:
+    if o.age(now) < grace:
         return None
     referenced = refs()
-    if referenced is None or o.entry in referenced:
+    if referenced is None:
         return None
+    unread, taken = referenced
+    if o.entry in unread:
+        return None  # a message still waiting in the queue
+    if o.entry in taken:
+        return (f"older than {grace:g} s and its message was taken from queue {o.queue!r} "
+                "by a consumer that died before removing it")
+    if o.producer_alive is not False:
+        return None  # its producer may still be putting the reference
     return (f"producer pid {o.pid} is dead, older than {grace:g} s and not "
             f"referenced by queue {o.queue!r}")
 

@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from tests.test_crash import kill_stopped, needs_faults, start_stopped
 from tests._support import (
     SHM_DIR,
     list_pyqueue_segments,
@@ -454,6 +455,36 @@ def test_gc_out_of_band_segments_of_killed_producer(ctx, names):
     assert set(plan) == {orphan, mine}
     assert all("is gone" in d["reason"] for d in plan.values())
     assert not exists(orphan) and not exists(mine)
+
+
+@needs_faults
+def test_gc_out_of_band_segment_of_consumer_killed_after_taking_it(ctx, procs, names):
+    """A consumer SIGKILLed after it took a large message and before it
+    removed the message's segment: the reference is left in the read part of
+    the ring, the producer (this process) is alive. gc removes the segment
+    after the grace period; a large message still waiting is kept."""
+    import pyqueue
+    from tests import _crash_workers as W
+
+    name = names()
+    q = pyqueue.Queue(name=name, capacity_bytes=CAP)
+    taken, waiting = os.urandom(3 * CAP), os.urandom(3 * CAP)
+    q.put(taken)
+    q.put(waiting)
+    oobs = sorted(e for e in list_pyqueue_segments() if e.startswith(f"pyqueue.{name}.oob-"))
+    assert len(oobs) == 2
+    p = start_stopped(procs, ctx, W.armed_get, q, "after_consume")
+    kill_stopped(p)
+    assert q.stats()["abandoned_by_consumers"] == 1
+    assert gc_json(name) == {}                       # within the grace period
+    plan = gc_json("--oob-grace", "0", name)
+    assert set(plan) == {oobs[0]}, plan
+    assert "taken" in plan[oobs[0]]["reason"]
+    assert not exists(oobs[0]) and exists(oobs[1])
+    assert q.get(timeout=WAIT) == waiting            # the waiting one is intact
+    assert not exists(oobs[1])
+    q.unlink()
+    q.close()
 
 
 def test_gc_never_removes_mapped_segment_even_if_creator_died(ctx, procs):
