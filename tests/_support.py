@@ -133,3 +133,19 @@ def wait_until(predicate, timeout=10.0, interval=0.002):
 def payload(producer, seq, size):
     """Deterministic payload for message (producer, seq)."""
     return bytes([(producer * 31 + seq) % 251]) * size
+
+
+def drain(q):
+    """Everything a queue holds now (get_nowait until Empty)."""
+    import queue as _queue
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except _queue.Empty:
+            return out
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()

@@ -287,3 +287,35 @@ def impl_ctx(request, ctx, _shm_leak_check):
     factory = _make_impl(request.param, ctx)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def raw_segments():
+    """create(content, size=None, tag="raw") makes a raw POSIX shared-memory
+    segment named like a queue, holding `content` (not necessarily a pyqueue
+    segment), and returns its queue name; all are removed at teardown."""
+    import mmap
+
+    posix_ipc = pytest.importorskip("posix_ipc")
+    made = []
+
+    def create(content, size=None, tag="raw"):
+        name = _support.unique_name(tag)
+        size = len(content) if size is None else size
+        shm = posix_ipc.SharedMemory(_support.posix_name(name), posix_ipc.O_CREX, mode=0o600,
+                                     size=size)
+        made.append(name)
+        try:
+            if content:
+                with mmap.mmap(shm.fd, size) as m:
+                    m[:len(content)] = content
+        finally:
+            shm.close_fd()
+        return name
+
+    yield create
+    for name in made:
+        try:
+            posix_ipc.unlink_shared_memory(_support.posix_name(name))
+        except posix_ipc.ExistentialError:
+            pass

@@ -25,7 +25,7 @@ import sys
 import pytest
 
 from tests import cffi_core
-from tests._support import posix_name, shm_file, unique_name
+from tests._support import posix_name, read_bytes, shm_file
 
 posix_ipc = pytest.importorskip("posix_ipc")
 
@@ -40,36 +40,13 @@ def core():
     return cffi_core.require()
 
 
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
+_read = read_bytes
 
 
 @pytest.fixture
-def segments(pyqueue_mod):
-    """Creates raw POSIX shared-memory segments (named like queues) and
-    removes them at teardown."""
-    made = []
-
-    def create(content, size=None):
-        name = unique_name("bad")
-        size = len(content) if size is None else size
-        shm = posix_ipc.SharedMemory(posix_name(name), posix_ipc.O_CREX, mode=0o600, size=size)
-        made.append(name)
-        try:
-            if content:
-                with mmap.mmap(shm.fd, size) as m:
-                    m[:len(content)] = content
-        finally:
-            shm.close_fd()
-        return name
-
-    yield create
-    for name in made:
-        try:
-            posix_ipc.unlink_shared_memory(posix_name(name))
-        except posix_ipc.ExistentialError:
-            pass
+def segments(raw_segments):
+    """Raw segments named like queues (see conftest.raw_segments)."""
+    return lambda content, size=None: raw_segments(content, size, tag="bad")
 
 
 class Segment:

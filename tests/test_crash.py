@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests import _crash_workers as W
-from tests._support import wait_until
+from tests._support import drain, wait_until
 
 try:
     from pyqueue._core import FAULT_INJECTION, FAULT_POINTS
@@ -73,14 +73,6 @@ def timed_get(q, timeout):
     except queue.Empty:
         return queue.Empty, time.monotonic() - t0
 
-
-def drain(q):
-    out = []
-    while True:
-        try:
-            out.append(q.get_nowait())
-        except queue.Empty:
-            return out
 
 
 def test_fault_points_exposed():

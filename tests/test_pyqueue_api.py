@@ -1,7 +1,6 @@
 """pyqueue-only behaviour, as specified in docs/api.md."""
 
 import json
-import mmap
 import multiprocessing
 import os
 import pickle
@@ -16,8 +15,9 @@ import pytest
 
 from tests import _workers
 from tests._support import (
+    drain,
+    read_bytes,
     oob_segments,
-    posix_name,
     queue_segments,
     segment_exists,
     shm_file,
@@ -29,14 +29,6 @@ RING = 65536
 WAIT = 10.0
 SLACK = 2.0
 
-
-def drain(q):
-    out = []
-    while True:
-        try:
-            out.append(q.get_nowait())
-        except queue.Empty:
-            return out
 
 
 # -- exceptions -----------------------------------------------------------------
@@ -665,34 +657,13 @@ def test_open_missing_name(pyqueue_mod):
     assert not segment_exists(name)
 
 
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
+_read = read_bytes
 
 
 @pytest.fixture
-def foreign_segment():
-    """Creates POSIX shared-memory segments that are not pyqueue queues."""
-    posix_ipc = pytest.importorskip("posix_ipc")
-    made = []
-
-    def create(content, size=None):
-        name = unique_name("foreign")
-        size = len(content) if size is None else size
-        shm = posix_ipc.SharedMemory(posix_name(name), posix_ipc.O_CREX, mode=0o600, size=size)
-        made.append(name)
-        if content:
-            with mmap.mmap(shm.fd, size) as m:
-                m[: len(content)] = content
-        shm.close_fd()
-        return name
-
-    yield create
-    for name in made:
-        try:
-            posix_ipc.unlink_shared_memory(posix_name(name))
-        except posix_ipc.ExistentialError:
-            pass
+def foreign_segment(raw_segments):
+    """Raw segments named like queues (see conftest.raw_segments)."""
+    return lambda content, size=None: raw_segments(content, size, tag="foreign")
 
 
 @pytest.mark.parametrize(
