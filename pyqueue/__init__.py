@@ -4,7 +4,8 @@
 """
 from queue import Empty, Full
 
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.errors import (MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound,
+                            SegmentNotOwned)
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 
 __version__ = "0.1.0"
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue",
     "Empty", "Full",
-    "PyQueueError", "SegmentNotFound", "SegmentMismatch", "MessageTooLarge",
+    "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
 ]

@@ -15,7 +15,7 @@ import time
 import posix_ipc
 
 from pyqueue import _core
-from pyqueue.errors import SegmentMismatch, SegmentNotFound
+from pyqueue.errors import SegmentMismatch, SegmentNotFound, SegmentNotOwned
 
 PREFIX = "pyqueue."
 SHM_DIR = "/dev/shm"
@@ -78,13 +78,20 @@ def reserve(fd, size, name):
             raise
 
 
-def open_existing(name, kind):
+def open_existing(name, kind, trust_owner=False):
     """Map an existing segment after validating its header. Waits up to
-    _OPEN_WAIT_S for a creator that is still initializing it."""
+    _OPEN_WAIT_S for a creator that is still initializing it. A segment
+    owned by another user is refused unless trust_owner: names are
+    predictable, and a squatter's segment would feed this process pickles."""
     try:
         shm = posix_ipc.SharedMemory(shm_name(name))
     except posix_ipc.ExistentialError:
         raise SegmentNotFound(f"no pyqueue segment named {name!r}") from None
+    owner = os.fstat(shm.fd).st_uid
+    if not trust_owner and owner != os.geteuid():
+        shm.close_fd()
+        raise SegmentNotOwned(f"segment {name!r} belongs to uid {owner}, not to this process's "
+                              f"uid {os.geteuid()}; pass trust_owner=True to share it on purpose")
     deadline = time.monotonic() + _OPEN_WAIT_S
     delay = 0.0005
     try:

@@ -18,3 +18,9 @@ class SegmentMismatch(PyQueueError, ValueError):
 
 class MessageTooLarge(PyQueueError, ValueError):
     """The encoded message is larger than max_message_bytes allows."""
+
+
+class SegmentNotOwned(PyQueueError, PermissionError):
+    """The segment exists but belongs to another user: opening it would
+    trust that user (pickle runs their code). Pass trust_owner=True to
+    share a queue between users on purpose."""

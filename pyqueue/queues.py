@@ -37,8 +37,8 @@ def _check_serializer(serializer):
     return (dumps, loads)
 
 
-def _rebuild(cls, name, serializer):
-    return cls.open(name, serializer=serializer)
+def _rebuild(cls, name, serializer, trust_owner=False):
+    return cls.open(name, serializer=serializer, trust_owner=trust_owner)
 
 
 class Queue(_core.RingQueue):
@@ -51,7 +51,7 @@ class Queue(_core.RingQueue):
     _create_flags = 0
 
     def __init__(self, maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, max_message_bytes=None,
-                 name=None, overflow="block", serializer=None, mode=0o600):
+                 name=None, overflow="block", serializer=None, mode=0o600, trust_owner=False):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError("maxsize must be an int")
         capacity = _round_capacity(capacity_bytes)
@@ -78,18 +78,21 @@ class Queue(_core.RingQueue):
             _segment.check_name(name)
             mm = _segment.create(name, size, mode, init)
             if mm is None:
-                mm, mode = _segment.open_existing(name, _KIND_QUEUE)
+                mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
         self._setup(name, mm, serializer, mode)
+        self._trust_owner = trust_owner
 
     @classmethod
-    def open(cls, name, *, serializer=None):
+    def open(cls, name, *, serializer=None, trust_owner=False):
         """Open an existing queue by name (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue queue)."""
+        SegmentMismatch if it is not a pyqueue queue, SegmentNotOwned if
+        another user owns it and trust_owner is false)."""
         _segment.check_name(name)
         serializer = _check_serializer(serializer)
-        mm, mode = _segment.open_existing(name, _KIND_QUEUE)
+        mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
         self = cls.__new__(cls)
         self._setup(name, mm, serializer, mode)
+        self._trust_owner = trust_owner
         return self
 
     def _setup(self, name, mm, serializer, mode):
@@ -123,7 +126,8 @@ class Queue(_core.RingQueue):
         pass
 
     def __reduce__(self):
-        return (_rebuild, (type(self), self._name, self._serializer))
+        return (_rebuild, (type(self), self._name, self._serializer,
+                           self.__dict__.get("_trust_owner", False)))
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
@@ -154,7 +158,7 @@ class SimpleQueue(Queue):
     multiprocessing.SimpleQueue)."""
 
     def __init__(self, *, capacity_bytes=DEFAULT_CAPACITY, name=None, serializer=None,
-                 mode=0o600):
+                 mode=0o600, trust_owner=False):
         super().__init__(0, capacity_bytes=capacity_bytes, name=name, serializer=serializer,
-                         mode=mode)
+                         mode=mode, trust_owner=trust_owner)
 

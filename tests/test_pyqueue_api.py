@@ -1123,3 +1123,24 @@ def test_sigint_interrupts_blocking_call(ctx, procs, make_queue, op):
     assert q.get(timeout=WAIT) == "after"
     q.task_done()
     q.join()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a segment to another user")
+def test_segment_of_another_user_is_refused(make_queue, pyqueue_mod):
+    """Names are predictable: a segment another user made (a squatter) is
+    refused unless the caller trusts its owner on purpose."""
+    name = make_queue.unique_name("owner")
+    q = make_queue.Queue(name=name, capacity_bytes=RING)
+    os.chown(shm_file(name), 65534, 65534)
+    with pytest.raises(pyqueue_mod.SegmentNotOwned, match="uid 65534"):
+        pyqueue_mod.Queue.open(name)
+    with pytest.raises(PermissionError):
+        pyqueue_mod.Queue(name=name, capacity_bytes=RING)     # create-or-open
+    shared = pyqueue_mod.Queue.open(name, trust_owner=True)
+    shared.put("hello")
+    assert q.get(timeout=WAIT) == "hello"
+    again = pickle.loads(pickle.dumps(shared))                 # the trust travels
+    again.put("again")
+    assert q.get(timeout=WAIT) == "again"
+    for h in (shared, again):
+        h.close()
