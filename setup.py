@@ -39,15 +39,21 @@ if _flag("PYQUEUE_COVERAGE"):
     compile_args += ["--coverage"]
     link_args += ["--coverage"]
 
-ext = Extension(
-    "pyqueue._core",
-    sources=["pyqueue/_core.pyx"] + sorted(glob.glob("csrc/*.c")),
-    include_dirs=["csrc"],
-    extra_compile_args=compile_args,
-    extra_link_args=link_args,
-    undef_macros=undef_macros,
-    define_macros=define_macros,
-)
+def _extension(name, pyx):
+    # Every extension shares the C core and the switches above.
+    return Extension(
+        name,
+        sources=[pyx] + sorted(glob.glob("csrc/*.c")),
+        include_dirs=["csrc"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        undef_macros=undef_macros,
+        define_macros=define_macros,
+    )
+
+
+extensions = [_extension("pyqueue._core", "pyqueue/_core.pyx"),
+              _extension("pyqueue._topic", "pyqueue/_topic.pyx")]
 
 try:
     from Cython.Build import cythonize
@@ -56,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - Cython is a build requirement
 
 setup(
     ext_modules=cythonize(
-        [ext],
+        extensions,
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True,
                              "embedsignature": True},

@@ -7,11 +7,12 @@ from queue import Empty, Full
 from pyqueue.errors import (MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound,
                             SegmentNotOwned)
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
+from pyqueue.topic import Subscription, Topic
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "JoinableQueue", "SimpleQueue",
+    "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
 ]

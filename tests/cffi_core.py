@@ -167,6 +167,14 @@ int pq_ring_repair_head(pq_ring *r);
 void pq_ring_get_stats(const pq_ring *r, pq_ring_stats *s);
 uint64_t pq_ring_depth(const pq_ring *r);
 
+/* pq_murmur2.h, pq_crc32c.h (the Log's partitioner and checksum). */
+int32_t pq_murmur2(const void *key, size_t len);
+uint32_t pq_kafka_partition(const void *key, size_t len, uint32_t num_partitions);
+uint32_t pq_crc32c(uint32_t crc, const void *data, size_t len);
+uint32_t pq_crc32c_sw(uint32_t crc, const void *data, size_t len);
+uint32_t pq_crc32c_hw(uint32_t crc, const void *data, size_t len);
+int pq_crc32c_hw_available(void);
+
 /* Test helpers (below). */
 uint8_t *pqt_alloc(size_t size, int exact);
 void pqt_free(uint8_t *base, size_t size, int exact);
@@ -185,6 +193,8 @@ SOURCE = r"""
 
 #include "pq_segment.h"
 #include "pq_ring.h"
+#include "pq_murmur2.h"
+#include "pq_crc32c.h"
 
 static size_t pqt_map_size(size_t size, size_t page)
 {

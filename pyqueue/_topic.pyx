@@ -1,0 +1,466 @@
+# cython: language_level=3
+"""Cython binding of the topic core (csrc/pq_topic.h): publish with
+claim -> copy -> commit, subscriptions with peek -> copy -> advance.
+
+Codec (the record type byte, as pyqueue._core): bytes and str raw, a custom
+serializer's output, else pickle protocol 5 (buffers in band). Waiting
+releases the GIL, in slices of at most 100 ms with signals checked between
+them; a publisher blocked for a slice evicts dead subscribers, a subscriber
+blocked for a slice repairs a dead publisher's record."""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, ENOSPC
+
+import os
+import pickle
+import queue as _queue_mod
+
+from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+cdef extern from "<errno.h>" nogil:
+    int EOWNERDEAD
+
+cdef extern from "pq_wait.h" nogil:
+    int64_t pq_monotonic_ns()
+
+cdef extern from "pq_segment.h" nogil:
+    ctypedef struct pq_segment_header:
+        uint64_t params[16]
+    int PQ_ERR_NOT_PYQUEUE, PQ_ERR_VERSION, PQ_ERR_KIND, PQ_ERR_TRUNCATED, PQ_ERR_CORRUPT
+
+cdef extern from "pq_topic.h" nogil:
+    ctypedef struct pq_topic:
+        pq_segment_header* hdr
+        uint64_t capacity
+        uint64_t max_payload
+        int mode
+    ctypedef struct pq_topic_sub:
+        int slot
+        uint64_t cursor
+        uint64_t msgs
+        uint64_t lost
+    ctypedef struct pq_topic_record:
+        uint64_t pos
+        const uint8_t* payload
+        uint32_t len
+        uint8_t type
+    ctypedef struct pq_topic_batch:
+        uint64_t start
+        uint64_t next
+        uint32_t count
+    ctypedef struct pq_topic_stats:
+        uint64_t published, retained, capacity
+        uint32_t subscribers, waiting_publishers, waiting_subscribers
+    int PQ_TOPIC_PARAM_USER0
+    uint64_t pq_topic_segment_size(uint64_t capacity)
+    int pq_topic_create(void* base, size_t size, uint64_t capacity, int mode,
+                        const uint64_t* user_params, int n_user_params)
+    int pq_topic_open(pq_topic* t, void* base, size_t size)
+    int pq_topic_claim(pq_topic* t, const uint32_t* lens, uint32_t n, uint64_t* pos_out,
+                       uint64_t* needed_head)
+    uint8_t* pq_topic_payload(const pq_topic* t, uint64_t pos)
+    void pq_topic_commit(pq_topic* t, uint64_t pos, uint8_t type)
+    void pq_topic_notify_readable(pq_topic* t)
+    int pq_topic_wait_writable(pq_topic* t, uint64_t needed_head, int64_t deadline_ns,
+                               uint32_t spin_ns)
+    int pq_topic_evict_dead(pq_topic* t, uint64_t needed_head)
+    int pq_topic_subscribe(pq_topic* t, pq_topic_sub* s, int start)
+    void pq_topic_unsubscribe(pq_topic* t, pq_topic_sub* s)
+    int pq_topic_peek(pq_topic* t, pq_topic_sub* s, pq_topic_record* out, uint32_t max,
+                      pq_topic_batch* b)
+    int pq_topic_advance(pq_topic* t, pq_topic_sub* s, const pq_topic_batch* b)
+    int pq_topic_wait_readable(pq_topic* t, const pq_topic_sub* s, int64_t deadline_ns,
+                               uint32_t spin_ns)
+    int pq_topic_repair(pq_topic* t, const pq_topic_sub* s)
+    uint64_t pq_topic_lag(const pq_topic* t, const pq_topic_sub* s)
+    void pq_topic_get_stats(const pq_topic* t, pq_topic_stats* st)
+
+DEF T_BYTES = 1
+DEF T_STR = 2
+DEF T_PICKLE = 3
+DEF T_CUSTOM = 5
+DEF BATCH_MAX = 256
+DEF SLICE_NS = 100000000
+
+LOSSLESS = 0
+LOSSY = 1
+FLAG_CUSTOM_SERIALIZER = 1
+
+cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
+cdef object _Empty = _queue_mod.Empty
+cdef object _Full = _queue_mod.Full
+cdef object _dumps_p = pickle.dumps
+cdef object _loads_p = pickle.loads
+
+
+cdef int _check_rc(int rc, str what="") except -1:
+    """The one choke point from C return codes to Python exceptions."""
+    if rc >= 0:
+        return rc
+    if rc == PQ_ERR_NOT_PYQUEUE:
+        raise SegmentMismatch(f"{what}: not a pyqueue segment")
+    if rc == PQ_ERR_VERSION:
+        raise SegmentMismatch(f"{what}: pyqueue segment of another layout version")
+    if rc == PQ_ERR_KIND:
+        raise SegmentMismatch(f"{what}: pyqueue segment of another kind (not a topic)")
+    if rc == PQ_ERR_TRUNCATED:
+        raise SegmentMismatch(f"{what}: segment is truncated or its sizes are inconsistent")
+    if rc == PQ_ERR_CORRUPT:
+        raise SegmentMismatch(f"{what}: topic positions or records are corrupt")
+    if rc == -EMSGSIZE:
+        raise MessageTooLarge(f"{what}: message does not fit in the topic "
+                              "(at most a quarter of capacity_bytes)")
+    if rc == -ENOSPC:
+        raise PyQueueError(f"{what}: all 64 subscriber slots of the topic are in use")
+    if rc == -EOWNERDEAD:
+        raise PyQueueError(f"{what}: this subscription was evicted")
+    raise OSError(-rc, os.strerror(-rc) + (f" ({what})" if what else ""))
+
+
+cdef inline int64_t _deadline(bint block, object timeout) except? -2:
+    if not block:
+        return 0
+    if timeout is None:
+        return -1
+    cdef double t = float(timeout)
+    if t != t:
+        raise ValueError("'timeout' must be a number, not NaN")
+    if t <= 0:
+        return 0
+    return pq_monotonic_ns() + <int64_t>(t * 1e9)
+
+
+cdef inline int64_t _slice_end(int64_t deadline):
+    cdef int64_t until = pq_monotonic_ns() + SLICE_NS
+    if deadline >= 0 and deadline < until:
+        return deadline
+    return until
+
+
+def create_segment(mm, uint64_t capacity, int mode, uint64_t flags):
+    cdef Py_buffer view
+    cdef uint64_t params[1]
+    params[0] = flags
+    PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
+    try:
+        _check_rc(pq_topic_create(view.buf, view.len, capacity, mode, params, 1), "create")
+    finally:
+        PyBuffer_Release(&view)
+
+
+def segment_size(uint64_t capacity):
+    return pq_topic_segment_size(capacity)
+
+
+cdef class TopicCore:
+    """A handle on a mapped topic segment (base of pyqueue.Topic)."""
+    cdef pq_topic _t
+    cdef Py_buffer _view
+    cdef bint _mapped
+    cdef readonly bint _closed
+    cdef object _mm
+    cdef object _dumps
+    cdef object _loads
+    cdef bint _custom
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._closed = False
+
+    def __dealloc__(self):
+        if self._mapped:
+            PyBuffer_Release(&self._view)
+            self._mapped = False
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except Exception:
+                pass
+
+    def _attach(self, mm, serializer):
+        PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
+        self._mapped = True
+        self._mm = mm
+        _check_rc(pq_topic_open(&self._t, self._view.buf, self._view.len), "open")
+        flags = self._t.hdr.params[PQ_TOPIC_PARAM_USER0]
+        if serializer is not None:
+            self._dumps, self._loads = serializer
+            self._custom = True
+        elif flags & FLAG_CUSTOM_SERIALIZER:
+            raise PyQueueError("this topic was created with a custom serializer: pass the "
+                               "same serializer= to open it")
+
+    cdef inline int _check_open(self) except -1:
+        if self._closed or not self._mapped:
+            raise ValueError(f"Topic {self!r} is closed")
+        return 0
+
+    cdef object _encode(self, obj, uint8_t* typ):
+        if self._custom:
+            typ[0] = T_CUSTOM
+            return bytes(self._dumps(obj))
+        if type(obj) is bytes:
+            typ[0] = T_BYTES
+            return obj
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            typ[0] = T_BYTES
+            return bytes(obj)
+        if isinstance(obj, str):
+            typ[0] = T_STR
+            return (<str>obj).encode("utf-8", "surrogatepass")
+        typ[0] = T_PICKLE
+        return _dumps_p(obj, 5)
+
+    cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline) except -1:
+        cdef int rc
+        cdef uint64_t needed = 0
+        while True:
+            rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
+            if rc == 0:
+                return 0
+            if rc != -EAGAIN:
+                _check_rc(rc, "publish")
+            if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
+                raise _Full
+            until = _slice_end(deadline)
+            with nogil:
+                rc = pq_topic_wait_writable(&self._t, needed, until, _spin)
+            if rc == -EINTR or rc == -ETIMEDOUT:
+                PyErr_CheckSignals()
+            if rc == -ETIMEDOUT:
+                # Blocked for a whole slice: a subscriber behind may be dead.
+                pq_topic_evict_dead(&self._t, needed)
+
+    def publish(self, obj, block=True, timeout=None):
+        """Publish obj to every current subscriber."""
+        cdef uint8_t typ
+        cdef uint32_t length
+        cdef uint64_t pos
+        cdef Py_ssize_t n
+        cdef const char* ptr
+        self._check_open()
+        cdef int64_t deadline = _deadline(block, timeout)
+        if not self._custom and type(obj) is str:
+            ptr = PyUnicode_AsUTF8AndSize(obj, &n)
+            typ = T_STR
+            data = obj
+        else:
+            data = self._encode(obj, &typ)
+            ptr = PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+        if <uint64_t>n > self._t.max_payload:
+            raise MessageTooLarge(f"message of {n} bytes exceeds the topic's limit of "
+                                  f"{self._t.max_payload} bytes (a quarter of capacity_bytes)")
+        length = <uint32_t>n
+        self._claim(&length, 1, &pos, deadline)
+        # No Python code between claim and commit.
+        memcpy(pq_topic_payload(&self._t, pos), ptr, n)
+        pq_topic_commit(&self._t, pos, typ)
+        pq_topic_notify_readable(&self._t)
+
+    def publish_many(self, objs, block=True, timeout=None):
+        """Publish every object of an iterable (batched claims). Returns
+        the number published."""
+        cdef uint32_t lens[BATCH_MAX]
+        cdef uint8_t types[BATCH_MAX]
+        cdef uint64_t pos[BATCH_MAX]
+        cdef uint32_t k = 0, i
+        cdef uint64_t total = 0, rec
+        cdef uint8_t typ
+        cdef Py_ssize_t done = 0
+        self._check_open()
+        cdef int64_t deadline = _deadline(block, timeout)
+        cdef list batch = []
+        for obj in objs:
+            data = self._encode(obj, &typ)
+            n = len(data)
+            if <uint64_t>n > self._t.max_payload:
+                raise MessageTooLarge(f"message of {n} bytes exceeds the topic's limit of "
+                                      f"{self._t.max_payload} bytes")
+            rec = 16 + ((n + 15) & ~15)
+            if k == BATCH_MAX or (k > 0 and total + rec > self._t.capacity // 4):
+                done += self._publish_batch(batch, lens, types, pos, k, deadline)
+                batch = []
+                k = 0
+                total = 0
+            batch.append(data)
+            lens[k] = <uint32_t>n
+            types[k] = typ
+            total += rec
+            k += 1
+        if k:
+            done += self._publish_batch(batch, lens, types, pos, k, deadline)
+        return done
+
+    cdef Py_ssize_t _publish_batch(self, list batch, uint32_t* lens, uint8_t* types,
+                                   uint64_t* pos, uint32_t k, int64_t deadline) except -1:
+        cdef uint32_t i
+        self._claim(lens, k, pos, deadline)
+        for i in range(k):
+            data = batch[i]
+            memcpy(pq_topic_payload(&self._t, pos[i]), PyBytes_AS_STRING(data), lens[i])
+            pq_topic_commit(&self._t, pos[i], types[i])
+        pq_topic_notify_readable(&self._t)
+        return k
+
+    def _subscribe(self, int start, cls):
+        self._check_open()
+        cdef SubscriptionCore s = cls.__new__(cls)
+        s._topic = self
+        _check_rc(pq_topic_subscribe(&self._t, &s._s, start), "subscribe")
+        s._pid = os.getpid()
+        return s
+
+    def stats(self):
+        cdef pq_topic_stats st
+        self._check_open()
+        pq_topic_get_stats(&self._t, &st)
+        return {"published": st.published, "retained": st.retained,
+                "capacity": st.capacity, "subscribers": st.subscribers,
+                "waiting_publishers": st.waiting_publishers,
+                "waiting_subscribers": st.waiting_subscribers}
+
+    @property
+    def capacity_bytes(self):
+        return self._t.capacity
+
+    @property
+    def mode_code(self):
+        return self._t.mode
+
+    @property
+    def max_message_bytes(self):
+        return self._t.max_payload
+
+    def close(self):
+        self._closed = True
+
+
+cdef class SubscriptionCore:
+    """One process's subscription to a topic (base of pyqueue.Subscription)."""
+    cdef pq_topic_sub _s
+    cdef TopicCore _topic
+    cdef object _pid
+    cdef pq_topic_record _recs[BATCH_MAX]
+
+    def __dealloc__(self):
+        if self._topic is not None and self._s.slot >= 0 and self._pid == os.getpid() \
+                and self._topic._mapped:
+            pq_topic_unsubscribe(&self._topic._t, &self._s)
+
+    cdef inline int _check(self) except -1:
+        if self._s.slot < 0 or self._topic is None:
+            raise ValueError("subscription is closed")
+        if self._topic._closed:
+            raise ValueError("the topic of this subscription is closed")
+        if self._pid != os.getpid():
+            raise PyQueueError("a subscription belongs to the process that made it; "
+                               "subscribe again in this process")
+        return 0
+
+    cdef object _decode(self, uint8_t typ, const uint8_t* p, uint32_t n):
+        if typ == T_STR:
+            try:
+                return PyUnicode_DecodeUTF8(<const char*>p, n, "surrogatepass")
+            except UnicodeDecodeError:
+                return None  # only an overwritten record: advance fails
+        return PyBytes_FromStringAndSize(<const char*>p, n)
+
+    cdef object _finish(self, uint8_t typ, obj):
+        cdef TopicCore t = self._topic
+        if typ == T_BYTES or typ == T_STR:
+            if t._custom:
+                raise PyQueueError("message was not encoded with this topic's serializer")
+            return obj
+        if typ == T_CUSTOM:
+            if not t._custom:
+                raise PyQueueError("message was encoded with a custom serializer this handle lacks")
+            return t._loads(obj)
+        if typ == T_PICKLE:
+            if t._custom:
+                raise PyQueueError("refusing to unpickle: this topic uses a custom serializer")
+            return _loads_p(obj)
+        raise SegmentMismatch(f"unknown message type {typ}")
+
+    cdef list _read(self, uint32_t want, int64_t deadline):
+        """Up to want messages (at least one unless deadline passes:
+        raises queue.Empty)."""
+        cdef pq_topic_batch b
+        cdef int rc, i
+        cdef TopicCore t = self._topic
+        cdef list raw
+        cdef int64_t until
+        while True:
+            rc = pq_topic_peek(&t._t, &self._s, self._recs, want, &b)
+            if rc >= 0:
+                raw = [None] * rc
+                for i in range(rc):
+                    raw[i] = self._decode(self._recs[i].type, self._recs[i].payload,
+                                          self._recs[i].len)
+                types = [self._recs[i].type for i in range(rc)]
+                if pq_topic_advance(&t._t, &self._s, &b) != 0:
+                    continue  # lapped while copying (lossy): peek again
+                if rc == 0:
+                    continue
+                return [self._finish(types[i], raw[i]) for i in range(rc)]
+            if rc != -EAGAIN and rc != -EINPROGRESS:
+                _check_rc(rc, "get")
+            if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
+                if rc == -EINPROGRESS and deadline == 0:
+                    if pq_topic_repair(&t._t, &self._s) > 0:
+                        continue
+                raise _Empty
+            until = _slice_end(deadline)
+            with nogil:
+                rc = pq_topic_wait_readable(&t._t, &self._s, until, _spin)
+            if rc == -EINTR or rc == -ETIMEDOUT:
+                PyErr_CheckSignals()
+            if rc == -ETIMEDOUT:
+                _check_rc(pq_topic_repair(&t._t, &self._s), "repair")
+
+    def get(self, block=True, timeout=None):
+        """The next message (waits unless block is false; queue.Empty)."""
+        self._check()
+        return self._read(1, _deadline(block, timeout))[0]
+
+    def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
+        """Up to max_messages messages; waits for at least one."""
+        self._check()
+        if max_messages <= 0:
+            raise ValueError("max_messages must be positive")
+        cdef int64_t deadline = _deadline(block, timeout)
+        cdef list out = self._read(<uint32_t>min(max_messages, BATCH_MAX), deadline)
+        while len(out) < max_messages:
+            try:
+                out += self._read(<uint32_t>min(max_messages - len(out), BATCH_MAX), 0)
+            except _queue_mod.Empty:
+                break
+        return out
+
+    def close(self):
+        if self._topic is not None and self._s.slot >= 0:
+            if self._pid == os.getpid() and self._topic._mapped:
+                pq_topic_unsubscribe(&self._topic._t, &self._s)
+            self._s.slot = -1
+
+    @property
+    def closed(self):
+        return self._s.slot < 0
+
+    @property
+    def lag(self):
+        self._check()
+        return pq_topic_lag(&self._topic._t, &self._s)
+
+    @property
+    def lost(self):
+        return self._s.lost

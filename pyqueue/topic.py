@@ -1,0 +1,151 @@
+"""pyqueue.Topic: publish-subscribe over a shared-memory broadcast ring.
+
+Every subscriber gets every message published after it subscribed, in
+publish order per publisher. See docs/api.md ("Topic") and docs/design.md.
+"""
+from pyqueue import _segment, _topic
+
+DEFAULT_CAPACITY = 8 * 1024 * 1024
+MIN_CAPACITY = 64 * 1024
+_MODES = {"lossless": _topic.LOSSLESS, "lossy": _topic.LOSSY}
+_MODE_NAMES = {v: k for k, v in _MODES.items()}
+_STARTS = {"latest": 0, "earliest": 1}
+_KIND_TOPIC = 2
+
+
+def _round_capacity(n):
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError("capacity_bytes must be an int")
+    if n <= 0:
+        raise ValueError("capacity_bytes must be positive")
+    n = max(n, MIN_CAPACITY)
+    return 1 << (n - 1).bit_length()
+
+
+def _check_serializer(serializer):
+    if serializer is None:
+        return None
+    try:
+        dumps, loads = serializer
+    except (TypeError, ValueError):
+        raise TypeError("serializer must be a (dumps, loads) pair") from None
+    if not callable(dumps) or not callable(loads):
+        raise TypeError("serializer must be a (dumps, loads) pair of callables")
+    return (dumps, loads)
+
+
+def _rebuild(name, serializer):
+    return Topic.open(name, serializer=serializer)
+
+
+class Subscription(_topic.SubscriptionCore):
+    """One process's cursor on a topic: get, get_many, iteration, close,
+    lag, lost. Not picklable and not usable in another process (a forked
+    child must subscribe for itself)."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get()
+
+    def __reduce__(self):
+        raise TypeError("a Subscription belongs to the process that made it and cannot be "
+                        "pickled; pass the Topic and subscribe in the other process")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<pyqueue.Subscription {'closed' if self.closed else 'open'}>"
+
+
+class Topic(_topic.TopicCore):
+    """A multi-process publish-subscribe topic in shared memory.
+
+    Topic(name=None, *, capacity_bytes=8 MiB, mode="lossless", serializer=None,
+          perm=0o600)
+
+    mode is the delivery mode ("lossless": publishers wait for the slowest
+    live subscriber; "lossy": publishers never wait, a lapped subscriber
+    skips ahead and counts what it missed in `lost`); perm is the permission
+    mask of the shared-memory segment (Queue's `mode=`).
+    """
+
+    def __init__(self, name=None, *, capacity_bytes=DEFAULT_CAPACITY, mode="lossless",
+                 serializer=None, perm=0o600):
+        capacity = _round_capacity(capacity_bytes)
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+        serializer = _check_serializer(serializer)
+        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+            raise ValueError("perm must be a permission mask such as 0o600")
+        flags = _topic.FLAG_CUSTOM_SERIALIZER if serializer is not None else 0
+
+        def init(mm):
+            _topic.create_segment(mm, capacity, _MODES[mode], flags)
+
+        size = _topic.segment_size(capacity)
+        if name is None:
+            name = _segment.unique_name()
+            mm = _segment.create(name, size, perm, init)
+            _segment.own(name)
+        else:
+            _segment.check_name(name)
+            mm = _segment.create(name, size, perm, init)
+            if mm is None:
+                mm, perm = _segment.open_existing(name, _KIND_TOPIC)
+        self._setup(name, mm, serializer, perm)
+
+    @classmethod
+    def open(cls, name, *, serializer=None):
+        """Open an existing topic by name (SegmentNotFound if missing,
+        SegmentMismatch if it is not a pyqueue topic)."""
+        _segment.check_name(name)
+        serializer = _check_serializer(serializer)
+        mm, perm = _segment.open_existing(name, _KIND_TOPIC)
+        self = cls.__new__(cls)
+        self._setup(name, mm, serializer, perm)
+        return self
+
+    def _setup(self, name, mm, serializer, perm):
+        self._name = name
+        self._perm = perm
+        self._serializer = serializer
+        self._attach(mm, serializer)
+
+    def subscribe(self, start="latest"):
+        """A Subscription that receives every message published from now on
+        ("latest") or from the oldest message still in the ring ("earliest")."""
+        if start not in _STARTS:
+            raise ValueError(f"start must be 'latest' or 'earliest', not {start!r}")
+        return self._subscribe(_STARTS[start], Subscription)
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def mode(self):
+        return _MODE_NAMES[self.mode_code]
+
+    def unlink(self):
+        """Remove the topic's name (processes that have it open keep it)."""
+        _segment.disown(self._name)
+        _segment.unlink(self._name)
+
+    def __reduce__(self):
+        return (_rebuild, (self._name, self._serializer))
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<pyqueue.Topic {self.__dict__.get('_name')!r} {state}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
