@@ -7,6 +7,7 @@ Run from the repository root::
     python -m bench.compare --only 1x1-64B   # cases whose id contains "1x1-64B"
     python -m bench.compare --impls mp,faster_fifo,zmq
     python -m bench.compare --list           # print the case ids
+    python -m bench.compare --topic --only topic   # topic fan-out cases (opt-in)
 
 See bench/README.md for what each case measures and how to read the output.
 """
@@ -104,6 +105,10 @@ class Adapter:
 
     def get_many(self, max_messages):
         raise NotImplementedError
+
+    def ready(self, role, index):
+        """After every end is open and before the clock starts (pyzmq PUB/SUB:
+        wait until every subscription has reached the publisher)."""
 
     def flush(self):
         """Producer side: make sure everything put so far is in the queue."""
@@ -312,6 +317,173 @@ ADAPTERS = {cls.key: cls for cls in (PyQueueAdapter, MPQueueAdapter, FasterFifoA
 OPTIONAL = {"faster_fifo", "zmq"}
 
 
+# Fan-out ("topic") adapters: one publisher, every subscriber gets every
+# message.  Same life cycle as above (role "producer" = the publisher, role
+# "consumer" = a subscriber); ``shared`` is False, so each subscriber waits for
+# one end-of-stream marker from the publisher, sent by ``put_end()``.
+
+
+class PyQueueTopicAdapter(PyQueueAdapter):
+    """pyqueue.Topic (lossless): publish/publish_many, and in every subscriber
+    process a Subscription made in ``open()``, i.e. before the barrier that
+    the publisher waits on, so it sees every message."""
+
+    label = "pyqueue.Topic"
+    shared = False
+
+    @staticmethod
+    def probe():
+        version, why = PyQueueAdapter.probe()
+        if version is not None:
+            import pyqueue
+
+            if not hasattr(pyqueue, "Topic"):
+                return None, "this pyqueue has no Topic"
+        return version, why
+
+    def make(self, ctx, case):
+        import pyqueue
+
+        self.topic = pyqueue.Topic(mode="lossless")
+        self.sub = None
+
+    def open(self, role, index):
+        if role == "consumer":
+            self.sub = self.topic.subscribe()  # "latest": made before anything is published
+            self.get = self.sub.get
+        else:
+            self.put = self.topic.publish
+
+    def put_many(self, msgs):
+        n = self.topic.publish_many(msgs)
+        if n != len(msgs):
+            raise RuntimeError(f"pyqueue publish_many returned {n!r} for a batch of {len(msgs)} (block=True)")
+
+    def get_many(self, max_messages):
+        return self.sub.get_many(max_messages)
+
+    def put_end(self):
+        self.topic.publish(SENTINEL)  # every subscriber gets it
+
+    def close(self):
+        # A lossless topic waits for every live subscriber: detach explicitly.
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
+        self.topic.close()
+
+    def destroy(self):
+        self.topic.close()
+        self.topic.unlink()
+
+
+class MPQueueFanout(MPQueueAdapter):
+    """The baseline: one multiprocessing.Queue per subscriber; the publisher
+    puts every message into each of them (so it pickles it once per
+    subscriber)."""
+
+    label = "mp.Queue per subscriber"
+    shared = False
+
+    def make(self, ctx, case):
+        self.qs = [ctx.Queue() for _ in range(case.consumers)]
+
+    def open(self, role, index):
+        if role == "consumer":
+            self.get = self.qs[index].get
+        elif len(self.qs) == 1:
+            self.put = self.qs[0].put
+        else:
+            puts = tuple(q.put for q in self.qs)
+
+            def put(obj, _puts=puts):
+                for p in _puts:
+                    p(obj)
+
+            self.put = put
+
+    def put_end(self):
+        for q in self.qs:
+            q.put(SENTINEL)
+
+    def destroy(self):
+        for q in self.qs:
+            q.close()
+            q.join_thread()
+
+
+class ZmqPubSub(ZmqPushPull):
+    """pyzmq PUB/SUB over ipc://: the publisher binds an XPUB socket (a PUB
+    socket that can be told not to drop), every subscriber connects a SUB
+    socket subscribed to b"".
+
+    Nothing is dropped: ZMQ_XPUB_NODROP makes a send to a subscriber whose
+    pipe is full (SNDHWM + RCVHWM, 32 MiB worth each as for PUSH/PULL) block
+    instead of dropping - lossless flow control like pyqueue's lossless
+    topic.  PUB/SUB also drops everything sent before a subscription has
+    reached the publisher, so ``ready()`` does a handshake before the clock
+    starts: the publisher sends probes until every subscriber has reported
+    one (on a semaphore), then a "go" message; subscribers discard probes
+    until "go".  The parent checks every subscriber's count.
+    """
+
+    label = "pyzmq PUB/SUB"
+    PROBE, GO = b"P", b"G"  # 1 byte: never a data message (those are >= 64 B)
+
+    def make(self, ctx, case):
+        super().make(ctx, case)
+        self.endpoint = f"ipc://{self.dir}/pub"
+        self.n_subs = case.consumers
+        self.reported = ctx.Semaphore(0)
+
+    def open(self, role, index):
+        import zmq
+
+        self.zctx = zmq.Context()
+        pyobj = self.payload != "bytes"
+        if role == "consumer":
+            s = self._socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.connect(self.endpoint)  # before the bind: zmq reconnects every 5 ms
+            self.sock = s
+            self.get = s.recv_pyobj if pyobj else s.recv
+        else:
+            s = self._socket(zmq.XPUB)
+            s.setsockopt(zmq.XPUB_NODROP, 1)
+            s.bind(self.endpoint)
+            self.sock = s
+            self.put = s.send_pyobj if pyobj else s.send
+            self._sends = [self.put]
+
+    def ready(self, role, index):
+        if role == "consumer":
+            recv = self.sock.recv
+            while recv() != self.PROBE:
+                pass
+            self.reported.release()
+            while True:
+                msg = recv()
+                if msg == self.GO:
+                    return
+                if msg != self.PROBE:
+                    raise RuntimeError(f"unexpected message {msg[:20]!r} before the start of the stream")
+        else:
+            deadline = time.monotonic() + 60
+            seen = 0
+            while seen < self.n_subs:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {seen}/{self.n_subs} subscribers answered the probes in 60 s")
+                self.sock.send(self.PROBE)
+                while seen < self.n_subs and self.reported.acquire(timeout=0.002):
+                    seen += 1
+            self.sock.send(self.GO)
+
+
+#: Adapters for the topic (fan-out) cases, by the same keys as ADAPTERS;
+#: None = no fan-out in that library (its cells read n/a).
+FANOUT_ADAPTERS = {"pyqueue": PyQueueTopicAdapter, "mp": MPQueueFanout, "faster_fifo": None, "zmq": ZmqPubSub}
+
+
 # ---------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------
@@ -333,12 +505,15 @@ class Case:
     base_count: int = 0
     batch_size: int = 1  # messages per put_many
     get_many_max: int = 1  # max_messages per get_many
+    topic: bool = False  # fan-out: every consumer (subscriber) gets every message
 
     @property
     def title(self):
         if self.kind == "latency":
             return f"latency {self.size_label}"
         mode = "batch" if self.batch else "msg"
+        if self.topic:
+            return f"topic 1->{self.consumers} {self.size_label} {mode}"
         return f"{self.producers}x{self.consumers} {self.size_label} {mode}"
 
 
@@ -357,6 +532,25 @@ def all_cases(batch_bytes=DEFAULT_BATCH_BYTES, procs=(1, 2)):
     dict_size = len(pickle.dumps(_dict_message(123456), protocol=5))
     cases += [case(1, "dict", dict_size, "dict", batch, DICT_BASE_COUNT) for batch in (False, True)]
     cases.append(Case("latency-64B", "latency", "bytes", 64, "64B"))
+    return cases
+
+
+TOPIC_SUBSCRIBERS = (1, 2, 4)
+TOPIC_SIZES = [s for s in SIZES if s[1] in ("64B", "1KiB")]
+
+
+def topic_cases(batch_bytes=DEFAULT_BATCH_BYTES):
+    """Fan-out cases (``--topic``): 1 publisher, 1/2/4 subscribers that each
+    receive every message; ids ``topic-1xN-<size>-<msg|batch>``."""
+    cases = []
+    for n in TOPIC_SUBSCRIBERS:
+        for size, label, base in TOPIC_SIZES:
+            for batch in (False, True):
+                mode = "batch" if batch else "msg"
+                bsz = max(1, min(BATCH_MAX_MESSAGES, batch_bytes // size)) if batch else 1
+                gmax = max(1, min(GET_MANY_MAX, batch_bytes // size)) if batch else 1
+                cases.append(Case(f"topic-1x{n}-{label}-{mode}", "throughput", "bytes", size, label, 1, n, batch,
+                                  base, bsz, gmax, topic=True))
     return cases
 
 
@@ -554,6 +748,7 @@ def _consume_verify(adapter, case):
 def _throughput_worker(role, index, adapter, case, count, verify, barrier, prod_barrier, done, results):
     try:
         _open_in_order([(adapter, role, index)], barrier)
+        adapter.ready(role, index)
         if role == "producer":
             res = (_produce_verify if verify else _produce)(adapter, case, index, count, prod_barrier)
         else:
@@ -683,12 +878,21 @@ def measure_throughput(ctx, adapter, case, count, timeout, verify=False):
     prod = [r[3] for r in out if r[1] == "producer"]
     cons = [r[3] for r in out if r[1] == "consumer"]
     received = sum(r["received"] for r in cons)
-    if received != count:
+    if case.topic:
+        # fan-out: every subscriber must have received every message
+        if any(r["received"] != count for r in cons):
+            raise RunError(f"published {count} messages but subscribers received {[r['received'] for r in cons]}")
+    elif received != count:
         raise RunError(f"sent {count} messages but consumers received {received}")
     if verify:
         for p, n in enumerate(per_producer):
             got = [r["per_producer"].get(p, [0, 0]) for r in cons]
-            if sum(c for c, _ in got) != n or sum(t for _, t in got) != n * (n - 1) // 2:
+            want = n * (n - 1) // 2
+            if case.topic:
+                ok = all(c == n and t == want for c, t in got)
+            else:
+                ok = sum(c for c, _ in got) == n and sum(t for _, t in got) == want
+            if not ok:
                 raise RunError(f"producer {p} sent messages 0..{n - 1}; consumers got (count, sum of ids) {got}")
     seconds = max(r["t1"] for r in cons) - min(r["t0"] for r in prod)
     return {
@@ -774,7 +978,7 @@ def fmt_mb(x):
 
 
 def run_throughput_case(ctx, case, cls, args, progress):
-    label = f"{case.id:18s} {cls.label}"
+    label = f"{case.id:22s} {cls.label}" if case.topic else f"{case.id:18s} {cls.label}"
     res = {"status": "ok", "samples": [], "pilots": []}
     # One queue per case and implementation, reused by the pilots and the
     # timed runs (fresh processes each time): the pilots also warm it up
@@ -930,7 +1134,7 @@ def render_table(report, impls):
                     noisy |= bool(tilde)
                     cells.append(f"{tilde}{fmt_count(r['median_msgs_per_s'])} msg/s {fmt_mb(r['median_mb_per_s'])} MB/s {rs}")
                 elif st == "n/a":
-                    cells.append("n/a (no batch API)")
+                    cells.append(r.get("short", "n/a (no batch API)"))
                 else:
                     cells.append("ERROR" if st == "error" else "-")
             rows.append([c["title"]] + cells)
@@ -961,8 +1165,12 @@ def render_table(report, impls):
                      "(noisy machine; see the raw samples in the JSON, or use --repeat 5).")
     if dagger:
         notes.append("† batch rows: ratio to mp.Queue's *per-message* rate (mp.Queue and pyzmq have no batch API).")
-    if "zmq" in cols:
+    if "zmq" in cols and any(c["kind"] == "throughput" and not c.get("topic") for c in report["cases"]):
         notes.append("pyzmq 2x2: each producer round-robins over per-consumer PUSH/PULL pipes (not a shared queue).")
+    if any(c.get("topic") for c in report["cases"]):
+        notes.append("topic 1->N rows: 1 publisher, N subscribers that each get every message; msg/s = messages "
+                     "published per second (MB/s: published bytes). pyqueue column = pyqueue.Topic (lossless), "
+                     "mp.Queue = one mp.Queue per subscriber (the publisher puts into each), pyzmq = PUB/SUB.")
     return "\n".join(lines + [""] + notes)
 
 
@@ -976,12 +1184,15 @@ def render_png(report, impls, path):
         print("matplotlib is not installed: skipping the chart", file=sys.stderr)
         return False
     cols = [k for k in impls if report["impls"][k]["available"]]
-    tput = [c for c in report["cases"] if c["kind"] == "throughput"]
+    tput = [c for c in report["cases"] if c["kind"] == "throughput" and not c.get("topic")]
+    topic = [c for c in report["cases"] if c["kind"] == "throughput" and c.get("topic")]
     lat = [c for c in report["cases"] if c["kind"] == "latency"]
     colors = {"pyqueue": "#d62728", "mp": "#7f7f7f", "faster_fifo": "#1f77b4", "zmq": "#2ca02c"}
+    panels = [(h, x) for h, x in ((3, tput), (3, topic), (2, lat)) if x]
     fig, axes = plt.subplots(
-        2 if lat and tput else 1, 1, figsize=(max(10, 0.75 * len(tput) + 4), 10 if lat and tput else 5.5),
-        squeeze=False, gridspec_kw={"height_ratios": [3, 2]} if lat and tput else None,
+        len(panels), 1, figsize=(max(10, 0.75 * max(len(tput), len(topic)) + 4), 
+                                    {5: 10, 3: 5.5}.get(sum(h for h, _ in panels), 2 * sum(h for h, _ in panels))),
+        squeeze=False, gridspec_kw={"height_ratios": [h for h, _ in panels]},
     )
     axes = list(axes[:, 0])
     m = report["machine"]
@@ -989,13 +1200,16 @@ def render_png(report, impls, path):
         f"pyqueue vs multiprocessing.Queue — {m['cpu_model']}, {m['cpu_count']} CPUs, "
         f"Python {platform.python_version()}  ({report['started'][:16]})", fontsize=10,
     )
-    if tput:
+    for group in (tput, topic):
+        if not group:
+            continue
+        tput_ = group
         ax = axes.pop(0)
-        bar_impls = [k for k in cols if k != BASELINE]
+        bar_impls = [k for k in cols if k != BASELINE and (group is not topic or FANOUT_ADAPTERS.get(k))]
         width = 0.8 / max(1, len(bar_impls))
         for j, k in enumerate(bar_impls):
             xs, ys = [], []
-            for i, c in enumerate(tput):
+            for i, c in enumerate(tput_):
                 r = c["results"].get(k, {})
                 if r.get("status") == "ok" and r.get("ratio_vs_mp"):
                     xs.append(i + (j - (len(bar_impls) - 1) / 2) * width)
@@ -1004,12 +1218,16 @@ def render_png(report, impls, path):
             ax.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=ADAPTERS[k].label, color=colors.get(k))
         ax.axhline(1.0, color=colors["mp"], lw=1, ls="--", label="mp.Queue = 1")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(tput)))
-        ax.set_xticklabels([c["title"] + (" †" if c["batch"] else "") for c in tput], rotation=40, ha="right",
+        ax.set_xticks(range(len(tput_)))
+        ax.set_xticklabels([c["title"] + (" †" if c["batch"] else "") for c in tput_], rotation=40, ha="right",
                            fontsize=8)
         ax.set_ylabel("throughput / mp.Queue (log)")
-        ax.set_title("Throughput ratio to multiprocessing.Queue (median msg/s; † = vs mp.Queue per-message)",
-                     fontsize=10)
+        if group is topic:
+            ax.set_title("Topic fan-out (1 publisher -> N subscribers, each gets every message):\npublished msg/s "
+                         "ratio to one mp.Queue per subscriber (pyqueue = Topic, pyzmq = PUB/SUB)", fontsize=10)
+        else:
+            ax.set_title("Throughput ratio to multiprocessing.Queue (median msg/s; † = vs mp.Queue per-message)",
+                         fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
     if lat:
@@ -1056,6 +1274,10 @@ def parse_args(argv):
     ap.add_argument("--start-method", default="fork", choices=multiprocessing.get_all_start_methods())
     ap.add_argument("--json", default=os.path.join(here, "results", "compare.json"), help="JSON output path")
     ap.add_argument("--png", default=os.path.join(here, "results", "compare.png"), help="chart path ('' = none)")
+    ap.add_argument("--topic", action="store_true",
+                    help="add the topic fan-out cases (topic-1xN-*: 1 publisher, 1/2/4 subscribers; pyqueue.Topic vs "
+                         "one mp.Queue per subscriber and pyzmq PUB/SUB); also on when an --only pattern contains "
+                         "'topic'")
     ap.add_argument("--list", action="store_true", help="list case ids and exit")
     args = ap.parse_args(argv)
     if args.quick:
@@ -1073,10 +1295,13 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cases = all_cases(args.batch_bytes, tuple(int(n) for n in args.procs.split(",") if n.strip()))
+    with_topic = args.topic or "topic" in (args.only or "")
     if args.list:
-        for c in cases:
-            print(f"{c.id:18s} {c.title}")
+        for c in cases + topic_cases(args.batch_bytes):
+            print(f"{c.id:22s} {c.title}" + ("  (--topic)" if c.topic else ""))
         return 0
+    if with_topic:
+        cases += topic_cases(args.batch_bytes)
     cases = select_cases(cases, args.only)
     if not cases:
         print(f"--only {args.only!r} matches no case (see --list)", file=sys.stderr)
@@ -1110,7 +1335,11 @@ def main(argv=None):
         "settings": {
             "sentinel": "b''", "get_many_max": GET_MANY_MAX, "batch_max_messages": BATCH_MAX_MESSAGES,
             "batch_max_bytes": args.batch_bytes, "faster_fifo_max_size_bytes": FASTER_FIFO_BYTES,
-            "pyqueue": "pyqueue.Queue() defaults", "timer": "time.perf_counter (throughput), perf_counter_ns (latency)",
+            "pyqueue": "pyqueue.Queue() defaults",
+            "topic": "pyqueue.Topic(mode='lossless') defaults vs one mp.Queue per subscriber vs pyzmq XPUB "
+                     "(XPUB_NODROP)/SUB over ipc; rate = messages published per second, each delivered to every "
+                     "subscriber; MB/s = published payload bytes",
+            "timer": "time.perf_counter (throughput), perf_counter_ns (latency)",
         },
         "impls": impl_info,
         "cases": [],
@@ -1127,8 +1356,10 @@ def main(argv=None):
         rec["results"] = {}
         rec["loadavg_before"] = os.getloadavg()
         for k in impls:
-            cls = ADAPTERS[k]
-            if case.kind == "latency":
+            cls = FANOUT_ADAPTERS[k] if case.topic else ADAPTERS[k]
+            if cls is None:
+                r = {"status": "n/a", "note": f"{ADAPTERS[k].label} has no fan-out", "short": "n/a (no fan-out)"}
+            elif case.kind == "latency":
                 r = run_latency_case(ctx, case, cls, args, progress)
             elif case.batch and not cls.has_batch:
                 r = {"status": "n/a", "note": f"{cls.label} has no batch API"}
@@ -1137,14 +1368,15 @@ def main(argv=None):
             rec["results"][k] = r
             if r["status"] == "error" and k == "pyqueue":
                 failed = True
-        key = (case.producers, case.size_label)
+        key = (case.topic, case.producers, case.consumers, case.size_label)
         if case.kind == "throughput" and not case.batch:
             per_message[key] = rec["results"].get(BASELINE, {})
         if case.batch and BASELINE in impls and key not in per_message:
             # --only picked the batch row without its per-message sibling:
             # measure mp.Queue per-message here so the ratio has a basis.
             sibling = dataclasses.replace(case, id=case.id.replace("-batch", "-msg"), batch=False)
-            per_message[key] = run_throughput_case(ctx, sibling, ADAPTERS[BASELINE], args, progress)
+            per_message[key] = run_throughput_case(
+                ctx, sibling, (FANOUT_ADAPTERS if case.topic else ADAPTERS)[BASELINE], args, progress)
             rec["mp_per_message_baseline"] = per_message[key]
         add_ratios(rec, per_message.get(key, {}))
         report["cases"].append(rec)
