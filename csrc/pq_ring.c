@@ -6,30 +6,10 @@
 #include <string.h>
 
 #include "pq_cas.h"
+#include "pq_claim_lock.h"
 #include "pq_fault.h"
 #include "pq_proc.h"
 
-
-/*
- * The tag ties a header to the position it was written for, so a consumer
- * holding a stale head that reads an overwritten area (old payload bytes
- * where it expected a header) notices before acting on it.
- */
-static inline uint64_t pq_record_tag(uint64_t pos)
-{
-    return (pos >> 4) & 0xffffu;
-}
-
-static inline uint64_t pq_record_ctl(uint64_t pos, uint32_t len, uint8_t type, uint8_t state)
-{
-    return (uint64_t)len | ((uint64_t)type << PQ_CTL_TYPE_SHIFT) |
-           ((uint64_t)state << PQ_CTL_STATE_SHIFT) | (pq_record_tag(pos) << PQ_CTL_TAG_SHIFT);
-}
-
-static inline uint32_t pq_ctl_len(uint64_t ctl) { return (uint32_t)(ctl & PQ_CTL_LEN_MASK); }
-static inline uint8_t pq_ctl_type(uint64_t ctl) { return (uint8_t)(ctl >> PQ_CTL_TYPE_SHIFT); }
-static inline uint8_t pq_ctl_state(uint64_t ctl) { return (uint8_t)(ctl >> PQ_CTL_STATE_SHIFT); }
-static inline uint64_t pq_ctl_tag(uint64_t ctl) { return ctl >> PQ_CTL_TAG_SHIFT; }
 
 static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos)
 {
@@ -52,7 +32,6 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params)
 {
     uint64_t params[PQ_RING_NPARAMS] = {0};
-    pthread_mutexattr_t attr;
     pq_ring_ctl *ctl;
     int rc;
 
@@ -73,21 +52,9 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
 
     ctl = (pq_ring_ctl *)((uint8_t *)base + PQ_RING_CTL_OFFSET);
     memset(ctl, 0, sizeof *ctl);
-    /*
-     * Robust: if a producer dies holding the claim lock, the kernel hands
-     * the lock to the next one with EOWNERDEAD instead of deadlocking
-     * (faster-fifo's failure mode). Process-shared: it lives in shm.
-     */
-    if (pthread_mutexattr_init(&attr) != 0)
-        return -ENOMEM;
-    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(&ctl->claim_lock, &attr);
-    pthread_mutexattr_destroy(&attr);
-    if (rc != 0)
-        return -rc;
+    rc = pq_claim_lock_init(&ctl->claim_lock); /* robust, process-shared */
+    if (rc < 0)
+        return rc;
 
     pq_segment_publish(base);
     return 0;
@@ -129,34 +96,9 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
 
 static int pq_ring_lock(pq_ring *r)
 {
-    /*
-     * No trylock spin before blocking: measured on 16 cores, spinning on
-     * trylock (a locked instruction per try) made 4x4 and 8x8 producers
-     * 2-3x slower than letting glibc park them.
-     */
-    int rc = pthread_mutex_lock(&r->ctl->claim_lock);
-    if (rc == EOWNERDEAD) {
-        /*
-         * The previous holder died inside its claim. The tail store
-         * (release) publishes the claim: headers beyond tail are simply
-         * rewritten by the next claim, and a published CLAIMED record is
-         * repaired by consumers. tail_msgs is bumped just before tail, so
-         * a holder that died between the two left a count for records
-         * that do not exist: undo it (claim_tail says it was in a claim).
-         */
-        pq_ring_ctl *c = r->ctl;
-        uint64_t pending = atomic_load_explicit(&c->claim_tail, memory_order_acquire);
-        if (pending != 0) {
-            if (atomic_load_explicit(&c->tail, memory_order_relaxed) != pending)
-                atomic_store_explicit(&c->tail_msgs,
-                                      atomic_load_explicit(&c->claim_msgs, memory_order_relaxed),
-                                      memory_order_relaxed);
-            atomic_store_explicit(&c->claim_tail, 0, memory_order_relaxed);
-        }
-        pthread_mutex_consistent(&c->claim_lock);
-        return 0;
-    }
-    return rc == 0 ? 0 : -rc;
+    pq_ring_ctl *c = r->ctl;
+    const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs};
+    return pq_claim_lock(&c->claim_lock, &w);
 }
 
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out)

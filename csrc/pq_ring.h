@@ -33,12 +33,11 @@
 
 #include "pq_common.h"
 #include "pq_segment.h"
+#include "pq_record.h"
 #include "pq_wait.h"
 
 #define PQ_RING_CTL_OFFSET PQ_SEGMENT_HEADER_BYTES
 #define PQ_RING_DATA_OFFSET 4096u
-#define PQ_RECORD_HEADER 16u
-#define PQ_RECORD_ALIGN 16u
 #define PQ_RING_MIN_CAPACITY 4096u
 #define PQ_RING_MAX_CAPACITY (1ull << 40)
 
@@ -51,13 +50,6 @@ enum pq_ring_param {
     PQ_RING_PARAM_USER2 = 4,
     PQ_RING_PARAM_USER3 = 5,
     PQ_RING_NPARAMS = 6,
-};
-
-enum pq_record_state {
-    PQ_REC_CLAIMED = 1,   /* a producer is writing it; owner word says who */
-    PQ_REC_COMMITTED = 2, /* readable */
-    PQ_REC_PADDING = 3,   /* filler up to the end of the data area */
-    PQ_REC_ABANDONED = 4, /* its producer died before committing */
 };
 
 enum pq_ring_counter {
@@ -89,18 +81,6 @@ typedef struct pq_ring_slot {
     _Atomic uint64_t taking_head; /* head the announced batch was peeked at */
     _Atomic uint64_t taking_next; /* head after it */
 } __attribute__((aligned(32))) pq_ring_slot;
-
-#define PQ_CTL_LEN_MASK 0xffffffffull
-#define PQ_CTL_TYPE_SHIFT 32
-#define PQ_CTL_STATE_SHIFT 40
-#define PQ_CTL_TAG_SHIFT 48
-
-typedef struct pq_record_header {
-    /* bits 0-31 payload length, 32-39 type, 40-47 state, 48-63 position tag */
-    _Atomic uint64_t ctl;
-    /* owner of a CLAIMED record: pid | (start time & 0xffffffff) << 32 */
-    _Atomic uint64_t owner;
-} pq_record_header;
 
 typedef struct pq_ring_ctl {
     /* Producers' line: tail and message count only change under claim_lock. */
@@ -201,7 +181,7 @@ static inline uint64_t pq_ring_segment_size(uint64_t capacity)
 /* Bytes one record with a payload of len bytes takes in the data area. */
 static inline uint64_t pq_ring_record_size(uint64_t len)
 {
-    return PQ_RECORD_HEADER + pq_align_up(len, PQ_RECORD_ALIGN);
+    return pq_record_size(len);
 }
 
 /*

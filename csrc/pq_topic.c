@@ -5,28 +5,9 @@
 
 #include <string.h>
 
+#include "pq_claim_lock.h"
 #include "pq_proc.h"
-
-/* The record format of pq_ring (pq_ring.h), repeated here: a topic's data
- * area holds the same 16-byte headers. */
-#define PQ_TREC_HEADER 16u
-#define PQ_TREC_ALIGN 16u
-#define PQ_TCTL_LEN_MASK 0xffffffffull
-#define PQ_TCTL_TYPE_SHIFT 32
-#define PQ_TCTL_STATE_SHIFT 40
-#define PQ_TCTL_TAG_SHIFT 48
-
-enum {
-    PQ_TREC_CLAIMED = 1,
-    PQ_TREC_COMMITTED = 2,
-    PQ_TREC_PADDING = 3,
-    PQ_TREC_ABANDONED = 4,
-};
-
-typedef struct pq_trec_header {
-    _Atomic uint64_t ctl;
-    _Atomic uint64_t owner;
-} pq_trec_header;
+#include "pq_record.h"
 
 /* Where a claim in progress is announced, for a lock holder that dies
  * inside it (see pq_topic_lock). Kept in the segment header's reserved
@@ -37,23 +18,9 @@ typedef struct pq_topic_pending {
     _Atomic uint64_t claim_msgs;
 } pq_topic_pending;
 
-static inline uint64_t trec_tag(uint64_t pos) { return (pos >> 4) & 0xffffu; }
-static inline uint64_t trec_ctl(uint64_t pos, uint32_t len, uint8_t type, uint8_t state)
+static inline pq_record_header *pq_topic_header_at(const pq_topic *t, uint64_t pos)
 {
-    return (uint64_t)len | ((uint64_t)type << PQ_TCTL_TYPE_SHIFT) |
-           ((uint64_t)state << PQ_TCTL_STATE_SHIFT) | (trec_tag(pos) << PQ_TCTL_TAG_SHIFT);
-}
-static inline uint32_t tctl_len(uint64_t c) { return (uint32_t)(c & PQ_TCTL_LEN_MASK); }
-static inline uint8_t tctl_type(uint64_t c) { return (uint8_t)(c >> PQ_TCTL_TYPE_SHIFT); }
-static inline uint8_t tctl_state(uint64_t c) { return (uint8_t)(c >> PQ_TCTL_STATE_SHIFT); }
-static inline uint64_t tctl_tag(uint64_t c) { return c >> PQ_TCTL_TAG_SHIFT; }
-static inline uint64_t trec_size(uint64_t len)
-{
-    return PQ_TREC_HEADER + pq_align_up(len, PQ_TREC_ALIGN);
-}
-static inline pq_trec_header *trec_at(const pq_topic *t, uint64_t pos)
-{
-    return (pq_trec_header *)(t->data + (pos & t->mask));
+    return (pq_record_header *)(t->data + (pos & t->mask));
 }
 static inline pq_topic_pending *topic_pending(const pq_topic *t)
 {
@@ -68,7 +35,6 @@ int pq_topic_create(void *base, size_t size, uint64_t capacity, int mode,
                     const uint64_t *user_params, int n_user_params)
 {
     uint64_t params[PQ_TOPIC_NPARAMS] = {0};
-    pthread_mutexattr_t attr;
     int rc;
 
     if (!pq_is_power_of_two(capacity) || capacity < PQ_TOPIC_MIN_CAPACITY ||
@@ -88,17 +54,9 @@ int pq_topic_create(void *base, size_t size, uint64_t capacity, int mode,
         return rc;
     pq_topic_ctl *ctl = (pq_topic_ctl *)((uint8_t *)base + PQ_TOPIC_CTL_OFFSET);
     memset(ctl, 0, sizeof *ctl);
-    /* Robust and process-shared, as pq_ring's claim lock. */
-    if (pthread_mutexattr_init(&attr) != 0)
-        return -ENOMEM;
-    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(&ctl->claim_lock, &attr);
-    pthread_mutexattr_destroy(&attr);
-    if (rc != 0)
-        return -rc;
+    rc = pq_claim_lock_init(&ctl->claim_lock); /* robust, process-shared */
+    if (rc < 0)
+        return rc;
     pq_segment_publish(base);
     return 0;
 }
@@ -125,32 +83,18 @@ int pq_topic_open(pq_topic *t, void *base, size_t size)
     t->capacity = capacity;
     t->mask = capacity - 1;
     t->mode = (int)h->params[PQ_TOPIC_PARAM_MODE];
-    t->max_payload = capacity / 4 - PQ_TREC_HEADER;
+    t->max_payload = capacity / 4 - PQ_RECORD_HEADER;
     if (t->max_payload > UINT32_MAX)
-        t->max_payload = UINT32_MAX & ~(uint64_t)(PQ_TREC_ALIGN - 1);
+        t->max_payload = UINT32_MAX & ~(uint64_t)(PQ_RECORD_ALIGN - 1);
     return 0;
 }
 
 static int pq_topic_lock(pq_topic *t)
 {
-    int rc = pthread_mutex_lock(&t->ctl->claim_lock);
-    if (rc == EOWNERDEAD) {
-        /* The holder died inside a claim: tail_msgs is bumped before tail,
-         * so undo a count for records whose tail was never published. */
-        pq_topic_ctl *c = t->ctl;
-        pq_topic_pending *pd = topic_pending(t);
-        uint64_t pending = atomic_load_explicit(&pd->claim_tail, memory_order_acquire);
-        if (pending != 0) {
-            if (atomic_load_explicit(&c->tail, memory_order_relaxed) != pending)
-                atomic_store_explicit(&c->tail_msgs,
-                                      atomic_load_explicit(&pd->claim_msgs, memory_order_relaxed),
-                                      memory_order_relaxed);
-            atomic_store_explicit(&pd->claim_tail, 0, memory_order_relaxed);
-        }
-        pthread_mutex_consistent(&c->claim_lock);
-        return 0;
-    }
-    return rc == 0 ? 0 : -rc;
+    pq_topic_pending *pd = topic_pending(t);
+    const pq_claim_words w = {&t->ctl->tail, &t->ctl->tail_msgs, &pd->claim_tail,
+                              &pd->claim_msgs};
+    return pq_claim_lock(&t->ctl->claim_lock, &w);
 }
 
 static inline void pq_topic_unlock(pq_topic *t)
@@ -171,7 +115,7 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
     for (uint32_t i = 0; i < n; i++) {
         if (lens[i] > t->max_payload)
             return -EMSGSIZE;
-        need += trec_size(lens[i]);
+        need += pq_record_size(lens[i]);
     }
     if (need > t->capacity / 2 && n > 1)
         return -EMSGSIZE;
@@ -187,14 +131,14 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
     uint64_t tl = atomic_load_explicit(&c->tail, memory_order_relaxed);
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
     uint64_t hm = atomic_load_explicit(&c->head_msgs, memory_order_relaxed);
-    if ((tl & (PQ_TREC_ALIGN - 1)) != 0 || tl - h > t->capacity) {
+    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > t->capacity) {
         pq_topic_unlock(t);
         return PQ_ERR_CORRUPT;
     }
     /* Lay the records out (a record never wraps: padding before it). */
     uint64_t p = tl;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t size = trec_size(lens[i]);
+        uint64_t size = pq_record_size(lens[i]);
         uint64_t off = p & t->mask;
         if (off + size > t->capacity)
             p += t->capacity - off;
@@ -208,15 +152,15 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
             pq_topic_unlock(t);
             return PQ_ERR_CORRUPT;
         }
-        pq_trec_header *rec = trec_at(t, h);
+        pq_record_header *rec = pq_topic_header_at(t, h);
         uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
-        uint64_t size = trec_size(tctl_len(ctl));
-        if (tctl_tag(ctl) != trec_tag(h) || size > t->capacity - (h & t->mask) ||
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > t->capacity - (h & t->mask) ||
             size > tl - h) {
             pq_topic_unlock(t);
             return PQ_ERR_CORRUPT;
         }
-        if (tctl_state(ctl) != PQ_TREC_PADDING)
+        if (pq_ctl_state(ctl) != PQ_REC_PADDING)
             hm++;
         h += size;
     }
@@ -256,18 +200,18 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
     uint32_t nmsgs = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (pos_out[i] != q) {
-            pq_trec_header *pad = trec_at(t, q);
+            pq_record_header *pad = pq_topic_header_at(t, q);
             atomic_store_explicit(&pad->owner, 0, memory_order_relaxed);
             atomic_store_explicit(&pad->ctl,
-                                  trec_ctl(q, (uint32_t)(pos_out[i] - q - PQ_TREC_HEADER), 0,
-                                           PQ_TREC_PADDING),
+                                  pq_record_ctl(q, (uint32_t)(pos_out[i] - q - PQ_RECORD_HEADER), 0,
+                                           PQ_REC_PADDING),
                                   memory_order_relaxed);
         }
-        pq_trec_header *rec = trec_at(t, pos_out[i]);
+        pq_record_header *rec = pq_topic_header_at(t, pos_out[i]);
         atomic_store_explicit(&rec->owner, owner, memory_order_relaxed);
-        atomic_store_explicit(&rec->ctl, trec_ctl(pos_out[i], lens[i], 0, PQ_TREC_CLAIMED),
+        atomic_store_explicit(&rec->ctl, pq_record_ctl(pos_out[i], lens[i], 0, PQ_REC_CLAIMED),
                               memory_order_relaxed);
-        q = pos_out[i] + trec_size(lens[i]);
+        q = pos_out[i] + pq_record_size(lens[i]);
         nmsgs++;
     }
     atomic_store_explicit(&c->tail_msgs, msgs + nmsgs, memory_order_relaxed);
@@ -280,10 +224,10 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
 
 void pq_topic_commit(pq_topic *t, uint64_t pos, uint8_t type)
 {
-    pq_trec_header *rec = trec_at(t, pos);
+    pq_record_header *rec = pq_topic_header_at(t, pos);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
     /* release: the payload is visible to whoever sees COMMITTED (acquire). */
-    atomic_store_explicit(&rec->ctl, trec_ctl(pos, tctl_len(ctl), type, PQ_TREC_COMMITTED),
+    atomic_store_explicit(&rec->ctl, pq_record_ctl(pos, pq_ctl_len(ctl), type, PQ_REC_COMMITTED),
                           memory_order_release);
 }
 
@@ -434,30 +378,30 @@ int pq_topic_peek(pq_topic *t, pq_topic_sub *s, pq_topic_record *out, uint32_t m
                 return -EAGAIN;
             continue;
         }
-        if (tl - p > t->capacity || (p & (PQ_TREC_ALIGN - 1)) != 0)
+        if (tl - p > t->capacity || (p & (PQ_RECORD_ALIGN - 1)) != 0)
             return PQ_ERR_CORRUPT;
         while (p != tl && b->count < max) {
             uint64_t off = p & t->mask;
-            pq_trec_header *rec = (pq_trec_header *)(t->data + off);
+            pq_record_header *rec = (pq_record_header *)(t->data + off);
             /* acquire: pairs with the commit's release. */
             uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-            uint64_t size = trec_size(tctl_len(ctl));
-            if (tctl_tag(ctl) != trec_tag(p) || size > t->capacity - off || size > tl - p)
+            uint64_t size = pq_record_size(pq_ctl_len(ctl));
+            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > t->capacity - off || size > tl - p)
                 goto stale;
-            uint8_t st = tctl_state(ctl);
-            if (st == PQ_TREC_CLAIMED)
+            uint8_t st = pq_ctl_state(ctl);
+            if (st == PQ_REC_CLAIMED)
                 break;
-            if (st == PQ_TREC_COMMITTED) {
+            if (st == PQ_REC_COMMITTED) {
                 out[b->count].pos = p;
-                out[b->count].payload = (const uint8_t *)rec + PQ_TREC_HEADER;
-                out[b->count].len = tctl_len(ctl);
-                out[b->count].type = tctl_type(ctl);
+                out[b->count].payload = (const uint8_t *)rec + PQ_RECORD_HEADER;
+                out[b->count].len = pq_ctl_len(ctl);
+                out[b->count].type = pq_ctl_type(ctl);
                 b->count++;
                 m++;
-            } else if (st == PQ_TREC_ABANDONED) {
+            } else if (st == PQ_REC_ABANDONED) {
                 b->skipped++;
                 m++;
-            } else if (st != PQ_TREC_PADDING) {
+            } else if (st != PQ_REC_PADDING) {
                 goto stale;
             }
             p += size;
@@ -510,11 +454,11 @@ static int pq_topic_readable(pq_topic *t, uint64_t cursor)
     uint64_t tl = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (tl == cursor)
         return 0;
-    if (tl - cursor > t->capacity || (cursor & (PQ_TREC_ALIGN - 1)) != 0)
+    if (tl - cursor > t->capacity || (cursor & (PQ_RECORD_ALIGN - 1)) != 0)
         return 1;
-    pq_trec_header *rec = trec_at(t, cursor);
+    pq_record_header *rec = pq_topic_header_at(t, cursor);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-    return tctl_state(ctl) != PQ_TREC_CLAIMED || tctl_tag(ctl) != trec_tag(cursor);
+    return pq_ctl_state(ctl) != PQ_REC_CLAIMED || pq_ctl_tag(ctl) != pq_record_tag(cursor);
 }
 
 struct pq_topic_rwait {
@@ -581,11 +525,11 @@ int pq_topic_repair(pq_topic *t, const pq_topic_sub *s)
     pq_topic_ctl *c = t->ctl;
     uint64_t p = s->cursor;
     uint64_t tl = atomic_load_explicit(&c->tail, memory_order_acquire);
-    if (p == tl || tl - p > t->capacity || (p & (PQ_TREC_ALIGN - 1)) != 0)
+    if (p == tl || tl - p > t->capacity || (p & (PQ_RECORD_ALIGN - 1)) != 0)
         return 0;
-    pq_trec_header *rec = trec_at(t, p);
+    pq_record_header *rec = pq_topic_header_at(t, p);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-    if (tctl_tag(ctl) != trec_tag(p) || tctl_state(ctl) != PQ_TREC_CLAIMED)
+    if (pq_ctl_tag(ctl) != pq_record_tag(p) || pq_ctl_state(ctl) != PQ_REC_CLAIMED)
         return 0;
     int32_t pid;
     uint64_t start32;
@@ -596,7 +540,7 @@ int pq_topic_repair(pq_topic *t, const pq_topic_sub *s)
     /* Still the same record (head has not passed it: lossy lapping)? */
     if ((int64_t)(atomic_load_explicit(&c->head, memory_order_acquire) - p) > 0)
         return 0;
-    uint64_t abandoned = trec_ctl(p, tctl_len(ctl), 0, PQ_TREC_ABANDONED);
+    uint64_t abandoned = pq_record_ctl(p, pq_ctl_len(ctl), 0, PQ_REC_ABANDONED);
     if (!atomic_compare_exchange_strong_explicit(&rec->ctl, &ctl, abandoned,
                                                  memory_order_acq_rel, memory_order_relaxed))
         return 0;

@@ -1,0 +1,38 @@
+/*
+ * pq_claim_lock.h - the lock producers hold while they claim room in a ring
+ * (pq_ring, pq_topic), and the recovery of a claim whose holder died
+ * inside it.
+ *
+ * Robust: if a holder dies, the kernel hands the lock to the next one with
+ * EOWNERDEAD instead of deadlocking (faster-fifo's failure mode).
+ * Process-shared: it lives in shared memory. The claim announces itself
+ * (claim_msgs, then claim_tail) before it counts its messages and
+ * publishes its tail, so the next holder can undo a count bumped for
+ * records that were never published.
+ */
+#ifndef PQ_CLAIM_LOCK_H
+#define PQ_CLAIM_LOCK_H
+
+#include <pthread.h>
+
+#include "pq_common.h"
+
+/* The words of a ring that a claim changes, for the recovery. */
+typedef struct pq_claim_words {
+    _Atomic uint64_t *tail;       /* end of the published records */
+    _Atomic uint64_t *tail_msgs;  /* messages claimed, ever */
+    _Atomic uint64_t *claim_tail; /* the tail a claim in progress will publish; 0: none */
+    _Atomic uint64_t *claim_msgs; /* tail_msgs before that claim */
+} pq_claim_words;
+
+/* Initialize a robust process-shared mutex in zeroed shared memory. */
+int pq_claim_lock_init(pthread_mutex_t *m);
+
+/*
+ * Take the lock. If its holder died, repair what a half-made claim left
+ * (see above) and mark the lock consistent. 0, or -errno
+ * (-ENOTRECOVERABLE when the lock is broken for good).
+ */
+int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w);
+
+#endif /* PQ_CLAIM_LOCK_H */
