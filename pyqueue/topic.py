@@ -4,34 +4,13 @@ Every subscriber gets every message published after it subscribed, in
 publish order per publisher. See docs/api.md ("Topic") and docs/design.md.
 """
 from pyqueue import _segment, _topic
+from pyqueue.queues import _check_serializer, _round_capacity
 
 DEFAULT_CAPACITY = 8 * 1024 * 1024
-MIN_CAPACITY = 64 * 1024
 _MODES = {"lossless": _topic.LOSSLESS, "lossy": _topic.LOSSY}
 _MODE_NAMES = {v: k for k, v in _MODES.items()}
 _STARTS = {"latest": 0, "earliest": 1}
 _KIND_TOPIC = 2
-
-
-def _round_capacity(n):
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError("capacity_bytes must be an int")
-    if n <= 0:
-        raise ValueError("capacity_bytes must be positive")
-    n = max(n, MIN_CAPACITY)
-    return 1 << (n - 1).bit_length()
-
-
-def _check_serializer(serializer):
-    if serializer is None:
-        return None
-    try:
-        dumps, loads = serializer
-    except (TypeError, ValueError):
-        raise TypeError("serializer must be a (dumps, loads) pair") from None
-    if not callable(dumps) or not callable(loads):
-        raise TypeError("serializer must be a (dumps, loads) pair of callables")
-    return (dumps, loads)
 
 
 def _rebuild(name, serializer):
