@@ -28,6 +28,7 @@ import pickle
 import queue as _queue_mod
 
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
+from pyqueue.errors import from_code as _from_code
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -162,22 +163,11 @@ cdef object _PickleBuffer = pickle.PickleBuffer
 
 
 cdef int _check_rc(int rc, str what="") except -1:
-    """The one choke point from C return codes to Python exceptions."""
+    """C return code -> exception, through pyqueue.errors.from_code (the one
+    translation point); a non-negative code is returned as it is."""
     if rc >= 0:
         return rc
-    if rc == PQ_ERR_NOT_PYQUEUE:
-        raise SegmentMismatch(f"{what}: not a pyqueue segment")
-    if rc == PQ_ERR_VERSION:
-        raise SegmentMismatch(f"{what}: pyqueue segment of another layout version")
-    if rc == PQ_ERR_KIND:
-        raise SegmentMismatch(f"{what}: pyqueue segment of another kind (not a queue)")
-    if rc == PQ_ERR_TRUNCATED:
-        raise SegmentMismatch(f"{what}: segment is truncated or its sizes are inconsistent")
-    if rc == PQ_ERR_CORRUPT:
-        raise SegmentMismatch(f"{what}: queue indices or records are corrupt")
-    if rc == -EMSGSIZE:
-        raise MessageTooLarge(f"{what}: message does not fit in the queue")
-    raise OSError(-rc, os.strerror(-rc) + (f" ({what})" if what else ""))
+    raise _from_code(rc, what, "queue")
 
 
 cdef inline int64_t _deadline(bint block, object timeout) except? -2:

@@ -1,5 +1,8 @@
-"""Exceptions of pyqueue. `queue.Full` and `queue.Empty` are used as in the
-standard library."""
+"""Exceptions of pyqueue, and the one translation of the C core's -errno
+codes into them (from_code). `queue.Full` and `queue.Empty` are used as in
+the standard library."""
+import errno as _errno
+import os as _os
 
 
 class PyQueueError(Exception):
@@ -24,3 +27,29 @@ class SegmentNotOwned(PyQueueError, PermissionError):
     """The segment exists but belongs to another user: opening it would
     trust that user (pickle runs their code). Pass trust_owner=True to
     share a queue between users on purpose."""
+
+
+# The C core's validation codes (csrc/pq_segment.h, PQ_ERR_*).
+_SEGMENT_CODES = {
+    _errno.EPROTO: "not a pyqueue segment",
+    _errno.EPROTONOSUPPORT: "pyqueue segment of another layout version",
+    _errno.EMEDIUMTYPE: "pyqueue segment of another kind (not a {kind})",
+    _errno.ERANGE: "segment is truncated or its sizes are inconsistent",
+    _errno.EBADMSG: "{kind} indices or records are corrupt",
+}
+
+
+def from_code(rc, what="", kind="queue", extra=None):
+    """The exception for a negative return code of the C core: the one
+    place where those codes become Python exceptions (the Cython modules'
+    _check_rc call it). extra: {errno: message} a caller adds for codes
+    that mean something particular to it, raised as PyQueueError."""
+    code = -rc
+    prefix = f"{what}: " if what else ""
+    if extra and code in extra:
+        return PyQueueError(prefix + extra[code])
+    if code in _SEGMENT_CODES:
+        return SegmentMismatch(prefix + _SEGMENT_CODES[code].format(kind=kind))
+    if code == _errno.EMSGSIZE:
+        return MessageTooLarge(f"{prefix}message does not fit in the {kind}")
+    return OSError(code, _os.strerror(code) + (f" ({what})" if what else ""))
