@@ -53,7 +53,8 @@ def _extension(name, pyx):
 
 
 extensions = [_extension("pyqueue._core", "pyqueue/_core.pyx"),
-              _extension("pyqueue._topic", "pyqueue/_topic.pyx")]
+              _extension("pyqueue._topic", "pyqueue/_topic.pyx"),
+              _extension("pyqueue._log", "pyqueue/_log.pyx")]
 
 try:
     from Cython.Build import cythonize

@@ -4,15 +4,17 @@
 """
 from queue import Empty, Full
 
-from pyqueue.errors import (MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound,
-                            SegmentNotOwned)
+from pyqueue.errors import (MessageTooLarge, OffsetOutOfRange, PyQueueError, SegmentMismatch,
+                            SegmentNotFound, SegmentNotOwned)
+from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.topic import Subscription, Topic
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription",
+    "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
+    "OffsetOutOfRange",
 ]

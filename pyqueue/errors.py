@@ -29,6 +29,24 @@ class SegmentNotOwned(PyQueueError, PermissionError):
     share a queue between users on purpose."""
 
 
+class OffsetOutOfRange(PyQueueError, LookupError):
+    """A Log read asked for an offset that is not in the partition: before
+    its start (dropped by retention) or beyond its end. Attributes:
+    partition, offset, start_offset, end_offset."""
+
+    def __init__(self, message, partition=None, offset=None, start_offset=None,
+                 end_offset=None):
+        super().__init__(message)
+        self.partition = partition
+        self.offset = offset
+        self.start_offset = start_offset
+        self.end_offset = end_offset
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.partition, self.offset, self.start_offset,
+                             self.end_offset))
+
+
 # The C core's validation codes (csrc/pq_segment.h, PQ_ERR_*).
 _SEGMENT_CODES = {
     _errno.EPROTO: "not a pyqueue segment",

@@ -1,0 +1,519 @@
+/* pq_log.c - the partitioned ring log behind pyqueue.Log (memory mode).
+ * See pq_log.h and docs/design.md ("Log (memory mode)"). */
+#define _GNU_SOURCE
+#include "pq_log.h"
+
+#include <string.h>
+
+#include "pq_claim_lock.h"
+#include "pq_proc.h"
+#include "pq_record.h"
+
+#define PQ_LOG_RETRIES 1000
+
+uint64_t pq_log_index_entries(uint64_t capacity)
+{
+    /* The smallest record takes 48 bytes: one entry per EVERY records of
+     * 32 bytes or more covers the whole ring. At least 4 (64 bytes). */
+    uint64_t m = capacity / (32u * PQ_LOG_INDEX_EVERY);
+    return m < 4 ? 4 : m;
+}
+
+static uint64_t pq_log_stride(uint64_t capacity)
+{
+    return sizeof(pq_log_part) + pq_log_index_entries(capacity) * sizeof(pq_log_index_entry) +
+           capacity;
+}
+
+static int pq_log_args_ok(uint32_t partitions, uint64_t capacity)
+{
+    return partitions >= 1 && partitions <= PQ_LOG_MAX_PARTITIONS &&
+           pq_is_power_of_two(capacity) && capacity >= PQ_LOG_MIN_CAPACITY &&
+           capacity <= PQ_LOG_MAX_CAPACITY;
+}
+
+uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity)
+{
+    if (!pq_log_args_ok(partitions, capacity))
+        return 0;
+    return PQ_LOG_PARTS_OFFSET + (uint64_t)partitions * pq_log_stride(capacity);
+}
+
+static inline pq_log_part *pq_log_part_at(const pq_log *l, uint32_t part)
+{
+    return (pq_log_part *)(l->parts_base + (uint64_t)part * l->stride);
+}
+static inline pq_log_index_entry *pq_log_index(const pq_log *l, uint32_t part)
+{
+    return (pq_log_index_entry *)((uint8_t *)pq_log_part_at(l, part) + sizeof(pq_log_part));
+}
+static inline uint8_t *pq_log_data(const pq_log *l, uint32_t part)
+{
+    return (uint8_t *)pq_log_index(l, part) + l->index_entries * sizeof(pq_log_index_entry);
+}
+
+int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
+                  const uint64_t *user_params, int n_user_params)
+{
+    uint64_t params[PQ_LOG_NPARAMS] = {0};
+    int rc;
+    uint64_t need = pq_log_segment_size(partitions, capacity);
+
+    if (need == 0 || size < need || ((uintptr_t)base & 63) != 0)
+        return -EINVAL;
+    if (n_user_params < 0 || n_user_params > PQ_LOG_NPARAMS - PQ_LOG_PARAM_USER0)
+        return -EINVAL;
+    params[PQ_LOG_PARAM_PARTITIONS] = partitions;
+    params[PQ_LOG_PARAM_CAPACITY] = capacity;
+    params[PQ_LOG_PARAM_INDEX_ENTRIES] = pq_log_index_entries(capacity);
+    for (int i = 0; i < n_user_params; i++)
+        params[PQ_LOG_PARAM_USER0 + i] = user_params[i];
+    rc = pq_segment_init(base, size, PQ_KIND_LOG, PQ_LOG_PARTS_OFFSET,
+                         need - PQ_LOG_PARTS_OFFSET, params, PQ_LOG_NPARAMS);
+    if (rc < 0)
+        return rc;
+    uint64_t stride = pq_log_stride(capacity);
+    for (uint32_t p = 0; p < partitions; p++) {
+        pq_log_part *pt = (pq_log_part *)((uint8_t *)base + PQ_LOG_PARTS_OFFSET + p * stride);
+        memset(pt, 0, sizeof *pt);
+        rc = pq_claim_lock_init(&pt->claim_lock);
+        if (rc < 0)
+            return rc;
+        /* No index entry is valid yet: UINT64_MAX matches no offset. */
+        pq_log_index_entry *ix = (pq_log_index_entry *)((uint8_t *)pt + sizeof *pt);
+        for (uint64_t i = 0; i < pq_log_index_entries(capacity); i++)
+            atomic_store_explicit(&ix[i].offset, UINT64_MAX, memory_order_relaxed);
+    }
+    pq_segment_publish(base);
+    return 0;
+}
+
+int pq_log_open(pq_log *l, void *base, size_t size)
+{
+    memset(l, 0, sizeof *l);
+    if (((uintptr_t)base & 63) != 0)
+        return -EINVAL;
+    int rc = pq_segment_check(base, size, PQ_KIND_LOG);
+    if (rc < 0)
+        return rc;
+    pq_segment_header *h = base;
+    uint64_t parts = h->params[PQ_LOG_PARAM_PARTITIONS];
+    uint64_t capacity = h->params[PQ_LOG_PARAM_CAPACITY];
+    if (parts < 1 || parts > PQ_LOG_MAX_PARTITIONS || !pq_log_args_ok((uint32_t)parts, capacity))
+        return PQ_ERR_CORRUPT;
+    uint64_t need = pq_log_segment_size((uint32_t)parts, capacity);
+    if (h->params[PQ_LOG_PARAM_INDEX_ENTRIES] != pq_log_index_entries(capacity) ||
+        h->data_offset != PQ_LOG_PARTS_OFFSET || h->data_size != need - PQ_LOG_PARTS_OFFSET ||
+        need > size)
+        return PQ_ERR_TRUNCATED;
+    l->hdr = h;
+    l->parts_base = (uint8_t *)base + PQ_LOG_PARTS_OFFSET;
+    l->partitions = (uint32_t)parts;
+    l->capacity = capacity;
+    l->mask = capacity - 1;
+    l->index_entries = pq_log_index_entries(capacity);
+    l->stride = pq_log_stride(capacity);
+    l->max_payload = capacity / 4 - PQ_RECORD_HEADER;
+    if (l->max_payload > UINT32_MAX)
+        l->max_payload = UINT32_MAX & ~(uint64_t)(PQ_RECORD_ALIGN - 1);
+    return 0;
+}
+
+static int pq_log_lock(pq_log_part *pt)
+{
+    const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs};
+    return pq_claim_lock(&pt->claim_lock, &w);
+}
+
+int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                  uint64_t timestamp_ms, uint64_t *first_offset)
+{
+    uint64_t need = 0;
+    pq_proc_id self;
+    int rc;
+
+    if (part >= l->partitions || n == 0 || e == NULL)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
+        if (kl == PQ_LOG_NO_KEY)
+            return -EMSGSIZE;
+        uint64_t len = pq_log_payload_len(kl, e[i].headers_len, e[i].value_len);
+        if (len > l->max_payload)
+            return -EMSGSIZE;
+        need += pq_record_size(len);
+    }
+    if (n > 1 && need > l->capacity / 2)
+        return -EMSGSIZE;
+    rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    const uint64_t owner = pq_proc_pack(&self);
+    pq_log_part *pt = pq_log_part_at(l, part);
+    uint8_t *data = pq_log_data(l, part);
+    pq_log_index_entry *ix = pq_log_index(l, part);
+    uint64_t pos[64];
+    uint64_t *posv = pos;
+    if (n > 64)
+        return -E2BIG; /* the binding batches by at most 64 */
+
+    rc = pq_log_lock(pt);
+    if (rc < 0)
+        return rc;
+    /* relaxed: these words only change under the lock. */
+    uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
+    uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_relaxed);
+    uint64_t no = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
+    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity || so > no) {
+        pthread_mutex_unlock(&pt->claim_lock);
+        return PQ_ERR_CORRUPT;
+    }
+    uint64_t p = tl;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
+        uint64_t size = pq_record_size(pq_log_payload_len(kl, e[i].headers_len, e[i].value_len));
+        uint64_t off = p & l->mask;
+        if (off + size > l->capacity)
+            p += l->capacity - off;
+        posv[i] = p;
+        p += size;
+    }
+    /* Retention by capacity: drop whole oldest records until the claim fits. */
+    while (p - h > l->capacity) {
+        if (h == tl) {
+            pthread_mutex_unlock(&pt->claim_lock);
+            return PQ_ERR_CORRUPT;
+        }
+        pq_record_header *rec = (pq_record_header *)(data + (h & l->mask));
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > l->capacity - (h & l->mask) ||
+            size > tl - h) {
+            pthread_mutex_unlock(&pt->claim_lock);
+            return PQ_ERR_CORRUPT;
+        }
+        if (pq_ctl_state(ctl) != PQ_REC_PADDING)
+            so++;
+        h += size;
+    }
+    if (h == tl)
+        so = no; /* everything dropped: the start is the end */
+    atomic_store_explicit(&pt->claim_msgs, no, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_tail, p, memory_order_release);
+    /* Move the start first, then a release fence, then overwrite: a reader
+     * that copied any byte written after the fence sees the new start in
+     * pq_log_validate (the topic's seqlock pattern). */
+    atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
+    /* release: a reader that sees this start_pos (acquire) sees its
+     * start_offset too (it loads start_pos first). */
+    atomic_store_explicit(&pt->start_pos, h, memory_order_release);
+    atomic_thread_fence(memory_order_release);
+
+    uint64_t q = tl;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
+        uint64_t len = pq_log_payload_len(kl, e[i].headers_len, e[i].value_len);
+        if (posv[i] != q) {
+            pq_record_header *pad = (pq_record_header *)(data + (q & l->mask));
+            atomic_store_explicit(&pad->owner, 0, memory_order_relaxed);
+            atomic_store_explicit(&pad->ctl,
+                                  pq_record_ctl(q, (uint32_t)(posv[i] - q - PQ_RECORD_HEADER), 0,
+                                                PQ_REC_PADDING),
+                                  memory_order_relaxed);
+        }
+        pq_record_header *rec = (pq_record_header *)(data + (posv[i] & l->mask));
+        atomic_store_explicit(&rec->owner, owner, memory_order_relaxed);
+        atomic_store_explicit(&rec->ctl, pq_record_ctl(posv[i], (uint32_t)len, e[i].type,
+                                                       PQ_REC_CLAIMED),
+                              memory_order_relaxed);
+        /* The offset is part of the claim: readers find records by it. */
+        uint64_t off = no + i;
+        memcpy((uint8_t *)rec + PQ_RECORD_HEADER, &off, sizeof off);
+        if (off % PQ_LOG_INDEX_EVERY == 0) {
+            pq_log_index_entry *ent = &ix[(off / PQ_LOG_INDEX_EVERY) % l->index_entries];
+            atomic_store_explicit(&ent->pos, posv[i], memory_order_relaxed);
+            atomic_store_explicit(&ent->offset, off, memory_order_relaxed);
+        }
+        q = posv[i] + pq_record_size(len);
+    }
+    atomic_store_explicit(&pt->next_offset, no + n, memory_order_relaxed);
+    /* release: publishes headers, offsets and index entries (acquire on tail). */
+    atomic_store_explicit(&pt->tail, p, memory_order_release);
+    atomic_store_explicit(&pt->claim_tail, 0, memory_order_release);
+    pthread_mutex_unlock(&pt->claim_lock);
+
+    /* Copy outside the lock, then commit each record. */
+    for (uint32_t i = 0; i < n; i++) {
+        pq_record_header *rec = (pq_record_header *)(data + (posv[i] & l->mask));
+        uint8_t *pl = (uint8_t *)rec + PQ_RECORD_HEADER;
+        pq_log_rec_hdr rh;
+        rh.offset = no + i;
+        rh.timestamp_ms = timestamp_ms;
+        rh.key_len = e[i].key == NULL ? PQ_LOG_NO_KEY : e[i].key_len;
+        rh.headers_len = e[i].headers_len;
+        memcpy(pl, &rh, sizeof rh);
+        uint8_t *w = pl + PQ_LOG_REC_HDR;
+        if (e[i].key != NULL && e[i].key_len) {
+            memcpy(w, e[i].key, e[i].key_len);
+            w += e[i].key_len;
+        }
+        if (e[i].headers_len) {
+            memcpy(w, e[i].headers, e[i].headers_len);
+            w += e[i].headers_len;
+        }
+        if (e[i].value_len)
+            memcpy(w, e[i].value, e[i].value_len);
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
+        /* release: the payload is visible to whoever sees COMMITTED. */
+        atomic_store_explicit(&rec->ctl, pq_record_ctl(posv[i], pq_ctl_len(ctl), pq_ctl_type(ctl),
+                                                       PQ_REC_COMMITTED),
+                              memory_order_release);
+    }
+    pq_event_notify(&pt->readable, INT32_MAX);
+    if (first_offset)
+        *first_offset = no;
+    return 0;
+}
+
+/* Has the start moved past pos since we looked (or is it moving)? */
+static int pq_log_start_passed(pq_log_part *pt, uint64_t pos)
+{
+    atomic_thread_fence(memory_order_acquire);
+    return (int64_t)(atomic_load_explicit(&pt->start_pos, memory_order_relaxed) - pos) > 0;
+}
+
+/*
+ * Find the position of the record with `offset` among [h, tl): from the
+ * sparse index entry at or below it when that entry is valid, else from
+ * h. 0 and *pos_out; -EINPROGRESS: not published yet (offset at or past
+ * what tail covers); -ESTALE: an inconsistency (overwritten meanwhile, or
+ * corrupt: the caller decides by the start).
+ */
+static int pq_log_find(pq_log *l, uint32_t part, uint64_t offset, uint64_t h, uint64_t tl,
+                       uint64_t *pos_out)
+{
+    uint8_t *data = pq_log_data(l, part);
+    uint64_t p = h;
+    uint64_t k = offset / PQ_LOG_INDEX_EVERY * PQ_LOG_INDEX_EVERY;
+    pq_log_index_entry *ent = &pq_log_index(l, part)[(k / PQ_LOG_INDEX_EVERY) % l->index_entries];
+    uint64_t eo = atomic_load_explicit(&ent->offset, memory_order_relaxed);
+    uint64_t ep = atomic_load_explicit(&ent->pos, memory_order_relaxed);
+    if (eo == k && (int64_t)(ep - h) >= 0 && ep - h < tl - h && (ep & (PQ_RECORD_ALIGN - 1)) == 0)
+        p = ep; /* checked below by the offset in the record itself */
+    for (;;) {
+        if (p == tl)
+            return -EINPROGRESS;
+        uint64_t off = p & l->mask;
+        pq_record_header *rec = (pq_record_header *)(data + off);
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+        uint64_t len = pq_ctl_len(ctl);
+        uint64_t size = pq_record_size(len);
+        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
+            return -ESTALE;
+        uint8_t st = pq_ctl_state(ctl);
+        if (st != PQ_REC_PADDING) {
+            uint64_t ro;
+            if (len < PQ_LOG_REC_HDR)
+                return -ESTALE;
+            memcpy(&ro, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof ro);
+            if (ro == offset) {
+                *pos_out = p;
+                return 0;
+            }
+            if (ro > offset) {
+                if (p != h) { /* a stale index entry: walk from the start */
+                    p = h;
+                    continue;
+                }
+                return -ESTALE;
+            }
+        }
+        p += size;
+    }
+}
+
+int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, uint32_t max,
+                pq_log_batch *b)
+{
+    if (part >= l->partitions || b == NULL || (max > 0 && out == NULL))
+        return -EINVAL;
+    pq_log_part *pt = pq_log_part_at(l, part);
+    uint8_t *data = pq_log_data(l, part);
+    for (int attempt = 0; attempt < PQ_LOG_RETRIES; attempt++) {
+        /* start_pos first (acquire), then start_offset: never an old
+         * start_offset with a newer start_pos, so an offset at or above
+         * start_offset lies at or after h. */
+        uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_acquire);
+        uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_acquire);
+        /* acquire on tail: headers, offsets and index entries below it. */
+        uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_acquire);
+        uint64_t end = atomic_load_explicit(&pt->next_offset, memory_order_acquire);
+        b->first_pos = h;
+        b->next_offset = offset;
+        b->count = 0;
+        b->skipped = 0;
+        if (offset < so || offset > end)
+            return PQ_ERR_OFFSET_RANGE;
+        if (offset == end)
+            return -EAGAIN;
+        if (tl - h > l->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0) {
+            if (pq_log_start_passed(pt, h) || atomic_load_explicit(&pt->tail, memory_order_relaxed) != tl)
+                continue;
+            return PQ_ERR_CORRUPT;
+        }
+        uint64_t p;
+        int rc = pq_log_find(l, part, offset, h, tl, &p);
+        if (rc == -EINPROGRESS)
+            return -EINPROGRESS;
+        if (rc < 0)
+            goto stale;
+        b->first_pos = p;
+        uint64_t expect = offset;
+        while (p != tl && b->count < max) {
+            uint64_t off = p & l->mask;
+            pq_record_header *rec = (pq_record_header *)(data + off);
+            uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+            uint64_t len = pq_ctl_len(ctl);
+            uint64_t size = pq_record_size(len);
+            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
+                goto stale;
+            uint8_t st = pq_ctl_state(ctl);
+            if (st == PQ_REC_CLAIMED)
+                break;
+            if (st != PQ_REC_PADDING) {
+                pq_log_rec_hdr rh;
+                const uint8_t *pl = (const uint8_t *)rec + PQ_RECORD_HEADER;
+                if (len < PQ_LOG_REC_HDR)
+                    goto stale;
+                memcpy(&rh.offset, pl, sizeof rh.offset);
+                if (rh.offset != expect)
+                    goto stale;
+                if (st == PQ_REC_COMMITTED) {
+                    memcpy(&rh, pl, sizeof rh);
+                    uint64_t kl = rh.key_len == PQ_LOG_NO_KEY ? 0 : rh.key_len;
+                    if (kl + rh.headers_len > len - PQ_LOG_REC_HDR)
+                        goto stale;
+                    pq_log_record *r = &out[b->count++];
+                    r->offset = rh.offset;
+                    r->timestamp_ms = rh.timestamp_ms;
+                    r->key = rh.key_len == PQ_LOG_NO_KEY ? NULL : pl + PQ_LOG_REC_HDR;
+                    r->key_len = (uint32_t)kl;
+                    r->headers = pl + PQ_LOG_REC_HDR + kl;
+                    r->headers_len = rh.headers_len;
+                    r->value = r->headers + rh.headers_len;
+                    r->value_len = (uint32_t)(len - PQ_LOG_REC_HDR - kl - rh.headers_len);
+                    r->type = pq_ctl_type(ctl);
+                } else if (st == PQ_REC_ABANDONED) {
+                    b->skipped++;
+                } else {
+                    goto stale;
+                }
+                expect++;
+            }
+            p += size;
+        }
+        b->next_offset = expect;
+        if (b->count == 0 && b->skipped == 0)
+            return -EINPROGRESS;
+        return (int)b->count;
+    stale:
+        /* An appender dropped and overwrote what we looked at (the start
+         * says so: retry, and offset may now be out of range), or the
+         * segment is corrupt. */
+        if (pq_log_start_passed(pt, h) ||
+            atomic_load_explicit(&pt->start_offset, memory_order_relaxed) != so)
+            continue;
+        return PQ_ERR_CORRUPT;
+    }
+    return -EAGAIN;
+}
+
+int pq_log_validate(pq_log *l, uint32_t part, const pq_log_batch *b)
+{
+    if (part >= l->partitions)
+        return -EINVAL;
+    return pq_log_start_passed(pq_log_part_at(l, part), b->first_pos) ? -ESTALE : 0;
+}
+
+struct pq_log_rwait {
+    pq_log *l;
+    uint32_t part;
+    uint64_t offset;
+};
+
+static int pq_log_ready(void *arg)
+{
+    struct pq_log_rwait *w = arg;
+    pq_log_part *pt = pq_log_part_at(w->l, w->part);
+    uint64_t end = atomic_load_explicit(&pt->next_offset, memory_order_acquire);
+    if (w->offset == end)
+        return 0;
+    if (w->offset > end)
+        return 1;
+    pq_log_record r;
+    pq_log_batch b;
+    return pq_log_peek(w->l, w->part, w->offset, &r, 1, &b) != -EINPROGRESS;
+}
+
+int pq_log_wait(pq_log *l, uint32_t part, uint64_t offset, int64_t deadline_ns, uint32_t spin_ns)
+{
+    if (part >= l->partitions)
+        return -EINVAL;
+    struct pq_log_rwait w = {l, part, offset};
+    if (pq_spin_until(pq_log_ready, &w, spin_ns, deadline_ns))
+        return 0;
+    pq_event *ev = &pq_log_part_at(l, part)->readable;
+    uint32_t seq = pq_event_prepare(ev);
+    int rc = 0;
+    if (!pq_log_ready(&w))
+        rc = pq_event_park(ev, seq, deadline_ns);
+    pq_event_finish(ev);
+    return rc;
+}
+
+int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)
+{
+    if (part >= l->partitions)
+        return -EINVAL;
+    pq_log_part *pt = pq_log_part_at(l, part);
+    uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_acquire);
+    uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_acquire);
+    uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_acquire);
+    uint64_t p;
+    if (offset < so || tl - h > l->capacity || pq_log_find(l, part, offset, h, tl, &p) != 0)
+        return 0;
+    pq_record_header *rec = (pq_record_header *)(pq_log_data(l, part) + (p & l->mask));
+    uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+    if (pq_ctl_tag(ctl) != pq_record_tag(p) || pq_ctl_state(ctl) != PQ_REC_CLAIMED)
+        return 0;
+    int32_t pid;
+    uint64_t start32;
+    pq_proc_unpack(atomic_load_explicit(&rec->owner, memory_order_relaxed), &pid, &start32);
+    int alive = pq_proc_alive(pid, start32, 1);
+    if (alive != 0)
+        return alive < 0 ? alive : 0;
+    if (pq_log_start_passed(pt, p))
+        return 0;
+    uint64_t abandoned = pq_record_ctl(p, pq_ctl_len(ctl), pq_ctl_type(ctl), PQ_REC_ABANDONED);
+    if (!atomic_compare_exchange_strong_explicit(&rec->ctl, &ctl, abandoned, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return 0;
+    pq_event_notify(&pt->readable, INT32_MAX);
+    return 1;
+}
+
+int pq_log_bounds(pq_log *l, uint32_t part, uint64_t *start, uint64_t *end)
+{
+    if (part >= l->partitions)
+        return -EINVAL;
+    pq_log_part *pt = pq_log_part_at(l, part);
+    /* start first: the end read after it is never below it. */
+    uint64_t s = atomic_load_explicit(&pt->start_offset, memory_order_acquire);
+    uint64_t e = atomic_load_explicit(&pt->next_offset, memory_order_acquire);
+    if (start)
+        *start = s;
+    if (end)
+        *end = e < s ? s : e;
+    return 0;
+}

@@ -1,0 +1,179 @@
+/*
+ * pq_log.h - a partitioned, replayable log in one shared-memory segment:
+ * the memory-mode core of pyqueue.Log.
+ *
+ * Layout of a log segment (docs/design.md, "Log (memory mode)"):
+ *   [0, 256)        pq_segment_header (kind PQ_KIND_LOG; params below)
+ *   [256, 4096)     unused (room for a future control block)
+ *   [4096, ...)     P partitions, each `stride` bytes:
+ *                     pq_log_part   (256 bytes: claim lock, tail, offsets,
+ *                                    start, readable event)
+ *                     index         (M entries of {offset, pos}: a sparse
+ *                                    index, one entry every
+ *                                    PQ_LOG_INDEX_EVERY offsets, slot
+ *                                    (offset / EVERY) % M)
+ *                     data          (capacity bytes: pq_record.h records)
+ *
+ * Each partition is a ring of records whose payload starts with a
+ * pq_log_rec_hdr (offset, timestamp, key and headers lengths), then key,
+ * headers and value. Appenders claim under the partition's robust claim
+ * lock, which assigns dense offsets (next_offset), writes the record
+ * headers and the offset field, and, when the ring is full, moves the start
+ * (start_pos, start_offset) past whole oldest records: appends never wait.
+ * Readers read by offset without consuming: peek (find the record, return
+ * pointers into the ring), copy out, then validate (start_pos has not
+ * passed what was read: the topic's lossy validation).
+ * Return values: >= 0, or -errno / PQ_ERR_*; nothing prints.
+ */
+#ifndef PQ_LOG_H
+#define PQ_LOG_H
+
+#include <pthread.h>
+
+#include "pq_common.h"
+#include "pq_segment.h"
+#include "pq_wait.h"
+
+#define PQ_LOG_PARTS_OFFSET 4096u
+#define PQ_LOG_MAX_PARTITIONS 256u
+#define PQ_LOG_MIN_CAPACITY 4096u
+#define PQ_LOG_MAX_CAPACITY (1ull << 36)
+#define PQ_LOG_INDEX_EVERY 64u
+#define PQ_LOG_NO_KEY UINT32_MAX /* key_len of a record without a key */
+
+/* Reading an offset below the partition's start (dropped by retention) or
+ * beyond its end. */
+#define PQ_ERR_OFFSET_RANGE (-EDOM)
+
+enum pq_log_param {
+    PQ_LOG_PARAM_PARTITIONS = 0,
+    PQ_LOG_PARAM_CAPACITY = 1,
+    PQ_LOG_PARAM_INDEX_ENTRIES = 2,
+    PQ_LOG_PARAM_USER0 = 3, /* free for the binding (flags, ...) */
+    PQ_LOG_NPARAMS = 6,
+};
+
+/* The start of every record's payload. */
+typedef struct pq_log_rec_hdr {
+    uint64_t offset;
+    uint64_t timestamp_ms;
+    uint32_t key_len;     /* PQ_LOG_NO_KEY: no key */
+    uint32_t headers_len;
+} pq_log_rec_hdr;
+#define PQ_LOG_REC_HDR 24u
+_Static_assert(sizeof(pq_log_rec_hdr) == PQ_LOG_REC_HDR, "log record header size");
+
+typedef struct pq_log_index_entry {
+    _Atomic uint64_t offset;
+    _Atomic uint64_t pos;
+} pq_log_index_entry;
+
+typedef struct pq_log_part {
+    PQ_ALIGNED_LINE pthread_mutex_t claim_lock;
+    _Atomic uint64_t claim_tail; /* claim in progress will publish this tail; 0: none */
+    _Atomic uint64_t claim_msgs; /* next_offset before that claim */
+    PQ_ALIGNED_LINE _Atomic uint64_t tail; /* end of the claimed records (position) */
+    _Atomic uint64_t next_offset;          /* offset of the next append */
+    PQ_ALIGNED_LINE _Atomic uint64_t start_pos; /* oldest record still in the ring */
+    _Atomic uint64_t start_offset;              /* its offset */
+    PQ_ALIGNED_LINE pq_event readable;
+} pq_log_part;
+_Static_assert(sizeof(pq_log_part) == 256, "pq_log_part is 256 bytes");
+
+/* A process-local view of a mapped log segment. */
+typedef struct pq_log {
+    pq_segment_header *hdr;
+    uint8_t *parts_base;
+    uint32_t partitions;
+    uint64_t capacity;    /* data bytes per partition */
+    uint64_t mask;
+    uint64_t index_entries;
+    uint64_t stride;
+    uint64_t max_payload; /* a quarter of the ring less a header */
+} pq_log;
+
+/* One record to append. key NULL: no key. */
+typedef struct pq_log_entry {
+    const void *key;
+    uint32_t key_len;
+    const void *headers;
+    uint32_t headers_len;
+    const void *value;
+    uint32_t value_len;
+    uint8_t type; /* the value's codec, kept in the record header's type */
+} pq_log_entry;
+
+/* A record found by pq_log_peek: pointers into the ring, valid only until
+ * pq_log_validate says the copy is good. */
+typedef struct pq_log_record {
+    uint64_t offset;
+    uint64_t timestamp_ms;
+    const uint8_t *key; /* NULL: no key */
+    uint32_t key_len;
+    const uint8_t *headers;
+    uint32_t headers_len;
+    const uint8_t *value;
+    uint32_t value_len;
+    uint8_t type;
+} pq_log_record;
+
+typedef struct pq_log_batch {
+    uint64_t first_pos;   /* position of the first record looked at */
+    uint64_t next_offset; /* the offset after the records looked at */
+    uint32_t count;       /* committed records returned */
+    uint32_t skipped;     /* abandoned records passed over */
+} pq_log_batch;
+
+uint64_t pq_log_index_entries(uint64_t capacity);
+/* Bytes of a segment with that many partitions of that capacity; 0 when
+ * the arguments are invalid. */
+uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity);
+
+int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
+                  const uint64_t *user_params, int n_user_params);
+int pq_log_open(pq_log *l, void *base, size_t size);
+
+/* Bytes a record of these lengths takes in the payload (without the
+ * 16-byte ring header). */
+static inline uint64_t pq_log_payload_len(uint32_t key_len, uint32_t headers_len,
+                                          uint32_t value_len)
+{
+    return (uint64_t)PQ_LOG_REC_HDR + key_len + headers_len + value_len;
+}
+
+/*
+ * Append n records to partition `part` (claim -> copy -> commit -> notify).
+ * Their offsets are *first_offset .. *first_offset + n - 1. 0; -EINVAL;
+ * -EMSGSIZE (a record over max_payload, or a batch over half the ring);
+ * PQ_ERR_CORRUPT; -ENOTRECOVERABLE. Never waits for readers.
+ */
+int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                  uint64_t timestamp_ms, uint64_t *first_offset);
+
+/*
+ * Look at up to max committed records from `offset`. >= 0 records (0 with
+ * b->next_offset > offset: only abandoned records, read on from there);
+ * -EAGAIN: offset is the end (nothing yet); -EINPROGRESS: the record at
+ * offset is being written; PQ_ERR_OFFSET_RANGE: offset is below start or
+ * beyond the end (pq_log_bounds says where they are); PQ_ERR_CORRUPT.
+ */
+int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, uint32_t max,
+                pq_log_batch *b);
+
+/* After copying what peek returned: 0, or -ESTALE when an appender may
+ * have overwritten the records meanwhile (discard the copy, peek again). */
+int pq_log_validate(pq_log *l, uint32_t part, const pq_log_batch *b);
+
+/* Wait until a record at `offset` may be readable (or offset fell out of
+ * range). 0 worth peeking, -ETIMEDOUT, -EINTR. */
+int pq_log_wait(pq_log *l, uint32_t part, uint64_t offset, int64_t deadline_ns, uint32_t spin_ns);
+
+/* If the record at offset is CLAIMED by a dead appender, mark it
+ * ABANDONED (readers skip it): 1 repaired, 0 nothing to do, -errno. */
+int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset);
+
+/* Start and end offsets of a partition (a consistent pair, read under the
+ * claim lock). */
+int pq_log_bounds(pq_log *l, uint32_t part, uint64_t *start, uint64_t *end);
+
+#endif /* PQ_LOG_H */

@@ -1,0 +1,234 @@
+/* test_log.c - the partitioned ring log of pyqueue.Log (pq_log.h). */
+#include "pq_test.h"
+
+#include "../pq_log.h"
+
+static void *make_log(uint32_t parts, uint64_t cap, pq_log *l)
+{
+    size_t size = pq_log_segment_size(parts, cap);
+    void *base = size ? pq_test_shared(size) : NULL;
+    if (base == NULL || pq_log_create(base, size, parts, cap, NULL, 0) != 0 ||
+        pq_log_open(l, base, size) != 0)
+        return NULL;
+    return base;
+}
+
+static int append_u64(pq_log *l, uint32_t part, uint64_t v, uint32_t pad, uint64_t *off)
+{
+    uint8_t buf[256] = {0};
+    memcpy(buf, &v, sizeof v);
+    pq_log_entry e = {.key = "k", .key_len = 1, .headers = "hh", .headers_len = 2,
+                      .value = buf, .value_len = 8 + pad, .type = 1};
+    return pq_log_append(l, part, &e, 1, 1234, off);
+}
+
+/* Read up to max values from offset (waiting up to timeout_ms for one). */
+static int read_u64(pq_log *l, uint32_t part, uint64_t offset, uint64_t *vals, uint64_t *offs,
+                    uint32_t max, int timeout_ms)
+{
+    pq_log_record r[64];
+    pq_log_batch b;
+    int64_t deadline = pq_test_now_ns() + (int64_t)timeout_ms * 1000000;
+    if (max > 64)
+        max = 64;
+    for (;;) {
+        int rc = pq_log_peek(l, part, offset, r, max, &b);
+        if (rc >= 0) {
+            int bad = 0;
+            for (int i = 0; i < rc; i++) {
+                memcpy(&vals[i], r[i].value, 8);
+                offs[i] = r[i].offset;
+                if (r[i].key_len != 1 || r[i].headers_len != 2 || r[i].timestamp_ms != 1234 ||
+                    memcmp(r[i].key, "k", 1) != 0 || memcmp(r[i].headers, "hh", 2) != 0)
+                    bad = 1;
+            }
+            /* Only a validated copy counts (it may be torn before). */
+            if (pq_log_validate(l, part, &b) != 0)
+                continue;
+            if (bad)
+                return -EBADMSG;
+            if (rc == 0) {
+                offset = b.next_offset;
+                continue;
+            }
+            return rc;
+        }
+        if (rc != -EAGAIN && rc != -EINPROGRESS)
+            return rc;
+        if (pq_test_now_ns() >= deadline)
+            return -ETIMEDOUT;
+        pq_log_wait(l, part, offset, deadline, 1000);
+    }
+}
+
+static int test_basic(void)
+{
+    pq_log l;
+    void *base = make_log(3, 4096, &l);
+    CHECK(base != NULL);
+    CHECK_EQ(l.partitions, 3);
+    uint64_t off, s, e, v[64], o[64];
+    for (uint64_t i = 0; i < 10; i++) {
+        CHECK_EQ(append_u64(&l, 1, 100 + i, 0, &off), 0);
+        CHECK_EQ(off, i);
+    }
+    CHECK_EQ(append_u64(&l, 2, 7, 0, &off), 0);
+    CHECK_EQ(off, 0);
+    CHECK_EQ(pq_log_bounds(&l, 1, &s, &e), 0);
+    CHECK_EQ(s, 0);
+    CHECK_EQ(e, 10);
+    CHECK_EQ(read_u64(&l, 1, 3, v, o, 64, 0), 7);
+    for (int i = 0; i < 7; i++) {
+        CHECK_EQ(v[i], 103 + i);
+        CHECK_EQ(o[i], 3 + i);
+    }
+    CHECK_EQ(read_u64(&l, 0, 0, v, o, 64, 0), -ETIMEDOUT);
+    CHECK_EQ(read_u64(&l, 1, 11, v, o, 64, 0), PQ_ERR_OFFSET_RANGE);
+    CHECK_EQ(append_u64(&l, 3, 0, 0, &off), -EINVAL);
+    CHECK_EQ(append_u64(&l, 0, 0, 0, &off), 0);
+    /* A record over a quarter of the ring. */
+    static uint8_t big[2048];
+    pq_log_entry be = {.value = big, .value_len = sizeof big};
+    CHECK_EQ(pq_log_append(&l, 0, &be, 1, 0, &off), -EMSGSIZE);
+    /* Wrong kind / truncated. */
+    pq_log l2;
+    CHECK_EQ(pq_log_open(&l2, base, 4096), PQ_ERR_TRUNCATED);
+    munmap(base, pq_log_segment_size(3, 4096));
+    return 0;
+}
+
+static int test_retention(void)
+{
+    pq_log l;
+    uint64_t cap = 4096;
+    void *base = make_log(1, cap, &l);
+    CHECK(base != NULL);
+    uint64_t off, s, e, v[64], o[64], seed = pq_test_seed();
+    for (uint64_t i = 0; i < 2000; i++) {
+        CHECK_EQ(append_u64(&l, 0, i, (uint32_t)(pq_test_rand(&seed) % 200), &off), 0);
+        CHECK_EQ(off, i);
+        CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+        CHECK_EQ(e, i + 1);
+        CHECK(s <= i);
+        /* Everything from start to end is readable, dense, whole. */
+        uint64_t at = s;
+        while (at < e) {
+            int n = read_u64(&l, 0, at, v, o, 64, 0);
+            CHECK(n > 0);
+            for (int k = 0; k < n; k++) {
+                CHECK_EQ(o[k], at + k);
+                CHECK_EQ(v[k], at + k);
+            }
+            at += (uint64_t)n;
+        }
+        if (s > 0)
+            CHECK_EQ(read_u64(&l, 0, s - 1, v, o, 1, 0), PQ_ERR_OFFSET_RANGE);
+    }
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK(s > 1900); /* the oldest were dropped: the ring holds < 100 */
+    munmap(base, pq_log_segment_size(1, cap));
+    return 0;
+}
+
+#define MP_N 20000
+
+static int test_two_appenders_and_reader(void)
+{
+    pq_log l;
+    uint64_t cap = 1u << 20;
+    void *base = make_log(2, cap, &l);
+    CHECK(base != NULL);
+    pid_t reader = fork();
+    CHECK(reader >= 0);
+    if (reader == 0) {
+        /* Reads partition 1 in another process as it grows. */
+        uint64_t at = 0, v[64], o[64], last[2] = {0, 0};
+        while (at < 2 * MP_N) {
+            int n = read_u64(&l, 1, at, v, o, 64, 20000);
+            CHILD_CHECK(n > 0);
+            for (int k = 0; k < n; k++) {
+                CHILD_CHECK(o[k] == at + k);
+                uint64_t who = v[k] >> 32, seq = v[k] & 0xffffffff;
+                CHILD_CHECK(who < 2 && seq == last[who]); /* per-process order */
+                last[who]++;
+            }
+            at += (uint64_t)n;
+        }
+        _exit(0);
+    }
+    pid_t kids[2];
+    for (uint64_t w = 0; w < 2; w++) {
+        kids[w] = fork();
+        CHECK(kids[w] >= 0);
+        if (kids[w] == 0) {
+            uint64_t off, prev = 0;
+            for (uint64_t i = 0; i < MP_N; i++) {
+                CHILD_CHECK(append_u64(&l, 1, (w << 32) | i, 0, &off) == 0);
+                CHILD_CHECK(i == 0 || off > prev);
+                prev = off;
+            }
+            _exit(0);
+        }
+    }
+    for (int w = 0; w < 2; w++)
+        CHECK_EQ(pq_test_wait_child(kids[w], 60000), 0);
+    CHECK_EQ(pq_test_wait_child(reader, 60000), 0);
+    uint64_t s, e;
+    CHECK_EQ(pq_log_bounds(&l, 1, &s, &e), 0);
+    CHECK_EQ(e, 2 * MP_N);
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK_EQ(e, 0);
+    munmap(base, pq_log_segment_size(2, cap));
+    return 0;
+}
+
+/* Appenders lap a reader that reads a small ring: every read either is
+ * out of range or returns dense, intact records. */
+static int test_lapped_reader(void)
+{
+    pq_log l;
+    uint64_t cap = 4096;
+    void *base = make_log(1, cap, &l);
+    CHECK(base != NULL);
+    pid_t kid = fork();
+    CHECK(kid >= 0);
+    if (kid == 0) {
+        uint64_t off;
+        for (uint64_t i = 0; i < 200000; i++)
+            CHILD_CHECK(append_u64(&l, 0, i, (uint32_t)(i % 97), &off) == 0 && off == i);
+        _exit(0);
+    }
+    uint64_t v[64], o[64], s, e, ranges = 0, reads = 0;
+    while (waitpid(kid, NULL, WNOHANG) == 0) {
+        pq_log_bounds(&l, 0, &s, &e);
+        int n = read_u64(&l, 0, s, v, o, 64, 0);
+        if (n == PQ_ERR_OFFSET_RANGE) {
+            ranges++;
+            continue;
+        }
+        if (n == -ETIMEDOUT)
+            continue;
+        if (n <= 0)
+            fprintf(stderr, "read_u64: %d\n", n);
+        CHECK(n > 0);
+        for (int k = 0; k < n; k++) {
+            CHECK_EQ(o[k], s + k);
+            CHECK_EQ(v[k], s + k);
+        }
+        reads++;
+    }
+    printf("      lapped reader: %llu reads, %llu out of range\n", (unsigned long long)reads,
+           (unsigned long long)ranges);
+    munmap(base, pq_log_segment_size(1, cap));
+    return 0;
+}
+
+int main(void)
+{
+    printf("test_log (seed %#llx)\n", (unsigned long long)pq_test_seed());
+    RUN(test_basic);
+    RUN(test_retention);
+    RUN(test_two_appenders_and_reader);
+    RUN(test_lapped_reader);
+    return 0;
+}

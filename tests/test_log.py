@@ -1,0 +1,181 @@
+"""pyqueue.Log, memory mode: round trips, dense offsets, Kafka partitioning,
+retention by capacity, replay, multi-process appends and reads, a model test."""
+import pickle
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pyqueue
+from pyqueue import Log, OffsetOutOfRange
+from pyqueue import _log
+from tests import _log_workers as w
+
+SMALL = 4096  # rounded up to the smallest ring (64 KiB)
+
+
+@pytest.fixture
+def logs():
+    made = []
+
+    def make(*args, **kwargs):
+        lg = Log(*args, **kwargs)
+        made.append(lg)
+        return lg
+
+    yield make
+    for lg in made:
+        lg.unlink()
+        lg.close()
+
+
+def test_round_trip_keys_headers_timestamps(logs):
+    lg = logs(partitions=3, capacity_bytes=64 * 1024)
+    before = time.time_ns() // 1_000_000
+    p, o = lg.append(b"v1", key=b"k", headers={"a": b"1", "b": b""})
+    p2, o2 = lg.append("v2", key="k")
+    p3, o3 = lg.append({"x": [1, 2]}, key="k")
+    after = time.time_ns() // 1_000_000
+    assert p == p2 == p3 == lg.partition_for(b"k")
+    assert (o, o2, o3) == (0, 1, 2)
+    recs = lg.read(p, 0)
+    assert [r.value for r in recs] == [b"v1", "v2", {"x": [1, 2]}]
+    assert [r.key for r in recs] == [b"k", b"k", b"k"]
+    assert recs[0].headers == {"a": b"1", "b": b""} and recs[1].headers == {}
+    assert all(before <= r.timestamp <= after for r in recs)
+    assert all(r.partition == p for r in recs)
+    lg.append(b"nokey", key=None)
+    assert any(r.key is None for q in range(3) for r in lg.read(q, 0))
+
+
+def test_offsets_dense_per_partition_and_keyless_round_robin(logs):
+    lg = logs(partitions=4, capacity_bytes=64 * 1024)
+    got = [lg.append(i) for i in range(40)]
+    assert sorted({p for p, _ in got}) == [0, 1, 2, 3]
+    for q in range(4):
+        offs = [o for p, o in got if p == q]
+        assert offs == list(range(10))
+        assert lg.end_offset(q) == 10 and lg.start_offset(q) == 0
+        assert [r.offset for r in lg.read(q, 0)] == offs
+    many = lg.append_many(range(300), key="same")
+    assert len({p for p, _ in many}) == 1
+    assert [o for _, o in many] == list(range(many[0][1], many[0][1] + 300))
+
+
+def test_kafka_partitioner_vectors(logs):
+    vectors = {b"": 681, b"a": 524, b"abc": 107, b"123456789": 566}
+    for key, part in vectors.items():
+        assert _log.kafka_partition(key, 1000) == part
+    lg = logs(partitions=7, capacity_bytes=SMALL)
+    for key in vectors:
+        assert lg.append(b"v", key=key)[0] == _log.kafka_partition(key, 7)
+    assert lg.partition_for("abc") == lg.partition_for(b"abc")
+
+
+def test_retention_out_of_range_names_start(logs):
+    lg = logs(partitions=1, capacity_bytes=SMALL)
+    n = 3 * lg.capacity_bytes // 64
+    for i in range(n):
+        lg.append(b"x" * 50 + str(i).encode())
+    start, end = lg.start_offset(0), lg.end_offset(0)
+    assert end == n and 0 < start < end
+    with pytest.raises(OffsetOutOfRange) as ei:
+        lg.read(0, 0)
+    assert ei.value.start_offset == start and str(start) in str(ei.value)
+    assert isinstance(ei.value, LookupError) and isinstance(ei.value, pyqueue.PyQueueError)
+    with pytest.raises(OffsetOutOfRange):
+        lg.read(0, end + 1)
+    recs = lg.read(0, start)
+    assert [r.offset for r in recs] == list(range(start, end))
+    assert recs[-1].value == b"x" * 50 + str(n - 1).encode()
+    assert lg.read(0, end) == []
+
+
+def test_replay_from_any_offset(logs):
+    lg = logs(partitions=2, capacity_bytes=1 << 20)
+    vals = [f"m{i}" for i in range(1000)]
+    lg.append_many(vals, key="k")
+    p = lg.partition_for("k")
+    for off in (0, 1, 63, 64, 65, 500, 999):
+        recs = lg.read(p, off, max_records=100)
+        assert [r.offset for r in recs] == list(range(off, min(off + 100, 1000)))
+        assert [r.value for r in recs] == vals[off:off + 100]
+
+
+def test_misc_errors_and_pickle(logs):
+    with pytest.raises(NotImplementedError):
+        Log(path="/tmp/x")
+    with pytest.raises(ValueError):
+        Log(partitions=0)
+    with pytest.raises(ValueError):
+        Log(partitions=257)
+    lg = logs(partitions=2, capacity_bytes=SMALL)
+    with pytest.raises(ValueError):
+        lg.read(2, 0)
+    with pytest.raises(pyqueue.MessageTooLarge):
+        lg.append(b"x" * (lg.capacity_bytes // 4))
+    lg.append(b"a", key="z")
+    lg2 = pickle.loads(pickle.dumps(lg))
+    p = lg.partition_for("z")
+    assert lg2.read(p, 0)[0].value == b"a"
+    lg2.close()
+    lg3 = Log.open(lg.name)
+    assert lg3.partitions == 2 and lg3.end_offset(p) == 1
+    lg3.close()
+
+
+def test_two_processes_append_one_partition(ctx, procs, logs):
+    lg = logs(partitions=3, capacity_bytes=1 << 20)
+    n = 500
+    for tag in ("a", "b"):
+        procs.start(ctx, w.appender, lg, tag, n, "key")
+    assert procs.join_all() == [0, 0]
+    p = lg.partition_for("key")
+    recs = lg.read(p, 0, max_records=10 * n)
+    assert [r.offset for r in recs] == list(range(2 * n))
+    for tag in ("a", "b"):
+        assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))
+
+
+def test_blocking_reader_gets_later_appends(ctx, procs, logs):
+    lg = logs(partitions=1, capacity_bytes=SMALL)
+    ready, out = ctx.Queue(), ctx.Queue()
+    procs.start(ctx, w.blocking_reader, lg, ready, out)
+    ready.get(timeout=30)
+    time.sleep(0.2)
+    lg.append("late")
+    assert out.get(timeout=30) == [(0, "late")]
+    assert procs.join_all() == [0]
+
+
+def test_read_timeout_returns_empty(logs):
+    lg = logs(partitions=1, capacity_bytes=SMALL)
+    t0 = time.monotonic()
+    assert lg.read(0, 0, timeout=0.2) == []
+    assert 0.15 < time.monotonic() - t0 < 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=300)), max_size=120))
+def test_model(ops):
+    """A list per partition: what is readable is a suffix of the model,
+    with the model's offsets; retention only drops from the front."""
+    lg = Log(partitions=3, capacity_bytes=SMALL)
+    try:
+        model = [[], [], []]
+        for p, v in ops:
+            (off,) = lg._append(p, [v], None, None, 0)
+            assert off == len(model[p])
+            model[p].append(v)
+        for p in range(3):
+            start, end = lg.start_offset(p), lg.end_offset(p)
+            assert end == len(model[p]) and 0 <= start <= end
+            recs = lg.read(p, start, max_records=10_000)
+            assert [r.offset for r in recs] == list(range(start, end))
+            assert [r.value for r in recs] == model[p][start:]
+            if start > 0:
+                with pytest.raises(OffsetOutOfRange):
+                    lg.read(p, start - 1)
+    finally:
+        lg.unlink()
+        lg.close()
