@@ -170,18 +170,7 @@ cdef int _check_rc(int rc, str what="") except -1:
     raise _from_code(rc, what, "queue")
 
 
-cdef inline int64_t _deadline(bint block, object timeout) except? -2:
-    """Absolute CLOCK_MONOTONIC deadline in ns; -1 = none, 0 = do not wait."""
-    if not block:
-        return 0
-    if timeout is None:
-        return -1
-    cdef double t = float(timeout)
-    if t != t:
-        raise ValueError("'timeout' must be a number, not NaN")
-    if t <= 0:
-        return 0
-    return pq_monotonic_ns() + <int64_t>(t * 1e9)
+from pyqueue._common cimport deadline_ns as _deadline
 
 
 def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,

@@ -119,17 +119,7 @@ cdef int _check_rc(int rc, str what="") except -1:
     raise _from_code(rc, what, "topic", _TOPIC_CODES)
 
 
-cdef inline int64_t _deadline(bint block, object timeout) except? -2:
-    if not block:
-        return 0
-    if timeout is None:
-        return -1
-    cdef double t = float(timeout)
-    if t != t:
-        raise ValueError("'timeout' must be a number, not NaN")
-    if t <= 0:
-        return 0
-    return pq_monotonic_ns() + <int64_t>(t * 1e9)
+from pyqueue._common cimport deadline_ns as _deadline
 
 
 cdef inline int64_t _slice_end(int64_t deadline):
