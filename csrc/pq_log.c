@@ -461,15 +461,8 @@ int pq_log_wait(pq_log *l, uint32_t part, uint64_t offset, int64_t deadline_ns, 
     if (part >= l->partitions)
         return -EINVAL;
     struct pq_log_rwait w = {l, part, offset};
-    if (pq_spin_until(pq_log_ready, &w, spin_ns, deadline_ns))
-        return 0;
-    pq_event *ev = &pq_log_part_at(l, part)->readable;
-    uint32_t seq = pq_event_prepare(ev);
-    int rc = 0;
-    if (!pq_log_ready(&w))
-        rc = pq_event_park(ev, seq, deadline_ns);
-    pq_event_finish(ev);
-    return rc;
+    return pq_event_wait_until(&pq_log_part_at(l, part)->readable, pq_log_ready, &w, spin_ns,
+                               deadline_ns);
 }
 
 int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)

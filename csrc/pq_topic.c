@@ -476,14 +476,7 @@ int pq_topic_wait_readable(pq_topic *t, const pq_topic_sub *s, int64_t deadline_
                            uint32_t spin_ns)
 {
     struct pq_topic_rwait w = {t, s->cursor};
-    if (pq_spin_until(pq_topic_readable_cb, &w, spin_ns, deadline_ns))
-        return 0;
-    uint32_t seq = pq_event_prepare(&t->ctl->readable);
-    int rc = 0;
-    if (!pq_topic_readable(t, s->cursor))
-        rc = pq_event_park(&t->ctl->readable, seq, deadline_ns);
-    pq_event_finish(&t->ctl->readable);
-    return rc;
+    return pq_event_wait_until(&t->ctl->readable, pq_topic_readable_cb, &w, spin_ns, deadline_ns);
 }
 
 /* Has every held slot's cursor reached needed (or been freed)? */
@@ -510,14 +503,7 @@ int pq_topic_wait_writable(pq_topic *t, uint64_t needed_head, int64_t deadline_n
                            uint32_t spin_ns)
 {
     struct pq_topic_rwait w = {t, needed_head};
-    if (pq_spin_until(pq_topic_room_cb, &w, spin_ns, deadline_ns))
-        return 0;
-    uint32_t seq = pq_event_prepare(&t->ctl->writable);
-    int rc = 0;
-    if (!pq_topic_room(t, needed_head))
-        rc = pq_event_park(&t->ctl->writable, seq, deadline_ns);
-    pq_event_finish(&t->ctl->writable);
-    return rc;
+    return pq_event_wait_until(&t->ctl->writable, pq_topic_room_cb, &w, spin_ns, deadline_ns);
 }
 
 int pq_topic_repair(pq_topic *t, const pq_topic_sub *s)

@@ -114,3 +114,16 @@ int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t 
             return 0;
     }
 }
+
+int pq_event_wait_until(pq_event *ev, int (*ready)(void *arg), void *arg, uint32_t spin_ns,
+                        int64_t deadline_ns)
+{
+    if (pq_spin_until(ready, arg, spin_ns, deadline_ns))
+        return 0;
+    uint32_t seq = pq_event_prepare(ev);
+    int rc = 0;
+    if (!ready(arg))
+        rc = pq_event_park(ev, seq, deadline_ns);
+    pq_event_finish(ev);
+    return rc;
+}

@@ -65,6 +65,16 @@ void pq_event_notify(pq_event *ev, int n);
  */
 int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t deadline_ns);
 
+/*
+ * The whole wait in one call: spin on ready(arg) for up to spin_ns, then
+ * register on ev, re-check ready, and park until notified, the deadline
+ * (monotonic, < 0: none) or a signal. 0 when worth re-checking, or
+ * -ETIMEDOUT, -EINTR. The condition must be made true before ev is
+ * notified (see pq_event_prepare).
+ */
+int pq_event_wait_until(pq_event *ev, int (*ready)(void *arg), void *arg, uint32_t spin_ns,
+                        int64_t deadline_ns);
+
 /* Waiters registered right now (for statistics). */
 static inline uint32_t pq_event_waiters(pq_event *ev)
 {
