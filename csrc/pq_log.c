@@ -32,11 +32,18 @@ static int pq_log_args_ok(uint32_t partitions, uint64_t capacity)
            capacity <= PQ_LOG_MAX_CAPACITY;
 }
 
+static uint64_t pq_log_groups_offset(uint32_t partitions, uint64_t capacity)
+{
+    return pq_align_up(PQ_LOG_PARTS_OFFSET + (uint64_t)partitions * pq_log_stride(capacity),
+                       PQ_CACHE_LINE);
+}
+
 uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity)
 {
     if (!pq_log_args_ok(partitions, capacity))
         return 0;
-    return PQ_LOG_PARTS_OFFSET + (uint64_t)partitions * pq_log_stride(capacity);
+    return pq_log_groups_offset(partitions, capacity) +
+           pq_group_table_size(PQ_LOG_MAX_GROUPS, partitions);
 }
 
 static inline pq_log_part *pq_log_part_at(const pq_log *l, uint32_t part)
@@ -53,7 +60,7 @@ static inline uint8_t *pq_log_data(const pq_log *l, uint32_t part)
 }
 
 int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
-                  const uint64_t *user_params, int n_user_params)
+                  uint64_t retention_ms)
 {
     uint64_t params[PQ_LOG_NPARAMS] = {0};
     int rc;
@@ -61,15 +68,19 @@ int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacit
 
     if (need == 0 || size < need || ((uintptr_t)base & 63) != 0)
         return -EINVAL;
-    if (n_user_params < 0 || n_user_params > PQ_LOG_NPARAMS - PQ_LOG_PARAM_USER0)
-        return -EINVAL;
     params[PQ_LOG_PARAM_PARTITIONS] = partitions;
     params[PQ_LOG_PARAM_CAPACITY] = capacity;
     params[PQ_LOG_PARAM_INDEX_ENTRIES] = pq_log_index_entries(capacity);
-    for (int i = 0; i < n_user_params; i++)
-        params[PQ_LOG_PARAM_USER0 + i] = user_params[i];
+    params[PQ_LOG_PARAM_MAX_GROUPS] = PQ_LOG_MAX_GROUPS;
+    params[PQ_LOG_PARAM_RETENTION_MS] = retention_ms;
     rc = pq_segment_init(base, size, PQ_KIND_LOG, PQ_LOG_PARTS_OFFSET,
                          need - PQ_LOG_PARTS_OFFSET, params, PQ_LOG_NPARAMS);
+    if (rc < 0)
+        return rc;
+    pq_log_shared *sh = (pq_log_shared *)((uint8_t *)base + PQ_LOG_SHARED_OFFSET);
+    memset(sh, 0, sizeof *sh);
+    rc = pq_group_table_init(&sh->groups, base, pq_log_groups_offset(partitions, capacity),
+                             PQ_LOG_MAX_GROUPS, partitions);
     if (rc < 0)
         return rc;
     uint64_t stride = pq_log_stride(capacity);
@@ -99,7 +110,8 @@ int pq_log_open(pq_log *l, void *base, size_t size)
     pq_segment_header *h = base;
     uint64_t parts = h->params[PQ_LOG_PARAM_PARTITIONS];
     uint64_t capacity = h->params[PQ_LOG_PARAM_CAPACITY];
-    if (parts < 1 || parts > PQ_LOG_MAX_PARTITIONS || !pq_log_args_ok((uint32_t)parts, capacity))
+    if (parts < 1 || parts > PQ_LOG_MAX_PARTITIONS || !pq_log_args_ok((uint32_t)parts, capacity) ||
+        h->params[PQ_LOG_PARAM_MAX_GROUPS] != PQ_LOG_MAX_GROUPS)
         return PQ_ERR_CORRUPT;
     uint64_t need = pq_log_segment_size((uint32_t)parts, capacity);
     if (h->params[PQ_LOG_PARAM_INDEX_ENTRIES] != pq_log_index_entries(capacity) ||
@@ -107,6 +119,7 @@ int pq_log_open(pq_log *l, void *base, size_t size)
         need > size)
         return PQ_ERR_TRUNCATED;
     l->hdr = h;
+    l->shared = (pq_log_shared *)((uint8_t *)base + PQ_LOG_SHARED_OFFSET);
     l->parts_base = (uint8_t *)base + PQ_LOG_PARTS_OFFSET;
     l->partitions = (uint32_t)parts;
     l->capacity = capacity;
@@ -116,13 +129,70 @@ int pq_log_open(pq_log *l, void *base, size_t size)
     l->max_payload = capacity / 4 - PQ_RECORD_HEADER;
     if (l->max_payload > UINT32_MAX)
         l->max_payload = UINT32_MAX & ~(uint64_t)(PQ_RECORD_ALIGN - 1);
-    return 0;
+    l->retention_ms = h->params[PQ_LOG_PARAM_RETENTION_MS];
+    if (l->shared->groups.offset != pq_log_groups_offset(l->partitions, capacity))
+        return PQ_ERR_CORRUPT;
+    return pq_group_table_open(&l->groups, &l->shared->groups, base, need, l->partitions,
+                               &l->shared->appended);
 }
 
 static int pq_log_lock(pq_log_part *pt)
 {
     const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs};
     return pq_claim_lock(&pt->claim_lock, &w);
+}
+
+/* The oldest timestamp retention keeps at now_ms (0: no age limit). */
+static uint64_t pq_log_min_timestamp(const pq_log *l, uint64_t now_ms)
+{
+    return l->retention_ms != 0 && now_ms > l->retention_ms ? now_ms - l->retention_ms : 0;
+}
+
+/*
+ * Under the claim lock: move the start (*hp, *sop) past whole oldest
+ * records until a claim ending at `end` fits the ring, and then on past
+ * committed records older than min_ts (and the padding and abandoned
+ * records among them, which hold nothing). Stops at a record being
+ * written. 0, or PQ_ERR_CORRUPT.
+ */
+static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *sop,
+                              uint64_t tl, uint64_t end, uint64_t min_ts)
+{
+    uint64_t h = *hp, so = *sop;
+    for (;;) {
+        int over = end - h > l->capacity;
+        if (!over && (min_ts == 0 || h == tl))
+            break;
+        if (h == tl)
+            return PQ_ERR_CORRUPT; /* over capacity with nothing left to drop */
+        pq_record_header *rec = (pq_record_header *)(data + (h & l->mask));
+        /* acquire: a COMMITTED record's timestamp (written outside the
+         * lock) is visible (pairs with the commit's release). */
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > l->capacity - (h & l->mask) ||
+            size > tl - h)
+            return PQ_ERR_CORRUPT;
+        uint8_t st = pq_ctl_state(ctl);
+        if (!over) {
+            if (st == PQ_REC_CLAIMED)
+                break;
+            if (st == PQ_REC_COMMITTED) {
+                pq_log_rec_hdr rh;
+                if (pq_ctl_len(ctl) < PQ_LOG_REC_HDR)
+                    return PQ_ERR_CORRUPT;
+                memcpy(&rh, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof rh);
+                if (rh.timestamp_ms >= min_ts)
+                    break;
+            }
+        }
+        if (st != PQ_REC_PADDING)
+            so++;
+        h += size;
+    }
+    *hp = h;
+    *sop = so;
+    return 0;
 }
 
 int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
@@ -179,23 +249,12 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
         posv[i] = p;
         p += size;
     }
-    /* Retention by capacity: drop whole oldest records until the claim fits. */
-    while (p - h > l->capacity) {
-        if (h == tl) {
-            pthread_mutex_unlock(&pt->claim_lock);
-            return PQ_ERR_CORRUPT;
-        }
-        pq_record_header *rec = (pq_record_header *)(data + (h & l->mask));
-        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
-        uint64_t size = pq_record_size(pq_ctl_len(ctl));
-        if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > l->capacity - (h & l->mask) ||
-            size > tl - h) {
-            pthread_mutex_unlock(&pt->claim_lock);
-            return PQ_ERR_CORRUPT;
-        }
-        if (pq_ctl_state(ctl) != PQ_REC_PADDING)
-            so++;
-        h += size;
+    /* Retention: drop whole oldest records until the claim fits, and those
+     * older than the retention time. */
+    rc = pq_log_drop_oldest(l, data, &h, &so, tl, p, pq_log_min_timestamp(l, timestamp_ms));
+    if (rc < 0) {
+        pthread_mutex_unlock(&pt->claim_lock);
+        return rc;
     }
     if (h == tl)
         so = no; /* everything dropped: the start is the end */
@@ -271,6 +330,7 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                               memory_order_release);
     }
     pq_event_notify(&pt->readable, INT32_MAX);
+    pq_event_notify(&l->shared->appended, INT32_MAX);
     if (first_offset)
         *first_offset = no;
     return 0;
@@ -493,7 +553,73 @@ int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)
                                                  memory_order_relaxed))
         return 0;
     pq_event_notify(&pt->readable, INT32_MAX);
+    pq_event_notify(&l->shared->appended, INT32_MAX);
     return 1;
+}
+
+int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms)
+{
+    if (part >= l->partitions)
+        return -EINVAL;
+    uint64_t min_ts = pq_log_min_timestamp(l, now_ms);
+    if (min_ts == 0)
+        return 0;
+    pq_log_part *pt = pq_log_part_at(l, part);
+    int rc = pq_log_lock(pt);
+    if (rc < 0)
+        return rc;
+    /* relaxed: these words only change under the lock. */
+    uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_relaxed);
+    uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
+    uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_relaxed);
+    uint64_t so0 = so;
+    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity)
+        rc = PQ_ERR_CORRUPT;
+    else
+        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts);
+    if (rc == 0 && so != so0) {
+        if (h == tl)
+            so = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
+        /* As in pq_log_append: start_offset, then start_pos with release. */
+        atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
+        atomic_store_explicit(&pt->start_pos, h, memory_order_release);
+    }
+    pthread_mutex_unlock(&pt->claim_lock);
+    return rc < 0 ? rc : (int)(so - so0);
+}
+
+struct pq_log_any_wait {
+    pq_log *l;
+    const uint32_t *parts;
+    const uint64_t *offsets;
+    uint32_t n;
+    const _Atomic uint64_t *gen;
+    uint64_t gen_seen;
+};
+
+static int pq_log_any_ready(void *arg)
+{
+    struct pq_log_any_wait *w = arg;
+    if (w->gen != NULL && atomic_load_explicit(w->gen, memory_order_acquire) != w->gen_seen)
+        return 1;
+    for (uint32_t i = 0; i < w->n; i++) {
+        if (w->parts[i] >= w->l->partitions)
+            continue;
+        struct pq_log_rwait one = {w->l, w->parts[i], w->offsets[i]};
+        if (pq_log_ready(&one))
+            return 1;
+    }
+    return 0;
+}
+
+int pq_log_wait_any(pq_log *l, const uint32_t *parts, const uint64_t *offsets, uint32_t n,
+                    const _Atomic uint64_t *gen, uint64_t gen_seen, int64_t deadline_ns,
+                    uint32_t spin_ns)
+{
+    if (n > 0 && (parts == NULL || offsets == NULL))
+        return -EINVAL;
+    struct pq_log_any_wait w = {l, parts, offsets, n, gen, gen_seen};
+    return pq_event_wait_until(&l->shared->appended, pq_log_any_ready, &w, spin_ns, deadline_ns);
 }
 
 int pq_log_bounds(pq_log *l, uint32_t part, uint64_t *start, uint64_t *end)

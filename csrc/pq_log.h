@@ -4,7 +4,7 @@
  *
  * Layout of a log segment (docs/design.md, "Log (memory mode)"):
  *   [0, 256)        pq_segment_header (kind PQ_KIND_LOG; params below)
- *   [256, 4096)     unused (room for a future control block)
+ *   [256, 4096)     pq_log_shared (the log-wide event, the group table header)
  *   [4096, ...)     P partitions, each `stride` bytes:
  *                     pq_log_part   (256 bytes: claim lock, tail, offsets,
  *                                    start, readable event)
@@ -13,6 +13,7 @@
  *                                    PQ_LOG_INDEX_EVERY offsets, slot
  *                                    (offset / EVERY) % M)
  *                     data          (capacity bytes: pq_record.h records)
+ *   then            the consumer groups (pq_group.h)
  *
  * Each partition is a ring of records whose payload starts with a
  * pq_log_rec_hdr (offset, timestamp, key and headers lengths), then key,
@@ -20,6 +21,8 @@
  * lock, which assigns dense offsets (next_offset), writes the record
  * headers and the offset field, and, when the ring is full, moves the start
  * (start_pos, start_offset) past whole oldest records: appends never wait.
+ * With a retention time, an append also drops the oldest committed
+ * records older than that (pq_log_expire does it without appending).
  * Readers read by offset without consuming: peek (find the record, return
  * pointers into the ring), copy out, then validate (start_pos has not
  * passed what was read: the topic's lossy validation).
@@ -31,6 +34,9 @@
 #include <pthread.h>
 
 #include "pq_common.h"
+#include "pq_group.h"
+#include "pq_log_entry.h"
+#include "pq_log_shared.h"
 #include "pq_segment.h"
 #include "pq_wait.h"
 
@@ -39,7 +45,6 @@
 #define PQ_LOG_MIN_CAPACITY 4096u
 #define PQ_LOG_MAX_CAPACITY (1ull << 36)
 #define PQ_LOG_INDEX_EVERY 64u
-#define PQ_LOG_NO_KEY UINT32_MAX /* key_len of a record without a key */
 
 /* Reading an offset below the partition's start (dropped by retention) or
  * beyond its end. */
@@ -49,8 +54,9 @@ enum pq_log_param {
     PQ_LOG_PARAM_PARTITIONS = 0,
     PQ_LOG_PARAM_CAPACITY = 1,
     PQ_LOG_PARAM_INDEX_ENTRIES = 2,
-    PQ_LOG_PARAM_USER0 = 3, /* free for the binding (flags, ...) */
-    PQ_LOG_NPARAMS = 6,
+    PQ_LOG_PARAM_MAX_GROUPS = 3,
+    PQ_LOG_PARAM_RETENTION_MS = 4, /* 0: no retention by age */
+    PQ_LOG_NPARAMS = 5,
 };
 
 /* The start of every record's payload. */
@@ -83,6 +89,7 @@ _Static_assert(sizeof(pq_log_part) == 256, "pq_log_part is 256 bytes");
 /* A process-local view of a mapped log segment. */
 typedef struct pq_log {
     pq_segment_header *hdr;
+    pq_log_shared *shared;
     uint8_t *parts_base;
     uint32_t partitions;
     uint64_t capacity;    /* data bytes per partition */
@@ -90,32 +97,9 @@ typedef struct pq_log {
     uint64_t index_entries;
     uint64_t stride;
     uint64_t max_payload; /* a quarter of the ring less a header */
+    uint64_t retention_ms;
+    pq_group_table groups;
 } pq_log;
-
-/* One record to append. key NULL: no key. */
-typedef struct pq_log_entry {
-    const void *key;
-    uint32_t key_len;
-    const void *headers;
-    uint32_t headers_len;
-    const void *value;
-    uint32_t value_len;
-    uint8_t type; /* the value's codec, kept in the record header's type */
-} pq_log_entry;
-
-/* A record found by pq_log_peek: pointers into the ring, valid only until
- * pq_log_validate says the copy is good. */
-typedef struct pq_log_record {
-    uint64_t offset;
-    uint64_t timestamp_ms;
-    const uint8_t *key; /* NULL: no key */
-    uint32_t key_len;
-    const uint8_t *headers;
-    uint32_t headers_len;
-    const uint8_t *value;
-    uint32_t value_len;
-    uint8_t type;
-} pq_log_record;
 
 typedef struct pq_log_batch {
     uint64_t first_pos;   /* position of the first record looked at */
@@ -129,8 +113,9 @@ uint64_t pq_log_index_entries(uint64_t capacity);
  * the arguments are invalid. */
 uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity);
 
+/* retention_ms: records older than that are dropped (0: only by capacity). */
 int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
-                  const uint64_t *user_params, int n_user_params);
+                  uint64_t retention_ms);
 int pq_log_open(pq_log *l, void *base, size_t size);
 
 /* Bytes a record of these lengths takes in the payload (without the
@@ -171,6 +156,19 @@ int pq_log_wait(pq_log *l, uint32_t part, uint64_t offset, int64_t deadline_ns, 
 /* If the record at offset is CLAIMED by a dead appender, mark it
  * ABANDONED (readers skip it): 1 repaired, 0 nothing to do, -errno. */
 int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset);
+
+/*
+ * Wait until any of n partitions has a record readable at its offset (as
+ * pq_log_wait), or the word *gen is no longer gen_seen (a rebalance; gen
+ * may be NULL). On the log-wide event. 0, -ETIMEDOUT, -EINTR.
+ */
+int pq_log_wait_any(pq_log *l, const uint32_t *parts, const uint64_t *offsets, uint32_t n,
+                    const _Atomic uint64_t *gen, uint64_t gen_seen, int64_t deadline_ns,
+                    uint32_t spin_ns);
+
+/* Drop the partition's oldest records older than now_ms - retention_ms
+ * (retention without an append): the count dropped. */
+int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms);
 
 /* Start and end offsets of a partition (a consistent pair, read under the
  * claim lock). */

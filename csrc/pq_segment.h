@@ -21,6 +21,7 @@ enum pq_kind {
     PQ_KIND_QUEUE = 1,
     PQ_KIND_TOPIC = 2,
     PQ_KIND_LOG = 3,
+    PQ_KIND_LOG_DIR = 4, /* the control file of a directory-mode log */
 };
 
 enum pq_segment_state {

@@ -56,7 +56,7 @@ cdef extern from "pq_log.h" nogil:
     int PQ_ERR_OFFSET_RANGE
     uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity)
     int pq_log_create(void* base, size_t size, uint32_t partitions, uint64_t capacity,
-                      const uint64_t* user_params, int n_user_params)
+                      uint64_t retention_ms)
     int pq_log_open(pq_log* l, void* base, size_t size)
     int pq_log_append(pq_log* l, uint32_t part, const pq_log_entry* e, uint32_t n,
                       uint64_t timestamp_ms, uint64_t* first_offset)
@@ -160,7 +160,7 @@ def create_segment(mm, uint32_t partitions, uint64_t capacity):
     cdef Py_buffer view
     PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
     try:
-        _check_rc(pq_log_create(view.buf, view.len, partitions, capacity, NULL, 0), "create")
+        _check_rc(pq_log_create(view.buf, view.len, partitions, capacity, 0), "create")
     finally:
         PyBuffer_Release(&view)
 

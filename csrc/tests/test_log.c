@@ -3,14 +3,19 @@
 
 #include "../pq_log.h"
 
-static void *make_log(uint32_t parts, uint64_t cap, pq_log *l)
+static void *make_log_retained(uint32_t parts, uint64_t cap, uint64_t retention_ms, pq_log *l)
 {
     size_t size = pq_log_segment_size(parts, cap);
     void *base = size ? pq_test_shared(size) : NULL;
-    if (base == NULL || pq_log_create(base, size, parts, cap, NULL, 0) != 0 ||
+    if (base == NULL || pq_log_create(base, size, parts, cap, retention_ms) != 0 ||
         pq_log_open(l, base, size) != 0)
         return NULL;
     return base;
+}
+
+static void *make_log(uint32_t parts, uint64_t cap, pq_log *l)
+{
+    return make_log_retained(parts, cap, 0, l);
 }
 
 static int append_u64(pq_log *l, uint32_t part, uint64_t v, uint32_t pad, uint64_t *off)
@@ -226,6 +231,86 @@ static int test_lapped_reader(void)
     return 0;
 }
 
+static int append_at(pq_log *l, uint32_t part, uint64_t ts, uint64_t *off)
+{
+    pq_log_entry e = {.value = "v", .value_len = 1, .type = 1};
+    return pq_log_append(l, part, &e, 1, ts, off);
+}
+
+/* Retention by age: an append drops the committed records older than its
+ * timestamp less the retention time; pq_log_expire does it alone. */
+static int test_retention_by_age(void)
+{
+    pq_log l;
+    void *base = make_log_retained(2, 1u << 16, 1000, &l);
+    CHECK(base != NULL);
+    CHECK_EQ(l.retention_ms, 1000);
+    uint64_t off, s, e;
+    CHECK_EQ(append_at(&l, 0, 1000, &off), 0);
+    CHECK_EQ(append_at(&l, 0, 1500, &off), 0);
+    CHECK_EQ(append_at(&l, 0, 2000, &off), 0);
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK_EQ(s, 0); /* 1000 is not older than 2000 - 1000 */
+    CHECK_EQ(append_at(&l, 0, 2600, &off), 0);
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK_EQ(s, 2);
+    CHECK_EQ(e, 4);
+    CHECK_EQ(pq_log_expire(&l, 0, 3100), 1);
+    CHECK_EQ(pq_log_expire(&l, 0, 3100), 0);
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK_EQ(s, 3);
+    CHECK_EQ(pq_log_expire(&l, 0, 100000), 1);
+    CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+    CHECK_EQ(s, 4);
+    CHECK_EQ(e, 4);
+    /* Empty now: the next append goes on from offset 4. */
+    CHECK_EQ(append_at(&l, 0, 100000, &off), 0);
+    CHECK_EQ(off, 4);
+    pq_log_record r[4];
+    pq_log_batch b;
+    CHECK_EQ(pq_log_peek(&l, 0, 4, r, 4, &b), 1);
+    CHECK_EQ(pq_log_expire(&l, 1, 100000), 0);
+    munmap(base, pq_log_segment_size(2, 1u << 16));
+    return 0;
+}
+
+/* One wait on several partitions, woken by an append to any of them or by
+ * a change of the watched word (a group's rebalance). */
+static int test_wait_any(void)
+{
+    pq_log l;
+    void *base = make_log(3, 4096, &l);
+    CHECK(base != NULL);
+    _Atomic uint64_t *gen = pq_test_shared(64);
+    CHECK(gen != NULL);
+    uint32_t parts[2] = {0, 2};
+    uint64_t offs[2] = {0, 0};
+    CHECK_EQ(pq_log_wait_any(&l, parts, offs, 2, gen, 0, pq_test_now_ns() + 20000000, 1000),
+             -ETIMEDOUT);
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint64_t off;
+        pq_test_sleep_ms(30);
+        CHILD_CHECK(append_u64(&l, 2, 9, 0, &off) == 0);
+        pq_test_sleep_ms(30);
+        atomic_store(gen, 1);
+        pq_event_notify(&l.shared->appended, INT32_MAX);
+        _exit(0);
+    }
+    CHECK_EQ(pq_log_wait_any(&l, parts, offs, 2, gen, 0, pq_test_now_ns() + 10000000000LL, 0),
+             0);
+    uint64_t s, e;
+    CHECK_EQ(pq_log_bounds(&l, 2, &s, &e), 0);
+    CHECK_EQ(e, 1);
+    offs[1] = 1;
+    CHECK_EQ(pq_log_wait_any(&l, parts, offs, 2, gen, 0, pq_test_now_ns() + 10000000000LL, 0),
+             0);
+    CHECK_EQ(atomic_load(gen), 1);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    munmap(base, pq_log_segment_size(3, 4096));
+    return 0;
+}
+
 int main(void)
 {
     printf("test_log (seed %#llx)\n", (unsigned long long)pq_test_seed());
@@ -233,5 +318,7 @@ int main(void)
     RUN(test_retention);
     RUN(test_two_appenders_and_reader);
     RUN(test_lapped_reader);
+    RUN(test_retention_by_age);
+    RUN(test_wait_any);
     return 0;
 }
