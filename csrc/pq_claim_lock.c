@@ -20,6 +20,13 @@ int pq_claim_lock_init(pthread_mutex_t *m)
 
 int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w)
 {
+    return pq_claim_lock_ex(m, w, NULL);
+}
+
+int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_died)
+{
+    if (owner_died)
+        *owner_died = 0;
     /*
      * No trylock spin before blocking: measured on 16 cores, spinning on
      * trylock (a locked instruction per try) made 4x4 and 8x8 producers
@@ -43,6 +50,8 @@ int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w)
                                       memory_order_relaxed);
             atomic_store_explicit(w->claim_tail, 0, memory_order_relaxed);
         }
+        if (owner_died)
+            *owner_died = 1;
         pthread_mutex_consistent(m);
         return 0;
     }

@@ -35,4 +35,8 @@ int pq_claim_lock_init(pthread_mutex_t *m);
  */
 int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w);
 
+/* The same, and *owner_died = 1 when the previous holder had died (so the
+ * caller can repair its own words too), else 0. */
+int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_died);
+
 #endif /* PQ_CLAIM_LOCK_H */

@@ -123,6 +123,9 @@ static void pq_dlog_finish_roll(pq_dlog_part *pt)
     uint64_t seq = atomic_load_explicit(&pt->seq, memory_order_relaxed);
     if ((seq & 1) == 0)
         return;
+    /* The seqlock's opening fence: in pq_dlog_roll it follows the odd
+     * store, but a roller that died may not have reached it. */
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&pt->closed_bytes,
                           atomic_load_explicit(&pt->roll_closed_bytes, memory_order_relaxed),
                           memory_order_relaxed);
@@ -148,20 +151,68 @@ int pq_dlog_lock(pq_dlog *d, uint32_t part)
     pq_dlog_part *pt = &d->parts[part];
     int rc = pthread_mutex_lock(&pt->lock);
     if (rc == EOWNERDEAD) {
-        pq_dlog_finish_roll(pt);
-        /* It may have written records past the end that it never
-         * published: the next append zeroes them before writing, so that
-         * no leftover of them follows shorter records in the file. */
+        /* It may have died inside an append: the next append repairs it. */
         if (atomic_load_explicit(&pt->claim_end, memory_order_relaxed) != 0)
             atomic_store_explicit(&pt->torn, 1, memory_order_relaxed);
         rc = pthread_mutex_consistent(&pt->lock);
+        if (rc != 0) {
+            pthread_mutex_unlock(&pt->lock);
+            return -rc;
+        }
     }
-    return -rc;
+    if (rc != 0)
+        return -rc;
+    /* Only a roller that died leaves seq odd to whoever holds the lock
+     * next (a roll runs whole under the lock): finish its roll. */
+    pq_dlog_finish_roll(pt);
+    return 0;
 }
 
 void pq_dlog_unlock(pq_dlog *d, uint32_t part)
 {
     pthread_mutex_unlock(&d->parts[part].lock);
+}
+
+static void pq_dlog_publish(pq_dlog_part *pt, const pq_dseg_cursor *c)
+{
+    atomic_store_explicit(&pt->last_index_pos, c->last_index_pos, memory_order_relaxed);
+    atomic_store_explicit(&pt->records, c->records, memory_order_relaxed);
+    atomic_store_explicit(&pt->max_timestamp_ms, c->max_timestamp_ms, memory_order_relaxed);
+    atomic_store_explicit(&pt->index_count, c->index_count, memory_order_relaxed);
+    /* release: the records (and index entries) written before are
+     * complete for a reader that loads end_pos with acquire. end_pos
+     * before end_offset: a reader that sees an end offset also sees an
+     * end position covering it. */
+    atomic_store_explicit(&pt->end_pos, c->pos, memory_order_release);
+    atomic_store_explicit(&pt->end_offset, c->next_offset, memory_order_release);
+}
+
+/* Redo the publication of an append whose holder died (pq_dlog_append):
+ * from the cursor it saved, walk the complete records it wrote (the index
+ * entries too), publish them, and zero the rest of what it may have
+ * written. Every step can be redone if this holder dies as well. */
+static void pq_dlog_repair_append(pq_dlog_part *pt, pq_dseg *s)
+{
+    pq_dseg_cursor c = {
+        .pos = atomic_load_explicit(&pt->claim_pos, memory_order_relaxed),
+        .next_offset = atomic_load_explicit(&pt->claim_offset, memory_order_relaxed),
+        .index_count = atomic_load_explicit(&pt->claim_index_count, memory_order_relaxed),
+        .last_index_pos = atomic_load_explicit(&pt->claim_last_index_pos, memory_order_relaxed),
+        .records = atomic_load_explicit(&pt->claim_records, memory_order_relaxed),
+        .max_timestamp_ms = atomic_load_explicit(&pt->claim_max_timestamp_ms,
+                                                 memory_order_relaxed),
+    };
+    uint64_t end = atomic_load_explicit(&pt->claim_end, memory_order_relaxed);
+    if (end > s->data_size)
+        end = s->data_size;
+    if (c.pos <= end && (c.pos & (PQ_DSEG_ALIGN - 1)) == 0) {
+        int torn;
+        pq_dseg_scan(s, end, &c, 1, &torn);
+        pq_dlog_publish(pt, &c);
+        memset(s->data + c.pos, 0, end - c.pos);
+    }
+    atomic_store_explicit(&pt->claim_end, 0, memory_order_relaxed);
+    atomic_store_explicit(&pt->torn, 0, memory_order_relaxed);
 }
 
 static void pq_dlog_cursor(pq_dlog_part *pt, pq_dseg_cursor *c)
@@ -184,20 +235,26 @@ int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e,
     pq_dlog_part *pt = &d->parts[part];
     if (atomic_load_explicit(&pt->active_base, memory_order_relaxed) != s->base_offset)
         return -ESTALE;
+    if (atomic_load_explicit(&pt->torn, memory_order_relaxed))
+        pq_dlog_repair_append(pt, s);
+    /* A roller that died between its seal and its switch sealed the active
+     * segment: it is not closed after all. */
+    if (s->ix != NULL && s->ix->sealed != 0)
+        s->ix->sealed = 0;
     pq_dseg_cursor c;
     pq_dlog_cursor(pt, &c);
     if (c.pos > s->data_size)
         return PQ_ERR_CORRUPT;
-    if (atomic_load_explicit(&pt->torn, memory_order_relaxed)) {
-        uint64_t end = atomic_load_explicit(&pt->claim_end, memory_order_relaxed);
-        if (end > s->data_size)
-            end = s->data_size;
-        if (end > c.pos)
-            memset(s->data + c.pos, 0, end - c.pos);
-        atomic_store_explicit(&pt->torn, 0, memory_order_relaxed);
-    }
-    /* Announce how far this append may write (for the zeroing above, if
-     * we die): the records that fit. */
+    /* Save the cursor, then announce how far this append may write: if we
+     * die, the next holder redoes the publication (pq_dlog_repair_append).
+     * claim_end last: until it is set, nothing is to be repaired. */
+    atomic_store_explicit(&pt->claim_pos, c.pos, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_offset, c.next_offset, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_index_count, c.index_count, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_last_index_pos, c.last_index_pos, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_records, c.records, memory_order_relaxed);
+    atomic_store_explicit(&pt->claim_max_timestamp_ms, c.max_timestamp_ms,
+                          memory_order_relaxed);
     uint64_t end = c.pos;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
@@ -209,18 +266,8 @@ int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e,
     atomic_store_explicit(&pt->claim_end, end, memory_order_relaxed);
     *first_offset = c.next_offset;
     int k = pq_dseg_write(s, &c, e, n, ts);
-    if (k > 0) {
-        atomic_store_explicit(&pt->last_index_pos, c.last_index_pos, memory_order_relaxed);
-        atomic_store_explicit(&pt->records, c.records, memory_order_relaxed);
-        atomic_store_explicit(&pt->max_timestamp_ms, c.max_timestamp_ms, memory_order_relaxed);
-        atomic_store_explicit(&pt->index_count, c.index_count, memory_order_relaxed);
-        /* release: the records (and index entries) written above are
-         * complete for a reader that loads end_pos with acquire. end_pos
-         * before end_offset: a reader that sees an end offset also sees
-         * an end position covering it. */
-        atomic_store_explicit(&pt->end_pos, c.pos, memory_order_release);
-        atomic_store_explicit(&pt->end_offset, c.next_offset, memory_order_release);
-    }
+    if (k > 0)
+        pq_dlog_publish(pt, &c);
     atomic_store_explicit(&pt->claim_end, 0, memory_order_relaxed);
     return k;
 }
@@ -232,8 +279,12 @@ int pq_dlog_roll(pq_dlog *d, uint32_t part, pq_dseg *s, uint64_t *new_base)
     pq_dlog_part *pt = &d->parts[part];
     if (atomic_load_explicit(&pt->active_base, memory_order_relaxed) != s->base_offset)
         return -ESTALE;
+    if (atomic_load_explicit(&pt->torn, memory_order_relaxed))
+        pq_dlog_repair_append(pt, s); /* before its cursor is sealed */
     pq_dseg_cursor c;
     pq_dlog_cursor(pt, &c);
+    if (c.pos == 0)
+        return -EINVAL; /* an empty segment has nothing to close */
     if (s->ix != NULL)
         pq_dseg_index_seal(s, &c);
     atomic_store_explicit(&pt->roll_closed_bytes,

@@ -50,7 +50,7 @@ typedef struct pq_dlog_part {
     /* The appenders' line: only written under the lock. */
     PQ_ALIGNED_LINE pthread_mutex_t lock;
     _Atomic uint64_t claim_end;   /* end of the records being written; 0: none */
-    _Atomic uint32_t torn;        /* a holder died writing: zero [end_pos, claim_end) first */
+    _Atomic uint32_t torn;        /* a holder died writing: repair before the next write */
     uint32_t reserved0;
     /* The writer's cursor in the active segment (pq_dseg_cursor fields
      * that readers do not need). */
@@ -60,9 +60,17 @@ typedef struct pq_dlog_part {
     _Atomic uint64_t closed_bytes; /* bytes of the closed segments */
     _Atomic int64_t last_sync_ns;
     /* A roll in progress saves what it will store, so that the next holder
-     * can finish it if the roller died (roll_seq odd). */
+     * can finish it if the roller died (seq odd). */
     _Atomic uint64_t roll_closed_bytes;
     _Atomic uint64_t roll_seg_gen;
+    /* An append saves the cursor it starts from, so that the next holder
+     * can redo its publication if it died (see pq_dlog_append). */
+    _Atomic uint64_t claim_pos;
+    _Atomic uint64_t claim_offset;
+    _Atomic uint64_t claim_index_count;
+    _Atomic uint64_t claim_last_index_pos;
+    _Atomic uint64_t claim_records;
+    _Atomic uint64_t claim_max_timestamp_ms;
     /* The readers' line, under a seqlock: odd while a roll runs. */
     PQ_ALIGNED_LINE _Atomic uint64_t seq;
     _Atomic uint64_t active_base;  /* base offset of the active segment */
@@ -113,8 +121,8 @@ int pq_dlog_restore(pq_dlog *d, uint32_t part, uint64_t start_offset, uint64_t a
 
 /*
  * Take a partition's lock. If the holder died: finish its roll if it was
- * in one, and note what it may have left past the end (zeroed by the next
- * pq_dlog_append). 0, or -errno.
+ * in one, and note that it may have died inside an append (repaired by the
+ * next pq_dlog_append, which has the segment mapped). 0, or -errno.
  */
 int pq_dlog_lock(pq_dlog *d, uint32_t part);
 void pq_dlog_unlock(pq_dlog *d, uint32_t part);
@@ -124,6 +132,12 @@ void pq_dlog_unlock(pq_dlog *d, uint32_t part);
  * by the caller; its base must be the active one, else -ESTALE) and
  * publish them. The count appended (0: the segment is full, roll and call
  * again), *first_offset the first one's offset; -EMSGSIZE, -EINVAL.
+ *
+ * If the previous holder died inside an append, it first redoes that
+ * append's publication from the cursor it saved: the complete records it
+ * wrote are published (a reader may have seen some already), and what it
+ * left of an incomplete one is zeroed, so that no leftover can follow
+ * shorter records in the file.
  */
 int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e, uint32_t n,
                    uint64_t ts, uint64_t *first_offset);
@@ -131,7 +145,9 @@ int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e,
 /*
  * Under the lock: seal the active segment s's index, and make the segment
  * whose files the caller has made (base = the end offset) the active one.
- * The new base in *new_base.
+ * The new base in *new_base. -EINVAL when the active segment is empty.
+ * (A roller that dies after the seal but before the switch leaves the
+ * active segment sealed: the next append unseals it.)
  */
 int pq_dlog_roll(pq_dlog *d, uint32_t part, pq_dseg *s, uint64_t *new_base);
 

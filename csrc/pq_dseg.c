@@ -172,7 +172,8 @@ static int pq_dseg_record_at(const uint8_t *data, uint64_t pos, uint64_t limit, 
     memcpy(&h->size, data + pos, sizeof h->size);
     if (h->size == 0)
         return 0;
-    if (h->size < PQ_DSEG_REC_HDR || h->size > limit - pos)
+    /* The padded size: the next record starts there, within the limit. */
+    if (h->size < PQ_DSEG_REC_HDR || pq_align_up(h->size, PQ_DSEG_ALIGN) > limit - pos)
         return -1;
     memcpy(h, data + pos, sizeof *h);
     uint64_t kl = h->key_len == PQ_LOG_NO_KEY ? 0 : h->key_len;
@@ -208,14 +209,16 @@ int pq_dseg_scan(pq_dseg *s, uint64_t limit, pq_dseg_cursor *c, int rebuild_inde
 }
 
 /* Where to start looking for offset: the position of the last index entry
- * at or below it whose record really has that offset, else 0. */
+ * at or below it whose record really has that offset (*at_offset), else
+ * the start of the segment (base_offset). */
 static uint64_t pq_dseg_index_lookup(const pq_dseg *s, uint64_t end, uint64_t count,
-                                     uint64_t offset)
+                                     uint64_t offset, uint64_t *at_offset)
 {
-    if (s->ix == NULL || count == 0 || offset < s->base_offset)
-        return 0;
+    *at_offset = s->base_offset;
     if (count > s->ix_cap)
         count = s->ix_cap;
+    if (s->ix == NULL || count == 0 || offset < s->base_offset)
+        return 0;
     const pq_dseg_index_entry *ents = pq_dseg_entries(s);
     uint64_t rel = offset - s->base_offset, lo = 0, hi = count;
     /* The last entry with rel_offset <= rel that points below end (a
@@ -237,6 +240,7 @@ static uint64_t pq_dseg_index_lookup(const pq_dseg *s, uint64_t end, uint64_t co
     if (ent.rel_offset > rel || pq_dseg_record_at(s->data, ent.pos, end, 0, &h) != 1 ||
         h.offset != s->base_offset + ent.rel_offset)
         return 0;
+    *at_offset = h.offset;
     return ent.pos;
 }
 
@@ -247,9 +251,8 @@ int pq_dseg_peek(const pq_dseg *s, uint64_t end, uint64_t index_count, uint64_t 
         (max > 0 && out == NULL) || end > s->data_size)
         return -EINVAL;
     *next_offset = offset;
-    uint64_t pos = pq_dseg_index_lookup(s, end, index_count, offset);
-    uint64_t prev = 0;
-    int have_prev = 0;
+    uint64_t expect;
+    uint64_t pos = pq_dseg_index_lookup(s, end, index_count, offset, &expect);
     uint32_t n = 0;
     while (n < max) {
         pq_dseg_rec h;
@@ -258,8 +261,8 @@ int pq_dseg_peek(const pq_dseg *s, uint64_t end, uint64_t index_count, uint64_t 
         int rc = pq_dseg_record_at(s->data, pos, end, 0, &h);
         if (rc == 0)
             break;
-        if (rc > 0 && have_prev && h.offset <= prev)
-            rc = -1; /* offsets only grow within a segment */
+        if (rc > 0 && h.offset != expect)
+            rc = -1; /* offsets are dense within a segment, from its base */
         if (rc > 0 && h.offset >= offset &&
             pq_dseg_crc(s->data + pos, h.size) != h.crc)
             rc = -1;
@@ -284,8 +287,7 @@ int pq_dseg_peek(const pq_dseg *s, uint64_t end, uint64_t index_count, uint64_t 
             r->type = h.type;
             *next_offset = h.offset + 1;
         }
-        prev = h.offset;
-        have_prev = 1;
+        expect++;
         pos += pq_align_up(h.size, PQ_DSEG_ALIGN);
     }
     return (int)n;

@@ -104,7 +104,9 @@ int pq_dseg_index_init(void *ix, size_t size, uint64_t base_offset);
 int pq_dseg_index_seal(pq_dseg *s, const pq_dseg_cursor *c);
 
 /*
- * Read a sealed index header: 0 and *out; -ENODATA when it is not sealed
+ * Read a sealed index header from ix (at least the header's 64 bytes of
+ * an index file of `size` bytes: only the header is read, size bounds the
+ * entry count): 0 and *out; -ENODATA when it is not sealed
  * (the segment was the active one when its writers stopped); PQ_ERR_CORRUPT
  * when magic, base offset or CRC is wrong.
  */

@@ -48,6 +48,14 @@ int pq_group_table_init(pq_group_table_hdr *hdr, void *seg_base, uint64_t offset
     hdr->partitions = partitions;
     hdr->offset = offset;
     hdr->stride = pq_group_stride(partitions);
+    /* Every group's lock, once: a process may be waiting on the lock of a
+     * group that another one deletes and a third makes anew in its slot. */
+    for (uint32_t g = 0; g < max_groups; g++) {
+        pq_group *grp = (pq_group *)((uint8_t *)seg_base + offset + g * hdr->stride);
+        rc = pq_claim_lock_init(&grp->lock);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -102,7 +110,9 @@ static void pq_group_reset(pq_group_table *t, pq_group *grp)
     }
 }
 
-int pq_group_find(pq_group_table *t, const char *name, int create)
+static int pq_group_lock(pq_group_table *t, pq_group *grp);
+
+int pq_group_find(pq_group_table *t, const char *name, int create, uint64_t *incarnation)
 {
     if (!pq_group_name_ok(name))
         return -EINVAL;
@@ -116,6 +126,8 @@ int pq_group_find(pq_group_table *t, const char *name, int create)
             if (free_slot < 0)
                 free_slot = (int)g;
         } else if (strncmp(grp->name, name, PQ_GROUP_NAME_MAX) == 0) {
+            if (incarnation)
+                *incarnation = atomic_load_explicit(&grp->incarnation, memory_order_relaxed);
             pthread_mutex_unlock(&t->hdr->lock);
             return (int)g;
         }
@@ -125,14 +137,22 @@ int pq_group_find(pq_group_table *t, const char *name, int create)
         return create ? -ENOSPC : -ENOENT;
     }
     pq_group *grp = pq_group_at(t, (uint32_t)free_slot);
-    /* A free slot's lock is unlocked and unused: nobody is a member of a
-     * group without a name (pq_group_delete refuses while there are). */
-    rc = pq_claim_lock_init(&grp->lock);
+    /* The group lock too: a join of the slot's previous group (it checks
+     * the incarnation under it) never sees a half-made one. */
+    rc = pq_group_lock(t, grp);
     if (rc == 0) {
         pq_group_reset(t, grp);
-        /* The name last: until it is there the slot is free. */
-        memset(grp->name, 0, sizeof grp->name);
-        strcpy(grp->name, name);
+        uint64_t inc = atomic_load_explicit(&grp->incarnation, memory_order_relaxed) + 1;
+        atomic_store_explicit(&grp->incarnation, inc, memory_order_relaxed);
+        /* The name, its first byte last: until it is there the slot is
+         * free (a holder that dies in between leaves it free). */
+        size_t n = strlen(name);
+        memset(grp->name + 1, 0, sizeof grp->name - 1);
+        memcpy(grp->name + 1, name + 1, n - 1);
+        grp->name[0] = name[0];
+        if (incarnation)
+            *incarnation = inc;
+        pthread_mutex_unlock(&grp->lock);
     }
     pthread_mutex_unlock(&t->hdr->lock);
     return rc < 0 ? rc : free_slot;
@@ -155,15 +175,25 @@ int pq_group_name(pq_group_table *t, uint32_t g, char *out)
 /* ---- membership and assignment (under the group lock) ------------------ */
 
 static void pq_group_rebalance(pq_group_table *t, pq_group *grp);
+static int pq_group_remove_gone(pq_group *grp);
 
 /* The group lock. A holder that died may have left an assignment half
- * rewritten: rebalance from scratch (every step of it is idempotent). */
+ * rewritten, and was likely a member itself: remove the members that are
+ * gone and rebalance from scratch (every step of it is idempotent), and
+ * wake the pollers. */
 static int pq_group_lock(pq_group_table *t, pq_group *grp)
 {
     int rc = pthread_mutex_lock(&grp->lock);
     if (rc == EOWNERDEAD) {
+        pq_group_remove_gone(grp);
         pq_group_rebalance(t, grp);
         rc = pthread_mutex_consistent(&grp->lock);
+        if (rc != 0) {
+            pthread_mutex_unlock(&grp->lock);
+            return -rc;
+        }
+        if (t->wake != NULL)
+            pq_event_notify(t->wake, INT32_MAX);
     }
     return -rc;
 }
@@ -301,7 +331,8 @@ static void pq_group_rebalance(pq_group_table *t, pq_group *grp)
     atomic_store_explicit(&grp->generation, gen, memory_order_release);
 }
 
-int pq_group_join(pq_group_table *t, uint32_t g, int64_t timeout_ns, uint64_t *member_id)
+int pq_group_join(pq_group_table *t, uint32_t g, uint64_t incarnation, int64_t timeout_ns,
+                  uint64_t *member_id)
 {
     pq_proc_id self;
     if (g >= t->max_groups || member_id == NULL || timeout_ns < 0)
@@ -313,6 +344,11 @@ int pq_group_join(pq_group_table *t, uint32_t g, int64_t timeout_ns, uint64_t *m
     rc = pq_group_lock(t, grp);
     if (rc < 0)
         return rc;
+    if (atomic_load_explicit(&grp->incarnation, memory_order_relaxed) != incarnation ||
+        grp->name[0] == 0) {
+        pthread_mutex_unlock(&grp->lock);
+        return -ENOENT; /* deleted (and maybe made anew) since it was found */
+    }
     pq_group_remove_gone(grp);
     uint32_t slot = 0;
     while (slot < PQ_GROUP_MEMBERS &&
@@ -502,7 +538,10 @@ int pq_group_delete(pq_group_table *t, uint32_t g)
             if (atomic_load_explicit(&grp->members[i].owner, memory_order_relaxed) != 0)
                 rc = -EBUSY;
         if (rc == 0) {
-            grp->name[0] = 0; /* free first; the reset is redone at the next create */
+            /* A new incarnation: a join of the old group is refused. Free
+             * first; the reset is redone at the next create. */
+            atomic_fetch_add_explicit(&grp->incarnation, 1, memory_order_relaxed);
+            grp->name[0] = 0;
             pq_group_reset(t, grp);
         }
         pthread_mutex_unlock(&grp->lock);

@@ -53,8 +53,9 @@ typedef struct pq_group_part {
 } pq_group_part;
 
 typedef struct pq_group {
-    char name[PQ_GROUP_NAME_MAX];  /* "": a free slot (written under the table lock) */
-    PQ_ALIGNED_LINE pthread_mutex_t lock;
+    char name[PQ_GROUP_NAME_MAX];  /* "": a free slot (under the table and group locks) */
+    PQ_ALIGNED_LINE pthread_mutex_t lock; /* initialized once, with the table */
+    _Atomic uint64_t incarnation;  /* bumped when the slot's group is made or deleted */
     _Atomic uint64_t generation;
     _Atomic uint64_t next_member_id;
     pq_group_member members[PQ_GROUP_MEMBERS];
@@ -105,10 +106,11 @@ int pq_group_table_open(pq_group_table *t, pq_group_table_hdr *hdr, void *seg_ba
 
 /*
  * The index of the group called name (NUL-terminated, 1..63 bytes):
- * >= 0; -ENOENT when there is none and !create; -ENOSPC when the table is
- * full; -EINVAL for a bad name.
+ * >= 0, and its incarnation (for pq_group_join); -ENOENT when there is
+ * none and !create; -ENOSPC when the table is full; -EINVAL for a bad
+ * name.
  */
-int pq_group_find(pq_group_table *t, const char *name, int create);
+int pq_group_find(pq_group_table *t, const char *name, int create, uint64_t *incarnation);
 
 /* The name of group g into out[PQ_GROUP_NAME_MAX]; -ENOENT for a free slot. */
 int pq_group_name(pq_group_table *t, uint32_t g, char *out);
@@ -117,11 +119,14 @@ int pq_group_name(pq_group_table *t, uint32_t g, char *out);
 int pq_group_delete(pq_group_table *t, uint32_t g);
 
 /*
- * Join group g as a member of this process (timeout_ns: removed when it
- * does not poll for that long; 0: never). Rebalances. *member_id is never
- * 0. -EUSERS when every member slot is held by a live member.
+ * Join group g, of the incarnation pq_group_find gave, as a member of this
+ * process (timeout_ns: removed when it does not poll for that long; 0:
+ * never). Rebalances. *member_id is never 0. -ENOENT when the group was
+ * deleted since (find it again); -EUSERS when every member slot is held
+ * by a live member.
  */
-int pq_group_join(pq_group_table *t, uint32_t g, int64_t timeout_ns, uint64_t *member_id);
+int pq_group_join(pq_group_table *t, uint32_t g, uint64_t incarnation, int64_t timeout_ns,
+                  uint64_t *member_id);
 
 /* Leave (rebalances); 0 also when the member was already removed. */
 int pq_group_leave(pq_group_table *t, uint32_t g, uint64_t member_id);

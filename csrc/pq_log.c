@@ -136,10 +136,47 @@ int pq_log_open(pq_log *l, void *base, size_t size)
                                &l->shared->appended);
 }
 
-static int pq_log_lock(pq_log_part *pt)
+/*
+ * A holder that died between its stores of start_offset and start_pos
+ * left a start_offset ahead of start_pos: derive it again from start_pos
+ * (the offset field of the first record there, written under the lock;
+ * next_offset when nothing is left).
+ */
+static void pq_log_repair_start(pq_log *l, uint32_t part)
 {
+    pq_log_part *pt = pq_log_part_at(l, part);
+    uint8_t *data = pq_log_data(l, part);
+    uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_relaxed);
+    uint64_t p = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
+    uint64_t so = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
+    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - p > l->capacity)
+        return; /* corrupt: the next claim says so */
+    while (p != tl) {
+        pq_record_header *rec = (pq_record_header *)(data + (p & l->mask));
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - (p & l->mask) ||
+            size > tl - p)
+            return;
+        if (pq_ctl_state(ctl) != PQ_REC_PADDING) {
+            if (pq_ctl_len(ctl) >= sizeof so)
+                memcpy(&so, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof so);
+            break;
+        }
+        p += size;
+    }
+    atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
+}
+
+static int pq_log_lock(pq_log *l, uint32_t part)
+{
+    pq_log_part *pt = pq_log_part_at(l, part);
     const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs};
-    return pq_claim_lock(&pt->claim_lock, &w);
+    int died;
+    int rc = pq_claim_lock_ex(&pt->claim_lock, &w, &died);
+    if (rc == 0 && died)
+        pq_log_repair_start(l, part);
+    return rc;
 }
 
 /* The oldest timestamp retention keeps at now_ms (0: no age limit). */
@@ -227,7 +264,7 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
     if (n > 64)
         return -E2BIG; /* the binding batches by at most 64 */
 
-    rc = pq_log_lock(pt);
+    rc = pq_log_lock(l, part);
     if (rc < 0)
         return rc;
     /* relaxed: these words only change under the lock. */
@@ -565,7 +602,7 @@ int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms)
     if (min_ts == 0)
         return 0;
     pq_log_part *pt = pq_log_part_at(l, part);
-    int rc = pq_log_lock(pt);
+    int rc = pq_log_lock(l, part);
     if (rc < 0)
         return rc;
     /* relaxed: these words only change under the lock. */

@@ -204,6 +204,96 @@ static int test_roller_dies_mid_roll(void)
     return 0;
 }
 
+/* A holder dies inside an append after publishing part of it (end_pos
+ * stored, end_offset not): the next append redoes the publication from
+ * the saved cursor, so no offset is given twice and the file stays whole. */
+static int test_holder_dies_mid_publication(void)
+{
+    struct ctl c;
+    CHECK(ctl_make(&c, 1) == 0);
+    pq_dseg s;
+    CHECK(seg_make(&s, 0) == 0);
+    uint64_t off;
+    CHECK_EQ(append_one(&c.d, 0, &s, 100, &off), 1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pq_dlog_lock(&c.d, 0) == 0);
+        pq_dlog_part *pt = &c.d.parts[0];
+        /* pq_dlog_append by hand, up to its end_pos store. */
+        pq_dseg_cursor cur = {
+            .pos = atomic_load(&pt->end_pos), .next_offset = atomic_load(&pt->end_offset),
+            .index_count = atomic_load(&pt->index_count),
+            .last_index_pos = atomic_load(&pt->last_index_pos),
+            .records = atomic_load(&pt->records),
+            .max_timestamp_ms = atomic_load(&pt->max_timestamp_ms)};
+        atomic_store(&pt->claim_pos, cur.pos);
+        atomic_store(&pt->claim_offset, cur.next_offset);
+        atomic_store(&pt->claim_index_count, cur.index_count);
+        atomic_store(&pt->claim_last_index_pos, cur.last_index_pos);
+        atomic_store(&pt->claim_records, cur.records);
+        atomic_store(&pt->claim_max_timestamp_ms, cur.max_timestamp_ms);
+        atomic_store(&pt->claim_end, cur.pos + 3 * 144 + 1000);
+        static uint8_t buf[100];
+        pq_log_entry e[3];
+        for (int i = 0; i < 3; i++)
+            e[i] = (pq_log_entry){.value = buf, .value_len = 100, .type = 1};
+        CHILD_CHECK(pq_dseg_write(&s, &cur, e, 3, 5) == 3);
+        memset(s.data + cur.pos, 0x42, 1000); /* a fourth one, half written */
+        atomic_store(&pt->end_pos, cur.pos);   /* published in part ... */
+        _exit(0);                              /* ... and dead */
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(append_one(&c.d, 0, &s, 100, &off), 1);
+    CHECK_EQ(off, 4); /* 0, then the dead one's 1..3, then this */
+    pq_dlog_view v;
+    CHECK_EQ(pq_dlog_snapshot(&c.d, 0, &v), 0);
+    CHECK_EQ(v.end_offset, 5);
+    CHECK_EQ(v.end_pos, 5 * 144);
+    CHECK_EQ(pq_dseg_dirty_bytes(s.data, v.end_pos, SEGB), 0);
+    pq_log_record r[8];
+    uint64_t next, bad;
+    CHECK_EQ(pq_dseg_peek(&s, v.end_pos, v.index_count, 0, r, 8, &next, &bad), 5);
+    CHECK_EQ(next, 5);
+    return 0;
+}
+
+/* A roller dies after sealing the active segment's index but before the
+ * switch: the segment is still active, and the next append unseals it. */
+static int test_roller_dies_after_seal(void)
+{
+    struct ctl c;
+    CHECK(ctl_make(&c, 1) == 0);
+    pq_dseg s;
+    CHECK(seg_make(&s, 0) == 0);
+    uint64_t off;
+    CHECK_EQ(append_one(&c.d, 0, &s, 100, &off), 1);
+    pq_dseg_cursor cur;
+    pq_dseg_cursor_empty(&cur, 0);
+    cur.pos = 144;
+    cur.next_offset = 1;
+    CHECK_EQ(pq_dseg_index_seal(&s, &cur), 0);
+    pq_dseg_index_header h;
+    uint64_t ixs = pq_dseg_index_file_size(SEGB);
+    CHECK_EQ(pq_dseg_index_read(s.ix, ixs, 0, &h), 0);
+    CHECK_EQ(append_one(&c.d, 0, &s, 100, &off), 1);
+    CHECK_EQ(off, 1);
+    CHECK_EQ(pq_dseg_index_read(s.ix, ixs, 0, &h), -ENODATA);
+    uint64_t nb;
+    CHECK_EQ(pq_dlog_lock(&c.d, 0), 0);
+    CHECK_EQ(pq_dlog_roll(&c.d, 0, &s, &nb), 0);
+    pq_dlog_unlock(&c.d, 0);
+    CHECK_EQ(pq_dseg_index_read(s.ix, ixs, 0, &h), 0);
+    CHECK_EQ(h.records, 2);
+    CHECK_EQ(h.end_pos, 288);
+    /* An empty active segment is not rolled. */
+    pq_dseg s2;
+    CHECK(seg_make(&s2, nb) == 0);
+    CHECK_EQ(pq_dlog_lock(&c.d, 0), 0);
+    CHECK_EQ(pq_dlog_roll(&c.d, 0, &s2, &nb), -EINVAL);
+    pq_dlog_unlock(&c.d, 0);
+    return 0;
+}
+
 static int test_wait_any_and_rebalance_word(void)
 {
     struct ctl c;
@@ -259,6 +349,8 @@ int main(void)
     RUN(test_open_validates);
     RUN(test_holder_dies_mid_append);
     RUN(test_roller_dies_mid_roll);
+    RUN(test_holder_dies_mid_publication);
+    RUN(test_roller_dies_after_seal);
     RUN(test_wait_any_and_rebalance_word);
     RUN(test_sync_due);
     return pq_test_result();

@@ -223,6 +223,33 @@ static int test_corrupt_record_is_reported(void)
     return 0;
 }
 
+/* A damaged size field before the wanted offset must not make the walk
+ * skip records: offsets are dense, so the jump is noticed. */
+static int test_bad_size_before_offset(void)
+{
+    struct seg g;
+    CHECK(seg_make(&g, SEG, 0) == 0);
+    CHECK_EQ(append_values(&g, 0, 20, 1), 0);
+    pq_log_record r[64];
+    uint64_t next, bad;
+    CHECK_EQ(pq_dseg_peek(&g.s, g.c.pos, 0, 5, r, 4, &next, &bad), 4);
+    uint64_t pos5 = (uint64_t)(r[0].value - g.data) - PQ_DSEG_REC_HDR - 3 - 1;
+    /* (the header, key "key" and one byte of headers are before the value) */
+    uint32_t span = (uint32_t)((uint64_t)(r[3].value - g.data) - pos5) & ~7u;
+    CHECK(pos5 < (uint64_t)(r[0].value - g.data));
+    /* record 5's size now spans records 5..7 */
+    uint32_t size;
+    memcpy(&size, g.data + pos5, 4);
+    memcpy(g.data + pos5, &span, 4);
+    int n = pq_dseg_peek(&g.s, g.c.pos, 0, 7, r, 4, &next, &bad);
+    CHECK_EQ(n, PQ_ERR_CORRUPT);
+    memcpy(g.data + pos5, &size, 4);
+    CHECK_EQ(pq_dseg_peek(&g.s, g.c.pos, 0, 7, r, 4, &next, &bad), 4);
+    CHECK_EQ(r[0].offset, 7);
+    seg_free(&g);
+    return 0;
+}
+
 static int test_index_seal(void)
 {
     struct seg g;
@@ -294,6 +321,7 @@ int main(void)
     RUN(test_scan_rebuilds_cursor_and_index);
     RUN(test_torn_tail);
     RUN(test_corrupt_record_is_reported);
+    RUN(test_bad_size_before_offset);
     RUN(test_index_seal);
     RUN(test_garbage_never_read);
     return pq_test_result();

@@ -35,6 +35,16 @@ static void owners(struct table *tb, uint32_t g, uint64_t *out)
         out[p] = pq_group_owner(&tb->t, g, p);
 }
 
+/* Join a group by its index (its current incarnation). */
+static int join(struct table *tb, uint32_t g, int64_t timeout_ns, uint64_t *id)
+{
+    char name[PQ_GROUP_NAME_MAX];
+    uint64_t inc;
+    if (pq_group_name(&tb->t, g, name) != 0 || pq_group_find(&tb->t, name, 0, &inc) != (int)g)
+        return -ENOENT;
+    return pq_group_join(&tb->t, g, inc, timeout_ns, id);
+}
+
 static int count_owned(struct table *tb, uint32_t g, uint64_t id)
 {
     int n = 0;
@@ -47,27 +57,34 @@ static int test_names(void)
 {
     struct table tb;
     CHECK(table_make(&tb, 2, PARTS) == 0);
-    CHECK_EQ(pq_group_find(&tb.t, "a", 0), -ENOENT);
-    int a = pq_group_find(&tb.t, "a", 1);
+    CHECK_EQ(pq_group_find(&tb.t, "a", 0, NULL), -ENOENT);
+    int a = pq_group_find(&tb.t, "a", 1, NULL);
     CHECK(a >= 0);
-    CHECK_EQ(pq_group_find(&tb.t, "a", 0), a);
-    CHECK_EQ(pq_group_find(&tb.t, "a", 1), a);
-    int b = pq_group_find(&tb.t, "b", 1);
+    CHECK_EQ(pq_group_find(&tb.t, "a", 0, NULL), a);
+    CHECK_EQ(pq_group_find(&tb.t, "a", 1, NULL), a);
+    int b = pq_group_find(&tb.t, "b", 1, NULL);
     CHECK(b >= 0 && b != a);
-    CHECK_EQ(pq_group_find(&tb.t, "c", 1), -ENOSPC);
-    CHECK_EQ(pq_group_find(&tb.t, "", 1), -EINVAL);
+    CHECK_EQ(pq_group_find(&tb.t, "c", 1, NULL), -ENOSPC);
+    CHECK_EQ(pq_group_find(&tb.t, "", 1, NULL), -EINVAL);
     char longname[80];
     memset(longname, 'x', sizeof longname - 1);
     longname[79] = 0;
-    CHECK_EQ(pq_group_find(&tb.t, longname, 1), -EINVAL);
+    CHECK_EQ(pq_group_find(&tb.t, longname, 1, NULL), -EINVAL);
     char name[PQ_GROUP_NAME_MAX];
     CHECK_EQ(pq_group_name(&tb.t, (uint32_t)b, name), 0);
     CHECK(strcmp(name, "b") == 0);
     uint64_t off;
     CHECK_EQ(pq_group_committed(&tb.t, (uint32_t)a, 0, &off, NULL), -ENODATA);
+    /* A join of a group deleted (and made anew) since it was found. */
+    uint64_t inc_b, inc_c, id;
+    CHECK_EQ(pq_group_find(&tb.t, "b", 0, &inc_b), b);
     CHECK_EQ(pq_group_delete(&tb.t, (uint32_t)b), 0);
     CHECK_EQ(pq_group_name(&tb.t, (uint32_t)b, name), -ENOENT);
-    CHECK_EQ(pq_group_find(&tb.t, "c", 1), b);
+    CHECK_EQ(pq_group_join(&tb.t, (uint32_t)b, inc_b, 0, &id), -ENOENT);
+    CHECK_EQ(pq_group_find(&tb.t, "c", 1, &inc_c), b);
+    CHECK(inc_c != inc_b);
+    CHECK_EQ(pq_group_join(&tb.t, (uint32_t)b, inc_b, 0, &id), -ENOENT);
+    CHECK_EQ(pq_group_join(&tb.t, (uint32_t)b, inc_c, 0, &id), 0);
     return 0;
 }
 
@@ -75,10 +92,10 @@ static int test_balanced_sticky_assignment(void)
 {
     struct table tb;
     CHECK(table_make(&tb, 1, PARTS) == 0);
-    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1);
+    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1, NULL);
     uint64_t ids[5], before[PARTS], after[PARTS];
     for (int m = 0; m < 5; m++) {
-        CHECK_EQ(pq_group_join(&tb.t, g, 0, &ids[m]), 0);
+        CHECK_EQ(join(&tb, g, 0, &ids[m]), 0);
         CHECK(ids[m] != 0);
         for (int k = 0; k < m; k++)
             CHECK(ids[k] != ids[m]);
@@ -130,15 +147,15 @@ static int test_commit_fencing(void)
 {
     struct table tb;
     CHECK(table_make(&tb, 1, 2) == 0);
-    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1);
+    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1, NULL);
     uint64_t a, b, ea[2], eb[2], gen1, gen2;
-    CHECK_EQ(pq_group_join(&tb.t, g, 0, &a), 0);
+    CHECK_EQ(join(&tb, g, 0, &a), 0);
     CHECK_EQ(pq_group_assignment(&tb.t, g, a, ea, &gen1), 0);
     CHECK(ea[0] != 0 && ea[1] != 0);
     uint32_t parts[2] = {0, 1};
     uint64_t offs[2] = {10, 20};
     CHECK_EQ(pq_group_commit(&tb.t, g, a, parts, offs, ea, 2, 5), 0);
-    CHECK_EQ(pq_group_join(&tb.t, g, 0, &b), 0);
+    CHECK_EQ(join(&tb, g, 0, &b), 0);
     CHECK_EQ(pq_group_assignment(&tb.t, g, b, eb, &gen2), 0);
     CHECK(gen2 > gen1);
     uint32_t moved = eb[0] ? 0 : 1, kept = 1 - moved;
@@ -177,15 +194,15 @@ static int test_dead_and_silent_members_are_removed(void)
 {
     struct table tb;
     CHECK(table_make(&tb, 1, PARTS) == 0);
-    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1);
+    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1, NULL);
     uint64_t me;
-    CHECK_EQ(pq_group_join(&tb.t, g, 0, &me), 0);
+    CHECK_EQ(join(&tb, g, 0, &me), 0);
     int pipefd[2];
     CHECK(pipe(pipefd) == 0);
     pid_t pid = fork();
     if (pid == 0) {
         uint64_t id;
-        CHILD_CHECK(pq_group_join(&tb.t, g, 0, &id) == 0);
+        CHILD_CHECK(join(&tb, g, 0, &id) == 0);
         CHILD_CHECK(write(pipefd[1], &id, sizeof id) == sizeof id);
         _exit(0); /* dies a member */
     }
@@ -206,7 +223,7 @@ static int test_dead_and_silent_members_are_removed(void)
     CHECK_EQ(pq_group_reap(&tb.t, g), 0);
     /* A member that stops polling for longer than its timeout goes too. */
     uint64_t slow;
-    CHECK_EQ(pq_group_join(&tb.t, g, 5000000, &slow), 0);
+    CHECK_EQ(join(&tb, g, 5000000, &slow), 0);
     CHECK(count_owned(&tb, g, slow) > 0);
     CHECK_EQ(pq_group_heartbeat(&tb.t, g, slow), 0);
     pq_test_sleep_ms(20);
@@ -218,10 +235,10 @@ static int test_dead_and_silent_members_are_removed(void)
     CHECK_EQ(pq_group_leave(&tb.t, g, me), 0);
     CHECK_EQ(pq_group_delete(&tb.t, g), 0);
     /* Ids stay unique across a reused slot. */
-    uint32_t g2 = (uint32_t)pq_group_find(&tb.t, "again", 1);
+    uint32_t g2 = (uint32_t)pq_group_find(&tb.t, "again", 1, NULL);
     CHECK_EQ(g2, g);
     uint64_t again;
-    CHECK_EQ(pq_group_join(&tb.t, g2, 0, &again), 0);
+    CHECK_EQ(join(&tb, g2, 0, &again), 0);
     CHECK(again != me && again != child && again != slow);
     return 0;
 }
@@ -232,10 +249,10 @@ static int test_lock_holder_dies(void)
 {
     struct table tb;
     CHECK(table_make(&tb, 1, PARTS) == 0);
-    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1);
+    uint32_t g = (uint32_t)pq_group_find(&tb.t, "g", 1, NULL);
     uint64_t a, b;
-    CHECK_EQ(pq_group_join(&tb.t, g, 0, &a), 0);
-    CHECK_EQ(pq_group_join(&tb.t, g, 0, &b), 0);
+    CHECK_EQ(join(&tb, g, 0, &a), 0);
+    CHECK_EQ(join(&tb, g, 0, &b), 0);
     uint64_t gen = pq_group_generation(&tb.t, g);
     pq_group *grp = (pq_group *)(tb.t.groups + (uint64_t)g * tb.t.stride);
     pid_t pid = fork();
