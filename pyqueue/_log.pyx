@@ -1,35 +1,51 @@
 # cython: language_level=3
-"""Cython binding of the log core (csrc/pq_log.h), memory mode: append
-(claim -> copy -> commit in C), read by offset with peek -> copy ->
-validate, waits in slices of at most 100 ms with the GIL released and
-signals checked between them (a reader blocked for a slice repairs a dead
-appender's record). Codec of values as the queue's: bytes/str raw, else
-pickle protocol 5 (the record's type byte says which)."""
+"""Cython binding of the log cores: memory mode (csrc/pq_log.h, a ring per
+partition in one shared-memory segment), directory mode (csrc/pq_dlog.h and
+csrc/pq_dseg.h: segment files and a shared control file) and consumer
+groups (csrc/pq_group.h), in one extension split over include files:
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+  _log.pyx            the C declarations, the value and header codecs,
+                      errors, the partitioner, LogCoreBase
+  _log_memory.pxi     MemoryLogCore
+  _log_directory.pxi  SegmentMap, DirLogCore
+  _log_groups.pxi     GroupTable
+
+Codec of values as the queue's: bytes/str raw, else pickle protocol 5 (the
+record's type byte says which). Blocking waits release the GIL in slices of
+at most 100 ms, with signals checked between them."""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, EDOM
+from libc.errno cimport (EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, EDOM,
+                         ENOENT, ENOSPC, ENODATA, EBUSY, EINVAL)
 
 import pickle
 import struct
+import time
 
-from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, SegmentMismatch
+from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
+                            PyQueueError, SegmentMismatch)
 from pyqueue.errors import from_code as _from_code
+
+cdef extern from "<errno.h>" nogil:
+    int EUSERS
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
+    ctypedef struct pq_event:
+        pass
+
+cdef extern from "pq_segment.h" nogil:
+    int PQ_ERR_CORRUPT
 
 cdef extern from "pq_murmur2.h" nogil:
     uint32_t pq_kafka_partition(const void* key, size_t len, uint32_t num_partitions)
     int pq_murmur2(const void* key, size_t len)
 
-cdef extern from "pq_log.h" nogil:
-    ctypedef struct pq_log:
-        uint32_t partitions
-        uint64_t capacity
-        uint64_t max_payload
+cdef extern from "pq_log_entry.h" nogil:
     ctypedef struct pq_log_entry:
         const void* key
         uint32_t key_len
@@ -48,6 +64,51 @@ cdef extern from "pq_log.h" nogil:
         const uint8_t* value
         uint32_t value_len
         uint8_t type
+
+cdef extern from "pq_group.h" nogil:
+    # A group's generation word, as the C core types it.
+    ctypedef uint64_t pq_gen_word "_Atomic uint64_t"
+    ctypedef struct pq_group_table:
+        uint32_t max_groups
+        uint32_t partitions
+    ctypedef struct pq_group_member_info:
+        int32_t pid
+        int32_t alive
+        uint64_t member_id
+        int64_t idle_ns
+        uint32_t partitions
+    uint64_t PQ_GROUP_NO_OFFSET
+    int PQ_GROUP_NAME_MAX
+    int PQ_GROUP_MEMBERS
+    int pq_group_find(pq_group_table* t, const char* name, int create, uint64_t* incarnation)
+    int pq_group_name(pq_group_table* t, uint32_t g, char* out)
+    int pq_group_delete(pq_group_table* t, uint32_t g)
+    int pq_group_join(pq_group_table* t, uint32_t g, uint64_t incarnation, int64_t timeout_ns,
+                      uint64_t* member_id)
+    int pq_group_leave(pq_group_table* t, uint32_t g, uint64_t member_id)
+    int pq_group_heartbeat(pq_group_table* t, uint32_t g, uint64_t member_id)
+    int pq_group_reap(pq_group_table* t, uint32_t g)
+    uint64_t pq_group_generation(pq_group_table* t, uint32_t g)
+    const pq_gen_word* pq_group_generation_word(pq_group_table* t, uint32_t g)
+    int pq_group_assignment(pq_group_table* t, uint32_t g, uint64_t member_id, uint64_t* epochs,
+                            uint64_t* generation)
+    int pq_group_commit(pq_group_table* t, uint32_t g, uint64_t member_id, const uint32_t* parts,
+                        const uint64_t* offsets, const uint64_t* epochs, uint32_t n,
+                        uint64_t now_ms)
+    int pq_group_committed(pq_group_table* t, uint32_t g, uint32_t part, uint64_t* offset,
+                           uint64_t* committed_ms)
+    int pq_group_set_committed(pq_group_table* t, uint32_t g, uint32_t part, uint64_t offset,
+                               uint64_t committed_ms)
+    int pq_group_members(pq_group_table* t, uint32_t g, pq_group_member_info* out, uint32_t max)
+    uint64_t pq_group_owner(pq_group_table* t, uint32_t g, uint32_t part)
+
+cdef extern from "pq_log.h" nogil:
+    ctypedef struct pq_log:
+        uint32_t partitions
+        uint64_t capacity
+        uint64_t max_payload
+        uint64_t retention_ms
+        pq_group_table groups
     ctypedef struct pq_log_batch:
         uint64_t first_pos
         uint64_t next_offset
@@ -65,14 +126,102 @@ cdef extern from "pq_log.h" nogil:
     int pq_log_validate(pq_log* l, uint32_t part, const pq_log_batch* b)
     int pq_log_wait(pq_log* l, uint32_t part, uint64_t offset, int64_t deadline_ns,
                     uint32_t spin_ns)
+    int pq_log_wait_any(pq_log* l, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
+                        const pq_gen_word* gen, uint64_t gen_seen, int64_t deadline_ns,
+                        uint32_t spin_ns)
+    int pq_log_expire(pq_log* l, uint32_t part, uint64_t now_ms)
     int pq_log_repair(pq_log* l, uint32_t part, uint64_t offset)
     int pq_log_bounds(pq_log* l, uint32_t part, uint64_t* start, uint64_t* end)
+
+cdef extern from "pq_dseg.h" nogil:
+    ctypedef struct pq_dseg_index_header:
+        uint64_t magic
+        uint64_t base_offset
+        uint64_t entries
+        uint64_t end_pos
+        uint64_t records
+        uint64_t max_timestamp_ms
+        uint32_t sealed
+    ctypedef struct pq_dseg:
+        uint8_t* data
+        uint64_t data_size
+        uint64_t base_offset
+        pq_dseg_index_header* ix
+        uint64_t ix_cap
+    ctypedef struct pq_dseg_cursor:
+        uint64_t pos
+        uint64_t next_offset
+        uint64_t index_count
+        uint64_t last_index_pos
+        uint64_t records
+        uint64_t max_timestamp_ms
+    int PQ_DSEG_REC_HDR
+    uint64_t PQ_DSEG_MIN_BYTES, PQ_DSEG_MAX_BYTES
+    void pq_dseg_cursor_empty(pq_dseg_cursor* c, uint64_t base_offset)
+    uint64_t pq_dseg_record_size(uint32_t key_len, uint32_t headers_len, uint32_t value_len)
+    uint64_t pq_dseg_index_file_size(uint64_t segment_bytes)
+    int pq_dseg_index_init(void* ix, size_t size, uint64_t base_offset)
+    int pq_dseg_index_seal(pq_dseg* s, const pq_dseg_cursor* c)
+    int pq_dseg_index_read(const void* ix, size_t size, uint64_t base_offset,
+                           pq_dseg_index_header* out)
+    int pq_dseg_scan(pq_dseg* s, uint64_t limit, pq_dseg_cursor* c, int rebuild_index, int* torn)
+    int pq_dseg_peek(const pq_dseg* s, uint64_t end, uint64_t index_count, uint64_t offset,
+                     pq_log_record* out, uint32_t max, uint64_t* next_offset, uint64_t* bad_pos)
+    uint64_t pq_dseg_dirty_bytes(const uint8_t* data, uint64_t start, uint64_t to)
+    int pq_sync_range(void* base, uint64_t start, uint64_t to)
+
+cdef extern from "pq_dlog.h" nogil:
+    ctypedef struct pq_dlog:
+        uint32_t partitions
+        uint64_t segment_bytes
+        pq_group_table groups
+    ctypedef struct pq_dlog_view:
+        uint64_t start_offset
+        uint64_t end_offset
+        uint64_t active_base
+        uint64_t end_pos
+        uint64_t index_count
+        uint64_t seg_gen
+    uint64_t pq_dlog_control_size(uint32_t partitions, uint32_t max_groups)
+    int pq_dlog_create(void* base, size_t size, uint32_t partitions, uint64_t segment_bytes,
+                       uint32_t max_groups)
+    int pq_dlog_open(pq_dlog* d, void* base, size_t size)
+    int pq_dlog_restore(pq_dlog* d, uint32_t part, uint64_t start_offset, uint64_t active_base,
+                        const pq_dseg_cursor* c, uint64_t closed_bytes)
+    int pq_dlog_lock(pq_dlog* d, uint32_t part)
+    void pq_dlog_unlock(pq_dlog* d, uint32_t part)
+    int pq_dlog_append(pq_dlog* d, uint32_t part, pq_dseg* s, const pq_log_entry* e, uint32_t n,
+                       uint64_t ts, uint64_t* first_offset)
+    int pq_dlog_roll(pq_dlog* d, uint32_t part, pq_dseg* s, uint64_t* new_base)
+    int pq_dlog_set_start(pq_dlog* d, uint32_t part, uint64_t start_offset,
+                          uint64_t removed_bytes)
+    int pq_dlog_snapshot(pq_dlog* d, uint32_t part, pq_dlog_view* v)
+    int pq_dlog_active_stats(pq_dlog* d, uint32_t part, uint64_t* max_ts, uint64_t* records,
+                             uint64_t* closed_bytes)
+    void pq_dlog_notify(pq_dlog* d, uint32_t part)
+    int pq_dlog_wait(pq_dlog* d, uint32_t part, uint64_t offset, int64_t deadline_ns,
+                     uint32_t spin_ns)
+    int pq_dlog_wait_any(pq_dlog* d, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
+                         const pq_gen_word* gen, uint64_t gen_seen, int64_t deadline_ns,
+                         uint32_t spin_ns)
+    int pq_dlog_sync_due(pq_dlog* d, uint32_t part, int64_t interval_ns)
+
+cdef extern from "pq_log_shared.h" nogil:
+    int PQ_LOG_MAX_GROUPS
 
 DEF T_BYTES = 1
 DEF T_STR = 2
 DEF T_PICKLE = 3
 DEF BATCH_MAX = 64
 DEF SLICE_NS = 100000000
+DEF MAX_PARTITIONS = 256
+DEF SPIN_NS = 50000
+
+MAX_GROUPS = PQ_LOG_MAX_GROUPS
+GROUP_MEMBERS = PQ_GROUP_MEMBERS
+RECORD_HEADER_BYTES = PQ_DSEG_REC_HDR
+MIN_SEGMENT_BYTES = PQ_DSEG_MIN_BYTES
+MAX_SEGMENT_BYTES = PQ_DSEG_MAX_BYTES
 
 cdef object _dumps_p = pickle.dumps
 cdef object _loads_p = pickle.loads
@@ -84,8 +233,7 @@ cdef int _check_rc(int rc, str what="") except -1:
     if rc >= 0:
         return rc
     if rc == -EMSGSIZE:
-        raise MessageTooLarge(f"{what}: record does not fit in the log's partition "
-                              "(at most a quarter of capacity_bytes)")
+        raise MessageTooLarge(f"{what}: record does not fit in the log's partition")
     raise _from_code(rc, what, "log")
 
 
@@ -120,6 +268,8 @@ cdef bytes _encode_headers(headers):
         return b""
     if not isinstance(headers, dict):
         raise TypeError("headers must be a dict of str -> bytes")
+    if len(headers) > 0xffff:
+        raise ValueError("too many headers (at most 65535)")
     parts = [_u16.pack(len(headers))]
     for k, v in headers.items():
         if not isinstance(k, str):
@@ -130,8 +280,8 @@ cdef bytes _encode_headers(headers):
             raise TypeError(f"header values must be bytes, not {type(v).__name__}")
         kb = k.encode("utf-8")
         v = bytes(v)
-        if len(kb) > 0xffff or len(headers) > 0xffff:
-            raise ValueError("header name or header count too large")
+        if len(kb) > 0xffff:
+            raise ValueError("header name too long (at most 65535 bytes)")
         parts += [_u16.pack(len(kb)), kb, _u32.pack(len(v)), v]
     return b"".join(parts)
 
@@ -140,172 +290,170 @@ cdef dict _decode_headers(bytes blob):
     cdef dict out = {}
     if not blob:
         return out
-    (n,) = _u16.unpack_from(blob, 0)
-    at = 2
-    for _ in range(n):
-        (kl,) = _u16.unpack_from(blob, at)
-        at += 2
-        k = blob[at:at + kl].decode("utf-8")
-        at += kl
-        (vl,) = _u32.unpack_from(blob, at)
-        at += 4
-        out[k] = blob[at:at + vl]
-        at += vl
+    try:
+        (n,) = _u16.unpack_from(blob, 0)
+        at = 2
+        for _ in range(n):
+            (kl,) = _u16.unpack_from(blob, at)
+            at += 2
+            k = blob[at:at + kl].decode("utf-8")
+            at += kl
+            (vl,) = _u32.unpack_from(blob, at)
+            at += 4
+            out[k] = blob[at:at + vl]
+            at += vl
+    except (struct.error, UnicodeDecodeError):
+        raise SegmentMismatch("corrupt record headers") from None
     if at != len(blob):
         raise SegmentMismatch("corrupt record headers")
     return out
 
 
-def create_segment(mm, uint32_t partitions, uint64_t capacity):
-    cdef Py_buffer view
-    PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
-    try:
-        _check_rc(pq_log_create(view.buf, view.len, partitions, capacity, 0), "create")
-    finally:
-        PyBuffer_Release(&view)
+cdef object _encode_value(obj, uint8_t* typ):
+    if type(obj) is bytes:
+        typ[0] = T_BYTES
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        typ[0] = T_BYTES
+        return bytes(obj)
+    if isinstance(obj, str):
+        typ[0] = T_STR
+        return (<str>obj).encode("utf-8", "surrogatepass")
+    typ[0] = T_PICKLE
+    return _dumps_p(obj, 5)
 
 
-def segment_size(uint32_t partitions, uint64_t capacity):
-    cdef uint64_t n = pq_log_segment_size(partitions, capacity)
-    if n == 0:
-        raise ValueError("partitions must be 1..256")
-    return n
+cdef object _decode_value(uint8_t typ, bytes vb):
+    if typ == T_BYTES:
+        return vb
+    if typ == T_STR:
+        return vb.decode("utf-8", "surrogatepass")
+    if typ == T_PICKLE:
+        return _loads_p(vb)
+    raise SegmentMismatch(f"unknown record type {typ}")
 
 
 cdef inline int64_t _slice_end(int64_t deadline):
+    """The end of the next wait slice: at most 100 ms away, never past the
+    deadline (-1: none)."""
     cdef int64_t until = pq_monotonic_ns() + SLICE_NS
     if deadline >= 0 and deadline < until:
         return deadline
     return until
 
 
-cdef class LogCore:
-    """A handle on a mapped log segment (base of pyqueue.Log)."""
-    cdef pq_log _l
-    cdef Py_buffer _view
-    cdef bint _mapped
+cdef int64_t _deadline_of(double timeout) except? -2:
+    """timeout in seconds -> monotonic deadline: 0 = do not wait, -1 =
+    wait for ever (timeout None is passed as inf)."""
+    if timeout != timeout:
+        raise ValueError("timeout must be a number, not NaN")
+    if timeout <= 0:
+        return 0
+    if timeout > 1e9:
+        return -1
+    return pq_monotonic_ns() + <int64_t>(timeout * 1e9)
+
+
+cdef inline bint _time_left(int64_t deadline):
+    return deadline < 0 or (deadline > 0 and pq_monotonic_ns() < deadline)
+
+
+cdef class LogCoreBase:
+    """What both storage cores share: partitions, the partitioner, and the
+    encoding of a batch of values into pq_log_entry records."""
+    cdef uint32_t _nparts
+    cdef uint64_t _max_record   # the largest key + headers + value bytes
     cdef readonly bint _closed
-    cdef object _mm
     cdef pq_log_record _recs[BATCH_MAX]
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
-        self._mapped = False
         self._closed = False
-
-    def __dealloc__(self):
-        if self._mapped:
-            PyBuffer_Release(&self._view)
-            self._mapped = False
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except Exception:
-                pass
-
-    def _attach(self, mm):
-        PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
-        self._mapped = True
-        self._mm = mm
-        _check_rc(pq_log_open(&self._l, self._view.buf, self._view.len), "open")
+        self._nparts = 0
 
     cdef inline int _check_open(self) except -1:
-        if self._closed or not self._mapped:
-            raise ValueError(f"Log {self!r} is closed")
+        if self._closed or self._nparts == 0:
+            raise ValueError(f"{self!r} is closed")
         return 0
 
     cdef inline int _check_part(self, partition) except -1:
         if not isinstance(partition, int) or isinstance(partition, bool):
             raise TypeError("partition must be an int")
-        if not 0 <= partition < self._l.partitions:
-            raise ValueError(f"partition {partition} out of range 0..{self._l.partitions - 1}")
+        if not 0 <= partition < self._nparts:
+            raise ValueError(f"partition {partition} out of range 0..{self._nparts - 1}")
         return 0
 
     @property
     def partitions(self):
-        return self._l.partitions
-
-    @property
-    def capacity_bytes(self):
-        return self._l.capacity
+        return self._nparts
 
     @property
     def max_record_bytes(self):
-        return self._l.max_payload - 24
+        """The largest key + headers + value a record may have."""
+        return self._max_record
 
     def partition_for(self, key):
         """The partition a key goes to (Kafka's default partitioner)."""
         cdef bytes k = _key_bytes(key)
-        return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._l.partitions)
+        return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._nparts)
 
-    cdef object _encode(self, obj, uint8_t* typ):
-        if type(obj) is bytes:
-            typ[0] = T_BYTES
-            return obj
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            typ[0] = T_BYTES
-            return bytes(obj)
-        if isinstance(obj, str):
-            typ[0] = T_STR
-            return (<str>obj).encode("utf-8", "surrogatepass")
-        typ[0] = T_PICKLE
-        return _dumps_p(obj, 5)
-
-    def _append(self, uint32_t partition, list values, key, headers, uint64_t ts_ms):
-        """Append values (one batch per BATCH_MAX) to one partition; returns
-        the first offset of each batch as a list of offsets."""
-        cdef pq_log_entry ents[BATCH_MAX]
-        cdef uint64_t first
+    cdef list _encode_batch(self, list values, bytes kb, bytes hb):
+        """[(encoded value, type)], each checked against max_record_bytes
+        before anything is appended."""
         cdef uint8_t typ
-        cdef Py_ssize_t i, j, n = len(values)
-        cdef uint64_t total, rec
-        cdef list out = []
-        self._check_open()
-        self._check_part(partition)
-        cdef bytes kb = None if key is None else _key_bytes(key)
-        cdef bytes hb = _encode_headers(headers)
         cdef list datas = []
+        cdef Py_ssize_t fixed = (0 if kb is None else len(kb)) + len(hb)
         for v in values:
-            d = self._encode(v, &typ)
-            size = 24 + (0 if kb is None else len(kb)) + len(hb) + len(d)
-            if size > self._l.max_payload:
-                raise MessageTooLarge(f"record of {size} bytes exceeds the log's limit of "
-                                      f"{self._l.max_payload} bytes (a quarter of capacity_bytes)")
+            d = _encode_value(v, &typ)
+            if fixed + len(d) > <Py_ssize_t>self._max_record:
+                raise MessageTooLarge(
+                    f"record of {fixed + len(d)} bytes (key, headers and value) exceeds the "
+                    f"log's limit of {self._max_record} bytes")
             datas.append((d, typ))
-        i = 0
-        while i < n:
-            j = 0
-            total = 0
-            while i + j < n and j < BATCH_MAX:
-                d, typ = datas[i + j]
-                rec = 16 + ((24 + (0 if kb is None else len(kb)) + len(hb) + len(d) + 15) & ~15)
-                if j > 0 and total + rec > self._l.capacity // 2:
-                    break
-                total += rec
-                ents[j].key = NULL if kb is None else <const void*>PyBytes_AS_STRING(kb)
-                ents[j].key_len = 0 if kb is None else <uint32_t>len(kb)
-                ents[j].headers = <const void*>PyBytes_AS_STRING(hb)
-                ents[j].headers_len = <uint32_t>len(hb)
-                ents[j].value = <const void*>PyBytes_AS_STRING(d)
-                ents[j].value_len = <uint32_t>len(d)
-                ents[j].type = typ
-                j += 1
-            _check_rc(pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first),
-                      "append")
-            out.extend(range(first, first + j))
-            i += j
-        return out
+        return datas
 
-    def _bounds(self, partition):
-        cdef uint64_t s, e
-        self._check_open()
-        self._check_part(partition)
-        pq_log_bounds(&self._l, partition, &s, &e)
-        return s, e
+    cdef Py_ssize_t _fill_entries(self, pq_log_entry* ents, list datas, Py_ssize_t i,
+                                  bytes kb, bytes hb, uint64_t max_bytes):
+        """Entries for datas[i:], at most BATCH_MAX and (past the first) at
+        most max_bytes of records: the count filled."""
+        cdef Py_ssize_t j = 0, n = len(datas)
+        cdef uint64_t total = 0, rec
+        cdef uint32_t kl = 0 if kb is None else <uint32_t>len(kb)
+        cdef const void* kp = NULL
+        cdef bytes d
+        if kb is not None:
+            kp = <const void*>PyBytes_AS_STRING(kb)
+        while i + j < n and j < BATCH_MAX:
+            d, typ = datas[i + j]
+            rec = 64 + kl + <uint64_t>len(hb) + <uint64_t>len(d)
+            if j > 0 and total + rec > max_bytes:
+                break
+            total += rec
+            ents[j].key = kp
+            ents[j].key_len = kl
+            ents[j].headers = <const void*>PyBytes_AS_STRING(hb)
+            ents[j].headers_len = <uint32_t>len(hb)
+            ents[j].value = <const void*>PyBytes_AS_STRING(d)
+            ents[j].value_len = <uint32_t>len(d)
+            ents[j].type = typ
+            j += 1
+        return j
 
-    cdef _out_of_range(self, uint32_t partition, uint64_t offset):
-        cdef uint64_t s, e
-        pq_log_bounds(&self._l, partition, &s, &e)
+    cdef list _copy_records(self, int n):
+        """Copy out self._recs[:n]: (offset, ts, key, headers, value, type)."""
+        cdef list raw = []
+        cdef pq_log_record* r
+        for i in range(n):
+            r = &self._recs[i]
+            raw.append((r.offset, r.timestamp_ms,
+                        None if r.key == NULL else
+                        PyBytes_FromStringAndSize(<const char*>r.key, r.key_len),
+                        PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len),
+                        PyBytes_FromStringAndSize(<const char*>r.value, r.value_len),
+                        r.type))
+        return raw
+
+    cdef _out_of_range(self, uint32_t partition, uint64_t offset, uint64_t s, uint64_t e):
         if offset < s:
             return OffsetOutOfRange(
                 f"offset {offset} of partition {partition} is before the start: the oldest "
@@ -314,73 +462,23 @@ cdef class LogCore:
             f"offset {offset} of partition {partition} is beyond the end offset {e}",
             partition, offset, s, e)
 
-    def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
-              make):
-        """Records from offset (waits up to timeout seconds for the first:
-        an empty list when none came). make(partition, offset, ts, key,
-        value, headers) builds each record."""
-        cdef pq_log_batch b
-        cdef int rc, i
-        cdef int64_t deadline, until
-        cdef uint32_t want
-        self._check_open()
-        self._check_part(partition)
-        if max_records <= 0:
-            raise ValueError("max_records must be positive")
-        if timeout != timeout:
-            raise ValueError("timeout must be a number, not NaN")
-        deadline = 0 if timeout <= 0 else pq_monotonic_ns() + <int64_t>(timeout * 1e9)
-        cdef list out = []
-        while True:
-            want = <uint32_t>min(max_records - len(out), BATCH_MAX)
-            rc = pq_log_peek(&self._l, partition, offset, self._recs, want, &b)
-            if rc >= 0:
-                raw = []
-                for i in range(rc):
-                    r = &self._recs[i]
-                    raw.append((r.offset, r.timestamp_ms,
-                                None if r.key == NULL else
-                                PyBytes_FromStringAndSize(<const char*>r.key, r.key_len),
-                                PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len),
-                                PyBytes_FromStringAndSize(<const char*>r.value, r.value_len),
-                                r.type))
-                if pq_log_validate(&self._l, partition, &b) != 0:
-                    continue  # overwritten while copying: peek again (may be out of range)
-                for off, ts, k, hb, vb, typ in raw:
-                    out.append(make(partition, off, ts, k, self._decode(typ, vb),
-                                    _decode_headers(hb)))
-                offset = b.next_offset
-                if len(out) >= max_records:
-                    return out
-                continue
-            if rc == PQ_ERR_OFFSET_RANGE:
-                if out:
-                    return out  # dropped after what we returned: the next read says so
-                raise self._out_of_range(partition, offset)
-            if rc != -EAGAIN and rc != -EINPROGRESS:
-                _check_rc(rc, "read")
-            if out:
-                return out
-            if deadline == 0 or pq_monotonic_ns() >= deadline:
-                if rc == -EINPROGRESS and pq_log_repair(&self._l, partition, offset) > 0:
-                    continue
-                return out
-            until = _slice_end(deadline)
-            with nogil:
-                rc = pq_log_wait(&self._l, partition, offset, until, 50000)
-            if rc == -EINTR or rc == -ETIMEDOUT:
-                PyErr_CheckSignals()
-            if rc == -ETIMEDOUT:
-                _check_rc(pq_log_repair(&self._l, partition, offset), "repair")
 
-    cdef object _decode(self, uint8_t typ, bytes vb):
-        if typ == T_BYTES:
-            return vb
-        if typ == T_STR:
-            return vb.decode("utf-8", "surrogatepass")
-        if typ == T_PICKLE:
-            return _loads_p(vb)
-        raise SegmentMismatch(f"unknown record type {typ}")
+cdef int _fill_waits(list parts, list offsets, uint32_t* pv, uint64_t* ov) except -1:
+    cdef Py_ssize_t n = len(parts)
+    if n != len(offsets) or n > MAX_PARTITIONS:
+        raise ValueError("parts and offsets must be lists of the same length (<= 256)")
+    for i in range(n):
+        pv[i] = parts[i]
+        ov[i] = offsets[i]
+    return <int>n
 
-    def close(self):
-        self._closed = True
+
+cdef list _decode_raw(list raw, uint32_t partition, make):
+    """Build records from copied-out tuples (after any validation)."""
+    return [make(partition, off, ts, k, _decode_value(typ, vb), _decode_headers(hb))
+            for off, ts, k, hb, vb, typ in raw]
+
+
+include "_log_memory.pxi"
+include "_log_directory.pxi"
+include "_log_groups.pxi"

@@ -47,6 +47,39 @@ class OffsetOutOfRange(PyQueueError, LookupError):
                              self.end_offset))
 
 
+class CorruptRecord(SegmentMismatch):
+    """A directory-mode log record (or index) failed its CRC32C or format
+    check: the data on disk is damaged. Attributes: path, position (byte
+    offset in the file), partition, offset (the offset being read). No
+    record of the damaged bytes is ever returned."""
+
+    def __init__(self, message, path=None, position=None, partition=None, offset=None):
+        super().__init__(message)
+        self.path = path
+        self.position = position
+        self.partition = partition
+        self.offset = offset
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path, self.position, self.partition, self.offset))
+
+
+class CommitFailed(PyQueueError):
+    """A consumer's commit was fenced: a partition in it was assigned to
+    another member of the group (after a rebalance), or the consumer was
+    removed from the group (dead, or silent past max_poll_interval).
+    Nothing of that commit was written. Attribute: partitions (the ones
+    lost). The consumer has its new assignment already; its next poll()
+    reads the partitions it owns now."""
+
+    def __init__(self, message, partitions=()):
+        super().__init__(message)
+        self.partitions = tuple(partitions)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.partitions))
+
+
 # The C core's validation codes (csrc/pq_segment.h, PQ_ERR_*).
 _SEGMENT_CODES = {
     _errno.EPROTO: "not a pyqueue segment",

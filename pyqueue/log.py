@@ -1,18 +1,31 @@
-"""pyqueue.Log: a partitioned, replayable log in shared memory (memory
-mode). Records are kept per partition in a ring; appends never wait: when a
-partition's ring is full, its oldest whole records are dropped (retention
-by capacity) and reading them raises OffsetOutOfRange. See docs/api.md
-("Log") and docs/design.md ("Log (memory mode)")."""
+"""pyqueue.Log: a partitioned, replayable log with consumer groups.
+
+    Log(name=None, *, partitions=1, ...)        memory mode: one shared-memory
+                                                 segment, a ring per partition
+    Log(path="/var/lib/app/events", ...)        directory mode: segment files
+                                                 on disk, CRC32C per record
+
+Keys pick partitions with Kafka's default partitioner (bit-exact); offsets
+are dense per partition; records are read by offset without being
+consumed, and consumer groups share the partitions among their members.
+See docs/api.md ("Log") and docs/design.md ("Log").
+"""
 import os
 import time
+import weakref
 from typing import NamedTuple
 
-from pyqueue import _log, _segment
-from pyqueue.queues import _round_capacity
+from pyqueue import _log, _logdir, _segment
+from pyqueue.errors import SegmentNotFound
 
-DEFAULT_CAPACITY = 8 * 1024 * 1024
+DEFAULT_MEMORY_RETENTION_BYTES = 8 * 1024 * 1024
+MIN_MEMORY_RETENTION_BYTES = 64 * 1024
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_FSYNC_INTERVAL = 1.0
 MAX_PARTITIONS = 256
+FSYNC_POLICIES = {"never": 0, "interval": 1, "always": 2}
 _KIND_LOG = 3
+_RETENTION_CHECK_S = 1.0
 
 
 class Record(NamedTuple):
@@ -24,65 +37,77 @@ class Record(NamedTuple):
     headers: dict   # str -> bytes
 
 
-def _rebuild(name):
-    return Log.open(name)
-
-
 def _now_ms():
     return time.time_ns() // 1_000_000
 
 
-class Log(_log.LogCore):
-    """A multi-process partitioned log in shared memory.
+def _check_int(what, v, lo, hi=None):
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{what} must be {lo}..{hi}" if hi is not None else
+                         f"{what} must be at least {lo}")
+    return v
 
-    Log(name=None, *, partitions=1, capacity_bytes=8 MiB (per partition),
-        path=None, perm=0o600)
 
-    path: directory mode is not built yet (NotImplementedError).
+def _check_partitions(partitions):
+    return 1 if partitions is None else _check_int("partitions", partitions, 1, MAX_PARTITIONS)
+
+
+def _check_retention_ms(retention_ms):
+    return None if retention_ms is None else _check_int("retention_ms", retention_ms, 1)
+
+
+def _check_perm(perm):
+    if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+        raise ValueError("perm must be a permission mask such as 0o600")
+    return perm
+
+
+def _same(what, given, stored, where):
+    if given is not None and given != stored:
+        raise ValueError(f"{where} exists with {what}={stored!r}, not {given!r} (parameters "
+                         "apply when a log is created)")
+
+
+def _is_path(name_or_path):
+    return isinstance(name_or_path, os.PathLike) or (
+        isinstance(name_or_path, str) and os.sep in name_or_path)
+
+
+class Log:
+    """A multi-process partitioned log (see the module docstring).
+
+    Log(name=None, *, partitions=1, path=None, retention_bytes=None,
+        retention_ms=None, segment_bytes=64 MiB, fsync="never",
+        fsync_interval=1.0, perm=0o600)
+
+    path=None: memory mode (a shared-memory segment named `name`, made or
+    opened; retention_bytes is each partition's ring, 8 MiB by default).
+    path=DIR: directory mode (made or opened; retention_bytes and
+    retention_ms bound each partition, None keeps everything; fsync is
+    "never", "interval" (at most every fsync_interval seconds) or
+    "always" (before append returns)). Parameters apply when the log is
+    created; opening an existing log with different ones is a ValueError.
     """
 
-    def __init__(self, name=None, *, partitions=1, capacity_bytes=DEFAULT_CAPACITY, path=None,
-                 perm=0o600):
-        if path is not None:
-            raise NotImplementedError("directory mode is not built yet")
-        if not isinstance(partitions, int) or isinstance(partitions, bool):
-            raise TypeError("partitions must be an int")
-        if not 1 <= partitions <= MAX_PARTITIONS:
-            raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}")
-        capacity = _round_capacity(capacity_bytes)
-        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
-            raise ValueError("perm must be a permission mask such as 0o600")
-
-        def init(mm):
-            _log.create_segment(mm, partitions, capacity)
-
-        size = _log.segment_size(partitions, capacity)
-        if name is None:
-            name = _segment.unique_name()
-            mm = _segment.create(name, size, perm, init)
-            _segment.own(name)
-        else:
-            _segment.check_name(name)
-            mm = _segment.create(name, size, perm, init)
-            if mm is None:
-                mm, perm = _segment.open_existing(name, _KIND_LOG)
-        self._setup(name, mm)
+    def __new__(cls, name=None, *args, path=None, **kwargs):
+        if cls is Log:
+            cls = MemoryLog if path is None else DirectoryLog
+        return super().__new__(cls)
 
     @classmethod
-    def open(cls, name):
-        """Open an existing log by name (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue log)."""
-        _segment.check_name(name)
-        mm, _perm = _segment.open_existing(name, _KIND_LOG)
-        self = cls.__new__(cls)
-        self._setup(name, mm)
-        return self
+    def open(cls, name_or_path, **kwargs):
+        """Open an existing log: a memory-mode name, or a directory (a
+        path-like object, or a str with a '/')."""
+        if _is_path(name_or_path):
+            return DirectoryLog.open(name_or_path, **kwargs)
+        return MemoryLog.open(name_or_path, **kwargs)
 
-    def _setup(self, name, mm):
-        self._name = name
+    def _setup_common(self):
         self._rr_pid = None
         self._rr = 0
-        self._attach(mm)
+        self._groups = None
 
     def _next_partition(self):
         # Keyless records: round-robin per process, starting at a
@@ -95,14 +120,11 @@ class Log(_log.LogCore):
         self._rr = (p + 1) % self.partitions
         return p
 
-    def _choose(self, key):
-        return self._next_partition() if key is None else self.partition_for(key)
-
     def append(self, value, key=None, headers=None):
         """Append one record; returns (partition, offset). key (bytes or
         str) picks the partition with Kafka's default partitioner; without
         a key records go round-robin. headers: a dict of str -> bytes."""
-        p = self._choose(key)
+        p = self._next_partition() if key is None else self.partition_for(key)
         return p, self._append(p, [value], key, headers, _now_ms())[0]
 
     def append_many(self, values, key=None, headers=None):
@@ -112,19 +134,19 @@ class Log(_log.LogCore):
         values = list(values)
         if not values:
             return []
-        p = self._choose(key)
+        p = self._next_partition() if key is None else self.partition_for(key)
         return [(p, o) for o in self._append(p, values, key, headers, _now_ms())]
 
     def read(self, partition, offset, max_records=1000, timeout=0):
         """Up to max_records Records of a partition from offset on, without
-        consuming them. Waits up to timeout seconds for the first one (an
-        empty list when none comes). OffsetOutOfRange when offset is before
-        start_offset(partition) (dropped) or beyond end_offset(partition)."""
+        consuming them. Waits up to timeout seconds (None: for ever) for the
+        first one (an empty list when none comes). OffsetOutOfRange when
+        offset is before start_offset(partition) (dropped by retention) or
+        beyond end_offset(partition)."""
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
-        if timeout is None:
-            timeout = 1e9
-        return self._read(partition, offset, max_records, float(timeout), Record)
+        timeout = float("inf") if timeout is None else float(timeout)
+        return self._read(partition, offset, max_records, timeout, Record)
 
     def start_offset(self, partition):
         """The offset of the oldest record still in the partition."""
@@ -133,6 +155,127 @@ class Log(_log.LogCore):
     def end_offset(self, partition):
         """The offset the next record appended to the partition will get."""
         return self._bounds(partition)[1]
+
+    # ---- consumer groups ----------------------------------------------
+
+    def _group_table(self):
+        if self._groups is None:
+            self._groups = super()._group_table()
+        return self._groups
+
+    def consumer(self, group, **options):
+        """A member of consumer group `group` in this process (see
+        pyqueue.Consumer for the options)."""
+        from pyqueue.consumer import Consumer
+        return Consumer(self, group, **options)
+
+    def groups(self):
+        """The names of the log's consumer groups."""
+        return sorted(name for _, name in self._group_table().names())
+
+    def group_offsets(self, group):
+        """{partition: {"committed", "end", "lag", "owner_pid"}} of a group;
+        committed None (and lag from the start) where nothing is committed."""
+        gt, g = self._group_index(group)
+        members = {m["member_id"]: m["pid"] for m in gt.members(g)}
+        out = {}
+        for p in range(self.partitions):
+            start, end = self._bounds(p)
+            committed, _ms = gt.committed(g, p)
+            at = start if committed is None else max(committed, start)
+            out[p] = {"committed": committed, "end": end, "lag": max(0, end - at),
+                      "owner_pid": members.get(gt.owner(g, p))}
+        return out
+
+    def group_members(self, group):
+        """[{pid, alive, member_id, idle_s, partitions}] of a group."""
+        gt, g = self._group_index(group)
+        return gt.members(g)
+
+    def delete_group(self, group):
+        """Remove a group and its committed offsets (PyQueueError while it
+        has live members)."""
+        gt, g = self._group_index(group)
+        gt.delete(g)
+
+    def _group_index(self, group):
+        gt = self._group_table()
+        found = gt.find(group, False)
+        if found is None:
+            raise KeyError(f"no consumer group {group!r}")
+        return gt, found[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MemoryLog(Log, _log.MemoryLogCore):
+    """A Log in one shared-memory segment (Log(path=None))."""
+
+    def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
+                 perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
+                 _open_only=False):
+        if path is not None:
+            raise ValueError("a MemoryLog has no path (use Log(path=...) for directory mode)")
+        for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
+                        ("fsync_interval", fsync_interval)):
+            if v is not None:
+                raise ValueError(f"{what} applies to directory mode: give path=")
+        parts = _check_partitions(partitions)
+        capacity = self._ring_bytes(retention_bytes)
+        retention = _check_retention_ms(retention_ms)
+        _check_perm(perm)
+
+        def init(mm):
+            _log.memory_create_segment(mm, parts, capacity, retention or 0)
+
+        mm = None
+        if name is None:
+            name = _segment.unique_name()
+            mm = _segment.create(name, _log.memory_segment_size(parts, capacity), perm, init)
+            _segment.own(name)
+        else:
+            _segment.check_name(name)
+            if not _open_only:
+                mm = _segment.create(name, _log.memory_segment_size(parts, capacity), perm,
+                                     init)
+            if mm is None:
+                mm, _perm = _segment.open_existing(name, _KIND_LOG)
+                self._setup(name, mm)
+                where = f"log {name!r}"
+                _same("partitions", partitions, self.partitions, where)
+                if retention_bytes is not None:
+                    _same("retention_bytes (rounded)", capacity, self.capacity_bytes, where)
+                _same("retention_ms", retention, self.retention_ms, where)
+                return
+        self._setup(name, mm)
+
+    @staticmethod
+    def _ring_bytes(retention_bytes):
+        if retention_bytes is None:
+            return DEFAULT_MEMORY_RETENTION_BYTES
+        n = max(_check_int("retention_bytes", retention_bytes, 1), MIN_MEMORY_RETENTION_BYTES)
+        return 1 << (n - 1).bit_length()
+
+    @classmethod
+    def open(cls, name):
+        """Open an existing memory-mode log (SegmentNotFound if missing,
+        SegmentMismatch if it is not a pyqueue log)."""
+        return cls(name, _open_only=True)
+
+    def _setup(self, name, mm):
+        self._name = name
+        self._setup_common()
+        self._attach(mm)
+
+    def enforce_retention(self):
+        """Drop the records older than retention_ms now (appends do it as
+        they go): the count dropped."""
+        now = _now_ms()
+        return sum(self._expire(p, now) for p in range(self.partitions))
 
     @property
     def name(self):
@@ -148,14 +291,222 @@ class Log(_log.LogCore):
         _segment.unlink(self._name)
 
     def __reduce__(self):
-        return (_rebuild, (self._name,))
+        return (MemoryLog.open, (self._name,))
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return f"<pyqueue.Log {self.__dict__.get('_name')!r} {state}>"
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+class DirectoryLog(Log, _log.DirLogCore):
+    """A Log in a directory of segment files (Log(path=...))."""
+
+    def __init__(self, name=None, *, path, partitions=None, retention_bytes=None,
+                 retention_ms=None, segment_bytes=None, fsync=None, fsync_interval=None,
+                 perm=None, _open_only=False):
+        if name is not None:
+            raise ValueError("a directory-mode log is named by its path: give name or path, "
+                             "not both")
+        path = os.path.abspath(os.fspath(path))
+        parts = _check_partitions(partitions)
+        if retention_bytes is not None:
+            _check_int("retention_bytes", retention_bytes, 1)
+        retention = _check_retention_ms(retention_ms)
+        seg = DEFAULT_SEGMENT_BYTES if segment_bytes is None else _check_int(
+            "segment_bytes", segment_bytes, _log.MIN_SEGMENT_BYTES, _log.MAX_SEGMENT_BYTES)
+        seg = -(-seg // 4096) * 4096
+        if fsync is not None and fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {sorted(FSYNC_POLICIES)}, not {fsync!r}")
+        if fsync_interval is not None and not (isinstance(fsync_interval, (int, float)) and
+                                                fsync_interval > 0):
+            raise ValueError("fsync_interval must be a positive number of seconds")
+        if perm is not None:
+            raise ValueError("perm applies to memory mode; a directory-mode log's files are "
+                             "0600 in a 0700 directory")
+        self._path = path
+        self._setup_common()
+        self.recovery = []
+        if _open_only and _logdir.read_meta(path) is None:
+            raise SegmentNotFound(f"no pyqueue log in {path!r}")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with _logdir.OpenLock(path):
+            meta = _logdir.read_meta(path)
+            if meta is None:
+                if _open_only:
+                    raise SegmentNotFound(f"no pyqueue log in {path!r}")
+                meta = {"format": _logdir.FORMAT, "partitions": parts, "segment_bytes": seg,
+                        "retention_bytes": retention_bytes, "retention_ms": retention,
+                        "fsync": fsync or "never",
+                        "fsync_interval": float(fsync_interval or DEFAULT_FSYNC_INTERVAL)}
+                _logdir.create_layout(path, meta)
+            else:
+                _same("partitions", partitions, meta["partitions"], path)
+                _same("segment_bytes", None if segment_bytes is None else seg,
+                      meta["segment_bytes"], path)
+                _same("retention_bytes", retention_bytes, meta["retention_bytes"], path)
+                _same("retention_ms", retention, meta["retention_ms"], path)
+                _same("fsync", fsync, meta["fsync"], path)
+                _same("fsync_interval", None if fsync_interval is None else
+                      float(fsync_interval), meta["fsync_interval"], path)
+            self._meta = meta
+            self.retention_bytes = meta["retention_bytes"]
+            self.retention_ms = meta["retention_ms"]
+            self.fsync = meta["fsync"]
+            fd, alone = _logdir.take_users_lock(path)
+            self._users_fd = fd
+            self._finalizer = weakref.finalize(self, os.close, fd)
+            try:
+                if alone:
+                    self._recover()
+                    _logdir.share_users_lock(fd)
+                else:
+                    self._attach_control(_logdir.map_control(path), FSYNC_POLICIES[self.fsync],
+                                         meta["fsync_interval"])
+            except BaseException:
+                self._close_control()
+                self._finalizer()
+                raise
+        self._bases = {}
+        self._next_retention = time.monotonic() + _RETENTION_CHECK_S
+
+    @classmethod
+    def open(cls, path):
+        """Open an existing directory-mode log (SegmentNotFound if PATH
+        holds none)."""
+        return cls(path=path, _open_only=True)
+
+    def _recover(self):
+        """Alone: rebuild the control file from the segment files (the
+        groups' committed offsets are kept), recovering each partition."""
+        meta, path = self._meta, self._path
+        saved = _logdir.saved_state(path, meta["partitions"])
+        self._attach_control(_logdir.new_control(path, meta["partitions"],
+                                                 meta["segment_bytes"]),
+                             FSYNC_POLICIES[self.fsync], meta["fsync_interval"])
+        starts = {}
+        for p in range(meta["partitions"]):
+            old_start = None
+            if saved is not None:
+                old_start = saved[1].get(p)
+            start, base, cursor, closed, m = _logdir.recover_partition(
+                path, p, meta["segment_bytes"], old_start, self.recovery)
+            self._restore(p, start, base, cursor, closed)
+            self._set_active(p, m)
+            starts[p] = (start, cursor[1])
+        if saved is not None:
+            gt = self._group_table()
+            for name, offsets in saved[0]:
+                g = gt.find(name, True)[0]
+                for p, (off, ms) in offsets.items():
+                    start, end = starts[p]
+                    gt.set_committed(g, p, min(max(off, start), end), ms)
+        self._bases = {}
+        for p in range(meta["partitions"]):
+            self._with_lock(p, lambda p=p: self._retention_locked(p, False))
+
+    # ---- hooks of DirLogCore (called under the partition's lock where
+    #      they change files) ----------------------------------------------
+
+    def _map_segment(self, p, base, for_append):
+        return _logdir.map_segment(self._path, p, base, for_append,
+                                   self.segment_bytes if for_append else None)
+
+    def _segment_bases(self, p, seg_gen):
+        cached = self._bases.get(p)
+        if cached is None or cached[0] != seg_gen:
+            cached = (seg_gen, _logdir.list_bases(self._path, p))
+            self._bases[p] = cached
+        return cached[1]
+
+    def _roll_locked(self, p, old):
+        """The active segment is full: make the next one and switch to it."""
+        snap = self._snapshot(p)
+        new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes)
+        try:
+            self._roll_control(p, old)
+        except BaseException:
+            new.close()
+            raise
+        if self.fsync != "never":
+            old.sync(0, snap["end_pos"])
+            old.sync_index()
+            _logdir._fsync_dir(_logdir.partition_dir(self._path, p))
+        old_base = old.base_offset
+        self._set_active(p, new)  # unmaps the old one before it shrinks
+        _logdir.trim_segment(self._path, p, old_base, snap["end_pos"], snap["index_count"])
+        self._retention_locked(p, False)
+        return new
+
+    def _retention_locked(self, p, roll_expired):
+        """Remove the oldest closed segments beyond retention_bytes, or whose
+        newest record is older than retention_ms (roll_expired: the active
+        one too, when all of it has expired). Returns segments removed."""
+        if self.retention_bytes is None and self.retention_ms is None:
+            return 0
+        now = _now_ms()
+        snap = self._snapshot(p)
+        if roll_expired and self.retention_ms is not None:
+            max_ts, records, _ = self._active_stats(p)
+            if records and max_ts < now - self.retention_ms:
+                self._roll_locked(p, self._active_segment(p))  # retention runs in it
+                return self._retention_locked(p, False)
+        _, _, closed_bytes = self._active_stats(p)
+        total = closed_bytes + snap["end_pos"]
+        bases = [b for b in self._segment_bases(p, snap["seg_gen"]) if b < snap["active_base"]]
+        drop, removed = [], 0
+        for base in bases:
+            h = _logdir.read_index_header(self._path, p, base)
+            size = h["end_pos"] if h else _logdir.data_size(self._path, p, base)
+            if self.retention_bytes is not None and total - removed - size >= self.retention_bytes:
+                pass
+            elif (self.retention_ms is not None and h is not None and
+                  h["max_timestamp_ms"] < now - self.retention_ms):
+                pass
+            else:
+                break
+            drop.append(base)
+            removed += size
+        if not drop:
+            return 0
+        i = len(drop)
+        new_start = bases[i] if i < len(bases) else snap["active_base"]
+        self._set_start(p, new_start, removed)
+        for base in drop:
+            self._forget_closed(p, base)
+            _logdir.remove_segment(self._path, p, base)
+        return len(drop)
+
+    def enforce_retention(self):
+        """Apply retention_bytes and retention_ms now (rolls and, at most
+        once a second, appends do it as they go): segments removed."""
+        return sum(self._with_lock(p, lambda p=p: self._retention_locked(p, True))
+                   for p in range(self.partitions))
+
+    def _append(self, p, values, key, headers, ts):
+        if self.retention_ms is not None and time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + _RETENTION_CHECK_S
+            self._with_lock(p, lambda: self._retention_locked(p, False))
+        return super()._append(p, values, key, headers, ts)
+
+    # ---- names --------------------------------------------------------
+
+    @property
+    def name(self):
+        return self._path
+
+    @property
+    def path(self):
+        return self._path
+
+    def close(self):
+        """Unmap the log and let go of it (its files stay)."""
+        if not self._closed:
+            self._close_control()
+            self._finalizer()
+
+    def __reduce__(self):
+        return (DirectoryLog.open, (self._path,))
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<pyqueue.Log path={self.__dict__.get('_path')!r} {state}>"

@@ -1,0 +1,510 @@
+# Included by _log.pyx: the directory-mode core (csrc/pq_dlog.h,
+# csrc/pq_dseg.h). The files themselves (names, creation, trimming,
+# listing, removal, recovery) are pyqueue/_logdir.py's; this file maps
+# them for the C core: SegmentMap is one mapped segment, DirLogCore the
+# control file plus the segments this process has mapped. Appends run
+# under the partition's robust lock (taken with the GIL released); a roll
+# or retention runs Python code of the subclass under that lock.
+
+def control_size(uint32_t partitions, uint32_t max_groups):
+    cdef uint64_t n = pq_dlog_control_size(partitions, max_groups)
+    if n == 0:
+        raise ValueError("partitions must be 1..256")
+    return n
+
+
+def control_create(mm, uint32_t partitions, uint64_t segment_bytes, uint32_t max_groups):
+    cdef Py_buffer view
+    PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
+    try:
+        _check_rc(pq_dlog_create(view.buf, view.len, partitions, segment_bytes, max_groups),
+                  "create control")
+    finally:
+        PyBuffer_Release(&view)
+
+
+def index_file_size(uint64_t segment_bytes):
+    return pq_dseg_index_file_size(segment_bytes)
+
+
+def index_header_of(bytes head, uint64_t file_size, uint64_t base_offset):
+    """The sealed header of an index file from its first 64 bytes (head)
+    and its size: a dict, None when not sealed, CorruptRecord when bad."""
+    cdef pq_dseg_index_header h
+    if len(head) < 64:
+        raise CorruptRecord("index file is truncated")
+    rc = pq_dseg_index_read(PyBytes_AS_STRING(head), file_size, base_offset, &h)
+    if rc == -ENODATA:
+        return None
+    if rc < 0:
+        raise CorruptRecord("index header is corrupt")
+    return {"entries": h.entries, "end_pos": h.end_pos, "records": h.records,
+            "max_timestamp_ms": h.max_timestamp_ms}
+
+
+cdef tuple _cursor_tuple(pq_dseg_cursor* c):
+    return (c.pos, c.next_offset, c.index_count, c.last_index_pos, c.records,
+            c.max_timestamp_ms)
+
+
+cdef void _cursor_from(pq_dseg_cursor* c, tuple t):
+    c.pos, c.next_offset, c.index_count, c.last_index_pos, c.records, c.max_timestamp_ms = t
+
+
+cdef class SegmentMap:
+    """One mapped segment: its data file and (optionally) its index file.
+    The mappings are the caller's mmap objects; the C core reads and writes
+    through them."""
+    cdef pq_dseg s
+    cdef Py_buffer _dv
+    cdef Py_buffer _iv
+    cdef bint _dmapped
+    cdef bint _imapped
+    cdef object _dmm
+    cdef object _imm
+    cdef readonly object path
+    cdef readonly uint64_t base_offset
+    cdef readonly bint writable
+
+    def __cinit__(self, data_mm, index_mm, uint64_t base_offset, path, bint writable):
+        cdef int flags = PyBUF_WRITABLE if writable else PyBUF_SIMPLE
+        self._dmapped = False
+        self._imapped = False
+        memset(&self.s, 0, sizeof(self.s))
+        PyObject_GetBuffer(data_mm, &self._dv, flags)
+        self._dmapped = True
+        self._dmm = data_mm
+        self.s.data = <uint8_t*>self._dv.buf
+        self.s.data_size = self._dv.len
+        self.s.base_offset = base_offset
+        self.base_offset = base_offset
+        self.path = path
+        self.writable = writable
+        if index_mm is not None:
+            PyObject_GetBuffer(index_mm, &self._iv, flags)
+            self._imapped = True
+            self._imm = index_mm
+            self.s.ix = <pq_dseg_index_header*>self._iv.buf
+            self.s.ix_cap = (self._iv.len - 64) // 8 if self._iv.len >= 64 else 0
+            if self._iv.len < 64:
+                self.s.ix = NULL
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self):
+        if self._dmapped:
+            PyBuffer_Release(&self._dv)
+            self._dmapped = False
+        if self._imapped:
+            PyBuffer_Release(&self._iv)
+            self._imapped = False
+        self.s.data = NULL
+        self.s.ix = NULL
+
+    def close(self):
+        self._release()
+        for mm in (self._dmm, self._imm):
+            if mm is not None:
+                try:
+                    mm.close()
+                except Exception:
+                    pass
+        self._dmm = self._imm = None
+
+    @property
+    def data_size(self):
+        return self.s.data_size
+
+    @property
+    def has_index(self):
+        return self.s.ix != NULL
+
+    def index_init(self):
+        """Write a fresh, unsealed index header."""
+        if not self._imapped:
+            raise ValueError("no index mapped")
+        _check_rc(pq_dseg_index_init(self._iv.buf, self._iv.len, self.s.base_offset),
+                  "index init")
+
+    def index_header(self):
+        """The sealed index header as a dict; None when it is not sealed;
+        CorruptRecord when it is damaged."""
+        cdef pq_dseg_index_header h
+        if not self._imapped:
+            return None
+        rc = pq_dseg_index_read(self._iv.buf, self._iv.len, self.s.base_offset, &h)
+        if rc == -ENODATA:
+            return None
+        if rc < 0:
+            raise CorruptRecord(f"{self.path}: index header is corrupt", path=str(self.path))
+        return {"entries": h.entries, "end_pos": h.end_pos, "records": h.records,
+                "max_timestamp_ms": h.max_timestamp_ms}
+
+    def seal(self, tuple cursor):
+        cdef pq_dseg_cursor c
+        _cursor_from(&c, cursor)
+        _check_rc(pq_dseg_index_seal(&self.s, &c), "seal")
+
+    def scan(self, uint64_t limit, bint rebuild_index):
+        """Walk the valid records from the start: (cursor, torn)."""
+        cdef pq_dseg_cursor c
+        cdef int torn = 0
+        if limit > self.s.data_size:
+            limit = self.s.data_size
+        pq_dseg_cursor_empty(&c, self.s.base_offset)
+        _check_rc(pq_dseg_scan(&self.s, limit, &c, rebuild_index, &torn), "scan")
+        return _cursor_tuple(&c), bool(torn)
+
+    def dirty_bytes(self, uint64_t start, uint64_t to):
+        if to > self.s.data_size:
+            to = self.s.data_size
+        return pq_dseg_dirty_bytes(self.s.data, start, to)
+
+    def zero(self, uint64_t start, uint64_t to):
+        if to > self.s.data_size:
+            to = self.s.data_size
+        if start < to:
+            memset(self.s.data + start, 0, to - start)
+
+    def sync(self, uint64_t start, uint64_t to):
+        """msync the data bytes [start, to)."""
+        cdef int rc
+        if to > self.s.data_size:
+            to = self.s.data_size
+        if start >= to:
+            return
+        with nogil:
+            rc = pq_sync_range(self.s.data, start, to)
+        _check_rc(rc, "sync")
+
+    def sync_index(self):
+        cdef int rc
+        if self._imapped:
+            with nogil:
+                rc = pq_sync_range(<void*>self.s.ix, 0, self._iv.len)
+            _check_rc(rc, "sync index")
+
+
+cdef class DirLogCore(LogCoreBase):
+    """A handle on a directory-mode log: the mapped control file and the
+    segments mapped so far (base of pyqueue.log.DirectoryLog, which
+    provides _map_segment, _roll_locked and _segment_bases)."""
+    cdef pq_dlog _d
+    cdef Py_buffer _view
+    cdef bint _mapped
+    cdef object _mm
+    cdef list _active       # per partition: the SegmentMap of the active segment, or None
+    cdef dict _closed_maps  # (partition, base) -> SegmentMap of a closed segment
+    cdef readonly int _fsync_mode    # 0 never, 1 interval, 2 always
+    cdef int64_t _fsync_interval_ns
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._active = []
+        self._closed_maps = {}
+
+    def __dealloc__(self):
+        if self._mapped:
+            PyBuffer_Release(&self._view)
+            self._mapped = False
+
+    def _attach_control(self, mm, int fsync_mode, double fsync_interval):
+        PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
+        self._mapped = True
+        self._mm = mm
+        _check_rc(pq_dlog_open(&self._d, self._view.buf, self._view.len), "open control")
+        self._nparts = self._d.partitions
+        self._max_record = self._d.segment_bytes - PQ_DSEG_REC_HDR
+        self._active = [None] * self._nparts
+        self._fsync_mode = fsync_mode
+        self._fsync_interval_ns = <int64_t>(fsync_interval * 1e9)
+
+    @property
+    def segment_bytes(self):
+        return self._d.segment_bytes
+
+    def _group_table(self):
+        self._check_open()
+        return GroupTable._of(self, &self._d.groups)
+
+    def _release_maps(self):
+        """Unmap every segment (close, or after a fork's child is done)."""
+        for m in self._active:
+            if m is not None:
+                m.close()
+        self._active = [None] * self._nparts
+        for m in self._closed_maps.values():
+            m.close()
+        self._closed_maps.clear()
+
+    def _close_control(self):
+        self._release_maps()
+        if self._mapped:
+            PyBuffer_Release(&self._view)
+            self._mapped = False
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        self._closed = True
+
+    # ---- the control file ---------------------------------------------
+
+    def _restore(self, uint32_t partition, uint64_t start, uint64_t active_base, tuple cursor,
+                 uint64_t closed_bytes):
+        cdef pq_dseg_cursor c
+        _cursor_from(&c, cursor)
+        _check_rc(pq_dlog_restore(&self._d, partition, start, active_base, &c, closed_bytes),
+                  "restore")
+
+    def _snapshot(self, uint32_t partition):
+        cdef pq_dlog_view v
+        self._check_part(partition)
+        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        return {"start_offset": v.start_offset, "end_offset": v.end_offset,
+                "active_base": v.active_base, "end_pos": v.end_pos,
+                "index_count": v.index_count, "seg_gen": v.seg_gen}
+
+    def _active_stats(self, uint32_t partition):
+        cdef uint64_t ts, recs, closed
+        _check_rc(pq_dlog_active_stats(&self._d, partition, &ts, &recs, &closed), "stats")
+        return ts, recs, closed
+
+    def _with_lock(self, uint32_t partition, fn):
+        """fn() under the partition's lock (taken with the GIL released, so
+        that another thread of this process holding it can finish)."""
+        cdef int rc
+        self._check_open()
+        self._check_part(partition)
+        with nogil:
+            rc = pq_dlog_lock(&self._d, partition)
+        _check_rc(rc, "lock")
+        try:
+            return fn()
+        finally:
+            pq_dlog_unlock(&self._d, partition)
+
+    def _roll_control(self, uint32_t partition, SegmentMap old):
+        """Under the lock: seal old and make the next segment active; the
+        new base offset."""
+        cdef uint64_t nb
+        _check_rc(pq_dlog_roll(&self._d, partition, &old.s, &nb), "roll")
+        return nb
+
+    def _set_start(self, uint32_t partition, uint64_t start, uint64_t removed_bytes):
+        _check_rc(pq_dlog_set_start(&self._d, partition, start, removed_bytes), "retention")
+
+    def _set_active(self, uint32_t partition, SegmentMap m):
+        old = self._active[partition]
+        self._active[partition] = m
+        if old is not None and old is not m:
+            old.close()
+
+    cdef SegmentMap _active_map(self, uint32_t partition, uint64_t base, bint for_append):
+        """The mapping of the active segment `base` (writable, the file grown
+        to segment_bytes, when for_append: then under the lock)."""
+        cdef SegmentMap m = self._active[partition]
+        if (m is None or m.s.base_offset != base or m.s.data == NULL or
+                (for_append and not m.writable)):
+            m = self._map_segment(partition, base, for_append)
+            if m is None:
+                raise SegmentMismatch(f"log: the active segment {base} of partition "
+                                      f"{partition} is missing")
+            self._set_active(partition, m)
+        return m
+
+    def _active_segment(self, uint32_t partition):
+        """Under the lock: the writable mapping of the active segment."""
+        cdef pq_dlog_view v
+        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        return self._active_map(partition, v.active_base, True)
+
+    def _forget_closed(self, uint32_t partition, uint64_t base):
+        """Unmap a closed segment (before its files are removed)."""
+        m = self._closed_maps.pop((partition, base), None)
+        if m is not None:
+            m.close()
+
+    # ---- append -------------------------------------------------------
+
+    def _append(self, uint32_t partition, list values, key, headers, uint64_t ts_ms):
+        self._check_open()
+        self._check_part(partition)
+        cdef bytes kb = None if key is None else _key_bytes(key)
+        cdef bytes hb = _encode_headers(headers)
+        cdef list datas = self._encode_batch(values, kb, hb)
+        cdef list out = []
+        cdef list touched = []  # (SegmentMap, from, to): what this append wrote
+        cdef bint sync_due = False
+        cdef int rc
+        with nogil:
+            rc = pq_dlog_lock(&self._d, partition)
+        _check_rc(rc, "lock")
+        try:
+            self._append_locked(partition, datas, kb, hb, ts_ms, out, touched)
+            sync_due = (self._fsync_mode == 1 and
+                        pq_dlog_sync_due(&self._d, partition, self._fsync_interval_ns) == 1)
+        finally:
+            pq_dlog_unlock(&self._d, partition)
+        pq_dlog_notify(&self._d, partition)
+        # Outside the lock: the bytes below the end never change, and a
+        # segment removed meanwhile stays mapped.
+        if self._fsync_mode == 2:
+            for m, a, b in touched:
+                (<SegmentMap>m).sync(a, b)
+        elif sync_due:
+            m, a, b = touched[len(touched) - 1]
+            (<SegmentMap>m).sync(0, b)
+        return out
+
+    cdef _append_locked(self, uint32_t partition, list datas, bytes kb, bytes hb,
+                        uint64_t ts_ms, list out, list touched):
+        cdef pq_log_entry ents[BATCH_MAX]
+        cdef pq_dlog_view v
+        cdef uint64_t first, start_pos
+        cdef Py_ssize_t i = 0, j, n = len(datas)
+        cdef int rc
+        cdef SegmentMap m
+        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        m = self._active_map(partition, v.active_base, True)
+        start_pos = v.end_pos
+        while i < n:
+            j = self._fill_entries(ents, datas, i, kb, hb, <uint64_t>-1)
+            rc = pq_dlog_append(&self._d, partition, &m.s, ents, <uint32_t>j, ts_ms, &first)
+            if rc == -ESTALE:  # another process rolled: map the new active segment
+                _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+                m = self._active_map(partition, v.active_base, True)
+                start_pos = v.end_pos
+                continue
+            if rc == 0:  # full: roll, and go on in the new segment
+                _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+                touched.append((m, start_pos, v.end_pos))
+                m = self._roll_locked(partition, m)
+                start_pos = 0
+                continue
+            _check_rc(rc, "append")
+            out.extend(range(first, first + rc))
+            i += rc
+        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        touched.append((m, start_pos, v.end_pos))
+
+    # ---- read ---------------------------------------------------------
+
+    def _bounds(self, partition):
+        cdef pq_dlog_view v
+        self._check_open()
+        self._check_part(partition)
+        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        return v.start_offset, v.end_offset
+
+    cdef tuple _closed_segment(self, uint32_t partition, uint64_t offset, pq_dlog_view* v):
+        """(SegmentMap, end, index entries, next base) of the closed segment
+        holding offset, or None when its file is gone (retention)."""
+        bases = self._segment_bases(partition, v.seg_gen)
+        # the last base <= offset, below the active one
+        lo, hi = 0, len(bases)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bases[mid] <= offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
+            return None
+        base = bases[lo - 1]
+        nxt = bases[lo] if lo < len(bases) else v.active_base
+        key = (partition, base)
+        m = self._closed_maps.get(key)
+        if m is None:
+            m = self._map_segment(partition, base, False)
+            if m is None:
+                return None
+            if len(self._closed_maps) >= 32:  # keep few closed segments mapped
+                old = self._closed_maps.pop(next(iter(self._closed_maps)))
+                old.close()
+            self._closed_maps[key] = m
+        h = m.index_header()
+        if h is None:  # not sealed: bounded by the file, found by a walk
+            return m, (<SegmentMap>m).s.data_size, 0, nxt
+        return m, min(h["end_pos"], (<SegmentMap>m).s.data_size), h["entries"], nxt
+
+    def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
+              make):
+        """As MemoryLogCore._read, from the segment files."""
+        cdef pq_dlog_view v
+        cdef int rc, missing = 0
+        cdef int64_t deadline, until
+        cdef uint64_t nxt, bad, end, ixc, next_base
+        cdef SegmentMap m
+        self._check_open()
+        self._check_part(partition)
+        if max_records <= 0:
+            raise ValueError("max_records must be positive")
+        deadline = _deadline_of(timeout)
+        cdef list out = []
+        while True:
+            _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+            if offset < v.start_offset or offset > v.end_offset:
+                if out:
+                    return out
+                raise self._out_of_range(partition, offset, v.start_offset, v.end_offset)
+            if offset == v.end_offset:
+                if out or not _time_left(deadline):
+                    return out
+                until = _slice_end(deadline)
+                with nogil:
+                    rc = pq_dlog_wait(&self._d, partition, offset, until, SPIN_NS)
+                if rc == -EINTR or rc == -ETIMEDOUT:
+                    PyErr_CheckSignals()
+                continue
+            if offset >= v.active_base:
+                m = self._active_map(partition, v.active_base, False)
+                end, ixc, next_base = v.end_pos, v.index_count, v.end_offset
+            else:
+                found = self._closed_segment(partition, offset, &v)
+                if found is None:
+                    # removed by retention since the snapshot (the next one
+                    # says so), or missing from the directory
+                    missing += 1
+                    if missing > 3:
+                        raise SegmentMismatch(f"log: the segment holding offset {offset} of "
+                                              f"partition {partition} is missing")
+                    continue
+                m, end, ixc, next_base = found
+            want = <uint32_t>min(max_records - len(out), BATCH_MAX)
+            rc = pq_dseg_peek(&m.s, end, ixc, offset, self._recs, want, &nxt, &bad)
+            if rc == PQ_ERR_CORRUPT:
+                if out:
+                    return out
+                raise CorruptRecord(
+                    f"{m.path}: the record at byte {bad} fails its check (CRC32C or format); "
+                    f"partition {partition}, reading offset {offset}",
+                    path=str(m.path), position=bad, partition=partition, offset=offset)
+            _check_rc(rc, "read")
+            if rc == 0:
+                if offset >= v.active_base:
+                    raise SegmentMismatch(f"log: partition {partition} has no record at "
+                                          f"offset {offset} below its end (corrupt?)")
+                offset = next_base  # nothing more in that segment
+                continue
+            out.extend(_decode_raw(self._copy_records(rc), partition, make))
+            offset = nxt
+            if len(out) >= max_records:
+                return out
+
+    def _wait_any(self, list parts, list offsets, GroupTable groups, uint32_t g,
+                  uint64_t gen_seen, double timeout):
+        cdef uint32_t pv[MAX_PARTITIONS]
+        cdef uint64_t ov[MAX_PARTITIONS]
+        cdef int n = _fill_waits(parts, offsets, pv, ov)
+        cdef const pq_gen_word* gen = NULL
+        cdef int rc
+        self._check_open()
+        if groups is not None:
+            gen = pq_group_generation_word(groups.t, g)
+        cdef int64_t until = _slice_end(_deadline_of(timeout))
+        with nogil:
+            rc = pq_dlog_wait_any(&self._d, pv, ov, n, gen, gen_seen, until, SPIN_NS)
+        if rc == -EINTR or rc == -ETIMEDOUT:
+            PyErr_CheckSignals()
+        return 0 if rc == -EINTR else rc

@@ -1,0 +1,336 @@
+"""pyqueue.Consumer: a member of a consumer group of a Log.
+
+The partitions of the log are shared among the live members of the group
+(a sticky, balanced assignment made in shared memory, csrc/pq_group.h).
+Each member reads its partitions from the group's committed offsets on and
+commits how far it got; a commit is fenced by the epoch at which the member
+got each partition, so once a partition has moved to another member, the
+former owner's commit fails (CommitFailed) and two members never commit the
+same partition. See docs/api.md ("Consumer groups").
+"""
+import os
+import time
+import weakref
+
+from pyqueue.errors import CommitFailed, OffsetOutOfRange, PyQueueError
+
+OFFSET_RESETS = ("earliest", "latest")
+_REAP_INTERVAL = 0.25  # how often a member looks for dead or silent ones
+
+
+def _leave_quietly(table, g, member_id, pid):
+    # A consumer dropped without close(): leave the group from its own
+    # process (a forked child's copy must not remove its parent's member).
+    if os.getpid() != pid:
+        return
+    try:
+        table.leave(g, member_id)
+    except (ValueError, OSError):
+        pass  # the log is closed already: the member goes with the process
+
+
+class Consumer:
+    """A member of consumer group `group` of `log`, in this process.
+
+    Consumer(log, group, *, auto_offset_reset="earliest", auto_commit=False,
+             auto_commit_interval=5.0, max_poll_interval=300.0)
+
+    auto_offset_reset: where to start a partition that has no committed
+    offset, or whose committed offset retention has removed ("earliest":
+    the oldest record kept, "latest": the end). auto_commit: commit the
+    positions reached at most every auto_commit_interval seconds from
+    poll(), and on close(). max_poll_interval: a member that does not poll
+    for that long is removed from the group (its partitions go to the
+    others); a member whose process dies is removed at once.
+    """
+
+    def __init__(self, log, group, *, auto_offset_reset="earliest", auto_commit=False,
+                 auto_commit_interval=5.0, max_poll_interval=300.0):
+        if auto_offset_reset not in OFFSET_RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {OFFSET_RESETS}, "
+                             f"not {auto_offset_reset!r}")
+        for what, v in (("auto_commit_interval", auto_commit_interval),
+                        ("max_poll_interval", max_poll_interval)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ValueError(f"{what} must be a positive number of seconds")
+        self._log = log
+        self._group = group
+        self._table = log._group_table()
+        self._reset = auto_offset_reset
+        self._auto_commit = bool(auto_commit)
+        self._auto_commit_interval = float(auto_commit_interval)
+        self._max_poll_interval = float(max_poll_interval)
+        self._pid = os.getpid()
+        self._closed = False
+        self._positions = {}  # partition -> the next offset poll() returns
+        self._epochs = {}     # partition -> the epoch at which this member got it
+        self._generation = None
+        self._member = None
+        self._finalizer = None
+        self.skipped = 0      # offsets passed over by resets (removed by retention)
+        self._rr = 0
+        self._next_reap = 0.0
+        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
+        self._join()
+
+    # ---- membership ---------------------------------------------------
+
+    def _join(self):
+        while True:
+            g, incarnation = self._table.find(self._group, True)
+            member = self._table.join(g, incarnation, self._max_poll_interval)
+            if member is not None:  # else deleted since it was found: again
+                break
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._g, self._member = g, member
+        self._finalizer = weakref.finalize(self, _leave_quietly, self._table, g, member,
+                                           self._pid)
+        self._positions.clear()
+        self._epochs.clear()
+        self._generation = None
+        self._refresh()
+
+    def _refresh(self):
+        """Take the group's current assignment: new partitions start at the
+        committed offset, lost ones are forgotten."""
+        got = self._table.assignment(self._g, self._member)
+        if got is None:  # removed from the group (looked dead, or silent)
+            self._join()
+            return
+        generation, epochs = got
+        for p in list(self._epochs):
+            if epochs.get(p) != self._epochs[p]:
+                del self._epochs[p]
+                self._positions.pop(p, None)
+        for p, epoch in epochs.items():
+            if p not in self._epochs:
+                self._epochs[p] = epoch
+                self._positions[p] = self._start_position(p)
+        self._generation = generation
+
+    def _start_position(self, p):
+        committed, _ms = self._table.committed(self._g, p)
+        start, end = self._log._bounds(p)
+        if committed is None:
+            return start if self._reset == "earliest" else end
+        if committed < start:
+            at = start if self._reset == "earliest" else end
+            self.skipped += at - committed
+            return at
+        return min(committed, end)
+
+    def _check(self):
+        if self._closed:
+            raise ValueError("the consumer is closed")
+        if os.getpid() != self._pid:
+            raise PyQueueError("a Consumer belongs to the process that made it: make one in "
+                               "each process (log.consumer(group))")
+
+    def _keep_alive(self):
+        """Heartbeat, look for gone members now and then, follow rebalances."""
+        t, g = self._table, self._g
+        if not t.heartbeat(g, self._member):
+            self._refresh()  # removed: join again
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + _REAP_INTERVAL
+            t.reap(g)
+        if t.generation(g) != self._generation:
+            self._refresh()
+
+    # ---- reading ------------------------------------------------------
+
+    def poll(self, max_records=500, timeout=0.0):
+        """Up to max_records Records from the partitions assigned to this
+        member, waiting up to timeout seconds (None: for ever) for the
+        first. Records of one partition come in offset order."""
+        self._check()
+        if not isinstance(max_records, int) or max_records <= 0:
+            raise ValueError("max_records must be a positive int")
+        deadline = float("inf") if timeout is None else time.monotonic() + float(timeout)
+        if self._auto_commit and time.monotonic() >= self._next_auto_commit:
+            self._commit_quietly()  # before a rebalance can take partitions away
+        self._keep_alive()
+        while True:
+            out = self._fetch(max_records)
+            if out:
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return out
+            parts = sorted(self._positions)
+            self._log._wait_any(parts, [self._positions[p] for p in parts], self._table,
+                                self._g, self._generation or 0, remaining)
+            self._keep_alive()
+
+    def _fetch(self, max_records):
+        from pyqueue.log import Record
+        parts = sorted(self._positions)
+        if not parts:
+            return []
+        k = self._rr % len(parts)
+        self._rr += 1
+        out = []
+        for p in parts[k:] + parts[:k]:  # a different first partition each time
+            if len(out) >= max_records:
+                break
+            at = self._positions[p]
+            try:
+                recs = self._log._read(p, at, max_records - len(out), 0.0, Record)
+            except OffsetOutOfRange as e:
+                if at < e.start_offset:  # retention overtook us
+                    to = e.start_offset if self._reset == "earliest" else e.end_offset
+                    self.skipped += to - at
+                else:
+                    to = e.end_offset
+                self._positions[p] = to
+                continue
+            if recs:
+                out.extend(recs)
+                self._positions[p] = recs[-1].offset + 1
+        return out
+
+    def __iter__(self):
+        """Records for ever (poll with no timeout); Ctrl-C interrupts."""
+        while True:
+            yield from self.poll(timeout=None)
+
+    # ---- offsets ------------------------------------------------------
+
+    def commit(self, offsets=None):
+        """Commit the positions reached (or offsets: {partition: next
+        offset to read}) for partitions this member owns, all or nothing.
+        CommitFailed (nothing written) when any of them has been assigned
+        to another member, or this member was removed from the group."""
+        self._check()
+        if offsets is None:
+            offsets = dict(self._positions)
+        items, lost = [], []
+        for p, off in offsets.items():
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise ValueError("offsets must be non-negative ints")
+            if p in self._epochs:
+                items.append((p, off, self._epochs[p]))
+            else:
+                lost.append(p)
+        if not lost and (not items or self._table.commit(self._g, self._member, items)):
+            return
+        self._refresh_keeping_positions()
+        lost = sorted(set(lost) | {p for p, _, e in items if self._epochs.get(p) != e})
+        raise CommitFailed(f"commit fenced: partition(s) {lost} of group {self._group!r} are "
+                           "no longer assigned to this consumer (a rebalance moved them); "
+                           "nothing was committed", lost)
+
+    def _refresh_keeping_positions(self):
+        kept = dict(self._positions)
+        self._refresh()
+        for p in self._positions:
+            if p in kept and p in self._epochs:
+                self._positions[p] = kept[p]
+
+    def _commit_quietly(self):
+        """auto_commit: what this member still owns (a partition that moved
+        goes on from its last commit with its new owner)."""
+        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
+        try:
+            self.commit()
+        except CommitFailed:
+            try:
+                self.commit()  # the assignment is fresh now
+            except CommitFailed:
+                pass
+
+    def committed(self, partition):
+        """The group's committed offset of a partition (None: none)."""
+        self._check()
+        return self._table.committed(self._g, partition)[0]
+
+    def position(self, partition):
+        """The offset the next poll() returns for an assigned partition."""
+        self._check()
+        self._require(partition)
+        return self._positions[partition]
+
+    def seek(self, partition, offset):
+        """Read an assigned partition from offset on (out of range: reset
+        by auto_offset_reset at the next poll)."""
+        self._check()
+        self._require(partition)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError("offset must be a non-negative int")
+        self._positions[partition] = offset
+
+    def seek_to_beginning(self, partitions=None):
+        self._seek_to(partitions, 0)
+
+    def seek_to_end(self, partitions=None):
+        self._seek_to(partitions, 1)
+
+    def _seek_to(self, partitions, which):
+        self._check()
+        for p in sorted(self._positions) if partitions is None else partitions:
+            self._require(p)
+            self._positions[p] = self._log._bounds(p)[which]
+
+    def _require(self, partition):
+        if partition not in self._positions:
+            raise ValueError(f"partition {partition!r} is not assigned to this consumer "
+                             f"(assignment: {self.assignment()})")
+
+    def assignment(self):
+        """The partitions this member owns now (sorted)."""
+        self._check()
+        if self._table.generation(self._g) != self._generation:
+            self._refresh_keeping_positions()
+        return sorted(self._positions)
+
+    def lag(self):
+        """{partition: records between the position and the end}."""
+        self._check()
+        return {p: max(0, self._log._bounds(p)[1] - at)
+                for p, at in sorted(self._positions.items())}
+
+    @property
+    def group(self):
+        return self._group
+
+    @property
+    def member_id(self):
+        return self._member
+
+    @property
+    def generation(self):
+        return self._generation
+
+    # ---- life ---------------------------------------------------------
+
+    def close(self):
+        """Leave the group (committing first with auto_commit); the
+        partitions go to the other members."""
+        if self._closed:
+            return
+        if os.getpid() != self._pid:
+            self._closed = True
+            return
+        try:
+            if self._auto_commit:
+                self._commit_quietly()
+        finally:
+            self._closed = True
+            self._finalizer.detach()
+            self._table.leave(self._g, self._member)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError("a Consumer belongs to the process that made it and cannot be "
+                        "pickled; pass the Log and call log.consumer(group) there")
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"partitions {sorted(self._positions)}"
+        return f"<pyqueue.Consumer group={self._group!r} {state}>"
