@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "pq_crc32c.h"
+#include "pq_fault.h"
 
 /* The record header as stored (memcpy'd in and out: the mapping is only
  * trusted to be 8-aligned, and its bytes may be anything). */
@@ -143,8 +144,12 @@ int pq_dseg_write(pq_dseg *s, pq_dseg_cursor *c, const pq_log_entry *e, uint32_t
             memcpy(w, e[i].key, kl), w += kl;
         if (e[i].headers_len)
             memcpy(w, e[i].headers, e[i].headers_len), w += e[i].headers_len;
-        if (e[i].value_len)
-            memcpy(w, e[i].value, e[i].value_len), w += e[i].value_len;
+        if (e[i].value_len) {
+            /* (split around the mid_copy fault point in fault builds: a
+             * test stops an appender there, holding the lock) */
+            pq_fault_copy(w, 0, e[i].value, e[i].value_len, e[i].value_len);
+            w += e[i].value_len;
+        }
         memset(w, 0, size - raw);
         memcpy(rec, &h, sizeof h);
         h.crc = pq_dseg_crc(rec, h.size);

@@ -5,6 +5,10 @@
     pyqueue rm NAME...                 remove segments (and their out-of-band segments)
     pyqueue gc [--dry-run] [--oob-grace SECONDS] [--anon-only] [--json] [PATTERN...]
                                        remove the segments nobody can use any more
+    pyqueue tail NAME [--partition P] [--from-beginning] [-n COUNT] [--no-follow] [--json]
+                                       print a log's records as they come
+    pyqueue groups NAME [GROUP...] [--json]
+                                       a log's consumer groups: committed offsets, lag
 
 PATTERNs are shell-style globs on queue names (`anon-1234-*`); an
 out-of-band segment goes with its queue's name.
@@ -19,7 +23,7 @@ import struct
 import sys
 import time
 
-from pyqueue import _core, _procscan, _segment
+from pyqueue import _cli_log, _core, _procscan, _segment
 from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log"}
@@ -584,6 +588,7 @@ def main(argv=None):
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     gc.set_defaults(func=cmd_gc)
+    _cli_log.add_parsers(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)

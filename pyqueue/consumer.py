@@ -175,17 +175,19 @@ class Consumer:
         for p in parts[k:] + parts[:k]:  # a different first partition each time
             if len(out) >= max_records:
                 break
-            at = self._positions[p]
-            try:
-                recs = self._log._read(p, at, max_records - len(out), 0.0, Record)
-            except OffsetOutOfRange as e:
-                if at < e.start_offset:  # retention overtook us
-                    to = e.start_offset if self._reset == "earliest" else e.end_offset
-                    self.skipped += to - at
-                else:
-                    to = e.end_offset
-                self._positions[p] = to
-                continue
+            for _attempt in range(2):  # once more after a reset
+                at = self._positions[p]
+                try:
+                    recs = self._log._read(p, at, max_records - len(out), 0.0, Record)
+                    break
+                except OffsetOutOfRange as e:
+                    if at < e.start_offset:  # retention overtook us
+                        to = e.start_offset if self._reset == "earliest" else e.end_offset
+                        self.skipped += to - at
+                    else:
+                        to = e.end_offset
+                    self._positions[p] = to
+                    recs = []
             if recs:
                 out.extend(recs)
                 self._positions[p] = recs[-1].offset + 1

@@ -217,7 +217,7 @@ class MemoryLog(Log, _log.MemoryLogCore):
 
     def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
                  perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 _open_only=False):
+                 trust_owner=False, _open_only=False):
         if path is not None:
             raise ValueError("a MemoryLog has no path (use Log(path=...) for directory mode)")
         for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
@@ -243,7 +243,7 @@ class MemoryLog(Log, _log.MemoryLogCore):
                 mm = _segment.create(name, _log.memory_segment_size(parts, capacity), perm,
                                      init)
             if mm is None:
-                mm, _perm = _segment.open_existing(name, _KIND_LOG)
+                mm, _perm = _segment.open_existing(name, _KIND_LOG, trust_owner)
                 self._setup(name, mm)
                 where = f"log {name!r}"
                 _same("partitions", partitions, self.partitions, where)
@@ -261,10 +261,11 @@ class MemoryLog(Log, _log.MemoryLogCore):
         return 1 << (n - 1).bit_length()
 
     @classmethod
-    def open(cls, name):
+    def open(cls, name, trust_owner=False):
         """Open an existing memory-mode log (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue log)."""
-        return cls(name, _open_only=True)
+        SegmentMismatch if it is not a pyqueue log, SegmentNotOwned if
+        another user's, unless trust_owner)."""
+        return cls(name, trust_owner=trust_owner, _open_only=True)
 
     def _setup(self, name, mm):
         self._name = name
@@ -418,8 +419,9 @@ class DirectoryLog(Log, _log.DirLogCore):
             self._bases[p] = cached
         return cached[1]
 
-    def _roll_locked(self, p, old):
-        """The active segment is full: make the next one and switch to it."""
+    def _roll_locked(self, p, old, retention=True):
+        """The active segment is full (or expired): make the next one and
+        switch to it, then apply retention (unless told not to)."""
         snap = self._snapshot(p)
         new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes)
         try:
@@ -434,7 +436,8 @@ class DirectoryLog(Log, _log.DirLogCore):
         old_base = old.base_offset
         self._set_active(p, new)  # unmaps the old one before it shrinks
         _logdir.trim_segment(self._path, p, old_base, snap["end_pos"], snap["index_count"])
-        self._retention_locked(p, False)
+        if retention:
+            self._retention_locked(p, False)
         return new
 
     def _retention_locked(self, p, roll_expired):
@@ -448,8 +451,8 @@ class DirectoryLog(Log, _log.DirLogCore):
         if roll_expired and self.retention_ms is not None:
             max_ts, records, _ = self._active_stats(p)
             if records and max_ts < now - self.retention_ms:
-                self._roll_locked(p, self._active_segment(p))  # retention runs in it
-                return self._retention_locked(p, False)
+                self._roll_locked(p, self._active_segment(p), retention=False)
+                snap = self._snapshot(p)
         _, _, closed_bytes = self._active_stats(p)
         total = closed_bytes + snap["end_pos"]
         bases = [b for b in self._segment_bases(p, snap["seg_gen"]) if b < snap["active_base"]]

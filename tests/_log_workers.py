@@ -10,3 +10,85 @@ def blocking_reader(log, ready, out):
     ready.put(True)
     recs = log.read(0, 0, max_records=10, timeout=20)
     out.put([(r.offset, r.value) for r in recs])
+
+
+# -- directory mode ----------------------------------------------------------
+
+import os
+import struct
+
+from tests._crash_workers import arm
+
+
+def dir_value(i, size):
+    """The value of record i in the crash tests: i, then filler."""
+    return struct.pack("<Q", i) + bytes([i % 251]) * max(0, size - 8)
+
+
+def dir_append_acked(path, conn, start, count, size):
+    """Append records start.. to partition 0 of the log at path; after each
+    append returns, send its offset down conn (a pipe: what was sent before
+    a SIGKILL is in the kernel, not in a feeder thread)."""
+    from pyqueue import Log
+    lg = Log.open(path)
+    for i in range(start, start + count):
+        _, off = lg.append(dir_value(i, size), key=None)
+        conn.send_bytes(struct.pack("<Q", off))
+    conn.close()
+
+
+def armed_dir_append(path, spec, values):
+    """Append each value; stops at the fault point named by spec."""
+    from pyqueue import Log
+    arm(spec)
+    lg = Log.open(path)
+    for v in values:
+        lg.append(v)
+
+
+def dir_append_many(path, tag, n, key):
+    from pyqueue import Log
+    lg = Log.open(path)
+    for i in range(0, n, 7):
+        lg.append_many([(tag, j) for j in range(i, min(n, i + 7))], key=key)
+
+
+# -- consumer groups ---------------------------------------------------------
+
+def member_until_done(log, group, out, n_total, max_records):
+    """Consume with commits after each batch until the group's lag is 0;
+    report (pid, partition, offset) of every record, then the final
+    assignment."""
+    import time
+    from pyqueue import CommitFailed
+    c = log.consumer(group)
+    pid = os.getpid()
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        recs = c.poll(max_records=max_records, timeout=0.05)
+        seen.extend((r.partition, r.offset) for r in recs)
+        try:
+            c.commit()
+        except CommitFailed:  # a rebalance moved partitions: go on
+            pass
+        offs = log.group_offsets(group)
+        if sum(v["lag"] for v in offs.values()) == 0 and all(
+                v["committed"] is not None for v in offs.values()):
+            break
+    out.put((pid, seen, c.assignment()))
+    c.close()
+
+
+def member_then_hang(log, group, out, first):
+    """Poll `first` records and commit them, poll more without committing,
+    report both, then block in poll (to be SIGKILLed there)."""
+    c = log.consumer(group)
+    got = c.poll(max_records=first, timeout=10)
+    c.commit()
+    committed = [(r.partition, r.offset) for r in got]
+    more = c.poll(max_records=first, timeout=10)
+    out.put((os.getpid(), committed, [(r.partition, r.offset) for r in more],
+             c.assignment()))
+    c.seek_to_end()
+    c.poll(timeout=60)  # killed in here

@@ -1,0 +1,319 @@
+"""pyqueue.Log, directory mode: segment files named by base offset, rolls,
+replay, reopen, retention by bytes and by age, CRC32C and what a damaged
+file gives, torn tails truncated on recovery, several processes, and a
+model test with reopens."""
+import os
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pyqueue
+from pyqueue import CorruptRecord, Log, OffsetOutOfRange
+from pyqueue import _logdir
+from tests import _log_workers as w
+
+SEG = 8192  # small segments: rolls happen within a few records
+
+
+def segment_files(path, p=0):
+    d = _logdir.partition_dir(str(path), p)
+    return sorted(f for f in os.listdir(d) if f.endswith(".log"))
+
+
+def test_round_trip_reopen_and_layout(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, partitions=3)
+    assert isinstance(lg, Log) and lg.path == str(path) and lg.recovery == []
+    p, o = lg.append(b"v1", key=b"k", headers={"h": b"1"})
+    lg.append("v2", key="k")
+    lg.append({"x": [1, 2]}, key="k")
+    lg.append(b"nokey")
+    assert (p, o) == (lg.partition_for(b"k"), 0)
+    lg.close()
+    assert sorted(os.listdir(path)) == [".lock-open", ".lock-users", "control", "log.json",
+                                        "partition-0", "partition-1", "partition-2"]
+    assert segment_files(path, p) == ["00000000000000000000.log"]
+    lg = Log.open(str(path))
+    assert lg.recovery == [] and lg.partitions == 3
+    recs = lg.read(p, 0)
+    assert [r.value for r in recs[:3]] == [b"v1", "v2", {"x": [1, 2]}]
+    assert recs[0].headers == {"h": b"1"} and recs[0].key == b"k"
+    assert lg.end_offset(p) == len(recs)
+    assert sum(lg.end_offset(q) for q in range(3)) == 4
+    lg.close()
+    with pytest.raises(ValueError):
+        lg.read(p, 0)
+
+
+def test_rolls_seal_trim_and_replay(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=SEG)
+    vals = [os.urandom(i % 700) for i in range(600)]
+    got = lg.append_many(vals[:300])
+    for v in vals[300:]:
+        got.append(lg.append(v))
+    assert [o for _, o in got] == list(range(600))
+    files = segment_files(path)
+    assert len(files) > 10
+    bases = [int(f[:20]) for f in files]
+    assert bases[0] == 0 and bases == sorted(bases)
+    for f, nxt in zip(files[:-1], bases[1:]):
+        size = os.path.getsize(os.path.join(_logdir.partition_dir(str(path), 0), f))
+        h = _logdir.read_index_header(str(path), 0, int(f[:20]))
+        assert h is not None and h["records"] == nxt - int(f[:20])
+        # closed segments are trimmed to what they hold, in whole pages
+        assert size == -(-h["end_pos"] // 4096) * 4096
+    for off in (0, 1, 63, 64, 299, 300, 301, 598, 599):
+        recs = lg.read(0, off, max_records=50)
+        assert [r.offset for r in recs] == list(range(off, min(off + 50, 600)))
+        assert [r.value for r in recs] == vals[off:off + 50]
+    assert len(lg.read(0, 0, max_records=10_000)) == 600
+    with pytest.raises(pyqueue.MessageTooLarge):
+        lg.append(b"x" * SEG)
+    lg.append(b"x" * (SEG - pyqueue._log.RECORD_HEADER_BYTES))  # a whole segment
+    assert lg.read(0, 600)[0].value == b"x" * (SEG - 40)
+    lg.close()
+
+
+def test_retention_by_bytes(tmp_path):
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, retention_bytes=4 * SEG)
+    for i in range(2000):
+        lg.append(struct.pack("<Q", i) + b"x" * 100)
+    start, end = lg.start_offset(0), lg.end_offset(0)
+    assert end == 2000 and start > 0
+    files = segment_files(tmp_path / "log")
+    assert int(files[0][:20]) == start
+    sizes = [_logdir.read_index_header(str(tmp_path / "log"), 0, int(f[:20]))["end_pos"]
+             for f in files[:-1]]
+    # Kafka's rule, applied at each roll: the oldest segment goes while
+    # what stays holds at least retention_bytes. So the oldest one kept
+    # was needed to hold that much, and one more would have been too many.
+    assert sum(sizes[1:]) < 4 * SEG <= sum(sizes) + lg._snapshot(0)["end_pos"]
+    with pytest.raises(OffsetOutOfRange) as ei:
+        lg.read(0, start - 1)
+    assert ei.value.start_offset == start and str(start) in str(ei.value)
+    recs = lg.read(0, start, max_records=10_000)
+    assert [struct.unpack_from("<Q", r.value)[0] for r in recs] == list(range(start, 2000))
+    lg.close()
+
+
+def test_retention_by_age(tmp_path):
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, retention_ms=60_000)
+    now = time.time_ns() // 1_000_000
+    old = now - 3_600_000
+    # An hour-old batch (the timestamp is the append time: set it), then
+    # fresh records; rolls remove the old segments, enforce_retention the
+    # rest of them.
+    for i in range(200):
+        lg._append(0, [b"old" * 30], None, None, old)
+    first_fresh = lg.end_offset(0)
+    for i in range(200):
+        lg.append(b"new" * 30)
+    lg.enforce_retention()
+    start = lg.start_offset(0)
+    assert 0 < start <= first_fresh
+    assert all(r.value == b"new" * 30 for r in lg.read(0, first_fresh, max_records=10_000))
+    assert all(r.value == b"old" * 30 for r in lg.read(0, start, max_records=first_fresh - start))
+    # Everything expired: even the active segment goes, the offsets go on.
+    lg.close()
+    lg = Log(path=tmp_path / "log2", retention_ms=1000)
+    lg._append(0, [b"a", b"b"], None, None, old)
+    assert lg.enforce_retention() >= 1
+    assert lg.start_offset(0) == lg.end_offset(0) == 2
+    assert lg.append(b"c") == (0, 2)
+    lg.close()
+
+
+def test_damaged_closed_segment_raises_corrupt_record(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=SEG)
+    for i in range(300):
+        lg.append(struct.pack("<Q", i) * 20)
+    lg.close()
+    files = segment_files(path)
+    victim = os.path.join(path, "partition-0", files[1])
+    base = int(files[1][:20])
+    with open(victim, "r+b") as f:
+        f.seek(40 + 50)  # inside the value of the segment's first record
+        b = f.read(1)
+        f.seek(40 + 50)
+        f.write(bytes([b[0] ^ 0x01]))
+    lg = Log.open(str(path))
+    with pytest.raises(CorruptRecord) as ei:
+        lg.read(0, base)
+    assert ei.value.path == victim and ei.value.offset == base and ei.value.partition == 0
+    assert isinstance(ei.value, pyqueue.SegmentMismatch)
+    # Records before it come back, the bad one never does; the rest reads.
+    recs = lg.read(0, 0, max_records=10_000)
+    assert [r.offset for r in recs] == list(range(base))
+    assert lg.read(0, base + 1)[0].offset == base + 1
+    assert lg.append(b"still appendable") == (0, 300)
+    lg.close()
+
+
+def _last_record_end(path):
+    files = segment_files(path)
+    m = _logdir.map_segment(str(path), 0, int(files[-1][:20]), False)
+    try:
+        (cursor, torn) = m.scan(m.data_size, False)
+        return files[-1], cursor[0], cursor[1]
+    finally:
+        m.close()
+
+
+def test_torn_tail_is_truncated_and_reported(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=1 << 20)
+    for i in range(50):
+        lg.append(b"r%03d" % i * 10)
+    lg.close()
+    name, end, next_off = _last_record_end(path)
+    assert next_off == 50
+    seg = os.path.join(path, "partition-0", name)
+    # The last record loses its end (a write that never finished), and
+    # garbage follows it.
+    with open(seg, "r+b") as f:
+        f.seek(end - 8)
+        f.write(b"\xff" * 8 + os.urandom(300))
+    lg = Log.open(str(path))
+    assert len(lg.recovery) == 1
+    rep = lg.recovery[0]
+    assert rep["partition"] == 0 and rep["torn_records"] == 1 and rep["truncated_bytes"] > 300
+    assert lg.end_offset(0) == 49
+    assert [r.value for r in lg.read(0, 0, max_records=100)] == [b"r%03d" % i * 10
+                                                                   for i in range(49)]
+    assert lg.append(b"after") == (0, 49)
+    lg.close()
+    lg = Log.open(str(path))
+    assert lg.recovery == [] and lg.read(0, 49)[0].value == b"after"
+    lg.close()
+
+
+def test_parameters_and_errors(tmp_path):
+    path = tmp_path / "log"
+    with pytest.raises(pyqueue.SegmentNotFound):
+        Log.open(str(path))
+    lg = Log(path=path, partitions=2, segment_bytes=SEG, fsync="interval")
+    with pytest.raises(ValueError, match="partitions=2"):
+        Log(path=path, partitions=3)
+    with pytest.raises(ValueError, match="fsync"):
+        Log(path=path, fsync="always")
+    same = Log(path=path, partitions=2)  # the same parameters: fine
+    assert same.partitions == 2 and same.fsync == "interval"
+    same.close()
+    for bad in ({"fsync": "sometimes"}, {"segment_bytes": 100}, {"partitions": 0},
+                {"retention_ms": 0}, {"perm": 0o600}, {"fsync_interval": -1}):
+        with pytest.raises(ValueError):
+            Log(path=tmp_path / "other", **bad)
+    with pytest.raises(ValueError):
+        Log("name", path=tmp_path / "x")
+    with pytest.raises(ValueError):
+        Log(segment_bytes=SEG)  # memory mode
+    with pytest.raises(ValueError):
+        lg.read(2, 0)
+    with pytest.raises(OffsetOutOfRange):
+        lg.read(0, 1)
+    with pytest.raises(TypeError):
+        lg.append(b"x", key=3)
+    assert lg.append(b"ok") is not None  # still usable
+    lg.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_fsync_policies_round_trip(tmp_path, fsync):
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, fsync=fsync, fsync_interval=0.01)
+    offs = [lg.append(b"%d" % i)[1] for i in range(200)]
+    offs += [o for _, o in lg.append_many([b"m"] * 100)]
+    assert offs == list(range(300))
+    lg.close()
+    lg = Log.open(str(tmp_path / "log"))
+    assert lg.end_offset(0) == 300 and lg.fsync == fsync
+    lg.close()
+
+
+def test_pickles_by_path(ctx, procs, tmp_path):
+    lg = Log(path=tmp_path / "log", partitions=3, segment_bytes=SEG)
+    n = 300
+    for tag in ("a", "b"):
+        procs.start(ctx, w.dir_append_many, str(tmp_path / "log"), tag, n, "key")
+    assert procs.join_all() == [0, 0]
+    p = lg.partition_for("key")
+    recs = lg.read(p, 0, max_records=10 * n)
+    assert [r.offset for r in recs] == list(range(2 * n))
+    for tag in ("a", "b"):
+        assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))
+    lg.close()
+
+
+def test_two_processes_append_while_reading(ctx, procs, tmp_path):
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG)
+    n = 400
+    for tag in ("a", "b"):
+        procs.start(ctx, w.appender, lg, tag, n, None)
+    got, at = [], 0
+    deadline = time.monotonic() + 60
+    while len(got) < 2 * n and time.monotonic() < deadline:
+        recs = lg.read(0, at, max_records=1000, timeout=1)
+        got.extend(recs)
+        if recs:
+            at = recs[-1].offset + 1
+    assert procs.join_all() == [0, 0]
+    assert [r.offset for r in got] == list(range(2 * n))
+    for tag in ("a", "b"):
+        assert [i for t, i in (r.value for r in got) if t == tag] == list(range(n))
+    lg.close()
+
+
+def test_blocking_reader_gets_later_appends(ctx, procs, tmp_path):
+    lg = Log(path=tmp_path / "log")
+    ready, out = ctx.Queue(), ctx.Queue()
+    procs.start(ctx, w.blocking_reader, lg, ready, out)
+    ready.get(timeout=30)
+    lg.append("late")
+    assert out.get(timeout=30) == [(0, "late")]
+    assert procs.join_all() == [0]
+    lg.close()
+
+
+class _Model:
+    def __init__(self, partitions):
+        self.parts = [[] for _ in range(partitions)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 1), st.binary(max_size=1500)),
+    st.tuples(st.just("many"), st.integers(0, 1), st.lists(st.binary(max_size=300), max_size=20)),
+    st.tuples(st.just("reopen"), st.just(0), st.just(b"")),
+), max_size=60))
+def test_model(tmp_path_factory, ops):
+    """A list per partition: every append is readable at its offset, across
+    rolls and reopens (each reopen here is alone: it recovers)."""
+    path = str(tmp_path_factory.mktemp("m") / "log")
+    lg = Log(path=path, partitions=2, segment_bytes=SEG)
+    model = [[], []]
+    try:
+        for op, p, v in ops:
+            if op == "append":
+                assert lg._append(p, [v], None, None, 0) == [len(model[p])]
+                model[p].append(v)
+            elif op == "many":
+                if v:
+                    assert lg._append(p, list(v), None, None, 0) == list(
+                        range(len(model[p]), len(model[p]) + len(v)))
+                    model[p].extend(v)
+            else:
+                lg.close()
+                lg = Log.open(path)
+                assert lg.recovery == []
+        for p in range(2):
+            assert lg.start_offset(p) == 0 and lg.end_offset(p) == len(model[p])
+            recs = lg.read(p, 0, max_records=100_000)
+            assert [r.value for r in recs] == model[p]
+            if model[p]:
+                mid = len(model[p]) // 2
+                assert [r.value for r in lg.read(p, mid, max_records=3)] == model[p][mid:mid + 3]
+    finally:
+        lg.close()
