@@ -19,9 +19,12 @@ from libc.string cimport memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 from libc.errno cimport (EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, EDOM,
                          ENOENT, ENOSPC, ENODATA, EBUSY, EINVAL)
 
+import os
 import pickle
 import struct
 import time
@@ -32,6 +35,24 @@ from pyqueue.errors import from_code as _from_code
 
 cdef extern from "<errno.h>" nogil:
     int EUSERS
+
+cdef extern from "Python.h":
+    # An instance of a tuple subtype with n (NULL) items: a Record without
+    # the argument tuple and copy that tuple.__new__(Record, items) costs.
+    object PyType_GenericAlloc(type t, Py_ssize_t nitems)
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_UnTrack(object o)
+
+cdef extern from "<unistd.h>" nogil:
+    int getpid()
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_REALTIME
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
@@ -225,6 +246,49 @@ MAX_SEGMENT_BYTES = PQ_DSEG_MAX_BYTES
 
 cdef object _dumps_p = pickle.dumps
 cdef object _loads_p = pickle.loads
+
+
+cdef inline object _set(object t, Py_ssize_t i, object item):
+    Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
+    PyTuple_SET_ITEM(t, i, item)
+
+
+cdef object _new_record(type make, uint32_t partition, uint64_t offset, uint64_t ts,
+                        key, value, headers):
+    """make(partition, offset, timestamp, key, value, headers) for make a
+    6-field tuple type (Record), built in place."""
+    cdef object r = PyType_GenericAlloc(make, 6)
+    _set(r, 0, partition)
+    _set(r, 1, offset)
+    _set(r, 2, ts)
+    _set(r, 3, key)
+    _set(r, 4, value)
+    _set(r, 5, headers)
+    # As CPython does for a tuple of atoms: a record whose value and headers
+    # the collector does not track can be in no cycle, so it need not be
+    # tracked either (reading many records no longer makes every
+    # collection walk them all).
+    if not PyObject_GC_IsTracked(value) and not PyObject_GC_IsTracked(headers):
+        PyObject_GC_UnTrack(r)
+    return r
+
+# Bumped in the child of every fork: a core re-seeds its round-robin there.
+cdef unsigned long _fork_generation = 1
+
+
+def _after_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline uint64_t _now_ms() nogil:
+    """Wall clock in ms: a record's timestamp (its append time)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
 cdef object _u16 = struct.Struct("<H")
 cdef object _u32 = struct.Struct("<I")
 
@@ -359,17 +423,77 @@ cdef inline bint _time_left(int64_t deadline):
 
 
 cdef class LogCoreBase:
-    """What both storage cores share: partitions, the partitioner, and the
-    encoding of a batch of values into pq_log_entry records."""
+    """What both storage cores share: partitions, the partitioner, the
+    encoding of a batch of values into pq_log_entry records, the making of
+    Records, and the append paths (each core provides _append_datas)."""
     cdef uint32_t _nparts
     cdef uint64_t _max_record   # the largest key + headers + value bytes
     cdef readonly bint _closed
     cdef pq_log_record _recs[BATCH_MAX]
+    cdef uint32_t _rr           # the next keyless partition
+    cdef unsigned long _rr_gen  # _fork_generation when _rr was seeded
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
         self._closed = False
         self._nparts = 0
+        self._rr_gen = 0
+
+    cdef inline uint32_t _next_partition(self):
+        """Keyless records: round-robin per process, from a per-process
+        start so that processes spread out."""
+        if self._rr_gen != _fork_generation:
+            self._rr_gen = _fork_generation
+            self._rr = <uint32_t>getpid() % self._nparts
+        cdef uint32_t p = self._rr
+        self._rr = (p + 1) % self._nparts
+        return p
+
+    cdef uint32_t _choose(self, key) except? 0xffffffff:
+        cdef bytes k
+        if key is None:
+            return self._next_partition()
+        k = _key_bytes(key)
+        return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._nparts)
+
+    def append(self, value, key=None, headers=None):
+        """Append one record; returns (partition, offset). key (bytes or
+        str) picks the partition with Kafka's default partitioner; without
+        a key records go round-robin. headers: a dict of str -> bytes."""
+        self._check_open()
+        cdef uint32_t p = self._choose(key)
+        cdef bytes kb = None if key is None else _key_bytes(key)
+        cdef bytes hb = _encode_headers(headers)
+        cdef list out = []
+        self._append_datas(p, self._encode_batch([value], kb, hb), kb, hb, _now_ms(), out)
+        return p, out[0]
+
+    def append_many(self, values, key=None, headers=None):
+        """Append every value of an iterable to one partition (the key's,
+        or the next round-robin one), in batched claims. Returns the list of
+        (partition, offset)."""
+        self._check_open()
+        values = list(values)
+        if not values:
+            return []
+        cdef uint32_t p = self._choose(key)
+        cdef list offs = self._append(p, values, key, headers, _now_ms())
+        return [(p, o) for o in offs]
+
+    def _append(self, uint32_t partition, list values, key, headers, uint64_t ts_ms):
+        """Append values to one partition with timestamp ts_ms: the list of
+        their offsets (tests give old timestamps through this)."""
+        self._check_open()
+        self._check_part(partition)
+        cdef bytes kb = None if key is None else _key_bytes(key)
+        cdef bytes hb = _encode_headers(headers)
+        cdef list out = []
+        self._append_datas(partition, self._encode_batch(values, kb, hb), kb, hb, ts_ms, out)
+        return out
+
+    cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
+                           uint64_t ts_ms, list out) except -1:
+        raise NotImplementedError
 
     cdef inline int _check_open(self) except -1:
         if self._closed or self._nparts == 0:
@@ -439,19 +563,49 @@ cdef class LogCoreBase:
             j += 1
         return j
 
-    cdef list _copy_records(self, int n):
-        """Copy out self._recs[:n]: (offset, ts, key, headers, value, type)."""
-        cdef list raw = []
+    cdef int _make_records(self, int n, uint32_t partition, type make, list out,
+                           bint decode, uint8_t* undecoded) except -1:
+        """Append Records of self._recs[:n] to out. decode: decode values
+        and headers straight from the storage (directory mode: the bytes
+        below the end never change). Otherwise (memory mode, where a copy
+        may be torn until validated) only raw bytes are copied: the value
+        of a bytes record and empty headers are final, the others stay raw
+        bytes, and undecoded[i] says so, for _decode_records after the
+        validation."""
         cdef pq_log_record* r
+        cdef bytes vb
+        cdef object v, h
         for i in range(n):
             r = &self._recs[i]
-            raw.append((r.offset, r.timestamp_ms,
-                        None if r.key == NULL else
-                        PyBytes_FromStringAndSize(<const char*>r.key, r.key_len),
-                        PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len),
-                        PyBytes_FromStringAndSize(<const char*>r.value, r.value_len),
-                        r.type))
-        return raw
+            vb = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
+            if decode:
+                v = _decode_value(r.type, vb)
+                h = {} if r.headers_len == 0 else _decode_headers(
+                    PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len))
+            else:
+                undecoded[i] = r.type != T_BYTES or r.headers_len != 0
+                v = vb
+                h = {} if r.headers_len == 0 else PyBytes_FromStringAndSize(
+                    <const char*>r.headers, r.headers_len)
+            out.append(_new_record(
+                make, partition, r.offset, r.timestamp_ms,
+                None if r.key == NULL else
+                PyBytes_FromStringAndSize(<const char*>r.key, r.key_len), v, h))
+        return 0
+
+    cdef int _decode_records(self, list out, Py_ssize_t first, int n, type make,
+                             const uint8_t* undecoded) except -1:
+        """Decode, after validation, what _make_records left raw in
+        out[first:first + n] (the types are still in self._recs)."""
+        for i in range(n):
+            if undecoded[i]:
+                rec = out[first + i]
+                hb = rec[5]
+                out[first + i] = _new_record(
+                    make, rec[0], rec[1], rec[2], rec[3],
+                    _decode_value(self._recs[i].type, rec[4]),
+                    hb if type(hb) is dict else _decode_headers(hb))
+        return 0
 
     cdef _out_of_range(self, uint32_t partition, uint64_t offset, uint64_t s, uint64_t e):
         if offset < s:
@@ -473,10 +627,10 @@ cdef int _fill_waits(list parts, list offsets, uint32_t* pv, uint64_t* ov) excep
     return <int>n
 
 
-cdef list _decode_raw(list raw, uint32_t partition, make):
-    """Build records from copied-out tuples (after any validation)."""
-    return [make(partition, off, ts, k, _decode_value(typ, vb), _decode_headers(hb))
-            for off, ts, k, hb, vb, typ in raw]
+cdef inline int _check_make(make) except -1:
+    if not (isinstance(make, type) and issubclass(make, tuple)):
+        raise TypeError("records are made as a tuple type (pyqueue.Record)")
+    return 0
 
 
 include "_log_memory.pxi"

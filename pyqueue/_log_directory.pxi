@@ -198,6 +198,9 @@ cdef class DirLogCore(LogCoreBase):
     cdef dict _closed_maps  # (partition, base) -> SegmentMap of a closed segment
     cdef readonly int _fsync_mode    # 0 never, 1 interval, 2 always
     cdef int64_t _fsync_interval_ns
+    cdef object _retention_hook      # called at most every _retention_every_ns from appends
+    cdef int64_t _retention_every_ns
+    cdef int64_t _retention_next_ns
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -291,6 +294,13 @@ cdef class DirLogCore(LogCoreBase):
         _check_rc(pq_dlog_roll(&self._d, partition, &old.s, &nb), "roll")
         return nb
 
+    def _set_retention_hook(self, hook, double every):
+        """hook(partition) runs from appends at most every `every` seconds
+        (retention by age between rolls); None: never."""
+        self._retention_hook = hook
+        self._retention_every_ns = <int64_t>(every * 1e9)
+        self._retention_next_ns = pq_monotonic_ns() + self._retention_every_ns
+
     def _set_start(self, uint32_t partition, uint64_t start, uint64_t removed_bytes):
         _check_rc(pq_dlog_set_start(&self._d, partition, start, removed_bytes), "retention")
 
@@ -327,13 +337,15 @@ cdef class DirLogCore(LogCoreBase):
 
     # ---- append -------------------------------------------------------
 
-    def _append(self, uint32_t partition, list values, key, headers, uint64_t ts_ms):
-        self._check_open()
-        self._check_part(partition)
-        cdef bytes kb = None if key is None else _key_bytes(key)
-        cdef bytes hb = _encode_headers(headers)
-        cdef list datas = self._encode_batch(values, kb, hb)
-        cdef list out = []
+    cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
+                           uint64_t ts_ms, list out) except -1:
+        """Append encoded values under the partition's lock (rolling when
+        the active segment is full), then sync as the fsync policy says:
+        their offsets into out."""
+        if (self._retention_hook is not None and
+                pq_monotonic_ns() >= self._retention_next_ns):
+            self._retention_next_ns = pq_monotonic_ns() + self._retention_every_ns
+            self._retention_hook(partition)
         cdef list touched = []  # (SegmentMap, from, to): what this append wrote
         cdef bint sync_due = False
         cdef int rc
@@ -355,7 +367,7 @@ cdef class DirLogCore(LogCoreBase):
         elif sync_due:
             m, a, b = touched[len(touched) - 1]
             (<SegmentMap>m).sync(0, b)
-        return out
+        return 0
 
     cdef _append_locked(self, uint32_t partition, list datas, bytes kb, bytes hb,
                         uint64_t ts_ms, list out, list touched):
@@ -440,6 +452,7 @@ cdef class DirLogCore(LogCoreBase):
         self._check_part(partition)
         if max_records <= 0:
             raise ValueError("max_records must be positive")
+        _check_make(make)
         deadline = _deadline_of(timeout)
         cdef list out = []
         while True:
@@ -487,7 +500,7 @@ cdef class DirLogCore(LogCoreBase):
                                           f"offset {offset} below its end (corrupt?)")
                 offset = next_base  # nothing more in that segment
                 continue
-            out.extend(_decode_raw(self._copy_records(rc), partition, make))
+            self._make_records(rc, partition, make, out, True, NULL)
             offset = nxt
             if len(out) >= max_records:
                 return out

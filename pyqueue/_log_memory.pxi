@@ -62,25 +62,23 @@ cdef class MemoryLogCore(LogCoreBase):
         self._check_open()
         return GroupTable._of(self, &self._l.groups)
 
-    def _append(self, uint32_t partition, list values, key, headers, uint64_t ts_ms):
-        """Append values (one batch per BATCH_MAX) to one partition; returns
-        the list of their offsets."""
+    cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
+                           uint64_t ts_ms, list out) except -1:
+        """Append encoded values, one claim per BATCH_MAX (and per half a
+        ring): their offsets into out."""
         cdef pq_log_entry ents[BATCH_MAX]
         cdef uint64_t first
-        cdef Py_ssize_t i = 0, j, n = len(values)
-        cdef list out = []
-        self._check_open()
-        self._check_part(partition)
-        cdef bytes kb = None if key is None else _key_bytes(key)
-        cdef bytes hb = _encode_headers(headers)
-        cdef list datas = self._encode_batch(values, kb, hb)
+        cdef Py_ssize_t i = 0, j, n = len(datas)
         while i < n:
             j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
             _check_rc(pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first),
                       "append")
-            out.extend(range(first, first + j))
+            if j == 1:
+                out.append(first)
+            else:
+                out.extend(range(first, first + j))
             i += j
-        return out
+        return 0
 
     def _bounds(self, partition):
         cdef uint64_t s, e
@@ -105,20 +103,25 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef int64_t deadline, until
         cdef uint32_t want
         cdef uint64_t s, e
+        cdef uint8_t undecoded[BATCH_MAX]
+        cdef Py_ssize_t first
         self._check_open()
         self._check_part(partition)
         if max_records <= 0:
             raise ValueError("max_records must be positive")
+        _check_make(make)
         deadline = _deadline_of(timeout)
         cdef list out = []
         while True:
             want = <uint32_t>min(max_records - len(out), BATCH_MAX)
             rc = pq_log_peek(&self._l, partition, offset, self._recs, want, &b)
             if rc >= 0:
-                raw = self._copy_records(rc)
+                first = len(out)
+                self._make_records(rc, partition, make, out, False, undecoded)
                 if pq_log_validate(&self._l, partition, &b) != 0:
+                    del out[first:]
                     continue  # overwritten while copying: peek again (may be out of range)
-                out.extend(_decode_raw(raw, partition, make))
+                self._decode_records(out, first, rc, make, undecoded)
                 offset = b.next_offset
                 if len(out) >= max_records:
                     return out

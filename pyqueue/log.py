@@ -104,38 +104,11 @@ class Log:
             return DirectoryLog.open(name_or_path, **kwargs)
         return MemoryLog.open(name_or_path, **kwargs)
 
+    # append(value, key=None, headers=None) and append_many(values, key=None,
+    # headers=None) are the cores' (pyqueue/_log.pyx, LogCoreBase).
+
     def _setup_common(self):
-        self._rr_pid = None
-        self._rr = 0
         self._groups = None
-
-    def _next_partition(self):
-        # Keyless records: round-robin per process, starting at a
-        # per-process place so that processes spread out.
-        pid = os.getpid()
-        if self._rr_pid != pid:
-            self._rr_pid = pid
-            self._rr = pid % self.partitions
-        p = self._rr
-        self._rr = (p + 1) % self.partitions
-        return p
-
-    def append(self, value, key=None, headers=None):
-        """Append one record; returns (partition, offset). key (bytes or
-        str) picks the partition with Kafka's default partitioner; without
-        a key records go round-robin. headers: a dict of str -> bytes."""
-        p = self._next_partition() if key is None else self.partition_for(key)
-        return p, self._append(p, [value], key, headers, _now_ms())[0]
-
-    def append_many(self, values, key=None, headers=None):
-        """Append every value of an iterable to one partition (the key's,
-        or the next round-robin one), in batched claims. Returns the list of
-        (partition, offset)."""
-        values = list(values)
-        if not values:
-            return []
-        p = self._next_partition() if key is None else self.partition_for(key)
-        return [(p, o) for o in self._append(p, values, key, headers, _now_ms())]
 
     def read(self, partition, offset, max_records=1000, timeout=0):
         """Up to max_records Records of a partition from offset on, without
@@ -368,7 +341,11 @@ class DirectoryLog(Log, _log.DirLogCore):
                 self._finalizer()
                 raise
         self._bases = {}
-        self._next_retention = time.monotonic() + _RETENTION_CHECK_S
+        if self.retention_ms is not None:  # by age between rolls too
+            self._set_retention_hook(self._retention_from_append, _RETENTION_CHECK_S)
+
+    def _retention_from_append(self, p):
+        self._with_lock(p, lambda: self._retention_locked(p, False))
 
     @classmethod
     def open(cls, path):
@@ -484,12 +461,6 @@ class DirectoryLog(Log, _log.DirLogCore):
         once a second, appends do it as they go): segments removed."""
         return sum(self._with_lock(p, lambda p=p: self._retention_locked(p, True))
                    for p in range(self.partitions))
-
-    def _append(self, p, values, key, headers, ts):
-        if self.retention_ms is not None and time.monotonic() >= self._next_retention:
-            self._next_retention = time.monotonic() + _RETENTION_CHECK_S
-            self._with_lock(p, lambda: self._retention_locked(p, False))
-        return super()._append(p, values, key, headers, ts)
 
     # ---- names --------------------------------------------------------
 
