@@ -1,7 +1,37 @@
 # cython: language_level=3
 """Inline helpers shared by the Cython modules (_core, _topic, _log):
 cimported, compiled into each, no module of their own."""
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
+
+import pickle
+
+
+# The codec of a payload: the type byte of its record header (docs/design.md,
+# "Records"), the same in queues, topics and logs.
+cdef enum:
+    T_BYTES = 1
+    T_STR = 2
+    T_PICKLE = 3
+    T_PICKLE_BUFFERS = 4
+    T_CUSTOM = 5
+    T_OOB = 0x80  # flag: the payload names an out-of-band segment
+
+
+cdef inline object encode_plain(obj, uint8_t* typ):
+    """The default codec without out-of-band buffers: bytes-like objects
+    raw (as bytes), str as UTF-8 (surrogates kept), anything else pickled
+    with protocol 5. Sets *typ."""
+    if type(obj) is bytes:
+        typ[0] = T_BYTES
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        typ[0] = T_BYTES
+        return bytes(obj)
+    if isinstance(obj, str):
+        typ[0] = T_STR
+        return (<str>obj).encode("utf-8", "surrogatepass")
+    typ[0] = T_PICKLE
+    return pickle.dumps(obj, 5)
 
 
 cdef extern from "pq_wait.h" nogil:

@@ -124,13 +124,8 @@ RING_HEAD_OFFSET = PQ_RING_HEAD_FILE_OFFSET
 RING_TAIL_OFFSET = PQ_RING_TAIL_FILE_OFFSET
 RING_DATA_OFFSET = PQ_RING_DATA_OFFSET
 
-# Payload types (the record header's type byte). Keep in sync with _codec.py.
-DEF T_BYTES = 1
-DEF T_STR = 2
-DEF T_PICKLE = 3
-DEF T_PICKLE_BUFFERS = 4
-DEF T_CUSTOM = 5
-DEF T_OOB = 0x80          # flag: the payload names an out-of-band segment
+# Payload types (the record header's type byte): pyqueue/_common.pxd.
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_PICKLE_BUFFERS, T_CUSTOM, T_OOB
 
 # Overflow strategies (segment parameter USER0).
 OVERFLOW_BLOCK = 0

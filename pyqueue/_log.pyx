@@ -230,9 +230,8 @@ cdef extern from "pq_dlog.h" nogil:
 cdef extern from "pq_log_shared.h" nogil:
     int PQ_LOG_MAX_GROUPS
 
-DEF T_BYTES = 1
-DEF T_STR = 2
-DEF T_PICKLE = 3
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain
+
 DEF BATCH_MAX = 64
 DEF SLICE_NS = 100000000
 DEF MAX_PARTITIONS = 256
@@ -244,7 +243,6 @@ RECORD_HEADER_BYTES = PQ_DSEG_REC_HDR
 MIN_SEGMENT_BYTES = PQ_DSEG_MIN_BYTES
 MAX_SEGMENT_BYTES = PQ_DSEG_MAX_BYTES
 
-cdef object _dumps_p = pickle.dumps
 cdef object _loads_p = pickle.loads
 
 
@@ -371,20 +369,6 @@ cdef dict _decode_headers(bytes blob):
     if at != len(blob):
         raise SegmentMismatch("corrupt record headers")
     return out
-
-
-cdef object _encode_value(obj, uint8_t* typ):
-    if type(obj) is bytes:
-        typ[0] = T_BYTES
-        return obj
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        typ[0] = T_BYTES
-        return bytes(obj)
-    if isinstance(obj, str):
-        typ[0] = T_STR
-        return (<str>obj).encode("utf-8", "surrogatepass")
-    typ[0] = T_PICKLE
-    return _dumps_p(obj, 5)
 
 
 cdef object _decode_value(uint8_t typ, bytes vb):
@@ -528,7 +512,7 @@ cdef class LogCoreBase:
         cdef list datas = []
         cdef Py_ssize_t fixed = (0 if kb is None else len(kb)) + len(hb)
         for v in values:
-            d = _encode_value(v, &typ)
+            d = encode_plain(v, &typ)
             if fixed + len(d) > <Py_ssize_t>self._max_record:
                 raise MessageTooLarge(
                     f"record of {fixed + len(d)} bytes (key, headers and value) exceeds the "

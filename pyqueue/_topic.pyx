@@ -84,10 +84,8 @@ cdef extern from "pq_topic.h" nogil:
     uint64_t pq_topic_lag(const pq_topic* t, const pq_topic_sub* s)
     void pq_topic_get_stats(const pq_topic* t, pq_topic_stats* st)
 
-DEF T_BYTES = 1
-DEF T_STR = 2
-DEF T_PICKLE = 3
-DEF T_CUSTOM = 5
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
+
 DEF BATCH_MAX = 256
 DEF SLICE_NS = 100000000
 
@@ -98,7 +96,6 @@ FLAG_CUSTOM_SERIALIZER = 1
 cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 cdef object _Empty = _queue_mod.Empty
 cdef object _Full = _queue_mod.Full
-cdef object _dumps_p = pickle.dumps
 cdef object _loads_p = pickle.loads
 
 
@@ -192,17 +189,7 @@ cdef class TopicCore:
         if self._custom:
             typ[0] = T_CUSTOM
             return bytes(self._dumps(obj))
-        if type(obj) is bytes:
-            typ[0] = T_BYTES
-            return obj
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            typ[0] = T_BYTES
-            return bytes(obj)
-        if isinstance(obj, str):
-            typ[0] = T_STR
-            return (<str>obj).encode("utf-8", "surrogatepass")
-        typ[0] = T_PICKLE
-        return _dumps_p(obj, 5)
+        return encode_plain(obj, typ)
 
     cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline) except -1:
         cdef int rc
