@@ -149,3 +149,11 @@ def drain(q):
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def assert_appenders_in_order(recs, tags, n):
+    """Log records of appenders that each appended (tag, 0), ..., (tag, n-1)
+    to one partition: dense offsets from 0, and every tag's in order."""
+    assert [r.offset for r in recs] == list(range(len(tags) * n))
+    for tag in tags:
+        assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))

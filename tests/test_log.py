@@ -10,6 +10,7 @@ import pyqueue
 from pyqueue import Log, OffsetOutOfRange
 from pyqueue import _log
 from tests import _log_workers as w
+from tests._support import assert_appenders_in_order
 
 SMALL = 4096  # rounded up to the smallest ring (64 KiB)
 
@@ -128,11 +129,8 @@ def test_two_processes_append_one_partition(ctx, procs, logs):
     for tag in ("a", "b"):
         procs.start(ctx, w.appender, lg, tag, n, "key")
     assert procs.join_all() == [0, 0]
-    p = lg.partition_for("key")
-    recs = lg.read(p, 0, max_records=10 * n)
-    assert [r.offset for r in recs] == list(range(2 * n))
-    for tag in ("a", "b"):
-        assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))
+    assert_appenders_in_order(lg.read(lg.partition_for("key"), 0, max_records=10 * n),
+                              ("a", "b"), n)
 
 
 def test_blocking_reader_gets_later_appends(ctx, procs, logs):

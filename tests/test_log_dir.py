@@ -13,6 +13,7 @@ import pyqueue
 from pyqueue import CorruptRecord, Log, OffsetOutOfRange
 from pyqueue import _logdir
 from tests import _log_workers as w
+from tests._support import assert_appenders_in_order
 
 SEG = 8192  # small segments: rolls happen within a few records
 
@@ -239,11 +240,8 @@ def test_pickles_by_path(ctx, procs, tmp_path):
     for tag in ("a", "b"):
         procs.start(ctx, w.dir_append_many, str(tmp_path / "log"), tag, n, "key")
     assert procs.join_all() == [0, 0]
-    p = lg.partition_for("key")
-    recs = lg.read(p, 0, max_records=10 * n)
-    assert [r.offset for r in recs] == list(range(2 * n))
-    for tag in ("a", "b"):
-        assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))
+    assert_appenders_in_order(lg.read(lg.partition_for("key"), 0, max_records=10 * n),
+                              ("a", "b"), n)
     lg.close()
 
 
@@ -260,9 +258,7 @@ def test_two_processes_append_while_reading(ctx, procs, tmp_path):
         if recs:
             at = recs[-1].offset + 1
     assert procs.join_all() == [0, 0]
-    assert [r.offset for r in got] == list(range(2 * n))
-    for tag in ("a", "b"):
-        assert [i for t, i in (r.value for r in got) if t == tag] == list(range(n))
+    assert_appenders_in_order(got, ("a", "b"), n)
     lg.close()
 
 
