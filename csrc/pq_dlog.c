@@ -144,12 +144,9 @@ static void pq_dlog_finish_roll(pq_dlog_part *pt)
     atomic_store_explicit(&pt->seq, seq + 1, memory_order_release);
 }
 
-int pq_dlog_lock(pq_dlog *d, uint32_t part)
+/* What pq_dlog_lock and pq_dlog_trylock do once pthread has answered rc. */
+static int pq_dlog_locked(pq_dlog_part *pt, int rc)
 {
-    if (part >= d->partitions)
-        return -EINVAL;
-    pq_dlog_part *pt = &d->parts[part];
-    int rc = pthread_mutex_lock(&pt->lock);
     if (rc == EOWNERDEAD) {
         /* It may have died inside an append: the next append repairs it. */
         if (atomic_load_explicit(&pt->claim_end, memory_order_relaxed) != 0)
@@ -166,6 +163,25 @@ int pq_dlog_lock(pq_dlog *d, uint32_t part)
      * next (a roll runs whole under the lock): finish its roll. */
     pq_dlog_finish_roll(pt);
     return 0;
+}
+
+int pq_dlog_lock(pq_dlog *d, uint32_t part)
+{
+    if (part >= d->partitions)
+        return -EINVAL;
+    pq_dlog_part *pt = &d->parts[part];
+    return pq_dlog_locked(pt, pthread_mutex_lock(&pt->lock));
+}
+
+int pq_dlog_trylock(pq_dlog *d, uint32_t part)
+{
+    if (part >= d->partitions)
+        return -EINVAL;
+    pq_dlog_part *pt = &d->parts[part];
+    int rc = pthread_mutex_trylock(&pt->lock);
+    if (rc == EBUSY)
+        return -EBUSY;
+    return pq_dlog_locked(pt, rc);
 }
 
 void pq_dlog_unlock(pq_dlog *d, uint32_t part)

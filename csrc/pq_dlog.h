@@ -125,6 +125,9 @@ int pq_dlog_restore(pq_dlog *d, uint32_t part, uint64_t start_offset, uint64_t a
  * next pq_dlog_append, which has the segment mapped). 0, or -errno.
  */
 int pq_dlog_lock(pq_dlog *d, uint32_t part);
+/* The same without waiting: -EBUSY when another holds it (the binding
+ * tries first with the GIL held, and releases it only to wait). */
+int pq_dlog_trylock(pq_dlog *d, uint32_t part);
 void pq_dlog_unlock(pq_dlog *d, uint32_t part);
 
 /*

@@ -210,6 +210,7 @@ cdef extern from "pq_dlog.h" nogil:
     int pq_dlog_restore(pq_dlog* d, uint32_t part, uint64_t start_offset, uint64_t active_base,
                         const pq_dseg_cursor* c, uint64_t closed_bytes)
     int pq_dlog_lock(pq_dlog* d, uint32_t part)
+    int pq_dlog_trylock(pq_dlog* d, uint32_t part)
     void pq_dlog_unlock(pq_dlog* d, uint32_t part)
     int pq_dlog_append(pq_dlog* d, uint32_t part, pq_dseg* s, const pq_log_entry* e, uint32_t n,
                        uint64_t ts, uint64_t* first_offset)

@@ -273,15 +273,21 @@ cdef class DirLogCore(LogCoreBase):
         _check_rc(pq_dlog_active_stats(&self._d, partition, &ts, &recs, &closed), "stats")
         return ts, recs, closed
 
+    cdef int _lock(self, uint32_t partition) except -1:
+        """Take the partition's lock: a try with the GIL held (no GIL
+        round trip when nobody holds it), else a wait with it released (so
+        that another thread of this process that holds it can finish)."""
+        cdef int rc = pq_dlog_trylock(&self._d, partition)
+        if rc == -EBUSY:
+            with nogil:
+                rc = pq_dlog_lock(&self._d, partition)
+        return _check_rc(rc, "lock")
+
     def _with_lock(self, uint32_t partition, fn):
-        """fn() under the partition's lock (taken with the GIL released, so
-        that another thread of this process holding it can finish)."""
-        cdef int rc
+        """fn() under the partition's lock."""
         self._check_open()
         self._check_part(partition)
-        with nogil:
-            rc = pq_dlog_lock(&self._d, partition)
-        _check_rc(rc, "lock")
+        self._lock(partition)
         try:
             return fn()
         finally:
@@ -348,10 +354,7 @@ cdef class DirLogCore(LogCoreBase):
             self._retention_hook(partition)
         cdef list touched = []  # (SegmentMap, from, to): what this append wrote
         cdef bint sync_due = False
-        cdef int rc
-        with nogil:
-            rc = pq_dlog_lock(&self._d, partition)
-        _check_rc(rc, "lock")
+        self._lock(partition)
         try:
             self._append_locked(partition, datas, kb, hb, ts_ms, out, touched)
             sync_due = (self._fsync_mode == 1 and
@@ -389,16 +392,21 @@ cdef class DirLogCore(LogCoreBase):
                 start_pos = v.end_pos
                 continue
             if rc == 0:  # full: roll, and go on in the new segment
-                _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
-                touched.append((m, start_pos, v.end_pos))
+                if self._fsync_mode != 0:
+                    _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+                    touched.append((m, start_pos, v.end_pos))
                 m = self._roll_locked(partition, m)
                 start_pos = 0
                 continue
             _check_rc(rc, "append")
-            out.extend(range(first, first + rc))
+            if rc == 1:
+                out.append(first)
+            else:
+                out.extend(range(first, first + rc))
             i += rc
-        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
-        touched.append((m, start_pos, v.end_pos))
+        if self._fsync_mode != 0:  # what to sync once the lock is let go
+            _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+            touched.append((m, start_pos, v.end_pos))
 
     # ---- read ---------------------------------------------------------
 

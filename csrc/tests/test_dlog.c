@@ -332,6 +332,35 @@ static int test_wait_any_and_rebalance_word(void)
     return 0;
 }
 
+/* trylock: -EBUSY while a live process holds the lock; the lock (and its
+ * recovery) once the holder has died holding it. */
+static int test_trylock(void)
+{
+    struct ctl c;
+    CHECK(ctl_make(&c, 1) == 0);
+    int go[2], held[2];
+    CHECK(pipe(go) == 0 && pipe(held) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char b = 1;
+        CHILD_CHECK(pq_dlog_lock(&c.d, 0) == 0);
+        atomic_store(&c.d.parts[0].claim_end, 100); /* "inside an append" */
+        CHILD_CHECK(write(held[1], &b, 1) == 1);
+        CHILD_CHECK(read(go[0], &b, 1) == 1);
+        _exit(0); /* dies holding it */
+    }
+    char b = 0;
+    CHECK(read(held[0], &b, 1) == 1);
+    CHECK_EQ(pq_dlog_trylock(&c.d, 0), -EBUSY);
+    CHECK(write(go[1], &b, 1) == 1);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(pq_dlog_trylock(&c.d, 0), 0);
+    CHECK_EQ(atomic_load(&c.d.parts[0].torn), 1); /* the next append repairs */
+    pq_dlog_unlock(&c.d, 0);
+    CHECK_EQ(pq_dlog_trylock(&c.d, 3), -EINVAL);
+    return 0;
+}
+
 static int test_sync_due(void)
 {
     struct ctl c;
@@ -352,6 +381,7 @@ int main(void)
     RUN(test_holder_dies_mid_publication);
     RUN(test_roller_dies_after_seal);
     RUN(test_wait_any_and_rebalance_word);
+    RUN(test_trylock);
     RUN(test_sync_due);
     return pq_test_result();
 }
