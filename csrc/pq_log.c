@@ -259,10 +259,10 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
     pq_log_part *pt = pq_log_part_at(l, part);
     uint8_t *data = pq_log_data(l, part);
     pq_log_index_entry *ix = pq_log_index(l, part);
-    uint64_t pos[64];
+    uint64_t pos[PQ_LOG_APPEND_MAX];
     uint64_t *posv = pos;
-    if (n > 64)
-        return -E2BIG; /* the binding batches by at most 64 */
+    if (n > PQ_LOG_APPEND_MAX)
+        return -E2BIG;
 
     rc = pq_log_lock(l, part);
     if (rc < 0)

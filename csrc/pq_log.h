@@ -45,6 +45,7 @@
 #define PQ_LOG_MIN_CAPACITY 4096u
 #define PQ_LOG_MAX_CAPACITY (1ull << 36)
 #define PQ_LOG_INDEX_EVERY 64u
+#define PQ_LOG_APPEND_MAX 256u /* records per pq_log_append */
 
 /* Reading an offset below the partition's start (dropped by retention) or
  * beyond its end. */
@@ -130,7 +131,8 @@ static inline uint64_t pq_log_payload_len(uint32_t key_len, uint32_t headers_len
  * Append n records to partition `part` (claim -> copy -> commit -> notify).
  * Their offsets are *first_offset .. *first_offset + n - 1. 0; -EINVAL;
  * -EMSGSIZE (a record over max_payload, or a batch over half the ring);
- * PQ_ERR_CORRUPT; -ENOTRECOVERABLE. Never waits for readers.
+ * -E2BIG (n over PQ_LOG_APPEND_MAX); PQ_ERR_CORRUPT; -ENOTRECOVERABLE.
+ * Never waits for readers.
  */
 int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                   uint64_t timestamp_ms, uint64_t *first_offset);

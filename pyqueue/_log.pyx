@@ -233,7 +233,8 @@ cdef extern from "pq_log_shared.h" nogil:
 
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain
 
-DEF BATCH_MAX = 64
+DEF BATCH_MAX = 64          # records per peek
+DEF APPEND_MAX = 256        # records per append claim (PQ_LOG_APPEND_MAX)
 DEF SLICE_NS = 100000000
 DEF MAX_PARTITIONS = 256
 DEF SPIN_NS = 50000
@@ -523,7 +524,7 @@ cdef class LogCoreBase:
 
     cdef Py_ssize_t _fill_entries(self, pq_log_entry* ents, list datas, Py_ssize_t i,
                                   bytes kb, bytes hb, uint64_t max_bytes):
-        """Entries for datas[i:], at most BATCH_MAX and (past the first) at
+        """Entries for datas[i:], at most APPEND_MAX and (past the first) at
         most max_bytes of records: the count filled."""
         cdef Py_ssize_t j = 0, n = len(datas)
         cdef uint64_t total = 0, rec
@@ -532,7 +533,7 @@ cdef class LogCoreBase:
         cdef bytes d
         if kb is not None:
             kp = <const void*>PyBytes_AS_STRING(kb)
-        while i + j < n and j < BATCH_MAX:
+        while i + j < n and j < APPEND_MAX:
             d, typ = datas[i + j]
             rec = 64 + kl + <uint64_t>len(hb) + <uint64_t>len(d)
             if j > 0 and total + rec > max_bytes:

@@ -374,7 +374,7 @@ cdef class DirLogCore(LogCoreBase):
 
     cdef _append_locked(self, uint32_t partition, list datas, bytes kb, bytes hb,
                         uint64_t ts_ms, list out, list touched):
-        cdef pq_log_entry ents[BATCH_MAX]
+        cdef pq_log_entry ents[APPEND_MAX]
         cdef pq_dlog_view v
         cdef uint64_t first, start_pos
         cdef Py_ssize_t i = 0, j, n = len(datas)

@@ -64,9 +64,9 @@ cdef class MemoryLogCore(LogCoreBase):
 
     cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
                            uint64_t ts_ms, list out) except -1:
-        """Append encoded values, one claim per BATCH_MAX (and per half a
+        """Append encoded values, one claim per APPEND_MAX (and per half a
         ring): their offsets into out."""
-        cdef pq_log_entry ents[BATCH_MAX]
+        cdef pq_log_entry ents[APPEND_MAX]
         cdef uint64_t first
         cdef Py_ssize_t i = 0, j, n = len(datas)
         while i < n:
