@@ -10,7 +10,7 @@ import pyqueue
 from pyqueue import Log, OffsetOutOfRange
 from pyqueue import _log
 from tests import _log_workers as w
-from tests._support import assert_appenders_in_order
+from tests._support import assert_appenders_in_order, unique_name
 
 SMALL = 4096  # rounded up to the smallest ring (64 KiB)
 
@@ -175,3 +175,27 @@ def test_model(ops):
     finally:
         lg.unlink()
         lg.close()
+
+
+def test_retention_by_age_and_parameters_of_an_existing_log(logs):
+    lg = logs(name=unique_name("age"), partitions=2, retention_ms=60_000)
+    assert lg.retention_ms == 60_000
+    old = time.time_ns() // 1_000_000 - 3_600_000
+    lg._append(0, [b"a", b"b", b"c"], None, None, old)
+    lg._append(1, [b"new"], None, None, old + 3_600_000)
+    assert lg.start_offset(0) == 0  # kept until an append or enforce_retention looks
+    assert lg.enforce_retention() == 3
+    assert lg.start_offset(0) == lg.end_offset(0) == 3 and lg.start_offset(1) == 0
+    lg._append(0, [b"old too"], None, None, old)
+    lg._append(0, [b"now"], None, None, old + 3_600_000)  # drops the one before it
+    assert [r.value for r in lg.read(0, lg.start_offset(0))] == [b"now"]
+    # Opening an existing log: parameters must match (None: as it is).
+    same = Log(name=lg.name)
+    assert same.partitions == 2 and same.retention_ms == 60_000
+    same.close()
+    with pytest.raises(ValueError, match="partitions=2"):
+        Log(name=lg.name, partitions=3)
+    with pytest.raises(ValueError, match="retention_ms"):
+        Log(name=lg.name, retention_ms=5)
+    with pytest.raises(pyqueue.SegmentNotFound):
+        Log.open(unique_name("missing"))
