@@ -170,7 +170,7 @@ def test_latest_reset_and_retention_overtaking(make_log):
     e.commit()
     assert e.committed(0) == 1
     # Retention drops what "early" has not read: it resets to the start.
-    for i in range(3000):
+    for _i in range(3000):
         lg.append(b"x" * 200)
     start = lg.start_offset(0)
     assert start > 1
@@ -242,7 +242,7 @@ def test_members_in_processes_share_and_finish(ctx, procs, make_log):
     results = [out.get(timeout=60) for _ in range(2)]
     assert procs.join_all() == [0, 0]
     seen = set()
-    for pid, recs, assignment in results:
+    for _pid, recs, _assignment in results:
         seen.update(recs)
     assert seen == {(p, i) for p in range(4) for i in range(200)}  # at least once
     offs = lg.group_offsets("g")

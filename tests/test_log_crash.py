@@ -92,7 +92,7 @@ def test_killed_appenders_lose_no_acknowledged_record(ctx, procs, tmp_path):
     rng = random.Random(0xC0FFEE)
     appended = 0  # records the log holds (all of them checked each round)
     reports = 0
-    for rnd in range(12):
+    for _rnd in range(12):
         size = rng.choice([300, 1200, 3000])
         recv, send = ctx.Pipe(duplex=False)
         p = procs.start(ctx, w.dir_append_acked, path, send, appended, 100_000, size)

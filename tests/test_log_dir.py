@@ -107,10 +107,10 @@ def test_retention_by_age(tmp_path):
     # An hour-old batch (the timestamp is the append time: set it), then
     # fresh records; rolls remove the old segments, enforce_retention the
     # rest of them.
-    for i in range(200):
+    for _i in range(200):
         lg._append(0, [b"old" * 30], None, None, old)
     first_fresh = lg.end_offset(0)
-    for i in range(200):
+    for _i in range(200):
         lg.append(b"new" * 30)
     lg.enforce_retention()
     start = lg.start_offset(0)
