@@ -53,6 +53,8 @@ class Consumer:
                         ("max_poll_interval", max_poll_interval)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ValueError(f"{what} must be a positive number of seconds")
+        from pyqueue.log import Record  # (pyqueue.log imports this module)
+        self._record = Record
         self._log = log
         self._group = group
         self._table = log._group_table()
@@ -165,7 +167,6 @@ class Consumer:
             self._keep_alive()
 
     def _fetch(self, max_records):
-        from pyqueue.log import Record
         parts = sorted(self._positions)
         if not parts:
             return []
@@ -178,7 +179,7 @@ class Consumer:
             for _attempt in range(2):  # once more after a reset
                 at = self._positions[p]
                 try:
-                    recs = self._log._read(p, at, max_records - len(out), 0.0, Record)
+                    recs = self._log._read(p, at, max_records - len(out), 0.0, self._record)
                     break
                 except OffsetOutOfRange as e:
                     if at < e.start_offset:  # retention overtook us

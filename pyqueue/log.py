@@ -16,6 +16,7 @@ import weakref
 from typing import NamedTuple
 
 from pyqueue import _log, _logdir, _segment
+from pyqueue.consumer import Consumer
 from pyqueue.errors import SegmentNotFound
 
 DEFAULT_MEMORY_RETENTION_BYTES = 8 * 1024 * 1024
@@ -139,7 +140,6 @@ class Log:
     def consumer(self, group, **options):
         """A member of consumer group `group` in this process (see
         pyqueue.Consumer for the options)."""
-        from pyqueue.consumer import Consumer
         return Consumer(self, group, **options)
 
     def groups(self):
