@@ -3,8 +3,8 @@
 # listing, removal, recovery) are pyqueue/_logdir.py's; this file maps
 # them for the C core: SegmentMap is one mapped segment, DirLogCore the
 # control file plus the segments this process has mapped. Appends run
-# under the partition's robust lock (taken with the GIL released); a roll
-# or retention runs Python code of the subclass under that lock.
+# under the partition's robust lock (DirLogCore._lock); a roll or retention
+# runs Python code of the subclass under that lock.
 
 def control_size(uint32_t partitions, uint32_t max_groups):
     cdef uint64_t n = pq_dlog_control_size(partitions, max_groups)
@@ -27,19 +27,25 @@ def index_file_size(uint64_t segment_bytes):
     return pq_dseg_index_file_size(segment_bytes)
 
 
-def index_header_of(bytes head, uint64_t file_size, uint64_t base_offset):
-    """The sealed header of an index file from its first 64 bytes (head)
-    and its size: a dict, None when not sealed, CorruptRecord when bad."""
+cdef object _index_header(const void* ix, uint64_t file_size, uint64_t base_offset, what):
+    """The sealed header of an index file as a dict; None when it is not
+    sealed; CorruptRecord when it is damaged."""
     cdef pq_dseg_index_header h
-    if len(head) < 64:
-        raise CorruptRecord("index file is truncated")
-    rc = pq_dseg_index_read(PyBytes_AS_STRING(head), file_size, base_offset, &h)
+    rc = pq_dseg_index_read(ix, file_size, base_offset, &h)
     if rc == -ENODATA:
         return None
     if rc < 0:
-        raise CorruptRecord("index header is corrupt")
+        raise CorruptRecord(f"{what}: index header is corrupt", path=str(what))
     return {"entries": h.entries, "end_pos": h.end_pos, "records": h.records,
             "max_timestamp_ms": h.max_timestamp_ms}
+
+
+def index_header_of(bytes head, uint64_t file_size, uint64_t base_offset, what="index"):
+    """_index_header of an index file from its first 64 bytes (head) and
+    its size (read without mapping it)."""
+    if len(head) < 64:
+        raise CorruptRecord(f"{what}: index file is truncated", path=str(what))
+    return _index_header(PyBytes_AS_STRING(head), file_size, base_offset, what)
 
 
 cdef tuple _cursor_tuple(pq_dseg_cursor* c):
@@ -130,16 +136,9 @@ cdef class SegmentMap:
     def index_header(self):
         """The sealed index header as a dict; None when it is not sealed;
         CorruptRecord when it is damaged."""
-        cdef pq_dseg_index_header h
         if not self._imapped:
             return None
-        rc = pq_dseg_index_read(self._iv.buf, self._iv.len, self.s.base_offset, &h)
-        if rc == -ENODATA:
-            return None
-        if rc < 0:
-            raise CorruptRecord(f"{self.path}: index header is corrupt", path=str(self.path))
-        return {"entries": h.entries, "end_pos": h.end_pos, "records": h.records,
-                "max_timestamp_ms": h.max_timestamp_ms}
+        return _index_header(self._iv.buf, self._iv.len, self.s.base_offset, self.path)
 
     def seal(self, tuple cursor):
         cdef pq_dseg_cursor c

@@ -274,7 +274,7 @@ def read_index_header(path, p, base):
     except FileNotFoundError:
         return None
     try:
-        return _log.index_header_of(head, size, base)
+        return _log.index_header_of(head, size, base, segment_path(path, p, base, "index"))
     except CorruptRecord:
         return None
 
