@@ -109,6 +109,7 @@ int pq_dlog_restore(pq_dlog *d, uint32_t part, uint64_t start_offset, uint64_t a
     atomic_store_explicit(&pt->closed_bytes, closed_bytes, memory_order_relaxed);
     atomic_store_explicit(&pt->active_base, active_base, memory_order_relaxed);
     atomic_store_explicit(&pt->end_pos, c->pos, memory_order_relaxed);
+    atomic_store_explicit(&pt->allocated, c->pos, memory_order_relaxed);
     atomic_store_explicit(&pt->end_offset, c->next_offset, memory_order_relaxed);
     atomic_store_explicit(&pt->index_count, c->index_count, memory_order_relaxed);
     atomic_store_explicit(&pt->start_offset, start_offset, memory_order_relaxed);
@@ -133,6 +134,7 @@ static void pq_dlog_finish_roll(pq_dlog_part *pt)
                           atomic_load_explicit(&pt->end_offset, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&pt->end_pos, 0, memory_order_relaxed);
+    atomic_store_explicit(&pt->allocated, 0, memory_order_relaxed);
     atomic_store_explicit(&pt->index_count, 0, memory_order_relaxed);
     atomic_store_explicit(&pt->last_index_pos, UINT64_MAX, memory_order_relaxed);
     atomic_store_explicit(&pt->records, 0, memory_order_relaxed);
@@ -242,8 +244,16 @@ static void pq_dlog_cursor(pq_dlog_part *pt, pq_dseg_cursor *c)
     c->max_timestamp_ms = atomic_load_explicit(&pt->max_timestamp_ms, memory_order_relaxed);
 }
 
+int pq_dlog_set_allocated(pq_dlog *d, uint32_t part, uint64_t allocated)
+{
+    if (part >= d->partitions || allocated > d->segment_bytes)
+        return -EINVAL;
+    atomic_store_explicit(&d->parts[part].allocated, allocated, memory_order_relaxed);
+    return 0;
+}
+
 int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e, uint32_t n,
-                   uint64_t ts, uint64_t *first_offset)
+                   uint64_t ts, uint64_t *first_offset, uint64_t *need)
 {
     if (part >= d->partitions || s == NULL || s->data == NULL || n == 0 || e == NULL ||
         s->data_size > d->segment_bytes)
@@ -261,6 +271,20 @@ int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e,
     pq_dlog_cursor(pt, &c);
     if (c.pos > s->data_size)
         return PQ_ERR_CORRUPT;
+    /* Disk blocks for what will be written (the file is sparse past them). */
+    uint64_t end = c.pos;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
+        uint64_t size = pq_dseg_record_size(kl, e[i].headers_len, e[i].value_len);
+        if (size > s->data_size - end)
+            break;
+        end += size;
+    }
+    if (end > atomic_load_explicit(&pt->allocated, memory_order_relaxed)) {
+        if (need)
+            *need = end;
+        return -ENOBUFS;
+    }
     /* Save the cursor, then announce how far this append may write: if we
      * die, the next holder redoes the publication (pq_dlog_repair_append).
      * claim_end last: until it is set, nothing is to be repaired. */
@@ -271,14 +295,6 @@ int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e,
     atomic_store_explicit(&pt->claim_records, c.records, memory_order_relaxed);
     atomic_store_explicit(&pt->claim_max_timestamp_ms, c.max_timestamp_ms,
                           memory_order_relaxed);
-    uint64_t end = c.pos;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
-        uint64_t size = pq_dseg_record_size(kl, e[i].headers_len, e[i].value_len);
-        if (size > s->data_size - end)
-            break;
-        end += size;
-    }
     atomic_store_explicit(&pt->claim_end, end, memory_order_relaxed);
     *first_offset = c.next_offset;
     int k = pq_dseg_write(s, &c, e, n, ts);

@@ -59,6 +59,7 @@ typedef struct pq_dlog_part {
     _Atomic uint64_t max_timestamp_ms;
     _Atomic uint64_t closed_bytes; /* bytes of the closed segments */
     _Atomic int64_t last_sync_ns;
+    _Atomic uint64_t allocated;    /* bytes of the active data file given disk blocks */
     /* A roll in progress saves what it will store, so that the next holder
      * can finish it if the roller died (seq odd). */
     _Atomic uint64_t roll_closed_bytes;
@@ -134,7 +135,13 @@ void pq_dlog_unlock(pq_dlog *d, uint32_t part);
  * Under the lock: append up to n records to the active segment s (mapped
  * by the caller; its base must be the active one, else -ESTALE) and
  * publish them. The count appended (0: the segment is full, roll and call
- * again), *first_offset the first one's offset; -EMSGSIZE, -EINVAL.
+ * again), *first_offset the first one's offset; -EMSGSIZE, -EINVAL;
+ * -ENOBUFS when the records would go past the bytes of the file given
+ * disk blocks: *need says up to where (the caller allocates them,
+ * pq_dlog_set_allocated, and calls again). Segment files are sparse up
+ * to segment_bytes and get their blocks as they fill, so an empty log
+ * takes no disk, and a full disk is an error of the append, not a SIGBUS
+ * of a write into a hole.
  *
  * If the previous holder died inside an append, it first redoes that
  * append's publication from the cursor it saved: the complete records it
@@ -143,7 +150,10 @@ void pq_dlog_unlock(pq_dlog *d, uint32_t part);
  * shorter records in the file.
  */
 int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e, uint32_t n,
-                   uint64_t ts, uint64_t *first_offset);
+                   uint64_t ts, uint64_t *first_offset, uint64_t *need);
+
+/* Under the lock: the active data file has disk blocks up to `allocated`. */
+int pq_dlog_set_allocated(pq_dlog *d, uint32_t part, uint64_t allocated);
 
 /*
  * Under the lock: seal the active segment s's index, and make the segment

@@ -22,7 +22,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 from libc.errno cimport (EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, EDOM,
-                         ENOENT, ENOSPC, ENODATA, EBUSY, EINVAL)
+                         ENOENT, ENOSPC, ENODATA, EBUSY, EINVAL, ENOBUFS)
 
 import os
 import pickle
@@ -213,7 +213,8 @@ cdef extern from "pq_dlog.h" nogil:
     int pq_dlog_trylock(pq_dlog* d, uint32_t part)
     void pq_dlog_unlock(pq_dlog* d, uint32_t part)
     int pq_dlog_append(pq_dlog* d, uint32_t part, pq_dseg* s, const pq_log_entry* e, uint32_t n,
-                       uint64_t ts, uint64_t* first_offset)
+                       uint64_t ts, uint64_t* first_offset, uint64_t* need)
+    int pq_dlog_set_allocated(pq_dlog* d, uint32_t part, uint64_t allocated)
     int pq_dlog_roll(pq_dlog* d, uint32_t part, pq_dseg* s, uint64_t* new_base)
     int pq_dlog_set_start(pq_dlog* d, uint32_t part, uint64_t start_offset,
                           uint64_t removed_bytes)
@@ -238,6 +239,7 @@ DEF APPEND_MAX = 256        # records per append claim (PQ_LOG_APPEND_MAX)
 DEF SLICE_NS = 100000000
 DEF MAX_PARTITIONS = 256
 DEF SPIN_NS = 50000
+DEF GROW_BYTES = 1048576   # disk blocks are given to a segment file 1 MiB at a time
 
 MAX_GROUPS = PQ_LOG_MAX_GROUPS
 GROUP_MEMBERS = PQ_GROUP_MEMBERS

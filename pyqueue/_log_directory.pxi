@@ -188,7 +188,7 @@ cdef class SegmentMap:
 cdef class DirLogCore(LogCoreBase):
     """A handle on a directory-mode log: the mapped control file and the
     segments mapped so far (base of pyqueue.log.DirectoryLog, which
-    provides _map_segment, _roll_locked and _segment_bases)."""
+    provides _map_segment, _allocate, _roll_locked and _segment_bases)."""
     cdef pq_dlog _d
     cdef Py_buffer _view
     cdef bint _mapped
@@ -375,7 +375,7 @@ cdef class DirLogCore(LogCoreBase):
                         uint64_t ts_ms, list out, list touched):
         cdef pq_log_entry ents[APPEND_MAX]
         cdef pq_dlog_view v
-        cdef uint64_t first, start_pos
+        cdef uint64_t first, start_pos, need = 0, upto
         cdef Py_ssize_t i = 0, j, n = len(datas)
         cdef int rc
         cdef SegmentMap m
@@ -384,7 +384,13 @@ cdef class DirLogCore(LogCoreBase):
         start_pos = v.end_pos
         while i < n:
             j = self._fill_entries(ents, datas, i, kb, hb, <uint64_t>-1)
-            rc = pq_dlog_append(&self._d, partition, &m.s, ents, <uint32_t>j, ts_ms, &first)
+            rc = pq_dlog_append(&self._d, partition, &m.s, ents, <uint32_t>j, ts_ms, &first,
+                                &need)
+            if rc == -ENOBUFS:  # give the file its next disk blocks (ENOSPC raises here)
+                upto = min((need + GROW_BYTES - 1) // GROW_BYTES * GROW_BYTES, m.s.data_size)
+                self._allocate(m.path, upto)  # _logdir.allocate
+                _check_rc(pq_dlog_set_allocated(&self._d, partition, upto), "allocate")
+                continue
             if rc == -ESTALE:  # another process rolled: map the new active segment
                 _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
                 m = self._active_map(partition, v.active_base, True)

@@ -133,7 +133,8 @@ def _reserve(fd, size, what):
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-            os.ftruncate(fd, size)  # a file system without fallocate
+            if os.fstat(fd).st_size < size:  # a file system without fallocate
+                os.ftruncate(fd, size)
             return
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(e.errno, f"no room for {what} of {size} bytes "
@@ -141,7 +142,20 @@ def _reserve(fd, size, what):
         raise
 
 
-def _map_file(file_path, writable, size=None, create=False):
+def allocate(file_path, upto):
+    """Disk blocks for bytes [0, upto) of a sparse segment file (OSError
+    ENOSPC on a full disk, before anything is written there)."""
+    fd = os.open(file_path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _reserve(fd, upto, file_path)
+    finally:
+        os.close(fd)
+
+
+def _map_file(file_path, writable, size=None, create=False, sparse=False):
+    """Map a file, made (create) or grown to `size` first: with its disk
+    blocks reserved, or sparse (a segment's data file, whose blocks the
+    appender reserves as it fills: DirLogCore)."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
     if create:
         flags |= os.O_CREAT | os.O_TRUNC
@@ -149,7 +163,10 @@ def _map_file(file_path, writable, size=None, create=False):
     try:
         if size is not None:
             if create or os.fstat(fd).st_size < size:
-                _reserve(fd, size, file_path)
+                if sparse:
+                    os.ftruncate(fd, size)
+                else:
+                    _reserve(fd, size, file_path)
         n = os.fstat(fd).st_size
         if n == 0:
             raise SegmentMismatch(f"{file_path} is empty")
@@ -161,7 +178,7 @@ def _map_file(file_path, writable, size=None, create=False):
 def create_segment(path, p, base, segment_bytes):
     """Make the files of a new (empty, active) segment and map them. A
     file of that base left by an interrupted roll is made anew."""
-    data = _map_file(segment_path(path, p, base), True, segment_bytes, create=True)
+    data = _map_file(segment_path(path, p, base), True, segment_bytes, create=True, sparse=True)
     try:
         index = _map_file(segment_path(path, p, base, "index"), True,
                           _log.index_file_size(segment_bytes), create=True)
@@ -179,7 +196,7 @@ def map_segment(path, p, base, writable, segment_bytes=None):
     missing index file is made."""
     dpath = segment_path(path, p, base)
     try:
-        data = _map_file(dpath, writable, segment_bytes)
+        data = _map_file(dpath, writable, segment_bytes, sparse=True)
     except FileNotFoundError:
         return None
     ipath = segment_path(path, p, base, "index")

@@ -4,6 +4,8 @@ file gives, torn tails truncated on recovery, several processes, and a
 model test with reopens."""
 import os
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from pyqueue import CorruptRecord, Log, OffsetOutOfRange
 from pyqueue import _logdir
 from tests import _log_workers as w
 from tests._support import assert_appenders_in_order
+from tests.test_shm_full import _can_unshare
 
 SEG = 8192  # small segments: rolls happen within a few records
 
@@ -313,3 +316,56 @@ def test_model(tmp_path_factory, ops):
                 assert [r.value for r in lg.read(p, mid, max_records=3)] == model[p][mid:mid + 3]
     finally:
         lg.close()
+
+
+def _disk_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.stat(os.path.join(root, f)).st_blocks * 512
+    return total
+
+
+def test_segment_files_take_disk_as_they_fill(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, partitions=8)  # 64 MiB segments
+    assert os.path.getsize(path / "partition-0" / "00000000000000000000.log") == 64 << 20
+    assert _disk_bytes(path) < 4 << 20  # sparse: an empty log takes (almost) no disk
+    for i in range(3000):
+        lg._append(3, [os.urandom(1000)], None, None, 0)
+    used = _disk_bytes(path / "partition-3")
+    assert 3_000_000 < used < 3_000_000 + (2 << 20)  # blocks follow the records (1 MiB steps)
+    lg.close()
+
+
+FULL_DISK_CHILD = """
+import errno, os, sys
+from pyqueue import Log
+lg = Log(path=sys.argv[1] + "/log", segment_bytes=1 << 20)
+n = 0
+try:
+    while True:
+        lg.append(os.urandom(2000))
+        n += 1
+except OSError as e:
+    assert e.errno == errno.ENOSPC, e
+    assert "no room" in str(e), e
+else:
+    raise SystemExit("no error from a full disk")
+assert n > 100, n
+# What was appended reads back, and the log still answers.
+assert [r.offset for r in lg.read(0, 0, max_records=10 * n)] == list(range(n))
+assert lg.end_offset(0) == n
+print("OK", n)
+"""
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+def test_full_disk_is_a_clear_error_not_sigbus(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = 'mount -t tmpfs -o size=3m tmpfs "$2" && exec "$0" -c "$1" "$2"'
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable,
+                        FULL_DISK_CHILD, str(mnt)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.startswith("OK")

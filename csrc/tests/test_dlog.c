@@ -41,10 +41,17 @@ static int append_one(pq_dlog *d, uint32_t part, pq_dseg *s, uint32_t len, uint6
     static uint8_t buf[4096];
     memset(buf, 0x5a, sizeof buf);
     pq_log_entry e = {.value = buf, .value_len = len, .type = 1};
+    uint64_t need = 0;
     int rc = pq_dlog_lock(d, part);
     if (rc < 0)
         return rc;
-    rc = pq_dlog_append(d, part, s, &e, 1, 77, off);
+    rc = pq_dlog_append(d, part, s, &e, 1, 77, off, &need);
+    if (rc == -ENOBUFS) {
+        /* The anonymous "file" has all its pages: say so, as the binding
+         * does after allocating the blocks. */
+        if (need <= s->data_size && pq_dlog_set_allocated(d, part, s->data_size) == 0)
+            rc = pq_dlog_append(d, part, s, &e, 1, 77, off, &need);
+    }
     pq_dlog_unlock(d, part);
     if (rc > 0)
         pq_dlog_notify(d, part);
@@ -111,6 +118,35 @@ static int test_append_roll_start(void)
     /* The other partition is untouched. */
     CHECK_EQ(pq_dlog_snapshot(&c.d, 1, &v), 0);
     CHECK_EQ(v.end_offset, 0);
+    return 0;
+}
+
+/* The file's disk blocks: an append past them asks for more (-ENOBUFS and
+ * how far), and goes on once they are there; a roll starts at none. */
+static int test_allocation(void)
+{
+    struct ctl c;
+    CHECK(ctl_make(&c, 1) == 0);
+    pq_dseg s;
+    CHECK(seg_make(&s, 0) == 0);
+    uint8_t buf[100] = {0};
+    pq_log_entry e[2] = {{.value = buf, .value_len = 100, .type = 1},
+                         {.value = buf, .value_len = 100, .type = 1}};
+    uint64_t off, need = 0;
+    CHECK_EQ(pq_dlog_lock(&c.d, 0), 0);
+    CHECK_EQ(pq_dlog_append(&c.d, 0, &s, e, 2, 1, &off, &need), -ENOBUFS);
+    CHECK_EQ(need, 2 * 144);
+    CHECK_EQ(pq_dlog_set_allocated(&c.d, 0, 200), 0);
+    CHECK_EQ(pq_dlog_append(&c.d, 0, &s, e, 2, 1, &off, &need), -ENOBUFS);
+    CHECK_EQ(pq_dlog_append(&c.d, 0, &s, e, 1, 1, &off, &need), 1);
+    CHECK_EQ(pq_dlog_set_allocated(&c.d, 0, SEGB + 1), -EINVAL);
+    CHECK_EQ(pq_dlog_set_allocated(&c.d, 0, SEGB), 0);
+    CHECK_EQ(pq_dlog_append(&c.d, 0, &s, e, 2, 1, &off, &need), 2);
+    CHECK_EQ(off, 1);
+    uint64_t nb;
+    CHECK_EQ(pq_dlog_roll(&c.d, 0, &s, &nb), 0);
+    CHECK_EQ(atomic_load(&c.d.parts[0].allocated), 0);
+    pq_dlog_unlock(&c.d, 0);
     return 0;
 }
 
@@ -375,6 +411,7 @@ int main(void)
 {
     printf("test_dlog\n");
     RUN(test_append_roll_start);
+    RUN(test_allocation);
     RUN(test_open_validates);
     RUN(test_holder_dies_mid_append);
     RUN(test_roller_dies_mid_roll);
