@@ -252,6 +252,13 @@ int pq_dlog_set_allocated(pq_dlog *d, uint32_t part, uint64_t allocated)
     return 0;
 }
 
+uint64_t pq_dlog_allocated(pq_dlog *d, uint32_t part)
+{
+    if (part >= d->partitions)
+        return 0;
+    return atomic_load_explicit(&d->parts[part].allocated, memory_order_relaxed);
+}
+
 int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e, uint32_t n,
                    uint64_t ts, uint64_t *first_offset, uint64_t *need)
 {

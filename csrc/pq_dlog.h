@@ -152,8 +152,10 @@ void pq_dlog_unlock(pq_dlog *d, uint32_t part);
 int pq_dlog_append(pq_dlog *d, uint32_t part, pq_dseg *s, const pq_log_entry *e, uint32_t n,
                    uint64_t ts, uint64_t *first_offset, uint64_t *need);
 
-/* Under the lock: the active data file has disk blocks up to `allocated`. */
+/* Under the lock: the active data file has disk blocks up to `allocated`
+ * (pq_dlog_allocated: how far they go now). */
 int pq_dlog_set_allocated(pq_dlog *d, uint32_t part, uint64_t allocated);
+uint64_t pq_dlog_allocated(pq_dlog *d, uint32_t part);
 
 /*
  * Under the lock: seal the active segment s's index, and make the segment

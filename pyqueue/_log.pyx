@@ -215,6 +215,7 @@ cdef extern from "pq_dlog.h" nogil:
     int pq_dlog_append(pq_dlog* d, uint32_t part, pq_dseg* s, const pq_log_entry* e, uint32_t n,
                        uint64_t ts, uint64_t* first_offset, uint64_t* need)
     int pq_dlog_set_allocated(pq_dlog* d, uint32_t part, uint64_t allocated)
+    uint64_t pq_dlog_allocated(pq_dlog* d, uint32_t part)
     int pq_dlog_roll(pq_dlog* d, uint32_t part, pq_dseg* s, uint64_t* new_base)
     int pq_dlog_set_start(pq_dlog* d, uint32_t part, uint64_t start_offset,
                           uint64_t removed_bytes)

@@ -388,7 +388,7 @@ cdef class DirLogCore(LogCoreBase):
                                 &need)
             if rc == -ENOBUFS:  # give the file its next disk blocks (ENOSPC raises here)
                 upto = min((need + GROW_BYTES - 1) // GROW_BYTES * GROW_BYTES, m.s.data_size)
-                self._allocate(m.path, upto)  # _logdir.allocate
+                self._allocate(m.path, pq_dlog_allocated(&self._d, partition), upto)
                 _check_rc(pq_dlog_set_allocated(&self._d, partition, upto), "allocate")
                 continue
             if rc == -ESTALE:  # another process rolled: map the new active segment

@@ -128,9 +128,10 @@ def list_bases(path, p):
     return sorted(int(m.group(1)) for m in map(_SEG_RE.match, names) if m)
 
 
-def _reserve(fd, size, what):
+def _reserve(fd, size, what, start=0):
+    """Disk blocks for bytes [start, size) of a file."""
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, start, size - start)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
             if os.fstat(fd).st_size < size:  # a file system without fallocate
@@ -142,12 +143,12 @@ def _reserve(fd, size, what):
         raise
 
 
-def allocate(file_path, upto):
-    """Disk blocks for bytes [0, upto) of a sparse segment file (OSError
-    ENOSPC on a full disk, before anything is written there)."""
+def allocate(file_path, start, upto):
+    """Disk blocks for bytes [start, upto) of a sparse segment file
+    (OSError ENOSPC on a full disk, before anything is written there)."""
     fd = os.open(file_path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        _reserve(fd, upto, file_path)
+        _reserve(fd, upto, file_path, start)
     finally:
         os.close(fd)
 

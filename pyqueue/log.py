@@ -389,8 +389,8 @@ class DirectoryLog(Log, _log.DirLogCore):
         return _logdir.map_segment(self._path, p, base, for_append,
                                    self.segment_bytes if for_append else None)
 
-    def _allocate(self, file_path, upto):
-        _logdir.allocate(file_path, upto)
+    def _allocate(self, file_path, start, upto):
+        _logdir.allocate(file_path, start, upto)
 
     def _segment_bases(self, p, seg_gen):
         cached = self._bases.get(p)
