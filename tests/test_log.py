@@ -199,3 +199,26 @@ def test_retention_by_age_and_parameters_of_an_existing_log(logs):
         Log(name=lg.name, retention_ms=5)
     with pytest.raises(pyqueue.SegmentNotFound):
         Log.open(unique_name("missing"))
+
+
+def test_256_partitions(logs):
+    lg = logs(partitions=256, retention_bytes=64 * 1024)
+    keys = [f"user-{i}" for i in range(2000)]
+    got = [lg.append(k, key=k) for k in keys]
+    assert [p for p, _ in got] == [_log.kafka_partition(k, 256) for k in keys]
+    per = {}
+    for (p, o), k in zip(got, keys):
+        per.setdefault(p, []).append((o, k))
+    assert len(per) > 200
+    for p, recs in per.items():
+        assert [o for o, _ in recs] == list(range(len(recs)))
+        assert [r.value for r in lg.read(p, 0)] == [k for _, k in recs]
+    c = lg.consumer("all")
+    seen = []
+    while True:
+        recs = c.poll(max_records=1000)
+        if not recs:
+            break
+        seen.extend(r.value for r in recs)
+    assert sorted(seen) == sorted(keys)
+    c.close()
