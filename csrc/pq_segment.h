@@ -22,6 +22,7 @@ enum pq_kind {
     PQ_KIND_TOPIC = 2,
     PQ_KIND_LOG = 3,
     PQ_KIND_LOG_DIR = 4, /* the control file of a directory-mode log */
+    PQ_KIND_WORKQ = 5,   /* an acknowledged work queue */
 };
 
 enum pq_segment_state {

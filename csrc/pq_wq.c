@@ -1,0 +1,626 @@
+/* pq_wq.c - the acknowledged work queue. See pq_wq.h and docs/design.md
+ * ("WorkQueue"). */
+#define _GNU_SOURCE
+#include "pq_wq.h"
+
+#include <string.h>
+
+#include "pq_claim_lock.h"
+#include "pq_proc.h"
+
+#define PQ_WQ_DEDUP_PROBES 16
+#define PQ_WQ_OWNER_CACHE 16
+
+static uint64_t pq_wq_data_offset(uint32_t slots, uint32_t dedup_slots)
+{
+    return pq_align_up(PQ_WQ_SLOTS_OFFSET + (uint64_t)slots * sizeof(pq_wq_slot) +
+                           (uint64_t)dedup_slots * sizeof(pq_wq_dedup),
+                       4096);
+}
+
+static int pq_wq_args_ok(uint64_t capacity, uint32_t slots, uint32_t dedup_slots)
+{
+    return pq_is_power_of_two(capacity) && capacity >= PQ_WQ_MIN_CAPACITY &&
+           capacity <= PQ_WQ_MAX_CAPACITY && pq_is_power_of_two(slots) && slots >= 2 &&
+           slots <= PQ_WQ_MAX_SLOTS && (dedup_slots == 0 || pq_is_power_of_two(dedup_slots)) &&
+           dedup_slots <= PQ_WQ_MAX_SLOTS;
+}
+
+uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots)
+{
+    if (!pq_wq_args_ok(capacity, slots, dedup_slots))
+        return 0;
+    return pq_wq_data_offset(slots, dedup_slots) + capacity;
+}
+
+int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
+                 uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
+                 int64_t dedup_window_ns, uint64_t user_flags)
+{
+    uint64_t need = pq_wq_segment_size(capacity, slots, dedup_slots);
+    if (need == 0 || size < need || ((uintptr_t)base & 63) != 0 || visibility_ns <= 0 ||
+        dedup_window_ns < 0)
+        return -EINVAL;
+    uint64_t params[PQ_WQ_NPARAMS] = {capacity,       slots,          dedup_slots,
+                                      (uint64_t)visibility_ns, max_deliveries,
+                                      (uint64_t)dedup_window_ns, user_flags};
+    uint64_t data_off = pq_wq_data_offset(slots, dedup_slots);
+    int rc = pq_segment_init(base, size, PQ_KIND_WORKQ, data_off, capacity, params,
+                             PQ_WQ_NPARAMS);
+    if (rc < 0)
+        return rc;
+    pq_wq_ctl *ctl = (pq_wq_ctl *)((uint8_t *)base + PQ_WQ_CTL_OFFSET);
+    memset(ctl, 0, sizeof *ctl);
+    rc = pq_claim_lock_init(&ctl->lock);
+    if (rc < 0)
+        return rc;
+    /* Slots and dedup entries are zero in a fresh mapping: FREE, empty. */
+    memset((uint8_t *)base + PQ_WQ_SLOTS_OFFSET, 0, data_off - PQ_WQ_SLOTS_OFFSET);
+    pq_segment_publish(base);
+    return 0;
+}
+
+int pq_wq_open(pq_wq *q, void *base, size_t size)
+{
+    memset(q, 0, sizeof *q);
+    if (((uintptr_t)base & 63) != 0)
+        return -EINVAL;
+    int rc = pq_segment_check(base, size, PQ_KIND_WORKQ);
+    if (rc < 0)
+        return rc;
+    pq_segment_header *h = base;
+    uint64_t capacity = h->params[PQ_WQ_PARAM_CAPACITY];
+    uint64_t slots = h->params[PQ_WQ_PARAM_SLOTS];
+    uint64_t dedup = h->params[PQ_WQ_PARAM_DEDUP_SLOTS];
+    if (slots > PQ_WQ_MAX_SLOTS || dedup > PQ_WQ_MAX_SLOTS ||
+        !pq_wq_args_ok(capacity, (uint32_t)slots, (uint32_t)dedup) ||
+        (int64_t)h->params[PQ_WQ_PARAM_VISIBILITY_NS] <= 0 ||
+        (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS] < 0 ||
+        h->params[PQ_WQ_PARAM_MAX_DELIVERIES] > UINT32_MAX)
+        return PQ_ERR_CORRUPT;
+    uint64_t data_off = pq_wq_data_offset((uint32_t)slots, (uint32_t)dedup);
+    if (h->data_offset != data_off || h->data_size != capacity || data_off + capacity > size)
+        return PQ_ERR_TRUNCATED;
+    q->hdr = h;
+    q->ctl = (pq_wq_ctl *)((uint8_t *)base + PQ_WQ_CTL_OFFSET);
+    q->slots = (pq_wq_slot *)((uint8_t *)base + PQ_WQ_SLOTS_OFFSET);
+    q->dedup = (pq_wq_dedup *)(q->slots + slots);
+    q->data = (uint8_t *)base + data_off;
+    q->capacity = capacity;
+    q->mask = capacity - 1;
+    q->nslots = (uint32_t)slots;
+    q->dedup_slots = (uint32_t)dedup;
+    q->visibility_ns = (int64_t)h->params[PQ_WQ_PARAM_VISIBILITY_NS];
+    q->max_deliveries = (uint32_t)h->params[PQ_WQ_PARAM_MAX_DELIVERIES];
+    q->dedup_window_ns = (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS];
+    q->max_payload = capacity / 4;
+    return 0;
+}
+
+uint64_t pq_wq_key_hash(const void *key, size_t len)
+{
+    const uint8_t *p = key;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h == 0 ? 1 : h;
+}
+
+static inline pq_wq_slot *pq_wq_slot_of(const pq_wq *q, uint64_t id)
+{
+    return &q->slots[id & (q->nslots - 1)];
+}
+
+static inline void pq_wq_count(pq_wq *q, int which)
+{
+    atomic_fetch_add_explicit(&q->ctl->counters[which], 1, memory_order_relaxed);
+}
+
+/* Under the lock: pass the DONE messages at the head, freeing their slots
+ * and bytes. Idempotent: a holder that died in here left the next one to
+ * finish (pq_wq_lock). */
+static int pq_wq_advance_head(pq_wq *q)
+{
+    pq_wq_ctl *c = q->ctl;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    uint64_t h0 = h;
+    while (h < t) {
+        pq_wq_slot *s = pq_wq_slot_of(q, h);
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) != PQ_WQ_DONE ||
+            atomic_load_explicit(&s->id, memory_order_relaxed) != h)
+            break;
+        atomic_store_explicit(&s->state, PQ_WQ_FREE, memory_order_relaxed);
+        h++;
+    }
+    if (h == h0)
+        return 0;
+    atomic_store_explicit(&c->head_pos,
+                          h < t ? pq_wq_slot_of(q, h)->pos
+                                : atomic_load_explicit(&c->tail_pos, memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&c->head, h, memory_order_relaxed);
+    return 1;
+}
+
+static int pq_wq_lock(pq_wq *q)
+{
+    int rc = pthread_mutex_lock(&q->ctl->lock);
+    if (rc == EOWNERDEAD) {
+        /* Every change under the lock is a store to one slot, then the
+         * head or tail: finish what the dead holder may have left. */
+        pq_wq_advance_head(q);
+        rc = pthread_mutex_consistent(&q->ctl->lock);
+        if (rc != 0) {
+            pthread_mutex_unlock(&q->ctl->lock);
+            return -rc;
+        }
+    }
+    return -rc;
+}
+
+static inline void pq_wq_unlock(pq_wq *q)
+{
+    pthread_mutex_unlock(&q->ctl->lock);
+}
+
+/* The dedup entry of key_hash (hit: *hit = 1), or the one to take for it. */
+static pq_wq_dedup *pq_wq_dedup_find(pq_wq *q, uint64_t key_hash, int64_t now, int *hit)
+{
+    pq_wq_dedup *victim = NULL;
+    uint32_t mask = q->dedup_slots - 1;
+    *hit = 0;
+    for (uint32_t i = 0; i < PQ_WQ_DEDUP_PROBES && i < q->dedup_slots; i++) {
+        pq_wq_dedup *e = &q->dedup[(key_hash + i) & mask];
+        if (e->hash == key_hash && e->expires_ns > now) {
+            *hit = 1;
+            return e;
+        }
+        if (e->hash == 0 || e->expires_ns <= now) {
+            if (victim == NULL || victim->hash != 0)
+                victim = e; /* an empty one first, else the first expired */
+        } else if (victim == NULL || (victim->hash != 0 && victim->expires_ns > now &&
+                                      e->expires_ns < victim->expires_ns)) {
+            victim = e; /* all live: the one that expires first goes */
+        }
+    }
+    return victim;
+}
+
+/* Announce a change to the waiters of ev: bump its sequence word first
+ * (release: what changed is visible to whoever sees the new value), then
+ * notify (which makes no system call when nobody waits). */
+static inline void pq_wq_announce(_Atomic uint64_t *seq, pq_event *ev)
+{
+    atomic_fetch_add_explicit(seq, 1, memory_order_release);
+    pq_event_notify(ev, INT32_MAX);
+}
+
+int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
+                uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen)
+{
+    pq_proc_id self;
+    if (len > q->max_payload)
+        return -EMSGSIZE;
+    if (delay_ns < 0 || id == NULL || payload == NULL)
+        return -EINVAL;
+    int rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    int64_t now = pq_monotonic_ns();
+    rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_ctl *c = q->ctl;
+    pq_wq_dedup *de = NULL;
+    if (key_hash != 0 && q->dedup_slots != 0) {
+        int hit;
+        de = pq_wq_dedup_find(q, key_hash, now, &hit);
+        if (hit) {
+            *id = de->id;
+            pq_wq_count(q, PQ_WQ_DEDUPED);
+            pq_wq_unlock(q);
+            return 1;
+        }
+    }
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
+    uint64_t tp = atomic_load_explicit(&c->tail_pos, memory_order_relaxed);
+    if (t < h || t - h > q->nslots || tp < hp || tp - hp > q->capacity ||
+        (tp & (PQ_WQ_ALIGN - 1)) != 0) {
+        pq_wq_unlock(q);
+        return PQ_ERR_CORRUPT;
+    }
+    uint64_t size = pq_align_up(len ? len : 1, PQ_WQ_ALIGN);
+    uint64_t pos = tp;
+    if ((pos & q->mask) + size > q->capacity)
+        pos += q->capacity - (pos & q->mask); /* never wraps: to the next lap */
+    if (t - h == q->nslots || pos + size - hp > q->capacity) {
+        if (seen)
+            *seen = atomic_load_explicit(&c->writable_seq, memory_order_acquire);
+        pq_wq_unlock(q);
+        return -EAGAIN;
+    }
+    pq_wq_slot *s = pq_wq_slot_of(q, t);
+    atomic_store_explicit(&s->id, t, memory_order_relaxed);
+    atomic_store_explicit(&s->deliveries, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->owner, pq_proc_pack(&self), memory_order_relaxed);
+    atomic_store_explicit(&s->at_ns, now + delay_ns, memory_order_relaxed);
+    s->pos = pos;
+    s->len = len;
+    s->type = type;
+    s->reason = PQ_WQ_REASON_NONE;
+    s->enqueued_ms = enqueued_ms;
+    s->reserved2 = 0;
+    atomic_store_explicit(&s->state, PQ_WQ_CLAIMED, memory_order_relaxed);
+    if (de != NULL) {
+        /* The key counts from now; a claim abandoned by a dead producer
+         * gives it back (pq_wq_reap), so its retry is not dropped. */
+        de->hash = key_hash;
+        de->expires_ns = now + q->dedup_window_ns;
+        de->id = t;
+        s->reserved2 = (uint64_t)(de - q->dedup) + 1;
+    }
+    /* tail_pos before tail: a holder that dies between them leaks the
+     * bytes until the head passes, never hands them out twice. */
+    atomic_store_explicit(&c->tail_pos, pos + size, memory_order_relaxed);
+    atomic_store_explicit(&c->tail, t + 1, memory_order_relaxed);
+    pq_wq_count(q, PQ_WQ_ENQUEUED);
+    pq_wq_unlock(q);
+    *id = t;
+    *payload = q->data + (pos & q->mask);
+    return 0;
+}
+
+void pq_wq_commit(pq_wq *q, uint64_t id)
+{
+    pq_wq_slot *s = pq_wq_slot_of(q, id);
+    uint32_t expect = PQ_WQ_CLAIMED;
+    /* release: the payload written before is visible to a consumer that
+     * sees AVAILABLE (acquire, in pq_wq_acquire). A CAS: a reaper that
+     * took the claim for a dead producer's wins, and then this is a no-op. */
+    if (atomic_load_explicit(&s->id, memory_order_relaxed) == id)
+        atomic_compare_exchange_strong_explicit(&s->state, &expect, PQ_WQ_AVAILABLE,
+                                                memory_order_release, memory_order_relaxed);
+    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable);
+}
+
+static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_delivery *d)
+{
+    d->id = id;
+    d->deliveries = atomic_load_explicit(&s->deliveries, memory_order_relaxed);
+    d->len = s->len;
+    d->payload = q->data + (s->pos & q->mask);
+    d->type = s->type;
+    d->reason = s->reason;
+    d->enqueued_ms = s->enqueued_ms;
+}
+
+int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
+{
+    pq_proc_id self;
+    int rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    const uint64_t me = pq_proc_pack(&self);
+    int64_t now = pq_monotonic_ns();
+    int64_t wake = -1;
+    rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_ctl *c = q->ctl;
+    /* Before the scan (acquire): a commit that the scan misses bumps the
+     * word after its state store, so a wait on this value returns. */
+    uint64_t seq = atomic_load_explicit(&c->readable_seq, memory_order_acquire);
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    if (t < h || t - h > q->nslots) {
+        pq_wq_unlock(q);
+        return PQ_ERR_CORRUPT;
+    }
+    for (uint64_t id = h; id < t; id++) {
+        pq_wq_slot *s = pq_wq_slot_of(q, id);
+        if (atomic_load_explicit(&s->id, memory_order_relaxed) != id)
+            continue;
+        /* acquire: a committed payload (pairs with pq_wq_commit). */
+        uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+        int64_t at = atomic_load_explicit(&s->at_ns, memory_order_relaxed);
+        switch (st) {
+        case PQ_WQ_AVAILABLE:
+        case PQ_WQ_ACQUIRED:
+            if (at > now) { /* delayed, or held within its deadline */
+                if (wake < 0 || at < wake)
+                    wake = at;
+                continue;
+            }
+            if (st == PQ_WQ_ACQUIRED) {
+                /* Not acked in time: redelivered (its holder's ack fails). */
+                s->reason = PQ_WQ_REASON_TIMEOUT;
+                pq_wq_count(q, PQ_WQ_REDELIVERED);
+            }
+            break;
+        case PQ_WQ_DEAD:
+            if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0)
+                continue; /* being moved */
+            atomic_store_explicit(&s->owner, me, memory_order_relaxed); /* its mover died */
+            pq_wq_fill(q, s, id, d);
+            pq_wq_unlock(q);
+            return 1;
+        default:
+            continue; /* being written, or done */
+        }
+        uint32_t n = atomic_load_explicit(&s->deliveries, memory_order_relaxed);
+        atomic_store_explicit(&s->owner, me, memory_order_relaxed);
+        if (q->max_deliveries != 0 && n >= q->max_deliveries) {
+            atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
+            pq_wq_fill(q, s, id, d);
+            pq_wq_unlock(q);
+            return 1;
+        }
+        atomic_store_explicit(&s->deliveries, n + 1, memory_order_relaxed);
+        atomic_store_explicit(&s->at_ns, now + q->visibility_ns, memory_order_relaxed);
+        atomic_store_explicit(&s->state, PQ_WQ_ACQUIRED, memory_order_relaxed);
+        pq_wq_fill(q, s, id, d);
+        pq_wq_unlock(q);
+        return 0;
+    }
+    pq_wq_unlock(q);
+    if (wake_ns)
+        *wake_ns = wake;
+    if (seen)
+        *seen = seq;
+    return -EAGAIN;
+}
+
+/* Under the lock: the slot of a delivery this process holds, or NULL. */
+static pq_wq_slot *pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
+{
+    pq_proc_id self;
+    if (pq_proc_self(&self) < 0)
+        return NULL;
+    uint64_t h = atomic_load_explicit(&q->ctl->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&q->ctl->tail, memory_order_relaxed);
+    if (id < h || id >= t)
+        return NULL;
+    pq_wq_slot *s = pq_wq_slot_of(q, id);
+    if (atomic_load_explicit(&s->id, memory_order_relaxed) != id ||
+        atomic_load_explicit(&s->state, memory_order_relaxed) != state ||
+        atomic_load_explicit(&s->owner, memory_order_relaxed) != pq_proc_pack(&self) ||
+        (deliveries != UINT32_MAX &&
+         atomic_load_explicit(&s->deliveries, memory_order_relaxed) != deliveries))
+        return NULL;
+    return s;
+}
+
+int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
+{
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    int moved = 0;
+    if (s != NULL) {
+        atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
+        pq_wq_count(q, PQ_WQ_ACKED);
+        moved = pq_wq_advance_head(q);
+    }
+    pq_wq_unlock(q);
+    if (moved)
+        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable);
+    return s != NULL ? 0 : -ESTALE;
+}
+
+int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
+{
+    if (delay_ns < 0)
+        return -EINVAL;
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    if (s == NULL) {
+        pq_wq_unlock(q);
+        return -ESTALE;
+    }
+    s->reason = PQ_WQ_REASON_NACK;
+    if (q->max_deliveries != 0 && deliveries >= q->max_deliveries) {
+        atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
+        pq_wq_unlock(q);
+        return 1;
+    }
+    atomic_store_explicit(&s->at_ns, pq_monotonic_ns() + delay_ns, memory_order_relaxed);
+    atomic_store_explicit(&s->state, PQ_WQ_AVAILABLE, memory_order_relaxed);
+    pq_wq_count(q, PQ_WQ_REDELIVERED);
+    pq_wq_unlock(q);
+    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable);
+    return 0;
+}
+
+int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries)
+{
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    if (s != NULL) {
+        s->reason = PQ_WQ_REASON_REJECTED;
+        atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
+    }
+    pq_wq_unlock(q);
+    return s != NULL ? 0 : -ESTALE;
+}
+
+int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -EINVAL;
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    if (s != NULL)
+        atomic_store_explicit(&s->at_ns, pq_monotonic_ns() + timeout_ns, memory_order_relaxed);
+    pq_wq_unlock(q);
+    return s != NULL ? 0 : -ESTALE;
+}
+
+int pq_wq_dead_done(pq_wq *q, uint64_t id)
+{
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_held(q, id, UINT32_MAX, PQ_WQ_DEAD);
+    int moved = 0;
+    if (s != NULL) {
+        atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
+        pq_wq_count(q, PQ_WQ_DEAD_LETTERED);
+        moved = pq_wq_advance_head(q);
+    }
+    pq_wq_unlock(q);
+    if (moved)
+        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable);
+    return s != NULL ? 0 : -ESTALE;
+}
+
+/* Is the process of an owner word alive? Cached per call of pq_wq_reap:
+ * the messages in flight belong to few processes. */
+struct pq_wq_owners {
+    uint64_t owner[PQ_WQ_OWNER_CACHE];
+    int alive[PQ_WQ_OWNER_CACHE];
+    int n;
+};
+
+static int pq_wq_owner_alive(struct pq_wq_owners *oc, uint64_t owner)
+{
+    for (int i = 0; i < oc->n; i++)
+        if (oc->owner[i] == owner)
+            return oc->alive[i];
+    int32_t pid;
+    uint64_t start32;
+    pq_proc_unpack(owner, &pid, &start32);
+    /* -errno (cannot tell) counts as alive: never take a live one's. */
+    int alive = pq_proc_alive(pid, start32, 1) != 0;
+    if (oc->n < PQ_WQ_OWNER_CACHE) {
+        oc->owner[oc->n] = owner;
+        oc->alive[oc->n] = alive;
+        oc->n++;
+    }
+    return alive;
+}
+
+int pq_wq_reap(pq_wq *q)
+{
+    struct pq_wq_owners oc = {.n = 0};
+    pq_proc_id self;
+    int rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    const uint64_t me = pq_proc_pack(&self);
+    rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_ctl *c = q->ctl;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    int64_t now = pq_monotonic_ns();
+    int changed = 0, readable = 0;
+    for (uint64_t id = h; id < t && t - h <= q->nslots; id++) {
+        pq_wq_slot *s = pq_wq_slot_of(q, id);
+        if (atomic_load_explicit(&s->id, memory_order_relaxed) != id)
+            continue;
+        uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+        uint64_t owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+        if ((st != PQ_WQ_CLAIMED && st != PQ_WQ_ACQUIRED && st != PQ_WQ_DEAD) || owner == 0 ||
+            owner == me || pq_wq_owner_alive(&oc, owner))
+            continue;
+        if (st == PQ_WQ_CLAIMED) {
+            uint32_t expect = PQ_WQ_CLAIMED;
+            if (!atomic_compare_exchange_strong_explicit(&s->state, &expect, PQ_WQ_DONE,
+                                                         memory_order_acq_rel,
+                                                         memory_order_relaxed))
+                continue; /* committed meanwhile: not dead after all */
+            if (s->reserved2 != 0 && s->reserved2 <= q->dedup_slots) {
+                pq_wq_dedup *de = &q->dedup[s->reserved2 - 1];
+                if (de->id == id)
+                    de->expires_ns = now; /* never enqueued: a retry is not a duplicate */
+            }
+            pq_wq_count(q, PQ_WQ_ABANDONED);
+        } else if (st == PQ_WQ_ACQUIRED) {
+            s->reason = PQ_WQ_REASON_DIED;
+            atomic_store_explicit(&s->at_ns, now, memory_order_relaxed);
+            atomic_store_explicit(&s->state, PQ_WQ_AVAILABLE, memory_order_relaxed);
+            pq_wq_count(q, PQ_WQ_REDELIVERED);
+            readable = 1;
+        } else {
+            atomic_store_explicit(&s->owner, 0, memory_order_relaxed); /* for the next mover */
+            readable = 1;
+        }
+        changed++;
+    }
+    int moved = pq_wq_advance_head(q);
+    pq_wq_unlock(q);
+    if (readable)
+        pq_wq_announce(&c->readable_seq, &c->readable);
+    if (moved)
+        pq_wq_announce(&c->writable_seq, &c->writable);
+    return changed;
+}
+
+struct pq_wq_wait {
+    _Atomic uint64_t *seq;
+    uint64_t seen;
+};
+
+static int pq_wq_changed(void *arg)
+{
+    struct pq_wq_wait *w = arg;
+    return atomic_load_explicit(w->seq, memory_order_acquire) != w->seen;
+}
+
+int pq_wq_wait_readable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
+{
+    struct pq_wq_wait w = {&q->ctl->readable_seq, seen};
+    return pq_event_wait_until(&q->ctl->readable, pq_wq_changed, &w, spin_ns, deadline_ns);
+}
+
+int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
+{
+    struct pq_wq_wait w = {&q->ctl->writable_seq, seen};
+    return pq_event_wait_until(&q->ctl->writable, pq_wq_changed, &w, spin_ns, deadline_ns);
+}
+
+int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_ctl *c = q->ctl;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    int64_t now = pq_monotonic_ns();
+    for (uint64_t id = h; id < t && t - h <= q->nslots; id++) {
+        pq_wq_slot *sl = pq_wq_slot_of(q, id);
+        uint32_t st = atomic_load_explicit(&sl->state, memory_order_relaxed);
+        int64_t at = atomic_load_explicit(&sl->at_ns, memory_order_relaxed);
+        if (st == PQ_WQ_AVAILABLE)
+            *(at > now ? &s->delayed : &s->available) += 1;
+        else if (st == PQ_WQ_ACQUIRED) /* past its deadline: available */
+            *(at > now ? &s->in_flight : &s->available) += 1;
+        else if (st == PQ_WQ_DEAD)
+            s->dead++;
+        else if (st == PQ_WQ_CLAIMED)
+            s->claimed++;
+    }
+    for (int i = 0; i < PQ_WQ_COUNTERS; i++)
+        s->counters[i] = atomic_load_explicit(&c->counters[i], memory_order_relaxed);
+    s->capacity = q->capacity;
+    s->used_bytes = atomic_load_explicit(&c->tail_pos, memory_order_relaxed) -
+                    atomic_load_explicit(&c->head_pos, memory_order_relaxed);
+    s->slots = q->nslots;
+    pq_wq_unlock(q);
+    return 0;
+}

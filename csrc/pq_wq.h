@@ -1,0 +1,234 @@
+/*
+ * pq_wq.h - the acknowledged work queue behind pyqueue.WorkQueue: every
+ * message has a delivery state, as the records of a Kafka share group
+ * (KIP-932) do:
+ *
+ *   CLAIMED (a producer writes it) -> AVAILABLE (from at_ns on: delay)
+ *     -> ACQUIRED (owner, visibility deadline, delivery count + 1)
+ *          -> DONE (acked)
+ *          -> AVAILABLE again: nack (maybe delayed), the deadline passed,
+ *             or the owner died
+ *          -> DEAD (rejected, or out of deliveries): owned by the process
+ *             that moves it to the dead-letter queue, then DONE
+ *
+ * A message keeps its bytes until it is DONE: the head (the oldest message
+ * not done) only passes done ones, and space is reused behind it. So a
+ * consumer that dies holding a message costs nothing: the message becomes
+ * available again when its deadline passes or someone sees its owner dead
+ * (pq_wq_reap), with its delivery count raised.
+ *
+ * Layout of a segment (kind PQ_KIND_WORKQ):
+ *   [0, 256)     pq_segment_header (params below)
+ *   [256, 4096)  pq_wq_ctl
+ *   [4096, ...)  pq_wq_slot[slots]: message id i lives in slot i & (slots - 1)
+ *   then         pq_wq_dedup[dedup_slots]: keys seen, for put(key=...)
+ *   then         data: capacity bytes of payloads (16-aligned, never wrapping)
+ *
+ * All state changes run under one robust process-shared lock, held for a
+ * few stores (a get scans the messages in flight); producers copy their
+ * payload and consumers copy theirs out without it (the bytes of a message
+ * that is not DONE are never reused). Ids are ever-growing 64-bit.
+ * Returns: >= 0, or -errno; nothing prints.
+ */
+#ifndef PQ_WQ_H
+#define PQ_WQ_H
+
+#include <pthread.h>
+
+#include "pq_common.h"
+#include "pq_segment.h"
+#include "pq_wait.h"
+
+#define PQ_WQ_CTL_OFFSET PQ_SEGMENT_HEADER_BYTES
+#define PQ_WQ_SLOTS_OFFSET 4096u
+#define PQ_WQ_MIN_CAPACITY 4096u
+#define PQ_WQ_MAX_CAPACITY (1ull << 40)
+#define PQ_WQ_MAX_SLOTS (1u << 24)
+#define PQ_WQ_ALIGN 16u
+
+enum pq_wq_param {
+    PQ_WQ_PARAM_CAPACITY = 0,
+    PQ_WQ_PARAM_SLOTS = 1,
+    PQ_WQ_PARAM_DEDUP_SLOTS = 2,
+    PQ_WQ_PARAM_VISIBILITY_NS = 3,
+    PQ_WQ_PARAM_MAX_DELIVERIES = 4, /* 0: no limit */
+    PQ_WQ_PARAM_DEDUP_WINDOW_NS = 5,
+    PQ_WQ_PARAM_USER0 = 6,          /* free for the binding (flags) */
+    PQ_WQ_NPARAMS = 7,
+};
+
+enum pq_wq_state {
+    PQ_WQ_FREE = 0,
+    PQ_WQ_CLAIMED = 1,
+    PQ_WQ_AVAILABLE = 2,
+    PQ_WQ_ACQUIRED = 3,
+    PQ_WQ_DEAD = 4,
+    PQ_WQ_DONE = 5,
+};
+
+/* Why a message was last made available again, or why it is DEAD. */
+enum pq_wq_reason {
+    PQ_WQ_REASON_NONE = 0,
+    PQ_WQ_REASON_NACK = 1,
+    PQ_WQ_REASON_TIMEOUT = 2,    /* not acked within the visibility timeout */
+    PQ_WQ_REASON_DIED = 3,       /* its consumer died holding it */
+    PQ_WQ_REASON_REJECTED = 4,   /* reject(): straight to the dead-letter queue */
+};
+
+enum pq_wq_counter {
+    PQ_WQ_ENQUEUED = 0,
+    PQ_WQ_ACKED = 1,
+    PQ_WQ_REDELIVERED = 2,   /* made available again after a delivery */
+    PQ_WQ_DEAD_LETTERED = 3, /* moved out (to the dead-letter queue, or dropped) */
+    PQ_WQ_DEDUPED = 4,       /* puts dropped as duplicates of a key */
+    PQ_WQ_ABANDONED = 5,     /* claimed by a producer that died before committing */
+    PQ_WQ_COUNTERS = 8,
+};
+
+typedef struct pq_wq_slot {
+    _Atomic uint64_t id;         /* the message in the slot (while not FREE) */
+    _Atomic uint32_t state;
+    _Atomic uint32_t deliveries; /* times it has been acquired */
+    _Atomic uint64_t owner;      /* pq_proc_pack: producer, consumer, or mover */
+    _Atomic int64_t at_ns;       /* AVAILABLE: not before; ACQUIRED: deadline (monotonic) */
+    uint64_t pos;                /* data position of the payload */
+    uint32_t len;
+    uint8_t type;                /* the payload's codec */
+    uint8_t reason;              /* pq_wq_reason */
+    uint16_t reserved;
+    uint64_t enqueued_ms;        /* wall clock of the put */
+    uint64_t reserved2;
+} pq_wq_slot;
+_Static_assert(sizeof(pq_wq_slot) == 64, "pq_wq_slot is a cache line");
+
+typedef struct pq_wq_dedup {
+    uint64_t hash;       /* 0: empty */
+    int64_t expires_ns;  /* monotonic */
+    uint64_t id;         /* the message the key was put with */
+    uint64_t reserved;
+} pq_wq_dedup;
+
+typedef struct pq_wq_ctl {
+    PQ_ALIGNED_LINE pthread_mutex_t lock;
+    _Atomic uint64_t head;     /* oldest id not DONE */
+    _Atomic uint64_t tail;     /* the next id */
+    _Atomic uint64_t head_pos; /* data position of head's payload (tail_pos when empty) */
+    _Atomic uint64_t tail_pos; /* end of the payloads claimed */
+    /* Waits: each event has a sequence word that the change it announces
+     * bumps (release) before notifying, and a waiter waits for the word
+     * to move past what it saw when it last found nothing (or no room). */
+    PQ_ALIGNED_LINE pq_event readable; /* a message may have become available */
+    _Atomic uint64_t readable_seq;      /* bumped by commits, nacks, reaps */
+    pq_event writable;                  /* room may have been made */
+    _Atomic uint64_t writable_seq;      /* bumped when the head moves */
+    PQ_ALIGNED_LINE _Atomic uint64_t counters[PQ_WQ_COUNTERS];
+} pq_wq_ctl;
+_Static_assert(sizeof(pq_wq_ctl) <= PQ_WQ_SLOTS_OFFSET - PQ_WQ_CTL_OFFSET, "pq_wq_ctl fits");
+
+/* A process-local view of a mapped work queue. */
+typedef struct pq_wq {
+    pq_segment_header *hdr;
+    pq_wq_ctl *ctl;
+    pq_wq_slot *slots;
+    pq_wq_dedup *dedup;
+    uint8_t *data;
+    uint64_t capacity;
+    uint64_t mask;
+    uint32_t nslots;
+    uint32_t dedup_slots;
+    int64_t visibility_ns;
+    uint32_t max_deliveries;
+    int64_t dedup_window_ns;
+    uint64_t max_payload;      /* a quarter of the data area */
+} pq_wq;
+
+/* What a consumer got (pq_wq_acquire). payload points into the data
+ * area, valid until the message is DONE. */
+typedef struct pq_wq_delivery {
+    uint64_t id;
+    uint32_t deliveries;
+    uint32_t len;
+    const uint8_t *payload;
+    uint8_t type;
+    uint8_t reason;            /* why it was made available again / why DEAD */
+    uint64_t enqueued_ms;
+} pq_wq_delivery;
+
+typedef struct pq_wq_stats {
+    uint64_t available, delayed, in_flight, dead, claimed; /* now, by state */
+    uint64_t counters[PQ_WQ_COUNTERS];
+    uint64_t capacity, used_bytes, slots;
+} pq_wq_stats;
+
+/* Bytes of a segment; 0 for bad arguments (capacity a power of two,
+ * slots a power of two, dedup_slots a power of two or 0). */
+uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots);
+
+int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
+                 uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
+                 int64_t dedup_window_ns, uint64_t user_flags);
+int pq_wq_open(pq_wq *q, void *base, size_t size);
+
+/* A 64-bit hash of a deduplication key (FNV-1a, never 0). */
+uint64_t pq_wq_key_hash(const void *key, size_t len);
+
+/*
+ * Producer, step 1: claim a slot and len bytes for a message (available
+ * from delay_ns on). key_hash != 0: a put of a key already put within the
+ * dedup window is dropped. 0, with *id and *payload (write len bytes there,
+ * then pq_wq_commit); 1: a duplicate (*id = the message it duplicates,
+ * nothing to commit); -EAGAIN: no room (slots or bytes) now, *seen for
+ * pq_wq_wait_writable; -EMSGSIZE; PQ_ERR_CORRUPT.
+ */
+int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
+                uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen);
+
+/* Producer, step 2: the message is written; make it available. */
+void pq_wq_commit(pq_wq *q, uint64_t id);
+
+/*
+ * Consumer: the oldest message that is available now (or whose visibility
+ * deadline passed). 0: *d is ACQUIRED by this process until now +
+ * visibility timeout; 1: *d is DEAD, for this process to move to the
+ * dead-letter queue and then pq_wq_dead_done (it has been delivered
+ * max_deliveries times, or its mover died); -EAGAIN: none now, *wake_ns
+ * is when one may be (a delayed message, a deadline; -1: none known) and
+ * *seen is for pq_wq_wait_readable.
+ */
+int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen);
+
+/*
+ * The holder's verbs on a delivery (id, and the delivery count it got): 0,
+ * or -ESTALE when that delivery is no longer its own (the deadline passed
+ * and the message went to another consumer, or was acked).
+ *   ack     DONE.
+ *   nack    available again from now + delay_ns; 1 instead of 0 when that
+ *           was its last delivery: it is DEAD, for the caller to move.
+ *   reject  DEAD, for the caller to move.
+ *   extend  the deadline becomes now + timeout_ns.
+ */
+int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries);
+int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns);
+int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries);
+int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns);
+
+/* A DEAD message this process moved out: DONE. 0, -ESTALE. */
+int pq_wq_dead_done(pq_wq *q, uint64_t id);
+
+/*
+ * Look at the messages held by processes that are gone: a consumer's
+ * becomes available again (delivery count kept: it was delivered), a
+ * producer's half-written one is dropped (abandoned), a mover's goes back
+ * to DEAD without a mover. The count of messages changed.
+ */
+int pq_wq_reap(pq_wq *q);
+
+/* Wait until something changed since a failed acquire (or claim) saw
+ * *seen: 0 worth trying again, -ETIMEDOUT, -EINTR. */
+int pq_wq_wait_readable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns);
+int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns);
+
+/* Counts by state (a scan under the lock) and the counters. */
+int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s);
+
+#endif /* PQ_WQ_H */

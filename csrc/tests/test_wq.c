@@ -1,0 +1,420 @@
+/* test_wq.c - the acknowledged work queue (pq_wq.h): deliveries and acks,
+ * nacks with delay, visibility timeouts, the delivery limit and dead
+ * letters, dedup keys, room, processes that die holding messages, waits,
+ * and several producers and consumers in processes. */
+#include "pq_test.h"
+
+#include "../pq_proc.h"
+#include "../pq_wq.h"
+
+#define MS 1000000LL
+
+static void *make_wq(pq_wq *q, uint64_t cap, uint32_t slots, uint32_t dedup, int64_t vis_ns,
+                     uint32_t max_deliveries, int64_t window_ns)
+{
+    size_t size = pq_wq_segment_size(cap, slots, dedup);
+    void *base = size ? pq_test_shared(size) : NULL;
+    if (base == NULL ||
+        pq_wq_create(base, size, cap, slots, dedup, vis_ns, max_deliveries, window_ns, 0) != 0 ||
+        pq_wq_open(q, base, size) != 0)
+        return NULL;
+    return base;
+}
+
+static int put(pq_wq *q, uint64_t v, int64_t delay_ns, uint64_t key, uint64_t *id)
+{
+    uint8_t *p;
+    uint64_t seen;
+    int rc = pq_wq_claim(q, sizeof v, 7, delay_ns, key, 1234, id, &p, &seen);
+    if (rc != 0)
+        return rc;
+    memcpy(p, &v, sizeof v);
+    pq_wq_commit(q, *id);
+    return 0;
+}
+
+static uint64_t value_of(const pq_wq_delivery *d)
+{
+    uint64_t v;
+    memcpy(&v, d->payload, sizeof v);
+    return v;
+}
+
+static int test_deliver_ack_and_room(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 4, 0, 1000 * MS, 0, 0) != NULL);
+    uint64_t id, ids[4];
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(put(&q, 100 + i, 0, 0, &ids[i]), 0);
+    CHECK_EQ(ids[3], 3);
+    CHECK_EQ(put(&q, 9, 0, 0, &id), -EAGAIN); /* 4 slots */
+    pq_wq_delivery d[4];
+    int64_t wake;
+    uint64_t seen;
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ(pq_wq_acquire(&q, &d[i], &wake, &seen), 0);
+        CHECK_EQ(d[i].id, (uint64_t)i);
+        CHECK_EQ(value_of(&d[i]), 100 + i);
+        CHECK_EQ(d[i].deliveries, 1);
+        CHECK_EQ(d[i].type, 7);
+        CHECK_EQ(d[i].enqueued_ms, 1234);
+    }
+    CHECK_EQ(pq_wq_acquire(&q, &d[0], &wake, &seen), -EAGAIN);
+    CHECK(wake > 0); /* the first deadline */
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.in_flight, 4);
+    /* Acks out of order: the head moves only past a done prefix. */
+    CHECK_EQ(pq_wq_ack(&q, 1, 1), 0);
+    CHECK_EQ(put(&q, 9, 0, 0, &id), -EAGAIN);
+    CHECK_EQ(pq_wq_ack(&q, 0, 1), 0);
+    CHECK_EQ(pq_wq_ack(&q, 0, 1), -ESTALE); /* twice */
+    CHECK_EQ(put(&q, 9, 0, 0, &id), 0);
+    CHECK_EQ(id, 4);
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_ACKED], 2);
+    CHECK_EQ(st.counters[PQ_WQ_ENQUEUED], 5);
+    CHECK_EQ(st.available, 1);
+    /* Bytes: a quarter of the area at most, and only what the head frees. */
+    uint8_t *p;
+    CHECK_EQ(pq_wq_claim(&q, 1025, 1, 0, 0, 0, &id, &p, &seen), -EMSGSIZE);
+    return 0;
+}
+
+static int test_nack_delay_and_timeout(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 30 * MS, 0, 0) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    CHECK_EQ(put(&q, 1, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_nack(&q, d.id, d.deliveries, 40 * MS), 0);
+    int64_t t0 = pq_test_now_ns();
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK(wake > t0 && wake <= t0 + 40 * MS);
+    pq_test_sleep_ms(45);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(d.deliveries, 2);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_NACK);
+    /* Not acked within 30 ms: delivered again, the old holder is fenced. */
+    uint32_t old = d.deliveries;
+    pq_test_sleep_ms(35);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(d.deliveries, 3);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_TIMEOUT);
+    CHECK_EQ(pq_wq_ack(&q, d.id, old), -ESTALE);
+    /* extend keeps it: no redelivery past the first deadline. */
+    CHECK_EQ(pq_wq_extend(&q, d.id, d.deliveries, 500 * MS), 0);
+    pq_test_sleep_ms(35);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_ack(&q, 0, 3), 0);
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_REDELIVERED], 2);
+    CHECK_EQ(st.counters[PQ_WQ_ACKED], 1);
+    /* A delayed put. */
+    CHECK_EQ(put(&q, 2, 30 * MS, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.delayed, 1);
+    pq_test_sleep_ms(35);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(value_of(&d), 2);
+    return 0;
+}
+
+static int test_delivery_limit_and_dead_letters(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 20 * MS, 2, 0) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    /* By nacks: the second nack finds the limit and makes it DEAD. */
+    CHECK_EQ(put(&q, 1, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_nack(&q, d.id, d.deliveries, 0), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(d.deliveries, 2);
+    CHECK_EQ(pq_wq_nack(&q, d.id, d.deliveries, 0), 1);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN); /* being moved by us */
+    CHECK_EQ(pq_wq_dead_done(&q, id), 0);
+    CHECK_EQ(pq_wq_dead_done(&q, id), -ESTALE);
+    /* By timeouts: the third acquire hands it over to be moved. */
+    CHECK_EQ(put(&q, 2, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    pq_test_sleep_ms(25);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(d.deliveries, 2);
+    pq_test_sleep_ms(25);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 1);
+    CHECK_EQ(d.id, id);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_TIMEOUT);
+    CHECK_EQ(value_of(&d), 2);
+    CHECK_EQ(pq_wq_dead_done(&q, id), 0);
+    /* reject: straight there. */
+    CHECK_EQ(put(&q, 3, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_reject(&q, d.id, d.deliveries), 0);
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.dead, 1);
+    CHECK_EQ(pq_wq_dead_done(&q, id), 0);
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_DEAD_LETTERED], 3);
+    CHECK_EQ(st.dead, 0);
+    CHECK_EQ(st.used_bytes, 0); /* everything done: the head is at the tail */
+    return 0;
+}
+
+static int test_dedup(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 64, 1000 * MS, 0, 30 * MS) != NULL);
+    uint64_t a = pq_wq_key_hash("order-1", 7), b = pq_wq_key_hash("order-2", 7);
+    CHECK(a != b && a != 0);
+    uint64_t id1, id2, id3;
+    CHECK_EQ(put(&q, 1, 0, a, &id1), 0);
+    CHECK_EQ(put(&q, 2, 0, a, &id2), 1); /* a duplicate */
+    CHECK_EQ(id2, id1);
+    CHECK_EQ(put(&q, 3, 0, b, &id3), 0);
+    CHECK_EQ(put(&q, 4, 0, 0, &id3), 0); /* no key: never a duplicate */
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_DEDUPED], 1);
+    CHECK_EQ(st.counters[PQ_WQ_ENQUEUED], 3);
+    pq_test_sleep_ms(35); /* out of the window */
+    CHECK_EQ(put(&q, 5, 0, a, &id2), 0);
+    CHECK(id2 != id1);
+    return 0;
+}
+
+/* Processes that die holding things: a consumer's message becomes
+ * available again, a producer's claim is dropped (and its key is free), a
+ * mover's dead letter goes to the next consumer to move. */
+static int test_dead_holders(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 64, 60000 * MS, 0, 60000 * MS) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    CHECK_EQ(put(&q, 1, 0, 0, &id), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pq_wq_delivery cd;
+        int64_t w;
+        uint64_t s;
+        CHILD_CHECK(pq_wq_acquire(&q, &cd, &w, &s) == 0);
+        _exit(0); /* dies holding it */
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_reap(&q), 1);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(d.deliveries, 2);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_DIED);
+    CHECK_EQ(pq_wq_ack(&q, d.id, 2), 0);
+    /* A producer that claims and dies. */
+    uint64_t key = pq_wq_key_hash("k", 1);
+    pid = fork();
+    if (pid == 0) {
+        uint8_t *p;
+        uint64_t cid, s;
+        CHILD_CHECK(pq_wq_claim(&q, 8, 1, 0, key, 0, &cid, &p, &s) == 0);
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(pq_wq_reap(&q), 1);
+    CHECK_EQ(put(&q, 7, 0, key, &id), 0); /* the retry is not a duplicate */
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_ABANDONED], 1);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(value_of(&d), 7);
+    /* A mover that dies: its dead letter goes to the next acquirer. */
+    pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pq_wq_reject(&q, d.id, d.deliveries) == -ESTALE); /* not its own */
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(pq_wq_nack(&q, d.id, d.deliveries, 0), 0);
+    pid = fork();
+    if (pid == 0) {
+        pq_wq_delivery cd;
+        int64_t w;
+        uint64_t s;
+        CHILD_CHECK(pq_wq_acquire(&q, &cd, &w, &s) == 0);
+        CHILD_CHECK(pq_wq_reject(&q, cd.id, cd.deliveries) == 0);
+        _exit(0); /* dies before moving it */
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_reap(&q), 1);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 1);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_REJECTED);
+    CHECK_EQ(pq_wq_dead_done(&q, d.id), 0);
+    /* And one dies holding the lock. */
+    pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pthread_mutex_lock(&q.ctl->lock) == 0);
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(put(&q, 8, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(value_of(&d), 8);
+    return 0;
+}
+
+static int test_wait_readable_and_writable(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 2, 0, 1000 * MS, 0, 0) != NULL);
+    pq_wq_delivery d;
+    int64_t wake;
+    uint64_t seen;
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_wait_readable(&q, seen, pq_test_now_ns() + 20 * MS, 1000), -ETIMEDOUT);
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint64_t cid;
+        pq_test_sleep_ms(30);
+        CHILD_CHECK(put(&q, 5, 0, 0, &cid) == 0);
+        CHILD_CHECK(put(&q, 6, 0, 0, &cid) == 0);
+        uint8_t *p;
+        uint64_t s;
+        int rc;
+        while ((rc = pq_wq_claim(&q, 8, 1, 0, 0, 0, &cid, &p, &s)) == -EAGAIN)
+            pq_wq_wait_writable(&q, s, pq_test_now_ns() + 10000 * MS, 0);
+        CHILD_CHECK(rc == 0);
+        memcpy(p, &(uint64_t){7}, 8);
+        pq_wq_commit(&q, cid);
+        _exit(0);
+    }
+    int64_t deadline = pq_test_now_ns() + 10000 * MS;
+    CHECK_EQ(pq_wq_wait_readable(&q, seen, deadline, 0), 0);
+    /* 5 and 6 fill both slots; 7 goes in once an ack makes room. */
+    uint64_t got[3];
+    for (int i = 0; i < 3; i++) {
+        int rc;
+        while ((rc = pq_wq_acquire(&q, &d, &wake, &seen)) == -EAGAIN)
+            CHECK_EQ(pq_wq_wait_readable(&q, seen, deadline, 0), 0);
+        CHECK_EQ(rc, 0);
+        got[i] = value_of(&d);
+        CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0);
+    }
+    CHECK_EQ(got[0], 5);
+    CHECK_EQ(got[1], 6);
+    CHECK_EQ(got[2], 7);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    return 0;
+}
+
+#define MP_N 5000
+
+/* 2 producers, 3 consumers that ack (one of them nacks every 7th message
+ * once): every message is acked exactly once. */
+static int test_producers_and_consumers(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 1u << 16, 256, 0, 5000 * MS, 0, 0) != NULL);
+    _Atomic uint32_t *acked = pq_test_shared(2 * MP_N * sizeof(uint32_t));
+    _Atomic uint32_t *done = pq_test_shared(64);
+    CHECK(acked != NULL && done != NULL);
+    pid_t kids[5];
+    for (int w = 0; w < 2; w++) {
+        kids[w] = fork();
+        if (kids[w] == 0) {
+            for (uint64_t i = 0; i < MP_N; i++) {
+                uint64_t v = (uint64_t)w * MP_N + i, id, seen;
+                uint8_t *p;
+                int rc;
+                while ((rc = pq_wq_claim(&q, 8, 1, 0, 0, 0, &id, &p, &seen)) == -EAGAIN)
+                    pq_wq_wait_writable(&q, seen, pq_test_now_ns() + 1000 * MS, 0);
+                CHILD_CHECK(rc == 0);
+                memcpy(p, &v, 8);
+                pq_wq_commit(&q, id);
+            }
+            _exit(0);
+        }
+    }
+    for (int c = 0; c < 3; c++) {
+        kids[2 + c] = fork();
+        if (kids[2 + c] == 0) {
+            pq_wq_delivery d;
+            int64_t wake;
+            uint64_t seen;
+            int64_t deadline = pq_test_now_ns() + 60000 * MS;
+            while (atomic_load(done) < 2 * MP_N && pq_test_now_ns() < deadline) {
+                int rc = pq_wq_acquire(&q, &d, &wake, &seen);
+                if (rc == -EAGAIN) {
+                    pq_wq_wait_readable(&q, seen, pq_test_now_ns() + 20 * MS, 10000);
+                    continue;
+                }
+                CHILD_CHECK(rc == 0);
+                uint64_t v = value_of(&d);
+                CHILD_CHECK(v < 2 * MP_N);
+                if (c == 0 && v % 7 == 0 && d.deliveries == 1) {
+                    CHILD_CHECK(pq_wq_nack(&q, d.id, d.deliveries, 0) == 0);
+                    continue;
+                }
+                CHILD_CHECK(pq_wq_ack(&q, d.id, d.deliveries) == 0);
+                atomic_fetch_add(&acked[v], 1);
+                atomic_fetch_add(done, 1);
+            }
+            _exit(0);
+        }
+    }
+    for (int k = 0; k < 5; k++)
+        CHECK_EQ(pq_test_wait_child(kids[k], 90000), 0);
+    for (int v = 0; v < 2 * MP_N; v++)
+        CHECK_EQ(atomic_load(&acked[v]), 1);
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_ACKED], 2 * MP_N);
+    CHECK(st.counters[PQ_WQ_REDELIVERED] > 0);
+    CHECK_EQ(st.used_bytes, 0);
+    return 0;
+}
+
+static int test_open_validates(void)
+{
+    pq_wq q;
+    void *base = make_wq(&q, 4096, 16, 16, 1000 * MS, 3, 0);
+    CHECK(base != NULL);
+    size_t size = pq_wq_segment_size(4096, 16, 16);
+    pq_wq q2;
+    CHECK_EQ(pq_wq_open(&q2, base, size - 1), PQ_ERR_TRUNCATED);
+    pq_segment_header *h = base;
+    h->params[PQ_WQ_PARAM_SLOTS] = 17;
+    CHECK_EQ(pq_wq_open(&q2, base, size), PQ_ERR_CORRUPT);
+    h->params[PQ_WQ_PARAM_SLOTS] = 16;
+    CHECK_EQ(pq_wq_open(&q2, base, size), 0);
+    CHECK_EQ(q2.max_deliveries, 3);
+    CHECK_EQ(pq_wq_segment_size(4095, 16, 0), 0);
+    CHECK_EQ(pq_wq_segment_size(4096, 3, 0), 0);
+    /* A damaged cursor: the claim says so instead of writing anywhere. */
+    atomic_store(&q.ctl->tail_pos, 8);
+    uint64_t id;
+    CHECK_EQ(put(&q, 1, 0, 0, &id), PQ_ERR_CORRUPT);
+    return 0;
+}
+
+int main(void)
+{
+    printf("test_wq\n");
+    RUN(test_deliver_ack_and_room);
+    RUN(test_nack_delay_and_timeout);
+    RUN(test_delivery_limit_and_dead_letters);
+    RUN(test_dedup);
+    RUN(test_dead_holders);
+    RUN(test_wait_readable_and_writable);
+    RUN(test_producers_and_consumers);
+    RUN(test_open_validates);
+    return pq_test_result();
+}
