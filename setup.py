@@ -54,7 +54,8 @@ def _extension(name, pyx):
 
 extensions = [_extension("pyqueue._core", "pyqueue/_core.pyx"),
               _extension("pyqueue._topic", "pyqueue/_topic.pyx"),
-              _extension("pyqueue._log", "pyqueue/_log.pyx")]
+              _extension("pyqueue._log", "pyqueue/_log.pyx"),
+              _extension("pyqueue._workq", "pyqueue/_workq.pyx")]
 
 try:
     from Cython.Build import cythonize

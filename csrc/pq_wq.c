@@ -35,11 +35,12 @@ uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_sl
 
 int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
                  uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
-                 int64_t dedup_window_ns, uint64_t user_flags)
+                 int64_t dedup_window_ns, uint64_t user_flags, const void *user,
+                 uint32_t user_len)
 {
     uint64_t need = pq_wq_segment_size(capacity, slots, dedup_slots);
     if (need == 0 || size < need || ((uintptr_t)base & 63) != 0 || visibility_ns <= 0 ||
-        dedup_window_ns < 0)
+        dedup_window_ns < 0 || user_len > PQ_WQ_USER_BYTES || (user_len && user == NULL))
         return -EINVAL;
     uint64_t params[PQ_WQ_NPARAMS] = {capacity,       slots,          dedup_slots,
                                       (uint64_t)visibility_ns, max_deliveries,
@@ -54,6 +55,9 @@ int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
     rc = pq_claim_lock_init(&ctl->lock);
     if (rc < 0)
         return rc;
+    ctl->user_len = user_len;
+    if (user_len)
+        memcpy(ctl->user, user, user_len);
     /* Slots and dedup entries are zero in a fresh mapping: FREE, empty. */
     memset((uint8_t *)base + PQ_WQ_SLOTS_OFFSET, 0, data_off - PQ_WQ_SLOTS_OFFSET);
     pq_segment_publish(base);
@@ -94,6 +98,8 @@ int pq_wq_open(pq_wq *q, void *base, size_t size)
     q->max_deliveries = (uint32_t)h->params[PQ_WQ_PARAM_MAX_DELIVERIES];
     q->dedup_window_ns = (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS];
     q->max_payload = capacity / 4;
+    if (q->ctl->user_len > PQ_WQ_USER_BYTES)
+        return PQ_ERR_CORRUPT;
     return 0;
 }
 
@@ -590,6 +596,38 @@ int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t s
 {
     struct pq_wq_wait w = {&q->ctl->writable_seq, seen};
     return pq_event_wait_until(&q->ctl->writable, pq_wq_changed, &w, spin_ns, deadline_ns);
+}
+
+int pq_wq_copy_message(pq_wq *q, uint64_t id, void *buf, uint32_t buf_len, pq_wq_delivery *d,
+                       uint32_t *state)
+{
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    uint64_t h = atomic_load_explicit(&q->ctl->head, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&q->ctl->tail, memory_order_relaxed);
+    pq_wq_slot *s = pq_wq_slot_of(q, id);
+    uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+    if (id < h || id >= t || atomic_load_explicit(&s->id, memory_order_relaxed) != id ||
+        st == PQ_WQ_FREE || st == PQ_WQ_DONE || s->len > q->max_payload) {
+        pq_wq_unlock(q);
+        return -ENOENT;
+    }
+    pq_wq_fill(q, s, id, d);
+    if (state)
+        *state = st;
+    uint32_t len = s->len;
+    if (len <= buf_len && buf != NULL && st != PQ_WQ_CLAIMED)
+        memcpy(buf, d->payload, len);
+    d->payload = NULL;
+    pq_wq_unlock(q);
+    return (int)len;
+}
+
+void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail)
+{
+    *head = atomic_load_explicit(&q->ctl->head, memory_order_acquire);
+    *tail = atomic_load_explicit(&q->ctl->tail, memory_order_acquire);
 }
 
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)

@@ -45,6 +45,7 @@
 #define PQ_WQ_MAX_CAPACITY (1ull << 40)
 #define PQ_WQ_MAX_SLOTS (1u << 24)
 #define PQ_WQ_ALIGN 16u
+#define PQ_WQ_USER_BYTES 512u
 
 enum pq_wq_param {
     PQ_WQ_PARAM_CAPACITY = 0,
@@ -122,6 +123,10 @@ typedef struct pq_wq_ctl {
     pq_event writable;                  /* room may have been made */
     _Atomic uint64_t writable_seq;      /* bumped when the head moves */
     PQ_ALIGNED_LINE _Atomic uint64_t counters[PQ_WQ_COUNTERS];
+    /* Opaque to the core, written at creation (the binding keeps the
+     * dead-letter queue's name there). */
+    uint32_t user_len;
+    uint8_t user[PQ_WQ_USER_BYTES];
 } pq_wq_ctl;
 _Static_assert(sizeof(pq_wq_ctl) <= PQ_WQ_SLOTS_OFFSET - PQ_WQ_CTL_OFFSET, "pq_wq_ctl fits");
 
@@ -166,7 +171,8 @@ uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_sl
 
 int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
                  uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
-                 int64_t dedup_window_ns, uint64_t user_flags);
+                 int64_t dedup_window_ns, uint64_t user_flags, const void *user,
+                 uint32_t user_len);
 int pq_wq_open(pq_wq *q, void *base, size_t size);
 
 /* A 64-bit hash of a deduplication key (FNV-1a, never 0). */
@@ -227,6 +233,19 @@ int pq_wq_reap(pq_wq *q);
  * *seen: 0 worth trying again, -ETIMEDOUT, -EINTR. */
 int pq_wq_wait_readable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns);
 int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns);
+
+/*
+ * Copy message id (whatever its state, but for FREE and DONE) without
+ * changing it, under the lock: its payload into buf (at most buf_len
+ * bytes) and its slot into *d (payload NULL). The payload's length (more
+ * than buf_len: call again with room), -ENOENT when there is no such
+ * message now.
+ */
+int pq_wq_copy_message(pq_wq *q, uint64_t id, void *buf, uint32_t buf_len, pq_wq_delivery *d,
+                       uint32_t *state);
+
+/* The ids of the messages not done: [*head, *tail). */
+void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail);
 
 /* Counts by state (a scan under the lock) and the counters. */
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s);

@@ -5,18 +5,21 @@
 from queue import Empty, Full
 
 from pyqueue.consumer import Consumer
-from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PyQueueError, SegmentMismatch, SegmentNotFound, SegmentNotOwned)
+from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, MessageTooLarge,
+                            OffsetOutOfRange, PyQueueError, SegmentMismatch, SegmentNotFound,
+                            SegmentNotOwned)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
+from pyqueue.stream import StreamProcessor
 from pyqueue.topic import Subscription, Topic
+from pyqueue.workqueue import DeadLetter, Delivery, WorkQueue
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",
-    "Consumer",
+    "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
-    "OffsetOutOfRange", "CommitFailed", "CorruptRecord",
+    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired",
 ]

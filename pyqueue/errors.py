@@ -64,6 +64,13 @@ class CorruptRecord(SegmentMismatch):
         return (type(self), (str(self), self.path, self.position, self.partition, self.offset))
 
 
+class DeliveryExpired(PyQueueError):
+    """A WorkQueue delivery was settled (ack, nack, reject, extend) after
+    it stopped being this consumer's: its visibility timeout passed and the
+    message was delivered again, or it was settled already, or the Delivery
+    is used in another process. The message itself is not lost."""
+
+
 class CommitFailed(PyQueueError):
     """A consumer's commit was fenced: a partition in it was assigned to
     another member of the group (after a rebalance), or the consumer was

@@ -15,7 +15,8 @@ static void *make_wq(pq_wq *q, uint64_t cap, uint32_t slots, uint32_t dedup, int
     size_t size = pq_wq_segment_size(cap, slots, dedup);
     void *base = size ? pq_test_shared(size) : NULL;
     if (base == NULL ||
-        pq_wq_create(base, size, cap, slots, dedup, vis_ns, max_deliveries, window_ns, 0) != 0 ||
+        pq_wq_create(base, size, cap, slots, dedup, vis_ns, max_deliveries, window_ns, 0,
+                     "dlq", 3) != 0 ||
         pq_wq_open(q, base, size) != 0)
         return NULL;
     return base;
@@ -396,6 +397,23 @@ static int test_open_validates(void)
     h->params[PQ_WQ_PARAM_SLOTS] = 16;
     CHECK_EQ(pq_wq_open(&q2, base, size), 0);
     CHECK_EQ(q2.max_deliveries, 3);
+    CHECK_EQ(q2.ctl->user_len, 3);
+    CHECK(memcmp(q2.ctl->user, "dlq", 3) == 0);
+    /* Copying a message out leaves it as it was. */
+    uint64_t mid, buf = 0;
+    CHECK_EQ(put(&q2, 42, 0, 0, &mid), 0);
+    pq_wq_delivery md;
+    uint32_t st;
+    CHECK_EQ(pq_wq_copy_message(&q2, mid, NULL, 0, &md, &st), 8);
+    CHECK_EQ(pq_wq_copy_message(&q2, mid, &buf, 8, &md, &st), 8);
+    CHECK_EQ(buf, 42);
+    CHECK_EQ(st, PQ_WQ_AVAILABLE);
+    CHECK_EQ(md.deliveries, 0);
+    CHECK_EQ(pq_wq_copy_message(&q2, mid + 1, &buf, 8, &md, &st), -ENOENT);
+    uint64_t bh, bt;
+    pq_wq_bounds(&q2, &bh, &bt);
+    CHECK_EQ(bh, 0);
+    CHECK_EQ(bt, 1);
     CHECK_EQ(pq_wq_segment_size(4095, 16, 0), 0);
     CHECK_EQ(pq_wq_segment_size(4096, 3, 0), 0);
     /* A damaged cursor: the claim says so instead of writing anywhere. */

@@ -1,0 +1,367 @@
+# cython: language_level=3
+"""Cython binding of the acknowledged work queue (csrc/pq_wq.h): put is
+claim (under the queue's lock) -> copy -> commit; get is acquire (under the
+lock) -> copy out -> decode; the verbs of a delivery are one call each.
+Blocking calls release the GIL in slices of at most 100 ms, check signals
+between them, and look for dead holders (pq_wq_reap) after each slice.
+Values: bytes/str raw, else pickle protocol 5 (pyqueue/_common.pxd)."""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT
+
+import pickle
+import queue as _queue_mod
+import time
+
+from pyqueue.errors import MessageTooLarge, SegmentMismatch
+from pyqueue.errors import from_code as _from_code
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain, deadline_ns as _deadline
+
+cdef extern from "pq_wait.h" nogil:
+    int64_t pq_monotonic_ns()
+
+cdef extern from "pq_fault.h" nogil:
+    # memcpy, split around the mid_copy fault point in fault builds only
+    void pq_fault_copy(uint8_t* dst, uint64_t off, const void* src, size_t n, uint64_t total)
+
+cdef extern from "pq_wq.h" nogil:
+    ctypedef struct pq_wq_ctl:
+        uint32_t user_len
+        uint8_t user[512]
+    ctypedef struct pq_wq:
+        pq_wq_ctl* ctl
+        uint64_t capacity
+        uint32_t nslots
+        uint32_t dedup_slots
+        int64_t visibility_ns
+        uint32_t max_deliveries
+        int64_t dedup_window_ns
+        uint64_t max_payload
+    ctypedef struct pq_wq_delivery:
+        uint64_t id
+        uint32_t deliveries
+        uint32_t len
+        const uint8_t* payload
+        uint8_t type
+        uint8_t reason
+        uint64_t enqueued_ms
+    ctypedef struct pq_wq_stats:
+        uint64_t available, delayed, in_flight, dead, claimed
+        uint64_t counters[8]
+        uint64_t capacity, used_bytes, slots
+    int PQ_WQ_USER_BYTES
+    int PQ_WQ_ENQUEUED, PQ_WQ_ACKED, PQ_WQ_REDELIVERED, PQ_WQ_DEAD_LETTERED
+    int PQ_WQ_DEDUPED, PQ_WQ_ABANDONED
+    int PQ_WQ_AVAILABLE, PQ_WQ_ACQUIRED, PQ_WQ_DEAD, PQ_WQ_CLAIMED
+    uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots)
+    int pq_wq_create(void* base, size_t size, uint64_t capacity, uint32_t slots,
+                     uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
+                     int64_t dedup_window_ns, uint64_t user_flags, const void* user,
+                     uint32_t user_len)
+    int pq_wq_open(pq_wq* q, void* base, size_t size)
+    uint64_t pq_wq_key_hash(const void* key, size_t len)
+    int pq_wq_claim(pq_wq* q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
+                    uint64_t enqueued_ms, uint64_t* id, uint8_t** payload, uint64_t* seen)
+    void pq_wq_commit(pq_wq* q, uint64_t id)
+    int pq_wq_acquire(pq_wq* q, pq_wq_delivery* d, int64_t* wake_ns, uint64_t* seen)
+    int pq_wq_ack(pq_wq* q, uint64_t id, uint32_t deliveries)
+    int pq_wq_nack(pq_wq* q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
+    int pq_wq_reject(pq_wq* q, uint64_t id, uint32_t deliveries)
+    int pq_wq_extend(pq_wq* q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
+    int pq_wq_dead_done(pq_wq* q, uint64_t id)
+    int pq_wq_reap(pq_wq* q)
+    int pq_wq_wait_readable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
+    int pq_wq_wait_writable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
+    int pq_wq_copy_message(pq_wq* q, uint64_t id, void* buf, uint32_t buf_len,
+                           pq_wq_delivery* d, uint32_t* state)
+    void pq_wq_bounds(pq_wq* q, uint64_t* head, uint64_t* tail)
+    int pq_wq_get_stats(pq_wq* q, pq_wq_stats* s)
+
+DEF SLICE_NS = 100000000   # longest single park: signals and reaping run between
+DEF SPIN_NS = 50000
+DEF REAP_EVERY_NS = 100000000
+
+REASONS = {0: None, 1: "nacked", 2: "visibility timeout", 3: "consumer died", 4: "rejected"}
+STATES = {1: "claimed", 2: "available", 3: "in flight", 4: "dead"}
+
+cdef object _loads_p = pickle.loads
+
+ESTALE_CODE = ESTALE
+
+
+def raise_for(int rc, what):
+    _check_rc(rc, what)
+
+
+cdef int _check_rc(int rc, str what="") except -1:
+    if rc >= 0:
+        return rc
+    raise _from_code(rc, what, "work queue")
+
+
+def segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots):
+    cdef uint64_t n = pq_wq_segment_size(capacity, slots, dedup_slots)
+    if n == 0:
+        raise ValueError("capacity, max_in_flight and dedup slots must be powers of two")
+    return n
+
+
+def create_segment(mm, uint64_t capacity, uint32_t slots, uint32_t dedup_slots,
+                   double visibility, uint32_t max_deliveries, double dedup_window, bytes user):
+    cdef Py_buffer view
+    if len(user) > PQ_WQ_USER_BYTES:
+        raise ValueError("dead-letter queue name too long")
+    PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
+    try:
+        _check_rc(pq_wq_create(view.buf, view.len, capacity, slots, dedup_slots,
+                               <int64_t>(visibility * 1e9), max_deliveries,
+                               <int64_t>(dedup_window * 1e9), 0, PyBytes_AS_STRING(user),
+                               <uint32_t>len(user)), "create")
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef object _decode(uint8_t typ, bytes b):
+    if typ == T_BYTES:
+        return b
+    if typ == T_STR:
+        return b.decode("utf-8", "surrogatepass")
+    if typ == T_PICKLE:
+        return _loads_p(b)
+    raise SegmentMismatch(f"unknown message type {typ}")
+
+
+cdef class WorkQueueCore:
+    """A handle on a mapped work-queue segment (base of pyqueue.WorkQueue)."""
+    cdef pq_wq _q
+    cdef Py_buffer _view
+    cdef bint _mapped
+    cdef readonly bint _closed
+    cdef object _mm
+    cdef int64_t _next_reap
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._closed = False
+        self._next_reap = 0
+
+    def __dealloc__(self):
+        if self._mapped:
+            PyBuffer_Release(&self._view)
+            self._mapped = False
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except Exception:
+                pass
+
+    def _attach(self, mm):
+        PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
+        self._mapped = True
+        self._mm = mm
+        _check_rc(pq_wq_open(&self._q, self._view.buf, self._view.len), "open")
+
+    cdef inline int _check_open(self) except -1:
+        if self._closed or not self._mapped:
+            raise ValueError(f"{self!r} is closed")
+        return 0
+
+    @property
+    def capacity_bytes(self):
+        return self._q.capacity
+
+    @property
+    def max_in_flight(self):
+        return self._q.nslots
+
+    @property
+    def visibility_timeout(self):
+        return self._q.visibility_ns / 1e9
+
+    @property
+    def max_deliveries(self):
+        return self._q.max_deliveries or None
+
+    @property
+    def dedup_window(self):
+        return self._q.dedup_window_ns / 1e9
+
+    @property
+    def max_message_bytes(self):
+        return self._q.max_payload
+
+    def _user(self):
+        """The bytes the creator stored (the dead-letter queue's name)."""
+        cdef uint32_t n = self._q.ctl.user_len
+        return PyBytes_FromStringAndSize(<const char*>self._q.ctl.user, n)
+
+    cdef void _reap_now(self, bint always):
+        cdef int64_t now = pq_monotonic_ns()
+        if always or now >= self._next_reap:
+            self._next_reap = now + REAP_EVERY_NS
+            pq_wq_reap(&self._q)
+
+    def _put(self, obj, key, double delay, bint block, timeout):
+        """Put one message: (id, duplicate)."""
+        cdef uint8_t typ
+        cdef uint64_t mid, seen, kh = 0
+        cdef uint8_t* dst
+        cdef int rc
+        cdef int64_t deadline, until
+        self._check_open()
+        if delay < 0 or delay != delay:
+            raise ValueError("delay must be a non-negative number of seconds")
+        data = encode_plain(obj, &typ)
+        cdef Py_ssize_t n = len(data)
+        if <uint64_t>n > self._q.max_payload:
+            raise MessageTooLarge(f"message of {n} bytes exceeds the work queue's limit of "
+                                  f"{self._q.max_payload} bytes (a quarter of capacity_bytes)")
+        if key is not None:
+            if isinstance(key, str):
+                kb = (<str>key).encode("utf-8")
+            elif isinstance(key, (bytes, bytearray, memoryview)):
+                kb = bytes(key)
+            else:
+                raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+            kh = pq_wq_key_hash(PyBytes_AS_STRING(kb), len(kb))
+        deadline = _deadline(block, timeout)
+        cdef uint64_t now_ms = time.time_ns() // 1000000
+        while True:
+            rc = pq_wq_claim(&self._q, <uint32_t>n, typ, <int64_t>(delay * 1e9), kh, now_ms,
+                             &mid, &dst, &seen)
+            if rc == 1:
+                return mid, True
+            if rc == 0:
+                if n:
+                    pq_fault_copy(dst, 0, PyBytes_AS_STRING(data), n, n)
+                pq_wq_commit(&self._q, mid)
+                return mid, False
+            if rc != -EAGAIN:
+                _check_rc(rc, "put")
+            if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
+                self._reap_now(False)  # a dead consumer may hold the room
+                raise _queue_mod.Full
+            until = pq_monotonic_ns() + SLICE_NS
+            if deadline > 0 and deadline < until:
+                until = deadline
+            with nogil:
+                rc = pq_wq_wait_writable(&self._q, seen, until, 0)
+            if rc == -EINTR or rc == -ETIMEDOUT:
+                PyErr_CheckSignals()
+            if rc == -ETIMEDOUT:
+                self._reap_now(False)
+
+    def _get(self, bint block, timeout):
+        """(kind, id, deliveries, value, enqueued_ms, reason): kind 0 a
+        delivery this process holds, 1 a dead message for it to move.
+        queue.Empty when none came in time."""
+        cdef pq_wq_delivery d
+        cdef int64_t wake, deadline, until, now
+        cdef uint64_t seen
+        cdef int rc
+        self._check_open()
+        deadline = _deadline(block, timeout)
+        while True:
+            rc = pq_wq_acquire(&self._q, &d, &wake, &seen)
+            if rc >= 0:
+                # The bytes stay until the message is done: copy, then decode.
+                b = PyBytes_FromStringAndSize(<const char*>d.payload, d.len)
+                return rc, d.id, d.deliveries, b, d.type, d.enqueued_ms, REASONS.get(d.reason)
+            if rc != -EAGAIN:
+                _check_rc(rc, "get")
+            now = pq_monotonic_ns()
+            if deadline == 0 or (deadline > 0 and now >= deadline):
+                if now >= self._next_reap:  # a dead consumer may hold one
+                    self._reap_now(True)
+                    continue
+                raise _queue_mod.Empty
+            until = now + SLICE_NS
+            if deadline > 0 and deadline < until:
+                until = deadline
+            if wake >= 0 and wake < until:
+                until = wake  # a delayed message, or a deadline, comes due
+            with nogil:
+                rc = pq_wq_wait_readable(&self._q, seen, until, SPIN_NS)
+            if rc == -EINTR or rc == -ETIMEDOUT:
+                PyErr_CheckSignals()
+            self._reap_now(False)
+
+    def _decode(self, bytes b, uint8_t typ):
+        return _decode(typ, b)
+
+    # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
+    # -ESTALE (the delivery is no longer this process's).
+
+    def _ack(self, uint64_t mid, uint32_t deliveries):
+        self._check_open()
+        return pq_wq_ack(&self._q, mid, deliveries)
+
+    def _nack(self, uint64_t mid, uint32_t deliveries, double delay):
+        self._check_open()
+        if delay < 0 or delay != delay:
+            raise ValueError("delay must be a non-negative number of seconds")
+        return pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+
+    def _reject(self, uint64_t mid, uint32_t deliveries):
+        self._check_open()
+        return pq_wq_reject(&self._q, mid, deliveries)
+
+    def _extend(self, uint64_t mid, uint32_t deliveries, double seconds):
+        self._check_open()
+        if seconds < 0 or seconds != seconds:
+            raise ValueError("seconds must be a non-negative number")
+        return pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+
+    def _dead_done(self, uint64_t mid):
+        self._check_open()
+        return pq_wq_dead_done(&self._q, mid)
+
+    def _reap(self):
+        self._check_open()
+        return _check_rc(pq_wq_reap(&self._q), "reap")
+
+    def _bounds(self):
+        cdef uint64_t h, t
+        self._check_open()
+        pq_wq_bounds(&self._q, &h, &t)
+        return h, t
+
+    def _copy(self, uint64_t mid):
+        """(value bytes, type, deliveries, enqueued_ms, reason, state) of a
+        message, unchanged; None when it is not there."""
+        cdef pq_wq_delivery d
+        cdef uint32_t st
+        cdef int n
+        self._check_open()
+        n = pq_wq_copy_message(&self._q, mid, NULL, 0, &d, &st)
+        while n >= 0:
+            buf = PyBytes_FromStringAndSize(NULL, n)
+            rc = pq_wq_copy_message(&self._q, mid, PyBytes_AS_STRING(buf), n, &d, &st)
+            if rc == n:
+                return buf, d.type, d.deliveries, d.enqueued_ms, REASONS.get(d.reason), STATES.get(st)
+            n = rc  # it changed in between: again
+        if n == -ENOENT:
+            return None
+        _check_rc(n, "copy")
+
+    def _stats(self):
+        cdef pq_wq_stats s
+        self._check_open()
+        _check_rc(pq_wq_get_stats(&self._q, &s), "stats")
+        return {
+            "depth": s.available, "delayed": s.delayed, "in_flight": s.in_flight,
+            "dead_pending": s.dead,
+            "enqueued": s.counters[PQ_WQ_ENQUEUED], "acked": s.counters[PQ_WQ_ACKED],
+            "redelivered": s.counters[PQ_WQ_REDELIVERED],
+            "dead_lettered": s.counters[PQ_WQ_DEAD_LETTERED],
+            "deduplicated": s.counters[PQ_WQ_DEDUPED],
+            "abandoned": s.counters[PQ_WQ_ABANDONED],
+            "capacity": s.capacity, "used_bytes": s.used_bytes, "max_in_flight": s.slots,
+        }
+
+    def close(self):
+        self._closed = True

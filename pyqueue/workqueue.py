@@ -1,0 +1,353 @@
+"""pyqueue.WorkQueue: a work queue whose messages are acknowledged.
+
+A consumer gets a Delivery and settles it: ack() (done), nack() (deliver
+again, maybe later), reject() (straight to the dead-letter queue); a
+message that is not settled within the visibility timeout, or whose
+consumer died, is delivered again with its delivery count raised, and
+after max_deliveries it goes to the dead-letter queue with the reason. As
+the records of a Kafka share group (KIP-932); the states live in shared
+memory (csrc/pq_wq.h). See docs/api.md ("WorkQueue").
+"""
+import time
+from queue import Empty, Full
+from typing import NamedTuple
+
+from pyqueue import _segment, _workq
+from pyqueue.errors import DeliveryExpired, SegmentNotFound
+from pyqueue.queues import _round_capacity
+
+DEFAULT_CAPACITY = 32 * 1024 * 1024
+DEFAULT_MAX_IN_FLIGHT = 65536
+DEFAULT_DEDUP_KEYS = 65536
+DEFAULT_VISIBILITY_TIMEOUT = 30.0
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_DEDUP_WINDOW = 300.0
+_KIND_WORKQ = 5
+
+__all__ = ["WorkQueue", "Delivery", "DeadLetter", "Empty", "Full"]
+
+
+class DeadLetter(NamedTuple):
+    """A message of a dead-letter queue: what came to it, and why."""
+    value: object        # the message (None when it could not be decoded: see raw)
+    reason: str          # "rejected: ...", "delivered 5 times, last: visibility timeout", ...
+    attempts: int        # deliveries it had
+    last_error: object   # the error text of the last nack or reject, or None
+    id: int              # its id in the queue it came from
+    enqueued_at: float   # when it was put (seconds since the epoch)
+    dead_lettered_at: float
+    queue: str           # the name of the queue it came from
+    raw: object = None   # the payload's bytes, when it could not be decoded
+
+
+class Delivery:
+    """One delivery of a message: settle it once with ack(), nack() or
+    reject(). As a context manager it acks when the block ends normally and
+    nacks (with the exception's text as the error) when it raises."""
+
+    __slots__ = ("value", "id", "delivery_count", "enqueued_at", "redelivered_because",
+                 "_queue", "_settled")
+
+    def __init__(self, queue, mid, deliveries, value, enqueued_ms, reason):
+        self.value = value
+        self.id = mid
+        self.delivery_count = deliveries
+        self.enqueued_at = enqueued_ms / 1000.0
+        self.redelivered_because = reason  # None, "nacked", "visibility timeout", "consumer died"
+        self._queue = queue
+        self._settled = None
+
+    def _verb(self, what, rc):
+        if rc == -_workq.ESTALE_CODE:
+            raise DeliveryExpired(
+                f"cannot {what} delivery {self.delivery_count} of message {self.id}: it is no "
+                f"longer this consumer's (its visibility timeout passed and it was delivered "
+                f"again, or it was settled already, or this is another process)")
+        if rc < 0:
+            _workq.raise_for(rc, what)
+        return rc
+
+    def ack(self):
+        """Done: the message goes away."""
+        self._verb("ack", self._queue._ack(self.id, self.delivery_count))
+        self._settled = "acked"
+
+    def nack(self, delay=0.0, error=None):
+        """Deliver it again (from delay seconds on). On its last allowed
+        delivery it goes to the dead-letter queue instead, with error."""
+        rc = self._verb("nack", self._queue._nack(self.id, self.delivery_count, float(delay)))
+        if rc == 1:
+            self._queue._move_dead(self.id, self.value, None, None, self.delivery_count,
+                                   self.enqueued_at,
+                                   f"delivered {self.delivery_count} times, last: nacked", error)
+        self._settled = "nacked"
+
+    def reject(self, reason="rejected"):
+        """Straight to the dead-letter queue (poison), with reason."""
+        self._verb("reject", self._queue._reject(self.id, self.delivery_count))
+        self._queue._move_dead(self.id, self.value, None, None, self.delivery_count,
+                               self.enqueued_at, f"rejected: {reason}", reason)
+        self._settled = "rejected"
+
+    def extend(self, seconds):
+        """Keep it for `seconds` more from now (a longer job)."""
+        self._verb("extend", self._queue._extend(self.id, self.delivery_count, float(seconds)))
+
+    @property
+    def settled(self):
+        """None, "acked", "nacked" or "rejected"."""
+        return self._settled
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._settled is None:
+            if exc_type is None:
+                self.ack()
+            else:
+                self.nack(error=f"{exc_type.__name__}: {exc}")
+        return False
+
+    def __reduce__(self):
+        raise TypeError("a Delivery belongs to the process that got it")
+
+    def __repr__(self):
+        return (f"<pyqueue.Delivery id={self.id} delivery={self.delivery_count} "
+                f"{self._settled or 'held'}>")
+
+
+class WorkQueue(_workq.WorkQueueCore):
+    """A multi-process work queue with acknowledgements, in shared memory.
+
+    WorkQueue(name=None, *, capacity_bytes=32 MiB, max_in_flight=65536,
+              visibility_timeout=30.0, max_deliveries=5, dead_letter=None,
+              dedup_window=300.0, dedup_keys=65536, perm=0o600)
+
+    dead_letter: a WorkQueue, or the name of one (made if it does not
+    exist), that gets the messages rejected or delivered max_deliveries
+    times; None drops them (counted in stats()["dead_lettered"]).
+    max_deliveries=None: no limit. max_in_flight: messages not yet done
+    (available, delayed, held) at most (a power of two). dedup_keys: room
+    for the keys of put(key=...) within dedup_window seconds.
+    """
+
+    def __init__(self, name=None, *, capacity_bytes=DEFAULT_CAPACITY,
+                 max_in_flight=DEFAULT_MAX_IN_FLIGHT,
+                 visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+                 max_deliveries=DEFAULT_MAX_DELIVERIES, dead_letter=None,
+                 dedup_window=DEFAULT_DEDUP_WINDOW, dedup_keys=DEFAULT_DEDUP_KEYS, perm=0o600,
+                 trust_owner=False, _open_only=False):
+        capacity = _round_capacity(capacity_bytes)
+        slots = self._power_of_two("max_in_flight", max_in_flight, 2)
+        dedup = self._power_of_two("dedup_keys", dedup_keys, 0)
+        for what, v in (("visibility_timeout", visibility_timeout),
+                        ("dedup_window", dedup_window)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
+                    what == "visibility_timeout" and not v > 0):
+                raise ValueError(f"{what} must be a positive number of seconds")
+        if max_deliveries is not None and (
+                not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
+                not 1 <= max_deliveries < 1 << 31):
+            raise ValueError("max_deliveries must be a positive int, or None (no limit)")
+        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+            raise ValueError("perm must be a permission mask such as 0o600")
+        self._dlq = None
+        dlq_name = b""
+        if dead_letter is not None:
+            if isinstance(dead_letter, WorkQueue):
+                self._dlq = dead_letter
+                dlq_name = dead_letter.name.encode("utf-8")
+            elif isinstance(dead_letter, str):
+                _segment.check_name(dead_letter)
+                dlq_name = dead_letter.encode("utf-8")
+            else:
+                raise TypeError("dead_letter must be a WorkQueue, a queue name, or None")
+
+        def init(mm):
+            _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
+                                  max_deliveries or 0, float(dedup_window), dlq_name)
+
+        size = _workq.segment_size(capacity, slots, dedup)
+        mm = None
+        if name is None:
+            name = _segment.unique_name()
+            mm = _segment.create(name, size, perm, init)
+            _segment.own(name)
+        else:
+            _segment.check_name(name)
+            if not _open_only:
+                mm = _segment.create(name, size, perm, init)
+            if mm is None:
+                mm, _perm = _segment.open_existing(name, _KIND_WORKQ, trust_owner)
+        self._name = name
+        self._attach(mm)
+        if self._dlq is None and dead_letter is not None and not _open_only:
+            self._dlq = self._open_dead_letter(self._user().decode("utf-8"))
+
+    @staticmethod
+    def _power_of_two(what, v, lo):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{what} must be an int")
+        if v < lo or v > 1 << 24 or (v and v & (v - 1)):
+            raise ValueError(f"{what} must be a power of two, {max(lo, 1)} .. 2**24")
+        return v
+
+    @classmethod
+    def open(cls, name, trust_owner=False):
+        """Open an existing work queue by name (SegmentNotFound if missing);
+        its dead-letter queue is the one it was made with."""
+        return cls(name, trust_owner=trust_owner, _open_only=True)
+
+    def _open_dead_letter(self, name):
+        try:
+            return WorkQueue.open(name)
+        except SegmentNotFound:
+            return WorkQueue(name=name, capacity_bytes=self.capacity_bytes, max_deliveries=None)
+
+    @property
+    def dead_letter(self):
+        """The dead-letter queue (a WorkQueue), or None."""
+        if self._dlq is None:
+            name = self._user().decode("utf-8")
+            if name:
+                self._dlq = self._open_dead_letter(name)
+        return self._dlq
+
+    # ---- producing ------------------------------------------------------
+
+    def put(self, obj, *, key=None, delay=0.0, block=True, timeout=None):
+        """Add a message (available from delay seconds on); its id. With a
+        key (bytes or str), a put of a key already put within dedup_window
+        seconds is dropped and returns the first one's id. queue.Full when
+        there is no room in time (block=False: at once)."""
+        mid, _dup = self._put(obj, key, float(delay), block, timeout)
+        return mid
+
+    def put_nowait(self, obj, *, key=None, delay=0.0):
+        return self.put(obj, key=key, delay=delay, block=False)
+
+    # ---- consuming ------------------------------------------------------
+
+    def get(self, block=True, timeout=None):
+        """The oldest available message, as a Delivery held by this
+        process for visibility_timeout seconds. queue.Empty when none came
+        in time (block=False: at once)."""
+        end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            kind, mid, n, raw, typ, enq_ms, reason = self._get(block, left)
+            if kind == 1:  # out of deliveries (or its mover died): dead-letter it
+                self._move_dead(mid, None, raw, typ, n, enq_ms / 1000.0,
+                                f"delivered {n} times, last: {reason or 'nacked'}"
+                                if reason != "rejected" else "rejected", None)
+                continue
+            try:
+                value = self._decode(raw, typ)
+            except Exception as e:  # a payload that cannot be decoded is poison
+                if self._reject(mid, n) == 0:
+                    self._move_dead(mid, None, raw, typ, n, enq_ms / 1000.0,
+                                    f"undecodable: {type(e).__name__}: {e}", repr(e))
+                continue
+            return Delivery(self, mid, n, value, enq_ms, reason)
+
+    def get_nowait(self):
+        return self.get(block=False)
+
+    def __iter__(self):
+        """Deliveries for ever (get() with no timeout)."""
+        while True:
+            yield self.get()
+
+    def _move_dead(self, mid, value, raw, typ, attempts, enqueued_at, reason, last_error):
+        """A DEAD message this process owns: to the dead-letter queue, then
+        done (a death in between puts it there twice at most)."""
+        dlq = self.dead_letter
+        if dlq is not None:
+            keep_raw = None
+            if raw is not None:
+                try:
+                    value = self._decode(raw, typ)
+                except Exception:
+                    value, keep_raw = None, raw
+            dlq.put(DeadLetter(value, reason, attempts, last_error, mid, enqueued_at,
+                               time.time(), self._name, keep_raw))
+        self._dead_done(mid)
+
+    # ---- the dead-letter side ---------------------------------------------
+
+    def dead_letters(self, max_messages=None):
+        """The DeadLetters waiting in this queue (used as a dead-letter
+        queue), without taking them."""
+        out = []
+        head, tail = self._bounds()
+        for mid in range(head, tail):
+            if max_messages is not None and len(out) >= max_messages:
+                break
+            got = self._copy(mid)
+            if got is None or got[5] == "claimed":
+                continue
+            value = self._decode(got[0], got[1])
+            if isinstance(value, DeadLetter):
+                out.append(value)
+        return out
+
+    def requeue(self, max_messages=None, to=None):
+        """Take dead letters from this queue and put their values back into
+        the queue each came from (or `to`); the count moved."""
+        moved = 0
+        while max_messages is None or moved < max_messages:
+            try:
+                d = self.get(block=False)
+            except Empty:
+                break
+            dl = d.value
+            if not isinstance(dl, DeadLetter):
+                d.nack()
+                raise TypeError(f"message {d.id} of {self._name!r} is not a DeadLetter")
+            target = to if to is not None else WorkQueue.open(dl.queue)
+            target.put(dl.value if dl.raw is None else dl.raw)
+            d.ack()
+            moved += 1
+        return moved
+
+    # ---- the rest -----------------------------------------------------
+
+    def stats(self):
+        """Counters and counts: depth (available now), delayed, in_flight
+        (held), dead_pending (being moved), enqueued, acked, redelivered,
+        dead_lettered, deduplicated, abandoned (producers that died in a
+        put), capacity, used_bytes, max_in_flight."""
+        s = self._stats()
+        s["dead_letter"] = self._user().decode("utf-8") or None
+        return s
+
+    def qsize(self):
+        """Messages not done: available, delayed, held or being moved."""
+        s = self._stats()
+        return s["depth"] + s["delayed"] + s["in_flight"] + s["dead_pending"]
+
+    def empty(self):
+        return self.qsize() == 0
+
+    @property
+    def name(self):
+        return self._name
+
+    def unlink(self):
+        """Remove the queue's name (processes that have it open keep it)."""
+        _segment.disown(self._name)
+        _segment.unlink(self._name)
+
+    def __reduce__(self):
+        return (WorkQueue.open, (self._name,))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<pyqueue.WorkQueue {self.__dict__.get('_name')!r} {state}>"

@@ -1,0 +1,55 @@
+"""Child-process targets of tests/test_workqueue.py and tests/test_stream.py
+(module level, so that processes started with ``spawn`` can import them)."""
+import os
+import time
+
+from tests._crash_workers import arm
+
+
+def consume_and_ack(q, out, stop_after):
+    """Ack messages until stop_after were acked in all (by everyone);
+    report (pid, value, delivery count) of each."""
+    import queue
+    n = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            d = q.get(timeout=0.2)
+        except queue.Empty:
+            if q.stats()["acked"] >= stop_after:
+                break
+            continue
+        d.ack()
+        out.put((os.getpid(), d.value, d.delivery_count))
+        n += 1
+    out.put(("done", os.getpid(), n))
+
+
+def hold_then_hang(q, out, n):
+    """Get n messages and settle none; report them; then hang."""
+    got = [q.get(timeout=30) for _ in range(n)]
+    out.put([(d.id, d.value, d.delivery_count) for d in got])
+    time.sleep(120)  # killed in here
+
+
+def armed_put(q, spec, values):
+    arm(spec)
+    for v in values:
+        q.put(v, key=str(v))
+
+
+# -- StreamProcessor --------------------------------------------------------------
+
+def double(v):
+    if v == "poison":
+        raise ValueError("poison")
+    return v * 2
+
+
+def slow_marker(v):
+    """Sleeps, then leaves a file named after the value (what was done)."""
+    path, i, seconds = v
+    time.sleep(seconds)
+    with open(os.path.join(path, str(i)), "w"):
+        pass
+    return None
