@@ -44,6 +44,18 @@ def _is_log(source):
     return isinstance(source, Log)
 
 
+class _Flag:
+    """The stop flag the workers look at before each message: a byte of
+    shared memory (a plain load, no lock: a worker waiting in get() sees it
+    within its poll_timeout)."""
+
+    def __init__(self, value):
+        self._v = value  # multiprocessing.RawValue("b"), or a list for threads
+
+    def is_set(self):
+        return bool(self._v.value if hasattr(self._v, "value") else self._v[0])
+
+
 def _work(spec, index, stop, stats):
     """A worker's loop (a process or a thread): take, process, settle."""
     from pyqueue.errors import CommitFailed
@@ -52,11 +64,12 @@ def _work(spec, index, stop, stats):
     base = index * _STATS
 
     def count(ok, seconds):
-        with stats.get_lock():
-            stats[base + (0 if ok else 1)] += 1
-            stats[base + 2] += seconds
-            if seconds > stats[base + 3]:
-                stats[base + 3] = seconds
+        # Only this worker writes its slots (a raw shared array: no lock on
+        # the hot path); stats() reads them as they are.
+        stats[base + (0 if ok else 1)] += 1
+        stats[base + 2] += seconds
+        if seconds > stats[base + 3]:
+            stats[base + 3] = seconds
 
     if group is not None:  # a Log consumer group: commit after each batch
         consumer = source.consumer(group, **options)
@@ -109,14 +122,17 @@ def _process_main(spec, index, stop, stats):
     # decides (it asks the workers to stop); SIGTERM to a worker stops its
     # intake as well. Either way the message in hand is finished.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    local = threading.Event()
+    local = [0]
 
     class _Stop:
         @staticmethod
         def is_set():
-            return local.is_set() or stop.is_set()
+            return local[0] or stop.is_set()
 
-    signal.signal(signal.SIGTERM, lambda *_: local.set())
+    def on_term(*_):
+        local[0] = 1  # a flag only: a handler must take no lock
+
+    signal.signal(signal.SIGTERM, on_term)
     _work(spec, index, _Stop, stats)
 
 
@@ -164,12 +180,13 @@ class StreamProcessor:
         self._processes = processes
         self._ctx = multiprocessing.get_context(start_method)
         self._handle_signals = handle_signals
+        self._stop = threading.Event()  # the parent's side
         if processes:
-            self._stop = self._ctx.Event()
-            self._stats = self._ctx.Array("d", workers * _STATS)
+            self._flag = _Flag(self._ctx.RawValue("b", 0))
+            self._stats = self._ctx.RawArray("d", workers * _STATS)
         else:
-            self._stop = threading.Event()
-            self._stats = _LockedList(workers * _STATS)
+            self._flag = _Flag([0])
+            self._stats = [0.0] * (workers * _STATS)
         self._procs = [None] * workers
         self._restarts = 0
         self._started_at = None
@@ -199,10 +216,10 @@ class StreamProcessor:
     def _spawn(self, i):
         if self._processes:
             p = self._ctx.Process(target=_process_main,
-                                  args=(self._spec, i, self._stop, self._stats),
+                                  args=(self._spec, i, self._flag, self._stats),
                                   name=f"pyqueue-worker-{i}", daemon=True)
         else:
-            p = threading.Thread(target=_work, args=(self._spec, i, self._stop, self._stats),
+            p = threading.Thread(target=_work, args=(self._spec, i, self._flag, self._stats),
                                  name=f"pyqueue-worker-{i}", daemon=True)
         p.start()
         return p
@@ -210,7 +227,7 @@ class StreamProcessor:
     def _supervise(self):
         while not self._stop.wait(0.05):
             if self._signalled:  # SIGTERM / SIGINT: the handler only said so
-                self._stop.set()
+                self.stop_nowait()
                 break
             with self._lock:
                 for i, p in enumerate(self._procs):
@@ -232,6 +249,11 @@ class StreamProcessor:
 
     def stop_nowait(self):
         """Ask the workers to stop taking messages (they finish what they hold)."""
+        v = self._flag._v
+        if hasattr(v, "value"):
+            v.value = 1
+        else:
+            v[0] = 1
         self._stop.set()
 
     def stop(self, timeout=None):
@@ -247,7 +269,7 @@ class StreamProcessor:
         end = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():
             if self._signalled:
-                self._stop.set()
+                self.stop_nowait()
                 break
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
@@ -297,8 +319,7 @@ class StreamProcessor:
         """processed, failed, rate (processed per second since start),
         mean_latency and max_latency (seconds fn and the send took per
         message), workers, restarts."""
-        with self._stats.get_lock():
-            vals = list(self._stats[:])
+        vals = list(self._stats[:])
         processed = sum(vals[i * _STATS] for i in range(self._workers))
         failed = sum(vals[i * _STATS + 1] for i in range(self._workers))
         busy = sum(vals[i * _STATS + 2] for i in range(self._workers))
@@ -310,20 +331,3 @@ class StreamProcessor:
                 "rate": processed / elapsed if elapsed > 0 else 0.0,
                 "mean_latency": busy / done if done else 0.0, "max_latency": slowest,
                 "workers": self._workers, "restarts": self._restarts}
-
-
-class _LockedList:
-    """The stats array of thread workers (multiprocessing.Array's interface)."""
-
-    def __init__(self, n):
-        self._v = [0.0] * n
-        self._lock = threading.Lock()
-
-    def get_lock(self):
-        return self._lock
-
-    def __getitem__(self, i):
-        return self._v[i]
-
-    def __setitem__(self, i, v):
-        self._v[i] = v

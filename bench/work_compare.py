@@ -1,0 +1,174 @@
+"""Acknowledged work: pyqueue.WorkQueue get + ack, and StreamProcessor with
+1, 2 and 4 workers, each against plain pyqueue.Queue (no acks) measured in
+the same run, and against what users would use instead.
+
+Run from the repository root::
+
+    python -m bench.work_compare            # full run (~1 min on 2 cores)
+    python -m bench.work_compare --quick    # smoke run: 1/10 of the messages, 1 repeat
+
+Cases:
+  acked-1xN     one producer process puts N messages (64 B); N = 1 or 2
+                consumer processes take them: WorkQueue get + ack, plain
+                pyqueue.Queue get, multiprocessing.Queue get. Rate =
+                messages / time until all were taken (and acked).
+  stream-W      W = 1, 2, 4 workers run fn (a trivial function) on every
+                message already queued: StreamProcessor over a WorkQueue
+                (ack per message), W processes over a plain pyqueue.Queue
+                (get, fn; no acks), multiprocessing.Pool(W).imap_unordered
+                (chunksize 64). Rate = messages / time until all are done.
+Ratios are to plain pyqueue.Queue in the same run. Medians of the repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+from bench.compare import fmt_count, fmt_ratio, machine_info
+
+PAYLOAD = b"x" * 64
+END = b""
+
+
+def work(v):
+    """The processing step: trivial (the cost measured is the plumbing)."""
+    return len(v)
+
+
+# ---- acked-1xN ------------------------------------------------------------
+
+def _take(kind, q, n_total, barrier, done):
+    barrier.wait()
+    if kind == "workqueue":
+        while True:
+            d = q.get()
+            v = d.value
+            d.ack()
+            if v == END:
+                break
+    else:
+        get = q.get
+        while get() != END:
+            pass
+    done.put(time.perf_counter())
+
+
+def acked_run(ctx, kind, n, consumers):
+    import pyqueue
+    if kind == "workqueue":
+        q = pyqueue.WorkQueue(capacity_bytes=64 << 20)
+    elif kind == "queue":
+        q = pyqueue.Queue(capacity_bytes=64 << 20)
+    else:
+        q = ctx.Queue()
+    barrier, done = ctx.Barrier(consumers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_take, args=(kind, q, n, barrier, done))
+             for _ in range(consumers)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    put = q.put
+    for _ in range(n):
+        put(PAYLOAD)
+    for _ in range(consumers):
+        put(END)
+    t1 = max(done.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(30)
+    if kind != "mp":
+        q.unlink()
+        q.close()
+    return n / (t1 - t0)
+
+
+# ---- stream-W ---------------------------------------------------------------
+
+def _plain_worker(q, done):
+    get = q.get
+    while True:
+        v = get()
+        if v == END:
+            break
+        work(v)
+    done.put(time.perf_counter())
+
+
+def stream_run(ctx, kind, n, workers):
+    import pyqueue
+    if kind == "pool":
+        with ctx.Pool(workers) as pool:
+            items = [PAYLOAD] * n
+            t0 = time.perf_counter()
+            for _ in pool.imap_unordered(work, items, chunksize=64):
+                pass
+            return n / (time.perf_counter() - t0)
+    if kind == "queue":
+        q = pyqueue.Queue(capacity_bytes=64 << 20)
+        q.put_many([PAYLOAD] * n)
+        q.put_many([END] * workers)
+        done = ctx.Queue()
+        t0 = time.perf_counter()
+        procs = [ctx.Process(target=_plain_worker, args=(q, done)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        t1 = max(done.get(timeout=300) for _ in procs)
+        for p in procs:
+            p.join(30)
+        q.unlink()
+        q.close()
+        return n / (t1 - t0)
+    q = pyqueue.WorkQueue(capacity_bytes=64 << 20)
+    for _ in range(n):
+        q.put(PAYLOAD)
+    t0 = time.perf_counter()
+    sp = pyqueue.StreamProcessor(q, work, workers=workers, handle_signals=False).start()
+    deadline = time.monotonic() + 300
+    while q.stats()["acked"] < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    t1 = time.perf_counter()
+    sp.stop(30)
+    q.unlink()
+    q.close()
+    return n / (t1 - t0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    repeat = 1 if args.quick else args.repeat
+    scale = 10 if args.quick else 1
+    ctx = multiprocessing.get_context("fork")
+    rows = []
+    cases = [(f"acked-1x{c}", acked_run, c, 200_000 // scale,
+              [("workqueue", "WorkQueue get+ack"), ("queue", "pyqueue.Queue get"),
+               ("mp", "mp.Queue get")]) for c in (1, 2)]
+    cases += [(f"stream-{wk}", stream_run, wk, 100_000 // scale,
+               [("stream", "StreamProcessor (acked)"), ("queue", "processes on pyqueue.Queue"),
+                ("pool", "mp.Pool.imap_unordered")]) for wk in (1, 2, 4)]
+    for cid, fn, k, n, impls in cases:
+        res = {}
+        for kind, label in impls:
+            rates = [fn(ctx, kind, n, k) for _ in range(repeat)]
+            res[kind] = (label, statistics.median(rates), rates)
+            print(f"  {cid:12} {label:28} {statistics.median(rates):12,.0f} msg/s",
+                  file=sys.stderr)
+        rows.append((cid, n, res))
+    print(f"machine: {machine_info().get('cpu_model', '?')}, {os.cpu_count()} CPUs; "
+          f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue in this run")
+    for cid, n, res in rows:
+        base = res["queue"][1]
+        cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
+                          for label, rate, _ in res.values())
+        print(f"{cid:12} {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
