@@ -122,7 +122,7 @@ def stream_run(ctx, kind, n, workers):
         q.unlink()
         q.close()
         return n / (t1 - t0)
-    q = pyqueue.WorkQueue(capacity_bytes=64 << 20)
+    q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 18)  # holds them all
     for _ in range(n):
         q.put(PAYLOAD)
     t0 = time.perf_counter()

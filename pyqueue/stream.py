@@ -16,6 +16,7 @@ called start()) stop the intake; every worker finishes what it holds.
 See docs/api.md ("StreamProcessor").
 """
 import multiprocessing
+import os
 import queue as _queue
 import signal
 import threading
@@ -117,17 +118,18 @@ def _work(spec, index, stop, stats):
         count(True, time.monotonic() - t0)
 
 
-def _process_main(spec, index, stop, stats):
+def _process_main(spec, index, stop, stats, parent):
     # Ctrl-C in a terminal reaches the whole process group: the parent
     # decides (it asks the workers to stop); SIGTERM to a worker stops its
-    # intake as well. Either way the message in hand is finished.
+    # intake as well. Either way the message in hand is finished. A parent
+    # that is gone (SIGKILLed: no stop comes) stops the worker too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     local = [0]
 
     class _Stop:
         @staticmethod
         def is_set():
-            return local[0] or stop.is_set()
+            return local[0] or stop.is_set() or os.getppid() != parent
 
     def on_term(*_):
         local[0] = 1  # a flag only: a handler must take no lock
@@ -216,7 +218,7 @@ class StreamProcessor:
     def _spawn(self, i):
         if self._processes:
             p = self._ctx.Process(target=_process_main,
-                                  args=(self._spec, i, self._flag, self._stats),
+                                  args=(self._spec, i, self._flag, self._stats, os.getpid()),
                                   name=f"pyqueue-worker-{i}", daemon=True)
         else:
             p = threading.Thread(target=_work, args=(self._spec, i, self._flag, self._stats),

@@ -147,3 +147,41 @@ def test_signal_stops_intake_and_finishes_the_work_in_hand(made, tmp_path, sig):
     # What was taken was finished (and acked); the rest waits in the queue.
     assert 2 <= done < 20
     assert s["acked"] == done and s["in_flight"] == 0 and q.qsize() == 20 - done
+
+
+KILLED_PARENT_CHILD = textwrap.dedent("""
+    import sys
+    from pyqueue import StreamProcessor, WorkQueue
+    from tests import _wq_workers as w
+    q = WorkQueue.open(sys.argv[1])
+    sp = StreamProcessor(q, w.double, workers=2).start()
+    print(" ".join(map(str, sp.worker_pids())), flush=True)
+    sp.join()
+""")
+
+
+def test_workers_end_when_their_parent_is_killed(made):
+    q = WorkQueue(name=unique_name("spk"))
+    made.append(q)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT_CHILD, q.name], cwd=root,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert len(pids) == 2
+        p.kill()  # SIGKILL: the parent can tell nobody
+        p.wait(30)
+
+        def gone(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except FileNotFoundError:
+                return True
+
+        assert wait_until(lambda: all(gone(pid) for pid in pids), timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
