@@ -124,12 +124,18 @@ def _process_main(spec, index, stop, stats, parent):
     # intake as well. Either way the message in hand is finished. A parent
     # that is gone (SIGKILLed: no stop comes) stops the worker too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    local = [0]
+    local = [0, 0.0]  # stop asked (SIGTERM); when the parent was last looked at
 
     class _Stop:
         @staticmethod
         def is_set():
-            return local[0] or stop.is_set() or os.getppid() != parent
+            if local[0] or stop.is_set():
+                return True
+            now = time.monotonic()
+            if now - local[1] >= 0.25:  # (a system call: not before every message)
+                local[1] = now
+                return os.getppid() != parent
+            return False
 
     def on_term(*_):
         local[0] = 1  # a flag only: a handler must take no lock
