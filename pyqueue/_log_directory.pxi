@@ -497,7 +497,11 @@ cdef class DirLogCore(LogCoreBase):
                                               f"partition {partition} is missing")
                     continue
                 m, end, ixc, next_base = found
-            want = <uint32_t>min(max_records - len(out), BATCH_MAX)
+            # Not past the end offset of the snapshot: the end position may
+            # already cover the next append's records (appends publish the
+            # position first), and a record returned beyond end_offset would
+            # make the next read look past the end.
+            want = <uint32_t>min(max_records - len(out), BATCH_MAX, v.end_offset - offset)
             rc = pq_dseg_peek(&m.s, end, ixc, offset, self._recs, want, &nxt, &bad)
             if rc == PQ_ERR_CORRUPT:
                 if out:

@@ -92,3 +92,10 @@ def member_then_hang(log, group, out, first):
              c.assignment()))
     c.seek_to_end()
     c.poll(timeout=60)  # killed in here
+
+
+def dir_append_fast(path, n):
+    from pyqueue import Log
+    lg = Log.open(path)
+    for i in range(n):
+        lg.append(b"r")

@@ -369,3 +369,24 @@ def test_full_disk_is_a_clear_error_not_sigbus(tmp_path):
                         FULL_DISK_CHILD, str(mnt)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     assert r.stdout.startswith("OK")
+
+
+@pytest.mark.timeout(120)
+def test_a_reader_on_the_heels_of_an_appender_never_reads_past_the_end(procs, tmp_path):
+    """Appends publish the end position before the end offset: a reader
+    right behind must not return a record beyond the end offset it saw
+    (found by bench/log_compare.py: the next read raised OffsetOutOfRange)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    path = str(tmp_path / "log")
+    lg = Log(path=path)
+    n = 200_000
+    procs.start(ctx, w.dir_append_fast, path, n)
+    at = 0
+    while at < n:
+        recs = lg.read(0, at, max_records=4096, timeout=30)
+        assert recs, "the appender stalled"
+        assert recs[0].offset == at
+        at = recs[-1].offset + 1
+    assert procs.join_all() == [0]
+    lg.close()
