@@ -9,7 +9,13 @@
 #include "pq_proc.h"
 
 #define PQ_WQ_DEDUP_PROBES 16
-#define PQ_WQ_OWNER_CACHE 16
+#define PQ_WQ_OWNER_CACHE 64
+
+/* now + d, saturated (a delay or a window from the segment may be huge). */
+static inline int64_t pq_wq_after(int64_t now, int64_t d)
+{
+    return d > INT64_MAX - now ? INT64_MAX : now + d;
+}
 
 static uint64_t pq_wq_data_offset(uint32_t slots, uint32_t dedup_slots)
 {
@@ -58,6 +64,7 @@ int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
     ctl->user_len = user_len;
     if (user_len)
         memcpy(ctl->user, user, user_len);
+    atomic_store_explicit(&ctl->scan_wake, INT64_MAX, memory_order_relaxed);
     /* Slots and dedup entries are zero in a fresh mapping: FREE, empty. */
     memset((uint8_t *)base + PQ_WQ_SLOTS_OFFSET, 0, data_off - PQ_WQ_SLOTS_OFFSET);
     pq_segment_publish(base);
@@ -125,44 +132,67 @@ static inline void pq_wq_count(pq_wq *q, int which)
 }
 
 /* Under the lock: pass the DONE messages at the head, freeing their slots
- * and bytes. Idempotent: a holder that died in here left the next one to
- * finish (pq_wq_lock). */
+ * and bytes. The head moves past each before its slot is marked FREE (a
+ * FREE slot with the head's id is passed too), so a holder that dies in
+ * here leaves nothing the next pass cannot go on from. */
 static int pq_wq_advance_head(pq_wq *q)
 {
     pq_wq_ctl *c = q->ctl;
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
     uint64_t h0 = h;
-    while (h < t) {
+    while (h < t && t - h <= q->nslots) {
         pq_wq_slot *s = pq_wq_slot_of(q, h);
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) != PQ_WQ_DONE ||
+        uint32_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
+        if ((st != PQ_WQ_DONE && st != PQ_WQ_FREE) ||
             atomic_load_explicit(&s->id, memory_order_relaxed) != h)
             break;
+        atomic_store_explicit(&c->head, h + 1, memory_order_relaxed);
         atomic_store_explicit(&s->state, PQ_WQ_FREE, memory_order_relaxed);
         h++;
     }
-    if (h == h0)
-        return 0;
+    /* head_pos from head, always (a pass cut short left it behind: that
+     * only ever hid room, never handed it out twice). */
     atomic_store_explicit(&c->head_pos,
                           h < t ? pq_wq_slot_of(q, h)->pos
                                 : atomic_load_explicit(&c->tail_pos, memory_order_relaxed),
                           memory_order_relaxed);
-    atomic_store_explicit(&c->head, h, memory_order_relaxed);
-    return 1;
+    return h != h0;
+}
+
+/* Announce a change to the waiters of ev: bump its sequence word first
+ * (release: what changed is visible to whoever sees the new value), then
+ * notify n of them (no system call when nobody waits). */
+static inline void pq_wq_announce(_Atomic uint64_t *seq, pq_event *ev, int n)
+{
+    atomic_fetch_add_explicit(seq, 1, memory_order_release);
+    pq_event_notify(ev, n);
+}
+
+/* Under the lock: message id may be deliverable now or soon: the scan
+ * hint must not be past it. */
+static inline void pq_wq_rescan(pq_wq *q, uint64_t id)
+{
+    if (atomic_load_explicit(&q->ctl->scan, memory_order_relaxed) > id)
+        atomic_store_explicit(&q->ctl->scan, id, memory_order_relaxed);
 }
 
 static int pq_wq_lock(pq_wq *q)
 {
     int rc = pthread_mutex_lock(&q->ctl->lock);
     if (rc == EOWNERDEAD) {
-        /* Every change under the lock is a store to one slot, then the
-         * head or tail: finish what the dead holder may have left. */
+        /* A dead holder may have been anywhere in a change: pass what is
+         * done at the head, forget the scan hint (the next get scans from
+         * the head), and wake everyone to look again. */
         pq_wq_advance_head(q);
+        atomic_store_explicit(&q->ctl->scan, 0, memory_order_relaxed);
         rc = pthread_mutex_consistent(&q->ctl->lock);
         if (rc != 0) {
             pthread_mutex_unlock(&q->ctl->lock);
             return -rc;
         }
+        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
+        pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, INT32_MAX);
     }
     return -rc;
 }
@@ -195,13 +225,10 @@ static pq_wq_dedup *pq_wq_dedup_find(pq_wq *q, uint64_t key_hash, int64_t now, i
     return victim;
 }
 
-/* Announce a change to the waiters of ev: bump its sequence word first
- * (release: what changed is visible to whoever sees the new value), then
- * notify (which makes no system call when nobody waits). */
-static inline void pq_wq_announce(_Atomic uint64_t *seq, pq_event *ev)
+/* Are a slot's payload bounds inside the data area? (Corrupt segments.) */
+static inline int pq_wq_slot_sane(const pq_wq *q, const pq_wq_slot *s)
 {
-    atomic_fetch_add_explicit(seq, 1, memory_order_release);
-    pq_event_notify(ev, INT32_MAX);
+    return s->len <= q->max_payload && (s->pos & q->mask) + s->len <= q->capacity;
 }
 
 int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
@@ -215,22 +242,11 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
     int rc = pq_proc_self(&self);
     if (rc < 0)
         return rc;
-    int64_t now = pq_monotonic_ns();
     rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
+    int64_t now = pq_monotonic_ns();
     pq_wq_ctl *c = q->ctl;
-    pq_wq_dedup *de = NULL;
-    if (key_hash != 0 && q->dedup_slots != 0) {
-        int hit;
-        de = pq_wq_dedup_find(q, key_hash, now, &hit);
-        if (hit) {
-            *id = de->id;
-            pq_wq_count(q, PQ_WQ_DEDUPED);
-            pq_wq_unlock(q);
-            return 1;
-        }
-    }
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
     uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
@@ -239,6 +255,33 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
         (tp & (PQ_WQ_ALIGN - 1)) != 0) {
         pq_wq_unlock(q);
         return PQ_ERR_CORRUPT;
+    }
+    pq_wq_dedup *de = NULL;
+    if (key_hash != 0 && q->dedup_slots != 0) {
+        int hit;
+        de = pq_wq_dedup_find(q, key_hash, now, &hit);
+        /* An entry counts only for a message that exists (a claim that died
+         * before its tail store left one for an id that is not, or no
+         * longer, its own). */
+        if (hit && de->id >= h && de->id < t &&
+            pq_wq_slot_of(q, de->id)->dedup_entry == (uint64_t)(de - q->dedup) + 1 &&
+            atomic_load_explicit(&pq_wq_slot_of(q, de->id)->id, memory_order_relaxed) == de->id) {
+            if (atomic_load_explicit(&pq_wq_slot_of(q, de->id)->state, memory_order_acquire) ==
+                PQ_WQ_CLAIMED) {
+                /* Its first put is still being written, and its producer
+                 * may yet die: wait for it, then look again. */
+                if (seen)
+                    *seen = atomic_load_explicit(&c->readable_seq, memory_order_acquire);
+                pq_wq_unlock(q);
+                return -EINPROGRESS;
+            }
+            *id = de->id;
+            pq_wq_count(q, PQ_WQ_DEDUPED);
+            pq_wq_unlock(q);
+            return 1;
+        }
+        if (hit)
+            de->expires_ns = now; /* a stale entry: take it */
     }
     uint64_t size = pq_align_up(len ? len : 1, PQ_WQ_ALIGN);
     uint64_t pos = tp;
@@ -254,26 +297,26 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
     atomic_store_explicit(&s->id, t, memory_order_relaxed);
     atomic_store_explicit(&s->deliveries, 0, memory_order_relaxed);
     atomic_store_explicit(&s->owner, pq_proc_pack(&self), memory_order_relaxed);
-    atomic_store_explicit(&s->at_ns, now + delay_ns, memory_order_relaxed);
+    atomic_store_explicit(&s->at_ns, pq_wq_after(now, delay_ns), memory_order_relaxed);
     s->pos = pos;
     s->len = len;
     s->type = type;
     s->reason = PQ_WQ_REASON_NONE;
     s->enqueued_ms = enqueued_ms;
-    s->reserved2 = 0;
+    s->dedup_entry = de != NULL ? (uint64_t)(de - q->dedup) + 1 : 0;
     atomic_store_explicit(&s->state, PQ_WQ_CLAIMED, memory_order_relaxed);
-    if (de != NULL) {
-        /* The key counts from now; a claim abandoned by a dead producer
-         * gives it back (pq_wq_reap), so its retry is not dropped. */
-        de->hash = key_hash;
-        de->expires_ns = now + q->dedup_window_ns;
-        de->id = t;
-        s->reserved2 = (uint64_t)(de - q->dedup) + 1;
-    }
     /* tail_pos before tail: a holder that dies between them leaks the
      * bytes until the head passes, never hands them out twice. */
     atomic_store_explicit(&c->tail_pos, pos + size, memory_order_relaxed);
     atomic_store_explicit(&c->tail, t + 1, memory_order_relaxed);
+    if (de != NULL) {
+        /* After the tail: the key names a message that exists. A claim
+         * abandoned by a dead producer gives it back (pq_wq_reap), so its
+         * retry is not dropped. */
+        de->hash = key_hash;
+        de->expires_ns = pq_wq_after(now, q->dedup_window_ns);
+        de->id = t;
+    }
     pq_wq_count(q, PQ_WQ_ENQUEUED);
     pq_wq_unlock(q);
     *id = t;
@@ -287,11 +330,14 @@ void pq_wq_commit(pq_wq *q, uint64_t id)
     uint32_t expect = PQ_WQ_CLAIMED;
     /* release: the payload written before is visible to a consumer that
      * sees AVAILABLE (acquire, in pq_wq_acquire). A CAS: a reaper that
-     * took the claim for a dead producer's wins, and then this is a no-op. */
+     * took the claim for a dead producer's wins, and then this is a no-op.
+     * No scan hint to lower: a get never passes a CLAIMED message. */
     if (atomic_load_explicit(&s->id, memory_order_relaxed) == id)
         atomic_compare_exchange_strong_explicit(&s->state, &expect, PQ_WQ_AVAILABLE,
                                                 memory_order_release, memory_order_relaxed);
-    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable);
+    /* One waiter for one message: each parked consumer also wakes at the
+     * end of its slice, so none is left behind for long. */
+    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, 1);
 }
 
 static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_delivery *d)
@@ -303,6 +349,7 @@ static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_deliver
     d->type = s->type;
     d->reason = s->reason;
     d->enqueued_ms = s->enqueued_ms;
+    d->deadline_ns = atomic_load_explicit(&s->at_ns, memory_order_relaxed);
 }
 
 int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
@@ -312,11 +359,10 @@ int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
     if (rc < 0)
         return rc;
     const uint64_t me = pq_proc_pack(&self);
-    int64_t now = pq_monotonic_ns();
-    int64_t wake = -1;
     rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
+    int64_t now = pq_monotonic_ns(); /* under the lock: the deadline it gives is whole */
     pq_wq_ctl *c = q->ctl;
     /* Before the scan (acquire): a commit that the scan misses bumps the
      * word after its state store, so a wait on this value returns. */
@@ -327,62 +373,94 @@ int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
         pq_wq_unlock(q);
         return PQ_ERR_CORRUPT;
     }
-    for (uint64_t id = h; id < t; id++) {
+    /* Start at the hint while nothing below it can have come due. */
+    uint64_t sc = atomic_load_explicit(&c->scan, memory_order_relaxed);
+    int64_t sw = atomic_load_explicit(&c->scan_wake, memory_order_relaxed);
+    uint64_t start = h;
+    int64_t wake = INT64_MAX; /* the earliest a message passed may come due */
+    if (sc > h && sc <= t && now < sw) {
+        start = sc;
+        wake = sw;
+    }
+    uint64_t claimed = UINT64_MAX; /* the first one being written */
+    rc = -EAGAIN;
+    uint64_t id;
+    for (id = start; id < t; id++) {
         pq_wq_slot *s = pq_wq_slot_of(q, id);
         if (atomic_load_explicit(&s->id, memory_order_relaxed) != id)
             continue;
         /* acquire: a committed payload (pairs with pq_wq_commit). */
         uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
         int64_t at = atomic_load_explicit(&s->at_ns, memory_order_relaxed);
-        switch (st) {
-        case PQ_WQ_AVAILABLE:
-        case PQ_WQ_ACQUIRED:
-            if (at > now) { /* delayed, or held within its deadline */
-                if (wake < 0 || at < wake)
-                    wake = at;
-                continue;
-            }
-            if (st == PQ_WQ_ACQUIRED) {
-                /* Not acked in time: redelivered (its holder's ack fails). */
-                s->reason = PQ_WQ_REASON_TIMEOUT;
-                pq_wq_count(q, PQ_WQ_REDELIVERED);
-            }
-            break;
-        case PQ_WQ_DEAD:
+        if (st == PQ_WQ_CLAIMED) {
+            if (claimed == UINT64_MAX)
+                claimed = id;
+            continue;
+        }
+        if (st == PQ_WQ_DEAD) {
             if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0)
                 continue; /* being moved */
+            if (!pq_wq_slot_sane(q, s)) {
+                rc = PQ_ERR_CORRUPT;
+                break;
+            }
             atomic_store_explicit(&s->owner, me, memory_order_relaxed); /* its mover died */
             pq_wq_fill(q, s, id, d);
-            pq_wq_unlock(q);
-            return 1;
-        default:
-            continue; /* being written, or done */
+            rc = 1;
+            break;
+        }
+        if (st != PQ_WQ_AVAILABLE && st != PQ_WQ_ACQUIRED)
+            continue; /* done */
+        if (at > now) { /* delayed, or held within its deadline */
+            if (at < wake)
+                wake = at;
+            continue;
+        }
+        if (!pq_wq_slot_sane(q, s)) {
+            rc = PQ_ERR_CORRUPT;
+            break;
         }
         uint32_t n = atomic_load_explicit(&s->deliveries, memory_order_relaxed);
         atomic_store_explicit(&s->owner, me, memory_order_relaxed);
+        if (st == PQ_WQ_ACQUIRED)
+            s->reason = PQ_WQ_REASON_TIMEOUT; /* not acked in time (its holder's ack fails) */
         if (q->max_deliveries != 0 && n >= q->max_deliveries) {
             atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
             pq_wq_fill(q, s, id, d);
-            pq_wq_unlock(q);
-            return 1;
+            rc = 1;
+            break;
         }
+        if (st == PQ_WQ_ACQUIRED)
+            pq_wq_count(q, PQ_WQ_REDELIVERED);
+        int64_t deadline = pq_wq_after(now, q->visibility_ns);
         atomic_store_explicit(&s->deliveries, n + 1, memory_order_relaxed);
-        atomic_store_explicit(&s->at_ns, now + q->visibility_ns, memory_order_relaxed);
+        atomic_store_explicit(&s->at_ns, deadline, memory_order_relaxed);
         atomic_store_explicit(&s->state, PQ_WQ_ACQUIRED, memory_order_relaxed);
         pq_wq_fill(q, s, id, d);
-        pq_wq_unlock(q);
-        return 0;
+        if (deadline < wake)
+            wake = deadline;
+        rc = 0;
+        break;
+    }
+    if (rc >= 0 || rc == -EAGAIN) {
+        /* The hint: past what was passed and taken, but never past a
+         * message being written (its commit lowers nothing). */
+        uint64_t next = rc >= 0 ? id + 1 : t;
+        atomic_store_explicit(&c->scan, claimed < next ? claimed : next, memory_order_relaxed);
+        atomic_store_explicit(&c->scan_wake, wake, memory_order_relaxed);
     }
     pq_wq_unlock(q);
-    if (wake_ns)
-        *wake_ns = wake;
-    if (seen)
-        *seen = seq;
-    return -EAGAIN;
+    if (rc == -EAGAIN) {
+        if (wake_ns)
+            *wake_ns = wake == INT64_MAX ? -1 : wake;
+        if (seen)
+            *seen = seq;
+    }
+    return rc;
 }
 
 /* Under the lock: the slot of a delivery this process holds, or NULL. */
-static pq_wq_slot *pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
+static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
 {
     pq_proc_id self;
     if (pq_proc_self(&self) < 0)
@@ -401,12 +479,22 @@ static pq_wq_slot *pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries, uint32
     return s;
 }
 
+int pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries)
+{
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
+    pq_wq_unlock(q);
+    return s != NULL ? 0 : -ESTALE;
+}
+
 int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
 {
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
     int moved = 0;
     if (s != NULL) {
         atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
@@ -415,7 +503,7 @@ int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
     }
     pq_wq_unlock(q);
     if (moved)
-        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable);
+        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
     return s != NULL ? 0 : -ESTALE;
 }
 
@@ -426,7 +514,7 @@ int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
     if (s == NULL) {
         pq_wq_unlock(q);
         return -ESTALE;
@@ -437,11 +525,13 @@ int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
         pq_wq_unlock(q);
         return 1;
     }
-    atomic_store_explicit(&s->at_ns, pq_monotonic_ns() + delay_ns, memory_order_relaxed);
+    atomic_store_explicit(&s->at_ns, pq_wq_after(pq_monotonic_ns(), delay_ns),
+                          memory_order_relaxed);
     atomic_store_explicit(&s->state, PQ_WQ_AVAILABLE, memory_order_relaxed);
+    pq_wq_rescan(q, id);
     pq_wq_count(q, PQ_WQ_REDELIVERED);
     pq_wq_unlock(q);
-    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable);
+    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, 1);
     return 0;
 }
 
@@ -450,7 +540,7 @@ int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries)
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
     if (s != NULL) {
         s->reason = PQ_WQ_REASON_REJECTED;
         atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
@@ -466,9 +556,12 @@ int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_held(q, id, deliveries, PQ_WQ_ACQUIRED);
-    if (s != NULL)
-        atomic_store_explicit(&s->at_ns, pq_monotonic_ns() + timeout_ns, memory_order_relaxed);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
+    if (s != NULL) {
+        atomic_store_explicit(&s->at_ns, pq_wq_after(pq_monotonic_ns(), timeout_ns),
+                              memory_order_relaxed);
+        pq_wq_rescan(q, id); /* its deadline may now be the earliest */
+    }
     pq_wq_unlock(q);
     return s != NULL ? 0 : -ESTALE;
 }
@@ -478,7 +571,7 @@ int pq_wq_dead_done(pq_wq *q, uint64_t id)
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_held(q, id, UINT32_MAX, PQ_WQ_DEAD);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, UINT32_MAX, PQ_WQ_DEAD);
     int moved = 0;
     if (s != NULL) {
         atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
@@ -487,7 +580,7 @@ int pq_wq_dead_done(pq_wq *q, uint64_t id)
     }
     pq_wq_unlock(q);
     if (moved)
-        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable);
+        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
     return s != NULL ? 0 : -ESTALE;
 }
 
@@ -548,8 +641,8 @@ int pq_wq_reap(pq_wq *q)
                                                          memory_order_acq_rel,
                                                          memory_order_relaxed))
                 continue; /* committed meanwhile: not dead after all */
-            if (s->reserved2 != 0 && s->reserved2 <= q->dedup_slots) {
-                pq_wq_dedup *de = &q->dedup[s->reserved2 - 1];
+            if (s->dedup_entry != 0 && s->dedup_entry <= q->dedup_slots) {
+                pq_wq_dedup *de = &q->dedup[s->dedup_entry - 1];
                 if (de->id == id)
                     de->expires_ns = now; /* never enqueued: a retry is not a duplicate */
             }
@@ -564,14 +657,15 @@ int pq_wq_reap(pq_wq *q)
             atomic_store_explicit(&s->owner, 0, memory_order_relaxed); /* for the next mover */
             readable = 1;
         }
+        pq_wq_rescan(q, id);
         changed++;
     }
     int moved = pq_wq_advance_head(q);
     pq_wq_unlock(q);
     if (readable)
-        pq_wq_announce(&c->readable_seq, &c->readable);
+        pq_wq_announce(&c->readable_seq, &c->readable, INT32_MAX);
     if (moved)
-        pq_wq_announce(&c->writable_seq, &c->writable);
+        pq_wq_announce(&c->writable_seq, &c->writable, INT32_MAX);
     return changed;
 }
 
@@ -609,7 +703,7 @@ int pq_wq_copy_message(pq_wq *q, uint64_t id, void *buf, uint32_t buf_len, pq_wq
     pq_wq_slot *s = pq_wq_slot_of(q, id);
     uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
     if (id < h || id >= t || atomic_load_explicit(&s->id, memory_order_relaxed) != id ||
-        st == PQ_WQ_FREE || st == PQ_WQ_DONE || s->len > q->max_payload) {
+        st == PQ_WQ_FREE || st == PQ_WQ_DONE || !pq_wq_slot_sane(q, s)) {
         pq_wq_unlock(q);
         return -ENOENT;
     }
@@ -655,9 +749,15 @@ int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
     }
     for (int i = 0; i < PQ_WQ_COUNTERS; i++)
         s->counters[i] = atomic_load_explicit(&c->counters[i], memory_order_relaxed);
+    /* Claims count as enqueued when they are made; a dead producer's is
+     * not a message after all. */
+    s->counters[PQ_WQ_ENQUEUED] -= s->counters[PQ_WQ_ABANDONED] < s->counters[PQ_WQ_ENQUEUED]
+                                       ? s->counters[PQ_WQ_ABANDONED]
+                                       : s->counters[PQ_WQ_ENQUEUED];
     s->capacity = q->capacity;
-    s->used_bytes = atomic_load_explicit(&c->tail_pos, memory_order_relaxed) -
-                    atomic_load_explicit(&c->head_pos, memory_order_relaxed);
+    uint64_t tp = atomic_load_explicit(&c->tail_pos, memory_order_relaxed);
+    uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
+    s->used_bytes = tp >= hp && tp - hp <= q->capacity ? tp - hp : q->capacity;
     s->slots = q->nslots;
     pq_wq_unlock(q);
     return 0;

@@ -24,10 +24,12 @@
  *   then         pq_wq_dedup[dedup_slots]: keys seen, for put(key=...)
  *   then         data: capacity bytes of payloads (16-aligned, never wrapping)
  *
- * All state changes run under one robust process-shared lock, held for a
- * few stores (a get scans the messages in flight); producers copy their
- * payload and consumers copy theirs out without it (the bytes of a message
- * that is not DONE are never reused). Ids are ever-growing 64-bit.
+ * All state changes but a producer's commit (a CAS) run under one robust
+ * process-shared lock; producers copy their payload and consumers copy
+ * theirs out without it (the bytes of a message that is not DONE are never
+ * reused). A get starts its scan at a hint (`scan`: no message below it
+ * can be delivered before `scan_wake`), so it does not walk again past
+ * the messages held or delayed. Ids are ever-growing 64-bit.
  * Returns: >= 0, or -errno; nothing prints.
  */
 #ifndef PQ_WQ_H
@@ -98,7 +100,7 @@ typedef struct pq_wq_slot {
     uint8_t reason;              /* pq_wq_reason */
     uint16_t reserved;
     uint64_t enqueued_ms;        /* wall clock of the put */
-    uint64_t reserved2;
+    uint64_t dedup_entry;        /* 1 + index of the dedup entry of its key; 0: none */
 } pq_wq_slot;
 _Static_assert(sizeof(pq_wq_slot) == 64, "pq_wq_slot is a cache line");
 
@@ -115,6 +117,12 @@ typedef struct pq_wq_ctl {
     _Atomic uint64_t tail;     /* the next id */
     _Atomic uint64_t head_pos; /* data position of head's payload (tail_pos when empty) */
     _Atomic uint64_t tail_pos; /* end of the payloads claimed */
+    /* The scan hint (under the lock): every message in [head, scan) was
+     * held, delayed, dead or done when a get passed it, none of them was
+     * being written, and none can be delivered before scan_wake unless a
+     * change under the lock (nack, extend, reap) lowers scan. */
+    _Atomic uint64_t scan;
+    _Atomic int64_t scan_wake;
     /* Waits: each event has a sequence word that the change it announces
      * bumps (release) before notifying, and a waiter waits for the word
      * to move past what it saw when it last found nothing (or no room). */
@@ -157,6 +165,7 @@ typedef struct pq_wq_delivery {
     uint8_t type;
     uint8_t reason;            /* why it was made available again / why DEAD */
     uint64_t enqueued_ms;
+    int64_t deadline_ns;       /* ACQUIRED until then (monotonic) */
 } pq_wq_delivery;
 
 typedef struct pq_wq_stats {
@@ -184,7 +193,9 @@ uint64_t pq_wq_key_hash(const void *key, size_t len);
  * dedup window is dropped. 0, with *id and *payload (write len bytes there,
  * then pq_wq_commit); 1: a duplicate (*id = the message it duplicates,
  * nothing to commit); -EAGAIN: no room (slots or bytes) now, *seen for
- * pq_wq_wait_writable; -EMSGSIZE; PQ_ERR_CORRUPT.
+ * pq_wq_wait_writable; -EINPROGRESS: the key's first put is still being
+ * written (its producer may yet die), *seen for pq_wq_wait_readable, then
+ * try again; -EMSGSIZE; PQ_ERR_CORRUPT.
  */
 int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
                 uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen);
@@ -217,6 +228,11 @@ int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries);
 int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns);
 int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries);
 int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns);
+
+/* Does this process still hold delivery (id, deliveries)? 0, or -ESTALE
+ * (for a consumer whose copy of the payload took past the deadline: the
+ * message may have gone to another, and its bytes been reused). */
+int pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries);
 
 /* A DEAD message this process moved out: DONE. 0, -ESTALE. */
 int pq_wq_dead_done(pq_wq *q, uint64_t id);

@@ -10,7 +10,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT, EINPROGRESS
 
 import pickle
 import queue as _queue_mod
@@ -48,6 +48,7 @@ cdef extern from "pq_wq.h" nogil:
         uint8_t type
         uint8_t reason
         uint64_t enqueued_ms
+        int64_t deadline_ns
     ctypedef struct pq_wq_stats:
         uint64_t available, delayed, in_flight, dead, claimed
         uint64_t counters[8]
@@ -72,6 +73,7 @@ cdef extern from "pq_wq.h" nogil:
     int pq_wq_reject(pq_wq* q, uint64_t id, uint32_t deliveries)
     int pq_wq_extend(pq_wq* q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
     int pq_wq_dead_done(pq_wq* q, uint64_t id)
+    int pq_wq_held(pq_wq* q, uint64_t id, uint32_t deliveries)
     int pq_wq_reap(pq_wq* q)
     int pq_wq_wait_readable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
     int pq_wq_wait_writable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
@@ -240,6 +242,17 @@ cdef class WorkQueueCore:
                     pq_fault_copy(dst, 0, PyBytes_AS_STRING(data), n, n)
                 pq_wq_commit(&self._q, mid)
                 return mid, False
+            if rc == -EINPROGRESS:
+                # The key's first put is being written: wait until it is
+                # committed (or its producer found dead), then look again.
+                until = pq_monotonic_ns() + SLICE_NS
+                with nogil:
+                    rc = pq_wq_wait_readable(&self._q, seen, until, 0)
+                if rc == -EINTR or rc == -ETIMEDOUT:
+                    PyErr_CheckSignals()
+                if rc == -ETIMEDOUT:
+                    self._reap_now(False)
+                continue
             if rc != -EAGAIN:
                 _check_rc(rc, "put")
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
@@ -270,6 +283,9 @@ cdef class WorkQueueCore:
             if rc >= 0:
                 # The bytes stay until the message is done: copy, then decode.
                 b = PyBytes_FromStringAndSize(<const char*>d.payload, d.len)
+                if rc == 0 and pq_monotonic_ns() >= d.deadline_ns and \
+                        pq_wq_held(&self._q, d.id, d.deliveries) != 0:
+                    continue  # the copy outlasted the deadline, and it went to another
                 return rc, d.id, d.deliveries, b, d.type, d.enqueued_ms, REASONS.get(d.reason)
             if rc != -EAGAIN:
                 _check_rc(rc, "get")

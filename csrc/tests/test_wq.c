@@ -383,6 +383,140 @@ static int test_producers_and_consumers(void)
     return 0;
 }
 
+/* Holders that die inside a change under the lock (the review's cases):
+ * the queue goes on, room and keys are right, waiters are woken. */
+static int test_deaths_inside_the_lock(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 4, 64, 60000 * MS, 0, 60000 * MS) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    CHECK_EQ(put(&q, 1, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    /* Dies in the head's pass: the done slot FREE, the head not moved. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pthread_mutex_lock(&q.ctl->lock) == 0);
+        atomic_store(&q.slots[0].state, PQ_WQ_FREE);
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    for (int i = 0; i < 4; i++) /* all 4 slots: the head got past it */
+        CHECK_EQ(put(&q, 10 + i, 0, 0, &id), 0);
+    CHECK_EQ(q.ctl->head, 1);
+    /* Dies after an ack's DONE store: the next locker passes it and wakes
+     * a producer waiting for room. */
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(value_of(&d), 10);
+    uint64_t ws;
+    uint8_t *p;
+    CHECK_EQ(pq_wq_claim(&q, 8, 1, 0, 0, 0, &id, &p, &ws), -EAGAIN);
+    pid_t waiter = fork();
+    if (waiter == 0) {
+        int rc = pq_wq_wait_writable(&q, ws, pq_test_now_ns() + 10000 * MS, 0);
+        _exit(rc == 0 ? 0 : 3);
+    }
+    pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pthread_mutex_lock(&q.ctl->lock) == 0);
+        atomic_store(&q.slots[1].state, PQ_WQ_DONE);
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0); /* takes the lock: recovers */
+    CHECK_EQ(pq_test_wait_child(waiter, 10000), 0);
+    CHECK_EQ(put(&q, 20, 0, 0, &id), 0);
+    /* A dedup entry left for an id that was never claimed (a claim that
+     * died before its tail store, as the old order allowed) is ignored. */
+    uint64_t key = pq_wq_key_hash("K", 1);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0);
+    uint64_t next = q.ctl->tail;
+    pq_wq_dedup *e = &q.dedup[key & 63];
+    e->hash = key;
+    e->expires_ns = INT64_MAX;
+    e->id = next;
+    CHECK_EQ(put(&q, 30, 0, 0, &id), 0); /* takes id `next`, not its key */
+    CHECK_EQ(id, next);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0); /* room for one more */
+    CHECK_EQ(put(&q, 31, 0, key, &id), 0); /* K is not a duplicate of it */
+    return 0;
+}
+
+/* A key whose first put is still being written: the second put waits
+ * (-EINPROGRESS) instead of being dropped, since the first may yet die. */
+static int test_dedup_of_a_put_in_progress(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 64, 60000 * MS, 0, 60000 * MS) != NULL);
+    uint64_t key = pq_wq_key_hash("order-9", 7), id, id2, seen;
+    uint8_t *p;
+    CHECK_EQ(pq_wq_claim(&q, 8, 1, 0, key, 0, &id, &p, &seen), 0);
+    CHECK_EQ(pq_wq_claim(&q, 8, 1, 0, key, 0, &id2, &p, &seen), -EINPROGRESS);
+    pq_wq_commit(&q, id);
+    CHECK_EQ(pq_wq_claim(&q, 8, 1, 0, key, 0, &id2, &p, &seen), 1);
+    CHECK_EQ(id2, id);
+    return 0;
+}
+
+/* Damaged slots and huge times: an error, or a saturated time, never a
+ * read outside the segment or an overflow. */
+static int test_bad_slots_and_huge_times(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 20 * MS, 1, 0) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    CHECK_EQ(put(&q, 1, INT64_MAX, 0, &id), 0); /* delayed for ever, not at once */
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK_EQ(put(&q, 2, 0, 0, &id), 0);
+    q.slots[id & 15].len = 4000; /* past the data area */
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), PQ_ERR_CORRUPT);
+    uint32_t st;
+    CHECK_EQ(pq_wq_copy_message(&q, id, NULL, 0, &d, &st), -ENOENT);
+    q.slots[id & 15].len = 8;
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    /* Expired on its last delivery: dead, and not counted as redelivered. */
+    pq_test_sleep_ms(25);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 1);
+    pq_wq_stats s;
+    CHECK_EQ(pq_wq_get_stats(&q, &s), 0);
+    CHECK_EQ(s.counters[PQ_WQ_REDELIVERED], 0);
+    CHECK_EQ(pq_wq_extend(&q, d.id, d.deliveries, INT64_MAX), -ESTALE); /* dead, not held */
+    return 0;
+}
+
+/* Many held, then one more: found without walking them all again (the
+ * hint), and still found after a nack or an extend below the hint. */
+static int test_scan_hint(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 1u << 20, 4096, 0, 60000 * MS, 0, 0) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d[3000];
+    int64_t wake;
+    for (int i = 0; i < 3000; i++) {
+        CHECK_EQ(put(&q, (uint64_t)i, 0, 0, &id), 0);
+        CHECK_EQ(pq_wq_acquire(&q, &d[i], &wake, &seen), 0);
+        CHECK_EQ(value_of(&d[i]), (uint64_t)i);
+    }
+    CHECK(q.ctl->scan >= 3000);
+    pq_wq_delivery x;
+    CHECK_EQ(pq_wq_acquire(&q, &x, &wake, &seen), -EAGAIN);
+    CHECK_EQ(pq_wq_nack(&q, d[10].id, d[10].deliveries, 0), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &x, &wake, &seen), 0);
+    CHECK_EQ(value_of(&x), 10);
+    CHECK_EQ(pq_wq_extend(&q, d[20].id, d[20].deliveries, 0), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &x, &wake, &seen), 0);
+    CHECK_EQ(value_of(&x), 20);
+    CHECK_EQ(x.reason, PQ_WQ_REASON_TIMEOUT);
+    return 0;
+}
+
 static int test_open_validates(void)
 {
     pq_wq q;
@@ -433,6 +567,10 @@ int main(void)
     RUN(test_dead_holders);
     RUN(test_wait_readable_and_writable);
     RUN(test_producers_and_consumers);
+    RUN(test_deaths_inside_the_lock);
+    RUN(test_dedup_of_a_put_in_progress);
+    RUN(test_bad_slots_and_huge_times);
+    RUN(test_scan_hint);
     RUN(test_open_validates);
     return pq_test_result();
 }
