@@ -489,22 +489,29 @@ int pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries)
     return s != NULL ? 0 : -ESTALE;
 }
 
-int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
+/* Under the lock: a message this process holds in `state` is DONE
+ * (counted as `counter`); the head passes it if it can. */
+static int pq_wq_finish(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state, int counter)
 {
     int rc = pq_wq_lock(q);
     if (rc < 0)
         return rc;
-    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, state);
     int moved = 0;
     if (s != NULL) {
         atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
-        pq_wq_count(q, PQ_WQ_ACKED);
+        pq_wq_count(q, counter);
         moved = pq_wq_advance_head(q);
     }
     pq_wq_unlock(q);
     if (moved)
         pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
     return s != NULL ? 0 : -ESTALE;
+}
+
+int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
+{
+    return pq_wq_finish(q, id, deliveries, PQ_WQ_ACQUIRED, PQ_WQ_ACKED);
 }
 
 int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
@@ -568,20 +575,7 @@ int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
 
 int pq_wq_dead_done(pq_wq *q, uint64_t id)
 {
-    int rc = pq_wq_lock(q);
-    if (rc < 0)
-        return rc;
-    pq_wq_slot *s = pq_wq_holder_slot(q, id, UINT32_MAX, PQ_WQ_DEAD);
-    int moved = 0;
-    if (s != NULL) {
-        atomic_store_explicit(&s->state, PQ_WQ_DONE, memory_order_relaxed);
-        pq_wq_count(q, PQ_WQ_DEAD_LETTERED);
-        moved = pq_wq_advance_head(q);
-    }
-    pq_wq_unlock(q);
-    if (moved)
-        pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
-    return s != NULL ? 0 : -ESTALE;
+    return pq_wq_finish(q, id, UINT32_MAX, PQ_WQ_DEAD, PQ_WQ_DEAD_LETTERED);
 }
 
 /* Is the process of an owner word alive? Cached per call of pq_wq_reap:

@@ -62,6 +62,24 @@ def create(name, size, mode, init):
     return mm
 
 
+def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=False):
+    """The segment of a queue, topic, log or work queue: (name, mapping,
+    perm, created). name None: a new unnamed segment, removed when this
+    process exits. A name: made with `init` (unless open_only), or opened
+    (validated as `kind`) when it exists already."""
+    if name is None:
+        name = unique_name()
+        mm = create(name, size, perm, init)
+        own(name)
+        return name, mm, perm, True
+    check_name(name)
+    mm = None if open_only else create(name, size, perm, init)
+    if mm is not None:
+        return name, mm, perm, True
+    mm, perm = open_existing(name, kind, trust_owner)
+    return name, mm, perm, False
+
+
 def reserve(fd, size, name):
     """Allocate every page of a new segment now. A sparse segment would get
     its pages on first touch, and a write to a page that a full /dev/shm

@@ -205,26 +205,16 @@ class MemoryLog(Log, _log.MemoryLogCore):
         def init(mm):
             _log.memory_create_segment(mm, parts, capacity, retention or 0)
 
-        mm = None
-        if name is None:
-            name = _segment.unique_name()
-            mm = _segment.create(name, _log.memory_segment_size(parts, capacity), perm, init)
-            _segment.own(name)
-        else:
-            _segment.check_name(name)
-            if not _open_only:
-                mm = _segment.create(name, _log.memory_segment_size(parts, capacity), perm,
-                                     init)
-            if mm is None:
-                mm, _perm = _segment.open_existing(name, _KIND_LOG, trust_owner)
-                self._setup(name, mm)
-                where = f"log {name!r}"
-                _same("partitions", partitions, self.partitions, where)
-                if retention_bytes is not None:
-                    _same("retention_bytes (rounded)", capacity, self.capacity_bytes, where)
-                _same("retention_ms", retention, self.retention_ms, where)
-                return
+        name, mm, _perm, created = _segment.create_or_open(
+            name, _log.memory_segment_size(parts, capacity), perm, init, _KIND_LOG, trust_owner,
+            _open_only)
         self._setup(name, mm)
+        if not created:
+            where = f"log {name!r}"
+            _same("partitions", partitions, self.partitions, where)
+            if retention_bytes is not None:
+                _same("retention_bytes (rounded)", capacity, self.capacity_bytes, where)
+            _same("retention_ms", retention, self.retention_ms, where)
 
     @staticmethod
     def _ring_bytes(retention_bytes):

@@ -69,16 +69,8 @@ class Queue(_core.RingQueue):
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
                                  max_message_bytes or 0, flags)
 
-        size = _core.segment_size(capacity)
-        if name is None:
-            name = _segment.unique_name()
-            mm = _segment.create(name, size, mode, init)
-            _segment.own(name)
-        else:
-            _segment.check_name(name)
-            mm = _segment.create(name, size, mode, init)
-            if mm is None:
-                mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
+        name, mm, mode, _ = _segment.create_or_open(name, _core.segment_size(capacity), mode,
+                                                    init, _KIND_QUEUE, trust_owner)
         self._setup(name, mm, serializer, mode)
         self._trust_owner = trust_owner
 

@@ -67,16 +67,8 @@ class Topic(_topic.TopicCore):
         def init(mm):
             _topic.create_segment(mm, capacity, _MODES[mode], flags)
 
-        size = _topic.segment_size(capacity)
-        if name is None:
-            name = _segment.unique_name()
-            mm = _segment.create(name, size, perm, init)
-            _segment.own(name)
-        else:
-            _segment.check_name(name)
-            mm = _segment.create(name, size, perm, init)
-            if mm is None:
-                mm, perm = _segment.open_existing(name, _KIND_TOPIC)
+        name, mm, perm, _ = _segment.create_or_open(name, _topic.segment_size(capacity), perm,
+                                                    init, _KIND_TOPIC)
         self._setup(name, mm, serializer, perm)
 
     @classmethod

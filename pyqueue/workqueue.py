@@ -168,18 +168,9 @@ class WorkQueue(_workq.WorkQueueCore):
             _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
                                   max_deliveries or 0, float(dedup_window), dlq_name)
 
-        size = _workq.segment_size(capacity, slots, dedup)
-        mm = None
-        if name is None:
-            name = _segment.unique_name()
-            mm = _segment.create(name, size, perm, init)
-            _segment.own(name)
-        else:
-            _segment.check_name(name)
-            if not _open_only:
-                mm = _segment.create(name, size, perm, init)
-            if mm is None:
-                mm, _perm = _segment.open_existing(name, _KIND_WORKQ, trust_owner)
+        name, mm, _perm, _ = _segment.create_or_open(
+            name, _workq.segment_size(capacity, slots, dedup), perm, init, _KIND_WORKQ,
+            trust_owner, _open_only)
         self._name = name
         self._attach(mm)
         if self._dlq is None and dead_letter is not None and not _open_only:
