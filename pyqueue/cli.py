@@ -26,7 +26,7 @@ import time
 from pyqueue import _cli_log, _core, _procscan, _segment
 from pyqueue.errors import PyQueueError
 
-_KINDS = {1: "queue", 2: "topic", 3: "log"}
+_KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
 
 # The segment header (csrc/pq_segment.h), read here with plain reads rather
 # than a mapping: listing must never map (or fault on) files that are not
@@ -234,15 +234,25 @@ def collect(patterns=()):
     return list(segs.values()), orphans, users, entries
 
 
-def _depth(seg):
-    """Messages in a queue segment (opens it briefly), or None."""
-    if seg.state != "ok" or seg.header["kind"] != 1:
-        return None
-    try:
+def _open_counted(name, kind):
+    """A queue or work queue opened to read its counters, or None."""
+    if kind == 1:
         from pyqueue.queues import Queue
         # Any serializer will do to read counters (and is required to open a
         # queue made with a custom one).
-        q = Queue.open(seg.name, serializer=(bytes, bytes), trust_owner=True)
+        return Queue.open(name, serializer=(bytes, bytes), trust_owner=True)
+    if kind == 5:
+        from pyqueue.workqueue import WorkQueue
+        return WorkQueue.open(name, trust_owner=True)
+    return None
+
+
+def _depth(seg):
+    """Messages in a queue or work queue segment (opens it briefly), or None."""
+    if seg.state != "ok" or seg.header["kind"] not in (1, 5):
+        return None
+    try:
+        q = _open_counted(seg.name, seg.header["kind"])
         try:
             return q.qsize()
         finally:
@@ -529,9 +539,14 @@ def cmd_ls(args):
 
 
 def cmd_stats(args):
-    from pyqueue.queues import Queue
-    # Any serializer opens a queue made with a custom one; stats decode nothing.
-    q = Queue.open(args.name, serializer=(bytes, bytes), trust_owner=True)
+    _segment.check_name(args.name)
+    state, header, _st = read_header(_segment.PREFIX + args.name)
+    kind = header["kind"] if state == "ok" else 1  # let the opener say what is wrong
+    q = _open_counted(args.name, kind)
+    if q is None:
+        print(f"pyqueue stats: {args.name!r} is a {_KINDS.get(kind, kind)}, not a queue "
+              "or work queue", file=sys.stderr)
+        return 1
     try:
         print(json.dumps(q.stats(), indent=2))
     finally:

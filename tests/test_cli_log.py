@@ -100,3 +100,30 @@ def test_groups(log):
     rc, out, err = cli("groups", name, "nope")
     assert rc == 1 and "no consumer group" in err
     c.close()
+
+
+def test_stats_and_ls_of_a_work_queue():
+    from pyqueue import WorkQueue
+    q = WorkQueue(name=unique_name("cliwq"))
+    try:
+        q.put("a")
+        q.put("b")
+        q.get(timeout=5)
+        rc, out, err = cli("stats", q.name)
+        assert rc == 0, err
+        st = json.loads(out)
+        assert st["in_flight"] == 1 and st["depth"] == 1 and st["enqueued"] == 2
+        rc, out, err = cli("ls", "--json", q.name)
+        assert rc == 0, err
+        (row,) = json.loads(out)
+        assert row["kind"] == "workqueue" and row["depth"] == 2
+        lg = Log(name=unique_name("clilog"))
+        try:
+            rc, out, err = cli("stats", lg.name)
+            assert rc == 1 and "is a log" in err
+        finally:
+            lg.unlink()
+            lg.close()
+    finally:
+        q.unlink()
+        q.close()
