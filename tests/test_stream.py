@@ -185,3 +185,24 @@ def test_workers_end_when_their_parent_is_killed(made):
             p.kill()
             p.wait()
         p.stdout.close()
+
+
+def test_results_to_a_log_or_a_topic(made):
+    from pyqueue import Topic
+    q = WorkQueue()
+    log = Log(partitions=2)
+    topic = Topic()
+    made += [q, log, topic]
+    sub = topic.subscribe()
+    for i in range(50):
+        q.put(i)
+    with StreamProcessor(q, w.double, sink=log, workers=2, processes=False):
+        assert wait_until(lambda: log.end_offset(0) + log.end_offset(1) == 50, timeout=20)
+    got = sorted(r.value for p in range(2) for r in log.read(p, 0, max_records=100))
+    assert got == [2 * i for i in range(50)]
+    for i in range(20):
+        q.put(i)
+    with StreamProcessor(q, w.double, sink=topic, workers=1, processes=False):
+        received = sorted(sub.get(timeout=10) for _ in range(20))
+    assert received == [2 * i for i in range(20)]
+    sub.close()
