@@ -197,6 +197,25 @@ static int pq_wq_lock(pq_wq *q)
     return -rc;
 }
 
+/* This process's owner word (pid | start time). */
+static int pq_wq_me(uint64_t *me)
+{
+    pq_proc_id self;
+    int rc = pq_proc_self(&self);
+    if (rc < 0)
+        return rc;
+    *me = pq_proc_pack(&self);
+    return 0;
+}
+
+/* Who this process is, then the lock: the prologue of every verb that
+ * marks messages as its own. */
+static int pq_wq_lock_as(pq_wq *q, uint64_t *me)
+{
+    int rc = pq_wq_me(me);
+    return rc < 0 ? rc : pq_wq_lock(q);
+}
+
 static inline void pq_wq_unlock(pq_wq *q)
 {
     pthread_mutex_unlock(&q->ctl->lock);
@@ -234,15 +253,12 @@ static inline int pq_wq_slot_sane(const pq_wq *q, const pq_wq_slot *s)
 int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
                 uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen)
 {
-    pq_proc_id self;
+    uint64_t me;
     if (len > q->max_payload)
         return -EMSGSIZE;
     if (delay_ns < 0 || id == NULL || payload == NULL)
         return -EINVAL;
-    int rc = pq_proc_self(&self);
-    if (rc < 0)
-        return rc;
-    rc = pq_wq_lock(q);
+    int rc = pq_wq_lock_as(q, &me);
     if (rc < 0)
         return rc;
     int64_t now = pq_monotonic_ns();
@@ -296,7 +312,7 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
     pq_wq_slot *s = pq_wq_slot_of(q, t);
     atomic_store_explicit(&s->id, t, memory_order_relaxed);
     atomic_store_explicit(&s->deliveries, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->owner, pq_proc_pack(&self), memory_order_relaxed);
+    atomic_store_explicit(&s->owner, me, memory_order_relaxed);
     atomic_store_explicit(&s->at_ns, pq_wq_after(now, delay_ns), memory_order_relaxed);
     s->pos = pos;
     s->len = len;
@@ -354,12 +370,8 @@ static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_deliver
 
 int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
 {
-    pq_proc_id self;
-    int rc = pq_proc_self(&self);
-    if (rc < 0)
-        return rc;
-    const uint64_t me = pq_proc_pack(&self);
-    rc = pq_wq_lock(q);
+    uint64_t me;
+    int rc = pq_wq_lock_as(q, &me);
     if (rc < 0)
         return rc;
     int64_t now = pq_monotonic_ns(); /* under the lock: the deadline it gives is whole */
@@ -462,8 +474,8 @@ int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
 /* Under the lock: the slot of a delivery this process holds, or NULL. */
 static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
 {
-    pq_proc_id self;
-    if (pq_proc_self(&self) < 0)
+    uint64_t me;
+    if (pq_wq_me(&me) < 0)
         return NULL;
     uint64_t h = atomic_load_explicit(&q->ctl->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&q->ctl->tail, memory_order_relaxed);
@@ -472,7 +484,7 @@ static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries,
     pq_wq_slot *s = pq_wq_slot_of(q, id);
     if (atomic_load_explicit(&s->id, memory_order_relaxed) != id ||
         atomic_load_explicit(&s->state, memory_order_relaxed) != state ||
-        atomic_load_explicit(&s->owner, memory_order_relaxed) != pq_proc_pack(&self) ||
+        atomic_load_explicit(&s->owner, memory_order_relaxed) != me ||
         (deliveries != UINT32_MAX &&
          atomic_load_explicit(&s->deliveries, memory_order_relaxed) != deliveries))
         return NULL;
@@ -607,12 +619,8 @@ static int pq_wq_owner_alive(struct pq_wq_owners *oc, uint64_t owner)
 int pq_wq_reap(pq_wq *q)
 {
     struct pq_wq_owners oc = {.n = 0};
-    pq_proc_id self;
-    int rc = pq_proc_self(&self);
-    if (rc < 0)
-        return rc;
-    const uint64_t me = pq_proc_pack(&self);
-    rc = pq_wq_lock(q);
+    uint64_t me;
+    int rc = pq_wq_lock_as(q, &me);
     if (rc < 0)
         return rc;
     pq_wq_ctl *c = q->ctl;
