@@ -46,7 +46,9 @@ cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
         return 0
     if timeout is None:
         return -1
-    cdef double t = float(timeout)
+    # A C double conversion, as multiprocessing's SemLock.acquire does: a
+    # str (or other non-number) is a TypeError, never parsed.
+    cdef double t = timeout
     if t != t:
         raise ValueError("'timeout' must be a number, not NaN")
     if t <= 0:

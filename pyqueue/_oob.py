@@ -8,44 +8,64 @@ unlinks it at once and reads the message from the mapping, so a NumPy
 array sent with pickle protocol 5 is copied once into shared memory by the
 producer and not copied again by the consumer.
 """
-import itertools
+import errno
 import mmap
 import os
 import pickle
+import re
+import secrets
 import struct
-
-import posix_ipc
 
 from pyqueue import _segment
 from pyqueue.errors import PyQueueError, SegmentMismatch
 
-_counter = itertools.count()
 _REF = struct.Struct("<Q")
 _ALIGN = 16
+# "<queue>.oob-<pid>-<16 hex digits>": the pid tells `pyqueue gc` whose it
+# is; the 64 random bits make the name impossible to guess, so that another
+# user cannot plant it first (and a collision is retried anyway).
+_SUFFIX_RE = re.compile(r"[0-9]{1,10}-[0-9a-f]{16}")
+_CREATE_TRIES = 8
 
 
 def _align(n):
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
+def new_name(queue):
+    return f"{queue._shm_name}.oob-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def _create(queue):
+    """(name, fd) of a new out-of-band segment of queue, exactly its mode."""
+    for _ in range(_CREATE_TRIES):
+        name = new_name(queue)
+        try:
+            return name, _segment.shm_create(name, queue._mode)
+        except FileExistsError:
+            continue  # someone has this name (planted, or 1 in 2**64): another one
+    raise FileExistsError(errno.EEXIST, f"cannot create an out-of-band segment for "
+                          f"{queue._shm_name!r}: {_CREATE_TRIES} random names were all taken")
+
+
 def put(queue, parts, total):
     """Write the bytes-like parts into a new segment; return the reference."""
-    name = f"{queue._shm_name}.oob-{os.getpid()}-{next(_counter)}"
-    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=queue._mode, size=max(total, 1))
+    name, fd = _create(queue)
+    size = max(total, 1)
     try:
-        os.fchmod(shm.fd, queue._mode)  # the queue's mode exactly, whatever the umask
-        _segment.reserve(shm.fd, max(total, 1), name)  # ENOSPC here, not SIGBUS below
-        with mmap.mmap(shm.fd, max(total, 1)) as mm:
+        os.ftruncate(fd, size)
+        _segment.reserve(fd, size, name)  # ENOSPC here, not SIGBUS below
+        with mmap.mmap(fd, size) as mm:
             off = 0
             for part in parts:
                 with memoryview(part) as mv:
                     mm[off:off + mv.nbytes] = mv.cast("B")
                     off += mv.nbytes
     except BaseException:
-        shm.unlink()
+        _segment.shm_unlink(name)
         raise
     finally:
-        shm.close_fd()
+        os.close(fd)
     return _REF.pack(total) + name.encode()
 
 
@@ -60,9 +80,8 @@ def _parse(queue, ref):
         name = bytes(ref[_REF.size:]).decode()
     except UnicodeDecodeError:
         raise SegmentMismatch("corrupt out-of-band reference") from None
-    suffix = name[len(queue._shm_name) + len(".oob-"):]
-    if (not name.startswith(queue._shm_name + ".oob-") or "/" in suffix
-            or not suffix.replace("-", "").isdigit()):
+    prefix = queue._shm_name + ".oob-"
+    if not name.startswith(prefix) or not _SUFFIX_RE.fullmatch(name[len(prefix):]):
         raise SegmentMismatch(f"out-of-band reference to a foreign segment {name!r} refused")
     return size, name
 
@@ -72,16 +91,19 @@ def get(queue, ref):
     memoryview over the message (the mapping lives as long as the view)."""
     size, name = _parse(queue, ref)
     try:
-        shm = posix_ipc.SharedMemory(name)
-    except posix_ipc.ExistentialError:
+        fd = _segment.shm_open(name)
+    except FileNotFoundError:
         raise PyQueueError(
             f"the segment {name!r} holding this large message was removed before it was "
             "read (pyqueue rm / gc?): the message is lost") from None
     try:
-        mm = mmap.mmap(shm.fd, max(size, 1))
+        mm = mmap.mmap(fd, max(size, 1))
     finally:
-        shm.close_fd()
-        shm.unlink()
+        os.close(fd)
+        try:
+            _segment.shm_unlink(name)
+        except OSError:
+            pass  # mapped already; a name we may not remove is gc's to report
     return memoryview(mm)[:size]
 
 
@@ -92,8 +114,8 @@ def discard(queue, ref):
     except SegmentMismatch:
         return
     try:
-        posix_ipc.unlink_shared_memory(name)
-    except posix_ipc.ExistentialError:
+        _segment.shm_unlink(name)
+    except OSError:
         pass
 
 

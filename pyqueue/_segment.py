@@ -3,16 +3,20 @@ unnamed ones when their creating process exits.
 
 Every pyqueue segment is a POSIX shared-memory object named
 "/pyqueue.<name>" (so /dev/shm/pyqueue.<name> on Linux); out-of-band
-messages of a queue use "/pyqueue.<name>.oob-<pid>-<n>".
+messages of a queue use "/pyqueue.<name>.oob-<pid>-<16 hex digits>".
+
+The objects are opened as the files they are on Linux (/dev/shm/<entry>,
+which is what shm_open does), with O_NOFOLLOW and O_CLOEXEC: every error is
+an OSError subclass with its errno (FileExistsError, PermissionError, ...)
+and a message naming the segment, never another library's exception.
 """
 import atexit
 import errno
 import mmap
 import os
 import secrets
+import struct
 import time
-
-import posix_ipc
 
 from pyqueue import _core
 from pyqueue.errors import SegmentMismatch, SegmentNotFound, SegmentNotOwned
@@ -21,16 +25,43 @@ PREFIX = "pyqueue."
 SHM_DIR = "/dev/shm"
 _OPEN_WAIT_S = 2.0  # how long an opener waits for a creator to finish
 
+# The kernel's limit on one file name in /dev/shm (NAME_MAX), in bytes.
+NAME_MAX = 255
+# A name is at most this many bytes in UTF-8, for every kind, so that
+# "pyqueue." + name + the longest suffix pyqueue adds fit in NAME_MAX.
+NAME_MAX_BYTES = 200
+# The longest suffix pyqueue adds to a name: ".oob-<pid>-<16 hex digits>"
+# (a pid has at most 10 digits). A new suffix must fit in SUFFIX_MAX.
+OOB_SUFFIX_MAX = len(".oob-") + 10 + 1 + 16
+SUFFIX_MAX = NAME_MAX - len(PREFIX) - NAME_MAX_BYTES   # 47
+assert OOB_SUFFIX_MAX <= SUFFIX_MAX
+
+KIND_NAMES = {1: "queue", 2: "topic", 3: "log", 4: "directory-log control file",
+              5: "work queue"}
+
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 def check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
-    # ".oob-" is reserved: "/pyqueue.<name>.oob-<pid>-<n>" are the
+    # ".oob-" is reserved: "/pyqueue.<name>.oob-<pid>-<hex>" are the
     # out-of-band segments of queue <name> (unlink() and `pyqueue gc` go by it).
-    if (not name or len(name) > 200 or "/" in name or "\0" in name or name.startswith(".")
+    if (not name or "/" in name or "\0" in name or name.startswith(".")
             or ".oob-" in name):
-        raise ValueError(f"invalid queue name {name!r}: 1-200 characters, no '/', "
-                         "no NUL, not starting with '.', not containing '.oob-'")
+        raise ValueError(f"invalid queue name {name!r}: 1-{NAME_MAX_BYTES} bytes in UTF-8, "
+                         "no '/', no NUL, not starting with '.', not containing '.oob-'")
+    try:
+        n = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid queue name {name!r}: not encodable in UTF-8 "
+                         "(a lone surrogate)") from None
+    if n > NAME_MAX_BYTES:
+        raise ValueError(
+            f"queue name too long: {n} bytes in UTF-8 ({len(name)} characters); at most "
+            f"{NAME_MAX_BYTES} bytes, so that '{PREFIX}' + name + the longest suffix pyqueue "
+            f"adds ('.oob-<pid>-<16 hex>') fits the kernel's {NAME_MAX}-byte limit on a "
+            f"{SHM_DIR} file name")
     return name
 
 
@@ -42,23 +73,79 @@ def shm_name(name):
     return "/" + PREFIX + name
 
 
+def shm_path(posix_name):
+    """The file of a POSIX shared-memory name ("/pyqueue.x" -> /dev/shm/pyqueue.x)."""
+    return os.path.join(SHM_DIR, posix_name[1:] if posix_name.startswith("/") else posix_name)
+
+
+def os_error(e, what, posix_name):
+    """The OSError e (from an open/unlink of a segment) again, of the same
+    class and errno, with a message that names the segment."""
+    msg = f"cannot {what} segment {posix_name!r}: {os.strerror(e.errno)}"
+    if e.errno == errno.ENAMETOOLONG:
+        msg += f" (a {SHM_DIR} file name is at most {NAME_MAX} bytes)"
+    err = type(e)(e.errno, msg)
+    err.filename = shm_path(posix_name)
+    return err
+
+
+def shm_create(posix_name, mode):
+    """A new segment's fd (O_EXCL), exactly `mode` whatever the umask;
+    FileExistsError when the name exists."""
+    try:
+        fd = os.open(shm_path(posix_name), _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise
+        raise os_error(e, "create", posix_name) from None
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        shm_unlink(posix_name)
+        raise
+    return fd
+
+
+def shm_open(posix_name):
+    """An existing segment's fd; SegmentNotFound when there is none."""
+    try:
+        return os.open(shm_path(posix_name), _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise SegmentNotFound(f"no pyqueue segment named {posix_name!r}") from None
+    except OSError as e:
+        raise os_error(e, "open", posix_name) from None
+
+
+def shm_unlink(posix_name):
+    """Remove a segment's name: True if it existed. Raises the OSError
+    (PermissionError: another user's in the sticky /dev/shm) with a message."""
+    try:
+        os.unlink(shm_path(posix_name))
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise os_error(e, "remove", posix_name) from None
+    return True
+
+
 def create(name, size, mode, init):
     """Create segment `name` of `size` bytes and run init(mmap) on it.
     Returns the mapping, or None when a segment of that name exists."""
     try:
-        shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=mode, size=size)
-    except posix_ipc.ExistentialError:
+        fd = shm_create(shm_name(name), mode)
+    except FileExistsError:
         return None
     try:
-        os.fchmod(shm.fd, mode)  # exactly `mode`, whatever the umask
-        reserve(shm.fd, size, name)
-        mm = mmap.mmap(shm.fd, size)
+        os.ftruncate(fd, size)
+        reserve(fd, size, name)
+        mm = mmap.mmap(fd, size)
         init(mm)
     except BaseException:
-        shm.unlink()
+        shm_unlink(shm_name(name))
         raise
     finally:
-        shm.close_fd()
+        os.close(fd)
     return mm
 
 
@@ -101,29 +188,26 @@ def open_existing(name, kind, trust_owner=False):
     _OPEN_WAIT_S for a creator that is still initializing it. A segment
     owned by another user is refused unless trust_owner: names are
     predictable, and a squatter's segment would feed this process pickles."""
+    fd = shm_open(shm_name(name))
     try:
-        shm = posix_ipc.SharedMemory(shm_name(name))
-    except posix_ipc.ExistentialError:
-        raise SegmentNotFound(f"no pyqueue segment named {name!r}") from None
-    owner = os.fstat(shm.fd).st_uid
-    if not trust_owner and owner != os.geteuid():
-        shm.close_fd()
-        raise SegmentNotOwned(f"segment {name!r} belongs to uid {owner}, not to this process's "
-                              f"uid {os.geteuid()}; pass trust_owner=True to share it on purpose")
-    deadline = time.monotonic() + _OPEN_WAIT_S
-    delay = 0.0005
-    try:
+        owner = os.fstat(fd).st_uid
+        if not trust_owner and owner != os.geteuid():
+            raise SegmentNotOwned(f"segment {name!r} belongs to uid {owner}, not to this "
+                                  f"process's uid {os.geteuid()}; pass trust_owner=True to "
+                                  "share it on purpose")
+        deadline = time.monotonic() + _OPEN_WAIT_S
+        delay = 0.0005
         while True:
-            size = os.fstat(shm.fd).st_size
+            size = os.fstat(fd).st_size
             if size > 0:
-                mm = mmap.mmap(shm.fd, size)
+                mm = mmap.mmap(fd, size)
                 try:
-                    rc = _core.check_segment(mm, kind)
+                    rc = _check_kind(mm, name, kind)
                 except BaseException:
                     mm.close()
                     raise
                 if rc == 0:
-                    return mm, os.fstat(shm.fd).st_mode & 0o777
+                    return mm, os.fstat(fd).st_mode & 0o777
                 mm.close()
             if time.monotonic() >= deadline:
                 raise SegmentMismatch(f"segment {name!r} is empty or was never initialized")
@@ -132,7 +216,25 @@ def open_existing(name, kind, trust_owner=False):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
     finally:
-        shm.close_fd()
+        os.close(fd)
+
+
+_KIND_AT = struct.Struct("<I")  # pq_segment_header.kind, after magic and version
+_KIND_OFFSET = 12
+
+
+def _check_kind(mm, name, kind):
+    """_core.check_segment(mm, kind), with an error that names the kind
+    asked for and the kind found when the segment is valid but another kind."""
+    rc = _core.check_segment(mm, 0)
+    if rc != 0:
+        return rc
+    (found,) = _KIND_AT.unpack_from(mm, _KIND_OFFSET)
+    if kind and found != kind:
+        raise SegmentMismatch(
+            f"segment {name!r} is a pyqueue {KIND_NAMES.get(found, f'kind {found}')}, not a "
+            f"{KIND_NAMES.get(kind, f'kind {kind}')}")
+    return _core.check_segment(mm, kind)
 
 
 def _shm_listing():
@@ -145,21 +247,20 @@ def _shm_listing():
 def unlink(name, listing=None):
     """Remove a segment and any out-of-band segments left by its messages.
     Returns True if the segment existed. `listing`: a /dev/shm listing to
-    reuse when removing many segments at once."""
-    existed = True
-    try:
-        posix_ipc.unlink_shared_memory(shm_name(name))
-    except posix_ipc.ExistentialError:
-        existed = False
+    reuse when removing many segments at once. An out-of-band name under
+    this prefix that may not be removed (another user's, planted in the
+    sticky /dev/shm) is not this queue's: it is left alone. The queue's own
+    segment that may not be removed raises PermissionError."""
+    existed = shm_unlink(shm_name(name))
     prefix = PREFIX + name + ".oob-"
     if listing is None:
         listing = _shm_listing()
-    leftovers = [f for f in listing if f.startswith(prefix)]
-    for f in leftovers:
-        try:
-            posix_ipc.unlink_shared_memory("/" + f)
-        except posix_ipc.ExistentialError:
-            pass
+    for f in listing:
+        if f.startswith(prefix):
+            try:
+                shm_unlink("/" + f)
+            except OSError:
+                pass
     return existed
 
 
@@ -176,8 +277,11 @@ def _remove_owned():
         return
     listing = _shm_listing()  # once, not once per queue
     for name in mine:
-        unlink(name, listing)
         del _owned[name]
+        try:
+            unlink(name, listing)
+        except Exception:  # noqa: BLE001 - one segment that may not be removed
+            pass           # (PermissionError, ...) must not stop the others' cleanup
 
 
 def own(name):

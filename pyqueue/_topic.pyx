@@ -100,7 +100,7 @@ cdef object _loads_p = pickle.loads
 
 
 _TOPIC_CODES = {
-    ENOSPC: "all 64 subscriber slots of the topic are in use",
+    ENOSPC: "all 64 subscriber slots of the topic are held by live subscribers",
     EOWNERDEAD: "this subscription was evicted",
 }
 
@@ -287,7 +287,15 @@ cdef class TopicCore:
         self._check_open()
         cdef SubscriptionCore s = cls.__new__(cls)
         s._topic = self
-        _check_rc(pq_topic_subscribe(&self._t, &s._s, start), "subscribe")
+        cdef int rc = pq_topic_subscribe(&self._t, &s._s, start)
+        if rc == -ENOSPC:
+            # Every slot held: free those of dead subscribers (a process
+            # SIGKILLed before it closed its subscription; pid + start
+            # time, so a reused pid is not taken for the dead one) and try
+            # again.
+            if pq_topic_evict_dead(&self._t, ~(<uint64_t>0)) > 0:
+                rc = pq_topic_subscribe(&self._t, &s._s, start)
+        _check_rc(rc, "subscribe")
         s._pid = os.getpid()
         return s
 

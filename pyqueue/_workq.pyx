@@ -196,6 +196,10 @@ cdef class WorkQueueCore:
     def max_message_bytes(self):
         return self._q.max_payload
 
+    @property
+    def dedup_keys(self):
+        return self._q.dedup_slots
+
     def _user(self):
         """The bytes the creator stored (the dead-letter queue's name)."""
         cdef uint32_t n = self._q.ctl.user_len

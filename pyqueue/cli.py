@@ -37,7 +37,7 @@ _MAGIC = 0x0045554555515950  # "PYQUEUE\0"
 _LAYOUT_VERSION = 2  # PQ_LAYOUT_VERSION (csrc/pq_segment.h)
 _READY = 1
 
-_OOB_RE = re.compile(r"^(?P<queue>.+)\.oob-(?P<pid>[0-9]+)-(?P<n>[0-9]+)$", re.S)
+_OOB_RE = re.compile(r"^(?P<queue>.+)\.oob-(?P<pid>[0-9]+)-(?P<n>[0-9a-f]+)$", re.S)
 _ANON_RE = re.compile(r"^anon-(?P<pid>[0-9]+)-[0-9a-f]+$")
 
 DEFAULT_OOB_GRACE = 300.0
@@ -80,7 +80,7 @@ do not run gc across containers that share /dev/shm.
 # --------------------------------------------------------------------------
 
 class Oob:
-    """An out-of-band segment /dev/shm/pyqueue.QUEUE.oob-PID-N."""
+    """An out-of-band segment /dev/shm/pyqueue.QUEUE.oob-PID-HEX."""
 
     def __init__(self, entry, queue, pid, n, st):
         self.entry = entry
@@ -223,7 +223,7 @@ def collect(patterns=()):
         st = _lstat(entry)
         if st is None:
             continue  # taken by a consumer meanwhile
-        o = Oob(entry, m["queue"], int(m["pid"]), int(m["n"]), st)
+        o = Oob(entry, m["queue"], int(m["pid"]), m["n"], st)
         o.users = users.users(entry, st)
         o.producer_alive = _procscan.is_alive_since(o.pid, o.made_at())
         seg = segs.get(o.queue)
@@ -274,7 +274,7 @@ def ring_references(queue_entry):
     it died first). Reads the file (skipping holes), never maps it. None
     when unreadable or not a queue."""
     prefix = ("/" + queue_entry + ".oob-").encode()
-    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9]+)")
+    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16})")
     overlap = len(prefix) + 48
     unread, taken = set(), set()
     try:
@@ -422,12 +422,9 @@ def _unlink(entry, st):
         return None
     if st is not None and (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
         return "replaced by a new segment since it was examined; kept"
-    import posix_ipc
     try:
-        posix_ipc.unlink_shared_memory("/" + entry)
-    except posix_ipc.ExistentialError:
-        return None
-    except (posix_ipc.PermissionsError, OSError, ValueError) as e:
+        _segment.shm_unlink("/" + entry)
+    except OSError as e:
         return str(e) or type(e).__name__
     return None
 
@@ -555,12 +552,11 @@ def cmd_stats(args):
 
 
 def cmd_rm(args):
-    import posix_ipc
     rc = 0
     for name in args.names:
         try:
             existed = _segment.unlink(name)
-        except (posix_ipc.Error, OSError, ValueError) as e:
+        except (OSError, ValueError) as e:
             print(f"pyqueue rm: cannot remove {name!r}: {e}", file=sys.stderr)
             rc = 1
             continue

@@ -3,6 +3,7 @@ multiprocessing ones over a shared-memory ring."""
 import queue as _stdqueue
 
 from pyqueue import _core, _oob, _segment
+from pyqueue.errors import SegmentMismatch
 
 DEFAULT_CAPACITY = 32 * 1024 * 1024
 MIN_CAPACITY = 64 * 1024
@@ -41,17 +42,64 @@ def _rebuild(cls, name, serializer, trust_owner=False):
     return cls.open(name, serializer=serializer, trust_owner=trust_owner)
 
 
+class _Default:
+    """The default of a creation setting the caller did not pass: over an
+    existing segment only the settings passed are compared."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return repr(self.value)
+
+
+def _take(v, given, what):
+    """The value of setting `what`, recording it in `given` when passed."""
+    if isinstance(v, _Default):
+        return v.value
+    given[what] = v
+    return v
+
+
+def check_settings(kind, name, differences):
+    """ValueError naming every setting passed that differs from the
+    existing segment's: (setting, stored, given) triples."""
+    if differences:
+        diff = "; ".join(f"{what}={stored!r}, not {given!r}" for what, stored, given in differences)
+        raise ValueError(f"{kind} {name!r} exists with other settings: {diff} (settings apply "
+                         f"when a {kind} is created: open it without them, or unlink it first)")
+
+
+_D_MAXSIZE = _Default(0)
+_D_CAPACITY = _Default(DEFAULT_CAPACITY)
+_D_MAX_MESSAGE = _Default(None)
+_D_OVERFLOW = _Default("block")
+_D_MODE = _Default(0o600)
+
+
 class Queue(_core.RingQueue):
     """A multi-process FIFO queue in shared memory; see docs/api.md.
 
     Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,
-          name=None, overflow="block", serializer=None, mode=0o600)
+          name=None, overflow="block", serializer=None, mode=0o600,
+          trust_owner=False)
+
+    With the name of an existing queue, the settings passed must be the
+    queue's (ValueError naming what differs); those not passed are its.
     """
 
     _create_flags = 0
 
-    def __init__(self, maxsize=0, *, capacity_bytes=DEFAULT_CAPACITY, max_message_bytes=None,
-                 name=None, overflow="block", serializer=None, mode=0o600, trust_owner=False):
+    def __init__(self, maxsize=_D_MAXSIZE, *, capacity_bytes=_D_CAPACITY,
+                 max_message_bytes=_D_MAX_MESSAGE, name=None, overflow=_D_OVERFLOW,
+                 serializer=None, mode=_D_MODE, trust_owner=False):
+        given = {}
+        maxsize = _take(maxsize, given, "maxsize")
+        capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
+        max_message_bytes = _take(max_message_bytes, given, "max_message_bytes")
+        overflow = _take(overflow, given, "overflow")
+        mode = _take(mode, given, "mode")
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError("maxsize must be an int")
         capacity = _round_capacity(capacity_bytes)
@@ -69,16 +117,33 @@ class Queue(_core.RingQueue):
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
                                  max_message_bytes or 0, flags)
 
-        name, mm, mode, _ = _segment.create_or_open(name, _core.segment_size(capacity), mode,
-                                                    init, _KIND_QUEUE, trust_owner)
-        self._setup(name, mm, serializer, mode)
+        name, mm, mode_now, created = _segment.create_or_open(
+            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner)
+        self._setup(name, mm, serializer, mode_now)
         self._trust_owner = trust_owner
+        if not created:
+            stored = {"maxsize": self.maxsize, "capacity_bytes": self.capacity_bytes,
+                      "max_message_bytes": self.max_message_bytes, "overflow": self.overflow,
+                      "mode": mode_now}
+            wanted = dict(given, maxsize=max(maxsize, 0), capacity_bytes=capacity)
+            differences = [(what, stored[what], wanted[what]) for what in given
+                           if stored[what] != wanted[what]]
+            if serializer is not None and not self._custom_segment:
+                differences.append(("serializer", None, "a custom serializer"))
+            try:
+                check_settings(self._kind_word, name, differences)
+            except ValueError:
+                self.close()
+                raise
+
+    _kind_word = "queue"
 
     @classmethod
     def open(cls, name, *, serializer=None, trust_owner=False):
         """Open an existing queue by name (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue queue, SegmentNotOwned if
-        another user owns it and trust_owner is false)."""
+        SegmentMismatch if it is not a pyqueue queue, or a plain queue
+        opened as a JoinableQueue; SegmentNotOwned if another user owns it
+        and trust_owner is false)."""
         _segment.check_name(name)
         serializer = _check_serializer(serializer)
         mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
@@ -93,7 +158,13 @@ class Queue(_core.RingQueue):
         self._mode = mode
         self._serializer = serializer
         info = _core.segment_info(mm)
-        joinable = bool(info["params"][2 + _core.PARAM_FLAGS] & _FLAG_JOINABLE)
+        flags = info["params"][2 + _core.PARAM_FLAGS]
+        joinable = bool(flags & _FLAG_JOINABLE)
+        self._custom_segment = bool(flags & _core.FLAG_CUSTOM_SERIALIZER)
+        if self._create_flags & _FLAG_JOINABLE and not joinable:
+            mm.close()
+            raise SegmentMismatch(f"queue {name!r} is a plain queue, not a JoinableQueue "
+                                  "(task_done() and join() need a queue created as one)")
         self._attach(mm, serializer, joinable, _oob)
 
     @property
@@ -147,10 +218,26 @@ class JoinableQueue(Queue):
 
 class SimpleQueue(Queue):
     """Unbounded-count queue with put/get/empty/close (like
-    multiprocessing.SimpleQueue)."""
+    multiprocessing.SimpleQueue). Closed, its put, get and empty raise
+    OSError("handle is closed"), as multiprocessing's do."""
 
-    def __init__(self, *, capacity_bytes=DEFAULT_CAPACITY, name=None, serializer=None,
-                 mode=0o600, trust_owner=False):
-        super().__init__(0, capacity_bytes=capacity_bytes, name=name, serializer=serializer,
-                         mode=mode, trust_owner=trust_owner)
+    def __init__(self, *, capacity_bytes=_D_CAPACITY, name=None, serializer=None,
+                 mode=_D_MODE, trust_owner=False):
+        super().__init__(_D_MAXSIZE, capacity_bytes=capacity_bytes, name=name,
+                         serializer=serializer, mode=mode, trust_owner=trust_owner)
 
+    def _check_handle(self):
+        if self._closed:
+            raise OSError("handle is closed")
+
+    def put(self, obj, block=True, timeout=None):
+        self._check_handle()
+        return super().put(obj, block, timeout)
+
+    def get(self, block=True, timeout=None):
+        self._check_handle()
+        return super().get(block, timeout)
+
+    def empty(self):
+        self._check_handle()
+        return super().empty()

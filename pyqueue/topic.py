@@ -3,8 +3,8 @@
 Every subscriber gets every message published after it subscribed, in
 publish order per publisher. See docs/api.md ("Topic") and docs/design.md.
 """
-from pyqueue import _segment, _topic
-from pyqueue.queues import _check_serializer, _round_capacity
+from pyqueue import _core, _segment, _topic
+from pyqueue.queues import _check_serializer, _Default, _round_capacity, _take, check_settings
 
 DEFAULT_CAPACITY = 8 * 1024 * 1024
 _MODES = {"lossless": _topic.LOSSLESS, "lossy": _topic.LOSSY}
@@ -13,8 +13,13 @@ _STARTS = {"latest": 0, "earliest": 1}
 _KIND_TOPIC = 2
 
 
-def _rebuild(name, serializer):
-    return Topic.open(name, serializer=serializer)
+def _rebuild(name, serializer, trust_owner=False):
+    return Topic.open(name, serializer=serializer, trust_owner=trust_owner)
+
+
+_D_CAPACITY = _Default(DEFAULT_CAPACITY)
+_D_MODE = _Default("lossless")
+_D_PERM = _Default(0o600)
 
 
 class Subscription(_topic.SubscriptionCore):
@@ -46,16 +51,23 @@ class Topic(_topic.TopicCore):
     """A multi-process publish-subscribe topic in shared memory.
 
     Topic(name=None, *, capacity_bytes=8 MiB, mode="lossless", serializer=None,
-          perm=0o600)
+          perm=0o600, trust_owner=False)
 
     mode is the delivery mode ("lossless": publishers wait for the slowest
     live subscriber; "lossy": publishers never wait, a lapped subscriber
     skips ahead and counts what it missed in `lost`); perm is the permission
-    mask of the shared-memory segment (Queue's `mode=`).
+    mask of the shared-memory segment (Queue's `mode=`). A topic of another
+    user is refused (SegmentNotOwned) unless trust_owner=True. With the name
+    of an existing topic, the settings passed must be the topic's
+    (ValueError naming what differs).
     """
 
-    def __init__(self, name=None, *, capacity_bytes=DEFAULT_CAPACITY, mode="lossless",
-                 serializer=None, perm=0o600):
+    def __init__(self, name=None, *, capacity_bytes=_D_CAPACITY, mode=_D_MODE,
+                 serializer=None, perm=_D_PERM, trust_owner=False):
+        given = {}
+        capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
+        mode = _take(mode, given, "mode")
+        perm = _take(perm, given, "perm")
         capacity = _round_capacity(capacity_bytes)
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
@@ -67,25 +79,41 @@ class Topic(_topic.TopicCore):
         def init(mm):
             _topic.create_segment(mm, capacity, _MODES[mode], flags)
 
-        name, mm, perm, _ = _segment.create_or_open(name, _topic.segment_size(capacity), perm,
-                                                    init, _KIND_TOPIC)
-        self._setup(name, mm, serializer, perm)
+        name, mm, perm_now, created = _segment.create_or_open(
+            name, _topic.segment_size(capacity), perm, init, _KIND_TOPIC, trust_owner)
+        custom = bool(_core.segment_info(mm)["params"][2] & _topic.FLAG_CUSTOM_SERIALIZER)
+        self._setup(name, mm, serializer, perm_now, trust_owner)
+        if not created:
+            stored = {"capacity_bytes": self.capacity_bytes, "mode": self.mode,
+                      "perm": perm_now}
+            wanted = dict(given, capacity_bytes=capacity)
+            differences = [(what, stored[what], wanted[what]) for what in given
+                           if stored[what] != wanted[what]]
+            if serializer is not None and not custom:
+                differences.append(("serializer", None, "a custom serializer"))
+            try:
+                check_settings("topic", name, differences)
+            except ValueError:
+                self.close()
+                raise
 
     @classmethod
-    def open(cls, name, *, serializer=None):
+    def open(cls, name, *, serializer=None, trust_owner=False):
         """Open an existing topic by name (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue topic)."""
+        SegmentMismatch if it is not a pyqueue topic, SegmentNotOwned if
+        another user owns it and trust_owner is false)."""
         _segment.check_name(name)
         serializer = _check_serializer(serializer)
-        mm, perm = _segment.open_existing(name, _KIND_TOPIC)
+        mm, perm = _segment.open_existing(name, _KIND_TOPIC, trust_owner)
         self = cls.__new__(cls)
-        self._setup(name, mm, serializer, perm)
+        self._setup(name, mm, serializer, perm, trust_owner)
         return self
 
-    def _setup(self, name, mm, serializer, perm):
+    def _setup(self, name, mm, serializer, perm, trust_owner=False):
         self._name = name
         self._perm = perm
         self._serializer = serializer
+        self._trust_owner = trust_owner
         self._attach(mm, serializer)
 
     def subscribe(self, start="latest"):
@@ -109,7 +137,8 @@ class Topic(_topic.TopicCore):
         _segment.unlink(self._name)
 
     def __reduce__(self):
-        return (_rebuild, (self._name, self._serializer))
+        return (_rebuild, (self._name, self._serializer,
+                           self.__dict__.get("_trust_owner", False)))
 
     def __repr__(self):
         state = "closed" if self._closed else "open"

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from pyqueue import _segment, _workq
 from pyqueue.errors import DeliveryExpired, SegmentNotFound
-from pyqueue.queues import _round_capacity
+from pyqueue.queues import _Default, _round_capacity, _take, check_settings
 
 DEFAULT_CAPACITY = 32 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 65536
@@ -117,6 +117,12 @@ class Delivery:
                 f"{self._settled or 'held'}>")
 
 
+def _same_setting(stored, wanted):
+    if isinstance(stored, float) and isinstance(wanted, float):
+        return abs(stored - wanted) < 1e-6  # stored in ns
+    return stored == wanted
+
+
 class WorkQueue(_workq.WorkQueueCore):
     """A multi-process work queue with acknowledgements, in shared memory.
 
@@ -132,12 +138,22 @@ class WorkQueue(_workq.WorkQueueCore):
     for the keys of put(key=...) within dedup_window seconds.
     """
 
-    def __init__(self, name=None, *, capacity_bytes=DEFAULT_CAPACITY,
-                 max_in_flight=DEFAULT_MAX_IN_FLIGHT,
-                 visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
-                 max_deliveries=DEFAULT_MAX_DELIVERIES, dead_letter=None,
-                 dedup_window=DEFAULT_DEDUP_WINDOW, dedup_keys=DEFAULT_DEDUP_KEYS, perm=0o600,
+    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
+                 max_in_flight=_Default(DEFAULT_MAX_IN_FLIGHT),
+                 visibility_timeout=_Default(DEFAULT_VISIBILITY_TIMEOUT),
+                 max_deliveries=_Default(DEFAULT_MAX_DELIVERIES), dead_letter=_Default(None),
+                 dedup_window=_Default(DEFAULT_DEDUP_WINDOW),
+                 dedup_keys=_Default(DEFAULT_DEDUP_KEYS), perm=_Default(0o600),
                  trust_owner=False, _open_only=False):
+        given = {}
+        capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
+        max_in_flight = _take(max_in_flight, given, "max_in_flight")
+        visibility_timeout = _take(visibility_timeout, given, "visibility_timeout")
+        max_deliveries = _take(max_deliveries, given, "max_deliveries")
+        dead_letter = _take(dead_letter, given, "dead_letter")
+        dedup_window = _take(dedup_window, given, "dedup_window")
+        dedup_keys = _take(dedup_keys, given, "dedup_keys")
+        perm = _take(perm, given, "perm")
         capacity = _round_capacity(capacity_bytes)
         slots = self._power_of_two("max_in_flight", max_in_flight, 2)
         dedup = self._power_of_two("dedup_keys", dedup_keys, 0)
@@ -168,11 +184,28 @@ class WorkQueue(_workq.WorkQueueCore):
             _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
                                   max_deliveries or 0, float(dedup_window), dlq_name)
 
-        name, mm, _perm, _ = _segment.create_or_open(
+        name, mm, perm_now, created = _segment.create_or_open(
             name, _workq.segment_size(capacity, slots, dedup), perm, init, _KIND_WORKQ,
             trust_owner, _open_only)
         self._name = name
         self._attach(mm)
+        if not created and given:
+            stored = {"capacity_bytes": self.capacity_bytes, "max_in_flight": self.max_in_flight,
+                      "visibility_timeout": self.visibility_timeout,
+                      "max_deliveries": self.max_deliveries, "dedup_window": self.dedup_window,
+                      "dedup_keys": self.dedup_keys, "perm": perm_now,
+                      "dead_letter": self._user().decode("utf-8") or None}
+            wanted = dict(given, capacity_bytes=capacity,
+                          visibility_timeout=float(visibility_timeout),
+                          dedup_window=float(dedup_window),
+                          dead_letter=dlq_name.decode("utf-8") or None)
+            differences = [(what, stored[what], wanted[what]) for what in given
+                           if not _same_setting(stored[what], wanted[what])]
+            try:
+                check_settings("work queue", name, differences)
+            except ValueError:
+                self.close()
+                raise
         if self._dlq is None and dead_letter is not None and not _open_only:
             self._dlq = self._open_dead_letter(self._user().decode("utf-8"))
 

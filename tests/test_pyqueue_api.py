@@ -617,9 +617,12 @@ def test_named_queue_create_or_open(make_queue):
     q1 = make_queue.Queue(5, name=name, capacity_bytes=RING)
     assert q1.name == name
     assert segment_exists(q1.name)
-    q2 = make_queue.Queue(99, name=name, capacity_bytes=2**20, overflow="reject")
+    # Other settings over an existing queue are refused, naming each one
+    # (tests/test_settings.py); with no settings, or the same ones, it opens.
+    with pytest.raises(ValueError, match="maxsize=5, not 99"):
+        make_queue.Queue(99, name=name, capacity_bytes=2**20, overflow="reject")
+    q2 = make_queue.Queue(name=name)
     assert q2.name == q1.name
-    # The existing parameters win.
     s = q2.stats()
     assert s["maxsize"] == 5
     assert s["capacity_bytes"] == RING
@@ -628,7 +631,7 @@ def test_named_queue_create_or_open(make_queue):
     for i in range(5):
         q2.put(i, block=False)
     with pytest.raises(queue.Full):
-        q2.put("sixth", block=False)  # maxsize 5 from q1, not 99
+        q2.put("sixth", block=False)  # maxsize 5 from q1
     q3 = make_queue.open(name)
     assert q3.get(timeout=WAIT) == 0
     assert q3.stats()["maxsize"] == 5
