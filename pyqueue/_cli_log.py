@@ -1,33 +1,75 @@
 """The Log commands of the `pyqueue` command line (pyqueue/cli.py):
 
     pyqueue tail NAME [--partition P] [--from-beginning] [-n COUNT] [--no-follow] [--json]
+                 [--unpickle]
     pyqueue groups NAME [GROUP...] [--json]
 
 NAME is a memory-mode log's name, or a directory-mode log's directory (a
 path with a '/', or an existing directory).
 """
+import base64
 import datetime
+import inspect
 import json
 import os
+import stat
 import sys
 
-from pyqueue.errors import SegmentNotFound
+from pyqueue.errors import SegmentNotFound, SegmentNotOwned
 
 
-def open_log(name):
+def _dir_owned(path):
+    """Whether a log directory and every file in it are this user's
+    (owned by the effective uid, not writable by group or others, no
+    symbolic links): only then may its pickles be trusted."""
+    me = os.geteuid()
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me or st.st_mode & 0o022:
+            return False
+        for root, dirs, files in os.walk(path):
+            for entry in dirs + files:
+                st = os.lstat(os.path.join(root, entry))
+                if stat.S_ISLNK(st.st_mode) or st.st_uid != me or (
+                        stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def open_log(name, unpickle=False):
+    """The log NAME names, opened for reading. Its pickled values are
+    decoded only when this user owns it (the segment, or the directory and
+    every file in it) or unpickle is true: a pickle runs its writer's code,
+    and an administrator's `pyqueue tail` of another user's log must not
+    run that user's code. Otherwise values stay raw (RawValue)."""
     from pyqueue.log import DirectoryLog, MemoryLog
     if os.sep in name or os.path.isdir(name):
-        return DirectoryLog.open(name)
-    try:
-        return MemoryLog.open(name, trust_owner=True)
-    except SegmentNotFound:
-        raise SegmentNotFound(f"no log named {name!r} in /dev/shm, and no directory "
-                              f"{name!r}") from None
+        trusted = _dir_owned(name)
+        kwargs = {}
+        if "trust_owner" in inspect.signature(DirectoryLog.open).parameters:
+            kwargs["trust_owner"] = not trusted  # reading another user's log is the point
+        log = DirectoryLog.open(name, **kwargs)
+    else:
+        try:
+            log = MemoryLog.open(name)
+            trusted = True
+        except SegmentNotOwned:
+            log = MemoryLog.open(name, trust_owner=True)
+            trusted = False
+        except SegmentNotFound:
+            raise SegmentNotFound(f"no log named {name!r} in /dev/shm, and no directory "
+                                  f"{name!r}") from None
+    log.raw_values = not (trusted or unpickle)
+    return log
 
 
 def _text(v):
     if isinstance(v, bytes):
         return v.decode("utf-8", "backslashreplace")
+    if type(v).__name__ == "RawValue":
+        return f"<{v.type}, not decoded: {v.data!r}>"
     return v if isinstance(v, str) else repr(v)
 
 
@@ -45,11 +87,15 @@ def _json_value(v):
 
 def _line(r, as_json):
     if as_json:
-        return json.dumps({"partition": r.partition, "offset": r.offset,
-                           "timestamp": r.timestamp,
-                           "key": None if r.key is None else _text(r.key),
-                           "value": _json_value(r.value),
-                           "headers": {k: _text(v) for k, v in r.headers.items()}})
+        row = {"partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+               "key": None if r.key is None else _text(r.key),
+               "value": _json_value(r.value),
+               "headers": {k: _text(v) for k, v in r.headers.items()}}
+        if type(r.value).__name__ == "RawValue":  # left encoded: its type and bytes
+            row["value"] = None
+            row["value_type"] = r.value.type
+            row["value_base64"] = base64.b64encode(r.value.data).decode("ascii")
+        return json.dumps(row)
     ts = datetime.datetime.fromtimestamp(r.timestamp / 1000, datetime.timezone.utc)
     key = "-" if r.key is None else _text(r.key)
     return f"{r.partition}\t{r.offset}\t{ts.isoformat(timespec='milliseconds')}\t{key}\t" \
@@ -57,7 +103,7 @@ def _line(r, as_json):
 
 
 def cmd_tail(args):
-    log = open_log(args.name)
+    log = open_log(args.name, args.unpickle)
     try:
         parts = list(range(log.partitions)) if args.partition is None else [args.partition]
         for p in parts:
@@ -136,7 +182,8 @@ def add_parsers(sub):
         description="Print the records of a log (all partitions, or one) as they are "
                     "appended: partition, offset, timestamp, key, value. Reads without "
                     "joining any consumer group. NAME: a memory-mode log's name or a "
-                    "directory-mode log's directory.")
+                    "directory-mode log's directory. Pickled values of a log this user "
+                    "does not own are not unpickled unless --unpickle is given.")
     tail.add_argument("name", metavar="NAME")
     tail.add_argument("--partition", "-p", type=int, default=None, metavar="P")
     tail.add_argument("--from-beginning", action="store_true",
@@ -146,6 +193,11 @@ def add_parsers(sub):
     tail.add_argument("--no-follow", action="store_true",
                       help="exit at the end instead of waiting for more")
     tail.add_argument("--json", action="store_true", help="one JSON object a line")
+    tail.add_argument("--unpickle", "--trust", dest="unpickle", action="store_true",
+                      help="decode pickled values of a log this user does not own (a pickle "
+                           "runs code of whoever wrote it: only for a writer you trust). "
+                           "Without it such values are shown undecoded: their type and "
+                           "bytes")
     tail.set_defaults(func=cmd_tail)
     groups = sub.add_parser(
         "groups", help="consumer groups of a log: committed offsets and lag",

@@ -376,11 +376,34 @@ cdef dict _decode_headers(bytes blob):
     return out
 
 
-cdef object _decode_value(uint8_t typ, bytes vb):
+class RawValue:
+    """A record value left encoded: what a handle with raw_values set
+    (`pyqueue tail` of a log this user does not own) returns instead of
+    unpickling. type: the record's type name ("pickle", or "type N");
+    data: its bytes."""
+    __slots__ = ("type", "data")
+
+    def __init__(self, type, data):
+        self.type = type
+        self.data = data
+
+    def __eq__(self, other):
+        return (isinstance(other, RawValue) and self.type == other.type
+                and self.data == other.data)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"RawValue({self.type!r}, {self.data!r})"
+
+
+cdef object _decode_value(uint8_t typ, bytes vb, bint raw=False):
     if typ == T_BYTES:
         return vb
     if typ == T_STR:
         return vb.decode("utf-8", "surrogatepass")
+    if raw:  # never unpickled: whoever wrote it may not be trusted
+        return RawValue("pickle" if typ == T_PICKLE else f"type {typ}", vb)
     if typ == T_PICKLE:
         return _loads_p(vb)
     raise SegmentMismatch(f"unknown record type {typ}")
@@ -418,6 +441,9 @@ cdef class LogCoreBase:
     cdef uint32_t _nparts
     cdef uint64_t _max_record   # the largest key + headers + value bytes
     cdef readonly bint _closed
+    # Set by `pyqueue tail` for a log it does not own: pickled values come
+    # back as RawValue, never unpickled.
+    cdef public bint raw_values
     cdef pq_log_record _recs[BATCH_MAX]
     cdef uint32_t _rr           # the next keyless partition
     cdef unsigned long _rr_gen  # _fork_generation when _rr was seeded
@@ -568,7 +594,7 @@ cdef class LogCoreBase:
             r = &self._recs[i]
             vb = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
             if decode:
-                v = _decode_value(r.type, vb)
+                v = _decode_value(r.type, vb, self.raw_values)
                 h = {} if r.headers_len == 0 else _decode_headers(
                     PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len))
             else:
@@ -592,7 +618,7 @@ cdef class LogCoreBase:
                 hb = rec[5]
                 out[first + i] = _new_record(
                     make, rec[0], rec[1], rec[2], rec[3],
-                    _decode_value(self._recs[i].type, rec[4]),
+                    _decode_value(self._recs[i].type, rec[4], self.raw_values),
                     hb if type(hb) is dict else _decode_headers(hb))
         return 0
 

@@ -32,8 +32,12 @@ def _align(n):
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
+def _token():
+    return secrets.token_hex(8)
+
+
 def new_name(queue):
-    return f"{queue._shm_name}.oob-{os.getpid()}-{secrets.token_hex(8)}"
+    return f"{queue._shm_name}.oob-{os.getpid()}-{_token()}"
 
 
 def _create(queue):

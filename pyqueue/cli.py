@@ -602,10 +602,28 @@ def main(argv=None):
     _cli_log.add_parsers(sub)
     args = p.parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
     except PyQueueError as e:
         print(f"pyqueue {args.cmd}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _broken_pipe():
+    """The reader of stdout went away (`pyqueue ls --json | head`): stop
+    quietly, as a command killed by SIGPIPE would, with its exit status
+    128 + SIGPIPE. stdout is pointed at /dev/null so that the interpreter's
+    last flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":

@@ -430,18 +430,34 @@ def test_custom_serializer_queue_refuses_to_unpickle(pyqueue_mod, core, make_que
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("typ", [T_PICKLE, T_PICKLE_BUFFERS], ids=["pickle", "pickle5-buffers"])
 def test_custom_serializer_queue_refuses_out_of_band_pickle(pyqueue_mod, core, make_queue,
-                                                           tmp_path):
+                                                           tmp_path, typ):
     """An out-of-band pickle record on a custom-serializer queue is refused
-    too (here its reference names no segment at all)."""
+    before its reference is followed. The reference names a segment that
+    exists, is this queue's own out-of-band segment (the right name and
+    owner) and holds a pickle that would run code: only the refusal in
+    _core.pyx (_decode_finish) stands between the record and the code."""
     marker = tmp_path / "ran"
     name = make_queue.unique_name("json")
     q = make_queue.Queue(capacity_bytes=RING, name=name, serializer=_json_serializer())
-    ref = struct.pack("<Q", 100) + ("/pyqueue.%s.oob-1-999999" % name).encode()
-    _inject(core, name, ref, T_PICKLE | T_OOB)
-    with pytest.raises(Exception) as info:
+    payload = pickle.dumps(_RunsCode("touch '%s'" % marker))
+    if typ == T_PICKLE_BUFFERS:
+        payload = struct.pack("<IIQ", 0, 0, len(payload)) + payload
+    oob = "%s.oob-%d-%s" % (posix_name(name), os.getpid(), "5a" * 8)
+    fd = os.open("/dev/shm" + oob, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, payload)
+    finally:
+        os.close(fd)
+    _inject(core, name, struct.pack("<Q", len(payload)) + oob.encode(), typ | T_OOB)
+    q.put({"after": "it"})
+    with pytest.raises(pyqueue_mod.PyQueueError,
+                       match="refusing to unpickle: this queue uses a custom serializer"):
         q.get(timeout=5)
-    assert not isinstance(info.value, (AssertionError, SystemError)), info.value
+    assert not marker.exists()
+    # The queue goes on: the refused record is gone, the next one is fine.
+    assert q.get(timeout=5) == {"after": "it"}
     assert not marker.exists()
 
 

@@ -458,6 +458,36 @@ def test_gc_out_of_band_segments_of_killed_producer(ctx, names):
 
 
 @needs_faults
+def test_gc_out_of_band_segment_of_sigkilled_producer(ctx, procs, names):
+    """A real producer SIGKILLed with a large message whose out-of-band
+    segment it has made and whose reference it has not put yet (stopped at
+    the after_claim fault point of the reference record, then killed). Its
+    segment is kept within the grace period and while the producer could
+    still put the reference; once the producer is dead and the grace period
+    over, gc removes it, and the queue goes on."""
+    import pyqueue
+    from tests import _crash_workers as W
+
+    name = names()
+    q = pyqueue.Queue(name=name, capacity_bytes=CAP)
+    prefix = f"pyqueue.{name}.oob-"
+    p = start_stopped(procs, ctx, W.armed_put, q, "after_claim", [os.urandom(3 * CAP)])
+    made = [e for e in list_pyqueue_segments() if e.startswith(prefix)]
+    assert len(made) == 1 and made[0].startswith(f"{prefix}{p.pid}-"), made
+    oob = made[0]
+    assert gc_json("--oob-grace", "0", name) == {}   # its producer is alive (stopped)
+    kill_stopped(p)
+    assert gc_json(name) == {}                       # within the grace period
+    assert exists(oob)
+    plan = gc_json("--oob-grace", "0", name)
+    assert set(plan) == {oob}, plan
+    assert f"producer pid {p.pid} is dead" in plan[oob]["reason"]
+    assert not exists(oob)
+    q.put(b"after")                                  # the killed claim is repaired
+    assert q.get(timeout=WAIT) == b"after"
+
+
+@needs_faults
 def test_gc_out_of_band_segment_of_consumer_killed_after_taking_it(ctx, procs, names):
     """A consumer SIGKILLed after it took a large message and before it
     removed the message's segment: the reference is left in the read part of
