@@ -42,13 +42,14 @@ cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
     """Absolute CLOCK_MONOTONIC deadline in ns of a blocking call's
     (block, timeout): -1 = none, 0 = do not wait (also for a negative
     timeout, as multiprocessing does)."""
+    if timeout is None:
+        return -1 if block else 0
+    # A C double conversion, as multiprocessing's SemLock.acquire does: a
+    # str (or other non-number) is a TypeError, never parsed, with or
+    # without block.
+    cdef double t = timeout
     if not block:
         return 0
-    if timeout is None:
-        return -1
-    # A C double conversion, as multiprocessing's SemLock.acquire does: a
-    # str (or other non-number) is a TypeError, never parsed.
-    cdef double t = timeout
     if t != t:
         raise ValueError("'timeout' must be a number, not NaN")
     if t <= 0:

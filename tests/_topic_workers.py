@@ -26,3 +26,10 @@ def child_reads_pickled(topic, out):
     sub = topic.subscribe("earliest")
     out.put([sub.get(timeout=10) for _ in range(3)])
     sub.close()
+
+
+def hoard_subscriptions(topic, n, ready):
+    """Take n subscriptions and hold them (until SIGKILLed)."""
+    subs = [topic.subscribe() for _ in range(n)]
+    ready.put(len(subs))
+    signal.pause()

@@ -127,3 +127,131 @@ def test_stats_and_ls_of_a_work_queue():
     finally:
         q.unlink()
         q.close()
+
+
+# -- issue 9, item 2: the CLI never unpickles another user's data unasked ---------------
+
+class _TouchesMarker:
+    """Unpickling it creates a directory: the marker of code run by a pickle."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (self.path,))
+
+
+def _give_away(lg, name):
+    """Make the log another user's (nobody's): its segment, or its
+    directory and every file in it."""
+    import os
+    if lg.path is None:
+        os.chown("/dev/shm/pyqueue." + name, 65534, 65534)
+        return
+    for root, dirs, files in os.walk(name):
+        for entry in dirs + files:
+            os.lchown(os.path.join(root, entry), 65534, 65534)
+    os.chown(name, 65534, 65534)
+
+
+def _own_again(lg, name):
+    import os
+    if lg.path is None:
+        os.chown("/dev/shm/pyqueue." + name, 0, 0)
+        return
+    for root, dirs, files in os.walk(name):
+        for entry in dirs + files:
+            os.lchown(os.path.join(root, entry), 0, 0)
+    os.chown(name, 0, 0)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0,
+                    reason="needs root to give a log to another user (os.chown)")
+def test_tail_of_another_users_log_shows_pickles_raw(log, tmp_path):
+    import base64
+    import os
+    import pickle
+    lg, name = log
+    marker = tmp_path / "pickle-ran"
+    crafted = pickle.dumps(_TouchesMarker(str(marker)), protocol=5)
+    lg._append(0, [b"raw bytes", "text", _TouchesMarker(str(marker))], None, None,
+               1_700_000_000_000)
+    assert not marker.exists()
+    _give_away(lg, name)
+    try:
+        rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0")
+        assert rc == 0, err
+        values = [line.split("\t")[-1] for line in out.splitlines()]
+        assert values[:2] == ["raw bytes", "text"]         # bytes and str: shown as they are
+        assert values[2] == f"<pickle, not decoded: {crafted!r}>"
+        assert not marker.exists()
+        rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0",
+                           "--json")
+        assert rc == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["value"] for r in rows[:2]] == ["raw bytes", "text"]
+        assert rows[2]["value"] is None and rows[2]["value_type"] == "pickle"
+        assert base64.b64decode(rows[2]["value_base64"]) == crafted
+        assert not marker.exists()
+        # Asked for: decoded (and the pickle runs, as the user said to trust it).
+        rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0",
+                           "--unpickle")
+        assert rc == 0, err
+        assert marker.exists()
+        os.rmdir(marker)
+        rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0",
+                           "--trust", "-n", "3")
+        assert rc == 0 and marker.exists(), err
+    finally:
+        _own_again(lg, name)
+
+
+def test_tail_of_own_log_decodes_pickles(log, tmp_path):
+    lg, name = log
+    marker = tmp_path / "pickle-ran"
+    lg._append(0, [_TouchesMarker(str(marker))], None, None, 1_700_000_000_000)
+    rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0")
+    assert rc == 0, err
+    assert marker.exists()        # this user's own log: its pickles are this user's
+
+
+# -- issue 9, item 17: a reader that goes away -----------------------------------------
+
+@pytest.mark.parametrize("argv", [["ls", "--json"], ["ls"], ["gc", "--dry-run", "--json"]],
+                         ids=["ls-json", "ls", "gc-json"])
+def test_closed_pipe_is_quiet(argv):
+    """`pyqueue ls --json | head`: the reader closes the pipe before the
+    command writes. No traceback, the exit status of a command killed by
+    SIGPIPE (128 + 13)."""
+    import os
+    lg = Log(name=unique_name("pipe"))   # something to list
+    r, w = os.pipe()
+    os.close(r)                          # the reader is gone before any write
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pyqueue", *argv, "pqtest-*"], stdout=w,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+        lg.unlink()
+        lg.close()
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == 141
+
+
+def test_pipe_closed_by_head():
+    """The same through a real `head -c 1` that exits after one byte."""
+    import os
+    made = [Log(name=unique_name("pipe")) for _ in range(3)]
+    try:
+        cmd = f"{sys.executable} -m pyqueue ls --json 'pqtest-*' | head -c 1"
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    finally:
+        for lg in made:
+            lg.unlink()
+            lg.close()
+    assert proc.stdout == "["
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141)

@@ -446,3 +446,38 @@ def test_simplequeue_across_processes(impl_ctx, procs):
     p.join(WAIT)
     assert p.exitcode == 0
     assert got == items
+
+
+def test_simplequeue_after_close_raises_oserror(impl):
+    """multiprocessing.SimpleQueue closes its pipe: put, get and empty raise
+    OSError("handle is closed") (not ValueError, and empty() does not say
+    True); a second close() is harmless."""
+    q = impl.SimpleQueue()
+    q.put("left")
+    q.close()
+    for op in (lambda: q.put("y"), q.get, q.empty):
+        with pytest.raises(OSError, match="handle is closed") as info:
+            op()
+        assert not isinstance(info.value, ValueError)
+    q.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("timeout", ["0.1", b"1", [1]], ids=["str", "bytes", "list"])
+def test_non_number_timeout_is_typeerror(impl, kind, timeout):
+    """A timeout that is not a number is a TypeError, never parsed (as
+    multiprocessing's SemLock and deadline arithmetic do), whether or not
+    the call would have waited, with block=False too."""
+    q = make(impl, kind)
+    with pytest.raises(TypeError):
+        q.put("x", timeout=timeout)
+    with pytest.raises(TypeError):
+        q.get(timeout=timeout)
+    with pytest.raises(TypeError):
+        q.put("x", False, timeout)
+    with pytest.raises(TypeError):
+        q.get(False, timeout)
+    q.put("z")
+    with pytest.raises(TypeError):
+        q.get(True, timeout)   # even with a message waiting
+    assert q.get(timeout=WAIT) == "z"

@@ -234,3 +234,56 @@ def test_model(mode, ops):
     finally:
         t.close()
         t.unlink()
+
+
+# -- issue 9, item 17 -----------------------------------------------------------------
+
+def test_subscribe_reclaims_slots_of_sigkilled_subscribers(ctx, procs, topics):
+    """Every one of the 64 slots held by subscriber processes that were
+    SIGKILLed (so never closed): subscribe() frees the dead ones' slots
+    (pid + start time) and gets one. Slots of live subscribers are kept."""
+    t = topics(capacity_bytes=SMALL)
+    ready = ctx.Queue()
+    dead = [procs.start(ctx, w.hoard_subscriptions, t, n, ready) for n in (40, 24)]
+    assert sorted(ready.get(timeout=30) for _ in dead) == [24, 40]
+    assert t.stats()["subscribers"] == 64
+    for p in dead:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+    mine = [t.subscribe() for _ in range(63)]            # 64 dead slots: reclaimed
+    live = procs.start(ctx, w.hoard_subscriptions, t, 1, ready)
+    assert ready.get(timeout=30) == 1                    # a live one holds the last
+    with pytest.raises(pyqueue.PyQueueError, match="held by live subscribers"):
+        t.subscribe()
+    t.publish("to all")
+    assert all(s.get(timeout=5) == "to all" for s in mine)
+    mine.pop().close()
+    s = t.subscribe()                                    # a closed slot is free again
+    live.kill()
+    live.join(30)
+    s2 = t.subscribe()                                   # and so is the dead one's
+    for x in mine + [s, s2]:
+        x.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a segment to another user")
+def test_topic_trust_owner(topics):
+    """A topic of another user is refused unless trust_owner=True, which the
+    error message names, and which Topic(), Topic.open() and a pickled
+    Topic carry."""
+    t = topics(capacity_bytes=SMALL)
+    os.chown("/dev/shm/pyqueue." + t.name, 65534, 65534)
+    for refused in (lambda: Topic(t.name), lambda: Topic.open(t.name),
+                    lambda: pickle.loads(pickle.dumps(t))):
+        with pytest.raises(pyqueue.SegmentNotOwned, match="trust_owner=True"):
+            refused()
+    t2 = Topic(t.name, trust_owner=True)
+    t3 = Topic.open(t.name, trust_owner=True)
+    t4 = pickle.loads(pickle.dumps(t3))
+    sub = t4.subscribe()
+    t2.publish("shared on purpose")
+    assert sub.get(timeout=5) == "shared on purpose"
+    sub.close()
+    for x in (t2, t3, t4):
+        x.close()
