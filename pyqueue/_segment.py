@@ -251,7 +251,11 @@ def unlink(name, listing=None):
     this prefix that may not be removed (another user's, planted in the
     sticky /dev/shm) is not this queue's: it is left alone. The queue's own
     segment that may not be removed raises PermissionError."""
-    existed = shm_unlink(shm_name(name))
+    error = None
+    try:
+        existed = shm_unlink(shm_name(name))
+    except OSError as e:  # its out-of-band segments go all the same
+        error, existed = e, True
     prefix = PREFIX + name + ".oob-"
     if listing is None:
         listing = _shm_listing()
@@ -261,6 +265,8 @@ def unlink(name, listing=None):
                 shm_unlink("/" + f)
             except OSError:
                 pass
+    if error is not None:
+        raise error
     return existed
 
 

@@ -203,6 +203,22 @@ def test_tail_of_another_users_log_shows_pickles_raw(log, tmp_path):
         rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0",
                            "--trust", "-n", "3")
         assert rc == 0 and marker.exists(), err
+        os.rmdir(marker)
+        # Only one part another user's: the segment files of a directory
+        # log this user owns, or the directory around files this user owns.
+        _own_again(lg, name)
+        parts = [name] if lg.path is not None else ["/dev/shm/pyqueue." + name]
+        if lg.path is not None:
+            parts.append(os.path.join(name, "partition-0"))
+            parts.append(os.path.join(name, "partition-0", os.listdir(
+                os.path.join(name, "partition-0"))[0]))
+        for part in parts:
+            os.lchown(part, 65534, 65534)
+            rc, out, err = cli("tail", name, "--from-beginning", "--no-follow", "-p", "0")
+            assert rc == 0, err
+            assert out.splitlines()[2].endswith("<pickle, not decoded: %r>" % crafted), part
+            assert not marker.exists()
+            os.lchown(part, 0, 0)
     finally:
         _own_again(lg, name)
 

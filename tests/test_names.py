@@ -254,7 +254,7 @@ def make_three_and_exit(conn, go, drop_to):
         os._exit(3)
 
 
-OBSTACLES = ["directory"] + (["other-user"] if os.geteuid() == 0 else [])
+OBSTACLES = ["directory"] + (["other-user", "replaced"] if os.geteuid() == 0 else [])
 
 
 @pytest.mark.parametrize("obstacle", OBSTACLES)
@@ -262,9 +262,11 @@ def test_exit_cleanup_goes_on_past_a_segment_it_may_not_remove(ctx, procs, obsta
     """Three unnamed queues; under the second one's prefix sits an
     out-of-band name the exiting process may not remove (a directory, which
     unlink() refuses to anyone; or, as root, a file of root's in the sticky
-    /dev/shm while the process runs as nobody). The cleanup removes all
-    three queues and their own out-of-band segments all the same."""
-    drop_to = 65534 if obstacle == "other-user" else None
+    /dev/shm while the process runs as nobody), or ("replaced") the second
+    queue's own name is now a file of root's that the process, running as
+    nobody, may not remove. The cleanup removes everything else: all three
+    queues (but a replaced one) and their out-of-band segments."""
+    drop_to = None if obstacle == "directory" else 65534
     r, w = ctx.Pipe(duplex=False)
     go = ctx.Event()
     p = procs.start(ctx, make_three_and_exit, w, go, drop_to)
@@ -273,11 +275,15 @@ def test_exit_cleanup_goes_on_past_a_segment_it_may_not_remove(ctx, procs, obsta
     names = r.recv()
     assert len(names) == 3
     obstacle_entry = f"pyqueue.{names[1]}.oob-1-{'0' * 16}"
+    if obstacle == "replaced":
+        obstacle_entry = f"pyqueue.{names[1]}"
     path = os.path.join(SHM_DIR, obstacle_entry)
     try:
         if obstacle == "directory":
             os.mkdir(path, 0o700)
         else:
+            if obstacle == "replaced":
+                os.unlink(path)
             _plant(obstacle_entry, owner=0)
         assert all(len(_mine(n)) == 2 for n in (names[0], names[2]))
         go.set()
