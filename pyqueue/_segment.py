@@ -188,7 +188,10 @@ def open_existing(name, kind, trust_owner=False):
     _OPEN_WAIT_S for a creator that is still initializing it. A segment
     owned by another user is refused unless trust_owner: names are
     predictable, and a squatter's segment would feed this process pickles."""
-    fd = shm_open(shm_name(name))
+    try:
+        fd = shm_open(shm_name(name))
+    except SegmentNotFound:
+        raise SegmentNotFound(f"no pyqueue segment named {name!r}") from None
     try:
         owner = os.fstat(fd).st_uid
         if not trust_owner and owner != os.geteuid():

@@ -227,7 +227,11 @@ class WorkQueue(_workq.WorkQueueCore):
         try:
             return WorkQueue.open(name)
         except SegmentNotFound:
+            pass
+        try:
             return WorkQueue(name=name, capacity_bytes=self.capacity_bytes, max_deliveries=None)
+        except ValueError:  # made meanwhile by another process, with its settings
+            return WorkQueue.open(name)
 
     @property
     def dead_letter(self):
