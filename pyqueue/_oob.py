@@ -23,8 +23,10 @@ _REF = struct.Struct("<Q")
 _ALIGN = 16
 # "<queue>.oob-<pid>-<16 hex digits>": the pid tells `pyqueue gc` whose it
 # is; the 64 random bits make the name impossible to guess, so that another
-# user cannot plant it first (and a collision is retried anyway).
-_SUFFIX_RE = re.compile(r"[0-9]{1,10}-[0-9a-f]{16}")
+# user cannot plant it first (and a collision is retried anyway). A
+# reference in the form of earlier versions ("<pid>-<counter>") is still
+# one of this queue's names, and is read.
+_SUFFIX_RE = re.compile(r"[0-9]{1,10}-(?:[0-9a-f]{16}|[0-9]{1,20})")
 _CREATE_TRIES = 8
 
 

@@ -274,7 +274,7 @@ def ring_references(queue_entry):
     it died first). Reads the file (skipping holes), never maps it. None
     when unreadable or not a queue."""
     prefix = ("/" + queue_entry + ".oob-").encode()
-    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16})")
+    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16}|[0-9]+)")  # now, and before
     overlap = len(prefix) + 48
     unread, taken = set(), set()
     try:

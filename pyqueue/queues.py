@@ -131,12 +131,10 @@ class Queue(_core.RingQueue):
             if serializer is not None and not self._custom_segment:
                 differences.append(("serializer", None, "a custom serializer"))
             try:
-                check_settings(self._kind_word, name, differences)
+                check_settings("queue", name, differences)
             except ValueError:
                 self.close()
                 raise
-
-    _kind_word = "queue"
 
     @classmethod
     def open(cls, name, *, serializer=None, trust_owner=False):

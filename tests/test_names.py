@@ -189,18 +189,15 @@ def test_planted_out_of_band_name_is_retried(make_queue, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another user")
-def test_other_users_segment_errors_are_oserrors(make_queue):
+def test_other_users_segment_errors_are_oserrors(ctx):
     """A segment another user made with mode 0600 under a name this process
     opens or removes: PermissionError (an OSError) with the segment's name,
     never posix_ipc's exceptions. (Root is refused nothing by the kernel,
     so the opener drops to uid nobody for the check, in a child.)"""
-    import multiprocessing
-
     name = unique_name("perm")
     path = _plant("pyqueue." + name, b"x" * 4096)
     os.chmod(path, 0o600)
     try:
-        ctx = multiprocessing.get_context("fork")
         r, w = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_open_as_nobody, args=(name, w))
         p.start()
