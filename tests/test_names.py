@@ -12,8 +12,6 @@ Workers live in this module: spawn children import it as tests.test_names.
 """
 import os
 import re
-import signal
-import stat
 
 import pytest
 
