@@ -155,10 +155,14 @@ def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=Fa
     process exits. A name: made with `init` (unless open_only), or opened
     (validated as `kind`) when it exists already."""
     if name is None:
-        name = unique_name()
-        mm = create(name, size, perm, init)
-        own(name)
-        return name, mm, perm, True
+        for _ in range(8):  # 64 random bits: a name taken is someone's plant
+            name = unique_name()
+            mm = create(name, size, perm, init)
+            if mm is not None:
+                own(name)
+                return name, mm, perm, True
+        raise FileExistsError(errno.EEXIST, "cannot create an unnamed segment: 8 random "
+                              "names were all taken")
     check_name(name)
     mm = None if open_only else create(name, size, perm, init)
     if mm is not None:

@@ -344,3 +344,27 @@ def test_wrong_kind_names_both_kinds(made, asked, cleanup_names):
     finally:
         h.unlink()
         h.close()
+
+
+def test_planted_unnamed_queue_name_is_retried(monkeypatch):
+    """The name an unnamed queue draws exists already (planted): another
+    one is drawn; the planted file is left alone."""
+    import pyqueue
+    from pyqueue import _segment
+
+    taken = f"anon-{os.getpid()}-{'ab' * 8}"
+    fresh = f"anon-{os.getpid()}-{'cd' * 8}"
+    path = _plant("pyqueue." + taken)
+    draws = iter([taken, fresh])
+    monkeypatch.setattr(_segment, "unique_name", lambda: next(draws))
+    try:
+        q = pyqueue.Queue(capacity_bytes=CAP)
+        assert q.name == fresh
+        q.put("ok")
+        assert q.get(timeout=WAIT) == "ok"
+        q.close()
+        q.unlink()
+        with open(path, "rb") as f:
+            assert f.read() == b"planted"
+    finally:
+        os.unlink(path)
