@@ -208,7 +208,8 @@ def test_parameters_and_errors(tmp_path):
     assert same.partitions == 2 and same.fsync == "interval"
     same.close()
     for bad in ({"fsync": "sometimes"}, {"segment_bytes": 100}, {"partitions": 0},
-                {"retention_ms": 0}, {"perm": 0o600}, {"fsync_interval": -1}):
+                {"retention_ms": 0}, {"perm": 0o1777}, {"perm": 0o400}, {"perm": "0o600"},
+                {"fsync_interval": -1}):
         with pytest.raises(ValueError):
             Log(path=tmp_path / "other", **bad)
     with pytest.raises(ValueError):
