@@ -560,7 +560,12 @@ cdef class DirLogCore(LogCoreBase):
                         return out
                     missing += 1
                     if missing > 3:
-                        raise self._missing(partition, offset, offset, next_base)
+                        try:
+                            h = m.index_header()
+                        except CorruptRecord:
+                            h = None
+                        first = offset if h is None else min(offset, m.base_offset + h["records"])
+                        raise self._missing(partition, offset, first, next_base)
                     self._forget_bases(partition)
                     continue
                 offset = next_base  # nothing more in that segment

@@ -52,7 +52,7 @@ def dir_mode(perm):
 # ---- files, never through a link ----------------------------------------
 
 def _refuse(path, why):
-    return PermissionError(errno.EPERM, f"{path}: {why}: refused", str(path))
+    return PermissionError(errno.EPERM, f"refused: {why}", str(path))
 
 
 def open_file(file_path, flags, perm=FILE_PERM):
@@ -305,6 +305,10 @@ def create_segment(path, p, base, segment_bytes, perm=FILE_PERM):
     m = _log.SegmentMap(data, index, base, dpath, True)
     try:
         m.index_init()
+        for target in (ipath, dpath):  # a leftover of ours is replaced; a link is not ours
+            if os.path.islink(target):
+                raise _refuse(target, "is a symbolic link (a log's files are never followed "
+                                      "through links)")
         os.rename(ipath + ".new", ipath)
         os.rename(dpath + ".new", dpath)
     except BaseException:
@@ -450,6 +454,31 @@ def read_index_header(path, p, base):
         return None
 
 
+def data_end(path, p, base):
+    """Where the last data of a segment's data file ends (SEEK_DATA /
+    SEEK_HOLE): past it the sparse file is a hole, all zeros. Recovery
+    reads no further: on tmpfs even reading a hole through a shared mapping
+    takes a page, and on a full disk that is a SIGBUS."""
+    try:
+        fd = open_file(segment_path(path, p, base), os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        end = pos = 0
+        while True:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data past pos
+                    return end
+                if e.errno == errno.EINVAL:  # no SEEK_DATA here: all of it
+                    return os.fstat(fd).st_size
+                raise
+            end = pos = os.lseek(fd, start, os.SEEK_HOLE)
+    finally:
+        os.close(fd)
+
+
 def data_size(path, p, base):
     try:
         return os.lstat(segment_path(path, p, base)).st_size
@@ -536,7 +565,7 @@ def _segment_end_offset(path, p, base):
             h = None
         if h is not None and h["end_pos"] <= m.data_size:
             return base + h["records"]
-        return m.scan(m.data_size, False)[0][1]
+        return m.scan(min(m.data_size, data_end(path, p, base)), False)[0][1]
     except SegmentMismatch:
         return base
     finally:
@@ -573,13 +602,14 @@ def _recover_closed(path, p, base, next_base, report, perm):
             h = None
         if h is not None and h["end_pos"] <= m.data_size:
             return h["end_pos"], base + h["records"]
-        cursor, torn = m.scan(m.data_size, m.has_index)
+        limit = min(m.data_size, data_end(path, p, base))
+        cursor, torn = m.scan(limit, m.has_index)
         end, next_offset = cursor[0], cursor[1]
         if next_offset > next_base:
             raise CorruptRecord(f"{segment_path(path, p, base)}: its records run past offset "
                                 f"{next_base}, where the next segment starts",
                                 path=segment_path(path, p, base), partition=p)
-        dirty = m.dirty_bytes(end, m.data_size)
+        dirty = m.dirty_bytes(end, limit)
         entry = {"partition": p, "segment": base, "truncated_bytes": dirty,
                  "torn_records": int(torn)}
         entry.update(_damage(m, path, p, base, end, dirty, next_offset, perm))
@@ -657,9 +687,10 @@ def recover_partition(path, p, segment_bytes, old, report, perm=FILE_PERM, trust
             file_bytes = segment_bytes
             m = create_segment(path, p, last, segment_bytes, perm)
         m.index_init()
-        cursor, torn = m.scan(segment_bytes, True)
+        limit = min(m.data_size, data_end(path, p, last))
+        cursor, torn = m.scan(limit, True)
         end = cursor[0]
-        dirty = m.dirty_bytes(end, m.data_size)
+        dirty = m.dirty_bytes(end, limit)
         entry = {"partition": p, "segment": last, "truncated_bytes": dirty,
                  "torn_records": int(torn)}
         entry.update(_damage(m, path, p, last, end, dirty, cursor[1], perm))

@@ -304,7 +304,9 @@ class DirectoryLog(Log, _log.DirLogCore):
                 pass
         # Whoever can write the directory can plant links and files in it
         # (its group: checked against the log's perm once log.json is read).
-        _logdir.check_dir(path, trust_owner, 0o020 if perm is None else perm)
+        exists = os.path.lexists(os.path.join(path, _logdir.META))
+        _logdir.check_dir(path, trust_owner, perm if perm is not None else
+                          0o020 if exists else _logdir.FILE_PERM)
         if _open_only and _logdir.read_meta(path) is None:
             raise SegmentNotFound(f"no pyqueue log in {path!r}")
         with _logdir.OpenLock(path, _logdir.FILE_PERM if perm is None else perm):
@@ -317,6 +319,7 @@ class DirectoryLog(Log, _log.DirLogCore):
                         "fsync": fsync or "never",
                         "fsync_interval": float(fsync_interval or DEFAULT_FSYNC_INTERVAL),
                         "perm": _logdir.FILE_PERM if perm is None else perm}
+                _logdir.check_dir(path, trust_owner, meta["perm"])
                 _logdir.create_layout(path, meta, meta["perm"], trust_owner)
             else:
                 meta.setdefault("perm", _logdir.FILE_PERM)  # logs made before perm=
