@@ -282,15 +282,60 @@ class _Model:
         self.parts = [[] for _ in range(partitions)]
 
 
+def _active_tail(path, p):
+    """(segment file, [record positions], end) of partition p's active
+    (last) segment."""
+    seg = os.path.join(_logdir.partition_dir(path, p), segment_files(path, p)[-1])
+    with open(seg, "rb") as f:
+        data = f.read()
+    pos, out = 0, []
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        if size == 0:
+            break
+        out.append(pos)
+        pos += -(-size // 8) * 8
+    return seg, out, pos
+
+
+def _tear(path, p, how, model):
+    """With the log closed, do to partition p's active segment what a
+    writer that died leaves: "tail" writes half a record after the last
+    one (a header-less copy: the model keeps everything); "cut" damages
+    the last record (its write never finished: the model loses it). False
+    when there is nothing to tear (an empty active segment)."""
+    seg, positions, end = _active_tail(path, p)
+    with open(seg, "r+b") as f:
+        if how == "tail":
+            room = os.path.getsize(seg) - end
+            if room < 16:
+                return False
+            f.seek(end + 8)  # a value copied in, its header not yet written
+            f.write(b"\xa5" * min(300, room - 8))
+            return True
+        if not positions:
+            return False
+        f.seek(positions[-1] + 16)  # the timestamp: covered by the CRC
+        b = f.read(1)
+        f.seek(positions[-1] + 16)
+        f.write(bytes([b[0] ^ 0xFF]))
+    model[p].pop()
+    return True
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(0, 1), st.binary(max_size=1500)),
     st.tuples(st.just("many"), st.integers(0, 1), st.lists(st.binary(max_size=300), max_size=20)),
     st.tuples(st.just("reopen"), st.just(0), st.just(b"")),
+    st.tuples(st.just("tear"), st.integers(0, 1), st.sampled_from(["tail", "cut"])),
 ), max_size=60))
 def test_model(tmp_path_factory, ops):
     """A list per partition: every append is readable at its offset, across
-    rolls and reopens (each reopen here is alone: it recovers)."""
+    rolls and reopens (each reopen here is alone: it recovers), and across
+    torn logs (a tail left by a writer that died, or its last record cut):
+    the reopen reports the truncation, keeps nothing aside (a tail is not
+    damage) and the log is the model, less a cut record."""
     path = str(tmp_path_factory.mktemp("m") / "log")
     lg = Log(path=path, partitions=2, segment_bytes=SEG)
     model = [[], []]
@@ -304,10 +349,21 @@ def test_model(tmp_path_factory, ops):
                     assert lg._append(p, list(v), None, None, 0) == list(
                         range(len(model[p]), len(model[p]) + len(v)))
                     model[p].extend(v)
-            else:
+            elif op == "reopen":
                 lg.close()
                 lg = Log.open(path)
                 assert lg.recovery == []
+            else:
+                lg.close()
+                torn = _tear(path, p, v, model)
+                lg = Log.open(path)
+                if torn:
+                    (rep,) = lg.recovery
+                    assert rep["partition"] == p and rep["truncated_bytes"] > 0
+                    assert rep["torn_records"] == (v == "cut") and "kept_aside" not in rep
+                else:
+                    assert lg.recovery == []
+                assert lg.end_offset(p) == len(model[p])
         for p in range(2):
             assert lg.start_offset(p) == 0 and lg.end_offset(p) == len(model[p])
             recs = lg.read(p, 0, max_records=100_000)
