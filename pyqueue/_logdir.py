@@ -165,6 +165,8 @@ def read_meta(path):
             meta = json.load(f)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise
     except (OSError, ValueError) as e:
         raise SegmentMismatch(f"{path}: unreadable {META}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -397,7 +399,6 @@ def create_layout(path, meta, perm=FILE_PERM, trust_owner=False):
     then log.json (a directory without it is not a log yet)."""
     for p in range(meta["partitions"]):
         make_dir(partition_dir(path, p), perm, trust_owner)
-        remove_strays(path, p, 0)
         if not list_bases(path, p):
             create_segment(path, p, 0, meta["segment_bytes"], perm).close()
     write_meta(path, meta, perm)

@@ -470,7 +470,8 @@ def _all_modes(path):
     return out
 
 
-@pytest.mark.parametrize("planted", ["log.json.tmp", ".lock-open", ".lock-users", "control",
+@pytest.mark.parametrize("planted", ["log.json.tmp", "log.json", ".lock-open", ".lock-users",
+                                     "control",
                                      "partition-0/00000000000000000000.log",
                                      "partition-0/00000000000000000000.index"])
 def test_a_link_planted_in_place_of_a_log_file_is_refused(tmp_path, planted):
