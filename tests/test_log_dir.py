@@ -3,6 +3,8 @@ replay, reopen, retention by bytes and by age, CRC32C and what a damaged
 file gives, torn tails truncated on recovery, several processes, and a
 model test with reopens."""
 import os
+import pwd
+import stat
 import struct
 import subprocess
 import sys
@@ -450,10 +452,6 @@ def test_a_reader_on_the_heels_of_an_appender_never_reads_past_the_end(procs, tm
 
 
 # ---- permissions: links, other users, modes ------------------------------
-
-import errno
-import pwd
-import stat
 
 
 def _mode(p):
