@@ -778,3 +778,25 @@ def test_a_damaged_index_header_only_costs_its_hints(tmp_path):
         assert lg_.read(0, bases[3] - 1)[0].value == vals[bases[3] - 1]
     other.close()
     lg.close()
+
+
+def test_a_closed_segment_cut_short_is_reported_and_read_up_to_the_cut(tmp_path):
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    lg.close()
+    bases = [int(f[:20]) for f in segment_files(path)]
+    seg = path / "partition-0" / f"{bases[2]:020d}.log"
+    h = _logdir.read_index_header(str(path), 0, bases[2])
+    os.truncate(seg, h["end_pos"] // 2 + 3)  # inside a record
+    lg = Log.open(str(path))
+    (rep,) = [r for r in lg.recovery if r.get("segment") == bases[2]]
+    assert rep["sealed_bytes"] == h["end_pos"] and rep["file_bytes"] == h["end_pos"] // 2 + 3
+    kept = bases[2] + h["records"] - rep["lost_records"]
+    assert 0 < rep["lost_records"] < h["records"] and rep["torn_records"] == 1
+    assert {"partition": 0, "missing_offsets": [kept, bases[3]],
+            "reason": "records gone between segments"} in lg.recovery
+    assert [r.value for r in lg.read(0, 0, max_records=10_000)] == vals[:kept]
+    with pytest.raises(CorruptRecord, match=f"offsets {kept}..{bases[3] - 1} "):
+        lg.read(0, kept)
+    assert [r.value for r in lg.read(0, bases[3], max_records=10_000)] == vals[bases[3]:]
+    lg.close()
