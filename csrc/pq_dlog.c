@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pq_claim_lock.h"
+#include "pq_fault.h"
 
 #define PQ_DLOG_SNAPSHOT_TRIES 1000
 
@@ -318,6 +319,9 @@ int pq_dlog_roll(pq_dlog *d, uint32_t part, pq_dseg *s, uint64_t *new_base)
     pq_dlog_part *pt = &d->parts[part];
     if (atomic_load_explicit(&pt->active_base, memory_order_relaxed) != s->base_offset)
         return -ESTALE;
+    /* (tests: killed here, the next segment's files exist past the
+     * published end while the control still names the old one active) */
+    PQ_FAULT_POINT(PQ_FAULT_ROLL_BEGIN);
     if (atomic_load_explicit(&pt->torn, memory_order_relaxed))
         pq_dlog_repair_append(pt, s); /* before its cursor is sealed */
     pq_dseg_cursor c;
@@ -337,6 +341,8 @@ int pq_dlog_roll(pq_dlog *d, uint32_t part, pq_dseg *s, uint64_t *new_base)
     uint64_t seq = atomic_load_explicit(&pt->seq, memory_order_relaxed);
     atomic_store_explicit(&pt->seq, seq + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
+    /* (tests: killed here, the next holder of the lock finishes the roll) */
+    PQ_FAULT_POINT(PQ_FAULT_MID_ROLL);
     pq_dlog_finish_roll(pt);
     *new_base = c.next_offset;
     return 0;

@@ -298,6 +298,26 @@ int pq_dseg_peek(const pq_dseg *s, uint64_t end, uint64_t index_count, uint64_t 
     return (int)n;
 }
 
+int pq_dseg_find_record(const pq_dseg *s, uint64_t from, uint64_t limit, uint64_t min_offset,
+                        uint64_t max_offset, uint64_t *pos)
+{
+    if (s == NULL || s->data == NULL || pos == NULL || limit > s->data_size)
+        return -EINVAL;
+    for (uint64_t p = pq_align_up(from, PQ_DSEG_ALIGN); p < limit; p += PQ_DSEG_ALIGN) {
+        pq_dseg_rec h;
+        if (limit - p < sizeof h)
+            break;
+        memcpy(&h, s->data + p, sizeof h);
+        if (h.size == 0 || h.offset < min_offset || h.offset > max_offset)
+            continue;
+        if (pq_dseg_record_at(s->data, p, limit, 1, &h) == 1) {
+            *pos = p;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 uint64_t pq_dseg_dirty_bytes(const uint8_t *data, uint64_t from, uint64_t to)
 {
     if (data == NULL || to <= from)

@@ -144,6 +144,16 @@ int pq_dseg_scan(pq_dseg *s, uint64_t limit, pq_dseg_cursor *c, int rebuild_inde
 int pq_dseg_peek(const pq_dseg *s, uint64_t end, uint64_t index_count, uint64_t offset,
                  pq_log_record *out, uint32_t max, uint64_t *next_offset, uint64_t *bad_pos);
 
+/*
+ * The first 8-aligned position in [from, limit) holding a whole record
+ * that passes its CRC and whose offset is in [min_offset, max_offset]:
+ * 1 and *pos, 0 when there is none. Recovery asks it whether valid
+ * records follow a damaged one (damage, not a torn tail). Only positions
+ * whose offset field is in range are checked against their CRC.
+ */
+int pq_dseg_find_record(const pq_dseg *s, uint64_t from, uint64_t limit, uint64_t min_offset,
+                        uint64_t max_offset, uint64_t *pos);
+
 /* Bytes from `from` up to the last non-zero byte before `to` (0: all zero):
  * what a writer that died left past the valid records. */
 uint64_t pq_dseg_dirty_bytes(const uint8_t *data, uint64_t from, uint64_t to);

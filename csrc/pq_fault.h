@@ -33,7 +33,9 @@ enum pq_fault_point {
     PQ_FAULT_AFTER_CONSUME = 5, /* consumer: CAS on head done, before anything else */
     PQ_FAULT_PARKED = 6,        /* registered as a waiter, about to park (both waits) */
     PQ_FAULT_IN_CLAIM_LOCK = 7, /* holding the claim lock, claim announced */
-    PQ_FAULT_NPOINTS = 8,
+    PQ_FAULT_ROLL_BEGIN = 8,    /* directory log: the next segment's files made, control untouched */
+    PQ_FAULT_MID_ROLL = 9,      /* directory log: roll half stored (seqlock odd), holding the lock */
+    PQ_FAULT_NPOINTS = 10,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

@@ -189,6 +189,8 @@ cdef extern from "pq_dseg.h" nogil:
     int pq_dseg_peek(const pq_dseg* s, uint64_t end, uint64_t index_count, uint64_t offset,
                      pq_log_record* out, uint32_t max, uint64_t* next_offset, uint64_t* bad_pos)
     uint64_t pq_dseg_dirty_bytes(const uint8_t* data, uint64_t start, uint64_t to)
+    int pq_dseg_find_record(const pq_dseg* s, uint64_t start, uint64_t limit, uint64_t min_offset,
+                            uint64_t max_offset, uint64_t* pos)
     int pq_sync_range(void* base, uint64_t start, uint64_t to)
 
 cdef extern from "pq_dlog.h" nogil:

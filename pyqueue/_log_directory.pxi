@@ -160,6 +160,27 @@ cdef class SegmentMap:
             to = self.s.data_size
         return pq_dseg_dirty_bytes(self.s.data, start, to)
 
+    def find_record(self, uint64_t start, uint64_t to, uint64_t min_offset):
+        """The position of the first whole, CRC-valid record in [start, to)
+        with an offset of at least min_offset (and at most one per 40
+        bytes past it); None when there is none."""
+        cdef uint64_t pos = 0
+        if to > self.s.data_size:
+            to = self.s.data_size
+        if start >= to:
+            return None
+        rc = pq_dseg_find_record(&self.s, start, to, min_offset,
+                                 min_offset + (to - start) // PQ_DSEG_REC_HDR, &pos)
+        _check_rc(rc, "find record")
+        return pos if rc == 1 else None
+
+    def read_bytes(self, uint64_t start, uint64_t to):
+        if to > self.s.data_size:
+            to = self.s.data_size
+        if start >= to:
+            return b""
+        return PyBytes_FromStringAndSize(<char*>self.s.data + start, to - start)
+
     def zero(self, uint64_t start, uint64_t to):
         if to > self.s.data_size:
             to = self.s.data_size
@@ -424,8 +445,12 @@ cdef class DirLogCore(LogCoreBase):
 
     cdef tuple _closed_segment(self, uint32_t partition, uint64_t offset, pq_dlog_view* v):
         """(SegmentMap, end, index entries, next base) of the closed segment
-        holding offset, or None when its file is gone (retention)."""
-        bases = self._segment_bases(partition, v.seg_gen)
+        holding offset; (None, first, past) when the offsets [first, past)
+        have no segment file (removed by retention since the snapshot, or
+        gone)."""
+        # Only bases below the active one: a file past it is a roll in
+        # progress or one that died (never switched to), not a segment yet.
+        bases = [b for b in self._segment_bases(partition, v.seg_gen) if b < v.active_base]
         # the last base <= offset, below the active one
         lo, hi = 0, len(bases)
         while lo < hi:
@@ -435,7 +460,7 @@ cdef class DirLogCore(LogCoreBase):
             else:
                 hi = mid
         if lo == 0:
-            return None
+            return None, offset, bases[0] if bases else v.active_base
         base = bases[lo - 1]
         nxt = bases[lo] if lo < len(bases) else v.active_base
         key = (partition, base)
@@ -443,15 +468,28 @@ cdef class DirLogCore(LogCoreBase):
         if m is None:
             m = self._map_segment(partition, base, False)
             if m is None:
-                return None
+                return None, base, nxt
             if len(self._closed_maps) >= 32:  # keep few closed segments mapped
                 old = self._closed_maps.pop(next(iter(self._closed_maps)))
                 old.close()
             self._closed_maps[key] = m
-        h = m.index_header()
+        try:
+            h = m.index_header()
+        except CorruptRecord:
+            h = None  # a damaged index only loses its hints: walk the records
         if h is None:  # not sealed: bounded by the file, found by a walk
             return m, (<SegmentMap>m).s.data_size, 0, nxt
         return m, min(h["end_pos"], (<SegmentMap>m).s.data_size), h["entries"], nxt
+
+    cdef object _missing(self, uint32_t partition, uint64_t offset, uint64_t first,
+                         uint64_t past):
+        e = CorruptRecord(
+            f"log: offsets {first}..{past - 1} of partition {partition} are missing (their "
+            f"segment file is gone or cut short); reading offset {offset}: seek past {past - 1} "
+            f"to go on", path=getattr(self, "_path", None), partition=partition,
+            offset=offset)
+        e.missing = (first, past)
+        return e
 
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
               make):
@@ -488,13 +526,15 @@ cdef class DirLogCore(LogCoreBase):
                 end, ixc, next_base = v.end_pos, v.index_count, v.end_offset
             else:
                 found = self._closed_segment(partition, offset, &v)
-                if found is None:
+                if found[0] is None:
                     # removed by retention since the snapshot (the next one
-                    # says so), or missing from the directory
+                    # says so), or missing from the directory: never skipped
+                    if out:
+                        return out
                     missing += 1
                     if missing > 3:
-                        raise SegmentMismatch(f"log: the segment holding offset {offset} of "
-                                              f"partition {partition} is missing")
+                        raise self._missing(partition, offset, found[1], found[2])
+                    self._forget_bases(partition)
                     continue
                 m, end, ixc, next_base = found
             # Not past the end offset of the snapshot: the end position may
@@ -515,6 +555,19 @@ cdef class DirLogCore(LogCoreBase):
                 if offset >= v.active_base:
                     raise SegmentMismatch(f"log: partition {partition} has no record at "
                                           f"offset {offset} below its end (corrupt?)")
+                if offset < next_base:  # the segment ends short of the next one
+                    if out:
+                        return out
+                    missing += 1
+                    if missing > 3:
+                        try:
+                            h = m.index_header()
+                        except CorruptRecord:
+                            h = None
+                        first = offset if h is None else min(offset, m.base_offset + h["records"])
+                        raise self._missing(partition, offset, first, next_base)
+                    self._forget_bases(partition)
+                    continue
                 offset = next_base  # nothing more in that segment
                 continue
             self._make_records(rc, partition, make, out, True, NULL)

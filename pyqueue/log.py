@@ -267,7 +267,7 @@ class DirectoryLog(Log, _log.DirLogCore):
 
     def __init__(self, name=None, *, path, partitions=None, retention_bytes=None,
                  retention_ms=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 perm=None, _open_only=False):
+                 perm=None, trust_owner=False, _open_only=False):
         if name is not None:
             raise ValueError("a directory-mode log is named by its path: give name or path, "
                              "not both")
@@ -285,15 +285,31 @@ class DirectoryLog(Log, _log.DirLogCore):
                                                 fsync_interval > 0):
             raise ValueError("fsync_interval must be a positive number of seconds")
         if perm is not None:
-            raise ValueError("perm applies to memory mode; a directory-mode log's files are "
-                             "0600 in a 0700 directory")
+            _check_perm(perm)
+            if not perm & 0o600 == 0o600:
+                raise ValueError("perm must give the owner read and write (0o600 at least)")
         self._path = path
+        self._trust_owner = bool(trust_owner)
         self._setup_common()
         self.recovery = []
+        if not os.path.lexists(path):
+            if _open_only:
+                raise SegmentNotFound(f"no pyqueue log in {path!r}")
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+            try:
+                _logdir.make_dir(path, _logdir.FILE_PERM if perm is None else perm, trust_owner)
+            except FileExistsError:
+                pass
+        # Whoever can write the directory can plant links and files in it
+        # (its group: checked against the log's perm once log.json is read).
+        exists = os.path.lexists(os.path.join(path, _logdir.META))
+        _logdir.check_dir(path, trust_owner, perm if perm is not None else
+                          0o020 if exists else _logdir.FILE_PERM)
         if _open_only and _logdir.read_meta(path) is None:
             raise SegmentNotFound(f"no pyqueue log in {path!r}")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        with _logdir.OpenLock(path):
+        with _logdir.OpenLock(path, _logdir.FILE_PERM if perm is None else perm):
             meta = _logdir.read_meta(path)
             if meta is None:
                 if _open_only:
@@ -301,9 +317,15 @@ class DirectoryLog(Log, _log.DirLogCore):
                 meta = {"format": _logdir.FORMAT, "partitions": parts, "segment_bytes": seg,
                         "retention_bytes": retention_bytes, "retention_ms": retention,
                         "fsync": fsync or "never",
-                        "fsync_interval": float(fsync_interval or DEFAULT_FSYNC_INTERVAL)}
-                _logdir.create_layout(path, meta)
+                        "fsync_interval": float(fsync_interval or DEFAULT_FSYNC_INTERVAL),
+                        "perm": _logdir.FILE_PERM if perm is None else perm}
+                _logdir.check_dir(path, trust_owner, meta["perm"])
+                _logdir.create_layout(path, meta, meta["perm"], trust_owner)
             else:
+                meta.setdefault("perm", _logdir.FILE_PERM)  # logs made before perm=
+                _same("perm", perm, meta["perm"], path)
+                # The group may write only where the log's perm says so.
+                _logdir.check_dir(path, trust_owner, meta["perm"])
                 _same("partitions", partitions, meta["partitions"], path)
                 _same("segment_bytes", None if segment_bytes is None else seg,
                       meta["segment_bytes"], path)
@@ -313,10 +335,11 @@ class DirectoryLog(Log, _log.DirLogCore):
                 _same("fsync_interval", None if fsync_interval is None else
                       float(fsync_interval), meta["fsync_interval"], path)
             self._meta = meta
+            self._perm = meta["perm"]
             self.retention_bytes = meta["retention_bytes"]
             self.retention_ms = meta["retention_ms"]
             self.fsync = meta["fsync"]
-            fd, alone = _logdir.take_users_lock(path)
+            fd, alone = _logdir.take_users_lock(path, self._perm)
             self._users_fd = fd
             self._finalizer = weakref.finalize(self, os.close, fd)
             try:
@@ -338,10 +361,11 @@ class DirectoryLog(Log, _log.DirLogCore):
         self._with_lock(p, lambda: self._retention_locked(p, False))
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, trust_owner=False):
         """Open an existing directory-mode log (SegmentNotFound if PATH
-        holds none)."""
-        return cls(path=path, _open_only=True)
+        holds none; PermissionError if its directory belongs to another
+        user or others may write it, unless trust_owner)."""
+        return cls(path=path, trust_owner=trust_owner, _open_only=True)
 
     def _recover(self):
         """Alone: rebuild the control file from the segment files (the
@@ -349,15 +373,16 @@ class DirectoryLog(Log, _log.DirLogCore):
         meta, path = self._meta, self._path
         saved = _logdir.saved_state(path, meta["partitions"])
         self._attach_control(_logdir.new_control(path, meta["partitions"],
-                                                 meta["segment_bytes"]),
+                                                 meta["segment_bytes"], self._perm),
                              FSYNC_POLICIES[self.fsync], meta["fsync_interval"])
         starts = {}
         for p in range(meta["partitions"]):
-            old_start = None
+            old = None
             if saved is not None:
-                old_start = saved[1].get(p)
+                old = saved[1].get(p)
             start, base, cursor, closed, m = _logdir.recover_partition(
-                path, p, meta["segment_bytes"], old_start, self.recovery)
+                path, p, meta["segment_bytes"], old, self.recovery, self._perm,
+                self._trust_owner)
             self._restore(p, start, base, cursor, closed)
             self._set_active(p, m)
             starts[p] = (start, cursor[1])
@@ -377,7 +402,10 @@ class DirectoryLog(Log, _log.DirLogCore):
 
     def _map_segment(self, p, base, for_append):
         return _logdir.map_segment(self._path, p, base, for_append,
-                                   self.segment_bytes if for_append else None)
+                                   self.segment_bytes if for_append else None, self._perm)
+
+    def _forget_bases(self, p):
+        self._bases.pop(p, None)
 
     def _allocate(self, file_path, start, upto):
         _logdir.allocate(file_path, start, upto)
@@ -393,7 +421,12 @@ class DirectoryLog(Log, _log.DirLogCore):
         """The active segment is full (or expired): make the next one and
         switch to it, then apply retention (unless told not to)."""
         snap = self._snapshot(p)
-        new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes)
+        # What rolls that died left past the active segment (never switched
+        # to; appends went on in the old one) goes first.
+        if _logdir.remove_strays(self._path, p, snap["active_base"]):
+            self._forget_bases(p)
+        new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes,
+                                     self._perm)
         try:
             self._roll_control(p, old)
         except BaseException:
@@ -472,7 +505,7 @@ class DirectoryLog(Log, _log.DirLogCore):
             self._finalizer()
 
     def __reduce__(self):
-        return (DirectoryLog.open, (self._path,))
+        return (DirectoryLog.open, (self._path, self._trust_owner))
 
     def __repr__(self):
         state = "closed" if self._closed else "open"

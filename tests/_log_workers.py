@@ -99,3 +99,67 @@ def dir_append_fast(path, n):
     lg = Log.open(path)
     for i in range(n):
         lg.append(b"r")
+
+
+# -- directory-mode soak (tests/test_log_crash.py) ---------------------------
+
+import zlib
+
+
+def soak_value(writer, seq, size):
+    """A self-checking value: writer, seq, CRC32 of the filler, filler."""
+    body = bytes([(writer * 31 + seq) % 251]) * size
+    return struct.pack("<III", writer, seq, zlib.crc32(body)) + body
+
+
+def soak_check(value):
+    """(writer, seq) of a soak value; ValueError when it is not whole."""
+    writer, seq, crc = struct.unpack_from("<III", value)
+    if zlib.crc32(value[12:]) != crc:
+        raise ValueError(f"value of writer {writer} seq {seq} is damaged")
+    return writer, seq
+
+
+def soak_appender(path, writer, start_seq, sizes):
+    """Append soak values for ever (until SIGKILLed), sizes cycling, one
+    or a few at a time."""
+    from pyqueue import Log
+    lg = Log.open(path)
+    seq = start_seq
+    while True:
+        n = 1 + seq % 3
+        vals = [soak_value(writer, seq + k, sizes[(seq + k) % len(sizes)]) for k in range(n)]
+        if n == 1:
+            lg.append(vals[0])
+        else:
+            lg.append_many(vals)
+        seq += n
+
+
+def soak_reader(path, stop, out):
+    """Follow partition 0 from offset 0 until stop is set: offsets dense,
+    every value whole, each writer's seqs increasing. Puts ("ok", records)
+    or ("error", repr) on out."""
+    from pyqueue import Log
+    try:
+        lg = Log.open(path)
+        at, last = 0, {}
+        while not stop.is_set():
+            for r in lg.read(0, at, max_records=500, timeout=0.05):
+                if r.offset != at:
+                    raise AssertionError(f"offset {r.offset} where {at} was expected")
+                writer, seq = soak_check(r.value)
+                if seq <= last.get(writer, -1):
+                    raise AssertionError(f"writer {writer}: seq {seq} after {last[writer]}")
+                last[writer] = seq
+                at += 1
+        lg.close()
+        out.put(("ok", at))
+    except BaseException as e:  # reported: the test fails on it
+        out.put(("error", repr(e)))
+
+
+def dir_append_acked_armed(path, conn, start, count, size, spec):
+    """dir_append_acked, stopping at the fault point named by spec."""
+    arm(spec)
+    dir_append_acked(path, conn, start, count, size)

@@ -3,6 +3,8 @@ replay, reopen, retention by bytes and by age, CRC32C and what a damaged
 file gives, torn tails truncated on recovery, several processes, and a
 model test with reopens."""
 import os
+import pwd
+import stat
 import struct
 import subprocess
 import sys
@@ -208,7 +210,8 @@ def test_parameters_and_errors(tmp_path):
     assert same.partitions == 2 and same.fsync == "interval"
     same.close()
     for bad in ({"fsync": "sometimes"}, {"segment_bytes": 100}, {"partitions": 0},
-                {"retention_ms": 0}, {"perm": 0o600}, {"fsync_interval": -1}):
+                {"retention_ms": 0}, {"perm": 0o1777}, {"perm": 0o400}, {"perm": "0o600"},
+                {"fsync_interval": -1}):
         with pytest.raises(ValueError):
             Log(path=tmp_path / "other", **bad)
     with pytest.raises(ValueError):
@@ -281,15 +284,60 @@ class _Model:
         self.parts = [[] for _ in range(partitions)]
 
 
+def _active_tail(path, p):
+    """(segment file, [record positions], end) of partition p's active
+    (last) segment."""
+    seg = os.path.join(_logdir.partition_dir(path, p), segment_files(path, p)[-1])
+    with open(seg, "rb") as f:
+        data = f.read()
+    pos, out = 0, []
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        if size == 0:
+            break
+        out.append(pos)
+        pos += -(-size // 8) * 8
+    return seg, out, pos
+
+
+def _tear(path, p, how, model):
+    """With the log closed, do to partition p's active segment what a
+    writer that died leaves: "tail" writes half a record after the last
+    one (a header-less copy: the model keeps everything); "cut" damages
+    the last record (its write never finished: the model loses it). False
+    when there is nothing to tear (an empty active segment)."""
+    seg, positions, end = _active_tail(path, p)
+    with open(seg, "r+b") as f:
+        if how == "tail":
+            room = os.path.getsize(seg) - end
+            if room < 16:
+                return False
+            f.seek(end + 8)  # a value copied in, its header not yet written
+            f.write(b"\xa5" * min(300, room - 8))
+            return True
+        if not positions:
+            return False
+        f.seek(positions[-1] + 16)  # the timestamp: covered by the CRC
+        b = f.read(1)
+        f.seek(positions[-1] + 16)
+        f.write(bytes([b[0] ^ 0xFF]))
+    model[p].pop()
+    return True
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(0, 1), st.binary(max_size=1500)),
     st.tuples(st.just("many"), st.integers(0, 1), st.lists(st.binary(max_size=300), max_size=20)),
     st.tuples(st.just("reopen"), st.just(0), st.just(b"")),
+    st.tuples(st.just("tear"), st.integers(0, 1), st.sampled_from(["tail", "cut"])),
 ), max_size=60))
 def test_model(tmp_path_factory, ops):
     """A list per partition: every append is readable at its offset, across
-    rolls and reopens (each reopen here is alone: it recovers)."""
+    rolls and reopens (each reopen here is alone: it recovers), and across
+    torn logs (a tail left by a writer that died, or its last record cut):
+    the reopen reports the truncation, keeps nothing aside (a tail is not
+    damage) and the log is the model, less a cut record."""
     path = str(tmp_path_factory.mktemp("m") / "log")
     lg = Log(path=path, partitions=2, segment_bytes=SEG)
     model = [[], []]
@@ -303,10 +351,21 @@ def test_model(tmp_path_factory, ops):
                     assert lg._append(p, list(v), None, None, 0) == list(
                         range(len(model[p]), len(model[p]) + len(v)))
                     model[p].extend(v)
-            else:
+            elif op == "reopen":
                 lg.close()
                 lg = Log.open(path)
                 assert lg.recovery == []
+            else:
+                lg.close()
+                torn = _tear(path, p, v, model)
+                lg = Log.open(path)
+                if torn:
+                    (rep,) = lg.recovery
+                    assert rep["partition"] == p and rep["truncated_bytes"] > 0
+                    assert rep["torn_records"] == (v == "cut") and "kept_aside" not in rep
+                else:
+                    assert lg.recovery == []
+                assert lg.end_offset(p) == len(model[p])
         for p in range(2):
             assert lg.start_offset(p) == 0 and lg.end_offset(p) == len(model[p])
             recs = lg.read(p, 0, max_records=100_000)
@@ -389,4 +448,355 @@ def test_a_reader_on_the_heels_of_an_appender_never_reads_past_the_end(procs, tm
         assert recs[0].offset == at
         at = recs[-1].offset + 1
     assert procs.join_all() == [0]
+    lg.close()
+
+
+# ---- permissions: links, other users, modes ------------------------------
+
+
+def _mode(p):
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def _all_modes(path):
+    """{relative path: mode} of the log's directories and files."""
+    out = {".": _mode(path)}
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            full = os.path.join(root, n)
+            out[os.path.relpath(full, path)] = _mode(full)
+    return out
+
+
+@pytest.mark.parametrize("planted", ["log.json.tmp", "log.json", ".lock-open", ".lock-users",
+                                     "control",
+                                     "partition-0/00000000000000000000.log",
+                                     "partition-0/00000000000000000000.index"])
+def test_a_link_planted_in_place_of_a_log_file_is_refused(tmp_path, planted):
+    """Another user (or a careless one) plants a symbolic link where the
+    log will create or open a file: the open is refused with a
+    PermissionError naming it, and the link's target is untouched."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"only root may write this")
+    os.chmod(target, 0o644)
+    before = os.stat(target)
+    path = tmp_path / "log"
+    os.makedirs(path / "partition-0", mode=0o700)
+    os.chmod(path, 0o700)
+    os.symlink(target, path / planted)
+    with pytest.raises(PermissionError, match="symbolic link") as ei:
+        Log(path=path)
+    assert planted.split("/")[-1] in str(ei.value)
+    after = os.stat(target)
+    assert target.read_bytes() == b"only root may write this"
+    assert (after.st_size, after.st_mode, after.st_mtime_ns) == (
+        before.st_size, before.st_mode, before.st_mtime_ns)
+    assert os.path.islink(path / planted)
+
+
+def test_a_link_planted_in_an_existing_log_is_refused(tmp_path):
+    """The same in a log that exists: a closed segment replaced by a link
+    is never read or trimmed through it."""
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=SEG)
+    for i in range(100):
+        lg.append(b"%05d" % i * 100)
+    lg.close()
+    target = tmp_path / "precious"
+    target.write_bytes(b"secret" * 1000)
+    victim = path / "partition-0" / segment_files(path)[1]
+    os.unlink(victim)
+    os.symlink(target, victim)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        Log.open(str(path))  # alone: recovery opens every segment
+    assert target.read_bytes() == b"secret" * 1000
+
+
+@pytest.mark.parametrize("mode, why", [(0o777, "others"), (0o703, "others"), (0o770, "its group")])
+def test_a_directory_others_may_write_is_refused(tmp_path, mode, why):
+    path = tmp_path / "log"
+    path.mkdir()
+    os.chmod(path, mode)
+    with pytest.raises(PermissionError, match=f"writable by {why}") as ei:
+        Log(path=path)
+    assert str(path) in str(ei.value)
+    assert os.listdir(path) == [] and _mode(path) == mode  # nothing made, nothing changed
+    # An existing log whose directory was opened up: refused as well.
+    os.chmod(path, 0o700)
+    Log(path=path).close()
+    os.chmod(path, mode)
+    with pytest.raises(PermissionError, match=f"writable by {why}"):
+        Log.open(str(path))
+    lg = Log.open(str(path), trust_owner=True)  # on purpose
+    lg.append(b"x")
+    lg.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_directory_of_another_user_is_refused(tmp_path):
+    """Another user made the directory (0700, so only its group/others bits
+    are clean): root refuses to create or open a log in it."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    path = tmp_path / "log"
+    path.mkdir()
+    os.chmod(path, 0o700)
+    os.chown(path, nobody, -1)
+    with pytest.raises(PermissionError, match=f"belongs to uid {nobody}") as ei:
+        Log(path=path)
+    assert str(path) in str(ei.value) and "trust_owner" in str(ei.value)
+    assert os.listdir(path) == []
+    lg = Log(path=path, trust_owner=True)
+    lg.append(b"shared on purpose")
+    lg.close()
+    with pytest.raises(PermissionError):
+        Log.open(str(path))
+    lg = Log.open(str(path), trust_owner=True)
+    assert lg.read(0, 0)[0].value == b"shared on purpose"
+    lg.close()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_files_are_0600_whatever_the_umask(tmp_path, umask):
+    path = tmp_path / "log"
+    old = os.umask(umask)
+    try:
+        lg = Log(path=path, partitions=2, segment_bytes=SEG)
+        for i in range(50):
+            lg.append(os.urandom(500), key=b"%d" % i)  # rolls
+        lg.close()
+        lg = Log.open(str(path))  # alone: recovery remakes the control file
+        lg.close()
+    finally:
+        os.umask(old)
+    modes = _all_modes(path)
+    assert len(modes) > 10
+    for name, mode in modes.items():
+        isdir = name == "." or name.startswith("partition-") and "/" not in name
+        assert mode == (0o700 if isdir else 0o600), (name, oct(mode))
+
+
+def test_perm_in_directory_mode(tmp_path):
+    path = tmp_path / "log"
+    old = os.umask(0o077)  # perm, not the umask, decides
+    try:
+        lg = Log(path=path, segment_bytes=SEG, perm=0o640)
+        for i in range(50):
+            lg.append(os.urandom(500))
+        lg.close()
+    finally:
+        os.umask(old)
+    for name, mode in _all_modes(path).items():
+        isdir = name == "." or name == "partition-0"
+        assert mode == (0o750 if isdir else 0o640), (name, oct(mode))
+    lg = Log.open(str(path))  # the log's perm is in log.json
+    assert len(lg.read(0, 0, max_records=100)) == 50
+    lg.close()
+    assert _mode(path / "control") == 0o640
+    with pytest.raises(ValueError, match="perm"):
+        Log(path=path, perm=0o600)
+    # A group-writable perm makes a group-writable directory, which is fine
+    # for that log (and only for it).
+    shared = tmp_path / "shared"
+    Log(path=shared, perm=0o660).close()
+    assert _mode(shared) == 0o770
+    Log.open(str(shared)).close()
+
+
+# ---- external damage ------------------------------------------------------
+
+def _filled(path, n=300, size=160):
+    lg = Log(path=path, segment_bytes=SEG)
+    vals = [struct.pack("<Q", i) * (size // 8) for i in range(n)]
+    for v in vals:
+        lg.append(v)
+    return lg, vals
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+def test_a_missing_closed_segment_is_an_error_not_a_skip(tmp_path, reopen):
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    files = segment_files(path)
+    bases = [int(f[:20]) for f in files]
+    gone, nxt = bases[3], bases[4]
+    for ext in ("log", "index"):
+        os.unlink(path / "partition-0" / f"{gone:020d}.{ext}")
+    if reopen:
+        lg.close()
+        lg = Log.open(str(path))
+        assert {"partition": 0, "missing_offsets": [gone, nxt],
+                "reason": "records gone between segments"} in lg.recovery
+    # Up to the gap, then an error that names it: never a silent skip.
+    assert [r.value for r in lg.read(0, 0, max_records=10_000)] == vals[:gone]
+    for at in (gone, gone + 1, nxt - 1):
+        with pytest.raises(CorruptRecord, match=f"offsets {gone}..{nxt - 1} of partition 0 "
+                                                "are missing") as ei:
+            lg.read(0, at)
+        assert ei.value.missing == (gone, nxt) and ei.value.offset == at
+    assert [r.value for r in lg.read(0, nxt, max_records=10_000)] == vals[nxt:]
+    lg.close()
+
+
+def test_a_missing_first_segment_is_an_error(tmp_path):
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    bases = [int(f[:20]) for f in segment_files(path)]
+    for ext in ("log", "index"):
+        os.unlink(path / "partition-0" / f"{0:020d}.{ext}")
+    with pytest.raises(CorruptRecord, match=f"offsets 0..{bases[1] - 1} of partition 0 are "
+                                            "missing"):
+        lg.read(0, 0)
+    lg.close()
+    lg = Log.open(str(path))
+    assert {"partition": 0, "missing_offsets": [0, bases[1]],
+            "reason": "segment files gone"} in lg.recovery
+    assert lg.start_offset(0) == bases[1]
+    lg.close()
+
+
+def test_an_active_segment_truncated_to_zero_is_reported(tmp_path):
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=1 << 20)
+    for i in range(50):
+        lg.append(b"%04d" % i * 25)
+    lg.close()
+    seg = path / "partition-0" / segment_files(path)[0]
+    os.truncate(seg, 0)
+    lg = Log.open(str(path))
+    (rep,) = lg.recovery
+    assert rep["partition"] == 0 and rep["segment"] == 0
+    assert rep["file_bytes"] == 0 and rep["expected_file_bytes"] == 1 << 20
+    assert rep["lost_offsets"] == [0, 50] and rep["lost_bytes"] == 50 * 144
+    assert lg.end_offset(0) == 0 and lg.append(b"again") == (0, 0)
+    lg.close()
+
+
+def _record_positions(seg):
+    data = seg.read_bytes()
+    pos, out = 0, []
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        if size == 0:
+            break
+        out.append(pos)
+        pos += -(-size // 8) * 8
+    return out, pos
+
+
+def test_a_flipped_byte_in_the_active_segment_keeps_what_follows_aside(tmp_path):
+    """Recovery stops at a damaged record in the middle of the active
+    segment; the valid records after it are not destroyed silently: the
+    bytes from the damage on are kept in <segment>.damaged-1 (0600) and
+    the report says where, what was dropped and that valid records
+    followed."""
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=1 << 20)
+    for i in range(100):
+        lg.append(b"%04d" % i * 25)
+    lg.close()
+    seg = path / "partition-0" / segment_files(path)[0]
+    positions, end = _record_positions(seg)
+    assert len(positions) == 100
+    bad = positions[40]
+    original = seg.read_bytes()[bad:end]
+    with open(seg, "r+b") as f:
+        f.seek(bad + 60)
+        f.write(bytes([original[60] ^ 0x20]))
+    lg = Log.open(str(path))
+    (rep,) = lg.recovery
+    kept = str(seg) + ".damaged-1"
+    assert rep["partition"] == 0 and rep["segment"] == 0 and rep["torn_records"] == 1
+    n = len(original.rstrip(b"\0"))  # up to the last non-zero byte
+    assert rep["truncated_bytes"] == n and n > end - bad - 8
+    assert rep["kept_aside"] == kept and rep["valid_record_at"] == positions[41]
+    with open(kept, "rb") as f:
+        damaged = f.read()
+    assert len(damaged) == n and damaged[60] == original[60] ^ 0x20
+    assert damaged[:60] == original[:60] and damaged[61:] == original[61:n]
+    assert _mode(kept) == 0o600
+    assert lg.end_offset(0) == 40
+    assert [r.value for r in lg.read(0, 0, max_records=100)] == [b"%04d" % i * 25
+                                                                  for i in range(40)]
+    lg.close()
+    lg = Log.open(str(path))  # once is enough: nothing more to keep
+    assert lg.recovery == [] and os.listdir(path / "partition-0").count(
+        os.path.basename(kept)) == 1
+    lg.close()
+
+
+FULL_DISK_REOPEN_CHILD = """
+import errno, os, sys
+from pyqueue import Log
+path = sys.argv[1] + "/log"
+lg = Log(path=path, segment_bytes=1 << 20)
+n = 0
+try:
+    while True:
+        lg.append(os.urandom(2000))
+        n += 1
+except OSError as e:
+    assert e.errno == errno.ENOSPC, e
+lg.close()
+# Full: a new opener (alone, it recovers and remakes the control file)
+# and a second one beside it can still open and read the log.
+lg = Log.open(path)
+assert lg.end_offset(0) == n, (lg.end_offset(0), n)
+other = Log.open(path)
+assert [r.offset for r in other.read(0, 0, max_records=10 * n)] == list(range(n))
+other.close()
+assert [r.offset for r in lg.read(0, n - 5, max_records=10)] == list(range(n - 5, n))
+lg.close()
+print("OK", n)
+"""
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+def test_a_log_on_a_full_disk_can_be_opened_and_read(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = 'mount -t tmpfs -o size=3m tmpfs "$2" && exec "$0" -c "$1" "$2"'
+    r = subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable,
+                        FULL_DISK_REOPEN_CHILD, str(mnt)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.startswith("OK")
+
+
+def test_a_damaged_index_header_only_costs_its_hints(tmp_path):
+    """A closed segment's index header that does not validate (damaged, or
+    seen half-written) is not an error for readers: they walk the records
+    (each checked against its CRC) instead of raising CorruptRecord."""
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    bases = [int(f[:20]) for f in segment_files(path)]
+    index = path / "partition-0" / f"{bases[2]:020d}.index"
+    with open(index, "r+b") as f:
+        f.write(b"\xff" * 16)  # magic and base offset
+    other = Log.open(str(path))  # not alone: no recovery rewrites it
+    for lg_ in (lg, other):
+        assert [r.value for r in lg_.read(0, bases[2], max_records=10_000)] == vals[bases[2]:]
+        assert lg_.read(0, bases[3] - 1)[0].value == vals[bases[3] - 1]
+    other.close()
+    lg.close()
+
+
+def test_a_closed_segment_cut_short_is_reported_and_read_up_to_the_cut(tmp_path):
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    lg.close()
+    bases = [int(f[:20]) for f in segment_files(path)]
+    seg = path / "partition-0" / f"{bases[2]:020d}.log"
+    h = _logdir.read_index_header(str(path), 0, bases[2])
+    os.truncate(seg, h["end_pos"] // 2 + 3)  # inside a record
+    lg = Log.open(str(path))
+    (rep,) = [r for r in lg.recovery if r.get("segment") == bases[2]]
+    assert rep["sealed_bytes"] == h["end_pos"] and rep["file_bytes"] == h["end_pos"] // 2 + 3
+    kept = bases[2] + h["records"] - rep["lost_records"]
+    assert 0 < rep["lost_records"] < h["records"] and rep["torn_records"] == 1
+    assert {"partition": 0, "missing_offsets": [kept, bases[3]],
+            "reason": "records gone between segments"} in lg.recovery
+    assert [r.value for r in lg.read(0, 0, max_records=10_000)] == vals[:kept]
+    with pytest.raises(CorruptRecord, match=f"offsets {kept}..{bases[3] - 1} "):
+        lg.read(0, kept)
+    assert [r.value for r in lg.read(0, bases[3], max_records=10_000)] == vals[bases[3]:]
     lg.close()

@@ -313,6 +313,50 @@ static int test_garbage_never_read(void)
     return 0;
 }
 
+/* pq_dseg_find_record: after a damaged record in the middle, the next
+ * valid one is found (the offset floor and the limit respected); after a
+ * torn tail (zeros, garbage) nothing is. */
+static int test_find_record_after_damage(void)
+{
+    struct seg g;
+    CHECK(seg_make(&g, SEG, 100) == 0);
+    CHECK_EQ(append_values(&g, 100, 20, 0), 0);
+    uint64_t end = g.c.pos;
+    pq_dseg_cursor c;
+    pq_dseg_cursor_empty(&c, 100);
+    int torn;
+    /* the positions of records 5 and 6 */
+    CHECK_EQ(pq_dseg_scan(&g.s, end, &c, 0, &torn), 0);
+    pq_dseg_cursor c5;
+    pq_dseg_cursor_empty(&c5, 100);
+    uint64_t p5 = 0, p6 = 0;
+    for (int i = 0; i <= 6; i++) {
+        uint32_t size;
+        memcpy(&size, g.data + p5, 4);
+        if (i == 5)
+            break;
+        p5 += (size + 7) & ~7u;
+    }
+    uint32_t size5;
+    memcpy(&size5, g.data + p5, 4);
+    p6 = p5 + ((size5 + 7) & ~7u);
+    g.data[p5 + 50] ^= 0x10; /* damage record 5 */
+    CHECK_EQ(pq_dseg_scan(&g.s, end, &c5, 0, &torn), 0);
+    CHECK_EQ(torn, 1);
+    CHECK_EQ(c5.pos, p5);
+    uint64_t at = 0;
+    CHECK_EQ(pq_dseg_find_record(&g.s, p5 + 8, end, 106, 200, &at), 1);
+    CHECK_EQ(at, p6);
+    CHECK_EQ(pq_dseg_find_record(&g.s, p5 + 8, end, 200, 300, &at), 0); /* floor */
+    CHECK_EQ(pq_dseg_find_record(&g.s, p5 + 8, p6 + 20, 106, 200, &at), 0); /* limit */
+    /* A torn tail: garbage after the end, then zeros. */
+    memset(g.data + end, 0xa5, 300);
+    CHECK_EQ(pq_dseg_find_record(&g.s, end, SEG, 120, 400, &at), 0);
+    CHECK_EQ(pq_dseg_find_record(&g.s, 0, SEG + 8, 0, 1, &at), -EINVAL);
+    seg_free(&g);
+    return 0;
+}
+
 int main(void)
 {
     printf("test_dseg (seed 0x%" PRIx64 ")\n", pq_test_seed());
@@ -324,5 +368,6 @@ int main(void)
     RUN(test_bad_size_before_offset);
     RUN(test_index_seal);
     RUN(test_garbage_never_read);
+    RUN(test_find_record_after_damage);
     return pq_test_result();
 }

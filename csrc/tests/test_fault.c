@@ -11,6 +11,7 @@
  */
 #include "pq_test.h"
 
+#include "../pq_dlog.h"
 #include "../pq_fault.h"
 #include "../pq_ring.h"
 
@@ -361,6 +362,90 @@ static int test_parked(void)
     return 0;
 }
 
+/* ---- directory-mode rolls (pq_dlog_roll) ------------------------------ */
+
+#define DSEGB 8192u
+
+/* A control file and a segment "file" in shared anonymous memory. */
+static int dlog_make(pq_dlog *d, pq_dseg *s, uint64_t base_offset)
+{
+    size_t size = pq_dlog_control_size(1, 4);
+    void *base = pq_test_shared(size);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_dlog_create(base, size, 1, DSEGB, 4), 0);
+    CHECK_EQ(pq_dlog_open(d, base, size), 0);
+    uint64_t ixs = pq_dseg_index_file_size(DSEGB);
+    s->data = pq_test_shared(DSEGB);
+    s->ix = pq_test_shared(ixs);
+    CHECK(s->data != NULL && s->ix != NULL);
+    s->data_size = DSEGB;
+    s->base_offset = base_offset;
+    s->ix_cap = (ixs - sizeof(pq_dseg_index_header)) / sizeof(pq_dseg_index_entry);
+    CHECK_EQ(pq_dseg_index_init(s->ix, ixs, base_offset), 0);
+    CHECK_EQ(pq_dlog_set_allocated(d, 0, DSEGB), 0);
+    return 0;
+}
+
+static int dlog_append(pq_dlog *d, pq_dseg *s, uint64_t *off)
+{
+    static uint8_t buf[100];
+    pq_log_entry e = {.value = buf, .value_len = sizeof buf, .type = 1};
+    uint64_t need;
+    int rc = pq_dlog_lock(d, 0);
+    if (rc < 0)
+        return rc;
+    rc = pq_dlog_append(d, 0, s, &e, 1, 5, off, &need);
+    pq_dlog_unlock(d, 0);
+    return rc;
+}
+
+/*
+ * A roller SIGKILLed at roll_begin (the next segment's files made, the
+ * control untouched) changed nothing: the old segment stays active and
+ * takes appends. Killed at mid_roll (seqlock odd, holding the lock), the
+ * next holder finishes its roll: the new segment is active, at the old
+ * end offset, and no reader is left spinning.
+ */
+static int roll_point(const char *spec, int finished)
+{
+    pq_dlog d;
+    pq_dseg s;
+    uint64_t off;
+    if (dlog_make(&d, &s, 0))
+        return 1;
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(dlog_append(&d, &s, &off), 1);
+    pid_t pid = fork_armed(spec);
+    if (pid == 0) {
+        uint64_t nb;
+        CHILD_CHECK(pq_dlog_lock(&d, 0) == 0);
+        pq_dlog_roll(&d, 0, &s, &nb);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    CHECK_EQ(kill_stopped(pid), 0);
+    pq_dlog_view v;
+    CHECK_EQ(pq_dlog_snapshot(&d, 0, &v), 0); /* (takes the dead one's lock) */
+    CHECK_EQ(v.end_offset, 3);
+    CHECK_EQ(atomic_load(&d.parts[0].seq) & 1, 0);
+    if (finished) {
+        CHECK_EQ(v.active_base, 3);
+        CHECK_EQ(v.end_pos, 0);
+        CHECK_EQ(dlog_append(&d, &s, &off), -ESTALE);
+    } else {
+        CHECK_EQ(v.active_base, 0);
+        CHECK_EQ(dlog_append(&d, &s, &off), 1);
+        CHECK_EQ(off, 3);
+        pq_dseg_index_header h;
+        CHECK_EQ(pq_dseg_index_read(s.ix, pq_dseg_index_file_size(DSEGB), 0, &h), -ENODATA);
+    }
+    return 0;
+}
+
+static int test_roller_roll_begin(void) { return roll_point("roll_begin", 0); }
+static int test_roller_mid_roll(void) { return roll_point("mid_roll", 1); }
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -376,5 +461,7 @@ int main(void)
     RUN(test_consumer_after_peek);
     RUN(test_consumer_after_consume);
     RUN(test_parked);
+    RUN(test_roller_roll_begin);
+    RUN(test_roller_mid_roll);
     return pq_test_result();
 }
