@@ -9,7 +9,6 @@ path with a '/', or an existing directory).
 """
 import base64
 import datetime
-import inspect
 import json
 import os
 import stat
@@ -47,10 +46,8 @@ def open_log(name, unpickle=False):
     from pyqueue.log import DirectoryLog, MemoryLog
     if os.sep in name or os.path.isdir(name):
         trusted = _dir_owned(name)
-        kwargs = {}
-        if "trust_owner" in inspect.signature(DirectoryLog.open).parameters:
-            kwargs["trust_owner"] = not trusted  # reading another user's log is the point
-        log = DirectoryLog.open(name, **kwargs)
+        # Reading another user's log is the point; its values stay raw.
+        log = DirectoryLog.open(name, trust_owner=not trusted)
     else:
         try:
             log = MemoryLog.open(name)
