@@ -259,6 +259,20 @@ cdef inline object _str_bytes(obj):
     return obj
 
 
+cdef object _unwrap(e):
+    """What get() raises for an UndecodableMessage: the decoder's own
+    exception (as multiprocessing.Queue.get), noted with where the message
+    was; an UndecodableMessage without a cause as it is."""
+    cause = e.cause
+    if cause is None:
+        return e
+    try:
+        cause.add_note(f"pyqueue: {e}")
+    except Exception:
+        pass
+    return cause
+
+
 cdef object _as_bytes(obj):
     """A copied payload as bytes (for UndecodableMessage.raw)."""
     if obj is None or type(obj) is bytes:
@@ -760,7 +774,10 @@ cdef class RingQueue:
         self._check_open()
         deadline = _deadline(block, timeout)
         if self._held:
-            held = self._take_held(1)
+            try:
+                held = self._take_held(1)
+            except UndecodableMessage as e:
+                raise _unwrap(e)
             if held is not None:
                 return held[0]
         while True:
@@ -777,8 +794,10 @@ cdef class RingQueue:
                         return obj
                     try:
                         return self._finish_one(typ, obj, pos)
-                    except UndecodableMessage:
-                        raise
+                    except UndecodableMessage as e:
+                        # As multiprocessing.Queue.get: the decoder's own
+                        # exception (position etc. in its notes).
+                        raise _unwrap(e)
                     except BaseException:
                         # Interrupted while decoding (Ctrl-C): the message
                         # is kept for the next get, not lost.
