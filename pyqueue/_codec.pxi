@@ -9,12 +9,12 @@
 # ForkingPickler.dumps copies copyreg's dispatch table into a new pickler
 # and a new BytesIO for every message (about 4x pickle.dumps for a small
 # dict). Here the table is looked up live (_ForkingReducers: the registered
-# reducers over copyreg's, as ForkingPickler builds it), and each thread
-# reuses one pickler whose output goes to a list: as fast as pickle.dumps
-# within a few hundred ns, and a reducer registered at any time is honoured.
+# reducers over copyreg's, as ForkingPickler builds it), and one pickler
+# (per flavour) whose output goes to a list is reused while no other call
+# is using it: close to pickle.dumps, and a reducer registered at any time
+# is honoured.
 
 import copyreg as _copyreg
-import threading as _threading
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 
 # The dicts ForkingPickler reads (register() adds to the first in place).
@@ -55,7 +55,7 @@ class _Sink:
 cdef class _PicklerSlot:
     """A thread's reusable pickler: it writes into chunks, out-of-band
     buffers go to buffers (when made with oob)."""
-    cdef object pickler
+    cdef object dump, clear_memo
     cdef list chunks
     cdef list buffers
     cdef bint busy
@@ -65,57 +65,59 @@ cdef class _PicklerSlot:
         self.buffers = []
         sink = _Sink()
         sink.write = self.chunks.append
-        self.pickler = _MpPickler(sink, 5, buffer_callback=self.buffers.append if oob else None)
+        p = _MpPickler(sink, 5, buffer_callback=self.buffers.append if oob else None)
+        self.dump = p.dump
+        self.clear_memo = p.clear_memo
         self.busy = False
 
 
-cdef object _tls = _threading.local()
+# One reusable pickler of each flavour for the process. The GIL is held
+# from the busy check to the dump, so a thread that finds one busy (another
+# thread is inside a dump whose reducer released the GIL, or this thread
+# pickles from within a reducer) takes a fresh pickler instead.
+cdef list _slots = [None, None]
 
 
-cdef _PicklerSlot _slot(bint oob):
-    """This thread's pickler (a fresh one when it is in use: a reducer
-    that puts to a queue while its object is being pickled)."""
-    cdef _PicklerSlot s
-    name = "oob" if oob else "inband"
-    s = getattr(_tls, name, None)
-    if s is None or s.busy:
-        s = _PicklerSlot(oob)
-        if getattr(_tls, name, None) is None:
-            setattr(_tls, name, s)
-    return s
+def _reset_slots():
+    _slots[0] = None
+    _slots[1] = None
+
+
+_reset_slots()
+os.register_at_fork(after_in_child=_reset_slots)
 
 
 cdef object mp_dumps(obj, list buffers_out):
     """obj pickled with protocol 5 and multiprocessing's reducers, as bytes.
     buffers_out None: pickle buffers in band; else they are appended to it
     (PickleBuffer objects, as pickle's buffer_callback gets them)."""
-    cdef _PicklerSlot s = _slot(buffers_out is not None)
-    cdef Py_ssize_t n
+    cdef int oob = buffers_out is not None
+    cdef _PicklerSlot s = <_PicklerSlot>_slots[oob]
+    cdef bint shared = True
+    if s is None or s.busy:
+        s = _PicklerSlot(oob)
+        if _slots[oob] is None:
+            _slots[oob] = s
+        else:
+            shared = False
     s.busy = True
     try:
-        s.pickler.dump(obj)
-        n = len(s.chunks)
-        data = s.chunks[0] if n == 1 else b"".join(s.chunks)
-        if buffers_out is not None and s.buffers:
+        s.dump(obj)
+        data = s.chunks[0] if len(s.chunks) == 1 else b"".join(s.chunks)
+        if oob and s.buffers:
             buffers_out.extend(s.buffers)
-    except BaseException:
-        # A pickler that failed half way is not used again.
         s.chunks.clear()
         s.buffers.clear()
-        s.pickler.clear_memo()
-        name = "oob" if buffers_out is not None else "inband"
-        if getattr(_tls, name, None) is s:
-            delattr(_tls, name)
-        s.busy = False
+        s.clear_memo()
+    except BaseException:
+        # A pickler that failed half way is not used again.
+        if _slots[oob] is s:
+            _slots[oob] = None
         raise
-    s.chunks.clear()
-    s.buffers.clear()
-    s.pickler.clear_memo()
-    if len(data) > REUSE_MAX_BYTES:
-        name = "oob" if buffers_out is not None else "inband"
-        if getattr(_tls, name, None) is s:
-            delattr(_tls, name)
-    s.busy = False
+    finally:
+        s.busy = False
+    if shared and len(data) > REUSE_MAX_BYTES and _slots[oob] is s:
+        _slots[oob] = None  # its memo table may have grown: clearing it would cost each time
     if type(data) is not bytes:
         data = bytes(data)
     return data
