@@ -8,14 +8,31 @@
 #
 # ForkingPickler.dumps copies copyreg's dispatch table into a new pickler
 # and a new BytesIO for every message (about 4x pickle.dumps for a small
-# dict). Here the table is looked up live (_ForkingReducers: the registered
-# reducers over copyreg's, as ForkingPickler builds it), and one pickler
-# (per flavour) whose output goes to a list is reused while no other call
-# is using it: close to pickle.dumps, and a reducer registered at any time
-# is honoured.
+# dict). Here one merged table (_TABLE: copyreg's, then the registered
+# reducers over it, as ForkingPickler builds it) is shared by the picklers
+# and rebuilt in place when either source dict changed (an O(1) check of
+# their version tags), and one pickler (per flavour) whose output goes to a
+# list is reused while no other call is using it: close to pickle.dumps,
+# and a reducer registered (or replaced) at any time is honoured.
 
 import copyreg as _copyreg
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
+
+cdef extern from *:
+    """
+    /* A number that changes whenever the dict is modified: its version tag
+       (CPython <= 3.11; from 3.12 on the tag also carries watcher bits and
+       is deprecated: 0, which makes the caller compare contents). */
+    static unsigned long long pq_dict_version(PyObject *d) {
+    #if PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+        return (unsigned long long)((PyDictObject *)d)->ma_version_tag;
+    #else
+        (void)d;
+        return 0;
+    #endif
+    }
+    """
+    unsigned long long pq_dict_version(object d)
 
 # The dicts ForkingPickler reads (register() adds to the first in place).
 cdef dict _mp_extra = _ForkingPickler._extra_reducers
@@ -23,29 +40,37 @@ cdef dict _mp_copyreg = _ForkingPickler._copyreg_dispatch_table
 
 DEF REUSE_MAX_BYTES = 256   # a pickler that wrote more is not reused (its memo table grew)
 
+cdef dict _TABLE = {}                 # the picklers' dispatch_table (the same dict, always)
+cdef unsigned long long _v_extra = 0  # versions of the sources _TABLE was built from
+cdef unsigned long long _v_copyreg = 0
+cdef dict _snap_extra = None          # their contents then (where there are no versions)
+cdef dict _snap_copyreg = None
 
-cdef class _ForkingReducers:
-    """ForkingPickler's dispatch table as a mapping read at each lookup
-    (the pickler only asks it for types it has no fast path of its own
-    for: not for int, str, bytes, list, dict, ...)."""
 
-    def __getitem__(self, t):
-        r = _mp_extra.get(t)
-        if r is None:
-            r = _mp_copyreg.get(t)
-            if r is None:
-                raise KeyError(t)
-        return r
+cdef int _sync_table() except -1:
+    """_TABLE as ForkingPickler would build it now (rebuilt in place when
+    a source changed)."""
+    global _v_extra, _v_copyreg, _snap_extra, _snap_copyreg
+    cdef unsigned long long ve = pq_dict_version(_mp_extra)
+    cdef unsigned long long vc = pq_dict_version(_mp_copyreg)
+    if ve != 0 and vc != 0:
+        if ve == _v_extra and vc == _v_copyreg:
+            return 0
+    elif _snap_extra is not None and _mp_extra == _snap_extra and _mp_copyreg == _snap_copyreg:
+        return 0
+    _TABLE.clear()
+    _TABLE.update(_mp_copyreg)
+    _TABLE.update(_mp_extra)
+    _v_extra, _v_copyreg = ve, vc
+    _snap_extra, _snap_copyreg = dict(_mp_extra), dict(_mp_copyreg)
+    return 0
 
-    def get(self, t, default=None):
-        try:
-            return self[t]
-        except KeyError:
-            return default
+
+_sync_table()
 
 
 class _MpPickler(pickle.Pickler):
-    dispatch_table = _ForkingReducers()
+    dispatch_table = _TABLE
 
 
 class _Sink:
@@ -94,6 +119,7 @@ cdef object mp_dumps(obj, list buffers_out):
     cdef int oob = buffers_out is not None
     cdef _PicklerSlot s = <_PicklerSlot>_slots[oob]
     cdef bint shared = True
+    _sync_table()
     if s is None or s.busy:
         s = _PicklerSlot(oob)
         if _slots[oob] is None:

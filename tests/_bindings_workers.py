@@ -137,6 +137,10 @@ def reduce_marked(obj):
     return (rebuild_marked, (obj.value, "via registered reducer"))
 
 
+def reduce_marked_again(obj):
+    return (rebuild_marked, (obj.value, "via the reducer registered in its place"))
+
+
 def use_connection(q, out):
     """Gets a Connection from pyqueue queue q, sends through it, reports."""
     try:

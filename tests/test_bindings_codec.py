@@ -165,9 +165,12 @@ def test_reducer_registered_after_first_use_is_honoured(make_queue):
     try:
         q.put(bw.Marked(2))
         assert q.get(timeout=WAIT).how == "via registered reducer"
+        ForkingPickler.register(bw.Marked, bw.reduce_marked_again)  # replaced
+        q.put_many([bw.Marked(3)])
+        assert q.get(timeout=WAIT).how == "via the reducer registered in its place"
     finally:
         ForkingPickler._extra_reducers.pop(bw.Marked, None)
-    q.put(bw.Marked(3))
+    q.put(bw.Marked(4))
     assert q.get(timeout=WAIT).how == "plain pickle"
 
 
