@@ -249,3 +249,20 @@ def test_authkey_refused_and_queue_usable(any_ctx, procs, make_queue):
     got = q.get_many(10, timeout=WAIT)
     assert got in (["after"], ["before", "after"])  # never the key
     assert q.qsize() == 0
+
+
+def test_connection_in_the_same_process_is_a_duplicate(make_queue):
+    """Before: the Connection was pickled as its fd number, and the copy's
+    close (or __del__) closed the original's fd. Now the copy has its own
+    duplicated fd."""
+    q = make_queue.Queue(capacity_bytes=1 << 16)
+    r, w = multiprocessing.Pipe(duplex=False)
+    with r, w:
+        q.put(w)
+        copy = q.get(timeout=WAIT)
+        assert copy.fileno() != w.fileno()
+        copy.send("from the copy")
+        copy.close()
+        w.send("from the original")  # still open
+        assert r.recv() == "from the copy"
+        assert r.recv() == "from the original"
