@@ -7,6 +7,7 @@ come back as themselves.
 
 Bounded: a few thousand messages, a deadline of a few seconds per test."""
 import collections
+import os
 import queue
 import sys
 import threading
@@ -195,3 +196,39 @@ def test_workqueue_get_shared_by_threads(fast_switching):
     finally:
         wq.unlink()
         wq.close()
+
+
+def test_directory_log_random_reads_across_many_segments(tmp_path, fast_switching):
+    """More segment files than a handle keeps mapped (32): threads reading
+    at random offsets make the handle unmap segments that another thread's
+    read may be decoding from (the copy must be done before any Python code
+    runs, and the mapping held while it is made)."""
+    import random
+
+    n = 2400
+    lg = pyqueue.Log(path=str(tmp_path / "log"), partitions=1, segment_bytes=4096)
+    try:
+        expected = bw.stress_messages(n)
+        for k in range(0, n, 40):
+            lg.append_many(expected[k:k + 40])
+        assert len([f for f in os.listdir(tmp_path / "log" / "partition-0")
+                    if f.endswith(".log")]) > 40  # more than the 32 kept mapped
+        want = [bw.message_key(m) for m in expected]
+
+        def read_random(i, out, stop_at):
+            rnd = random.Random(i)
+            for _ in range(150):
+                if time.monotonic() >= stop_at:
+                    return
+                off = rnd.randrange(n)
+                recs = lg.read(0, off, max_records=rnd.randrange(1, 40))
+                got = [bw.message_key(r.value) for r in recs]
+                assert got == want[off:off + len(got)]
+                assert [r.offset for r in recs] == list(range(off, off + len(recs)))
+                out.append(len(recs))
+
+        results, errors = _run_threads(read_random, n_threads=6)
+        assert errors == []
+        assert all(results)
+    finally:
+        lg.close()
