@@ -7,7 +7,7 @@ from queue import Empty, Full
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, MessageTooLarge,
                             OffsetOutOfRange, PyQueueError, SegmentMismatch, SegmentNotFound,
-                            SegmentNotOwned)
+                            SegmentNotOwned, UndecodableMessage)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
@@ -22,4 +22,5 @@ __all__ = [
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
     "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired",
+    "UndecodableMessage",
 ]

@@ -17,21 +17,26 @@ cdef enum:
     T_OOB = 0x80  # flag: the payload names an out-of-band segment
 
 
-cdef inline object encode_plain(obj, uint8_t* typ):
-    """The default codec without out-of-band buffers: bytes-like objects
-    raw (as bytes), str as UTF-8 (surrogates kept), anything else pickled
-    with protocol 5. Sets *typ."""
-    if type(obj) is bytes:
+cdef inline object encode_plain(obj, uint8_t* typ, object dumps):
+    """The default codec without out-of-band buffers: exact bytes,
+    bytearray and memoryview raw (as bytes), exact str as UTF-8 (lone
+    surrogates kept: surrogatepass both ways, so every str travels, as
+    through pickle), anything else - subclasses of those included, so that
+    a StrEnum member or a bytes subclass comes back as itself - with dumps
+    (pyqueue._core.default_dumps: multiprocessing's pickler, protocol 5).
+    Sets *typ."""
+    t = type(obj)
+    if t is bytes:
         typ[0] = T_BYTES
         return obj
-    if isinstance(obj, (bytes, bytearray, memoryview)):
+    if t is bytearray or t is memoryview:
         typ[0] = T_BYTES
         return bytes(obj)
-    if isinstance(obj, str):
+    if t is str:
         typ[0] = T_STR
         return (<str>obj).encode("utf-8", "surrogatepass")
     typ[0] = T_PICKLE
-    return pickle.dumps(obj, 5)
+    return dumps(obj)
 
 
 cdef extern from "pq_wait.h" nogil:

@@ -11,9 +11,13 @@ Thin by intent: the ring protocol lives in csrc/. What is here:
 
 Thread safety: the claim -> copy -> commit and peek -> copy -> consume
 sequences run with the GIL held and call no Python code in between, so
-threads of one process never interleave inside them.
+threads of one process never interleave inside them. What a get learns
+from a peek (types, positions, the copied payloads) lives in the call's own
+stack and locals, never in the handle: decoding runs Python code (pickle),
+which may let another thread of this process use the same handle.
 """
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -23,11 +27,12 @@ from cpython.list cimport PyList_New
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINVAL, EINPROGRESS, ESTALE
 
+import collections
 import os
 import pickle
 import queue as _queue_mod
 
-from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
+from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "Python.h":
@@ -152,9 +157,16 @@ FAULT_POINTS = tuple(pq_fault_name(i).decode("ascii") for i in range(1, PQ_FAULT
 
 cdef object _Empty = _queue_mod.Empty
 cdef object _Full = _queue_mod.Full
-cdef object _pickle_dumps = pickle.dumps
 cdef object _pickle_loads = pickle.loads
 cdef object _PickleBuffer = pickle.PickleBuffer
+
+include "_codec.pxi"
+
+# What a handle holds for its next calls after an undecodable message
+# (RingQueue._held): (kind, a, b, c).
+DEF HELD_RAW = 0      # a taken message not decoded yet: (type, copied payload, position)
+DEF HELD_OBJ = 1      # a decoded message: (object, -, -)
+DEF HELD_ERR = 2      # an UndecodableMessage to raise: (exception, -, -)
 
 
 cdef int _check_rc(int rc, str what="") except -1:
@@ -220,6 +232,63 @@ def segment_info(mm):
         PyBuffer_Release(&view)
 
 
+cdef object _utf8_or_bytes(str s):
+    """s itself when it has a UTF-8 form (CPython caches it: no copy), else
+    its UTF-8 bytes with lone surrogates kept (surrogatepass, as the decoder
+    reads them back): every str travels, as it does through pickle."""
+    cdef Py_ssize_t n
+    try:
+        PyUnicode_AsUTF8AndSize(s, &n)
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass")
+
+
+cdef inline const char* _raw_ptr(obj, Py_ssize_t* n) except NULL:
+    """The bytes of a str that has a UTF-8 form, or of a bytes object."""
+    if type(obj) is str:
+        return PyUnicode_AsUTF8AndSize(obj, n)
+    n[0] = PyBytes_GET_SIZE(obj)
+    return PyBytes_AS_STRING(obj)
+
+
+cdef inline object _str_bytes(obj):
+    """_raw_ptr's bytes as a bytes object (for the out-of-band path)."""
+    if type(obj) is str:
+        return (<str>obj).encode("utf-8")
+    return obj
+
+
+cdef object _unwrap(e):
+    """What get() raises for an UndecodableMessage: the decoder's own
+    exception (as multiprocessing.Queue.get), noted with where the message
+    was; an UndecodableMessage without a cause as it is."""
+    cause = e.cause
+    if cause is None:
+        return e
+    try:
+        cause.add_note(f"pyqueue: {e}")
+    except Exception:
+        pass
+    return cause
+
+
+cdef object _as_bytes(obj):
+    """A copied payload as bytes (for UndecodableMessage.raw)."""
+    if obj is None or type(obj) is bytes:
+        return obj
+    if type(obj) is str:
+        return (<str>obj).encode("utf-8", "surrogatepass")
+    try:
+        return bytes(obj)
+    except Exception:
+        return None
+
+
+# no_gc_clear: the cycle collector must not clear _mm or the buffer view
+# (that unmaps the segment) before __dealloc__ releases this handle's slot
+# in it; a cycle through a handle is broken at the other objects in it.
+@cython.no_gc_clear
 cdef class RingQueue:
     """Base class of pyqueue.Queue: a handle on a mapped queue segment."""
     cdef pq_ring _r
@@ -235,7 +304,8 @@ cdef class RingQueue:
     cdef uint64_t _max_message     # 0 = no cap
     cdef uint64_t _inline_max      # larger payloads travel out of band
     cdef object __weakref__
-    cdef pq_ring_record* _recs
+    cdef object _held              # deque: messages taken, for the next gets (HELD_*)
+    cdef uint64_t _undecodable     # messages this handle reported as UndecodableMessage
     cdef object _oob               # pyqueue._oob module hooks (put, get)
     cdef uint64_t _stuck_head      # head a non-blocking get found in progress
     cdef int64_t _stuck_since      # when it first did (0: none)
@@ -243,12 +313,9 @@ cdef class RingQueue:
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
         self._closed = False
-        self._recs = NULL
+        self._held = collections.deque()
 
     def __dealloc__(self):
-        if self._recs != NULL:
-            free(self._recs)
-            self._recs = NULL
         if self._mapped:
             pq_ring_release_slot(&self._r)
             PyBuffer_Release(&self._view)
@@ -282,9 +349,6 @@ cdef class RingQueue:
                 "this queue was created with a custom serializer: pass the same "
                 "serializer= to open it")
         self._oob = oob
-        self._recs = <pq_ring_record*>malloc(BATCH_MAX * sizeof(pq_ring_record))
-        if self._recs == NULL:
-            raise MemoryError()
 
     # ------------------------------------------------------------ helpers
 
@@ -346,18 +410,19 @@ cdef class RingQueue:
         something was dropped, 0 when nothing could be. pq_ring_consume,
         not pq_ring_take: dropped records are counted as dropped, and a
         producer that dies with them is not counted as a consumer."""
+        cdef pq_ring_record rec
         cdef pq_ring_batch b
         cdef int rc
         while True:
-            rc = pq_ring_peek(&self._r, self._recs, 1, &b)
+            rc = pq_ring_peek(&self._r, &rec, 1, &b)
             if rc == -ESTALE:
                 continue
             if rc < 0:
                 if rc == -EAGAIN or rc == -EINPROGRESS:
                     return 0
                 _check_rc(rc, "drop_oldest")
-            if b.count and (self._recs[0].type & T_OOB):
-                ref = PyBytes_FromStringAndSize(<const char*>self._recs[0].payload, self._recs[0].len)
+            if b.count and (rec.type & T_OOB):
+                ref = PyBytes_FromStringAndSize(<const char*>rec.payload, rec.len)
             else:
                 ref = None
             if pq_ring_consume(&self._r, &b) == 0:
@@ -453,15 +518,17 @@ cdef class RingQueue:
         if self._custom:
             typ[0] = T_CUSTOM
             return [self._dumps(obj)]
+        # Exact types only: a subclass (a StrEnum member, a bytes
+        # subclass) is pickled and comes back as itself.
         t = type(obj)
-        if t is bytearray or t is memoryview or isinstance(obj, (bytes, bytearray, memoryview)):
+        if t is bytes or t is bytearray or t is memoryview:
             typ[0] = T_BYTES
             return [obj]
-        if isinstance(obj, str):
+        if t is str:
             typ[0] = T_STR
             return [(<str>obj).encode("utf-8", "surrogatepass")]
         buffers = []
-        data = _pickle_dumps(obj, 5, buffer_callback=buffers.append)
+        data = mp_dumps(obj, buffers)
         if not buffers:
             typ[0] = T_PICKLE
             return [data]
@@ -486,7 +553,8 @@ cdef class RingQueue:
                 n = PyBytes_GET_SIZE(obj)
                 typ = T_BYTES
             elif not self._custom and type(obj) is str:
-                ptr = PyUnicode_AsUTF8AndSize(obj, &n)
+                obj = _utf8_or_bytes(obj)
+                ptr = _raw_ptr(obj, &n)
                 typ = T_STR
             else:
                 parts = self._encode(obj, &typ)
@@ -494,7 +562,7 @@ cdef class RingQueue:
                 return
             self._check_size(n)
             if <uint64_t>n > self._inline_max:
-                self._put_parts([obj.encode("utf-8") if typ == T_STR else obj], typ, deadline)
+                self._put_parts([_str_bytes(obj)], typ, deadline)
                 return
             self._put_raw(ptr, n, typ, deadline)
         except BaseException:
@@ -529,19 +597,16 @@ cdef class RingQueue:
                 typ = T_STR
             else:
                 item = self._encode_single(item, &typ)
-            if typ == T_STR:
-                ptr = PyUnicode_AsUTF8AndSize(item, &n)
-            else:
-                ptr = PyBytes_AS_STRING(item)
-                n = PyBytes_GET_SIZE(item)
+            if type(item) is str:
+                item = _utf8_or_bytes(item)
+            ptr = _raw_ptr(item, &n)
             self._check_size(n)
             if <uint64_t>n > self._inline_max:
                 total += self._put_batch(ptrs, lens, types, pos, k, deadline)
                 k = 0
                 bytes_in_batch = 0
                 keep = []
-                self._put_one_counted(item.encode("utf-8", "surrogatepass") if typ == T_STR else item,
-                                      typ, deadline)
+                self._put_one_counted(_str_bytes(item), typ, deadline)
                 total += 1
                 continue
             rec = pq_ring_record_size(n)
@@ -603,15 +668,16 @@ cdef class RingQueue:
 
     cdef object _decode_fast(self, const pq_ring_record* rec):
         """Copy a record out of the ring before the consume CAS. Returns the
-        final object for bytes and str, else the raw bytes to finish later."""
+        final object for bytes and str, else the raw bytes to finish later
+        (also for a str whose bytes are not UTF-8: torn under a stale head,
+        then the CAS fails and we retry; or damaged, then _decode_finish
+        reports it)."""
         cdef uint8_t typ = rec.type
         if typ == T_STR:
             try:
                 return PyUnicode_DecodeUTF8(<const char*>rec.payload, rec.len, "surrogatepass")
             except UnicodeDecodeError:
-                # Only possible when the record was overwritten under a stale
-                # head; the consume CAS will fail and we retry.
-                return None
+                pass
         if typ == T_PICKLE_BUFFERS:
             # Mutable, so that arrays rebuilt on it are writable as with
             # multiprocessing.Queue.
@@ -647,19 +713,79 @@ cdef class RingQueue:
             return _pickle_loads(obj)
         return self._oob.unframe_buffers(obj)
 
+    cdef object _finish_one(self, uint8_t typ, obj, uint64_t pos):
+        """_decode_finish of one taken message; any Exception of the
+        decoder becomes UndecodableMessage (counted)."""
+        try:
+            return self._decode_finish(typ, obj)
+        except Exception as e:
+            self._undecodable += 1
+            raise UndecodableMessage(
+                f"message at position {pos} of queue {self!r} cannot be decoded "
+                f"(type {typ}): {type(e).__name__}: {e}",
+                position=pos, type_code=typ, raw=_as_bytes(obj), cause=e) from e
+
+    cdef int _hold(self, list items) except -1:
+        """Put items (HELD_* tuples) in front of what this handle holds,
+        in their order."""
+        self._held.extendleft(reversed(items))
+        return 0
+
+    cdef object _take_held(self, Py_ssize_t max_messages):
+        """Messages an earlier call of this handle took and kept (after an
+        undecodable one, or an exception while decoding): a list of up to
+        max_messages, or raises the UndecodableMessage that is next. None
+        when nothing is held."""
+        cdef list out = []
+        while len(out) < max_messages:
+            try:
+                item = self._held.popleft()
+            except IndexError:
+                break
+            kind = item[0]
+            if kind == HELD_OBJ:
+                out.append(item[1])
+                continue
+            if kind == HELD_ERR:
+                if out:
+                    self._hold([item])
+                    return out
+                raise item[1]
+            try:
+                out.append(self._finish_one(item[1], item[2], item[3]))
+            except UndecodableMessage as e:
+                if out:
+                    self._hold([(HELD_ERR, e, None, None)])
+                    return out
+                raise
+            except BaseException:
+                self._hold([(HELD_OBJ, o, None, None) for o in out] + [item])
+                raise
+        return out if out else None
+
     def get(self, block=True, timeout=None):
         """Remove and return an item; see multiprocessing.Queue.get."""
+        cdef pq_ring_record rec      # this call's: never the handle's (module docstring)
         cdef pq_ring_batch b
         cdef int rc
         cdef int64_t deadline
         cdef uint8_t typ
+        cdef uint64_t pos
         self._check_open()
         deadline = _deadline(block, timeout)
+        if self._held:
+            try:
+                held = self._take_held(1)
+            except UndecodableMessage as e:
+                raise _unwrap(e)
+            if held is not None:
+                return held[0]
         while True:
-            rc = pq_ring_peek(&self._r, self._recs, 1, &b)
+            rc = pq_ring_peek(&self._r, &rec, 1, &b)
             if rc > 0:
-                typ = self._recs[0].type
-                obj = self._decode_fast(self._recs)
+                typ = rec.type
+                pos = rec.pos
+                obj = self._decode_fast(&rec)
                 if pq_ring_take(&self._r, &b) == 0:
                     # Taken: until pq_ring_taken_done, a death of this
                     # process counts the message as abandoned.
@@ -667,7 +793,16 @@ cdef class RingQueue:
                         pq_ring_taken_done(&self._r)
                         return obj
                     try:
-                        return self._decode_finish(typ, obj)
+                        return self._finish_one(typ, obj, pos)
+                    except UndecodableMessage as e:
+                        # As multiprocessing.Queue.get: the decoder's own
+                        # exception (position etc. in its notes).
+                        raise _unwrap(e)
+                    except BaseException:
+                        # Interrupted while decoding (Ctrl-C): the message
+                        # is kept for the next get, not lost.
+                        self._hold([(HELD_RAW, typ, obj, pos)])
+                        raise
                     finally:
                         pq_ring_taken_done(&self._r)
                 continue
@@ -688,10 +823,39 @@ cdef class RingQueue:
     def get_nowait(self):
         return self.get(False)
 
+    cdef bint _finish_batch(self, list out, const pq_ring_record* recs, list raw, int n) except -1:
+        """Decode the n taken messages raw[:n] (types and positions in
+        this call's recs) into out. An undecodable one is reported alone:
+        raised now when out is empty, else held to be raised by the next
+        call (returns True: out is to be returned as it is); the ones after
+        it are held for the next calls. Nothing taken is dropped: on any
+        other exception (Ctrl-C) out and the rest are held again."""
+        cdef int i, j
+        for i in range(n):
+            try:
+                out.append(self._finish_one(recs[i].type, raw[i], recs[i].pos))
+            except UndecodableMessage as e:
+                rest = [(HELD_RAW, recs[j].type, raw[j], recs[j].pos) for j in range(i + 1, n)]
+                if not out:
+                    self._hold(rest)
+                    raise
+                self._hold([(HELD_ERR, e, None, None)] + rest)
+                return True
+            except BaseException:
+                rest = [(HELD_RAW, recs[j].type, raw[j], recs[j].pos) for j in range(i, n)]
+                self._hold([(HELD_OBJ, o, None, None) for o in out] + rest)
+                del out[:]
+                raise
+        return False
+
     def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
         """Return a list of up to max_messages messages: waits (unless
         block is false) for at least one, then takes what is there, with one
-        consume per up to 256 records."""
+        consume per up to 256 records. An undecodable message is raised
+        alone (UndecodableMessage) by the call that reaches it first: the
+        messages before it are returned, the ones after it come with the
+        next calls."""
+        cdef pq_ring_record recs[BATCH_MAX]   # this call's (module docstring)
         cdef pq_ring_batch b
         cdef int rc, i
         cdef int64_t deadline
@@ -702,6 +866,10 @@ cdef class RingQueue:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         deadline = _deadline(block, timeout)
+        if self._held:
+            held = self._take_held(max_messages)
+            if held is not None:
+                return held
         out = []
         # The batches taken accumulate in this process's slot until they
         # are returned (pq_ring_taken_done): a death in between counts
@@ -709,19 +877,21 @@ cdef class RingQueue:
         try:
             while True:
                 want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
-                rc = pq_ring_peek(&self._r, self._recs, want, &b)
+                rc = pq_ring_peek(&self._r, recs, want, &b)
                 if rc > 0:
                     raw = PyList_New(0)
                     slow = False
                     for i in range(rc):
-                        raw.append(self._decode_fast(&self._recs[i]))
-                        if self._recs[i].type != T_BYTES and self._recs[i].type != T_STR:
+                        o = self._decode_fast(&recs[i])
+                        raw.append(o)
+                        if recs[i].type != T_BYTES and (recs[i].type != T_STR
+                                                        or type(o) is not str):
                             slow = True
                     if pq_ring_take(&self._r, &b) != 0:
                         continue
                     if slow or self._custom:
-                        for i in range(rc):
-                            out.append(self._decode_finish(self._recs[i].type, raw[i]))
+                        if self._finish_batch(out, recs, raw, rc):
+                            return out
                     else:
                         out.extend(raw)
                     if len(out) >= max_messages:
@@ -789,6 +959,10 @@ cdef class RingQueue:
             "waiting_producers": s.waiting_producers,
             "waiting_consumers": s.waiting_consumers,
             "unfinished_tasks": s.unfinished_tasks,
+            # this handle's: messages it reported as UndecodableMessage, and
+            # messages it took and holds for its next get/get_many (after
+            # an undecodable one); both are in dequeued
+            "undecodable": self._undecodable, "held": len(self._held),
         }
 
     @property

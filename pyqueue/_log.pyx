@@ -14,6 +14,7 @@ Codec of values as the queue's: bytes/str raw, else pickle protocol 5 (the
 record's type byte says which). Blocking waits release the GIL in slices of
 at most 100 ms, with signals checked between them."""
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -29,8 +30,9 @@ import pickle
 import struct
 import time
 
+from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PyQueueError, SegmentMismatch)
+                            PyQueueError, SegmentMismatch, UndecodableMessage)
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "<errno.h>" nogil:
@@ -251,6 +253,7 @@ MIN_SEGMENT_BYTES = PQ_DSEG_MIN_BYTES
 MAX_SEGMENT_BYTES = PQ_DSEG_MAX_BYTES
 
 cdef object _loads_p = pickle.loads
+cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/_codec.pxi)
 
 
 cdef inline object _set(object t, Py_ssize_t i, object item):
@@ -446,7 +449,6 @@ cdef class LogCoreBase:
     # Set by `pyqueue tail` for a log it does not own: pickled values come
     # back as RawValue, never unpickled.
     cdef public bint raw_values
-    cdef pq_log_record _recs[BATCH_MAX]
     cdef uint32_t _rr           # the next keyless partition
     cdef unsigned long _rr_gen  # _fork_generation when _rr was seeded
     cdef object __weakref__
@@ -545,7 +547,7 @@ cdef class LogCoreBase:
         cdef list datas = []
         cdef Py_ssize_t fixed = (0 if kb is None else len(kb)) + len(hb)
         for v in values:
-            d = encode_plain(v, &typ)
+            d = encode_plain(v, &typ, _dumps_p)
             if fixed + len(d) > <Py_ssize_t>self._max_record:
                 raise MessageTooLarge(
                     f"record of {fixed + len(d)} bytes (key, headers and value) exceeds the "
@@ -580,49 +582,59 @@ cdef class LogCoreBase:
             j += 1
         return j
 
-    cdef int _make_records(self, int n, uint32_t partition, type make, list out,
-                           bint decode, uint8_t* undecoded) except -1:
-        """Append Records of self._recs[:n] to out. decode: decode values
-        and headers straight from the storage (directory mode: the bytes
-        below the end never change). Otherwise (memory mode, where a copy
-        may be torn until validated) only raw bytes are copied: the value
-        of a bytes record and empty headers are final, the others stay raw
-        bytes, and undecoded[i] says so, for _decode_records after the
-        validation."""
-        cdef pq_log_record* r
-        cdef bytes vb
+    cdef int _make_records(self, const pq_log_record* recs, int n, uint32_t partition,
+                           type make, list out, uint8_t* undecoded) except -1:
+        """Append Records of recs[:n] (the caller's: never the handle's, so
+        that no other thread's read can overwrite them) to out, with raw
+        bytes only: no Python code runs while the storage is read (a
+        memory-mode copy may be torn until validated; a directory-mode
+        segment may be unmapped by another thread of this process once
+        Python code runs). The value of a bytes record and empty headers
+        are final; for the others undecoded[i] is set and _decode_records
+        finishes them."""
+        cdef const pq_log_record* r
         cdef object v, h
         for i in range(n):
-            r = &self._recs[i]
-            vb = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
-            if decode:
-                v = _decode_value(r.type, vb, self.raw_values)
-                h = {} if r.headers_len == 0 else _decode_headers(
-                    PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len))
-            else:
-                undecoded[i] = r.type != T_BYTES or r.headers_len != 0
-                v = vb
-                h = {} if r.headers_len == 0 else PyBytes_FromStringAndSize(
-                    <const char*>r.headers, r.headers_len)
+            r = &recs[i]
+            undecoded[i] = r.type != T_BYTES or r.headers_len != 0
+            v = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
+            h = {} if r.headers_len == 0 else PyBytes_FromStringAndSize(
+                <const char*>r.headers, r.headers_len)
             out.append(_new_record(
                 make, partition, r.offset, r.timestamp_ms,
                 None if r.key == NULL else
                 PyBytes_FromStringAndSize(<const char*>r.key, r.key_len), v, h))
         return 0
 
-    cdef int _decode_records(self, list out, Py_ssize_t first, int n, type make,
-                             const uint8_t* undecoded) except -1:
-        """Decode, after validation, what _make_records left raw in
-        out[first:first + n] (the types are still in self._recs)."""
+    cdef bint _decode_records(self, list out, Py_ssize_t first, int n, type make,
+                              const uint8_t* types, const uint8_t* undecoded) except -1:
+        """Decode what _make_records left raw in out[first:first + n]
+        (types: the records' type bytes, the caller's copy). A record that
+        cannot be decoded is reported alone: the ones from it on are
+        removed from out, and it is raised (UndecodableMessage naming its
+        partition and offset) when out has nothing before it, else True is
+        returned (out as it is is the answer; the next read at its offset
+        raises)."""
+        cdef Py_ssize_t k
         for i in range(n):
             if undecoded[i]:
-                rec = out[first + i]
+                k = first + i
+                rec = out[k]
                 hb = rec[5]
-                out[first + i] = _new_record(
-                    make, rec[0], rec[1], rec[2], rec[3],
-                    _decode_value(self._recs[i].type, rec[4], self.raw_values),
-                    hb if type(hb) is dict else _decode_headers(hb))
-        return 0
+                try:
+                    value = _decode_value(types[i], rec[4], self.raw_values)
+                    headers = hb if type(hb) is dict else _decode_headers(hb)
+                except Exception as e:
+                    del out[k:]
+                    if out:
+                        return True
+                    raise UndecodableMessage(
+                        f"log: the record at offset {rec[1]} of partition {rec[0]} cannot be "
+                        f"decoded (type {types[i]}): {type(e).__name__}: {e}",
+                        position=rec[1], partition=rec[0], type_code=types[i], raw=rec[4],
+                        cause=e) from e
+                out[k] = _new_record(make, rec[0], rec[1], rec[2], rec[3], value, headers)
+        return False
 
     cdef _out_of_range(self, uint32_t partition, uint64_t offset, uint64_t s, uint64_t e):
         if offset < s:

@@ -57,6 +57,7 @@ cdef void _cursor_from(pq_dseg_cursor* c, tuple t):
     c.pos, c.next_offset, c.index_count, c.last_index_pos, c.records, c.max_timestamp_ms = t
 
 
+@cython.no_gc_clear
 cdef class SegmentMap:
     """One mapped segment: its data file and (optionally) its index file.
     The mappings are the caller's mmap objects; the C core reads and writes
@@ -206,6 +207,7 @@ cdef class SegmentMap:
             _check_rc(rc, "sync index")
 
 
+@cython.no_gc_clear
 cdef class DirLogCore(LogCoreBase):
     """A handle on a directory-mode log: the mapped control file and the
     segments mapped so far (base of pyqueue.log.DirectoryLog, which
@@ -494,10 +496,15 @@ cdef class DirLogCore(LogCoreBase):
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
               make):
         """As MemoryLogCore._read, from the segment files."""
+        cdef pq_log_record recs[BATCH_MAX]   # this call's, never the handle's
+        cdef uint8_t types[BATCH_MAX]
+        cdef uint8_t undecoded[BATCH_MAX]
         cdef pq_dlog_view v
-        cdef int rc, missing = 0
+        cdef int rc, i, missing = 0
         cdef int64_t deadline, until
         cdef uint64_t nxt, bad, end, ixc, next_base
+        cdef Py_ssize_t first
+        cdef Py_buffer hold
         cdef SegmentMap m
         self._check_open()
         self._check_part(partition)
@@ -542,7 +549,22 @@ cdef class DirLogCore(LogCoreBase):
             # position first), and a record returned beyond end_offset would
             # make the next read look past the end.
             want = <uint32_t>min(max_records - len(out), BATCH_MAX, v.end_offset - offset)
-            rc = pq_dseg_peek(&m.s, end, ixc, offset, self._recs, want, &nxt, &bad)
+            if m.s.data == NULL:  # unmapped by another thread of this process meanwhile
+                self._check_open()
+                continue
+            # Copy first, with no Python code while m is read (another
+            # thread may close m once Python code runs; the export keeps
+            # the mapping until the copy is done), then decode.
+            first = len(out)
+            PyObject_GetBuffer(m._dmm, &hold, PyBUF_SIMPLE)
+            try:
+                rc = pq_dseg_peek(&m.s, end, ixc, offset, recs, want, &nxt, &bad)
+                if rc > 0:
+                    for i in range(rc):
+                        types[i] = recs[i].type
+                    self._make_records(recs, rc, partition, make, out, undecoded)
+            finally:
+                PyBuffer_Release(&hold)
             if rc == PQ_ERR_CORRUPT:
                 if out:
                     return out
@@ -570,7 +592,8 @@ cdef class DirLogCore(LogCoreBase):
                     continue
                 offset = next_base  # nothing more in that segment
                 continue
-            self._make_records(rc, partition, make, out, True, NULL)
+            if self._decode_records(out, first, rc, make, types, undecoded):
+                return out  # an undecodable record next: the next read raises
             offset = nxt
             if len(out) >= max_records:
                 return out

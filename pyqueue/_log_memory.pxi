@@ -20,6 +20,10 @@ def memory_segment_size(uint32_t partitions, uint64_t capacity):
     return n
 
 
+# no_gc_clear: the cycle collector must not clear the mapping (_mm, the
+# buffer view) of a core something may still read through; a cycle through
+# it is broken at the other objects in it.
+@cython.no_gc_clear
 cdef class MemoryLogCore(LogCoreBase):
     """A handle on a mapped memory-mode log segment (base of
     pyqueue.log.MemoryLog)."""
@@ -98,8 +102,10 @@ cdef class MemoryLogCore(LogCoreBase):
         """Records from offset (waits up to timeout seconds for the first:
         an empty list when none came). make(partition, offset, ts, key,
         value, headers) builds each record."""
+        cdef pq_log_record recs[BATCH_MAX]   # this call's, never the handle's
+        cdef uint8_t types[BATCH_MAX]
         cdef pq_log_batch b
-        cdef int rc
+        cdef int rc, i
         cdef int64_t deadline, until
         cdef uint32_t want
         cdef uint64_t s, e
@@ -114,14 +120,17 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef list out = []
         while True:
             want = <uint32_t>min(max_records - len(out), BATCH_MAX)
-            rc = pq_log_peek(&self._l, partition, offset, self._recs, want, &b)
+            rc = pq_log_peek(&self._l, partition, offset, recs, want, &b)
             if rc >= 0:
                 first = len(out)
-                self._make_records(rc, partition, make, out, False, undecoded)
+                for i in range(rc):
+                    types[i] = recs[i].type
+                self._make_records(recs, rc, partition, make, out, undecoded)
                 if pq_log_validate(&self._l, partition, &b) != 0:
                     del out[first:]
                     continue  # overwritten while copying: peek again (may be out of range)
-                self._decode_records(out, first, rc, make, undecoded)
+                if self._decode_records(out, first, rc, make, types, undecoded):
+                    return out  # an undecodable record next: the next read raises
                 offset = b.next_offset
                 if len(out) >= max_records:
                     return out

@@ -8,6 +8,7 @@ releases the GIL, in slices of at most 100 ms with signals checked between
 them; a publisher blocked for a slice evicts dead subscribers, a subscriber
 blocked for a slice repairs a dead publisher's record."""
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -15,11 +16,13 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, ENOSPC
 
+import collections
 import os
 import pickle
 import queue as _queue_mod
 
-from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge
+from pyqueue._core import default_dumps as _default_dumps_py
+from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "Python.h":
@@ -97,6 +100,7 @@ cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 cdef object _Empty = _queue_mod.Empty
 cdef object _Full = _queue_mod.Full
 cdef object _loads_p = pickle.loads
+cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/_codec.pxi)
 
 
 _TOPIC_CODES = {
@@ -141,6 +145,10 @@ def segment_size(uint64_t capacity):
     return pq_topic_segment_size(capacity)
 
 
+# no_gc_clear (TopicCore, SubscriptionCore): the cycle collector must not
+# clear the mapping (or a subscription's topic) before __dealloc__ is done
+# with it; a cycle through them is broken at the other objects in it.
+@cython.no_gc_clear
 cdef class TopicCore:
     """A handle on a mapped topic segment (base of pyqueue.Topic)."""
     cdef pq_topic _t
@@ -189,7 +197,7 @@ cdef class TopicCore:
         if self._custom:
             typ[0] = T_CUSTOM
             return bytes(self._dumps(obj))
-        return encode_plain(obj, typ)
+        return encode_plain(obj, typ, _dumps_p)
 
     cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline) except -1:
         cdef int rc
@@ -221,9 +229,14 @@ cdef class TopicCore:
         self._check_open()
         cdef int64_t deadline = _deadline(block, timeout)
         if not self._custom and type(obj) is str:
-            ptr = PyUnicode_AsUTF8AndSize(obj, &n)
+            try:
+                ptr = PyUnicode_AsUTF8AndSize(obj, &n)
+                data = obj
+            except UnicodeEncodeError:  # lone surrogates: kept, as encode_plain does
+                data = (<str>obj).encode("utf-8", "surrogatepass")
+                ptr = PyBytes_AS_STRING(data)
+                n = PyBytes_GET_SIZE(data)
             typ = T_STR
-            data = obj
         else:
             data = self._encode(obj, &typ)
             ptr = PyBytes_AS_STRING(data)
@@ -324,12 +337,17 @@ cdef class TopicCore:
         self._closed = True
 
 
+@cython.no_gc_clear
 cdef class SubscriptionCore:
     """One process's subscription to a topic (base of pyqueue.Subscription)."""
     cdef pq_topic_sub _s
     cdef TopicCore _topic
     cdef object _pid
-    cdef pq_topic_record _recs[BATCH_MAX]
+    cdef object _held              # deque: messages taken, for the next gets (see _read)
+    cdef readonly uint64_t undecodable  # messages reported as UndecodableMessage
+
+    def __cinit__(self, *args, **kwargs):
+        self._held = collections.deque()
 
     def __dealloc__(self):
         if self._topic is not None and self._s.slot >= 0 and self._pid == os.getpid() \
@@ -351,7 +369,7 @@ cdef class SubscriptionCore:
             try:
                 return PyUnicode_DecodeUTF8(<const char*>p, n, "surrogatepass")
             except UnicodeDecodeError:
-                return None  # only an overwritten record: advance fails
+                pass  # torn (lapped: advance fails) or damaged (_finish reports it)
         return PyBytes_FromStringAndSize(<const char*>p, n)
 
     cdef object _finish(self, uint8_t typ, obj):
@@ -359,6 +377,8 @@ cdef class SubscriptionCore:
         if typ == T_BYTES or typ == T_STR:
             if t._custom:
                 raise PyQueueError("message was not encoded with this topic's serializer")
+            if typ == T_STR and type(obj) is not str:
+                return (<bytes>obj).decode("utf-8", "surrogatepass")
             return obj
         if typ == T_CUSTOM:
             if not t._custom:
@@ -370,27 +390,92 @@ cdef class SubscriptionCore:
             return _loads_p(obj)
         raise SegmentMismatch(f"unknown message type {typ}")
 
+    cdef object _finish_one(self, uint8_t typ, obj, uint64_t pos):
+        """_finish; any Exception of the decoder becomes UndecodableMessage
+        (counted in undecodable)."""
+        try:
+            return self._finish(typ, obj)
+        except Exception as e:
+            self.undecodable += 1
+            raw = obj.encode("utf-8", "surrogatepass") if type(obj) is str else obj
+            raise UndecodableMessage(
+                f"message at position {pos} of the topic cannot be decoded (type {typ}): "
+                f"{type(e).__name__}: {e}",
+                position=pos, type_code=typ, raw=raw, cause=e) from e
+
+    cdef int _hold(self, list items) except -1:
+        self._held.extendleft(reversed(items))
+        return 0
+
+    cdef object _take_held(self, Py_ssize_t max_messages):
+        """What an earlier call took and kept (as RingQueue._take_held):
+        a list, or raises the UndecodableMessage that is next; None when
+        nothing is held. Items: (0, type, payload, position) to decode,
+        (1, object) decoded, (2, exception) to raise."""
+        cdef list out = []
+        while len(out) < max_messages:
+            try:
+                item = self._held.popleft()
+            except IndexError:
+                break
+            kind = item[0]
+            if kind == 1:
+                out.append(item[1])
+                continue
+            if kind == 2:
+                if out:
+                    self._hold([item])
+                    return out
+                raise item[1]
+            try:
+                out.append(self._finish_one(item[1], item[2], item[3]))
+            except UndecodableMessage as e:
+                if out:
+                    self._hold([(2, e)])
+                    return out
+                raise
+            except BaseException:
+                self._hold([(1, o) for o in out] + [item])
+                raise
+        return out if out else None
+
     cdef list _read(self, uint32_t want, int64_t deadline):
         """Up to want messages (at least one unless deadline passes:
-        raises queue.Empty)."""
+        raises queue.Empty). An undecodable message is raised alone: when
+        it is not the first, the ones before it are returned and it is held
+        (raised by the next call), with the ones after it."""
+        cdef pq_topic_record recs[BATCH_MAX]   # this call's, never the handle's
         cdef pq_topic_batch b
-        cdef int rc, i
+        cdef int rc, i, j
         cdef TopicCore t = self._topic
-        cdef list raw
+        cdef list raw, out
         cdef int64_t until
         while True:
-            rc = pq_topic_peek(&t._t, &self._s, self._recs, want, &b)
+            rc = pq_topic_peek(&t._t, &self._s, recs, want, &b)
             if rc >= 0:
                 raw = [None] * rc
                 for i in range(rc):
-                    raw[i] = self._decode(self._recs[i].type, self._recs[i].payload,
-                                          self._recs[i].len)
-                types = [self._recs[i].type for i in range(rc)]
+                    raw[i] = self._decode(recs[i].type, recs[i].payload, recs[i].len)
                 if pq_topic_advance(&t._t, &self._s, &b) != 0:
-                    continue  # lapped while copying (lossy): peek again
+                    continue  # lapped while copying (lossy), or another thread advanced
                 if rc == 0:
                     continue
-                return [self._finish(types[i], raw[i]) for i in range(rc)]
+                out = []
+                for i in range(rc):
+                    try:
+                        out.append(self._finish_one(recs[i].type, raw[i], recs[i].pos))
+                    except UndecodableMessage as e:
+                        rest = [(0, recs[j].type, raw[j], recs[j].pos) for j in range(i + 1, rc)]
+                        if not out:
+                            self._hold(rest)
+                            raise
+                        self._hold([(2, e)] + rest)
+                        return out
+                    except BaseException:
+                        self._hold([(1, o) for o in out] +
+                                   [(0, recs[j].type, raw[j], recs[j].pos) for j in range(i, rc)])
+                        raise
+                return out
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
@@ -409,19 +494,34 @@ cdef class SubscriptionCore:
     def get(self, block=True, timeout=None):
         """The next message (waits unless block is false; queue.Empty)."""
         self._check()
-        return self._read(1, _deadline(block, timeout))[0]
+        cdef int64_t deadline = _deadline(block, timeout)
+        if self._held:
+            held = self._take_held(1)
+            if held is not None:
+                return held[0]
+        return self._read(1, deadline)[0]
 
     def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
-        """Up to max_messages messages; waits for at least one."""
+        """Up to max_messages messages; waits for at least one. An
+        undecodable message is raised alone (UndecodableMessage) by the
+        call that reaches it: the ones before it are returned, the ones
+        after it come with the next calls."""
         self._check()
         if max_messages <= 0:
             raise ValueError("max_messages must be positive")
         cdef int64_t deadline = _deadline(block, timeout)
+        if self._held:
+            held = self._take_held(max_messages)
+            if held is not None:
+                return held
         cdef list out = self._read(<uint32_t>min(max_messages, BATCH_MAX), deadline)
-        while len(out) < max_messages:
+        while len(out) < max_messages and not self._held:
             try:
                 out += self._read(<uint32_t>min(max_messages - len(out), BATCH_MAX), 0)
             except _queue_mod.Empty:
+                break
+            except UndecodableMessage as e:
+                self._hold([(2, e)])  # raised by the next call, alone
                 break
         return out
 

@@ -6,6 +6,7 @@ Blocking calls release the GIL in slices of at most 100 ms, check signals
 between them, and look for dead holders (pq_wq_reap) after each slice.
 Values: bytes/str raw, else pickle protocol 5 (pyqueue/_common.pxd)."""
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
@@ -16,6 +17,7 @@ import pickle
 import queue as _queue_mod
 import time
 
+from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import MessageTooLarge, SegmentMismatch
 from pyqueue.errors import from_code as _from_code
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain, deadline_ns as _deadline
@@ -90,6 +92,7 @@ REASONS = {0: None, 1: "nacked", 2: "visibility timeout", 3: "consumer died", 4:
 STATES = {1: "claimed", 2: "available", 3: "in flight", 4: "dead"}
 
 cdef object _loads_p = pickle.loads
+cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/_codec.pxi)
 
 ESTALE_CODE = ESTALE
 
@@ -136,6 +139,10 @@ cdef object _decode(uint8_t typ, bytes b):
     raise SegmentMismatch(f"unknown message type {typ}")
 
 
+# no_gc_clear: the cycle collector must not clear the mapping (_mm, the
+# buffer view) while the handle may still be used; a cycle through it is
+# broken at the other objects in it.
+@cython.no_gc_clear
 cdef class WorkQueueCore:
     """A handle on a mapped work-queue segment (base of pyqueue.WorkQueue)."""
     cdef pq_wq _q
@@ -221,7 +228,7 @@ cdef class WorkQueueCore:
         self._check_open()
         if delay < 0 or delay != delay:
             raise ValueError("delay must be a non-negative number of seconds")
-        data = encode_plain(obj, &typ)
+        data = encode_plain(obj, &typ, _dumps_p)
         cdef Py_ssize_t n = len(data)
         if <uint64_t>n > self._q.max_payload:
             raise MessageTooLarge(f"message of {n} bytes exceeds the work queue's limit of "

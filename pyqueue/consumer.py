@@ -189,6 +189,14 @@ class Consumer:
                         to = e.end_offset
                     self._positions[p] = to
                     recs = []
+                except Exception:
+                    # A record that cannot be read or decoded (it names its
+                    # partition and offset): the records of the partitions
+                    # before it are returned first (their positions moved
+                    # already), and the next poll raises it alone.
+                    if out:
+                        return out
+                    raise
             if recs:
                 out.extend(recs)
                 self._positions[p] = recs[-1].offset + 1

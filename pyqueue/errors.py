@@ -64,6 +64,40 @@ class CorruptRecord(SegmentMismatch):
         return (type(self), (str(self), self.path, self.position, self.partition, self.offset))
 
 
+class UndecodableMessage(PyQueueError):
+    """One message (or log record) could not be decoded: its pickle fails,
+    its codec is not this handle's, or its out-of-band segment is gone.
+    It is reported alone, by its own call: a batch call (get_many, a Log
+    read) returns the messages before it, and the messages after it stay
+    for the next calls. The message itself has been taken (a Queue or a
+    Subscription does not give it again; a Log keeps it, and the next read
+    at that offset raises again). Attributes: position (the record's
+    position: the ring position of a Queue or Topic record, the offset of a
+    Log record), partition (Log only, else None), type_code (the record's
+    codec byte), raw (the payload bytes as stored), cause (the exception
+    the decoder raised; also __cause__)."""
+
+    def __init__(self, message, position=None, partition=None, type_code=None, raw=None,
+                 cause=None):
+        super().__init__(message)
+        self.position = position
+        self.partition = partition
+        self.type_code = type_code
+        self.raw = raw
+        self.cause = cause
+        if cause is not None:
+            self.__cause__ = cause
+
+    @property
+    def offset(self):
+        """A Log record's offset (the same as position)."""
+        return self.position
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.position, self.partition, self.type_code,
+                             self.raw, None))
+
+
 class DeliveryExpired(PyQueueError):
     """A WorkQueue delivery was settled (ack, nack, reject, extend) after
     it stopped being this consumer's: its visibility timeout passed and the
