@@ -179,22 +179,23 @@ static inline void pq_wq_rescan(pq_wq *q, uint64_t id)
 
 static int pq_wq_lock(pq_wq *q)
 {
-    int rc = pthread_mutex_lock(&q->ctl->lock);
-    if (rc == EOWNERDEAD) {
+    int died;
+    int rc = pq_lock_take(&q->ctl->lock, &died);
+    if (rc == 0 && died) {
         /* A dead holder may have been anywhere in a change: pass what is
          * done at the head, forget the scan hint (the next get scans from
          * the head), and wake everyone to look again. */
         pq_wq_advance_head(q);
         atomic_store_explicit(&q->ctl->scan, 0, memory_order_relaxed);
-        rc = pthread_mutex_consistent(&q->ctl->lock);
+        rc = -pthread_mutex_consistent(&q->ctl->lock);
         if (rc != 0) {
             pthread_mutex_unlock(&q->ctl->lock);
-            return -rc;
+            return rc;
         }
         pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
         pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, INT32_MAX);
     }
-    return -rc;
+    return rc;
 }
 
 /* This process's owner word (pid | start time). */
