@@ -17,6 +17,7 @@ static const char *const pq_fault_names[PQ_FAULT_NPOINTS] = {
     [PQ_FAULT_AFTER_CONSUME] = "after_consume",
     [PQ_FAULT_PARKED] = "parked",
     [PQ_FAULT_IN_CLAIM_LOCK] = "in_claim_lock",
+    [PQ_FAULT_IN_LOCK] = "in_lock",
 };
 
 const char *pq_fault_name(int id)

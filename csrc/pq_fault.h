@@ -33,7 +33,8 @@ enum pq_fault_point {
     PQ_FAULT_AFTER_CONSUME = 5, /* consumer: CAS on head done, before anything else */
     PQ_FAULT_PARKED = 6,        /* registered as a waiter, about to park (both waits) */
     PQ_FAULT_IN_CLAIM_LOCK = 7, /* holding the claim lock, claim announced */
-    PQ_FAULT_NPOINTS = 8,
+    PQ_FAULT_IN_LOCK = 8,       /* any lock of any kind just taken (pq_lock_take) */
+    PQ_FAULT_NPOINTS = 9,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */
@@ -52,7 +53,9 @@ void pq_fault_hit(int id);
  * environment again (tests). */
 void pq_fault_reset(void);
 #define PQ_FAULT_POINT(id) pq_fault_hit(id)
+#define PQ_FAULT_REARM() pq_fault_reset()
 #else
+#define PQ_FAULT_REARM() ((void)0)
 #define PQ_FAULT_ENABLED 0
 #define PQ_FAULT_POINT(id) ((void)0)
 #endif

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pq_fault.h"
 #include "pq_wait.h"
 
 /*
@@ -24,6 +25,10 @@
  * once when a binding is imported, before it calls the core, and only
  * read by this process. */
 static _Atomic int64_t pq_lock_core_wait = PQ_LOCK_CORE_WAIT_NS;
+
+/* The bindings' wait in calls that do not block (pq_lock_bounded_wait).
+ * Relaxed: a setting, read alone. */
+static _Atomic int64_t pq_lock_bounded_ns = PQ_LOCK_BOUNDED_WAIT_NS;
 
 /* Per thread: the lock the last lock site found busy, and the one
  * pq_lock_wait_busy acquired for the next (with the owner-died flag it
@@ -156,34 +161,54 @@ int pq_lock_acquire(pthread_mutex_t *m, int64_t deadline_ns, int *owner_died)
     return pq_lock_settle(m, pq_lock_try(m), deadline_ns, owner_died);
 }
 
+/* pq_lock_take's answer: PQ_FAULT_IN_LOCK when it holds the lock (tests
+ * stop a holder there). */
+static inline int pq_lock_taken(int rc)
+{
+    if (rc == 0)
+        PQ_FAULT_POINT(PQ_FAULT_IN_LOCK);
+    return rc;
+}
+
 int pq_lock_take(pthread_mutex_t *m, int *owner_died)
 {
     /* The fast path: our kind of lock, free. No clock, no system call. */
     int rc = pq_lock_try(m);
     if (PQ_LIKELY(rc == 0)) {
         *owner_died = 0;
-        return 0;
+        return pq_lock_taken(0);
     }
     if (rc == EBUSY && pq_lock_held == m) {
         /* Acquired for this call by pq_lock_wait_busy. */
         *owner_died = pq_lock_held_died;
         pq_lock_held = NULL;
-        return 0;
+        return pq_lock_taken(0);
     }
     int64_t wait = atomic_load_explicit(&pq_lock_core_wait, memory_order_relaxed);
     if (wait > 0)
-        return pq_lock_settle(m, rc, pq_monotonic_ns() + wait, owner_died);
+        return pq_lock_taken(pq_lock_settle(m, rc, pq_monotonic_ns() + wait, owner_died));
     rc = pq_lock_settle(m, rc, 0, owner_died);
     if (rc == -EBUSY) {
         pq_lock_busy = m;
         return PQ_ERR_LOCK_BUSY;
     }
-    return rc;
+    return pq_lock_taken(rc);
 }
 
 void pq_lock_set_core_wait(int64_t ns)
 {
     atomic_store_explicit(&pq_lock_core_wait, ns < 0 ? 0 : ns, memory_order_relaxed);
+}
+
+int64_t pq_lock_bounded_wait(void)
+{
+    return atomic_load_explicit(&pq_lock_bounded_ns, memory_order_relaxed);
+}
+
+void pq_lock_set_bounded_wait(int64_t ns)
+{
+    atomic_store_explicit(&pq_lock_bounded_ns, ns > 0 ? ns : PQ_LOCK_BOUNDED_WAIT_NS,
+                          memory_order_relaxed);
 }
 
 int pq_lock_wait_busy(int64_t deadline_ns)

@@ -51,6 +51,9 @@
 #define PQ_LOCK_CHECK_NS 100000000LL
 /* How long a lock site waits for C callers (see above). */
 #define PQ_LOCK_CORE_WAIT_NS 10000000000LL
+/* How long the bindings wait in calls that do not block by their API
+ * (ack, commit, append...) before they raise LockTimeout, by default. */
+#define PQ_LOCK_BOUNDED_WAIT_NS 10000000000LL
 
 /* Initialize a robust process-shared mutex in zeroed shared memory. */
 int pq_lock_init(pthread_mutex_t *m);
@@ -75,6 +78,11 @@ int pq_lock_take(pthread_mutex_t *m, int *owner_died);
 /* How long lock sites wait (ns, > 0), or 0: they return PQ_ERR_LOCK_BUSY
  * (bindings). Process-wide. */
 void pq_lock_set_core_wait(int64_t ns);
+
+/* The bindings' wait for calls that do not block by their API (ns), and
+ * its setter (<= 0: the default). Process-wide. */
+int64_t pq_lock_bounded_wait(void);
+void pq_lock_set_bounded_wait(int64_t ns);
 
 /*
  * With the GIL released: acquire the lock that this thread's last

@@ -729,10 +729,21 @@ void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail)
 
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
 {
-    memset(s, 0, sizeof *s);
     int rc = pq_wq_lock(q);
-    if (rc < 0)
+    if (rc < 0) {
+        memset(s, 0, sizeof *s);
         return rc;
+    }
+    pq_wq_peek_stats(q, s);
+    pq_wq_unlock(q);
+    return 0;
+}
+
+/* Without the lock every load is still of a word of the segment and the
+ * scan is bounded by nslots: the counts may only disagree with each other. */
+void pq_wq_peek_stats(pq_wq *q, pq_wq_stats *s)
+{
+    memset(s, 0, sizeof *s);
     pq_wq_ctl *c = q->ctl;
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
@@ -762,6 +773,4 @@ int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
     uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
     s->used_bytes = tp >= hp && tp - hp <= q->capacity ? tp - hp : q->capacity;
     s->slots = q->nslots;
-    pq_wq_unlock(q);
-    return 0;
 }
