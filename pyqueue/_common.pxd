@@ -76,6 +76,8 @@ cdef extern from "pq_fault.h" nogil:
 
 cdef extern from "pq_lock.h" nogil:
     int PQ_ERR_LOCK_BUSY
+    int PQ_ERR_LOCK_DAMAGED
+    int PQ_ENOTRECOVERABLE "ENOTRECOVERABLE"
     void pq_lock_set_core_wait(int64_t ns)
     int pq_lock_wait_busy(int64_t deadline_ns)
     void pq_lock_drop()
@@ -135,7 +137,7 @@ cdef inline int lock_again(int rc, LockWait* w, int64_t deadline) except -1:
             return 1
         if r != -_LOCK_ETIMEDOUT:
             from pyqueue.errors import from_code
-            raise from_code(r, "lock")
+            raise from_code(r, "lock", "segment")
         _lock_check_signals()
         now = pq_monotonic_ns()
 

@@ -95,7 +95,8 @@ cdef object _loads_p = pickle.loads
 ESTALE_CODE = ESTALE
 
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
-                              PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
+                              PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED, PQ_ENOTRECOVERABLE,
+                              LOCK_BOUNDED)
 
 set_lock_wait(None)
 
@@ -447,9 +448,13 @@ cdef class WorkQueueCore:
         cdef LockWait lw = LockWait(0, 0)
         self._check_open()
         cdef int rc = pq_wq_get_stats(&self._q, &s)
-        while lock_again(rc, &lw, 0):
-            rc = pq_wq_get_stats(&self._q, &s)
-        cdef bint consistent = rc != PQ_ERR_LOCK_BUSY
+        try:
+            while lock_again(rc, &lw, 0):
+                rc = pq_wq_get_stats(&self._q, &s)
+        except SegmentMismatch:  # the lock word is damaged
+            rc = PQ_ERR_LOCK_BUSY
+        cdef bint consistent = rc not in (PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED,
+                                          -PQ_ENOTRECOVERABLE)
         if not consistent:
             pq_wq_peek_stats(&self._q, &s)
         else:
