@@ -138,7 +138,8 @@ def lock_timeout(what, tid, waited):
         holder = f"process {pid}" + (f" (thread {tid})" if tid != pid else "")
         holder += f", state {state}" if state else ""
     elif tid:
-        holder = f"thread {tid}, which this process cannot see"
+        holder = (f"thread {tid}, which does not exist here (a damaged lock word, or a "
+                  "holder in another pid namespace)")
     else:
         holder = "another process"
     return LockTimeout(f"{prefix}gave up after {waited:.2f} s waiting for a lock held by "
