@@ -4,18 +4,7 @@
 
 int pq_claim_lock_init(pthread_mutex_t *m)
 {
-    pthread_mutexattr_t attr;
-    int rc;
-
-    if (pthread_mutexattr_init(&attr) != 0)
-        return -ENOMEM;
-    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(m, &attr);
-    pthread_mutexattr_destroy(&attr);
-    return -rc;
+    return pq_lock_init(m);
 }
 
 int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w)
@@ -25,15 +14,18 @@ int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w)
 
 int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_died)
 {
+    int died;
     if (owner_died)
         *owner_died = 0;
     /*
-     * No trylock spin before blocking: measured on 16 cores, spinning on
+     * No trylock spin before waiting: measured on 16 cores, spinning on
      * trylock (a locked instruction per try) made 4x4 and 8x8 producers
-     * 2-3x slower than letting glibc park them.
+     * 2-3x slower than letting glibc park them. pq_lock_take tries once
+     * and then waits with a deadline (or, for the bindings, returns
+     * PQ_ERR_LOCK_BUSY so that they wait without the GIL).
      */
-    int rc = pthread_mutex_lock(m);
-    if (rc == EOWNERDEAD) {
+    int rc = pq_lock_take(m, &died);
+    if (rc == 0 && died) {
         /*
          * The previous holder died inside its claim. The tail store
          * (release) publishes the claim: headers beyond tail are simply
@@ -53,7 +45,6 @@ int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_die
         if (owner_died)
             *owner_died = 1;
         pthread_mutex_consistent(m);
-        return 0;
     }
-    return rc == 0 ? 0 : -rc;
+    return rc;
 }

@@ -16,6 +16,7 @@
 #include <pthread.h>
 
 #include "pq_common.h"
+#include "pq_lock.h"
 
 /* The words of a ring that a claim changes, for the recovery. */
 typedef struct pq_claim_words {
@@ -30,8 +31,9 @@ int pq_claim_lock_init(pthread_mutex_t *m);
 
 /*
  * Take the lock. If its holder died, repair what a half-made claim left
- * (see above) and mark the lock consistent. 0, or -errno
- * (-ENOTRECOVERABLE when the lock is broken for good).
+ * (see above) and mark the lock consistent. 0, or -errno: the codes of
+ * pq_lock_take (pq_lock.h: PQ_ERR_LOCK_BUSY for the bindings, -ETIMEDOUT,
+ * -ENOTRECOVERABLE when the lock is broken for good, PQ_ERR_LOCK_DAMAGED).
  */
 int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w);
 

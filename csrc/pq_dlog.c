@@ -147,21 +147,22 @@ static void pq_dlog_finish_roll(pq_dlog_part *pt)
     atomic_store_explicit(&pt->seq, seq + 1, memory_order_release);
 }
 
-/* What pq_dlog_lock and pq_dlog_trylock do once pthread has answered rc. */
-static int pq_dlog_locked(pq_dlog_part *pt, int rc)
+/* What pq_dlog_lock and pq_dlog_trylock do once pq_lock_take has answered
+ * rc (and died). */
+static int pq_dlog_locked(pq_dlog_part *pt, int rc, int died)
 {
-    if (rc == EOWNERDEAD) {
+    if (rc == 0 && died) {
         /* It may have died inside an append: the next append repairs it. */
         if (atomic_load_explicit(&pt->claim_end, memory_order_relaxed) != 0)
             atomic_store_explicit(&pt->torn, 1, memory_order_relaxed);
-        rc = pthread_mutex_consistent(&pt->lock);
+        rc = -pthread_mutex_consistent(&pt->lock);
         if (rc != 0) {
             pthread_mutex_unlock(&pt->lock);
-            return -rc;
+            return rc;
         }
     }
     if (rc != 0)
-        return -rc;
+        return rc;
     /* Only a roller that died leaves seq odd to whoever holds the lock
      * next (a roll runs whole under the lock): finish its roll. */
     pq_dlog_finish_roll(pt);
@@ -173,7 +174,9 @@ int pq_dlog_lock(pq_dlog *d, uint32_t part)
     if (part >= d->partitions)
         return -EINVAL;
     pq_dlog_part *pt = &d->parts[part];
-    return pq_dlog_locked(pt, pthread_mutex_lock(&pt->lock));
+    int died;
+    int rc = pq_lock_take(&pt->lock, &died);
+    return pq_dlog_locked(pt, rc, died);
 }
 
 int pq_dlog_trylock(pq_dlog *d, uint32_t part)
@@ -181,10 +184,9 @@ int pq_dlog_trylock(pq_dlog *d, uint32_t part)
     if (part >= d->partitions)
         return -EINVAL;
     pq_dlog_part *pt = &d->parts[part];
-    int rc = pthread_mutex_trylock(&pt->lock);
-    if (rc == EBUSY)
-        return -EBUSY;
-    return pq_dlog_locked(pt, rc);
+    int died;
+    int rc = pq_lock_acquire(&pt->lock, 0, &died);
+    return rc == -EBUSY ? rc : pq_dlog_locked(pt, rc, died);
 }
 
 void pq_dlog_unlock(pq_dlog *d, uint32_t part)

@@ -123,11 +123,12 @@ int pq_dlog_restore(pq_dlog *d, uint32_t part, uint64_t start_offset, uint64_t a
 /*
  * Take a partition's lock. If the holder died: finish its roll if it was
  * in one, and note that it may have died inside an append (repaired by the
- * next pq_dlog_append, which has the segment mapped). 0, or -errno.
+ * next pq_dlog_append, which has the segment mapped). 0, or -errno: the
+ * codes of pq_lock_take (pq_lock.h; the bindings get PQ_ERR_LOCK_BUSY and
+ * wait with pq_lock_wait_busy, the GIL released).
  */
 int pq_dlog_lock(pq_dlog *d, uint32_t part);
-/* The same without waiting: -EBUSY when another holds it (the binding
- * tries first with the GIL held, and releases it only to wait). */
+/* The same without waiting: -EBUSY when another holds it. */
 int pq_dlog_trylock(pq_dlog *d, uint32_t part);
 void pq_dlog_unlock(pq_dlog *d, uint32_t part);
 

@@ -35,7 +35,8 @@ enum pq_fault_point {
     PQ_FAULT_IN_CLAIM_LOCK = 7, /* holding the claim lock, claim announced */
     PQ_FAULT_ROLL_BEGIN = 8,    /* directory log: the next segment's files made, control untouched */
     PQ_FAULT_MID_ROLL = 9,      /* directory log: roll half stored (seqlock odd), holding the lock */
-    PQ_FAULT_NPOINTS = 10,
+    PQ_FAULT_IN_LOCK = 10,      /* any lock of any kind just taken (pq_lock_take) */
+    PQ_FAULT_NPOINTS = 11,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */
@@ -54,7 +55,9 @@ void pq_fault_hit(int id);
  * environment again (tests). */
 void pq_fault_reset(void);
 #define PQ_FAULT_POINT(id) pq_fault_hit(id)
+#define PQ_FAULT_REARM() pq_fault_reset()
 #else
+#define PQ_FAULT_REARM() ((void)0)
 #define PQ_FAULT_ENABLED 0
 #define PQ_FAULT_POINT(id) ((void)0)
 #endif

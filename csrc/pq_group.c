@@ -82,10 +82,11 @@ int pq_group_table_open(pq_group_table *t, pq_group_table_hdr *hdr, void *seg_ba
  * (free) or one half reset, which the next create resets again. */
 static int pq_group_table_lock(pq_group_table *t)
 {
-    int rc = pthread_mutex_lock(&t->hdr->lock);
-    if (rc == EOWNERDEAD)
-        rc = pthread_mutex_consistent(&t->hdr->lock);
-    return -rc;
+    int died;
+    int rc = pq_lock_take(&t->hdr->lock, &died);
+    if (rc == 0 && died)
+        rc = -pthread_mutex_consistent(&t->hdr->lock);
+    return rc;
 }
 
 static int pq_group_name_ok(const char *name)
@@ -183,8 +184,9 @@ static int pq_group_remove_gone(pq_group *grp);
  * wake the pollers. */
 static int pq_group_lock(pq_group_table *t, pq_group *grp)
 {
-    int rc = pthread_mutex_lock(&grp->lock);
-    if (rc == EOWNERDEAD) {
+    int died;
+    int rc = pq_lock_take(&grp->lock, &died);
+    if (rc == 0 && died) {
         pq_group_remove_gone(grp);
         pq_group_rebalance(t, grp);
         rc = pthread_mutex_consistent(&grp->lock);
@@ -195,7 +197,7 @@ static int pq_group_lock(pq_group_table *t, pq_group *grp)
         if (t->wake != NULL)
             pq_event_notify(t->wake, INT32_MAX);
     }
-    return -rc;
+    return rc;
 }
 
 static void pq_group_unlock_notify(pq_group_table *t, pq_group *grp, int changed)

@@ -179,22 +179,23 @@ static inline void pq_wq_rescan(pq_wq *q, uint64_t id)
 
 static int pq_wq_lock(pq_wq *q)
 {
-    int rc = pthread_mutex_lock(&q->ctl->lock);
-    if (rc == EOWNERDEAD) {
+    int died;
+    int rc = pq_lock_take(&q->ctl->lock, &died);
+    if (rc == 0 && died) {
         /* A dead holder may have been anywhere in a change: pass what is
          * done at the head, forget the scan hint (the next get scans from
          * the head), and wake everyone to look again. */
         pq_wq_advance_head(q);
         atomic_store_explicit(&q->ctl->scan, 0, memory_order_relaxed);
-        rc = pthread_mutex_consistent(&q->ctl->lock);
+        rc = -pthread_mutex_consistent(&q->ctl->lock);
         if (rc != 0) {
             pthread_mutex_unlock(&q->ctl->lock);
-            return -rc;
+            return rc;
         }
         pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
         pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, INT32_MAX);
     }
-    return -rc;
+    return rc;
 }
 
 /* This process's owner word (pid | start time). */
@@ -728,10 +729,21 @@ void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail)
 
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
 {
-    memset(s, 0, sizeof *s);
     int rc = pq_wq_lock(q);
-    if (rc < 0)
+    if (rc < 0) {
+        memset(s, 0, sizeof *s);
         return rc;
+    }
+    pq_wq_peek_stats(q, s);
+    pq_wq_unlock(q);
+    return 0;
+}
+
+/* Without the lock every load is still of a word of the segment and the
+ * scan is bounded by nslots: the counts may only disagree with each other. */
+void pq_wq_peek_stats(pq_wq *q, pq_wq_stats *s)
+{
+    memset(s, 0, sizeof *s);
     pq_wq_ctl *c = q->ctl;
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
@@ -761,6 +773,4 @@ int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
     uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
     s->used_bytes = tp >= hp && tp - hp <= q->capacity ? tp - hp : q->capacity;
     s->slots = q->nslots;
-    pq_wq_unlock(q);
-    return 0;
 }

@@ -265,5 +265,8 @@ void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail);
 
 /* Counts by state (a scan under the lock) and the counters. */
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s);
+/* The same without the lock (pyqueue ls / stats while a holder is stopped):
+ * never waits; the counts may be mutually inconsistent. */
+void pq_wq_peek_stats(pq_wq *q, pq_wq_stats *s);
 
 #endif /* PQ_WQ_H */

@@ -5,9 +5,9 @@
 from queue import Empty, Full
 
 from pyqueue.consumer import Consumer
-from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, MessageTooLarge,
-                            OffsetOutOfRange, PyQueueError, SegmentMismatch, SegmentNotFound,
-                            SegmentNotOwned, UndecodableMessage)
+from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
+                            MessageTooLarge, OffsetOutOfRange, PyQueueError, SegmentMismatch,
+                            SegmentNotFound, SegmentNotOwned, UndecodableMessage)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
@@ -21,6 +21,6 @@ __all__ = [
     "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
-    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired",
+    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired", "LockTimeout",
     "UndecodableMessage",
 ]

@@ -60,3 +60,118 @@ cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
     if t <= 0:
         return 0
     return pq_monotonic_ns() + <int64_t>(t * 1e9)
+
+
+# ---- Waiting for a lock (csrc/pq_lock.h) ----------------------------------
+# The core's verbs only try their locks (the module calls
+# pq_lock_set_core_wait(0) when imported): a busy lock is PQ_ERR_LOCK_BUSY
+# and nothing changed. The binding then waits for it here with the GIL
+# released, in slices with signals handled between them, and calls the
+# verb again with the GIL held; the verb's lock site takes over the lock
+# acquired for it. Every call site has this shape:
+#
+#     cdef LockWait lw = LockWait(0, 0)
+#     rc = pq_verb(...)
+#     while lock_again(rc, &lw, deadline):
+#         rc = pq_verb(...)
+#     (rc == PQ_ERR_LOCK_BUSY: still held at the deadline)
+
+from cpython.exc cimport PyErr_CheckSignals as _lock_check_signals
+from libc.errno cimport ETIMEDOUT as _LOCK_ETIMEDOUT
+
+cdef extern from "pq_fault.h" nogil:
+    void pq_fault_rearm "PQ_FAULT_REARM" ()
+
+cdef extern from "pq_lock.h" nogil:
+    int PQ_ERR_LOCK_BUSY
+    int PQ_ERR_LOCK_DAMAGED
+    int PQ_ENOTRECOVERABLE "ENOTRECOVERABLE"
+    void pq_lock_set_core_wait(int64_t ns)
+    int pq_lock_wait_busy(int64_t deadline_ns)
+    void pq_lock_drop()
+    int pq_lock_busy_holder()
+    int64_t pq_lock_bounded_wait()
+    void pq_lock_set_bounded_wait(int64_t ns)
+
+cdef enum:
+    # The longest wait with the GIL released before signals are handled.
+    LOCK_SLICE_NS = 50000000
+    # A non-blocking call (block=False, *_nowait) waits this long for a
+    # lock that is only being held for a moment, then gives its usual
+    # answer (Full, Empty).
+    LOCK_NOWAIT_NS = 20000000
+    # deadline of a call that does not block by its API (ack, commit,
+    # append...): it waits pq_lock_bounded_wait() (10 s unless
+    # PYQUEUE_LOCK_WAIT / pyqueue._locks.set_lock_wait said otherwise), then
+    # raises LockTimeout.
+    LOCK_BOUNDED = -2
+
+cdef struct LockWait:
+    int64_t started  # when the first wait began (ns); 0: none yet
+    int64_t until    # its end (ns); -1: none
+
+
+cdef inline int lock_again(int rc, LockWait* w, int64_t deadline) except -1:
+    """After a verb answered rc: 1 when it is to be called again (the lock
+    it found busy is now held by this thread for that call), 0 when rc is
+    its answer (PQ_ERR_LOCK_BUSY: the lock was still held at the deadline).
+    deadline: the call's (deadline_ns(): -1 none, 0 LOCK_NOWAIT_NS) or
+    LOCK_BOUNDED. KeyboardInterrupt (or what a signal handler raises) ends
+    the wait with no lock held."""
+    cdef int64_t now, until
+    cdef int r
+    if w.started:
+        pq_lock_drop()  # acquired for the last call, which returned before taking it
+    if rc != PQ_ERR_LOCK_BUSY:
+        return 0
+    now = pq_monotonic_ns()
+    if not w.started:
+        w.started = now
+        if deadline == 0:
+            w.until = now + LOCK_NOWAIT_NS
+        elif deadline == LOCK_BOUNDED:
+            w.until = now + pq_lock_bounded_wait()
+        else:
+            w.until = deadline
+    while True:
+        if w.until >= 0 and now >= w.until:
+            return 0
+        until = now + LOCK_SLICE_NS
+        if w.until >= 0 and w.until < until:
+            until = w.until
+        with nogil:
+            r = pq_lock_wait_busy(until)
+        if r == 0:
+            return 1
+        if r != -_LOCK_ETIMEDOUT:
+            from pyqueue.errors import from_code
+            raise from_code(r, "lock", "segment")
+        _lock_check_signals()
+        now = pq_monotonic_ns()
+
+
+cdef inline object lock_timeout(str what, LockWait* w):
+    """The LockTimeout of a LOCK_BOUNDED call that gave up."""
+    from pyqueue.errors import lock_timeout as make
+    return make(what, pq_lock_busy_holder(), (pq_monotonic_ns() - w.started) / 1e9)
+
+
+
+cdef inline int set_lock_wait(object seconds) except -1:
+    """Set up this module's copy of the core: the binding waits for locks
+    itself (lock_again), and LOCK_BOUNDED calls wait `seconds` (None: the
+    environment's PYQUEUE_LOCK_WAIT, else the default of 10 s)."""
+    cdef double s = 0
+    if seconds is None:
+        import os
+        try:
+            s = float(os.environ.get("PYQUEUE_LOCK_WAIT") or 0)
+        except ValueError:
+            s = 0
+    else:
+        s = float(seconds)
+    if not s > 0 or s > 1e9:
+        s = 0
+    pq_lock_set_core_wait(0)
+    pq_lock_set_bounded_wait(<int64_t>(s * 1e9))
+    return 0

@@ -178,6 +178,20 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 
 from pyqueue._common cimport deadline_ns as _deadline
+from pyqueue._common cimport LockWait, lock_again, set_lock_wait, pq_fault_rearm, PQ_ERR_LOCK_BUSY
+
+set_lock_wait(None)
+
+
+def _set_lock_wait(seconds):
+    """See pyqueue._locks."""
+    set_lock_wait(seconds)
+
+
+def _fault_rearm():
+    """Test-only (fault builds): this module's copy of the core reads
+    PYQUEUE_FAULT again at its next fault point."""
+    pq_fault_rearm()
 
 
 def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,
@@ -438,11 +452,18 @@ cdef class RingQueue:
         Raises queue.Full when there is no room in time."""
         cdef int rc
         cdef uint64_t seen
+        cdef LockWait lw = LockWait(0, 0)
         while True:
             seen = pq_ring_head(&self._r)
             rc = pq_ring_claim(&self._r, lens, n, pos)
+            # The claim lock held by another producer: wait for it with the
+            # GIL released (pyqueue/_common.pxd), until the put's deadline.
+            while lock_again(rc, &lw, deadline):
+                rc = pq_ring_claim(&self._r, lens, n, pos)
             if rc == 0:
                 return 0
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise _Full
             if rc != -EAGAIN:
                 _check_rc(rc, "put")
             if self._overflow == OVERFLOW_REJECT:

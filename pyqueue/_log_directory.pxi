@@ -298,12 +298,13 @@ cdef class DirLogCore(LogCoreBase):
     cdef int _lock(self, uint32_t partition) except -1:
         """Take the partition's lock: a try with the GIL held (no GIL
         round trip when nobody holds it), else a wait with it released (so
-        that another thread of this process that holds it can finish)."""
-        cdef int rc = pq_dlog_trylock(&self._d, partition)
-        if rc == -EBUSY:
-            with nogil:
-                rc = pq_dlog_lock(&self._d, partition)
-        return _check_rc(rc, "lock")
+        that another thread of this process that holds it can finish, and
+        Ctrl-C works), bounded: LockTimeout (pyqueue/_common.pxd)."""
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_dlog_lock(&self._d, partition)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_dlog_lock(&self._d, partition)
+        return _check_rc(_lock_fail(rc, &lw, "lock"), "lock")
 
     def _with_lock(self, uint32_t partition, fn):
         """fn() under the partition's lock."""

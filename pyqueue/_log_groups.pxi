@@ -33,7 +33,11 @@ cdef class GroupTable:
         if self._core._closed:
             raise ValueError("the log is closed")
         cdef uint64_t inc = 0
+        cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_find(self.t, b, create, &inc)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_find(self.t, b, create, &inc)
+        _lock_fail(rc, &lw, "find group")
         if rc == -ENOENT:
             return None
         if rc == -ENOSPC:
@@ -44,17 +48,27 @@ cdef class GroupTable:
     def names(self):
         """[(index, name)] of the groups that exist."""
         cdef char buf[64]
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc
         out = []
         if self._core._closed:
             raise ValueError("the log is closed")
         for g in range(self.t.max_groups):
-            if pq_group_name(self.t, g, buf) == 0:
+            rc = pq_group_name(self.t, g, buf)
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_group_name(self.t, g, buf)
+            _lock_fail(rc, &lw, "group names")
+            if rc == 0:
                 out.append((g, buf.decode("utf-8", "replace")))
         return out
 
     def delete(self, uint32_t g):
         self._check(g)
+        cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_delete(self.t, g)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_delete(self.t, g)
+        _lock_fail(rc, &lw, "delete group")
         if rc == -EBUSY:
             raise PyQueueError("the group has live members: close their consumers first")
         _check_rc(rc, "delete group")
@@ -64,7 +78,11 @@ cdef class GroupTable:
         found (find it again)."""
         cdef uint64_t mid
         self._check(g)
+        cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_join(self.t, g, incarnation, <int64_t>(timeout * 1e9), &mid)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_join(self.t, g, incarnation, <int64_t>(timeout * 1e9), &mid)
+        _lock_fail(rc, &lw, "join")
         if rc == -ENOENT:
             return None
         if rc == -EUSERS:
@@ -74,7 +92,11 @@ cdef class GroupTable:
 
     def leave(self, uint32_t g, uint64_t member_id):
         self._check(g)
-        _check_rc(pq_group_leave(self.t, g, member_id), "leave")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_group_leave(self.t, g, member_id)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_leave(self.t, g, member_id)
+        _check_rc(_lock_fail(rc, &lw, "leave"), "leave")
 
     def heartbeat(self, uint32_t g, uint64_t member_id):
         """False when the member was removed from the group."""
@@ -83,7 +105,11 @@ cdef class GroupTable:
 
     def reap(self, uint32_t g):
         self._check(g)
-        return _check_rc(pq_group_reap(self.t, g), "reap")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_group_reap(self.t, g)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_reap(self.t, g)
+        return _check_rc(_lock_fail(rc, &lw, "reap"), "reap")
 
     def generation(self, uint32_t g):
         self._check(g)
@@ -95,7 +121,11 @@ cdef class GroupTable:
         cdef uint64_t epochs[MAX_PARTITIONS]
         cdef uint64_t gen
         self._check(g)
+        cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
+        _lock_fail(rc, &lw, "assignment")
         if rc == -ESTALE:
             return None
         _check_rc(rc, "assignment")
@@ -113,8 +143,12 @@ cdef class GroupTable:
             raise ValueError("too many partitions")
         for i in range(n):
             pv[i], ov[i], ev[i] = items[i]
-        cdef int rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n,
-                                      time.time_ns() // 1000000)
+        cdef uint64_t now_ms = time.time_ns() // 1000000
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
+        _lock_fail(rc, &lw, "commit")
         if rc == -ESTALE:
             return False
         _check_rc(rc, "commit")
@@ -138,7 +172,11 @@ cdef class GroupTable:
         if partition >= self.t.partitions:
             raise ValueError(f"partition {partition} out of range")
         cdef uint64_t off = PQ_GROUP_NO_OFFSET if offset is None else offset
-        _check_rc(pq_group_set_committed(self.t, g, partition, off, ms), "set committed")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_group_set_committed(self.t, g, partition, off, ms)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_group_set_committed(self.t, g, partition, off, ms)
+        _check_rc(_lock_fail(rc, &lw, "set committed"), "set committed")
 
     def owner(self, uint32_t g, uint32_t partition):
         self._check(g)
@@ -147,7 +185,11 @@ cdef class GroupTable:
     def members(self, uint32_t g):
         cdef pq_group_member_info info[64]
         self._check(g)
-        cdef int n = _check_rc(pq_group_members(self.t, g, info, 64), "members")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int n = pq_group_members(self.t, g, info, 64)
+        while lock_again(n, &lw, LOCK_BOUNDED):
+            n = pq_group_members(self.t, g, info, 64)
+        _check_rc(_lock_fail(n, &lw, "members"), "members")
         return [{"pid": info[i].pid, "alive": info[i].alive == 1,
                  "member_id": info[i].member_id, "idle_s": info[i].idle_ns / 1e9,
                  "partitions": info[i].partitions} for i in range(n)]

@@ -73,10 +73,14 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef pq_log_entry ents[APPEND_MAX]
         cdef uint64_t first
         cdef Py_ssize_t i = 0, j, n = len(datas)
+        cdef int rc
+        cdef LockWait lw = LockWait(0, 0)
         while i < n:
             j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
-            _check_rc(pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first),
-                      "append")
+            rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
+            _check_rc(_lock_fail(rc, &lw, "append"), "append")
             if j == 1:
                 out.append(first)
             else:
@@ -95,7 +99,11 @@ cdef class MemoryLogCore(LogCoreBase):
         """Retention by age without an append: the count dropped."""
         self._check_open()
         self._check_part(partition)
-        return _check_rc(pq_log_expire(&self._l, partition, now_ms), "expire")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_log_expire(&self._l, partition, now_ms)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_log_expire(&self._l, partition, now_ms)
+        return _check_rc(_lock_fail(rc, &lw, "expire"), "expire")
 
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
               make):

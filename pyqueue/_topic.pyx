@@ -121,6 +121,21 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 
 from pyqueue._common cimport deadline_ns as _deadline
+from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
+                              PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
+
+set_lock_wait(None)
+
+
+def _set_lock_wait(seconds):
+    """See pyqueue._locks."""
+    set_lock_wait(seconds)
+
+
+def _fault_rearm():
+    """Test-only (fault builds): this module's copy of the core reads
+    PYQUEUE_FAULT again at its next fault point."""
+    pq_fault_rearm()
 
 
 cdef inline int64_t _slice_end(int64_t deadline):
@@ -202,10 +217,17 @@ cdef class TopicCore:
     cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline) except -1:
         cdef int rc
         cdef uint64_t needed = 0
+        cdef LockWait lw = LockWait(0, 0)
         while True:
             rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
+            # The claim lock held by another publisher: wait for it with
+            # the GIL released (pyqueue/_common.pxd), until the deadline.
+            while lock_again(rc, &lw, deadline):
+                rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
             if rc == 0:
                 return 0
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise _Full
             if rc != -EAGAIN:
                 _check_rc(rc, "publish")
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
@@ -300,7 +322,10 @@ cdef class TopicCore:
         self._check_open()
         cdef SubscriptionCore s = cls.__new__(cls)
         s._topic = self
+        cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_topic_subscribe(&self._t, &s._s, start)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_topic_subscribe(&self._t, &s._s, start)
         if rc == -ENOSPC:
             # Every slot held: free those of dead subscribers (a process
             # SIGKILLed before it closed its subscription; pid + start
@@ -308,6 +333,10 @@ cdef class TopicCore:
             # again.
             if pq_topic_evict_dead(&self._t, ~(<uint64_t>0)) > 0:
                 rc = pq_topic_subscribe(&self._t, &s._s, start)
+                while lock_again(rc, &lw, LOCK_BOUNDED):
+                    rc = pq_topic_subscribe(&self._t, &s._s, start)
+        if rc == PQ_ERR_LOCK_BUSY:
+            raise lock_timeout("subscribe", &lw)
         _check_rc(rc, "subscribe")
         s._pid = os.getpid()
         return s

@@ -83,6 +83,7 @@ cdef extern from "pq_wq.h" nogil:
                            pq_wq_delivery* d, uint32_t* state)
     void pq_wq_bounds(pq_wq* q, uint64_t* head, uint64_t* tail)
     int pq_wq_get_stats(pq_wq* q, pq_wq_stats* s)
+    void pq_wq_peek_stats(pq_wq* q, pq_wq_stats* s)
 
 DEF SLICE_NS = 100000000   # longest single park: signals and reaping run between
 DEF SPIN_NS = 50000
@@ -95,6 +96,30 @@ cdef object _loads_p = pickle.loads
 cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/_codec.pxi)
 
 ESTALE_CODE = ESTALE
+
+from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
+                              PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED, PQ_ENOTRECOVERABLE,
+                              LOCK_BOUNDED)
+
+set_lock_wait(None)
+
+
+def _set_lock_wait(seconds):
+    """See pyqueue._locks."""
+    set_lock_wait(seconds)
+
+
+def _fault_rearm():
+    """Test-only (fault builds): this module's copy of the core reads
+    PYQUEUE_FAULT again at its next fault point."""
+    pq_fault_rearm()
+
+
+cdef inline int _lock_fail(int rc, LockWait* w, str what) except? -1:
+    """rc, unless the lock was still busy at the deadline: LockTimeout."""
+    if rc == PQ_ERR_LOCK_BUSY:
+        raise lock_timeout(what, w)
+    return rc
 
 
 def raise_for(int rc, what):
@@ -243,9 +268,17 @@ cdef class WorkQueueCore:
             kh = pq_wq_key_hash(PyBytes_AS_STRING(kb), len(kb))
         deadline = _deadline(block, timeout)
         cdef uint64_t now_ms = time.time_ns() // 1000000
+        cdef LockWait lw = LockWait(0, 0)
         while True:
             rc = pq_wq_claim(&self._q, <uint32_t>n, typ, <int64_t>(delay * 1e9), kh, now_ms,
                              &mid, &dst, &seen)
+            # The lock held by another process: wait for it with the GIL
+            # released (pyqueue/_common.pxd), until the put's deadline.
+            while lock_again(rc, &lw, deadline):
+                rc = pq_wq_claim(&self._q, <uint32_t>n, typ, <int64_t>(delay * 1e9), kh, now_ms,
+                                 &mid, &dst, &seen)
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise _queue_mod.Full
             if rc == 1:
                 return mid, True
             if rc == 0:
@@ -287,15 +320,20 @@ cdef class WorkQueueCore:
         cdef int64_t wake, deadline, until, now
         cdef uint64_t seen
         cdef int rc
+        cdef LockWait lw = LockWait(0, 0)
         self._check_open()
         deadline = _deadline(block, timeout)
         while True:
             rc = pq_wq_acquire(&self._q, &d, &wake, &seen)
+            while lock_again(rc, &lw, deadline):
+                rc = pq_wq_acquire(&self._q, &d, &wake, &seen)
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise _queue_mod.Empty
             if rc >= 0:
                 # The bytes stay until the message is done: copy, then decode.
                 b = PyBytes_FromStringAndSize(<const char*>d.payload, d.len)
                 if rc == 0 and pq_monotonic_ns() >= d.deadline_ns and \
-                        pq_wq_held(&self._q, d.id, d.deliveries) != 0:
+                        self._held(d.id, d.deliveries) != 0:
                     continue  # the copy outlasted the deadline, and it went to another
                 return rc, d.id, d.deliveries, b, d.type, d.enqueued_ms, REASONS.get(d.reason)
             if rc != -EAGAIN:
@@ -317,6 +355,13 @@ cdef class WorkQueueCore:
                 PyErr_CheckSignals()
             self._reap_now(False)
 
+    cdef int _held(self, uint64_t mid, uint32_t deliveries) except? -1:
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_held(&self._q, mid, deliveries)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_held(&self._q, mid, deliveries)
+        return _lock_fail(rc, &lw, "get")
+
     def _decode(self, bytes b, uint8_t typ):
         return _decode(typ, b)
 
@@ -325,31 +370,55 @@ cdef class WorkQueueCore:
 
     def _ack(self, uint64_t mid, uint32_t deliveries):
         self._check_open()
-        return pq_wq_ack(&self._q, mid, deliveries)
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_ack(&self._q, mid, deliveries)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_ack(&self._q, mid, deliveries)
+        return _lock_fail(rc, &lw, "ack")
 
     def _nack(self, uint64_t mid, uint32_t deliveries, double delay):
         self._check_open()
         if delay < 0 or delay != delay:
             raise ValueError("delay must be a non-negative number of seconds")
-        return pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+        return _lock_fail(rc, &lw, "nack")
 
     def _reject(self, uint64_t mid, uint32_t deliveries):
         self._check_open()
-        return pq_wq_reject(&self._q, mid, deliveries)
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_reject(&self._q, mid, deliveries)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_reject(&self._q, mid, deliveries)
+        return _lock_fail(rc, &lw, "reject")
 
     def _extend(self, uint64_t mid, uint32_t deliveries, double seconds):
         self._check_open()
         if seconds < 0 or seconds != seconds:
             raise ValueError("seconds must be a non-negative number")
-        return pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+        return _lock_fail(rc, &lw, "extend")
 
     def _dead_done(self, uint64_t mid):
         self._check_open()
-        return pq_wq_dead_done(&self._q, mid)
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_dead_done(&self._q, mid)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_dead_done(&self._q, mid)
+        return _lock_fail(rc, &lw, "dead_done")
 
     def _reap(self):
         self._check_open()
-        return _check_rc(pq_wq_reap(&self._q), "reap")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_reap(&self._q)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_reap(&self._q)
+        return _check_rc(_lock_fail(rc, &lw, "reap"), "reap")
 
     def _bounds(self):
         cdef uint64_t h, t
@@ -362,12 +431,19 @@ cdef class WorkQueueCore:
         message, unchanged; None when it is not there."""
         cdef pq_wq_delivery d
         cdef uint32_t st
-        cdef int n
+        cdef int n, rc
+        cdef LockWait lw = LockWait(0, 0)
         self._check_open()
         n = pq_wq_copy_message(&self._q, mid, NULL, 0, &d, &st)
+        while lock_again(n, &lw, LOCK_BOUNDED):
+            n = pq_wq_copy_message(&self._q, mid, NULL, 0, &d, &st)
+        _lock_fail(n, &lw, "copy")
         while n >= 0:
             buf = PyBytes_FromStringAndSize(NULL, n)
             rc = pq_wq_copy_message(&self._q, mid, PyBytes_AS_STRING(buf), n, &d, &st)
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_wq_copy_message(&self._q, mid, PyBytes_AS_STRING(buf), n, &d, &st)
+            _lock_fail(rc, &lw, "copy")
             if rc == n:
                 return buf, d.type, d.deliveries, d.enqueued_ms, REASONS.get(d.reason), STATES.get(st)
             n = rc  # it changed in between: again
@@ -376,10 +452,26 @@ cdef class WorkQueueCore:
         _check_rc(n, "copy")
 
     def _stats(self):
+        """The stats; under the lock when it comes within LOCK_NOWAIT_NS
+        (consistent: True), else read without it (consistent: False): stats,
+        qsize and pyqueue ls / stats never wait for a stopped holder."""
         cdef pq_wq_stats s
+        cdef LockWait lw = LockWait(0, 0)
         self._check_open()
-        _check_rc(pq_wq_get_stats(&self._q, &s), "stats")
+        cdef int rc = pq_wq_get_stats(&self._q, &s)
+        try:
+            while lock_again(rc, &lw, 0):
+                rc = pq_wq_get_stats(&self._q, &s)
+        except SegmentMismatch:  # the lock word is damaged
+            rc = PQ_ERR_LOCK_BUSY
+        cdef bint consistent = rc not in (PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED,
+                                          -PQ_ENOTRECOVERABLE)
+        if not consistent:
+            pq_wq_peek_stats(&self._q, &s)
+        else:
+            _check_rc(rc, "stats")
         return {
+            "consistent": consistent,
             "depth": s.available, "delayed": s.delayed, "in_flight": s.in_flight,
             "dead_pending": s.dead,
             "enqueued": s.counters[PQ_WQ_ENQUEUED], "acked": s.counters[PQ_WQ_ACKED],

@@ -248,18 +248,25 @@ def _open_counted(name, kind):
 
 
 def _depth(seg):
-    """Messages in a queue or work queue segment (opens it briefly), or None."""
+    """(messages in a queue or work queue segment, consistent) (opens it
+    briefly), or (None, None). Never waits on a lock: a work queue whose
+    lock is held (by a stopped process, or a damaged lock word) is counted
+    without it, and consistent is False (the counts may disagree)."""
     if seg.state != "ok" or seg.header["kind"] not in (1, 5):
-        return None
+        return None, None
     try:
         q = _open_counted(seg.name, seg.header["kind"])
         try:
-            return q.qsize()
+            if seg.header["kind"] == 5:
+                s = q._stats()
+                return (s["depth"] + s["delayed"] + s["in_flight"] + s["dead_pending"],
+                        s["consistent"])
+            return q.qsize(), True
         finally:
             q.close()
             del q
     except Exception:
-        return None
+        return None, None
 
 
 # --------------------------------------------------------------------------
@@ -461,6 +468,10 @@ def cmd_gc(args):
 # ls, stats, rm
 # --------------------------------------------------------------------------
 
+# How long a CLI command waits for a lock another process holds.
+CLI_LOCK_WAIT = 1.0
+
+
 def _show(name):
     return name if name.isprintable() else ascii(name)
 
@@ -497,10 +508,10 @@ def cmd_ls(args):
     now = time.time()
     rows = []
     for seg in segments:
-        seg.depth = _depth(seg)
+        seg.depth, consistent = _depth(seg)
         rows.append({
             "name": seg.name, "segment": seg.entry, "kind": seg.kind, "state": seg.state,
-            "size": seg.size, "depth": seg.depth,
+            "size": seg.size, "depth": seg.depth, "depth_consistent": consistent,
             "creator_pid": seg.creator_pid,
             "creator_start_time": seg.header["creator_start_time"] if seg.header else None,
             "creator_alive": seg.creator_alive,
@@ -519,6 +530,8 @@ def cmd_ls(args):
     for r in rows:
         kind = r["kind"]
         depth = "-" if r["depth"] is None else r["depth"]
+        if r["depth_consistent"] is False:
+            depth = f"~{depth}"  # counted without the lock (its holder is stopped?)
         oob = f"{r['oob_count']}/{_bytes(r['oob_bytes'])}" if r["oob_count"] else "-"
         creator = "-" if r["creator_pid"] is None else r["creator_pid"]
         alive = "-" if r["creator_pid"] is None else _yn(r["creator_alive"])
@@ -545,7 +558,11 @@ def cmd_stats(args):
               "or work queue", file=sys.stderr)
         return 1
     try:
-        print(json.dumps(q.stats(), indent=2))
+        s = q.stats()
+        print(json.dumps(s, indent=2))
+        if s.get("consistent") is False:
+            print(f"pyqueue stats: {args.name!r}: its lock is held (by a stopped process?): "
+                  "counted without it, the numbers may disagree", file=sys.stderr)
     finally:
         q.close()
     return 0
@@ -601,6 +618,11 @@ def main(argv=None):
     gc.set_defaults(func=cmd_gc)
     _cli_log.add_parsers(sub)
     args = p.parse_args(argv)
+    # Never hang on a lock held by a stopped process (or a damaged lock
+    # word): the counters of ls / stats are read without locks where one is
+    # busy, and any other call gives up after CLI_LOCK_WAIT with LockTimeout.
+    from pyqueue import _locks
+    _locks.set_lock_wait(CLI_LOCK_WAIT)
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

@@ -121,6 +121,66 @@ class CommitFailed(PyQueueError):
         return (type(self), (str(self), self.partitions))
 
 
+class LockTimeout(PyQueueError, TimeoutError):
+    """A lock inside a segment stayed held by another process for longer
+    than the call may wait: its holder is alive but not running (stopped
+    with SIGSTOP or Ctrl-Z, in a debugger, in a frozen cgroup) or hung.
+    Raised by calls that do not block by their API (WorkQueue ack/nack/...,
+    Log append and commit, group changes) after waiting LOCK_WAIT seconds
+    with the GIL released; blocking calls with a timeout raise their usual
+    queue.Full / queue.Empty instead. Nothing was changed by the call: retry
+    it. Attributes: pid and tid of the holder (None when unknown), state
+    (its /proc state, e.g. "T (stopped)"), waited (seconds)."""
+
+    def __init__(self, message, pid=None, tid=None, state=None, waited=None):
+        super().__init__(message)
+        self.pid = pid
+        self.tid = tid
+        self.state = state
+        self.waited = waited
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.pid, self.tid, self.state, self.waited))
+
+
+def _holder_of(tid):
+    """(pid, state) of thread tid from /proc; (None, None) when it does
+    not exist (or /proc cannot say)."""
+    try:
+        with open(f"/proc/{int(tid)}/status", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except (OSError, ValueError):
+        return None, None
+    pid = state = None
+    for line in text.splitlines():
+        if line.startswith("State:"):
+            state = line.split(":", 1)[1].strip()
+        elif line.startswith("Tgid:"):
+            try:
+                pid = int(line.split(":", 1)[1])
+            except ValueError:
+                pass
+    return pid, state
+
+
+def lock_timeout(what, tid, waited):
+    """The LockTimeout of a call (`what`) that gave up after `waited`
+    seconds on a lock whose word names thread `tid` (0: unknown)."""
+    pid, state = _holder_of(tid) if tid else (None, None)
+    prefix = f"{what}: " if what else ""
+    if pid is not None:
+        holder = f"process {pid}" + (f" (thread {tid})" if tid != pid else "")
+        holder += f", state {state}" if state else ""
+    elif tid:
+        holder = (f"thread {tid}, which does not exist here (a damaged lock word, or a "
+                  "holder in another pid namespace)")
+    else:
+        holder = "another process"
+    return LockTimeout(f"{prefix}gave up after {waited:.2f} s waiting for a lock held by "
+                       f"{holder}; nothing was changed, the call may be retried",
+                       pid, tid or None, state, waited)
+
+
 # The C core's validation codes (csrc/pq_segment.h, PQ_ERR_*).
 _SEGMENT_CODES = {
     _errno.EPROTO: "not a pyqueue segment",
@@ -144,4 +204,9 @@ def from_code(rc, what="", kind="queue", extra=None):
         return SegmentMismatch(prefix + _SEGMENT_CODES[code].format(kind=kind))
     if code == _errno.EMSGSIZE:
         return MessageTooLarge(f"{prefix}message does not fit in the {kind}")
+    if code == _errno.EUCLEAN:
+        return SegmentMismatch(f"{prefix}a lock of the {kind} is damaged (its lock word cannot "
+                               "be a lock: the segment is corrupt)")
+    if code == _errno.ENOLCK:
+        return lock_timeout(what, 0, 0.0)
     return OSError(code, _os.strerror(code) + (f" ({what})" if what else ""))

@@ -345,7 +345,10 @@ class WorkQueue(_workq.WorkQueueCore):
         """Counters and counts: depth (available now), delayed, in_flight
         (held), dead_pending (being moved), enqueued, acked, redelivered,
         dead_lettered, deduplicated, abandoned (producers that died in a
-        put), capacity, used_bytes, max_in_flight."""
+        put), capacity, used_bytes, max_in_flight; consistent: False when
+        the queue's lock was held by another process (stopped?) and the
+        counts were read without it (they may disagree with each other).
+        Never waits for the lock more than a moment."""
         s = self._stats()
         s["dead_letter"] = self._user().decode("utf-8") or None
         return s

@@ -79,7 +79,8 @@ def test_fault_points_exposed():
     pytest.importorskip("pyqueue._core")
     assert isinstance(FAULT_INJECTION, bool)
     assert set(FAULT_POINTS) == {"after_claim", "mid_copy", "before_commit", "after_peek",
-                                 "after_consume", "parked", "in_claim_lock"}
+                                 "after_consume", "parked", "in_claim_lock", "roll_begin", "mid_roll",
+                                 "in_lock"}
 
 
 # -- producers -----------------------------------------------------------------

@@ -1,0 +1,386 @@
+"""A live peer stopped inside a lock (SIGSTOP, Ctrl-Z, a debugger, a frozen
+cgroup) of every kind: Queue, Topic, memory and directory Log, WorkQueue,
+consumer group (issue 9, item 9; docs/guarantees.md, "Stopped peers").
+
+The peer stops itself at the ``in_lock`` fault point (a fault-injection
+build). Then, in another process:
+- a call with a timeout returns about when its timeout says (Full, Empty,
+  or LockTimeout for calls that do not block by their API, after the lock
+  wait set with pyqueue._locks.set_lock_wait);
+- another thread of that process keeps running meanwhile (the GIL is
+  released while it waits);
+- SIGINT interrupts a call that waits without a timeout (KeyboardInterrupt);
+- once the peer goes on (SIGCONT), everything continues and nothing is lost.
+A damaged lock word is an error, never a hang; `pyqueue stats` / `ls` never
+wait on a lock.
+"""
+
+import json
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import pyqueue
+from pyqueue import LockTimeout, Log, SegmentMismatch, Topic, WorkQueue, _locks
+from tests import _lock_workers as W
+from tests._support import shm_file, unique_name, wait_until
+from tests.test_crash import kill_stopped, needs_faults, proc_state
+
+pytestmark = [needs_faults, pytest.mark.timeout(120)]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 1.0  # the probing call's timeout (or lock wait)
+MARGIN = 3.0  # generous on a loaded machine: the bound is the timeout + one slice
+WAIT = 30.0
+
+
+@pytest.fixture
+def lock_wait():
+    """Calls that do not block by their API wait TIMEOUT for a lock."""
+    _locks.set_lock_wait(TIMEOUT)
+    yield TIMEOUT
+    _locks.set_lock_wait(None)
+
+
+def start_holder(procs, ctx, target, *args):
+    p = procs.start(ctx, target, *args)
+    wait_until(lambda: p.exitcode is not None or proc_state(p.pid) == "T", WAIT)
+    assert proc_state(p.pid) == "T", f"holder did not stop in the lock (exit {p.exitcode})"
+    return p
+
+
+def resume(p):
+    os.kill(p.pid, signal.SIGCONT)
+    p.join(WAIT)
+    assert p.exitcode == 0
+
+
+class Ticker:
+    """A thread that runs Python code in a loop and records the longest
+    time it could not run (it needs the GIL for every iteration)."""
+
+    def __enter__(self):
+        self.gap = 0.0
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        wait_until(lambda: self.ticks > 0, WAIT)
+        self.gap = 0.0
+        return self
+
+    def _run(self):
+        prev = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self.gap = max(self.gap, now - prev)
+            self.ticks += 1
+            prev = now
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(WAIT)
+
+
+def probe(call, exc, timeout=TIMEOUT):
+    """call() raises exc after about `timeout` s, while another thread of
+    this process keeps running."""
+    with Ticker() as t:
+        t0 = time.monotonic()
+        with pytest.raises(exc) as info:
+            call()
+        took = time.monotonic() - t0
+    assert timeout - 0.05 <= took < timeout + MARGIN, took
+    # Had the wait held the GIL, the ticker would have stood still for it.
+    assert t.gap < timeout / 2, f"another thread was frozen for {t.gap:.2f} s"
+    return info.value
+
+
+def interrupted(script, env_extra=None):
+    """Run `script` in a new interpreter: it prints "ready" and then makes a
+    call that waits on the stopped peer's lock. SIGINT it once its main
+    thread waits in the kernel; it must print "interrupted" (it caught
+    KeyboardInterrupt) and exit 3."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYQUEUE_FAULT", None)
+    env.update(env_extra or {})
+    code = ("import sys, pyqueue\n" + script + "\nprint('ready', flush=True)\n"
+            "try:\n    CALL()\nexcept KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n    sys.exit(3)\n"
+            "print('returned', flush=True)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+
+        def waiting():
+            # The main thread blocked in a system call (a futex wait).
+            try:
+                with open(f"/proc/{p.pid}/syscall") as f:
+                    return f.read().split()[0] not in ("running", "-1")
+            except (OSError, IndexError):
+                return False
+
+        wait_until(waiting, WAIT)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=WAIT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 3, (p.returncode, err)
+    assert out.strip() == "interrupted", (out, err)
+
+
+# --------------------------------------------------------------------------
+# Queue
+# --------------------------------------------------------------------------
+
+def test_queue_put_with_stopped_producer_in_lock(ctx, procs, make_queue):
+    name = unique_name("lq")
+    q = make_queue(name=name)
+    p = start_holder(procs, ctx, W.hold_put, q, b"held")
+    try:
+        probe(lambda: q.put(b"x", timeout=TIMEOUT), queue.Full)
+        # A non-blocking put gives its answer at once (a short bounded try).
+        t0 = time.monotonic()
+        with pytest.raises(queue.Full):
+            q.put_nowait(b"y")
+        assert time.monotonic() - t0 < MARGIN
+        interrupted(f"q = pyqueue.Queue.open({name!r})\nCALL = lambda: q.put(b'z')")
+    except BaseException:
+        kill_stopped(p)
+        raise
+    resume(p)
+    q.put(b"after", timeout=WAIT)
+    assert [q.get(timeout=WAIT) for _ in range(2)] == [b"held", b"after"]
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+
+
+# --------------------------------------------------------------------------
+# Topic
+# --------------------------------------------------------------------------
+
+def test_topic_publish_with_stopped_publisher_in_lock(ctx, procs):
+    name = unique_name("lt")
+    t = Topic(name=name)
+    try:
+        sub = t.subscribe()
+        p = start_holder(procs, ctx, W.hold_put, t, b"held")
+        try:
+            probe(lambda: t.publish(b"x", timeout=TIMEOUT), queue.Full)
+            interrupted(f"t = pyqueue.Topic.open({name!r})\nCALL = lambda: t.publish(b'z')")
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        t.publish(b"after", timeout=WAIT)
+        assert [sub.get(timeout=WAIT) for _ in range(2)] == [b"held", b"after"]
+        sub.close()
+    finally:
+        t.unlink()
+        t.close()
+
+
+# --------------------------------------------------------------------------
+# Log, memory and directory mode
+# --------------------------------------------------------------------------
+
+@pytest.fixture(params=["memory", "directory"])
+def one_partition_log(request, tmp_path):
+    if request.param == "memory":
+        where = unique_name("ll")
+        log = Log(name=where, partitions=1)
+    else:
+        where = str(tmp_path / "log")
+        log = Log(path=where, partitions=1)
+    yield where, log
+    if request.param == "memory":
+        log.unlink()
+    log.close()
+
+
+def test_log_append_with_stopped_appender_in_lock(ctx, procs, one_partition_log, lock_wait):
+    where, log = one_partition_log
+    log.append(b"first")
+    p = start_holder(procs, ctx, W.hold_append, where, b"held")
+    try:
+        e = probe(lambda: log.append(b"x"), LockTimeout)
+        assert e.pid == p.pid and e.state.startswith("T"), (str(e), e.pid, e.state)
+        assert str(p.pid) in str(e) and "stopped" in str(e)
+        interrupted(f"log = pyqueue.Log.open({where!r})\nCALL = lambda: log.append(b'z')",
+                    {"PYQUEUE_LOCK_WAIT": "600"})
+    except BaseException:
+        kill_stopped(p)
+        raise
+    resume(p)
+    log.append(b"after")
+    recs = log.read(0, 0, timeout=WAIT)
+    assert [r.value for r in recs] == [b"first", b"held", b"after"]
+    assert [r.offset for r in recs] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------
+# Consumer group
+# --------------------------------------------------------------------------
+
+def test_group_with_stopped_member_in_group_lock(ctx, procs, lock_wait):
+    name = unique_name("lg")
+    log = Log(name=name, partitions=2)
+    try:
+        log.append(b"r")
+        p = start_holder(procs, ctx, W.hold_group_leave, name, "g")
+        try:
+            probe(lambda: log.group_offsets("g"), LockTimeout)
+            probe(lambda: log.consumer("g"), LockTimeout)
+            interrupted(f"log = pyqueue.Log.open({name!r})\n"
+                        "CALL = lambda: log.group_offsets('g')",
+                        {"PYQUEUE_LOCK_WAIT": "600"})
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        c = log.consumer("g")
+        recs = c.poll(timeout=WAIT)
+        assert [r.value for r in recs] == [b"r"]
+        c.commit()
+        offsets = log.group_offsets("g")
+        assert sum(o["committed"] or 0 for o in offsets.values()) == 1
+        c.close()
+    finally:
+        log.unlink()
+        log.close()
+
+
+# --------------------------------------------------------------------------
+# WorkQueue, and pyqueue stats / ls
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def wq():
+    q = WorkQueue(name=unique_name("lw"), visibility_timeout=60, max_deliveries=None)
+    yield q
+    q.unlink()
+    q.close()
+
+
+def cli(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYQUEUE_FAULT", None)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pyqueue", *args], capture_output=True,
+                       text=True, env=env, timeout=WAIT)
+    return r, time.monotonic() - t0
+
+
+def test_workqueue_with_stopped_producer_in_lock(ctx, procs, wq, lock_wait):
+    wq.put(b"first")
+    d = wq.get(timeout=WAIT)
+    p = start_holder(procs, ctx, W.hold_put, wq, b"held")
+    try:
+        probe(lambda: wq.put(b"x", timeout=TIMEOUT), queue.Full)
+        probe(lambda: wq.get(timeout=TIMEOUT), queue.Empty)
+        e = probe(d.ack, LockTimeout)
+        assert e.pid == p.pid
+        # Counters without the lock, at once, saying so.
+        s = wq.stats()
+        assert s["consistent"] is False
+        r, took = cli("stats", wq.name)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["consistent"] is False
+        r, took = cli("ls", "--json", wq.name)
+        assert r.returncode == 0, r.stderr
+        [row] = json.loads(r.stdout)
+        assert row["depth_consistent"] is False
+        interrupted(f"from pyqueue import WorkQueue\nq = WorkQueue.open({wq.name!r})\n"
+                    "CALL = lambda: q.get()")
+    except BaseException:
+        kill_stopped(p)
+        raise
+    resume(p)
+    d.ack()
+    d2 = wq.get(timeout=WAIT)
+    assert d2.value == b"held"
+    d2.ack()
+    s = wq.stats()
+    assert s["consistent"] is True
+    assert s["acked"] == 2 and wq.qsize() == 0
+
+
+# --------------------------------------------------------------------------
+# Damaged lock words
+# --------------------------------------------------------------------------
+
+def find_lock(path, tid):
+    """Offset of the mutex that thread `tid` holds in file `path`: glibc's
+    layout on x86-64/aarch64: __lock (the holder's tid), __count, __owner
+    (the tid again), __nusers, __kind (144: robust, process-shared)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    found = []
+    for off in range(0, len(data) - 20, 4):
+        lock, _count, owner, _nusers, kind = struct.unpack_from("<iiiii", data, off)
+        if lock & 0x3FFFFFFF == tid and owner == tid and kind == 144:
+            found.append(off)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def poke(path, off, fmt, *values):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, *values))
+
+
+@pytest.mark.parametrize("kind", ["queue", "workqueue"])
+def test_damaged_lock_word_is_an_error_not_a_hang(ctx, procs, make_queue, kind):
+    name = unique_name("ld")
+    if kind == "queue":
+        q = make_queue(name=name)
+    else:
+        q = WorkQueue(name=name, max_deliveries=None)
+    try:
+        p = start_holder(procs, ctx, W.hold_put, q, b"held")
+        path = shm_file(name)
+        off = find_lock(path, p.pid)
+        kill_stopped(p)
+
+        def put():
+            q.put(b"x", timeout=WAIT)
+
+        # Another kind of mutex (garbage in __kind).
+        poke(path, off + 16, "<i", 0x5A5A)
+        t0 = time.monotonic()
+        with pytest.raises(SegmentMismatch, match="lock"):
+            put()
+        # A held word naming no thread, or one Linux never hands out.
+        poke(path, off + 16, "<i", 144)
+        for word in (0x80000000, 0x3FFFFFF0):
+            poke(path, off, "<I", word)
+            with pytest.raises(SegmentMismatch, match="lock"):
+                put()
+        # A thread that does not exist (the holder, dead, but its word not
+        # marked by the kernel): found after one wait slice.
+        poke(path, off, "<I", p.pid)
+        with pytest.raises(SegmentMismatch, match="lock"):
+            put()
+        assert time.monotonic() - t0 < WAIT / 2
+        if kind == "workqueue":
+            # Readers of the counters answer without the lock.
+            assert q.stats()["consistent"] is False
+            r, took = cli("stats", name)
+            assert r.returncode == 0 and json.loads(r.stdout)["consistent"] is False
+            r, took = cli("ls", name)
+            assert r.returncode == 0, r.stderr
+    finally:
+        if kind == "workqueue":
+            q.unlink()
+            q.close()
