@@ -147,7 +147,10 @@ class PyQueueAdapter(Adapter):
     def make(self, ctx, case):
         import pyqueue
 
-        self.q = pyqueue.Queue()
+        # PYQUEUE_BENCH_CAPACITY=<bytes>: another ring size than the default
+        # (to compare ring sizes in one sitting; bench/README.md).
+        cap = os.environ.get("PYQUEUE_BENCH_CAPACITY")
+        self.q = pyqueue.Queue(capacity_bytes=int(cap)) if cap else pyqueue.Queue()
 
     def open(self, role, index):
         self.put, self.get = self.q.put, self.q.get

@@ -101,6 +101,10 @@ typedef struct pq_ring_ctl {
     PQ_ALIGNED_LINE pq_event writable;     /* producers park here */
     PQ_ALIGNED_LINE pq_event tasks_done;   /* JoinableQueue.join parks here */
     _Atomic int64_t unfinished_tasks;
+    /* Nonzero once a handle of this queue left its creator (pickled, or
+     * opened by name): the creator's close() must then not unlink an
+     * unnamed queue's name (pq_ring_mark_shared). Only ever set. */
+    _Atomic uint32_t shared;
     PQ_ALIGNED_LINE _Atomic uint64_t counters[PQ_COUNTERS];
     /* Two slots per cache line; pq_ring_take claims them so that the
      * first PQ_RING_SLOTS / 2 consumers get a line each. */
@@ -306,6 +310,25 @@ void pq_ring_tasks_add(pq_ring *r, int64_t n);
 int pq_ring_task_done(pq_ring *r);
 /* Wait until no task is unfinished: 0, -ETIMEDOUT, -EINTR. */
 int pq_ring_wait_tasks_done(pq_ring *r, int64_t deadline_ns);
+
+/* --- lifetime of unnamed queues ---------------------------------------- */
+
+/*
+ * Record that a handle of this queue may exist outside the creating
+ * handle (it was pickled, or opened by name). Relaxed: the flag orders
+ * nothing else; a creator that reads it stale only decides whether to
+ * unlink the segment's name, and a name is only ever unlinked by the
+ * creator's own close, after which openers get a clear SegmentNotFound.
+ */
+static inline void pq_ring_mark_shared(pq_ring *r)
+{
+    atomic_store_explicit(&r->ctl->shared, 1u, memory_order_relaxed);
+}
+
+static inline int pq_ring_is_shared(const pq_ring *r)
+{
+    return atomic_load_explicit(&r->ctl->shared, memory_order_relaxed) != 0;
+}
 
 /* --- statistics ------------------------------------------------------ */
 

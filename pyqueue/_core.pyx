@@ -113,6 +113,8 @@ cdef extern from "pq_ring.h" nogil:
     void pq_ring_count(pq_ring* r, int which, uint64_t n)
     void pq_ring_get_stats(const pq_ring* r, pq_ring_stats* s)
     uint64_t pq_ring_depth(const pq_ring* r)
+    void pq_ring_mark_shared(pq_ring* r)
+    int pq_ring_is_shared(const pq_ring* r)
 
 cdef extern from *:
     """
@@ -985,6 +987,18 @@ cdef class RingQueue:
             # an undecodable one); both are in dequeued
             "undecodable": self._undecodable, "held": len(self._held),
         }
+
+    def _mark_shared(self):
+        """A handle of this queue may now exist outside its creating
+        handle (pickled, or opened by name): its creator's close() must not
+        unlink an unnamed queue's name."""
+        if self._mapped:
+            pq_ring_mark_shared(&self._r)
+
+    def _is_shared(self):
+        if not self._mapped:
+            return True
+        return bool(pq_ring_is_shared(&self._r))
 
     @property
     def capacity_bytes(self):

@@ -129,16 +129,17 @@ def shm_unlink(posix_name):
     return True
 
 
-def create(name, size, mode, init):
+def create(name, size, mode, init, hint=None):
     """Create segment `name` of `size` bytes and run init(mmap) on it.
-    Returns the mapping, or None when a segment of that name exists."""
+    Returns the mapping, or None when a segment of that name exists.
+    hint: what to lower when /dev/shm has no room (reserve)."""
     try:
         fd = shm_create(shm_name(name), mode)
     except FileExistsError:
         return None
     try:
         os.ftruncate(fd, size)
-        reserve(fd, size, name)
+        reserve(fd, size, name, hint)
         mm = mmap.mmap(fd, size)
         init(mm)
     except BaseException:
@@ -149,40 +150,55 @@ def create(name, size, mode, init):
     return mm
 
 
-def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=False):
+def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=False, hint=None):
     """The segment of a queue, topic, log or work queue: (name, mapping,
     perm, created). name None: a new unnamed segment, removed when this
-    process exits. A name: made with `init` (unless open_only), or opened
-    (validated as `kind`) when it exists already."""
+    process exits (a queue's also earlier: release_unnamed). A name: made
+    with `init` (unless open_only), or opened (validated as `kind`) when it
+    exists already. hint: what to lower when /dev/shm is full."""
     if name is None:
         for _ in range(8):  # 64 random bits: a name taken is someone's plant
             name = unique_name()
-            mm = create(name, size, perm, init)
+            mm = create(name, size, perm, init, hint)
             if mm is not None:
                 own(name)
                 return name, mm, perm, True
         raise FileExistsError(errno.EEXIST, "cannot create an unnamed segment: 8 random "
                               "names were all taken")
     check_name(name)
-    mm = None if open_only else create(name, size, perm, init)
+    mm = None if open_only else create(name, size, perm, init, hint)
     if mm is not None:
         return name, mm, perm, True
     mm, perm = open_existing(name, kind, trust_owner)
     return name, mm, perm, False
 
 
-def reserve(fd, size, name):
+def shm_size_note():
+    """"/dev/shm is 64.0 MiB, 3.2 MiB free" (or "" when it cannot be told)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return ""
+    mib = 1024 * 1024
+    return (f"{SHM_DIR} is {st.f_blocks * st.f_frsize / mib:.1f} MiB, "
+            f"{st.f_bavail * st.f_frsize / mib:.1f} MiB free")
+
+
+def reserve(fd, size, name, hint=None):
     """Allocate every page of a new segment now. A sparse segment would get
     its pages on first touch, and a write to a page that a full /dev/shm
     cannot provide kills the process with SIGBUS; reserved, a full /dev/shm
-    is a clear OSError at creation instead. (A ring that wraps touches all
-    its pages anyway, so this costs no memory in the long run.)"""
+    is a clear OSError at creation instead, saying how big /dev/shm is and
+    (hint) which parameter to lower. (A ring that wraps touches all its
+    pages anyway, so this costs no memory in the long run.)"""
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            note = shm_size_note()
             raise OSError(e.errno, f"{SHM_DIR} has no room for segment {name!r} of {size} bytes "
-                                   f"({os.strerror(e.errno)})") from None
+                                   f"({os.strerror(e.errno)}{'; ' + note if note else ''})"
+                                   f"{': ' + hint if hint else ''}") from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise
 
@@ -313,3 +329,18 @@ atexit.register(_remove_owned)
 
 def disown(name):
     _owned.pop(name, None)
+
+
+def release_unnamed(name):
+    """The creator's last handle of unnamed segment `name` is closed or
+    collected and no handle of it was ever pickled or opened by name:
+    nobody can reach the name any more, so remove it now instead of at
+    exit (processes that map the segment, e.g. forked children holding an
+    inherited handle, keep it; its memory goes with the last mapping).
+    It stays in _owned, so that out-of-band segments left by messages
+    nobody read are removed at exit, not while a forked child may still
+    read them."""
+    try:
+        posix_ipc.unlink_shared_memory(shm_name(name))
+    except posix_ipc.ExistentialError:
+        pass

@@ -1,11 +1,14 @@
 """pyqueue.Queue, JoinableQueue and SimpleQueue: drop-ins for the
 multiprocessing ones over a shared-memory ring."""
+import os
 import queue as _stdqueue
 
 from pyqueue import _core, _oob, _segment
 from pyqueue.errors import SegmentMismatch
 
-DEFAULT_CAPACITY = 32 * 1024 * 1024
+# 1 MiB: created in ~0.1 ms, and a handful of queues fit in Docker's
+# 64 MiB /dev/shm; bench/README.md has the measurements.
+DEFAULT_CAPACITY = 1024 * 1024
 MIN_CAPACITY = 64 * 1024
 _OVERFLOWS = {"block": _core.OVERFLOW_BLOCK, "reject": _core.OVERFLOW_REJECT,
               "drop_oldest": _core.OVERFLOW_DROP_OLDEST}
@@ -81,7 +84,7 @@ _D_MODE = _Default(0o600)
 class Queue(_core.RingQueue):
     """A multi-process FIFO queue in shared memory; see docs/api.md.
 
-    Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,
+    Queue(maxsize=0, *, capacity_bytes=1 MiB, max_message_bytes=None,
           name=None, overflow="block", serializer=None, mode=0o600,
           trust_owner=False)
 
@@ -117,10 +120,18 @@ class Queue(_core.RingQueue):
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
                                  max_message_bytes or 0, flags)
 
+        unnamed = name is None
+        hint = (f"lower capacity_bytes (the ring's size, {capacity} bytes here) or make "
+                f"{_segment.SHM_DIR} bigger (docker run --shm-size=...)")
         name, mm, mode_now, created = _segment.create_or_open(
-            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner)
+            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner, hint=hint)
         self._setup(name, mm, serializer, mode_now)
         self._trust_owner = trust_owner
+        # The process whose close()/collection of this handle unlinks an
+        # unnamed queue's name (see _release_name); 0: none.
+        self._creator_pid = os.getpid() if unnamed else 0
+        if not created:
+            self._mark_shared()   # an existing segment, opened by name
         if not created:
             stored = {"maxsize": self.maxsize, "capacity_bytes": self.capacity_bytes,
                       "max_message_bytes": self.max_message_bytes, "overflow": self.overflow,
@@ -148,6 +159,8 @@ class Queue(_core.RingQueue):
         self = cls.__new__(cls)
         self._setup(name, mm, serializer, mode)
         self._trust_owner = trust_owner
+        self._creator_pid = 0
+        self._mark_shared()
         return self
 
     def _setup(self, name, mm, serializer, mode):
@@ -175,8 +188,27 @@ class Queue(_core.RingQueue):
 
     def unlink(self):
         """Remove the queue's name (processes that have it open keep it)."""
+        self._creator_pid = 0
         _segment.disown(self._name)
         _segment.unlink(self._name)
+
+    def close(self):
+        """Close this handle (other handles and processes are unaffected).
+        The creator's handle of an unnamed queue that was never pickled nor
+        opened by name also removes the name: nobody else can reach it."""
+        super().close()
+        self._release_name()
+
+    def __del__(self):
+        try:
+            self._release_name()
+        except Exception:
+            pass
+
+    def _release_name(self):
+        if self.__dict__.get("_creator_pid") == os.getpid() and not self._is_shared():
+            self._creator_pid = 0
+            _segment.release_unnamed(self._name)
 
     def join_thread(self):
         # No feeder thread: everything put is already in shared memory.
@@ -187,6 +219,9 @@ class Queue(_core.RingQueue):
         pass
 
     def __reduce__(self):
+        # From here a handle may live elsewhere: the creator's close() keeps
+        # the name (removed when the creator exits, or by unlink()).
+        self._mark_shared()
         return (_rebuild, (type(self), self._name, self._serializer,
                            self.__dict__.get("_trust_owner", False)))
 

@@ -209,6 +209,13 @@ def create_unnamed_and_report(report, proceed):
     # No close(), no unlink(): the segment must go when this process exits.
 
 
+def get_after_and_report(q, go, report):
+    """Wait for `go`, then get one message from q and report it."""
+    if not go.wait(WAIT):
+        raise SystemExit(6)
+    report.put(q.get(timeout=WAIT))
+
+
 def put_and_exit(q, item):
     q.put(item)
 

@@ -520,10 +520,14 @@ def test_gc_out_of_band_segment_of_consumer_killed_after_taking_it(ctx, procs, n
 
 
 def test_gc_never_removes_mapped_segment_even_if_creator_died(ctx, procs):
-    """Queues leaked by a dead process and still mapped by a live one (here a
-    forked sibling that opened them) stay until nobody maps them."""
-    p = procs.start(ctx, make_queues, 5, "os_exit")
+    """Queues leaked by a SIGKILLed creator (no exit hook runs) and still
+    mapped by a live process stay until nobody maps them."""
+    ready = ctx.Event()
+    p = procs.start(ctx, make_queues, 5, "wait", ready)
+    assert ready.wait(WAIT)
+    p.kill()
     p.join(WAIT)
+    assert p.exitcode == -signal.SIGKILL
     leaked = sorted(segments_of([p.pid]))
     assert len(leaked) == 5
     import pyqueue

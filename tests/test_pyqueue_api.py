@@ -539,7 +539,7 @@ def test_capacity_rounding(make_queue, requested, expected):
 
 def test_default_capacity(make_queue):
     q = make_queue.Queue()
-    assert q.stats()["capacity_bytes"] == 32 * 2**20
+    assert q.stats()["capacity_bytes"] == 2**20
     assert q.stats()["maxsize"] <= 0
 
 
@@ -784,17 +784,86 @@ def test_unnamed_segment_removed_when_creator_exits(ctx, procs, pyqueue_mod):
     proceed = ctx.Event()
     p = procs.start(ctx, _workers.create_unnamed_and_report, report, proceed)
     name = report.get(timeout=WAIT)
+    q = None
     try:
         assert segment_exists(name)
-        # The queue works from here while its creator lives.
         q = pyqueue_mod.Queue.open(name)
         assert q.get(timeout=WAIT) == "hello"
-        q.close()
+        # The creator exits while this process keeps its handle open ...
+        proceed.set()
+        p.join(WAIT)
+        assert p.exitcode == 0
+        assert not segment_exists(name), "segment %s outlived its creator" % name
+        # ... and keeps using the queue after the name is gone.
+        q.put_many(["after", "the creator"])
+        assert q.get_many(2, timeout=WAIT) == ["after", "the creator"]
+        assert q.qsize() == 0
     finally:
         proceed.set()
+        if q is not None:
+            q.close()
+    report.close()
+    report.join_thread()
+
+
+def test_closed_unnamed_queues_give_their_memory_back(pyqueue_mod):
+    """20 x Queue() + close() + del held 640 MiB until exit: the creator's
+    close() or collection of a handle nobody else can reach unlinks it."""
+    names = []
+    for _ in range(20):
+        q = pyqueue_mod.Queue()
+        q.put(1)
+        names.append(q.name)
+        q.close()
+        del q
+    assert [n for n in names if segment_exists(n)] == []
+    for _ in range(5):                      # no close(): collected
+        q = pyqueue_mod.Queue()
+        q.put(1)
+        names.append(q.name)
+    del q
+    assert [n for n in names if segment_exists(n)] == []
+
+
+def test_unnamed_queue_handed_out_keeps_its_name_after_creator_close(pyqueue_mod):
+    pickled = pyqueue_mod.Queue(capacity_bytes=RING)
+    data = pickle.dumps(pickled)
+    pickled.close()
+    assert segment_exists(pickled.name)     # a pickle of it is still out there
+    copy = pickle.loads(data)
+    copy.put("via the pickle")
+    assert copy.get(timeout=WAIT) == "via the pickle"
+    copy.close()
+
+    opened = pyqueue_mod.Queue(capacity_bytes=RING)
+    other = pyqueue_mod.Queue.open(opened.name)
+    del opened
+    assert segment_exists(other.name)       # opened by name: it stays
+    other.put("still here")
+    assert other.get(timeout=WAIT) == "still here"
+    other.close()
+    for q in (pickled, other):
+        q.unlink()                          # otherwise at exit, as before
+        assert not segment_exists(q.name)
+
+
+def test_creator_close_leaves_children_working(ctx, procs, pyqueue_mod):
+    """A child holding the creator's queue (inherited under fork, a pickle
+    under spawn) keeps using it after the creator closed its handle."""
+    q = pyqueue_mod.Queue(capacity_bytes=RING)
+    go = ctx.Event()
+    report = ctx.Queue()
+    p = procs.start(ctx, _workers.get_after_and_report, q, go, report)
+    q.put("for the child")
+    q.close()
+    # Under fork nothing was pickled: the name went with the close (the
+    # child maps the segment); under spawn the pickle keeps it until exit.
+    assert segment_exists(q.name) == (ctx.get_start_method() != "fork")
+    go.set()
+    assert report.get(timeout=WAIT) == "for the child"
     p.join(WAIT)
     assert p.exitcode == 0
-    assert not segment_exists(name), "segment %s outlived its creator" % name
+    q.unlink()
     report.close()
     report.join_thread()
 

@@ -617,6 +617,23 @@ static int test_tasks(void)
     return 0;
 }
 
+/* The shared flag starts clear, is seen by every view once set, and a
+ * fresh segment over the same memory starts clear again. */
+static int test_shared_flag(void)
+{
+    ring_fixture f;
+    if (fixture_open(&f, 4096, 0))
+        return 1;
+    CHECK_EQ(pq_ring_is_shared(&f.prod), 0);
+    CHECK_EQ(pq_ring_is_shared(&f.cons), 0);
+    pq_ring_mark_shared(&f.cons);
+    CHECK_EQ(pq_ring_is_shared(&f.prod), 1);
+    pq_ring_mark_shared(&f.prod); /* idempotent */
+    CHECK_EQ(pq_ring_is_shared(&f.cons), 1);
+    fixture_close(&f);
+    return 0;
+}
+
 static int test_waits(void)
 {
     ring_fixture f;
@@ -764,6 +781,7 @@ int main(void)
     RUN(test_stale_batch);
     RUN(test_stats);
     RUN(test_tasks);
+    RUN(test_shared_flag);
     RUN(test_waits);
     RUN(test_maxsize_wakeup_window);
     return pq_test_result();
