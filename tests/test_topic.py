@@ -252,8 +252,12 @@ def test_subscribe_reclaims_slots_of_sigkilled_subscribers(ctx, procs, topics):
         p.join(30)
         assert p.exitcode == -signal.SIGKILL
     mine = [t.subscribe() for _ in range(63)]            # 64 dead slots: reclaimed
-    live = procs.start(ctx, w.hoard_subscriptions, t, 1, ready)
-    assert ready.get(timeout=30) == 1                    # a live one holds the last
+    # A fresh queue: `ready`'s writer lock may have died with a SIGKILLed
+    # hoarder (multiprocessing.Queue's feeder releases it after the parent
+    # already has the item).
+    ready_live = ctx.Queue()
+    live = procs.start(ctx, w.hoard_subscriptions, t, 1, ready_live)
+    assert ready_live.get(timeout=30) == 1               # a live one holds the last
     with pytest.raises(pyqueue.PyQueueError, match="held by live subscribers"):
         t.subscribe()
     t.publish("to all")
