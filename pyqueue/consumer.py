@@ -205,12 +205,18 @@ class Consumer:
         """Commit the positions reached (or offsets: {partition: next
         offset to read}) for partitions this member owns, all or nothing.
         CommitFailed (nothing written) when any of them has been assigned
-        to another member, or this member was removed from the group."""
+        to another member, or this member was removed from the group.
+        ValueError (nothing written) for a partition the log does not have
+        or an offset that is not a non-negative int."""
         self._check()
         if offsets is None:
             offsets = dict(self._positions)
         items, lost = [], []
+        nparts = self._log.partitions
         for p, off in offsets.items():
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < nparts:
+                raise ValueError(f"partition {p!r} is not a partition of the log "
+                                 f"(0..{nparts - 1}); nothing was committed")
             if not isinstance(off, int) or isinstance(off, bool) or off < 0:
                 raise ValueError("offsets must be non-negative ints")
             if p in self._epochs:

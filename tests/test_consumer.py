@@ -4,7 +4,7 @@ epochs, seek/position/committed/lag, auto-commit, members removed after
 max_poll_interval, offsets that survive a restart, and members in other
 processes, one of them SIGKILLed in the middle of a poll."""
 import os
-import signal
+from signal import SIGKILL
 import time
 
 import pytest
@@ -158,6 +158,26 @@ def test_seek_position_and_errors(make_log):
     c.close()  # twice: fine
 
 
+def test_commit_of_a_partition_the_log_lacks_is_a_value_error(make_log):
+    """commit({99: 1}) on a 2-partition log is a caller's mistake
+    (ValueError), not a fenced commit (CommitFailed); nothing of such a
+    commit is written and the consumer goes on."""
+    lg = make_log(partitions=2)
+    fill(lg, 5)
+    c = lg.consumer("g")
+    assert len(c.poll(max_records=100)) == 10
+    for bad in ({99: 1}, {2: 1}, {-1: 1}, {"0": 1}, {True: 1}, {None: 1}, {0: 3, 99: 1}):
+        with pytest.raises(ValueError) as ei:
+            c.commit(bad)
+        assert not isinstance(ei.value, CommitFailed)
+        assert [c.committed(p) for p in range(2)] == [None, None]
+    c.commit({0: 3})
+    assert [c.committed(p) for p in range(2)] == [3, None]
+    c.commit()
+    assert [c.committed(p) for p in range(2)] == [5, 5]
+    c.close()
+
+
 def test_latest_reset_and_retention_overtaking(make_log):
     small = {} if make_log.mode == "memory" else {"segment_bytes": 16384}
     lg = make_log(partitions=1, retention_bytes=64 * 1024, **small)
@@ -256,15 +276,22 @@ def test_member_killed_in_poll_its_partitions_move_on(ctx, procs, make_log):
     p = procs.start(ctx, w.member_then_hang, lg, "g", out, 20)
     pid, committed, uncommitted, assignment = out.get(timeout=60)
     assert assignment == [0, 1, 2, 3] and len(committed) == 20 and len(uncommitted) == 20
+    # The child committed 5 records of every partition (so a restart at
+    # offset 0 is told apart from one at the committed offset).
+    assert [lg.group_offsets("g")[q]["committed"] for q in range(4)] == [5, 5, 5, 5]
     survivor = lg.consumer("g")  # joins while the child is alive: shares
     assert len(survivor.assignment()) == 2
-    os.kill(pid, signal.SIGKILL)  # the child is blocked in poll()
+    os.kill(pid, SIGKILL)  # the child is blocked in poll()
     p.join(30)
-    assert wait_until(lambda: (survivor.poll(timeout=0.05), survivor.assignment())[1] ==
-                      [0, 1, 2, 3], timeout=10)
-    survivor.seek_to_beginning()
+    # Another member joining removes the dead one (and leaves again): the
+    # survivor gets every partition without having read anything yet.
+    helper = lg.consumer("g")
+    helper.close()
+    assert survivor.assignment() == [0, 1, 2, 3]
+    # Every partition starts at the group's committed offset: nothing the
+    # dead member committed comes again, nothing it had not is skipped.
     for q in range(4):
-        survivor.seek(q, survivor.committed(q) or 0)
+        assert survivor.position(q) == survivor.committed(q) == 5
     got = []
     while True:
         recs = survivor.poll(max_records=500)
@@ -273,10 +300,39 @@ def test_member_killed_in_poll_its_partitions_move_on(ctx, procs, make_log):
         got.extend((r.partition, r.offset) for r in recs)
     # Everything the dead member had not committed comes again (at least
     # once), nothing it committed does.
-    assert set(got) == {(q, i) for q in range(4) for i in range(30)} - set(committed)
+    assert sorted(got) == sorted({(q, i) for q in range(4) for i in range(30)} - set(committed))
     assert set(uncommitted) <= set(got)
     members = lg.group_members("g")
     assert [m["pid"] for m in members] == [os.getpid()]
+    survivor.close()
+
+
+def test_a_dead_member_is_removed_by_the_survivors_poll(ctx, procs, make_log):
+    """The survivor's own polls (no other member joining) find the dead
+    member and take its partitions, from the committed offsets."""
+    lg = make_log(partitions=4)
+    fill(lg, 30)
+    out = ctx.Queue()
+    p = procs.start(ctx, w.member_then_hang, lg, "g", out, 20)
+    pid, committed, _uncommitted, _assignment = out.get(timeout=60)
+    survivor = lg.consumer("g")
+    mine = survivor.assignment()
+    assert len(mine) == 2
+    os.kill(pid, SIGKILL)
+    p.join(30)
+    got = []
+
+    def taken_over():
+        got.extend((r.partition, r.offset) for r in survivor.poll(timeout=0.05))
+        return survivor.assignment() == [0, 1, 2, 3]
+
+    assert wait_until(taken_over, timeout=10)
+    while True:
+        recs = survivor.poll(max_records=500)
+        if not recs:
+            break
+        got.extend((r.partition, r.offset) for r in recs)
+    assert sorted(got) == sorted({(q, i) for q in range(4) for i in range(30)} - set(committed))
     survivor.close()
 
 

@@ -76,9 +76,11 @@ def test_log_group_source_commits_after_processing(made, tmp_path):
         log.append(i, key=str(i))
     with StreamProcessor(log, w.double, group="doublers", sink=out, workers=2,
                          batch_size=50) as sp:
-        assert wait_until(lambda: all(v["lag"] == 0 and v["committed"] is not None
-                                      for v in log.group_offsets("doublers").values()),
-                          timeout=30)
+        # The group exists once a worker has joined it: until then there is
+        # no group to ask about (group_offsets raises KeyError).
+        assert wait_until(lambda: "doublers" in log.groups() and all(
+            v["lag"] == 0 and v["committed"] is not None
+            for v in log.group_offsets("doublers").values()), timeout=30)
     got = []
     while not out.empty():
         got.append(out.get(timeout=5))
