@@ -504,30 +504,39 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
             goto stale;
         b->first_pos = p;
         uint64_t expect = offset;
+        int bad = 0; /* the batch ends at an inconsistent record */
         while (p != tl && b->count < max) {
             uint64_t off = p & l->mask;
             pq_record_header *rec = (pq_record_header *)(data + off);
             uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
             uint64_t len = pq_ctl_len(ctl);
             uint64_t size = pq_record_size(len);
-            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
-                goto stale;
+            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p) {
+                bad = 1;
+                break;
+            }
             uint8_t st = pq_ctl_state(ctl);
             if (st == PQ_REC_CLAIMED)
                 break;
             if (st != PQ_REC_PADDING) {
                 pq_log_rec_hdr rh;
                 const uint8_t *pl = (const uint8_t *)rec + PQ_RECORD_HEADER;
-                if (len < PQ_LOG_REC_HDR)
-                    goto stale;
+                if (len < PQ_LOG_REC_HDR) {
+                    bad = 1;
+                    break;
+                }
                 memcpy(&rh.offset, pl, sizeof rh.offset);
-                if (rh.offset != expect)
-                    goto stale;
+                if (rh.offset != expect) {
+                    bad = 1;
+                    break;
+                }
                 if (st == PQ_REC_COMMITTED) {
                     memcpy(&rh, pl, sizeof rh);
                     uint64_t kl = rh.key_len == PQ_LOG_NO_KEY ? 0 : rh.key_len;
-                    if (kl + rh.headers_len > len - PQ_LOG_REC_HDR)
-                        goto stale;
+                    if (kl + rh.headers_len > len - PQ_LOG_REC_HDR) {
+                        bad = 1;
+                        break;
+                    }
                     pq_log_record *r = &out[b->count++];
                     r->offset = rh.offset;
                     r->timestamp_ms = rh.timestamp_ms;
@@ -541,12 +550,18 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
                 } else if (st == PQ_REC_ABANDONED) {
                     b->skipped++;
                 } else {
-                    goto stale;
+                    bad = 1;
+                    break;
                 }
                 expect++;
             }
             p += size;
         }
+        /* The records before an inconsistent one are returned (validate
+         * says whether they were overwritten); the next peek, at it, says
+         * what it is: retry or corrupt. */
+        if (bad && b->count == 0 && b->skipped == 0)
+            goto stale;
         b->next_offset = expect;
         if (b->count == 0 && b->skipped == 0)
             return -EINPROGRESS;

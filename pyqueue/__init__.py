@@ -6,8 +6,8 @@ from queue import Empty, Full
 
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, MessageTooLarge,
-                            OffsetOutOfRange, PyQueueError, SegmentMismatch, SegmentNotFound,
-                            SegmentNotOwned)
+                            OffsetOutOfRange, PoisonRecord, PyQueueError, SegmentMismatch,
+                            SegmentNotFound, SegmentNotOwned)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
@@ -21,5 +21,5 @@ __all__ = [
     "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
-    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired",
+    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
 ]

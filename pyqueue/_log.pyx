@@ -30,7 +30,7 @@ import struct
 import time
 
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PyQueueError, SegmentMismatch)
+                            PoisonRecord, PyQueueError, SegmentMismatch)
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "<errno.h>" nogil:
@@ -386,6 +386,14 @@ cdef object _decode_value(uint8_t typ, bytes vb):
     raise SegmentMismatch(f"unknown record type {typ}")
 
 
+cdef object _poison(uint32_t partition, uint64_t offset, exc):
+    """The PoisonRecord for a record whose value or headers failed to
+    decode with exc (raised from exc)."""
+    return PoisonRecord(f"the record at offset {offset} of partition {partition} cannot be "
+                        f"decoded ({type(exc).__name__}: {exc}); skip it with "
+                        f"seek({partition}, {offset + 1})", partition, offset)
+
+
 cdef inline int64_t _slice_end(int64_t deadline):
     """The end of the next wait slice: at most 100 ms away, never past the
     deadline (-1: none)."""
@@ -564,13 +572,23 @@ cdef class LogCoreBase:
         cdef pq_log_record* r
         cdef bytes vb
         cdef object v, h
+        cdef uint64_t off
         for i in range(n):
             r = &self._recs[i]
             vb = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
             if decode:
-                v = _decode_value(r.type, vb)
-                h = {} if r.headers_len == 0 else _decode_headers(
-                    PyBytes_FromStringAndSize(<const char*>r.headers, r.headers_len))
+                # A record that fails to decode ends the batch: the ones
+                # before it are in out, the caller returns them first.
+                off = r.offset
+                hb = None if r.headers_len == 0 else PyBytes_FromStringAndSize(
+                    <const char*>r.headers, r.headers_len)
+                try:
+                    v = _decode_value(r.type, vb)
+                    h = {} if hb is None else _decode_headers(hb)
+                except MemoryError:
+                    raise
+                except Exception as e:
+                    raise _poison(partition, off, e) from e
             else:
                 undecoded[i] = r.type != T_BYTES or r.headers_len != 0
                 v = vb
@@ -585,15 +603,23 @@ cdef class LogCoreBase:
     cdef int _decode_records(self, list out, Py_ssize_t first, int n, type make,
                              const uint8_t* undecoded) except -1:
         """Decode, after validation, what _make_records left raw in
-        out[first:first + n] (the types are still in self._recs)."""
+        out[first:first + n] (the types are still in self._recs). A record
+        that fails to decode ends the batch: it and those after it are
+        removed from out, and PoisonRecord names it."""
         for i in range(n):
             if undecoded[i]:
                 rec = out[first + i]
                 hb = rec[5]
-                out[first + i] = _new_record(
-                    make, rec[0], rec[1], rec[2], rec[3],
-                    _decode_value(self._recs[i].type, rec[4]),
-                    hb if type(hb) is dict else _decode_headers(hb))
+                try:
+                    v = _decode_value(self._recs[i].type, rec[4])
+                    h = hb if type(hb) is dict else _decode_headers(hb)
+                except MemoryError:
+                    del out[first + i:]
+                    raise
+                except Exception as e:
+                    del out[first + i:]
+                    raise _poison(rec[0], rec[1], e) from e
+                out[first + i] = _new_record(make, rec[0], rec[1], rec[2], rec[3], v, h)
         return 0
 
     cdef _out_of_range(self, uint32_t partition, uint64_t offset, uint64_t s, uint64_t e):

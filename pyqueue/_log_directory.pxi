@@ -517,7 +517,12 @@ cdef class DirLogCore(LogCoreBase):
                                           f"offset {offset} below its end (corrupt?)")
                 offset = next_base  # nothing more in that segment
                 continue
-            self._make_records(rc, partition, make, out, True, NULL)
+            try:
+                self._make_records(rc, partition, make, out, True, NULL)
+            except PoisonRecord:
+                if out:
+                    return out  # the good ones first; the next read names it
+                raise
             offset = nxt
             if len(out) >= max_records:
                 return out

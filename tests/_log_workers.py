@@ -106,3 +106,16 @@ def dir_append_fast(path, n):
     lg = Log.open(path)
     for i in range(n):
         lg.append(b"r")
+
+
+# -- poison records ------------------------------------------------------------
+
+def refuse_to_load():
+    raise ValueError("this record refuses to load")
+
+
+class Unloadable:
+    """Appends fine; unpickling it raises ValueError (a poison record)."""
+
+    def __reduce__(self):
+        return (refuse_to_load, ())
