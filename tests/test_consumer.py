@@ -8,7 +8,7 @@ from signal import SIGKILL
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import pyqueue
 from pyqueue import CommitFailed, Log
@@ -396,5 +396,133 @@ def test_model_at_least_once_in_order(ops):
             assert [c.committed(p) or 0 for p in range(3)] == committed
         c.close()
     finally:
+        lg.unlink()
+        lg.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 3), st.integers(1, 6)),
+    st.tuples(st.just("join"), st.just(0), st.just(0)),
+    st.tuples(st.just("leave"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("poll"), st.integers(0, 3), st.integers(1, 24)),
+    st.tuples(st.just("poll"), st.integers(0, 3), st.integers(1, 24)),
+    st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
+), max_size=60))
+# A partition that moves after a commit starts at the committed offset.
+@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 24),
+                                                  ("commit", 0, 0), ("append", 3, 2),
+                                                  ("join", 0, 0), ("poll", 1, 24)])
+# Lost and given back while the member did not look: its old position is
+# void (another member may have committed meanwhile).
+@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 3),
+                                                  ("join", 0, 0), ("poll", 1, 24),
+                                                  ("commit", 1, 0), ("leave", 1, 0),
+                                                  ("poll", 0, 24), ("commit", 0, 0)])
+def test_model_several_members(ops):
+    """Several members of one group (in one process) joining, leaving,
+    polling and committing in any interleaving, against a model that
+    tracks who owns each partition (read from the group table after each
+    step) and what each member knows:
+
+    - the live members' assignments are disjoint, cover every partition and
+      are balanced (sizes differ by at most one);
+    - a poll returns, per partition, the next records in order: from the
+      member's own position when it kept the partition since it last
+      looked, else from the group's committed offset (never from 0 or from
+      another member's position);
+    - a commit succeeds exactly when none of the partitions the member
+      knows has changed owner since it looked, and writes those
+      positions; a fenced commit (CommitFailed) writes nothing and names
+      the partitions lost; committed offsets never go back."""
+    P = 4
+    lg = Log(partitions=P)
+    members = []  # [consumer, {partition: (position, owner changes seen)}]
+    try:
+        model = [[] for _ in range(P)]
+        committed = [None] * P
+        changes = [0] * P  # how often each partition changed owner
+        table = lg._group_table()
+        owners = [0] * P
+        n = 0
+
+        def observe():
+            """Owners after a step: count changes, check the assignment."""
+            if not members:
+                return
+            g = members[0][0]._g
+            now = [table.owner(g, p) for p in range(P)]
+            for p in range(P):
+                if now[p] != owners[p]:
+                    changes[p] += 1
+                    owners[p] = now[p]
+            ids = [m[0].member_id for m in members]
+            assert set(now) <= set(ids) and 0 not in now
+            sizes = [now.count(i) for i in ids]
+            assert max(sizes) - min(sizes) <= 1
+
+        def look(m):
+            """What the member does when it follows the assignment (poll,
+            or a fenced commit): keep what it still owns, take the new
+            partitions from the committed offsets."""
+            c, known = m
+            for p in list(known):
+                if owners[p] != c.member_id or changes[p] != known[p][1]:
+                    del known[p]
+            for p in range(P):
+                if owners[p] == c.member_id and p not in known:
+                    known[p] = (committed[p] or 0, changes[p])
+
+        for op, a, b in ops:
+            if op == "append":
+                lg._append(a, [n + i for i in range(b)], None, None, 0)
+                model[a].extend(n + i for i in range(b))
+                n += b
+            elif op == "join" and len(members) < 4:
+                members.append([lg.consumer("m"), {}])
+                observe()
+                look(members[-1])
+            elif op == "leave" and members:
+                members.pop(a % len(members))[0].close()
+                observe()
+            elif op == "poll" and members:
+                m = members[a % len(members)]
+                c, known = m
+                look(m)
+                recs = c.poll(max_records=b)
+                assert len(recs) <= b
+                for r in recs:
+                    at, seen = known[r.partition]
+                    assert r.offset == at, (r, known)
+                    assert r.value == model[r.partition][r.offset]
+                    known[r.partition] = (at + 1, seen)
+                if len(recs) < b:  # a short poll read every partition to its end
+                    assert all(at == len(model[p]) for p, (at, _) in known.items())
+                assert sorted(known) == c.assignment()
+                for p, (at, _) in known.items():
+                    assert c.position(p) == at
+            elif op == "commit" and members:
+                m = members[a % len(members)]
+                c, known = m
+                lost = sorted(p for p, (_, seen) in known.items()
+                              if owners[p] != c.member_id or changes[p] != seen)
+                before = [c.committed(p) for p in range(P)]
+                if lost:
+                    with pytest.raises(CommitFailed) as ei:
+                        c.commit()
+                    assert list(ei.value.partitions) == lost
+                    assert [c.committed(p) for p in range(P)] == before
+                    look(m)
+                else:
+                    c.commit()
+                    for p, (at, _) in known.items():
+                        assert committed[p] is None or at >= committed[p]
+                        committed[p] = at
+            if "m" in lg.groups():
+                assert [lg.group_offsets("m")[p]["committed"] for p in range(P)] == committed
+    finally:
+        for c, _ in members:
+            c.close()
         lg.unlink()
         lg.close()
