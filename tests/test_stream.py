@@ -239,7 +239,7 @@ SIGTERM_CHILD = textwrap.dedent("""
     from pyqueue import StreamProcessor, WorkQueue
     from tests import _wq_workers as w
     q = WorkQueue.open(sys.argv[1])
-    sp = StreamProcessor(q, w.slow_marker, workers=2).start()
+    sp = StreamProcessor(q, w.slow_marker, workers=2, start_method=sys.argv[2]).start()
     print("started", flush=True)
     sp.join()
     print("stopped", flush=True)
@@ -247,13 +247,14 @@ SIGTERM_CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_intake_and_finishes_the_work_in_hand(made, tmp_path, sig):
+def test_signal_stops_intake_and_finishes_the_work_in_hand(made, tmp_path, sig, ctx):
     q = WorkQueue(name=unique_name("sp"), visibility_timeout=60.0)
     made.append(q)
     for i in range(20):
         q.put((str(tmp_path), i, 0.4))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, q.name], cwd=root,
+    p = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, q.name, ctx.get_start_method()],
+                         cwd=root,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "started"
@@ -278,17 +279,18 @@ KILLED_PARENT_CHILD = textwrap.dedent("""
     from pyqueue import StreamProcessor, WorkQueue
     from tests import _wq_workers as w
     q = WorkQueue.open(sys.argv[1])
-    sp = StreamProcessor(q, w.double, workers=2).start()
+    sp = StreamProcessor(q, w.double, workers=2, start_method=sys.argv[2]).start()
     print(" ".join(map(str, sp.worker_pids())), flush=True)
     sp.join()
 """)
 
 
-def test_workers_end_when_their_parent_is_killed(made):
+def test_workers_end_when_their_parent_is_killed(made, ctx):
     q = WorkQueue(name=unique_name("spk"))
     made.append(q)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT_CHILD, q.name], cwd=root,
+    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT_CHILD, q.name,
+                          ctx.get_start_method()], cwd=root,
                          stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(x) for x in p.stdout.readline().split()]
