@@ -410,8 +410,8 @@ class StreamProcessor:
                         break
                     if p is None:  # crashed: waiting out its back-off
                         if now >= self._due[i]:
+                            self._restarts += 1  # (counted before it can run)
                             self._procs[i] = self._spawn(i)
-                            self._restarts += 1
                         continue
                     if not p.is_alive():
                         self._crashed(i, p, now)
