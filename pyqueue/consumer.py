@@ -253,11 +253,16 @@ class Consumer:
                            "nothing was committed", lost)
 
     def _refresh_keeping_positions(self):
-        kept = dict(self._positions)
+        """_refresh, keeping the positions of the partitions held at the
+        same epoch throughout (also across a rejoin, which clears them). A
+        partition lost and given back since (a new epoch) starts at the
+        committed offset like any new one: meanwhile another member may
+        have read and committed it."""
+        kept = {p: (at, self._epochs.get(p)) for p, at in self._positions.items()}
         self._refresh()
-        for p in self._positions:
-            if p in kept and p in self._epochs:
-                self._positions[p] = kept[p]
+        for p, (at, epoch) in kept.items():
+            if p in self._positions and self._epochs.get(p) == epoch:
+                self._positions[p] = at
 
     def _commit_quietly(self):
         """auto_commit: what this member still owns (a partition that moved

@@ -420,6 +420,11 @@ def test_model_at_least_once_in_order(ops):
                                                   ("join", 0, 0), ("poll", 1, 24),
                                                   ("commit", 1, 0), ("leave", 1, 0),
                                                   ("poll", 0, 24), ("commit", 0, 0)])
+# Lost and given back, then a fenced commit: the member follows the new
+# assignment from the committed offset, not from its old position (found
+# by this model: the fenced commit's refresh kept the stale position).
+@example([("append", 2, 2), ("join", 0, 0), ("poll", 0, 1), ("join", 0, 0), ("leave", 1, 0),
+          ("commit", 0, 0), ("poll", 0, 1), ("commit", 0, 0)])
 def test_model_several_members(ops):
     """Several members of one group (in one process) joining, leaving,
     polling and committing in any interleaving, against a model that

@@ -188,17 +188,22 @@ def test_a_crash_looping_worker_backs_off_and_is_reported(made, tmp_path, mode):
 def test_a_worker_that_crashes_on_start_is_reported(made, mode):
     log = Log(partitions=1)
     made.append(log)
+    t0 = time.monotonic()
     sp = StreamProcessor(log, w.double, group="g", consumer_options={"auto_offset_reset": "x"},
-                         restart_backoff=(0.05, 0.2), **_how(mode)).start()
+                         restart_backoff=(0.2, 0.8), **_how(mode)).start()
     try:
         assert wait_until(lambda: sp.stats()["crashes"] >= 4, timeout=60)
+        elapsed = time.monotonic() - t0
         s = sp.stats()
     finally:
         assert sp.stop(30)
     assert "auto_offset_reset" in s["last_error"] and "ValueError" in s["last_error"]
-    # It never got going: however long a start takes, the back-off grows.
-    assert s["restart_delay"] == 0.2
+    # It never got going: however long a start takes, the back-off grows,
+    # and the four crashes were at least 0.2 + 0.4 + 0.8 s apart in all
+    # (a lower bound: a slow machine only adds to it).
+    assert s["restart_delay"] == 0.8
     assert s["restarts"] >= 3
+    assert elapsed >= 0.2 + 0.4 + 0.8
 
 
 def test_arguments_are_checked(made):
