@@ -417,6 +417,7 @@ static int pq_log_walk(pq_log *l, uint8_t *data, uint64_t p, uint64_t o, uint64_
 static int pq_log_offset_at(pq_log *l, uint8_t *data, uint64_t p, uint64_t offset)
 {
     pq_record_header *rec = (pq_record_header *)(data + (p & l->mask));
+    /* acquire: as in pq_log_walk, the offset field below tail is published. */
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
     uint64_t ro;
     if (pq_ctl_len(ctl) < PQ_LOG_REC_HDR)
