@@ -381,53 +381,91 @@ static int pq_log_start_passed(pq_log_part *pt, uint64_t pos)
 }
 
 /*
- * Find the position of the record with `offset` among [h, tl): from the
- * sparse index entry at or below it when that entry is valid, else from
- * h. 0 and *pos_out; -EINPROGRESS: not published yet (offset at or past
- * what tail covers); -ESTALE: an inconsistency (overwritten meanwhile, or
- * corrupt: the caller decides by the start).
+ * Walk [p, tl) from the record whose offset is o (its first non-padding
+ * record) to the one with `offset`, counting: offsets are dense, so the
+ * record-offset fields are not trusted on the way (one damaged field must
+ * not make the others unreachable). Bounded by the ring: p only grows, by
+ * at least PQ_RECORD_HEADER, and never past tl (tl - h <= capacity), so at
+ * most capacity / 16 steps. 0 and *pos_out; -EINPROGRESS: offset is at or
+ * past what tail covers; -ESTALE: a header that does not fit.
  */
-static int pq_log_find(pq_log *l, uint32_t part, uint64_t offset, uint64_t h, uint64_t tl,
-                       uint64_t *pos_out)
+static int pq_log_walk(pq_log *l, uint8_t *data, uint64_t p, uint64_t o, uint64_t offset,
+                       uint64_t tl, uint64_t *pos_out)
+{
+    while (p != tl) {
+        uint64_t off = p & l->mask;
+        pq_record_header *rec = (pq_record_header *)(data + off);
+        /* acquire: the header (and the offset field) of a record below
+         * tail are published (pairs with the claim's release on tail). */
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
+            return -ESTALE;
+        if (pq_ctl_state(ctl) != PQ_REC_PADDING) {
+            if (o == offset) {
+                *pos_out = p;
+                return 0;
+            }
+            o++;
+        }
+        p += size;
+    }
+    return -EINPROGRESS;
+}
+
+/* The offset field of the (non-padding) record at p equals offset. */
+static int pq_log_offset_at(pq_log *l, uint8_t *data, uint64_t p, uint64_t offset)
+{
+    pq_record_header *rec = (pq_record_header *)(data + (p & l->mask));
+    /* acquire: as in pq_log_walk, the offset field below tail is published. */
+    uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+    uint64_t ro;
+    if (pq_ctl_len(ctl) < PQ_LOG_REC_HDR)
+        return 0;
+    memcpy(&ro, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof ro);
+    return ro == offset;
+}
+
+/*
+ * Find the position of the record with `offset` among [h, tl), where h
+ * holds offset so: by counting from the sparse index entry at or below
+ * it when that entry is valid, else (or when that finds a record whose
+ * offset field disagrees) from h; at most two bounded walks. The record
+ * found must carry `offset` in its own offset field. 0 and *pos_out;
+ * -EINPROGRESS: not published yet (offset at or past what tail covers);
+ * -ESTALE: an inconsistency (overwritten meanwhile, or corrupt: the
+ * caller decides by the start).
+ */
+static int pq_log_find(pq_log *l, uint32_t part, uint64_t offset, uint64_t h, uint64_t so,
+                       uint64_t tl, uint64_t *pos_out)
 {
     uint8_t *data = pq_log_data(l, part);
-    uint64_t p = h;
     uint64_t k = offset / PQ_LOG_INDEX_EVERY * PQ_LOG_INDEX_EVERY;
     pq_log_index_entry *ent = &pq_log_index(l, part)[(k / PQ_LOG_INDEX_EVERY) % l->index_entries];
     uint64_t eo = atomic_load_explicit(&ent->offset, memory_order_relaxed);
     uint64_t ep = atomic_load_explicit(&ent->pos, memory_order_relaxed);
-    if (eo == k && (int64_t)(ep - h) >= 0 && ep - h < tl - h && (ep & (PQ_RECORD_ALIGN - 1)) == 0)
-        p = ep; /* checked below by the offset in the record itself */
-    for (;;) {
-        if (p == tl)
-            return -EINPROGRESS;
-        uint64_t off = p & l->mask;
-        pq_record_header *rec = (pq_record_header *)(data + off);
-        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-        uint64_t len = pq_ctl_len(ctl);
-        uint64_t size = pq_record_size(len);
-        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
-            return -ESTALE;
-        uint8_t st = pq_ctl_state(ctl);
-        if (st != PQ_REC_PADDING) {
-            uint64_t ro;
-            if (len < PQ_LOG_REC_HDR)
-                return -ESTALE;
-            memcpy(&ro, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof ro);
-            if (ro == offset) {
-                *pos_out = p;
-                return 0;
-            }
-            if (ro > offset) {
-                if (p != h) { /* a stale index entry: walk from the start */
-                    p = h;
-                    continue;
-                }
-                return -ESTALE;
-            }
+    uint64_t p;
+    int rc;
+    if (offset < so)
+        return -ESTALE;
+    if (eo == k && k >= so && (int64_t)(ep - h) >= 0 && ep - h < tl - h &&
+        (ep & (PQ_RECORD_ALIGN - 1)) == 0) {
+        rc = pq_log_walk(l, data, ep, k, offset, tl, &p);
+        if (rc == 0 && pq_log_offset_at(l, data, p, offset)) {
+            *pos_out = p;
+            return 0;
         }
-        p += size;
+        /* A stale or damaged index entry (or damage after it): count
+         * from h once, which also tells a record not yet published from
+         * an entry that points too far. */
     }
+    rc = pq_log_walk(l, data, h, so, offset, tl, &p);
+    if (rc < 0)
+        return rc;
+    if (!pq_log_offset_at(l, data, p, offset))
+        return -ESTALE;
+    *pos_out = p;
+    return 0;
 }
 
 int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, uint32_t max,
@@ -460,37 +498,46 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
             return PQ_ERR_CORRUPT;
         }
         uint64_t p;
-        int rc = pq_log_find(l, part, offset, h, tl, &p);
+        int rc = pq_log_find(l, part, offset, h, so, tl, &p);
         if (rc == -EINPROGRESS)
             return -EINPROGRESS;
         if (rc < 0)
             goto stale;
         b->first_pos = p;
         uint64_t expect = offset;
+        int bad = 0; /* the batch ends at an inconsistent record */
         while (p != tl && b->count < max) {
             uint64_t off = p & l->mask;
             pq_record_header *rec = (pq_record_header *)(data + off);
             uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
             uint64_t len = pq_ctl_len(ctl);
             uint64_t size = pq_record_size(len);
-            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p)
-                goto stale;
+            if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - off || size > tl - p) {
+                bad = 1;
+                break;
+            }
             uint8_t st = pq_ctl_state(ctl);
             if (st == PQ_REC_CLAIMED)
                 break;
             if (st != PQ_REC_PADDING) {
                 pq_log_rec_hdr rh;
                 const uint8_t *pl = (const uint8_t *)rec + PQ_RECORD_HEADER;
-                if (len < PQ_LOG_REC_HDR)
-                    goto stale;
+                if (len < PQ_LOG_REC_HDR) {
+                    bad = 1;
+                    break;
+                }
                 memcpy(&rh.offset, pl, sizeof rh.offset);
-                if (rh.offset != expect)
-                    goto stale;
+                if (rh.offset != expect) {
+                    bad = 1;
+                    break;
+                }
                 if (st == PQ_REC_COMMITTED) {
                     memcpy(&rh, pl, sizeof rh);
                     uint64_t kl = rh.key_len == PQ_LOG_NO_KEY ? 0 : rh.key_len;
-                    if (kl + rh.headers_len > len - PQ_LOG_REC_HDR)
-                        goto stale;
+                    if (kl + rh.headers_len > len - PQ_LOG_REC_HDR) {
+                        bad = 1;
+                        break;
+                    }
                     pq_log_record *r = &out[b->count++];
                     r->offset = rh.offset;
                     r->timestamp_ms = rh.timestamp_ms;
@@ -504,12 +551,18 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
                 } else if (st == PQ_REC_ABANDONED) {
                     b->skipped++;
                 } else {
-                    goto stale;
+                    bad = 1;
+                    break;
                 }
                 expect++;
             }
             p += size;
         }
+        /* The records before an inconsistent one are returned (validate
+         * says whether they were overwritten); the next peek, at it, says
+         * what it is: retry or corrupt. */
+        if (bad && b->count == 0 && b->skipped == 0)
+            goto stale;
         b->next_offset = expect;
         if (b->count == 0 && b->skipped == 0)
             return -EINPROGRESS;
@@ -571,7 +624,7 @@ int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)
     uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_acquire);
     uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_acquire);
     uint64_t p;
-    if (offset < so || tl - h > l->capacity || pq_log_find(l, part, offset, h, tl, &p) != 0)
+    if (offset < so || tl - h > l->capacity || pq_log_find(l, part, offset, h, so, tl, &p) != 0)
         return 0;
     pq_record_header *rec = (pq_record_header *)(pq_log_data(l, part) + (p & l->mask));
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);

@@ -6,8 +6,9 @@ from queue import Empty, Full
 
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
-                            MessageTooLarge, OffsetOutOfRange, PyQueueError, SegmentMismatch,
-                            SegmentNotFound, SegmentNotOwned, UndecodableMessage)
+                            MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
+                            SegmentMismatch, SegmentNotFound, SegmentNotOwned,
+                            UndecodableMessage)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
@@ -21,6 +22,6 @@ __all__ = [
     "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
     "Empty", "Full",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
-    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "DeliveryExpired", "LockTimeout",
-    "UndecodableMessage",
+    "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
+    "LockTimeout", "UndecodableMessage",
 ]

@@ -32,7 +32,7 @@ import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PyQueueError, SegmentMismatch, UndecodableMessage)
+                            PoisonRecord, PyQueueError, SegmentMismatch)
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "<errno.h>" nogil:
@@ -436,6 +436,15 @@ cdef object _decode_value(uint8_t typ, bytes vb, bint raw=False):
     raise SegmentMismatch(f"unknown record type {typ}")
 
 
+cdef object _poison(uint32_t partition, uint64_t offset, exc, int type_code=-1, raw=None):
+    """The PoisonRecord for a record whose value or headers failed to
+    decode with exc (raised from exc)."""
+    return PoisonRecord(f"the record at offset {offset} of partition {partition} cannot be "
+                        f"decoded ({type(exc).__name__}: {exc}); skip it with "
+                        f"seek({partition}, {offset + 1})", partition, offset,
+                        None if type_code < 0 else type_code, raw, exc)
+
+
 cdef inline int64_t _slice_end(int64_t deadline):
     """The end of the next wait slice: at most 100 ms away, never past the
     deadline (-1: none)."""
@@ -616,6 +625,7 @@ cdef class LogCoreBase:
         finishes them."""
         cdef const pq_log_record* r
         cdef object v, h
+        cdef uint64_t off
         for i in range(n):
             r = &recs[i]
             undecoded[i] = r.type != T_BYTES or r.headers_len != 0
@@ -633,7 +643,7 @@ cdef class LogCoreBase:
         """Decode what _make_records left raw in out[first:first + n]
         (types: the records' type bytes, the caller's copy). A record that
         cannot be decoded is reported alone: the ones from it on are
-        removed from out, and it is raised (UndecodableMessage naming its
+        removed from out, and it is raised (PoisonRecord naming its
         partition and offset) when out has nothing before it, else True is
         returned (out as it is is the answer; the next read at its offset
         raises)."""
@@ -646,15 +656,14 @@ cdef class LogCoreBase:
                 try:
                     value = _decode_value(types[i], rec[4], self.raw_values)
                     headers = hb if type(hb) is dict else _decode_headers(hb)
+                except MemoryError:
+                    del out[k:]
+                    raise
                 except Exception as e:
                     del out[k:]
                     if out:
                         return True
-                    raise UndecodableMessage(
-                        f"log: the record at offset {rec[1]} of partition {rec[0]} cannot be "
-                        f"decoded (type {types[i]}): {type(e).__name__}: {e}",
-                        position=rec[1], partition=rec[0], type_code=types[i], raw=rec[4],
-                        cause=e) from e
+                    raise _poison(rec[0], rec[1], e, types[i], rec[4]) from e
                 out[k] = _new_record(make, rec[0], rec[1], rec[2], rec[3], value, headers)
         return False
 

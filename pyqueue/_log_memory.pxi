@@ -148,6 +148,13 @@ cdef class MemoryLogCore(LogCoreBase):
                     return out  # dropped after what we returned: the next read says so
                 pq_log_bounds(&self._l, partition, &s, &e)
                 raise self._out_of_range(partition, offset, s, e)
+            if rc == PQ_ERR_CORRUPT:
+                if out:
+                    return out  # the good ones first; the next read names it
+                raise CorruptRecord(
+                    f"log: the record at offset {offset} of partition {partition} (or the ring "
+                    f"headers before it) is corrupt; skip it with seek({partition}, "
+                    f"{offset + 1})", partition=partition, offset=offset)
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "read")
             if out:

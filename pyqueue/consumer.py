@@ -12,7 +12,8 @@ import os
 import time
 import weakref
 
-from pyqueue.errors import CommitFailed, OffsetOutOfRange, PyQueueError
+from pyqueue.errors import (CommitFailed, CorruptRecord, OffsetOutOfRange, PoisonRecord,
+                            PyQueueError)
 
 OFFSET_RESETS = ("earliest", "latest")
 _REAP_INTERVAL = 0.25  # how often a member looks for dead or silent ones
@@ -71,6 +72,7 @@ class Consumer:
         self._finalizer = None
         self.skipped = 0      # offsets passed over by resets (removed by retention)
         self._rr = 0
+        self._bad = None      # a partition whose bad record the next poll names
         self._next_reap = 0.0
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         self._join()
@@ -146,7 +148,13 @@ class Consumer:
     def poll(self, max_records=500, timeout=0.0):
         """Up to max_records Records from the partitions assigned to this
         member, waiting up to timeout seconds (None: for ever) for the
-        first. Records of one partition come in offset order."""
+        first. Records of one partition come in offset order.
+
+        A record that cannot be decoded (PoisonRecord) or is damaged
+        (CorruptRecord) is raised on its own, with .partition and .offset:
+        the records polled before it are returned first, and the position
+        stays at it (each poll raises again) until seek(partition,
+        offset + 1) skips it."""
         self._check()
         if not isinstance(max_records, int) or max_records <= 0:
             raise ValueError("max_records must be a positive int")
@@ -172,8 +180,13 @@ class Consumer:
             return []
         k = self._rr % len(parts)
         self._rr += 1
+        order = parts[k:] + parts[:k]  # a different first partition each time
+        if self._bad in self._positions:  # a bad record met last time: named now
+            order.remove(self._bad)
+            order.insert(0, self._bad)
+        self._bad = None
         out = []
-        for p in parts[k:] + parts[:k]:  # a different first partition each time
+        for p in order:
             if len(out) >= max_records:
                 break
             for _attempt in range(2):  # once more after a reset
@@ -181,6 +194,14 @@ class Consumer:
                 try:
                     recs = self._log._read(p, at, max_records - len(out), 0.0, self._record)
                     break
+                except (PoisonRecord, CorruptRecord):
+                    # The position stays at the bad record. What this poll
+                    # took already is returned; the next poll reads this
+                    # partition first and raises.
+                    if out:
+                        self._bad = p
+                        return out
+                    raise
                 except OffsetOutOfRange as e:
                     if at < e.start_offset:  # retention overtook us
                         to = e.start_offset if self._reset == "earliest" else e.end_offset
@@ -213,12 +234,18 @@ class Consumer:
         """Commit the positions reached (or offsets: {partition: next
         offset to read}) for partitions this member owns, all or nothing.
         CommitFailed (nothing written) when any of them has been assigned
-        to another member, or this member was removed from the group."""
+        to another member, or this member was removed from the group.
+        ValueError (nothing written) for a partition the log does not have
+        or an offset that is not a non-negative int."""
         self._check()
         if offsets is None:
             offsets = dict(self._positions)
         items, lost = [], []
+        nparts = self._log.partitions
         for p, off in offsets.items():
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < nparts:
+                raise ValueError(f"partition {p!r} is not a partition of the log "
+                                 f"(0..{nparts - 1}); nothing was committed")
             if not isinstance(off, int) or isinstance(off, bool) or off < 0:
                 raise ValueError("offsets must be non-negative ints")
             if p in self._epochs:
@@ -234,11 +261,16 @@ class Consumer:
                            "nothing was committed", lost)
 
     def _refresh_keeping_positions(self):
-        kept = dict(self._positions)
+        """_refresh, keeping the positions of the partitions held at the
+        same epoch throughout (also across a rejoin, which clears them). A
+        partition lost and given back since (a new epoch) starts at the
+        committed offset like any new one: meanwhile another member may
+        have read and committed it."""
+        kept = {p: (at, self._epochs.get(p)) for p, at in self._positions.items()}
         self._refresh()
-        for p in self._positions:
-            if p in kept and p in self._epochs:
-                self._positions[p] = kept[p]
+        for p, (at, epoch) in kept.items():
+            if p in self._positions and self._epochs.get(p) == epoch:
+                self._positions[p] = at
 
     def _commit_quietly(self):
         """auto_commit: what this member still owns (a partition that moved

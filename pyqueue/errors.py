@@ -48,10 +48,13 @@ class OffsetOutOfRange(PyQueueError, LookupError):
 
 
 class CorruptRecord(SegmentMismatch):
-    """A directory-mode log record (or index) failed its CRC32C or format
-    check: the data on disk is damaged. Attributes: path, position (byte
-    offset in the file), partition, offset (the offset being read). No
-    record of the damaged bytes is ever returned."""
+    """A log record (or index) failed its check: in directory mode its
+    CRC32C or format (the data on disk is damaged), in memory mode the
+    record headers or offset fields of the ring. Attributes: path (None in
+    memory mode), position (byte offset in the file), partition, offset
+    (the offset being read). No record of the damaged bytes is ever
+    returned; the records before it in the same read are returned first,
+    and a consumer can skip it with seek(partition, offset + 1)."""
 
     def __init__(self, message, path=None, position=None, partition=None, offset=None):
         super().__init__(message)
@@ -96,6 +99,27 @@ class UndecodableMessage(PyQueueError):
     def __reduce__(self):
         return (type(self), (str(self), self.position, self.partition, self.type_code,
                              self.raw, None))
+
+
+class PoisonRecord(UndecodableMessage, ValueError):
+    """A Log record that cannot be decoded: its pickle fails to load (a
+    class this process lacks, a damaged payload), its headers are malformed
+    or its type code is unknown. Attributes: partition, offset (the
+    record's; also position), type_code, raw, and cause / __cause__ (the
+    decoder's own error). The record stays in the log and nothing around it
+    is lost: a read or poll that meets it returns the records before it
+    first, and raises this at the next call, as long as the position is that
+    record's. Skip it with consumer.seek(partition, offset + 1) (or read on
+    from offset + 1); StreamProcessor(on_error=...) does it for you."""
+
+    def __init__(self, message, partition=None, offset=None, type_code=None, raw=None,
+                 cause=None):
+        super().__init__(message, position=offset, partition=partition, type_code=type_code,
+                         raw=raw, cause=cause)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.partition, self.offset, self.type_code, self.raw,
+                             None))
 
 
 class DeliveryExpired(PyQueueError):

@@ -116,7 +116,10 @@ class Log:
         consuming them. Waits up to timeout seconds (None: for ever) for the
         first one (an empty list when none comes). OffsetOutOfRange when
         offset is before start_offset(partition) (dropped by retention) or
-        beyond end_offset(partition)."""
+        beyond end_offset(partition). A record that cannot be decoded
+        (PoisonRecord) or is damaged (CorruptRecord) ends the list before
+        it; the read from its offset raises, with .partition and .offset
+        (read on from offset + 1 to skip it)."""
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
         timeout = float("inf") if timeout is None else float(timeout)

@@ -21,10 +21,26 @@ import queue as _queue
 import signal
 import threading
 import time
+import traceback
+from typing import NamedTuple
 
-__all__ = ["StreamProcessor"]
+__all__ = ["StreamProcessor", "DeadRecord"]
 
-_STATS = 4  # per worker: processed, failed, busy seconds, slowest seconds
+# per worker: processed, failed, busy seconds, slowest seconds, bad records
+_STATS = 5
+ON_ERROR = ("skip", "raise")
+_MAX_REPORT = 16384  # bytes of a crashed worker's traceback kept
+
+
+class DeadRecord(NamedTuple):
+    """What on_error (a sink or a callable) gets for a Log record that was
+    passed: its fn raised (value is the record's value), or it could not
+    be decoded or is damaged (value None)."""
+    partition: int
+    offset: int
+    key: object    # bytes or None
+    value: object  # None when the record could not be decoded
+    error: str     # "ExceptionType: message"
 
 
 def _sender(sink):
@@ -57,10 +73,18 @@ class _Flag:
         return bool(self._v.value if hasattr(self._v, "value") else self._v[0])
 
 
-def _work(spec, index, stop, stats):
-    """A worker's loop (a process or a thread): take, process, settle."""
+def _on_error_sender(on_error):
+    """None for "skip" and "raise", else the call that takes a DeadRecord."""
+    if isinstance(on_error, str):
+        return None
+    return _sender(on_error)
+
+
+def _work(spec, index, stop, stats, up=None):
+    """A worker's loop (a process or a thread): take, process, settle.
+    up() is called once it is ready to take messages."""
     from pyqueue.errors import CommitFailed
-    source, fn, sink, group, batch_size, poll_timeout, options, reject = spec
+    source, fn, sink, group, batch_size, poll_timeout, options, reject, on_error = spec
     send = _sender(sink)
     base = index * _STATS
 
@@ -73,29 +97,11 @@ def _work(spec, index, stop, stats):
             stats[base + 3] = seconds
 
     if group is not None:  # a Log consumer group: commit after each batch
-        consumer = source.consumer(group, **options)
-        try:
-            while not stop.is_set():
-                recs = consumer.poll(max_records=batch_size, timeout=poll_timeout)
-                for rec in recs:
-                    t0 = time.monotonic()
-                    try:
-                        result = fn(rec.value)
-                        if send is not None and result is not None:
-                            send(result)
-                        ok = True
-                    except Exception:  # the record counts as failed and is passed
-                        ok = False
-                    count(ok, time.monotonic() - t0)
-                if recs:
-                    try:
-                        consumer.commit()
-                    except CommitFailed:
-                        pass  # a rebalance moved partitions: their new owner redoes them
-
-        finally:
-            consumer.close()
+        _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_error,
+                  stop, stats, base, count, up)
         return
+    if up is not None:
+        up()
     while not stop.is_set():  # a WorkQueue: ack on success, nack on an error
         try:
             d = source.get(timeout=poll_timeout)
@@ -118,7 +124,94 @@ def _work(spec, index, stop, stats):
         count(True, time.monotonic() - t0)
 
 
-def _process_main(spec, index, stop, stats, parent):
+def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_error, stop,
+              stats, base, count, up):
+    """A Log worker: poll, run fn on each record, commit after the batch.
+    A record whose fn raises, or that cannot be decoded or is damaged,
+    follows on_error: "skip" counts it and passes it, a sink or callable
+    gets a DeadRecord first, "raise" ends the worker (the supervisor
+    restarts it, with a back-off) without committing."""
+    from pyqueue.errors import CommitFailed, CorruptRecord, PoisonRecord
+    dead = _on_error_sender(on_error)
+    consumer = source.consumer(group, **options)
+    if up is not None:
+        up()
+
+    def commit():
+        try:
+            consumer.commit()
+        except CommitFailed:
+            pass  # a rebalance moved partitions: their new owner redoes them
+
+    try:
+        while not stop.is_set():
+            try:
+                recs = consumer.poll(max_records=batch_size, timeout=poll_timeout)
+            except (PoisonRecord, CorruptRecord) as e:
+                if on_error == "raise" or e.partition is None or e.offset is None:
+                    raise
+                # Counted (the slot only this worker writes), dead-lettered
+                # when asked, skipped, and the skip committed.
+                stats[base + 4] += 1
+                if dead is not None:
+                    dead(DeadRecord(e.partition, e.offset, None, None,
+                                    f"{type(e).__name__}: {e}"))
+                if e.partition in consumer.assignment():
+                    consumer.seek(e.partition, e.offset + 1)
+                    commit()
+                continue  # (moved by a rebalance: its new owner meets it)
+            for rec in recs:
+                t0 = time.monotonic()
+                try:
+                    result = fn(rec.value)
+                    if send is not None and result is not None:
+                        send(result)
+                    ok = True
+                except Exception as e:
+                    if on_error == "raise":
+                        raise
+                    ok = False  # counted as failed and passed
+                    if dead is not None:
+                        dead(DeadRecord(rec.partition, rec.offset, rec.key, rec.value,
+                                        f"{type(e).__name__}: {e}"))
+                count(ok, time.monotonic() - t0)
+            if recs:
+                commit()
+    finally:
+        consumer.close()
+
+
+class _ThreadReport:
+    """The crash report channel of a worker thread (processes use a pipe)."""
+
+    def __init__(self, box):
+        self._box = box
+
+    def send(self, msg):
+        self._box.append(msg)
+
+    def close(self):
+        pass
+
+
+def _run(spec, index, stop, stats, report):
+    """_work, and on a crash the traceback down the report channel (a
+    process then exits with it, code 1; a thread just ends: the
+    supervisor reports it)."""
+    try:
+        _work(spec, index, stop, stats, lambda: report.send(("up", time.monotonic())))
+    except BaseException:
+        try:
+            report.send(("crash", traceback.format_exc()[-_MAX_REPORT:]))
+        except Exception:
+            pass
+        if not isinstance(report, _ThreadReport):
+            raise
+    finally:
+        report.close()
+
+
+def _process_main(spec, index, stop, stats, parent, report):
     # Ctrl-C in a terminal reaches the whole process group: the parent
     # decides (it asks the workers to stop); SIGTERM to a worker stops its
     # intake as well. Either way the message in hand is finished. A parent
@@ -141,7 +234,7 @@ def _process_main(spec, index, stop, stats, parent):
         local[0] = 1  # a flag only: a handler must take no lock
 
     signal.signal(signal.SIGTERM, on_term)
-    _work(spec, index, _Stop, stats)
+    _run(spec, index, _Stop, stats, report)
 
 
 class StreamProcessor:
@@ -150,19 +243,33 @@ class StreamProcessor:
 
     StreamProcessor(source, fn, *, sink=None, workers=1, processes=True,
                     batch_size=1, group=None, reject=(), poll_timeout=0.1,
-                    start_method=None, handle_signals=True, consumer_options=None)
+                    start_method=None, handle_signals=True, consumer_options=None,
+                    on_error="skip", restart_backoff=(0.1, 30.0))
 
     source: a WorkQueue, or a Log with group= (the consumer group the
     workers join; consumer_options go to log.consumer()). batch_size: the
     records a Log worker polls (and commits) at a time. reject: exception
     types that send a WorkQueue message straight to the dead-letter queue
     (no retries; other exceptions nack it). fn must be picklable (a
-    module-level function) with the spawn start method.
+    module-level function) with the spawn start method. start_method:
+    "fork", "spawn" or "forkserver" (None: multiprocessing's default).
+
+    on_error (Log sources): what happens to a record whose fn raises, or
+    that cannot be decoded (PoisonRecord) or is damaged (CorruptRecord):
+    "skip" counts it (stats() "failed", or "poison") and passes it; a sink
+    (Queue, WorkQueue, Topic, Log) or a callable gets a DeadRecord of it,
+    then it is passed; "raise" ends the worker without committing it (it
+    is restarted and meets the record again). restart_backoff=(first,
+    most): a worker that died is restarted after `first` seconds, doubling
+    for each further crash up to `most`; one that worked (had joined its
+    group, or was taking messages) for `most` seconds before it died
+    starts again from `first`.
     """
 
     def __init__(self, source, fn, *, sink=None, workers=1, processes=True, batch_size=1,
                  group=None, reject=(), poll_timeout=0.1, start_method=None,
-                 handle_signals=True, consumer_options=None):
+                 handle_signals=True, consumer_options=None, on_error=None,
+                 restart_backoff=(0.1, 30.0)):
         if not callable(fn):
             raise TypeError("fn must be callable")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -179,11 +286,33 @@ class StreamProcessor:
         else:
             raise TypeError("source must be a WorkQueue, or a Log with group=")
         _sender(sink)  # a bad sink fails here, not in the workers
+        if on_error is None:
+            on_error = "skip"
+        elif group is None:
+            raise ValueError("on_error is for a Log source (a WorkQueue nacks a message whose "
+                             "fn raises and dead-letters it after max_deliveries; see reject=)")
+        if isinstance(on_error, str):
+            if on_error not in ON_ERROR:
+                raise ValueError(f"on_error must be one of {ON_ERROR}, a sink or a callable, "
+                                 f"not {on_error!r}")
+        else:
+            try:
+                _sender(on_error)
+            except TypeError:
+                raise TypeError("on_error must be 'skip', 'raise', a sink (Queue, WorkQueue, "
+                                "Topic, Log) or a callable") from None
+        try:
+            first, most = (float(x) for x in restart_backoff)
+        except (TypeError, ValueError):
+            raise TypeError("restart_backoff must be (first, most) seconds") from None
+        if not 0 < first <= most:
+            raise ValueError("restart_backoff must be (first, most) with 0 < first <= most")
+        self._backoff = (first, most)
         reject = tuple(reject) if isinstance(reject, (tuple, list)) else (reject,)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in reject):
             raise TypeError("reject must be exception types")
         self._spec = (source, fn, sink, group, batch_size, float(poll_timeout),
-                      dict(consumer_options or {}), reject)
+                      dict(consumer_options or {}), reject, on_error)
         self._workers = workers
         self._processes = processes
         self._ctx = multiprocessing.get_context(start_method)
@@ -196,7 +325,13 @@ class StreamProcessor:
             self._flag = _Flag([0])
             self._stats = [0.0] * (workers * _STATS)
         self._procs = [None] * workers
+        self._reports = [None] * workers   # the read end of each worker's crash report
+        self._crashes = [0] * workers      # crashes in a row, for the back-off
+        self._due = [None] * workers       # when a crashed worker is started again
         self._restarts = 0
+        self._crash_count = 0
+        self._restart_delay = 0.0
+        self._last_error = None
         self._started_at = None
         self._stopped_at = None
         self._supervisor = None
@@ -223,14 +358,45 @@ class StreamProcessor:
 
     def _spawn(self, i):
         if self._processes:
+            reader, writer = self._ctx.Pipe(duplex=False)
             p = self._ctx.Process(target=_process_main,
-                                  args=(self._spec, i, self._flag, self._stats, os.getpid()),
+                                  args=(self._spec, i, self._flag, self._stats, os.getpid(),
+                                        writer),
                                   name=f"pyqueue-worker-{i}", daemon=True)
+            try:
+                p.start()
+            finally:
+                writer.close()  # the worker has its own copy
+            self._reports[i] = reader
         else:
-            p = threading.Thread(target=_work, args=(self._spec, i, self._flag, self._stats),
+            box = []
+            p = threading.Thread(target=_run, args=(self._spec, i, self._flag, self._stats,
+                                                    _ThreadReport(box)),
                                  name=f"pyqueue-worker-{i}", daemon=True)
-        p.start()
+            p.start()
+            self._reports[i] = box
         return p
+
+    def _collect_report(self, i):
+        """What a dead worker said: (when it was up, or None; its
+        traceback, or None when it sent none: SIGKILLed)."""
+        r, self._reports[i] = self._reports[i], None
+        if r is None:
+            return None, None
+        if isinstance(r, list):
+            msgs = r
+        else:
+            msgs = []
+            try:
+                while r.poll():
+                    msgs.append(r.recv())
+            except (EOFError, OSError):
+                pass
+            finally:
+                r.close()
+        up = next((m[1] for m in msgs if m[0] == "up"), None)
+        crash = next((m[1] for m in msgs if m[0] == "crash"), None)
+        return up, crash
 
     def _supervise(self):
         while not self._stop.wait(0.05):
@@ -238,12 +404,37 @@ class StreamProcessor:
                 self.stop_nowait()
                 break
             with self._lock:
+                now = time.monotonic()
                 for i, p in enumerate(self._procs):
-                    if not p.is_alive() and not self._stop.is_set():
-                        if self._processes:
-                            p.join()
-                        self._procs[i] = self._spawn(i)  # crashed: again
-                        self._restarts += 1
+                    if self._stop.is_set():
+                        break
+                    if p is None:  # crashed: waiting out its back-off
+                        if now >= self._due[i]:
+                            self._restarts += 1  # (counted before it can run)
+                            self._procs[i] = self._spawn(i)
+                        continue
+                    if not p.is_alive():
+                        self._crashed(i, p, now)
+
+    def _crashed(self, i, p, now):
+        """A worker died without being asked to stop: report it and
+        schedule its restart after an exponential, capped back-off."""
+        if self._processes:
+            p.join()
+        up, report = self._collect_report(i)
+        if report is None:
+            report = f"worker {i} (pid {p.pid}) exited with code {p.exitcode}" if (
+                self._processes) else f"worker thread {i} ended"
+        self._last_error = report
+        first, most = self._backoff
+        if up is not None and now - up >= most:
+            self._crashes[i] = 0  # it worked a good while: not a crash loop
+        self._crashes[i] += 1
+        self._crash_count += 1
+        delay = min(most, first * 2 ** min(self._crashes[i] - 1, 60))
+        self._restart_delay = delay
+        self._due[i] = now + delay
+        self._procs[i] = None
 
     def _on_signal(self, signum, frame):
         # Only a flag: the handler may run while this very thread holds the
@@ -300,6 +491,11 @@ class StreamProcessor:
                         if p.is_alive():
                             p.kill()
                             p.join()
+            for i in range(self._workers):  # a crash while stopping is reported too
+                if self._procs[i] is not None and not self._procs[i].is_alive():
+                    report = self._collect_report(i)[1]
+                    if report is not None:
+                        self._last_error = report
         if self._stopped_at is None:
             self._stopped_at = time.monotonic()
         for sig, old in self._old_handlers.items():
@@ -324,18 +520,25 @@ class StreamProcessor:
             return [p.pid for p in self._procs if p is not None and self._processes]
 
     def stats(self):
-        """processed, failed, rate (processed per second since start),
-        mean_latency and max_latency (seconds fn and the send took per
-        message), workers, restarts."""
+        """processed, failed, poison (Log records passed because they could
+        not be decoded or are damaged), rate (processed per second since
+        start), mean_latency and max_latency (seconds fn and the send took
+        per message), workers, restarts, crashes (workers that died),
+        restart_delay (the back-off before the last restart, seconds) and
+        last_error (the last dead worker's traceback, or None)."""
         vals = list(self._stats[:])
         processed = sum(vals[i * _STATS] for i in range(self._workers))
         failed = sum(vals[i * _STATS + 1] for i in range(self._workers))
+        poison = sum(vals[i * _STATS + 4] for i in range(self._workers))
         busy = sum(vals[i * _STATS + 2] for i in range(self._workers))
         slowest = max((vals[i * _STATS + 3] for i in range(self._workers)), default=0.0)
         end = self._stopped_at or time.monotonic()
         elapsed = end - self._started_at if self._started_at is not None else 0.0
         done = processed + failed
-        return {"processed": int(processed), "failed": int(failed),
+        # (no lock: join holds it while workers finish; each is one read)
+        crashes, delay, last = self._crash_count, self._restart_delay, self._last_error
+        return {"processed": int(processed), "failed": int(failed), "poison": int(poison),
                 "rate": processed / elapsed if elapsed > 0 else 0.0,
                 "mean_latency": busy / done if done else 0.0, "max_latency": slowest,
-                "workers": self._workers, "restarts": self._restarts}
+                "workers": self._workers, "restarts": self._restarts, "crashes": crashes,
+                "restart_delay": delay, "last_error": last}

@@ -84,12 +84,19 @@ def member_then_hang(log, group, out, first):
     """Poll `first` records and commit them, poll more without committing,
     report both, then block in poll (to be SIGKILLed there)."""
     c = log.consumer(group)
-    got = c.poll(max_records=first, timeout=10)
+
+    def take(n):
+        # In polls of n / partitions records: each poll starts at the next
+        # partition, so every partition gives its share.
+        got = []
+        while len(got) < n:
+            got += c.poll(max_records=n // log.partitions, timeout=10)
+        return [(r.partition, r.offset) for r in got]
+
+    committed = take(first)
     c.commit()
-    committed = [(r.partition, r.offset) for r in got]
-    more = c.poll(max_records=first, timeout=10)
-    out.put((os.getpid(), committed, [(r.partition, r.offset) for r in more],
-             c.assignment()))
+    more = take(first)
+    out.put((os.getpid(), committed, more, c.assignment()))
     c.seek_to_end()
     c.poll(timeout=60)  # killed in here
 
@@ -163,3 +170,16 @@ def dir_append_acked_armed(path, conn, start, count, size, spec):
     """dir_append_acked, stopping at the fault point named by spec."""
     arm(spec)
     dir_append_acked(path, conn, start, count, size)
+
+
+# -- poison records ------------------------------------------------------------
+
+def refuse_to_load():
+    raise ValueError("this record refuses to load")
+
+
+class Unloadable:
+    """Appends fine; unpickling it raises ValueError (a poison record)."""
+
+    def __reduce__(self):
+        return (refuse_to_load, ())

@@ -53,3 +53,11 @@ def slow_marker(v):
     with open(os.path.join(path, str(i)), "w"):
         pass
     return None
+
+
+def mark_and_raise(v):
+    """Leaves a file named after the monotonic clock (shared by every
+    process: when this attempt ran) in directory v, then raises."""
+    with open(os.path.join(v, str(time.monotonic_ns())), "w"):
+        pass
+    raise ValueError("this worker crashes")

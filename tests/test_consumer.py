@@ -4,11 +4,11 @@ epochs, seek/position/committed/lag, auto-commit, members removed after
 max_poll_interval, offsets that survive a restart, and members in other
 processes, one of them SIGKILLed in the middle of a poll."""
 import os
-import signal
+from signal import SIGKILL
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import pyqueue
 from pyqueue import CommitFailed, Log
@@ -158,6 +158,26 @@ def test_seek_position_and_errors(make_log):
     c.close()  # twice: fine
 
 
+def test_commit_of_a_partition_the_log_lacks_is_a_value_error(make_log):
+    """commit({99: 1}) on a 2-partition log is a caller's mistake
+    (ValueError), not a fenced commit (CommitFailed); nothing of such a
+    commit is written and the consumer goes on."""
+    lg = make_log(partitions=2)
+    fill(lg, 5)
+    c = lg.consumer("g")
+    assert len(c.poll(max_records=100)) == 10
+    for bad in ({99: 1}, {2: 1}, {-1: 1}, {"0": 1}, {True: 1}, {None: 1}, {0: 3, 99: 1}):
+        with pytest.raises(ValueError) as ei:
+            c.commit(bad)
+        assert not isinstance(ei.value, CommitFailed)
+        assert [c.committed(p) for p in range(2)] == [None, None]
+    c.commit({0: 3})
+    assert [c.committed(p) for p in range(2)] == [3, None]
+    c.commit()
+    assert [c.committed(p) for p in range(2)] == [5, 5]
+    c.close()
+
+
 def test_latest_reset_and_retention_overtaking(make_log):
     small = {} if make_log.mode == "memory" else {"segment_bytes": 16384}
     lg = make_log(partitions=1, retention_bytes=64 * 1024, **small)
@@ -256,15 +276,22 @@ def test_member_killed_in_poll_its_partitions_move_on(ctx, procs, make_log):
     p = procs.start(ctx, w.member_then_hang, lg, "g", out, 20)
     pid, committed, uncommitted, assignment = out.get(timeout=60)
     assert assignment == [0, 1, 2, 3] and len(committed) == 20 and len(uncommitted) == 20
+    # The child committed 5 records of every partition (so a restart at
+    # offset 0 is told apart from one at the committed offset).
+    assert [lg.group_offsets("g")[q]["committed"] for q in range(4)] == [5, 5, 5, 5]
     survivor = lg.consumer("g")  # joins while the child is alive: shares
     assert len(survivor.assignment()) == 2
-    os.kill(pid, signal.SIGKILL)  # the child is blocked in poll()
+    os.kill(pid, SIGKILL)  # the child is blocked in poll()
     p.join(30)
-    assert wait_until(lambda: (survivor.poll(timeout=0.05), survivor.assignment())[1] ==
-                      [0, 1, 2, 3], timeout=10)
-    survivor.seek_to_beginning()
+    # Another member joining removes the dead one (and leaves again): the
+    # survivor gets every partition without having read anything yet.
+    helper = lg.consumer("g")
+    helper.close()
+    assert survivor.assignment() == [0, 1, 2, 3]
+    # Every partition starts at the group's committed offset: nothing the
+    # dead member committed comes again, nothing it had not is skipped.
     for q in range(4):
-        survivor.seek(q, survivor.committed(q) or 0)
+        assert survivor.position(q) == survivor.committed(q) == 5
     got = []
     while True:
         recs = survivor.poll(max_records=500)
@@ -273,10 +300,39 @@ def test_member_killed_in_poll_its_partitions_move_on(ctx, procs, make_log):
         got.extend((r.partition, r.offset) for r in recs)
     # Everything the dead member had not committed comes again (at least
     # once), nothing it committed does.
-    assert set(got) == {(q, i) for q in range(4) for i in range(30)} - set(committed)
+    assert sorted(got) == sorted({(q, i) for q in range(4) for i in range(30)} - set(committed))
     assert set(uncommitted) <= set(got)
     members = lg.group_members("g")
     assert [m["pid"] for m in members] == [os.getpid()]
+    survivor.close()
+
+
+def test_a_dead_member_is_removed_by_the_survivors_poll(ctx, procs, make_log):
+    """The survivor's own polls (no other member joining) find the dead
+    member and take its partitions, from the committed offsets."""
+    lg = make_log(partitions=4)
+    fill(lg, 30)
+    out = ctx.Queue()
+    p = procs.start(ctx, w.member_then_hang, lg, "g", out, 20)
+    pid, committed, _uncommitted, _assignment = out.get(timeout=60)
+    survivor = lg.consumer("g")
+    mine = survivor.assignment()
+    assert len(mine) == 2
+    os.kill(pid, SIGKILL)
+    p.join(30)
+    got = []
+
+    def taken_over():
+        got.extend((r.partition, r.offset) for r in survivor.poll(timeout=0.05))
+        return survivor.assignment() == [0, 1, 2, 3]
+
+    assert wait_until(taken_over, timeout=10)
+    while True:
+        recs = survivor.poll(max_records=500)
+        if not recs:
+            break
+        got.extend((r.partition, r.offset) for r in recs)
+    assert sorted(got) == sorted({(q, i) for q in range(4) for i in range(30)} - set(committed))
     survivor.close()
 
 
@@ -340,5 +396,138 @@ def test_model_at_least_once_in_order(ops):
             assert [c.committed(p) or 0 for p in range(3)] == committed
         c.close()
     finally:
+        lg.unlink()
+        lg.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 3), st.integers(1, 6)),
+    st.tuples(st.just("join"), st.just(0), st.just(0)),
+    st.tuples(st.just("leave"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("poll"), st.integers(0, 3), st.integers(1, 24)),
+    st.tuples(st.just("poll"), st.integers(0, 3), st.integers(1, 24)),
+    st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
+), max_size=60))
+# A partition that moves after a commit starts at the committed offset.
+@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 24),
+                                                  ("commit", 0, 0), ("append", 3, 2),
+                                                  ("join", 0, 0), ("poll", 1, 24)])
+# Lost and given back while the member did not look: its old position is
+# void (another member may have committed meanwhile).
+@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 3),
+                                                  ("join", 0, 0), ("poll", 1, 24),
+                                                  ("commit", 1, 0), ("leave", 1, 0),
+                                                  ("poll", 0, 24), ("commit", 0, 0)])
+# Lost and given back, then a fenced commit: the member follows the new
+# assignment from the committed offset, not from its old position (found
+# by this model: the fenced commit's refresh kept the stale position).
+@example([("append", 2, 2), ("join", 0, 0), ("poll", 0, 1), ("join", 0, 0), ("leave", 1, 0),
+          ("commit", 0, 0), ("poll", 0, 1), ("commit", 0, 0)])
+def test_model_several_members(ops):
+    """Several members of one group (in one process) joining, leaving,
+    polling and committing in any interleaving, against a model that
+    tracks who owns each partition (read from the group table after each
+    step) and what each member knows:
+
+    - the live members' assignments are disjoint, cover every partition and
+      are balanced (sizes differ by at most one);
+    - a poll returns, per partition, the next records in order: from the
+      member's own position when it kept the partition since it last
+      looked, else from the group's committed offset (never from 0 or from
+      another member's position);
+    - a commit succeeds exactly when none of the partitions the member
+      knows has changed owner since it looked, and writes those
+      positions; a fenced commit (CommitFailed) writes nothing and names
+      the partitions lost; committed offsets never go back."""
+    P = 4
+    lg = Log(partitions=P)
+    members = []  # [consumer, {partition: (position, owner changes seen)}]
+    try:
+        model = [[] for _ in range(P)]
+        committed = [None] * P
+        changes = [0] * P  # how often each partition changed owner
+        table = lg._group_table()
+        owners = [0] * P
+        n = 0
+
+        def observe():
+            """Owners after a step: count changes, check the assignment."""
+            if not members:
+                return
+            g = members[0][0]._g
+            now = [table.owner(g, p) for p in range(P)]
+            for p in range(P):
+                if now[p] != owners[p]:
+                    changes[p] += 1
+                    owners[p] = now[p]
+            ids = [m[0].member_id for m in members]
+            assert set(now) <= set(ids) and 0 not in now
+            sizes = [now.count(i) for i in ids]
+            assert max(sizes) - min(sizes) <= 1
+
+        def look(m):
+            """What the member does when it follows the assignment (poll,
+            or a fenced commit): keep what it still owns, take the new
+            partitions from the committed offsets."""
+            c, known = m
+            for p in list(known):
+                if owners[p] != c.member_id or changes[p] != known[p][1]:
+                    del known[p]
+            for p in range(P):
+                if owners[p] == c.member_id and p not in known:
+                    known[p] = (committed[p] or 0, changes[p])
+
+        for op, a, b in ops:
+            if op == "append":
+                lg._append(a, [n + i for i in range(b)], None, None, 0)
+                model[a].extend(n + i for i in range(b))
+                n += b
+            elif op == "join" and len(members) < 4:
+                members.append([lg.consumer("m"), {}])
+                observe()
+                look(members[-1])
+            elif op == "leave" and members:
+                members.pop(a % len(members))[0].close()
+                observe()
+            elif op == "poll" and members:
+                m = members[a % len(members)]
+                c, known = m
+                look(m)
+                recs = c.poll(max_records=b)
+                assert len(recs) <= b
+                for r in recs:
+                    at, seen = known[r.partition]
+                    assert r.offset == at, (r, known)
+                    assert r.value == model[r.partition][r.offset]
+                    known[r.partition] = (at + 1, seen)
+                if len(recs) < b:  # a short poll read every partition to its end
+                    assert all(at == len(model[p]) for p, (at, _) in known.items())
+                assert sorted(known) == c.assignment()
+                for p, (at, _) in known.items():
+                    assert c.position(p) == at
+            elif op == "commit" and members:
+                m = members[a % len(members)]
+                c, known = m
+                lost = sorted(p for p, (_, seen) in known.items()
+                              if owners[p] != c.member_id or changes[p] != seen)
+                before = [c.committed(p) for p in range(P)]
+                if lost:
+                    with pytest.raises(CommitFailed) as ei:
+                        c.commit()
+                    assert list(ei.value.partitions) == lost
+                    assert [c.committed(p) for p in range(P)] == before
+                    look(m)
+                else:
+                    c.commit()
+                    for p, (at, _) in known.items():
+                        assert committed[p] is None or at >= committed[p]
+                        committed[p] = at
+            if "m" in lg.groups():
+                assert [lg.group_offsets("m")[p]["committed"] for p in range(P)] == committed
+    finally:
+        for c, _ in members:
+            c.close()
         lg.unlink()
         lg.close()

@@ -2,6 +2,7 @@
 #include "pq_test.h"
 
 #include "../pq_log.h"
+#include "../pq_record.h"
 
 static void *make_log_retained(uint32_t parts, uint64_t cap, uint64_t retention_ms, pq_log *l)
 {
@@ -349,6 +350,121 @@ static int test_holder_dies_moving_start(void)
     return 0;
 }
 
+/* The payload of the record holding `offset` in partition 0, found by a
+ * walk of the ring the test does itself (the library's find is what is
+ * under test). */
+static uint8_t *payload_of(pq_log *l, uint64_t offset)
+{
+    pq_log_part *pt = (pq_log_part *)l->parts_base;
+    uint8_t *data = l->parts_base + sizeof(pq_log_part) +
+                    l->index_entries * sizeof(pq_log_index_entry);
+    uint64_t p = atomic_load(&pt->start_pos), tl = atomic_load(&pt->tail);
+    uint64_t o = atomic_load(&pt->start_offset);
+    while (p != tl) {
+        pq_record_header *rec = (pq_record_header *)(data + (p & l->mask));
+        uint64_t ctl = atomic_load(&rec->ctl);
+        if (pq_ctl_state(ctl) != PQ_REC_PADDING) {
+            if (o == offset)
+                return (uint8_t *)rec + PQ_RECORD_HEADER;
+            o++;
+        }
+        p += pq_record_size(pq_ctl_len(ctl));
+    }
+    return NULL;
+}
+
+/*
+ * One damaged record-offset field (external damage, or a stray write):
+ * every read, wait and repair at or after it ends, in PQ_ERR_CORRUPT for
+ * the damaged record and with the right records for the others (they are
+ * found by counting from the start or an index entry, not by trusting
+ * the damaged field). Before the fix a read past it spun for ever (the
+ * stale-index branch walked from the start again and again); alarm()
+ * turns such a hang into a failure.
+ */
+static int test_damaged_offset_field(void)
+{
+    static const uint64_t bad_values[] = {1000000, 3, UINT64_MAX, 101};
+    for (size_t bv = 0; bv < sizeof bad_values / sizeof bad_values[0]; bv++) {
+        pq_log l;
+        void *base = make_log(1, 65536, &l);
+        CHECK(base != NULL);
+        uint64_t off, v[64], o[64], s, e;
+        for (uint64_t i = 0; i < 200; i++)
+            CHECK_EQ(append_u64(&l, 0, i, 0, &off), 0);
+        CHECK_EQ(pq_log_bounds(&l, 0, &s, &e), 0);
+        CHECK_EQ(s, 0);
+        CHECK_EQ(e, 200);
+        uint8_t *pl = payload_of(&l, 70);
+        CHECK(pl != NULL);
+        memcpy(pl, &bad_values[bv], sizeof bad_values[bv]);
+        alarm(20);
+        /* The damaged record itself: corrupt, from the start or from the
+         * index entry at 64, and for a single-record or a batch read. */
+        CHECK_EQ(read_u64(&l, 0, 70, v, o, 1, 0), PQ_ERR_CORRUPT);
+        CHECK_EQ(read_u64(&l, 0, 70, v, o, 64, 0), PQ_ERR_CORRUPT);
+        /* A batch that reaches it stops at it: the records before come
+         * back, the next read names it. */
+        int n = read_u64(&l, 0, 60, v, o, 64, 0);
+        CHECK_EQ(n, 10);
+        for (int k = 0; k < n; k++)
+            CHECK_EQ(v[k], 60 + k);
+        /* Past it (above the index entry at 64, and from the entry at
+         * 128): found by counting, with the right values. */
+        for (uint64_t at = 71; at < 200; at += 29) {
+            n = read_u64(&l, 0, at, v, o, 64, 0);
+            CHECK(n > 0);
+            for (int k = 0; k < n; k++) {
+                CHECK_EQ(o[k], at + k);
+                CHECK_EQ(v[k], at + k);
+            }
+        }
+        /* Before it, nothing changes. */
+        n = read_u64(&l, 0, 0, v, o, 64, 0);
+        CHECK_EQ(n, 64);
+        /* wait (the readiness check peeks) and repair end too. */
+        CHECK_EQ(pq_log_wait(&l, 0, 70, pq_test_now_ns() + 1000000000, 1000), 0);
+        CHECK_EQ(pq_log_repair(&l, 0, 70), 0);
+        CHECK_EQ(pq_log_repair(&l, 0, 100), 0);
+        alarm(0);
+        munmap(base, pq_log_segment_size(1, 65536));
+    }
+    return 0;
+}
+
+/* An index entry whose position field points at a later record (damage):
+ * counting from it would name the wrong records; the record found must
+ * carry the offset asked for, else the walk starts again from the start.
+ * Every offset still reads right, and none waits for ever. */
+static int test_damaged_index_entry(void)
+{
+    pq_log l;
+    void *base = make_log(1, 65536, &l);
+    CHECK(base != NULL);
+    uint64_t off, v[64], o[64];
+    for (uint64_t i = 0; i < 200; i++)
+        CHECK_EQ(append_u64(&l, 0, i, 0, &off), 0);
+    pq_log_index_entry *ix = (pq_log_index_entry *)(l.parts_base + sizeof(pq_log_part));
+    pq_log_index_entry *ent = &ix[(128 / PQ_LOG_INDEX_EVERY) % l.index_entries];
+    CHECK_EQ(atomic_load(&ent->offset), 128);
+    uint8_t *later = payload_of(&l, 190);
+    uint8_t *first = payload_of(&l, 128);
+    CHECK(later != NULL && first != NULL);
+    atomic_store(&ent->pos, atomic_load(&ent->pos) + (uint64_t)(later - first));
+    alarm(20);
+    for (uint64_t at = 128; at < 200; at += 7) {
+        int n = read_u64(&l, 0, at, v, o, 64, 0);
+        CHECK_EQ(n, (int)(200 - at < 64 ? 200 - at : 64));
+        for (int k = 0; k < n; k++) {
+            CHECK_EQ(o[k], at + k);
+            CHECK_EQ(v[k], at + k);
+        }
+    }
+    alarm(0);
+    munmap(base, pq_log_segment_size(1, 65536));
+    return 0;
+}
+
 int main(void)
 {
     printf("test_log (seed %#llx)\n", (unsigned long long)pq_test_seed());
@@ -359,5 +475,7 @@ int main(void)
     RUN(test_retention_by_age);
     RUN(test_wait_any);
     RUN(test_holder_dies_moving_start);
+    RUN(test_damaged_offset_field);
+    RUN(test_damaged_index_entry);
     return 0;
 }
