@@ -75,3 +75,31 @@ def topic_subscriber(t, first, last, report, ready, timeout):
         first.value = 1
         prev = v
         last.value += 1
+
+
+def log_appender(log, aid, epoch, n, appended, report):
+    """Append (aid, epoch, seq) for seq in 0..n-1 to the partition of key aid."""
+    key = "appender-%d" % aid
+    for seq in range(n):
+        log.append((aid, epoch, seq), key=key)
+        appended[aid] += 1
+
+
+def log_member(log, group, cap, processed, report, stop, timeout):
+    """A consumer-group member: mark what it polled, then commit."""
+    from pyqueue import CommitFailed
+    with log.consumer(group, auto_offset_reset="earliest") as c:
+        while not stop.value:
+            t0 = time.monotonic()
+            recs = c.poll(timeout=timeout)
+            if not recs:
+                _late(report, t0, timeout)
+            for r in recs:
+                if r.offset >= cap:
+                    report[R_ERRORS] += 1
+                    continue
+                processed[r.partition * cap + r.offset] += 1
+            try:
+                c.commit()
+            except CommitFailed:
+                pass  # fenced: the new owner reads those again

@@ -215,3 +215,95 @@ def test_topic_kill_and_stop_soak(ctx):
             chaos.kill_all()
         t.close()
         t.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SOAK_SECONDS + 180)
+def test_log_group_kill_and_stop_soak(ctx):
+    """Appenders and consumer-group members of a memory-mode Log killed and
+    stopped at random: each partition stays dense and intact (each
+    appender incarnation's records in order, none torn), every record is
+    processed by the group at least once (from the committed offsets, across
+    rebalances), and a stopped member holds up nobody's poll past its
+    timeout."""
+    rng = random.Random(os.environ.get("PYQUEUE_SOAK_SEED", "log"))
+    parts, cap, per_appender = 4, 200_000, 3000
+    log = pyqueue.Log(name=_support.unique_name("lsoak"), partitions=parts,
+                      retention_bytes=64 * 1024 * 1024)
+    chaos = None
+    epochs = iter(range(10 ** 6))
+    try:
+        report = ctx.RawArray("q", 2)
+        appended = ctx.RawArray("q", 2)
+        processed = ctx.RawArray("i", parts * cap)
+        stop = ctx.RawValue("b", 0)
+
+        def start(key):
+            if key.startswith("a"):
+                aid = int(key[1:])
+                p = ctx.Process(target=W.log_appender,
+                                args=(log, aid, next(epochs), per_appender, appended, report),
+                                daemon=True)
+            else:
+                p = ctx.Process(target=W.log_member,
+                                args=(log, "g", cap, processed, report, stop, TIMEOUT),
+                                daemon=True)
+            p.start()
+            return p
+
+        chaos = Chaos(rng, start)
+        for k in ("a0", "a1", "m0", "m1", "m2"):
+            chaos.spawn(k)
+        # Appenders that finish their run are replaced with a new epoch by
+        # the chaos only when killed; the ones alive at the end finish.
+        end = time.monotonic() + SOAK_SECONDS
+        ticker = threading.Event()
+        while time.monotonic() < end:
+            ticker.wait(rng.uniform(0.1, 0.3))
+            for k in ("a0", "a1"):
+                p = chaos.workers.get(k)
+                if p is not None and p.exitcode == 0:
+                    chaos.workers.pop(k)  # done: no more chaos for it
+            chaos.tick(time.monotonic())
+        chaos.resume_all()
+        for k in ("a0", "a1"):
+            p = chaos.workers.pop(k, None)
+            if p is not None:
+                p.join(WAIT)
+                assert p.exitcode == 0, "appender %s exit %r" % (k, p.exitcode)
+        ends = [log.end_offset(p) for p in range(parts)]
+        assert sum(ends) > 100, "the soak appended hardly anything"
+        # The partitions: dense, intact, in order per incarnation.
+        for p in range(parts):
+            off, prev = log.start_offset(p), {}
+            assert off == 0
+            while off < ends[p]:
+                recs = log.read(p, off, 1000)
+                assert recs, "partition %d: no record at %d < end %d" % (p, off, ends[p])
+                for r in recs:
+                    assert r.offset == off, "partition %d: offset %d where %d was due" % (
+                        p, r.offset, off)
+                    aid, epoch, seq = r.value
+                    want = prev.get((aid, epoch), -1) + 1
+                    assert seq == want, "partition %d offset %d: %r after seq %d" % (
+                        p, off, r.value, want - 1)
+                    prev[(aid, epoch)] = seq
+                    off += 1
+        # The group catches up; everything was processed at least once.
+        wait_for(lambda: all(v["lag"] == 0 for v in log.group_offsets("g").values()),
+                 "the group to catch up")
+        stop.value = 1
+        for key, p in chaos.workers.items():
+            p.join(WAIT)
+        for p in range(parts):
+            missing = [o for o in range(ends[p]) if processed[p * cap + o] == 0]
+            assert not missing, "partition %d: offsets never processed: %r" % (p, missing[:20])
+        assert report[W.R_ERRORS] == 0
+        late = report[W.R_MAX_OVER] / 1e6
+        assert late <= LATE_MAX, (
+            "a poll(timeout=%s) returned %.2f s late while a peer was stopped" % (TIMEOUT, late))
+    finally:
+        if chaos is not None:
+            chaos.kill_all()
+        log.close()
+        log.unlink()
