@@ -103,3 +103,37 @@ def log_member(log, group, cap, processed, report, stop, timeout):
                 c.commit()
             except CommitFailed:
                 pass  # fenced: the new owner reads those again
+
+
+def queue_producer(q, epoch, report, timeout):
+    """Put (epoch, seq) for ever, with put(timeout=...)."""
+    seq = 0
+    while True:
+        t0 = time.monotonic()
+        try:
+            q.put((epoch, seq), timeout=timeout)
+        except queue.Full:
+            _late(report, t0, timeout)
+            continue
+        seq += 1
+
+
+def queue_consumer(q, report, got, timeout):
+    """get(timeout=...) for ever; within one producer incarnation the
+    sequence numbers a consumer sees only grow (FIFO per producer, no
+    duplicate delivered twice to it)."""
+    last = {}
+    while True:
+        t0 = time.monotonic()
+        try:
+            v = q.get(timeout=timeout)
+        except queue.Empty:
+            _late(report, t0, timeout)
+            continue
+        if v is None:
+            return
+        if not (isinstance(v, tuple) and len(v) == 2) or v[1] <= last.get(v[0], -1):
+            report[R_ERRORS] += 1
+            continue
+        last[v[0]] = v[1]
+        got.value += 1

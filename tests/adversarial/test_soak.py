@@ -307,3 +307,55 @@ def test_log_group_kill_and_stop_soak(ctx):
             chaos.kill_all()
         log.close()
         log.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SOAK_SECONDS + 180)
+def test_queue_stop_soak(ctx):
+    """Producers and consumers of a bounded Queue stopped (and killed) at
+    random: a stopped peer, even one stopped inside the claim lock, never
+    makes another process's put/get(timeout=...) late; per-producer order
+    holds; the queue works afterwards (the kill accounting itself is
+    tests/test_crash.py::test_soak_random_kills)."""
+    rng = random.Random(os.environ.get("PYQUEUE_SOAK_SEED", "queue"))
+    q = pyqueue.Queue(64, name=_support.unique_name("qsoak"), capacity_bytes=64 * 1024)
+    chaos = None
+    epochs = iter(range(10 ** 6))
+    try:
+        report = ctx.RawArray("q", 2)
+        got = ctx.RawValue("q", 0)
+
+        def start(key):
+            if key.startswith("p"):
+                target, args = W.queue_producer, (q, next(epochs), report, TIMEOUT)
+            else:
+                target, args = W.queue_consumer, (q, report, got, TIMEOUT)
+            p = ctx.Process(target=target, args=args, daemon=True)
+            p.start()
+            return p
+
+        chaos = Chaos(rng, start)
+        for k in ("p0", "p1", "c0", "c1"):
+            chaos.spawn(k)
+        run_chaos(chaos, SOAK_SECONDS, rng)
+        for k in ("p0", "p1"):
+            p = chaos.workers.pop(k)
+            p.kill()
+            p.join(WAIT)
+        assert got.value > 100, "the soak moved hardly anything"
+        q.put_many([None, None], timeout=WAIT)
+        for key, p in chaos.workers.items():
+            p.join(WAIT)
+            assert p.exitcode == 0, "consumer %s did not get its end marker: %r" % (
+                key, p.exitcode)
+        assert report[W.R_ERRORS] == 0, "order broken or garbage received"
+        late = report[W.R_MAX_OVER] / 1e6
+        assert late <= LATE_MAX, (
+            "a timed put/get returned %.2f s late while a peer was stopped" % late)
+        q.put_many(list(range(64)), timeout=WAIT)
+        assert q.get_many(64, timeout=WAIT) == list(range(64))
+    finally:
+        if chaos is not None:
+            chaos.kill_all()
+        q.close()
+        q.unlink()
