@@ -10,20 +10,34 @@ R_MAX_OVER = 0     # worst lateness of a timed call past its timeout, in microse
 R_ERRORS = 1       # corrupt values or sequence breaks seen
 
 
-def _late(report, started, timeout):
-    over = int((time.monotonic() - started - timeout) * 1e6)
-    if over > report[R_MAX_OVER]:
-        report[R_MAX_OVER] = over
+class Me:
+    """A worker's view of its own stops: the parent bumps stops[slot]
+    before it SIGSTOPs the worker, so a call during which the worker itself
+    was stopped is not counted as late (its own stop, not a peer's)."""
+
+    def __init__(self, stops, slot):
+        self.stops, self.slot = stops, slot
+
+    def mark(self):
+        return time.monotonic(), self.stops[self.slot]
+
+    def late(self, report, mark, timeout):
+        started, stops = mark
+        if self.stops[self.slot] != stops:
+            return
+        over = int((time.monotonic() - started - timeout) * 1e6)
+        if over > report[R_MAX_OVER]:
+            report[R_MAX_OVER] = over
 
 
-def wq_consumer(q, acked, report, stop, timeout):
+def wq_consumer(me, q, acked, report, stop, timeout):
     """Get, check, ack; count successful acks per message (acked[seq])."""
     while not stop.value:
-        t0 = time.monotonic()
+        t0 = me.mark()
         try:
             d = q.get(timeout=timeout)
         except queue.Empty:
-            _late(report, t0, timeout)
+            me.late(report, t0, timeout)
             continue
         seq = d.value
         if not isinstance(seq, int) or not 0 <= seq < len(acked):
@@ -36,22 +50,22 @@ def wq_consumer(q, acked, report, stop, timeout):
         acked[seq] += 1
 
 
-def topic_publisher(t, epoch, published, report, timeout):
+def topic_publisher(me, t, epoch, published, report, timeout):
     """Publish (epoch, 0), (epoch, 1), ... for ever; published.value counts
     the publishes that returned (over every incarnation)."""
     seq = 0
     while True:
-        t0 = time.monotonic()
+        t0 = me.mark()
         try:
             t.publish((epoch, seq), timeout=timeout)
         except queue.Full:
-            _late(report, t0, timeout)
+            me.late(report, t0, timeout)
             continue
         published.value += 1
         seq += 1
 
 
-def topic_subscriber(t, first, last, report, ready, timeout):
+def topic_subscriber(me, t, first, last, report, ready, timeout):
     """Subscribe and check that, within one publisher incarnation (epoch),
     every message is the next in order and epochs only grow; first/last
     count the messages seen (last: how many, first: 1 once any came)."""
@@ -59,11 +73,11 @@ def topic_subscriber(t, first, last, report, ready, timeout):
     ready.value = 1
     prev = None
     while True:
-        t0 = time.monotonic()
+        t0 = me.mark()
         try:
             v = sub.get(timeout=timeout)
         except queue.Empty:
-            _late(report, t0, timeout)
+            me.late(report, t0, timeout)
             continue
         if v is None:
             return
@@ -77,7 +91,7 @@ def topic_subscriber(t, first, last, report, ready, timeout):
         last.value += 1
 
 
-def log_appender(log, aid, epoch, n, appended, report):
+def log_appender(me, log, aid, epoch, n, appended, report):
     """Append (aid, epoch, seq) for seq in 0..n-1 to the partition of key aid."""
     key = "appender-%d" % aid
     for seq in range(n):
@@ -85,15 +99,15 @@ def log_appender(log, aid, epoch, n, appended, report):
         appended[aid] += 1
 
 
-def log_member(log, group, cap, processed, report, stop, timeout):
+def log_member(me, log, group, cap, processed, report, stop, timeout):
     """A consumer-group member: mark what it polled, then commit."""
     from pyqueue import CommitFailed
     with log.consumer(group, auto_offset_reset="earliest") as c:
         while not stop.value:
-            t0 = time.monotonic()
+            t0 = me.mark()
             recs = c.poll(timeout=timeout)
             if not recs:
-                _late(report, t0, timeout)
+                me.late(report, t0, timeout)
             for r in recs:
                 if r.offset >= cap:
                     report[R_ERRORS] += 1
@@ -105,30 +119,30 @@ def log_member(log, group, cap, processed, report, stop, timeout):
                 pass  # fenced: the new owner reads those again
 
 
-def queue_producer(q, epoch, report, timeout):
+def queue_producer(me, q, epoch, report, timeout):
     """Put (epoch, seq) for ever, with put(timeout=...)."""
     seq = 0
     while True:
-        t0 = time.monotonic()
+        t0 = me.mark()
         try:
             q.put((epoch, seq), timeout=timeout)
         except queue.Full:
-            _late(report, t0, timeout)
+            me.late(report, t0, timeout)
             continue
         seq += 1
 
 
-def queue_consumer(q, report, got, timeout):
+def queue_consumer(me, q, report, got, timeout):
     """get(timeout=...) for ever; within one producer incarnation the
     sequence numbers a consumer sees only grow (FIFO per producer, no
     duplicate delivered twice to it)."""
     last = {}
     while True:
-        t0 = time.monotonic()
+        t0 = me.mark()
         try:
             v = q.get(timeout=timeout)
         except queue.Empty:
-            _late(report, t0, timeout)
+            me.late(report, t0, timeout)
             continue
         if v is None:
             return

@@ -41,11 +41,18 @@ WAIT = 30.0
 class Chaos:
     """Kills, stops and resumes workers at random; replaces the killed."""
 
-    def __init__(self, rng, start):
+    def __init__(self, rng, start, ctx):
         self.rng, self.start = rng, start
+        self.stops_seen = ctx.RawArray("q", 16)  # bumped before each SIGSTOP of a slot
+        self.slots = {}
         self.workers = {}
         self.stopped = {}          # key -> when to SIGCONT
         self.kills = self.stops = 0
+
+    def me(self, key):
+        """The worker's W.Me (its slot in stops_seen)."""
+        slot = self.slots.setdefault(key, len(self.slots))
+        return W.Me(self.stops_seen, slot)
 
     def spawn(self, key):
         self.workers[key] = self.start(key)
@@ -66,6 +73,7 @@ class Chaos:
             self.kills += 1
             self.spawn(key)
         else:
+            self.stops_seen[self.slots[key]] += 1
             os.kill(p.pid, signal.SIGSTOP)
             self.stopped[key] = now + self.rng.uniform(0.05, STOP_MAX)
             self.stops += 1
@@ -121,12 +129,12 @@ def test_workqueue_kill_and_stop_soak(ctx):
         stop = ctx.RawValue("b", 0)
 
         def start(key):
-            p = ctx.Process(target=W.wq_consumer, args=(q, acked, report, stop, TIMEOUT),
+            p = ctx.Process(target=W.wq_consumer, args=(chaos.me(key), q, acked, report, stop, TIMEOUT),
                             daemon=True)
             p.start()
             return p
 
-        chaos = Chaos(rng, start)
+        chaos = Chaos(rng, start, ctx)
         for k in range(3):
             chaos.spawn(k)
         run_chaos(chaos, SOAK_SECONDS, rng)
@@ -177,20 +185,20 @@ def test_topic_kill_and_stop_soak(ctx):
         def start(key):
             if key == "pub":
                 p = ctx.Process(target=W.topic_publisher,
-                                args=(t, next(epochs), published, report, TIMEOUT),
+                                args=(chaos.me(key), t, next(epochs), published, report, TIMEOUT),
                                 daemon=True)
             else:
                 ready = ctx.RawValue("b", 0)
                 first, last = ctx.RawValue("q", -1), ctx.RawValue("q", -1)
                 ranges[key] = (first, last)
                 p = ctx.Process(target=W.topic_subscriber,
-                                args=(t, first, last, report, ready, TIMEOUT), daemon=True)
+                                args=(chaos.me(key), t, first, last, report, ready, TIMEOUT), daemon=True)
             p.start()
             if key != "pub":
                 wait_for(lambda: ready.value == 1, "a subscriber to subscribe")
             return p
 
-        chaos = Chaos(rng, start)
+        chaos = Chaos(rng, start, ctx)
         for k in ("s0", "s1", "s2"):
             chaos.spawn(k)
         chaos.spawn("pub")
@@ -242,16 +250,18 @@ def test_log_group_kill_and_stop_soak(ctx):
             if key.startswith("a"):
                 aid = int(key[1:])
                 p = ctx.Process(target=W.log_appender,
-                                args=(log, aid, next(epochs), per_appender, appended, report),
+                                args=(chaos.me(key), log, aid, next(epochs), per_appender, appended,
+                                      report),
                                 daemon=True)
             else:
                 p = ctx.Process(target=W.log_member,
-                                args=(log, "g", cap, processed, report, stop, TIMEOUT),
+                                args=(chaos.me(key), log, "g", cap, processed, report, stop,
+                                      TIMEOUT),
                                 daemon=True)
             p.start()
             return p
 
-        chaos = Chaos(rng, start)
+        chaos = Chaos(rng, start, ctx)
         for k in ("a0", "a1", "m0", "m1", "m2"):
             chaos.spawn(k)
         # Appenders that finish their run are replaced with a new epoch by
@@ -327,14 +337,14 @@ def test_queue_stop_soak(ctx):
 
         def start(key):
             if key.startswith("p"):
-                target, args = W.queue_producer, (q, next(epochs), report, TIMEOUT)
+                target, args = W.queue_producer, (chaos.me(key), q, next(epochs), report, TIMEOUT)
             else:
-                target, args = W.queue_consumer, (q, report, got, TIMEOUT)
+                target, args = W.queue_consumer, (chaos.me(key), q, report, got, TIMEOUT)
             p = ctx.Process(target=target, args=args, daemon=True)
             p.start()
             return p
 
-        chaos = Chaos(rng, start)
+        chaos = Chaos(rng, start, ctx)
         for k in ("p0", "p1", "c0", "c1"):
             chaos.spawn(k)
         run_chaos(chaos, SOAK_SECONDS, rng)
