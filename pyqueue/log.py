@@ -427,13 +427,20 @@ class DirectoryLog(Log, _log.DirLogCore):
             self._forget_bases(p)
         new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes,
                                      self._perm)
+        if self.fsync != "never":
+            # Before the switch: once it is published, a reader thread of
+            # this process maps the new active segment and unmaps old.
+            try:
+                old.sync(0, snap["end_pos"])
+            except BaseException:
+                new.close()
+                raise
         try:
             self._roll_control(p, old)
         except BaseException:
             new.close()
             raise
         if self.fsync != "never":
-            old.sync(0, snap["end_pos"])
             old.sync_index()
             _logdir._fsync_dir(_logdir.partition_dir(self._path, p))
         old_base = old.base_offset

@@ -240,6 +240,68 @@ def test_fsync_policies_round_trip(tmp_path, fsync):
     lg.close()
 
 
+@pytest.mark.parametrize("fsync", ["always", "interval"])
+def test_append_many_across_a_roll_with_fsync_returns_its_offsets(tmp_path, fsync):
+    # A batch that fills the active segment rolls in the middle: the roll
+    # unmaps the old segment, whose part of the batch the roll has synced.
+    # The append must return its offsets, not raise after committing them
+    # (a caller that retries would append the batch twice).
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, fsync=fsync, fsync_interval=1e-6)
+    n = 0
+    for _ in range(3 * SEG // (50 * 100) + 2):
+        offs = [o for _, o in lg.append_many([b"x" * 100] * 50)]
+        assert offs == list(range(n, n + 50))
+        n += 50
+    assert len(_logdir.list_bases(str(tmp_path / "log"), 0)) > 2  # it rolled
+    assert lg.end_offset(0) == n
+    lg.close()
+
+
+def test_threads_appending_and_reading_with_fsync_always(tmp_path):
+    # Threads of one process share the handle's mappings: a roll by one
+    # thread (or a reader mapping the new active segment) unmaps a segment
+    # another thread's append is about to sync; each append still returns
+    # exactly its offsets, and every record is there once.
+    import threading
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, fsync="always")
+    errors, got = [], []
+    stop = threading.Event()
+
+    def appender(k):
+        try:
+            for i in range(40):
+                got.extend(o for _, o in lg.append_many([b"%d-%d" % (k, i)] * 20))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def reader():
+        off = 0
+        try:
+            while not stop.is_set():
+                off += len(lg.read(0, off, 1000, timeout=0.01))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        rs = [threading.Thread(target=reader) for _ in range(2)]
+        ws = [threading.Thread(target=appender, args=(k,)) for k in range(3)]
+        for t in rs + ws:
+            t.start()
+        for t in ws:
+            t.join()
+        stop.set()
+        for t in rs:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert sorted(got) == list(range(3 * 40 * 20))
+    assert lg.end_offset(0) == 3 * 40 * 20
+    lg.close()
+
+
 def test_pickles_by_path(ctx, procs, tmp_path):
     lg = Log(path=tmp_path / "log", partitions=3, segment_bytes=SEG)
     n = 300
