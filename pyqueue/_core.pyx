@@ -916,10 +916,12 @@ cdef class RingQueue:
                     continue
                 if rc == -ESTALE:
                     continue
+                if out:
+                    # What was taken is returned, whatever the next peek
+                    # found (damage past it is raised by the next call).
+                    return out
                 if rc != -EAGAIN and rc != -EINPROGRESS:
                     _check_rc(rc, "get_many")
-                if out:
-                    return out
                 if deadline == 0:
                     if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                         continue
