@@ -483,7 +483,10 @@ cdef class DirLogCore(LogCoreBase):
         key = (partition, base)
         m = self._closed_maps.get(key)
         if m is None:
-            m = self._map_segment(partition, base, False)
+            try:
+                m = self._map_segment(partition, base, False)
+            except SegmentMismatch:  # its data file is empty: its records are gone
+                m = None
             if m is None:
                 return None, base, nxt
             if len(self._closed_maps) >= 32:  # keep few closed segments mapped

@@ -699,6 +699,31 @@ def test_a_missing_closed_segment_is_an_error_not_a_skip(tmp_path, reopen):
     lg.close()
 
 
+@pytest.mark.parametrize("reopen", [False, True])
+def test_a_closed_segment_emptied_is_an_error_not_a_skip(tmp_path, reopen):
+    # The data file is there but 0 bytes long (truncated by hand, a full
+    # disk restore...): as a missing one, readers get the records up to
+    # it, then a CorruptRecord naming the gap, never "is empty" for ever.
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    bases = [int(f[:20]) for f in segment_files(path)]
+    gone, nxt = bases[3], bases[4]
+    os.truncate(path / "partition-0" / f"{gone:020d}.log", 0)
+    if reopen:
+        lg.close()
+        lg = Log.open(str(path))
+        assert {"partition": 0, "missing_offsets": [gone, nxt],
+                "reason": "records gone between segments"} in lg.recovery
+    assert [r.value for r in lg.read(0, 0, max_records=10_000)] == vals[:gone]
+    for at in (gone, nxt - 1):
+        with pytest.raises(CorruptRecord, match=f"offsets {gone}..{nxt - 1} of partition 0 "
+                                                "are missing") as ei:
+            lg.read(0, at)
+        assert ei.value.missing == (gone, nxt)
+    assert [r.value for r in lg.read(0, nxt, max_records=10_000)] == vals[nxt:]
+    lg.close()
+
+
 def test_a_missing_first_segment_is_an_error(tmp_path):
     path = tmp_path / "log"
     lg, vals = _filled(path)
