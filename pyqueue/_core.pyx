@@ -934,10 +934,13 @@ cdef class RingQueue:
     # ------------------------------------------------------------ state
 
     def qsize(self):
-        """Exact number of messages in the queue (claimed, not yet taken)."""
+        """Exact number of messages in the queue (claimed, not yet taken),
+        plus those this handle took and holds for its next get/get_many
+        (after an undecodable one): a drain loop on empty() must not stop
+        before them."""
         if not self._mapped:
             raise ValueError("queue is not attached")
-        return pq_ring_depth(&self._r)
+        return pq_ring_depth(&self._r) + len(self._held)
 
     def empty(self):
         return self.qsize() == 0

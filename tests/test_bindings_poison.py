@@ -277,3 +277,18 @@ def test_queue_held_out_of_band_message_leaves_no_segment(make_queue):
     assert q.stats()["held"] == 1 and _oob_segments(q) == []
     q.close()
     assert _oob_segments(q) == []
+
+
+def test_queue_qsize_counts_what_the_handle_holds(make_queue):
+    # A drain loop on empty()/qsize() (the multiprocessing idiom) must not
+    # stop while this handle still holds messages for its next calls.
+    q = make_queue.Queue(capacity_bytes=1 << 16)
+    q.put_many(["a", bw.Unloadable("p"), "b"])
+    out, poison = [], 0
+    while not q.empty():
+        try:
+            out += q.get_many(10, block=False)
+        except UndecodableMessage:
+            poison += 1
+    assert out == ["a", "b"] and poison == 1
+    assert q.qsize() == 0 and q.stats()["held"] == 0
