@@ -61,7 +61,9 @@ def open_file(file_path, flags, perm=FILE_PERM):
     written through it) and only opens regular files; a file this process
     creates or owns gets exactly perm, whatever the umask."""
     try:
-        fd = os.open(file_path, flags | _NOFOLLOW, perm)
+        # O_NONBLOCK: a FIFO planted in place of a file is opened at once
+        # (and refused below) instead of waiting for a writer for ever.
+        fd = os.open(file_path, flags | _NOFOLLOW | os.O_NONBLOCK, perm)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _refuse(file_path, "is a symbolic link (a log's files are never followed "
@@ -71,6 +73,7 @@ def open_file(file_path, flags, perm=FILE_PERM):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _refuse(file_path, "is not a regular file")
+        os.set_blocking(fd, True)
         if (flags & os.O_CREAT and st.st_uid == os.geteuid() and
                 stat.S_IMODE(st.st_mode) != perm):
             os.fchmod(fd, perm)

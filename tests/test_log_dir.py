@@ -574,6 +574,49 @@ def test_a_link_planted_in_an_existing_log_is_refused(tmp_path):
     assert target.read_bytes() == b"secret" * 1000
 
 
+_FIFO_CHILD = r"""
+import sys
+from pyqueue import Log
+try:
+    lg = Log.open(sys.argv[1], trust_owner=True)
+    lg.read(0, 0, max_records=10_000)
+except PermissionError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("which", ["log.json", "closed segment", "closed index"])
+def test_a_fifo_planted_in_place_of_a_log_file_is_refused_not_waited_on(tmp_path, which):
+    # Whoever may write a log's directory (its owner, for an administrator
+    # who opens it with trust_owner=True, as `pyqueue tail` does) can make
+    # a file a FIFO: a read-only open of it would wait for a writer for
+    # ever. It is refused as not a regular file (in a child, with a
+    # deadline, so that a hang fails the test instead of wedging it).
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=SEG)
+    for i in range(100):
+        lg.append(b"%05d" % i * 100)
+    if which != "log.json":
+        lg.close()  # the reader below opens the closed segment's files itself
+    names = {"log.json": "log.json",
+             "closed segment": "partition-0/" + segment_files(path)[1],
+             "closed index": "partition-0/" + segment_files(path)[1][:-3] + "index"}
+    victim = path / names[which]
+    os.unlink(victim)
+    os.mkfifo(victim, 0o600)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _FIFO_CHILD, str(path)], env=env,
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"opening a log whose {which} is a FIFO hangs")
+    finally:
+        if which == "log.json":
+            lg.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "refused" in proc.stdout and "not a regular file" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("mode, why", [(0o777, "others"), (0o703, "others"), (0o770, "its group")])
 def test_a_directory_others_may_write_is_refused(tmp_path, mode, why):
     path = tmp_path / "log"
