@@ -288,6 +288,13 @@ class DirectoryLog(Log, _log.DirLogCore):
             _check_perm(perm)
             if not perm & 0o600 == 0o600:
                 raise ValueError("perm must give the owner read and write (0o600 at least)")
+            if perm & 0o002:
+                # Its directories would be writable by others, which every
+                # opener refuses (they could plant files in it): say so
+                # before anything is made.
+                raise ValueError(f"perm {perm:#o} lets others write: a directory-mode log's "
+                                 "directory may not be writable by others; share it through "
+                                 "a group (0o660)")
         self._path = path
         self._trust_owner = bool(trust_owner)
         self._setup_common()

@@ -707,6 +707,17 @@ def test_perm_in_directory_mode(tmp_path):
     Log.open(str(shared)).close()
 
 
+@pytest.mark.parametrize("perm", [0o666, 0o606, 0o602])
+def test_perm_letting_others_write_is_refused_before_anything_is_made(tmp_path, perm):
+    # A directory others may write is never a log's (they could plant
+    # files in it): such a perm is a ValueError up front, not a refusal
+    # after a world-writable directory was made and left behind.
+    path = tmp_path / "sub" / "log"
+    with pytest.raises(ValueError, match="others"):
+        Log(path=path, perm=perm)
+    assert not os.path.lexists(path)
+
+
 # ---- external damage ------------------------------------------------------
 
 def _filled(path, n=300, size=160):
