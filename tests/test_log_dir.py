@@ -660,6 +660,39 @@ def test_a_directory_of_another_user_is_refused(tmp_path):
     lg.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a log to another user")
+def test_root_opening_another_users_log_leaves_it_theirs(tmp_path):
+    """An administrator who opens another user's log on purpose
+    (trust_owner=True, as `pyqueue tail` does) may be the one that recovers
+    it and makes files in it (a missing index, a partition's directory and
+    first segment): they are the log owner's, not root's 0600 ones its
+    owner could no longer open."""
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "log"
+    lg = Log(path=path, partitions=2, segment_bytes=SEG)
+    for i in range(50):
+        lg.append(b"%d" % i, key=b"%d" % i)
+    lg.close()
+    active = segment_files(path)[-1][:-3] + "index"
+    os.unlink(path / "partition-0" / active)
+    for f in os.listdir(path / "partition-1"):
+        os.unlink(path / "partition-1" / f)
+    os.rmdir(path / "partition-1")
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            os.chown(name, nobody.pw_uid, nobody.pw_gid)
+    lg = Log.open(str(path), trust_owner=True)  # alone: it recovers
+    assert len(lg.read(0, 0, max_records=100)) > 0
+    lg.close()
+    owners = {}
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            st = os.lstat(name)
+            owners[os.path.relpath(name, path)] = (st.st_uid, st.st_gid)
+    assert "partition-1" in owners and ("partition-0/" + active) in owners
+    assert {k: v for k, v in owners.items() if v != (nobody.pw_uid, nobody.pw_gid)} == {}
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
 def test_files_are_0600_whatever_the_umask(tmp_path, umask):
     path = tmp_path / "log"
