@@ -180,10 +180,13 @@ def _fsync_dir(path):
 
 # ---- parameters ---------------------------------------------------------
 
-def read_meta(path):
-    """The parameters in PATH/log.json, or None when there is none."""
+def read_meta(path, owner=None):
+    """The parameters in PATH/log.json, or None when there is none. owner:
+    a list, given the uid of the file read (fstat of what was read)."""
     try:
         fd = open_file(os.path.join(path, META), os.O_RDONLY)
+        if owner is not None:
+            owner.append(os.fstat(fd).st_uid)
         with open(fd, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError:

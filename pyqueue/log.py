@@ -10,6 +10,7 @@ are dense per partition; records are read by offset without being
 consumed, and consumer groups share the partitions among their members.
 See docs/api.md ("Log") and docs/design.md ("Log").
 """
+import errno
 import os
 import time
 import weakref
@@ -317,7 +318,8 @@ class DirectoryLog(Log, _log.DirLogCore):
         if _open_only and _logdir.read_meta(path) is None:
             raise SegmentNotFound(f"no pyqueue log in {path!r}")
         with _logdir.OpenLock(path, _logdir.FILE_PERM if perm is None else perm):
-            meta = _logdir.read_meta(path)
+            meta_owner = []
+            meta = _logdir.read_meta(path, meta_owner)
             if meta is None:
                 if _open_only:
                     raise SegmentNotFound(f"no pyqueue log in {path!r}")
@@ -331,7 +333,15 @@ class DirectoryLog(Log, _log.DirLogCore):
             else:
                 meta.setdefault("perm", _logdir.FILE_PERM)  # logs made before perm=
                 _same("perm", perm, meta["perm"], path)
-                # The group may write only where the log's perm says so.
+                # The group may write only where the log's perm says so, and
+                # only a log.json of the directory's owner says it (a group
+                # member could replace it with one that grants the group).
+                if (not trust_owner and meta["perm"] & 0o020 and
+                        meta_owner[0] != os.lstat(path).st_uid):
+                    raise PermissionError(
+                        errno.EPERM, f"refused: {_logdir.META} belongs to uid {meta_owner[0]}, "
+                        "not to the directory's owner, and says the group may write the "
+                        "directory; pass trust_owner=True to use it on purpose", str(path))
                 _logdir.check_dir(path, trust_owner, meta["perm"])
                 _same("partitions", partitions, meta["partitions"], path)
                 _same("segment_bytes", None if segment_bytes is None else seg,

@@ -693,6 +693,29 @@ def test_root_opening_another_users_log_leaves_it_theirs(tmp_path):
     assert {k: v for k, v in owners.items() if v != (nobody.pw_uid, nobody.pw_gid)} == {}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another user")
+def test_a_log_json_of_another_user_cannot_grant_its_group_the_directory(tmp_path):
+    """A 0600 log whose directory its group may write is refused; a group
+    member who replaces log.json with one that says perm=0o660 must not
+    turn that refusal off: the log's perm is taken from a log.json of the
+    directory's owner only."""
+    import json
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "log"
+    Log(path=path, segment_bytes=SEG).close()
+    os.chmod(path, 0o770)
+    with pytest.raises(PermissionError, match="its group"):
+        Log.open(str(path))
+    meta = json.loads((path / "log.json").read_text())
+    meta["perm"] = 0o660
+    planted = path / "planted"
+    planted.write_text(json.dumps(meta))
+    os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    os.rename(planted, path / "log.json")
+    with pytest.raises(PermissionError, match="log.json"):
+        Log.open(str(path))
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
 def test_files_are_0600_whatever_the_umask(tmp_path, umask):
     path = tmp_path / "log"
