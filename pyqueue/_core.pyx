@@ -750,8 +750,22 @@ cdef class RingQueue:
 
     cdef int _hold(self, list items) except -1:
         """Put items (HELD_* tuples) in front of what this handle holds,
-        in their order."""
-        self._held.extendleft(reversed(items))
+        in their order. A held out-of-band message is mapped now, and its
+        segment's name removed, as a get does (_oob.get): what the handle
+        holds is then freed with it, and a handle closed, collected or whose
+        process exits with messages held leaves no segment behind. One that
+        cannot be mapped stays a reference: decoding it reports why."""
+        cdef list out = []
+        cdef uint8_t typ
+        for item in items:
+            if item[0] == HELD_RAW and (<uint8_t>item[1] & T_OOB):
+                typ = item[1]
+                try:
+                    item = (HELD_RAW, typ & ~T_OOB, self._oob.get(self, item[2]), item[3])
+                except Exception:
+                    pass
+            out.append(item)
+        self._held.extendleft(reversed(out))
         return 0
 
     cdef object _take_held(self, Py_ssize_t max_messages):
@@ -925,10 +939,12 @@ cdef class RingQueue:
                     continue
                 if rc == -ESTALE:
                     continue
+                if out:
+                    # What was taken is returned, whatever the next peek
+                    # found (damage past it is raised by the next call).
+                    return out
                 if rc != -EAGAIN and rc != -EINPROGRESS:
                     _check_rc(rc, "get_many")
-                if out:
-                    return out
                 if deadline == 0:
                     if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                         continue
@@ -941,10 +957,13 @@ cdef class RingQueue:
     # ------------------------------------------------------------ state
 
     def qsize(self):
-        """Exact number of messages in the queue (claimed, not yet taken)."""
+        """Exact number of messages in the queue (claimed, not yet taken),
+        plus those this handle took and holds for its next get/get_many
+        (after an undecodable one): a drain loop on empty() must not stop
+        before them."""
         if not self._mapped:
             raise ValueError("queue is not attached")
-        return pq_ring_depth(&self._r)
+        return pq_ring_depth(&self._r) + len(self._held)
 
     def empty(self):
         return self.qsize() == 0

@@ -189,21 +189,36 @@ cdef class SegmentMap:
             memset(self.s.data + start, 0, to - start)
 
     def sync(self, uint64_t start, uint64_t to):
-        """msync the data bytes [start, to)."""
+        """msync the data bytes [start, to). A map closed meanwhile (by a
+        roll of another thread of this process, which synced the segment
+        first, or by a close of the handle) has nothing left to sync here:
+        an append that committed its records must not raise after it."""
         cdef int rc
+        cdef Py_buffer hold
         if to > self.s.data_size:
             to = self.s.data_size
-        if start >= to:
+        if start >= to or self.s.data == NULL:
             return
-        with nogil:
-            rc = pq_sync_range(self.s.data, start, to)
+        # The export keeps the mapping while the GIL is let go: another
+        # thread's close() cannot unmap it under the msync.
+        PyObject_GetBuffer(self._dmm, &hold, PyBUF_SIMPLE)
+        try:
+            with nogil:
+                rc = pq_sync_range(hold.buf, start, to)
+        finally:
+            PyBuffer_Release(&hold)
         _check_rc(rc, "sync")
 
     def sync_index(self):
         cdef int rc
-        if self._imapped:
-            with nogil:
-                rc = pq_sync_range(<void*>self.s.ix, 0, self._iv.len)
+        cdef Py_buffer hold
+        if self._imapped:  # as sync: kept mapped by an export while the GIL is let go
+            PyObject_GetBuffer(self._imm, &hold, PyBUF_SIMPLE)
+            try:
+                with nogil:
+                    rc = pq_sync_range(hold.buf, 0, hold.len)
+            finally:
+                PyBuffer_Release(&hold)
             _check_rc(rc, "sync index")
 
 
@@ -469,7 +484,10 @@ cdef class DirLogCore(LogCoreBase):
         key = (partition, base)
         m = self._closed_maps.get(key)
         if m is None:
-            m = self._map_segment(partition, base, False)
+            try:
+                m = self._map_segment(partition, base, False)
+            except SegmentMismatch:  # its data file is empty: its records are gone
+                m = None
             if m is None:
                 return None, base, nxt
             if len(self._closed_maps) >= 32:  # keep few closed segments mapped

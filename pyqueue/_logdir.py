@@ -61,7 +61,9 @@ def open_file(file_path, flags, perm=FILE_PERM):
     written through it) and only opens regular files; a file this process
     creates or owns gets exactly perm, whatever the umask."""
     try:
-        fd = os.open(file_path, flags | _NOFOLLOW, perm)
+        # O_NONBLOCK: a FIFO planted in place of a file is opened at once
+        # (and refused below) instead of waiting for a writer for ever.
+        fd = os.open(file_path, flags | _NOFOLLOW | os.O_NONBLOCK, perm)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _refuse(file_path, "is a symbolic link (a log's files are never followed "
@@ -71,13 +73,30 @@ def open_file(file_path, flags, perm=FILE_PERM):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _refuse(file_path, "is not a regular file")
-        if (flags & os.O_CREAT and st.st_uid == os.geteuid() and
-                stat.S_IMODE(st.st_mode) != perm):
-            os.fchmod(fd, perm)
+        os.set_blocking(fd, True)
+        if flags & os.O_CREAT and st.st_uid == os.geteuid():
+            if stat.S_IMODE(st.st_mode) != perm:
+                os.fchmod(fd, perm)
+            _give_to_log_owner(fd, file_path, st)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _give_to_log_owner(fd, file_path, st):
+    """root making a file in a directory of another user's log (opened with
+    trust_owner=True: `pyqueue tail`, an administrator's recovery) gives it
+    to the directory's owner and group: a root-owned 0600 file there would
+    lock the log's owner out of their own log."""
+    if os.geteuid() != 0:
+        return
+    d = os.lstat(os.path.dirname(os.fspath(file_path)) or ".")
+    if d.st_uid != 0 and (st.st_uid, st.st_gid) != (d.st_uid, d.st_gid):
+        if fd is None:
+            os.chown(file_path, d.st_uid, d.st_gid, follow_symlinks=False)
+        else:
+            os.fchown(fd, d.st_uid, d.st_gid)
 
 
 def create_file(file_path, perm=FILE_PERM, flags=os.O_RDWR):
@@ -123,9 +142,11 @@ def check_dir(path, trust_owner=False, perm=None):
                             "trust_owner=True")
 
 
-def make_dir(path, perm=FILE_PERM, trust_owner=False):
+def make_dir(path, perm=FILE_PERM, trust_owner=False, in_log=False):
     """Make a directory of the log with exactly dir_mode(perm) (whatever
-    the umask), or check the one that exists (check_dir)."""
+    the umask), or check the one that exists (check_dir). in_log: a
+    directory inside the log's (a partition's), given to the log's owner
+    when root makes it (_give_to_log_owner)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -135,6 +156,8 @@ def make_dir(path, perm=FILE_PERM, trust_owner=False):
         os.chmod(path, dir_mode(perm), follow_symlinks=False)
     except NotImplementedError:  # pragma: no cover (Linux has lchmod-less chmod of a dir)
         os.chmod(path, dir_mode(perm))
+    if in_log:
+        _give_to_log_owner(None, path, os.lstat(path))
     check_dir(path, trust_owner, perm)
     return True
 
@@ -157,10 +180,13 @@ def _fsync_dir(path):
 
 # ---- parameters ---------------------------------------------------------
 
-def read_meta(path):
-    """The parameters in PATH/log.json, or None when there is none."""
+def read_meta(path, owner=None):
+    """The parameters in PATH/log.json, or None when there is none. owner:
+    a list, given the uid of the file read (fstat of what was read)."""
     try:
         fd = open_file(os.path.join(path, META), os.O_RDONLY)
+        if owner is not None:
+            owner.append(os.fstat(fd).st_uid)
         with open(fd, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError:
@@ -398,7 +424,7 @@ def create_layout(path, meta, perm=FILE_PERM, trust_owner=False):
     """A new log: partition directories with an empty first segment each,
     then log.json (a directory without it is not a log yet)."""
     for p in range(meta["partitions"]):
-        make_dir(partition_dir(path, p), perm, trust_owner)
+        make_dir(partition_dir(path, p), perm, trust_owner, in_log=True)
         if not list_bases(path, p):
             create_segment(path, p, 0, meta["segment_bytes"], perm).close()
     write_meta(path, meta, perm)
@@ -637,7 +663,7 @@ def recover_partition(path, p, segment_bytes, old, report, perm=FILE_PERM, trust
     of the partition (None: unknown): what it published and the files no
     longer hold is reported. Returns (start offset, active base, cursor,
     closed bytes, active SegmentMap)."""
-    make_dir(partition_dir(path, p), perm, trust_owner)
+    make_dir(partition_dir(path, p), perm, trust_owner, in_log=True)
     bases = list_bases(path, p)
     for name in os.listdir(partition_dir(path, p)):  # temporary files of a roll that died
         if name.endswith(".new") and _STRAY_RE.match(name):

@@ -552,6 +552,10 @@ cdef class SubscriptionCore:
             except UndecodableMessage as e:
                 self._hold([(2, e)])  # raised by the next call, alone
                 break
+            except Exception:
+                # What was read is returned (the cursor is past it); the
+                # error (damage, eviction) is met again by the next call.
+                break
         return out
 
     def close(self):

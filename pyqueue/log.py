@@ -10,6 +10,7 @@ are dense per partition; records are read by offset without being
 consumed, and consumer groups share the partitions among their members.
 See docs/api.md ("Log") and docs/design.md ("Log").
 """
+import errno
 import os
 import time
 import weakref
@@ -291,6 +292,13 @@ class DirectoryLog(Log, _log.DirLogCore):
             _check_perm(perm)
             if not perm & 0o600 == 0o600:
                 raise ValueError("perm must give the owner read and write (0o600 at least)")
+            if perm & 0o002:
+                # Its directories would be writable by others, which every
+                # opener refuses (they could plant files in it): say so
+                # before anything is made.
+                raise ValueError(f"perm {perm:#o} lets others write: a directory-mode log's "
+                                 "directory may not be writable by others; share it through "
+                                 "a group (0o660)")
         self._path = path
         self._trust_owner = bool(trust_owner)
         self._setup_common()
@@ -313,7 +321,8 @@ class DirectoryLog(Log, _log.DirLogCore):
         if _open_only and _logdir.read_meta(path) is None:
             raise SegmentNotFound(f"no pyqueue log in {path!r}")
         with _logdir.OpenLock(path, _logdir.FILE_PERM if perm is None else perm):
-            meta = _logdir.read_meta(path)
+            meta_owner = []
+            meta = _logdir.read_meta(path, meta_owner)
             if meta is None:
                 if _open_only:
                     raise SegmentNotFound(f"no pyqueue log in {path!r}")
@@ -327,7 +336,15 @@ class DirectoryLog(Log, _log.DirLogCore):
             else:
                 meta.setdefault("perm", _logdir.FILE_PERM)  # logs made before perm=
                 _same("perm", perm, meta["perm"], path)
-                # The group may write only where the log's perm says so.
+                # The group may write only where the log's perm says so, and
+                # only a log.json of the directory's owner says it (a group
+                # member could replace it with one that grants the group).
+                if (not trust_owner and meta["perm"] & 0o020 and
+                        meta_owner[0] != os.lstat(path).st_uid):
+                    raise PermissionError(
+                        errno.EPERM, f"refused: {_logdir.META} belongs to uid {meta_owner[0]}, "
+                        "not to the directory's owner, and says the group may write the "
+                        "directory; pass trust_owner=True to use it on purpose", str(path))
                 _logdir.check_dir(path, trust_owner, meta["perm"])
                 _same("partitions", partitions, meta["partitions"], path)
                 _same("segment_bytes", None if segment_bytes is None else seg,
@@ -430,13 +447,20 @@ class DirectoryLog(Log, _log.DirLogCore):
             self._forget_bases(p)
         new = _logdir.create_segment(self._path, p, snap["end_offset"], self.segment_bytes,
                                      self._perm)
+        if self.fsync != "never":
+            # Before the switch: once it is published, a reader thread of
+            # this process maps the new active segment and unmaps old.
+            try:
+                old.sync(0, snap["end_pos"])
+            except BaseException:
+                new.close()
+                raise
         try:
             self._roll_control(p, old)
         except BaseException:
             new.close()
             raise
         if self.fsync != "never":
-            old.sync(0, snap["end_pos"])
             old.sync_index()
             _logdir._fsync_dir(_logdir.partition_dir(self._path, p))
         old_base = old.base_offset

@@ -474,3 +474,25 @@ def test_out_of_band_reference_cannot_name_another_segment(pyqueue_mod, core, ma
     assert os.path.exists(shm_file(victim.name)), "the consumer unlinked another queue"
     q.put({"still": "usable"})
     assert q.get(timeout=5) == {"still": "usable"}
+
+
+def test_get_many_returns_what_it_took_before_a_damaged_record(pyqueue_mod, core, make_queue):
+    # get_many takes a full first batch (256 records), then peeks again and
+    # meets a damaged record: the 256 it took are returned (they are counted
+    # as dequeued and in no one else's hands), the next call raises.
+    name = make_queue.unique_name("idx")
+    q = make_queue.Queue(capacity_bytes=RING, name=name)
+    w = _ring_words(core)
+    good = [b"m%d" % i for i in range(256)]
+    q.put_many(good)
+    with Segment(name) as seg:
+        bad = seg.u64(w["tail"])
+    q.put(b"damaged")
+    with Segment(name) as seg:
+        off = _record_ctl(core, bad)
+        shift = core.lib.PQ_CTL_STATE_SHIFT
+        seg.set_u64(off, (seg.u64(off) & ~(0xFF << shift)) | (9 << shift))
+    assert q.get_many(1000, block=False) == good
+    assert q.stats()["dequeued"] == 256
+    with pytest.raises(pyqueue_mod.SegmentMismatch, match="corrupt"):
+        q.get_many(1000, block=False)

@@ -3,6 +3,7 @@ good messages are returned, the bad one is reported alone by its own call
 (pyqueue.UndecodableMessage: position, type code, raw bytes, cause), the
 ones after it come with the next calls, and the counters say what
 happened. A Log names the partition and offset of a poison record."""
+import os
 import pickle
 import queue
 
@@ -247,3 +248,47 @@ def test_log_consumer_poll_returns_good_records_then_names_the_poison(log):
         assert [r.value for r in c.poll(100, timeout=0)] == ["p1-after"]
     finally:
         c.close()
+
+
+def _oob_segments(q):
+    prefix = q._shm_name.lstrip("/") + ".oob-"
+    return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+
+
+def test_queue_held_out_of_band_message_leaves_no_segment(make_queue):
+    # A large message (out of band) held after a poison one is mapped and
+    # its segment name removed when it is held: a handle closed (or
+    # collected, or whose process exits) with it held leaves nothing in
+    # /dev/shm, and the message still comes with the next call.
+    big = b"z" * 100_000
+    q = make_queue.Queue(capacity_bytes=1 << 16)
+    q.put_many(["a", bw.Unloadable("p"), big, "b"])
+    assert len(_oob_segments(q)) == 1
+    assert q.get_many(10, block=False) == ["a"]
+    assert q.stats()["held"] == 3
+    assert _oob_segments(q) == []
+    with pytest.raises(UndecodableMessage):
+        q.get_many(10, block=False)
+    assert q.get_many(10, block=False) == [big, "b"]
+    # closed with it held
+    q.put_many([bw.Unloadable("p"), big])
+    with pytest.raises(UndecodableMessage):
+        q.get_many(10, block=False)
+    assert q.stats()["held"] == 1 and _oob_segments(q) == []
+    q.close()
+    assert _oob_segments(q) == []
+
+
+def test_queue_qsize_counts_what_the_handle_holds(make_queue):
+    # A drain loop on empty()/qsize() (the multiprocessing idiom) must not
+    # stop while this handle still holds messages for its next calls.
+    q = make_queue.Queue(capacity_bytes=1 << 16)
+    q.put_many(["a", bw.Unloadable("p"), "b"])
+    out, poison = [], 0
+    while not q.empty():
+        try:
+            out += q.get_many(10, block=False)
+        except UndecodableMessage:
+            poison += 1
+    assert out == ["a", "b"] and poison == 1
+    assert q.qsize() == 0 and q.stats()["held"] == 0

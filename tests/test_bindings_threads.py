@@ -232,3 +232,42 @@ def test_directory_log_random_reads_across_many_segments(tmp_path, fast_switchin
         assert all(results)
     finally:
         lg.close()
+
+
+def test_queue_threads_with_poison_messages_and_held_ones(make_queue, fast_switching):
+    # Undecodable messages among objects whose unpickling lets the GIL go:
+    # what one thread's call holds (the messages after a poison one) is
+    # handed out by the handle's next calls, whichever thread makes them;
+    # every good message arrives exactly once, every poison one is reported
+    # once, and nothing is left held.
+    q = make_queue.Queue(capacity_bytes=1 << 20)
+    good = bw.stress_messages(N)
+    msgs = []
+    for i, m in enumerate(good):
+        msgs.append(m)
+        if i % 37 == 5:
+            msgs.append(bw.Unloadable("poison %d" % i))
+    n_poison = len(msgs) - len(good)
+    assert q.put_many(msgs) == len(msgs)
+    reported = []
+
+    def consume(i, out, stop_at):
+        while time.monotonic() < stop_at:
+            try:
+                if i % 2:
+                    out.extend(q.get_many(16, block=False))
+                else:
+                    out.append(q.get(block=False))
+            except pyqueue.UndecodableMessage as e:
+                reported.append(e.position)
+            except LookupError as e:  # get(): the decoder's own exception
+                reported.append(e)
+            except queue.Empty:
+                if q.qsize() == 0:
+                    return
+
+    results, errors = _run_threads(consume)
+    _assert_drained_each_once(results, errors, good)
+    assert len(reported) == n_poison
+    s = q.stats()
+    assert s["dequeued"] == len(msgs) and s["undecodable"] == n_poison and s["held"] == 0

@@ -240,6 +240,68 @@ def test_fsync_policies_round_trip(tmp_path, fsync):
     lg.close()
 
 
+@pytest.mark.parametrize("fsync", ["always", "interval"])
+def test_append_many_across_a_roll_with_fsync_returns_its_offsets(tmp_path, fsync):
+    # A batch that fills the active segment rolls in the middle: the roll
+    # unmaps the old segment, whose part of the batch the roll has synced.
+    # The append must return its offsets, not raise after committing them
+    # (a caller that retries would append the batch twice).
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, fsync=fsync, fsync_interval=1e-6)
+    n = 0
+    for _ in range(3 * SEG // (50 * 100) + 2):
+        offs = [o for _, o in lg.append_many([b"x" * 100] * 50)]
+        assert offs == list(range(n, n + 50))
+        n += 50
+    assert len(_logdir.list_bases(str(tmp_path / "log"), 0)) > 2  # it rolled
+    assert lg.end_offset(0) == n
+    lg.close()
+
+
+def test_threads_appending_and_reading_with_fsync_always(tmp_path):
+    # Threads of one process share the handle's mappings: a roll by one
+    # thread (or a reader mapping the new active segment) unmaps a segment
+    # another thread's append is about to sync; each append still returns
+    # exactly its offsets, and every record is there once.
+    import threading
+    lg = Log(path=tmp_path / "log", segment_bytes=SEG, fsync="always")
+    errors, got = [], []
+    stop = threading.Event()
+
+    def appender(k):
+        try:
+            for i in range(40):
+                got.extend(o for _, o in lg.append_many([b"%d-%d" % (k, i)] * 20))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def reader():
+        off = 0
+        try:
+            while not stop.is_set():
+                off += len(lg.read(0, off, 1000, timeout=0.01))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        rs = [threading.Thread(target=reader) for _ in range(2)]
+        ws = [threading.Thread(target=appender, args=(k,)) for k in range(3)]
+        for t in rs + ws:
+            t.start()
+        for t in ws:
+            t.join()
+        stop.set()
+        for t in rs:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert sorted(got) == list(range(3 * 40 * 20))
+    assert lg.end_offset(0) == 3 * 40 * 20
+    lg.close()
+
+
 def test_pickles_by_path(ctx, procs, tmp_path):
     lg = Log(path=tmp_path / "log", partitions=3, segment_bytes=SEG)
     n = 300
@@ -512,6 +574,49 @@ def test_a_link_planted_in_an_existing_log_is_refused(tmp_path):
     assert target.read_bytes() == b"secret" * 1000
 
 
+_FIFO_CHILD = r"""
+import sys
+from pyqueue import Log
+try:
+    lg = Log.open(sys.argv[1], trust_owner=True)
+    lg.read(0, 0, max_records=10_000)
+except PermissionError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("which", ["log.json", "closed segment", "closed index"])
+def test_a_fifo_planted_in_place_of_a_log_file_is_refused_not_waited_on(tmp_path, which):
+    # Whoever may write a log's directory (its owner, for an administrator
+    # who opens it with trust_owner=True, as `pyqueue tail` does) can make
+    # a file a FIFO: a read-only open of it would wait for a writer for
+    # ever. It is refused as not a regular file (in a child, with a
+    # deadline, so that a hang fails the test instead of wedging it).
+    path = tmp_path / "log"
+    lg = Log(path=path, segment_bytes=SEG)
+    for i in range(100):
+        lg.append(b"%05d" % i * 100)
+    if which != "log.json":
+        lg.close()  # the reader below opens the closed segment's files itself
+    names = {"log.json": "log.json",
+             "closed segment": "partition-0/" + segment_files(path)[1],
+             "closed index": "partition-0/" + segment_files(path)[1][:-3] + "index"}
+    victim = path / names[which]
+    os.unlink(victim)
+    os.mkfifo(victim, 0o600)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _FIFO_CHILD, str(path)], env=env,
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"opening a log whose {which} is a FIFO hangs")
+    finally:
+        if which == "log.json":
+            lg.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "refused" in proc.stdout and "not a regular file" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("mode, why", [(0o777, "others"), (0o703, "others"), (0o770, "its group")])
 def test_a_directory_others_may_write_is_refused(tmp_path, mode, why):
     path = tmp_path / "log"
@@ -553,6 +658,62 @@ def test_a_directory_of_another_user_is_refused(tmp_path):
     lg = Log.open(str(path), trust_owner=True)
     assert lg.read(0, 0)[0].value == b"shared on purpose"
     lg.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a log to another user")
+def test_root_opening_another_users_log_leaves_it_theirs(tmp_path):
+    """An administrator who opens another user's log on purpose
+    (trust_owner=True, as `pyqueue tail` does) may be the one that recovers
+    it and makes files in it (a missing index, a partition's directory and
+    first segment): they are the log owner's, not root's 0600 ones its
+    owner could no longer open."""
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "log"
+    lg = Log(path=path, partitions=2, segment_bytes=SEG)
+    for i in range(50):
+        lg.append(b"%d" % i, key=b"%d" % i)
+    lg.close()
+    active = segment_files(path)[-1][:-3] + "index"
+    os.unlink(path / "partition-0" / active)
+    for f in os.listdir(path / "partition-1"):
+        os.unlink(path / "partition-1" / f)
+    os.rmdir(path / "partition-1")
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            os.chown(name, nobody.pw_uid, nobody.pw_gid)
+    lg = Log.open(str(path), trust_owner=True)  # alone: it recovers
+    assert len(lg.read(0, 0, max_records=100)) > 0
+    lg.close()
+    owners = {}
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            st = os.lstat(name)
+            owners[os.path.relpath(name, path)] = (st.st_uid, st.st_gid)
+    assert "partition-1" in owners and ("partition-0/" + active) in owners
+    assert {k: v for k, v in owners.items() if v != (nobody.pw_uid, nobody.pw_gid)} == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another user")
+def test_a_log_json_of_another_user_cannot_grant_its_group_the_directory(tmp_path):
+    """A 0600 log whose directory its group may write is refused; a group
+    member who replaces log.json with one that says perm=0o660 must not
+    turn that refusal off: the log's perm is taken from a log.json of the
+    directory's owner only."""
+    import json
+    nobody = pwd.getpwnam("nobody")
+    path = tmp_path / "log"
+    Log(path=path, segment_bytes=SEG).close()
+    os.chmod(path, 0o770)
+    with pytest.raises(PermissionError, match="its group"):
+        Log.open(str(path))
+    meta = json.loads((path / "log.json").read_text())
+    meta["perm"] = 0o660
+    planted = path / "planted"
+    planted.write_text(json.dumps(meta))
+    os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    os.rename(planted, path / "log.json")
+    with pytest.raises(PermissionError, match="log.json"):
+        Log.open(str(path))
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
@@ -602,6 +763,17 @@ def test_perm_in_directory_mode(tmp_path):
     Log.open(str(shared)).close()
 
 
+@pytest.mark.parametrize("perm", [0o666, 0o606, 0o602])
+def test_perm_letting_others_write_is_refused_before_anything_is_made(tmp_path, perm):
+    # A directory others may write is never a log's (they could plant
+    # files in it): such a perm is a ValueError up front, not a refusal
+    # after a world-writable directory was made and left behind.
+    path = tmp_path / "sub" / "log"
+    with pytest.raises(ValueError, match="others"):
+        Log(path=path, perm=perm)
+    assert not os.path.lexists(path)
+
+
 # ---- external damage ------------------------------------------------------
 
 def _filled(path, n=300, size=160):
@@ -633,6 +805,31 @@ def test_a_missing_closed_segment_is_an_error_not_a_skip(tmp_path, reopen):
                                                 "are missing") as ei:
             lg.read(0, at)
         assert ei.value.missing == (gone, nxt) and ei.value.offset == at
+    assert [r.value for r in lg.read(0, nxt, max_records=10_000)] == vals[nxt:]
+    lg.close()
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+def test_a_closed_segment_emptied_is_an_error_not_a_skip(tmp_path, reopen):
+    # The data file is there but 0 bytes long (truncated by hand, a full
+    # disk restore...): as a missing one, readers get the records up to
+    # it, then a CorruptRecord naming the gap, never "is empty" for ever.
+    path = tmp_path / "log"
+    lg, vals = _filled(path)
+    bases = [int(f[:20]) for f in segment_files(path)]
+    gone, nxt = bases[3], bases[4]
+    os.truncate(path / "partition-0" / f"{gone:020d}.log", 0)
+    if reopen:
+        lg.close()
+        lg = Log.open(str(path))
+        assert {"partition": 0, "missing_offsets": [gone, nxt],
+                "reason": "records gone between segments"} in lg.recovery
+    assert [r.value for r in lg.read(0, 0, max_records=10_000)] == vals[:gone]
+    for at in (gone, nxt - 1):
+        with pytest.raises(CorruptRecord, match=f"offsets {gone}..{nxt - 1} of partition 0 "
+                                                "are missing") as ei:
+            lg.read(0, at)
+        assert ei.value.missing == (gone, nxt)
     assert [r.value for r in lg.read(0, nxt, max_records=10_000)] == vals[nxt:]
     lg.close()
 

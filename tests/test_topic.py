@@ -291,3 +291,29 @@ def test_topic_trust_owner(topics):
     sub.close()
     for x in (t2, t3, t4):
         x.close()
+
+
+def test_get_many_returns_what_it_took_before_a_damaged_record(topics):
+    # get_many reads a full first batch (256 records), then reads again and
+    # meets a damaged record: the 256 it read (the subscription's cursor is
+    # past them) are returned, and the next call raises.
+    import mmap as _mmap
+    import struct as _struct
+    from tests import cffi_core
+    lib = cffi_core.require().lib
+    t = topics(capacity_bytes=SMALL, mode="lossless")
+    sub = t.subscribe()
+    good = [b"m%03d" % i for i in range(256)]
+    for m in good:
+        t.publish(m)
+    marker = b"DAMAGED-RECORD-MARKER"
+    t.publish(marker)
+    with open("/dev/shm/pyqueue." + t.name, "r+b") as f, _mmap.mmap(f.fileno(), 0) as mm:
+        off = mm.find(marker) - lib.PQ_RECORD_HEADER
+        ctl = _struct.unpack_from("<Q", mm, off)[0]
+        shift = lib.PQ_CTL_STATE_SHIFT
+        _struct.pack_into("<Q", mm, off, (ctl & ~(0xFF << shift)) | (9 << shift))
+    assert sub.get_many(1000, block=False) == good
+    with pytest.raises(pyqueue.SegmentMismatch):
+        sub.get_many(1000, block=False)
+    sub.close()
