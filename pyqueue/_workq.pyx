@@ -85,6 +85,16 @@ cdef extern from "pq_wq.h" nogil:
     int pq_wq_bounds(pq_wq* q, uint64_t* head, uint64_t* tail)
     int pq_wq_get_stats(pq_wq* q, pq_wq_stats* s)
 
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #define PQ_WQ_TAIL_AT (PQ_WQ_CTL_OFFSET + offsetof(pq_wq_ctl, tail))
+    """
+    size_t PQ_WQ_TAIL_AT
+
+# Where a segment keeps its tail (the next id): for the tests that damage it.
+TAIL_OFFSET = PQ_WQ_TAIL_AT
+
 DEF SLICE_NS = 100000000   # longest single park: signals and reaping run between
 DEF SPIN_NS = 50000
 DEF REAP_EVERY_NS = 100000000
