@@ -596,49 +596,98 @@ def test_bad_times_are_value_errors(wqs, bad):
             WorkQueue(**{what: bad})
 
 
+FAR = 3600.0     # a delay or an extension that never comes due in a test
+SHORT = 0.03     # one that does: let_time_pass waits for it
+EPS = 1e-6
+
+
 class WorkQueueModel(RuleBasedStateMachine):
     """Against a model of each message's state: deliveries and counts,
-    what is dead-lettered and why; visibility timeouts are made to pass at
-    once with extend(0)."""
+    what is dead-lettered and why; delays (of puts and nacks), extend, and
+    dedup keys (whatever became of the first message; a full table).
+    Time is real: a message's due time is known as an interval (the call
+    that set it began and ended), and a get may deliver a message whose
+    interval straddles it or not, but never one surely not due, and
+    always the oldest surely due."""
 
     def __init__(self):
         super().__init__()
-        self.dlq = WorkQueue()
-        self.q = WorkQueue(max_deliveries=3, dead_letter=self.dlq, visibility_timeout=60.0)
-        self.model = {}     # id -> {"state": ..., "count": n}
+        self.dlq = WorkQueue(capacity_bytes=1 << 20)
+        self.q = WorkQueue(max_deliveries=3, dead_letter=self.dlq, visibility_timeout=60.0,
+                           dedup_window=FAR, dedup_keys=4, capacity_bytes=1 << 20)
+        self.model = {}     # id -> {"value", "state", "count", "lo", "hi"} (due in [lo, hi])
         self.held = {}      # id -> Delivery
         self.dead = []      # (value, reason prefix)
+        self.keys = {}      # dedup key -> the id it was first put with
+        self.dups = 0
         self.n = 0
+
+    def _new(self, mid, lo=0.0, hi=0.0):
+        self.model[mid] = {"value": self.n, "state": "available", "count": 0, "lo": lo, "hi": hi}
+        self.n += 1
 
     @rule()
     def put(self):
-        mid = self.q.put(self.n)
-        self.model[mid] = {"value": self.n, "state": "available", "count": 0}
-        self.n += 1
+        self._new(self.q.put(self.n))
 
-    def _oldest_available(self):
-        ids = sorted(i for i, m in self.model.items() if m["state"] == "available")
-        return ids[0] if ids else None
+    @rule(delay=st.sampled_from([SHORT, FAR]))
+    def put_delayed(self, delay):
+        t0 = time.monotonic()
+        mid = self.q.put(self.n, delay=delay)
+        self._new(mid, t0 + delay, time.monotonic() + delay)
 
-    def _next_deliverable(self):
-        """The oldest available message, moving those out of deliveries to
-        the dead letters on the way (as get() does)."""
-        want = self._oldest_available()
-        while want is not None and self.model[want]["count"] >= 3:
-            self.model[want]["state"] = "dead"
-            self.dead.append((self.model[want]["value"], "delivered 3 times"))
-            want = self._oldest_available()
-        return want
+    @rule(key=st.sampled_from("abcdef"))
+    def put_keyed(self, key):
+        if key in self.keys:  # a repeat: dropped, whatever became of the first
+            assert self.q.put("repeat", key=key) == self.keys[key]
+            self.dups += 1
+        elif len(self.keys) == 4:  # the table is full (nothing expires in FAR)
+            with pytest.raises(queue.Full):
+                self.q.put(self.n, key=key, block=False)
+        else:
+            mid = self.q.put(self.n, key=key)
+            self.keys[key] = mid
+            self._new(mid)
+
+    @rule()
+    def let_time_pass(self):
+        """Until every message delayed by SHORT is due."""
+        due = [m["hi"] for m in self.model.values()
+               if m["state"] == "available" and m["hi"] < time.monotonic() + 2 * SHORT]
+        end = max(due, default=0.0) + EPS
+        while time.monotonic() < end:
+            time.sleep(end - time.monotonic())
 
     @rule()
     def get(self):
-        want = self._next_deliverable()
+        t0 = time.monotonic()
         try:
             d = self.q.get(block=False)
         except queue.Empty:
-            assert want is None
+            d = None
+        t1 = time.monotonic()
+        allowed, dying = set(), []
+        for mid in sorted(i for i, m in self.model.items() if m["state"] == "available"):
+            m = self.model[mid]
+            if m["hi"] + EPS <= t0:  # surely due
+                if m["count"] >= 3:  # out of deliveries: moved on the way
+                    dying.append(mid)
+                    continue
+                allowed.add(mid)
+                break
+            if m["lo"] - EPS <= t1:  # maybe due
+                assert m["count"] < 3
+                allowed.add(mid)
+        else:
+            allowed.add(None)
+        got = None if d is None else d.id
+        assert got in allowed, (got, allowed)
+        for mid in dying:
+            if got is None or mid < got:
+                self.model[mid]["state"] = "dead"
+                self.dead.append((self.model[mid]["value"], "delivered 3 times"))
+        if d is None:
             return
-        assert d.id == want
         m = self.model[d.id]
         m["count"] += 1
         m["state"] = "held"
@@ -649,33 +698,43 @@ class WorkQueueModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def settle(self, data):
         mid = data.draw(st.sampled_from(sorted(self.held)))
-        verb = data.draw(st.sampled_from(["ack", "nack", "reject", "expire"]))
-        d = self.held.pop(mid)
+        verb = data.draw(st.sampled_from(["ack", "nack", "nack later", "reject", "expire",
+                                          "keep"]))
+        d = self.held[mid]
         m = self.model[mid]
+        t0 = time.monotonic()
+        if verb == "keep":
+            d.extend(FAR)  # still held: not delivered again
+            return
+        del self.held[mid]
         if verb == "ack":
             d.ack()
             m["state"] = "acked"
-        elif verb == "nack":
-            d.nack()
+        elif verb.startswith("nack"):
+            delay = SHORT if verb == "nack later" else 0.0
+            d.nack(delay=delay)
             if m["count"] >= 3:
                 m["state"] = "dead"
                 self.dead.append((m["value"], "delivered 3 times"))
             else:
-                m["state"] = "available"
+                m.update(state="available", lo=t0 + delay, hi=time.monotonic() + delay)
         elif verb == "reject":
             d.reject("bad")
             m["state"] = "dead"
             self.dead.append((m["value"], "rejected: bad"))
         else:
             d.extend(0)  # its deadline is now: available again (or dead, next get)
-            m["state"] = "available"
+            m.update(state="available", lo=t0, hi=time.monotonic())
 
     @invariant()
     def counts_agree(self):
         s = self.q.stats()
-        held = sum(1 for m in self.model.values() if m["state"] == "held")
-        assert s["in_flight"] == held
-        assert s["acked"] == sum(1 for m in self.model.values() if m["state"] == "acked")
+        states = collections.Counter(m["state"] for m in self.model.values())
+        assert s["in_flight"] == states["held"]
+        assert s["depth"] + s["delayed"] == states["available"]
+        assert s["acked"] == states["acked"]
+        assert s["enqueued"] == len(self.model) and s["deduplicated"] == self.dups
+        assert s["dedup_keys_used"] == len(self.keys)
         dls = self.dlq.dead_letters()
         assert [(x.value) for x in dls] == [v for v, _ in self.dead]
         for x, (_, why) in zip(dls, self.dead):
