@@ -8,7 +8,6 @@
 #include "pq_claim_lock.h"
 #include "pq_proc.h"
 
-#define PQ_WQ_DEDUP_PROBES 16
 #define PQ_WQ_OWNER_CACHE 64
 
 /* now + d, saturated (a delay or a window from the segment may be huge). */
@@ -20,7 +19,7 @@ static inline int64_t pq_wq_after(int64_t now, int64_t d)
 static uint64_t pq_wq_data_offset(uint32_t slots, uint32_t dedup_slots)
 {
     return pq_align_up(PQ_WQ_SLOTS_OFFSET + (uint64_t)slots * sizeof(pq_wq_slot) +
-                           (uint64_t)dedup_slots * sizeof(pq_wq_dedup),
+                           pq_wq_dedup_bytes(dedup_slots),
                        4096);
 }
 
@@ -41,16 +40,17 @@ uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_sl
 
 int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
                  uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
-                 int64_t dedup_window_ns, uint64_t user_flags, const void *user,
-                 uint32_t user_len)
+                 int64_t dedup_window_ns, uint64_t max_payload, uint64_t user_flags,
+                 const void *user, uint32_t user_len)
 {
     uint64_t need = pq_wq_segment_size(capacity, slots, dedup_slots);
     if (need == 0 || size < need || ((uintptr_t)base & 63) != 0 || visibility_ns <= 0 ||
-        dedup_window_ns < 0 || user_len > PQ_WQ_USER_BYTES || (user_len && user == NULL))
+        dedup_window_ns < 0 || user_len > PQ_WQ_USER_BYTES || (user_len && user == NULL) ||
+        max_payload > capacity / 4)
         return -EINVAL;
     uint64_t params[PQ_WQ_NPARAMS] = {capacity,       slots,          dedup_slots,
                                       (uint64_t)visibility_ns, max_deliveries,
-                                      (uint64_t)dedup_window_ns, user_flags};
+                                      (uint64_t)dedup_window_ns, user_flags, max_payload};
     uint64_t data_off = pq_wq_data_offset(slots, dedup_slots);
     int rc = pq_segment_init(base, size, PQ_KIND_WORKQ, data_off, capacity, params,
                              PQ_WQ_NPARAMS);
@@ -87,7 +87,8 @@ int pq_wq_open(pq_wq *q, void *base, size_t size)
         !pq_wq_args_ok(capacity, (uint32_t)slots, (uint32_t)dedup) ||
         (int64_t)h->params[PQ_WQ_PARAM_VISIBILITY_NS] <= 0 ||
         (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS] < 0 ||
-        h->params[PQ_WQ_PARAM_MAX_DELIVERIES] > UINT32_MAX)
+        h->params[PQ_WQ_PARAM_MAX_DELIVERIES] > UINT32_MAX ||
+        h->params[PQ_WQ_PARAM_MAX_PAYLOAD] > capacity / 4)
         return PQ_ERR_CORRUPT;
     uint64_t data_off = pq_wq_data_offset((uint32_t)slots, (uint32_t)dedup);
     if (h->data_offset != data_off || h->data_size != capacity || data_off + capacity > size)
@@ -95,7 +96,8 @@ int pq_wq_open(pq_wq *q, void *base, size_t size)
     q->hdr = h;
     q->ctl = (pq_wq_ctl *)((uint8_t *)base + PQ_WQ_CTL_OFFSET);
     q->slots = (pq_wq_slot *)((uint8_t *)base + PQ_WQ_SLOTS_OFFSET);
-    q->dedup = (pq_wq_dedup *)(q->slots + slots);
+    pq_wq_dedup_attach(&q->dedup, &q->ctl->dedup, q->slots + slots, (uint32_t)dedup,
+                       (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS]);
     q->data = (uint8_t *)base + data_off;
     q->capacity = capacity;
     q->mask = capacity - 1;
@@ -104,7 +106,8 @@ int pq_wq_open(pq_wq *q, void *base, size_t size)
     q->visibility_ns = (int64_t)h->params[PQ_WQ_PARAM_VISIBILITY_NS];
     q->max_deliveries = (uint32_t)h->params[PQ_WQ_PARAM_MAX_DELIVERIES];
     q->dedup_window_ns = (int64_t)h->params[PQ_WQ_PARAM_DEDUP_WINDOW_NS];
-    q->max_payload = capacity / 4;
+    q->max_payload = h->params[PQ_WQ_PARAM_MAX_PAYLOAD] ? h->params[PQ_WQ_PARAM_MAX_PAYLOAD]
+                                                        : capacity / 4;
     if (q->ctl->user_len > PQ_WQ_USER_BYTES)
         return PQ_ERR_CORRUPT;
     return 0;
@@ -222,29 +225,6 @@ static inline void pq_wq_unlock(pq_wq *q)
     pthread_mutex_unlock(&q->ctl->lock);
 }
 
-/* The dedup entry of key_hash (hit: *hit = 1), or the one to take for it. */
-static pq_wq_dedup *pq_wq_dedup_find(pq_wq *q, uint64_t key_hash, int64_t now, int *hit)
-{
-    pq_wq_dedup *victim = NULL;
-    uint32_t mask = q->dedup_slots - 1;
-    *hit = 0;
-    for (uint32_t i = 0; i < PQ_WQ_DEDUP_PROBES && i < q->dedup_slots; i++) {
-        pq_wq_dedup *e = &q->dedup[(key_hash + i) & mask];
-        if (e->hash == key_hash && e->expires_ns > now) {
-            *hit = 1;
-            return e;
-        }
-        if (e->hash == 0 || e->expires_ns <= now) {
-            if (victim == NULL || victim->hash != 0)
-                victim = e; /* an empty one first, else the first expired */
-        } else if (victim == NULL || (victim->hash != 0 && victim->expires_ns > now &&
-                                      e->expires_ns < victim->expires_ns)) {
-            victim = e; /* all live: the one that expires first goes */
-        }
-    }
-    return victim;
-}
-
 /* Are a slot's payload bounds inside the data area? (Corrupt segments.) */
 static inline int pq_wq_slot_sane(const pq_wq *q, const pq_wq_slot *s)
 {
@@ -273,32 +253,35 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
         pq_wq_unlock(q);
         return PQ_ERR_CORRUPT;
     }
-    pq_wq_dedup *de = NULL;
-    if (key_hash != 0 && q->dedup_slots != 0) {
-        int hit;
-        de = pq_wq_dedup_find(q, key_hash, now, &hit);
-        /* An entry counts only for a message that exists (a claim that died
-         * before its tail store left one for an id that is not, or no
-         * longer, its own). */
-        if (hit && de->id >= h && de->id < t &&
-            pq_wq_slot_of(q, de->id)->dedup_entry == (uint64_t)(de - q->dedup) + 1 &&
-            atomic_load_explicit(&pq_wq_slot_of(q, de->id)->id, memory_order_relaxed) == de->id) {
-            if (atomic_load_explicit(&pq_wq_slot_of(q, de->id)->state, memory_order_acquire) ==
-                PQ_WQ_CLAIMED) {
+    int keyed = key_hash != 0 && q->dedup.cap != 0;
+    if (keyed) {
+        rc = pq_wq_dedup_expire(&q->dedup, now);
+        if (rc < 0) {
+            pq_wq_unlock(q);
+            return rc;
+        }
+        /* A key put within the window is a duplicate whatever became of
+         * its message since (done, dead, or still there). */
+        const pq_wq_dedup *de = pq_wq_dedup_find(&q->dedup, key_hash, now);
+        if (de != NULL) {
+            uint64_t first = atomic_load_explicit(&de->id, memory_order_relaxed);
+            pq_wq_slot *fs = pq_wq_slot_of(q, first);
+            if (first >= h && first < t &&
+                atomic_load_explicit(&fs->id, memory_order_relaxed) == first &&
+                atomic_load_explicit(&fs->state, memory_order_acquire) == PQ_WQ_CLAIMED) {
                 /* Its first put is still being written, and its producer
-                 * may yet die: wait for it, then look again. */
+                 * may yet die (then the key is given back): wait for it,
+                 * then look again. */
                 if (seen)
                     *seen = atomic_load_explicit(&c->readable_seq, memory_order_acquire);
                 pq_wq_unlock(q);
                 return -EINPROGRESS;
             }
-            *id = de->id;
+            *id = first;
             pq_wq_count(q, PQ_WQ_DEDUPED);
             pq_wq_unlock(q);
             return 1;
         }
-        if (hit)
-            de->expires_ns = now; /* a stale entry: take it */
     }
     uint64_t size = pq_align_up(len ? len : 1, PQ_WQ_ALIGN);
     uint64_t pos = tp;
@@ -310,6 +293,16 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
         pq_wq_unlock(q);
         return -EAGAIN;
     }
+    if (keyed && !pq_wq_dedup_room(&q->dedup, NULL)) {
+        /* Every entry is a key put within the window: dropping one would
+         * let its repeat through, so the put waits for the oldest to
+         * expire (a room the window makes, not a consumer). */
+        pq_wq_count(q, PQ_WQ_DEDUP_FULL);
+        if (seen)
+            *seen = atomic_load_explicit(&c->writable_seq, memory_order_acquire);
+        pq_wq_unlock(q);
+        return -ENOSPC;
+    }
     pq_wq_slot *s = pq_wq_slot_of(q, t);
     atomic_store_explicit(&s->id, t, memory_order_relaxed);
     atomic_store_explicit(&s->deliveries, 0, memory_order_relaxed);
@@ -320,19 +313,17 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
     s->type = type;
     s->reason = PQ_WQ_REASON_NONE;
     s->enqueued_ms = enqueued_ms;
-    s->dedup_entry = de != NULL ? (uint64_t)(de - q->dedup) + 1 : 0;
+    s->dedup_entry = keyed ? pq_wq_dedup_next(&q->dedup) + 1 : 0;
     atomic_store_explicit(&s->state, PQ_WQ_CLAIMED, memory_order_relaxed);
     /* tail_pos before tail: a holder that dies between them leaks the
      * bytes until the head passes, never hands them out twice. */
     atomic_store_explicit(&c->tail_pos, pos + size, memory_order_relaxed);
     atomic_store_explicit(&c->tail, t + 1, memory_order_relaxed);
-    if (de != NULL) {
+    if (keyed) {
         /* After the tail: the key names a message that exists. A claim
          * abandoned by a dead producer gives it back (pq_wq_reap), so its
          * retry is not dropped. */
-        de->hash = key_hash;
-        de->expires_ns = pq_wq_after(now, q->dedup_window_ns);
-        de->id = t;
+        pq_wq_dedup_add(&q->dedup, key_hash, t, now);
     }
     pq_wq_count(q, PQ_WQ_ENQUEUED);
     pq_wq_unlock(q);
@@ -413,6 +404,11 @@ int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
         if (st == PQ_WQ_DEAD) {
             if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0)
                 continue; /* being moved */
+            if (at > now) { /* its move was put off (pq_wq_dead_park) until at */
+                if (at < wake)
+                    wake = at;
+                continue;
+            }
             if (!pq_wq_slot_sane(q, s)) {
                 rc = PQ_ERR_CORRUPT;
                 break;
@@ -591,6 +587,27 @@ int pq_wq_dead_done(pq_wq *q, uint64_t id)
     return pq_wq_finish(q, id, UINT32_MAX, PQ_WQ_DEAD, PQ_WQ_DEAD_LETTERED);
 }
 
+int pq_wq_dead_park(pq_wq *q, uint64_t id, int64_t retry_ns)
+{
+    if (retry_ns < 0)
+        return -EINVAL;
+    int rc = pq_wq_lock(q);
+    if (rc < 0)
+        return rc;
+    pq_wq_slot *s = pq_wq_holder_slot(q, id, UINT32_MAX, PQ_WQ_DEAD);
+    if (s != NULL) {
+        atomic_store_explicit(&s->at_ns, pq_wq_after(pq_monotonic_ns(), retry_ns),
+                              memory_order_relaxed);
+        atomic_store_explicit(&s->owner, 0, memory_order_relaxed); /* any mover, from at_ns on */
+        pq_wq_count(q, PQ_WQ_DEAD_PARKED);
+        pq_wq_rescan(q, id); /* a get must see when it comes due */
+    }
+    pq_wq_unlock(q);
+    if (s != NULL) /* a waiting get takes its retry time into its wake-up */
+        pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, 1);
+    return s != NULL ? 0 : -ESTALE;
+}
+
 /* Is the process of an owner word alive? Cached per call of pq_wq_reap:
  * the messages in flight belong to few processes. */
 struct pq_wq_owners {
@@ -644,11 +661,8 @@ int pq_wq_reap(pq_wq *q)
                                                          memory_order_acq_rel,
                                                          memory_order_relaxed))
                 continue; /* committed meanwhile: not dead after all */
-            if (s->dedup_entry != 0 && s->dedup_entry <= q->dedup_slots) {
-                pq_wq_dedup *de = &q->dedup[s->dedup_entry - 1];
-                if (de->id == id)
-                    de->expires_ns = now; /* never enqueued: a retry is not a duplicate */
-            }
+            if (s->dedup_entry != 0) /* never enqueued: a retry is not a duplicate */
+                pq_wq_dedup_give_back(&q->dedup, s->dedup_entry - 1, id, now);
             pq_wq_count(q, PQ_WQ_ABANDONED);
         } else if (st == PQ_WQ_ACQUIRED) {
             s->reason = PQ_WQ_REASON_DIED;
@@ -657,7 +671,9 @@ int pq_wq_reap(pq_wq *q)
             pq_wq_count(q, PQ_WQ_REDELIVERED);
             readable = 1;
         } else {
-            atomic_store_explicit(&s->owner, 0, memory_order_relaxed); /* for the next mover */
+            /* For the next mover, at once. */
+            atomic_store_explicit(&s->at_ns, now, memory_order_relaxed);
+            atomic_store_explicit(&s->owner, 0, memory_order_relaxed);
             readable = 1;
         }
         pq_wq_rescan(q, id);
@@ -721,10 +737,13 @@ int pq_wq_copy_message(pq_wq *q, uint64_t id, void *buf, uint32_t buf_len, pq_wq
     return (int)len;
 }
 
-void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail)
+int pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail)
 {
     *head = atomic_load_explicit(&q->ctl->head, memory_order_acquire);
     *tail = atomic_load_explicit(&q->ctl->tail, memory_order_acquire);
+    /* At most nslots messages are not done: more is damage, and a scan
+     * of [head, tail) would not end (up to 2^64 steps). */
+    return *tail >= *head && *tail - *head <= q->nslots ? 0 : PQ_ERR_CORRUPT;
 }
 
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s)
@@ -773,4 +792,5 @@ void pq_wq_peek_stats(pq_wq *q, pq_wq_stats *s)
     uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
     s->used_bytes = tp >= hp && tp - hp <= q->capacity ? tp - hp : q->capacity;
     s->slots = q->nslots;
+    s->dedup_used = pq_wq_dedup_used(&q->dedup); /* relaxed loads: a count */
 }

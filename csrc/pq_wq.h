@@ -21,7 +21,8 @@
  *   [0, 256)     pq_segment_header (params below)
  *   [256, 4096)  pq_wq_ctl
  *   [4096, ...)  pq_wq_slot[slots]: message id i lives in slot i & (slots - 1)
- *   then         pq_wq_dedup[dedup_slots]: keys seen, for put(key=...)
+ *   then         the dedup table (pq_wq_dedup.h): dedup_slots keys put within
+ *                the window, whatever became of their messages, and its index
  *   then         data: capacity bytes of payloads (16-aligned, never wrapping)
  *
  * All state changes but a producer's commit (a CAS) run under one robust
@@ -40,6 +41,7 @@
 #include "pq_common.h"
 #include "pq_segment.h"
 #include "pq_wait.h"
+#include "pq_wq_dedup.h"
 
 #define PQ_WQ_CTL_OFFSET PQ_SEGMENT_HEADER_BYTES
 #define PQ_WQ_SLOTS_OFFSET 4096u
@@ -57,7 +59,8 @@ enum pq_wq_param {
     PQ_WQ_PARAM_MAX_DELIVERIES = 4, /* 0: no limit */
     PQ_WQ_PARAM_DEDUP_WINDOW_NS = 5,
     PQ_WQ_PARAM_USER0 = 6,          /* free for the binding (flags) */
-    PQ_WQ_NPARAMS = 7,
+    PQ_WQ_PARAM_MAX_PAYLOAD = 7,    /* 0: a quarter of capacity (at most that) */
+    PQ_WQ_NPARAMS = 8,
 };
 
 enum pq_wq_state {
@@ -85,6 +88,8 @@ enum pq_wq_counter {
     PQ_WQ_DEAD_LETTERED = 3, /* moved out (to the dead-letter queue, or dropped) */
     PQ_WQ_DEDUPED = 4,       /* puts dropped as duplicates of a key */
     PQ_WQ_ABANDONED = 5,     /* claimed by a producer that died before committing */
+    PQ_WQ_DEDUP_FULL = 6,    /* keyed puts that found the dedup table full (and waited) */
+    PQ_WQ_DEAD_PARKED = 7,   /* moves to the dead-letter queue put off (it was full) */
     PQ_WQ_COUNTERS = 8,
 };
 
@@ -100,16 +105,9 @@ typedef struct pq_wq_slot {
     uint8_t reason;              /* pq_wq_reason */
     uint16_t reserved;
     uint64_t enqueued_ms;        /* wall clock of the put */
-    uint64_t dedup_entry;        /* 1 + index of the dedup entry of its key; 0: none */
+    uint64_t dedup_entry;        /* 1 + ring position of its key's dedup entry; 0: none */
 } pq_wq_slot;
 _Static_assert(sizeof(pq_wq_slot) == 64, "pq_wq_slot is a cache line");
-
-typedef struct pq_wq_dedup {
-    uint64_t hash;       /* 0: empty */
-    int64_t expires_ns;  /* monotonic */
-    uint64_t id;         /* the message the key was put with */
-    uint64_t reserved;
-} pq_wq_dedup;
 
 typedef struct pq_wq_ctl {
     PQ_ALIGNED_LINE pthread_mutex_t lock;
@@ -135,6 +133,7 @@ typedef struct pq_wq_ctl {
      * dead-letter queue's name there). */
     uint32_t user_len;
     uint8_t user[PQ_WQ_USER_BYTES];
+    PQ_ALIGNED_LINE pq_wq_dedup_ctl dedup; /* the dedup ring's positions */
 } pq_wq_ctl;
 _Static_assert(sizeof(pq_wq_ctl) <= PQ_WQ_SLOTS_OFFSET - PQ_WQ_CTL_OFFSET, "pq_wq_ctl fits");
 
@@ -143,7 +142,7 @@ typedef struct pq_wq {
     pq_segment_header *hdr;
     pq_wq_ctl *ctl;
     pq_wq_slot *slots;
-    pq_wq_dedup *dedup;
+    pq_wq_dedup_table dedup;
     uint8_t *data;
     uint64_t capacity;
     uint64_t mask;
@@ -152,7 +151,7 @@ typedef struct pq_wq {
     int64_t visibility_ns;
     uint32_t max_deliveries;
     int64_t dedup_window_ns;
-    uint64_t max_payload;      /* a quarter of the data area */
+    uint64_t max_payload;      /* a quarter of the data area, or less (PQ_WQ_PARAM_MAX_PAYLOAD) */
 } pq_wq;
 
 /* What a consumer got (pq_wq_acquire). payload points into the data
@@ -172,16 +171,19 @@ typedef struct pq_wq_stats {
     uint64_t available, delayed, in_flight, dead, claimed; /* now, by state */
     uint64_t counters[PQ_WQ_COUNTERS];
     uint64_t capacity, used_bytes, slots;
+    uint64_t dedup_used;       /* keys in the dedup table */
 } pq_wq_stats;
 
 /* Bytes of a segment; 0 for bad arguments (capacity a power of two,
  * slots a power of two, dedup_slots a power of two or 0). */
 uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots);
 
+/* max_payload: the largest message (0: a quarter of capacity, which is
+ * also the most it may be). */
 int pq_wq_create(void *base, size_t size, uint64_t capacity, uint32_t slots,
                  uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
-                 int64_t dedup_window_ns, uint64_t user_flags, const void *user,
-                 uint32_t user_len);
+                 int64_t dedup_window_ns, uint64_t max_payload, uint64_t user_flags,
+                 const void *user, uint32_t user_len);
 int pq_wq_open(pq_wq *q, void *base, size_t size);
 
 /* A 64-bit hash of a deduplication key (FNV-1a, never 0). */
@@ -190,12 +192,15 @@ uint64_t pq_wq_key_hash(const void *key, size_t len);
 /*
  * Producer, step 1: claim a slot and len bytes for a message (available
  * from delay_ns on). key_hash != 0: a put of a key already put within the
- * dedup window is dropped. 0, with *id and *payload (write len bytes there,
+ * dedup window is dropped, whatever became of the first message (done,
+ * dead, or still there). 0, with *id and *payload (write len bytes there,
  * then pq_wq_commit); 1: a duplicate (*id = the message it duplicates,
  * nothing to commit); -EAGAIN: no room (slots or bytes) now, *seen for
- * pq_wq_wait_writable; -EINPROGRESS: the key's first put is still being
- * written (its producer may yet die), *seen for pq_wq_wait_readable, then
- * try again; -EMSGSIZE; PQ_ERR_CORRUPT.
+ * pq_wq_wait_writable; -ENOSPC: a new key and the dedup table holds
+ * dedup_slots keys of the window already, *seen as for -EAGAIN (room comes
+ * when the oldest key expires); -EINPROGRESS: the key's first put is still
+ * being written (its producer may yet die), *seen for pq_wq_wait_readable,
+ * then try again; -EMSGSIZE; PQ_ERR_CORRUPT.
  */
 int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
                 uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen);
@@ -208,7 +213,8 @@ void pq_wq_commit(pq_wq *q, uint64_t id);
  * deadline passed). 0: *d is ACQUIRED by this process until now +
  * visibility timeout; 1: *d is DEAD, for this process to move to the
  * dead-letter queue and then pq_wq_dead_done (it has been delivered
- * max_deliveries times, or its mover died); -EAGAIN: none now, *wake_ns
+ * max_deliveries times, or its mover died, or its move was put off and
+ * the time to retry it came); -EAGAIN: none now, *wake_ns
  * is when one may be (a delayed message, a deadline; -1: none known) and
  * *seen is for pq_wq_wait_readable.
  */
@@ -237,6 +243,11 @@ int pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries);
 /* A DEAD message this process moved out: DONE. 0, -ESTALE. */
 int pq_wq_dead_done(pq_wq *q, uint64_t id);
 
+/* A DEAD message this process could not move now (the dead-letter queue
+ * was full): it stays DEAD without a mover, and an acquire hands it out
+ * to be moved again from now + retry_ns on. 0, -ESTALE. */
+int pq_wq_dead_park(pq_wq *q, uint64_t id, int64_t retry_ns);
+
 /*
  * Look at the messages held by processes that are gone: a consumer's
  * becomes available again (delivery count kept: it was delivered), a
@@ -260,8 +271,10 @@ int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t s
 int pq_wq_copy_message(pq_wq *q, uint64_t id, void *buf, uint32_t buf_len, pq_wq_delivery *d,
                        uint32_t *state);
 
-/* The ids of the messages not done: [*head, *tail). */
-void pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail);
+/* The ids of the messages not done: [*head, *tail). 0, or PQ_ERR_CORRUPT
+ * when they are more than the slots (a damaged segment: a scan of them
+ * would not end). */
+int pq_wq_bounds(pq_wq *q, uint64_t *head, uint64_t *tail);
 
 /* Counts by state (a scan under the lock) and the counters. */
 int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s);

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Inline helpers shared by the Cython modules (_core, _topic, _log):
 cimported, compiled into each, no module of their own."""
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, INT64_MAX
 
 import pickle
 
@@ -43,6 +43,17 @@ cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
 
 
+cdef inline int64_t seconds_ns(double s, str what) except? -1:
+    """A non-negative number of seconds in ns, saturated at INT64_MAX for
+    inf and anything past ~9.2e9 s (the cast of such a double to int64 is
+    undefined). NaN and negative: ValueError naming `what`."""
+    if s != s or s < 0:
+        raise ValueError(f"{what} must be a non-negative number of seconds, not {s!r}")
+    if s >= 9.2e9:
+        return INT64_MAX
+    return <int64_t>(s * 1e9)
+
+
 cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
     """Absolute CLOCK_MONOTONIC deadline in ns of a blocking call's
     (block, timeout): -1 = none, 0 = do not wait (also for a negative
@@ -59,7 +70,9 @@ cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
         raise ValueError("'timeout' must be a number, not NaN")
     if t <= 0:
         return 0
-    return pq_monotonic_ns() + <int64_t>(t * 1e9)
+    cdef int64_t now = pq_monotonic_ns()
+    cdef int64_t ns = seconds_ns(t, "timeout")
+    return INT64_MAX if ns > INT64_MAX - now else now + ns
 
 
 # ---- Waiting for a lock (csrc/pq_lock.h) ----------------------------------

@@ -11,7 +11,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT, EINPROGRESS
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT, EINPROGRESS, ENOSPC
 
 import pickle
 import queue as _queue_mod
@@ -21,6 +21,7 @@ from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import MessageTooLarge, SegmentMismatch
 from pyqueue.errors import from_code as _from_code
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain, deadline_ns as _deadline
+from pyqueue._common cimport seconds_ns
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
@@ -55,15 +56,16 @@ cdef extern from "pq_wq.h" nogil:
         uint64_t available, delayed, in_flight, dead, claimed
         uint64_t counters[8]
         uint64_t capacity, used_bytes, slots
+        uint64_t dedup_used
     int PQ_WQ_USER_BYTES
     int PQ_WQ_ENQUEUED, PQ_WQ_ACKED, PQ_WQ_REDELIVERED, PQ_WQ_DEAD_LETTERED
-    int PQ_WQ_DEDUPED, PQ_WQ_ABANDONED
+    int PQ_WQ_DEDUPED, PQ_WQ_ABANDONED, PQ_WQ_DEDUP_FULL, PQ_WQ_DEAD_PARKED
     int PQ_WQ_AVAILABLE, PQ_WQ_ACQUIRED, PQ_WQ_DEAD, PQ_WQ_CLAIMED
     uint64_t pq_wq_segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots)
     int pq_wq_create(void* base, size_t size, uint64_t capacity, uint32_t slots,
                      uint32_t dedup_slots, int64_t visibility_ns, uint32_t max_deliveries,
-                     int64_t dedup_window_ns, uint64_t user_flags, const void* user,
-                     uint32_t user_len)
+                     int64_t dedup_window_ns, uint64_t max_payload, uint64_t user_flags,
+                     const void* user, uint32_t user_len)
     int pq_wq_open(pq_wq* q, void* base, size_t size)
     uint64_t pq_wq_key_hash(const void* key, size_t len)
     int pq_wq_claim(pq_wq* q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
@@ -75,15 +77,26 @@ cdef extern from "pq_wq.h" nogil:
     int pq_wq_reject(pq_wq* q, uint64_t id, uint32_t deliveries)
     int pq_wq_extend(pq_wq* q, uint64_t id, uint32_t deliveries, int64_t timeout_ns)
     int pq_wq_dead_done(pq_wq* q, uint64_t id)
+    int pq_wq_dead_park(pq_wq* q, uint64_t id, int64_t retry_ns)
     int pq_wq_held(pq_wq* q, uint64_t id, uint32_t deliveries)
     int pq_wq_reap(pq_wq* q)
     int pq_wq_wait_readable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
     int pq_wq_wait_writable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
     int pq_wq_copy_message(pq_wq* q, uint64_t id, void* buf, uint32_t buf_len,
                            pq_wq_delivery* d, uint32_t* state)
-    void pq_wq_bounds(pq_wq* q, uint64_t* head, uint64_t* tail)
+    int pq_wq_bounds(pq_wq* q, uint64_t* head, uint64_t* tail)
     int pq_wq_get_stats(pq_wq* q, pq_wq_stats* s)
     void pq_wq_peek_stats(pq_wq* q, pq_wq_stats* s)
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #define PQ_WQ_TAIL_AT (PQ_WQ_CTL_OFFSET + offsetof(pq_wq_ctl, tail))
+    """
+    size_t PQ_WQ_TAIL_AT
+
+# Where a segment keeps its tail (the next id): for the tests that damage it.
+TAIL_OFFSET = PQ_WQ_TAIL_AT
 
 DEF SLICE_NS = 100000000   # longest single park: signals and reaping run between
 DEF SPIN_NS = 50000
@@ -140,18 +153,25 @@ def segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots):
 
 
 def create_segment(mm, uint64_t capacity, uint32_t slots, uint32_t dedup_slots,
-                   double visibility, uint32_t max_deliveries, double dedup_window, bytes user):
+                   double visibility, uint32_t max_deliveries, double dedup_window,
+                   uint64_t max_payload, bytes user):
     cdef Py_buffer view
     if len(user) > PQ_WQ_USER_BYTES:
         raise ValueError("dead-letter queue name too long")
+    cdef int64_t vis_ns = seconds_ns(visibility, "visibility_timeout")
+    cdef int64_t window_ns = seconds_ns(dedup_window, "dedup_window")
     PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
     try:
-        _check_rc(pq_wq_create(view.buf, view.len, capacity, slots, dedup_slots,
-                               <int64_t>(visibility * 1e9), max_deliveries,
-                               <int64_t>(dedup_window * 1e9), 0, PyBytes_AS_STRING(user),
-                               <uint32_t>len(user)), "create")
+        _check_rc(pq_wq_create(view.buf, view.len, capacity, slots, dedup_slots, vis_ns,
+                               max_deliveries, window_ns, max_payload, 0,
+                               PyBytes_AS_STRING(user), <uint32_t>len(user)), "create")
     finally:
         PyBuffer_Release(&view)
+
+
+cdef object _seconds(int64_t ns):
+    """A time of the segment in seconds: inf for the saturated one."""
+    return float("inf") if ns == 0x7fffffffffffffff else ns / 1e9
 
 
 cdef object _decode(uint8_t typ, bytes b):
@@ -214,7 +234,7 @@ cdef class WorkQueueCore:
 
     @property
     def visibility_timeout(self):
-        return self._q.visibility_ns / 1e9
+        return _seconds(self._q.visibility_ns)
 
     @property
     def max_deliveries(self):
@@ -222,7 +242,11 @@ cdef class WorkQueueCore:
 
     @property
     def dedup_window(self):
-        return self._q.dedup_window_ns / 1e9
+        return _seconds(self._q.dedup_window_ns)
+
+    @property
+    def dedup_keys(self):
+        return self._q.dedup_slots
 
     @property
     def max_message_bytes(self):
@@ -251,13 +275,14 @@ cdef class WorkQueueCore:
         cdef int rc
         cdef int64_t deadline, until
         self._check_open()
-        if delay < 0 or delay != delay:
-            raise ValueError("delay must be a non-negative number of seconds")
+        cdef int64_t delay_ns = seconds_ns(delay, "delay")
         data = encode_plain(obj, &typ, _dumps_p)
         cdef Py_ssize_t n = len(data)
         if <uint64_t>n > self._q.max_payload:
             raise MessageTooLarge(f"message of {n} bytes exceeds the work queue's limit of "
-                                  f"{self._q.max_payload} bytes (a quarter of capacity_bytes)")
+                                  f"{self._q.max_payload} bytes (max_message_bytes: a quarter "
+                                  f"of capacity_bytes, less the room of a DeadLetter when the "
+                                  f"queue has a dead-letter queue)")
         if key is not None:
             if isinstance(key, str):
                 kb = (<str>key).encode("utf-8")
@@ -270,12 +295,12 @@ cdef class WorkQueueCore:
         cdef uint64_t now_ms = time.time_ns() // 1000000
         cdef LockWait lw = LockWait(0, 0)
         while True:
-            rc = pq_wq_claim(&self._q, <uint32_t>n, typ, <int64_t>(delay * 1e9), kh, now_ms,
+            rc = pq_wq_claim(&self._q, <uint32_t>n, typ, delay_ns, kh, now_ms,
                              &mid, &dst, &seen)
             # The lock held by another process: wait for it with the GIL
             # released (pyqueue/_common.pxd), until the put's deadline.
             while lock_again(rc, &lw, deadline):
-                rc = pq_wq_claim(&self._q, <uint32_t>n, typ, <int64_t>(delay * 1e9), kh, now_ms,
+                rc = pq_wq_claim(&self._q, <uint32_t>n, typ, delay_ns, kh, now_ms,
                                  &mid, &dst, &seen)
             if rc == PQ_ERR_LOCK_BUSY:
                 raise _queue_mod.Full
@@ -297,10 +322,15 @@ cdef class WorkQueueCore:
                 if rc == -ETIMEDOUT:
                     self._reap_now(False)
                 continue
-            if rc != -EAGAIN:
+            if rc != -EAGAIN and rc != -ENOSPC:
                 _check_rc(rc, "put")
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
                 self._reap_now(False)  # a dead consumer may hold the room
+                if rc == -ENOSPC:
+                    raise _queue_mod.Full(
+                        f"the dedup table holds {self._q.dedup_slots} keys put within the last "
+                        f"{_seconds(self._q.dedup_window_ns)} s (dedup_keys, dedup_window): a "
+                        f"new key waits for the oldest to expire")
                 raise _queue_mod.Full
             until = pq_monotonic_ns() + SLICE_NS
             if deadline > 0 and deadline < until:
@@ -378,12 +408,11 @@ cdef class WorkQueueCore:
 
     def _nack(self, uint64_t mid, uint32_t deliveries, double delay):
         self._check_open()
-        if delay < 0 or delay != delay:
-            raise ValueError("delay must be a non-negative number of seconds")
+        cdef int64_t delay_ns = seconds_ns(delay, "delay")
         cdef LockWait lw = LockWait(0, 0)
-        cdef int rc = pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+        cdef int rc = pq_wq_nack(&self._q, mid, deliveries, delay_ns)
         while lock_again(rc, &lw, LOCK_BOUNDED):
-            rc = pq_wq_nack(&self._q, mid, deliveries, <int64_t>(delay * 1e9))
+            rc = pq_wq_nack(&self._q, mid, deliveries, delay_ns)
         return _lock_fail(rc, &lw, "nack")
 
     def _reject(self, uint64_t mid, uint32_t deliveries):
@@ -396,12 +425,11 @@ cdef class WorkQueueCore:
 
     def _extend(self, uint64_t mid, uint32_t deliveries, double seconds):
         self._check_open()
-        if seconds < 0 or seconds != seconds:
-            raise ValueError("seconds must be a non-negative number")
+        cdef int64_t ns = seconds_ns(seconds, "seconds")
         cdef LockWait lw = LockWait(0, 0)
-        cdef int rc = pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+        cdef int rc = pq_wq_extend(&self._q, mid, deliveries, ns)
         while lock_again(rc, &lw, LOCK_BOUNDED):
-            rc = pq_wq_extend(&self._q, mid, deliveries, <int64_t>(seconds * 1e9))
+            rc = pq_wq_extend(&self._q, mid, deliveries, ns)
         return _lock_fail(rc, &lw, "extend")
 
     def _dead_done(self, uint64_t mid):
@@ -411,6 +439,17 @@ cdef class WorkQueueCore:
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_dead_done(&self._q, mid)
         return _lock_fail(rc, &lw, "dead_done")
+
+    def _dead_park(self, uint64_t mid, double retry):
+        """A dead message this process could not move: again from retry
+        seconds on, by whoever gets it then."""
+        self._check_open()
+        cdef int64_t ns = seconds_ns(retry, "retry")
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_wq_dead_park(&self._q, mid, ns)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_wq_dead_park(&self._q, mid, ns)
+        return _lock_fail(rc, &lw, "dead_park")
 
     def _reap(self):
         self._check_open()
@@ -423,7 +462,7 @@ cdef class WorkQueueCore:
     def _bounds(self):
         cdef uint64_t h, t
         self._check_open()
-        pq_wq_bounds(&self._q, &h, &t)
+        _check_rc(pq_wq_bounds(&self._q, &h, &t), "bounds")
         return h, t
 
     def _copy(self, uint64_t mid):
@@ -479,6 +518,8 @@ cdef class WorkQueueCore:
             "dead_lettered": s.counters[PQ_WQ_DEAD_LETTERED],
             "deduplicated": s.counters[PQ_WQ_DEDUPED],
             "abandoned": s.counters[PQ_WQ_ABANDONED],
+            "dedup_keys_used": s.dedup_used, "dedup_full": s.counters[PQ_WQ_DEDUP_FULL],
+            "dead_letter_parked": s.counters[PQ_WQ_DEAD_PARKED],
             "capacity": s.capacity, "used_bytes": s.used_bytes, "max_in_flight": s.slots,
         }
 

@@ -13,7 +13,7 @@ from queue import Empty, Full
 from typing import NamedTuple
 
 from pyqueue import _segment, _workq
-from pyqueue.errors import DeliveryExpired, SegmentNotFound
+from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take, check_settings
 
 DEFAULT_CAPACITY = 32 * 1024 * 1024
@@ -23,6 +23,26 @@ DEFAULT_VISIBILITY_TIMEOUT = 30.0
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW = 300.0
 _KIND_WORKQ = 5
+# Room a DeadLetter needs around a message's bytes: its fields, with
+# reason and last_error cut to DEAD_LETTER_TEXT characters (UTF-8: 4 bytes
+# each at most) and the queue's name (200 characters at most), pickled.
+# A queue with a dead-letter queue takes messages up to the dead-letter
+# queue's max_message_bytes less this, so every message it takes fits in
+# its dead-letter queue (tests/test_workqueue.py checks the bound).
+DEAD_LETTER_OVERHEAD = 4096
+DEAD_LETTER_TEXT = 256
+_MIN_DEAD_LETTER_CAPACITY = 64 * 1024
+
+
+def _clip(text):
+    """reason / last_error as kept in a DeadLetter: str, at most
+    DEAD_LETTER_TEXT characters."""
+    if text is None:
+        return None
+    text = text if type(text) is str else str(text)
+    if len(text) > DEAD_LETTER_TEXT:
+        text = text[:DEAD_LETTER_TEXT - 15] + "...[truncated]"
+    return text
 
 __all__ = ["WorkQueue", "Delivery", "DeadLetter", "Empty", "Full"]
 
@@ -74,20 +94,24 @@ class Delivery:
 
     def nack(self, delay=0.0, error=None):
         """Deliver it again (from delay seconds on). On its last allowed
-        delivery it goes to the dead-letter queue instead, with error."""
+        delivery it goes to the dead-letter queue instead, with error (see
+        reject() for a dead-letter queue that is full)."""
         rc = self._verb("nack", self._queue._nack(self.id, self.delivery_count, float(delay)))
-        if rc == 1:
-            self._queue._move_dead(self.id, self.value, None, None, self.delivery_count,
-                                   self.enqueued_at,
-                                   f"delivered {self.delivery_count} times, last: nacked", error)
         self._settled = "nacked"
+        if rc == 1:
+            self._queue._move_dead(self.id, self.delivery_count, self.enqueued_at,
+                                   f"delivered {self.delivery_count} times, last: nacked", error)
 
     def reject(self, reason="rejected"):
-        """Straight to the dead-letter queue (poison), with reason."""
+        """Straight to the dead-letter queue (poison), with reason. When
+        the dead-letter queue stays full for dead_letter_timeout seconds
+        the message is parked (dead-pending, stats()["dead_letter_parked"])
+        and the next get() after dead_letter_retry seconds moves it: this
+        returns all the same."""
         self._verb("reject", self._queue._reject(self.id, self.delivery_count))
-        self._queue._move_dead(self.id, self.value, None, None, self.delivery_count,
-                               self.enqueued_at, f"rejected: {reason}", reason)
         self._settled = "rejected"
+        self._queue._move_dead(self.id, self.delivery_count, self.enqueued_at,
+                               f"rejected: {reason}", reason)
 
     def extend(self, seconds):
         """Keep it for `seconds` more from now (a longer job)."""
@@ -132,11 +156,19 @@ class WorkQueue(_workq.WorkQueueCore):
 
     dead_letter: a WorkQueue, or the name of one (made if it does not
     exist), that gets the messages rejected or delivered max_deliveries
-    times; None drops them (counted in stats()["dead_lettered"]).
-    max_deliveries=None: no limit. max_in_flight: messages not yet done
-    (available, delayed, held) at most (a power of two). dedup_keys: room
-    for the keys of put(key=...) within dedup_window seconds.
+    times; None drops them (counted in stats()["dead_lettered"]). The
+    queue then takes messages up to the dead-letter queue's
+    max_message_bytes less DEAD_LETTER_OVERHEAD (ValueError when that
+    leaves nothing). max_deliveries=None: no limit. max_in_flight: messages
+    not yet done (available, delayed, held) at most (a power of two).
+    dedup_keys: room for the keys of put(key=...) within dedup_window
+    seconds (a power of two; a new key waits when it is full).
     """
+
+    # How long a move to a full dead-letter queue waits for room before the
+    # message is parked, and when a get() tries to move it again (seconds).
+    dead_letter_timeout = 1.0
+    dead_letter_retry = 1.0
 
     def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
                  max_in_flight=_Default(DEFAULT_MAX_IN_FLIGHT),
@@ -179,10 +211,18 @@ class WorkQueue(_workq.WorkQueueCore):
                 dlq_name = dead_letter.encode("utf-8")
             else:
                 raise TypeError("dead_letter must be a WorkQueue, a queue name, or None")
+        max_payload = 0  # a quarter of capacity
+        if dead_letter is not None and not _open_only:
+            # Every message this queue takes must fit, as a DeadLetter, in
+            # its dead-letter queue: known before the segment is made.
+            if self._dlq is None:
+                self._dlq = self._open_dead_letter(dead_letter, capacity)
+            max_payload = min(capacity // 4, self._dead_letter_room(self._dlq))
 
         def init(mm):
             _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
-                                  max_deliveries or 0, float(dedup_window), dlq_name)
+                                  max_deliveries or 0, float(dedup_window), max_payload,
+                                  dlq_name)
 
         name, mm, perm_now, created = _segment.create_or_open(
             name, _workq.segment_size(capacity, slots, dedup), perm, init, _KIND_WORKQ,
@@ -206,8 +246,12 @@ class WorkQueue(_workq.WorkQueueCore):
             except ValueError:
                 self.close()
                 raise
-        if self._dlq is None and dead_letter is not None and not _open_only:
-            self._dlq = self._open_dead_letter(self._user().decode("utf-8"))
+        if self._dlq is not None and self.max_message_bytes > self._dead_letter_room(self._dlq):
+            self.close()  # an existing queue made for a larger dead-letter queue
+            raise ValueError(
+                f"work queue {name!r} takes messages of {self.max_message_bytes} bytes, which "
+                f"do not fit in dead-letter queue {self._dlq.name!r} (max_message_bytes "
+                f"{self._dlq.max_message_bytes}, less {DEAD_LETTER_OVERHEAD} for the DeadLetter)")
 
     @staticmethod
     def _power_of_two(what, v, lo):
@@ -223,13 +267,26 @@ class WorkQueue(_workq.WorkQueueCore):
         its dead-letter queue is the one it was made with."""
         return cls(name, trust_owner=trust_owner, _open_only=True)
 
-    def _open_dead_letter(self, name):
+    @staticmethod
+    def _dead_letter_room(dlq):
+        """The largest message a queue can dead-letter into dlq."""
+        room = dlq.max_message_bytes - DEAD_LETTER_OVERHEAD
+        if room < 1:
+            raise ValueError(
+                f"dead-letter queue {dlq.name!r} is too small: its max_message_bytes "
+                f"({dlq.max_message_bytes}) leave no room after the {DEAD_LETTER_OVERHEAD} bytes "
+                f"of a DeadLetter; give it capacity_bytes of {_MIN_DEAD_LETTER_CAPACITY} or more")
+        return room
+
+    @staticmethod
+    def _open_dead_letter(name, capacity):
         try:
             return WorkQueue.open(name)
         except SegmentNotFound:
             pass
         try:
-            return WorkQueue(name=name, capacity_bytes=self.capacity_bytes, max_deliveries=None)
+            return WorkQueue(name=name, capacity_bytes=max(capacity, _MIN_DEAD_LETTER_CAPACITY),
+                             max_deliveries=None)
         except ValueError:  # made meanwhile by another process, with its settings
             return WorkQueue.open(name)
 
@@ -239,7 +296,7 @@ class WorkQueue(_workq.WorkQueueCore):
         if self._dlq is None:
             name = self._user().decode("utf-8")
             if name:
-                self._dlq = self._open_dead_letter(name)
+                self._dlq = self._open_dead_letter(name, self.capacity_bytes)
         return self._dlq
 
     # ---- producing ------------------------------------------------------
@@ -265,17 +322,18 @@ class WorkQueue(_workq.WorkQueueCore):
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())
             kind, mid, n, raw, typ, enq_ms, reason = self._get(block, left)
-            if kind == 1:  # out of deliveries (or its mover died): dead-letter it
-                self._move_dead(mid, None, raw, typ, n, enq_ms / 1000.0,
-                                f"delivered {n} times, last: {reason or 'nacked'}"
-                                if reason != "rejected" else "rejected", None)
+            if kind == 1:  # out of deliveries (or its mover died, or parked): dead-letter it
+                self._move_dead_quietly(mid, n, enq_ms / 1000.0,
+                                        f"delivered {n} times, last: {reason or 'nacked'}"
+                                        if reason != "rejected" else "rejected", None, raw, typ)
                 continue
             try:
                 value = self._decode(raw, typ)
             except Exception as e:  # a payload that cannot be decoded is poison
                 if self._reject(mid, n) == 0:
-                    self._move_dead(mid, None, raw, typ, n, enq_ms / 1000.0,
-                                    f"undecodable: {type(e).__name__}: {e}", repr(e))
+                    self._move_dead_quietly(mid, n, enq_ms / 1000.0,
+                                            f"undecodable: {type(e).__name__}: {e}", repr(e),
+                                            raw, typ)
                 continue
             return Delivery(self, mid, n, value, enq_ms, reason)
 
@@ -287,19 +345,53 @@ class WorkQueue(_workq.WorkQueueCore):
         while True:
             yield self.get()
 
-    def _move_dead(self, mid, value, raw, typ, attempts, enqueued_at, reason, last_error):
+    def _move_dead_quietly(self, *args):
+        """_move_dead for get(): a message that cannot be moved now stays
+        parked (counted), and get() goes on with the others."""
+        try:
+            self._move_dead(*args)
+        except Exception:
+            pass
+
+    def _move_dead(self, mid, attempts, enqueued_at, reason, last_error, raw=None, typ=None):
         """A DEAD message this process owns: to the dead-letter queue, then
-        done (a death in between puts it there twice at most)."""
-        dlq = self.dead_letter
-        if dlq is not None:
+        done (a death in between puts it there twice at most). Its bytes are
+        the ones that were put (not a value a consumer may have changed).
+        The dead-letter queue full for dead_letter_timeout: parked (DEAD,
+        no mover, handed to a get() from dead_letter_retry on), no error.
+        Any other failure: parked, then raised."""
+        try:
+            dlq = self.dead_letter
+            if dlq is None:
+                self._dead_done(mid)
+                return
+            if raw is None:
+                got = self._copy(mid)
+                if got is None:
+                    return  # not there any more (nothing to move)
+                raw, typ = got[0], got[1]
             keep_raw = None
-            if raw is not None:
-                try:
-                    value = self._decode(raw, typ)
-                except Exception:
-                    value, keep_raw = None, raw
-            dlq.put(DeadLetter(value, reason, attempts, last_error, mid, enqueued_at,
-                               time.time(), self._name, keep_raw))
+            try:
+                value = self._decode(raw, typ)
+            except Exception:
+                value, keep_raw = None, raw
+            dl = DeadLetter(value, _clip(reason), attempts, _clip(last_error), mid, enqueued_at,
+                            time.time(), self._name, keep_raw)
+            try:
+                dlq.put(dl, timeout=self.dead_letter_timeout)
+            except MessageTooLarge:
+                if keep_raw is not None:
+                    raise
+                # Its value pickles larger than it was put: the bytes that
+                # were put, which fit (max_message_bytes is less the room
+                # of a DeadLetter).
+                dlq.put(dl._replace(value=None, raw=raw), timeout=self.dead_letter_timeout)
+        except Full:
+            self._dead_park(mid, self.dead_letter_retry)
+            return
+        except BaseException:
+            self._dead_park(mid, self.dead_letter_retry)
+            raise
         self._dead_done(mid)
 
     # ---- the dead-letter side ---------------------------------------------
@@ -308,7 +400,7 @@ class WorkQueue(_workq.WorkQueueCore):
         """The DeadLetters waiting in this queue (used as a dead-letter
         queue), without taking them."""
         out = []
-        head, tail = self._bounds()
+        head, tail = self._bounds()  # SegmentMismatch when more than max_in_flight
         for mid in range(head, tail):
             if max_messages is not None and len(out) >= max_messages:
                 break
@@ -343,12 +435,15 @@ class WorkQueue(_workq.WorkQueueCore):
 
     def stats(self):
         """Counters and counts: depth (available now), delayed, in_flight
-        (held), dead_pending (being moved), enqueued, acked, redelivered,
-        dead_lettered, deduplicated, abandoned (producers that died in a
-        put), capacity, used_bytes, max_in_flight; consistent: False when
-        the queue's lock was held by another process (stopped?) and the
-        counts were read without it (they may disagree with each other).
-        Never waits for the lock more than a moment."""
+        (held), dead_pending (being moved, or parked), enqueued, acked,
+        redelivered, dead_lettered, deduplicated, abandoned (producers that
+        died in a put), dedup_keys_used (keys in the dedup table now),
+        dedup_full (keyed puts that found it full), dead_letter_parked
+        (moves to a full dead-letter queue put off), capacity, used_bytes,
+        max_in_flight; consistent: False when the queue's lock was held by
+        another process (stopped?) and the counts were read without it (they
+        may disagree with each other). Never waits for the lock more than a
+        moment."""
         s = self._stats()
         s["dead_letter"] = self._user().decode("utf-8") or None
         return s

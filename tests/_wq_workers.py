@@ -61,3 +61,15 @@ def mark_and_raise(v):
     with open(os.path.join(v, str(time.monotonic_ns())), "w"):
         pass
     raise ValueError("this worker crashes")
+
+
+def put_keys(q, n, pace):
+    """Put 0..n-1 with key "k<i>" (a producer that retries them all), one
+    every `pace` seconds (so that a kill lands in the middle)."""
+    for i in range(n):
+        q.put(i, key=f"k{i}")
+        time.sleep(pace)
+
+
+def always_fails(v):
+    raise ValueError("cannot process")

@@ -4,10 +4,13 @@ and fence the old holder, the delivery limit and the dead-letter queue
 (reason, attempts, last error; inspection and requeue), dedup keys, delayed
 puts, bad input, consumers in processes, a consumer SIGKILLed holding
 messages, a producer killed inside a put, and a model test."""
+import collections
 import os
 import pickle
 import queue
+import random
 import signal
+import struct
 import time
 
 import pytest
@@ -325,86 +328,435 @@ def test_producer_killed_inside_a_put(ctx, procs, wqs):
     assert q.get(timeout=5).value == "victim"
 
 
+# -- dedup for the whole window (issue 9, item 7) -------------------------------
+
+def test_dedup_holds_for_the_window_whatever_became_of_the_first(wqs):
+    dlq = wqs(capacity_bytes=1 << 16)
+    q = wqs(dedup_window=60.0, dead_letter=dlq, capacity_bytes=1 << 16)
+    a = q.put("a", key="order-a")
+    b = q.put("b", key="order-b")
+    q.get(timeout=5).ack()
+    q.get(timeout=5).reject("bad")
+    assert q.qsize() == 0 and q.stats()["used_bytes"] == 0  # both done, the head passed them
+    assert q.put("a again", key="order-a") == a  # acked: still a duplicate
+    assert q.put("b again", key="order-b") == b  # dead-lettered: still a duplicate
+    assert q.qsize() == 0 and q.stats()["deduplicated"] == 2
+    # Past the window the key is free again.
+    short = wqs(dedup_window=0.3, capacity_bytes=1 << 16)
+    first = short.put(1, key="k")
+    short.get(timeout=5).ack()
+    t0 = time.monotonic()
+    assert short.put(2, key="k") == first
+    assert time.monotonic() - t0 < 0.3  # (the check above ran within the window)
+    end = t0 + 0.3
+    while time.monotonic() < end:  # the window is time: wait for its end
+        time.sleep(end - time.monotonic())
+    assert short.put(3, key="k") != first
+    assert short.get(timeout=5).value == 3
+
+
+def test_dedup_table_full_waits_for_the_oldest_key_then_full(wqs):
+    q = wqs(dedup_keys=2, dedup_window=60.0, capacity_bytes=1 << 16)
+    assert q.dedup_keys == 2
+    k1, k2 = q.put(1, key="k1"), q.put(2, key="k2")
+    with pytest.raises(queue.Full, match="dedup table holds 2 keys"):
+        q.put(3, key="k3", block=False)
+    with pytest.raises(queue.Full, match="dedup"):
+        q.put(3, key="k3", timeout=0.1)
+    assert (q.put(1, key="k1"), q.put(2, key="k2")) == (k1, k2)  # never pushed out
+    q.put(4)  # no key: no table
+    s = q.stats()
+    assert s["dedup_full"] >= 2 and s["dedup_keys_used"] == 2 and q.qsize() == 3
+    # A short window: the put waits for the oldest key to expire.
+    t = wqs(dedup_keys=2, dedup_window=0.3, capacity_bytes=1 << 16)
+    t.put(1, key="k1")
+    t.put(2, key="k2")
+    mid = t.put(3, key="k3", timeout=30)
+    assert [t.get(timeout=5).value for _ in range(3)] == [1, 2, 3] and mid == 2
+    assert t.stats()["dedup_full"] >= 1
+
+
+@pytest.mark.timeout(240)
+def test_killed_producers_retrying_enqueue_each_key_once(ctx, procs, wqs):
+    """A soak: a producer puts keys k0..k(n-1) and is SIGKILLed at a random
+    point (after some puts, maybe inside one), and the next one retries all
+    of them, while the messages are consumed and acked: each key's message
+    is delivered exactly once."""
+    q = wqs(name=unique_name("wqk"), capacity_bytes=1 << 20, dedup_window=300.0)
+    n, rounds = 150, 5
+    rng = random.Random(9)
+    got = collections.Counter()
+
+    def drain():
+        while True:
+            try:
+                d = q.get_nowait()
+            except queue.Empty:
+                return
+            got[d.value] += 1
+            d.ack()
+
+    kills = 0
+    for r in range(rounds):
+        p = procs.start(ctx, w.put_keys, q, n, 0.002)
+        if r == rounds - 1:
+            break  # the last one finishes
+        target = rng.randrange(1, n)
+        s0 = q.stats()
+
+        def progressed():
+            drain()
+            s = q.stats()
+            return (s["enqueued"] + s["deduplicated"] - s0["enqueued"] - s0["deduplicated"]
+                    >= target or not p.is_alive())
+
+        wait_until(progressed, timeout=60, interval=0.0005)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        kills += p.exitcode == -signal.SIGKILL
+    p.join(120)
+    assert p.exitcode == 0
+    wait_until(lambda: drain() or q.qsize() == 0, timeout=30)
+    drain()
+    assert kills >= 2  # most rounds end in a kill in the middle
+    assert sorted(got) == list(range(n))
+    assert [v for v, c in got.items() if c != 1] == []  # none twice
+    s = q.stats()
+    assert s["enqueued"] == n and s["acked"] == n and s["deduplicated"] > 0
+
+
+# -- dead-lettering always completes (issue 9, item 11) ------------------------
+
+class Grows:
+    """Pickles larger each time it is unpickled and pickled again."""
+
+    def __init__(self, blob):
+        self.blob = blob
+
+    def __reduce__(self):
+        return (Grows, (self.blob + b"+" * 6000,))
+
+
+def test_max_size_messages_land_in_the_dead_letter_queue_intact(wqs):
+    dlq = wqs(capacity_bytes=1 << 16)
+    q = wqs(capacity_bytes=1 << 16, dead_letter=dlq, max_deliveries=1)
+    room = dlq.max_message_bytes - pyqueue.workqueue.DEAD_LETTER_OVERHEAD
+    assert q.max_message_bytes == room
+    with pytest.raises(pyqueue.MessageTooLarge):
+        q.put(b"x" * (room + 1))
+    big_bytes = b"\xff" * room
+    big_str = "\U0001F600" * (room // 4)  # 4 UTF-8 bytes each
+    huge_reason = "\U0001F600" * 5000
+    q.put(big_bytes)
+    q.put(big_str)
+    q.put(Grows(b"g" * (room - 6200)))
+    q.get(timeout=5).reject(huge_reason)  # reject
+    d = q.get(timeout=5)
+    d.value = "changed by the consumer"
+    d.nack(error=RuntimeError(huge_reason))  # the last nack
+    q.get(timeout=5).reject()
+    assert q.qsize() == 0 and q.stats()["dead_pending"] == 0
+    dls = dlq.dead_letters()
+    assert [x.value for x in dls[:2]] == [big_bytes, big_str]  # as put, not as changed
+    assert dls[0].reason.startswith("rejected: \U0001F600") and len(dls[0].reason) <= 256
+    assert dls[0].reason.endswith("[truncated]")
+    assert len(dls[1].last_error) <= 256 and dls[1].reason == "delivered 1 times, last: nacked"
+    # Its value pickles larger than it was put: the bytes that were put.
+    assert dls[2].value is None and isinstance(pickle.loads(dls[2].raw), Grows)
+    assert len(dls[2].raw) <= room
+
+
+def test_dead_letter_queue_smaller_than_the_queue_was_made_for_is_refused(wqs):
+    big = wqs(capacity_bytes=1 << 20)
+    q = wqs(name=unique_name("wqs"), capacity_bytes=1 << 20, dead_letter=big)
+    assert q.max_message_bytes == big.max_message_bytes - pyqueue.workqueue.DEAD_LETTER_OVERHEAD
+    small = wqs(capacity_bytes=1 << 16)
+    with pytest.raises(ValueError, match="do not fit in dead-letter queue"):
+        WorkQueue(q.name, dead_letter=small)
+    assert q.put("still usable") == 0
+
+
+@pytest.mark.timeout(60)
+def test_full_dead_letter_queue_parks_the_message_until_it_drains(wqs):
+    dlq = wqs(capacity_bytes=1 << 16, max_in_flight=2)
+    q = wqs(capacity_bytes=1 << 16, dead_letter=dlq, max_deliveries=1)
+    q.dead_letter_timeout = 0.05
+    q.dead_letter_retry = 0.2
+    dlq.put("filler 1")
+    dlq.put("filler 2")  # full: 2 messages at most
+    q.put("poison")
+    q.put("last try")
+    q.put("fine")
+    q.get(timeout=5).reject("bad")  # returns: parked, not blocked for ever
+    q.get(timeout=5).nack(error="failed")  # its last delivery: parked too
+    s = q.stats()
+    assert s["dead_pending"] == 2 and s["dead_letter_parked"] == 2 and q.qsize() == 3
+    d = q.get(timeout=5)  # the others go on meanwhile
+    assert d.value == "fine"
+    d.ack()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.5)  # retries find the dead-letter queue still full
+    assert q.qsize() == 2 and q.stats()["dead_letter_parked"] >= 3
+    for _ in range(2):
+        dlq.get(timeout=5).ack()  # it drains
+    assert wait_until(lambda: q.get_nowait if False else _settled(q), timeout=30)
+    assert [x.value for x in dlq.dead_letters()] == ["poison", "last try"]
+    assert q.stats()["dead_lettered"] == 2
+
+
+def _settled(q):
+    try:
+        q.get(timeout=0.05)
+    except queue.Empty:
+        pass
+    return q.qsize() == 0
+
+
+def test_stream_processor_over_messages_that_go_dead_does_not_crash_loop(wqs, ctx):
+    dlq = wqs(capacity_bytes=1 << 16, max_in_flight=2)
+    q = wqs(capacity_bytes=1 << 16, dead_letter=dlq, max_deliveries=2, max_in_flight=8)
+    big = b"p" * q.max_message_bytes
+    for _ in range(4):
+        q.put(big)
+    with pyqueue.StreamProcessor(q, w.always_fails, workers=1,
+                                 start_method=ctx.get_start_method()) as sp:
+        # Two fit in the dead-letter queue; the others are parked until it drains.
+        assert wait_until(lambda: len(dlq.dead_letters()) == 2, timeout=60)
+        for _ in range(2):
+            got = dlq.get(timeout=30)
+            assert got.value.value == big
+            got.ack()
+        assert wait_until(lambda: q.qsize() == 0, timeout=60)
+        assert sp.stats()["restarts"] == 0
+    assert [x.value for x in dlq.dead_letters()] == [big, big]
+    assert q.stats()["dead_lettered"] == 4
+
+
+# -- a damaged tail (issue 9, item 10) ----------------------------------------
+
+@pytest.mark.timeout(60)
+def test_damaged_tail_is_an_error_not_an_endless_scan(wqs):
+    q = wqs(name=unique_name("wqc"), capacity_bytes=1 << 16)
+    for i in range(3):
+        q.put(i)
+    with open(os.path.join("/dev/shm", "pyqueue." + q.name), "r+b") as f:
+        f.seek(pyqueue._workq.TAIL_OFFSET)
+        f.write(struct.pack("<Q", (1 << 63) + 5))
+    with pytest.raises(pyqueue.SegmentMismatch, match="corrupt"):
+        q.dead_letters()
+    with pytest.raises(pyqueue.SegmentMismatch, match="corrupt"):
+        q.get(timeout=1)
+    s = q.stats()  # bounded too
+    assert s["depth"] == 0
+    with open(os.path.join("/dev/shm", "pyqueue." + q.name), "r+b") as f:
+        f.seek(pyqueue._workq.TAIL_OFFSET)
+        f.write(struct.pack("<Q", 3))
+    assert [x.value for x in [q.get(timeout=5) for _ in range(3)]] == [0, 1, 2]
+
+
+# -- huge and bad times (issue 9, item 17) ------------------------------------
+
+@pytest.mark.parametrize("huge", [float("inf"), 1e10, 9.3e9, 1e300])
+def test_huge_times_saturate(wqs, huge):
+    q = wqs(capacity_bytes=1 << 16, visibility_timeout=huge, dedup_window=huge)
+    assert q.visibility_timeout >= 9.2e9 and q.dedup_window >= 9.2e9
+    q.put("later", delay=huge)
+    q.put("now")
+    d = q.get(timeout=5)
+    assert d.value == "now"
+    d.extend(huge)
+    d.nack(delay=huge)
+    s = q.stats()
+    assert s["delayed"] == 2 and s["in_flight"] == 0
+    with pytest.raises(queue.Empty):
+        q.get(timeout=huge if huge < 1e9 else 0.05)
+    p = pyqueue.Queue()
+    try:
+        p.put(1)
+        assert p.get(timeout=huge) == 1  # a deadline that far is none
+    finally:
+        p.unlink()
+        p.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("-inf")])
+def test_bad_times_are_value_errors(wqs, bad):
+    q = wqs(capacity_bytes=1 << 16)
+    with pytest.raises(ValueError, match="delay"):
+        q.put(1, delay=bad)
+    q.put(1)
+    d = q.get(timeout=5)
+    with pytest.raises(ValueError, match="delay"):
+        d.nack(delay=bad)
+    with pytest.raises(ValueError, match="seconds"):
+        d.extend(bad)
+    d.ack()  # still held: nothing changed
+    for what in ("visibility_timeout", "dedup_window"):
+        with pytest.raises(ValueError, match=what):
+            WorkQueue(**{what: bad})
+
+
+FAR = 3600.0     # a delay or an extension that never comes due in a test
+SHORT = 0.03     # one that does: let_time_pass waits for it
+EPS = 1e-6
+
+
 class WorkQueueModel(RuleBasedStateMachine):
     """Against a model of each message's state: deliveries and counts,
-    what is dead-lettered and why; visibility timeouts are made to pass at
-    once with extend(0)."""
+    what is dead-lettered and why; delays (of puts and nacks), extend, and
+    dedup keys (whatever became of the first message; a full table).
+    Time is real: a message's due time is known as an interval (the call
+    that set it began and ended), and a get may deliver a message whose
+    interval straddles it or not, but never one surely not due, and
+    always the oldest surely due."""
 
     def __init__(self):
         super().__init__()
-        self.dlq = WorkQueue()
-        self.q = WorkQueue(max_deliveries=3, dead_letter=self.dlq, visibility_timeout=60.0)
-        self.model = {}     # id -> {"state": ..., "count": n}
+        self.dlq = WorkQueue(capacity_bytes=1 << 20)
+        self.q = WorkQueue(max_deliveries=3, dead_letter=self.dlq, visibility_timeout=60.0,
+                           dedup_window=FAR, dedup_keys=4, capacity_bytes=1 << 20)
+        self.model = {}     # id -> {"value", "state", "count", "lo", "hi"} (due in [lo, hi])
         self.held = {}      # id -> Delivery
         self.dead = []      # (value, reason prefix)
+        self.keys = {}      # dedup key -> the id it was first put with
+        self.dups = 0
         self.n = 0
+
+    def _new(self, mid, lo=0.0, hi=0.0):
+        self.model[mid] = {"value": self.n, "state": "available", "count": 0, "lo": lo, "hi": hi}
+        self.n += 1
 
     @rule()
     def put(self):
-        mid = self.q.put(self.n)
-        self.model[mid] = {"value": self.n, "state": "available", "count": 0}
-        self.n += 1
+        self._new(self.q.put(self.n))
 
-    def _oldest_available(self):
-        ids = sorted(i for i, m in self.model.items() if m["state"] == "available")
-        return ids[0] if ids else None
+    @rule(delay=st.sampled_from([SHORT, SHORT, FAR]))
+    def put_delayed(self, delay):
+        t0 = time.monotonic()
+        mid = self.q.put(self.n, delay=delay)
+        self._new(mid, t0 + delay, time.monotonic() + delay)
 
-    def _next_deliverable(self):
-        """The oldest available message, moving those out of deliveries to
-        the dead letters on the way (as get() does)."""
-        want = self._oldest_available()
-        while want is not None and self.model[want]["count"] >= 3:
-            self.model[want]["state"] = "dead"
-            self.dead.append((self.model[want]["value"], "delivered 3 times"))
-            want = self._oldest_available()
-        return want
+    @rule(key=st.sampled_from("abcdef"))
+    def put_keyed(self, key):
+        if key in self.keys:  # a repeat: dropped, whatever became of the first
+            assert self.q.put("repeat", key=key, block=False) == self.keys[key]
+            self.dups += 1
+        elif len(self.keys) == 4:  # the table is full (nothing expires in FAR)
+            with pytest.raises(queue.Full):
+                self.q.put(self.n, key=key, block=False)
+        else:
+            mid = self.q.put(self.n, key=key)
+            self.keys[key] = mid
+            self._new(mid)
+
+    @rule()
+    def let_time_pass(self):
+        """Until every message delayed by SHORT is due."""
+        due = [m["hi"] for m in self.model.values()
+               if m["state"] == "available" and m["hi"] < time.monotonic() + 2 * SHORT]
+        end = max(due, default=0.0) + EPS
+        while time.monotonic() < end:
+            time.sleep(end - time.monotonic())
 
     @rule()
     def get(self):
-        want = self._next_deliverable()
+        self._get()
+
+    @rule()
+    def drain(self):
+        """Ack all held and all that come due: the head passes every
+        message but those delayed by FAR (so keyed repeats meet done
+        messages the head has passed)."""
+        for mid, d in sorted(self.held.items()):
+            d.ack()
+            self.model[mid]["state"] = "acked"
+        self.held.clear()
+        self.let_time_pass()
+        while True:
+            d = self._get()
+            if d is None:
+                return
+            del self.held[d.id]
+            d.ack()
+            self.model[d.id]["state"] = "acked"
+
+    def _get(self):
+        t0 = time.monotonic()
         try:
             d = self.q.get(block=False)
         except queue.Empty:
-            assert want is None
-            return
-        assert d.id == want
+            d = None
+        t1 = time.monotonic()
+        allowed, dying = set(), []
+        for mid in sorted(i for i, m in self.model.items() if m["state"] == "available"):
+            m = self.model[mid]
+            if m["hi"] + EPS <= t0:  # surely due
+                if m["count"] >= 3:  # out of deliveries: moved on the way
+                    dying.append(mid)
+                    continue
+                allowed.add(mid)
+                break
+            if m["lo"] - EPS <= t1:  # maybe due
+                assert m["count"] < 3
+                allowed.add(mid)
+        else:
+            allowed.add(None)
+        got = None if d is None else d.id
+        assert got in allowed, (got, allowed)
+        for mid in dying:
+            if got is None or mid < got:
+                self.model[mid]["state"] = "dead"
+                self.dead.append((self.model[mid]["value"], "delivered 3 times"))
+        if d is None:
+            return None
         m = self.model[d.id]
         m["count"] += 1
         m["state"] = "held"
         assert d.delivery_count == m["count"] and d.value == m["value"]
         self.held[d.id] = d
+        return d
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def settle(self, data):
         mid = data.draw(st.sampled_from(sorted(self.held)))
-        verb = data.draw(st.sampled_from(["ack", "nack", "reject", "expire"]))
-        d = self.held.pop(mid)
+        verb = data.draw(st.sampled_from(["ack", "nack", "nack later", "reject", "expire",
+                                          "keep"]))
+        d = self.held[mid]
         m = self.model[mid]
+        t0 = time.monotonic()
+        if verb == "keep":
+            d.extend(FAR)  # still held: not delivered again
+            return
+        del self.held[mid]
         if verb == "ack":
             d.ack()
             m["state"] = "acked"
-        elif verb == "nack":
-            d.nack()
+        elif verb.startswith("nack"):
+            delay = SHORT if verb == "nack later" else 0.0
+            d.nack(delay=delay)
             if m["count"] >= 3:
                 m["state"] = "dead"
                 self.dead.append((m["value"], "delivered 3 times"))
             else:
-                m["state"] = "available"
+                m.update(state="available", lo=t0 + delay, hi=time.monotonic() + delay)
         elif verb == "reject":
             d.reject("bad")
             m["state"] = "dead"
             self.dead.append((m["value"], "rejected: bad"))
         else:
             d.extend(0)  # its deadline is now: available again (or dead, next get)
-            m["state"] = "available"
+            m.update(state="available", lo=t0, hi=time.monotonic())
 
     @invariant()
     def counts_agree(self):
         s = self.q.stats()
-        held = sum(1 for m in self.model.values() if m["state"] == "held")
-        assert s["in_flight"] == held
-        assert s["acked"] == sum(1 for m in self.model.values() if m["state"] == "acked")
+        states = collections.Counter(m["state"] for m in self.model.values())
+        assert s["in_flight"] == states["held"]
+        assert s["depth"] + s["delayed"] == states["available"]
+        assert s["acked"] == states["acked"]
+        assert s["enqueued"] == len(self.model) and s["deduplicated"] == self.dups
+        assert s["dedup_keys_used"] == len(self.keys)
         dls = self.dlq.dead_letters()
         assert [(x.value) for x in dls] == [v for v, _ in self.dead]
         for x, (_, why) in zip(dls, self.dead):

@@ -15,7 +15,7 @@ static void *make_wq(pq_wq *q, uint64_t cap, uint32_t slots, uint32_t dedup, int
     size_t size = pq_wq_segment_size(cap, slots, dedup);
     void *base = size ? pq_test_shared(size) : NULL;
     if (base == NULL ||
-        pq_wq_create(base, size, cap, slots, dedup, vis_ns, max_deliveries, window_ns, 0,
+        pq_wq_create(base, size, cap, slots, dedup, vis_ns, max_deliveries, window_ns, 0, 0,
                      "dlq", 3) != 0 ||
         pq_wq_open(q, base, size) != 0)
         return NULL;
@@ -187,9 +187,27 @@ static int test_dedup(void)
     CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
     CHECK_EQ(st.counters[PQ_WQ_DEDUPED], 1);
     CHECK_EQ(st.counters[PQ_WQ_ENQUEUED], 3);
+    CHECK_EQ(st.dedup_used, 2);
+    /* Within the window a repeat is dropped whatever became of the first:
+     * acked (the head passed it), or dead. */
+    pq_wq_delivery d;
+    int64_t wake;
+    uint64_t seen;
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+        CHECK_EQ(i == 1 ? pq_wq_reject(&q, d.id, d.deliveries) : pq_wq_ack(&q, d.id, d.deliveries), 0);
+    }
+    CHECK_EQ(pq_wq_dead_done(&q, 1), 0);
+    CHECK_EQ(q.ctl->head, 3); /* all done */
+    CHECK_EQ(put(&q, 2, 0, a, &id2), 1);
+    CHECK_EQ(id2, id1);
+    CHECK_EQ(put(&q, 2, 0, b, &id2), 1);
+    CHECK_EQ(id2, 1);
     pq_test_sleep_ms(35); /* out of the window */
     CHECK_EQ(put(&q, 5, 0, a, &id2), 0);
     CHECK(id2 != id1);
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.dedup_used, 1); /* the expired ones left the table */
     return 0;
 }
 
@@ -428,21 +446,24 @@ static int test_deaths_inside_the_lock(void)
     CHECK_EQ(pq_wq_get_stats(&q, &st), 0); /* takes the lock: recovers */
     CHECK_EQ(pq_test_wait_child(waiter, 10000), 0);
     CHECK_EQ(put(&q, 20, 0, 0, &id), 0);
-    /* A dedup entry left for an id that was never claimed (a claim that
-     * died before its tail store, as the old order allowed) is ignored. */
-    uint64_t key = pq_wq_key_hash("K", 1);
+    /* Dies inside a change of the dedup index (dirty, cells gone): the
+     * next keyed put rebuilds it from the ring, and the key is still
+     * there. */
+    uint64_t key = pq_wq_key_hash("K", 1), first;
     CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
     CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0);
-    uint64_t next = q.ctl->tail;
-    pq_wq_dedup *e = &q.dedup[key & 63];
-    e->hash = key;
-    e->expires_ns = INT64_MAX;
-    e->id = next;
-    CHECK_EQ(put(&q, 30, 0, 0, &id), 0); /* takes id `next`, not its key */
-    CHECK_EQ(id, next);
-    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
-    CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0); /* room for one more */
-    CHECK_EQ(put(&q, 31, 0, key, &id), 0); /* K is not a duplicate of it */
+    CHECK_EQ(put(&q, 30, 0, key, &first), 0);
+    pid = fork();
+    if (pid == 0) {
+        CHILD_CHECK(pthread_mutex_lock(&q.ctl->lock) == 0);
+        atomic_store(&q.ctl->dedup.dirty, 1);
+        memset((void *)q.dedup.index, 0, 2 * q.dedup.cap * sizeof(uint32_t));
+        _exit(0);
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(put(&q, 31, 0, key, &id), 1); /* a duplicate still */
+    CHECK_EQ(id, first);
+    CHECK_EQ(atomic_load(&q.ctl->dedup.dirty), 0);
     return 0;
 }
 
@@ -557,6 +578,165 @@ static int test_open_validates(void)
     return 0;
 }
 
+/* The dedup table holds exactly dedup_slots keys of the window: a new key
+ * past that waits (-ENOSPC) for the oldest to expire instead of pushing
+ * out a key whose repeat would then get through. */
+static int test_dedup_table_full(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 4, 60000 * MS, 0, 40 * MS) != NULL);
+    uint64_t id, ids[4], seen = 0;
+    uint8_t *p;
+    for (int i = 0; i < 4; i++) {
+        char k[2] = {(char)('a' + i), 0};
+        CHECK_EQ(put(&q, i, 0, pq_wq_key_hash(k, 1), &ids[i]), 0);
+    }
+    int64_t t0 = pq_test_now_ns();
+    CHECK_EQ(pq_wq_claim(&q, 8, 1, 0, pq_wq_key_hash("e", 1), 0, &id, &p, &seen), -ENOSPC);
+    CHECK_EQ(seen, atomic_load(&q.ctl->writable_seq));
+    CHECK_EQ(put(&q, 9, 0, 0, &id), 0); /* no key: no table */
+    for (int i = 0; i < 4; i++) { /* the keys it holds are all still there */
+        char k[2] = {(char)('a' + i), 0};
+        CHECK_EQ(put(&q, 9, 0, pq_wq_key_hash(k, 1), &id), 1);
+        CHECK_EQ(id, ids[i]);
+    }
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_DEDUP_FULL], 1);
+    CHECK_EQ(st.dedup_used, 4);
+    int64_t wake = 0;
+    CHECK_EQ(pq_wq_dedup_room(&q.dedup, &wake), 0);
+    CHECK(wake >= t0 && wake <= t0 + 40 * MS); /* when the oldest goes */
+    while (pq_test_now_ns() <= wake)
+        pq_test_sleep_ms(5);
+    CHECK_EQ(put(&q, 5, 0, pq_wq_key_hash("e", 1), &id), 0);
+    return 0;
+}
+
+/* The table against a model, with a clock of the test's own: random keys
+ * added, given back and expired through a small table (backward-shift
+ * deletion of the index, wrap of the ring), every key looked up each step. */
+static int test_dedup_table_model(void)
+{
+    enum { CAP = 8, KEYS = 24, STEPS = 20000 };
+    static uint8_t mem[CAP * sizeof(pq_wq_dedup) + 2 * CAP * sizeof(uint32_t)]
+        __attribute__((aligned(64)));
+    static pq_wq_dedup_ctl ctl;
+    CHECK(pq_wq_dedup_bytes(CAP) >= sizeof mem);
+    memset(mem, 0, sizeof mem);
+    pq_wq_dedup_table t;
+    const int64_t window = 100;
+    pq_wq_dedup_attach(&t, &ctl, mem, CAP, window);
+    int64_t expires[KEYS] = {0}; /* the model: key k live until expires[k] */
+    uint64_t pos[KEYS], ids[KEYS];
+    int64_t now = 1;
+    uint32_t r = 12345;
+    uint64_t next_id = 0;
+    for (int step = 0; step < STEPS; step++) {
+        r = r * 1103515245u + 12345u;
+        now += (r >> 16) % 7;
+        int k = (int)((r >> 8) % KEYS);
+        uint64_t h = 0x1000 + (uint64_t)k * 0x10001; /* some share an index home */
+        CHECK_EQ(pq_wq_dedup_expire(&t, now), 0);
+        int live = 0;
+        for (int i = 0; i < KEYS; i++)
+            live += expires[i] > now;
+        const pq_wq_dedup *e = pq_wq_dedup_find(&t, h, now);
+        if (expires[k] > now) {
+            CHECK(e != NULL);
+            CHECK_EQ(e->id, ids[k]);
+            if ((r >> 4) % 5 == 0) { /* its put never happened */
+                pq_wq_dedup_give_back(&t, pos[k], ids[k], now);
+                expires[k] = now;
+            }
+        } else {
+            CHECK(e == NULL);
+            int room = pq_wq_dedup_room(&t, NULL);
+            CHECK(pq_wq_dedup_used(&t) <= CAP);
+            if (room) {
+                pos[k] = pq_wq_dedup_next(&t);
+                ids[k] = next_id++;
+                pq_wq_dedup_add(&t, h, ids[k], now);
+                expires[k] = now + window;
+            } else {
+                CHECK(live >= 1); /* full only of keys in the ring */
+            }
+        }
+        for (int i = 0; i < KEYS; i++) { /* every key: found iff live */
+            const pq_wq_dedup *f = pq_wq_dedup_find(&t, 0x1000 + (uint64_t)i * 0x10001, now);
+            CHECK_EQ(f != NULL, expires[i] > now);
+        }
+    }
+    return 0;
+}
+
+/* A move to the dead-letter queue put off (it was full): the message stays
+ * DEAD without a mover, is not handed out again before its retry time, and
+ * then is, to be moved. */
+static int test_dead_park(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 60000 * MS, 0, 0) != NULL);
+    uint64_t id, seen;
+    pq_wq_delivery d;
+    int64_t wake;
+    CHECK_EQ(put(&q, 1, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0);
+    CHECK_EQ(pq_wq_reject(&q, d.id, d.deliveries), 0);
+    CHECK_EQ(pq_wq_dead_park(&q, d.id, 40 * MS), 0);
+    CHECK_EQ(pq_wq_dead_park(&q, d.id, 40 * MS), -ESTALE); /* not its mover any more */
+    int64_t t0 = pq_test_now_ns();
+    CHECK_EQ(put(&q, 2, 0, 0, &id), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 0); /* the next message, not the parked one */
+    CHECK_EQ(value_of(&d), 2);
+    CHECK_EQ(pq_wq_ack(&q, d.id, d.deliveries), 0);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), -EAGAIN);
+    CHECK(wake > t0 - 1 && wake <= t0 + 40 * MS); /* its retry time */
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.dead, 1);
+    CHECK_EQ(st.counters[PQ_WQ_DEAD_PARKED], 1);
+    while (pq_test_now_ns() <= wake)
+        pq_test_sleep_ms(5);
+    CHECK_EQ(pq_wq_acquire(&q, &d, &wake, &seen), 1);
+    CHECK_EQ(value_of(&d), 1);
+    CHECK_EQ(d.reason, PQ_WQ_REASON_REJECTED);
+    CHECK_EQ(pq_wq_dead_done(&q, d.id), 0);
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.dead, 0);
+    CHECK_EQ(st.counters[PQ_WQ_DEAD_LETTERED], 1);
+    return 0;
+}
+
+/* The bounds of a damaged queue are an error, not a scan of 2^64; a
+ * smaller largest message than a quarter, kept in the segment. */
+static int test_bounds_and_max_payload(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 1000 * MS, 0, 0) != NULL);
+    uint64_t h, t;
+    CHECK_EQ(pq_wq_bounds(&q, &h, &t), 0);
+    atomic_store(&q.ctl->tail, 17);
+    CHECK_EQ(pq_wq_bounds(&q, &h, &t), PQ_ERR_CORRUPT);
+    atomic_store(&q.ctl->head, 18);
+    CHECK_EQ(pq_wq_bounds(&q, &h, &t), PQ_ERR_CORRUPT);
+    size_t size = pq_wq_segment_size(4096, 16, 0);
+    void *base = pq_test_shared(size);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_wq_create(base, size, 4096, 16, 0, MS, 0, 0, 1025, 0, NULL, 0), -EINVAL);
+    CHECK_EQ(pq_wq_create(base, size, 4096, 16, 0, MS, 0, 0, 100, 0, NULL, 0), 0);
+    pq_wq q2;
+    CHECK_EQ(pq_wq_open(&q2, base, size), 0);
+    CHECK_EQ(q2.max_payload, 100);
+    uint64_t id, seen;
+    uint8_t *p;
+    CHECK_EQ(pq_wq_claim(&q2, 101, 1, 0, 0, 0, &id, &p, &seen), -EMSGSIZE);
+    CHECK_EQ(pq_wq_claim(&q2, 100, 1, 0, 0, 0, &id, &p, &seen), 0);
+    ((pq_segment_header *)base)->params[PQ_WQ_PARAM_MAX_PAYLOAD] = 1025;
+    CHECK_EQ(pq_wq_open(&q2, base, size), PQ_ERR_CORRUPT);
+    return 0;
+}
+
 int main(void)
 {
     printf("test_wq\n");
@@ -572,5 +752,9 @@ int main(void)
     RUN(test_bad_slots_and_huge_times);
     RUN(test_scan_hint);
     RUN(test_open_validates);
+    RUN(test_dedup_table_full);
+    RUN(test_dedup_table_model);
+    RUN(test_dead_park);
+    RUN(test_bounds_and_max_payload);
     return pq_test_result();
 }
