@@ -470,7 +470,11 @@ def test_dead_letter_queue_smaller_than_the_queue_was_made_for_is_refused(wqs):
     big = wqs(capacity_bytes=1 << 20)
     q = wqs(name=unique_name("wqs"), capacity_bytes=1 << 20, dead_letter=big)
     assert q.max_message_bytes == big.max_message_bytes - pyqueue.workqueue.DEAD_LETTER_OVERHEAD
-    small = wqs(capacity_bytes=1 << 16)
+    # The dead-letter queue made anew, smaller, under the same name (another
+    # name would be a settings mismatch, tests/test_settings.py).
+    big.close()
+    big.unlink()
+    small = wqs(name=big.name, capacity_bytes=1 << 16)
     with pytest.raises(ValueError, match="do not fit in dead-letter queue"):
         WorkQueue(q.name, dead_letter=small)
     assert q.put("still usable") == 0
