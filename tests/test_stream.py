@@ -14,17 +14,14 @@ import pytest
 
 from pyqueue import Log, Queue, StreamProcessor, WorkQueue
 from tests import _wq_workers as w
-from tests._support import unique_name, wait_until
+from tests._support import close_handles, unique_name, wait_until
 
 
 @pytest.fixture
 def made():
     objs = []
     yield objs
-    for o in objs:
-        if getattr(o, "path", None) is None and hasattr(o, "unlink"):
-            o.unlink()
-        o.close()
+    close_handles(objs, unlink=lambda o: getattr(o, "path", None) is None)
 
 
 @pytest.mark.parametrize("processes", [False, True])
