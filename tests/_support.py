@@ -74,19 +74,31 @@ def _creator_pid(entry):
     return header["creator_pid"]
 
 
-def segment_belongs_to_this_run(entry, started=None):
+# Whether a segment named with the pid of a process that is gone counts as
+# a leak of this run.  In CI (.ci/run sets PYQUEUE_SOLE_RUN=1) this run is
+# the only pyqueue user of the machine: such a segment is a child's of ours
+# (or a leak all the same).  Elsewhere another test run or benchmark may be
+# going on beside this one, whose dead children's segments are not ours to
+# blame or remove: only this process and its live descendants count.
+SOLE_RUN = os.environ.get("PYQUEUE_SOLE_RUN", "") not in ("", "0")
+
+
+def segment_belongs_to_this_run(entry, started=None, sole_run=None):
     """Filter for the leak check, which must never blame (or remove) the
     segments of other programs using pyqueue at the same time (benchmarks,
     another test run).  A segment is taken as ours when the first pid in its
-    name is this process, a live descendant of it, or a process that is gone
-    (a child of ours that has exited -- or someone else's leak, which is a
-    leak all the same); and, whatever its name, when the creator pid in its
-    header is this process or a live descendant (a segment a test named
-    without a pid)."""
+    name is this process, a live descendant of it, or (sole_run, default
+    SOLE_RUN) a process that is gone (a child of ours that has exited -- or
+    someone else's leak, which is a leak all the same); and, whatever its
+    name, when the creator pid in its header is this process or a live
+    descendant (a segment a test named without a pid)."""
+    sole_run = SOLE_RUN if sole_run is None else sole_run
     m = _PID_RE.search(entry[len(SHM_PREFIX):] if entry.startswith(SHM_PREFIX) else entry)
     if m:
         pid = int(m.group(1))
-        if not os.path.exists("/proc/%d" % pid) or _is_self_or_descendant(pid):
+        if _is_self_or_descendant(pid):
+            return True
+        if sole_run and not os.path.exists("/proc/%d" % pid):
             return True
     creator = _creator_pid(entry)
     return creator is not None and _is_self_or_descendant(creator)

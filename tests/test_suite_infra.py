@@ -52,6 +52,20 @@ def test_leak_check_sees_every_kind_and_name(pyqueue_mod, tmp_path):
         _support.close_handles(made)
 
 
+def test_leak_check_blames_dead_pids_only_when_sole_run():
+    """A name with the pid of a process that is gone is a leak of this run
+    in CI (PYQUEUE_SOLE_RUN=1), and none of ours beside other runs."""
+    import multiprocessing
+
+    p = multiprocessing.get_context("fork").Process(target=int)
+    p.start()
+    p.join()
+    dead = _entry("anon-%d-00112233aabbccdd" % p.pid)
+    assert not os.path.exists("/proc/%d" % p.pid)
+    assert segment_belongs_to_this_run(dead, sole_run=True)
+    assert not segment_belongs_to_this_run(dead, sole_run=False)
+
+
 def test_leak_check_leaves_other_programs_alone(pyqueue_mod):
     """A live process that is not ours (pid 1) is never blamed, by name or
     by header."""
