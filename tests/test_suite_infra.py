@@ -174,3 +174,19 @@ def test_the_allow_list_is_well_formed_and_justified():
     entries = _support.load_allowed_skips()
     # Run as root (as CI runs), nothing may be skipped at all.
     assert all(e.nonroot_only for e in entries), [e.line for e in entries if not e.nonroot_only]
+
+
+def test_expect_installed_refuses_a_source_tree(tmp_path, pyqueue_mod):
+    """PYQUEUE_EXPECT_INSTALLED=1 stops the run when pyqueue comes from the
+    tree named in PYQUEUE_SOURCE_TREE (here: wherever this run's pyqueue
+    comes from, so the check must refuse it)."""
+    (tmp_path / "test_probe.py").write_text("def test_runs():\n    assert True\n")
+    (tmp_path / "conftest.py").write_text(_PROBE_CONFTEST.format(root=ROOT))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(pyqueue_mod.__file__)))
+    env = dict(os.environ, PYQUEUE_EXPECT_INSTALLED="1", PYQUEUE_SOURCE_TREE=here,
+               PYQUEUE_STRICT_SKIPS="0")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(tmp_path)], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 4, r.stdout + r.stderr   # pytest's usage error
+    assert "PYQUEUE_EXPECT_INSTALLED=1 but pyqueue is imported from" in r.stdout + r.stderr
