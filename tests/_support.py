@@ -75,21 +75,29 @@ def _creator_pid(entry):
 
 
 # Whether a segment named with the pid of a process that is gone counts as
-# a leak of this run.  In CI (.ci/run sets PYQUEUE_SOLE_RUN=1) this run is
-# the only pyqueue user of the machine: such a segment is a child's of ours
-# (or a leak all the same).  Elsewhere another test run or benchmark may be
-# going on beside this one, whose dead children's segments are not ours to
-# blame or remove: only this process and its live descendants count.
+# a leak of this run: when that process was a child this run started
+# (CHILD_PIDS, filled by tests/conftest.py from every multiprocessing
+# Process.start() and subprocess.Popen of the test process), or, with
+# PYQUEUE_SOLE_RUN=1 (a machine where this run is the only pyqueue user),
+# whoever it was.  Without it, another test run or benchmark may be going on
+# beside this one, and its dead children's segments are not ours to blame
+# or remove.
 SOLE_RUN = os.environ.get("PYQUEUE_SOLE_RUN", "") not in ("", "0")
+CHILD_PIDS = set()
+
+
+def note_child(pid):
+    if pid:
+        CHILD_PIDS.add(pid)
 
 
 def segment_belongs_to_this_run(entry, started=None, sole_run=None):
     """Filter for the leak check, which must never blame (or remove) the
     segments of other programs using pyqueue at the same time (benchmarks,
     another test run).  A segment is taken as ours when the first pid in its
-    name is this process, a live descendant of it, or (sole_run, default
-    SOLE_RUN) a process that is gone (a child of ours that has exited -- or
-    someone else's leak, which is a leak all the same); and, whatever its
+    name is this process, a live descendant of it, or a child of this
+    process that is gone (or, sole_run, default SOLE_RUN: any process that
+    is gone -- someone else's leak is a leak all the same); and, whatever its
     name, when the creator pid in its header is this process or a live
     descendant (a segment a test named without a pid)."""
     sole_run = SOLE_RUN if sole_run is None else sole_run
@@ -98,7 +106,7 @@ def segment_belongs_to_this_run(entry, started=None, sole_run=None):
         pid = int(m.group(1))
         if _is_self_or_descendant(pid):
             return True
-        if sole_run and not os.path.exists("/proc/%d" % pid):
+        if (sole_run or pid in CHILD_PIDS) and not os.path.exists("/proc/%d" % pid):
             return True
     creator = _creator_pid(entry)
     return creator is not None and _is_self_or_descendant(creator)

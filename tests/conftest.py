@@ -150,6 +150,30 @@ def pytest_collection_modifyitems(config, items):
 # /dev/shm leak check
 # --------------------------------------------------------------------------
 
+# The leak check blames segments named after a dead process only when that
+# process was a child of this run: note every child the tests start.
+def _note_children():
+    import multiprocessing.process
+    import subprocess
+
+    start = multiprocessing.process.BaseProcess.start
+    popen_init = subprocess.Popen.__init__
+
+    def noting_start(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        _support.note_child(self.pid)
+
+    def noting_popen_init(self, *args, **kwargs):
+        popen_init(self, *args, **kwargs)
+        _support.note_child(self.pid)
+
+    multiprocessing.process.BaseProcess.start = noting_start
+    subprocess.Popen.__init__ = noting_popen_init
+
+
+_note_children()
+
+
 @pytest.fixture(autouse=True)
 def _shm_leak_check():
     before = list_pyqueue_segments()

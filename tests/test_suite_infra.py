@@ -52,18 +52,40 @@ def test_leak_check_sees_every_kind_and_name(pyqueue_mod, tmp_path):
         _support.close_handles(made)
 
 
-def test_leak_check_blames_dead_pids_only_when_sole_run():
+def test_leak_check_blames_dead_children_not_other_dead_processes():
     """A name with the pid of a process that is gone is a leak of this run
-    in CI (PYQUEUE_SOLE_RUN=1), and none of ours beside other runs."""
+    when the process was a child of the test process (multiprocessing or
+    subprocess), and not otherwise unless PYQUEUE_SOLE_RUN=1: another run
+    beside this one has dead children too."""
     import multiprocessing
 
     p = multiprocessing.get_context("fork").Process(target=int)
     p.start()
     p.join()
-    dead = _entry("anon-%d-00112233aabbccdd" % p.pid)
-    assert not os.path.exists("/proc/%d" % p.pid)
-    assert segment_belongs_to_this_run(dead, sole_run=True)
+    sp = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert sp.wait(60) == 0
+    for pid in (p.pid, sp.pid):
+        assert not os.path.exists("/proc/%d" % pid)
+        assert segment_belongs_to_this_run(_entry("anon-%d-00112233aabbccdd" % pid),
+                                           sole_run=False)
+    # A dead process that was not ours: a grandchild.
+    q = multiprocessing.get_context("fork").SimpleQueue()
+    p = multiprocessing.get_context("fork").Process(target=_report_grandchild, args=(q,))
+    p.start()
+    grandchild = q.get()
+    p.join()
+    assert grandchild not in _support.CHILD_PIDS
+    dead = _entry("anon-%d-00112233aabbccdd" % grandchild)
     assert not segment_belongs_to_this_run(dead, sole_run=False)
+    assert segment_belongs_to_this_run(dead, sole_run=True)
+
+
+def _report_grandchild(q):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    q.put(pid)
 
 
 def test_leak_check_leaves_other_programs_alone(pyqueue_mod):
