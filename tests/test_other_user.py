@@ -95,13 +95,16 @@ def _read_dir_log(path):
         got["open"] = None
         got["records"] = [r.value for r in lg.read(0, 0, max_records=10)]
         lg.close()
-    for entry in sorted(os.listdir(path)) if os.access(path, os.R_OK | os.X_OK) else []:
-        try:
-            with open(os.path.join(path, entry), "rb") as f:
-                if b"secret" in f.read():
-                    got.setdefault("readable", []).append(entry)
-        except OSError:
-            pass
+    # Every file of the log, as deep as this user can list.
+    for top, _dirs, files in os.walk(path):
+        for entry in files:
+            try:
+                with open(os.path.join(top, entry), "rb") as f:
+                    if b"secret" in f.read():
+                        got.setdefault("readable", []).append(
+                            os.path.relpath(os.path.join(top, entry), path))
+            except OSError:
+                pass
     return got
 
 
