@@ -9,15 +9,20 @@ import uuid
 
 SHM_DIR = "/dev/shm"
 
-# pyqueue maps a queue name N to the POSIX shared-memory name "/pyqueue.N"
-# (/dev/shm/pyqueue.N); unnamed queues are "anon-<pid>-<hex>" and out-of-band
-# messages use "/pyqueue.N.oob-<pid>-<n>".  The leak check also watches "pq*"
-# (the prefix of the names the tests hand out) in case that mapping changes.
+# pyqueue maps a name N (of a Queue, Topic, Log or WorkQueue, and of the
+# dead-letter WorkQueue one names) to the POSIX shared-memory name
+# "/pyqueue.N" (/dev/shm/pyqueue.N); unnamed ones are "anon-<pid>-<hex>" and
+# out-of-band messages use "/pyqueue.N.oob-<pid>-<n>".  Consumer groups live
+# inside their log's segment and directory logs in their directory (the
+# tests' tmp_path), so they need no pattern here.  The leak check also
+# watches "pq*" (the prefix of the names the tests hand out) in case that
+# mapping changes.
 SHM_PREFIX = "pyqueue."
 SEGMENT_PREFIXES = ("pyqueue", "pq", "sem.pyqueue", "sem.pq")
-# pids embedded in segment names: unnamed queues, out-of-band messages and
-# the names handed out by unique_name() below.
-_PID_RE = re.compile(r"(?:anon|oob|pqtest-[a-z]+)-(\d+)-")
+# A pid embedded in a segment name: the first all-digit field between dashes
+# ("anon-<pid>-", "N.oob-<pid>-<n>", "pqtest-<tag>-<pid>-" from unique_name()
+# below, "topic-<pid>-<ns>" and any other "<word>-<pid>-..." a test makes up).
+_PID_RE = re.compile(r"(?:^|[-.])[A-Za-z_][A-Za-z0-9_]*-(\d+)(?:-|$)")
 
 
 def pyqueue_available():
@@ -55,21 +60,56 @@ def _is_self_or_descendant(pid):
     return False
 
 
-def segment_belongs_to_this_run(entry, started):
+def _creator_pid(entry):
+    """The creator pid recorded in the header of pyqueue segment
+    /dev/shm/<entry>, or None (no header yet, not a pyqueue segment, gone,
+    or pyqueue not importable)."""
+    try:
+        from pyqueue import cli
+        _state, header, _st = cli.read_header(entry)
+    except Exception:
+        return None
+    if header is None or header.get("creator_pid", 0) <= 0:
+        return None
+    return header["creator_pid"]
+
+
+# Whether a segment named with the pid of a process that is gone counts as
+# a leak of this run: when that process was a child this run started
+# (CHILD_PIDS, filled by tests/conftest.py from every multiprocessing
+# Process.start() and subprocess.Popen of the test process), or, with
+# PYQUEUE_SOLE_RUN=1 (a machine where this run is the only pyqueue user),
+# whoever it was.  Without it, another test run or benchmark may be going on
+# beside this one, and its dead children's segments are not ours to blame
+# or remove.
+SOLE_RUN = os.environ.get("PYQUEUE_SOLE_RUN", "") not in ("", "0")
+CHILD_PIDS = set()
+
+
+def note_child(pid):
+    if pid:
+        CHILD_PIDS.add(pid)
+
+
+def segment_belongs_to_this_run(entry, started=None, sole_run=None):
     """Filter for the leak check, which must never blame (or remove) the
     segments of other programs using pyqueue at the same time (benchmarks,
     another test run).  A segment is taken as ours when the first pid in its
-    name is this process, a live descendant of it, or a process that is gone
-    (a child of ours that has exited -- or someone else's leak, which is a
-    leak all the same).  Names without a pid are not ours: every name this
-    suite creates, and every unnamed/out-of-band name pyqueue makes, has one."""
-    pids = _PID_RE.findall(entry)
-    if not pids:
-        return False
-    pid = int(pids[0])
-    if not os.path.exists("/proc/%d" % pid):
-        return True
-    return _is_self_or_descendant(pid)
+    name is this process, a live descendant of it, or a child of this
+    process that is gone (or, sole_run, default SOLE_RUN: any process that
+    is gone -- someone else's leak is a leak all the same); and, whatever its
+    name, when the creator pid in its header is this process or a live
+    descendant (a segment a test named without a pid)."""
+    sole_run = SOLE_RUN if sole_run is None else sole_run
+    m = _PID_RE.search(entry[len(SHM_PREFIX):] if entry.startswith(SHM_PREFIX) else entry)
+    if m:
+        pid = int(m.group(1))
+        if _is_self_or_descendant(pid):
+            return True
+        if (sole_run or pid in CHILD_PIDS) and not os.path.exists("/proc/%d" % pid):
+            return True
+    creator = _creator_pid(entry)
+    return creator is not None and _is_self_or_descendant(creator)
 
 
 def unique_name(tag="t"):
@@ -157,3 +197,217 @@ def assert_appenders_in_order(recs, tags, n):
     assert [r.offset for r in recs] == list(range(len(tags) * n))
     for tag in tags:
         assert [i for t, i in (r.value for r in recs) if t == tag] == list(range(n))
+
+
+# --------------------------------------------------------------------------
+# exception-safe teardown
+# --------------------------------------------------------------------------
+
+# Errors that only say a test already did the cleanup step itself.
+ALREADY_GONE = (FileNotFoundError, ProcessLookupError)
+
+
+def run_cleanups(steps):
+    """Run every step of a teardown (callables), whatever the earlier ones
+    raised: a test that already closed or unlinked something, or one step
+    that fails, must not leave the rest leaked.  Errors saying the thing is
+    already gone are ignored; the first other error is re-raised once every
+    step has run."""
+    first = None
+    for step in steps:
+        try:
+            step()
+        except ALREADY_GONE:
+            pass
+        except BaseException as exc:  # noqa: B902 -- re-raised below
+            if first is None:
+                first = exc
+    if first is not None:
+        raise first
+
+
+def close_handles(handles, unlink=lambda h: True):
+    """Teardown of pyqueue handles: unlink (where ``unlink(h)`` says so and the
+    handle has a name) then close each one, every step run even when an
+    earlier one raised (see run_cleanups).  A handle a test closed or
+    unlinked already is fine."""
+    steps = []
+    for h in handles:
+        if unlink(h) and hasattr(h, "unlink"):
+            steps.append(_tolerant(h.unlink))
+        steps.append(_tolerant(h.close))
+    run_cleanups(steps)
+
+
+def _tolerant(step):
+    """step(), where a ValueError saying the handle is closed means done."""
+    def run():
+        try:
+            step()
+        except ValueError as exc:
+            if "closed" not in str(exc):
+                raise
+    return run
+
+
+# --------------------------------------------------------------------------
+# a second local user (permission tests)
+# --------------------------------------------------------------------------
+
+OTHER_USER_ENV = "PYQUEUE_OTHER_USER"
+
+
+def other_user():
+    """(name, uid, gid) of the second local user that .ci/run creates when it
+    runs as root (its name is in $PYQUEUE_OTHER_USER), or pytest.skip with
+    the reason it cannot be used here."""
+    import pwd
+
+    import pytest
+
+    name = os.environ.get(OTHER_USER_ENV, "")
+    if not name:
+        pytest.skip("needs a second local user: run as root with %s set "
+                    "(.ci/run creates one)" % OTHER_USER_ENV)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as the second local user %r" % name)
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        pytest.skip("%s=%r names no local user" % (OTHER_USER_ENV, name))
+    if pw.pw_uid == 0:
+        raise AssertionError("%s=%r is root, not another user" % (OTHER_USER_ENV, name))
+    return name, pw.pw_uid, pw.pw_gid
+
+
+class Outcome:
+    """What a function run as another user did: ``value`` when it returned,
+    ``exc`` (the exception, or a RuntimeError describing one that would not
+    pickle) when it raised."""
+
+    def __init__(self, value=None, exc=None):
+        self.value = value
+        self.exc = exc
+
+    def __repr__(self):
+        return "Outcome(value=%r, exc=%r)" % (self.value, self.exc)
+
+
+def run_as_other_user(fn, *args, timeout=30.0):
+    """Run ``fn(*args)`` in a forked child that has dropped every privilege
+    to the second local user (see other_user(); skips when there is none)
+    and return its Outcome.  The child is forked, not exec'd: the interpreter
+    and the test tree may lie where that user cannot read (/root is 0700),
+    and what fn needs is imported already.  Import what fn uses (pyqueue's
+    modules) before calling this.  The child is killed at the deadline."""
+    import pickle
+    import select
+    import signal
+
+    _name, uid, gid = other_user()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                if os.geteuid() != uid or os.getegid() != gid:
+                    raise RuntimeError("could not drop to uid %d" % uid)
+                result = Outcome(value=fn(*args))
+            except BaseException as exc:  # noqa: B902 -- reported to the parent
+                result = Outcome(exc=exc)
+            try:
+                data = pickle.dumps(result)
+            except Exception:
+                data = pickle.dumps(Outcome(exc=RuntimeError(
+                    "%s: %s" % (type(result.exc or result.value).__qualname__,
+                                result.exc if result.exc is not None else "unpicklable value"))))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+            os.close(w)
+        except BaseException:  # noqa: B902
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("the function run as the other user did not finish "
+                                     "within %.0f s" % timeout)
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+    if not chunks:
+        raise AssertionError("the child run as the other user reported nothing "
+                             "(wait status %r)" % status)
+    return pickle.loads(b"".join(chunks))
+
+
+# --------------------------------------------------------------------------
+# CI: skips must be on an explicit list
+# --------------------------------------------------------------------------
+
+ALLOWED_SKIPS_FILE = os.environ.get("PYQUEUE_ALLOWED_SKIPS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "allowed_skips.txt")
+
+
+class AllowedSkip:
+    def __init__(self, pattern, reason_glob, why, nonroot_only, line):
+        self.pattern = pattern
+        self.reason_glob = reason_glob
+        self.why = why
+        self.nonroot_only = nonroot_only
+        self.line = line
+
+    def matches(self, nodeid, reason, is_root):
+        import fnmatch
+        if self.nonroot_only and is_root:
+            return False
+        return (fnmatch.fnmatchcase(nodeid, self.pattern)
+                and fnmatch.fnmatchcase(reason, self.reason_glob))
+
+
+def load_allowed_skips(path=ALLOWED_SKIPS_FILE):
+    """Entries of tests/allowed_skips.txt (see its header for the format).
+    A malformed line is an error, never silently ignored."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            nonroot = False
+            if line.startswith("nonroot:"):
+                nonroot = True
+                line = line[len("nonroot:"):].strip()
+            parts = [p.strip() for p in line.split(" | ")]
+            if len(parts) != 3 or not all(parts):
+                raise ValueError("%s:%d: expected 'NODEID-GLOB | REASON-GLOB | WHY', got %r"
+                                 % (path, n, raw.rstrip("\n")))
+            entries.append(AllowedSkip(parts[0], parts[1], parts[2], nonroot, n))
+    return entries
+
+
+def unapproved_skips(skips, entries, is_root):
+    """[(nodeid, reason)] of ``skips`` that no entry allows."""
+    return [(nodeid, reason) for nodeid, reason in skips
+            if not any(e.matches(nodeid, reason, is_root) for e in entries)]

@@ -18,11 +18,20 @@ import time
 import pytest
 
 # Children started with "spawn" import their targets from tests._workers:
-# make sure the repository root is on sys.path (they inherit the parent's)
-# whatever pytest's import mode.
+# make sure the directory holding tests/ is on sys.path (they inherit the
+# parent's) whatever pytest's import mode.  A developer's run puts it first,
+# so that the source tree (built in place, or installed editable) is what
+# is tested.  CI's installed-wheel stage sets PYQUEUE_EXPECT_INSTALLED=1 and
+# runs a copy of tests/ from outside the repository: there the directory
+# goes last and pytest_configure checks that pyqueue is the installed one.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPECT_INSTALLED = os.environ.get("PYQUEUE_EXPECT_INSTALLED", "") not in ("", "0")
+STRICT_SKIPS = os.environ.get("PYQUEUE_STRICT_SKIPS", "") not in ("", "0")
 if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+    if EXPECT_INSTALLED:
+        sys.path.append(_ROOT)
+    else:
+        sys.path.insert(0, _ROOT)
 
 from tests import _support  # noqa: E402
 from tests._support import (  # noqa: E402
@@ -44,6 +53,91 @@ def pytest_configure(config):
         "filterwarnings",
         "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks:DeprecationWarning",
     )
+    if STRICT_SKIPS:
+        # Without pytest-timeout the timeout markers do nothing and a hang
+        # is only caught by CI's outer timeout: refuse to run.
+        if not config.pluginmanager.hasplugin("timeout"):
+            raise pytest.UsageError("PYQUEUE_STRICT_SKIPS=1: pytest-timeout is not installed "
+                                    "(pip install -e '.[test]')")
+        config._pyqueue_allowed_skips = _support.load_allowed_skips()
+    if EXPECT_INSTALLED:
+        _check_installed()
+
+
+def _under(path, root):
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root + os.sep)
+
+
+def _check_installed():
+    """PYQUEUE_EXPECT_INSTALLED=1: pyqueue must be an installed package, not
+    the source tree this copy of the tests came from (PYQUEUE_SOURCE_TREE)
+    nor anything beside the tests."""
+    import pyqueue
+    import pyqueue._core
+
+    where = pyqueue.__file__
+    trees = [_ROOT] + [t for t in [os.environ.get("PYQUEUE_SOURCE_TREE")] if t]
+    for tree in trees:
+        if _under(where, tree):
+            raise pytest.UsageError("PYQUEUE_EXPECT_INSTALLED=1 but pyqueue is imported from %s, "
+                                    "under %s" % (where, tree))
+    if not any(_under(where, d) for d in sys.path if d.endswith("site-packages")):
+        raise pytest.UsageError("PYQUEUE_EXPECT_INSTALLED=1 but pyqueue (%s) is not in a "
+                                "site-packages directory" % where)
+    if not _under(pyqueue._core.__file__, os.path.dirname(where)):
+        raise pytest.UsageError("pyqueue._core (%s) is not the installed package's"
+                                % pyqueue._core.__file__)
+
+
+# --------------------------------------------------------------------------
+# CI: every skip must be on tests/allowed_skips.txt (PYQUEUE_STRICT_SKIPS=1)
+# --------------------------------------------------------------------------
+
+_skipped = []  # (nodeid, reason)
+
+
+def _skip_reason(report):
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        reason = lr[2]
+    else:
+        reason = str(lr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report):
+    # A module that skips itself (importorskip at the top, pytest.skip(allow_module_level)).
+    if report.skipped:
+        _skipped.append((report.nodeid, _skip_reason(report)))
+
+
+def _unapproved(config):
+    entries = getattr(config, "_pyqueue_allowed_skips", None)
+    if entries is None:
+        return []
+    return _support.unapproved_skips(_skipped, entries, os.geteuid() == 0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unapproved(session.config) and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    bad = _unapproved(config)
+    if bad:
+        terminalreporter.section("skips not on tests/allowed_skips.txt", sep="=", red=True)
+        for nodeid, reason in bad:
+            terminalreporter.line("%s: %s" % (nodeid, reason), red=True)
+        terminalreporter.line("PYQUEUE_STRICT_SKIPS=1: a skip that is not on the list fails "
+                              "the run; make the test run here, or add it with the reason",
+                              red=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,6 +149,30 @@ def pytest_collection_modifyitems(config, items):
 # --------------------------------------------------------------------------
 # /dev/shm leak check
 # --------------------------------------------------------------------------
+
+# The leak check blames segments named after a dead process only when that
+# process was a child of this run: note every child the tests start.
+def _note_children():
+    import multiprocessing.process
+    import subprocess
+
+    start = multiprocessing.process.BaseProcess.start
+    popen_init = subprocess.Popen.__init__
+
+    def noting_start(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        _support.note_child(self.pid)
+
+    def noting_popen_init(self, *args, **kwargs):
+        popen_init(self, *args, **kwargs)
+        _support.note_child(self.pid)
+
+    multiprocessing.process.BaseProcess.start = noting_start
+    subprocess.Popen.__init__ = noting_popen_init
+
+
+_note_children()
+
 
 @pytest.fixture(autouse=True)
 def _shm_leak_check():
@@ -114,14 +232,22 @@ class ProcessGroup:
         return [p.exitcode for p in self._procs]
 
     def cleanup(self):
-        for p in self._procs:
+        # Every step runs whatever an earlier one raised (a process that
+        # exits between is_alive() and kill(), a close() of one still
+        # running): one failure must not leave the other processes alive.
+        def kill(p):
             if p.is_alive():
                 p.kill()
+
+        def reap(p):
             p.join(10)
             try:
                 p.close()
             except ValueError:
                 pass
+
+        _support.run_cleanups([lambda p=p: kill(p) for p in self._procs]
+                              + [lambda p=p: reap(p) for p in self._procs])
 
 
 @pytest.fixture

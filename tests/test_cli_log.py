@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pyqueue import Log
-from tests._support import unique_name
+from tests._support import close_handles, unique_name
 from tests.test_hygiene import cli
 
 
@@ -20,9 +20,7 @@ def log(request, tmp_path):
         lg = Log(path=tmp_path / "log", partitions=2)
         name = str(tmp_path / "log")
     yield lg, name
-    if lg.path is None:
-        lg.unlink()
-    lg.close()
+    close_handles([lg], unlink=lambda h: h.path is None)
 
 
 def test_tail_from_beginning_one_partition_and_json(log):

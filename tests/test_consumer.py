@@ -13,7 +13,7 @@ from hypothesis import example, given, settings, strategies as st
 import pyqueue
 from pyqueue import CommitFailed, Log
 from tests import _log_workers as w
-from tests._support import wait_until
+from tests._support import close_handles, wait_until
 
 
 @pytest.fixture(params=["memory", "directory"])
@@ -30,10 +30,7 @@ def make_log(request, tmp_path):
 
     make.mode = request.param
     yield make
-    for lg in made:
-        if lg.path is None:
-            lg.unlink()
-        lg.close()
+    close_handles(made, unlink=lambda h: h.path is None)
 
 
 def fill(lg, per_partition):

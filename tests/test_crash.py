@@ -35,7 +35,7 @@ needs_faults = pytest.mark.skipif(
 
 RING = 65536
 WAIT = 30.0
-REPAIR_BOUND = 2.0  # generous: the design's bound is one 100 ms slice
+REPAIR_BOUND = 2.0  # "well before the consumer's timeout (WAIT)", not the 100 ms slice
 
 
 def proc_state(pid):
@@ -409,34 +409,43 @@ def measure_repair_latency(ctx, procs, q):
 @needs_faults
 @pytest.mark.timeout(60)
 def test_repair_latency(ctx, procs, make_queue, record_property):
+    """A consumer blocked in get(timeout=30 s) behind a SIGKILLed producer's
+    record gets the next message by the repair, not by its timeout: within
+    REPAIR_BOUND (2 s, fifteen times less than its timeout, and twenty
+    slices: room for a loaded 2-core CI machine), three times, each record
+    counted as abandoned.  What is asserted is that the repair comes from
+    the consumer's own wait slices; the latency itself (about one 100 ms
+    slice) is a measurement, `python -m bench.repair_latency`
+    (docs/guarantees.md).  The samples are recorded, not asserted."""
     q = make_queue.Queue(capacity_bytes=RING)
     samples = [measure_repair_latency(ctx, procs, q) for _ in range(3)]
     record_property("repair_latency_s", samples)
-    print("\nrepair latency (%s): %s ms" % (ctx.get_start_method(),
-                                           ", ".join("%.1f" % (s * 1e3) for s in samples)))
-    assert max(samples) < REPAIR_BOUND
+    assert max(samples) < REPAIR_BOUND < WAIT
     assert q.stats()["abandoned"] == 3
     assert q.qsize() == 0
 
 
 # -- soak ------------------------------------------------------------------------
 
-SOAK_SECONDS = float(os.environ.get("PYQUEUE_SOAK_SECONDS", "30"))
+# Seconds per start method (CI runs 15 s under fork and 15 s under spawn);
+# PYQUEUE_SOAK_SECONDS=600 for a long soak.
+SOAK_SECONDS = float(os.environ.get("PYQUEUE_SOAK_SECONDS", "15"))
+SOAK_MIN_MESSAGES = 1000
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_SECONDS + 120)
-def test_soak_random_kills(procs, make_queue, record_property):
+def test_soak_random_kills(ctx, procs, make_queue, record_property):
     """2 producers and 2 consumers, one of them SIGKILLed every 200-400 ms
-    (and replaced) for PYQUEUE_SOAK_SECONDS: no duplicate, no corrupt
-    message, nothing that was not at least started, every message whose
-    put() returned delivered except at most one per consumer kill (and at
-    most one counted as abandoned per consumer kill), per producer FIFO,
-    and a queue that still works. Random instants, no fault injection."""
-    import multiprocessing
-
+    (and replaced, with the start method under test) for
+    PYQUEUE_SOAK_SECONDS: no duplicate, no corrupt message, nothing that
+    was not at least started, every message whose put() returned delivered
+    except at most one per consumer kill (and at most one counted as
+    abandoned per consumer kill), per producer FIFO, and a queue that still
+    works. Random instants, no fault injection.  How much work it did is
+    asserted only as kills of both kinds and at least SOAK_MIN_MESSAGES
+    messages fully put and checked; the counts are recorded ("soak")."""
     np = pytest.importorskip("numpy")
-    ctx = multiprocessing.get_context("fork")  # cheap replacements
     rng = random.Random(os.environ.get("PYQUEUE_SOAK_SEED", "pyqueue"))
     q = make_queue.Queue(64, capacity_bytes=4 * RING)
     # Sequence space per producer slot (a byte per message per consumer
@@ -504,7 +513,7 @@ def test_soak_random_kills(procs, make_queue, record_property):
         lost += [(slot, int(x)) for x in np.flatnonzero(want & (got[:done[slot] + 1] == 0))]
     s = q.stats()
     report = {
-        "seconds": SOAK_SECONDS, "producer_kills": kills["producer"],
+        "start_method": ctx.get_start_method(), "seconds": SOAK_SECONDS, "producer_kills": kills["producer"],
         "consumer_kills": kills["consumer"], "messages_fully_put": fully_put,
         "messages_received": received, "lost_fully_put": len(lost),
         "abandoned": s["abandoned"], "abandoned_by_consumers": s["abandoned_by_consumers"],
@@ -526,7 +535,8 @@ def test_soak_random_kills(procs, make_queue, record_property):
     # Producers' records: a batch is up to 4 of them.
     assert s["abandoned"] - s["abandoned_by_consumers"] <= 4 * kills["producer"]
     assert s["depth"] == 0 and q.qsize() == 0
-    assert fully_put > 1000, "the soak did hardly any work: %r" % report
+    assert kills["producer"] >= 1 and kills["consumer"] >= 1, report
+    assert fully_put >= SOAK_MIN_MESSAGES, "the soak did hardly any work: %r" % report
     # The queue still works, with its whole maxsize.
     q.put_many(list(range(64)), timeout=WAIT)
     with pytest.raises(queue.Full):

@@ -11,7 +11,7 @@ import pyqueue
 from pyqueue import Log, OffsetOutOfRange
 from pyqueue import _log
 from tests import _log_workers as w
-from tests._support import assert_appenders_in_order, unique_name
+from tests._support import assert_appenders_in_order, close_handles, unique_name
 
 SMALL = 4096  # rounded up to the smallest ring (64 KiB)
 
@@ -26,9 +26,7 @@ def logs():
         return lg
 
     yield make
-    for lg in made:
-        lg.unlink()
-        lg.close()
+    close_handles(made)
 
 
 def test_round_trip_keys_headers_timestamps(logs):

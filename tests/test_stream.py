@@ -16,17 +16,14 @@ from pyqueue import Log, Queue, StreamProcessor, WorkQueue
 from pyqueue.stream import DeadRecord
 from tests import _log_workers as lw
 from tests import _wq_workers as w
-from tests._support import unique_name, wait_until
+from tests._support import close_handles, unique_name, wait_until
 
 
 @pytest.fixture
 def made():
     objs = []
     yield objs
-    for o in objs:
-        if getattr(o, "path", None) is None and hasattr(o, "unlink"):
-            o.unlink()
-        o.close()
+    close_handles(objs, unlink=lambda o: getattr(o, "path", None) is None)
 
 
 # Worker processes under each start method; "threads" is processes=False.

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 import pyqueue
 from pyqueue import Topic
 from tests import _topic_workers as w
+from tests._support import close_handles
 
 SMALL = 64 * 1024  # the smallest ring: a 16-byte payload takes 32 bytes
 
@@ -26,9 +27,7 @@ def topics():
         return t
 
     yield make
-    for t in made:
-        t.unlink()
-        t.close()
+    close_handles(made)
 
 
 def test_fanout_every_subscriber_every_message_in_order(ctx, procs, topics):

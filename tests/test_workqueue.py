@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pyqueue
 from pyqueue import DeadLetter, DeliveryExpired, WorkQueue
 from tests import _wq_workers as w
-from tests._support import unique_name, wait_until
+from tests._support import close_handles, unique_name, wait_until
 from tests.test_crash import kill_stopped, needs_faults, start_stopped
 
 
@@ -34,13 +34,9 @@ def wqs():
         return q
 
     yield make
-    for q in made:
-        dlq = q._dlq
-        q.unlink()
-        q.close()
-        if dlq is not None and dlq not in made:
-            dlq.unlink()
-            dlq.close()
+    # Dead-letter queues the work queues made themselves go too.
+    dlqs = [q._dlq for q in made if q._dlq is not None and q._dlq not in made]
+    close_handles(made + dlqs)
 
 
 def test_put_get_ack(wqs):

@@ -1,0 +1,4 @@
+"""CPython's queue tests against pyqueue, start method "fork" (see __init__.py)."""
+from tests.cpython_mp import _install
+
+_install.install(globals(), "fork")
