@@ -12,14 +12,16 @@ R_ERRORS = 1       # corrupt values or sequence breaks seen
 
 class Me:
     """A worker's view of its own stops: the parent bumps stops[slot]
-    before it SIGSTOPs the worker, so a call during which the worker itself
-    was stopped is not counted as late (its own stop, not a peer's)."""
+    before it SIGSTOPs the worker and again before it SIGCONTs it, so a
+    call during which the worker itself was stopped is not counted as late
+    (its own stop, not a peer's)."""
 
     def __init__(self, stops, slot):
         self.stops, self.slot = stops, slot
 
     def mark(self):
-        return time.monotonic(), self.stops[self.slot]
+        stops = self.stops[self.slot]
+        return time.monotonic(), stops
 
     def late(self, report, mark, timeout):
         started, stops = mark

@@ -60,7 +60,7 @@ class Chaos:
     def tick(self, now):
         for key, until in list(self.stopped.items()):
             if now >= until:
-                os.kill(self.workers[key].pid, signal.SIGCONT)
+                self.cont(key)
                 del self.stopped[key]
         key = self.rng.choice(sorted(self.workers))
         p = self.workers[key]
@@ -78,9 +78,16 @@ class Chaos:
             self.stopped[key] = now + self.rng.uniform(0.05, STOP_MAX)
             self.stops += 1
 
+    def cont(self, key):
+        # Bumped again before the SIGCONT: a worker that read its counter
+        # after the first bump but before the stop took hold (a signal is
+        # not instantaneous) still sees a change when it resumes.
+        self.stops_seen[self.slots[key]] += 1
+        os.kill(self.workers[key].pid, signal.SIGCONT)
+
     def resume_all(self):
         for key in list(self.stopped):
-            os.kill(self.workers[key].pid, signal.SIGCONT)
+            self.cont(key)
         self.stopped.clear()
 
     def kill_all(self):
