@@ -120,6 +120,8 @@ typedef struct pq_ring {
     uint64_t max_payload;
     uint64_t head_cache;
     uint64_t tail_cache;
+    uint64_t reserved_cache;
+    uint64_t reserve_need;
     int slot;
     uint32_t held;
     uint64_t slot_owner;
