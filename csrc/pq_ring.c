@@ -117,6 +117,24 @@ static int pq_ring_lock(pq_ring *r)
     return pq_claim_lock(&c->claim_lock, &w);
 }
 
+/*
+ * The slow half of the check in pq_ring_claim, out of line (cold): is the
+ * data area backed up to the end of a claim ending at position p (in the
+ * first lap; past it, the whole area)? Re-reads ctl->reserved into the
+ * view's cache; when not, records in r->reserve_need how far it must be.
+ */
+__attribute__((noinline, cold)) static int pq_ring_backed_to(pq_ring *r, uint64_t p)
+{
+    const uint64_t end = p < r->capacity ? p : r->capacity;
+    /* acquire: pairs with the release in pq_ring_reserve. */
+    const uint64_t backed = atomic_load_explicit(&r->ctl->reserved, memory_order_acquire);
+    r->reserved_cache = backed >= r->capacity ? UINT64_MAX : backed;
+    if (end <= backed)
+        return 1;
+    r->reserve_need = end;
+    return 0;
+}
+
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out)
 {
     pq_ring_ctl *c = r->ctl;
@@ -210,16 +228,9 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
      * comparison on the hot path; a record laid out after a padding record
      * at the start of the area lies below t, which is backed.
      */
-    if (p > r->reserved_cache) {
-        const uint64_t end = p < r->capacity ? p : r->capacity;
-        /* acquire: pairs with the release in pq_ring_reserve. */
-        const uint64_t backed = atomic_load_explicit(&c->reserved, memory_order_acquire);
-        r->reserved_cache = backed >= r->capacity ? UINT64_MAX : backed;
-        if (end > backed) {
-            pthread_mutex_unlock(&c->claim_lock);
-            r->reserve_need = end;
-            return -ENOBUFS;
-        }
+    if (__builtin_expect(p > r->reserved_cache, 0) && !pq_ring_backed_to(r, p)) {
+        pthread_mutex_unlock(&c->claim_lock);
+        return -ENOBUFS;
     }
 
     /* Announce the claim for EOWNERDEAD recovery (see pq_ring_lock);

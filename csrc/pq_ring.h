@@ -136,6 +136,13 @@ typedef struct pq_ring {
     uint64_t maxsize;
     uint64_t max_payload; /* largest payload one record can hold */
     /*
+     * Claims may end at positions up to here without backing more of the
+     * data area: ctl->reserved as last seen, or UINT64_MAX once the whole
+     * data area is backed (then the check in pq_ring_claim never fails).
+     * Next to capacity and mask, which every claim reads too.
+     */
+    uint64_t reserved_cache;
+    /*
      * Last values seen of the other side's cursor (Agrona's head cache):
      * head and tail only grow, so a stale value errs on the safe side
      * (less room, fewer records) and the shared line is read again only
@@ -144,15 +151,6 @@ typedef struct pq_ring {
      */
     uint64_t head_cache;
     uint64_t tail_cache;
-    /*
-     * Claims may end at positions up to here without backing more of the
-     * data area: ctl->reserved as last seen, or UINT64_MAX once the whole
-     * data area is backed (then the check in pq_ring_claim never fails).
-     * reserve_need: how far the data area must be backed for the claim
-     * that last failed with -ENOBUFS (pq_ring_reserve's argument).
-     */
-    uint64_t reserved_cache;
-    uint64_t reserve_need;
     /*
      * This view's process slot (pq_ring_take): its index (-1: none), the
      * owner word it was claimed with (0: not tried yet), pq_proc_forks
@@ -163,6 +161,9 @@ typedef struct pq_ring {
     uint32_t held;
     uint64_t slot_owner;
     unsigned slot_forks; /* pq_proc_forks when the slot was claimed */
+    /* How far the data area must be backed for the claim that last failed
+     * with -ENOBUFS (pq_ring_reserve's argument). */
+    uint64_t reserve_need;
 } pq_ring;
 
 /* One readable record found by pq_ring_peek. */
