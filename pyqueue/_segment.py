@@ -346,5 +346,5 @@ def release_unnamed(name):
     read them."""
     try:
         shm_unlink(shm_name(name))
-    except OSError:  # another user's name planted in the sticky /dev/shm: not ours to
-        pass         # remove; collection or close() must not raise
+    except OSError:
+        pass  # not ours to remove any more (replaced): the exit hook says so
