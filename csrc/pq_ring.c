@@ -31,6 +31,13 @@ _Thread_local uint64_t pq_ring_full_passed;
 int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params)
 {
+    return pq_ring_create_backed(base, size, capacity, maxsize, user_params, n_user_params,
+                                 UINT64_MAX);
+}
+
+int pq_ring_create_backed(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
+                          const uint64_t *user_params, int n_user_params, uint64_t backed)
+{
     uint64_t params[PQ_RING_NPARAMS] = {0};
     pq_ring_ctl *ctl;
     int rc;
@@ -55,6 +62,10 @@ int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
     rc = pq_claim_lock_init(&ctl->claim_lock); /* robust, process-shared */
     if (rc < 0)
         return rc;
+    /* relaxed: published with the whole control block by the release in
+     * pq_segment_publish; nobody can open the segment before. */
+    atomic_store_explicit(&ctl->reserved, backed < capacity ? backed : capacity,
+                          memory_order_relaxed);
 
     pq_segment_publish(base);
     return 0;
@@ -84,6 +95,11 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
     r->maxsize = h->params[PQ_RING_PARAM_MAXSIZE];
     r->head_cache = atomic_load_explicit(&r->ctl->head, memory_order_acquire);
     r->tail_cache = atomic_load_explicit(&r->ctl->tail, memory_order_acquire);
+    /* acquire: pairs with the release in pq_ring_reserve (the pages were
+     * given before the extent was published). */
+    uint64_t backed = atomic_load_explicit(&r->ctl->reserved, memory_order_acquire);
+    r->reserved_cache = backed >= capacity ? UINT64_MAX : backed;
+    r->reserve_need = 0;
     r->held = 0;
     r->slot_owner = 0;
     /* A record may take at most half the ring, so that one always fits
@@ -99,6 +115,24 @@ static int pq_ring_lock(pq_ring *r)
     pq_ring_ctl *c = r->ctl;
     const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs};
     return pq_claim_lock(&c->claim_lock, &w);
+}
+
+/*
+ * The slow half of the check in pq_ring_claim, out of line (cold): is the
+ * data area backed up to the end of a claim ending at position p (in the
+ * first lap; past it, the whole area)? Re-reads ctl->reserved into the
+ * view's cache; when not, records in r->reserve_need how far it must be.
+ */
+__attribute__((noinline, cold)) static int pq_ring_backed_to(pq_ring *r, uint64_t p)
+{
+    const uint64_t end = p < r->capacity ? p : r->capacity;
+    /* acquire: pairs with the release in pq_ring_reserve. */
+    const uint64_t backed = atomic_load_explicit(&r->ctl->reserved, memory_order_acquire);
+    r->reserved_cache = backed >= r->capacity ? UINT64_MAX : backed;
+    if (end <= backed)
+        return 1;
+    r->reserve_need = end;
+    return 0;
 }
 
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out)
@@ -184,6 +218,19 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
             pthread_mutex_unlock(&c->claim_lock);
             return -EAGAIN;
         }
+    }
+
+    /*
+     * The records must lie where the data area has pages (pq_ring_reserve.c).
+     * Only the first lap can reach unbacked bytes: there a position is its
+     * offset, and claims never pass ctl->reserved, so once tail has gone
+     * round everything is backed and reserved_cache is UINT64_MAX. One
+     * comparison on the hot path; a record laid out after a padding record
+     * at the start of the area lies below t, which is backed.
+     */
+    if (__builtin_expect(p > r->reserved_cache, 0) && !pq_ring_backed_to(r, p)) {
+        pthread_mutex_unlock(&c->claim_lock);
+        return -ENOBUFS;
     }
 
     /* Announce the claim for EOWNERDEAD recovery (see pq_ring_lock);

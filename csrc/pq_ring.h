@@ -93,6 +93,12 @@ typedef struct pq_ring_ctl {
      * bumped for records that were never published. */
     _Atomic uint64_t claim_tail;
     _Atomic uint64_t claim_msgs;
+    /* Bytes of the data area, from its start, known to have shmem pages
+     * behind them (pq_ring_reserve.c): a segment is created sparse beyond
+     * its first chunk and the first lap of the ring backs the rest chunk
+     * by chunk before writing there. Only grows (atomic max), up to the
+     * capacity; any process may raise it. */
+    _Atomic uint64_t reserved;
     /* Consumers' line. head and head_msgs are one 16-aligned pair that
      * pq_ring_consume moves with one double-width CAS (pq_ring.c). */
     PQ_ALIGNED_LINE _Atomic uint64_t head; /* start of the oldest unread record */
@@ -130,6 +136,13 @@ typedef struct pq_ring {
     uint64_t maxsize;
     uint64_t max_payload; /* largest payload one record can hold */
     /*
+     * Claims may end at positions up to here without backing more of the
+     * data area: ctl->reserved as last seen, or UINT64_MAX once the whole
+     * data area is backed (then the check in pq_ring_claim never fails).
+     * Next to capacity and mask, which every claim reads too.
+     */
+    uint64_t reserved_cache;
+    /*
      * Last values seen of the other side's cursor (Agrona's head cache):
      * head and tail only grow, so a stale value errs on the safe side
      * (less room, fewer records) and the shared line is read again only
@@ -148,6 +161,9 @@ typedef struct pq_ring {
     uint32_t held;
     uint64_t slot_owner;
     unsigned slot_forks; /* pq_proc_forks when the slot was claimed */
+    /* How far the data area must be backed for the claim that last failed
+     * with -ENOBUFS (pq_ring_reserve's argument). */
+    uint64_t reserve_need;
 } pq_ring;
 
 /* One readable record found by pq_ring_peek. */
@@ -197,6 +213,15 @@ static inline uint64_t pq_ring_record_size(uint64_t len)
 int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params);
 
+/*
+ * pq_ring_create for a segment whose data area has pages behind only its
+ * first `backed` bytes (the rest of the file is sparse): producers back
+ * the rest with pq_ring_reserve before writing there. backed >= capacity
+ * (or what pq_ring_create passes) means all of it.
+ */
+int pq_ring_create_backed(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
+                          const uint64_t *user_params, int n_user_params, uint64_t backed);
+
 /* Attach to a mapped queue segment after validating it (base must be
  * 16-aligned: -EINVAL otherwise; mappings are page-aligned). A view whose
  * open failed holds no slot: pq_ring_release_slot on it does nothing. */
@@ -208,11 +233,36 @@ int pq_ring_open(pq_ring *r, void *base, size_t size);
  * Claim room for n records of payload lengths lens[0..n) in one step and
  * write their positions to pos_out. 0 on success; -EAGAIN when the ring
  * (or maxsize) has no room now; -EMSGSIZE when the batch can never fit;
+ * -ENOBUFS when the records would lie in a part of the data area that has
+ * no pages behind it yet: call pq_ring_reserve(r, r->reserve_need) (not
+ * under any lock: it allocates memory) and claim again;
  * -EINVAL on bad arguments; -ENOTRECOVERABLE if the claim lock is broken.
  * Every claimed record must then be committed (or the process dies and the
  * record is abandoned by pq_ring_repair_head).
  */
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out);
+
+/* --- lazy reservation of the data area (pq_ring_reserve.c) ------------- */
+
+/* The data area is backed a chunk at a time during the ring's first lap. */
+#define PQ_RING_RESERVE_CHUNK (1u << 20)
+
+/*
+ * Give the data area pages up to at least `need` bytes from its start
+ * (rounded up to PQ_RING_RESERVE_CHUNK, at most the capacity), then
+ * publish the new extent in ctl->reserved. 0 on success; -ENOSPC when
+ * the memory behind the segment (/dev/shm) has no room: nothing is
+ * published, and nothing is written to the ring; -EOPNOTSUPP when the
+ * kernel cannot populate shared memory without touching it (older than
+ * Linux 5.14: segments must then be created fully backed, see
+ * pq_ring_populate_supported); other -errno from madvise.
+ */
+int pq_ring_reserve(pq_ring *r, uint64_t need);
+
+/* 1 when this kernel can back pages of a shared mapping without writing
+ * to them (MADV_POPULATE_WRITE), 0 when not (then create every segment
+ * fully backed). Probes once per process on a private anonymous page. */
+int pq_ring_populate_supported(void);
 
 static inline uint8_t *pq_ring_payload(const pq_ring *r, uint64_t pos)
 {

@@ -25,7 +25,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.list cimport PyList_New
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
-from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINVAL, EINPROGRESS, ESTALE
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINVAL, EINPROGRESS, ESTALE, ENOBUFS, ENOSPC
 
 import collections
 import os
@@ -70,6 +70,7 @@ cdef extern from "pq_ring.h" nogil:
         uint64_t capacity
         uint64_t maxsize
         uint64_t max_payload
+        uint64_t reserve_need
     ctypedef struct pq_ring_record:
         uint64_t pos
         const uint8_t* payload
@@ -92,6 +93,11 @@ cdef extern from "pq_ring.h" nogil:
     uint64_t pq_ring_record_size(uint64_t length)
     int pq_ring_create(void* base, size_t size, uint64_t capacity, uint64_t maxsize,
                        const uint64_t* user_params, int n_user_params)
+    int pq_ring_create_backed(void* base, size_t size, uint64_t capacity, uint64_t maxsize,
+                              const uint64_t* user_params, int n_user_params, uint64_t backed)
+    int pq_ring_reserve(pq_ring* r, uint64_t need)
+    int pq_ring_populate_supported()
+    uint64_t PQ_RING_RESERVE_CHUNK
     int pq_ring_open(pq_ring* r, void* base, size_t size)
     int pq_ring_claim(pq_ring* r, const uint32_t* lens, uint32_t n, uint64_t* pos_out)
     uint8_t* pq_ring_payload(const pq_ring* r, uint64_t pos)
@@ -196,9 +202,19 @@ def _fault_rearm():
     pq_fault_rearm()
 
 
+RESERVE_CHUNK = PQ_RING_RESERVE_CHUNK
+
+
+def populate_supported():
+    """True when segments can be created sparse and backed as they fill
+    (pq_ring_reserve: Linux >= 5.14); else every page is reserved at creation."""
+    return bool(pq_ring_populate_supported())
+
+
 def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,
-                   uint64_t max_message, uint64_t flags):
-    """Initialize a fresh zeroed mapping as a queue segment."""
+                   uint64_t max_message, uint64_t flags, uint64_t backed=<uint64_t>-1):
+    """Initialize a fresh zeroed mapping as a queue segment whose data area
+    has pages behind its first `backed` bytes (default: all of it)."""
     cdef Py_buffer view
     cdef uint64_t params[3]
     params[0] = overflow
@@ -206,7 +222,8 @@ def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,
     params[2] = flags
     PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
     try:
-        _check_rc(pq_ring_create(view.buf, view.len, capacity, maxsize, params, 3), "create")
+        _check_rc(pq_ring_create_backed(view.buf, view.len, capacity, maxsize, params, 3, backed),
+                  "create")
     finally:
         PyBuffer_Release(&view)
 
@@ -464,6 +481,9 @@ cdef class RingQueue:
                 rc = pq_ring_claim(&self._r, lens, n, pos)
             if rc == 0:
                 return 0
+            if rc == -ENOBUFS:
+                self._reserve()  # back the next chunk (ENOSPC raises), then claim again
+                continue
             if rc == PQ_ERR_LOCK_BUSY:
                 raise _Full
             if rc != -EAGAIN:
@@ -476,6 +496,28 @@ cdef class RingQueue:
                     continue
             if deadline == 0 or not self._park(True, seen, deadline):
                 raise _Full
+
+    cdef int _reserve(self) except -1:
+        """A claim needs more of the data area backed (its first lap, see
+        pq_ring_reserve): give it pages, with the GIL released (no lock is
+        held here). A full /dev/shm is OSError(ENOSPC) for this put; the
+        message is not enqueued and nothing else changes."""
+        cdef int rc
+        cdef uint64_t need = self._r.reserve_need
+        with nogil:
+            rc = pq_ring_reserve(&self._r, need)
+        if rc == -ENOSPC:
+            from pyqueue import _segment
+            note = _segment.shm_size_note()
+            raise OSError(ENOSPC, (
+                f"{_segment.SHM_DIR} has no room to back more of the ring of queue "
+                f"{getattr(self, 'name', None)!r} ({self._r.capacity} bytes, given memory "
+                f"{PQ_RING_RESERVE_CHUNK >> 20} MiB at a time as it first fills; "
+                f"{os.strerror(ENOSPC)}{'; ' + note if note else ''}): the message was not "
+                f"put; get messages out, lower capacity_bytes (the ring's size) or make "
+                f"{_segment.SHM_DIR} "
+                f"bigger (docker run --shm-size=...)"))
+        return _check_rc(rc, "put")
 
     cdef int _put_raw(self, const char* ptr, Py_ssize_t n, uint8_t typ,
                       int64_t deadline) except -1:

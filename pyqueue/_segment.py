@@ -129,17 +129,20 @@ def shm_unlink(posix_name):
     return True
 
 
-def create(name, size, mode, init, hint=None):
+def create(name, size, mode, init, hint=None, reserve_bytes=None):
     """Create segment `name` of `size` bytes and run init(mmap) on it.
     Returns the mapping, or None when a segment of that name exists.
-    hint: what to lower when /dev/shm has no room (reserve)."""
+    hint: what to lower when /dev/shm has no room (reserve). reserve_bytes:
+    how many bytes from the start get their pages now (default: all); the
+    rest of the file is sparse, and the segment's kind backs it before
+    writing there (a queue: pq_ring_reserve)."""
     try:
         fd = shm_create(shm_name(name), mode)
     except FileExistsError:
         return None
     try:
         os.ftruncate(fd, size)
-        reserve(fd, size, name, hint)
+        reserve(fd, size if reserve_bytes is None else min(reserve_bytes, size), name, hint)
         mm = mmap.mmap(fd, size)
         init(mm)
     except BaseException:
@@ -150,7 +153,8 @@ def create(name, size, mode, init, hint=None):
     return mm
 
 
-def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=False, hint=None):
+def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=False, hint=None,
+                   reserve_bytes=None):
     """The segment of a queue, topic, log or work queue: (name, mapping,
     perm, created). name None: a new unnamed segment, removed when this
     process exits (a queue's also earlier: release_unnamed). A name: made
@@ -159,14 +163,14 @@ def create_or_open(name, size, perm, init, kind, trust_owner=False, open_only=Fa
     if name is None:
         for _ in range(8):  # 64 random bits: a name taken is someone's plant
             name = unique_name()
-            mm = create(name, size, perm, init, hint)
+            mm = create(name, size, perm, init, hint, reserve_bytes)
             if mm is not None:
                 own(name)
                 return name, mm, perm, True
         raise FileExistsError(errno.EEXIST, "cannot create an unnamed segment: 8 random "
                               "names were all taken")
     check_name(name)
-    mm = None if open_only else create(name, size, perm, init, hint)
+    mm = None if open_only else create(name, size, perm, init, hint, reserve_bytes)
     if mm is not None:
         return name, mm, perm, True
     mm, perm = open_existing(name, kind, trust_owner)

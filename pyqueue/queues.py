@@ -6,9 +6,12 @@ import queue as _stdqueue
 from pyqueue import _core, _oob, _segment
 from pyqueue.errors import SegmentMismatch
 
-# 1 MiB: created in ~0.1 ms, and a handful of queues fit in Docker's
-# 64 MiB /dev/shm; bench/README.md has the measurements.
-DEFAULT_CAPACITY = 1024 * 1024
+# 32 MiB (~720,000 small messages), reserved lazily: a new queue gets pages
+# for its control block and the first 1 MiB of its ring only (created in
+# ~0.3 ms), and the ring's first lap backs the rest a chunk at a time as it
+# fills (pq_ring_reserve), so idle and small queues cost ~1 MiB of /dev/shm
+# and a handful of them fit in Docker's 64 MiB; docs/design.md, "Footprint".
+DEFAULT_CAPACITY = 32 * 1024 * 1024
 MIN_CAPACITY = 64 * 1024
 _OVERFLOWS = {"block": _core.OVERFLOW_BLOCK, "reject": _core.OVERFLOW_REJECT,
               "drop_oldest": _core.OVERFLOW_DROP_OLDEST}
@@ -84,7 +87,7 @@ _D_MODE = _Default(0o600)
 class Queue(_core.RingQueue):
     """A multi-process FIFO queue in shared memory; see docs/api.md.
 
-    Queue(maxsize=0, *, capacity_bytes=1 MiB, max_message_bytes=None,
+    Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,
           name=None, overflow="block", serializer=None, mode=0o600,
           trust_owner=False)
 
@@ -116,15 +119,22 @@ class Queue(_core.RingQueue):
             raise ValueError("mode must be a permission mask such as 0o600")
         flags = self._create_flags | (1 if serializer is not None else 0)
 
+        # Pages now for the control block and the ring's first chunk only
+        # (all of it on kernels that cannot back pages later without a
+        # SIGBUS risk); the rest is backed as the ring first fills.
+        backed = (min(capacity, _core.RESERVE_CHUNK) if _core.populate_supported()
+                  else capacity)
+
         def init(mm):
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
-                                 max_message_bytes or 0, flags)
+                                 max_message_bytes or 0, flags, backed)
 
         unnamed = name is None
         hint = (f"lower capacity_bytes (the ring's size, {capacity} bytes here) or make "
                 f"{_segment.SHM_DIR} bigger (docker run --shm-size=...)")
         name, mm, mode_now, created = _segment.create_or_open(
-            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner, hint=hint)
+            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner, hint=hint,
+            reserve_bytes=_core.segment_size(backed))
         self._setup(name, mm, serializer, mode_now)
         self._trust_owner = trust_owner
         # The process whose close()/collection of this handle unlinks an

@@ -118,12 +118,14 @@ typedef struct pq_ring {
     uint64_t mask;
     uint64_t maxsize;
     uint64_t max_payload;
+    uint64_t reserved_cache;
     uint64_t head_cache;
     uint64_t tail_cache;
     int slot;
     uint32_t held;
     uint64_t slot_owner;
     unsigned slot_forks;
+    uint64_t reserve_need;
 } pq_ring;
 
 typedef struct pq_ring_record {

@@ -1,6 +1,12 @@
 """A full /dev/shm is a clear OSError, never a SIGBUS, and leaves the queue
-usable. Runs a child in its own mount namespace with a 2 MiB tmpfs on
-/dev/shm (needs `unshare --mount`, i.e. root or CAP_SYS_ADMIN)."""
+usable. Runs a child in its own mount namespace with a small tmpfs on
+/dev/shm (needs `unshare --mount`, i.e. root or CAP_SYS_ADMIN).
+
+Also the lazy reservation of a queue's ring (pq_ring_reserve): a new queue
+has pages for its first 1 MiB only, its first lap backs the rest a chunk at
+a time, and a /dev/shm that cannot give the next chunk fails the put with
+OSError(ENOSPC), never a SIGBUS."""
+import os
 import shutil
 import subprocess
 import sys
@@ -8,8 +14,17 @@ import textwrap
 
 import pytest
 
+import pyqueue
+from tests import _shm_workers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 CHILD = textwrap.dedent("""
     import errno, os, pyqueue
+    # A queue gets pages for its control block and first 1 MiB chunk at
+    # creation: with 1.5 MiB of the 2 MiB taken, that is a clear error.
+    with open("/dev/shm/filler", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, 3 << 19)
     try:
         pyqueue.Queue(capacity_bytes=4 << 20)
     except OSError as e:
@@ -20,7 +35,8 @@ CHILD = textwrap.dedent("""
         assert "lower capacity_bytes" in str(e), e
     else:
         raise SystemExit("a 4 MiB queue was created in a 2 MiB /dev/shm")
-    assert os.listdir("/dev/shm") == [], os.listdir("/dev/shm")  # nothing half-made left
+    assert os.listdir("/dev/shm") == ["filler"], os.listdir("/dev/shm")  # nothing half-made left
+    os.unlink("/dev/shm/filler")
     q = pyqueue.Queue(capacity_bytes=256 << 10)
     q.put(b"before")
     try:
@@ -57,10 +73,12 @@ DOCKER_CHILD = textwrap.dedent("""
 """)
 
 
-def _run_in_tmpfs(size, code):
-    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec \"$0\" -c \"$1\""
-    return subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable, code],
-                          capture_output=True, text=True, timeout=60)
+def _run_in_tmpfs(size, code, *args):
+    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec \"$0\" -c \"$@\""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable, code,
+                           *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def _can_unshare():
@@ -82,3 +100,125 @@ def test_five_default_queues_fit_in_dockers_64_mib_dev_shm():
     r = _run_in_tmpfs("64m", DOCKER_CHILD)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     assert r.stdout.strip() == "OK"
+
+
+# A default queue (32 MiB ring) in a 4 MiB /dev/shm, 1 MiB of which a filler
+# file holds: a producer in a child process (fork or spawn) puts small ints
+# until the ring cannot grow. Its put fails with OSError(ENOSPC), never a
+# SIGBUS; what was put is all there, in order; while /dev/shm stays full a
+# put still fails cleanly (the ring is in its first lap: the next message
+# needs the next chunk); once there is room, puts succeed again.
+FILL_CHILD = textwrap.dedent("""
+    import errno, os, sys, multiprocessing as mp, pyqueue
+    from tests._shm_workers import fill_until_enospc
+    ctx = mp.get_context(sys.argv[1])
+    filler = "/dev/shm/filler"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, 1 << 20)
+    q = pyqueue.Queue()
+    assert q.capacity_bytes == 32 << 20
+    r, w = ctx.Pipe(False)
+    p = ctx.Process(target=fill_until_enospc, args=(q, w))
+    p.start()
+    w.close()
+    n, err, msg = r.recv()
+    p.join(30)
+    assert p.exitcode == 0, p.exitcode
+    assert err == errno.ENOSPC, (err, msg)
+    assert "/dev/shm is 4.0 MiB" in msg and "capacity_bytes" in msg, msg
+    assert "not put" in msg, msg
+    assert n > 40000, n                 # the ring grew past its first chunk
+    assert q.qsize() == n, (q.qsize(), n)
+    got = q.get_many(n, timeout=5)
+    while len(got) < n:
+        got += q.get_many(n - len(got), timeout=5)
+    assert got == list(range(n))
+    assert q.empty()
+    try:
+        q.put("still full")
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    else:
+        raise SystemExit("a put past the backed ring succeeded in a full /dev/shm")
+    os.unlink(filler)                   # room again
+    q.put_many(range(1000))
+    assert q.get_many(1000, timeout=5) == list(range(1000))
+    assert q.empty()
+    print("OK")
+""")
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_growing_ring_in_full_dev_shm_is_enospc_not_sigbus(method):
+    r = _run_in_tmpfs("4m", FILL_CHILD, method)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "OK"
+
+
+def _backed(q):
+    """Bytes of /dev/shm the queue's segment holds."""
+    return os.stat(os.path.join("/dev/shm", "pyqueue." + q.name)).st_blocks * 512
+
+
+MiB = 1 << 20
+
+
+def test_new_queue_holds_only_its_first_chunk():
+    q = pyqueue.Queue()
+    try:
+        assert q.capacity_bytes == 32 * MiB
+        assert _backed(q) <= MiB + 4096        # control block + first chunk
+        q.put_many([b"x" * 100] * 1000)
+        assert _backed(q) <= MiB + 4096        # small traffic: no more
+        q.put_many([b"y" * 1000] * 2000)       # ~2 MiB more: two more chunks
+        assert 3 * MiB < _backed(q) <= 4 * MiB + 4096
+        assert q.get_many(3000, timeout=5) == [b"x" * 100] * 1000 + [b"y" * 1000] * 2000
+    finally:
+        q.close()
+
+
+def test_ring_filled_past_first_chunk_drained_and_refilled():
+    """Grow to the whole ring (Full), drain, refill across the wrap: the
+    layout past the first lap is the fully backed ring's."""
+    q = pyqueue.Queue(capacity_bytes=4 * MiB)
+    try:
+        for lap in range(3):
+            n = 0
+            try:
+                while True:
+                    q.put_nowait((lap, n, b"z" * 200))
+                    n += 1
+            except pyqueue.Full:
+                pass
+            assert n > 4 * MiB // 512, n      # the whole 4 MiB ring took messages
+            assert _backed(q) == 4 * MiB + 4096
+            got = q.get_many(n, timeout=5)
+            while len(got) < n:
+                got += q.get_many(n - len(got), timeout=5)
+            assert got == [(lap, i, b"z" * 200) for i in range(n)]
+            q.put_many(range(1000))           # move the wrap point on
+            assert q.get_many(1000, timeout=5) == list(range(1000))
+    finally:
+        q.close()
+
+
+def test_producer_child_grows_the_ring_while_parent_reads(ctx):
+    """A producer in a child (fork, spawn) backs the ring chunk by chunk
+    through three laps while this process reads: every message, in order."""
+    q = pyqueue.Queue(capacity_bytes=4 * MiB)
+    n, size = 12000, 1024                     # ~12 MiB: three laps of 4 MiB
+    try:
+        assert _backed(q) <= MiB + 4096
+        p = ctx.Process(target=_shm_workers.put_sequence, args=(q, n, size))
+        p.start()
+        try:
+            for i in range(n):
+                assert q.get(timeout=30) == i.to_bytes(8, "little") * (size // 8), i
+        finally:
+            p.join(30)
+        assert p.exitcode == 0
+        assert _backed(q) == 4 * MiB + 4096
+    finally:
+        q.close()
+        q.unlink()   # pickled to the child: close() leaves the name
