@@ -91,6 +91,9 @@ def test_name_at_the_byte_limit_works(kind, char, cleanup_names):
         h.close()
         for e in _mine(name):
             remove_segment_file(e)
+        if kind == "WorkQueue dead_letter":  # the queue that owns the dead-letter queue
+            for e in _mine(h.name):
+                remove_segment_file(e)
 
 
 @pytest.mark.parametrize("kind", KINDS)
