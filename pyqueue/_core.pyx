@@ -49,6 +49,7 @@ cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
 
 cdef extern from "pq_segment.h" nogil:
+    unsigned int PQ_LAYOUT_VERSION
     ctypedef struct pq_segment_header:
         uint64_t magic
         uint32_t layout_version
@@ -161,6 +162,9 @@ cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 # PYQUEUE_FAULT_INJECTION=1, where PYQUEUE_FAULT=<point>[:N] stops the
 # process with SIGSTOP at the N-th hit of that point.
 FAULT_INJECTION = bool(PQ_FAULT_ENABLED)
+# The segment layout this build reads and writes (csrc/pq_segment.h): the
+# CLI's plain header reads compare with it.
+LAYOUT_VERSION = PQ_LAYOUT_VERSION
 FAULT_POINTS = tuple(pq_fault_name(i).decode("ascii") for i in range(1, PQ_FAULT_NPOINTS))
 
 cdef object _Empty = _queue_mod.Empty

@@ -34,7 +34,7 @@ _KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
 _HEADER = struct.Struct("<QIIQQQiIQQII16Q")
 _HEADER_BYTES = 256
 _MAGIC = 0x0045554555515950  # "PYQUEUE\0"
-_LAYOUT_VERSION = 2  # PQ_LAYOUT_VERSION (csrc/pq_segment.h)
+_LAYOUT_VERSION = _core.LAYOUT_VERSION  # PQ_LAYOUT_VERSION (csrc/pq_segment.h)
 _READY = 1
 
 _OOB_RE = re.compile(r"^(?P<queue>.+)\.oob-(?P<pid>[0-9]+)-(?P<n>[0-9a-f]+)$", re.S)
