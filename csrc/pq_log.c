@@ -300,7 +300,9 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
     /* Move the start first, then a release fence, then overwrite: a reader
      * that copied any byte written after the fence sees the new start in
      * pq_log_validate (the topic's seqlock pattern). */
-    atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
+    /* release: a reader that sees this start_offset (acquire) sees
+     * claim_tail set (pq_log_appending). */
+    atomic_store_explicit(&pt->start_offset, so, memory_order_release);
     /* release: a reader that sees this start_pos (acquire) sees its
      * start_offset too (it loads start_pos first). */
     atomic_store_explicit(&pt->start_pos, h, memory_order_release);
@@ -378,6 +380,22 @@ static int pq_log_start_passed(pq_log_part *pt, uint64_t pos)
 {
     atomic_thread_fence(memory_order_acquire);
     return (int64_t)(atomic_load_explicit(&pt->start_pos, memory_order_relaxed) - pos) > 0;
+}
+
+/*
+ * Is an append moving the start right now? Its start_offset store comes
+ * before its start_pos store, so a reader can hold the old start_pos with
+ * the new start_offset while start_pos has not moved yet: counting from
+ * that pair finds the wrong record, which is not damage. The append
+ * announces itself in claim_tail (release) before it stores the start and
+ * clears it (release) after: seen set, the reader retries; seen clear
+ * (acquire, after the fence of pq_log_start_passed), the new start_pos is
+ * visible and pq_log_start_passed already said so. A claim_tail left by a
+ * dead appender makes readers retry until the next locker repairs it.
+ */
+static int pq_log_appending(pq_log_part *pt)
+{
+    return atomic_load_explicit(&pt->claim_tail, memory_order_acquire) != 0;
 }
 
 /*
@@ -493,7 +511,8 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
         if (offset == end)
             return -EAGAIN;
         if (tl - h > l->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0) {
-            if (pq_log_start_passed(pt, h) || atomic_load_explicit(&pt->tail, memory_order_relaxed) != tl)
+            if (pq_log_start_passed(pt, h) || atomic_load_explicit(&pt->tail, memory_order_relaxed) != tl ||
+                pq_log_appending(pt))
                 continue;
             return PQ_ERR_CORRUPT;
         }
@@ -572,7 +591,8 @@ int pq_log_peek(pq_log *l, uint32_t part, uint64_t offset, pq_log_record *out, u
          * says so: retry, and offset may now be out of range), or the
          * segment is corrupt. */
         if (pq_log_start_passed(pt, h) ||
-            atomic_load_explicit(&pt->start_offset, memory_order_relaxed) != so)
+            atomic_load_explicit(&pt->start_offset, memory_order_relaxed) != so ||
+            pq_log_appending(pt))
             continue;
         return PQ_ERR_CORRUPT;
     }
@@ -670,9 +690,14 @@ int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms)
     if (rc == 0 && so != so0) {
         if (h == tl)
             so = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
-        /* As in pq_log_append: start_offset, then start_pos with release. */
-        atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
+        /* As in pq_log_append: announced in claim_tail (readers retry while
+         * it is set, pq_log_appending; the tail it names is the tail, so a
+         * holder dying here needs no undo), start_offset, then start_pos
+         * with release, then the announcement cleared. */
+        atomic_store_explicit(&pt->claim_tail, tl, memory_order_release);
+        atomic_store_explicit(&pt->start_offset, so, memory_order_release);
         atomic_store_explicit(&pt->start_pos, h, memory_order_release);
+        atomic_store_explicit(&pt->claim_tail, 0, memory_order_release);
     }
     pthread_mutex_unlock(&pt->claim_lock);
     return rc < 0 ? rc : (int)(so - so0);
