@@ -89,6 +89,11 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002):
                 if charged >= good and queue.qsize() == 0:
                     break
                 time.sleep(0.01)
+            # The killed worker comes back after the restart back-off (0.1 s
+            # at first), which can be after the others finished the work.
+            while killed is not None and sp.stats()["restarts"] < 1 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
             stats = sp.stats()
         elapsed = time.monotonic() - t0
         charged_ids = sorted(int(f) for f in os.listdir(charges))
