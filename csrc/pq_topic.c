@@ -282,12 +282,15 @@ int pq_topic_subscribe(pq_topic *t, pq_topic_sub *s, int start)
     return 0;
 }
 
-/* Free a slot if it still belongs to owner (under the lock). */
+/* Free a slot if it still belongs to owner (under the lock): 1 freed, 0
+ * not (another owner now), or the lock's error (PQ_ERR_LOCK_BUSY in the
+ * bindings: call again once the lock is had; nothing was changed). */
 static int pq_topic_free_slot(pq_topic *t, int slot, uint64_t owner)
 {
     pq_topic_ctl *c = t->ctl;
-    if (pq_topic_lock(t) < 0)
-        return 0;
+    int rc = pq_topic_lock(t);
+    if (rc < 0)
+        return rc;
     int freed = 0;
     if (atomic_load_explicit(&c->slots[slot].owner, memory_order_relaxed) == owner) {
         atomic_store_explicit(&c->slots[slot].owner, 0, memory_order_release);
@@ -300,12 +303,15 @@ static int pq_topic_free_slot(pq_topic *t, int slot, uint64_t owner)
     return freed;
 }
 
-void pq_topic_unsubscribe(pq_topic *t, pq_topic_sub *s)
+int pq_topic_unsubscribe(pq_topic *t, pq_topic_sub *s)
 {
     if (s->slot < 0 || t->ctl == NULL)
-        return;
-    pq_topic_free_slot(t, s->slot, s->owner);
+        return 0;
+    int rc = pq_topic_free_slot(t, s->slot, s->owner);
+    if (rc < 0)
+        return rc; /* slot kept: the caller calls again */
     s->slot = -1;
+    return 0;
 }
 
 int pq_topic_evict_dead(pq_topic *t, uint64_t needed_head)
@@ -325,7 +331,10 @@ int pq_topic_evict_dead(pq_topic *t, uint64_t needed_head)
         pq_proc_unpack(owner, &pid, &start32);
         if (pq_proc_alive(pid, start32, 1) != 0)
             continue; /* alive, or cannot tell: keep it */
-        evicted += pq_topic_free_slot(t, i, owner);
+        int rc = pq_topic_free_slot(t, i, owner);
+        if (rc < 0)
+            return evicted ? evicted : rc; /* the rest on the next call */
+        evicted += rc;
     }
     return evicted;
 }

@@ -153,15 +153,17 @@ int pq_topic_wait_writable(pq_topic *t, uint64_t needed_head, int64_t deadline_n
                            uint32_t spin_ns);
 
 /* Free the slots of dead subscribers whose cursor is behind needed_head
- * (UINT64_MAX: every dead subscriber). Returns how many were evicted. */
+ * (UINT64_MAX: every dead subscriber). Returns how many were evicted, or
+ * the lock's error (PQ_ERR_LOCK_BUSY...) when it could evict none. */
 int pq_topic_evict_dead(pq_topic *t, uint64_t needed_head);
 
 /* --- subscribers ----------------------------------------------------- */
 
 /* Take a slot: 0; -ENOSPC when all PQ_TOPIC_SUBS slots are held. */
 int pq_topic_subscribe(pq_topic *t, pq_topic_sub *s, int start);
-/* Give the slot back (does nothing when there is none). */
-void pq_topic_unsubscribe(pq_topic *t, pq_topic_sub *s);
+/* Give the slot back: 0 (also when there is none), or the lock's error
+ * (PQ_ERR_LOCK_BUSY in the bindings), the slot still held: call again. */
+int pq_topic_unsubscribe(pq_topic *t, pq_topic_sub *s);
 
 /*
  * Look at up to max committed records at the subscriber's cursor. >= 0

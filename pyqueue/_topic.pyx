@@ -77,7 +77,7 @@ cdef extern from "pq_topic.h" nogil:
                                uint32_t spin_ns)
     int pq_topic_evict_dead(pq_topic* t, uint64_t needed_head)
     int pq_topic_subscribe(pq_topic* t, pq_topic_sub* s, int start)
-    void pq_topic_unsubscribe(pq_topic* t, pq_topic_sub* s)
+    int pq_topic_unsubscribe(pq_topic* t, pq_topic_sub* s)
     int pq_topic_peek(pq_topic* t, pq_topic_sub* s, pq_topic_record* out, uint32_t max,
                       pq_topic_batch* b)
     int pq_topic_advance(pq_topic* t, pq_topic_sub* s, const pq_topic_batch* b)
@@ -331,7 +331,12 @@ cdef class TopicCore:
             # SIGKILLed before it closed its subscription; pid + start
             # time, so a reused pid is not taken for the dead one) and try
             # again.
-            if pq_topic_evict_dead(&self._t, ~(<uint64_t>0)) > 0:
+            rc = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise lock_timeout("subscribe", &lw)
+            if rc > 0:
                 rc = pq_topic_subscribe(&self._t, &s._s, start)
                 while lock_again(rc, &lw, LOCK_BOUNDED):
                     rc = pq_topic_subscribe(&self._t, &s._s, start)
@@ -381,7 +386,27 @@ cdef class SubscriptionCore:
     def __dealloc__(self):
         if self._topic is not None and self._s.slot >= 0 and self._pid == os.getpid() \
                 and self._topic._mapped:
-            pq_topic_unsubscribe(&self._topic._t, &self._s)
+            # Waits (bounded) for a lock another process holds; given up,
+            # the slot is freed as a dead subscriber's once this process
+            # has exited.
+            try:
+                self._unsubscribe()
+            except BaseException:
+                pass
+
+    cdef int _unsubscribe(self) except -1:
+        """Give the slot back, waiting (bounded, GIL released) for the
+        topic's lock: a publisher holds it for a moment, and a busy lock
+        must not leave the slot held (it would hold back a lossless topic
+        for as long as this process lives). LockTimeout: still held."""
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_topic_unsubscribe(&self._topic._t, &self._s)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_topic_unsubscribe(&self._topic._t, &self._s)
+        if rc == PQ_ERR_LOCK_BUSY:
+            raise lock_timeout("close", &lw)
+        _check_rc(rc, "close")
+        return 0
 
     cdef inline int _check(self) except -1:
         if self._s.slot < 0 or self._topic is None:
@@ -559,9 +584,12 @@ cdef class SubscriptionCore:
         return out
 
     def close(self):
+        """Give the subscription's slot back. LockTimeout when the topic's
+        lock stayed held by another process for the whole lock wait (a
+        stopped peer): the subscription is still open; close again."""
         if self._topic is not None and self._s.slot >= 0:
             if self._pid == os.getpid() and self._topic._mapped:
-                pq_topic_unsubscribe(&self._topic._t, &self._s)
+                self._unsubscribe()
             self._s.slot = -1
 
     @property

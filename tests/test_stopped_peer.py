@@ -190,6 +190,39 @@ def test_topic_publish_with_stopped_publisher_in_lock(ctx, procs):
         t.close()
 
 
+def test_topic_close_subscription_with_publisher_in_lock(ctx, procs, lock_wait):
+    """Closing a subscription while a publisher holds the topic's lock
+    waits for it: the slot is given back, never dropped on the floor (a
+    slot left held by a live process holds back a lossless topic). A
+    close that cannot get the lock in the lock wait says so and leaves the
+    subscription open."""
+    t = Topic(name=unique_name("lt"))
+    try:
+        sub = t.subscribe()
+        other = t.subscribe()
+        p = start_holder(procs, ctx, W.hold_put, t, b"held")
+        try:
+            probe(sub.close, LockTimeout)
+            assert not sub.closed and t.stats()["subscribers"] == 2
+            # A close that is waiting when the publisher goes on succeeds.
+            _locks.set_lock_wait(WAIT)
+            done = threading.Event()
+            closer = threading.Thread(target=lambda: (other.close(), done.set()))
+            closer.start()
+            assert not done.wait(0.2)  # it waits for the lock
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        closer.join(WAIT)
+        assert done.is_set() and other.closed
+        sub.close()
+        assert sub.closed and t.stats()["subscribers"] == 0
+    finally:
+        t.unlink()
+        t.close()
+
+
 # --------------------------------------------------------------------------
 # Log, memory and directory mode
 # --------------------------------------------------------------------------

@@ -94,7 +94,7 @@ static int test_fanout(void)
                 CHILD_CHECK(v == i);
             }
             CHILD_CHECK(pq_topic_lag(&t, &s) == 0);
-            pq_topic_unsubscribe(&t, &s);
+            CHILD_CHECK(pq_topic_unsubscribe(&t, &s) == 0);
             _exit(0);
         }
     }
@@ -133,10 +133,10 @@ static int test_backpressure_and_earliest(void)
     uint64_t v;
     CHECK_EQ(receive(&t, &late, &v, 100), 0);
     CHECK_EQ(v, 0);
-    pq_topic_unsubscribe(&t, &late);
+    CHECK_EQ(pq_topic_unsubscribe(&t, &late), 0);
     CHECK_EQ(pq_topic_subscribe(&t, &late, PQ_TOPIC_START_LATEST), 0);
     CHECK_EQ(receive(&t, &late, &v, 10), -EAGAIN);
-    pq_topic_unsubscribe(&t, &late);
+    CHECK_EQ(pq_topic_unsubscribe(&t, &late), 0);
     /* Reading one makes room for one. */
     CHECK_EQ(receive(&t, &s, &v, 100), 0);
     CHECK_EQ(v, 0);
@@ -148,7 +148,7 @@ static int test_backpressure_and_earliest(void)
         CHECK_EQ(receive(&t, &s, &v, 100), 0);
         CHECK_EQ(v, i);
     }
-    pq_topic_unsubscribe(&t, &s);
+    CHECK_EQ(pq_topic_unsubscribe(&t, &s), 0);
     return 0;
 }
 
@@ -171,7 +171,7 @@ static int test_lossy_lapping(void)
     }
     CHECK_EQ(receive(&t, &s, &v, 1), -EAGAIN);
     CHECK_EQ(pq_topic_lag(&t, &s), 0);
-    pq_topic_unsubscribe(&t, &s);
+    CHECK_EQ(pq_topic_unsubscribe(&t, &s), 0);
     return 0;
 }
 
@@ -239,7 +239,7 @@ static int test_dead_publisher_repaired(void)
     CHECK_EQ(receive(&t, &s, &v, 2000), 0); /* repairs after a wait slice */
     CHECK_EQ(v, 42);
     CHECK_EQ(pq_topic_lag(&t, &s), 0);
-    pq_topic_unsubscribe(&t, &s);
+    CHECK_EQ(pq_topic_unsubscribe(&t, &s), 0);
     return 0;
 }
 
@@ -259,7 +259,7 @@ static int test_bad_args(void)
         CHECK_EQ(pq_topic_subscribe(&t, &subs[i], PQ_TOPIC_START_LATEST), 0);
     CHECK_EQ(pq_topic_subscribe(&t, &subs[PQ_TOPIC_SUBS], PQ_TOPIC_START_LATEST), -ENOSPC);
     for (int i = 0; i < PQ_TOPIC_SUBS; i++)
-        pq_topic_unsubscribe(&t, &subs[i]);
+        CHECK_EQ(pq_topic_unsubscribe(&t, &subs[i]), 0);
     return 0;
 }
 
