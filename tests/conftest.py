@@ -365,6 +365,18 @@ class MPFactory:
             # Never hang at teardown on unflushed data of a failed test.
             q.cancel_join_thread()
             q.close()
+        # Let the feeder threads of the closed queues finish (bounded: one
+        # blocked on a full pipe nobody reads is left behind). A thread
+        # still running when a later test forks can leave the child stuck
+        # on a lock that thread held at the fork (the allocator's, under
+        # ASan): the ASan stage of a clean-clone CI run saw the forked
+        # child of the next test (after test_cancel_join_thread_then_close_
+        # and_join, whose feeder outlives it) never put anything.
+        deadline = time.monotonic() + 5.0
+        for q in self._queues:
+            feeder = getattr(q, "_thread", None)  # multiprocessing's own attribute
+            if feeder is not None:
+                feeder.join(max(0.0, deadline - time.monotonic()))
         self._queues.clear()
 
 
