@@ -169,6 +169,12 @@ cdef inline object lock_timeout(str what, LockWait* w):
     return make(what, pq_lock_busy_holder(), (pq_monotonic_ns() - w.started) / 1e9)
 
 
+cdef inline int lock_fail(int rc, LockWait* w, str what) except? -1:
+    """rc, unless the lock was still busy at the deadline: LockTimeout."""
+    if rc == PQ_ERR_LOCK_BUSY:
+        raise lock_timeout(what, w)
+    return rc
+
 
 cdef inline int set_lock_wait(object seconds) except -1:
     """Set up this module's copy of the core: the binding waits for locks

@@ -195,15 +195,7 @@ from pyqueue._common cimport LockWait, lock_again, set_lock_wait, pq_fault_rearm
 set_lock_wait(None)
 
 
-def _set_lock_wait(seconds):
-    """See pyqueue._locks."""
-    set_lock_wait(seconds)
-
-
-def _fault_rearm():
-    """Test-only (fault builds): this module's copy of the core reads
-    PYQUEUE_FAULT again at its next fault point."""
-    pq_fault_rearm()
+include "_module_hooks.pxi"
 
 
 RESERVE_CHUNK = PQ_RING_RESERVE_CHUNK

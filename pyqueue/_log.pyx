@@ -238,28 +238,15 @@ cdef extern from "pq_log_shared.h" nogil:
     int PQ_LOG_MAX_GROUPS
 
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain
-from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
+from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
 
 set_lock_wait(None)
 
 
-def _set_lock_wait(seconds):
-    """See pyqueue._locks."""
-    set_lock_wait(seconds)
+include "_module_hooks.pxi"
 
 
-def _fault_rearm():
-    """Test-only (fault builds): this module's copy of the core reads
-    PYQUEUE_FAULT again at its next fault point."""
-    pq_fault_rearm()
-
-
-cdef inline int _lock_fail(int rc, LockWait* w, str what) except? -1:
-    """rc, unless the lock was still busy at the deadline: LockTimeout."""
-    if rc == PQ_ERR_LOCK_BUSY:
-        raise lock_timeout(what, w)
-    return rc
 
 DEF BATCH_MAX = 64          # records per peek
 DEF APPEND_MAX = 256        # records per append claim (PQ_LOG_APPEND_MAX)

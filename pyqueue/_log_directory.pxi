@@ -319,7 +319,7 @@ cdef class DirLogCore(LogCoreBase):
         cdef int rc = pq_dlog_lock(&self._d, partition)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_dlog_lock(&self._d, partition)
-        return _check_rc(_lock_fail(rc, &lw, "lock"), "lock")
+        return _check_rc(lock_fail(rc, &lw, "lock"), "lock")
 
     def _with_lock(self, uint32_t partition, fn):
         """fn() under the partition's lock."""

@@ -37,7 +37,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_find(self.t, b, create, &inc)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_find(self.t, b, create, &inc)
-        _lock_fail(rc, &lw, "find group")
+        lock_fail(rc, &lw, "find group")
         if rc == -ENOENT:
             return None
         if rc == -ENOSPC:
@@ -57,7 +57,7 @@ cdef class GroupTable:
             rc = pq_group_name(self.t, g, buf)
             while lock_again(rc, &lw, LOCK_BOUNDED):
                 rc = pq_group_name(self.t, g, buf)
-            _lock_fail(rc, &lw, "group names")
+            lock_fail(rc, &lw, "group names")
             if rc == 0:
                 out.append((g, buf.decode("utf-8", "replace")))
         return out
@@ -68,7 +68,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_delete(self.t, g)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_delete(self.t, g)
-        _lock_fail(rc, &lw, "delete group")
+        lock_fail(rc, &lw, "delete group")
         if rc == -EBUSY:
             raise PyQueueError("the group has live members: close their consumers first")
         _check_rc(rc, "delete group")
@@ -82,7 +82,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_join(self.t, g, incarnation, <int64_t>(timeout * 1e9), &mid)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_join(self.t, g, incarnation, <int64_t>(timeout * 1e9), &mid)
-        _lock_fail(rc, &lw, "join")
+        lock_fail(rc, &lw, "join")
         if rc == -ENOENT:
             return None
         if rc == -EUSERS:
@@ -96,7 +96,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_leave(self.t, g, member_id)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_leave(self.t, g, member_id)
-        _check_rc(_lock_fail(rc, &lw, "leave"), "leave")
+        _check_rc(lock_fail(rc, &lw, "leave"), "leave")
 
     def heartbeat(self, uint32_t g, uint64_t member_id):
         """False when the member was removed from the group."""
@@ -109,7 +109,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_reap(self.t, g)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_reap(self.t, g)
-        return _check_rc(_lock_fail(rc, &lw, "reap"), "reap")
+        return _check_rc(lock_fail(rc, &lw, "reap"), "reap")
 
     def generation(self, uint32_t g):
         self._check(g)
@@ -125,7 +125,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
-        _lock_fail(rc, &lw, "assignment")
+        lock_fail(rc, &lw, "assignment")
         if rc == -ESTALE:
             return None
         _check_rc(rc, "assignment")
@@ -148,7 +148,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
-        _lock_fail(rc, &lw, "commit")
+        lock_fail(rc, &lw, "commit")
         if rc == -ESTALE:
             return False
         _check_rc(rc, "commit")
@@ -176,7 +176,7 @@ cdef class GroupTable:
         cdef int rc = pq_group_set_committed(self.t, g, partition, off, ms)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_group_set_committed(self.t, g, partition, off, ms)
-        _check_rc(_lock_fail(rc, &lw, "set committed"), "set committed")
+        _check_rc(lock_fail(rc, &lw, "set committed"), "set committed")
 
     def owner(self, uint32_t g, uint32_t partition):
         self._check(g)
@@ -189,7 +189,7 @@ cdef class GroupTable:
         cdef int n = pq_group_members(self.t, g, info, 64)
         while lock_again(n, &lw, LOCK_BOUNDED):
             n = pq_group_members(self.t, g, info, 64)
-        _check_rc(_lock_fail(n, &lw, "members"), "members")
+        _check_rc(lock_fail(n, &lw, "members"), "members")
         return [{"pid": info[i].pid, "alive": info[i].alive == 1,
                  "member_id": info[i].member_id, "idle_s": info[i].idle_ns / 1e9,
                  "partitions": info[i].partitions} for i in range(n)]

@@ -80,7 +80,7 @@ cdef class MemoryLogCore(LogCoreBase):
             rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
             while lock_again(rc, &lw, LOCK_BOUNDED):
                 rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
-            _check_rc(_lock_fail(rc, &lw, "append"), "append")
+            _check_rc(lock_fail(rc, &lw, "append"), "append")
             if j == 1:
                 out.append(first)
             else:
@@ -103,7 +103,7 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef int rc = pq_log_expire(&self._l, partition, now_ms)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_log_expire(&self._l, partition, now_ms)
-        return _check_rc(_lock_fail(rc, &lw, "expire"), "expire")
+        return _check_rc(lock_fail(rc, &lw, "expire"), "expire")
 
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
               make):

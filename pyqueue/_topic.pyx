@@ -127,15 +127,7 @@ from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait,
 set_lock_wait(None)
 
 
-def _set_lock_wait(seconds):
-    """See pyqueue._locks."""
-    set_lock_wait(seconds)
-
-
-def _fault_rearm():
-    """Test-only (fault builds): this module's copy of the core reads
-    PYQUEUE_FAULT again at its next fault point."""
-    pq_fault_rearm()
+include "_module_hooks.pxi"
 
 
 cdef inline int64_t _slice_end(int64_t deadline):

@@ -110,29 +110,16 @@ cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/
 
 ESTALE_CODE = ESTALE
 
-from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
+from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED, PQ_ENOTRECOVERABLE,
                               LOCK_BOUNDED)
 
 set_lock_wait(None)
 
 
-def _set_lock_wait(seconds):
-    """See pyqueue._locks."""
-    set_lock_wait(seconds)
+include "_module_hooks.pxi"
 
 
-def _fault_rearm():
-    """Test-only (fault builds): this module's copy of the core reads
-    PYQUEUE_FAULT again at its next fault point."""
-    pq_fault_rearm()
-
-
-cdef inline int _lock_fail(int rc, LockWait* w, str what) except? -1:
-    """rc, unless the lock was still busy at the deadline: LockTimeout."""
-    if rc == PQ_ERR_LOCK_BUSY:
-        raise lock_timeout(what, w)
-    return rc
 
 
 def raise_for(int rc, what):
@@ -390,7 +377,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_held(&self._q, mid, deliveries)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_held(&self._q, mid, deliveries)
-        return _lock_fail(rc, &lw, "get")
+        return lock_fail(rc, &lw, "get")
 
     def _decode(self, bytes b, uint8_t typ):
         return _decode(typ, b)
@@ -404,7 +391,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_ack(&self._q, mid, deliveries)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_ack(&self._q, mid, deliveries)
-        return _lock_fail(rc, &lw, "ack")
+        return lock_fail(rc, &lw, "ack")
 
     def _nack(self, uint64_t mid, uint32_t deliveries, double delay):
         self._check_open()
@@ -413,7 +400,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_nack(&self._q, mid, deliveries, delay_ns)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_nack(&self._q, mid, deliveries, delay_ns)
-        return _lock_fail(rc, &lw, "nack")
+        return lock_fail(rc, &lw, "nack")
 
     def _reject(self, uint64_t mid, uint32_t deliveries):
         self._check_open()
@@ -421,7 +408,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_reject(&self._q, mid, deliveries)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_reject(&self._q, mid, deliveries)
-        return _lock_fail(rc, &lw, "reject")
+        return lock_fail(rc, &lw, "reject")
 
     def _extend(self, uint64_t mid, uint32_t deliveries, double seconds):
         self._check_open()
@@ -430,7 +417,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_extend(&self._q, mid, deliveries, ns)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_extend(&self._q, mid, deliveries, ns)
-        return _lock_fail(rc, &lw, "extend")
+        return lock_fail(rc, &lw, "extend")
 
     def _dead_done(self, uint64_t mid):
         self._check_open()
@@ -438,7 +425,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_dead_done(&self._q, mid)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_dead_done(&self._q, mid)
-        return _lock_fail(rc, &lw, "dead_done")
+        return lock_fail(rc, &lw, "dead_done")
 
     def _dead_park(self, uint64_t mid, double retry):
         """A dead message this process could not move: again from retry
@@ -449,7 +436,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_dead_park(&self._q, mid, ns)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_dead_park(&self._q, mid, ns)
-        return _lock_fail(rc, &lw, "dead_park")
+        return lock_fail(rc, &lw, "dead_park")
 
     def _reap(self):
         self._check_open()
@@ -457,7 +444,7 @@ cdef class WorkQueueCore:
         cdef int rc = pq_wq_reap(&self._q)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_wq_reap(&self._q)
-        return _check_rc(_lock_fail(rc, &lw, "reap"), "reap")
+        return _check_rc(lock_fail(rc, &lw, "reap"), "reap")
 
     def _bounds(self):
         cdef uint64_t h, t
@@ -476,13 +463,13 @@ cdef class WorkQueueCore:
         n = pq_wq_copy_message(&self._q, mid, NULL, 0, &d, &st)
         while lock_again(n, &lw, LOCK_BOUNDED):
             n = pq_wq_copy_message(&self._q, mid, NULL, 0, &d, &st)
-        _lock_fail(n, &lw, "copy")
+        lock_fail(n, &lw, "copy")
         while n >= 0:
             buf = PyBytes_FromStringAndSize(NULL, n)
             rc = pq_wq_copy_message(&self._q, mid, PyBytes_AS_STRING(buf), n, &d, &st)
             while lock_again(rc, &lw, LOCK_BOUNDED):
                 rc = pq_wq_copy_message(&self._q, mid, PyBytes_AS_STRING(buf), n, &d, &st)
-            _lock_fail(rc, &lw, "copy")
+            lock_fail(rc, &lw, "copy")
             if rc == n:
                 return buf, d.type, d.deliveries, d.enqueued_ms, REASONS.get(d.reason), STATES.get(st)
             n = rc  # it changed in between: again
