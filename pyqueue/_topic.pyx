@@ -315,6 +315,7 @@ cdef class TopicCore:
         cdef SubscriptionCore s = cls.__new__(cls)
         s._topic = self
         cdef LockWait lw = LockWait(0, 0)
+        cdef int evicted
         cdef int rc = pq_topic_subscribe(&self._t, &s._s, start)
         while lock_again(rc, &lw, LOCK_BOUNDED):
             rc = pq_topic_subscribe(&self._t, &s._s, start)
@@ -323,15 +324,18 @@ cdef class TopicCore:
             # SIGKILLed before it closed its subscription; pid + start
             # time, so a reused pid is not taken for the dead one) and try
             # again.
-            rc = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
-            while lock_again(rc, &lw, LOCK_BOUNDED):
-                rc = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
-            if rc == PQ_ERR_LOCK_BUSY:
+            evicted = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
+            while lock_again(evicted, &lw, LOCK_BOUNDED):
+                evicted = pq_topic_evict_dead(&self._t, ~(<uint64_t>0))
+            if evicted == PQ_ERR_LOCK_BUSY:
                 raise lock_timeout("subscribe", &lw)
-            if rc > 0:
+            if evicted < 0:
+                _check_rc(evicted, "subscribe")
+            if evicted > 0:
                 rc = pq_topic_subscribe(&self._t, &s._s, start)
                 while lock_again(rc, &lw, LOCK_BOUNDED):
                     rc = pq_topic_subscribe(&self._t, &s._s, start)
+            # else rc stays -ENOSPC: every slot is held by a live subscriber
         if rc == PQ_ERR_LOCK_BUSY:
             raise lock_timeout("subscribe", &lw)
         _check_rc(rc, "subscribe")
