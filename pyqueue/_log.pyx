@@ -246,6 +246,9 @@ set_lock_wait(None)
 
 include "_module_hooks.pxi"
 
+# The deadline of a lock wait bounded by the lock wait (see _common.pxd).
+LOCK_BOUNDED_DEADLINE = LOCK_BOUNDED
+
 
 
 DEF BATCH_MAX = 64          # records per peek

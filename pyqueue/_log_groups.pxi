@@ -103,11 +103,14 @@ cdef class GroupTable:
         self._check(g)
         return pq_group_heartbeat(self.t, g, member_id) == 0
 
-    def reap(self, uint32_t g):
+    def reap(self, uint32_t g, int64_t deadline=LOCK_BOUNDED):
+        """Remove dead and silent members. deadline (here and below): of
+        the wait for the group lock, monotonic ns (-1: none, 0: a moment,
+        LOCK_BOUNDED: the lock wait); LockTimeout when it passed."""
         self._check(g)
         cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_reap(self.t, g)
-        while lock_again(rc, &lw, LOCK_BOUNDED):
+        while lock_again(rc, &lw, deadline):
             rc = pq_group_reap(self.t, g)
         return _check_rc(lock_fail(rc, &lw, "reap"), "reap")
 
@@ -115,7 +118,7 @@ cdef class GroupTable:
         self._check(g)
         return pq_group_generation(self.t, g)
 
-    def assignment(self, uint32_t g, uint64_t member_id):
+    def assignment(self, uint32_t g, uint64_t member_id, int64_t deadline=LOCK_BOUNDED):
         """(generation, {partition: epoch}) of member_id; None when it is no
         longer a member."""
         cdef uint64_t epochs[MAX_PARTITIONS]
@@ -123,7 +126,7 @@ cdef class GroupTable:
         self._check(g)
         cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
-        while lock_again(rc, &lw, LOCK_BOUNDED):
+        while lock_again(rc, &lw, deadline):
             rc = pq_group_assignment(self.t, g, member_id, epochs, &gen)
         lock_fail(rc, &lw, "assignment")
         if rc == -ESTALE:
@@ -131,7 +134,7 @@ cdef class GroupTable:
         _check_rc(rc, "assignment")
         return gen, {p: epochs[p] for p in range(self.t.partitions) if epochs[p] != 0}
 
-    def commit(self, uint32_t g, uint64_t member_id, list items):
+    def commit(self, uint32_t g, uint64_t member_id, list items, int64_t deadline=LOCK_BOUNDED):
         """items: [(partition, offset, epoch)]; all or nothing. False when
         fenced (a partition moved on or the member was removed)."""
         cdef uint32_t pv[MAX_PARTITIONS]
@@ -146,7 +149,7 @@ cdef class GroupTable:
         cdef uint64_t now_ms = time.time_ns() // 1000000
         cdef LockWait lw = LockWait(0, 0)
         cdef int rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
-        while lock_again(rc, &lw, LOCK_BOUNDED):
+        while lock_again(rc, &lw, deadline):
             rc = pq_group_commit(self.t, g, member_id, pv, ov, ev, <uint32_t>n, now_ms)
         lock_fail(rc, &lw, "commit")
         if rc == -ESTALE:

@@ -12,11 +12,25 @@ import os
 import time
 import weakref
 
-from pyqueue.errors import (CommitFailed, CorruptRecord, OffsetOutOfRange, PoisonRecord,
-                            PyQueueError)
+from pyqueue._log import LOCK_BOUNDED_DEADLINE as _BOUNDED
+from pyqueue.errors import (CommitFailed, CorruptRecord, LockTimeout, OffsetOutOfRange,
+                            PoisonRecord, PyQueueError)
 
 OFFSET_RESETS = ("earliest", "latest")
 _REAP_INTERVAL = 0.25  # how often a member looks for dead or silent ones
+_LOCK_MOMENT = 0.02    # a poll shorter than this still waits this long for the group lock
+
+
+def _lock_deadline(timeout):
+    """The deadline (monotonic ns, as the bindings take it) of the group
+    lock waits of a poll with this timeout: its own, so that a member
+    stopped inside the group lock delays a poll by its timeout, not by the
+    lock wait. -1: none (timeout None); 0: a moment (a short timeout)."""
+    if timeout is None:
+        return -1
+    if timeout < _LOCK_MOMENT:
+        return 0
+    return time.monotonic_ns() + int(timeout * 1e9)
 
 
 def _leave_quietly(table, g, member_id, pid):
@@ -95,10 +109,11 @@ class Consumer:
         self._generation = None
         self._refresh()
 
-    def _refresh(self):
+    def _refresh(self, deadline=_BOUNDED):
         """Take the group's current assignment: new partitions start at the
-        committed offset, lost ones are forgotten."""
-        got = self._table.assignment(self._g, self._member)
+        committed offset, lost ones are forgotten. LockTimeout (nothing
+        changed) when the group lock is still held at deadline."""
+        got = self._table.assignment(self._g, self._member, deadline)
         if got is None:  # removed from the group (looked dead, or silent)
             self._join()
             return
@@ -131,17 +146,19 @@ class Consumer:
             raise PyQueueError("a Consumer belongs to the process that made it: make one in "
                                "each process (log.consumer(group))")
 
-    def _keep_alive(self):
-        """Heartbeat, look for gone members now and then, follow rebalances."""
+    def _keep_alive(self, deadline=_BOUNDED):
+        """Heartbeat, look for gone members now and then, follow rebalances.
+        LockTimeout when the group lock is still held at deadline (the
+        heartbeat went out; what needs the lock waits for the next call)."""
         t, g = self._table, self._g
         if not t.heartbeat(g, self._member):
-            self._refresh()  # removed: join again
+            self._refresh(deadline)  # removed: join again
         now = time.monotonic()
         if now >= self._next_reap:
+            t.reap(g, deadline)
             self._next_reap = now + _REAP_INTERVAL
-            t.reap(g)
         if t.generation(g) != self._generation:
-            self._refresh()
+            self._refresh(deadline)
 
     # ---- reading ------------------------------------------------------
 
@@ -158,10 +175,19 @@ class Consumer:
         self._check()
         if not isinstance(max_records, int) or max_records <= 0:
             raise ValueError("max_records must be a positive int")
-        deadline = float("inf") if timeout is None else time.monotonic() + float(timeout)
-        if self._auto_commit and time.monotonic() >= self._next_auto_commit:
-            self._commit_quietly()  # before a rebalance can take partitions away
-        self._keep_alive()
+        if timeout is not None:
+            timeout = float(timeout)
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        # The group lock is waited for until the poll's own deadline (a
+        # member stopped inside it delays this poll by its timeout, and it
+        # returns what it has); with the lock, the poll goes on.
+        lock_deadline = _lock_deadline(timeout)
+        try:
+            if self._auto_commit and time.monotonic() >= self._next_auto_commit:
+                self._commit_quietly(lock_deadline)  # before a rebalance can take partitions away
+            self._keep_alive(lock_deadline)
+        except LockTimeout:
+            return []
         while True:
             out = self._fetch(max_records)
             if out:
@@ -172,7 +198,10 @@ class Consumer:
             parts = sorted(self._positions)
             self._log._wait_any(parts, [self._positions[p] for p in parts], self._table,
                                 self._g, self._generation or 0, remaining)
-            self._keep_alive()
+            try:
+                self._keep_alive(lock_deadline)
+            except LockTimeout:
+                return []
 
     def _fetch(self, max_records):
         parts = sorted(self._positions)
@@ -236,7 +265,12 @@ class Consumer:
         CommitFailed (nothing written) when any of them has been assigned
         to another member, or this member was removed from the group.
         ValueError (nothing written) for a partition the log does not have
-        or an offset that is not a non-negative int."""
+        or an offset that is not a non-negative int. LockTimeout (nothing
+        written) when another member holds the group lock for the whole
+        lock wait (stopped inside it)."""
+        self._commit(offsets, _BOUNDED)
+
+    def _commit(self, offsets, deadline):
         self._check()
         if offsets is None:
             offsets = dict(self._positions)
@@ -252,37 +286,40 @@ class Consumer:
                 items.append((p, off, self._epochs[p]))
             else:
                 lost.append(p)
-        if not lost and (not items or self._table.commit(self._g, self._member, items)):
+        if not lost and (not items or self._table.commit(self._g, self._member, items,
+                                                         deadline)):
             return
-        self._refresh_keeping_positions()
+        self._refresh_keeping_positions(deadline)
         lost = sorted(set(lost) | {p for p, _, e in items if self._epochs.get(p) != e})
         raise CommitFailed(f"commit fenced: partition(s) {lost} of group {self._group!r} are "
                            "no longer assigned to this consumer (a rebalance moved them); "
                            "nothing was committed", lost)
 
-    def _refresh_keeping_positions(self):
+    def _refresh_keeping_positions(self, deadline=_BOUNDED):
         """_refresh, keeping the positions of the partitions held at the
         same epoch throughout (also across a rejoin, which clears them). A
         partition lost and given back since (a new epoch) starts at the
         committed offset like any new one: meanwhile another member may
         have read and committed it."""
         kept = {p: (at, self._epochs.get(p)) for p, at in self._positions.items()}
-        self._refresh()
+        self._refresh(deadline)
         for p, (at, epoch) in kept.items():
             if p in self._positions and self._epochs.get(p) == epoch:
                 self._positions[p] = at
 
-    def _commit_quietly(self):
+    def _commit_quietly(self, deadline=_BOUNDED):
         """auto_commit: what this member still owns (a partition that moved
-        goes on from its last commit with its new owner)."""
-        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
+        goes on from its last commit with its new owner). LockTimeout: not
+        committed, tried again at the next poll."""
+        self._check()
         try:
-            self.commit()
+            self._commit(None, deadline)
         except CommitFailed:
             try:
-                self.commit()  # the assignment is fresh now
+                self._commit(None, deadline)  # the assignment is fresh now
             except CommitFailed:
                 pass
+        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
 
     def committed(self, partition):
         """The group's committed offset of a partition (None: none)."""

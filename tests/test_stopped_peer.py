@@ -293,6 +293,45 @@ def test_group_with_stopped_member_in_group_lock(ctx, procs, lock_wait):
         log.close()
 
 
+def test_group_poll_waits_its_timeout_not_the_lock_wait(ctx, procs):
+    """A member's poll(timeout=t) while another member is stopped inside
+    the group lock returns [] after about t (its own deadline bounds its
+    wait for the lock), not after the lock wait (30 s here), and reads
+    on once the other member goes on."""
+    name = unique_name("lg")
+    log = Log(name=name, partitions=2)
+    _locks.set_lock_wait(WAIT)
+    try:
+        mine = log.consumer("g", auto_commit=False)
+        p = start_holder(procs, ctx, W.hold_group_leave, name, "g")
+        try:
+            with Ticker() as ticker:
+                t0 = time.monotonic()
+                assert mine.poll(timeout=TIMEOUT) == []
+                took = time.monotonic() - t0
+            assert TIMEOUT - 0.05 <= took < TIMEOUT + MARGIN, took
+            assert ticker.gap < TIMEOUT / 2
+            t0 = time.monotonic()
+            assert mine.poll(timeout=0) == []  # a moment, not the lock wait
+            assert time.monotonic() - t0 < MARGIN
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        log.append(b"r")
+        log.append(b"s")
+        got = []
+        deadline = time.monotonic() + WAIT
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += [r.value for r in mine.poll(timeout=WAIT)]
+        assert sorted(got) == [b"r", b"s"]
+        mine.close()
+    finally:
+        _locks.set_lock_wait(None)
+        log.unlink()
+        log.close()
+
+
 # --------------------------------------------------------------------------
 # WorkQueue, and pyqueue stats / ls
 # --------------------------------------------------------------------------
