@@ -22,3 +22,52 @@ def test_checkout_charges_every_order_once_and_dead_letters_the_poison():
     assert rep["worker_killed"] and rep["restarts"] >= 1
     assert rep["redelivered"] > 0  # the gateway failures were retried
     assert rep["deduplicated"] == 10
+
+
+def run_example(script, *args):
+    """Runs examples/SCRIPT as a user would (a new interpreter, its own
+    argv) with --json; returns its report."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), "--json", *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    rep = json.loads(r.stdout)
+    assert rep["ok"]
+    return rep
+
+
+def test_log_pipeline_parses_every_line_once_across_processes(ctx):
+    rep = run_example("log_pipeline.py", "--lines", "5000", "--workers", "3", "--batch", "64",
+                      "--start-method", ctx.get_start_method())
+    assert rep["start_method"] == ctx.get_start_method()
+    assert rep["lines"] == 5000
+    assert rep["malformed"] == 6  # every 997th generated line: 0, 997, ..., 4985
+    assert sum(rep["status"].values()) == 5000 - 6
+    assert set(rep["status"]) == {"200", "304", "404", "500"}
+    # 79 batches and one end marker per parser went through the drop-in Queue
+    assert rep["queue_stats"]["enqueued"] == rep["queue_stats"]["dequeued"] == 79 + 3
+
+
+def test_fanout_every_subscriber_gets_every_tick_in_order(ctx):
+    rep = run_example("fanout.py", "--ticks", "5000", "--start-method", ctx.get_start_method())
+    subs = {s["role"]: s for s in rep["subscribers"]}
+    assert set(subs) == {"average", "high", "audit"}
+    for s in subs.values():
+        assert s["seen"] == 5000 and s["in_order"] and s["lost"] == 0
+    assert subs["high"]["value"] == 110.0  # 100 + 100/10: seq * 37 % 101 reaches 100
+
+
+def test_event_log_group_replay_resume_and_new_group(ctx):
+    rep = run_example("event_log.py", "--events", "1200", "--members", "2",
+                      "--start-method", ctx.get_start_method())
+    assert rep["billed"] == rep["replayed"] == 1200 and rep["replay_matches"]
+    assert rep["appended_later"] == rep["resumed"] == 120 and rep["resumed_only_new"]
+    assert rep["audited"] == 1320
+    assert rep["lag"] == {"billing": 0, "audit": 0}
+    assert rep["users"] == 37
+
+
+def test_event_log_keeps_the_log_in_the_given_directory(tmp_path):
+    path = tmp_path / "orders"
+    run_example("event_log.py", "--events", "200", "--members", "1", "--path", str(path))
+    assert (path / "log.json").is_file()
+    assert sorted(p.name for p in path.glob("partition-*")) == [f"partition-{i}" for i in range(4)]
