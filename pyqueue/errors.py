@@ -1,8 +1,11 @@
 """Exceptions of pyqueue, and the one translation of the C core's -errno
 codes into them (from_code). `queue.Full` and `queue.Empty` are used as in
 the standard library."""
+from __future__ import annotations
+
 import errno as _errno
 import os as _os
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 
 class PyQueueError(Exception):
@@ -34,15 +37,21 @@ class OffsetOutOfRange(PyQueueError, LookupError):
     its start (dropped by retention) or beyond its end. Attributes:
     partition, offset, start_offset, end_offset."""
 
-    def __init__(self, message, partition=None, offset=None, start_offset=None,
-                 end_offset=None):
+    partition: Optional[int]
+    offset: Optional[int]
+    start_offset: Optional[int]
+    end_offset: Optional[int]
+
+    def __init__(self, message: str, partition: Optional[int] = None,
+                 offset: Optional[int] = None, start_offset: Optional[int] = None,
+                 end_offset: Optional[int] = None) -> None:
         super().__init__(message)
         self.partition = partition
         self.offset = offset
         self.start_offset = start_offset
         self.end_offset = end_offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partition, self.offset, self.start_offset,
                              self.end_offset))
 
@@ -56,14 +65,21 @@ class CorruptRecord(SegmentMismatch):
     returned; the records before it in the same read are returned first,
     and a consumer can skip it with seek(partition, offset + 1)."""
 
-    def __init__(self, message, path=None, position=None, partition=None, offset=None):
+    path: Optional[str]
+    position: Optional[int]
+    partition: Optional[int]
+    offset: Optional[int]
+
+    def __init__(self, message: str, path: Optional[str] = None,
+                 position: Optional[int] = None, partition: Optional[int] = None,
+                 offset: Optional[int] = None) -> None:
         super().__init__(message)
         self.path = path
         self.position = position
         self.partition = partition
         self.offset = offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.path, self.position, self.partition, self.offset))
 
 
@@ -80,8 +96,15 @@ class UndecodableMessage(PyQueueError):
     codec byte), raw (the payload bytes as stored), cause (the exception
     the decoder raised; also __cause__)."""
 
-    def __init__(self, message, position=None, partition=None, type_code=None, raw=None,
-                 cause=None):
+    position: Optional[int]
+    partition: Optional[int]
+    type_code: Optional[int]
+    raw: Optional[bytes]
+    cause: Optional[BaseException]
+
+    def __init__(self, message: str, position: Optional[int] = None,
+                 partition: Optional[int] = None, type_code: Optional[int] = None,
+                 raw: Optional[bytes] = None, cause: Optional[BaseException] = None) -> None:
         super().__init__(message)
         self.position = position
         self.partition = partition
@@ -92,11 +115,11 @@ class UndecodableMessage(PyQueueError):
             self.__cause__ = cause
 
     @property
-    def offset(self):
+    def offset(self) -> Optional[int]:
         """A Log record's offset (the same as position)."""
         return self.position
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.position, self.partition, self.type_code,
                              self.raw, None))
 
@@ -112,12 +135,13 @@ class PoisonRecord(UndecodableMessage, ValueError):
     record's. Skip it with consumer.seek(partition, offset + 1) (or read on
     from offset + 1); StreamProcessor(on_error=...) does it for you."""
 
-    def __init__(self, message, partition=None, offset=None, type_code=None, raw=None,
-                 cause=None):
+    def __init__(self, message: str, partition: Optional[int] = None,
+                 offset: Optional[int] = None, type_code: Optional[int] = None,
+                 raw: Optional[bytes] = None, cause: Optional[BaseException] = None) -> None:
         super().__init__(message, position=offset, partition=partition, type_code=type_code,
                          raw=raw, cause=cause)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partition, self.offset, self.type_code, self.raw,
                              None))
 
@@ -137,11 +161,13 @@ class CommitFailed(PyQueueError):
     lost). The consumer has its new assignment already; its next poll()
     reads the partitions it owns now."""
 
-    def __init__(self, message, partitions=()):
+    partitions: Tuple[int, ...]
+
+    def __init__(self, message: str, partitions: Iterable[int] = ()) -> None:
         super().__init__(message)
         self.partitions = tuple(partitions)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partitions))
 
 
@@ -156,18 +182,24 @@ class LockTimeout(PyQueueError, TimeoutError):
     it. Attributes: pid and tid of the holder (None when unknown), state
     (its /proc state, e.g. "T (stopped)"), waited (seconds)."""
 
-    def __init__(self, message, pid=None, tid=None, state=None, waited=None):
+    pid: Optional[int]
+    tid: Optional[int]
+    state: Optional[str]
+    waited: Optional[float]
+
+    def __init__(self, message: str, pid: Optional[int] = None, tid: Optional[int] = None,
+                 state: Optional[str] = None, waited: Optional[float] = None) -> None:
         super().__init__(message)
         self.pid = pid
         self.tid = tid
         self.state = state
         self.waited = waited
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.pid, self.tid, self.state, self.waited))
 
 
-def _holder_of(tid):
+def _holder_of(tid: int) -> Tuple[Optional[int], Optional[str]]:
     """(pid, state) of thread tid from /proc; (None, None) when it does
     not exist (or /proc cannot say)."""
     try:
@@ -187,7 +219,7 @@ def _holder_of(tid):
     return pid, state
 
 
-def lock_timeout(what, tid, waited):
+def lock_timeout(what: str, tid: int, waited: float) -> LockTimeout:
     """The LockTimeout of a call (`what`) that gave up after `waited`
     seconds on a lock whose word names thread `tid` (0: unknown)."""
     pid, state = _holder_of(tid) if tid else (None, None)
@@ -215,7 +247,8 @@ _SEGMENT_CODES = {
 }
 
 
-def from_code(rc, what="", kind="queue", extra=None):
+def from_code(rc: int, what: str = "", kind: str = "queue",
+              extra: Optional[Dict[int, str]] = None) -> Exception:
     """The exception for a negative return code of the C core: the one
     place where those codes become Python exceptions (the Cython modules'
     _check_rc call it). extra: {errno: message} a caller adds for codes
