@@ -1,3 +1,4 @@
+# pyright: strict
 """Typed use of pyqueue's whole public API.
 
 Type-checked by the typing stage of .ci/run (`mypy --strict` and pyright in
