@@ -46,21 +46,42 @@ class RawValue:
 class GroupTable:
     """The consumer groups of one log."""
     @overload
-    def find(self, name: str, create: Literal[True]) -> Tuple[int, int]: ...
+    def find(self, name: str, create: Literal[True]) -> Tuple[int, int]:
+        """(index, incarnation) of group `name`; None when it does not
+        exist and not create. PyQueueError when the log has no room for
+        another group.
+        """
     @overload
-    def find(self, name: str, create: bool) -> Optional[Tuple[int, int]]: ...
-    def names(self) -> List[Tuple[int, str]]: ...
+    def find(self, name: str, create: bool) -> Optional[Tuple[int, int]]:
+        """(index, incarnation) of group `name`; None when it does not
+        exist and not create. PyQueueError when the log has no room for
+        another group.
+        """
+    def names(self) -> List[Tuple[int, str]]:
+        """[(index, name)] of the groups that exist."""
     def delete(self, g: int) -> None: ...
-    def join(self, g: int, incarnation: int, timeout: float) -> Optional[int]: ...
+    def join(self, g: int, incarnation: int, timeout: float) -> Optional[int]:
+        """A new member id; None when the group was deleted since it was
+        found (find it again).
+        """
     def leave(self, g: int, member_id: int) -> None: ...
-    def heartbeat(self, g: int, member_id: int) -> bool: ...
+    def heartbeat(self, g: int, member_id: int) -> bool:
+        """False when the member was removed from the group."""
     def reap(self, g: int) -> int: ...
     def generation(self, g: int) -> int: ...
-    def assignment(self, g: int, member_id: int) -> Optional[Tuple[int, dict[int, int]]]: ...
-    def commit(self, g: int, member_id: int, items: List[Tuple[int, int, int]]) -> bool: ...
-    def committed(self, g: int, partition: int) -> Tuple[Optional[int], int]: ...
+    def assignment(self, g: int, member_id: int) -> Optional[Tuple[int, dict[int, int]]]:
+        """(generation, {partition: epoch}) of member_id; None when it is no
+        longer a member.
+        """
+    def commit(self, g: int, member_id: int, items: List[Tuple[int, int, int]]) -> bool:
+        """items: [(partition, offset, epoch)]; all or nothing. False when
+        fenced (a partition moved on or the member was removed).
+        """
+    def committed(self, g: int, partition: int) -> Tuple[Optional[int], int]:
+        """(offset or None, wall-clock ms of that commit)."""
     def set_committed(self, g: int, partition: int, offset: Optional[int],
-                      ms: int = 0) -> None: ...
+                      ms: int = 0) -> None:
+        """Set (or, with None, clear) a committed offset without fencing."""
     def owner(self, g: int, partition: int) -> int: ...
     def members(self, g: int) -> List[dict[str, Any]]: ...
 
@@ -80,15 +101,29 @@ class SegmentMap:
     def data_size(self) -> int: ...
     @property
     def has_index(self) -> bool: ...
-    def index_init(self) -> None: ...
-    def index_header(self) -> Optional[dict[str, Any]]: ...
+    def index_init(self) -> None:
+        """Write a fresh, unsealed index header."""
+    def index_header(self) -> Optional[dict[str, Any]]:
+        """The sealed index header as a dict; None when it is not sealed;
+        CorruptRecord when it is damaged.
+        """
     def seal(self, cursor: Tuple[Any, ...]) -> None: ...
-    def scan(self, limit: int, rebuild_index: bool) -> Any: ...
+    def scan(self, limit: int, rebuild_index: bool) -> Any:
+        """Walk the valid records from the start: (cursor, torn)."""
     def dirty_bytes(self, start: int, to: int) -> int: ...
-    def find_record(self, start: int, to: int, min_offset: int) -> Any: ...
+    def find_record(self, start: int, to: int, min_offset: int) -> Any:
+        """The position of the first whole, CRC-valid record in [start, to)
+        with an offset of at least min_offset (and at most one per 40
+        bytes past it); None when there is none.
+        """
     def read_bytes(self, start: int, to: int) -> bytes: ...
     def zero(self, start: int, to: int) -> None: ...
-    def sync(self, start: int, to: int) -> None: ...
+    def sync(self, start: int, to: int) -> None:
+        """msync the data bytes [start, to). A map closed meanwhile (by a
+        roll of another thread of this process, which synced the segment
+        first, or by a close of the handle) has nothing left to sync here:
+        an append that committed its records must not raise after it.
+        """
     def sync_index(self) -> None: ...
 
 @disjoint_base
@@ -98,25 +133,77 @@ class LogCoreBase(Generic[_T]):
     @property
     def _closed(self) -> bool: ...
     def append(self, value: _T, key: bytes | str | None = None,
-               headers: Optional[Mapping[str, bytes]] = None) -> Tuple[int, int]: ...
+               headers: Optional[Mapping[str, bytes]] = None) -> Tuple[int, int]:
+        """Append one record.
+
+        Args:
+            value: The record's value (bytes and str as they are, anything
+                else pickled).
+            key: bytes or str: picks the partition with Kafka's default
+                partitioner (bit-exact); None: round-robin per process.
+            headers: A dict of str -> bytes, or None.
+
+        Returns:
+            (partition, offset) of the record.
+
+        Raises:
+            MessageTooLarge: key, headers and value exceed max_record_bytes.
+            TypeError: A key or header of the wrong type.
+            ValueError: The log is closed.
+            LockTimeout: A partition's lock stayed held by a stopped process.
+        """
     def append_many(self, values: Iterable[_T], key: bytes | str | None = None,
-                    headers: Optional[Mapping[str, bytes]] = None) -> List[Tuple[int, int]]: ...
+                    headers: Optional[Mapping[str, bytes]] = None) -> List[Tuple[int, int]]:
+        """Append every value of an iterable to one partition (the key's,
+        or the next round-robin one), in batched claims.
+
+        Args:
+            values: The records' values, in order.
+            key: As append(); one key for all of them.
+            headers: As append(); the same headers on each record.
+
+        Returns:
+            The (partition, offset) of each record, in order (an empty list
+            for no values).
+
+        Raises:
+            MessageTooLarge: A record exceeds max_record_bytes (checked
+                before anything is appended).
+            TypeError: A key or header of the wrong type.
+            ValueError: The log is closed.
+            LockTimeout: A partition's lock stayed held by a stopped process.
+        """
     def _append(self, partition: int, values: List[Any], key: bytes | str | None,
                 headers: Optional[Mapping[str, bytes]], ts_ms: int) -> List[int]: ...
     @property
-    def partitions(self) -> int: ...
+    def partitions(self) -> int:
+        """The number of partitions."""
     @property
-    def max_record_bytes(self) -> int: ...
-    def partition_for(self, key: bytes | str) -> int: ...
+    def max_record_bytes(self) -> int:
+        """The largest key + headers + value a record may have."""
+    def partition_for(self, key: bytes | str) -> int:
+        """The partition a key goes to (Kafka's default partitioner).
+
+        Args:
+            key: bytes or str.
+
+        Returns:
+            The partition number.
+
+        Raises:
+            TypeError: key is not bytes or str.
+        """
 
 @disjoint_base
 class MemoryLogCore(LogCoreBase[_T]):
     """Base class of pyqueue.log.MemoryLog."""
     def _attach(self, mm: mmap.mmap) -> None: ...
     @property
-    def capacity_bytes(self) -> int: ...
+    def capacity_bytes(self) -> int:
+        """Bytes of each partition's ring (its retention by size)."""
     @property
-    def retention_ms(self) -> Optional[int]: ...
+    def retention_ms(self) -> Optional[int]:
+        """Records older than this many milliseconds are dropped, or None."""
     def _group_table(self) -> GroupTable: ...
     def _bounds(self, partition: int) -> Tuple[int, int]: ...
     def _expire(self, partition: int, now_ms: int) -> int: ...
@@ -124,7 +211,8 @@ class MemoryLogCore(LogCoreBase[_T]):
               make: Callable[..., _R]) -> List[_R]: ...
     def _wait_any(self, parts: List[int], offsets: List[int], groups: GroupTable, g: int,
                   gen_seen: int, timeout: float) -> Any: ...
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close this handle (other handles and processes are unaffected)."""
 
 @disjoint_base
 class DirLogCore(LogCoreBase[_T]):
@@ -133,7 +221,8 @@ class DirLogCore(LogCoreBase[_T]):
     def _fsync_mode(self) -> int: ...
     def _attach_control(self, mm: mmap.mmap, fsync_mode: int, fsync_interval: float) -> None: ...
     @property
-    def segment_bytes(self) -> int: ...
+    def segment_bytes(self) -> int:
+        """The size a segment file rolls at, in bytes."""
     def _group_table(self) -> GroupTable: ...
     def _release_maps(self) -> None: ...
     def _close_control(self) -> None: ...

@@ -34,8 +34,14 @@ class SegmentNotOwned(PyQueueError, PermissionError):
 
 class OffsetOutOfRange(PyQueueError, LookupError):
     """A Log read asked for an offset that is not in the partition: before
-    its start (dropped by retention) or beyond its end. Attributes:
-    partition, offset, start_offset, end_offset."""
+    its start (dropped by retention) or beyond its end.
+
+    Attributes:
+        partition: The partition read.
+        offset: The offset asked for.
+        start_offset: The partition's oldest offset then.
+        end_offset: The offset its next record will get.
+    """
 
     partition: Optional[int]
     offset: Optional[int]
@@ -59,11 +65,17 @@ class OffsetOutOfRange(PyQueueError, LookupError):
 class CorruptRecord(SegmentMismatch):
     """A log record (or index) failed its check: in directory mode its
     CRC32C or format (the data on disk is damaged), in memory mode the
-    record headers or offset fields of the ring. Attributes: path (None in
-    memory mode), position (byte offset in the file), partition, offset
-    (the offset being read). No record of the damaged bytes is ever
-    returned; the records before it in the same read are returned first,
-    and a consumer can skip it with seek(partition, offset + 1)."""
+    record headers or offset fields of the ring. No record of the damaged
+    bytes is ever returned; the records before it in the same read are
+    returned first, and a consumer can skip it with seek(partition,
+    offset + 1).
+
+    Attributes:
+        path: The damaged file (None in memory mode).
+        position: The byte offset in the file.
+        partition: The partition read.
+        offset: The offset being read.
+    """
 
     path: Optional[str]
     position: Optional[int]
@@ -90,11 +102,16 @@ class UndecodableMessage(PyQueueError):
     read) returns the messages before it, and the messages after it stay
     for the next calls. The message itself has been taken (a Queue or a
     Subscription does not give it again; a Log keeps it, and the next read
-    at that offset raises again). Attributes: position (the record's
-    position: the ring position of a Queue or Topic record, the offset of a
-    Log record), partition (Log only, else None), type_code (the record's
-    codec byte), raw (the payload bytes as stored), cause (the exception
-    the decoder raised; also __cause__)."""
+    at that offset raises again).
+
+    Attributes:
+        position: The record's position: the ring position of a Queue or
+            Topic record, the offset of a Log record.
+        partition: The Log partition (None for a Queue or Topic).
+        type_code: The record's codec byte.
+        raw: The payload bytes as stored.
+        cause: The exception the decoder raised (also __cause__).
+    """
 
     position: Optional[int]
     partition: Optional[int]
@@ -127,13 +144,20 @@ class UndecodableMessage(PyQueueError):
 class PoisonRecord(UndecodableMessage, ValueError):
     """A Log record that cannot be decoded: its pickle fails to load (a
     class this process lacks, a damaged payload), its headers are malformed
-    or its type code is unknown. Attributes: partition, offset (the
-    record's; also position), type_code, raw, and cause / __cause__ (the
-    decoder's own error). The record stays in the log and nothing around it
-    is lost: a read or poll that meets it returns the records before it
-    first, and raises this at the next call, as long as the position is that
-    record's. Skip it with consumer.seek(partition, offset + 1) (or read on
-    from offset + 1); StreamProcessor(on_error=...) does it for you."""
+    or its type code is unknown. The record stays in the log and nothing
+    around it is lost: a read or poll that meets it returns the records
+    before it first, and raises this at the next call, as long as the
+    position is that record's. Skip it with consumer.seek(partition,
+    offset + 1) (or read on from offset + 1); StreamProcessor(on_error=...)
+    does it for you.
+
+    Attributes:
+        partition: The record's partition.
+        offset: The record's offset (also position).
+        type_code: The record's codec byte.
+        raw: The payload bytes as stored.
+        cause: The decoder's own error (also __cause__).
+    """
 
     def __init__(self, message: str, partition: Optional[int] = None,
                  offset: Optional[int] = None, type_code: Optional[int] = None,
@@ -157,9 +181,12 @@ class CommitFailed(PyQueueError):
     """A consumer's commit was fenced: a partition in it was assigned to
     another member of the group (after a rebalance), or the consumer was
     removed from the group (dead, or silent past max_poll_interval).
-    Nothing of that commit was written. Attribute: partitions (the ones
-    lost). The consumer has its new assignment already; its next poll()
-    reads the partitions it owns now."""
+    Nothing of that commit was written. The consumer has its new assignment
+    already; its next poll() reads the partitions it owns now.
+
+    Attributes:
+        partitions: The partitions lost, sorted.
+    """
 
     partitions: Tuple[int, ...]
 
@@ -179,8 +206,14 @@ class LockTimeout(PyQueueError, TimeoutError):
     Log append and commit, group changes) after waiting LOCK_WAIT seconds
     with the GIL released; blocking calls with a timeout raise their usual
     queue.Full / queue.Empty instead. Nothing was changed by the call: retry
-    it. Attributes: pid and tid of the holder (None when unknown), state
-    (its /proc state, e.g. "T (stopped)"), waited (seconds)."""
+    it.
+
+    Attributes:
+        pid: The holder's process id (None when unknown).
+        tid: The holder's thread id (None when unknown).
+        state: The holder's /proc state, e.g. "T (stopped)".
+        waited: Seconds the call waited.
+    """
 
     pid: Optional[int]
     tid: Optional[int]

@@ -154,3 +154,18 @@ def test_no_docstring_points_at_files_that_are_not_installed():
     bad = [where for where, doc in _docstrings()
            if doc and re.search(r"\b(docs|csrc)/|\.md\b|\.pyx\b|\.pxi\b", doc)]
     assert bad == []
+
+
+def test_stub_docstrings_are_the_extensions():
+    """Tools that read the stubs (mkdocstrings, IDEs) show the same text as
+    help(): tests/typing/stub_docstrings.py rewrites them when this fails."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "typing", "stub_docstrings.py")
+    spec = importlib.util.spec_from_file_location("stub_docstrings", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    members = [m for name in mod.MODULES for m in mod.stub_members(name)]
+    assert len(members) > 40  # the walk found the stubs' members
+    assert mod.mismatches() == [], "run: python tests/typing/stub_docstrings.py"
