@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import traceback
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple,
                     Optional, Tuple, Type, TypeVar, Union)
 
 if TYPE_CHECKING:
