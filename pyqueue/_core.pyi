@@ -62,8 +62,7 @@ class RingQueue(Generic[_T]):
                 with overflow="reject".
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes, or than the ring can ever hold.
-            ValueError: The handle is closed.
-            LockTimeout: A lock of the queue stayed held by a stopped process.
+            ValueError: The handle is closed, or timeout is negative.
             Exception: Whatever pickling (or the serializer's dumps) raises.
         """
     def put_nowait(self, obj: _T) -> None:
@@ -115,7 +114,7 @@ class RingQueue(Generic[_T]):
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded
                 (it is not given again; see its attributes).
-            ValueError: The handle is closed.
+            ValueError: The handle is closed, or timeout is negative.
             SegmentMismatch: The ring is damaged.
         """
     def get_nowait(self) -> _T:

@@ -631,8 +631,7 @@ cdef class RingQueue:
                 with overflow="reject".
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes, or than the ring can ever hold.
-            ValueError: The handle is closed.
-            LockTimeout: A lock of the queue stayed held by a stopped process.
+            ValueError: The handle is closed, or timeout is negative.
             Exception: Whatever pickling (or the serializer's dumps) raises.
         """
         cdef const char* ptr
@@ -916,7 +915,7 @@ cdef class RingQueue:
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded
                 (it is not given again; see its attributes).
-            ValueError: The handle is closed.
+            ValueError: The handle is closed, or timeout is negative.
             SegmentMismatch: The ring is damaged.
         """
         cdef pq_ring_record rec      # this call's: never the handle's (module docstring)

@@ -43,8 +43,7 @@ class TopicCore(Generic[_T]):
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
-            ValueError: The topic handle is closed.
-            LockTimeout: The topic's lock stayed held by a stopped process.
+            ValueError: The topic handle is closed, or timeout is negative.
         """
     def publish_many(self, objs: Iterable[_T], block: bool = True,
                      timeout: Optional[float] = None) -> int:

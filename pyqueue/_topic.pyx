@@ -262,8 +262,7 @@ cdef class TopicCore:
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
-            ValueError: The topic handle is closed.
-            LockTimeout: The topic's lock stayed held by a stopped process.
+            ValueError: The topic handle is closed, or timeout is negative.
         """
         cdef uint8_t typ
         cdef uint32_t length

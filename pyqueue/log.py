@@ -474,8 +474,11 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
     def unlink(self) -> None:
         """Remove the log's name (processes that have it open keep it).
 
+        A name that is gone already is left as it is.
+
         Raises:
-            SegmentNotFound: The name is gone already.
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
         """
         _segment.disown(self._name)
         _segment.unlink(self._name)
@@ -514,7 +517,6 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
         PermissionError: The directory belongs to another user, or others
             (or a group the log's perm does not allow) may write it.
         SegmentNotFound: Opening (open()) a directory that holds no log.
-        CorruptRecord: A segment is damaged beyond recovery.
         OSError: The directory cannot be made or read.
     """
 

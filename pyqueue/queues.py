@@ -259,8 +259,11 @@ class Queue(_core.RingQueue[T]):
     def unlink(self) -> None:
         """Remove the queue's name (processes that have it open keep it).
 
+        A name that is gone already is left as it is.
+
         Raises:
-            SegmentNotFound: The name is gone already.
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
         """
         self._creator_pid = 0
         _segment.disown(self._name)

@@ -194,8 +194,11 @@ class Topic(_topic.TopicCore[T]):
     def unlink(self) -> None:
         """Remove the topic's name (processes that have it open keep it).
 
+        A name that is gone already is left as it is.
+
         Raises:
-            SegmentNotFound: The name is gone already.
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
         """
         _segment.disown(self._name)
         _segment.unlink(self._name)

@@ -439,8 +439,8 @@ class WorkQueue(_workq.WorkQueueCore[T]):
                 time.
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
-            ValueError: delay is negative, or the handle is closed.
-            LockTimeout: The queue's lock stayed held by a stopped process.
+            TypeError: key is not bytes, str or None.
+            ValueError: delay or timeout is negative, or the handle is closed.
         """
         mid, _dup = self._put(obj, key, float(delay), block, timeout)
         return mid
@@ -614,7 +614,8 @@ class WorkQueue(_workq.WorkQueueCore[T]):
             TypeError: A message of this queue is not a DeadLetter (it is
                 nacked back).
             SegmentNotFound: The queue a dead letter came from is gone.
-            queue.Full: The target queue stays full.
+
+        A full target queue is waited for (its put has no timeout).
         """
         moved = 0
         while max_messages is None or moved < max_messages:
@@ -682,8 +683,11 @@ class WorkQueue(_workq.WorkQueueCore[T]):
     def unlink(self) -> None:
         """Remove the queue's name (processes that have it open keep it).
 
+        A name that is gone already is left as it is.
+
         Raises:
-            SegmentNotFound: The name is gone already.
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
         """
         _segment.disown(self._name)
         _segment.unlink(self._name)
