@@ -31,6 +31,7 @@ import collections
 import os
 import pickle
 import queue as _queue_mod
+from types import GenericAlias as _GenericAlias
 
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
@@ -319,7 +320,12 @@ cdef object _as_bytes(obj):
 # in it; a cycle through a handle is broken at the other objects in it.
 @cython.no_gc_clear
 cdef class RingQueue:
-    """Base class of pyqueue.Queue: a handle on a mapped queue segment."""
+    """Base class of pyqueue.Queue: a handle on a mapped queue segment.
+
+    Its put/get side is pyqueue.Queue's; it is subscriptable
+    (``RingQueue[bytes]``) for type annotations only.
+    """
+    __class_getitem__ = classmethod(_GenericAlias)
     cdef pq_ring _r
     cdef Py_buffer _view
     cdef bint _mapped
@@ -599,7 +605,27 @@ cdef class RingQueue:
     # ------------------------------------------------------------ producers
 
     def put(self, obj, block=True, timeout=None):
-        """Put obj into the queue; see multiprocessing.Queue.put."""
+        """Put obj into the queue (as multiprocessing.Queue.put does).
+
+        bytes and str travel as they are; any other object is pickled (or
+        encoded by the queue's serializer). Large messages travel out of
+        band in a segment of their own.
+
+        Args:
+            obj: The message.
+            block: Wait for room when the queue is full (False: raise
+                queue.Full at once).
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Raises:
+            queue.Full: No room in time (overflow="block"), or at once
+                with overflow="reject".
+            MessageTooLarge: The encoded message is larger than
+                max_message_bytes, or than the ring can ever hold.
+            ValueError: The handle is closed, or timeout is negative.
+            Exception: Whatever pickling (or the serializer's dumps) raises.
+        """
         cdef const char* ptr
         cdef Py_ssize_t n
         cdef uint8_t typ
@@ -632,12 +658,38 @@ cdef class RingQueue:
             raise
 
     def put_nowait(self, obj):
+        """put(obj, block=False).
+
+        Args:
+            obj: The message.
+
+        Raises:
+            queue.Full: No room now.
+            MessageTooLarge: The message can never fit.
+            ValueError: The handle is closed.
+        """
         return self.put(obj, False)
 
     def put_many(self, objs, block=True, timeout=None):
         """Put every object of an iterable, claiming room for up to 256
-        records at once. Returns the number put. On queue.Full the messages
-        before the one that did not fit stay put."""
+        records at once.
+
+        Args:
+            objs: The messages, in order.
+            block: Wait for room (False: raise queue.Full at once).
+            timeout: With block, the longest wait in seconds for the whole
+                call (None: for ever).
+
+        Returns:
+            The number of messages put.
+
+        Raises:
+            queue.Full: No room in time; the messages before the one that did
+                not fit stay put.
+            MessageTooLarge: A message can never fit (the ones before it stay
+                put).
+            ValueError: The handle is closed.
+        """
         cdef uint32_t lens[BATCH_MAX]
         cdef uint8_t types[BATCH_MAX]
         cdef const char* ptrs[BATCH_MAX]
@@ -839,7 +891,25 @@ cdef class RingQueue:
         return out if out else None
 
     def get(self, block=True, timeout=None):
-        """Remove and return an item; see multiprocessing.Queue.get."""
+        """Remove and return the oldest message (as multiprocessing.Queue.get).
+
+        Args:
+            block: Wait for a message when the queue is empty (False: raise
+                queue.Empty at once).
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Returns:
+            The message (bytes and str as they were put, anything else
+            unpickled or decoded by the serializer).
+
+        Raises:
+            queue.Empty: No message in time.
+            UndecodableMessage: The message was taken but cannot be decoded
+                (it is not given again; see its attributes).
+            ValueError: The handle is closed, or timeout is negative.
+            SegmentMismatch: The ring is damaged.
+        """
         cdef pq_ring_record rec      # this call's: never the handle's (module docstring)
         cdef pq_ring_batch b
         cdef int rc
@@ -896,6 +966,16 @@ cdef class RingQueue:
                 raise _Empty
 
     def get_nowait(self):
+        """get(block=False).
+
+        Returns:
+            The oldest message.
+
+        Raises:
+            queue.Empty: The queue is empty now.
+            UndecodableMessage: The message cannot be decoded.
+            ValueError: The handle is closed.
+        """
         return self.get(False)
 
     cdef bint _finish_batch(self, list out, const pq_ring_record* recs, list raw, int n) except -1:
@@ -924,12 +1004,27 @@ cdef class RingQueue:
         return False
 
     def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
-        """Return a list of up to max_messages messages: waits (unless
-        block is false) for at least one, then takes what is there, with one
-        consume per up to 256 records. An undecodable message is raised
-        alone (UndecodableMessage) by the call that reaches it first: the
-        messages before it are returned, the ones after it come with the
-        next calls."""
+        """Take up to max_messages messages: waits (unless block is false)
+        for at least one, then takes what is there, with one consume per up
+        to 256 records.
+
+        Args:
+            max_messages: The most messages returned (at least 1).
+            block: Wait for the first message (False: raise queue.Empty at
+                once when there is none).
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Returns:
+            A non-empty list of messages, oldest first.
+
+        Raises:
+            queue.Empty: No message in time.
+            UndecodableMessage: Raised alone by the call that reaches an
+                undecodable message first: the messages before it are
+                returned by that call, the ones after it by the next calls.
+            ValueError: max_messages is below 1, or the handle is closed.
+        """
         cdef pq_ring_record recs[BATCH_MAX]   # this call's (module docstring)
         cdef pq_ring_batch b
         cdef int rc, i
@@ -995,18 +1090,43 @@ cdef class RingQueue:
     # ------------------------------------------------------------ state
 
     def qsize(self):
-        """Exact number of messages in the queue (claimed, not yet taken),
-        plus those this handle took and holds for its next get/get_many
-        (after an undecodable one): a drain loop on empty() must not stop
-        before them."""
+        """The exact number of messages in the queue.
+
+        Counts the messages claimed and not yet taken, plus those this
+        handle took and holds for its next get/get_many (after an
+        undecodable one): a drain loop on empty() must not stop before them.
+
+        Returns:
+            The number of messages.
+
+        Raises:
+            ValueError: The queue is not attached.
+        """
         if not self._mapped:
             raise ValueError("queue is not attached")
         return pq_ring_depth(&self._r) + len(self._held)
 
     def empty(self):
+        """Whether qsize() is 0.
+
+        Returns:
+            True when the queue holds no message.
+
+        Raises:
+            ValueError: The queue is not attached.
+        """
         return self.qsize() == 0
 
     def full(self):
+        """Whether a put would find no room now.
+
+        Returns:
+            True at maxsize messages, or when not even a small message
+            fits in the ring's free bytes.
+
+        Raises:
+            ValueError: The queue is not attached.
+        """
         if not self._mapped:
             raise ValueError("queue is not attached")
         if self._r.maxsize and pq_ring_depth(&self._r) >= self._r.maxsize:
@@ -1023,6 +1143,18 @@ cdef class RingQueue:
             pq_ring_release_slot(&self._r)
 
     def stats(self):
+        """The queue's counters (all processes') and this handle's.
+
+        Returns:
+            A dict: enqueued, dequeued, rejected, dropped, abandoned
+            (messages of producers that died in a put),
+            abandoned_by_consumers, depth, depth_bytes, capacity_bytes,
+            maxsize, waiting_producers, waiting_consumers, unfinished_tasks,
+            and this handle's undecodable and held counts.
+
+        Raises:
+            ValueError: The queue is not attached.
+        """
         cdef pq_ring_stats s
         if not self._mapped:
             raise ValueError("queue is not attached")
@@ -1059,22 +1191,27 @@ cdef class RingQueue:
 
     @property
     def capacity_bytes(self):
+        """The ring's size in bytes (a power of two)."""
         return self._r.capacity
 
     @property
     def maxsize(self):
+        """The most messages the queue holds (0: no count limit)."""
         return self._r.maxsize
 
     @property
     def overflow_code(self):
+        """The overflow policy as the C core's code (see Queue.overflow)."""
         return self._overflow
 
     @property
     def max_message_bytes(self):
+        """The largest encoded message accepted, or None (no cap)."""
         return self._max_message or None
 
     @property
     def inline_max(self):
+        """Messages larger than this many bytes travel out of band."""
         return self._inline_max
 
     # ------------------------------------------------------------ joinable

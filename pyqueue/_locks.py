@@ -2,7 +2,7 @@
 Log append and commit, consumer-group changes) wait for a lock held by
 another process before they raise pyqueue.LockTimeout: 10 s by default, or
 PYQUEUE_LOCK_WAIT seconds from the environment when pyqueue is imported, or
-what set_lock_wait() says (docs/design.md, "Locks"). Blocking calls wait
+what set_lock_wait() says. Blocking calls wait
 as their timeout says."""
 from pyqueue import _core, _log, _topic, _workq
 

@@ -26,6 +26,7 @@ from libc.errno cimport (EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE
                          ENOENT, ENOSPC, ENODATA, EBUSY, EINVAL, ENOBUFS)
 
 import os
+from types import GenericAlias as _GenericAlias
 import pickle
 import struct
 import time
@@ -463,7 +464,10 @@ cdef inline bint _time_left(int64_t deadline):
 cdef class LogCoreBase:
     """What both storage cores share: partitions, the partitioner, the
     encoding of a batch of values into pq_log_entry records, the making of
-    Records, and the append paths (each core provides _append_datas)."""
+    Records, and the append paths (each core provides _append_datas).
+
+    Subscriptable (``LogCoreBase[dict]``) for type annotations only."""
+    __class_getitem__ = classmethod(_GenericAlias)
     cdef uint32_t _nparts
     cdef uint64_t _max_record   # the largest key + headers + value bytes
     cdef readonly bint _closed
@@ -497,9 +501,24 @@ cdef class LogCoreBase:
         return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._nparts)
 
     def append(self, value, key=None, headers=None):
-        """Append one record; returns (partition, offset). key (bytes or
-        str) picks the partition with Kafka's default partitioner; without
-        a key records go round-robin. headers: a dict of str -> bytes."""
+        """Append one record.
+
+        Args:
+            value: The record's value (bytes and str as they are, anything
+                else pickled).
+            key: bytes or str: picks the partition with Kafka's default
+                partitioner (bit-exact); None: round-robin per process.
+            headers: A dict of str -> bytes, or None.
+
+        Returns:
+            (partition, offset) of the record.
+
+        Raises:
+            MessageTooLarge: key, headers and value exceed max_record_bytes.
+            TypeError: A key or header of the wrong type.
+            ValueError: The log is closed.
+            LockTimeout: A partition's lock stayed held by a stopped process.
+        """
         self._check_open()
         cdef uint32_t p = self._choose(key)
         cdef bytes kb = None if key is None else _key_bytes(key)
@@ -510,8 +529,24 @@ cdef class LogCoreBase:
 
     def append_many(self, values, key=None, headers=None):
         """Append every value of an iterable to one partition (the key's,
-        or the next round-robin one), in batched claims. Returns the list of
-        (partition, offset)."""
+        or the next round-robin one), in batched claims.
+
+        Args:
+            values: The records' values, in order.
+            key: As append(); one key for all of them.
+            headers: As append(); the same headers on each record.
+
+        Returns:
+            The (partition, offset) of each record, in order (an empty list
+            for no values).
+
+        Raises:
+            MessageTooLarge: A record exceeds max_record_bytes (checked
+                before anything is appended).
+            TypeError: A key or header of the wrong type.
+            ValueError: The log is closed.
+            LockTimeout: A partition's lock stayed held by a stopped process.
+        """
         self._check_open()
         values = list(values)
         if not values:
@@ -549,6 +584,7 @@ cdef class LogCoreBase:
 
     @property
     def partitions(self):
+        """The number of partitions."""
         return self._nparts
 
     @property
@@ -557,7 +593,17 @@ cdef class LogCoreBase:
         return self._max_record
 
     def partition_for(self, key):
-        """The partition a key goes to (Kafka's default partitioner)."""
+        """The partition a key goes to (Kafka's default partitioner).
+
+        Args:
+            key: bytes or str.
+
+        Returns:
+            The partition number.
+
+        Raises:
+            TypeError: key is not bytes or str.
+        """
         cdef bytes k = _key_bytes(key)
         return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._nparts)
 

@@ -262,6 +262,7 @@ cdef class DirLogCore(LogCoreBase):
 
     @property
     def segment_bytes(self):
+        """The size a segment file rolls at, in bytes."""
         return self._d.segment_bytes
 
     def _group_table(self):

@@ -60,6 +60,7 @@ cdef class MemoryLogCore(LogCoreBase):
 
     @property
     def retention_ms(self):
+        """Records older than this many milliseconds are dropped, or None."""
         return self._l.retention_ms or None
 
     def _group_table(self):
@@ -194,4 +195,5 @@ cdef class MemoryLogCore(LogCoreBase):
         return 0 if rc == -EINTR else rc
 
     def close(self):
+        """Close this handle (other handles and processes are unaffected)."""
         self._closed = True

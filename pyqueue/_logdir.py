@@ -18,7 +18,7 @@ listed. An existing log directory must belong to the caller and not be
 writable by others (check_dir) unless the caller trusts its owner.
 
 An opener that can take .lock-users exclusively is alone: no other process
-has the log open, so it recovers (docs/design.md, "Recovery") and rebuilds
+has the log open, so it recovers (repairs each partition) and rebuilds
 the control file before it shares the log. The kernel drops a flock when
 its holder dies, SIGKILL included, so a crashed user never makes the next
 opener think it is not alone for ever.

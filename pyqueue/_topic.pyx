@@ -20,6 +20,7 @@ import collections
 import os
 import pickle
 import queue as _queue_mod
+from types import GenericAlias as _GenericAlias
 
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
@@ -157,7 +158,11 @@ def segment_size(uint64_t capacity):
 # with it; a cycle through them is broken at the other objects in it.
 @cython.no_gc_clear
 cdef class TopicCore:
-    """A handle on a mapped topic segment (base of pyqueue.Topic)."""
+    """A handle on a mapped topic segment (base of pyqueue.Topic).
+
+    Subscriptable (``TopicCore[bytes]``) for type annotations only.
+    """
+    __class_getitem__ = classmethod(_GenericAlias)
     cdef pq_topic _t
     cdef Py_buffer _view
     cdef bint _mapped
@@ -234,7 +239,23 @@ cdef class TopicCore:
                 pq_topic_evict_dead(&self._t, needed)
 
     def publish(self, obj, block=True, timeout=None):
-        """Publish obj to every current subscriber."""
+        """Publish obj to every current subscriber.
+
+        Args:
+            obj: The message (bytes and str as they are, anything else
+                pickled or encoded by the topic's serializer).
+            block: In a lossless topic, wait for the slowest live
+                subscriber to make room (False: raise queue.Full at once).
+                A lossy topic never waits.
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Raises:
+            queue.Full: No room in time (lossless topic).
+            MessageTooLarge: The encoded message is larger than
+                max_message_bytes.
+            ValueError: The topic handle is closed, or timeout is negative.
+        """
         cdef uint8_t typ
         cdef uint32_t length
         cdef uint64_t pos
@@ -266,8 +287,23 @@ cdef class TopicCore:
         pq_topic_notify_readable(&self._t)
 
     def publish_many(self, objs, block=True, timeout=None):
-        """Publish every object of an iterable (batched claims). Returns
-        the number published."""
+        """Publish every object of an iterable, in batched claims.
+
+        Args:
+            objs: The messages, in order.
+            block: As publish().
+            timeout: As publish(), for the whole call.
+
+        Returns:
+            The number of messages published.
+
+        Raises:
+            queue.Full: No room in time; the messages before the one that did
+                not fit are published.
+            MessageTooLarge: A message is larger than max_message_bytes (the
+                ones before it are published).
+            ValueError: The topic handle is closed.
+        """
         cdef uint32_t lens[BATCH_MAX]
         cdef uint8_t types[BATCH_MAX]
         cdef uint64_t pos[BATCH_MAX]
@@ -343,6 +379,15 @@ cdef class TopicCore:
         return s
 
     def stats(self):
+        """The topic's counters.
+
+        Returns:
+            A dict: published, retained, capacity, subscribers,
+            waiting_publishers, waiting_subscribers.
+
+        Raises:
+            ValueError: The topic handle is closed.
+        """
         cdef pq_topic_stats st
         self._check_open()
         pq_topic_get_stats(&self._t, &st)
@@ -353,28 +398,37 @@ cdef class TopicCore:
 
     @property
     def capacity_bytes(self):
+        """The ring's size in bytes."""
         return self._t.capacity
 
     @property
     def mode_code(self):
+        """The delivery mode as the C core's code (see Topic.mode)."""
         return self._t.mode
 
     @property
     def max_message_bytes(self):
+        """The largest encoded message a publish accepts."""
         return self._t.max_payload
 
     def close(self):
+        """Close this handle (subscriptions made from it stop working;
+        other handles and processes are unaffected)."""
         self._closed = True
 
 
 @cython.no_gc_clear
 cdef class SubscriptionCore:
-    """One process's subscription to a topic (base of pyqueue.Subscription)."""
+    """One process's subscription to a topic (base of pyqueue.Subscription).
+
+    Subscriptable (``SubscriptionCore[bytes]``) for type annotations only.
+    """
+    __class_getitem__ = classmethod(_GenericAlias)
     cdef pq_topic_sub _s
     cdef TopicCore _topic
     cdef object _pid
     cdef object _held              # deque: messages taken, for the next gets (see _read)
-    cdef readonly uint64_t undecodable  # messages reported as UndecodableMessage
+    cdef uint64_t _undecodable  # messages reported as UndecodableMessage
 
     def __cinit__(self, *args, **kwargs):
         self._held = collections.deque()
@@ -446,7 +500,7 @@ cdef class SubscriptionCore:
         try:
             return self._finish(typ, obj)
         except Exception as e:
-            self.undecodable += 1
+            self._undecodable += 1
             raw = obj.encode("utf-8", "surrogatepass") if type(obj) is str else obj
             raise UndecodableMessage(
                 f"message at position {pos} of the topic cannot be decoded (type {typ}): "
@@ -542,7 +596,24 @@ cdef class SubscriptionCore:
                 _check_rc(pq_topic_repair(&t._t, &self._s), "repair")
 
     def get(self, block=True, timeout=None):
-        """The next message (waits unless block is false; queue.Empty)."""
+        """Take the next message.
+
+        Args:
+            block: Wait for a message (False: raise queue.Empty at once).
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Returns:
+            The message.
+
+        Raises:
+            queue.Empty: No message in time.
+            UndecodableMessage: The message cannot be decoded (it is not
+                given again).
+            ValueError: The subscription or its topic handle is closed.
+            PyQueueError: Used in another process than the one that
+                subscribed.
+        """
         self._check()
         cdef int64_t deadline = _deadline(block, timeout)
         if self._held:
@@ -552,10 +623,27 @@ cdef class SubscriptionCore:
         return self._read(1, deadline)[0]
 
     def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
-        """Up to max_messages messages; waits for at least one. An
-        undecodable message is raised alone (UndecodableMessage) by the
-        call that reaches it: the ones before it are returned, the ones
-        after it come with the next calls."""
+        """Take up to max_messages messages; waits for at least one.
+
+        Args:
+            max_messages: The most messages returned (positive).
+            block: Wait for the first message (False: raise queue.Empty at
+                once).
+            timeout: With block, wait at most this many seconds (None: for
+                ever).
+
+        Returns:
+            A non-empty list of messages, in publish order.
+
+        Raises:
+            queue.Empty: No message in time.
+            UndecodableMessage: Raised alone by the call that reaches an
+                undecodable message: the ones before it are returned, the
+                ones after it come with the next calls.
+            ValueError: max_messages is not positive, or the subscription is
+                closed.
+            PyQueueError: Used in another process.
+        """
         self._check()
         if max_messages <= 0:
             raise ValueError("max_messages must be positive")
@@ -580,9 +668,13 @@ cdef class SubscriptionCore:
         return out
 
     def close(self):
-        """Give the subscription's slot back. LockTimeout when the topic's
-        lock stayed held by another process for the whole lock wait (a
-        stopped peer): the subscription is still open; close again."""
+        """Give the subscription's slot back (closing twice does nothing).
+
+        Raises:
+            LockTimeout: The topic's lock stayed held by another process for
+                the whole lock wait (a stopped peer): the subscription is
+                still open; close again.
+        """
         if self._topic is not None and self._s.slot >= 0:
             if self._pid == os.getpid() and self._topic._mapped:
                 self._unsubscribe()
@@ -590,13 +682,25 @@ cdef class SubscriptionCore:
 
     @property
     def closed(self):
+        """Whether the subscription is closed."""
         return self._s.slot < 0
 
     @property
     def lag(self):
+        """Messages published and not yet read by this subscription.
+
+        Raises:
+            ValueError: The subscription is closed.
+        """
         self._check()
         return pq_topic_lag(&self._topic._t, &self._s)
 
     @property
+    def undecodable(self):
+        """Messages this subscription reported as UndecodableMessage."""
+        return self._undecodable
+
+    @property
     def lost(self):
+        """Messages this subscription missed (a lossy topic lapped it)."""
         return self._s.lost

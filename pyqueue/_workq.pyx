@@ -15,6 +15,7 @@ from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, ESTALE, ENOENT, EINP
 
 import pickle
 import queue as _queue_mod
+from types import GenericAlias as _GenericAlias
 import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
@@ -177,6 +178,7 @@ cdef object _decode(uint8_t typ, bytes b):
 @cython.no_gc_clear
 cdef class WorkQueueCore:
     """A handle on a mapped work-queue segment (base of pyqueue.WorkQueue)."""
+    __class_getitem__ = classmethod(_GenericAlias)
     cdef pq_wq _q
     cdef Py_buffer _view
     cdef bint _mapped
@@ -213,35 +215,38 @@ cdef class WorkQueueCore:
 
     @property
     def capacity_bytes(self):
+        """The message ring's size in bytes."""
         return self._q.capacity
 
     @property
     def max_in_flight(self):
+        """The most messages not yet done (available, delayed or held)."""
         return self._q.nslots
 
     @property
     def visibility_timeout(self):
+        """Seconds a delivery is held before the message is delivered again."""
         return _seconds(self._q.visibility_ns)
 
     @property
     def max_deliveries(self):
+        """Deliveries before a message is dead-lettered, or None (no limit)."""
         return self._q.max_deliveries or None
 
     @property
     def dedup_window(self):
+        """Seconds within which a put of a key already put is dropped."""
         return _seconds(self._q.dedup_window_ns)
 
     @property
     def dedup_keys(self):
+        """Room for keys in the dedup table (0: no deduplication)."""
         return self._q.dedup_slots
 
     @property
     def max_message_bytes(self):
+        """The largest encoded message a put accepts."""
         return self._q.max_payload
-
-    @property
-    def dedup_keys(self):
-        return self._q.dedup_slots
 
     def _user(self):
         """The bytes the creator stored (the dead-letter queue's name)."""
@@ -511,4 +516,5 @@ cdef class WorkQueueCore:
         }
 
     def close(self):
+        """Close this handle (other handles and processes are unaffected)."""
         self._closed = True

@@ -1,16 +1,24 @@
 """pyqueue.Consumer: a member of a consumer group of a Log.
 
 The partitions of the log are shared among the live members of the group
-(a sticky, balanced assignment made in shared memory, csrc/pq_group.h).
+(a sticky, balanced assignment made in shared memory).
 Each member reads its partitions from the group's committed offsets on and
 commits how far it got; a commit is fenced by the epoch at which the member
 got each partition, so once a partition has moved to another member, the
 former owner's commit fails (CommitFailed) and two members never commit the
-same partition. See docs/api.md ("Consumer groups").
+same partition.
 """
+from __future__ import annotations
+
 import os
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, cast, Dict, Iterable, Iterator, List, Mapping, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from pyqueue.log import Log, Record
+
+_C = TypeVar("_C", bound="Consumer")
 
 from pyqueue._log import LOCK_BOUNDED_DEADLINE as _BOUNDED
 from pyqueue.errors import (CommitFailed, CorruptRecord, LockTimeout, OffsetOutOfRange,
@@ -45,22 +53,43 @@ def _leave_quietly(table, g, member_id, pid):
 
 
 class Consumer:
-    """A member of consumer group `group` of `log`, in this process.
+    """A member of consumer group `group` of `log`, in this process (also
+    made by log.consumer(group)).
 
-    Consumer(log, group, *, auto_offset_reset="earliest", auto_commit=False,
-             auto_commit_interval=5.0, max_poll_interval=300.0)
+    Not picklable, and usable only in the process that made it.
 
-    auto_offset_reset: where to start a partition that has no committed
-    offset, or whose committed offset retention has removed ("earliest":
-    the oldest record kept, "latest": the end). auto_commit: commit the
-    positions reached at most every auto_commit_interval seconds from
-    poll(), and on close(). max_poll_interval: a member that does not poll
-    for that long is removed from the group (its partitions go to the
-    others); a member whose process dies is removed at once.
+    Args:
+        log: The Log.
+        group: The group's name (made when it does not exist).
+        auto_offset_reset: Where to start a partition that has no committed
+            offset, or whose committed offset retention has removed:
+            "earliest" (the oldest record kept) or "latest" (the end).
+        auto_commit: Commit the positions reached at most every
+            auto_commit_interval seconds from poll(), and on close().
+        auto_commit_interval: Seconds between automatic commits.
+        max_poll_interval: A member that does not poll for that many
+            seconds is removed from the group (its partitions go to the
+            others); a member whose process dies is removed at once.
+
+    Attributes:
+        skipped: Offsets passed over by resets (records retention removed
+            before this member read them).
+
+    Raises:
+        ValueError: A bad option, or the log is closed.
+        PyQueueError: No room for another group or member.
     """
 
-    def __init__(self, log, group, *, auto_offset_reset="earliest", auto_commit=False,
-                 auto_commit_interval=5.0, max_poll_interval=300.0):
+    skipped: int
+    _g: int
+    _member: Any          # the member id (None until joined)
+    _generation: Any      # the assignment generation followed (None: none yet)
+    _finalizer: Any       # weakref.finalize leaving the group
+    _bad: Optional[int]
+
+    def __init__(self, log: Log[Any], group: str, *, auto_offset_reset: str = "earliest",
+                 auto_commit: bool = False, auto_commit_interval: float = 5.0,
+                 max_poll_interval: float = 300.0) -> None:
         if auto_offset_reset not in OFFSET_RESETS:
             raise ValueError(f"auto_offset_reset must be one of {OFFSET_RESETS}, "
                              f"not {auto_offset_reset!r}")
@@ -79,8 +108,8 @@ class Consumer:
         self._max_poll_interval = float(max_poll_interval)
         self._pid = os.getpid()
         self._closed = False
-        self._positions = {}  # partition -> the next offset poll() returns
-        self._epochs = {}     # partition -> the epoch at which this member got it
+        self._positions: Dict[int, int] = {}  # partition -> the next offset poll() returns
+        self._epochs: Dict[int, int] = {}     # partition -> the epoch at which this member got it
         self._generation = None
         self._member = None
         self._finalizer = None
@@ -162,16 +191,28 @@ class Consumer:
 
     # ---- reading ------------------------------------------------------
 
-    def poll(self, max_records=500, timeout=0.0):
-        """Up to max_records Records from the partitions assigned to this
-        member, waiting up to timeout seconds (None: for ever) for the
-        first. Records of one partition come in offset order.
+    def poll(self, max_records: int = 500, timeout: Optional[float] = 0.0) -> List[Record]:
+        """Read the next records of the partitions assigned to this member
+        (heartbeating, and following rebalances).
 
-        A record that cannot be decoded (PoisonRecord) or is damaged
-        (CorruptRecord) is raised on its own, with .partition and .offset:
-        the records polled before it are returned first, and the position
-        stays at it (each poll raises again) until seek(partition,
-        offset + 1) skips it."""
+        Args:
+            max_records: The most records returned (positive).
+            timeout: Seconds to wait for the first record (None: for ever).
+
+        Returns:
+            Up to max_records Records (records of one partition in offset
+            order); an empty list when none came in time.
+
+        Raises:
+            PoisonRecord: A record cannot be decoded. It is raised on its
+                own, with .partition and .offset: the records polled before
+                it are returned first, and the position stays at it (each
+                poll raises again) until seek(partition, offset + 1).
+            CorruptRecord: A record is damaged (as PoisonRecord).
+            ValueError: max_records is not a positive int, or the consumer
+                is closed.
+            PyQueueError: Used in another process than the one that made it.
+        """
         self._check()
         if not isinstance(max_records, int) or max_records <= 0:
             raise ValueError("max_records must be a positive int")
@@ -203,7 +244,7 @@ class Consumer:
             except LockTimeout:
                 return []
 
-    def _fetch(self, max_records):
+    def _fetch(self, max_records: int) -> List[Record]:
         parts = sorted(self._positions)
         if not parts:
             return []
@@ -214,7 +255,7 @@ class Consumer:
             order.remove(self._bad)
             order.insert(0, self._bad)
         self._bad = None
-        out = []
+        out: List[Record] = []
         for p in order:
             if len(out) >= max_records:
                 break
@@ -232,11 +273,12 @@ class Consumer:
                         return out
                     raise
                 except OffsetOutOfRange as e:
-                    if at < e.start_offset:  # retention overtook us
-                        to = e.start_offset if self._reset == "earliest" else e.end_offset
+                    start, end = cast(int, e.start_offset), cast(int, e.end_offset)
+                    if at < start:  # retention overtook us
+                        to = start if self._reset == "earliest" else end
                         self.skipped += to - at
                     else:
-                        to = e.end_offset
+                        to = end
                     self._positions[p] = to
                     recs = []
                 except Exception:
@@ -252,25 +294,34 @@ class Consumer:
                 self._positions[p] = recs[-1].offset + 1
         return out
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Record]:
         """Records for ever (poll with no timeout); Ctrl-C interrupts."""
         while True:
             yield from self.poll(timeout=None)
 
     # ---- offsets ------------------------------------------------------
 
-    def commit(self, offsets=None):
-        """Commit the positions reached (or offsets: {partition: next
-        offset to read}) for partitions this member owns, all or nothing.
-        CommitFailed (nothing written) when any of them has been assigned
-        to another member, or this member was removed from the group.
-        ValueError (nothing written) for a partition the log does not have
-        or an offset that is not a non-negative int. LockTimeout (nothing
-        written) when another member holds the group lock for the whole
-        lock wait (stopped inside it)."""
+    def commit(self, offsets: Optional[Mapping[int, int]] = None) -> None:
+        """Commit positions for partitions this member owns, all or nothing.
+
+        Args:
+            offsets: {partition: next offset to read}; None: the positions
+                poll() reached.
+
+        Raises:
+            CommitFailed: Nothing was written: a partition in it has been
+                assigned to another member, or this member was removed from
+                the group (.partitions names the ones lost).
+            ValueError: Nothing was written: a partition the log does not
+                have, an offset that is not a non-negative int, or the
+                consumer is closed.
+            PyQueueError: Used in another process.
+            LockTimeout: Nothing was written: another member held the
+                group's lock for the whole lock wait (stopped inside it).
+        """
         self._commit(offsets, _BOUNDED)
 
-    def _commit(self, offsets, deadline):
+    def _commit(self, offsets: Optional[Mapping[int, int]], deadline: int) -> None:
         self._check()
         if offsets is None:
             offsets = dict(self._positions)
@@ -321,30 +372,78 @@ class Consumer:
                 pass
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
 
-    def committed(self, partition):
-        """The group's committed offset of a partition (None: none)."""
+    def committed(self, partition: int) -> Optional[int]:
+        """The group's committed offset of a partition.
+
+        Args:
+            partition: The partition.
+
+        Returns:
+            The offset, or None when nothing is committed.
+
+        Raises:
+            ValueError: The consumer is closed.
+        """
         self._check()
         return self._table.committed(self._g, partition)[0]
 
-    def position(self, partition):
-        """The offset the next poll() returns for an assigned partition."""
+    def position(self, partition: int) -> int:
+        """The offset the next poll() returns for an assigned partition.
+
+        Args:
+            partition: A partition assigned to this member.
+
+        Returns:
+            The offset.
+
+        Raises:
+            ValueError: The partition is not assigned to this member, or the
+                consumer is closed.
+        """
         self._check()
         self._require(partition)
         return self._positions[partition]
 
-    def seek(self, partition, offset):
-        """Read an assigned partition from offset on (out of range: reset
-        by auto_offset_reset at the next poll)."""
+    def seek(self, partition: int, offset: int) -> None:
+        """Read an assigned partition from offset on.
+
+        Args:
+            partition: A partition assigned to this member.
+            offset: The next offset to read (out of range: reset by
+                auto_offset_reset at the next poll).
+
+        Raises:
+            ValueError: The partition is not assigned to this member, offset
+                is not a non-negative int, or the consumer is closed.
+        """
         self._check()
         self._require(partition)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
         self._positions[partition] = offset
 
-    def seek_to_beginning(self, partitions=None):
+    def seek_to_beginning(self, partitions: Optional[Iterable[int]] = None) -> None:
+        """Read partitions from their oldest record kept.
+
+        Args:
+            partitions: Assigned partitions (None: all of them).
+
+        Raises:
+            ValueError: A partition is not assigned to this member, or the
+                consumer is closed.
+        """
         self._seek_to(partitions, 0)
 
-    def seek_to_end(self, partitions=None):
+    def seek_to_end(self, partitions: Optional[Iterable[int]] = None) -> None:
+        """Read partitions from their end (only records appended later).
+
+        Args:
+            partitions: Assigned partitions (None: all of them).
+
+        Raises:
+            ValueError: A partition is not assigned to this member, or the
+                consumer is closed.
+        """
         self._seek_to(partitions, 1)
 
     def _seek_to(self, partitions, which):
@@ -358,36 +457,52 @@ class Consumer:
             raise ValueError(f"partition {partition!r} is not assigned to this consumer "
                              f"(assignment: {self.assignment()})")
 
-    def assignment(self):
-        """The partitions this member owns now (sorted)."""
+    def assignment(self) -> List[int]:
+        """The partitions this member owns now, sorted.
+
+        Raises:
+            ValueError: The consumer is closed.
+        """
         self._check()
         if self._table.generation(self._g) != self._generation:
             self._refresh_keeping_positions()
         return sorted(self._positions)
 
-    def lag(self):
-        """{partition: records between the position and the end}."""
+    def lag(self) -> Dict[int, int]:
+        """{partition: records between the position and the end} of the
+        assigned partitions.
+
+        Raises:
+            ValueError: The consumer is closed.
+        """
         self._check()
         return {p: max(0, self._log._bounds(p)[1] - at)
                 for p, at in sorted(self._positions.items())}
 
     @property
-    def group(self):
+    def group(self) -> str:
+        """The group's name."""
         return self._group
 
     @property
-    def member_id(self):
-        return self._member
+    def member_id(self) -> Optional[int]:
+        """This member's id in the group (it changes when it rejoins)."""
+        return cast(Optional[int], self._member)
 
     @property
-    def generation(self):
-        return self._generation
+    def generation(self) -> Optional[int]:
+        """The group's assignment generation this member follows."""
+        return cast(Optional[int], self._generation)
 
     # ---- life ---------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Leave the group (committing first with auto_commit); the
-        partitions go to the other members."""
+        partitions go to the other members. Closing twice does nothing.
+
+        Raises:
+            LockTimeout: The group's lock stayed held by a stopped process.
+        """
         if self._closed:
             return
         if os.getpid() != self._pid:
@@ -401,16 +516,16 @@ class Consumer:
             self._finalizer.detach()
             self._table.leave(self._g, self._member)
 
-    def __enter__(self):
+    def __enter__(self: _C) -> _C:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Any:
         raise TypeError("a Consumer belongs to the process that made it and cannot be "
                         "pickled; pass the Log and call log.consumer(group) there")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else f"partitions {sorted(self._positions)}"
         return f"<pyqueue.Consumer group={self._group!r} {state}>"

@@ -1,8 +1,11 @@
 """Exceptions of pyqueue, and the one translation of the C core's -errno
 codes into them (from_code). `queue.Full` and `queue.Empty` are used as in
 the standard library."""
+from __future__ import annotations
+
 import errno as _errno
 import os as _os
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 
 class PyQueueError(Exception):
@@ -31,18 +34,30 @@ class SegmentNotOwned(PyQueueError, PermissionError):
 
 class OffsetOutOfRange(PyQueueError, LookupError):
     """A Log read asked for an offset that is not in the partition: before
-    its start (dropped by retention) or beyond its end. Attributes:
-    partition, offset, start_offset, end_offset."""
+    its start (dropped by retention) or beyond its end.
 
-    def __init__(self, message, partition=None, offset=None, start_offset=None,
-                 end_offset=None):
+    Attributes:
+        partition: The partition read.
+        offset: The offset asked for.
+        start_offset: The partition's oldest offset then.
+        end_offset: The offset its next record will get.
+    """
+
+    partition: Optional[int]
+    offset: Optional[int]
+    start_offset: Optional[int]
+    end_offset: Optional[int]
+
+    def __init__(self, message: str, partition: Optional[int] = None,
+                 offset: Optional[int] = None, start_offset: Optional[int] = None,
+                 end_offset: Optional[int] = None) -> None:
         super().__init__(message)
         self.partition = partition
         self.offset = offset
         self.start_offset = start_offset
         self.end_offset = end_offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partition, self.offset, self.start_offset,
                              self.end_offset))
 
@@ -50,20 +65,33 @@ class OffsetOutOfRange(PyQueueError, LookupError):
 class CorruptRecord(SegmentMismatch):
     """A log record (or index) failed its check: in directory mode its
     CRC32C or format (the data on disk is damaged), in memory mode the
-    record headers or offset fields of the ring. Attributes: path (None in
-    memory mode), position (byte offset in the file), partition, offset
-    (the offset being read). No record of the damaged bytes is ever
-    returned; the records before it in the same read are returned first,
-    and a consumer can skip it with seek(partition, offset + 1)."""
+    record headers or offset fields of the ring. No record of the damaged
+    bytes is ever returned; the records before it in the same read are
+    returned first, and a consumer can skip it with seek(partition,
+    offset + 1).
 
-    def __init__(self, message, path=None, position=None, partition=None, offset=None):
+    Attributes:
+        path: The damaged file (None in memory mode).
+        position: The byte offset in the file.
+        partition: The partition read.
+        offset: The offset being read.
+    """
+
+    path: Optional[str]
+    position: Optional[int]
+    partition: Optional[int]
+    offset: Optional[int]
+
+    def __init__(self, message: str, path: Optional[str] = None,
+                 position: Optional[int] = None, partition: Optional[int] = None,
+                 offset: Optional[int] = None) -> None:
         super().__init__(message)
         self.path = path
         self.position = position
         self.partition = partition
         self.offset = offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.path, self.position, self.partition, self.offset))
 
 
@@ -74,14 +102,26 @@ class UndecodableMessage(PyQueueError):
     read) returns the messages before it, and the messages after it stay
     for the next calls. The message itself has been taken (a Queue or a
     Subscription does not give it again; a Log keeps it, and the next read
-    at that offset raises again). Attributes: position (the record's
-    position: the ring position of a Queue or Topic record, the offset of a
-    Log record), partition (Log only, else None), type_code (the record's
-    codec byte), raw (the payload bytes as stored), cause (the exception
-    the decoder raised; also __cause__)."""
+    at that offset raises again).
 
-    def __init__(self, message, position=None, partition=None, type_code=None, raw=None,
-                 cause=None):
+    Attributes:
+        position: The record's position: the ring position of a Queue or
+            Topic record, the offset of a Log record.
+        partition: The Log partition (None for a Queue or Topic).
+        type_code: The record's codec byte.
+        raw: The payload bytes as stored.
+        cause: The exception the decoder raised (also __cause__).
+    """
+
+    position: Optional[int]
+    partition: Optional[int]
+    type_code: Optional[int]
+    raw: Optional[bytes]
+    cause: Optional[BaseException]
+
+    def __init__(self, message: str, position: Optional[int] = None,
+                 partition: Optional[int] = None, type_code: Optional[int] = None,
+                 raw: Optional[bytes] = None, cause: Optional[BaseException] = None) -> None:
         super().__init__(message)
         self.position = position
         self.partition = partition
@@ -92,11 +132,11 @@ class UndecodableMessage(PyQueueError):
             self.__cause__ = cause
 
     @property
-    def offset(self):
+    def offset(self) -> Optional[int]:
         """A Log record's offset (the same as position)."""
         return self.position
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.position, self.partition, self.type_code,
                              self.raw, None))
 
@@ -104,20 +144,28 @@ class UndecodableMessage(PyQueueError):
 class PoisonRecord(UndecodableMessage, ValueError):
     """A Log record that cannot be decoded: its pickle fails to load (a
     class this process lacks, a damaged payload), its headers are malformed
-    or its type code is unknown. Attributes: partition, offset (the
-    record's; also position), type_code, raw, and cause / __cause__ (the
-    decoder's own error). The record stays in the log and nothing around it
-    is lost: a read or poll that meets it returns the records before it
-    first, and raises this at the next call, as long as the position is that
-    record's. Skip it with consumer.seek(partition, offset + 1) (or read on
-    from offset + 1); StreamProcessor(on_error=...) does it for you."""
+    or its type code is unknown. The record stays in the log and nothing
+    around it is lost: a read or poll that meets it returns the records
+    before it first, and raises this at the next call, as long as the
+    position is that record's. Skip it with consumer.seek(partition,
+    offset + 1) (or read on from offset + 1); StreamProcessor(on_error=...)
+    does it for you.
 
-    def __init__(self, message, partition=None, offset=None, type_code=None, raw=None,
-                 cause=None):
+    Attributes:
+        partition: The record's partition.
+        offset: The record's offset (also position).
+        type_code: The record's codec byte.
+        raw: The payload bytes as stored.
+        cause: The decoder's own error (also __cause__).
+    """
+
+    def __init__(self, message: str, partition: Optional[int] = None,
+                 offset: Optional[int] = None, type_code: Optional[int] = None,
+                 raw: Optional[bytes] = None, cause: Optional[BaseException] = None) -> None:
         super().__init__(message, position=offset, partition=partition, type_code=type_code,
                          raw=raw, cause=cause)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partition, self.offset, self.type_code, self.raw,
                              None))
 
@@ -133,15 +181,20 @@ class CommitFailed(PyQueueError):
     """A consumer's commit was fenced: a partition in it was assigned to
     another member of the group (after a rebalance), or the consumer was
     removed from the group (dead, or silent past max_poll_interval).
-    Nothing of that commit was written. Attribute: partitions (the ones
-    lost). The consumer has its new assignment already; its next poll()
-    reads the partitions it owns now."""
+    Nothing of that commit was written. The consumer has its new assignment
+    already; its next poll() reads the partitions it owns now.
 
-    def __init__(self, message, partitions=()):
+    Attributes:
+        partitions: The partitions lost, sorted.
+    """
+
+    partitions: Tuple[int, ...]
+
+    def __init__(self, message: str, partitions: Iterable[int] = ()) -> None:
         super().__init__(message)
         self.partitions = tuple(partitions)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partitions))
 
 
@@ -153,21 +206,33 @@ class LockTimeout(PyQueueError, TimeoutError):
     Log append and commit, group changes) after waiting LOCK_WAIT seconds
     with the GIL released; blocking calls with a timeout raise their usual
     queue.Full / queue.Empty instead. Nothing was changed by the call: retry
-    it. Attributes: pid and tid of the holder (None when unknown), state
-    (its /proc state, e.g. "T (stopped)"), waited (seconds)."""
+    it.
 
-    def __init__(self, message, pid=None, tid=None, state=None, waited=None):
+    Attributes:
+        pid: The holder's process id (None when unknown).
+        tid: The holder's thread id (None when unknown).
+        state: The holder's /proc state, e.g. "T (stopped)".
+        waited: Seconds the call waited.
+    """
+
+    pid: Optional[int]
+    tid: Optional[int]
+    state: Optional[str]
+    waited: Optional[float]
+
+    def __init__(self, message: str, pid: Optional[int] = None, tid: Optional[int] = None,
+                 state: Optional[str] = None, waited: Optional[float] = None) -> None:
         super().__init__(message)
         self.pid = pid
         self.tid = tid
         self.state = state
         self.waited = waited
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.pid, self.tid, self.state, self.waited))
 
 
-def _holder_of(tid):
+def _holder_of(tid: int) -> Tuple[Optional[int], Optional[str]]:
     """(pid, state) of thread tid from /proc; (None, None) when it does
     not exist (or /proc cannot say)."""
     try:
@@ -187,7 +252,7 @@ def _holder_of(tid):
     return pid, state
 
 
-def lock_timeout(what, tid, waited):
+def lock_timeout(what: str, tid: int, waited: float) -> LockTimeout:
     """The LockTimeout of a call (`what`) that gave up after `waited`
     seconds on a lock whose word names thread `tid` (0: unknown)."""
     pid, state = _holder_of(tid) if tid else (None, None)
@@ -215,7 +280,8 @@ _SEGMENT_CODES = {
 }
 
 
-def from_code(rc, what="", kind="queue", extra=None):
+def from_code(rc: int, what: str = "", kind: str = "queue",
+              extra: Optional[Dict[int, str]] = None) -> Exception:
     """The exception for a negative return code of the C core: the one
     place where those codes become Python exceptions (the Cython modules'
     _check_rc call it). extra: {errno: message} a caller adds for codes

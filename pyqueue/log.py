@@ -8,17 +8,26 @@
 Keys pick partitions with Kafka's default partitioner (bit-exact); offsets
 are dense per partition; records are read by offset without being
 consumed, and consumer groups share the partitions among their members.
-See docs/api.md ("Log") and docs/design.md ("Log").
 """
+from __future__ import annotations
+
 import errno
+import mmap
 import os
 import time
 import weakref
-from typing import NamedTuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
+                    TypeVar, Union)
 
 from pyqueue import _log, _logdir, _segment
 from pyqueue.consumer import Consumer
 from pyqueue.errors import SegmentNotFound
+
+T = TypeVar("T")
+_L = TypeVar("_L", bound="Log[Any]")
+_R = TypeVar("_R")
+#: A directory-mode log's path.
+StrPath = Union[str, "os.PathLike[str]"]
 
 DEFAULT_MEMORY_RETENTION_BYTES = 8 * 1024 * 1024
 MIN_MEMORY_RETENTION_BYTES = 64 * 1024
@@ -31,19 +40,30 @@ _RETENTION_CHECK_S = 1.0
 
 
 class Record(NamedTuple):
+    """One record of a Log, as read() and Consumer.poll() return it.
+
+    Attributes:
+        partition: The partition it is in.
+        offset: Its offset in the partition (dense, from 0).
+        timestamp: Its append time, in milliseconds since the epoch.
+        key: Its key as bytes, or None.
+        value: Its value (any type: a Log's type parameter is not carried
+            by Record).
+        headers: Its headers, str -> bytes (empty when none).
+    """
     partition: int
     offset: int
-    timestamp: int  # milliseconds since the epoch (append time)
-    key: object     # bytes, or None
-    value: object
-    headers: dict   # str -> bytes
+    timestamp: int
+    key: Optional[bytes]
+    value: Any
+    headers: Dict[str, bytes]
 
 
-def _now_ms():
+def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_int(what, v, lo, hi=None):
+def _check_int(what: str, v: Any, lo: int, hi: Optional[int] = None) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise TypeError(f"{what} must be an int, not {type(v).__name__}")
     if v < lo or (hi is not None and v > hi):
@@ -52,110 +72,248 @@ def _check_int(what, v, lo, hi=None):
     return v
 
 
-def _check_partitions(partitions):
+def _check_partitions(partitions: Optional[int]) -> int:
     return 1 if partitions is None else _check_int("partitions", partitions, 1, MAX_PARTITIONS)
 
 
-def _check_retention_ms(retention_ms):
+def _check_retention_ms(retention_ms: Optional[int]) -> Optional[int]:
     return None if retention_ms is None else _check_int("retention_ms", retention_ms, 1)
 
 
-def _check_perm(perm):
+def _check_perm(perm: Any) -> int:
     if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
         raise ValueError("perm must be a permission mask such as 0o600")
     return perm
 
 
-def _same(what, given, stored, where):
+def _same(what: str, given: Any, stored: Any, where: str) -> None:
     if given is not None and given != stored:
         raise ValueError(f"{where} exists with {what}={stored!r}, not {given!r} (parameters "
                          "apply when a log is created)")
 
 
-def _is_path(name_or_path):
+def _is_path(name_or_path: Any) -> bool:
     return isinstance(name_or_path, os.PathLike) or (
         isinstance(name_or_path, str) and os.sep in name_or_path)
 
 
-class Log:
-    """A multi-process partitioned log (see the module docstring).
+class Log(_log.LogCoreBase[T]):
+    """A multi-process partitioned, replayable log with consumer groups.
 
-    Log(name=None, *, partitions=1, path=None, retention_bytes=None,
-        retention_ms=None, segment_bytes=64 MiB, fsync="never",
-        fsync_interval=1.0, perm=0o600)
+    ``Log(...)`` makes (or opens) a MemoryLog without path, a DirectoryLog
+    with one. Generic in the value type for type checkers (``Log[dict]``
+    types append()'s value; Record.value stays Any). Keys pick partitions
+    with Kafka's default partitioner; offsets are dense per partition.
+    Parameters apply when the log is created; opening an existing log with
+    different ones is a ValueError.
 
-    path=None: memory mode (a shared-memory segment named `name`, made or
-    opened; retention_bytes is each partition's ring, 8 MiB by default).
-    path=DIR: directory mode (made or opened; retention_bytes and
-    retention_ms bound each partition, None keeps everything; fsync is
-    "never", "interval" (at most every fsync_interval seconds) or
-    "always" (before append returns)). Parameters apply when the log is
-    created; opening an existing log with different ones is a ValueError.
+    Args:
+        name: Memory mode: the shared-memory segment's name (None: a fresh
+            unnamed one). Directory mode: must be None.
+        partitions: The number of partitions (1..256; default 1).
+        path: None for memory mode, else the log's directory (made or
+            opened).
+        retention_bytes: Memory mode: each partition's ring (default 8 MiB).
+            Directory mode: the bytes kept per partition (None: all).
+        retention_ms: Records older than this are dropped (None: kept).
+        segment_bytes: Directory mode: the size a segment file rolls at
+            (default 64 MiB).
+        fsync: Directory mode: "never", "interval" (at most every
+            fsync_interval seconds) or "always" (before append returns).
+        fsync_interval: Seconds between syncs with fsync="interval".
+        perm: The permission mask of the segment or files (default 0o600).
+        trust_owner: Open a log another user owns.
+
+    Raises:
+        ValueError: A bad parameter, or the log exists with other ones.
+        TypeError: A parameter of the wrong type.
+        SegmentMismatch: The name or directory holds something that is not
+            a pyqueue log, or a damaged one.
+        SegmentNotOwned: Memory mode: another user owns the segment.
+        PermissionError: Directory mode: the directory belongs to another
+            user or others may write it (unless trust_owner).
     """
 
-    def __new__(cls, name=None, *args, path=None, **kwargs):
+    if TYPE_CHECKING:  # provided by the cores (pyqueue/_log.pyx)
+        _closed: bool
+
+        def __init__(self, name: Optional[str] = None, *, partitions: Optional[int] = None,
+                     path: Optional[StrPath] = None, retention_bytes: Optional[int] = None,
+                     retention_ms: Optional[int] = None, segment_bytes: Optional[int] = None,
+                     fsync: Optional[str] = None, fsync_interval: Optional[float] = None,
+                     perm: Optional[int] = 0o600, trust_owner: bool = False) -> None: ...
+
+        def close(self) -> None: ...
+
+        @property
+        def name(self) -> str: ...
+
+        @property
+        def path(self) -> Optional[str]: ...
+
+        def enforce_retention(self) -> int: ...
+
+        def _bounds(self, partition: int) -> Tuple[int, int]: ...
+
+        def _read(self, partition: int, offset: int, max_records: int, timeout: float,
+                  make: Callable[..., _R]) -> List[_R]: ...
+
+        def _wait_any(self, parts: List[int], offsets: List[int], groups: _log.GroupTable,
+                      g: int, gen_seen: int, timeout: float) -> Any: ...
+
+    _groups: Optional[_log.GroupTable]
+
+    def __new__(cls, name: Optional[str] = None, *args: Any, path: Optional[StrPath] = None,
+                **kwargs: Any) -> Log[T]:
         if cls is Log:
             cls = MemoryLog if path is None else DirectoryLog
         return super().__new__(cls)
 
     @classmethod
-    def open(cls, name_or_path, **kwargs):
-        """Open an existing log: a memory-mode name, or a directory (a
-        path-like object, or a str with a '/')."""
+    def open(cls, name_or_path: StrPath, **kwargs: Any) -> Log[Any]:
+        """Open an existing log.
+
+        Args:
+            name_or_path: A memory-mode log's name, or a directory-mode
+                log's directory (a path-like object, or a str with a '/').
+            **kwargs: trust_owner=True opens a log another user owns.
+
+        Returns:
+            A MemoryLog or a DirectoryLog.
+
+        Raises:
+            SegmentNotFound: No log has that name, or the directory holds
+                none.
+            SegmentMismatch: It is not a pyqueue log.
+            SegmentNotOwned: Memory mode: another user owns it.
+            PermissionError: Directory mode: the directory belongs to
+                another user or others may write it.
+        """
         if _is_path(name_or_path):
             return DirectoryLog.open(name_or_path, **kwargs)
-        return MemoryLog.open(name_or_path, **kwargs)
+        return MemoryLog.open(name_or_path, **kwargs)  # type: ignore[arg-type]
 
     # append(value, key=None, headers=None) and append_many(values, key=None,
     # headers=None) are the cores' (pyqueue/_log.pyx, LogCoreBase).
 
-    def _setup_common(self):
+    def _setup_common(self) -> None:
         self._groups = None
 
-    def read(self, partition, offset, max_records=1000, timeout=0):
-        """Up to max_records Records of a partition from offset on, without
-        consuming them. Waits up to timeout seconds (None: for ever) for the
-        first one (an empty list when none comes). OffsetOutOfRange when
-        offset is before start_offset(partition) (dropped by retention) or
-        beyond end_offset(partition). A record that cannot be decoded
-        (PoisonRecord) or is damaged (CorruptRecord) ends the list before
-        it; the read from its offset raises, with .partition and .offset
-        (read on from offset + 1 to skip it)."""
+    def read(self, partition: int, offset: int, max_records: int = 1000,
+             timeout: Optional[float] = 0) -> List[Record]:
+        """Read records of a partition from offset on, without consuming
+        them.
+
+        Args:
+            partition: The partition.
+            offset: The first offset to read.
+            max_records: The most records returned.
+            timeout: Seconds to wait for the first record (None: for ever,
+                0: not at all).
+
+        Returns:
+            Up to max_records Records in offset order; an empty list when
+            none came in time. A record that cannot be decoded or is
+            damaged ends the list before it.
+
+        Raises:
+            OffsetOutOfRange: offset is before start_offset(partition)
+                (dropped by retention) or beyond end_offset(partition).
+            PoisonRecord: The record at offset cannot be decoded (it has
+                .partition and .offset; read on from offset + 1 to skip it).
+            CorruptRecord: The record at offset is damaged.
+            ValueError: offset is not a non-negative int, partition is out
+                of range, or the log is closed.
+        """
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
         timeout = float("inf") if timeout is None else float(timeout)
         return self._read(partition, offset, max_records, timeout, Record)
 
-    def start_offset(self, partition):
-        """The offset of the oldest record still in the partition."""
+    def start_offset(self, partition: int) -> int:
+        """The offset of the oldest record still in the partition.
+
+        Args:
+            partition: The partition.
+
+        Returns:
+            The offset.
+
+        Raises:
+            ValueError: partition is out of range, or the log is closed.
+        """
         return self._bounds(partition)[0]
 
-    def end_offset(self, partition):
-        """The offset the next record appended to the partition will get."""
+    def end_offset(self, partition: int) -> int:
+        """The offset the next record appended to the partition will get.
+
+        Args:
+            partition: The partition.
+
+        Returns:
+            The offset.
+
+        Raises:
+            ValueError: partition is out of range, or the log is closed.
+        """
         return self._bounds(partition)[1]
 
     # ---- consumer groups ----------------------------------------------
 
-    def _group_table(self):
+    def _group_table(self) -> _log.GroupTable:
         if self._groups is None:
-            self._groups = super()._group_table()
+            self._groups = super()._group_table()  # type: ignore[misc]
         return self._groups
 
-    def consumer(self, group, **options):
-        """A member of consumer group `group` in this process (see
-        pyqueue.Consumer for the options)."""
-        return Consumer(self, group, **options)
+    def consumer(self, group: str, *, auto_offset_reset: str = "earliest",
+                 auto_commit: bool = False, auto_commit_interval: float = 5.0,
+                 max_poll_interval: float = 300.0) -> Consumer:
+        """Join consumer group `group` in this process.
 
-    def groups(self):
-        """The names of the log's consumer groups."""
+        Args:
+            group: The group's name (made when it does not exist).
+            auto_offset_reset: As pyqueue.Consumer.
+            auto_commit: As pyqueue.Consumer.
+            auto_commit_interval: As pyqueue.Consumer.
+            max_poll_interval: As pyqueue.Consumer.
+
+        Returns:
+            A new member of the group (a pyqueue.Consumer).
+
+        Raises:
+            ValueError: A bad option, or the log is closed.
+            PyQueueError: The log has no room for another group, or the
+                group for another member.
+        """
+        return Consumer(self, group, auto_offset_reset=auto_offset_reset,
+                        auto_commit=auto_commit, auto_commit_interval=auto_commit_interval,
+                        max_poll_interval=max_poll_interval)
+
+    def groups(self) -> List[str]:
+        """The names of the log's consumer groups, sorted.
+
+        Raises:
+            ValueError: The log is closed.
+        """
         return sorted(name for _, name in self._group_table().names())
 
-    def group_offsets(self, group):
-        """{partition: {"committed", "end", "lag", "owner_pid"}} of a group;
-        committed None (and lag from the start) where nothing is committed."""
+    def group_offsets(self, group: str) -> Dict[int, Dict[str, Any]]:
+        """Where a consumer group stands in each partition.
+
+        Args:
+            group: The group's name.
+
+        Returns:
+            {partition: {"committed", "end", "lag", "owner_pid"}}: committed
+            is None (and lag counts from the start) where nothing is
+            committed; owner_pid is None for an unassigned partition.
+
+        Raises:
+            KeyError: The log has no such group.
+        """
         gt, g = self._group_index(group)
         members = {m["member_id"]: m["pid"] for m in gt.members(g)}
-        out = {}
+        out: Dict[int, Dict[str, Any]] = {}
         for p in range(self.partitions):
             start, end = self._bounds(p)
             committed, _ms = gt.committed(g, p)
@@ -164,37 +322,77 @@ class Log:
                       "owner_pid": members.get(gt.owner(g, p))}
         return out
 
-    def group_members(self, group):
-        """[{pid, alive, member_id, idle_s, partitions}] of a group."""
+    def group_members(self, group: str) -> List[Dict[str, Any]]:
+        """The members of a consumer group.
+
+        Args:
+            group: The group's name.
+
+        Returns:
+            [{pid, alive, member_id, idle_s, partitions}], one per member.
+
+        Raises:
+            KeyError: The log has no such group.
+        """
         gt, g = self._group_index(group)
         return gt.members(g)
 
-    def delete_group(self, group):
-        """Remove a group and its committed offsets (PyQueueError while it
-        has live members)."""
+    def delete_group(self, group: str) -> None:
+        """Remove a consumer group and its committed offsets.
+
+        Args:
+            group: The group's name.
+
+        Raises:
+            KeyError: The log has no such group.
+            PyQueueError: The group has live members.
+        """
         gt, g = self._group_index(group)
         gt.delete(g)
 
-    def _group_index(self, group):
+    def _group_index(self, group: str) -> Tuple[_log.GroupTable, int]:
         gt = self._group_table()
         found = gt.find(group, False)
         if found is None:
             raise KeyError(f"no consumer group {group!r}")
         return gt, found[0]
 
-    def __enter__(self):
+    def __enter__(self: _L) -> _L:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class MemoryLog(Log, _log.MemoryLogCore):
-    """A Log in one shared-memory segment (Log(path=None))."""
+class MemoryLog(Log[T], _log.MemoryLogCore[T]):
+    """A Log in one shared-memory segment (what ``Log(path=None)`` makes).
 
-    def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
-                 perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 trust_owner=False, _open_only=False):
+    Args:
+        name: The segment's name (None: a fresh unnamed one).
+        partitions: As Log.
+        retention_bytes: Each partition's ring in bytes (rounded up to a
+            power of two, at least 64 KiB; default 8 MiB).
+        retention_ms: As Log.
+        perm: As Log.
+        path: Must be None.
+        segment_bytes: Must be None (directory mode only).
+        fsync: Must be None (directory mode only).
+        fsync_interval: Must be None (directory mode only).
+        trust_owner: As Log.
+
+    Raises:
+        ValueError: A bad parameter, a directory-mode one, or the log exists
+            with other ones.
+        SegmentMismatch: The name is not a pyqueue log's.
+        SegmentNotOwned: Another user owns it and trust_owner is false.
+    """
+
+    def __init__(self, name: Optional[str] = None, *, partitions: Optional[int] = None,
+                 retention_bytes: Optional[int] = None, retention_ms: Optional[int] = None,
+                 perm: Optional[int] = 0o600, path: Optional[StrPath] = None,
+                 segment_bytes: Optional[int] = None, fsync: Optional[str] = None,
+                 fsync_interval: Optional[float] = None, trust_owner: bool = False,
+                 _open_only: bool = False) -> None:
         if path is not None:
             raise ValueError("a MemoryLog has no path (use Log(path=...) for directory mode)")
         for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
@@ -206,7 +404,7 @@ class MemoryLog(Log, _log.MemoryLogCore):
         retention = _check_retention_ms(retention_ms)
         _check_perm(perm)
 
-        def init(mm):
+        def init(mm: mmap.mmap) -> None:
             _log.memory_create_segment(mm, parts, capacity, retention or 0)
 
         name, mm, _perm, created = _segment.create_or_open(
@@ -221,57 +419,118 @@ class MemoryLog(Log, _log.MemoryLogCore):
             _same("retention_ms", retention, self.retention_ms, where)
 
     @staticmethod
-    def _ring_bytes(retention_bytes):
+    def _ring_bytes(retention_bytes: Optional[int]) -> int:
         if retention_bytes is None:
             return DEFAULT_MEMORY_RETENTION_BYTES
         n = max(_check_int("retention_bytes", retention_bytes, 1), MIN_MEMORY_RETENTION_BYTES)
         return 1 << (n - 1).bit_length()
 
     @classmethod
-    def open(cls, name, trust_owner=False):
-        """Open an existing memory-mode log (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue log, SegmentNotOwned if
-        another user's, unless trust_owner)."""
+    def open(cls, name: str, trust_owner: bool = False) -> MemoryLog[Any]:  # type: ignore[override]
+        """Open an existing memory-mode log.
+
+        Args:
+            name: The log's name.
+            trust_owner: Open a log another user owns.
+
+        Returns:
+            A new handle of the log.
+
+        Raises:
+            SegmentNotFound: No segment has that name.
+            SegmentMismatch: It is not a pyqueue log.
+            SegmentNotOwned: Another user owns it and trust_owner is false.
+        """
         return cls(name, trust_owner=trust_owner, _open_only=True)
 
-    def _setup(self, name, mm):
+    def _setup(self, name: str, mm: mmap.mmap) -> None:
         self._name = name
         self._setup_common()
         self._attach(mm)
 
-    def enforce_retention(self):
+    def enforce_retention(self) -> int:
         """Drop the records older than retention_ms now (appends do it as
-        they go): the count dropped."""
+        they go).
+
+        Returns:
+            The number of records dropped.
+
+        Raises:
+            ValueError: The log is closed.
+        """
         now = _now_ms()
         return sum(self._expire(p, now) for p in range(self.partitions))
 
     @property
-    def name(self):
+    def name(self) -> str:
+        """The segment's name."""
         return self._name
 
     @property
-    def path(self):
+    def path(self) -> None:
+        """None (a memory-mode log has no directory)."""
         return None
 
-    def unlink(self):
-        """Remove the log's name (processes that have it open keep it)."""
+    def unlink(self) -> None:
+        """Remove the log's name (processes that have it open keep it).
+
+        A name that is gone already is left as it is.
+
+        Raises:
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
+        """
         _segment.disown(self._name)
         _segment.unlink(self._name)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (MemoryLog.open, (self._name,))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<pyqueue.Log {self.__dict__.get('_name')!r} {state}>"
 
 
-class DirectoryLog(Log, _log.DirLogCore):
-    """A Log in a directory of segment files (Log(path=...))."""
+class DirectoryLog(Log[T], _log.DirLogCore[T]):
+    """A Log in a directory of segment files (what ``Log(path=...)`` makes),
+    CRC32C per record.
 
-    def __init__(self, name=None, *, path, partitions=None, retention_bytes=None,
-                 retention_ms=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 perm=None, trust_owner=False, _open_only=False):
+    Args:
+        name: Must be None (the path names the log).
+        path: The log's directory (made with its parents when missing).
+        partitions: As Log.
+        retention_bytes: Bytes kept per partition (None: all).
+        retention_ms: As Log.
+        segment_bytes: The size a segment file rolls at (default 64 MiB).
+        fsync: "never" (default), "interval" or "always".
+        fsync_interval: Seconds between syncs with fsync="interval"
+            (default 1.0).
+        perm: The files' permission mask (at least 0o600, not writable by
+            others; default 0o600).
+        trust_owner: Use a directory another user owns.
+
+    Attributes:
+        recovery: What opening the log repaired (one entry per repair).
+
+    Raises:
+        ValueError: A bad parameter, or the log exists with other ones.
+        PermissionError: The directory belongs to another user, or others
+            (or a group the log's perm does not allow) may write it.
+        SegmentNotFound: Opening (open()) a directory that holds no log.
+        OSError: The directory cannot be made or read.
+    """
+
+    recovery: List[Any]
+    retention_bytes: Optional[int]
+    retention_ms: Optional[int]
+    fsync: str
+
+    def __init__(self, name: Optional[str] = None, *, path: StrPath,
+                 partitions: Optional[int] = None, retention_bytes: Optional[int] = None,
+                 retention_ms: Optional[int] = None, segment_bytes: Optional[int] = None,
+                 fsync: Optional[str] = None, fsync_interval: Optional[float] = None,
+                 perm: Optional[int] = None, trust_owner: bool = False,
+                 _open_only: bool = False) -> None:
         if name is not None:
             raise ValueError("a directory-mode log is named by its path: give name or path, "
                              "not both")
@@ -321,7 +580,7 @@ class DirectoryLog(Log, _log.DirLogCore):
         if _open_only and _logdir.read_meta(path) is None:
             raise SegmentNotFound(f"no pyqueue log in {path!r}")
         with _logdir.OpenLock(path, _logdir.FILE_PERM if perm is None else perm):
-            meta_owner = []
+            meta_owner: List[int] = []
             meta = _logdir.read_meta(path, meta_owner)
             if meta is None:
                 if _open_only:
@@ -373,7 +632,7 @@ class DirectoryLog(Log, _log.DirLogCore):
                 self._close_control()
                 self._finalizer()
                 raise
-        self._bases = {}
+        self._bases: Dict[int, Any] = {}
         if self.retention_ms is not None:  # by age between rolls too
             self._set_retention_hook(self._retention_from_append, _RETENTION_CHECK_S)
 
@@ -381,10 +640,23 @@ class DirectoryLog(Log, _log.DirLogCore):
         self._with_lock(p, lambda: self._retention_locked(p, False))
 
     @classmethod
-    def open(cls, path, trust_owner=False):
-        """Open an existing directory-mode log (SegmentNotFound if PATH
-        holds none; PermissionError if its directory belongs to another
-        user or others may write it, unless trust_owner)."""
+    def open(cls, path: StrPath,  # type: ignore[override]
+             trust_owner: bool = False) -> DirectoryLog[Any]:
+        """Open an existing directory-mode log.
+
+        Args:
+            path: The log's directory.
+            trust_owner: Use a directory another user owns.
+
+        Returns:
+            A new handle of the log (recovered first when no other process
+            has it open).
+
+        Raises:
+            SegmentNotFound: path holds no log.
+            PermissionError: The directory belongs to another user or others
+                may write it, unless trust_owner.
+        """
         return cls(path=path, trust_owner=trust_owner, _open_only=True)
 
     def _recover(self):
@@ -415,7 +687,7 @@ class DirectoryLog(Log, _log.DirLogCore):
                     gt.set_committed(g, p, min(max(off, start), end), ms)
         self._bases = {}
         for p in range(meta["partitions"]):
-            self._with_lock(p, lambda p=p: self._retention_locked(p, False))
+            self._with_lock(p, lambda p=p: self._retention_locked(p, False))  # type: ignore[misc]
 
     # ---- hooks of DirLogCore (called under the partition's lock where
     #      they change files) ----------------------------------------------
@@ -509,31 +781,42 @@ class DirectoryLog(Log, _log.DirLogCore):
             _logdir.remove_segment(self._path, p, base)
         return len(drop)
 
-    def enforce_retention(self):
+    def enforce_retention(self) -> int:
         """Apply retention_bytes and retention_ms now (rolls and, at most
-        once a second, appends do it as they go): segments removed."""
-        return sum(self._with_lock(p, lambda p=p: self._retention_locked(p, True))
+        once a second, appends do it as they go).
+
+        Returns:
+            The number of segment files removed.
+
+        Raises:
+            ValueError: The log is closed.
+            LockTimeout: A partition's lock stayed held by a stopped process.
+        """
+        return sum(self._with_lock(p, lambda p=p: self._retention_locked(p, True))  # type: ignore[misc]
                    for p in range(self.partitions))
 
     # ---- names --------------------------------------------------------
 
     @property
-    def name(self):
+    def name(self) -> str:
+        """The log's directory (absolute)."""
         return self._path
 
     @property
-    def path(self):
+    def path(self) -> str:
+        """The log's directory (absolute)."""
         return self._path
 
-    def close(self):
-        """Unmap the log and let go of it (its files stay)."""
+    def close(self) -> None:
+        """Unmap the log and let go of it (its files stay); closing twice
+        does nothing."""
         if not self._closed:
             self._close_control()
             self._finalizer()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (DirectoryLog.open, (self._path, self._trust_owner))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<pyqueue.Log path={self.__dict__.get('_path')!r} {state}>"

@@ -1,7 +1,11 @@
 """pyqueue.Queue, JoinableQueue and SimpleQueue: drop-ins for the
 multiprocessing ones over a shared-memory ring."""
+from __future__ import annotations
+
+import mmap
 import os
 import queue as _stdqueue
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 from pyqueue import _core, _oob, _segment
 from pyqueue.errors import SegmentMismatch
@@ -22,8 +26,13 @@ _KIND_QUEUE = 1
 Full = _stdqueue.Full
 Empty = _stdqueue.Empty
 
+T = TypeVar("T")
+_Q = TypeVar("_Q", bound="Queue[Any]")
+#: A (dumps, loads) pair: dumps(obj) -> bytes-like, loads(bytes) -> obj.
+Serializer = Tuple[Callable[[Any], Any], Callable[[bytes], Any]]
 
-def _round_capacity(n):
+
+def _round_capacity(n: int) -> int:
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError("capacity_bytes must be an int")
     if n <= 0:
@@ -32,7 +41,7 @@ def _round_capacity(n):
     return 1 << (n - 1).bit_length()
 
 
-def _check_serializer(serializer):
+def _check_serializer(serializer: Optional[Serializer]) -> Optional[Serializer]:
     if serializer is None:
         return None
     try:
@@ -44,7 +53,8 @@ def _check_serializer(serializer):
     return (dumps, loads)
 
 
-def _rebuild(cls, name, serializer, trust_owner=False):
+def _rebuild(cls: Type[_Q], name: str, serializer: Optional[Serializer],
+             trust_owner: bool = False) -> _Q:
     return cls.open(name, serializer=serializer, trust_owner=trust_owner)
 
 
@@ -53,14 +63,14 @@ class _Default:
     existing segment only the settings passed are compared."""
     __slots__ = ("value",)
 
-    def __init__(self, value):
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return repr(self.value)
 
 
-def _take(v, given, what):
+def _take(v: Any, given: Dict[str, Any], what: str) -> Any:
     """The value of setting `what`, recording it in `given` when passed."""
     if isinstance(v, _Default):
         return v.value
@@ -68,7 +78,7 @@ def _take(v, given, what):
     return v
 
 
-def check_settings(kind, name, differences):
+def check_settings(kind: str, name: str, differences: Any) -> None:
     """ValueError naming every setting passed that differs from the
     existing segment's: (setting, stored, given) triples."""
     if differences:
@@ -77,30 +87,60 @@ def check_settings(kind, name, differences):
                          f"when a {kind} is created: open it without them, or unlink it first)")
 
 
-_D_MAXSIZE = _Default(0)
-_D_CAPACITY = _Default(DEFAULT_CAPACITY)
-_D_MAX_MESSAGE = _Default(None)
-_D_OVERFLOW = _Default("block")
-_D_MODE = _Default(0o600)
+# Typed Any: a signature shows the setting's type, its default is one of
+# these markers (see _Default).
+_D_MAXSIZE: Any = _Default(0)
+_D_CAPACITY: Any = _Default(DEFAULT_CAPACITY)
+_D_MAX_MESSAGE: Any = _Default(None)
+_D_OVERFLOW: Any = _Default("block")
+_D_MODE: Any = _Default(0o600)
 
 
-class Queue(_core.RingQueue):
-    """A multi-process FIFO queue in shared memory; see docs/api.md.
+class Queue(_core.RingQueue[T]):
+    """A multi-process FIFO queue in shared memory, a drop-in for
+    multiprocessing.Queue (no feeder thread: a put is in shared memory when
+    it returns).
 
-    Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,
-          name=None, overflow="block", serializer=None, mode=0o600,
-          trust_owner=False)
+    Generic in the message type for type checkers: ``Queue[bytes]``,
+    ``Queue[dict]`` (nothing is checked at run time).
 
     With the name of an existing queue, the settings passed must be the
-    queue's (ValueError naming what differs); those not passed are its.
+    queue's; those not passed are its.
+
+    Args:
+        maxsize: The most messages the queue holds (0 or less: no count
+            limit, only the ring's bytes).
+        capacity_bytes: The ring's size (rounded up to a power of two, at
+            least 64 KiB; default 32 MiB, backed lazily in /dev/shm).
+        max_message_bytes: The largest encoded message accepted (None: as
+            large as the ring allows; larger ones travel out of band).
+        name: The queue's name in /dev/shm (None: a fresh unnamed queue,
+            reachable by pickling the handle).
+        overflow: "block" (put waits for room), "reject" (put raises
+            queue.Full at once) or "drop_oldest" (the oldest message goes).
+        serializer: A (dumps, loads) pair used instead of pickle.
+        mode: The permission mask of the segment (default 0o600).
+        trust_owner: Open a queue another user owns (pickle runs their code).
+
+    Raises:
+        TypeError: maxsize or capacity_bytes is not an int, or serializer is
+            not a pair of callables.
+        ValueError: A bad setting, or the named queue exists with other
+            settings (the message names what differs).
+        SegmentMismatch: The name belongs to something that is not a pyqueue
+            queue (or a plain queue opened as a JoinableQueue).
+        SegmentNotOwned: The queue belongs to another user and trust_owner is
+            false.
+        OSError: /dev/shm is full or cannot be written.
     """
 
     _create_flags = 0
 
-    def __init__(self, maxsize=_D_MAXSIZE, *, capacity_bytes=_D_CAPACITY,
-                 max_message_bytes=_D_MAX_MESSAGE, name=None, overflow=_D_OVERFLOW,
-                 serializer=None, mode=_D_MODE, trust_owner=False):
-        given = {}
+    def __init__(self, maxsize: int = _D_MAXSIZE, *, capacity_bytes: int = _D_CAPACITY,
+                 max_message_bytes: Optional[int] = _D_MAX_MESSAGE, name: Optional[str] = None,
+                 overflow: str = _D_OVERFLOW, serializer: Optional[Serializer] = None,
+                 mode: int = _D_MODE, trust_owner: bool = False) -> None:
+        given: Dict[str, Any] = {}
         maxsize = _take(maxsize, given, "maxsize")
         capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
         max_message_bytes = _take(max_message_bytes, given, "max_message_bytes")
@@ -125,7 +165,7 @@ class Queue(_core.RingQueue):
         backed = (min(capacity, _core.RESERVE_CHUNK) if _core.populate_supported()
                   else capacity)
 
-        def init(mm):
+        def init(mm: mmap.mmap) -> None:
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
                                  max_message_bytes or 0, flags, backed)
 
@@ -158,11 +198,28 @@ class Queue(_core.RingQueue):
                 raise
 
     @classmethod
-    def open(cls, name, *, serializer=None, trust_owner=False):
-        """Open an existing queue by name (SegmentNotFound if missing,
-        SegmentMismatch if it is not a pyqueue queue, or a plain queue
-        opened as a JoinableQueue; SegmentNotOwned if another user owns it
-        and trust_owner is false)."""
+    def open(cls: Type[_Q], name: str, *, serializer: Optional[Serializer] = None,
+             trust_owner: bool = False) -> _Q:
+        """Open an existing queue by name, with its settings.
+
+        Args:
+            name: The queue's name.
+            serializer: The (dumps, loads) pair the queue was made with, if
+                it was made with one.
+            trust_owner: Open a queue another user owns.
+
+        Returns:
+            A new handle of the queue (of the class it is called on).
+
+        Raises:
+            SegmentNotFound: No segment has that name.
+            SegmentMismatch: It is not a pyqueue queue, or a plain queue
+                opened as a JoinableQueue.
+            SegmentNotOwned: Another user owns it and trust_owner is false.
+            PyQueueError: It was made with a custom serializer and none is
+                given.
+            ValueError: The name is not a valid queue name.
+        """
         _segment.check_name(name)
         serializer = _check_serializer(serializer)
         mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
@@ -173,7 +230,8 @@ class Queue(_core.RingQueue):
         self._mark_shared()
         return self
 
-    def _setup(self, name, mm, serializer, mode):
+    def _setup(self, name: str, mm: mmap.mmap, serializer: Optional[Serializer],
+               mode: int) -> None:
         self._name = name
         self._shm_name = _segment.shm_name(name)
         self._mode = mode
@@ -189,98 +247,176 @@ class Queue(_core.RingQueue):
         self._attach(mm, serializer, joinable, _oob)
 
     @property
-    def name(self):
+    def name(self) -> str:
+        """The queue's name in /dev/shm (made up for an unnamed queue)."""
         return self._name
 
     @property
-    def overflow(self):
+    def overflow(self) -> str:
+        """The overflow policy: "block", "reject" or "drop_oldest"."""
         return _OVERFLOW_NAMES[self.overflow_code]
 
-    def unlink(self):
-        """Remove the queue's name (processes that have it open keep it)."""
+    def unlink(self) -> None:
+        """Remove the queue's name (processes that have it open keep it).
+
+        A name that is gone already is left as it is.
+
+        Raises:
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
+        """
         self._creator_pid = 0
         _segment.disown(self._name)
         _segment.unlink(self._name)
 
-    def close(self):
+    def close(self) -> None:
         """Close this handle (other handles and processes are unaffected).
+
         The creator's handle of an unnamed queue that was never pickled nor
-        opened by name also removes the name: nobody else can reach it."""
+        opened by name also removes the name: nobody else can reach it.
+        Closing twice does nothing.
+        """
         super().close()
         self._release_name()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self._release_name()
         except Exception:
             pass
 
-    def _release_name(self):
+    def _release_name(self) -> None:
         if self.__dict__.get("_creator_pid") == os.getpid() and not self._is_shared():
             self._creator_pid = 0
             _segment.release_unnamed(self._name)
 
-    def join_thread(self):
-        # No feeder thread: everything put is already in shared memory.
+    def join_thread(self) -> None:
+        """multiprocessing.Queue's: returns at once (there is no feeder
+        thread; everything put is already in shared memory).
+
+        Raises:
+            AssertionError: The handle is not closed (as multiprocessing).
+        """
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
 
-    def cancel_join_thread(self):
-        pass
+    def cancel_join_thread(self) -> None:
+        """multiprocessing.Queue's: does nothing (no feeder thread)."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         # From here a handle may live elsewhere: the creator's close() keeps
         # the name (removed when the creator exits, or by unlink()).
         self._mark_shared()
         return (_rebuild, (type(self), self._name, self._serializer,
                            self.__dict__.get("_trust_owner", False)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<pyqueue.{type(self).__name__} {self.__dict__.get('_name')!r} {state}>"
 
-    def __enter__(self):
+    def __enter__(self: _Q) -> _Q:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class JoinableQueue(Queue):
-    """Queue with task_done() and join(), counted in shared memory so that
-    they work across processes."""
+class JoinableQueue(Queue[T]):
+    """A Queue with task_done() and join(), counted in shared memory so that
+    they work across processes (as multiprocessing.JoinableQueue).
+
+    Takes Queue's arguments; opening a plain queue's name as a
+    JoinableQueue raises SegmentMismatch.
+    """
 
     _create_flags = _FLAG_JOINABLE
 
-    def task_done(self):
+    def task_done(self) -> None:
+        """Mark one message taken by get() as processed.
+
+        Raises:
+            ValueError: Called more times than messages were put.
+        """
         self._task_done()
 
-    def join(self):
+    def join(self) -> None:
+        """Block until every message put has been taken and task_done()
+        called for it (in any process)."""
         self._join(None)
 
 
-class SimpleQueue(Queue):
-    """Unbounded-count queue with put/get/empty/close (like
-    multiprocessing.SimpleQueue). Closed, its put, get and empty raise
-    OSError("handle is closed"), as multiprocessing's do."""
+class SimpleQueue(Queue[T]):
+    """An unbounded-count queue with put/get/empty/close (as
+    multiprocessing.SimpleQueue).
 
-    def __init__(self, *, capacity_bytes=_D_CAPACITY, name=None, serializer=None,
-                 mode=_D_MODE, trust_owner=False):
+    Closed, its put, get and empty raise OSError("handle is closed"), as
+    multiprocessing's do.
+
+    Args:
+        capacity_bytes: As Queue's.
+        name: As Queue's.
+        serializer: As Queue's.
+        mode: As Queue's.
+        trust_owner: As Queue's.
+
+    Raises:
+        ValueError: As Queue's.
+        SegmentMismatch: As Queue's.
+        SegmentNotOwned: As Queue's.
+    """
+
+    def __init__(self, *, capacity_bytes: int = _D_CAPACITY, name: Optional[str] = None,
+                 serializer: Optional[Serializer] = None, mode: int = _D_MODE,
+                 trust_owner: bool = False) -> None:
         super().__init__(_D_MAXSIZE, capacity_bytes=capacity_bytes, name=name,
                          serializer=serializer, mode=mode, trust_owner=trust_owner)
 
-    def _check_handle(self):
+    def _check_handle(self) -> None:
         if self._closed:
             raise OSError("handle is closed")
 
-    def put(self, obj, block=True, timeout=None):
+    def put(self, obj: T, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put obj into the queue (see Queue.put).
+
+        Args:
+            obj: The message.
+            block: Wait for room (False: raise queue.Full at once).
+            timeout: With block, the longest wait in seconds (None: for ever).
+
+        Raises:
+            OSError: The handle is closed.
+            queue.Full: No room in time.
+            MessageTooLarge: The message can never fit.
+        """
         self._check_handle()
         return super().put(obj, block, timeout)
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
+        """Remove and return the oldest message (see Queue.get).
+
+        Args:
+            block: Wait for a message (False: raise queue.Empty at once).
+            timeout: With block, the longest wait in seconds (None: for ever).
+
+        Returns:
+            The message.
+
+        Raises:
+            OSError: The handle is closed.
+            queue.Empty: No message in time.
+            UndecodableMessage: The message cannot be decoded.
+        """
         self._check_handle()
         return super().get(block, timeout)
 
-    def empty(self):
+    def empty(self) -> bool:
+        """Whether the queue holds no message.
+
+        Returns:
+            True when it is empty.
+
+        Raises:
+            OSError: The handle is closed.
+        """
         self._check_handle()
         return super().empty()

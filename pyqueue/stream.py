@@ -13,8 +13,9 @@ restarted and the group rebalances, so its uncommitted records are read
 again. Results that are not None go to `sink` (a Queue or WorkQueue: put, a
 Topic: publish, a Log: append). SIGTERM and SIGINT (in the process that
 called start()) stop the intake; every worker finishes what it holds.
-See docs/api.md ("StreamProcessor").
 """
+from __future__ import annotations
+
 import multiprocessing
 import os
 import queue as _queue
@@ -22,7 +23,19 @@ import signal
 import threading
 import time
 import traceback
-from typing import NamedTuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple,
+                    Optional, Tuple, Type, TypeVar, Union)
+
+if TYPE_CHECKING:
+    from pyqueue.log import Log
+    from pyqueue.queues import Queue
+    from pyqueue.topic import Topic
+    from pyqueue.workqueue import WorkQueue
+
+    #: Where results (or DeadRecords) go: a queue, topic, log, or a callable.
+    Sink = Union[Queue[Any], WorkQueue[Any], Topic[Any], Log[Any], Callable[[Any], Any]]
+
+_SP = TypeVar("_SP", bound="StreamProcessor")
 
 __all__ = ["StreamProcessor", "DeadRecord"]
 
@@ -35,12 +48,20 @@ _MAX_REPORT = 16384  # bytes of a crashed worker's traceback kept
 class DeadRecord(NamedTuple):
     """What on_error (a sink or a callable) gets for a Log record that was
     passed: its fn raised (value is the record's value), or it could not
-    be decoded or is damaged (value None)."""
+    be decoded or is damaged (value None).
+
+    Attributes:
+        partition: The record's partition.
+        offset: The record's offset.
+        key: The record's key (bytes), or None.
+        value: The record's value; None when it could not be decoded.
+        error: "ExceptionType: message".
+    """
     partition: int
     offset: int
-    key: object    # bytes or None
-    value: object  # None when the record could not be decoded
-    error: str     # "ExceptionType: message"
+    key: Optional[bytes]
+    value: Any
+    error: str
 
 
 def _sender(sink):
@@ -239,37 +260,63 @@ def _process_main(spec, index, stop, stats, parent, report):
 
 class StreamProcessor:
     """A pool of `workers` processes (or threads, processes=False) that run
-    fn on every message of source.
+    fn on every message of source, with the guarantees of the source.
 
-    StreamProcessor(source, fn, *, sink=None, workers=1, processes=True,
-                    batch_size=1, group=None, reject=(), poll_timeout=0.1,
-                    start_method=None, handle_signals=True, consumer_options=None,
-                    on_error="skip", restart_backoff=(0.1, 30.0))
+    Use it as a context manager (start on entry, stop on exit), or call
+    start() and join()/stop().
 
-    source: a WorkQueue, or a Log with group= (the consumer group the
-    workers join; consumer_options go to log.consumer()). batch_size: the
-    records a Log worker polls (and commits) at a time. reject: exception
-    types that send a WorkQueue message straight to the dead-letter queue
-    (no retries; other exceptions nack it). fn must be picklable (a
-    module-level function) with the spawn start method. start_method:
-    "fork", "spawn" or "forkserver" (None: multiprocessing's default).
+    Args:
+        source: A WorkQueue (each message acked when fn returns, nacked
+            with the error when it raises), or a Log with group= (each
+            worker is a member of the group and commits after each batch).
+        fn: The function run on each message's value (picklable, a
+            module-level function, with the spawn start method); a result
+            that is not None goes to sink.
+        sink: Where results go: a Queue or WorkQueue (put), a Topic
+            (publish), a Log (append), or a callable.
+        workers: The number of workers.
+        processes: Worker processes (True) or threads (False).
+        batch_size: The records a Log worker polls (and commits) at a time.
+        group: The consumer group of a Log source.
+        reject: Exception types that send a WorkQueue message straight to
+            the dead-letter queue (no retries; other exceptions nack it).
+        poll_timeout: Seconds a worker waits for a message before it looks
+            at the stop flag.
+        start_method: "fork", "spawn" or "forkserver" (None:
+            multiprocessing's default).
+        handle_signals: SIGTERM and SIGINT (in the process that calls
+            start(), from its main thread) stop the intake.
+        consumer_options: Options of log.consumer() for a Log source.
+        on_error: Log sources: what happens to a record whose fn raises,
+            or that cannot be decoded (PoisonRecord) or is damaged
+            (CorruptRecord): "skip" (default) counts it (stats() "failed",
+            or "poison") and passes it; a sink or a callable gets a
+            DeadRecord of it, then it is passed; "raise" ends the worker
+            without committing it (it is restarted and meets the record
+            again).
+        restart_backoff: (first, most): a worker that died is restarted
+            after `first` seconds, doubling for each further crash up to
+            `most`; one that worked for `most` seconds before it died
+            starts again from `first`.
 
-    on_error (Log sources): what happens to a record whose fn raises, or
-    that cannot be decoded (PoisonRecord) or is damaged (CorruptRecord):
-    "skip" counts it (stats() "failed", or "poison") and passes it; a sink
-    (Queue, WorkQueue, Topic, Log) or a callable gets a DeadRecord of it,
-    then it is passed; "raise" ends the worker without committing it (it
-    is restarted and meets the record again). restart_backoff=(first,
-    most): a worker that died is restarted after `first` seconds, doubling
-    for each further crash up to `most`; one that worked (had joined its
-    group, or was taking messages) for `most` seconds before it died
-    starts again from `first`.
+    Raises:
+        TypeError: fn is not callable, source, sink, on_error, reject or
+            restart_backoff is of the wrong kind.
+        ValueError: workers or batch_size is not a positive int, a Log
+            source without group= (or group= with a WorkQueue), on_error
+            with a WorkQueue source, or a bad restart_backoff.
     """
 
-    def __init__(self, source, fn, *, sink=None, workers=1, processes=True, batch_size=1,
-                 group=None, reject=(), poll_timeout=0.1, start_method=None,
-                 handle_signals=True, consumer_options=None, on_error=None,
-                 restart_backoff=(0.1, 30.0)):
+    def __init__(self, source: Union[WorkQueue[Any], Log[Any]], fn: Callable[[Any], Any], *,
+                 sink: Optional[Sink] = None, workers: int = 1, processes: bool = True,
+                 batch_size: int = 1, group: Optional[str] = None,
+                 reject: Union[Type[BaseException], Tuple[Type[BaseException], ...],
+                               List[Type[BaseException]]] = (),
+                 poll_timeout: float = 0.1, start_method: Optional[str] = None,
+                 handle_signals: bool = True,
+                 consumer_options: Optional[Mapping[str, Any]] = None,
+                 on_error: Union[str, Sink, None] = None,
+                 restart_backoff: Tuple[float, float] = (0.1, 30.0)) -> None:
         if not callable(fn):
             raise TypeError("fn must be callable")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -308,14 +355,15 @@ class StreamProcessor:
         if not 0 < first <= most:
             raise ValueError("restart_backoff must be (first, most) with 0 < first <= most")
         self._backoff = (first, most)
-        reject = tuple(reject) if isinstance(reject, (tuple, list)) else (reject,)
-        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in reject):
+        rejects: Tuple[Any, ...] = (tuple(reject) if isinstance(reject, (tuple, list))
+                                    else (reject,))
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in rejects):
             raise TypeError("reject must be exception types")
         self._spec = (source, fn, sink, group, batch_size, float(poll_timeout),
-                      dict(consumer_options or {}), reject, on_error)
+                      dict(consumer_options or {}), rejects, on_error)
         self._workers = workers
         self._processes = processes
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx: Any = multiprocessing.get_context(start_method)
         self._handle_signals = handle_signals
         self._stop = threading.Event()  # the parent's side
         if processes:
@@ -324,25 +372,33 @@ class StreamProcessor:
         else:
             self._flag = _Flag([0])
             self._stats = [0.0] * (workers * _STATS)
-        self._procs = [None] * workers
-        self._reports = [None] * workers   # the read end of each worker's crash report
+        self._procs: List[Any] = [None] * workers
+        self._reports: List[Any] = [None] * workers   # the read end of each worker's crash report
         self._crashes = [0] * workers      # crashes in a row, for the back-off
-        self._due = [None] * workers       # when a crashed worker is started again
+        self._due: List[Any] = [None] * workers  # when a crashed worker starts again
         self._restarts = 0
         self._crash_count = 0
         self._restart_delay = 0.0
-        self._last_error = None
-        self._started_at = None
-        self._stopped_at = None
-        self._supervisor = None
-        self._old_handlers = {}
+        self._last_error: Optional[str] = None
+        self._started_at: Optional[float] = None
+        self._stopped_at: Optional[float] = None
+        self._supervisor: Optional[threading.Thread] = None
+        self._old_handlers: Dict[int, Any] = {}
         self._signalled = False  # set by the signal handler: nothing else there
         self._lock = threading.Lock()
 
     # ---- life ---------------------------------------------------------
 
-    def start(self):
-        """Start the workers (and a supervisor that restarts crashed ones)."""
+    def start(self: _SP) -> _SP:
+        """Start the workers (and a supervisor that restarts crashed ones).
+
+        Returns:
+            The processor itself.
+
+        Raises:
+            RuntimeError: It was started before (a StreamProcessor starts
+                once).
+        """
         if self._started_at is not None:
             raise RuntimeError("a StreamProcessor starts once")
         self._started_at = time.monotonic()
@@ -356,7 +412,7 @@ class StreamProcessor:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def _spawn(self, i):
+    def _spawn(self, i: int) -> Any:
         if self._processes:
             reader, writer = self._ctx.Pipe(duplex=False)
             p = self._ctx.Process(target=_process_main,
@@ -369,7 +425,7 @@ class StreamProcessor:
                 writer.close()  # the worker has its own copy
             self._reports[i] = reader
         else:
-            box = []
+            box: List[Any] = []
             p = threading.Thread(target=_run, args=(self._spec, i, self._flag, self._stats,
                                                     _ThreadReport(box)),
                                  name=f"pyqueue-worker-{i}", daemon=True)
@@ -446,7 +502,7 @@ class StreamProcessor:
             signal.signal(signal.SIGINT, self._old_handlers.get(signal.SIGINT,
                                                                 signal.default_int_handler))
 
-    def stop_nowait(self):
+    def stop_nowait(self) -> None:
         """Ask the workers to stop taking messages (they finish what they hold)."""
         v = self._flag._v
         if hasattr(v, "value"):
@@ -455,16 +511,29 @@ class StreamProcessor:
             v[0] = 1
         self._stop.set()
 
-    def stop(self, timeout=None):
-        """Stop the intake and wait up to timeout seconds for the workers to
-        finish what they hold; then terminate what is left. True when all
-        stopped in time."""
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Stop the intake and wait for the workers to finish what they
+        hold; then terminate what is left.
+
+        Args:
+            timeout: The longest wait in seconds (None: for ever).
+
+        Returns:
+            True when all stopped in time.
+        """
         self.stop_nowait()
         return self.join(timeout)
 
-    def join(self, timeout=None):
+    def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until the processor stopped (stop(), SIGTERM, Ctrl-C) and its
-        workers finished; True when they did within timeout."""
+        workers finished.
+
+        Args:
+            timeout: The longest wait in seconds (None: for ever).
+
+        Returns:
+            True when they did within timeout.
+        """
         end = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():
             if self._signalled:
@@ -506,26 +575,32 @@ class StreamProcessor:
         self._old_handlers = {}
         return ok
 
-    def __enter__(self):
+    def __enter__(self: _SP) -> _SP:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ---- what it did --------------------------------------------------
 
-    def worker_pids(self):
-        """The pids of the worker processes now (processes=True)."""
+    def worker_pids(self) -> List[int]:
+        """The pids of the worker processes now (empty with
+        processes=False)."""
         with self._lock:
             return [p.pid for p in self._procs if p is not None and self._processes]
 
-    def stats(self):
-        """processed, failed, poison (Log records passed because they could
-        not be decoded or are damaged), rate (processed per second since
-        start), mean_latency and max_latency (seconds fn and the send took
-        per message), workers, restarts, crashes (workers that died),
-        restart_delay (the back-off before the last restart, seconds) and
-        last_error (the last dead worker's traceback, or None)."""
+    def stats(self) -> Dict[str, Any]:
+        """What the workers did.
+
+        Returns:
+            A dict: processed, failed, poison (Log records passed because
+            they could not be decoded or are damaged), rate (processed per
+            second since start), mean_latency and max_latency (seconds fn
+            and the send took per message), workers, restarts, crashes
+            (workers that died), restart_delay (the back-off before the last
+            restart, seconds) and last_error (the last dead worker's
+            traceback, or None).
+        """
         vals = list(self._stats[:])
         processed = sum(vals[i * _STATS] for i in range(self._workers))
         failed = sum(vals[i * _STATS + 1] for i in range(self._workers))

@@ -6,11 +6,14 @@ message that is not settled within the visibility timeout, or whose
 consumer died, is delivered again with its delivery count raised, and
 after max_deliveries it goes to the dead-letter queue with the reason. As
 the records of a Kafka share group (KIP-932); the states live in shared
-memory (csrc/pq_wq.h). See docs/api.md ("WorkQueue").
+memory.
 """
+from __future__ import annotations
+
+import mmap
 import time
 from queue import Empty, Full
-from typing import NamedTuple
+from typing import Any, Dict, Generic, Iterator, List, Literal, NamedTuple, Optional, Tuple, TypeVar, Union
 
 from pyqueue import _segment, _workq
 from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
@@ -32,9 +35,12 @@ _KIND_WORKQ = 5
 DEAD_LETTER_OVERHEAD = 4096
 DEAD_LETTER_TEXT = 256
 _MIN_DEAD_LETTER_CAPACITY = 64 * 1024
+T = TypeVar("T")
+_W = TypeVar("_W", bound="WorkQueue[Any]")
+_DV = TypeVar("_DV", bound="Delivery[Any]")
 
 
-def _clip(text):
+def _clip(text: object) -> Optional[str]:
     """reason / last_error as kept in a DeadLetter: str, at most
     DEAD_LETTER_TEXT characters."""
     if text is None:
@@ -48,36 +54,68 @@ __all__ = ["WorkQueue", "Delivery", "DeadLetter", "Empty", "Full"]
 
 
 class DeadLetter(NamedTuple):
-    """A message of a dead-letter queue: what came to it, and why."""
-    value: object        # the message (None when it could not be decoded: see raw)
-    reason: str          # "rejected: ...", "delivered 5 times, last: visibility timeout", ...
-    attempts: int        # deliveries it had
-    last_error: object   # the error text of the last nack or reject, or None
-    id: int              # its id in the queue it came from
-    enqueued_at: float   # when it was put (seconds since the epoch)
+    """A message of a dead-letter queue: what came to it, and why.
+
+    Attributes:
+        value: The message (None when it could not be decoded: see raw).
+        reason: Why, e.g. "rejected: ..." or "delivered 5 times, last:
+            visibility timeout".
+        attempts: The deliveries it had.
+        last_error: The error text of the last nack or reject, or None.
+        id: Its id in the queue it came from.
+        enqueued_at: When it was put (seconds since the epoch).
+        dead_lettered_at: When it was dead-lettered (seconds since the epoch).
+        queue: The name of the queue it came from.
+        raw: The payload's bytes when it could not be decoded, else None.
+    """
+    value: Any
+    reason: str
+    attempts: int
+    last_error: Optional[str]
+    id: int
+    enqueued_at: float
     dead_lettered_at: float
-    queue: str           # the name of the queue it came from
-    raw: object = None   # the payload's bytes, when it could not be decoded
+    queue: str
+    raw: Optional[bytes] = None
 
 
-class Delivery:
-    """One delivery of a message: settle it once with ack(), nack() or
-    reject(). As a context manager it acks when the block ends normally and
-    nacks (with the exception's text as the error) when it raises."""
+class Delivery(Generic[T]):
+    """One delivery of a message (what WorkQueue.get() returns): settle it
+    once with ack(), nack() or reject().
+
+    As a context manager it acks when the block ends normally and nacks
+    (with the exception's text as the error) when it raises. Not picklable:
+    it belongs to the process that got it.
+
+    Attributes:
+        value: The message.
+        id: The message's id in its queue.
+        delivery_count: Which delivery this is (1 for the first).
+        enqueued_at: When the message was put (seconds since the epoch).
+        redelivered_because: None for a first delivery, else "nacked",
+            "visibility timeout" or "consumer died".
+    """
+
+    value: T
+    id: int
+    delivery_count: int
+    enqueued_at: float
+    redelivered_because: Optional[str]
 
     __slots__ = ("value", "id", "delivery_count", "enqueued_at", "redelivered_because",
                  "_queue", "_settled")
 
-    def __init__(self, queue, mid, deliveries, value, enqueued_ms, reason):
+    def __init__(self, queue: WorkQueue[T], mid: int, deliveries: int, value: T,
+                 enqueued_ms: int, reason: Optional[str]) -> None:
         self.value = value
         self.id = mid
         self.delivery_count = deliveries
         self.enqueued_at = enqueued_ms / 1000.0
         self.redelivered_because = reason  # None, "nacked", "visibility timeout", "consumer died"
         self._queue = queue
-        self._settled = None
+        self._settled: Optional[str] = None
 
-    def _verb(self, what, rc):
+    def _verb(self, what: str, rc: int) -> int:
         if rc == -_workq.ESTALE_CODE:
             raise DeliveryExpired(
                 f"cannot {what} delivery {self.delivery_count} of message {self.id}: it is no "
@@ -87,45 +125,79 @@ class Delivery:
             _workq.raise_for(rc, what)
         return rc
 
-    def ack(self):
-        """Done: the message goes away."""
+    def ack(self) -> None:
+        """Done: the message goes away.
+
+        Raises:
+            DeliveryExpired: The delivery is no longer this consumer's (its
+                visibility timeout passed and it was delivered again, it was
+                settled already, or this is another process).
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         self._verb("ack", self._queue._ack(self.id, self.delivery_count))
         self._settled = "acked"
 
-    def nack(self, delay=0.0, error=None):
-        """Deliver it again (from delay seconds on). On its last allowed
-        delivery it goes to the dead-letter queue instead, with error (see
-        reject() for a dead-letter queue that is full)."""
+    def nack(self, delay: float = 0.0, error: Optional[str] = None) -> None:
+        """Deliver it again. On its last allowed delivery it goes to the
+        dead-letter queue instead (see reject() for a full one).
+
+        Args:
+            delay: Seconds before it is available again.
+            error: The error text kept in its DeadLetter if it is
+                dead-lettered.
+
+        Raises:
+            DeliveryExpired: The delivery is no longer this consumer's.
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         rc = self._verb("nack", self._queue._nack(self.id, self.delivery_count, float(delay)))
         self._settled = "nacked"
         if rc == 1:
             self._queue._move_dead(self.id, self.delivery_count, self.enqueued_at,
                                    f"delivered {self.delivery_count} times, last: nacked", error)
 
-    def reject(self, reason="rejected"):
-        """Straight to the dead-letter queue (poison), with reason. When
-        the dead-letter queue stays full for dead_letter_timeout seconds
-        the message is parked (dead-pending, stats()["dead_letter_parked"])
-        and the next get() after dead_letter_retry seconds moves it: this
-        returns all the same."""
+    def reject(self, reason: str = "rejected") -> None:
+        """Send it straight to the dead-letter queue (poison).
+
+        When the dead-letter queue stays full for dead_letter_timeout
+        seconds the message is parked (dead-pending,
+        stats()["dead_letter_parked"]) and the next get() after
+        dead_letter_retry seconds moves it: this returns all the same.
+
+        Args:
+            reason: Why, kept in its DeadLetter.
+
+        Raises:
+            DeliveryExpired: The delivery is no longer this consumer's.
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         self._verb("reject", self._queue._reject(self.id, self.delivery_count))
         self._settled = "rejected"
         self._queue._move_dead(self.id, self.delivery_count, self.enqueued_at,
                                f"rejected: {reason}", reason)
 
-    def extend(self, seconds):
-        """Keep it for `seconds` more from now (a longer job)."""
+    def extend(self, seconds: float) -> None:
+        """Keep it for `seconds` more from now (a longer job).
+
+        Args:
+            seconds: The new visibility timeout, from now.
+
+        Raises:
+            DeliveryExpired: The delivery is no longer this consumer's.
+            ValueError: seconds is negative or not a number.
+        """
         self._verb("extend", self._queue._extend(self.id, self.delivery_count, float(seconds)))
 
     @property
-    def settled(self):
+    def settled(self) -> Optional[str]:
         """None, "acked", "nacked" or "rejected"."""
         return self._settled
 
-    def __enter__(self):
+    def __enter__(self: _DV) -> _DV:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                 tb: object) -> Literal[False]:
         if self._settled is None:
             if exc_type is None:
                 self.ack()
@@ -133,36 +205,66 @@ class Delivery:
                 self.nack(error=f"{exc_type.__name__}: {exc}")
         return False
 
-    def __reduce__(self):
+    def __reduce__(self) -> Any:
         raise TypeError("a Delivery belongs to the process that got it")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<pyqueue.Delivery id={self.id} delivery={self.delivery_count} "
                 f"{self._settled or 'held'}>")
 
 
-def _same_setting(stored, wanted):
+def _same_setting(stored: Any, wanted: Any) -> bool:
     if isinstance(stored, float) and isinstance(wanted, float):
         return abs(stored - wanted) < 1e-6  # stored in ns
-    return stored == wanted
+    return bool(stored == wanted)
 
 
-class WorkQueue(_workq.WorkQueueCore):
+_D_CAPACITY: Any = _Default(DEFAULT_CAPACITY)
+_D_MAX_IN_FLIGHT: Any = _Default(DEFAULT_MAX_IN_FLIGHT)
+_D_VISIBILITY: Any = _Default(DEFAULT_VISIBILITY_TIMEOUT)
+_D_MAX_DELIVERIES: Any = _Default(DEFAULT_MAX_DELIVERIES)
+_D_DEAD_LETTER: Any = _Default(None)
+_D_DEDUP_WINDOW: Any = _Default(DEFAULT_DEDUP_WINDOW)
+_D_DEDUP_KEYS: Any = _Default(DEFAULT_DEDUP_KEYS)
+_D_PERM: Any = _Default(0o600)
+
+
+class WorkQueue(_workq.WorkQueueCore[T]):
     """A multi-process work queue with acknowledgements, in shared memory.
 
-    WorkQueue(name=None, *, capacity_bytes=32 MiB, max_in_flight=65536,
-              visibility_timeout=30.0, max_deliveries=5, dead_letter=None,
-              dedup_window=300.0, dedup_keys=65536, perm=0o600)
+    Generic in the message type for type checkers (``WorkQueue[dict]``).
+    With the name of an existing work queue, the settings passed must be
+    its own.
 
-    dead_letter: a WorkQueue, or the name of one (made if it does not
-    exist), that gets the messages rejected or delivered max_deliveries
-    times; None drops them (counted in stats()["dead_lettered"]). The
-    queue then takes messages up to the dead-letter queue's
-    max_message_bytes less DEAD_LETTER_OVERHEAD (ValueError when that
-    leaves nothing). max_deliveries=None: no limit. max_in_flight: messages
-    not yet done (available, delayed, held) at most (a power of two).
-    dedup_keys: room for the keys of put(key=...) within dedup_window
-    seconds (a power of two; a new key waits when it is full).
+    Args:
+        name: The queue's name in /dev/shm (None: a fresh unnamed one).
+        capacity_bytes: The message ring's size (a power of two; default
+            32 MiB).
+        max_in_flight: The most messages not yet done (available, delayed,
+            held): a power of two (default 65536).
+        visibility_timeout: Seconds a delivery is held before the message
+            is delivered again (default 30).
+        max_deliveries: Deliveries before a message is dead-lettered
+            (default 5; None: no limit).
+        dead_letter: A WorkQueue, or the name of one (made if it does not
+            exist), that gets the messages rejected or delivered
+            max_deliveries times; None drops them (counted in
+            stats()["dead_lettered"]). The queue then takes messages up to
+            the dead-letter queue's max_message_bytes less
+            DEAD_LETTER_OVERHEAD.
+        dedup_window: Seconds within which a put of a key already put is
+            dropped (default 300).
+        dedup_keys: Room for the keys of put(key=...) within dedup_window (a
+            power of two, 0: none; a new key waits when it is full).
+        perm: The permission mask of the segment (default 0o600).
+        trust_owner: Open a queue another user owns.
+
+    Raises:
+        ValueError: A bad setting, the named queue exists with other
+            settings, or the dead-letter queue is too small.
+        TypeError: A setting of the wrong type.
+        SegmentMismatch: The name is not a pyqueue work queue's.
+        SegmentNotOwned: Another user owns it and trust_owner is false.
     """
 
     # How long a move to a full dead-letter queue waits for room before the
@@ -170,14 +272,15 @@ class WorkQueue(_workq.WorkQueueCore):
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
 
-    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
-                 max_in_flight=_Default(DEFAULT_MAX_IN_FLIGHT),
-                 visibility_timeout=_Default(DEFAULT_VISIBILITY_TIMEOUT),
-                 max_deliveries=_Default(DEFAULT_MAX_DELIVERIES), dead_letter=_Default(None),
-                 dedup_window=_Default(DEFAULT_DEDUP_WINDOW),
-                 dedup_keys=_Default(DEFAULT_DEDUP_KEYS), perm=_Default(0o600),
-                 trust_owner=False, _open_only=False):
-        given = {}
+    def __init__(self, name: Optional[str] = None, *, capacity_bytes: int = _D_CAPACITY,
+                 max_in_flight: int = _D_MAX_IN_FLIGHT,
+                 visibility_timeout: float = _D_VISIBILITY,
+                 max_deliveries: Optional[int] = _D_MAX_DELIVERIES,
+                 dead_letter: Union[WorkQueue[Any], str, None] = _D_DEAD_LETTER,
+                 dedup_window: float = _D_DEDUP_WINDOW, dedup_keys: int = _D_DEDUP_KEYS,
+                 perm: int = _D_PERM, trust_owner: bool = False,
+                 _open_only: bool = False) -> None:
+        given: Dict[str, Any] = {}
         capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
         max_in_flight = _take(max_in_flight, given, "max_in_flight")
         visibility_timeout = _take(visibility_timeout, given, "visibility_timeout")
@@ -200,7 +303,7 @@ class WorkQueue(_workq.WorkQueueCore):
             raise ValueError("max_deliveries must be a positive int, or None (no limit)")
         if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
             raise ValueError("perm must be a permission mask such as 0o600")
-        self._dlq = None
+        self._dlq: Optional[WorkQueue[Any]] = None
         dlq_name = b""
         if dead_letter is not None:
             if isinstance(dead_letter, WorkQueue):
@@ -219,7 +322,7 @@ class WorkQueue(_workq.WorkQueueCore):
                 self._dlq = self._open_dead_letter(dead_letter, capacity)
             max_payload = min(capacity // 4, self._dead_letter_room(self._dlq))
 
-        def init(mm):
+        def init(mm: mmap.mmap) -> None:
             _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
                                   max_deliveries or 0, float(dedup_window), max_payload,
                                   dlq_name)
@@ -262,9 +365,22 @@ class WorkQueue(_workq.WorkQueueCore):
         return v
 
     @classmethod
-    def open(cls, name, trust_owner=False):
-        """Open an existing work queue by name (SegmentNotFound if missing);
-        its dead-letter queue is the one it was made with."""
+    def open(cls: type[_W], name: str, trust_owner: bool = False) -> _W:
+        """Open an existing work queue by name, with its settings (its
+        dead-letter queue is the one it was made with).
+
+        Args:
+            name: The queue's name.
+            trust_owner: Open a queue another user owns.
+
+        Returns:
+            A new handle of the queue.
+
+        Raises:
+            SegmentNotFound: No segment has that name.
+            SegmentMismatch: It is not a pyqueue work queue.
+            SegmentNotOwned: Another user owns it and trust_owner is false.
+        """
         return cls(name, trust_owner=trust_owner, _open_only=True)
 
     @staticmethod
@@ -291,7 +407,7 @@ class WorkQueue(_workq.WorkQueueCore):
             return WorkQueue.open(name)
 
     @property
-    def dead_letter(self):
+    def dead_letter(self) -> Optional[WorkQueue[Any]]:
         """The dead-letter queue (a WorkQueue), or None."""
         if self._dlq is None:
             name = self._user().decode("utf-8")
@@ -301,23 +417,74 @@ class WorkQueue(_workq.WorkQueueCore):
 
     # ---- producing ------------------------------------------------------
 
-    def put(self, obj, *, key=None, delay=0.0, block=True, timeout=None):
-        """Add a message (available from delay seconds on); its id. With a
-        key (bytes or str), a put of a key already put within dedup_window
-        seconds is dropped and returns the first one's id. queue.Full when
-        there is no room in time (block=False: at once)."""
+    def put(self, obj: T, *, key: Union[bytes, str, None] = None, delay: float = 0.0,
+            block: bool = True, timeout: Optional[float] = None) -> int:
+        """Add a message.
+
+        Args:
+            obj: The message (pickled unless bytes or str).
+            key: bytes or str: a put of a key already put within
+                dedup_window seconds is dropped (and returns the first one's
+                id); None: no deduplication.
+            delay: Seconds before it is available.
+            block: Wait for room (False: raise queue.Full at once).
+            timeout: With block, the longest wait in seconds (None: for
+                ever).
+
+        Returns:
+            The message's id.
+
+        Raises:
+            queue.Full: No room (bytes, in-flight slots or dedup keys) in
+                time.
+            MessageTooLarge: The encoded message is larger than
+                max_message_bytes.
+            TypeError: key is not bytes, str or None.
+            ValueError: delay or timeout is negative, or the handle is closed.
+        """
         mid, _dup = self._put(obj, key, float(delay), block, timeout)
         return mid
 
-    def put_nowait(self, obj, *, key=None, delay=0.0):
+    def put_nowait(self, obj: T, *, key: Union[bytes, str, None] = None,
+                   delay: float = 0.0) -> int:
+        """put(obj, key=key, delay=delay, block=False).
+
+        Args:
+            obj: The message.
+            key: As put().
+            delay: As put().
+
+        Returns:
+            The message's id.
+
+        Raises:
+            queue.Full: No room now.
+            MessageTooLarge: The message is too large.
+        """
         return self.put(obj, key=key, delay=delay, block=False)
 
     # ---- consuming ------------------------------------------------------
 
-    def get(self, block=True, timeout=None):
-        """The oldest available message, as a Delivery held by this
-        process for visibility_timeout seconds. queue.Empty when none came
-        in time (block=False: at once)."""
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Delivery[T]:
+        """Take the oldest available message, held by this process for
+        visibility_timeout seconds.
+
+        A message out of deliveries, or that cannot be decoded, is
+        dead-lettered on the way and not returned.
+
+        Args:
+            block: Wait for a message (False: raise queue.Empty at once).
+            timeout: With block, the longest wait in seconds (None: for
+                ever).
+
+        Returns:
+            A Delivery to settle with ack(), nack() or reject().
+
+        Raises:
+            queue.Empty: No message in time.
+            ValueError: The handle is closed.
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())
@@ -337,10 +504,18 @@ class WorkQueue(_workq.WorkQueueCore):
                 continue
             return Delivery(self, mid, n, value, enq_ms, reason)
 
-    def get_nowait(self):
+    def get_nowait(self) -> Delivery[T]:
+        """get(block=False).
+
+        Returns:
+            A Delivery.
+
+        Raises:
+            queue.Empty: No message available now.
+        """
         return self.get(block=False)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Delivery[T]]:
         """Deliveries for ever (get() with no timeout)."""
         while True:
             yield self.get()
@@ -375,7 +550,7 @@ class WorkQueue(_workq.WorkQueueCore):
                 value = self._decode(raw, typ)
             except Exception:
                 value, keep_raw = None, raw
-            dl = DeadLetter(value, _clip(reason), attempts, _clip(last_error), mid, enqueued_at,
+            dl = DeadLetter(value, _clip(reason) or "", attempts, _clip(last_error), mid, enqueued_at,
                             time.time(), self._name, keep_raw)
             try:
                 dlq.put(dl, timeout=self.dead_letter_timeout)
@@ -396,10 +571,21 @@ class WorkQueue(_workq.WorkQueueCore):
 
     # ---- the dead-letter side ---------------------------------------------
 
-    def dead_letters(self, max_messages=None):
+    def dead_letters(self, max_messages: Optional[int] = None) -> List[DeadLetter]:
         """The DeadLetters waiting in this queue (used as a dead-letter
-        queue), without taking them."""
-        out = []
+        queue), without taking them.
+
+        Args:
+            max_messages: The most returned (None: all).
+
+        Returns:
+            The DeadLetters, oldest first.
+
+        Raises:
+            SegmentMismatch: The queue's indices are damaged.
+            ValueError: The handle is closed.
+        """
+        out: List[DeadLetter] = []
         head, tail = self._bounds()  # SegmentMismatch when more than max_in_flight
         for mid in range(head, tail):
             if max_messages is not None and len(out) >= max_messages:
@@ -412,9 +598,25 @@ class WorkQueue(_workq.WorkQueueCore):
                 out.append(value)
         return out
 
-    def requeue(self, max_messages=None, to=None):
+    def requeue(self, max_messages: Optional[int] = None,
+                to: Optional[WorkQueue[Any]] = None) -> int:
         """Take dead letters from this queue and put their values back into
-        the queue each came from (or `to`); the count moved."""
+        the queue each came from (or `to`).
+
+        Args:
+            max_messages: The most moved (None: all).
+            to: The queue to put them in (None: the one each came from).
+
+        Returns:
+            The number moved.
+
+        Raises:
+            TypeError: A message of this queue is not a DeadLetter (it is
+                nacked back).
+            SegmentNotFound: The queue a dead letter came from is gone.
+
+        A full target queue is waited for (its put has no timeout).
+        """
         moved = 0
         while max_messages is None or moved < max_messages:
             try:
@@ -433,47 +635,72 @@ class WorkQueue(_workq.WorkQueueCore):
 
     # ---- the rest -----------------------------------------------------
 
-    def stats(self):
-        """Counters and counts: depth (available now), delayed, in_flight
-        (held), dead_pending (being moved, or parked), enqueued, acked,
-        redelivered, dead_lettered, deduplicated, abandoned (producers that
-        died in a put), dedup_keys_used (keys in the dedup table now),
-        dedup_full (keyed puts that found it full), dead_letter_parked
-        (moves to a full dead-letter queue put off), capacity, used_bytes,
-        max_in_flight; consistent: False when the queue's lock was held by
-        another process (stopped?) and the counts were read without it (they
-        may disagree with each other). Never waits for the lock more than a
-        moment."""
+    def stats(self) -> Dict[str, Any]:
+        """The queue's counters and counts. Never waits for the lock more
+        than a moment.
+
+        Returns:
+            A dict: depth (available now), delayed, in_flight (held),
+            dead_pending (being moved, or parked), enqueued, acked,
+            redelivered, dead_lettered, deduplicated, abandoned (producers
+            that died in a put), dedup_keys_used (keys in the dedup table
+            now), dedup_full (keyed puts that found it full),
+            dead_letter_parked (moves to a full dead-letter queue put off),
+            capacity, used_bytes, max_in_flight, dead_letter (its name or
+            None); consistent: False when the queue's lock was held by
+            another process (stopped?) and the counts were read without it
+            (they may disagree with each other).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
         s = self._stats()
         s["dead_letter"] = self._user().decode("utf-8") or None
         return s
 
-    def qsize(self):
-        """Messages not done: available, delayed, held or being moved."""
-        s = self._stats()
-        return s["depth"] + s["delayed"] + s["in_flight"] + s["dead_pending"]
+    def qsize(self) -> int:
+        """Messages not done: available, delayed, held or being moved.
 
-    def empty(self):
+        Raises:
+            ValueError: The handle is closed.
+        """
+        s = self._stats()
+        return int(s["depth"] + s["delayed"] + s["in_flight"] + s["dead_pending"])
+
+    def empty(self) -> bool:
+        """Whether qsize() is 0.
+
+        Raises:
+            ValueError: The handle is closed.
+        """
         return self.qsize() == 0
 
     @property
-    def name(self):
+    def name(self) -> str:
+        """The queue's name in /dev/shm."""
         return self._name
 
-    def unlink(self):
-        """Remove the queue's name (processes that have it open keep it)."""
+    def unlink(self) -> None:
+        """Remove the queue's name (processes that have it open keep it).
+
+        A name that is gone already is left as it is.
+
+        Raises:
+            PermissionError: The name belongs to another user (in the
+                sticky /dev/shm).
+        """
         _segment.disown(self._name)
         _segment.unlink(self._name)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (WorkQueue.open, (self._name,))
 
-    def __enter__(self):
+    def __enter__(self: _W) -> _W:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<pyqueue.WorkQueue {self.__dict__.get('_name')!r} {state}>"

@@ -1,0 +1,67 @@
+"""Type stubs of the Cython binding pyqueue/_workq.pyx (the WorkQueue core)."""
+import mmap
+from typing import Any, Generic, Optional, Tuple, TypeVar
+
+from typing_extensions import disjoint_base
+
+from pyqueue.errors import MessageTooLarge as MessageTooLarge
+from pyqueue.errors import SegmentMismatch as SegmentMismatch
+
+_T = TypeVar("_T")
+
+ESTALE_CODE: int
+REASONS: dict[int, Optional[str]]
+STATES: dict[int, str]
+TAIL_OFFSET: int
+
+def create_segment(mm: mmap.mmap, capacity: int, slots: int, dedup_slots: int,
+                   visibility: float, max_deliveries: int, dedup_window: float,
+                   max_payload: int, user: bytes) -> None: ...
+def segment_size(capacity: int, slots: int, dedup_slots: int) -> int: ...
+def raise_for(rc: int, what: str) -> None: ...
+
+@disjoint_base
+class WorkQueueCore(Generic[_T]):
+    """Base class of pyqueue.WorkQueue (generic in the message type)."""
+    @property
+    def _closed(self) -> bool: ...
+    def _attach(self, mm: mmap.mmap) -> None: ...
+    @property
+    def capacity_bytes(self) -> int:
+        """The message ring's size in bytes."""
+    @property
+    def max_in_flight(self) -> int:
+        """The most messages not yet done (available, delayed or held)."""
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a delivery is held before the message is delivered again."""
+    @property
+    def max_deliveries(self) -> Optional[int]:
+        """Deliveries before a message is dead-lettered, or None (no limit)."""
+    @property
+    def dedup_window(self) -> float:
+        """Seconds within which a put of a key already put is dropped."""
+    @property
+    def dedup_keys(self) -> int:
+        """Room for keys in the dedup table (0: no deduplication)."""
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest encoded message a put accepts."""
+    def _user(self) -> bytes: ...
+    def _put(self, obj: object, key: object, delay: float, block: bool,
+             timeout: Optional[float]) -> Tuple[int, bool]: ...
+    def _get(self, block: bool,
+             timeout: Optional[float]) -> Tuple[int, int, int, bytes, int, int, Optional[str]]: ...
+    def _decode(self, b: bytes, typ: int) -> Any: ...
+    def _ack(self, mid: int, deliveries: int) -> int: ...
+    def _nack(self, mid: int, deliveries: int, delay: float) -> int: ...
+    def _reject(self, mid: int, deliveries: int) -> int: ...
+    def _extend(self, mid: int, deliveries: int, seconds: float) -> int: ...
+    def _dead_done(self, mid: int) -> int: ...
+    def _dead_park(self, mid: int, retry: float) -> int: ...
+    def _reap(self) -> int: ...
+    def _bounds(self) -> Tuple[int, int]: ...
+    def _copy(self, mid: int) -> Optional[Tuple[Any, ...]]: ...
+    def _stats(self) -> dict[str, Any]: ...
+    def close(self) -> None:
+        """Close this handle (other handles and processes are unaffected)."""

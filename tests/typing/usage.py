@@ -1,0 +1,355 @@
+# pyright: strict
+"""Typed use of pyqueue's whole public API.
+
+Type-checked by the typing stage of .ci/run (`mypy --strict` and pyright in
+strict mode, tests/typing/mypy.ini and tests/typing/pyrightconfig.json),
+and run by tests/test_typing_usage.py, so the types it asserts are the ones
+the calls return. Every name of pyqueue.__all__ is used here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+
+import pyqueue
+from pyqueue import (CommitFailed, Consumer, CorruptRecord, DeadLetter, Delivery,
+                     DeliveryExpired, Empty, Full, JoinableQueue, LockTimeout, Log,
+                     MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError, Queue,
+                     Record, SegmentMismatch, SegmentNotFound, SegmentNotOwned, SimpleQueue,
+                     StreamProcessor, Subscription, Topic, UndecodableMessage, WorkQueue)
+from pyqueue.log import DirectoryLog, MemoryLog
+from pyqueue.stream import DeadRecord
+
+if TYPE_CHECKING:
+    from typing_extensions import assert_type
+else:
+    def assert_type(value, _type):
+        return value
+
+
+def use_queue() -> None:
+    q: Queue[bytes] = Queue(maxsize=8, capacity_bytes=64 * 1024, overflow="reject")
+    with q:
+        q.put(b"a")
+        q.put_nowait(b"b")
+        assert_type(q.put_many([b"c", b"d"], timeout=1.0), int)
+        assert_type(q.get(), bytes)
+        assert_type(q.get_nowait(), bytes)
+        many = q.get_many(max_messages=10, block=False)
+        assert_type(many, List[bytes])
+        assert many == [b"c", b"d"]
+        assert_type(q.qsize(), int)
+        assert_type(q.empty(), bool)
+        assert_type(q.full(), bool)
+        stats: Dict[str, int] = q.stats()
+        assert stats["enqueued"] == 4
+        name: str = q.name
+        overflow: str = q.overflow
+        assert overflow == "reject"
+        limit: Optional[int] = q.max_message_bytes
+        sizes: Tuple[int, int, int] = (q.capacity_bytes, q.maxsize, q.inline_max)
+        assert sizes[1] == 8 and limit is None
+        again = Queue[bytes].open(name)
+        assert_type(again, Queue[bytes])
+        again.close()
+        try:
+            q.get(timeout=0.01)
+        except Empty:
+            pass
+        else:
+            raise AssertionError("Empty not raised")
+        for _ in range(8):
+            q.put(b"x")
+        try:
+            q.put(b"full")
+        except Full:
+            pass
+        else:
+            raise AssertionError("Full not raised")
+        q.close()
+        q.join_thread()
+        q.cancel_join_thread()
+        q.unlink()  # opened by name above: its name outlives close()
+    try:
+        Queue.open("pyqueue-typing-no-such-queue")
+    except SegmentNotFound as e:
+        assert isinstance(e, FileNotFoundError)
+    else:
+        raise AssertionError("SegmentNotFound not raised")
+
+
+def use_queue_serializer() -> None:
+    def dumps(obj: Dict[str, int]) -> bytes:
+        return repr(sorted(obj.items())).encode()
+
+    def loads(data: bytes) -> Dict[str, int]:
+        return dict(eval(data.decode()))  # only our own dumps' output
+
+    q: Queue[Dict[str, int]] = Queue(serializer=(dumps, loads), max_message_bytes=1024)
+    with q:
+        q.put({"a": 1})
+        got = q.get(timeout=1.0)
+        assert_type(got, Dict[str, int])
+        assert got == {"a": 1}
+        try:
+            q.put({str(i): i for i in range(1000)})
+        except MessageTooLarge as e:
+            assert isinstance(e, ValueError)
+        else:
+            raise AssertionError("MessageTooLarge not raised")
+
+
+def use_joinable_and_simple() -> None:
+    jq: JoinableQueue[int] = JoinableQueue()
+    with jq:
+        jq.put(1)
+        assert_type(jq.get(), int)
+        jq.task_done()
+        jq.join()
+    plain: Queue[int] = Queue()
+    try:
+        JoinableQueue[int].open(plain.name)
+    except SegmentMismatch:
+        pass
+    else:
+        raise AssertionError("SegmentMismatch not raised")
+    plain.close()
+    sq: SimpleQueue[str] = SimpleQueue()
+    sq.put("x")
+    assert_type(sq.get(), str)
+    assert_type(sq.empty(), bool)
+    sq.close()
+    try:
+        sq.put("closed")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("OSError not raised")
+
+
+def use_topic() -> None:
+    with Topic[str](capacity_bytes=64 * 1024, mode="lossless") as topic:
+        sub = topic.subscribe("latest")
+        assert_type(sub, Subscription[str])
+        topic.publish("hello")
+        assert_type(topic.publish_many(["a", "b"]), int)
+        assert_type(sub.get(timeout=1.0), str)
+        assert_type(sub.get_many(max_messages=10), List[str])
+        lag: int = sub.lag
+        lost: int = sub.lost
+        bad: int = sub.undecodable
+        assert (lag, lost, bad) == (0, 0, 0)
+        topic.publish("it")
+        first: Iterator[str] = iter(sub)
+        assert next(first) == "it"
+        assert_type(topic.mode, str)
+        assert_type(topic.stats(), Dict[str, int])
+        other = Topic[str].open(topic.name)
+        assert_type(other, Topic[str])
+        other.close()
+        with sub as same_sub:
+            assert_type(same_sub, Subscription[str])
+        assert sub.closed
+        try:
+            sub.get(block=False)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("ValueError not raised")
+        topic.unlink()
+
+
+def use_log(tmp: str) -> None:
+    log: Log[Dict[str, int]] = Log(partitions=2, retention_bytes=64 * 1024)
+    with log:
+        part, off = log.append({"n": 1}, key="user-1", headers={"h": b"v"})
+        offsets: List[Tuple[int, int]] = log.append_many([{"n": 2}, {"n": 3}], key=b"user-1")
+        assert offsets[0] == (part, off + 1)
+        recs = log.read(part, off, max_records=10, timeout=0)
+        assert_type(recs, List[Record])
+        rec = recs[0]
+        assert (rec.partition, rec.offset, rec.key, rec.headers) == (part, off, b"user-1",
+                                                                      {"h": b"v"})
+        stamp: int = rec.timestamp
+        assert stamp > 0 and rec.value == {"n": 1}
+        assert_type(log.partition_for("user-1"), int)
+        assert_type(log.start_offset(part), int)
+        assert_type(log.end_offset(part), int)
+        assert_type(log.partitions, int)
+        assert_type(log.max_record_bytes, int)
+        try:
+            log.read(part, 1000)
+        except OffsetOutOfRange as e:
+            assert (e.partition, e.offset, e.start_offset, e.end_offset) == (part, 1000, 0, 3)
+        else:
+            raise AssertionError("OffsetOutOfRange not raised")
+        use_consumer(log, part)
+        assert_type(log.groups(), List[str])
+        assert_type(log.group_offsets("g"), Dict[int, Dict[str, Any]])
+        assert_type(log.group_members("g"), List[Dict[str, Any]])
+        log.delete_group("g")
+        try:
+            log.group_offsets("g")
+        except KeyError:
+            pass
+        else:
+            raise AssertionError("KeyError not raised")
+        assert_type(log.enforce_retention(), int)
+        assert log.path is None
+        reopened = Log.open(log.name)
+        reopened.close()
+        if isinstance(log, MemoryLog):  # what Log() makes without a path
+            log.unlink()
+        else:
+            raise AssertionError("not a MemoryLog")
+    disk: Log[bytes] = Log(path=os.path.join(tmp, "events"), fsync="never")
+    disk.append(b"on disk")
+    assert disk.path is not None
+    assert isinstance(disk, DirectoryLog)
+    disk.close()
+    with Log.open(os.path.join(tmp, "events")) as again:
+        assert again.read(0, 0)[0].value == b"on disk"
+
+
+def use_consumer(log: Log[Any], part: int) -> None:
+    consumer: Consumer = log.consumer("g", auto_offset_reset="earliest")
+    with consumer:
+        records = consumer.poll(max_records=100, timeout=1.0)
+        assert_type(records, List[Record])
+        assert_type(consumer.assignment(), List[int])
+        assert_type(consumer.position(part), int)
+        consumer.commit()
+        consumer.commit({part: consumer.position(part)})
+        assert_type(consumer.committed(part), Optional[int])
+        consumer.seek(part, 0)
+        consumer.seek_to_beginning()
+        consumer.seek_to_end([part])
+        assert_type(consumer.lag(), Dict[int, int])
+        assert_type(consumer.group, str)
+        assert_type(consumer.member_id, Optional[int])
+        assert_type(consumer.generation, Optional[int])
+        assert_type(consumer.skipped, int)
+        try:
+            consumer.commit({part: -1})
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("ValueError not raised")
+    direct = Consumer(log, "g2", auto_commit=True, auto_commit_interval=1.0,
+                      max_poll_interval=60.0)
+    direct.close()
+    log.delete_group("g2")
+
+
+def use_workqueue() -> None:
+    dlq: WorkQueue[Any] = WorkQueue(capacity_bytes=256 * 1024)
+    wq: WorkQueue[str] = WorkQueue(dead_letter=dlq, max_deliveries=2, visibility_timeout=30.0)
+    with dlq, wq:
+        mid: int = wq.put("job", key="k1")
+        assert wq.put_nowait("job again", key="k1") == mid  # deduplicated
+        d = wq.get(timeout=1.0)
+        assert_type(d, Delivery[str])
+        assert_type(d.value, str)
+        assert (d.id, d.delivery_count, d.redelivered_because) == (mid, 1, None)
+        enqueued: float = d.enqueued_at
+        assert enqueued > 0
+        d.extend(10.0)
+        d.ack()
+        assert_type(d.settled, Optional[str])
+        try:
+            d.ack()
+        except DeliveryExpired:
+            pass
+        else:
+            raise AssertionError("DeliveryExpired not raised")
+        wq.put("poison", delay=0.0)
+        with wq.get_nowait() as held:
+            held.nack(delay=0.0, error="try again")
+        wq.get(timeout=1.0).reject("bad input")
+        letters = dlq.dead_letters()
+        assert_type(letters, List[DeadLetter])
+        letter = letters[0]
+        text: str = letter.reason
+        assert text.startswith("rejected") and letter.queue == wq.name
+        assert (letter.attempts, letter.raw) == (2, None)
+        assert_type(dlq.requeue(to=wq), int)
+        assert_type(wq.qsize(), int)
+        assert_type(wq.empty(), bool)
+        assert_type(wq.stats(), Dict[str, Any])
+        assert_type(wq.dead_letter, Optional[WorkQueue[Any]])
+        limits: Tuple[int, int, float, Optional[int], float, int, int] = (
+            wq.capacity_bytes, wq.max_in_flight, wq.visibility_timeout, wq.max_deliveries,
+            wq.dedup_window, wq.dedup_keys, wq.max_message_bytes)
+        assert limits[3] == 2
+        same = WorkQueue[str].open(wq.name)
+        assert_type(same, WorkQueue[str])
+        same.close()
+        try:
+            wq.get(block=False).ack()
+            wq.get(block=False)
+        except Empty:
+            pass
+        else:
+            raise AssertionError("Empty not raised")
+        wq.unlink()
+        dlq.unlink()
+
+
+def _double(n: int) -> int:
+    return n * 2
+
+
+def use_stream_processor() -> None:
+    source: WorkQueue[int] = WorkQueue()
+    sink: Queue[int] = Queue()
+    with source, sink:
+        source.put(21)
+        with StreamProcessor(source, _double, sink=sink, workers=1, processes=False,
+                             handle_signals=False) as sp:
+            assert sink.get(timeout=10.0) == 42
+            assert_type(sp.worker_pids(), List[int])
+        stats = sp.stats()
+        assert stats["processed"] == 1
+        assert_type(sp.join(timeout=1.0), bool)
+        assert_type(sp.stop(timeout=1.0), bool)
+        source.unlink()
+    rec = DeadRecord(0, 1, None, None, "ValueError: x")
+    assert rec.error.startswith("ValueError")
+
+
+def use_errors() -> None:
+    errors: List[PyQueueError] = [
+        SegmentNotFound("x"), SegmentMismatch("x"), SegmentNotOwned("x"), MessageTooLarge("x"),
+        OffsetOutOfRange("x", partition=0, offset=5, start_offset=0, end_offset=3),
+        CommitFailed("x", partitions=[1, 2]),
+        CorruptRecord("x", path=None, position=0, partition=0, offset=1),
+        PoisonRecord("x", partition=0, offset=1, type_code=3, raw=b"?", cause=None),
+        DeliveryExpired("x"),
+        LockTimeout("x", pid=1, tid=1, state="T (stopped)", waited=1.0),
+        UndecodableMessage("x", position=3, raw=b"?"),
+    ]
+    lost: Tuple[int, ...] = CommitFailed("x", [1]).partitions
+    poison = PoisonRecord("x", partition=2, offset=7)
+    where: Tuple[Optional[int], Optional[int]] = (poison.partition, poison.offset)
+    waited: Optional[float] = LockTimeout("x", waited=0.5).waited
+    assert len(errors) == 11 and lost == (1,) and where == (2, 7) and waited == 0.5
+    assert isinstance(LockTimeout("x"), TimeoutError)
+
+
+def main() -> None:
+    """Run every use above (tests/test_typing_usage.py)."""
+    use_queue()
+    use_queue_serializer()
+    use_joinable_and_simple()
+    use_topic()
+    with tempfile.TemporaryDirectory() as tmp:
+        use_log(tmp)
+    use_workqueue()
+    use_stream_processor()
+    use_errors()
+    assert isinstance(pyqueue.__version__, str)
+
+
+if __name__ == "__main__":
+    main()
