@@ -68,7 +68,11 @@ class GroupTable:
     def leave(self, g: int, member_id: int) -> None: ...
     def heartbeat(self, g: int, member_id: int) -> bool:
         """False when the member was removed from the group."""
-    def reap(self, g: int, deadline: int = ...) -> int: ...
+    def reap(self, g: int, deadline: int = ...) -> int:
+        """Remove dead and silent members. deadline (here and below): of
+        the wait for the group lock, monotonic ns (-1: none, 0: a moment,
+        LOCK_BOUNDED: the lock wait); LockTimeout when it passed.
+        """
     def generation(self, g: int) -> int: ...
     def assignment(self, g: int, member_id: int,
                    deadline: int = ...) -> Optional[Tuple[int, dict[int, int]]]:
