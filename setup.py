@@ -8,6 +8,7 @@ Switches (environment variables):
   PYQUEUE_FAULT_INJECTION=1
                        test-only fault points (csrc/pq_fault.h): the test
                        suite's build; benchmarks and releases build without
+  PYQUEUE_BUILD_JOBS=N extensions compiled at once (default: one per CPU)
   PYQUEUE_NO_STRIP=1   keep the symbol tables (the extensions are stripped
                        unless a debug, sanitizer or coverage build)
 
@@ -94,7 +95,12 @@ try:
 except ImportError as exc:  # pragma: no cover - Cython is a build requirement
     raise SystemExit("building pyqueue needs Cython (pip install Cython)") from exc
 
+# The four extensions compile side by side (PYQUEUE_BUILD_JOBS, default one
+# per CPU; `build_ext -j N` on the command line wins).
+jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "0") or 0) or os.cpu_count() or 1
+
 setup(
+    options={"build_ext": {"parallel": jobs}},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False,
