@@ -7,12 +7,13 @@ it can say what is wrong where the rest of the package could not even be
 imported. setup.py loads it by file path (the same messages at build time).
 """
 import sys
+from typing import Optional
 
 # The distribution's name on the package index (`import pyqueue` stays).
 DISTRIBUTION = "pyqueue-shm"
 
 # The Cython extension modules pyqueue/__init__.py needs (setup.py builds them).
-EXTENSIONS = ("_core", "_topic", "_log", "_workq")
+EXTENSIONS: "tuple[str, ...]" = ("_core", "_topic", "_log", "_workq")
 
 _NEEDS = """\
 pyqueue runs on Linux only (x86_64 and aarch64 are the platforms it is built
@@ -36,7 +37,7 @@ processes are alive and which map a segment. pyqueue has none of these
 today."""
 
 
-def platform_problem(platform=None):
+def platform_problem(platform: Optional[str] = None) -> Optional[str]:
     """The reason pyqueue cannot run on `platform` (default sys.platform), or
     None on Linux."""
     platform = sys.platform if platform is None else platform
@@ -45,7 +46,7 @@ def platform_problem(platform=None):
     return _NEEDS.format(where=f"this system (sys.platform {platform!r})")
 
 
-def glibc_version():
+def glibc_version() -> Optional[str]:
     """This process's glibc ("glibc 2.36"), or None under another C library."""
     import os
 
@@ -55,7 +56,7 @@ def glibc_version():
         return None
 
 
-def libc_problem(glibc=""):
+def libc_problem(glibc: Optional[str] = "") -> Optional[str]:
     """The reason the C core cannot be built with this Linux's C library
     (`glibc`: what glibc_version() says, by default this process's), or None
     under glibc 2.30 or newer. Checked at build time."""
@@ -81,7 +82,7 @@ def libc_problem(glibc=""):
             "those checks written for it. No wheel is published for musllinux.")
 
 
-def gil_problem():
+def gil_problem() -> Optional[str]:
     """The reason pyqueue cannot run in this interpreter's threading model, or
     None: a free-threaded CPython running without the GIL is refused."""
     is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
@@ -97,7 +98,7 @@ def gil_problem():
             "build.")
 
 
-def extensions_problem(package_dir):
+def extensions_problem(package_dir: str) -> Optional[str]:
     """The reason the extension modules of the pyqueue package in `package_dir`
     cannot be imported (not built, or built for another Python), or None."""
     import importlib.util
@@ -127,7 +128,7 @@ def extensions_problem(package_dir):
         "repository root.")
 
 
-def check():
+def check() -> None:
     """Raise ImportError, with what is missing and what to do, when pyqueue
     cannot run here; called first thing by pyqueue/__init__.py."""
     import os
