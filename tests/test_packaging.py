@@ -33,9 +33,9 @@ def _source_file(rel):
     raise AssertionError(f"{rel} is neither in {ROOT} nor in PYQUEUE_SOURCE_TREE")
 
 
-def _python(code, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, env=env)
+def _python(code, cwd=None, flags=()):
+    return subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 @pytest.mark.parametrize("platform", ["darwin", "win32", "freebsd14", "cygwin"])
@@ -106,7 +106,9 @@ def _copy_package(dest, checkout):
 def test_import_of_an_unbuilt_tree_says_how_to_build_or_install(tmp_path, checkout):
     pkg = _copy_package(str(tmp_path), checkout)
     # As `python -c` / a script from the repository root does: the tree
-    # comes first on sys.path and shadows any installed pyqueue.
+    # comes first on sys.path and shadows any installed pyqueue. -S: no
+    # site-packages, so no editable install's import hook (it would find
+    # the built tree before sys.path is looked at).
     r = _python(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
@@ -115,7 +117,7 @@ def test_import_of_an_unbuilt_tree_says_how_to_build_or_install(tmp_path, checko
         except ImportError as e:
             print(e)
             sys.exit(3)
-    """, cwd=str(tmp_path))
+    """, cwd=str(tmp_path), flags=["-S"])
     assert r.returncode == 3, (r.stdout, r.stderr)
     msg = r.stdout
     assert "circular import" not in msg, msg
