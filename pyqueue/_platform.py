@@ -119,12 +119,12 @@ def extensions_problem(package_dir: str) -> Optional[str]:
         f"the pyqueue package imported from {package_dir} is {what} "
         f"(Python {sys.version.split()[0]}: no {', '.join(missing)} "
         f"module, e.g. pyqueue/{missing[0]}{suffix}). Either\n"
-        f"  - use the installed package: `pip install {DISTRIBUTION}` and run from "
-        "a directory that is not the repository root (the current directory, or "
-        "a script's directory, comes first on sys.path and shadows the installed "
-        "pyqueue); or\n"
+        f"  - use the installed package: `pip install {DISTRIBUTION}`, and run from "
+        "outside the repository (the current directory, a script's directory, "
+        "or a path a script puts on sys.path itself, comes before site-packages "
+        "and shadows the installed pyqueue); or\n"
         "  - build the checkout in place: `pip install -e .` (or `pip install "
-        "Cython setuptools && python setup.py build_ext --inplace`) in the "
+        "Cython 'setuptools>=77' && python setup.py build_ext --inplace`) in the "
         "repository root.")
 
 
