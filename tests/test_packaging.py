@@ -183,3 +183,13 @@ def test_cli_version():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"pyqueue {pyqueue.__version__}\n"
+
+
+def test_the_messages_name_the_distribution_users_install():
+    # What `pip install ...` in the ImportError and setup.py messages says is
+    # the name in pyproject.toml (and in the README's install line).
+    with open(_source_file("pyproject.toml")) as f:
+        name = re.search(r'(?m)^name = "([^"]+)"$', f.read()).group(1)
+    assert name == _platform.DISTRIBUTION == "pyqueue-shm"
+    with open(_source_file("README.md")) as f:
+        assert f"pip install {name}" in f.read()
