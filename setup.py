@@ -8,20 +8,50 @@ Switches (environment variables):
   PYQUEUE_FAULT_INJECTION=1
                        test-only fault points (csrc/pq_fault.h): the test
                        suite's build; benchmarks and releases build without
+  PYQUEUE_BUILD_JOBS=N extensions compiled at once (default: one per CPU)
+  PYQUEUE_NO_STRIP=1   keep the symbol tables (the extensions are stripped
+                       unless a debug, sanitizer or coverage build)
+
+The C core's symbols are hidden (-fvisibility=hidden): each extension
+exports only its PyInit_ function. Linux with glibc only: anywhere else
+the build stops here with what is missing (pyqueue/_platform.py).
 """
 import glob
+import importlib.util
 import os
+import sys
 
-from setuptools import Extension, setup
+
+def _load_platform():
+    # pyqueue/_platform.py by path: importing the package would need the
+    # extensions this script is about to build.
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "_pyqueue_platform", os.path.join(here, "pyqueue", "_platform.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_platform = _load_platform()
+_problem = _platform.platform_problem() or _platform.libc_problem()
+if _problem is not None:
+    raise SystemExit(f"cannot build pyqueue ({_platform.DISTRIBUTION}):\n{_problem}")
+
+from setuptools import Extension, setup  # noqa: E402 (after the check: see above)
 
 
 def _flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
+# -fvisibility=hidden: the C core (compiled into each extension) exports
+# nothing; Python's PyMODINIT_FUNC marks PyInit_* visible. Function and data
+# sections let the linker drop the parts of the core an extension never calls.
 compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                "-Wno-unused-function", "-Wno-missing-field-initializers"]
-link_args = ["-pthread"]
+                "-Wno-unused-function", "-Wno-missing-field-initializers",
+                "-fvisibility=hidden", "-ffunction-sections", "-fdata-sections"]
+link_args = ["-pthread", "-Wl,--gc-sections"]
 undef_macros = []
 define_macros = []
 if _flag("PYQUEUE_DEBUG") or _flag("PYQUEUE_SANITIZE"):
@@ -38,6 +68,9 @@ if _flag("PYQUEUE_FAULT_INJECTION"):
 if _flag("PYQUEUE_COVERAGE"):
     compile_args += ["--coverage"]
     link_args += ["--coverage"]
+if not any(_flag(f) for f in ("PYQUEUE_DEBUG", "PYQUEUE_SANITIZE", "PYQUEUE_COVERAGE",
+                              "PYQUEUE_NO_STRIP")):
+    link_args += ["-s"]  # stripped: no symbol table, no debug sections
 
 def _extension(name, pyx):
     # Every extension shares the C core and the switches above.
@@ -62,7 +95,12 @@ try:
 except ImportError as exc:  # pragma: no cover - Cython is a build requirement
     raise SystemExit("building pyqueue needs Cython (pip install Cython)") from exc
 
+# The four extensions compile side by side (PYQUEUE_BUILD_JOBS, default one
+# per CPU; `build_ext -j N` on the command line wins).
+jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "0") or 0) or os.cpu_count() or 1
+
 setup(
+    options={"build_ext": {"parallel": jobs}},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False,

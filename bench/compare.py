@@ -142,7 +142,7 @@ class PyQueueAdapter(Adapter):
             return None, f"import pyqueue failed: {exc!r}"
         if not hasattr(pyqueue, "Queue"):
             return None, f"pyqueue ({getattr(pyqueue, '__path__', '?')}) has no Queue: not built/installed?"
-        return getattr(pyqueue, "__version__", None) or _dist_version("pyqueue"), None
+        return getattr(pyqueue, "__version__", None) or _dist_version("pyqueue-shm"), None
 
     def make(self, ctx, case):
         import pyqueue

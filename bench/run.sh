@@ -10,5 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
+# (A .venv from before the rename to pyqueue-shm has the editable "pyqueue".)
+python -m pip uninstall -q -y pyqueue >/dev/null 2>&1 || true
 python -m pip install -q -e ".[bench]"
 exec python -m bench.compare "$@"

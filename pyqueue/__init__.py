@@ -2,8 +2,15 @@
 
     from pyqueue import Queue      # instead of multiprocessing.Queue
 """
+# What this interpreter must offer, checked before anything else is imported
+# (pyqueue/_platform.py): Linux, the GIL, and the built extension modules.
+from pyqueue import _platform
+
+_platform.check()
+
 from queue import Empty, Full
 
+from pyqueue._version import __version__
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
@@ -14,8 +21,6 @@ from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
 from pyqueue.topic import Subscription, Topic
 from pyqueue.workqueue import DeadLetter, Delivery, WorkQueue
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",

@@ -9,6 +9,7 @@
                                        print a log's records as they come
     pyqueue groups NAME [GROUP...] [--json]
                                        a log's consumer groups: committed offsets, lag
+    pyqueue --version                  the installed version
 
 PATTERNs are shell-style globs on queue names (`anon-1234-*`); an
 out-of-band segment goes with its queue's name.
@@ -24,6 +25,7 @@ import sys
 import time
 
 from pyqueue import _cli_log, _core, _procscan, _segment
+from pyqueue._version import __version__
 from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
@@ -586,6 +588,7 @@ def cmd_rm(args):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="pyqueue", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser(
         "ls", help="list pyqueue segments",
