@@ -21,7 +21,7 @@ import pytest
 # make sure the directory holding tests/ is on sys.path (they inherit the
 # parent's) whatever pytest's import mode.  A developer's run puts it first,
 # so that the source tree (built in place, or installed editable) is what
-# is tested.  CI's installed-wheel stage sets PYQUEUE_EXPECT_INSTALLED=1 and
+# is tested.  CI's packaging stage sets PYQUEUE_EXPECT_INSTALLED=1 and
 # runs a copy of tests/ from outside the repository: there the directory
 # goes last and pytest_configure checks that pyqueue is the installed one.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
