@@ -26,10 +26,7 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):  # run as a script from a checkout
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pyqueue import StreamProcessor, WorkQueue  # noqa: E402
+from pyqueue import StreamProcessor, WorkQueue
 
 
 class GatewayDown(Exception):
