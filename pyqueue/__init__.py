@@ -10,7 +10,7 @@ _platform.check()
 
 from queue import Empty, Full
 
-from pyqueue._version import __version__
+from pyqueue._version import __version__ as __version__  # re-exported (PEP 484)
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
