@@ -6,7 +6,7 @@ Reads the fenced tables under "## Topic fan-out", "## Log" and
 "## Acknowledged work" (the text the bench tools print) and writes
 docs/bench-topic.png, docs/bench-log.png and docs/bench-work.png: one bar
 per implementation and case, messages (or records) per second, log scale.
-Needs matplotlib (the `docs` or `bench` extra). The numbers are the page's;
+Needs matplotlib (the `bench` extra). The numbers are the page's;
 rerun the benchmark, paste its table, then rerun this.
 """
 import argparse
