@@ -4,6 +4,7 @@
 """
 from queue import Empty, Full
 
+from pyqueue.backends import connect
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",
     "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
-    "Empty", "Full",
+    "Empty", "Full", "connect",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
     "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
     "LockTimeout", "UndecodableMessage",

@@ -1,5 +1,6 @@
 """pyqueue.Queue, JoinableQueue and SimpleQueue: drop-ins for the
 multiprocessing ones over a shared-memory ring."""
+import abc
 import os
 import queue as _stdqueue
 
@@ -84,7 +85,9 @@ _D_OVERFLOW = _Default("block")
 _D_MODE = _Default(0o600)
 
 
-class Queue(_core.RingQueue):
+# ABCMeta: other backends' queues register as virtual subclasses
+# (pyqueue.backends.redis); no per-call cost: docs/design.md, "Backends".
+class Queue(_core.RingQueue, metaclass=abc.ABCMeta):
     """A multi-process FIFO queue in shared memory; see docs/api.md.
 
     Queue(maxsize=0, *, capacity_bytes=32 MiB, max_message_bytes=None,

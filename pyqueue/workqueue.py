@@ -8,6 +8,7 @@ after max_deliveries it goes to the dead-letter queue with the reason. As
 the records of a Kafka share group (KIP-932); the states live in shared
 memory (csrc/pq_wq.h). See docs/api.md ("WorkQueue").
 """
+import abc
 import time
 from queue import Empty, Full
 from typing import NamedTuple
@@ -147,7 +148,8 @@ def _same_setting(stored, wanted):
     return stored == wanted
 
 
-class WorkQueue(_workq.WorkQueueCore):
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class WorkQueue(_workq.WorkQueueCore, metaclass=abc.ABCMeta):
     """A multi-process work queue with acknowledgements, in shared memory.
 
     WorkQueue(name=None, *, capacity_bytes=32 MiB, max_in_flight=65536,
