@@ -1,0 +1,27 @@
+"""Targets of the contract suite's child processes (importable under spawn).
+Each gets its queues pickled: by segment name (shm) or by name + URL (Redis)."""
+
+
+def put_all(q, items):
+    for item in items:
+        q.put(item, timeout=30)
+
+
+def get_n_to(q, n, out):
+    got = [q.get(timeout=30) for _ in range(n)]
+    out.put(got, timeout=30)
+
+
+def get_then_task_done(jq, n):
+    for _ in range(n):
+        jq.get(timeout=30)
+        jq.task_done()
+
+
+def join_then_report(jq, out):
+    jq.join()
+    out.put("joined", timeout=30)
+
+
+def echo(q_in, q_out):
+    q_out.put(q_in.get(timeout=30), timeout=30)
