@@ -25,3 +25,17 @@ def join_then_report(jq, out):
 
 def echo(q_in, q_out):
     q_out.put(q_in.get(timeout=30), timeout=30)
+
+
+def get_report_and_hang(wq, out):
+    """Takes a delivery, says which, and never settles it (SIGKILLed)."""
+    import threading
+    d = wq.get(timeout=30)
+    out.put((d.id, d.delivery_count), timeout=30)
+    threading.Event().wait(120)
+
+
+def get_and_ack(wq, out):
+    d = wq.get(timeout=30)
+    d.ack()
+    out.put(d.value, timeout=30)
