@@ -222,3 +222,10 @@ def test_joinable_across_processes(make, ctx, procs):
     jq.join()                                      # nothing unfinished: at once
     with pytest.raises(ValueError):
         jq.task_done()
+    # ... and that task_done() changed nothing: the count is still right.
+    jq.put("c")
+    jq.get(timeout=5)
+    jq.task_done()
+    jq.join()
+    with pytest.raises(ValueError):
+        jq.task_done()
