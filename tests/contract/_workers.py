@@ -39,3 +39,9 @@ def get_and_ack(wq, out):
     d = wq.get(timeout=30)
     d.ack()
     out.put(d.value, timeout=30)
+
+
+def double(v):
+    if v == "poison":
+        raise ValueError("poison")
+    return v * 2
