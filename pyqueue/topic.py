@@ -3,6 +3,8 @@
 Every subscriber gets every message published after it subscribed, in
 publish order per publisher. See docs/api.md ("Topic") and docs/design.md.
 """
+import abc
+
 from pyqueue import _core, _segment, _topic
 from pyqueue.queues import _check_serializer, _Default, _round_capacity, _take, check_settings
 
@@ -22,7 +24,8 @@ _D_MODE = _Default("lossless")
 _D_PERM = _Default(0o600)
 
 
-class Subscription(_topic.SubscriptionCore):
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class Subscription(_topic.SubscriptionCore, metaclass=abc.ABCMeta):
     """One process's cursor on a topic: get, get_many, iteration, close,
     lag, lost. Not picklable and not usable in another process (a forked
     child must subscribe for itself)."""
@@ -47,7 +50,7 @@ class Subscription(_topic.SubscriptionCore):
         return f"<pyqueue.Subscription {'closed' if self.closed else 'open'}>"
 
 
-class Topic(_topic.TopicCore):
+class Topic(_topic.TopicCore, metaclass=abc.ABCMeta):
     """A multi-process publish-subscribe topic in shared memory.
 
     Topic(name=None, *, capacity_bytes=8 MiB, mode="lossless", serializer=None,

@@ -45,3 +45,17 @@ def double(v):
     if v == "poison":
         raise ValueError("poison")
     return v * 2
+
+
+def publish_all(topic, items):
+    for item in items:
+        topic.publish(item, timeout=30)
+
+
+def subscribe_report_and_hang(topic, out):
+    """Subscribes, says so, never reads (SIGKILLed)."""
+    import threading
+    sub = topic.subscribe()
+    out.put("subscribed", timeout=30)
+    threading.Event().wait(120)
+    sub.close()
