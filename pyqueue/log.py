@@ -10,6 +10,7 @@ are dense per partition; records are read by offset without being
 consumed, and consumer groups share the partitions among their members.
 See docs/api.md ("Log") and docs/design.md ("Log").
 """
+import abc
 import errno
 import os
 import time
@@ -77,7 +78,8 @@ def _is_path(name_or_path):
         isinstance(name_or_path, str) and os.sep in name_or_path)
 
 
-class Log:
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class Log(metaclass=abc.ABCMeta):
     """A multi-process partitioned log (see the module docstring).
 
     Log(name=None, *, partitions=1, path=None, retention_bytes=None,

@@ -59,3 +59,8 @@ def subscribe_report_and_hang(topic, out):
     out.put("subscribed", timeout=30)
     threading.Event().wait(120)
     sub.close()
+
+
+def append_all(log, key, items):
+    for item in items:
+        log.append(item, key=key)

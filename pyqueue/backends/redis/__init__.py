@@ -20,6 +20,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     _redis = None
     _IMPORT_ERROR = e
 
+from pyqueue import log as _shm_log
 from pyqueue import queues as _shm_queues
 from pyqueue import topic as _shm_topic
 from pyqueue import workqueue as _shm_workqueue
@@ -67,8 +68,8 @@ def parse_url(url):
 
 class RedisBackend:
     """pyqueue over Redis. Its attributes Queue, JoinableQueue, WorkQueue,
-    Topic are classes bound to this backend's connection pool; Log is not
-    there yet (NotImplementedError)."""
+    Topic, Log are classes bound to this backend's connection pool (a Log's
+    consumer groups are not there yet: NotImplementedError)."""
 
     name = "redis"
 
@@ -92,19 +93,18 @@ class RedisBackend:
         self._scripts = {}
         self._lock = threading.Lock()
         from pyqueue.backends.redis.queue import RedisJoinableQueue, RedisQueue
+        from pyqueue.backends.redis.log import RedisLog
         from pyqueue.backends.redis.topic import RedisTopic
         from pyqueue.backends.redis.workqueue import RedisWorkQueue
         self.Queue = self._bind(RedisQueue, "Queue")
         self.JoinableQueue = self._bind(RedisJoinableQueue, "JoinableQueue")
         self.WorkQueue = self._bind(RedisWorkQueue, "WorkQueue")
         self.Topic = self._bind(RedisTopic, "Topic")
+        self.Log = self._bind(RedisLog, "Log")
 
     def _bind(self, cls, attr):
         return type(attr, (cls,), {"_backend": self, "__module__": cls.__module__,
                                    "__qualname__": f"RedisBackend.{attr}"})
-
-    def Log(self, *args, **kwargs):
-        raise NotImplementedError("Log on Redis is not there yet (issue 10)")
 
     # -- helpers for the classes -----------------------------------------
     def script(self, name, source):
@@ -147,9 +147,11 @@ def _register():
     # classes are ABCs (metaclass ABCMeta) and these are their virtual
     # subclasses; the shared-memory classes keep their Cython methods.
     from pyqueue.backends.redis.queue import RedisJoinableQueue, RedisQueue
+    from pyqueue.backends.redis.log import RedisLog
     from pyqueue.backends.redis.topic import RedisSubscription, RedisTopic
     from pyqueue.backends.redis.workqueue import RedisWorkQueue
     _shm_topic.Topic.register(RedisTopic)
+    _shm_log.Log.register(RedisLog)
     _shm_topic.Subscription.register(RedisSubscription)
     _shm_queues.Queue.register(RedisQueue)
     _shm_queues.JoinableQueue.register(RedisJoinableQueue)
