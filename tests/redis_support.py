@@ -36,10 +36,16 @@ def _die_with_parent():
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _env():
+    # The servers are not under test: not under the sanitizer stage's
+    # LD_PRELOAD=libasan either.
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _spawn(args, log):
     with open(log, "wb") as out:
         p = subprocess.Popen([REDIS_SERVER, *args], stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=_env())
     _live.add(p)
     return p
 
@@ -63,7 +69,7 @@ def _stop_all():
 
 def _cli(*args, timeout=30):
     return subprocess.run([REDIS_CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=_env())
 
 
 def _wait_until(what, check, procs, logs, timeout=START_TIMEOUT):
