@@ -182,6 +182,21 @@ class RedisCluster:
             raise
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
 
+    def wait_replicas_synced(self):
+        """Until every replica has its link to its master up (a write can
+        then be confirmed by WAIT)."""
+        def synced():
+            replicas = 0
+            for port in self.ports:
+                info = _cli("-p", str(port), "info", "replication").stdout
+                if "role:slave" in info:
+                    if "master_link_status:up" not in info:
+                        return False
+                    replicas += 1
+            return replicas == self.MASTERS
+
+        _wait_until("every replica in sync", synced, self.procs, self.logs)
+
     def stop(self):
         for p in self.procs:
             _stop(p)

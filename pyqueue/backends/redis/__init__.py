@@ -11,7 +11,8 @@ docs/design.md, "Backends", has the key layout and why.
 """
 import math
 import threading
-from urllib.parse import parse_qs, unquote, urlsplit
+import time
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 try:
     import redis as _redis
@@ -21,11 +22,47 @@ except ImportError as e:  # pragma: no cover - depends on the install
     _IMPORT_ERROR = e
 
 from pyqueue import log as _shm_log
+from pyqueue.errors import PyQueueError
 from pyqueue import queues as _shm_queues
 from pyqueue import topic as _shm_topic
 from pyqueue import workqueue as _shm_workqueue
 
-__all__ = ["RedisBackend", "parse_url"]
+__all__ = ["RedisBackend", "NotReplicated", "parse_url"]
+
+
+class NotReplicated(PyQueueError, TimeoutError):
+    """A write of a backend made with min_replicas=N was applied by the
+    master, but fewer than N replicas confirmed it within wait_timeout ms
+    (WAIT): it may be lost if the master fails now. Attributes: replicas
+    (how many confirmed), wanted."""
+
+    def __init__(self, message, replicas=0, wanted=0):
+        super().__init__(message)
+        self.replicas = replicas
+        self.wanted = wanted
+
+
+_WAIT_PARAMS = ("min_replicas", "wait_timeout")
+_WAITED_TRIES = 8         # a write under min_replicas through a failover: ~6 s of backoff
+
+
+def split_wait(url):
+    """(url without min_replicas/wait_timeout, min_replicas, wait_timeout ms)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    mine = {k: query.pop(k)[-1] for k in _WAIT_PARAMS if k in query}
+    try:
+        n = int(mine.get("min_replicas", 0))
+        ms = int(mine.get("wait_timeout", 1000))
+    except ValueError:
+        raise ValueError(f"min_replicas and wait_timeout (ms) must be ints in {url!r}") from None
+    if n < 0 or ms < 1:
+        raise ValueError(f"min_replicas must be >= 0 and wait_timeout >= 1 ms in {url!r}")
+    if not mine:
+        return url, n, ms
+    rest = urlencode([(k, v) for k, vs in query.items() for v in vs])
+    plain = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
+    return plain, n, ms
 
 
 def parse_url(url):
@@ -78,7 +115,8 @@ class RedisBackend:
             raise ImportError("the Redis backend needs redis-py: pip install 'pyqueue[redis]'"
                               ) from _IMPORT_ERROR
         self.url = url
-        kind, opts = parse_url(url)
+        plain, self.min_replicas, self.wait_timeout = split_wait(url)
+        kind, opts = parse_url(plain)
         self.cluster = kind == "cluster"
         # RESP2 (the replies' shapes do not depend on redis-py's default);
         # bytes, not str: messages are bytes.
@@ -108,13 +146,17 @@ class RedisBackend:
 
     # -- helpers for the classes -----------------------------------------
     def script(self, name, source):
-        """A registered Lua script (EVALSHA, loaded again after NOSCRIPT)."""
+        """A registered Lua script (EVALSHA, loaded again after NOSCRIPT);
+        with min_replicas, each call is followed by WAIT on its connection."""
         s = self._scripts.get(name)
         if s is None:
             with self._lock:
                 s = self._scripts.get(name)
                 if s is None:
-                    s = self._scripts[name] = self.client.register_script(source)
+                    s = self.client.register_script(source)
+                    if self.min_replicas:
+                        s = _Waited(self, s)
+                    self._scripts[name] = s
         return s
 
     @staticmethod
@@ -140,6 +182,47 @@ class RedisBackend:
 
     def __repr__(self):
         return f"<pyqueue backend {self.url}>"
+
+
+class _Waited:
+    """A script followed by WAIT min_replicas wait_timeout on the same
+    connection (a pipeline to the node that holds the keys): WAIT counts
+    the replicas that have every write of that connection so far."""
+
+    def __init__(self, backend, script):
+        self._b = backend
+        self._script = script
+
+    def __call__(self, keys=(), args=()):
+        b = self._b
+        for attempt in range(_WAITED_TRIES):
+            if b.cluster:
+                node = b.client.get_node_from_key(keys[0]).redis_connection
+            else:
+                node = b.client
+            pipe = node.pipeline(transaction=False)
+            self._script(keys=keys, args=args, client=pipe)
+            pipe.wait(b.min_replicas, b.wait_timeout)
+            try:
+                result, replicas = pipe.execute()
+                break
+            except (_redis.ConnectionError, _redis.TimeoutError, _redis.ResponseError) as e:
+                # This bypasses the cluster client (WAIT must follow the
+                # write on its connection), so its redirects and failovers
+                # are handled here: look at the cluster again and retry
+                # (a write whose reply was lost may be applied twice).
+                if (not b.cluster or attempt == _WAITED_TRIES - 1 or
+                        (isinstance(e, _redis.ResponseError) and
+                         not str(e).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")))):
+                    raise
+                time.sleep(0.05 * 2 ** attempt)   # back off while the cluster fails over
+                b.client.nodes_manager.initialize()
+        if replicas < b.min_replicas:
+            raise NotReplicated(f"the write was applied by the master but confirmed by "
+                                f"{replicas} of the {b.min_replicas} replicas wanted within "
+                                f"{b.wait_timeout} ms: it may be lost if the master fails",
+                                replicas=replicas, wanted=b.min_replicas)
+        return result
 
 
 def _register():
