@@ -129,6 +129,20 @@ return {0, '0-0'}
 """
 
 
+# Forks of this process so far: the creator's close() of an unnamed queue
+# removes it only if no child may hold a handle of it (a forked child
+# inherits handles without pickling them).
+_forks = 0
+
+
+def _count_fork():
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_parent=_count_fork)
+
+
 def check_name(name):
     _api.check_name(name)
     if "{" in name or "}" in name:
@@ -153,7 +167,7 @@ class RedisQueue(_api.QueueAPI):
 
     __slots__ = ("_name", "_serializer", "_keys", "_maxsize", "_overflow", "_max_message",
                  "_custom", "_capacity", "_mode", "_closed", "_held", "_creator_pid",
-                 "_shared", "_joinable", "__weakref__")
+                 "_shared", "_joinable", "_forks_then", "__weakref__")
     _backend = None            # set on the per-backend subclass
     _attr = "Queue"            # the backend attribute that makes this class
     _want_joinable = False
@@ -180,6 +194,7 @@ class RedisQueue(_api.QueueAPI):
             "create", maxsize, overflow, max_message or 0, int(serializer is not None),
             capacity, mode)
         self._creator_pid = os.getpid() if unnamed and created else 0
+        self._forks_then = _forks
         if not created:
             wanted = dict(given, maxsize=maxsize, capacity_bytes=capacity)
             now = {"maxsize": self._maxsize, "capacity_bytes": self._capacity,
@@ -380,12 +395,14 @@ class RedisQueue(_api.QueueAPI):
     # -- lifetime ---------------------------------------------------------
     def close(self):
         """Close this handle (the queue stays). The creator's handle of an
-        unnamed queue that was never pickled also removes the queue: nobody
-        else can reach it."""
+        unnamed queue that was never pickled, in a process that forked no
+        child since it was made, also removes the queue: nobody else can
+        reach it."""
         if self._closed:
             return
         self._closed = True
-        if self._creator_pid == os.getpid() and not self._shared:
+        if (self._creator_pid == os.getpid() and not self._shared
+                and self._forks_then == _forks):
             self._creator_pid = 0
             self._backend.client.delete(*self._keys)
 
