@@ -229,3 +229,20 @@ def test_joinable_across_processes(make, ctx, procs):
     jq.join()
     with pytest.raises(ValueError):
         jq.task_done()
+
+
+def _bad_loads(b):
+    raise ValueError("cannot decode this")
+
+
+def test_undecodable_message_is_reported_alone_and_counted(make):
+    import pickle as p
+    q = make("Queue", name=make.name(), serializer=(p.dumps, _bad_loads))
+    q.put_many([1, 2])
+    with pytest.raises(ValueError, match="cannot decode"):
+        q.get(timeout=5)
+    assert q.stats()["undecodable"] == 1
+    with pytest.raises(pyqueue.UndecodableMessage) as e:   # get_many: wrapped
+        q.get_many(10, timeout=5)
+    assert isinstance(e.value.cause, ValueError)
+    assert q.stats()["undecodable"] == 2 and q.qsize() == 0

@@ -22,7 +22,8 @@ import secrets
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
-from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
+from pyqueue.errors import (MessageTooLarge, SegmentMismatch, SegmentNotFound,
+                            UndecodableMessage)
 from pyqueue.queues import (_D_CAPACITY, _D_MAX_MESSAGE, _D_MAXSIZE, _D_MODE, _D_OVERFLOW,
                             _round_capacity, _take)
 
@@ -167,7 +168,7 @@ class RedisQueue(_api.QueueAPI):
 
     __slots__ = ("_name", "_serializer", "_keys", "_maxsize", "_overflow", "_max_message",
                  "_custom", "_capacity", "_mode", "_closed", "_held", "_creator_pid",
-                 "_shared", "_joinable", "_forks_then", "__weakref__")
+                 "_shared", "_joinable", "_forks_then", "_undecodable", "__weakref__")
     _backend = None            # set on the per-backend subclass
     _attr = "Queue"            # the backend attribute that makes this class
     _want_joinable = False
@@ -223,6 +224,7 @@ class RedisQueue(_api.QueueAPI):
         self._serializer = serializer
         self._closed = False
         self._held = collections.deque()
+        self._undecodable = 0
         self._shared = False
         p = key_prefix(name)
         self._keys = (p + "meta", p + "list", p + "space", p + "zero")
@@ -346,9 +348,12 @@ class RedisQueue(_api.QueueAPI):
     def get(self, block=True, timeout=None):
         self._check_open()
         until = _api.deadline(block, timeout)
-        if self._held:
-            return self._decode(self._held.popleft())
-        return self._decode(self._take(1, block, until)[0])
+        raw = self._held.popleft() if self._held else self._take(1, block, until)[0]
+        try:
+            return self._decode(raw)
+        except Exception:
+            self._undecodable += 1
+            raise
 
     def get_many(self, max_messages=1024, block=True, timeout=None):
         """Up to max_messages messages already in the queue (one round trip),
@@ -365,10 +370,17 @@ class RedisQueue(_api.QueueAPI):
         for i, raw in enumerate(raws):
             try:
                 out.append(self._decode(raw))
-            except BaseException:
+            except BaseException as e:
+                if isinstance(e, Exception):
+                    self._undecodable += 1
                 if i == 0:
                     self._held.extendleft(reversed(raws[1:]))
-                    raise
+                    if not isinstance(e, Exception):
+                        raise
+                    # As pyqueue.Queue.get_many: the bad one alone, wrapped.
+                    raise UndecodableMessage(
+                        f"a message of queue {self._name!r} cannot be decoded: "
+                        f"{type(e).__name__}: {e}", raw=raw, cause=e) from e
                 self._held.extendleft(reversed(raws[i:]))
                 break
         return out
@@ -386,10 +398,15 @@ class RedisQueue(_api.QueueAPI):
             raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
         depth = b.client.llen(self._keys[1])
         s = {k: int(meta[k.encode()]) for k in ("enqueued", "dequeued", "rejected", "dropped")}
+        # The shared-memory keys, with None for what Redis does not track:
+        # depth_bytes, waiting producers and consumers, consumers killed
+        # after their BLPOP (abandoned_by_consumers); a put is one script,
+        # never half done (abandoned is 0).
         s.update(depth=depth, maxsize=self._maxsize, capacity_bytes=self._capacity,
-                 held=len(self._held), backend="redis", url=b.url)
-        if self._joinable:
-            s["unfinished_tasks"] = int(meta[b"unfinished"])
+                 held=len(self._held), abandoned=0, abandoned_by_consumers=None,
+                 depth_bytes=None, waiting_producers=None, waiting_consumers=None,
+                 undecodable=self._undecodable, backend="redis", url=b.url)
+        s["unfinished_tasks"] = int(meta[b"unfinished"])   # 0 for a plain queue
         return s
 
     # -- lifetime ---------------------------------------------------------

@@ -330,6 +330,7 @@ class RedisTopic(_api.HandleAPI):
                 # publishers waiting for room (one SIGKILLed while waiting
                 # stays counted, as on shared memory)
                 "waiting_publishers": int(meta.get(b"waiting_publishers", 0)),
+                "waiting_subscribers": None,   # not tracked on Redis
                 "backend": "redis",
                 "url": self._backend.url}
 
