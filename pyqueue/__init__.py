@@ -11,6 +11,7 @@ _platform.check()
 from queue import Empty, Full
 
 from pyqueue._version import __version__ as __version__  # re-exported (PEP 484)
+from pyqueue.backends import connect
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
@@ -25,7 +26,7 @@ from pyqueue.workqueue import DeadLetter, Delivery, WorkQueue
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",
     "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
-    "Empty", "Full",
+    "Empty", "Full", "connect",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
     "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
     "LockTimeout", "UndecodableMessage",

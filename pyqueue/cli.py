@@ -505,7 +505,31 @@ def _oob_row(o, now):
             "age_s": round(o.age(now), 3)}
 
 
+def _backend_url(args):
+    """A non-shared-memory --url (or PYQUEUE_URL), else None."""
+    url = getattr(args, "url", None) or os.environ.get("PYQUEUE_URL")
+    if not url or url.split(":", 1)[0].lower() == "shm":
+        return None
+    return url
+
+
+def _ls_url(args, url):
+    from pyqueue.backends import connect
+    from pyqueue.backends.redis import admin
+    rows = admin.rows(connect(url), args.patterns)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':40} {'KIND':10} {'DEPTH':>9}")
+    for r in rows:
+        print(f"{_show(r['name']):40} {r['kind']:10} {'-' if r['depth'] is None else r['depth']!s:>9}")
+    return 0
+
+
 def cmd_ls(args):
+    url = _backend_url(args)
+    if url is not None:
+        return _ls_url(args, url)
     segments, orphans, _, _ = collect(args.patterns)
     now = time.time()
     rows = []
@@ -551,6 +575,16 @@ def cmd_ls(args):
 
 
 def cmd_stats(args):
+    url = _backend_url(args)
+    if url is not None:
+        from pyqueue.backends import connect
+        from pyqueue.backends.redis import admin
+        s = admin.stats(connect(url), args.name)
+        if s is None:
+            print(f"pyqueue stats: no {args.name!r} at {url}", file=sys.stderr)
+            return 1
+        print(json.dumps(s, indent=2))
+        return 0
     _segment.check_name(args.name)
     state, header, _st = read_header(_segment.PREFIX + args.name)
     kind = header["kind"] if state == "ok" else 1  # let the opener say what is wrong
@@ -597,10 +631,12 @@ def main(argv=None):
                     "or hold it open, and its out-of-band segments. Segments that are "
                     "not (yet) valid pyqueue segments show kind '?'.")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or shm://)")
     ls.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     ls.set_defaults(func=cmd_ls)
     st = sub.add_parser("stats", help="counters of a queue")
     st.add_argument("name")
+    st.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or shm://)")
     st.set_defaults(func=cmd_stats)
     rm = sub.add_parser("rm", help="remove segments",
                         description="Remove segments by queue name, with their out-of-band "

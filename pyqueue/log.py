@@ -11,6 +11,8 @@ consumed, and consumer groups share the partitions among their members.
 """
 from __future__ import annotations
 
+import abc
+
 import errno
 import mmap
 import os
@@ -97,7 +99,8 @@ def _is_path(name_or_path: Any) -> bool:
         isinstance(name_or_path, str) and os.sep in name_or_path)
 
 
-class Log(_log.LogCoreBase[T]):
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
     """A multi-process partitioned, replayable log with consumer groups.
 
     ``Log(...)`` makes (or opens) a MemoryLog without path, a DirectoryLog

@@ -2,6 +2,8 @@
 multiprocessing ones over a shared-memory ring."""
 from __future__ import annotations
 
+import abc
+
 import mmap
 import os
 import queue as _stdqueue
@@ -96,7 +98,9 @@ _D_OVERFLOW: Any = _Default("block")
 _D_MODE: Any = _Default(0o600)
 
 
-class Queue(_core.RingQueue[T]):
+# ABCMeta: other backends' queues register as virtual subclasses
+# (pyqueue.backends.redis); no per-call cost: docs/design.md, "Backends".
+class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
     """A multi-process FIFO queue in shared memory, a drop-in for
     multiprocessing.Queue (no feeder thread: a put is in shared memory when
     it returns).

@@ -5,6 +5,8 @@ publish order per publisher.
 """
 from __future__ import annotations
 
+import abc
+
 import mmap
 from typing import Any, Dict, Optional, Tuple, TypeVar
 
@@ -33,7 +35,8 @@ _D_MODE: Any = _Default("lossless")
 _D_PERM: Any = _Default(0o600)
 
 
-class Subscription(_topic.SubscriptionCore[T]):
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class Subscription(_topic.SubscriptionCore[T], metaclass=abc.ABCMeta):
     """One process's cursor on a topic (made by Topic.subscribe()): get,
     get_many, iteration, close, lag, lost.
 
@@ -62,7 +65,7 @@ class Subscription(_topic.SubscriptionCore[T]):
         return f"<pyqueue.Subscription {'closed' if self.closed else 'open'}>"
 
 
-class Topic(_topic.TopicCore[T]):
+class Topic(_topic.TopicCore[T], metaclass=abc.ABCMeta):
     """A multi-process publish-subscribe topic in shared memory.
 
     Generic in the message type for type checkers (``Topic[dict]``). With

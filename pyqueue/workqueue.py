@@ -10,6 +10,8 @@ memory.
 """
 from __future__ import annotations
 
+import abc
+
 import mmap
 import time
 from queue import Empty, Full
@@ -229,7 +231,8 @@ _D_DEDUP_KEYS: Any = _Default(DEFAULT_DEDUP_KEYS)
 _D_PERM: Any = _Default(0o600)
 
 
-class WorkQueue(_workq.WorkQueueCore[T]):
+# ABCMeta: as pyqueue.Queue (docs/design.md, "Backends").
+class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
     """A multi-process work queue with acknowledgements, in shared memory.
 
     Generic in the message type for type checkers (``WorkQueue[dict]``).

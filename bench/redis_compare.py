@@ -1,0 +1,269 @@
+"""pyqueue on Redis against hand-written redis-py doing the same thing, and
+the shared-memory backend, in one run (one process: every case is bound by
+round trips to the server).
+
+Run from the repository root::
+
+    python -m bench.redis_compare                     # starts its own redis-server (Unix socket)
+    python -m bench.redis_compare --url redis://localhost:6379/0
+    python -m bench.redis_compare --quick             # small counts, 1 repeat
+
+Cases (rates in messages or records per second; medians of the repeats):
+  queue-1       put one, get one, N times: Queue(backend) vs redis-py
+                RPUSH + LPOP vs pyqueue.Queue (shared memory)
+  queue-batch   put_many + get_many of 1000 at a time vs redis-py
+                RPUSH of 1000 values + LPOP 1000 vs shared memory
+  work-1        put, get, ack one at a time: WorkQueue(backend) vs redis-py
+                XADD + XREADGROUP + XACK vs pyqueue.WorkQueue
+  log-batch     append_many of 1000 records vs a redis-py pipeline of 1000
+                XADD vs pyqueue.Log (memory mode)
+  latency       put -> get round trip, p50 / p99 in microseconds
+Ratios are to hand-written redis-py in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyqueue
+
+PAYLOAD = b"x" * 64
+
+
+def _start_server():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        sys.exit("redis-server is not installed (apt-get install redis-server), or give --url")
+    d = tempfile.mkdtemp(prefix="pq-bench-redis-")
+    sock = os.path.join(d, "redis.sock")
+    p = subprocess.Popen([exe, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly",
+                          "no", "--dir", d, "--loglevel", "warning"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+    r = redis.Redis(unix_socket_path=sock)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                p.kill()
+                sys.exit("redis-server did not start")
+            time.sleep(0.01)
+    r.close()
+    return p, d, f"redis+unix://{sock}"
+
+
+def _raw_client(backend):
+    return backend.client
+
+
+def timed(fn, n):
+    t0 = time.perf_counter()
+    fn(n)
+    return n / (time.perf_counter() - t0)
+
+
+def case_queue_1(b, shm, n):
+    q = b.Queue(name="bench-q1")
+    r = _raw_client(b)
+    key = "bench:raw:q1"
+
+    def pyq(n):
+        for _ in range(n):
+            q.put(PAYLOAD)
+            q.get()
+
+    def raw(n):
+        for _ in range(n):
+            r.rpush(key, PAYLOAD)
+            r.lpop(key)
+
+    sq = shm.Queue()
+
+    def shmq(n):
+        for _ in range(n):
+            sq.put(PAYLOAD)
+            sq.get()
+
+    try:
+        return {"pyqueue": timed(pyq, n), "redis-py": timed(raw, n), "shm": timed(shmq, n * 10)}
+    finally:
+        q.unlink()
+        r.delete(key)
+        sq.close()
+
+
+def case_queue_batch(b, shm, n):
+    q = b.Queue(name="bench-qb")
+    r = _raw_client(b)
+    key = "bench:raw:qb"
+    batch = [PAYLOAD] * 1000
+
+    def pyq(n):
+        for _ in range(n // 1000):
+            q.put_many(batch)
+            q.get_many(1000)
+
+    def raw(n):
+        for _ in range(n // 1000):
+            r.rpush(key, *batch)
+            r.lpop(key, 1000)
+
+    sq = shm.Queue()
+
+    def shmq(n):
+        for _ in range(n // 1000):
+            sq.put_many(batch)
+            sq.get_many(1000)
+
+    try:
+        return {"pyqueue": timed(pyq, n), "redis-py": timed(raw, n),
+                "shm": timed(shmq, n * 10)}
+    finally:
+        q.unlink()
+        r.delete(key)
+        sq.close()
+
+
+def case_work_1(b, shm, n):
+    wq = b.WorkQueue("bench-w1")
+    r = _raw_client(b)
+    key = "bench:raw:w1"
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+
+    def pyq(n):
+        for _ in range(n):
+            wq.put(PAYLOAD)
+            wq.get().ack()
+
+    def raw(n):
+        for _ in range(n):
+            r.xadd(key, {"d": PAYLOAD})
+            got = r.xreadgroup("g", "c", {key: ">"}, count=1)
+            r.xack(key, "g", got[0][1][0][0])
+
+    sw = shm.WorkQueue()
+
+    def shmq(n):
+        for _ in range(n):
+            sw.put(PAYLOAD)
+            sw.get().ack()
+
+    try:
+        return {"pyqueue": timed(pyq, n), "redis-py": timed(raw, n), "shm": timed(shmq, n * 10)}
+    finally:
+        wq.unlink()
+        r.delete(key)
+        sw.close()
+
+
+def case_log_batch(b, shm, n):
+    log = b.Log("bench-log", partitions=1, retention_bytes=256 * 1024 * 1024)
+    r = _raw_client(b)
+    key = "bench:raw:log"
+    batch = [PAYLOAD] * 1000
+
+    def pyq(n):
+        for _ in range(n // 1000):
+            log.append_many(batch)
+
+    def raw(n):
+        for _ in range(n // 1000):
+            pipe = r.pipeline(transaction=False)
+            for m in batch:
+                pipe.xadd(key, {"v": m})
+            pipe.execute()
+
+    sl = shm.Log(partitions=1, retention_bytes=64 * 1024 * 1024)
+
+    def shml(n):
+        for _ in range(n // 1000):
+            sl.append_many(batch)
+
+    try:
+        return {"pyqueue": timed(pyq, n), "redis-py": timed(raw, n), "shm": timed(shml, n * 10)}
+    finally:
+        log.unlink()
+        r.delete(key)
+        sl.close()
+
+
+def case_latency(b, shm, n):
+    q = b.Queue(name="bench-lat")
+    r = _raw_client(b)
+    key = "bench:raw:lat"
+
+    def lat(put, get):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            put(PAYLOAD)
+            get()
+            out.append((time.perf_counter() - t0) * 1e6)
+        out.sort()
+        return out[len(out) // 2], out[int(len(out) * 0.99)]
+
+    try:
+        return {"pyqueue": lat(q.put, q.get),
+                "redis-py": lat(lambda m: r.rpush(key, m), lambda: r.lpop(key))}
+    finally:
+        q.unlink()
+        r.delete(key)
+
+
+CASES = {"queue-1": case_queue_1, "queue-batch": case_queue_batch, "work-1": case_work_1,
+         "log-batch": case_log_batch, "latency": case_latency}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.redis_compare",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--url", help="a Redis URL (default: start a redis-server here)")
+    ap.add_argument("--quick", action="store_true", help="small counts, 1 repeat")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", help="comma-separated case names")
+    args = ap.parse_args(argv)
+    n1, nb = (500, 20_000) if args.quick else (5000, 200_000)
+    repeat = 1 if args.quick else args.repeat
+    server = None
+    url = args.url
+    if url is None:
+        server, d, url = _start_server()
+    try:
+        b = pyqueue.connect(url)
+        shm = pyqueue.connect("shm://")
+        print(f"pyqueue on {url}; redis-server {b.client.info()['redis_version']}; "
+              f"{os.cpu_count()} CPUs; medians of {repeat}")
+        only = set(args.only.split(",")) if args.only else set(CASES)
+        for name, fn in CASES.items():
+            if name not in only:
+                continue
+            n = n1 if name in ("queue-1", "work-1", "latency") else nb
+            runs = [fn(b, shm, n) for _ in range(repeat)]
+            if name == "latency":
+                for impl in runs[0]:
+                    p50 = statistics.median(r[impl][0] for r in runs)
+                    p99 = statistics.median(r[impl][1] for r in runs)
+                    print(f"{name:12s} {impl:9s} p50 {p50:8.1f} us  p99 {p99:8.1f} us")
+                continue
+            med = {impl: statistics.median(r[impl] for r in runs) for impl in runs[0]}
+            for impl, rate in med.items():
+                print(f"{name:12s} {impl:9s} {rate:12,.0f} /s   {rate / med['redis-py']:6.2f}x "
+                      "redis-py")
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Message encoding for the Redis backend: pyqueue's default codec (exact
+bytes and str travel raw, everything else is pickled as
+multiprocessing.Queue pickles it, by pyqueue._core.default_dumps), with a
+one-byte tag in front so that a reader knows which it is; or a custom
+(dumps, loads) pair."""
+import pickle
+
+from pyqueue import _core
+
+T_BYTES = b"b"
+T_STR = b"s"
+T_PICKLE = b"p"
+T_CUSTOM = b"c"
+
+
+def encode(obj, serializer):
+    if serializer is not None:
+        data = serializer[0](obj)
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise TypeError(f"the serializer's dumps returned {type(data).__name__}, "
+                            "not a bytes-like object") from None
+        return T_CUSTOM + view.tobytes()
+    t = type(obj)
+    if t is bytes:
+        return T_BYTES + obj
+    if t is str:
+        return T_STR + obj.encode("utf-8", "surrogatepass")
+    if t is bytearray or t is memoryview:
+        return T_BYTES + bytes(obj)
+    return T_PICKLE + bytes(_core.default_dumps(obj))
+
+
+def decode(raw, serializer):
+    tag = raw[:1]
+    if tag == T_BYTES:
+        return raw[1:]
+    if tag == T_STR:
+        return raw[1:].decode("utf-8", "surrogatepass")
+    if tag == T_PICKLE:
+        return pickle.loads(memoryview(raw)[1:])
+    if tag == T_CUSTOM:
+        if serializer is None:
+            raise ValueError("a message encoded with a custom serializer read by a handle "
+                             "without one")
+        return serializer[1](raw[1:])
+    raise ValueError(f"not a pyqueue message (tag {tag!r})")

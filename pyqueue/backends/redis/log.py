@@ -1,0 +1,341 @@
+"""Log on Redis (memory mode's semantics): a stream per partition.
+
+Keys of log NAME:
+
+    pq:{NAME}:meta        hash: kind, partitions, retention, perm
+    pq:{NAME/P}:l.meta    hash of partition P: next (the next offset),
+                          start (the oldest offset kept), bytes (kept)
+    pq:{NAME/P}:l.stream  stream of partition P: the record at offset O has
+                          id O-1; fields v (value), t (append time, ms,
+                          the server's clock), k (key), h (headers)
+
+Each partition has a hash tag of its own ("NAME/P": "/" is never in a
+name, so it is no other queue's tag), so a cluster spreads the partitions
+of a log over its masters, and each append (its retention included) is one
+script on one slot. Keys pick the partition with Kafka's partitioner
+(pyqueue._log.kafka_partition, the shared-memory Log's); keyless records go
+round-robin per process, from a per-process start. Retention as memory
+mode: retention_bytes per partition (rounded up to a power of two, at
+least 64 KiB, 8 MiB by default) drops the oldest whole records; records
+older than retention_ms are dropped by appends and enforce_retention().
+Consumer groups are not here yet (docs/design.md, "Backends", status).
+"""
+import os
+import pickle
+import time
+
+from pyqueue import _api, _log
+from pyqueue import log as _shm_log
+from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis.queue import check_name, key_prefix
+from pyqueue.errors import (MessageTooLarge, OffsetOutOfRange, PoisonRecord, SegmentMismatch,
+                            SegmentNotFound)
+from pyqueue.log import Record
+
+KIND = "log"
+_BATCH = 1000
+
+_CREATE = """
+local M = KEYS[1]
+if redis.call('EXISTS', M) == 0 then
+  if ARGV[1] == 'open' then return false end
+  redis.call('HSET', M, 'kind', ARGV[2], 'partitions', ARGV[3], 'retention_bytes', ARGV[4],
+             'retention_ms', ARGV[5], 'perm', ARGV[6])
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+end
+local m = redis.call('HMGET', M, 'kind', 'partitions', 'retention_bytes', 'retention_ms', 'perm')
+return {0, m[1], m[2], m[3], m[4], m[5]}
+"""
+
+_HEAD = """
+local PM, S = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local m = redis.call('HMGET', PM, 'next', 'start', 'bytes')
+local nxt, start, bytes = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
+local function size_of(fields)
+  local n = 0
+  for i = 2, #fields, 2 do n = n + #fields[i] end
+  return n
+end
+-- drops the oldest records while over max_bytes or older than the age
+-- limit (0: none); at most `limit` of them
+local function expire(max_bytes, max_age, limit)
+  local dropped = 0
+  while dropped < limit do
+    local oldest = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+    if #oldest == 0 then break end
+    local f = oldest[1][2]
+    local ts = 0
+    for i = 1, #f, 2 do if f[i] == 't' then ts = tonumber(f[i + 1]) end end
+    if bytes <= max_bytes and (max_age == 0 or ts >= now - max_age) then break end
+    redis.call('XDEL', S, oldest[1][1])
+    bytes = bytes - size_of(f)
+    start = tonumber(string.match(oldest[1][1], '^(%d+)')) + 1
+    dropped = dropped + 1
+  end
+  return dropped
+end
+"""
+
+# ARGV: retention bytes, retention ms (0: none), key ('' none), headers ('' none),
+# values... -> the first offset
+_APPEND = _HEAD + """
+local key, hdr = ARGV[3], ARGV[4]
+local first = nxt
+for i = 5, #ARGV do
+  local fields = {'v', ARGV[i], 't', tostring(now)}
+  if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key end
+  if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
+  redis.call('XADD', S, nxt .. '-1', unpack(fields))
+  bytes = bytes + size_of(fields)
+  nxt = nxt + 1
+end
+expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
+redis.call('HSET', PM, 'next', nxt, 'start', start, 'bytes', bytes)
+return first
+"""
+
+# ARGV: retention bytes, retention ms -> records dropped
+_EXPIRE = _HEAD + """
+local n = expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
+if n > 0 then redis.call('HSET', PM, 'start', start, 'bytes', bytes) end
+return n
+"""
+
+# ARGV: offset, max -> {start, next, id, fields, id, fields...}
+_READ = _HEAD + """
+local out = {start, nxt}
+local off = tonumber(ARGV[1])
+if off < start or off >= nxt then return out end
+for _, e in ipairs(redis.call('XRANGE', S, off .. '-1', '+', 'COUNT', tonumber(ARGV[2]))) do
+  out[#out + 1] = e[1]
+  out[#out + 1] = e[2]
+end
+return out
+"""
+
+
+def _key_bytes(key):
+    if type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+
+
+def _encode_headers(headers):
+    if not headers:
+        return b""
+    if not isinstance(headers, dict):
+        raise TypeError("headers must be a dict of str -> bytes")
+    out = {}
+    for k, v in headers.items():
+        if not isinstance(k, str):
+            raise TypeError(f"header names must be str, not {type(k).__name__}")
+        if isinstance(v, str):
+            v = v.encode("utf-8")
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            v = bytes(v)
+        else:
+            raise TypeError(f"header values must be bytes or str, not {type(v).__name__}")
+        out[k] = v
+    return pickle.dumps(out, 5)
+
+
+def _rebuild(url, name):
+    from pyqueue.backends import connect
+    return connect(url).Log.open(name)
+
+
+class RedisLog(_api.HandleAPI):
+    """pyqueue.Log (memory mode's semantics) on Redis; made by
+    `pyqueue.connect(url).Log(...)`."""
+
+    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "__weakref__")
+    _backend = None
+
+    def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
+                 perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
+                 trust_owner=False, _open_only=False):
+        if path is not None:
+            raise ValueError("a Log on Redis has no path (directory mode is shared memory's)")
+        for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
+                        ("fsync_interval", fsync_interval)):
+            if v is not None:
+                raise ValueError(f"{what} applies to directory mode, not to a Log on Redis")
+        parts = _shm_log._check_partitions(partitions)
+        capacity = _shm_log.MemoryLog._ring_bytes(retention_bytes)
+        retention = _shm_log._check_retention_ms(retention_ms)
+        _shm_log._check_perm(perm)
+        if name is None:
+            name = f"anon-{os.getpid()}-{os.urandom(8).hex()}"
+        check_name(name)
+        self._name = name
+        self._closed = False
+        self._rr_pid = 0
+        r = self._backend.script("log_create", _CREATE)(
+            keys=[key_prefix(name) + "meta"],
+            args=["open" if _open_only else "create", KIND, parts, capacity, retention or 0,
+                  perm])
+        if r is None:
+            raise SegmentNotFound(f"no log {name!r} at {self._backend.url}")
+        if r[1].decode() != KIND:
+            raise SegmentMismatch(f"{name!r} at {self._backend.url} is a {r[1].decode()}, "
+                                  "not a log")
+        self._settings = {"partitions": int(r[2]), "capacity": int(r[3]),
+                          "retention_ms": int(r[4]) or None, "perm": int(r[5])}
+        if r[0] != 1:
+            where = f"log {name!r}"
+            _shm_log._same("partitions", partitions, self.partitions, where)
+            if retention_bytes is not None:
+                _shm_log._same("retention_bytes (rounded)", capacity, self.capacity_bytes, where)
+            _shm_log._same("retention_ms", retention, self.retention_ms, where)
+
+    @classmethod
+    def open(cls, name, trust_owner=False):
+        """Open an existing log (SegmentNotFound if missing)."""
+        return cls(name, _open_only=True)
+
+    name = property(lambda self: self._name)
+    path = property(lambda self: None)
+    partitions = property(lambda self: self._settings["partitions"])
+    capacity_bytes = property(lambda self: self._settings["capacity"])
+    retention_ms = property(lambda self: self._settings["retention_ms"])
+    max_record_bytes = property(lambda self: self._settings["capacity"] // 4 - 24)
+
+    @property
+    def url(self):
+        return self._backend.url
+
+    def _pkeys(self, partition):
+        if (isinstance(partition, bool) or not isinstance(partition, int)
+                or not 0 <= partition < self.partitions):
+            raise ValueError(f"partition must be 0..{self.partitions - 1}, not {partition!r}")
+        p = key_prefix(f"{self._name}/{partition}")
+        return [p + "l.meta", p + "l.stream"]
+
+    def partition_for(self, key):
+        """The partition of a key: Kafka's default partitioner."""
+        return _log.kafka_partition(key, self.partitions)
+
+    def _choose(self, key):
+        if key is not None:
+            return self.partition_for(key)
+        if self._rr_pid != os.getpid():      # per process, from a per-process start
+            self._rr_pid = os.getpid()
+            self._rr = os.getpid() % self.partitions
+        p = self._rr
+        self._rr = (p + 1) % self.partitions
+        return p
+
+    def _append(self, partition, values, key, headers):
+        self._check_open()
+        kb = b"" if key is None else _key_bytes(key)
+        hb = _encode_headers(headers)
+        datas = [_codec.encode(v, None) for v in values]
+        for d in datas:
+            if len(d) + len(kb) + len(hb) > self.max_record_bytes:
+                raise MessageTooLarge(f"record of {len(d) + len(kb) + len(hb)} bytes does not "
+                                      f"fit in the log's partition (max_record_bytes "
+                                      f"{self.max_record_bytes})")
+        script = self._backend.script("log_append", _APPEND)
+        keys = self._pkeys(partition)
+        out = []
+        for i in range(0, len(datas), _BATCH):
+            chunk = datas[i:i + _BATCH]
+            first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb, hb,
+                                            *chunk])
+            out += [(partition, first + j) for j in range(len(chunk))]
+        return out
+
+    def append(self, value, key=None, headers=None):
+        """Append one record; (partition, offset)."""
+        return self._append(self._choose(key), [value], key, headers)[0]
+
+    def append_many(self, values, key=None, headers=None):
+        """Append every value to one partition (the key's, or the next
+        round-robin one): one round trip per 1000 records."""
+        values = list(values)
+        if not values:
+            return []
+        return self._append(self._choose(key), values, key, headers)
+
+    read = _shm_log.Log.read
+
+    def _read(self, partition, offset, max_records, timeout, record):
+        self._check_open()
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise ValueError("max_records must be a positive int")
+        keys = self._pkeys(partition)
+        script = self._backend.script("log_read", _READ)
+        until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
+        while True:
+            r = script(keys=keys, args=[offset, max_records])
+            start, end = int(r[0]), int(r[1])
+            if offset < start or offset > end:
+                raise OffsetOutOfRange(
+                    f"offset {offset} of partition {partition} of log {self._name!r} is out of "
+                    f"range: records are kept from {start} to {end - 1}",
+                    partition=partition, offset=offset, start_offset=start, end_offset=end)
+            if len(r) > 2:
+                return self._records(partition, r[2:], record)
+            left = _api.remaining(until)
+            if left == 0.0:
+                return []
+            self._backend.wait_stream(keys[1], f"{offset - 1}-1" if offset else "0-0", left)
+
+    def _records(self, partition, flat, record):
+        out = []
+        for rid, fields in zip(flat[::2], flat[1::2]):
+            offset = int(rid.split(b"-")[0])
+            f = dict(zip(fields[::2], fields[1::2]))
+            try:
+                value = _codec.decode(f[b"v"], None)
+                headers = pickle.loads(f[b"h"]) if b"h" in f else {}
+            except Exception as e:
+                if out:
+                    break
+                raise PoisonRecord(f"record {offset} of partition {partition} of log "
+                                   f"{self._name!r} cannot be decoded: {e!r}",
+                                   partition=partition, offset=offset, raw=f.get(b"v"),
+                                   cause=e) from e
+            out.append(record(partition, offset, int(f[b"t"]), f.get(b"k"), value, headers))
+        return out
+
+    def _bounds(self, partition):
+        self._check_open()
+        r = self._backend.client.hmget(self._pkeys(partition)[0], "start", "next")
+        return int(r[0] or 0), int(r[1] or 0)
+
+    start_offset = _shm_log.Log.start_offset
+    end_offset = _shm_log.Log.end_offset
+
+    def enforce_retention(self):
+        """Drop the records older than retention_ms now: the count dropped."""
+        script = self._backend.script("log_expire", _EXPIRE)
+        return sum(script(keys=self._pkeys(p), args=[self.capacity_bytes,
+                                                     self.retention_ms or 0])
+                   for p in range(self.partitions))
+
+    def consumer(self, group, **options):
+        raise NotImplementedError("consumer groups of a Log on Redis are not there yet "
+                                  "(issue 10)")
+
+    def close(self):
+        self._closed = True
+
+    def unlink(self):
+        """Remove the log (every partition) from the server."""
+        c = self._backend.client
+        for p in range(self.partitions):
+            c.delete(*self._pkeys(p))
+        c.delete(key_prefix(self._name) + "meta")
+
+    def __reduce__(self):
+        return (_rebuild, (self._backend.url, self._name))
+
+    def __repr__(self):
+        return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,466 @@
+"""Queue and JoinableQueue on Redis: a list per queue.
+
+Keys (the name in a hash tag, so that all of a queue's keys are in one
+cluster slot and its Lua scripts stay legal on Redis Cluster):
+
+    pq:{NAME}:meta   hash: kind, joinable, settings, counters, unfinished
+    pq:{NAME}:list   list of encoded messages, oldest at the head (RPUSH/LPOP)
+    pq:{NAME}:space  stream (MAXLEN 1): an entry each time a get takes from a
+                     full bounded queue; a blocked put waits on it (XREAD BLOCK)
+    pq:{NAME}:zero   stream (MAXLEN 1): an entry each time the unfinished count
+                     of a JoinableQueue reaches 0; join() waits on it
+
+Every step that reads and writes is one Lua script (atomic); a waiting put
+or join reads its stream's last id in the same script that found the queue
+full (or the count non-zero), then blocks in XREAD from that id: an event
+after the check always wakes it, and nothing spins. A get that finds the
+list empty blocks in BLPOP. docs/design.md, "Backends".
+"""
+import collections
+import os
+import secrets
+
+from pyqueue import _api
+from pyqueue.backends.redis import _codec
+from pyqueue.errors import (MessageTooLarge, SegmentMismatch, SegmentNotFound,
+                            UndecodableMessage)
+from pyqueue.queues import (_D_CAPACITY, _D_MAX_MESSAGE, _D_MAXSIZE, _D_MODE, _D_OVERFLOW,
+                            _round_capacity, _take)
+
+KIND = "queue"
+BATCH = 1000          # messages per script call of put_many
+NO_ID = b"0-0"
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[1] == 'open' then return false end
+  redis.call('HSET', KEYS[1], 'kind', ARGV[2], 'joinable', ARGV[3], 'maxsize', ARGV[4],
+             'overflow', ARGV[5], 'max_message', ARGV[6], 'custom', ARGV[7],
+             'capacity', ARGV[8], 'mode', ARGV[9], 'unfinished', 0, 'enqueued', 0,
+             'dequeued', 0, 'dropped', 0, 'rejected', 0)
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
+end
+local m = redis.call('HMGET', KEYS[1], 'kind', 'joinable', 'maxsize', 'overflow',
+                     'max_message', 'custom', 'capacity', 'mode')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]}
+"""
+
+# KEYS: meta, list, space, zero; ARGV: the encoded messages.
+# -> {accepted, last id of space (when not all were accepted)}; {-1}: no queue
+_PUT = """
+local m = redis.call('HMGET', KEYS[1], 'maxsize', 'overflow', 'joinable', 'unfinished')
+if not m[1] then return {-1} end
+local maxsize = tonumber(m[1])
+local n = #ARGV
+local len = redis.call('LLEN', KEYS[2])
+local from, to, accepted, dropped = 1, n, n, 0
+if maxsize > 0 and len + n > maxsize then
+  if m[2] == 'drop_oldest' then
+    dropped = len + n - maxsize
+    local old = math.min(dropped, len)
+    if old > 0 then redis.call('LTRIM', KEYS[2], old, -1) end
+    from = 1 + dropped - old
+  else
+    to = math.max(0, maxsize - len)
+    accepted = to
+  end
+end
+local i = from
+while i <= to do
+  local j = math.min(i + 999, to)
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
+  i = j + 1
+end
+if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'enqueued', accepted) end
+if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'dropped', dropped) end
+if m[3] == '1' then
+  -- a dropped message is never got: it counts as done
+  local before = tonumber(m[4])
+  local after = redis.call('HINCRBY', KEYS[1], 'unfinished', accepted - dropped)
+  if after <= 0 then
+    if after < 0 then redis.call('HSET', KEYS[1], 'unfinished', 0) end
+    if before > 0 then redis.call('XADD', KEYS[4], 'MAXLEN', 1, '*', 'z', 1) end
+  end
+end
+if accepted < n then
+  if m[2] == 'reject' then redis.call('HINCRBY', KEYS[1], 'rejected', n - accepted) end
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  if #last > 0 then return {accepted, last[1][1]} end
+  return {accepted, '0-0'}
+end
+return {accepted}
+"""
+
+# KEYS: meta, list, space; ARGV: max messages, messages already taken (by BLPOP).
+# Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
+# put when the queue was full.
+_TAKE = """
+local len = redis.call('LLEN', KEYS[2])
+local want = tonumber(ARGV[1])
+local before = tonumber(ARGV[2])
+local items = {}
+if want > 0 and len > 0 then items = redis.call('LPOP', KEYS[2], want) end
+local taken = #items + before
+if taken > 0 then
+  local maxsize = tonumber(redis.call('HGET', KEYS[1], 'maxsize') or '0')
+  redis.call('HINCRBY', KEYS[1], 'dequeued', taken)
+  if maxsize > 0 and len + before >= maxsize then
+    redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
+  end
+end
+return items
+"""
+
+# KEYS: meta, zero -> the unfinished count after; -1: it was already 0
+_TASK_DONE = """
+local u = tonumber(redis.call('HGET', KEYS[1], 'unfinished') or '0')
+if u <= 0 then return -1 end
+u = redis.call('HINCRBY', KEYS[1], 'unfinished', -1)
+if u == 0 then redis.call('XADD', KEYS[2], 'MAXLEN', 1, '*', 'z', 1) end
+return u
+"""
+
+# KEYS: meta, zero -> {1} when nothing is unfinished, else {0, last id of zero}
+_JOIN = """
+local u = tonumber(redis.call('HGET', KEYS[1], 'unfinished') or '0')
+if u <= 0 then return {1} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then return {0, last[1][1]} end
+return {0, '0-0'}
+"""
+
+
+# Forks of this process so far: the creator's close() of an unnamed queue
+# removes it only if no child may hold a handle of it (a forked child
+# inherits handles without pickling them).
+_forks = 0
+
+
+def _count_fork():
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_parent=_count_fork)
+
+
+def check_name(name):
+    _api.check_name(name)
+    if "{" in name or "}" in name:
+        raise ValueError(f"invalid queue name {name!r} for Redis: no '{{' or '}}' (the name "
+                         "is the hash tag that keeps a queue's keys in one cluster slot)")
+    return name
+
+
+def key_prefix(name):
+    return f"pq:{{{name}}}:"
+
+
+def _rebuild(url, attr, name, serializer):
+    from pyqueue.backends import connect
+    return getattr(connect(url), attr).open(name, serializer=serializer)
+
+
+class RedisQueue(_api.QueueAPI):
+    """pyqueue.Queue on Redis; made by `pyqueue.connect(url).Queue(...)`
+    (same signature as pyqueue.Queue; capacity_bytes and mode are stored
+    and compared like the shared-memory queue's, but bound nothing here)."""
+
+    __slots__ = ("_name", "_serializer", "_keys", "_maxsize", "_overflow", "_max_message",
+                 "_custom", "_capacity", "_mode", "_closed", "_held", "_creator_pid",
+                 "_shared", "_joinable", "_forks_then", "_undecodable", "__weakref__")
+    _backend = None            # set on the per-backend subclass
+    _attr = "Queue"            # the backend attribute that makes this class
+    _want_joinable = False
+
+    def __init__(self, maxsize=_D_MAXSIZE, *, capacity_bytes=_D_CAPACITY,
+                 max_message_bytes=_D_MAX_MESSAGE, name=None, overflow=_D_OVERFLOW,
+                 serializer=None, mode=_D_MODE, trust_owner=False):
+        given = {}
+        maxsize = _api.check_maxsize(_take(maxsize, given, "maxsize"))
+        capacity = _round_capacity(_take(capacity_bytes, given, "capacity_bytes"))
+        max_message = _api.check_max_message_bytes(
+            _take(max_message_bytes, given, "max_message_bytes"))
+        overflow = _api.check_overflow(_take(overflow, given, "overflow"))
+        mode = _take(mode, given, "mode")
+        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError("mode must be a permission mask such as 0o600")
+        serializer = _api.check_serializer(serializer)
+        unnamed = name is None
+        if unnamed:
+            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
+        check_name(name)
+        self._init_handle(name, serializer)
+        created, stored = self._create(
+            "create", maxsize, overflow, max_message or 0, int(serializer is not None),
+            capacity, mode)
+        self._creator_pid = os.getpid() if unnamed and created else 0
+        self._forks_then = _forks
+        if not created:
+            wanted = dict(given, maxsize=maxsize, capacity_bytes=capacity)
+            now = {"maxsize": self._maxsize, "capacity_bytes": self._capacity,
+                   "max_message_bytes": self._max_message, "overflow": self._overflow,
+                   "mode": self._mode}
+            differences = [(what, now[what], wanted[what]) for what in given
+                           if now[what] != wanted[what]]
+            if serializer is not None and not self._custom:
+                differences.append(("serializer", None, "a custom serializer"))
+            _api.check_settings("queue", name, differences)
+
+    @classmethod
+    def open(cls, name, *, serializer=None, trust_owner=False):
+        """Open an existing queue by name (SegmentNotFound if there is none,
+        SegmentMismatch if it is not a queue, or a plain queue opened as a
+        JoinableQueue)."""
+        check_name(name)
+        self = cls.__new__(cls)
+        self._init_handle(name, _api.check_serializer(serializer))
+        self._creator_pid = 0
+        self._create("open", 0, "block", 0, 0, 0, 0)
+        return self
+
+    def _init_handle(self, name, serializer):
+        self._name = name
+        self._serializer = serializer
+        self._closed = False
+        self._held = collections.deque()
+        self._undecodable = 0
+        self._shared = False
+        p = key_prefix(name)
+        self._keys = (p + "meta", p + "list", p + "space", p + "zero")
+
+    def _create(self, how, maxsize, overflow, max_message, custom, capacity, mode):
+        b = self._backend
+        r = b.script("queue_create", _CREATE)(
+            keys=[self._keys[0]],
+            args=[how, KIND, int(self._want_joinable), maxsize, overflow, max_message, custom,
+                  capacity, mode])
+        if r is None:
+            raise SegmentNotFound(f"no queue {self._name!r} at {b.url}")
+        created = r[0] == 1
+        kind, joinable = r[1].decode(), r[2] == b"1"
+        if kind != KIND:
+            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a queue")
+        if self._want_joinable and not joinable:
+            raise SegmentMismatch(f"queue {self._name!r} is a plain queue, not a JoinableQueue "
+                                  "(task_done() and join() need a queue created as one)")
+        self._joinable = joinable
+        self._maxsize = int(r[3])
+        self._overflow = r[4].decode()
+        self._max_message = int(r[5]) or None
+        self._custom = r[6] == b"1"
+        self._capacity = int(r[7])
+        self._mode = int(r[8])
+        return created, r
+
+    # -- properties -------------------------------------------------------
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def url(self):
+        return self._backend.url
+
+    @property
+    def maxsize(self):
+        return self._maxsize
+
+    @property
+    def overflow(self):
+        return self._overflow
+
+    @property
+    def max_message_bytes(self):
+        return self._max_message
+
+    @property
+    def capacity_bytes(self):
+        return self._capacity
+
+    # -- put --------------------------------------------------------------
+    def _encode(self, obj):
+        data = _codec.encode(obj, self._serializer)
+        if self._max_message is not None and len(data) - 1 > self._max_message:
+            raise MessageTooLarge(f"message of {len(data) - 1} bytes encoded, over "
+                                  f"max_message_bytes={self._max_message}")
+        return data
+
+    def _put_encoded(self, items, block, until):
+        """Stores items (in order); returns how many before Full."""
+        b = self._backend
+        put = b.script("queue_put", _PUT)
+        done = 0
+        while done < len(items):
+            chunk = items[done:done + BATCH]
+            r = put(keys=self._keys, args=chunk)
+            if r[0] < 0:
+                raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
+            done += r[0]
+            if r[0] == len(chunk):
+                continue
+            if self._overflow == "reject" or not block:
+                raise Full()
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Full()
+            b.wait_stream(self._keys[2], r[1], left)
+        return done
+
+    def put(self, obj, block=True, timeout=None):
+        self._check_open()
+        until = _api.deadline(block, timeout)
+        self._put_encoded([self._encode(obj)], block, until)
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every message of objs in order; one round trip per 1000
+        messages while there is room. Returns the number put; on Full the
+        messages that fit stay put."""
+        self._check_open()
+        until = _api.deadline(block, timeout)
+        items = [self._encode(o) for o in objs]
+        if not items:
+            return 0
+        return self._put_encoded(items, block, until)
+
+    # -- get --------------------------------------------------------------
+    def _take(self, max_messages, block, until):
+        """Raw messages: up to max_messages, at least one (else Empty)."""
+        b = self._backend
+        take = b.script("queue_take", _TAKE)
+        items = take(keys=self._keys[:3], args=[max_messages, 0])
+        if items:
+            return items
+        if not block:
+            raise Empty()
+        left = _api.remaining(until)
+        if left == 0.0:
+            raise Empty()
+        first = b.blpop(self._keys[1], left)
+        if first is None:
+            raise Empty()
+        # Counted, and a put waiting for room told, by the same script.
+        return [first] + take(keys=self._keys[:3], args=[max_messages - 1, 1])
+
+    def _decode(self, raw):
+        return _codec.decode(raw, self._serializer)
+
+    def get(self, block=True, timeout=None):
+        self._check_open()
+        until = _api.deadline(block, timeout)
+        raw = self._held.popleft() if self._held else self._take(1, block, until)[0]
+        try:
+            return self._decode(raw)
+        except Exception:
+            self._undecodable += 1
+            raise
+
+    def get_many(self, max_messages=1024, block=True, timeout=None):
+        """Up to max_messages messages already in the queue (one round trip),
+        waiting for the first unless block is false. A message that cannot
+        be decoded is reported by its own call (as pyqueue.Queue does)."""
+        self._check_open()
+        _api.check_max_messages(max_messages)
+        until = _api.deadline(block, timeout)
+        if self._held:
+            raws = [self._held.popleft() for _ in range(min(max_messages, len(self._held)))]
+        else:
+            raws = self._take(max_messages, block, until)
+        out = []
+        for i, raw in enumerate(raws):
+            try:
+                out.append(self._decode(raw))
+            except BaseException as e:
+                if isinstance(e, Exception):
+                    self._undecodable += 1
+                if i == 0:
+                    self._held.extendleft(reversed(raws[1:]))
+                    if not isinstance(e, Exception):
+                        raise
+                    # As pyqueue.Queue.get_many: the bad one alone, wrapped.
+                    raise UndecodableMessage(
+                        f"a message of queue {self._name!r} cannot be decoded: "
+                        f"{type(e).__name__}: {e}", raw=raw, cause=e) from e
+                self._held.extendleft(reversed(raws[i:]))
+                break
+        return out
+
+    # -- size, stats ------------------------------------------------------
+    def qsize(self):
+        self._check_open()
+        return self._backend.client.llen(self._keys[1]) + len(self._held)
+
+    def stats(self):
+        self._check_open()
+        b = self._backend
+        meta = b.client.hgetall(self._keys[0])
+        if not meta:
+            raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
+        depth = b.client.llen(self._keys[1])
+        s = {k: int(meta[k.encode()]) for k in ("enqueued", "dequeued", "rejected", "dropped")}
+        # The shared-memory keys, with None for what Redis does not track:
+        # depth_bytes, waiting producers and consumers, consumers killed
+        # after their BLPOP (abandoned_by_consumers); a put is one script,
+        # never half done (abandoned is 0).
+        s.update(depth=depth, maxsize=self._maxsize, capacity_bytes=self._capacity,
+                 held=len(self._held), abandoned=0, abandoned_by_consumers=None,
+                 depth_bytes=None, waiting_producers=None, waiting_consumers=None,
+                 undecodable=self._undecodable, backend="redis", url=b.url)
+        s["unfinished_tasks"] = int(meta[b"unfinished"])   # 0 for a plain queue
+        return s
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self):
+        """Close this handle (the queue stays). The creator's handle of an
+        unnamed queue that was never pickled, in a process that forked no
+        child since it was made, also removes the queue: nobody else can
+        reach it."""
+        if self._closed:
+            return
+        self._closed = True
+        if (self._creator_pid == os.getpid() and not self._shared
+                and self._forks_then == _forks):
+            self._creator_pid = 0
+            self._backend.client.delete(*self._keys)
+
+    def unlink(self):
+        """Remove the queue (its messages and counters) from the server."""
+        self._creator_pid = 0
+        self._backend.client.delete(*self._keys)
+
+    def __reduce__(self):
+        self._shared = True
+        return (_rebuild, (self._backend.url, self._attr, self._name, self._serializer))
+
+
+class RedisJoinableQueue(RedisQueue):
+    """pyqueue.JoinableQueue on Redis: the unfinished count is in the
+    queue's hash, so task_done() and join() work across processes and
+    hosts."""
+
+    __slots__ = ()
+    _attr = "JoinableQueue"
+    _want_joinable = True
+
+    def task_done(self):
+        self._check_open()
+        r = self._backend.script("queue_task_done", _TASK_DONE)(
+            keys=[self._keys[0], self._keys[3]])
+        if r < 0:
+            raise ValueError("task_done() called too many times")
+
+    def join(self):
+        self._check_open()
+        b = self._backend
+        check = b.script("queue_join", _JOIN)
+        r = check(keys=[self._keys[0], self._keys[3]])
+        if r[0] == 1:
+            return
+        # Returns when the count reaches 0 after the check (an entry after
+        # the id the check read), even if puts raise it again at once.
+        while not b.wait_stream(self._keys[3], r[1], None):
+            pass
+
+
+Empty = _api.Empty
+Full = _api.Full

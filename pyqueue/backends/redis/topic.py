@@ -1,0 +1,442 @@
+"""Topic on Redis: a stream per topic, read by each subscriber from its own
+position.
+
+Keys of topic NAME (hash tag {NAME}: one cluster slot):
+
+    pq:{NAME}:meta       hash: kind, settings, seq (last message number),
+                         bytes (payload bytes retained), published
+    pq:{NAME}:t.stream   stream: message number N has id 0-N, fields d
+                         (payload) and n (its size)
+    pq:{NAME}:t.pos      hash: subscription id -> number of the last message
+                         it read
+    pq:{NAME}:t.subs     zset: subscription id -> until when it counts as
+                         live (ms, server clock; every read renews it)
+    pq:{NAME}:t.space    stream (MAXLEN 1): a lossless subscriber read, so a
+                         blocked publisher may have room
+
+Retention is by bytes, as the shared-memory ring: a publish removes the
+oldest messages while the retained payload bytes would exceed
+capacity_bytes. In "lossless" mode it never removes a message that a live
+subscription has not read: it waits (XREAD on t.space) or raises
+queue.Full. In "lossy" mode it removes them, and the subscription counts
+what it missed in `lost` (message numbers are dense). A subscription whose
+process died is known only by its lease running out
+(`subscriber_timeout`, renewed by each read; a subscription that stays
+subscribed without reading for longer is evicted, and counts what it then
+missed in `lost`). A subscriber waits in XREAD BLOCK on the stream itself.
+"""
+import os
+import secrets
+
+from pyqueue import _api
+from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis.queue import check_name, key_prefix
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.queues import _Default, _round_capacity, _take
+
+KIND = "topic"
+DEFAULT_CAPACITY = 8 * 1024 * 1024
+MAX_SUBSCRIBERS = 64
+SUBSCRIBER_TIMEOUT = 30.0
+_MODES = ("lossless", "lossy")
+_KEYS = ("meta", "t.stream", "t.pos", "t.subs", "t.space")
+
+_HEAD = """
+local M, S, P, L, W = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function evict_expired()
+  local gone = redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, 64)
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', L, id)
+    redis.call('HDEL', P, id)
+  end
+end
+"""
+
+_CREATE = """
+local M = KEYS[1]
+if redis.call('EXISTS', M) == 0 then
+  if ARGV[1] == 'open' then return false end
+  redis.call('HSET', M, 'kind', ARGV[2], 'capacity', ARGV[3], 'mode', ARGV[4], 'perm', ARGV[5],
+             'custom', ARGV[6], 'sub_ms', ARGV[7], 'seq', 0, 'bytes', 0, 'published', 0)
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
+end
+local m = redis.call('HMGET', M, 'kind', 'capacity', 'mode', 'perm', 'custom', 'sub_ms')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6]}
+"""
+
+# ARGV: payloads -> {published, last space id (when not all were)} | {-1}
+_PUBLISH = _HEAD + """
+local m = redis.call('HMGET', M, 'capacity', 'mode', 'bytes')
+if not m[1] then return {-1} end
+local cap, lossless, bytes = tonumber(m[1]), m[2] == 'lossless', tonumber(m[3])
+local done = 0
+local evicted = false
+for i = 1, #ARGV do
+  local size = #ARGV[i]
+  while bytes + size > cap do
+    local oldest = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+    if #oldest == 0 then break end
+    local num = tonumber(string.sub(oldest[1][1], 3))
+    if lossless then
+      if not evicted then evict_expired(); evicted = true end
+      local behind = false
+      for _, pos in ipairs(redis.call('HVALS', P)) do
+        if tonumber(pos) < num then behind = true; break end
+      end
+      if behind then
+        if done > 0 then
+          redis.call('HSET', M, 'bytes', bytes)
+          redis.call('HINCRBY', M, 'published', done)
+        end
+        local last = redis.call('XREVRANGE', W, '+', '-', 'COUNT', 1)
+        if #last > 0 then return {done, last[1][1]} end
+        return {done, '0-0'}
+      end
+    end
+    redis.call('XDEL', S, oldest[1][1])
+    bytes = bytes - tonumber(oldest[1][2][4])
+  end
+  local seq = redis.call('HINCRBY', M, 'seq', 1)
+  redis.call('XADD', S, '0-' .. seq, 'd', ARGV[i], 'n', size)
+  bytes = bytes + size
+  done = done + 1
+end
+redis.call('HSET', M, 'bytes', bytes)
+redis.call('HINCRBY', M, 'published', done)
+return {done}
+"""
+
+# ARGV: id, start ('latest' | 'earliest'), max subscribers, lease ms -> 1 | -1 | -2 (full)
+_SUBSCRIBE = _HEAD + """
+if redis.call('EXISTS', M) == 0 then return -1 end
+evict_expired()
+if redis.call('ZCARD', L) >= tonumber(ARGV[3]) then return -2 end
+local pos = tonumber(redis.call('HGET', M, 'seq'))
+if ARGV[2] == 'earliest' then
+  local oldest = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+  if #oldest > 0 then pos = tonumber(string.sub(oldest[1][1], 3)) - 1 end
+end
+redis.call('HSET', P, ARGV[1], pos)
+redis.call('ZADD', L, now + tonumber(ARGV[4]), ARGV[1])
+return 1
+"""
+
+# ARGV: id, max messages, lease ms, position this handle last knew ->
+# {lost, position after, seq, payloads...} | {-1}
+_READ = _HEAD + """
+local m = redis.call('HMGET', M, 'seq', 'mode')
+if not m[1] then return {-1} end
+local pos = redis.call('HGET', P, ARGV[1])
+if not pos then pos = tonumber(ARGV[4]) else pos = tonumber(pos) end
+local lost = 0
+local oldest = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+if #oldest > 0 then
+  local first = tonumber(string.sub(oldest[1][1], 3))
+  if first > pos + 1 then
+    lost = first - pos - 1
+    pos = first - 1
+  end
+elseif tonumber(m[1]) > pos then
+  lost = tonumber(m[1]) - pos
+  pos = tonumber(m[1])
+end
+local got = redis.call('XRANGE', S, '(0-' .. pos, '+', 'COUNT', tonumber(ARGV[2]))
+local out = {lost, 0, tonumber(m[1])}
+for _, e in ipairs(got) do
+  out[#out + 1] = e[2][2]
+  pos = tonumber(string.sub(e[1], 3))
+end
+out[2] = pos
+redis.call('HSET', P, ARGV[1], pos)
+redis.call('ZADD', L, now + tonumber(ARGV[3]), ARGV[1])
+if #got > 0 and m[2] == 'lossless' then
+  redis.call('XADD', W, 'MAXLEN', 1, '*', 'r', 1)
+end
+return out
+"""
+
+# ARGV: id
+_UNSUBSCRIBE = _HEAD + """
+redis.call('HDEL', P, ARGV[1])
+redis.call('ZREM', L, ARGV[1])
+redis.call('XADD', W, 'MAXLEN', 1, '*', 'r', 1)
+return 1
+"""
+
+
+def _rebuild(url, name, serializer):
+    from pyqueue.backends import connect
+    return connect(url).Topic.open(name, serializer=serializer)
+
+
+class RedisTopic(_api.HandleAPI):
+    """pyqueue.Topic on Redis; made by `pyqueue.connect(url).Topic(...)`
+    (the same signature, plus subscriber_timeout: how long a subscription
+    that does not read counts as live)."""
+
+    __slots__ = ("_name", "_keys", "_closed", "_serializer", "_settings", "__weakref__")
+    _backend = None
+
+    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
+                 mode=_Default("lossless"), serializer=None, perm=_Default(0o600),
+                 trust_owner=False, subscriber_timeout=_Default(SUBSCRIBER_TIMEOUT)):
+        given = {}
+        capacity = _round_capacity(_take(capacity_bytes, given, "capacity_bytes"))
+        mode = _take(mode, given, "mode")
+        perm = _take(perm, given, "perm")
+        sub_timeout = _take(subscriber_timeout, given, "subscriber_timeout")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+            raise ValueError("perm must be a permission mask such as 0o600")
+        if (isinstance(sub_timeout, bool) or not isinstance(sub_timeout, (int, float))
+                or not sub_timeout > 0):
+            raise ValueError("subscriber_timeout must be a positive number of seconds")
+        serializer = _api.check_serializer(serializer)
+        if name is None:
+            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
+        check_name(name)
+        self._init_handle(name, serializer)
+        created = self._create("create", capacity, mode, perm, int(serializer is not None),
+                               int(sub_timeout * 1000))
+        if not created:
+            st = self._settings
+            stored = {"capacity_bytes": st["capacity"], "mode": st["mode"], "perm": st["perm"],
+                      "subscriber_timeout": st["sub_ms"] / 1000.0}
+            wanted = dict(given, capacity_bytes=capacity)
+            if "subscriber_timeout" in given:
+                wanted["subscriber_timeout"] = int(sub_timeout * 1000) / 1000.0
+            differences = [(what, stored[what], wanted[what]) for what in given
+                           if stored[what] != wanted[what]]
+            if serializer is not None and not st["custom"]:
+                differences.append(("serializer", None, "a custom serializer"))
+            _api.check_settings("topic", name, differences)
+
+    @classmethod
+    def open(cls, name, *, serializer=None, trust_owner=False):
+        """Open an existing topic by name (SegmentNotFound if missing)."""
+        check_name(name)
+        self = cls.__new__(cls)
+        self._init_handle(name, _api.check_serializer(serializer))
+        self._create("open", 0, "lossless", 0, 0, 0)
+        return self
+
+    def _init_handle(self, name, serializer):
+        self._name = name
+        self._serializer = serializer
+        self._closed = False
+        self._keys = [key_prefix(name) + k for k in _KEYS]
+
+    def _create(self, how, capacity, mode, perm, custom, sub_ms):
+        b = self._backend
+        r = b.script("topic_create", _CREATE)(
+            keys=[self._keys[0]], args=[how, KIND, capacity, mode, perm, custom, sub_ms])
+        if r is None:
+            raise SegmentNotFound(f"no topic {self._name!r} at {b.url}")
+        kind = r[1].decode()
+        if kind != KIND:
+            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a topic")
+        self._settings = {"capacity": int(r[2]), "mode": r[3].decode(), "perm": int(r[4]),
+                          "custom": r[5] == b"1", "sub_ms": int(r[6])}
+        return r[0] == 1
+
+    def _script(self, name, source, args=()):
+        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def url(self):
+        return self._backend.url
+
+    mode = property(lambda self: self._settings["mode"])
+    capacity_bytes = property(lambda self: self._settings["capacity"])
+    max_message_bytes = property(lambda self: self._settings["capacity"] // 4)
+    subscriber_timeout = property(lambda self: self._settings["sub_ms"] / 1000.0)
+
+    def _encode(self, obj):
+        data = _codec.encode(obj, self._serializer)
+        if len(data) > self.max_message_bytes:
+            raise MessageTooLarge(f"message of {len(data)} bytes exceeds the topic's limit of "
+                                  f"{self.max_message_bytes} bytes (a quarter of capacity_bytes)")
+        return data
+
+    def _publish_encoded(self, items, block, until):
+        b = self._backend
+        done = 0
+        while done < len(items):
+            r = self._script("topic_publish", _PUBLISH, items[done:done + 1000])
+            if r[0] < 0:
+                raise SegmentNotFound(f"topic {self._name!r} was removed from {b.url}")
+            done += r[0]
+            if len(r) == 1:
+                continue
+            left = _api.remaining(until)
+            if not block or left == 0.0:
+                raise Full()
+            # Wakes when a subscriber reads or leaves, or when a dead one's
+            # lease runs out (its expiry is the longest wait needed).
+            lease = self._settings["sub_ms"] / 1000.0
+            b.client.hincrby(self._keys[0], "waiting_publishers", 1)
+            try:
+                b.wait_stream(self._keys[4], r[1], lease if left is None else min(left, lease))
+            finally:
+                b.client.hincrby(self._keys[0], "waiting_publishers", -1)
+        return done
+
+    def publish(self, obj, block=True, timeout=None):
+        """Publish to every live subscription (lossless: queue.Full when a
+        subscription that has not read the oldest message leaves no room in
+        time)."""
+        self._check_open()
+        until = _api.deadline(block, timeout)
+        self._publish_encoded([self._encode(obj)], block, until)
+
+    def publish_many(self, objs, block=True, timeout=None):
+        self._check_open()
+        until = _api.deadline(block, timeout)
+        items = [self._encode(o) for o in objs]
+        return self._publish_encoded(items, block, until) if items else 0
+
+    def subscribe(self, start="latest"):
+        """A Subscription that receives every message published from now on
+        ("latest") or from the oldest message still retained ("earliest")."""
+        self._check_open()
+        if start not in ("latest", "earliest"):
+            raise ValueError(f"start must be 'latest' or 'earliest', not {start!r}")
+        sid = f"{os.getpid()}-{secrets.token_hex(8)}"
+        r = self._script("topic_subscribe", _SUBSCRIBE,
+                         [sid, start, MAX_SUBSCRIBERS, self._settings["sub_ms"]])
+        if r == -1:
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+        if r == -2:
+            raise PyQueueError(f"topic {self._name!r} has {MAX_SUBSCRIBERS} subscriptions, "
+                               "held by live subscribers")
+        return RedisSubscription(self, sid)
+
+    def stats(self):
+        self._check_open()
+        c = self._backend.client
+        meta = c.hgetall(self._keys[0])
+        if not meta:
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+        return {"published": int(meta[b"published"]), "retained": c.xlen(self._keys[1]),
+                "retained_bytes": int(meta[b"bytes"]), "capacity": self.capacity_bytes,
+                "subscribers": c.zcard(self._keys[3]),
+                # publishers waiting for room (one SIGKILLed while waiting
+                # stays counted, as on shared memory)
+                "waiting_publishers": int(meta.get(b"waiting_publishers", 0)),
+                "waiting_subscribers": None,   # not tracked on Redis
+                "backend": "redis",
+                "url": self._backend.url}
+
+    def close(self):
+        self._closed = True
+
+    def unlink(self):
+        """Remove the topic (its messages and subscriptions) from the server."""
+        self._backend.client.delete(*self._keys)
+
+    def __reduce__(self):
+        return (_rebuild, (self._backend.url, self._name, self._serializer))
+
+    def __repr__(self):
+        return f"<pyqueue.Topic {self._name!r} {'closed' if self._closed else 'open'}>"
+
+
+class RedisSubscription:
+    """One cursor on a topic: get, get_many, iteration, close, lag, lost."""
+
+    def __init__(self, topic, sid):
+        self._topic = topic
+        self._sid = sid
+        self._pos = None          # the last message number read, once known
+        self._seq = 0             # the topic's last message number at the last read
+        self._buf = []            # messages read and not yet returned
+        self.lost = 0
+        self.undecodable = 0
+        self.closed = False
+
+    def _read(self, max_messages, block, until):
+        t = self._topic
+        b = t._backend
+        while True:
+            r = t._script("topic_read", _READ, [self._sid, max_messages, t._settings["sub_ms"],
+                                                 -1 if self._pos is None else self._pos])
+            if r[0] == -1 and len(r) == 1:
+                raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
+            self.lost += r[0]
+            self._pos, self._seq = r[1], r[2]
+            if len(r) > 3:
+                return r[3:]
+            left = _api.remaining(until)
+            if not block or left == 0.0:
+                raise Empty()
+            # Wake on a message after our position (it lands on the stream
+            # itself); renew the lease before it runs out.
+            lease = t._settings["sub_ms"] / 2000.0
+            b.wait_stream(t._keys[1], f"0-{self._pos}", lease if left is None
+                          else min(left, lease))
+
+    def _check(self):
+        if self.closed:
+            raise ValueError("subscription is closed")
+
+    def get(self, block=True, timeout=None):
+        self._check()
+        until = _api.deadline(block, timeout)
+        if not self._buf:
+            self._buf = self._read(1, block, until)
+        return _codec.decode(self._buf.pop(0), self._topic._serializer)
+
+    def get_many(self, max_messages=1024, block=True, timeout=None):
+        self._check()
+        _api.check_max_messages(max_messages)
+        until = _api.deadline(block, timeout)
+        raws, self._buf = self._buf[:max_messages], self._buf[max_messages:]
+        if not raws:
+            raws = self._read(max_messages, block, until)
+        return [_codec.decode(raw, self._topic._serializer) for raw in raws]
+
+    @property
+    def lag(self):
+        """Messages published and not yet read by this subscription."""
+        self._check()
+        t = self._topic
+        seq = int(t._backend.client.hget(t._keys[0], "seq") or 0)
+        pos = t._backend.client.hget(t._keys[2], self._sid)
+        pos = self._pos if pos is None else int(pos)
+        return max(0, seq - (pos or 0)) + len(self._buf)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            t = self._topic
+            t._script("topic_unsubscribe", _UNSUBSCRIBE, [self._sid])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError("a Subscription belongs to the process that made it and cannot be "
+                        "pickled; pass the Topic and subscribe in the other process")
+
+    def __repr__(self):
+        return f"<pyqueue.Subscription {'closed' if self.closed else 'open'}>"
+
+
+Empty = _api.Empty
+Full = _api.Full

@@ -1,0 +1,636 @@
+"""WorkQueue on Redis: hashes and sorted sets, every step one Lua script.
+
+Keys of work queue NAME (all in hash tag {NAME}: one cluster slot; the
+meta key is the one a Queue of that name has, so one name is one kind):
+
+    pq:{NAME}:meta     hash: kind, settings, counters, next_id
+    pq:{NAME}:wq.msg      hash: id -> encoded message (until it is done)
+    pq:{NAME}:wq.cnt      hash: id -> deliveries so far
+    pq:{NAME}:wq.enq      hash: id -> enqueued at (ms since the epoch, server clock)
+    pq:{NAME}:wq.why      hash: id -> why its last delivery ended ("nacked",
+                       "visibility timeout", "rejected")
+    pq:{NAME}:wq.ready    zset: available messages, score = id (oldest first)
+    pq:{NAME}:wq.delayed  zset: score = when it becomes available (ms)
+    pq:{NAME}:wq.held     zset: delivered, score = its visibility deadline (ms)
+    pq:{NAME}:wq.dead     zset: dead-pending (to move to the dead-letter queue),
+                       score = until when its mover holds it (ms)
+    pq:{NAME}:wq.dkeys    zset: dedup keys, score = expiry (ms)
+    pq:{NAME}:wq.dids     hash: dedup key -> the id its first put got
+    pq:{NAME}:wq.wake     stream (MAXLEN 1): a message became available
+    pq:{NAME}:wq.space    stream (MAXLEN 1): a message was done in a full queue
+
+Times are the server's (TIME inside the scripts), so consumers on several
+hosts share one clock. The visibility timeout is checked lazily, by the
+next get (as XAUTOCLAIM would): a waiting get wakes at the earliest
+deadline of a held, delayed or dead-pending message. Moving a message to
+the dead-letter queue (another queue: another slot on a cluster) takes
+three steps, as on shared memory: mark it dead-pending (held by its mover
+for a lease), put the DeadLetter into the dead-letter queue, remove it. A
+mover that dies leaves it dead-pending until the lease ends, then the next
+get moves it (so a message may reach the dead-letter queue twice, never
+zero times). The Delivery and DeadLetter classes, and get()'s and the
+dead-letter move's logic, are pyqueue.workqueue's, run over these
+primitives. docs/design.md, "Backends".
+"""
+import math
+import os
+import secrets
+import time
+
+from pyqueue import _api, _workq
+from pyqueue import workqueue as _shm
+from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis.queue import check_name, key_prefix
+from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
+from pyqueue.queues import _Default, _round_capacity, _take
+from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
+                               DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
+                               DEFAULT_MAX_IN_FLIGHT, DEFAULT_VISIBILITY_TIMEOUT, DeadLetter,
+                               Delivery)
+
+KIND = "workqueue"
+NEVER_MS = 1 << 52          # "inf": saturated (exact in Lua's doubles, with now added)
+ESTALE = _workq.ESTALE_CODE
+_KEYS = ("meta", "msg", "cnt", "enq", "why", "ready", "delayed", "held", "dead", "dkeys",
+         "dids", "wake", "space")
+_SCAN = 100                 # entries one script moves at most per step (bounded scans)
+
+_LUA_HEAD = """
+local M, P, C, E, R, Q, D, F, X, K, KI, W, S =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9],
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function last_id(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #last > 0 then return last[1][1] end
+  return '0-0'
+end
+local function forget(id)
+  redis.call('HDEL', P, id)
+  redis.call('HDEL', C, id)
+  redis.call('HDEL', E, id)
+  redis.call('HDEL', R, id)
+end
+local function done(id, counter)
+  local before = redis.call('HLEN', P)
+  forget(id)
+  redis.call('HINCRBY', M, counter, 1)
+  local cap = tonumber(redis.call('HGET', M, 'max_in_flight'))
+  if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
+end
+local function held_by(id, n)
+  if not redis.call('ZSCORE', F, id) then return false end
+  return redis.call('HGET', C, id) == n
+end
+"""
+
+_CREATE = """
+local M = KEYS[1]
+if redis.call('EXISTS', M) == 0 then
+  if ARGV[1] == 'open' then return false end
+  redis.call('HSET', M, 'kind', ARGV[2], 'capacity', ARGV[3], 'max_in_flight', ARGV[4],
+             'vis_ms', ARGV[5], 'max_deliveries', ARGV[6], 'dedup_ms', ARGV[7],
+             'dedup_keys', ARGV[8], 'perm', ARGV[9], 'dead_letter', ARGV[10],
+             'max_payload', ARGV[11], 'next_id', 0, 'enqueued', 0, 'acked', 0,
+             'redelivered', 0, 'dead_lettered', 0, 'deduplicated', 0, 'dedup_full', 0,
+             'dead_letter_parked', 0)
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+          ARGV[10], ARGV[11]}
+end
+local m = redis.call('HMGET', M, 'kind', 'capacity', 'max_in_flight', 'vis_ms',
+                     'max_deliveries', 'dedup_ms', 'dedup_keys', 'perm', 'dead_letter',
+                     'max_payload')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10]}
+"""
+
+# ARGV: payload, delay ms, key ('' for none) -> {id, duplicate} |
+# {-1} no queue | {-2, ms until the oldest key expires} dedup table full |
+# {-3, last space id} no room
+_PUT = _LUA_HEAD + """
+local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms')
+if not m[1] then return {-1} end
+local key = ARGV[3]
+local dedup_keys = tonumber(m[2])
+if key ~= '' and dedup_keys > 0 then
+  local old = redis.call('ZRANGEBYSCORE', K, '-inf', now, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    redis.call('ZREM', K, unpack(old))
+    redis.call('HDEL', KI, unpack(old))
+  end
+  local first = redis.call('HGET', KI, key)
+  if first then
+    redis.call('HINCRBY', M, 'deduplicated', 1)
+    return {tonumber(first), 1}
+  end
+  if redis.call('ZCARD', K) >= dedup_keys then
+    redis.call('HINCRBY', M, 'dedup_full', 1)
+    local oldest = redis.call('ZRANGE', K, 0, 0, 'WITHSCORES')
+    return {-2, math.max(1, tonumber(oldest[2]) - now)}
+  end
+end
+if redis.call('HLEN', P) >= tonumber(m[1]) then return {-3, last_id(S)} end
+local id = redis.call('HINCRBY', M, 'next_id', 1)
+redis.call('HSET', P, id, ARGV[1])
+redis.call('HSET', C, id, 0)
+redis.call('HSET', E, id, now)
+local delay = tonumber(ARGV[2])
+if delay > 0 then
+  redis.call('ZADD', D, now + delay, id)
+else
+  redis.call('ZADD', Q, id, id)
+  redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
+end
+if key ~= '' and dedup_keys > 0 then
+  redis.call('ZADD', K, now + tonumber(m[3]), key)
+  redis.call('HSET', KI, key, id)
+end
+redis.call('HINCRBY', M, 'enqueued', 1)
+return {id, 0}
+"""
+
+# ARGV: mover's lease ms -> {0|1, id, deliveries, payload, enqueued ms, why} (0: a
+# delivery held by the caller; 1: dead, for the caller to move) |
+# {-1} no queue | {-4, last wake id, ms until the next deadline or -1}
+_ACQUIRE = _LUA_HEAD + """
+local m = redis.call('HMGET', M, 'vis_ms', 'max_deliveries')
+if not m[1] then return {-1} end
+local lease = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, %(scan)d)
+for _, id in ipairs(due) do
+  redis.call('ZREM', D, id)
+  redis.call('ZADD', Q, id, id)
+end
+local expired = redis.call('ZRANGEBYSCORE', F, '-inf', now, 'LIMIT', 0, %(scan)d)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', F, id)
+  redis.call('HSET', R, id, 'visibility timeout')
+  redis.call('ZADD', Q, id, id)
+end
+local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1)
+if #dead > 0 then
+  local id = dead[1]
+  redis.call('ZADD', X, now + lease, id)
+  return {1, id, redis.call('HGET', C, id), redis.call('HGET', P, id),
+          redis.call('HGET', E, id), redis.call('HGET', R, id)}
+end
+local top = redis.call('ZPOPMIN', Q)
+if #top > 0 then
+  local id = top[1]
+  local n = tonumber(redis.call('HGET', C, id))
+  local maxd = tonumber(m[2])
+  if maxd > 0 and n >= maxd then
+    redis.call('ZADD', X, now + lease, id)
+    return {1, id, n, redis.call('HGET', P, id), redis.call('HGET', E, id),
+            redis.call('HGET', R, id)}
+  end
+  n = n + 1
+  redis.call('HSET', C, id, n)
+  if n > 1 then redis.call('HINCRBY', M, 'redelivered', 1) end
+  redis.call('ZADD', F, now + tonumber(m[1]), id)
+  return {0, id, n, redis.call('HGET', P, id), redis.call('HGET', E, id),
+          redis.call('HGET', R, id)}
+end
+local nxt = -1
+for _, z in ipairs({D, F, X}) do
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local ms = math.max(0, tonumber(first[2]) - now)
+    if nxt < 0 or ms < nxt then nxt = ms end
+  end
+end
+return {-4, last_id(W), nxt}
+""" % {"scan": _SCAN}
+
+# ARGV: id, deliveries, estale -> 0 | -ESTALE
+_ACK = _LUA_HEAD + """
+if not held_by(ARGV[1], ARGV[2]) then return -tonumber(ARGV[3]) end
+redis.call('ZREM', F, ARGV[1])
+done(ARGV[1], 'acked')
+return 0
+"""
+
+# ARGV: id, deliveries, estale, delay ms, lease ms -> 0 (again) | 1 (dead:
+# the caller moves it) | -ESTALE
+_NACK = _LUA_HEAD + """
+local id = ARGV[1]
+if not held_by(id, ARGV[2]) then return -tonumber(ARGV[3]) end
+redis.call('ZREM', F, id)
+redis.call('HSET', R, id, 'nacked')
+local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
+if maxd > 0 and tonumber(ARGV[2]) >= maxd then
+  redis.call('ZADD', X, now + tonumber(ARGV[5]), id)
+  return 1
+end
+local delay = tonumber(ARGV[4])
+if delay > 0 then
+  redis.call('ZADD', D, now + delay, id)
+else
+  redis.call('ZADD', Q, id, id)
+  redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
+end
+return 0
+"""
+
+# ARGV: id, deliveries, estale, lease ms -> 0 (dead: the caller moves it) | -ESTALE
+_REJECT = _LUA_HEAD + """
+local id = ARGV[1]
+if not held_by(id, ARGV[2]) then return -tonumber(ARGV[3]) end
+redis.call('ZREM', F, id)
+redis.call('HSET', R, id, 'rejected')
+redis.call('ZADD', X, now + tonumber(ARGV[4]), id)
+return 0
+"""
+
+# ARGV: id, deliveries, estale, ms -> 0 | -ESTALE
+_EXTEND = _LUA_HEAD + """
+if not held_by(ARGV[1], ARGV[2]) then return -tonumber(ARGV[3]) end
+redis.call('ZADD', F, now + tonumber(ARGV[4]), ARGV[1])
+return 0
+"""
+
+# ARGV: id -> 0 (removed) | 1 (not dead-pending: someone else finished it)
+_DEAD_DONE = _LUA_HEAD + """
+if not redis.call('ZSCORE', X, ARGV[1]) then return 1 end
+redis.call('ZREM', X, ARGV[1])
+done(ARGV[1], 'dead_lettered')
+return 0
+"""
+
+# ARGV: id, retry ms
+_DEAD_PARK = _LUA_HEAD + """
+if not redis.call('ZSCORE', X, ARGV[1]) then return 1 end
+redis.call('ZADD', X, now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HINCRBY', M, 'dead_letter_parked', 1)
+return 0
+"""
+
+_STATS = _LUA_HEAD + """
+return {redis.call('HGETALL', M), redis.call('ZCARD', Q), redis.call('ZCARD', D),
+        redis.call('ZCARD', F), redis.call('ZCARD', X), redis.call('HLEN', P),
+        redis.call('ZCARD', K)}
+"""
+
+# ARGV: max -> {id, payload, ...} of the messages not done, oldest first
+_LIST = _LUA_HEAD + """
+local ids = redis.call('HKEYS', P)
+local nums = {}
+for i, id in ipairs(ids) do nums[i] = tonumber(id) end
+table.sort(nums)
+local out = {}
+local limit = tonumber(ARGV[1])
+for i, id in ipairs(nums) do
+  if limit >= 0 and i > limit then break end
+  if not redis.call('ZSCORE', X, id) then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', P, id)
+  end
+end
+return out
+"""
+
+
+def _ms(seconds, what):
+    """Seconds as whole ms for the scripts: inf saturates (never); NaN or
+    negative is a ValueError."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
+    s = float(seconds)
+    if math.isnan(s) or s < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
+    return NEVER_MS if s * 1000 >= NEVER_MS else int(math.ceil(s * 1000))
+
+
+def _rebuild(url, name):
+    from pyqueue.backends import connect
+    return connect(url).WorkQueue.open(name)
+
+
+class RedisWorkQueue(_api.WorkQueueAPI):
+    """pyqueue.WorkQueue on Redis; made by `pyqueue.connect(url).WorkQueue(...)`
+    (the same signature; capacity_bytes bounds the message size as on shared
+    memory, a quarter of it, and max_in_flight the messages not done)."""
+
+    __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "__weakref__")
+    _backend = None
+    dead_letter_timeout = 1.0
+    dead_letter_retry = 1.0
+
+    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
+                 max_in_flight=_Default(DEFAULT_MAX_IN_FLIGHT),
+                 visibility_timeout=_Default(DEFAULT_VISIBILITY_TIMEOUT),
+                 max_deliveries=_Default(DEFAULT_MAX_DELIVERIES), dead_letter=_Default(None),
+                 dedup_window=_Default(DEFAULT_DEDUP_WINDOW),
+                 dedup_keys=_Default(DEFAULT_DEDUP_KEYS), perm=_Default(0o600),
+                 trust_owner=False, _open_only=False):
+        given = {}
+        capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
+        max_in_flight = _take(max_in_flight, given, "max_in_flight")
+        visibility_timeout = _take(visibility_timeout, given, "visibility_timeout")
+        max_deliveries = _take(max_deliveries, given, "max_deliveries")
+        dead_letter = _take(dead_letter, given, "dead_letter")
+        dedup_window = _take(dedup_window, given, "dedup_window")
+        dedup_keys = _take(dedup_keys, given, "dedup_keys")
+        perm = _take(perm, given, "perm")
+        capacity = _round_capacity(capacity_bytes)
+        slots = _shm.WorkQueue._power_of_two("max_in_flight", max_in_flight, 2)
+        dedup = _shm.WorkQueue._power_of_two("dedup_keys", dedup_keys, 0)
+        for what, v in (("visibility_timeout", visibility_timeout),
+                        ("dedup_window", dedup_window)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
+                    what == "visibility_timeout" and not v > 0):
+                raise ValueError(f"{what} must be a positive number of seconds")
+        if max_deliveries is not None and (
+                not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
+                not 1 <= max_deliveries < 1 << 31):
+            raise ValueError("max_deliveries must be a positive int, or None (no limit)")
+        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+            raise ValueError("perm must be a permission mask such as 0o600")
+        if name is None:
+            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
+        check_name(name)
+        self._init_handle(name)
+        dlq_name = ""
+        if dead_letter is not None:
+            if isinstance(dead_letter, RedisWorkQueue):
+                if dead_letter._backend is not self._backend:
+                    raise ValueError("the dead-letter queue must be on the same backend")
+                self._dlq = dead_letter
+                dlq_name = dead_letter.name
+            elif isinstance(dead_letter, str):
+                check_name(dead_letter)
+                dlq_name = dead_letter
+            else:
+                raise TypeError("dead_letter must be a WorkQueue, a queue name, or None")
+        max_payload = capacity // 4
+        if dead_letter is not None and not _open_only:
+            if self._dlq is None:
+                self._dlq = self._open_dead_letter(dead_letter, capacity)
+            max_payload = min(max_payload, _shm.WorkQueue._dead_letter_room(self._dlq))
+        created = self._create(
+            "open" if _open_only else "create", capacity, slots,
+            _ms(visibility_timeout, "visibility_timeout"), max_deliveries or 0,
+            _ms(dedup_window, "dedup_window"), dedup, perm, dlq_name, max_payload)
+        if not created and given:
+            st = self._settings
+            stored = {"capacity_bytes": st["capacity"], "max_in_flight": st["max_in_flight"],
+                      "visibility_timeout": st["vis_ms"] / 1000.0,
+                      "max_deliveries": st["max_deliveries"] or None,
+                      "dedup_window": st["dedup_ms"] / 1000.0, "dedup_keys": st["dedup_keys"],
+                      "perm": st["perm"], "dead_letter": st["dead_letter"] or None}
+            wanted = dict(given, capacity_bytes=capacity,
+                          visibility_timeout=_ms(visibility_timeout, "") / 1000.0,
+                          dedup_window=_ms(dedup_window, "") / 1000.0,
+                          dead_letter=dlq_name or None)
+            differences = [(what, stored[what], wanted[what]) for what in given
+                           if not _shm._same_setting(stored[what], wanted[what])]
+            _api.check_settings("work queue", name, differences)
+        if self._dlq is not None and self.max_message_bytes > _shm.WorkQueue._dead_letter_room(
+                self._dlq):
+            raise ValueError(
+                f"work queue {name!r} takes messages of {self.max_message_bytes} bytes, which "
+                f"do not fit in dead-letter queue {self._dlq.name!r} (max_message_bytes "
+                f"{self._dlq.max_message_bytes}, less {DEAD_LETTER_OVERHEAD} for the DeadLetter)")
+
+    @classmethod
+    def open(cls, name, trust_owner=False):
+        """Open an existing work queue by name (SegmentNotFound if missing)."""
+        return cls(name, _open_only=True)
+
+    def _init_handle(self, name):
+        self._name = name
+        self._closed = False
+        self._dlq = None
+        # The meta key is the one a Queue of that name would have: one name,
+        # one kind (SegmentMismatch across kinds, as on shared memory).
+        self._keys = [key_prefix(name) + ("meta" if k == "meta" else "wq." + k) for k in _KEYS]
+
+    def _create(self, how, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
+                dlq_name, max_payload):
+        b = self._backend
+        r = b.script("wq_create", _CREATE)(
+            keys=[self._keys[0]],
+            args=[how, KIND, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
+                  dlq_name, max_payload])
+        if r is None:
+            raise SegmentNotFound(f"no work queue {self._name!r} at {b.url}")
+        kind = r[1].decode()
+        if kind != KIND:
+            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a work queue")
+        names = ("capacity", "max_in_flight", "vis_ms", "max_deliveries", "dedup_ms",
+                 "dedup_keys", "perm")
+        self._settings = {k: int(v) for k, v in zip(names, r[2:9])}
+        self._settings["dead_letter"] = r[9].decode()
+        self._settings["max_payload"] = int(r[10])
+        return r[0] == 1
+
+    def _script(self, name, source, args=()):
+        self._check_open()
+        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+
+    # -- settings ----------------------------------------------------------
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def url(self):
+        return self._backend.url
+
+    capacity_bytes = property(lambda self: self._settings["capacity"])
+    max_in_flight = property(lambda self: self._settings["max_in_flight"])
+    visibility_timeout = property(lambda self: self._settings["vis_ms"] / 1000.0)
+    max_deliveries = property(lambda self: self._settings["max_deliveries"] or None)
+    dedup_window = property(lambda self: self._settings["dedup_ms"] / 1000.0)
+    dedup_keys = property(lambda self: self._settings["dedup_keys"])
+    max_message_bytes = property(lambda self: self._settings["max_payload"])
+
+    def _lease_ms(self):
+        # How long a mover holds a dead-pending message before another
+        # get may move it: the visibility timeout, and at least the time
+        # a move may wait for room in the dead-letter queue.
+        return max(self._settings["vis_ms"],
+                   _ms(self.dead_letter_timeout + self.dead_letter_retry, "lease"))
+
+    def _open_dead_letter(self, name, capacity):
+        cls = self._backend.WorkQueue
+        try:
+            return cls.open(name)
+        except SegmentNotFound:
+            return cls(name=name, capacity_bytes=max(capacity, 64 * 1024), max_deliveries=None)
+
+    @property
+    def dead_letter(self):
+        """The dead-letter queue (a WorkQueue of this backend), or None."""
+        if self._dlq is None and self._settings["dead_letter"]:
+            self._dlq = self._open_dead_letter(self._settings["dead_letter"],
+                                               self.capacity_bytes)
+        return self._dlq
+
+    # -- producing ---------------------------------------------------------
+    def put(self, obj, *, key=None, delay=0.0, block=True, timeout=None):
+        """Add a message (available from delay seconds on); its id. With a
+        key (bytes or str), a put of a key already put within dedup_window
+        seconds is dropped and returns the first one's id. queue.Full when
+        there is no room in time (block=False: at once)."""
+        self._check_open()
+        delay_ms = _ms(delay, "delay")
+        data = _codec.encode(obj, None)
+        if len(data) - 1 > self.max_message_bytes:
+            raise MessageTooLarge(f"message of {len(data) - 1} bytes exceeds the work queue's "
+                                  f"limit of {self.max_message_bytes} bytes (max_message_bytes)")
+        if key is None:
+            kb = b""
+        elif isinstance(key, str):
+            kb = key.encode("utf-8")
+        elif isinstance(key, (bytes, bytearray, memoryview)):
+            kb = bytes(key)
+        else:
+            raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+        if key is not None and not kb:
+            kb = b"\0"  # the empty key is a key
+        until = _api.deadline(block, timeout)
+        b = self._backend
+        while True:
+            r = self._script("wq_put", _PUT, [data, delay_ms, kb])
+            if r[0] >= 0:
+                return int(r[0])
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            left = _api.remaining(until)
+            if r[0] == -2:
+                if left == 0.0 or (left is not None and left < r[1] / 1000.0):
+                    raise Full(f"the dedup table holds {self.dedup_keys} keys put within the "
+                               f"last {self.dedup_window} s (dedup_keys, dedup_window): a new "
+                               f"key waits for the oldest to expire")
+                time.sleep(r[1] / 1000.0)  # until the oldest key expires (a deadline)
+                continue
+            if left == 0.0:
+                raise Full()
+            b.wait_stream(self._keys[12], r[1], left)
+
+    # -- consuming ---------------------------------------------------------
+    # get() is pyqueue.WorkQueue's (delivers, moves dead messages, rejects
+    # the undecodable), over _get/_reject/_decode below.
+    get = _shm.WorkQueue.get
+    _move_dead = _shm.WorkQueue._move_dead
+    _move_dead_quietly = _shm.WorkQueue._move_dead_quietly
+
+    def _get(self, block, timeout):
+        """(kind, id, deliveries, raw, type, enqueued_ms, reason) as
+        pyqueue.WorkQueue's core returns it; queue.Empty in time."""
+        until = _api.deadline(block, timeout)
+        b = self._backend
+        while True:
+            r = self._script("wq_acquire", _ACQUIRE, [self._lease_ms()])
+            if r[0] in (0, 1):
+                reason = r[5].decode() if r[5] is not None else None
+                return (r[0], int(r[1]), int(r[2]), r[3], None, int(r[4]), reason)
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            if r[2] >= 0:
+                due = r[2] / 1000.0
+                left = due if left is None else min(left, due)
+            b.wait_stream(self._keys[11], r[1], left)
+
+    @staticmethod
+    def _decode(raw, typ):
+        return _codec.decode(raw, None)
+
+    # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
+    # -ESTALE (the delivery is no longer this handle's), as the core's.
+    def _ack(self, mid, deliveries):
+        return self._script("wq_ack", _ACK, [mid, deliveries, ESTALE])
+
+    def _nack(self, mid, deliveries, delay):
+        return self._script("wq_nack", _NACK, [mid, deliveries, ESTALE, _ms(delay, "delay"),
+                                                self._lease_ms()])
+
+    def _reject(self, mid, deliveries):
+        return self._script("wq_reject", _REJECT, [mid, deliveries, ESTALE, self._lease_ms()])
+
+    def _extend(self, mid, deliveries, seconds):
+        return self._script("wq_extend", _EXTEND, [mid, deliveries, ESTALE,
+                                                    _ms(seconds, "seconds")])
+
+    def _dead_done(self, mid):
+        return self._script("wq_dead_done", _DEAD_DONE, [mid])
+
+    def _dead_park(self, mid, retry):
+        return self._script("wq_dead_park", _DEAD_PARK, [mid, _ms(retry, "retry")])
+
+    def _copy(self, mid):
+        raw = self._backend.client.hget(self._keys[1], mid)
+        return None if raw is None else (raw, None)
+
+    # -- the dead-letter side ----------------------------------------------
+    def dead_letters(self, max_messages=None):
+        """The DeadLetters waiting in this queue (used as a dead-letter
+        queue), without taking them."""
+        r = self._script("wq_list", _LIST, [-1 if max_messages is None else max_messages])
+        out = []
+        for raw in r[1::2]:
+            value = self._decode(raw, None)
+            if isinstance(value, DeadLetter):
+                out.append(value)
+        return out
+
+    def requeue(self, max_messages=None, to=None):
+        """Take dead letters from this queue and put their values back into
+        the queue each came from (or `to`); the count moved."""
+        moved = 0
+        while max_messages is None or moved < max_messages:
+            try:
+                d = self.get(block=False)
+            except Empty:
+                break
+            dl = d.value
+            if not isinstance(dl, DeadLetter):
+                d.nack()
+                raise TypeError(f"message {d.id} of {self._name!r} is not a DeadLetter")
+            target = to if to is not None else self._backend.WorkQueue.open(dl.queue)
+            target.put(dl.value if dl.raw is None else dl.raw)
+            d.ack()
+            moved += 1
+        return moved
+
+    # -- the rest ------------------------------------------------------------
+    def stats(self):
+        """pyqueue.WorkQueue's stats() keys (abandoned is always 0 here: a
+        put is one script), plus backend and url."""
+        r = self._script("wq_stats", _STATS)
+        meta = dict(zip(r[0][::2], r[0][1::2]))
+        if not meta:
+            raise SegmentNotFound(f"work queue {self._name!r} was removed from "
+                                  f"{self._backend.url}")
+        s = {k: int(meta[k.encode()]) for k in ("enqueued", "acked", "redelivered",
+                                                "dead_lettered", "deduplicated", "dedup_full",
+                                                "dead_letter_parked")}
+        s.update(depth=r[1], delayed=r[2], in_flight=r[3], dead_pending=r[4], abandoned=0,
+                 dedup_keys_used=r[6], capacity=self.capacity_bytes, used_bytes=None,
+                 max_in_flight=self.max_in_flight, consistent=True,
+                 dead_letter=self._settings["dead_letter"] or None, backend="redis",
+                 url=self._backend.url)
+        return s
+
+    def qsize(self):
+        """Messages not done: available, delayed, held or being moved."""
+        self._check_open()
+        return self._backend.client.hlen(self._keys[1])
+
+    def close(self):
+        self._closed = True
+
+    def unlink(self):
+        """Remove the work queue (its messages and counters) from the server."""
+        self._backend.client.delete(*self._keys)
+
+    def __reduce__(self):
+        return (_rebuild, (self._backend.url, self._name))
+
+
+Empty = _api.Empty
+Full = _api.Full

@@ -1,0 +1,66 @@
+"""Targets of the contract suite's child processes (importable under spawn).
+Each gets its queues pickled: by segment name (shm) or by name + URL (Redis)."""
+
+
+def put_all(q, items):
+    for item in items:
+        q.put(item, timeout=30)
+
+
+def get_n_to(q, n, out):
+    got = [q.get(timeout=30) for _ in range(n)]
+    out.put(got, timeout=30)
+
+
+def get_then_task_done(jq, n):
+    for _ in range(n):
+        jq.get(timeout=30)
+        jq.task_done()
+
+
+def join_then_report(jq, out):
+    jq.join()
+    out.put("joined", timeout=30)
+
+
+def echo(q_in, q_out):
+    q_out.put(q_in.get(timeout=30), timeout=30)
+
+
+def get_report_and_hang(wq, out):
+    """Takes a delivery, says which, and never settles it (SIGKILLed)."""
+    import threading
+    d = wq.get(timeout=30)
+    out.put((d.id, d.delivery_count), timeout=30)
+    threading.Event().wait(120)
+
+
+def get_and_ack(wq, out):
+    d = wq.get(timeout=30)
+    d.ack()
+    out.put(d.value, timeout=30)
+
+
+def double(v):
+    if v == "poison":
+        raise ValueError("poison")
+    return v * 2
+
+
+def publish_all(topic, items):
+    for item in items:
+        topic.publish(item, timeout=30)
+
+
+def subscribe_report_and_hang(topic, out):
+    """Subscribes, says so, never reads (SIGKILLed)."""
+    import threading
+    sub = topic.subscribe()
+    out.put("subscribed", timeout=30)
+    threading.Event().wait(120)
+    sub.close()
+
+
+def append_all(log, key, items):
+    for item in items:
+        log.append(item, key=key)

@@ -1,0 +1,248 @@
+"""Queue and JoinableQueue: the same assertions on every backend (shared
+memory, one Redis, a Redis Cluster); tests/contract/conftest.py."""
+import pickle
+import queue
+import time
+
+import pytest
+
+import pyqueue
+from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
+from tests.contract import _workers
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_fifo_and_types(make):
+    q = make("Queue", name=make.name())
+    items = [b"raw", "str \udcff", {"a": 1}, 7, None, bytearray(b"ba"), ("t", 2.5)]
+    for item in items:
+        q.put(item)
+    got = [q.get(timeout=5) for _ in items]
+    expected = [bytes(i) if isinstance(i, bytearray) else i for i in items]
+    assert got == expected
+    assert type(got[0]) is bytes and type(got[5]) is bytes
+    assert q.qsize() == 0 and q.empty()
+
+
+def test_isinstance_of_the_public_classes(make):
+    q = make("Queue", name=make.name())
+    jq = make("JoinableQueue", name=make.name())
+    assert isinstance(q, pyqueue.Queue) and not isinstance(q, pyqueue.JoinableQueue)
+    assert isinstance(jq, pyqueue.Queue) and isinstance(jq, pyqueue.JoinableQueue)
+
+
+def test_maxsize_full_and_timeouts(make):
+    q = make("Queue", 2, name=make.name())
+    assert q.maxsize == 2
+    q.put(1)
+    q.put_nowait(2)
+    assert q.full() and q.qsize() == 2
+    with pytest.raises(queue.Full):
+        q.put_nowait(3)
+    with pytest.raises(queue.Full):
+        q.put(3, block=False)
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=0.2)
+    assert time.monotonic() - t0 >= 0.19           # it waited out its timeout
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=-1)                       # negative: like 0
+    with pytest.raises(TypeError):
+        q.put(3, timeout="0.1")
+    assert [q.get(), q.get_nowait()] == [1, 2]
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    assert time.monotonic() - t0 >= 0.19
+    with pytest.raises(TypeError):
+        q.get(timeout=b"1")
+    assert q.qsize() == 0
+
+
+def test_put_many_get_many(make):
+    q = make("Queue", name=make.name())
+    assert q.put_many(range(2500)) == 2500
+    assert q.put_many([]) == 0
+    assert q.qsize() == 2500
+    first = q.get_many(1000)
+    assert first == list(range(1000))
+    rest = q.get_many(5000, block=False)
+    assert rest == list(range(1000, 2500))
+    with pytest.raises(queue.Empty):
+        q.get_many(block=False)
+    with pytest.raises(queue.Empty):
+        q.get_many(timeout=0.05)
+    with pytest.raises(ValueError):
+        q.get_many(0)
+
+
+def test_put_many_on_a_bounded_queue_keeps_what_fit(make):
+    q = make("Queue", 3, name=make.name())
+    with pytest.raises(queue.Full):
+        q.put_many(range(5), timeout=0.1)
+    assert q.qsize() == 3
+    assert q.get_many(10) == [0, 1, 2]
+
+
+def test_overflow_reject(make):
+    q = make("Queue", 2, name=make.name(), overflow="reject")
+    assert q.overflow == "reject"
+    q.put_many([1, 2])
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=30)                       # at once, whatever block says
+    assert time.monotonic() - t0 < 20
+    assert q.stats()["rejected"] == 1
+    assert q.get_many(10) == [1, 2]
+
+
+def test_overflow_drop_oldest(make):
+    q = make("Queue", 3, name=make.name(), overflow="drop_oldest")
+    for i in range(5):
+        q.put(i, block=False)
+    assert q.put_many([5, 6]) == 2
+    assert q.get_many(10) == [4, 5, 6]
+    assert q.stats()["dropped"] == 4
+
+
+def test_bad_settings(make):
+    with pytest.raises(ValueError):
+        make("Queue", name=make.name(), overflow="sometimes")
+    with pytest.raises(TypeError):
+        make("Queue", "3")
+    with pytest.raises(ValueError):
+        make("Queue", name="a/b")
+    name = make.name()
+    q = make("Queue", 4, name=name)
+    with pytest.raises(ValueError, match="maxsize"):
+        make("Queue", 5, name=name)
+    same = make("Queue", name=name)                # settings not passed: the queue's
+    assert same.maxsize == 4
+    same.put("via same")
+    assert q.get(timeout=5) == "via same"
+
+
+def test_open_missing_and_mismatched(make, backend):
+    with pytest.raises(SegmentNotFound):
+        backend.Queue.open(make.name())
+    name = make.name()
+    make("Queue", name=name)
+    with pytest.raises(SegmentMismatch):
+        backend.JoinableQueue.open(name)
+    with pytest.raises(SegmentMismatch):
+        make("JoinableQueue", name=name)
+    jname = make.name()
+    jq = make("JoinableQueue", name=jname)
+    plain = backend.Queue.open(jname)              # a Queue handle on a joinable one is fine
+    plain.put(1)
+    assert jq.get(timeout=5) == 1
+    plain.close()
+
+
+def test_closed_handle(make, backend):
+    q = make("Queue", name=make.name())
+    other = backend.Queue.open(q.name)
+    other.close()
+    with pytest.raises(ValueError):
+        other.put(1)
+    with pytest.raises(ValueError):
+        other.get(block=False)
+    q.put(1)                                       # the queue and other handles go on
+    assert q.get(timeout=5) == 1
+    other.join_thread()
+    with pytest.raises(AssertionError):
+        q.join_thread()
+
+
+def test_max_message_bytes(make):
+    q = make("Queue", name=make.name(), max_message_bytes=100)
+    with pytest.raises(MessageTooLarge):
+        q.put(b"x" * 101)
+    q.put(b"x" * 100)
+    assert q.get(timeout=5) == b"x" * 100
+    assert q.qsize() == 0
+
+
+def test_custom_serializer(make):
+    ser = (lambda o: repr(o).encode(), lambda b: ("decoded", bytes(b).decode()))
+    q = make("Queue", name=make.name(), serializer=ser)
+    q.put([1, 2])
+    assert q.get(timeout=5) == ("decoded", "[1, 2]")
+
+
+def test_blocked_get_wakes_on_a_put_from_another_process(make, ctx, procs):
+    q = make("Queue", name=make.name())
+    p = procs.start(ctx, _workers.put_all, q, ["from child"])
+    assert q.get(timeout=30) == "from child"
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_blocked_put_wakes_when_another_process_gets(make, ctx, procs):
+    q = make("Queue", 1, name=make.name())
+    out = make("Queue", name=make.name())
+    q.put(0)
+    p = procs.start(ctx, _workers.get_n_to, q, 3, out)
+    q.put(1, timeout=30)                           # room only once the child got 0
+    q.put(2, timeout=30)
+    assert out.get(timeout=30) == [0, 1, 2]
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_pickled_by_name_into_a_child(make, ctx, procs):
+    q_in = make("Queue", name=make.name())
+    q_out = make("Queue", name=make.name())
+    q_in.put({"payload": [1, 2, 3]})
+    p = procs.start(ctx, _workers.echo, q_in, q_out)
+    assert q_out.get(timeout=30) == {"payload": [1, 2, 3]}
+    p.join(30)
+    assert p.exitcode == 0
+    again = pickle.loads(pickle.dumps(q_in))
+    q_in.put("same queue")
+    assert again.get(timeout=5) == "same queue"
+    again.close()
+
+
+def test_joinable_across_processes(make, ctx, procs):
+    jq = make("JoinableQueue", name=make.name())
+    out = make("Queue", name=make.name())
+    jq.put_many(["a", "b"])
+    joiner = procs.start(ctx, _workers.join_then_report, jq, out)
+    with pytest.raises(queue.Empty):               # 2 tasks unfinished: no join yet
+        out.get(timeout=0.3)
+    worker = procs.start(ctx, _workers.get_then_task_done, jq, 2)
+    assert out.get(timeout=30) == "joined"
+    for p in (joiner, worker):
+        p.join(30)
+        assert p.exitcode == 0
+    jq.join()                                      # nothing unfinished: at once
+    with pytest.raises(ValueError):
+        jq.task_done()
+    # ... and that task_done() changed nothing: the count is still right.
+    jq.put("c")
+    jq.get(timeout=5)
+    jq.task_done()
+    jq.join()
+    with pytest.raises(ValueError):
+        jq.task_done()
+
+
+def _bad_loads(b):
+    raise ValueError("cannot decode this")
+
+
+def test_undecodable_message_is_reported_alone_and_counted(make):
+    import pickle as p
+    q = make("Queue", name=make.name(), serializer=(p.dumps, _bad_loads))
+    q.put_many([1, 2])
+    with pytest.raises(ValueError, match="cannot decode"):
+        q.get(timeout=5)
+    assert q.stats()["undecodable"] == 1
+    with pytest.raises(pyqueue.UndecodableMessage) as e:   # get_many: wrapped
+        q.get_many(10, timeout=5)
+    assert isinstance(e.value.cause, ValueError)
+    assert q.stats()["undecodable"] == 2 and q.qsize() == 0

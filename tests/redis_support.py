@@ -1,0 +1,202 @@
+"""Real Redis servers for the tests: Debian's redis-server, started here.
+
+* `RedisServer(dir)`: one server on a Unix socket in `dir` (no TCP port).
+* `RedisCluster(dir)`: 3 masters + 3 replicas on loopback ports, made with
+  `redis-cli --cluster create ... --cluster-replicas 1`.
+
+No server outlives the test run: each one is stopped by `stop()` (the
+fixtures' teardown), by an atexit hook if the run ends without teardown,
+and by the kernel (PR_SET_PDEATHSIG: SIGKILL when the process that started
+it dies, even by SIGKILL).
+"""
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+START_TIMEOUT = 30.0
+
+_PR_SET_PDEATHSIG = 1
+_live = set()
+
+
+def available():
+    return REDIS_SERVER is not None and REDIS_CLI is not None
+
+
+def _die_with_parent():
+    # In the child between fork and exec: SIGKILL when the parent dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _env():
+    # The servers are not under test: not under the sanitizer stage's
+    # LD_PRELOAD=libasan either.
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def _spawn(args, log):
+    with open(log, "wb") as out:
+        p = subprocess.Popen([REDIS_SERVER, *args], stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=_env())
+    _live.add(p)
+    return p
+
+
+def _stop(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+    _live.discard(p)
+
+
+@atexit.register
+def _stop_all():
+    for p in list(_live):
+        _stop(p)
+
+
+def _cli(*args, timeout=30):
+    return subprocess.run([REDIS_CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=_env())
+
+
+def _wait_until(what, check, procs, logs, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        for p, log in zip(procs, logs):
+            if p.poll() is not None:
+                with open(log, errors="replace") as f:
+                    raise RuntimeError(f"redis-server exited ({p.returncode}) while waiting "
+                                       f"for {what}:\n{f.read()[-2000:]}")
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis: {what} not reached in {timeout}s")
+        time.sleep(0.02)  # polling a server's readiness, with a deadline
+
+
+_COMMON = ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+           "--loglevel", "warning"]
+
+
+class RedisServer:
+    """One redis-server on a Unix socket in `directory`."""
+
+    def __init__(self, directory, *extra):
+        self.dir = directory
+        self.sock = os.path.join(directory, "redis.sock")
+        self.log = os.path.join(directory, "redis.log")
+        self.url = f"redis+unix://{self.sock}"
+        self.proc = _spawn(["--port", "0", "--unixsocket", self.sock, "--unixsocketperm", "700",
+                            "--dir", directory, *_COMMON, *extra], self.log)
+
+        def ready():
+            r = _cli("-s", self.sock, "ping")
+            return r.returncode == 0 and r.stdout.strip() == "PONG"
+
+        try:
+            _wait_until("PING", ready, [self.proc], [self.log])
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        _stop(self.proc)
+
+
+def _free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class RedisCluster:
+    """3 masters + 3 replicas on 127.0.0.1, one directory each."""
+
+    MASTERS = 3
+
+    def __init__(self, directory, attempts=3):
+        for attempt in range(attempts):
+            try:
+                self._start(directory, attempt)
+                return
+            except RuntimeError:
+                # Most likely a port taken between _free_ports and the
+                # server's bind: try other ports.
+                if attempt == attempts - 1:
+                    raise
+
+    def _start(self, directory, attempt):
+        n = self.MASTERS * 2
+        ports = _free_ports(2 * n)
+        self.ports, bus = ports[:n], ports[n:]
+        self.procs, self.logs = [], []
+        try:
+            for port, bport in zip(self.ports, bus):
+                d = os.path.join(directory, f"try{attempt}-{port}")
+                os.makedirs(d)
+                log = os.path.join(d, "redis.log")
+                self.logs.append(log)
+                self.procs.append(_spawn(
+                    ["--port", str(port), "--cluster-port", str(bport), "--bind", "127.0.0.1",
+                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "2000", "--dir", d, *_COMMON], log))
+            for port in self.ports:
+                _wait_until(f"PING on port {port}",
+                            lambda port=port: _cli("-p", str(port), "ping").stdout.strip()
+                            == "PONG", self.procs, self.logs)
+            r = _cli("--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                     "--cluster-replicas", "1", "--cluster-yes", timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{r.stdout}{r.stderr}")
+
+            def cluster_ok():
+                for port in self.ports:
+                    info = _cli("-p", str(port), "cluster", "info").stdout
+                    if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                        return False
+                return True
+
+            _wait_until("cluster_state:ok on every node", cluster_ok, self.procs, self.logs)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+
+    def wait_replicas_synced(self):
+        """Until every replica has its link to its master up (a write can
+        then be confirmed by WAIT)."""
+        def synced():
+            replicas = 0
+            for port in self.ports:
+                info = _cli("-p", str(port), "info", "replication").stdout
+                if "role:slave" in info:
+                    if "master_link_status:up" not in info:
+                        return False
+                    replicas += 1
+            return replicas == self.MASTERS
+
+        _wait_until("every replica in sync", synced, self.procs, self.logs)
+
+    def stop(self):
+        for p in self.procs:
+            _stop(p)
