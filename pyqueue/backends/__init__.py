@@ -12,14 +12,40 @@ A backend is an object whose attributes `Queue`, `JoinableQueue`,
 constructor signatures, `open()` classmethods and methods as pyqueue.Queue
 and the others). docs/design.md, "Backends".
 """
+from __future__ import annotations
+
 import os
 import threading
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from pyqueue.log import Log
+    from pyqueue.queues import JoinableQueue, Queue
+    from pyqueue.topic import Topic
+    from pyqueue.workqueue import WorkQueue
+
+    class Backend(Protocol):
+        """What connect() returns: the classes of one backend (instances
+        of a Redis backend's classes are instances of the public classes
+        too: they register as virtual subclasses)."""
+
+        url: str
+        name: str
+        Queue: Type[Queue[Any]]
+        JoinableQueue: Type[JoinableQueue[Any]]
+        WorkQueue: Type[WorkQueue[Any]]
+        Topic: Type[Topic[Any]]
+        Log: Type[Log[Any]]
+
+        def close(self) -> None: ...
 
 ENV_URL = "PYQUEUE_URL"
 DEFAULT_URL = "shm://"
 
-_cache = {}
+_cache: Dict[Tuple[int, str], Any] = {}
 _cache_lock = threading.Lock()
 
 
@@ -58,11 +84,27 @@ def _scheme(url):
     return scheme
 
 
-def connect(url=None):
-    """The backend a URL names: "shm://" (the default), "redis://...",
-    "rediss://...", "redis+unix://...", "redis+cluster://...". Without a
-    URL, the environment variable PYQUEUE_URL, else "shm://". One backend
-    object per URL and process (a forked child gets its own connections)."""
+def connect(url: Optional[str] = None) -> "Backend":
+    """The backend a URL names, with the classes of that backend.
+
+    One backend object per URL and process (a forked child gets its own
+    connections).
+
+    Args:
+        url: "shm://" (the default), "redis://host:port/db", "rediss://...",
+            "redis+unix:///path?db=N", "redis+cluster://h1:p1,h2:p2". None:
+            the environment variable PYQUEUE_URL, else "shm://".
+
+    Returns:
+        An object whose attributes Queue, JoinableQueue, WorkQueue, Topic
+        and Log are that backend's classes (the shared-memory one also has
+        SimpleQueue).
+
+    Raises:
+        TypeError: url is not a str.
+        ValueError: not a pyqueue URL, or an unknown scheme.
+        ImportError: a Redis URL without redis-py installed.
+    """
     if url is None:
         url = os.environ.get(ENV_URL) or DEFAULT_URL
     scheme = _scheme(url)

@@ -349,6 +349,22 @@ def main() -> None:
     use_stream_processor()
     use_errors()
     assert isinstance(pyqueue.__version__, str)
+    use_connect()
+
+
+def use_connect() -> None:
+    b = pyqueue.connect("shm://")
+    assert b is pyqueue.connect("shm://")  # one backend object per URL and process
+    q = b.Queue()
+    q.put(b"x")
+    assert isinstance(q, Queue)
+    q.close()
+    try:
+        pyqueue.connect("nosuch://x")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an unknown scheme was taken")
 
 
 if __name__ == "__main__":
