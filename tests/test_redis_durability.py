@@ -8,7 +8,8 @@ import pytest
 
 from tests import redis_support
 
-pytestmark = [pytest.mark.skipif(not redis_support.available(),
+pytestmark = [pytest.mark.redis,
+              pytest.mark.skipif(not redis_support.available(),
                                  reason="redis-server is not installed"),
               pytest.mark.timeout(120)]
 

@@ -12,8 +12,9 @@ from tests import redis_support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(not redis_support.available(),
-                                reason="redis-server is not installed")
+pytestmark = [pytest.mark.redis,
+              pytest.mark.skipif(not redis_support.available(),
+                                 reason="redis-server is not installed")]
 
 
 def _gone(pid):
