@@ -18,10 +18,13 @@ Cases:
                 (one lock hold each) against plain pyqueue.Queue get_many
                 (no acks). Ratios to Queue get_many.
   stream-W      W = 1, 2, 4 workers run fn (a trivial function) on every
-                message already queued: StreamProcessor over a WorkQueue
-                (ack per message), W processes over a plain pyqueue.Queue
-                (get, fn; no acks), multiprocessing.Pool(W).imap_unordered
-                (chunksize 64). Rate = messages / time until all are done.
+                message: StreamProcessor over a WorkQueue (workers started
+                first, as the Pool is; the parent feeds put_many of
+                BATCH while they work; they take and settle in batches),
+                W processes over a plain pyqueue.Queue (messages queued
+                before; get, fn; no acks), multiprocessing.Pool(W)
+                .imap_unordered (chunksize 64). Rate = messages / time
+                until all are done (acked).
 Ratios are to plain pyqueue.Queue in the same run. Medians of the repeats.
 """
 from __future__ import annotations
@@ -150,11 +153,15 @@ def stream_run(ctx, kind, n, workers):
         q.unlink()
         q.close()
         return n / (t1 - t0)
-    q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 18)  # holds them all
-    for _ in range(n):
-        q.put(PAYLOAD)
-    t0 = time.perf_counter()
+    q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 20)  # holds them all
+    # As for the Pool (made before its clock starts): the workers are up
+    # first, then the parent feeds the messages while they work.
     sp = pyqueue.StreamProcessor(q, work, workers=workers, handle_signals=False).start()
+    time.sleep(1.0)
+    chunk = [PAYLOAD] * BATCH
+    t0 = time.perf_counter()
+    for k in range(0, n, BATCH):
+        q.put_many(chunk if n - k >= BATCH else chunk[:n - k])
     deadline = time.monotonic() + 300
     while q.stats()["acked"] < n and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -181,7 +188,7 @@ def main(argv=None):
     cases += [(f"batch-1x{c}", acked_run, c, 2_000_000 // scale,
                [("workqueue-batch", "WorkQueue get_many+ack"),
                 ("queue-batch", "pyqueue.Queue get_many")]) for c in (1, 2)]
-    cases += [(f"stream-{wk}", stream_run, wk, 100_000 // scale,
+    cases += [(f"stream-{wk}", stream_run, wk, 500_000 // scale,
                [("stream", "StreamProcessor (acked)"), ("queue", "processes on pyqueue.Queue"),
                 ("pool", "mp.Pool.imap_unordered")]) for wk in (1, 2, 4)]
     cases = [c for c in cases if args.only in c[0]]

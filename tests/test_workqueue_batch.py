@@ -238,3 +238,69 @@ def test_consumer_killed_holding_a_batch_gets_every_message_redelivered(ctx, pro
         assert got[v] == (2, "consumer died")
     assert got[6] == (1, None) and got[7] == (1, None)
     assert q.stats()["acked"] == 8 and q.qsize() == 0
+
+
+# -- StreamProcessor over a WorkQueue: batches -------------------------------------
+
+class _RecordingSink:
+    """A sink (threads) with put_many: the size of every call; it raises
+    on the first `fail` calls."""
+
+    def __init__(self, fail=0):
+        self.calls, self.items, self.fail = [], [], fail
+
+    def put_many(self, items):
+        if self.fail:
+            self.fail -= 1
+            raise OSError("sink down")
+        self.calls.append(len(items))
+        self.items += items
+
+    def put(self, item):  # what makes it a sink; the workers use put_many
+        self.put_many([item])
+
+
+def test_stream_processor_takes_settles_and_sends_in_batches(wqs):
+    from pyqueue import StreamProcessor
+    from tests._support import wait_until
+    dlq = wqs(capacity_bytes=1 << 20)
+    q = wqs(max_deliveries=2, dead_letter=dlq)
+    q.put_many(list(range(300)) + ["poison"] + list(range(300, 600)))
+    sink = _RecordingSink()
+    with StreamProcessor(q, w.double, sink=sink, workers=2, processes=False) as sp:
+        assert wait_until(lambda: q.qsize() == 0, timeout=30)
+    assert sorted(sink.items) == [2 * i for i in range(600)]
+    assert max(sink.calls) > 1  # results went to the sink in batches
+    (dl,) = dlq.dead_letters()  # the poison alone: nacked twice, its batch mates acked
+    assert dl.value == "poison" and dl.attempts == 2 and dl.last_error == "ValueError: poison"
+    s = sp.stats()
+    assert s["processed"] == 600 and s["failed"] == 2
+    assert q.stats()["acked"] == 600
+
+
+def test_stream_processor_reject_in_a_batch(wqs):
+    from pyqueue import StreamProcessor
+    from tests._support import wait_until
+    dlq = wqs(capacity_bytes=1 << 20)
+    q = wqs(max_deliveries=5, dead_letter=dlq)
+    q.put_many([1, "poison", 2, 3])
+    out = wqs()
+    with StreamProcessor(q, w.double, sink=out, reject=ValueError, processes=False):
+        assert wait_until(lambda: q.qsize() == 0, timeout=30)
+    assert sorted(out.get_many(10).values) == [2, 4, 6]
+    (dl,) = dlq.dead_letters()
+    assert dl.value == "poison" and dl.attempts == 1 and dl.reason.startswith("rejected")
+
+
+def test_stream_processor_sink_failure_nacks_the_batch(wqs):
+    from pyqueue import StreamProcessor
+    from tests._support import wait_until
+    q = wqs(max_deliveries=None)
+    q.put_many(list(range(50)))
+    sink = _RecordingSink(fail=1)
+    with StreamProcessor(q, w.double, sink=sink, processes=False, batch_size=8):
+        assert wait_until(lambda: q.qsize() == 0, timeout=30)
+    assert sorted(set(sink.items)) == [2 * i for i in range(50)]
+    assert max(sink.calls) <= 8
+    s = q.stats()
+    assert s["redelivered"] >= 1 and s["acked"] == 50
