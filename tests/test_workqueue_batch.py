@@ -190,6 +190,20 @@ def test_put_many_checks_sizes_before_putting_and_full_keeps_what_fit(wqs):
     assert q.get_many(10).values == [0, 1, 2, 3]
 
 
+def test_batch_ack_frees_the_room_at_once(wqs):
+    """The head passes a batch acked together: the room is there for the
+    next put at once (not when a reaper next passes)."""
+    q = wqs(capacity_bytes=1 << 16, max_in_flight=8)
+    for _ in range(3):
+        assert len(q.put_many(list(range(8)), block=False)) == 8
+        with pytest.raises(queue.Full):
+            q.put_nowait("no room")
+        b = q.get_many(8, block=False)
+        assert len(b) == 8
+        b.ack()
+    assert q.stats()["acked"] == 24 and q.qsize() == 0
+
+
 def test_put_many_waits_for_room_a_consumer_makes(wqs, ctx, procs):
     q = wqs(max_in_flight=8)
     out = ctx.Queue()
