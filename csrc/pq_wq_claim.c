@@ -1,6 +1,12 @@
 /* pq_wq_claim.c - a producer's side of the work queue: claim room for one
  * message or many under one hold of the queue's lock, then commit them
- * (a CAS each, no lock). See pq_wq.h. */
+ * (a CAS each, no lock). See pq_wq.h.
+ *
+ * Memory orders: the claim's stores run under the lock and are read under
+ * it (relaxed: the lock orders them); the one word read without the lock
+ * is a slot's state, which the commit moves CLAIMED -> AVAILABLE with
+ * release (pq_wq_publish) so that a consumer that sees AVAILABLE
+ * (acquire) sees the payload written before it. */
 #define _GNU_SOURCE
 #include "pq_wq.h"
 #include "pq_wq_internal.h"

@@ -1,5 +1,12 @@
 /* pq_wq_settle.c - a holder's ack and nack of deliveries: one or many
- * under one hold of the queue's lock. See pq_wq.h. */
+ * under one hold of the queue's lock. See pq_wq.h.
+ *
+ * Memory orders: every slot word is written here under the lock, and
+ * every reader of these words (acquire, reap, the stats) reads them under
+ * it too, so relaxed stores suffice: the lock's release/acquire orders
+ * them. (The lock-free peek of the stats may see them in any order; it
+ * says so.) The sequence words of the events are bumped with release by
+ * pq_wq_announce, after the unlock. */
 #define _GNU_SOURCE
 #include "pq_wq.h"
 #include "pq_wq_internal.h"
