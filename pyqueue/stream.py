@@ -97,7 +97,7 @@ def _work(spec, index, stop, stats, up=None):
             stats[base + 3] = seconds
 
     if group is not None:  # a Log consumer group: commit after each batch
-        _work_log(source, fn, send, group, batch_size or 1, poll_timeout, options, on_error,
+        _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_error,
                   stop, stats, base, count, up)
         return
     if up is not None:
@@ -105,9 +105,12 @@ def _work(spec, index, stop, stats, up=None):
     _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
 
 
-# A WorkQueue worker's batches: at most this many messages (batch_size=None),
-# and small enough that one takes under a quarter of the visibility timeout.
+# A worker's batches: at most this many messages (batch_size=None), and
+# small enough that one takes under a quarter of the visibility timeout (a
+# WorkQueue) or about _LOG_BATCH_SECONDS (a Log: what a crash makes the
+# successor process again).
 _MAX_BATCH = 256
+_LOG_BATCH_SECONDS = 1.0
 
 
 def _many_sender(sink):
@@ -209,10 +212,17 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
         except CommitFailed:
             pass  # a rebalance moved partitions: their new owner redoes them
 
+    # batch_size None: adaptive, as for a WorkQueue (poll returns what is
+    # there, never waiting for the batch to fill), up to _MAX_BATCH; 1 with
+    # on_error="raise", whose crash makes the successor process again what
+    # was polled but not committed.
+    adaptive = batch_size is None
+    limit = batch_size or (1 if on_error == "raise" else _MAX_BATCH)
+    size = 1 if adaptive else limit
     try:
         while not stop.is_set():
             try:
-                recs = consumer.poll(max_records=batch_size, timeout=poll_timeout)
+                recs = consumer.poll(max_records=size, timeout=poll_timeout)
             except (PoisonRecord, CorruptRecord) as e:
                 if on_error == "raise" or e.partition is None or e.offset is None:
                     raise
@@ -226,6 +236,7 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
                     consumer.seek(e.partition, e.offset + 1)
                     commit()
                 continue  # (moved by a rebalance: its new owner meets it)
+            polled = time.monotonic()
             for rec in recs:
                 t0 = time.monotonic()
                 try:
@@ -243,6 +254,12 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
                 count(ok, time.monotonic() - t0)
             if recs:
                 commit()
+            if adaptive:
+                took = time.monotonic() - polled
+                if took > _LOG_BATCH_SECONDS:
+                    size = max(1, size // 2)
+                elif len(recs) == size and size < limit and took < _LOG_BATCH_SECONDS / 8:
+                    size = min(limit, size * 2)
     finally:
         consumer.close()
 
@@ -314,10 +331,10 @@ class StreamProcessor:
 
     source: a WorkQueue, or a Log with group= (the consumer group the
     workers join; consumer_options go to log.consumer()). batch_size: the
-    records a Log worker polls (and commits) at a time (None: 1); for a
-    WorkQueue the most messages a worker takes and settles at a time
-    (None: 256), the size adapting below it (get_many never waits for a
-    batch to fill: a lone message goes through at once). reject: exception
+    most records a Log worker polls (and commits) at a time, or messages a
+    WorkQueue worker takes and settles at a time; None: adaptive up to 256
+    (1 for a Log with on_error="raise"); a poll or get_many never waits
+    for a batch to fill, so a lone message goes through at once. reject: exception
     types that send a WorkQueue message straight to the dead-letter queue
     (no retries; other exceptions nack it). fn must be picklable (a
     module-level function) with the spawn start method. start_method:

@@ -318,3 +318,32 @@ def test_stream_processor_sink_failure_nacks_the_batch(wqs):
     assert max(sink.calls) <= 8
     s = q.stats()
     assert s["redelivered"] >= 1 and s["acked"] == 50
+
+
+def test_stream_processor_over_a_log_polls_in_batches_by_default(tmp_path):
+    """batch_size=None on a Log: with a backlog a worker polls (and then
+    commits) many records at a time; with on_error="raise" one at a time
+    (what a crash makes its successor read again). Seen from inside fn:
+    the group's committed offset while record i is processed (i is also
+    its offset) is i when records come one at a time, less in a batch."""
+    from pyqueue import Log, StreamProcessor
+    from tests._support import wait_until
+    log = Log(partitions=1)
+    try:
+        for i in range(400):
+            log.append(i)
+        for on_error, batched in (("skip", True), ("raise", False)):
+            group = f"g-{on_error}"
+            behind = []
+
+            def fn(i, group=group, behind=behind):
+                committed = log.group_offsets(group)[0]["committed"] or 0
+                behind.append(i - committed)
+
+            with StreamProcessor(log, fn, group=group, processes=False, on_error=on_error):
+                assert wait_until(lambda: log.group_offsets(group)[0]["lag"] == 0
+                                  and len(behind) >= 400, timeout=30)
+            assert (max(behind) > 1) is batched, (on_error, max(behind))
+    finally:
+        log.unlink()
+        log.close()
