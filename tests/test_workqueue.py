@@ -3,7 +3,9 @@ reject, extend, the context manager), visibility timeouts that redeliver
 and fence the old holder, the delivery limit and the dead-letter queue
 (reason, attempts, last error; inspection and requeue), dedup keys, delayed
 puts, bad input, consumers in processes, a consumer SIGKILLed holding
-messages, a producer killed inside a put, and a model test."""
+messages, a producer killed inside a put, and a model test (with the batch
+operations: put_many, get_many, Batch settles; the other batch tests are in
+tests/test_workqueue_batch.py)."""
 import collections
 import os
 import pickle
