@@ -12,11 +12,19 @@ Cases:
                 consumer processes take them: WorkQueue get + ack, plain
                 pyqueue.Queue get, multiprocessing.Queue get. Rate =
                 messages / time until all were taken (and acked).
+  batch-1xN     the same in batches: the producer puts BATCH messages per
+                call (WorkQueue.put_many / Queue.put_many), the consumers
+                take up to BATCH per call: WorkQueue get_many + Batch.ack
+                (one lock hold each) against plain pyqueue.Queue get_many
+                (no acks). Ratios to Queue get_many.
   stream-W      W = 1, 2, 4 workers run fn (a trivial function) on every
-                message already queued: StreamProcessor over a WorkQueue
-                (ack per message), W processes over a plain pyqueue.Queue
-                (get, fn; no acks), multiprocessing.Pool(W).imap_unordered
-                (chunksize 64). Rate = messages / time until all are done.
+                message: StreamProcessor over a WorkQueue (workers started
+                first, as the Pool is; the parent feeds put_many of
+                BATCH while they work; they take and settle in batches),
+                W processes over a plain pyqueue.Queue (messages queued
+                before; get, fn; no acks), multiprocessing.Pool(W)
+                .imap_unordered (chunksize 64). Rate = messages / time
+                until all are done (acked).
 Ratios are to plain pyqueue.Queue in the same run. Medians of the repeats.
 """
 from __future__ import annotations
@@ -32,6 +40,7 @@ from bench.compare import fmt_count, fmt_ratio, machine_info
 
 PAYLOAD = b"x" * 64
 END = b""
+BATCH = 1024
 
 
 def work(v):
@@ -43,7 +52,20 @@ def work(v):
 
 def _take(kind, q, n_total, barrier, done):
     barrier.wait()
-    if kind == "workqueue":
+    if kind.endswith("-batch"):
+        # One END per consumer: one that takes more than its own in a
+        # batch puts the others back.
+        get_many = q.get_many
+        while True:
+            b = get_many(BATCH)
+            if kind == "workqueue-batch":
+                b.ack()
+                b = b.values
+            if END in b:
+                for _ in range(b.count(END) - 1):
+                    q.put(END)
+                break
+    elif kind == "workqueue":
         while True:
             d = q.get()
             v = d.value
@@ -59,9 +81,9 @@ def _take(kind, q, n_total, barrier, done):
 
 def acked_run(ctx, kind, n, consumers):
     import pyqueue
-    if kind == "workqueue":
+    if kind.startswith("workqueue"):
         q = pyqueue.WorkQueue(capacity_bytes=64 << 20)
-    elif kind == "queue":
+    elif kind.startswith("queue"):
         q = pyqueue.Queue(capacity_bytes=64 << 20)
     else:
         q = ctx.Queue()
@@ -72,11 +94,20 @@ def acked_run(ctx, kind, n, consumers):
         p.start()
     barrier.wait()
     t0 = time.perf_counter()
-    put = q.put
-    for _ in range(n):
-        put(PAYLOAD)
-    for _ in range(consumers):
-        put(END)
+    if kind.endswith("-batch"):
+        put_many = q.put_many
+        chunk = [PAYLOAD] * BATCH
+        for _ in range(n // BATCH):
+            put_many(chunk)
+        put_many([PAYLOAD] * (n % BATCH))
+        for _ in range(consumers):  # one END per consumer: each stops at its own
+            q.put(END)
+    else:
+        put = q.put
+        for _ in range(n):
+            put(PAYLOAD)
+        for _ in range(consumers):
+            put(END)
     t1 = max(done.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(30)
@@ -122,15 +153,23 @@ def stream_run(ctx, kind, n, workers):
         q.unlink()
         q.close()
         return n / (t1 - t0)
-    q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 18)  # holds them all
-    for _ in range(n):
-        q.put(PAYLOAD)
-    t0 = time.perf_counter()
+    q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 20)  # holds them all
+    # As for the Pool (made before its clock starts): the workers are up
+    # first, then the parent feeds the messages while they work.
     sp = pyqueue.StreamProcessor(q, work, workers=workers, handle_signals=False).start()
+    time.sleep(1.0)
+    chunk = [PAYLOAD] * BATCH
+    t0 = time.perf_counter()
+    for k in range(0, n, BATCH):
+        q.put_many(chunk if n - k >= BATCH else chunk[:n - k])
+    # The workers' counters (shared memory, no lock; a worker counts a
+    # batch once it is acked), not q.stats(): that scans every message
+    # not done under the queue's lock, which would slow the workers.
     deadline = time.monotonic() + 300
-    while q.stats()["acked"] < n and time.monotonic() < deadline:
+    while sp.stats()["processed"] < n and time.monotonic() < deadline:
         time.sleep(0.001)
     t1 = time.perf_counter()
+    assert q.stats()["acked"] == n
     sp.stop(30)
     q.unlink()
     q.close()
@@ -141,6 +180,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="case ids containing this (e.g. batch)")
     args = ap.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     scale = 10 if args.quick else 1
@@ -149,9 +189,13 @@ def main(argv=None):
     cases = [(f"acked-1x{c}", acked_run, c, 200_000 // scale,
               [("workqueue", "WorkQueue get+ack"), ("queue", "pyqueue.Queue get"),
                ("mp", "mp.Queue get")]) for c in (1, 2)]
-    cases += [(f"stream-{wk}", stream_run, wk, 100_000 // scale,
+    cases += [(f"batch-1x{c}", acked_run, c, 2_000_000 // scale,
+               [("workqueue-batch", "WorkQueue get_many+ack"),
+                ("queue-batch", "pyqueue.Queue get_many")]) for c in (1, 2)]
+    cases += [(f"stream-{wk}", stream_run, wk, 500_000 // scale,
                [("stream", "StreamProcessor (acked)"), ("queue", "processes on pyqueue.Queue"),
                 ("pool", "mp.Pool.imap_unordered")]) for wk in (1, 2, 4)]
+    cases = [c for c in cases if args.only in c[0]]
     for cid, fn, k, n, impls in cases:
         res = {}
         for kind, label in impls:
@@ -161,9 +205,10 @@ def main(argv=None):
                   file=sys.stderr)
         rows.append((cid, n, res))
     print(f"machine: {machine_info().get('cpu_model', '?')}, {os.cpu_count()} CPUs; "
-          f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue in this run")
+          f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue (get, or get_many for "
+          f"batch-*) in this run")
     for cid, n, res in rows:
-        base = res["queue"][1]
+        base = res["queue-batch" if "queue-batch" in res else "queue"][1]
         cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
                           for label, rate, _ in res.values())
         print(f"{cid:12} {cells}")

@@ -2,6 +2,7 @@
  * ("WorkQueue"). */
 #define _GNU_SOURCE
 #include "pq_wq.h"
+#include "pq_wq_internal.h"
 
 #include <string.h>
 
@@ -9,12 +10,6 @@
 #include "pq_proc.h"
 
 #define PQ_WQ_OWNER_CACHE 64
-
-/* now + d, saturated (a delay or a window from the segment may be huge). */
-static inline int64_t pq_wq_after(int64_t now, int64_t d)
-{
-    return d > INT64_MAX - now ? INT64_MAX : now + d;
-}
 
 static uint64_t pq_wq_data_offset(uint32_t slots, uint32_t dedup_slots)
 {
@@ -124,21 +119,12 @@ uint64_t pq_wq_key_hash(const void *key, size_t len)
     return h == 0 ? 1 : h;
 }
 
-static inline pq_wq_slot *pq_wq_slot_of(const pq_wq *q, uint64_t id)
-{
-    return &q->slots[id & (q->nslots - 1)];
-}
-
-static inline void pq_wq_count(pq_wq *q, int which)
-{
-    atomic_fetch_add_explicit(&q->ctl->counters[which], 1, memory_order_relaxed);
-}
 
 /* Under the lock: pass the DONE messages at the head, freeing their slots
  * and bytes. The head moves past each before its slot is marked FREE (a
  * FREE slot with the head's id is passed too), so a holder that dies in
  * here leaves nothing the next pass cannot go on from. */
-static int pq_wq_advance_head(pq_wq *q)
+int pq_wq_advance_head(pq_wq *q)
 {
     pq_wq_ctl *c = q->ctl;
     uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
@@ -163,24 +149,7 @@ static int pq_wq_advance_head(pq_wq *q)
     return h != h0;
 }
 
-/* Announce a change to the waiters of ev: bump its sequence word first
- * (release: what changed is visible to whoever sees the new value), then
- * notify n of them (no system call when nobody waits). */
-static inline void pq_wq_announce(_Atomic uint64_t *seq, pq_event *ev, int n)
-{
-    atomic_fetch_add_explicit(seq, 1, memory_order_release);
-    pq_event_notify(ev, n);
-}
-
-/* Under the lock: message id may be deliverable now or soon: the scan
- * hint must not be past it. */
-static inline void pq_wq_rescan(pq_wq *q, uint64_t id)
-{
-    if (atomic_load_explicit(&q->ctl->scan, memory_order_relaxed) > id)
-        atomic_store_explicit(&q->ctl->scan, id, memory_order_relaxed);
-}
-
-static int pq_wq_lock(pq_wq *q)
+int pq_wq_lock(pq_wq *q)
 {
     int died;
     int rc = pq_lock_take(&q->ctl->lock, &died);
@@ -202,7 +171,7 @@ static int pq_wq_lock(pq_wq *q)
 }
 
 /* This process's owner word (pid | start time). */
-static int pq_wq_me(uint64_t *me)
+int pq_wq_me(uint64_t *me)
 {
     pq_proc_id self;
     int rc = pq_proc_self(&self);
@@ -214,141 +183,13 @@ static int pq_wq_me(uint64_t *me)
 
 /* Who this process is, then the lock: the prologue of every verb that
  * marks messages as its own. */
-static int pq_wq_lock_as(pq_wq *q, uint64_t *me)
+int pq_wq_lock_as(pq_wq *q, uint64_t *me)
 {
     int rc = pq_wq_me(me);
     return rc < 0 ? rc : pq_wq_lock(q);
 }
 
-static inline void pq_wq_unlock(pq_wq *q)
-{
-    pthread_mutex_unlock(&q->ctl->lock);
-}
-
-/* Are a slot's payload bounds inside the data area? (Corrupt segments.) */
-static inline int pq_wq_slot_sane(const pq_wq *q, const pq_wq_slot *s)
-{
-    return s->len <= q->max_payload && (s->pos & q->mask) + s->len <= q->capacity;
-}
-
-int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t key_hash,
-                uint64_t enqueued_ms, uint64_t *id, uint8_t **payload, uint64_t *seen)
-{
-    uint64_t me;
-    if (len > q->max_payload)
-        return -EMSGSIZE;
-    if (delay_ns < 0 || id == NULL || payload == NULL)
-        return -EINVAL;
-    int rc = pq_wq_lock_as(q, &me);
-    if (rc < 0)
-        return rc;
-    int64_t now = pq_monotonic_ns();
-    pq_wq_ctl *c = q->ctl;
-    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
-    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    uint64_t hp = atomic_load_explicit(&c->head_pos, memory_order_relaxed);
-    uint64_t tp = atomic_load_explicit(&c->tail_pos, memory_order_relaxed);
-    if (t < h || t - h > q->nslots || tp < hp || tp - hp > q->capacity ||
-        (tp & (PQ_WQ_ALIGN - 1)) != 0) {
-        pq_wq_unlock(q);
-        return PQ_ERR_CORRUPT;
-    }
-    int keyed = key_hash != 0 && q->dedup.cap != 0;
-    if (keyed) {
-        rc = pq_wq_dedup_expire(&q->dedup, now);
-        if (rc < 0) {
-            pq_wq_unlock(q);
-            return rc;
-        }
-        /* A key put within the window is a duplicate whatever became of
-         * its message since (done, dead, or still there). */
-        const pq_wq_dedup *de = pq_wq_dedup_find(&q->dedup, key_hash, now);
-        if (de != NULL) {
-            uint64_t first = atomic_load_explicit(&de->id, memory_order_relaxed);
-            pq_wq_slot *fs = pq_wq_slot_of(q, first);
-            if (first >= h && first < t &&
-                atomic_load_explicit(&fs->id, memory_order_relaxed) == first &&
-                atomic_load_explicit(&fs->state, memory_order_acquire) == PQ_WQ_CLAIMED) {
-                /* Its first put is still being written, and its producer
-                 * may yet die (then the key is given back): wait for it,
-                 * then look again. */
-                if (seen)
-                    *seen = atomic_load_explicit(&c->readable_seq, memory_order_acquire);
-                pq_wq_unlock(q);
-                return -EINPROGRESS;
-            }
-            *id = first;
-            pq_wq_count(q, PQ_WQ_DEDUPED);
-            pq_wq_unlock(q);
-            return 1;
-        }
-    }
-    uint64_t size = pq_align_up(len ? len : 1, PQ_WQ_ALIGN);
-    uint64_t pos = tp;
-    if ((pos & q->mask) + size > q->capacity)
-        pos += q->capacity - (pos & q->mask); /* never wraps: to the next lap */
-    if (t - h == q->nslots || pos + size - hp > q->capacity) {
-        if (seen)
-            *seen = atomic_load_explicit(&c->writable_seq, memory_order_acquire);
-        pq_wq_unlock(q);
-        return -EAGAIN;
-    }
-    if (keyed && !pq_wq_dedup_room(&q->dedup, NULL)) {
-        /* Every entry is a key put within the window: dropping one would
-         * let its repeat through, so the put waits for the oldest to
-         * expire (a room the window makes, not a consumer). */
-        pq_wq_count(q, PQ_WQ_DEDUP_FULL);
-        if (seen)
-            *seen = atomic_load_explicit(&c->writable_seq, memory_order_acquire);
-        pq_wq_unlock(q);
-        return -ENOSPC;
-    }
-    pq_wq_slot *s = pq_wq_slot_of(q, t);
-    atomic_store_explicit(&s->id, t, memory_order_relaxed);
-    atomic_store_explicit(&s->deliveries, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->owner, me, memory_order_relaxed);
-    atomic_store_explicit(&s->at_ns, pq_wq_after(now, delay_ns), memory_order_relaxed);
-    s->pos = pos;
-    s->len = len;
-    s->type = type;
-    s->reason = PQ_WQ_REASON_NONE;
-    s->enqueued_ms = enqueued_ms;
-    s->dedup_entry = keyed ? pq_wq_dedup_next(&q->dedup) + 1 : 0;
-    atomic_store_explicit(&s->state, PQ_WQ_CLAIMED, memory_order_relaxed);
-    /* tail_pos before tail: a holder that dies between them leaks the
-     * bytes until the head passes, never hands them out twice. */
-    atomic_store_explicit(&c->tail_pos, pos + size, memory_order_relaxed);
-    atomic_store_explicit(&c->tail, t + 1, memory_order_relaxed);
-    if (keyed) {
-        /* After the tail: the key names a message that exists. A claim
-         * abandoned by a dead producer gives it back (pq_wq_reap), so its
-         * retry is not dropped. */
-        pq_wq_dedup_add(&q->dedup, key_hash, t, now);
-    }
-    pq_wq_count(q, PQ_WQ_ENQUEUED);
-    pq_wq_unlock(q);
-    *id = t;
-    *payload = q->data + (pos & q->mask);
-    return 0;
-}
-
-void pq_wq_commit(pq_wq *q, uint64_t id)
-{
-    pq_wq_slot *s = pq_wq_slot_of(q, id);
-    uint32_t expect = PQ_WQ_CLAIMED;
-    /* release: the payload written before is visible to a consumer that
-     * sees AVAILABLE (acquire, in pq_wq_acquire). A CAS: a reaper that
-     * took the claim for a dead producer's wins, and then this is a no-op.
-     * No scan hint to lower: a get never passes a CLAIMED message. */
-    if (atomic_load_explicit(&s->id, memory_order_relaxed) == id)
-        atomic_compare_exchange_strong_explicit(&s->state, &expect, PQ_WQ_AVAILABLE,
-                                                memory_order_release, memory_order_relaxed);
-    /* One waiter for one message: each parked consumer also wakes at the
-     * end of its slice, so none is left behind for long. */
-    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, 1);
-}
-
-static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_delivery *d)
+void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_delivery *d)
 {
     d->id = id;
     d->deliveries = atomic_load_explicit(&s->deliveries, memory_order_relaxed);
@@ -360,120 +201,10 @@ static void pq_wq_fill(const pq_wq *q, pq_wq_slot *s, uint64_t id, pq_wq_deliver
     d->deadline_ns = atomic_load_explicit(&s->at_ns, memory_order_relaxed);
 }
 
-int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen)
+/* Under the lock: the slot of a delivery `me` holds, or NULL. */
+pq_wq_slot *pq_wq_slot_held(pq_wq *q, uint64_t me, uint64_t id, uint32_t deliveries,
+                            uint32_t state)
 {
-    uint64_t me;
-    int rc = pq_wq_lock_as(q, &me);
-    if (rc < 0)
-        return rc;
-    int64_t now = pq_monotonic_ns(); /* under the lock: the deadline it gives is whole */
-    pq_wq_ctl *c = q->ctl;
-    /* Before the scan (acquire): a commit that the scan misses bumps the
-     * word after its state store, so a wait on this value returns. */
-    uint64_t seq = atomic_load_explicit(&c->readable_seq, memory_order_acquire);
-    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
-    uint64_t t = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    if (t < h || t - h > q->nslots) {
-        pq_wq_unlock(q);
-        return PQ_ERR_CORRUPT;
-    }
-    /* Start at the hint while nothing below it can have come due. */
-    uint64_t sc = atomic_load_explicit(&c->scan, memory_order_relaxed);
-    int64_t sw = atomic_load_explicit(&c->scan_wake, memory_order_relaxed);
-    uint64_t start = h;
-    int64_t wake = INT64_MAX; /* the earliest a message passed may come due */
-    if (sc > h && sc <= t && now < sw) {
-        start = sc;
-        wake = sw;
-    }
-    uint64_t claimed = UINT64_MAX; /* the first one being written */
-    rc = -EAGAIN;
-    uint64_t id;
-    for (id = start; id < t; id++) {
-        pq_wq_slot *s = pq_wq_slot_of(q, id);
-        if (atomic_load_explicit(&s->id, memory_order_relaxed) != id)
-            continue;
-        /* acquire: a committed payload (pairs with pq_wq_commit). */
-        uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
-        int64_t at = atomic_load_explicit(&s->at_ns, memory_order_relaxed);
-        if (st == PQ_WQ_CLAIMED) {
-            if (claimed == UINT64_MAX)
-                claimed = id;
-            continue;
-        }
-        if (st == PQ_WQ_DEAD) {
-            if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0)
-                continue; /* being moved */
-            if (at > now) { /* its move was put off (pq_wq_dead_park) until at */
-                if (at < wake)
-                    wake = at;
-                continue;
-            }
-            if (!pq_wq_slot_sane(q, s)) {
-                rc = PQ_ERR_CORRUPT;
-                break;
-            }
-            atomic_store_explicit(&s->owner, me, memory_order_relaxed); /* its mover died */
-            pq_wq_fill(q, s, id, d);
-            rc = 1;
-            break;
-        }
-        if (st != PQ_WQ_AVAILABLE && st != PQ_WQ_ACQUIRED)
-            continue; /* done */
-        if (at > now) { /* delayed, or held within its deadline */
-            if (at < wake)
-                wake = at;
-            continue;
-        }
-        if (!pq_wq_slot_sane(q, s)) {
-            rc = PQ_ERR_CORRUPT;
-            break;
-        }
-        uint32_t n = atomic_load_explicit(&s->deliveries, memory_order_relaxed);
-        atomic_store_explicit(&s->owner, me, memory_order_relaxed);
-        if (st == PQ_WQ_ACQUIRED)
-            s->reason = PQ_WQ_REASON_TIMEOUT; /* not acked in time (its holder's ack fails) */
-        if (q->max_deliveries != 0 && n >= q->max_deliveries) {
-            atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
-            pq_wq_fill(q, s, id, d);
-            rc = 1;
-            break;
-        }
-        if (st == PQ_WQ_ACQUIRED)
-            pq_wq_count(q, PQ_WQ_REDELIVERED);
-        int64_t deadline = pq_wq_after(now, q->visibility_ns);
-        atomic_store_explicit(&s->deliveries, n + 1, memory_order_relaxed);
-        atomic_store_explicit(&s->at_ns, deadline, memory_order_relaxed);
-        atomic_store_explicit(&s->state, PQ_WQ_ACQUIRED, memory_order_relaxed);
-        pq_wq_fill(q, s, id, d);
-        if (deadline < wake)
-            wake = deadline;
-        rc = 0;
-        break;
-    }
-    if (rc >= 0 || rc == -EAGAIN) {
-        /* The hint: past what was passed and taken, but never past a
-         * message being written (its commit lowers nothing). */
-        uint64_t next = rc >= 0 ? id + 1 : t;
-        atomic_store_explicit(&c->scan, claimed < next ? claimed : next, memory_order_relaxed);
-        atomic_store_explicit(&c->scan_wake, wake, memory_order_relaxed);
-    }
-    pq_wq_unlock(q);
-    if (rc == -EAGAIN) {
-        if (wake_ns)
-            *wake_ns = wake == INT64_MAX ? -1 : wake;
-        if (seen)
-            *seen = seq;
-    }
-    return rc;
-}
-
-/* Under the lock: the slot of a delivery this process holds, or NULL. */
-static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
-{
-    uint64_t me;
-    if (pq_wq_me(&me) < 0)
-        return NULL;
     uint64_t h = atomic_load_explicit(&q->ctl->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&q->ctl->tail, memory_order_relaxed);
     if (id < h || id >= t)
@@ -486,6 +217,15 @@ static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries,
          atomic_load_explicit(&s->deliveries, memory_order_relaxed) != deliveries))
         return NULL;
     return s;
+}
+
+/* Under the lock: the slot of a delivery this process holds, or NULL. */
+static pq_wq_slot *pq_wq_holder_slot(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t state)
+{
+    uint64_t me;
+    if (pq_wq_me(&me) < 0)
+        return NULL;
+    return pq_wq_slot_held(q, me, id, deliveries, state);
 }
 
 int pq_wq_held(pq_wq *q, uint64_t id, uint32_t deliveries)
@@ -516,39 +256,6 @@ static int pq_wq_finish(pq_wq *q, uint64_t id, uint32_t deliveries, uint32_t sta
     if (moved)
         pq_wq_announce(&q->ctl->writable_seq, &q->ctl->writable, INT32_MAX);
     return s != NULL ? 0 : -ESTALE;
-}
-
-int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries)
-{
-    return pq_wq_finish(q, id, deliveries, PQ_WQ_ACQUIRED, PQ_WQ_ACKED);
-}
-
-int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns)
-{
-    if (delay_ns < 0)
-        return -EINVAL;
-    int rc = pq_wq_lock(q);
-    if (rc < 0)
-        return rc;
-    pq_wq_slot *s = pq_wq_holder_slot(q, id, deliveries, PQ_WQ_ACQUIRED);
-    if (s == NULL) {
-        pq_wq_unlock(q);
-        return -ESTALE;
-    }
-    s->reason = PQ_WQ_REASON_NACK;
-    if (q->max_deliveries != 0 && deliveries >= q->max_deliveries) {
-        atomic_store_explicit(&s->state, PQ_WQ_DEAD, memory_order_relaxed);
-        pq_wq_unlock(q);
-        return 1;
-    }
-    atomic_store_explicit(&s->at_ns, pq_wq_after(pq_monotonic_ns(), delay_ns),
-                          memory_order_relaxed);
-    atomic_store_explicit(&s->state, PQ_WQ_AVAILABLE, memory_order_relaxed);
-    pq_wq_rescan(q, id);
-    pq_wq_count(q, PQ_WQ_REDELIVERED);
-    pq_wq_unlock(q);
-    pq_wq_announce(&q->ctl->readable_seq, &q->ctl->readable, 1);
-    return 0;
 }
 
 int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries)

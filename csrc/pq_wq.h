@@ -163,6 +163,7 @@ typedef struct pq_wq_delivery {
     const uint8_t *payload;
     uint8_t type;
     uint8_t reason;            /* why it was made available again / why DEAD */
+    uint8_t dead;              /* pq_wq_acquire_many: 1 when DEAD, for this process to move */
     uint64_t enqueued_ms;
     int64_t deadline_ns;       /* ACQUIRED until then (monotonic) */
 } pq_wq_delivery;
@@ -208,6 +209,29 @@ int pq_wq_claim(pq_wq *q, uint32_t len, uint8_t type, int64_t delay_ns, uint64_t
 /* Producer, step 2: the message is written; make it available. */
 void pq_wq_commit(pq_wq *q, uint64_t id);
 
+/* One message of pq_wq_claim_many: what to claim, and what it got. */
+typedef struct pq_wq_put {
+    uint32_t len;      /* in */
+    uint8_t type;      /* in: the payload's codec */
+    uint64_t key_hash; /* in: 0 none (pq_wq_claim) */
+    uint64_t id;       /* out: its id, or the one it duplicates */
+    uint8_t *payload;  /* out: write len bytes there; NULL for a duplicate */
+} pq_wq_put;
+
+/*
+ * Producer, many at once (pq_wq_claim.c): claim p[0..n) in order
+ * under one hold of the lock, each as pq_wq_claim would (same delay and
+ * enqueued_ms). *done: how many were claimed or found duplicates; write
+ * and commit those (pq_wq_commit_many). 0 when all n were; else what
+ * pq_wq_claim answered for p[*done] (-EAGAIN, -ENOSPC, -EINPROGRESS, with
+ * *seen), PQ_ERR_CORRUPT, or -EMSGSIZE / -EINVAL / a lock error (*done 0).
+ */
+int pq_wq_claim_many(pq_wq *q, pq_wq_put *p, uint32_t n, int64_t delay_ns,
+                     uint64_t enqueued_ms, uint32_t *done, uint64_t *seen);
+
+/* Commit the messages p[0..n) claimed (duplicates skipped); one wake-up. */
+void pq_wq_commit_many(pq_wq *q, const pq_wq_put *p, uint32_t n);
+
 /*
  * Consumer: the oldest message that is available now (or whose visibility
  * deadline passed). 0: *d is ACQUIRED by this process until now +
@@ -219,6 +243,19 @@ void pq_wq_commit(pq_wq *q, uint64_t id);
  * *seen is for pq_wq_wait_readable.
  */
 int pq_wq_acquire(pq_wq *q, pq_wq_delivery *d, int64_t *wake_ns, uint64_t *seen);
+
+/*
+ * Consumer, many at once (pq_wq_acquire.c): up to max messages, in id
+ * order, under one hold of the lock, into d[0..*got): each ACQUIRED as by
+ * pq_wq_acquire (d[i].dead 0) or DEAD for this process to move (d[i].dead
+ * 1). 0 with *got >= 1 (a damaged slot after them stops the scan: the
+ * next call answers it); -EAGAIN (*got 0) with *wake_ns and *seen as
+ * pq_wq_acquire; PQ_ERR_CORRUPT; -EINVAL (max 0). A consumer that dies
+ * holding them: every one is made available again by pq_wq_reap, with its
+ * delivery count raised, as for one.
+ */
+int pq_wq_acquire_many(pq_wq *q, pq_wq_delivery *d, uint32_t max, uint32_t *got,
+                       int64_t *wake_ns, uint64_t *seen);
 
 /*
  * The holder's verbs on a delivery (id, and the delivery count it got): 0,
@@ -234,6 +271,17 @@ int pq_wq_ack(pq_wq *q, uint64_t id, uint32_t deliveries);
 int pq_wq_nack(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t delay_ns);
 int pq_wq_reject(pq_wq *q, uint64_t id, uint32_t deliveries);
 int pq_wq_extend(pq_wq *q, uint64_t id, uint32_t deliveries, int64_t timeout_ns);
+
+/*
+ * ack / nack of the deliveries (ids[i], deliveries[i]), i < n, under one
+ * hold of the lock (pq_wq_settle.c): results[i] is what pq_wq_ack /
+ * pq_wq_nack would have answered for each (0, 1, -ESTALE). Returns 0, or
+ * -EINVAL / a lock error (then nothing was settled).
+ */
+int pq_wq_ack_many(pq_wq *q, const uint64_t *ids, const uint32_t *deliveries, uint32_t n,
+                   int32_t *results);
+int pq_wq_nack_many(pq_wq *q, const uint64_t *ids, const uint32_t *deliveries, uint32_t n,
+                    int64_t delay_ns, int32_t *results);
 
 /* Does this process still hold delivery (id, deliveries)? 0, or -ESTALE
  * (for a consumer whose copy of the payload took past the deadline: the

@@ -51,6 +51,7 @@ cdef extern from "pq_wq.h" nogil:
         const uint8_t* payload
         uint8_t type
         uint8_t reason
+        uint8_t dead
         uint64_t enqueued_ms
         int64_t deadline_ns
     ctypedef struct pq_wq_stats:
@@ -334,6 +335,15 @@ cdef class WorkQueueCore:
             if rc == -ETIMEDOUT:
                 self._reap_now(False)
 
+    def _put_many(self, objs, keys, double delay, bint block, timeout):
+        """Put many under few lock holds (_workq_batch.pxi): their ids."""
+        return _wq_put_many(self, objs, keys, delay, block, timeout)
+
+    def _get_many(self, Py_ssize_t max_messages, bint block, timeout):
+        """Take many under one lock hold (_workq_batch.pxi): (Batch,
+        dead, poison)."""
+        return _wq_get_many(self, max_messages, block, timeout)
+
     def _get(self, bint block, timeout):
         """(kind, id, deliveries, value, enqueued_ms, reason): kind 0 a
         delivery this process holds, 1 a dead message for it to move.
@@ -518,3 +528,6 @@ cdef class WorkQueueCore:
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""
         self._closed = True
+
+
+include "_workq_batch.pxi"

@@ -123,26 +123,95 @@ def _work(spec, index, stop, stats, up=None):
         return
     if up is not None:
         up()
-    while not stop.is_set():  # a WorkQueue: ack on success, nack on an error
+    _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
+
+
+# A worker's batches: at most this many messages (batch_size=None), and
+# small enough that one takes under a quarter of the visibility timeout (a
+# WorkQueue) or about _LOG_BATCH_SECONDS (a Log: what a crash makes the
+# successor process again).
+_MAX_BATCH = 256
+_LOG_BATCH_SECONDS = 1.0
+
+
+def _many_sender(sink):
+    """The call that sends a list of results to the sink, or None."""
+    if sink is None:
+        return None
+    for name in ("publish_many", "append_many", "put_many"):  # Topic, Log, queues
+        f = getattr(sink, name, None)
+        if callable(f):
+            return f
+    return None
+
+
+def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base):
+    """A WorkQueue worker: take a batch (get_many: what is there, up to
+    `size`, so one message alone is not kept waiting), run fn on each,
+    send the results to the sink in one call, nack (or reject) the ones
+    whose fn raised and ack the rest under one lock hold. `size` adapts:
+    it doubles while batches come back full (a backlog) and processing
+    them stays under an eighth of the visibility timeout, and halves when
+    a batch takes more than a quarter of it."""
+    send_many = _many_sender(sink)
+    limit = _MAX_BATCH if batch_size is None else batch_size
+    visibility = source.visibility_timeout
+    size = 1
+    get_many = source.get_many
+    mono = time.monotonic
+    while not stop.is_set():
         try:
-            d = source.get(timeout=poll_timeout)
+            b = get_many(size, timeout=poll_timeout)
         except _queue.Empty:
             continue
-        t0 = time.monotonic()
+        values = b.values
+        n = len(values)
+        results = []
+        bad = []
+        slowest = 0.0
+        t = start = mono()
+        for i in range(n):
+            try:
+                r = fn(values[i])
+                if r is not None:
+                    results.append(r)
+            except reject as e:  # not worth a retry: straight to the dead letters
+                bad.append((i, True, e))
+            except Exception as e:
+                bad.append((i, False, e))
+            now = mono()
+            if now - t > slowest:
+                slowest = now - t
+            t = now
         try:
-            result = fn(d.value)
-            if send is not None and result is not None:
-                send(result)
-        except reject as e:  # not worth a retry: straight to the dead letters
-            d.reject(f"{type(e).__name__}: {e}")
-            count(False, time.monotonic() - t0)
-            continue
-        except Exception as e:
-            d.nack(error=f"{type(e).__name__}: {e}")
-            count(False, time.monotonic() - t0)
-            continue
-        d.ack()
-        count(True, time.monotonic() - t0)
+            if results and send is not None:
+                if send_many is not None:
+                    send_many(results)
+                else:
+                    for r in results:
+                        send(r)
+        except Exception as e:  # the sink failed: every message comes again
+            b.nack(error=f"{type(e).__name__}: {e}")
+            bad = [(i, False, e) for i in range(n)]
+        else:
+            for i, rejected, e in bad:
+                if rejected:
+                    b.reject([i], f"{type(e).__name__}: {e}")
+                else:
+                    b.nack([i], error=f"{type(e).__name__}: {e}")
+            b.ack()
+        # Only this worker writes its slots (a raw shared array: no lock on
+        # the hot path); stats() reads them as they are.
+        stats[base] += n - len(bad)
+        stats[base + 1] += len(bad)
+        stats[base + 2] += t - start
+        if slowest > stats[base + 3]:
+            stats[base + 3] = slowest
+        took = t - start
+        if took > visibility / 4:
+            size = max(1, size // 2)
+        elif n == size and size < limit and took < visibility / 8:
+            size = min(limit, size * 2)
 
 
 def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_error, stop,
@@ -164,10 +233,17 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
         except CommitFailed:
             pass  # a rebalance moved partitions: their new owner redoes them
 
+    # batch_size None: adaptive, as for a WorkQueue (poll returns what is
+    # there, never waiting for the batch to fill), up to _MAX_BATCH; 1 with
+    # on_error="raise", whose crash makes the successor process again what
+    # was polled but not committed.
+    adaptive = batch_size is None
+    limit = batch_size or (1 if on_error == "raise" else _MAX_BATCH)
+    size = 1 if adaptive else limit
     try:
         while not stop.is_set():
             try:
-                recs = consumer.poll(max_records=batch_size, timeout=poll_timeout)
+                recs = consumer.poll(max_records=size, timeout=poll_timeout)
             except (PoisonRecord, CorruptRecord) as e:
                 if on_error == "raise" or e.partition is None or e.offset is None:
                     raise
@@ -181,6 +257,7 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
                     consumer.seek(e.partition, e.offset + 1)
                     commit()
                 continue  # (moved by a rebalance: its new owner meets it)
+            polled = time.monotonic()
             for rec in recs:
                 t0 = time.monotonic()
                 try:
@@ -198,6 +275,12 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
                 count(ok, time.monotonic() - t0)
             if recs:
                 commit()
+            if adaptive:
+                took = time.monotonic() - polled
+                if took > _LOG_BATCH_SECONDS:
+                    size = max(1, size // 2)
+                elif len(recs) == size and size < limit and took < _LOG_BATCH_SECONDS / 8:
+                    size = min(limit, size * 2)
     finally:
         consumer.close()
 
@@ -276,7 +359,11 @@ class StreamProcessor:
             (publish), a Log (append), or a callable.
         workers: The number of workers.
         processes: Worker processes (True) or threads (False).
-        batch_size: The records a Log worker polls (and commits) at a time.
+        batch_size: The most records a Log worker polls (and commits) at
+            a time, or messages a WorkQueue worker takes and settles at a
+            time; None: adaptive up to 256 (1 for a Log with
+            on_error="raise"). A poll or get_many never waits for a batch
+            to fill, so a lone message goes through at once.
         group: The consumer group of a Log source.
         reject: Exception types that send a WorkQueue message straight to
             the dead-letter queue (no retries; other exceptions nack it).
@@ -309,7 +396,7 @@ class StreamProcessor:
 
     def __init__(self, source: Union[WorkQueue[Any], Log[Any]], fn: Callable[[Any], Any], *,
                  sink: Optional[Sink] = None, workers: int = 1, processes: bool = True,
-                 batch_size: int = 1, group: Optional[str] = None,
+                 batch_size: Optional[int] = None, group: Optional[str] = None,
                  reject: Union[Type[BaseException], Tuple[Type[BaseException], ...],
                                List[Type[BaseException]]] = (),
                  poll_timeout: float = 0.1, start_method: Optional[str] = None,
@@ -321,8 +408,9 @@ class StreamProcessor:
             raise TypeError("fn must be callable")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError("workers must be a positive int")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError("batch_size must be a positive int")
+        if batch_size is not None and (not isinstance(batch_size, int) or
+                                       isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError("batch_size must be a positive int, or None")
         from pyqueue.workqueue import WorkQueue
         if _is_log(source):
             if group is None:

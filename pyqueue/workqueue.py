@@ -52,7 +52,9 @@ def _clip(text: object) -> Optional[str]:
         text = text[:DEAD_LETTER_TEXT - 15] + "...[truncated]"
     return text
 
-__all__ = ["WorkQueue", "Delivery", "DeadLetter", "Empty", "Full"]
+__all__ = ["WorkQueue", "Delivery", "Batch", "DeadLetter", "Empty", "Full"]
+
+Batch = _workq.Batch  # what get_many() returns (pyqueue/_workq_batch.pxi)
 
 
 class DeadLetter(NamedTuple):
@@ -466,6 +468,14 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         """
         return self.put(obj, key=key, delay=delay, block=False)
 
+    def put_many(self, objs, *, keys=None, delay=0.0, block=True, timeout=None):
+        """Put every object of objs, claiming room for many under one hold
+        of the lock; the list of their ids. keys: None, or a key (or None)
+        per object, as put(key=). MessageTooLarge before anything is put;
+        queue.Full when there is no room in time: the messages before the
+        first that did not fit stay put (the exception's .ids)."""
+        return self._put_many(objs, keys, float(delay), block, timeout)
+
     # ---- consuming ------------------------------------------------------
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Delivery[T]:
@@ -517,6 +527,30 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             queue.Empty: No message available now.
         """
         return self.get(block=False)
+
+    def get_many(self, max_messages=1024, block=True, timeout=None):
+        """Up to max_messages available messages, taken under one hold of
+        the lock, as a Batch held by this process for visibility_timeout
+        seconds (settle with batch.ack() / batch.nack(): one hold of the
+        lock for all). Waits (unless block is false) for one at least;
+        queue.Empty when none came in time. As get(), messages out of
+        deliveries go to the dead-letter queue on the way, and undecodable
+        ones are rejected there."""
+        end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            batch, dead, poison = self._get_many(max_messages, block, left)
+            for mid, n, raw, typ, enq_ms, reason in dead:
+                self._move_dead_quietly(mid, n, enq_ms / 1000.0,
+                                        f"delivered {n} times, last: {reason or 'nacked'}"
+                                        if reason != "rejected" else "rejected", None, raw, typ)
+            for mid, n, raw, typ, enq_ms, e in poison:
+                if self._reject(mid, n) == 0:
+                    self._move_dead_quietly(mid, n, enq_ms / 1000.0,
+                                            f"undecodable: {type(e).__name__}: {e}", repr(e),
+                                            raw, typ)
+            if len(batch):
+                return batch
 
     def __iter__(self) -> Iterator[Delivery[T]]:
         """Deliveries for ever (get() with no timeout)."""

@@ -32,6 +32,34 @@ def hold_then_hang(q, out, n):
     time.sleep(120)  # killed in here
 
 
+def hold_batch_then_hang(q, out, n):
+    """Take batches until n messages are held, settle none; report (id,
+    value, delivery count) of each; then hang."""
+    got = []
+    while len(got) < n:
+        b = q.get_many(n - len(got), timeout=30)
+        got += [(i, v, c) for i, v, c in zip(b.ids, b.values, b.delivery_counts)]
+    out.put(got)
+    time.sleep(120)  # killed in here
+
+
+def batch_consume_and_ack(q, out, stop_after, size):
+    """get_many + Batch.ack until stop_after messages were acked in all;
+    report (pid, value, delivery count) of each."""
+    import queue
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            b = q.get_many(size, timeout=0.2)
+        except queue.Empty:
+            if q.stats()["acked"] >= stop_after:
+                break
+            continue
+        b.ack()
+        for v, c in zip(b.values, b.delivery_counts):
+            out.put((os.getpid(), v, c))
+
+
 def armed_put(q, spec, values):
     arm(spec)
     for v in values:

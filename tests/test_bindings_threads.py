@@ -198,6 +198,43 @@ def test_workqueue_get_shared_by_threads(fast_switching):
         wq.close()
 
 
+def test_workqueue_get_many_shared_by_threads(fast_switching):
+    """Threads of one handle putting with put_many and taking with
+    get_many (unpickling runs between the C calls of each) and settling
+    with Batch.ack, all or by position: each message once."""
+    wq = pyqueue.WorkQueue(capacity_bytes=1 << 20, max_in_flight=4096)
+    try:
+        expected = bw.stress_messages(1500)
+        half = len(expected) // 2
+        for k in range(0, half, 50):
+            wq.put_many(expected[k:k + 50])
+        rest = expected[half:]
+
+        def work(i, out, stop_at):
+            if i == 0:  # a producer among the consumers
+                for k in range(0, len(rest), 25):
+                    wq.put_many(rest[k:k + 25])
+            while time.monotonic() < stop_at:
+                try:
+                    b = wq.get_many(1 + 7 * i, block=False)
+                except queue.Empty:
+                    if wq.qsize() == 0 and wq.stats()["enqueued"] == len(expected):
+                        return
+                    continue
+                out.extend(b.values)
+                if i % 2 and len(b) > 1:
+                    b.ack([0])
+                b.ack()
+
+        results, errors = _run_threads(work)
+        _assert_drained_each_once(results, errors, expected)
+        s = wq.stats()
+        assert s["acked"] == len(expected) and s["redelivered"] == 0
+    finally:
+        wq.unlink()
+        wq.close()
+
+
 def test_directory_log_random_reads_across_many_segments(tmp_path, fast_switching):
     """More segment files than a handle keeps mapped (32): threads reading
     at random offsets make the handle unmap segments that another thread's

@@ -3,7 +3,9 @@ reject, extend, the context manager), visibility timeouts that redeliver
 and fence the old holder, the delivery limit and the dead-letter queue
 (reason, attempts, last error; inspection and requeue), dedup keys, delayed
 puts, bad input, consumers in processes, a consumer SIGKILLed holding
-messages, a producer killed inside a put, and a model test."""
+messages, a producer killed inside a put, and a model test (with the batch
+operations: put_many, get_many, Batch settles; the other batch tests are in
+tests/test_workqueue_batch.py)."""
 import collections
 import os
 import pickle
@@ -601,10 +603,35 @@ SHORT = 0.03     # one that does: let_time_pass waits for it
 EPS = 1e-6
 
 
+class _BatchItem:
+    """One message of a Batch, with the verbs of a Delivery (each settles
+    that position alone)."""
+
+    def __init__(self, batch, i):
+        self.batch, self.i = batch, i
+        self.id = batch.ids[i]
+        self.delivery_count = batch.delivery_counts[i]
+        self.value = batch.values[i]
+
+    def ack(self):
+        self.batch.ack([self.i])
+
+    def nack(self, delay=0.0):
+        self.batch.nack([self.i], delay=delay)
+
+    def reject(self, reason):
+        self.batch.reject([self.i], reason)
+
+    def extend(self, seconds):
+        self.batch.extend(seconds, [self.i])
+
+
 class WorkQueueModel(RuleBasedStateMachine):
     """Against a model of each message's state: deliveries and counts,
     what is dead-lettered and why; delays (of puts and nacks), extend, and
     dedup keys (whatever became of the first message; a full table).
+    Batches too: put_many, get_many (messages held as _BatchItems, settled
+    alone by settle, or many with one Batch call by settle_batch).
     Time is real: a message's due time is known as an interval (the call
     that set it began and ended), and a get may deliver a message whose
     interval straddles it or not, but never one surely not due, and
@@ -636,6 +663,31 @@ class WorkQueueModel(RuleBasedStateMachine):
         mid = self.q.put(self.n, delay=delay)
         self._new(mid, t0 + delay, time.monotonic() + delay)
 
+    @rule(k=st.integers(1, 3), delay=st.sampled_from([0.0, 0.0, SHORT]))
+    def put_many(self, k, delay):
+        t0 = time.monotonic()
+        ids = self.q.put_many([self.n + i for i in range(k)], delay=delay)
+        t1 = time.monotonic()
+        assert ids == sorted(ids) and len(set(ids)) == k
+        for mid in ids:
+            self._new(mid, t0 + delay if delay else 0.0, t1 + delay if delay else 0.0)
+
+    @rule(keys=st.lists(st.sampled_from("abcdef"), min_size=1, max_size=3))
+    def put_many_keyed(self, keys):
+        if len(set(self.keys) | set(keys)) > 4:  # put_keyed covers a full table
+            return
+        values = [self.n + i for i in range(len(keys))]
+        ids = self.q.put_many(values, keys=keys)
+        for key, mid, v in zip(keys, ids, values):
+            if key in self.keys:  # a repeat (maybe of one earlier in this batch)
+                assert mid == self.keys[key]
+                self.dups += 1
+            else:
+                self.keys[key] = mid
+                self.model[mid] = {"value": v, "state": "available", "count": 0,
+                                   "lo": 0.0, "hi": 0.0}
+        self.n += len(keys)
+
     @rule(key=st.sampled_from("abcdef"))
     def put_keyed(self, key):
         if key in self.keys:  # a repeat: dropped, whatever became of the first
@@ -661,6 +713,75 @@ class WorkQueueModel(RuleBasedStateMachine):
     @rule()
     def get(self):
         self._get()
+
+    @rule(k=st.sampled_from([1, 2, 5, 20]))
+    def get_many(self, k):
+        """One scan under the lock: the messages come in id order, each
+        one that may be due; every one surely due before the last taken
+        (all of them when the scan did not fill k entries) is taken or, out
+        of deliveries, moved to the dead-letter queue."""
+        t0 = time.monotonic()
+        try:
+            b = self.q.get_many(k, block=False)
+        except queue.Empty:
+            b = None
+        t1 = time.monotonic()
+        ids = [] if b is None else b.ids
+        assert ids == sorted(ids) and len(ids) <= k
+        moved = [x.id for x in self.dlq.dead_letters()[len(self.dead):]]
+        available = sorted(i for i, m in self.model.items() if m["state"] == "available")
+        surely = [i for i in available if self.model[i]["hi"] + EPS <= t0]
+        for mid in moved:
+            m = self.model[mid]
+            assert mid in available and m["count"] >= 3 and m["lo"] - EPS <= t1, mid
+            m["state"] = "dead"
+            self.dead.append((m["value"], "delivered 3 times"))
+        for mid in ids:
+            m = self.model[mid]
+            assert mid in available and m["count"] < 3 and m["lo"] - EPS <= t1, mid
+        taken = set(ids) | set(moved)
+        if len(ids) + len(moved) < k:
+            assert set(surely) <= taken, (surely, taken)
+        else:
+            assert {i for i in surely if i < max(ids, default=-1)} <= taken
+        for i, mid in enumerate(ids):
+            m = self.model[mid]
+            m["count"] += 1
+            m["state"] = "held"
+            item = _BatchItem(b, i)
+            assert item.delivery_count == m["count"] and item.value == m["value"]
+            self.held[mid] = item
+
+    @precondition(lambda self: any(isinstance(d, _BatchItem) for d in self.held.values()))
+    @rule(data=st.data(), verb=st.sampled_from(["ack", "nack", "nack later"]))
+    def settle_batch(self, data, verb):
+        """ack or nack, with one Batch call, the messages of a batch still
+        held (in the model)."""
+        batches = {}
+        for mid, d in sorted(self.held.items()):
+            if isinstance(d, _BatchItem):
+                batches.setdefault(id(d.batch), []).append(mid)
+        mids = batches[data.draw(st.sampled_from(sorted(batches)))]
+        b = self.held[mids[0]].batch
+        positions = [self.held[mid].i for mid in mids]
+        t0 = time.monotonic()
+        if verb == "ack":
+            b.ack(positions)
+        else:
+            delay = SHORT if verb == "nack later" else 0.0
+            b.nack(positions, delay=delay)
+        t1 = time.monotonic()
+        for mid in mids:
+            del self.held[mid]
+            m = self.model[mid]
+            if verb == "ack":
+                m["state"] = "acked"
+            elif m["count"] >= 3:
+                m["state"] = "dead"
+                self.dead.append((m["value"], "delivered 3 times"))
+            else:
+                delay = SHORT if verb == "nack later" else 0.0
+                m.update(state="available", lo=t0 + delay, hi=t1 + delay)
 
     @rule()
     def drain(self):

@@ -737,6 +737,163 @@ static int test_bounds_and_max_payload(void)
     return 0;
 }
 
+/* Batches (pq_wq_claim_many, pq_wq_acquire_many, pq_wq_ack_many,
+ * pq_wq_nack_many): each message as its one-at-a-time verb would treat it. */
+static int test_batches(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 64, 60000 * MS, 2, 60000 * MS) != NULL);
+    pq_wq_put p[20];
+    uint64_t v[20];
+    uint32_t done;
+    uint64_t seen;
+    for (int i = 0; i < 20; i++) {
+        v[i] = 500 + (uint64_t)i;
+        p[i] = (pq_wq_put){.len = 8, .type = 3, .key_hash = 0};
+    }
+    p[2].key_hash = pq_wq_key_hash("a", 1);
+    p[3].key_hash = pq_wq_key_hash("a", 1); /* a duplicate of p[2], in the same batch */
+    p[4].len = (uint32_t)q.max_payload + 1;
+    CHECK_EQ(pq_wq_claim_many(&q, p, 5, 0, 77, &done, &seen), -EMSGSIZE);
+    CHECK_EQ(done, 0);
+    p[4].len = 8;
+    CHECK_EQ(pq_wq_claim_many(&q, p, 5, -1, 77, &done, &seen), -EINVAL);
+    /* The key of p[3] is p[2]'s, still being written: the batch stops
+     * there, to go on once p[0..3) are committed. */
+    CHECK_EQ(pq_wq_claim_many(&q, p, 20, 0, 77, &done, &seen), -EINPROGRESS);
+    CHECK_EQ(done, 3);
+    for (uint32_t i = 0; i < done; i++)
+        memcpy(p[i].payload, &v[i], 8);
+    pq_wq_delivery d[16];
+    uint32_t got;
+    int64_t wake;
+    /* Nothing is delivered before its commit. */
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), -EAGAIN);
+    CHECK_EQ(got, 0);
+    pq_wq_commit_many(&q, p, done);
+    /* 16 slots: 14 more claimed after p[3] (a duplicate), then no room. */
+    CHECK_EQ(pq_wq_claim_many(&q, p + 3, 17, 0, 77, &done, &seen), -EAGAIN);
+    CHECK_EQ(done, 14);
+    CHECK(p[3].payload == NULL);
+    CHECK_EQ(p[3].id, p[2].id);
+    for (uint32_t i = 3; i < 3 + done; i++)
+        if (p[i].payload != NULL)
+            memcpy(p[i].payload, &v[i], 8);
+    pq_wq_commit_many(&q, p + 3, done);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 0, &got, &wake, &seen), -EINVAL);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 5, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 5);
+    uint64_t ids[16];
+    uint32_t dels[16];
+    int32_t res[16];
+    for (uint32_t i = 0; i < got; i++) {
+        CHECK_EQ(d[i].id, (uint64_t)i);
+        CHECK_EQ(d[i].dead, 0);
+        CHECK_EQ(d[i].deliveries, 1);
+        CHECK_EQ(d[i].type, 3);
+        CHECK_EQ(d[i].enqueued_ms, 77);
+        ids[i] = d[i].id;
+        dels[i] = d[i].deliveries;
+    }
+    CHECK_EQ(value_of(&d[3]), 504); /* id 3 is p[4]: p[3] was a duplicate */
+    CHECK_EQ(pq_wq_acquire_many(&q, d + 5, 16, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 11);
+    CHECK_EQ(d[15].id, 15);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), -EAGAIN);
+    /* ack two of the first five, one of them twice in the batch, and one
+     * with a wrong delivery count: each answered alone. */
+    uint64_t aid[4] = {0, 1, 1, 2};
+    uint32_t adel[4] = {1, 1, 1, 9};
+    CHECK_EQ(pq_wq_ack_many(&q, aid, adel, 4, res), 0);
+    CHECK_EQ(res[0], 0);
+    CHECK_EQ(res[1], 0);
+    CHECK_EQ(res[2], -ESTALE);
+    CHECK_EQ(res[3], -ESTALE);
+    pq_wq_stats st;
+    CHECK_EQ(pq_wq_get_stats(&q, &st), 0);
+    CHECK_EQ(st.counters[PQ_WQ_ACKED], 2);
+    CHECK_EQ(st.in_flight, 14);
+    /* Room came back: the head passed 0 and 1. */
+    CHECK_EQ(pq_wq_claim_many(&q, p + 17, 3, 0, 77, &done, &seen), -EAGAIN);
+    CHECK_EQ(done, 2);
+    memcpy(p[17].payload, &v[17], 8);
+    memcpy(p[18].payload, &v[18], 8);
+    pq_wq_commit_many(&q, p + 17, 2);
+    /* nack 2..4 (delivery 1 of 2): available again, count raised next time. */
+    CHECK_EQ(pq_wq_nack_many(&q, ids + 2, dels + 2, 3, -1, res), -EINVAL);
+    CHECK_EQ(pq_wq_nack_many(&q, ids + 2, dels + 2, 3, 0, res), 0);
+    CHECK(res[0] == 0 && res[1] == 0 && res[2] == 0);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 5); /* 2, 3, 4 again, then the two new ones */
+    CHECK_EQ(d[0].id, 2);
+    CHECK_EQ(d[0].deliveries, 2);
+    CHECK_EQ(d[0].reason, PQ_WQ_REASON_NACK);
+    CHECK_EQ(d[3].id, 16);
+    CHECK_EQ(value_of(&d[3]), 517);
+    /* The last delivery (max 2): a nack makes them DEAD, this process's. */
+    for (int i = 0; i < 3; i++) {
+        ids[i] = d[i].id;
+        dels[i] = d[i].deliveries;
+    }
+    CHECK_EQ(pq_wq_nack_many(&q, ids, dels, 3, 0, res), 0);
+    CHECK(res[0] == 1 && res[1] == 1 && res[2] == 1);
+    CHECK_EQ(pq_wq_dead_done(&q, ids[0]), 0);
+    /* A mover that parks one: an acquire_many hands it out marked dead,
+     * among live ones. */
+    CHECK_EQ(pq_wq_dead_park(&q, ids[1], 0), 0);
+    CHECK_EQ(pq_wq_nack_many(&q, &d[3].id, &d[3].deliveries, 1, 0, res), 0);
+    CHECK_EQ(res[0], 0);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 2);
+    CHECK_EQ(d[0].id, ids[1]);
+    CHECK_EQ(d[0].dead, 1);
+    CHECK_EQ(d[1].id, 16);
+    CHECK_EQ(d[1].dead, 0);
+    CHECK_EQ(d[1].deliveries, 2);
+    /* single ack and nack still answer as before */
+    CHECK_EQ(pq_wq_ack(&q, 16, 2), 0);
+    CHECK_EQ(pq_wq_ack(&q, 16, 2), -ESTALE);
+    CHECK_EQ(pq_wq_nack(&q, 16, 2, 0), -ESTALE);
+    return 0;
+}
+
+/* A consumer that dies holding a batch: every message of it comes back
+ * (pq_wq_reap), each with its delivery count raised at the next take. */
+static int test_batch_holder_dies(void)
+{
+    pq_wq q;
+    CHECK(make_wq(&q, 4096, 16, 0, 60000 * MS, 0, 0) != NULL);
+    uint64_t id, seen;
+    for (int i = 0; i < 10; i++)
+        CHECK_EQ(put(&q, (uint64_t)i, 0, 0, &id), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pq_wq_delivery cd[8];
+        uint32_t g;
+        int64_t w;
+        uint64_t s;
+        CHILD_CHECK(pq_wq_acquire_many(&q, cd, 8, &g, &w, &s) == 0 && g == 8);
+        _exit(0); /* dies holding them */
+    }
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    pq_wq_delivery d[16];
+    uint32_t got;
+    int64_t wake;
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 2); /* the two it did not take */
+    CHECK_EQ(d[0].id, 8);
+    CHECK_EQ(pq_wq_reap(&q), 8);
+    CHECK_EQ(pq_wq_acquire_many(&q, d, 16, &got, &wake, &seen), 0);
+    CHECK_EQ(got, 8);
+    for (uint32_t i = 0; i < got; i++) {
+        CHECK_EQ(d[i].id, (uint64_t)i);
+        CHECK_EQ(d[i].deliveries, 2);
+        CHECK_EQ(d[i].reason, PQ_WQ_REASON_DIED);
+        CHECK_EQ(value_of(&d[i]), (uint64_t)i);
+    }
+    return 0;
+}
+
 int main(void)
 {
     printf("test_wq\n");
@@ -756,5 +913,7 @@ int main(void)
     RUN(test_dedup_table_model);
     RUN(test_dead_park);
     RUN(test_bounds_and_max_payload);
+    RUN(test_batches);
+    RUN(test_batch_holder_dies);
     return pq_test_result();
 }
