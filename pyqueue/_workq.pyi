@@ -1,6 +1,6 @@
 """Type stubs of the Cython binding pyqueue/_workq.pyx (the WorkQueue core)."""
 import mmap
-from typing import Any, Generic, Optional, Tuple, TypeVar
+from typing import Any, Generic, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, final
 
 from typing_extensions import disjoint_base
 
@@ -48,6 +48,10 @@ class WorkQueueCore(Generic[_T]):
     def max_message_bytes(self) -> int:
         """The largest encoded message a put accepts."""
     def _user(self) -> bytes: ...
+    def _put_many(self, objs: Iterable[Any], keys: Optional[Sequence[Optional[str]]],
+                  delay: float, block: bool, timeout: Optional[float]) -> List[int]: ...
+    def _get_many(self, max_messages: int, block: bool,
+                  timeout: Optional[float]) -> Tuple[Batch, List[Any], List[Any]]: ...
     def _put(self, obj: object, key: object, delay: float, block: bool,
              timeout: Optional[float]) -> Tuple[int, bool]: ...
     def _get(self, block: bool,
@@ -65,3 +69,47 @@ class WorkQueueCore(Generic[_T]):
     def _stats(self) -> dict[str, Any]: ...
     def close(self) -> None:
         """Close this handle (other handles and processes are unaffected)."""
+
+
+@final
+class Batch:
+    values: List[Any]
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __getitem__(self, key: int, /) -> Any: ...
+    def __bool__(self) -> bool: ...
+    @property
+    def ids(self) -> List[int]: ...
+    @property
+    def delivery_counts(self) -> List[int]: ...
+    @property
+    def enqueued_at(self) -> List[float]: ...
+    @property
+    def redelivered_because(self) -> List[Optional[str]]:
+        """Per message: None, "nacked", "visibility timeout", "consumer died"."""
+    @property
+    def settled(self) -> List[Optional[str]]:
+        """Per message: None (held), "acked", "nacked" or "rejected"."""
+    def ack(self, indices: Optional[Iterable[int]] = None) -> None:
+        """Done: the messages go away - every one not settled yet, or those
+        at the given positions. DeliveryExpired (its .indices: the
+        positions) for those no longer this consumer's; the rest are acked
+        all the same.
+        """
+    def nack(self, indices: Optional[Iterable[int]] = None, delay: float = 0.0,
+             error: Optional[str] = None) -> None:
+        """Deliver them again (from delay seconds on); those on their last
+        allowed delivery go to the dead-letter queue instead, with error.
+        DeliveryExpired as for ack().
+        """
+    def reject(self, indices: Optional[Iterable[int]] = None, reason: str = "rejected") -> None:
+        """Straight to the dead-letter queue (poison), with reason, as
+        Delivery.reject (one lock hold each).
+        """
+    def extend(self, seconds: float, indices: Optional[Iterable[int]] = None) -> None:
+        """Keep the messages not settled (or those given) for `seconds`
+        more from now.
+        """
+    def __enter__(self) -> Batch: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...

@@ -123,7 +123,35 @@ def _work(spec, index, stop, stats, up=None):
         return
     if up is not None:
         up()
-    _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
+    if callable(getattr(source, "get_many", None)):
+        _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
+    else:  # a backend without batches yet (Redis): one message at a time
+        _work_each(source, fn, send, poll_timeout, reject, stop, count)
+
+
+def _work_each(source, fn, send, poll_timeout, reject, stop, count):
+    """A WorkQueue worker that takes one message at a time: ack on
+    success, nack on an error, reject on one of `reject`."""
+    while not stop.is_set():
+        try:
+            d = source.get(timeout=poll_timeout)
+        except _queue.Empty:
+            continue
+        t0 = time.monotonic()
+        try:
+            result = fn(d.value)
+            if send is not None and result is not None:
+                send(result)
+        except reject as e:  # not worth a retry: straight to the dead letters
+            d.reject(f"{type(e).__name__}: {e}")
+            count(False, time.monotonic() - t0)
+            continue
+        except Exception as e:
+            d.nack(error=f"{type(e).__name__}: {e}")
+            count(False, time.monotonic() - t0)
+            continue
+        d.ack()
+        count(True, time.monotonic() - t0)
 
 
 # A worker's batches: at most this many messages (batch_size=None), and
@@ -194,11 +222,11 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
             b.nack(error=f"{type(e).__name__}: {e}")
             bad = [(i, False, e) for i in range(n)]
         else:
-            for i, rejected, e in bad:
+            for i, rejected, err in bad:
                 if rejected:
-                    b.reject([i], f"{type(e).__name__}: {e}")
+                    b.reject([i], f"{type(err).__name__}: {err}")
                 else:
-                    b.nack([i], error=f"{type(e).__name__}: {e}")
+                    b.nack([i], error=f"{type(err).__name__}: {err}")
             b.ack()
         # Only this worker writes its slots (a raw shared array: no lock on
         # the hot path); stats() reads them as they are.

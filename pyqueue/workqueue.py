@@ -15,7 +15,8 @@ import abc
 import mmap
 import time
 from queue import Empty, Full
-from typing import Any, Dict, Generic, Iterator, List, Literal, NamedTuple, Optional, Tuple, TypeVar, Union
+from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, NamedTuple, Optional,
+                    Sequence, Tuple, TypeVar, Union)
 
 from pyqueue import _segment, _workq
 from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
@@ -468,12 +469,31 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         """
         return self.put(obj, key=key, delay=delay, block=False)
 
-    def put_many(self, objs, *, keys=None, delay=0.0, block=True, timeout=None):
+    def put_many(self, objs: Iterable[T], *, keys: Optional[Sequence[Optional[str]]] = None,
+                 delay: float = 0.0, block: bool = True,
+                 timeout: Optional[float] = None) -> List[int]:
         """Put every object of objs, claiming room for many under one hold
-        of the lock; the list of their ids. keys: None, or a key (or None)
-        per object, as put(key=). MessageTooLarge before anything is put;
-        queue.Full when there is no room in time: the messages before the
-        first that did not fit stay put (the exception's .ids)."""
+        of the lock.
+
+        Args:
+            objs: The messages, in order.
+            keys: None, or one dedup key (or None) per object, as
+                put(key=).
+            delay: Seconds before the messages can be delivered.
+            block: Wait for room (False: queue.Full at once).
+            timeout: Seconds to wait for room (None: for ever).
+
+        Returns:
+            The ids of the messages put (a message whose key was seen
+            within the dedup window is not put again: the id of the first).
+
+        Raises:
+            MessageTooLarge: A message over max_message_bytes; nothing is put.
+            queue.Full: No room in time; the messages before the first that
+                did not fit stay put (the exception's .ids).
+            ValueError: keys of another length than objs, or the queue is
+                closed.
+        """
         return self._put_many(objs, keys, float(delay), block, timeout)
 
     # ---- consuming ------------------------------------------------------
@@ -528,14 +548,30 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         """
         return self.get(block=False)
 
-    def get_many(self, max_messages=1024, block=True, timeout=None):
+    def get_many(self, max_messages: int = 1024, block: bool = True,
+                 timeout: Optional[float] = None) -> "Batch":
         """Up to max_messages available messages, taken under one hold of
-        the lock, as a Batch held by this process for visibility_timeout
-        seconds (settle with batch.ack() / batch.nack(): one hold of the
-        lock for all). Waits (unless block is false) for one at least;
-        queue.Empty when none came in time. As get(), messages out of
-        deliveries go to the dead-letter queue on the way, and undecodable
-        ones are rejected there."""
+        the lock, held by this process for visibility_timeout seconds.
+
+        Settle them with batch.ack() / batch.nack() / batch.reject() (all,
+        or chosen positions): one hold of the lock for all. It never waits
+        for a batch to fill: what is there (at least one) comes at once. As
+        get(), messages out of deliveries go to the dead-letter queue on
+        the way, and undecodable ones are rejected there.
+
+        Args:
+            max_messages: The most messages taken.
+            block: Wait for a message (False: queue.Empty at once).
+            timeout: Seconds to wait (None: for ever).
+
+        Returns:
+            A Batch: values, ids, delivery_counts, and its ack/nack/reject/
+            extend.
+
+        Raises:
+            queue.Empty: No message came in time.
+            ValueError: max_messages not positive, or the queue is closed.
+        """
         end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())
