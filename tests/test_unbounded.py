@@ -236,3 +236,28 @@ def test_damaged_epoch_table_is_segment_mismatch(core, make_queue, damage):
             assert err is not None
     finally:
         fresh.close()
+
+
+def test_gc_keeps_out_of_band_messages_waiting_in_a_grown_epoch(make_queue):
+    """`pyqueue gc` tells a reference still waiting from a taken one by its
+    place between head and tail: in a grown epoch it is in another region
+    (pyqueue/cli.py, ring_references)."""
+    import contextlib
+    import io
+    import json
+
+    from pyqueue import cli
+
+    name = make_queue.unique_name("gcgrow")
+    q = make_queue.Queue(capacity_bytes=RING, name=name)
+    q.put_many([REC] * 100)                     # epochs 0 and 1
+    big = os.urandom(3 * RING)                   # out of band: its reference in epoch 1
+    q.put(big)
+    q.put_many([REC] * 200)                      # and epoch 2 after it
+    assert q.get_many(100, timeout=WAIT) == [REC] * 100   # head in epoch 1, before it
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["gc", "--json", "--oob-grace", "0", name]) == 0
+    assert json.loads(out.getvalue()) == []      # nothing to remove: it is waiting
+    assert q.get(timeout=WAIT) == big
+    assert q.get_many(200, timeout=WAIT) == [REC] * 200
