@@ -536,9 +536,12 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
      * else. */
     if (b->skipped != 0)
         pq_ring_count(r, PQ_COUNT_ABANDONED, b->skipped);
-    /* Emptied in a grown epoch: its region can be given back (the binding
-     * calls pq_ring_trim). */
-    if (__builtin_expect(r->rd_level != 0, 0) && b->next == r->tail_cache)
+    /* Emptied in a grown epoch (the one read from, or the current one: a
+     * grow whose first chunk could not be backed leaves an empty one): its
+     * region can be given back and the ring go back to level 0 (the
+     * binding calls pq_ring_trim). */
+    if (__builtin_expect(r->rd_level != 0 || r->rd_cur_cap != r->capacity, 0) &&
+        b->next == r->tail_cache)
         r->trim_wanted = 1;
     pq_event_notify(&c->writable, INT32_MAX);
     return 0;

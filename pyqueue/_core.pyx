@@ -538,8 +538,9 @@ cdef class RingQueue:
             note = _segment.shm_size_note()
             raise OSError(ENOSPC, (
                 f"{_segment.SHM_DIR} has no room to back more of the ring of queue "
-                f"{getattr(self, 'name', None)!r} ({self._r.capacity} bytes, given memory "
-                f"{PQ_RING_RESERVE_CHUNK >> 20} MiB at a time as it first fills; "
+                f"{getattr(self, 'name', None)!r} (capacity_bytes={self._r.capacity}; the ring "
+                f"is given memory {PQ_RING_RESERVE_CHUNK >> 20} MiB at a time as it fills and "
+                f"grows; "
                 f"{os.strerror(ENOSPC)}{'; ' + note if note else ''}): the message was not "
                 f"put; get messages out, lower capacity_bytes (the ring's size) or make "
                 f"{_segment.SHM_DIR} "

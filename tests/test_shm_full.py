@@ -201,6 +201,41 @@ def test_growing_past_dev_shm_is_enospc_and_the_queue_grows_again():
     assert r.stdout.strip() == "OK"
 
 
+# The same at the first grow: level 0 (1 MiB) is full and backed, and
+# /dev/shm has no room for the first chunk of level 1. That put is ENOSPC;
+# once the queue is drained, puts go back to level 0 and succeed although
+# /dev/shm is still full.
+EDGE_CHILD = textwrap.dedent("""
+    import errno, os, pyqueue
+    q = pyqueue.Queue(capacity_bytes=1 << 20)
+    with open("/dev/shm/filler", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, (4 << 20) - (1 << 20) - (520 << 10))
+    n = 0
+    try:
+        while True:
+            q.put_nowait((n, b"e" * 1000))
+            n += 1
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    assert 900 < n < 1100, n                # level 0's 1 MiB, no more
+    got = []
+    while len(got) < n:
+        got += q.get_many(n, timeout=5)
+    assert got == [(i, b"e" * 1000) for i in range(n)]
+    for lap in range(3):                    # level 0 again, round and round
+        q.put_many([(lap, i) for i in range(500)])
+        assert q.get_many(500, timeout=5) == [(lap, i) for i in range(500)]
+    print("OK")
+""")
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+def test_first_grow_in_full_dev_shm_then_drained_goes_back_to_level_0():
+    r = _run_in_tmpfs("4m", EDGE_CHILD)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "OK"
+
+
 def _backed(q):
     """Bytes of /dev/shm the queue's segment holds."""
     return os.stat(os.path.join("/dev/shm", "pyqueue." + q.name)).st_blocks * 512
