@@ -7,6 +7,8 @@ int pq_claim_lock_init(pthread_mutex_t *m)
     return pq_lock_init(m);
 }
 
+static void pq_claim_recover(pthread_mutex_t *m, const pq_claim_words *w);
+
 int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w)
 {
     return pq_claim_lock_ex(m, w, NULL);
@@ -26,25 +28,39 @@ int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_die
      */
     int rc = pq_lock_take(m, &died);
     if (rc == 0 && died) {
-        /*
-         * The previous holder died inside its claim. The tail store
-         * (release) publishes the claim: headers beyond tail are simply
-         * rewritten by the next claim, and a published CLAIMED record is
-         * repaired by readers. tail_msgs is bumped just before tail, so a
-         * holder that died between the two left a count for records that
-         * do not exist: undo it (claim_tail says it was in a claim).
-         */
-        uint64_t pending = atomic_load_explicit(w->claim_tail, memory_order_acquire);
-        if (pending != 0) {
-            if (atomic_load_explicit(w->tail, memory_order_relaxed) != pending)
-                atomic_store_explicit(w->tail_msgs,
-                                      atomic_load_explicit(w->claim_msgs, memory_order_relaxed),
-                                      memory_order_relaxed);
-            atomic_store_explicit(w->claim_tail, 0, memory_order_relaxed);
-        }
+        pq_claim_recover(m, w);
         if (owner_died)
             *owner_died = 1;
-        pthread_mutex_consistent(m);
     }
     return rc;
+}
+
+int pq_claim_lock_until(pthread_mutex_t *m, const pq_claim_words *w, int64_t deadline_ns)
+{
+    int died;
+    int rc = pq_lock_acquire(m, deadline_ns, &died);
+    if (rc == 0 && died)
+        pq_claim_recover(m, w);
+    return rc;
+}
+
+static void pq_claim_recover(pthread_mutex_t *m, const pq_claim_words *w)
+{
+    /*
+     * The previous holder died inside its claim. The tail store
+     * (release) publishes the claim: headers beyond tail are simply
+     * rewritten by the next claim, and a published CLAIMED record is
+     * repaired by readers. tail_msgs is bumped just before tail, so a
+     * holder that died between the two left a count for records that
+     * do not exist: undo it (claim_tail says it was in a claim).
+     */
+    uint64_t pending = atomic_load_explicit(w->claim_tail, memory_order_acquire);
+    if (pending != 0) {
+        if (atomic_load_explicit(w->tail, memory_order_relaxed) != pending)
+            atomic_store_explicit(w->tail_msgs,
+                                  atomic_load_explicit(w->claim_msgs, memory_order_relaxed),
+                                  memory_order_relaxed);
+        atomic_store_explicit(w->claim_tail, 0, memory_order_relaxed);
+    }
+    pthread_mutex_consistent(m);
 }

@@ -41,4 +41,10 @@ int pq_claim_lock(pthread_mutex_t *m, const pq_claim_words *w);
  * caller can repair its own words too), else 0. */
 int pq_claim_lock_ex(pthread_mutex_t *m, const pq_claim_words *w, int *owner_died);
 
+/* Take the lock before deadline_ns (CLOCK_MONOTONIC; 0: one try, never a
+ * wait), whatever the lock sites' setting: 0 (a dead holder's claim
+ * repaired as above), -EBUSY / -ETIMEDOUT, or the errors of
+ * pq_lock_acquire. */
+int pq_claim_lock_until(pthread_mutex_t *m, const pq_claim_words *w, int64_t deadline_ns);
+
 #endif /* PQ_CLAIM_LOCK_H */

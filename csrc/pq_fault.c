@@ -17,6 +17,7 @@ static const char *const pq_fault_names[PQ_FAULT_NPOINTS] = {
     [PQ_FAULT_AFTER_CONSUME] = "after_consume",
     [PQ_FAULT_PARKED] = "parked",
     [PQ_FAULT_IN_CLAIM_LOCK] = "in_claim_lock",
+    [PQ_FAULT_IN_GROW] = "in_grow",
     [PQ_FAULT_ROLL_BEGIN] = "roll_begin",
     [PQ_FAULT_MID_ROLL] = "mid_roll",
     [PQ_FAULT_IN_LOCK] = "in_lock",

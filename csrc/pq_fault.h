@@ -36,7 +36,8 @@ enum pq_fault_point {
     PQ_FAULT_ROLL_BEGIN = 8,    /* directory log: the next segment's files made, control untouched */
     PQ_FAULT_MID_ROLL = 9,      /* directory log: roll half stored (seqlock odd), holding the lock */
     PQ_FAULT_IN_LOCK = 10,      /* any lock of any kind just taken (pq_lock_take) */
-    PQ_FAULT_NPOINTS = 11,
+    PQ_FAULT_IN_GROW = 11,      /* holding the claim lock, a grown epoch published, before its claim */
+    PQ_FAULT_NPOINTS = 12,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

@@ -11,9 +11,10 @@
 #include "pq_proc.h"
 
 
+/* The header of a record of this view's last claim (see pq_ring_payload). */
 static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos)
 {
-    return (pq_record_header *)(r->data + (pos & r->mask));
+    return (pq_record_header *)(r->ep_base + ((pos - r->ep_start) & (r->ep_cap - 1)));
 }
 
 /*
@@ -25,6 +26,8 @@ static inline pq_record_header *pq_ring_header_at(const pq_ring *r, uint64_t pos
  * wake-up went out: the wait must also watch head_msgs against the value
  * the claim used. (Harmless where the two move together.)
  */
+static int pq_ring_rd_current(pq_ring *r);
+
 _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
 _Thread_local uint64_t pq_ring_full_passed;
 
@@ -45,6 +48,12 @@ int pq_ring_create_backed(void *base, size_t size, uint64_t capacity, uint64_t m
     if (!pq_is_power_of_two(capacity) || capacity < PQ_RING_MIN_CAPACITY ||
         capacity > PQ_RING_MAX_CAPACITY || size < pq_ring_segment_size(capacity))
         return -EINVAL;
+    /* As many levels as `size` holds. */
+    unsigned nlevels = 1;
+    while (nlevels < pq_ring_max_levels(capacity) &&
+           PQ_RING_DATA_OFFSET + pq_ring_span(capacity, nlevels + 1) <= size)
+        nlevels++;
+    const uint64_t span = pq_ring_span(capacity, nlevels);
     if (n_user_params < 0 || n_user_params > PQ_RING_NPARAMS - PQ_RING_PARAM_USER0)
         return -EINVAL;
     params[PQ_RING_PARAM_CAPACITY] = capacity;
@@ -52,7 +61,7 @@ int pq_ring_create_backed(void *base, size_t size, uint64_t capacity, uint64_t m
     for (int i = 0; i < n_user_params; i++)
         params[PQ_RING_PARAM_USER0 + i] = user_params[i];
 
-    rc = pq_segment_init(base, size, PQ_KIND_QUEUE, PQ_RING_DATA_OFFSET, capacity, params,
+    rc = pq_segment_init(base, size, PQ_KIND_QUEUE, PQ_RING_DATA_OFFSET, span, params,
                          PQ_RING_NPARAMS);
     if (rc < 0)
         return rc;
@@ -63,8 +72,11 @@ int pq_ring_create_backed(void *base, size_t size, uint64_t capacity, uint64_t m
     if (rc < 0)
         return rc;
     /* relaxed: published with the whole control block by the release in
-     * pq_segment_publish; nobody can open the segment before. */
-    atomic_store_explicit(&ctl->reserved, backed < capacity ? backed : capacity,
+     * pq_segment_publish; nobody can open the segment before. Epoch 0
+     * (the zeroed entry 0: start 0, level 0) is the current one; level
+     * 0's region is backed up to `backed`. */
+    atomic_store_explicit(&ctl->level_reserved[0],
+                          (backed < capacity ? backed : capacity) / PQ_RING_EXTENT_UNIT,
                           memory_order_relaxed);
 
     pq_segment_publish(base);
@@ -83,9 +95,15 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
         return rc;
     pq_segment_header *h = base;
     uint64_t capacity = h->params[PQ_RING_PARAM_CAPACITY];
-    if (h->data_offset != PQ_RING_DATA_OFFSET || capacity != h->data_size ||
-        !pq_is_power_of_two(capacity) || capacity < PQ_RING_MIN_CAPACITY ||
-        capacity > PQ_RING_MAX_CAPACITY || pq_ring_segment_size(capacity) > size)
+    if (h->data_offset != PQ_RING_DATA_OFFSET || !pq_is_power_of_two(capacity) ||
+        capacity < PQ_RING_MIN_CAPACITY || capacity > PQ_RING_MAX_CAPACITY)
+        return PQ_ERR_TRUNCATED;
+    /* The data area holds 1..pq_ring_max_levels regions, exactly. */
+    const uint64_t data_size = h->data_size;
+    unsigned nlevels = 1;
+    while (nlevels < pq_ring_max_levels(capacity) && pq_ring_span(capacity, nlevels) < data_size)
+        nlevels++;
+    if (pq_ring_span(capacity, nlevels) != data_size || data_size > size - PQ_RING_DATA_OFFSET)
         return PQ_ERR_TRUNCATED;
     r->hdr = h;
     r->ctl = (pq_ring_ctl *)((uint8_t *)base + PQ_RING_CTL_OFFSET);
@@ -93,12 +111,20 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
     r->capacity = capacity;
     r->mask = capacity - 1;
     r->maxsize = h->params[PQ_RING_PARAM_MAXSIZE];
+    r->span = data_size;
+    r->nlevels = nlevels;
     r->head_cache = atomic_load_explicit(&r->ctl->head, memory_order_acquire);
-    r->tail_cache = atomic_load_explicit(&r->ctl->tail, memory_order_acquire);
-    /* acquire: pairs with the release in pq_ring_reserve (the pages were
-     * given before the extent was published). */
-    uint64_t backed = atomic_load_explicit(&r->ctl->reserved, memory_order_acquire);
-    r->reserved_cache = backed >= capacity ? UINT64_MAX : backed;
+    /* The first peek loads tail (and checks it against the epoch). */
+    r->tail_cache = r->head_cache;
+    r->rd_seen = atomic_load_explicit(&r->ctl->epoch, memory_order_acquire);
+    r->rd_start = r->rd_end = 0; /* nothing cached: the first peek looks up */
+    (void)pq_ring_rd_current(r); /* a damaged entry: the first peek says so */
+    /* The producer's epoch is loaded by the first claim, under the lock;
+     * until then no claim passes the reservation check for nothing. */
+    r->ep_n = UINT64_MAX;
+    r->ep_base = r->data;
+    r->ep_cap = capacity;
+    r->reserved_cache = 0;
     r->reserve_need = 0;
     r->held = 0;
     r->slot_owner = 0;
@@ -125,14 +151,35 @@ static int pq_ring_lock(pq_ring *r)
  */
 __attribute__((noinline, cold)) static int pq_ring_backed_to(pq_ring *r, uint64_t p)
 {
-    const uint64_t end = p < r->capacity ? p : r->capacity;
-    /* acquire: pairs with the release in pq_ring_reserve. */
-    const uint64_t backed = atomic_load_explicit(&r->ctl->reserved, memory_order_acquire);
-    r->reserved_cache = backed >= r->capacity ? UINT64_MAX : backed;
-    if (end <= backed)
+    const uint64_t off = p - r->ep_start;
+    const uint64_t end = off < r->ep_cap ? off : r->ep_cap;
+    /* Re-reads the level's extent (acquire there, pairs with the release
+     * in pq_ring_reserve) into reserved_cache. */
+    int rc = pq_ring_epoch_load(r, r->ep_n);
+    if (rc < 0)
+        return rc;
+    if (r->reserved_cache == UINT64_MAX || p <= r->reserved_cache)
         return 1;
     r->reserve_need = end;
     return 0;
+}
+
+/* Lay out n records from t in the view's epoch: a record that would cross
+ * the end of its region starts at the region's beginning instead, after a
+ * padding record. Returns the end of the last one. */
+static inline uint64_t pq_ring_lay_out(const pq_ring *r, uint64_t t, const uint32_t *lens,
+                                       uint32_t n, uint64_t *pos_out)
+{
+    uint64_t p = t;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t size = pq_ring_record_size(lens[i]);
+        uint64_t off = (p - r->ep_start) & (r->ep_cap - 1);
+        if (off + size > r->ep_cap)
+            p += r->ep_cap - off;
+        pos_out[i] = p;
+        p += size;
+    }
+    return p;
 }
 
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out)
@@ -163,7 +210,13 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
     if (rc < 0)
         return rc;
 
-    /* relaxed: tail and tail_msgs are only written under the claim lock. */
+    /* relaxed: epoch, tail and tail_msgs are only written under the claim
+     * lock. The epoch changes rarely (a grow, a trim): one comparison. */
+    const uint64_t epoch = atomic_load_explicit(&c->epoch, memory_order_relaxed);
+    if (__builtin_expect(epoch != r->ep_n, 0) && (rc = pq_ring_epoch_load(r, epoch)) < 0) {
+        pthread_mutex_unlock(&c->claim_lock);
+        return rc;
+    }
     t = atomic_load_explicit(&c->tail, memory_order_relaxed);
     h = r->head_cache;
     /* A misaligned tail (only a corrupt segment) would lay a header
@@ -191,46 +244,49 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
         }
     }
 
-    /* Lay the records out; a record that would cross the end of the data
-     * area starts at the beginning instead, after a padding record. */
-    p = t;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t size = pq_ring_record_size(lens[i]);
-        uint64_t off = p & r->mask;
-        if (off + size > r->capacity)
-            p += r->capacity - off;
-        pos_out[i] = p;
-        p += size;
-    }
-    if (p - h > r->capacity || t - h > r->capacity) {
+    /* Lay the records out in the current epoch. The room there is from
+     * the later of head and the epoch's start (older epochs' records lie
+     * in other regions). */
+    p = pq_ring_lay_out(r, t, lens, n, pos_out);
+    if (p - pq_pos_max(h, r->ep_start) > r->ep_cap || t - h > r->span ||
+        t - r->ep_start >= PQ_POS_HALF) {
         /* acquire: pairs with the consumers' CAS (release) on head, so
          * their reads of the payloads we may now overwrite are complete.
          * (The cached value was loaded the same way.) */
         h = atomic_load_explicit(&c->head, memory_order_acquire);
         r->head_cache = h;
-        /* head past tail or a capacity behind it: claims never let that
-         * happen, so the segment is corrupt ("no room" would be for good). */
-        if (t - h > r->capacity) {
+        /* head past tail or the whole data area behind it: claims never
+         * let that happen, so the segment is corrupt ("no room" would be
+         * for good). */
+        if (t - h > r->span || t - pq_pos_max(h, r->ep_start) > r->ep_cap) {
             pthread_mutex_unlock(&c->claim_lock);
             return PQ_ERR_CORRUPT;
         }
-        if (p - h > r->capacity) {
-            pthread_mutex_unlock(&c->claim_lock);
-            return -EAGAIN;
+        if (p - pq_pos_max(h, r->ep_start) > r->ep_cap) {
+            /* Full: go on in a new epoch one level up (twice the room,
+             * empty), unless this is the last level. A batch fits there
+             * (at most half of the smallest region), from its start. */
+            rc = pq_ring_grow(r, t);
+            if (rc < 0) {
+                pthread_mutex_unlock(&c->claim_lock);
+                return rc;
+            }
+            p = pq_ring_lay_out(r, t, lens, n, pos_out);
         }
     }
 
     /*
-     * The records must lie where the data area has pages (pq_ring_reserve.c).
-     * Only the first lap can reach unbacked bytes: there a position is its
-     * offset, and claims never pass ctl->reserved, so once tail has gone
-     * round everything is backed and reserved_cache is UINT64_MAX. One
-     * comparison on the hot path; a record laid out after a padding record
-     * at the start of the area lies below t, which is backed.
+     * The records must lie where the region has pages (pq_ring_reserve.c).
+     * Only the epoch's first lap can reach unbacked bytes: there a
+     * position's offset is pos - start, and claims never pass the level's
+     * extent, so once tail has gone round everything is backed and
+     * reserved_cache is UINT64_MAX. One comparison on the hot path; a
+     * record laid out after a padding record at the start of the region
+     * lies below t, which is backed.
      */
-    if (__builtin_expect(p > r->reserved_cache, 0) && !pq_ring_backed_to(r, p)) {
+    if (__builtin_expect(p > r->reserved_cache, 0) && (rc = pq_ring_backed_to(r, p)) <= 0) {
         pthread_mutex_unlock(&c->claim_lock);
-        return -ENOBUFS;
+        return rc < 0 ? rc : -ENOBUFS;
     }
 
     /* Announce the claim for EOWNERDEAD recovery (see pq_ring_lock);
@@ -291,6 +347,45 @@ static inline int pq_ring_stale_or_corrupt(const pq_ring *r, uint64_t h)
     return atomic_load_explicit(&r->ctl->head, memory_order_acquire) != h ? -ESTALE : PQ_ERR_CORRUPT;
 }
 
+/*
+ * The slow half of a reader's mapping of position p: look its epoch up in
+ * the table (as of rd_seen) and cache it in rd_*. Asks for a trim when the
+ * reader leaves a grown epoch (its region may be given back).
+ */
+/* Load epoch rd_seen's start and size into rd_cur_*: 0, or PQ_ERR_CORRUPT
+ * (then no tail passes the check in pq_ring_peek). */
+static int pq_ring_rd_current(pq_ring *r)
+{
+    pq_ring_epoch *e = &r->ctl->epochs[r->rd_seen % PQ_RING_EPOCHS];
+    /* relaxed: loaded after tail (acquire), which published the entry. */
+    const uint64_t start = atomic_load_explicit(&e->start, memory_order_relaxed);
+    const uint64_t level = atomic_load_explicit(&e->level, memory_order_relaxed);
+    if (level >= r->nlevels || (start & (PQ_RECORD_ALIGN - 1)) != 0) {
+        r->rd_cur_start = 0;
+        r->rd_cur_cap = 0;
+        return PQ_ERR_CORRUPT;
+    }
+    r->rd_cur_start = start;
+    r->rd_cur_cap = r->capacity << level;
+    return 0;
+}
+
+__attribute__((noinline, cold)) static int pq_ring_rd_find(pq_ring *r, uint64_t p)
+{
+    pq_ring_where w;
+    int rc = pq_ring_epoch_find(r, r->rd_seen, p, &w);
+    if (rc < 0)
+        return rc;
+    if (r->rd_level != 0 && w.start != r->rd_start)
+        r->trim_wanted = 1;
+    r->rd_start = w.start;
+    r->rd_end = w.end;
+    r->rd_cap = w.cap;
+    r->rd_level = w.level;
+    r->rd_base = w.base;
+    return 0;
+}
+
 int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b)
 {
     pq_ring_ctl *c = r->ctl;
@@ -308,7 +403,7 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
     b->skipped = 0;
     if ((h & (PQ_RECORD_ALIGN - 1)) != 0)
         return pq_ring_stale_or_corrupt(r, h);
-    if (t - h > r->capacity)
+    if (t - h > r->span)
         t = h; /* the cache is behind head: used up, reload below */
 
     for (;;) {
@@ -319,22 +414,40 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
             t = r->tail_cache;
             /* t - p: a tail behind the cached one (only a corrupt
              * segment) would leave p past t and the walk unbounded. */
-            if (t - h > r->capacity || t - p > r->capacity ||
-                (t & (PQ_RECORD_ALIGN - 1)) != 0)
+            if (t - h > r->span || t - p > r->span || (t & (PQ_RECORD_ALIGN - 1)) != 0)
+                return pq_ring_stale_or_corrupt(r, h);
+            /* The epochs of every position below this tail: loaded after
+             * it (ordered by its acquire; the claim that published an
+             * epoch stored ctl->epoch before its tail). A new epoch ends
+             * the cached one, which may have been open-ended. */
+            uint64_t seen = atomic_load_explicit(&c->epoch, memory_order_relaxed);
+            if (__builtin_expect(seen != r->rd_seen, 0)) {
+                r->rd_seen = seen;
+                r->rd_end = r->rd_start; /* look up again */
+                (void)pq_ring_rd_current(r);
+            }
+            /* Claims keep the tail within the current epoch's size of
+             * the later of head and the epoch's start. */
+            if (t - pq_pos_max(h, r->rd_cur_start) > r->rd_cur_cap)
                 return pq_ring_stale_or_corrupt(r, h);
         }
         if (b->count == max)
             break;
-        uint64_t off = p & r->mask;
-        pq_record_header *rec = (pq_record_header *)(r->data + off);
+        /* One comparison while p stays in the cached epoch. */
+        if (__builtin_expect(p - r->rd_start >= r->rd_end - r->rd_start, 0) &&
+            pq_ring_rd_find(r, p) < 0)
+            return pq_ring_stale_or_corrupt(r, h);
+        uint64_t off = (p - r->rd_start) & (r->rd_cap - 1);
+        pq_record_header *rec = (pq_record_header *)(r->rd_base + off);
         /* acquire: pairs with pq_ring_commit's release, making the payload
          * visible once we see COMMITTED. */
         uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
         uint64_t len = pq_ctl_len(ctl);
         uint64_t size = pq_ring_record_size(len);
 
-        /* Bound everything by the data area before using it. */
-        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > r->capacity - off || size > t - p)
+        /* Bound everything by the region and the epoch before using it. */
+        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > r->rd_cap - off || size > t - p ||
+            size > r->rd_end - p)
             return pq_ring_stale_or_corrupt(r, h);
 
         switch (pq_ctl_state(ctl)) {
@@ -423,6 +536,13 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
      * else. */
     if (b->skipped != 0)
         pq_ring_count(r, PQ_COUNT_ABANDONED, b->skipped);
+    /* Emptied in a grown epoch (the one read from, or the current one: a
+     * grow whose first chunk could not be backed leaves an empty one): its
+     * region can be given back and the ring go back to level 0 (the
+     * binding calls pq_ring_trim). */
+    if (__builtin_expect(r->rd_level != 0 || r->rd_cur_cap != r->capacity, 0) &&
+        b->next == r->tail_cache)
+        r->trim_wanted = 1;
     pq_event_notify(&c->writable, INT32_MAX);
     return 0;
 }
@@ -495,11 +615,16 @@ int pq_ring_repair_head(pq_ring *r)
     int32_t pid;
     uint64_t start32;
 
+    /* acquire: after tail, the epochs of every position below it. */
+    uint64_t n = atomic_load_explicit(&c->epoch, memory_order_acquire);
+    pq_ring_where w;
+
     /* A misaligned head (a corrupt segment) would put the header across
      * the end of the data area: nothing to repair there. */
-    if (h == t || t - h > r->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0)
+    if (h == t || t - h > r->span || (h & (PQ_RECORD_ALIGN - 1)) != 0 ||
+        pq_ring_epoch_find(r, n, h, &w) < 0)
         return 0;
-    pq_record_header *rec = pq_ring_header_at(r, h);
+    pq_record_header *rec = (pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
     if (pq_ctl_tag(ctl) != pq_record_tag(h) || pq_ctl_state(ctl) != PQ_REC_CLAIMED)
         return 0;

@@ -5,13 +5,22 @@
  * Layout of a queue segment:
  *   [0, 256)            pq_segment_header (kind PQ_KIND_QUEUE)
  *   [256, 4096)         pq_ring_ctl: cursors, claim lock, events, counters,
- *                       process slots
- *   [4096, 4096 + cap)  data area: records, cap a power of two
+ *                       process slots, epochs
+ *   [4096, 4096 + span) data area: one region per level l (0 <= l <
+ *                       nlevels) of cap << l bytes at cap * (2^l - 1),
+ *                       cap a power of two; the file is sparse, and only
+ *                       what the ring uses has pages (pq_ring_epoch.c)
  *
  * A record is a 16-byte header followed by the payload, padded to 16 bytes.
- * Positions (head, tail) are ever-growing 64-bit byte counters; the offset
- * in the data area is pos & (cap - 1). A record never wraps: when it does
- * not fit before the end of the data area a PADDING record fills the rest.
+ * Positions (head, tail) are ever-growing 64-bit byte counters. The ring
+ * runs in one region at a time: an epoch is a run of positions from its
+ * start (the tail when it began) to the next epoch's start, laid out in
+ * the region of its level at offset (pos - start) & (cap_l - 1). A claim
+ * that finds the ring full starts a new epoch one level up (twice the
+ * size) at the tail instead of waiting; a queue that drains starts over at
+ * level 0 and the emptied regions are given back (docs/design.md,
+ * "Unbounded queues"). A record never wraps nor crosses an epoch: when it
+ * does not fit before the end of the region a PADDING record fills the rest.
  *
  * Protocol (docs/design.md explains every memory order):
  *   producers  pq_ring_claim -> copy into pq_ring_payload -> pq_ring_commit
@@ -40,6 +49,17 @@
 #define PQ_RING_DATA_OFFSET 4096u
 #define PQ_RING_MIN_CAPACITY 4096u
 #define PQ_RING_MAX_CAPACITY (1ull << 40)
+/* Levels a ring may grow through (the first, cap bytes, included). */
+#define PQ_RING_LEVELS 20
+/* The newest epochs kept in pq_ring_ctl.epochs (indexed by epoch number
+ * modulo this): at least PQ_RING_LEVELS, since the live epochs (from the
+ * one that holds head to the current one) have strictly increasing levels. */
+#define PQ_RING_EPOCHS 32
+/* The data area's regions add up to at most this much address space (and
+ * file size: sparse, so nothing until used), unless one region is bigger. */
+#define PQ_RING_SPAN_MAX (4ull << 30)
+/* Extents in pq_ring_ctl.level_reserved are counted in these units. */
+#define PQ_RING_EXTENT_UNIT 4096u
 
 /* Creation parameters kept in pq_segment_header.params. */
 enum pq_ring_param {
@@ -82,6 +102,12 @@ typedef struct pq_ring_slot {
     _Atomic uint64_t taking_next; /* head after it */
 } __attribute__((aligned(32))) pq_ring_slot;
 
+/* One epoch (see the layout above). */
+typedef struct pq_ring_epoch {
+    _Atomic uint64_t start; /* its first position */
+    _Atomic uint64_t level; /* the region it runs in */
+} pq_ring_epoch;
+
 typedef struct pq_ring_ctl {
     /* Producers' line: tail and message count only change under claim_lock. */
     PQ_ALIGNED_LINE pthread_mutex_t claim_lock;
@@ -93,12 +119,11 @@ typedef struct pq_ring_ctl {
      * bumped for records that were never published. */
     _Atomic uint64_t claim_tail;
     _Atomic uint64_t claim_msgs;
-    /* Bytes of the data area, from its start, known to have shmem pages
-     * behind them (pq_ring_reserve.c): a segment is created sparse beyond
-     * its first chunk and the first lap of the ring backs the rest chunk
-     * by chunk before writing there. Only grows (atomic max), up to the
-     * capacity; any process may raise it. */
-    _Atomic uint64_t reserved;
+    /* The current epoch's number (pq_ring_epoch.c): claims go into it.
+     * Written under claim_lock (release: its entry in epochs[] and its
+     * level's extent are written before); next to tail, which readers
+     * load right before it. */
+    _Atomic uint64_t epoch;
     /* Consumers' line. head and head_msgs are one 16-aligned pair that
      * pq_ring_consume moves with one double-width CAS (pq_ring.c). */
     PQ_ALIGNED_LINE _Atomic uint64_t head; /* start of the oldest unread record */
@@ -115,6 +140,25 @@ typedef struct pq_ring_ctl {
     /* Two slots per cache line; pq_ring_take claims them so that the
      * first PQ_RING_SLOTS / 2 consumers get a line each. */
     PQ_ALIGNED_LINE pq_ring_slot slots[PQ_RING_SLOTS];
+    /* Epoch k is epochs[k % PQ_RING_EPOCHS] while it may be live; written
+     * under claim_lock before ctl->epoch publishes it, never changed after
+     * (until its entry is reused by epoch k + PQ_RING_EPOCHS, when k is
+     * long dead). */
+    PQ_ALIGNED_LINE pq_ring_epoch epochs[PQ_RING_EPOCHS];
+    /*
+     * Per level: how much of its region, from its start, has shmem pages
+     * behind it (pq_ring_reserve.c): regions are sparse and a lap of the
+     * ring backs them chunk by chunk before writing there. Bits 0-31: the
+     * extent in PQ_RING_EXTENT_UNIT; bits 32-63: the low 32 bits of the
+     * epoch number that uses the level (levels >= 1: a grow resets the
+     * extent to 0 with the new tag, since a trim may have emptied the
+     * region, and a late pq_ring_reserve for an older epoch must not raise
+     * it; level 0 is never emptied and its tag is not checked).
+     */
+    _Atomic uint64_t level_reserved[PQ_RING_LEVELS];
+    /* Bit l: level l's region may have pages that a trim should give back
+     * (set by a grow, cleared by pq_ring_trim once emptied). Under claim_lock. */
+    _Atomic uint64_t dirty_levels;
 } pq_ring_ctl;
 
 _Static_assert(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET,
@@ -131,15 +175,16 @@ typedef struct pq_ring {
     pq_segment_header *hdr;
     pq_ring_ctl *ctl;
     uint8_t *data;
-    uint64_t capacity;
+    uint64_t capacity; /* of level 0, the smallest region */
     uint64_t mask;
     uint64_t maxsize;
     uint64_t max_payload; /* largest payload one record can hold */
     /*
      * Claims may end at positions up to here without backing more of the
-     * data area: ctl->reserved as last seen, or UINT64_MAX once the whole
-     * data area is backed (then the check in pq_ring_claim never fails).
-     * Next to capacity and mask, which every claim reads too.
+     * current epoch's region: its start plus its level's extent as last
+     * seen, or UINT64_MAX once the whole region is backed (then the check
+     * in pq_ring_claim never fails). Next to capacity and mask, which
+     * every claim reads too.
      */
     uint64_t reserved_cache;
     /*
@@ -161,10 +206,55 @@ typedef struct pq_ring {
     uint32_t held;
     uint64_t slot_owner;
     unsigned slot_forks; /* pq_proc_forks when the slot was claimed */
-    /* How far the data area must be backed for the claim that last failed
-     * with -ENOBUFS (pq_ring_reserve's argument). */
+    /* How far the current epoch's region must be backed (bytes from its
+     * start) for the claim that last failed with -ENOBUFS
+     * (pq_ring_reserve's argument). */
     uint64_t reserve_need;
+    /* Bytes of the data area (all levels) and the number of levels. */
+    uint64_t span;
+    unsigned nlevels;
+    /* Set by a take/consume that emptied the queue in a grown epoch or
+     * passed an epoch: the binding then calls pq_ring_trim (GIL released)
+     * and clears it. */
+    int trim_wanted;
+    /* The epoch claims go into, as this view last saw it under the claim
+     * lock (ep_n: its number, UINT64_MAX: none yet). pq_ring_payload and
+     * pq_ring_commit use it for the positions of this view's last claim. */
+    uint64_t ep_n;
+    uint64_t ep_start;
+    uint64_t ep_cap;
+    unsigned ep_level;
+    uint8_t *ep_base;
+    /* The epoch of the position a consumer last read: [rd_start, rd_end)
+     * (rd_end rd_start + 2^63: it was the current one), and rd_seen, the epoch
+     * number read right after tail_cache was loaded. */
+    uint64_t rd_seen;
+    /* Epoch rd_seen's start and size: a tail must lie within its size
+     * of max(head, start) (claims keep it so; more is a corrupt segment). */
+    uint64_t rd_cur_start;
+    uint64_t rd_cur_cap;
+    uint64_t rd_start;
+    uint64_t rd_end;
+    uint64_t rd_cap;
+    unsigned rd_level;
+    uint8_t *rd_base;
 } pq_ring;
+
+/* Positions are 64-bit counters compared modulo 2^64 (a ring may start
+ * anywhere, and wraps): a is at or after b when a - b < 2^63. */
+#define PQ_POS_HALF (1ull << 63)
+static inline uint64_t pq_pos_max(uint64_t a, uint64_t b)
+{
+    return a - b < PQ_POS_HALF ? a : b;
+}
+
+/* Where a position lies (pq_ring_epoch_find). end: the next epoch's start,
+ * or start + PQ_POS_HALF for the current epoch (no end yet). */
+typedef struct pq_ring_where {
+    uint64_t n, start, end, cap;
+    unsigned level;
+    uint8_t *base;
+} pq_ring_where;
 
 /* One readable record found by pq_ring_peek. */
 typedef struct pq_ring_record {
@@ -192,10 +282,46 @@ typedef struct pq_ring_stats {
     uint64_t abandoned_taken;
 } pq_ring_stats;
 
-/* Bytes a segment with a data area of `capacity` bytes needs. */
+/* How many levels a ring whose first region has `capacity` bytes may have:
+ * as many as PQ_RING_SPAN_MAX of regions allow (at least 1, at most
+ * PQ_RING_LEVELS). */
+static inline unsigned pq_ring_max_levels(uint64_t capacity)
+{
+    unsigned n = 1;
+    /* bounded: PQ_RING_LEVELS iterations; capacity <= 2^40, so the
+     * products stay below 2^61. */
+    while (n < PQ_RING_LEVELS && capacity * ((2ull << n) - 1) <= PQ_RING_SPAN_MAX)
+        n++;
+    return n;
+}
+
+/* Bytes of the data area (all regions) of a ring of `capacity` bytes with
+ * `nlevels` levels. */
+static inline uint64_t pq_ring_span(uint64_t capacity, unsigned nlevels)
+{
+    return capacity * ((1ull << nlevels) - 1);
+}
+
+/* Offset of level l's region in the data area. */
+static inline uint64_t pq_ring_level_offset(uint64_t capacity, unsigned level)
+{
+    return capacity * ((1ull << level) - 1);
+}
+
+/* Bytes a segment with a ring of `capacity` bytes that never grows needs
+ * (one level: a claim that finds it full gets -EAGAIN). */
 static inline uint64_t pq_ring_segment_size(uint64_t capacity)
 {
     return PQ_RING_DATA_OFFSET + capacity;
+}
+
+/* Bytes a segment with a ring whose first region has `capacity` bytes and
+ * that grows through pq_ring_max_levels levels needs: its file size
+ * (sparse: only what is used gets pages). pq_ring_create gives a ring as
+ * many levels as the size it is handed holds. */
+static inline uint64_t pq_ring_growable_size(uint64_t capacity)
+{
+    return PQ_RING_DATA_OFFSET + pq_ring_span(capacity, pq_ring_max_levels(capacity));
 }
 
 /* Bytes one record with a payload of len bytes takes in the data area. */
@@ -242,15 +368,46 @@ int pq_ring_open(pq_ring *r, void *base, size_t size);
  */
 int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_out);
 
+/* --- epochs: growth and trimming (pq_ring_epoch.c) --------------------- */
+
+/*
+ * Find the epoch that holds position p for a reader that loaded tail
+ * (acquire, p below it) and then n = ctl->epoch. Reads only the shared
+ * table (bounded: PQ_RING_EPOCHS entries). 0; -ESTALE when p is older
+ * than every epoch kept (the reader's head is stale); PQ_ERR_CORRUPT when
+ * the table is inconsistent (a level out of range, starts that go back).
+ * Whatever the table holds, the region found lies inside the data area.
+ */
+int pq_ring_epoch_find(const pq_ring *r, uint64_t n, uint64_t p, pq_ring_where *w);
+
+/* Under the claim lock: point the view's producer epoch (ep_*) and
+ * reserved_cache at epoch n, the current one. 0 or PQ_ERR_CORRUPT. */
+int pq_ring_epoch_load(pq_ring *r, uint64_t n);
+
+/* Under the claim lock, with the ring full at tail t: start epoch
+ * ep_n + 1 at t, one level up, and point ep_* at it. 0; -EAGAIN at the
+ * last level. */
+int pq_ring_grow(pq_ring *r, uint64_t t);
+
+/*
+ * Give back memory the ring no longer needs: take the claim lock (without
+ * waiting: 0 when it is busy), start over at level 0 when the queue is
+ * empty in a grown epoch, and empty the regions of dead epochs
+ * (MADV_REMOVE). Call without language locks (it may free many pages).
+ * Returns the number of regions emptied, or -errno.
+ */
+int pq_ring_trim(pq_ring *r);
+
 /* --- lazy reservation of the data area (pq_ring_reserve.c) ------------- */
 
 /* The data area is backed a chunk at a time during the ring's first lap. */
 #define PQ_RING_RESERVE_CHUNK (1u << 20)
 
 /*
- * Give the data area pages up to at least `need` bytes from its start
- * (rounded up to PQ_RING_RESERVE_CHUNK, at most the capacity), then
- * publish the new extent in ctl->reserved. 0 on success; -ENOSPC when
+ * Give the region of the view's current epoch (ep_*) pages up to at least
+ * `need` bytes from its start (rounded up to PQ_RING_RESERVE_CHUNK, at
+ * most its size), then publish the new extent in ctl->level_reserved
+ * (unless a newer epoch took the level meanwhile). 0 on success; -ENOSPC when
  * the memory behind the segment (/dev/shm) has no room: nothing is
  * published, and nothing is written to the ring; -EOPNOTSUPP when the
  * kernel cannot populate shared memory without touching it (older than
@@ -264,9 +421,11 @@ int pq_ring_reserve(pq_ring *r, uint64_t need);
  * fully backed). Probes once per process on a private anonymous page. */
 int pq_ring_populate_supported(void);
 
+/* The payload of a record of this view's last successful claim (it lies
+ * in the epoch that claim saw, ep_*). */
 static inline uint8_t *pq_ring_payload(const pq_ring *r, uint64_t pos)
 {
-    return r->data + (pos & r->mask) + PQ_RECORD_HEADER;
+    return r->ep_base + ((pos - r->ep_start) & (r->ep_cap - 1)) + PQ_RECORD_HEADER;
 }
 
 /* Make a claimed record readable with the given payload type. */

@@ -32,32 +32,68 @@ int pq_ring_reserve(pq_ring *r, uint64_t need)
 {
     pq_ring_ctl *c = r->ctl;
     const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    const uint64_t cap = r->ep_cap;
+    const unsigned level = r->ep_level;
+    _Atomic uint64_t *extent_word = &c->level_reserved[level];
     /* acquire: pairs with the release below of whoever backed it. */
-    uint64_t backed = atomic_load_explicit(&c->reserved, memory_order_acquire);
+    uint64_t word = atomic_load_explicit(extent_word, memory_order_acquire);
 
-    if (need > r->capacity)
-        need = r->capacity;
+    if (r->ep_n == UINT64_MAX || level >= r->nlevels)
+        return 0; /* no epoch loaded yet: the next claim loads one */
+    /* Another epoch took the level (after a trim and a grow): this view's
+     * claim will load the current epoch and ask again. */
+    if (level != 0 && (word >> 32) != (uint32_t)r->ep_n)
+        return 0;
+    uint64_t backed = (word & 0xffffffffu) * PQ_RING_EXTENT_UNIT;
+    if (need > cap)
+        need = cap;
     if (need > backed) {
         /* From the page that holds the first unbacked byte, to a whole
-         * chunk (data area offsets: the area starts on a page boundary). */
+         * chunk (region offsets: regions start on page boundaries). */
         const uint64_t from = backed & ~(page - 1);
         uint64_t want = (need + PQ_RING_RESERVE_CHUNK - 1) & ~((uint64_t)PQ_RING_RESERVE_CHUNK - 1);
-        if (want > r->capacity)
-            want = r->capacity;
-        int rc = pq_populate(r->data + from, want - from);
+        if (want > cap)
+            want = cap;
+        /* Levels >= 1: a trim may empty the region while we populate it
+         * (the queue drained and went back to level 0 meanwhile). Mark it
+         * as having pages before and after (relaxed: only ever read under
+         * the claim lock, by a trim), and if the epoch moved on, trim
+         * (under the lock: it empties the region only if no live epoch
+         * uses it), so what we populated is not left behind. */
+        if (level != 0)
+            atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_relaxed);
+        int rc = pq_populate(r->ep_base + from, want - from);
+        if (level != 0) {
+            atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_relaxed);
+            /* acquire: pairs with the release that published the epoch. */
+            if (atomic_load_explicit(&c->epoch, memory_order_acquire) != r->ep_n) {
+                (void)pq_ring_trim(r);
+                return rc < 0 ? rc : 0; /* the claim loads the current epoch */
+            }
+        }
         if (rc < 0)
             return rc;
-        /* Atomic max: concurrent producers may back the same chunk
-         * (harmless, the second populate finds the pages there). release
-         * on success: the pages given above exist for whoever reads the
-         * new extent with acquire; relaxed on failure: nothing published. */
-        while (backed < want &&
-               !atomic_compare_exchange_weak_explicit(&c->reserved, &backed, want,
+        /* Atomic max under the same tag: concurrent producers may back the
+         * same chunk (harmless, the second populate finds the pages
+         * there); a grow that retagged the level meanwhile wins (what we
+         * backed then stays until a trim empties the level). release on
+         * success: the pages given above exist for whoever reads the new
+         * extent with acquire; relaxed on failure: nothing published. */
+        for (;;) {
+            if (level != 0 && (word >> 32) != (uint32_t)r->ep_n)
+                break;
+            if ((word & 0xffffffffu) * PQ_RING_EXTENT_UNIT >= want)
+                break;
+            const uint64_t next = (word & ~(uint64_t)0xffffffffu) | (want / PQ_RING_EXTENT_UNIT);
+            if (atomic_compare_exchange_weak_explicit(extent_word, &word, next,
                                                       memory_order_release, memory_order_relaxed))
-            ;
+                break;
+        }
+        word = atomic_load_explicit(extent_word, memory_order_acquire);
+        backed = (word & 0xffffffffu) * PQ_RING_EXTENT_UNIT;
     }
-    backed = atomic_load_explicit(&c->reserved, memory_order_acquire);
-    r->reserved_cache = backed >= r->capacity ? UINT64_MAX : backed;
+    if (level == 0 || (word >> 32) == (uint32_t)r->ep_n)
+        r->reserved_cache = backed >= cap ? UINT64_MAX : r->ep_start + backed;
     return 0;
 }
 

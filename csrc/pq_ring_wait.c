@@ -22,9 +22,13 @@ static int pq_ring_readable(pq_ring *r)
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (h == t)
         return 0;
-    if (t - h > r->capacity || (h & (PQ_RECORD_ALIGN - 1)) != 0)
+    /* acquire, after tail: the epochs of every position below it. */
+    uint64_t n = atomic_load_explicit(&c->epoch, memory_order_acquire);
+    pq_ring_where w;
+    if (t - h > r->span || (h & (PQ_RECORD_ALIGN - 1)) != 0 || pq_ring_epoch_find(r, n, h, &w) < 0)
         return 1; /* stale or corrupt: let the caller's peek tell which */
-    const pq_record_header *rec = (const pq_record_header *)(r->data + (h & r->mask));
+    const pq_record_header *rec =
+        (const pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&((pq_record_header *)rec)->ctl, memory_order_acquire);
     /* Anything but a CLAIMED head is worth a peek (a stale read included). */
     return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;

@@ -13,7 +13,7 @@
 
 /* "PYQUEUE\0" read as a little-endian 64-bit word. */
 #define PQ_SEGMENT_MAGIC 0x0045554555515950ULL
-#define PQ_LAYOUT_VERSION 3u
+#define PQ_LAYOUT_VERSION 4u
 #define PQ_SEGMENT_HEADER_BYTES 256u
 #define PQ_SEGMENT_PARAMS 16
 

@@ -73,6 +73,8 @@ cdef extern from "pq_ring.h" nogil:
         uint64_t maxsize
         uint64_t max_payload
         uint64_t reserve_need
+        uint64_t span
+        int trim_wanted
     ctypedef struct pq_ring_record:
         uint64_t pos
         const uint8_t* payload
@@ -92,6 +94,8 @@ cdef extern from "pq_ring.h" nogil:
     int PQ_RING_PARAM_USER0, PQ_RECORD_HEADER
     int PQ_COUNT_REJECTED, PQ_COUNT_DROPPED
     uint64_t pq_ring_segment_size(uint64_t capacity)
+    uint64_t pq_ring_growable_size(uint64_t capacity)
+    int pq_ring_trim(pq_ring* r)
     uint64_t pq_ring_record_size(uint64_t length)
     int pq_ring_create(void* base, size_t size, uint64_t capacity, uint64_t maxsize,
                        const uint64_t* user_params, int n_user_params)
@@ -128,15 +132,25 @@ cdef extern from *:
     """
     #define PQ_RING_HEAD_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, head))
     #define PQ_RING_TAIL_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, tail))
+    #define PQ_RING_EPOCH_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, epoch))
+    #define PQ_RING_EPOCHS_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, epochs))
     """
     size_t PQ_RING_HEAD_FILE_OFFSET
     size_t PQ_RING_TAIL_FILE_OFFSET
+    size_t PQ_RING_EPOCH_FILE_OFFSET
+    size_t PQ_RING_EPOCHS_FILE_OFFSET
     size_t PQ_RING_DATA_OFFSET
+    int PQ_RING_EPOCHS
 
 # Where a queue segment keeps its cursors and data (for tools such as
 # `pyqueue gc` that read a segment file without attaching to it).
 RING_HEAD_OFFSET = PQ_RING_HEAD_FILE_OFFSET
 RING_TAIL_OFFSET = PQ_RING_TAIL_FILE_OFFSET
+# The epoch table (pq_ring.h): the current epoch's number, then
+# RING_EPOCHS entries of (start position, level), epoch k at k % RING_EPOCHS.
+RING_EPOCH_OFFSET = PQ_RING_EPOCH_FILE_OFFSET
+RING_EPOCHS_OFFSET = PQ_RING_EPOCHS_FILE_OFFSET
+RING_EPOCHS = PQ_RING_EPOCHS
 RING_DATA_OFFSET = PQ_RING_DATA_OFFSET
 
 # Payload types (the record header's type byte): pyqueue/_common.pxd.
@@ -225,8 +239,17 @@ def create_segment(mm, uint64_t capacity, uint64_t maxsize, int overflow,
         PyBuffer_Release(&view)
 
 
-def segment_size(uint64_t capacity):
-    return pq_ring_segment_size(capacity)
+def backed_size(uint64_t backed):
+    """Bytes of a queue's file from its start that have pages when its
+    data area is backed up to `backed` bytes (the reservation at creation)."""
+    return pq_ring_segment_size(backed)
+
+
+def segment_size(uint64_t capacity, bint growable=True):
+    """The file size of a queue whose ring starts with `capacity` bytes
+    and grows (sparse: pages come as the ring uses them), or, not
+    growable, keeps that size (a claim that finds it full waits)."""
+    return pq_ring_growable_size(capacity) if growable else pq_ring_segment_size(capacity)
 
 
 def check_segment(mm, uint32_t kind=0):
@@ -513,13 +536,24 @@ cdef class RingQueue:
             note = _segment.shm_size_note()
             raise OSError(ENOSPC, (
                 f"{_segment.SHM_DIR} has no room to back more of the ring of queue "
-                f"{getattr(self, 'name', None)!r} ({self._r.capacity} bytes, given memory "
-                f"{PQ_RING_RESERVE_CHUNK >> 20} MiB at a time as it first fills; "
+                f"{getattr(self, 'name', None)!r} (capacity_bytes={self._r.capacity}; the ring "
+                f"is given memory {PQ_RING_RESERVE_CHUNK >> 20} MiB at a time as it fills and "
+                f"grows; "
                 f"{os.strerror(ENOSPC)}{'; ' + note if note else ''}): the message was not "
                 f"put; get messages out, lower capacity_bytes (the ring's size) or make "
                 f"{_segment.SHM_DIR} "
                 f"bigger (docker run --shm-size=...)"))
         return _check_rc(rc, "put")
+
+    cdef int _trim(self) noexcept:
+        """A take emptied the queue in a grown epoch or left one: give the
+        regions no longer used back (pq_ring_trim), GIL released. Never
+        raises: the message just taken must reach its caller; a damaged
+        segment is reported by the next peek."""
+        self._r.trim_wanted = 0
+        with nogil:
+            pq_ring_trim(&self._r)
+        return 0
 
     cdef int _put_raw(self, const char* ptr, Py_ssize_t n, uint8_t typ,
                       int64_t deadline) except -1:
@@ -932,6 +966,8 @@ cdef class RingQueue:
                 pos = rec.pos
                 obj = self._decode_fast(&rec)
                 if pq_ring_take(&self._r, &b) == 0:
+                    if self._r.trim_wanted:
+                        self._trim()
                     # Taken: until pq_ring_taken_done, a death of this
                     # process counts the message as abandoned.
                     if typ == T_BYTES and not self._custom:
@@ -1059,6 +1095,8 @@ cdef class RingQueue:
                             slow = True
                     if pq_ring_take(&self._r, &b) != 0:
                         continue
+                    if self._r.trim_wanted:
+                        self._trim()
                     if slow or self._custom:
                         if self._finish_batch(out, recs, raw, rc):
                             return out
@@ -1133,8 +1171,9 @@ cdef class RingQueue:
             return True
         cdef pq_ring_stats s
         pq_ring_get_stats(&self._r, &s)
-        # Full when not even a small message fits in the free bytes.
-        return s.capacity - s.depth_bytes < pq_ring_record_size(64) * 2
+        # The ring grows while the data area has room: full only when not
+        # even a small message fits in what is left of it.
+        return s.depth_bytes + pq_ring_record_size(64) * 2 > self._r.span
 
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""

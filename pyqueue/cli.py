@@ -95,7 +95,9 @@ class Oob:
 
     @property
     def size(self):
-        return self.st.st_size if self.st is not None else 0
+        # What it holds of /dev/shm: a growing queue's file is sparse, as
+        # big as the regions its ring may grow into (docs/design.md).
+        return min(self.st.st_size, self.st.st_blocks * 512) if self.st is not None else 0
 
     def made_at(self):
         """Unix time by which the segment existed (its earliest timestamp)."""
@@ -129,7 +131,9 @@ class Segment:
 
     @property
     def size(self):
-        return self.st.st_size if self.st is not None else 0
+        # What it holds of /dev/shm: a growing queue's file is sparse, as
+        # big as the regions its ring may grow into (docs/design.md).
+        return min(self.st.st_size, self.st.st_blocks * 512) if self.st is not None else 0
 
     @property
     def creator_pid(self):
@@ -300,13 +304,34 @@ def ring_references(queue_entry):
         (data_size,) = struct.unpack_from("<Q", head_block, 32)
         (head,) = struct.unpack_from("<Q", head_block, _core.RING_HEAD_OFFSET)
         (tail,) = struct.unpack_from("<Q", head_block, _core.RING_TAIL_OFFSET)
-        if data_size == 0 or data_size & (data_size - 1) or tail - head > data_size:
-            return None
-        mask = data_size - 1
+        f = _HEADER.unpack_from(head_block)
+        cap = f[12]                              # params[PQ_RING_PARAM_CAPACITY]
+        if (cap == 0 or cap & (cap - 1) or data_size % cap or tail - head > data_size
+                or (data_size // cap + 1) & (data_size // cap)):
+            return None                          # the regions: cap * (2^levels - 1)
+        # The live epochs (docs/design.md, "Unbounded queues"): each runs
+        # [from, to) of the positions in the region of its level.
+        (epoch,) = struct.unpack_from("<Q", head_block, _core.RING_EPOCH_OFFSET)
+        live = []
+        to = tail
+        for k in range(epoch, max(epoch - _core.RING_EPOCHS, -1), -1):
+            start, level = struct.unpack_from(
+                "<QQ", head_block, _core.RING_EPOCHS_OFFSET + 16 * (k % _core.RING_EPOCHS))
+            if level > 40 or cap * ((1 << (level + 1)) - 1) > data_size:
+                return None
+            size = cap << level
+            first = head if (head - start) % (1 << 64) <= (to - start) % (1 << 64) else start
+            live.append((_core.RING_DATA_OFFSET + cap * ((1 << level) - 1), size, start, first, to))
+            if first == head:
+                break                            # head's epoch: the older ones are read
+            to = start
 
         def waiting(file_offset):
-            rel = (file_offset - _core.RING_DATA_OFFSET - (head & mask)) & mask
-            return rel < tail - head
+            for region, size, start, first, to in live:
+                if region <= file_offset < region + size:
+                    rel = (file_offset - region - ((first - start) & (size - 1))) & (size - 1)
+                    return rel < (to - first) % (1 << 64)
+            return False
 
         end = min(st.st_size, _core.RING_DATA_OFFSET + data_size)
         pos = _core.RING_DATA_OFFSET

@@ -173,12 +173,18 @@ class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
             _core.create_segment(mm, capacity, max(maxsize, 0), _OVERFLOWS[overflow],
                                  max_message_bytes or 0, flags, backed)
 
+        # The ring grows while memory allows (docs/design.md, "Unbounded
+        # queues") when a full ring would make a put wait; with "reject" or
+        # "drop_oldest", capacity_bytes stays the bound on the bytes queued
+        # (their point is a bounded footprint).
+        growable = overflow == "block"
         unnamed = name is None
         hint = (f"lower capacity_bytes (the ring's size, {capacity} bytes here) or make "
                 f"{_segment.SHM_DIR} bigger (docker run --shm-size=...)")
         name, mm, mode_now, created = _segment.create_or_open(
-            name, _core.segment_size(capacity), mode, init, _KIND_QUEUE, trust_owner, hint=hint,
-            reserve_bytes=_core.segment_size(backed))
+            name, _core.segment_size(capacity, growable), mode, init, _KIND_QUEUE, trust_owner,
+            hint=hint,
+            reserve_bytes=_core.backed_size(backed))
         self._setup(name, mm, serializer, mode_now)
         self._trust_owner = trust_owner
         # The process whose close()/collection of this handle unlinks an

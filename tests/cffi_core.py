@@ -97,11 +97,20 @@ typedef struct pq_ring_slot {
     ...;
 } pq_ring_slot;
 
+typedef struct pq_ring_epoch {
+    uint64_t start;
+    uint64_t level;
+} pq_ring_epoch;
+
 typedef struct pq_ring_ctl {
     uint64_t tail;
     uint64_t tail_msgs;
     uint64_t claim_tail;
     uint64_t claim_msgs;
+    uint64_t epoch;
+    pq_ring_epoch epochs[...];
+    uint64_t level_reserved[...];
+    uint64_t dirty_levels;
     uint64_t head;
     uint64_t head_msgs;
     int64_t unfinished_tasks;
@@ -126,6 +135,22 @@ typedef struct pq_ring {
     uint64_t slot_owner;
     unsigned slot_forks;
     uint64_t reserve_need;
+    uint64_t span;
+    unsigned nlevels;
+    int trim_wanted;
+    uint64_t ep_n;
+    uint64_t ep_start;
+    uint64_t ep_cap;
+    unsigned ep_level;
+    uint8_t *ep_base;
+    uint64_t rd_seen;
+    uint64_t rd_cur_start;
+    uint64_t rd_cur_cap;
+    uint64_t rd_start;
+    uint64_t rd_end;
+    uint64_t rd_cap;
+    unsigned rd_level;
+    uint8_t *rd_base;
 } pq_ring;
 
 typedef struct pq_ring_record {
@@ -152,6 +177,8 @@ typedef struct pq_ring_stats {
 
 int pq_segment_check(const void *base, size_t size, uint32_t kind);
 uint64_t pq_ring_segment_size(uint64_t capacity);
+uint64_t pq_ring_growable_size(uint64_t capacity);
+int pq_ring_trim(pq_ring *r);
 uint64_t pq_ring_record_size(uint64_t len);
 int pq_ring_create(void *base, size_t size, uint64_t capacity, uint64_t maxsize,
                    const uint64_t *user_params, int n_user_params);

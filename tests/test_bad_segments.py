@@ -128,8 +128,10 @@ def test_open_zeros_times_out_as_uninitialized(pyqueue_mod, segments):
 
 @pytest.fixture
 def queue_bytes(make_queue):
-    """The bytes of a real queue's segment (with a few messages in it)."""
-    q = make_queue.Queue(capacity_bytes=RING)
+    """The bytes of a real queue's segment (with a few messages in it).
+    overflow="reject": a ring that never grows, whose file is just the
+    ring (a growing one's is as big as its regions may grow, sparse)."""
+    q = make_queue.Queue(capacity_bytes=RING, overflow="reject")
     for i in range(5):
         q.put(b"message %d" % i)
     q.put({"a pickled": "dict"})

@@ -113,7 +113,7 @@ def test_queue_damaged_str_record_is_reported_not_returned_as_none(make_queue):
     q.put("ok")
     q.put("zzzz")
     with open(f"/dev/shm/pyqueue.{q.name}", "r+b") as f:
-        data = f.read()
+        data = f.read(1 << 20)  # the records are in the first region
         at = data.index(b"zzzz")
         f.seek(at)
         f.write(b"\xff\xfe\xff\xfe")

@@ -348,6 +348,7 @@ class Ring:
         a valid history)."""
         c = self.ctl
         c.head = c.tail = start & U64
+        c.epochs[0].start = start & U64  # epoch 0 begins the history
         self.reopen()
 
     def put(self, lens, typ=1):

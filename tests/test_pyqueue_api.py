@@ -492,22 +492,15 @@ def test_overflow_drop_oldest_frees_out_of_band_segments(make_queue):
     assert queue_segments(q.name) == {os.path.basename(shm_file(q.name))}
 
 
-def test_block_mode_ring_bytes_bound_full(make_queue):
+def test_block_mode_ring_grows_past_capacity_bytes(make_queue):
+    """maxsize=0 is unbounded (issue 9, item 9c): a full ring grows instead
+    of making the put wait or raise Full (tests/test_unbounded.py)."""
     q = make_queue.Queue(0, capacity_bytes=RING)
-    n = 0
-    with pytest.raises(queue.Full):
-        for _ in range(200):
-            q.put_nowait(b"m" * 1000)
-            n += 1
-    assert 16 <= n <= RING // 1000
-    assert q.qsize() == n
-    t0 = time.monotonic()
-    with pytest.raises(queue.Full):
-        q.put(b"m" * 1000, timeout=0.1)
-    assert time.monotonic() - t0 >= 0.1
-    assert q.get_nowait() == b"m" * 1000
-    q.put_nowait(b"m" * 1000)
-    assert q.qsize() == n
+    n = 4 * RING // 1000
+    for _ in range(n):
+        q.put_nowait(b"m" * 1000)
+    assert q.qsize() == n and not q.full()
+    assert q.get_many(n, timeout=WAIT) == [b"m" * 1000] * n
 
 
 @pytest.mark.parametrize("bad", ["nope", "", "BLOCK", "drop-oldest"])
@@ -704,7 +697,7 @@ def test_create_or_open_on_a_foreign_segment_is_a_mismatch(pyqueue_mod, foreign_
 
 def test_open_truncated_copy_of_a_queue_is_a_mismatch(pyqueue_mod, make_queue, foreign_segment):
     q = make_queue.Queue(capacity_bytes=RING)
-    head = _read(shm_file(q.name))[:1024]
+    head = _read(shm_file(q.name), 1024)
     name = foreign_segment(head)
     with pytest.raises(pyqueue_mod.SegmentMismatch):
         pyqueue_mod.Queue.open(name)

@@ -156,6 +156,86 @@ def test_growing_ring_in_full_dev_shm_is_enospc_not_sigbus(method):
     assert r.stdout.strip() == "OK"
 
 
+# A growing ring (issue 9, item 9c) in a 16 MiB /dev/shm: a 1 MiB ring
+# grows through bigger regions until /dev/shm has no room for the next
+# chunk: that put is OSError(ENOSPC) naming /dev/shm's size, never a SIGBUS;
+# everything put before is there in order; once drained, the grown regions
+# are given back (pq_ring_trim) and the same queue grows again: with most
+# of /dev/shm taken by another file meanwhile (a region used before must be
+# backed again, not trusted), then with the room back.
+GROW_CHILD = textwrap.dedent("""
+    import errno, os, pyqueue
+    q = pyqueue.Queue(capacity_bytes=1 << 20)
+    name = "/dev/shm/pyqueue." + q.name
+    for lap in range(3):
+        if lap == 1:
+            with open("/dev/shm/filler", "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, 12 << 20)
+        if lap == 2:
+            os.unlink("/dev/shm/filler")
+        n = 0
+        try:
+            while True:
+                q.put_nowait((lap, n, b"g" * 1000))
+                n += 1
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            assert "/dev/shm is 16.0 MiB" in str(e), e
+            assert "not put" in str(e), e
+        assert n > (2000 if lap == 1 else 6000), n   # past the first regions
+        got = []
+        while len(got) < n:
+            got += q.get_many(n, timeout=5)
+        assert got == [(lap, i, b"g" * 1000) for i in range(n)]
+        assert os.stat(name).st_blocks * 512 <= (1 << 20) + 4096, os.stat(name).st_blocks
+    q.put_many(range(1000))
+    assert q.get_many(1000, timeout=5) == list(range(1000))
+    print("OK")
+""")
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+def test_growing_past_dev_shm_is_enospc_and_the_queue_grows_again():
+    r = _run_in_tmpfs("16m", GROW_CHILD)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "OK"
+
+
+# The same at the first grow: level 0 (1 MiB) is full and backed, and
+# /dev/shm has no room for the first chunk of level 1. That put is ENOSPC;
+# once the queue is drained, puts go back to level 0 and succeed although
+# /dev/shm is still full.
+EDGE_CHILD = textwrap.dedent("""
+    import errno, os, pyqueue
+    q = pyqueue.Queue(capacity_bytes=1 << 20)
+    with open("/dev/shm/filler", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, (4 << 20) - (1 << 20) - (520 << 10))
+    n = 0
+    try:
+        while True:
+            q.put_nowait((n, b"e" * 1000))
+            n += 1
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    assert 900 < n < 1100, n                # level 0's 1 MiB, no more
+    got = []
+    while len(got) < n:
+        got += q.get_many(n, timeout=5)
+    assert got == [(i, b"e" * 1000) for i in range(n)]
+    for lap in range(3):                    # level 0 again, round and round
+        q.put_many([(lap, i) for i in range(500)])
+        assert q.get_many(500, timeout=5) == [(lap, i) for i in range(500)]
+    print("OK")
+""")
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root / CAP_SYS_ADMIN)")
+def test_first_grow_in_full_dev_shm_then_drained_goes_back_to_level_0():
+    r = _run_in_tmpfs("4m", EDGE_CHILD)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "OK"
+
+
 def _backed(q):
     """Bytes of /dev/shm the queue's segment holds."""
     return os.stat(os.path.join("/dev/shm", "pyqueue." + q.name)).st_blocks * 512
@@ -179,24 +259,21 @@ def test_new_queue_holds_only_its_first_chunk():
 
 
 def test_ring_filled_past_first_chunk_drained_and_refilled():
-    """Grow to the whole ring (Full), drain, refill across the wrap: the
-    layout past the first lap is the fully backed ring's."""
+    """Fill past the whole ring (it grows instead of being Full), drain,
+    refill across the wrap: the layout past the first lap is the fully
+    backed ring's, and once drained only level 0's region keeps pages."""
     q = pyqueue.Queue(capacity_bytes=4 * MiB)
     try:
         for lap in range(3):
-            n = 0
-            try:
-                while True:
-                    q.put_nowait((lap, n, b"z" * 200))
-                    n += 1
-            except pyqueue.Full:
-                pass
-            assert n > 4 * MiB // 512, n      # the whole 4 MiB ring took messages
-            assert _backed(q) == 4 * MiB + 4096
+            n = 3 * (4 * MiB // 256)          # ~3 rings' worth of 256-byte records
+            for i in range(n):
+                q.put_nowait((lap, i, b"z" * 200))
+            assert _backed(q) > 8 * MiB       # grown past level 0
             got = q.get_many(n, timeout=5)
             while len(got) < n:
                 got += q.get_many(n - len(got), timeout=5)
             assert got == [(lap, i, b"z" * 200) for i in range(n)]
+            assert _backed(q) == 4 * MiB + 4096   # the grown regions given back
             q.put_many(range(1000))           # move the wrap point on
             assert q.get_many(1000, timeout=5) == list(range(1000))
     finally:

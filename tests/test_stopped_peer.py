@@ -396,7 +396,7 @@ def find_lock(path, tid):
     layout on x86-64/aarch64: __lock (the holder's tid), __count, __owner
     (the tid again), __nusers, __kind (144: robust, process-shared)."""
     with open(path, "rb") as f:
-        data = f.read()
+        data = f.read(1 << 20)  # the locks are in the first page (a queue's file is sparse beyond)
     found = []
     for off in range(0, len(data) - 20, 4):
         lock, _count, owner, _nusers, kind = struct.unpack_from("<iiiii", data, off)

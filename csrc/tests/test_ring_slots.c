@@ -506,7 +506,7 @@ static int test_layout(void)
     CHECK(PQ_RING_CTL_OFFSET + sizeof(pq_ring_ctl) <= PQ_RING_DATA_OFFSET);
     CHECK_EQ(sizeof(pq_ring_slot), 32);
     CHECK_EQ(offsetof(pq_ring_ctl, slots) % PQ_CACHE_LINE, 0);
-    CHECK_EQ(PQ_LAYOUT_VERSION, 3); /* 3: the lazily backed extent (pq_ring_ctl.reserved) */
+    CHECK_EQ(PQ_LAYOUT_VERSION, 4); /* 4: epochs (pq_ring_ctl.epochs, level_reserved) */
     return 0;
 }
 

@@ -46,10 +46,32 @@ def seeds(kind):
 
 def damage_file(path, rng):
     """Damage one file in place; returns a description."""
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    # A growing queue's file is sparse, as big as its ring may grow: damage
+    # the part that holds pages (the control block, level 0's region and
+    # the grown ones after it) rather than holes nobody reads.
+    size = min(st.st_size, max(st.st_blocks * 512, 4096))
     if size == 0:
         return "empty"
-    how = rng.choice(["bytes", "words", "words", "zero"])
+    queue_segment = is_queue_segment(path)
+    how = rng.choice(["bytes", "words", "words", "zero"] + (["epochs"] if queue_segment else []))
+    if how == "epochs":
+        # The epoch table (pq_ring_ctl.epoch, .epochs): where the ring's
+        # positions lie; a damaged one must be SegmentMismatch, never an
+        # access outside the data area.
+        from pyqueue import _core
+        words = [_core.RING_EPOCH_OFFSET] + [
+            _core.RING_EPOCHS_OFFSET + 8 * i for i in range(2 * _core.RING_EPOCHS)]
+        done = []
+        with open(path, "r+b") as f:
+            for _ in range(rng.randint(1, 3)):
+                off = rng.choice(words)
+                value = rng.choice([0, 1, 8, 16, 99, U64, 1 << 63, rng.getrandbits(64),
+                                    rng.getrandbits(20) * 16])
+                f.seek(off)
+                f.write(value.to_bytes(8, "little"))
+                done.append((off, hex(value)))
+        return "epoch words %s" % done
     with open(path, "r+b") as f:
         if how == "bytes":
             done = []
@@ -81,6 +103,13 @@ def damage_file(path, rng):
         return "zeroed %d bytes at %d" % (n, start)
 
 
+def is_queue_segment(path):
+    """A queue's main segment (kind 1), not its out-of-band ones."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return len(head) == 16 and int.from_bytes(head[12:16], "little") == 1 and ".oob-" not in path
+
+
 def shm_files(name):
     prefix = "pyqueue." + name
     return sorted(os.path.join(_support.SHM_DIR, e) for e in os.listdir(_support.SHM_DIR)
@@ -109,6 +138,7 @@ def populate_queue(name):
     q = pyqueue.JoinableQueue(name=name, capacity_bytes=SMALL)
     for v in VALUES * 4:
         q.put(v)
+    q.put_many([b"g" * 200] * (3 * SMALL // 256))   # grows: epochs 0, 1 and 2
     q.get()
     q.get_many(3)
     q.task_done()

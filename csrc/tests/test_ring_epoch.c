@@ -1,0 +1,300 @@
+/*
+ * test_ring_epoch.c - epochs of the ring (pq_ring_epoch.c): a claim that
+ * finds the ring full starts a new epoch one level up instead of failing,
+ * until the last level (-EAGAIN); records come out in order across
+ * epochs; pq_ring_trim starts over at level 0 once the queue is empty and
+ * empties the regions of dead epochs (their pages are gone: mincore),
+ * never a live one; a grown level is backed lazily like level 0; a
+ * damaged epoch table is PQ_ERR_CORRUPT; producers in two processes grow
+ * one ring at once.
+ */
+#include "pq_test.h"
+
+#include "../pq_ring.h"
+
+#define CAP 4096u
+#define LEVELS 4u
+#define SIZE (PQ_RING_DATA_OFFSET + CAP * ((1u << LEVELS) - 1))
+#define LEN 100u /* a 128-byte record: 32 per 4 KiB */
+
+static uint64_t epoch_of(const pq_ring *r)
+{
+    return atomic_load_explicit(&r->ctl->epoch, memory_order_acquire);
+}
+
+static unsigned level_of(const pq_ring *r, uint64_t n)
+{
+    return (unsigned)atomic_load_explicit(&r->ctl->epochs[n % PQ_RING_EPOCHS].level,
+                                          memory_order_acquire);
+}
+
+/* Resident pages of level l's region. */
+static size_t resident(const pq_ring *r, unsigned level)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t len = (size_t)(r->capacity << level), n = len / page;
+    unsigned char vec[64];
+    size_t count = 0;
+    if (n > sizeof vec ||
+        mincore(r->data + pq_ring_level_offset(r->capacity, level), len, vec) != 0)
+        return (size_t)-1;
+    for (size_t i = 0; i < n; i++)
+        count += vec[i] & 1;
+    return count;
+}
+
+/* Put one LEN-byte record holding v (backing the region when asked). */
+static int put(pq_ring *r, uint32_t v)
+{
+    uint32_t len = LEN;
+    uint64_t pos;
+    for (;;) {
+        int rc = pq_ring_claim(r, &len, 1, &pos);
+        if (rc == -ENOBUFS) {
+            rc = pq_ring_reserve(r, r->reserve_need);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (rc < 0)
+            return rc;
+        memset(pq_ring_payload(r, pos), 0, LEN);
+        memcpy(pq_ring_payload(r, pos), &v, sizeof v);
+        pq_ring_commit(r, pos, 1);
+        return 0;
+    }
+}
+
+/* Get up to max records; their values appended to out. -EAGAIN when none. */
+static int get(pq_ring *r, uint32_t *out, int max)
+{
+    pq_ring_record recs[64];
+    pq_ring_batch b;
+    for (;;) {
+        int n = pq_ring_peek(r, recs, max < 64 ? (uint32_t)max : 64, &b);
+        if (n == -ESTALE || n == 0) {
+            if (n == 0)
+                pq_ring_consume(r, &b);
+            continue;
+        }
+        if (n < 0)
+            return n;
+        for (int i = 0; i < n; i++)
+            memcpy(&out[i], recs[i].payload, sizeof *out);
+        if (pq_ring_consume(r, &b) != 0)
+            continue;
+        return n;
+    }
+}
+
+static int test_grows_instead_of_full(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p, c;
+    const uint32_t total = (CAP / 128) * ((1u << LEVELS) - 1); /* every level full */
+    static uint32_t got[4096];
+    uint32_t n = 0;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
+    CHECK_EQ(p.nlevels, LEVELS);
+    CHECK_EQ(p.span, (uint64_t)CAP * 15);
+    for (uint32_t i = 0; i < total; i++)
+        CHECK_EQ(put(&p, i), 0);
+    CHECK_EQ(epoch_of(&p), 3u); /* levels 0, 1, 2, 3 */
+    CHECK_EQ(level_of(&p, 3), 3u);
+    CHECK_EQ(put(&p, 99999), -EAGAIN); /* the last level is full */
+    CHECK_EQ(p.ep_level, 3u);
+    while (n < total) {
+        int k = get(&c, got + n, 4096);
+        CHECK(k > 0);
+        n += (uint32_t)k;
+    }
+    for (uint32_t i = 0; i < total; i++)
+        CHECK_EQ(got[i], i);
+    CHECK_EQ(get(&c, got, 1), -EAGAIN);
+    munmap(base, SIZE);
+    return 0;
+}
+
+static int test_trim(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p, c;
+    uint32_t got[256], v = 0, next = 0;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
+    /* Fill levels 0, 1 and part of 2. */
+    while (epoch_of(&p) < 2 || p.ep_level != 2)
+        CHECK_EQ(put(&p, v++), 0);
+    for (int i = 0; i < 10; i++)
+        CHECK_EQ(put(&p, v++), 0);
+    CHECK(resident(&p, 1) == 2 && resident(&p, 2) > 0);
+    /* Nothing dead yet: a trim empties nothing. */
+    CHECK_EQ(pq_ring_trim(&c), 0);
+    CHECK(resident(&p, 1) == 2);
+    /* Read through levels 0 and 1 into 2: level 1 is dead, the reader
+     * asks for a trim, and the trim empties level 1 only. */
+    while (next < 32 + 64 + 1) {
+        int k = get(&c, got, 1);
+        CHECK_EQ(k, 1);
+        CHECK_EQ(got[0], next);
+        next++;
+    }
+    CHECK_EQ(c.trim_wanted, 1);
+    CHECK_EQ(pq_ring_trim(&c), 1);
+    CHECK_EQ(resident(&p, 1), 0u);
+    CHECK(resident(&p, 2) > 0);
+    CHECK_EQ(epoch_of(&p), 2u); /* not empty: no new epoch */
+    /* Drain: empty in a grown epoch, so the trim goes back to level 0. */
+    while (next < v) {
+        int k = get(&c, got, 256);
+        CHECK(k > 0);
+        for (int i = 0; i < k; i++)
+            CHECK_EQ(got[i], next++);
+    }
+    CHECK_EQ(c.trim_wanted, 1);
+    CHECK_EQ(pq_ring_trim(&c), 1);
+    CHECK_EQ(epoch_of(&p), 3u);
+    CHECK_EQ(level_of(&p, 3), 0u);
+    CHECK_EQ(resident(&p, 2), 0u);
+    CHECK(resident(&p, 0) > 0); /* level 0 keeps its pages */
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    CHECK_EQ(pq_ring_trim(&c), 0); /* nothing left to do */
+    /* And it grows again from level 0, in order. */
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(put(&p, v++), 0);
+    CHECK_EQ(level_of(&p, epoch_of(&p)), 2u);
+    while (next < v) {
+        int k = get(&c, got, 256);
+        CHECK(k > 0);
+        for (int i = 0; i < k; i++)
+            CHECK_EQ(got[i], next++);
+    }
+    munmap(base, SIZE);
+    return 0;
+}
+
+/* A grown level is backed lazily too: its first claim asks (-ENOBUFS). */
+static int test_grown_level_backed_lazily(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p;
+    uint32_t len = LEN;
+    uint64_t pos;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create_backed(base, SIZE, CAP, 0, NULL, 0, CAP), 0);
+    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+    for (uint32_t i = 0; i < CAP / 128; i++)
+        CHECK_EQ(put(&p, i), 0);
+    CHECK_EQ(pq_ring_claim(&p, &len, 1, &pos), -ENOBUFS); /* grew into level 1 */
+    CHECK_EQ(p.ep_level, 1u);
+    CHECK_EQ(resident(&p, 1), 0u);
+    CHECK_EQ(pq_ring_reserve(&p, p.reserve_need), 0);
+    CHECK_EQ(resident(&p, 1), 2u); /* the whole 8 KiB region (less than a chunk) */
+    CHECK_EQ(pq_ring_claim(&p, &len, 1, &pos), 0);
+    pq_ring_commit(&p, pos, 1);
+    munmap(base, SIZE);
+    return 0;
+}
+
+/* A damaged table: views that must look it up say PQ_ERR_CORRUPT. */
+static int test_damaged_table(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p, c;
+    uint32_t got[1];
+    CHECK(base != NULL);
+    for (int damage = 0; damage < 3; damage++) {
+        CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
+        CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+        for (uint32_t i = 0; i < 40; i++) /* epochs 0 and 1 */
+            CHECK_EQ(put(&p, i), 0);
+        pq_ring_epoch *e = &p.ctl->epochs[1];
+        if (damage == 0)
+            atomic_store(&e->level, 99);
+        else if (damage == 1)
+            atomic_store(&e->start, atomic_load(&e->start) + 8);
+        else
+            atomic_store(&p.ctl->epochs[0].start, atomic_load(&e->start) + 16);
+        CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+        CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
+        if (damage != 2)
+            CHECK_EQ(put(&p, 1), PQ_ERR_CORRUPT);
+        CHECK_EQ(get(&c, got, 1), PQ_ERR_CORRUPT);
+        CHECK_EQ(pq_ring_trim(&c), PQ_ERR_CORRUPT);
+    }
+    munmap(base, SIZE);
+    return 0;
+}
+
+/* Two producer processes grow the ring while this one reads: each one's
+ * messages in order, none lost, none twice. */
+static int test_two_processes_grow_it(void)
+{
+    const uint64_t size = PQ_RING_DATA_OFFSET + (uint64_t)CAP * ((1u << 8) - 1);
+    uint8_t *base = pq_test_shared(size);
+    const uint32_t per = 20000;
+    pid_t pids[2];
+    pq_ring c;
+    uint32_t next[2] = {0, 0}, got[64];
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
+    for (uint32_t k = 0; k < 2; k++) {
+        pids[k] = fork();
+        CHECK(pids[k] >= 0);
+        if (pids[k] == 0) {
+            pq_ring r;
+            CHILD_CHECK(pq_ring_open(&r, base, size) == 0);
+            for (uint32_t i = 0; i < per;) {
+                int rc = put(&r, k << 31 | i);
+                if (rc == -EAGAIN) { /* the last level full: wait for the reader */
+                    sched_yield();
+                    continue;
+                }
+                CHILD_CHECK(rc == 0);
+                i++;
+            }
+            _exit(0);
+        }
+    }
+    CHECK_EQ(pq_ring_open(&c, base, size), 0);
+    int64_t deadline = pq_test_now_ns() + 60 * (int64_t)1000000000;
+    while (next[0] + next[1] < 2 * per && pq_test_now_ns() < deadline) {
+        int n = get(&c, got, 64);
+        if (n == -EAGAIN || n == -EINPROGRESS) {
+            sched_yield();
+            continue;
+        }
+        CHECK(n > 0);
+        for (int i = 0; i < n; i++) {
+            uint32_t who = got[i] >> 31, seq = got[i] & 0x7fffffffu;
+            CHECK_EQ(seq, next[who]);
+            next[who]++;
+        }
+        if (c.trim_wanted) {
+            c.trim_wanted = 0;
+            CHECK(pq_ring_trim(&c) >= 0);
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        CHECK_EQ(pq_test_wait_child(pids[k], 60000), 0);
+    CHECK_EQ(next[0], per);
+    CHECK_EQ(next[1], per);
+    munmap(base, size);
+    return 0;
+}
+
+int main(void)
+{
+    CHECK_EQ(pq_ring_populate_supported(), 1); /* Linux >= 5.14 */
+    RUN(test_grows_instead_of_full);
+    RUN(test_trim);
+    RUN(test_grown_level_backed_lazily);
+    RUN(test_damaged_table);
+    RUN(test_two_processes_grow_it);
+    return pq_test_failed;
+}
