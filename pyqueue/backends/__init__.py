@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type, cast
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class ShmBackend:
     url = DEFAULT_URL
     name = "shm"
 
-    def __init__(self):
+    def __init__(self) -> None:
         from pyqueue.log import Log
         from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
         from pyqueue.topic import Topic
@@ -67,14 +67,14 @@ class ShmBackend:
         self.Topic = Topic
         self.Log = Log
 
-    def close(self):
-        pass
+    def close(self) -> None:
+        """Nothing to release: the classes hold no connection."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<pyqueue backend shm://>"
 
 
-def _scheme(url):
+def _scheme(url: object) -> str:
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     scheme = urlsplit(url).scheme.lower()
@@ -110,9 +110,9 @@ def connect(url: Optional[str] = None) -> "Backend":
     scheme = _scheme(url)
     key = (os.getpid(), url)
     with _cache_lock:
-        backend = _cache.get(key)
+        backend: Any = _cache.get(key)
         if backend is not None:
-            return backend
+            return cast("Backend", backend)
         if scheme == "shm":
             if url.rstrip("/") not in ("shm:", "shm:/"):
                 raise ValueError(f"the shared-memory backend takes no address: {url!r} "
@@ -129,4 +129,4 @@ def connect(url: Optional[str] = None) -> "Backend":
         for k in [k for k in _cache if k[0] != key[0]]:
             del _cache[k]
         _cache[key] = backend
-        return backend
+        return cast("Backend", backend)
