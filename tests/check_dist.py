@@ -26,6 +26,7 @@ NAME = "pyqueue-shm"
 EXTENSIONS = ("_core", "_topic", "_log", "_workq")
 BUILD_SOURCES = (".pyx", ".pxi", ".pxd", ".pyi", ".py")
 GENERATED = {f"pyqueue/{e}.c" for e in EXTENSIONS}
+SUBPACKAGES = ("backends", "backends/redis")
 CLASSIFIERS = ["Operating System :: POSIX :: Linux", "Typing :: Typed",
                "Programming Language :: Python :: 3.9", "Programming Language :: Python :: 3.13",
                "Programming Language :: Python :: Implementation :: CPython"]
@@ -71,9 +72,13 @@ def check_sdist(path, tree, version):
     check_metadata(pkg_info, version, "sdist PKG-INFO")
     needed = {"setup.py", "pyproject.toml", "LICENSE", "README.md", "CHANGELOG.md",
               "MANIFEST.in", "tests/smoke_installed.py"}
-    for f in os.listdir(os.path.join(tree, "pyqueue")):
-        if f.endswith(BUILD_SOURCES) or f == "py.typed":
-            needed.add(f"pyqueue/{f}")
+    for d, _dirs, files in os.walk(os.path.join(tree, "pyqueue")):
+        rel = os.path.relpath(d, tree)
+        if "__pycache__" in rel:
+            continue
+        for f in files:
+            if f.endswith(BUILD_SOURCES) or f == "py.typed":
+                needed.add(f"{rel}/{f}")
     for f in os.listdir(os.path.join(tree, "csrc")):
         if f.endswith((".c", ".h")):
             needed.add(f"csrc/{f}")
@@ -97,10 +102,16 @@ def check_wheel(path, version):
               "wheel: no `pyqueue` console script")
         package = [n for n in names if not n.startswith(dist_info + "/")]
         for n in package:
-            ok = (n.startswith("pyqueue/") and "/" not in n[len("pyqueue/"):]
-                  and (n.endswith((".py", ".pyi", ".so")) or n == "pyqueue/py.typed"))
+            top = n.startswith("pyqueue/") and "/" not in n[len("pyqueue/"):]
+            # Modules and stubs, also of the subpackages (the backends);
+            # extensions at the top only.
+            ok = n.startswith("pyqueue/") and (n.endswith((".py", ".pyi"))
+                                               or top and n.endswith(".so")
+                                               or n == "pyqueue/py.typed")
             check(ok, f"wheel has {n}")
         check("pyqueue/py.typed" in names, "wheel has no py.typed")
+        for sub in SUBPACKAGES:
+            check(f"pyqueue/{sub}/__init__.py" in names, f"wheel lacks the package pyqueue.{sub}")
         with tempfile.TemporaryDirectory() as tmp:
             for ext in EXTENSIONS:
                 so = [n for n in package if re.fullmatch(rf"pyqueue/{ext}\.[^/]*\.so", n)]
