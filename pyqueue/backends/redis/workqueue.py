@@ -28,9 +28,12 @@ three steps, as on shared memory: mark it dead-pending (held by its mover
 for a lease), put the DeadLetter into the dead-letter queue, remove it. A
 mover that dies leaves it dead-pending until the lease ends, then the next
 get moves it (so a message may reach the dead-letter queue twice, never
-zero times). The Delivery and DeadLetter classes, and get()'s and the
-dead-letter move's logic, are pyqueue.workqueue's, run over these
-primitives. docs/design.md, "Backends".
+zero times). The Delivery and DeadLetter classes, and get()'s,
+get_many()'s, put_many()'s and the dead-letter move's logic, are
+pyqueue.workqueue's, run over these primitives; a batch's settles are one
+script for many messages, each fenced as the single verb's, under the
+Python half every backend's Batch shares (pyqueue._api.BatchAPI).
+docs/design.md, "Backends".
 """
 import math
 import os
