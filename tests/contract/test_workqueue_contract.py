@@ -438,6 +438,27 @@ def test_put_many_dedup_keys_and_delay(make):
     assert wq.qsize() == 5
 
 
+def test_put_many_larger_than_a_chunk(make):
+    """More messages than one step puts (Redis: 256 per script; shared
+    memory: 1024 per hold of the lock): all of them, in order, a key
+    repeated across steps a duplicate."""
+    wq = make("WorkQueue", make.name(), dedup_window=60.0)
+    n = 1500
+    keys = [None] * n
+    keys[3] = keys[1400] = "same"
+    ids = wq.put_many(list(range(n)), keys=keys)
+    assert ids[1400] == ids[3]
+    fresh = ids[:1400] + ids[1401:]
+    assert fresh == list(range(fresh[0], fresh[0] + n - 1))
+    got = []
+    while len(got) < n - 1:
+        b = wq.get_many(1000, timeout=5)
+        got += b.values
+        b.ack()
+    assert got == [v for v in range(n) if v != 1400]
+    assert wq.qsize() == 0 and wq.stats()["deduplicated"] == 1
+
+
 def test_put_many_checks_sizes_before_putting_and_full_keeps_what_fit(make):
     wq = make("WorkQueue", make.name(), capacity_bytes=1 << 16, max_in_flight=4)
     big = b"x" * (wq.max_message_bytes + 1)
