@@ -15,6 +15,10 @@ Cases (rates in messages or records per second; medians of the repeats):
                 RPUSH of 1000 values + LPOP 1000 vs shared memory
   work-1        put, get, ack one at a time: WorkQueue(backend) vs redis-py
                 XADD + XREADGROUP + XACK vs pyqueue.WorkQueue
+  work-batch    put_many of 1000, get_many(1000) + Batch.ack(): WorkQueue(backend)
+                vs redis-py (a pipeline of 1000 XADD, XREADGROUP COUNT 1000,
+                XACK of 1000 ids) vs shared memory; "pyqueue-1": the same
+                WorkQueue one message at a time (put, get, ack), same run
   log-batch     append_many of 1000 records vs a redis-py pipeline of 1000
                 XADD vs pyqueue.Log (memory mode)
   latency       put -> get round trip, p50 / p99 in microseconds
@@ -165,6 +169,48 @@ def case_work_1(b, shm, n):
         sw.close()
 
 
+def case_work_batch(b, shm, n):
+    wq = b.WorkQueue("bench-wb")
+    r = _raw_client(b)
+    key = "bench:raw:wb"
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    batch = [PAYLOAD] * 1000
+
+    def pyq(n):
+        for _ in range(n // 1000):
+            wq.put_many(batch)
+            wq.get_many(1000).ack()
+
+    def pyq_each(n):
+        for _ in range(n):
+            wq.put(PAYLOAD)
+            wq.get().ack()
+
+    def raw(n):
+        for _ in range(n // 1000):
+            pipe = r.pipeline(transaction=False)
+            for m in batch:
+                pipe.xadd(key, {"d": m})
+            pipe.execute()
+            got = r.xreadgroup("g", "c", {key: ">"}, count=1000)
+            r.xack(key, "g", *[mid for mid, _ in got[0][1]])
+
+    sw = shm.WorkQueue()
+
+    def shmq(n):
+        for _ in range(n // 1000):
+            sw.put_many(batch)
+            sw.get_many(1000).ack()
+
+    try:
+        return {"pyqueue": timed(pyq, n), "pyqueue-1": timed(pyq_each, max(100, n // 100)),
+                "redis-py": timed(raw, n), "shm": timed(shmq, n * 10)}
+    finally:
+        wq.unlink()
+        r.delete(key)
+        sw.close()
+
+
 def case_log_batch(b, shm, n):
     log = b.Log("bench-log", partitions=1, retention_bytes=256 * 1024 * 1024)
     r = _raw_client(b)
@@ -220,7 +266,7 @@ def case_latency(b, shm, n):
 
 
 CASES = {"queue-1": case_queue_1, "queue-batch": case_queue_batch, "work-1": case_work_1,
-         "log-batch": case_log_batch, "latency": case_latency}
+         "work-batch": case_work_batch, "log-batch": case_log_batch, "latency": case_latency}
 
 
 def main(argv=None):

@@ -164,3 +164,234 @@ class WorkQueueAPI(HandleAPI):
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return f"<pyqueue.{type(self).__name__} {getattr(self, '_name', None)!r} {state}>"
+
+
+# -- batches of a work queue ----------------------------------------------
+# What a Batch (WorkQueue.get_many) does in Python, once for every backend:
+# the shared-memory Batch is a Cython class (its arrays are C arrays, its
+# settles one hold of the lock) and uses batch_expired/put_many_full; a
+# backend's Batch written in Python (pyqueue.backends.redis) subclasses
+# BatchAPI and supplies the one primitive it needs, _settle.
+
+HELD, ACKED, NACKED, REJECTED = 0, 1, 2, 3
+SETTLED_NAMES = (None, "acked", "nacked", "rejected")
+
+
+def batch_expired(what, ids, stale):
+    """The DeliveryExpired a Batch's `what` raises for the positions in
+    stale (no longer this consumer's); .indices lists them."""
+    from pyqueue.errors import DeliveryExpired
+    e = DeliveryExpired(
+        f"cannot {what} {len(stale)} of the batch's messages (ids "
+        f"{[ids[i] for i in stale[:10]]}{'...' if len(stale) > 10 else ''}): they "
+        f"are no longer this consumer's (their visibility timeout passed and they were "
+        f"delivered again, or they were settled already, or this is another process); "
+        f"the others were settled")
+    e.indices = stale
+    return e
+
+
+def put_many_full(ids, why=None):
+    """The queue.Full of a put_many that put `ids` and no more in time."""
+    e = Full(f"put_many: {len(ids)} put, no room for the rest in time"
+             + (f" ({why})" if why else ""))
+    e.ids = ids
+    return e
+
+
+class BatchAPI:
+    """A Batch's behaviour in terms of one primitive of its backend.
+
+    A subclass sets values, _ids, _dels (delivery counts), _enq_ms,
+    _reasons (why each was redelivered, or None), _state (HELD ... per
+    position) and _queue (the work queue: _check_open, _move_dead), and
+    defines _seconds(value, what) (a time argument as the backend takes
+    it; ValueError when bad) and _settle(verb, positions, arg): settle
+    the positions (verb ACKED, NACKED with arg = delay, REJECTED, or HELD
+    for extend with arg = seconds) in one step, returning per position 0
+    (done), 1 (nacked on its last delivery or rejected: dead, for the
+    caller to move to the dead-letter queue) or < 0 (no longer this
+    consumer's)."""
+
+    __slots__ = ()
+
+    def __len__(self):
+        return len(self._ids)
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __getitem__(self, i):
+        return self.values[i]
+
+    def __bool__(self):
+        return bool(self._ids)
+
+    @property
+    def ids(self):
+        """Per message: its id."""
+        return list(self._ids)
+
+    @property
+    def delivery_counts(self):
+        """Per message: its deliveries so far, this one included."""
+        return list(self._dels)
+
+    @property
+    def enqueued_at(self):
+        """Per message: when it was put (seconds since the epoch)."""
+        return [ms / 1000.0 for ms in self._enq_ms]
+
+    @property
+    def redelivered_because(self):
+        """Per message: None, "nacked", "visibility timeout", "consumer died"."""
+        return list(self._reasons)
+
+    @property
+    def settled(self):
+        """Per message: None (held), "acked", "nacked" or "rejected"."""
+        return [SETTLED_NAMES[s] for s in self._state]
+
+    def _pick(self, indices):
+        """The positions to settle: every one held (indices None), or the
+        given ones (IndexError, ValueError for one settled already:
+        nothing is settled then)."""
+        state = self._state
+        n = len(state)
+        if indices is None:
+            return [i for i in range(n) if state[i] == HELD]
+        out = []
+        for j in indices:
+            i = j.__index__()
+            if i < 0:
+                i += n
+            if not 0 <= i < n:
+                raise IndexError(f"batch index {j} out of range (len {n})")
+            if state[i] != HELD:
+                raise ValueError(f"message {self._ids[i]} of the batch was "
+                                 f"{SETTLED_NAMES[state[i]]} already")
+            out.append(i)
+        return out
+
+    def _apply(self, verb, pick, arg):
+        """_settle, then the states: (stale positions, dead ones to move)."""
+        stale, to_move = [], []
+        if not pick:
+            return stale, to_move
+        self._queue._check_open()
+        results = self._settle(verb, pick, arg)
+        for i, r in zip(pick, results):
+            if r < 0:
+                stale.append(i)
+                continue
+            if verb != HELD:
+                self._state[i] = verb
+            if r == 1:
+                to_move.append(i)
+        return stale, to_move
+
+    def _move(self, to_move, reason, error):
+        """Each of to_move to the dead-letter queue; the first failure
+        raised after the others were tried (each is parked by _move_dead)."""
+        first = None
+        for i in to_move:
+            n = self._dels[i]
+            try:
+                self._queue._move_dead(self._ids[i], n, self._enq_ms[i] / 1000.0,
+                                       reason(n), error)
+            except BaseException as e:
+                if first is None:
+                    first = e
+        if first is not None:
+            raise first
+
+    def ack(self, indices=None):
+        """Done: the messages go away - every one not settled yet, or those
+        at the given positions - in one step.
+
+        Args:
+            indices: Positions in the batch (negative from the end), or
+                None for every one not settled yet.
+
+        Raises:
+            DeliveryExpired: Some are no longer this consumer's (its
+                .indices: their positions); the rest are acked all the same.
+            IndexError: A position out of range (nothing is settled).
+            ValueError: A position settled already (nothing is settled),
+                or the queue is closed.
+        """
+        stale, _ = self._apply(ACKED, self._pick(indices), None)
+        if stale:
+            raise batch_expired("ack", self._ids, stale)
+
+    def nack(self, indices=None, delay=0.0, error=None):
+        """Deliver them again (from delay seconds on); those on their last
+        allowed delivery go to the dead-letter queue instead, with error.
+
+        Args:
+            indices: As ack().
+            delay: Seconds before they can be delivered again.
+            error: The last error, kept in a DeadLetter.
+
+        Raises:
+            DeliveryExpired: As ack().
+            IndexError: As ack().
+            ValueError: delay negative or NaN; as ack().
+        """
+        arg = self._seconds(delay, "delay")
+        stale, to_move = self._apply(NACKED, self._pick(indices), arg)
+        self._move(to_move, lambda n: f"delivered {n} times, last: nacked", error)
+        if stale:
+            raise batch_expired("nack", self._ids, stale)
+
+    def reject(self, indices=None, reason="rejected"):
+        """Straight to the dead-letter queue (poison), with reason.
+
+        Args:
+            indices: As ack().
+            reason: Why, kept in the DeadLetter.
+
+        Raises:
+            DeliveryExpired: As ack().
+            IndexError: As ack().
+            ValueError: As ack().
+        """
+        stale, to_move = self._apply(REJECTED, self._pick(indices), None)
+        self._move(to_move, lambda n: f"rejected: {reason}", reason)
+        if stale:
+            raise batch_expired("reject", self._ids, stale)
+
+    def extend(self, seconds, indices=None):
+        """Keep the messages not settled (or those given) for `seconds`
+        more from now.
+
+        Args:
+            seconds: The new visibility deadline, from now (inf: never).
+            indices: As ack().
+
+        Raises:
+            DeliveryExpired: As ack().
+            IndexError: As ack().
+            ValueError: seconds negative or NaN; as ack().
+        """
+        arg = self._seconds(seconds, "seconds")
+        stale, _ = self._apply(HELD, self._pick(indices), arg)
+        if stale:
+            raise batch_expired("extend", self._ids, stale)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.ack()
+        else:
+            self.nack(error=f"{exc_type.__name__}: {exc}")
+        return False
+
+    def __reduce__(self):
+        raise TypeError("a Batch belongs to the process that got it")
+
+    def __repr__(self):
+        held = sum(1 for s in self._state if s == HELD)
+        return f"<pyqueue.Batch of {len(self._ids)} messages, {held} held>"

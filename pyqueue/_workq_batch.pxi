@@ -36,7 +36,7 @@ DEF HELD = 0
 DEF ACKED = 1
 DEF NACKED = 2
 DEF REJECTED = 3
-_SETTLED_NAMES = (None, "acked", "nacked", "rejected")
+_SETTLED_NAMES = (None, "acked", "nacked", "rejected")  # as pyqueue._api.SETTLED_NAMES
 _DROPPED = object()
 
 
@@ -156,10 +156,8 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
 
 
 cdef int _raise_full(list ids, why) except -1:
-    e = _queue_mod.Full(f"put_many: {len(ids)} put, no room for the rest in time"
-                        + (f" ({why})" if why else ""))
-    e.ids = ids
-    raise e
+    from pyqueue._api import put_many_full  # the text every backend gives
+    raise put_many_full(ids, why)
 
 
 cdef object _wq_get_many(WorkQueueCore self, Py_ssize_t max_messages, bint block, timeout):
@@ -446,15 +444,8 @@ cdef class Batch:
         return 0
 
     cdef _expired(self, str what, list stale):
-        from pyqueue.errors import DeliveryExpired
-        e = DeliveryExpired(
-            f"cannot {what} {len(stale)} of the batch's messages (ids "
-            f"{[self._ids[i] for i in stale[:10]]}{'...' if len(stale) > 10 else ''}): they "
-            f"are no longer this consumer's (their visibility timeout passed and they were "
-            f"delivered again, or they were settled already, or this is another process); "
-            f"the others were settled")
-        e.indices = stale
-        return e
+        from pyqueue._api import batch_expired  # the text every backend gives
+        return batch_expired(what, self.ids, stale)
 
     def ack(self, indices=None):
         """Done: the messages go away - every one not settled yet, or those

@@ -125,7 +125,7 @@ def _work(spec, index, stop, stats, up=None):
         up()
     if callable(getattr(source, "get_many", None)):
         _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
-    else:  # a backend without batches yet (Redis): one message at a time
+    else:  # a source without batches (none of pyqueue's now): one message at a time
         _work_each(source, fn, send, poll_timeout, reject, stop, count)
 
 

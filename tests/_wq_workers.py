@@ -43,23 +43,6 @@ def hold_batch_then_hang(q, out, n):
     time.sleep(120)  # killed in here
 
 
-def batch_consume_and_ack(q, out, stop_after, size):
-    """get_many + Batch.ack until stop_after messages were acked in all;
-    report (pid, value, delivery count) of each."""
-    import queue
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            b = q.get_many(size, timeout=0.2)
-        except queue.Empty:
-            if q.stats()["acked"] >= stop_after:
-                break
-            continue
-        b.ack()
-        for v, c in zip(b.values, b.delivery_counts):
-            out.put((os.getpid(), v, c))
-
-
 def armed_put(q, spec, values):
     arm(spec)
     for v in values:

@@ -5,7 +5,7 @@ and fence the old holder, the delivery limit and the dead-letter queue
 puts, bad input, consumers in processes, a consumer SIGKILLed holding
 messages, a producer killed inside a put, and a model test (with the batch
 operations: put_many, get_many, Batch settles; the other batch tests are in
-tests/test_workqueue_batch.py)."""
+tests/contract/test_workqueue_contract.py and tests/test_workqueue_batch.py)."""
 import collections
 import os
 import pickle

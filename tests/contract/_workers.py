@@ -64,3 +64,34 @@ def subscribe_report_and_hang(topic, out):
 def append_all(log, key, items):
     for item in items:
         log.append(item, key=key)
+
+
+def hold_batch_then_hang(wq, out, n):
+    """Takes batches until n messages are held, settles none, reports
+    (id, value, delivery count) of each, and hangs (SIGKILLed)."""
+    import threading
+    got = []
+    while len(got) < n:
+        b = wq.get_many(n - len(got), timeout=30)
+        got += list(zip(b.ids, b.values, b.delivery_counts))
+    out.put(got, timeout=30)
+    threading.Event().wait(120)
+
+
+def batch_consume_and_ack(wq, out, stop_after, size):
+    """get_many + Batch.ack until stop_after messages were acked in all;
+    reports (pid, value, delivery count) of each."""
+    import os
+    import queue
+    import time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            b = wq.get_many(size, timeout=0.2)
+        except queue.Empty:
+            if wq.stats()["acked"] >= stop_after:
+                break
+            continue
+        b.ack()
+        for v, c in zip(b.values, b.delivery_counts):
+            out.put((os.getpid(), v, c), timeout=30)

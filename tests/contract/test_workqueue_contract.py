@@ -2,6 +2,7 @@
 Redis, a Redis Cluster); tests/contract/conftest.py."""
 import math
 import os
+import pickle
 import queue
 import signal
 import time
@@ -9,8 +10,9 @@ import time
 import pytest
 
 import pyqueue
-from pyqueue.errors import DeliveryExpired, SegmentMismatch, SegmentNotFound
+from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentMismatch, SegmentNotFound
 from tests.contract import _workers
+from tests.test_workqueue import Bomb
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -234,3 +236,306 @@ def test_sigkilled_consumer_is_redelivered(make, ctx, procs):
     assert d.redelivered_because in ("consumer died", "visibility timeout")
     d.ack()
     assert wq.qsize() == 0
+
+
+# -- batches: put_many / get_many / Batch ----------------------------------------
+
+
+def test_put_many_get_many_ack(make):
+    wq = make("WorkQueue", make.name())
+    ids = wq.put_many([b"a", "b", {"c": 1}, 4])
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    b = wq.get_many(3)
+    assert len(b) == 3 and bool(b)
+    assert list(b) == [b"a", "b", {"c": 1}] and b.values == list(b) and b[2] == {"c": 1}
+    assert b.ids == ids[:3] and b.delivery_counts == [1, 1, 1]
+    assert b.redelivered_because == [None] * 3 and b.settled == [None] * 3
+    assert all(abs(t - time.time()) < 60 for t in b.enqueued_at)
+    assert repr(b) == "<pyqueue.Batch of 3 messages, 3 held>"
+    assert wq.stats()["in_flight"] == 3
+    b.ack()
+    assert b.settled == ["acked"] * 3
+    s = wq.stats()
+    assert s["acked"] == 3 and s["in_flight"] == 0 and s["depth"] == 1
+    with pytest.raises(ValueError, match="acked already"):
+        b.ack([0])
+    b.ack()  # nothing left to settle: a no-op
+    last = wq.get_many(10)
+    assert last.values == [4] and last.ids == ids[3:]
+    last.ack()
+    assert wq.qsize() == 0
+
+
+def test_get_many_waits_then_empty(make):
+    wq = make("WorkQueue", make.name())
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        wq.get_many(10, timeout=0.2)
+    assert time.monotonic() - t0 >= 0.19
+    with pytest.raises(queue.Empty):
+        wq.get_many(10, block=False)
+    with pytest.raises(ValueError):
+        wq.get_many(0)
+    wq.put("x")
+    assert wq.get_many(10, timeout=5).values == ["x"]
+
+
+def test_batch_settles_by_position_and_nack_redelivers(make):
+    wq = make("WorkQueue", make.name(), max_deliveries=None)
+    ids = wq.put_many(list(range(6)))
+    b = wq.get_many(6)
+    b.ack([0, -1])          # positions, negative from the end
+    b.nack([1, 2], delay=0.0)
+    assert b.settled == ["acked", "nacked", "nacked", None, None, "acked"]
+    with pytest.raises(IndexError):
+        b.ack([6])
+    with pytest.raises(ValueError):
+        b.nack([1])          # settled already: nothing settled
+    with pytest.raises(ValueError):
+        b.ack([3, 1])        # one of them settled: nothing settled, 3 neither
+    assert b.settled[3:5] == [None, None]
+    again = wq.get_many(10)
+    assert again.values == [1, 2] and again.ids == ids[1:3]
+    assert again.delivery_counts == [2, 2]
+    assert again.redelivered_because == ["nacked", "nacked"]
+    b.ack()                  # the rest: 3 and 4
+    again.ack()
+    s = wq.stats()
+    assert s["acked"] == 6 and s["redelivered"] == 2 and wq.qsize() == 0
+
+
+def test_batch_nack_with_delay(make):
+    wq = make("WorkQueue", make.name())
+    wq.put_many(["a", "b"])
+    t0 = time.monotonic()
+    wq.get_many(2).nack(delay=0.3)
+    with pytest.raises(queue.Empty):
+        wq.get_many(2, block=False)
+    assert wq.stats()["delayed"] == 2
+    b = wq.get_many(2, timeout=10)
+    assert time.monotonic() - t0 >= 0.25
+    assert b.values == ["a", "b"] and b.delivery_counts == [2, 2]
+    b.ack()
+    with pytest.raises(ValueError):
+        b.nack(delay=-1)
+
+
+def test_stale_messages_of_a_batch_are_reported_and_the_rest_settled(make):
+    wq = make("WorkQueue", make.name(), max_deliveries=None)
+    wq.put_many(["a", "b", "c"])
+    b = wq.get_many(3)
+    b.extend(0, [0])          # a: its deadline is now
+    other = wq.get(timeout=5)  # the old holder of a loses it
+    assert other.value == "a"
+    for verb in (b.nack, b.reject, lambda indices: b.extend(60, indices)):
+        with pytest.raises(DeliveryExpired) as ei:
+            verb([0])
+        assert ei.value.indices == [0]
+    assert b.settled == [None, None, None]
+    with pytest.raises(DeliveryExpired) as ei:
+        b.ack()
+    assert ei.value.indices == [0]
+    assert b.settled == [None, "acked", "acked"]
+    other.ack()
+    assert wq.stats()["acked"] == 3 and wq.qsize() == 0
+
+
+def test_batch_extend_keeps_it(make):
+    wq = make("WorkQueue", make.name(), visibility_timeout=0.5)
+    wq.put_many(["a", "b"])
+    b = wq.get_many(2)
+    b.extend(60)
+    with pytest.raises(queue.Empty):
+        wq.get_many(2, timeout=1.0)               # past 0.5 s: still held
+    b.ack()
+    assert wq.qsize() == 0
+
+
+def test_batch_context_manager(make):
+    wq = make("WorkQueue", make.name(), max_deliveries=None)
+    wq.put_many([1, 2])
+    with wq.get_many(2) as b:
+        pass
+    assert b.settled == ["acked", "acked"]
+    wq.put_many([3, 4])
+    with pytest.raises(RuntimeError):
+        with wq.get_many(2) as b:
+            b.ack([0])
+            raise RuntimeError("boom")
+    assert b.settled == ["acked", "nacked"]
+    again = wq.get_many(2)
+    assert again.values == [4] and again.redelivered_because == ["nacked"]
+    again.ack()
+
+
+def test_batch_is_not_picklable_nor_constructible(make):
+    wq = make("WorkQueue", make.name())
+    wq.put(1)
+    b = wq.get_many(1)
+    with pytest.raises(TypeError):
+        pickle.dumps(b)
+    with pytest.raises(TypeError):
+        type(b)()
+    b.ack()
+
+
+def test_max_deliveries_with_batches_dead_letters(make):
+    dead = make("WorkQueue", make.name(), max_deliveries=None)
+    wq = make("WorkQueue", make.name(), max_deliveries=2, dead_letter=dead)
+    wq.put_many(["a", "b", "c", "d"])
+    wq.get_many(4).nack()
+    b = wq.get_many(4)
+    assert b.delivery_counts == [2, 2, 2, 2]
+    b.nack([0, 1], error="bad")   # their last delivery: dead-lettered
+    dls = dead.dead_letters()
+    assert [(x.value, x.attempts, x.last_error) for x in dls] == [("a", 2, "bad"),
+                                                                 ("b", 2, "bad")]
+    assert all(x.reason == "delivered 2 times, last: nacked" for x in dls)
+    b.reject([3], "poison")        # straight there, whatever its count
+    b.extend(0, [2])  # c comes due again with 2 deliveries: out of them
+    with pytest.raises(queue.Empty):
+        wq.get_many(4, block=False)  # moved on the way, nothing delivered
+    dls = dead.dead_letters()
+    assert [x.value for x in dls] == ["a", "b", "d", "c"]
+    assert dls[2].reason == "rejected: poison" and dls[2].last_error == "poison"
+    assert dls[3].reason.startswith("delivered 2 times")
+    assert wq.qsize() == 0 and wq.stats()["dead_lettered"] == 4
+
+
+def test_get_many_moves_dead_and_poison_and_returns_the_rest(make):
+    dead = make("WorkQueue", make.name(), max_deliveries=None)
+    wq = make("WorkQueue", make.name(), max_deliveries=1, dead_letter=dead)
+    wq.put_many(["a", "b"])
+    wq.get_many(1).nack()          # a: out of deliveries, moved by the nack
+    wq.put(Bomb())                 # undecodable
+    wq.put("d")
+    b = wq.get_many(10)
+    assert b.values == ["b", "d"]
+    dls = dead.dead_letters()
+    assert [x.value for x in dls] == ["a", None]
+    assert dls[1].reason.startswith("undecodable") and dls[1].raw is not None
+    b.ack()
+    assert wq.qsize() == 0
+
+
+def test_put_many_dedup_keys_and_delay(make):
+    wq = make("WorkQueue", make.name(), dedup_window=60.0)
+    ids = wq.put_many(["a", "b", "a2", "c", "a3"], keys=["ka", None, "ka", b"kc", b"ka"])
+    assert ids[2] == ids[0] == ids[4] and len(set(ids)) == 3   # repeated within the call
+    assert wq.put_many(["again", "new"], keys=["kc", ""]) == [ids[3], ids[3] + 1]
+    assert wq.put("twice", key="") == ids[3] + 1                # the empty key is a key
+    assert wq.stats()["deduplicated"] == 4
+    assert wq.put_many(["later"], delay=0.3) == [ids[3] + 2]
+    assert wq.get_many(10).values == ["a", "b", "c", "new"]
+    assert wq.get_many(10, timeout=10).values == ["later"]
+    with pytest.raises(ValueError, match="keys"):
+        wq.put_many(["x", "y"], keys=["k"])
+    with pytest.raises(TypeError):
+        wq.put_many(["x"], keys=[1])
+    with pytest.raises(ValueError):
+        wq.put_many(["x"], delay=-1)
+    assert wq.put_many([]) == []
+    assert wq.qsize() == 5
+
+
+def test_put_many_larger_than_a_chunk(make):
+    """More messages than one step puts (Redis: 256 per script; shared
+    memory: 1024 per hold of the lock): all of them, in order, a key
+    repeated across steps a duplicate."""
+    wq = make("WorkQueue", make.name(), dedup_window=60.0)
+    n = 1500
+    keys = [None] * n
+    keys[3] = keys[1400] = "same"
+    ids = wq.put_many(list(range(n)), keys=keys)
+    assert ids[1400] == ids[3]
+    fresh = ids[:1400] + ids[1401:]
+    assert fresh == list(range(fresh[0], fresh[0] + n - 1))
+    got = []
+    while len(got) < n - 1:
+        b = wq.get_many(1000, timeout=5)
+        got += b.values
+        b.ack()
+    assert got == [v for v in range(n) if v != 1400]
+    assert wq.qsize() == 0 and wq.stats()["deduplicated"] == 1
+
+
+def test_put_many_checks_sizes_before_putting_and_full_keeps_what_fit(make):
+    wq = make("WorkQueue", make.name(), capacity_bytes=1 << 16, max_in_flight=4)
+    big = b"x" * (wq.max_message_bytes + 1)
+    with pytest.raises(MessageTooLarge):
+        wq.put_many([b"ok", big])
+    assert wq.qsize() == 0  # nothing was put
+    with pytest.raises(queue.Full) as ei:
+        wq.put_many(list(range(6)), timeout=0.1)
+    ids = ei.value.ids
+    assert len(ids) == 4 and ids == list(range(ids[0], ids[0] + 4))
+    with pytest.raises(queue.Full) as ei:
+        wq.put_many(["no room"], block=False)
+    assert ei.value.ids == []
+    b = wq.get_many(10)
+    assert b.values == [0, 1, 2, 3] and b.ids == ids
+    b.ack()
+
+
+def test_batch_ack_frees_the_room_at_once(make):
+    wq = make("WorkQueue", make.name(), capacity_bytes=1 << 16, max_in_flight=8)
+    for _ in range(3):
+        assert len(wq.put_many(list(range(8)), block=False)) == 8
+        with pytest.raises(queue.Full):
+            wq.put_nowait("no room")
+        b = wq.get_many(8, block=False)
+        assert len(b) == 8
+        b.ack()
+    assert wq.stats()["acked"] == 24 and wq.qsize() == 0
+
+
+def test_put_many_waits_for_room_a_consumer_makes(make, ctx, procs):
+    wq = make("WorkQueue", make.name(), max_in_flight=8)
+    out = make("Queue", name=make.name())
+    procs.start(ctx, _workers.batch_consume_and_ack, wq, out, 100, 5)
+    ids = wq.put_many(list(range(100)), timeout=60)
+    assert len(ids) == 100 and ids == sorted(ids)
+    got = sorted(out.get(timeout=60) for _ in range(100))
+    assert sorted(v for _, v, _ in got) == list(range(100))
+
+
+def test_batch_consumers_in_processes_ack_each_message_once(make, ctx, procs):
+    wq = make("WorkQueue", make.name())
+    out = make("Queue", name=make.name())
+    n = 1000
+    for _ in range(2):
+        procs.start(ctx, _workers.batch_consume_and_ack, wq, out, n, 64)
+    for k in range(0, n, 100):
+        wq.put_many(list(range(k, k + 100)))
+    got = [out.get(timeout=60) for _ in range(n)]
+    assert sorted(v for _, v, _ in got) == list(range(n))
+    assert all(c == 1 for _, _, c in got)
+    s = wq.stats()
+    assert s["acked"] == n and s["redelivered"] == 0
+
+
+def test_consumer_killed_holding_a_batch_gets_every_message_redelivered(make, ctx, procs):
+    wq = make("WorkQueue", make.name(), visibility_timeout=1.0)
+    out = make("Queue", name=make.name())
+    ids = wq.put_many(list(range(8)))
+    p = procs.start(ctx, _workers.hold_batch_then_hang, wq, out, 6)
+    held = out.get(timeout=30)
+    assert held == [(ids[v], v, 1) for v in range(6)]   # the child holds them now
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+    got = {}
+    deadline = time.monotonic() + 30
+    while len(got) < 8 and time.monotonic() < deadline:
+        try:
+            b = wq.get_many(8, timeout=1)
+        except queue.Empty:
+            continue
+        got.update(zip(b.values, zip(b.ids, b.delivery_counts, b.redelivered_because)))
+        b.ack()
+    assert sorted(got) == list(range(8))
+    for v in range(6):
+        assert got[v][:2] == (ids[v], 2)
+        assert got[v][2] in ("consumer died", "visibility timeout")
+    assert got[6] == (ids[6], 1, None) and got[7] == (ids[7], 1, None)
+    assert wq.stats()["acked"] == 8 and wq.qsize() == 0

@@ -28,9 +28,12 @@ three steps, as on shared memory: mark it dead-pending (held by its mover
 for a lease), put the DeadLetter into the dead-letter queue, remove it. A
 mover that dies leaves it dead-pending until the lease ends, then the next
 get moves it (so a message may reach the dead-letter queue twice, never
-zero times). The Delivery and DeadLetter classes, and get()'s and the
-dead-letter move's logic, are pyqueue.workqueue's, run over these
-primitives. docs/design.md, "Backends".
+zero times). The Delivery and DeadLetter classes, and get()'s,
+get_many()'s, put_many()'s and the dead-letter move's logic, are
+pyqueue.workqueue's, run over these primitives; a batch's settles are one
+script for many messages, each fenced as the single verb's, under the
+Python half every backend's Batch shares (pyqueue._api.BatchAPI).
+docs/design.md, "Backends".
 """
 import math
 import os
@@ -54,6 +57,7 @@ ESTALE = _workq.ESTALE_CODE
 _KEYS = ("meta", "msg", "cnt", "enq", "why", "ready", "delayed", "held", "dead", "dkeys",
          "dids", "wake", "space")
 _SCAN = 100                 # entries one script moves at most per step (bounded scans)
+_PUT_CHUNK = 256            # messages per script of put_many (one atomic step each)
 
 _LUA_HEAD = """
 local M, P, C, E, R, Q, D, F, X, K, KI, W, S =
@@ -149,10 +153,81 @@ redis.call('HINCRBY', M, 'enqueued', 1)
 return {id, 0}
 """
 
+# ARGV: delay ms, then (payload, key or '') per message -> {0, 0, id...}
+# all put (a duplicate key's: the first one's id, also of a key earlier in
+# the same call) | {-1} no queue | {-2, ms until the oldest key expires,
+# id...} dedup table full | {-3, last space id, id...} no room: the ids of
+# those before the one that did not fit, which stay put (as _PUT, message
+# after message, in one call)
+_PUT_MANY = _LUA_HEAD + """
+local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms')
+if not m[1] then return {-1} end
+local cap, dedup_keys, dedup_ms = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
+local delay = tonumber(ARGV[1])
+local out = {0, 0}
+local put, dups, ready = 0, 0, false
+local purged = false
+for i = 2, #ARGV, 2 do
+  local key = ARGV[i + 1]
+  local first = false
+  local keyed = key ~= '' and dedup_keys > 0
+  if keyed then
+    if not purged then
+      purged = true
+      local old = redis.call('ZRANGEBYSCORE', K, '-inf', now, 'LIMIT', 0, 1000)
+      if #old > 0 then
+        redis.call('ZREM', K, unpack(old))
+        redis.call('HDEL', KI, unpack(old))
+      end
+    end
+    first = redis.call('HGET', KI, key)
+    if not first and redis.call('ZCARD', K) >= dedup_keys then
+      redis.call('HINCRBY', M, 'dedup_full', 1)
+      local oldest = redis.call('ZRANGE', K, 0, 0, 'WITHSCORES')
+      out[1], out[2] = -2, math.max(1, tonumber(oldest[2]) - now)
+      break
+    end
+  end
+  if first then
+    dups = dups + 1
+    out[#out + 1] = tonumber(first)
+  else
+    if redis.call('HLEN', P) >= cap then
+      out[1], out[2] = -3, last_id(S)
+      break
+    end
+    local id = redis.call('HINCRBY', M, 'next_id', 1)
+    redis.call('HSET', P, id, ARGV[i])
+    redis.call('HSET', C, id, 0)
+    redis.call('HSET', E, id, now)
+    if delay > 0 then
+      redis.call('ZADD', D, now + delay, id)
+    else
+      redis.call('ZADD', Q, id, id)
+      ready = true
+    end
+    if keyed then
+      redis.call('ZADD', K, now + dedup_ms, key)
+      redis.call('HSET', KI, key, id)
+    end
+    put = put + 1
+    out[#out + 1] = id
+  end
+end
+if put > 0 then redis.call('HINCRBY', M, 'enqueued', put) end
+if dups > 0 then redis.call('HINCRBY', M, 'deduplicated', dups) end
+if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
+return out
+"""
+
 # ARGV: mover's lease ms -> {0|1, id, deliveries, payload, enqueued ms, why} (0: a
 # delivery held by the caller; 1: dead, for the caller to move) |
 # {-1} no queue | {-4, last wake id, ms until the next deadline or -1}
-_ACQUIRE = _LUA_HEAD + """
+# What a get does first (one get and a get_many alike): the delayed
+# messages now due and the held ones past their visibility deadline become
+# available (at most %(scan)d of each: bounded), and when nothing comes,
+# the ms until the next deadline (-1: none) for the caller to wait.
+_LUA_ACQUIRE_HEAD = _LUA_HEAD + """
 local m = redis.call('HMGET', M, 'vis_ms', 'max_deliveries')
 if not m[1] then return {-1} end
 local lease = tonumber(ARGV[1])
@@ -167,6 +242,20 @@ for _, id in ipairs(expired) do
   redis.call('HSET', R, id, 'visibility timeout')
   redis.call('ZADD', Q, id, id)
 end
+local function nothing()
+  local nxt = -1
+  for _, z in ipairs({D, F, X}) do
+    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local ms = math.max(0, tonumber(first[2]) - now)
+      if nxt < 0 or ms < nxt then nxt = ms end
+    end
+  end
+  return {-4, last_id(W), nxt}
+end
+""" % {"scan": _SCAN}
+
+_ACQUIRE = _LUA_ACQUIRE_HEAD + """
 local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1)
 if #dead > 0 then
   local id = dead[1]
@@ -191,16 +280,53 @@ if #top > 0 then
   return {0, id, n, redis.call('HGET', P, id), redis.call('HGET', E, id),
           redis.call('HGET', R, id)}
 end
-local nxt = -1
-for _, z in ipairs({D, F, X}) do
-  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-  if #first > 0 then
-    local ms = math.max(0, tonumber(first[2]) - now)
-    if nxt < 0 or ms < nxt then nxt = ms end
-  end
+return nothing()
+"""
+
+# ARGV: mover's lease ms, max -> {0, then 6 fields per message: 0|1, id,
+# deliveries, payload, enqueued ms, why} (as _ACQUIRE's, in one call: the
+# dead-pending ones whose mover's lease is over, then the oldest available,
+# those out of deliveries made dead on the way) | {-1} | {-4, ...} as _ACQUIRE
+_ACQUIRE_MANY = _LUA_ACQUIRE_HEAD + """
+local want = tonumber(ARGV[2])
+local out = {0}
+local function add(kind, id, n)
+  out[#out + 1] = kind
+  out[#out + 1] = id
+  out[#out + 1] = n
+  out[#out + 1] = redis.call('HGET', P, id)
+  out[#out + 1] = redis.call('HGET', E, id)
+  out[#out + 1] = redis.call('HGET', R, id)
 end
-return {-4, last_id(W), nxt}
-""" % {"scan": _SCAN}
+local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, want)
+for _, id in ipairs(dead) do
+  redis.call('ZADD', X, now + lease, id)
+  add(1, id, redis.call('HGET', C, id))
+end
+local room = want - #dead
+if room > 0 then
+  local top = redis.call('ZPOPMIN', Q, room)
+  local vis, maxd = tonumber(m[1]), tonumber(m[2])
+  local again = 0
+  for i = 1, #top, 2 do
+    local id = top[i]
+    local n = tonumber(redis.call('HGET', C, id))
+    if maxd > 0 and n >= maxd then
+      redis.call('ZADD', X, now + lease, id)
+      add(1, id, n)
+    else
+      n = n + 1
+      redis.call('HSET', C, id, n)
+      if n > 1 then again = again + 1 end
+      redis.call('ZADD', F, now + vis, id)
+      add(0, id, n)
+    end
+  end
+  if again > 0 then redis.call('HINCRBY', M, 'redelivered', again) end
+end
+if #out > 1 then return out end
+return nothing()
+"""
 
 # ARGV: id, deliveries, estale -> 0 | -ESTALE
 _ACK = _LUA_HEAD + """
@@ -247,6 +373,100 @@ _EXTEND = _LUA_HEAD + """
 if not held_by(ARGV[1], ARGV[2]) then return -tonumber(ARGV[3]) end
 redis.call('ZADD', F, now + tonumber(ARGV[4]), ARGV[1])
 return 0
+"""
+
+# The settles of a Batch: one call for many, each message fenced as the
+# single verb's (held_by: its delivery count). ARGV: estale, the verb's
+# argument, then (id, deliveries) per message -> a result per message, as
+# the single verb's.
+_LUA_MANY_HEAD = _LUA_HEAD + """
+local estale = -tonumber(ARGV[1])
+local arg = tonumber(ARGV[2])
+local out = {}
+"""
+
+# arg unused -> 0 | -ESTALE each
+_ACK_MANY = _LUA_MANY_HEAD + """
+local before = redis.call('HLEN', P)
+local acked = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if held_by(id, ARGV[i + 1]) then
+    redis.call('ZREM', F, id)
+    forget(id)
+    acked = acked + 1
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = estale
+  end
+end
+if acked > 0 then
+  redis.call('HINCRBY', M, 'acked', acked)
+  local cap = tonumber(redis.call('HGET', M, 'max_in_flight'))
+  if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
+end
+return out
+"""
+
+# arg: delay ms; ARGV[3]: lease ms -> 0 (again) | 1 (dead: the caller
+# moves it) | -ESTALE each
+_NACK_MANY = _LUA_MANY_HEAD + """
+local lease = tonumber(ARGV[3])
+local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
+local ready = false
+for i = 4, #ARGV, 2 do
+  local id, n = ARGV[i], ARGV[i + 1]
+  if not held_by(id, n) then
+    out[#out + 1] = estale
+  else
+    redis.call('ZREM', F, id)
+    redis.call('HSET', R, id, 'nacked')
+    if maxd > 0 and tonumber(n) >= maxd then
+      redis.call('ZADD', X, now + lease, id)
+      out[#out + 1] = 1
+    else
+      if arg > 0 then
+        redis.call('ZADD', D, now + arg, id)
+      else
+        redis.call('ZADD', Q, id, id)
+        ready = true
+      end
+      out[#out + 1] = 0
+    end
+  end
+end
+if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
+return out
+"""
+
+# arg: lease ms -> 1 (dead: the caller moves it) | -ESTALE each
+_REJECT_MANY = _LUA_MANY_HEAD + """
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if held_by(id, ARGV[i + 1]) then
+    redis.call('ZREM', F, id)
+    redis.call('HSET', R, id, 'rejected')
+    redis.call('ZADD', X, now + arg, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = estale
+  end
+end
+return out
+"""
+
+# arg: ms -> 0 | -ESTALE each
+_EXTEND_MANY = _LUA_MANY_HEAD + """
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if held_by(id, ARGV[i + 1]) then
+    redis.call('ZADD', F, now + arg, id)
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = estale
+  end
+end
+return out
 """
 
 # ARGV: id -> 0 (removed) | 1 (not dead-pending: someone else finished it)
@@ -299,6 +519,19 @@ def _ms(seconds, what):
     if math.isnan(s) or s < 0:
         raise ValueError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
     return NEVER_MS if s * 1000 >= NEVER_MS else int(math.ceil(s * 1000))
+
+
+def _key_bytes(key):
+    """A dedup key as the scripts take it: b"" for none, the empty key b"\\0"."""
+    if key is None:
+        return b""
+    if isinstance(key, str):
+        kb = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        kb = bytes(key)
+    else:
+        raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+    return kb or b"\0"  # the empty key is a key
 
 
 def _rebuild(url, name):
@@ -479,16 +712,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         if len(data) - 1 > self.max_message_bytes:
             raise MessageTooLarge(f"message of {len(data) - 1} bytes exceeds the work queue's "
                                   f"limit of {self.max_message_bytes} bytes (max_message_bytes)")
-        if key is None:
-            kb = b""
-        elif isinstance(key, str):
-            kb = key.encode("utf-8")
-        elif isinstance(key, (bytes, bytearray, memoryview)):
-            kb = bytes(key)
-        else:
-            raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
-        if key is not None and not kb:
-            kb = b"\0"  # the empty key is a key
+        kb = _key_bytes(key)
         until = _api.deadline(block, timeout)
         b = self._backend
         while True:
@@ -508,6 +732,57 @@ class RedisWorkQueue(_api.WorkQueueAPI):
             if left == 0.0:
                 raise Full()
             b.wait_stream(self._keys[12], r[1], left)
+
+    # put_many() is pyqueue.WorkQueue's, over _put_many below.
+    put_many = _shm.WorkQueue.put_many
+
+    def _put_many(self, objs, keys, delay, block, timeout):
+        """The ids of objs put, _PUT_CHUNK messages per script (each chunk
+        one atomic step); queue.Full (.ids: those put) when the rest has
+        no room in time."""
+        self._check_open()
+        delay_ms = _ms(delay, "delay")
+        items = list(objs)
+        n = len(items)
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != n:
+                raise ValueError(f"put_many got {n} objects and {len(keys)} keys")
+        # Everything encoded and checked before anything is put.
+        args = []
+        limit = self.max_message_bytes
+        for i, obj in enumerate(items):
+            data = _codec.encode(obj, None)
+            if len(data) - 1 > limit:
+                raise MessageTooLarge(
+                    f"message {i} of put_many has {len(data) - 1} bytes, more than the work "
+                    f"queue's limit of {limit} bytes (max_message_bytes); nothing was put")
+            args.append(data)
+            args.append(_key_bytes(None if keys is None else keys[i]))
+        ids = []
+        until = _api.deadline(block, timeout)
+        b = self._backend
+        start = 0
+        while start < n:
+            chunk = args[2 * start:2 * min(n, start + _PUT_CHUNK)]
+            r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            ids.extend(int(x) for x in r[2:])
+            start += len(r) - 2
+            if r[0] == 0:
+                continue
+            left = _api.remaining(until)
+            if r[0] == -2:
+                if left == 0.0 or (left is not None and left < r[1] / 1000.0):
+                    raise _api.put_many_full(ids, "the dedup table is full (dedup_keys, "
+                                                  "dedup_window)")
+                time.sleep(r[1] / 1000.0)  # until the oldest key expires (a deadline)
+                continue
+            if left == 0.0:
+                raise _api.put_many_full(ids)
+            b.wait_stream(self._keys[12], r[1], left)
+        return ids
 
     # -- consuming ---------------------------------------------------------
     # get() is pyqueue.WorkQueue's (delivers, moves dead messages, rejects
@@ -535,6 +810,48 @@ class RedisWorkQueue(_api.WorkQueueAPI):
                 due = r[2] / 1000.0
                 left = due if left is None else min(left, due)
             b.wait_stream(self._keys[11], r[1], left)
+
+    # get_many() is pyqueue.WorkQueue's too, over _get_many.
+    get_many = _shm.WorkQueue.get_many
+
+    def _get_many(self, max_messages, block, timeout):
+        """(batch, dead, poison) as pyqueue.WorkQueue's core returns them:
+        up to max_messages taken by one script (waits for one at least);
+        queue.Empty in time."""
+        self._check_open()
+        want = min(_api.check_max_messages(max_messages), self.max_in_flight)
+        until = _api.deadline(block, timeout)
+        b = self._backend
+        while True:
+            r = self._script("wq_acquire_many", _ACQUIRE_MANY, [self._lease_ms(), want])
+            if r[0] == 0:
+                break
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            if r[2] >= 0:
+                due = r[2] / 1000.0
+                left = due if left is None else min(left, due)
+            b.wait_stream(self._keys[11], r[1], left)
+        # From here on Python code runs (unpickling): only this call's objects.
+        batch = Batch._new(self)
+        dead, poison = [], []
+        for j in range(1, len(r), 6):
+            kind, mid, n, raw, enq, why = r[j:j + 6]
+            mid, n, enq = int(mid), int(n), int(enq)
+            reason = why.decode() if why is not None else None
+            if kind == 1:
+                dead.append((mid, n, raw, None, enq, reason))
+                continue
+            try:
+                value = self._decode(raw, None)
+            except Exception as e:  # poison: still held, to reject
+                poison.append((mid, n, raw, None, enq, e))
+                continue
+            batch._add(value, mid, n, enq, reason)
+        return batch, dead, poison
 
     @staticmethod
     def _decode(raw, typ):
@@ -630,6 +947,52 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     def __reduce__(self):
         return (_rebuild, (self._backend.url, self._name))
+
+
+class Batch(_api.BatchAPI):
+    """What RedisWorkQueue.get_many() returns: pyqueue.Batch's interface
+    (pyqueue._api.BatchAPI), each settle of many one script, fenced per
+    message as a Delivery's verbs are."""
+
+    __slots__ = ("values", "_ids", "_dels", "_enq_ms", "_reasons", "_state", "_queue")
+
+    def __init__(self):
+        raise TypeError("a Batch comes from WorkQueue.get_many()")
+
+    @classmethod
+    def _new(cls, queue):
+        b = object.__new__(cls)
+        b._queue = queue
+        b.values, b._ids, b._dels, b._enq_ms, b._reasons, b._state = [], [], [], [], [], []
+        return b
+
+    def _add(self, value, mid, deliveries, enqueued_ms, reason):
+        self.values.append(value)
+        self._ids.append(mid)
+        self._dels.append(deliveries)
+        self._enq_ms.append(enqueued_ms)
+        self._reasons.append(reason)
+        self._state.append(_api.HELD)
+
+    @staticmethod
+    def _seconds(value, what):
+        return _ms(value, what)
+
+    def _settle(self, verb, pick, arg):
+        q = self._queue
+        pairs = []
+        for i in pick:
+            pairs.append(self._ids[i])
+            pairs.append(self._dels[i])
+        if verb == _api.ACKED:
+            return q._script("wq_ack_many", _ACK_MANY, [ESTALE, 0] + pairs)
+        if verb == _api.NACKED:
+            return q._script("wq_nack_many", _NACK_MANY,
+                             [ESTALE, arg, q._lease_ms()] + pairs)
+        if verb == _api.REJECTED:
+            return q._script("wq_reject_many", _REJECT_MANY,
+                             [ESTALE, q._lease_ms()] + pairs)
+        return q._script("wq_extend_many", _EXTEND_MANY, [ESTALE, arg] + pairs)
 
 
 Empty = _api.Empty
