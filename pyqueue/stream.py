@@ -123,35 +123,7 @@ def _work(spec, index, stop, stats, up=None):
         return
     if up is not None:
         up()
-    if callable(getattr(source, "get_many", None)):
-        _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
-    else:  # a source without batches (none of pyqueue's now): one message at a time
-        _work_each(source, fn, send, poll_timeout, reject, stop, count)
-
-
-def _work_each(source, fn, send, poll_timeout, reject, stop, count):
-    """A WorkQueue worker that takes one message at a time: ack on
-    success, nack on an error, reject on one of `reject`."""
-    while not stop.is_set():
-        try:
-            d = source.get(timeout=poll_timeout)
-        except _queue.Empty:
-            continue
-        t0 = time.monotonic()
-        try:
-            result = fn(d.value)
-            if send is not None and result is not None:
-                send(result)
-        except reject as e:  # not worth a retry: straight to the dead letters
-            d.reject(f"{type(e).__name__}: {e}")
-            count(False, time.monotonic() - t0)
-            continue
-        except Exception as e:
-            d.nack(error=f"{type(e).__name__}: {e}")
-            count(False, time.monotonic() - t0)
-            continue
-        d.ack()
-        count(True, time.monotonic() - t0)
+    _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, stats, base)
 
 
 # A worker's batches: at most this many messages (batch_size=None), and
