@@ -1,5 +1,6 @@
 """pyqueue.connect(): URLs, the environment variable, and the shared-memory
 backend being today's classes themselves."""
+import os
 import subprocess
 import sys
 
@@ -24,8 +25,9 @@ def test_the_url_comes_from_the_environment(tmp_path):
     code = ("import pyqueue; b = pyqueue.connect(); "
             "print(b.url, b.name, type(b).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYQUEUE_URL": f"redis+unix://{sock}",
-                              "PYTHONPATH": ":".join(sys.path)}, check=True).stdout
+                         env=dict(os.environ, PYQUEUE_URL=f"redis+unix://{sock}",
+                                  PYTHONPATH=os.pathsep.join(sys.path)),
+                         check=True).stdout
     assert out.split() == [f"redis+unix://{sock}", "redis", "RedisBackend"]
 
 
