@@ -48,8 +48,8 @@ def _leave_quietly(table, g, member_id, pid):
         return
     try:
         table.leave(g, member_id)
-    except (ValueError, OSError):
-        pass  # the log is closed already: the member goes with the process
+    except (ValueError, OSError, *getattr(table, "quiet_errors", ())):
+        pass  # the log is closed already (or its server gone): the member goes with the process
 
 
 class Consumer:
@@ -81,7 +81,7 @@ class Consumer:
     """
 
     skipped: int
-    _g: int
+    _g: Any               # the group: its index (shared memory) or name (Redis)
     _member: Any          # the member id (None until joined)
     _generation: Any      # the assignment generation followed (None: none yet)
     _finalizer: Any       # weakref.finalize leaving the group

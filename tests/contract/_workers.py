@@ -64,3 +64,15 @@ def subscribe_report_and_hang(topic, out):
 def append_all(log, key, items):
     for item in items:
         log.append(item, key=key)
+
+
+def member_commit_report_and_hang(log, group, commit_to, out):
+    """Joins the group with a short lease, commits commit_to in each of its
+    partitions, says which it has, and never polls again (SIGKILLed)."""
+    import threading
+    c = log.consumer(group, max_poll_interval=3.0)
+    mine = c.assignment()
+    c.commit({p: commit_to for p in mine})
+    out.put(mine, timeout=30)
+    threading.Event().wait(120)
+    c.close()
