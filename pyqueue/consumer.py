@@ -1,7 +1,8 @@
 """pyqueue.Consumer: a member of a consumer group of a Log.
 
 The partitions of the log are shared among the live members of the group
-(a sticky, balanced assignment made in shared memory).
+(a sticky, balanced assignment made in shared memory, or by Lua scripts on
+a Redis server: the log's group table, pyqueue/backends/redis/groups.py).
 Each member reads its partitions from the group's committed offsets on and
 commits how far it got; a commit is fenced by the epoch at which the member
 got each partition, so once a partition has moved to another member, the
@@ -69,7 +70,9 @@ class Consumer:
         auto_commit_interval: Seconds between automatic commits.
         max_poll_interval: A member that does not poll for that many
             seconds is removed from the group (its partitions go to the
-            others); a member whose process dies is removed at once.
+            others); a member whose process dies is removed at once on
+            shared memory, when this lease runs out on Redis (hosts share
+            no pids).
 
     Attributes:
         skipped: Offsets passed over by resets (records retention removed
