@@ -8,12 +8,14 @@ import os
 import signal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import pyqueue
 from pyqueue import CommitFailed
 from pyqueue.errors import PyQueueError
 from tests._support import wait_until
 from tests.contract import _workers
+from tests.test_consumer import MODEL_OPS, model_examples, run_model
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -204,3 +206,24 @@ def test_polling_keeps_a_short_lease(make, consumers):
     assert len(c.poll(max_records=10)) == 2
     assert c.poll(timeout=2.0) == []        # a wait 4x the lease: renewed while it waits
     assert c.member_id == me and c.assignment() == [0, 1]
+
+
+def _append(lg, p, values):
+    if type(lg).__module__.startswith("pyqueue.backends."):
+        lg._append(p, values, None, None)
+    else:
+        lg._append(p, values, None, None, 0)   # shared memory's takes flags too
+
+
+# the backend (one per test, not per example) is what the health check means
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=MODEL_OPS)
+@model_examples
+def test_model_several_members(backend, ops):
+    """tests/test_consumer.py's model of several members joining, leaving,
+    polling and committing in any interleaving (assignments disjoint,
+    complete, balanced; polls from the member's own position or the
+    committed offset; commits fenced exactly when a partition changed
+    owner, writing nothing then), on each backend."""
+    import uuid
+    run_model(backend.Log("model-" + uuid.uuid4().hex[:12], partitions=4), ops, _append)
