@@ -135,6 +135,25 @@ def test_seek_position_committed_lag_and_group_offsets(make, consumers):
     assert again.committed(0) is None and again.position(0) == 0
 
 
+def test_bad_group_names_and_options_are_refused(make, consumers):
+    log = filled(make, 2, 1)
+    with pytest.raises(TypeError):
+        log.consumer(5)
+    for bad in ("", "x" * 64, "a\0b"):
+        with pytest.raises(ValueError):
+            log.consumer(bad)
+    with pytest.raises(ValueError):
+        log.consumer("g", auto_offset_reset="middle")
+    with pytest.raises(ValueError):
+        log.consumer("g", max_poll_interval=0)
+    assert log.groups() == []                                # nothing made
+    c = log.consumer("g}{x")                                 # braces: still one slot
+    consumers.append(c)
+    assert c.assignment() == [0, 1] and len(c.poll(max_records=5)) == 2
+    c.commit()
+    assert log.groups() == ["g}{x"] and c.committed(1) == 1
+
+
 def test_a_new_member_starts_at_the_committed_offsets(make, consumers):
     log = filled(make, 3, 10)
     with log.consumer("g", auto_commit=True) as c:

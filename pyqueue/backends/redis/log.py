@@ -356,6 +356,8 @@ class RedisLog(_api.HandleAPI):
         if groups is not None:
             streams[groups.wait_keys(g)] = f"{gen_seen}-1"
             left = min(left, groups.lease(g) / 3)
+        if not streams:
+            return
         b = self._backend
         if b.cluster:
             from redis.crc import key_slot
