@@ -246,3 +246,20 @@ def test_model_several_members(backend, ops):
     owner, writing nothing then), on each backend."""
     import uuid
     run_model(backend.Log("model-" + uuid.uuid4().hex[:12], partitions=4), ops, _append)
+
+
+def test_a_removed_member_stays_fenced_after_the_group_is_made_again(make):
+    log = filled(make, 2, 5)
+    stale = log.consumer("g", max_poll_interval=0.3)
+    assert len(stale.poll(max_records=10)) == 10
+    with log.consumer("g") as other:                        # removes the silent one
+        assert wait_until(lambda: other.poll(timeout=0.1) is not None
+                          and other.assignment() == [0, 1], timeout=30)
+    log.delete_group("g")                                   # no live member: deleted
+    with log.consumer("g") as fresh_member:                 # the group made again
+        assert fresh_member.assignment() == [0, 1]
+        assert fresh_member.member_id != stale.member_id
+        with pytest.raises(CommitFailed):
+            stale.commit({0: 5, 1: 5})
+        assert [fresh_member.committed(p) for p in range(2)] == [None, None]
+    stale.close()

@@ -10,8 +10,7 @@ Keys of group G of log N (one hash tag, "N//G", so every key of a group is
 in one cluster slot, apart from the log's partitions: the scripts touch
 only these keys; records are read from the partitions directly):
 
-    pq:{N//G}:g.state   hash: gen (the generation), next (the last member
-                        id given), o:P / e:P (owner member id and the epoch
+    pq:{N//G}:g.state   hash: gen (the generation), o:P / e:P (owner member id and the epoch
                         at which it got partition P), c:P / t:P (the
                         committed offset of P and the server time of that
                         commit, ms)
@@ -32,6 +31,7 @@ every partition still has it as owner at the epoch it names: all or
 nothing, else CommitFailed.
 """
 import os
+import random
 import socket
 
 from pyqueue.backends.redis.queue import key_prefix
@@ -115,7 +115,8 @@ local function is_member(id)
 end
 """
 
-# ARGV: partitions, timeout ms, pid, host, max members -> member id, or -1 (full)
+# ARGV: partitions, timeout ms, pid, host, max members, a random id -> the
+# member id, -1 (full) or -2 (a live member has that id: draw another)
 _JOIN = _HEAD + """
 local P = tonumber(ARGV[1])
 local gone = remove_gone()
@@ -123,7 +124,8 @@ if redis.call('ZCARD', E) >= tonumber(ARGV[5]) then
   if gone > 0 then rebalance(P) end
   return -1
 end
-local id = redis.call('HINCRBY', S, 'next', 1)
+local id = ARGV[6]
+if redis.call('ZSCORE', E, id) then return -2 end
 redis.call('ZADD', E, now + tonumber(ARGV[2]), id)
 redis.call('HSET', I, id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 rebalance(P)
@@ -283,8 +285,17 @@ class RedisGroupTable:
             c.sadd(self._registry, g)
 
     def join(self, g, incarnation, timeout):
-        mid = self._run("join", _JOIN, g, [self._parts, max(1, int(timeout * 1000)),
-                                          os.getpid(), self._host, MAX_MEMBERS])
+        while True:
+            # Random 52-bit ids (exact in Lua's doubles), not a counter
+            # that restarts: a removed member's id then matches nobody
+            # (but with odds of 2**-52) also after the group was deleted
+            # and made again or a failover lost the last joins, so its
+            # heartbeats and commits are refused.
+            mid = self._run("join", _JOIN, g, [self._parts, max(1, int(timeout * 1000)),
+                                              os.getpid(), self._host, MAX_MEMBERS,
+                                              random.SystemRandom().randrange(1, 1 << 52)])
+            if mid != -2:
+                break
         if mid == -1:
             raise PyQueueError(f"the group has {MAX_MEMBERS} live members already")
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
