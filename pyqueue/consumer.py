@@ -71,8 +71,9 @@ class Consumer:
         max_poll_interval: A member that does not poll for that many
             seconds is removed from the group (its partitions go to the
             others); a member whose process dies is removed at once on
-            shared memory, when this lease runs out on Redis (hosts share
-            no pids).
+            shared memory, on Redis when its session lease (10 s, or
+            this if shorter; renewed by a thread of its process) runs
+            out (hosts share no pids).
 
     Attributes:
         skipped: Offsets passed over by resets (records retention removed

@@ -66,11 +66,12 @@ def append_all(log, key, items):
         log.append(item, key=key)
 
 
-def member_commit_report_and_hang(log, group, commit_to, out):
-    """Joins the group with a short lease, commits commit_to in each of its
-    partitions, says which it has, and never polls again (SIGKILLed)."""
+def member_commit_report_and_hang(log, group, commit_to, out, max_poll_interval=3.0):
+    """Joins the group (a short lease by default), commits commit_to in
+    each of its partitions, says which it has, and never polls again
+    (SIGKILLed)."""
     import threading
-    c = log.consumer(group, max_poll_interval=3.0)
+    c = log.consumer(group, max_poll_interval=max_poll_interval)
     mine = c.assignment()
     c.commit({p: commit_to for p in mine})
     out.put(mine, timeout=30)

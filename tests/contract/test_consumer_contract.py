@@ -6,6 +6,7 @@ and resume at its committed offsets), commits fenced by epochs
 and delete_group. tests/contract/conftest.py has the backends."""
 import os
 import signal
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -194,6 +195,47 @@ def test_a_killed_member_s_partitions_move_and_resume_at_its_commits(make, consu
         start = 5 if p in theirs else mine[p]
         assert [r.offset for r in got if r.partition == p] == list(range(start, 10))
     assert [m["member_id"] for m in log.group_members("g")] == [c.member_id]
+
+
+def test_a_killed_member_with_a_long_poll_interval_is_removed_by_its_session(make, consumers,
+                                                                            procs):
+    """Redis has no pids across hosts: a member's process heartbeats (a
+    thread) a session lease of at most 10 s (SESSION_TIMEOUT), so a dead
+    member goes after that, not after its max_poll_interval (120 s here)."""
+    import multiprocessing
+    log = filled(make, 2, 3)
+    c = log.consumer("g")
+    consumers.append(c)
+    out = make("Queue", name=make.name())
+    child = procs.start(multiprocessing.get_context("fork"),
+                        _workers.member_commit_report_and_hang, log, "g", 1, out, 120.0)
+    theirs = out.get(timeout=60)
+    assert len(theirs) == 1 and c.assignment() == [1 - theirs[0]]
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    assert wait_until(lambda: c.poll(timeout=0.2) is not None and c.assignment() == [0, 1],
+                      timeout=60)
+    assert c.committed(theirs[0]) == 1
+
+
+def test_a_live_member_busy_longer_than_its_session_stays(make, consumers, monkeypatch):
+    """Its process's heartbeat thread renews the session lease while it
+    does not poll (within max_poll_interval): it keeps its partitions."""
+    from pyqueue.backends.redis import groups
+    monkeypatch.setattr(groups, "SESSION_TIMEOUT", 0.6)
+    log = filled(make, 2, 1)
+    busy = log.consumer("g", max_poll_interval=60)
+    consumers.append(busy)
+    other = log.consumer("g")
+    consumers.append(other)
+    mine = busy.assignment()
+    until = time.monotonic() + 5 * 0.6                       # five sessions without a poll,
+    while time.monotonic() < until:                          # while the other member reaps
+        other.poll(timeout=0.1)
+    assert sorted(m["member_id"] for m in log.group_members("g")) == sorted(
+        [busy.member_id, other.member_id])
+    me = busy.member_id
+    assert busy.assignment() == mine and busy.member_id == me
 
 
 def test_a_silent_member_is_removed_and_fenced_then_rejoins(make, consumers):

@@ -14,8 +14,9 @@ only these keys; records are read from the partitions directly):
                         at which it got partition P), c:P / t:P (the
                         committed offset of P and the server time of that
                         commit, ms)
-    pq:{N//G}:g.exp     zset: member id -> lease expiry (server ms)
-    pq:{N//G}:g.info    hash: member id -> "timeout_ms pid host"
+    pq:{N//G}:g.exp     zset: member id -> poll lease expiry (server ms)
+    pq:{N//G}:g.sess    zset: member id -> session lease expiry (server ms)
+    pq:{N//G}:g.info    hash: member id -> "poll_ms session_ms pid host"
     pq:{N//G}:g.wake    stream, MAXLEN 1: id "GEN-1" after the rebalance
                         that made generation GEN (pollers wait on it)
     pq:{N}:groups       set of the log's group names (the log's slot)
@@ -23,9 +24,11 @@ only these keys; records are read from the partitions directly):
 Every change of membership is one script that removes the members whose
 lease expired, then rebalances as the shared-memory table does (sticky:
 partitions stay with their owner up to its quota, the rest go in partition
-order; a moved partition gets the new generation as its epoch). A lease is
-max_poll_interval, renewed by each poll (the Consumer heartbeats): hosts
-share no pid space, so a dead member is removed when its lease expires.
+order; a moved partition gets the new generation as its epoch). Hosts
+share no pid space, so a member has two leases: max_poll_interval, renewed
+by each poll (the Consumer heartbeats), and a session lease
+(SESSION_TIMEOUT, or max_poll_interval if shorter), renewed also by a
+thread of its process: a member is removed when either runs out.
 A commit checks, in its script, that the member's lease holds and that
 every partition still has it as owner at the epoch it names: all or
 nothing, else CommitFailed.
@@ -33,25 +36,41 @@ nothing, else CommitFailed.
 import os
 import random
 import socket
+import threading
+import weakref
 
 from pyqueue.backends.redis.queue import key_prefix
 from pyqueue.errors import PyQueueError
 
 MAX_MEMBERS = 64          # as the shared-memory table (PQ_GROUP_MEMBERS)
+SESSION_TIMEOUT = 10.0    # s: a member whose process stops heartbeating is removed
+                          # after this (or max_poll_interval, if shorter)
+_LOCK_WAIT = 10.0         # s: the most a heartbeat registry change waits for its lock
 NAME_MAX = 64             # bytes, as PQ_GROUP_NAME_MAX (the NUL included there)
 
 _HEAD = """
-local S, E, I, W = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local S, E, I, W, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- members whose lease expired are removed: the count
+-- members whose poll lease (E) or session lease (X) expired are
+-- removed: the count
 local function remove_gone()
-  local gone = redis.call('ZRANGEBYSCORE', E, '-inf', '(' .. now)
-  for _, id in ipairs(gone) do
-    redis.call('ZREM', E, id)
-    redis.call('HDEL', I, id)
+  local n = 0
+  for _, Z in ipairs({E, X}) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', '(' .. now)) do
+      redis.call('ZREM', E, id)
+      redis.call('ZREM', X, id)
+      redis.call('HDEL', I, id)
+      n = n + 1
+    end
   end
-  return #gone
+  return n
+end
+-- renews both leases of a member (its info: "poll_ms session_ms pid host")
+local function renew(id)
+  local poll_ms, session_ms = string.match(redis.call('HGET', I, id), '^(%d+) (%d+)')
+  redis.call('ZADD', E, now + tonumber(poll_ms), id)
+  redis.call('ZADD', X, now + tonumber(session_ms), id)
 end
 local function members()
   local ids = redis.call('ZRANGE', E, 0, -1)
@@ -110,12 +129,13 @@ local function rebalance(P)
   return gen
 end
 local function is_member(id)
-  local exp = redis.call('ZSCORE', E, id)
-  return exp and tonumber(exp) >= now
+  local exp, sess = redis.call('ZSCORE', E, id), redis.call('ZSCORE', X, id)
+  return exp and sess and tonumber(exp) >= now and tonumber(sess) >= now
 end
 """
 
-# ARGV: partitions, timeout ms, pid, host, max members, a random id -> the
+# ARGV: partitions, poll lease ms, pid, host, max members, a random id,
+# session lease ms -> the
 # member id, -1 (full) or -2 (a live member has that id: draw another)
 _JOIN = _HEAD + """
 local P = tonumber(ARGV[1])
@@ -126,8 +146,8 @@ if redis.call('ZCARD', E) >= tonumber(ARGV[5]) then
 end
 local id = ARGV[6]
 if redis.call('ZSCORE', E, id) then return -2 end
-redis.call('ZADD', E, now + tonumber(ARGV[2]), id)
-redis.call('HSET', I, id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+redis.call('HSET', I, id, ARGV[2] .. ' ' .. ARGV[7] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+renew(id)
 rebalance(P)
 return id
 """
@@ -136,19 +156,28 @@ return id
 _LEAVE = _HEAD + """
 local gone = remove_gone()
 local left = redis.call('ZREM', E, ARGV[2])
+redis.call('ZREM', X, ARGV[2])
 redis.call('HDEL', I, ARGV[2])
 if gone + left > 0 then rebalance(tonumber(ARGV[1])) end
 return left
 """
 
-# ARGV: partitions, member id -> 1, or 0 when it is no longer a member
+# A poll. ARGV: partitions, member id -> 1, or 0 when it is no longer a member
 _HEARTBEAT = _HEAD + """
 if not is_member(ARGV[2]) then
   if remove_gone() > 0 then rebalance(tonumber(ARGV[1])) end
   return 0
 end
-local info = redis.call('HGET', I, ARGV[2])
-redis.call('ZADD', E, now + tonumber(string.match(info, '^(%d+)')), ARGV[2])
+renew(ARGV[2])
+return 1
+"""
+
+# The session heartbeat (a thread of the member's process). ARGV: member
+# id -> 1, or 0 when it is no longer a member
+_SESSION = _HEAD + """
+if not is_member(ARGV[1]) then return 0 end
+local session_ms = string.match(redis.call('HGET', I, ARGV[1]), '^%d+ (%d+)')
+redis.call('ZADD', X, now + tonumber(session_ms), ARGV[1])
 return 1
 """
 
@@ -199,18 +228,17 @@ if redis.call('ZCARD', E) > 0 then
   if gone > 0 then rebalance(tonumber(ARGV[1])) end
   return -1
 end
-return redis.call('DEL', S, E, I, W) > 0 and 1 or 0
+return redis.call('DEL', S, E, I, W, X) > 0 and 1 or 0
 """
 
-# -> {now, id, expiry, info, ...}
+# -> {now, id, poll lease expiry, session lease expiry, info, ...}
 _MEMBERS = _HEAD + """
-local out = {now}
-for _, e in ipairs(redis.call('ZRANGE', E, 0, -1, 'WITHSCORES')) do out[#out + 1] = e end
 local r = {now}
-for i = 2, #out, 2 do
-  r[#r + 1] = out[i]
-  r[#r + 1] = out[i + 1]
-  r[#r + 1] = redis.call('HGET', I, out[i]) or ''
+for _, id in ipairs(redis.call('ZRANGE', E, 0, -1)) do
+  r[#r + 1] = id
+  r[#r + 1] = redis.call('ZSCORE', E, id)
+  r[#r + 1] = redis.call('ZSCORE', X, id) or '0'
+  r[#r + 1] = redis.call('HGET', I, id) or ''
 end
 return r
 """
@@ -239,10 +267,40 @@ class RedisGroupTable:
         self._registry = key_prefix(log.name) + "groups"
         self._host = socket.gethostname()
         self._leases = {}   # group -> the shortest lease of this process's members (s)
+        self._forked()
+
+    def _forked(self):
+        """A fresh heartbeat registry (made, and again in a forked child:
+        a child must not keep its parent's members alive)."""
+        self._pid = os.getpid()
+        self._beating = {}  # (group, member id) -> session lease (s), heartbeated by a thread
+        self._beat_lock = threading.Lock()
+        self._beater = None
+        self._stop = threading.Event()
+
+    def _beat_change(self, key, session):
+        """Adds (session: its lease) or removes (None) a member heartbeated
+        by this process's thread; starts the thread when it is not running."""
+        if os.getpid() != self._pid:
+            self._forked()
+        if not self._beat_lock.acquire(timeout=_LOCK_WAIT):
+            raise PyQueueError("the consumer-group heartbeat registry stayed locked")
+        try:
+            if session is None:
+                self._beating.pop(key, None)
+                return
+            self._beating[key] = session
+            if self._beater is None:
+                self._beater = threading.Thread(target=_heartbeats,
+                                                args=(weakref.ref(self), self._stop),
+                                                name="pyqueue-group-heartbeat", daemon=True)
+                self._beater.start()
+        finally:
+            self._beat_lock.release()
 
     def keys(self, g):
         p = key_prefix(f"{self._log.name}//{g}")
-        return [p + "g.state", p + "g.exp", p + "g.info", p + "g.wake"]
+        return [p + "g.state", p + "g.exp", p + "g.info", p + "g.wake", p + "g.sess"]
 
     def _run(self, name, source, g, args):
         self._log._check_open()
@@ -285,6 +343,7 @@ class RedisGroupTable:
             c.sadd(self._registry, g)
 
     def join(self, g, incarnation, timeout):
+        session = min(SESSION_TIMEOUT, timeout)
         while True:
             # Random 52-bit ids (exact in Lua's doubles), not a counter
             # that restarts: a removed member's id then matches nobody
@@ -293,16 +352,19 @@ class RedisGroupTable:
             # heartbeats and commits are refused.
             mid = self._run("join", _JOIN, g, [self._parts, max(1, int(timeout * 1000)),
                                               os.getpid(), self._host, MAX_MEMBERS,
-                                              random.SystemRandom().randrange(1, 1 << 52)])
+                                              random.SystemRandom().randrange(1, 1 << 52),
+                                              max(1, int(session * 1000))])
             if mid != -2:
                 break
         if mid == -1:
             raise PyQueueError(f"the group has {MAX_MEMBERS} live members already")
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
-        self._leases[g] = min(timeout, self._leases.get(g, timeout))
+        self._leases[g] = min(session, self._leases.get(g, session))
+        self._beat_change((g, int(mid)), session)
         return int(mid)
 
     def leave(self, g, member_id):
+        self._beat_change((g, member_id), None)
         self._run("leave", _LEAVE, g, [self._parts, member_id])
 
     def heartbeat(self, g, member_id):
@@ -364,13 +426,15 @@ class RedisGroupTable:
             o = self.owner(g, p)
             owned[o] = owned.get(o, 0) + 1
         out = []
-        for i in range(1, len(r), 3):
-            mid, exp, info = int(r[i]), float(r[i + 1]), r[i + 2].decode()
-            timeout_ms, pid, host = (info.split(" ", 2) + ["0", "0", ""])[:3]
-            out.append({"pid": int(pid), "host": host, "alive": exp >= now, "member_id": mid,
-                        "idle_s": max(0.0, (now - (exp - int(timeout_ms))) / 1000),
+        for i in range(1, len(r), 4):
+            mid, exp, sess = int(r[i]), float(r[i + 1]), float(r[i + 2])
+            poll_ms, _session_ms, pid, host = (r[i + 3].decode().split(" ", 3)
+                                               + ["0", "0", "0", ""])[:4]
+            out.append({"pid": int(pid), "host": host, "alive": min(exp, sess) >= now,
+                        "member_id": mid,
+                        "idle_s": max(0.0, (now - (exp - int(poll_ms))) / 1000),
                         "partitions": owned.get(mid, 0)})
-        return out
+        return sorted(out, key=lambda m: m["member_id"])
 
     def lease(self, g):
         """The shortest lease (s) of this process's members of group g."""
@@ -380,3 +444,37 @@ class RedisGroupTable:
         """The key a poller waits on for a rebalance (its entry ids are
         "GEN-1")."""
         return self.keys(g)[3]
+
+
+def _heartbeats(ref, stop):
+    """The heartbeat thread of a process's members of one log's groups:
+    renews each one's session lease every third of the shortest lease,
+    until none is left (or the table is gone). A member that the server
+    no longer has is dropped (its Consumer finds out at its next poll and
+    joins again)."""
+    import redis
+    while True:
+        t = ref()
+        if t is None:
+            return
+        if not t._beat_lock.acquire(timeout=_LOCK_WAIT):
+            continue
+        try:
+            items = list(t._beating.items())
+            if not items or t._pid != os.getpid():
+                t._beater = None
+                return
+        finally:
+            t._beat_lock.release()
+        period = min(session for _, session in items) / 3
+        for (g, mid), _session in items:
+            try:
+                if t._run("session", _SESSION, g, [mid]) != 1:
+                    t._beating.pop((g, mid), None)
+            except ValueError:           # the log was closed: its members go with their leases
+                t._beating.pop((g, mid), None)
+            except redis.RedisError:     # unreachable for now: the next beat tries again
+                pass
+        del t
+        if stop.wait(period):
+            return
