@@ -259,7 +259,15 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
         try:
             consumer.commit()
         except CommitFailed:
-            pass  # a rebalance moved partitions: their new owner redoes them
+            # A rebalance moved partitions (their new owner redoes them);
+            # the commit was all or nothing, so what this worker still
+            # owns is committed now, against the fresh assignment: else
+            # the last batch of a partition it keeps stays uncommitted
+            # until more records come (lag that never drops).
+            try:
+                consumer.commit()
+            except CommitFailed:
+                pass  # moved again meanwhile: the next batch commits
 
     # batch_size None: adaptive, as for a WorkQueue (poll returns what is
     # there, never waiting for the batch to fill), up to _MAX_BATCH; 1 with

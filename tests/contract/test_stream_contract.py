@@ -41,7 +41,9 @@ def test_log_group_source_to_a_queue_sink(make, mode):
                                  batch_size=25, **how) as sp:
         assert wait_until(lambda: "doublers" in log.groups() and all(
             v["lag"] == 0 and v["committed"] is not None
-            for v in log.group_offsets("doublers").values()), timeout=60)
+            for v in log.group_offsets("doublers").values()), timeout=60), (
+            log.groups() and (log.group_offsets("doublers"), log.group_members("doublers")),
+            sp.stats())
     got = []
     while not out.empty():
         got.append(out.get(timeout=5))
