@@ -52,3 +52,22 @@ def test_log_group_source_to_a_queue_sink(make, mode):
     assert sorted(set(got)) == [2 * i for i in range(200)]
     assert sp.stats()["processed"] == len(got) >= 200
     assert log.group_members("doublers") == []            # the workers left
+
+
+def test_a_log_worker_s_fenced_commit_still_commits_what_it_keeps(make):
+    """A worker's commit after a batch, fenced because a rebalance moved
+    one of its partitions, commits the partitions it kept (all or nothing
+    left them uncommitted until a next batch that may never come)."""
+    from pyqueue.stream import _commit_owned
+    log = make("Log", make.name(), partitions=2)
+    for _ in range(2):
+        log.append_many(range(5))
+    with log.consumer("g") as worker:
+        assert len(worker.poll(max_records=10)) == 10       # both partitions, to the end
+        with log.consumer("g") as other:                    # takes one of them
+            moved = other.assignment()
+            _commit_owned(worker)
+            kept = worker.assignment()
+            assert len(kept) == 1 and kept != moved
+            assert worker.committed(kept[0]) == 5
+            assert other.committed(moved[0]) is None        # not the moved one
