@@ -2,10 +2,10 @@
 
     pyqueue tail NAME [--partition P] [--from-beginning] [-n COUNT] [--no-follow] [--json]
                  [--unpickle]
-    pyqueue groups NAME [GROUP...] [--json]
+    pyqueue groups NAME [GROUP...] [--json] [--url URL]
 
 NAME is a memory-mode log's name, or a directory-mode log's directory (a
-path with a '/', or an existing directory).
+path with a '/', or an existing directory); with --url (or $PYQUEUE_URL), a Log there.
 """
 import base64
 import datetime
@@ -141,7 +141,17 @@ def cmd_tail(args):
 
 
 def cmd_groups(args):
-    log = open_log(args.name)
+    from pyqueue.cli import _backend_url
+    url = _backend_url(args)
+    if url is None:
+        log = open_log(args.name)
+    else:  # a Redis log, by URL (--url or $PYQUEUE_URL)
+        from pyqueue.backends import connect
+        try:
+            log = connect(url).Log.open(args.name)
+        except SegmentNotFound:
+            print(f"pyqueue groups: no log {args.name!r} at {url}", file=sys.stderr)
+            return 1
     try:
         names = args.groups or log.groups()
         report = {}
@@ -204,4 +214,6 @@ def add_parsers(sub):
     groups.add_argument("name", metavar="NAME")
     groups.add_argument("groups", nargs="*", metavar="GROUP")
     groups.add_argument("--json", action="store_true", help="print JSON")
+    groups.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or "
+                        "shm://)")
     groups.set_defaults(func=cmd_groups)

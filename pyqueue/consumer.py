@@ -1,7 +1,8 @@
 """pyqueue.Consumer: a member of a consumer group of a Log.
 
 The partitions of the log are shared among the live members of the group
-(a sticky, balanced assignment made in shared memory).
+(a sticky, balanced assignment made in shared memory, or by Lua scripts on
+a Redis server: the log's group table, pyqueue/backends/redis/groups.py).
 Each member reads its partitions from the group's committed offsets on and
 commits how far it got; a commit is fenced by the epoch at which the member
 got each partition, so once a partition has moved to another member, the
@@ -48,8 +49,8 @@ def _leave_quietly(table, g, member_id, pid):
         return
     try:
         table.leave(g, member_id)
-    except (ValueError, OSError):
-        pass  # the log is closed already: the member goes with the process
+    except (ValueError, OSError, *getattr(table, "quiet_errors", ())):
+        pass  # the log is closed already (or its server gone): the member goes with the process
 
 
 class Consumer:
@@ -69,7 +70,10 @@ class Consumer:
         auto_commit_interval: Seconds between automatic commits.
         max_poll_interval: A member that does not poll for that many
             seconds is removed from the group (its partitions go to the
-            others); a member whose process dies is removed at once.
+            others); a member whose process dies is removed at once on
+            shared memory, on Redis when its session lease (10 s, or
+            this if shorter; renewed by a thread of its process) runs
+            out (hosts share no pids).
 
     Attributes:
         skipped: Offsets passed over by resets (records retention removed
@@ -81,7 +85,7 @@ class Consumer:
     """
 
     skipped: int
-    _g: int
+    _g: Any               # the group: its index (shared memory) or name (Redis)
     _member: Any          # the member id (None until joined)
     _generation: Any      # the assignment generation followed (None: none yet)
     _finalizer: Any       # weakref.finalize leaving the group

@@ -214,6 +214,23 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
             size = min(limit, size * 2)
 
 
+def _commit_owned(consumer):
+    """A Log worker's commit after a batch. A rebalance that moved some of
+    its partitions fences it (their new owner redoes them); the commit was
+    all or nothing, so what the worker still owns is committed now,
+    against the fresh assignment: else the last batch of a partition it
+    keeps stays uncommitted until more records come (a lag that never
+    drops)."""
+    from pyqueue.errors import CommitFailed
+    try:
+        consumer.commit()
+    except CommitFailed:
+        try:
+            consumer.commit()
+        except CommitFailed:
+            pass  # moved again meanwhile: the next batch commits
+
+
 def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_error, stop,
               stats, base, count, up):
     """A Log worker: poll, run fn on each record, commit after the batch.
@@ -221,17 +238,14 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
     follows on_error: "skip" counts it and passes it, a sink or callable
     gets a DeadRecord first, "raise" ends the worker (the supervisor
     restarts it, with a back-off) without committing."""
-    from pyqueue.errors import CommitFailed, CorruptRecord, PoisonRecord
+    from pyqueue.errors import CorruptRecord, PoisonRecord
     dead = _on_error_sender(on_error)
     consumer = source.consumer(group, **options)
     if up is not None:
         up()
 
     def commit():
-        try:
-            consumer.commit()
-        except CommitFailed:
-            pass  # a rebalance moved partitions: their new owner redoes them
+        _commit_owned(consumer)
 
     # batch_size None: adaptive, as for a WorkQueue (poll returns what is
     # there, never waiting for the batch to fill), up to _MAX_BATCH; 1 with

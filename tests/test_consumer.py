@@ -397,8 +397,9 @@ def test_model_at_least_once_in_order(ops):
         lg.close()
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.one_of(
+# The model test's steps (tests/contract/test_consumer_contract.py runs the
+# same model on every backend).
+MODEL_OPS = st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(0, 3), st.integers(1, 6)),
     st.tuples(st.just("join"), st.just(0), st.just(0)),
     st.tuples(st.just("leave"), st.integers(0, 3), st.just(0)),
@@ -406,22 +407,37 @@ def test_model_at_least_once_in_order(ops):
     st.tuples(st.just("poll"), st.integers(0, 3), st.integers(1, 24)),
     st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
     st.tuples(st.just("commit"), st.integers(0, 3), st.just(0)),
-), max_size=60))
-# A partition that moves after a commit starts at the committed offset.
-@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 24),
-                                                  ("commit", 0, 0), ("append", 3, 2),
-                                                  ("join", 0, 0), ("poll", 1, 24)])
-# Lost and given back while the member did not look: its old position is
-# void (another member may have committed meanwhile).
-@example([("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 3),
-                                                  ("join", 0, 0), ("poll", 1, 24),
-                                                  ("commit", 1, 0), ("leave", 1, 0),
-                                                  ("poll", 0, 24), ("commit", 0, 0)])
-# Lost and given back, then a fenced commit: the member follows the new
-# assignment from the committed offset, not from its old position (found
-# by this model: the fenced commit's refresh kept the stale position).
-@example([("append", 2, 2), ("join", 0, 0), ("poll", 0, 1), ("join", 0, 0), ("leave", 1, 0),
-          ("commit", 0, 0), ("poll", 0, 1), ("commit", 0, 0)])
+), max_size=60)
+
+
+MODEL_EXAMPLES = [
+    # A partition that moves after a commit starts at the committed offset.
+    [("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 24), ("commit", 0, 0),
+                                            ("append", 3, 2), ("join", 0, 0), ("poll", 1, 24)],
+    # Lost and given back while the member did not look: its old position
+    # is void (another member may have committed meanwhile).
+    [("append", p, 5) for p in range(4)] + [("join", 0, 0), ("poll", 0, 3), ("join", 0, 0),
+                                            ("poll", 1, 24), ("commit", 1, 0), ("leave", 1, 0),
+                                            ("poll", 0, 24), ("commit", 0, 0)],
+    # Lost and given back, then a fenced commit: the member follows the new
+    # assignment from the committed offset, not from its old position
+    # (found by this model: the fenced commit's refresh kept the stale
+    # position).
+    [("append", 2, 2), ("join", 0, 0), ("poll", 0, 1), ("join", 0, 0), ("leave", 1, 0),
+     ("commit", 0, 0), ("poll", 0, 1), ("commit", 0, 0)],
+]
+
+
+def model_examples(test):
+    """test, with MODEL_EXAMPLES as hypothesis examples (argument ops)."""
+    for ops in reversed(MODEL_EXAMPLES):
+        test = example(ops=ops)(test)
+    return test
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=MODEL_OPS)
+@model_examples
 def test_model_several_members(ops):
     """Several members of one group (in one process) joining, leaving,
     polling and committing in any interleaving, against a model that
@@ -438,8 +454,15 @@ def test_model_several_members(ops):
       knows has changed owner since it looked, and writes those
       positions; a fenced commit (CommitFailed) writes nothing and names
       the partitions lost; committed offsets never go back."""
+    run_model(Log(partitions=4), ops,
+              lambda lg, p, values: lg._append(p, values, None, None, 0))
+
+
+def run_model(lg, ops, append):
+    """test_model_several_members on lg (4 partitions; unlinked and closed
+    at the end); append(lg, partition, values) appends there."""
     P = 4
-    lg = Log(partitions=P)
+    assert lg.partitions == P
     members = []  # [consumer, {partition: (position, owner changes seen)}]
     try:
         model = [[] for _ in range(P)]
@@ -478,7 +501,7 @@ def test_model_several_members(ops):
 
         for op, a, b in ops:
             if op == "append":
-                lg._append(a, [n + i for i in range(b)], None, None, 0)
+                append(lg, a, [n + i for i in range(b)])
                 model[a].extend(n + i for i in range(b))
                 n += b
             elif op == "join" and len(members) < 4:

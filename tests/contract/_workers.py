@@ -95,3 +95,16 @@ def batch_consume_and_ack(wq, out, stop_after, size):
         b.ack()
         for v, c in zip(b.values, b.delivery_counts):
             out.put((os.getpid(), v, c), timeout=30)
+
+
+def member_commit_report_and_hang(log, group, commit_to, out, max_poll_interval=3.0):
+    """Joins the group (a short lease by default), commits commit_to in
+    each of its partitions, says which it has, and never polls again
+    (SIGKILLed)."""
+    import threading
+    c = log.consumer(group, max_poll_interval=max_poll_interval)
+    mine = c.assignment()
+    c.commit({p: commit_to for p in mine})
+    out.put(mine, timeout=30)
+    threading.Event().wait(120)
+    c.close()

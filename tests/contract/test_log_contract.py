@@ -1,4 +1,4 @@
-"""Log (memory mode's semantics; consumer groups are not on Redis yet):
+"""Log (memory mode's semantics; consumer groups: test_consumer_contract.py):
 the same assertions on every backend; tests/contract/conftest.py."""
 import pytest
 

@@ -1,6 +1,7 @@
-"""`pyqueue ls --url` and `pyqueue stats --url` on a Redis server and a
+"""`pyqueue ls --url`, `pyqueue stats --url` and `pyqueue groups --url` on a Redis server and a
 cluster: the objects there, their kinds and depths, and their stats()."""
 import json
+import os
 
 import pytest
 
@@ -37,3 +38,28 @@ def test_ls_and_stats_by_url(request, where, capsys):
     finally:
         for obj in made:
             obj.unlink()
+
+
+@pytest.mark.parametrize("where", ["redis", "redis-cluster"])
+def test_groups_by_url(request, where, capsys):
+    import pyqueue
+    server = request.getfixturevalue("redis_server" if where == "redis" else "redis_cluster")
+    log = pyqueue.connect(server.url).Log("cli-groups", partitions=2)
+    try:
+        log.append_many(range(3), key="k")
+        p = log.partition_for("k")
+        with log.consumer("readers") as c:
+            assert len(c.poll(max_records=10)) == 3
+            c.commit({p: 2})
+            assert cli.main(["groups", "--url", server.url, "--json", "cli-groups"]) == 0
+            report = json.loads(capsys.readouterr().out)["readers"]
+            assert [m["member_id"] for m in report["members"]] == [c.member_id]
+            assert report["partitions"][str(p)] == {"committed": 2, "end": 3, "lag": 1,
+                                                    "owner_pid": os.getpid()}
+        assert cli.main(["groups", "--url", server.url, "cli-groups"]) == 0
+        assert "group readers: 0 member(s)" in capsys.readouterr().out
+        assert cli.main(["groups", "--url", server.url, "cli-groups", "nobody"]) == 1
+        assert cli.main(["groups", "--url", server.url, "no-such-log"]) == 1
+        assert "no log 'no-such-log'" in capsys.readouterr().err
+    finally:
+        log.unlink()

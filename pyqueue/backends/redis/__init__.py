@@ -106,7 +106,7 @@ def parse_url(url):
 class RedisBackend:
     """pyqueue over Redis. Its attributes Queue, JoinableQueue, WorkQueue,
     Topic, Log are classes bound to this backend's connection pool (a Log's
-    consumer groups are not there yet: NotImplementedError)."""
+    consumer groups are pyqueue.Consumer over Lua scripts: groups.py)."""
 
     name = "redis"
 

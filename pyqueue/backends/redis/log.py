@@ -18,8 +18,10 @@ round-robin per process, from a per-process start. Retention as memory
 mode: retention_bytes per partition (rounded up to a power of two, at
 least 64 KiB, 8 MiB by default) drops the oldest whole records; records
 older than retention_ms are dropped by appends and enforce_retention().
-Consumer groups are not here yet (docs/design.md, "Backends", status).
+Consumer groups: pyqueue.Consumer over a RedisGroupTable (groups.py), the
+coordination in Lua scripts on the group's own keys.
 """
+import math
 import os
 import pickle
 import time
@@ -27,6 +29,7 @@ import time
 from pyqueue import _api, _log
 from pyqueue import log as _shm_log
 from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis.groups import RedisGroupTable
 from pyqueue.backends.redis.queue import check_name, key_prefix
 from pyqueue.errors import (MessageTooLarge, OffsetOutOfRange, PoisonRecord, SegmentMismatch,
                             SegmentNotFound)
@@ -34,6 +37,7 @@ from pyqueue.log import Record
 
 KIND = "log"
 _BATCH = 1000
+_CLUSTER_WAIT_SLICE = 0.05  # a cluster poller's wait on partitions of several slots
 
 _CREATE = """
 local M = KEYS[1]
@@ -154,7 +158,7 @@ class RedisLog(_api.HandleAPI):
     """pyqueue.Log (memory mode's semantics) on Redis; made by
     `pyqueue.connect(url).Log(...)`."""
 
-    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "__weakref__")
+    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "__weakref__")
     _backend = None
 
     def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
@@ -176,6 +180,7 @@ class RedisLog(_api.HandleAPI):
         self._name = name
         self._closed = False
         self._rr_pid = 0
+        self._groups = None
         r = self._backend.script("log_create", _CREATE)(
             keys=[key_prefix(name) + "meta"],
             args=["open" if _open_only else "create", KIND, parts, capacity, retention or 0,
@@ -320,9 +325,51 @@ class RedisLog(_api.HandleAPI):
                                                      self.retention_ms or 0])
                    for p in range(self.partitions))
 
-    def consumer(self, group, **options):
-        raise NotImplementedError("consumer groups of a Log on Redis are not there yet "
-                                  "(issue 10)")
+    # ---- consumer groups: pyqueue.Log's methods over a RedisGroupTable ----
+
+    def _group_table(self):
+        if self._groups is None:
+            self._groups = RedisGroupTable(self)
+        return self._groups
+
+    consumer = _shm_log.Log.consumer
+    groups = _shm_log.Log.groups
+    group_offsets = _shm_log.Log.group_offsets
+    group_members = _shm_log.Log.group_members
+    delete_group = _shm_log.Log.delete_group
+    _group_index = _shm_log.Log._group_index
+
+    def _wait_any(self, parts, offsets, groups, g, gen_seen, timeout):
+        """Waits (up to timeout seconds) for a record at offsets[i] of one
+        of parts, or a rebalance of group g after generation gen_seen.
+
+        One XREAD BLOCK on every partition's stream and the group's wake
+        stream; on a cluster that needs them in one slot, else (partitions
+        on several slots) the wait is on the wake stream in slices of
+        _CLUSTER_WAIT_SLICE seconds (the caller reads again after each).
+        A member's wait is at most a third of its lease, so the poll loop
+        renews it."""
+        self._check_open()
+        streams = {self._pkeys(p)[1]: (f"{o - 1}-1" if o else "0-0")
+                   for p, o in zip(parts, offsets)}
+        left = timeout
+        if groups is not None:
+            streams[groups.wait_keys(g)] = f"{gen_seen}-1"
+            left = min(left, groups.lease(g) / 3)
+        if not streams:
+            return
+        b = self._backend
+        if b.cluster:
+            from redis.crc import key_slot
+            if len({key_slot(k.encode()) for k in streams}) > 1:
+                left = min(left, _CLUSTER_WAIT_SLICE)
+                streams = ({groups.wait_keys(g): f"{gen_seen}-1"} if groups is not None
+                           else dict([next(iter(streams.items()))]))
+        if left == float("inf"):
+            ms = 0
+        else:
+            ms = max(1, math.ceil(left * 1000))
+        b.client.xread(streams, count=1, block=ms)
 
     def close(self):
         self._closed = True
@@ -330,9 +377,12 @@ class RedisLog(_api.HandleAPI):
     def unlink(self):
         """Remove the log (every partition) from the server."""
         c = self._backend.client
+        groups = RedisGroupTable(self)
+        for raw in c.smembers(key_prefix(self._name) + "groups"):
+            c.delete(*groups.keys(raw.decode("utf-8")))
         for p in range(self.partitions):
             c.delete(*self._pkeys(p))
-        c.delete(key_prefix(self._name) + "meta")
+        c.delete(key_prefix(self._name) + "meta", key_prefix(self._name) + "groups")
 
     def __reduce__(self):
         return (_rebuild, (self._backend.url, self._name))
