@@ -112,3 +112,13 @@ def echo_json(q, back, n):
             got.append(d.value)
             d.ack()
     back.put_many([{"echo": v, "pid": os.getpid()} for v in got])
+
+
+def json_loads_ints(data):
+    """A serializer's loads that takes JSON ints only (anything else raises
+    ValueError: a record it cannot decode)."""
+    import json
+    v = json.loads(bytes(data))
+    if type(v) is not int:
+        raise ValueError(f"not an int: {v!r}")
+    return v
