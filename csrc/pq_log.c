@@ -60,7 +60,7 @@ static inline uint8_t *pq_log_data(const pq_log *l, uint32_t part)
 }
 
 int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
-                  uint64_t retention_ms)
+                  uint64_t retention_ms, uint64_t user_flags)
 {
     uint64_t params[PQ_LOG_NPARAMS] = {0};
     int rc;
@@ -73,6 +73,7 @@ int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacit
     params[PQ_LOG_PARAM_INDEX_ENTRIES] = pq_log_index_entries(capacity);
     params[PQ_LOG_PARAM_MAX_GROUPS] = PQ_LOG_MAX_GROUPS;
     params[PQ_LOG_PARAM_RETENTION_MS] = retention_ms;
+    params[PQ_LOG_PARAM_USER0] = user_flags;
     rc = pq_segment_init(base, size, PQ_KIND_LOG, PQ_LOG_PARTS_OFFSET,
                          need - PQ_LOG_PARTS_OFFSET, params, PQ_LOG_NPARAMS);
     if (rc < 0)

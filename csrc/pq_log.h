@@ -57,7 +57,8 @@ enum pq_log_param {
     PQ_LOG_PARAM_INDEX_ENTRIES = 2,
     PQ_LOG_PARAM_MAX_GROUPS = 3,
     PQ_LOG_PARAM_RETENTION_MS = 4, /* 0: no retention by age */
-    PQ_LOG_NPARAMS = 5,
+    PQ_LOG_PARAM_USER0 = 5,        /* free for the binding (flags) */
+    PQ_LOG_NPARAMS = 6,
 };
 
 /* The start of every record's payload. */
@@ -114,9 +115,10 @@ uint64_t pq_log_index_entries(uint64_t capacity);
  * the arguments are invalid. */
 uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity);
 
-/* retention_ms: records older than that are dropped (0: only by capacity). */
+/* retention_ms: records older than that are dropped (0: only by capacity).
+ * user_flags: kept in params[PQ_LOG_PARAM_USER0] for the binding. */
 int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
-                  uint64_t retention_ms);
+                  uint64_t retention_ms, uint64_t user_flags);
 int pq_log_open(pq_log *l, void *base, size_t size);
 
 /* Bytes a record of these lengths takes in the payload (without the

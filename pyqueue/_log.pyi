@@ -18,6 +18,7 @@ from pyqueue.errors import SegmentMismatch as SegmentMismatch
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
+FLAG_CUSTOM_SERIALIZER: int
 GROUP_MEMBERS: int
 LOCK_BOUNDED_DEADLINE: int
 MAX_GROUPS: int
@@ -34,7 +35,7 @@ def index_file_size(segment_bytes: int) -> int: ...
 def index_header_of(head: bytes, file_size: int, base_offset: int,
                     what: str = "index") -> Optional[dict[str, Any]]: ...
 def memory_create_segment(mm: mmap.mmap, partitions: int, capacity: int,
-                          retention_ms: int) -> None: ...
+                          retention_ms: int, flags: int = ...) -> None: ...
 def memory_segment_size(partitions: int, capacity: int) -> int: ...
 
 class RawValue:
@@ -139,6 +140,11 @@ class LogCoreBase(Generic[_T]):
     raw_values: bool
     @property
     def _closed(self) -> bool: ...
+    @property
+    def _custom(self) -> bool: ...
+    def _set_serializer(
+            self, serializer: Optional[Tuple[Callable[[Any], Any], Callable[[bytes], Any]]]
+    ) -> None: ...
     def append(self, value: _T, key: bytes | str | None = None,
                headers: Optional[Mapping[str, bytes]] = None) -> Tuple[int, int]:
         """Append one record.

@@ -141,7 +141,7 @@ cdef extern from "pq_log.h" nogil:
     int PQ_ERR_OFFSET_RANGE
     uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity)
     int pq_log_create(void* base, size_t size, uint32_t partitions, uint64_t capacity,
-                      uint64_t retention_ms)
+                      uint64_t retention_ms, uint64_t user_flags)
     int pq_log_open(pq_log* l, void* base, size_t size)
     int pq_log_append(pq_log* l, uint32_t part, const pq_log_entry* e, uint32_t n,
                       uint64_t timestamp_ms, uint64_t* first_offset)
@@ -238,7 +238,7 @@ cdef extern from "pq_dlog.h" nogil:
 cdef extern from "pq_log_shared.h" nogil:
     int PQ_LOG_MAX_GROUPS
 
-from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
 
@@ -415,15 +415,37 @@ class RawValue:
         return f"RawValue({self.type!r}, {self.data!r})"
 
 
-cdef object _decode_value(uint8_t typ, bytes vb, bint raw=False):
+# The log's flag (memory mode: params[PQ_LOG_PARAM_USER0]; directory mode:
+# "serializer": "custom" in log.json): made with a custom serializer.
+FLAG_CUSTOM_SERIALIZER = 1
+
+
+cdef object _decode_value(uint8_t typ, bytes vb, bint raw, object loads):
+    """A record's value. loads: the log's serializer's (None: the default
+    codec). The codec is checked against the handle first: with a
+    serializer nothing is unpickled (a pickle record is refused), without
+    one a custom record is never handed out as bytes."""
+    if loads is not None:
+        if typ == T_CUSTOM:
+            if raw:
+                return RawValue("custom", vb)
+            return loads(vb)
+        if typ == T_PICKLE:
+            raise PyQueueError("refusing to unpickle: this log uses a custom serializer")
+        if typ == T_BYTES or typ == T_STR:
+            raise PyQueueError("record was not encoded with this log's serializer")
+        raise SegmentMismatch(f"unknown record type {typ}")
     if typ == T_BYTES:
         return vb
     if typ == T_STR:
         return vb.decode("utf-8", "surrogatepass")
     if raw:  # never unpickled: whoever wrote it may not be trusted
-        return RawValue("pickle" if typ == T_PICKLE else f"type {typ}", vb)
+        return RawValue("pickle" if typ == T_PICKLE else
+                        "custom" if typ == T_CUSTOM else f"type {typ}", vb)
     if typ == T_PICKLE:
         return _loads_p(vb)
+    if typ == T_CUSTOM:
+        raise PyQueueError("record was encoded with a custom serializer this handle lacks")
     raise SegmentMismatch(f"unknown record type {typ}")
 
 
@@ -476,6 +498,8 @@ cdef class LogCoreBase:
     cdef public bint raw_values
     cdef uint32_t _rr           # the next keyless partition
     cdef unsigned long _rr_gen  # _fork_generation when _rr was seeded
+    cdef object _dumps          # the serializer's (None: the default codec)
+    cdef object _loads
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -607,6 +631,19 @@ cdef class LogCoreBase:
         cdef bytes k = _key_bytes(key)
         return pq_kafka_partition(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), self._nparts)
 
+    def _set_serializer(self, serializer):
+        """Encode and decode values with serializer (dumps, loads), or the
+        default codec (None)."""
+        if serializer is None:
+            self._dumps = self._loads = None
+        else:
+            self._dumps, self._loads = serializer
+
+    @property
+    def _custom(self):
+        """Whether this handle has a serializer."""
+        return self._loads is not None
+
     cdef list _encode_batch(self, list values, bytes kb, bytes hb):
         """[(encoded value, type)], each checked against max_record_bytes
         before anything is appended."""
@@ -614,7 +651,11 @@ cdef class LogCoreBase:
         cdef list datas = []
         cdef Py_ssize_t fixed = (0 if kb is None else len(kb)) + len(hb)
         for v in values:
-            d = encode_plain(v, &typ, _dumps_p)
+            if self._dumps is not None:
+                typ = T_CUSTOM
+                d = bytes(self._dumps(v))
+            else:
+                d = encode_plain(v, &typ, _dumps_p)
             if fixed + len(d) > <Py_ssize_t>self._max_record:
                 raise MessageTooLarge(
                     f"record of {fixed + len(d)} bytes (key, headers and value) exceeds the "
@@ -664,7 +705,7 @@ cdef class LogCoreBase:
         cdef uint64_t off
         for i in range(n):
             r = &recs[i]
-            undecoded[i] = r.type != T_BYTES or r.headers_len != 0
+            undecoded[i] = r.type != T_BYTES or r.headers_len != 0 or self._loads is not None
             v = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
             h = {} if r.headers_len == 0 else PyBytes_FromStringAndSize(
                 <const char*>r.headers, r.headers_len)
@@ -690,7 +731,7 @@ cdef class LogCoreBase:
                 rec = out[k]
                 hb = rec[5]
                 try:
-                    value = _decode_value(types[i], rec[4], self.raw_values)
+                    value = _decode_value(types[i], rec[4], self.raw_values, self._loads)
                     headers = hb if type(hb) is dict else _decode_headers(hb)
                 except MemoryError:
                     del out[k:]

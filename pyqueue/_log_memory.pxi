@@ -3,11 +3,12 @@
 # appender may overwrite what was copied: then peek again); a reader
 # blocked for a slice repairs a record left CLAIMED by a dead appender.
 
-def memory_create_segment(mm, uint32_t partitions, uint64_t capacity, uint64_t retention_ms):
+def memory_create_segment(mm, uint32_t partitions, uint64_t capacity, uint64_t retention_ms,
+                          uint64_t flags=0):
     cdef Py_buffer view
     PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
     try:
-        _check_rc(pq_log_create(view.buf, view.len, partitions, capacity, retention_ms),
+        _check_rc(pq_log_create(view.buf, view.len, partitions, capacity, retention_ms, flags),
                   "create")
     finally:
         PyBuffer_Release(&view)

@@ -1,10 +1,12 @@
 """Type stubs of the Cython binding pyqueue/_workq.pyx (the WorkQueue core)."""
 import mmap
-from typing import Any, Generic, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, final
+from typing import (Any, Callable, Generic, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    TypeVar, final)
 
 from typing_extensions import disjoint_base
 
 from pyqueue.errors import MessageTooLarge as MessageTooLarge
+from pyqueue.errors import PyQueueError as PyQueueError
 from pyqueue.errors import SegmentMismatch as SegmentMismatch
 
 _T = TypeVar("_T")
@@ -13,10 +15,11 @@ ESTALE_CODE: int
 REASONS: dict[int, Optional[str]]
 STATES: dict[int, str]
 TAIL_OFFSET: int
+FLAG_CUSTOM_SERIALIZER: int
 
 def create_segment(mm: mmap.mmap, capacity: int, slots: int, dedup_slots: int,
                    visibility: float, max_deliveries: int, dedup_window: float,
-                   max_payload: int, user: bytes) -> None: ...
+                   max_payload: int, user: bytes, flags: int = ...) -> None: ...
 def segment_size(capacity: int, slots: int, dedup_slots: int) -> int: ...
 def raise_for(rc: int, what: str) -> None: ...
 
@@ -25,7 +28,12 @@ class WorkQueueCore(Generic[_T]):
     """Base class of pyqueue.WorkQueue (generic in the message type)."""
     @property
     def _closed(self) -> bool: ...
-    def _attach(self, mm: mmap.mmap) -> None: ...
+    @property
+    def _custom(self) -> bool: ...
+    def _attach(self, mm: mmap.mmap,
+                serializer: Optional[Tuple[Callable[[Any], Any], Callable[[bytes], Any]]] = ...
+                ) -> None: ...
+    def _segment_flags(self) -> int: ...
     @property
     def capacity_bytes(self) -> int:
         """The message ring's size in bytes."""

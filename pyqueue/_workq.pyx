@@ -4,7 +4,9 @@ claim (under the queue's lock) -> copy -> commit; get is acquire (under the
 lock) -> copy out -> decode; the verbs of a delivery are one call each.
 Blocking calls release the GIL in slices of at most 100 ms, check signals
 between them, and look for dead holders (pq_wq_reap) after each slice.
-Values: bytes/str raw, else pickle protocol 5 (pyqueue/_common.pxd)."""
+Values: bytes/str raw, else pickle protocol 5 (pyqueue/_common.pxd); with
+a serializer= every value is its dumps' output (T_CUSTOM), and a queue made
+with one carries FLAG_CUSTOM_SERIALIZER: nothing in it is ever unpickled."""
 
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -19,9 +21,9 @@ from types import GenericAlias as _GenericAlias
 import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
-from pyqueue.errors import MessageTooLarge, SegmentMismatch
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch
 from pyqueue.errors import from_code as _from_code
-from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, encode_plain, deadline_ns as _deadline
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns
 
 cdef extern from "pq_wait.h" nogil:
@@ -31,11 +33,17 @@ cdef extern from "pq_fault.h" nogil:
     # memcpy, split around the mid_copy fault point in fault builds only
     void pq_fault_copy(uint8_t* dst, uint64_t off, const void* src, size_t n, uint64_t total)
 
+cdef extern from "pq_segment.h" nogil:
+    ctypedef struct pq_segment_header:
+        uint64_t params[16]
+
 cdef extern from "pq_wq.h" nogil:
+    int PQ_WQ_PARAM_USER0
     ctypedef struct pq_wq_ctl:
         uint32_t user_len
         uint8_t user[512]
     ctypedef struct pq_wq:
+        pq_segment_header* hdr
         pq_wq_ctl* ctl
         uint64_t capacity
         uint32_t nslots
@@ -104,6 +112,9 @@ DEF SLICE_NS = 100000000   # longest single park: signals and reaping run betwee
 DEF SPIN_NS = 50000
 DEF REAP_EVERY_NS = 100000000
 
+# The segment's PQ_WQ_PARAM_USER0 bit: made with a custom serializer.
+FLAG_CUSTOM_SERIALIZER = 1
+
 REASONS = {0: None, 1: "nacked", 2: "visibility timeout", 3: "consumer died", 4: "rejected"}
 STATES = {1: "claimed", 2: "available", 3: "in flight", 4: "dead"}
 
@@ -143,7 +154,7 @@ def segment_size(uint64_t capacity, uint32_t slots, uint32_t dedup_slots):
 
 def create_segment(mm, uint64_t capacity, uint32_t slots, uint32_t dedup_slots,
                    double visibility, uint32_t max_deliveries, double dedup_window,
-                   uint64_t max_payload, bytes user):
+                   uint64_t max_payload, bytes user, uint64_t flags=0):
     cdef Py_buffer view
     if len(user) > PQ_WQ_USER_BYTES:
         raise ValueError("dead-letter queue name too long")
@@ -152,7 +163,7 @@ def create_segment(mm, uint64_t capacity, uint32_t slots, uint32_t dedup_slots,
     PyObject_GetBuffer(mm, &view, PyBUF_WRITABLE)
     try:
         _check_rc(pq_wq_create(view.buf, view.len, capacity, slots, dedup_slots, vis_ns,
-                               max_deliveries, window_ns, max_payload, 0,
+                               max_deliveries, window_ns, max_payload, flags,
                                PyBytes_AS_STRING(user), <uint32_t>len(user)), "create")
     finally:
         PyBuffer_Release(&view)
@@ -163,12 +174,22 @@ cdef object _seconds(int64_t ns):
     return float("inf") if ns == 0x7fffffffffffffff else ns / 1e9
 
 
-cdef object _decode(uint8_t typ, bytes b):
-    if typ == T_BYTES:
-        return b
-    if typ == T_STR:
-        return b.decode("utf-8", "surrogatepass")
+cdef object _decode(WorkQueueCore q, uint8_t typ, bytes b):
+    """A payload as the value put: the codec checked against the handle
+    first, so that a handle with a serializer never unpickles (a pickle
+    planted in its segment is refused) and one without never calls a
+    loads it lacks."""
+    if typ == T_BYTES or typ == T_STR:
+        if q._custom:
+            raise PyQueueError("message was not encoded with this work queue's serializer")
+        return b if typ == T_BYTES else b.decode("utf-8", "surrogatepass")
+    if typ == T_CUSTOM:
+        if not q._custom:
+            raise PyQueueError("message was encoded with a custom serializer this handle lacks")
+        return q._loads(b)
     if typ == T_PICKLE:
+        if q._custom:
+            raise PyQueueError("refusing to unpickle: this work queue uses a custom serializer")
         return _loads_p(b)
     raise SegmentMismatch(f"unknown message type {typ}")
 
@@ -186,6 +207,9 @@ cdef class WorkQueueCore:
     cdef readonly bint _closed
     cdef object _mm
     cdef int64_t _next_reap
+    cdef object _dumps
+    cdef object _loads
+    cdef readonly bint _custom
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -203,11 +227,29 @@ cdef class WorkQueueCore:
             except Exception:
                 pass
 
-    def _attach(self, mm):
+    def _attach(self, mm, serializer=None):
         PyObject_GetBuffer(mm, &self._view, PyBUF_WRITABLE)
         self._mapped = True
         self._mm = mm
         _check_rc(pq_wq_open(&self._q, self._view.buf, self._view.len), "open")
+        if serializer is not None:
+            self._dumps, self._loads = serializer
+            self._custom = True
+        elif self._q.hdr.params[PQ_WQ_PARAM_USER0] & FLAG_CUSTOM_SERIALIZER:
+            raise PyQueueError("this work queue was created with a custom serializer: pass "
+                               "the same serializer= to open it")
+
+    def _segment_flags(self):
+        """The binding's flags of the segment (FLAG_CUSTOM_SERIALIZER)."""
+        return self._q.hdr.params[PQ_WQ_PARAM_USER0]
+
+    cdef object _encode(self, obj, uint8_t* typ):
+        """A value's payload bytes; sets *typ. With a serializer, its
+        dumps' output (bytes-like) for every value."""
+        if self._custom:
+            typ[0] = T_CUSTOM
+            return bytes(self._dumps(obj))
+        return encode_plain(obj, typ, _dumps_p)
 
     cdef inline int _check_open(self) except -1:
         if self._closed or not self._mapped:
@@ -269,7 +311,7 @@ cdef class WorkQueueCore:
         cdef int64_t deadline, until
         self._check_open()
         cdef int64_t delay_ns = seconds_ns(delay, "delay")
-        data = encode_plain(obj, &typ, _dumps_p)
+        data = self._encode(obj, &typ)
         cdef Py_ssize_t n = len(data)
         if <uint64_t>n > self._q.max_payload:
             raise MessageTooLarge(f"message of {n} bytes exceeds the work queue's limit of "
@@ -395,7 +437,7 @@ cdef class WorkQueueCore:
         return lock_fail(rc, &lw, "get")
 
     def _decode(self, bytes b, uint8_t typ):
-        return _decode(typ, b)
+        return _decode(self, typ, b)
 
     # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
     # -ESTALE (the delivery is no longer this process's).

@@ -80,11 +80,11 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
         # Everything encoded (Python code) and checked before anything is put.
         for i in range(n):
             o = items[i]
-            if type(o) is bytes:
+            if type(o) is bytes and not self._custom:
                 d = o
                 typ = T_BYTES
             else:
-                d = encode_plain(o, &typ, _dumps_p)
+                d = self._encode(o, &typ)
             if <uint64_t>PyBytes_GET_SIZE(d) > self._q.max_payload:
                 raise MessageTooLarge(f"message {i} of put_many has {len(d)} bytes, more than "
                                       f"the work queue's limit of {self._q.max_payload} bytes "
@@ -308,9 +308,9 @@ cdef class Batch:
         cdef Py_ssize_t i, k = 0
         cdef list values = self.values
         for i in range(self._n):
-            if self._types[i] != T_BYTES:
+            if self._types[i] != T_BYTES or self._queue._custom:
                 try:
-                    values[i] = _decode(self._types[i], values[i])
+                    values[i] = _decode(self._queue, self._types[i], values[i])
                 except Exception as e:
                     poison.append((self._ids[i], self._dels[i], values[i], self._types[i],
                                    self._enq_ms[i], e))

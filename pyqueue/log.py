@@ -21,9 +21,10 @@ import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
                     TypeVar, Union)
 
-from pyqueue import _log, _logdir, _segment
+from pyqueue import _core, _log, _logdir, _segment
 from pyqueue.consumer import Consumer
-from pyqueue.errors import SegmentNotFound
+from pyqueue.errors import PyQueueError, SegmentNotFound
+from pyqueue.queues import Serializer, _check_serializer
 
 T = TypeVar("T")
 _L = TypeVar("_L", bound="Log[Any]")
@@ -126,10 +127,19 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         fsync_interval: Seconds between syncs with fsync="interval".
         perm: The permission mask of the segment or files (default 0o600).
         trust_owner: Open a log another user owns.
+        serializer: A (dumps, loads) pair used instead of pickle for every
+            value (bytes and str included): nothing in the log is ever
+            unpickled, and a directory log holds what dumps makes (JSON,
+            msgpack) for other languages. The log records it; every handle
+            must pass one.
 
     Raises:
-        ValueError: A bad parameter, or the log exists with other ones.
-        TypeError: A parameter of the wrong type.
+        ValueError: A bad parameter, or the log exists with other ones (a
+            serializer passed for a log made without one included).
+        TypeError: A parameter of the wrong type, or serializer is not a
+            (dumps, loads) pair of callables.
+        PyQueueError: The log was made with a custom serializer and none is
+            given.
         SegmentMismatch: The name or directory holds something that is not
             a pyqueue log, or a damaged one.
         SegmentNotOwned: Memory mode: another user owns the segment.
@@ -144,7 +154,8 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
                      path: Optional[StrPath] = None, retention_bytes: Optional[int] = None,
                      retention_ms: Optional[int] = None, segment_bytes: Optional[int] = None,
                      fsync: Optional[str] = None, fsync_interval: Optional[float] = None,
-                     perm: Optional[int] = 0o600, trust_owner: bool = False) -> None: ...
+                     perm: Optional[int] = 0o600, trust_owner: bool = False,
+                     serializer: Optional[Serializer] = None) -> None: ...
 
         def close(self) -> None: ...
 
@@ -179,7 +190,8 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         Args:
             name_or_path: A memory-mode log's name, or a directory-mode
                 log's directory (a path-like object, or a str with a '/').
-            **kwargs: trust_owner=True opens a log another user owns.
+            **kwargs: trust_owner=True opens a log another user owns;
+                serializer=(dumps, loads) the one it was made with.
 
         Returns:
             A MemoryLog or a DirectoryLog.
@@ -367,6 +379,33 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         self.close()
 
 
+# pq_log.h: PQ_LOG_PARAM_USER0, the binding's flags of a memory-mode log.
+_PARAM_USER0 = 5
+
+
+def _check_log_serializer(log: Any, serializer: Optional[Serializer], custom: bool,
+                          where: str) -> None:
+    """The serializer given against the log's flag (made with one or not),
+    as Queue's rules: one for a log made without is a settings ValueError,
+    none for a log made with one a PyQueueError."""
+    if serializer is not None and not custom:
+        raise ValueError(f"{where} exists with other settings: serializer=None, not a custom "
+                         "serializer (settings apply when a log is created)")
+    if serializer is None and custom:
+        raise PyQueueError(f"{where} was created with a custom serializer: pass the same "
+                           "serializer= to open it")
+    log._set_serializer(serializer)
+
+
+def _open_memory(name: str, serializer: Optional[Serializer]) -> MemoryLog[Any]:
+    return MemoryLog.open(name, serializer=serializer)
+
+
+def _open_directory(path: str, trust_owner: bool,
+                    serializer: Optional[Serializer]) -> DirectoryLog[Any]:
+    return DirectoryLog.open(path, trust_owner, serializer=serializer)
+
+
 class MemoryLog(Log[T], _log.MemoryLogCore[T]):
     """A Log in one shared-memory segment (what ``Log(path=None)`` makes).
 
@@ -382,10 +421,13 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         fsync: Must be None (directory mode only).
         fsync_interval: Must be None (directory mode only).
         trust_owner: As Log.
+        serializer: As Log (kept in the segment's header).
 
     Raises:
         ValueError: A bad parameter, a directory-mode one, or the log exists
             with other ones.
+        PyQueueError: It was made with a custom serializer and none is
+            given.
         SegmentMismatch: The name is not a pyqueue log's.
         SegmentNotOwned: Another user owns it and trust_owner is false.
     """
@@ -395,7 +437,8 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
                  perm: Optional[int] = 0o600, path: Optional[StrPath] = None,
                  segment_bytes: Optional[int] = None, fsync: Optional[str] = None,
                  fsync_interval: Optional[float] = None, trust_owner: bool = False,
-                 _open_only: bool = False) -> None:
+                 serializer: Optional[Serializer] = None, _open_only: bool = False) -> None:
+        serializer = _check_serializer(serializer)
         if path is not None:
             raise ValueError("a MemoryLog has no path (use Log(path=...) for directory mode)")
         for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
@@ -408,12 +451,21 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         _check_perm(perm)
 
         def init(mm: mmap.mmap) -> None:
-            _log.memory_create_segment(mm, parts, capacity, retention or 0)
+            _log.memory_create_segment(mm, parts, capacity, retention or 0,
+                                       _log.FLAG_CUSTOM_SERIALIZER if serializer else 0)
 
         name, mm, _perm, created = _segment.create_or_open(
             name, _log.memory_segment_size(parts, capacity), perm, init, _KIND_LOG, trust_owner,
             _open_only)
+        custom = bool(_core.segment_info(mm)["params"][_PARAM_USER0] &
+                      _log.FLAG_CUSTOM_SERIALIZER)
         self._setup(name, mm)
+        self._serializer = serializer
+        try:
+            _check_log_serializer(self, serializer, custom, f"log {name!r}")
+        except Exception:
+            self.close()
+            raise
         if not created:
             where = f"log {name!r}"
             _same("partitions", partitions, self.partitions, where)
@@ -429,12 +481,14 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         return 1 << (n - 1).bit_length()
 
     @classmethod
-    def open(cls, name: str, trust_owner: bool = False) -> MemoryLog[Any]:  # type: ignore[override]
+    def open(cls, name: str, trust_owner: bool = False, *,  # type: ignore[override]
+             serializer: Optional[Serializer] = None) -> MemoryLog[Any]:
         """Open an existing memory-mode log.
 
         Args:
             name: The log's name.
             trust_owner: Open a log another user owns.
+            serializer: The (dumps, loads) pair it was made with, if any.
 
         Returns:
             A new handle of the log.
@@ -443,8 +497,11 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
             SegmentNotFound: No segment has that name.
             SegmentMismatch: It is not a pyqueue log.
             SegmentNotOwned: Another user owns it and trust_owner is false.
+            ValueError: A serializer is given and it was made without one.
+            PyQueueError: It was made with a custom serializer and none is
+                given.
         """
-        return cls(name, trust_owner=trust_owner, _open_only=True)
+        return cls(name, trust_owner=trust_owner, serializer=serializer, _open_only=True)
 
     def _setup(self, name: str, mm: mmap.mmap) -> None:
         self._name = name
@@ -487,7 +544,7 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         _segment.unlink(self._name)
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (MemoryLog.open, (self._name,))
+        return (_open_memory, (self._name, self._serializer))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -533,7 +590,8 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
                  retention_ms: Optional[int] = None, segment_bytes: Optional[int] = None,
                  fsync: Optional[str] = None, fsync_interval: Optional[float] = None,
                  perm: Optional[int] = None, trust_owner: bool = False,
-                 _open_only: bool = False) -> None:
+                 serializer: Optional[Serializer] = None, _open_only: bool = False) -> None:
+        serializer = _check_serializer(serializer)
         if name is not None:
             raise ValueError("a directory-mode log is named by its path: give name or path, "
                              "not both")
@@ -593,6 +651,8 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
                         "fsync": fsync or "never",
                         "fsync_interval": float(fsync_interval or DEFAULT_FSYNC_INTERVAL),
                         "perm": _logdir.FILE_PERM if perm is None else perm}
+                if serializer is not None:
+                    meta["serializer"] = "custom"
                 _logdir.check_dir(path, trust_owner, meta["perm"])
                 _logdir.create_layout(path, meta, meta["perm"], trust_owner)
             else:
@@ -616,6 +676,8 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
                 _same("fsync", fsync, meta["fsync"], path)
                 _same("fsync_interval", None if fsync_interval is None else
                       float(fsync_interval), meta["fsync_interval"], path)
+            self._serializer = serializer
+            _check_log_serializer(self, serializer, meta.get("serializer") is not None, path)
             self._meta = meta
             self._perm = meta["perm"]
             self.retention_bytes = meta["retention_bytes"]
@@ -644,12 +706,14 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
 
     @classmethod
     def open(cls, path: StrPath,  # type: ignore[override]
-             trust_owner: bool = False) -> DirectoryLog[Any]:
+             trust_owner: bool = False, *,
+             serializer: Optional[Serializer] = None) -> DirectoryLog[Any]:
         """Open an existing directory-mode log.
 
         Args:
             path: The log's directory.
             trust_owner: Use a directory another user owns.
+            serializer: The (dumps, loads) pair it was made with, if any.
 
         Returns:
             A new handle of the log (recovered first when no other process
@@ -659,8 +723,11 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
             SegmentNotFound: path holds no log.
             PermissionError: The directory belongs to another user or others
                 may write it, unless trust_owner.
+            ValueError: A serializer is given and it was made without one.
+            PyQueueError: It was made with a custom serializer and none is
+                given.
         """
-        return cls(path=path, trust_owner=trust_owner, _open_only=True)
+        return cls(path=path, trust_owner=trust_owner, serializer=serializer, _open_only=True)
 
     def _recover(self):
         """Alone: rebuild the control file from the segment files (the
@@ -818,7 +885,7 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
             self._finalizer()
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (DirectoryLog.open, (self._path, self._trust_owner))
+        return (_open_directory, (self._path, self._trust_owner, self._serializer))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

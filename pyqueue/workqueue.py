@@ -20,7 +20,8 @@ from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, Named
 
 from pyqueue import _segment, _workq
 from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
-from pyqueue.queues import _Default, _round_capacity, _take, check_settings
+from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
+                            check_settings)
 
 DEFAULT_CAPACITY = 32 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 65536
@@ -41,6 +42,10 @@ _MIN_DEAD_LETTER_CAPACITY = 64 * 1024
 T = TypeVar("T")
 _W = TypeVar("_W", bound="WorkQueue[Any]")
 _DV = TypeVar("_DV", bound="Delivery[Any]")
+
+
+def _rebuild(name: str, serializer: Optional[Serializer]) -> "WorkQueue[Any]":
+    return WorkQueue.open(name, serializer=serializer)
 
 
 def _clip(text: object) -> Optional[str]:
@@ -264,11 +269,18 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             power of two, 0: none; a new key waits when it is full).
         perm: The permission mask of the segment (default 0o600).
         trust_owner: Open a queue another user owns.
+        serializer: A (dumps, loads) pair used instead of pickle for every
+            value (bytes and str included): nothing in the queue is ever
+            unpickled. The segment records it; every handle must pass one.
 
     Raises:
         ValueError: A bad setting, the named queue exists with other
-            settings, or the dead-letter queue is too small.
-        TypeError: A setting of the wrong type.
+            settings (a serializer passed for a queue made without one
+            included), or the dead-letter queue is too small.
+        TypeError: A setting of the wrong type, or serializer is not a
+            (dumps, loads) pair of callables.
+        PyQueueError: The queue was made with a custom serializer and none
+            is given.
         SegmentMismatch: The name is not a pyqueue work queue's.
         SegmentNotOwned: Another user owns it and trust_owner is false.
     """
@@ -285,7 +297,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                  dead_letter: Union[WorkQueue[Any], str, None] = _D_DEAD_LETTER,
                  dedup_window: float = _D_DEDUP_WINDOW, dedup_keys: int = _D_DEDUP_KEYS,
                  perm: int = _D_PERM, trust_owner: bool = False,
+                 serializer: Optional[Serializer] = None,
                  _open_only: bool = False) -> None:
+        serializer = _check_serializer(serializer)
         given: Dict[str, Any] = {}
         capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
         max_in_flight = _take(max_in_flight, given, "max_in_flight")
@@ -331,13 +345,18 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         def init(mm: mmap.mmap) -> None:
             _workq.create_segment(mm, capacity, slots, dedup, float(visibility_timeout),
                                   max_deliveries or 0, float(dedup_window), max_payload,
-                                  dlq_name)
+                                  dlq_name, _workq.FLAG_CUSTOM_SERIALIZER if serializer else 0)
 
         name, mm, perm_now, created = _segment.create_or_open(
             name, _workq.segment_size(capacity, slots, dedup), perm, init, _KIND_WORKQ,
             trust_owner, _open_only)
         self._name = name
-        self._attach(mm)
+        self._serializer = serializer
+        self._attach(mm, serializer)
+        if not created and serializer is not None and not (
+                self._segment_flags() & _workq.FLAG_CUSTOM_SERIALIZER):
+            self.close()
+            check_settings("work queue", name, [("serializer", None, "a custom serializer")])
         if not created and given:
             stored = {"capacity_bytes": self.capacity_bytes, "max_in_flight": self.max_in_flight,
                       "visibility_timeout": self.visibility_timeout,
@@ -371,13 +390,15 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         return v
 
     @classmethod
-    def open(cls: type[_W], name: str, trust_owner: bool = False) -> _W:
+    def open(cls: type[_W], name: str, trust_owner: bool = False, *,
+             serializer: Optional[Serializer] = None) -> _W:
         """Open an existing work queue by name, with its settings (its
         dead-letter queue is the one it was made with).
 
         Args:
             name: The queue's name.
             trust_owner: Open a queue another user owns.
+            serializer: The (dumps, loads) pair it was made with, if any.
 
         Returns:
             A new handle of the queue.
@@ -386,8 +407,11 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             SegmentNotFound: No segment has that name.
             SegmentMismatch: It is not a pyqueue work queue.
             SegmentNotOwned: Another user owns it and trust_owner is false.
+            ValueError: A serializer is given and it was made without one.
+            PyQueueError: It was made with a custom serializer and none is
+                given.
         """
-        return cls(name, trust_owner=trust_owner, _open_only=True)
+        return cls(name, trust_owner=trust_owner, serializer=serializer, _open_only=True)
 
     @staticmethod
     def _dead_letter_room(dlq):
@@ -766,7 +790,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         _segment.unlink(self._name)
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (WorkQueue.open, (self._name,))
+        return (_rebuild, (self._name, self._serializer))
 
     def __enter__(self: _W) -> _W:
         return self

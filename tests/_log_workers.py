@@ -183,3 +183,18 @@ class Unloadable:
 
     def __reduce__(self):
         return (refuse_to_load, ())
+
+
+def json_member(log, group, out, n):
+    """A consumer of a JSON log's group: poll until n records, commit, report
+    their values, then append one {"echo": value} record per value."""
+    import time
+    c = log.consumer(group)
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < n and time.monotonic() < deadline:
+        got.extend(r.value for r in c.poll(max_records=n, timeout=0.2))
+    c.commit()
+    c.close()
+    out.put(got)
+    log.append_many([{"echo": v} for v in got])

@@ -84,3 +84,41 @@ def put_keys(q, n, pace):
 
 def always_fails(v):
     raise ValueError("cannot process")
+
+
+def json_dumps(obj):
+    """A serializer's dumps (module level: it travels to spawned children)."""
+    import json
+    return json.dumps(obj).encode()
+
+
+def json_loads(data):
+    """A serializer's loads: JSON only, never pickle."""
+    import json
+    return json.loads(bytes(data))
+
+
+def echo_json(q, back, n):
+    """Take n messages of q (a JSON work queue), one by one and in a batch,
+    ack them, and put each back into back as {"echo": value, "pid": pid}."""
+    got = []
+    while len(got) < n:
+        if len(got) % 2:
+            b = q.get_many(n - len(got), timeout=30)
+            got.extend(b.values)
+            b.ack()
+        else:
+            d = q.get(timeout=30)
+            got.append(d.value)
+            d.ack()
+    back.put_many([{"echo": v, "pid": os.getpid()} for v in got])
+
+
+def json_loads_ints(data):
+    """A serializer's loads that takes JSON ints only (anything else raises
+    ValueError: a record it cannot decode)."""
+    import json
+    v = json.loads(bytes(data))
+    if type(v) is not int:
+        raise ValueError(f"not an int: {v!r}")
+    return v

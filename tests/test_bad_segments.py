@@ -498,3 +498,49 @@ def test_get_many_returns_what_it_took_before_a_damaged_record(pyqueue_mod, core
     assert q.stats()["dequeued"] == 256
     with pytest.raises(pyqueue_mod.SegmentMismatch, match="corrupt"):
         q.get_many(1000, block=False)
+
+
+# pq_segment_header.params[6] (csrc/pq_segment.h): the WorkQueue's
+# PQ_WQ_PARAM_USER0, where FLAG_CUSTOM_SERIALIZER is kept.
+_WQ_USER0 = 72 + 8 * 6
+
+
+def test_custom_serializer_workqueue_refuses_to_unpickle(tmp_path):
+    """A pickle record planted in a custom-serializer work queue (by
+    someone who can write the segment: the flag cleared, a plain handle's
+    put, the flag set again) is refused, not unpickled: get() and
+    get_many() dead-letter it with its bytes and hand out the next one."""
+    from pyqueue import WorkQueue
+    from tests._wq_workers import json_dumps, json_loads
+    marker = tmp_path / "ran"
+    dlq = WorkQueue(capacity_bytes=1 << 20, max_deliveries=None)
+    q = WorkQueue(capacity_bytes=1 << 20, dead_letter=dlq, serializer=(json_dumps, json_loads))
+    try:
+        for take in ("get", "get_many"):
+            with Segment(q.name) as seg:
+                assert seg.u64(_WQ_USER0) == 1
+                seg.set_u64(_WQ_USER0, 0)
+                plain = WorkQueue.open(q.name)
+                plain.put(_RunsCode("touch '%s'" % marker))  # a pickle record
+                plain.close()
+                seg.set_u64(_WQ_USER0, 1)
+            q.put({"after": "it"})
+            if take == "get":
+                d = q.get(timeout=5)
+                assert d.value == {"after": "it"}
+                d.ack()
+            else:
+                b = q.get_many(10, timeout=5)
+                assert b.values == [{"after": "it"}]
+                b.ack()
+            assert not marker.exists()
+        dead = dlq.dead_letters()
+        assert len(dead) == 2
+        assert all("refusing to unpickle" in x.reason and x.value is None for x in dead)
+        assert all(b"system" in x.raw and str(marker).encode() in x.raw for x in dead)
+        assert not marker.exists()
+    finally:
+        q.unlink()
+        dlq.unlink()
+        q.close()
+        dlq.close()

@@ -7,6 +7,7 @@ messages, a producer killed inside a put, and a model test (with the batch
 operations: put_many, get_many, Batch settles; the other batch tests are in
 tests/contract/test_workqueue_contract.py and tests/test_workqueue_batch.py)."""
 import collections
+import json
 import os
 import pickle
 import queue
@@ -22,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pyqueue
 from pyqueue import DeadLetter, DeliveryExpired, WorkQueue
 from tests import _wq_workers as w
-from tests._support import close_handles, unique_name, wait_until
+from tests._support import close_handles, shm_file, unique_name, wait_until
 from tests.test_crash import kill_stopped, needs_faults, start_stopped
 
 
@@ -892,3 +893,111 @@ class WorkQueueModel(RuleBasedStateMachine):
 
 TestWorkQueueModel = WorkQueueModel.TestCase
 TestWorkQueueModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+# ---- serializer= ------------------------------------------------------------
+
+JSON = (w.json_dumps, w.json_loads)
+
+
+def test_serializer_round_trip_across_processes(ctx, procs, wqs):
+    """JSON through a work queue both ways between processes: the handles
+    travel with their serializer, bytes-free values come back as JSON
+    made them (a tuple as a list), and the segment holds JSON text."""
+    q = wqs(capacity_bytes=1 << 20, serializer=JSON)
+    back = wqs(capacity_bytes=1 << 20, serializer=JSON)
+    values = [{"n": i, "s": "é" * i, "t": (i, None)} for i in range(6)] + ["plain", 7]
+    q.put_many(values[:3])
+    for v in values[3:]:
+        q.put(v)
+    p = procs.start(ctx, w.echo_json, q, back, len(values))
+    got = []
+    while len(got) < len(values):
+        b = back.get_many(len(values), timeout=30)
+        got.extend(b.values)
+        b.ack()
+    p.join(30)
+    assert p.exitcode == 0
+    assert sorted((g["echo"] for g in got), key=json.dumps) == sorted(
+        (json.loads(json.dumps(v)) for v in values), key=json.dumps)
+    assert {g["pid"] for g in got} == {p.pid}
+    # Every value, str included, went through dumps: JSON text in the ring.
+    q.put("plain")
+    raw, typ = q._copy(q._bounds()[1] - 1)[:2]
+    assert raw == b'"plain"' and typ == 5
+
+
+def test_serializer_errors_reach_the_caller_and_leave_the_queue_usable(wqs):
+    q = wqs(capacity_bytes=1 << 20, serializer=JSON)
+    with pytest.raises(TypeError):
+        q.put({1, 2})  # not JSON: dumps raises, nothing is put
+    with pytest.raises(TypeError):
+        q.put_many([{"ok": 1}, object()])  # nothing of the batch is put
+    assert q.stats()["enqueued"] == 0
+    q.put({"ok": 2})
+    d = q.get(timeout=5)
+    assert d.value == {"ok": 2}
+    d.ack()
+
+
+def test_serializer_failing_loads_is_poison_dead_lettered_with_its_bytes(wqs):
+    """A payload the serializer's loads rejects is handled as an
+    undecodable pickle is: rejected to the dead-letter queue with the bytes
+    that were put, and the consumer gets the next message."""
+    dlq = wqs(capacity_bytes=1 << 20, max_deliveries=None)
+    q = wqs(capacity_bytes=1 << 20, dead_letter=dlq,
+            serializer=(w.json_dumps, lambda b: {"v": json.loads(bytes(b))["v"]}))
+    q.put({"no": "v"})       # loads raises KeyError
+    q.put({"v": 1})
+    d = q.get(timeout=5)
+    assert d.value == {"v": 1}
+    d.ack()
+    q.put({"no": "v again"})
+    q.put({"v": 2})
+    b = q.get_many(10, timeout=5)
+    assert b.values == [{"v": 2}]
+    b.ack()
+    dead = dlq.dead_letters()
+    assert [x.raw for x in dead] == [b'{"no": "v"}', b'{"no": "v again"}']
+    assert all(x.value is None and "undecodable: KeyError" in x.reason for x in dead)
+
+
+def test_serializer_setting_mismatch_on_open(wqs):
+    made_plain = wqs(capacity_bytes=1 << 20)
+    with pytest.raises(ValueError, match="exists with other settings: serializer"):
+        WorkQueue(made_plain.name, serializer=JSON)
+    with pytest.raises(ValueError, match="exists with other settings: serializer"):
+        WorkQueue.open(made_plain.name, serializer=JSON)
+    made_json = wqs(capacity_bytes=1 << 20, serializer=JSON)
+    with pytest.raises(pyqueue.PyQueueError, match="custom serializer"):
+        WorkQueue.open(made_json.name)
+    with pytest.raises(pyqueue.PyQueueError, match="custom serializer"):
+        WorkQueue(made_json.name)
+    with pytest.raises(TypeError, match="serializer"):
+        WorkQueue(made_json.name, serializer=json.dumps)
+    again = wqs(made_json.name, serializer=JSON)
+    again.put([1])
+    d = made_json.get(timeout=5)
+    assert d.value == [1]
+    d.ack()
+
+
+def test_plain_handle_refuses_a_custom_record(wqs):
+    """A handle without the serializer never hands a custom record's bytes
+    out as a value: (the flag is cleared by hand, as a writer of the
+    segment can) the record is undecodable, dead-lettered."""
+    q = wqs(capacity_bytes=1 << 20, serializer=JSON)
+    q.put({"a": 1})
+    with open(shm_file(q.name), "r+b") as f:
+        f.seek(PARAMS_USER0)
+        assert struct.unpack("<Q", f.read(8))[0] == 1
+        f.seek(PARAMS_USER0)
+        f.write(struct.pack("<Q", 0))
+    plain = wqs(q.name)
+    with pytest.raises(queue.Empty):
+        plain.get(timeout=0.2)
+    assert plain.stats()["dead_lettered"] == 1
+
+
+# pq_segment_header.params[PQ_WQ_PARAM_USER0] (csrc/pq_segment.h, pq_wq.h).
+PARAMS_USER0 = 72 + 8 * 6

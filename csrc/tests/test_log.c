@@ -8,7 +8,7 @@ static void *make_log_retained(uint32_t parts, uint64_t cap, uint64_t retention_
 {
     size_t size = pq_log_segment_size(parts, cap);
     void *base = size ? pq_test_shared(size) : NULL;
-    if (base == NULL || pq_log_create(base, size, parts, cap, retention_ms) != 0 ||
+    if (base == NULL || pq_log_create(base, size, parts, cap, retention_ms, 0) != 0 ||
         pq_log_open(l, base, size) != 0)
         return NULL;
     return base;

@@ -246,3 +246,52 @@ def test_undecodable_message_is_reported_alone_and_counted(make):
         q.get_many(10, timeout=5)
     assert isinstance(e.value.cause, ValueError)
     assert q.stats()["undecodable"] == 2 and q.qsize() == 0
+
+
+def test_custom_serializer_refuses_a_planted_pickle(make, tmp_path):
+    """A pickle record planted where a custom-serializer queue keeps its
+    messages (shm: a record of another handle, the segment's flag cleared
+    meanwhile; Redis: pushed onto its list by the raw client) is refused,
+    never unpickled (the pickle would create a marker file)."""
+    import json
+    import os
+    import pickle
+    import struct
+    from tests._support import shm_file
+    marker = tmp_path / "ran"
+    ser = (lambda o: json.dumps(o).encode(), lambda b: json.loads(bytes(b)))
+    q = make("Queue", name=make.name(), serializer=ser)
+    planted = _RunsCode("touch '%s'" % marker)
+    if type(q).__module__.startswith("pyqueue.backends.redis"):
+        q._backend.client.rpush(q._keys[1], b"p" + pickle.dumps(planted))
+    else:
+        # The flags: params[PQ_RING_PARAM_USER0 + PARAM_FLAGS] of the header
+        # (csrc/pq_segment.h, pq_ring.h; pyqueue/_core.pyx).
+        with open(shm_file(q.name), "r+b") as f:
+            f.seek(72 + 8 * 4)
+            flags = struct.unpack("<Q", f.read(8))[0]
+            f.seek(72 + 8 * 4)
+            f.write(struct.pack("<Q", flags & ~1))
+            f.flush()
+            plain = type(q).open(q.name)
+            plain.put(planted)
+            plain.close()
+            f.seek(72 + 8 * 4)
+            f.write(struct.pack("<Q", flags))
+    q.put({"after": 1})
+    with pytest.raises(Exception, match="unpickle"):
+        q.get(timeout=5)
+    assert not os.path.exists(marker)
+    assert q.get(timeout=5) == {"after": 1}
+    assert not os.path.exists(marker)
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: unpickling it runs a shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command,))

@@ -539,3 +539,43 @@ def test_consumer_killed_holding_a_batch_gets_every_message_redelivered(make, ct
         assert got[v][2] in ("consumer died", "visibility timeout")
     assert got[6] == (ids[6], 1, None) and got[7] == (ids[7], 1, None)
     assert wq.stats()["acked"] == 8 and wq.qsize() == 0
+
+
+def test_custom_serializer(make):
+    """serializer=(dumps, loads) on every backend: every value (str too)
+    goes through it, loads failing dead-letters the message with its
+    bytes, and the setting is the queue's own on open."""
+    import json
+    from tests._wq_workers import json_dumps, json_loads_ints
+    dlq = make("WorkQueue", name=make.name(), max_deliveries=None)
+    name = make.name()
+    q = make("WorkQueue", name=name, dead_letter=dlq,
+             serializer=(json_dumps, json_loads_ints))
+    q.put(1)
+    q.put_many([2, "three", 4])
+    got = []
+    for _ in range(3):
+        d = q.get(timeout=5)
+        got.append(d.value)
+        d.ack()
+    assert got == [1, 2, 4]
+    (dl,) = dlq.dead_letters()
+    # (Redis keeps its one-byte codec tag in front of the raw bytes.)
+    assert dl.raw.endswith(b'"three"') and "undecodable" in dl.reason
+    with pytest.raises(TypeError):
+        q.put({1})  # not JSON: the caller gets dumps' error
+    q.put(5)
+    d = q.get(timeout=5)
+    assert d.value == 5
+    d.ack()
+    with pytest.raises(pyqueue.PyQueueError, match="custom serializer"):
+        make("WorkQueue", name=name)
+    plain = make("WorkQueue", name=make.name())
+    with pytest.raises(ValueError, match="serializer"):
+        make("WorkQueue", name=plain.name, serializer=(json_dumps, json.loads))
+    again = pickle.loads(pickle.dumps(q))  # travels with its serializer
+    try:
+        again.put(6)
+        assert q.get(timeout=5).value == 6
+    finally:
+        again.close()

@@ -34,6 +34,12 @@ def encode(obj, serializer):
 
 def decode(raw, serializer):
     tag = raw[:1]
+    if serializer is not None and tag != T_CUSTOM:
+        # A handle with a serializer never unpickles (nor hands out raw
+        # bytes): whatever else is in its keys was not put through it.
+        if tag == T_PICKLE:
+            raise ValueError("refusing to unpickle: this handle uses a custom serializer")
+        raise ValueError("a message not encoded with this handle's serializer")
     if tag == T_BYTES:
         return raw[1:]
     if tag == T_STR:

@@ -44,7 +44,7 @@ from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
 from pyqueue.backends.redis import _codec
 from pyqueue.backends.redis.queue import check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take
 from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
                                DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
@@ -96,16 +96,16 @@ if redis.call('EXISTS', M) == 0 then
   redis.call('HSET', M, 'kind', ARGV[2], 'capacity', ARGV[3], 'max_in_flight', ARGV[4],
              'vis_ms', ARGV[5], 'max_deliveries', ARGV[6], 'dedup_ms', ARGV[7],
              'dedup_keys', ARGV[8], 'perm', ARGV[9], 'dead_letter', ARGV[10],
-             'max_payload', ARGV[11], 'next_id', 0, 'enqueued', 0, 'acked', 0,
+             'max_payload', ARGV[11], 'custom', ARGV[12], 'next_id', 0, 'enqueued', 0, 'acked', 0,
              'redelivered', 0, 'dead_lettered', 0, 'deduplicated', 0, 'dedup_full', 0,
              'dead_letter_parked', 0)
   return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-          ARGV[10], ARGV[11]}
+          ARGV[10], ARGV[11], ARGV[12]}
 end
 local m = redis.call('HMGET', M, 'kind', 'capacity', 'max_in_flight', 'vis_ms',
                      'max_deliveries', 'dedup_ms', 'dedup_keys', 'perm', 'dead_letter',
-                     'max_payload')
-return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10]}
+                     'max_payload', 'custom')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11] or '0'}
 """
 
 # ARGV: payload, delay ms, key ('' for none) -> {id, duplicate} |
@@ -534,9 +534,9 @@ def _key_bytes(key):
     return kb or b"\0"  # the empty key is a key
 
 
-def _rebuild(url, name):
+def _rebuild(url, name, serializer=None):
     from pyqueue.backends import connect
-    return connect(url).WorkQueue.open(name)
+    return connect(url).WorkQueue.open(name, serializer=serializer)
 
 
 class RedisWorkQueue(_api.WorkQueueAPI):
@@ -544,7 +544,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
     (the same signature; capacity_bytes bounds the message size as on shared
     memory, a quarter of it, and max_in_flight the messages not done)."""
 
-    __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "__weakref__")
+    __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "_serializer", "__weakref__")
     _backend = None
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
@@ -555,7 +555,8 @@ class RedisWorkQueue(_api.WorkQueueAPI):
                  max_deliveries=_Default(DEFAULT_MAX_DELIVERIES), dead_letter=_Default(None),
                  dedup_window=_Default(DEFAULT_DEDUP_WINDOW),
                  dedup_keys=_Default(DEFAULT_DEDUP_KEYS), perm=_Default(0o600),
-                 trust_owner=False, _open_only=False):
+                 trust_owner=False, serializer=None, _open_only=False):
+        serializer = _api.check_serializer(serializer)
         given = {}
         capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
         max_in_flight = _take(max_in_flight, given, "max_in_flight")
@@ -583,6 +584,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
             name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
         check_name(name)
         self._init_handle(name)
+        self._serializer = serializer
         dlq_name = ""
         if dead_letter is not None:
             if isinstance(dead_letter, RedisWorkQueue):
@@ -603,7 +605,14 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         created = self._create(
             "open" if _open_only else "create", capacity, slots,
             _ms(visibility_timeout, "visibility_timeout"), max_deliveries or 0,
-            _ms(dedup_window, "dedup_window"), dedup, perm, dlq_name, max_payload)
+            _ms(dedup_window, "dedup_window"), dedup, perm, dlq_name, max_payload,
+            int(serializer is not None))
+        # The serializer against the queue's flag, as on shared memory.
+        if serializer is not None and not self._settings["custom"]:
+            _api.check_settings("work queue", name, [("serializer", None, "a custom serializer")])
+        if serializer is None and self._settings["custom"]:
+            raise PyQueueError(f"work queue {name!r} was created with a custom serializer: pass "
+                               "the same serializer= to open it")
         if not created and given:
             st = self._settings
             stored = {"capacity_bytes": st["capacity"], "max_in_flight": st["max_in_flight"],
@@ -626,9 +635,9 @@ class RedisWorkQueue(_api.WorkQueueAPI):
                 f"{self._dlq.max_message_bytes}, less {DEAD_LETTER_OVERHEAD} for the DeadLetter)")
 
     @classmethod
-    def open(cls, name, trust_owner=False):
+    def open(cls, name, trust_owner=False, *, serializer=None):
         """Open an existing work queue by name (SegmentNotFound if missing)."""
-        return cls(name, _open_only=True)
+        return cls(name, serializer=serializer, _open_only=True)
 
     def _init_handle(self, name):
         self._name = name
@@ -639,12 +648,12 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         self._keys = [key_prefix(name) + ("meta" if k == "meta" else "wq." + k) for k in _KEYS]
 
     def _create(self, how, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
-                dlq_name, max_payload):
+                dlq_name, max_payload, custom):
         b = self._backend
         r = b.script("wq_create", _CREATE)(
             keys=[self._keys[0]],
             args=[how, KIND, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
-                  dlq_name, max_payload])
+                  dlq_name, max_payload, custom])
         if r is None:
             raise SegmentNotFound(f"no work queue {self._name!r} at {b.url}")
         kind = r[1].decode()
@@ -655,6 +664,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         self._settings = {k: int(v) for k, v in zip(names, r[2:9])}
         self._settings["dead_letter"] = r[9].decode()
         self._settings["max_payload"] = int(r[10])
+        self._settings["custom"] = int(r[11])
         return r[0] == 1
 
     def _script(self, name, source, args=()):
@@ -708,7 +718,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         there is no room in time (block=False: at once)."""
         self._check_open()
         delay_ms = _ms(delay, "delay")
-        data = _codec.encode(obj, None)
+        data = _codec.encode(obj, self._serializer)
         if len(data) - 1 > self.max_message_bytes:
             raise MessageTooLarge(f"message of {len(data) - 1} bytes exceeds the work queue's "
                                   f"limit of {self.max_message_bytes} bytes (max_message_bytes)")
@@ -752,7 +762,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         args = []
         limit = self.max_message_bytes
         for i, obj in enumerate(items):
-            data = _codec.encode(obj, None)
+            data = _codec.encode(obj, self._serializer)
             if len(data) - 1 > limit:
                 raise MessageTooLarge(
                     f"message {i} of put_many has {len(data) - 1} bytes, more than the work "
@@ -853,9 +863,8 @@ class RedisWorkQueue(_api.WorkQueueAPI):
             batch._add(value, mid, n, enq, reason)
         return batch, dead, poison
 
-    @staticmethod
-    def _decode(raw, typ):
-        return _codec.decode(raw, None)
+    def _decode(self, raw, typ):
+        return _codec.decode(raw, self._serializer)
 
     # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
     # -ESTALE (the delivery is no longer this handle's), as the core's.
@@ -946,7 +955,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         self._backend.client.delete(*self._keys)
 
     def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._name))
+        return (_rebuild, (self._backend.url, self._name, self._serializer))
 
 
 class Batch(_api.BatchAPI):
