@@ -196,4 +196,15 @@ typedef struct pq_topic_stats {
 } pq_topic_stats;
 void pq_topic_get_stats(const pq_topic *t, pq_topic_stats *st);
 
+/* One subscriber slot, for monitoring (pq_topic_subs.c). */
+typedef struct pq_topic_sub_stats {
+    int32_t pid;   /* the subscriber's pid (maybe dead, not yet evicted) */
+    uint64_t lag;  /* messages published it has not read */
+    uint64_t lost; /* messages it missed by being lapped (lossy) */
+    uint64_t read; /* messages before its cursor */
+} pq_topic_sub_stats;
+/* 0 and *out filled when slot (0..PQ_TOPIC_SUBS-1) is held; -ENOENT when
+ * it is free; -EINVAL out of range. Lock-free, never waits. */
+int pq_topic_get_sub_stats(const pq_topic *t, int slot, pq_topic_sub_stats *out);
+
 #endif /* PQ_TOPIC_H */

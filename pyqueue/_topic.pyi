@@ -74,6 +74,7 @@ class TopicCore(Generic[_T]):
         Raises:
             ValueError: The topic handle is closed.
         """
+    def _subscribers(self) -> list[dict[str, int]]: ...
     @property
     def capacity_bytes(self) -> int:
         """The ring's size in bytes."""

@@ -9,7 +9,7 @@ them; a publisher blocked for a slice evicts dead subscribers, a subscriber
 blocked for a slice repairs a dead publisher's record."""
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, int32_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
@@ -87,6 +87,11 @@ cdef extern from "pq_topic.h" nogil:
     int pq_topic_repair(pq_topic* t, const pq_topic_sub* s)
     uint64_t pq_topic_lag(const pq_topic* t, const pq_topic_sub* s)
     void pq_topic_get_stats(const pq_topic* t, pq_topic_stats* st)
+    ctypedef struct pq_topic_sub_stats:
+        int32_t pid
+        uint64_t lag, lost, read
+    int PQ_TOPIC_SUBS
+    int pq_topic_get_sub_stats(const pq_topic* t, int slot, pq_topic_sub_stats* out)
 
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
 
@@ -395,6 +400,20 @@ cdef class TopicCore:
                 "capacity": st.capacity, "subscribers": st.subscribers,
                 "waiting_publishers": st.waiting_publishers,
                 "waiting_subscribers": st.waiting_subscribers}
+
+    def _subscribers(self):
+        """Every held subscriber slot, for monitoring: a list of dicts
+        {slot, pid, lag, lost, read}. Lock-free (a snapshot; a dead
+        subscriber shows until a publisher or subscribe evicts it)."""
+        cdef pq_topic_sub_stats st
+        cdef int i
+        self._check_open()
+        out = []
+        for i in range(PQ_TOPIC_SUBS):
+            if pq_topic_get_sub_stats(&self._t, i, &st) == 0:
+                out.append({"slot": i, "pid": st.pid, "lag": st.lag, "lost": st.lost,
+                            "read": st.read})
+        return out
 
     @property
     def capacity_bytes(self):

@@ -1,7 +1,10 @@
 """The `pyqueue` command line: list, inspect, remove and collect segments.
 
     pyqueue ls [--json] [PATTERN...]   every pyqueue segment on this machine
-    pyqueue stats NAME                 the counters of a queue, as JSON
+    pyqueue stats NAME [--json]        the counters of a queue, topic, log or work queue
+    pyqueue metrics [--serve HOST:PORT] [--path DIR] [PATTERN...]
+                                       Prometheus metrics of every segment
+    pyqueue top                        a live view of every segment (q quits)
     pyqueue rm NAME...                 remove segments (and their out-of-band segments)
     pyqueue gc [--dry-run] [--oob-grace SECONDS] [--anon-only] [--json] [PATTERN...]
                                        remove the segments nobody can use any more
@@ -599,7 +602,34 @@ def cmd_ls(args):
     return 0
 
 
+def _stats_text(name, kind, s):
+    """The counters of stats() as lines of text: plain numbers first,
+    then a topic's subscribers and a log's partitions and groups."""
+    lines = [f"{kind} {_show(name)}"]
+    for k, v in s.items():
+        if not isinstance(v, (dict, list)):
+            lines.append(f"  {k:24} {v}")
+    if kind == "topic" and s.get("subscriber_slots"):
+        lines.append(f"  {'SUBSCRIBER PID':>16} {'SLOT':>5} {'LAG':>10} {'LOST':>10}")
+        for sub in s["subscriber_slots"]:
+            lines.append(f"  {sub['pid']:>16} {sub['slot']:>5} {sub['lag']:>10} "
+                         f"{sub['lost']:>10}")
+    if kind == "log":
+        lines.append(f"  {'PARTITION':>9} {'START':>12} {'END':>12}")
+        for p, v in s["partition_offsets"].items():
+            lines.append(f"  {p:>9} {v['start']:>12} {v['end']:>12}")
+        for g, info in s["groups"].items():
+            lines.append(f"  group {_show(g)}: {info['members']} member(s), lag {info['lag']}")
+            lines.append(f"    {'PARTITION':>9} {'COMMITTED':>10} {'END':>10} {'LAG':>10} OWNER")
+            for p, v in info["partitions"].items():
+                committed = "-" if v["committed"] is None else v["committed"]
+                owner = "-" if v["owner_pid"] is None else v["owner_pid"]
+                lines.append(f"    {p:>9} {committed!s:>10} {v['end']:>10} {v['lag']:>10} {owner}")
+    return "\n".join(lines)
+
+
 def cmd_stats(args):
+    from pyqueue import _inspect
     url = _backend_url(args)
     if url is not None:
         from pyqueue.backends import connect
@@ -608,25 +638,78 @@ def cmd_stats(args):
         if s is None:
             print(f"pyqueue stats: no {args.name!r} at {url}", file=sys.stderr)
             return 1
-        print(json.dumps(s, indent=2))
+        print(json.dumps(s, indent=2) if args.json else _stats_text(args.name, s.get("kind", "stats"), s))
         return 0
-    _segment.check_name(args.name)
-    state, header, _st = read_header(_segment.PREFIX + args.name)
-    kind = header["kind"] if state == "ok" else 1  # let the opener say what is wrong
-    q = _open_counted(args.name, kind)
-    if q is None:
-        print(f"pyqueue stats: {args.name!r} is a {_KINDS.get(kind, kind)}, not a queue "
-              "or work queue", file=sys.stderr)
-        return 1
+    if os.sep in args.name or os.path.isdir(args.name):  # a directory-mode log
+        h = _inspect.open_directory_log(args.name)
+    else:
+        try:
+            _segment.check_name(args.name)
+        except ValueError as e:
+            print(f"pyqueue stats: {e}", file=sys.stderr)
+            return 1
+        state, header, _st = read_header(_segment.PREFIX + args.name)
+        kind = header["kind"] if state == "ok" else 1  # let the opener say what is wrong
+        h = _inspect.open_segment(args.name, kind)
+        if h is None:
+            print(f"pyqueue stats: {args.name!r} is a {_segment.KIND_NAMES.get(kind, kind)}, "
+                  "which has no counters (give a directory log by its directory)",
+                  file=sys.stderr)
+            return 1
     try:
-        s = q.stats()
-        print(json.dumps(s, indent=2))
+        kind, s = _inspect.stats_of(h)
+        if args.json:
+            print(json.dumps(s, indent=2))
+        else:
+            print(_stats_text(args.name, kind, s))
         if s.get("consistent") is False:
             print(f"pyqueue stats: {args.name!r}: its lock is held (by a stopped process?): "
                   "counted without it, the numbers may disagree", file=sys.stderr)
     finally:
-        q.close()
+        h.close()
     return 0
+
+
+def _host_port(text):
+    """"HOST:PORT" (IPv6 as "[::1]:9464") -> (host, port); ValueError else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--serve takes HOST:PORT (e.g. 127.0.0.1:9464), not {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def cmd_metrics(args):
+    from pyqueue import metrics
+    try:
+        collector = metrics.PyQueueCollector(patterns=args.patterns, paths=args.path)
+    except ImportError as e:
+        print(f"pyqueue metrics: {e}", file=sys.stderr)
+        return 2
+    if args.serve is None:
+        sys.stdout.write(metrics.exposition(collector).decode("utf-8"))
+        return 0
+    try:
+        host, port = _host_port(args.serve)
+    except ValueError as e:
+        print(f"pyqueue metrics: {e}", file=sys.stderr)
+        return 2
+    try:
+        server, _thread = metrics.serve(host, port, collector)
+    except OSError as e:
+        print(f"pyqueue metrics: cannot listen on {args.serve}: {e}", file=sys.stderr)
+        return 1
+    bound = server.server_address
+    print(f"pyqueue metrics: serving http://{args.serve.rpartition(':')[0] or host}:"
+          f"{bound[1]}/metrics", flush=True)
+    try:
+        import threading
+        threading.Event().wait()  # until SIGINT / SIGTERM
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        server.shutdown()
+    return 0  # pragma: no cover
 
 
 def cmd_rm(args):
@@ -659,8 +742,15 @@ def main(argv=None):
     ls.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or shm://)")
     ls.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     ls.set_defaults(func=cmd_ls)
-    st = sub.add_parser("stats", help="counters of a queue")
-    st.add_argument("name")
+    st = sub.add_parser(
+        "stats", help="counters of a queue, topic, log or work queue",
+        description="The counters of a queue, topic, log or work queue (all processes'), "
+                    "as stats() gives them. A topic's subscribers with their lag and "
+                    "lost messages; a log's partitions (start and end offsets) and consumer "
+                    "groups (committed offsets, lag). NAME: a segment's name, or a "
+                    "directory-mode log's directory.")
+    st.add_argument("name", metavar="NAME")
+    st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or shm://)")
     st.set_defaults(func=cmd_stats)
     rm = sub.add_parser("rm", help="remove segments",
@@ -680,6 +770,20 @@ def main(argv=None):
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     gc.set_defaults(func=cmd_gc)
+    mt = sub.add_parser(
+        "metrics", help="Prometheus metrics of every segment",
+        description="The counters and gauges of every queue, topic, log and work queue in "
+                    "/dev/shm that this user may read (and of the directory logs given with "
+                    "--path), in the Prometheus text format: printed once, or served at "
+                    "http://HOST:PORT/metrics with --serve (read afresh at each scrape). "
+                    "Needs prometheus_client (pip install 'pyqueue-shm[metrics]').")
+    mt.add_argument("--serve", metavar="HOST:PORT",
+                    help="serve over HTTP (e.g. 127.0.0.1:9464; port 0: any free one) "
+                         "until interrupted")
+    mt.add_argument("--path", action="append", default=[], metavar="DIR",
+                    help="a directory-mode log to report too (repeatable)")
+    mt.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on segment names")
+    mt.set_defaults(func=cmd_metrics)
     _cli_log.add_parsers(sub)
     args = p.parse_args(argv)
     # Never hang on a lock held by a stopped process (or a damaged lock

@@ -13,9 +13,9 @@ import re
 import pytest
 
 import pyqueue
-from pyqueue import consumer, errors, log, queues, stream, topic, workqueue
+from pyqueue import consumer, errors, log, metrics, queues, stream, topic, workqueue
 
-PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors)
+PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors, metrics)
 
 # Public classes beyond __all__: the two Log storage classes (what Log(...)
 # makes) and the record a StreamProcessor's on_error gets.

@@ -365,7 +365,7 @@ def test_workqueue_with_stopped_producer_in_lock(ctx, procs, wq, lock_wait):
         # Counters without the lock, at once, saying so.
         s = wq.stats()
         assert s["consistent"] is False
-        r, took = cli("stats", wq.name)
+        r, took = cli("stats", "--json", wq.name)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["consistent"] is False
         r, took = cli("ls", "--json", wq.name)
@@ -448,7 +448,7 @@ def test_damaged_lock_word_is_an_error_not_a_hang(ctx, procs, make_queue, kind):
         if kind == "workqueue":
             # Readers of the counters answer without the lock.
             assert q.stats()["consistent"] is False
-            r, took = cli("stats", name)
+            r, took = cli("stats", "--json", name)
             assert r.returncode == 0 and json.loads(r.stdout)["consistent"] is False
             r, took = cli("ls", name)
             assert r.returncode == 0, r.stderr
