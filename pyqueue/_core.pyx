@@ -35,6 +35,7 @@ from types import GenericAlias as _GenericAlias
 
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
+from pyqueue import _events
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -439,7 +440,8 @@ cdef class RingQueue:
             # A whole slice without progress: the oldest record's producer
             # may be dead. Bounded repair latency: one slice. Consumers that
             # died holding messages are counted on the same occasion.
-            _check_rc(pq_ring_repair_head(&self._r), "repair")
+            if _check_rc(pq_ring_repair_head(&self._r), "repair") > 0:
+                _events.repaired("queue", self)
             pq_ring_reap_dead_consumers(&self._r)
             if deadline >= 0 and pq_monotonic_ns() >= deadline:
                 return 0
@@ -461,7 +463,10 @@ cdef class RingQueue:
             return 0
         self._stuck_since = now
         pq_ring_reap_dead_consumers(&self._r)
-        return _check_rc(pq_ring_repair_head(&self._r), "repair")
+        if _check_rc(pq_ring_repair_head(&self._r), "repair") > 0:
+            _events.repaired("queue", self)
+            return 1
+        return 0
 
     cdef int _drop_oldest(self) except -1:
         """Discard the oldest readable record(s) to make room. 1 when

@@ -35,6 +35,7 @@ from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
                             PoisonRecord, PyQueueError, SegmentMismatch)
 from pyqueue.errors import from_code as _from_code
+from pyqueue import _events
 
 cdef extern from "<errno.h>" nogil:
     int EUSERS

@@ -163,6 +163,7 @@ cdef class MemoryLogCore(LogCoreBase):
                 return out
             if not _time_left(deadline):
                 if rc == -EINPROGRESS and pq_log_repair(&self._l, partition, offset) > 0:
+                    _events.repaired("log", self, f" in partition {partition}")
                     continue
                 return out
             until = _slice_end(deadline)
@@ -171,7 +172,8 @@ cdef class MemoryLogCore(LogCoreBase):
             if rc == -EINTR or rc == -ETIMEDOUT:
                 PyErr_CheckSignals()
             if rc == -ETIMEDOUT:
-                _check_rc(pq_log_repair(&self._l, partition, offset), "repair")
+                if _check_rc(pq_log_repair(&self._l, partition, offset), "repair") > 0:
+                    _events.repaired("log", self, f" in partition {partition}")
 
     def _wait_any(self, list parts, list offsets, GroupTable groups, uint32_t g,
                   uint64_t gen_seen, double timeout):
@@ -192,7 +194,8 @@ cdef class MemoryLogCore(LogCoreBase):
             PyErr_CheckSignals()
         if rc == -ETIMEDOUT:
             for i in range(n):  # a dead appender's record blocks nobody
-                pq_log_repair(&self._l, pv[i], ov[i])
+                if pq_log_repair(&self._l, pv[i], ov[i]) > 0:
+                    _events.repaired("log", self, f" in partition {pv[i]}")
         return 0 if rc == -EINTR else rc
 
     def close(self):

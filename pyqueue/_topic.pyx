@@ -25,6 +25,7 @@ from types import GenericAlias as _GenericAlias
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
+from pyqueue import _events
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -241,7 +242,8 @@ cdef class TopicCore:
                 PyErr_CheckSignals()
             if rc == -ETIMEDOUT:
                 # Blocked for a whole slice: a subscriber behind may be dead.
-                pq_topic_evict_dead(&self._t, needed)
+                if pq_topic_evict_dead(&self._t, needed) > 0:
+                    _events.evicted(self, 1, "a lossless publisher waited on it")
 
     def publish(self, obj, block=True, timeout=None):
         """Publish obj to every current subscriber.
@@ -373,12 +375,15 @@ cdef class TopicCore:
             if evicted < 0:
                 _check_rc(evicted, "subscribe")
             if evicted > 0:
+                _events.evicted(self, evicted, "its slot was wanted by a new subscriber")
                 rc = pq_topic_subscribe(&self._t, &s._s, start)
                 while lock_again(rc, &lw, LOCK_BOUNDED):
                     rc = pq_topic_subscribe(&self._t, &s._s, start)
             # else rc stays -ENOSPC: every slot is held by a live subscriber
         if rc == PQ_ERR_LOCK_BUSY:
             raise lock_timeout("subscribe", &lw)
+        if rc == -ENOSPC:
+            _events.subscribers_full(self, PQ_TOPIC_SUBS)
         _check_rc(rc, "subscribe")
         s._pid = os.getpid()
         return s
@@ -604,6 +609,7 @@ cdef class SubscriptionCore:
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
                 if rc == -EINPROGRESS and deadline == 0:
                     if pq_topic_repair(&t._t, &self._s) > 0:
+                        _events.repaired("topic", t)
                         continue
                 raise _Empty
             until = _slice_end(deadline)
@@ -612,7 +618,8 @@ cdef class SubscriptionCore:
             if rc == -EINTR or rc == -ETIMEDOUT:
                 PyErr_CheckSignals()
             if rc == -ETIMEDOUT:
-                _check_rc(pq_topic_repair(&t._t, &self._s), "repair")
+                if _check_rc(pq_topic_repair(&t._t, &self._s), "repair") > 0:
+                    _events.repaired("topic", t)
 
     def get(self, block=True, timeout=None):
         """Take the next message.

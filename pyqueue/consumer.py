@@ -11,6 +11,7 @@ same partition.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -24,6 +25,8 @@ _C = TypeVar("_C", bound="Consumer")
 from pyqueue._log import LOCK_BOUNDED_DEADLINE as _BOUNDED
 from pyqueue.errors import (CommitFailed, CorruptRecord, LockTimeout, OffsetOutOfRange,
                             PoisonRecord, PyQueueError)
+
+_logger = logging.getLogger("pyqueue.log")
 
 OFFSET_RESETS = ("earliest", "latest")
 _REAP_INTERVAL = 0.25  # how often a member looks for dead or silent ones
@@ -148,9 +151,19 @@ class Consumer:
         changed) when the group lock is still held at deadline."""
         got = self._table.assignment(self._g, self._member, deadline)
         if got is None:  # removed from the group (looked dead, or silent)
+            _logger.warning("consumer group %r of log %r: member %s (pid %d) was removed from "
+                            "the group (it looked dead or silent past max_poll_interval=%gs); "
+                            "joining again", self._group, self._log.name, self._member,
+                            self._pid, self._max_poll_interval)
             self._join()
             return
         generation, epochs = got
+        if generation != self._generation and self._generation is not None:
+            held, now = set(self._epochs), set(epochs)
+            _logger.info("consumer group %r of log %r: rebalance to generation %d: member %s "
+                         "(pid %d) holds partitions %s (gained %s, lost %s)", self._group,
+                         self._log.name, generation, self._member, self._pid, sorted(now),
+                         sorted(now - held), sorted(held - now))
         for p in list(self._epochs):
             if epochs.get(p) != self._epochs[p]:
                 del self._epochs[p]
@@ -346,6 +359,9 @@ class Consumer:
             return
         self._refresh_keeping_positions(deadline)
         lost = sorted(set(lost) | {p for p, _, e in items if self._epochs.get(p) != e})
+        _logger.warning("consumer group %r of log %r: commit of member %s (pid %d) fenced: "
+                        "partition(s) %s moved to another member; nothing was committed",
+                        self._group, self._log.name, self._member, self._pid, lost)
         raise CommitFailed(f"commit fenced: partition(s) {lost} of group {self._group!r} are "
                            "no longer assigned to this consumer (a rebalance moved them); "
                            "nothing was committed", lost)

@@ -12,6 +12,7 @@ consumed, and consumer groups share the partitions among their members.
 from __future__ import annotations
 
 import abc
+import logging
 
 import errno
 import mmap
@@ -25,6 +26,8 @@ from pyqueue import _core, _log, _logdir, _segment
 from pyqueue.consumer import Consumer
 from pyqueue.errors import PyQueueError, SegmentNotFound
 from pyqueue.queues import Serializer, _check_serializer
+
+_logger = logging.getLogger("pyqueue.log")
 
 T = TypeVar("T")
 _L = TypeVar("_L", bound="Log[Any]")
@@ -690,6 +693,8 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
                 if alone:
                     self._recover()
                     _logdir.share_users_lock(fd)
+                    for entry in self.recovery:
+                        _logger.warning("log %s: recovery: %s", path, entry)
                 else:
                     self._attach_control(_logdir.map_control(path), FSYNC_POLICIES[self.fsync],
                                          meta["fsync_interval"])

@@ -16,6 +16,7 @@ called start()) stop the intake; every worker finishes what it holds.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import queue as _queue
@@ -43,6 +44,9 @@ __all__ = ["StreamProcessor", "DeadRecord"]
 _STATS = 5
 ON_ERROR = ("skip", "raise")
 _MAX_REPORT = 16384  # bytes of a crashed worker's traceback kept
+_CRASH_LOOP = 3      # crashes in a row logged as a crash loop
+
+_logger = logging.getLogger("pyqueue.stream")
 
 
 class DeadRecord(NamedTuple):
@@ -570,6 +574,8 @@ class StreamProcessor:
                         if now >= self._due[i]:
                             self._restarts += 1  # (counted before it can run)
                             self._procs[i] = self._spawn(i)
+                            _logger.info("StreamProcessor worker %d restarted (pid %s)", i,
+                                         getattr(self._procs[i], "pid", None))
                         continue
                     if not p.is_alive():
                         self._crashed(i, p, now)
@@ -593,6 +599,10 @@ class StreamProcessor:
         self._restart_delay = delay
         self._due[i] = now + delay
         self._procs[i] = None
+        _logger.error("StreamProcessor worker %d died (%d time(s) in a row%s); restarting it "
+                      "in %gs:\n%s", i, self._crashes[i],
+                      ": crash-looping" if self._crashes[i] >= _CRASH_LOOP else "", delay,
+                      report)
 
     def _on_signal(self, signum, frame):
         # Only a flag: the handler may run while this very thread holds the

@@ -11,6 +11,7 @@ memory.
 from __future__ import annotations
 
 import abc
+import logging
 
 import mmap
 import time
@@ -30,6 +31,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 30.0
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW = 300.0
 _KIND_WORKQ = 5
+_logger = logging.getLogger("pyqueue.workqueue")
 # Room a DeadLetter needs around a message's bytes: its fields, with
 # reason and last_error cut to DEAD_LETTER_TEXT characters (UTF-8: 4 bytes
 # each at most) and the queue's name (200 characters at most), pickled.
@@ -623,7 +625,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         try:
             self._move_dead(*args)
         except Exception:
-            pass
+            _logger.warning("work queue %r: message %d could not be moved to its dead-letter "
+                            "queue; parked, tried again in %gs", self._name, args[0],
+                            self.dead_letter_retry, exc_info=True)
 
     def _move_dead(self, mid, attempts, enqueued_at, reason, last_error, raw=None, typ=None):
         """A DEAD message this process owns: to the dead-letter queue, then
@@ -636,6 +640,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             dlq = self.dead_letter
             if dlq is None:
                 self._dead_done(mid)
+                _logger.warning("work queue %r: message %d dropped after %d deliveries (no "
+                                "dead-letter queue): %s%s", self._name, mid, attempts, reason,
+                                f" ({_clip(last_error)})" if last_error else "")
                 return
             if raw is None:
                 got = self._copy(mid)
@@ -660,11 +667,17 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 dlq.put(dl._replace(value=None, raw=raw), timeout=self.dead_letter_timeout)
         except Full:
             self._dead_park(mid, self.dead_letter_retry)
+            _logger.warning("work queue %r: dead-letter queue %r is full: message %d parked, "
+                            "tried again in %gs", self._name, self._user().decode("utf-8"), mid,
+                            self.dead_letter_retry)
             return
         except BaseException:
             self._dead_park(mid, self.dead_letter_retry)
             raise
         self._dead_done(mid)
+        _logger.warning("work queue %r: message %d dead-lettered to %r after %d deliveries: %s%s",
+                        self._name, mid, dlq.name, attempts, reason,
+                        f" ({_clip(last_error)})" if last_error else "")
 
     # ---- the dead-letter side ---------------------------------------------
 
