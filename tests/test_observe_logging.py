@@ -193,3 +193,21 @@ def test_nothing_is_printed_when_logging_is_not_configured():
     # Only the event after the application configured logging is printed.
     assert "no use" not in r.stderr
     assert "WARNING:pyqueue.workqueue:" in r.stderr and "configured" in r.stderr
+
+
+def test_full_dead_letter_queue_is_logged(made, caplog):
+    """A resource limit reached: the dead-letter queue has no room, the
+    message is parked (and moved later); the operator is told."""
+    caplog.set_level(logging.WARNING, logger="pyqueue")
+    dlq = WorkQueue(max_in_flight=2)
+    q = WorkQueue(max_deliveries=1, dead_letter=dlq)
+    made += [q, dlq]
+    q.dead_letter_timeout = 0.05
+    dlq.put("a")
+    dlq.put("b")  # full: max_in_flight messages not done
+    q.put("poison")
+    q.get(timeout=WAIT).reject("bad")
+    (rec,) = _records(caplog, "pyqueue.workqueue", "is full", dlq.name, "parked")
+    assert rec.levelno == logging.WARNING
+    assert q.stats()["dead_letter_parked"] == 1
+    assert not _records(caplog, "pyqueue.workqueue", "dead-lettered")
