@@ -712,6 +712,21 @@ def cmd_metrics(args):
     return 0  # pragma: no cover
 
 
+def cmd_top(args):
+    from pyqueue import _top
+    if not args.interval > 0:
+        print("pyqueue top: --interval must be > 0", file=sys.stderr)
+        return 2
+    if args.once:
+        print("\n".join(_top.once(args.patterns, args.path, args.interval)))
+        return 0
+    if not sys.stdout.isatty():
+        print("pyqueue top: stdout is not a terminal (use --once for a table)",
+              file=sys.stderr)
+        return 2
+    return _top.run(args.patterns, args.path, args.interval)
+
+
 def cmd_rm(args):
     rc = 0
     for name in args.names:
@@ -784,6 +799,23 @@ def main(argv=None):
                     help="a directory-mode log to report too (repeatable)")
     mt.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on segment names")
     mt.set_defaults(func=cmd_metrics)
+    top = sub.add_parser(
+        "top", help="a live view of every segment (q quits)",
+        description="A live view, refreshed like htop, of every queue, topic, log and work "
+                    "queue in /dev/shm this user may read (and the directory logs given "
+                    "with --path): DEPTH (messages waiting, a log's records), IN/s and OUT/s "
+                    "(put/published/appended, and taken/read/committed/acknowledged, per "
+                    "second), LAG (a topic's slowest subscriber, a log's consumer groups, a "
+                    "work queue's deliveries held), WAIT (blocked producers/consumers) and "
+                    "DEAD (abandoned and dropped, lost, dead-lettered). q quits.")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="refresh every SECONDS (default %(default)g)")
+    top.add_argument("--once", action="store_true",
+                     help="print one table (rates over one interval) and exit")
+    top.add_argument("--path", action="append", default=[], metavar="DIR",
+                     help="a directory-mode log to show too (repeatable)")
+    top.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on segment names")
+    top.set_defaults(func=cmd_top)
     _cli_log.add_parsers(sub)
     args = p.parse_args(argv)
     # Never hang on a lock held by a stopped process (or a damaged lock

@@ -23,3 +23,14 @@ def activity(names, n):
     w.get(timeout=10).reject("bad")
     for h in (q, t, lg, w):
         h.close()
+
+
+def paced_put(name, stop):
+    """Put into queue `name` about every 10 ms until stop is set."""
+    q = Queue.open(name)
+    i = 0
+    while not stop.is_set():
+        q.put(i)
+        i += 1
+        stop.wait(0.01)
+    q.close()
