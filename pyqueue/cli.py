@@ -638,7 +638,8 @@ def cmd_stats(args):
         if s is None:
             print(f"pyqueue stats: no {args.name!r} at {url}", file=sys.stderr)
             return 1
-        print(json.dumps(s, indent=2) if args.json else _stats_text(args.name, s.get("kind", "stats"), s))
+        print(json.dumps(s, indent=2) if args.json
+              else _stats_text(args.name, s.get("kind", "stats"), s))
         return 0
     if os.sep in args.name or os.path.isdir(args.name):  # a directory-mode log
         h = _inspect.open_directory_log(args.name)
