@@ -422,7 +422,7 @@ cdef class RingQueue:
         when worth retrying, 0 at the deadline. Between slices signals are
         handled (Ctrl-C) and dead processes' leftovers repaired."""
         cdef int64_t now, until
-        cdef int rc
+        cdef int rc, repaired
         now = pq_monotonic_ns()
         if deadline >= 0 and now >= deadline:
             return 0
@@ -440,9 +440,10 @@ cdef class RingQueue:
             # A whole slice without progress: the oldest record's producer
             # may be dead. Bounded repair latency: one slice. Consumers that
             # died holding messages are counted on the same occasion.
-            if _check_rc(pq_ring_repair_head(&self._r), "repair") > 0:
-                _events.repaired("queue", self)
+            repaired = _check_rc(pq_ring_repair_head(&self._r), "repair")
             pq_ring_reap_dead_consumers(&self._r)
+            if repaired > 0:  # logged last: a log handler runs Python code
+                _events.repaired("queue", self)
             if deadline >= 0 and pq_monotonic_ns() >= deadline:
                 return 0
         return 1
