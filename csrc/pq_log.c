@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pq_claim_lock.h"
+#include "pq_fault.h"
 #include "pq_proc.h"
 #include "pq_record.h"
 
@@ -361,8 +362,8 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
             memcpy(w, e[i].headers, e[i].headers_len);
             w += e[i].headers_len;
         }
-        if (e[i].value_len)
-            memcpy(w, e[i].value, e[i].value_len);
+        if (e[i].value_len) /* a fault build can stop mid-copy (tests) */
+            pq_fault_copy(w, 0, e[i].value, e[i].value_len, e[i].value_len);
         uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
         /* release: the payload is visible to whoever sees COMMITTED. */
         atomic_store_explicit(&rec->ctl, pq_record_ctl(posv[i], pq_ctl_len(ctl), pq_ctl_type(ctl),

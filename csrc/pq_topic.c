@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pq_claim_lock.h"
+#include "pq_fault.h"
 #include "pq_proc.h"
 #include "pq_record.h"
 
@@ -224,6 +225,7 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
 
 void pq_topic_commit(pq_topic *t, uint64_t pos, uint8_t type)
 {
+    PQ_FAULT_POINT(PQ_FAULT_BEFORE_COMMIT); /* a fault build can stop here (tests) */
     pq_record_header *rec = pq_topic_header_at(t, pos);
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
     /* release: the payload is visible to whoever sees COMMITTED (acquire). */

@@ -34,3 +34,19 @@ def paced_put(name, stop):
         i += 1
         stop.wait(0.01)
     q.close()
+
+
+def armed_publish(topic, spec, items):
+    """Publish each item; stops at the fault point named by spec."""
+    from tests._crash_workers import arm
+    arm(spec)
+    for item in items:
+        topic.publish(item, timeout=30)
+
+
+def armed_append(log, spec, values):
+    """Append each value (a memory-mode log); stops at the fault point."""
+    from tests._crash_workers import arm
+    arm(spec)
+    for v in values:
+        log.append(v)

@@ -15,6 +15,7 @@ import pytest
 from pyqueue import CommitFailed, Log, StreamProcessor, Topic, WorkQueue
 from tests import _crash_workers as cw
 from tests import _log_workers as lw
+from tests import _observe_workers as ow
 from tests import _topic_workers as tw
 from tests import _wq_workers as ww
 from tests._support import close_handles, unique_name, wait_until
@@ -49,6 +50,36 @@ def test_repair_of_a_dead_producer_is_logged(ctx, procs, make_queue, caplog):
     (rec,) = _records(caplog, "pyqueue.queue", "repaired", q.name)
     assert rec.levelno == logging.WARNING
     assert q.stats()["abandoned"] == 1
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_repair_of_a_dead_publisher_is_logged(ctx, procs, made, caplog):
+    caplog.set_level(logging.WARNING, logger="pyqueue")
+    t = Topic(unique_name("rep"))
+    made.append(t)
+    sub = t.subscribe()
+    p = start_stopped(procs, ctx, ow.armed_publish, t, "before_commit", [b"V" * 100, b"never"])
+    t.publish(b"after")
+    kill_stopped(p)
+    assert sub.get(timeout=WAIT) == b"after"
+    (rec,) = _records(caplog, "pyqueue.topic", "repaired", t.name)
+    assert rec.levelno == logging.WARNING
+    sub.close()
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_repair_of_a_dead_appender_is_logged(ctx, procs, made, caplog):
+    caplog.set_level(logging.WARNING, logger="pyqueue")
+    lg = Log(unique_name("rep"), partitions=1)
+    made.append(lg)
+    p = start_stopped(procs, ctx, ow.armed_append, lg, "mid_copy", [b"v" * 5000, b"never"])
+    assert lg.append(b"after") == (0, 1)
+    kill_stopped(p)
+    assert [r.value for r in lg.read(0, 0, timeout=WAIT)] == [b"after"]
+    (rec,) = _records(caplog, "pyqueue.log", "repaired", lg.name, "partition 0")
+    assert rec.levelno == logging.WARNING
 
 
 @pytest.mark.timeout(60)
