@@ -28,9 +28,12 @@ def test_ls_and_stats_by_url(request, where, capsys):
             "cli-q": ("queue", 3), "cli-w": ("workqueue", 1), "cli-t": ("topic", 1),
             "cli-l": ("log", 4)}
         assert rows["cli-q"]["joinable"] is True and rows["cli-l"]["partitions"] == 3
-        assert cli.main(["stats", "--url", server.url, "cli-q"]) == 0
+        assert cli.main(["stats", "--url", server.url, "--json", "cli-q"]) == 0
         s = json.loads(capsys.readouterr().out)
         assert (s["kind"], s["enqueued"], s["unfinished_tasks"]) == ("queue", 3, 3)
+        assert cli.main(["stats", "--url", server.url, "cli-q"]) == 0  # text: one a line
+        out = capsys.readouterr().out
+        assert out.startswith("queue cli-q\n") and "enqueued" in out
         assert cli.main(["stats", "--url", server.url, "no-such-thing"]) == 1
         assert "no 'no-such-thing'" in capsys.readouterr().err
         assert cli.main(["ls", "--url", server.url]) == 0
