@@ -24,6 +24,16 @@ def repaired(kind, handle, where=""):
         where)
 
 
+def reaped(handle, n):
+    """A work queue's messages held by processes that died were taken
+    back (pq_wq_reap): a consumer's made available again, a producer's
+    half-written one dropped (abandoned), a mover's dead letter handed out
+    again."""
+    logging.getLogger("pyqueue.workqueue").warning(
+        "work queue %r: took back %d message(s) held by processes that died (a consumer's "
+        "delivered again, a producer's half-written put dropped as abandoned)", _name(handle), n)
+
+
 def evicted(handle, n, why):
     """n subscribers that died were evicted from a topic."""
     logging.getLogger("pyqueue.topic").warning(

@@ -23,6 +23,7 @@ import time
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch
 from pyqueue.errors import from_code as _from_code
+from pyqueue import _events
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns
 
@@ -298,9 +299,15 @@ cdef class WorkQueueCore:
 
     cdef void _reap_now(self, bint always):
         cdef int64_t now = pq_monotonic_ns()
+        cdef int n
         if always or now >= self._next_reap:
             self._next_reap = now + REAP_EVERY_NS
-            pq_wq_reap(&self._q)
+            n = pq_wq_reap(&self._q)
+            if n > 0:  # logged after the reap: a log handler runs Python code
+                try:
+                    _events.reaped(self, n)
+                except Exception:
+                    pass
 
     def _put(self, obj, key, double delay, bint block, timeout):
         """Put one message: (id, duplicate)."""

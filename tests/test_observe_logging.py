@@ -6,6 +6,7 @@ StreamProcessor worker crash-looping), captured with caplog; and nothing
 printed when the application has not configured logging."""
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -80,6 +81,36 @@ def test_repair_of_a_dead_appender_is_logged(ctx, procs, made, caplog):
     assert [r.value for r in lg.read(0, 0, timeout=WAIT)] == [b"after"]
     (rec,) = _records(caplog, "pyqueue.log", "repaired", lg.name, "partition 0")
     assert rec.levelno == logging.WARNING
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_work_queue_takes_back_what_dead_processes_held_and_logs_it(ctx, procs, made,
+                                                                     caplog):
+    """A producer SIGKILLed inside a put (its half-written message dropped,
+    abandoned) and a consumer SIGKILLed holding a delivery (delivered
+    again): the process that takes them back logs it."""
+    caplog.set_level(logging.WARNING, logger="pyqueue")
+    q = WorkQueue(unique_name("reap"))
+    made.append(q)
+    p = start_stopped(procs, ctx, ww.armed_put, q, "mid_copy", ["victim"])
+    kill_stopped(p)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.3)  # the reap after a slice drops the half-written put
+    (rec,) = _records(caplog, "pyqueue.workqueue", "took back 1", q.name)
+    assert rec.levelno == logging.WARNING and q.stats()["abandoned"] == 1
+    caplog.clear()
+    q.put("held")
+    out = ctx.Queue()
+    c = procs.start(ctx, ww.hold_then_hang, q, out, 1)
+    [(mid, value, count)] = out.get(timeout=WAIT)
+    assert value == "held" and count == 1
+    c.kill()
+    c.join(WAIT)
+    d = q.get(timeout=WAIT)  # delivered again once the dead holder is found
+    assert (d.id, d.value, d.delivery_count) == (mid, "held", 2)
+    d.ack()
+    (rec,) = _records(caplog, "pyqueue.workqueue", "took back 1", q.name)
 
 
 @pytest.mark.timeout(60)
