@@ -215,6 +215,15 @@ def test_metrics_served_over_http(ctx, procs, segments, tmp_path):
 def test_metrics_bad_serve_address():
     rc, out, err = cli("metrics", "--serve", "localhost")
     assert rc == 2 and "HOST:PORT" in err
+    rc, out, err = cli("metrics", "--serve", "127.0.0.1:70000")
+    assert rc == 2 and "HOST:PORT" in err
+    import socket
+    with socket.socket() as taken:  # a port in use: a clear error, exit 1
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out, err = cli("metrics", "--serve", f"127.0.0.1:{port}")
+    assert rc == 1 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
 def test_metrics_without_prometheus_client_says_what_to_install():

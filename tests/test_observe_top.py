@@ -77,6 +77,8 @@ def test_once_prints_the_table(known):
     assert rows[f"{tag}-wq"][1:3] == ["workqueue", "4"] and rows[f"{tag}-wq"][-1] == "1"
     rc, out, err = cli("top", "--interval", "0")
     assert rc == 2 and "--interval" in err
+    rc, out, err = cli("top")  # the live view needs a terminal
+    assert rc == 2 and "not a terminal" in err
 
 
 def _tmux():
