@@ -93,16 +93,19 @@ def log_stats(log: Any) -> Dict[str, Any]:
 
 
 def kind_of(handle: Any) -> str:
-    """"queue", "topic", "log" or "workqueue" for a handle; TypeError else."""
+    """"queue", "topic", "log", "workqueue" or "stream" (a StreamProcessor)
+    for a handle; TypeError else."""
     from pyqueue.log import Log
     from pyqueue.queues import Queue
+    from pyqueue.stream import StreamProcessor
     from pyqueue.topic import Topic
     from pyqueue.workqueue import WorkQueue
     for cls, kind in ((Queue, "queue"), (Topic, "topic"), (Log, "log"),
-                      (WorkQueue, "workqueue")):
+                      (WorkQueue, "workqueue"), (StreamProcessor, "stream")):
         if isinstance(handle, cls):
             return kind
-    raise TypeError(f"not a pyqueue Queue, Topic, Log or WorkQueue: {type(handle).__name__}")
+    raise TypeError("not a pyqueue Queue, Topic, Log, WorkQueue or StreamProcessor: "
+                    f"{type(handle).__name__}")
 
 
 def stats_of(handle: Any) -> Tuple[str, Dict[str, Any]]:
@@ -119,13 +122,19 @@ def stats_of(handle: Any) -> Tuple[str, Dict[str, Any]]:
         s["lost"] = sum(x["lost"] for x in s["subscriber_slots"])
     elif kind == "log":
         s = log_stats(handle)
+    elif kind == "stream":  # in-process: given as a handle, never found in /dev/shm
+        s = dict(handle.stats())
+        s["group"] = handle._spec[3]
     else:
         s = dict(handle.stats())
     return kind, s
 
 
 def name_of(handle: Any) -> str:
-    """The name a handle is shown by (a directory log: its path)."""
+    """The name a handle is shown by (a directory log: its path; a
+    StreamProcessor: its source's)."""
+    if kind_of(handle) == "stream":
+        return name_of(handle._spec[0])
     path = getattr(handle, "path", None)
     return str(path) if path else str(handle.name)
 

@@ -86,20 +86,35 @@ WORKQUEUE_METRICS: Sequence[_Spec] = (
 )
 
 
+STREAM_METRICS: Sequence[_Spec] = (
+    ("processed", "processed", "counter", "Messages or records processed"),
+    ("failed", "failed", "counter", "Messages or records whose fn raised"),
+    ("poison", "poison", "counter", "Log records passed: undecodable or damaged"),
+    ("restarts", "restarts", "counter", "Workers restarted"),
+    ("crashes", "crashes", "counter", "Workers that died"),
+    ("workers", "workers", "gauge", "Workers"),
+    ("restart_delay", "restart_delay_seconds", "gauge", "The back-off before the last restart"),
+    ("mean_latency", "mean_latency_seconds", "gauge", "Mean seconds fn and the send took"),
+    ("max_latency", "max_latency_seconds", "gauge", "Most seconds fn and the send took"),
+)
+
+
 class PyQueueCollector:
     """A ``prometheus_client`` collector of pyqueue's counters and gauges.
 
     Args:
-        handles: Open Queue, Topic, Log and WorkQueue handles to report;
-            None (the default): every segment in /dev/shm this user may
-            read (and the directory logs at paths).
+        handles: Open Queue, Topic, Log and WorkQueue handles (and
+            StreamProcessors, labelled by their source) to report; None
+            (the default): every segment in /dev/shm this user may read
+            (and the directory logs at paths).
         patterns: With handles=None, shell globs on the names to report
             (all when empty).
         paths: Directories of directory-mode logs to report too.
 
     Raises:
         ImportError: prometheus_client is not installed.
-        TypeError: A handle is not a Queue, Topic, Log or WorkQueue.
+        TypeError: A handle is not a Queue, Topic, Log, WorkQueue or
+            StreamProcessor.
     """
 
     def __init__(self, handles: Optional[Iterable[Any]] = None, *,
@@ -166,10 +181,13 @@ def families(rows: List[Dict[str, Any]],
         ImportError: prometheus_client is not installed.
     """
     f = _Families()
-    specs = {"queue": QUEUE_METRICS, "topic": TOPIC_METRICS, "workqueue": WORKQUEUE_METRICS}
+    specs = {"queue": QUEUE_METRICS, "topic": TOPIC_METRICS, "workqueue": WORKQUEUE_METRICS,
+             "stream": STREAM_METRICS}
     for row in rows:
         kind, name, s = row["kind"], row["name"], row["stats"]
         label = {kind: name}
+        if kind == "stream":
+            label["group"] = s.get("group") or ""
         for key, suffix, typ, doc in specs.get(kind, ()):
             if key in s and s[key] is not None:
                 f.add(f"pyqueue_{kind}_{suffix}", typ, doc, label, s[key])

@@ -238,3 +238,35 @@ def test_metrics_without_prometheus_client_says_what_to_install():
                        timeout=60)
     assert "IMPORTERROR" in r.stdout and "pyqueue-shm[metrics]" in r.stdout
     assert r.returncode == 2 and "prometheus_client" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["threads", "fork", "spawn"])
+def test_metrics_of_a_stream_processor(mode):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pyqueue import StreamProcessor
+    from pyqueue.metrics import PyQueueCollector
+    from tests import _wq_workers as ww
+    q, out = WorkQueue(), Queue()
+    how = {"processes": False} if mode == "threads" else {"processes": True,
+                                                          "start_method": mode}
+    try:
+        for i in range(20):
+            q.put(i)
+        q.put("poison")  # double() raises for it
+        with StreamProcessor(q, ww.double, sink=out, workers=2, **how) as sp:
+            assert sorted(out.get(timeout=30) for _ in range(20)) == [2 * i for i in range(20)]
+            assert wait_until(lambda: sp.stats()["failed"] >= 1, timeout=30)
+            reg = CollectorRegistry()
+            reg.register(PyQueueCollector(handles=[sp, q]))
+            samples, types = _parse(generate_latest(reg).decode())
+        label = frozenset({("stream", q.name), ("group", "")})
+        assert samples[("pyqueue_stream_processed_total", label)] == 20
+        assert samples[("pyqueue_stream_failed_total", label)] >= 1
+        assert samples[("pyqueue_stream_crashes_total", label)] == 0
+        assert samples[("pyqueue_stream_workers", label)] == 2
+        assert types["pyqueue_stream_max_latency_seconds"] == "gauge"
+        assert samples[("pyqueue_workqueue_enqueued_total",
+                        frozenset({("workqueue", q.name)}))] == 21
+    finally:
+        close_handles([q, out])
