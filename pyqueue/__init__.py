@@ -4,11 +4,11 @@
 """
 # What this interpreter must offer, checked before anything else is imported
 # (pyqueue/_platform.py): Linux, the GIL, and the built extension modules.
-import logging
-
 from pyqueue import _platform
 
 _platform.check()
+
+import logging
 
 # Operators' events (repairs, evictions, rebalances, dead letters, recovery,
 # crashed workers) go to the "pyqueue" logger and its children; nothing is
