@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "pq_fault.h"
 #include "pq_ring.h"
+#include "pq_shutdown.h"
 
 /* Set by a pq_ring_claim of this thread that failed on maxsize (pq_ring.c). */
 extern _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
@@ -21,7 +22,7 @@ static int pq_ring_readable(pq_ring *r)
     /* acquire: headers below tail are published (see pq_ring_peek). */
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (h == t)
-        return 0;
+        return pq_shutdown_seen(r->hdr) != 0; /* empty: ready once shut down */
     /* acquire, after tail: the epochs of every position below it. */
     uint64_t n = atomic_load_explicit(&c->epoch, memory_order_acquire);
     pq_ring_where w;
@@ -31,7 +32,7 @@ static int pq_ring_readable(pq_ring *r)
         (const pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&((pq_record_header *)rec)->ctl, memory_order_acquire);
     /* Anything but a CLAIMED head is worth a peek (a stale read included). */
-    return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;
+    return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED || pq_shutdown_seen(r->hdr);
 }
 
 static int pq_ring_readable_cb(void *r)
@@ -60,7 +61,7 @@ int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin_ns)
  */
 static int pq_ring_room_changed(pq_ring *r, uint64_t seen_head)
 {
-    if (pq_ring_head(r) != seen_head)
+    if (pq_ring_head(r) != seen_head || pq_shutdown_seen(r->hdr))
         return 1;
     return pq_ring_full_ctl == r->ctl &&
            atomic_load_explicit(&r->ctl->head_msgs, memory_order_acquire) != pq_ring_full_passed;
@@ -90,6 +91,19 @@ int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, u
     }
     pq_event_finish(&r->ctl->writable);
     return rc;
+}
+
+int pq_ring_shutdown(pq_ring *r, uint32_t how)
+{
+    int before = pq_shutdown_set(r->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): parked getters, putters and joiners
+     * of every process return and see it. */
+    pq_event_wake_all(&r->ctl->readable);
+    pq_event_wake_all(&r->ctl->writable);
+    pq_event_wake_all(&r->ctl->tasks_done);
+    return before;
 }
 
 void pq_ring_tasks_add(pq_ring *r, int64_t n)

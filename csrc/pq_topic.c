@@ -2,6 +2,7 @@
  * docs/design.md ("Topic") for the protocol and its memory orders. */
 #define _GNU_SOURCE
 #include "pq_topic.h"
+#include "pq_shutdown.h"
 
 #include <string.h>
 
@@ -478,7 +479,8 @@ struct pq_topic_rwait {
 static int pq_topic_readable_cb(void *arg)
 {
     struct pq_topic_rwait *w = arg;
-    return pq_topic_readable(w->t, w->v);
+    /* Shut down: ready, so that a waiter never parks past the wake. */
+    return pq_topic_readable(w->t, w->v) || pq_shutdown_seen(w->t->hdr);
 }
 
 int pq_topic_wait_readable(pq_topic *t, const pq_topic_sub *s, int64_t deadline_ns,
@@ -505,7 +507,19 @@ static int pq_topic_room(pq_topic *t, uint64_t needed)
 static int pq_topic_room_cb(void *arg)
 {
     struct pq_topic_rwait *w = arg;
-    return pq_topic_room(w->t, w->v);
+    return pq_topic_room(w->t, w->v) || pq_shutdown_seen(w->t->hdr);
+}
+
+int pq_topic_shutdown(pq_topic *t, uint32_t how)
+{
+    int before = pq_shutdown_set(t->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): every parked subscriber and
+     * publisher, in every process, returns and sees it. */
+    pq_event_wake_all(&t->ctl->readable);
+    pq_event_wake_all(&t->ctl->writable);
+    return before;
 }
 
 int pq_topic_wait_writable(pq_topic *t, uint64_t needed_head, int64_t deadline_ns,

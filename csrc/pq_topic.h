@@ -196,4 +196,12 @@ typedef struct pq_topic_stats {
 } pq_topic_stats;
 void pq_topic_get_stats(const pq_topic *t, pq_topic_stats *st);
 
+/*
+ * Shut the topic down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * waiter in every process; the wait functions return 0 from then on
+ * (callers re-check pq_shutdown_state). Returns the flag before, or -EINVAL.
+ */
+int pq_topic_shutdown(pq_topic *t, uint32_t how);
+
 #endif /* PQ_TOPIC_H */
