@@ -22,7 +22,10 @@ static int pq_ring_readable(pq_ring *r)
     /* acquire: headers below tail are published (see pq_ring_peek). */
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (h == t)
-        return pq_shutdown_seen(r->hdr) != 0; /* empty: ready once shut down */
+        /* Empty: ready once shut down (the get then raises). A record
+         * still being written is waited for even then: shutdown(False)
+         * drains it too. */
+        return pq_shutdown_seen(r->hdr) != 0;
     /* acquire, after tail: the epochs of every position below it. */
     uint64_t n = atomic_load_explicit(&c->epoch, memory_order_acquire);
     pq_ring_where w;
@@ -32,7 +35,7 @@ static int pq_ring_readable(pq_ring *r)
         (const pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&((pq_record_header *)rec)->ctl, memory_order_acquire);
     /* Anything but a CLAIMED head is worth a peek (a stale read included). */
-    return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED || pq_shutdown_seen(r->hdr);
+    return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;
 }
 
 static int pq_ring_readable_cb(void *r)

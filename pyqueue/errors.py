@@ -4,6 +4,8 @@ the standard library."""
 from __future__ import annotations
 
 import errno as _errno
+import queue as _queue
+import sys as _sys
 import os as _os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -196,6 +198,22 @@ class CommitFailed(PyQueueError):
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partitions))
+
+
+if _sys.version_info >= (3, 13):
+    _ShutDownBase = _queue.ShutDown
+else:
+    class _ShutDownBase(Exception):
+        """Stands for queue.ShutDown before Python 3.13."""
+
+
+class ShutDown(PyQueueError, _ShutDownBase):
+    """The queue (topic, log, work queue) has been shut down, by this or
+    another process (shutdown()): raised by puts, by gets once nothing is
+    left to drain (at once after shutdown(immediate=True)), and by every
+    put or get that was blocked when it happened. On Python 3.13 and later
+    a subclass of queue.ShutDown, so `except queue.ShutDown` catches it; on
+    older Pythons a backport of it (catch pyqueue.ShutDown)."""
 
 
 class LockTimeout(PyQueueError, TimeoutError):

@@ -7,10 +7,10 @@ import abc
 import mmap
 import os
 import queue as _stdqueue
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type, TypeVar
 
 from pyqueue import _core, _oob, _segment
-from pyqueue.errors import SegmentMismatch
+from pyqueue.errors import SegmentMismatch, ShutDown
 
 # 32 MiB (~720,000 small messages), reserved lazily: a new queue gets pages
 # for its control block and the first 1 MiB of its ring only (created in
@@ -312,6 +312,24 @@ class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
 
     def cancel_join_thread(self) -> None:
         """multiprocessing.Queue's: does nothing (no feeder thread)."""
+
+    def __iter__(self) -> Iterator[T]:
+        """Iterate over the messages as get() returns them, blocking for
+        each, until the queue is shut down (shutdown(), by any process) and
+        drained: then the iteration ends.
+
+        Yields:
+            The messages, oldest first.
+
+        Raises:
+            UndecodableMessage: A message cannot be decoded.
+            ValueError: The handle is closed.
+        """
+        while True:
+            try:
+                yield self.get()
+            except ShutDown:
+                return
 
     def __reduce__(self) -> Tuple[Any, ...]:
         # From here a handle may live elsewhere: the creator's close() keeps

@@ -1,0 +1,317 @@
+"""shutdown(immediate=False) with Python 3.13's queue.ShutDown semantics,
+across processes (docs/api.md, "Shutdown"; docs/design.md, "Shutdown").
+
+Every blocking call a test waits on runs in a child process with a
+deadline: a child still blocked after the shutdown is killed and the test
+fails (it never hangs). The children are blocked for real before the
+shutdown: the test waits until they are registered as waiters in the
+segment."""
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests import _shutdown_workers as W
+from tests._support import wait_until
+
+pyqueue = pytest.importorskip("pyqueue")
+ShutDown = pyqueue.ShutDown
+
+DEADLINE = 30.0
+QUEUE_KINDS = ["Queue", "JoinableQueue", "SimpleQueue"]
+
+
+def finish(p, timeout=DEADLINE):
+    """The child's exit code; fails the test when it is still blocked."""
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join(10)
+        pytest.fail(f"{p.name} is still blocked {timeout} s after the shutdown")
+    return p.exitcode
+
+
+def waiting(q, key, n):
+    assert wait_until(lambda: q.stats()[key] >= n, timeout=DEADLINE), \
+        f"the children never blocked ({key} {q.stats()[key]} < {n})"
+
+
+def test_shutdown_exception_is_the_stdlib_one():
+    assert issubclass(ShutDown, pyqueue.PyQueueError)
+    if sys.version_info >= (3, 13):
+        assert issubclass(ShutDown, queue.ShutDown)
+    else:
+        assert not hasattr(queue, "ShutDown")
+        assert issubclass(ShutDown, Exception)
+    assert pyqueue.errors.ShutDown is ShutDown
+
+
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+@pytest.mark.parametrize("call", ["get", "get_many", "iter"])
+def test_blocked_getters_in_other_processes_wake(ctx, procs, make_queue, kind, call):
+    q = getattr(make_queue, kind)()
+    if kind == "SimpleQueue" and call == "get_many":
+        call = "get"
+    report = ctx.Queue()
+    target = {"get": W.queue_get, "get_many": W.queue_get_many, "iter": W.queue_iter}[call]
+    children = [procs.start(ctx, target, q, report) for _ in range(2)]
+    waiting(q, "waiting_consumers", 2)
+    q.shutdown()
+    want = W.EXIT_ENDED if call == "iter" else W.EXIT_SHUTDOWN
+    assert [finish(p) for p in children] == [want, want]
+    if call == "iter":
+        assert [report.get(timeout=DEADLINE) for _ in children] == [[], []]
+
+
+@pytest.mark.parametrize("kind", ["Queue", "JoinableQueue"])
+def test_blocked_putter_in_another_process_wakes(ctx, procs, make_queue, kind):
+    q = getattr(make_queue, kind)(maxsize=1)
+    q.put(b"first")
+    report = ctx.Queue()
+    child = procs.start(ctx, W.queue_put, q, report)
+    waiting(q, "waiting_producers", 1)
+    q.shutdown()
+    assert finish(child) == W.EXIT_SHUTDOWN
+    # What was put before stays to be drained; the blocked put added nothing.
+    assert q.get(timeout=DEADLINE) == b"first"
+    with pytest.raises(ShutDown):
+        q.get(timeout=DEADLINE)
+
+
+def test_shutdown_called_by_another_process(ctx, procs, make_queue):
+    q = make_queue.Queue()
+    report = ctx.Queue()
+    getter = procs.start(ctx, W.queue_get, q, report)
+    waiting(q, "waiting_consumers", 1)
+    assert finish(procs.start(ctx, W.shut_down, q, False)) == 0
+    assert finish(getter) == W.EXIT_SHUTDOWN
+    assert q.is_shutdown
+
+
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_drain_then_shutdown(make_queue, kind):
+    q = getattr(make_queue, kind)()
+    for m in (b"a", "b", {"c": 3}):
+        q.put(m)
+    assert not q.is_shutdown
+    q.shutdown()
+    assert q.is_shutdown
+    with pytest.raises(ShutDown):
+        q.put(b"late")
+    if kind != "SimpleQueue":
+        with pytest.raises(ShutDown):
+            q.put_nowait(b"late")
+        with pytest.raises(ShutDown):
+            q.put_many([b"late"])
+    assert [q.get(timeout=DEADLINE) for _ in range(3)] == [b"a", "b", {"c": 3}]
+    with pytest.raises(ShutDown):
+        q.get()                 # no timeout: must not block
+    with pytest.raises(ShutDown):
+        q.get(block=False)
+    if kind != "SimpleQueue":
+        with pytest.raises(ShutDown):
+            q.get_many()
+    assert list(q) == []
+    q.shutdown()                # again: nothing changes
+    assert q.is_shutdown
+
+
+def test_iterator_drains_then_ends(ctx, procs, make_queue):
+    q = make_queue.Queue()
+    report = ctx.Queue()
+    child = procs.start(ctx, W.queue_iter, q, report)
+    waiting(q, "waiting_consumers", 1)
+    for i in range(5):
+        q.put(i)
+    q.shutdown()
+    assert finish(child) == W.EXIT_ENDED
+    assert report.get(timeout=DEADLINE) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["Queue", "JoinableQueue"])
+def test_a_handle_opened_later_sees_the_shutdown(ctx, procs, make_queue, kind):
+    name = make_queue.unique_name("sd")
+    q = getattr(make_queue, kind)(name=name)
+    q.put(b"left")
+    q.shutdown()
+    report = ctx.Queue()
+    child = procs.start(ctx, W.open_and_get, kind, name, report)
+    assert finish(child) == W.EXIT_RETURNED
+    assert report.get(timeout=DEADLINE) is True       # is_shutdown
+    assert report.get(timeout=DEADLINE) == b"left"    # drained first
+    with pytest.raises(ShutDown):
+        q.get()
+
+
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_immediate_discards_and_gets_raise(make_queue, kind):
+    q = getattr(make_queue, kind)()
+    for i in range(3):
+        q.put(i)
+    q.shutdown(immediate=True)
+    with pytest.raises(ShutDown):
+        q.get()
+    with pytest.raises(ShutDown):
+        q.get(block=False)
+    with pytest.raises(ShutDown):
+        q.put(1)
+    assert q.empty()
+    assert q.stats()["dropped"] == 3
+    q.shutdown()                # does not lower immediate
+    with pytest.raises(ShutDown):
+        q.get()
+
+
+def test_immediate_marks_tasks_done_and_join_returns(ctx, procs, make_queue):
+    q = make_queue.JoinableQueue()
+    for i in range(4):
+        q.put(i)
+    assert q.get() == 0         # taken, its task still unfinished
+    report = ctx.Queue()
+    joiner = procs.start(ctx, W.queue_join, q, report)
+    assert wait_until(lambda: joiner.pid is not None)
+    q.shutdown(immediate=True)
+    # As queue.Queue.shutdown(immediate=True): one task_done per message
+    # discarded; the one taken still counts until its task_done.
+    assert q.stats()["unfinished_tasks"] == 1
+    q.task_done()
+    assert finish(joiner) == W.EXIT_RETURNED
+    q.join()
+
+
+def test_drain_shutdown_join_returns_when_consumers_finish(ctx, procs, make_queue):
+    q = make_queue.JoinableQueue()
+    for i in range(3):
+        q.put(i)
+    report = ctx.Queue()
+    joiner = procs.start(ctx, W.queue_join, q, report)
+    q.shutdown()
+    for m in q:                 # drains, then ends
+        q.task_done()
+    assert finish(joiner) == W.EXIT_RETURNED
+
+
+# -- the semantics of queue.Queue.shutdown (Python 3.13) --------------------
+
+# One scenario, run against a queue with shutdown: each step's outcome.
+SCENARIO = textwrap.dedent("""
+    def scenario(q, ShutDown, Empty, Full):
+        out = []
+        def step(name, fn):
+            try:
+                r = fn()
+                out.append((name, "ok", r))
+            except ShutDown:
+                out.append((name, "ShutDown", None))
+            except Empty:
+                out.append((name, "Empty", None))
+            except Full:
+                out.append((name, "Full", None))
+        step("put1", lambda: q.put(1))
+        step("put2", lambda: q.put(2))
+        step("put_nowait3", lambda: q.put_nowait(3))
+        step("get", lambda: q.get())
+        step("shutdown", lambda: q.shutdown())
+        step("put_after", lambda: q.put(4))
+        step("put_nowait_after", lambda: q.put_nowait(4))
+        step("get_drain", lambda: q.get())
+        step("get_nowait_drain", lambda: q.get_nowait())
+        step("get_empty", lambda: q.get())
+        step("get_nowait_empty", lambda: q.get_nowait())
+        step("get_timeout_empty", lambda: q.get(timeout=0.01))
+        for _ in range(3):
+            step("task_done", lambda: q.task_done())
+        step("join", lambda: q.join())
+        step("shutdown_again", lambda: q.shutdown(immediate=True))
+        step("get_after_immediate", lambda: q.get())
+        return out
+
+    def scenario_immediate(q, ShutDown, Empty, Full):
+        out = []
+        for i in range(3):
+            q.put(i)
+        q.get()
+        q.shutdown(immediate=True)
+        for name, fn in [("get", q.get), ("get_nowait", q.get_nowait),
+                         ("put", lambda: q.put(9)), ("qsize", q.qsize),
+                         ("empty", q.empty)]:
+            try:
+                out.append((name, "ok", fn()))
+            except ShutDown:
+                out.append((name, "ShutDown", None))
+        q.task_done()
+        q.join()
+        out.append(("join", "ok", None))
+        return out
+    """)
+
+# What Python 3.13's queue.Queue gives (checked against it below when a
+# 3.13 interpreter is at hand).
+EXPECTED = [
+    ("put1", "ok", None), ("put2", "ok", None), ("put_nowait3", "ok", None),
+    ("get", "ok", 1), ("shutdown", "ok", None),
+    ("put_after", "ShutDown", None), ("put_nowait_after", "ShutDown", None),
+    ("get_drain", "ok", 2), ("get_nowait_drain", "ok", 3),
+    ("get_empty", "ShutDown", None), ("get_nowait_empty", "ShutDown", None),
+    ("get_timeout_empty", "ShutDown", None),
+    ("task_done", "ok", None), ("task_done", "ok", None), ("task_done", "ok", None),
+    ("join", "ok", None),
+    ("shutdown_again", "ok", None), ("get_after_immediate", "ShutDown", None),
+]
+EXPECTED_IMMEDIATE = [
+    ("get", "ShutDown", None), ("get_nowait", "ShutDown", None), ("put", "ShutDown", None),
+    ("qsize", "ok", 0), ("empty", "ok", True), ("join", "ok", None),
+]
+
+
+def _run_scenarios(q_factory, ShutDown_, Empty, Full):
+    ns = {}
+    exec(SCENARIO, ns)
+    return ns["scenario"](q_factory(), ShutDown_, Empty, Full), \
+        ns["scenario_immediate"](q_factory(), ShutDown_, Empty, Full)
+
+
+def _stdlib_313():
+    """The outcomes of queue.Queue of Python >= 3.13 (this interpreter, or a
+    python3.13 found on PATH or under pyenv); None when there is none."""
+    if sys.version_info >= (3, 13):
+        return [[tuple(s) for s in r] for r in
+                _run_scenarios(queue.Queue, queue.ShutDown, queue.Empty, queue.Full)]
+    candidates = [shutil.which("python3.13"), shutil.which("python3.14")]
+    pyenv = os.path.expanduser("~/.pyenv/versions")
+    if os.path.isdir(pyenv):
+        candidates += [os.path.join(pyenv, v, "bin", "python3")
+                       for v in sorted(os.listdir(pyenv)) if v.startswith(("3.13", "3.14"))]
+    for exe in filter(None, candidates):
+        if not os.path.exists(exe):
+            continue
+        code = SCENARIO + textwrap.dedent("""
+            import json, queue
+            print(json.dumps([scenario(queue.Queue(), queue.ShutDown, queue.Empty, queue.Full),
+                              scenario_immediate(queue.Queue(), queue.ShutDown, queue.Empty,
+                                                 queue.Full)]))
+            """)
+        r = subprocess.run([exe, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        if r.returncode == 0:
+            import json
+            return [[tuple(s) for s in run] for run in json.loads(r.stdout)]
+    return None
+
+
+def test_expected_semantics_are_the_stdlib_ones():
+    got = _stdlib_313()
+    if got is None:
+        pytest.skip("no Python 3.13 interpreter to compare queue.Queue.shutdown with")
+    assert got == [EXPECTED, EXPECTED_IMMEDIATE]
+
+
+def test_joinable_queue_behaves_as_the_stdlib_queue(make_queue):
+    plain, immediate = _run_scenarios(make_queue.JoinableQueue, ShutDown, queue.Empty,
+                                      queue.Full)
+    assert plain == EXPECTED
+    assert immediate == EXPECTED_IMMEDIATE
