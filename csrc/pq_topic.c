@@ -463,7 +463,9 @@ static int pq_topic_readable(pq_topic *t, uint64_t cursor)
     pq_topic_ctl *c = t->ctl;
     uint64_t tl = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (tl == cursor)
-        return 0;
+        /* Read everything: ready once shut down (the get then raises).
+         * A record still being written is waited for even then. */
+        return pq_shutdown_seen(t->hdr) != 0;
     if (tl - cursor > t->capacity || (cursor & (PQ_RECORD_ALIGN - 1)) != 0)
         return 1;
     pq_record_header *rec = pq_topic_header_at(t, cursor);
@@ -479,8 +481,7 @@ struct pq_topic_rwait {
 static int pq_topic_readable_cb(void *arg)
 {
     struct pq_topic_rwait *w = arg;
-    /* Shut down: ready, so that a waiter never parks past the wake. */
-    return pq_topic_readable(w->t, w->v) || pq_shutdown_seen(w->t->hdr);
+    return pq_topic_readable(w->t, w->v);
 }
 
 int pq_topic_wait_readable(pq_topic *t, const pq_topic_sub *s, int64_t deadline_ns,

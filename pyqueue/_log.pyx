@@ -33,7 +33,7 @@ import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PoisonRecord, PyQueueError, SegmentMismatch)
+                            PoisonRecord, PyQueueError, SegmentMismatch, ShutDown)
 from pyqueue.errors import from_code as _from_code
 
 cdef extern from "<errno.h>" nogil:
@@ -64,6 +64,8 @@ cdef extern from "pq_wait.h" nogil:
 
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT
+    ctypedef struct pq_segment_header:
+        pass
 
 cdef extern from "pq_murmur2.h" nogil:
     uint32_t pq_kafka_partition(const void* key, size_t len, uint32_t num_partitions)
@@ -128,6 +130,7 @@ cdef extern from "pq_group.h" nogil:
 
 cdef extern from "pq_log.h" nogil:
     ctypedef struct pq_log:
+        pq_segment_header* hdr
         uint32_t partitions
         uint64_t capacity
         uint64_t max_payload
@@ -148,6 +151,7 @@ cdef extern from "pq_log.h" nogil:
     int pq_log_peek(pq_log* l, uint32_t part, uint64_t offset, pq_log_record* out, uint32_t max,
                     pq_log_batch* b)
     int pq_log_validate(pq_log* l, uint32_t part, const pq_log_batch* b)
+    int pq_log_shutdown(pq_log* l, uint32_t how)
     int pq_log_wait(pq_log* l, uint32_t part, uint64_t offset, int64_t deadline_ns,
                     uint32_t spin_ns)
     int pq_log_wait_any(pq_log* l, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
@@ -198,6 +202,7 @@ cdef extern from "pq_dseg.h" nogil:
 
 cdef extern from "pq_dlog.h" nogil:
     ctypedef struct pq_dlog:
+        pq_segment_header* hdr
         uint32_t partitions
         uint64_t segment_bytes
         pq_group_table groups
@@ -228,6 +233,7 @@ cdef extern from "pq_dlog.h" nogil:
     int pq_dlog_active_stats(pq_dlog* d, uint32_t part, uint64_t* max_ts, uint64_t* records,
                              uint64_t* closed_bytes)
     void pq_dlog_notify(pq_dlog* d, uint32_t part)
+    int pq_dlog_shutdown(pq_dlog* d, uint32_t how)
     int pq_dlog_wait(pq_dlog* d, uint32_t part, uint64_t offset, int64_t deadline_ns,
                      uint32_t spin_ns)
     int pq_dlog_wait_any(pq_dlog* d, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
@@ -241,6 +247,7 @@ cdef extern from "pq_log_shared.h" nogil:
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
+from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 
 set_lock_wait(None)
 

@@ -19,7 +19,7 @@ from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, Named
                     Sequence, Tuple, TypeVar, Union)
 
 from pyqueue import _segment, _workq
-from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
+from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound, ShutDown
 from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
                             check_settings)
 
@@ -613,9 +613,23 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 return batch
 
     def __iter__(self) -> Iterator[Delivery[T]]:
-        """Deliveries for ever (get() with no timeout)."""
+        """Deliveries as get() (no timeout) returns them, until the work
+        queue is shut down (shutdown(), by any process) and no message is
+        ready: then the iteration ends.
+
+        Yields:
+            Deliveries, to settle.
+
+        Raises:
+            ValueError: The handle is closed.
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         while True:
-            yield self.get()
+            try:
+                d = self.get()
+            except ShutDown:
+                return
+            yield d
 
     def _move_dead_quietly(self, *args):
         """_move_dead for get(): a message that cannot be moved now stays
