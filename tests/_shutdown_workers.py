@@ -120,7 +120,7 @@ def topic_publish(topic, report):
 
 
 def log_consume(log, report):
-    with log.consumer("g") as c:
+    with log.consumer("g", auto_commit=True) as c:   # close() commits
         report.put("joined")
         items = [r.value for r in c]
     report.put(items)

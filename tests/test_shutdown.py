@@ -315,3 +315,296 @@ def test_joinable_queue_behaves_as_the_stdlib_queue(make_queue):
                                       queue.Full)
     assert plain == EXPECTED
     assert immediate == EXPECTED_IMMEDIATE
+
+
+# -- a child parked in the kernel ----------------------------------------------
+
+def parked(p):
+    """Whether the child's main thread sleeps in a futex wait now (its
+    blocking call has parked)."""
+    try:
+        with open(f"/proc/{p.pid}/wchan") as f:
+            if "futex" in f.read():
+                return True
+        with open(f"/proc/{p.pid}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    return nr == {"x86_64": "202", "aarch64": "98"}.get(os.uname().machine)
+
+
+def wait_parked(children):
+    assert wait_until(lambda: all(parked(p) for p in children), timeout=DEADLINE), \
+        "the children never parked"
+
+
+# -- WorkQueue ---------------------------------------------------------------
+
+@pytest.fixture
+def wq():
+    q = pyqueue.WorkQueue(visibility_timeout=60)
+    yield q
+    q.unlink()
+    q.close()
+
+
+@pytest.mark.parametrize("call", ["get", "iter"])
+def test_workqueue_blocked_getters_wake(ctx, procs, wq, call):
+    report = ctx.Queue()
+    target = W.wq_get if call == "get" else W.wq_iter
+    children = [procs.start(ctx, target, wq, report) for _ in range(2)]
+    wait_parked(children)
+    wq.shutdown()
+    want = W.EXIT_SHUTDOWN if call == "get" else W.EXIT_ENDED
+    assert [finish(p) for p in children] == [want, want]
+
+
+def test_workqueue_blocked_putter_wakes(ctx, procs):
+    wq = pyqueue.WorkQueue(capacity_bytes=4096, max_in_flight=2)
+    try:
+        n = 0
+        with pytest.raises(queue.Full):
+            while n < 100:
+                wq.put(b"fill", block=False)
+                n += 1
+        report = ctx.Queue()
+        child = procs.start(ctx, W.wq_put, wq, report)
+        wait_parked([child])
+        wq.shutdown()
+        assert finish(child) == W.EXIT_SHUTDOWN
+        assert wq.qsize() == n        # the blocked put added nothing
+    finally:
+        wq.unlink()
+        wq.close()
+
+
+def test_workqueue_drain_iterators_and_nack(ctx, procs, wq):
+    for i in range(3):
+        wq.put(i)
+    held = wq.get()
+    report = ctx.Queue()
+    child = procs.start(ctx, W.wq_iter, wq, report)
+    wq.shutdown()
+    assert wq.is_shutdown
+    with pytest.raises(ShutDown):
+        wq.put(9)
+    with pytest.raises(ShutDown) as e:
+        wq.put_many([9, 10])
+    assert e.value.ids == []
+    assert finish(child) == W.EXIT_ENDED
+    assert sorted(report.get(timeout=DEADLINE)) == [1, 2]   # drained, then ended
+    # A delivery held across the shutdown can still be settled; nacked,
+    # it is ready again and the next get drains it.
+    held.nack()
+    d = wq.get(timeout=DEADLINE)
+    assert d.value == held.value
+    d.ack()
+    with pytest.raises(ShutDown):
+        wq.get()
+    with pytest.raises(ShutDown):
+        wq.get_many()
+    assert list(wq) == []
+
+
+def test_workqueue_immediate_keeps_the_messages(wq):
+    for i in range(3):
+        wq.put(i)
+    wq.shutdown(immediate=True)
+    with pytest.raises(ShutDown):
+        wq.get()
+    with pytest.raises(ShutDown):
+        wq.get_many()
+    assert wq.qsize() == 3       # committed work is never discarded
+    other = pyqueue.WorkQueue.open(wq.name)
+    try:
+        assert other.is_shutdown
+        with pytest.raises(ShutDown):
+            other.get(block=False)
+    finally:
+        other.close()
+
+
+# -- Topic -------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["get", "iter"])
+def test_topic_blocked_subscribers_wake(ctx, procs, call):
+    t = pyqueue.Topic()
+    try:
+        report = ctx.Queue()
+        target = W.topic_get if call == "get" else W.topic_iter
+        children = [procs.start(ctx, target, t, report) for _ in range(2)]
+        assert [report.get(timeout=DEADLINE) for _ in children] == ["subscribed"] * 2
+        if call == "iter":
+            t.publish(b"one")       # read, then the iterations park
+        wait_parked(children)
+        t.shutdown()
+        if call == "get":
+            assert [finish(p) for p in children] == [W.EXIT_SHUTDOWN] * 2
+        else:
+            assert [finish(p) for p in children] == [W.EXIT_ENDED] * 2
+            assert [report.get(timeout=DEADLINE) for _ in children] == [[b"one"]] * 2
+    finally:
+        t.unlink()
+        t.close()
+
+
+def test_topic_blocked_lossless_publisher_wakes(ctx, procs):
+    t = pyqueue.Topic(capacity_bytes=4096, mode="lossless")
+    try:
+        sub = t.subscribe()
+        with pytest.raises(queue.Full):
+            for _ in range(100):
+                t.publish(b"x" * 1000, block=False)
+        report = ctx.Queue()
+        child = procs.start(ctx, W.topic_publish, t, report)
+        wait_parked([child])
+        t.shutdown()
+        assert finish(child) == W.EXIT_SHUTDOWN
+        assert len(list(sub)) >= 1          # drained, then the iteration ends
+        sub.close()
+    finally:
+        t.unlink()
+        t.close()
+
+
+def test_topic_drain_and_immediate():
+    t = pyqueue.Topic()
+    try:
+        a, b = t.subscribe(), t.subscribe()
+        for i in range(3):
+            t.publish(i)
+        t.shutdown()
+        with pytest.raises(ShutDown):
+            t.publish(3)
+        assert list(a) == [0, 1, 2]
+        with pytest.raises(ShutDown):
+            a.get()
+        with pytest.raises(ShutDown):
+            a.get_many()
+        assert b.get() == 0
+        t.shutdown(immediate=True)
+        with pytest.raises(ShutDown):
+            b.get()                 # messages left unread: raised at once
+        assert list(b) == []
+        a.close()
+        b.close()
+    finally:
+        t.unlink()
+        t.close()
+
+
+# -- Log ---------------------------------------------------------------------
+
+@pytest.fixture(params=["memory", "directory"])
+def log(request, tmp_path):
+    if request.param == "memory":
+        lg = pyqueue.Log(partitions=2)
+        yield lg
+        lg.unlink()
+    else:
+        lg = pyqueue.Log(path=tmp_path / "log", partitions=2)
+        yield lg
+    lg.close()
+
+
+def test_log_consumers_in_other_processes_end(ctx, procs, log):
+    for i in range(6):
+        log.append(i, key=str(i))
+    report = ctx.Queue()
+    children = [procs.start(ctx, W.log_consume, log, report) for _ in range(2)]
+    assert [report.get(timeout=DEADLINE) for _ in children] == ["joined"] * 2
+    wait_parked(children)
+    log.append(6, key="6")
+    log.shutdown()
+    assert [finish(p) for p in children] == [W.EXIT_ENDED] * 2
+    got = report.get(timeout=DEADLINE) + report.get(timeout=DEADLINE)
+    # Every record (at least once: a rebalance between the two members
+    # re-reads what was not committed yet), then the end.
+    assert set(got) == set(range(7))
+    # Commits went through: the group has nothing left.
+    with log.consumer("g") as c:
+        with pytest.raises(ShutDown):
+            c.poll()
+        assert list(c) == []
+
+
+def test_log_waiting_read_wakes_and_appends_are_refused(ctx, procs, log):
+    log.append(b"r0", key="k")
+    p = log.partition_for("k")
+    end = log.end_offset(p)
+    report = ctx.Queue()
+    child = procs.start(ctx, W.log_read_wait, log, end, report)
+    wait_parked([child])
+    log.shutdown()
+    assert finish(child) == W.EXIT_SHUTDOWN
+    with pytest.raises(ShutDown):
+        log.append(b"late")
+    with pytest.raises(ShutDown):
+        log.append_many([b"late"])
+    assert log.end_offset(p) == end
+    assert [r.value for r in log.read(p, end - 1)] == [b"r0"]   # data kept
+    with pytest.raises(ShutDown):
+        log.read(p, end)
+    with pytest.raises(ValueError, match="immediate"):
+        log.shutdown(immediate=True)
+    assert log.is_shutdown
+
+
+def test_directory_log_shutdown_lasts_while_it_is_open(tmp_path):
+    lg = pyqueue.Log(path=tmp_path / "log", partitions=1)
+    lg.append(b"a")
+    lg.shutdown()
+    other = pyqueue.Log.open(tmp_path / "log")
+    assert other.is_shutdown
+    with pytest.raises(ShutDown):
+        other.append(b"b")
+    other.close()
+    lg.close()
+    # Opened afresh (recovered from its files): a new run takes appends.
+    again = pyqueue.Log.open(tmp_path / "log")
+    try:
+        assert not again.is_shutdown
+        assert again.append(b"b") == (0, 1)   # (partition, offset)
+    finally:
+        again.close()
+
+
+# -- StreamProcessor -----------------------------------------------------------
+
+def _double(x):
+    return x * 2
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_stream_processor_drains_and_stops_on_shutdown(processes, wq):
+    for i in range(20):
+        wq.put(i)
+    out = pyqueue.Queue()
+    try:
+        sp = pyqueue.StreamProcessor(wq, _double, sink=out, workers=2, processes=processes,
+                                     poll_timeout=600).start()
+        wq.shutdown()               # the source's own shutdown, as by another process
+        assert sp.join(DEADLINE), "the workers did not end after the source's shutdown"
+        assert sorted(out.get(timeout=DEADLINE) for _ in range(20)) == \
+            [2 * i for i in range(20)]
+        st = sp.stats()
+        assert (st["processed"], st["restarts"], st["crashes"]) == (20, 0, 0)
+    finally:
+        out.close()
+
+
+def test_stream_processor_shutdown_on_a_log(log):
+    for i in range(10):
+        log.append(i)
+    out = pyqueue.Queue()
+    try:
+        sp = pyqueue.StreamProcessor(log, _double, sink=out, group="g", workers=2,
+                                     poll_timeout=600).start()
+        sp.shutdown()
+        assert sp.join(DEADLINE)
+        assert sorted(out.get(timeout=DEADLINE) for _ in range(10)) == \
+            [2 * i for i in range(10)]
+        assert sp.stats()["restarts"] == 0
+        assert log.group_offsets("g")[0]["committed"] is not None
+    finally:
+        out.close()
