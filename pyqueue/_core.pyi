@@ -187,6 +187,25 @@ class RingQueue(Generic[_T]):
         Raises:
             ValueError: The queue is not attached.
         """
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the queue down for every process (queue.Queue.shutdown of
+        Python 3.13): puts raise ShutDown from now on, gets raise it once
+        the queue is empty; every put and get blocked in any process wakes
+        (and raises it, unless a message is there for a get). The flag is
+        kept in the segment: handles opened later see it too. It is never
+        lowered.
+
+        Args:
+            immediate: Also make gets raise ShutDown at once: the messages
+                left are dropped (counted as dropped; one task_done each for
+                a JoinableQueue, so that join() can return).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the queue has been shut down (by any process)."""
     def close(self) -> None:
         """Close this handle (other handles and processes are unaffected)."""
     def stats(self) -> dict[str, int]:

@@ -601,6 +601,12 @@ cdef class LogCoreBase:
                            uint64_t ts_ms, list out) except -1:
         raise NotImplementedError
 
+    def _shutdown(self, uint32_t how):
+        raise NotImplementedError
+
+    def _shutdown_state(self):
+        raise NotImplementedError
+
     cdef inline int _check_open(self) except -1:
         if self._closed or self._nparts == 0:
             raise ValueError(f"{self!r} is closed")

@@ -64,6 +64,25 @@ class TopicCore(Generic[_T]):
                 ones before it are published).
             ValueError: The topic handle is closed.
         """
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the topic down for every process (as queue.Queue.shutdown
+        of Python 3.13): publishes raise ShutDown from now on; each
+        subscription's gets raise it once it has read everything published
+        (a drain), and iterating over a subscription ends; every publish or
+        get blocked in any process wakes. The flag is kept in the segment
+        (handles opened later see it) and never lowered.
+
+        Args:
+            immediate: Make gets raise ShutDown at once, even with messages
+                left unread (they are not erased: a topic's records go only
+                when overwritten).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the topic has been shut down (by any process)."""
     def stats(self) -> dict[str, int]:
         """The topic's counters.
 

@@ -4,9 +4,8 @@ the standard library."""
 from __future__ import annotations
 
 import errno as _errno
-import queue as _queue
-import sys as _sys
 import os as _os
+import sys
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 
@@ -200,8 +199,8 @@ class CommitFailed(PyQueueError):
         return (type(self), (str(self), self.partitions))
 
 
-if _sys.version_info >= (3, 13):
-    _ShutDownBase = _queue.ShutDown
+if sys.version_info >= (3, 13):
+    from queue import ShutDown as _ShutDownBase
 else:
     class _ShutDownBase(Exception):
         """Stands for queue.ShutDown before Python 3.13."""
