@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 
+from tests import _crash_workers as CW
 from tests import _shutdown_workers as W
 from tests._support import wait_until
 
@@ -193,6 +194,48 @@ def test_drain_shutdown_join_returns_when_consumers_finish(ctx, procs, make_queu
     for m in q:                 # drains, then ends
         q.task_done()
     assert finish(joiner) == W.EXIT_RETURNED
+
+
+try:
+    from pyqueue._core import FAULT_INJECTION
+except ImportError:
+    FAULT_INJECTION = False
+
+
+@pytest.mark.skipif(not FAULT_INJECTION, reason="pyqueue._core was built without fault "
+                    "injection: rebuild with PYQUEUE_FAULT_INJECTION=1 (as .ci/run does)")
+@pytest.mark.parametrize("immediate", [False, True])
+def test_a_put_in_flight_at_the_shutdown(ctx, procs, make_queue, immediate):
+    """A put that passed the flag before the shutdown and commits after it
+    (its producer stopped between copy and commit): drained by a drain,
+    never returned after shutdown(immediate=True)."""
+    import signal
+    q = make_queue.Queue()
+    p = procs.start(ctx, CW.armed_put, q, "before_commit", [b"late", b"refused"])
+    assert wait_until(lambda: _stopped(p.pid), timeout=DEADLINE), "never reached the fault"
+    q.shutdown(immediate=immediate)
+    if not immediate:
+        with pytest.raises(queue.Empty):  # one is being written: not drained yet
+            q.get(block=False)
+    os.kill(p.pid, signal.SIGCONT)
+    p.join(DEADLINE)
+    assert p.exitcode == 1                # its second put raised ShutDown
+    if immediate:
+        with pytest.raises(ShutDown):
+            q.get()
+        assert q.empty()                  # and that get discarded it
+    else:
+        assert q.get() == b"late"
+        with pytest.raises(ShutDown):
+            q.get()
+
+
+def _stopped(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
 
 
 # -- the semantics of queue.Queue.shutdown (Python 3.13) --------------------
