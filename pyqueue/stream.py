@@ -590,8 +590,9 @@ class StreamProcessor:
                             if self._processes:
                                 p.join()
                             report = self._collect_report(i)[1]
-                            if report is not None:
+                            if report is not None:  # died of an error while draining
                                 self._last_error = report
+                                self._crash_count += 1
                             self._procs[i] = None
                     if all(p is None for p in self._procs):
                         self.stop_nowait()

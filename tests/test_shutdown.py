@@ -632,6 +632,7 @@ def test_stream_processor_drains_and_stops_on_shutdown(processes, wq):
             [2 * i for i in range(20)]
         st = sp.stats()
         assert (st["processed"], st["restarts"], st["crashes"]) == (20, 0, 0)
+        assert st["last_error"] is None     # every worker ended cleanly
     finally:
         out.close()
 
@@ -647,7 +648,8 @@ def test_stream_processor_shutdown_on_a_log(log):
         assert sp.join(DEADLINE)
         assert sorted(out.get(timeout=DEADLINE) for _ in range(10)) == \
             [2 * i for i in range(10)]
-        assert sp.stats()["restarts"] == 0
+        st = sp.stats()
+        assert (st["restarts"], st["crashes"], st["last_error"]) == (0, 0, None)
         assert log.group_offsets("g")[0]["committed"] is not None
     finally:
         out.close()
