@@ -660,6 +660,7 @@ cdef class RingQueue:
                 ever).
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time (overflow="block"), or at once
                 with overflow="reject".
             MessageTooLarge: The encoded message is larger than
@@ -705,6 +706,7 @@ cdef class RingQueue:
             obj: The message.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room now.
             MessageTooLarge: The message can never fit.
             ValueError: The handle is closed.
@@ -725,6 +727,7 @@ cdef class RingQueue:
             The number of messages put.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time; the messages before the one that did
                 not fit stay put.
             MessageTooLarge: A message can never fit (the ones before it stay
@@ -945,6 +948,8 @@ cdef class RingQueue:
             unpickled or decoded by the serializer).
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded
                 (it is not given again; see its attributes).
@@ -1022,6 +1027,8 @@ cdef class RingQueue:
             The oldest message.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: The queue is empty now.
             UndecodableMessage: The message cannot be decoded.
             ValueError: The handle is closed.
@@ -1069,6 +1076,8 @@ cdef class RingQueue:
             A non-empty list of messages, oldest first.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message first: the messages before it are

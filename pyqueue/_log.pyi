@@ -162,6 +162,7 @@ class LogCoreBase(Generic[_T]):
             (partition, offset) of the record.
 
         Raises:
+            ShutDown: The log was shut down.
             MessageTooLarge: key, headers and value exceed max_record_bytes.
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
@@ -182,6 +183,8 @@ class LogCoreBase(Generic[_T]):
             for no values).
 
         Raises:
+            ShutDown: The log was shut down (nothing of the batch was
+                appended).
             MessageTooLarge: A record exceeds max_record_bytes (checked
                 before anything is appended).
             TypeError: A key or header of the wrong type.

@@ -545,6 +545,7 @@ cdef class LogCoreBase:
             (partition, offset) of the record.
 
         Raises:
+            ShutDown: The log was shut down.
             MessageTooLarge: key, headers and value exceed max_record_bytes.
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
@@ -572,6 +573,8 @@ cdef class LogCoreBase:
             for no values).
 
         Raises:
+            ShutDown: The log was shut down (nothing of the batch was
+                appended).
             MessageTooLarge: A record exceeds max_record_bytes (checked
                 before anything is appended).
             TypeError: A key or header of the wrong type.

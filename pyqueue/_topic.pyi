@@ -40,6 +40,7 @@ class TopicCore(Generic[_T]):
                 ever).
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
@@ -58,6 +59,7 @@ class TopicCore(Generic[_T]):
             The number of messages published.
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
             MessageTooLarge: A message is larger than max_message_bytes (the
@@ -122,6 +124,8 @@ class SubscriptionCore(Generic[_T]):
             The message.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded (it is not
                 given again).
@@ -144,6 +148,8 @@ class SubscriptionCore(Generic[_T]):
             A non-empty list of messages, in publish order.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message: the ones before it are returned, the

@@ -257,6 +257,7 @@ cdef class TopicCore:
                 ever).
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
@@ -304,6 +305,7 @@ cdef class TopicCore:
             The number of messages published.
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
             MessageTooLarge: A message is larger than max_message_bytes (the
@@ -645,6 +647,8 @@ cdef class SubscriptionCore:
             The message.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded (it is not
                 given again).
@@ -674,6 +678,8 @@ cdef class SubscriptionCore:
             A non-empty list of messages, in publish order.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message: the ones before it are returned, the

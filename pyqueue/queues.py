@@ -412,6 +412,7 @@ class SimpleQueue(Queue[T]):
             timeout: With block, the longest wait in seconds (None: for ever).
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             OSError: The handle is closed.
             queue.Full: No room in time.
             MessageTooLarge: The message can never fit.
@@ -430,6 +431,8 @@ class SimpleQueue(Queue[T]):
             The message.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             OSError: The handle is closed.
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded.

@@ -465,6 +465,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             The message's id.
 
         Raises:
+            ShutDown: The work queue was shut down.
             queue.Full: No room (bytes, in-flight slots or dedup keys) in
                 time.
             MessageTooLarge: The encoded message is larger than
@@ -512,6 +513,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             within the dedup window is not put again: the id of the first).
 
         Raises:
+            ShutDown: The work queue was shut down (.ids: the messages put
+                before).
             MessageTooLarge: A message over max_message_bytes; nothing is put.
             queue.Full: No room in time; the messages before the first that
                 did not fit stay put (the exception's .ids).
@@ -538,6 +541,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             A Delivery to settle with ack(), nack() or reject().
 
         Raises:
+            ShutDown: The work queue was shut down and no message is ready
+                (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             ValueError: The handle is closed.
             LockTimeout: The queue's lock stayed held by a stopped process.
@@ -593,6 +598,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             extend.
 
         Raises:
+            ShutDown: The work queue was shut down and no message is ready
+                (at once with shutdown(immediate=True)).
             queue.Empty: No message came in time.
             ValueError: max_messages not positive, or the queue is closed.
         """
