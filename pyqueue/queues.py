@@ -369,7 +369,10 @@ class JoinableQueue(Queue[T]):
 
     def join(self) -> None:
         """Block until every message put has been taken and task_done()
-        called for it (in any process)."""
+        called for it (in any process). As with queue.Queue, a shutdown
+        does not end the wait by itself: shutdown(immediate=True) counts
+        every message it drops as done, so join() returns once the
+        messages already taken are done too."""
         self._join(None)
 
 
