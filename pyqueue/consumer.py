@@ -239,9 +239,11 @@ class Consumer:
             out = self._fetch(max_records)
             if out:
                 return out
-            if self._log.is_shutdown:
-                # Every assigned partition read to its end: nothing more
-                # will come (commits still work).
+            if self._log.is_shutdown and all(
+                    at >= self._log.end_offset(p) for p, at in self._positions.items()):
+                # Every assigned partition read to its end (a record still
+                # being written is waited for): nothing more will come.
+                # Commits still work.
                 raise ShutDown(f"log {self._log!r} is shut down")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
