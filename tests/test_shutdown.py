@@ -17,7 +17,7 @@ import pytest
 
 from tests import _crash_workers as CW
 from tests import _shutdown_workers as W
-from tests._support import wait_until
+from tests._support import shm_file, wait_until
 
 pyqueue = pytest.importorskip("pyqueue")
 ShutDown = pyqueue.ShutDown
@@ -236,6 +236,29 @@ def _stopped(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "T"
     except (OSError, IndexError):
         return False
+
+
+def test_a_damaged_flag_word_is_read_safely(make_queue):
+    """The flag is a header word no validation looks at: whatever it holds
+    (a damaged segment), a handle reads it masked, and the queue stays
+    usable."""
+    import struct
+    name = make_queue.unique_name("sdflag")
+    q = make_queue.Queue(name=name)
+    q.put(b"a")
+    with open(shm_file(name), "r+b") as f:
+        f.seek(68)                              # pq_segment_header.shutdown
+        f.write(struct.pack("<I", 0xFFFFFFFC))  # bits outside PQ_SHUTDOWN_MASK
+    other = make_queue.open(name)
+    assert not other.is_shutdown
+    other.put(b"b")
+    with open(shm_file(name), "r+b") as f:
+        f.seek(68)
+        f.write(struct.pack("<I", 0xFFFFFFFD))  # reads as PQ_SHUTDOWN_DRAIN
+    assert q.is_shutdown and other.is_shutdown
+    assert [q.get(), q.get()] == [b"a", b"b"]
+    with pytest.raises(ShutDown):
+        other.get()
 
 
 # -- the semantics of queue.Queue.shutdown (Python 3.13) --------------------
