@@ -347,8 +347,11 @@ def _stdlib_313():
     if sys.version_info >= (3, 13):
         return [[tuple(s) for s in r] for r in
                 _run_scenarios(queue.Queue, queue.ShutDown, queue.Empty, queue.Full)]
-    candidates = [shutil.which("python3.13"), shutil.which("python3.14")]
-    pyenv = os.path.expanduser("~/.pyenv/versions")
+    # As .ci/run's find_python (which CI requires to find a 3.13).
+    candidates = [os.environ.get("PYQUEUE_PY_NEWEST"), shutil.which("python3.13"),
+                  shutil.which("python3.14")]
+    pyenv = os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")),
+                         "versions")
     if os.path.isdir(pyenv):
         candidates += [os.path.join(pyenv, v, "bin", "python3")
                        for v in sorted(os.listdir(pyenv)) if v.startswith(("3.13", "3.14"))]
