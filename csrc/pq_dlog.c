@@ -2,6 +2,7 @@
  * docs/design.md ("Log (directory mode)"). */
 #define _GNU_SOURCE
 #include "pq_dlog.h"
+#include "pq_shutdown.h"
 
 #include <string.h>
 
@@ -446,6 +447,9 @@ struct pq_dlog_rwait {
 static int pq_dlog_any_ready(void *arg)
 {
     struct pq_dlog_rwait *w = arg;
+    /* Shut down: ready, so that a waiter never parks past the wake. */
+    if (pq_shutdown_seen(w->d->hdr))
+        return 1;
     if (w->gen != NULL && atomic_load_explicit(w->gen, memory_order_acquire) != w->gen_seen)
         return 1;
     for (uint32_t i = 0; i < w->n; i++)
@@ -473,6 +477,19 @@ int pq_dlog_wait_any(pq_dlog *d, const uint32_t *parts, const uint64_t *offsets,
     struct pq_dlog_rwait w = {d, parts, offsets, n, gen, gen_seen};
     return pq_event_wait_until(&d->shared->appended, pq_dlog_any_ready, &w, spin_ns,
                                deadline_ns);
+}
+
+int pq_dlog_shutdown(pq_dlog *d, uint32_t how)
+{
+    int before = pq_shutdown_set(d->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): every parked reader and poller, in
+     * every process, returns and sees it (bounded by the partitions). */
+    for (uint32_t p = 0; p < d->partitions; p++)
+        pq_event_wake_all(&d->parts[p].readable);
+    pq_event_wake_all(&d->shared->appended);
+    return before;
 }
 
 int pq_dlog_sync_due(pq_dlog *d, uint32_t part, int64_t interval_ns)

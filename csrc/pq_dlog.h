@@ -201,4 +201,12 @@ int pq_dlog_wait_any(pq_dlog *d, const uint32_t *parts, const uint64_t *offsets,
  * (the caller then syncs). */
 int pq_dlog_sync_due(pq_dlog *d, uint32_t part, int64_t interval_ns);
 
+/*
+ * Shut the directory log down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * waiter in every process; the wait functions return 0 from then on
+ * (callers re-check pq_shutdown_state). Returns the flag before, or -EINVAL.
+ */
+int pq_dlog_shutdown(pq_dlog *d, uint32_t how);
+
 #endif /* PQ_DLOG_H */

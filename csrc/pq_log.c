@@ -2,6 +2,7 @@
  * See pq_log.h and docs/design.md ("Log (memory mode)"). */
 #define _GNU_SOURCE
 #include "pq_log.h"
+#include "pq_shutdown.h"
 
 #include <string.h>
 
@@ -620,7 +621,7 @@ static int pq_log_ready(void *arg)
     pq_log_part *pt = pq_log_part_at(w->l, w->part);
     uint64_t end = atomic_load_explicit(&pt->next_offset, memory_order_acquire);
     if (w->offset == end)
-        return 0;
+        return pq_shutdown_seen(w->l->hdr) != 0; /* at the end: ready once shut down */
     if (w->offset > end)
         return 1;
     pq_log_record r;
@@ -717,6 +718,8 @@ struct pq_log_any_wait {
 static int pq_log_any_ready(void *arg)
 {
     struct pq_log_any_wait *w = arg;
+    if (pq_shutdown_seen(w->l->hdr))
+        return 1;
     if (w->gen != NULL && atomic_load_explicit(w->gen, memory_order_acquire) != w->gen_seen)
         return 1;
     for (uint32_t i = 0; i < w->n; i++) {
@@ -737,6 +740,20 @@ int pq_log_wait_any(pq_log *l, const uint32_t *parts, const uint64_t *offsets, u
         return -EINVAL;
     struct pq_log_any_wait w = {l, parts, offsets, n, gen, gen_seen};
     return pq_event_wait_until(&l->shared->appended, pq_log_any_ready, &w, spin_ns, deadline_ns);
+}
+
+int pq_log_shutdown(pq_log *l, uint32_t how)
+{
+    int before = pq_shutdown_set(l->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): readers and pollers parked on any
+     * partition, in every process, return and see it (bounded: the
+     * partition count was validated at open). */
+    for (uint32_t p = 0; p < l->partitions; p++)
+        pq_event_wake_all(&pq_log_part_at(l, p)->readable);
+    pq_event_wake_all(&l->shared->appended);
+    return before;
 }
 
 int pq_log_bounds(pq_log *l, uint32_t part, uint64_t *start, uint64_t *end)

@@ -178,4 +178,12 @@ int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms);
  * claim lock). */
 int pq_log_bounds(pq_log *l, uint32_t part, uint64_t *start, uint64_t *end);
 
+/*
+ * Shut the log down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * waiter in every process; the wait functions return 0 from then on
+ * (callers re-check pq_shutdown_state). Returns the flag before, or -EINVAL.
+ */
+int pq_log_shutdown(pq_log *l, uint32_t how);
+
 #endif /* PQ_LOG_H */

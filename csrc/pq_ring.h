@@ -512,6 +512,16 @@ static inline uint64_t pq_ring_head(const pq_ring *r)
     return atomic_load_explicit(&r->ctl->head, memory_order_acquire);
 }
 
+/*
+ * Shut the queue down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * getter, putter and joiner in every process; the wait functions above
+ * return 0 from then on (re-check pq_shutdown_state). Discarding what is
+ * left (immediate) is the binding's: it takes records like a consumer.
+ * Returns the flag before, or -EINVAL.
+ */
+int pq_ring_shutdown(pq_ring *r, uint32_t how);
+
 /* --- joinable queues ------------------------------------------------- */
 
 void pq_ring_tasks_add(pq_ring *r, int64_t n);

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "pq_fault.h"
 #include "pq_ring.h"
+#include "pq_shutdown.h"
 
 /* Set by a pq_ring_claim of this thread that failed on maxsize (pq_ring.c). */
 extern _Thread_local const pq_ring_ctl *pq_ring_full_ctl;
@@ -21,7 +22,10 @@ static int pq_ring_readable(pq_ring *r)
     /* acquire: headers below tail are published (see pq_ring_peek). */
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (h == t)
-        return 0;
+        /* Empty: ready once shut down (the get then raises). A record
+         * still being written is waited for even then: shutdown(False)
+         * drains it too. */
+        return pq_shutdown_seen(r->hdr) != 0;
     /* acquire, after tail: the epochs of every position below it. */
     uint64_t n = atomic_load_explicit(&c->epoch, memory_order_acquire);
     pq_ring_where w;
@@ -60,7 +64,7 @@ int pq_ring_wait_readable(pq_ring *r, int64_t deadline_ns, uint32_t spin_ns)
  */
 static int pq_ring_room_changed(pq_ring *r, uint64_t seen_head)
 {
-    if (pq_ring_head(r) != seen_head)
+    if (pq_ring_head(r) != seen_head || pq_shutdown_seen(r->hdr))
         return 1;
     return pq_ring_full_ctl == r->ctl &&
            atomic_load_explicit(&r->ctl->head_msgs, memory_order_acquire) != pq_ring_full_passed;
@@ -90,6 +94,19 @@ int pq_ring_wait_writable(pq_ring *r, uint64_t seen_head, int64_t deadline_ns, u
     }
     pq_event_finish(&r->ctl->writable);
     return rc;
+}
+
+int pq_ring_shutdown(pq_ring *r, uint32_t how)
+{
+    int before = pq_shutdown_set(r->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): parked getters, putters and joiners
+     * of every process return and see it. */
+    pq_event_wake_all(&r->ctl->readable);
+    pq_event_wake_all(&r->ctl->writable);
+    pq_event_wake_all(&r->ctl->tasks_done);
+    return before;
 }
 
 void pq_ring_tasks_add(pq_ring *r, int64_t n)

@@ -50,7 +50,11 @@ typedef struct pq_segment_header {
     uint64_t created_unix_ns;
     /* Written last by the creator (release), read first by openers. */
     _Atomic uint32_t state;
-    uint32_t reserved1;
+    /* 0 while the segment is in use; PQ_SHUTDOWN_* once shut down
+     * (pq_shutdown.h): only ever raised, never cleared. Was reserved (and
+     * zero) before; docs/design.md, "Shutdown", says why the layout
+     * version stayed. */
+    _Atomic uint32_t shutdown;
     uint64_t params[PQ_SEGMENT_PARAMS]; /* creation parameters, per kind */
 } pq_segment_header;
 

@@ -2,6 +2,7 @@
  * docs/design.md ("Topic") for the protocol and its memory orders. */
 #define _GNU_SOURCE
 #include "pq_topic.h"
+#include "pq_shutdown.h"
 
 #include <string.h>
 
@@ -464,7 +465,9 @@ static int pq_topic_readable(pq_topic *t, uint64_t cursor)
     pq_topic_ctl *c = t->ctl;
     uint64_t tl = atomic_load_explicit(&c->tail, memory_order_acquire);
     if (tl == cursor)
-        return 0;
+        /* Read everything: ready once shut down (the get then raises).
+         * A record still being written is waited for even then. */
+        return pq_shutdown_seen(t->hdr) != 0;
     if (tl - cursor > t->capacity || (cursor & (PQ_RECORD_ALIGN - 1)) != 0)
         return 1;
     pq_record_header *rec = pq_topic_header_at(t, cursor);
@@ -507,7 +510,19 @@ static int pq_topic_room(pq_topic *t, uint64_t needed)
 static int pq_topic_room_cb(void *arg)
 {
     struct pq_topic_rwait *w = arg;
-    return pq_topic_room(w->t, w->v);
+    return pq_topic_room(w->t, w->v) || pq_shutdown_seen(w->t->hdr);
+}
+
+int pq_topic_shutdown(pq_topic *t, uint32_t how)
+{
+    int before = pq_shutdown_set(t->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): every parked subscriber and
+     * publisher, in every process, returns and sees it. */
+    pq_event_wake_all(&t->ctl->readable);
+    pq_event_wake_all(&t->ctl->writable);
+    return before;
 }
 
 int pq_topic_wait_writable(pq_topic *t, uint64_t needed_head, int64_t deadline_ns,

@@ -207,4 +207,12 @@ typedef struct pq_topic_sub_stats {
  * it is free; -EINVAL out of range. Lock-free, never waits. */
 int pq_topic_get_sub_stats(const pq_topic *t, int slot, pq_topic_sub_stats *out);
 
+/*
+ * Shut the topic down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * waiter in every process; the wait functions return 0 from then on
+ * (callers re-check pq_shutdown_state). Returns the flag before, or -EINVAL.
+ */
+int pq_topic_shutdown(pq_topic *t, uint32_t how);
+
 #endif /* PQ_TOPIC_H */

@@ -91,6 +91,17 @@ void pq_event_notify(pq_event *ev, int n)
     pq_futex_wake(&ev->seq, n);
 }
 
+void pq_event_wake_all(pq_event *ev)
+{
+    /* Full fence: what the caller wrote (the shutdown flag) is ordered
+     * before the bump, as in pq_event_notify. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* release: a waiter whose prepare reads the new seq (acquire) sees
+     * the caller's writes. */
+    atomic_fetch_add_explicit(&ev->seq, 1, memory_order_release);
+    pq_futex_wake(&ev->seq, INT32_MAX);
+}
+
 int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t deadline_ns)
 {
     if (ready(arg))

@@ -56,6 +56,15 @@ void pq_event_finish(pq_event *ev);
 void pq_event_notify(pq_event *ev, int n);
 
 /*
+ * Wake every waiter of ev, registered or about to register: bumps seq
+ * whether or not anyone waits (unlike pq_event_notify), so a waiter that
+ * read seq before the bump does not park, and one that reads it after sees
+ * everything written before this call. For rare events (shutdown), where a
+ * system call too many costs nothing.
+ */
+void pq_event_wake_all(pq_event *ev);
+
+/*
  * Phased back-off before parking (the Disruptor's): poll ready(arg), first
  * with a CPU pause between polls, then yielding the CPU, until spin_ns
  * have passed or deadline_ns (monotonic, < 0: none) comes. Returns 1 as

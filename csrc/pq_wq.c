@@ -2,6 +2,7 @@
  * ("WorkQueue"). */
 #define _GNU_SOURCE
 #include "pq_wq.h"
+#include "pq_shutdown.h"
 #include "pq_wq_internal.h"
 
 #include <string.h>
@@ -398,23 +399,38 @@ int pq_wq_reap(pq_wq *q)
 struct pq_wq_wait {
     _Atomic uint64_t *seq;
     uint64_t seen;
+    const pq_segment_header *hdr;
 };
 
 static int pq_wq_changed(void *arg)
 {
     struct pq_wq_wait *w = arg;
-    return atomic_load_explicit(w->seq, memory_order_acquire) != w->seen;
+    /* Shut down counts as a change: a waiter never parks past the wake. */
+    return atomic_load_explicit(w->seq, memory_order_acquire) != w->seen ||
+           pq_shutdown_seen(w->hdr);
+}
+
+int pq_wq_shutdown(pq_wq *q, uint32_t how)
+{
+    int before = pq_shutdown_set(q->hdr, how);
+    if (before < 0)
+        return before;
+    /* After the flag (pq_shutdown.h): every parked getter and putter, in
+     * every process, returns and sees it. */
+    pq_event_wake_all(&q->ctl->readable);
+    pq_event_wake_all(&q->ctl->writable);
+    return before;
 }
 
 int pq_wq_wait_readable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
 {
-    struct pq_wq_wait w = {&q->ctl->readable_seq, seen};
+    struct pq_wq_wait w = {&q->ctl->readable_seq, seen, q->hdr};
     return pq_event_wait_until(&q->ctl->readable, pq_wq_changed, &w, spin_ns, deadline_ns);
 }
 
 int pq_wq_wait_writable(pq_wq *q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
 {
-    struct pq_wq_wait w = {&q->ctl->writable_seq, seen};
+    struct pq_wq_wait w = {&q->ctl->writable_seq, seen, q->hdr};
     return pq_event_wait_until(&q->ctl->writable, pq_wq_changed, &w, spin_ns, deadline_ns);
 }
 

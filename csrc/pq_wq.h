@@ -330,4 +330,12 @@ int pq_wq_get_stats(pq_wq *q, pq_wq_stats *s);
  * never waits; the counts may be mutually inconsistent. */
 void pq_wq_peek_stats(pq_wq *q, pq_wq_stats *s);
 
+/*
+ * Shut the work queue down (pq_shutdown.h): raise the segment's flag to how
+ * (PQ_SHUTDOWN_DRAIN, or with PQ_SHUTDOWN_IMMEDIATE) and wake every parked
+ * waiter in every process; the wait functions return 0 from then on
+ * (callers re-check pq_shutdown_state). Returns the flag before, or -EINVAL.
+ */
+int pq_wq_shutdown(pq_wq *q, uint32_t how);
+
 #endif /* PQ_WQ_H */

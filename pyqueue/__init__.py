@@ -22,7 +22,7 @@ from pyqueue.backends import connect
 from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
-                            SegmentMismatch, SegmentNotFound, SegmentNotOwned,
+                            SegmentMismatch, SegmentNotFound, SegmentNotOwned, ShutDown,
                             UndecodableMessage)
 from pyqueue.log import Log, Record
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
@@ -36,5 +36,5 @@ __all__ = [
     "Empty", "Full", "connect",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
     "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
-    "LockTimeout", "UndecodableMessage",
+    "LockTimeout", "UndecodableMessage", "ShutDown",
 ]

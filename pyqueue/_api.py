@@ -111,6 +111,20 @@ class HandleAPI:
     def __exit__(self, *exc):
         self.close()
 
+    def shutdown(self, immediate=False):
+        """Not supported by this backend yet (docs/api.md, "Shutdown"):
+        raises NotImplementedError, and changes nothing."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.shutdown() is not supported by this backend yet: "
+            f"shutdown (queue.ShutDown semantics across processes) exists on the "
+            f"shared-memory backend (shm://) only; docs/api.md, \"Shutdown\"")
+
+    @property
+    def is_shutdown(self):
+        """False: a handle of this backend cannot be shut down (shutdown()
+        raises NotImplementedError)."""
+        return False
+
 
 class QueueAPI(HandleAPI):
     """What pyqueue.Queue's API defines in terms of put/get/qsize/maxsize."""

@@ -43,6 +43,13 @@ cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
 
 
+cdef extern from "pq_shutdown.h" nogil:
+    # The segment's shutdown flag (docs/design.md, "Shutdown"): one relaxed
+    # load, the only cost shutdown adds to a put or a get.
+    unsigned int PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE
+    unsigned int pq_shutdown_state(const void* base)
+
+
 cdef inline int64_t seconds_ns(double s, str what) except? -1:
     """A non-negative number of seconds in ns, saturated at INT64_MAX for
     inf and anything past ~9.2e9 s (the cast of such a double to int64 is

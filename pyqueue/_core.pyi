@@ -62,6 +62,7 @@ class RingQueue(Generic[_T]):
                 ever).
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time (overflow="block"), or at once
                 with overflow="reject".
             MessageTooLarge: The encoded message is larger than
@@ -76,6 +77,7 @@ class RingQueue(Generic[_T]):
             obj: The message.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room now.
             MessageTooLarge: The message can never fit.
             ValueError: The handle is closed.
@@ -95,6 +97,7 @@ class RingQueue(Generic[_T]):
             The number of messages put.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time; the messages before the one that did
                 not fit stay put.
             MessageTooLarge: A message can never fit (the ones before it stay
@@ -115,6 +118,8 @@ class RingQueue(Generic[_T]):
             unpickled or decoded by the serializer).
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded
                 (it is not given again; see its attributes).
@@ -128,6 +133,8 @@ class RingQueue(Generic[_T]):
             The oldest message.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: The queue is empty now.
             UndecodableMessage: The message cannot be decoded.
             ValueError: The handle is closed.
@@ -149,6 +156,8 @@ class RingQueue(Generic[_T]):
             A non-empty list of messages, oldest first.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message first: the messages before it are
@@ -187,6 +196,25 @@ class RingQueue(Generic[_T]):
         Raises:
             ValueError: The queue is not attached.
         """
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the queue down for every process (queue.Queue.shutdown of
+        Python 3.13): puts raise ShutDown from now on, gets raise it once
+        the queue is empty; every put and get blocked in any process wakes
+        (and raises it, unless a message is there for a get). The flag is
+        kept in the segment: handles opened later see it too. It is never
+        lowered.
+
+        Args:
+            immediate: Also make gets raise ShutDown at once: the messages
+                left are dropped (counted as dropped; one task_done each for
+                a JoinableQueue, so that join() can return).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the queue has been shut down (by any process)."""
     def close(self) -> None:
         """Close this handle (other handles and processes are unaffected)."""
     def stats(self) -> dict[str, int]:

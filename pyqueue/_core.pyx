@@ -34,6 +34,7 @@ import queue as _queue_mod
 from types import GenericAlias as _GenericAlias
 
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
+from pyqueue.errors import ShutDown
 from pyqueue.errors import from_code as _from_code
 from pyqueue import _events
 
@@ -123,6 +124,7 @@ cdef extern from "pq_ring.h" nogil:
     void pq_ring_tasks_add(pq_ring* r, int64_t n)
     int pq_ring_task_done(pq_ring* r)
     int pq_ring_wait_tasks_done(pq_ring* r, int64_t deadline_ns)
+    int pq_ring_shutdown(pq_ring* r, uint32_t how)
     void pq_ring_count(pq_ring* r, int which, uint64_t n)
     void pq_ring_get_stats(const pq_ring* r, pq_ring_stats* s)
     uint64_t pq_ring_depth(const pq_ring* r)
@@ -207,6 +209,7 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 from pyqueue._common cimport deadline_ns as _deadline
 from pyqueue._common cimport LockWait, lock_again, set_lock_wait, pq_fault_rearm, PQ_ERR_LOCK_BUSY
+from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 
 set_lock_wait(None)
 
@@ -504,6 +507,10 @@ cdef class RingQueue:
         cdef uint64_t seen
         cdef LockWait lw = LockWait(0, 0)
         while True:
+            # Shut down: no put, whether it waited or not (also after a
+            # park: a waiting put wakes and raises).
+            if pq_shutdown_state(self._r.hdr):
+                raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
             seen = pq_ring_head(&self._r)
             rc = pq_ring_claim(&self._r, lens, n, pos)
             # The claim lock held by another producer: wait for it with the
@@ -659,6 +666,7 @@ cdef class RingQueue:
                 ever).
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time (overflow="block"), or at once
                 with overflow="reject".
             MessageTooLarge: The encoded message is larger than
@@ -704,6 +712,7 @@ cdef class RingQueue:
             obj: The message.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room now.
             MessageTooLarge: The message can never fit.
             ValueError: The handle is closed.
@@ -724,6 +733,7 @@ cdef class RingQueue:
             The number of messages put.
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             queue.Full: No room in time; the messages before the one that did
                 not fit stay put.
             MessageTooLarge: A message can never fit (the ones before it stay
@@ -944,6 +954,8 @@ cdef class RingQueue:
             unpickled or decoded by the serializer).
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded
                 (it is not given again; see its attributes).
@@ -965,6 +977,9 @@ cdef class RingQueue:
                 raise _unwrap(e)
             if held is not None:
                 return held[0]
+        if pq_shutdown_state(self._r.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+            self._discard()
+            raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
         while True:
             rc = pq_ring_peek(&self._r, &rec, 1, &b)
             if rc > 0:
@@ -1000,6 +1015,10 @@ cdef class RingQueue:
                 continue
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
+            if rc == -EAGAIN and pq_shutdown_state(self._r.hdr):
+                # Shut down and drained (a record still being written is
+                # waited for like any other).
+                raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
             if deadline == 0:
                 if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                     continue
@@ -1014,6 +1033,8 @@ cdef class RingQueue:
             The oldest message.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: The queue is empty now.
             UndecodableMessage: The message cannot be decoded.
             ValueError: The handle is closed.
@@ -1061,6 +1082,8 @@ cdef class RingQueue:
             A non-empty list of messages, oldest first.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message first: the messages before it are
@@ -1082,6 +1105,9 @@ cdef class RingQueue:
             held = self._take_held(max_messages)
             if held is not None:
                 return held
+        if pq_shutdown_state(self._r.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+            self._discard()
+            raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
         out = []
         # The batches taken accumulate in this process's slot until they
         # are returned (pq_ring_taken_done): a death in between counts
@@ -1122,6 +1148,8 @@ cdef class RingQueue:
                     return out
                 if rc != -EAGAIN and rc != -EINPROGRESS:
                     _check_rc(rc, "get_many")
+                if rc == -EAGAIN and pq_shutdown_state(self._r.hdr):
+                    raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
                 if deadline == 0:
                     if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
                         continue
@@ -1130,6 +1158,48 @@ cdef class RingQueue:
                     raise _Empty
         finally:
             pq_ring_taken_done(&self._r)
+
+    # ------------------------------------------------------------ shutdown
+
+    cdef int _discard(self) except -1:
+        """Drop every readable message (shutdown(immediate=True), and a
+        get that finds one committed after it): counted as dropped, one
+        task done each for a JoinableQueue, as queue.Queue.shutdown does.
+        Bounded: puts are refused once the flag is up."""
+        while self._drop_oldest():
+            if self._joinable:
+                pq_ring_task_done(&self._r)
+        return 0
+
+    def shutdown(self, immediate=False):
+        """Shut the queue down for every process (queue.Queue.shutdown of
+        Python 3.13): puts raise ShutDown from now on, gets raise it once
+        the queue is empty; every put and get blocked in any process wakes
+        (and raises it, unless a message is there for a get). The flag is
+        kept in the segment: handles opened later see it too. It is never
+        lowered.
+
+        Args:
+            immediate: Also make gets raise ShutDown at once: the messages
+                left are dropped (counted as dropped; one task_done each for
+                a JoinableQueue, so that join() can return).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+        self._check_open()
+        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
+        if immediate:
+            how |= PQ_SHUTDOWN_IMMEDIATE
+        _check_rc(pq_ring_shutdown(&self._r, how), "shutdown")
+        if immediate:
+            self._discard()
+
+    @property
+    def is_shutdown(self):
+        """True once the queue has been shut down (by any process)."""
+        self._check_open()
+        return pq_shutdown_state(self._r.hdr) != 0
 
     # ------------------------------------------------------------ state
 

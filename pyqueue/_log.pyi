@@ -145,6 +145,8 @@ class LogCoreBase(Generic[_T]):
     def _set_serializer(
             self, serializer: Optional[Tuple[Callable[[Any], Any], Callable[[bytes], Any]]]
     ) -> None: ...
+    def _shutdown(self, how: int) -> None: ...
+    def _shutdown_state(self) -> int: ...
     def append(self, value: _T, key: bytes | str | None = None,
                headers: Optional[Mapping[str, bytes]] = None) -> Tuple[int, int]:
         """Append one record.
@@ -160,6 +162,7 @@ class LogCoreBase(Generic[_T]):
             (partition, offset) of the record.
 
         Raises:
+            ShutDown: The log was shut down.
             MessageTooLarge: key, headers and value exceed max_record_bytes.
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
@@ -180,6 +183,8 @@ class LogCoreBase(Generic[_T]):
             for no values).
 
         Raises:
+            ShutDown: The log was shut down (nothing of the batch was
+                appended).
             MessageTooLarge: A record exceeds max_record_bytes (checked
                 before anything is appended).
             TypeError: A key or header of the wrong type.

@@ -33,7 +33,7 @@ import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
-                            PoisonRecord, PyQueueError, SegmentMismatch)
+                            PoisonRecord, PyQueueError, SegmentMismatch, ShutDown)
 from pyqueue.errors import from_code as _from_code
 from pyqueue import _events
 
@@ -65,6 +65,8 @@ cdef extern from "pq_wait.h" nogil:
 
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT
+    ctypedef struct pq_segment_header:
+        pass
 
 cdef extern from "pq_murmur2.h" nogil:
     uint32_t pq_kafka_partition(const void* key, size_t len, uint32_t num_partitions)
@@ -129,6 +131,7 @@ cdef extern from "pq_group.h" nogil:
 
 cdef extern from "pq_log.h" nogil:
     ctypedef struct pq_log:
+        pq_segment_header* hdr
         uint32_t partitions
         uint64_t capacity
         uint64_t max_payload
@@ -149,6 +152,7 @@ cdef extern from "pq_log.h" nogil:
     int pq_log_peek(pq_log* l, uint32_t part, uint64_t offset, pq_log_record* out, uint32_t max,
                     pq_log_batch* b)
     int pq_log_validate(pq_log* l, uint32_t part, const pq_log_batch* b)
+    int pq_log_shutdown(pq_log* l, uint32_t how)
     int pq_log_wait(pq_log* l, uint32_t part, uint64_t offset, int64_t deadline_ns,
                     uint32_t spin_ns)
     int pq_log_wait_any(pq_log* l, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
@@ -199,6 +203,7 @@ cdef extern from "pq_dseg.h" nogil:
 
 cdef extern from "pq_dlog.h" nogil:
     ctypedef struct pq_dlog:
+        pq_segment_header* hdr
         uint32_t partitions
         uint64_t segment_bytes
         pq_group_table groups
@@ -229,6 +234,7 @@ cdef extern from "pq_dlog.h" nogil:
     int pq_dlog_active_stats(pq_dlog* d, uint32_t part, uint64_t* max_ts, uint64_t* records,
                              uint64_t* closed_bytes)
     void pq_dlog_notify(pq_dlog* d, uint32_t part)
+    int pq_dlog_shutdown(pq_dlog* d, uint32_t how)
     int pq_dlog_wait(pq_dlog* d, uint32_t part, uint64_t offset, int64_t deadline_ns,
                      uint32_t spin_ns)
     int pq_dlog_wait_any(pq_dlog* d, const uint32_t* parts, const uint64_t* offsets, uint32_t n,
@@ -242,6 +248,7 @@ cdef extern from "pq_log_shared.h" nogil:
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
+from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 
 set_lock_wait(None)
 
@@ -539,6 +546,7 @@ cdef class LogCoreBase:
             (partition, offset) of the record.
 
         Raises:
+            ShutDown: The log was shut down.
             MessageTooLarge: key, headers and value exceed max_record_bytes.
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
@@ -566,6 +574,8 @@ cdef class LogCoreBase:
             for no values).
 
         Raises:
+            ShutDown: The log was shut down (nothing of the batch was
+                appended).
             MessageTooLarge: A record exceeds max_record_bytes (checked
                 before anything is appended).
             TypeError: A key or header of the wrong type.
@@ -593,6 +603,12 @@ cdef class LogCoreBase:
 
     cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
                            uint64_t ts_ms, list out) except -1:
+        raise NotImplementedError
+
+    def _shutdown(self, uint32_t how):
+        raise NotImplementedError
+
+    def _shutdown_state(self):
         raise NotImplementedError
 
     cdef inline int _check_open(self) except -1:

@@ -77,6 +77,8 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef Py_ssize_t i = 0, j, n = len(datas)
         cdef int rc
         cdef LockWait lw = LockWait(0, 0)
+        if pq_shutdown_state(self._l.hdr):
+            raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
         while i < n:
             j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
             rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
@@ -161,6 +163,8 @@ cdef class MemoryLogCore(LogCoreBase):
                 _check_rc(rc, "read")
             if out:
                 return out
+            if rc == -EAGAIN and pq_shutdown_state(self._l.hdr):
+                raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")  # read to the end of a shut-down log
             if not _time_left(deadline):
                 if rc == -EINPROGRESS and pq_log_repair(&self._l, partition, offset) > 0:
                     _events.repaired("log", self, f" in partition {partition}")
@@ -197,6 +201,14 @@ cdef class MemoryLogCore(LogCoreBase):
                 if pq_log_repair(&self._l, pv[i], ov[i]) > 0:
                     _events.repaired("log", self, f" in partition {pv[i]}")
         return 0 if rc == -EINTR else rc
+
+    def _shutdown(self, uint32_t how):
+        self._check_open()
+        _check_rc(pq_log_shutdown(&self._l, how), "shutdown")
+
+    def _shutdown_state(self):
+        self._check_open()
+        return pq_shutdown_state(self._l.hdr)
 
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""

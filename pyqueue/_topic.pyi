@@ -40,6 +40,7 @@ class TopicCore(Generic[_T]):
                 ever).
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
@@ -58,12 +59,32 @@ class TopicCore(Generic[_T]):
             The number of messages published.
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
             MessageTooLarge: A message is larger than max_message_bytes (the
                 ones before it are published).
             ValueError: The topic handle is closed.
         """
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the topic down for every process (as queue.Queue.shutdown
+        of Python 3.13): publishes raise ShutDown from now on; each
+        subscription's gets raise it once it has read everything published
+        (a drain), and iterating over a subscription ends; every publish or
+        get blocked in any process wakes. The flag is kept in the segment
+        (handles opened later see it) and never lowered.
+
+        Args:
+            immediate: Make gets raise ShutDown at once, even with messages
+                left unread (they are not erased: a topic's records go only
+                when overwritten).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the topic has been shut down (by any process)."""
     def stats(self) -> dict[str, int]:
         """The topic's counters.
 
@@ -104,6 +125,8 @@ class SubscriptionCore(Generic[_T]):
             The message.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded (it is not
                 given again).
@@ -126,6 +149,8 @@ class SubscriptionCore(Generic[_T]):
             A non-empty list of messages, in publish order.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message: the ones before it are returned, the

@@ -26,6 +26,7 @@ from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
 from pyqueue import _events
+from pyqueue.errors import ShutDown
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -83,6 +84,7 @@ cdef extern from "pq_topic.h" nogil:
     int pq_topic_peek(pq_topic* t, pq_topic_sub* s, pq_topic_record* out, uint32_t max,
                       pq_topic_batch* b)
     int pq_topic_advance(pq_topic* t, pq_topic_sub* s, const pq_topic_batch* b)
+    int pq_topic_shutdown(pq_topic* t, uint32_t how)
     int pq_topic_wait_readable(pq_topic* t, const pq_topic_sub* s, int64_t deadline_ns,
                                uint32_t spin_ns)
     int pq_topic_repair(pq_topic* t, const pq_topic_sub* s)
@@ -128,6 +130,7 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 
 from pyqueue._common cimport deadline_ns as _deadline
+from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
 
@@ -222,6 +225,9 @@ cdef class TopicCore:
         cdef uint64_t needed = 0
         cdef LockWait lw = LockWait(0, 0)
         while True:
+            # Shut down: no publish (a waiting one wakes and raises here).
+            if pq_shutdown_state(self._t.hdr):
+                raise ShutDown(f"topic {getattr(self, 'name', None)!r} is shut down")
             rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
             # The claim lock held by another publisher: wait for it with
             # the GIL released (pyqueue/_common.pxd), until the deadline.
@@ -258,6 +264,7 @@ cdef class TopicCore:
                 ever).
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
             MessageTooLarge: The encoded message is larger than
                 max_message_bytes.
@@ -305,6 +312,7 @@ cdef class TopicCore:
             The number of messages published.
 
         Raises:
+            ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
             MessageTooLarge: A message is larger than max_message_bytes (the
@@ -387,6 +395,34 @@ cdef class TopicCore:
         _check_rc(rc, "subscribe")
         s._pid = os.getpid()
         return s
+
+    def shutdown(self, immediate=False):
+        """Shut the topic down for every process (as queue.Queue.shutdown
+        of Python 3.13): publishes raise ShutDown from now on; each
+        subscription's gets raise it once it has read everything published
+        (a drain), and iterating over a subscription ends; every publish or
+        get blocked in any process wakes. The flag is kept in the segment
+        (handles opened later see it) and never lowered.
+
+        Args:
+            immediate: Make gets raise ShutDown at once, even with messages
+                left unread (they are not erased: a topic's records go only
+                when overwritten).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+        self._check_open()
+        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
+        if immediate:
+            how |= PQ_SHUTDOWN_IMMEDIATE
+        _check_rc(pq_topic_shutdown(&self._t, how), "shutdown")
+
+    @property
+    def is_shutdown(self):
+        """True once the topic has been shut down (by any process)."""
+        self._check_open()
+        return pq_shutdown_state(self._t.hdr) != 0
 
     def stats(self):
         """The topic's counters.
@@ -578,6 +614,8 @@ cdef class SubscriptionCore:
         cdef TopicCore t = self._topic
         cdef list raw, out
         cdef int64_t until
+        if pq_shutdown_state(t._t.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+            raise ShutDown(f"topic {getattr(t, 'name', None)!r} is shut down")
         while True:
             rc = pq_topic_peek(&t._t, &self._s, recs, want, &b)
             if rc >= 0:
@@ -606,6 +644,8 @@ cdef class SubscriptionCore:
                 return out
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
+            if rc == -EAGAIN and pq_shutdown_state(t._t.hdr):
+                raise ShutDown(f"topic {getattr(t, 'name', None)!r} is shut down")  # read to the end of a shut-down topic
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
                 if rc == -EINPROGRESS and deadline == 0:
                     if pq_topic_repair(&t._t, &self._s) > 0:
@@ -633,6 +673,8 @@ cdef class SubscriptionCore:
             The message.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded (it is not
                 given again).
@@ -662,6 +704,8 @@ cdef class SubscriptionCore:
             A non-empty list of messages, in publish order.
 
         Raises:
+            ShutDown: The topic was shut down and this subscription read
+                everything (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             UndecodableMessage: Raised alone by the call that reaches an
                 undecodable message: the ones before it are returned, the

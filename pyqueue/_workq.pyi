@@ -34,6 +34,29 @@ class WorkQueueCore(Generic[_T]):
                 serializer: Optional[Tuple[Callable[[Any], Any], Callable[[bytes], Any]]] = ...
                 ) -> None: ...
     def _segment_flags(self) -> int: ...
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the work queue down for every process (as
+        queue.Queue.shutdown of Python 3.13): puts raise ShutDown from now
+        on; gets raise it once no message is ready (what is ready is still
+        delivered: a drain), and every put or get blocked in any process
+        wakes. Iterating over the queue ends. The flag is kept in the
+        segment (handles opened later see it) and never lowered.
+
+        Nothing is discarded, even with immediate: a work queue's messages
+        are committed work. Messages not ready when the getters stop
+        (delayed, or in flight and nacked later) stay in the queue, counted
+        by stats(); deliveries held can still be acked, nacked or rejected.
+
+        Args:
+            immediate: Make gets raise ShutDown at once, even when messages
+                are ready (they stay in the queue).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the work queue has been shut down (by any process)."""
     @property
     def capacity_bytes(self) -> int:
         """The message ring's size in bytes."""

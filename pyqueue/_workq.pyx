@@ -22,10 +22,12 @@ import time
 
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch
+from pyqueue.errors import ShutDown
 from pyqueue.errors import from_code as _from_code
 from pyqueue import _events
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns
+from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
@@ -92,6 +94,7 @@ cdef extern from "pq_wq.h" nogil:
     int pq_wq_held(pq_wq* q, uint64_t id, uint32_t deliveries)
     int pq_wq_reap(pq_wq* q)
     int pq_wq_wait_readable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
+    int pq_wq_shutdown(pq_wq* q, uint32_t how)
     int pq_wq_wait_writable(pq_wq* q, uint64_t seen, int64_t deadline_ns, uint32_t spin_ns)
     int pq_wq_copy_message(pq_wq* q, uint64_t id, void* buf, uint32_t buf_len,
                            pq_wq_delivery* d, uint32_t* state)
@@ -337,6 +340,9 @@ cdef class WorkQueueCore:
         cdef uint64_t now_ms = time.time_ns() // 1000000
         cdef LockWait lw = LockWait(0, 0)
         while True:
+            # Shut down: no put (a waiting one wakes and raises here).
+            if pq_shutdown_state(self._q.hdr):
+                raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
             rc = pq_wq_claim(&self._q, <uint32_t>n, typ, delay_ns, kh, now_ms,
                              &mid, &dst, &seen)
             # The lock held by another process: wait for it with the GIL
@@ -404,6 +410,8 @@ cdef class WorkQueueCore:
         cdef LockWait lw = LockWait(0, 0)
         self._check_open()
         deadline = _deadline(block, timeout)
+        if pq_shutdown_state(self._q.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+            raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         while True:
             rc = pq_wq_acquire(&self._q, &d, &wake, &seen)
             while lock_again(rc, &lw, deadline):
@@ -420,6 +428,13 @@ cdef class WorkQueueCore:
             if rc != -EAGAIN:
                 _check_rc(rc, "get")
             now = pq_monotonic_ns()
+            if pq_shutdown_state(self._q.hdr):
+                # Shut down, and nothing ready: once what dead consumers
+                # held is back (one reap), the drain is over.
+                if now >= self._next_reap:
+                    self._reap_now(True)
+                    continue
+                raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
             if deadline == 0 or (deadline > 0 and now >= deadline):
                 if now >= self._next_reap:  # a dead consumer may hold one
                     self._reap_now(True)
@@ -435,6 +450,38 @@ cdef class WorkQueueCore:
             if rc == -EINTR or rc == -ETIMEDOUT:
                 PyErr_CheckSignals()
             self._reap_now(False)
+
+    def shutdown(self, immediate=False):
+        """Shut the work queue down for every process (as
+        queue.Queue.shutdown of Python 3.13): puts raise ShutDown from now
+        on; gets raise it once no message is ready (what is ready is still
+        delivered: a drain), and every put or get blocked in any process
+        wakes. Iterating over the queue ends. The flag is kept in the
+        segment (handles opened later see it) and never lowered.
+
+        Nothing is discarded, even with immediate: a work queue's messages
+        are committed work. Messages not ready when the getters stop
+        (delayed, or in flight and nacked later) stay in the queue, counted
+        by stats(); deliveries held can still be acked, nacked or rejected.
+
+        Args:
+            immediate: Make gets raise ShutDown at once, even when messages
+                are ready (they stay in the queue).
+
+        Raises:
+            ValueError: The handle is closed.
+        """
+        self._check_open()
+        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
+        if immediate:
+            how |= PQ_SHUTDOWN_IMMEDIATE
+        _check_rc(pq_wq_shutdown(&self._q, how), "shutdown")
+
+    @property
+    def is_shutdown(self):
+        """True once the work queue has been shut down (by any process)."""
+        self._check_open()
+        return pq_shutdown_state(self._q.hdr) != 0
 
     cdef int _held(self, uint64_t mid, uint32_t deliveries) except? -1:
         cdef LockWait lw = LockWait(0, 0)

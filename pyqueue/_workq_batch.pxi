@@ -102,6 +102,8 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
             k = n - start
             if k > PUT_CHUNK:
                 k = PUT_CHUNK
+            if pq_shutdown_state(self._q.hdr):
+                _raise_shutdown(self, ids)
             lw = LockWait(0, 0)
             rc = pq_wq_claim_many(&self._q, p + start, <uint32_t>k, delay_ns, now_ms, &done, &seen)
             while lock_again(rc, &lw, deadline):
@@ -155,6 +157,13 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
         free(p)
 
 
+cdef int _raise_shutdown(WorkQueueCore self, list ids) except -1:
+    e = ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down"
+                 + (f" ({len(ids)} messages of put_many were put before)" if ids else ""))
+    e.ids = ids
+    raise e
+
+
 cdef int _raise_full(list ids, why) except -1:
     from pyqueue._api import put_many_full  # the text every backend gives
     raise put_many_full(ids, why)
@@ -185,6 +194,8 @@ cdef object _wq_get_many(WorkQueueCore self, Py_ssize_t max_messages, bint block
     if d == NULL:
         raise MemoryError()
     try:
+        if pq_shutdown_state(self._q.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+            raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         while True:
             rc = pq_wq_acquire_many(&self._q, d, want, &got, &wake, &seen)
             while lock_again(rc, &lw, deadline):
@@ -196,6 +207,11 @@ cdef object _wq_get_many(WorkQueueCore self, Py_ssize_t max_messages, bint block
             if rc != -EAGAIN:
                 _check_rc(rc, "get_many")
             now = pq_monotonic_ns()
+            if pq_shutdown_state(self._q.hdr):
+                if now >= self._next_reap:  # what dead consumers held first
+                    self._reap_now(True)
+                    continue
+                raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
             if deadline == 0 or (deadline > 0 and now >= deadline):
                 if now >= self._next_reap:  # a dead consumer may hold some
                     self._reap_now(True)

@@ -24,7 +24,7 @@ _C = TypeVar("_C", bound="Consumer")
 
 from pyqueue._log import LOCK_BOUNDED_DEADLINE as _BOUNDED
 from pyqueue.errors import (CommitFailed, CorruptRecord, LockTimeout, OffsetOutOfRange,
-                            PoisonRecord, PyQueueError)
+                            PoisonRecord, PyQueueError, ShutDown)
 
 _logger = logging.getLogger("pyqueue.log")
 
@@ -226,6 +226,8 @@ class Consumer:
                 it are returned first, and the position stays at it (each
                 poll raises again) until seek(partition, offset + 1).
             CorruptRecord: A record is damaged (as PoisonRecord).
+            ShutDown: The log is shut down and every assigned partition is
+                read to its end (no wait, whatever the timeout).
             ValueError: max_records is not a positive int, or the consumer
                 is closed.
             PyQueueError: Used in another process than the one that made it.
@@ -250,6 +252,12 @@ class Consumer:
             out = self._fetch(max_records)
             if out:
                 return out
+            if self._log.is_shutdown and all(
+                    at >= self._log.end_offset(p) for p, at in self._positions.items()):
+                # Every assigned partition read to its end (a record still
+                # being written is waited for): nothing more will come.
+                # Commits still work.
+                raise ShutDown(f"log {self._log!r} is shut down")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return out
@@ -281,6 +289,8 @@ class Consumer:
                 try:
                     recs = self._log._read(p, at, max_records - len(out), 0.0, self._record)
                     break
+                except ShutDown:
+                    recs = []  # at the end of a shut-down log
                 except (PoisonRecord, CorruptRecord):
                     # The position stays at the bad record. What this poll
                     # took already is returned; the next poll reads this
@@ -312,9 +322,23 @@ class Consumer:
         return out
 
     def __iter__(self) -> Iterator[Record]:
-        """Records for ever (poll with no timeout); Ctrl-C interrupts."""
+        """Records as poll (no timeout) returns them, until the log is shut
+        down and every assigned partition is read to its end: then the
+        iteration ends. Ctrl-C interrupts.
+
+        Yields:
+            Records.
+
+        Raises:
+            PoisonRecord: A record cannot be decoded (see poll).
+            CorruptRecord: A record is damaged.
+        """
         while True:
-            yield from self.poll(timeout=None)
+            try:
+                recs = self.poll(timeout=None)
+            except ShutDown:
+                return
+            yield from recs
 
     # ---- offsets ------------------------------------------------------
 

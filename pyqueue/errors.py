@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os as _os
+import sys
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 
@@ -196,6 +197,22 @@ class CommitFailed(PyQueueError):
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (str(self), self.partitions))
+
+
+if sys.version_info >= (3, 13):
+    from queue import ShutDown as _ShutDownBase
+else:
+    class _ShutDownBase(Exception):
+        """Stands for queue.ShutDown before Python 3.13."""
+
+
+class ShutDown(PyQueueError, _ShutDownBase):
+    """The queue (topic, log, work queue) has been shut down, by this or
+    another process (shutdown()): raised by puts, by gets once nothing is
+    left to drain (at once after shutdown(immediate=True)), and by every
+    put or get that was blocked when it happened. On Python 3.13 and later
+    a subclass of queue.ShutDown, so `except queue.ShutDown` catches it; on
+    older Pythons a backport of it (catch pyqueue.ShutDown)."""
 
 
 class LockTimeout(PyQueueError, TimeoutError):

@@ -237,6 +237,8 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         Raises:
             OffsetOutOfRange: offset is before start_offset(partition)
                 (dropped by retention) or beyond end_offset(partition).
+            ShutDown: The log is shut down and offset is its end: nothing
+                more will come (no wait, whatever the timeout).
             PoisonRecord: The record at offset cannot be decoded (it has
                 .partition and .offset; read on from offset + 1 to skip it).
             CorruptRecord: The record at offset is damaged.
@@ -247,6 +249,37 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
             raise ValueError("offset must be a non-negative int")
         timeout = float("inf") if timeout is None else float(timeout)
         return self._read(partition, offset, max_records, timeout, Record)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the log down for every process (as queue.Queue.shutdown
+        of Python 3.13): appends raise ShutDown from now on; reads and
+        consumers read on to the end offset of each partition, and there
+        a read or poll raises ShutDown instead of waiting (iterating over a
+        consumer ends); every read or poll waiting in any process wakes.
+        Nothing is removed: records stay readable by offset, and consumer
+        groups can still commit.
+
+        The flag lives in the shared segment (memory mode: for good; a
+        directory log: in its control file, until the last handle closes:
+        a directory opened again afresh takes appends again).
+
+        Args:
+            immediate: Not supported: a log discards nothing, so there is
+                nothing for immediate=True to drop (use shutdown()).
+
+        Raises:
+            ValueError: immediate is true, or the log is closed.
+        """
+        if immediate:
+            raise ValueError("Log.shutdown(immediate=True) is not supported: a log keeps every "
+                             "record it committed; shutdown() stops appends and ends reads "
+                             "at the end offset")
+        self._shutdown(1)
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once the log has been shut down (by any process)."""
+        return bool(self._shutdown_state())
 
     def start_offset(self, partition: int) -> int:
         """The offset of the oldest record still in the partition.

@@ -7,10 +7,10 @@ import abc
 import mmap
 import os
 import queue as _stdqueue
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type, TypeVar
 
 from pyqueue import _core, _oob, _segment
-from pyqueue.errors import SegmentMismatch
+from pyqueue.errors import SegmentMismatch, ShutDown
 
 # 32 MiB (~720,000 small messages), reserved lazily: a new queue gets pages
 # for its control block and the first 1 MiB of its ring only (created in
@@ -313,6 +313,24 @@ class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
     def cancel_join_thread(self) -> None:
         """multiprocessing.Queue's: does nothing (no feeder thread)."""
 
+    def __iter__(self) -> Iterator[T]:
+        """Iterate over the messages as get() returns them, blocking for
+        each, until the queue is shut down (shutdown(), by any process) and
+        drained: then the iteration ends.
+
+        Yields:
+            The messages, oldest first.
+
+        Raises:
+            UndecodableMessage: A message cannot be decoded.
+            ValueError: The handle is closed.
+        """
+        while True:
+            try:
+                yield self.get()
+            except ShutDown:
+                return
+
     def __reduce__(self) -> Tuple[Any, ...]:
         # From here a handle may live elsewhere: the creator's close() keeps
         # the name (removed when the creator exits, or by unlink()).
@@ -351,7 +369,10 @@ class JoinableQueue(Queue[T]):
 
     def join(self) -> None:
         """Block until every message put has been taken and task_done()
-        called for it (in any process)."""
+        called for it (in any process). As with queue.Queue, a shutdown
+        does not end the wait by itself: shutdown(immediate=True) counts
+        every message it drops as done, so join() returns once the
+        messages already taken are done too."""
         self._join(None)
 
 
@@ -394,6 +415,7 @@ class SimpleQueue(Queue[T]):
             timeout: With block, the longest wait in seconds (None: for ever).
 
         Raises:
+            ShutDown: The queue was shut down (shutdown(), by any process).
             OSError: The handle is closed.
             queue.Full: No room in time.
             MessageTooLarge: The message can never fit.
@@ -412,6 +434,8 @@ class SimpleQueue(Queue[T]):
             The message.
 
         Raises:
+            ShutDown: The queue was shut down and is empty (at once with
+                shutdown(immediate=True)).
             OSError: The handle is closed.
             queue.Empty: No message in time.
             UndecodableMessage: The message cannot be decoded.

@@ -13,6 +13,13 @@ restarted and the group rebalances, so its uncommitted records are read
 again. Results that are not None go to `sink` (a Queue or WorkQueue: put, a
 Topic: publish, a Log: append). SIGTERM and SIGINT (in the process that
 called start()) stop the intake; every worker finishes what it holds.
+
+A worker also ends when its source is shut down (source.shutdown() or
+StreamProcessor.shutdown(), by any process): it wakes at once if it was
+waiting, drains what is left, and ends; the processor restarts no worker
+then and stops once every worker ended (join() returns). SIGTERM, stop()
+and the source's shutdown end a worker's loop at the same place, after the
+message it holds.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ import time
 import traceback
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple,
                     Optional, Tuple, Type, TypeVar, Union)
+
+from pyqueue.errors import ShutDown
 
 if TYPE_CHECKING:
     from pyqueue.log import Log
@@ -168,6 +177,8 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
             b = get_many(size, timeout=poll_timeout)
         except _queue.Empty:
             continue
+        except ShutDown:
+            return  # the source is shut down and drained: this worker is done
         values = b.values
         n = len(values)
         results = []
@@ -262,6 +273,8 @@ def _work_log(source, fn, send, group, batch_size, poll_timeout, options, on_err
         while not stop.is_set():
             try:
                 recs = consumer.poll(max_records=size, timeout=poll_timeout)
+            except ShutDown:
+                break  # the log is shut down and read to its end: done
             except (PoisonRecord, CorruptRecord) as e:
                 if on_error == "raise" or e.partition is None or e.offset is None:
                     raise
@@ -560,6 +573,12 @@ class StreamProcessor:
         crash = next((m[1] for m in msgs if m[0] == "crash"), None)
         return up, crash
 
+    def _source_shut_down(self) -> bool:
+        try:
+            return bool(getattr(self._spec[0], "is_shutdown", False))
+        except (ValueError, NotImplementedError):  # closed, or a backend without it
+            return False
+
     def _supervise(self):
         while not self._stop.wait(0.05):
             if self._signalled:  # SIGTERM / SIGINT: the handler only said so
@@ -567,6 +586,22 @@ class StreamProcessor:
                 break
             with self._lock:
                 now = time.monotonic()
+                if self._source_shut_down():
+                    # The workers drain and end on their own (ShutDown):
+                    # none is restarted; stopped once all have ended.
+                    for i, p in enumerate(self._procs):
+                        if p is not None and not p.is_alive():
+                            if self._processes:
+                                p.join()
+                            report = self._collect_report(i)[1]
+                            if report is not None:  # died of an error while draining
+                                self._last_error = report
+                                self._crash_count += 1
+                            self._procs[i] = None
+                    if all(p is None for p in self._procs):
+                        self.stop_nowait()
+                        break
+                    continue
                 for i, p in enumerate(self._procs):
                     if self._stop.is_set():
                         break
@@ -613,6 +648,31 @@ class StreamProcessor:
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, self._old_handlers.get(signal.SIGINT,
                                                                 signal.default_int_handler))
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the source down (source.shutdown(), for every process that
+        uses it): the workers take what is left, then end, and the
+        processor stops (join() returns once they have).
+
+        Args:
+            immediate: Also stop the intake now (as stop_nowait()): each
+                worker finishes what it holds and takes nothing more; what
+                is left stays in the source (a WorkQueue is shut down with
+                immediate=True, a Log as always: nothing is discarded).
+
+        Raises:
+            ValueError: The source's handle is closed.
+            NotImplementedError: The source's backend has no shutdown
+                (Redis).
+        """
+        from pyqueue.log import Log
+        source = self._spec[0]
+        if isinstance(source, Log):
+            source.shutdown()
+        else:
+            source.shutdown(immediate=immediate)
+        if immediate:
+            self.stop_nowait()
 
     def stop_nowait(self) -> None:
         """Ask the workers to stop taking messages (they finish what they hold)."""

@@ -11,6 +11,7 @@ import mmap
 from typing import Any, Dict, Optional, Tuple, TypeVar
 
 from pyqueue import _core, _segment, _topic
+from pyqueue.errors import ShutDown
 from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
                             check_settings)
 
@@ -41,15 +42,19 @@ class Subscription(_topic.SubscriptionCore[T], metaclass=abc.ABCMeta):
     get_many, iteration, close, lag, lost.
 
     Not picklable and not usable in another process (a forked child must
-    subscribe for itself). Iterating it gets messages for ever (get() with
-    no timeout).
+    subscribe for itself). Iterating it gets messages (get() with no
+    timeout) until the topic is shut down and the subscription has read
+    everything: then the iteration ends.
     """
 
     def __iter__(self: _S) -> _S:
         return self
 
     def __next__(self) -> T:
-        return self.get()
+        try:
+            return self.get()
+        except ShutDown:
+            raise StopIteration from None
 
     def __reduce__(self) -> Tuple[Any, ...]:
         raise TypeError("a Subscription belongs to the process that made it and cannot be "

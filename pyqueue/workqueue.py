@@ -20,7 +20,7 @@ from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, Named
                     Sequence, Tuple, TypeVar, Union)
 
 from pyqueue import _segment, _workq
-from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound
+from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound, ShutDown
 from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
                             check_settings)
 
@@ -467,6 +467,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             The message's id.
 
         Raises:
+            ShutDown: The work queue was shut down.
             queue.Full: No room (bytes, in-flight slots or dedup keys) in
                 time.
             MessageTooLarge: The encoded message is larger than
@@ -514,6 +515,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             within the dedup window is not put again: the id of the first).
 
         Raises:
+            ShutDown: The work queue was shut down (.ids: the messages put
+                before).
             MessageTooLarge: A message over max_message_bytes; nothing is put.
             queue.Full: No room in time; the messages before the first that
                 did not fit stay put (the exception's .ids).
@@ -540,6 +543,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             A Delivery to settle with ack(), nack() or reject().
 
         Raises:
+            ShutDown: The work queue was shut down and no message is ready
+                (at once with shutdown(immediate=True)).
             queue.Empty: No message in time.
             ValueError: The handle is closed.
             LockTimeout: The queue's lock stayed held by a stopped process.
@@ -595,6 +600,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             extend.
 
         Raises:
+            ShutDown: The work queue was shut down and no message is ready
+                (at once with shutdown(immediate=True)).
             queue.Empty: No message came in time.
             ValueError: max_messages not positive, or the queue is closed.
         """
@@ -615,9 +622,23 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 return batch
 
     def __iter__(self) -> Iterator[Delivery[T]]:
-        """Deliveries for ever (get() with no timeout)."""
+        """Deliveries as get() (no timeout) returns them, until the work
+        queue is shut down (shutdown(), by any process) and no message is
+        ready: then the iteration ends.
+
+        Yields:
+            Deliveries, to settle.
+
+        Raises:
+            ValueError: The handle is closed.
+            LockTimeout: The queue's lock stayed held by a stopped process.
+        """
         while True:
-            yield self.get()
+            try:
+                d = self.get()
+            except ShutDown:
+                return
+            yield d
 
     def _move_dead_quietly(self, *args):
         """_move_dead for get(): a message that cannot be moved now stays

@@ -108,3 +108,14 @@ def member_commit_report_and_hang(log, group, commit_to, out, max_poll_interval=
     out.put(mine, timeout=30)
     threading.Event().wait(120)
     c.close()
+
+
+def get_until_shutdown(q, out):
+    """get until ShutDown, reporting each message, then "shutdown"."""
+    from pyqueue import ShutDown
+    while True:
+        try:
+            out.put(q.get(timeout=30), timeout=30)
+        except ShutDown:
+            out.put("shutdown", timeout=30)
+            return

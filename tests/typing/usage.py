@@ -17,7 +17,8 @@ from pyqueue import (CommitFailed, Consumer, CorruptRecord, DeadLetter, Delivery
                      DeliveryExpired, Empty, Full, JoinableQueue, LockTimeout, Log,
                      MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError, Queue,
                      Record, SegmentMismatch, SegmentNotFound, SegmentNotOwned, SimpleQueue,
-                     StreamProcessor, Subscription, Topic, UndecodableMessage, WorkQueue)
+                     ShutDown, StreamProcessor, Subscription, Topic, UndecodableMessage,
+                     WorkQueue)
 from pyqueue.log import DirectoryLog, MemoryLog
 from pyqueue.stream import DeadRecord
 
@@ -337,6 +338,37 @@ def use_errors() -> None:
     assert isinstance(LockTimeout("x"), TimeoutError)
 
 
+def use_shutdown(tmp: str) -> None:
+    q: Queue[bytes] = Queue()
+    q.put(b"a")
+    q.shutdown()
+    shut: bool = q.is_shutdown
+    drained: List[bytes] = list(q)
+    assert shut and drained == [b"a"]
+    try:
+        q.put(b"b")
+    except ShutDown as e:
+        err: PyQueueError = e
+        assert isinstance(err, Exception)
+    q.close()
+    t: Topic[int] = Topic()
+    sub = t.subscribe()
+    t.shutdown(immediate=True)
+    assert list(sub) == [] and t.is_shutdown
+    sub.close()
+    t.unlink()
+    t.close()
+    w: WorkQueue[int] = WorkQueue()
+    w.shutdown(immediate=False)
+    assert w.is_shutdown and [d.value for d in w] == []
+    w.unlink()
+    w.close()
+    lg: Log[bytes] = Log(path=os.path.join(tmp, "shut"))
+    lg.shutdown()
+    assert lg.is_shutdown
+    lg.close()
+
+
 def main() -> None:
     """Run every use above (tests/test_typing_usage.py)."""
     use_queue()
@@ -345,6 +377,7 @@ def main() -> None:
     use_topic()
     with tempfile.TemporaryDirectory() as tmp:
         use_log(tmp)
+        use_shutdown(tmp)
     use_workqueue()
     use_stream_processor()
     use_errors()
