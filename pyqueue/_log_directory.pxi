@@ -306,10 +306,22 @@ cdef class DirLogCore(LogCoreBase):
         _check_rc(pq_dlog_restore(&self._d, partition, start, active_base, &c, closed_bytes),
                   "restore")
 
+    cdef int _take_view(self, uint32_t partition, pq_dlog_view* v) except -1:
+        """A consistent view of a partition, taken without its lock. When a
+        roll stays half-published (seqlock odd) the core takes the lock to
+        finish a dead roller's roll; a live roller may hold it for a moment
+        (a roll creates a file): wait for it as any call that does not
+        block by its API does (LOCK_BOUNDED), not give up at once."""
+        cdef LockWait lw = LockWait(0, 0)
+        cdef int rc = pq_dlog_snapshot(&self._d, partition, v)
+        while lock_again(rc, &lw, LOCK_BOUNDED):
+            rc = pq_dlog_snapshot(&self._d, partition, v)
+        return _check_rc(lock_fail(rc, &lw, "snapshot"), "snapshot")
+
     def _snapshot(self, uint32_t partition):
         cdef pq_dlog_view v
         self._check_part(partition)
-        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        self._take_view(partition, &v)
         return {"start_offset": v.start_offset, "end_offset": v.end_offset,
                 "active_base": v.active_base, "end_pos": v.end_pos,
                 "index_count": v.index_count, "seg_gen": v.seg_gen}
@@ -469,7 +481,7 @@ cdef class DirLogCore(LogCoreBase):
         cdef pq_dlog_view v
         self._check_open()
         self._check_part(partition)
-        _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+        self._take_view(partition, &v)
         return v.start_offset, v.end_offset
 
     cdef tuple _closed_segment(self, uint32_t partition, uint64_t offset, pq_dlog_view* v):
@@ -544,7 +556,7 @@ cdef class DirLogCore(LogCoreBase):
         deadline = _deadline_of(timeout)
         cdef list out = []
         while True:
-            _check_rc(pq_dlog_snapshot(&self._d, partition, &v), "snapshot")
+            self._take_view(partition, &v)
             if offset < v.start_offset or offset > v.end_offset:
                 if out:
                     return out

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import struct
+import threading
 import time
 
 import pytest
@@ -259,6 +260,34 @@ def test_roller_killed_mid_roll(ctx, procs, tmp_path):
     lg.close()
     lg = Log.open(path)
     assert _read_all(lg) == vals + [b"after"]
+    lg.close()
+
+
+@needs_faults
+@pytest.mark.timeout(60)
+def test_reader_waits_for_a_live_roller(ctx, procs, tmp_path):
+    """A roller that is alive but slow (here: stopped mid-roll, holding the
+    lock with the roll half published, then let go on) is waited for by a
+    reader that needs the lock to see a whole roll: end_offset and read
+    answer once it finishes, not LockTimeout at once (what the readers of
+    the soak below hit under ASan, where a roll is slow)."""
+    path = str(tmp_path / "log")
+    lg = Log(path=path, segment_bytes=SEG)
+    vals = [os.urandom(1000) for _ in range(12)]
+    lg.append_many(vals)
+    big = b"x" * 6000
+    p = start_stopped(procs, ctx, w.armed_dir_append, path, "mid_roll", [big])
+    # The roller goes on a moment after the reader starts to wait: the
+    # delay is the scenario (a slow roll), not a wait for things to settle.
+    go_on = threading.Timer(0.3, os.kill, (p.pid, signal.SIGCONT))
+    go_on.start()
+    try:
+        assert lg.end_offset(0) == 13
+    finally:
+        go_on.join()
+    p.join(30)
+    assert p.exitcode == 0
+    assert _read_all(lg) == vals + [big]
     lg.close()
 
 
