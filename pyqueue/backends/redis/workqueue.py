@@ -567,19 +567,9 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         dedup_keys = _take(dedup_keys, given, "dedup_keys")
         perm = _take(perm, given, "perm")
         capacity = _round_capacity(capacity_bytes)
-        slots = _shm.WorkQueue._power_of_two("max_in_flight", max_in_flight, 2)
-        dedup = _shm.WorkQueue._power_of_two("dedup_keys", dedup_keys, 0)
-        for what, v in (("visibility_timeout", visibility_timeout),
-                        ("dedup_window", dedup_window)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
-                    what == "visibility_timeout" and not v > 0):
-                raise ValueError(f"{what} must be a positive number of seconds")
-        if max_deliveries is not None and (
-                not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
-                not 1 <= max_deliveries < 1 << 31):
-            raise ValueError("max_deliveries must be a positive int, or None (no limit)")
-        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
-            raise ValueError("perm must be a permission mask such as 0o600")
+        slots, dedup = _api.check_workqueue_settings(max_in_flight, visibility_timeout,
+                                                     max_deliveries, dedup_window, dedup_keys,
+                                                     perm)
         if name is None:
             name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
         check_name(name)
