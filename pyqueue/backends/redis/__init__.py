@@ -141,7 +141,7 @@ class RedisBackend:
         self.Log = self._bind(RedisLog, "Log")
 
     def _bind(self, cls, attr):
-        return type(attr, (cls,), {"_backend": self, "__module__": cls.__module__,
+        return type(attr, (cls,), {"_backend": self, "_attr": attr, "__module__": cls.__module__,
                                    "__qualname__": f"RedisBackend.{attr}"})
 
     # -- helpers for the classes -----------------------------------------

@@ -52,3 +52,15 @@ def decode(raw, serializer):
                              "without one")
         return serializer[1](raw[1:])
     raise ValueError(f"not a pyqueue message (tag {tag!r})")
+
+
+def as_bytes(value, what):
+    """A key or header value as bytes: str as UTF-8, a bytes-like object
+    as it is; else a TypeError naming `what`."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")

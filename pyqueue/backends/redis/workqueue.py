@@ -36,15 +36,13 @@ Python half every backend's Batch shares (pyqueue._api.BatchAPI).
 docs/design.md, "Backends".
 """
 import math
-import os
-import secrets
 import time
 
 from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
 from pyqueue.backends.redis import _codec
-from pyqueue.backends.redis.queue import check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take
 from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
                                DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
@@ -82,6 +80,15 @@ local function done(id, counter)
   redis.call('HINCRBY', M, counter, 1)
   local cap = tonumber(redis.call('HGET', M, 'max_in_flight'))
   if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
+end
+-- id becomes available after delay ms (0: now); true when now
+local function offer(id, delay)
+  if delay > 0 then
+    redis.call('ZADD', D, now + delay, id)
+    return false
+  end
+  redis.call('ZADD', Q, id, id)
+  return true
 end
 local function held_by(id, n)
   if not redis.call('ZSCORE', F, id) then return false end
@@ -155,12 +162,7 @@ for i = 2, #ARGV, 2 do
     redis.call('HSET', P, id, ARGV[i])
     redis.call('HSET', C, id, 0)
     redis.call('HSET', E, id, now)
-    if delay > 0 then
-      redis.call('ZADD', D, now + delay, id)
-    else
-      redis.call('ZADD', Q, id, id)
-      ready = true
-    end
+    if offer(id, delay) then ready = true end
     if keyed then
       redis.call('ZADD', K, now + dedup_ms, key)
       redis.call('HSET', KI, key, id)
@@ -275,12 +277,7 @@ local verbs = {
     release(id, 'nacked')
     local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
     if maxd > 0 and tonumber(n) >= maxd then return dead(id) end
-    if arg > 0 then
-      redis.call('ZADD', D, now + arg, id)
-    else
-      redis.call('ZADD', Q, id, id)
-      ready = true
-    end
+    if offer(id, arg) then ready = true end
     return 0
   end,
   reject = function(id)
@@ -361,27 +358,17 @@ def _key_bytes(key):
     """A dedup key as the scripts take it: b"" for none, the empty key b"\\0"."""
     if key is None:
         return b""
-    if isinstance(key, str):
-        kb = key.encode("utf-8")
-    elif isinstance(key, (bytes, bytearray, memoryview)):
-        kb = bytes(key)
-    else:
-        raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
-    return kb or b"\0"  # the empty key is a key
+    return _codec.as_bytes(key, "key") or b"\0"  # the empty key is a key
 
 
-def _rebuild(url, name, serializer=None):
-    from pyqueue.backends import connect
-    return connect(url).WorkQueue.open(name, serializer=serializer)
-
-
-class RedisWorkQueue(_api.WorkQueueAPI):
+class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     """pyqueue.WorkQueue on Redis; made by `pyqueue.connect(url).WorkQueue(...)`
     (the same signature; capacity_bytes bounds the message size as on shared
     memory, a quarter of it, and max_in_flight the messages not done)."""
 
     __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "_serializer", "__weakref__")
-    _backend = None
+    KIND = KIND
+    _what = "work queue"
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
 
@@ -406,9 +393,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         slots, dedup = _api.check_workqueue_settings(max_in_flight, visibility_timeout,
                                                      max_deliveries, dedup_window, dedup_keys,
                                                      perm)
-        if name is None:
-            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
-        check_name(name)
+        name = self._new_name(name)
         self._init_handle(name)
         self._serializer = serializer
         dlq_name = ""
@@ -475,16 +460,8 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     def _create(self, how, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
                 dlq_name, max_payload, custom):
-        b = self._backend
-        r = b.script("wq_create", _CREATE)(
-            keys=[self._keys[0]],
-            args=[how, KIND, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
-                  dlq_name, max_payload, custom])
-        if r is None:
-            raise SegmentNotFound(f"no work queue {self._name!r} at {b.url}")
-        kind = r[1].decode()
-        if kind != KIND:
-            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a work queue")
+        r = self._create_meta(_CREATE, how, [capacity, slots, vis_ms, max_deliveries, dedup_ms,
+                                             dedup, perm, dlq_name, max_payload, custom])
         names = ("capacity", "max_in_flight", "vis_ms", "max_deliveries", "dedup_ms",
                  "dedup_keys", "perm")
         self._settings = {k: int(v) for k, v in zip(names, r[2:9])}
@@ -495,17 +472,9 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     def _script(self, name, source, args=()):
         self._check_open()
-        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+        return super()._script(name, source, args)
 
     # -- settings ----------------------------------------------------------
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def url(self):
-        return self._backend.url
-
     capacity_bytes = property(lambda self: self._settings["capacity"])
     max_in_flight = property(lambda self: self._settings["max_in_flight"])
     visibility_timeout = property(lambda self: self._settings["vis_ms"] / 1000.0)
@@ -760,16 +729,6 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         """Messages not done: available, delayed, held or being moved."""
         self._check_open()
         return self._backend.client.hlen(self._keys[1])
-
-    def close(self):
-        self._closed = True
-
-    def unlink(self):
-        """Remove the work queue (its messages and counters) from the server."""
-        self._backend.client.delete(*self._keys)
-
-    def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._name, self._serializer))
 
 
 class Batch(_api.BatchAPI):
