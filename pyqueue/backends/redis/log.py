@@ -28,7 +28,7 @@ import time
 
 from pyqueue import _api, _log
 from pyqueue import log as _shm_log
-from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis.groups import RedisGroupTable
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
@@ -227,8 +227,12 @@ class RedisLog(RedisHandle):
         out = []
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
-            first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb, hb,
-                                            *chunk])
+            try:
+                first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb,
+                                                hb, *chunk])
+            except ConnectionLost as e:
+                e.ids = out                # committed; this chunk: all or nothing
+                raise
             out += [(partition, first + j) for j in range(len(chunk))]
         return out
 

@@ -40,7 +40,7 @@ import time
 
 from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
-from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take
@@ -559,7 +559,11 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         start = 0
         while start < n:
             chunk = args[2 * start:2 * min(n, start + _PUT_CHUNK)]
-            r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+            try:
+                r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+            except ConnectionLost as e:
+                e.ids = ids                # committed; this chunk: all or nothing
+                raise
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
             ids.extend(int(x) for x in r[2:])
