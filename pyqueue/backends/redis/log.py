@@ -140,7 +140,7 @@ class RedisLog(RedisHandle):
     value through it both ways, nothing else ever unpickled."""
 
     __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "_serializer",
-                 "__weakref__")
+                 "raw_values", "__weakref__")
     KIND = KIND
     _what = "log"
 
@@ -164,6 +164,7 @@ class RedisLog(RedisHandle):
         self._rr_pid = 0
         self._groups = None
         self._serializer = None
+        self.raw_values = False      # pyqueue tail: pickles left encoded (RawValue)
         r = self._create_meta(_CREATE, "open" if _open_only else "create",
                               [parts, capacity, retention or 0, perm, int(serializer is not None)])
         self._settings = {"partitions": int(r[2]), "capacity": int(r[3]),
@@ -278,7 +279,7 @@ class RedisLog(RedisHandle):
             offset = int(rid.split(b"-")[0])
             f = dict(zip(fields[::2], fields[1::2]))
             try:
-                value = _codec.decode(f[b"v"], self._serializer)
+                value = _codec.decode(f[b"v"], self._serializer, self.raw_values)
                 headers = pickle.loads(f[b"h"]) if b"h" in f else {}
             except Exception as e:
                 if out:
