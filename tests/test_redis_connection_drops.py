@@ -195,3 +195,40 @@ def test_log_append_many_cut_mid_batch(proxy):
     finally:
         log.unlink()
         b.close()
+
+
+def test_queue_get_many_cut_after_its_blpop_keeps_the_message(server, proxy):
+    """A Queue get_many that waited in BLPOP holds the first message when
+    the connection drops before its take script's reply: it raises
+    ConnectionLost and the next get returns that message (with the take
+    not applied, nothing is lost)."""
+    import threading
+    import time
+    import pyqueue
+    from pyqueue.backends.redis import ConnectionLost
+    b = pyqueue.connect(proxy.url)
+    direct = pyqueue.connect(server.url)       # a producer that is not cut
+    q = b.Queue(name="drops-q")
+    try:
+        q.put("warm-up")
+        assert q.get_many(10) == ["warm-up"]
+
+        def produce():
+            deadline = time.monotonic() + 30
+            while direct.client.info("clients")["blocked_clients"] < 1:
+                assert time.monotonic() < deadline, "the get never blocked"
+            direct.Queue.open("drops-q").put_many(["a", "b", "c"])
+
+        t = threading.Thread(target=produce)
+        t.start()
+        proxy.cut_request(2)                    # the take after the BLPOP (the 1st: empty)
+        with pytest.raises(ConnectionLost):
+            q.get_many(10, timeout=30)
+        t.join(30)
+        got = q.get_many(10)                    # the one in hand first
+        assert got == ["a"]
+        assert got + q.get_many(10) == ["a", "b", "c"]
+    finally:
+        q.unlink()
+        b.close()
+        direct.close()

@@ -20,7 +20,7 @@ import collections
 import os
 
 from pyqueue import _api
-from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis._handle import (RedisHandle, check_name,  # noqa: F401 (re-exported)
                                             key_prefix)
 from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound, UndecodableMessage
@@ -307,7 +307,12 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         if first is None:
             raise Empty()
         # Counted, and a put waiting for room told, by the same script.
-        return [first] + take(keys=self._keys[:3], args=[max_messages - 1, 1])
+        try:
+            rest = take(keys=self._keys[:3], args=[max_messages - 1, 1])
+        except ConnectionLost:
+            self._held.append(first)     # in hand: the next get returns it
+            raise
+        return [first] + rest
 
     def _decode(self, raw):
         return _codec.decode(raw, self._serializer)
