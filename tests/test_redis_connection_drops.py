@@ -232,3 +232,27 @@ def test_queue_get_many_cut_after_its_blpop_keeps_the_message(server, proxy):
         q.unlink()
         b.close()
         direct.close()
+
+
+def test_group_heartbeat_survives_a_dropped_connection(proxy):
+    """The heartbeat thread of a Log group member whose session renewal
+    loses its connection goes on beating (the member stays), instead of
+    dying on ConnectionLost."""
+    import pyqueue
+    b = pyqueue.connect(proxy.url)
+    log = b.Log("drops-group", partitions=2)
+    try:
+        log.append_many(range(4))
+        with log.consumer("g") as c:
+            assert len(c.poll(max_records=10, timeout=5)) >= 1
+            table = log._group_table()
+            beater = table._beater
+            proxy.cut_request()                    # its next beat (nothing else runs now)
+            assert proxy.done.wait(30)
+            proxy.cut_request()                    # and the beat after: it beat again
+            assert proxy.done.wait(30)
+            assert beater.is_alive()
+            assert [m["member_id"] for m in log.group_members("g")] == [c.member_id]
+    finally:
+        log.unlink()
+        b.close()
