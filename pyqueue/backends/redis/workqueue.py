@@ -258,7 +258,10 @@ return {-4, last_id(W), nxt}
 # (done; nack: available again), 1 (dead: the caller moves it), -ESTALE
 _SETTLE = _LUA_HEAD + """
 local estale, arg, lease = -tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ready = false
+local m = redis.call('HMGET', M, 'max_deliveries', 'max_in_flight')
+local maxd, cap = tonumber(m[1]), tonumber(m[2])
+local before = redis.call('HLEN', P)
+local ready, acked = false, 0
 local function release(id, why)
   redis.call('ZREM', F, id)
   redis.call('HSET', R, id, why)
@@ -270,12 +273,12 @@ end
 local verbs = {
   ack = function(id)
     redis.call('ZREM', F, id)
-    done(id, 'acked')
+    forget(id)
+    acked = acked + 1
     return 0
   end,
   nack = function(id, n)
     release(id, 'nacked')
-    local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
     if maxd > 0 and tonumber(n) >= maxd then return dead(id) end
     if offer(id, arg) then ready = true end
     return 0
@@ -299,6 +302,10 @@ for i = 5, #ARGV, 2 do
   end
 end
 if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
+if acked > 0 then
+  redis.call('HINCRBY', M, 'acked', acked)
+  if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
+end
 return out
 """
 
