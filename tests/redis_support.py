@@ -285,13 +285,25 @@ class CuttingProxy:
             with self._lock:
                 self._socks.discard(s)
 
+    @staticmethod
+    def _recv(s):
+        try:
+            return s.recv(1 << 16)
+        except OSError:
+            return b""              # closed: as the end of the stream
+
+    @staticmethod
+    def _send(s, data):
+        try:
+            s.sendall(data)
+            return True
+        except OSError:
+            return False
+
     def _up(self, client, server, pair):
         """client -> server: counts the EVALSHAs, cuts or holds the n-th."""
         while True:
-            try:
-                data = client.recv(1 << 16)
-            except OSError:
-                data = b""
+            data = self._recv(client)
             if not data:
                 return self._close(client, server)
             act = None
@@ -310,26 +322,18 @@ class CuttingProxy:
                 return self._close(client, server)
             if act == "reply":
                 pair["doomed"] = True
-            try:
-                server.sendall(data)
-            except OSError:
+            if not self._send(server, data):
                 return self._close(client, server)
 
     def _down(self, server, client, pair):
         """server -> client: drops the doomed call's reply and closes."""
         while True:
-            try:
-                data = server.recv(1 << 16)
-            except OSError:
-                data = b""
-            if not data:
+            data = self._recv(server)
+            if not data or pair["doomed"]:
+                if data:
+                    self.done.set()
                 return self._close(client, server)
-            if pair["doomed"]:
-                self.done.set()
-                return self._close(client, server)
-            try:
-                client.sendall(data)
-            except OSError:
+            if not self._send(client, data):
                 return self._close(client, server)
 
     def stop(self):

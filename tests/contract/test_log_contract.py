@@ -1,7 +1,6 @@
 """Log (memory mode's semantics; consumer groups: test_consumer_contract.py):
 the same assertions on every backend; tests/contract/conftest.py."""
 import json
-import os
 import pickle
 
 import pytest
@@ -10,6 +9,7 @@ import pyqueue
 from pyqueue import _log
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
 from tests._wq_workers import json_dumps, json_loads
+from tests.test_log_serializer import _RunsCode
 from tests._support import wait_until
 from tests.contract import _workers
 
@@ -108,16 +108,6 @@ def test_partitions_spread_over_the_cluster_masters(redis_cluster):
         assert sum(log.end_offset(p) for p in range(12)) == 12
     finally:
         log.unlink()
-
-
-class _RunsCode:
-    """Pickles to a call of os.system: unpickling it runs a shell command."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
 
 
 def _plant(backend, log, value):
