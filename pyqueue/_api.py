@@ -4,7 +4,7 @@ One place for the pure-Python behaviour every backend shares
 (docs/design.md, "Backends"):
 
 * argument checks (`check_timeout`, `check_max_messages`, `check_name`,
-  and the creation-setting checks re-exported from pyqueue.queues:
+  `check_workqueue_settings`, and the creation-setting checks re-exported from pyqueue.queues:
   `check_serializer`, `check_settings`, `OVERFLOWS`);
 * `QueueAPI` / `WorkQueueAPI`: the methods defined in terms of a backend's
   primitives (`put_nowait`, `get_nowait`, `empty`, `full`, iteration, the
@@ -93,6 +93,34 @@ def check_max_message_bytes(max_message_bytes):
 def check_name(name):
     """The rules of a queue name, the same on every backend."""
     return _segment.check_name(name)
+
+
+def _power_of_two(what, v, lo):
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{what} must be an int")
+    if v < lo or v > 1 << 24 or (v and v & (v - 1)):
+        raise ValueError(f"{what} must be a power of two, {max(lo, 1)} .. 2**24")
+    return v
+
+
+def check_workqueue_settings(max_in_flight, visibility_timeout, max_deliveries, dedup_window,
+                             dedup_keys, perm):
+    """The checks of a WorkQueue's creation settings, the same on every
+    backend (TypeError / ValueError); (max_in_flight, dedup_keys)."""
+    slots = _power_of_two("max_in_flight", max_in_flight, 2)
+    dedup = _power_of_two("dedup_keys", dedup_keys, 0)
+    for what, v in (("visibility_timeout", visibility_timeout),
+                    ("dedup_window", dedup_window)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
+                what == "visibility_timeout" and not v > 0):
+            raise ValueError(f"{what} must be a positive number of seconds")
+    if max_deliveries is not None and (
+            not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
+            not 1 <= max_deliveries < 1 << 31):
+        raise ValueError("max_deliveries must be a positive int, or None (no limit)")
+    if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
+        raise ValueError("perm must be a permission mask such as 0o600")
+    return slots, dedup
 
 
 class HandleAPI:

@@ -99,8 +99,27 @@ def _line(r, as_json):
            f"{_text(r.value)}"
 
 
+def _open_url_log(args, url, command):
+    """The Redis log args.name at url, or None (said on stderr)."""
+    from pyqueue.backends import connect
+    try:
+        return connect(url).Log.open(args.name)
+    except SegmentNotFound:
+        print(f"pyqueue {command}: no log {args.name!r} at {url}", file=sys.stderr)
+        return None
+
+
 def cmd_tail(args):
-    log = open_log(args.name, args.unpickle)
+    from pyqueue.cli import _backend_url
+    url = _backend_url(args)
+    if url is None:
+        log = open_log(args.name, args.unpickle)
+    else:  # a Redis log, by URL: anyone who can reach the server may have
+        # written its pickles, so they stay raw unless --unpickle
+        log = _open_url_log(args, url, "tail")
+        if log is None:
+            return 1
+        log.raw_values = not args.unpickle
     try:
         parts = list(range(log.partitions)) if args.partition is None else [args.partition]
         for p in parts:
@@ -146,11 +165,8 @@ def cmd_groups(args):
     if url is None:
         log = open_log(args.name)
     else:  # a Redis log, by URL (--url or $PYQUEUE_URL)
-        from pyqueue.backends import connect
-        try:
-            log = connect(url).Log.open(args.name)
-        except SegmentNotFound:
-            print(f"pyqueue groups: no log {args.name!r} at {url}", file=sys.stderr)
+        log = _open_url_log(args, url, "groups")
+        if log is None:
             return 1
     try:
         names = args.groups or log.groups()
@@ -205,6 +221,9 @@ def add_parsers(sub):
                            "runs code of whoever wrote it: only for a writer you trust). "
                            "Without it such values are shown undecoded: their type and "
                            "bytes")
+    tail.add_argument("--url", help="a backend URL (redis://..., default $PYQUEUE_URL or "
+                      "shm://); pickled values of a log there are shown undecoded unless "
+                      "--unpickle")
     tail.set_defaults(func=cmd_tail)
     groups = sub.add_parser(
         "groups", help="consumer groups of a log: committed offsets and lag",

@@ -19,7 +19,7 @@ from queue import Empty, Full
 from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, NamedTuple, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
-from pyqueue import _segment, _workq
+from pyqueue import _api, _segment, _workq
 from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound, ShutDown
 from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
                             check_settings)
@@ -312,19 +312,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         dedup_keys = _take(dedup_keys, given, "dedup_keys")
         perm = _take(perm, given, "perm")
         capacity = _round_capacity(capacity_bytes)
-        slots = self._power_of_two("max_in_flight", max_in_flight, 2)
-        dedup = self._power_of_two("dedup_keys", dedup_keys, 0)
-        for what, v in (("visibility_timeout", visibility_timeout),
-                        ("dedup_window", dedup_window)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
-                    what == "visibility_timeout" and not v > 0):
-                raise ValueError(f"{what} must be a positive number of seconds")
-        if max_deliveries is not None and (
-                not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
-                not 1 <= max_deliveries < 1 << 31):
-            raise ValueError("max_deliveries must be a positive int, or None (no limit)")
-        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
-            raise ValueError("perm must be a permission mask such as 0o600")
+        slots, dedup = _api.check_workqueue_settings(max_in_flight, visibility_timeout,
+                                                     max_deliveries, dedup_window, dedup_keys,
+                                                     perm)
         self._dlq: Optional[WorkQueue[Any]] = None
         dlq_name = b""
         if dead_letter is not None:
@@ -382,14 +372,6 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 f"work queue {name!r} takes messages of {self.max_message_bytes} bytes, which "
                 f"do not fit in dead-letter queue {self._dlq.name!r} (max_message_bytes "
                 f"{self._dlq.max_message_bytes}, less {DEAD_LETTER_OVERHEAD} for the DeadLetter)")
-
-    @staticmethod
-    def _power_of_two(what, v, lo):
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"{what} must be an int")
-        if v < lo or v > 1 << 24 or (v and v & (v - 1)):
-            raise ValueError(f"{what} must be a power of two, {max(lo, 1)} .. 2**24")
-        return v
 
     @classmethod
     def open(cls: type[_W], name: str, trust_owner: bool = False, *,

@@ -200,3 +200,145 @@ class RedisCluster:
     def stop(self):
         for p in self.procs:
             _stop(p)
+
+
+class CuttingProxy:
+    """A Unix-socket proxy in front of a server's socket that drops a
+    connection in the middle of a call, as a network or a restart does
+    (the server is real; only the path between is cut):
+
+    * `cut_reply(n)`: the n-th EVALSHA from now reaches the server (it is
+      applied), its reply never reaches the client: the connection closes.
+    * `cut_request(n)`: the n-th EVALSHA from now never reaches the server.
+    * `hold_request(n)`: the n-th EVALSHA from now is held (`held` is set);
+      `release()` then closes that connection without sending it (kill and
+      restart the server in between).
+
+    `done` is set when the cut happened. The proxy connects each new
+    client connection to `target` (a socket path) afresh, so a restarted
+    server at the same path serves the reconnect."""
+
+    def __init__(self, directory, target):
+        import threading
+        self.target = target
+        self.sock = os.path.join(directory, "proxy.sock")
+        self.url = f"redis+unix://{self.sock}"
+        self._lock = threading.Lock()
+        self._mode, self._left = None, 0
+        self.done = threading.Event()
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._socks = set()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.sock)
+        self._listener.listen(64)
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _arm(self, mode, n):
+        with self._lock:
+            self._mode, self._left = mode, n
+            self.done.clear()
+            self.held.clear()
+            self._release.clear()
+
+    def cut_reply(self, n=1):
+        self._arm("reply", n)
+
+    def cut_request(self, n=1):
+        self._arm("request", n)
+
+    def hold_request(self, n=1):
+        self._arm("hold", n)
+
+    def release(self):
+        self._release.set()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return                              # stopped
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                server.connect(self.target)
+            except OSError:
+                client.close()                      # the server is down: refused
+                server.close()
+                continue
+            pair = {"doomed": False}
+            with self._lock:
+                self._socks.update((client, server))
+            threading.Thread(target=self._up, args=(client, server, pair), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, pair),
+                             daemon=True).start()
+
+    def _close(self, *socks):
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+            with self._lock:
+                self._socks.discard(s)
+
+    @staticmethod
+    def _recv(s):
+        try:
+            return s.recv(1 << 16)
+        except OSError:
+            return b""              # closed: as the end of the stream
+
+    @staticmethod
+    def _send(s, data):
+        try:
+            s.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def _up(self, client, server, pair):
+        """client -> server: counts the EVALSHAs, cuts or holds the n-th."""
+        while True:
+            data = self._recv(client)
+            if not data:
+                return self._close(client, server)
+            act = None
+            with self._lock:
+                if self._mode is not None:
+                    self._left -= data.count(b"EVALSHA")
+                    if self._left <= 0:
+                        act, self._mode = self._mode, None
+            if act == "request":
+                self.done.set()
+                return self._close(client, server)
+            if act == "hold":
+                self.held.set()
+                self._release.wait(60)
+                self.done.set()
+                return self._close(client, server)
+            if act == "reply":
+                pair["doomed"] = True
+            if not self._send(server, data):
+                return self._close(client, server)
+
+    def _down(self, server, client, pair):
+        """server -> client: drops the doomed call's reply and closes."""
+        while True:
+            data = self._recv(server)
+            if not data or pair["doomed"]:
+                if data:
+                    self.done.set()
+                return self._close(client, server)
+            if not self._send(client, data):
+                return self._close(client, server)
+
+    def stop(self):
+        self._release.set()
+        self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        self._close(*socks)

@@ -1,16 +1,22 @@
 """Log (memory mode's semantics; consumer groups: test_consumer_contract.py):
 the same assertions on every backend; tests/contract/conftest.py."""
+import json
+import pickle
+
 import pytest
 
 import pyqueue
 from pyqueue import _log
-from pyqueue.errors import MessageTooLarge, OffsetOutOfRange
+from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
+from tests._wq_workers import json_dumps, json_loads
+from tests.test_log_serializer import _RunsCode
 from tests._support import wait_until
 from tests.contract import _workers
 
 pytestmark = pytest.mark.timeout(90)
 
 KiB = 1024
+JSON = (json_dumps, json_loads)
 
 
 def test_append_read_records(make):
@@ -102,3 +108,117 @@ def test_partitions_spread_over_the_cluster_masters(redis_cluster):
         assert sum(log.end_offset(p) for p in range(12)) == 12
     finally:
         log.unlink()
+
+
+def _plant(backend, log, value):
+    """Appends value with the default codec (pickle) to a log made with a
+    serializer, as someone who can write its storage can: the log's flag
+    cleared (the segment's header; the meta hash on Redis), a plain
+    handle's append, the flag set again."""
+    if backend.name == "redis":
+        from pyqueue.backends.redis._handle import key_prefix
+        meta = key_prefix(log.name) + "meta"
+        assert backend.client.hget(meta, "custom") == b"1"
+        backend.client.hset(meta, "custom", 0)
+        plain = backend.Log.open(log.name)
+        plain.append(value)
+        plain.close()
+        backend.client.hset(meta, "custom", 1)
+        return
+    from tests.test_log_serializer import _LOG_USER0
+    from tests._support import shm_file
+    with open(shm_file(log.name), "r+b") as f:
+        f.seek(_LOG_USER0)
+        assert f.read(8) == (1).to_bytes(8, "little")
+        f.seek(_LOG_USER0)
+        f.write(bytes(8))
+        f.flush()
+        plain = backend.Log.open(log.name)
+        plain.append(value)
+        plain.close()
+        f.seek(_LOG_USER0)
+        f.write((1).to_bytes(8, "little"))
+
+
+def test_serializer_round_trip_across_processes_through_a_group(make, backend, ctx, procs):
+    """Log(serializer=(dumps, loads)) on every backend: every value (str
+    too) goes through dumps, a consumer group's member in another process
+    gets them through loads, and the log travels with its serializer."""
+    from tests import _log_workers as lw
+    log = make("Log", make.name(), partitions=1, serializer=JSON)
+    values = [{"n": i, "s": "é" * i} for i in range(4)] + ["plain", 3]
+    log.append_many(values[:4])
+    for v in values[4:]:
+        log.append(v)
+    out = ctx.Queue()
+    p = procs.start(ctx, lw.json_member, log, "g", out, len(values))
+    assert out.get(timeout=60) == values
+    p.join(60)
+    assert p.exitcode == 0
+    recs = log.read(0, len(values), max_records=100, timeout=5)
+    assert [r.value for r in recs] == [{"echo": v} for v in values]
+    raw = backend.Log.open(log.name, serializer=(json_dumps, bytes))
+    try:
+        assert raw.read(0, 4, 1)[0].value == b'"plain"'    # JSON text, not the raw str
+    finally:
+        raw.close()
+
+
+def test_serializer_planted_pickle_refused_not_unpickled(make, backend, tmp_path):
+    marker = tmp_path / "ran"
+    log = make("Log", make.name(), partitions=1, serializer=JSON)
+    log.append({"before": 1})
+    _plant(backend, log, _RunsCode("touch '%s'" % marker))
+    log.append({"after": 2})
+    assert log.read(0, 0, 1)[0].value == {"before": 1}
+    with pytest.raises(PoisonRecord, match="refusing to unpickle") as info:
+        log.read(0, 1, 10)
+    assert info.value.offset == 1 and b"system" in info.value.raw
+    c = log.consumer("g")
+    try:
+        assert [r.value for r in c.poll(timeout=5)] == [{"before": 1}]
+        with pytest.raises(PoisonRecord):
+            c.poll(timeout=5)
+        c.seek(0, 2)
+        assert [r.value for r in c.poll(timeout=5)] == [{"after": 2}]
+    finally:
+        c.close()
+    assert not marker.exists()
+
+
+def test_serializer_errors_leave_the_log_usable(make):
+    log = make("Log", make.name(), partitions=1,
+               serializer=(json_dumps, lambda b: json.loads(bytes(b))["v"]))
+    with pytest.raises(TypeError):
+        log.append({1, 2})                      # dumps' error reaches the caller
+    with pytest.raises(TypeError):
+        log.append_many([{"v": 0}, object()])  # nothing of the batch is appended
+    assert log.end_offset(0) == 0
+    log.append({"v": 1})
+    log.append({"no": "v"})
+    assert [r.value for r in log.read(0, 0, 10)] == [1]   # what came before the poison
+    with pytest.raises(PoisonRecord) as info:
+        log.read(0, 1, 10)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert info.value.raw.endswith(b'{"no": "v"}')
+    log.append({"v": 3})
+    assert [r.value for r in log.read(0, 2, 10)] == [3]
+
+
+def test_serializer_is_the_logs_own_setting(make, backend):
+    plain = make("Log", make.name(), partitions=1)
+    with pytest.raises(ValueError, match="exists with other settings: serializer"):
+        backend.Log.open(plain.name, serializer=JSON)
+    custom = make("Log", make.name(), partitions=1, serializer=JSON)
+    with pytest.raises(pyqueue.PyQueueError, match="custom serializer"):
+        backend.Log.open(custom.name)
+    with pytest.raises(pyqueue.PyQueueError, match="custom serializer"):
+        make("Log", custom.name, partitions=1)
+    with pytest.raises(TypeError, match="serializer"):
+        backend.Log.open(custom.name, serializer=json.dumps)
+    again = pickle.loads(pickle.dumps(custom))   # travels with its serializer
+    try:
+        again.append([1])
+        assert custom.read(0, 0, 10)[0].value == [1]
+    finally:
+        again.close()

@@ -66,3 +66,57 @@ def test_groups_by_url(request, where, capsys):
         assert "no log 'no-such-log'" in capsys.readouterr().err
     finally:
         log.unlink()
+
+
+@pytest.mark.parametrize("where", ["redis", "redis-cluster"])
+def test_tail_by_url(request, where, capsys, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+    import pyqueue
+    server = request.getfixturevalue("redis_server" if where == "redis" else "redis_cluster")
+    log = pyqueue.connect(server.url).Log("cli-tail", partitions=2)
+    try:
+        p = log.partition_for("k")
+        log.append_many([b"zero", "one"], key="k", headers={"h": "v"})
+        log.append({"x": 1}, key="k")
+        tail = ["tail", "--url", server.url, "cli-tail"]
+        assert cli.main(tail + ["--from-beginning", "--no-follow"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [ln.split("\t")[:2] + ln.split("\t")[3:] for ln in lines] == [
+            [str(p), "0", "k", "zero"], [str(p), "1", "k", "one"],
+            [str(p), "2", "k", f"<pickle, not decoded: {pickle.dumps({'x': 1}, 5)!r}>"]]
+        # Anyone who reaches the server may have written a pickle: it runs
+        # only with --unpickle.
+        assert cli.main(tail + ["--from-beginning", "--no-follow", "--unpickle", "--json",
+                                "-p", str(p)]) == 0
+        rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+        assert [(r["offset"], r["value"], r["headers"]) for r in rows] == [
+            (0, "zero", {"h": "v"}), (1, "one", {"h": "v"}), (2, {"x": 1}, {})]
+        assert cli.main(tail + ["--no-follow"]) == 0          # only new records: none
+        assert capsys.readouterr().out == ""
+        assert cli.main(tail + ["-p", "5", "--no-follow"]) == 1
+        assert "out of range" in capsys.readouterr().err
+        assert cli.main(["tail", "--url", server.url, "no-such-log", "--no-follow"]) == 1
+        assert "no log 'no-such-log'" in capsys.readouterr().err
+        # Following: the two records appended after it started, then exit.
+        env = dict(os.environ, PYQUEUE_URL=server.url)
+        proc = subprocess.Popen([sys.executable, "-m", "pyqueue", "tail", "cli-tail", "-n", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            while True:
+                log.append(b"new", key="k")
+                try:
+                    out, err = proc.communicate(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert [ln.split("\t")[-1] for ln in out.splitlines()] == ["new", "new"]
+    finally:
+        log.unlink()

@@ -188,6 +188,27 @@ def test_full_and_bad_times(make):
     d.ack()
 
 
+@pytest.mark.parametrize("setting, bad, error", [
+    ("max_in_flight", 3, ValueError), ("max_in_flight", 1, ValueError),
+    ("max_in_flight", 2.0, TypeError), ("dedup_keys", 3, ValueError),
+    ("dedup_keys", 1 << 25, ValueError), ("dedup_keys", True, TypeError),
+    ("visibility_timeout", 0, ValueError), ("visibility_timeout", -1, ValueError),
+    ("visibility_timeout", math.nan, ValueError), ("visibility_timeout", "1", ValueError),
+    ("dedup_window", -0.5, ValueError), ("dedup_window", True, ValueError),
+    ("max_deliveries", 0, ValueError), ("max_deliveries", 1 << 31, ValueError),
+    ("max_deliveries", 2.0, ValueError), ("perm", 0o1000, ValueError),
+    ("perm", -1, ValueError), ("perm", True, ValueError)])
+def test_bad_creation_setting(make, backend, setting, bad, error):
+    # One check for every backend (pyqueue._api.check_workqueue_settings):
+    # the error names the setting, and nothing is made.
+    name = make.name()
+    with pytest.raises(error, match=setting):
+        make("WorkQueue", name, **{setting: bad})
+    with pytest.raises(SegmentNotFound):
+        backend.WorkQueue.open(name)
+    make("WorkQueue", name).put("the name is still free")
+
+
 def test_settings_open_and_kinds(make, backend):
     name = make.name()
     wq = make("WorkQueue", name, visibility_timeout=7)

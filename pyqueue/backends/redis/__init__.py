@@ -27,7 +27,7 @@ from pyqueue import queues as _shm_queues
 from pyqueue import topic as _shm_topic
 from pyqueue import workqueue as _shm_workqueue
 
-__all__ = ["RedisBackend", "NotReplicated", "parse_url"]
+__all__ = ["RedisBackend", "ConnectionLost", "NotReplicated", "parse_url"]
 
 
 class NotReplicated(PyQueueError, TimeoutError):
@@ -40,6 +40,25 @@ class NotReplicated(PyQueueError, TimeoutError):
         super().__init__(message)
         self.replicas = replicas
         self.wanted = wanted
+
+
+class ConnectionLost(PyQueueError, ConnectionError):
+    """The connection to Redis was lost during a call of a queue, topic or
+    log handle on one server. Each step of a call is one Lua script, all or
+    nothing: `sent` is False when the server never got this step (nothing
+    of it applied: the server was down or unreachable, after redis-py's
+    reconnect with backoff), True when the connection dropped after it was
+    sent (it may have been applied, its reply lost). Such a step is not
+    sent again behind the caller's back: a replay could store a put twice,
+    or take messages a second time while the first take's are lost. `ids`:
+    what a put_many / append_many stored before this step (those are
+    committed), or None. The handle stays usable: its next call
+    reconnects."""
+
+    def __init__(self, message, sent=False, ids=None):
+        super().__init__(message)
+        self.sent = sent
+        self.ids = ids
 
 
 _WAIT_PARAMS = ("min_replicas", "wait_timeout")
@@ -141,7 +160,7 @@ class RedisBackend:
         self.Log = self._bind(RedisLog, "Log")
 
     def _bind(self, cls, attr):
-        return type(attr, (cls,), {"_backend": self, "__module__": cls.__module__,
+        return type(attr, (cls,), {"_backend": self, "_attr": attr, "__module__": cls.__module__,
                                    "__qualname__": f"RedisBackend.{attr}"})
 
     # -- helpers for the classes -----------------------------------------
@@ -156,6 +175,8 @@ class RedisBackend:
                     s = self.client.register_script(source)
                     if self.min_replicas:
                         s = _Waited(self, s)
+                    elif not self.cluster:
+                        s = _Once(self, s)
                     self._scripts[name] = s
         return s
 
@@ -182,6 +203,43 @@ class RedisBackend:
 
     def __repr__(self):
         return f"<pyqueue backend {self.url}>"
+
+
+class _Once:
+    """A script run once per call on one server: connecting (redis-py's
+    reconnect with backoff) comes before the command is sent, and a
+    connection lost after it was sent raises ConnectionLost instead of
+    redis-py's retry sending it again (see ConnectionLost). As a Script's
+    `client`: its evalsha sends on a connection of the pool itself."""
+
+    def __init__(self, backend, script):
+        self._b = backend
+        self._script = script
+
+    def __call__(self, keys=(), args=()):
+        return self._script(keys=keys, args=args, client=self)
+
+    def evalsha(self, sha, numkeys, *args):
+        client = self._b.client
+        pool = client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except (_redis.ConnectionError, _redis.TimeoutError) as e:
+            raise ConnectionLost(f"cannot reach Redis at {self._b.url}: {e} (nothing of this "
+                                 f"call's step was sent)", sent=False) from e
+        try:
+            conn.send_command("EVALSHA", sha, numkeys, *args)
+            return client.parse_response(conn, "EVALSHA")
+        except (_redis.ConnectionError, _redis.TimeoutError) as e:
+            conn.disconnect()
+            raise ConnectionLost(f"the connection to Redis at {self._b.url} was lost during a "
+                                 f"call: {e} (the step was sent; it may have been applied)",
+                                 sent=True) from e
+        finally:
+            pool.release(conn)
+
+    def script_load(self, source):
+        return self._b.client.script_load(source)
 
 
 class _Waited:

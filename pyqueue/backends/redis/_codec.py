@@ -32,8 +32,14 @@ def encode(obj, serializer):
     return T_PICKLE + bytes(_core.default_dumps(obj))
 
 
-def decode(raw, serializer):
+def decode(raw, serializer, raw_values=False):
+    """The value of an encoded message. raw_values (pyqueue tail of a
+    log): a pickled or custom-encoded value is not decoded but returned as
+    pyqueue._log.RawValue (its type, its bytes)."""
     tag = raw[:1]
+    if raw_values and tag in (T_PICKLE, T_CUSTOM):
+        from pyqueue._log import RawValue
+        return RawValue("pickle" if tag == T_PICKLE else "custom", bytes(raw[1:]))
     if serializer is not None and tag != T_CUSTOM:
         # A handle with a serializer never unpickles (nor hands out raw
         # bytes): whatever else is in its keys was not put through it.
@@ -52,3 +58,15 @@ def decode(raw, serializer):
                              "without one")
         return serializer[1](raw[1:])
     raise ValueError(f"not a pyqueue message (tag {tag!r})")
+
+
+def as_bytes(value, what):
+    """A key or header value as bytes: str as UTF-8, a bytes-like object
+    as it is; else a TypeError naming `what`."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")

@@ -39,7 +39,8 @@ import socket
 import threading
 import weakref
 
-from pyqueue.backends.redis.queue import key_prefix
+from pyqueue.backends.redis import ConnectionLost
+from pyqueue.backends.redis._handle import key_prefix
 from pyqueue.errors import PyQueueError
 
 MAX_MEMBERS = 64          # as the shared-memory table (PQ_GROUP_MEMBERS)
@@ -473,7 +474,7 @@ def _heartbeats(ref, stop):
                     t._beating.pop((g, mid), None)
             except ValueError:           # the log was closed: its members go with their leases
                 t._beating.pop((g, mid), None)
-            except redis.RedisError:     # unreachable for now: the next beat tries again
+            except (redis.RedisError, ConnectionLost):   # unreachable: the next beat tries again
                 pass
         del t
         if stop.wait(period):

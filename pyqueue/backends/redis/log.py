@@ -28,11 +28,10 @@ import time
 
 from pyqueue import _api, _log
 from pyqueue import log as _shm_log
-from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis.groups import RedisGroupTable
-from pyqueue.backends.redis.queue import check_name, key_prefix
-from pyqueue.errors import (MessageTooLarge, OffsetOutOfRange, PoisonRecord, SegmentMismatch,
-                            SegmentNotFound)
+from pyqueue.backends.redis._handle import RedisHandle, key_prefix
+from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
 from pyqueue.log import Record
 
 KIND = "log"
@@ -44,11 +43,12 @@ local M = KEYS[1]
 if redis.call('EXISTS', M) == 0 then
   if ARGV[1] == 'open' then return false end
   redis.call('HSET', M, 'kind', ARGV[2], 'partitions', ARGV[3], 'retention_bytes', ARGV[4],
-             'retention_ms', ARGV[5], 'perm', ARGV[6])
-  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+             'retention_ms', ARGV[5], 'perm', ARGV[6], 'custom', ARGV[7])
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
 end
-local m = redis.call('HMGET', M, 'kind', 'partitions', 'retention_bytes', 'retention_ms', 'perm')
-return {0, m[1], m[2], m[3], m[4], m[5]}
+local m = redis.call('HMGET', M, 'kind', 'partitions', 'retention_bytes', 'retention_ms', 'perm',
+                     'custom')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6] or '0'}
 """
 
 _HEAD = """
@@ -120,16 +120,6 @@ return out
 """
 
 
-def _key_bytes(key):
-    if type(key) is bytes:
-        return key
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    if isinstance(key, (bytes, bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
-
-
 def _encode_headers(headers):
     if not headers:
         return b""
@@ -139,31 +129,24 @@ def _encode_headers(headers):
     for k, v in headers.items():
         if not isinstance(k, str):
             raise TypeError(f"header names must be str, not {type(k).__name__}")
-        if isinstance(v, str):
-            v = v.encode("utf-8")
-        elif isinstance(v, (bytes, bytearray, memoryview)):
-            v = bytes(v)
-        else:
-            raise TypeError(f"header values must be bytes or str, not {type(v).__name__}")
-        out[k] = v
+        out[k] = _codec.as_bytes(v, "header values")
     return pickle.dumps(out, 5)
 
 
-def _rebuild(url, name):
-    from pyqueue.backends import connect
-    return connect(url).Log.open(name)
-
-
-class RedisLog(_api.HandleAPI):
+class RedisLog(RedisHandle):
     """pyqueue.Log (memory mode's semantics) on Redis; made by
-    `pyqueue.connect(url).Log(...)`."""
+    `pyqueue.connect(url).Log(...)`. serializer=(dumps, loads) as on
+    shared memory: the log's own setting (a flag in its meta hash), every
+    value through it both ways, nothing else ever unpickled."""
 
-    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "__weakref__")
-    _backend = None
+    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "_serializer",
+                 "raw_values", "__weakref__")
+    KIND = KIND
+    _what = "log"
 
     def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
                  perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 trust_owner=False, _open_only=False):
+                 trust_owner=False, serializer=None, _open_only=False):
         if path is not None:
             raise ValueError("a Log on Redis has no path (directory mode is shared memory's)")
         for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
@@ -174,24 +157,19 @@ class RedisLog(_api.HandleAPI):
         capacity = _shm_log.MemoryLog._ring_bytes(retention_bytes)
         retention = _shm_log._check_retention_ms(retention_ms)
         _shm_log._check_perm(perm)
-        if name is None:
-            name = f"anon-{os.getpid()}-{os.urandom(8).hex()}"
-        check_name(name)
+        serializer = _api.check_serializer(serializer)
+        name = self._new_name(name)
         self._name = name
         self._closed = False
         self._rr_pid = 0
         self._groups = None
-        r = self._backend.script("log_create", _CREATE)(
-            keys=[key_prefix(name) + "meta"],
-            args=["open" if _open_only else "create", KIND, parts, capacity, retention or 0,
-                  perm])
-        if r is None:
-            raise SegmentNotFound(f"no log {name!r} at {self._backend.url}")
-        if r[1].decode() != KIND:
-            raise SegmentMismatch(f"{name!r} at {self._backend.url} is a {r[1].decode()}, "
-                                  "not a log")
+        self._serializer = None
+        self.raw_values = False      # pyqueue tail: pickles left encoded (RawValue)
+        r = self._create_meta(_CREATE, "open" if _open_only else "create",
+                              [parts, capacity, retention or 0, perm, int(serializer is not None)])
         self._settings = {"partitions": int(r[2]), "capacity": int(r[3]),
                           "retention_ms": int(r[4]) or None, "perm": int(r[5])}
+        _shm_log._check_log_serializer(self, serializer, r[6] == b"1", f"log {name!r}")
         if r[0] != 1:
             where = f"log {name!r}"
             _shm_log._same("partitions", partitions, self.partitions, where)
@@ -200,20 +178,19 @@ class RedisLog(_api.HandleAPI):
             _shm_log._same("retention_ms", retention, self.retention_ms, where)
 
     @classmethod
-    def open(cls, name, trust_owner=False):
-        """Open an existing log (SegmentNotFound if missing)."""
-        return cls(name, _open_only=True)
+    def open(cls, name, trust_owner=False, *, serializer=None):
+        """Open an existing log (SegmentNotFound if missing); serializer:
+        the one it was made with, if any."""
+        return cls(name, serializer=serializer, _open_only=True)
 
-    name = property(lambda self: self._name)
+    def _set_serializer(self, serializer):
+        self._serializer = serializer
+
     path = property(lambda self: None)
     partitions = property(lambda self: self._settings["partitions"])
     capacity_bytes = property(lambda self: self._settings["capacity"])
     retention_ms = property(lambda self: self._settings["retention_ms"])
     max_record_bytes = property(lambda self: self._settings["capacity"] // 4 - 24)
-
-    @property
-    def url(self):
-        return self._backend.url
 
     def _pkeys(self, partition):
         if (isinstance(partition, bool) or not isinstance(partition, int)
@@ -238,9 +215,9 @@ class RedisLog(_api.HandleAPI):
 
     def _append(self, partition, values, key, headers):
         self._check_open()
-        kb = b"" if key is None else _key_bytes(key)
+        kb = b"" if key is None else _codec.as_bytes(key, "key")
         hb = _encode_headers(headers)
-        datas = [_codec.encode(v, None) for v in values]
+        datas = [_codec.encode(v, self._serializer) for v in values]
         for d in datas:
             if len(d) + len(kb) + len(hb) > self.max_record_bytes:
                 raise MessageTooLarge(f"record of {len(d) + len(kb) + len(hb)} bytes does not "
@@ -251,8 +228,12 @@ class RedisLog(_api.HandleAPI):
         out = []
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
-            first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb, hb,
-                                            *chunk])
+            try:
+                first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb,
+                                                hb, *chunk])
+            except ConnectionLost as e:
+                e.ids = out                # committed; this chunk: all or nothing
+                raise
             out += [(partition, first + j) for j in range(len(chunk))]
         return out
 
@@ -298,7 +279,7 @@ class RedisLog(_api.HandleAPI):
             offset = int(rid.split(b"-")[0])
             f = dict(zip(fields[::2], fields[1::2]))
             try:
-                value = _codec.decode(f[b"v"], None)
+                value = _codec.decode(f[b"v"], self._serializer, self.raw_values)
                 headers = pickle.loads(f[b"h"]) if b"h" in f else {}
             except Exception as e:
                 if out:
@@ -371,9 +352,6 @@ class RedisLog(_api.HandleAPI):
             ms = max(1, math.ceil(left * 1000))
         b.client.xread(streams, count=1, block=ms)
 
-    def close(self):
-        self._closed = True
-
     def unlink(self):
         """Remove the log (every partition) from the server."""
         c = self._backend.client
@@ -383,9 +361,6 @@ class RedisLog(_api.HandleAPI):
         for p in range(self.partitions):
             c.delete(*self._pkeys(p))
         c.delete(key_prefix(self._name) + "meta", key_prefix(self._name) + "groups")
-
-    def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._name))
 
     def __repr__(self):
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"

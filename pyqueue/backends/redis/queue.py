@@ -18,12 +18,12 @@ list empty blocks in BLPOP. docs/design.md, "Backends".
 """
 import collections
 import os
-import secrets
 
 from pyqueue import _api
-from pyqueue.backends.redis import _codec
-from pyqueue.errors import (MessageTooLarge, SegmentMismatch, SegmentNotFound,
-                            UndecodableMessage)
+from pyqueue.backends.redis import ConnectionLost, _codec
+from pyqueue.backends.redis._handle import (RedisHandle, check_name,  # noqa: F401 (re-exported)
+                                            key_prefix)
+from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound, UndecodableMessage
 from pyqueue.queues import (_D_CAPACITY, _D_MAX_MESSAGE, _D_MAXSIZE, _D_MODE, _D_OVERFLOW,
                             _round_capacity, _take)
 
@@ -144,24 +144,7 @@ def _count_fork():
 os.register_at_fork(after_in_parent=_count_fork)
 
 
-def check_name(name):
-    _api.check_name(name)
-    if "{" in name or "}" in name:
-        raise ValueError(f"invalid queue name {name!r} for Redis: no '{{' or '}}' (the name "
-                         "is the hash tag that keeps a queue's keys in one cluster slot)")
-    return name
-
-
-def key_prefix(name):
-    return f"pq:{{{name}}}:"
-
-
-def _rebuild(url, attr, name, serializer):
-    from pyqueue.backends import connect
-    return getattr(connect(url), attr).open(name, serializer=serializer)
-
-
-class RedisQueue(_api.QueueAPI):
+class RedisQueue(RedisHandle, _api.QueueAPI):
     """pyqueue.Queue on Redis; made by `pyqueue.connect(url).Queue(...)`
     (same signature as pyqueue.Queue; capacity_bytes and mode are stored
     and compared like the shared-memory queue's, but bound nothing here)."""
@@ -169,8 +152,9 @@ class RedisQueue(_api.QueueAPI):
     __slots__ = ("_name", "_serializer", "_keys", "_maxsize", "_overflow", "_max_message",
                  "_custom", "_capacity", "_mode", "_closed", "_held", "_creator_pid",
                  "_shared", "_joinable", "_forks_then", "_undecodable", "__weakref__")
-    _backend = None            # set on the per-backend subclass
-    _attr = "Queue"            # the backend attribute that makes this class
+    KIND = KIND
+    _what = "queue"
+    _attr = "Queue"
     _want_joinable = False
 
     def __init__(self, maxsize=_D_MAXSIZE, *, capacity_bytes=_D_CAPACITY,
@@ -187,9 +171,7 @@ class RedisQueue(_api.QueueAPI):
             raise ValueError("mode must be a permission mask such as 0o600")
         serializer = _api.check_serializer(serializer)
         unnamed = name is None
-        if unnamed:
-            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
-        check_name(name)
+        name = self._new_name(name)
         self._init_handle(name, serializer)
         created, stored = self._create(
             "create", maxsize, overflow, max_message or 0, int(serializer is not None),
@@ -230,17 +212,10 @@ class RedisQueue(_api.QueueAPI):
         self._keys = (p + "meta", p + "list", p + "space", p + "zero")
 
     def _create(self, how, maxsize, overflow, max_message, custom, capacity, mode):
-        b = self._backend
-        r = b.script("queue_create", _CREATE)(
-            keys=[self._keys[0]],
-            args=[how, KIND, int(self._want_joinable), maxsize, overflow, max_message, custom,
-                  capacity, mode])
-        if r is None:
-            raise SegmentNotFound(f"no queue {self._name!r} at {b.url}")
+        r = self._create_meta(_CREATE, how, [int(self._want_joinable), maxsize, overflow,
+                                             max_message, custom, capacity, mode])
         created = r[0] == 1
-        kind, joinable = r[1].decode(), r[2] == b"1"
-        if kind != KIND:
-            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a queue")
+        joinable = r[2] == b"1"
         if self._want_joinable and not joinable:
             raise SegmentMismatch(f"queue {self._name!r} is a plain queue, not a JoinableQueue "
                                   "(task_done() and join() need a queue created as one)")
@@ -254,14 +229,6 @@ class RedisQueue(_api.QueueAPI):
         return created, r
 
     # -- properties -------------------------------------------------------
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def url(self):
-        return self._backend.url
-
     @property
     def maxsize(self):
         return self._maxsize
@@ -340,7 +307,12 @@ class RedisQueue(_api.QueueAPI):
         if first is None:
             raise Empty()
         # Counted, and a put waiting for room told, by the same script.
-        return [first] + take(keys=self._keys[:3], args=[max_messages - 1, 1])
+        try:
+            rest = take(keys=self._keys[:3], args=[max_messages - 1, 1])
+        except ConnectionLost:
+            self._held.append(first)     # in hand: the next get returns it
+            raise
+        return [first] + rest
 
     def _decode(self, raw):
         return _codec.decode(raw, self._serializer)
@@ -426,11 +398,11 @@ class RedisQueue(_api.QueueAPI):
     def unlink(self):
         """Remove the queue (its messages and counters) from the server."""
         self._creator_pid = 0
-        self._backend.client.delete(*self._keys)
+        super().unlink()
 
     def __reduce__(self):
         self._shared = True
-        return (_rebuild, (self._backend.url, self._attr, self._name, self._serializer))
+        return super().__reduce__()
 
 
 class RedisJoinableQueue(RedisQueue):

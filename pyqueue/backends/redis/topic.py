@@ -30,8 +30,8 @@ import secrets
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
-from pyqueue.backends.redis.queue import check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take
 
 KIND = "topic"
@@ -166,18 +166,14 @@ return 1
 """
 
 
-def _rebuild(url, name, serializer):
-    from pyqueue.backends import connect
-    return connect(url).Topic.open(name, serializer=serializer)
-
-
-class RedisTopic(_api.HandleAPI):
+class RedisTopic(RedisHandle):
     """pyqueue.Topic on Redis; made by `pyqueue.connect(url).Topic(...)`
     (the same signature, plus subscriber_timeout: how long a subscription
     that does not read counts as live)."""
 
     __slots__ = ("_name", "_keys", "_closed", "_serializer", "_settings", "__weakref__")
-    _backend = None
+    KIND = KIND
+    _what = "topic"
 
     def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
                  mode=_Default("lossless"), serializer=None, perm=_Default(0o600),
@@ -195,9 +191,7 @@ class RedisTopic(_api.HandleAPI):
                 or not sub_timeout > 0):
             raise ValueError("subscriber_timeout must be a positive number of seconds")
         serializer = _api.check_serializer(serializer)
-        if name is None:
-            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
-        check_name(name)
+        name = self._new_name(name)
         self._init_handle(name, serializer)
         created = self._create("create", capacity, mode, perm, int(serializer is not None),
                                int(sub_timeout * 1000))
@@ -230,28 +224,10 @@ class RedisTopic(_api.HandleAPI):
         self._keys = [key_prefix(name) + k for k in _KEYS]
 
     def _create(self, how, capacity, mode, perm, custom, sub_ms):
-        b = self._backend
-        r = b.script("topic_create", _CREATE)(
-            keys=[self._keys[0]], args=[how, KIND, capacity, mode, perm, custom, sub_ms])
-        if r is None:
-            raise SegmentNotFound(f"no topic {self._name!r} at {b.url}")
-        kind = r[1].decode()
-        if kind != KIND:
-            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a topic")
+        r = self._create_meta(_CREATE, how, [capacity, mode, perm, custom, sub_ms])
         self._settings = {"capacity": int(r[2]), "mode": r[3].decode(), "perm": int(r[4]),
                           "custom": r[5] == b"1", "sub_ms": int(r[6])}
         return r[0] == 1
-
-    def _script(self, name, source, args=()):
-        return self._backend.script(name, source)(keys=self._keys, args=list(args))
-
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def url(self):
-        return self._backend.url
 
     mode = property(lambda self: self._settings["mode"])
     capacity_bytes = property(lambda self: self._settings["capacity"])
@@ -333,16 +309,6 @@ class RedisTopic(_api.HandleAPI):
                 "waiting_subscribers": None,   # not tracked on Redis
                 "backend": "redis",
                 "url": self._backend.url}
-
-    def close(self):
-        self._closed = True
-
-    def unlink(self):
-        """Remove the topic (its messages and subscriptions) from the server."""
-        self._backend.client.delete(*self._keys)
-
-    def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._name, self._serializer))
 
     def __repr__(self):
         return f"<pyqueue.Topic {self._name!r} {'closed' if self._closed else 'open'}>"

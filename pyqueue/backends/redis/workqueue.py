@@ -36,15 +36,13 @@ Python half every backend's Batch shares (pyqueue._api.BatchAPI).
 docs/design.md, "Backends".
 """
 import math
-import os
-import secrets
 import time
 
 from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
-from pyqueue.backends.redis import _codec
-from pyqueue.backends.redis.queue import check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch, SegmentNotFound
+from pyqueue.backends.redis import ConnectionLost, _codec
+from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
 from pyqueue.queues import _Default, _round_capacity, _take
 from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
                                DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
@@ -83,6 +81,15 @@ local function done(id, counter)
   local cap = tonumber(redis.call('HGET', M, 'max_in_flight'))
   if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
 end
+-- id becomes available after delay ms (0: now); true when now
+local function offer(id, delay)
+  if delay > 0 then
+    redis.call('ZADD', D, now + delay, id)
+    return false
+  end
+  redis.call('ZADD', Q, id, id)
+  return true
+end
 local function held_by(id, n)
   if not redis.call('ZSCORE', F, id) then return false end
   return redis.call('HGET', C, id) == n
@@ -108,57 +115,12 @@ local m = redis.call('HMGET', M, 'kind', 'capacity', 'max_in_flight', 'vis_ms',
 return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11] or '0'}
 """
 
-# ARGV: payload, delay ms, key ('' for none) -> {id, duplicate} |
-# {-1} no queue | {-2, ms until the oldest key expires} dedup table full |
-# {-3, last space id} no room
-_PUT = _LUA_HEAD + """
-local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms')
-if not m[1] then return {-1} end
-local key = ARGV[3]
-local dedup_keys = tonumber(m[2])
-if key ~= '' and dedup_keys > 0 then
-  local old = redis.call('ZRANGEBYSCORE', K, '-inf', now, 'LIMIT', 0, 1000)
-  if #old > 0 then
-    redis.call('ZREM', K, unpack(old))
-    redis.call('HDEL', KI, unpack(old))
-  end
-  local first = redis.call('HGET', KI, key)
-  if first then
-    redis.call('HINCRBY', M, 'deduplicated', 1)
-    return {tonumber(first), 1}
-  end
-  if redis.call('ZCARD', K) >= dedup_keys then
-    redis.call('HINCRBY', M, 'dedup_full', 1)
-    local oldest = redis.call('ZRANGE', K, 0, 0, 'WITHSCORES')
-    return {-2, math.max(1, tonumber(oldest[2]) - now)}
-  end
-end
-if redis.call('HLEN', P) >= tonumber(m[1]) then return {-3, last_id(S)} end
-local id = redis.call('HINCRBY', M, 'next_id', 1)
-redis.call('HSET', P, id, ARGV[1])
-redis.call('HSET', C, id, 0)
-redis.call('HSET', E, id, now)
-local delay = tonumber(ARGV[2])
-if delay > 0 then
-  redis.call('ZADD', D, now + delay, id)
-else
-  redis.call('ZADD', Q, id, id)
-  redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
-end
-if key ~= '' and dedup_keys > 0 then
-  redis.call('ZADD', K, now + tonumber(m[3]), key)
-  redis.call('HSET', KI, key, id)
-end
-redis.call('HINCRBY', M, 'enqueued', 1)
-return {id, 0}
-"""
-
 # ARGV: delay ms, then (payload, key or '') per message -> {0, 0, id...}
 # all put (a duplicate key's: the first one's id, also of a key earlier in
 # the same call) | {-1} no queue | {-2, ms until the oldest key expires,
 # id...} dedup table full | {-3, last space id, id...} no room: the ids of
-# those before the one that did not fit, which stay put (as _PUT, message
-# after message, in one call)
+# those before the one that did not fit, which stay put (message after
+# message, in one call; a put is one message's call)
 _PUT_MANY = _LUA_HEAD + """
 local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms')
 if not m[1] then return {-1} end
@@ -200,12 +162,7 @@ for i = 2, #ARGV, 2 do
     redis.call('HSET', P, id, ARGV[i])
     redis.call('HSET', C, id, 0)
     redis.call('HSET', E, id, now)
-    if delay > 0 then
-      redis.call('ZADD', D, now + delay, id)
-    else
-      redis.call('ZADD', Q, id, id)
-      ready = true
-    end
+    if offer(id, delay) then ready = true end
     if keyed then
       redis.call('ZADD', K, now + dedup_ms, key)
       redis.call('HSET', KI, key, id)
@@ -220,17 +177,21 @@ if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
 return out
 """
 
-# ARGV: mover's lease ms -> {0|1, id, deliveries, payload, enqueued ms, why} (0: a
-# delivery held by the caller; 1: dead, for the caller to move) |
-# {-1} no queue | {-4, last wake id, ms until the next deadline or -1}
-# What a get does first (one get and a get_many alike): the delayed
-# messages now due and the held ones past their visibility deadline become
-# available (at most %(scan)d of each: bounded), and when nothing comes,
-# the ms until the next deadline (-1: none) for the caller to wait.
-_LUA_ACQUIRE_HEAD = _LUA_HEAD + """
+# ARGV: mover's lease ms, max -> {0, then 6 fields per message: 0|1, id,
+# deliveries, payload, enqueued ms, why} (0: a delivery held by the caller;
+# 1: dead, for the caller to move) | {-1} no queue | {-4, last wake id, ms
+# until the next deadline or -1}. A get and a get_many alike (max 1 for a
+# get): the delayed messages now due and the held ones past their
+# visibility deadline become available (at most %(scan)d of each: bounded);
+# then the dead-pending ones whose mover's lease is over are taken, then
+# the oldest available, those out of deliveries made dead on the way; when
+# nothing comes, the ms until the next deadline (-1: none) for the caller
+# to wait.
+_ACQUIRE = _LUA_HEAD + """
 local m = redis.call('HMGET', M, 'vis_ms', 'max_deliveries')
 if not m[1] then return {-1} end
 local lease = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, %(scan)d)
 for _, id in ipairs(due) do
   redis.call('ZREM', D, id)
@@ -242,53 +203,6 @@ for _, id in ipairs(expired) do
   redis.call('HSET', R, id, 'visibility timeout')
   redis.call('ZADD', Q, id, id)
 end
-local function nothing()
-  local nxt = -1
-  for _, z in ipairs({D, F, X}) do
-    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-    if #first > 0 then
-      local ms = math.max(0, tonumber(first[2]) - now)
-      if nxt < 0 or ms < nxt then nxt = ms end
-    end
-  end
-  return {-4, last_id(W), nxt}
-end
-""" % {"scan": _SCAN}
-
-_ACQUIRE = _LUA_ACQUIRE_HEAD + """
-local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1)
-if #dead > 0 then
-  local id = dead[1]
-  redis.call('ZADD', X, now + lease, id)
-  return {1, id, redis.call('HGET', C, id), redis.call('HGET', P, id),
-          redis.call('HGET', E, id), redis.call('HGET', R, id)}
-end
-local top = redis.call('ZPOPMIN', Q)
-if #top > 0 then
-  local id = top[1]
-  local n = tonumber(redis.call('HGET', C, id))
-  local maxd = tonumber(m[2])
-  if maxd > 0 and n >= maxd then
-    redis.call('ZADD', X, now + lease, id)
-    return {1, id, n, redis.call('HGET', P, id), redis.call('HGET', E, id),
-            redis.call('HGET', R, id)}
-  end
-  n = n + 1
-  redis.call('HSET', C, id, n)
-  if n > 1 then redis.call('HINCRBY', M, 'redelivered', 1) end
-  redis.call('ZADD', F, now + tonumber(m[1]), id)
-  return {0, id, n, redis.call('HGET', P, id), redis.call('HGET', E, id),
-          redis.call('HGET', R, id)}
-end
-return nothing()
-"""
-
-# ARGV: mover's lease ms, max -> {0, then 6 fields per message: 0|1, id,
-# deliveries, payload, enqueued ms, why} (as _ACQUIRE's, in one call: the
-# dead-pending ones whose mover's lease is over, then the oldest available,
-# those out of deliveries made dead on the way) | {-1} | {-4, ...} as _ACQUIRE
-_ACQUIRE_MANY = _LUA_ACQUIRE_HEAD + """
-local want = tonumber(ARGV[2])
 local out = {0}
 local function add(kind, id, n)
   out[#out + 1] = kind
@@ -325,146 +239,72 @@ if room > 0 then
   if again > 0 then redis.call('HINCRBY', M, 'redelivered', again) end
 end
 if #out > 1 then return out end
-return nothing()
-"""
+local nxt = -1
+for _, z in ipairs({D, F, X}) do
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local ms = math.max(0, tonumber(first[2]) - now)
+    if nxt < 0 or ms < nxt then nxt = ms end
+  end
+end
+return {-4, last_id(W), nxt}
+""" % {"scan": _SCAN}
 
-# ARGV: id, deliveries, estale -> 0 | -ESTALE
-_ACK = _LUA_HEAD + """
-if not held_by(ARGV[1], ARGV[2]) then return -tonumber(ARGV[3]) end
-redis.call('ZREM', F, ARGV[1])
-done(ARGV[1], 'acked')
-return 0
-"""
-
-# ARGV: id, deliveries, estale, delay ms, lease ms -> 0 (again) | 1 (dead:
-# the caller moves it) | -ESTALE
-_NACK = _LUA_HEAD + """
-local id = ARGV[1]
-if not held_by(id, ARGV[2]) then return -tonumber(ARGV[3]) end
-redis.call('ZREM', F, id)
-redis.call('HSET', R, id, 'nacked')
-local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
-if maxd > 0 and tonumber(ARGV[2]) >= maxd then
-  redis.call('ZADD', X, now + tonumber(ARGV[5]), id)
+# The settles: a Delivery's verb and a Batch's alike (one message or many,
+# in one call), each message fenced by its delivery count (held_by), as
+# the shared-memory core's. ARGV: verb (ack|nack|reject|extend), estale,
+# the verb's ms (nack: delay; extend: the new visibility timeout), the
+# mover's lease ms, then (id, deliveries) per message -> per message: 0
+# (done; nack: available again), 1 (dead: the caller moves it), -ESTALE
+_SETTLE = _LUA_HEAD + """
+local estale, arg, lease = -tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local m = redis.call('HMGET', M, 'max_deliveries', 'max_in_flight')
+local maxd, cap = tonumber(m[1]), tonumber(m[2])
+local before = redis.call('HLEN', P)
+local ready, acked = false, 0
+local function release(id, why)
+  redis.call('ZREM', F, id)
+  redis.call('HSET', R, id, why)
+end
+local function dead(id)
+  redis.call('ZADD', X, now + lease, id)
   return 1
 end
-local delay = tonumber(ARGV[4])
-if delay > 0 then
-  redis.call('ZADD', D, now + delay, id)
-else
-  redis.call('ZADD', Q, id, id)
-  redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
-end
-return 0
-"""
-
-# ARGV: id, deliveries, estale, lease ms -> 0 (dead: the caller moves it) | -ESTALE
-_REJECT = _LUA_HEAD + """
-local id = ARGV[1]
-if not held_by(id, ARGV[2]) then return -tonumber(ARGV[3]) end
-redis.call('ZREM', F, id)
-redis.call('HSET', R, id, 'rejected')
-redis.call('ZADD', X, now + tonumber(ARGV[4]), id)
-return 0
-"""
-
-# ARGV: id, deliveries, estale, ms -> 0 | -ESTALE
-_EXTEND = _LUA_HEAD + """
-if not held_by(ARGV[1], ARGV[2]) then return -tonumber(ARGV[3]) end
-redis.call('ZADD', F, now + tonumber(ARGV[4]), ARGV[1])
-return 0
-"""
-
-# The settles of a Batch: one call for many, each message fenced as the
-# single verb's (held_by: its delivery count). ARGV: estale, the verb's
-# argument, then (id, deliveries) per message -> a result per message, as
-# the single verb's.
-_LUA_MANY_HEAD = _LUA_HEAD + """
-local estale = -tonumber(ARGV[1])
-local arg = tonumber(ARGV[2])
-local out = {}
-"""
-
-# arg unused -> 0 | -ESTALE each
-_ACK_MANY = _LUA_MANY_HEAD + """
-local before = redis.call('HLEN', P)
-local acked = 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if held_by(id, ARGV[i + 1]) then
+local verbs = {
+  ack = function(id)
     redis.call('ZREM', F, id)
     forget(id)
     acked = acked + 1
-    out[#out + 1] = 0
+    return 0
+  end,
+  nack = function(id, n)
+    release(id, 'nacked')
+    if maxd > 0 and tonumber(n) >= maxd then return dead(id) end
+    if offer(id, arg) then ready = true end
+    return 0
+  end,
+  reject = function(id)
+    release(id, 'rejected')
+    return dead(id)
+  end,
+  extend = function(id)
+    redis.call('ZADD', F, now + arg, id)
+    return 0
+  end,
+}
+local verb = verbs[ARGV[1]]
+local out = {}
+for i = 5, #ARGV, 2 do
+  if held_by(ARGV[i], ARGV[i + 1]) then
+    out[#out + 1] = verb(ARGV[i], ARGV[i + 1])
   else
     out[#out + 1] = estale
-  end
-end
-if acked > 0 then
-  redis.call('HINCRBY', M, 'acked', acked)
-  local cap = tonumber(redis.call('HGET', M, 'max_in_flight'))
-  if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
-end
-return out
-"""
-
-# arg: delay ms; ARGV[3]: lease ms -> 0 (again) | 1 (dead: the caller
-# moves it) | -ESTALE each
-_NACK_MANY = _LUA_MANY_HEAD + """
-local lease = tonumber(ARGV[3])
-local maxd = tonumber(redis.call('HGET', M, 'max_deliveries'))
-local ready = false
-for i = 4, #ARGV, 2 do
-  local id, n = ARGV[i], ARGV[i + 1]
-  if not held_by(id, n) then
-    out[#out + 1] = estale
-  else
-    redis.call('ZREM', F, id)
-    redis.call('HSET', R, id, 'nacked')
-    if maxd > 0 and tonumber(n) >= maxd then
-      redis.call('ZADD', X, now + lease, id)
-      out[#out + 1] = 1
-    else
-      if arg > 0 then
-        redis.call('ZADD', D, now + arg, id)
-      else
-        redis.call('ZADD', Q, id, id)
-        ready = true
-      end
-      out[#out + 1] = 0
-    end
   end
 end
 if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
-return out
-"""
-
-# arg: lease ms -> 1 (dead: the caller moves it) | -ESTALE each
-_REJECT_MANY = _LUA_MANY_HEAD + """
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if held_by(id, ARGV[i + 1]) then
-    redis.call('ZREM', F, id)
-    redis.call('HSET', R, id, 'rejected')
-    redis.call('ZADD', X, now + arg, id)
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = estale
-  end
-end
-return out
-"""
-
-# arg: ms -> 0 | -ESTALE each
-_EXTEND_MANY = _LUA_MANY_HEAD + """
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if held_by(id, ARGV[i + 1]) then
-    redis.call('ZADD', F, now + arg, id)
-    out[#out + 1] = 0
-  else
-    out[#out + 1] = estale
-  end
+if acked > 0 then
+  redis.call('HINCRBY', M, 'acked', acked)
+  if before >= cap then redis.call('XADD', S, 'MAXLEN', 1, '*', 's', 1) end
 end
 return out
 """
@@ -525,27 +365,17 @@ def _key_bytes(key):
     """A dedup key as the scripts take it: b"" for none, the empty key b"\\0"."""
     if key is None:
         return b""
-    if isinstance(key, str):
-        kb = key.encode("utf-8")
-    elif isinstance(key, (bytes, bytearray, memoryview)):
-        kb = bytes(key)
-    else:
-        raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
-    return kb or b"\0"  # the empty key is a key
+    return _codec.as_bytes(key, "key") or b"\0"  # the empty key is a key
 
 
-def _rebuild(url, name, serializer=None):
-    from pyqueue.backends import connect
-    return connect(url).WorkQueue.open(name, serializer=serializer)
-
-
-class RedisWorkQueue(_api.WorkQueueAPI):
+class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     """pyqueue.WorkQueue on Redis; made by `pyqueue.connect(url).WorkQueue(...)`
     (the same signature; capacity_bytes bounds the message size as on shared
     memory, a quarter of it, and max_in_flight the messages not done)."""
 
     __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "_serializer", "__weakref__")
-    _backend = None
+    KIND = KIND
+    _what = "work queue"
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
 
@@ -567,22 +397,10 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         dedup_keys = _take(dedup_keys, given, "dedup_keys")
         perm = _take(perm, given, "perm")
         capacity = _round_capacity(capacity_bytes)
-        slots = _shm.WorkQueue._power_of_two("max_in_flight", max_in_flight, 2)
-        dedup = _shm.WorkQueue._power_of_two("dedup_keys", dedup_keys, 0)
-        for what, v in (("visibility_timeout", visibility_timeout),
-                        ("dedup_window", dedup_window)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or (
-                    what == "visibility_timeout" and not v > 0):
-                raise ValueError(f"{what} must be a positive number of seconds")
-        if max_deliveries is not None and (
-                not isinstance(max_deliveries, int) or isinstance(max_deliveries, bool) or
-                not 1 <= max_deliveries < 1 << 31):
-            raise ValueError("max_deliveries must be a positive int, or None (no limit)")
-        if not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o777:
-            raise ValueError("perm must be a permission mask such as 0o600")
-        if name is None:
-            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
-        check_name(name)
+        slots, dedup = _api.check_workqueue_settings(max_in_flight, visibility_timeout,
+                                                     max_deliveries, dedup_window, dedup_keys,
+                                                     perm)
+        name = self._new_name(name)
         self._init_handle(name)
         self._serializer = serializer
         dlq_name = ""
@@ -649,16 +467,8 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     def _create(self, how, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
                 dlq_name, max_payload, custom):
-        b = self._backend
-        r = b.script("wq_create", _CREATE)(
-            keys=[self._keys[0]],
-            args=[how, KIND, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
-                  dlq_name, max_payload, custom])
-        if r is None:
-            raise SegmentNotFound(f"no work queue {self._name!r} at {b.url}")
-        kind = r[1].decode()
-        if kind != KIND:
-            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a work queue")
+        r = self._create_meta(_CREATE, how, [capacity, slots, vis_ms, max_deliveries, dedup_ms,
+                                             dedup, perm, dlq_name, max_payload, custom])
         names = ("capacity", "max_in_flight", "vis_ms", "max_deliveries", "dedup_ms",
                  "dedup_keys", "perm")
         self._settings = {k: int(v) for k, v in zip(names, r[2:9])}
@@ -669,17 +479,9 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     def _script(self, name, source, args=()):
         self._check_open()
-        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+        return super()._script(name, source, args)
 
     # -- settings ----------------------------------------------------------
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def url(self):
-        return self._backend.url
-
     capacity_bytes = property(lambda self: self._settings["capacity"])
     max_in_flight = property(lambda self: self._settings["max_in_flight"])
     visibility_timeout = property(lambda self: self._settings["vis_ms"] / 1000.0)
@@ -722,26 +524,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         if len(data) - 1 > self.max_message_bytes:
             raise MessageTooLarge(f"message of {len(data) - 1} bytes exceeds the work queue's "
                                   f"limit of {self.max_message_bytes} bytes (max_message_bytes)")
-        kb = _key_bytes(key)
-        until = _api.deadline(block, timeout)
-        b = self._backend
-        while True:
-            r = self._script("wq_put", _PUT, [data, delay_ms, kb])
-            if r[0] >= 0:
-                return int(r[0])
-            if r[0] == -1:
-                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
-            left = _api.remaining(until)
-            if r[0] == -2:
-                if left == 0.0 or (left is not None and left < r[1] / 1000.0):
-                    raise Full(f"the dedup table holds {self.dedup_keys} keys put within the "
-                               f"last {self.dedup_window} s (dedup_keys, dedup_window): a new "
-                               f"key waits for the oldest to expire")
-                time.sleep(r[1] / 1000.0)  # until the oldest key expires (a deadline)
-                continue
-            if left == 0.0:
-                raise Full()
-            b.wait_stream(self._keys[12], r[1], left)
+        return self._put_encoded([data, _key_bytes(key)], delay_ms, block, timeout, True)[0]
 
     # put_many() is pyqueue.WorkQueue's, over _put_many below.
     put_many = _shm.WorkQueue.put_many
@@ -769,13 +552,25 @@ class RedisWorkQueue(_api.WorkQueueAPI):
                     f"queue's limit of {limit} bytes (max_message_bytes); nothing was put")
             args.append(data)
             args.append(_key_bytes(None if keys is None else keys[i]))
+        return self._put_encoded(args, delay_ms, block, timeout, False)
+
+    def _put_encoded(self, args, delay_ms, block, timeout, one):
+        """Puts the (payload, key) pairs of args, _PUT_CHUNK per script,
+        waiting for room or for a dedup key to expire up to the deadline;
+        their ids. queue.Full when the rest has no room in time (of a
+        put_many: with .ids, those put; one: put's own message)."""
+        n = len(args) // 2
         ids = []
         until = _api.deadline(block, timeout)
         b = self._backend
         start = 0
         while start < n:
             chunk = args[2 * start:2 * min(n, start + _PUT_CHUNK)]
-            r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+            try:
+                r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+            except ConnectionLost as e:
+                e.ids = ids                # committed; this chunk: all or nothing
+                raise
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
             ids.extend(int(x) for x in r[2:])
@@ -785,12 +580,16 @@ class RedisWorkQueue(_api.WorkQueueAPI):
             left = _api.remaining(until)
             if r[0] == -2:
                 if left == 0.0 or (left is not None and left < r[1] / 1000.0):
+                    if one:
+                        raise Full(f"the dedup table holds {self.dedup_keys} keys put within "
+                                   f"the last {self.dedup_window} s (dedup_keys, "
+                                   f"dedup_window): a new key waits for the oldest to expire")
                     raise _api.put_many_full(ids, "the dedup table is full (dedup_keys, "
                                                   "dedup_window)")
                 time.sleep(r[1] / 1000.0)  # until the oldest key expires (a deadline)
                 continue
             if left == 0.0:
-                raise _api.put_many_full(ids)
+                raise Full() if one else _api.put_many_full(ids)
             b.wait_stream(self._keys[12], r[1], left)
         return ids
 
@@ -804,13 +603,19 @@ class RedisWorkQueue(_api.WorkQueueAPI):
     def _get(self, block, timeout):
         """(kind, id, deliveries, raw, type, enqueued_ms, reason) as
         pyqueue.WorkQueue's core returns it; queue.Empty in time."""
+        r = self._acquire(1, block, timeout)
+        reason = r[6].decode() if r[6] is not None else None
+        return (r[1], int(r[2]), int(r[3]), r[4], None, int(r[5]), reason)
+
+    def _acquire(self, want, block, timeout):
+        """_ACQUIRE's reply with up to `want` messages (one at least),
+        waiting for one up to the deadline; queue.Empty in time."""
         until = _api.deadline(block, timeout)
         b = self._backend
         while True:
-            r = self._script("wq_acquire", _ACQUIRE, [self._lease_ms()])
-            if r[0] in (0, 1):
-                reason = r[5].decode() if r[5] is not None else None
-                return (r[0], int(r[1]), int(r[2]), r[3], None, int(r[4]), reason)
+            r = self._script("wq_acquire", _ACQUIRE, [self._lease_ms(), want])
+            if r[0] == 0:
+                return r
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
             left = _api.remaining(until)
@@ -830,21 +635,7 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         queue.Empty in time."""
         self._check_open()
         want = min(_api.check_max_messages(max_messages), self.max_in_flight)
-        until = _api.deadline(block, timeout)
-        b = self._backend
-        while True:
-            r = self._script("wq_acquire_many", _ACQUIRE_MANY, [self._lease_ms(), want])
-            if r[0] == 0:
-                break
-            if r[0] == -1:
-                raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
-            left = _api.remaining(until)
-            if left == 0.0:
-                raise Empty()
-            if r[2] >= 0:
-                due = r[2] / 1000.0
-                left = due if left is None else min(left, due)
-            b.wait_stream(self._keys[11], r[1], left)
+        r = self._acquire(want, block, timeout)
         # From here on Python code runs (unpickling): only this call's objects.
         batch = Batch._new(self)
         dead, poison = [], []
@@ -868,19 +659,22 @@ class RedisWorkQueue(_api.WorkQueueAPI):
 
     # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
     # -ESTALE (the delivery is no longer this handle's), as the core's.
+    def _settle(self, verb, ms, pairs):
+        """_SETTLE's results for the (id, deliveries) pairs."""
+        return self._script("wq_settle", _SETTLE, [verb, ESTALE, ms, self._lease_ms()] + pairs)
+
     def _ack(self, mid, deliveries):
-        return self._script("wq_ack", _ACK, [mid, deliveries, ESTALE])
+        return self._settle("ack", 0, [mid, deliveries])[0]
 
     def _nack(self, mid, deliveries, delay):
-        return self._script("wq_nack", _NACK, [mid, deliveries, ESTALE, _ms(delay, "delay"),
-                                                self._lease_ms()])
+        return self._settle("nack", _ms(delay, "delay"), [mid, deliveries])[0]
 
     def _reject(self, mid, deliveries):
-        return self._script("wq_reject", _REJECT, [mid, deliveries, ESTALE, self._lease_ms()])
+        r = self._settle("reject", 0, [mid, deliveries])[0]
+        return 0 if r == 1 else r       # the core's: 0 is "dead, to be moved"
 
     def _extend(self, mid, deliveries, seconds):
-        return self._script("wq_extend", _EXTEND, [mid, deliveries, ESTALE,
-                                                    _ms(seconds, "seconds")])
+        return self._settle("extend", _ms(seconds, "seconds"), [mid, deliveries])[0]
 
     def _dead_done(self, mid):
         return self._script("wq_dead_done", _DEAD_DONE, [mid])
@@ -947,16 +741,6 @@ class RedisWorkQueue(_api.WorkQueueAPI):
         self._check_open()
         return self._backend.client.hlen(self._keys[1])
 
-    def close(self):
-        self._closed = True
-
-    def unlink(self):
-        """Remove the work queue (its messages and counters) from the server."""
-        self._backend.client.delete(*self._keys)
-
-    def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._name, self._serializer))
-
 
 class Batch(_api.BatchAPI):
     """What RedisWorkQueue.get_many() returns: pyqueue.Batch's interface
@@ -988,21 +772,14 @@ class Batch(_api.BatchAPI):
         return _ms(value, what)
 
     def _settle(self, verb, pick, arg):
-        q = self._queue
         pairs = []
         for i in pick:
             pairs.append(self._ids[i])
             pairs.append(self._dels[i])
-        if verb == _api.ACKED:
-            return q._script("wq_ack_many", _ACK_MANY, [ESTALE, 0] + pairs)
-        if verb == _api.NACKED:
-            return q._script("wq_nack_many", _NACK_MANY,
-                             [ESTALE, arg, q._lease_ms()] + pairs)
-        if verb == _api.REJECTED:
-            return q._script("wq_reject_many", _REJECT_MANY,
-                             [ESTALE, q._lease_ms()] + pairs)
-        return q._script("wq_extend_many", _EXTEND_MANY, [ESTALE, arg] + pairs)
+        return self._queue._settle(_VERBS[verb], arg or 0, pairs)
 
+
+_VERBS = {_api.ACKED: "ack", _api.NACKED: "nack", _api.REJECTED: "reject", _api.HELD: "extend"}
 
 Empty = _api.Empty
 Full = _api.Full

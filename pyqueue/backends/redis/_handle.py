@@ -1,0 +1,89 @@
+"""What the Redis classes (Queue, WorkQueue, Topic, Log) share: the rules
+of a name, its keys' prefix, the script that makes or opens a handle's
+meta hash, its scripts, name/url, closing, pickling by URL and name.
+
+A handle's keys all carry its name as hash tag ("pq:{NAME}:..."), so they
+live in one cluster slot and its multi-key scripts stay legal on Redis
+Cluster; the meta hash ("pq:{NAME}:meta") holds the kind, so one name is
+one kind (SegmentMismatch across kinds, as on shared memory).
+"""
+import os
+import secrets
+
+from pyqueue import _api
+from pyqueue.errors import SegmentMismatch, SegmentNotFound
+
+
+def check_name(name):
+    _api.check_name(name)
+    if "{" in name or "}" in name:
+        raise ValueError(f"invalid queue name {name!r} for Redis: no '{{' or '}}' (the name "
+                         "is the hash tag that keeps a queue's keys in one cluster slot)")
+    return name
+
+
+def key_prefix(name):
+    return f"pq:{{{name}}}:"
+
+
+def _rebuild(url, attr, name, serializer):
+    from pyqueue.backends import connect
+    return getattr(connect(url), attr).open(name, serializer=serializer)
+
+
+class RedisHandle(_api.HandleAPI):
+    """The base of the Redis classes. A subclass sets KIND (the kind in the
+    meta hash), _what (its name in messages), and _name, _keys (its keys,
+    the meta hash first), _serializer, _closed on each handle; the backend
+    sets _backend and _attr (the backend attribute that makes the class)
+    on the class it binds."""
+
+    __slots__ = ()
+    _backend = None
+    _attr = None
+    KIND = None
+    _what = None
+
+    @staticmethod
+    def _new_name(name):
+        """name, checked; a fresh unique one for None."""
+        if name is None:
+            name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
+        return check_name(name)
+
+    def _create_meta(self, source, how, args):
+        """Runs a create script on the meta hash (ARGV: how, KIND, *args;
+        -> None when how is "open" and there is none, else {created,
+        kind, settings...}): its reply, once it is this kind's."""
+        b = self._backend
+        r = b.script(f"{self.KIND}_create", source)(
+            keys=[key_prefix(self._name) + "meta"], args=[how, self.KIND, *args])
+        if r is None:
+            raise SegmentNotFound(f"no {self._what} {self._name!r} at {b.url}")
+        kind = r[1].decode()
+        if kind != self.KIND:
+            raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a {self._what}")
+        return r
+
+    def _script(self, name, source, args=()):
+        """Runs a registered script over this handle's keys."""
+        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def url(self):
+        return self._backend.url
+
+    def close(self):
+        """Close this handle (what it names stays on the server)."""
+        self._closed = True
+
+    def unlink(self):
+        """Remove it (its messages and counters) from the server."""
+        self._backend.client.delete(*self._keys)
+
+    def __reduce__(self):
+        return (_rebuild, (self._backend.url, self._attr, self._name, self._serializer))
