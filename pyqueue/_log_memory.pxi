@@ -195,6 +195,13 @@ cdef class MemoryLogCore(LogCoreBase):
                 pq_log_repair(&self._l, pv[i], ov[i])
         return 0 if rc == -EINTR else rc
 
+    def _event_address(self):
+        """The address of the log-wide event, notified on every append and
+        every rebalance (pyqueue._aio). Valid while this handle lives:
+        close() does not unmap."""
+        self._check_open()
+        return PQ_LOG_APPENDED_ADDR(&self._l)
+
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""
         self._closed = True
