@@ -862,7 +862,7 @@ class WorkQueue(Generic[T]):
         return Batch(b)
 
     def qsize(self) -> int:
-        """Messages waiting (available or delayed) now.
+        """Messages not done: available, delayed, held or being moved.
 
         Returns:
             The count.
