@@ -143,6 +143,52 @@ def test_cancel_storm_subscription(ctx, procs):
         _closing(t)
 
 
+@pytest.mark.parametrize("kind", ["queue", "workqueue", "subscription"])
+def test_cancel_at_every_turn_after_the_wake(kind):
+    """The deterministic edge of the storms: a waiting get is woken, and
+    at every loop turn until it finishes, it is cancelled the moment its
+    message is gone from the queue. A get that took the message and then
+    yielded before returning loses it here; a correct one takes it in the
+    step that returns it, so each message is either got or still there."""
+    if kind == "queue":
+        h = aq.Queue()
+        get, put, left = h.get, h.sync.put, h.qsize
+    elif kind == "workqueue":
+        h = aq.WorkQueue()
+        get, put, left = h.get, h.sync.put, lambda: h.stats()["depth"]
+    else:
+        h = aq.Topic()
+        sub = h.subscribe()
+        get, put, left = sub.get, h.sync.publish, lambda: sub.lag
+
+    async def main():
+        got, cancelled = [], 0
+        for i in range(200):
+            task = asyncio.ensure_future(get())
+            while _aio._waiter._regs == {}:  # until it waits
+                await asyncio.sleep(0)
+            put(i)
+            while not task.done():
+                await asyncio.sleep(0)
+                if left() == 0 and not task.done():
+                    task.cancel()
+            try:
+                got.append(await task)
+            except asyncio.CancelledError:
+                cancelled += 1
+                got.append(await get(timeout=10))  # still there
+        return got
+
+    try:
+        got = asyncio.run(main())
+        values = [d.value for d in got] if kind == "workqueue" else got
+        assert values == list(range(200))
+    finally:
+        if kind == "subscription":
+            sub.close()
+        _closing(h)
+
+
 def test_timeouts_take_nothing():
     """wait_for, asyncio.timeout and timeout= end a get that found nothing;
     the message put afterwards is there for the next get."""
@@ -202,7 +248,9 @@ def test_woken_by_other_process(ctx, procs, monkeypatch):
         async def main():
             for i in range(rounds):
                 await requests.put(i)
-                assert await replies.get(timeout=20) == i
+                # wait_for, not timeout=: a retry at the get's own deadline
+                # would find the reply and hide the missing wake-up.
+                assert await asyncio.wait_for(replies.get(), 20) == i
 
         asyncio.run(main())
         p.join(30)
