@@ -145,55 +145,56 @@ class _Waiter:
 
     def _run(self) -> None:
         idle_since = _now_ns()
+        rc, events, seen = 0, [], 0
         while True:
             with self._lock:
-                seen = self._wake.load()
-                now = _now_ns()
-                if self._stop or (not self._regs and now - idle_since >= IDLE_EXIT_S * 1e9):
-                    self._thread = None
-                    return
-                # Past their deadline: retry. Two registrations on one
-                # event that saw different values: the older is stale
-                # (sequence values only move on), retry it at once.
-                newest: Dict[int, int] = {}
-                for r in self._regs:
-                    newest[r.ev] = r.seq
-                fire = self._take(lambda r: r.deadline <= now or r.seq != newest[r.ev])
-                if self._regs:
-                    idle_since = now
-                    deadline = min(r.deadline for r in self._regs)
-                else:
-                    deadline = now + int(IDLE_EXIT_S * 1e9)
-                events = list(newest)
-                expected = [newest[e] for e in events]
-                # The handles stay referenced (mapped) for the whole park.
-                keep = [r.keep for r in self._regs]
-            self._fire(fire)
-            if fire:
-                continue
-            if not events:
-                # Nothing registered: park on the private word alone.
-                rc = _core._aio_wait([], [], self._wake, seen, deadline)
-                continue
-            rc = _core._aio_wait(events, expected, self._wake, seen, deadline)
-            self.wakeups += 1
-            n = len(events)
-            with self._lock:
+                # What the last park said: fire those woken.
+                n = len(events)
                 if 0 <= rc < n:  # that event was notified
                     ev = events[rc]
                     fire = self._take(lambda r: r.ev == ev)
-                elif rc == n + 1 and self._wake.load() == seen:
+                elif rc == n + 1 and n and self._wake.load() == seen:
                     # A word differed before the park, not ours: an event
                     # moved. Which one is not told: all retry.
-                    fire = self._take(lambda r: r.ev in newest)
-                elif rc < 0 and rc != -110 and rc != -4:
+                    woken = set(events)
+                    fire = self._take(lambda r: r.ev in woken)
+                elif rc < 0 and rc not in (-110, -4):
                     # -EFAULT (a handle closed under the wait) or worse:
                     # every coroutine retries and meets it itself.
                     fire = self._take(lambda r: True)
                 else:
-                    fire = []  # our own word, the deadline, a signal: look again
-            del keep
+                    fire = []  # our own word, the deadline, a signal
+                # The next park, computed before the fires so that the
+                # thread parks (and lets go of the GIL) right after them.
+                seen = self._wake.load()
+                now = _now_ns()
+                if self._stop or (not self._regs and now - idle_since >= IDLE_EXIT_S * 1e9):
+                    self._thread = None
+                    stop = True
+                else:
+                    stop = False
+                    # Past their deadline: retry. Two registrations on one
+                    # event that saw different values: the older is stale
+                    # (sequence values only move on), retry it at once.
+                    newest: Dict[int, int] = {}
+                    for r in self._regs:
+                        newest[r.ev] = r.seq
+                    fire += self._take(lambda r: r.deadline <= now or r.seq != newest[r.ev])
+                    if self._regs:
+                        idle_since = now
+                        deadline = min(r.deadline for r in self._regs)
+                    else:
+                        deadline = now + int(IDLE_EXIT_S * 1e9)
+                    events = list({r.ev: None for r in self._regs})
+                    expected = [newest[e] for e in events]
+                    # The handles stay referenced (mapped) for the whole park.
+                    keep = [r.keep for r in self._regs]
             self._fire(fire)
+            if stop:
+                return
+            rc = _core._aio_wait(events, expected, self._wake, seen, deadline)
+            self.wakeups += 1
+            del keep
 
 
 _waiter = _Waiter()

@@ -409,26 +409,26 @@ def test_log_read_and_consumer(ctx, procs, tmp_path):
 
 
 def test_async_consumer_in_child(ctx, procs):
-    """A child (forked from a process whose waiter thread ran, or spawned)
-    uses the asyncio API with its own waiter thread."""
-    q = aq.Queue()
+    """A child (forked while this process's waiter thread parks, or
+    spawned) uses the asyncio API with its own waiter thread."""
+    q, q2 = aq.Queue(), aq.Queue()
     out = pyqueue.Queue()
     try:
         async def warm():
-            # the parent's waiter thread is running when the child forks
             task = asyncio.ensure_future(q.get(timeout=30))
             while q.stats()["waiting_consumers"] == 0:
                 await asyncio.sleep(0.01)
-            procs.start(ctx, workers.async_consume, q.sync, 3, out)
+            # the waiter thread is parked on q's event when the child forks
+            procs.start(ctx, workers.async_consume, q2.sync, 3, out)
             q.sync.put("mine")
             return await task
 
         assert asyncio.run(warm()) == "mine"
         for i in range(3):
-            q.sync.put(i)
+            q2.sync.put(i)
         assert out.get(timeout=60) == [0, 1, 2]
     finally:
-        _closing(q, out)
+        _closing(q, q2, out)
 
 
 def test_closed_and_wrong_kinds():
