@@ -137,9 +137,12 @@ class Queue(Generic[T]):
             MessageTooLarge: The encoded message is too large for the queue.
             ValueError: The handle is closed, or timeout is negative.
         """
-        if not block:
-            return self._q.put_nowait(obj)
-        return await _aio.wait_event(self._q, _WRITABLE, lambda: self._q.put_nowait(obj),
+        try:  # the fast path: one C call, no wait
+            return self._q.put(obj, False)  # type: ignore[no-any-return]
+        except _queue.Full:
+            if not block:
+                raise
+        return await _aio.wait_event(self._q, _WRITABLE, lambda: self._q.put(obj, False),
                                      _queue.Full, _aio.deadline_of(timeout))
 
     def put_nowait(self, obj: T) -> None:
@@ -170,8 +173,11 @@ class Queue(Generic[T]):
             UndecodableMessage: The message was taken but cannot be decoded.
             ValueError: The handle is closed, or timeout is negative.
         """
-        if not block:
-            return self._q.get_nowait()  # type: ignore[no-any-return]
+        try:  # the fast path: one C call, no wait
+            return self._q.get(False)  # type: ignore[no-any-return]
+        except _queue.Empty:
+            if not block:
+                raise
         return await _aio.wait_event(  # type: ignore[no-any-return]
             self._q, _READABLE, self._q.get_nowait, _queue.Empty, _aio.deadline_of(timeout))
 
@@ -212,6 +218,9 @@ class Queue(Generic[T]):
 
         Returns:
             The count.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.qsize()  # type: ignore[no-any-return]
 
@@ -220,6 +229,9 @@ class Queue(Generic[T]):
 
         Returns:
             True when empty.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.empty()  # type: ignore[no-any-return]
 
@@ -228,6 +240,9 @@ class Queue(Generic[T]):
 
         Returns:
             True when full.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.full()  # type: ignore[no-any-return]
 
@@ -237,6 +252,9 @@ class Queue(Generic[T]):
 
         Returns:
             A dict of counters.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.stats()  # type: ignore[no-any-return]
 
@@ -245,7 +263,11 @@ class Queue(Generic[T]):
         self._q.close()
 
     def unlink(self) -> None:
-        """Remove the queue's name (as pyqueue.Queue.unlink)."""
+        """Remove the queue's name (as pyqueue.Queue.unlink).
+
+        Raises:
+            PermissionError: The name belongs to another user.
+        """
         self._q.unlink()
 
     def __aiter__(self) -> AsyncIterator[T]:
@@ -367,6 +389,10 @@ class Subscription(Generic[T]):
             UndecodableMessage: The next message cannot be decoded.
             ValueError: The subscription or its topic is closed.
         """
+        try:  # the fast path: one C call, no wait
+            return self._s.get(False)  # type: ignore[no-any-return]
+        except _queue.Empty:
+            pass
         return await _aio.wait_event(  # type: ignore[no-any-return]
             self._s, None, lambda: self._s.get(False), _queue.Empty,
             _aio.deadline_of(timeout))
@@ -524,7 +550,11 @@ class Topic(Generic[T]):
         self._t.close()
 
     def unlink(self) -> None:
-        """Remove the topic's name."""
+        """Remove the topic's name (as pyqueue.Topic.unlink).
+
+        Raises:
+            PermissionError: The name belongs to another user.
+        """
         self._t.unlink()
 
     def __reduce__(self) -> Tuple[Any, ...]:
@@ -825,6 +855,10 @@ class WorkQueue(Generic[T]):
             ValueError: The handle is closed.
             LockTimeout: The queue's lock stayed held by a stopped process.
         """
+        try:  # the fast path: no wait
+            return Delivery(self._q.get(False))
+        except _queue.Empty:
+            pass
         d = await _aio.wait_event(self._q, _READABLE, self._q.get_nowait, _queue.Empty,
                                   _aio.deadline_of(timeout))
         return Delivery(d)
@@ -866,6 +900,9 @@ class WorkQueue(Generic[T]):
 
         Returns:
             The count.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.qsize()  # type: ignore[no-any-return]
 
@@ -874,6 +911,9 @@ class WorkQueue(Generic[T]):
 
         Returns:
             A dict of counters.
+
+        Raises:
+            ValueError: The handle is closed.
         """
         return self._q.stats()  # type: ignore[no-any-return]
 
@@ -882,7 +922,11 @@ class WorkQueue(Generic[T]):
         self._q.close()
 
     def unlink(self) -> None:
-        """Remove the work queue's name."""
+        """Remove the work queue's name (as pyqueue.WorkQueue.unlink).
+
+        Raises:
+            PermissionError: The name belongs to another user.
+        """
         self._q.unlink()
 
     def __aiter__(self) -> AsyncIterator[Delivery[T]]:
@@ -987,6 +1031,9 @@ class Consumer:
 
         Returns:
             Partition numbers.
+
+        Raises:
+            ValueError: The consumer is closed.
         """
         return self._c.assignment()  # type: ignore[no-any-return]
 
@@ -1148,7 +1195,12 @@ class Log(Generic[T]):
         self._l.close()
 
     def unlink(self) -> None:
-        """Remove a memory log's name."""
+        """Remove a memory log's name (as pyqueue.Log.unlink).
+
+        Raises:
+            PermissionError: The name belongs to another user.
+            AttributeError: A directory log (remove its directory instead).
+        """
         self._l.unlink()
 
     def __enter__(self) -> "Log[T]":
