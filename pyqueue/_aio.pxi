@@ -52,7 +52,7 @@ cdef extern from *:
     void pq_aio_word_bump(uint32_t* w) nogil
     uint32_t pq_aio_word_load(uint32_t* w) nogil
 
-AIO_WAIT_WORDS_MAX = PQ_WAIT_WORDS_MAX
+_AIO_WAIT_WORDS_MAX = PQ_WAIT_WORDS_MAX
 
 
 def _aio_prepare(uintptr_t ev):

@@ -30,7 +30,7 @@ from .errors import PyQueueError
 
 SLICE_S = 0.1  # the longest a registration waits before its coroutine re-checks
 IDLE_EXIT_S = 1.0  # the waiter thread exits after this long with nothing to wait for
-_EVENTS_MAX = _core.AIO_WAIT_WORDS_MAX - 1  # one word is the thread's own
+_EVENTS_MAX = _core._AIO_WAIT_WORDS_MAX - 1  # one word is the thread's own
 
 
 def _now_ns() -> int:
@@ -145,7 +145,8 @@ class _Waiter:
 
     def _run(self) -> None:
         idle_since = _now_ns()
-        rc, events, seen = 0, [], 0
+        rc, seen = 0, 0
+        events: List[int] = []
         while True:
             with self._lock:
                 # What the last park said: fire those woken.

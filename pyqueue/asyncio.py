@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import queue as _queue
 from typing import (Any, AsyncIterator, Dict, Generic, Iterable, List, Mapping, Optional,
-                    Tuple, TypeVar, Union)
+                    Tuple, Type, TypeVar, Union)
 
 from . import _aio
 from .consumer import Consumer as _SyncConsumer
@@ -59,6 +59,9 @@ class _Again(Exception):
     """A non-blocking try found nothing (internal)."""
 
 
+_QT = TypeVar("_QT", bound="Queue[Any]")
+
+
 class Queue(Generic[T]):
     """An asyncio handle on a pyqueue.Queue (the same segment, any process).
 
@@ -77,7 +80,7 @@ class Queue(Generic[T]):
         self._q: Any = self._sync_class(*args, **kwargs)
 
     @classmethod
-    def open(cls, name: str, **kwargs: Any) -> "Queue[Any]":
+    def open(cls: Type[_QT], name: str, **kwargs: Any) -> _QT:
         """Open an existing queue by name (as pyqueue.Queue.open).
 
         Args:
@@ -94,7 +97,7 @@ class Queue(Generic[T]):
         return cls.from_sync(cls._sync_class.open(name, **kwargs))
 
     @classmethod
-    def from_sync(cls, q: Any) -> "Queue[Any]":
+    def from_sync(cls: Type[_QT], q: Any) -> _QT:
         """Wrap a synchronous handle (it is owned from now on: close() closes it).
 
         Args:
@@ -138,11 +141,12 @@ class Queue(Generic[T]):
             ValueError: The handle is closed, or timeout is negative.
         """
         try:  # the fast path: one C call, no wait
-            return self._q.put(obj, False)  # type: ignore[no-any-return]
+            self._q.put(obj, False)
+            return
         except _queue.Full:
             if not block:
                 raise
-        return await _aio.wait_event(self._q, _WRITABLE, lambda: self._q.put(obj, False),
+        await _aio.wait_event(self._q, _WRITABLE, lambda: self._q.put(obj, False),
                                      _queue.Full, _aio.deadline_of(timeout))
 
     def put_nowait(self, obj: T) -> None:
@@ -289,8 +293,6 @@ class Queue(Generic[T]):
     def __repr__(self) -> str:
         return f"<pyqueue.asyncio.{type(self).__name__} of {self._q!r}>"
 
-
-_QT = TypeVar("_QT", bound=Queue[Any])
 
 
 class JoinableQueue(Queue[T]):
