@@ -29,6 +29,8 @@ from . import _core
 from .errors import PyQueueError
 
 SLICE_S = 0.1  # the longest a registration waits before its coroutine re-checks
+# Spin before parking, as blocking calls do (PYQUEUE_SPIN_NS, default 50 us).
+SPIN_NS = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 IDLE_EXIT_S = 1.0  # the waiter thread exits after this long with nothing to wait for
 _EVENTS_MAX = _core._AIO_WAIT_WORDS_MAX - 1  # one word is the thread's own
 
@@ -214,6 +216,22 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
         return try_op()
     except again as e:
         last: BaseException = e
+    # The spin phase of a blocking call (pq_spin_until), in loop turns: a
+    # consumer that keeps up with its producer retries for up to SPIN_NS
+    # while the loop runs its other work, and parks only past that (a
+    # wake-up through the waiter thread costs two thread hops).
+    if SPIN_NS:
+        end = _now_ns() + SPIN_NS
+        if deadline is not None and deadline < end:
+            end = deadline
+        while True:
+            await asyncio.sleep(0)
+            try:
+                return try_op()
+            except again as e:
+                last = e
+            if _now_ns() >= end:
+                break
     while True:
         now = _now_ns()
         if deadline is not None and now >= deadline:

@@ -259,6 +259,23 @@ def test_woken_by_other_process(ctx, procs, monkeypatch):
         _closing(requests, replies)
 
 
+def test_an_idle_wait_does_not_poll():
+    """A get that waits a second for nothing parks: the waiter thread
+    returns from its park twice per retry slice (0.1 s: the slice's
+    deadline, then the coroutine's new registration), not in a loop."""
+    q = aq.Queue()
+    try:
+        async def main():
+            before = _aio._waiter.wakeups
+            with pytest.raises(queue.Empty):
+                await q.get(timeout=1.0)
+            return _aio._waiter.wakeups - before
+
+        assert 1 <= asyncio.run(main()) <= 25
+    finally:
+        _closing(q)
+
+
 def test_one_waiter_thread_for_many_waits():
     """Fifty coroutines waiting on ten queues: one waiter thread in all;
     each queue's put wakes its waiters."""
