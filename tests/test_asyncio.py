@@ -298,6 +298,30 @@ def test_one_waiter_thread_for_many_waits():
         _closing(*qs)
 
 
+def test_waits_on_more_events_than_one_park_takes_are_refused():
+    """One park takes 128 words, one of them the thread's own: a 128th
+    different queue waited on at once is a PyQueueError, and the other
+    waits go on."""
+    qs = [aq.Queue(capacity_bytes=1 << 16) for _ in range(128)]
+    try:
+        async def main():
+            tasks = [asyncio.ensure_future(q.get(timeout=30)) for q in qs[:127]]
+            while len({r.ev for r in _aio._waiter._regs}) < 127:
+                await asyncio.sleep(0.01)
+            with pytest.raises(pyqueue.PyQueueError):
+                await qs[127].get(timeout=30)
+            qs[5].sync.put("five")
+            assert await tasks[5] == "five"
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run(main())
+        assert all(q.stats()["waiting_consumers"] == 0 for q in qs)
+    finally:
+        _closing(*qs)
+
+
 def test_put_awaits_room(ctx, procs):
     """A put on a full bounded queue waits for a consumer in another
     process; with a timeout it raises queue.Full and puts nothing."""
