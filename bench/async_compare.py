@@ -22,7 +22,8 @@ next GAP_S (0.2 ms) after that answer, so that the consumer is parked
 when it comes (each sample is a wake-up): p50 and p99 of the one-way
 time. Throughput: the
 producer sends N messages as fast as it can; messages per second from the
-consumer's first to its last. Each case runs --repeat times (3), the cases
+consumer's first to its last, and for pyqueue also with get_many(1024)
+(the consumer's batches). Each case runs --repeat times (3), the cases
 interleaved; the table shows the medians.
 """
 from __future__ import annotations
@@ -146,6 +147,17 @@ def case_pyqueue_async(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
         p = _start(ctx, _pq_tput_producer, q.sync, n_tput)
         res["msgs_per_s"] = asyncio.run(tput())
         p.join()
+
+        async def batches() -> float:
+            got = len(await q.get_many(1024))
+            t0 = _now()
+            while got < n_tput:
+                got += len(await q.get_many(1024))
+            return n_tput / ((_now() - t0) / 1e9)
+
+        p = _start(ctx, _pq_tput_producer, q.sync, n_tput)
+        res["batch_msgs_per_s"] = asyncio.run(batches())
+        p.join()
         return res
     finally:
         for h in (q, acks):
@@ -171,6 +183,13 @@ def case_pyqueue_sync(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
         for _ in range(n_tput - 1):
             q.get()
         res["msgs_per_s"] = (n_tput - 1) / ((_now() - t0) / 1e9)
+        p.join()
+        p = _start(ctx, _pq_tput_producer, q, n_tput)
+        got = len(q.get_many(1024))
+        t0 = _now()
+        while got < n_tput:
+            got += len(q.get_many(1024))
+        res["batch_msgs_per_s"] = n_tput / ((_now() - t0) / 1e9)
         p.join()
         return res
     finally:
@@ -358,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"load {os.getloadavg()[0]:.1f}, start method {args.start_method}, "
           f"{PAYLOAD}-byte messages, {n_lat} latency samples, {n_tput} messages, "
           f"median of {repeat} runs")
-    print(f"{'case':28} {'p50 us':>9} {'p99 us':>9} {'msgs/s':>11}")
+    print(f"{'case':28} {'p50 us':>9} {'p99 us':>9} {'msgs/s':>11} {'get_many msgs/s':>16}")
     runs: Dict[str, List[Dict[str, float]]] = {}
     skipped = []
     for _ in range(repeat):  # the cases interleaved: a change of load hits all alike
@@ -375,12 +394,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, rs in runs.items():
         r = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         results[name] = r
-        print(f"{name:28} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['msgs_per_s']:11,.0f}")
+        batch = f"{r['batch_msgs_per_s']:16,.0f}" if "batch_msgs_per_s" in r else f"{'-':>16}"
+        print(f"{name:28} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['msgs_per_s']:11,.0f} {batch}")
     for name in skipped:
         print(f"{name:28} (not installed: skipped)")
     a, s = results.get("pyqueue.asyncio"), results.get("pyqueue sync")
     if a and s:
-        print(f"pyqueue.asyncio throughput / sync: {a['msgs_per_s'] / s['msgs_per_s']:.2f}")
+        print(f"pyqueue.asyncio throughput / sync: {a['msgs_per_s'] / s['msgs_per_s']:.2f} "
+              f"(get), {a['batch_msgs_per_s'] / s['batch_msgs_per_s']:.2f} (get_many)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
