@@ -491,6 +491,35 @@ def test_closed_and_wrong_kinds():
         aq.Delivery(1)
 
 
+def test_closing_a_handle_under_a_waiting_coroutine(tmp_path):
+    """A handle closed while a coroutine waits on it: the coroutine's next
+    retry raises ValueError (closed). A directory log's close() unmaps the
+    event the waiter thread parks on: nothing reads it afterwards, and
+    the other waits go on."""
+    q = aq.Queue()
+    other = aq.Queue()
+    log = aq.Log(path=str(tmp_path / "dir"), partitions=1)
+    try:
+        async def main():
+            waits = [asyncio.ensure_future(q.get(timeout=30)),
+                     asyncio.ensure_future(log.read(0, 0, timeout=30)),
+                     asyncio.ensure_future(other.get(timeout=30))]
+            while len({r.ev for r in _aio._waiter._regs}) < 3:
+                await asyncio.sleep(0.01)
+            q.close()
+            log.close()
+            for w in waits[:2]:
+                with pytest.raises(ValueError):
+                    await w
+            other.sync.put("still")
+            assert await waits[2] == "still"
+
+        asyncio.run(main())
+    finally:
+        q.unlink()
+        _closing(other)
+
+
 def test_pickled_to_a_child(ctx, procs):
     """An async handle pickles to a child as an async handle on the same
     queue."""
