@@ -51,3 +51,23 @@ def async_consume(q, n, out):
         return [await aqq.get(timeout=30) for _ in range(n)]
 
     out.put(asyncio.run(main()))
+
+
+def take_and_ack(q, n, out):
+    """Take n deliveries from a (synchronous) WorkQueue, ack each, report the values."""
+    got = []
+    for _ in range(n):
+        d = q.get(timeout=30)
+        d.ack()
+        got.append(d.value)
+    out.put(got)
+
+
+def read_subscription(sub_topic, n, out, ready, go):
+    """Subscribe to a (synchronous) lossless topic, say so, wait for go,
+    then read n messages."""
+    sub = sub_topic.subscribe()
+    ready.put(True)
+    go.get(timeout=60)
+    out.put([sub.get(timeout=30) for _ in range(n)])
+    sub.close()

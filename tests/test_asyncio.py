@@ -345,6 +345,58 @@ def test_put_awaits_room(ctx, procs):
         _closing(q, out)
 
 
+def test_workqueue_put_awaits_room(ctx, procs):
+    """A WorkQueue with every in-flight slot taken: put waits until a
+    consumer in another process acks; with a timeout, queue.Full."""
+    q = aq.WorkQueue(max_in_flight=2)
+    out = pyqueue.Queue()
+    try:
+        async def main():
+            await q.put(0)
+            await q.put(1)
+            with pytest.raises(queue.Full):
+                await q.put("no", timeout=0.05)
+            procs.start(ctx, workers.take_and_ack, q.sync, 4, out)
+            for i in range(2, 4):
+                await q.put(i, timeout=30)
+
+        asyncio.run(main())
+        assert out.get(timeout=30) == [0, 1, 2, 3]
+    finally:
+        _closing(q, out)
+
+
+def test_lossless_publish_awaits_room(ctx, procs):
+    """A lossless topic filled up to its slow subscriber (in another
+    process): a publish with a timeout raises queue.Full; once the
+    subscriber reads, publishes wait for it and go through, in order."""
+    t = aq.Topic(capacity_bytes=1 << 16, mode="lossless")
+    out, ready, go = pyqueue.Queue(), pyqueue.Queue(), pyqueue.Queue()
+    try:
+        big = b"x" * 12000
+        n = 12
+
+        async def main():
+            procs.start(ctx, workers.read_subscription, t.sync, n, out, ready, go)
+            assert ready.get(timeout=60)
+            i = 0
+            while True:
+                try:
+                    await t.publish(bytes([i]) + big, timeout=0.05)
+                except queue.Full:
+                    break
+                i += 1
+            assert 0 < i < n
+            go.put(True)
+            for j in range(i, n):
+                await t.publish(bytes([j]) + big, timeout=30)
+
+        asyncio.run(main())
+        assert [m[0] for m in out.get(timeout=60)] == list(range(n))
+    finally:
+        _closing(t, out, ready, go)
+
+
 def test_joinable_join(ctx, procs):
     q = aq.JoinableQueue()
     try:
