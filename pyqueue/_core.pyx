@@ -18,7 +18,7 @@ which may let another thread of this process use the same handle.
 """
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
@@ -133,12 +133,14 @@ cdef extern from "pq_ring.h" nogil:
 
 cdef extern from *:
     """
+    #define PQ_RING_EVENT_ADDR(r, which) ((uintptr_t)((which) == 0 ? &(r)->ctl->readable : (which) == 1 ? &(r)->ctl->writable : &(r)->ctl->tasks_done))
     #define PQ_RING_HEAD_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, head))
     #define PQ_RING_TAIL_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, tail))
     #define PQ_RING_EPOCH_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, epoch))
     #define PQ_RING_EPOCHS_FILE_OFFSET (PQ_RING_CTL_OFFSET + offsetof(pq_ring_ctl, epochs))
     """
     size_t PQ_RING_HEAD_FILE_OFFSET
+    uintptr_t PQ_RING_EVENT_ADDR(pq_ring* r, int which)
     size_t PQ_RING_TAIL_FILE_OFFSET
     size_t PQ_RING_EPOCH_FILE_OFFSET
     size_t PQ_RING_EPOCHS_FILE_OFFSET
@@ -215,6 +217,7 @@ set_lock_wait(None)
 
 
 include "_module_hooks.pxi"
+include "_aio.pxi"
 
 
 RESERVE_CHUNK = PQ_RING_RESERVE_CHUNK
@@ -1256,6 +1259,14 @@ cdef class RingQueue:
         self._closed = True
         if self._mapped:
             pq_ring_release_slot(&self._r)
+
+    def _event_address(self, int which):
+        """The address of one of the ring's events (pyqueue._aio): 0
+        readable, 1 writable, 2 tasks done. Valid while this handle lives."""
+        self._check_open()
+        if not 0 <= which <= 2:
+            raise ValueError("no such event")
+        return PQ_RING_EVENT_ADDR(&self._r, which)
 
     def stats(self):
         """The queue's counters (all processes') and this handle's.

@@ -15,7 +15,7 @@ record's type byte says which). Blocking waits release the GIL in slices of
 at most 100 ms, with signals checked between them."""
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t, uintptr_t
 from libc.string cimport memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
@@ -128,6 +128,14 @@ cdef extern from "pq_group.h" nogil:
                                uint64_t committed_ms)
     int pq_group_members(pq_group_table* t, uint32_t g, pq_group_member_info* out, uint32_t max)
     uint64_t pq_group_owner(pq_group_table* t, uint32_t g, uint32_t part)
+
+cdef extern from *:
+    """
+    #include "pq_log.h"
+    #include "pq_dlog.h"
+    #define PQ_LOG_APPENDED_ADDR(l) ((uintptr_t)&(l)->shared->appended)
+    """
+    uintptr_t PQ_LOG_APPENDED_ADDR(void* l)
 
 cdef extern from "pq_log.h" nogil:
     ctypedef struct pq_log:

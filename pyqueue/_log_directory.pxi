@@ -277,6 +277,13 @@ cdef class DirLogCore(LogCoreBase):
         self._check_open()
         return GroupTable._of(self, &self._d.groups)
 
+    def _event_address(self):
+        """The address of the log-wide event, notified on every append and
+        every rebalance (pyqueue._aio). close() unmaps it: valid until
+        then only."""
+        self._check_open()
+        return PQ_LOG_APPENDED_ADDR(&self._d)
+
     def _release_maps(self):
         """Unmap every segment (close, or after a fork's child is done)."""
         for m in self._active:

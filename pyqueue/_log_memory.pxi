@@ -210,6 +210,13 @@ cdef class MemoryLogCore(LogCoreBase):
         self._check_open()
         return pq_shutdown_state(self._l.hdr)
 
+    def _event_address(self):
+        """The address of the log-wide event, notified on every append and
+        every rebalance (pyqueue._aio). Valid while this handle lives:
+        close() does not unmap."""
+        self._check_open()
+        return PQ_LOG_APPENDED_ADDR(&self._l)
+
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""
         self._closed = True

@@ -9,7 +9,7 @@ them; a publisher blocked for a slice evicts dead subscribers, a subscriber
 blocked for a slice repairs a dead publisher's record."""
 
 cimport cython
-from libc.stdint cimport uint8_t, int32_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, int32_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
@@ -42,6 +42,13 @@ cdef extern from "pq_segment.h" nogil:
     ctypedef struct pq_segment_header:
         uint64_t params[16]
     int PQ_ERR_NOT_PYQUEUE, PQ_ERR_VERSION, PQ_ERR_KIND, PQ_ERR_TRUNCATED, PQ_ERR_CORRUPT
+
+cdef extern from *:
+    """
+    #include "pq_topic.h"
+    #define PQ_TOPIC_EVENT_ADDR(t, which) ((uintptr_t)((which) == 0 ? &(t)->ctl->readable : &(t)->ctl->writable))
+    """
+    uintptr_t PQ_TOPIC_EVENT_ADDR(void* t, int which)
 
 cdef extern from "pq_topic.h" nogil:
     ctypedef struct pq_topic:
@@ -476,6 +483,15 @@ cdef class TopicCore:
         other handles and processes are unaffected)."""
         self._closed = True
 
+    def _event_address(self, int which):
+        """The address of the topic's readable (0) or writable (1) event
+        (pyqueue._aio). Valid while this handle lives: close() does not
+        unmap."""
+        self._check_open()
+        if not 0 <= which <= 1:
+            raise ValueError("no such event")
+        return PQ_TOPIC_EVENT_ADDR(&self._t, which)
+
 
 @cython.no_gc_clear
 cdef class SubscriptionCore:
@@ -517,6 +533,12 @@ cdef class SubscriptionCore:
             raise lock_timeout("close", &lw)
         _check_rc(rc, "close")
         return 0
+
+    def _event_address(self):
+        """The address of the topic's readable event (pyqueue._aio). Valid
+        while this subscription lives (it keeps its topic handle)."""
+        self._check()
+        return PQ_TOPIC_EVENT_ADDR(&self._topic._t, 0)
 
     cdef inline int _check(self) except -1:
         if self._s.slot < 0 or self._topic is None:

@@ -9,7 +9,7 @@ a serializer= every value is its dumps' output (T_CUSTOM), and a queue made
 with one carries FLAG_CUSTOM_SERIALIZER: nothing in it is ever unpickled."""
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals
@@ -39,6 +39,13 @@ cdef extern from "pq_fault.h" nogil:
 cdef extern from "pq_segment.h" nogil:
     ctypedef struct pq_segment_header:
         uint64_t params[16]
+
+cdef extern from *:
+    """
+    #include "pq_wq.h"
+    #define PQ_WQ_EVENT_ADDR(q, which) ((uintptr_t)((which) == 0 ? &(q)->ctl->readable : &(q)->ctl->writable))
+    """
+    uintptr_t PQ_WQ_EVENT_ADDR(void* q, int which)
 
 cdef extern from "pq_wq.h" nogil:
     int PQ_WQ_PARAM_USER0
@@ -624,6 +631,15 @@ cdef class WorkQueueCore:
     def close(self):
         """Close this handle (other handles and processes are unaffected)."""
         self._closed = True
+
+    def _event_address(self, int which):
+        """The address of the queue's readable (0) or writable (1) event
+        (pyqueue._aio). Valid while this handle lives: close() does not
+        unmap."""
+        self._check_open()
+        if not 0 <= which <= 1:
+            raise ValueError("no such event")
+        return PQ_WQ_EVENT_ADDR(&self._q, which)
 
 
 include "_workq_batch.pxi"

@@ -13,9 +13,10 @@ import re
 import pytest
 
 import pyqueue
+from pyqueue import asyncio as pq_asyncio
 from pyqueue import consumer, errors, log, metrics, queues, stream, topic, workqueue
 
-PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors, metrics)
+PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors, metrics, pq_asyncio)
 
 # Public classes beyond __all__: the two Log storage classes (what Log(...)
 # makes) and the record a StreamProcessor's on_error gets.
@@ -29,9 +30,12 @@ NO_RAISES = {
     "StreamProcessor.stop_nowait", "StreamProcessor.stop", "StreamProcessor.join",
     "StreamProcessor.worker_pids", "StreamProcessor.stats", "TopicCore.close",
     "MemoryLogCore.close", "DirectoryLog.close", "WorkQueueCore.close",
+    # pyqueue.asyncio: closing a handle, or a count of the sync handle's
+    "Subscription.close", "Topic.close", "WorkQueue.close", "Consumer.close", "Log.close",
 }
 # Classes users get from a call, never construct (no "Args:" needed).
-NOT_CONSTRUCTED = {"Delivery"}
+NOT_CONSTRUCTED = {"Delivery", "asyncio.Delivery", "asyncio.Batch", "asyncio.Subscription",
+                   "asyncio.Consumer"}
 # Builtin bases whose own members are not pyqueue's to document.
 FOREIGN = (object, Exception, BaseException, tuple)
 
@@ -44,6 +48,8 @@ def public_classes():
             out[name] = obj
     for cls in EXTRA_CLASSES:
         out[cls.__name__] = cls
+    for name in pq_asyncio.__all__:  # pyqueue.asyncio's mirror classes
+        out[f"asyncio.{name}"] = getattr(pq_asyncio, name)
     return out
 
 

@@ -381,8 +381,72 @@ def main() -> None:
     use_workqueue()
     use_stream_processor()
     use_errors()
+    with tempfile.TemporaryDirectory() as tmp:
+        use_asyncio(tmp)
     assert isinstance(pyqueue.__version__, str)
     use_connect()
+
+
+def use_asyncio(tmp: str) -> None:
+    import asyncio
+
+    import pyqueue.asyncio as aq
+
+    async def run() -> None:
+        q: aq.Queue[bytes] = aq.Queue(maxsize=4)
+        with q:
+            await q.put(b"a")
+            q.put_nowait(b"b")
+            assert_type(await q.get(), bytes)
+            assert_type(q.get_nowait(), bytes)
+            await q.put(b"c", timeout=1.0)
+            assert_type(await q.get_many(10, timeout=1.0), List[bytes])
+            assert_type(q.qsize(), int)
+            again = aq.Queue[bytes].open(q.name)
+            assert_type(again, aq.Queue[bytes])
+            again.close()
+            try:
+                await q.get(timeout=0.01)
+            except Empty:
+                pass
+            else:
+                raise AssertionError("an empty queue gave a message")
+            q.unlink()
+        jq: aq.JoinableQueue[int] = aq.JoinableQueue()
+        with jq:
+            await jq.put(1)
+            assert_type(await jq.get(), int)
+            jq.task_done()
+            assert_type(await jq.join(timeout=1.0), bool)
+            jq.unlink()
+        wq: aq.WorkQueue[str] = aq.WorkQueue()
+        with wq:
+            assert_type(await wq.put("job", key="k1"), int)
+            d = await wq.get(timeout=1.0)
+            assert_type(d, aq.Delivery[str])
+            assert_type(d.value, str)
+            await d.ack()
+            await wq.put("more")
+            batch = await wq.get_many(10, timeout=1.0)
+            assert_type(batch, aq.Batch)
+            await batch.ack()
+            wq.unlink()
+        t: aq.Topic[str] = aq.Topic()
+        with t:
+            with t.subscribe("latest") as sub:
+                await t.publish("m")
+                assert_type(await sub.get(timeout=1.0), str)
+            t.unlink()
+        log: aq.Log[str] = aq.Log(path=os.path.join(tmp, "alog"), partitions=1)
+        with log:
+            with log.consumer("g") as c:
+                log.append("r")
+                records = await c.poll(timeout=1.0)
+                assert_type(records, List[Record])
+                assert [r.value for r in records] == ["r"]
+            assert_type(await log.read(0, 0, timeout=0), List[Record])
+
+    asyncio.run(run())
 
 
 def use_connect() -> None:
