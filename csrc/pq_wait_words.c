@@ -16,6 +16,59 @@
 #define FUTEX_32 2
 #endif
 
+/* Set once a futex_waitv call answered ENOSYS (a kernel before 5.16):
+ * from then on pq_wait_words goes sliced at once. Relaxed: a cache of a
+ * property of the kernel, the same for every thread; a thread that has not
+ * seen it yet only makes one more ENOSYS system call. */
+static _Atomic int pq_waitv_missing;
+
+/* The first word of w[0..n) that no longer holds its expected value, or
+ * n. Acquire: what the notifier wrote before bumping the word is visible
+ * to the caller, as after a futex wake. */
+static uint32_t pq_wait_words_changed(const pq_wait_word *w, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) /* bounded: n <= PQ_WAIT_WORDS_MAX */
+        if (atomic_load_explicit(w[i].word, memory_order_acquire) != w[i].expected)
+            return i;
+    return n;
+}
+
+int pq_wait_words_sliced(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
+{
+    if (n == 0 || n > PQ_WAIT_WORDS_MAX)
+        return -EINVAL;
+    if (pq_wait_words_changed(w, n) < n)
+        return (int)n; /* as futex_waitv's EAGAIN: nothing to wait for */
+    /* The word to park on between looks: the last private one (the asyncio
+     * waiter's own, which a new registration bumps), else the last one. */
+    uint32_t park = n - 1;
+    for (uint32_t i = n; i-- > 0;) { /* bounded: n words */
+        if (w[i].private_word) {
+            park = i;
+            break;
+        }
+    }
+    for (;;) { /* bounded by deadline_ns: each turn parks up to one slice */
+        int64_t now = pq_monotonic_ns();
+        if (deadline_ns >= 0 && now >= deadline_ns)
+            return -ETIMEDOUT;
+        int64_t until = now + PQ_WAIT_WORDS_SLICE_NS;
+        if (deadline_ns >= 0 && deadline_ns < until)
+            until = deadline_ns;
+        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+        long rc = syscall(SYS_futex, (uint32_t *)w[park].word,
+                          FUTEX_WAIT_BITSET | (w[park].private_word ? FUTEX_PRIVATE_FLAG : 0),
+                          w[park].expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
+        if (rc < 0 && errno == EINTR)
+            return -EINTR;
+        if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT)
+            return -errno;
+        uint32_t i = pq_wait_words_changed(w, n);
+        if (i < n)
+            return (int)i;
+    }
+}
+
 int pq_wait_words(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
 {
     struct futex_waitv v[PQ_WAIT_WORDS_MAX];
@@ -23,6 +76,8 @@ int pq_wait_words(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
 
     if (n == 0 || n > PQ_WAIT_WORDS_MAX)
         return -EINVAL;
+    if (atomic_load_explicit(&pq_waitv_missing, memory_order_relaxed))
+        return pq_wait_words_sliced(w, n, deadline_ns);
     for (uint32_t i = 0; i < n; i++) { /* bounded: n <= PQ_WAIT_WORDS_MAX */
         v[i].val = w[i].expected;
         v[i].uaddr = (uint64_t)(uintptr_t)w[i].word;
@@ -50,6 +105,9 @@ int pq_wait_words(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
         return -ETIMEDOUT;
     case EINTR:
         return -EINTR;
+    case ENOSYS: /* a kernel before 5.16: look at the words in slices */
+        atomic_store_explicit(&pq_waitv_missing, 1, memory_order_relaxed);
+        return pq_wait_words_sliced(w, n, deadline_ns);
     default:
         return -errno;
     }

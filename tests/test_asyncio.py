@@ -583,3 +583,46 @@ def test_pickled_to_a_child(ctx, procs):
         assert out.get(timeout=60) == ["a"]
     finally:
         _closing(q, out)
+
+
+@pytest.mark.parametrize("kind", ["queue", "put-full", "workqueue", "subscription"])
+def test_shutdown_from_another_process_wakes_awaiting_calls(ctx, procs, monkeypatch, kind):
+    """An await parked on a queue, a full queue, a work queue or a
+    subscription raises pyqueue.ShutDown when another process shuts the
+    queue down: the shutdown's wake reaches the waiter thread (with the
+    retry slice set far beyond the test's timeouts, a missing wake-up makes
+    the await time out), and the non-blocking retry meets the flag."""
+    from tests import _shutdown_workers as sw
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    monkeypatch.setattr(_aio, "IDLE_EXIT_S", 120.0)
+    if kind == "subscription":
+        h = aq.Topic()
+        sub = h.subscribe()
+        call = sub.get
+    elif kind == "workqueue":
+        h = aq.WorkQueue(capacity_bytes=1 << 16)
+        call = h.get
+    elif kind == "put-full":
+        h = aq.Queue(1)
+        h.sync.put("fills it")
+        call = lambda: h.put("waits for room")  # noqa: E731
+    else:
+        h = aq.Queue()
+        call = h.get
+
+    async def main():
+        task = asyncio.ensure_future(call())
+        while _aio._waiter is None or not _aio._waiter._regs:  # parked: registered
+            await asyncio.sleep(0)
+        p = procs.start(ctx, sw.shut_down, h.sync, False)
+        with pytest.raises(pyqueue.ShutDown):
+            await asyncio.wait_for(task, 20)
+        p.join(30)
+        assert p.exitcode == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        if kind == "subscription":
+            sub.close()
+        _closing(h)

@@ -2,7 +2,8 @@
  * test_wait_words.c - pq_wait_words: the deadline, a word that already
  * differs, a wake of a shared word from another process (the index of the
  * woken word comes back), a private word woken by a thread of the same
- * process, a pq_event notified while registered, and bad counts.
+ * process, a pq_event notified while registered, and bad counts; for
+ * pq_wait_words and for its sliced form (kernels without futex_waitv).
  */
 #include "pq_test.h"
 
@@ -15,17 +16,21 @@
 
 #define LATE_NS (400 * 1000000LL)
 
+/* The wait under test: pq_wait_words (futex_waitv), then the same suite
+ * again against pq_wait_words_sliced (what a kernel before 5.16 gets). */
+static int (*wait_fn)(const pq_wait_word *, uint32_t, int64_t) = pq_wait_words;
+
 static int test_timeout(void)
 {
     _Atomic uint32_t a = 0, b = 7;
     pq_wait_word w[2] = {{&a, 0, 0}, {&b, 7, 1}};
     int64_t t0 = pq_monotonic_ns();
-    CHECK_EQ(pq_wait_words(w, 2, t0 + 20000000), -ETIMEDOUT);
+    CHECK_EQ(wait_fn(w, 2, t0 + 20000000), -ETIMEDOUT);
     int64_t elapsed = pq_monotonic_ns() - t0;
     CHECK(elapsed >= 20000000);
     CHECK(elapsed < 20000000 + LATE_NS);
     /* A deadline already passed: no system call, no wait. */
-    CHECK_EQ(pq_wait_words(w, 2, 0), -ETIMEDOUT);
+    CHECK_EQ(wait_fn(w, 2, 0), -ETIMEDOUT);
     return 0;
 }
 
@@ -34,7 +39,7 @@ static int test_changed_word(void)
     _Atomic uint32_t a = 0, b = 7;
     pq_wait_word w[2] = {{&a, 0, 0}, {&b, 6, 1}};
     /* b no longer holds 6: return n at once, even with no deadline. */
-    CHECK_EQ(pq_wait_words(w, 2, -1), 2);
+    CHECK_EQ(wait_fn(w, 2, -1), 2);
     return 0;
 }
 
@@ -42,8 +47,8 @@ static int test_bad_count(void)
 {
     _Atomic uint32_t a = 0;
     pq_wait_word w[1] = {{&a, 0, 0}};
-    CHECK_EQ(pq_wait_words(w, 0, -1), -EINVAL);
-    CHECK_EQ(pq_wait_words(w, PQ_WAIT_WORDS_MAX + 1, -1), -EINVAL);
+    CHECK_EQ(wait_fn(w, 0, -1), -EINVAL);
+    CHECK_EQ(wait_fn(w, PQ_WAIT_WORDS_MAX + 1, -1), -EINVAL);
     return 0;
 }
 
@@ -64,7 +69,7 @@ static int test_shared_wake_across_fork(void)
     int rc;
     /* The child may store before we park (then 3: the word differed). */
     do
-        rc = pq_wait_words(w, 3, pq_monotonic_ns() + 5000000000LL);
+        rc = wait_fn(w, 3, pq_monotonic_ns() + 5000000000LL);
     while (rc == -EINTR);
     CHECK(rc == 1 || rc == 3);
     CHECK_EQ(atomic_load(&words[1]), 1);
@@ -91,7 +96,7 @@ static int test_private_wake(void)
     pthread_t th;
     CHECK_EQ(pthread_create(&th, NULL, bump_private, NULL), 0);
     pq_wait_word w[2] = {{&other, 0, 0}, {&private_word, seen, 1}};
-    int rc = pq_wait_words(w, 2, pq_monotonic_ns() + 5000000000LL);
+    int rc = wait_fn(w, 2, pq_monotonic_ns() + 5000000000LL);
     CHECK(rc == 1 || rc == 2);
     CHECK(atomic_load(&private_word) != seen);
     CHECK_EQ(pthread_join(th, NULL), 0);
@@ -115,7 +120,7 @@ static int test_event_notify(void)
     pq_wait_word w[1] = {{&ev->seq, seq, 0}};
     int rc;
     do
-        rc = pq_wait_words(w, 1, pq_monotonic_ns() + 5000000000LL);
+        rc = wait_fn(w, 1, pq_monotonic_ns() + 5000000000LL);
     while (rc == -EINTR);
     CHECK(rc == 0 || rc == 1);
     CHECK(atomic_load(&ev->seq) != seq);
@@ -127,6 +132,13 @@ static int test_event_notify(void)
 
 int main(void)
 {
+    RUN(test_timeout);
+    RUN(test_changed_word);
+    RUN(test_bad_count);
+    RUN(test_shared_wake_across_fork);
+    RUN(test_private_wake);
+    RUN(test_event_notify);
+    wait_fn = pq_wait_words_sliced;
     RUN(test_timeout);
     RUN(test_changed_word);
     RUN(test_bad_count);
