@@ -223,6 +223,51 @@ def test_topic_close_subscription_with_publisher_in_lock(ctx, procs, lock_wait):
         t.close()
 
 
+def test_lossy_topic_lapped_reader_with_publisher_in_lock(ctx, procs):
+    """A reader lapped in a lossy topic takes the topic's lock to jump to
+    the head (pq_topic_jump reads head and its message count as a pair). A
+    publisher stopped in that lock makes the read wait for it, as long as
+    the read's timeout allows (GIL released): queue.Empty at its timeout,
+    never LockTimeout at once, nothing counted lost meanwhile; a read that
+    is waiting when the publisher goes on jumps once and reads on."""
+    small = 64 * 1024  # the smallest ring: a 15-byte payload takes 32 bytes
+    fits = small // 32
+    total = fits * 2
+    t = Topic(name=unique_name("lt"), capacity_bytes=small, mode="lossy")
+    try:
+        sub = t.subscribe()
+        for i in range(total):  # laps sub: its cursor is behind the head
+            t.publish(b"%015d" % i, block=False)
+        p = start_holder(procs, ctx, W.hold_put, t, b"%015d" % total)
+        try:
+            probe(lambda: sub.get(timeout=TIMEOUT), queue.Empty)
+            with pytest.raises(queue.Empty):
+                sub.get(block=False)
+            assert sub.lost == 0
+            timer = threading.Timer(0.2, os.kill, (p.pid, signal.SIGCONT))
+            timer.start()
+            try:
+                first = sub.get(timeout=WAIT)
+            finally:
+                timer.join()
+        except BaseException:
+            kill_stopped(p)
+            raise
+        p.join(WAIT)
+        assert p.exitcode == 0
+        # The publisher's record dropped one more from the ring: the reader
+        # jumped (once) to the oldest one left and reads on to the newest.
+        assert first == b"%015d" % (total + 1 - fits)
+        assert sub.lost == total + 1 - fits
+        rest = sub.get_many(fits, timeout=WAIT)
+        assert rest == [b"%015d" % i for i in range(total + 2 - fits, total + 1)]
+        assert sub.lost == total + 1 - fits
+        sub.close()
+    finally:
+        t.unlink()
+        t.close()
+
+
 # --------------------------------------------------------------------------
 # Log, memory and directory mode
 # --------------------------------------------------------------------------
