@@ -310,6 +310,43 @@ def test_log_append_with_stopped_appender_in_lock(ctx, procs, one_partition_log,
 # Consumer group
 # --------------------------------------------------------------------------
 
+def test_memory_log_append_many_split_by_a_stopped_appender(ctx, procs):
+    """A memory-mode append_many takes the lock once per claim (256
+    records). When a later claim gives up on a stopped appender, the first
+    ones are in the log: its LockTimeout says which (`appended`), never
+    "nothing was changed, retry" (a retry of the whole call would append
+    them twice); retrying the others as told leaves every value once."""
+    name = unique_name("ll")
+    log = Log(name=name, partitions=1)
+    try:
+        values = [b"%04d" % i for i in range(300)]  # two claims: 256 + 44
+        out = ctx.Queue()
+        # Stopped in its first claim's copy, the lock let go...
+        c = start_holder(procs, ctx, W.append_many_split, name, values, TIMEOUT, out)
+        # ...which another appender takes, and stops in.
+        p = start_holder(procs, ctx, W.hold_append, name, b"held")
+        try:
+            os.kill(c.pid, signal.SIGCONT)
+            answer = out.get(timeout=WAIT)
+            c.join(WAIT)
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        assert c.exitcode == 0
+        kind, e = answer
+        assert kind == "timeout" and isinstance(e, LockTimeout), answer
+        msg, appended = str(e), e.appended
+        assert "nothing was changed" not in msg and "the first 256 of the 300" in msg, msg
+        assert appended == [(0, o) for o in range(256)] and e.pid == p.pid
+        log.append_many(values[len(appended):])
+        got = [r.value for r in log.read(0, 0, max_records=1000)]
+        assert got == values[:256] + [b"held"] + values[256:]
+    finally:
+        log.unlink()
+        log.close()
+
+
 def test_group_with_stopped_member_in_group_lock(ctx, procs, lock_wait):
     name = unique_name("lg")
     log = Log(name=name, partitions=2)
