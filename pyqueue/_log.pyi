@@ -189,7 +189,9 @@ class LogCoreBase(Generic[_T]):
                 before anything is appended).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
-            LockTimeout: A partition's lock stayed held by a stopped process.
+            LockTimeout: A partition's lock stayed held by a stopped process
+                (memory mode, after the first of several claims: its
+                `appended` lists the records that went in).
         """
     def _append(self, partition: int, values: List[Any], key: bytes | str | None,
                 headers: Optional[Mapping[str, bytes]], ts_ms: int) -> List[int]: ...

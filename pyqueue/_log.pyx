@@ -588,7 +588,9 @@ cdef class LogCoreBase:
                 before anything is appended).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
-            LockTimeout: A partition's lock stayed held by a stopped process.
+            LockTimeout: A partition's lock stayed held by a stopped process
+                (memory mode, after the first of several claims: its
+                `appended` lists the records that went in).
         """
         self._check_open()
         values = list(values)

@@ -84,6 +84,11 @@ cdef class MemoryLogCore(LogCoreBase):
             rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
             while lock_again(rc, &lw, LOCK_BOUNDED):
                 rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
+            if rc == PQ_ERR_LOCK_BUSY and i > 0:
+                # The claims before this one went in (each takes the lock
+                # anew): "nothing was changed, retry" would append them twice.
+                from pyqueue.errors import partial_append
+                raise partial_append(lock_timeout("append", &lw), partition, out, n)
             _check_rc(lock_fail(rc, &lw, "append"), "append")
             if j == 1:
                 out.append(first)

@@ -636,10 +636,20 @@ cdef class SubscriptionCore:
         cdef TopicCore t = self._topic
         cdef list raw, out
         cdef int64_t until
+        cdef LockWait lw = LockWait(0, 0)
         if pq_shutdown_state(t._t.hdr) & PQ_SHUTDOWN_IMMEDIATE:
             raise ShutDown(f"topic {getattr(t, 'name', None)!r} is shut down")
         while True:
             rc = pq_topic_peek(&t._t, &self._s, recs, want, &b)
+            # A lapped reader of a lossy topic takes the topic's lock for a
+            # moment (pq_topic_jump: head and its count as a pair), which a
+            # publisher may hold: wait for it with the GIL released, until
+            # the read's deadline (nothing was changed: the peek is simply
+            # made again), then queue.Empty as for no message in time.
+            while lock_again(rc, &lw, deadline):
+                rc = pq_topic_peek(&t._t, &self._s, recs, want, &b)
+            if rc == PQ_ERR_LOCK_BUSY:
+                raise _Empty
             if rc >= 0:
                 raw = [None] * rc
                 for i in range(rc):

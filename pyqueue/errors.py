@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno as _errno
 import os as _os
 import sys
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 
 class PyQueueError(Exception):
@@ -223,30 +223,40 @@ class LockTimeout(PyQueueError, TimeoutError):
     Log append and commit, group changes) after waiting LOCK_WAIT seconds
     with the GIL released; blocking calls with a timeout raise their usual
     queue.Full / queue.Empty instead. Nothing was changed by the call: retry
-    it.
+    it. One exception: a memory-mode Log.append_many larger than one claim
+    (256 records, or half the ring) whose first claims went in before a
+    later one gave up; its `appended` says which records are in the log
+    (retry the others only).
 
     Attributes:
         pid: The holder's process id (None when unknown).
         tid: The holder's thread id (None when unknown).
         state: The holder's /proc state, e.g. "T (stopped)".
         waited: Seconds the call waited.
+        appended: None (nothing was changed), or the (partition, offset) of
+            each record of an append_many that went in before it gave up,
+            in order: they are the first len(appended) values.
     """
 
     pid: Optional[int]
     tid: Optional[int]
     state: Optional[str]
     waited: Optional[float]
+    appended: Optional[List[Tuple[int, int]]]
 
     def __init__(self, message: str, pid: Optional[int] = None, tid: Optional[int] = None,
-                 state: Optional[str] = None, waited: Optional[float] = None) -> None:
+                 state: Optional[str] = None, waited: Optional[float] = None,
+                 appended: Optional[List[Tuple[int, int]]] = None) -> None:
         super().__init__(message)
         self.pid = pid
         self.tid = tid
         self.state = state
         self.waited = waited
+        self.appended = appended
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self), (str(self), self.pid, self.tid, self.state, self.waited))
+        return (type(self), (str(self), self.pid, self.tid, self.state, self.waited,
+                             self.appended))
 
 
 def _holder_of(tid: int) -> Tuple[Optional[int], Optional[str]]:
@@ -285,6 +295,18 @@ def lock_timeout(what: str, tid: int, waited: float) -> LockTimeout:
     return LockTimeout(f"{prefix}gave up after {waited:.2f} s waiting for a lock held by "
                        f"{holder}; nothing was changed, the call may be retried",
                        pid, tid or None, state, waited)
+
+
+def partial_append(e: LockTimeout, partition: int, offsets: List[int],
+                   total: int) -> LockTimeout:
+    """The LockTimeout `e` of an append_many that gave up after its first
+    claims went in (their `offsets`, of `total` records): it says so, and
+    which, instead of "nothing was changed"."""
+    msg = str(e).replace("; nothing was changed, the call may be retried", "")
+    return LockTimeout(f"{msg}; the first {len(offsets)} of the {total} records were appended "
+                       f"(partition {partition}, offsets {offsets[0]}..{offsets[-1]}), the "
+                       "others not: retry only those", e.pid, e.tid, e.state, e.waited,
+                       [(partition, o) for o in offsets])
 
 
 # The C core's validation codes (csrc/pq_segment.h, PQ_ERR_*).

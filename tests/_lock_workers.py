@@ -51,3 +51,20 @@ def hold_group_leave(name, group):
     c.close()
     arm(None)
     log.close()
+
+
+def append_many_split(name, values, lock_wait, out):
+    """Memory Log: an append_many of more than one claim that stops in its
+    first claim's copy (mid_copy: the lock let go), and then goes on; what
+    it answered goes to out."""
+    from pyqueue import Log, LockTimeout, _locks
+    log = Log.open(name)
+    _locks.set_lock_wait(lock_wait)
+    arm("mid_copy")
+    try:
+        out.put(("ok", log.append_many(values)))
+    except LockTimeout as e:
+        out.put(("timeout", e))  # pickled: appended travels with it
+    finally:
+        arm(None)
+        log.close()

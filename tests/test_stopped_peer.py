@@ -223,6 +223,51 @@ def test_topic_close_subscription_with_publisher_in_lock(ctx, procs, lock_wait):
         t.close()
 
 
+def test_lossy_topic_lapped_reader_with_publisher_in_lock(ctx, procs):
+    """A reader lapped in a lossy topic takes the topic's lock to jump to
+    the head (pq_topic_jump reads head and its message count as a pair). A
+    publisher stopped in that lock makes the read wait for it, as long as
+    the read's timeout allows (GIL released): queue.Empty at its timeout,
+    never LockTimeout at once, nothing counted lost meanwhile; a read that
+    is waiting when the publisher goes on jumps once and reads on."""
+    small = 64 * 1024  # the smallest ring: a 15-byte payload takes 32 bytes
+    fits = small // 32
+    total = fits * 2
+    t = Topic(name=unique_name("lt"), capacity_bytes=small, mode="lossy")
+    try:
+        sub = t.subscribe()
+        for i in range(total):  # laps sub: its cursor is behind the head
+            t.publish(b"%015d" % i, block=False)
+        p = start_holder(procs, ctx, W.hold_put, t, b"%015d" % total)
+        try:
+            probe(lambda: sub.get(timeout=TIMEOUT), queue.Empty)
+            with pytest.raises(queue.Empty):
+                sub.get(block=False)
+            assert sub.lost == 0
+            timer = threading.Timer(0.2, os.kill, (p.pid, signal.SIGCONT))
+            timer.start()
+            try:
+                first = sub.get(timeout=WAIT)
+            finally:
+                timer.join()
+        except BaseException:
+            kill_stopped(p)
+            raise
+        p.join(WAIT)
+        assert p.exitcode == 0
+        # The publisher's record dropped one more from the ring: the reader
+        # jumped (once) to the oldest one left and reads on to the newest.
+        assert first == b"%015d" % (total + 1 - fits)
+        assert sub.lost == total + 1 - fits
+        rest = sub.get_many(fits, timeout=WAIT)
+        assert rest == [b"%015d" % i for i in range(total + 2 - fits, total + 1)]
+        assert sub.lost == total + 1 - fits
+        sub.close()
+    finally:
+        t.unlink()
+        t.close()
+
+
 # --------------------------------------------------------------------------
 # Log, memory and directory mode
 # --------------------------------------------------------------------------
@@ -264,6 +309,43 @@ def test_log_append_with_stopped_appender_in_lock(ctx, procs, one_partition_log,
 # --------------------------------------------------------------------------
 # Consumer group
 # --------------------------------------------------------------------------
+
+def test_memory_log_append_many_split_by_a_stopped_appender(ctx, procs):
+    """A memory-mode append_many takes the lock once per claim (256
+    records). When a later claim gives up on a stopped appender, the first
+    ones are in the log: its LockTimeout says which (`appended`), never
+    "nothing was changed, retry" (a retry of the whole call would append
+    them twice); retrying the others as told leaves every value once."""
+    name = unique_name("ll")
+    log = Log(name=name, partitions=1)
+    try:
+        values = [b"%04d" % i for i in range(300)]  # two claims: 256 + 44
+        out = ctx.Queue()
+        # Stopped in its first claim's copy, the lock let go...
+        c = start_holder(procs, ctx, W.append_many_split, name, values, TIMEOUT, out)
+        # ...which another appender takes, and stops in.
+        p = start_holder(procs, ctx, W.hold_append, name, b"held")
+        try:
+            os.kill(c.pid, signal.SIGCONT)
+            answer = out.get(timeout=WAIT)
+            c.join(WAIT)
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        assert c.exitcode == 0
+        kind, e = answer
+        assert kind == "timeout" and isinstance(e, LockTimeout), answer
+        msg, appended = str(e), e.appended
+        assert "nothing was changed" not in msg and "the first 256 of the 300" in msg, msg
+        assert appended == [(0, o) for o in range(256)] and e.pid == p.pid
+        log.append_many(values[len(appended):])
+        got = [r.value for r in log.read(0, 0, max_records=1000)]
+        assert got == values[:256] + [b"held"] + values[256:]
+    finally:
+        log.unlink()
+        log.close()
+
 
 def test_group_with_stopped_member_in_group_lock(ctx, procs, lock_wait):
     name = unique_name("lg")
