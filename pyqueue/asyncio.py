@@ -59,10 +59,104 @@ class _Again(Exception):
     """A non-blocking try found nothing (internal)."""
 
 
-_QT = TypeVar("_QT", bound="Queue[Any]")
+_OT = TypeVar("_OT", bound="_Owner")
+_HT = TypeVar("_HT", bound="_Handle")
 
 
-class Queue(Generic[T]):
+class _Owner:
+    """What every asyncio class here shares: it owns one synchronous handle
+    (``sync``), the one from_sync wrapped or the constructor made; close()
+    closes it, and so does leaving a ``with`` block."""
+
+    _sync_class: Any = object
+    _h: Any
+
+    @classmethod
+    def from_sync(cls: Type[_OT], h: Any) -> _OT:
+        """Wrap a synchronous handle (owned from now on: close() closes it).
+
+        Args:
+            h: A handle of the synchronous class of the same name
+                (pyqueue.Queue for Queue, pyqueue.Subscription for
+                Subscription, ...).
+
+        Returns:
+            An asyncio handle on the same object.
+
+        Raises:
+            TypeError: h is not of the synchronous kind of this class.
+        """
+        if not isinstance(h, cls._sync_class):
+            raise TypeError(f"{cls.__name__}.from_sync needs a pyqueue."
+                            f"{cls._sync_class.__name__}, not {type(h).__name__}")
+        self = cls.__new__(cls)
+        self._h = h
+        return self
+
+    @property
+    def sync(self) -> Any:
+        """The synchronous handle this one owns."""
+        return self._h
+
+    def close(self) -> None:
+        """Close this handle (other handles and processes are unaffected)."""
+        self._h.close()
+
+    def __enter__(self: _OT) -> _OT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<pyqueue.asyncio.{type(self).__name__} of {self._h!r}>"
+
+
+class _Handle(_Owner):
+    """An _Owner of a named object (a queue, topic, log or work queue): made
+    with the synchronous class's arguments, opened by name, pickled as its
+    synchronous handle is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._h = self._sync_class(*args, **kwargs)
+
+    @classmethod
+    def open(cls: Type[_HT], name: Any, **kwargs: Any) -> _HT:
+        """Open an existing one (as the synchronous class's open).
+
+        Args:
+            name: Its name (a directory log: its path).
+            **kwargs: As the synchronous class's open (serializer=, ...).
+
+        Returns:
+            An asyncio handle on it.
+
+        Raises:
+            SegmentNotFound: No such object.
+            SegmentMismatch: It is not of this kind.
+        """
+        return cls.from_sync(cls._sync_class.open(name, **kwargs))
+
+    @property
+    def name(self) -> str:
+        """Its name (in /dev/shm; a directory log's path)."""
+        name: str = self._h.name
+        return name
+
+    def unlink(self) -> None:
+        """Remove its name (as the synchronous class's unlink).
+
+        Raises:
+            PermissionError: The name belongs to another user.
+            AttributeError: A directory log (remove its directory instead).
+        """
+        self._h.unlink()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self).from_sync, (self._h,))
+
+
+class Queue(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.Queue (the same segment, any process).
 
     Args:
@@ -75,57 +169,6 @@ class Queue(Generic[T]):
     """
 
     _sync_class: Any = _SyncQueue
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._q: Any = self._sync_class(*args, **kwargs)
-
-    @classmethod
-    def open(cls: Type[_QT], name: str, **kwargs: Any) -> _QT:
-        """Open an existing queue by name (as pyqueue.Queue.open).
-
-        Args:
-            name: The queue's name.
-            **kwargs: As pyqueue.Queue.open (serializer=, ...).
-
-        Returns:
-            An asyncio handle on it.
-
-        Raises:
-            SegmentNotFound: No such queue.
-            SegmentMismatch: It is not a queue of this kind.
-        """
-        return cls.from_sync(cls._sync_class.open(name, **kwargs))
-
-    @classmethod
-    def from_sync(cls: Type[_QT], q: Any) -> _QT:
-        """Wrap a synchronous handle (it is owned from now on: close() closes it).
-
-        Args:
-            q: A pyqueue.Queue (a JoinableQueue for JoinableQueue).
-
-        Returns:
-            An asyncio handle on the same queue.
-
-        Raises:
-            TypeError: q is not of the synchronous kind of this class.
-        """
-        if not isinstance(q, cls._sync_class):
-            raise TypeError(f"{cls.__name__}.from_sync needs a {cls._sync_class.__name__}, "
-                            f"not {type(q).__name__}")
-        self = cls.__new__(cls)
-        self._q = q
-        return self
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous handle this one owns."""
-        return self._q
-
-    @property
-    def name(self) -> str:
-        """The queue's name in /dev/shm."""
-        name: str = self._q.name
-        return name
 
     async def put(self, obj: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Add a message, waiting (without blocking the loop) for room.
@@ -141,12 +184,12 @@ class Queue(Generic[T]):
             ValueError: The handle is closed, or timeout is negative.
         """
         try:  # the fast path: one C call, no wait
-            self._q.put(obj, False)
+            self._h.put(obj, False)
             return
         except _queue.Full:
             if not block:
                 raise
-        await _aio.wait_event(self._q, _WRITABLE, lambda: self._q.put(obj, False),
+        await _aio.wait_event(self._h, _WRITABLE, lambda: self._h.put(obj, False),
                                      _queue.Full, _aio.deadline_of(timeout))
 
     def put_nowait(self, obj: T) -> None:
@@ -159,7 +202,7 @@ class Queue(Generic[T]):
             queue.Full: No room now.
             ValueError: The handle is closed.
         """
-        self._q.put_nowait(obj)
+        self._h.put_nowait(obj)
 
     async def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
         """Remove and return the oldest message, waiting (without blocking
@@ -178,12 +221,12 @@ class Queue(Generic[T]):
             ValueError: The handle is closed, or timeout is negative.
         """
         try:  # the fast path: one C call, no wait
-            return self._q.get(False)  # type: ignore[no-any-return]
+            return self._h.get(False)  # type: ignore[no-any-return]
         except _queue.Empty:
             if not block:
                 raise
         return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._q, _READABLE, self._q.get_nowait, _queue.Empty, _aio.deadline_of(timeout))
+            self._h, _READABLE, self._h.get_nowait, _queue.Empty, _aio.deadline_of(timeout))
 
     def get_nowait(self) -> T:
         """get(block=False), synchronously.
@@ -195,7 +238,7 @@ class Queue(Generic[T]):
             queue.Empty: The queue is empty now.
             ValueError: The handle is closed.
         """
-        return self._q.get_nowait()  # type: ignore[no-any-return]
+        return self._h.get_nowait()  # type: ignore[no-any-return]
 
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> List[T]:
@@ -214,7 +257,7 @@ class Queue(Generic[T]):
             ValueError: The handle is closed, or max_messages < 1.
         """
         return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._q, _READABLE, lambda: self._q.get_many(max_messages, block=False),
+            self._h, _READABLE, lambda: self._h.get_many(max_messages, block=False),
             _queue.Empty, _aio.deadline_of(timeout))
 
     def qsize(self) -> int:
@@ -226,7 +269,7 @@ class Queue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.qsize()  # type: ignore[no-any-return]
+        return self._h.qsize()  # type: ignore[no-any-return]
 
     def empty(self) -> bool:
         """Whether the queue is empty now.
@@ -237,7 +280,7 @@ class Queue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.empty()  # type: ignore[no-any-return]
+        return self._h.empty()  # type: ignore[no-any-return]
 
     def full(self) -> bool:
         """Whether the queue is full now.
@@ -248,7 +291,7 @@ class Queue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.full()  # type: ignore[no-any-return]
+        return self._h.full()  # type: ignore[no-any-return]
 
     def stats(self) -> Dict[str, Any]:
         """The queue's statistics (as pyqueue.Queue.stats; waiting
@@ -260,19 +303,7 @@ class Queue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.stats()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Close this handle (other handles and processes are unaffected)."""
-        self._q.close()
-
-    def unlink(self) -> None:
-        """Remove the queue's name (as pyqueue.Queue.unlink).
-
-        Raises:
-            PermissionError: The name belongs to another user.
-        """
-        self._q.unlink()
+        return self._h.stats()  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iterate()
@@ -280,20 +311,6 @@ class Queue(Generic[T]):
     async def _iterate(self) -> AsyncIterator[T]:
         while True:
             yield await self.get()
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self).from_sync, (self._q,))
-
-    def __enter__(self: "_QT") -> "_QT":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<pyqueue.asyncio.{type(self).__name__} of {self._q!r}>"
-
-
 
 class JoinableQueue(Queue[T]):
     """An asyncio handle on a pyqueue.JoinableQueue: task_done() and an
@@ -315,7 +332,7 @@ class JoinableQueue(Queue[T]):
         Raises:
             ValueError: Called more times than messages were put.
         """
-        self._q.task_done()
+        self._h.task_done()
 
     async def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message put has been marked done (by any
@@ -332,18 +349,18 @@ class JoinableQueue(Queue[T]):
         """
 
         def done() -> bool:
-            if not self._q._join(0):
+            if not self._h._join(0):
                 raise _Again
             return True
 
         try:
-            return await _aio.wait_event(self._q, _TASKS_DONE, done, _Again,  # type: ignore[no-any-return]
+            return await _aio.wait_event(self._h, _TASKS_DONE, done, _Again,  # type: ignore[no-any-return]
                                          _aio.deadline_of(timeout))
         except _Again:
             return False
 
 
-class Subscription(Generic[T]):
+class Subscription(_Owner, Generic[T]):
     """An asyncio cursor on a topic (made by Topic.subscribe()): ``await
     get()``, ``get_many``, ``async for``.
 
@@ -351,30 +368,12 @@ class Subscription(Generic[T]):
         TypeError: Made directly (use Topic.subscribe or from_sync).
     """
 
+    _sync_class = _SyncSubscription
+
     def __init__(self, sub: Any) -> None:
         if not isinstance(sub, _SyncSubscription):
             raise TypeError("a Subscription is made by Topic.subscribe()")
-        self._s: Any = sub
-
-    @classmethod
-    def from_sync(cls, sub: Any) -> "Subscription[Any]":
-        """Wrap a synchronous pyqueue.Subscription (owned from now on).
-
-        Args:
-            sub: The subscription.
-
-        Returns:
-            An asyncio handle on it.
-
-        Raises:
-            TypeError: sub is not a pyqueue.Subscription.
-        """
-        return cls(sub)
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous subscription this one owns."""
-        return self._s
+        self._h = sub
 
     async def get(self, timeout: Optional[float] = None) -> T:
         """The next message, waiting (without blocking the loop) for one.
@@ -392,11 +391,11 @@ class Subscription(Generic[T]):
             ValueError: The subscription or its topic is closed.
         """
         try:  # the fast path: one C call, no wait
-            return self._s.get(False)  # type: ignore[no-any-return]
+            return self._h.get(False)  # type: ignore[no-any-return]
         except _queue.Empty:
             pass
         return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._s, None, lambda: self._s.get(False), _queue.Empty,
+            self._h, None, lambda: self._h.get(False), _queue.Empty,
             _aio.deadline_of(timeout))
 
     def get_nowait(self) -> T:
@@ -408,7 +407,7 @@ class Subscription(Generic[T]):
         Raises:
             queue.Empty: None now.
         """
-        return self._s.get(False)  # type: ignore[no-any-return]
+        return self._h.get(False)  # type: ignore[no-any-return]
 
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> List[T]:
@@ -426,22 +425,18 @@ class Subscription(Generic[T]):
             ValueError: The subscription is closed.
         """
         return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._s, None, lambda: self._s.get_many(max_messages, False),
+            self._h, None, lambda: self._h.get_many(max_messages, False),
             _queue.Empty, _aio.deadline_of(timeout))
 
     @property
     def lag(self) -> int:
         """Messages published and not read yet by this subscription."""
-        return self._s.lag  # type: ignore[no-any-return]
+        return self._h.lag  # type: ignore[no-any-return]
 
     @property
     def lost(self) -> int:
         """Messages this subscription missed (it fell behind a lossy topic)."""
-        return self._s.lost  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Unsubscribe."""
-        self._s.close()
+        return self._h.lost  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iterate()
@@ -450,14 +445,7 @@ class Subscription(Generic[T]):
         while True:
             yield await self.get()
 
-    def __enter__(self) -> "Subscription[T]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Topic(Generic[T]):
+class Topic(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.Topic.
 
     Args:
@@ -468,53 +456,7 @@ class Topic(Generic[T]):
         ValueError: A bad setting.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._t: Any = _SyncTopic(*args, **kwargs)
-
-    @classmethod
-    def open(cls, name: str, **kwargs: Any) -> "Topic[Any]":
-        """Open an existing topic (as pyqueue.Topic.open).
-
-        Args:
-            name: The topic's name.
-            **kwargs: As pyqueue.Topic.open.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            SegmentNotFound: No such topic.
-        """
-        return cls.from_sync(_SyncTopic.open(name, **kwargs))
-
-    @classmethod
-    def from_sync(cls, t: Any) -> "Topic[Any]":
-        """Wrap a synchronous pyqueue.Topic (owned from now on).
-
-        Args:
-            t: The topic handle.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            TypeError: t is not a pyqueue.Topic.
-        """
-        if not isinstance(t, _SyncTopic):
-            raise TypeError(f"Topic.from_sync needs a pyqueue.Topic, not {type(t).__name__}")
-        self = cls.__new__(cls)
-        self._t = t
-        return self
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous handle this one owns."""
-        return self._t
-
-    @property
-    def name(self) -> str:
-        """The topic's name in /dev/shm."""
-        return self._t.name  # type: ignore[no-any-return]
+    _sync_class = _SyncTopic
 
     async def publish(self, obj: T, timeout: Optional[float] = None) -> None:
         """Publish a message; on a lossless topic, wait (without blocking
@@ -529,7 +471,7 @@ class Topic(Generic[T]):
             MessageTooLarge: The message is too large.
             ValueError: The handle is closed.
         """
-        await _aio.wait_event(self._t, _WRITABLE, lambda: self._t.publish(obj, False),
+        await _aio.wait_event(self._h, _WRITABLE, lambda: self._h.publish(obj, False),
                               _queue.Full, _aio.deadline_of(timeout))
 
     def subscribe(self, start: str = "latest") -> Subscription[T]:
@@ -545,29 +487,7 @@ class Topic(Generic[T]):
             ValueError: A bad start, or the handle is closed.
             PyQueueError: No subscriber slot is free.
         """
-        return Subscription(self._t.subscribe(start))
-
-    def close(self) -> None:
-        """Close this handle."""
-        self._t.close()
-
-    def unlink(self) -> None:
-        """Remove the topic's name (as pyqueue.Topic.unlink).
-
-        Raises:
-            PermissionError: The name belongs to another user.
-        """
-        self._t.unlink()
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return (Topic.from_sync, (self._t,))
-
-    def __enter__(self) -> "Topic[T]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+        return Subscription(self._h.subscribe(start))
 
 class Delivery(Generic[T]):
     """One delivery of a WorkQueue message (what ``await
@@ -759,7 +679,7 @@ class Batch:
         self._b.extend(seconds, indices)
 
 
-class WorkQueue(Generic[T]):
+class WorkQueue(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.WorkQueue: ``await get()`` gives a
     Delivery with awaitable ack/nack/reject.
 
@@ -771,54 +691,7 @@ class WorkQueue(Generic[T]):
         ValueError: A bad setting.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._q: Any = _SyncWorkQueue(*args, **kwargs)
-
-    @classmethod
-    def open(cls, name: str, **kwargs: Any) -> "WorkQueue[Any]":
-        """Open an existing work queue (as pyqueue.WorkQueue.open).
-
-        Args:
-            name: Its name.
-            **kwargs: As pyqueue.WorkQueue.open.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            SegmentNotFound: No such work queue.
-        """
-        return cls.from_sync(_SyncWorkQueue.open(name, **kwargs))
-
-    @classmethod
-    def from_sync(cls, q: Any) -> "WorkQueue[Any]":
-        """Wrap a synchronous pyqueue.WorkQueue (owned from now on).
-
-        Args:
-            q: The handle.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            TypeError: q is not a pyqueue.WorkQueue.
-        """
-        if not isinstance(q, _SyncWorkQueue):
-            raise TypeError(f"WorkQueue.from_sync needs a pyqueue.WorkQueue, not "
-                            f"{type(q).__name__}")
-        self = cls.__new__(cls)
-        self._q = q
-        return self
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous handle this one owns."""
-        return self._q
-
-    @property
-    def name(self) -> str:
-        """The work queue's name."""
-        return self._q.name  # type: ignore[no-any-return]
+    _sync_class = _SyncWorkQueue
 
     async def put(self, obj: T, *, key: Union[bytes, str, None] = None, delay: float = 0.0,
                   timeout: Optional[float] = None) -> int:
@@ -839,7 +712,7 @@ class WorkQueue(Generic[T]):
             ValueError: delay or timeout is negative, or the handle is closed.
         """
         return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._q, _WRITABLE, lambda: self._q.put_nowait(obj, key=key, delay=delay),
+            self._h, _WRITABLE, lambda: self._h.put_nowait(obj, key=key, delay=delay),
             _queue.Full, _aio.deadline_of(timeout))
 
     async def get(self, timeout: Optional[float] = None) -> Delivery[T]:
@@ -858,10 +731,10 @@ class WorkQueue(Generic[T]):
             LockTimeout: The queue's lock stayed held by a stopped process.
         """
         try:  # the fast path: no wait
-            return Delivery(self._q.get(False))
+            return Delivery(self._h.get(False))
         except _queue.Empty:
             pass
-        d = await _aio.wait_event(self._q, _READABLE, self._q.get_nowait, _queue.Empty,
+        d = await _aio.wait_event(self._h, _READABLE, self._h.get_nowait, _queue.Empty,
                                   _aio.deadline_of(timeout))
         return Delivery(d)
 
@@ -874,7 +747,7 @@ class WorkQueue(Generic[T]):
         Raises:
             queue.Empty: None available now.
         """
-        return Delivery(self._q.get_nowait())
+        return Delivery(self._h.get_nowait())
 
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> Batch:
@@ -892,8 +765,8 @@ class WorkQueue(Generic[T]):
             queue.Empty: None in time.
             ValueError: The handle is closed.
         """
-        b = await _aio.wait_event(self._q, _READABLE,
-                                  lambda: self._q.get_many(max_messages, block=False),
+        b = await _aio.wait_event(self._h, _READABLE,
+                                  lambda: self._h.get_many(max_messages, block=False),
                                   _queue.Empty, _aio.deadline_of(timeout))
         return Batch(b)
 
@@ -906,7 +779,7 @@ class WorkQueue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.qsize()  # type: ignore[no-any-return]
+        return self._h.qsize()  # type: ignore[no-any-return]
 
     def stats(self) -> Dict[str, Any]:
         """As pyqueue.WorkQueue.stats.
@@ -917,19 +790,7 @@ class WorkQueue(Generic[T]):
         Raises:
             ValueError: The handle is closed.
         """
-        return self._q.stats()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Close this handle."""
-        self._q.close()
-
-    def unlink(self) -> None:
-        """Remove the work queue's name (as pyqueue.WorkQueue.unlink).
-
-        Raises:
-            PermissionError: The name belongs to another user.
-        """
-        self._q.unlink()
+        return self._h.stats()  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[Delivery[T]]:
         return self._iterate()
@@ -938,23 +799,13 @@ class WorkQueue(Generic[T]):
         while True:
             yield await self.get()
 
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return (WorkQueue.from_sync, (self._q,))
-
-    def __enter__(self) -> "WorkQueue[T]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def _log_unmaps(log: Any) -> bool:
     # A directory log's close() unmaps its control file (its event).
     from .log import DirectoryLog
     return isinstance(log, DirectoryLog)
 
 
-class Consumer:
+class Consumer(_Owner):
     """An asyncio member of a Log's consumer group: ``await poll()`` and
     ``async for``; the rest as pyqueue.Consumer (through ``sync``).
 
@@ -962,30 +813,12 @@ class Consumer:
         TypeError: Made directly (use Log.consumer or from_sync).
     """
 
+    _sync_class = _SyncConsumer
+
     def __init__(self, consumer: Any) -> None:
         if not isinstance(consumer, _SyncConsumer):
             raise TypeError("a Consumer comes from Log.consumer()")
-        self._c: Any = consumer
-
-    @classmethod
-    def from_sync(cls, consumer: Any) -> "Consumer":
-        """Wrap a synchronous pyqueue.Consumer (owned from now on).
-
-        Args:
-            consumer: The consumer.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            TypeError: consumer is not a pyqueue.Consumer.
-        """
-        return cls(consumer)
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous consumer this one owns."""
-        return self._c
+        self._h = consumer
 
     async def poll(self, max_records: int = 500, timeout: Optional[float] = 0.0) -> List[Record]:
         """Records of the assigned partitions, waiting (without blocking
@@ -1005,12 +838,12 @@ class Consumer:
         """
 
         def fetch() -> List[Record]:
-            out: List[Record] = self._c.poll(max_records, timeout=0)
+            out: List[Record] = self._h.poll(max_records, timeout=0)
             if not out:
                 raise _Again
             return out
 
-        log = self._c._log
+        log = self._h._log
         try:
             return await _aio.wait_event(  # type: ignore[no-any-return]
                 log, None, fetch, _Again, _aio.deadline_of(timeout), _log_unmaps(log))
@@ -1026,7 +859,7 @@ class Consumer:
         Raises:
             CommitFailed: The group rebalanced.
         """
-        self._c.commit(offsets)
+        self._h.commit(offsets)
 
     def assignment(self) -> List[int]:
         """The partitions assigned to this member now.
@@ -1037,11 +870,7 @@ class Consumer:
         Raises:
             ValueError: The consumer is closed.
         """
-        return self._c.assignment()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Leave the group."""
-        self._c.close()
+        return self._h.assignment()  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[Record]:
         return self._iterate()
@@ -1051,14 +880,7 @@ class Consumer:
             for r in await self.poll(timeout=None):
                 yield r
 
-    def __enter__(self) -> "Consumer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Log(Generic[T]):
+class Log(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.Log (memory or directory mode):
     ``await read()`` waits for records, ``consumer()`` makes an asyncio
     Consumer; appends never wait and run at once.
@@ -1071,48 +893,7 @@ class Log(Generic[T]):
         ValueError: A bad setting.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._l: Any = _SyncLog(*args, **kwargs)
-
-    @classmethod
-    def open(cls, name_or_path: Any, **kwargs: Any) -> "Log[Any]":
-        """Open an existing log (as pyqueue.Log.open).
-
-        Args:
-            name_or_path: A memory log's name or a directory log's path.
-            **kwargs: As pyqueue.Log.open.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            SegmentNotFound: No such log.
-        """
-        return cls.from_sync(_SyncLog.open(name_or_path, **kwargs))
-
-    @classmethod
-    def from_sync(cls, log: Any) -> "Log[Any]":
-        """Wrap a synchronous pyqueue.Log (owned from now on).
-
-        Args:
-            log: The log handle.
-
-        Returns:
-            An asyncio handle.
-
-        Raises:
-            TypeError: log is not a pyqueue.Log.
-        """
-        if not isinstance(log, _SyncLog):
-            raise TypeError(f"Log.from_sync needs a pyqueue.Log, not {type(log).__name__}")
-        self = cls.__new__(cls)
-        self._l = log
-        return self
-
-    @property
-    def sync(self) -> Any:
-        """The synchronous handle this one owns."""
-        return self._l
+    _sync_class = _SyncLog
 
     def append(self, value: T, key: Any = None, headers: Any = None) -> Tuple[int, int]:
         """Append a record (as pyqueue.Log.append; it never waits).
@@ -1129,7 +910,7 @@ class Log(Generic[T]):
             MessageTooLarge: The record is too large.
             ValueError: The log is closed.
         """
-        return self._l.append(value, key=key, headers=headers)  # type: ignore[no-any-return]
+        return self._h.append(value, key=key, headers=headers)  # type: ignore[no-any-return]
 
     async def read(self, partition: int, offset: int, max_records: int = 1000,
                    timeout: Optional[float] = None) -> List[Record]:
@@ -1152,14 +933,14 @@ class Log(Generic[T]):
         """
 
         def fetch() -> List[Record]:
-            out: List[Record] = self._l.read(partition, offset, max_records, timeout=0)
+            out: List[Record] = self._h.read(partition, offset, max_records, timeout=0)
             if not out:
                 raise _Again
             return out
 
         try:
             return await _aio.wait_event(  # type: ignore[no-any-return]
-                self._l, None, fetch, _Again, _aio.deadline_of(timeout), _log_unmaps(self._l))
+                self._h, None, fetch, _Again, _aio.deadline_of(timeout), _log_unmaps(self._h))
         except _Again:
             return []
 
@@ -1176,7 +957,7 @@ class Log(Generic[T]):
         Raises:
             ValueError: A bad option, or the log is closed.
         """
-        return Consumer(self._l.consumer(group, **kwargs))
+        return Consumer(self._h.consumer(group, **kwargs))
 
     def end_offset(self, partition: int) -> int:
         """The offset the next record of the partition gets.
@@ -1190,23 +971,4 @@ class Log(Generic[T]):
         Raises:
             ValueError: Bad partition, or the log is closed.
         """
-        return self._l.end_offset(partition)  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Close this handle."""
-        self._l.close()
-
-    def unlink(self) -> None:
-        """Remove a memory log's name (as pyqueue.Log.unlink).
-
-        Raises:
-            PermissionError: The name belongs to another user.
-            AttributeError: A directory log (remove its directory instead).
-        """
-        self._l.unlink()
-
-    def __enter__(self) -> "Log[T]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self._h.end_offset(partition)  # type: ignore[no-any-return]

@@ -30,8 +30,7 @@ NO_RAISES = {
     "StreamProcessor.stop_nowait", "StreamProcessor.stop", "StreamProcessor.join",
     "StreamProcessor.worker_pids", "StreamProcessor.stats", "TopicCore.close",
     "MemoryLogCore.close", "DirectoryLog.close", "WorkQueueCore.close",
-    # pyqueue.asyncio: closing a handle, or a count of the sync handle's
-    "Subscription.close", "Topic.close", "WorkQueue.close", "Consumer.close", "Log.close",
+    "_Owner.close",  # pyqueue.asyncio: closing a handle
 }
 # Classes users get from a call, never construct (no "Args:" needed).
 NOT_CONSTRUCTED = {"Delivery", "asyncio.Delivery", "asyncio.Batch", "asyncio.Subscription",
