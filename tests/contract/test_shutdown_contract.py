@@ -24,11 +24,11 @@ def test_queue_drains_then_raises(make):
         q.put_many([3, 4])
     assert [q.get(timeout=5), q.get(timeout=5)] == [1, 2]
     with pytest.raises(ShutDown):
-        q.get()                         # no timeout: raises instead of waiting
+        q.get_nowait()
     with pytest.raises(ShutDown):
         q.get(timeout=0.01)             # instead of queue.Empty
     with pytest.raises(ShutDown):
-        q.get_nowait()
+        q.get()                         # no timeout: raises instead of waiting
     with pytest.raises(ShutDown):
         q.get_many(10)
     assert list(q) == [] and q.is_shutdown
