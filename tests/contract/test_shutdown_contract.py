@@ -143,12 +143,12 @@ def test_topic(make):
     assert topic.is_shutdown
     with pytest.raises(ShutDown):
         topic.publish(3)
+    assert other.get(timeout=5) == 2
+    with pytest.raises(ShutDown):
+        other.get_many(10, timeout=5)   # drained: raises instead of waiting
     assert list(sub) == [1, 2]          # drains, then the iteration ends
     with pytest.raises(ShutDown):
         sub.get(timeout=5)
-    assert other.get(timeout=5) == 2
-    with pytest.raises(ShutDown):
-        other.get_many(10, timeout=5)
     sub.close()
     other.close()
 
@@ -175,9 +175,9 @@ def test_log(make):
         log.append_many([2, 3])
     assert [r.value for r in log.read(p, 0)] == [1]
     with pytest.raises(ShutDown):
-        log.read(p, 1, timeout=None)    # the end: raises instead of waiting
+        log.read(1 - p, 0, timeout=5)   # the end: raises instead of waiting
     with pytest.raises(ShutDown):
-        log.read(1 - p, 0, timeout=5)
+        log.read(p, 1, timeout=None)
     with pytest.raises(ValueError):
         log.shutdown(immediate=True)
     with log.consumer("g") as c:
