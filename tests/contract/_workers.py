@@ -136,6 +136,8 @@ def wait_then_report(h, op, out):
             r = h.get().value
         elif op == "wq_put":
             r = h.put("blocked")
+        elif op == "publish":
+            r = h.publish(b"x" * 1000)
         elif op == "sub_get":
             with h.subscribe() as sub:
                 out.put("subscribed", timeout=30)

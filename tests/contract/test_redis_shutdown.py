@@ -3,8 +3,8 @@
 (seen blocked by the server: INFO's blocked_clients) returns within a
 deadline once another process calls shutdown(); without the wake it would
 stay blocked (a Queue's get in BLPOP, a put or a work queue's get in
-XREAD on its stream, a subscription's get, a log's read and a consumer's
-poll in XREAD)."""
+XREAD on its stream, a subscription's get, a lossless publisher waiting
+for room, a log's read and a consumer's poll in XREAD)."""
 import queue
 import time
 
@@ -141,3 +141,18 @@ def test_log_reader_and_consumer_wake(rb, ctx, procs):
         assert _run(rb, log, "consume", ctx, procs, log.shutdown) == ["ended"]
     finally:
         log.unlink()
+
+
+def test_topic_lossless_publisher_waiting_for_room_wakes(rb, ctx, procs):
+    # A subscriber that never reads holds the oldest message; its lease
+    # (subscriber_timeout) is far beyond the deadline.
+    t = rb.Topic(_name("t"), capacity_bytes=4096, mode="lossless", subscriber_timeout=600)
+    try:
+        with t.subscribe() as idle:
+            with pytest.raises(queue.Full):
+                for _ in range(100):
+                    t.publish(b"x" * 1000, block=False)
+            assert _run(rb, t, "publish", ctx, procs, t.shutdown) == ["ShutDown"]
+            assert idle.get(timeout=5) == b"x" * 1000    # drained after
+    finally:
+        t.unlink()
