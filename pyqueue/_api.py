@@ -141,12 +141,12 @@ class HandleAPI:
         self.close()
 
     def shutdown(self, immediate=False):
-        """Not supported by this backend yet (docs/api.md, "Shutdown"):
-        raises NotImplementedError, and changes nothing."""
+        """The default of a class without shutdown (every shared-memory and
+        Redis class has its own: docs/api.md, "Shutdown"): raises
+        NotImplementedError, and changes nothing."""
         raise NotImplementedError(
-            f"{type(self).__name__}.shutdown() is not supported by this backend yet: "
-            f"shutdown (queue.ShutDown semantics across processes) exists on the "
-            f"shared-memory backend (shm://) only; docs/api.md, \"Shutdown\"")
+            f"{type(self).__name__}.shutdown() is not supported by this class; "
+            f"docs/api.md, \"Shutdown\"")
 
     @property
     def is_shutdown(self):
