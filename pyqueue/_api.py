@@ -26,6 +26,7 @@ import queue as _stdqueue
 import time
 
 from pyqueue import _segment
+from pyqueue.errors import ShutDown
 from pyqueue.queues import _OVERFLOWS as OVERFLOWS  # noqa: F401  (one list of modes)
 from pyqueue.queues import _check_serializer as check_serializer  # noqa: F401
 from pyqueue.queues import check_settings  # noqa: F401
@@ -140,12 +141,12 @@ class HandleAPI:
         self.close()
 
     def shutdown(self, immediate=False):
-        """Not supported by this backend yet (docs/api.md, "Shutdown"):
-        raises NotImplementedError, and changes nothing."""
+        """The default of a class without shutdown (every shared-memory and
+        Redis class has its own: docs/api.md, "Shutdown"): raises
+        NotImplementedError, and changes nothing."""
         raise NotImplementedError(
-            f"{type(self).__name__}.shutdown() is not supported by this backend yet: "
-            f"shutdown (queue.ShutDown semantics across processes) exists on the "
-            f"shared-memory backend (shm://) only; docs/api.md, \"Shutdown\"")
+            f"{type(self).__name__}.shutdown() is not supported by this class; "
+            f"docs/api.md, \"Shutdown\"")
 
     @property
     def is_shutdown(self):
@@ -179,6 +180,15 @@ class QueueAPI(HandleAPI):
     def cancel_join_thread(self):
         pass
 
+    def __iter__(self):
+        """The messages as get() returns them, until the queue is shut down
+        and drained (as pyqueue.Queue's)."""
+        while True:
+            try:
+                yield self.get()
+            except ShutDown:
+                return
+
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return f"<pyqueue.{type(self).__name__} {getattr(self, '_name', None)!r} {state}>"
@@ -199,9 +209,13 @@ class WorkQueueAPI(HandleAPI):
         return self.qsize() == 0
 
     def __iter__(self):
-        """Deliveries, waiting for each, forever (break out of the loop)."""
+        """Deliveries, waiting for each, until the work queue is shut down
+        and nothing is ready (as pyqueue.WorkQueue's)."""
         while True:
-            yield self.get()
+            try:
+                yield self.get()
+            except ShutDown:
+                return
 
     def __repr__(self):
         state = "closed" if self._closed else "open"

@@ -662,8 +662,6 @@ class StreamProcessor:
 
         Raises:
             ValueError: The source's handle is closed.
-            NotImplementedError: The source's backend has no shutdown
-                (Redis).
         """
         from pyqueue.log import Log
         source = self._spec[0]

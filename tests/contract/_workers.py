@@ -119,3 +119,42 @@ def get_until_shutdown(q, out):
         except ShutDown:
             out.put("shutdown", timeout=30)
             return
+
+
+def wait_then_report(h, op, out):
+    """Blocks in one wait of h with no timeout (op names which), then puts
+    what ended it on out: "ShutDown", "ended" (an iteration), or the value."""
+    from pyqueue import ShutDown
+    try:
+        if op == "get":
+            r = h.get()
+        elif op == "get_many":
+            r = h.get_many(10)
+        elif op == "put":
+            r = h.put("blocked", timeout=None)
+        elif op == "wq_get":
+            r = h.get().value
+        elif op == "wq_put":
+            r = h.put("blocked")
+        elif op == "publish":
+            r = h.publish(b"x" * 1000)
+        elif op == "sub_get":
+            with h.subscribe() as sub:
+                out.put("subscribed", timeout=30)
+                r = sub.get()
+        elif op == "sub_iter":
+            with h.subscribe() as sub:
+                out.put("subscribed", timeout=30)
+                r = list(sub)
+                r = "ended" if r == [] else r
+        elif op == "log_read":
+            r = h.read(0, h.end_offset(0), timeout=None)
+        elif op == "consume":
+            with h.consumer("g") as c:
+                r = [rec.value for rec in c]
+                r = "ended" if r == [] else r
+        else:
+            raise ValueError(op)
+    except ShutDown:
+        r = "ShutDown"
+    out.put(r, timeout=30)

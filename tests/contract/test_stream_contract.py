@@ -71,3 +71,41 @@ def test_a_log_worker_s_fenced_commit_still_commits_what_it_keeps(make):
             assert len(kept) == 1 and kept != moved
             assert worker.committed(kept[0]) == 5
             assert other.committed(moved[0]) is None        # not the moved one
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_source_shutdown_drains_and_stops(make, mode):
+    """The source's shutdown (by any process: here the parent's handle)
+    ends the workers once the source is drained; none is restarted and
+    join() returns (poll_timeout far beyond the deadline: the wake does it)."""
+    q = make("WorkQueue", make.name())
+    out = make("Queue", name=make.name())
+    q.put_many(range(20))
+    sp = pyqueue.StreamProcessor(q, _workers.double, sink=out, workers=2, start_method=mode,
+                                 poll_timeout=600).start()
+    try:
+        assert sorted(out.get(timeout=60) for _ in range(20)) == [2 * i for i in range(20)]
+        q.shutdown()
+        assert sp.join(60), "the workers did not end after the source's shutdown"
+        st = sp.stats()
+        assert (st["processed"], st["restarts"], st["crashes"]) == (20, 0, 0)
+    finally:
+        sp.stop()
+
+
+def test_log_source_shutdown_by_the_processor(make):
+    log = make("Log", make.name(), partitions=2)
+    out = make("Queue", name=make.name())
+    for i in range(10):
+        log.append(i, key=str(i))
+    sp = pyqueue.StreamProcessor(log, _workers.double, sink=out, group="g", workers=2,
+                                 poll_timeout=600).start()
+    try:
+        sp.shutdown()
+        assert log.is_shutdown
+        assert sp.join(60)
+        assert sorted(out.get(timeout=30) for _ in range(10)) == [2 * i for i in range(10)]
+        st = sp.stats()
+        assert (st["restarts"], st["crashes"], st["last_error"]) == (0, 0, None)
+    finally:
+        sp.stop()

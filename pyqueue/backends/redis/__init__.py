@@ -186,11 +186,11 @@ class RedisBackend:
         # under a millisecond away waits a millisecond instead.
         return 0 if left is None else max(left, 0.001)
 
-    def blpop(self, key, left):
-        """The head of list `key`, waiting up to `left` seconds (None:
-        forever); None on timeout."""
-        r = self.client.blpop([key], timeout=self._block_seconds(left))
-        return None if r is None else r[1]
+    def blpop_any(self, keys, left):
+        """(key, head) of the first non-empty list of `keys` (one cluster
+        slot), waiting up to `left` seconds (None: forever); None on
+        timeout."""
+        return self.client.blpop(keys, timeout=self._block_seconds(left))
 
     def wait_stream(self, key, last_id, left):
         """Waits (up to `left` seconds; None: forever) for an entry of

@@ -20,6 +20,15 @@ least 64 KiB, 8 MiB by default) drops the oldest whole records; records
 older than retention_ms are dropped by appends and enforce_retention().
 Consumer groups: pyqueue.Consumer over a RedisGroupTable (groups.py), the
 coordination in Lua scripts on the group's own keys.
+
+Shutdown: each partition's hash gets a "shutdown" field and its stream
+pq:{NAME/P}:l.shut an entry, in one script per partition (one slot each);
+then the log's meta hash gets the field (what is_shutdown reads, so a
+process that sees it finds every partition refusing appends). An append
+reads its partition's flag in its script (ShutDown); a read at the end
+offset of a shut-down partition raises ShutDown instead of waiting; a
+reader or consumer waiting in XREAD also waits on l.shut, so the entry
+wakes it. Records stay readable and groups keep committing.
 """
 import math
 import os
@@ -31,7 +40,7 @@ from pyqueue import log as _shm_log
 from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis.groups import RedisGroupTable
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
-from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
+from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
 from pyqueue.log import Record
 
 KIND = "log"
@@ -55,7 +64,7 @@ _HEAD = """
 local PM, S = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local m = redis.call('HMGET', PM, 'next', 'start', 'bytes')
+local m = redis.call('HMGET', PM, 'next', 'start', 'bytes', 'shutdown')
 local nxt, start, bytes = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
 local function size_of(fields)
   local n = 0
@@ -83,8 +92,9 @@ end
 """
 
 # ARGV: retention bytes, retention ms (0: none), key ('' none), headers ('' none),
-# values... -> the first offset
+# values... -> the first offset; -1: the partition is shut down
 _APPEND = _HEAD + """
+if m[4] then return -1 end
 local key, hdr = ARGV[3], ARGV[4]
 local first = nxt
 for i = 5, #ARGV do
@@ -100,6 +110,15 @@ redis.call('HSET', PM, 'next', nxt, 'start', start, 'bytes', bytes)
 return first
 """
 
+# KEYS: the partition's meta, stream, shut -> 1
+_SHUTDOWN_PART = """
+if redis.call('HEXISTS', KEYS[1], 'shutdown') == 0 then
+  redis.call('HSET', KEYS[1], 'shutdown', 1)
+  redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 'x', 1)
+end
+return 1
+"""
+
 # ARGV: retention bytes, retention ms -> records dropped
 _EXPIRE = _HEAD + """
 local n = expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
@@ -107,9 +126,10 @@ if n > 0 then redis.call('HSET', PM, 'start', start, 'bytes', bytes) end
 return n
 """
 
-# ARGV: offset, max -> {start, next, id, fields, id, fields...}
+# ARGV: offset, max -> {start, next, shut down (0|1), id, fields, id, fields...}
 _READ = _HEAD + """
-local out = {start, nxt}
+local out = {start, nxt, 0}
+if m[4] then out[3] = 1 end
 local off = tonumber(ARGV[1])
 if off < start or off >= nxt then return out end
 for _, e in ipairs(redis.call('XRANGE', S, off .. '-1', '+', 'COUNT', tonumber(ARGV[2]))) do
@@ -197,7 +217,7 @@ class RedisLog(RedisHandle):
                 or not 0 <= partition < self.partitions):
             raise ValueError(f"partition must be 0..{self.partitions - 1}, not {partition!r}")
         p = key_prefix(f"{self._name}/{partition}")
-        return [p + "l.meta", p + "l.stream"]
+        return [p + "l.meta", p + "l.stream", p + "l.shut"]
 
     def partition_for(self, key):
         """The partition of a key: Kafka's default partitioner."""
@@ -229,11 +249,15 @@ class RedisLog(RedisHandle):
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
             try:
-                first = script(keys=keys, args=[self.capacity_bytes, self.retention_ms or 0, kb,
-                                                hb, *chunk])
+                first = script(keys=keys[:2], args=[self.capacity_bytes,
+                                                    self.retention_ms or 0, kb, hb, *chunk])
             except ConnectionLost as e:
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
+            if first < 0:
+                e = ShutDown(f"log {self._name!r} is shut down")
+                e.ids = out
+                raise e
             out += [(partition, first + j) for j in range(len(chunk))]
         return out
 
@@ -259,19 +283,26 @@ class RedisLog(RedisHandle):
         script = self._backend.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
-            r = script(keys=keys, args=[offset, max_records])
+            r = script(keys=keys[:2], args=[offset, max_records])
             start, end = int(r[0]), int(r[1])
             if offset < start or offset > end:
                 raise OffsetOutOfRange(
                     f"offset {offset} of partition {partition} of log {self._name!r} is out of "
                     f"range: records are kept from {start} to {end - 1}",
                     partition=partition, offset=offset, start_offset=start, end_offset=end)
-            if len(r) > 2:
-                return self._records(partition, r[2:], record)
+            if len(r) > 3:
+                return self._records(partition, r[3:], record)
+            if r[2] == 1:
+                raise ShutDown(f"log {self._name!r} is shut down: offset {offset} is the end "
+                               f"of partition {partition}")
             left = _api.remaining(until)
             if left == 0.0:
                 return []
-            self._backend.wait_stream(keys[1], f"{offset - 1}-1" if offset else "0-0", left)
+            # A record at offset, or the shutdown's entry, wakes it.
+            ms = 0 if left is None else max(1, math.ceil(left * 1000))
+            self._backend.client.xread(
+                {keys[1]: f"{offset - 1}-1" if offset else "0-0", keys[2]: "0-0"},
+                count=1, block=ms)
 
     def _records(self, partition, flat, record):
         out = []
@@ -331,8 +362,11 @@ class RedisLog(RedisHandle):
         A member's wait is at most a third of its lease, so the poll loop
         renews it."""
         self._check_open()
-        streams = {self._pkeys(p)[1]: (f"{o - 1}-1" if o else "0-0")
-                   for p, o in zip(parts, offsets)}
+        streams = {}
+        for p, o in zip(parts, offsets):
+            keys = self._pkeys(p)
+            streams[keys[1]] = f"{o - 1}-1" if o else "0-0"
+            streams[keys[2]] = "0-0"       # the shutdown's entry wakes it too
         left = timeout
         if groups is not None:
             streams[groups.wait_keys(g)] = f"{gen_seen}-1"
@@ -351,6 +385,30 @@ class RedisLog(RedisHandle):
         else:
             ms = max(1, math.ceil(left * 1000))
         b.client.xread(streams, count=1, block=ms)
+
+    def shutdown(self, immediate=False):
+        """As pyqueue.Log.shutdown, for every process and host: appends
+        raise ShutDown; a read at a partition's end offset raises it instead
+        of waiting; consumers end once every assigned partition is read to
+        its end; records stay readable, commits work. immediate=True:
+        ValueError (a log discards nothing committed)."""
+        self._check_open()
+        if immediate:
+            raise ValueError("Log.shutdown(immediate=True) is not supported: a log keeps every "
+                             "record it committed; shutdown() stops appends and ends reads "
+                             "at the end offset")
+        script = self._backend.script("log_shutdown_part", _SHUTDOWN_PART)
+        for p in range(self.partitions):
+            k = self._pkeys(p)
+            script(keys=[k[0], k[1], k[2]])
+        # Last: a process that sees is_shutdown finds every partition refusing.
+        self._backend.client.hset(key_prefix(self._name) + "meta", "shutdown", 1)
+
+    @property
+    def is_shutdown(self):
+        """Whether the log was shut down (by any process)."""
+        return self._backend.client.hget(key_prefix(self._name) + "meta",
+                                         "shutdown") is not None
 
     def unlink(self):
         """Remove the log (every partition) from the server."""

@@ -9,6 +9,18 @@ cluster slot and its Lua scripts stay legal on Redis Cluster):
                      full bounded queue; a blocked put waits on it (XREAD BLOCK)
     pq:{NAME}:zero   stream (MAXLEN 1): an entry each time the unfinished count
                      of a JoinableQueue reaches 0; join() waits on it
+    pq:{NAME}:shut   list of wake tokens: shutdown() pushes one per get
+                     blocked at that moment (the meta hash's "waiting"
+                     count); a get blocks in BLPOP on list and shut
+
+The meta hash's "shutdown" field (absent: in use; 1: shut down; 2: shut
+down with immediate=True) is set by the shutdown script, read by the put
+script (refusing) and by the take script (ShutDown once the list is
+empty); the take script that finds the list empty, not shut down, counts
+the get in "waiting" before it blocks, and the call after the BLPOP counts
+it out, so a shutdown always pushes at least one token for every get
+blocked then (a waiter that died leaves the count one high: one token
+too many, harmless). docs/design.md, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
@@ -23,7 +35,8 @@ from pyqueue import _api
 from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis._handle import (RedisHandle, check_name,  # noqa: F401 (re-exported)
                                             key_prefix)
-from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound, UndecodableMessage
+from pyqueue.errors import (MessageTooLarge, SegmentMismatch, SegmentNotFound, ShutDown,
+                            UndecodableMessage)
 from pyqueue.queues import (_D_CAPACITY, _D_MAX_MESSAGE, _D_MAXSIZE, _D_MODE, _D_OVERFLOW,
                             _round_capacity, _take)
 
@@ -46,10 +59,13 @@ return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]}
 """
 
 # KEYS: meta, list, space, zero; ARGV: the encoded messages.
-# -> {accepted, last id of space (when not all were accepted)}; {-1}: no queue
+# -> {accepted, last id of space (when not all were accepted)}; {-1}: no queue;
+# {-2}: shut down (nothing put)
 _PUT = """
-local m = redis.call('HMGET', KEYS[1], 'maxsize', 'overflow', 'joinable', 'unfinished')
+local m = redis.call('HMGET', KEYS[1], 'maxsize', 'overflow', 'joinable', 'unfinished',
+                     'shutdown')
 if not m[1] then return {-1} end
+if m[5] then return {-2} end
 local maxsize = tonumber(m[1])
 local n = #ARGV
 local len = redis.call('LLEN', KEYS[2])
@@ -91,10 +107,14 @@ end
 return {accepted}
 """
 
-# KEYS: meta, list, space; ARGV: max messages, messages already taken (by BLPOP).
+# KEYS: meta, list, space; ARGV: max messages, messages already taken (by
+# BLPOP), "+" (count this get in "waiting" if it will block) or "-" (it
+# blocked: count it out) or "".
 # Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
-# put when the queue was full.
+# put when the queue was full. -> {0, messages...}; {1}: empty and shut down
 _TAKE = """
+local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
+if ARGV[3] == '-' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
 local len = redis.call('LLEN', KEYS[2])
 local want = tonumber(ARGV[1])
 local before = tonumber(ARGV[2])
@@ -102,13 +122,58 @@ local items = {}
 if want > 0 and len > 0 then items = redis.call('LPOP', KEYS[2], want) end
 local taken = #items + before
 if taken > 0 then
-  local maxsize = tonumber(redis.call('HGET', KEYS[1], 'maxsize') or '0')
+  local maxsize = tonumber(m[1] or '0')
   redis.call('HINCRBY', KEYS[1], 'dequeued', taken)
   if maxsize > 0 and len + before >= maxsize then
     redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
   end
+elseif m[2] then
+  return {1}
+elseif ARGV[3] == '+' then
+  redis.call('HINCRBY', KEYS[1], 'waiting', 1)
 end
+table.insert(items, 1, 0)
 return items
+"""
+
+# KEYS: meta, list, space, zero, shut; ARGV: 1 (shutdown) or 2 (immediate).
+# -> the state before; -1: no queue. Sets the flag; immediate drops what is
+# queued (counted as dropped, one task_done each); wakes the puts waiting
+# for room (space) and pushes a token for each get blocked in BLPOP.
+_SHUTDOWN = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'shutdown', 'joinable', 'unfinished', 'waiting')
+if not m[1] then return -1 end
+local old = tonumber(m[2] or '0')
+local new = tonumber(ARGV[1])
+if new <= old then return old end
+redis.call('HSET', KEYS[1], 'shutdown', new)
+if new == 2 then
+  local n = redis.call('LLEN', KEYS[2])
+  if n > 0 then
+    redis.call('DEL', KEYS[2])
+    redis.call('HINCRBY', KEYS[1], 'dropped', n)
+    if m[3] == '1' then
+      local before = tonumber(m[4])
+      local after = redis.call('HINCRBY', KEYS[1], 'unfinished', -n)
+      if after <= 0 then
+        if after < 0 then redis.call('HSET', KEYS[1], 'unfinished', 0) end
+        if before > 0 then redis.call('XADD', KEYS[4], 'MAXLEN', 1, '*', 'z', 1) end
+      end
+    end
+  end
+end
+if old == 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
+  local w = math.max(tonumber(m[5] or '0'), 0)
+  while w > 0 do
+    local k = math.min(w, 1000)
+    local t = {}
+    for i = 1, k do t[i] = 'w' end
+    redis.call('RPUSH', KEYS[5], unpack(t))
+    w = w - k
+  end
+end
+return old
 """
 
 # KEYS: meta, zero -> the unfinished count after; -1: it was already 0
@@ -209,7 +274,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         self._undecodable = 0
         self._shared = False
         p = key_prefix(name)
-        self._keys = (p + "meta", p + "list", p + "space", p + "zero")
+        self._keys = (p + "meta", p + "list", p + "space", p + "zero", p + "shut")
 
     def _create(self, how, maxsize, overflow, max_message, custom, capacity, mode):
         r = self._create_meta(_CREATE, how, [int(self._want_joinable), maxsize, overflow,
@@ -261,6 +326,8 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         while done < len(items):
             chunk = items[done:done + BATCH]
             r = put(keys=self._keys, args=chunk)
+            if r[0] == -2:
+                raise ShutDown(f"queue {self._name!r} is shut down")
             if r[0] < 0:
                 raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
             done += r[0]
@@ -292,27 +359,42 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
 
     # -- get --------------------------------------------------------------
     def _take(self, max_messages, block, until):
-        """Raw messages: up to max_messages, at least one (else Empty)."""
+        """Raw messages: up to max_messages, at least one (else Empty, or
+        ShutDown once shut down and empty)."""
         b = self._backend
         take = b.script("queue_take", _TAKE)
-        items = take(keys=self._keys[:3], args=[max_messages, 0])
-        if items:
-            return items
-        if not block:
+        left = _api.remaining(until) if block else 0.0
+        waits = left is None or left > 0.0
+        r = take(keys=self._keys[:3], args=[max_messages, 0, "+" if waits else ""])
+        if len(r) > 1:
+            return r[1:]
+        if r[0] == 1:
+            raise ShutDown(f"queue {self._name!r} is shut down")
+        if not waits:
             raise Empty()
-        left = _api.remaining(until)
-        if left == 0.0:
+        # Counted in "waiting": a shutdown from here on pushes a token.
+        try:
+            popped = b.blpop_any([self._keys[1], self._keys[4]], left)
+        except BaseException:
+            b.client.hincrby(self._keys[0], "waiting", -1)
+            raise
+        if popped is None:
+            b.client.hincrby(self._keys[0], "waiting", -1)
             raise Empty()
-        first = b.blpop(self._keys[1], left)
-        if first is None:
-            raise Empty()
+        key, first = popped
+        if key == self._keys[4].encode():
+            # A shutdown's token: what is left is drained, then ShutDown.
+            r = take(keys=self._keys[:3], args=[max_messages, 0, "-"])
+            if len(r) > 1:
+                return r[1:]
+            raise ShutDown(f"queue {self._name!r} is shut down")
         # Counted, and a put waiting for room told, by the same script.
         try:
-            rest = take(keys=self._keys[:3], args=[max_messages - 1, 1])
+            rest = take(keys=self._keys[:3], args=[max_messages - 1, 1, "-"])
         except ConnectionLost:
             self._held.append(first)     # in hand: the next get returns it
             raise
-        return [first] + rest
+        return [first] + rest[1:]
 
     def _decode(self, raw):
         return _codec.decode(raw, self._serializer)
@@ -356,6 +438,24 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
                 self._held.extendleft(reversed(raws[i:]))
                 break
         return out
+
+    # -- shutdown ---------------------------------------------------------
+    def shutdown(self, immediate=False):
+        """As pyqueue.Queue.shutdown, for every process and host: puts raise
+        ShutDown; gets drain what is left, then raise it (immediate=True:
+        what is left is dropped, one task_done each); every get or put
+        blocked now wakes."""
+        self._check_open()
+        b = self._backend
+        r = b.script("queue_shutdown", _SHUTDOWN)(keys=self._keys,
+                                                  args=[2 if immediate else 1])
+        if r < 0:
+            raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
+
+    @property
+    def is_shutdown(self):
+        """Whether the queue was shut down (by any process)."""
+        return self._backend.client.hget(self._keys[0], "shutdown") is not None
 
     # -- size, stats ------------------------------------------------------
     def qsize(self):

@@ -23,15 +23,26 @@ what it missed in `lost` (message numbers are dense). A subscription whose
 process died is known only by its lease running out
 (`subscriber_timeout`, renewed by each read; a subscription that stays
 subscribed without reading for longer is evicted, and counts what it then
-missed in `lost`). A subscriber waits in XREAD BLOCK on the stream itself.
+missed in `lost`). A subscriber waits in XREAD BLOCK on the stream itself
+and on t.shut.
+
+    pq:{NAME}:t.shut     stream: one entry, added by shutdown(), so that
+                         every subscriber waiting in XREAD wakes
+
+The meta hash's "shutdown" field (absent: in use; 1: shut down; 2: with
+immediate=True) is set by the shutdown script with that entry and one on
+t.space (publishers waiting for room wake): publish refuses, a read
+returns what its subscription has not read and then ShutDown (at once
+with immediate=True; nothing is erased).
 """
+import math
 import os
 import secrets
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown
 from pyqueue.queues import _Default, _round_capacity, _take
 
 KIND = "topic"
@@ -39,7 +50,7 @@ DEFAULT_CAPACITY = 8 * 1024 * 1024
 MAX_SUBSCRIBERS = 64
 SUBSCRIBER_TIMEOUT = 30.0
 _MODES = ("lossless", "lossy")
-_KEYS = ("meta", "t.stream", "t.pos", "t.subs", "t.space")
+_KEYS = ("meta", "t.stream", "t.pos", "t.subs", "t.space", "t.shut")
 
 _HEAD = """
 local M, S, P, L, W = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -67,9 +78,11 @@ return {0, m[1], m[2], m[3], m[4], m[5], m[6]}
 """
 
 # ARGV: payloads -> {published, last space id (when not all were)} | {-1}
+# | {-2} shut down
 _PUBLISH = _HEAD + """
-local m = redis.call('HMGET', M, 'capacity', 'mode', 'bytes')
+local m = redis.call('HMGET', M, 'capacity', 'mode', 'bytes', 'shutdown')
 if not m[1] then return {-1} end
+if m[4] then return {-2} end
 local cap, lossless, bytes = tonumber(m[1]), m[2] == 'lossless', tonumber(m[3])
 local done = 0
 local evicted = false
@@ -124,10 +137,12 @@ return 1
 """
 
 # ARGV: id, max messages, lease ms, position this handle last knew ->
-# {lost, position after, seq, payloads...} | {-1}
+# {lost, position after, seq, shut down (0|1), payloads...} | {-1}; shut
+# down is 1 only when no payload is returned
 _READ = _HEAD + """
-local m = redis.call('HMGET', M, 'seq', 'mode')
+local m = redis.call('HMGET', M, 'seq', 'mode', 'shutdown')
 if not m[1] then return {-1} end
+if m[3] == '2' then return {0, tonumber(ARGV[4]), tonumber(m[1]), 1} end
 local pos = redis.call('HGET', P, ARGV[1])
 if not pos then pos = tonumber(ARGV[4]) else pos = tonumber(pos) end
 local lost = 0
@@ -143,7 +158,8 @@ elseif tonumber(m[1]) > pos then
   pos = tonumber(m[1])
 end
 local got = redis.call('XRANGE', S, '(0-' .. pos, '+', 'COUNT', tonumber(ARGV[2]))
-local out = {lost, 0, tonumber(m[1])}
+local out = {lost, 0, tonumber(m[1]), 0}
+if #got == 0 and m[3] then out[4] = 1 end
 for _, e in ipairs(got) do
   out[#out + 1] = e[2][2]
   pos = tonumber(string.sub(e[1], 3))
@@ -155,6 +171,19 @@ if #got > 0 and m[2] == 'lossless' then
   redis.call('XADD', W, 'MAXLEN', 1, '*', 'r', 1)
 end
 return out
+"""
+
+# ARGV: 1 (shutdown) or 2 (immediate) -> the state before | -1 (no topic)
+_SHUTDOWN = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'shutdown')
+if not m[1] then return -1 end
+local old = tonumber(m[2] or '0')
+local new = tonumber(ARGV[1])
+if new <= old then return old end
+redis.call('HSET', KEYS[1], 'shutdown', new)
+redis.call('XADD', KEYS[6], 'MAXLEN', 1, '*', 'x', new)
+redis.call('XADD', KEYS[5], 'MAXLEN', 1, '*', 'r', 1)
+return old
 """
 
 # ARGV: id
@@ -246,6 +275,8 @@ class RedisTopic(RedisHandle):
         done = 0
         while done < len(items):
             r = self._script("topic_publish", _PUBLISH, items[done:done + 1000])
+            if r[0] == -2:
+                raise ShutDown(f"topic {self._name!r} is shut down")
             if r[0] < 0:
                 raise SegmentNotFound(f"topic {self._name!r} was removed from {b.url}")
             done += r[0]
@@ -277,6 +308,20 @@ class RedisTopic(RedisHandle):
         until = _api.deadline(block, timeout)
         items = [self._encode(o) for o in objs]
         return self._publish_encoded(items, block, until) if items else 0
+
+    def shutdown(self, immediate=False):
+        """As pyqueue.Topic.shutdown, for every process and host: publish
+        raises ShutDown; each subscription reads what it has not read, then
+        its get raises ShutDown (at once with immediate=True; nothing is
+        erased); every waiting subscriber and publisher wakes."""
+        self._check_open()
+        if self._script("topic_shutdown", _SHUTDOWN, [2 if immediate else 1]) < 0:
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+
+    @property
+    def is_shutdown(self):
+        """Whether the topic was shut down (by any process)."""
+        return self._backend.client.hget(self._keys[0], "shutdown") is not None
 
     def subscribe(self, start="latest"):
         """A Subscription that receives every message published from now on
@@ -337,16 +382,20 @@ class RedisSubscription:
                 raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
             self.lost += r[0]
             self._pos, self._seq = r[1], r[2]
-            if len(r) > 3:
-                return r[3:]
+            if len(r) > 4:
+                return r[4:]
+            if r[3] == 1:
+                raise ShutDown(f"topic {t._name!r} is shut down")
             left = _api.remaining(until)
             if not block or left == 0.0:
                 raise Empty()
             # Wake on a message after our position (it lands on the stream
-            # itself); renew the lease before it runs out.
+            # itself) or on the shutdown's entry; renew the lease before it
+            # runs out.
             lease = t._settings["sub_ms"] / 2000.0
-            b.wait_stream(t._keys[1], f"0-{self._pos}", lease if left is None
-                          else min(left, lease))
+            left = lease if left is None else min(left, lease)
+            b.client.xread({t._keys[1]: f"0-{self._pos}", t._keys[5]: "0-0"}, count=1,
+                           block=max(1, math.ceil(left * 1000)))
 
     def _check(self):
         if self.closed:
@@ -388,7 +437,10 @@ class RedisSubscription:
         return self
 
     def __next__(self):
-        return self.get()
+        try:
+            return self.get()
+        except ShutDown:
+            raise StopIteration from None
 
     def __enter__(self):
         return self

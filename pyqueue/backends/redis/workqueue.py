@@ -19,6 +19,12 @@ meta key is the one a Queue of that name has, so one name is one kind):
     pq:{NAME}:wq.wake     stream (MAXLEN 1): a message became available
     pq:{NAME}:wq.space    stream (MAXLEN 1): a message was done in a full queue
 
+The meta hash's "shutdown" field (absent: in use; 1: shut down; 2: with
+immediate=True) is set by the shutdown script, which adds an entry to
+wq.wake and wq.space: every get and put waiting in XREAD wakes and runs its
+script again, which reads the flag (puts refused; gets deliver what is
+ready, then ShutDown; at once with immediate). Nothing is discarded.
+
 Times are the server's (TIME inside the scripts), so consumers on several
 hosts share one clock. The visibility timeout is checked lazily, by the
 next get (as XAUTOCLAIM would): a waiting get wakes at the earliest
@@ -42,7 +48,7 @@ from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
 from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound
+from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown
 from pyqueue.queues import _Default, _round_capacity, _take
 from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
                                DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
@@ -120,10 +126,11 @@ return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11] or
 # the same call) | {-1} no queue | {-2, ms until the oldest key expires,
 # id...} dedup table full | {-3, last space id, id...} no room: the ids of
 # those before the one that did not fit, which stay put (message after
-# message, in one call; a put is one message's call)
+# message, in one call; a put is one message's call) | {-5} shut down
 _PUT_MANY = _LUA_HEAD + """
-local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms')
+local m = redis.call('HMGET', M, 'max_in_flight', 'dedup_keys', 'dedup_ms', 'shutdown')
 if not m[1] then return {-1} end
+if m[4] then return {-5} end
 local cap, dedup_keys, dedup_ms = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
 local delay = tonumber(ARGV[1])
 local out = {0, 0}
@@ -186,10 +193,12 @@ return out
 # then the dead-pending ones whose mover's lease is over are taken, then
 # the oldest available, those out of deliveries made dead on the way; when
 # nothing comes, the ms until the next deadline (-1: none) for the caller
-# to wait.
+# to wait. {-5}: shut down and nothing available (at once when shut down
+# with immediate=True).
 _ACQUIRE = _LUA_HEAD + """
-local m = redis.call('HMGET', M, 'vis_ms', 'max_deliveries')
+local m = redis.call('HMGET', M, 'vis_ms', 'max_deliveries', 'shutdown')
 if not m[1] then return {-1} end
+if m[3] == '2' then return {-5} end
 local lease = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, %(scan)d)
@@ -239,6 +248,7 @@ if room > 0 then
   if again > 0 then redis.call('HINCRBY', M, 'redelivered', again) end
 end
 if #out > 1 then return out end
+if m[3] then return {-5} end
 local nxt = -1
 for _, z in ipairs({D, F, X}) do
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
@@ -249,6 +259,20 @@ for _, z in ipairs({D, F, X}) do
 end
 return {-4, last_id(W), nxt}
 """ % {"scan": _SCAN}
+
+# ARGV: 1 (shutdown) or 2 (immediate) -> the state before; -1: no queue.
+# Wakes every get (wake) and put (space) waiting in XREAD.
+_SHUTDOWN = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'shutdown')
+if not m[1] then return -1 end
+local old = tonumber(m[2] or '0')
+local new = tonumber(ARGV[1])
+if new <= old then return old end
+redis.call('HSET', KEYS[1], 'shutdown', new)
+redis.call('XADD', KEYS[12], 'MAXLEN', 1, '*', 'w', 1)
+redis.call('XADD', KEYS[13], 'MAXLEN', 1, '*', 's', 1)
+return old
+"""
 
 # The settles: a Delivery's verb and a Batch's alike (one message or many,
 # in one call), each message fenced by its delivery count (held_by), as
@@ -573,6 +597,10 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                 raise
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            if r[0] == -5:
+                e = ShutDown(f"work queue {self._name!r} is shut down")
+                e.ids = ids
+                raise e
             ids.extend(int(x) for x in r[2:])
             start += len(r) - 2
             if r[0] == 0:
@@ -592,6 +620,22 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                 raise Full() if one else _api.put_many_full(ids)
             b.wait_stream(self._keys[12], r[1], left)
         return ids
+
+    # -- shutdown -----------------------------------------------------------
+    def shutdown(self, immediate=False):
+        """As pyqueue.WorkQueue.shutdown, for every process and host: puts
+        raise ShutDown; gets deliver what is ready, then raise it (at once
+        with immediate=True); nothing is discarded; every waiting get and
+        put wakes."""
+        self._check_open()
+        if self._script("wq_shutdown", _SHUTDOWN, [2 if immediate else 1]) < 0:
+            raise SegmentNotFound(f"work queue {self._name!r} was removed from "
+                                  f"{self._backend.url}")
+
+    @property
+    def is_shutdown(self):
+        """Whether the work queue was shut down (by any process)."""
+        return self._backend.client.hget(self._keys[0], "shutdown") is not None
 
     # -- consuming ---------------------------------------------------------
     # get() is pyqueue.WorkQueue's (delivers, moves dead messages, rejects
@@ -618,6 +662,8 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                 return r
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
+            if r[0] == -5:
+                raise ShutDown(f"work queue {self._name!r} is shut down")
             left = _api.remaining(until)
             if left == 0.0:
                 raise Empty()
