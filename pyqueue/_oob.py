@@ -113,6 +113,29 @@ def get(queue, ref):
     return memoryview(mm)[:size]
 
 
+def read(queue, ref):
+    """Map the segment a reference names and leave its name in place (a
+    WorkQueue message, read again on redelivery and removed by discard()
+    when it is settled); a writable memoryview over the message (a private
+    copy-on-write mapping: a consumer that changes a value read out of band
+    never changes what the next delivery reads)."""
+    size, name = _parse(queue, ref)
+    try:
+        fd = _segment.shm_open(name)
+    except FileNotFoundError:
+        raise PyQueueError(
+            f"the segment {name!r} holding this large message was removed before it was "
+            "read (pyqueue rm / gc, or the message was settled by another consumer): the "
+            "message is lost to this reader") from None
+    try:
+        if os.fstat(fd).st_size < max(size, 1):
+            raise SegmentMismatch(f"out-of-band segment {name!r} is shorter than its message")
+        mm = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_PRIVATE)
+    finally:
+        os.close(fd)
+    return memoryview(mm)[:size]
+
+
 def discard(queue, ref):
     """Remove the segment of a reference that will never be read."""
     try:

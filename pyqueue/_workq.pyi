@@ -12,6 +12,7 @@ from pyqueue.errors import SegmentMismatch as SegmentMismatch
 _T = TypeVar("_T")
 
 ESTALE_CODE: int
+OOB_FLAG: int
 REASONS: dict[int, Optional[str]]
 STATES: dict[int, str]
 TAIL_OFFSET: int

@@ -24,8 +24,9 @@ from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch
 from pyqueue.errors import ShutDown
 from pyqueue.errors import from_code as _from_code
-from pyqueue import _events
-from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain, deadline_ns as _deadline
+from pyqueue import _events, _oob
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB
+from pyqueue._common cimport encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns
 from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
 
@@ -133,6 +134,9 @@ cdef object _loads_p = pickle.loads
 cdef object _dumps_p = _default_dumps_py   # multiprocessing's pickler (pyqueue/_codec.pxi)
 
 ESTALE_CODE = ESTALE
+# The type bit of a message whose ring record is a reference to an
+# out-of-band segment (pyqueue._oob).
+OOB_FLAG = T_OOB
 
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, PQ_ERR_LOCK_DAMAGED, PQ_ENOTRECOVERABLE,
@@ -189,20 +193,39 @@ cdef object _decode(WorkQueueCore q, uint8_t typ, bytes b):
     """A payload as the value put: the codec checked against the handle
     first, so that a handle with a serializer never unpickles (a pickle
     planted in its segment is refused) and one without never calls a
-    loads it lacks."""
-    if typ == T_BYTES or typ == T_STR:
+    loads it lacks. An out-of-band message (T_OOB: b is a reference) is
+    read from its segment, which stays (pyqueue._oob.read): only the type
+    checked first, and only a segment named under this queue's prefix."""
+    cdef uint8_t base = typ & ~T_OOB
+    if base == T_BYTES or base == T_STR:
         if q._custom:
             raise PyQueueError("message was not encoded with this work queue's serializer")
-        return b if typ == T_BYTES else b.decode("utf-8", "surrogatepass")
-    if typ == T_CUSTOM:
+    elif base == T_CUSTOM:
         if not q._custom:
             raise PyQueueError("message was encoded with a custom serializer this handle lacks")
-        return q._loads(b)
-    if typ == T_PICKLE:
+    elif base == T_PICKLE or (base == T_PICKLE_BUFFERS and typ & T_OOB):
         if q._custom:
             raise PyQueueError("refusing to unpickle: this work queue uses a custom serializer")
+    else:
+        raise SegmentMismatch(f"unknown message type {typ}")
+    if not typ & T_OOB:
+        if base == T_BYTES:
+            return b
+        if base == T_STR:
+            return b.decode("utf-8", "surrogatepass")
+        if base == T_CUSTOM:
+            return q._loads(b)
         return _loads_p(b)
-    raise SegmentMismatch(f"unknown message type {typ}")
+    payload = _oob.read(q, b)
+    if base == T_BYTES:
+        return bytes(payload)
+    if base == T_STR:
+        return bytes(payload).decode("utf-8", "surrogatepass")
+    if base == T_CUSTOM:
+        return q._loads(bytes(payload))
+    if base == T_PICKLE:
+        return _loads_p(payload)
+    return _oob.unframe_buffers(payload)
 
 
 # no_gc_clear: the cycle collector must not clear the mapping (_mm, the
@@ -320,21 +343,16 @@ cdef class WorkQueueCore:
                     pass
 
     def _put(self, obj, key, double delay, bint block, timeout):
-        """Put one message: (id, duplicate)."""
+        """Put one message: (id, duplicate). One larger than
+        max_message_bytes goes out of band (pyqueue._oob): a segment of
+        its own, the ring holding a reference; the segment is removed when
+        the put fails or is dropped as a duplicate, else when the message
+        is acked or dead-lettered (pyqueue.workqueue)."""
         cdef uint8_t typ
-        cdef uint64_t mid, seen, kh = 0
-        cdef uint8_t* dst
-        cdef int rc
-        cdef int64_t deadline, until
+        cdef Py_ssize_t n
+        cdef uint64_t kh = 0
         self._check_open()
         cdef int64_t delay_ns = seconds_ns(delay, "delay")
-        data = self._encode(obj, &typ)
-        cdef Py_ssize_t n = len(data)
-        if <uint64_t>n > self._q.max_payload:
-            raise MessageTooLarge(f"message of {n} bytes exceeds the work queue's limit of "
-                                  f"{self._q.max_payload} bytes (max_message_bytes: a quarter "
-                                  f"of capacity_bytes, less the room of a DeadLetter when the "
-                                  f"queue has a dead-letter queue)")
         if key is not None:
             if isinstance(key, str):
                 kb = (<str>key).encode("utf-8")
@@ -343,6 +361,55 @@ cdef class WorkQueueCore:
             else:
                 raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
             kh = pq_wq_key_hash(PyBytes_AS_STRING(kb), len(kb))
+        cdef list buffers = []
+        t = type(obj)
+        parts = None
+        if self._custom or t is bytes or t is bytearray or t is memoryview or t is str:
+            data = self._encode(obj, &typ)
+        else:
+            # Pickled with its protocol 5 buffers apart (a NumPy array's
+            # data): copied once, into the segment, when it goes out of band.
+            data = _dumps_p(obj, buffers)
+            typ = T_PICKLE
+            if buffers:
+                parts = _oob.frame_buffers(data, buffers)
+                total = sum([memoryview(x).nbytes for x in parts])
+                if <uint64_t>total <= self._q.max_payload:
+                    parts = None
+                    data = _dumps_p(obj)  # small: in the ring, buffers in band
+                else:
+                    typ = T_PICKLE_BUFFERS
+            buffers = None
+        if parts is None:
+            n = len(data)
+            if <uint64_t>n <= self._q.max_payload:
+                return self._put_encoded(data, typ, kh, delay_ns, block, timeout)
+            parts, total = [data], n
+        del data
+        if pq_shutdown_state(self._q.hdr):  # before a segment is made for nothing
+            raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
+        ref = _oob.put(self, parts, total)
+        del parts
+        try:
+            if <uint64_t>len(ref) > self._q.max_payload:
+                raise MessageTooLarge(f"the work queue's max_message_bytes "
+                                      f"({self._q.max_payload}) cannot hold even the "
+                                      f"reference to an out-of-band message")
+            mid, dup = self._put_encoded(ref, typ | T_OOB, kh, delay_ns, block, timeout)
+        except BaseException:
+            _oob.discard(self, ref)  # never in the queue: nobody else removes it
+            raise
+        if dup:
+            _oob.discard(self, ref)  # dropped: the first put's message stays
+        return mid, dup
+
+    cdef object _put_encoded(self, bytes data, uint8_t typ, uint64_t kh, int64_t delay_ns,
+                             bint block, timeout):
+        cdef uint64_t mid, seen
+        cdef uint8_t* dst
+        cdef int rc
+        cdef int64_t deadline, until
+        cdef Py_ssize_t n = len(data)
         deadline = _deadline(block, timeout)
         cdef uint64_t now_ms = time.time_ns() // 1000000
         cdef LockWait lw = LockWait(0, 0)

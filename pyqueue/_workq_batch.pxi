@@ -275,6 +275,7 @@ cdef class Batch:
     cdef Py_ssize_t _held_n    # how many are HELD
     cdef readonly list values
     cdef WorkQueueCore _queue
+    cdef dict _oob             # position -> reference of an out-of-band message
 
     def __cinit__(self):
         self._ids = NULL
@@ -323,7 +324,9 @@ cdef class Batch:
         deliveries, raw, type, enqueued_ms, exception), still held."""
         cdef Py_ssize_t i, k = 0
         cdef list values = self.values
+        cdef dict oob = {}
         for i in range(self._n):
+            ref = values[i]
             if self._types[i] != T_BYTES or self._queue._custom:
                 try:
                     values[i] = _decode(self._queue, self._types[i], values[i])
@@ -338,11 +341,14 @@ cdef class Batch:
                 self._enq_ms[k] = self._enq_ms[i]
                 self._reasons[k] = self._reasons[i]
                 self._types[k] = self._types[i]
+            if self._types[k] & T_OOB:
+                oob[k] = ref  # removed when acked (ack())
             k += 1
         if k != self._n:
             self.values = [v for v in values if v is not _DROPPED]
         self._n = k
         self._held_n = k
+        self._oob = oob
         return 0
 
     def __len__(self):
@@ -469,7 +475,14 @@ cdef class Batch:
         positions) for those no longer this consumer's; the rest are acked
         all the same."""
         cdef list stale = [], to_move = []
+        cdef Py_ssize_t i
         self._settle(self._pick(indices), ACKED, 0, stale, to_move)
+        if self._oob:
+            # Only the acks that committed (this consumer's deliveries):
+            # their out-of-band segments go (the stale ones are another's).
+            for i in list(self._oob):
+                if self._state[i] == ACKED:
+                    _oob.discard(self._queue, self._oob.pop(i))
         if stale:
             raise self._expired("ack", stale)
 

@@ -32,6 +32,7 @@ from pyqueue._version import __version__
 from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
+_KIND_WORKQ = 5  # pyqueue.workqueue._KIND_WORKQ: its out-of-band references are read by file_references
 
 # The segment header (csrc/pq_segment.h), read here with plain reads rather
 # than a mapping: listing must never map (or fault on) files that are not
@@ -364,6 +365,49 @@ def ring_references(queue_entry):
     return unread, taken - unread
 
 
+def file_references(queue_entry):
+    """Out-of-band segments named anywhere in a work queue's segment file,
+    as (referenced, set()): a WorkQueue keeps a message's record (its
+    reference) until the message is done, and its records are not laid out
+    as a ring's, so every reference found - a waiting message's, or the
+    stale bytes of one done - keeps its segment (conservative: a segment
+    whose reference was overwritten and whose producer is dead is an
+    orphan). Reads the file (skipping holes), never maps it. None when
+    unreadable."""
+    prefix = ("/" + queue_entry + ".oob-").encode()
+    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16}|[0-9]+)")
+    overlap = len(prefix) + 48
+    found = set()
+    try:
+        fd = os.open(_path(queue_entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            return None
+        pos, tail_bytes = 0, b""
+        while pos < st.st_size:  # bounded: the file's size
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: only a hole is left
+            if data_at != pos:
+                tail_bytes, pos = b"", data_at
+            buf = os.pread(fd, min(4 << 20, st.st_size - pos), pos)
+            if not buf:
+                break
+            for m in pat.finditer(tail_bytes + buf):
+                found.add((prefix[1:] + m.group(1) + b"-" + m.group(2)).decode())
+            tail_bytes = buf[-overlap:]
+            pos += len(buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return found, set()
+
+
 # --------------------------------------------------------------------------
 # gc
 # --------------------------------------------------------------------------
@@ -427,8 +471,11 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
             plan.append((seg.kind, seg.entry, seg.size, why, seg.st))
             removed.add(seg.name)
     by_queue = {}
+    work_queues = set()
     for seg in segments:
         by_queue[seg.name] = seg.oobs
+        if seg.header and seg.header.get("kind") == _KIND_WORKQ:
+            work_queues.add(seg.name)
     for o in orphans:
         by_queue.setdefault(o.queue, []).append(o)
     for queue, oobs in sorted(by_queue.items()):
@@ -439,9 +486,10 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
         queue_gone = not present and not users.deleted_users(queue_entry)
         cache = []
 
-        def refs(queue_entry=queue_entry, present=present, cache=cache):
+        def refs(queue_entry=queue_entry, present=present, cache=cache,
+                 scan=file_references if queue in work_queues else ring_references):
             if not cache:
-                cache.append(ring_references(queue_entry) if present else None)
+                cache.append(scan(queue_entry) if present else None)
             return cache[0]
 
         for o in oobs:

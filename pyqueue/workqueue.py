@@ -19,7 +19,7 @@ from queue import Empty, Full
 from typing import (Any, Dict, Generic, Iterable, Iterator, List, Literal, NamedTuple, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
-from pyqueue import _api, _segment, _workq
+from pyqueue import _api, _oob, _segment, _workq
 from pyqueue.errors import DeliveryExpired, MessageTooLarge, SegmentNotFound, ShutDown
 from pyqueue.queues import (Serializer, _check_serializer, _Default, _round_capacity, _take,
                             check_settings)
@@ -115,10 +115,10 @@ class Delivery(Generic[T]):
     redelivered_because: Optional[str]
 
     __slots__ = ("value", "id", "delivery_count", "enqueued_at", "redelivered_because",
-                 "_queue", "_settled")
+                 "_queue", "_settled", "_oob")
 
     def __init__(self, queue: WorkQueue[T], mid: int, deliveries: int, value: T,
-                 enqueued_ms: int, reason: Optional[str]) -> None:
+                 enqueued_ms: int, reason: Optional[str], oob: Optional[bytes] = None) -> None:
         self.value = value
         self.id = mid
         self.delivery_count = deliveries
@@ -126,6 +126,9 @@ class Delivery(Generic[T]):
         self.redelivered_because = reason  # None, "nacked", "visibility timeout", "consumer died"
         self._queue = queue
         self._settled: Optional[str] = None
+        # The reference of an out-of-band message: its segment is removed
+        # by the ack that commits (only this delivery's holder's).
+        self._oob = oob
 
     def _verb(self, what: str, rc: int) -> int:
         if rc == -_workq.ESTALE_CODE:
@@ -148,6 +151,9 @@ class Delivery(Generic[T]):
         """
         self._verb("ack", self._queue._ack(self.id, self.delivery_count))
         self._settled = "acked"
+        if self._oob is not None:
+            _oob.discard(self._queue, self._oob)
+            self._oob = None
 
     def nack(self, delay: float = 0.0, error: Optional[str] = None) -> None:
         """Deliver it again. On its last allowed delivery it goes to the
@@ -343,6 +349,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             name, _workq.segment_size(capacity, slots, dedup), perm, init, _KIND_WORKQ,
             trust_owner, _open_only)
         self._name = name
+        self._shm_name = _segment.shm_name(name)  # pyqueue._oob names its segments after it
+        self._mode = perm_now
         self._serializer = serializer
         self._attach(mm, serializer)
         if not created and serializer is not None and not (
@@ -548,7 +556,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                                             f"undecodable: {type(e).__name__}: {e}", repr(e),
                                             raw, typ)
                 continue
-            return Delivery(self, mid, n, value, enq_ms, reason)
+            return Delivery(self, mid, n, value, enq_ms, reason,
+                            raw if typ & _workq.OOB_FLAG else None)
 
     def get_nowait(self) -> Delivery[T]:
         """get(block=False).
@@ -641,22 +650,33 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         Any other failure: parked, then raised."""
         try:
             dlq = self.dead_letter
-            if dlq is None:
-                self._dead_done(mid)
-                _logger.warning("work queue %r: message %d dropped after %d deliveries (no "
-                                "dead-letter queue): %s%s", self._name, mid, attempts, reason,
-                                f" ({_clip(last_error)})" if last_error else "")
-                return
             if raw is None:
                 got = self._copy(mid)
                 if got is None:
                     return  # not there any more (nothing to move)
                 raw, typ = got[0], got[1]
+            if dlq is None:
+                # Its segment goes with the move that commits (a mover that
+                # lost the message to another - parked and retried - not).
+                if self._dead_done(mid) == 0 and typ & _workq.OOB_FLAG:
+                    _oob.discard(self, raw)
+                _logger.warning("work queue %r: message %d dropped after %d deliveries (no "
+                                "dead-letter queue): %s%s", self._name, mid, attempts, reason,
+                                f" ({_clip(last_error)})" if last_error else "")
+                return
             keep_raw = None
             try:
                 value = self._decode(raw, typ)
             except Exception:
                 value, keep_raw = None, raw
+                if typ & _workq.OOB_FLAG:
+                    # Out of band: the DeadLetter keeps the segment's bytes
+                    # (its segment goes below); a reference that cannot be
+                    # followed (removed, foreign) is kept as it is.
+                    try:
+                        keep_raw = bytes(_oob.read(self, raw))
+                    except Exception:
+                        pass
             dl = DeadLetter(value, _clip(reason) or "", attempts, _clip(last_error), mid, enqueued_at,
                             time.time(), self._name, keep_raw)
             try:
@@ -667,7 +687,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 # Its value pickles larger than it was put: the bytes that
                 # were put, which fit (max_message_bytes is less the room
                 # of a DeadLetter).
-                dlq.put(dl._replace(value=None, raw=raw), timeout=self.dead_letter_timeout)
+                dlq.put(dl._replace(value=None, raw=keep_raw or raw),
+                        timeout=self.dead_letter_timeout)
         except Full:
             self._dead_park(mid, self.dead_letter_retry)
             _logger.warning("work queue %r: dead-letter queue %r is full: message %d parked, "
@@ -677,7 +698,10 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         except BaseException:
             self._dead_park(mid, self.dead_letter_retry)
             raise
-        self._dead_done(mid)
+        if self._dead_done(mid) == 0 and typ & _workq.OOB_FLAG:
+            # Copied into the dead-letter queue (which sends it out of band
+            # in its turn when it is large): this queue's segment goes.
+            _oob.discard(self, raw)
         _logger.warning("work queue %r: message %d dead-lettered to %r after %d deliveries: %s%s",
                         self._name, mid, dlq.name, attempts, reason,
                         f" ({_clip(last_error)})" if last_error else "")
