@@ -441,7 +441,11 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
 
     def put(self, obj: T, *, key: Union[bytes, str, None] = None, delay: float = 0.0,
             block: bool = True, timeout: Optional[float] = None) -> int:
-        """Add a message.
+        """Add a message. One larger than max_message_bytes travels out of
+        band: a shared-memory segment of its own, named after the queue's,
+        kept across redeliveries and removed by the ack that commits, the
+        move to the dead-letter queue (a copy of the value goes there), or
+        unlink().
 
         Args:
             obj: The message (pickled unless bytes or str).
@@ -460,8 +464,11 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             ShutDown: The work queue was shut down.
             queue.Full: No room (bytes, in-flight slots or dedup keys) in
                 time.
-            MessageTooLarge: The encoded message is larger than
-                max_message_bytes.
+            MessageTooLarge: Not raised for size any more: a message
+                larger than max_message_bytes travels out of band (a
+                segment of its own, removed when the message is acked or
+                dead-lettered); only when max_message_bytes cannot hold
+                even its reference.
             TypeError: key is not bytes, str or None.
             ValueError: delay or timeout is negative, or the handle is closed.
         """
@@ -482,7 +489,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
 
         Raises:
             queue.Full: No room now.
-            MessageTooLarge: The message is too large.
+            MessageTooLarge: As put().
         """
         return self.put(obj, key=key, delay=delay, block=False)
 
