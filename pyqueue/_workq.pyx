@@ -361,16 +361,33 @@ cdef class WorkQueueCore:
             else:
                 raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
             kh = pq_wq_key_hash(PyBytes_AS_STRING(kb), len(kb))
+        data = self._encode_ring(obj, &typ, True)
+        if not typ & T_OOB:
+            return self._put_encoded(data, typ, kh, delay_ns, block, timeout)
+        try:
+            mid, dup = self._put_encoded(data, typ, kh, delay_ns, block, timeout)
+        except BaseException:
+            _oob.discard(self, data)  # never in the queue: nobody else removes it
+            raise
+        if dup:
+            _oob.discard(self, data)  # dropped: the first put's message stays
+        return mid, dup
+
+    cdef bytes _encode_ring(self, obj, uint8_t* typ, bint check_shutdown):
+        """What goes into the ring for obj: its payload, or (T_OOB set in
+        *typ) the reference to a new out-of-band segment holding it, which
+        the caller removes when the reference is not committed."""
         cdef list buffers = []
+        cdef Py_ssize_t n
         t = type(obj)
         parts = None
         if self._custom or t is bytes or t is bytearray or t is memoryview or t is str:
-            data = self._encode(obj, &typ)
+            data = self._encode(obj, typ)
         else:
             # Pickled with its protocol 5 buffers apart (a NumPy array's
             # data): copied once, into the segment, when it goes out of band.
             data = _dumps_p(obj, buffers)
-            typ = T_PICKLE
+            typ[0] = T_PICKLE
             if buffers:
                 parts = _oob.frame_buffers(data, buffers)
                 total = sum([memoryview(x).nbytes for x in parts])
@@ -378,30 +395,24 @@ cdef class WorkQueueCore:
                     parts = None
                     data = _dumps_p(obj)  # small: in the ring, buffers in band
                 else:
-                    typ = T_PICKLE_BUFFERS
+                    typ[0] = T_PICKLE_BUFFERS
             buffers = None
         if parts is None:
             n = len(data)
             if <uint64_t>n <= self._q.max_payload:
-                return self._put_encoded(data, typ, kh, delay_ns, block, timeout)
+                return data
             parts, total = [data], n
         del data
-        if pq_shutdown_state(self._q.hdr):  # before a segment is made for nothing
+        if check_shutdown and pq_shutdown_state(self._q.hdr):  # no segment for nothing
             raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         ref = _oob.put(self, parts, total)
-        del parts
-        try:
-            if <uint64_t>len(ref) > self._q.max_payload:
-                raise MessageTooLarge(f"the work queue's max_message_bytes "
-                                      f"({self._q.max_payload}) cannot hold even the "
-                                      f"reference to an out-of-band message")
-            mid, dup = self._put_encoded(ref, typ | T_OOB, kh, delay_ns, block, timeout)
-        except BaseException:
-            _oob.discard(self, ref)  # never in the queue: nobody else removes it
-            raise
-        if dup:
-            _oob.discard(self, ref)  # dropped: the first put's message stays
-        return mid, dup
+        if <uint64_t>len(ref) > self._q.max_payload:
+            _oob.discard(self, ref)
+            raise MessageTooLarge(f"the work queue's max_message_bytes "
+                                  f"({self._q.max_payload}) cannot hold even the "
+                                  f"reference to an out-of-band message")
+        typ[0] |= T_OOB
+        return ref
 
     cdef object _put_encoded(self, bytes data, uint8_t typ, uint64_t kh, int64_t delay_ns,
                              bint block, timeout):

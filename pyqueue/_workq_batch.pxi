@@ -76,19 +76,22 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
     p = <pq_wq_put*>malloc(n * sizeof(pq_wq_put))
     if p == NULL:
         raise MemoryError()
+    # position -> reference of a message sent out of band: its segment is
+    # removed here unless its reference is committed (and not a duplicate).
+    cdef dict oob = {}
     try:
-        # Everything encoded (Python code) and checked before anything is put.
+        # Everything encoded (Python code) before anything is put; one
+        # larger than max_message_bytes goes out of band (as put()).
         for i in range(n):
             o = items[i]
-            if type(o) is bytes and not self._custom:
+            if type(o) is bytes and not self._custom and \
+                    <uint64_t>PyBytes_GET_SIZE(o) <= self._q.max_payload:
                 d = o
                 typ = T_BYTES
             else:
-                d = self._encode(o, &typ)
-            if <uint64_t>PyBytes_GET_SIZE(d) > self._q.max_payload:
-                raise MessageTooLarge(f"message {i} of put_many has {len(d)} bytes, more than "
-                                      f"the work queue's limit of {self._q.max_payload} bytes "
-                                      f"(max_message_bytes); nothing was put")
+                d = self._encode_ring(o, &typ, False)
+                if typ & T_OOB:
+                    oob[i] = d
             datas.append(d)
             p[i].len = <uint32_t>PyBytes_GET_SIZE(d)
             p[i].type = typ
@@ -118,6 +121,9 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
                 pq_wq_commit_many(&self._q, p + start, done)
                 for i in range(start, start + done):
                     ids.append(p[i].id)
+                    ref = oob.pop(i, None)
+                    if ref is not None and p[i].payload == NULL:
+                        _oob.discard(self, ref)  # a duplicate: the first one stays
                 start += done
             if start == n:
                 return ids
@@ -153,6 +159,10 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
                 PyErr_CheckSignals()
             if rc == -ETIMEDOUT:
                 self._reap_now(False)
+    except BaseException:
+        for ref in oob.values():  # not committed: nobody else will remove them
+            _oob.discard(self, ref)
+        raise
     finally:
         free(p)
 

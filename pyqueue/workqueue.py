@@ -514,7 +514,10 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         Raises:
             ShutDown: The work queue was shut down (.ids: the messages put
                 before).
-            MessageTooLarge: A message over max_message_bytes; nothing is put.
+            MessageTooLarge: Only when max_message_bytes cannot hold even
+                the reference of an out-of-band message (a message over
+                max_message_bytes travels out of band, as in put());
+                nothing is put.
             queue.Full: No room in time; the messages before the first that
                 did not fit stay put (the exception's .ids).
             ValueError: keys of another length than objs, or the queue is

@@ -202,3 +202,20 @@ def test_a_reference_to_a_foreign_segment_is_dead_lettered_never_followed(wqs):
     assert victim_seg.encode() in dl.raw  # the reference, as it was
     assert np.array_equal(victim.get(timeout=5).value, big(5))
     os.unlink(os.path.join(_segment.SHM_DIR, old))  # the planted-over one: the test's to remove
+
+
+def test_put_many_sends_the_large_ones_out_of_band_and_frees_what_it_does_not_put(wqs):
+    q = wqs(capacity_bytes=CAP, max_in_flight=4)
+    a = big(7)
+    ids = q.put_many(["small", a, big(8)], keys=[None, "k", "k"])  # the third: a duplicate
+    assert ids[1] == ids[2]
+    assert len(oob_segments(q)) == 1
+    b = q.get_many(8, timeout=5)
+    assert b.values[0] == "small" and np.array_equal(b.values[1], a)
+    b.ack()
+    assert oob_segments(q) == []
+    q.put_many(["a", "b", "c"])
+    with pytest.raises(queue.Full) as ei:
+        q.put_many([big(9), big(10)], block=False)  # room for one: the other's segment goes
+    assert len(ei.value.ids) == 1
+    assert len(oob_segments(q)) == 1

@@ -480,12 +480,13 @@ def test_put_many_larger_than_a_chunk(make):
     assert wq.qsize() == 0 and wq.stats()["deduplicated"] == 1
 
 
-def test_put_many_checks_sizes_before_putting_and_full_keeps_what_fit(make):
+def test_put_many_checks_sizes_before_putting_and_full_keeps_what_fit(make, backend_url):
     wq = make("WorkQueue", make.name(), capacity_bytes=1 << 16, max_in_flight=4)
     big = b"x" * (wq.max_message_bytes + 1)
-    with pytest.raises(MessageTooLarge):
-        wq.put_many([b"ok", big])
-    assert wq.qsize() == 0  # nothing was put
+    if backend_url != "shm://":  # shared memory sends it out of band (test_workqueue_oob.py)
+        with pytest.raises(MessageTooLarge):
+            wq.put_many([b"ok", big])
+        assert wq.qsize() == 0  # nothing was put
     with pytest.raises(queue.Full) as ei:
         wq.put_many(list(range(6)), timeout=0.1)
     ids = ei.value.ids
