@@ -65,6 +65,14 @@ __all__ = ["WorkQueue", "Delivery", "Batch", "DeadLetter", "Empty", "Full"]
 Batch = _workq.Batch  # what get_many() returns (pyqueue/_workq_batch.pxi)
 
 
+
+def _out_of_band(typ: Optional[int]) -> bool:
+    """Whether a record's type says its payload is a reference to a
+    segment of its own (pyqueue._oob). The Redis backend, which shares
+    get() and the dead-letter move, has no types (None) and no such
+    records."""
+    return typ is not None and bool(typ & _workq.OOB_FLAG)
+
 class DeadLetter(NamedTuple):
     """A message of a dead-letter queue: what came to it, and why.
 
@@ -567,7 +575,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                                             raw, typ)
                 continue
             return Delivery(self, mid, n, value, enq_ms, reason,
-                            raw if typ & _workq.OOB_FLAG else None)
+                            raw if _out_of_band(typ) else None)
 
     def get_nowait(self) -> Delivery[T]:
         """get(block=False).
@@ -668,7 +676,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             if dlq is None:
                 # Its segment goes with the move that commits (a mover that
                 # lost the message to another - parked and retried - not).
-                if self._dead_done(mid) == 0 and typ & _workq.OOB_FLAG:
+                if self._dead_done(mid) == 0 and _out_of_band(typ):
                     _oob.discard(self, raw)
                 _logger.warning("work queue %r: message %d dropped after %d deliveries (no "
                                 "dead-letter queue): %s%s", self._name, mid, attempts, reason,
@@ -679,7 +687,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 value = self._decode(raw, typ)
             except Exception:
                 value, keep_raw = None, raw
-                if typ & _workq.OOB_FLAG:
+                if _out_of_band(typ):
                     # Out of band: the DeadLetter keeps the segment's bytes
                     # (its segment goes below); a reference that cannot be
                     # followed (removed, foreign) is kept as it is.
@@ -708,7 +716,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         except BaseException:
             self._dead_park(mid, self.dead_letter_retry)
             raise
-        if self._dead_done(mid) == 0 and typ & _workq.OOB_FLAG:
+        if self._dead_done(mid) == 0 and _out_of_band(typ):
             # Copied into the dead-letter queue (which sends it out of band
             # in its turn when it is large): this queue's segment goes.
             _oob.discard(self, raw)
