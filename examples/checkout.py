@@ -16,10 +16,12 @@ of --url, else $PYQUEUE_URL, else shared memory (pyqueue.connect()). The
 workers run in several process trees (--trees, 2 by default): this
 program's StreamProcessor, and one more `checkout.py worker` program per
 extra tree, which opens the queue by name and runs its own
-StreamProcessor on it until the queue is shut down. On Redis the trees
-could as well be on other hosts (the charges directory stands for the
-payment provider's record of charges: on several hosts, a database with a
-unique key on the order id).
+StreamProcessor on it until the queue is shut down. No order is charged
+before a worker of every tree holds one (a start line), so each tree's part
+shows in the report. On Redis the trees could as well be on other hosts
+(here they share two local directories: the charges, which stand for the
+payment provider's record of charges, on several hosts a database with a
+unique key on the order id; and the start line).
 
     python examples/checkout.py [--orders 300] [--workers 4] [--poison 5]
                                 [--fail-rate 0.2] [--seed 1] [--trees 2]
@@ -53,10 +55,31 @@ class GatewayDown(Exception):
     pass
 
 
+_past_start_line = False
+
+
+def wait_at_start_line(order):
+    """No order is charged before a worker of every process tree holds one:
+    so that each tree takes part in the run however late its workers start
+    (a new interpreter, the spawn start method, a loaded machine). Each
+    tree's workers mark the start line with the pid of their parent (one
+    per tree); at most 60 s, then the run goes on."""
+    global _past_start_line
+    if _past_start_line:
+        return
+    line = order["start_line"]
+    open(os.path.join(line, str(os.getppid())), "a").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(line)) < order["trees"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    _past_start_line = True
+
+
 def pay(order):
     """The payment step: charge an order once. The charge is a file named
     after the order id, created with O_EXCL: a second charge of the same
     order finds it and does nothing (idempotent), whichever worker tries."""
+    wait_at_start_line(order)
     if order["amount"] <= 0:
         raise ValueError(f"invalid amount {order['amount']} for order {order['id']}")
     rng = random.Random(f"{order['id']}-{time.monotonic_ns()}")
@@ -128,6 +151,7 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
     rng = random.Random(seed)
     backend = pyqueue.connect(url)
     charges = tempfile.mkdtemp(prefix="pyqueue-checkout-")
+    start_line = tempfile.mkdtemp(prefix="pyqueue-checkout-start-")
     name = f"checkout-{uuid.uuid4().hex[:12]}"  # a run of its own, on a shared server too
     dead = backend.WorkQueue(name + "-dead")
     # Up to 10 deliveries: a good order fails one attempt in ~3 here, all
@@ -152,11 +176,13 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
                       for _ in range(trees - 1)]
             for i in range(orders):
                 order = {"id": i, "amount": -1 if i in bad else rng.randint(1, 500),
-                         "charges": charges, "fail_rate": fail_rate, "work_s": work_s}
+                         "charges": charges, "fail_rate": fail_rate, "work_s": work_s,
+                         "start_line": start_line, "trees": trees}
                 queue.put(order, key=f"order-{i}")
             for i in range(10):  # a client that retries: the keys drop the copies
                 queue.put({"id": i, "amount": 1, "charges": charges, "fail_rate": fail_rate,
-                           "work_s": work_s}, key=f"order-{i}")
+                           "work_s": work_s, "start_line": start_line, "trees": trees},
+                          key=f"order-{i}")
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 charged = len(os.listdir(charges))
@@ -213,6 +239,7 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
         dead.unlink()
         dead.close()
         shutil.rmtree(charges, ignore_errors=True)
+        shutil.rmtree(start_line, ignore_errors=True)
 
 
 def main(argv=None):

@@ -26,10 +26,9 @@ def test_checkout_charges_every_order_once_and_dead_letters_the_poison(which, ct
     if which != "shm":
         env["PYQUEUE_URL"] = url
     # 2 process trees: this program's StreamProcessor and a `checkout.py
-    # worker` program; 10 ms of work a charge, so that neither tree's
-    # workers can take every order before the other's have started; a
-    # visibility timeout of 2 s brings the killed worker's order back soon
-    # on Redis.
+    # worker` program (no order is charged before a worker of each holds
+    # one); 10 ms of work a charge; a visibility timeout of 2 s brings the
+    # killed worker's order back soon on Redis.
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "checkout.py"),
                         "--orders", "200", "--poison", "4", "--trees", "2", "--work-ms", "10",
                         "--visibility-timeout", "2", "--start-method", ctx.get_start_method(),
