@@ -4,15 +4,40 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from tests.contract.conftest import _url as backend_url
+from tests.contract.conftest import redis_cluster, redis_server  # noqa: F401  (the servers)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_checkout_charges_every_order_once_and_dead_letters_the_poison():
+# The checkout example on each backend: shared memory, one redis-server, the
+# cluster. The same code: a Redis URL reaches it only by PYQUEUE_URL.
+CHECKOUT_BACKENDS = ["shm", pytest.param("redis", marks=pytest.mark.redis),
+                     pytest.param("redis-cluster", marks=pytest.mark.redis)]
+
+
+@pytest.mark.parametrize("which", CHECKOUT_BACKENDS)
+def test_checkout_charges_every_order_once_and_dead_letters_the_poison(which, ctx, request):
+    url = backend_url(request, which)
+    env = dict(os.environ)
+    env.pop("PYQUEUE_URL", None)
+    if which != "shm":
+        env["PYQUEUE_URL"] = url
+    # 2 process trees: this program's StreamProcessor and a `checkout.py
+    # worker` program (no order is charged before a worker of each holds
+    # one); 10 ms of work a charge; a visibility timeout of 2 s brings the
+    # killed worker's order back soon on Redis.
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "checkout.py"),
-                        "--orders", "200", "--poison", "4", "--json"],
-                       capture_output=True, text=True, timeout=120)
+                        "--orders", "200", "--poison", "4", "--trees", "2", "--work-ms", "10",
+                        "--visibility-timeout", "2", "--start-method", ctx.get_start_method(),
+                        "--json"],
+                       capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, (r.stdout, r.stderr)
     rep = json.loads(r.stdout)
+    assert rep["url"] == url and rep["start_method"] == ctx.get_start_method()
+    assert rep["backend"] == ("shm" if which == "shm" else "redis")
     assert rep["ok"]
     assert rep["charged"] == rep["good"] == 196 and rep["charged_exactly_once"]
     assert rep["lost"] == []
@@ -22,6 +47,14 @@ def test_checkout_charges_every_order_once_and_dead_letters_the_poison():
     assert rep["worker_killed"] and rep["restarts"] >= 1
     assert rep["redelivered"] > 0  # the gateway failures were retried
     assert rep["deduplicated"] == 10
+    # Both process trees took orders from the one queue, and every order
+    # was processed (at least once: a redelivery after a lost confirmation
+    # is processed again and charges nothing).
+    trees = rep["trees"]
+    assert len(trees) == 2 and len({t["tree"] for t in trees}) == 2
+    assert all(t["processed"] > 0 for t in trees), trees
+    assert sum(t["processed"] for t in trees) >= 196
+    assert trees[1]["crashes"] == 0  # the killed worker was the first tree's
 
 
 def run_example(script, *args):

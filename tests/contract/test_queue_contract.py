@@ -8,6 +8,7 @@ import pytest
 
 import pyqueue
 from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
+from tests._support import wait_until
 from tests.contract import _workers
 
 pytestmark = pytest.mark.timeout(90)
@@ -191,6 +192,35 @@ def test_blocked_put_wakes_when_another_process_gets(make, ctx, procs):
     assert out.get(timeout=30) == [0, 1, 2]
     p.join(30)
     assert p.exitcode == 0
+
+
+def test_stats_waiting_consumers_counts_gets_blocked_in_any_process(make, ctx, procs,
+                                                                    backend):
+    q = make("Queue", name=make.name())
+    out = make("Queue", name=make.name())
+    assert q.stats()["waiting_consumers"] == 0
+    p = procs.start(ctx, _workers.get_n_to, q, 1, out)     # blocked in get(timeout=30)
+    assert wait_until(lambda: q.stats()["waiting_consumers"] == 1, 30), q.stats()
+    q.put("wake")
+    assert out.get(timeout=30) == ["wake"]
+    p.join(30)
+    assert p.exitcode == 0
+    assert q.stats()["waiting_consumers"] == 0              # counted out once it got one
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    assert q.stats()["waiting_consumers"] == 0              # and when its timeout ends
+    if backend.name != "redis":
+        return  # shared memory: tests/test_crash.py::test_killed_while_parked_in_get
+    # A get killed while blocked is never counted out: one too high, for good
+    # (docs/api.md); the queue works on.
+    p = procs.start(ctx, _workers.get_n_to, q, 1, out)
+    assert wait_until(lambda: q.stats()["waiting_consumers"] == 1, 30), q.stats()
+    p.kill()
+    p.join(30)
+    assert q.stats()["waiting_consumers"] == 1
+    q.put("after")
+    assert q.get(timeout=5) == "after"
+    assert q.stats()["waiting_consumers"] == 1
 
 
 def test_pickled_by_name_into_a_child(make, ctx, procs):

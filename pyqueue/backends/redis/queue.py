@@ -471,12 +471,17 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         depth = b.client.llen(self._keys[1])
         s = {k: int(meta[k.encode()]) for k in ("enqueued", "dequeued", "rejected", "dropped")}
         # The shared-memory keys, with None for what Redis does not track:
-        # depth_bytes, waiting producers and consumers, consumers killed
-        # after their BLPOP (abandoned_by_consumers); a put is one script,
-        # never half done (abandoned is 0).
+        # depth_bytes, waiting producers, consumers killed after their BLPOP
+        # (abandoned_by_consumers); a put is one script, never half done
+        # (abandoned is 0). waiting_consumers is the "waiting" count the
+        # shutdown uses: the gets of every client blocked (or about to
+        # block) in BLPOP; a get killed while blocked (SIGKILL, a host or
+        # its connection lost for good) is never counted out and leaves it
+        # one too high for the queue's life, as on shared memory.
         s.update(depth=depth, maxsize=self._maxsize, capacity_bytes=self._capacity,
                  held=len(self._held), abandoned=0, abandoned_by_consumers=None,
-                 depth_bytes=None, waiting_producers=None, waiting_consumers=None,
+                 depth_bytes=None, waiting_producers=None,
+                 waiting_consumers=max(0, int(meta.get(b"waiting", 0))),
                  undecodable=self._undecodable, backend="redis", url=b.url)
         s["unfinished_tasks"] = int(meta[b"unfinished"])   # 0 for a plain queue
         return s
