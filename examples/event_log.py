@@ -49,11 +49,13 @@ def member(path, group, results, deadline_s):
                 # the commit, and the new owner reads those records again
                 results.put([(r.partition, r.offset, r.value["user"], r.value["amount"])
                              for r in records])
-                try:
-                    c.commit()
-                except CommitFailed:
-                    pass  # those partitions moved; their new owner goes on
-            elif all(o["lag"] == 0 for o in log.group_offsets(group).values()):
+            # Every turn, records or not: a commit is all or nothing, so
+            # after a fenced one the next commits what this member kept.
+            try:
+                c.commit()
+            except CommitFailed:
+                pass  # those partitions moved; their new owner goes on
+            if not records and all(o["lag"] == 0 for o in log.group_offsets(group).values()):
                 break
     results.put(None)
     log.close()
