@@ -95,9 +95,14 @@ try:
 except ImportError as exc:  # pragma: no cover - Cython is a build requirement
     raise SystemExit("building pyqueue needs Cython (pip install Cython)") from exc
 
-# The four extensions compile side by side (PYQUEUE_BUILD_JOBS, default one
-# per CPU; `build_ext -j N` on the command line wins).
-jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "0") or 0) or os.cpu_count() or 1
+# The four extensions compile one after the other. They share the C core's
+# sources, and build_ext writes an object file per source path
+# (build/temp.../csrc/pq_ring.o): extensions built side by side (-j) write
+# and link the same object files at once, and an extension linked against
+# one half-written by another misses symbols (a clean-clone CI run: the
+# ASan _core failed to import, "undefined symbol: pq_ring_full_ctl").
+# PYQUEUE_BUILD_JOBS (or `build_ext -j N`) still asks for it, at that risk.
+jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "1") or 1)
 
 setup(
     options={"build_ext": {"parallel": jobs}},

@@ -22,22 +22,50 @@
  * seen it yet only makes one more ENOSYS system call. */
 static _Atomic int pq_waitv_missing;
 
-/* The first word of w[0..n) that no longer holds its expected value, or
- * n. Acquire: what the notifier wrote before bumping the word is visible
- * to the caller, as after a futex wake. */
-static uint32_t pq_wait_words_changed(const pq_wait_word *w, uint32_t n)
+/* Whether word i no longer holds its expected value, asked of the kernel
+ * (a FUTEX_WAIT whose absolute deadline has passed: EAGAIN when the value
+ * differs, ETIMEDOUT when it holds) and not read here: a word whose
+ * mapping a close() removed meanwhile is -EFAULT, not a SIGSEGV. Returns
+ * 1, 0 or -errno. */
+static int pq_wait_word_moved(const pq_wait_word *w)
 {
-    for (uint32_t i = 0; i < n; i++) /* bounded: n <= PQ_WAIT_WORDS_MAX */
-        if (atomic_load_explicit(w[i].word, memory_order_acquire) != w[i].expected)
-            return i;
-    return n;
+    static const struct timespec past = {0, 0}; /* CLOCK_MONOTONIC 0: passed */
+    long rc = syscall(SYS_futex, (uint32_t *)w->word,
+                      FUTEX_WAIT_BITSET | (w->private_word ? FUTEX_PRIVATE_FLAG : 0),
+                      w->expected, &past, NULL, FUTEX_BITSET_MATCH_ANY);
+    if (rc == 0 || errno == ETIMEDOUT || errno == EINTR)
+        return 0;
+    if (errno == EAGAIN)
+        return 1;
+    return -errno;
+}
+
+/* The first word of w[0..n) that no longer holds its expected value, n
+ * when none, or -errno (-EFAULT: a word is unmapped). The acquire fence:
+ * what the notifier wrote before it bumped the word is visible to the
+ * caller, as after a futex wake. */
+static int pq_wait_words_changed(const pq_wait_word *w, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) { /* bounded: n <= PQ_WAIT_WORDS_MAX */
+        int moved = pq_wait_word_moved(&w[i]);
+        if (moved < 0)
+            return moved;
+        if (moved) {
+            atomic_thread_fence(memory_order_acquire);
+            return (int)i;
+        }
+    }
+    return (int)n;
 }
 
 int pq_wait_words_sliced(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
 {
     if (n == 0 || n > PQ_WAIT_WORDS_MAX)
         return -EINVAL;
-    if (pq_wait_words_changed(w, n) < n)
+    int changed = pq_wait_words_changed(w, n);
+    if (changed < 0)
+        return changed;
+    if (changed < (int)n)
         return (int)n; /* as futex_waitv's EAGAIN: nothing to wait for */
     /* The word to park on between looks: the last private one (the asyncio
      * waiter's own, which a new registration bumps), else the last one. */
@@ -63,15 +91,24 @@ int pq_wait_words_sliced(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
             return -EINTR;
         if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT)
             return -errno;
-        uint32_t i = pq_wait_words_changed(w, n);
-        if (i < n)
-            return (int)i;
+        changed = pq_wait_words_changed(w, n);
+        if (changed < (int)n)
+            return changed; /* the first word that moved, or -errno */
     }
 }
 
+/* The kernel's struct futex_waitv (uapi, 5.16+), spelled here so that the
+ * build does not need headers that new (manylinux_2_34's may be older). */
+struct pq_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
 int pq_wait_words(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
 {
-    struct futex_waitv v[PQ_WAIT_WORDS_MAX];
+    struct pq_futex_waitv v[PQ_WAIT_WORDS_MAX];
     struct timespec ts, *tsp = NULL;
 
     if (n == 0 || n > PQ_WAIT_WORDS_MAX)
@@ -82,7 +119,7 @@ int pq_wait_words(const pq_wait_word *w, uint32_t n, int64_t deadline_ns)
         v[i].val = w[i].expected;
         v[i].uaddr = (uint64_t)(uintptr_t)w[i].word;
         v[i].flags = FUTEX_32 | (w[i].private_word ? FUTEX_PRIVATE_FLAG : 0);
-        v[i].__reserved = 0;
+        v[i].reserved = 0;
     }
     if (deadline_ns >= 0) {
         if (pq_monotonic_ns() >= deadline_ns)

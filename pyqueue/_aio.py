@@ -91,8 +91,8 @@ class _Waiter:
             self._regs[reg] = None
             self._stop = False
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="pyqueue-aio-waiter",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run_guarded,
+                                                name="pyqueue-aio-waiter", daemon=True)
                 self._thread.start()
         self._wake.bump()  # the thread parks on the new event from now on
         return reg
@@ -144,6 +144,20 @@ class _Waiter:
             r.fired = True
             del self._regs[r]
         return out
+
+    def _run_guarded(self) -> None:
+        """_run, and if it fails (it should not): every registration fires
+        (each coroutine retries its call and meets what is wrong itself,
+        instead of waiting for ever: deadlines are fired by this thread) and
+        the next register() starts a new thread."""
+        try:
+            self._run()
+        except BaseException:
+            with self._lock:
+                fire = self._take(lambda r: True)
+                self._thread = None
+            self._fire(fire)
+            raise
 
     def _run(self) -> None:
         idle_since = _now_ns()

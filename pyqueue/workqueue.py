@@ -569,6 +569,17 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             try:
                 value = self._decode(raw, typ)
             except Exception as e:  # a payload that cannot be decoded is poison
+                if _out_of_band(typ) and isinstance(e, OSError):
+                    # Its segment could not be mapped here (EMFILE, ENOMEM):
+                    # this process's trouble, not the message's. It goes
+                    # back (a nack, counted as a delivery; out of
+                    # deliveries, dead-lettered with its segment kept) and
+                    # the caller hears why.
+                    if self._nack(mid, n, 0.0) == 1:
+                        self._move_dead_quietly(mid, n, enq_ms / 1000.0,
+                                                f"delivered {n} times, last: {type(e).__name__}",
+                                                repr(e), raw, typ)
+                    raise
                 if self._reject(mid, n) == 0:
                     self._move_dead_quietly(mid, n, enq_ms / 1000.0,
                                             f"undecodable: {type(e).__name__}: {e}", repr(e),
@@ -683,18 +694,22 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                                 f" ({_clip(last_error)})" if last_error else "")
                 return
             keep_raw = None
+            # Whether the payload itself goes into the DeadLetter (then an
+            # out-of-band segment goes below, with the move that commits).
+            copied = True
             try:
                 value = self._decode(raw, typ)
             except Exception:
                 value, keep_raw = None, raw
                 if _out_of_band(typ):
-                    # Out of band: the DeadLetter keeps the segment's bytes
-                    # (its segment goes below); a reference that cannot be
-                    # followed (removed, foreign) is kept as it is.
+                    # Out of band: the DeadLetter keeps the segment's bytes;
+                    # a reference that cannot be followed here (removed,
+                    # foreign, or no file descriptor or memory left) is
+                    # kept as it is, and so is its segment.
                     try:
                         keep_raw = bytes(_oob.read(self, raw))
                     except Exception:
-                        pass
+                        copied = False
             dl = DeadLetter(value, _clip(reason) or "", attempts, _clip(last_error), mid, enqueued_at,
                             time.time(), self._name, keep_raw)
             try:
@@ -705,6 +720,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 # Its value pickles larger than it was put: the bytes that
                 # were put, which fit (max_message_bytes is less the room
                 # of a DeadLetter).
+                if keep_raw is None and _out_of_band(typ):
+                    keep_raw = bytes(_oob.read(self, raw))  # the bytes, not the reference
                 dlq.put(dl._replace(value=None, raw=keep_raw or raw),
                         timeout=self.dead_letter_timeout)
         except Full:
@@ -716,7 +733,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
         except BaseException:
             self._dead_park(mid, self.dead_letter_retry)
             raise
-        if self._dead_done(mid) == 0 and _out_of_band(typ):
+        if self._dead_done(mid) == 0 and _out_of_band(typ) and copied:
             # Copied into the dead-letter queue (which sends it out of band
             # in its turn when it is large): this queue's segment goes.
             _oob.discard(self, raw)

@@ -1,5 +1,6 @@
 """Child-process targets of tests/test_workqueue_oob.py (module level, so
 that processes started with ``spawn`` can import them)."""
+import os
 import time
 
 import numpy as np
@@ -30,3 +31,22 @@ def make_orphan_and_exit(q):
     reference leaves: a segment no record names."""
     from pyqueue import _oob
     _oob.put(q, [b"orphan"], 6)
+
+
+def get_with_no_address_space_left(q, out):
+    """A get whose out-of-band segment (8 MiB) cannot be mapped here
+    (ENOMEM: RLIMIT_AS set 2 MiB above what the process maps now):
+    reports the errno of the OSError it raised."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + (2 << 20), hard))
+    try:
+        q.get(timeout=10)
+        got = "a delivery"
+    except OSError as e:
+        got = e.errno
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    out.put(got)

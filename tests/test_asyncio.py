@@ -626,3 +626,41 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ctx, procs, monkeypa
         if kind == "subscription":
             sub.close()
         _closing(h)
+
+
+def test_a_failing_waiter_thread_wakes_every_wait(monkeypatch):
+    """The waiter thread parks for every coroutine of the process and fires
+    their deadlines: if its park fails (an injected error), every parked
+    await retries and the next registration starts a new thread, instead
+    of every await waiting for ever."""
+    from pyqueue import _core
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    monkeypatch.setattr(_aio, "IDLE_EXIT_S", 120.0)
+    real, failed, died = _core._aio_wait, [], []
+
+    def fail_once(*args):
+        if not failed:
+            failed.append(threading.current_thread())
+            raise RuntimeError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(_core, "_aio_wait", fail_once)
+    monkeypatch.setattr(threading, "excepthook", lambda a: died.append(a.exc_value))
+    q = aq.Queue()
+    try:
+        async def main():
+            task = asyncio.ensure_future(q.get())
+            while not failed:
+                await asyncio.sleep(0.001)
+            # The failure fired the get: it retries, registers again, and a
+            # new thread parks for it; a put wakes it.
+            while _aio._waiter._thread is None or not _aio._waiter._regs:
+                await asyncio.sleep(0.001)
+            q.sync.put("after the failure")
+            assert await asyncio.wait_for(task, 10) == "after the failure"
+
+        asyncio.run(main())
+        failed[0].join(10)  # the failed thread's excepthook ran
+        assert [str(e) for e in died] == ["injected"]
+    finally:
+        _closing(q)

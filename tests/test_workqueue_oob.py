@@ -219,3 +219,26 @@ def test_put_many_sends_the_large_ones_out_of_band_and_frees_what_it_does_not_pu
         q.put_many([big(9), big(10)], block=False)  # room for one: the other's segment goes
     assert len(ei.value.ids) == 1
     assert len(oob_segments(q)) == 1
+
+
+def test_a_consumer_that_cannot_map_the_segment_gives_the_message_back(ctx, procs, wqs):
+    """A consumer out of address space (ENOMEM) cannot map a large
+    message's segment: that is its trouble, not the message's. Its get
+    raises the OSError, the message goes back (a nack, not a reject: not
+    dead-lettered, its segment kept), and the next consumer gets it whole."""
+    import errno
+    dlq = wqs(capacity_bytes=CAP)
+    q = wqs(capacity_bytes=CAP, dead_letter=dlq)
+    a = big(7)
+    q.put(a)
+    out = ctx.Queue()
+    p = procs.start(ctx, w.get_with_no_address_space_left, q, out)
+    p.join(60)
+    assert p.exitcode == 0
+    assert out.get(timeout=10) == errno.ENOMEM
+    assert q.stats()["dead_lettered"] == 0 and dlq.qsize() == 0
+    assert len(oob_segments(q)) == 1
+    d = q.get(timeout=10)
+    assert d.delivery_count == 2 and float(d.value.sum()) == float(a.sum())
+    d.ack()
+    assert oob_segments(q) == []

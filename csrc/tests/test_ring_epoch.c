@@ -248,14 +248,21 @@ static int test_two_processes_grow_it(void)
         CHECK(pids[k] >= 0);
         if (pids[k] == 0) {
             pq_ring r;
+            /* Bounded: a reader that gave up (a failed check) must not
+             * leave this child spinning on a full ring for ever. */
+            int64_t until = pq_test_now_ns() + 120 * (int64_t)1000000000;
             CHILD_CHECK(pq_ring_open(&r, base, size) == 0);
             for (uint32_t i = 0; i < per;) {
                 int rc = put(&r, k << 31 | i);
                 if (rc == -EAGAIN) { /* the last level full: wait for the reader */
+                    CHILD_CHECK(pq_test_now_ns() < until);
                     sched_yield();
                     continue;
                 }
-                CHILD_CHECK(rc == 0);
+                if (rc != 0) {
+                    fprintf(stderr, "producer %u: put %u returned %d\n", k, i, rc);
+                    _exit(1);
+                }
                 i++;
             }
             _exit(0);
@@ -269,6 +276,8 @@ static int test_two_processes_grow_it(void)
             sched_yield();
             continue;
         }
+        if (n <= 0)
+            fprintf(stderr, "reader: get returned %d after %u + %u\n", n, next[0], next[1]);
         CHECK(n > 0);
         for (int i = 0; i < n; i++) {
             uint32_t who = got[i] >> 31, seq = got[i] & 0x7fffffffu;

@@ -52,6 +52,20 @@ static int test_bad_count(void)
     return 0;
 }
 
+/* A word whose mapping is gone (a directory log closed under an asyncio
+ * wait): -EFAULT, never a SIGSEGV, whether it is unmapped before the call
+ * or found so at a look between slices. */
+static int test_unmapped_word(void)
+{
+    _Atomic uint32_t *page = pq_test_shared(4096);
+    CHECK(page != NULL);
+    CHECK_EQ(munmap((void *)page, 4096), 0);
+    _Atomic uint32_t mine = 0;
+    pq_wait_word w[2] = {{&mine, 0, 1}, {page, 0, 0}};
+    CHECK_EQ(wait_fn(w, 2, pq_monotonic_ns() + 1000000000LL), -EFAULT);
+    return 0;
+}
+
 /* The second of three shared words is woken by a child process. */
 static int test_shared_wake_across_fork(void)
 {
@@ -135,6 +149,7 @@ int main(void)
     RUN(test_timeout);
     RUN(test_changed_word);
     RUN(test_bad_count);
+    RUN(test_unmapped_word);
     RUN(test_shared_wake_across_fork);
     RUN(test_private_wake);
     RUN(test_event_notify);
@@ -142,6 +157,7 @@ int main(void)
     RUN(test_timeout);
     RUN(test_changed_word);
     RUN(test_bad_count);
+    RUN(test_unmapped_word);
     RUN(test_shared_wake_across_fork);
     RUN(test_private_wake);
     RUN(test_event_notify);
