@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Inline helpers shared by the Cython modules (_core, _topic, _log):
 cimported, compiled into each, no module of their own."""
-from libc.stdint cimport int64_t, uint8_t, INT64_MAX
+from libc.stdint cimport int64_t, uint8_t, uint32_t, INT64_MAX
 
 import pickle
 
@@ -48,6 +48,22 @@ cdef extern from "pq_shutdown.h" nogil:
     # load, the only cost shutdown adds to a put or a get.
     unsigned int PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE
     unsigned int pq_shutdown_state(const void* base)
+
+
+cdef inline uint32_t shutdown_how(bint immediate) noexcept nogil:
+    """The `how` of a kind's pq_*_shutdown for shutdown(immediate)."""
+    return PQ_SHUTDOWN_DRAIN | (PQ_SHUTDOWN_IMMEDIATE if immediate else 0)
+
+
+cdef inline bint is_shut_down(const void* hdr) noexcept nogil:
+    """The segment at hdr has been shut down (drain or immediate)."""
+    return pq_shutdown_state(hdr) != 0
+
+
+cdef inline bint is_shut_down_now(const void* hdr) noexcept nogil:
+    """The segment at hdr has been shut down with immediate=True: gets
+    raise ShutDown at once."""
+    return (pq_shutdown_state(hdr) & PQ_SHUTDOWN_IMMEDIATE) != 0
 
 
 cdef inline int64_t seconds_ns(double s, str what) except? -1:

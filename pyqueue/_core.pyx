@@ -211,7 +211,7 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 from pyqueue._common cimport deadline_ns as _deadline
 from pyqueue._common cimport LockWait, lock_again, set_lock_wait, pq_fault_rearm, PQ_ERR_LOCK_BUSY
-from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
+from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 
 set_lock_wait(None)
 
@@ -512,7 +512,7 @@ cdef class RingQueue:
         while True:
             # Shut down: no put, whether it waited or not (also after a
             # park: a waiting put wakes and raises).
-            if pq_shutdown_state(self._r.hdr):
+            if is_shut_down(self._r.hdr):
                 raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
             seen = pq_ring_head(&self._r)
             rc = pq_ring_claim(&self._r, lens, n, pos)
@@ -980,7 +980,7 @@ cdef class RingQueue:
                 raise _unwrap(e)
             if held is not None:
                 return held[0]
-        if pq_shutdown_state(self._r.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+        if is_shut_down_now(self._r.hdr):
             self._discard()
             raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
         while True:
@@ -1018,7 +1018,7 @@ cdef class RingQueue:
                 continue
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
-            if rc == -EAGAIN and pq_shutdown_state(self._r.hdr):
+            if rc == -EAGAIN and is_shut_down(self._r.hdr):
                 # Shut down and drained (a record still being written is
                 # waited for like any other).
                 raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
@@ -1108,7 +1108,7 @@ cdef class RingQueue:
             held = self._take_held(max_messages)
             if held is not None:
                 return held
-        if pq_shutdown_state(self._r.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+        if is_shut_down_now(self._r.hdr):
             self._discard()
             raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
         out = []
@@ -1151,7 +1151,7 @@ cdef class RingQueue:
                     return out
                 if rc != -EAGAIN and rc != -EINPROGRESS:
                     _check_rc(rc, "get_many")
-                if rc == -EAGAIN and pq_shutdown_state(self._r.hdr):
+                if rc == -EAGAIN and is_shut_down(self._r.hdr):
                     raise ShutDown(f"queue {getattr(self, 'name', None)!r} is shut down")
                 if deadline == 0:
                     if rc == -EINPROGRESS and self._repair_if_stuck(b.head):
@@ -1191,10 +1191,7 @@ cdef class RingQueue:
             ValueError: The handle is closed.
         """
         self._check_open()
-        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
-        if immediate:
-            how |= PQ_SHUTDOWN_IMMEDIATE
-        _check_rc(pq_ring_shutdown(&self._r, how), "shutdown")
+        _check_rc(pq_ring_shutdown(&self._r, shutdown_how(immediate)), "shutdown")
         if immediate:
             self._discard()
 
@@ -1202,7 +1199,7 @@ cdef class RingQueue:
     def is_shutdown(self):
         """True once the queue has been shut down (by any process)."""
         self._check_open()
-        return pq_shutdown_state(self._r.hdr) != 0
+        return is_shut_down(self._r.hdr)
 
     # ------------------------------------------------------------ state
 

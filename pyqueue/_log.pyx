@@ -256,7 +256,7 @@ cdef extern from "pq_log_shared.h" nogil:
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
-from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
+from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 
 set_lock_wait(None)
 
@@ -615,7 +615,7 @@ cdef class LogCoreBase:
                            uint64_t ts_ms, list out) except -1:
         raise NotImplementedError
 
-    def _shutdown(self, uint32_t how):
+    def _shutdown(self, bint immediate):
         raise NotImplementedError
 
     def _shutdown_state(self):

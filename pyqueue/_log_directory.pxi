@@ -260,13 +260,13 @@ cdef class DirLogCore(LogCoreBase):
         self._fsync_mode = fsync_mode
         self._fsync_interval_ns = <int64_t>(fsync_interval * 1e9)
 
-    def _shutdown(self, uint32_t how):
+    def _shutdown(self, bint immediate):
         self._check_open()
-        _check_rc(pq_dlog_shutdown(&self._d, how), "shutdown")
+        _check_rc(pq_dlog_shutdown(&self._d, shutdown_how(immediate)), "shutdown")
 
     def _shutdown_state(self):
         self._check_open()
-        return pq_shutdown_state(self._d.hdr)
+        return is_shut_down(self._d.hdr)
 
     @property
     def segment_bytes(self):
@@ -414,7 +414,7 @@ cdef class DirLogCore(LogCoreBase):
         """Append encoded values under the partition's lock (rolling when
         the active segment is full), then sync as the fsync policy says:
         their offsets into out."""
-        if pq_shutdown_state(self._d.hdr):
+        if is_shut_down(self._d.hdr):
             raise ShutDown(f"log {getattr(self, 'path', None)!r} is shut down")
         if (self._retention_hook is not None and
                 pq_monotonic_ns() >= self._retention_next_ns):
@@ -569,7 +569,7 @@ cdef class DirLogCore(LogCoreBase):
                     return out
                 raise self._out_of_range(partition, offset, v.start_offset, v.end_offset)
             if offset == v.end_offset:
-                if not out and pq_shutdown_state(self._d.hdr):
+                if not out and is_shut_down(self._d.hdr):
                     raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")  # read to the end of a shut-down log
                 if out or not _time_left(deadline):
                     return out

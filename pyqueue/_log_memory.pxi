@@ -77,7 +77,7 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef Py_ssize_t i = 0, j, n = len(datas)
         cdef int rc
         cdef LockWait lw = LockWait(0, 0)
-        if pq_shutdown_state(self._l.hdr):
+        if is_shut_down(self._l.hdr):
             raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
         while i < n:
             j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
@@ -168,7 +168,7 @@ cdef class MemoryLogCore(LogCoreBase):
                 _check_rc(rc, "read")
             if out:
                 return out
-            if rc == -EAGAIN and pq_shutdown_state(self._l.hdr):
+            if rc == -EAGAIN and is_shut_down(self._l.hdr):
                 raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")  # read to the end of a shut-down log
             if not _time_left(deadline):
                 if rc == -EINPROGRESS and pq_log_repair(&self._l, partition, offset) > 0:
@@ -207,13 +207,13 @@ cdef class MemoryLogCore(LogCoreBase):
                     _events.repaired("log", self, f" in partition {pv[i]}")
         return 0 if rc == -EINTR else rc
 
-    def _shutdown(self, uint32_t how):
+    def _shutdown(self, bint immediate):
         self._check_open()
-        _check_rc(pq_log_shutdown(&self._l, how), "shutdown")
+        _check_rc(pq_log_shutdown(&self._l, shutdown_how(immediate)), "shutdown")
 
     def _shutdown_state(self):
         self._check_open()
-        return pq_shutdown_state(self._l.hdr)
+        return is_shut_down(self._l.hdr)
 
     def _event_address(self):
         """The address of the log-wide event, notified on every append and

@@ -137,7 +137,7 @@ cdef int _check_rc(int rc, str what="") except -1:
 
 
 from pyqueue._common cimport deadline_ns as _deadline
-from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
+from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
 
@@ -233,7 +233,7 @@ cdef class TopicCore:
         cdef LockWait lw = LockWait(0, 0)
         while True:
             # Shut down: no publish (a waiting one wakes and raises here).
-            if pq_shutdown_state(self._t.hdr):
+            if is_shut_down(self._t.hdr):
                 raise ShutDown(f"topic {getattr(self, 'name', None)!r} is shut down")
             rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
             # The claim lock held by another publisher: wait for it with
@@ -420,16 +420,13 @@ cdef class TopicCore:
             ValueError: The handle is closed.
         """
         self._check_open()
-        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
-        if immediate:
-            how |= PQ_SHUTDOWN_IMMEDIATE
-        _check_rc(pq_topic_shutdown(&self._t, how), "shutdown")
+        _check_rc(pq_topic_shutdown(&self._t, shutdown_how(immediate)), "shutdown")
 
     @property
     def is_shutdown(self):
         """True once the topic has been shut down (by any process)."""
         self._check_open()
-        return pq_shutdown_state(self._t.hdr) != 0
+        return is_shut_down(self._t.hdr)
 
     def stats(self):
         """The topic's counters.
@@ -637,7 +634,7 @@ cdef class SubscriptionCore:
         cdef list raw, out
         cdef int64_t until
         cdef LockWait lw = LockWait(0, 0)
-        if pq_shutdown_state(t._t.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+        if is_shut_down_now(t._t.hdr):
             raise ShutDown(f"topic {getattr(t, 'name', None)!r} is shut down")
         while True:
             rc = pq_topic_peek(&t._t, &self._s, recs, want, &b)
@@ -676,7 +673,7 @@ cdef class SubscriptionCore:
                 return out
             if rc != -EAGAIN and rc != -EINPROGRESS:
                 _check_rc(rc, "get")
-            if rc == -EAGAIN and pq_shutdown_state(t._t.hdr):
+            if rc == -EAGAIN and is_shut_down(t._t.hdr):
                 raise ShutDown(f"topic {getattr(t, 'name', None)!r} is shut down")  # read to the end of a shut-down topic
             if deadline == 0 or (deadline > 0 and pq_monotonic_ns() >= deadline):
                 if rc == -EINPROGRESS and deadline == 0:

@@ -28,7 +28,7 @@ from pyqueue import _events, _oob
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB
 from pyqueue._common cimport encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns
-from pyqueue._common cimport PQ_SHUTDOWN_DRAIN, PQ_SHUTDOWN_IMMEDIATE, pq_shutdown_state
+from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 
 cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
@@ -403,7 +403,7 @@ cdef class WorkQueueCore:
                 return data
             parts, total = [data], n
         del data
-        if check_shutdown and pq_shutdown_state(self._q.hdr):  # no segment for nothing
+        if check_shutdown and is_shut_down(self._q.hdr):  # no segment for nothing
             raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         ref = _oob.put(self, parts, total)
         if <uint64_t>len(ref) > self._q.max_payload:
@@ -426,7 +426,7 @@ cdef class WorkQueueCore:
         cdef LockWait lw = LockWait(0, 0)
         while True:
             # Shut down: no put (a waiting one wakes and raises here).
-            if pq_shutdown_state(self._q.hdr):
+            if is_shut_down(self._q.hdr):
                 raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
             rc = pq_wq_claim(&self._q, <uint32_t>n, typ, delay_ns, kh, now_ms,
                              &mid, &dst, &seen)
@@ -495,7 +495,7 @@ cdef class WorkQueueCore:
         cdef LockWait lw = LockWait(0, 0)
         self._check_open()
         deadline = _deadline(block, timeout)
-        if pq_shutdown_state(self._q.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+        if is_shut_down_now(self._q.hdr):
             raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         while True:
             rc = pq_wq_acquire(&self._q, &d, &wake, &seen)
@@ -513,7 +513,7 @@ cdef class WorkQueueCore:
             if rc != -EAGAIN:
                 _check_rc(rc, "get")
             now = pq_monotonic_ns()
-            if pq_shutdown_state(self._q.hdr):
+            if is_shut_down(self._q.hdr):
                 # Shut down, and nothing ready: once what dead consumers
                 # held is back (one reap), the drain is over.
                 if now >= self._next_reap:
@@ -557,16 +557,13 @@ cdef class WorkQueueCore:
             ValueError: The handle is closed.
         """
         self._check_open()
-        cdef uint32_t how = PQ_SHUTDOWN_DRAIN
-        if immediate:
-            how |= PQ_SHUTDOWN_IMMEDIATE
-        _check_rc(pq_wq_shutdown(&self._q, how), "shutdown")
+        _check_rc(pq_wq_shutdown(&self._q, shutdown_how(immediate)), "shutdown")
 
     @property
     def is_shutdown(self):
         """True once the work queue has been shut down (by any process)."""
         self._check_open()
-        return pq_shutdown_state(self._q.hdr) != 0
+        return is_shut_down(self._q.hdr)
 
     cdef int _held(self, uint64_t mid, uint32_t deliveries) except? -1:
         cdef LockWait lw = LockWait(0, 0)

@@ -105,7 +105,7 @@ cdef object _wq_put_many(WorkQueueCore self, objs, keys, double delay, bint bloc
             k = n - start
             if k > PUT_CHUNK:
                 k = PUT_CHUNK
-            if pq_shutdown_state(self._q.hdr):
+            if is_shut_down(self._q.hdr):
                 _raise_shutdown(self, ids)
             lw = LockWait(0, 0)
             rc = pq_wq_claim_many(&self._q, p + start, <uint32_t>k, delay_ns, now_ms, &done, &seen)
@@ -204,7 +204,7 @@ cdef object _wq_get_many(WorkQueueCore self, Py_ssize_t max_messages, bint block
     if d == NULL:
         raise MemoryError()
     try:
-        if pq_shutdown_state(self._q.hdr) & PQ_SHUTDOWN_IMMEDIATE:
+        if is_shut_down_now(self._q.hdr):
             raise ShutDown(f"work queue {getattr(self, 'name', None)!r} is shut down")
         while True:
             rc = pq_wq_acquire_many(&self._q, d, want, &got, &wake, &seen)
@@ -217,7 +217,7 @@ cdef object _wq_get_many(WorkQueueCore self, Py_ssize_t max_messages, bint block
             if rc != -EAGAIN:
                 _check_rc(rc, "get_many")
             now = pq_monotonic_ns()
-            if pq_shutdown_state(self._q.hdr):
+            if is_shut_down(self._q.hdr):
                 if now >= self._next_reap:  # what dead consumers held first
                     self._reap_now(True)
                     continue

@@ -274,7 +274,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
             raise ValueError("Log.shutdown(immediate=True) is not supported: a log keeps every "
                              "record it committed; shutdown() stops appends and ends reads "
                              "at the end offset")
-        self._shutdown(1)
+        self._shutdown(False)
 
     @property
     def is_shutdown(self) -> bool:
