@@ -283,6 +283,52 @@ def _depth(seg):
 # references from a queue's ring to out-of-band segments
 # --------------------------------------------------------------------------
 
+def _open_segment_file(entry):
+    """(fd, stat) of /dev/shm/<entry> opened for reading - never following
+    a link, never blocking (a FIFO) - or None when it cannot be opened or
+    is not a regular file. The caller closes fd."""
+    try:
+        fd = os.open(_path(entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or not _stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def _scan_references(fd, queue_entry, pos, end):
+    """(file offset, entry) of each reference to one of queue_entry's
+    out-of-band segments in bytes [pos, end) of fd: read in chunks, holes
+    skipped, each chunk scanned with the end of the one before it (a name
+    cut by a chunk's end is found). Bounded: end. OSError propagates."""
+    prefix = ("/" + queue_entry + ".oob-").encode()
+    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16}|[0-9]+)")  # now, and before
+    overlap = len(prefix) + 48
+    tail_bytes = b""
+    while pos < end:
+        try:
+            data_at = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return  # ENXIO: only a hole is left
+        if data_at != pos:
+            tail_bytes, pos = b"", data_at
+            if pos >= end:
+                return  # the data after the hole lies past end
+        buf = os.pread(fd, min(4 << 20, end - pos), pos)
+        if not buf:
+            return
+        base = pos - len(tail_bytes)
+        for m in pat.finditer(tail_bytes + buf):
+            yield base + m.start(), (prefix[1:] + m.group(1) + b"-" + m.group(2)).decode()
+        tail_bytes = buf[-overlap:]
+        pos += len(buf)
+
+
 def ring_references(queue_entry):
     """Out-of-band segments a queue segment refers to, as two sets of
     entries: (unread, taken). A reference inside [head, tail) of the ring
@@ -290,18 +336,12 @@ def ring_references(queue_entry):
     a message a consumer already took (who then removes the segment, unless
     it died first). Reads the file (skipping holes), never maps it. None
     when unreadable or not a queue."""
-    prefix = ("/" + queue_entry + ".oob-").encode()
-    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16}|[0-9]+)")  # now, and before
-    overlap = len(prefix) + 48
     unread, taken = set(), set()
-    try:
-        fd = os.open(_path(queue_entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    opened = _open_segment_file(queue_entry)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not _stat.S_ISREG(st.st_mode):
-            return None
         head_block = os.pread(fd, _core.RING_DATA_OFFSET, 0)
         if len(head_block) < _core.RING_DATA_OFFSET:
             return None
@@ -338,26 +378,8 @@ def ring_references(queue_entry):
             return False
 
         end = min(st.st_size, _core.RING_DATA_OFFSET + data_size)
-        pos = _core.RING_DATA_OFFSET
-        tail_bytes = b""
-        chunk = 4 << 20
-        while pos < end:
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: only a hole is left
-            if data_at != pos:
-                tail_bytes = b""
-                pos = data_at
-            buf = os.pread(fd, min(chunk, end - pos), pos)
-            if not buf:
-                break
-            base = pos - len(tail_bytes)
-            for m in pat.finditer(tail_bytes + buf):
-                entry = (prefix[1:] + m.group(1) + b"-" + m.group(2)).decode()
-                (unread if waiting(base + m.start()) else taken).add(entry)
-            tail_bytes = buf[-overlap:]
-            pos += len(buf)
+        for at, entry in _scan_references(fd, queue_entry, _core.RING_DATA_OFFSET, end):
+            (unread if waiting(at) else taken).add(entry)
     except (OSError, struct.error):
         return None
     finally:
@@ -374,33 +396,12 @@ def file_references(queue_entry):
     whose reference was overwritten and whose producer is dead is an
     orphan). Reads the file (skipping holes), never maps it. None when
     unreadable."""
-    prefix = ("/" + queue_entry + ".oob-").encode()
-    pat = re.compile(re.escape(prefix) + rb"([0-9]+)-([0-9a-f]{16}|[0-9]+)")
-    overlap = len(prefix) + 48
-    found = set()
-    try:
-        fd = os.open(_path(queue_entry), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    opened = _open_segment_file(queue_entry)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not _stat.S_ISREG(st.st_mode):
-            return None
-        pos, tail_bytes = 0, b""
-        while pos < st.st_size:  # bounded: the file's size
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: only a hole is left
-            if data_at != pos:
-                tail_bytes, pos = b"", data_at
-            buf = os.pread(fd, min(4 << 20, st.st_size - pos), pos)
-            if not buf:
-                break
-            for m in pat.finditer(tail_bytes + buf):
-                found.add((prefix[1:] + m.group(1) + b"-" + m.group(2)).decode())
-            tail_bytes = buf[-overlap:]
-            pos += len(buf)
+        found = {entry for _, entry in _scan_references(fd, queue_entry, 0, st.st_size)}
     except OSError:
         return None
     finally:
