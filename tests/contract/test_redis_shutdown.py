@@ -78,6 +78,26 @@ def test_queue_gets_blocked_in_blpop_wake(rb, ctx, procs, immediate):
         q.unlink()
 
 
+@pytest.mark.parametrize("low_by", [1, 3])
+def test_queue_gets_wake_when_the_waiting_count_is_low(rb, ctx, procs, low_by):
+    """A take script sent again by a client that replays (the cluster
+    client's retry, min_replicas=) counts its get out of "waiting" twice:
+    the count ends low and the shutdown pushes fewer wake tokens than gets
+    are blocked. Each get woken by a token pushes it back, so every one
+    still wakes. low_by=3 leaves the count at 0: the shutdown pushes one
+    token all the same."""
+    q = rb.Queue(name=_name("q"))
+
+    def shut():
+        rb.client.hincrby(q._keys[0], "waiting", -low_by)   # what the replays leave
+        q.shutdown()
+
+    try:
+        assert _run(rb, q, "get", ctx, procs, shut, n=3) == ["ShutDown"] * 3
+    finally:
+        q.unlink()
+
+
 def test_queue_get_many_and_a_late_handle(rb, ctx, procs):
     q = rb.Queue(name=_name("q"))
     try:

@@ -18,9 +18,16 @@ down with immediate=True) is set by the shutdown script, read by the put
 script (refusing) and by the take script (ShutDown once the list is
 empty); the take script that finds the list empty, not shut down, counts
 the get in "waiting" before it blocks, and the call after the BLPOP counts
-it out, so a shutdown always pushes at least one token for every get
-blocked then (a waiter that died leaves the count one high: one token
-too many, harmless). docs/design.md, "Shutdown".
+it out, so a shutdown pushes a token for every get blocked then (a
+waiter that died leaves the count one high: one token too many,
+harmless). The count may also end low: the cluster client and
+min_replicas= send a script again when its reply was lost, and a take
+script sent twice counts its get out twice. So the shutdown pushes at
+least one token, and a get woken by a token pushes it back (in the
+script that counts it out): every get blocked is woken, one after the
+other if need be. The tokens left are as many as pushed, and never read
+once the flag is set (a get reads it before it blocks).
+docs/design.md, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
@@ -107,14 +114,17 @@ end
 return {accepted}
 """
 
-# KEYS: meta, list, space; ARGV: max messages, messages already taken (by
-# BLPOP), "+" (count this get in "waiting" if it will block) or "-" (it
-# blocked: count it out) or "".
+# KEYS: meta, list, space, shut; ARGV: max messages, messages already taken
+# (by BLPOP), "+" (count this get in "waiting" if it will block), "-" (it
+# blocked: count it out), "t" (it blocked and BLPOP gave it a shutdown's
+# wake token: count it out and push the token back, for the next get
+# blocked) or "".
 # Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
 # put when the queue was full. -> {0, messages...}; {1}: empty and shut down
 _TAKE = """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
-if ARGV[3] == '-' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local len = redis.call('LLEN', KEYS[2])
 local want = tonumber(ARGV[1])
 local before = tonumber(ARGV[2])
@@ -164,7 +174,7 @@ if new == 2 then
 end
 if old == 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
-  local w = math.max(tonumber(m[5] or '0'), 0)
+  local w = math.max(tonumber(m[5] or '0'), 1)
   while w > 0 do
     local k = math.min(w, 1000)
     local t = {}
@@ -365,7 +375,8 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         take = b.script("queue_take", _TAKE)
         left = _api.remaining(until) if block else 0.0
         waits = left is None or left > 0.0
-        r = take(keys=self._keys[:3], args=[max_messages, 0, "+" if waits else ""])
+        keys = self._keys[:3] + self._keys[4:5]    # meta, list, space, shut
+        r = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
         if len(r) > 1:
             return r[1:]
         if r[0] == 1:
@@ -383,14 +394,16 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             raise Empty()
         key, first = popped
         if key == self._keys[4].encode():
-            # A shutdown's token: what is left is drained, then ShutDown.
-            r = take(keys=self._keys[:3], args=[max_messages, 0, "-"])
+            # A shutdown's token: what is left is drained, then ShutDown;
+            # the token goes back for the next get blocked (the count may
+            # be low: see the module's docstring).
+            r = take(keys=keys, args=[max_messages, 0, "t"])
             if len(r) > 1:
                 return r[1:]
             raise ShutDown(f"queue {self._name!r} is shut down")
         # Counted, and a put waiting for room told, by the same script.
         try:
-            rest = take(keys=self._keys[:3], args=[max_messages - 1, 1, "-"])
+            rest = take(keys=keys, args=[max_messages - 1, 1, "-"])
         except ConnectionLost:
             self._held.append(first)     # in hand: the next get returns it
             raise
