@@ -251,7 +251,10 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
         if deadline is not None and now >= deadline:
             raise last
         ev = handle._event_address() if which is None else handle._event_address(which)
-        seq = _core._aio_prepare(ev)
+        # A handle whose close() unmaps the event registers through itself:
+        # a close under this wait ends the registration (the waiter count
+        # goes down once, by the close or by the finally below).
+        seq = handle._aio_prepare() if unmaps_on_close else _core._aio_prepare(ev)
         try:
             # Registered: a change made from now on bumps the sequence
             # word (pq_event_prepare's handshake). Look again first.
@@ -269,14 +272,19 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
                 if _waiter.unregister(reg):
                     # Woken, but cancelled before taking anything: another
                     # waiter (of any process) gets the wake-up instead.
-                    _core._aio_notify(ev, 1)
+                    if unmaps_on_close:
+                        handle._aio_notify(1)
+                    else:
+                        _core._aio_notify(ev, 1)
                 raise
             try:
                 return try_op()
             except again as e:
                 last = e
         finally:
-            if not (unmaps_on_close and handle._closed):
+            if unmaps_on_close:
+                handle._aio_finish()
+            else:
                 _core._aio_finish(ev)
 
 

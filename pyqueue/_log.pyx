@@ -62,6 +62,10 @@ cdef extern from "pq_wait.h" nogil:
     int64_t pq_monotonic_ns()
     ctypedef struct pq_event:
         pass
+    uint32_t pq_event_prepare(pq_event* ev)
+    void pq_event_finish(pq_event* ev)
+    void pq_event_notify(pq_event* ev, int n)
+    uint32_t pq_event_waiters(pq_event* ev)
 
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT

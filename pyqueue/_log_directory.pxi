@@ -238,6 +238,11 @@ cdef class DirLogCore(LogCoreBase):
     cdef object _retention_hook      # called at most every _retention_every_ns from appends
     cdef int64_t _retention_every_ns
     cdef int64_t _retention_next_ns
+    # pyqueue._aio's registrations on the log's event (_aio_prepare) not
+    # finished yet, by this process (_fork_generation _aio_gen): close()
+    # finishes them before it unmaps the event.
+    cdef uint32_t _aio_prepared
+    cdef unsigned long _aio_gen
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -284,6 +289,48 @@ cdef class DirLogCore(LogCoreBase):
         self._check_open()
         return PQ_LOG_APPENDED_ADDR(&self._d)
 
+    # pyqueue._aio registers on the event through these, not _core's
+    # functions: close() unmaps the event, so a coroutine waiting then can
+    # no longer unregister itself. Each checks and acts with the GIL held
+    # and no Python code between, so a close() from another thread comes
+    # before or after, never between.
+
+    cdef inline pq_event* _aio_event(self):
+        if self._aio_gen != _fork_generation:  # a fork's child: the parent's are not its own
+            self._aio_gen = _fork_generation
+            self._aio_prepared = 0
+        return <pq_event*>PQ_LOG_APPENDED_ADDR(&self._d)
+
+    def _aio_prepare(self):
+        """Register as a waiter on the log's event (its shared waiter count
+        up by one), counted by the handle; the sequence value to park on."""
+        self._check_open()
+        cdef pq_event* ev = self._aio_event()
+        self._aio_prepared += 1
+        return pq_event_prepare(ev)
+
+    def _aio_finish(self):
+        """End a registration made by _aio_prepare, once: nothing when
+        close() has ended it already (the handle is closed)."""
+        if self._closed or not self._mapped:
+            return
+        cdef pq_event* ev = self._aio_event()
+        if self._aio_prepared:
+            self._aio_prepared -= 1
+            pq_event_finish(ev)
+
+    def _aio_notify(self, int n):
+        """Wake up to n waiters of the log's event (a wake-up a cancelled
+        coroutine received, passed on); nothing once closed."""
+        if not self._closed and self._mapped:
+            pq_event_notify(self._aio_event(), n)
+
+    def _aio_waiters(self):
+        """The waiters registered on the log's event now, of every process
+        (the tests)."""
+        self._check_open()
+        return pq_event_waiters(<pq_event*>PQ_LOG_APPENDED_ADDR(&self._d))
+
     def _release_maps(self):
         """Unmap every segment (close, or after a fork's child is done)."""
         for m in self._active:
@@ -295,6 +342,15 @@ cdef class DirLogCore(LogCoreBase):
         self._closed_maps.clear()
 
     def _close_control(self):
+        cdef pq_event* ev
+        if self._mapped and not self._closed:
+            # Coroutines still registered (waiting under this close): their
+            # registrations end here, as the event goes; theirs see
+            # _closed and do nothing.
+            ev = self._aio_event()
+            while self._aio_prepared:
+                self._aio_prepared -= 1
+                pq_event_finish(ev)
         self._release_maps()
         if self._mapped:
             PyBuffer_Release(&self._view)

@@ -572,6 +572,55 @@ def test_closing_a_handle_under_a_waiting_coroutine(tmp_path):
         _closing(other)
 
 
+def test_a_directory_log_closed_under_awaits_takes_their_waiter_count_back_once(tmp_path):
+    """A directory log's close() unmaps the event its awaiting coroutines
+    are registered on, so they cannot unregister themselves: the close
+    ends their registrations, and the log's shared waiter count (read
+    through a second handle, which keeps the control file) goes back to 0
+    - else every later append makes a futex wake for nobody. Exactly once:
+    a wait that ended by itself before the close is not taken out again
+    (the count would wrap below 0). Each count is read on the loop's
+    thread, where every other coroutine is either registered (counted) or
+    not yet (not counted)."""
+    path = str(tmp_path / "dir")
+    other = pyqueue.Log(path=path, partitions=1)
+    try:
+        log = aq.Log(path=path, partitions=1)
+
+        async def closed_under_two_awaits():
+            waits = [asyncio.ensure_future(log.read(0, 0, timeout=60)) for _ in range(2)]
+            while len(_aio._waiter._regs) < 2:
+                await asyncio.sleep(0.01)
+            assert other._aio_waiters() == 2
+            log.close()
+            assert other._aio_waiters() == 0
+            for w in waits:
+                with pytest.raises(ValueError):
+                    await w
+            assert other._aio_waiters() == 0
+
+        asyncio.run(closed_under_two_awaits())
+        log.close()  # again: nothing
+        assert other._aio_waiters() == 0
+
+        log = aq.Log(path=path, partitions=1)
+
+        async def woken_then_closed():
+            w = asyncio.ensure_future(log.read(0, 0, timeout=60))
+            while not _aio._waiter._regs:
+                await asyncio.sleep(0.01)
+            assert other._aio_waiters() == 1
+            other.append(b"x")
+            assert [r.value for r in await w] == [b"x"]
+            assert other._aio_waiters() == 0
+            log.close()
+            assert other._aio_waiters() == 0
+
+        asyncio.run(woken_then_closed())
+    finally:
+        other.close()
+
+
 def test_pickled_to_a_child(ctx, procs):
     """An async handle pickles to a child as an async handle on the same
     queue."""
