@@ -348,8 +348,28 @@ cdef class WorkQueueCore:
         its own, the ring holding a reference; the segment is removed when
         the put fails or is dropped as a duplicate, else when the message
         is acked or dead-lettered (pyqueue.workqueue)."""
+        cdef tuple enc = self._encode_put_c(obj, key, delay)
+        if not enc[1] & T_OOB:
+            return self._put_encoded(enc[0], enc[1], enc[2], enc[3], block, timeout)
+        try:
+            mid, dup = self._put_encoded(enc[0], enc[1], enc[2], enc[3], block, timeout)
+        except BaseException:
+            self._drop_prepared(enc)  # never in the queue: nobody else removes it
+            raise
+        if dup:
+            self._drop_prepared(enc)  # dropped: the first put's message stays
+        return mid, dup
+
+    def _encode_put(self, obj, key, double delay):
+        """A put of obj encoded once, for _put_prepared (which an async put
+        calls again on each retry): (ring bytes, type, key hash, delay ns).
+        Out of band (type & T_OOB), the bytes reference a new segment: the
+        caller gives the tuple to _drop_prepared unless a _put_prepared put
+        it (and not as a duplicate)."""
+        return self._encode_put_c(obj, key, delay)
+
+    cdef tuple _encode_put_c(self, obj, key, double delay):
         cdef uint8_t typ
-        cdef Py_ssize_t n
         cdef uint64_t kh = 0
         self._check_open()
         cdef int64_t delay_ns = seconds_ns(delay, "delay")
@@ -362,16 +382,18 @@ cdef class WorkQueueCore:
                 raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
             kh = pq_wq_key_hash(PyBytes_AS_STRING(kb), len(kb))
         data = self._encode_ring(obj, &typ, True)
-        if not typ & T_OOB:
-            return self._put_encoded(data, typ, kh, delay_ns, block, timeout)
-        try:
-            mid, dup = self._put_encoded(data, typ, kh, delay_ns, block, timeout)
-        except BaseException:
-            _oob.discard(self, data)  # never in the queue: nobody else removes it
-            raise
-        if dup:
-            _oob.discard(self, data)  # dropped: the first put's message stays
-        return mid, dup
+        return (data, typ, kh, delay_ns)
+
+    def _put_prepared(self, tuple enc, bint block, timeout):
+        """Put what _encode_put made: (id, duplicate). Frees nothing."""
+        self._check_open()
+        return self._put_encoded(enc[0], enc[1], enc[2], enc[3], block, timeout)
+
+    def _drop_prepared(self, tuple enc):
+        """Remove the out-of-band segment of what _encode_put made (if it
+        has one): it was not put, or put as a duplicate."""
+        if enc[1] & T_OOB:
+            _oob.discard(self, enc[0])
 
     cdef bytes _encode_ring(self, obj, uint8_t* typ, bint check_shutdown):
         """What goes into the ring for obj: its payload, or (T_OOB set in

@@ -711,9 +711,22 @@ class WorkQueue(_Handle, Generic[T]):
             MessageTooLarge: The message is too large.
             ValueError: delay or timeout is negative, or the handle is closed.
         """
-        return await _aio.wait_event(  # type: ignore[no-any-return]
-            self._h, _WRITABLE, lambda: self._h.put_nowait(obj, key=key, delay=delay),
-            _queue.Full, _aio.deadline_of(timeout))
+        h = self._h
+        deadline = _aio.deadline_of(timeout)
+        # Encoded once (a large message: its out-of-band segment written
+        # once), put again on each retry; the segment goes when the put
+        # does not commit it (Full, cancelled, closed, shut down) or is a
+        # duplicate.
+        enc = h._encode_put(obj, key, float(delay))
+        try:
+            mid, dup = await _aio.wait_event(
+                h, _WRITABLE, lambda: h._put_prepared(enc, False, None), _queue.Full, deadline)
+        except BaseException:
+            h._drop_prepared(enc)
+            raise
+        if dup:
+            h._drop_prepared(enc)
+        return mid  # type: ignore[no-any-return]
 
     async def get(self, timeout: Optional[float] = None) -> Delivery[T]:
         """Take the oldest available message, waiting (without blocking the

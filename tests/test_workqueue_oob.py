@@ -242,3 +242,56 @@ def test_a_consumer_that_cannot_map_the_segment_gives_the_message_back(ctx, proc
     assert d.delivery_count == 2 and float(d.value.sum()) == float(a.sum())
     d.ack()
     assert oob_segments(q) == []
+
+
+def test_an_async_put_waiting_for_room_writes_its_segment_once_and_frees_it_unless_put(wqs):
+    """An asyncio put of a large message on a full work queue encodes it
+    once: while it waits (trying the put again at each wake-up and each
+    retry slice) its one segment stays, the same, instead of one written
+    and removed per try. Timed out or cancelled, it leaves no segment; put
+    once room comes, the message is that segment, freed by its ack."""
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    from pyqueue import _aio
+
+    q = wqs(capacity_bytes=CAP, max_in_flight=2)
+    aw = aq.WorkQueue.from_sync(q)  # the fixture closes q (aw's handle)
+    q.put_many([b"fill", b"fill"])  # max_in_flight=2: no room
+
+    async def registered():
+        while not _aio._waiter._regs:
+            await asyncio.sleep(0.01)
+
+    async def main():
+        with pytest.raises(queue.Full):
+            await aw.put(big(), timeout=0.3)
+        assert oob_segments(q) == []
+
+        t = asyncio.ensure_future(aw.put(big()))
+        await registered()
+        seen = oob_segments(q)
+        assert len(seen) == 1
+        woken = _aio._waiter.wakeups
+        while _aio._waiter.wakeups < woken + 3:  # three retry slices at least
+            await asyncio.sleep(0.01)
+        assert oob_segments(q) == seen
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert oob_segments(q) == []
+
+        t = asyncio.ensure_future(aw.put(big(1)))
+        await registered()
+        seen = oob_segments(q)
+        assert len(seen) == 1
+        q.get(timeout=5).ack()  # room: the put goes in, with that segment
+        await t
+        assert oob_segments(q) == seen
+        q.get(timeout=5).ack()  # the other b"fill"
+        d = q.get(timeout=5)
+        assert np.array_equal(d.value, big(1))
+        d.ack()
+        assert oob_segments(q) == []
+
+    asyncio.run(main())
