@@ -39,7 +39,7 @@ import struct
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 PAYLOAD = 64
 _now = time.monotonic_ns
@@ -57,6 +57,28 @@ def _pcts(lat_ns: List[int]) -> Dict[str, float]:
     s = sorted(lat_ns)
     return {"p50_us": s[len(s) // 2] / 1e3, "p99_us": s[int(len(s) * 0.99)] / 1e3,
             "mean_us": statistics.fmean(s) / 1e3}
+
+
+async def _latencies(get: Callable[[], Awaitable[bytes]], ack: Callable[[], Awaitable[Any]],
+                     n: int) -> List[int]:
+    """The one-way times (ns) of n messages from get(), each answered with
+    ack() (the producer sends the next one after it)."""
+    out = []
+    for _ in range(n):
+        m = await get()
+        out.append(_now() - _ts(m))
+        await ack()
+    return out
+
+
+async def _rate(get: Callable[[], Awaitable[Any]], n: int) -> float:
+    """Messages per second of n from get(), timed from the first one's
+    arrival (before it, the producer is starting)."""
+    await get()
+    t0 = _now()
+    for _ in range(n - 1):
+        await get()
+    return (n - 1) / ((_now() - t0) / 1e9)
 
 
 # ---------------------------------------------------------------- producers
@@ -124,28 +146,16 @@ def case_pyqueue_async(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
     import pyqueue
     import pyqueue.asyncio as aq
     q, acks = aq.Queue(), pyqueue.Queue()
+
+    async def ack() -> None:
+        acks.put(None)
+
     try:
-        async def lat() -> List[int]:
-            out = []
-            for _ in range(n_lat):
-                m = await q.get()
-                out.append(_now() - _ts(m))
-                acks.put(None)
-            return out
-
         p = _start(ctx, _pq_lat_producer, q.sync, acks, n_lat, GAP_S)
-        res = _pcts(asyncio.run(lat()))
+        res = _pcts(asyncio.run(_latencies(q.get, ack, n_lat)))
         p.join()
-
-        async def tput() -> float:
-            await q.get()
-            t0 = _now()
-            for _ in range(n_tput - 1):
-                await q.get()
-            return (n_tput - 1) / ((_now() - t0) / 1e9)
-
         p = _start(ctx, _pq_tput_producer, q.sync, n_tput)
-        res["msgs_per_s"] = asyncio.run(tput())
+        res["msgs_per_s"] = asyncio.run(_rate(q.get, n_tput))
         p.join()
 
         async def batches() -> float:
@@ -242,28 +252,17 @@ def case_asyncio_queue(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
 def case_mp_executor(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
     q, acks = ctx.Queue(), ctx.Queue()
 
-    async def lat() -> List[int]:
-        loop = asyncio.get_running_loop()
-        out = []
-        for _ in range(n_lat):
-            m = await loop.run_in_executor(None, q.get)
-            out.append(_now() - _ts(m))
-            acks.put(None)
-        return out
+    def get() -> Awaitable[bytes]:
+        return asyncio.get_running_loop().run_in_executor(None, q.get)
 
-    async def tput() -> float:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, q.get)
-        t0 = _now()
-        for _ in range(n_tput - 1):
-            await loop.run_in_executor(None, q.get)
-        return (n_tput - 1) / ((_now() - t0) / 1e9)
+    async def ack() -> None:
+        acks.put(None)
 
     p = _start(ctx, _pq_lat_producer, q, acks, n_lat, GAP_S)
-    res = _pcts(asyncio.run(lat()))
+    res = _pcts(asyncio.run(_latencies(get, ack, n_lat)))
     p.join()
     p = _start(ctx, _pq_tput_producer, q, n_tput)
-    res["msgs_per_s"] = asyncio.run(tput())
+    res["msgs_per_s"] = asyncio.run(_rate(get, n_tput))
     p.join()
     return res
 
@@ -275,26 +274,14 @@ def case_aioprocessing(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, 
         return None
     q, acks = aioprocessing.AioQueue(), aioprocessing.AioQueue()
 
-    async def lat() -> List[int]:
-        out = []
-        for _ in range(n_lat):
-            m = await q.coro_get()
-            out.append(_now() - _ts(m))
-            acks.put(None)
-        return out
-
-    async def tput() -> float:
-        await q.coro_get()
-        t0 = _now()
-        for _ in range(n_tput - 1):
-            await q.coro_get()
-        return (n_tput - 1) / ((_now() - t0) / 1e9)
+    async def ack() -> None:
+        acks.put(None)
 
     p = _start(ctx, _pq_lat_producer, q, acks, n_lat, GAP_S)
-    res = _pcts(asyncio.run(lat()))
+    res = _pcts(asyncio.run(_latencies(q.coro_get, ack, n_lat)))
     p.join()
     p = _start(ctx, _pq_tput_producer, q, n_tput)
-    res["msgs_per_s"] = asyncio.run(tput())
+    res["msgs_per_s"] = asyncio.run(_rate(q.coro_get, n_tput))
     p.join()
     return res
 
@@ -318,17 +305,8 @@ def case_zmq(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any]]:
             await a.send(b"ready")
             try:
                 if latency:
-                    out = []
-                    for _ in range(n):
-                        m = await s.recv()
-                        out.append(_now() - _ts(m))
-                        await a.send(b"")
-                    return out
-                await s.recv()
-                t0 = _now()
-                for _ in range(n - 1):
-                    await s.recv()
-                rate = (n - 1) / ((_now() - t0) / 1e9)
+                    return await _latencies(s.recv, lambda: a.send(b""), n)
+                rate = await _rate(s.recv, n)
                 await a.send(b"done")
                 return rate
             finally:
