@@ -13,6 +13,7 @@ _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SubscriptionCore[Any]")
 
 FLAG_CUSTOM_SERIALIZER: int
+OOB_FLAG: int
 LOSSLESS: int
 LOSSY: int
 
@@ -96,6 +97,7 @@ class TopicCore(Generic[_T]):
             ValueError: The topic handle is closed.
         """
     def _subscribers(self) -> list[dict[str, int]]: ...
+    def _oob_segments(self) -> Optional[set[str]]: ...
     @property
     def capacity_bytes(self) -> int:
         """The ring's size in bytes."""
