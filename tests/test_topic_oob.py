@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pyqueue
-from pyqueue import _segment, cli
+from pyqueue import _oob, _segment, cli
 from pyqueue.errors import UndecodableMessage
 from pyqueue.topic import Topic
 from tests import _topic_oob_workers as w
@@ -238,4 +238,26 @@ def test_max_message_bytes_is_the_ring_limit_and_above_it_goes_out_of_band(topic
     assert len(oob_segments(t)) == 1
     assert s.get(timeout=5) == b"q" * limit
     assert s.get(timeout=5) == b"q" * (limit + 1)
+    assert oob_segments(t) == []
+
+
+def test_the_segment_is_mapped_before_the_cursor_passes_its_record(topics, monkeypatch):
+    """Once the cursor is past the record, the last other subscriber's get
+    may unlink the segment: a subscriber maps it first (the real mapping
+    function, observed: the subscription's lag when it runs)."""
+    t = topics(capacity_bytes=CAP)
+    s, other = t.subscribe(), t.subscribe()
+    t.publish(big())
+    seen = []
+    real = _oob.read
+
+    def read(topic, ref):
+        seen.append(s.lag)
+        return real(topic, ref)
+
+    monkeypatch.setattr(_oob, "read", read)
+    assert np.array_equal(s.get(timeout=5), big())
+    assert seen == [1]          # mapped while the message was still ahead of the cursor
+    assert len(oob_segments(t)) == 1
+    assert np.array_equal(other.get(timeout=5), big())
     assert oob_segments(t) == []
