@@ -108,6 +108,23 @@ def test_lossy_overwrite_frees_it(topics):
     assert all(isinstance(x, bytes) and len(x) == 1024 for x in got)
 
 
+def test_a_claim_that_overwrites_more_references_than_it_can_report_at_once(topics):
+    """A claim reports at most 16 references at a time: one that passes 40
+    out-of-band records reports them in turns, and every segment goes."""
+    t = topics(capacity_bytes=CAP, mode="lossy")
+    s = t.subscribe()
+    for i in range(40):
+        t.publish(bytes([i]) * (CAP // 4))
+    assert len(oob_segments(t)) == 40
+    for _ in range(3):                    # three quarters of the ring after the 40
+        t.publish(b"z" * (CAP // 4 - 16))
+    assert len(oob_segments(t)) == 40
+    t.publish(b"z" * (CAP // 4 - 16))     # the fourth passes all 40 in one claim
+    assert oob_segments(t) == []
+    s.get(timeout=5)
+    assert s.lost >= 40
+
+
 def test_lossless_publisher_waits_for_the_slow_subscriber_then_frees_it(topics):
     """Lossless: a publisher never reclaims a record a subscriber has not
     passed, nor frees its segment; the subscriber's get frees it."""
