@@ -348,9 +348,11 @@ cdef class TopicCore:
 
     cdef int _trim(self, uint64_t limit) except -1:
         """Release the out-of-band records every subscriber has passed
-        (pq_topic_trim): their segments are unlinked. The lock waited for
-        (bounded, GIL released); still busy, nothing is done (the next
-        trim or the claim that reclaims them does it)."""
+        (pq_topic_trim): their segments are unlinked. The lock is waited
+        for as a non-blocking call's (LOCK_NOWAIT_NS, GIL released): a get
+        or a close is not held up by a stopped lock holder; still busy,
+        nothing is done (the next trim, or the claim that reclaims the
+        records, does it)."""
         cdef pq_topic_ref items[REFS_MAX]
         cdef pq_topic_refs refs
         cdef LockWait lw
@@ -361,7 +363,7 @@ cdef class TopicCore:
             refs.count = 0
             lw = LockWait(0, 0)
             rc = pq_topic_trim(&self._t, limit, &refs)
-            while lock_again(rc, &lw, LOCK_BOUNDED):
+            while lock_again(rc, &lw, 0):
                 rc = pq_topic_trim(&self._t, limit, &refs)
             if rc == PQ_ERR_LOCK_BUSY:
                 return 0
