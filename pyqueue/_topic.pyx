@@ -551,6 +551,8 @@ cdef class TopicCore:
             memcpy(pq_topic_payload(&self._t, pos[i]), PyBytes_AS_STRING(<bytes>batch[i]), lens[i])
             pq_topic_commit(&self._t, pos[i], types[i])
         pq_topic_notify_readable(&self._t)
+        for i in range(k):
+            types[i] = 0  # committed: publish_many's cleanup must not unlink their segments
         if refs.count:
             self._discard_refs(&refs)
         return k
@@ -887,7 +889,16 @@ cdef class SubscriptionCore:
                 if pq_topic_advance(&t._t, &self._s, &b) != 0:
                     continue  # lapped while copying (lossy), or another thread advanced
                 if oob:
-                    t._trim(self._s.cursor)  # the last subscriber to pass one frees it
+                    # The last subscriber to pass one frees it. Best effort
+                    # (the next trim or the claim that reclaims it frees it
+                    # otherwise); interrupted, the records read are kept.
+                    try:
+                        t._trim(self._s.cursor)
+                    except Exception:
+                        pass
+                    except BaseException:
+                        self._hold([(0, recs[j].type, raw[j], recs[j].pos) for j in range(rc)])
+                        raise
                 if rc == 0:
                     continue
                 out = []
@@ -1017,8 +1028,8 @@ cdef class SubscriptionCore:
                 # out-of-band message: release what the others passed.
                 try:
                     self._topic._trim(~(<uint64_t>0))
-                except PyQueueError:
-                    pass  # a damaged ring: the next publish or get reports it
+                except Exception:
+                    pass  # best effort (a damaged ring: the next publish or get reports it)
             self._s.slot = -1
 
     @property

@@ -125,6 +125,27 @@ def test_a_claim_that_overwrites_more_references_than_it_can_report_at_once(topi
     assert s.lost >= 40
 
 
+def test_a_publish_that_fails_leaves_no_segment(topics):
+    """A publish (or publish_many) that finds no room in time, or a shut
+    down topic, removes the segments of what it did not publish."""
+    t = topics(capacity_bytes=CAP)
+    s = t.subscribe()
+    for _ in range(4):
+        t.publish(b"p" * t.max_message_bytes)   # the ring full, s reads nothing
+    with pytest.raises(queue.Full):
+        t.publish(big(), timeout=0.1)
+    with pytest.raises(queue.Full):
+        t.publish_many([big(1), big(2), b"small"], timeout=0.1)
+    assert oob_segments(t) == []
+    assert s.get(timeout=5) == b"p" * t.max_message_bytes
+    assert t.publish_many([big(1), b"small"], timeout=5) == 2  # room for them now
+    assert len(oob_segments(t)) == 1
+    t.shutdown()
+    with pytest.raises(pyqueue.ShutDown):
+        t.publish(big())
+    assert len(oob_segments(t)) == 1
+
+
 def test_lossless_publisher_waits_for_the_slow_subscriber_then_frees_it(topics):
     """Lossless: a publisher never reclaims a record a subscriber has not
     passed, nor frees its segment; the subscriber's get frees it."""
