@@ -138,7 +138,7 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
      * is known to go ahead. */
     const uint64_t h0 = h, hm0 = hm;
     uint32_t n_oob = 0;
-    rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, NULL, &n_oob, NULL);
+    rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, NULL, &n_oob, NULL, 0);
     if (rc < 0) {
         pq_topic_unlock(t);
         return rc;
@@ -168,7 +168,7 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
          * it got and claims again). */
         h = h0;
         hm = hm0;
-        rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, refs, NULL, NULL);
+        rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, refs, NULL, NULL, 0);
         if (rc == -ENOBUFS) {
             atomic_store_explicit(&c->head_msgs, hm, memory_order_relaxed);
             /* release: as the head store below (nothing is overwritten

@@ -41,10 +41,13 @@ void pq_topic_unlock(pq_topic *t);
  * the ring (tl: the tail). Each committed record whose type has
  * PQ_TOPIC_TYPE_OOB is counted in *n_oob (if not NULL), its end kept in
  * *last_oob_end (if not NULL), and its payload copied into refs (if not
- * NULL). 0; -ENOBUFS refs is full: *h stops before the record that did
- * not fit (nothing skipped unreported); PQ_ERR_CORRUPT.
+ * NULL). stop_at_claimed: stop (0) at a record still CLAIMED, whose
+ * publisher may yet commit it out of band. 0; -ENOBUFS refs is full: *h
+ * stops before the record that did not fit (nothing skipped unreported);
+ * PQ_ERR_CORRUPT.
  */
 int pq_topic_pass(const pq_topic *t, uint64_t *h, uint64_t *hm, uint64_t target, uint64_t tl,
-                  pq_topic_refs *refs, uint32_t *n_oob, uint64_t *last_oob_end);
+                  pq_topic_refs *refs, uint32_t *n_oob, uint64_t *last_oob_end,
+                  int stop_at_claimed);
 
 #endif /* PQ_TOPIC_INTERNAL_H */

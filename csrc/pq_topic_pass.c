@@ -7,7 +7,8 @@
 #include <string.h>
 
 int pq_topic_pass(const pq_topic *t, uint64_t *h, uint64_t *hm, uint64_t target, uint64_t tl,
-                  pq_topic_refs *refs, uint32_t *n_oob, uint64_t *last_oob_end)
+                  pq_topic_refs *refs, uint32_t *n_oob, uint64_t *last_oob_end,
+                  int stop_at_claimed)
 {
     uint64_t p = *h, m = *hm;
     int rc = 0;
@@ -29,6 +30,8 @@ int pq_topic_pass(const pq_topic *t, uint64_t *h, uint64_t *hm, uint64_t target,
             break;
         }
         uint8_t st = pq_ctl_state(ctl);
+        if (st == PQ_REC_CLAIMED && stop_at_claimed)
+            break;
         if (st == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TOPIC_TYPE_OOB)) {
             if (refs != NULL) {
                 if (refs->count >= refs->max) {

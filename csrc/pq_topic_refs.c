@@ -43,17 +43,20 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
         return 0;
     }
     /* A cursor is on a record boundary (or a lapped lossy one is behind
-     * head, handled above): the walk stops on end exactly. First find the
-     * last out-of-band record, then move head to its end reporting. */
+     * head, handled above): the walk stops on end exactly - or earlier, at
+     * a record still CLAIMED (with no subscriber, end is tail): its
+     * publisher may yet commit it out of band, and head must not pass it
+     * unreported. First find the last out-of-band record, then move head
+     * to its end reporting. */
     uint64_t last = h, p = h, pm = hm;
-    rc = pq_topic_pass(t, &p, &pm, end, tl, NULL, NULL, &last);
-    if (rc == 0 && p != end) /* end inside a record: never released */
+    rc = pq_topic_pass(t, &p, &pm, end, tl, NULL, NULL, &last, 1);
+    if (rc == 0 && (int64_t)(p - end) > 0) /* end inside a record: never released */
         rc = end == limit ? -EINVAL : PQ_ERR_CORRUPT;
     if (rc < 0 || last == h) {
         pq_topic_unlock(t);
         return rc < 0 ? rc : 0;
     }
-    rc = pq_topic_pass(t, &h, &hm, last, tl, refs, NULL, NULL);
+    rc = pq_topic_pass(t, &h, &hm, last, tl, refs, NULL, NULL, 1);
     if (rc < 0 && rc != -ENOBUFS) {
         pq_topic_unlock(t);
         return rc;
@@ -88,7 +91,7 @@ int pq_topic_scan_refs(pq_topic *t, uint64_t *from, pq_topic_refs *refs)
     uint64_t p = h;
     if ((int64_t)(*from - h) > 0 && (int64_t)(tl - *from) >= 0)
         p = *from;
-    rc = pq_topic_pass(t, &p, &hm, tl, tl, refs, NULL, NULL);
+    rc = pq_topic_pass(t, &p, &hm, tl, tl, refs, NULL, NULL, 0);
     pq_topic_unlock(t);
     *from = p;
     if (rc == -ENOBUFS)

@@ -191,6 +191,33 @@ static int test_trim_after_last_subscriber(void)
     return 0;
 }
 
+/* With no subscriber the trim may go up to tail, but never past a record
+ * still CLAIMED: its publisher may commit it out of band after. */
+static int test_trim_stops_at_a_claimed_record(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4];
+    pq_topic_refs refs = {items, 4, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(put(&t, 1, OOB, NULL, 1), 0);
+    uint32_t len = 64;
+    uint64_t pending, needed;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pending, &needed, NULL), 0); /* in flight */
+    CHECK_EQ(put(&t, 3, OOB, NULL, 1), 0);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1); /* the first, not past the claimed */
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    memset(pq_topic_payload(&t, pending), 0, len);
+    pq_topic_payload(&t, pending)[0] = 2;
+    pq_topic_commit(&t, pending, OOB);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 2); /* committed now: both reported */
+    CHECK_EQ(ref_value(&items[0]), 2u);
+    CHECK_EQ(ref_value(&items[1]), 3u);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
 /* The scan lists committed out-of-band records in the ring - not a
  * claimed one, not a plain one - page by page. */
 static int test_scan(void)
@@ -224,6 +251,7 @@ int main(void)
     RUN(test_claim_reports_passed);
     RUN(test_claim_enobufs);
     RUN(test_trim_after_last_subscriber);
+    RUN(test_trim_stops_at_a_claimed_record);
     RUN(test_scan);
     return pq_test_result();
 }
