@@ -10,28 +10,7 @@
 #include "pq_fault.h"
 #include "pq_proc.h"
 #include "pq_record.h"
-
-/* Where a claim in progress is announced, for a lock holder that dies
- * inside it (see pq_topic_lock). Kept in the segment header's reserved
- * params would be a layout change; they live at the end of the claim
- * lock's line instead (the control block has room). */
-typedef struct pq_topic_pending {
-    _Atomic uint64_t claim_tail;
-    _Atomic uint64_t claim_msgs;
-} pq_topic_pending;
-
-static inline pq_record_header *pq_topic_header_at(const pq_topic *t, uint64_t pos)
-{
-    return (pq_record_header *)(t->data + (pos & t->mask));
-}
-static inline pq_topic_pending *topic_pending(const pq_topic *t)
-{
-    /* Right after the control block, still below the data area. */
-    return (pq_topic_pending *)((uint8_t *)t->ctl + pq_align_up(sizeof(pq_topic_ctl), 64));
-}
-_Static_assert(PQ_TOPIC_CTL_OFFSET + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63) +
-                       sizeof(pq_topic_pending) <= PQ_TOPIC_DATA_OFFSET,
-               "no room for the pending-claim words");
+#include "pq_topic_internal.h"
 
 int pq_topic_create(void *base, size_t size, uint64_t capacity, int mode,
                     const uint64_t *user_params, int n_user_params)
@@ -91,21 +70,27 @@ int pq_topic_open(pq_topic *t, void *base, size_t size)
     return 0;
 }
 
-static int pq_topic_lock(pq_topic *t)
+int pq_topic_lock(pq_topic *t)
 {
-    pq_topic_pending *pd = topic_pending(t);
+    pq_topic_pending *pd = pq_topic_pending_words(t);
     const pq_claim_words w = {&t->ctl->tail, &t->ctl->tail_msgs, &pd->claim_tail,
                               &pd->claim_msgs};
     return pq_claim_lock(&t->ctl->claim_lock, &w);
 }
 
-static inline void pq_topic_unlock(pq_topic *t)
+void pq_topic_unlock(pq_topic *t)
 {
     pthread_mutex_unlock(&t->ctl->claim_lock);
 }
 
 int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_out,
                    uint64_t *needed_head)
+{
+    return pq_topic_claim_refs(t, lens, n, pos_out, needed_head, NULL);
+}
+
+int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_out,
+                        uint64_t *needed_head, pq_topic_refs *refs)
 {
     pq_topic_ctl *c = t->ctl;
     pq_proc_id self;
@@ -148,23 +133,15 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
         p += size;
     }
     /* Walk head past every record the claim will overwrite. Their headers
-     * were written by earlier claims under this lock. */
-    while (p - h > t->capacity) {
-        if (h == tl) { /* cannot happen: p - tl < capacity */
-            pq_topic_unlock(t);
-            return PQ_ERR_CORRUPT;
-        }
-        pq_record_header *rec = pq_topic_header_at(t, h);
-        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
-        uint64_t size = pq_record_size(pq_ctl_len(ctl));
-        if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > t->capacity - (h & t->mask) ||
-            size > tl - h) {
-            pq_topic_unlock(t);
-            return PQ_ERR_CORRUPT;
-        }
-        if (pq_ctl_state(ctl) != PQ_REC_PADDING)
-            hm++;
-        h += size;
+     * were written by earlier claims under this lock. Counted first, the
+     * out-of-band records among them are reported below, once the claim
+     * is known to go ahead. */
+    const uint64_t h0 = h, hm0 = hm;
+    uint32_t n_oob = 0;
+    rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, NULL, &n_oob, NULL, 0);
+    if (rc < 0) {
+        pq_topic_unlock(t);
+        return rc;
     }
     if (t->mode == PQ_TOPIC_LOSSLESS &&
         h != atomic_load_explicit(&c->head, memory_order_relaxed)) {
@@ -183,7 +160,29 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
             }
         }
     }
-    pq_topic_pending *pd = topic_pending(t);
+    if (n_oob > 0 && refs != NULL) {
+        /* Copy the references of the out-of-band records passed (their
+         * segments are the caller's to unlink) before a byte of them is
+         * overwritten. refs full: head moves to the first one not
+         * reported, nothing is claimed, -ENOBUFS (the caller unlinks what
+         * it got and claims again). */
+        h = h0;
+        hm = hm0;
+        rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, refs, NULL, NULL, 0);
+        if (rc == -ENOBUFS) {
+            atomic_store_explicit(&c->head_msgs, hm, memory_order_relaxed);
+            /* release: as the head store below (nothing is overwritten
+             * here, but a lossy reader's validation sees the new head). */
+            atomic_store_explicit(&c->head, h, memory_order_release);
+            pq_topic_unlock(t);
+            return -ENOBUFS;
+        }
+        if (rc < 0) {
+            pq_topic_unlock(t);
+            return rc;
+        }
+    }
+    pq_topic_pending *pd = pq_topic_pending_words(t);
     const uint64_t msgs = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
     atomic_store_explicit(&pd->claim_msgs, msgs, memory_order_relaxed);
     atomic_store_explicit(&pd->claim_tail, p, memory_order_release);

@@ -118,6 +118,30 @@ typedef struct pq_topic_batch {
     uint32_t skipped;    /* abandoned records passed over */
 } pq_topic_batch;
 
+/*
+ * Out-of-band records (docs/design.md, "Topic: large messages"): a
+ * committed record whose type has PQ_TOPIC_TYPE_OOB set carries a
+ * reference to a segment of its own (the binding's format; at most
+ * PQ_TOPIC_REF_MAX bytes are copied). The core never opens it: it reports
+ * the references of the records head passes (claim, trim), so that the
+ * caller unlinks their segments once no subscriber can still read them.
+ */
+#define PQ_TOPIC_TYPE_OOB 0x80u
+#define PQ_TOPIC_REF_MAX 320u
+
+typedef struct pq_topic_ref {
+    uint32_t len;                    /* the record's length (> PQ_TOPIC_REF_MAX: cut) */
+    uint8_t bytes[PQ_TOPIC_REF_MAX];
+} pq_topic_ref;
+
+/* A caller's buffer of references: items[0..max), count filled so far
+ * (the functions append; the caller sets count = 0). */
+typedef struct pq_topic_refs {
+    pq_topic_ref *items;
+    uint32_t max;
+    uint32_t count;
+} pq_topic_refs;
+
 static inline uint64_t pq_topic_segment_size(uint64_t capacity)
 {
     return PQ_TOPIC_DATA_OFFSET + capacity;
@@ -139,6 +163,15 @@ int pq_topic_open(pq_topic *t, void *base, size_t size);
  */
 int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_out,
                    uint64_t *needed_head);
+/*
+ * pq_topic_claim that also reports, in refs, the out-of-band records whose
+ * space it reclaims (head passes them: every subscriber read them, or a
+ * lossy topic overwrites them). -ENOBUFS: refs filled before head got far
+ * enough; head has moved past the ones reported and nothing is claimed:
+ * unlink them and claim again. refs NULL: as pq_topic_claim.
+ */
+int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_out,
+                        uint64_t *needed_head, pq_topic_refs *refs);
 static inline uint8_t *pq_topic_payload(const pq_topic *t, uint64_t pos)
 {
     return t->data + (pos & t->mask) + 16u;
@@ -186,6 +219,26 @@ int pq_topic_wait_readable(pq_topic *t, const pq_topic_sub *s, int64_t deadline_
 /* If the record at the cursor is CLAIMED by a dead publisher, mark it
  * ABANDONED: 1 repaired, 0 nothing to do, -errno. */
 int pq_topic_repair(pq_topic *t, const pq_topic_sub *s);
+
+/*
+ * Release the out-of-band records every subscriber has passed
+ * (pq_topic_refs.c): head moves to the end of the last committed
+ * out-of-band record below min(limit, tail, every held slot's cursor) -
+ * never further, so plain records stay retained for "earliest"
+ * subscribers - and their references are appended to refs. Returns how
+ * many were reported (refs->max of them: there may be more, call again),
+ * or the lock's error / PQ_ERR_CORRUPT; -EINVAL when limit is not a record
+ * boundary (pass a cursor). limit UINT64_MAX: no limit.
+ */
+int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs);
+
+/*
+ * The references of the committed out-of-band records still in the ring,
+ * from *from (or head, if head is past it) to tail, under the lock (for
+ * `pyqueue gc`: a segment named by one is live). 0 all reported; 1 refs
+ * is full, *from set where to go on; the lock's error; PQ_ERR_CORRUPT.
+ */
+int pq_topic_scan_refs(pq_topic *t, uint64_t *from, pq_topic_refs *refs);
 
 /* Messages published (claimed) and not yet read by s. */
 uint64_t pq_topic_lag(const pq_topic *t, const pq_topic_sub *s);

@@ -13,6 +13,7 @@ _T = TypeVar("_T")
 _S = TypeVar("_S", bound="SubscriptionCore[Any]")
 
 FLAG_CUSTOM_SERIALIZER: int
+OOB_FLAG: int
 LOSSLESS: int
 LOSSY: int
 
@@ -30,6 +31,12 @@ class TopicCore(Generic[_T]):
     def publish(self, obj: _T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Publish obj to every current subscriber.
 
+        A message larger than max_message_bytes goes out of band: one
+        shared-memory segment of its own that every subscriber maps (a
+        NumPy array pickled with protocol 5 is copied once, into it), the
+        ring holding a reference; the segment is removed once every
+        subscriber has passed the message, or the ring drops it.
+
         Args:
             obj: The message (bytes and str as they are, anything else
                 pickled or encoded by the topic's serializer).
@@ -42,8 +49,8 @@ class TopicCore(Generic[_T]):
         Raises:
             ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
-            MessageTooLarge: The encoded message is larger than
-                max_message_bytes.
+            MessageTooLarge: max_message_bytes cannot hold even the
+                reference to an out-of-band message (a tiny ring).
             ValueError: The topic handle is closed, or timeout is negative.
         """
     def publish_many(self, objs: Iterable[_T], block: bool = True,
@@ -62,8 +69,8 @@ class TopicCore(Generic[_T]):
             ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
-            MessageTooLarge: A message is larger than max_message_bytes (the
-                ones before it are published).
+            MessageTooLarge: max_message_bytes cannot hold even the
+                reference to an out-of-band message (a tiny ring).
             ValueError: The topic handle is closed.
         """
     def shutdown(self, immediate: bool = False) -> None:
@@ -96,6 +103,7 @@ class TopicCore(Generic[_T]):
             ValueError: The topic handle is closed.
         """
     def _subscribers(self) -> list[dict[str, int]]: ...
+    def _oob_segments(self) -> Optional[set[str]]: ...
     @property
     def capacity_bytes(self) -> int:
         """The ring's size in bytes."""

@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, ENOSPC
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT, EMSGSIZE, EINPROGRESS, ESTALE, ENOSPC, ENOBUFS
 
 import collections
 import os
@@ -25,7 +25,7 @@ from types import GenericAlias as _GenericAlias
 from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import PyQueueError, SegmentMismatch, MessageTooLarge, UndecodableMessage
 from pyqueue.errors import from_code as _from_code
-from pyqueue import _events
+from pyqueue import _events, _oob
 from pyqueue.errors import ShutDown
 
 cdef extern from "Python.h":
@@ -102,15 +102,35 @@ cdef extern from "pq_topic.h" nogil:
         uint64_t lag, lost, read
     int PQ_TOPIC_SUBS
     int pq_topic_get_sub_stats(const pq_topic* t, int slot, pq_topic_sub_stats* out)
+    int PQ_TOPIC_TYPE_OOB
+    int PQ_TOPIC_REF_MAX
+    ctypedef struct pq_topic_ref:
+        uint32_t len
+        uint8_t bytes[320]
+    ctypedef struct pq_topic_refs:
+        pq_topic_ref* items
+        uint32_t max
+        uint32_t count
+    int pq_topic_claim_refs(pq_topic* t, const uint32_t* lens, uint32_t n, uint64_t* pos_out,
+                            uint64_t* needed_head, pq_topic_refs* refs)
+    int pq_topic_trim(pq_topic* t, uint64_t limit, pq_topic_refs* refs)
+    int pq_topic_scan_refs(pq_topic* t, uint64_t* frm, pq_topic_refs* refs)
 
-from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB
+from pyqueue._common cimport encode_plain
+
+# The core's out-of-band type bit is the codec's (pyqueue/_common.pxd).
+assert PQ_TOPIC_TYPE_OOB == T_OOB and PQ_TOPIC_REF_MAX == 320
 
 DEF BATCH_MAX = 256
+DEF REFS_MAX = 16
 DEF SLICE_NS = 100000000
 
 LOSSLESS = 0
 LOSSY = 1
 FLAG_CUSTOM_SERIALIZER = 1
+# The type bit of a record that names an out-of-band segment (pyqueue._oob).
+OOB_FLAG = T_OOB
 
 cdef uint32_t _spin = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 cdef object _Empty = _queue_mod.Empty
@@ -227,21 +247,156 @@ cdef class TopicCore:
             return bytes(self._dumps(obj))
         return encode_plain(obj, typ, _dumps_p)
 
-    cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline) except -1:
+    cdef bytes _out_of_band(self, list parts, Py_ssize_t total, uint8_t* typ):
+        """Write a message's parts into a new out-of-band segment
+        (pyqueue._oob); the reference to put in the ring, T_OOB set in
+        *typ. The caller unlinks it if the reference is not committed."""
+        if pq_shutdown_state(self._t.hdr):  # no segment for nothing
+            raise ShutDown(f"topic {getattr(self, 'name', None)!r} is shut down")
+        ref = _oob.put(self, parts, total)
+        if <uint64_t>len(ref) > self._t.max_payload or len(ref) > PQ_TOPIC_REF_MAX:
+            _oob.discard(self, ref)
+            raise MessageTooLarge(f"the topic's max_message_bytes ({self._t.max_payload}) "
+                                  "cannot hold even the reference to an out-of-band message")
+        typ[0] |= T_OOB
+        return ref
+
+    cdef bytes _encode_ring(self, obj, uint8_t* typ):
+        """What goes into the ring for obj: its payload, or (T_OOB set in
+        *typ) the reference to a new out-of-band segment holding it when
+        it is larger than max_message_bytes. Pickled with its protocol 5
+        buffers apart (a NumPy array's data): copied once, into the
+        segment, when it goes out of band."""
+        cdef list buffers
+        t = type(obj)
+        if not self._custom and (t is bytearray or t is memoryview):
+            with memoryview(obj) as mv:
+                n = mv.nbytes
+            if <uint64_t>n > self._t.max_payload:
+                typ[0] = T_BYTES
+                return self._out_of_band([obj], n, typ)  # no bytes() copy first
+        if self._custom or t is bytes or t is bytearray or t is memoryview or t is str:
+            data = self._encode(obj, typ)
+            if <uint64_t>len(data) <= self._t.max_payload:
+                return data
+            return self._out_of_band([data], len(data), typ)
+        buffers = []
+        data = _dumps_p(obj, buffers)
+        typ[0] = T_PICKLE
+        if buffers:
+            parts = _oob.frame_buffers(data, buffers)
+            total = sum([memoryview(x).nbytes for x in parts])
+            if <uint64_t>total > self._t.max_payload:
+                typ[0] = T_PICKLE_BUFFERS
+                return self._out_of_band(parts, total, typ)
+            parts = None
+            data = _dumps_p(obj)  # small: in the ring, buffers in band
+        buffers = None
+        if <uint64_t>len(data) <= self._t.max_payload:
+            return data
+        return self._out_of_band([data], len(data), typ)
+
+    def _oob_segments(self):
+        """The /dev/shm entries of the out-of-band segments named by the
+        committed records still in the ring (for `pyqueue gc`: these are
+        live), or None when the ring could not be read to its end (the
+        lock stayed busy, publishers kept ahead)."""
+        cdef pq_topic_ref items[REFS_MAX]
+        cdef pq_topic_refs refs
+        cdef uint64_t frm = 0
+        cdef LockWait lw
+        cdef int rc
+        cdef uint32_t i
+        cdef uint64_t turns
+        self._check_open()
+        refs.items = items
+        refs.max = REFS_MAX
+        out = set()
+        for turns in range(self._t.capacity // 16 // REFS_MAX + 2):
+            refs.count = 0
+            lw = LockWait(0, 0)
+            rc = pq_topic_scan_refs(&self._t, &frm, &refs)
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_topic_scan_refs(&self._t, &frm, &refs)
+            if rc == PQ_ERR_LOCK_BUSY:
+                return None
+            _check_rc(rc, "scan")
+            for i in range(refs.count):
+                if refs.items[i].len <= PQ_TOPIC_REF_MAX:
+                    try:
+                        _, name = _oob._parse(self, PyBytes_FromStringAndSize(
+                            <const char*>refs.items[i].bytes, refs.items[i].len))
+                    except SegmentMismatch:
+                        continue
+                    out.add(name.lstrip("/"))
+            if rc == 0:
+                return out
+        return None
+
+    cdef int _discard_refs(self, pq_topic_refs* refs) except -1:
+        """Unlink the segments of the out-of-band records head passed (the
+        claim or the trim reported them: no subscriber reads them any
+        more). A reference that does not name one of this topic's
+        segments is skipped (pyqueue._oob.discard)."""
+        cdef uint32_t i
+        for i in range(refs.count):
+            if refs.items[i].len <= PQ_TOPIC_REF_MAX:
+                _oob.discard(self, PyBytes_FromStringAndSize(
+                    <const char*>refs.items[i].bytes, refs.items[i].len))
+        refs.count = 0
+        return 0
+
+    cdef int _trim(self, uint64_t limit) except -1:
+        """Release the out-of-band records every subscriber has passed
+        (pq_topic_trim): their segments are unlinked. The lock is waited
+        for as a non-blocking call's (LOCK_NOWAIT_NS, GIL released): a get
+        or a close is not held up by a stopped lock holder; still busy,
+        nothing is done (the next trim, or the claim that reclaims the
+        records, does it)."""
+        cdef pq_topic_ref items[REFS_MAX]
+        cdef pq_topic_refs refs
+        cdef LockWait lw
+        cdef int rc
+        refs.items = items
+        refs.max = REFS_MAX
+        while True:
+            refs.count = 0
+            lw = LockWait(0, 0)
+            rc = pq_topic_trim(&self._t, limit, &refs)
+            while lock_again(rc, &lw, 0):
+                rc = pq_topic_trim(&self._t, limit, &refs)
+            if rc == PQ_ERR_LOCK_BUSY:
+                return 0
+            _check_rc(rc, "release out-of-band messages")
+            self._discard_refs(&refs)
+            if rc < REFS_MAX:
+                return 0
+
+    cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline,
+                    pq_topic_refs* refs) except -1:
+        """Claim room for n records. refs gets the references of the
+        out-of-band records the claim reclaimed: the caller unlinks them
+        (_discard_refs) after its commit - no Python code between claim
+        and commit."""
         cdef int rc
         cdef uint64_t needed = 0
         cdef LockWait lw = LockWait(0, 0)
+        refs.count = 0
         while True:
             # Shut down: no publish (a waiting one wakes and raises here).
             if is_shut_down(self._t.hdr):
                 raise ShutDown(f"topic {getattr(self, 'name', None)!r} is shut down")
-            rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
+            rc = pq_topic_claim_refs(&self._t, lens, n, pos, &needed, refs)
             # The claim lock held by another publisher: wait for it with
             # the GIL released (pyqueue/_common.pxd), until the deadline.
             while lock_again(rc, &lw, deadline):
-                rc = pq_topic_claim(&self._t, lens, n, pos, &needed)
+                rc = pq_topic_claim_refs(&self._t, lens, n, pos, &needed, refs)
             if rc == 0:
                 return 0
+            if rc == -ENOBUFS:
+                # refs full before head got far enough: unlink these, claim again.
+                self._discard_refs(refs)
+                continue
             if rc == PQ_ERR_LOCK_BUSY:
                 raise _Full
             if rc != -EAGAIN:
@@ -257,9 +412,16 @@ cdef class TopicCore:
                 # Blocked for a whole slice: a subscriber behind may be dead.
                 if pq_topic_evict_dead(&self._t, needed) > 0:
                     _events.evicted(self, 1, "a lossless publisher waited on it")
+                    self._trim(~(<uint64_t>0))
 
     def publish(self, obj, block=True, timeout=None):
         """Publish obj to every current subscriber.
+
+        A message larger than max_message_bytes goes out of band: one
+        shared-memory segment of its own that every subscriber maps (a
+        NumPy array pickled with protocol 5 is copied once, into it), the
+        ring holding a reference; the segment is removed once every
+        subscriber has passed the message, or the ring drops it.
 
         Args:
             obj: The message (bytes and str as they are, anything else
@@ -273,8 +435,8 @@ cdef class TopicCore:
         Raises:
             ShutDown: The topic was shut down.
             queue.Full: No room in time (lossless topic).
-            MessageTooLarge: The encoded message is larger than
-                max_message_bytes.
+            MessageTooLarge: max_message_bytes cannot hold even the
+                reference to an out-of-band message (a tiny ring).
             ValueError: The topic handle is closed, or timeout is negative.
         """
         cdef uint8_t typ
@@ -282,6 +444,11 @@ cdef class TopicCore:
         cdef uint64_t pos
         cdef Py_ssize_t n
         cdef const char* ptr
+        cdef pq_topic_ref items[REFS_MAX]
+        cdef pq_topic_refs refs
+        refs.items = items
+        refs.max = REFS_MAX
+        refs.count = 0
         self._check_open()
         cdef int64_t deadline = _deadline(block, timeout)
         if not self._custom and type(obj) is str:
@@ -293,19 +460,27 @@ cdef class TopicCore:
                 ptr = PyBytes_AS_STRING(data)
                 n = PyBytes_GET_SIZE(data)
             typ = T_STR
+            if <uint64_t>n > self._t.max_payload:
+                data = self._out_of_band([PyBytes_FromStringAndSize(ptr, n)], n, &typ)
+                ptr = PyBytes_AS_STRING(data)
+                n = PyBytes_GET_SIZE(data)
         else:
-            data = self._encode(obj, &typ)
+            data = self._encode_ring(obj, &typ)
             ptr = PyBytes_AS_STRING(data)
             n = PyBytes_GET_SIZE(data)
-        if <uint64_t>n > self._t.max_payload:
-            raise MessageTooLarge(f"message of {n} bytes exceeds the topic's limit of "
-                                  f"{self._t.max_payload} bytes (a quarter of capacity_bytes)")
         length = <uint32_t>n
-        self._claim(&length, 1, &pos, deadline)
+        try:
+            self._claim(&length, 1, &pos, deadline, &refs)
+        except BaseException:
+            if typ & T_OOB:
+                _oob.discard(self, data)  # never in the ring: nobody else removes it
+            raise
         # No Python code between claim and commit.
         memcpy(pq_topic_payload(&self._t, pos), ptr, n)
         pq_topic_commit(&self._t, pos, typ)
         pq_topic_notify_readable(&self._t)
+        if refs.count:
+            self._discard_refs(&refs)
 
     def publish_many(self, objs, block=True, timeout=None):
         """Publish every object of an iterable, in batched claims.
@@ -322,8 +497,8 @@ cdef class TopicCore:
             ShutDown: The topic was shut down.
             queue.Full: No room in time; the messages before the one that did
                 not fit are published.
-            MessageTooLarge: A message is larger than max_message_bytes (the
-                ones before it are published).
+            MessageTooLarge: max_message_bytes cannot hold even the
+                reference to an out-of-band message (a tiny ring).
             ValueError: The topic handle is closed.
         """
         cdef uint32_t lens[BATCH_MAX]
@@ -336,36 +511,50 @@ cdef class TopicCore:
         self._check_open()
         cdef int64_t deadline = _deadline(block, timeout)
         cdef list batch = []
-        for obj in objs:
-            data = self._encode(obj, &typ)
-            n = len(data)
-            if <uint64_t>n > self._t.max_payload:
-                raise MessageTooLarge(f"message of {n} bytes exceeds the topic's limit of "
-                                      f"{self._t.max_payload} bytes")
-            rec = 16 + ((n + 15) & ~15)
-            if k == BATCH_MAX or (k > 0 and total + rec > self._t.capacity // 4):
+        try:
+            for obj in objs:
+                data = self._encode_ring(obj, &typ)
+                n = len(data)
+                rec = 16 + ((n + 15) & ~15)
+                if k == BATCH_MAX or (k > 0 and total + rec > self._t.capacity // 4):
+                    done += self._publish_batch(batch, lens, types, pos, k, deadline)
+                    batch = []
+                    k = 0
+                    total = 0
+                batch.append(data)
+                lens[k] = <uint32_t>n
+                types[k] = typ
+                total += rec
+                k += 1
+            if k:
                 done += self._publish_batch(batch, lens, types, pos, k, deadline)
                 batch = []
-                k = 0
-                total = 0
-            batch.append(data)
-            lens[k] = <uint32_t>n
-            types[k] = typ
-            total += rec
-            k += 1
-        if k:
-            done += self._publish_batch(batch, lens, types, pos, k, deadline)
+        except BaseException:
+            # The out-of-band segments of messages not published.
+            for i in range(len(batch)):
+                if types[i] & T_OOB:
+                    _oob.discard(self, batch[i])
+            raise
         return done
 
     cdef Py_ssize_t _publish_batch(self, list batch, uint32_t* lens, uint8_t* types,
                                    uint64_t* pos, uint32_t k, int64_t deadline) except -1:
         cdef uint32_t i
-        self._claim(lens, k, pos, deadline)
+        cdef pq_topic_ref items[REFS_MAX]
+        cdef pq_topic_refs refs
+        refs.items = items
+        refs.max = REFS_MAX
+        refs.count = 0
+        self._claim(lens, k, pos, deadline, &refs)
+        # No Python code between claim and commit.
         for i in range(k):
-            data = batch[i]
-            memcpy(pq_topic_payload(&self._t, pos[i]), PyBytes_AS_STRING(data), lens[i])
+            memcpy(pq_topic_payload(&self._t, pos[i]), PyBytes_AS_STRING(<bytes>batch[i]), lens[i])
             pq_topic_commit(&self._t, pos[i], types[i])
         pq_topic_notify_readable(&self._t)
+        for i in range(k):
+            types[i] = 0  # committed: publish_many's cleanup must not unlink their segments
+        if refs.count:
+            self._discard_refs(&refs)
         return k
 
     def _subscribe(self, int start, cls):
@@ -391,6 +580,7 @@ cdef class TopicCore:
                 _check_rc(evicted, "subscribe")
             if evicted > 0:
                 _events.evicted(self, evicted, "its slot was wanted by a new subscriber")
+                self._trim(~(<uint64_t>0))
                 rc = pq_topic_subscribe(&self._t, &s._s, start)
                 while lock_again(rc, &lw, LOCK_BOUNDED):
                     rc = pq_topic_subscribe(&self._t, &s._s, start)
@@ -555,8 +745,33 @@ cdef class SubscriptionCore:
                 pass  # torn (lapped: advance fails) or damaged (_finish reports it)
         return PyBytes_FromStringAndSize(<const char*>p, n)
 
+    cdef object _finish_oob(self, uint8_t typ, obj):
+        """An out-of-band message from the mapping of its segment (obj: a
+        memoryview; or the exception met mapping it, raised here)."""
+        cdef TopicCore t = self._topic
+        cdef uint8_t base = typ & ~T_OOB
+        if isinstance(obj, BaseException):
+            raise obj
+        if base == T_BYTES or base == T_STR:
+            if t._custom:
+                raise PyQueueError("message was not encoded with this topic's serializer")
+            return bytes(obj) if base == T_BYTES else str(obj, "utf-8", "surrogatepass")
+        if base == T_CUSTOM:
+            if not t._custom:
+                raise PyQueueError("message was encoded with a custom serializer this handle lacks")
+            return t._loads(bytes(obj))
+        if base == T_PICKLE or base == T_PICKLE_BUFFERS:
+            if t._custom:
+                raise PyQueueError("refusing to unpickle: this topic uses a custom serializer")
+            if base == T_PICKLE:
+                return _loads_p(obj)
+            return _oob.unframe_buffers(obj)
+        raise SegmentMismatch(f"unknown message type {typ}")
+
     cdef object _finish(self, uint8_t typ, obj):
         cdef TopicCore t = self._topic
+        if typ & T_OOB:
+            return self._finish_oob(typ, obj)
         if typ == T_BYTES or typ == T_STR:
             if t._custom:
                 raise PyQueueError("message was not encoded with this topic's serializer")
@@ -649,10 +864,38 @@ cdef class SubscriptionCore:
                 raise _Empty
             if rc >= 0:
                 raw = [None] * rc
+                oob = False
                 for i in range(rc):
                     raw[i] = self._decode(recs[i].type, recs[i].payload, recs[i].len)
+                    if recs[i].type & T_OOB:
+                        oob = True
+                if oob:
+                    # Map each out-of-band segment before the cursor passes
+                    # its record: from then on a publisher or a trim may
+                    # unlink it (the mapping stays valid). A segment gone
+                    # already (a lossy topic lapped us: the advance fails;
+                    # else removed by hand) is the message's error; any
+                    # other failure (EMFILE, ENOMEM) raises with the cursor
+                    # left where it is.
+                    for i in range(rc):
+                        if recs[i].type & T_OOB:
+                            try:
+                                raw[i] = _oob.read(t, raw[i])
+                            except PyQueueError as e:
+                                raw[i] = e
                 if pq_topic_advance(&t._t, &self._s, &b) != 0:
                     continue  # lapped while copying (lossy), or another thread advanced
+                if oob:
+                    # The last subscriber to pass one frees it. Best effort
+                    # (the next trim or the claim that reclaims it frees it
+                    # otherwise); interrupted, the records read are kept.
+                    try:
+                        t._trim(self._s.cursor)
+                    except Exception:
+                        pass
+                    except BaseException:
+                        self._hold([(0, recs[j].type, raw[j], recs[j].pos) for j in range(rc)])
+                        raise
                 if rc == 0:
                     continue
                 out = []
@@ -777,6 +1020,13 @@ cdef class SubscriptionCore:
         if self._topic is not None and self._s.slot >= 0:
             if self._pid == os.getpid() and self._topic._mapped:
                 self._unsubscribe()
+                self._s.slot = -1
+                # It may have been the last subscriber behind an
+                # out-of-band message: release what the others passed.
+                try:
+                    self._topic._trim(~(<uint64_t>0))
+                except Exception:
+                    pass  # best effort (a damaged ring: the next publish or get reports it)
             self._s.slot = -1
 
     @property

@@ -33,6 +33,7 @@ from pyqueue.errors import PyQueueError
 
 _KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
 _KIND_WORKQ = 5  # pyqueue.workqueue._KIND_WORKQ: its out-of-band references are read by file_references
+_KIND_TOPIC = 2  # pyqueue.topic._KIND_TOPIC: its out-of-band references are read by topic_references
 
 # The segment header (csrc/pq_segment.h), read here with plain reads rather
 # than a mapping: listing must never map (or fault on) files that are not
@@ -70,6 +71,9 @@ What gc removes (PATTERNs restrict it to some queue names):
       already took its message (the reference is in the read part: the
       consumer died before removing the segment) or its producer PID is
       dead (or the pid now belongs to a process started after the segment).
+  For a topic, "referenced" means named by a committed record still in its
+  ring (read under the topic's lock); the process that moves the ring past
+  a record removes its segment.
   A large message that waits in a live queue is therefore never removed,
   even when its producer has exited; one whose producer died before the
   reference was put, or whose consumer died after taking it, is removed
@@ -409,6 +413,32 @@ def file_references(queue_entry):
     return found, set()
 
 
+def topic_references(queue_entry):
+    """Out-of-band segments a topic refers to, as (referenced, set()): the
+    references of the committed records still in its ring, read under the
+    topic's lock (a record that is only claimed - its producer died before
+    committing it - refers to nothing: no subscriber will read it). A
+    record's segment is removed by the process that moves the ring past
+    it, so a reference outside the ring is not a live one. None when the
+    topic cannot be opened or read."""
+    from pyqueue.topic import Topic
+    try:
+        # Any serializer will do to read references (and is required to
+        # open a topic made with a custom one).
+        t = Topic.open(queue_entry[len(_segment.PREFIX):], serializer=(bytes, bytes),
+                       trust_owner=True)
+    except Exception:
+        return None
+    try:
+        found = t._oob_segments()
+    except Exception:
+        found = None
+    finally:
+        t.close()
+        del t
+    return None if found is None else (found, set())
+
+
 # --------------------------------------------------------------------------
 # gc
 # --------------------------------------------------------------------------
@@ -473,10 +503,13 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
             removed.add(seg.name)
     by_queue = {}
     work_queues = set()
+    topics = set()
     for seg in segments:
         by_queue[seg.name] = seg.oobs
         if seg.header and seg.header.get("kind") == _KIND_WORKQ:
             work_queues.add(seg.name)
+        if seg.header and seg.header.get("kind") == _KIND_TOPIC:
+            topics.add(seg.name)
     for o in orphans:
         by_queue.setdefault(o.queue, []).append(o)
     for queue, oobs in sorted(by_queue.items()):
@@ -488,7 +521,8 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
         cache = []
 
         def refs(queue_entry=queue_entry, present=present, cache=cache,
-                 scan=file_references if queue in work_queues else ring_references):
+                 scan=(file_references if queue in work_queues else
+                       topic_references if queue in topics else ring_references)):
             if not cache:
                 cache.append(scan(queue_entry) if present else None)
             return cache[0]

@@ -165,6 +165,10 @@ class Topic(_topic.TopicCore[T], metaclass=abc.ABCMeta):
                trust_owner: bool = False) -> None:
         self._name = name
         self._perm = perm
+        # pyqueue._oob names a large message's segment after the topic's
+        # and creates it with the topic's permissions.
+        self._shm_name = _segment.shm_name(name)
+        self._mode = perm
         self._serializer = serializer
         self._trust_owner = trust_owner
         self._attach(mm, serializer)

@@ -1,0 +1,257 @@
+/* test_topic_refs.c - out-of-band records of a topic: the claim and the
+ * trim report the references of the records head passes, never one a
+ * subscriber has not passed; the scan lists the committed ones
+ * (pq_topic.h, pq_topic_refs.c). */
+#include "pq_test.h"
+
+#include "../pq_topic.h"
+
+#define CAP 4096u
+#define OOB (PQ_TOPIC_TYPE_OOB | 1u)
+
+static void *make_topic(int mode, pq_topic *t)
+{
+    size_t size = pq_topic_segment_size(CAP);
+    void *base = pq_test_shared(size);
+    if (base == NULL || pq_topic_create(base, size, CAP, mode, NULL, 0) != 0 ||
+        pq_topic_open(t, base, size) != 0)
+        return NULL;
+    return base;
+}
+
+/* Publish a 64-byte record carrying v with type typ (no wait); refs (may
+ * be NULL) collects what the claim passed. Returns the claim's code. */
+static int put(pq_topic *t, uint64_t v, uint8_t typ, pq_topic_refs *refs, int commit)
+{
+    uint32_t len = 64;
+    uint64_t pos, needed;
+    int rc = pq_topic_claim_refs(t, &len, 1, &pos, &needed, refs);
+    if (rc != 0)
+        return rc;
+    memset(pq_topic_payload(t, pos), 0, len);
+    memcpy(pq_topic_payload(t, pos), &v, sizeof v);
+    if (commit)
+        pq_topic_commit(t, pos, typ);
+    return 0;
+}
+
+/* Read every committed record at s's cursor; returns how many. */
+static int drain(pq_topic *t, pq_topic_sub *s)
+{
+    pq_topic_record rec[64];
+    pq_topic_batch b;
+    int got = 0;
+    for (int i = 0; i < 1000; i++) {
+        int rc = pq_topic_peek(t, s, rec, 64, &b);
+        if (rc < 0)
+            return rc == -EAGAIN || rc == -EINPROGRESS ? got : rc;
+        if (pq_topic_advance(t, s, &b) == 0)
+            got += rc;
+    }
+    return got;
+}
+
+static uint64_t ref_value(const pq_topic_ref *r)
+{
+    uint64_t v;
+    memcpy(&v, r->bytes, sizeof v);
+    return v;
+}
+
+/* A lossless claim reports each out-of-band record it reclaims, in order,
+ * and no plain one. */
+static int test_claim_reports_passed(void)
+{
+    pq_topic t;
+    pq_topic_sub s;
+    pq_topic_ref items[64];
+    pq_topic_refs refs = {items, 64, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_topic_subscribe(&t, &s, PQ_TOPIC_START_LATEST), 0);
+    /* 80-byte records: 51 fill the ring; odd values out of band. */
+    uint64_t v = 0;
+    for (; v < 40; v++)
+        CHECK_EQ(put(&t, v, (v & 1) ? OOB : 1, &refs, 1), 0);
+    CHECK_EQ(refs.count, 0u); /* nothing reclaimed yet */
+    CHECK_EQ(drain(&t, &s), 40);
+    for (; v < 80; v++)
+        CHECK_EQ(put(&t, v, (v & 1) ? OOB : 1, &refs, 1), 0);
+    CHECK(refs.count > 0);
+    for (uint32_t i = 0; i < refs.count; i++) {
+        CHECK_EQ(refs.items[i].len, 64u);
+        CHECK_EQ(ref_value(&refs.items[i]), 2 * i + 1);
+    }
+    /* Not read: the claim waits, reporting nothing. */
+    uint32_t seen = refs.count;
+    int rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++, v++)
+        rc = put(&t, v, OOB, &refs, 1);
+    CHECK_EQ(rc, -EAGAIN);
+    CHECK(refs.count >= seen);
+    for (uint32_t i = 0; i < refs.count; i++)
+        CHECK(ref_value(&refs.items[i]) < 40); /* only what s read before the 2nd burst */
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* refs full: -ENOBUFS, head past the ones reported, nothing claimed; the
+ * next claim reports the rest and goes ahead. */
+static int test_claim_enobufs(void)
+{
+    pq_topic t;
+    pq_topic_sub s;
+    pq_topic_ref items[1];
+    pq_topic_refs refs = {items, 1, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_topic_subscribe(&t, &s, PQ_TOPIC_START_LATEST), 0);
+    uint64_t v = 0;
+    for (; v < 51; v++)
+        CHECK_EQ(put(&t, v, OOB, NULL, 1), 0); /* the ring is full: 51 x 80 bytes */
+    /* A 1000-byte record reclaims 13 records: one reported at a time. */
+    uint32_t len = 1000;
+    uint64_t pos, needed;
+    uint64_t want = 0;
+    int rc, turns = 0;
+    while ((rc = pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs)) == -ENOBUFS) {
+        CHECK_EQ(refs.count, 1u);
+        CHECK_EQ(ref_value(&items[0]), want);
+        want++;
+        refs.count = 0;
+        CHECK(++turns < 100);
+    }
+    CHECK_EQ(rc, 0);
+    if (refs.count == 1) {
+        CHECK_EQ(ref_value(&items[0]), want);
+        want++;
+    }
+    CHECK(want >= 12);
+    pq_topic_commit(&t, pos, 1);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* The trim releases an out-of-band record only once every subscriber has
+ * passed it, and moves head no further than its end. */
+static int test_trim_after_last_subscriber(void)
+{
+    pq_topic t;
+    pq_topic_sub fast, slow, late;
+    pq_topic_ref items[4];
+    pq_topic_refs refs = {items, 4, 0};
+    pq_topic_stats st;
+    void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_topic_subscribe(&t, &fast, PQ_TOPIC_START_LATEST), 0);
+    CHECK_EQ(pq_topic_subscribe(&t, &slow, PQ_TOPIC_START_LATEST), 0);
+    CHECK_EQ(put(&t, 7, 1, NULL, 1), 0);
+    CHECK_EQ(put(&t, 42, OOB, NULL, 1), 0);
+    CHECK_EQ(put(&t, 8, 1, NULL, 1), 0);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0); /* nobody read it */
+    CHECK_EQ(drain(&t, &fast), 3);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0); /* slow has not */
+    CHECK_EQ(refs.count, 0u);
+    CHECK_EQ(drain(&t, &slow), 3);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1);
+    CHECK_EQ(ref_value(&items[0]), 42u);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0); /* once */
+    /* The plain record after it is still retained. */
+    pq_topic_get_stats(&t, &st);
+    CHECK_EQ(st.retained, 1u);
+    CHECK_EQ(pq_topic_subscribe(&t, &late, PQ_TOPIC_START_EARLIEST), 0);
+    CHECK_EQ(drain(&t, &late), 1);
+    /* A limit below the record keeps it. */
+    CHECK_EQ(put(&t, 43, OOB, NULL, 1), 0);
+    CHECK_EQ(drain(&t, &fast), 1);
+    CHECK_EQ(drain(&t, &slow), 1);
+    CHECK_EQ(drain(&t, &late), 1);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_trim(&t, fast.cursor - 16, &refs), -EINVAL); /* inside it */
+    CHECK_EQ(pq_topic_trim(&t, fast.cursor - 80, &refs), 0);        /* before its end */
+    CHECK_EQ(pq_topic_trim(&t, fast.cursor, &refs), 1);
+    CHECK_EQ(ref_value(&items[0]), 43u);
+    /* A full refs: count == max, the rest on the next call. */
+    refs.max = 1;
+    refs.count = 0;
+    CHECK_EQ(put(&t, 50, OOB, NULL, 1), 0);
+    CHECK_EQ(put(&t, 51, OOB, NULL, 1), 0);
+    CHECK_EQ(drain(&t, &fast), 2);
+    CHECK_EQ(drain(&t, &slow), 2);
+    CHECK_EQ(drain(&t, &late), 2);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1);
+    CHECK_EQ(ref_value(&items[0]), 50u);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1);
+    CHECK_EQ(ref_value(&items[0]), 51u);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, NULL), -EINVAL);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* With no subscriber the trim may go up to tail, but never past a record
+ * still CLAIMED: its publisher may commit it out of band after. */
+static int test_trim_stops_at_a_claimed_record(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4];
+    pq_topic_refs refs = {items, 4, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(put(&t, 1, OOB, NULL, 1), 0);
+    uint32_t len = 64;
+    uint64_t pending, needed;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pending, &needed, NULL), 0); /* in flight */
+    CHECK_EQ(put(&t, 3, OOB, NULL, 1), 0);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1); /* the first, not past the claimed */
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    memset(pq_topic_payload(&t, pending), 0, len);
+    pq_topic_payload(&t, pending)[0] = 2;
+    pq_topic_commit(&t, pending, OOB);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 2); /* committed now: both reported */
+    CHECK_EQ(ref_value(&items[0]), 2u);
+    CHECK_EQ(ref_value(&items[1]), 3u);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* The scan lists committed out-of-band records in the ring - not a
+ * claimed one, not a plain one - page by page. */
+static int test_scan(void)
+{
+    pq_topic t;
+    pq_topic_ref items[2];
+    pq_topic_refs refs = {items, 2, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(put(&t, 1, OOB, NULL, 1), 0);
+    CHECK_EQ(put(&t, 2, 1, NULL, 1), 0);
+    CHECK_EQ(put(&t, 3, OOB, NULL, 1), 0);
+    CHECK_EQ(put(&t, 4, OOB, NULL, 1), 0);
+    CHECK_EQ(put(&t, 5, OOB, NULL, 0), 0); /* claimed, never committed */
+    uint64_t from = 0;
+    CHECK_EQ(pq_topic_scan_refs(&t, &from, &refs), 1);
+    CHECK_EQ(refs.count, 2u);
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    CHECK_EQ(ref_value(&items[1]), 3u);
+    refs.count = 0;
+    CHECK_EQ(pq_topic_scan_refs(&t, &from, &refs), 0);
+    CHECK_EQ(refs.count, 1u);
+    CHECK_EQ(ref_value(&items[0]), 4u);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+int main(void)
+{
+    printf("test_topic_refs\n");
+    RUN(test_claim_reports_passed);
+    RUN(test_claim_enobufs);
+    RUN(test_trim_after_last_subscriber);
+    RUN(test_trim_stops_at_a_claimed_record);
+    RUN(test_scan);
+    return pq_test_result();
+}
