@@ -251,7 +251,7 @@ cdef class TopicCore:
         """Write a message's parts into a new out-of-band segment
         (pyqueue._oob); the reference to put in the ring, T_OOB set in
         *typ. The caller unlinks it if the reference is not committed."""
-        if pq_shutdown_state(self._t.hdr):  # no segment for nothing
+        if is_shut_down(self._t.hdr):  # no segment for nothing
             raise ShutDown(f"topic {getattr(self, 'name', None)!r} is shut down")
         ref = _oob.put(self, parts, total)
         if <uint64_t>len(ref) > self._t.max_payload or len(ref) > PQ_TOPIC_REF_MAX:
