@@ -181,3 +181,27 @@ def test_ask_is_followed(cluster):
         rs.close()
         rd.close()
         b.close()
+
+
+def test_noscript_is_loaded_again(cluster):
+    """The node forgot its scripts (SCRIPT FLUSH, as a restarted node or a
+    promoted replica may): NOSCRIPT, the script loaded there, the step sent
+    again and applied once."""
+    import redis
+    from pyqueue.backends.redis import RedisBackend
+    b = RedisBackend(cluster.url)
+    try:
+        q = b.Queue(name="cdrop-noscript")
+        q.put("a")
+        node = b.client.get_node_from_key(q._keys[0])
+        r = redis.Redis(port=node.port, protocol=2)
+        try:
+            r.script_flush()
+            assert r.script_exists(b._scripts["queue_put"]._sha) == [False]
+        finally:
+            r.close()
+        q.put("b")
+        assert q.get_many(10) == ["a", "b"]
+        q.unlink()
+    finally:
+        b.close()

@@ -285,7 +285,12 @@ class _Step:
                 if redirects > _REDIRECTS:
                     raise result
                 if isinstance(result, _redis_exceptions.NoScriptError):
-                    node.script_load(self._source)        # idempotent: may be sent again
+                    try:
+                        node.script_load(self._source)    # idempotent: may be sent again
+                    except (_redis.ConnectionError, _redis.TimeoutError) as e:
+                        raise ConnectionLost(f"the connection to Redis at {b.url} was lost "
+                                             f"loading a script: {e} (the step did not run)",
+                                             sent=False) from e
                     continue
                 if isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
                     b.cluster_client.nodes_manager.move_slot(result)
