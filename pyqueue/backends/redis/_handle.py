@@ -65,6 +65,11 @@ class RedisHandle(_api.HandleAPI):
                             "pyqueue.connect(url).Queue(...)")
         return b
 
+    def _check_open(self) -> None:
+        # HandleAPI's (pyqueue._api, not annotated), typed for these classes.
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} {self.name!r} is closed")
+
     @staticmethod
     def _new_name(name: Optional[str]) -> str:
         """name, checked; a fresh unique one for None."""
