@@ -188,7 +188,8 @@ def _run_failover(cluster, url, name):
 
         def promoted():
             nodes = _nodes(replica)
-            return "master" in nodes[rid][0] and "fail" in nodes.get(mid, ({"fail"}, ""))[0]
+            return ("master" in nodes.get(rid, (set(), ""))[0]
+                    and "fail" in nodes.get(mid, ({"fail"}, ""))[0])
 
         _wait("the replica promoted", promoted, time.monotonic() + FAILOVER_DEADLINE)
         failed_over_at = time.monotonic()
