@@ -130,7 +130,9 @@ def _free_ports(n):
 
 
 class RedisCluster:
-    """3 masters + 3 replicas on 127.0.0.1, one directory each."""
+    """3 masters + 3 replicas on 127.0.0.1, one directory each; each node
+    also listens on a Unix socket (`socks`, in the order of `ports`), for
+    a CuttingProxy in front of one node."""
 
     MASTERS = 3
 
@@ -149,15 +151,17 @@ class RedisCluster:
         n = self.MASTERS * 2
         ports = _free_ports(2 * n)
         self.ports, bus = ports[:n], ports[n:]
-        self.procs, self.logs = [], []
+        self.procs, self.logs, self.socks = [], [], []
         try:
             for port, bport in zip(self.ports, bus):
                 d = os.path.join(directory, f"try{attempt}-{port}")
                 os.makedirs(d)
                 log = os.path.join(d, "redis.log")
                 self.logs.append(log)
+                self.socks.append(os.path.join(d, "redis.sock"))
                 self.procs.append(_spawn(
                     ["--port", str(port), "--cluster-port", str(bport), "--bind", "127.0.0.1",
+                     "--unixsocket", self.socks[-1], "--unixsocketperm", "700",
                      "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", "2000", "--dir", d, *_COMMON], log))
             for port in self.ports:

@@ -9,16 +9,23 @@ URLs:
 
 docs/design.md, "Backends", has the key layout and why.
 """
+from __future__ import annotations
+
+import hashlib
 import math
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+_IMPORT_ERROR: Optional[ImportError] = None
 try:
     import redis as _redis
     import redis.cluster as _redis_cluster
+    import redis.exceptions as _redis_exceptions
+    _HAVE_REDIS = True
 except ImportError as e:  # pragma: no cover - depends on the install
-    _redis = None
+    _HAVE_REDIS = False
     _IMPORT_ERROR = e
 
 from pyqueue import log as _shm_log
@@ -36,7 +43,7 @@ class NotReplicated(PyQueueError, TimeoutError):
     (WAIT): it may be lost if the master fails now. Attributes: replicas
     (how many confirmed), wanted."""
 
-    def __init__(self, message, replicas=0, wanted=0):
+    def __init__(self, message: str, replicas: int = 0, wanted: int = 0) -> None:
         super().__init__(message)
         self.replicas = replicas
         self.wanted = wanted
@@ -44,10 +51,11 @@ class NotReplicated(PyQueueError, TimeoutError):
 
 class ConnectionLost(PyQueueError, ConnectionError):
     """The connection to Redis was lost during a call of a queue, topic or
-    log handle on one server. Each step of a call is one Lua script, all or
+    log handle (one server or a cluster). Each step of a call is one Lua script, all or
     nothing: `sent` is False when the server never got this step (nothing
     of it applied: the server was down or unreachable, after redis-py's
-    reconnect with backoff), True when the connection dropped after it was
+    reconnect with backoff; on a cluster, no node took the slot within
+    ~13 s of backoff), True when the connection dropped after it was
     sent (it may have been applied, its reply lost). Such a step is not
     sent again behind the caller's back: a replay could store a put twice,
     or take messages a second time while the first take's are lost. `ids`:
@@ -55,17 +63,19 @@ class ConnectionLost(PyQueueError, ConnectionError):
     committed), or None. The handle stays usable: its next call
     reconnects."""
 
-    def __init__(self, message, sent=False, ids=None):
+    def __init__(self, message: str, sent: bool = False, ids: Optional[List[Any]] = None
+                 ) -> None:
         super().__init__(message)
         self.sent = sent
         self.ids = ids
 
 
 _WAIT_PARAMS = ("min_replicas", "wait_timeout")
-_WAITED_TRIES = 8         # a write under min_replicas through a failover: ~6 s of backoff
+_UNSENT_TRIES = 8         # a step not sent, through a cluster's failover: ~13 s of backoff
+_REDIRECTS = 16           # replies that say a step did not run (MOVED, ASK ...) in one call
 
 
-def split_wait(url):
+def split_wait(url: str) -> Tuple[str, int, int]:
     """(url without min_replicas/wait_timeout, min_replicas, wait_timeout ms)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -84,7 +94,7 @@ def split_wait(url):
     return plain, n, ms
 
 
-def parse_url(url):
+def parse_url(url: str) -> Tuple[str, Dict[str, Any]]:
     """(kind, options) for redis-py: kind is "single" or "cluster"."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -92,7 +102,8 @@ def parse_url(url):
     if scheme in ("redis+unix", "unix"):
         if not parts.path:
             raise ValueError(f"no socket path in {url!r} (redis+unix:///path/to/redis.sock)")
-        opts = {"unix_socket_path": unquote(parts.path), "db": int(query.get("db", 0))}
+        opts: Dict[str, Any] = {"unix_socket_path": unquote(parts.path),
+                                "db": int(query.get("db", 0))}
         if parts.username:
             opts["username"] = unquote(parts.username)
         if parts.password:
@@ -108,7 +119,7 @@ def parse_url(url):
             nodes.append((host.strip("[]"), int(port)))
         if not nodes:
             raise ValueError(f"no cluster node in {url!r} (redis+cluster://host:port,...)")
-        opts = {"nodes": nodes}
+        opts = {"nodes": nodes}  # (the same dict type as above)
         if "@" in parts.netloc:
             cred = parts.netloc.rsplit("@", 1)[0]
             user, _, password = cred.partition(":")
@@ -128,9 +139,10 @@ class RedisBackend:
     consumer groups are pyqueue.Consumer over Lua scripts: groups.py)."""
 
     name = "redis"
+    client: Union[_redis.Redis, _redis_cluster.RedisCluster]
 
-    def __init__(self, url):
-        if _redis is None:
+    def __init__(self, url: str) -> None:
+        if not _HAVE_REDIS:
             raise ImportError("the Redis backend needs redis-py: pip install 'pyqueue[redis]'"
                               ) from _IMPORT_ERROR
         self.url = url
@@ -139,7 +151,7 @@ class RedisBackend:
         self.cluster = kind == "cluster"
         # RESP2 (the replies' shapes do not depend on redis-py's default);
         # bytes, not str: messages are bytes.
-        common = {"protocol": 2, "decode_responses": False}
+        common: Dict[str, Any] = {"protocol": 2, "decode_responses": False}
         if self.cluster:
             nodes = [_redis_cluster.ClusterNode(h, p) for h, p in opts.pop("nodes")]
             self.client = _redis_cluster.RedisCluster(startup_nodes=nodes, **common, **opts)
@@ -147,7 +159,7 @@ class RedisBackend:
             self.client = _redis.Redis.from_url(opts["url"], **common)
         else:
             self.client = _redis.Redis(**common, **opts)
-        self._scripts = {}
+        self._scripts: Dict[str, _Step] = {}
         self._lock = threading.Lock()
         from pyqueue.backends.redis.queue import RedisJoinableQueue, RedisQueue
         from pyqueue.backends.redis.log import RedisLog
@@ -159,131 +171,209 @@ class RedisBackend:
         self.Topic = self._bind(RedisTopic, "Topic")
         self.Log = self._bind(RedisLog, "Log")
 
-    def _bind(self, cls, attr):
+    def _bind(self, cls: type, attr: str) -> Any:
         return type(attr, (cls,), {"_backend": self, "_attr": attr, "__module__": cls.__module__,
                                    "__qualname__": f"RedisBackend.{attr}"})
 
     # -- helpers for the classes -----------------------------------------
-    def script(self, name, source):
-        """A registered Lua script (EVALSHA, loaded again after NOSCRIPT);
-        with min_replicas, each call is followed by WAIT on its connection."""
+    def script(self, name: str, source: str) -> _Step:
+        """A registered Lua script (EVALSHA, loaded again after NOSCRIPT),
+        run once per call (_Step); with min_replicas, each call is followed
+        by WAIT on its connection."""
         s = self._scripts.get(name)
         if s is None:
             with self._lock:
                 s = self._scripts.get(name)
                 if s is None:
-                    s = self.client.register_script(source)
-                    if self.min_replicas:
-                        s = _Waited(self, s)
-                    elif not self.cluster:
-                        s = _Once(self, s)
-                    self._scripts[name] = s
+                    s = self._scripts[name] = _Step(self, source)
         return s
 
     @staticmethod
-    def _block_seconds(left):
+    def _block_seconds(left: Optional[float]) -> float:
         # Redis reads a blocking timeout of 0 as "forever": a deadline
         # under a millisecond away waits a millisecond instead.
         return 0 if left is None else max(left, 0.001)
 
-    def blpop_any(self, keys, left):
+    def blpop_any(self, keys: Sequence[str], left: Optional[float]) -> Any:
         """(key, head) of the first non-empty list of `keys` (one cluster
         slot), waiting up to `left` seconds (None: forever); None on
         timeout."""
         return self.client.blpop(keys, timeout=self._block_seconds(left))
 
-    def wait_stream(self, key, last_id, left):
+    def wait_stream(self, key: str, last_id: Any, left: Optional[float]) -> bool:
         """Waits (up to `left` seconds; None: forever) for an entry of
         stream `key` after `last_id`; True if one came."""
         ms = 0 if left is None else max(1, math.ceil(left * 1000))
         return bool(self.client.xread({key: last_id}, count=1, block=ms))
 
-    def close(self):
+    @property
+    def cluster_client(self) -> _redis_cluster.RedisCluster:
+        """The client of a cluster URL (TypeError for one server)."""
+        if not isinstance(self.client, _redis_cluster.RedisCluster):
+            raise TypeError(f"{self.url} is not a cluster URL")
+        return self.client
+
+    def close(self) -> None:
         self.client.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<pyqueue backend {self.url}>"
 
 
-class _Once:
-    """A script run once per call on one server: connecting (redis-py's
-    reconnect with backoff) comes before the command is sent, and a
-    connection lost after it was sent raises ConnectionLost instead of
-    redis-py's retry sending it again (see ConnectionLost). As a Script's
-    `client`: its evalsha sends on a connection of the pool itself."""
+class _Step:
+    """A registered Lua script, run as one step of a call: sent once,
+    never again behind the caller's back (see ConnectionLost), on one
+    server and on a cluster alike; with min_replicas, followed by WAIT on
+    the same connection (WAIT counts the replicas that have every write of
+    that connection so far).
 
-    def __init__(self, backend, script):
+    The command goes to the node that holds the keys' slot (one server:
+    the server), on a connection its pool has checked: connecting, with
+    redis-py's backoff, comes before anything is sent. Replies that say
+    the script did not run are handled here and the step sent again:
+    MOVED (the slot moved: the slot map is patched), ASK (ASKING first),
+    NOSCRIPT (loaded on that node), TRYAGAIN, CLUSTERDOWN, MASTERDOWN and
+    a node that cannot be reached before sending (on a cluster: a
+    failover under way; the slot map is read again after a backoff,
+    _UNSENT_TRIES times). A connection lost once the step was sent
+    raises ConnectionLost(sent=True): redis-py's own retry (the single
+    client's Retry, the cluster client's cluster_error_retry_attempts and
+    the pipeline's) is never used for a step, since a step whose reply
+    was lost may have been applied."""
+
+    def __init__(self, backend: RedisBackend, source: str) -> None:
         self._b = backend
-        self._script = script
+        self._source = source.encode()
+        self._sha = hashlib.sha1(self._source).hexdigest()
 
-    def __call__(self, keys=(), args=()):
-        return self._script(keys=keys, args=args, client=self)
-
-    def evalsha(self, sha, numkeys, *args):
-        client = self._b.client
-        pool = client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except (_redis.ConnectionError, _redis.TimeoutError) as e:
-            raise ConnectionLost(f"cannot reach Redis at {self._b.url}: {e} (nothing of this "
-                                 f"call's step was sent)", sent=False) from e
-        try:
-            conn.send_command("EVALSHA", sha, numkeys, *args)
-            return client.parse_response(conn, "EVALSHA")
-        except (_redis.ConnectionError, _redis.TimeoutError) as e:
-            conn.disconnect()
-            raise ConnectionLost(f"the connection to Redis at {self._b.url} was lost during a "
-                                 f"call: {e} (the step was sent; it may have been applied)",
-                                 sent=True) from e
-        finally:
-            pool.release(conn)
-
-    def script_load(self, source):
-        return self._b.client.script_load(source)
-
-
-class _Waited:
-    """A script followed by WAIT min_replicas wait_timeout on the same
-    connection (a pipeline to the node that holds the keys): WAIT counts
-    the replicas that have every write of that connection so far."""
-
-    def __init__(self, backend, script):
-        self._b = backend
-        self._script = script
-
-    def __call__(self, keys=(), args=()):
+    def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
         b = self._b
-        for attempt in range(_WAITED_TRIES):
-            if b.cluster:
-                node = b.client.get_node_from_key(keys[0]).redis_connection
-            else:
-                node = b.client
-            pipe = node.pipeline(transaction=False)
-            self._script(keys=keys, args=args, client=pipe)
-            pipe.wait(b.min_replicas, b.wait_timeout)
+        keys = list(keys)
+        evalsha: Tuple[Any, ...] = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        asking: Optional[Tuple[str, int]] = None   # (host, port) an ASK redirect named
+        unsent = 0           # tries that found no node to send to
+        redirects = 0
+        while True:
             try:
-                result, replicas = pipe.execute()
-                break
-            except (_redis.ConnectionError, _redis.TimeoutError, _redis.ResponseError) as e:
-                # This bypasses the cluster client (WAIT must follow the
-                # write on its connection), so its redirects and failovers
-                # are handled here: look at the cluster again and retry
-                # (a write whose reply was lost may be applied twice).
-                if (not b.cluster or attempt == _WAITED_TRIES - 1 or
-                        (isinstance(e, _redis.ResponseError) and
-                         not str(e).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")))):
-                    raise
-                time.sleep(0.05 * 2 ** attempt)   # back off while the cluster fails over
-                b.client.nodes_manager.initialize()
-        if replicas < b.min_replicas:
-            raise NotReplicated(f"the write was applied by the master but confirmed by "
-                                f"{replicas} of the {b.min_replicas} replicas wanted within "
-                                f"{b.wait_timeout} ms: it may be lost if the master fails",
-                                replicas=replicas, wanted=b.min_replicas)
-        return result
+                node = self._node(keys, asking)
+                pool = node.connection_pool
+                conn = pool.get_connection()
+            except (_redis.ConnectionError, _redis.TimeoutError,
+                    _redis_exceptions.RedisClusterException) as e:
+                if self._back_off(unsent):
+                    unsent += 1
+                    asking = None
+                    continue
+                raise ConnectionLost(f"cannot reach Redis at {b.url}: {e} (nothing of this "
+                                     f"call's step was sent)", sent=False) from e
+            commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
+            commands.append(evalsha)
+            if b.min_replicas:
+                commands.append(("WAIT", b.min_replicas, b.wait_timeout))
+            try:
+                replies = _exchange(node, conn, commands)
+            except (_redis.ConnectionError, _redis.TimeoutError) as e:
+                raise ConnectionLost(f"the connection to Redis at {b.url} was lost during a "
+                                     f"call: {e} (the step was sent; it may have been applied)",
+                                     sent=True) from e
+            finally:
+                pool.release(conn)
+            result = replies[1 if asking else 0]
+            asking = None
+            if isinstance(result, _redis_exceptions.ResponseError):
+                redirects += 1
+                if redirects > _REDIRECTS:
+                    raise result
+                if isinstance(result, _redis_exceptions.NoScriptError):
+                    try:
+                        node.script_load(self._source)    # idempotent: may be sent again
+                    except (_redis.ConnectionError, _redis.TimeoutError) as e:
+                        raise ConnectionLost(f"the connection to Redis at {b.url} was lost "
+                                             f"loading a script: {e} (the step did not run)",
+                                             sent=False) from e
+                    continue
+                if isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
+                    b.cluster_client.nodes_manager.move_slot(result)
+                    continue
+                if isinstance(result, _redis_exceptions.AskError):
+                    asking = b.cluster_client.nodes_manager.remap_host_port(result.host,
+                                                                            result.port)
+                    continue
+                if isinstance(result, (_redis_exceptions.TryAgainError,
+                                       _redis_exceptions.ClusterDownError,
+                                       _redis_exceptions.MasterDownError)):
+                    if self._back_off(unsent):
+                        unsent += 1
+                        continue
+                raise result
+            if b.min_replicas:
+                replicas = replies[-1]
+                if isinstance(replicas, Exception):
+                    raise replicas
+                assert isinstance(replicas, int)
+                if replicas < b.min_replicas:
+                    raise NotReplicated(
+                        f"the write was applied by the master but confirmed by {replicas} of "
+                        f"the {b.min_replicas} replicas wanted within {b.wait_timeout} ms: it "
+                        f"may be lost if the master fails", replicas=replicas,
+                        wanted=b.min_replicas)
+            return result
+
+    def _node(self, keys: Sequence[str], asking: Optional[Tuple[str, int]]) -> _redis.Redis:
+        """The redis.Redis of the server to send to (a cluster: the node of
+        the first key's slot, or the one an ASK named)."""
+        b = self._b
+        if not isinstance(b.client, _redis_cluster.RedisCluster):
+            return b.client
+        c = b.client
+        if asking:
+            node = c.get_node(host=asking[0], port=asking[1])
+            if node is None:
+                node = _redis_cluster.ClusterNode(asking[0], asking[1])
+                c.nodes_manager.create_redis_connections([node])
+                r: _redis.Redis = node.redis_connection
+                return r
+        elif keys:
+            node = c.get_node_from_key(keys[0])
+        else:
+            node = c.get_default_node()
+        return c.get_redis_connection(node)
+
+    def _back_off(self, tries: int) -> bool:
+        """On a cluster, while tries are left: waits (exponential backoff:
+        a failover takes a few node timeouts) and reads the slot map again;
+        True to try again."""
+        b = self._b
+        if not b.cluster or tries >= _UNSENT_TRIES:
+            return False
+        time.sleep(0.05 * 2 ** tries)     # the cluster fails over meanwhile
+        try:
+            b.cluster_client.nodes_manager.initialize()
+        except (_redis.RedisError, _redis_exceptions.RedisClusterException):
+            pass                          # no node answered yet: the next try reads it again
+        return True
 
 
-def _register():
+def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]]) -> List[Any]:
+    """Sends commands in one write on conn and reads a reply for each (an
+    error reply as its exception object, so every reply is read and the
+    connection stays in step). A connection or timeout error disconnects
+    conn and is raised."""
+    try:
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: List[Any] = []
+        for command in commands:
+            try:
+                replies.append(node.parse_response(conn, command[0]))
+            except _redis_exceptions.ResponseError as e:
+                replies.append(e)
+        return replies
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
+def _register() -> None:
     # isinstance(b.Queue(...), pyqueue.Queue) for every backend: the public
     # classes are ABCs (metaclass ABCMeta) and these are their virtual
     # subclasses; the shared-memory classes keep their Cython methods.

@@ -3,9 +3,15 @@ bytes and str travel raw, everything else is pickled as
 multiprocessing.Queue pickles it, by pyqueue._core.default_dumps), with a
 one-byte tag in front so that a reader knows which it is; or a custom
 (dumps, loads) pair."""
+from __future__ import annotations
+
 import pickle
+from typing import Any, Callable, Optional, Tuple, cast
 
 from pyqueue import _core
+
+# A handle's custom serializer: (dumps, loads), or None for the default codec.
+Serializer = Optional[Tuple[Callable[[Any], Any], Callable[[bytes], Any]]]
 
 T_BYTES = b"b"
 T_STR = b"s"
@@ -13,7 +19,7 @@ T_PICKLE = b"p"
 T_CUSTOM = b"c"
 
 
-def encode(obj, serializer):
+def encode(obj: Any, serializer: Serializer) -> bytes:
     if serializer is not None:
         data = serializer[0](obj)
         try:
@@ -24,15 +30,15 @@ def encode(obj, serializer):
         return T_CUSTOM + view.tobytes()
     t = type(obj)
     if t is bytes:
-        return T_BYTES + obj
+        return T_BYTES + cast(bytes, obj)
     if t is str:
-        return T_STR + obj.encode("utf-8", "surrogatepass")
+        return T_STR + cast(str, obj).encode("utf-8", "surrogatepass")
     if t is bytearray or t is memoryview:
         return T_BYTES + bytes(obj)
     return T_PICKLE + bytes(_core.default_dumps(obj))
 
 
-def decode(raw, serializer, raw_values=False):
+def decode(raw: bytes, serializer: Serializer, raw_values: bool = False) -> Any:
     """The value of an encoded message. raw_values (pyqueue tail of a
     log): a pickled or custom-encoded value is not decoded but returned as
     pyqueue._log.RawValue (its type, its bytes)."""
@@ -60,7 +66,7 @@ def decode(raw, serializer, raw_values=False):
     raise ValueError(f"not a pyqueue message (tag {tag!r})")
 
 
-def as_bytes(value, what):
+def as_bytes(value: object, what: str) -> bytes:
     """A key or header value as bytes: str as UTF-8, a bytes-like object
     as it is; else a TypeError naming `what`."""
     if type(value) is bytes:

@@ -7,14 +7,21 @@ live in one cluster slot and its multi-key scripts stay legal on Redis
 Cluster; the meta hash ("pq:{NAME}:meta") holds the kind, so one name is
 one kind (SegmentMismatch across kinds, as on shared memory).
 """
+from __future__ import annotations
+
 import os
 import secrets
+from typing import TYPE_CHECKING, Any, ClassVar, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from pyqueue.backends.redis import RedisBackend
+    from pyqueue.backends.redis._codec import Serializer
 
 from pyqueue import _api
 from pyqueue.errors import SegmentMismatch, SegmentNotFound
 
 
-def check_name(name):
+def check_name(name: str) -> str:
     _api.check_name(name)
     if "{" in name or "}" in name:
         raise ValueError(f"invalid queue name {name!r} for Redis: no '{{' or '}}' (the name "
@@ -22,11 +29,11 @@ def check_name(name):
     return name
 
 
-def key_prefix(name):
+def key_prefix(name: str) -> str:
     return f"pq:{{{name}}}:"
 
 
-def _rebuild(url, attr, name, serializer):
+def _rebuild(url: str, attr: str, name: str, serializer: Serializer) -> Any:
     from pyqueue.backends import connect
     return getattr(connect(url), attr).open(name, serializer=serializer)
 
@@ -39,24 +46,43 @@ class RedisHandle(_api.HandleAPI):
     on the class it binds."""
 
     __slots__ = ()
-    _backend = None
-    _attr = None
-    KIND = None
-    _what = None
+    _backend: ClassVar[Optional[RedisBackend]] = None
+    _attr: ClassVar[Optional[str]] = None
+    KIND: ClassVar[Optional[str]] = None
+    _what: ClassVar[Optional[str]] = None
+    # Each subclass has them in its __slots__.
+    _name: str
+    _keys: Tuple[str, ...]
+    _serializer: Serializer
+    _closed: bool
+
+    @property
+    def _bound(self) -> RedisBackend:
+        """The backend this class is bound to (RedisBackend.Queue ...)."""
+        b = self._backend
+        if b is None:
+            raise TypeError("a Redis class is made through its backend: "
+                            "pyqueue.connect(url).Queue(...)")
+        return b
+
+    def _check_open(self) -> None:
+        # HandleAPI's (pyqueue._api, not annotated), typed for these classes.
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} {self.name!r} is closed")
 
     @staticmethod
-    def _new_name(name):
+    def _new_name(name: Optional[str]) -> str:
         """name, checked; a fresh unique one for None."""
         if name is None:
             name = f"anon-{os.getpid()}-{secrets.token_hex(8)}"
         return check_name(name)
 
-    def _create_meta(self, source, how, args):
+    def _create_meta(self, source: str, how: str, args: Sequence[Any]) -> List[Any]:
         """Runs a create script on the meta hash (ARGV: how, KIND, *args;
         -> None when how is "open" and there is none, else {created,
         kind, settings...}): its reply, once it is this kind's."""
-        b = self._backend
-        r = b.script(f"{self.KIND}_create", source)(
+        b = self._bound
+        r: Optional[List[Any]] = b.script(f"{self.KIND}_create", source)(
             keys=[key_prefix(self._name) + "meta"], args=[how, self.KIND, *args])
         if r is None:
             raise SegmentNotFound(f"no {self._what} {self._name!r} at {b.url}")
@@ -65,25 +91,25 @@ class RedisHandle(_api.HandleAPI):
             raise SegmentMismatch(f"{self._name!r} at {b.url} is a {kind}, not a {self._what}")
         return r
 
-    def _script(self, name, source, args=()):
+    def _script(self, name: str, source: str, args: Sequence[Any] = ()) -> Any:
         """Runs a registered script over this handle's keys."""
-        return self._backend.script(name, source)(keys=self._keys, args=list(args))
+        return self._bound.script(name, source)(keys=self._keys, args=list(args))
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self._name
 
     @property
-    def url(self):
-        return self._backend.url
+    def url(self) -> str:
+        return self._bound.url
 
-    def close(self):
+    def close(self) -> None:
         """Close this handle (what it names stays on the server)."""
-        self._closed = True
+        self._closed = True  # type: ignore[misc]  # (in each subclass's __slots__)
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove it (its messages and counters) from the server."""
-        self._backend.client.delete(*self._keys)
+        self._bound.client.delete(*self._keys)
 
-    def __reduce__(self):
-        return (_rebuild, (self._backend.url, self._attr, self._name, self._serializer))
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (_rebuild, (self._bound.url, self._attr, self._name, self._serializer))

@@ -1,12 +1,18 @@
 """`pyqueue ls --url` / `pyqueue stats --url` on Redis: what the backend's
 keys say (every object has `pq:{NAME}:meta`; a Log's partitions have
 `pq:{NAME/P}:l.meta`)."""
+from __future__ import annotations
+
 import fnmatch
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from pyqueue.backends.redis import RedisBackend
 
 _CLASS = {"queue": "Queue", "workqueue": "WorkQueue", "topic": "Topic", "log": "Log"}
 
 
-def _name_of(meta_key):
+def _name_of(meta_key: bytes) -> Optional[str]:
     k = meta_key.decode("utf-8", "surrogateescape")
     # pq:{NAME}:meta; a Log partition's is pq:{NAME/P}:l.meta (not a meta key)
     if not (k.startswith("pq:{") and k.endswith("}:meta")):
@@ -14,8 +20,13 @@ def _name_of(meta_key):
     return k[4:-6]
 
 
-def objects(backend, patterns=()):
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def objects(backend: RedisBackend, patterns: Iterable[str] = ()) -> List[Tuple[str, str]]:
     """[(name, kind)] of every pyqueue object on the server(s), sorted."""
+    patterns = list(patterns)
     out = []
     for key in backend.client.scan_iter(match="pq:{*}:meta", count=1000):
         name = _name_of(key)
@@ -23,11 +34,11 @@ def objects(backend, patterns=()):
                                                  for p in patterns)):
             continue
         kind = backend.client.hget(key, "kind")
-        out.append((name, kind.decode() if kind else "?"))
+        out.append((name, _text(kind) if kind else "?"))
     return sorted(set(out))
 
 
-def open_object(backend, name, kind):
+def open_object(backend: RedisBackend, name: str, kind: str) -> Any:
     cls = getattr(backend, _CLASS[kind])
     if kind == "queue":
         joinable = backend.client.hget(f"pq:{{{name}}}:meta", "joinable") == b"1"
@@ -35,18 +46,18 @@ def open_object(backend, name, kind):
     return cls.open(name)
 
 
-def depth(obj, kind):
+def depth(obj: Any, kind: str) -> int:
     if kind == "log":
-        return sum(obj.end_offset(p) - obj.start_offset(p) for p in range(obj.partitions))
+        return sum(int(obj.end_offset(p) - obj.start_offset(p)) for p in range(obj.partitions))
     if kind == "topic":
-        return obj.stats()["retained"]
-    return obj.qsize()
+        return int(obj.stats()["retained"])
+    return int(obj.qsize())
 
 
-def rows(backend, patterns=()):
-    out = []
+def rows(backend: RedisBackend, patterns: Iterable[str] = ()) -> List[Dict[str, Any]]:
+    out: List[Dict[str, Any]] = []
     for name, kind in objects(backend, patterns):
-        row = {"name": name, "kind": kind, "depth": None, "url": backend.url}
+        row: Dict[str, Any] = {"name": name, "kind": kind, "depth": None, "url": backend.url}
         if kind in _CLASS:
             obj = open_object(backend, name, kind)
             try:
@@ -61,13 +72,13 @@ def rows(backend, patterns=()):
     return out
 
 
-def stats(backend, name):
+def stats(backend: RedisBackend, name: str) -> Optional[Dict[str, Any]]:
     """The stats() of the object called name (None when there is none;
     a Log has no stats(): its offsets)."""
-    kind = backend.client.hget(f"pq:{{{name}}}:meta", "kind")
-    if kind is None:
+    raw = backend.client.hget(f"pq:{{{name}}}:meta", "kind")
+    if raw is None:
         return None
-    kind = kind.decode()
+    kind = _text(raw)
     obj = open_object(backend, name, kind)
     try:
         if kind == "log":

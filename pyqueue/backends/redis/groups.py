@@ -33,15 +33,21 @@ A commit checks, in its script, that the member's lease holds and that
 every partition still has it as owner at the epoch it names: all or
 nothing, else CommitFailed.
 """
+from __future__ import annotations
+
 import os
 import random
 import socket
 import threading
 import weakref
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue.backends.redis import ConnectionLost
 from pyqueue.backends.redis._handle import key_prefix
 from pyqueue.errors import PyQueueError
+
+if TYPE_CHECKING:
+    from pyqueue.backends.redis.log import RedisLog
 
 MAX_MEMBERS = 64          # as the shared-memory table (PQ_GROUP_MEMBERS)
 SESSION_TIMEOUT = 10.0    # s: a member whose process stops heartbeating is removed
@@ -245,7 +251,7 @@ return r
 """
 
 
-def check_group(name):
+def check_group(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"group must be a str, not {type(name).__name__}")
     b = name.encode("utf-8")
@@ -258,28 +264,30 @@ class RedisGroupTable:
     """The consumer groups of one Redis Log (pyqueue.consumer uses it)."""
 
     # leave() from a consumer's finalizer ignores these (the server is gone)
-    quiet_errors = ()
+    quiet_errors: Tuple[type, ...] = ()
 
-    def __init__(self, log):
+    def __init__(self, log: RedisLog) -> None:
         import redis
         self.quiet_errors = (redis.RedisError,)
         self._log = log
-        self._b = log._backend
+        self._b = log._bound
         self._registry = key_prefix(log.name) + "groups"
         self._host = socket.gethostname()
-        self._leases = {}   # group -> the shortest lease of this process's members (s)
+        # group -> the shortest lease of this process's members (s)
+        self._leases: Dict[str, float] = {}
         self._forked()
 
-    def _forked(self):
+    def _forked(self) -> None:
         """A fresh heartbeat registry (made, and again in a forked child:
         a child must not keep its parent's members alive)."""
         self._pid = os.getpid()
-        self._beating = {}  # (group, member id) -> session lease (s), heartbeated by a thread
+        # (group, member id) -> session lease (s), heartbeated by a thread
+        self._beating: Dict[Tuple[str, int], float] = {}
         self._beat_lock = threading.Lock()
-        self._beater = None
+        self._beater: Optional[threading.Thread] = None
         self._stop = threading.Event()
 
-    def _beat_change(self, key, session):
+    def _beat_change(self, key: Tuple[str, int], session: Optional[float]) -> None:
         """Adds (session: its lease) or removes (None) a member heartbeated
         by this process's thread; starts the thread when it is not running."""
         if os.getpid() != self._pid:
@@ -299,19 +307,19 @@ class RedisGroupTable:
         finally:
             self._beat_lock.release()
 
-    def keys(self, g):
+    def keys(self, g: str) -> List[str]:
         p = key_prefix(f"{self._log.name}//{g}")
         return [p + "g.state", p + "g.exp", p + "g.info", p + "g.wake", p + "g.sess"]
 
-    def _run(self, name, source, g, args):
+    def _run(self, name: str, source: str, g: str, args: List[Any]) -> Any:
         self._log._check_open()
         return self._b.script("group_" + name, source)(keys=self.keys(g), args=args)
 
     @property
-    def _parts(self):
+    def _parts(self) -> int:
         return self._log.partitions
 
-    def find(self, name, create):
+    def find(self, name: str, create: bool) -> Optional[Tuple[str, int]]:
         """(name, 0): a Redis group is named by its name (made by its first
         join); None when it does not exist and not create."""
         check_group(name)
@@ -323,18 +331,19 @@ class RedisGroupTable:
             return None
         return name, 0
 
-    def names(self):
+    def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
         self._log._check_open()
         c = self._b.client
         out = []
+        raw: Any
         for raw in sorted(c.smembers(self._registry)):
             name = raw.decode("utf-8")
             if c.exists(self.keys(name)[0]):
                 out.append((name, name))
         return out
 
-    def delete(self, g):
+    def delete(self, g: str) -> None:
         r = self._run("delete", _DELETE, g, [self._parts])
         if r == -1:
             raise PyQueueError("the group has live members: close their consumers first")
@@ -343,7 +352,7 @@ class RedisGroupTable:
         if c.exists(self.keys(g)[0]):   # a member joined again meanwhile: keep it listed
             c.sadd(self._registry, g)
 
-    def join(self, g, incarnation, timeout):
+    def join(self, g: str, incarnation: Any, timeout: float) -> int:
         session = min(SESSION_TIMEOUT, timeout)
         while True:
             # Random 52-bit ids (exact in Lua's doubles), not a counter
@@ -364,47 +373,50 @@ class RedisGroupTable:
         self._beat_change((g, int(mid)), session)
         return int(mid)
 
-    def leave(self, g, member_id):
+    def leave(self, g: str, member_id: int) -> None:
         self._beat_change((g, member_id), None)
         self._run("leave", _LEAVE, g, [self._parts, member_id])
 
-    def heartbeat(self, g, member_id):
+    def heartbeat(self, g: str, member_id: int) -> bool:
         """False when the member was removed from the group (its lease expired)."""
-        return self._run("heartbeat", _HEARTBEAT, g, [self._parts, member_id]) == 1
+        return bool(self._run("heartbeat", _HEARTBEAT, g, [self._parts, member_id]) == 1)
 
-    def reap(self, g, deadline=None):
+    def reap(self, g: str, deadline: Optional[float] = None) -> int:
         """Remove the members whose lease expired (deadline: unused, the
         scripts take no lock)."""
-        return self._run("reap", _REAP, g, [self._parts])
+        return int(self._run("reap", _REAP, g, [self._parts]))
 
-    def generation(self, g):
+    def generation(self, g: str) -> int:
         self._log._check_open()
         return int(self._b.client.hget(self.keys(g)[0], "gen") or 0)
 
-    def assignment(self, g, member_id, deadline=None):
+    def assignment(self, g: str, member_id: int, deadline: Optional[float] = None
+                   ) -> Optional[Tuple[int, Dict[int, int]]]:
         r = self._run("assignment", _ASSIGNMENT, g, [self._parts, member_id])
         if r is None:
             return None
         return int(r[0]), {int(p): int(e) for p, e in zip(r[1::2], r[2::2])}
 
-    def commit(self, g, member_id, items, deadline=None):
+    def commit(self, g: str, member_id: int, items: Iterable[Tuple[int, int, int]],
+               deadline: Optional[float] = None) -> bool:
         args = [member_id]
         for p, off, epoch in items:
             args += [p, off, epoch]
-        return self._run("commit", _COMMIT, g, args) == 1
+        return bool(self._run("commit", _COMMIT, g, args) == 1)
 
-    def _check_part(self, partition):
+    def _check_part(self, partition: int) -> None:
         if not 0 <= partition < self._parts:
             raise ValueError(f"partition {partition} out of range")
 
-    def committed(self, g, partition):
+    def committed(self, g: str, partition: int) -> Tuple[Optional[int], int]:
         """(offset or None, server ms of that commit)."""
         self._check_part(partition)
         self._log._check_open()
         off, ms = self._b.client.hmget(self.keys(g)[0], f"c:{partition}", f"t:{partition}")
         return (None if off is None else int(off)), int(ms or 0)
 
-    def set_committed(self, g, partition, offset, ms=0):
+    def set_committed(self, g: str, partition: int, offset: Optional[int], ms: int = 0
+                      ) -> None:
         """Set (or, with None, clear) a committed offset without fencing."""
         self._check_part(partition)
         self._log._check_open()
@@ -415,14 +427,14 @@ class RedisGroupTable:
             self._b.client.hset(key, mapping={f"c:{partition}": int(offset),
                                               f"t:{partition}": int(ms)})
 
-    def owner(self, g, partition):
+    def owner(self, g: str, partition: int) -> int:
         self._check_part(partition)
         return int(self._b.client.hget(self.keys(g)[0], f"o:{partition}") or 0)
 
-    def members(self, g):
+    def members(self, g: str) -> List[Dict[str, Any]]:
         r = self._run("members", _MEMBERS, g, [])
         now = int(r[0])
-        owned = {}
+        owned: Dict[int, int] = {}
         for p in range(self._parts):
             o = self.owner(g, p)
             owned[o] = owned.get(o, 0) + 1
@@ -437,17 +449,17 @@ class RedisGroupTable:
                         "partitions": owned.get(mid, 0)})
         return sorted(out, key=lambda m: m["member_id"])
 
-    def lease(self, g):
+    def lease(self, g: str) -> float:
         """The shortest lease (s) of this process's members of group g."""
         return self._leases.get(g, 1.0)
 
-    def wait_keys(self, g):
+    def wait_keys(self, g: str) -> str:
         """The key a poller waits on for a rebalance (its entry ids are
         "GEN-1")."""
         return self.keys(g)[3]
 
 
-def _heartbeats(ref, stop):
+def _heartbeats(ref: weakref.ReferenceType[RedisGroupTable], stop: threading.Event) -> None:
     """The heartbeat thread of a process's members of one log's groups:
     renews each one's session lease every third of the shortest lease,
     until none is left (or the table is gone). A member that the server

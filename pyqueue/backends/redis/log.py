@@ -30,16 +30,21 @@ offset of a shut-down partition raises ShutDown instead of waiting; a
 reader or consumer waiting in XREAD also waits on l.shut, so the entry
 wakes it. Records stay readable and groups keep committing.
 """
+from __future__ import annotations
+
 import math
 import os
 import pickle
 import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pyqueue import _api, _log
 from pyqueue import log as _shm_log
 from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis.groups import RedisGroupTable
+from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
+from pyqueue.queues import _check_serializer
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
 from pyqueue.log import Record
 
@@ -140,12 +145,12 @@ return out
 """
 
 
-def _encode_headers(headers):
+def _encode_headers(headers: Optional[Dict[str, Any]]) -> bytes:
     if not headers:
         return b""
     if not isinstance(headers, dict):
         raise TypeError("headers must be a dict of str -> bytes")
-    out = {}
+    out: Dict[str, bytes] = {}
     for k, v in headers.items():
         if not isinstance(k, str):
             raise TypeError(f"header names must be str, not {type(k).__name__}")
@@ -163,10 +168,18 @@ class RedisLog(RedisHandle):
                  "raw_values", "__weakref__")
     KIND = KIND
     _what = "log"
+    _settings: Dict[str, Any]
+    _rr: int
+    _rr_pid: int
+    _groups: Optional[RedisGroupTable]
+    raw_values: bool
 
-    def __init__(self, name=None, *, partitions=None, retention_bytes=None, retention_ms=None,
-                 perm=0o600, path=None, segment_bytes=None, fsync=None, fsync_interval=None,
-                 trust_owner=False, serializer=None, _open_only=False):
+    def __init__(self, name: Optional[str] = None, *, partitions: Optional[int] = None,
+                 retention_bytes: Optional[int] = None, retention_ms: Optional[int] = None,
+                 perm: int = 0o600, path: Optional[str] = None,
+                 segment_bytes: Optional[int] = None, fsync: Optional[str] = None,
+                 fsync_interval: Optional[float] = None, trust_owner: bool = False,
+                 serializer: Serializer = None, _open_only: bool = False) -> None:
         if path is not None:
             raise ValueError("a Log on Redis has no path (directory mode is shared memory's)")
         for what, v in (("segment_bytes", segment_bytes), ("fsync", fsync),
@@ -177,7 +190,7 @@ class RedisLog(RedisHandle):
         capacity = _shm_log.MemoryLog._ring_bytes(retention_bytes)
         retention = _shm_log._check_retention_ms(retention_ms)
         _shm_log._check_perm(perm)
-        serializer = _api.check_serializer(serializer)
+        serializer = _check_serializer(serializer)
         name = self._new_name(name)
         self._name = name
         self._closed = False
@@ -198,32 +211,48 @@ class RedisLog(RedisHandle):
             _shm_log._same("retention_ms", retention, self.retention_ms, where)
 
     @classmethod
-    def open(cls, name, trust_owner=False, *, serializer=None):
+    def open(cls, name: str, trust_owner: bool = False, *,
+             serializer: Serializer = None) -> RedisLog:
         """Open an existing log (SegmentNotFound if missing); serializer:
         the one it was made with, if any."""
         return cls(name, serializer=serializer, _open_only=True)
 
-    def _set_serializer(self, serializer):
+    def _set_serializer(self, serializer: Serializer) -> None:
         self._serializer = serializer
 
-    path = property(lambda self: None)
-    partitions = property(lambda self: self._settings["partitions"])
-    capacity_bytes = property(lambda self: self._settings["capacity"])
-    retention_ms = property(lambda self: self._settings["retention_ms"])
-    max_record_bytes = property(lambda self: self._settings["capacity"] // 4 - 24)
+    @property
+    def path(self) -> None:
+        return None
 
-    def _pkeys(self, partition):
+    @property
+    def partitions(self) -> int:
+        return int(self._settings["partitions"])
+
+    @property
+    def capacity_bytes(self) -> int:
+        return int(self._settings["capacity"])
+
+    @property
+    def retention_ms(self) -> Optional[int]:
+        r: Optional[int] = self._settings["retention_ms"]
+        return r
+
+    @property
+    def max_record_bytes(self) -> int:
+        return int(self._settings["capacity"]) // 4 - 24
+
+    def _pkeys(self, partition: int) -> List[str]:
         if (isinstance(partition, bool) or not isinstance(partition, int)
                 or not 0 <= partition < self.partitions):
             raise ValueError(f"partition must be 0..{self.partitions - 1}, not {partition!r}")
         p = key_prefix(f"{self._name}/{partition}")
         return [p + "l.meta", p + "l.stream", p + "l.shut"]
 
-    def partition_for(self, key):
+    def partition_for(self, key: Any) -> int:
         """The partition of a key: Kafka's default partitioner."""
-        return _log.kafka_partition(key, self.partitions)
+        return int(_log.kafka_partition(key, self.partitions))
 
-    def _choose(self, key):
+    def _choose(self, key: Any) -> int:
         if key is not None:
             return self.partition_for(key)
         if self._rr_pid != os.getpid():      # per process, from a per-process start
@@ -233,7 +262,8 @@ class RedisLog(RedisHandle):
         self._rr = (p + 1) % self.partitions
         return p
 
-    def _append(self, partition, values, key, headers):
+    def _append(self, partition: int, values: Sequence[Any], key: Any,
+                headers: Optional[Dict[str, Any]]) -> List[Tuple[int, int]]:
         self._check_open()
         kb = b"" if key is None else _codec.as_bytes(key, "key")
         hb = _encode_headers(headers)
@@ -243,9 +273,9 @@ class RedisLog(RedisHandle):
                 raise MessageTooLarge(f"record of {len(d) + len(kb) + len(hb)} bytes does not "
                                       f"fit in the log's partition (max_record_bytes "
                                       f"{self.max_record_bytes})")
-        script = self._backend.script("log_append", _APPEND)
+        script = self._bound.script("log_append", _APPEND)
         keys = self._pkeys(partition)
-        out = []
+        out: List[Tuple[int, int]] = []
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
             try:
@@ -255,17 +285,19 @@ class RedisLog(RedisHandle):
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
             if first < 0:
-                e = ShutDown(f"log {self._name!r} is shut down")
-                e.ids = out
-                raise e
+                shut = ShutDown(f"log {self._name!r} is shut down")
+                shut.ids = out  # type: ignore[attr-defined]  # (what was committed)
+                raise shut
             out += [(partition, first + j) for j in range(len(chunk))]
         return out
 
-    def append(self, value, key=None, headers=None):
+    def append(self, value: Any, key: Any = None,
+               headers: Optional[Dict[str, Any]] = None) -> Tuple[int, int]:
         """Append one record; (partition, offset)."""
         return self._append(self._choose(key), [value], key, headers)[0]
 
-    def append_many(self, values, key=None, headers=None):
+    def append_many(self, values: Iterable[Any], key: Any = None,
+                    headers: Optional[Dict[str, Any]] = None) -> List[Tuple[int, int]]:
         """Append every value to one partition (the key's, or the next
         round-robin one): one round trip per 1000 records."""
         values = list(values)
@@ -275,15 +307,16 @@ class RedisLog(RedisHandle):
 
     read = _shm_log.Log.read
 
-    def _read(self, partition, offset, max_records, timeout, record):
+    def _read(self, partition: int, offset: int, max_records: int, timeout: float,
+              record: Callable[..., Any]) -> List[Any]:
         self._check_open()
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ValueError("max_records must be a positive int")
         keys = self._pkeys(partition)
-        script = self._backend.script("log_read", _READ)
+        script = self._bound.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
-            r = script(keys=keys[:2], args=[offset, max_records])
+            r: List[Any] = script(keys=keys[:2], args=[offset, max_records])
             start, end = int(r[0]), int(r[1])
             if offset < start or offset > end:
                 raise OffsetOutOfRange(
@@ -300,12 +333,13 @@ class RedisLog(RedisHandle):
                 return []
             # A record at offset, or the shutdown's entry, wakes it.
             ms = 0 if left is None else max(1, math.ceil(left * 1000))
-            self._backend.client.xread(
+            self._bound.client.xread(
                 {keys[1]: f"{offset - 1}-1" if offset else "0-0", keys[2]: "0-0"},
                 count=1, block=ms)
 
-    def _records(self, partition, flat, record):
-        out = []
+    def _records(self, partition: int, flat: List[Any],
+                 record: Callable[..., Any]) -> List[Any]:
+        out: List[Any] = []
         for rid, fields in zip(flat[::2], flat[1::2]):
             offset = int(rid.split(b"-")[0])
             f = dict(zip(fields[::2], fields[1::2]))
@@ -322,24 +356,24 @@ class RedisLog(RedisHandle):
             out.append(record(partition, offset, int(f[b"t"]), f.get(b"k"), value, headers))
         return out
 
-    def _bounds(self, partition):
+    def _bounds(self, partition: int) -> Tuple[int, int]:
         self._check_open()
-        r = self._backend.client.hmget(self._pkeys(partition)[0], "start", "next")
+        r = self._bound.client.hmget(self._pkeys(partition)[0], "start", "next")
         return int(r[0] or 0), int(r[1] or 0)
 
     start_offset = _shm_log.Log.start_offset
     end_offset = _shm_log.Log.end_offset
 
-    def enforce_retention(self):
+    def enforce_retention(self) -> int:
         """Drop the records older than retention_ms now: the count dropped."""
-        script = self._backend.script("log_expire", _EXPIRE)
-        return sum(script(keys=self._pkeys(p), args=[self.capacity_bytes,
-                                                     self.retention_ms or 0])
+        script = self._bound.script("log_expire", _EXPIRE)
+        return sum(int(script(keys=self._pkeys(p), args=[self.capacity_bytes,
+                                                         self.retention_ms or 0]))
                    for p in range(self.partitions))
 
     # ---- consumer groups: pyqueue.Log's methods over a RedisGroupTable ----
 
-    def _group_table(self):
+    def _group_table(self) -> RedisGroupTable:
         if self._groups is None:
             self._groups = RedisGroupTable(self)
         return self._groups
@@ -351,7 +385,9 @@ class RedisLog(RedisHandle):
     delete_group = _shm_log.Log.delete_group
     _group_index = _shm_log.Log._group_index
 
-    def _wait_any(self, parts, offsets, groups, g, gen_seen, timeout):
+    def _wait_any(self, parts: Sequence[int], offsets: Sequence[int],
+                  groups: Optional[RedisGroupTable], g: Any, gen_seen: int,
+                  timeout: float) -> None:
         """Waits (up to timeout seconds) for a record at offsets[i] of one
         of parts, or a rebalance of group g after generation gen_seen.
 
@@ -362,7 +398,7 @@ class RedisLog(RedisHandle):
         A member's wait is at most a third of its lease, so the poll loop
         renews it."""
         self._check_open()
-        streams = {}
+        streams: Dict[Any, Any] = {}
         for p, o in zip(parts, offsets):
             keys = self._pkeys(p)
             streams[keys[1]] = f"{o - 1}-1" if o else "0-0"
@@ -373,7 +409,7 @@ class RedisLog(RedisHandle):
             left = min(left, groups.lease(g) / 3)
         if not streams:
             return
-        b = self._backend
+        b = self._bound
         if b.cluster:
             from redis.crc import key_slot
             if len({key_slot(k.encode()) for k in streams}) > 1:
@@ -386,7 +422,7 @@ class RedisLog(RedisHandle):
             ms = max(1, math.ceil(left * 1000))
         b.client.xread(streams, count=1, block=ms)
 
-    def shutdown(self, immediate=False):
+    def shutdown(self, immediate: bool = False) -> None:
         """As pyqueue.Log.shutdown, for every process and host: appends
         raise ShutDown; a read at a partition's end offset raises it instead
         of waiting; consumers end once every assigned partition is read to
@@ -397,28 +433,29 @@ class RedisLog(RedisHandle):
             raise ValueError("Log.shutdown(immediate=True) is not supported: a log keeps every "
                              "record it committed; shutdown() stops appends and ends reads "
                              "at the end offset")
-        script = self._backend.script("log_shutdown_part", _SHUTDOWN_PART)
+        script = self._bound.script("log_shutdown_part", _SHUTDOWN_PART)
         for p in range(self.partitions):
             k = self._pkeys(p)
             script(keys=[k[0], k[1], k[2]])
         # Last: a process that sees is_shutdown finds every partition refusing.
-        self._backend.client.hset(key_prefix(self._name) + "meta", "shutdown", 1)
+        self._bound.client.hset(key_prefix(self._name) + "meta", "shutdown", 1)
 
     @property
-    def is_shutdown(self):
+    def is_shutdown(self) -> bool:
         """Whether the log was shut down (by any process)."""
-        return self._backend.client.hget(key_prefix(self._name) + "meta",
+        return self._bound.client.hget(key_prefix(self._name) + "meta",
                                          "shutdown") is not None
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the log (every partition) from the server."""
-        c = self._backend.client
+        c = self._bound.client
         groups = RedisGroupTable(self)
+        raw: Any
         for raw in c.smembers(key_prefix(self._name) + "groups"):
             c.delete(*groups.keys(raw.decode("utf-8")))
         for p in range(self.partitions):
             c.delete(*self._pkeys(p))
         c.delete(key_prefix(self._name) + "meta", key_prefix(self._name) + "groups")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"

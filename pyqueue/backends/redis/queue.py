@@ -35,8 +35,11 @@ full (or the count non-zero), then blocks in XREAD from that id: an event
 after the check always wakes it, and nothing spins. A get that finds the
 list empty blocks in BLPOP. docs/design.md, "Backends".
 """
+from __future__ import annotations
+
 import collections
 import os
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue import _api
 from pyqueue.backends.redis import ConnectionLost, _codec
@@ -45,7 +48,8 @@ from pyqueue.backends.redis._handle import (RedisHandle, check_name,  # noqa: F4
 from pyqueue.errors import (MessageTooLarge, SegmentMismatch, SegmentNotFound, ShutDown,
                             UndecodableMessage)
 from pyqueue.queues import (_D_CAPACITY, _D_MAX_MESSAGE, _D_MAXSIZE, _D_MODE, _D_OVERFLOW,
-                            _round_capacity, _take)
+                            _check_serializer, _round_capacity, _take, check_settings)
+from pyqueue.backends.redis._codec import Serializer
 
 KIND = "queue"
 BATCH = 1000          # messages per script call of put_many
@@ -211,7 +215,7 @@ return {0, '0-0'}
 _forks = 0
 
 
-def _count_fork():
+def _count_fork() -> None:
     global _forks
     _forks += 1
 
@@ -231,11 +235,24 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
     _what = "queue"
     _attr = "Queue"
     _want_joinable = False
+    _maxsize: int
+    _overflow: str
+    _max_message: Optional[int]
+    _custom: bool
+    _capacity: int
+    _mode: int
+    _held: Deque[bytes]
+    _creator_pid: int
+    _shared: bool
+    _joinable: bool
+    _forks_then: int
+    _undecodable: int
 
-    def __init__(self, maxsize=_D_MAXSIZE, *, capacity_bytes=_D_CAPACITY,
-                 max_message_bytes=_D_MAX_MESSAGE, name=None, overflow=_D_OVERFLOW,
-                 serializer=None, mode=_D_MODE, trust_owner=False):
-        given = {}
+    def __init__(self, maxsize: int = _D_MAXSIZE, *, capacity_bytes: int = _D_CAPACITY,
+                 max_message_bytes: Optional[int] = _D_MAX_MESSAGE, name: Optional[str] = None,
+                 overflow: str = _D_OVERFLOW, serializer: Serializer = None, mode: int = _D_MODE,
+                 trust_owner: bool = False) -> None:
+        given: Dict[str, Any] = {}
         maxsize = _api.check_maxsize(_take(maxsize, given, "maxsize"))
         capacity = _round_capacity(_take(capacity_bytes, given, "capacity_bytes"))
         max_message = _api.check_max_message_bytes(
@@ -244,7 +261,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         mode = _take(mode, given, "mode")
         if not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ValueError("mode must be a permission mask such as 0o600")
-        serializer = _api.check_serializer(serializer)
+        serializer = _check_serializer(serializer)
         unnamed = name is None
         name = self._new_name(name)
         self._init_handle(name, serializer)
@@ -255,28 +272,29 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         self._forks_then = _forks
         if not created:
             wanted = dict(given, maxsize=maxsize, capacity_bytes=capacity)
-            now = {"maxsize": self._maxsize, "capacity_bytes": self._capacity,
+            now: Dict[str, Any] = {"maxsize": self._maxsize, "capacity_bytes": self._capacity,
                    "max_message_bytes": self._max_message, "overflow": self._overflow,
                    "mode": self._mode}
             differences = [(what, now[what], wanted[what]) for what in given
                            if now[what] != wanted[what]]
             if serializer is not None and not self._custom:
                 differences.append(("serializer", None, "a custom serializer"))
-            _api.check_settings("queue", name, differences)
+            check_settings("queue", name, differences)
 
     @classmethod
-    def open(cls, name, *, serializer=None, trust_owner=False):
+    def open(cls, name: str, *, serializer: Serializer = None,
+             trust_owner: bool = False) -> RedisQueue:
         """Open an existing queue by name (SegmentNotFound if there is none,
         SegmentMismatch if it is not a queue, or a plain queue opened as a
         JoinableQueue)."""
         check_name(name)
         self = cls.__new__(cls)
-        self._init_handle(name, _api.check_serializer(serializer))
+        self._init_handle(name, _check_serializer(serializer))
         self._creator_pid = 0
         self._create("open", 0, "block", 0, 0, 0, 0)
         return self
 
-    def _init_handle(self, name, serializer):
+    def _init_handle(self, name: str, serializer: Serializer) -> None:
         self._name = name
         self._serializer = serializer
         self._closed = False
@@ -286,11 +304,12 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         p = key_prefix(name)
         self._keys = (p + "meta", p + "list", p + "space", p + "zero", p + "shut")
 
-    def _create(self, how, maxsize, overflow, max_message, custom, capacity, mode):
+    def _create(self, how: str, maxsize: int, overflow: str, max_message: int, custom: int,
+                capacity: int, mode: int) -> Tuple[bool, List[Any]]:
         r = self._create_meta(_CREATE, how, [int(self._want_joinable), maxsize, overflow,
                                              max_message, custom, capacity, mode])
-        created = r[0] == 1
-        joinable = r[2] == b"1"
+        created = bool(r[0] == 1)
+        joinable = bool(r[2] == b"1")
         if self._want_joinable and not joinable:
             raise SegmentMismatch(f"queue {self._name!r} is a plain queue, not a JoinableQueue "
                                   "(task_done() and join() need a queue created as one)")
@@ -298,39 +317,39 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         self._maxsize = int(r[3])
         self._overflow = r[4].decode()
         self._max_message = int(r[5]) or None
-        self._custom = r[6] == b"1"
+        self._custom = bool(r[6] == b"1")
         self._capacity = int(r[7])
         self._mode = int(r[8])
         return created, r
 
     # -- properties -------------------------------------------------------
     @property
-    def maxsize(self):
+    def maxsize(self) -> int:
         return self._maxsize
 
     @property
-    def overflow(self):
+    def overflow(self) -> str:
         return self._overflow
 
     @property
-    def max_message_bytes(self):
+    def max_message_bytes(self) -> Optional[int]:
         return self._max_message
 
     @property
-    def capacity_bytes(self):
+    def capacity_bytes(self) -> int:
         return self._capacity
 
     # -- put --------------------------------------------------------------
-    def _encode(self, obj):
+    def _encode(self, obj: Any) -> bytes:
         data = _codec.encode(obj, self._serializer)
         if self._max_message is not None and len(data) - 1 > self._max_message:
             raise MessageTooLarge(f"message of {len(data) - 1} bytes encoded, over "
                                   f"max_message_bytes={self._max_message}")
         return data
 
-    def _put_encoded(self, items, block, until):
+    def _put_encoded(self, items: List[bytes], block: bool, until: Optional[float]) -> int:
         """Stores items (in order); returns how many before Full."""
-        b = self._backend
+        b = self._bound
         put = b.script("queue_put", _PUT)
         done = 0
         while done < len(items):
@@ -340,7 +359,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
                 raise ShutDown(f"queue {self._name!r} is shut down")
             if r[0] < 0:
                 raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
-            done += r[0]
+            done += int(r[0])
             if r[0] == len(chunk):
                 continue
             if self._overflow == "reject" or not block:
@@ -351,12 +370,13 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             b.wait_stream(self._keys[2], r[1], left)
         return done
 
-    def put(self, obj, block=True, timeout=None):
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         self._check_open()
         until = _api.deadline(block, timeout)
         self._put_encoded([self._encode(obj)], block, until)
 
-    def put_many(self, objs, block=True, timeout=None):
+    def put_many(self, objs: Iterable[Any], block: bool = True,
+                 timeout: Optional[float] = None) -> int:
         """Put every message of objs in order; one round trip per 1000
         messages while there is room. Returns the number put; on Full the
         messages that fit stay put."""
@@ -368,15 +388,15 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         return self._put_encoded(items, block, until)
 
     # -- get --------------------------------------------------------------
-    def _take(self, max_messages, block, until):
+    def _take(self, max_messages: int, block: bool, until: Optional[float]) -> List[bytes]:
         """Raw messages: up to max_messages, at least one (else Empty, or
         ShutDown once shut down and empty)."""
-        b = self._backend
+        b = self._bound
         take = b.script("queue_take", _TAKE)
         left = _api.remaining(until) if block else 0.0
         waits = left is None or left > 0.0
         keys = self._keys[:3] + self._keys[4:5]    # meta, list, space, shut
-        r = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
+        r: List[Any] = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
         if len(r) > 1:
             return r[1:]
         if r[0] == 1:
@@ -403,16 +423,16 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             raise ShutDown(f"queue {self._name!r} is shut down")
         # Counted, and a put waiting for room told, by the same script.
         try:
-            rest = take(keys=keys, args=[max_messages - 1, 1, "-"])
+            rest: List[Any] = take(keys=keys, args=[max_messages - 1, 1, "-"])
         except ConnectionLost:
             self._held.append(first)     # in hand: the next get returns it
             raise
         return [first] + rest[1:]
 
-    def _decode(self, raw):
+    def _decode(self, raw: bytes) -> Any:
         return _codec.decode(raw, self._serializer)
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         self._check_open()
         until = _api.deadline(block, timeout)
         raw = self._held.popleft() if self._held else self._take(1, block, until)[0]
@@ -422,7 +442,8 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             self._undecodable += 1
             raise
 
-    def get_many(self, max_messages=1024, block=True, timeout=None):
+    def get_many(self, max_messages: int = 1024, block: bool = True,
+                 timeout: Optional[float] = None) -> List[Any]:
         """Up to max_messages messages already in the queue (one round trip),
         waiting for the first unless block is false. A message that cannot
         be decoded is reported by its own call (as pyqueue.Queue does)."""
@@ -433,7 +454,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             raws = [self._held.popleft() for _ in range(min(max_messages, len(self._held)))]
         else:
             raws = self._take(max_messages, block, until)
-        out = []
+        out: List[Any] = []
         for i, raw in enumerate(raws):
             try:
                 out.append(self._decode(raw))
@@ -453,36 +474,36 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         return out
 
     # -- shutdown ---------------------------------------------------------
-    def shutdown(self, immediate=False):
+    def shutdown(self, immediate: bool = False) -> None:
         """As pyqueue.Queue.shutdown, for every process and host: puts raise
         ShutDown; gets drain what is left, then raise it (immediate=True:
         what is left is dropped, one task_done each); every get or put
         blocked now wakes."""
         self._check_open()
-        b = self._backend
+        b = self._bound
         r = b.script("queue_shutdown", _SHUTDOWN)(keys=self._keys,
                                                   args=[2 if immediate else 1])
         if r < 0:
             raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
 
     @property
-    def is_shutdown(self):
+    def is_shutdown(self) -> bool:
         """Whether the queue was shut down (by any process)."""
-        return self._backend.client.hget(self._keys[0], "shutdown") is not None
+        return self._bound.client.hget(self._keys[0], "shutdown") is not None
 
     # -- size, stats ------------------------------------------------------
-    def qsize(self):
+    def qsize(self) -> int:
         self._check_open()
-        return self._backend.client.llen(self._keys[1]) + len(self._held)
+        return int(self._bound.client.llen(self._keys[1])) + len(self._held)
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         self._check_open()
-        b = self._backend
-        meta = b.client.hgetall(self._keys[0])
+        b = self._bound
+        meta: Dict[Any, Any] = b.client.hgetall(self._keys[0])
         if not meta:
             raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
         depth = b.client.llen(self._keys[1])
-        s = {k: int(meta[k.encode()]) for k in ("enqueued", "dequeued", "rejected", "dropped")}
+        s: Dict[str, Any] = {k: int(meta[k.encode()]) for k in ("enqueued", "dequeued", "rejected", "dropped")}
         # The shared-memory keys, with None for what Redis does not track:
         # depth_bytes, waiting producers, consumers killed after their BLPOP
         # (abandoned_by_consumers); a put is one script, never half done
@@ -500,7 +521,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         return s
 
     # -- lifetime ---------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Close this handle (the queue stays). The creator's handle of an
         unnamed queue that was never pickled, in a process that forked no
         child since it was made, also removes the queue: nobody else can
@@ -511,14 +532,14 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         if (self._creator_pid == os.getpid() and not self._shared
                 and self._forks_then == _forks):
             self._creator_pid = 0
-            self._backend.client.delete(*self._keys)
+            self._bound.client.delete(*self._keys)
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the queue (its messages and counters) from the server."""
         self._creator_pid = 0
         super().unlink()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         self._shared = True
         return super().__reduce__()
 
@@ -532,16 +553,16 @@ class RedisJoinableQueue(RedisQueue):
     _attr = "JoinableQueue"
     _want_joinable = True
 
-    def task_done(self):
+    def task_done(self) -> None:
         self._check_open()
-        r = self._backend.script("queue_task_done", _TASK_DONE)(
+        r = self._bound.script("queue_task_done", _TASK_DONE)(
             keys=[self._keys[0], self._keys[3]])
         if r < 0:
             raise ValueError("task_done() called too many times")
 
-    def join(self):
+    def join(self) -> None:
         self._check_open()
-        b = self._backend
+        b = self._bound
         check = b.script("queue_join", _JOIN)
         r = check(keys=[self._keys[0], self._keys[3]])
         if r[0] == 1:

@@ -35,15 +35,19 @@ t.space (publishers waiting for room wake): publish refuses, a read
 returns what its subscription has not read and then ShutDown (at once
 with immediate=True; nothing is erased).
 """
+from __future__ import annotations
+
 import math
 import os
 import secrets
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
+from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown
-from pyqueue.queues import _Default, _round_capacity, _take
+from pyqueue.queues import _check_serializer, _Default, _round_capacity, _take, check_settings
 
 KIND = "topic"
 DEFAULT_CAPACITY = 8 * 1024 * 1024
@@ -203,11 +207,14 @@ class RedisTopic(RedisHandle):
     __slots__ = ("_name", "_keys", "_closed", "_serializer", "_settings", "__weakref__")
     KIND = KIND
     _what = "topic"
+    _settings: Dict[str, Any]
 
-    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
-                 mode=_Default("lossless"), serializer=None, perm=_Default(0o600),
-                 trust_owner=False, subscriber_timeout=_Default(SUBSCRIBER_TIMEOUT)):
-        given = {}
+    def __init__(self, name: Optional[str] = None, *,
+                 capacity_bytes: Any = _Default(DEFAULT_CAPACITY),
+                 mode: Any = _Default("lossless"), serializer: Serializer = None,
+                 perm: Any = _Default(0o600), trust_owner: bool = False,
+                 subscriber_timeout: Any = _Default(SUBSCRIBER_TIMEOUT)) -> None:
+        given: Dict[str, Any] = {}
         capacity = _round_capacity(_take(capacity_bytes, given, "capacity_bytes"))
         mode = _take(mode, given, "mode")
         perm = _take(perm, given, "perm")
@@ -219,14 +226,14 @@ class RedisTopic(RedisHandle):
         if (isinstance(sub_timeout, bool) or not isinstance(sub_timeout, (int, float))
                 or not sub_timeout > 0):
             raise ValueError("subscriber_timeout must be a positive number of seconds")
-        serializer = _api.check_serializer(serializer)
+        serializer = _check_serializer(serializer)
         name = self._new_name(name)
         self._init_handle(name, serializer)
         created = self._create("create", capacity, mode, perm, int(serializer is not None),
                                int(sub_timeout * 1000))
         if not created:
             st = self._settings
-            stored = {"capacity_bytes": st["capacity"], "mode": st["mode"], "perm": st["perm"],
+            stored: Dict[str, Any] = {"capacity_bytes": st["capacity"], "mode": st["mode"], "perm": st["perm"],
                       "subscriber_timeout": st["sub_ms"] / 1000.0}
             wanted = dict(given, capacity_bytes=capacity)
             if "subscriber_timeout" in given:
@@ -235,51 +242,64 @@ class RedisTopic(RedisHandle):
                            if stored[what] != wanted[what]]
             if serializer is not None and not st["custom"]:
                 differences.append(("serializer", None, "a custom serializer"))
-            _api.check_settings("topic", name, differences)
+            check_settings("topic", name, differences)
 
     @classmethod
-    def open(cls, name, *, serializer=None, trust_owner=False):
+    def open(cls, name: str, *, serializer: Serializer = None,
+             trust_owner: bool = False) -> RedisTopic:
         """Open an existing topic by name (SegmentNotFound if missing)."""
         check_name(name)
         self = cls.__new__(cls)
-        self._init_handle(name, _api.check_serializer(serializer))
+        self._init_handle(name, _check_serializer(serializer))
         self._create("open", 0, "lossless", 0, 0, 0)
         return self
 
-    def _init_handle(self, name, serializer):
+    def _init_handle(self, name: str, serializer: Serializer) -> None:
         self._name = name
         self._serializer = serializer
         self._closed = False
-        self._keys = [key_prefix(name) + k for k in _KEYS]
+        self._keys = tuple(key_prefix(name) + k for k in _KEYS)
 
-    def _create(self, how, capacity, mode, perm, custom, sub_ms):
+    def _create(self, how: str, capacity: int, mode: str, perm: int, custom: int,
+                sub_ms: int) -> bool:
         r = self._create_meta(_CREATE, how, [capacity, mode, perm, custom, sub_ms])
         self._settings = {"capacity": int(r[2]), "mode": r[3].decode(), "perm": int(r[4]),
                           "custom": r[5] == b"1", "sub_ms": int(r[6])}
-        return r[0] == 1
+        return bool(r[0] == 1)
 
-    mode = property(lambda self: self._settings["mode"])
-    capacity_bytes = property(lambda self: self._settings["capacity"])
-    max_message_bytes = property(lambda self: self._settings["capacity"] // 4)
-    subscriber_timeout = property(lambda self: self._settings["sub_ms"] / 1000.0)
+    @property
+    def mode(self) -> str:
+        return str(self._settings["mode"])
 
-    def _encode(self, obj):
+    @property
+    def capacity_bytes(self) -> int:
+        return int(self._settings["capacity"])
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self._settings["capacity"]) // 4
+
+    @property
+    def subscriber_timeout(self) -> float:
+        return float(self._settings["sub_ms"]) / 1000.0
+
+    def _encode(self, obj: Any) -> bytes:
         data = _codec.encode(obj, self._serializer)
         if len(data) > self.max_message_bytes:
             raise MessageTooLarge(f"message of {len(data)} bytes exceeds the topic's limit of "
                                   f"{self.max_message_bytes} bytes (a quarter of capacity_bytes)")
         return data
 
-    def _publish_encoded(self, items, block, until):
-        b = self._backend
+    def _publish_encoded(self, items: List[bytes], block: bool, until: Optional[float]) -> int:
+        b = self._bound
         done = 0
         while done < len(items):
-            r = self._script("topic_publish", _PUBLISH, items[done:done + 1000])
+            r: List[Any] = self._script("topic_publish", _PUBLISH, items[done:done + 1000])
             if r[0] == -2:
                 raise ShutDown(f"topic {self._name!r} is shut down")
             if r[0] < 0:
                 raise SegmentNotFound(f"topic {self._name!r} was removed from {b.url}")
-            done += r[0]
+            done += int(r[0])
             if len(r) == 1:
                 continue
             left = _api.remaining(until)
@@ -295,7 +315,7 @@ class RedisTopic(RedisHandle):
                 b.client.hincrby(self._keys[0], "waiting_publishers", -1)
         return done
 
-    def publish(self, obj, block=True, timeout=None):
+    def publish(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Publish to every live subscription (lossless: queue.Full when a
         subscription that has not read the oldest message leaves no room in
         time)."""
@@ -303,27 +323,28 @@ class RedisTopic(RedisHandle):
         until = _api.deadline(block, timeout)
         self._publish_encoded([self._encode(obj)], block, until)
 
-    def publish_many(self, objs, block=True, timeout=None):
+    def publish_many(self, objs: Iterable[Any], block: bool = True,
+                     timeout: Optional[float] = None) -> int:
         self._check_open()
         until = _api.deadline(block, timeout)
         items = [self._encode(o) for o in objs]
         return self._publish_encoded(items, block, until) if items else 0
 
-    def shutdown(self, immediate=False):
+    def shutdown(self, immediate: bool = False) -> None:
         """As pyqueue.Topic.shutdown, for every process and host: publish
         raises ShutDown; each subscription reads what it has not read, then
         its get raises ShutDown (at once with immediate=True; nothing is
         erased); every waiting subscriber and publisher wakes."""
         self._check_open()
         if self._script("topic_shutdown", _SHUTDOWN, [2 if immediate else 1]) < 0:
-            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._bound.url}")
 
     @property
-    def is_shutdown(self):
+    def is_shutdown(self) -> bool:
         """Whether the topic was shut down (by any process)."""
-        return self._backend.client.hget(self._keys[0], "shutdown") is not None
+        return self._bound.client.hget(self._keys[0], "shutdown") is not None
 
-    def subscribe(self, start="latest"):
+    def subscribe(self, start: str = "latest") -> RedisSubscription:
         """A Subscription that receives every message published from now on
         ("latest") or from the oldest message still retained ("earliest")."""
         self._check_open()
@@ -333,18 +354,18 @@ class RedisTopic(RedisHandle):
         r = self._script("topic_subscribe", _SUBSCRIBE,
                          [sid, start, MAX_SUBSCRIBERS, self._settings["sub_ms"]])
         if r == -1:
-            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._bound.url}")
         if r == -2:
             raise PyQueueError(f"topic {self._name!r} has {MAX_SUBSCRIBERS} subscriptions, "
                                "held by live subscribers")
         return RedisSubscription(self, sid)
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         self._check_open()
-        c = self._backend.client
-        meta = c.hgetall(self._keys[0])
+        c = self._bound.client
+        meta: Dict[Any, Any] = c.hgetall(self._keys[0])
         if not meta:
-            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._backend.url}")
+            raise SegmentNotFound(f"topic {self._name!r} was removed from {self._bound.url}")
         return {"published": int(meta[b"published"]), "retained": c.xlen(self._keys[1]),
                 "retained_bytes": int(meta[b"bytes"]), "capacity": self.capacity_bytes,
                 "subscribers": c.zcard(self._keys[3]),
@@ -353,30 +374,30 @@ class RedisTopic(RedisHandle):
                 "waiting_publishers": int(meta.get(b"waiting_publishers", 0)),
                 "waiting_subscribers": None,   # not tracked on Redis
                 "backend": "redis",
-                "url": self._backend.url}
+                "url": self._bound.url}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<pyqueue.Topic {self._name!r} {'closed' if self._closed else 'open'}>"
 
 
 class RedisSubscription:
     """One cursor on a topic: get, get_many, iteration, close, lag, lost."""
 
-    def __init__(self, topic, sid):
+    def __init__(self, topic: RedisTopic, sid: str) -> None:
         self._topic = topic
         self._sid = sid
-        self._pos = None          # the last message number read, once known
+        self._pos: Optional[int] = None   # the last message number read, once known
         self._seq = 0             # the topic's last message number at the last read
-        self._buf = []            # messages read and not yet returned
+        self._buf: List[bytes] = []   # messages read and not yet returned
         self.lost = 0
         self.undecodable = 0
         self.closed = False
 
-    def _read(self, max_messages, block, until):
+    def _read(self, max_messages: int, block: bool, until: Optional[float]) -> List[bytes]:
         t = self._topic
-        b = t._backend
+        b = t._bound
         while True:
-            r = t._script("topic_read", _READ, [self._sid, max_messages, t._settings["sub_ms"],
+            r: List[Any] = t._script("topic_read", _READ, [self._sid, max_messages, t._settings["sub_ms"],
                                                  -1 if self._pos is None else self._pos])
             if r[0] == -1 and len(r) == 1:
                 raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
@@ -397,18 +418,19 @@ class RedisSubscription:
             b.client.xread({t._keys[1]: f"0-{self._pos}", t._keys[5]: "0-0"}, count=1,
                            block=max(1, math.ceil(left * 1000)))
 
-    def _check(self):
+    def _check(self) -> None:
         if self.closed:
             raise ValueError("subscription is closed")
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         self._check()
         until = _api.deadline(block, timeout)
         if not self._buf:
             self._buf = self._read(1, block, until)
         return _codec.decode(self._buf.pop(0), self._topic._serializer)
 
-    def get_many(self, max_messages=1024, block=True, timeout=None):
+    def get_many(self, max_messages: int = 1024, block: bool = True,
+                 timeout: Optional[float] = None) -> List[Any]:
         self._check()
         _api.check_max_messages(max_messages)
         until = _api.deadline(block, timeout)
@@ -418,41 +440,41 @@ class RedisSubscription:
         return [_codec.decode(raw, self._topic._serializer) for raw in raws]
 
     @property
-    def lag(self):
+    def lag(self) -> int:
         """Messages published and not yet read by this subscription."""
         self._check()
         t = self._topic
-        seq = int(t._backend.client.hget(t._keys[0], "seq") or 0)
-        pos = t._backend.client.hget(t._keys[2], self._sid)
-        pos = self._pos if pos is None else int(pos)
+        seq = int(t._bound.client.hget(t._keys[0], "seq") or 0)
+        stored = t._bound.client.hget(t._keys[2], self._sid)
+        pos = self._pos if stored is None else int(stored)
         return max(0, seq - (pos or 0)) + len(self._buf)
 
-    def close(self):
+    def close(self) -> None:
         if not self.closed:
             self.closed = True
             t = self._topic
             t._script("topic_unsubscribe", _UNSUBSCRIBE, [self._sid])
 
-    def __iter__(self):
+    def __iter__(self) -> RedisSubscription:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         try:
             return self.get()
         except ShutDown:
             raise StopIteration from None
 
-    def __enter__(self):
+    def __enter__(self) -> RedisSubscription:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         raise TypeError("a Subscription belongs to the process that made it and cannot be "
                         "pickled; pass the Topic and subscribe in the other process")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<pyqueue.Subscription {'closed' if self.closed else 'open'}>"
 
 

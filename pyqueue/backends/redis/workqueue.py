@@ -41,15 +41,19 @@ script for many messages, each fenced as the single verb's, under the
 Python half every backend's Batch shares (pyqueue._api.BatchAPI).
 docs/design.md, "Backends".
 """
+from __future__ import annotations
+
 import math
 import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pyqueue import _api, _workq
 from pyqueue import workqueue as _shm
 from pyqueue.backends.redis import ConnectionLost, _codec
+from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
 from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown
-from pyqueue.queues import _Default, _round_capacity, _take
+from pyqueue.queues import _check_serializer, _Default, _round_capacity, _take, check_settings
 from pyqueue.workqueue import (DEAD_LETTER_OVERHEAD, DEFAULT_CAPACITY, DEFAULT_DEDUP_KEYS,
                                DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_DELIVERIES,
                                DEFAULT_MAX_IN_FLIGHT, DEFAULT_VISIBILITY_TIMEOUT, DeadLetter,
@@ -374,7 +378,7 @@ return out
 """
 
 
-def _ms(seconds, what):
+def _ms(seconds: object, what: str) -> int:
     """Seconds as whole ms for the scripts: inf saturates (never); NaN or
     negative is a ValueError."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -385,7 +389,7 @@ def _ms(seconds, what):
     return NEVER_MS if s * 1000 >= NEVER_MS else int(math.ceil(s * 1000))
 
 
-def _key_bytes(key):
+def _key_bytes(key: Any) -> bytes:
     """A dedup key as the scripts take it: b"" for none, the empty key b"\\0"."""
     if key is None:
         return b""
@@ -402,16 +406,21 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     _what = "work queue"
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
+    _dlq: Optional[RedisWorkQueue]
+    _settings: Dict[str, Any]
 
-    def __init__(self, name=None, *, capacity_bytes=_Default(DEFAULT_CAPACITY),
-                 max_in_flight=_Default(DEFAULT_MAX_IN_FLIGHT),
-                 visibility_timeout=_Default(DEFAULT_VISIBILITY_TIMEOUT),
-                 max_deliveries=_Default(DEFAULT_MAX_DELIVERIES), dead_letter=_Default(None),
-                 dedup_window=_Default(DEFAULT_DEDUP_WINDOW),
-                 dedup_keys=_Default(DEFAULT_DEDUP_KEYS), perm=_Default(0o600),
-                 trust_owner=False, serializer=None, _open_only=False):
-        serializer = _api.check_serializer(serializer)
-        given = {}
+    def __init__(self, name: Optional[str] = None, *,
+                 capacity_bytes: Any = _Default(DEFAULT_CAPACITY),
+                 max_in_flight: Any = _Default(DEFAULT_MAX_IN_FLIGHT),
+                 visibility_timeout: Any = _Default(DEFAULT_VISIBILITY_TIMEOUT),
+                 max_deliveries: Any = _Default(DEFAULT_MAX_DELIVERIES),
+                 dead_letter: Any = _Default(None),
+                 dedup_window: Any = _Default(DEFAULT_DEDUP_WINDOW),
+                 dedup_keys: Any = _Default(DEFAULT_DEDUP_KEYS), perm: Any = _Default(0o600),
+                 trust_owner: bool = False, serializer: Serializer = None,
+                 _open_only: bool = False) -> None:
+        serializer = _check_serializer(serializer)
+        given: Dict[str, Any] = {}
         capacity_bytes = _take(capacity_bytes, given, "capacity_bytes")
         max_in_flight = _take(max_in_flight, given, "max_in_flight")
         visibility_timeout = _take(visibility_timeout, given, "visibility_timeout")
@@ -451,13 +460,13 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
             int(serializer is not None))
         # The serializer against the queue's flag, as on shared memory.
         if serializer is not None and not self._settings["custom"]:
-            _api.check_settings("work queue", name, [("serializer", None, "a custom serializer")])
+            check_settings("work queue", name, [("serializer", None, "a custom serializer")])
         if serializer is None and self._settings["custom"]:
             raise PyQueueError(f"work queue {name!r} was created with a custom serializer: pass "
                                "the same serializer= to open it")
         if not created and given:
             st = self._settings
-            stored = {"capacity_bytes": st["capacity"], "max_in_flight": st["max_in_flight"],
+            stored: Dict[str, Any] = {"capacity_bytes": st["capacity"], "max_in_flight": st["max_in_flight"],
                       "visibility_timeout": st["vis_ms"] / 1000.0,
                       "max_deliveries": st["max_deliveries"] or None,
                       "dedup_window": st["dedup_ms"] / 1000.0, "dedup_keys": st["dedup_keys"],
@@ -468,7 +477,7 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                           dead_letter=dlq_name or None)
             differences = [(what, stored[what], wanted[what]) for what in given
                            if not _shm._same_setting(stored[what], wanted[what])]
-            _api.check_settings("work queue", name, differences)
+            check_settings("work queue", name, differences)
         if self._dlq is not None and self.max_message_bytes > _shm.WorkQueue._dead_letter_room(
                 self._dlq):
             raise ValueError(
@@ -477,20 +486,23 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                 f"{self._dlq.max_message_bytes}, less {DEAD_LETTER_OVERHEAD} for the DeadLetter)")
 
     @classmethod
-    def open(cls, name, trust_owner=False, *, serializer=None):
+    def open(cls, name: str, trust_owner: bool = False, *,
+             serializer: Serializer = None) -> RedisWorkQueue:
         """Open an existing work queue by name (SegmentNotFound if missing)."""
         return cls(name, serializer=serializer, _open_only=True)
 
-    def _init_handle(self, name):
+    def _init_handle(self, name: str) -> None:
         self._name = name
         self._closed = False
         self._dlq = None
         # The meta key is the one a Queue of that name would have: one name,
         # one kind (SegmentMismatch across kinds, as on shared memory).
-        self._keys = [key_prefix(name) + ("meta" if k == "meta" else "wq." + k) for k in _KEYS]
+        self._keys = tuple(key_prefix(name) + ("meta" if k == "meta" else "wq." + k)
+                           for k in _KEYS)
 
-    def _create(self, how, capacity, slots, vis_ms, max_deliveries, dedup_ms, dedup, perm,
-                dlq_name, max_payload, custom):
+    def _create(self, how: str, capacity: int, slots: int, vis_ms: int, max_deliveries: int,
+                dedup_ms: int, dedup: int, perm: int, dlq_name: str, max_payload: int,
+                custom: int) -> bool:
         r = self._create_meta(_CREATE, how, [capacity, slots, vis_ms, max_deliveries, dedup_ms,
                                              dedup, perm, dlq_name, max_payload, custom])
         names = ("capacity", "max_in_flight", "vis_ms", "max_deliveries", "dedup_ms",
@@ -499,37 +511,58 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         self._settings["dead_letter"] = r[9].decode()
         self._settings["max_payload"] = int(r[10])
         self._settings["custom"] = int(r[11])
-        return r[0] == 1
+        return bool(r[0] == 1)
 
-    def _script(self, name, source, args=()):
+    def _script(self, name: str, source: str, args: Sequence[Any] = ()) -> Any:
         self._check_open()
         return super()._script(name, source, args)
 
     # -- settings ----------------------------------------------------------
-    capacity_bytes = property(lambda self: self._settings["capacity"])
-    max_in_flight = property(lambda self: self._settings["max_in_flight"])
-    visibility_timeout = property(lambda self: self._settings["vis_ms"] / 1000.0)
-    max_deliveries = property(lambda self: self._settings["max_deliveries"] or None)
-    dedup_window = property(lambda self: self._settings["dedup_ms"] / 1000.0)
-    dedup_keys = property(lambda self: self._settings["dedup_keys"])
-    max_message_bytes = property(lambda self: self._settings["max_payload"])
+    @property
+    def capacity_bytes(self) -> int:
+        return int(self._settings["capacity"])
 
-    def _lease_ms(self):
+    @property
+    def max_in_flight(self) -> int:
+        return int(self._settings["max_in_flight"])
+
+    @property
+    def visibility_timeout(self) -> float:
+        return float(self._settings["vis_ms"]) / 1000.0
+
+    @property
+    def max_deliveries(self) -> Optional[int]:
+        return int(self._settings["max_deliveries"]) or None
+
+    @property
+    def dedup_window(self) -> float:
+        return float(self._settings["dedup_ms"]) / 1000.0
+
+    @property
+    def dedup_keys(self) -> int:
+        return int(self._settings["dedup_keys"])
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self._settings["max_payload"])
+
+    def _lease_ms(self) -> int:
         # How long a mover holds a dead-pending message before another
         # get may move it: the visibility timeout, and at least the time
         # a move may wait for room in the dead-letter queue.
-        return max(self._settings["vis_ms"],
+        return max(int(self._settings["vis_ms"]),
                    _ms(self.dead_letter_timeout + self.dead_letter_retry, "lease"))
 
-    def _open_dead_letter(self, name, capacity):
-        cls = self._backend.WorkQueue
+    def _open_dead_letter(self, name: str, capacity: int) -> RedisWorkQueue:
+        cls = self._bound.WorkQueue
         try:
-            return cls.open(name)
+            q: RedisWorkQueue = cls.open(name)
         except SegmentNotFound:
-            return cls(name=name, capacity_bytes=max(capacity, 64 * 1024), max_deliveries=None)
+            q = cls(name=name, capacity_bytes=max(capacity, 64 * 1024), max_deliveries=None)
+        return q
 
     @property
-    def dead_letter(self):
+    def dead_letter(self) -> Optional[RedisWorkQueue]:
         """The dead-letter queue (a WorkQueue of this backend), or None."""
         if self._dlq is None and self._settings["dead_letter"]:
             self._dlq = self._open_dead_letter(self._settings["dead_letter"],
@@ -537,7 +570,8 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         return self._dlq
 
     # -- producing ---------------------------------------------------------
-    def put(self, obj, *, key=None, delay=0.0, block=True, timeout=None):
+    def put(self, obj: Any, *, key: Any = None, delay: float = 0.0, block: bool = True,
+            timeout: Optional[float] = None) -> int:
         """Add a message (available from delay seconds on); its id. With a
         key (bytes or str), a put of a key already put within dedup_window
         seconds is dropped and returns the first one's id. queue.Full when
@@ -550,10 +584,12 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                                   f"limit of {self.max_message_bytes} bytes (max_message_bytes)")
         return self._put_encoded([data, _key_bytes(key)], delay_ms, block, timeout, True)[0]
 
-    # put_many() is pyqueue.WorkQueue's, over _put_many below.
-    put_many = _shm.WorkQueue.put_many
+    # put_many() is pyqueue.WorkQueue's, over _put_many below (its `self`
+    # is typed as the shared-memory class: Any here).
+    put_many: Any = _shm.WorkQueue.put_many
 
-    def _put_many(self, objs, keys, delay, block, timeout):
+    def _put_many(self, objs: Iterable[Any], keys: Optional[Iterable[Any]], delay: float,
+                  block: bool, timeout: Optional[float]) -> List[int]:
         """The ids of objs put, _PUT_CHUNK messages per script (each chunk
         one atomic step); queue.Full (.ids: those put) when the rest has
         no room in time."""
@@ -561,12 +597,11 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         delay_ms = _ms(delay, "delay")
         items = list(objs)
         n = len(items)
-        if keys is not None:
-            keys = list(keys)
-            if len(keys) != n:
-                raise ValueError(f"put_many got {n} objects and {len(keys)} keys")
+        key_list = None if keys is None else list(keys)
+        if key_list is not None and len(key_list) != n:
+            raise ValueError(f"put_many got {n} objects and {len(key_list)} keys")
         # Everything encoded and checked before anything is put.
-        args = []
+        args: List[Any] = []
         limit = self.max_message_bytes
         for i, obj in enumerate(items):
             data = _codec.encode(obj, self._serializer)
@@ -575,32 +610,33 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
                     f"message {i} of put_many has {len(data) - 1} bytes, more than the work "
                     f"queue's limit of {limit} bytes (max_message_bytes); nothing was put")
             args.append(data)
-            args.append(_key_bytes(None if keys is None else keys[i]))
+            args.append(_key_bytes(None if key_list is None else key_list[i]))
         return self._put_encoded(args, delay_ms, block, timeout, False)
 
-    def _put_encoded(self, args, delay_ms, block, timeout, one):
+    def _put_encoded(self, args: List[Any], delay_ms: int, block: bool,
+                     timeout: Optional[float], one: bool) -> List[int]:
         """Puts the (payload, key) pairs of args, _PUT_CHUNK per script,
         waiting for room or for a dedup key to expire up to the deadline;
         their ids. queue.Full when the rest has no room in time (of a
         put_many: with .ids, those put; one: put's own message)."""
         n = len(args) // 2
-        ids = []
+        ids: List[int] = []
         until = _api.deadline(block, timeout)
-        b = self._backend
+        b = self._bound
         start = 0
         while start < n:
             chunk = args[2 * start:2 * min(n, start + _PUT_CHUNK)]
             try:
-                r = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
+                r: List[Any] = self._script("wq_put_many", _PUT_MANY, [delay_ms] + chunk)
             except ConnectionLost as e:
                 e.ids = ids                # committed; this chunk: all or nothing
                 raise
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {self._name!r} was removed from {b.url}")
             if r[0] == -5:
-                e = ShutDown(f"work queue {self._name!r} is shut down")
-                e.ids = ids
-                raise e
+                shut = ShutDown(f"work queue {self._name!r} is shut down")
+                shut.ids = ids  # type: ignore[attr-defined]  # (what was committed)
+                raise shut
             ids.extend(int(x) for x in r[2:])
             start += len(r) - 2
             if r[0] == 0:
@@ -622,7 +658,7 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         return ids
 
     # -- shutdown -----------------------------------------------------------
-    def shutdown(self, immediate=False):
+    def shutdown(self, immediate: bool = False) -> None:
         """As pyqueue.WorkQueue.shutdown, for every process and host: puts
         raise ShutDown; gets deliver what is ready, then raise it (at once
         with immediate=True); nothing is discarded; every waiting get and
@@ -630,34 +666,35 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         self._check_open()
         if self._script("wq_shutdown", _SHUTDOWN, [2 if immediate else 1]) < 0:
             raise SegmentNotFound(f"work queue {self._name!r} was removed from "
-                                  f"{self._backend.url}")
+                                  f"{self._bound.url}")
 
     @property
-    def is_shutdown(self):
+    def is_shutdown(self) -> bool:
         """Whether the work queue was shut down (by any process)."""
-        return self._backend.client.hget(self._keys[0], "shutdown") is not None
+        return self._bound.client.hget(self._keys[0], "shutdown") is not None
 
     # -- consuming ---------------------------------------------------------
     # get() is pyqueue.WorkQueue's (delivers, moves dead messages, rejects
     # the undecodable), over _get/_reject/_decode below.
-    get = _shm.WorkQueue.get
-    _move_dead = _shm.WorkQueue._move_dead
-    _move_dead_quietly = _shm.WorkQueue._move_dead_quietly
+    # (Their `self` is typed as the shared-memory class: Any here.)
+    get: Any = _shm.WorkQueue.get
+    _move_dead: Any = _shm.WorkQueue._move_dead
+    _move_dead_quietly: Any = _shm.WorkQueue._move_dead_quietly
 
-    def _get(self, block, timeout):
+    def _get(self, block: bool, timeout: Optional[float]) -> Tuple[Any, ...]:
         """(kind, id, deliveries, raw, type, enqueued_ms, reason) as
         pyqueue.WorkQueue's core returns it; queue.Empty in time."""
         r = self._acquire(1, block, timeout)
         reason = r[6].decode() if r[6] is not None else None
         return (r[1], int(r[2]), int(r[3]), r[4], None, int(r[5]), reason)
 
-    def _acquire(self, want, block, timeout):
+    def _acquire(self, want: int, block: bool, timeout: Optional[float]) -> List[Any]:
         """_ACQUIRE's reply with up to `want` messages (one at least),
         waiting for one up to the deadline; queue.Empty in time."""
         until = _api.deadline(block, timeout)
-        b = self._backend
+        b = self._bound
         while True:
-            r = self._script("wq_acquire", _ACQUIRE, [self._lease_ms(), want])
+            r: List[Any] = self._script("wq_acquire", _ACQUIRE, [self._lease_ms(), want])
             if r[0] == 0:
                 return r
             if r[0] == -1:
@@ -673,9 +710,10 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
             b.wait_stream(self._keys[11], r[1], left)
 
     # get_many() is pyqueue.WorkQueue's too, over _get_many.
-    get_many = _shm.WorkQueue.get_many
+    get_many: Any = _shm.WorkQueue.get_many
 
-    def _get_many(self, max_messages, block, timeout):
+    def _get_many(self, max_messages: int, block: bool, timeout: Optional[float]
+                  ) -> Tuple[Batch, List[Any], List[Any]]:
         """(batch, dead, poison) as pyqueue.WorkQueue's core returns them:
         up to max_messages taken by one script (waits for one at least);
         queue.Empty in time."""
@@ -684,7 +722,8 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
         r = self._acquire(want, block, timeout)
         # From here on Python code runs (unpickling): only this call's objects.
         batch = Batch._new(self)
-        dead, poison = [], []
+        dead: List[Any] = []
+        poison: List[Any] = []
         for j in range(1, len(r), 6):
             kind, mid, n, raw, enq, why = r[j:j + 6]
             mid, n, enq = int(mid), int(n), int(enq)
@@ -700,92 +739,93 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
             batch._add(value, mid, n, enq, reason)
         return batch, dead, poison
 
-    def _decode(self, raw, typ):
+    def _decode(self, raw: bytes, typ: Any) -> Any:
         return _codec.decode(raw, self._serializer)
 
     # The verbs return 0 (done), 1 (nack: it is dead now, to be moved) or
     # -ESTALE (the delivery is no longer this handle's), as the core's.
-    def _settle(self, verb, ms, pairs):
+    def _settle(self, verb: str, ms: int, pairs: List[Any]) -> List[int]:
         """_SETTLE's results for the (id, deliveries) pairs."""
-        return self._script("wq_settle", _SETTLE, [verb, ESTALE, ms, self._lease_ms()] + pairs)
+        return [int(x) for x in self._script("wq_settle", _SETTLE, [verb, ESTALE, ms, self._lease_ms()] + pairs)]
 
-    def _ack(self, mid, deliveries):
+    def _ack(self, mid: int, deliveries: int) -> int:
         return self._settle("ack", 0, [mid, deliveries])[0]
 
-    def _nack(self, mid, deliveries, delay):
+    def _nack(self, mid: int, deliveries: int, delay: float) -> int:
         return self._settle("nack", _ms(delay, "delay"), [mid, deliveries])[0]
 
-    def _reject(self, mid, deliveries):
+    def _reject(self, mid: int, deliveries: int) -> int:
         r = self._settle("reject", 0, [mid, deliveries])[0]
         return 0 if r == 1 else r       # the core's: 0 is "dead, to be moved"
 
-    def _extend(self, mid, deliveries, seconds):
+    def _extend(self, mid: int, deliveries: int, seconds: float) -> int:
         return self._settle("extend", _ms(seconds, "seconds"), [mid, deliveries])[0]
 
-    def _dead_done(self, mid):
+    def _dead_done(self, mid: int) -> Any:
         return self._script("wq_dead_done", _DEAD_DONE, [mid])
 
-    def _dead_park(self, mid, retry):
+    def _dead_park(self, mid: int, retry: float) -> Any:
         return self._script("wq_dead_park", _DEAD_PARK, [mid, _ms(retry, "retry")])
 
-    def _copy(self, mid):
-        raw = self._backend.client.hget(self._keys[1], mid)
+    def _copy(self, mid: int) -> Optional[Tuple[Any, None]]:
+        raw = self._bound.client.hget(self._keys[1], mid)
         return None if raw is None else (raw, None)
 
     # -- the dead-letter side ----------------------------------------------
-    def dead_letters(self, max_messages=None):
+    def dead_letters(self, max_messages: Optional[int] = None) -> List[DeadLetter]:
         """The DeadLetters waiting in this queue (used as a dead-letter
         queue), without taking them."""
-        r = self._script("wq_list", _LIST, [-1 if max_messages is None else max_messages])
-        out = []
+        r: List[Any] = self._script("wq_list", _LIST,
+                                    [-1 if max_messages is None else max_messages])
+        out: List[DeadLetter] = []
         for raw in r[1::2]:
             value = self._decode(raw, None)
             if isinstance(value, DeadLetter):
                 out.append(value)
         return out
 
-    def requeue(self, max_messages=None, to=None):
+    def requeue(self, max_messages: Optional[int] = None, to: Any = None) -> int:
         """Take dead letters from this queue and put their values back into
         the queue each came from (or `to`); the count moved."""
         moved = 0
         while max_messages is None or moved < max_messages:
             try:
-                d = self.get(block=False)
+                d: Any = self.get(block=False)
             except Empty:
                 break
             dl = d.value
             if not isinstance(dl, DeadLetter):
                 d.nack()
                 raise TypeError(f"message {d.id} of {self._name!r} is not a DeadLetter")
-            target = to if to is not None else self._backend.WorkQueue.open(dl.queue)
+            target = to if to is not None else self._bound.WorkQueue.open(dl.queue)
             target.put(dl.value if dl.raw is None else dl.raw)
             d.ack()
             moved += 1
         return moved
 
     # -- the rest ------------------------------------------------------------
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """pyqueue.WorkQueue's stats() keys (abandoned is always 0 here: a
         put is one script), plus backend and url."""
-        r = self._script("wq_stats", _STATS)
+        r: List[Any] = self._script("wq_stats", _STATS)
         meta = dict(zip(r[0][::2], r[0][1::2]))
         if not meta:
             raise SegmentNotFound(f"work queue {self._name!r} was removed from "
-                                  f"{self._backend.url}")
-        s = {k: int(meta[k.encode()]) for k in ("enqueued", "acked", "redelivered",
+                                  f"{self._bound.url}")
+        s: Dict[str, Any] = {k: int(meta[k.encode()]) for k in ("enqueued", "acked", "redelivered",
                                                 "dead_lettered", "deduplicated", "dedup_full",
                                                 "dead_letter_parked")}
         s.update(depth=r[1], delayed=r[2], in_flight=r[3], dead_pending=r[4], abandoned=0,
                  dedup_keys_used=r[6], capacity=self.capacity_bytes, used_bytes=None,
                  max_in_flight=self.max_in_flight, consistent=True,
                  dead_letter=self._settings["dead_letter"] or None, backend="redis",
-                 url=self._backend.url)
+                 url=self._bound.url)
         return s
 
-    def qsize(self):
+    def qsize(self) -> int:
         """Messages not done: available, delayed, held or being moved."""
         self._check_open()
-        return self._backend.client.hlen(self._keys[1])
+        return int(self._bound.client.hlen(self._keys[1]))
 
 
 class Batch(_api.BatchAPI):
@@ -794,18 +834,26 @@ class Batch(_api.BatchAPI):
     message as a Delivery's verbs are."""
 
     __slots__ = ("values", "_ids", "_dels", "_enq_ms", "_reasons", "_state", "_queue")
+    values: List[Any]
+    _ids: List[int]
+    _dels: List[int]
+    _enq_ms: List[int]
+    _reasons: List[Optional[str]]
+    _state: List[Any]
+    _queue: RedisWorkQueue
 
-    def __init__(self):
+    def __init__(self) -> None:
         raise TypeError("a Batch comes from WorkQueue.get_many()")
 
     @classmethod
-    def _new(cls, queue):
+    def _new(cls, queue: RedisWorkQueue) -> Batch:
         b = object.__new__(cls)
         b._queue = queue
         b.values, b._ids, b._dels, b._enq_ms, b._reasons, b._state = [], [], [], [], [], []
         return b
 
-    def _add(self, value, mid, deliveries, enqueued_ms, reason):
+    def _add(self, value: Any, mid: int, deliveries: int, enqueued_ms: int,
+             reason: Optional[str]) -> None:
         self.values.append(value)
         self._ids.append(mid)
         self._dels.append(deliveries)
@@ -814,11 +862,11 @@ class Batch(_api.BatchAPI):
         self._state.append(_api.HELD)
 
     @staticmethod
-    def _seconds(value, what):
+    def _seconds(value: object, what: str) -> int:
         return _ms(value, what)
 
-    def _settle(self, verb, pick, arg):
-        pairs = []
+    def _settle(self, verb: Any, pick: Iterable[int], arg: Any) -> List[int]:
+        pairs: List[Any] = []
         for i in pick:
             pairs.append(self._ids[i])
             pairs.append(self._dels[i])
