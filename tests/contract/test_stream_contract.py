@@ -104,7 +104,14 @@ def test_log_source_shutdown_by_the_processor(make):
         sp.shutdown()
         assert log.is_shutdown
         assert sp.join(60)
-        assert sorted(out.get(timeout=30) for _ in range(10)) == [2 * i for i in range(10)]
+        # At least once (docs/guarantees.md): a worker that joins late
+        # rebalances the group, and a record the first one processed but
+        # could not commit (fenced) is processed again by the new owner.
+        want = {2 * i for i in range(10)}
+        got = []
+        while not want <= set(got):
+            got.append(out.get(timeout=30))
+        assert set(got) == want
         st = sp.stats()
         assert (st["restarts"], st["crashes"], st["last_error"]) == (0, 0, None)
     finally:
