@@ -48,7 +48,7 @@ from .workqueue import Delivery as _SyncDelivery
 from .workqueue import WorkQueue as _SyncWorkQueue
 
 __all__ = ["Queue", "JoinableQueue", "Topic", "Subscription", "Log", "Consumer", "WorkQueue",
-           "Delivery", "Batch", "connect"]
+           "Delivery", "Batch", "AsyncBackend"]
 
 T = TypeVar("T")
 
