@@ -231,7 +231,7 @@ def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
 
     async def lose_a_workqueue_get(w):
         await aio.script(w._backend(), aio._AACQ, w._wkeys(),
-                         [w.sync._lease_ms(), 1, w._handed])
+                         [w.sync._lease_ms(), 1, w._handed, w._id])
         w._used = True
 
     async def main():
@@ -305,6 +305,30 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind
         asyncio.run(main())
     finally:
         _closing(h)
+
+
+def test_unlink_removes_every_handles_reservation(ab):
+    """A handle that holds a reservation and is never closed (its process
+    died) leaves nothing behind once the queue is unlinked."""
+    from pyqueue.backends.redis import aio
+
+    async def main():
+        for kind in ("Queue", "WorkQueue"):
+            h = getattr(ab, kind)(name=_name(kind.lower()))
+            await h.put("held")
+            if kind == "Queue":
+                await aio.script(h._backend(), aio._ATAKE, h._rkeys(), [0, h._id])
+            else:
+                await aio.script(h._backend(), aio._AACQ, h._wkeys(),
+                                 [h.sync._lease_ms(), 1, "", h._id])
+            assert [k for k in _leftovers(ab.sync, h.name) if "res" in k]
+            other = getattr(ab, kind).open(h.name)
+            other.unlink()
+            other.close()
+            assert _leftovers(ab.sync, h.name) == []
+            h.sync.close()
+
+    asyncio.run(main())
 
 
 def test_shutdown_drains_first(ab):

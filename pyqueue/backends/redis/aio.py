@@ -244,6 +244,17 @@ return back
 """
 
 
+# KEYS: the set of handle ids with a reservation; ARGV: the prefixes of
+# their keys (same hash tag). Removes them all.
+_UNLINK_RESERVATIONS = """
+for _, hid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  for i = 1, #ARGV do redis.call('DEL', ARGV[i] .. hid) end
+end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
+
 class RedisQueue(_Handle, _aq.Queue):
     """pyqueue.asyncio.Queue over a Redis queue handle."""
 
@@ -357,6 +368,16 @@ class RedisQueue(_Handle, _aq.Queue):
         h.close()
 
 
+    def unlink(self):
+        """Remove the queue, and the reservations of every handle (those of
+        handles whose process died included)."""
+        h = self._h
+        p = key_prefix(h._name)
+        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+            keys=[p + "rsv"], args=[p + "res:", p + "resn:"])
+        h.unlink()
+
+
 class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue):
     """pyqueue.asyncio.JoinableQueue over a Redis handle."""
 
@@ -388,9 +409,9 @@ def _sync_only(what):
 _ACQ_BODY = _rwq._ACQUIRE[len(_rwq._LUA_HEAD):]
 assert _rwq._ACQUIRE.startswith(_rwq._LUA_HEAD)
 
-# KEYS: the work queue's 13, then this handle's reservation wq.res:H;
-# ARGV: lease ms, 1, the delivery this handle handed out last ("id:n", or
-# ""). The reservation names the last delivery this handle's script made;
+# KEYS: the work queue's 13, then this handle's reservation wq.res:H and
+# the set of handle ids wq.rsv; ARGV: lease ms, 1, the delivery this
+# handle handed out last ("id:n", or ""), the handle id. The reservation names the last delivery this handle's script made;
 # unless it is the one handed out (or no longer this handle's), it is
 # returned again, not counted again; else _ACQUIRE's step (the same text)
 # and the delivery it made is recorded.
@@ -413,17 +434,22 @@ end
 local r = (function()
 """ + _ACQ_BODY + """
 end)()
-if r[1] == 0 and r[2] == 0 then redis.call('SET', rk, r[3] .. ':' .. r[4]) end
+if r[1] == 0 and r[2] == 0 then
+  redis.call('SET', rk, r[3] .. ':' .. r[4])
+  redis.call('SADD', KEYS[15], ARGV[4])
+end
 return r
 """
 
-# KEYS: the 13, the reservation; ARGV: the delivery handed out last.
+# KEYS: the 13, the reservation, wq.rsv; ARGV: the delivery handed out
+# last, the handle id.
 # Gives the reserved delivery back unless it was handed out: available
 # again at once, its delivery not counted. -> 1 given back, 0 none
 _AGIVE_BACK = _rwq._LUA_HEAD + """
 local rk = KEYS[14]
 local cur = redis.call('GET', rk)
 redis.call('DEL', rk)
+redis.call('SREM', KEYS[15], ARGV[2])
 if not cur or cur == ARGV[1] then return 0 end
 local sep = string.find(cur, ':', 1, true)
 local rid, rn = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
@@ -450,7 +476,8 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
 
     def _wkeys(self):
         hid = self._hid()
-        return list(self._h._keys) + [key_prefix(self._h._name) + "wq.res:" + hid]
+        p = key_prefix(self._h._name)
+        return list(self._h._keys) + [p + "wq.res:" + hid, p + "wq.rsv"]
 
     async def put(self, obj, *, key=None, delay=0.0, timeout=None):
         h = self._h
@@ -489,7 +516,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
         while True:
             keys = self._wkeys()
             self._used = True
-            r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed])
+            r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
             if r[0] == 0:
                 # From the reply to the hand-over: no await.
                 kind, mid, n, raw, enq, why = r[1:7]
@@ -537,9 +564,17 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
         h = self._h
         if self._used and self._pid == os.getpid() and not h._closed:
             h._backend.script("wq_give_back", _AGIVE_BACK)(keys=self._wkeys(),
-                                                            args=[self._handed])
+                                                            args=[self._handed, self._id])
             self._used = False
         h.close()
+
+    def unlink(self):
+        """Remove the work queue, and the reservation of every handle."""
+        h = self._h
+        p = key_prefix(h._name)
+        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+            keys=[p + "wq.rsv"], args=[p + "wq.res:"])
+        h.unlink()
 
 
 class RedisDelivery(_aq.Delivery):
