@@ -36,9 +36,10 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   cluster the cluster client's own routing and retries are used, as the
   sync backend does there.
 * **Waits** are server-side blocking commands (BLMOVE, XREAD BLOCK) on
-  redis.asyncio: no thread, no polling. A waiting Queue get holds two
-  connections of the pool while it waits: BLMOVE, and XREAD on the
-  queue's shutdown stream (``pq:{NAME}:down``), whichever returns first.
+  redis.asyncio: no thread, no polling. A waiting Queue get holds a
+  connection of the pool in BLMOVE and waits for whichever comes first:
+  that, or the handle's one watcher task in XREAD on the queue's shutdown
+  stream (``pq:{NAME}:down``), which stays parked between waits.
 """
 import asyncio
 import hashlib
@@ -261,10 +262,12 @@ class RedisQueue(_Handle, _aq.Queue):
     def _init(self):
         self._pid = None
         self._used = False
+        self._watch = None
 
     def _reset(self):
         self._handed = 0
         self._used = False
+        self._watch = None
 
     def _rkeys(self):
         hid = self._hid()
@@ -327,26 +330,40 @@ class RedisQueue(_Handle, _aq.Queue):
                 raise Empty()
             await self._wait(b, keys, r[1], left)
 
+    def _watcher(self, b, keys, down_id):
+        """The task of this handle (and loop) that waits in XREAD BLOCK 0
+        for the queue's shutdown entry (after down_id, read by an _ATAKE
+        that saw the flag unset): shared by every get of the handle that
+        waits, and left running between waits (cancelling it would cost
+        its connection: a cancelled command's connection is closed), until
+        it fires, close(), or the loop's end (asyncio.run cancels it)."""
+        loop = asyncio.get_running_loop()
+        w = self._watch
+        if w is not None and w[0] is loop and not w[1].done():
+            return w[1]
+        if w is not None and w[1].done() and not w[1].cancelled():
+            w[1].exception()        # retrieved (a lost connection: watch again)
+        task = asyncio.ensure_future(
+            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id))
+        self._watch = (loop, task)
+        return task
+
     async def _wait(self, b, keys, down_id, left):
         """Until a message is moved into the reservation (BLMOVE) or the
-        queue is shut down (an entry of down after down_id) or left runs
-        out; the caller's next _ATAKE tells which."""
+        queue is shut down (the watcher returns) or left runs out; the
+        caller's next _ATAKE tells which."""
+        down = self._watcher(b, keys, down_id)
         move = asyncio.ensure_future(
             command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left)))
-        down = asyncio.ensure_future(
-            command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS", keys[5],
-                    down_id))
         try:
             await asyncio.wait((move, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
             # A BLMOVE cancelled here may have moved a message: it is in
             # the reservation, where the next _ATAKE finds it.
-            for t in (move, down):
-                t.cancel()
-            await asyncio.gather(move, down, return_exceptions=True)
-        for t in (move, down):
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                raise t.exception()
+            move.cancel()
+            await asyncio.gather(move, return_exceptions=True)
+        if move.done() and not move.cancelled() and move.exception() is not None:
+            raise move.exception()
 
     def get_nowait(self):
         return self._h.get_nowait() if self._h._held else _sync_only("get_nowait")
@@ -359,6 +376,12 @@ class RedisQueue(_Handle, _aq.Queue):
         """Close this handle: what its reservation holds goes back to the
         head of the queue (a get cancelled before it returned)."""
         h = self._h
+        if self._watch is not None:
+            try:
+                self._watch[1].cancel()
+            except RuntimeError:    # its loop is closed (without cancelling it)
+                pass
+            self._watch = None
         if self._used and self._pid == os.getpid() and not h._closed:
             keys = self._rkeys()
             h._backend.script("queue_give_back", _GIVE_BACK)(
