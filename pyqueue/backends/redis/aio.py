@@ -276,6 +276,9 @@ class RedisQueue(_Handle, _aq.Queue):
         return [k[0], k[1], k[2], p + "res:" + hid, p + "resn:" + hid, k[5], p + "rsv"]
 
     async def put(self, obj, block=True, timeout=None):
+        """As pyqueue.asyncio.Queue.put, waiting for room in XREAD on the
+        queue's space stream. Cancelled while its step's reply is on the
+        way, the message may have been put."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
@@ -301,6 +304,9 @@ class RedisQueue(_Handle, _aq.Queue):
                           h._keys[2], r[1])
 
     async def get(self, block=True, timeout=None):
+        """As pyqueue.asyncio.Queue.get, through this handle's reservation:
+        cancelled at any point, its message is in the queue or in the
+        reservation, and this handle's next get returns it first."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
@@ -429,15 +435,19 @@ def _sync_only(what):
 
 # -- WorkQueue --------------------------------------------------------------
 
+# _ACQUIRE's text less the head every script of the work queue shares
+# (the head is put once, in front of _AACQ's own lines).
+if not _rwq._ACQUIRE.startswith(_rwq._LUA_HEAD):  # pragma: no cover - a layout change
+    raise ImportError("workqueue._ACQUIRE no longer starts with _LUA_HEAD")
 _ACQ_BODY = _rwq._ACQUIRE[len(_rwq._LUA_HEAD):]
-assert _rwq._ACQUIRE.startswith(_rwq._LUA_HEAD)
 
 # KEYS: the work queue's 13, then this handle's reservation wq.res:H and
 # the set of handle ids wq.rsv; ARGV: lease ms, 1, the delivery this
-# handle handed out last ("id:n", or ""), the handle id. The reservation names the last delivery this handle's script made;
-# unless it is the one handed out (or no longer this handle's), it is
-# returned again, not counted again; else _ACQUIRE's step (the same text)
-# and the delivery it made is recorded.
+# handle handed out last ("id:n", or ""), the handle id. The reservation
+# names the last delivery this handle's script made; unless it is the one
+# handed out (or no longer this handle's), it is returned again, not
+# counted again; else _ACQUIRE's step (the same text) runs and the
+# delivery it made is recorded.
 _AACQ = _rwq._LUA_HEAD + """
 local rk = KEYS[14]
 local cur = redis.call('GET', rk)
@@ -503,6 +513,8 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
         return list(self._h._keys) + [p + "wq.res:" + hid, p + "wq.rsv"]
 
     async def put(self, obj, *, key=None, delay=0.0, timeout=None):
+        """As pyqueue.asyncio.WorkQueue.put (cancelled while its reply is on
+        the way, it may have been put)."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
@@ -532,6 +544,9 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
             return h.put(obj, key=key, delay=delay, block=False)
 
     async def get(self, timeout=None, block=True):
+        """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
+        once). Cancelled after its step ran, the delivery it made is
+        returned by this handle's next get, not counted again."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
