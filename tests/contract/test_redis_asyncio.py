@@ -18,6 +18,7 @@ The claims tested (docs/guarantees.md):
 import asyncio
 import queue
 import random
+import time
 import uuid
 
 import pytest
@@ -83,13 +84,13 @@ def test_put_get_round_trip_and_kinds(ab):
         finally:
             _closing(q)
         # what is not on Redis yet says so
-        t = ab.sync.Topic(name=_name("t"))
+        lg = ab.sync.Log(name=_name("l"))
         try:
             with pytest.raises(TypeError, match="not available on the Redis backend"):
-                aq.Topic.from_sync(t)
+                aq.Log.from_sync(lg)
         finally:
-            t.close()
-            t.unlink()
+            lg.close()
+            lg.unlink()
 
     asyncio.run(main())
 
@@ -216,6 +217,132 @@ def test_cancel_storm_workqueue(ab, ctx, procs):
         _closing(q)
 
 
+def test_cancel_storm_subscription(ab, ctx, procs):
+    """The storm on a topic subscription: every message published (by
+    another process) is read once, in order; none counted lost."""
+    t = ab.Topic(name=_name("tstorm"), capacity_bytes=1 << 20)
+    try:
+        sub = t.subscribe("earliest")
+        assert isinstance(sub, aq.Subscription)
+        n = 800
+        p = procs.start(ctx, workers.publish_range, t.sync, 0, n)
+
+        def done():
+            return p.exitcode is not None and sub.lag == 0
+
+        got, cancelled = asyncio.run(_storm(sub.get, done, random.Random(3), 1000))
+        assert p.exitcode == 0
+        assert cancelled >= 1000
+        assert got == list(range(n))  # in order, none lost or repeated
+        assert sub.lost == 0
+        sub.close()
+    finally:
+        _closing(t)
+
+
+def test_topic_publish_subscribe_timeouts_and_lossless_room(ab):
+    """Subscription get/get_many/async for, timeouts; a publish on a full
+    lossless topic waits for the subscriber's read (or times out)."""
+    async def main():
+        # (a subscriber's lease far beyond the waits below: its expiry
+        # would also let a waiting publisher through)
+        t = ab.Topic(name=_name("t"), capacity_bytes=4096, mode="lossless",
+                     subscriber_timeout=120.0)
+        sub = t.subscribe()
+        try:
+            with pytest.raises(queue.Empty):
+                await sub.get(timeout=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(sub.get(), 0.2)
+            big = b"x" * 1000
+            n = 0
+            with pytest.raises(queue.Full):
+                while True:
+                    await t.publish(big, timeout=0.2)
+                    n += 1
+            task = asyncio.ensure_future(t.publish(big, timeout=30))
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            assert await sub.get(timeout=5) == big          # makes room
+            await asyncio.wait_for(task, 15)    # not held until the next read
+            assert await sub.get_many(100, timeout=5) == [big] * n   # n - 1 + the one that waited
+            await t.publish(b"after room")
+            async for m in sub:
+                assert m == b"after room"
+                break
+            assert sub.lag == 0
+        finally:
+            sub.close()
+            _closing(t)
+
+    asyncio.run(main())
+
+
+async def _racing_gets(get, tasks, done, rng):
+    """`tasks` coroutines get from one handle at once, each call cut short
+    at a random moment (wait_for with a random timeout) until done():
+    what they got."""
+    got = []
+    end = time.monotonic() + 120
+
+    async def worker():
+        # (a cut always costs a connection, and a reconnect to a cluster
+        # node takes longer than a few ms on a loaded machine: not every
+        # call may be cut that short, or nothing ever gets through)
+        while not done():
+            assert time.monotonic() < end, f"no end: {len(got)} got"
+            limit = rng.choice([rng.random() * 0.005, rng.random() * 0.05, 2.0])
+            try:
+                got.append(await asyncio.wait_for(get(), limit))
+            except (asyncio.TimeoutError, queue.Empty):
+                pass
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return got
+
+
+@pytest.mark.parametrize("kind", ["queue", "workqueue", "subscription"])
+def test_concurrent_gets_on_one_handle(ab, ctx, procs, kind):
+    """Eight tasks get from the same async handle at once (each call cut
+    short at random) while another process puts: every message arrives
+    once (a step and the handle's state after it go together)."""
+    n = 400
+    if kind == "subscription":
+        h = ab.Topic(name=_name("t"), capacity_bytes=1 << 20)
+        sub = h.subscribe("earliest")
+        p = procs.start(ctx, workers.publish_range, h.sync, 0, n)
+        get = sub.get
+
+        def done():
+            return p.exitcode is not None and sub.lag == 0
+    else:
+        h = ab.Queue(name=_name("q")) if kind == "queue" else ab.WorkQueue(name=_name("w"))
+        p = procs.start(ctx, workers.put_range, h.sync, 0, n)
+        get = h.get
+
+        def done():
+            return p.exitcode is not None and (
+                h.sync.qsize() == 0 if kind == "queue" else h.sync.stats()["depth"] == 0)
+
+    async def main():
+        got = await _racing_gets(get, 8, done, random.Random(5))
+        if kind != "subscription":
+            got += await _drain(get)
+        return got
+
+    try:
+        got = asyncio.run(main())
+        assert p.exitcode == 0
+        if kind == "workqueue":
+            assert {d.delivery_count for d in got} == {1}
+            got = [d.value for d in got]
+        assert sorted(got) == list(range(n))
+    finally:
+        if kind == "subscription":
+            sub.close()
+        _closing(h)
+
+
 def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
     """What a get cancelled after the server ran its step leaves: the step
     is run and its reply dropped (as a cancelled coroutine drops it). The
@@ -270,7 +397,7 @@ def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("kind", ["queue", "put-full", "workqueue"])
+@pytest.mark.parametrize("kind", ["queue", "put-full", "workqueue", "subscription"])
 def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind):
     """An await parked on the server (a get in BLMOVE + XREAD, a put waiting
     for room, a work queue's get in XREAD) raises pyqueue.ShutDown when
@@ -279,7 +406,12 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind
     from tests import _shutdown_workers as sw
     from tests.contract.test_redis_shutdown import _blocked
     b = ab.sync
-    if kind == "workqueue":
+    sub = None
+    if kind == "subscription":
+        h = ab.Topic(name=_name("t"))
+        sub = h.subscribe()
+        call = sub.get
+    elif kind == "workqueue":
         h = ab.WorkQueue(name=_name("w"))
         call = h.get
     elif kind == "put-full":
@@ -304,6 +436,8 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind
     try:
         asyncio.run(main())
     finally:
+        if sub is not None:
+            sub.close()
         _closing(h)
 
 

@@ -51,6 +51,7 @@ from pyqueue import _api
 from pyqueue import asyncio as _aq
 from pyqueue.backends.redis import ConnectionLost
 from pyqueue.backends.redis import queue as _rq
+from pyqueue.backends.redis import topic as _rt
 from pyqueue.backends.redis import workqueue as _rwq
 from pyqueue.backends.redis._handle import key_prefix
 from pyqueue.errors import SegmentNotFound, ShutDown
@@ -126,8 +127,10 @@ def _lost(backend, e, sent):
                           f"step was sent)", sent=False)
 
 
-async def command(backend, *args):
-    """One command, sent once (one server) -- its raw RESP2 reply."""
+async def command(backend, *args, key):
+    """One command, sent once (one server) -- its raw RESP2 reply. On a
+    cluster, through the cluster client (its routing and retries, as the
+    sync backend there); `key` is the key it acts on."""
     client = await client_of(backend)
     if backend.cluster:
         return await client.execute_command(*args)
@@ -162,9 +165,9 @@ async def script(backend, source, keys, args):
     if sha is None:
         sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()
     try:
-        return await command(backend, "EVALSHA", sha, len(keys), *keys, *args)
+        return await command(backend, "EVALSHA", sha, len(keys), *keys, *args, key=keys[0])
     except _rexc.NoScriptError:
-        return await command(backend, "EVAL", source, len(keys), *keys, *args)
+        return await command(backend, "EVAL", source, len(keys), *keys, *args, key=keys[0])
 
 
 def _block_seconds(left):
@@ -188,6 +191,18 @@ class _Handle:
 
     def _backend(self):
         return self._h._backend
+
+    def _step_lock(self):
+        """The lock of this handle's steps on the running loop. A step and
+        the handle's update after its reply (the count or the delivery
+        handed out, the position) go together: two gets of one handle in
+        flight at once would send the same state and be handed the same
+        message. Only the step is under it, never a wait."""
+        loop = asyncio.get_running_loop()
+        lk = getattr(self, "_lock", None)
+        if lk is None or lk[0] is not loop:
+            lk = self._lock = (loop, asyncio.Lock())
+        return lk[1]
 
 
 # -- Queue ------------------------------------------------------------------
@@ -301,7 +316,7 @@ class RedisQueue(_Handle, _aq.Queue):
             if left == 0.0:
                 raise Full()
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                          h._keys[2], r[1])
+                          h._keys[2], r[1], key=h._keys[2])
 
     async def get(self, block=True, timeout=None):
         """As pyqueue.asyncio.Queue.get, through this handle's reservation:
@@ -316,10 +331,12 @@ class RedisQueue(_Handle, _aq.Queue):
         while True:
             keys = self._rkeys()
             self._used = True
-            r = await script(b, _ATAKE, keys, [self._handed, self._id])
+            async with self._step_lock():
+                r = await script(b, _ATAKE, keys, [self._handed, self._id])
+                if r[0] == 0:
+                    # From the reply to the return: no await (no cancellation).
+                    self._handed += 1
             if r[0] == 0:
-                # From the reply to the return: no await (no cancellation).
-                self._handed += 1
                 try:
                     return h._decode(r[1])
                 except Exception:
@@ -350,7 +367,8 @@ class RedisQueue(_Handle, _aq.Queue):
         if w is not None and w[1].done() and not w[1].cancelled():
             w[1].exception()        # retrieved (a lost connection: watch again)
         task = asyncio.ensure_future(
-            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id))
+            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id,
+                    key=keys[5]))
         self._watch = (loop, task)
         return task
 
@@ -360,7 +378,8 @@ class RedisQueue(_Handle, _aq.Queue):
         caller's next _ATAKE tells which."""
         down = self._watcher(b, keys, down_id)
         move = asyncio.ensure_future(
-            command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left)))
+            command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left),
+                    key=keys[1]))
         try:
             await asyncio.wait((move, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -425,7 +444,7 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue):
                 return False
             # Returns when the count reaches 0 after the check read r[1].
             if await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                             h._keys[3], r[1]):
+                             h._keys[3], r[1], key=h._keys[3]):
                 return True
 
 
@@ -538,7 +557,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
                 if left == 0.0:
                     raise Full()
                 await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                              h._keys[12], r[1])
+                              h._keys[12], r[1], key=h._keys[12])
                 continue
             # the dedup table full, or anything else: the sync call says it
             return h.put(obj, key=key, delay=delay, block=False)
@@ -554,9 +573,12 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
         while True:
             keys = self._wkeys()
             self._used = True
-            r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
+            async with self._step_lock():
+                r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
+                if r[0] == 0 and r[1] == 0:
+                    # From the reply to the hand-over: no await.
+                    self._handed = f"{int(r[2])}:{int(r[3])}"
             if r[0] == 0:
-                # From the reply to the hand-over: no await.
                 kind, mid, n, raw, enq, why = r[1:7]
                 mid, n, enq = int(mid), int(n), int(enq)
                 reason = why.decode() if why is not None else None
@@ -565,7 +587,6 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
                                          f"delivered {n} times, last: {reason or 'nacked'}"
                                          if reason != "rejected" else "rejected", None, raw, None)
                     continue
-                self._handed = f"{mid}:{n}"
                 try:
                     value = h._decode(raw, None)
                 except Exception as e:      # poison, as the sync get (sync)
@@ -588,7 +609,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
                 due = r[2] / 1000.0
                 left = due if left is None else min(left, due)
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                          h._keys[11], r[1])
+                          h._keys[11], r[1], key=h._keys[11])
 
     def get_nowait(self):
         _sync_only("get_nowait")
@@ -666,6 +687,160 @@ class RedisDelivery(_aq.Delivery):
                 await self.nack(error=f"{exc_type.__name__}: {exc}")
 
 
+# -- Topic ------------------------------------------------------------------
+
+# _READ with the position this handle handed out last as the one to read
+# from (not the server's), and the server's position set to it (not to
+# what this read returns): a read whose reply is lost reads the same
+# messages again, and a lossless publisher never drops a message this
+# subscription has not been handed.
+_READ_FROM = ("local pos = redis.call('HGET', P, ARGV[1])\n"
+              "if not pos then pos = tonumber(ARGV[4]) else pos = tonumber(pos) end\n")
+_SET_POS = "redis.call('HSET', P, ARGV[1], pos)\n"
+if _rt._READ.count(_READ_FROM) != 1 or _rt._READ.count(_SET_POS) != 1:  # pragma: no cover
+    raise ImportError("topic._READ changed: pyqueue.asyncio's _AREAD no longer fits it")
+_AREAD = (_rt._READ.replace(_READ_FROM, "local pos = tonumber(ARGV[4])\nlocal handed = pos\n")
+          .replace(_SET_POS, "redis.call('HSET', P, ARGV[1], handed)\n"))
+
+
+class RedisTopic(_aq.Topic):
+    """pyqueue.asyncio.Topic over a Redis topic handle."""
+
+    def _init(self):
+        pass
+
+    async def publish(self, obj, timeout=None):
+        """As pyqueue.asyncio.Topic.publish: a lossless topic waits for
+        room in XREAD on its space stream. Cancelled while its reply is on
+        the way, the message may have been published."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        data = h._encode(obj)
+        b = h._backend
+        while True:
+            r = await script(b, _rt._PUBLISH, h._keys, [data])
+            if r[0] == -2:
+                raise ShutDown(f"topic {h._name!r} is shut down")
+            if r[0] < 0:
+                raise SegmentNotFound(f"topic {h._name!r} was removed from {b.url}")
+            if len(r) == 1:
+                return
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Full()
+            # a dead subscriber's lease running out is the longest wait needed
+            lease = h._settings["sub_ms"] / 1000.0
+            await command(b, "XREAD", "COUNT", 1, "BLOCK",
+                          _block_ms(lease if left is None else min(left, lease)),
+                          "STREAMS", h._keys[4], r[1], key=h._keys[4])
+
+    def subscribe(self, start="latest"):
+        """As pyqueue.asyncio.Topic.subscribe (read it with the async calls
+        only: a sync read of the same subscription reads from the server's
+        position, which is one read behind)."""
+        return RedisSubscription(self._h.subscribe(start))
+
+
+# KEYS: the topic's; ARGV: id, a position handed out -> 0. Raises the
+# server's position of the subscription to it (never lowers it); on a
+# lossless topic tells the publishers waiting for room.
+_CONFIRM = _rt._HEAD + """
+local p = redis.call('HGET', P, ARGV[1])
+if not p or tonumber(p) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', P, ARGV[1], ARGV[2])
+if redis.call('HGET', M, 'mode') == 'lossless' then
+  redis.call('XADD', W, 'MAXLEN', 1, '*', 'r', 1)
+end
+return 0
+"""
+
+
+def _retrieved(task):
+    if not task.cancelled():
+        task.exception()
+
+
+class RedisSubscription(_Handle, _aq.Subscription):
+    """pyqueue.asyncio.Subscription of a Redis topic. The position read
+    from is this handle's (updated with no await between the reply and
+    the return), so a cancelled read loses and repeats nothing; the
+    server's position follows what was handed out (a task after each
+    read, and the next read), so a lossless publisher waits for no more
+    than what this subscription has been handed."""
+
+    def _init(self):
+        pass
+
+    def _confirm(self, b, t, pos):
+        task = asyncio.ensure_future(script(b, _CONFIRM, t._keys, [self._h._sid, pos]))
+        task.add_done_callback(_retrieved)
+
+    async def _read(self, max_messages, timeout):
+        s = self._h
+        s._check()
+        until = _api.deadline(True, timeout)
+        t = s._topic
+        b = t._backend
+        if s._pos is None:      # where subscribe() put it (reading moves nothing)
+            p = await command(b, "HGET", t._keys[2], s._sid, key=t._keys[2])
+            if s._pos is None:
+                s._pos = -1 if p is None else int(p)
+        while True:
+            async with self._step_lock():
+                r = await script(b, _AREAD, t._keys,
+                                 [s._sid, max_messages, t._settings["sub_ms"], s._pos])
+                if r[0] == -1 and len(r) == 1:
+                    raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
+                # From the reply to the return: no await.
+                s.lost += r[0]
+                s._pos, s._seq = r[1], r[2]
+            if len(r) > 4:
+                self._confirm(b, t, s._pos)
+                return r[4:]
+            if r[3] == 1:
+                raise ShutDown(f"topic {t._name!r} is shut down")
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            # A message after the position lands on the stream itself; the
+            # shutdown adds to t.shut; the lease is renewed before it ends.
+            lease = t._settings["sub_ms"] / 2000.0
+            await command(b, "XREAD", "COUNT", 1, "BLOCK",
+                          _block_ms(lease if left is None else min(left, lease)), "STREAMS",
+                          t._keys[1], t._keys[5], f"0-{s._pos}", "0-0", key=t._keys[1])
+
+    async def get(self, timeout=None):
+        """As pyqueue.asyncio.Subscription.get."""
+        s = self._h
+        if s._buf:
+            return _rt._codec.decode(s._buf.pop(0), s._topic._serializer)
+        raws = await self._read(1, timeout)
+        return _rt._codec.decode(raws[0], s._topic._serializer)
+
+    async def get_many(self, max_messages=1024, timeout=None):
+        """As pyqueue.asyncio.Subscription.get_many."""
+        _api.check_max_messages(max_messages)
+        s = self._h
+        raws = await self._read(max_messages, timeout)
+        return [_rt._codec.decode(raw, s._topic._serializer) for raw in raws]
+
+    def get_nowait(self):
+        _sync_only("get_nowait")
+
+    @property
+    def lag(self):
+        """Messages published and not yet handed out by this subscription
+        (counted from this handle's position, not the server's)."""
+        s = self._h
+        s._check()
+        if s._pos is None:
+            return s.lag
+        t = s._topic
+        seq = int(t._backend.client.hget(t._keys[0], "seq") or 0)
+        return max(0, seq - s._pos)
+
+
 def wrap(cls, h):
     """The Redis subclass of pyqueue.asyncio class `cls` for handle h, or
     None when there is none (TypeError from the caller)."""
@@ -675,6 +850,10 @@ def wrap(cls, h):
         impl = RedisQueue
     elif isinstance(h, _rwq.RedisWorkQueue):
         impl = RedisWorkQueue
+    elif isinstance(h, _rt.RedisTopic):
+        impl = RedisTopic
+    elif isinstance(h, _rt.RedisSubscription):
+        impl = RedisSubscription
     else:
         return None
     if not issubclass(impl, cls):
