@@ -1,7 +1,7 @@
 """Async put->get latency and throughput of pyqueue.asyncio, in one run
 with its baselines.
 
-    python -m bench.async_compare [--quick] [--json PATH]
+    python -m bench.async_compare [--quick] [--json PATH] [--redis URL]
 
 Cases (64-byte bytes messages; the consumer is a coroutine in this
 process; the producer another process unless said):
@@ -14,6 +14,13 @@ process; the producer another process unless said):
   aioprocessing      aioprocessing.AioQueue.coro_get (if installed)
   zmq.asyncio ipc    pyzmq PUSH (sync, other process) -> PULL (zmq.asyncio)
                      over ipc:// (if pyzmq is installed)
+  redis asyncio      (with --redis URL) pyqueue.asyncio on the Redis backend
+                     (redis.asyncio), the producer a sync Redis Queue.put
+  redis sync         the same Redis queue read with the blocking get
+                     (Redis cases: a tenth of the messages, no get_many;
+                     their throughput is of the gets alone: the queue is
+                     filled with put_many first, as a one-at-a-time
+                     producer is slower than either get)
 
 Latency: one message at a time - the producer sends its CLOCK_MONOTONIC
 time, the consumer (waiting, so each sample is a wake-up) records arrival
@@ -324,6 +331,72 @@ def case_zmq(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any]]:
         os.rmdir(d)
 
 
+REDIS_URL: Optional[str] = None
+
+
+def _redis_case(use_async: bool, ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any]]:
+    if REDIS_URL is None:
+        return None
+    import uuid
+
+    import pyqueue.asyncio as aq
+    b = aq.connect(REDIS_URL)
+    tag = uuid.uuid4().hex[:8]
+    q, acks = b.Queue(name=f"bench-async-{tag}"), b.sync.Queue(name=f"bench-acks-{tag}")
+    try:
+        if use_async:
+            async def lat() -> List[int]:
+                out = []
+                for _ in range(n_lat):
+                    m = await q.get()
+                    out.append(_now() - _ts(m))
+                    acks.put(None)
+                return out
+
+            async def tput() -> float:
+                await q.get()
+                t0 = _now()
+                for _ in range(n_tput - 1):
+                    await q.get()
+                return (n_tput - 1) / ((_now() - t0) / 1e9)
+
+            p = _start(ctx, _pq_lat_producer, q.sync, acks, n_lat, GAP_S)
+            res = _pcts(asyncio.run(lat()))
+            p.join()
+            q.sync.put_many([_msg(0)] * n_tput)    # the gets alone (no producer's pace)
+            res["msgs_per_s"] = asyncio.run(tput())
+            return res
+        h = q.sync
+        p = _start(ctx, _pq_lat_producer, h, acks, n_lat, GAP_S)
+        samples = []
+        for _ in range(n_lat):
+            m = h.get()
+            samples.append(_now() - _ts(m))
+            acks.put(None)
+        p.join()
+        res = _pcts(samples)
+        h.put_many([_msg(0)] * n_tput)
+        h.get()
+        t0 = _now()
+        for _ in range(n_tput - 1):
+            h.get()
+        res["msgs_per_s"] = (n_tput - 1) / ((_now() - t0) / 1e9)
+        return res
+    finally:
+        q.close()
+        q.sync.unlink()
+        acks.close()
+        acks.unlink()
+
+
+def case_redis_async(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any]]:
+    return _redis_case(True, ctx, n_lat, n_tput)
+
+
+def case_redis_sync(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any]]:
+    return _redis_case(False, ctx, n_lat, n_tput)
+
+
 CASES = [
     ("pyqueue.asyncio", case_pyqueue_async),
     ("pyqueue sync", case_pyqueue_sync),
@@ -331,6 +404,8 @@ CASES = [
     ("mp.Queue+run_in_executor", case_mp_executor),
     ("aioprocessing.AioQueue", case_aioprocessing),
     ("zmq.asyncio ipc", case_zmq),
+    ("redis asyncio", case_redis_async),
+    ("redis sync", case_redis_sync),
 ]
 
 
@@ -345,8 +420,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of every case (interleaved); the median is shown")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--redis", metavar="URL",
+                    help="also the Redis cases, on this server (redis://..., redis+unix://...)")
     args = ap.parse_args(argv)
-    global GAP_S
+    global GAP_S, REDIS_URL
+    REDIS_URL = args.redis
     GAP_S = args.gap_us / 1e6
     n_lat, n_tput = (200, 2000) if args.quick else (args.latency_samples, args.messages)
     repeat = 1 if args.quick else max(1, args.repeat)
@@ -361,7 +439,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for _ in range(repeat):  # the cases interleaved: a change of load hits all alike
         for name, fn in CASES:
             # mp.Queue through an executor is slow: fewer messages
-            n = n_tput if "executor" not in name and "aioproc" not in name else max(2, n_tput // 10)
+            slow = ("executor", "aioproc", "redis")
+            n = n_tput if not any(w in name for w in slow) else max(2, n_tput // 10)
             r = fn(ctx, n_lat, n)
             if r is None:
                 if name not in skipped:
@@ -375,11 +454,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         batch = f"{r['batch_msgs_per_s']:16,.0f}" if "batch_msgs_per_s" in r else f"{'-':>16}"
         print(f"{name:28} {r['p50_us']:9.1f} {r['p99_us']:9.1f} {r['msgs_per_s']:11,.0f} {batch}")
     for name in skipped:
-        print(f"{name:28} (not installed: skipped)")
+        print(f"{name:28} (not installed, or no --redis: skipped)")
     a, s = results.get("pyqueue.asyncio"), results.get("pyqueue sync")
     if a and s:
         print(f"pyqueue.asyncio throughput / sync: {a['msgs_per_s'] / s['msgs_per_s']:.2f} "
               f"(get), {a['batch_msgs_per_s'] / s['batch_msgs_per_s']:.2f} (get_many)")
+    a, s = results.get("redis asyncio"), results.get("redis sync")
+    if a and s:
+        print(f"redis asyncio throughput / redis sync: {a['msgs_per_s'] / s['msgs_per_s']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,4 +1,6 @@
-"""asyncio versions of pyqueue's kinds, on the shared-memory backend.
+"""asyncio versions of pyqueue's kinds, on the shared-memory backend (and
+Queue, JoinableQueue, WorkQueue and Topic on the Redis backend: ``connect(url)``
+below, or ``from_sync`` of a Redis handle).
 
 A module of classes that mirror the synchronous ones, as ``zmq.asyncio``
 and ``redis.asyncio`` do::
@@ -46,7 +48,7 @@ from .workqueue import Delivery as _SyncDelivery
 from .workqueue import WorkQueue as _SyncWorkQueue
 
 __all__ = ["Queue", "JoinableQueue", "Topic", "Subscription", "Log", "Consumer", "WorkQueue",
-           "Delivery", "Batch"]
+           "Delivery", "Batch", "AsyncBackend"]
 
 T = TypeVar("T")
 
@@ -89,6 +91,16 @@ class _Owner:
         if not isinstance(h, cls._sync_class):
             raise TypeError(f"{cls.__name__}.from_sync needs a pyqueue."
                             f"{cls._sync_class.__name__}, not {type(h).__name__}")
+        if type(h).__module__.startswith("pyqueue.backends.redis"):
+            # A Redis handle: the Redis subclass of this class (its waits
+            # are redis.asyncio's; pyqueue/backends/redis/aio.py).
+            from .backends.redis import aio as _redis_aio
+            made: Optional[_OT] = _redis_aio.wrap(cls, h)
+            if made is None:
+                raise TypeError(f"pyqueue.asyncio.{cls.__name__} is not available on the "
+                                f"Redis backend yet (Queue, JoinableQueue, WorkQueue and "
+                                f"Topic are)")
+            return made
         self = cls.__new__(cls)
         self._h = h
         return self
@@ -985,3 +997,63 @@ class Log(_Handle, Generic[T]):
             ValueError: Bad partition, or the log is closed.
         """
         return self._h.end_offset(partition)  # type: ignore[no-any-return]
+
+
+class _Maker:
+    """One kind of an AsyncBackend: called, it makes the sync handle with
+    the same arguments and wraps it; ``open(name)`` opens one."""
+
+    def __init__(self, cls: Any, make: Any) -> None:
+        self._cls = cls
+        self._make = make
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._cls.from_sync(self._make(*args, **kwargs))
+
+    def open(self, name: str, **kwargs: Any) -> Any:
+        """Open an existing one by name (as the backend's class's open).
+
+        Args:
+            name: Its name.
+            **kwargs: As the synchronous open (serializer=, ...).
+
+        Returns:
+            An asyncio handle on it.
+        """
+        return self._cls.from_sync(self._make.open(name, **kwargs))
+
+
+class AsyncBackend:
+    """What ``connect(url)`` returns: Queue, JoinableQueue, WorkQueue and
+    Topic that make asyncio handles on that backend (``sync``: the backend of
+    pyqueue.connect).
+
+    Args:
+        url: As pyqueue.connect ("shm://", "redis://...", ...; None:
+            $PYQUEUE_URL, else "shm://").
+    """
+
+    def __init__(self, url: Optional[str] = None) -> None:
+        from . import backends
+        self.sync: Any = backends.connect(url)
+        self.Queue = _Maker(Queue, self.sync.Queue)
+        self.JoinableQueue = _Maker(JoinableQueue, self.sync.JoinableQueue)
+        self.WorkQueue = _Maker(WorkQueue, self.sync.WorkQueue)
+        self.Topic = _Maker(Topic, self.sync.Topic)
+
+
+def connect(url: Optional[str] = None) -> AsyncBackend:
+    """The asyncio classes on a backend: ``await aq.connect("redis://h:6379/0")
+    .Queue(name="jobs").get()`` (on Redis through redis.asyncio; Queue,
+    JoinableQueue, WorkQueue and Topic so far).
+
+    Args:
+        url: As pyqueue.connect (None: $PYQUEUE_URL, else "shm://").
+
+    Returns:
+        An AsyncBackend.
+
+    Raises:
+        ValueError: Not a URL pyqueue knows.
+    """
+    return AsyncBackend(url)

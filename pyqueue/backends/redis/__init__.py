@@ -149,6 +149,7 @@ class RedisBackend:
         plain, self.min_replicas, self.wait_timeout = split_wait(url)
         kind, opts = parse_url(plain)
         self.cluster = kind == "cluster"
+        self._aio_args = (kind, dict(opts))   # pyqueue.asyncio's clients (aio.py)
         # RESP2 (the replies' shapes do not depend on redis-py's default);
         # bytes, not str: messages are bytes.
         common: Dict[str, Any] = {"protocol": 2, "decode_responses": False}

@@ -12,6 +12,12 @@ cluster slot and its Lua scripts stay legal on Redis Cluster):
     pq:{NAME}:shut   list of wake tokens: shutdown() pushes one per get
                      blocked at that moment (the meta hash's "waiting"
                      count); a get blocks in BLPOP on list and shut
+    pq:{NAME}:down   stream (MAXLEN 1): an entry when the queue is shut down
+                     (the wake of pyqueue.asyncio's gets, which wait in
+                     BLMOVE on list and XREAD on down: aio.py)
+    pq:{NAME}:res:H  list: handle H's reservation (pyqueue.asyncio, aio.py);
+    pq:{NAME}:resn:H its count of messages handed out; pq:{NAME}:rsv the set
+                     of handles that hold one
 
 The meta hash's "shutdown" field (absent: in use; 1: shut down; 2: shut
 down with immediate=True) is set by the shutdown script, read by the put
@@ -150,7 +156,7 @@ table.insert(items, 1, 0)
 return items
 """
 
-# KEYS: meta, list, space, zero, shut; ARGV: 1 (shutdown) or 2 (immediate).
+# KEYS: meta, list, space, zero, shut, down; ARGV: 1 (shutdown) or 2 (immediate).
 # -> the state before; -1: no queue. Sets the flag; immediate drops what is
 # queued (counted as dropped, one task_done each); wakes the puts waiting
 # for room (space) and pushes a token for each get blocked in BLPOP.
@@ -178,6 +184,7 @@ if new == 2 then
 end
 if old == 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
+  redis.call('XADD', KEYS[6], 'MAXLEN', 1, '*', 'd', 1)
   local w = math.max(tonumber(m[5] or '0'), 1)
   while w > 0 do
     local k = math.min(w, 1000)
@@ -302,7 +309,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         self._undecodable = 0
         self._shared = False
         p = key_prefix(name)
-        self._keys = (p + "meta", p + "list", p + "space", p + "zero", p + "shut")
+        self._keys = (p + "meta", p + "list", p + "space", p + "zero", p + "shut", p + "down")
 
     def _create(self, how: str, maxsize: int, overflow: str, max_message: int, custom: int,
                 capacity: int, mode: int) -> Tuple[bool, List[Any]]:

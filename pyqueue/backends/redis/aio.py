@@ -1,0 +1,864 @@
+"""pyqueue.asyncio on the Redis backend, through redis.asyncio.
+
+pyqueue.asyncio's Queue, JoinableQueue and WorkQueue wrap a Redis handle
+(``aq.Queue.from_sync(pyqueue.connect(url).Queue(...))``, or
+``aq.connect(url).Queue(...)``) with the subclasses here: the same public
+classes, whose waiting calls run the sync classes' Lua scripts (the same
+text, the same keys) on a redis.asyncio client instead of blocking the
+loop. docs/design.md, "asyncio on Redis", has the why; in short:
+
+* **Queue get: a per-handle reservation.** A cancelled coroutine loses the
+  reply of a command already sent, and the server may have run it: a
+  plain ``await r.blpop()`` (or a take script) that is cancelled after the
+  server popped loses the message. So the async get never pops: the take
+  script (_ATAKE) moves the head of the queue into this handle's
+  reservation list ``pq:{NAME}:res:H`` (LMOVE), and a waiting get blocks
+  in ``BLMOVE list res:H`` (the move is the server's, atomic). The
+  message is handed to the caller only from the reservation, and the
+  reservation is cleared by the handle's *next* script call: the handle
+  counts the messages it handed out (a local int, bumped with no await
+  between the reply and the return), sends the count, and the script pops
+  what the server has not counted yet (``pq:{NAME}:resn:H``). Sending
+  the same count twice clears nothing twice, so every step is safe to
+  lose, cancel or repeat: a cancelled get leaves its message in the
+  reservation and the next get of the handle returns it first; close()
+  gives what it holds back to the head of the queue.
+* **WorkQueue get: the delivery is the reservation.** The acquire script
+  (_ACQUIRE's text, inside _AACQ) also records the delivery it made,
+  (id, delivery count), under ``pq:{NAME}:wq.res:H``; a get cancelled
+  after the script ran leaves it there and the next get of the handle
+  returns that same delivery (not counted again) instead of taking a new
+  one; close() gives it back (available again, its delivery not counted).
+  It never waits for the visibility timeout.
+* **No resend.** On one server each step goes out once on a connection of
+  the pool (as the sync backend's _Once): a connection lost after the
+  step was sent is ConnectionLost(sent=True), never a silent replay. On a
+  cluster the cluster client's own routing and retries are used, as the
+  sync backend does there.
+* **Waits** are server-side blocking commands (BLMOVE, XREAD BLOCK) on
+  redis.asyncio: no thread, no polling. A waiting Queue get holds a
+  connection of the pool in BLMOVE and waits for whichever comes first:
+  that, or the handle's one watcher task in XREAD on the queue's shutdown
+  stream (``pq:{NAME}:down``), which stays parked between waits.
+"""
+import asyncio
+import hashlib
+import os
+import secrets
+import weakref
+
+from pyqueue import _api
+from pyqueue import asyncio as _aq
+from pyqueue.backends.redis import ConnectionLost
+from pyqueue.backends.redis import queue as _rq
+from pyqueue.backends.redis import topic as _rt
+from pyqueue.backends.redis import workqueue as _rwq
+from pyqueue.backends.redis._handle import key_prefix
+from pyqueue.errors import SegmentNotFound, ShutDown
+from pyqueue.workqueue import Delivery as _SyncDelivery
+
+try:
+    import redis.asyncio as _aredis
+    import redis.asyncio.cluster as _aredis_cluster
+    from redis import exceptions as _rexc
+except ImportError:  # pragma: no cover - the Redis backend needs redis-py anyway
+    _aredis = None
+
+Empty = _api.Empty
+Full = _api.Full
+
+
+# -- clients: one redis.asyncio client per backend, event loop and process --
+
+async def _closing(client):
+    # Parked on the loop as an async generator: asyncio.run() (and any loop
+    # that runs shutdown_asyncgens) closes it, and with it the client's
+    # connections, before the loop closes.
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _new_client(backend):
+    kind, opts = backend._aio_args
+    # No socket timeout (redis-py's asyncio default is 5 s): a wait is a
+    # blocking command that lasts as long as its own timeout, as on the
+    # synchronous clients.
+    common = {"protocol": 2, "decode_responses": False, "socket_timeout": None}
+    if kind == "cluster":
+        opts = dict(opts)
+        nodes = [_aredis_cluster.ClusterNode(h, p) for h, p in opts.pop("nodes")]
+        return _aredis_cluster.RedisCluster(startup_nodes=nodes, **common, **opts)
+    if "url" in opts:
+        return _aredis.Redis.from_url(opts["url"], **common)
+    return _aredis.Redis(**common, **opts)
+
+
+_clients = weakref.WeakKeyDictionary()    # loop -> {backend id: (pid, client, closer)}
+
+
+async def client_of(backend):
+    """The redis.asyncio client of `backend` for the running loop."""
+    if _aredis is None:  # pragma: no cover
+        raise ImportError("pyqueue.asyncio on Redis needs redis-py: pip install 'pyqueue[redis]'")
+    if backend.min_replicas:
+        raise NotImplementedError("pyqueue.asyncio on a Redis URL with min_replicas is not "
+                                  "supported yet (use the synchronous classes)")
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.get(loop)
+    if per_loop is None:
+        per_loop = _clients[loop] = {}
+    entry = per_loop.get(id(backend))
+    if entry is None or entry[0] != os.getpid() or entry[3] is not backend:
+        client = _new_client(backend)
+        closer = _closing(client)
+        await closer.__anext__()
+        entry = per_loop[id(backend)] = (os.getpid(), client, closer, backend)
+    return entry[1]
+
+
+def _lost(backend, e, sent):
+    if sent:
+        return ConnectionLost(f"the connection to Redis at {backend.url} was lost during a "
+                              f"call: {e} (the step was sent; it may have been applied)",
+                              sent=True)
+    return ConnectionLost(f"cannot reach Redis at {backend.url}: {e} (nothing of this call's "
+                          f"step was sent)", sent=False)
+
+
+async def command(backend, *args, key):
+    """One command, sent once (one server) -- its raw RESP2 reply. On a
+    cluster, through the cluster client (its routing and retries, as the
+    sync backend there); `key` is the key it acts on."""
+    client = await client_of(backend)
+    if backend.cluster:
+        return await client.execute_command(*args)
+    pool = client.connection_pool
+    try:
+        conn = await pool.get_connection()
+    except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
+        raise _lost(backend, e, False) from e
+    try:
+        await conn.send_command(*args)
+        return await conn.read_response()
+    except _rexc.ResponseError:
+        raise                                   # the connection is fine
+    except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
+        await conn.disconnect(nowait=True)
+        raise _lost(backend, e, True) from e
+    except BaseException:
+        # Cancelled (or worse) with a reply possibly on its way: that
+        # connection cannot be reused for another command.
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+
+
+_shas = {}
+
+
+async def script(backend, source, keys, args):
+    """Runs a Lua script (EVALSHA; EVAL after NOSCRIPT, which ran nothing)."""
+    sha = _shas.get(source)
+    if sha is None:
+        sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()
+    try:
+        return await command(backend, "EVALSHA", sha, len(keys), *keys, *args, key=keys[0])
+    except _rexc.NoScriptError:
+        return await command(backend, "EVAL", source, len(keys), *keys, *args, key=keys[0])
+
+
+def _block_seconds(left):
+    return 0 if left is None else max(left, 0.001)
+
+
+def _block_ms(left):
+    return 0 if left is None else max(1, int(left * 1000 + 0.999))
+
+
+class _Handle:
+    """What the Redis async handles share: a handle id per process (a
+    forked child gets its own reservation, never its parent's)."""
+
+    def _hid(self):
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._id = f"{self._pid}-{secrets.token_hex(6)}"
+            self._reset()
+        return self._id
+
+    def _backend(self):
+        return self._h._backend
+
+    def _step_lock(self):
+        """The lock of this handle's steps on the running loop. A step and
+        the handle's update after its reply (the count or the delivery
+        handed out, the position) go together: two gets of one handle in
+        flight at once would send the same state and be handed the same
+        message. Only the step is under it, never a wait."""
+        loop = asyncio.get_running_loop()
+        lk = getattr(self, "_lock", None)
+        if lk is None or lk[0] is not loop:
+            lk = self._lock = (loop, asyncio.Lock())
+        return lk[1]
+
+
+# -- Queue ------------------------------------------------------------------
+
+# KEYS: meta, list, space, res, resn, down, rsv; ARGV: messages handed out
+# by this handle so far, the handle id -> {0, message}: the head of the
+# reservation (moved from the queue now, or earlier by a BLMOVE or a
+# take whose reply was lost); {1}: empty and shut down; {2, last id of
+# down}: empty (wait in BLMOVE list res + XREAD down); {-1}: no queue.
+_ATAKE = """
+local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown', 'kind')
+if not m[3] then return {-1} end
+local handed = tonumber(ARGV[1])
+local n = tonumber(redis.call('GET', KEYS[5]) or '0')
+if handed > n then
+  for i = n + 1, handed do redis.call('LPOP', KEYS[4]) end
+  redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
+  redis.call('SET', KEYS[5], handed)
+end
+local msg = redis.call('LINDEX', KEYS[4], 0)
+if not msg then msg = redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') end
+if msg then
+  redis.call('SADD', KEYS[7], ARGV[2])
+  local maxsize = tonumber(m[1] or '0')
+  if maxsize > 0 and redis.call('LLEN', KEYS[2]) + 1 >= maxsize then
+    redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
+  end
+  return {0, msg}
+end
+if m[2] then return {1} end
+local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
+if #last > 0 then return {2, last[1][1]} end
+return {2, '0-0'}
+"""
+
+# KEYS: meta, list, res, resn, rsv; ARGV: handed, handle id. Counts what
+# was handed out, gives the rest of the reservation back to the head of
+# the queue (in order), removes the reservation. -> messages given back
+_GIVE_BACK = """
+local handed = tonumber(ARGV[1])
+local n = tonumber(redis.call('GET', KEYS[4]) or '0')
+if handed > n then
+  for i = n + 1, handed do redis.call('LPOP', KEYS[3]) end
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
+  end
+end
+local back = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  while redis.call('RPOPLPUSH', KEYS[3], KEYS[2]) do back = back + 1 end
+end
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('SREM', KEYS[5], ARGV[2])
+return back
+"""
+
+
+# KEYS: the set of handle ids with a reservation; ARGV: the prefixes of
+# their keys (same hash tag). Removes them all.
+_UNLINK_RESERVATIONS = """
+for _, hid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  for i = 1, #ARGV do redis.call('DEL', ARGV[i] .. hid) end
+end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
+
+class RedisQueue(_Handle, _aq.Queue):
+    """pyqueue.asyncio.Queue over a Redis queue handle."""
+
+    def _init(self):
+        self._pid = None
+        self._used = False
+        self._watch = None
+
+    def _reset(self):
+        self._handed = 0
+        self._used = False
+        self._watch = None
+
+    def _rkeys(self):
+        hid = self._hid()
+        k = self._h._keys
+        p = key_prefix(self._h._name)
+        return [k[0], k[1], k[2], p + "res:" + hid, p + "resn:" + hid, k[5], p + "rsv"]
+
+    async def put(self, obj, block=True, timeout=None):
+        """As pyqueue.asyncio.Queue.put, waiting for room in XREAD on the
+        queue's space stream. Cancelled while its step's reply is on the
+        way, the message may have been put."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        data = h._encode(obj)
+        b = self._backend()
+        while True:
+            # A put is one script: cancelled while its reply is on the way,
+            # it may have been applied (a put's own message is not a
+            # reservation; docs/design.md, "asyncio on Redis").
+            r = await script(b, _rq._PUT, h._keys, [data])
+            if r[0] == -2:
+                raise ShutDown(f"queue {h._name!r} is shut down")
+            if r[0] < 0:
+                raise SegmentNotFound(f"queue {h._name!r} was removed from {b.url}")
+            if r[0] == 1:
+                return
+            if h._overflow == "reject" or not block:
+                raise Full()
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Full()
+            await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
+                          h._keys[2], r[1], key=h._keys[2])
+
+    async def get(self, block=True, timeout=None):
+        """As pyqueue.asyncio.Queue.get, through this handle's reservation:
+        cancelled at any point, its message is in the queue or in the
+        reservation, and this handle's next get returns it first."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        if h._held:       # what the sync handle holds (a lost connection's)
+            return h.get_nowait()
+        b = self._backend()
+        while True:
+            keys = self._rkeys()
+            self._used = True
+            async with self._step_lock():
+                r = await script(b, _ATAKE, keys, [self._handed, self._id])
+                if r[0] == 0:
+                    # From the reply to the return: no await (no cancellation).
+                    self._handed += 1
+            if r[0] == 0:
+                try:
+                    return h._decode(r[1])
+                except Exception:
+                    h._undecodable += 1
+                    raise
+            if r[0] == 1:
+                raise ShutDown(f"queue {h._name!r} is shut down")
+            if r[0] < 0:
+                raise SegmentNotFound(f"queue {h._name!r} was removed from {b.url}")
+            if not block:
+                raise Empty()
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            await self._wait(b, keys, r[1], left)
+
+    def _watcher(self, b, keys, down_id):
+        """The task of this handle (and loop) that waits in XREAD BLOCK 0
+        for the queue's shutdown entry (after down_id, read by an _ATAKE
+        that saw the flag unset): shared by every get of the handle that
+        waits, and left running between waits (cancelling it would cost
+        its connection: a cancelled command's connection is closed), until
+        it fires, close(), or the loop's end (asyncio.run cancels it)."""
+        loop = asyncio.get_running_loop()
+        w = self._watch
+        if w is not None and w[0] is loop and not w[1].done():
+            return w[1]
+        if w is not None and w[1].done() and not w[1].cancelled():
+            w[1].exception()        # retrieved (a lost connection: watch again)
+        task = asyncio.ensure_future(
+            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id,
+                    key=keys[5]))
+        self._watch = (loop, task)
+        return task
+
+    async def _wait(self, b, keys, down_id, left):
+        """Until a message is moved into the reservation (BLMOVE) or the
+        queue is shut down (the watcher returns) or left runs out; the
+        caller's next _ATAKE tells which."""
+        down = self._watcher(b, keys, down_id)
+        move = asyncio.ensure_future(
+            command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left),
+                    key=keys[1]))
+        try:
+            await asyncio.wait((move, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A BLMOVE cancelled here may have moved a message: it is in
+            # the reservation, where the next _ATAKE finds it.
+            move.cancel()
+            await asyncio.gather(move, return_exceptions=True)
+        if move.done() and not move.cancelled() and move.exception() is not None:
+            raise move.exception()
+
+    def get_nowait(self):
+        return self._h.get_nowait() if self._h._held else _sync_only("get_nowait")
+
+    async def get_many(self, max_messages=1024, timeout=None):
+        _api.check_max_messages(max_messages)
+        return [await self.get(timeout=timeout)]
+
+    def close(self):
+        """Close this handle: what its reservation holds goes back to the
+        head of the queue (a get cancelled before it returned)."""
+        h = self._h
+        if self._watch is not None:
+            try:
+                self._watch[1].cancel()
+            except RuntimeError:    # its loop is closed (without cancelling it)
+                pass
+            self._watch = None
+        if self._used and self._pid == os.getpid() and not h._closed:
+            keys = self._rkeys()
+            h._backend.script("queue_give_back", _GIVE_BACK)(
+                keys=[keys[0], keys[1], keys[3], keys[4], keys[6]],
+                args=[self._handed, self._id])
+            self._used = False
+        h.close()
+
+
+    def unlink(self):
+        """Remove the queue, and the reservations of every handle (those of
+        handles whose process died included)."""
+        h = self._h
+        p = key_prefix(h._name)
+        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+            keys=[p + "rsv"], args=[p + "res:", p + "resn:"])
+        h.unlink()
+
+
+class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue):
+    """pyqueue.asyncio.JoinableQueue over a Redis handle."""
+
+    async def join(self, timeout=None):
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        b = self._backend()
+        keys = [h._keys[0], h._keys[3]]
+        r = await script(b, _rq._JOIN, keys, [])
+        if r[0] == 1:
+            return True
+        while True:
+            left = _api.remaining(until)
+            if left == 0.0:
+                return False
+            # Returns when the count reaches 0 after the check read r[1].
+            if await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
+                             h._keys[3], r[1], key=h._keys[3]):
+                return True
+
+
+def _sync_only(what):
+    raise NotImplementedError(f"{what} of pyqueue.asyncio on Redis: use await get(block=False)")
+
+
+# -- WorkQueue --------------------------------------------------------------
+
+# _ACQUIRE's text less the head every script of the work queue shares
+# (the head is put once, in front of _AACQ's own lines).
+if not _rwq._ACQUIRE.startswith(_rwq._LUA_HEAD):  # pragma: no cover - a layout change
+    raise ImportError("workqueue._ACQUIRE no longer starts with _LUA_HEAD")
+_ACQ_BODY = _rwq._ACQUIRE[len(_rwq._LUA_HEAD):]
+
+# KEYS: the work queue's 13, then this handle's reservation wq.res:H and
+# the set of handle ids wq.rsv; ARGV: lease ms, 1, the delivery this
+# handle handed out last ("id:n", or ""), the handle id. The reservation
+# names the last delivery this handle's script made; unless it is the one
+# handed out (or no longer this handle's), it is returned again, not
+# counted again; else _ACQUIRE's step (the same text) runs and the
+# delivery it made is recorded.
+_AACQ = _rwq._LUA_HEAD + """
+local rk = KEYS[14]
+local cur = redis.call('GET', rk)
+if cur and cur == ARGV[3] then
+  redis.call('DEL', rk)
+  cur = false
+end
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  local rid, rn = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
+  if redis.call('HGET', KEYS[1], 'shutdown') ~= '2' and held_by(rid, rn) then
+    return {0, 0, rid, rn, redis.call('HGET', P, rid), redis.call('HGET', E, rid),
+            redis.call('HGET', R, rid)}
+  end
+  redis.call('DEL', rk)
+end
+local r = (function()
+""" + _ACQ_BODY + """
+end)()
+if r[1] == 0 and r[2] == 0 then
+  redis.call('SET', rk, r[3] .. ':' .. r[4])
+  redis.call('SADD', KEYS[15], ARGV[4])
+end
+return r
+"""
+
+# KEYS: the 13, the reservation, wq.rsv; ARGV: the delivery handed out
+# last, the handle id.
+# Gives the reserved delivery back unless it was handed out: available
+# again at once, its delivery not counted. -> 1 given back, 0 none
+_AGIVE_BACK = _rwq._LUA_HEAD + """
+local rk = KEYS[14]
+local cur = redis.call('GET', rk)
+redis.call('DEL', rk)
+redis.call('SREM', KEYS[15], ARGV[2])
+if not cur or cur == ARGV[1] then return 0 end
+local sep = string.find(cur, ':', 1, true)
+local rid, rn = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
+if not held_by(rid, rn) then return 0 end
+redis.call('ZREM', F, rid)
+local n = redis.call('HINCRBY', C, rid, -1)
+if n > 0 then redis.call('HINCRBY', M, 'redelivered', -1) end
+redis.call('ZADD', Q, rid, rid)
+redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
+return 1
+"""
+
+
+class RedisWorkQueue(_Handle, _aq.WorkQueue):
+    """pyqueue.asyncio.WorkQueue over a Redis work queue handle."""
+
+    def _init(self):
+        self._pid = None
+        self._used = False
+
+    def _reset(self):
+        self._handed = ""
+        self._used = False
+
+    def _wkeys(self):
+        hid = self._hid()
+        p = key_prefix(self._h._name)
+        return list(self._h._keys) + [p + "wq.res:" + hid, p + "wq.rsv"]
+
+    async def put(self, obj, *, key=None, delay=0.0, timeout=None):
+        """As pyqueue.asyncio.WorkQueue.put (cancelled while its reply is on
+        the way, it may have been put)."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        delay_ms = _rwq._ms(delay, "delay")
+        args = [_rwq._codec.encode(obj, h._serializer), _rwq._key_bytes(key)]
+        if len(args[0]) - 1 > h.max_message_bytes:
+            from pyqueue.errors import MessageTooLarge
+            raise MessageTooLarge(f"message of {len(args[0]) - 1} bytes encoded, over "
+                                  f"max_message_bytes={h.max_message_bytes}")
+        b = self._backend()
+        while True:
+            r = await script(b, _rwq._PUT_MANY, h._keys, [delay_ms] + args)
+            if r[0] == -5:
+                raise ShutDown(f"work queue {h._name!r} is shut down")
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {h._name!r} was removed from {b.url}")
+            if r[0] == 0:
+                return int(r[2])
+            if r[0] == -3:
+                left = _api.remaining(until)
+                if left == 0.0:
+                    raise Full()
+                await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
+                              h._keys[12], r[1], key=h._keys[12])
+                continue
+            # the dedup table full, or anything else: the sync call says it
+            return h.put(obj, key=key, delay=delay, block=False)
+
+    async def get(self, timeout=None, block=True):
+        """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
+        once). Cancelled after its step ran, the delivery it made is
+        returned by this handle's next get, not counted again."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        b = self._backend()
+        while True:
+            keys = self._wkeys()
+            self._used = True
+            async with self._step_lock():
+                r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
+                if r[0] == 0 and r[1] == 0:
+                    # From the reply to the hand-over: no await.
+                    self._handed = f"{int(r[2])}:{int(r[3])}"
+            if r[0] == 0:
+                kind, mid, n, raw, enq, why = r[1:7]
+                mid, n, enq = int(mid), int(n), int(enq)
+                reason = why.decode() if why is not None else None
+                if kind == 1:       # out of deliveries: dead-lettered on the way (sync)
+                    h._move_dead_quietly(mid, n, enq / 1000.0,
+                                         f"delivered {n} times, last: {reason or 'nacked'}"
+                                         if reason != "rejected" else "rejected", None, raw, None)
+                    continue
+                try:
+                    value = h._decode(raw, None)
+                except Exception as e:      # poison, as the sync get (sync)
+                    if h._reject(mid, n) == 0:
+                        h._move_dead_quietly(mid, n, enq / 1000.0,
+                                             f"undecodable: {type(e).__name__}: {e}", repr(e),
+                                             raw, None)
+                    continue
+                return RedisDelivery(_SyncDelivery(h, mid, n, value, enq, reason), self)
+            if r[0] == -1:
+                raise SegmentNotFound(f"work queue {h._name!r} was removed from {b.url}")
+            if r[0] == -5:
+                raise ShutDown(f"work queue {h._name!r} is shut down")
+            if not block:
+                raise Empty()
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            if r[2] >= 0:
+                due = r[2] / 1000.0
+                left = due if left is None else min(left, due)
+            await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
+                          h._keys[11], r[1], key=h._keys[11])
+
+    def get_nowait(self):
+        _sync_only("get_nowait")
+
+    async def get_many(self, max_messages=1024, timeout=None):
+        _sync_only("get_many")
+
+    def close(self):
+        """Close this handle: a delivery its last get reserved and never
+        handed out (it was cancelled) is given back, uncounted."""
+        h = self._h
+        if self._used and self._pid == os.getpid() and not h._closed:
+            h._backend.script("wq_give_back", _AGIVE_BACK)(keys=self._wkeys(),
+                                                            args=[self._handed, self._id])
+            self._used = False
+        h.close()
+
+    def unlink(self):
+        """Remove the work queue, and the reservation of every handle."""
+        h = self._h
+        p = key_prefix(h._name)
+        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+            keys=[p + "wq.rsv"], args=[p + "wq.res:"])
+        h.unlink()
+
+
+class RedisDelivery(_aq.Delivery):
+    """pyqueue.asyncio.Delivery of a Redis work queue: the settles are
+    awaited script calls (the sync class's _SETTLE script)."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, d, q):
+        super().__init__(d)
+        self._q = q
+
+    async def _settle(self, verb, ms):
+        d = self._d
+        h = d._queue
+        h._check_open()
+        r = await script(self._q._backend(), _rwq._SETTLE, h._keys,
+                         [verb, _rwq.ESTALE, ms, h._lease_ms(), d.id, d.delivery_count])
+        rc = r[0]
+        if verb == "reject" and rc == 1:
+            rc = 0
+        return d._verb(verb, rc)
+
+    async def ack(self):
+        await self._settle("ack", 0)
+        self._d._settled = "acked"
+
+    async def nack(self, delay=0.0, error=None):
+        d = self._d
+        rc = await self._settle("nack", _rwq._ms(delay, "delay"))
+        d._settled = "nacked"
+        if rc == 1:     # out of deliveries: to the dead-letter queue (sync)
+            d._queue._move_dead(d.id, d.delivery_count, d.enqueued_at,
+                                f"delivered {d.delivery_count} times, last: nacked", error)
+
+    async def reject(self, reason="rejected"):
+        d = self._d
+        await self._settle("reject", 0)
+        d._settled = "rejected"
+        d._queue._move_dead(d.id, d.delivery_count, d.enqueued_at, f"rejected: {reason}",
+                            reason)
+
+    async def extend(self, seconds):
+        await self._settle("extend", _rwq._ms(seconds, "seconds"))
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if self._d._settled is None:
+            if exc_type is None:
+                await self.ack()
+            else:
+                await self.nack(error=f"{exc_type.__name__}: {exc}")
+
+
+# -- Topic ------------------------------------------------------------------
+
+# _READ with the position this handle handed out last as the one to read
+# from (not the server's), and the server's position set to it (not to
+# what this read returns): a read whose reply is lost reads the same
+# messages again, and a lossless publisher never drops a message this
+# subscription has not been handed.
+_READ_FROM = ("local pos = redis.call('HGET', P, ARGV[1])\n"
+              "if not pos then pos = tonumber(ARGV[4]) else pos = tonumber(pos) end\n")
+_SET_POS = "redis.call('HSET', P, ARGV[1], pos)\n"
+if _rt._READ.count(_READ_FROM) != 1 or _rt._READ.count(_SET_POS) != 1:  # pragma: no cover
+    raise ImportError("topic._READ changed: pyqueue.asyncio's _AREAD no longer fits it")
+_AREAD = (_rt._READ.replace(_READ_FROM, "local pos = tonumber(ARGV[4])\nlocal handed = pos\n")
+          .replace(_SET_POS, "redis.call('HSET', P, ARGV[1], handed)\n"))
+
+
+class RedisTopic(_aq.Topic):
+    """pyqueue.asyncio.Topic over a Redis topic handle."""
+
+    def _init(self):
+        pass
+
+    async def publish(self, obj, timeout=None):
+        """As pyqueue.asyncio.Topic.publish: a lossless topic waits for
+        room in XREAD on its space stream. Cancelled while its reply is on
+        the way, the message may have been published."""
+        h = self._h
+        h._check_open()
+        until = _api.deadline(True, timeout)
+        data = h._encode(obj)
+        b = h._backend
+        while True:
+            r = await script(b, _rt._PUBLISH, h._keys, [data])
+            if r[0] == -2:
+                raise ShutDown(f"topic {h._name!r} is shut down")
+            if r[0] < 0:
+                raise SegmentNotFound(f"topic {h._name!r} was removed from {b.url}")
+            if len(r) == 1:
+                return
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Full()
+            # a dead subscriber's lease running out is the longest wait needed
+            lease = h._settings["sub_ms"] / 1000.0
+            await command(b, "XREAD", "COUNT", 1, "BLOCK",
+                          _block_ms(lease if left is None else min(left, lease)),
+                          "STREAMS", h._keys[4], r[1], key=h._keys[4])
+
+    def subscribe(self, start="latest"):
+        """As pyqueue.asyncio.Topic.subscribe (read it with the async calls
+        only: a sync read of the same subscription reads from the server's
+        position, which is one read behind)."""
+        return RedisSubscription(self._h.subscribe(start))
+
+
+# KEYS: the topic's; ARGV: id, a position handed out -> 0. Raises the
+# server's position of the subscription to it (never lowers it); on a
+# lossless topic tells the publishers waiting for room.
+_CONFIRM = _rt._HEAD + """
+local p = redis.call('HGET', P, ARGV[1])
+if not p or tonumber(p) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', P, ARGV[1], ARGV[2])
+if redis.call('HGET', M, 'mode') == 'lossless' then
+  redis.call('XADD', W, 'MAXLEN', 1, '*', 'r', 1)
+end
+return 0
+"""
+
+
+def _retrieved(task):
+    if not task.cancelled():
+        task.exception()
+
+
+class RedisSubscription(_Handle, _aq.Subscription):
+    """pyqueue.asyncio.Subscription of a Redis topic. The position read
+    from is this handle's (updated with no await between the reply and
+    the return), so a cancelled read loses and repeats nothing; the
+    server's position follows what was handed out (a task after each
+    read, and the next read), so a lossless publisher waits for no more
+    than what this subscription has been handed."""
+
+    def _init(self):
+        pass
+
+    def _confirm(self, b, t, pos):
+        task = asyncio.ensure_future(script(b, _CONFIRM, t._keys, [self._h._sid, pos]))
+        task.add_done_callback(_retrieved)
+
+    async def _read(self, max_messages, timeout):
+        s = self._h
+        s._check()
+        until = _api.deadline(True, timeout)
+        t = s._topic
+        b = t._backend
+        if s._pos is None:      # where subscribe() put it (reading moves nothing)
+            p = await command(b, "HGET", t._keys[2], s._sid, key=t._keys[2])
+            if s._pos is None:
+                s._pos = -1 if p is None else int(p)
+        while True:
+            async with self._step_lock():
+                r = await script(b, _AREAD, t._keys,
+                                 [s._sid, max_messages, t._settings["sub_ms"], s._pos])
+                if r[0] == -1 and len(r) == 1:
+                    raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
+                # From the reply to the return: no await.
+                s.lost += r[0]
+                s._pos, s._seq = r[1], r[2]
+            if len(r) > 4:
+                self._confirm(b, t, s._pos)
+                return r[4:]
+            if r[3] == 1:
+                raise ShutDown(f"topic {t._name!r} is shut down")
+            left = _api.remaining(until)
+            if left == 0.0:
+                raise Empty()
+            # A message after the position lands on the stream itself; the
+            # shutdown adds to t.shut; the lease is renewed before it ends.
+            lease = t._settings["sub_ms"] / 2000.0
+            await command(b, "XREAD", "COUNT", 1, "BLOCK",
+                          _block_ms(lease if left is None else min(left, lease)), "STREAMS",
+                          t._keys[1], t._keys[5], f"0-{s._pos}", "0-0", key=t._keys[1])
+
+    async def get(self, timeout=None):
+        """As pyqueue.asyncio.Subscription.get."""
+        s = self._h
+        if s._buf:
+            return _rt._codec.decode(s._buf.pop(0), s._topic._serializer)
+        raws = await self._read(1, timeout)
+        return _rt._codec.decode(raws[0], s._topic._serializer)
+
+    async def get_many(self, max_messages=1024, timeout=None):
+        """As pyqueue.asyncio.Subscription.get_many."""
+        _api.check_max_messages(max_messages)
+        s = self._h
+        raws = await self._read(max_messages, timeout)
+        return [_rt._codec.decode(raw, s._topic._serializer) for raw in raws]
+
+    def get_nowait(self):
+        _sync_only("get_nowait")
+
+    @property
+    def lag(self):
+        """Messages published and not yet handed out by this subscription
+        (counted from this handle's position, not the server's)."""
+        s = self._h
+        s._check()
+        if s._pos is None:
+            return s.lag
+        t = s._topic
+        seq = int(t._backend.client.hget(t._keys[0], "seq") or 0)
+        return max(0, seq - s._pos)
+
+
+def wrap(cls, h):
+    """The Redis subclass of pyqueue.asyncio class `cls` for handle h, or
+    None when there is none (TypeError from the caller)."""
+    if isinstance(h, _rq.RedisJoinableQueue):
+        impl = RedisJoinableQueue
+    elif isinstance(h, _rq.RedisQueue):
+        impl = RedisQueue
+    elif isinstance(h, _rwq.RedisWorkQueue):
+        impl = RedisWorkQueue
+    elif isinstance(h, _rt.RedisTopic):
+        impl = RedisTopic
+    elif isinstance(h, _rt.RedisSubscription):
+        impl = RedisSubscription
+    else:
+        return None
+    if not issubclass(impl, cls):
+        return None
+    self = impl.__new__(impl)
+    self._h = h
+    self._init()
+    return self

@@ -1,0 +1,553 @@
+"""pyqueue.asyncio on the Redis backend (one redis-server, and a cluster),
+through redis.asyncio (pyqueue/backends/redis/aio.py; docs/design.md,
+"asyncio on Redis").
+
+The claims tested (docs/guarantees.md):
+- a cancelled get of a Queue or a WorkQueue never loses or duplicates a
+  message: thousands of gets cancelled at random moments while producers
+  in other processes (fork and spawn) put, every message arrives exactly
+  once (a WorkQueue's each delivered once: none waits for its visibility
+  timeout);
+- a get whose reply was lost (what a cancellation after the server ran the
+  step leaves) is found by the next get of the handle, and a closed
+  handle gives it back at once (not counted as a delivery);
+- timeouts (timeout=, asyncio.wait_for, asyncio.timeout), a put on a full
+  queue awaiting room, JoinableQueue.join, a shutdown from another process
+  waking an awaiting get, WorkQueue ack/nack.
+"""
+import asyncio
+import queue
+import random
+import time
+import uuid
+
+import pytest
+
+import pyqueue
+import pyqueue.asyncio as aq
+from tests import _aio_workers as workers
+from tests.test_asyncio import _storm
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def url(request):
+    server = request.getfixturevalue("redis_server" if request.param == "redis"
+                                     else "redis_cluster")
+    return server.url
+
+
+@pytest.fixture
+def ab(url):
+    return aq.connect(url)
+
+
+def _name(kind):
+    return f"ar-{kind}-{uuid.uuid4().hex[:10]}"
+
+
+def _closing(*handles):
+    for h in handles:
+        h.close()
+        h.sync.unlink()
+
+
+def _leftovers(b, name):
+    """Keys of queue `name` left on the server (a reservation is one)."""
+    prefix = f"pq:{{{name}}}:"
+    if b.cluster:
+        node = b.client.get_node_from_key(prefix + "meta")
+        return sorted(k.decode() for k in b.client.keys(prefix + "*", target_nodes=node))
+    return sorted(k.decode() for k in b.client.keys(prefix + "*"))
+
+
+async def _drain(get):
+    out = []
+    while True:
+        try:
+            out.append(await get(block=False))
+        except queue.Empty:
+            return out
+
+
+def test_put_get_round_trip_and_kinds(ab):
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        try:
+            assert isinstance(q, aq.Queue)
+            for m in ["a", b"b", {"c": [1, 2]}, 4]:
+                await q.put(m)
+            assert [await q.get() for _ in range(4)] == ["a", b"b", {"c": [1, 2]}, 4]
+            with pytest.raises(queue.Empty):
+                await q.get(block=False)
+        finally:
+            _closing(q)
+        # what is not on Redis yet says so
+        lg = ab.sync.Log(name=_name("l"))
+        try:
+            with pytest.raises(TypeError, match="not available on the Redis backend"):
+                aq.Log.from_sync(lg)
+        finally:
+            lg.close()
+            lg.unlink()
+
+    asyncio.run(main())
+
+
+def test_timeouts(ab):
+    """timeout=, asyncio.wait_for and asyncio.timeout end a waiting get (and
+    a put waiting for room) with what the sync call raises or the
+    TimeoutError of asyncio; nothing is taken."""
+    async def main():
+        q = ab.Queue(1, name=_name("q"))
+        try:
+            with pytest.raises(queue.Empty):
+                await q.get(timeout=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.get(), 0.2)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await q.get()
+            await q.put("only")
+            with pytest.raises(queue.Full):
+                await q.put("no room", timeout=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.put("no room"), 0.2)
+            assert await q.get(timeout=5) == "only"
+            assert await _drain(q.get) == []
+        finally:
+            _closing(q)
+
+    asyncio.run(main())
+
+
+def test_get_woken_by_other_process_and_put_awaits_room(ab, ctx, procs):
+    """A get waiting in BLMOVE is woken by another process's put; a put on a
+    full queue waits (XREAD on space) until another process takes."""
+    async def main():
+        q = ab.Queue(2, name=_name("q"))
+        out = ab.sync.Queue(name=_name("out"))
+        try:
+            p = procs.start(ctx, workers.put_range, q.sync, 0, 10)
+            got = [await q.get(timeout=60) for _ in range(10)]
+            assert got == list(range(10))
+            p.join(30)
+            assert p.exitcode == 0
+            await q.put(1)
+            await q.put(2)
+            p = procs.start(ctx, workers.take, q.sync, 4, out)
+            await q.put(3, timeout=60)
+            await q.put(4, timeout=60)
+            assert sorted(out.get(timeout=60)) == [1, 2, 3, 4]
+            p.join(30)
+            assert p.exitcode == 0
+        finally:
+            _closing(q)
+            out.close()
+            out.unlink()
+
+    asyncio.run(main())
+
+
+N_PRODUCERS = 2
+PER_PRODUCER = 600
+
+
+def test_cancel_storm_queue(ab, ctx, procs):
+    """Thousands of gets cancelled at random moments (before the script was
+    sent, while its reply is on the way, while waiting in BLMOVE, just
+    after the move) while two processes put into a small bounded queue:
+    every message arrives exactly once, and the handle leaves no
+    reservation behind."""
+    name = _name("storm")
+    q = ab.Queue(50, name=name)   # small: producers also wait for room
+    try:
+        ps = [procs.start(ctx, workers.put_range, q.sync, k * PER_PRODUCER, PER_PRODUCER)
+              for k in range(N_PRODUCERS)]
+
+        def done():
+            return all(p.exitcode is not None for p in ps) and q.sync.qsize() == 0
+
+        async def main():
+            got, cancelled = await _storm(q.get, done, random.Random(12), 1500)
+            # what the last cancelled gets reserved comes first now
+            return got + await _drain(q.get), cancelled
+
+        got, cancelled = asyncio.run(main())
+        assert [p.exitcode for p in ps] == [0] * N_PRODUCERS
+        assert cancelled >= 1500
+        assert sorted(got) == list(range(N_PRODUCERS * PER_PRODUCER))
+        q.close()
+        other = ab.sync.Queue.open(name)
+        assert other.stats()["dequeued"] == N_PRODUCERS * PER_PRODUCER
+        other.close()
+        assert not [k for k in _leftovers(ab.sync, name) if ":res" in k or k.endswith(":rsv")]
+    finally:
+        _closing(q)
+
+
+def test_cancel_storm_workqueue(ab, ctx, procs):
+    """The storm on a WorkQueue: every message delivered once (a delivery
+    lost to a cancellation would only come back after its visibility
+    timeout, counted twice)."""
+    q = ab.WorkQueue(name=_name("wstorm"), visibility_timeout=120.0)
+    try:
+        n = 400
+        ps = [procs.start(ctx, workers.put_range, q.sync, k * n, n) for k in range(2)]
+
+        def done():
+            s = q.sync.stats()
+            return all(p.exitcode is not None for p in ps) and s["depth"] == 0
+
+        async def main():
+            deliveries, cancelled = await _storm(q.get, done, random.Random(7), 1000)
+            deliveries += await _drain(q.get)
+            for d in deliveries:
+                await d.ack()
+            return deliveries, cancelled
+
+        deliveries, cancelled = asyncio.run(main())
+        assert cancelled >= 1000
+        assert sorted(d.value for d in deliveries) == list(range(2 * n))
+        assert {d.delivery_count for d in deliveries} == {1}
+        s = q.sync.stats()
+        assert (s["in_flight"], s["redelivered"], s["acked"]) == (0, 0, 2 * n)
+    finally:
+        _closing(q)
+
+
+def test_cancel_storm_subscription(ab, ctx, procs):
+    """The storm on a topic subscription: every message published (by
+    another process) is read once, in order; none counted lost."""
+    t = ab.Topic(name=_name("tstorm"), capacity_bytes=1 << 20)
+    try:
+        sub = t.subscribe("earliest")
+        assert isinstance(sub, aq.Subscription)
+        n = 800
+        p = procs.start(ctx, workers.publish_range, t.sync, 0, n)
+
+        def done():
+            return p.exitcode is not None and sub.lag == 0
+
+        got, cancelled = asyncio.run(_storm(sub.get, done, random.Random(3), 1000))
+        assert p.exitcode == 0
+        assert cancelled >= 1000
+        assert got == list(range(n))  # in order, none lost or repeated
+        assert sub.lost == 0
+        sub.close()
+    finally:
+        _closing(t)
+
+
+def test_topic_publish_subscribe_timeouts_and_lossless_room(ab):
+    """Subscription get/get_many/async for, timeouts; a publish on a full
+    lossless topic waits for the subscriber's read (or times out)."""
+    async def main():
+        # (a subscriber's lease far beyond the waits below: its expiry
+        # would also let a waiting publisher through)
+        t = ab.Topic(name=_name("t"), capacity_bytes=4096, mode="lossless",
+                     subscriber_timeout=120.0)
+        sub = t.subscribe()
+        try:
+            with pytest.raises(queue.Empty):
+                await sub.get(timeout=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(sub.get(), 0.2)
+            big = b"x" * 1000
+            n = 0
+            with pytest.raises(queue.Full):
+                while True:
+                    await t.publish(big, timeout=0.2)
+                    n += 1
+            task = asyncio.ensure_future(t.publish(big, timeout=30))
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            assert await sub.get(timeout=5) == big          # makes room
+            await asyncio.wait_for(task, 15)    # not held until the next read
+            assert await sub.get_many(100, timeout=5) == [big] * n   # n - 1 + the one that waited
+            await t.publish(b"after room")
+            async for m in sub:
+                assert m == b"after room"
+                break
+            assert sub.lag == 0
+        finally:
+            sub.close()
+            _closing(t)
+
+    asyncio.run(main())
+
+
+async def _racing_gets(get, tasks, done, rng):
+    """`tasks` coroutines get from one handle at once, each call cut short
+    at a random moment (wait_for with a random timeout) until done():
+    what they got."""
+    got = []
+    end = time.monotonic() + 120
+
+    async def worker():
+        # (a cut always costs a connection, and a reconnect to a cluster
+        # node takes longer than a few ms on a loaded machine: not every
+        # call may be cut that short, or nothing ever gets through)
+        while not done():
+            assert time.monotonic() < end, f"no end: {len(got)} got"
+            limit = rng.choice([rng.random() * 0.005, rng.random() * 0.05, 2.0])
+            try:
+                got.append(await asyncio.wait_for(get(), limit))
+            except (asyncio.TimeoutError, queue.Empty):
+                pass
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return got
+
+
+@pytest.mark.parametrize("kind", ["queue", "workqueue", "subscription"])
+def test_concurrent_gets_on_one_handle(ab, ctx, procs, kind):
+    """Eight tasks get from the same async handle at once (each call cut
+    short at random) while another process puts: every message arrives
+    once (a step and the handle's state after it go together)."""
+    n = 400
+    if kind == "subscription":
+        h = ab.Topic(name=_name("t"), capacity_bytes=1 << 20)
+        sub = h.subscribe("earliest")
+        p = procs.start(ctx, workers.publish_range, h.sync, 0, n)
+        get = sub.get
+
+        def done():
+            return p.exitcode is not None and sub.lag == 0
+    else:
+        h = ab.Queue(name=_name("q")) if kind == "queue" else ab.WorkQueue(name=_name("w"))
+        p = procs.start(ctx, workers.put_range, h.sync, 0, n)
+        get = h.get
+
+        def done():
+            return p.exitcode is not None and (
+                h.sync.qsize() == 0 if kind == "queue" else h.sync.stats()["depth"] == 0)
+
+    async def main():
+        got = await _racing_gets(get, 8, done, random.Random(5))
+        if kind != "subscription":
+            got += await _drain(get)
+        return got
+
+    try:
+        got = asyncio.run(main())
+        assert p.exitcode == 0
+        if kind == "workqueue":
+            assert {d.delivery_count for d in got} == {1}
+            got = [d.value for d in got]
+        assert sorted(got) == list(range(n))
+    finally:
+        if kind == "subscription":
+            sub.close()
+        _closing(h)
+
+
+def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
+    """What a get cancelled after the server ran its step leaves: the step
+    is run and its reply dropped (as a cancelled coroutine drops it). The
+    next get of the same handle returns that message (a WorkQueue: that
+    same delivery, not counted again); a handle closed instead gives it
+    back at once, to a get of another handle (a WorkQueue's delivery not
+    counted)."""
+    from pyqueue.backends.redis import aio
+
+    async def lose_a_queue_get(q):
+        await aio.script(q._backend(), aio._ATAKE, q._rkeys(), [q._handed, q._id])
+        q._used = True
+
+    async def lose_a_workqueue_get(w):
+        await aio.script(w._backend(), aio._AACQ, w._wkeys(),
+                         [w.sync._lease_ms(), 1, w._handed, w._id])
+        w._used = True
+
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        q2 = ab.Queue.open(q.name)
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=120.0)
+        w2 = ab.WorkQueue.open(w.name)
+        try:
+            await q.put("first")
+            await q.put("second")
+            await lose_a_queue_get(q)
+            assert q.sync.qsize() == 1          # "first" is in q's reservation
+            assert await q.get() == "first"
+            await lose_a_queue_get(q)
+            q.close()                           # gives "second" back
+            assert await q2.get(timeout=5) == "second"
+
+            await w.put("job")
+            await lose_a_workqueue_get(w)
+            assert w.sync.stats()["in_flight"] == 1
+            d = await w.get(timeout=5)
+            assert (d.value, d.delivery_count) == ("job", 1)
+            await d.nack()
+            await lose_a_workqueue_get(w)
+            w.close()                           # gives delivery 2 back, uncounted
+            d = await w2.get(timeout=5)
+            assert (d.value, d.delivery_count, d.redelivered_because) == ("job", 2, "nacked")
+            await d.ack()
+            assert w2.sync.stats()["redelivered"] == 1
+        finally:
+            for h in (q2, w2):
+                h.close()
+            q.sync.unlink()
+            w.sync.unlink()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["queue", "put-full", "workqueue", "subscription"])
+def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind):
+    """An await parked on the server (a get in BLMOVE + XREAD, a put waiting
+    for room, a work queue's get in XREAD) raises pyqueue.ShutDown when
+    another process shuts the queue down; with no timeout, only the
+    shutdown's wake can end it."""
+    from tests import _shutdown_workers as sw
+    from tests.contract.test_redis_shutdown import _blocked
+    b = ab.sync
+    sub = None
+    if kind == "subscription":
+        h = ab.Topic(name=_name("t"))
+        sub = h.subscribe()
+        call = sub.get
+    elif kind == "workqueue":
+        h = ab.WorkQueue(name=_name("w"))
+        call = h.get
+    elif kind == "put-full":
+        h = ab.Queue(1, name=_name("q"))
+        h.sync.put("fills it")
+        call = lambda: h.put("waits for room")  # noqa: E731
+    else:
+        h = ab.Queue(name=_name("q"))
+        call = h.get
+
+    async def main():
+        base = _blocked(b)
+        task = asyncio.ensure_future(call())
+        while _blocked(b) < base + 1:        # the server has it blocked
+            await asyncio.sleep(0.01)
+        p = procs.start(ctx, sw.shut_down, h.sync, False)
+        with pytest.raises(pyqueue.ShutDown):
+            await asyncio.wait_for(task, 30)
+        p.join(30)
+        assert p.exitcode == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        if sub is not None:
+            sub.close()
+        _closing(h)
+
+
+def test_unlink_removes_every_handles_reservation(ab):
+    """A handle that holds a reservation and is never closed (its process
+    died) leaves nothing behind once the queue is unlinked."""
+    from pyqueue.backends.redis import aio
+
+    async def main():
+        for kind in ("Queue", "WorkQueue"):
+            h = getattr(ab, kind)(name=_name(kind.lower()))
+            await h.put("held")
+            if kind == "Queue":
+                await aio.script(h._backend(), aio._ATAKE, h._rkeys(), [0, h._id])
+            else:
+                await aio.script(h._backend(), aio._AACQ, h._wkeys(),
+                                 [h.sync._lease_ms(), 1, "", h._id])
+            assert [k for k in _leftovers(ab.sync, h.name) if "res" in k]
+            other = getattr(ab, kind).open(h.name)
+            other.unlink()
+            other.close()
+            assert _leftovers(ab.sync, h.name) == []
+            h.sync.close()
+
+    asyncio.run(main())
+
+
+def test_shutdown_drains_first(ab):
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        try:
+            await q.put(1)
+            q.sync.shutdown()
+            with pytest.raises(pyqueue.ShutDown):
+                await q.put(2)
+            assert await q.get() == 1
+            with pytest.raises(pyqueue.ShutDown):
+                await q.get()
+        finally:
+            _closing(q)
+
+    asyncio.run(main())
+
+
+def test_joinable_join(ab, ctx, procs):
+    async def main():
+        q = ab.JoinableQueue(name=_name("j"))
+        try:
+            assert await q.join(timeout=0) is True
+            for i in range(5):
+                await q.put(i)
+            assert await q.join(timeout=0.2) is False
+            procs.start(ctx, workers.drain_and_mark_done, q.sync, 5)
+            assert await q.join(timeout=60) is True
+        finally:
+            _closing(q)
+
+    asyncio.run(main())
+
+
+def test_workqueue_ack_nack_reject(ab):
+    async def main():
+        dlq = ab.WorkQueue(name=_name("dlq"))
+        w = ab.WorkQueue(name=_name("w"), max_deliveries=2, dead_letter=dlq.sync)
+        try:
+            await w.put("a")
+            await w.put("b")
+            d = await w.get(timeout=5)
+            assert (d.value, d.delivery_count) == ("a", 1)
+            await d.nack()
+            assert d.settled == "nacked"
+            with pytest.raises(pyqueue.DeliveryExpired):
+                await d.ack()
+            d2 = await w.get(timeout=5)
+            assert (d2.value, d2.delivery_count, d2.redelivered_because) == ("a", 2, "nacked")
+            await d2.extend(30)
+            await d2.nack()                       # its last delivery: dead-lettered
+            async with await w.get(timeout=5) as d3:
+                assert d3.value == "b"
+            assert d3.settled == "acked"
+            dead = await dlq.get(timeout=5)
+            assert dead.value.value == "a"
+            await dead.ack()
+            s = w.sync.stats()
+            assert (s["acked"], s["dead_lettered"], s["in_flight"]) == (1, 1, 0)
+            with pytest.raises(queue.Empty):
+                await w.get(timeout=0.1)
+        finally:
+            _closing(w, dlq)
+
+    asyncio.run(main())
+
+
+def test_pickled_async_handle_and_forked_reservation(ab, ctx, procs):
+    """An async handle sent to a child is an async handle there, with its
+    own reservation (a forked child never takes its parent's)."""
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        out = ab.sync.Queue(name=_name("out"))
+        try:
+            await q.put("to the parent")
+            assert await q.get() == "to the parent"     # makes q's handle id
+            await q.put("to the child")
+            p = procs.start(ctx, workers.async_consume, q, 1, out)
+            assert out.get(timeout=60) == ["to the child"]
+            p.join(30)
+            assert p.exitcode == 0
+        finally:
+            _closing(q)
+            out.close()
+            out.unlink()
+
+    asyncio.run(main())
