@@ -33,7 +33,7 @@ import threading
 import time
 from multiprocessing.reduction import ForkingPickler
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
-                    Tuple, TypeVar, Union)
+                    Tuple, TypeVar, Union, cast)
 
 from pyqueue.errors import ShutDown, WorkerLost
 from pyqueue.queues import Queue
@@ -49,6 +49,10 @@ ApplyResult = _mpp.ApplyResult
 MapResult = _mpp.MapResult
 IMapIterator = _mpp.IMapIterator
 IMapUnorderedIterator = _mpp.IMapUnorderedIterator
+
+# (not in typeshed's stub of multiprocessing.pool)
+_ExceptionWithTraceback: Any = getattr(_mpp, "ExceptionWithTraceback")
+_MaybeEncodingError: Any = getattr(_mpp, "MaybeEncodingError")
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")
@@ -117,11 +121,11 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
             kind, func, args = loads(memoryview(msg)[_HEADER.size:])
             result: Tuple[bool, Any] = (True, _run_task(kind, func, args))
         except Exception as e:
-            result = (False, _mpp.ExceptionWithTraceback(e, e.__traceback__))
+            result = (False, _ExceptionWithTraceback(e, e.__traceback__))
         try:
             put((_DONE, job, i, result))
         except Exception as e:  # the result (or its exception) cannot be pickled
-            wrapped = _mpp.MaybeEncodingError(e, result[1])
+            wrapped = _MaybeEncodingError(e, result[1])
             put((_DONE, job, i, (False, wrapped)))
         d.ack()
         done += 1
@@ -254,6 +258,7 @@ class Pool:
         self._finalizer = multiprocessing.util.Finalize(
             self, _cleanup, args=(self._handles, self._procs), exitpriority=15)
         self._lock = threading.Lock()   # the worker list
+        self._set_lock = threading.Lock()  # _finished (not held while callbacks run)
         self._feed: _queue.SimpleQueue[Optional[_Job]] = _queue.SimpleQueue()
         self._stopping = threading.Event()  # terminate(): every thread ends now
         self._tasks_shut = False
@@ -303,9 +308,6 @@ class Pool:
                     continue
                 if self._state == _RUN or self._cache or code != 0:
                     self._procs[i] = self._spawn()
-            if (self._cache and not self._tasks_shut and not self._stopping.is_set()
-                    and all(p is None for p in self._procs)):
-                self._procs[0] = self._spawn()
 
     # ---- the feeder: tasks to the WorkQueue ------------------------------
 
@@ -358,16 +360,17 @@ class Pool:
     # ---- the handler: results, dead letters, workers -------------------
 
     def _set(self, job: int, i: int, obj: Tuple[bool, Any]) -> None:
-        done = self._finished.get(job)
-        if done is None:
-            done = self._finished[job] = set()
-        if i in done:
-            return  # a task run again after its worker died having sent it
-        r = self._cache.get(job)
-        if r is None:
-            self._finished.pop(job, None)
-            return
-        done.add(i)
+        """Settle position i of a job, once (the feeder and the handler
+        both do; a retried task may have sent its result before)."""
+        with self._set_lock:
+            done = self._finished.setdefault(job, set())
+            if i in done:
+                return  # a task run again after its worker died having sent it
+            r = self._cache.get(job)
+            if r is None:
+                self._finished.pop(job, None)
+                return
+            done.add(i)
         try:
             r._set(i, obj)
         except Exception:  # a callback raised: as multiprocessing's, it is logged
@@ -465,7 +468,7 @@ class Pool:
             WorkerLost: Every try's worker died while running it.
             Exception: What func raised.
         """
-        return self.apply_async(func, args, kwds).get()  # type: ignore[no-any-return]
+        return self.apply_async(func, args, kwds).get()
 
     def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},
@@ -488,7 +491,7 @@ class Pool:
             ValueError: The pool is closed ("Pool not running").
         """
         self._check_running()
-        result: Any = ApplyResult(self, callback, error_callback)
+        result: Any = ApplyResult(cast(Any, self), callback, error_callback)
         self._submit(result, _CALL, func, [(tuple(args), dict(kwds))])
         return result  # type: ignore[no-any-return]
 
@@ -502,7 +505,7 @@ class Pool:
             chunksize = _default_chunksize(len(items), self._processes)
         if len(items) == 0:
             chunksize = 0
-        result: Any = MapResult(self, chunksize, len(items), callback, error_callback)
+        result: Any = MapResult(cast(Any, self), chunksize, len(items), callback, error_callback)
         if chunksize:
             self._submit(result, kind, func, _chunks(items, chunksize))
         return result
