@@ -131,10 +131,18 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
         done += 1
 
 
+# The largest default chunk: a chunk is pickled, sent, run and sent back
+# whole, so smaller ones let the parent pickle the next while the workers
+# run this one (multiprocessing's heuristic alone gives 125000 items for
+# 1M items on 2 workers: both pools are then 2x slower than with 10000).
+MAX_DEFAULT_CHUNKSIZE = 8192
+
+
 def _default_chunksize(n: int, processes: int) -> int:
-    """multiprocessing.Pool.map's: about four chunks per worker."""
+    """multiprocessing.Pool.map's (about four chunks per worker), capped
+    at MAX_DEFAULT_CHUNKSIZE items."""
     chunksize, extra = divmod(n, processes * 4)
-    return chunksize + 1 if extra else chunksize
+    return min(chunksize + 1 if extra else chunksize, MAX_DEFAULT_CHUNKSIZE)
 
 
 class _Job:
@@ -713,7 +721,14 @@ class Pool:
                           source=self)
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[Tuple[Any, ...]]:
+def _chunks(items: Iterable[Any], size: int) -> Iterator[Any]:
+    """items in chunks of size: slices of a list, tuple or range (one
+    copy in C), else tuples."""
+    if type(items) in (list, tuple, range):
+        seq: Any = items
+        for k in range(0, len(seq), size):
+            yield seq[k:k + size]
+        return
     it = iter(items)
     while True:
         chunk = tuple(itertools.islice(it, size))
