@@ -166,15 +166,22 @@ class _Failed:
         self.exc = exc
 
 
-def _cleanup(handles: List[Any], procs: List[Any]) -> None:
-    """At exit (or GC of a pool never joined): stop the workers, remove
-    the queues' segments."""
-    for p in procs:
-        if p is not None and p.is_alive():
-            p.kill()
-    for p in procs:
-        if p is not None:
-            p.join(5)
+def _cleanup(handles: List[Any], procs: List[Any], lock: Any, stopping: threading.Event,
+             threads: List[threading.Thread]) -> None:
+    """terminate() and join() end with it, and it runs at exit for a pool
+    left running: the pool's threads stop (no worker is started after
+    this), the workers are killed, the queues' segments removed."""
+    stopping.set()
+    for t in threads:
+        if t is not threading.current_thread():
+            t.join(5)
+    with lock:
+        for p in procs:
+            if p is not None and p.is_alive():
+                p.kill()
+        for p in procs:
+            if p is not None:
+                p.join(5)
     for h in handles:
         try:
             h.unlink()
@@ -228,7 +235,7 @@ class Pool:
                  max_task_retries: int = DEFAULT_MAX_TASK_RETRIES) -> None:
         self._state = "INIT"  # (first: __del__ looks at it)
         self._handles: List[Any] = []
-        self._procs: List[Any] = []
+        self._pool: List[Any] = []
         if processes is None:
             processes = os.cpu_count() or 1
         if not isinstance(processes, int) or processes < 1:
@@ -262,17 +269,20 @@ class Pool:
         self._handles.append(self._tasks)
         self._results: Queue[Any] = Queue()
         self._handles.append(self._results)
-        self._procs = [None] * processes
-        self._finalizer = multiprocessing.util.Finalize(
-            self, _cleanup, args=(self._handles, self._procs), exitpriority=15)
+        self._pool = [None] * processes
         self._lock = threading.Lock()   # the worker list
         self._set_lock = threading.Lock()  # _finished (not held while callbacks run)
         self._feed: _queue.SimpleQueue[Optional[_Job]] = _queue.SimpleQueue()
         self._stopping = threading.Event()  # terminate(): every thread ends now
+        self._threads: List[threading.Thread] = []
+        self._cleanup_lock = threading.Lock()
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _cleanup, args=(self._handles, self._pool, self._lock, self._stopping,
+                                  self._threads), exitpriority=15)
         self._tasks_shut = False
         try:
             for i in range(processes):
-                self._procs[i] = self._spawn()
+                self._pool[i] = self._spawn()
         except BaseException:
             self._state = _TERMINATE
             self._finalizer()
@@ -281,6 +291,7 @@ class Pool:
                                         name="pyqueue-pool-feeder")
         self._handler = threading.Thread(target=self._run_handler, daemon=True,
                                          name="pyqueue-pool-results")
+        self._threads += [self._feeder, self._handler]
         self._feeder.start()
         self._handler.start()
         self._state = _RUN
@@ -300,7 +311,7 @@ class Pool:
         always while work is left, one that ended its maxtasksperchild
         while the pool runs."""
         with self._lock:
-            for i, p in enumerate(self._procs):
+            for i, p in enumerate(self._pool):
                 if p is None or p.is_alive():
                     continue
                 p.join()  # (reaped: the WorkQueue's reaper sees the pid gone)
@@ -311,48 +322,60 @@ class Pool:
                         self._exits.pop(next(iter(self._exits)))
                     _logger.warning("pyqueue.Pool worker pid %s %s; starting another",
                                     p.pid, _describe(code))
-                self._procs[i] = None
+                self._pool[i] = None
                 if self._stopping.is_set() or self._tasks_shut:
                     continue
                 if self._state == _RUN or self._cache or code != 0:
-                    self._procs[i] = self._spawn()
+                    self._pool[i] = self._spawn()
+
+    def _repopulate_pool(self) -> None:
+        # multiprocessing.Pool's name (CPython's tests call it).
+        self._maintain()
 
     # ---- the feeder: tasks to the WorkQueue ------------------------------
 
     def _run_feeder(self) -> None:
-        dumps = ForkingPickler.dumps
-        pack = _HEADER.pack
         while True:
             job = self._feed.get()
             if job is None or self._stopping.is_set():
                 return
-            n = 0
-            for task in job.tasks:
-                if self._stopping.is_set():
-                    return
-                jid, i, kind, func, args = task
-                if kind < 0:  # the iterable raised: that position fails
-                    self._set(jid, i, (False, args.exc))
-                    n = i + 1
-                    break
-                try:
-                    msg = pack(jid, i) + dumps((kind, func, args))
-                except Exception as e:  # cannot be pickled: that task fails
-                    self._set(jid, i, (False, e))
-                    n = i + 1
-                    continue
-                while True:
-                    try:
-                        self._tasks.put(msg, timeout=_POLL)
-                        break
-                    except _queue.Full:
-                        if self._stopping.is_set():
-                            return
-                    except (ShutDown, ValueError):
-                        return
+            if not self._send(job):
+                return
+            job = None  # keep nothing of a job sent (its items) alive
+
+    def _send(self, job: _Job) -> bool:
+        """Put a job's tasks on the WorkQueue; False when the pool is
+        terminated meanwhile."""
+        dumps = ForkingPickler.dumps
+        pack = _HEADER.pack
+        n = 0
+        for task in job.tasks:
+            if self._stopping.is_set():
+                return False
+            jid, i, kind, func, args = task
+            if kind < 0:  # the iterable raised: that position fails
+                self._set(jid, i, (False, args.exc))
                 n = i + 1
-            if job.set_length is not None:
-                job.set_length(n)
+                break
+            try:
+                msg = pack(jid, i) + dumps((kind, func, args))
+            except Exception as e:  # cannot be pickled: that task fails
+                self._set(jid, i, (False, e))
+                n = i + 1
+                continue
+            while True:
+                try:
+                    self._tasks.put(msg, timeout=_POLL)
+                    break
+                except _queue.Full:
+                    if self._stopping.is_set():
+                        return False
+                except (ShutDown, ValueError):
+                    return False
+            n = i + 1
+        if job.set_length is not None:
+            job.set_length(n)
+        return True
 
     def _guarded(self, jid: int, kind: int, func: Any,
                  items: Iterable[Any]) -> Iterator[Tuple[int, int, int, Any, Any]]:
@@ -388,6 +411,7 @@ class Pool:
 
     def _run_handler(self) -> None:
         get_many = self._results.get_many
+        items: Optional[List[Any]] = None
         while not self._stopping.is_set():
             try:
                 items = get_many(1024, timeout=_POLL)
@@ -395,12 +419,9 @@ class Pool:
                 items = []
             except (ValueError, OSError, ShutDown):
                 return
-            for item in items:
-                if item[0] == _DONE:
-                    self._started.pop((item[1], item[2]), None)
-                    self._set(item[1], item[2], item[3])
-                else:
-                    self._started[(item[1], item[2])] = item[3]
+            if items:
+                self._dispatch(items)
+                items = None  # (the results must not outlive their use: test_release_task_refs)
             if self._stopping.is_set():
                 return
             self._maintain()
@@ -415,8 +436,16 @@ class Pool:
                     return
             if self._tasks_shut:
                 with self._lock:
-                    if all(p is None or not p.is_alive() for p in self._procs):
+                    if all(p is None or not p.is_alive() for p in self._pool):
                         return
+
+    def _dispatch(self, items: List[Any]) -> None:
+        for item in items:
+            if item[0] == _DONE:
+                self._started.pop((item[1], item[2]), None)
+                self._set(item[1], item[2], item[3])
+            else:
+                self._started[(item[1], item[2])] = item[3]
 
     def _take_dead(self) -> None:
         now = time.monotonic()
@@ -669,7 +698,7 @@ class Pool:
         self._stopping.set()
         self._feed.put(None)
         with self._lock:
-            procs = [p for p in self._procs if p is not None]
+            procs = [p for p in self._pool if p is not None]
         for p in procs:
             if p.is_alive():
                 p.terminate()
@@ -680,7 +709,8 @@ class Pool:
                 p.join()
         self._feeder.join()
         self._handler.join()
-        self._finalizer()
+        with self._cleanup_lock:  # a second caller waits for the first's cleanup
+            self._finalizer()
 
     def join(self) -> None:
         """Wait for the workers to end, after close() (all work done) or
@@ -694,10 +724,11 @@ class Pool:
         self._feeder.join()
         self._handler.join()
         with self._lock:
-            procs = [p for p in self._procs if p is not None]
+            procs = [p for p in self._pool if p is not None]
         for p in procs:
             p.join()
-        self._finalizer()
+        with self._cleanup_lock:  # a second caller waits for the first's cleanup
+            self._finalizer()
 
     def __enter__(self: _P) -> _P:
         self._check_running()

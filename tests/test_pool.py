@@ -174,7 +174,7 @@ def test_close_join_waits_for_the_work_and_leaves_no_segment():
     p.join()
     assert r.ready() and r.get() == [x * x for x in range(200)]
     assert not any(segment_exists(n) for n in names)
-    assert all(not pr.is_alive() for pr in p._procs if pr is not None)
+    assert all(not pr.is_alive() for pr in p._pool if pr is not None)
 
 
 def test_context_manager_terminates():
@@ -227,7 +227,7 @@ def test_killed_worker_task_runs_again_and_pool_goes_on(method, tmp_path):
         # The pool is whole: two workers again, and they work.
         assert sorted(p.map(w.pid, range(40), chunksize=1)) and \
             p.map(w.square, range(20)) == [x * x for x in range(20)]
-        assert wait_until(lambda: sum(1 for x in p._procs if x is not None and x.is_alive())
+        assert wait_until(lambda: sum(1 for x in p._pool if x is not None and x.is_alive())
                           == 2, timeout=DEADLINE)
 
 
