@@ -270,7 +270,7 @@ def main(argv=None):
         rows.append((cid, n, res))
     print(f"machine: {machine_info().get('cpu_model', '?')}, {os.cpu_count()} CPUs; "
           f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue (get, or get_many for "
-          f"batch-*) in this run")
+          f"batch-*; pool-map-*: to multiprocessing.Pool) in this run")
     for cid, n, res in rows:
         base = res[next(k for k in ("queue-batch", "queue", "mp-pool") if k in res)][1]
         cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
