@@ -35,7 +35,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
                     Tuple, TypeVar, Union, cast)
 
-from pyqueue.errors import ShutDown, WorkerLost
+from pyqueue.errors import ShutDown, UndecodableMessage, WorkerLost
 from pyqueue.queues import Queue
 from pyqueue.workqueue import WorkQueue
 
@@ -68,8 +68,12 @@ _CALL, _MAP, _STARMAP = 0, 1, 2
 # A task message: (job, index) in a fixed header (read even when the rest
 # cannot be unpickled), then the pickled (kind, func, args).
 _HEADER = struct.Struct("<qq")
-# What the workers put on the result queue.
+# What the workers put on the result queue: bytes, a fixed header (kind,
+# job, index, pid) and, for _DONE, the pickled (success, value): the parent
+# reads the header even when the value cannot be unpickled, and fails that
+# task alone (a result handler that died of it would hang the pool).
 _DONE, _STARTED = 0, 1
+_RESULT = struct.Struct("<Bqqq")
 # A task that may run longer than this is delivered again while it runs.
 _VISIBILITY = 1e8
 _POLL = 0.05           # the handler's longest wait between looks at the workers
@@ -105,7 +109,9 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
     pid = os.getpid()
     done = 0
     loads = pickle.loads
+    dumps = ForkingPickler.dumps
     put = results.put
+    head = _RESULT.pack
     while maxtasks is None or done < maxtasks:
         try:
             d = tasks.get()
@@ -116,17 +122,19 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
         if d.delivery_count > 1 or max_deliveries == 1:
             # A task that may have killed a worker already: say who runs it
             # now, so that its WorkerLost can name this pid.
-            put((_STARTED, job, i, pid))
+            put(head(_STARTED, job, i, pid))
         try:
             kind, func, args = loads(memoryview(msg)[_HEADER.size:])
             result: Tuple[bool, Any] = (True, _run_task(kind, func, args))
         except Exception as e:
             result = (False, _ExceptionWithTraceback(e, e.__traceback__))
         try:
-            put((_DONE, job, i, result))
+            data = dumps(result)
         except Exception as e:  # the result (or its exception) cannot be pickled
-            wrapped = _MaybeEncodingError(e, result[1])
-            put((_DONE, job, i, (False, wrapped)))
+            data = dumps((False, _MaybeEncodingError(e, result[1])))
+        result = None  # type: ignore[assignment]
+        put(head(_DONE, job, i, pid) + data)
+        data = None  # type: ignore[assignment]
         d.ack()
         done += 1
 
@@ -306,27 +314,35 @@ class Pool:
         p.start()
         return p
 
+    def _spawn_or_none(self) -> Any:
+        try:
+            return self._spawn()
+        except Exception:  # (EAGAIN, ENOMEM...): tried again at the next turn
+            _logger.exception("pyqueue.Pool: could not start a worker; trying again")
+            return None
+
     def _maintain(self) -> None:
-        """Replace the workers that ended: one that died (killed, crashed)
-        always while work is left, one that ended its maxtasksperchild
-        while the pool runs."""
+        """Reap the workers that ended (noting the exit code of one that
+        died) and fill every empty slot while the pool runs or work is
+        left."""
         with self._lock:
+            want = (not self._stopping.is_set() and not self._tasks_shut
+                    and (self._state == _RUN or bool(self._cache)))
             for i, p in enumerate(self._pool):
-                if p is None or p.is_alive():
-                    continue
-                p.join()  # (reaped: the WorkQueue's reaper sees the pid gone)
-                code = p.exitcode
-                if code != 0:
-                    self._exits[p.pid] = code
-                    if len(self._exits) > 4096:
-                        self._exits.pop(next(iter(self._exits)))
-                    _logger.warning("pyqueue.Pool worker pid %s %s; starting another",
-                                    p.pid, _describe(code))
-                self._pool[i] = None
-                if self._stopping.is_set() or self._tasks_shut:
-                    continue
-                if self._state == _RUN or self._cache or code != 0:
-                    self._pool[i] = self._spawn()
+                if p is not None:
+                    if p.is_alive():
+                        continue
+                    p.join()  # (reaped: the WorkQueue's reaper sees the pid gone)
+                    code = p.exitcode
+                    if code != 0:
+                        self._exits[p.pid] = code
+                        if len(self._exits) > 4096:
+                            self._exits.pop(next(iter(self._exits)))
+                        _logger.warning("pyqueue.Pool worker pid %s %s; starting another",
+                                        p.pid, _describe(code))
+                    self._pool[i] = None
+                if want:  # (also a slot whose start failed last turn)
+                    self._pool[i] = self._spawn_or_none()
 
     def _repopulate_pool(self) -> None:
         # multiprocessing.Pool's name (CPython's tests call it).
@@ -410,42 +426,63 @@ class Pool:
             self._finished.pop(job, None)
 
     def _run_handler(self) -> None:
-        get_many = self._results.get_many
-        items: Optional[List[Any]] = None
         while not self._stopping.is_set():
             try:
-                items = get_many(1024, timeout=_POLL)
-            except _queue.Empty:
-                items = []
-            except (ValueError, OSError, ShutDown):
-                return
-            if items:
-                self._dispatch(items)
-                items = None  # (the results must not outlive their use: test_release_task_refs)
-            if self._stopping.is_set():
-                return
-            self._maintain()
-            self._take_dead()
-            if (self._state != _RUN and not self._cache and not self._feeder.is_alive()
-                    and not self._tasks_shut):
-                # Closed and every job done: the workers may go.
-                self._tasks_shut = True
-                try:
-                    self._tasks.shutdown()
-                except ValueError:
+                if not self._handle_once():
                     return
-            if self._tasks_shut:
-                with self._lock:
-                    if all(p is None or not p.is_alive() for p in self._pool):
-                        return
+            except Exception:  # never die: the pool would hang
+                _logger.exception("pyqueue.Pool: the result thread failed; going on")
+                self._stopping.wait(_POLL)
 
-    def _dispatch(self, items: List[Any]) -> None:
-        for item in items:
-            if item[0] == _DONE:
-                self._started.pop((item[1], item[2]), None)
-                self._set(item[1], item[2], item[3])
-            else:
-                self._started[(item[1], item[2])] = item[3]
+    def _handle_once(self) -> bool:
+        """One turn of the result thread: results, workers, dead letters,
+        the end after close(). False: the thread is done."""
+        items: Optional[List[bytes]]
+        try:
+            items = self._results.get_many(1024, timeout=_POLL)
+        except _queue.Empty:
+            items = []
+        except (ValueError, OSError, ShutDown):
+            return False  # closed: terminated
+        if items:
+            self._dispatch(items)
+            items = None  # (the results must not outlive their use: test_release_task_refs)
+        if self._stopping.is_set():
+            return False
+        self._maintain()
+        self._take_dead()
+        if (self._state != _RUN and not self._cache and not self._feeder.is_alive()
+                and not self._tasks_shut):
+            # Closed and every job done: the workers may go.
+            self._tasks_shut = True
+            try:
+                self._tasks.shutdown()
+            except ValueError:
+                return False
+        if self._tasks_shut:
+            with self._lock:
+                if all(p is None or not p.is_alive() for p in self._pool):
+                    return False
+        return True
+
+    def _dispatch(self, items: List[bytes]) -> None:
+        unpack = _RESULT.unpack_from
+        size = _RESULT.size
+        for raw in items:
+            kind, job, i, pid = unpack(raw)
+            if kind == _STARTED:
+                self._started[(job, i)] = pid
+                continue
+            self._started.pop((job, i), None)
+            try:
+                obj = pickle.loads(memoryview(raw)[size:])
+            except Exception as e:  # e.g. an exception class that does not unpickle
+                err = UndecodableMessage(
+                    f"the result of task {i} of job {job} could not be unpickled: "
+                    f"{type(e).__name__}: {e}", cause=e)
+                err.__cause__ = e
+                obj = (False, err)
+            self._set(job, i, obj)
 
     def _take_dead(self) -> None:
         now = time.monotonic()

@@ -29,6 +29,18 @@ def raise_keyerror():
     raise KeyError("missing")
 
 
+class BadError(Exception):
+    """Pickles, but does not unpickle (its __init__ wants two arguments)."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+
+def raise_bad():
+    raise BadError("x", 1)
+
+
 def unpicklable_result():
     return threading.Lock()
 

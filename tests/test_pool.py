@@ -113,6 +113,10 @@ def test_exceptions_reraised_in_caller(pool):
         pool.apply(w.unpicklable_result)
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         pool.apply(lambda: 1)
+    # An exception that pickles but does not unpickle (multiprocessing.Pool's
+    # result thread dies of it, and the pool hangs): that task fails alone.
+    with pytest.raises(pyqueue.UndecodableMessage, match="could not be unpickled"):
+        pool.apply_async(w.raise_bad).get(DEADLINE)
     # The pool is fine afterwards.
     assert pool.map(w.square, range(4)) == [0, 1, 4, 9]
 
@@ -332,3 +336,17 @@ def test_executor_kill_does_not_break_it(method, tmp_path):
             else:
                 assert f.result(DEADLINE) == x
         assert ex.submit(w.square, 7).result(DEADLINE) == 49
+
+
+def test_a_second_result_for_a_task_is_dropped(tmp_path):
+    """A worker killed after it sent a result but before its ack makes its
+    task run again, and send a second result: the pool keeps the first.
+    (No test can stop a worker between those two steps: the bookkeeping
+    that drops the second is driven here directly.)"""
+    with Pool(1, context="fork") as p:
+        r = p.map_async(w.block, [str(tmp_path / "a"), str(tmp_path / "b")], chunksize=1)
+        p._set(r._job, 0, (True, ["first"]))
+        p._set(r._job, 0, (True, ["second"]))  # the same task's result again
+        assert not r.ready()  # position 1 is still to come
+        p._set(r._job, 1, (True, ["other"]))
+        assert r.get(DEADLINE) == ["first", "other"]
