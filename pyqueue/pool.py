@@ -31,6 +31,8 @@ import struct
 import sys
 import threading
 import time
+import traceback
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.reduction import ForkingPickler
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
                     Tuple, TypeVar, Union, cast)
@@ -72,13 +74,14 @@ _HEADER = struct.Struct("<qq")
 # job, index, pid) and, for _DONE, the pickled (success, value): the parent
 # reads the header even when the value cannot be unpickled, and fails that
 # task alone (a result handler that died of it would hang the pool).
-_DONE, _STARTED = 0, 1
+_DONE, _STARTED, _INIT_FAILED = 0, 1, 2
 _RESULT = struct.Struct("<Bqqq")
 # A task that may run longer than this is delivered again while it runs.
 _VISIBILITY = 1e8
 _POLL = 0.05           # the handler's longest wait between looks at the workers
 _DEAD_GRACE = 5.0      # how long a dead-lettered task waits to learn its worker's exit code
 DEFAULT_MAX_TASK_RETRIES = 2
+_MAX_REPORT = 16384  # characters of a failed initializer's traceback kept
 
 
 def _describe(exitcode: Optional[int]) -> str:
@@ -104,14 +107,19 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
                  initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...],
                  maxtasks: Optional[int], max_deliveries: int) -> None:
     """A worker process: take a task, run it, put its result, ack it."""
-    if initializer is not None:
-        initializer(*initargs)
     pid = os.getpid()
-    done = 0
     loads = pickle.loads
     dumps = ForkingPickler.dumps
     put = results.put
     head = _RESULT.pack
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:  # said to the pool, then this worker dies of it
+            put(head(_INIT_FAILED, 0, 0, pid) +
+                traceback.format_exc()[-_MAX_REPORT:].encode("utf-8", "replace"))
+            raise
+    done = 0
     while maxtasks is None or done < maxtasks:
         try:
             d = tasks.get()
@@ -288,6 +296,9 @@ class Pool:
             self, _cleanup, args=(self._handles, self._pool, self._lock, self._stopping,
                                   self._threads), exitpriority=15)
         self._tasks_shut = False
+        # What the Executor does when a worker's initializer raises (the
+        # Pool itself starts another worker, as multiprocessing.Pool does).
+        self._on_initializer_error: Optional[Callable[[str], None]] = None
         try:
             for i in range(processes):
                 self._pool[i] = self._spawn()
@@ -472,6 +483,13 @@ class Pool:
             kind, job, i, pid = unpack(raw)
             if kind == _STARTED:
                 self._started[(job, i)] = pid
+                continue
+            if kind == _INIT_FAILED:
+                report = bytes(memoryview(raw)[size:]).decode("utf-8", "replace")
+                _logger.error("pyqueue.Pool worker pid %s: its initializer raised:\n%s",
+                              pid, report)
+                if self._on_initializer_error is not None:
+                    self._on_initializer_error(report)
                 continue
             self._started.pop((job, i), None)
             try:
@@ -840,12 +858,33 @@ class Executor(concurrent.futures.Executor):
                  max_task_retries: int = DEFAULT_MAX_TASK_RETRIES) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context,
-                          max_task_retries=max_task_retries)
         self._shutdown_lock = threading.Lock()
         self._shut = False
+        self._broken: Optional[str] = None
         self._pending: Set["concurrent.futures.Future[Any]"] = set()
         self._joiner: Optional[threading.Thread] = None
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context,
+                          max_task_retries=max_task_retries)
+        self._pool._on_initializer_error = self._initializer_failed
+
+    def _initializer_failed(self, report: str) -> None:
+        """A worker's initializer raised: as ProcessPoolExecutor, the
+        executor is broken (every pending future fails, submit raises)."""
+        with self._shutdown_lock:
+            if self._broken is not None:
+                return
+            self._broken = ("a worker's initializer raised; the executor is not usable "
+                            "any more:\n" + report)
+            pending = list(self._pending)
+            self._pending.clear()
+        for f in pending:
+            try:
+                f.set_exception(BrokenProcessPool(self._broken))
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass  # done or cancelled meanwhile
+        # (from the pool's result thread, which terminate() joins: another thread)
+        threading.Thread(target=self._pool.terminate, daemon=True,
+                         name="pyqueue-executor-broken").start()
 
     def submit(self, fn: Callable[..., _T], /, *args: Any,
                **kwargs: Any) -> "concurrent.futures.Future[_T]":
@@ -861,21 +900,31 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             RuntimeError: The executor was shut down.
+            BrokenProcessPool: A worker's initializer raised (as
+                ProcessPoolExecutor, the executor is then unusable).
         """
         f: concurrent.futures.Future[_T] = concurrent.futures.Future()
         pending = self._pending
 
         def ok(value: Any) -> None:
             pending.discard(f)
-            if f.set_running_or_notify_cancel():
-                f.set_result(value)
+            try:
+                if f.set_running_or_notify_cancel():
+                    f.set_result(value)
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass  # failed already (the executor broke)
 
         def failed(exc: BaseException) -> None:
             pending.discard(f)
-            if f.set_running_or_notify_cancel():
-                f.set_exception(exc)
+            try:
+                if f.set_running_or_notify_cancel():
+                    f.set_exception(exc)
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass
 
         with self._shutdown_lock:
+            if self._broken is not None:
+                raise BrokenProcessPool(self._broken)
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             pending.add(f)
@@ -905,7 +954,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         chunks = _chunks(zip(*iterables), chunksize)
         results = super().map(_process_chunk_of(fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return _each_of_lists(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more work; with wait, wait until what was submitted is
@@ -931,6 +980,15 @@ class Executor(concurrent.futures.Executor):
                 self._joiner.join()
             else:
                 self._pool.join()
+
+
+def _each_of_lists(lists: Iterable[List[_T]]) -> Iterator[_T]:
+    """The items of each list in turn, each popped before it is yielded:
+    nothing here keeps a result alive once the caller dropped it."""
+    for chunk in lists:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
 
 
 class _process_chunk_of:

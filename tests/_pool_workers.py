@@ -91,3 +91,7 @@ def block(marker):
     """Report the pid, then wait (for terminate())."""
     _report(f"{marker}.{os.getpid()}", str(os.getpid()))
     threading.Event().wait(120)
+
+
+def failing_init():
+    raise OSError("no database")

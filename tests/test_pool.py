@@ -350,3 +350,16 @@ def test_a_second_result_for_a_task_is_dropped(tmp_path):
         assert not r.ready()  # position 1 is still to come
         p._set(r._job, 1, (True, ["other"]))
         assert r.get(DEADLINE) == ["first", "other"]
+
+
+def test_executor_breaks_when_an_initializer_raises(ctx):
+    """As ProcessPoolExecutor: pending futures fail with BrokenProcessPool,
+    and so does submit() afterwards."""
+    from concurrent.futures.process import BrokenProcessPool
+    with Executor(2, mp_context=ctx, initializer=w.failing_init) as ex:
+        futures = [ex.submit(w.square, x) for x in range(4)]
+        for f in futures:
+            e = f.exception(DEADLINE)
+            assert isinstance(e, BrokenProcessPool) and "no database" in str(e)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(w.square, 1)
