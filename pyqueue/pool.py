@@ -84,6 +84,21 @@ DEFAULT_MAX_TASK_RETRIES = 2
 _MAX_REPORT = 16384  # characters of a failed initializer's traceback kept
 
 
+def _running(p: Any) -> bool:
+    """Whether worker process p runs. is_alive() (waitpid) alone says True
+    for ever about a child whose status another waitpid took (a test
+    harness's reap_children(), a SIGCHLD handler): its pid gone says no."""
+    if not p.is_alive():
+        return False
+    try:
+        os.kill(p.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def _describe(exitcode: Optional[int]) -> str:
     if exitcode is None:
         return "died"
@@ -341,7 +356,7 @@ class Pool:
                     and (self._state == _RUN or bool(self._cache)))
             for i, p in enumerate(self._pool):
                 if p is not None:
-                    if p.is_alive():
+                    if _running(p):
                         continue
                     p.join()  # (reaped: the WorkQueue's reaper sees the pid gone)
                     code = p.exitcode
@@ -472,7 +487,7 @@ class Pool:
                 return False
         if self._tasks_shut:
             with self._lock:
-                if all(p is None or not p.is_alive() for p in self._pool):
+                if all(p is None or not _running(p) for p in self._pool):
                     return False
         return True
 

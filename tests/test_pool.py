@@ -363,3 +363,24 @@ def test_executor_breaks_when_an_initializer_raises(ctx):
             assert isinstance(e, BrokenProcessPool) and "no database" in str(e)
         with pytest.raises(BrokenProcessPool):
             ex.submit(w.square, 1)
+
+
+def test_worker_whose_exit_status_another_wait_took(tmp_path):
+    """A harness that reaps every child (test.support.reap_children, a
+    SIGCHLD handler) takes the status of a killed worker before the pool
+    does: waitpid then says "alive" for ever. The pool still replaces it,
+    retries its task, and close() + join() end."""
+    marker = str(tmp_path / "first")
+    p = Pool(1, context="fork")
+    try:
+        r = p.apply_async(w.block_first_try, (marker, "done"))
+        assert wait_until(lambda: os.path.exists(marker), timeout=DEADLINE)
+        victim = _read_pid(marker)
+        os.kill(victim, signal.SIGKILL)
+        os.waitpid(victim, 0)  # the status is ours now, not the pool's
+        value, retried_on = r.get(DEADLINE)
+        assert value == "done" and retried_on != victim
+        p.close()
+        p.join()
+    finally:
+        p.terminate()
