@@ -25,7 +25,17 @@ Cases:
                 before; get, fn; no acks), multiprocessing.Pool(W)
                 .imap_unordered (chunksize 64). Rate = messages / time
                 until all are done (acked).
-Ratios are to plain pyqueue.Queue in the same run. Medians of the repeats.
+  pool-map-W    map of a trivial function (x + 1) over range(N) ints (N =
+                1M; --pool-n), W = 2 workers, the pools started before
+                the clock: pyqueue.Pool.map (its default chunksize, as
+                multiprocessing's: about 4 chunks per worker),
+                multiprocessing.Pool.map with the best of its default
+                chunksize and 10000 and 1000 (each measured, the fastest
+                kept), concurrent.futures.ProcessPoolExecutor.map with the
+                same chunksizes (the best kept). Rate = items / time until
+                the list is back. Ratios to multiprocessing.Pool.
+Ratios are to plain pyqueue.Queue in the same run (pool-map-*: to
+multiprocessing.Pool). Medians of the repeats.
 """
 from __future__ import annotations
 
@@ -176,11 +186,62 @@ def stream_run(ctx, kind, n, workers):
     return n / (t1 - t0)
 
 
+# ---- pool-map-W --------------------------------------------------------------
+
+def inc(x):
+    """The pool-map step: trivial."""
+    return x + 1
+
+
+POOL_CHUNKS = (None, 10_000, 1_000)  # None: the pool's default
+
+
+def pool_map_run(ctx, kind, n, workers):
+    """items/s of map(inc, range(n)); for the stdlib pools the best of
+    POOL_CHUNKS."""
+    import concurrent.futures
+
+    import pyqueue
+    items = range(n)
+    expected_last = n
+    if kind == "pyqueue-pool":
+        with pyqueue.Pool(workers, context=ctx) as pool:
+            pool.map(inc, range(workers * 4))  # the workers are up
+            t0 = time.perf_counter()
+            out = pool.map(inc, items)
+            t1 = time.perf_counter()
+        assert out[-1] == expected_last and len(out) == n
+        return n / (t1 - t0)
+    best = 0.0
+    if kind == "mp-pool":
+        with ctx.Pool(workers) as pool:
+            pool.map(inc, range(workers * 4))
+            for chunksize in POOL_CHUNKS:
+                t0 = time.perf_counter()
+                out = pool.map(inc, items, chunksize)
+                t1 = time.perf_counter()
+                assert out[-1] == expected_last and len(out) == n
+                best = max(best, n / (t1 - t0))
+        return best
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        list(ex.map(inc, range(workers * 4)))
+        for chunksize in POOL_CHUNKS:
+            cs = chunksize or max(1, n // (workers * 4))
+            t0 = time.perf_counter()
+            out = list(ex.map(inc, items, chunksize=cs))
+            t1 = time.perf_counter()
+            assert out[-1] == expected_last and len(out) == n
+            best = max(best, n / (t1 - t0))
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="", help="case ids containing this (e.g. batch)")
+    ap.add_argument("--pool-n", type=int, default=1_000_000,
+                    help="items of the pool-map case (default 1M)")
     args = ap.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     scale = 10 if args.quick else 1
@@ -195,20 +256,23 @@ def main(argv=None):
     cases += [(f"stream-{wk}", stream_run, wk, 500_000 // scale,
                [("stream", "StreamProcessor (acked)"), ("queue", "processes on pyqueue.Queue"),
                 ("pool", "mp.Pool.imap_unordered")]) for wk in (1, 2, 4)]
+    cases += [("pool-map-2", pool_map_run, 2, args.pool_n // scale,
+               [("pyqueue-pool", "pyqueue.Pool.map"), ("mp-pool", "mp.Pool.map (best chunk)"),
+                ("executor", "ProcessPoolExecutor.map (best)")])]
     cases = [c for c in cases if args.only in c[0]]
     for cid, fn, k, n, impls in cases:
         res = {}
         for kind, label in impls:
             rates = [fn(ctx, kind, n, k) for _ in range(repeat)]
             res[kind] = (label, statistics.median(rates), rates)
-            print(f"  {cid:12} {label:28} {statistics.median(rates):12,.0f} msg/s",
+            print(f"  {cid:12} {label:30} {statistics.median(rates):12,.0f} msg/s",
                   file=sys.stderr)
         rows.append((cid, n, res))
     print(f"machine: {machine_info().get('cpu_model', '?')}, {os.cpu_count()} CPUs; "
           f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue (get, or get_many for "
-          f"batch-*) in this run")
+          f"batch-*; pool-map-*: to multiprocessing.Pool) in this run")
     for cid, n, res in rows:
-        base = res["queue-batch" if "queue-batch" in res else "queue"][1]
+        base = res[next(k for k in ("queue-batch", "queue", "mp-pool") if k in res)][1]
         cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
                           for label, rate, _ in res.values())
         print(f"{cid:12} {cells}")

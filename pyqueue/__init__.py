@@ -23,8 +23,9 @@ from pyqueue.consumer import Consumer
 from pyqueue.errors import (CommitFailed, CorruptRecord, DeliveryExpired, LockTimeout,
                             MessageTooLarge, OffsetOutOfRange, PoisonRecord, PyQueueError,
                             SegmentMismatch, SegmentNotFound, SegmentNotOwned, ShutDown,
-                            UndecodableMessage)
+                            UndecodableMessage, WorkerLost)
 from pyqueue.log import Log, Record
+from pyqueue.pool import Executor, Pool
 from pyqueue.queues import JoinableQueue, Queue, SimpleQueue
 from pyqueue.stream import StreamProcessor
 from pyqueue.topic import Subscription, Topic
@@ -32,9 +33,9 @@ from pyqueue.workqueue import DeadLetter, Delivery, WorkQueue
 
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Topic", "Subscription", "Log", "Record",
-    "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor",
+    "Consumer", "WorkQueue", "Delivery", "DeadLetter", "StreamProcessor", "Pool", "Executor",
     "Empty", "Full", "connect",
     "PyQueueError", "SegmentNotFound", "SegmentMismatch", "SegmentNotOwned", "MessageTooLarge",
     "OffsetOutOfRange", "CommitFailed", "CorruptRecord", "PoisonRecord", "DeliveryExpired",
-    "LockTimeout", "UndecodableMessage", "ShutDown",
+    "LockTimeout", "UndecodableMessage", "ShutDown", "WorkerLost",
 ]

@@ -199,6 +199,34 @@ class CommitFailed(PyQueueError):
         return (type(self), (str(self), self.partitions))
 
 
+class WorkerLost(PyQueueError):
+    """A pyqueue.Pool (or Executor) task whose worker process died while
+    running it (SIGKILL, the OOM killer, os._exit, a segfault) on every
+    allowed try (1 + max_task_retries): it fails alone, with this error;
+    the pool goes on with the other tasks.
+
+    Attributes:
+        pid: The pid of the worker that died on the last try, or None.
+        exitcode: How it ended, as multiprocessing.Process.exitcode
+            (-N: killed by signal N), or None when not known.
+        attempts: How many times the task was run.
+    """
+
+    pid: Optional[int]
+    exitcode: Optional[int]
+    attempts: int
+
+    def __init__(self, message: str, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.attempts = attempts
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (str(self), self.pid, self.exitcode, self.attempts))
+
+
 if sys.version_info >= (3, 13):
     from queue import ShutDown as _ShutDownBase
 else:

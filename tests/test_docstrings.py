@@ -14,9 +14,10 @@ import pytest
 
 import pyqueue
 from pyqueue import asyncio as pq_asyncio
-from pyqueue import consumer, errors, log, metrics, queues, stream, topic, workqueue
+from pyqueue import consumer, errors, log, metrics, pool, queues, stream, topic, workqueue
 
-PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors, metrics, pq_asyncio)
+PUBLIC_MODULES = (queues, topic, log, consumer, workqueue, stream, errors, metrics, pq_asyncio,
+                  pool)
 
 # Public classes beyond __all__: the two Log storage classes (what Log(...)
 # makes) and the record a StreamProcessor's on_error gets.
@@ -31,6 +32,7 @@ NO_RAISES = {
     "StreamProcessor.worker_pids", "StreamProcessor.stats", "TopicCore.close",
     "MemoryLogCore.close", "DirectoryLog.close", "WorkQueueCore.close",
     "_Owner.close",  # pyqueue.asyncio: closing a handle
+    "Pool.close", "Pool.terminate", "Executor.shutdown",
 }
 # Classes users get from a call, never construct (no "Args:" needed).
 NOT_CONSTRUCTED = {"Delivery", "asyncio.Delivery", "asyncio.Batch", "asyncio.Subscription",

@@ -19,6 +19,7 @@ from pyqueue import (CommitFailed, Consumer, CorruptRecord, DeadLetter, Delivery
                      Record, SegmentMismatch, SegmentNotFound, SegmentNotOwned, SimpleQueue,
                      ShutDown, StreamProcessor, Subscription, Topic, UndecodableMessage,
                      WorkQueue)
+from pyqueue import Executor, Pool, WorkerLost
 from pyqueue.log import DirectoryLog, MemoryLog
 from pyqueue.stream import DeadRecord
 
@@ -319,6 +320,27 @@ def use_stream_processor() -> None:
     assert rec.error.startswith("ValueError")
 
 
+def use_pool() -> None:
+    # (builtins as tasks: this file runs under runpy, its functions do not pickle)
+    with Pool(1, context="fork", max_task_retries=1) as pool:
+        out: List[int] = pool.map(abs, [-1, -2], chunksize=1)
+        assert out == [1, 2]
+        r = pool.apply_async(abs, (-3,))
+        assert r.get(timeout=30.0) == 3 and r.ready() and r.successful()
+        assert list(pool.imap(abs, [-4])) == [4]
+        assert sorted(pool.imap_unordered(abs, [-5, -6])) == [5, 6]
+        assert pool.starmap(pow, [(2, 3)]) == [8]
+        assert pool.map_async(abs, [-7]).get(timeout=30.0) == [7]
+    with Executor(1, mp_context="fork") as ex:
+        f = ex.submit(abs, -8)
+        assert f.result(timeout=30.0) == 8
+        assert list(ex.map(abs, [-9], timeout=30.0, chunksize=1)) == [9]
+    err = WorkerLost("worker pid 1 killed by SIGKILL", pid=1, exitcode=-9, attempts=3)
+    assert_type(err.attempts, int)
+    assert_type(err.pid, Optional[int])
+    assert isinstance(err, PyQueueError)
+
+
 def use_errors() -> None:
     errors: List[PyQueueError] = [
         SegmentNotFound("x"), SegmentMismatch("x"), SegmentNotOwned("x"), MessageTooLarge("x"),
@@ -380,6 +402,7 @@ def main() -> None:
         use_shutdown(tmp)
     use_workqueue()
     use_stream_processor()
+    use_pool()
     use_errors()
     with tempfile.TemporaryDirectory() as tmp:
         use_asyncio(tmp)

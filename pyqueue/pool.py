@@ -1,0 +1,1016 @@
+"""pyqueue.Pool and pyqueue.Executor: multiprocessing.Pool and
+concurrent.futures.ProcessPoolExecutor on a WorkQueue, so that a worker
+killed in the middle of a task neither hangs nor breaks the pool.
+
+    with pyqueue.Pool(4) as pool:
+        print(pool.map(f, range(1000)))
+
+Each task (a call, or a chunk of a map) is one message of a WorkQueue; a
+worker takes it, runs it, puts the result on a result Queue, then acks it.
+A worker that dies holding a task (SIGKILL, the OOM killer, os._exit) is
+found dead by the WorkQueue (the other workers' reaper, pid liveness) and
+its task is delivered again, to another worker, with its delivery count
+raised; the pool starts a fresh worker. After 1 + max_task_retries
+deliveries the WorkQueue dead-letters the task and the pool fails it alone
+with WorkerLost, naming the worker's pid and the signal. The results, the
+AsyncResult objects and their semantics are multiprocessing.pool's own.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.pool as _mpp
+import multiprocessing.util
+import os
+import pickle
+import queue as _queue
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
+                    Tuple, TypeVar, Union, cast)
+
+from pyqueue.errors import ShutDown, UndecodableMessage, WorkerLost
+from pyqueue.queues import Queue
+from pyqueue.workqueue import WorkQueue
+
+__all__ = ["Pool", "Executor", "WorkerLost", "AsyncResult", "ApplyResult", "MapResult",
+           "IMapIterator", "IMapUnorderedIterator"]
+
+# multiprocessing.pool's result types: what the methods return, so that
+# code (and isinstance checks) written for multiprocessing.Pool keeps working.
+AsyncResult = _mpp.AsyncResult
+ApplyResult = _mpp.ApplyResult
+MapResult = _mpp.MapResult
+IMapIterator = _mpp.IMapIterator
+IMapUnorderedIterator = _mpp.IMapUnorderedIterator
+
+# (not in typeshed's stub of multiprocessing.pool)
+_ExceptionWithTraceback: Any = getattr(_mpp, "ExceptionWithTraceback")
+_MaybeEncodingError: Any = getattr(_mpp, "MaybeEncodingError")
+
+_T = TypeVar("_T")
+_S = TypeVar("_S")
+_P = TypeVar("_P", bound="Pool")
+_E = TypeVar("_E", bound="Executor")
+
+_logger = logging.getLogger("pyqueue.pool")
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+# What a task message asks: func(*args, **kwds); list(map(func, chunk));
+# list(starmap(func, chunk)).
+_CALL, _MAP, _STARMAP = 0, 1, 2
+# A task message: (job, index) in a fixed header (read even when the rest
+# cannot be unpickled), then the pickled (kind, func, args).
+_HEADER = struct.Struct("<qq")
+# What the workers put on the result queue: bytes, a fixed header (kind,
+# job, index, pid) and, for _DONE, the pickled (success, value): the parent
+# reads the header even when the value cannot be unpickled, and fails that
+# task alone (a result handler that died of it would hang the pool).
+_DONE, _STARTED, _INIT_FAILED = 0, 1, 2
+_RESULT = struct.Struct("<Bqqq")
+# A task that may run longer than this is delivered again while it runs.
+_VISIBILITY = 1e8
+_POLL = 0.05           # the handler's longest wait between looks at the workers
+_DEAD_GRACE = 5.0      # how long a dead-lettered task waits to learn its worker's exit code
+DEFAULT_MAX_TASK_RETRIES = 2
+_MAX_REPORT = 16384  # characters of a failed initializer's traceback kept
+
+
+def _running(p: Any) -> bool:
+    """Whether worker process p runs. is_alive() (waitpid) alone says True
+    for ever about a child whose status another waitpid took (a test
+    harness's reap_children(), a SIGCHLD handler): its pid gone says no."""
+    if not p.is_alive():
+        return False
+    try:
+        os.kill(p.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _describe(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "died"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def _run_task(kind: int, func: Callable[..., Any], args: Any) -> Any:
+    if kind == _CALL:
+        return func(*args[0], **args[1])
+    if kind == _MAP:
+        return list(map(func, args))
+    return list(itertools.starmap(func, args))
+
+
+def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
+                 initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...],
+                 maxtasks: Optional[int], max_deliveries: int) -> None:
+    """A worker process: take a task, run it, put its result, ack it."""
+    pid = os.getpid()
+    loads = pickle.loads
+    dumps = ForkingPickler.dumps
+    put = results.put
+    head = _RESULT.pack
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:  # said to the pool, then this worker dies of it
+            put(head(_INIT_FAILED, 0, 0, pid) +
+                traceback.format_exc()[-_MAX_REPORT:].encode("utf-8", "replace"))
+            raise
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        try:
+            d = tasks.get()
+        except ShutDown:
+            break  # the pool is done with its workers
+        msg = d.value
+        job, i = _HEADER.unpack_from(msg)
+        if d.delivery_count > 1 or max_deliveries == 1:
+            # A task that may have killed a worker already: say who runs it
+            # now, so that its WorkerLost can name this pid.
+            put(head(_STARTED, job, i, pid))
+        try:
+            kind, func, args = loads(memoryview(msg)[_HEADER.size:])
+            result: Tuple[bool, Any] = (True, _run_task(kind, func, args))
+        except Exception as e:
+            result = (False, _ExceptionWithTraceback(e, e.__traceback__))
+        try:
+            data = dumps(result)
+        except Exception as e:  # the result (or its exception) cannot be pickled
+            data = dumps((False, _MaybeEncodingError(e, result[1])))
+        result = None  # type: ignore[assignment]
+        put(head(_DONE, job, i, pid) + data)
+        data = None  # type: ignore[assignment]
+        d.ack()
+        done += 1
+
+
+# The largest default chunk: a chunk is pickled, sent, run and sent back
+# whole, so smaller ones let the parent pickle the next while the workers
+# run this one (multiprocessing's heuristic alone gives 125000 items for
+# 1M items on 2 workers: both pools are then 2x slower than with 10000).
+MAX_DEFAULT_CHUNKSIZE = 8192
+
+
+def _default_chunksize(n: int, processes: int) -> int:
+    """multiprocessing.Pool.map's (about four chunks per worker), capped
+    at MAX_DEFAULT_CHUNKSIZE items."""
+    chunksize, extra = divmod(n, processes * 4)
+    return min(chunksize + 1 if extra else chunksize, MAX_DEFAULT_CHUNKSIZE)
+
+
+class _Job:
+    """What the feeder sends for one job: its tasks (job, index, kind,
+    func, args), and what to call with the count once they are sent."""
+
+    __slots__ = ("tasks", "set_length")
+
+    def __init__(self, tasks: Iterable[Tuple[int, int, int, Any, Any]],
+                 set_length: Optional[Callable[[int], None]] = None) -> None:
+        self.tasks = tasks
+        self.set_length = set_length
+
+
+class _Failed:
+    """A task the feeder could not produce: its exception."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _cleanup(handles: List[Any], procs: List[Any], lock: Any, stopping: threading.Event,
+             threads: List[threading.Thread]) -> None:
+    """terminate() and join() end with it, and it runs at exit for a pool
+    left running: the pool's threads stop (no worker is started after
+    this), the workers are killed, the queues' segments removed."""
+    stopping.set()
+    for t in threads:
+        if t is not threading.current_thread():
+            t.join(5)
+    with lock:
+        for p in procs:
+            if p is not None and p.is_alive():
+                p.kill()
+        for p in procs:
+            if p is not None:
+                p.join(5)
+    for h in handles:
+        try:
+            h.unlink()
+        except (OSError, ValueError):
+            pass
+        try:
+            h.close()
+        except (OSError, ValueError):
+            pass
+
+
+class Pool:
+    """A process pool with multiprocessing.Pool's API whose tasks survive
+    the death of the worker running them.
+
+    Tasks travel on a pyqueue.WorkQueue and results on a pyqueue.Queue. A
+    worker that dies in the middle of a task (SIGKILL, OOM-killed,
+    os._exit) is replaced, and its task runs again on another worker, up to
+    max_task_retries times; then that task alone fails with
+    pyqueue.WorkerLost ("worker pid N killed by SIGKILL while running
+    task ..."). A task runs at least once: one that was retried may have
+    run (in part) before.
+
+    As multiprocessing.Pool: results come back as multiprocessing.pool
+    AsyncResult objects, exceptions raised by a task are re-raised in the
+    caller, callbacks run in the pool's result thread, the context manager
+    terminates the pool, close() then join() waits for the work to end.
+
+    Args:
+        processes: The number of workers (None: os.cpu_count()).
+        initializer: Called as initializer(*initargs) in each worker when
+            it starts.
+        initargs: Its arguments.
+        maxtasksperchild: Tasks a worker runs before it is replaced by a
+            fresh one (None: no limit). A map chunk counts as one task.
+        context: A multiprocessing context or start method name ("fork",
+            "spawn", "forkserver"; None: the default).
+        max_task_retries: How many times a task whose worker died is run
+            again before it fails with WorkerLost (default 2).
+
+    Raises:
+        ValueError: processes < 1, maxtasksperchild not a positive int, or
+            max_task_retries negative.
+        TypeError: initializer is not callable.
+    """
+
+    def __init__(self, processes: Optional[int] = None,
+                 initializer: Optional[Callable[..., Any]] = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
+                 context: Any = None, *,
+                 max_task_retries: int = DEFAULT_MAX_TASK_RETRIES) -> None:
+        self._state = "INIT"  # (first: __del__ looks at it)
+        self._handles: List[Any] = []
+        self._pool: List[Any] = []
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if not isinstance(processes, int) or processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+                not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(max_task_retries, int) or max_task_retries < 0:
+            raise ValueError("max_task_retries must be an int >= 0")
+        if context is None or isinstance(context, str):
+            context = multiprocessing.get_context(context)
+        self._ctx = context
+        self._processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasks = maxtasksperchild
+        self._max_retries = max_task_retries
+        self._max_deliveries = max_task_retries + 1
+        self._cache: Dict[int, Any] = {}   # job -> its result (multiprocessing.pool's)
+        self._finished: Dict[int, Set[int]] = {}  # job -> indexes done (a retry may repeat one)
+        self._started: Dict[Tuple[int, int], int] = {}  # (job, index) -> pid running it now
+        self._exits: Dict[int, Optional[int]] = {}  # pid -> exit code, of workers that died
+        self._dead: List[Tuple[float, Any]] = []  # dead letters waiting for their exit code
+        self._dlq: WorkQueue[bytes] = WorkQueue(max_deliveries=None)
+        self._handles.append(self._dlq)
+        self._tasks: WorkQueue[bytes] = WorkQueue(visibility_timeout=_VISIBILITY,
+                                                  max_deliveries=self._max_deliveries,
+                                                  dead_letter=self._dlq)
+        self._handles.append(self._tasks)
+        self._results: Queue[Any] = Queue()
+        self._handles.append(self._results)
+        self._pool = [None] * processes
+        self._lock = threading.Lock()   # the worker list
+        self._set_lock = threading.Lock()  # _finished (not held while callbacks run)
+        self._feed: _queue.SimpleQueue[Optional[_Job]] = _queue.SimpleQueue()
+        self._stopping = threading.Event()  # terminate(): every thread ends now
+        self._threads: List[threading.Thread] = []
+        self._cleanup_lock = threading.Lock()
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _cleanup, args=(self._handles, self._pool, self._lock, self._stopping,
+                                  self._threads), exitpriority=15)
+        self._tasks_shut = False
+        # What the Executor does when a worker's initializer raises (the
+        # Pool itself starts another worker, as multiprocessing.Pool does).
+        self._on_initializer_error: Optional[Callable[[str], None]] = None
+        try:
+            for i in range(processes):
+                self._pool[i] = self._spawn()
+        except BaseException:
+            self._state = _TERMINATE
+            self._finalizer()
+            raise
+        self._feeder = threading.Thread(target=self._run_feeder, daemon=True,
+                                        name="pyqueue-pool-feeder")
+        self._handler = threading.Thread(target=self._run_handler, daemon=True,
+                                         name="pyqueue-pool-results")
+        self._threads += [self._feeder, self._handler]
+        self._feeder.start()
+        self._handler.start()
+        self._state = _RUN
+
+    # ---- the workers ---------------------------------------------------
+
+    def _spawn(self) -> Any:
+        p = self._ctx.Process(target=_worker_main,
+                              args=(self._tasks, self._results, self._initializer,
+                                    self._initargs, self._maxtasks, self._max_deliveries),
+                              name="pyqueue-pool-worker", daemon=True)
+        p.start()
+        return p
+
+    def _spawn_or_none(self) -> Any:
+        try:
+            return self._spawn()
+        except Exception:  # (EAGAIN, ENOMEM...): tried again at the next turn
+            _logger.exception("pyqueue.Pool: could not start a worker; trying again")
+            return None
+
+    def _maintain(self) -> None:
+        """Reap the workers that ended (noting the exit code of one that
+        died) and fill every empty slot while the pool runs or work is
+        left."""
+        with self._lock:
+            want = (not self._stopping.is_set() and not self._tasks_shut
+                    and (self._state == _RUN or bool(self._cache)))
+            for i, p in enumerate(self._pool):
+                if p is not None:
+                    if _running(p):
+                        continue
+                    p.join()  # (reaped: the WorkQueue's reaper sees the pid gone)
+                    code = p.exitcode
+                    if code != 0:
+                        self._exits[p.pid] = code
+                        if len(self._exits) > 4096:
+                            self._exits.pop(next(iter(self._exits)))
+                        _logger.warning("pyqueue.Pool worker pid %s %s; starting another",
+                                        p.pid, _describe(code))
+                    self._pool[i] = None
+                if want:  # (also a slot whose start failed last turn)
+                    self._pool[i] = self._spawn_or_none()
+
+    def _repopulate_pool(self) -> None:
+        # multiprocessing.Pool's name (CPython's tests call it).
+        self._maintain()
+
+    # ---- the feeder: tasks to the WorkQueue ------------------------------
+
+    def _run_feeder(self) -> None:
+        while True:
+            job = self._feed.get()
+            if job is None or self._stopping.is_set():
+                return
+            if not self._send(job):
+                return
+            job = None  # keep nothing of a job sent (its items) alive
+
+    def _send(self, job: _Job) -> bool:
+        """Put a job's tasks on the WorkQueue; False when the pool is
+        terminated meanwhile."""
+        dumps = ForkingPickler.dumps
+        pack = _HEADER.pack
+        n = 0
+        for task in job.tasks:
+            if self._stopping.is_set():
+                return False
+            jid, i, kind, func, args = task
+            if kind < 0:  # the iterable raised: that position fails
+                self._set(jid, i, (False, args.exc))
+                n = i + 1
+                break
+            try:
+                msg = pack(jid, i) + dumps((kind, func, args))
+            except Exception as e:  # cannot be pickled: that task fails
+                self._set(jid, i, (False, e))
+                n = i + 1
+                continue
+            while True:
+                try:
+                    self._tasks.put(msg, timeout=_POLL)
+                    break
+                except _queue.Full:
+                    if self._stopping.is_set():
+                        return False
+                except (ShutDown, ValueError):
+                    return False
+            n = i + 1
+        if job.set_length is not None:
+            job.set_length(n)
+        return True
+
+    def _guarded(self, jid: int, kind: int, func: Any,
+                 items: Iterable[Any]) -> Iterator[Tuple[int, int, int, Any, Any]]:
+        """The tasks of a job; an exception of the iterable is a task of
+        kind -1 (the feeder fails that position)."""
+        i = -1
+        try:
+            for i, x in enumerate(items):
+                yield jid, i, kind, func, x
+        except Exception as e:
+            yield jid, i + 1, -1, None, _Failed(e)
+
+    # ---- the handler: results, dead letters, workers -------------------
+
+    def _set(self, job: int, i: int, obj: Tuple[bool, Any]) -> None:
+        """Settle position i of a job, once (the feeder and the handler
+        both do; a retried task may have sent its result before)."""
+        with self._set_lock:
+            done = self._finished.setdefault(job, set())
+            if i in done:
+                return  # a task run again after its worker died having sent it
+            r = self._cache.get(job)
+            if r is None:
+                self._finished.pop(job, None)
+                return
+            done.add(i)
+        try:
+            r._set(i, obj)
+        except Exception:  # a callback raised: as multiprocessing's, it is logged
+            _logger.exception("pyqueue.Pool: a callback raised")
+        if job not in self._cache:
+            self._finished.pop(job, None)
+
+    def _run_handler(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self._handle_once():
+                    return
+            except Exception:  # never die: the pool would hang
+                _logger.exception("pyqueue.Pool: the result thread failed; going on")
+                self._stopping.wait(_POLL)
+
+    def _handle_once(self) -> bool:
+        """One turn of the result thread: results, workers, dead letters,
+        the end after close(). False: the thread is done."""
+        items: Optional[List[bytes]]
+        try:
+            items = self._results.get_many(1024, timeout=_POLL)
+        except _queue.Empty:
+            items = []
+        except (ValueError, OSError, ShutDown):
+            return False  # closed: terminated
+        if items:
+            self._dispatch(items)
+            items = None  # (the results must not outlive their use: test_release_task_refs)
+        if self._stopping.is_set():
+            return False
+        self._maintain()
+        self._take_dead()
+        if (self._state != _RUN and not self._cache and not self._feeder.is_alive()
+                and not self._tasks_shut):
+            # Closed and every job done: the workers may go.
+            self._tasks_shut = True
+            try:
+                self._tasks.shutdown()
+            except ValueError:
+                return False
+        if self._tasks_shut:
+            with self._lock:
+                if all(p is None or not _running(p) for p in self._pool):
+                    return False
+        return True
+
+    def _dispatch(self, items: List[bytes]) -> None:
+        unpack = _RESULT.unpack_from
+        size = _RESULT.size
+        for raw in items:
+            kind, job, i, pid = unpack(raw)
+            if kind == _STARTED:
+                self._started[(job, i)] = pid
+                continue
+            if kind == _INIT_FAILED:
+                report = bytes(memoryview(raw)[size:]).decode("utf-8", "replace")
+                _logger.error("pyqueue.Pool worker pid %s: its initializer raised:\n%s",
+                              pid, report)
+                if self._on_initializer_error is not None:
+                    self._on_initializer_error(report)
+                continue
+            self._started.pop((job, i), None)
+            try:
+                obj = pickle.loads(memoryview(raw)[size:])
+            except Exception as e:  # e.g. an exception class that does not unpickle
+                err = UndecodableMessage(
+                    f"the result of task {i} of job {job} could not be unpickled: "
+                    f"{type(e).__name__}: {e}", cause=e)
+                err.__cause__ = e
+                obj = (False, err)
+            self._set(job, i, obj)
+
+    def _take_dead(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                b = self._dlq.get_many(64, block=False)
+            except (_queue.Empty, ShutDown, ValueError):
+                break
+            for letter in b.values:
+                self._dead.append((now + _DEAD_GRACE, letter))
+            b.ack()
+        if not self._dead:
+            return
+        self._maintain()  # the exit codes of the workers that just died
+        keep = []
+        for due, letter in self._dead:
+            raw = letter.value if isinstance(letter.value, (bytes, bytearray)) else letter.raw
+            job, i = _HEADER.unpack_from(raw)
+            pid = self._started.get((job, i))
+            if (pid is None or pid not in self._exits) and now < due:
+                keep.append((due, letter))  # its death is not seen yet
+                continue
+            self._started.pop((job, i), None)
+            code = self._exits.get(pid) if pid is not None else None
+            who = f"worker pid {pid}" if pid is not None else "a worker"
+            exc = WorkerLost(f"{who} {_describe(code)} while running task {i} of job {job} "
+                             f"({letter.attempts} tries, max_task_retries="
+                             f"{self._max_retries}; last: {letter.reason})",
+                             pid=pid, exitcode=code, attempts=letter.attempts)
+            self._set(job, i, (False, exc))
+        self._dead = keep
+
+    # ---- the API -------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    def _submit(self, result: Any, kind: int, func: Any, items: Iterable[Any],
+                set_length: Optional[Callable[[int], None]] = None) -> None:
+        self._feed.put(_Job(self._guarded(result._job, kind, func, items), set_length))
+
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> _T:
+        """Call func(*args, **kwds) in a worker and return its result.
+
+        Args:
+            func: A picklable callable.
+            args: Its positional arguments.
+            kwds: Its keyword arguments.
+
+        Returns:
+            What func returned.
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+            WorkerLost: Every try's worker died while running it.
+            Exception: What func raised.
+        """
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},
+                    callback: Optional[Callable[[_T], object]] = None,
+                    error_callback: Optional[Callable[[BaseException], object]] = None
+                    ) -> "_mpp.ApplyResult[_T]":
+        """Call func(*args, **kwds) in a worker.
+
+        Args:
+            func: A picklable callable.
+            args: Its positional arguments.
+            kwds: Its keyword arguments.
+            callback: Called with the result (in the pool's result thread).
+            error_callback: Called with the exception when it fails.
+
+        Returns:
+            An AsyncResult (get, wait, ready, successful).
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+        """
+        self._check_running()
+        result: Any = ApplyResult(cast(Any, self), callback, error_callback)
+        self._submit(result, _CALL, func, [(tuple(args), dict(kwds))])
+        return result  # type: ignore[no-any-return]
+
+    def _map_async(self, func: Any, iterable: Iterable[Any], kind: int,
+                   chunksize: Optional[int], callback: Any, error_callback: Any) -> Any:
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        items: Any = iterable
+        if chunksize is None:
+            chunksize = _default_chunksize(len(items), self._processes)
+        if len(items) == 0:
+            chunksize = 0
+        result: Any = MapResult(cast(Any, self), chunksize, len(items), callback, error_callback)
+        if chunksize:
+            self._submit(result, kind, func, _chunks(items, chunksize))
+        return result
+
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+            chunksize: Optional[int] = None) -> List[_T]:
+        """[func(x) for x in iterable], run in the workers, in order.
+
+        Args:
+            func: A picklable callable.
+            iterable: The arguments (made a list first if it has no len()).
+            chunksize: Items sent as one task (None: about four tasks per
+                worker, as multiprocessing.Pool).
+
+        Returns:
+            The results, in order.
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+            WorkerLost: A chunk's worker died on every try.
+            Exception: The first exception a call raised.
+        """
+        return self._map_async(func, iterable, _MAP, chunksize, None,  # type: ignore
+                               None).get()
+
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None) -> List[_T]:
+        """[func(*args) for args in iterable], run in the workers.
+
+        Args:
+            func: A picklable callable.
+            iterable: The argument tuples.
+            chunksize: As map().
+
+        Returns:
+            The results, in order.
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+            Exception: The first exception a call raised.
+        """
+        return self._map_async(func, iterable, _STARMAP, chunksize, None,  # type: ignore
+                               None).get()
+
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                  chunksize: Optional[int] = None,
+                  callback: Optional[Callable[[List[_T]], object]] = None,
+                  error_callback: Optional[Callable[[BaseException], object]] = None
+                  ) -> "_mpp.MapResult[_T]":
+        """map(), without waiting.
+
+        Args:
+            func: A picklable callable.
+            iterable: The arguments.
+            chunksize: As map().
+            callback: Called with the list of results.
+            error_callback: Called with the first exception.
+
+        Returns:
+            An AsyncResult whose get() returns the list.
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+        """
+        return self._map_async(func, iterable, _MAP, chunksize, callback,  # type: ignore
+                               error_callback)
+
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None,
+                      callback: Optional[Callable[[List[_T]], object]] = None,
+                      error_callback: Optional[Callable[[BaseException], object]] = None
+                      ) -> "_mpp.MapResult[_T]":
+        """starmap(), without waiting.
+
+        Args:
+            func: A picklable callable.
+            iterable: The argument tuples.
+            chunksize: As map().
+            callback: Called with the list of results.
+            error_callback: Called with the first exception.
+
+        Returns:
+            An AsyncResult whose get() returns the list.
+
+        Raises:
+            ValueError: The pool is closed ("Pool not running").
+        """
+        return self._map_async(func, iterable, _STARMAP, chunksize,  # type: ignore
+                               callback, error_callback)
+
+    def _imap(self, cls: Any, func: Any, iterable: Iterable[Any], chunksize: int) -> Any:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        result: Any = cls(self)
+        if chunksize == 1:
+            self._submit(result, _CALL, func, (((x,), {}) for x in iterable),
+                         result._set_length)
+            return result
+        self._submit(result, _MAP, func, _chunks(iterable, chunksize), result._set_length)
+        return (item for chunk in result for item in chunk)
+
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+             chunksize: int = 1) -> Iterator[_T]:
+        """func(x) for each x of iterable, lazily, in order (the iterable is
+        read by the pool's feeder thread as the workers need it).
+
+        Args:
+            func: A picklable callable.
+            iterable: The arguments.
+            chunksize: Items sent as one task.
+
+        Returns:
+            An iterator of the results; its next() re-raises a call's
+            exception (and takes timeout= when chunksize is 1).
+
+        Raises:
+            ValueError: The pool is closed, or chunksize < 1.
+        """
+        return self._imap(IMapIterator, func, iterable, chunksize)  # type: ignore
+
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: int = 1) -> Iterator[_T]:
+        """imap(), the results in the order they are ready.
+
+        Args:
+            func: A picklable callable.
+            iterable: The arguments.
+            chunksize: Items sent as one task.
+
+        Returns:
+            An iterator of the results.
+
+        Raises:
+            ValueError: The pool is closed, or chunksize < 1.
+        """
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)  # type: ignore
+
+    def close(self) -> None:
+        """Take no more work; the workers end once what was given is done
+        (join() waits for that)."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+            self._feed.put(None)
+
+    def terminate(self) -> None:
+        """Stop the workers now (SIGTERM, then SIGKILL), without finishing
+        the work; the results not ready stay not ready. Then release the
+        queues."""
+        if self._state == _TERMINATE and not self._handler.is_alive():
+            return
+        self._state = _TERMINATE
+        self._stopping.set()
+        self._feed.put(None)
+        with self._lock:
+            procs = [p for p in self._pool if p is not None]
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self._feeder.join()
+        self._handler.join()
+        with self._cleanup_lock:  # a second caller waits for the first's cleanup
+            self._finalizer()
+
+    def join(self) -> None:
+        """Wait for the workers to end, after close() (all work done) or
+        terminate(); then release the queues.
+
+        Raises:
+            ValueError: The pool is still running (call close() first).
+        """
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        self._feeder.join()
+        self._handler.join()
+        with self._lock:
+            procs = [p for p in self._pool if p is not None]
+        for p in procs:
+            p.join()
+        with self._cleanup_lock:  # a second caller waits for the first's cleanup
+            self._finalizer()
+
+    def __enter__(self: _P) -> _P:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        return (f"<pyqueue.Pool state={self._state} "
+                f"pool_size={self.__dict__.get('_processes')}>")
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == _RUN:
+            import warnings
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                          source=self)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[Any]:
+    """items in chunks of size: slices of a list, tuple or range (one
+    copy in C), else tuples."""
+    if type(items) in (list, tuple, range):
+        seq: Any = items
+        for k in range(0, len(seq), size):
+            yield seq[k:k + size]
+        return
+    it = iter(items)
+    while True:
+        chunk = tuple(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+# ---- Executor -----------------------------------------------------------
+
+def _process_chunk(fn: Callable[..., Any], chunk: Iterable[Tuple[Any, ...]]) -> List[Any]:
+    return [fn(*args) for args in chunk]
+
+
+class Executor(concurrent.futures.Executor):
+    """concurrent.futures.ProcessPoolExecutor's API on a pyqueue.Pool: a
+    worker killed in the middle of a task does not break the executor (no
+    BrokenProcessPool); the task is run again on a fresh worker, up to
+    max_task_retries times, then its future alone fails with WorkerLost.
+
+    A future is pending until its result comes: cancel() succeeds until
+    then, and the result of a task that already started is then dropped.
+
+    Args:
+        max_workers: The number of workers (None: os.cpu_count()).
+        mp_context: A multiprocessing context or start method name.
+        initializer: Called as initializer(*initargs) in each worker.
+        initargs: Its arguments.
+        max_tasks_per_child: Tasks a worker runs before it is replaced.
+        max_task_retries: As Pool (default 2).
+
+    Raises:
+        ValueError: max_workers < 1, or a bad max_tasks_per_child.
+        TypeError: initializer is not callable.
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
+                 initializer: Optional[Callable[..., Any]] = None,
+                 initargs: Tuple[Any, ...] = (), *,
+                 max_tasks_per_child: Optional[int] = None,
+                 max_task_retries: int = DEFAULT_MAX_TASK_RETRIES) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._shutdown_lock = threading.Lock()
+        self._shut = False
+        self._broken: Optional[str] = None
+        self._pending: Set["concurrent.futures.Future[Any]"] = set()
+        self._joiner: Optional[threading.Thread] = None
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context,
+                          max_task_retries=max_task_retries)
+        self._pool._on_initializer_error = self._initializer_failed
+
+    def _initializer_failed(self, report: str) -> None:
+        """A worker's initializer raised: as ProcessPoolExecutor, the
+        executor is broken (every pending future fails, submit raises)."""
+        with self._shutdown_lock:
+            if self._broken is not None:
+                return
+            self._broken = ("a worker's initializer raised; the executor is not usable "
+                            "any more:\n" + report)
+            pending = list(self._pending)
+            self._pending.clear()
+        for f in pending:
+            try:
+                f.set_exception(BrokenProcessPool(self._broken))
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass  # done or cancelled meanwhile
+        # (from the pool's result thread, which terminate() joins: another thread)
+        threading.Thread(target=self._pool.terminate, daemon=True,
+                         name="pyqueue-executor-broken").start()
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any,
+               **kwargs: Any) -> "concurrent.futures.Future[_T]":
+        """Run fn(*args, **kwargs) in a worker.
+
+        Args:
+            fn: A picklable callable.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            A Future: its result, or the exception fn raised, or WorkerLost.
+
+        Raises:
+            RuntimeError: The executor was shut down.
+            BrokenProcessPool: A worker's initializer raised (as
+                ProcessPoolExecutor, the executor is then unusable).
+        """
+        f: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        pending = self._pending
+
+        def ok(value: Any) -> None:
+            pending.discard(f)
+            try:
+                if f.set_running_or_notify_cancel():
+                    f.set_result(value)
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass  # failed already (the executor broke)
+
+        def failed(exc: BaseException) -> None:
+            pending.discard(f)
+            try:
+                if f.set_running_or_notify_cancel():
+                    f.set_exception(exc)
+            except (concurrent.futures.InvalidStateError, RuntimeError):
+                pass
+
+        with self._shutdown_lock:
+            if self._broken is not None:
+                raise BrokenProcessPool(self._broken)
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            pending.add(f)
+            self._pool.apply_async(fn, args, kwargs, callback=ok, error_callback=failed)
+        return f
+
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[_T]:
+        """fn over the iterables, as the built-in map(), run in the workers.
+
+        Args:
+            fn: A picklable callable.
+            *iterables: Its arguments.
+            timeout: Seconds from this call until next() raises TimeoutError
+                (None: no limit).
+            chunksize: Calls sent as one task.
+
+        Returns:
+            An iterator of the results, in order; next() re-raises a call's
+            exception.
+
+        Raises:
+            ValueError: chunksize < 1.
+            RuntimeError: The executor was shut down.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        chunks = _chunks(zip(*iterables), chunksize)
+        results = super().map(_process_chunk_of(fn), chunks, timeout=timeout)
+        return _each_of_lists(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; with wait, wait until what was submitted is
+        done and the workers ended.
+
+        Args:
+            wait: Wait for the pending futures and the workers.
+            cancel_futures: Cancel the futures not done yet first.
+        """
+        with self._shutdown_lock:
+            if cancel_futures:
+                for f in list(self._pending):
+                    f.cancel()
+            if not self._shut:
+                self._shut = True
+                self._pool.close()
+                if not wait:
+                    self._joiner = threading.Thread(target=self._pool.join, daemon=True,
+                                                    name="pyqueue-executor-join")
+                    self._joiner.start()
+        if wait:
+            if self._joiner is not None:
+                self._joiner.join()
+            else:
+                self._pool.join()
+
+
+def _each_of_lists(lists: Iterable[List[_T]]) -> Iterator[_T]:
+    """The items of each list in turn, each popped before it is yielded:
+    nothing here keeps a result alive once the caller dropped it."""
+    for chunk in lists:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
+
+
+class _process_chunk_of:
+    """fn applied to a chunk of argument tuples (picklable)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, chunk: Iterable[Tuple[Any, ...]]) -> List[Any]:
+        return _process_chunk(self.fn, chunk)
