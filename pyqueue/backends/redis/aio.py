@@ -41,15 +41,19 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   that, or the handle's one watcher task in XREAD on the queue's shutdown
   stream (``pq:{NAME}:down``), which stays parked between waits.
 """
+from __future__ import annotations
+
 import asyncio
 import hashlib
 import os
 import secrets
 import weakref
+from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, List, NoReturn, Optional,
+                    Sequence, Tuple, Type, TypeVar, Union)
 
 from pyqueue import _api
 from pyqueue import asyncio as _aq
-from pyqueue.backends.redis import ConnectionLost
+from pyqueue.backends.redis import ConnectionLost, _codec
 from pyqueue.backends.redis import queue as _rq
 from pyqueue.backends.redis import topic as _rt
 from pyqueue.backends.redis import workqueue as _rwq
@@ -57,12 +61,22 @@ from pyqueue.backends.redis._handle import key_prefix
 from pyqueue.errors import SegmentNotFound, ShutDown
 from pyqueue.workqueue import Delivery as _SyncDelivery
 
+if TYPE_CHECKING:
+    from pyqueue.backends.redis import RedisBackend
+
+_HAVE_REDIS = False
 try:
     import redis.asyncio as _aredis
     import redis.asyncio.cluster as _aredis_cluster
     from redis import exceptions as _rexc
+    _HAVE_REDIS = True
 except ImportError:  # pragma: no cover - the Redis backend needs redis-py anyway
-    _aredis = None
+    pass
+
+if TYPE_CHECKING:
+    _Client = Union[_aredis.Redis, _aredis_cluster.RedisCluster]
+    # A handle's closer, parked on its loop (_closing).
+    _Closer = AsyncGenerator[None, None]
 
 Empty = _api.Empty
 Full = _api.Full
@@ -70,7 +84,7 @@ Full = _api.Full
 
 # -- clients: one redis.asyncio client per backend, event loop and process --
 
-async def _closing(client):
+async def _closing(client: _Client) -> _Closer:
     # Parked on the loop as an async generator: asyncio.run() (and any loop
     # that runs shutdown_asyncgens) closes it, and with it the client's
     # connections, before the loop closes.
@@ -80,12 +94,12 @@ async def _closing(client):
         await client.aclose()
 
 
-def _new_client(backend):
+def _new_client(backend: RedisBackend) -> _Client:
     kind, opts = backend._aio_args
     # No socket timeout (redis-py's asyncio default is 5 s): a wait is a
     # blocking command that lasts as long as its own timeout, as on the
     # synchronous clients.
-    common = {"protocol": 2, "decode_responses": False, "socket_timeout": None}
+    common: Dict[str, Any] = {"protocol": 2, "decode_responses": False, "socket_timeout": None}
     if kind == "cluster":
         opts = dict(opts)
         nodes = [_aredis_cluster.ClusterNode(h, p) for h, p in opts.pop("nodes")]
@@ -95,12 +109,15 @@ def _new_client(backend):
     return _aredis.Redis(**common, **opts)
 
 
-_clients = weakref.WeakKeyDictionary()    # loop -> {backend id: (pid, client, closer)}
+# loop -> {backend id: (pid, client, closer, backend)}
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, Dict[int, Tuple[int, _Client, _Closer, RedisBackend]]
+] = weakref.WeakKeyDictionary()
 
 
-async def client_of(backend):
+async def client_of(backend: RedisBackend) -> _Client:
     """The redis.asyncio client of `backend` for the running loop."""
-    if _aredis is None:  # pragma: no cover
+    if not _HAVE_REDIS:  # pragma: no cover
         raise ImportError("pyqueue.asyncio on Redis needs redis-py: pip install 'pyqueue[redis]'")
     if backend.min_replicas:
         raise NotImplementedError("pyqueue.asyncio on a Redis URL with min_replicas is not "
@@ -118,7 +135,7 @@ async def client_of(backend):
     return entry[1]
 
 
-def _lost(backend, e, sent):
+def _lost(backend: RedisBackend, e: Exception, sent: bool) -> ConnectionLost:
     if sent:
         return ConnectionLost(f"the connection to Redis at {backend.url} was lost during a "
                               f"call: {e} (the step was sent; it may have been applied)",
@@ -127,12 +144,12 @@ def _lost(backend, e, sent):
                           f"step was sent)", sent=False)
 
 
-async def command(backend, *args, key):
+async def command(backend: RedisBackend, *args: Any, key: str) -> Any:
     """One command, sent once (one server) -- its raw RESP2 reply. On a
     cluster, through the cluster client (its routing and retries, as the
     sync backend there); `key` is the key it acts on."""
     client = await client_of(backend)
-    if backend.cluster:
+    if isinstance(client, _aredis_cluster.RedisCluster):   # backend.cluster
         return await client.execute_command(*args)
     pool = client.connection_pool
     try:
@@ -156,10 +173,11 @@ async def command(backend, *args, key):
         await pool.release(conn)
 
 
-_shas = {}
+_shas: Dict[str, str] = {}
 
 
-async def script(backend, source, keys, args):
+async def script(backend: RedisBackend, source: str, keys: Sequence[str],
+                 args: Sequence[Any]) -> Any:
     """Runs a Lua script (EVALSHA; EVAL after NOSCRIPT, which ran nothing)."""
     sha = _shas.get(source)
     if sha is None:
@@ -170,29 +188,39 @@ async def script(backend, source, keys, args):
         return await command(backend, "EVAL", source, len(keys), *keys, *args, key=keys[0])
 
 
-def _block_seconds(left):
+def _block_seconds(left: Optional[float]) -> float:
     return 0 if left is None else max(left, 0.001)
 
 
-def _block_ms(left):
+def _block_ms(left: Optional[float]) -> int:
     return 0 if left is None else max(1, int(left * 1000 + 0.999))
 
 
-class _Handle:
+class _Handle(_aq._Owner):
     """What the Redis async handles share: a handle id per process (a
     forked child gets its own reservation, never its parent's)."""
 
-    def _hid(self):
+    _pid: Optional[int]
+    _id: str
+    _lock: Tuple[asyncio.AbstractEventLoop, asyncio.Lock]
+
+    def _reset(self) -> None:
+        """Forget the state of the handle id of another process (each
+        subclass that calls _hid defines it)."""
+        raise NotImplementedError
+
+    def _hid(self) -> str:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._id = f"{self._pid}-{secrets.token_hex(6)}"
             self._reset()
         return self._id
 
-    def _backend(self):
-        return self._h._backend
+    def _backend(self) -> RedisBackend:
+        b: RedisBackend = self._h._bound
+        return b
 
-    def _step_lock(self):
+    def _step_lock(self) -> asyncio.Lock:
         """The lock of this handle's steps on the running loop. A step and
         the handle's update after its reply (the count or the delivery
         handed out, the position) go together: two gets of one handle in
@@ -271,26 +299,31 @@ return 0
 """
 
 
-class RedisQueue(_Handle, _aq.Queue):
+class RedisQueue(_Handle, _aq.Queue[Any]):
     """pyqueue.asyncio.Queue over a Redis queue handle."""
 
-    def _init(self):
+    _h: _rq.RedisQueue
+    _used: bool
+    _handed: int
+    _watch: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
+
+    def _init(self) -> None:
         self._pid = None
         self._used = False
         self._watch = None
 
-    def _reset(self):
+    def _reset(self) -> None:
         self._handed = 0
         self._used = False
         self._watch = None
 
-    def _rkeys(self):
+    def _rkeys(self) -> List[str]:
         hid = self._hid()
         k = self._h._keys
         p = key_prefix(self._h._name)
         return [k[0], k[1], k[2], p + "res:" + hid, p + "resn:" + hid, k[5], p + "rsv"]
 
-    async def put(self, obj, block=True, timeout=None):
+    async def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """As pyqueue.asyncio.Queue.put, waiting for room in XREAD on the
         queue's space stream. Cancelled while its step's reply is on the
         way, the message may have been put."""
@@ -318,7 +351,7 @@ class RedisQueue(_Handle, _aq.Queue):
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                           h._keys[2], r[1], key=h._keys[2])
 
-    async def get(self, block=True, timeout=None):
+    async def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """As pyqueue.asyncio.Queue.get, through this handle's reservation:
         cancelled at any point, its message is in the queue or in the
         reservation, and this handle's next get returns it first."""
@@ -326,7 +359,7 @@ class RedisQueue(_Handle, _aq.Queue):
         h._check_open()
         until = _api.deadline(True, timeout)
         if h._held:       # what the sync handle holds (a lost connection's)
-            return h.get_nowait()
+            return h.get(False)       # (its get_nowait)
         b = self._backend()
         while True:
             keys = self._rkeys()
@@ -353,7 +386,8 @@ class RedisQueue(_Handle, _aq.Queue):
                 raise Empty()
             await self._wait(b, keys, r[1], left)
 
-    def _watcher(self, b, keys, down_id):
+    def _watcher(self, b: RedisBackend, keys: Sequence[str], down_id: Any
+                 ) -> asyncio.Future[Any]:
         """The task of this handle (and loop) that waits in XREAD BLOCK 0
         for the queue's shutdown entry (after down_id, read by an _ATAKE
         that saw the flag unset): shared by every get of the handle that
@@ -372,7 +406,8 @@ class RedisQueue(_Handle, _aq.Queue):
         self._watch = (loop, task)
         return task
 
-    async def _wait(self, b, keys, down_id, left):
+    async def _wait(self, b: RedisBackend, keys: Sequence[str], down_id: Any,
+                    left: Optional[float]) -> None:
         """Until a message is moved into the reservation (BLMOVE) or the
         queue is shut down (the watcher returns) or left runs out; the
         caller's next _ATAKE tells which."""
@@ -387,17 +422,20 @@ class RedisQueue(_Handle, _aq.Queue):
             # the reservation, where the next _ATAKE finds it.
             move.cancel()
             await asyncio.gather(move, return_exceptions=True)
-        if move.done() and not move.cancelled() and move.exception() is not None:
-            raise move.exception()
+        if move.done() and not move.cancelled():
+            e = move.exception()
+            if e is not None:
+                raise e
 
-    def get_nowait(self):
-        return self._h.get_nowait() if self._h._held else _sync_only("get_nowait")
+    def get_nowait(self) -> Any:
+        return self._h.get(False) if self._h._held else _sync_only("get_nowait")
 
-    async def get_many(self, max_messages=1024, timeout=None):
+    async def get_many(self, max_messages: int = 1024,
+                       timeout: Optional[float] = None) -> List[Any]:
         _api.check_max_messages(max_messages)
         return [await self.get(timeout=timeout)]
 
-    def close(self):
+    def close(self) -> None:
         """Close this handle: what its reservation holds goes back to the
         head of the queue (a get cancelled before it returned)."""
         h = self._h
@@ -409,27 +447,29 @@ class RedisQueue(_Handle, _aq.Queue):
             self._watch = None
         if self._used and self._pid == os.getpid() and not h._closed:
             keys = self._rkeys()
-            h._backend.script("queue_give_back", _GIVE_BACK)(
+            h._bound.script("queue_give_back", _GIVE_BACK)(
                 keys=[keys[0], keys[1], keys[3], keys[4], keys[6]],
                 args=[self._handed, self._id])
             self._used = False
         h.close()
 
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the queue, and the reservations of every handle (those of
         handles whose process died included)."""
         h = self._h
         p = key_prefix(h._name)
-        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+        h._bound.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
             keys=[p + "rsv"], args=[p + "res:", p + "resn:"])
         h.unlink()
 
 
-class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue):
+class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
     """pyqueue.asyncio.JoinableQueue over a Redis handle."""
 
-    async def join(self, timeout=None):
+    _h: _rq.RedisJoinableQueue
+
+    async def join(self, timeout: Optional[float] = None) -> bool:
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
@@ -448,7 +488,7 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue):
                 return True
 
 
-def _sync_only(what):
+def _sync_only(what: str) -> NoReturn:
     raise NotImplementedError(f"{what} of pyqueue.asyncio on Redis: use await get(block=False)")
 
 
@@ -515,30 +555,35 @@ return 1
 """
 
 
-class RedisWorkQueue(_Handle, _aq.WorkQueue):
+class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
     """pyqueue.asyncio.WorkQueue over a Redis work queue handle."""
 
-    def _init(self):
+    _h: _rwq.RedisWorkQueue
+    _used: bool
+    _handed: str
+
+    def _init(self) -> None:
         self._pid = None
         self._used = False
 
-    def _reset(self):
+    def _reset(self) -> None:
         self._handed = ""
         self._used = False
 
-    def _wkeys(self):
+    def _wkeys(self) -> List[str]:
         hid = self._hid()
         p = key_prefix(self._h._name)
         return list(self._h._keys) + [p + "wq.res:" + hid, p + "wq.rsv"]
 
-    async def put(self, obj, *, key=None, delay=0.0, timeout=None):
+    async def put(self, obj: Any, *, key: Union[bytes, str, None] = None, delay: float = 0.0,
+                  timeout: Optional[float] = None) -> int:
         """As pyqueue.asyncio.WorkQueue.put (cancelled while its reply is on
         the way, it may have been put)."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
         delay_ms = _rwq._ms(delay, "delay")
-        args = [_rwq._codec.encode(obj, h._serializer), _rwq._key_bytes(key)]
+        args: List[Any] = [_codec.encode(obj, h._serializer), _rwq._key_bytes(key)]
         if len(args[0]) - 1 > h.max_message_bytes:
             from pyqueue.errors import MessageTooLarge
             raise MessageTooLarge(f"message of {len(args[0]) - 1} bytes encoded, over "
@@ -562,7 +607,8 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
             # the dedup table full, or anything else: the sync call says it
             return h.put(obj, key=key, delay=delay, block=False)
 
-    async def get(self, timeout=None, block=True):
+    async def get(self, timeout: Optional[float] = None,
+                  block: bool = True) -> RedisDelivery:
         """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
         once). Cancelled after its step ran, the delivery it made is
         returned by this handle's next get, not counted again."""
@@ -595,7 +641,9 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
                                              f"undecodable: {type(e).__name__}: {e}", repr(e),
                                              raw, None)
                     continue
-                return RedisDelivery(_SyncDelivery(h, mid, n, value, enq, reason), self)
+                # (pyqueue.WorkQueue's Delivery over the Redis handle, as its sync get)
+                d = _SyncDelivery(h, mid, n, value, enq, reason)  # type: ignore[arg-type]
+                return RedisDelivery(d, self)
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {h._name!r} was removed from {b.url}")
             if r[0] == -5:
@@ -611,42 +659,44 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue):
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                           h._keys[11], r[1], key=h._keys[11])
 
-    def get_nowait(self):
+    def get_nowait(self) -> NoReturn:
         _sync_only("get_nowait")
 
-    async def get_many(self, max_messages=1024, timeout=None):
+    async def get_many(self, max_messages: int = 1024,
+                       timeout: Optional[float] = None) -> NoReturn:
         _sync_only("get_many")
 
-    def close(self):
+    def close(self) -> None:
         """Close this handle: a delivery its last get reserved and never
         handed out (it was cancelled) is given back, uncounted."""
         h = self._h
         if self._used and self._pid == os.getpid() and not h._closed:
-            h._backend.script("wq_give_back", _AGIVE_BACK)(keys=self._wkeys(),
+            h._bound.script("wq_give_back", _AGIVE_BACK)(keys=self._wkeys(),
                                                             args=[self._handed, self._id])
             self._used = False
         h.close()
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the work queue, and the reservation of every handle."""
         h = self._h
         p = key_prefix(h._name)
-        h._backend.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
+        h._bound.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
             keys=[p + "wq.rsv"], args=[p + "wq.res:"])
         h.unlink()
 
 
-class RedisDelivery(_aq.Delivery):
+class RedisDelivery(_aq.Delivery[Any]):
     """pyqueue.asyncio.Delivery of a Redis work queue: the settles are
     awaited script calls (the sync class's _SETTLE script)."""
 
     __slots__ = ("_q",)
+    _q: RedisWorkQueue
 
-    def __init__(self, d, q):
+    def __init__(self, d: _SyncDelivery[Any], q: RedisWorkQueue) -> None:
         super().__init__(d)
         self._q = q
 
-    async def _settle(self, verb, ms):
+    async def _settle(self, verb: str, ms: int) -> Any:
         d = self._d
         h = d._queue
         h._check_open()
@@ -657,11 +707,11 @@ class RedisDelivery(_aq.Delivery):
             rc = 0
         return d._verb(verb, rc)
 
-    async def ack(self):
+    async def ack(self) -> None:
         await self._settle("ack", 0)
         self._d._settled = "acked"
 
-    async def nack(self, delay=0.0, error=None):
+    async def nack(self, delay: float = 0.0, error: Optional[str] = None) -> None:
         d = self._d
         rc = await self._settle("nack", _rwq._ms(delay, "delay"))
         d._settled = "nacked"
@@ -669,17 +719,18 @@ class RedisDelivery(_aq.Delivery):
             d._queue._move_dead(d.id, d.delivery_count, d.enqueued_at,
                                 f"delivered {d.delivery_count} times, last: nacked", error)
 
-    async def reject(self, reason="rejected"):
+    async def reject(self, reason: str = "rejected") -> None:
         d = self._d
         await self._settle("reject", 0)
         d._settled = "rejected"
         d._queue._move_dead(d.id, d.delivery_count, d.enqueued_at, f"rejected: {reason}",
                             reason)
 
-    async def extend(self, seconds):
+    async def extend(self, seconds: float) -> None:
         await self._settle("extend", _rwq._ms(seconds, "seconds"))
 
-    async def __aexit__(self, exc_type, exc, tb):
+    async def __aexit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                        tb: Any) -> None:
         if self._d._settled is None:
             if exc_type is None:
                 await self.ack()
@@ -703,13 +754,15 @@ _AREAD = (_rt._READ.replace(_READ_FROM, "local pos = tonumber(ARGV[4])\nlocal ha
           .replace(_SET_POS, "redis.call('HSET', P, ARGV[1], handed)\n"))
 
 
-class RedisTopic(_aq.Topic):
+class RedisTopic(_aq.Topic[Any]):
     """pyqueue.asyncio.Topic over a Redis topic handle."""
 
-    def _init(self):
+    _h: _rt.RedisTopic
+
+    def _init(self) -> None:
         pass
 
-    async def publish(self, obj, timeout=None):
+    async def publish(self, obj: Any, timeout: Optional[float] = None) -> None:
         """As pyqueue.asyncio.Topic.publish: a lossless topic waits for
         room in XREAD on its space stream. Cancelled while its reply is on
         the way, the message may have been published."""
@@ -717,7 +770,7 @@ class RedisTopic(_aq.Topic):
         h._check_open()
         until = _api.deadline(True, timeout)
         data = h._encode(obj)
-        b = h._backend
+        b = h._bound
         while True:
             r = await script(b, _rt._PUBLISH, h._keys, [data])
             if r[0] == -2:
@@ -735,7 +788,7 @@ class RedisTopic(_aq.Topic):
                           _block_ms(lease if left is None else min(left, lease)),
                           "STREAMS", h._keys[4], r[1], key=h._keys[4])
 
-    def subscribe(self, start="latest"):
+    def subscribe(self, start: str = "latest") -> RedisSubscription:
         """As pyqueue.asyncio.Topic.subscribe (read it with the async calls
         only: a sync read of the same subscription reads from the server's
         position, which is one read behind)."""
@@ -756,12 +809,12 @@ return 0
 """
 
 
-def _retrieved(task):
+def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
 
-class RedisSubscription(_Handle, _aq.Subscription):
+class RedisSubscription(_Handle, _aq.Subscription[Any]):
     """pyqueue.asyncio.Subscription of a Redis topic. The position read
     from is this handle's (updated with no await between the reply and
     the return), so a cancelled read loses and repeats nothing; the
@@ -769,19 +822,21 @@ class RedisSubscription(_Handle, _aq.Subscription):
     read, and the next read), so a lossless publisher waits for no more
     than what this subscription has been handed."""
 
-    def _init(self):
+    _h: _rt.RedisSubscription
+
+    def _init(self) -> None:
         pass
 
-    def _confirm(self, b, t, pos):
+    def _confirm(self, b: RedisBackend, t: _rt.RedisTopic, pos: int) -> None:
         task = asyncio.ensure_future(script(b, _CONFIRM, t._keys, [self._h._sid, pos]))
         task.add_done_callback(_retrieved)
 
-    async def _read(self, max_messages, timeout):
+    async def _read(self, max_messages: int, timeout: Optional[float]) -> List[bytes]:
         s = self._h
         s._check()
         until = _api.deadline(True, timeout)
         t = s._topic
-        b = t._backend
+        b = t._bound
         if s._pos is None:      # where subscribe() put it (reading moves nothing)
             p = await command(b, "HGET", t._keys[2], s._sid, key=t._keys[2])
             if s._pos is None:
@@ -797,7 +852,8 @@ class RedisSubscription(_Handle, _aq.Subscription):
                 s._pos, s._seq = r[1], r[2]
             if len(r) > 4:
                 self._confirm(b, t, s._pos)
-                return r[4:]
+                raws: List[bytes] = r[4:]
+                return raws
             if r[3] == 1:
                 raise ShutDown(f"topic {t._name!r} is shut down")
             left = _api.remaining(until)
@@ -810,26 +866,27 @@ class RedisSubscription(_Handle, _aq.Subscription):
                           _block_ms(lease if left is None else min(left, lease)), "STREAMS",
                           t._keys[1], t._keys[5], f"0-{s._pos}", "0-0", key=t._keys[1])
 
-    async def get(self, timeout=None):
+    async def get(self, timeout: Optional[float] = None) -> Any:
         """As pyqueue.asyncio.Subscription.get."""
         s = self._h
         if s._buf:
-            return _rt._codec.decode(s._buf.pop(0), s._topic._serializer)
+            return _codec.decode(s._buf.pop(0), s._topic._serializer)
         raws = await self._read(1, timeout)
-        return _rt._codec.decode(raws[0], s._topic._serializer)
+        return _codec.decode(raws[0], s._topic._serializer)
 
-    async def get_many(self, max_messages=1024, timeout=None):
+    async def get_many(self, max_messages: int = 1024,
+                       timeout: Optional[float] = None) -> List[Any]:
         """As pyqueue.asyncio.Subscription.get_many."""
         _api.check_max_messages(max_messages)
         s = self._h
         raws = await self._read(max_messages, timeout)
-        return [_rt._codec.decode(raw, s._topic._serializer) for raw in raws]
+        return [_codec.decode(raw, s._topic._serializer) for raw in raws]
 
-    def get_nowait(self):
+    def get_nowait(self) -> NoReturn:
         _sync_only("get_nowait")
 
     @property
-    def lag(self):
+    def lag(self) -> int:
         """Messages published and not yet handed out by this subscription
         (counted from this handle's position, not the server's)."""
         s = self._h
@@ -837,13 +894,17 @@ class RedisSubscription(_Handle, _aq.Subscription):
         if s._pos is None:
             return s.lag
         t = s._topic
-        seq = int(t._backend.client.hget(t._keys[0], "seq") or 0)
+        seq = int(t._bound.client.hget(t._keys[0], "seq") or 0)
         return max(0, seq - s._pos)
 
 
-def wrap(cls, h):
+_OT = TypeVar("_OT", bound=_aq._Owner)
+
+
+def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
     """The Redis subclass of pyqueue.asyncio class `cls` for handle h, or
     None when there is none (TypeError from the caller)."""
+    impl: Type[Union[RedisQueue, RedisWorkQueue, RedisTopic, RedisSubscription]]
     if isinstance(h, _rq.RedisJoinableQueue):
         impl = RedisJoinableQueue
     elif isinstance(h, _rq.RedisQueue):
