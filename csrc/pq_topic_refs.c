@@ -35,6 +35,13 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
         if (atomic_load_explicit(&sl->owner, memory_order_relaxed) == 0)
             continue;
         uint64_t cur = atomic_load_explicit(&sl->cursor, memory_order_acquire);
+        /* A lapped lossy subscriber (its cursor behind head) holds nothing
+         * back: the records it would read are overwritten, its advance
+         * fails and it moves to head, past every record released here.
+         * Counting it would stop the trim for every other subscriber
+         * until it reads again - for ever, if it was SIGKILLed. */
+        if (t->mode == PQ_TOPIC_LOSSY && (int64_t)(cur - h) < 0)
+            continue;
         if ((int64_t)(cur - end) < 0)
             end = cur;
     }

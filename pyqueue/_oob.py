@@ -83,7 +83,8 @@ def _parse(queue, ref):
         raise SegmentMismatch("corrupt out-of-band reference")
     (size,) = _REF.unpack_from(ref, 0)
     try:
-        name = bytes(ref[_REF.size:]).decode()
+        # (A topic pads its reference records with zeros: no name has one.)
+        name = bytes(ref[_REF.size:]).rstrip(b"\0").decode()
     except UnicodeDecodeError:
         raise SegmentMismatch("corrupt out-of-band reference") from None
     prefix = queue._shm_name + ".oob-"

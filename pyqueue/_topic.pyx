@@ -259,7 +259,14 @@ cdef class TopicCore:
             raise MessageTooLarge(f"the topic's max_message_bytes ({self._t.max_payload}) "
                                   "cannot hold even the reference to an out-of-band message")
         typ[0] |= T_OOB
-        return ref
+        # The reference record takes the ring space of the largest inline
+        # message (zeros after the reference): a lossless topic's
+        # back-pressure, a lossy one's overwrite and the retention for
+        # `start="earliest"` then count a large message as one of the
+        # largest, so a topic holds at most a few segments (about
+        # capacity / max_message_bytes), not one per reference-sized
+        # record (thousands of segments: /dev/shm full).
+        return ref + bytes(<Py_ssize_t>self._t.max_payload - len(ref))
 
     cdef bytes _encode_ring(self, obj, uint8_t* typ):
         """What goes into the ring for obj: its payload, or (T_OOB set in
@@ -322,13 +329,14 @@ cdef class TopicCore:
                 return None
             _check_rc(rc, "scan")
             for i in range(refs.count):
-                if refs.items[i].len <= PQ_TOPIC_REF_MAX:
-                    try:
-                        _, name = _oob._parse(self, PyBytes_FromStringAndSize(
-                            <const char*>refs.items[i].bytes, refs.items[i].len))
-                    except SegmentMismatch:
-                        continue
-                    out.add(name.lstrip("/"))
+                # A padded record: the reference is its first bytes.
+                try:
+                    _, name = _oob._parse(self, PyBytes_FromStringAndSize(
+                        <const char*>refs.items[i].bytes,
+                        min(refs.items[i].len, PQ_TOPIC_REF_MAX)))
+                except SegmentMismatch:
+                    continue
+                out.add(name.lstrip("/"))
             if rc == 0:
                 return out
         return None
@@ -340,9 +348,10 @@ cdef class TopicCore:
         segments is skipped (pyqueue._oob.discard)."""
         cdef uint32_t i
         for i in range(refs.count):
-            if refs.items[i].len <= PQ_TOPIC_REF_MAX:
-                _oob.discard(self, PyBytes_FromStringAndSize(
-                    <const char*>refs.items[i].bytes, refs.items[i].len))
+            # A padded record: the reference is its first bytes (cut at
+            # PQ_TOPIC_REF_MAX by the core; the reference itself is shorter).
+            _oob.discard(self, PyBytes_FromStringAndSize(
+                <const char*>refs.items[i].bytes, min(refs.items[i].len, PQ_TOPIC_REF_MAX)))
         refs.count = 0
         return 0
 
@@ -517,7 +526,13 @@ cdef class TopicCore:
                 n = len(data)
                 rec = 16 + ((n + 15) & ~15)
                 if k == BATCH_MAX or (k > 0 and total + rec > self._t.capacity // 4):
-                    done += self._publish_batch(batch, lens, types, pos, k, deadline)
+                    try:
+                        done += self._publish_batch(batch, lens, types, pos, k, deadline)
+                    except BaseException:
+                        # This message is in no batch yet: its segment too.
+                        if typ & T_OOB:
+                            _oob.discard(self, data)
+                        raise
                     batch = []
                     k = 0
                     total = 0
@@ -866,7 +881,11 @@ cdef class SubscriptionCore:
                 raw = [None] * rc
                 oob = False
                 for i in range(rc):
-                    raw[i] = self._decode(recs[i].type, recs[i].payload, recs[i].len)
+                    if recs[i].type & T_OOB:  # the reference; no copy of its padding
+                        raw[i] = PyBytes_FromStringAndSize(<const char*>recs[i].payload,
+                                                           min(recs[i].len, PQ_TOPIC_REF_MAX))
+                    else:
+                        raw[i] = self._decode(recs[i].type, recs[i].payload, recs[i].len)
                     if recs[i].type & T_OOB:
                         oob = True
                 if oob:

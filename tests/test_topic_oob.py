@@ -79,11 +79,16 @@ def test_large_bytes_str_custom_and_publish_many(topics):
     blob, text = os.urandom(5 * CAP), "é" * (3 * CAP)
     t.publish(blob)
     t.publish(bytearray(blob))
-    t.publish(text)
+    t.publish(text)     # three quarters of the ring: each takes max_message_bytes of it
+    first = [blob, blob, text]
+    assert [s1.get(timeout=5) for _ in first] == first
+    assert len(oob_segments(t)) == 3    # s2 has not read them
+    assert s2.get_many(100, timeout=5) == first
+    assert oob_segments(t) == []
     assert t.publish_many([b"a", blob, {"k": blob}, "b"]) == 4
-    want = [blob, blob, text, b"a", blob, {"k": blob}, "b"]
+    want = [b"a", blob, {"k": blob}, "b"]
     assert [s1.get(timeout=5) for _ in want] == want
-    assert len(oob_segments(t)) == 5    # s2 has not read them
+    assert len(oob_segments(t)) == 2
     assert s2.get_many(100, timeout=5) == want
     assert oob_segments(t) == []
     c = topics(capacity_bytes=CAP, serializer=(lambda o: o * 2, lambda b: bytes(b[:len(b) // 2])))
@@ -108,21 +113,55 @@ def test_lossy_overwrite_frees_it(topics):
     assert all(isinstance(x, bytes) and len(x) == 1024 for x in got)
 
 
-def test_a_claim_that_overwrites_more_references_than_it_can_report_at_once(topics):
-    """A claim reports at most 16 references at a time: one that passes 40
-    out-of-band records reports them in turns, and every segment goes."""
-    t = topics(capacity_bytes=CAP, mode="lossy")
-    s = t.subscribe()
+def test_a_topic_holds_a_few_segments_not_one_per_reference(topics):
+    """A large message's reference record takes max_message_bytes of the
+    ring (zero padding), so a topic keeps at most capacity //
+    max_message_bytes segments: a lossy one with no reader or a lapped
+    one overwrites (and frees) them, a lossless one's publisher waits for
+    its slow subscriber. (A reference-sized record let thousands of
+    segments pile up: /dev/shm full.)"""
+    most = CAP // (CAP // 4)
+    lossy = topics(capacity_bytes=CAP, mode="lossy")
+    lapped = lossy.subscribe()
     for i in range(40):
-        t.publish(bytes([i]) * (CAP // 4))
-    assert len(oob_segments(t)) == 40
-    for _ in range(3):                    # three quarters of the ring after the 40
-        t.publish(b"z" * (CAP // 4 - 16))
-    assert len(oob_segments(t)) == 40
-    t.publish(b"z" * (CAP // 4 - 16))     # the fourth passes all 40 in one claim
+        lossy.publish(bytes([i]) * (CAP // 4))
+        assert len(oob_segments(lossy)) <= most
+    assert lapped.get(timeout=5) == bytes([39]) * (CAP // 4) or lapped.lost >= 36
+    assert lapped.lost >= 36
+    nobody = topics(capacity_bytes=CAP, mode="lossy")
+    for i in range(40):
+        nobody.publish(bytes([i]) * (CAP // 4))
+    assert 0 < len(oob_segments(nobody)) <= most
+    lossless = topics(capacity_bytes=CAP)
+    slow = lossless.subscribe()
+    published = 0
+    with pytest.raises(queue.Full):
+        for i in range(40):
+            lossless.publish(bytes([i]) * (CAP // 4), timeout=0.2)
+            published += 1
+    assert 0 < published <= most
+    assert len(oob_segments(lossless)) == published
+    assert [slow.get(timeout=5) for _ in range(published)] == [
+        bytes([i]) * (CAP // 4) for i in range(published)]
+    assert oob_segments(lossless) == []
+
+
+def test_a_lapped_lossy_subscriber_does_not_keep_the_segments_another_read(topics):
+    """A lossy subscriber lapped (or SIGKILLed: never evicted while slots
+    are free) holds nothing back: the segment goes when the subscriber
+    that reads goes past it, not when the ring wraps."""
+    t = topics(capacity_bytes=CAP, mode="lossy")
+    lapped, reader = t.subscribe(), t.subscribe()
+    for i in range(2 * CAP // 1024):   # two rings' worth of 1 KiB: lapped is lapped
+        t.publish(b"x" * 1000)
+        reader.get(timeout=5)
+    t.publish(big())
+    assert len(oob_segments(t)) == 1
+    assert np.array_equal(reader.get(timeout=5), big())
     assert oob_segments(t) == []
-    s.get(timeout=5)
-    assert s.lost >= 40
+    with pytest.raises(queue.Empty):   # jumps to head: everything is read or gone
+        lapped.get(timeout=0.1)
+    assert lapped.lost >= 1
 
 
 def test_a_publish_that_fails_leaves_no_segment(topics):
@@ -138,12 +177,30 @@ def test_a_publish_that_fails_leaves_no_segment(topics):
         t.publish_many([big(1), big(2), b"small"], timeout=0.1)
     assert oob_segments(t) == []
     assert s.get(timeout=5) == b"p" * t.max_message_bytes
+    assert s.get(timeout=5) == b"p" * t.max_message_bytes
     assert t.publish_many([big(1), b"small"], timeout=5) == 2  # room for them now
     assert len(oob_segments(t)) == 1
     t.shutdown()
     with pytest.raises(pyqueue.ShutDown):
         t.publish(big())
     assert len(oob_segments(t)) == 1
+
+
+def test_publish_many_whose_earlier_batch_fails_frees_the_message_it_holds(topics):
+    """publish_many encodes a large message (its segment made) before it
+    flushes the batch before it: that flush failing (queue.Full here)
+    removes the segment too (it was in no batch: left for the life of the
+    publisher)."""
+    t = topics(capacity_bytes=CAP)
+    s = t.subscribe()
+    mx = t.max_message_bytes
+    for _ in range(4):
+        t.publish(b"p" * mx)   # the ring full, s reads nothing
+    for _ in range(3):
+        with pytest.raises(queue.Full):
+            t.publish_many([b"a" * mx, b"B" * (mx + 100)], timeout=0.05)
+        assert oob_segments(t) == []
+    assert s.get(timeout=5) == b"p" * mx
 
 
 def test_lossless_publisher_waits_for_the_slow_subscriber_then_frees_it(topics):

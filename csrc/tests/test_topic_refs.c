@@ -245,6 +245,32 @@ static int test_scan(void)
     return 0;
 }
 
+/* A lossy subscriber lapped (its cursor behind head) does not stop the
+ * trim: the one that read the out-of-band record releases it. */
+static int test_lapped_lossy_subscriber_holds_nothing_back(void)
+{
+    pq_topic t;
+    pq_topic_sub fast, lapped;
+    pq_topic_ref items[4];
+    pq_topic_refs refs = {items, 4, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    CHECK_EQ(pq_topic_subscribe(&t, &lapped, PQ_TOPIC_START_LATEST), 0);
+    CHECK_EQ(pq_topic_subscribe(&t, &fast, PQ_TOPIC_START_LATEST), 0);
+    /* Twice the ring in 80-byte records: head passes the lapped cursor. */
+    for (uint64_t v = 0; v < 2 * CAP / 80; v++) {
+        CHECK_EQ(put(&t, v, 1, NULL, 1), 0);
+        CHECK(drain(&t, &fast) >= 0);
+    }
+    CHECK(t.ctl->head > lapped.cursor);
+    CHECK_EQ(put(&t, 99, OOB, NULL, 1), 0);
+    CHECK_EQ(drain(&t, &fast), 1);
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 1);
+    CHECK_EQ(ref_value(&items[0]), 99u);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
 int main(void)
 {
     printf("test_topic_refs\n");
@@ -253,5 +279,6 @@ int main(void)
     RUN(test_trim_after_last_subscriber);
     RUN(test_trim_stops_at_a_claimed_record);
     RUN(test_scan);
+    RUN(test_lapped_lossy_subscriber_holds_nothing_back);
     return pq_test_result();
 }
