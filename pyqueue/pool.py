@@ -414,6 +414,13 @@ class Pool:
                         return False
                 except (ShutDown, ValueError):
                     return False
+                except Exception as e:
+                    # That task cannot be put (OSError: /dev/shm full for
+                    # its out-of-band segment, EMFILE; MemoryError): it
+                    # fails alone. A feeder that died here left its job,
+                    # and every later one, waiting for ever.
+                    self._set(jid, i, (False, e))
+                    break
             n = i + 1
         if job.set_length is not None:
             job.set_length(n)

@@ -384,3 +384,24 @@ def test_worker_whose_exit_status_another_wait_took(tmp_path):
         p.join()
     finally:
         p.terminate()
+
+
+def test_a_task_that_cannot_be_put_fails_alone_and_the_pool_goes_on(pool):
+    """A task whose put fails for real (its out-of-band segment larger than
+    this process may write: EFBIG, as /dev/shm full is ENOSPC) fails with
+    that error; the next tasks run. (The feeder thread died on it: that
+    job and every later one waited for ever.)"""
+    import resource
+    assert pool.apply(w.square, (3,)) == 9   # the workers run (their limits are theirs)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG, not the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, hard))
+    try:
+        big = pool.apply_async(len, (b"x" * (64 << 20),))
+        with pytest.raises(OSError):
+            big.get(DEADLINE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert pool.apply(w.square, (4,)) == 16
+    assert pool.map(w.square, range(10)) == [x * x for x in range(10)]
