@@ -144,6 +144,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+        # A test that starts a real redis-server is a Redis test: .ci/run
+        # runs those apart (-m redis) and not under ASan.
+        if {"redis_server", "redis_cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
 
 
 # --------------------------------------------------------------------------

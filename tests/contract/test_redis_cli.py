@@ -7,7 +7,7 @@ import pytest
 
 from pyqueue import cli
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.redis]  # a real redis-server
 
 
 @pytest.mark.parametrize("where", ["redis", "redis-cluster"])

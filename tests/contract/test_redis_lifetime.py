@@ -8,7 +8,7 @@ import pytest
 
 from pyqueue.errors import SegmentNotFound
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.redis]  # a real redis-server
 
 
 def _put_after_parent_closed(q, parent_closed, out):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.contract import _workers
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.redis]  # a real redis-server
 
 DEADLINE = 15.0     # seconds a woken child has to report
 

@@ -3,7 +3,7 @@ on its connection; fewer confirmations raise NotReplicated, after the
 write was applied (docs/guarantees.md, "Redis backend")."""
 import pytest
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.redis]  # a real redis-server
 
 
 def test_without_replicas_writes_are_applied_but_not_confirmed(redis_server):

@@ -4,7 +4,7 @@ import pytest
 
 import pyqueue
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.redis]  # a real redis-server
 
 
 @pytest.mark.parametrize("kind", ["Queue", "JoinableQueue", "WorkQueue", "Topic"])
