@@ -357,7 +357,12 @@ def test_executor_breaks_when_an_initializer_raises(ctx):
     and so does submit() afterwards."""
     from concurrent.futures.process import BrokenProcessPool
     with Executor(2, mp_context=ctx, initializer=w.failing_init) as ex:
-        futures = [ex.submit(w.square, x) for x in range(4)]
+        futures = []
+        try:
+            for x in range(4):
+                futures.append(ex.submit(w.square, x))
+        except BrokenProcessPool as e:  # a worker failed before the last submit
+            assert "no database" in str(e)
         for f in futures:
             e = f.exception(DEADLINE)
             assert isinstance(e, BrokenProcessPool) and "no database" in str(e)
