@@ -659,3 +659,38 @@ def test_a_command_cancelled_again_and_again_gives_its_connection_back(redis_ser
             assert not pool._in_use_connections
 
     asyncio.run(main())
+
+
+def test_a_step_that_lands_after_close_moves_and_counts_nothing(ab):
+    """A get's step sent before close() and run by the server after
+    close()'s give-back (what a get in flight at the close leaves): it
+    neither counts the handed message a second time nor takes one into the
+    closed reservation; the give-back of that get takes nothing from the
+    queue either."""
+    from pyqueue.backends.redis import aio
+    b = ab.sync
+
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        q2 = ab.Queue.open(q.name)
+        try:
+            for m in ("a", "b"):
+                await q.put(m)
+            assert await q.get() == "a"
+            keys = q._rkeys()
+            q.close()                    # counts "a"
+            assert int(b.client.hget(keys[0], "dequeued")) == 1
+            r = await aio.script(q._backend(), aio._ATAKE, keys, [q._handed, q._id])
+            assert r == [-3]
+            await aio.script(q._backend(), aio._GIVE_BACK,
+                             [keys[0], keys[1], keys[3], keys[4], keys[6]],
+                             [q._handed, q._id])
+            assert int(b.client.hget(keys[0], "dequeued")) == 1
+            assert await q2.get(timeout=5) == "b"
+            with pytest.raises(queue.Empty):
+                await q2.get(block=False)
+        finally:
+            q2.close()
+            q.sync.unlink()
+
+    asyncio.run(main())
