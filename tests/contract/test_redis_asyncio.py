@@ -551,3 +551,146 @@ def test_pickled_async_handle_and_forked_reservation(ab, ctx, procs):
             out.unlink()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind,then", [
+    (k, t) for k in ("Queue", "WorkQueue", "subscription") for t in ("put", "nothing")
+] + [("Queue", "late-move")])
+def test_close_under_a_waiting_get(ab, kind, then):
+    """A get waiting on the server when its handle is closed raises
+    ValueError (closed), as on the shared-memory classes, with nothing put
+    too (close() ends its wait); a message put by another handle right
+    after the close is delivered exactly once, to a live handle (not left
+    in the closed handle's reservation), also when it lands in that
+    reservation after close()'s give-back ("late-move": what a BLMOVE the
+    server serves before it sees the cancelled wait's disconnect does)."""
+    from tests.contract.test_redis_shutdown import _blocked
+    b = ab.sync
+
+    async def main():
+        if kind == "subscription":
+            t = ab.Topic(name=_name("t"))
+            h = t.subscribe()
+            live = t.subscribe()
+            other = t
+        else:
+            t = h = getattr(ab, kind)(name=_name(kind.lower()))
+            other = live = getattr(ab, kind).open(h.name)
+        try:
+            base = _blocked(b)
+            task = asyncio.ensure_future(h.get())
+            while _blocked(b) < base + 1:        # the server has it blocked
+                await asyncio.sleep(0.01)
+            h.close()
+            if then == "late-move":
+                keys = h._rkeys()
+                # The wait's BLMOVE (not yet disconnected on the server) may
+                # serve this push itself; else the LMOVE does what it does.
+                b.client.rpush(keys[1], h.sync._encode("m1"))
+                b.client.lmove(keys[1], keys[3], "LEFT", "RIGHT")
+                assert b.client.llen(keys[3]) == 1
+            elif then == "put":
+                await (other.publish("m1") if kind == "subscription" else other.put("m1"))
+            with pytest.raises(ValueError):
+                await asyncio.wait_for(task, 30)
+            if then == "nothing":
+                return
+            got = await live.get(timeout=30)
+            if kind == "WorkQueue":
+                assert (got.value, got.delivery_count) == ("m1", 1)
+                await got.ack()
+                with pytest.raises(queue.Empty):
+                    await live.get(block=False)
+                assert live.sync.stats()["in_flight"] == 0
+            else:
+                assert got == "m1"
+                with pytest.raises(queue.Empty):
+                    await live.get(timeout=0)
+            if kind == "Queue":
+                assert live.sync.qsize() == 0
+                assert [k for k in _leftovers(b, h.name) if h._id in k] == []
+        finally:
+            if kind == "subscription":
+                live.close()
+            else:
+                h.close()
+            other.close()
+            t.sync.unlink()
+
+    asyncio.run(main())
+
+
+def test_a_command_cancelled_again_and_again_gives_its_connection_back(redis_server):
+    """A command cancelled while it waits for its reply, and then at every
+    turn of the loop while it cleans up (the disconnect of the connection
+    whose reply may be on its way, the release): the connection goes back
+    to the pool all the same (none stays in use). (On redis-py 8.2 the
+    unshielded cleanup passes too: its disconnect(nowait=True) and an
+    uncontended release never suspend, so no second cancellation can land
+    in them; this guards the shielded one against a redis-py that does.)"""
+    from pyqueue.backends.redis import aio
+    from tests.contract.test_redis_shutdown import _blocked
+    b = aq.connect(redis_server.url).sync     # (one server: a pool of its own)
+
+    async def main():
+        client = await aio.client_of(b)
+        pool = client.connection_pool
+        base = _blocked(b)
+        for turns in range(6):
+            deadline = time.monotonic() + 10
+            while _blocked(b) > base:     # the last turn's, until the server sees it go
+                assert time.monotonic() < deadline, (turns, "still blocked on the server")
+                await asyncio.sleep(0.01)
+            task = asyncio.ensure_future(aio.command(b, "BLPOP", _name("none"), 0))
+            while _blocked(b) < base + 1:
+                assert time.monotonic() < deadline, (turns, "never blocked on the server")
+                await asyncio.sleep(0.01)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            for _ in range(1000):
+                if task.done():
+                    break
+                task.cancel()
+                await asyncio.sleep(0)
+            assert task.cancelled()
+            deadline = time.monotonic() + 10    # (a release left running on its own)
+            while pool._in_use_connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not pool._in_use_connections
+
+    asyncio.run(main())
+
+
+def test_a_step_that_lands_after_close_moves_and_counts_nothing(ab):
+    """A get's step sent before close() and run by the server after
+    close()'s give-back (what a get in flight at the close leaves): it
+    neither counts the handed message a second time nor takes one into the
+    closed reservation; the give-back of that get takes nothing from the
+    queue either."""
+    from pyqueue.backends.redis import aio
+    b = ab.sync
+
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        q2 = ab.Queue.open(q.name)
+        try:
+            for m in ("a", "b"):
+                await q.put(m)
+            assert await q.get() == "a"
+            keys = q._rkeys()
+            q.close()                    # counts "a"
+            assert int(b.client.hget(keys[0], "dequeued")) == 1
+            r = await aio.script(q._backend(), aio._ATAKE, keys, [q._handed, q._id])
+            assert r == [-3]
+            await aio.script(q._backend(), aio._GIVE_BACK,
+                             [keys[0], keys[1], keys[3], keys[4], keys[6]],
+                             [q._handed, q._id])
+            assert int(b.client.hget(keys[0], "dequeued")) == 1
+            assert await q2.get(timeout=5) == "b"
+            with pytest.raises(queue.Empty):
+                await q2.get(block=False)
+        finally:
+            q2.close()
+            q.sync.unlink()
+
+    asyncio.run(main())

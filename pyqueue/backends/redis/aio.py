@@ -49,7 +49,7 @@ import os
 import secrets
 import weakref
 from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, List, NoReturn, Optional,
-                    Sequence, Tuple, Type, TypeVar, Union)
+                    Sequence, Set, Tuple, Type, TypeVar, Union)
 
 from pyqueue import _api
 from pyqueue import asyncio as _aq
@@ -144,10 +144,10 @@ def _lost(backend: RedisBackend, e: Exception, sent: bool) -> ConnectionLost:
                           f"step was sent)", sent=False)
 
 
-async def command(backend: RedisBackend, *args: Any, key: str) -> Any:
+async def command(backend: RedisBackend, *args: Any) -> Any:
     """One command, sent once (one server) -- its raw RESP2 reply. On a
     cluster, through the cluster client (its routing and retries, as the
-    sync backend there); `key` is the key it acts on."""
+    sync backend there)."""
     client = await client_of(backend)
     if isinstance(client, _aredis_cluster.RedisCluster):   # backend.cluster
         return await client.execute_command(*args)
@@ -156,19 +156,46 @@ async def command(backend: RedisBackend, *args: Any, key: str) -> Any:
         conn = await pool.get_connection()
     except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
         raise _lost(backend, e, False) from e
+    broken = True
     try:
         await conn.send_command(*args)
-        return await conn.read_response()
+        reply = await conn.read_response()
+        broken = False
+        return reply
     except _rexc.ResponseError:
-        raise                                   # the connection is fine
-    except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
-        await conn.disconnect(nowait=True)
-        raise _lost(backend, e, True) from e
-    except BaseException:
-        # Cancelled (or worse) with a reply possibly on its way: that
-        # connection cannot be reused for another command.
-        await conn.disconnect(nowait=True)
+        broken = False                          # the connection is fine
         raise
+    except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
+        raise _lost(backend, e, True) from e
+    finally:
+        # Cancelled (or worse) with a reply possibly on its way, or lost:
+        # that connection cannot be reused for another command. The
+        # disconnect and the release run in a task of their own, which a
+        # second cancellation of this one does not stop: the connection
+        # always goes back to the pool.
+        await _shielded(_put_back(pool, conn, broken))
+
+
+# Tasks that must run to their end whatever happens to the coroutine that
+# started them (strong references: the loop keeps only weak ones).
+_background: "set[asyncio.Future[Any]]" = set()
+
+
+def _keep(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(_retrieved)
+    return task
+
+
+async def _shielded(coro: Any) -> None:
+    await asyncio.shield(_keep(asyncio.ensure_future(coro)))
+
+
+async def _put_back(pool: Any, conn: Any, broken: bool) -> None:
+    try:
+        if broken:
+            await conn.disconnect(nowait=True)
     finally:
         await pool.release(conn)
 
@@ -183,9 +210,9 @@ async def script(backend: RedisBackend, source: str, keys: Sequence[str],
     if sha is None:
         sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()
     try:
-        return await command(backend, "EVALSHA", sha, len(keys), *keys, *args, key=keys[0])
+        return await command(backend, "EVALSHA", sha, len(keys), *keys, *args)
     except _rexc.NoScriptError:
-        return await command(backend, "EVAL", source, len(keys), *keys, *args, key=keys[0])
+        return await command(backend, "EVAL", source, len(keys), *keys, *args)
 
 
 def _block_seconds(left: Optional[float]) -> float:
@@ -203,6 +230,7 @@ class _Handle(_aq._Owner):
     _pid: Optional[int]
     _id: str
     _lock: Tuple[asyncio.AbstractEventLoop, asyncio.Lock]
+    _inflight: Set[asyncio.Future[Any]]
 
     def _reset(self) -> None:
         """Forget the state of the handle id of another process (each
@@ -232,6 +260,41 @@ class _Handle(_aq._Owner):
             lk = self._lock = (loop, asyncio.Lock())
         return lk[1]
 
+    def _is_closed(self) -> bool:
+        closed: bool = self._h._closed
+        return closed
+
+    def _waits(self) -> Set[asyncio.Future[Any]]:
+        """The waits (blocking commands) of this handle in flight, which
+        close() cancels: a coroutine waiting at close() raises ValueError
+        (closed), as on the shared-memory classes."""
+        w: Optional[Set[asyncio.Future[Any]]] = getattr(self, "_inflight", None)
+        if w is None:
+            w = self._inflight = set()
+        return w
+
+    def _cancel_waits(self) -> None:
+        for t in list(self._waits()):
+            try:
+                t.cancel()
+            except RuntimeError:    # its loop is closed (without cancelling it)
+                pass
+
+    async def _wait_for(self, b: RedisBackend, *args: Any) -> Any:
+        """One blocking command, as a wait close() cancels -> its reply
+        (None when close() cancelled it; the caller then checks closed)."""
+        task = asyncio.ensure_future(command(b, *args))
+        ws = self._waits()
+        ws.add(task)
+        try:
+            await asyncio.wait((task,))
+        finally:
+            ws.discard(task)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return None if task.cancelled() else task.result()
+
 
 # -- Queue ------------------------------------------------------------------
 
@@ -239,11 +302,15 @@ class _Handle(_aq._Owner):
 # by this handle so far, the handle id -> {0, message}: the head of the
 # reservation (moved from the queue now, or earlier by a BLMOVE or a
 # take whose reply was lost); {1}: empty and shut down; {2, last id of
-# down}: empty (wait in BLMOVE list res + XREAD down); {-1}: no queue.
+# down}: empty (wait in BLMOVE list res + XREAD down); {-1}: no queue;
+# {-3}: this handle handed messages out and its reservation is no longer
+# listed (close() gave it back: this step ran after the close's; nothing
+# is moved or counted).
 _ATAKE = """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown', 'kind')
 if not m[3] then return {-1} end
 local handed = tonumber(ARGV[1])
+if handed > 0 and redis.call('SISMEMBER', KEYS[7], ARGV[2]) == 0 then return {-3} end
 local n = tonumber(redis.call('GET', KEYS[5]) or '0')
 if handed > n then
   for i = n + 1, handed do redis.call('LPOP', KEYS[4]) end
@@ -268,9 +335,13 @@ return {2, '0-0'}
 
 # KEYS: meta, list, res, resn, rsv; ARGV: handed, handle id. Counts what
 # was handed out, gives the rest of the reservation back to the head of
-# the queue (in order), removes the reservation. -> messages given back
+# the queue (in order), removes the reservation. -> messages given back.
+# A reservation no longer listed was given back before (close(), then the
+# give-back of a get that was in flight at the close): what was handed out
+# is counted already, all it holds now goes back.
 _GIVE_BACK = """
 local handed = tonumber(ARGV[1])
+if redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0 then handed = 0 end
 local n = tonumber(redis.call('GET', KEYS[4]) or '0')
 if handed > n then
   for i = n + 1, handed do redis.call('LPOP', KEYS[3]) end
@@ -349,7 +420,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             if left == 0.0:
                 raise Full()
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                          h._keys[2], r[1], key=h._keys[2])
+                          h._keys[2], r[1])
 
     async def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """As pyqueue.asyncio.Queue.get, through this handle's reservation:
@@ -363,12 +434,18 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         b = self._backend()
         while True:
             keys = self._rkeys()
+            if h._closed:       # closed under this get (its wait cancelled)
+                await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
                 r = await script(b, _ATAKE, keys, [self._handed, self._id])
-                if r[0] == 0:
+                if r[0] == 0 and not h._closed:
                     # From the reply to the return: no await (no cancellation).
                     self._handed += 1
+            if self._is_closed():   # (after an await: not narrowed)
+                await self._closed_under_get(b, keys)
+            if r[0] == -3:
+                raise SegmentNotFound(f"queue {h._name!r} is being removed from {b.url}")
             if r[0] == 0:
                 try:
                     return h._decode(r[1])
@@ -386,6 +463,16 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
                 raise Empty()
             await self._wait(b, keys, r[1], left)
 
+    async def _closed_under_get(self, b: RedisBackend, keys: Sequence[str]) -> NoReturn:
+        """close() ran while a get was in flight: the get hands nothing out;
+        what its step or wait moved into the reservation after close()'s
+        give-back (a BLMOVE that completed, a step already sent) goes back
+        to the head of the queue, then ValueError (closed)."""
+        await script(b, _GIVE_BACK, [keys[0], keys[1], keys[3], keys[4], keys[6]],
+                     [self._handed, self._id])
+        self._h._check_open()
+        raise AssertionError("unreachable: the handle is closed")  # pragma: no cover
+
     def _watcher(self, b: RedisBackend, keys: Sequence[str], down_id: Any
                  ) -> asyncio.Future[Any]:
         """The task of this handle (and loop) that waits in XREAD BLOCK 0
@@ -401,8 +488,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         if w is not None and w[1].done() and not w[1].cancelled():
             w[1].exception()        # retrieved (a lost connection: watch again)
         task = asyncio.ensure_future(
-            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id,
-                    key=keys[5]))
+            command(b, "XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", keys[5], down_id))
         self._watch = (loop, task)
         return task
 
@@ -413,11 +499,13 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         caller's next _ATAKE tells which."""
         down = self._watcher(b, keys, down_id)
         move = asyncio.ensure_future(
-            command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left),
-                    key=keys[1]))
+            command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left)))
+        ws = self._waits()
+        ws.add(move)        # close() cancels it (and the watcher)
         try:
             await asyncio.wait((move, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            ws.discard(move)
             # A BLMOVE cancelled here may have moved a message: it is in
             # the reservation, where the next _ATAKE finds it.
             move.cancel()
@@ -439,6 +527,9 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         """Close this handle: what its reservation holds goes back to the
         head of the queue (a get cancelled before it returned)."""
         h = self._h
+        # The waits in flight end (their gets raise ValueError, after giving
+        # back what their BLMOVE moved, if it completed: _closed_under_get).
+        self._cancel_waits()
         if self._watch is not None:
             try:
                 self._watch[1].cancel()
@@ -484,7 +575,7 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
                 return False
             # Returns when the count reaches 0 after the check read r[1].
             if await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                             h._keys[3], r[1], key=h._keys[3]):
+                             h._keys[3], r[1]):
                 return True
 
 
@@ -602,7 +693,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
                 if left == 0.0:
                     raise Full()
                 await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                              h._keys[12], r[1], key=h._keys[12])
+                              h._keys[12], r[1])
                 continue
             # the dedup table full, or anything else: the sync call says it
             return h.put(obj, key=key, delay=delay, block=False)
@@ -618,12 +709,16 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         b = self._backend()
         while True:
             keys = self._wkeys()
+            if h._closed:       # closed under this get (its wait cancelled)
+                await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
                 r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
-                if r[0] == 0 and r[1] == 0:
+                if r[0] == 0 and r[1] == 0 and not h._closed:
                     # From the reply to the hand-over: no await.
                     self._handed = f"{int(r[2])}:{int(r[3])}"
+            if self._is_closed():   # (after an await: not narrowed)
+                await self._closed_under_get(b, keys)
             if r[0] == 0:
                 kind, mid, n, raw, enq, why = r[1:7]
                 mid, n, enq = int(mid), int(n), int(enq)
@@ -656,8 +751,16 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
             if r[2] >= 0:
                 due = r[2] / 1000.0
                 left = due if left is None else min(left, due)
-            await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
-                          h._keys[11], r[1], key=h._keys[11])
+            await self._wait_for(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
+                                 h._keys[11], r[1])
+
+    async def _closed_under_get(self, b: RedisBackend, keys: Sequence[str]) -> NoReturn:
+        """close() ran while a get was in flight: a delivery its step made
+        after close()'s give-back is given back too (available again, not
+        counted), then ValueError (closed)."""
+        await script(b, _AGIVE_BACK, keys, [self._handed, self._id])
+        self._h._check_open()
+        raise AssertionError("unreachable: the handle is closed")  # pragma: no cover
 
     def get_nowait(self) -> NoReturn:
         _sync_only("get_nowait")
@@ -670,6 +773,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         """Close this handle: a delivery its last get reserved and never
         handed out (it was cancelled) is given back, uncounted."""
         h = self._h
+        self._cancel_waits()    # a get waiting raises ValueError (closed)
         if self._used and self._pid == os.getpid() and not h._closed:
             h._bound.script("wq_give_back", _AGIVE_BACK)(keys=self._wkeys(),
                                                             args=[self._handed, self._id])
@@ -786,7 +890,7 @@ class RedisTopic(_aq.Topic[Any]):
             lease = h._settings["sub_ms"] / 1000.0
             await command(b, "XREAD", "COUNT", 1, "BLOCK",
                           _block_ms(lease if left is None else min(left, lease)),
-                          "STREAMS", h._keys[4], r[1], key=h._keys[4])
+                          "STREAMS", h._keys[4], r[1])
 
     def subscribe(self, start: str = "latest") -> RedisSubscription:
         """As pyqueue.asyncio.Topic.subscribe (read it with the async calls
@@ -828,8 +932,8 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
         pass
 
     def _confirm(self, b: RedisBackend, t: _rt.RedisTopic, pos: int) -> None:
-        task = asyncio.ensure_future(script(b, _CONFIRM, t._keys, [self._h._sid, pos]))
-        task.add_done_callback(_retrieved)
+        # Kept referenced until done (_keep): the loop holds only a weak one.
+        _keep(asyncio.ensure_future(script(b, _CONFIRM, t._keys, [self._h._sid, pos])))
 
     async def _read(self, max_messages: int, timeout: Optional[float]) -> List[bytes]:
         s = self._h
@@ -838,7 +942,7 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
         t = s._topic
         b = t._bound
         if s._pos is None:      # where subscribe() put it (reading moves nothing)
-            p = await command(b, "HGET", t._keys[2], s._sid, key=t._keys[2])
+            p = await command(b, "HGET", t._keys[2], s._sid)
             if s._pos is None:
                 s._pos = -1 if p is None else int(p)
         while True:
@@ -850,6 +954,7 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
                 # From the reply to the return: no await.
                 s.lost += r[0]
                 s._pos, s._seq = r[1], r[2]
+            s._check()      # closed under this step: nothing handed out
             if len(r) > 4:
                 self._confirm(b, t, s._pos)
                 raws: List[bytes] = r[4:]
@@ -862,9 +967,10 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
             # A message after the position lands on the stream itself; the
             # shutdown adds to t.shut; the lease is renewed before it ends.
             lease = t._settings["sub_ms"] / 2000.0
-            await command(b, "XREAD", "COUNT", 1, "BLOCK",
-                          _block_ms(lease if left is None else min(left, lease)), "STREAMS",
-                          t._keys[1], t._keys[5], f"0-{s._pos}", "0-0", key=t._keys[1])
+            await self._wait_for(b, "XREAD", "COUNT", 1, "BLOCK",
+                                 _block_ms(lease if left is None else min(left, lease)),
+                                 "STREAMS", t._keys[1], t._keys[5], f"0-{s._pos}", "0-0")
+            s._check()          # closed under this wait: ValueError
 
     async def get(self, timeout: Optional[float] = None) -> Any:
         """As pyqueue.asyncio.Subscription.get."""
@@ -884,6 +990,11 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
 
     def get_nowait(self) -> NoReturn:
         _sync_only("get_nowait")
+
+    def close(self) -> None:
+        """Close this subscription: a read waiting raises ValueError."""
+        self._cancel_waits()
+        self._h.close()
 
     @property
     def lag(self) -> int:
