@@ -65,7 +65,17 @@ def _through_proxy(backend, key, cluster, where):
     pool = redis.ConnectionPool(connection_class=Proxied, path=proxy.sock, protocol=2,
                                 node_host=node.host, node_port=node.port,
                                 retry=Retry(NoBackoff(), 0))
+    direct = node.redis_connection
     node.redis_connection = redis.Redis(connection_pool=pool)
+    stop = proxy.stop
+
+    def stop_and_go_direct():
+        # The clean-ups after it (unlink) go to the node itself: through
+        # the stopped proxy a pooled connection it closed reconnects to
+        # nothing (refused; seen in a CI run).
+        stop()
+        node.redis_connection = direct
+    proxy.stop = stop_and_go_direct
     return proxy
 
 
