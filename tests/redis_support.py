@@ -10,12 +10,14 @@ and by the kernel (PR_SET_PDEATHSIG: SIGKILL when the process that started
 it dies, even by SIGKILL).
 """
 import atexit
+import contextlib
 import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -204,6 +206,21 @@ class RedisCluster:
     def stop(self):
         for p in self.procs:
             _stop(p)
+
+
+@contextlib.contextmanager
+def own_cluster(prefix):
+    """A RedisCluster of a test module's own (one it may break: kill a
+    master, route a node through a proxy) in a new temporary directory,
+    its replicas in sync; stopped and removed afterwards."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    c = RedisCluster(d)
+    try:
+        c.wait_replicas_synced()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class CuttingProxy:

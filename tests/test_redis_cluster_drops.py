@@ -29,14 +29,8 @@ WAITED = "?min_replicas=1&wait_timeout=5000"
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
-    d = tempfile.mkdtemp(prefix="pq-cdrop-")
-    c = redis_support.RedisCluster(d)
-    try:
-        c.wait_replicas_synced()
+    with redis_support.own_cluster("pq-cdrop-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

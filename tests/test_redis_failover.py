@@ -18,8 +18,6 @@ holds afterwards is compared with what each put reported
 
 Every wait is a poll of the servers or of the producer with a deadline.
 """
-import shutil
-import tempfile
 import threading
 import time
 
@@ -39,14 +37,8 @@ FAILOVER_DEADLINE = 60.0      # a failover takes ~2-6 s (node timeout 2 s); a lo
 @pytest.fixture
 def cluster():
     pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
-    d = tempfile.mkdtemp(prefix="pq-failover-")
-    c = redis_support.RedisCluster(d)
-    try:
-        c.wait_replicas_synced()
+    with redis_support.own_cluster("pq-failover-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Producer(threading.Thread):
