@@ -114,13 +114,11 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
     if (rc < 0)
         return rc;
 
-    /* relaxed: head, tail and their counts only change under the lock. */
-    uint64_t tl = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
-    uint64_t hm = atomic_load_explicit(&c->head_msgs, memory_order_relaxed);
-    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > t->capacity) {
+    uint64_t tl, h, hm;
+    rc = pq_topic_load_ends(t, &tl, &h, &hm);
+    if (rc < 0) {
         pq_topic_unlock(t);
-        return PQ_ERR_CORRUPT;
+        return rc;
     }
     /* Lay the records out (a record never wraps: padding before it). */
     uint64_t p = tl;

@@ -35,6 +35,20 @@ _Static_assert(PQ_TOPIC_CTL_OFFSET + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63)
 int pq_topic_lock(pq_topic *t);
 void pq_topic_unlock(pq_topic *t);
 
+/* Under the lock: the ring's tail, head and the messages before head.
+ * relaxed: they only change under the lock, which the caller holds.
+ * PQ_ERR_CORRUPT when they cannot be a ring's (tail off a record
+ * boundary, or more than the ring apart); the caller unlocks. */
+static inline int pq_topic_load_ends(const pq_topic *t, uint64_t *tl, uint64_t *h, uint64_t *hm)
+{
+    *tl = atomic_load_explicit(&t->ctl->tail, memory_order_relaxed);
+    *h = atomic_load_explicit(&t->ctl->head, memory_order_relaxed);
+    *hm = atomic_load_explicit(&t->ctl->head_msgs, memory_order_relaxed);
+    if ((*tl & (PQ_RECORD_ALIGN - 1)) != 0 || *tl - *h > t->capacity)
+        return PQ_ERR_CORRUPT;
+    return 0;
+}
+
 /*
  * Under the lock: walk *h (and *hm, the messages before it) over whole
  * records until *h is at or past target, checking each header against

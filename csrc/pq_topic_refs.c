@@ -14,13 +14,11 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
     int rc = pq_topic_lock(t);
     if (rc < 0)
         return rc;
-    /* relaxed: head, tail and their counts only change under the lock. */
-    uint64_t tl = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
-    uint64_t hm = atomic_load_explicit(&c->head_msgs, memory_order_relaxed);
-    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > t->capacity) {
+    uint64_t tl, h, hm;
+    rc = pq_topic_load_ends(t, &tl, &h, &hm);
+    if (rc < 0) {
         pq_topic_unlock(t);
-        return PQ_ERR_CORRUPT;
+        return rc;
     }
     uint64_t end = tl;
     if (limit != UINT64_MAX && (int64_t)(limit - end) < 0)
@@ -79,18 +77,16 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
 
 int pq_topic_scan_refs(pq_topic *t, uint64_t *from, pq_topic_refs *refs)
 {
-    pq_topic_ctl *c = t->ctl;
     if (refs == NULL || from == NULL || refs->count > refs->max)
         return -EINVAL;
     int rc = pq_topic_lock(t);
     if (rc < 0)
         return rc;
-    uint64_t tl = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    uint64_t h = atomic_load_explicit(&c->head, memory_order_relaxed);
-    uint64_t hm = 0;
-    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > t->capacity) {
+    uint64_t tl, h, hm;
+    rc = pq_topic_load_ends(t, &tl, &h, &hm);
+    if (rc < 0) {
         pq_topic_unlock(t);
-        return PQ_ERR_CORRUPT;
+        return rc;
     }
     /* From *from if it is still a record of the ring (the scan went on
      * from there in an earlier call), else from head. A *from that is
