@@ -119,8 +119,9 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         Raises:
             ValueError: A bad option, or the log is closed.
         """
+        h: Any = self._h        # (pyqueue.Log.consumer, assigned to the Redis class)
         c = RedisConsumer.__new__(RedisConsumer)
-        c._h = self._h.consumer(group, **kwargs)
+        c._h = h.consumer(group, **kwargs)
         c._init()
         return c
 
@@ -307,7 +308,7 @@ def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
     impl: Type[RedisLog] | Type[RedisConsumer]
     if isinstance(h, _rl.RedisLog):
         impl = RedisLog
-    elif isinstance(h, _SyncConsumer) and isinstance(h._log, _rl.RedisLog):
+    elif isinstance(h, _SyncConsumer) and isinstance(getattr(h, "_log", None), _rl.RedisLog):
         impl = RedisConsumer
     else:
         return None
@@ -316,4 +317,4 @@ def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
     self = impl.__new__(impl)
     self._h = h
     self._init()
-    return self  # type: ignore[return-value]
+    return self

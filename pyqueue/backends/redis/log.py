@@ -332,7 +332,7 @@ class RedisLog(RedisHandle):
         return self._pkeys(partition)
 
     @staticmethod
-    def _read_wait(keys: Sequence[str], offset: int) -> Dict[str, str]:
+    def _read_wait(keys: Sequence[str], offset: int) -> Dict[Any, Any]:
         """The streams (and ids) an XREAD waits on for a record at offset
         of the partition of keys, or for its shutdown's entry."""
         return {keys[1]: f"{offset - 1}-1" if offset else "0-0", keys[2]: "0-0"}
