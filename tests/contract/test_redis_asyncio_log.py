@@ -226,6 +226,30 @@ def test_cancel_storm_poll(lg, ctx, procs):
     c.close()
 
 
+def test_concurrent_polls_on_one_consumer(lg, ctx, procs):
+    """Eight tasks poll the same async consumer at once (each call cut
+    short at random) while another process appends: every record is handed
+    out once (a poll whose positions changed under its reads drops them)."""
+    from tests.contract.test_redis_asyncio import _racing_gets
+    c = lg.consumer("race")
+    child = procs.start(ctx, workers.append_values, lg.sync, list(range(N)),
+                        [f"k{i}" for i in range(16)])
+    rng = random.Random(13)
+
+    async def get():
+        return await c.poll(max_records=rng.randint(1, 9), timeout=None)
+
+    def done():
+        return child.exitcode is not None and sum(c.sync.lag().values()) == 0
+
+    got = asyncio.run(_racing_gets(get, 8, done, random.Random(5)))
+    assert child.exitcode == 0
+    recs = [r for batch in got for r in batch]
+    assert sorted(r.value for r in recs) == list(range(N))
+    assert len({(r.partition, r.offset) for r in recs}) == N
+    c.close()
+
+
 def test_two_async_members_rebalance(lg):
     """Two async members of one group: the second's join rebalances (the
     first follows it in its poll: disjoint assignments covering every
@@ -304,9 +328,10 @@ def test_sigkilled_member_partitions_move(lg, ctx, procs):
 
 
 def test_a_member_whose_loop_stalls_is_fenced(lg):
-    """A member whose loop stalls past max_poll_interval (no poll) is removed
-    from the group: its commit raises CommitFailed and writes nothing;
-    another member gets its partitions."""
+    """A member whose loop stalls past max_poll_interval (no poll) has lost
+    its lease: its commit raises CommitFailed and writes nothing, even
+    before any other member reaped it (the lease is the line); its next
+    poll joins again and shares the partitions with a new member."""
     async def main():
         for i in range(20):
             lg.append(i, key=f"k{i}")
@@ -315,16 +340,21 @@ def test_a_member_whose_loop_stalls_is_fenced(lg):
         while len(got) < 20:
             got += await c1.poll(timeout=1)
         c1.commit({0: 1})
+        before = c1.sync.member_id
         time.sleep(1.5)         # the stall under test: the loop blocked past the poll lease
-        c2 = lg.consumer("g")
-
-        async def all_c2():
-            await c2.poll(timeout=0.05)
-            return c2.assignment() == list(range(P))
-        await _until(all_c2, "the stalled member's partitions")
         with pytest.raises(CommitFailed):
             c1.commit()
-        assert c2.sync.committed(0) == 1         # nothing of the fenced commit
+        assert c1.sync.committed(0) == 1         # nothing of the fenced commit
+        assert all(c1.sync.committed(p) is None for p in range(1, P))
+        c2 = lg.consumer("g")
+
+        async def split():
+            await c1.poll(timeout=0.05)
+            await c2.poll(timeout=0.05)
+            a1, a2 = set(c1.sync._positions), set(c2.sync._positions)
+            return a1 and a2 and not a1 & a2 and a1 | a2 == set(range(P))
+        await _until(split, "the partitions shared with the new member")
+        assert c1.sync.member_id != before       # it joined again
         c1.close()
         c2.close()
 
