@@ -16,8 +16,10 @@ The claims tested:
 """
 import asyncio
 import os
+import pickle
 import random
 import signal
+import threading
 import time
 import uuid
 
@@ -92,7 +94,17 @@ def test_log_kinds_read_and_timeouts(ab, lg):
         # the consumer kinds: Log.consumer and from_sync of a sync consumer
         c = lg.consumer("g")
         assert isinstance(c, aq.Consumer) and type(c).__name__ == "RedisConsumer"
+        for bad in (0, True, "1"):
+            with pytest.raises(ValueError):
+                await c.poll(bad)
         c.close()
+        with pytest.raises(ValueError, match="closed"):
+            await c.poll()
+        # pickled (to a child), the same log as an asyncio handle
+        again = pickle.loads(pickle.dumps(lg))
+        assert type(again) is type(lg) and again.name == lg.name
+        assert [r.value for r in await again.read(p, 0, max_records=1)] == ["a"]
+        again.close()
         sc = lg.sync.consumer("g2")
         c2 = aq.Consumer.from_sync(sc)
         assert type(c2).__name__ == "RedisConsumer"
@@ -255,11 +267,16 @@ def test_two_async_members_rebalance(lg):
     first follows it in its poll: disjoint assignments covering every
     partition), the records are consumed once between them, and the
     first gets every partition back when the second closes."""
+    def beaters():
+        return sum(t.name == "pyqueue-group-heartbeat" for t in threading.enumerate())
+
     async def main():
+        n0 = beaters()
         c1 = lg.consumer("g")
         assert await c1.poll(timeout=0) == []
         assert c1.assignment() == list(range(P))
         c2 = lg.consumer("g")
+        assert beaters() <= n0 + 1      # one heartbeat thread per process and log, not per member
 
         async def split():
             await c1.poll(timeout=0.05)
