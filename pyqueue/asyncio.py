@@ -1,5 +1,5 @@
 """asyncio versions of pyqueue's kinds, on the shared-memory backend (and
-Queue, JoinableQueue, WorkQueue and Topic on the Redis backend: ``connect(url)``
+Queue, JoinableQueue, WorkQueue, Topic and Log on the Redis backend: ``connect(url)``
 below, or ``from_sync`` of a Redis handle).
 
 A module of classes that mirror the synchronous ones, as ``zmq.asyncio``
@@ -91,15 +91,16 @@ class _Owner:
         if not isinstance(h, cls._sync_class):
             raise TypeError(f"{cls.__name__}.from_sync needs a pyqueue."
                             f"{cls._sync_class.__name__}, not {type(h).__name__}")
-        if type(h).__module__.startswith("pyqueue.backends.redis"):
+        if type(h).__module__.startswith("pyqueue.backends.redis") or type(
+                getattr(h, "_log", None)).__module__.startswith("pyqueue.backends.redis"):
             # A Redis handle: the Redis subclass of this class (its waits
             # are redis.asyncio's; pyqueue/backends/redis/aio.py).
             from .backends.redis import aio as _redis_aio
             made: Optional[_OT] = _redis_aio.wrap(cls, h)
             if made is None:
                 raise TypeError(f"pyqueue.asyncio.{cls.__name__} is not available on the "
-                                f"Redis backend yet (Queue, JoinableQueue, WorkQueue and "
-                                f"Topic are)")
+                                f"Redis backend yet (Queue, JoinableQueue, WorkQueue, "
+                                f"Topic and Log are)")
             return made
         self = cls.__new__(cls)
         self._h = h
@@ -1024,8 +1025,8 @@ class _Maker:
 
 
 class AsyncBackend:
-    """What ``connect(url)`` returns: Queue, JoinableQueue, WorkQueue and
-    Topic that make asyncio handles on that backend (``sync``: the backend of
+    """What ``connect(url)`` returns: Queue, JoinableQueue, WorkQueue, Topic and
+    Log that make asyncio handles on that backend (``sync``: the backend of
     pyqueue.connect).
 
     Args:
@@ -1040,12 +1041,13 @@ class AsyncBackend:
         self.JoinableQueue = _Maker(JoinableQueue, self.sync.JoinableQueue)
         self.WorkQueue = _Maker(WorkQueue, self.sync.WorkQueue)
         self.Topic = _Maker(Topic, self.sync.Topic)
+        self.Log = _Maker(Log, self.sync.Log)
 
 
 def connect(url: Optional[str] = None) -> AsyncBackend:
     """The asyncio classes on a backend: ``await aq.connect("redis://h:6379/0")
     .Queue(name="jobs").get()`` (on Redis through redis.asyncio; Queue,
-    JoinableQueue, WorkQueue and Topic so far).
+    JoinableQueue, WorkQueue, Topic and Log so far).
 
     Args:
         url: As pyqueue.connect (None: $PYQUEUE_URL, else "shm://").

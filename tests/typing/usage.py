@@ -468,6 +468,15 @@ def use_asyncio(tmp: str) -> None:
                 assert_type(records, List[Record])
                 assert [r.value for r in records] == ["r"]
             assert_type(await log.read(0, 0, timeout=0), List[Record])
+        # connect(url).Log: the same calls on any backend (on Redis through
+        # redis.asyncio: pyqueue/backends/redis/aio_log.py)
+        ab = aq.connect("shm://")
+        assert_type(ab, aq.AsyncBackend)
+        alog = ab.Log(partitions=1)
+        with alog:
+            alog.append("x")
+            assert [r.value for r in await alog.read(0, 0, timeout=0)] == ["x"]
+            alog.unlink()
 
     asyncio.run(run())
 

@@ -1026,8 +1026,9 @@ def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
         impl = RedisTopic
     elif isinstance(h, _rt.RedisSubscription):
         impl = RedisSubscription
-    else:
-        return None
+    else:   # a Log, or a Consumer of one: aio_log.py
+        from pyqueue.backends.redis import aio_log
+        return aio_log.wrap(cls, h)
     if not issubclass(impl, cls):
         return None
     self = impl.__new__(impl)

@@ -309,33 +309,51 @@ class RedisLog(RedisHandle):
 
     def _read(self, partition: int, offset: int, max_records: int, timeout: float,
               record: Callable[..., Any]) -> List[Any]:
-        self._check_open()
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ValueError("max_records must be a positive int")
-        keys = self._pkeys(partition)
+        keys = self._read_keys(partition, max_records)
         script = self._bound.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
             r: List[Any] = script(keys=keys[:2], args=[offset, max_records])
-            start, end = int(r[0]), int(r[1])
-            if offset < start or offset > end:
-                raise OffsetOutOfRange(
-                    f"offset {offset} of partition {partition} of log {self._name!r} is out of "
-                    f"range: records are kept from {start} to {end - 1}",
-                    partition=partition, offset=offset, start_offset=start, end_offset=end)
-            if len(r) > 3:
-                return self._records(partition, r[3:], record)
-            if r[2] == 1:
-                raise ShutDown(f"log {self._name!r} is shut down: offset {offset} is the end "
-                               f"of partition {partition}")
+            recs = self._read_reply(partition, offset, r, record)
+            if recs is not None:
+                return recs
             left = _api.remaining(until)
             if left == 0.0:
                 return []
             # A record at offset, or the shutdown's entry, wakes it.
             ms = 0 if left is None else max(1, math.ceil(left * 1000))
-            self._bound.client.xread(
-                {keys[1]: f"{offset - 1}-1" if offset else "0-0", keys[2]: "0-0"},
-                count=1, block=ms)
+            self._bound.client.xread(self._read_wait(keys, offset), count=1, block=ms)
+
+    def _read_keys(self, partition: int, max_records: int) -> List[str]:
+        """The keys of a read (checked: open, partition, max_records)."""
+        self._check_open()
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise ValueError("max_records must be a positive int")
+        return self._pkeys(partition)
+
+    @staticmethod
+    def _read_wait(keys: Sequence[str], offset: int) -> Dict[Any, Any]:
+        """The streams (and ids) an XREAD waits on for a record at offset
+        of the partition of keys, or for its shutdown's entry."""
+        return {keys[1]: f"{offset - 1}-1" if offset else "0-0", keys[2]: "0-0"}
+
+    def _read_reply(self, partition: int, offset: int, r: List[Any],
+                    record: Callable[..., Any]) -> Optional[List[Any]]:
+        """The records of a _READ reply r for offset (None: none yet).
+        OffsetOutOfRange, or ShutDown at the end of a shut-down partition;
+        pyqueue.asyncio's Redis Log (aio_log.py) reads through it too."""
+        start, end = int(r[0]), int(r[1])
+        if offset < start or offset > end:
+            raise OffsetOutOfRange(
+                f"offset {offset} of partition {partition} of log {self._name!r} is out of "
+                f"range: records are kept from {start} to {end - 1}",
+                partition=partition, offset=offset, start_offset=start, end_offset=end)
+        if len(r) > 3:
+            return self._records(partition, r[3:], record)
+        if r[2] == 1:
+            raise ShutDown(f"log {self._name!r} is shut down: offset {offset} is the end "
+                           f"of partition {partition}")
+        return None
 
     def _records(self, partition: int, flat: List[Any],
                  record: Callable[..., Any]) -> List[Any]:
@@ -389,26 +407,35 @@ class RedisLog(RedisHandle):
                   groups: Optional[RedisGroupTable], g: Any, gen_seen: int,
                   timeout: float) -> None:
         """Waits (up to timeout seconds) for a record at offsets[i] of one
-        of parts, or a rebalance of group g after generation gen_seen.
+        of parts, or a rebalance of group g after generation gen_seen
+        (_wait_plan's XREAD)."""
+        plan = self._wait_plan(parts, offsets, groups, g, gen_seen, timeout)
+        if plan is not None:
+            self._bound.client.xread(plan[0], count=1, block=plan[1])
+
+    def _wait_plan(self, parts: Sequence[int], offsets: Sequence[int],
+                   groups: Optional[RedisGroupTable], g: Any, gen_seen: int,
+                   timeout: float) -> Optional[Tuple[Dict[Any, Any], int]]:
+        """The XREAD BLOCK of a poller's wait: (streams, block ms), None
+        when there is nothing to wait on.
 
         One XREAD BLOCK on every partition's stream and the group's wake
         stream; on a cluster that needs them in one slot, else (partitions
         on several slots) the wait is on the wake stream in slices of
         _CLUSTER_WAIT_SLICE seconds (the caller reads again after each).
         A member's wait is at most a third of its lease, so the poll loop
-        renews it."""
+        renews it. The sync consumer (_wait_any) and the asyncio one
+        (aio_log.py) wait the same way."""
         self._check_open()
         streams: Dict[Any, Any] = {}
         for p, o in zip(parts, offsets):
-            keys = self._pkeys(p)
-            streams[keys[1]] = f"{o - 1}-1" if o else "0-0"
-            streams[keys[2]] = "0-0"       # the shutdown's entry wakes it too
+            streams.update(self._read_wait(self._pkeys(p), o))  # its shutdown's entry too
         left = timeout
         if groups is not None:
             streams[groups.wait_keys(g)] = f"{gen_seen}-1"
             left = min(left, groups.lease(g) / 3)
         if not streams:
-            return
+            return None
         b = self._bound
         if b.cluster:
             from redis.crc import key_slot
@@ -420,7 +447,7 @@ class RedisLog(RedisHandle):
             ms = 0
         else:
             ms = max(1, math.ceil(left * 1000))
-        b.client.xread(streams, count=1, block=ms)
+        return streams, ms
 
     def shutdown(self, immediate: bool = False) -> None:
         """As pyqueue.Log.shutdown, for every process and host: appends
