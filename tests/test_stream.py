@@ -62,7 +62,10 @@ def test_crashed_worker_is_restarted_and_its_message_processed(made, tmp_path, c
     made.append(q)
     for i in range(6):
         q.put((str(tmp_path), i, 0.3))
-    sp = StreamProcessor(q, w.slow_marker, workers=2,
+    # batch_size=1: each worker holds one message at a time, so two in
+    # flight is one in each worker (adaptive batches grow to two at once
+    # here, and the victim then held nothing: a CI run failed on that).
+    sp = StreamProcessor(q, w.slow_marker, workers=2, batch_size=1,
                          start_method=ctx.get_start_method()).start()
     try:
         # Kill a worker while it is inside fn (every message takes 0.3 s).
