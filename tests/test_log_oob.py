@@ -201,9 +201,10 @@ def test_a_damaged_or_foreign_reference_is_a_clear_error_not_a_crash(logs):
         f.write(b"precious" * 4096)
     try:
         lg.append(big(n=RING))
+        (s0,) = oob_segments(lg)
         lg.append(big(1, n=RING))
+        (s1,) = set(oob_segments(lg)) - {s0}
         lg.append("after")
-        s0, s1 = oob_segments(lg)
         name0 = ("/" + s0).encode()
         _overwrite_reference(lg, name0, b"/\xff\xfe" + name0[3:])     # not UTF-8
         name1 = ("/" + s1).encode()
@@ -286,3 +287,23 @@ def test_an_appender_killed_mid_append_leaves_nothing_live_and_gc_removes_it(ctx
     assert cli.main(["gc", lg.name, "--oob-grace", "0"]) == 0
     assert set(oob_segments(lg)) == live
     assert np.array_equal(lg.read(0, 0, 1)[0].value, big(n=RING))
+
+
+@needs_faults
+@pytest.mark.timeout(120)
+def test_a_record_dropped_before_its_commit_has_its_segment_removed_by_its_appender(
+        ctx, procs, logs):
+    """Retention by size passes a record still being copied (appends never
+    wait) without reporting it: its appender, finding the start past its
+    record once committed, removes the segment itself."""
+    lg = logs(partitions=1)
+    p = start_stopped(procs, ctx, w.armed_append, lg, "mid_copy", RING)
+    assert len(oob_segments(lg)) == 1
+    for _ in range(2 * RING // 1024):
+        lg.append(bytes(1000))               # two rings' worth: the claimed record is passed
+    assert lg.start_offset(0) > 0
+    assert len(oob_segments(lg)) == 1        # unreported: still there
+    os.kill(p.pid, signal.SIGCONT)
+    p.join(WAIT)
+    assert p.exitcode == 0
+    assert oob_segments(lg) == []
