@@ -298,8 +298,6 @@ DEF GROW_BYTES = 1048576   # disk blocks are given to a segment file 1 MiB at a 
 
 MAX_GROUPS = PQ_LOG_MAX_GROUPS
 assert PQ_TYPE_OOB == T_OOB and PQ_REF_MAX == REF_MAX
-# The type bit of a record that names an out-of-band segment (pyqueue._oob).
-OOB_FLAG = T_OOB
 GROUP_MEMBERS = PQ_GROUP_MEMBERS
 RECORD_HEADER_BYTES = PQ_DSEG_REC_HDR
 MIN_SEGMENT_BYTES = PQ_DSEG_MIN_BYTES
@@ -617,7 +615,10 @@ cdef class LogCoreBase:
 
         Raises:
             ShutDown: The log was shut down.
-            MessageTooLarge: key, headers and value exceed max_record_bytes.
+            MessageTooLarge: key, headers and value exceed max_record_bytes
+                (memory mode: only when the key and headers leave no room
+                for an out-of-band reference; a larger value travels out
+                of band).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process.
@@ -646,8 +647,9 @@ cdef class LogCoreBase:
         Raises:
             ShutDown: The log was shut down (nothing of the batch was
                 appended).
-            MessageTooLarge: A record exceeds max_record_bytes (checked
-                before anything is appended).
+            MessageTooLarge: A record exceeds max_record_bytes (memory
+                mode: its key and headers leave no room for an out-of-band
+                reference; checked before anything is appended).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process
@@ -702,7 +704,8 @@ cdef class LogCoreBase:
 
     @property
     def max_record_bytes(self):
-        """The largest key + headers + value a record may have."""
+        """The largest key + headers + value a record holds in place
+        (memory mode: a larger value travels out of band)."""
         return self._max_record
 
     def partition_for(self, key):
