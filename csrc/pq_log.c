@@ -1,7 +1,7 @@
 /* pq_log.c - the partitioned ring log behind pyqueue.Log (memory mode).
  * See pq_log.h and docs/design.md ("Log (memory mode)"). */
 #define _GNU_SOURCE
-#include "pq_log.h"
+#include "pq_log_internal.h"
 #include "pq_shutdown.h"
 
 #include <string.h>
@@ -46,19 +46,6 @@ uint64_t pq_log_segment_size(uint32_t partitions, uint64_t capacity)
         return 0;
     return pq_log_groups_offset(partitions, capacity) +
            pq_group_table_size(PQ_LOG_MAX_GROUPS, partitions);
-}
-
-static inline pq_log_part *pq_log_part_at(const pq_log *l, uint32_t part)
-{
-    return (pq_log_part *)(l->parts_base + (uint64_t)part * l->stride);
-}
-static inline pq_log_index_entry *pq_log_index(const pq_log *l, uint32_t part)
-{
-    return (pq_log_index_entry *)((uint8_t *)pq_log_part_at(l, part) + sizeof(pq_log_part));
-}
-static inline uint8_t *pq_log_data(const pq_log *l, uint32_t part)
-{
-    return (uint8_t *)pq_log_index(l, part) + l->index_entries * sizeof(pq_log_index_entry);
 }
 
 int pq_log_create(void *base, size_t size, uint32_t partitions, uint64_t capacity,
@@ -171,7 +158,7 @@ static void pq_log_repair_start(pq_log *l, uint32_t part)
     atomic_store_explicit(&pt->start_offset, so, memory_order_relaxed);
 }
 
-static int pq_log_lock(pq_log *l, uint32_t part)
+int pq_log_lock(pq_log *l, uint32_t part)
 {
     pq_log_part *pt = pq_log_part_at(l, part);
     const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs};
@@ -193,12 +180,19 @@ static uint64_t pq_log_min_timestamp(const pq_log *l, uint64_t now_ms)
  * records until a claim ending at `end` fits the ring, and then on past
  * committed records older than min_ts (and the padding and abandoned
  * records among them, which hold nothing). Stops at a record being
- * written. 0, or PQ_ERR_CORRUPT.
+ * written. Each committed out-of-band record passed has its reference
+ * appended to refs (if not NULL), copied before anything may overwrite
+ * it. 0; -ENOBUFS: refs is full, the start stops at the first record not
+ * reported (*hp, *sop say where; nothing is passed unreported);
+ * PQ_ERR_CORRUPT.
  */
 static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *sop,
-                              uint64_t tl, uint64_t end, uint64_t min_ts)
+                              uint64_t tl, uint64_t end, uint64_t min_ts, pq_refs *refs)
 {
     uint64_t h = *hp, so = *sop;
+    int rc = 0;
+    /* Bounded: h only grows, by a whole record (16 bytes or more), and
+     * never passes tl (checked), tl - h <= capacity. */
     for (;;) {
         int over = end - h > l->capacity;
         if (!over && (min_ts == 0 || h == tl))
@@ -206,8 +200,8 @@ static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *
         if (h == tl)
             return PQ_ERR_CORRUPT; /* over capacity with nothing left to drop */
         pq_record_header *rec = (pq_record_header *)(data + (h & l->mask));
-        /* acquire: a COMMITTED record's timestamp (written outside the
-         * lock) is visible (pairs with the commit's release). */
+        /* acquire: a COMMITTED record's timestamp and value (written
+         * outside the lock) are visible (pairs with the commit's release). */
         uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
         uint64_t size = pq_record_size(pq_ctl_len(ctl));
         if (pq_ctl_tag(ctl) != pq_record_tag(h) || size > l->capacity - (h & l->mask) ||
@@ -226,23 +220,54 @@ static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *
                     break;
             }
         }
+        if (st == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TYPE_OOB) && refs != NULL) {
+            rc = pq_log_take_ref(rec, ctl, refs);
+            if (rc < 0)
+                break; /* -ENOBUFS: the start stays before this record */
+        }
         if (st != PQ_REC_PADDING)
             so++;
         h += size;
     }
     *hp = h;
     *sop = so;
-    return 0;
+    return rc;
+}
+
+/*
+ * Under the claim lock: move the start to (h, so) without claiming (the
+ * expiry, or an append that must first report the references it drops).
+ * Announced in claim_tail (readers retry while it is set,
+ * pq_log_appending; the tail it names is the tail, so a holder dying here
+ * needs no undo), start_offset, then start_pos with release, then the
+ * announcement cleared.
+ */
+static void pq_log_store_start(pq_log_part *pt, uint64_t tl, uint64_t h, uint64_t so)
+{
+    /* release (all four): as in pq_log_append, a reader that sees the new
+     * start_pos (acquire) sees start_offset, and one that sees claim_tail
+     * clear after its fence sees the new start. */
+    atomic_store_explicit(&pt->claim_tail, tl, memory_order_release);
+    atomic_store_explicit(&pt->start_offset, so, memory_order_release);
+    atomic_store_explicit(&pt->start_pos, h, memory_order_release);
+    atomic_store_explicit(&pt->claim_tail, 0, memory_order_release);
 }
 
 int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                   uint64_t timestamp_ms, uint64_t *first_offset)
 {
+    return pq_log_append_refs(l, part, e, n, timestamp_ms, first_offset, NULL);
+}
+
+int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                       uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs)
+{
     uint64_t need = 0;
     pq_proc_id self;
     int rc;
 
-    if (part >= l->partitions || n == 0 || e == NULL)
+    if (part >= l->partitions || n == 0 || e == NULL ||
+        (refs != NULL && refs->count > refs->max))
         return -EINVAL;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
@@ -291,8 +316,21 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
     }
     /* Retention: drop whole oldest records until the claim fits, and those
      * older than the retention time. */
-    rc = pq_log_drop_oldest(l, data, &h, &so, tl, p, pq_log_min_timestamp(l, timestamp_ms));
+    const uint32_t refs_before = refs == NULL ? 0 : refs->count;
+    rc = pq_log_drop_oldest(l, data, &h, &so, tl, p, pq_log_min_timestamp(l, timestamp_ms),
+                            refs);
+    if (rc == -ENOBUFS) {
+        /* The references reported are dropped now (before the unlock, so
+         * that no reader validates a read of them after the caller
+         * unlinks their segments); nothing is claimed: the caller unlinks
+         * them and appends again. h < tl: it stopped at a record. */
+        pq_log_store_start(pt, tl, h, so);
+        pthread_mutex_unlock(&pt->claim_lock);
+        return -ENOBUFS;
+    }
     if (rc < 0) {
+        if (refs != NULL)
+            refs->count = refs_before; /* nothing dropped: nothing to unlink */
         pthread_mutex_unlock(&pt->claim_lock);
         return rc;
     }
@@ -672,12 +710,18 @@ int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)
 
 int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms)
 {
-    if (part >= l->partitions)
+    return pq_log_expire_refs(l, part, now_ms, NULL);
+}
+
+int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs)
+{
+    if (part >= l->partitions || (refs != NULL && refs->count > refs->max))
         return -EINVAL;
     uint64_t min_ts = pq_log_min_timestamp(l, now_ms);
     if (min_ts == 0)
         return 0;
     pq_log_part *pt = pq_log_part_at(l, part);
+    const uint32_t refs_before = refs == NULL ? 0 : refs->count;
     int rc = pq_log_lock(l, part);
     if (rc < 0)
         return rc;
@@ -689,18 +733,15 @@ int pq_log_expire(pq_log *l, uint32_t part, uint64_t now_ms)
     if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity)
         rc = PQ_ERR_CORRUPT;
     else
-        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts);
+        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts, refs);
+    if (rc == -ENOBUFS)
+        rc = 0; /* what was reported is dropped; refs is full: call again */
+    if (rc < 0 && refs != NULL)
+        refs->count = refs_before; /* nothing dropped: nothing to unlink */
     if (rc == 0 && so != so0) {
         if (h == tl)
             so = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
-        /* As in pq_log_append: announced in claim_tail (readers retry while
-         * it is set, pq_log_appending; the tail it names is the tail, so a
-         * holder dying here needs no undo), start_offset, then start_pos
-         * with release, then the announcement cleared. */
-        atomic_store_explicit(&pt->claim_tail, tl, memory_order_release);
-        atomic_store_explicit(&pt->start_offset, so, memory_order_release);
-        atomic_store_explicit(&pt->start_pos, h, memory_order_release);
-        atomic_store_explicit(&pt->claim_tail, 0, memory_order_release);
+        pq_log_store_start(pt, tl, h, so);
     }
     pthread_mutex_unlock(&pt->claim_lock);
     return rc < 0 ? rc : (int)(so - so0);

@@ -37,6 +37,7 @@
 #include "pq_group.h"
 #include "pq_log_entry.h"
 #include "pq_log_shared.h"
+#include "pq_refs.h"
 #include "pq_segment.h"
 #include "pq_wait.h"
 
@@ -138,6 +139,40 @@ static inline uint64_t pq_log_payload_len(uint32_t key_len, uint32_t headers_len
  */
 int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                   uint64_t timestamp_ms, uint64_t *first_offset);
+
+/*
+ * Large records (docs/design.md, "Log: large records"): a committed record
+ * whose type has PQ_TYPE_OOB carries in its value a reference to a
+ * segment of its own, which lives as long as the record is retained. The
+ * functions that drop records (retention by size in an append, by age in
+ * an append or an expiry) report, in refs, the references of the
+ * committed out-of-band records they drop, copied under the lock before a
+ * byte of them may be overwritten: the caller unlinks those segments after
+ * the call returns.
+ *
+ * pq_log_append with refs (NULL: as pq_log_append, nothing reported).
+ * -ENOBUFS: refs filled before the start got far enough for the claim;
+ * the start has moved past the records reported (and no further) and
+ * nothing is appended: unlink them, reset refs->count and append again.
+ * On any other error nothing was dropped and refs->count is as it was.
+ */
+int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                       uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs);
+
+/* pq_log_expire with refs (NULL: as pq_log_expire): the count dropped;
+ * when refs->count reached refs->max there may be more: unlink them,
+ * reset refs->count and call again. */
+int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs);
+
+/*
+ * The references of the committed out-of-band records of a partition
+ * still retained (`pyqueue gc`: a segment named by one is live), under
+ * the claim lock, from *from (0 or where an earlier call stopped; a
+ * position below the start means the start) on. Appended to refs; *from
+ * is set to where the scan stopped. 0 all reported; 1 refs is full (call
+ * again with the new *from); PQ_ERR_CORRUPT; the lock's error.
+ */
+int pq_log_scan_refs(pq_log *l, uint32_t part, uint64_t *from, pq_refs *refs);
 
 /*
  * Look at up to max committed records from `offset`. >= 0 records (0 with

@@ -29,6 +29,7 @@
 #include <pthread.h>
 
 #include "pq_common.h"
+#include "pq_refs.h"
 #include "pq_segment.h"
 #include "pq_wait.h"
 
@@ -125,22 +126,12 @@ typedef struct pq_topic_batch {
  * PQ_TOPIC_REF_MAX bytes are copied). The core never opens it: it reports
  * the references of the records head passes (claim, trim), so that the
  * caller unlinks their segments once no subscriber can still read them.
+ * The buffer type is pq_refs.h's, shared with the memory-mode log.
  */
-#define PQ_TOPIC_TYPE_OOB 0x80u
-#define PQ_TOPIC_REF_MAX 320u
-
-typedef struct pq_topic_ref {
-    uint32_t len;                    /* the record's length (> PQ_TOPIC_REF_MAX: cut) */
-    uint8_t bytes[PQ_TOPIC_REF_MAX];
-} pq_topic_ref;
-
-/* A caller's buffer of references: items[0..max), count filled so far
- * (the functions append; the caller sets count = 0). */
-typedef struct pq_topic_refs {
-    pq_topic_ref *items;
-    uint32_t max;
-    uint32_t count;
-} pq_topic_refs;
+#define PQ_TOPIC_TYPE_OOB PQ_TYPE_OOB
+#define PQ_TOPIC_REF_MAX PQ_REF_MAX
+typedef pq_ref pq_topic_ref;
+typedef pq_refs pq_topic_refs;
 
 static inline uint64_t pq_topic_segment_size(uint64_t capacity)
 {

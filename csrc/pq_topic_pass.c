@@ -33,16 +33,10 @@ int pq_topic_pass(const pq_topic *t, uint64_t *h, uint64_t *hm, uint64_t target,
         if (st == PQ_REC_CLAIMED && stop_at_claimed)
             break;
         if (st == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TOPIC_TYPE_OOB)) {
-            if (refs != NULL) {
-                if (refs->count >= refs->max) {
-                    rc = -ENOBUFS;
-                    break;
-                }
-                pq_topic_ref *r = &refs->items[refs->count++];
-                uint32_t len = pq_ctl_len(ctl);
-                r->len = len;
-                memcpy(r->bytes, (const uint8_t *)rec + PQ_RECORD_HEADER,
-                       len < PQ_TOPIC_REF_MAX ? len : PQ_TOPIC_REF_MAX);
+            if (refs != NULL && pq_refs_add(refs, (const uint8_t *)rec + PQ_RECORD_HEADER,
+                                            pq_ctl_len(ctl)) < 0) {
+                rc = -ENOBUFS;
+                break;
             }
             if (n_oob != NULL)
                 (*n_oob)++;

@@ -163,7 +163,10 @@ class LogCoreBase(Generic[_T]):
 
         Raises:
             ShutDown: The log was shut down.
-            MessageTooLarge: key, headers and value exceed max_record_bytes.
+            MessageTooLarge: key, headers and value exceed max_record_bytes
+                (memory mode: only when the key and headers leave no room
+                for an out-of-band reference; a larger value travels out
+                of band).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process.
@@ -185,8 +188,9 @@ class LogCoreBase(Generic[_T]):
         Raises:
             ShutDown: The log was shut down (nothing of the batch was
                 appended).
-            MessageTooLarge: A record exceeds max_record_bytes (checked
-                before anything is appended).
+            MessageTooLarge: A record exceeds max_record_bytes (memory
+                mode: its key and headers leave no room for an out-of-band
+                reference; checked before anything is appended).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process
@@ -200,7 +204,8 @@ class LogCoreBase(Generic[_T]):
         """The number of partitions."""
     @property
     def max_record_bytes(self) -> int:
-        """The largest key + headers + value a record may have."""
+        """The largest key + headers + value a record holds in place
+        (memory mode: a larger value travels out of band)."""
     def partition_for(self, key: bytes | str) -> int:
         """The partition a key goes to (Kafka's default partitioner).
 
@@ -227,6 +232,7 @@ class MemoryLogCore(LogCoreBase[_T]):
     def _group_table(self) -> GroupTable: ...
     def _bounds(self, partition: int) -> Tuple[int, int]: ...
     def _expire(self, partition: int, now_ms: int) -> int: ...
+    def _oob_segments(self) -> Optional[set[str]]: ...
     def _read(self, partition: int, offset: int, max_records: int, timeout: float,
               make: Callable[..., _R]) -> List[_R]: ...
     def _wait_any(self, parts: List[int], offsets: List[int], groups: GroupTable, g: int,

@@ -35,7 +35,7 @@ from pyqueue._core import default_dumps as _default_dumps_py
 from pyqueue.errors import (CommitFailed, CorruptRecord, MessageTooLarge, OffsetOutOfRange,
                             PoisonRecord, PyQueueError, SegmentMismatch, ShutDown)
 from pyqueue.errors import from_code as _from_code
-from pyqueue import _events
+from pyqueue import _events, _oob
 
 cdef extern from "<errno.h>" nogil:
     int EUSERS
@@ -141,6 +141,17 @@ cdef extern from *:
     """
     uintptr_t PQ_LOG_APPENDED_ADDR(void* l)
 
+cdef extern from "pq_refs.h" nogil:
+    int PQ_TYPE_OOB
+    int PQ_REF_MAX
+    ctypedef struct pq_ref:
+        uint32_t len
+        uint8_t bytes[320]
+    ctypedef struct pq_refs:
+        pq_ref* items
+        uint32_t max
+        uint32_t count
+
 cdef extern from "pq_log.h" nogil:
     ctypedef struct pq_log:
         pq_segment_header* hdr
@@ -173,6 +184,10 @@ cdef extern from "pq_log.h" nogil:
     int pq_log_expire(pq_log* l, uint32_t part, uint64_t now_ms)
     int pq_log_repair(pq_log* l, uint32_t part, uint64_t offset)
     int pq_log_bounds(pq_log* l, uint32_t part, uint64_t* start, uint64_t* end)
+    int pq_log_append_refs(pq_log* l, uint32_t part, const pq_log_entry* e, uint32_t n,
+                           uint64_t timestamp_ms, uint64_t* first_offset, pq_refs* refs)
+    int pq_log_expire_refs(pq_log* l, uint32_t part, uint64_t now_ms, pq_refs* refs)
+    int pq_log_scan_refs(pq_log* l, uint32_t part, uint64_t* from_, pq_refs* refs)
 
 cdef extern from "pq_dseg.h" nogil:
     ctypedef struct pq_dseg_index_header:
@@ -257,7 +272,7 @@ cdef extern from "pq_dlog.h" nogil:
 cdef extern from "pq_log_shared.h" nogil:
     int PQ_LOG_MAX_GROUPS
 
-from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, encode_plain
+from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
 from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
@@ -273,6 +288,8 @@ LOCK_BOUNDED_DEADLINE = LOCK_BOUNDED
 
 
 DEF BATCH_MAX = 64          # records per peek
+DEF REFS_MAX = 16           # references reported per call (pq_refs.h)
+DEF REF_MAX = 320           # bytes of a reference copied (PQ_REF_MAX)
 DEF APPEND_MAX = 256        # records per append claim (PQ_LOG_APPEND_MAX)
 DEF SLICE_NS = 100000000
 DEF MAX_PARTITIONS = 256
@@ -280,6 +297,7 @@ DEF SPIN_NS = 50000
 DEF GROW_BYTES = 1048576   # disk blocks are given to a segment file 1 MiB at a time
 
 MAX_GROUPS = PQ_LOG_MAX_GROUPS
+assert PQ_TYPE_OOB == T_OOB and PQ_REF_MAX == REF_MAX
 GROUP_MEMBERS = PQ_GROUP_MEMBERS
 RECORD_HEADER_BYTES = PQ_DSEG_REC_HDR
 MIN_SEGMENT_BYTES = PQ_DSEG_MIN_BYTES
@@ -440,11 +458,49 @@ class RawValue:
 FLAG_CUSTOM_SERIALIZER = 1
 
 
-cdef object _decode_value(uint8_t typ, bytes vb, bint raw, object loads):
+cdef object _decode_oob(uint8_t typ, obj, bint raw, object loads):
+    """A large record's value from the mapping of its segment (obj: a
+    memoryview the memory-mode read made between peek and validate; or the
+    exception met mapping it, raised here)."""
+    cdef uint8_t base = typ & ~T_OOB
+    if isinstance(obj, BaseException):
+        raise obj
+    if not isinstance(obj, memoryview):
+        raise SegmentMismatch("an out-of-band record where none can be (not a memory-mode log)")
+    if loads is not None:
+        if base == T_CUSTOM:
+            if raw:
+                return RawValue("custom", bytes(obj))
+            return loads(bytes(obj))
+        if base == T_PICKLE or base == T_PICKLE_BUFFERS:
+            raise PyQueueError("refusing to unpickle: this log uses a custom serializer")
+        if base == T_BYTES or base == T_STR:
+            raise PyQueueError("record was not encoded with this log's serializer")
+        raise SegmentMismatch(f"unknown record type {typ}")
+    if base == T_BYTES:
+        return bytes(obj)
+    if base == T_STR:
+        return str(obj, "utf-8", "surrogatepass")
+    if raw:  # never unpickled: whoever wrote it may not be trusted
+        return RawValue("pickle" if base == T_PICKLE else
+                        "pickle-buffers" if base == T_PICKLE_BUFFERS else
+                        "custom" if base == T_CUSTOM else f"type {typ}", bytes(obj))
+    if base == T_PICKLE:
+        return _loads_p(obj)
+    if base == T_PICKLE_BUFFERS:
+        return _oob.unframe_buffers(obj)
+    if base == T_CUSTOM:
+        raise PyQueueError("record was encoded with a custom serializer this handle lacks")
+    raise SegmentMismatch(f"unknown record type {typ}")
+
+
+cdef object _decode_value(uint8_t typ, object vb, bint raw, object loads):
     """A record's value. loads: the log's serializer's (None: the default
     codec). The codec is checked against the handle first: with a
     serializer nothing is unpickled (a pickle record is refused), without
     one a custom record is never handed out as bytes."""
+    if typ & T_OOB:
+        return _decode_oob(typ, vb, raw, loads)
     if loads is not None:
         if typ == T_CUSTOM:
             if raw:
@@ -559,7 +615,10 @@ cdef class LogCoreBase:
 
         Raises:
             ShutDown: The log was shut down.
-            MessageTooLarge: key, headers and value exceed max_record_bytes.
+            MessageTooLarge: key, headers and value exceed max_record_bytes
+                (memory mode: only when the key and headers leave no room
+                for an out-of-band reference; a larger value travels out
+                of band).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process.
@@ -588,8 +647,9 @@ cdef class LogCoreBase:
         Raises:
             ShutDown: The log was shut down (nothing of the batch was
                 appended).
-            MessageTooLarge: A record exceeds max_record_bytes (checked
-                before anything is appended).
+            MessageTooLarge: A record exceeds max_record_bytes (memory
+                mode: its key and headers leave no room for an out-of-band
+                reference; checked before anything is appended).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
             LockTimeout: A partition's lock stayed held by a stopped process
@@ -644,7 +704,8 @@ cdef class LogCoreBase:
 
     @property
     def max_record_bytes(self):
-        """The largest key + headers + value a record may have."""
+        """The largest key + headers + value a record holds in place
+        (memory mode: a larger value travels out of band)."""
         return self._max_record
 
     def partition_for(self, key):
@@ -737,7 +798,9 @@ cdef class LogCoreBase:
         for i in range(n):
             r = &recs[i]
             undecoded[i] = r.type != T_BYTES or r.headers_len != 0 or self._loads is not None
-            v = PyBytes_FromStringAndSize(<const char*>r.value, r.value_len)
+            # An out-of-band record: its reference, not the zeros after it.
+            v = PyBytes_FromStringAndSize(<const char*>r.value, min(r.value_len, REF_MAX)
+                                          if r.type & T_OOB else r.value_len)
             h = {} if r.headers_len == 0 else PyBytes_FromStringAndSize(
                 <const char*>r.headers, r.headers_len)
             out.append(_new_record(
@@ -771,7 +834,9 @@ cdef class LogCoreBase:
                     del out[k:]
                     if out:
                         return True
-                    raise _poison(rec[0], rec[1], e, types[i], rec[4]) from e
+                    raise _poison(rec[0], rec[1], e, types[i],
+                                  None if isinstance(rec[4], BaseException) else
+                                  bytes(rec[4])) from e
                 out[k] = _new_record(make, rec[0], rec[1], rec[2], rec[3], value, headers)
         return False
 

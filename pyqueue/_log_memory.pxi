@@ -68,33 +68,208 @@ cdef class MemoryLogCore(LogCoreBase):
         self._check_open()
         return GroupTable._of(self, &self._l.groups)
 
+    # --- large records: out of band (docs/design.md, "Log: large records") ---
+
+    cdef list _encode_batch(self, list values, bytes kb, bytes hb):
+        """[(encoded value, type)]: a value larger than max_record_bytes
+        (less key and headers) goes to a segment of its own
+        (pyqueue._oob) and its record holds the reference (T_OOB set).
+        Those segments are unlinked again if encoding a later value
+        fails."""
+        cdef uint8_t typ
+        cdef list datas = []
+        cdef Py_ssize_t room = <Py_ssize_t>self._max_record - (
+            (0 if kb is None else len(kb)) + len(hb))
+        try:
+            for v in values:
+                d = self._encode_value(v, room, &typ)
+                datas.append((d, typ))
+        except BaseException:
+            self._discard_datas(datas, 0)
+            raise
+        return datas
+
+    cdef object _encode_value(self, obj, Py_ssize_t room, uint8_t* typ):
+        """What goes into the ring for obj when room bytes are left for a
+        value: its encoding, or the reference to a new out-of-band segment
+        holding it (T_OOB set in *typ). Pickled with its protocol 5 buffers
+        apart (a NumPy array's data): copied once, into the segment, when
+        it goes out of band."""
+        cdef list buffers
+        t = type(obj)
+        if self._dumps is not None:
+            typ[0] = T_CUSTOM
+            data = bytes(self._dumps(obj))
+            if len(data) <= room:
+                return data
+            return self._out_of_band([data], len(data), room, typ)
+        if t is bytearray or t is memoryview:
+            with memoryview(obj) as mv:
+                n = mv.nbytes
+            if n > room:
+                typ[0] = T_BYTES
+                return self._out_of_band([obj], n, room, typ)  # no bytes() copy first
+        if t is bytes or t is bytearray or t is memoryview or t is str:
+            data = encode_plain(obj, typ, _dumps_p)
+            if len(data) <= room:
+                return data
+            return self._out_of_band([data], len(data), room, typ)
+        buffers = []
+        data = _dumps_p(obj, buffers)
+        typ[0] = T_PICKLE
+        if buffers:
+            parts = _oob.frame_buffers(data, buffers)
+            total = sum([memoryview(x).nbytes for x in parts])
+            if total > room:
+                typ[0] = T_PICKLE_BUFFERS
+                return self._out_of_band(parts, total, room, typ)
+            parts = None
+            data = _dumps_p(obj)  # small: in the ring, buffers in band
+        buffers = None
+        if len(data) <= room:
+            return data
+        return self._out_of_band([data], len(data), room, typ)
+
+    cdef bytes _out_of_band(self, list parts, Py_ssize_t total, Py_ssize_t room, uint8_t* typ):
+        """Write a value's parts into a new out-of-band segment; the
+        reference padded with zeros to room bytes, T_OOB set in *typ. The
+        caller unlinks it if the record is not appended."""
+        if is_shut_down(self._l.hdr):  # no segment for nothing
+            raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
+        ref = _oob.put(self, parts, total)
+        if len(ref) > room or len(ref) > REF_MAX:
+            _oob.discard(self, ref)
+            raise MessageTooLarge(
+                f"the log's max_record_bytes ({self._max_record}) less the key and headers "
+                f"({max(room, 0)} bytes left) cannot hold even the reference to an "
+                "out-of-band value")
+        typ[0] |= T_OOB
+        # The record takes the ring space of the largest inline record
+        # (zeros after the reference): retention by size then counts a
+        # large record as one of the largest, so a partition keeps at most
+        # a few segments (about 4), not one per reference-sized record
+        # (thousands of large segments: /dev/shm full).
+        return ref + bytes(room - len(ref))
+
+    cdef int _discard_datas(self, list datas, Py_ssize_t start) except -1:
+        """Unlink the segments of the out-of-band values of datas[start:]
+        (never appended)."""
+        cdef Py_ssize_t k
+        for k in range(start, len(datas)):
+            d, typ = datas[k]
+            if <uint8_t>typ & T_OOB:
+                _oob.discard(self, d[:REF_MAX])
+        return 0
+
+    cdef int _discard_refs(self, pq_refs* refs) except -1:
+        """Unlink the segments of the out-of-band records an append or an
+        expiry dropped (reported by the core, the start already past them:
+        no read of them validates any more). A reference that does not
+        name one of this log's segments is skipped (pyqueue._oob.discard)."""
+        cdef uint32_t i, n = refs.count
+        refs.count = 0
+        for i in range(n):
+            _oob.discard(self, PyBytes_FromStringAndSize(
+                <const char*>refs.items[i].bytes, min(refs.items[i].len, REF_MAX)))
+        return 0
+
+    def _oob_segments(self):
+        """The /dev/shm entries of the out-of-band segments named by the
+        committed records still retained (for `pyqueue gc`: these are
+        live), or None when a partition could not be read (its lock stayed
+        busy)."""
+        cdef pq_ref items[REFS_MAX]
+        cdef pq_refs refs
+        cdef uint64_t frm
+        cdef LockWait lw
+        cdef int rc
+        cdef uint32_t i, part
+        self._check_open()
+        refs.items = items
+        refs.max = REFS_MAX
+        out = set()
+        for part in range(self._nparts):
+            frm = 0
+            # Bounded: each page but the last reports REFS_MAX records.
+            for _ in range(self._l.capacity // 16 // REFS_MAX + 2):
+                refs.count = 0
+                lw = LockWait(0, 0)
+                rc = pq_log_scan_refs(&self._l, part, &frm, &refs)
+                while lock_again(rc, &lw, LOCK_BOUNDED):
+                    rc = pq_log_scan_refs(&self._l, part, &frm, &refs)
+                if rc == PQ_ERR_LOCK_BUSY:
+                    return None
+                _check_rc(rc, "scan")
+                for i in range(refs.count):
+                    try:
+                        _, name = _oob._parse(self, PyBytes_FromStringAndSize(
+                            <const char*>refs.items[i].bytes, min(refs.items[i].len, REF_MAX)))
+                    except SegmentMismatch:
+                        continue
+                    out.add(name.lstrip("/"))
+                if rc == 0:
+                    break
+            else:
+                return None
+        return out
+
     cdef int _append_datas(self, uint32_t partition, list datas, bytes kb, bytes hb,
                            uint64_t ts_ms, list out) except -1:
         """Append encoded values, one claim per APPEND_MAX (and per half a
-        ring): their offsets into out."""
+        ring): their offsets into out. The segments of the out-of-band
+        records the appends drop are unlinked after each claim; those of
+        values not appended (an error) before raising."""
         cdef pq_log_entry ents[APPEND_MAX]
-        cdef uint64_t first
-        cdef Py_ssize_t i = 0, j, n = len(datas)
+        cdef pq_ref items[REFS_MAX]   # this call's, never the handle's
+        cdef pq_refs refs
+        cdef uint64_t first, s, e
+        cdef Py_ssize_t i = 0, j, k, n = len(datas)
         cdef int rc
         cdef LockWait lw = LockWait(0, 0)
-        if is_shut_down(self._l.hdr):
-            raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
-        while i < n:
-            j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
-            rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
-            while lock_again(rc, &lw, LOCK_BOUNDED):
-                rc = pq_log_append(&self._l, partition, ents, <uint32_t>j, ts_ms, &first)
-            if rc == PQ_ERR_LOCK_BUSY and i > 0:
-                # The claims before this one went in (each takes the lock
-                # anew): "nothing was changed, retry" would append them twice.
-                from pyqueue.errors import partial_append
-                raise partial_append(lock_timeout("append", &lw), partition, out, n)
-            _check_rc(lock_fail(rc, &lw, "append"), "append")
-            if j == 1:
-                out.append(first)
-            else:
-                out.extend(range(first, first + j))
-            i += j
+        refs.items = items
+        refs.max = REFS_MAX
+        refs.count = 0
+        try:
+            if is_shut_down(self._l.hdr):
+                raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
+            while i < n:
+                j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
+                # -ENOBUFS: the start moved past the records reported and
+                # nothing was appended: unlink them, append again (bounded:
+                # each turn drops REFS_MAX records of the ring).
+                while True:
+                    rc = pq_log_append_refs(&self._l, partition, ents, <uint32_t>j, ts_ms,
+                                            &first, &refs)
+                    while lock_again(rc, &lw, LOCK_BOUNDED):
+                        rc = pq_log_append_refs(&self._l, partition, ents, <uint32_t>j, ts_ms,
+                                                &first, &refs)
+                    if rc != -ENOBUFS:
+                        break
+                    self._discard_refs(&refs)
+                if rc == PQ_ERR_LOCK_BUSY and i > 0:
+                    # The claims before this one went in (each takes the lock
+                    # anew): "nothing was changed, retry" would append them twice.
+                    from pyqueue.errors import partial_append
+                    raise partial_append(lock_timeout("append", &lw), partition, out, n)
+                _check_rc(lock_fail(rc, &lw, "append"), "append")
+                if j == 1:
+                    out.append(first)
+                else:
+                    out.extend(range(first, first + j))
+                i += j
+                self._discard_refs(&refs)
+                # A record dropped before its commit (a lap of the ring
+                # while it was copied) was passed unreported: its own
+                # segment goes now (no read of it validates).
+                pq_log_bounds(&self._l, partition, &s, &e)
+                if s > first:
+                    for k in range(j):
+                        if first + <uint64_t>k < s and <uint8_t>datas[i - j + k][1] & T_OOB:
+                            _oob.discard(self, datas[i - j + k][0][:REF_MAX])
+        except BaseException:
+            self._discard_refs(&refs)
+            self._discard_datas(datas, i)
+            raise
         return 0
 
     def _bounds(self, partition):
@@ -105,14 +280,31 @@ cdef class MemoryLogCore(LogCoreBase):
         return s, e
 
     def _expire(self, uint32_t partition, uint64_t now_ms):
-        """Retention by age without an append: the count dropped."""
+        """Retention by age without an append: the count dropped (the
+        segments of the out-of-band records dropped are unlinked)."""
         self._check_open()
         self._check_part(partition)
-        cdef LockWait lw = LockWait(0, 0)
-        cdef int rc = pq_log_expire(&self._l, partition, now_ms)
-        while lock_again(rc, &lw, LOCK_BOUNDED):
-            rc = pq_log_expire(&self._l, partition, now_ms)
-        return _check_rc(lock_fail(rc, &lw, "expire"), "expire")
+        cdef pq_ref items[REFS_MAX]
+        cdef pq_refs refs
+        cdef LockWait lw
+        cdef int rc
+        cdef bint full
+        refs.items = items
+        refs.max = REFS_MAX
+        total = 0
+        # Bounded: each turn but the last drops REFS_MAX records.
+        for _ in range(self._l.capacity // 16 // REFS_MAX + 2):
+            refs.count = 0
+            lw = LockWait(0, 0)
+            rc = pq_log_expire_refs(&self._l, partition, now_ms, &refs)
+            while lock_again(rc, &lw, LOCK_BOUNDED):
+                rc = pq_log_expire_refs(&self._l, partition, now_ms, &refs)
+            full = refs.count == refs.max
+            self._discard_refs(&refs)
+            total += _check_rc(lock_fail(rc, &lw, "expire"), "expire")
+            if not full:
+                break
+        return total
 
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,
               make):
@@ -140,9 +332,22 @@ cdef class MemoryLogCore(LogCoreBase):
             rc = pq_log_peek(&self._l, partition, offset, recs, want, &b)
             if rc >= 0:
                 first = len(out)
+                oob = False
                 for i in range(rc):
                     types[i] = recs[i].type
+                    if recs[i].type & T_OOB:
+                        oob = True
                 self._make_records(recs, rc, partition, make, out, undecoded)
+                if oob:
+                    # Map each out-of-band segment before validating: an
+                    # append or an expiry may drop the record and unlink
+                    # its segment at any time (the mapping stays valid).
+                    # Gone already (ENOENT) with a validation that then
+                    # fails: the record was dropped, peek again (out of
+                    # range); with one that passes: removed by hand, that
+                    # record's PoisonRecord. Any other failure (EMFILE,
+                    # ENOMEM) raises, the offset read again next time.
+                    self._map_segments(out, first, rc, types)
                 if pq_log_validate(&self._l, partition, &b) != 0:
                     del out[first:]
                     continue  # overwritten while copying: peek again (may be out of range)
@@ -183,6 +388,23 @@ cdef class MemoryLogCore(LogCoreBase):
             if rc == -ETIMEDOUT:
                 if _check_rc(pq_log_repair(&self._l, partition, offset), "repair") > 0:
                     _events.repaired("log", self, f" in partition {partition}")
+
+    cdef int _map_segments(self, list out, Py_ssize_t first, int n,
+                           const uint8_t* types) except -1:
+        """Replace the reference of each out-of-band record of out[first:
+        first + n] with a private mapping of its segment (or the
+        PyQueueError met mapping it, raised when it is decoded)."""
+        cdef Py_ssize_t k
+        for i in range(n):
+            if types[i] & T_OOB:
+                k = first + i
+                rec = out[k]
+                try:
+                    mv = _oob.read(self, rec[4])
+                except PyQueueError as exc:
+                    mv = exc
+                out[k] = _new_record(type(rec), rec[0], rec[1], rec[2], rec[3], mv, rec[5])
+        return 0
 
     def _wait_any(self, list parts, list offsets, GroupTable groups, uint32_t g,
                   uint64_t gen_seen, double timeout):

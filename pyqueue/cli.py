@@ -34,6 +34,7 @@ from pyqueue.errors import PyQueueError
 _KINDS = {1: "queue", 2: "topic", 3: "log", 5: "workqueue"}
 _KIND_WORKQ = 5  # pyqueue.workqueue._KIND_WORKQ: its out-of-band references are read by file_references
 _KIND_TOPIC = 2  # pyqueue.topic._KIND_TOPIC: its out-of-band references are read by topic_references
+_KIND_LOG = 3    # a memory-mode log: its out-of-band references are read by log_references
 
 # The segment header (csrc/pq_segment.h), read here with plain reads rather
 # than a mapping: listing must never map (or fault on) files that are not
@@ -439,6 +440,34 @@ def topic_references(queue_entry):
     return None if found is None else (found, set())
 
 
+def log_references(queue_entry):
+    """Out-of-band segments a memory-mode log refers to, as (referenced,
+    set()): the references of the committed records each partition still
+    retains, read under the partition's lock (pq_log_scan_refs; not by
+    reading the file as a Queue's ring, whose layout a log's is not). A
+    record's segment is removed by the process that drops the record, so
+    a reference no longer retained is not a live one. None when the log
+    cannot be opened or read."""
+    from pyqueue.log import MemoryLog
+    name = queue_entry[len(_segment.PREFIX):]
+    try:
+        try:
+            lg = MemoryLog.open(name, trust_owner=True)
+        except PyQueueError:
+            # Made with a custom serializer: any will do to read references.
+            lg = MemoryLog.open(name, trust_owner=True, serializer=(bytes, bytes))
+    except Exception:
+        return None
+    try:
+        found = lg._oob_segments()
+    except Exception:
+        found = None
+    finally:
+        lg.close()
+        del lg
+    return None if found is None else (found, set())
+
+
 # --------------------------------------------------------------------------
 # gc
 # --------------------------------------------------------------------------
@@ -504,12 +533,15 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
     by_queue = {}
     work_queues = set()
     topics = set()
+    logs = set()
     for seg in segments:
         by_queue[seg.name] = seg.oobs
         if seg.header and seg.header.get("kind") == _KIND_WORKQ:
             work_queues.add(seg.name)
         if seg.header and seg.header.get("kind") == _KIND_TOPIC:
             topics.add(seg.name)
+        if seg.header and seg.header.get("kind") == _KIND_LOG:
+            logs.add(seg.name)
     for o in orphans:
         by_queue.setdefault(o.queue, []).append(o)
     for queue, oobs in sorted(by_queue.items()):
@@ -522,7 +554,8 @@ def plan_gc(patterns=(), oob_grace=DEFAULT_OOB_GRACE, anon_only=False, now=None)
 
         def refs(queue_entry=queue_entry, present=present, cache=cache,
                  scan=(file_references if queue in work_queues else
-                       topic_references if queue in topics else ring_references)):
+                       topic_references if queue in topics else
+                       log_references if queue in logs else ring_references)):
             if not cache:
                 cache.append(scan(queue_entry) if present else None)
             return cache[0]

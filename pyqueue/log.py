@@ -490,12 +490,12 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
             _log.memory_create_segment(mm, parts, capacity, retention or 0,
                                        _log.FLAG_CUSTOM_SERIALIZER if serializer else 0)
 
-        name, mm, _perm, created = _segment.create_or_open(
+        name, mm, perm_now, created = _segment.create_or_open(
             name, _log.memory_segment_size(parts, capacity), perm, init, _KIND_LOG, trust_owner,
             _open_only)
         custom = bool(_core.segment_info(mm)["params"][_PARAM_USER0] &
                       _log.FLAG_CUSTOM_SERIALIZER)
-        self._setup(name, mm)
+        self._setup(name, mm, perm_now)
         self._serializer = serializer
         try:
             _check_log_serializer(self, serializer, custom, f"log {name!r}")
@@ -539,8 +539,12 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         """
         return cls(name, trust_owner=trust_owner, serializer=serializer, _open_only=True)
 
-    def _setup(self, name: str, mm: mmap.mmap) -> None:
+    def _setup(self, name: str, mm: mmap.mmap, perm: int = 0o600) -> None:
         self._name = name
+        # pyqueue._oob names a large record's segment after the log's and
+        # makes it with the log's mode ("Log: large records").
+        self._shm_name = _segment.shm_name(name)
+        self._mode = perm
         self._setup_common()
         self._attach(mm)
 
@@ -568,7 +572,8 @@ class MemoryLog(Log[T], _log.MemoryLogCore[T]):
         return None
 
     def unlink(self) -> None:
-        """Remove the log's name (processes that have it open keep it).
+        """Remove the log's name (processes that have it open keep it) and
+        the segments of its large (out-of-band) records.
 
         A name that is gone already is left as it is.
 

@@ -110,8 +110,8 @@ def test_misc_errors_and_pickle(logs):
     lg = logs(partitions=2, retention_bytes=SMALL)
     with pytest.raises(ValueError):
         lg.read(2, 0)
-    with pytest.raises(pyqueue.MessageTooLarge):
-        lg.append(b"x" * (lg.capacity_bytes // 4))
+    with pytest.raises(pyqueue.MessageTooLarge):   # no room for even a reference beside the key
+        lg.append(b"x" * (lg.capacity_bytes // 4), key="k" * lg.max_record_bytes)
     lg.append(b"a", key="z")
     lg2 = pickle.loads(pickle.dumps(lg))
     p = lg.partition_for("z")
