@@ -456,6 +456,9 @@ def test_executor_cancelled_call_never_runs(method, tmp_path):
         assert wait_until(lambda: os.path.exists(started), timeout=DEADLINE)
         victim = ex.submit(w.touch, side)
         after = ex.submit(w.touch, str(tmp_path / "after"))
+        # Both in the task queue already (qsize counts the held one): the
+        # worker, not the feeder, skips it.
+        assert wait_until(lambda: ex._pool._tasks.qsize() == 3, timeout=DEADLINE)
         assert victim.cancel() and victim.cancelled()
         w.touch(go)
         assert first.result(DEADLINE) == "went"
@@ -472,6 +475,7 @@ def test_executor_shutdown_cancel_futures_runs_none_of_the_backlog(tmp_path):
         first = ex.submit(w.started_then_wait, started, go)
         assert wait_until(lambda: os.path.exists(started), timeout=DEADLINE)
         backlog = [ex.submit(w.touch, str(tmp_path / f"side{x}")) for x in range(20)]
+        assert wait_until(lambda: ex._pool._tasks.qsize() == 21, timeout=DEADLINE)
         ex.shutdown(wait=False, cancel_futures=True)
         assert all(f.cancelled() for f in backlog)
         w.touch(go)
