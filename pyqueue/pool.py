@@ -297,6 +297,23 @@ def _rebuild_cancel_table(dup: Any) -> _CancelTable:
 MAX_DEFAULT_CHUNKSIZE = 8192
 
 
+def _default_context() -> Any:
+    """The start method of a Pool given no context. From Python 3.12 on:
+    forkserver (as CPython 3.14's default), or spawn when the program set
+    it (multiprocessing.set_start_method); never fork, which a pool does
+    from a process with threads: it forks replacement workers from its
+    result thread while its feeder thread runs, which Python 3.12+ warns
+    about (DeprecationWarning "This process is multi-threaded, use of
+    fork() may lead to deadlocks") and which may deadlock the child. ("fork"
+    as the process-wide method cannot be told from the default once any
+    multiprocessing.get_context() call fixed it: it is not followed.)
+    Before 3.12: multiprocessing's default."""
+    if sys.version_info >= (3, 12) and "forkserver" in multiprocessing.get_all_start_methods():
+        chosen = multiprocessing.get_start_method(allow_none=True)
+        return multiprocessing.get_context("spawn" if chosen == "spawn" else "forkserver")
+    return multiprocessing.get_context()
+
+
 def _default_chunksize(n: int, processes: int) -> int:
     """multiprocessing.Pool.map's (about four chunks per worker), capped
     at MAX_DEFAULT_CHUNKSIZE items."""
@@ -377,7 +394,9 @@ class Pool:
         maxtasksperchild: Tasks a worker runs before it is replaced by a
             fresh one (None: no limit). A map chunk counts as one task.
         context: A multiprocessing context or start method name ("fork",
-            "spawn", "forkserver"; None: the default).
+            "spawn", "forkserver"; None: from Python 3.12 on forkserver, or
+            spawn if multiprocessing.set_start_method() chose it, never
+            fork from the pool's threads; before 3.12 the default).
         max_task_retries: How many times a task whose worker died is run
             again before it fails with WorkerLost (default 2).
 
@@ -411,7 +430,9 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if not isinstance(max_task_retries, int) or max_task_retries < 0:
             raise ValueError("max_task_retries must be an int >= 0")
-        if context is None or isinstance(context, str):
+        if context is None:
+            context = _default_context()
+        elif isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._ctx = context
         self._processes = processes
@@ -1025,7 +1046,8 @@ class Executor(concurrent.futures.Executor):
 
     Args:
         max_workers: The number of workers (None: os.cpu_count()).
-        mp_context: A multiprocessing context or start method name.
+        mp_context: A multiprocessing context or start method name (None:
+            as Pool(context=None)).
         initializer: Called as initializer(*initargs) in each worker.
         initargs: Its arguments.
         max_tasks_per_child: Tasks a worker runs before it is replaced.

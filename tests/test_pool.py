@@ -514,3 +514,33 @@ def test_large_task_encoded_once_while_the_queue_is_full(tmp_path, monkeypatch):
         assert blocked.get(DEADLINE)[0] == "done" and filler.get(DEADLINE) == 9
         assert big.get(DEADLINE) == 2 * p._tasks.max_message_bytes
         assert len(made) == 1
+
+
+# ---- no fork from a process with threads (Python 3.12+) ----------------------
+
+def test_default_start_method_forks_from_no_thread(tmp_path):
+    """A pool given no context starts (and replaces) its workers without a
+    fork from this process, which runs the pool's threads: Python 3.12+
+    warns of such a fork (DeprecationWarning "This process is
+    multi-threaded...") and the child may deadlock. From 3.12 on the
+    default is forkserver (spawn if the program chose it), as CPython
+    3.14's; before, multiprocessing's (no warning exists there)."""
+    import sys
+    import warnings
+    marker = str(tmp_path / "first")
+    if sys.version_info >= (3, 12):
+        expected = ("spawn" if multiprocessing.get_start_method(allow_none=True) == "spawn"
+                    else "forkserver")
+    else:
+        expected = multiprocessing.get_start_method()
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        with Pool(2) as p:
+            assert p._ctx.get_start_method() == expected
+            r = p.apply_async(w.block_first_try, (marker, "done"))
+            assert wait_until(lambda: os.path.exists(marker), timeout=DEADLINE)
+            os.kill(_read_pid(marker), signal.SIGKILL)  # replaced from the result thread
+            assert r.get(DEADLINE)[0] == "done"
+            with Executor(1) as ex:   # a second pool, started while the first's threads run
+                assert ex.submit(w.square, 5).result(DEADLINE) == 25
+    assert not [x for x in got if "multi-threaded" in str(x.message)]
