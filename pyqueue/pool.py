@@ -448,10 +448,11 @@ class Pool:
         self._dead: List[Tuple[float, Any]] = []  # dead letters waiting for their exit code
         self._dlq: WorkQueue[bytes] = WorkQueue(max_deliveries=None)
         self._handles.append(self._dlq)
+        slots: Dict[str, Any] = ({} if self._MAX_IN_FLIGHT is None
+                                 else {"max_in_flight": self._MAX_IN_FLIGHT})
         self._tasks: WorkQueue[bytes] = WorkQueue(
             visibility_timeout=_VISIBILITY, max_deliveries=self._max_deliveries,
-            dead_letter=self._dlq,
-            **({} if self._MAX_IN_FLIGHT is None else {"max_in_flight": self._MAX_IN_FLIGHT}))
+            dead_letter=self._dlq, **slots)
         self._handles.append(self._tasks)
         # The workers watch this process: they end when it is gone.
         self._owner = (os.getpid(), _procscan.start_time(os.getpid()) or 0)
@@ -1135,8 +1136,8 @@ class Executor(concurrent.futures.Executor):
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             pending.add(f)
-            job = self._pool.apply_async(fn, args, kwargs, callback=ok,
-                                         error_callback=failed)._job
+            job: int = cast(Any, self._pool.apply_async(fn, args, kwargs, callback=ok,
+                                                        error_callback=failed))._job
             cancel = self._pool._cancel
             assert cancel is not None
 
