@@ -273,9 +273,12 @@ class _CancelTable:
         return bool(self._slots[job % self.SLOTS] == job)
 
     def close(self) -> None:
+        if self._fd < 0:
+            return  # (closed: the fd number may be another file's now)
         self._slots.release()
         self._mm.close()
         os.close(self._fd)
+        self._fd = -1
 
     def unlink(self) -> None:
         pass  # (nothing named: see _cleanup)
