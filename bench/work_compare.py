@@ -33,7 +33,11 @@ Cases:
                 chunksize and 10000 and 1000 (each measured, the fastest
                 kept), concurrent.futures.ProcessPoolExecutor.map with the
                 same chunksizes (the best kept). Rate = items / time until
-                the list is back. Ratios to multiprocessing.Pool.
+                the list is back. Ratios to multiprocessing.Pool. Also the
+                CPU each used per 1M items (this process's threads and the
+                pool's workers, /proc): on a loaded machine the steadier
+                figure, as wall time there is mostly the share of the cores
+                the scheduler gives each runnable thread.
 Ratios are to plain pyqueue.Queue in the same run (pool-map-*: to
 multiprocessing.Pool). Medians of the repeats.
 """
@@ -194,6 +198,33 @@ def inc(x):
 
 
 POOL_CHUNKS = (None, 10_000, 1_000)  # None: the pool's default
+POOL_CPU = {}  # kind -> [CPU seconds per item of each measured map]
+
+
+def _cpu_of(pids):
+    """CPU seconds (user + system) used so far by this process (all its
+    threads) and the given worker processes."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tck
+    return total
+
+
+def _timed_map(kind, pids, n, call):
+    """Run call() (a map of n items); its rate, and its CPU per item
+    (parent + workers) noted in POOL_CPU. On a loaded machine the CPU
+    is the steadier figure: wall time there is mostly a share of the
+    cores, which the scheduler gives per runnable thread."""
+    c0 = _cpu_of(pids)
+    t0 = time.perf_counter()
+    out = call()
+    t1 = time.perf_counter()
+    cpu = (_cpu_of(pids) - c0) / n
+    assert out[-1] == n and len(out) == n
+    return n / (t1 - t0), cpu
 
 
 def pool_map_run(ctx, kind, n, workers):
@@ -207,31 +238,32 @@ def pool_map_run(ctx, kind, n, workers):
     if kind == "pyqueue-pool":
         with pyqueue.Pool(workers, context=ctx) as pool:
             pool.map(inc, range(workers * 4))  # the workers are up
-            t0 = time.perf_counter()
-            out = pool.map(inc, items)
-            t1 = time.perf_counter()
-        assert out[-1] == expected_last and len(out) == n
-        return n / (t1 - t0)
-    best = 0.0
+            rate, cpu = _timed_map(kind, [p.pid for p in pool._pool], n,
+                                   lambda: pool.map(inc, items))
+        POOL_CPU.setdefault(kind, []).append(cpu)
+        return rate
+    best, best_cpu = 0.0, 0.0
     if kind == "mp-pool":
         with ctx.Pool(workers) as pool:
             pool.map(inc, range(workers * 4))
+            pids = [p.pid for p in pool._pool]
             for chunksize in POOL_CHUNKS:
-                t0 = time.perf_counter()
-                out = pool.map(inc, items, chunksize)
-                t1 = time.perf_counter()
-                assert out[-1] == expected_last and len(out) == n
-                best = max(best, n / (t1 - t0))
+                rate, cpu = _timed_map(kind, pids, n,
+                                       lambda: pool.map(inc, items, chunksize))
+                if rate > best:
+                    best, best_cpu = rate, cpu
+        POOL_CPU.setdefault(kind, []).append(best_cpu)
         return best
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         list(ex.map(inc, range(workers * 4)))
+        pids = list(ex._processes)
         for chunksize in POOL_CHUNKS:
             cs = chunksize or max(1, n // (workers * 4))
-            t0 = time.perf_counter()
-            out = list(ex.map(inc, items, chunksize=cs))
-            t1 = time.perf_counter()
-            assert out[-1] == expected_last and len(out) == n
-            best = max(best, n / (t1 - t0))
+            rate, cpu = _timed_map(kind, pids, n,
+                                   lambda: list(ex.map(inc, items, chunksize=cs)))
+            if rate > best:
+                best, best_cpu = rate, cpu
+    POOL_CPU.setdefault(kind, []).append(best_cpu)
     return best
 
 
@@ -276,6 +308,14 @@ def main(argv=None):
         cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
                           for label, rate, _ in res.values())
         print(f"{cid:12} {cells}")
+        if cid.startswith("pool-map") and POOL_CPU:
+            base_cpu = statistics.median(POOL_CPU.get("mp-pool", [0.0]))
+            print(f"{'':12} CPU per 1M items (this process + its workers, the run "
+                  f"whose rate is above): " + "  ".join(
+                      f"{res[k][0]}: {statistics.median(v) * 1e9:,.0f} ms"
+                      + (f" ({statistics.median(v) / base_cpu:.2f}x mp.Pool's)"
+                         if base_cpu and k != "mp-pool" else "")
+                      for k, v in POOL_CPU.items() if k in res))
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import mmap
 import multiprocessing
 import multiprocessing.pool as _mpp
 import multiprocessing.util
@@ -37,6 +38,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
                     Tuple, TypeVar, Union, cast)
 
+from pyqueue import _procscan
 from pyqueue.errors import ShutDown, UndecodableMessage, WorkerLost
 from pyqueue.queues import Queue
 from pyqueue.workqueue import WorkQueue
@@ -82,6 +84,11 @@ _POLL = 0.05           # the handler's longest wait between looks at the workers
 _DEAD_GRACE = 5.0      # how long a dead-lettered task waits to learn its worker's exit code
 DEFAULT_MAX_TASK_RETRIES = 2
 _MAX_REPORT = 16384  # characters of a failed initializer's traceback kept
+# How often (seconds) a waiting worker looks whether the pool's process is
+# still there (a worker of a SIGKILLed pool ends within about this).
+_OWNER_CHECK = 1.0
+# What a worker sends for a call cancelled before it started (Executor).
+_CANCELLED = bytes(ForkingPickler.dumps((False, concurrent.futures.CancelledError())))
 
 
 def _running(p: Any) -> bool:
@@ -118,15 +125,58 @@ def _run_task(kind: int, func: Callable[..., Any], args: Any) -> Any:
     return list(itertools.starmap(func, args))
 
 
+def _owner_gone(owner: Tuple[int, int]) -> bool:
+    """Whether the pool's process (pid, start time in clock ticks) is gone:
+    dead, a zombie, or its pid reused by a newer process. Not known (/proc
+    does not say): not gone."""
+    return _procscan.is_alive(owner[0], owner[1]) is False
+
+
+def _orphaned(tasks: WorkQueue[bytes], results: Queue[Any]) -> None:
+    """The pool's process died (SIGKILL, the OOM killer): nobody reads the
+    results nor removes the pool's segments any more. Each worker that sees
+    it removes them (the second finds them gone) and ends."""
+    dlq: Any = None
+    try:
+        dlq = tasks.dead_letter
+    except Exception:  # noqa: BLE001 - gone already
+        pass
+    for h in (tasks, results, dlq):
+        if h is not None:
+            try:
+                h.unlink()
+            except Exception:  # noqa: BLE001 - removed by another worker meanwhile
+                pass
+
+
 def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
                  initializer: Optional[Callable[..., Any]], initargs: Tuple[Any, ...],
-                 maxtasks: Optional[int], max_deliveries: int) -> None:
-    """A worker process: take a task, run it, put its result, ack it."""
+                 maxtasks: Optional[int], max_deliveries: int,
+                 owner: Tuple[int, int] = (0, 0),
+                 cancelled: Optional["_CancelTable"] = None) -> None:
+    """A worker process: take a task, run it, put its result, ack it.
+
+    It watches the pool's process (owner: pid and start time): every
+    _OWNER_CHECK seconds while it waits for a task or for room for a
+    result, and between tasks, it ends when that process is gone."""
     pid = os.getpid()
     loads = pickle.loads
     dumps = ForkingPickler.dumps
-    put = results.put
     head = _RESULT.pack
+    watch = owner[0] > 0
+    monotonic = time.monotonic
+    check_at = monotonic() + _OWNER_CHECK
+
+    def put(data: bytes) -> bool:
+        """Put a result; False: the pool's process is gone."""
+        while True:
+            try:
+                results.put(data, timeout=_OWNER_CHECK if watch else None)
+                return True
+            except _queue.Full:
+                if _owner_gone(owner):
+                    return False
+
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -136,16 +186,33 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
             raise
     done = 0
     while maxtasks is None or done < maxtasks:
+        if watch and monotonic() >= check_at:
+            # (a worker busy with a backlog whose pool died: between tasks)
+            check_at = monotonic() + _OWNER_CHECK
+            if _owner_gone(owner):
+                break
         try:
-            d = tasks.get()
+            d = tasks.get(timeout=_OWNER_CHECK if watch else None)
+        except _queue.Empty:
+            check_at = monotonic() + _OWNER_CHECK
+            if _owner_gone(owner):
+                break
+            continue
         except ShutDown:
-            break  # the pool is done with its workers
+            return  # the pool is done with its workers
         msg = d.value
         job, i = _HEADER.unpack_from(msg)
+        if cancelled is not None and cancelled.cancelled(job):
+            # Executor: a call cancelled before it started never runs.
+            if not put(head(_DONE, job, i, pid) + _CANCELLED):
+                break
+            d.ack()
+            continue
         if d.delivery_count > 1 or max_deliveries == 1:
             # A task that may have killed a worker already: say who runs it
             # now, so that its WorkerLost can name this pid.
-            put(head(_STARTED, job, i, pid))
+            if not put(head(_STARTED, job, i, pid)):
+                break
         try:
             kind, func, args = loads(memoryview(msg)[_HEADER.size:])
             result: Tuple[bool, Any] = (True, _run_task(kind, func, args))
@@ -156,10 +223,74 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
         except Exception as e:  # the result (or its exception) cannot be pickled
             data = dumps((False, _MaybeEncodingError(e, result[1])))
         result = None  # type: ignore[assignment]
-        put(head(_DONE, job, i, pid) + data)
+        if not put(head(_DONE, job, i, pid) + data):
+            break
         data = None  # type: ignore[assignment]
         d.ack()
         done += 1
+    else:
+        return
+    if watch and _owner_gone(owner):
+        _orphaned(tasks, results)
+
+
+class _CancelTable:
+    """The calls an Executor cancelled, for its workers to skip: slot
+    job % SLOTS holds the job id last cancelled there (-1: none), written
+    only by the executor's process, read by a worker before it runs a call.
+    An anonymous mapping (memfd): nothing to name or remove; a forked worker
+    inherits it, a spawn or forkserver worker gets its descriptor.
+
+    Two cancelled calls whose ids differ by a multiple of SLOTS (65536)
+    share a slot: while both wait in the queue, the older one is no longer
+    seen as cancelled and runs (its result is dropped, as before)."""
+
+    SLOTS = 1 << 16
+
+    def __init__(self, fd: int = -1) -> None:
+        size = self.SLOTS * 8
+        if fd < 0:
+            fd = os.memfd_create("pyqueue-pool-cancelled", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                with mmap.mmap(fd, size) as mm:
+                    mm.write(b"\xff" * size)  # every slot -1: job ids start at 0
+            except BaseException:
+                os.close(fd)
+                raise
+        self._fd = fd
+        self._mm = mmap.mmap(fd, size)
+        self._slots = memoryview(self._mm).cast("q")
+
+    def cancel(self, job: int) -> None:
+        # An aligned 8-byte store: a worker reads the old id or the new one.
+        try:
+            self._slots[job % self.SLOTS] = job
+        except ValueError:
+            pass  # closed: the pool is gone, nothing runs any more
+
+    def cancelled(self, job: int) -> bool:
+        return bool(self._slots[job % self.SLOTS] == job)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return  # (closed: the fd number may be another file's now)
+        self._slots.release()
+        self._mm.close()
+        os.close(self._fd)
+        self._fd = -1
+
+    def unlink(self) -> None:
+        pass  # (nothing named: see _cleanup)
+
+    def __reduce__(self) -> Any:
+        # (only while a spawn or forkserver worker is started: its descriptor)
+        from multiprocessing.reduction import DupFd
+        return (_rebuild_cancel_table, (DupFd(self._fd),))
+
+
+def _rebuild_cancel_table(dup: Any) -> _CancelTable:
+    return _CancelTable(dup.detach())
 
 
 # The largest default chunk: a chunk is pickled, sent, run and sent back
@@ -167,6 +298,23 @@ def _worker_main(tasks: WorkQueue[bytes], results: Queue[Any],
 # run this one (multiprocessing's heuristic alone gives 125000 items for
 # 1M items on 2 workers: both pools are then 2x slower than with 10000).
 MAX_DEFAULT_CHUNKSIZE = 8192
+
+
+def _default_context() -> Any:
+    """The start method of a Pool given no context. From Python 3.12 on:
+    forkserver (as CPython 3.14's default), or spawn when the program set
+    it (multiprocessing.set_start_method); never fork, which a pool does
+    from a process with threads: it forks replacement workers from its
+    result thread while its feeder thread runs, which Python 3.12+ warns
+    about (DeprecationWarning "This process is multi-threaded, use of
+    fork() may lead to deadlocks") and which may deadlock the child. ("fork"
+    as the process-wide method cannot be told from the default once any
+    multiprocessing.get_context() call fixed it: it is not followed.)
+    Before 3.12: multiprocessing's default."""
+    if sys.version_info >= (3, 12) and "forkserver" in multiprocessing.get_all_start_methods():
+        chosen = multiprocessing.get_start_method(allow_none=True)
+        return multiprocessing.get_context("spawn" if chosen == "spawn" else "forkserver")
+    return multiprocessing.get_context()
 
 
 def _default_chunksize(n: int, processes: int) -> int:
@@ -249,7 +397,9 @@ class Pool:
         maxtasksperchild: Tasks a worker runs before it is replaced by a
             fresh one (None: no limit). A map chunk counts as one task.
         context: A multiprocessing context or start method name ("fork",
-            "spawn", "forkserver"; None: the default).
+            "spawn", "forkserver"; None: from Python 3.12 on forkserver, or
+            spawn if multiprocessing.set_start_method() chose it, never
+            fork from the pool's threads; before 3.12 the default).
         max_task_retries: How many times a task whose worker died is run
             again before it fails with WorkerLost (default 2).
 
@@ -258,6 +408,11 @@ class Pool:
             max_task_retries negative.
         TypeError: initializer is not callable.
     """
+
+    # (Executor's pool: calls cancelled before they start are skipped)
+    _CANCELLABLE = False
+    # The task queue's max_in_flight (None: WorkQueue's default)
+    _MAX_IN_FLIGHT: Optional[int] = None
 
     def __init__(self, processes: Optional[int] = None,
                  initializer: Optional[Callable[..., Any]] = None,
@@ -278,7 +433,9 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if not isinstance(max_task_retries, int) or max_task_retries < 0:
             raise ValueError("max_task_retries must be an int >= 0")
-        if context is None or isinstance(context, str):
+        if context is None:
+            context = _default_context()
+        elif isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._ctx = context
         self._processes = processes
@@ -294,10 +451,18 @@ class Pool:
         self._dead: List[Tuple[float, Any]] = []  # dead letters waiting for their exit code
         self._dlq: WorkQueue[bytes] = WorkQueue(max_deliveries=None)
         self._handles.append(self._dlq)
-        self._tasks: WorkQueue[bytes] = WorkQueue(visibility_timeout=_VISIBILITY,
-                                                  max_deliveries=self._max_deliveries,
-                                                  dead_letter=self._dlq)
+        slots: Dict[str, Any] = ({} if self._MAX_IN_FLIGHT is None
+                                 else {"max_in_flight": self._MAX_IN_FLIGHT})
+        self._tasks: WorkQueue[bytes] = WorkQueue(
+            visibility_timeout=_VISIBILITY, max_deliveries=self._max_deliveries,
+            dead_letter=self._dlq, **slots)
         self._handles.append(self._tasks)
+        # The workers watch this process: they end when it is gone.
+        self._owner = (os.getpid(), _procscan.start_time(os.getpid()) or 0)
+        self._cancel: Optional[_CancelTable] = None
+        if self._CANCELLABLE:
+            self._cancel = _CancelTable()
+            self._handles.append(self._cancel)
         self._results: Queue[Any] = Queue()
         self._handles.append(self._results)
         self._pool = [None] * processes
@@ -335,7 +500,8 @@ class Pool:
     def _spawn(self) -> Any:
         p = self._ctx.Process(target=_worker_main,
                               args=(self._tasks, self._results, self._initializer,
-                                    self._initargs, self._maxtasks, self._max_deliveries),
+                                    self._initargs, self._maxtasks, self._max_deliveries,
+                                    self._owner, self._cancel),
                               name="pyqueue-pool-worker", daemon=True)
         p.start()
         return p
@@ -390,6 +556,8 @@ class Pool:
         terminated meanwhile."""
         dumps = ForkingPickler.dumps
         pack = _HEADER.pack
+        tasks = self._tasks
+        cancel = self._cancel
         n = 0
         for task in job.tasks:
             if self._stopping.is_set():
@@ -399,29 +567,40 @@ class Pool:
                 self._set(jid, i, (False, args.exc))
                 n = i + 1
                 break
+            n = i + 1
+            if cancel is not None and cancel.cancelled(jid):
+                self._set(jid, i, (False, concurrent.futures.CancelledError()))
+                continue  # (Executor) cancelled before it was sent
             try:
                 msg = pack(jid, i) + dumps((kind, func, args))
-            except Exception as e:  # cannot be pickled: that task fails
+                # Encoded once (a task above the queue's max_message_bytes:
+                # its out-of-band segment made once), put as often as the
+                # queue is full.
+                enc = tasks._encode_put(msg, None, 0.0)
+            except Exception as e:
+                # Cannot be pickled, or its out-of-band segment cannot be
+                # made (OSError: /dev/shm full, EMFILE; MemoryError): that
+                # task fails alone. A feeder that died here left its job,
+                # and every later one, waiting for ever.
                 self._set(jid, i, (False, e))
-                n = i + 1
                 continue
+            msg = None  # type: ignore[assignment]
             while True:
                 try:
-                    self._tasks.put(msg, timeout=_POLL)
+                    tasks._put_prepared(enc, True, _POLL)
                     break
                 except _queue.Full:
                     if self._stopping.is_set():
+                        tasks._drop_prepared(enc)
                         return False
                 except (ShutDown, ValueError):
+                    tasks._drop_prepared(enc)
                     return False
-                except Exception as e:
-                    # That task cannot be put (OSError: /dev/shm full for
-                    # its out-of-band segment, EMFILE; MemoryError): it
-                    # fails alone. A feeder that died here left its job,
-                    # and every later one, waiting for ever.
+                except Exception as e:  # (as above)
+                    tasks._drop_prepared(enc)
                     self._set(jid, i, (False, e))
                     break
-            n = i + 1
+            enc = None  # type: ignore[assignment]
         if job.set_length is not None:
             job.set_length(n)
         return True
@@ -851,6 +1030,13 @@ def _process_chunk(fn: Callable[..., Any], chunk: Iterable[Tuple[Any, ...]]) -> 
     return [fn(*args) for args in chunk]
 
 
+class _ExecutorPool(Pool):
+    """The Executor's Pool: its workers skip the calls cancelled before
+    they start."""
+
+    _CANCELLABLE = True
+
+
 class Executor(concurrent.futures.Executor):
     """concurrent.futures.ProcessPoolExecutor's API on a pyqueue.Pool: a
     worker killed in the middle of a task does not break the executor (no
@@ -858,11 +1044,14 @@ class Executor(concurrent.futures.Executor):
     max_task_retries times, then its future alone fails with WorkerLost.
 
     A future is pending until its result comes: cancel() succeeds until
-    then, and the result of a task that already started is then dropped.
+    then. A call cancelled before a worker took it never runs (as
+    ProcessPoolExecutor); one already started runs on and its result is
+    dropped.
 
     Args:
         max_workers: The number of workers (None: os.cpu_count()).
-        mp_context: A multiprocessing context or start method name.
+        mp_context: A multiprocessing context or start method name (None:
+            as Pool(context=None)).
         initializer: Called as initializer(*initargs) in each worker.
         initargs: Its arguments.
         max_tasks_per_child: Tasks a worker runs before it is replaced.
@@ -885,8 +1074,8 @@ class Executor(concurrent.futures.Executor):
         self._broken: Optional[str] = None
         self._pending: Set["concurrent.futures.Future[Any]"] = set()
         self._joiner: Optional[threading.Thread] = None
-        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context,
-                          max_task_retries=max_task_retries)
+        self._pool = _ExecutorPool(max_workers, initializer, initargs, max_tasks_per_child,
+                                   mp_context, max_task_retries=max_task_retries)
         self._pool._on_initializer_error = self._initializer_failed
 
     def _initializer_failed(self, report: str) -> None:
@@ -950,7 +1139,16 @@ class Executor(concurrent.futures.Executor):
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             pending.add(f)
-            self._pool.apply_async(fn, args, kwargs, callback=ok, error_callback=failed)
+            job: int = cast(Any, self._pool.apply_async(fn, args, kwargs, callback=ok,
+                                                        error_callback=failed))._job
+            cancel = self._pool._cancel
+            assert cancel is not None
+
+            def cancelled(f: "concurrent.futures.Future[Any]") -> None:
+                if f.cancelled():  # (the workers skip it if it has not started)
+                    cancel.cancel(job)
+
+            f.add_done_callback(cancelled)
         return f
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],

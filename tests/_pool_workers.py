@@ -95,3 +95,41 @@ def block(marker):
 
 def failing_init():
     raise OSError("no database")
+
+
+def touch(path):
+    """A side effect the test can see (a file made)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def started_then_wait(started, go):
+    """Report the start in `started`, then wait (deadline 120 s) for the
+    file `go` to exist."""
+    _report(started, str(os.getpid()))
+    waiter = threading.Event()
+    for _ in range(12000):
+        if os.path.exists(go):
+            return "went"
+        waiter.wait(0.01)
+    raise RuntimeError("never told to go")
+
+
+def own_pool(method, report, busy):
+    """The process that owns a Pool (the test SIGKILLs it): report its
+    workers' pids and its segments' names, then wait. busy: the workers
+    have a backlog of tasks whose results nobody reads once this dies."""
+    from pyqueue import Pool
+    pool = Pool(2, context=method)
+    if busy:
+        pool.map_async(square, range(200000), chunksize=1)
+        waiter = threading.Event()
+        for _ in range(6000):  # (deadline 60 s) until a backlog waits in the queue
+            if pool._tasks.qsize() > 1000:
+                break
+            waiter.wait(0.01)
+    pids = [p.pid for p in pool._pool]
+    names = [h.name for h in pool._handles if hasattr(h, "name")]
+    _report(report, " ".join(map(str, pids)) + "\n" + " ".join(names))
+    threading.Event().wait(120)

@@ -410,3 +410,137 @@ def test_a_task_that_cannot_be_put_fails_alone_and_the_pool_goes_on(pool):
         signal.signal(signal.SIGXFSZ, old)
     assert pool.apply(w.square, (4,)) == 16
     assert pool.map(w.square, range(10)) == [x * x for x in range(10)]
+
+
+# ---- the pool's own process killed ----------------------------------------
+
+@pytest.mark.parametrize("method,busy", [("fork", False), ("spawn", False),
+                                         ("forkserver", False), ("fork", True)])
+def test_workers_end_when_the_pool_process_is_killed(method, busy, tmp_path):
+    """The process that owns a Pool is SIGKILLed: its workers (idle on the
+    task queue, or busy with a backlog whose results nobody reads) end, and
+    the pool's segments are removed. (multiprocessing.Pool's stay for
+    ever.)"""
+    report = str(tmp_path / "pool")
+    owner = multiprocessing.get_context("spawn").Process(target=w.own_pool,
+                                                         args=(method, report, busy))
+    owner.start()
+    try:
+        assert wait_until(lambda: os.path.exists(report), timeout=DEADLINE)
+        with open(report) as f:
+            pids, names = (line.split() for line in f.read().split("\n"))
+        pids = [int(x) for x in pids]
+        assert len(pids) == 2 and len(names) == 3 and all(_alive(x) for x in pids)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.join(DEADLINE)
+        assert wait_until(lambda: not any(_alive(x) for x in pids), timeout=DEADLINE), \
+            "a worker outlived its pool's process"
+        assert wait_until(lambda: not any(segment_exists(n) for n in names), timeout=DEADLINE)
+    finally:
+        owner.kill()
+        owner.join()
+        for x in pids if "pids" in locals() else []:
+            if _alive(x):
+                os.kill(x, signal.SIGKILL)
+
+
+# ---- Executor: a cancelled call does not run --------------------------------
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_executor_cancelled_call_never_runs(method, tmp_path):
+    """As ProcessPoolExecutor: a call cancelled before a worker took it
+    never runs (its side effect does not happen); the next ones do."""
+    started, go, side = (str(tmp_path / x) for x in ("started", "go", "side"))
+    with Executor(1, mp_context=method) as ex:
+        first = ex.submit(w.started_then_wait, started, go)
+        assert wait_until(lambda: os.path.exists(started), timeout=DEADLINE)
+        victim = ex.submit(w.touch, side)
+        after = ex.submit(w.touch, str(tmp_path / "after"))
+        # Both in the task queue already (qsize counts the held one): the
+        # worker, not the feeder, skips it.
+        assert wait_until(lambda: ex._pool._tasks.qsize() == 3, timeout=DEADLINE)
+        assert victim.cancel() and victim.cancelled()
+        w.touch(go)
+        assert first.result(DEADLINE) == "went"
+        # One worker, in order: the victim's turn came before this one's.
+        assert after.result(DEADLINE) == str(tmp_path / "after")
+        assert not os.path.exists(side)
+        assert ex.submit(w.square, 4).result(DEADLINE) == 16
+
+
+def test_executor_shutdown_cancel_futures_runs_none_of_the_backlog(tmp_path):
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    ex = Executor(1, mp_context="fork")
+    try:
+        first = ex.submit(w.started_then_wait, started, go)
+        assert wait_until(lambda: os.path.exists(started), timeout=DEADLINE)
+        backlog = [ex.submit(w.touch, str(tmp_path / f"side{x}")) for x in range(20)]
+        assert wait_until(lambda: ex._pool._tasks.qsize() == 21, timeout=DEADLINE)
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in backlog)
+        w.touch(go)
+        ex.shutdown(wait=True)  # the workers ended: nothing more can run
+        assert not [x for x in os.listdir(tmp_path) if x.startswith("side")]
+        assert first.cancelled()  # (it was pending too: its result dropped)
+    finally:
+        ex._pool.terminate()
+
+
+# ---- a large task is encoded once ------------------------------------------
+
+class _SmallPool(Pool):
+    _MAX_IN_FLIGHT = 2
+
+
+def test_large_task_encoded_once_while_the_queue_is_full(tmp_path, monkeypatch):
+    """A task above the queue's max_message_bytes goes out of band: its
+    segment is made once, however often the feeder finds the queue full
+    and tries again (it was made, copied and removed on every try)."""
+    from pyqueue import _oob
+    made, tries = [], []
+    real_put = _oob.put
+    monkeypatch.setattr(_oob, "put", lambda *a: made.append(1) or real_put(*a))
+    marker = str(tmp_path / "first")
+    with _SmallPool(1, context="fork") as p:
+        real_try = p._tasks._put_prepared
+        p._tasks._put_prepared = lambda *a: tries.append(1) or real_try(*a)
+        blocked = p.apply_async(w.block_first_try, (marker, "done"))
+        assert wait_until(lambda: os.path.exists(marker), timeout=DEADLINE)
+        filler = p.apply_async(w.square, (3,))  # the second slot: the queue is full
+        big = p.apply_async(len, (b"x" * (2 * p._tasks.max_message_bytes),))
+        assert wait_until(lambda: len(tries) >= 5, timeout=DEADLINE)  # tried, found full
+        assert len(made) == 1
+        os.kill(_read_pid(marker), signal.SIGKILL)  # its retry returns: room again
+        assert blocked.get(DEADLINE)[0] == "done" and filler.get(DEADLINE) == 9
+        assert big.get(DEADLINE) == 2 * p._tasks.max_message_bytes
+        assert len(made) == 1
+
+
+# ---- no fork from a process with threads (Python 3.12+) ----------------------
+
+def test_default_start_method_forks_from_no_thread(tmp_path):
+    """A pool given no context starts (and replaces) its workers without a
+    fork from this process, which runs the pool's threads: Python 3.12+
+    warns of such a fork (DeprecationWarning "This process is
+    multi-threaded...") and the child may deadlock. From 3.12 on the
+    default is forkserver (spawn if the program chose it), as CPython
+    3.14's; before, multiprocessing's (no warning exists there)."""
+    import sys
+    import warnings
+    marker = str(tmp_path / "first")
+    if sys.version_info >= (3, 12):
+        expected = ("spawn" if multiprocessing.get_start_method(allow_none=True) == "spawn"
+                    else "forkserver")
+    else:
+        expected = multiprocessing.get_start_method()
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        with Pool(2) as p:
+            assert p._ctx.get_start_method() == expected
+            r = p.apply_async(w.block_first_try, (marker, "done"))
+            assert wait_until(lambda: os.path.exists(marker), timeout=DEADLINE)
+            os.kill(_read_pid(marker), signal.SIGKILL)  # replaced from the result thread
+            assert r.get(DEADLINE)[0] == "done"
+            with Executor(1) as ex:   # a second pool, started while the first's threads run
+                assert ex.submit(w.square, 5).result(DEADLINE) == 25
+    assert not [x for x in got if "multi-threaded" in str(x.message)]
