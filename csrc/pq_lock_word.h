@@ -18,7 +18,8 @@
  * csrc/tests/test_lock checks the type value and the words under both.
  *
  * Loads are relaxed: they are diagnoses (is this a lock of ours, who holds
- * it); the mutex operations do the ordering.
+ * it); the mutex operations do the ordering. Include it in a file that
+ * defines _GNU_SOURCE first (gettid, syscall).
  */
 #ifndef PQ_LOCK_WORD_H
 #define PQ_LOCK_WORD_H
