@@ -13,8 +13,9 @@ Switches (environment variables):
                        unless a debug, sanitizer or coverage build)
 
 The C core's symbols are hidden (-fvisibility=hidden): each extension
-exports only its PyInit_ function. Linux with glibc only: anywhere else
-the build stops here with what is missing (pyqueue/_platform.py).
+exports only its PyInit_ function. Linux with glibc (2.30+) or musl (1.2+)
+only: anywhere else the build stops here with what is missing
+(pyqueue/_platform.py).
 """
 import glob
 import importlib.util

@@ -2,22 +2,13 @@
 #define _GNU_SOURCE
 #include "pq_lock.h"
 
-#include <limits.h>
-#include <linux/futex.h>
 #include <signal.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "pq_fault.h"
+#include "pq_lock_word.h"
 #include "pq_wait.h"
 
-/*
- * glibc's view of a robust process-shared normal mutex (its ABI: the words
- * live in shared memory between processes of any glibc version). __kind of
- * pthread_mutex_init with our attributes is PTHREAD_MUTEX_ROBUST_NORMAL_NP
- * (16) | PTHREAD_MUTEX_PSHARED_BIT (128); csrc/tests/test_lock checks it.
- */
-#define PQ_LOCK_KIND 144
 /* The largest thread id Linux hands out (PID_MAX_LIMIT, 64-bit). */
 #define PQ_LOCK_TID_MAX (4 * 1024 * 1024)
 
@@ -53,24 +44,17 @@ int pq_lock_init(pthread_mutex_t *m)
     return -rc;
 }
 
-/* The lock word (glibc: the futex word, holder's tid | flags). Relaxed:
- * only a diagnosis, the mutex operations do the ordering. */
-static inline unsigned pq_lock_word(const pthread_mutex_t *m)
-{
-    return __atomic_load_n((const unsigned *)&m->__data.__lock, __ATOMIC_RELAXED);
-}
-
-/* The mutex type glibc reads before anything else: anything but ours
- * sends it down another path (priority inheritance, not robust, EINVAL).
- * Written once at init, so relaxed. */
+/* The mutex type the C library reads before anything else (PQ_LOCK_KIND,
+ * pq_lock_word.h): anything but ours sends it down another path (priority
+ * inheritance, not robust, EINVAL). */
 static inline int pq_lock_kind_ok(const pthread_mutex_t *m)
 {
-    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) == PQ_LOCK_KIND;
+    return pq_lock_kind_load(m) == PQ_LOCK_KIND;
 }
 
 int pq_lock_holder(const pthread_mutex_t *m)
 {
-    unsigned w = pq_lock_word(m);
+    uint32_t w = pq_lock_word_load(m);
     if (w & FUTEX_OWNER_DIED)
         return 0;
     return (int)(w & FUTEX_TID_MASK);
@@ -86,12 +70,11 @@ static int pq_lock_check_word(pthread_mutex_t *m, int waited)
 {
     if (!pq_lock_kind_ok(m))
         return PQ_ERR_LOCK_DAMAGED;
+    uint32_t w = pq_lock_word_load(m);
     /* A dead holder's lock released without pthread_mutex_consistent
-     * (glibc's __owner marker, PTHREAD_MUTEX_NOTRECOVERABLE): glibc's
-     * trylock may leave the word naming the thread that found out. */
-    if (__atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == INT_MAX - 1)
+     * (marked as each C library does it: pq_lock_unrecoverable). */
+    if (pq_lock_unrecoverable(m, w))
         return -ENOTRECOVERABLE;
-    unsigned w = pq_lock_word(m);
     if (w == 0 || (w & FUTEX_OWNER_DIED))
         return 0; /* free now, or its holder died: the next try takes it */
     int tid = (int)(w & FUTEX_TID_MASK);
@@ -100,15 +83,78 @@ static int pq_lock_check_word(pthread_mutex_t *m, int waited)
      * taker wait for a release that never comes. */
     if (tid == 0 || tid > PQ_LOCK_TID_MAX)
         return PQ_ERR_LOCK_DAMAGED;
-    if (tid == gettid())
+    if (tid == pq_lock_self_tid())
         return -EDEADLK;
     /* A holder that died had its locks marked FUTEX_OWNER_DIED by the
      * kernel before its thread id was freed, so a word that still names a
      * thread that does not exist (and did not change meanwhile) is damage. */
-    if (waited && kill(tid, 0) != 0 && errno == ESRCH && pq_lock_word(m) == w)
+    if (waited && kill(tid, 0) != 0 && errno == ESRCH && pq_lock_word_load(m) == w)
         return PQ_ERR_LOCK_DAMAGED;
     return 0;
 }
+
+/* A trylock of our kind of lock (a pthread code), EINVAL for another kind
+ * or, under musl, an impossible word that musl would misread. */
+static inline int pq_lock_try(pthread_mutex_t *m)
+{
+    if (PQ_UNLIKELY(!pq_lock_kind_ok(m)))
+        return EINVAL;
+#if !PQ_LOCK_HAS_CLOCKLOCK
+    /* musl's trylock misreads some impossible words (as a dead holder's,
+     * or not recoverable) where glibc answers EBUSY and
+     * pq_lock_check_word finds the damage: refused before musl sees them. */
+    if (PQ_UNLIKELY(pq_lock_word_misread(pq_lock_word_load(m))))
+        return EINVAL;
+#endif
+    return pthread_mutex_trylock(m);
+}
+
+#if PQ_LOCK_HAS_CLOCKLOCK
+/* One timed wait for m, until until_ns (CLOCK_MONOTONIC): a pthread code. */
+static int pq_lock_wait_slice(pthread_mutex_t *m, int64_t until_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(until_ns / 1000000000LL),
+                          .tv_nsec = (long)(until_ns % 1000000000LL)};
+    return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+}
+#else
+/*
+ * One timed wait for m, until until_ns (CLOCK_MONOTONIC), under musl: the
+ * wait of musl's pthread_mutex_timedlock (which is on CLOCK_REALTIME, and
+ * re-reads that clock after every wake-up, so a wall-clock step backwards
+ * would stretch it), with a FUTEX_WAIT_BITSET deadline on CLOCK_MONOTONIC
+ * instead (pq_futex_wait). Its protocol: count itself in _m_waiters (so
+ * the unlock wakes one waiter, and the trylock of another taker keeps
+ * FUTEX_WAITERS in the word), set FUTEX_WAITERS in the word it waits on
+ * (a compare-exchange: the word may have changed meanwhile, and then the
+ * futex wait returns at once), wait, uncount. A pthread code: 0,
+ * EOWNERDEAD, ENOTRECOVERABLE, EBUSY (woken, or free for a moment, and
+ * taken by another: the caller checks the word and tries again), ETIMEDOUT.
+ */
+static int pq_lock_wait_slice(pthread_mutex_t *m, int64_t until_ns)
+{
+    uint32_t *word = pq_lock_word_ptr(m);
+    uint32_t w = pq_lock_word_load(m);
+
+    if ((w & FUTEX_TID_MASK) != 0 && !(w & FUTEX_OWNER_DIED)) {
+        /* seq_cst, as musl's a_inc: the count must be visible before the
+         * word is read by an unlock that decides whether to wake. */
+        __atomic_fetch_add(pq_lock_waiters_ptr(m), 1, __ATOMIC_SEQ_CST);
+        /* seq_cst, as musl's a_cas. When it fails the word has changed
+         * and (unless it is t by now) the wait on t returns at once. */
+        uint32_t t = w | FUTEX_WAITERS;
+        __atomic_compare_exchange_n(word, &w, t, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+        int rc = pq_futex_wait((_Atomic uint32_t *)word, t, until_ns);
+        /* seq_cst, as musl's a_dec. */
+        __atomic_fetch_sub(pq_lock_waiters_ptr(m), 1, __ATOMIC_SEQ_CST);
+        if (rc == -ETIMEDOUT) {
+            rc = pq_lock_try(m);
+            return rc == EBUSY ? ETIMEDOUT : rc;
+        }
+    }
+    return pq_lock_try(m);
+}
+#endif
 
 /* pq_lock_acquire once a first try answered rc (a pthread code). */
 static int pq_lock_settle(pthread_mutex_t *m, int rc, int64_t deadline_ns, int *owner_died)
@@ -144,16 +190,8 @@ static int pq_lock_settle(pthread_mutex_t *m, int rc, int64_t deadline_ns, int *
             return -ETIMEDOUT;
         /* At most PQ_LOCK_CHECK_NS per wait, to check the word between. */
         int64_t until = deadline_ns - now > PQ_LOCK_CHECK_NS ? now + PQ_LOCK_CHECK_NS : deadline_ns;
-        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000LL),
-                              .tv_nsec = (long)(until % 1000000000LL)};
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        rc = pq_lock_wait_slice(m, until);
     }
-}
-
-/* The first try: a trylock of our kind of lock, EINVAL for another kind. */
-static inline int pq_lock_try(pthread_mutex_t *m)
-{
-    return PQ_LIKELY(pq_lock_kind_ok(m)) ? pthread_mutex_trylock(m) : EINVAL;
 }
 
 int pq_lock_acquire(pthread_mutex_t *m, int64_t deadline_ns, int *owner_died)

@@ -13,7 +13,8 @@
  *
  * pq_lock_acquire(m, deadline_ns, &died) is the primitive: a trylock (the
  * fast path: one locked instruction, no system call, no clock read), then
- * timed waits (pthread_mutex_clocklock, CLOCK_MONOTONIC) of at most
+ * timed waits on CLOCK_MONOTONIC (glibc's pthread_mutex_clocklock; under
+ * musl, which has none, a futex wait of pq_lock.c's own) of at most
  * PQ_LOCK_CHECK_NS each, between which the lock word is checked: a word
  * that cannot be a lock of ours (a damaged segment) is PQ_ERR_LOCK_DAMAGED
  * at once instead of a wait (see pq_lock_check_word).

@@ -1,6 +1,6 @@
 """What pyqueue needs of the machine, checked once at import (and by
-setup.py before it builds anything): Linux with glibc, an interpreter that
-runs with the GIL, and the built extension modules.
+setup.py before it builds anything): Linux with glibc or musl, an
+interpreter that runs with the GIL, and the built extension modules.
 
 This module imports nothing of pyqueue and nothing Linux-specific, so that
 it can say what is wrong where the rest of the package could not even be
@@ -21,9 +21,10 @@ and published for). What it uses that {where} does not have:
   - futex(2) waits on words in shared memory, across processes, with
     CLOCK_MONOTONIC deadlines (FUTEX_WAIT_BITSET, <linux/futex.h>): every
     blocking put/get and every wake-up;
-  - glibc's robust process-shared pthread mutexes, whose lock word (the
-    holder's thread id, FUTEX_OWNER_DIED) pyqueue reads to take over a lock
-    whose holder was killed with SIGKILL, and to refuse a damaged one;
+  - robust process-shared pthread mutexes (glibc's or musl's), whose lock
+    word (the holder's thread id, FUTEX_OWNER_DIED) pyqueue reads to take
+    over a lock whose holder was killed with SIGKILL, and to refuse a
+    damaged one;
   - POSIX shared memory as files in /dev/shm (tmpfs): segments are opened,
     sized, listed and collected (`pyqueue ls`, `pyqueue gc`) there;
   - /proc/PID/stat, /proc/PID/maps and /proc/PID/fd: whether a process is
@@ -56,30 +57,62 @@ def glibc_version() -> Optional[str]:
         return None
 
 
-def libc_problem(glibc: Optional[str] = "") -> Optional[str]:
-    """The reason the C core cannot be built with this Linux's C library
-    (`glibc`: what glibc_version() says, by default this process's), or None
-    under glibc 2.30 or newer. Checked at build time."""
+def musl_version() -> Optional[str]:
+    """This system's musl ("musl 1.2.3", what its dynamic loader says when run
+    alone), or None where there is none."""
+    import glob
+    import re
+    import subprocess
+
+    for loader in sorted(glob.glob("/lib/ld-musl-*.so.1")):
+        try:
+            said = subprocess.run([loader], capture_output=True, text=True,
+                                  timeout=30).stderr
+        except (OSError, subprocess.SubprocessError):
+            continue
+        found = re.search(r"(?m)^Version (\d+\.\d+\.\d+)", said)
+        if found:
+            return f"musl {found.group(1)}"
+    return None
+
+
+def _too_old(version: str, floor: "tuple[int, int]") -> bool:
+    try:
+        return tuple(int(x) for x in version.split(".")[:2]) < floor
+    except ValueError:
+        return False
+
+
+def libc_problem(glibc: Optional[str] = "", musl: Optional[str] = "") -> Optional[str]:
+    """The reason the C core cannot be built with this Linux's C library, or
+    None under glibc 2.30 or newer, or else musl 1.2 or newer. `glibc`: what
+    glibc_version() says, `musl`: what musl_version() says (by default this
+    process's and this system's; musl is asked only where there is no glibc).
+    Checked at build time."""
     if glibc == "":
         glibc = glibc_version()
     if glibc:
-        version = glibc.split()[-1]
-        try:
-            too_old = tuple(int(x) for x in version.split(".")[:2]) < (2, 30)
-        except ValueError:
-            too_old = False
-        if not too_old:
+        if not _too_old(glibc.split()[-1], (2, 30)):
             return None
         return (f"pyqueue needs glibc 2.30 or newer, this is {glibc}: its locks "
                 "wait with a CLOCK_MONOTONIC deadline (pthread_mutex_clocklock, "
                 "glibc 2.30) and name their holder by thread id (gettid, glibc "
                 "2.30). The published wheels need glibc 2.34 (manylinux_2_34).")
-    return ("pyqueue needs glibc: its locks are glibc's robust process-shared "
-            "pthread mutexes, and csrc/pq_lock.c reads their lock word (the "
-            "holder's thread id, FUTEX_OWNER_DIED) and type in glibc's layout to "
+    if musl == "":
+        musl = musl_version()
+    if musl:
+        if not _too_old(musl.split()[-1], (1, 2)):
+            return None
+        return (f"pyqueue needs musl 1.2 or newer, this is {musl}: "
+                "csrc/pq_lock_word.h reads musl's robust mutex as musl 1.2 lays "
+                "it out (checked against 1.2.0 to 1.2.5).")
+    return ("pyqueue needs glibc (2.30 or newer) or musl (1.2 or newer), and "
+            "this Linux has neither (no CS_GNU_LIBC_VERSION, no /lib/ld-musl-*): "
+            "its locks are the C library's robust process-shared pthread mutexes, "
+            "and csrc/pq_lock_word.h reads their lock word (the holder's thread "
+            "id, FUTEX_OWNER_DIED) and type in the layout of glibc or musl to "
             "take over a lock whose holder died and to refuse a damaged one. "
-            "This C library (musl?) has another mutex layout: a port would need "
-            "those checks written for it. No wheel is published for musllinux.")
+            "A port would need those accessors for this C library's mutex.")
 
 
 def gil_problem() -> Optional[str]:

@@ -8,6 +8,7 @@ interpreter before pyqueue is imported. The built artifacts themselves
 checked by .ci/run's packaging stage (tests/check_dist.py,
 tests/smoke_installed.py).
 """
+import glob
 import os
 import re
 import shutil
@@ -144,18 +145,38 @@ def test_setup_py_on_another_platform_stops_before_building(tmp_path):
     assert sorted(os.listdir(tmp_path / "pyqueue")) == ["_platform.py"]
 
 
-@pytest.mark.parametrize("glibc, ok", [("glibc 2.36", True), ("glibc 2.30", True),
-                                       ("glibc 2.28", False), (None, False)])
-def test_the_build_needs_glibc_2_30(glibc, ok):
-    # glibc_version() is None under musl (no CS_GNU_LIBC_VERSION): the lock
-    # code reads glibc's mutex layout; 2.30 brought pthread_mutex_clocklock.
-    problem = _platform.libc_problem(glibc)
+@pytest.mark.parametrize("glibc, musl, ok", [
+    ("glibc 2.36", "", True), ("glibc 2.30", "", True), ("glibc 2.28", "", False),
+    # musl is asked only where there is no glibc (CS_GNU_LIBC_VERSION):
+    # csrc/pq_lock_word.h knows musl 1.2's mutex layout.
+    (None, "musl 1.2.5", True), (None, "musl 1.2.0", True), (None, "musl 1.1.24", False),
+    (None, None, False)])
+def test_the_build_needs_glibc_2_30_or_musl_1_2(glibc, musl, ok):
+    # 2.30 brought pthread_mutex_clocklock (glibc's deadline wait); under
+    # musl pq_lock.c waits on the lock word itself.
+    problem = _platform.libc_problem(glibc, musl)
     assert (problem is None) == ok, problem
-    if glibc is None:
-        assert "needs glibc" in problem and "pq_lock.c" in problem, problem
+    if glibc is None and musl is None:
+        assert "needs glibc" in problem and "or musl" in problem, problem
+        assert "pq_lock_word.h" in problem, problem
+    elif glibc is None and not ok:
+        assert "needs musl 1.2 or newer" in problem and musl in problem, problem
     elif not ok:
         assert "needs glibc 2.30 or newer" in problem and glibc in problem, problem
     assert _platform.libc_problem() is None  # this machine builds it
+
+
+def test_musl_version_is_what_its_loader_says():
+    # The musl loader, where there is one (Debian's musl package installs it
+    # beside glibc; the musllinux images have only it), says its version.
+    loaders = glob.glob("/lib/ld-musl-*.so.1")
+    found = _platform.musl_version()
+    if not loaders:
+        assert found is None
+        return
+    said = subprocess.run([loaders[0]], capture_output=True, text=True).stderr
+    assert found is not None and found.startswith("musl 1."), found
+    assert f"Version {found.split()[-1]}" in said, said
 
 
 def test_the_version_is_written_once():

@@ -4,15 +4,21 @@
  * bindings (busy, wait with the GIL released, take over, drop), a holder
  * that died (EOWNERDEAD repaired, and not-recoverable when nobody made it
  * consistent), and damaged lock words (another kind, a thread id Linux
- * never hands out, a thread that does not exist): errors, never a hang.
+ * never hands out, a thread that does not exist, the other C library's
+ * lock): errors, never a hang. Built with glibc (make) and with musl
+ * (make musl): the words are read through pq_lock_word.h.
  */
 #include "pq_test.h"
 
 #include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "../pq_lock.h"
+#include "../pq_lock_word.h"
 
 /* A fresh lock in shared memory. */
 static pthread_mutex_t *new_lock(void)
@@ -52,9 +58,13 @@ static int test_kind_of_our_mutexes(void)
 {
     pthread_mutex_t *m = new_lock();
     CHECK(m != NULL);
-    /* pq_lock.c checks this word on every take: it must be what glibc
-     * writes for a robust process-shared normal mutex. */
-    CHECK_EQ(m->__data.__kind, 144);
+    /* pq_lock.c checks this word on every take: it must be what the C
+     * library writes for a robust process-shared normal mutex. */
+#ifdef __GLIBC__
+    CHECK_EQ(*pq_lock_kind_ptr(m), 144);
+#else
+    CHECK_EQ(*pq_lock_kind_ptr(m), 132);
+#endif
     int died = 7;
     CHECK_EQ(pq_lock_acquire(m, 0, &died), 0);
     CHECK_EQ(died, 0);
@@ -147,7 +157,10 @@ static int test_not_recoverable(void)
     int died;
     CHECK_EQ(pq_lock_acquire(m, 0, &died), 0);
     CHECK_EQ(died, 1);
+    CHECK(!pq_lock_unrecoverable(m, pq_lock_word_load(m)));
     pthread_mutex_unlock(m); /* without pthread_mutex_consistent */
+    /* Marked as the C library marks it (pq_lock_word.h). */
+    CHECK(pq_lock_unrecoverable(m, pq_lock_word_load(m)));
     int64_t t0 = pq_test_now_ns();
     CHECK_EQ(pq_lock_acquire(m, t0 + 5000000000LL, &died), -ENOTRECOVERABLE);
     CHECK_EQ(pq_lock_take(m, &died), -ENOTRECOVERABLE);
@@ -162,22 +175,27 @@ static int test_damaged_words(void)
     CHECK(m != NULL);
     int died;
     int64_t far = pq_test_now_ns() + 20000000000LL;
-    unsigned *word = (unsigned *)&m->__data.__lock;
+    uint32_t *word = pq_lock_word_ptr(m);
 
     /* Another kind of mutex (priority inheritance, not robust...). */
     for (int kind = 0; kind < 1024; kind += 37) {
-        m->__data.__kind = kind == 144 ? 145 : kind;
-        *word = 12345;
-        CHECK_EQ(pq_lock_acquire(m, far, &died), PQ_ERR_LOCK_DAMAGED);
-        CHECK_EQ(pq_lock_take(m, &died), PQ_ERR_LOCK_DAMAGED);
+        *pq_lock_kind_ptr(m) = kind == PQ_LOCK_KIND ? PQ_LOCK_KIND + 1 : kind;
+        /* Held and free: a free one of another kind would be taken by
+         * the C library's trylock (normal, not robust: kind 0). */
+        for (uint32_t w = 0; w <= 12345; w += 12345) {
+            *word = w;
+            CHECK_EQ(pq_lock_acquire(m, far, &died), PQ_ERR_LOCK_DAMAGED);
+            CHECK_EQ(pq_lock_take(m, &died), PQ_ERR_LOCK_DAMAGED);
+        }
     }
     CHECK_EQ(pq_lock_init(m), 0);
 
     /* A held word naming no thread, or one Linux never hands out. */
-    unsigned bad[] = {FUTEX_WAITERS, 0x3fffffffu, FUTEX_WAITERS | 0x3ffffff0u, 5000000};
+    uint32_t bad[] = {FUTEX_WAITERS, 0x3fffffffu, FUTEX_WAITERS | 0x3ffffff0u, 5000000};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         *word = bad[i];
-        /* Known at the first look: a trylock says so, not -EBUSY. */
+        /* Known at the first look: a trylock says so, not -EBUSY (nor,
+         * under musl, EOWNERDEAD for a word without a holder). */
         CHECK_EQ(pq_lock_acquire(m, 0, &died), PQ_ERR_LOCK_DAMAGED);
         int64_t t0 = pq_test_now_ns();
         CHECK_EQ(pq_lock_acquire(m, far, &died), PQ_ERR_LOCK_DAMAGED);
@@ -205,6 +223,122 @@ static int test_damaged_words(void)
     return 0;
 }
 
+/* A thread of this process that waits for m (held by a child) with a far
+ * deadline; what it got, after the child released it. */
+struct lock_waiter {
+    pthread_mutex_t *m;
+    int rc, died, tid, holder;
+};
+
+static void *wait_for_lock(void *arg)
+{
+    struct lock_waiter *w = arg;
+    w->tid = (int)gettid();
+    w->rc = pq_lock_acquire(w->m, pq_test_now_ns() + 20000000000LL, &w->died);
+    if (w->rc == 0) {
+        w->holder = pq_lock_holder(w->m);
+        pthread_mutex_unlock(w->m);
+    }
+    return NULL;
+}
+
+/* A waiter marks the lock word as the C library's unlock expects
+ * (FUTEX_WAITERS; under musl, where pq_lock.c waits itself, also counted
+ * in _m_waiters, and uncounted after), and gets the lock when its live
+ * holder releases it. */
+static int test_waiter_marks_the_word(void)
+{
+    pthread_mutex_t *m = new_lock();
+    CHECK(m != NULL);
+    int ready[2], go[2];
+    CHECK(pipe(ready) == 0 && pipe(go) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int died;
+        char c;
+        close(ready[0]);
+        close(go[1]);
+        CHILD_CHECK(pq_lock_acquire(m, 0, &died) == 0);
+        CHILD_CHECK(write(ready[1], "l", 1) == 1);
+        CHILD_CHECK(read(go[0], &c, 1) == 1);
+        CHILD_CHECK(pthread_mutex_unlock(m) == 0);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    close(ready[1]);
+    close(go[0]);
+    char c;
+    CHECK(read(ready[0], &c, 1) == 1);
+
+    struct lock_waiter w = {.m = m, .rc = 1};
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, wait_for_lock, &w) == 0);
+    /* Until the waiter has marked the word (polled: no event tells), at
+     * most 10 s. */
+    int64_t until = pq_test_now_ns() + 10000000000LL;
+    int marked = 0;
+    while (!marked && pq_test_now_ns() < until) {
+        uint32_t word = pq_lock_word_load(m);
+        marked = (word & FUTEX_WAITERS) && (int)(word & FUTEX_TID_MASK) == pid;
+#if !PQ_LOCK_HAS_CLOCKLOCK
+        marked = marked && __atomic_load_n(pq_lock_waiters_ptr(m), __ATOMIC_RELAXED) == 1;
+#endif
+        if (!marked)
+            sched_yield();
+    }
+    CHECK(write(go[1], "g", 1) == 1);
+    CHECK(pthread_join(thread, NULL) == 0);
+    close(ready[0]);
+    close(go[1]);
+    CHECK_EQ(pq_test_wait_child(pid, 5000), 0);
+    CHECK(marked);
+    CHECK_EQ(w.rc, 0);
+    CHECK_EQ(w.died, 0);
+    CHECK_EQ(w.holder, w.tid);
+    CHECK_EQ(pq_lock_word_load(m), 0);
+#if !PQ_LOCK_HAS_CLOCKLOCK
+    CHECK_EQ(__atomic_load_n(pq_lock_waiters_ptr(m), __ATOMIC_RELAXED), 0);
+#endif
+    return 0;
+}
+
+/* A lock the other C library initialized (a segment shared between a
+ * glibc and a musl process), free and held, as its bytes: refused as
+ * damaged at once, never taken or waited for. The holder is thread 1
+ * (alive): a glibc lock held by thread 132 would read as musl's type
+ * (docs/design.md, "Packaging and platforms"). */
+static int test_other_libc_lock_is_damaged(void)
+{
+    pthread_mutex_t *m = new_lock();
+    CHECK(m != NULL);
+    int died;
+    for (int held = 0; held < 2; held++) {
+        int32_t image[sizeof(pthread_mutex_t) / sizeof(int32_t)] = {0};
+#ifdef __GLIBC__
+        /* musl's: _m_type (robust | pshared), _m_lock. */
+        image[0] = 132;
+        image[1] = held;
+#else
+        /* glibc's: __lock, __count, __owner, __nusers, __kind. */
+        image[0] = held;
+        image[2] = held;
+        image[3] = held;
+        image[4] = 144;
+#endif
+        memcpy(m, image, sizeof image);
+        int64_t t0 = pq_test_now_ns();
+        CHECK_EQ(pq_lock_acquire(m, 0, &died), PQ_ERR_LOCK_DAMAGED);
+        CHECK_EQ(pq_lock_acquire(m, t0 + 20000000000LL, &died), PQ_ERR_LOCK_DAMAGED);
+        CHECK_EQ(pq_lock_take(m, &died), PQ_ERR_LOCK_DAMAGED);
+        CHECK(pq_test_now_ns() - t0 < 1000000000LL);
+    }
+    /* ... and once pq_lock_init has written ours, it is a lock again. */
+    CHECK_EQ(pq_lock_init(m), 0);
+    CHECK_EQ(pq_lock_acquire(m, 0, &died), 0);
+    pthread_mutex_unlock(m);
+    return 0;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -214,5 +348,7 @@ int main(void)
     RUN(test_busy_wait_take_over);
     RUN(test_not_recoverable);
     RUN(test_damaged_words);
+    RUN(test_waiter_marks_the_word);
+    RUN(test_other_libc_lock_is_damaged);
     return pq_test_result();
 }
