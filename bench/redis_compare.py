@@ -30,7 +30,7 @@ Cases (rates in messages or records per second; medians of the repeats):
                 replicas) started here, in the same run
   min-replicas  queue-1 and work-1 (pyqueue) on a server with one replica
                 (TCP on loopback), without and with ?min_replicas=1 (a WAIT
-                after each step)
+                after each step), the two alternating in slices of 1/10
 Ratios are to hand-written redis-py in the same run (log-cluster: also
 cluster to one server; min-replicas: to min_replicas=0). The last two
 start their own servers (not with --url).
@@ -354,31 +354,35 @@ def case_log_cluster(one_url, cluster_url, producers, records, repeat):
 
 
 def case_min_replicas(url, n1, repeat):
+    # The two settings alternate in slices of n1 / 10 operations, their
+    # times summed: a change of the machine's load weighs on both alike.
     plain = pyqueue.connect(url)
     waited = pyqueue.connect(url + "?min_replicas=1&wait_timeout=1000")
+    slices = 10
     runs = []
     for i in range(repeat):
-        run = {}
-        for tag, b in (("0", plain), ("1", waited)):
-            q = b.Queue(name=f"bench-mr-q-{tag}-{i}")
-            wq = b.WorkQueue(f"bench-mr-w-{tag}-{i}")
-
-            def queue_1(n):
-                for _ in range(n):
-                    q.put(PAYLOAD)
-                    q.get()
-
-            def work_1(n):
-                for _ in range(n):
-                    wq.put(PAYLOAD)
-                    wq.get().ack()
-            try:
-                run[("queue-1", tag)] = timed(queue_1, n1)
-                run[("work-1", tag)] = timed(work_1, n1)
-            finally:
+        handles = {tag: (b.Queue(name=f"bench-mr-q-{tag}-{i}"),
+                         b.WorkQueue(f"bench-mr-w-{tag}-{i}"))
+                   for tag, b in (("0", plain), ("1", waited))}
+        spent = {(case, tag): 0.0 for case in ("queue-1", "work-1") for tag in handles}
+        try:
+            for _ in range(slices):
+                for tag, (q, wq) in handles.items():
+                    t0 = time.perf_counter()
+                    for _ in range(n1 // slices):
+                        q.put(PAYLOAD)
+                        q.get()
+                    t1 = time.perf_counter()
+                    for _ in range(n1 // slices):
+                        wq.put(PAYLOAD)
+                        wq.get().ack()
+                    spent[("queue-1", tag)] += t1 - t0
+                    spent[("work-1", tag)] += time.perf_counter() - t1
+        finally:
+            for q, wq in handles.values():
                 q.unlink()
                 wq.unlink()
-        runs.append(run)
+        runs.append({k: slices * (n1 // slices) / v for k, v in spent.items()})
     for case in ("queue-1", "work-1"):
         base = statistics.median(r[(case, "0")] for r in runs)
         for tag in ("0", "1"):
