@@ -392,6 +392,19 @@ def test_an_ack_after_the_deadline_neither_loses_nor_doubles_a_message(make):
     assert wq.stats()["acked"] == 2 and wq.qsize() == 0
 
 
+def test_a_batch_position_given_twice_is_acked_once(make):
+    wq = make("WorkQueue", make.name())
+    wq.put_many(["a", "b"])
+    b = wq.get_many(2)
+    with pytest.raises(DeliveryExpired) as ei:
+        b.ack([0, 0])                # the second: settled by the first
+    assert ei.value.indices == [0]
+    assert b.settled == ["acked", None]
+    assert wq.stats()["acked"] == 1
+    b.ack()
+    assert wq.stats()["acked"] == 2 and wq.qsize() == 0
+
+
 def test_batch_extend_keeps_it(make):
     wq = make("WorkQueue", make.name(), visibility_timeout=0.5)
     wq.put_many(["a", "b"])
