@@ -2,7 +2,8 @@
 
 * `RedisServer(dir)`: one server on a Unix socket in `dir` (no TCP port).
 * `RedisCluster(dir)`: 3 masters + 3 replicas on loopback ports, made with
-  `redis-cli --cluster create ... --cluster-replicas 1`.
+  `redis-cli --cluster create ... --cluster-replicas 1` (`replicas=0`: the
+  3 masters alone, as bench/redis_compare.py starts it).
 
 No server outlives the test run: each one is stopped by `stop()` (the
 fixtures' teardown), by an atexit hook if the run ends without teardown,
@@ -138,7 +139,8 @@ class RedisCluster:
 
     MASTERS = 3
 
-    def __init__(self, directory, attempts=3):
+    def __init__(self, directory, attempts=3, replicas=1):
+        self.replicas = replicas
         for attempt in range(attempts):
             try:
                 self._start(directory, attempt)
@@ -150,7 +152,7 @@ class RedisCluster:
                     raise
 
     def _start(self, directory, attempt):
-        n = self.MASTERS * 2
+        n = self.MASTERS * (1 + self.replicas)
         ports = _free_ports(2 * n)
         self.ports, bus = ports[:n], ports[n:]
         self.procs, self.logs, self.socks = [], [], []
@@ -171,7 +173,7 @@ class RedisCluster:
                             lambda port=port: _cli("-p", str(port), "ping").stdout.strip()
                             == "PONG", self.procs, self.logs)
             r = _cli("--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                     "--cluster-replicas", "1", "--cluster-yes", timeout=60)
+                     "--cluster-replicas", str(self.replicas), "--cluster-yes", timeout=60)
             if r.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{r.stdout}{r.stderr}")
 
@@ -199,7 +201,7 @@ class RedisCluster:
                     if "master_link_status:up" not in info:
                         return False
                     replicas += 1
-            return replicas == self.MASTERS
+            return replicas == self.MASTERS * self.replicas
 
         _wait_until("every replica in sync", synced, self.procs, self.logs)
 

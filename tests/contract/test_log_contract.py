@@ -68,6 +68,18 @@ def test_retention_by_size_and_out_of_range(make, backend_url):
         assert log.end_offset(0) == 200                    # nothing appended
 
 
+def test_keys_and_headers_count_toward_retention_bytes(make):
+    """A record's key and headers take room as its value does: the Redis
+    append counts them once per call for all its records."""
+    logs = [make("Log", make.name(), partitions=1, retention_bytes=64 * KiB) for _ in range(3)]
+    for _ in range(3):
+        logs[0].append_many([b"v" * 1000] * 60)
+        logs[1].append_many([b"v" * 1000] * 60, key=b"k" * 3000)
+        logs[2].append_many([b"v" * 1000] * 60, headers={"h": b"h" * 3000})
+    kept = [log.end_offset(0) - log.start_offset(0) for log in logs]
+    assert kept[1] * 2 < kept[0] and kept[2] * 2 < kept[0]
+
+
 def test_retention_by_age(make):
     log = make("Log", make.name(), partitions=1, retention_ms=200)
     log.append_many(range(5))

@@ -165,6 +165,9 @@ def test_max_message_bytes(make):
     q.put(b"x" * 100)
     assert q.get(timeout=5) == b"x" * 100
     assert q.qsize() == 0
+    with pytest.raises(MessageTooLarge):
+        q.put_many([b"a", b"x" * 101, b"b"])       # checked before anything is put
+    assert q.qsize() == 0
 
 
 def test_custom_serializer(make):

@@ -361,6 +361,50 @@ def test_stale_messages_of_a_batch_are_reported_and_the_rest_settled(make):
     assert wq.stats()["acked"] == 3 and wq.qsize() == 0
 
 
+def test_an_ack_after_the_deadline_neither_loses_nor_doubles_a_message(make):
+    """A Batch.ack() of messages whose visibility deadline passed, that
+    another get made available again without delivering them yet: each
+    is either acked (never delivered again) or reported stale (delivered
+    again); the Redis ack checks that each is still held, not only its
+    delivery count."""
+    wq = make("WorkQueue", make.name(), max_deliveries=None)
+    wq.put_many(["a", "b"])
+    b = wq.get_many(2)
+    b.extend(0)                # both deadlines: now
+    other = wq.get(timeout=5)  # takes a again; b is available again too
+    assert other.value == "a"
+    try:
+        b.ack()
+        stale = []
+    except DeliveryExpired as e:
+        stale = e.indices
+    assert 0 in stale
+    other.ack()
+    again = []
+    while True:
+        try:
+            d = wq.get(timeout=0.5)
+        except queue.Empty:
+            break
+        again.append(d.value)
+        d.ack()
+    assert again == (["b"] if 1 in stale else [])
+    assert wq.stats()["acked"] == 2 and wq.qsize() == 0
+
+
+def test_a_batch_position_given_twice_is_acked_once(make):
+    wq = make("WorkQueue", make.name())
+    wq.put_many(["a", "b"])
+    b = wq.get_many(2)
+    with pytest.raises(DeliveryExpired) as ei:
+        b.ack([0, 0])                # the second: settled by the first
+    assert ei.value.indices == [0]
+    assert b.settled == ["acked", None]
+    assert wq.stats()["acked"] == 1
+    b.ack()
+    assert wq.stats()["acked"] == 2 and wq.qsize() == 0
+
+
 def test_batch_extend_keeps_it(make):
     wq = make("WorkQueue", make.name(), visibility_timeout=0.5)
     wq.put_many(["a", "b"])

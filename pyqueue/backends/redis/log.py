@@ -80,6 +80,7 @@ end
 -- limit (0: none); at most `limit` of them
 local function expire(max_bytes, max_age, limit)
   local dropped = 0
+  if bytes <= max_bytes and max_age == 0 then return 0 end   -- nothing to read
   while dropped < limit do
     local oldest = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
     if #oldest == 0 then break end
@@ -102,12 +103,19 @@ _APPEND = _HEAD + """
 if m[4] then return -1 end
 local key, hdr = ARGV[3], ARGV[4]
 local first = nxt
+-- one field table for the whole call (only the value changes) and the
+-- other fields' size (size_of) counted once: the loop is one XADD a record
+local ts = tostring(now)
+local fields = {'v', '', 't', ts}
+if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key end
+if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
+local extra = size_of(fields)
+local call = redis.call
 for i = 5, #ARGV do
-  local fields = {'v', ARGV[i], 't', tostring(now)}
-  if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key end
-  if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
-  redis.call('XADD', S, nxt .. '-1', unpack(fields))
-  bytes = bytes + size_of(fields)
+  local v = ARGV[i]
+  fields[2] = v
+  call('XADD', S, nxt .. '-1', unpack(fields))
+  bytes = bytes + extra + #v
   nxt = nxt + 1
 end
 expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
@@ -267,12 +275,14 @@ class RedisLog(RedisHandle):
         self._check_open()
         kb = b"" if key is None else _codec.as_bytes(key, "key")
         hb = _encode_headers(headers)
-        datas = [_codec.encode(v, self._serializer) for v in values]
-        for d in datas:
-            if len(d) + len(kb) + len(hb) > self.max_record_bytes:
-                raise MessageTooLarge(f"record of {len(d) + len(kb) + len(hb)} bytes does not "
-                                      f"fit in the log's partition (max_record_bytes "
-                                      f"{self.max_record_bytes})")
+        serializer = self._serializer
+        datas = [_codec.encode(v, serializer) for v in values]
+        room = self.max_record_bytes - len(kb) - len(hb)
+        if datas and max(map(len, datas)) > room:
+            d = next(d for d in datas if len(d) > room)
+            raise MessageTooLarge(f"record of {len(d) + len(kb) + len(hb)} bytes does not "
+                                  f"fit in the log's partition (max_record_bytes "
+                                  f"{self.max_record_bytes})")
         script = self._bound.script("log_append", _APPEND)
         keys = self._pkeys(partition)
         out: List[Tuple[int, int]] = []

@@ -389,9 +389,14 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         messages that fit stay put."""
         self._check_open()
         until = _api.deadline(block, timeout)
-        items = [self._encode(o) for o in objs]
+        encode, serializer = _codec.encode, self._serializer
+        items = [encode(o, serializer) for o in objs]     # (_encode's, the check once)
         if not items:
             return 0
+        if self._max_message is not None and max(map(len, items)) - 1 > self._max_message:
+            data = next(d for d in items if len(d) - 1 > self._max_message)
+            raise MessageTooLarge(f"message of {len(data) - 1} bytes encoded, over "
+                                  f"max_message_bytes={self._max_message}")
         return self._put_encoded(items, block, until)
 
     # -- get --------------------------------------------------------------
@@ -462,9 +467,10 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         else:
             raws = self._take(max_messages, block, until)
         out: List[Any] = []
+        append, decode, serializer = out.append, _codec.decode, self._serializer
         for i, raw in enumerate(raws):
             try:
-                out.append(self._decode(raw))
+                append(decode(raw, serializer))          # (self._decode)
             except BaseException as e:
                 if isinstance(e, Exception):
                     self._undecodable += 1

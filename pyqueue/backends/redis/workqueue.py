@@ -104,6 +104,20 @@ local function held_by(id, n)
   if not redis.call('ZSCORE', F, id) then return false end
   return redis.call('HGET', C, id) == n
 end
+-- a variadic command over the elements of t, 1000 a call (unpack's bound)
+local function bulk(cmd, key, t)
+  for i = 1, #t, 1000 do redis.call(cmd, key, unpack(t, i, math.min(i + 999, #t))) end
+end
+-- HMGET / ZMSCORE of the ids, 1000 a call: the replies, in order
+local function multi(cmd, key, ids)
+  local out = {}
+  for i = 1, #ids, 1000 do
+    for _, v in ipairs(redis.call(cmd, key, unpack(ids, i, math.min(i + 999, #ids)))) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
 """
 
 _CREATE = """
@@ -140,6 +154,12 @@ local delay = tonumber(ARGV[1])
 local out = {0, 0}
 local put, dups, ready = 0, 0, false
 local purged = false
+-- the writes of the new messages are gathered and made after the loop
+-- (one command per key): nothing in the loop reads them back, the
+-- in-flight count and the last id are kept here
+local inflight = redis.call('HLEN', P)
+local next_id = tonumber(redis.call('HGET', M, 'next_id') or '0')
+local pay, cnt, enq, rdy, dly = {}, {}, {}, {}, {}
 for i = 2, #ARGV, 2 do
   local key = ARGV[i + 1]
   local first = false
@@ -165,15 +185,22 @@ for i = 2, #ARGV, 2 do
     dups = dups + 1
     out[#out + 1] = tonumber(first)
   else
-    if redis.call('HLEN', P) >= cap then
+    if inflight >= cap then
       out[1], out[2] = -3, last_id(S)
       break
     end
-    local id = redis.call('HINCRBY', M, 'next_id', 1)
-    redis.call('HSET', P, id, ARGV[i])
-    redis.call('HSET', C, id, 0)
-    redis.call('HSET', E, id, now)
-    if offer(id, delay) then ready = true end
+    next_id = next_id + 1
+    inflight = inflight + 1
+    local id = next_id
+    pay[#pay + 1] = id; pay[#pay + 1] = ARGV[i]
+    cnt[#cnt + 1] = id; cnt[#cnt + 1] = 0
+    enq[#enq + 1] = id; enq[#enq + 1] = now
+    if delay > 0 then     -- (offer's two cases)
+      dly[#dly + 1] = now + delay; dly[#dly + 1] = id
+    else
+      rdy[#rdy + 1] = id; rdy[#rdy + 1] = id
+      ready = true
+    end
     if keyed then
       redis.call('ZADD', K, now + dedup_ms, key)
       redis.call('HSET', KI, key, id)
@@ -182,7 +209,15 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = id
   end
 end
-if put > 0 then redis.call('HINCRBY', M, 'enqueued', put) end
+if put > 0 then
+  bulk('HSET', P, pay)
+  bulk('HSET', C, cnt)
+  bulk('HSET', E, enq)
+  bulk('ZADD', Q, rdy)
+  bulk('ZADD', D, dly)
+  redis.call('HSET', M, 'next_id', next_id)
+  redis.call('HINCRBY', M, 'enqueued', put)
+end
 if dups > 0 then redis.call('HINCRBY', M, 'deduplicated', dups) end
 if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
 return out
@@ -235,20 +270,34 @@ if room > 0 then
   local top = redis.call('ZPOPMIN', Q, room)
   local vis, maxd = tonumber(m[1]), tonumber(m[2])
   local again = 0
-  for i = 1, #top, 2 do
-    local id = top[i]
-    local n = tonumber(redis.call('HGET', C, id))
+  -- one HMGET per hash for what was popped, one HSET and one ZADD for
+  -- the deliveries (add's reads, made once for all)
+  local ids = {}
+  for i = 1, #top, 2 do ids[#ids + 1] = top[i] end
+  local ns, pays = multi('HMGET', C, ids), multi('HMGET', P, ids)
+  local enqs, whys = multi('HMGET', E, ids), multi('HMGET', R, ids)
+  local cset, fadd = {}, {}
+  for j, id in ipairs(ids) do
+    local n = tonumber(ns[j])
+    local kind = 1
     if maxd > 0 and n >= maxd then
       redis.call('ZADD', X, now + lease, id)
-      add(1, id, n)
     else
+      kind = 0
       n = n + 1
-      redis.call('HSET', C, id, n)
+      cset[#cset + 1] = id; cset[#cset + 1] = n
       if n > 1 then again = again + 1 end
-      redis.call('ZADD', F, now + vis, id)
-      add(0, id, n)
+      fadd[#fadd + 1] = now + vis; fadd[#fadd + 1] = id
     end
+    out[#out + 1] = kind
+    out[#out + 1] = id
+    out[#out + 1] = n
+    out[#out + 1] = pays[j]
+    out[#out + 1] = enqs[j]
+    out[#out + 1] = whys[j]
   end
+  bulk('HSET', C, cset)
+  bulk('ZADD', F, fadd)
   if again > 0 then redis.call('HINCRBY', M, 'redelivered', again) end
 end
 if #out > 1 then return out end
@@ -322,11 +371,33 @@ local verbs = {
 }
 local verb = verbs[ARGV[1]]
 local out = {}
-for i = 5, #ARGV, 2 do
-  if held_by(ARGV[i], ARGV[i + 1]) then
-    out[#out + 1] = verb(ARGV[i], ARGV[i + 1])
-  else
-    out[#out + 1] = estale
+if ARGV[1] == 'ack' then
+  -- held_by of every id at once (ZMSCORE, HMGET), then one ZREM and one
+  -- HDEL per hash (verbs.ack's writes) for those held; an id twice in
+  -- the call is stale the second time, as after verbs.ack
+  local ids, want = {}, {}
+  for i = 5, #ARGV, 2 do ids[#ids + 1] = ARGV[i]; want[#want + 1] = ARGV[i + 1] end
+  local scores, ns = multi('ZMSCORE', F, ids), multi('HMGET', C, ids)
+  local gone, seen = {}, {}
+  for j, id in ipairs(ids) do
+    if scores[j] and ns[j] == want[j] and not seen[id] then
+      seen[id] = true
+      gone[#gone + 1] = id
+      out[j] = 0
+    else
+      out[j] = estale
+    end
+  end
+  bulk('ZREM', F, gone)
+  for _, h in ipairs({P, C, E, R}) do bulk('HDEL', h, gone) end
+  acked = #gone
+else
+  for i = 5, #ARGV, 2 do
+    if held_by(ARGV[i], ARGV[i + 1]) then
+      out[#out + 1] = verb(ARGV[i], ARGV[i + 1])
+    else
+      out[#out + 1] = estale
+    end
   end
 end
 if ready then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
