@@ -65,7 +65,10 @@ def put(queue, parts, total):
             off = 0
             for part in parts:
                 with memoryview(part) as mv:
-                    mm[off:off + mv.nbytes] = mv.cast("B")
+                    # A view that is not C-contiguous (a strided slice)
+                    # cannot be cast to bytes in place: it is copied, in
+                    # C order, as bytes() of it would be below the limit.
+                    mm[off:off + mv.nbytes] = mv.cast("B") if mv.c_contiguous else mv.tobytes()
                     off += mv.nbytes
     except BaseException:
         _segment.shm_unlink(name)

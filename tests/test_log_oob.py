@@ -110,6 +110,20 @@ def test_large_bytes_str_custom_headers_and_append_many(logs):
     assert cli.log_references(_segment.PREFIX + c.name) == (set(oob_segments(c)), set())
 
 
+def test_a_large_strided_view_goes_out_of_band_as_a_small_one_goes_in_the_ring(logs):
+    # A view that is not C-contiguous is appended as its bytes in C order
+    # below the limit; above it, the out-of-band write must not refuse it
+    # (memoryview.cast needs a C-contiguous view: it raised TypeError).
+    lg = logs(partitions=1)
+    small = memoryview(bytearray(range(256)) * 10)[::2]
+    large = memoryview(bytearray(range(256)) * (RING // 128))[::2]
+    assert not large.c_contiguous and large.nbytes > lg.max_record_bytes
+    assert lg.append(small) == (0, 0)
+    assert lg.append(large) == (0, 1)
+    assert len(oob_segments(lg)) == 1
+    assert values(lg.read(0, 0, timeout=5)) == [small.tobytes(), large.tobytes()]
+
+
 def test_retention_by_size_unlinks_the_segments_it_drops(logs):
     """A large record takes max_record_bytes of the ring (zero padding):
     the ring retains a few of them, and the append that drops one unlinks
