@@ -188,8 +188,8 @@ static int pq_log_writer_alive(pq_record_header *rec, uint64_t h, uint64_t ctl,
 {
     int32_t pid;
     uint64_t start32;
-    /* relaxed: written before the header, both published by the claim's
-     * release on tail, which this holder of the lock has acquired. */
+    /* relaxed: the claim wrote it under this lock, whose acquisition
+     * orders that write before this load. */
     pq_proc_unpack(atomic_load_explicit(&rec->owner, memory_order_relaxed), &pid, &start32);
     if (pq_proc_alive(pid, start32, 1) == 0)
         return 0;
