@@ -176,18 +176,51 @@ static uint64_t pq_log_min_timestamp(const pq_log *l, uint64_t now_ms)
 }
 
 /*
+ * Under the claim lock, for the CLAIMED record at h (header ctl) that a
+ * claim needs the space of: may its appender still write into it? 1 when
+ * it is alive, or when that cannot be told (/proc unreadable: never
+ * overwrite on a guess), and *wr (if not NULL) names it; 0 when it is
+ * dead (exited, a zombie, its pid reused): it will write nothing more, and
+ * the record is passed like an abandoned one.
+ */
+static int pq_log_writer_alive(pq_record_header *rec, uint64_t h, uint64_t ctl,
+                               pq_log_writer *wr)
+{
+    int32_t pid;
+    uint64_t start32;
+    /* relaxed: the claim wrote it under this lock, whose acquisition
+     * orders that write before this load. */
+    pq_proc_unpack(atomic_load_explicit(&rec->owner, memory_order_relaxed), &pid, &start32);
+    if (pq_proc_alive(pid, start32, 1) == 0)
+        return 0;
+    if (wr != NULL) {
+        wr->pos = h;
+        wr->ctl = ctl;
+        wr->pid = pid;
+        wr->offset = UINT64_MAX;
+        if (pq_ctl_len(ctl) >= sizeof wr->offset) /* written under the lock by its claim */
+            memcpy(&wr->offset, (uint8_t *)rec + PQ_RECORD_HEADER, sizeof wr->offset);
+    }
+    return 1;
+}
+
+/*
  * Under the claim lock: move the start (*hp, *sop) past whole oldest
  * records until a claim ending at `end` fits the ring, and then on past
  * committed records older than min_ts (and the padding and abandoned
  * records among them, which hold nothing). Stops at a record being
- * written. Each committed out-of-band record passed has its reference
- * appended to refs (if not NULL), copied before anything may overwrite
- * it. 0; -ENOBUFS: refs is full, the start stops at the first record not
- * reported (*hp, *sop say where; nothing is passed unreported);
- * PQ_ERR_CORRUPT.
+ * written: by age always; by size unless its appender is dead (then it
+ * is passed, as an abandoned one). Each committed out-of-band record
+ * passed has its reference appended to refs (if not NULL), copied before
+ * anything may overwrite it. 0; -ENOBUFS: refs is full, the start stops
+ * at the first record not reported (*hp, *sop say where; nothing is
+ * passed unreported); PQ_ERR_LOG_WRITER: the claim needs the space of a
+ * record a live appender is writing (*wr, if not NULL, names it; the
+ * caller must not store the start); PQ_ERR_CORRUPT.
  */
 static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *sop,
-                              uint64_t tl, uint64_t end, uint64_t min_ts, pq_refs *refs)
+                              uint64_t tl, uint64_t end, uint64_t min_ts, pq_refs *refs,
+                              pq_log_writer *wr)
 {
     uint64_t h = *hp, so = *sop;
     int rc = 0;
@@ -220,6 +253,8 @@ static int pq_log_drop_oldest(pq_log *l, uint8_t *data, uint64_t *hp, uint64_t *
                     break;
             }
         }
+        if (st == PQ_REC_CLAIMED && pq_log_writer_alive(rec, h, ctl, wr))
+            return PQ_ERR_LOG_WRITER; /* its appender writes it yet: never overwrite */
         if (st == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TYPE_OOB) && refs != NULL) {
             rc = pq_log_take_ref(rec, ctl, refs);
             if (rc < 0)
@@ -261,6 +296,13 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
 
 int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                        uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs)
+{
+    return pq_log_append_ex(l, part, e, n, timestamp_ms, first_offset, refs, NULL);
+}
+
+int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                     uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs,
+                     pq_log_writer *wr)
 {
     uint64_t need = 0;
     pq_proc_id self;
@@ -318,7 +360,7 @@ int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t
      * older than the retention time. */
     const uint32_t refs_before = refs == NULL ? 0 : refs->count;
     rc = pq_log_drop_oldest(l, data, &h, &so, tl, p, pq_log_min_timestamp(l, timestamp_ms),
-                            refs);
+                            refs, wr);
     if (rc == -ENOBUFS) {
         /* The references reported are dropped now (before the unlock, so
          * that no reader validates a read of them after the caller
@@ -383,6 +425,7 @@ int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t
     pthread_mutex_unlock(&pt->claim_lock);
 
     /* Copy outside the lock, then commit each record. */
+    uint32_t lost = 0;
     for (uint32_t i = 0; i < n; i++) {
         pq_record_header *rec = (pq_record_header *)(data + (posv[i] & l->mask));
         uint8_t *pl = (uint8_t *)rec + PQ_RECORD_HEADER;
@@ -403,17 +446,28 @@ int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t
         }
         if (e[i].value_len) /* a fault build can stop mid-copy (tests) */
             pq_fault_copy(w, 0, e[i].value, e[i].value_len, e[i].value_len);
-        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_relaxed);
-        /* release: the payload is visible to whoever sees COMMITTED. */
-        atomic_store_explicit(&rec->ctl, pq_record_ctl(posv[i], pq_ctl_len(ctl), pq_ctl_type(ctl),
-                                                       PQ_REC_COMMITTED),
-                              memory_order_release);
+        /* Commit only the claim we made: from its exact CLAIMED header.
+         * Retention never passes a record whose appender is alive, but
+         * one judged dead (a pid from another namespace) may have been
+         * passed and its space reused: then the header is another
+         * record's, and is left alone (defence in depth; its payload
+         * bytes are what pq_log_writer_alive exists to protect). */
+        uint64_t len = pq_log_payload_len(e[i].key == NULL ? 0 : e[i].key_len,
+                                          e[i].headers_len, e[i].value_len);
+        uint64_t claimed = pq_record_ctl(posv[i], (uint32_t)len, e[i].type, PQ_REC_CLAIMED);
+        /* release on success: the payload is visible to whoever sees
+         * COMMITTED; relaxed on failure: nothing is published then. */
+        if (!atomic_compare_exchange_strong_explicit(
+                &rec->ctl, &claimed,
+                pq_record_ctl(posv[i], (uint32_t)len, e[i].type, PQ_REC_COMMITTED),
+                memory_order_release, memory_order_relaxed))
+            lost++;
     }
     pq_event_notify(&pt->readable, INT32_MAX);
     pq_event_notify(&l->shared->appended, INT32_MAX);
     if (first_offset)
         *first_offset = no;
-    return 0;
+    return lost ? -ESTALE : 0;
 }
 
 /* Has the start moved past pos since we looked (or is it moving)? */
@@ -676,6 +730,34 @@ int pq_log_wait(pq_log *l, uint32_t part, uint64_t offset, int64_t deadline_ns, 
                                deadline_ns);
 }
 
+struct pq_log_wwait {
+    pq_log *l;
+    uint32_t part;
+    const pq_log_writer *wr;
+};
+
+static int pq_log_writer_done(void *arg)
+{
+    struct pq_log_wwait *w = arg;
+    pq_log_part *pt = pq_log_part_at(w->l, w->part);
+    pq_record_header *rec =
+        (pq_record_header *)(pq_log_data(w->l, w->part) + (w->wr->pos & w->l->mask));
+    /* relaxed: only a hint to append again, which looks under the lock. */
+    return atomic_load_explicit(&rec->ctl, memory_order_relaxed) != w->wr->ctl ||
+           pq_log_start_passed(pt, w->wr->pos) || pq_shutdown_seen(w->l->hdr) != 0;
+}
+
+int pq_log_wait_writer(pq_log *l, uint32_t part, const pq_log_writer *wr, int64_t deadline_ns)
+{
+    if (part >= l->partitions || wr == NULL)
+        return -EINVAL;
+    struct pq_log_wwait w = {l, part, wr};
+    /* Every commit and every repair notifies the partition's event after
+     * its header store, so the check above sees the change. */
+    return pq_event_wait_until(&pq_log_part_at(l, part)->readable, pq_log_writer_done, &w, 0,
+                               deadline_ns);
+}
+
 int pq_log_repair(pq_log *l, uint32_t part, uint64_t offset)
 {
     if (part >= l->partitions)
@@ -733,7 +815,7 @@ int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs)
     if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity)
         rc = PQ_ERR_CORRUPT;
     else
-        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts, refs);
+        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts, refs, NULL);
     if (rc == -ENOBUFS)
         rc = 0; /* what was reported is dropped; refs is full: call again */
     if (rc < 0 && refs != NULL)

@@ -20,7 +20,9 @@
  * headers and value. Appenders claim under the partition's robust claim
  * lock, which assigns dense offsets (next_offset), writes the record
  * headers and the offset field, and, when the ring is full, moves the start
- * (start_pos, start_offset) past whole oldest records: appends never wait.
+ * (start_pos, start_offset) past whole oldest records: appends never wait
+ * for readers. They wait only for a record in the way that a live appender
+ * is still writing (PQ_ERR_LOG_WRITER), never overwrite it.
  * With a retention time, an append also drops the oldest committed
  * records older than that (pq_log_expire does it without appending).
  * Readers read by offset without consuming: peek (find the record, return
@@ -51,6 +53,19 @@
 /* Reading an offset below the partition's start (dropped by retention) or
  * beyond its end. */
 #define PQ_ERR_OFFSET_RANGE (-EDOM)
+
+/* An append needs ring space still held by a record that a live appender
+ * is writing (retention never passes it): nothing changed; the
+ * pq_log_writer says which (wait with pq_log_wait_writer, append again). */
+#define PQ_ERR_LOG_WRITER (-EINPROGRESS)
+
+/* The record an append found in its way (PQ_ERR_LOG_WRITER). */
+typedef struct pq_log_writer {
+    uint64_t pos;    /* its position */
+    uint64_t ctl;    /* its CLAIMED header, as found */
+    uint64_t offset; /* its offset */
+    int32_t pid;     /* its appender */
+} pq_log_writer;
 
 enum pq_log_param {
     PQ_LOG_PARAM_PARTITIONS = 0,
@@ -134,8 +149,12 @@ static inline uint64_t pq_log_payload_len(uint32_t key_len, uint32_t headers_len
  * Append n records to partition `part` (claim -> copy -> commit -> notify).
  * Their offsets are *first_offset .. *first_offset + n - 1. 0; -EINVAL;
  * -EMSGSIZE (a record over max_payload, or a batch over half the ring);
- * -E2BIG (n over PQ_LOG_APPEND_MAX); PQ_ERR_CORRUPT; -ENOTRECOVERABLE.
- * Never waits for readers.
+ * -E2BIG (n over PQ_LOG_APPEND_MAX); PQ_ERR_CORRUPT; -ENOTRECOVERABLE;
+ * PQ_ERR_LOG_WRITER (the space needed is held by a record a live appender
+ * is still writing: nothing changed); -ESTALE with *first_offset set: the
+ * records were appended but one or more was dropped (or abandoned) before
+ * its commit, which then left its header alone: it is not in the log.
+ * Never waits for readers, never overwrites a record still being written.
  */
 int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                   uint64_t timestamp_ms, uint64_t *first_offset);
@@ -158,6 +177,17 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
  */
 int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                        uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs);
+
+/* pq_log_append_refs, and on PQ_ERR_LOG_WRITER *wr (if not NULL) names
+ * the record in the way. */
+int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
+                     uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs,
+                     pq_log_writer *wr);
+
+/* Wait (on the partition's event) until the record *wr names is no longer
+ * that claim (committed, abandoned, or passed), or the deadline
+ * (monotonic; < 0: none). 0 worth appending again, -ETIMEDOUT, -EINTR. */
+int pq_log_wait_writer(pq_log *l, uint32_t part, const pq_log_writer *wr, int64_t deadline_ns);
 
 /* pq_log_expire with refs (NULL: as pq_log_expire): the count dropped;
  * when refs->count reached refs->max there may be more: unlink them,

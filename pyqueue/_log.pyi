@@ -169,7 +169,12 @@ class LogCoreBase(Generic[_T]):
                 of band).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
-            LockTimeout: A partition's lock stayed held by a stopped process.
+            LockTimeout: A partition's lock stayed held by a stopped process,
+                or (memory mode) the ring space the record needs stayed
+                held by a record a stopped appender is still writing.
+            PyQueueError: Memory mode: retention dropped the record before
+                its commit (this process was judged dead); it is not in
+                the log.
         """
     def append_many(self, values: Iterable[_T], key: bytes | str | None = None,
                     headers: Optional[Mapping[str, bytes]] = None) -> List[Tuple[int, int]]:

@@ -186,6 +186,17 @@ cdef extern from "pq_log.h" nogil:
     int pq_log_bounds(pq_log* l, uint32_t part, uint64_t* start, uint64_t* end)
     int pq_log_append_refs(pq_log* l, uint32_t part, const pq_log_entry* e, uint32_t n,
                            uint64_t timestamp_ms, uint64_t* first_offset, pq_refs* refs)
+    int PQ_ERR_LOG_WRITER
+    ctypedef struct pq_log_writer:
+        uint64_t pos
+        uint64_t ctl
+        uint64_t offset
+        int32_t pid
+    int pq_log_append_ex(pq_log* l, uint32_t part, const pq_log_entry* e, uint32_t n,
+                         uint64_t timestamp_ms, uint64_t* first_offset, pq_refs* refs,
+                         pq_log_writer* wr)
+    int pq_log_wait_writer(pq_log* l, uint32_t part, const pq_log_writer* wr,
+                           int64_t deadline_ns)
     int pq_log_expire_refs(pq_log* l, uint32_t part, uint64_t now_ms, pq_refs* refs)
     int pq_log_scan_refs(pq_log* l, uint32_t part, uint64_t* from_, pq_refs* refs)
 
@@ -274,7 +285,7 @@ cdef extern from "pq_log_shared.h" nogil:
 
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB, encode_plain
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, lock_fail, set_lock_wait, pq_fault_rearm,
-                              PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
+                              PQ_ERR_LOCK_BUSY, LOCK_BOUNDED, LOCK_SLICE_NS, pq_lock_bounded_wait)
 from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 
 set_lock_wait(None)
@@ -621,7 +632,12 @@ cdef class LogCoreBase:
                 of band).
             TypeError: A key or header of the wrong type.
             ValueError: The log is closed.
-            LockTimeout: A partition's lock stayed held by a stopped process.
+            LockTimeout: A partition's lock stayed held by a stopped process,
+                or (memory mode) the ring space the record needs stayed
+                held by a record a stopped appender is still writing.
+            PyQueueError: Memory mode: retention dropped the record before
+                its commit (this process was judged dead); it is not in
+                the log.
         """
         self._check_open()
         cdef uint32_t p = self._choose(key)

@@ -226,6 +226,8 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef Py_ssize_t i = 0, j, k, n = len(datas)
         cdef int rc
         cdef LockWait lw = LockWait(0, 0)
+        cdef pq_log_writer wr
+        cdef int64_t wstart = 0, wuntil = 0, now, until
         refs.items = items
         refs.max = REFS_MAX
         refs.count = 0
@@ -237,21 +239,46 @@ cdef class MemoryLogCore(LogCoreBase):
                 # -ENOBUFS: the start moved past the records reported and
                 # nothing was appended: unlink them, append again (bounded:
                 # each turn drops REFS_MAX records of the ring).
+                # PQ_ERR_LOG_WRITER: the space is held by a record a live
+                # appender is still writing (retention never passes it):
+                # nothing changed; wait for its commit, with the GIL
+                # released, in slices (Ctrl-C works), for as long as a
+                # lock (LOCK_BOUNDED), then LockTimeout naming it.
                 while True:
-                    rc = pq_log_append_refs(&self._l, partition, ents, <uint32_t>j, ts_ms,
-                                            &first, &refs)
+                    rc = pq_log_append_ex(&self._l, partition, ents, <uint32_t>j, ts_ms,
+                                          &first, &refs, &wr)
                     while lock_again(rc, &lw, LOCK_BOUNDED):
-                        rc = pq_log_append_refs(&self._l, partition, ents, <uint32_t>j, ts_ms,
-                                                &first, &refs)
-                    if rc != -ENOBUFS:
+                        rc = pq_log_append_ex(&self._l, partition, ents, <uint32_t>j, ts_ms,
+                                              &first, &refs, &wr)
+                    if rc == -ENOBUFS:
+                        self._discard_refs(&refs)
+                        continue
+                    if rc != PQ_ERR_LOG_WRITER:
                         break
-                    self._discard_refs(&refs)
+                    now = pq_monotonic_ns()
+                    if wstart == 0:
+                        wstart = now
+                        wuntil = now + pq_lock_bounded_wait()
+                    if now >= wuntil:
+                        break
+                    until = min(now + LOCK_SLICE_NS, wuntil)
+                    with nogil:
+                        pq_log_wait_writer(&self._l, partition, &wr, until)
+                    PyErr_CheckSignals()
+                    if is_shut_down(self._l.hdr):
+                        raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
+                if rc == PQ_ERR_LOG_WRITER:
+                    from pyqueue.errors import writer_timeout, partial_append
+                    err = writer_timeout("append", partition, wr.offset, wr.pid,
+                                         (pq_monotonic_ns() - wstart) / 1e9)
+                    raise partial_append(err, partition, out, n) if i > 0 else err
                 if rc == PQ_ERR_LOCK_BUSY and i > 0:
                     # The claims before this one went in (each takes the lock
                     # anew): "nothing was changed, retry" would append them twice.
                     from pyqueue.errors import partial_append
                     raise partial_append(lock_timeout("append", &lw), partition, out, n)
-                _check_rc(lock_fail(rc, &lw, "append"), "append")
+                if rc != -ESTALE:
+                    _check_rc(lock_fail(rc, &lw, "append"), "append")
                 if j == 1:
                     out.append(first)
                 else:
@@ -266,6 +293,15 @@ cdef class MemoryLogCore(LogCoreBase):
                     for k in range(j):
                         if first + <uint64_t>k < s and <uint8_t>datas[i - j + k][1] & T_OOB:
                             _oob.discard(self, datas[i - j + k][0][:REF_MAX])
+                if rc == -ESTALE:
+                    # Claimed, but a record was dropped before its commit
+                    # (this appender judged dead: pq_log_append_ex), whose
+                    # commit left the newer header alone: not in the log.
+                    from pyqueue.errors import PyQueueError
+                    raise PyQueueError(
+                        f"append: retention dropped a record of partition {partition} "
+                        f"(offsets {first}..{first + j - 1}) before its commit (this process "
+                        f"was judged dead): the offsets below {s} are not in the log")
         except BaseException:
             self._discard_refs(&refs)
             self._discard_datas(datas, i)

@@ -325,6 +325,23 @@ def lock_timeout(what: str, tid: int, waited: float) -> LockTimeout:
                        pid, tid or None, state, waited)
 
 
+def writer_timeout(what: str, partition: int, offset: int, pid: int,
+                   waited: float) -> LockTimeout:
+    """The LockTimeout of a memory-mode Log append (`what`) that gave up
+    after `waited` seconds waiting for process `pid` to commit the record
+    at `offset` of `partition`, whose ring space it needs (retention never
+    overwrites a record still being written)."""
+    _, state = _holder_of(pid) if pid > 0 else (None, None)
+    who = f"process {pid}" + (f", state {state}" if state else "")
+    at = f"partition {partition} offset {offset}" if offset >= 0 and offset < 2**63 \
+        else f"partition {partition}"
+    return LockTimeout(f"{what + ': ' if what else ''}gave up after {waited:.2f} s waiting for {who} to "
+                       f"finish writing the record at {at}, whose space retention needs "
+                       "(a record still being written is never overwritten); nothing was "
+                       "changed, the call may be retried",
+                       pid if pid > 0 else None, None, state, waited)
+
+
 def partial_append(e: LockTimeout, partition: int, offsets: List[int],
                    total: int) -> LockTimeout:
     """The LockTimeout `e` of an append_many that gave up after its first

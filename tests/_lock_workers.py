@@ -68,3 +68,19 @@ def append_many_split(name, values, lock_wait, out):
     finally:
         arm(None)
         log.close()
+
+
+def stopped_append(name, value, out):
+    """Memory Log: stop in the middle of an append's copy (mid_copy: the
+    lock let go, the record CLAIMED), go on with SIGCONT; what it answered
+    goes to out."""
+    from pyqueue import Log
+    log = Log.open(name)
+    arm("mid_copy")
+    try:
+        out.put(("ok", log.append(value)))
+    except Exception as e:  # pragma: no cover - reported to the test
+        out.put(("error", repr(e)))
+    finally:
+        arm(None)
+        log.close()

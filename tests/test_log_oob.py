@@ -307,19 +307,36 @@ def test_an_appender_killed_mid_append_leaves_nothing_live_and_gc_removes_it(ctx
 
 @needs_faults
 @pytest.mark.timeout(120)
-def test_a_record_dropped_before_its_commit_has_its_segment_removed_by_its_appender(
+def test_a_large_record_being_written_is_not_passed_and_its_segment_goes_with_its_drop(
         ctx, procs, logs):
-    """Retention by size passes a record still being copied (appends never
-    wait) without reporting it: its appender, finding the start past its
-    record once committed, removes the segment itself."""
+    """Retention by size never passes a record still being copied by a
+    live appender (before, it passed it unreported, and the appender wrote
+    on into newer records): the appends that need its space give up with
+    LockTimeout naming it; once it committed (SIGCONT), retention drops it
+    like any other, reported, and its segment goes."""
+    from pyqueue import LockTimeout, _locks
     lg = logs(partitions=1)
     p = start_stopped(procs, ctx, w.armed_append, lg, "mid_copy", RING)
     assert len(oob_segments(lg)) == 1
-    for _ in range(2 * RING // 1024):
-        lg.append(bytes(1000))               # two rings' worth: the claimed record is passed
-    assert lg.start_offset(0) > 0
-    assert len(oob_segments(lg)) == 1        # unreported: still there
+    _locks.set_lock_wait(0.3)
+    try:
+        with pytest.raises(LockTimeout) as info:
+            for _ in range(2 * RING // 1024):
+                lg.append(bytes(1000))       # two rings' worth: the claimed record is in the way
+    except BaseException:
+        kill_stopped(p)
+        raise
+    finally:
+        _locks.set_lock_wait(None)
+    assert info.value.pid == p.pid
+    assert lg.start_offset(0) == 0           # not passed
+    assert len(oob_segments(lg)) == 1
     os.kill(p.pid, signal.SIGCONT)
     p.join(WAIT)
     assert p.exitcode == 0
-    assert oob_segments(lg) == []
+    (got,) = values(lg.read(0, 0, 1, timeout=WAIT))
+    assert np.array_equal(got, big(n=RING))
+    for _ in range(2 * RING // 1024):
+        lg.append(bytes(1000))
+    assert lg.start_offset(0) > 0
+    assert oob_segments(lg) == []            # dropped, reported, unlinked by the dropper

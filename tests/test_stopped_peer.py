@@ -306,6 +306,107 @@ def test_log_append_with_stopped_appender_in_lock(ctx, procs, one_partition_log,
     assert [r.offset for r in recs] == [0, 1, 2]
 
 
+def _lap_value(i):
+    """The value of the i-th record the tests below append (1000 bytes
+    that name it, so a record overwritten by another reads back wrong)."""
+    return (b"%06d" % i) * 166 + b"%04d" % (i % 10000)
+
+
+def _assert_intact(log, expect, first=None):
+    """Every record from the start (or from first: past a record still
+    being written, where a read from the start stops) reads back as
+    appended, offsets dense and in order (expect: offset -> value)."""
+    start, end = log._bounds(0)
+    first = start if first is None else first
+    recs = []
+    while len(recs) < end - first:
+        got = log.read(0, first + len(recs), max_records=10_000, timeout=0)
+        assert got, f"nothing readable at offset {first + len(recs)} (end {end})"
+        recs += got
+    assert [r.offset for r in recs] == list(range(first, end))
+    for r in recs:
+        assert r.value == expect[r.offset], f"offset {r.offset} is not what was appended"
+    return start, end
+
+
+def test_memory_log_retention_waits_for_a_stopped_appender(ctx, procs, lock_wait):
+    """An appender stopped in the middle of its copy (its record CLAIMED,
+    the lock let go) while others append more than a ring: retention does
+    not pass its record (before the fix it did, the appender then wrote
+    the rest of its value into the newer records and its commit over a
+    newer header). The append that needs the space waits for the commit
+    with the GIL released and gives up after the lock wait with a
+    LockTimeout that names the stopped appender (Ctrl-C interrupts it);
+    every committed record reads back intact; after SIGCONT the appender
+    commits its record intact and the appends go on."""
+    name = unique_name("ll")
+    log = Log(name=name, partitions=1, retention_bytes=1 << 16)  # the smallest: ~60 records
+    try:
+        expect = {}
+        for i in range(3):
+            expect[log.append(_lap_value(i))[1]] = _lap_value(i)
+        out = ctx.Queue()
+        held = b"H" * 3000
+        p = start_holder(procs, ctx, W.stopped_append, name, held, out)
+        try:
+            held_offset = 3
+            i = 4
+            with pytest.raises(LockTimeout):
+                for i in range(4, 200):          # more than a ring
+                    (_, off) = log.append(_lap_value(i))
+                    assert off == i
+                    expect[off] = _lap_value(i)
+            assert i < 80, "the appends went on past a whole ring"
+            assert log.start_offset(0) == held_offset   # stopped right before its record
+            e = probe(lambda: log.append(_lap_value(i)), LockTimeout)
+            assert e.pid == p.pid and e.state.startswith("T"), (str(e), e.pid, e.state)
+            assert str(p.pid) in str(e) and "stopped" in str(e) and "offset 3" in str(e), str(e)
+            assert "nothing was changed" in str(e)
+            _assert_intact(log, expect, first=held_offset + 1)
+            interrupted(f"log = pyqueue.Log.open({name!r})\n"
+                        f"CALL = lambda: log.append(b'z' * 1000)",
+                        {"PYQUEUE_LOCK_WAIT": "600"})
+        except BaseException:
+            kill_stopped(p)
+            raise
+        resume(p)
+        assert out.get(timeout=WAIT) == ("ok", (0, held_offset))
+        expect[held_offset] = held
+        _assert_intact(log, expect)
+        for k in range(i, i + 150):              # laps the ring again, past it
+            (_, off) = log.append(_lap_value(k))
+            expect[off] = _lap_value(k)
+        start, end = _assert_intact(log, expect)
+        assert start > held_offset and end == i + 150
+    finally:
+        log.unlink()
+        log.close()
+
+
+def test_memory_log_retention_passes_a_dead_appenders_record(ctx, procs):
+    """The record of an appender SIGKILLed in the middle of its copy is
+    passed by retention as before (no wait: nobody will commit it), and
+    the records around it read back intact."""
+    name = unique_name("ll")
+    log = Log(name=name, partitions=1, retention_bytes=1 << 16)
+    try:
+        expect = {0: _lap_value(0)}
+        log.append(_lap_value(0))
+        p = start_holder(procs, ctx, W.stopped_append, name, b"D" * 3000, ctx.Queue())
+        kill_stopped(p)
+        t0 = time.monotonic()
+        for i in range(2, 200):
+            (_, off) = log.append(_lap_value(i))
+            assert off == i
+            expect[off] = _lap_value(i)
+        assert time.monotonic() - t0 < TIMEOUT + MARGIN   # never waited out a lock wait
+        start, end = _assert_intact(log, expect)
+        assert start > 1 and end == 200
+    finally:
+        log.unlink()
+        log.close()
+
+
 # --------------------------------------------------------------------------
 # Consumer group
 # --------------------------------------------------------------------------
