@@ -179,6 +179,39 @@ def test_close_under_a_waiting_read_and_poll(lg):
     asyncio.run(main())
 
 
+def test_closing_the_log_closes_its_consumers(ab, lg):
+    """Closing the async Log closes the consumers made from it: a poll
+    waiting raises ValueError, and the member leaves its group there and
+    then (a consumer closed after its log used to raise ValueError and stay
+    a member until its lease ran out). Consumers of another handle of the
+    same log are not touched."""
+    other = ab.Log(name=lg.sync.name, partitions=P)
+
+    async def main():
+        c = lg.consumer("g")
+        keep = other.consumer("g")
+        poll = asyncio.ensure_future(c.poll(timeout=None))
+
+        async def waiting():
+            await asyncio.sleep(0.01)
+            return bool(c._waits())
+        await _until(waiting, "the poll to wait")
+        table = other.sync._group_table()
+        assert len(table.members("g")) == 2
+        lg.close()
+        assert len(table.members("g")) == 1     # left at once: no lease to wait out
+        with pytest.raises(ValueError, match="closed"):
+            await asyncio.wait_for(poll, 30)
+        c.close()                               # closed already: nothing to do
+        assert await keep.poll(timeout=0) == []
+        keep.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.close()
+
+
 N = 600
 
 

@@ -38,6 +38,7 @@ docs/design.md, "asyncio on Redis", has the why; in short:
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from pyqueue import _api
@@ -58,9 +59,10 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
     of the table in docs/api.md (one round trip each, on the sync client)."""
 
     _h: _rl.RedisLog
+    _consumers: weakref.WeakSet[RedisConsumer]
 
     def _init(self) -> None:
-        pass
+        self._consumers = weakref.WeakSet()
 
     async def read(self, partition: int, offset: int, max_records: int = 1000,
                    timeout: Optional[float] = None) -> List[Record]:
@@ -123,12 +125,19 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         c = RedisConsumer.__new__(RedisConsumer)
         c._h = h.consumer(group, **kwargs)
         c._init()
+        self._consumers.add(c)
         return c
 
     def close(self) -> None:
-        """Close this handle: a read waiting raises ValueError."""
+        """Close this handle and the consumers made from it (they leave
+        their groups; a poll waiting raises ValueError at once, not at the
+        end of its wait slice); a read waiting raises ValueError."""
         self._cancel_waits()
-        self._h.close()
+        try:
+            for c in list(self._consumers):
+                c.close()       # needs the log open: before the log
+        finally:
+            self._h.close()
 
 
 class RedisConsumer(_aio._Handle, _aq.Consumer):
@@ -141,6 +150,12 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
 
     def _backend(self) -> Any:
         return self._h._log._bound
+
+    def close(self) -> None:
+        """Leave the group (committing first with auto_commit; the sync
+        Consumer.close); a poll waiting raises ValueError at once."""
+        self._cancel_waits()
+        self._h.close()
 
     async def poll(self, max_records: int = 500, timeout: Optional[float] = 0.0) -> List[Record]:
         """As pyqueue.Consumer.poll, without blocking the loop: heartbeat,
