@@ -483,6 +483,26 @@ def test_unlink_removes_every_handles_reservation(ab, by):
     asyncio.run(main())
 
 
+def test_a_workqueue_handles_record_goes_with_its_deliverys_visibility(ab):
+    """The record of the delivery an async WorkQueue get made (what a dead
+    handle leaves) expires with the delivery's visibility timeout: the key
+    goes by itself; the delivery comes back then, as any dead consumer's."""
+    from pyqueue.backends.redis import aio
+
+    async def main():
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=60.0)
+        try:
+            await w.put("job")
+            await aio.script(w._backend(), aio._AACQ, w._wkeys(),
+                             [w.sync._lease_ms(), 1, "", w._id])
+            ttl = ab.sync.client.pttl(w._wkeys()[13])
+            assert 0 < ttl <= 60_000
+        finally:
+            _closing(w)
+
+    asyncio.run(main())
+
+
 def _lease_entries(b, name):
     return {k.decode() for k in b.client.zrange(f"pq:{{{name}}}:rsv.lease", 0, -1)}
 

@@ -779,7 +779,10 @@ local r = (function()
 """ + _ACQ_BODY + """
 end)()
 if r[1] == 0 and r[2] == 0 then
-  redis.call('SET', rk, r[3] .. ':' .. r[4])
+  -- kept as long as the delivery can be held without an extend (which
+  -- only a handed-out one gets): a dead handle's record goes by itself
+  redis.call('SET', rk, r[3] .. ':' .. r[4], 'PX',
+             math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
   redis.call('SADD', KEYS[15], ARGV[4])
 end
 return r
