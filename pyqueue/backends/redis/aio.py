@@ -601,14 +601,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         cancelled half-way)."""
         h = self._h
         h._check_open()
-        if h._held:
-            return h.get(False)
-        try:
-            loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        lk = getattr(self, "_lock", None)
-        if loop is None or (lk is not None and lk[0] is loop and lk[1].locked()):
+        if h._held or _step_busy(self, True):
             return h.get(False)
         b = self._backend()
         keys = self._rkeys()
@@ -738,6 +731,17 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
             if await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                              h._keys[3], r[1]):
                 return True
+
+
+def _step_busy(handle: _Handle, no_loop: bool = False) -> bool:
+    """Whether a step of handle is in flight on the running loop (a plain
+    call must not send the same state): no_loop when no loop runs."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return no_loop
+    lk = getattr(handle, "_lock", None)
+    return lk is not None and lk[0] is loop and lk[1].locked()
 
 
 def _sync_only(what: str) -> NoReturn:
@@ -1153,8 +1157,35 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
         raws = await self._read(max_messages, timeout)
         return [_codec.decode(raw, s._topic._serializer) for raw in raws]
 
-    def get_nowait(self) -> NoReturn:
-        _sync_only("get_nowait")
+    def get_nowait(self) -> Any:
+        """As pyqueue.asyncio.Subscription.get_nowait: one synchronous read
+        from this handle's position (it blocks the loop for one round
+        trip). queue.Empty also while a read of this subscription is in the
+        middle of its step on this loop (reading now would hand out the
+        same messages twice)."""
+        s = self._h
+        if s._buf:
+            return _codec.decode(s._buf.pop(0), s._topic._serializer)
+        s._check()
+        if _step_busy(self):
+            raise Empty()
+        t = s._topic
+        b = t._bound
+        if s._pos is None:
+            p = b.client.hget(t._keys[2], s._sid)
+            s._pos = -1 if p is None else int(p)
+        r = b.script("topic_aread", _AREAD)(keys=t._keys,
+                                            args=[s._sid, 1, t._settings["sub_ms"], s._pos])
+        if r[0] == -1 and len(r) == 1:
+            raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
+        s.lost += r[0]
+        s._pos, s._seq = r[1], r[2]
+        if len(r) > 4:
+            b.script("topic_confirm", _CONFIRM)(keys=t._keys, args=[s._sid, s._pos])
+            return _codec.decode(r[4], s._topic._serializer)
+        if r[3] == 1:
+            raise ShutDown(f"topic {t._name!r} is shut down")
+        raise Empty()
 
     def close(self) -> None:
         """Close this subscription: a read waiting raises ValueError."""
