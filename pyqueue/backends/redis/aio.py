@@ -22,7 +22,11 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   the same count twice clears nothing twice, so every step is safe to
   lose, cancel or repeat: a cancelled get leaves its message in the
   reservation and the next get of the handle returns it first; close()
-  gives what it holds back to the head of the queue.
+  gives what it holds back to the head of the queue. Each handle has a
+  lease (``pq:{NAME}:rsv.lease``, server time, renewed by a task while its
+  loop runs): a dead handle's reservation goes back to the queue when its
+  lease runs out, reaped by any handle's next step (its last handed-out
+  message is then delivered again: at least once for that one).
 * **WorkQueue get: the delivery is the reservation.** The acquire script
   (_ACQUIRE's text, inside _AACQ) also records the delivery it made,
   (id, delivery count), under ``pq:{NAME}:wq.res:H``; a get cancelled
