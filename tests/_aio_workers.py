@@ -92,3 +92,8 @@ def async_reserve_and_wait(q, lease, then, ready):
         await asyncio.Event().wait()        # until SIGKILL
 
     asyncio.run(main())
+
+
+def put_one(q, obj):
+    """Put obj (waiting for room as long as it takes)."""
+    q.put(obj)

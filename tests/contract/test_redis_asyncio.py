@@ -152,6 +152,36 @@ def test_get_woken_by_other_process_and_put_awaits_room(ab, ctx, procs):
     asyncio.run(main())
 
 
+def test_a_blmove_from_a_full_queue_tells_a_put_waiting_for_room(ab, ctx, procs):
+    """A waiting get's BLMOVE can land on a full queue (filled between its
+    step and its BLMOVE): the server moves the head, telling nobody. The
+    step that hands that message out tells the put waiting for room (in
+    another process, with no timeout: only that wake ends it)."""
+    from pyqueue.backends.redis import aio
+    from tests.contract.test_redis_shutdown import _blocked, _wait_blocked
+
+    async def main():
+        q = ab.Queue(2, name=_name("q"))
+        try:
+            await q.put("x")
+            await q.put("y")
+            base = _blocked(ab.sync)
+            p = procs.start(ctx, workers.put_one, q.sync, "z")
+            _wait_blocked(ab.sync, base)        # its put waits for room
+            keys = q._rkeys()
+            # what a waiting get's BLMOVE does when puts filled the queue first
+            assert await aio.command(q._backend(), "BLMOVE", keys[1], keys[3], "LEFT",
+                                     "RIGHT", 1) is not None
+            assert await q.get(timeout=5) == "x"
+            p.join(30)
+            assert p.exitcode == 0
+            assert [await q.get(timeout=5) for _ in range(2)] == ["y", "z"]
+        finally:
+            _closing(q)
+
+    asyncio.run(main())
+
+
 N_PRODUCERS = 2
 PER_PRODUCER = 600
 

@@ -359,14 +359,20 @@ redis.call('SADD', KEYS[7], hid)
 redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), hid)
 local want = tonumber(ARGV[3])
 local have = redis.call('LLEN', KEYS[4])
+local earlier = have
 local moved = 0
 while have < want and redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') do
   have = have + 1
   moved = moved + 1
 end
 if have > 0 then
+  -- A put waiting for room is told when this step took from a full
+  -- queue, or when the reservation holds what this step did not move: a
+  -- BLMOVE's (it may have taken from a full queue, telling nobody) or a
+  -- lost reply's (told then, or not: telling again is harmless).
   local maxsize = tonumber(m[1] or '0')
-  if moved > 0 and maxsize > 0 and redis.call('LLEN', KEYS[2]) + moved >= maxsize then
+  if maxsize > 0 and (earlier > 0 or
+                      (moved > 0 and redis.call('LLEN', KEYS[2]) + moved >= maxsize)) then
     redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
   end
   local out = redis.call('LRANGE', KEYS[4], 0, want - 1)
