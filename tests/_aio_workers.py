@@ -71,3 +71,29 @@ def read_subscription(sub_topic, n, out, ready, go):
     go.get(timeout=60)
     out.put([sub.get(timeout=30) for _ in range(n)])
     sub.close()
+
+
+def async_reserve_and_wait(q, lease, then, ready):
+    """In a child: an async Redis Queue handle with a lease of `lease`
+    seconds takes "a" and, with then == "lost-reply", runs one more get's
+    step and drops its reply (as a get cancelled after the server ran it
+    leaves it: "a" counted, "b" in the reservation); reports its handle
+    id, then waits until it is killed."""
+    import asyncio
+
+    from pyqueue.backends.redis import aio
+    aio.LEASE_SECONDS = lease
+
+    async def main():
+        assert await q.get(timeout=30) == "a"
+        if then == "lost-reply":
+            await aio.script(q._backend(), aio._ATAKE, q._rkeys(), q._targs(1))
+        ready.put(q._id)
+        await asyncio.Event().wait()        # until SIGKILL
+
+    asyncio.run(main())
+
+
+def put_one(q, obj):
+    """Put obj (waiting for room as long as it takes)."""
+    q.put(obj)

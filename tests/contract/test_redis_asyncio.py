@@ -16,8 +16,10 @@ The claims tested (docs/guarantees.md):
   waking an awaiting get, WorkQueue ack/nack.
 """
 import asyncio
+import os
 import queue
 import random
+import signal
 import time
 import uuid
 
@@ -145,6 +147,36 @@ def test_get_woken_by_other_process_and_put_awaits_room(ab, ctx, procs):
             _closing(q)
             out.close()
             out.unlink()
+
+    asyncio.run(main())
+
+
+def test_a_blmove_from_a_full_queue_tells_a_put_waiting_for_room(ab, ctx, procs):
+    """A waiting get's BLMOVE can land on a full queue (filled between its
+    step and its BLMOVE): the server moves the head, telling nobody. The
+    step that hands that message out tells the put waiting for room (in
+    another process, with no timeout: only that wake ends it)."""
+    from pyqueue.backends.redis import aio
+    from tests.contract.test_redis_shutdown import _blocked, _wait_blocked
+
+    async def main():
+        q = ab.Queue(2, name=_name("q"))
+        try:
+            await q.put("x")
+            await q.put("y")
+            base = _blocked(ab.sync)
+            p = procs.start(ctx, workers.put_one, q.sync, "z")
+            _wait_blocked(ab.sync, base)        # its put waits for room
+            keys = q._rkeys()
+            # what a waiting get's BLMOVE does when puts filled the queue first
+            assert await aio.command(q._backend(), "BLMOVE", keys[1], keys[3], "LEFT",
+                                     "RIGHT", 1) is not None
+            assert await q.get(timeout=5) == "x"
+            p.join(30)
+            assert p.exitcode == 0
+            assert [await q.get(timeout=5) for _ in range(2)] == ["y", "z"]
+        finally:
+            _closing(q)
 
     asyncio.run(main())
 
@@ -352,7 +384,7 @@ def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
     from pyqueue.backends.redis import aio
 
     async def lose_a_queue_get(q):
-        await aio.script(q._backend(), aio._ATAKE, q._rkeys(), [q._handed, q._id])
+        await aio.script(q._backend(), aio._ATAKE, q._rkeys(), q._targs(1))
         q._used = True
 
     async def lose_a_workqueue_get(w):
@@ -440,26 +472,172 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ab, ctx, procs, kind
         _closing(h)
 
 
-def test_unlink_removes_every_handles_reservation(ab):
+@pytest.mark.parametrize("by", ["async", "sync"])
+def test_unlink_removes_every_handles_reservation(ab, by):
     """A handle that holds a reservation and is never closed (its process
-    died) leaves nothing behind once the queue is unlinked."""
+    died) leaves nothing behind once the queue is unlinked, by an async
+    handle or a plain sync one (Queue, WorkQueue; a Topic read by an async
+    subscription too)."""
     from pyqueue.backends.redis import aio
 
     async def main():
-        for kind in ("Queue", "WorkQueue"):
+        for kind in ("Queue", "WorkQueue", "Topic"):
             h = getattr(ab, kind)(name=_name(kind.lower()))
-            await h.put("held")
             if kind == "Queue":
-                await aio.script(h._backend(), aio._ATAKE, h._rkeys(), [0, h._id])
-            else:
+                await h.put("held")
+                await aio.script(h._backend(), aio._ATAKE, h._rkeys(), h._targs(1))
+                assert {"rsv", "rsv.lease"} <= {k.rsplit(":", 1)[-1]
+                                                for k in _leftovers(ab.sync, h.name)}
+            elif kind == "WorkQueue":
+                await h.put("held")
                 await aio.script(h._backend(), aio._AACQ, h._wkeys(),
                                  [h.sync._lease_ms(), 1, "", h._id])
-            assert [k for k in _leftovers(ab.sync, h.name) if "res" in k]
-            other = getattr(ab, kind).open(h.name)
-            other.unlink()
-            other.close()
+            else:
+                sub = h.subscribe("earliest")
+                await h.publish("read")
+                assert await sub.get(timeout=5) == "read"
+            if kind != "Topic":
+                assert [k for k in _leftovers(ab.sync, h.name) if ":res" in k or ":wq.res" in k]
+            if by == "async":
+                other = getattr(ab, kind).open(h.name)
+                other.unlink()
+                other.close()
+            else:
+                other = getattr(ab.sync, kind).open(h.name)
+                other.unlink()
+                other.close()
             assert _leftovers(ab.sync, h.name) == []
             h.sync.close()
+
+    asyncio.run(main())
+
+
+def test_a_workqueue_handles_record_goes_with_its_deliverys_visibility(ab):
+    """The record of the delivery an async WorkQueue get made (what a dead
+    handle leaves) expires with the delivery's visibility timeout: the key
+    goes by itself; the delivery comes back then, as any dead consumer's."""
+    from pyqueue.backends.redis import aio
+
+    async def main():
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=60.0)
+        try:
+            await w.put("job")
+            await aio.script(w._backend(), aio._AACQ, w._wkeys(),
+                             [w.sync._lease_ms(), 1, "", w._id])
+            ttl = ab.sync.client.pttl(w._wkeys()[13])
+            assert 0 < ttl <= 60_000
+        finally:
+            _closing(w)
+
+    asyncio.run(main())
+
+
+def _lease_entries(b, name):
+    return {k.decode() for k in b.client.zrange(f"pq:{{{name}}}:rsv.lease", 0, -1)}
+
+
+@pytest.mark.parametrize("then", ["lost-reply", "handed"])
+def test_the_reservation_of_a_killed_handle_is_reaped(ab, ctx, procs, then):
+    """A process SIGKILLed while its async handle holds a reservation: once
+    its lease runs out, another handle's get that was already waiting
+    (nothing else wakes it) gets what the reservation held. With a lost
+    reply ("b" reserved, "a" handed out and counted by that step) only "b"
+    comes back; a message the dead handle handed out last and no later
+    step counted ("a") is delivered again (at least once:
+    docs/guarantees.md). The dead handle's keys are gone."""
+    name = _name("reap")
+    q = ab.Queue(name=name)
+    ready = ab.sync.Queue(name=_name("ready"))
+
+    async def main():
+        await q.put("a")
+        if then == "lost-reply":
+            await q.put("b")
+        p = procs.start(ctx, workers.async_reserve_and_wait, q, 1.0, then, ready)
+        hid = ready.get(timeout=60)
+        assert q.sync.qsize() == 0                  # all of it in the child's reservation
+        assert hid in _lease_entries(ab.sync, name)
+        # no timeout: only the end of the dead handle's lease can wake it
+        waiting = asyncio.ensure_future(q.get())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+        got = await asyncio.wait_for(waiting, 30)
+        assert got == ("b" if then == "lost-reply" else "a")
+        with pytest.raises(queue.Empty):
+            await q.get(block=False)
+        left = _leftovers(ab.sync, name)
+        assert not [k for k in left if k.endswith(hid)]
+        assert hid not in _lease_entries(ab.sync, name)
+        assert hid.encode() not in ab.sync.client.smembers(f"pq:{{{name}}}:rsv")
+        q.close()
+        s = ab.sync.Queue.open(name)
+        # "a" counted by the child's lost step; what the parent got, by its close
+        assert s.stats()["dequeued"] == (2 if then == "lost-reply" else 1)
+        s.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        _closing(q)
+        ready.close()
+        ready.unlink()
+
+
+def test_a_live_handle_found_reaped_starts_over(ab):
+    """A handle whose lease ran out while it lived (its loop stalled: here
+    its deadline is put in the past) is reaped by another handle's get:
+    the message it handed out last is delivered again; its own next get
+    starts a fresh reservation (nothing lost, no error)."""
+    async def main():
+        q1 = ab.Queue(name=_name("q"))
+        q2 = ab.Queue.open(q1.name)
+        try:
+            for m in ("a", "b", "c"):
+                await q1.put(m)
+            assert await q1.get() == "a"            # in q1's reservation, not counted
+            ab.sync.client.zadd(f"pq:{{{q1.name}}}:rsv.lease", {q1._id: 0})
+            assert await q2.get(timeout=5) == "a"   # reaped: "a" again (at least once)
+            assert await asyncio.wait_for(q1.get(timeout=5), 10) == "b"
+            assert await asyncio.wait_for(q1.get(timeout=5), 10) == "c"
+            for h in (q1, q2):
+                with pytest.raises(queue.Empty):
+                    await h.get(block=False)
+        finally:
+            q1.close()
+            q2.close()
+        s = ab.sync.Queue.open(q1.name)
+        assert s.stats()["dequeued"] == 3
+        s.unlink()
+        s.close()
+
+    asyncio.run(main())
+
+
+def test_a_live_idle_handle_keeps_its_reservation(ab, monkeypatch):
+    """A handle that handed a message out and then does nothing for several
+    leases keeps its reservation (its task renews the lease): another
+    handle's get does not reap it, so nothing is delivered twice."""
+    from pyqueue.backends.redis import aio
+    monkeypatch.setattr(aio, "LEASE_SECONDS", 1.5)
+
+    async def main():
+        q1 = ab.Queue(name=_name("q"))
+        q2 = ab.Queue.open(q1.name)
+        try:
+            await q1.put("a")
+            assert await q1.get() == "a"
+            await asyncio.sleep(4 * aio.LEASE_SECONDS)      # idle: longer than the lease
+            with pytest.raises(queue.Empty):
+                await q2.get(block=False)
+            assert q1._id in _lease_entries(ab.sync, q1.name)
+        finally:
+            q1.close()
+            q2.close()
+        assert _lease_entries(ab.sync, q1.name) == set()
+        q1.sync.unlink()
 
     asyncio.run(main())
 
@@ -679,10 +857,9 @@ def test_a_step_that_lands_after_close_moves_and_counts_nothing(ab):
             keys = q._rkeys()
             q.close()                    # counts "a"
             assert int(b.client.hget(keys[0], "dequeued")) == 1
-            r = await aio.script(q._backend(), aio._ATAKE, keys, [q._handed, q._id])
+            r = await aio.script(q._backend(), aio._ATAKE, keys, q._targs(1))
             assert r == [-3]
-            await aio.script(q._backend(), aio._GIVE_BACK,
-                             [keys[0], keys[1], keys[3], keys[4], keys[6]],
+            await aio.script(q._backend(), aio._GIVE_BACK, q._gkeys(keys),
                              [q._handed, q._id])
             assert int(b.client.hget(keys[0], "dequeued")) == 1
             assert await q2.get(timeout=5) == "b"
@@ -691,5 +868,133 @@ def test_a_step_that_lands_after_close_moves_and_counts_nothing(ab):
         finally:
             q2.close()
             q.sync.unlink()
+
+    asyncio.run(main())
+
+
+def test_get_many_and_the_nowait_calls(ab):
+    """Queue.get_many waits for one message, then returns up to
+    max_messages (a cancelled get's reserved message first); an
+    undecodable one is reported by its own call, the rest kept; the
+    *_nowait calls are plain calls (Queue's through the reservation)."""
+    from pyqueue.backends.redis import aio
+
+    async def main():
+        q = ab.Queue(name=_name("q"))
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=120.0)
+        try:
+            with pytest.raises(queue.Empty):
+                await q.get_many(10, timeout=0.1)
+            with pytest.raises(queue.Empty):
+                q.get_nowait()
+            task = asyncio.ensure_future(q.get_many(10))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            q.put_nowait(0)
+            assert await asyncio.wait_for(task, 30) == [0]
+            for i in range(1, 6):
+                q.put_nowait(i)
+            # a get whose reply was lost: 1 and 2 wait in the reservation
+            await aio.script(q._backend(), aio._ATAKE, q._rkeys(), q._targs(2))
+            assert q.sync.qsize() == 3
+            assert await q.get_many(3) == [1, 2, 3]
+            assert q.get_nowait() == 4
+            assert await q.get_many(10) == [5]
+            with pytest.raises(ValueError):
+                await q.get_many(0)
+            # an undecodable message in the middle: its own call reports it
+            q.put_nowait("x")
+            ab.sync.client.rpush(f"pq:{{{q.name}}}:list", b"\xffbad")
+            q.put_nowait("y")
+            assert await q.get_many(10) == ["x"]
+            with pytest.raises(pyqueue.UndecodableMessage):
+                await q.get_many(10)
+            assert await q.get_many(10) == ["y"]
+            with pytest.raises(queue.Empty):
+                q.get_nowait()
+
+            await w.put("job")
+            d = w.get_nowait()
+            assert isinstance(d, aq.Delivery) and d.value == "job"
+            await d.ack()
+            with pytest.raises(queue.Empty):
+                w.get_nowait()
+        finally:
+            _closing(q, w)
+
+    asyncio.run(main())
+
+
+def test_cancel_storm_queue_get_many(ab, ctx, procs):
+    """The storm with get_many: every message once, in order per producer."""
+    name = _name("mstorm")
+    q = ab.Queue(50, name=name)
+    try:
+        ps = [procs.start(ctx, workers.put_range, q.sync, k * 300, 300) for k in range(2)]
+
+        def done():
+            return all(p.exitcode is not None for p in ps) and q.sync.qsize() == 0
+
+        async def main():
+            got, cancelled = await _storm(lambda: q.get_many(7), done, random.Random(5), 500)
+            return [m for batch in got for m in batch] + await _drain(q.get), cancelled
+
+        got, cancelled = asyncio.run(main())
+        assert [p.exitcode for p in ps] == [0, 0]
+        assert cancelled >= 500
+        assert sorted(got) == list(range(600))
+        for k in range(2):
+            mine = [m for m in got if k * 300 <= m < (k + 1) * 300]
+            assert mine == sorted(mine)
+        q.close()
+        other = ab.sync.Queue.open(name)
+        assert other.stats()["dequeued"] == 600
+        other.close()
+    finally:
+        _closing(q)
+
+
+@pytest.mark.parametrize("kind", ["queue", "subscription"])
+def test_get_nowait_while_a_get_of_the_same_handle_is_in_its_step(ab, kind):
+    """get_nowait() while a get of the same handle waits for its step's
+    reply never hands out that get's message a second time (a Queue takes
+    the next one from the queue; a Subscription says Empty now); the
+    subscription's get_nowait reads on from the handle's position."""
+    async def main():
+        if kind == "queue":
+            h = ab.Queue(name=_name("q"))
+            for m in ("a", "b", "c"):
+                await h.put(m)
+            target = h
+        else:
+            h = ab.Topic(name=_name("t"))
+            target = h.subscribe()
+            for m in ("a", "b", "c"):
+                await h.publish(m)
+        try:
+            task = asyncio.ensure_future(target.get(timeout=5))
+            while not (getattr(target, "_lock", None) and target._lock[1].locked()):
+                await asyncio.sleep(0)
+            if kind == "queue":
+                # the other message of the two first (which one depends on
+                # whether the step was sent yet: a cluster client routes first)
+                first = sorted([target.get_nowait(), await task])
+            else:
+                with pytest.raises(queue.Empty):
+                    target.get_nowait()
+                first = [await task]
+            rest = []
+            while True:
+                try:
+                    rest.append(target.get_nowait())
+                except queue.Empty:
+                    break
+            assert first + rest == ["a", "b", "c"]
+            if kind == "subscription":
+                assert target.lost == 0 and target.lag == 0
+        finally:
+            if kind == "subscription":
+                target.close()
+            _closing(h)
 
     asyncio.run(main())

@@ -33,6 +33,29 @@ def key_prefix(name: str) -> str:
     return f"pq:{{{name}}}:"
 
 
+# KEYS: the handle's keys, then the sets (or sorted sets) that list the
+# pyqueue.asyncio handles holding per-handle keys (their last ARGV[1]
+# keys); ARGV: that count, the name's key prefix, then the suffixes of the
+# per-handle keys (prefix .. suffix .. handle id). Removes them all in one
+# step: no handle can add a reservation between the two (aio.py).
+_UNLINK = """
+local nsets = tonumber(ARGV[1])
+for s = #KEYS - nsets + 1, #KEYS do
+  local ids
+  if redis.call('TYPE', KEYS[s]).ok == 'zset' then
+    ids = redis.call('ZRANGE', KEYS[s], 0, -1)
+  else
+    ids = redis.call('SMEMBERS', KEYS[s])
+  end
+  for _, hid in ipairs(ids) do
+    for i = 3, #ARGV do redis.call('DEL', ARGV[2] .. ARGV[i] .. hid) end
+  end
+end
+redis.call('DEL', unpack(KEYS))
+return 0
+"""
+
+
 def _rebuild(url: str, attr: str, name: str, serializer: Serializer) -> Any:
     from pyqueue.backends import connect
     return getattr(connect(url), attr).open(name, serializer=serializer)
@@ -50,6 +73,11 @@ class RedisHandle(_api.HandleAPI):
     _attr: ClassVar[Optional[str]] = None
     KIND: ClassVar[Optional[str]] = None
     _what: ClassVar[Optional[str]] = None
+    # What pyqueue.asyncio's handles of this kind keep on the server besides
+    # _keys (aio.py): the keys (under key_prefix) that list the handles,
+    # and the suffixes of each handle's own keys (suffix + handle id).
+    _aio_sets: ClassVar[Tuple[str, ...]] = ()
+    _aio_keys: ClassVar[Tuple[str, ...]] = ()
     # Each subclass has them in its __slots__.
     _name: str
     _keys: Tuple[str, ...]
@@ -108,8 +136,18 @@ class RedisHandle(_api.HandleAPI):
         self._closed = True  # type: ignore[misc]  # (in each subclass's __slots__)
 
     def unlink(self) -> None:
-        """Remove it (its messages and counters) from the server."""
-        self._bound.client.delete(*self._keys)
+        """Remove it (its messages and counters) from the server, with what
+        pyqueue.asyncio's handles keep there (their reservations)."""
+        self._delete_keys()
+
+    def _delete_keys(self) -> None:
+        if not self._aio_sets:
+            self._bound.client.delete(*self._keys)
+            return
+        p = key_prefix(self._name)
+        self._bound.script("unlink_with_reservations", _UNLINK)(
+            keys=[*self._keys, *(p + k for k in self._aio_sets)],
+            args=[len(self._aio_sets), p, *self._aio_keys])
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_rebuild, (self._bound.url, self._attr, self._name, self._serializer))

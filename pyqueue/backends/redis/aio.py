@@ -22,7 +22,11 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   the same count twice clears nothing twice, so every step is safe to
   lose, cancel or repeat: a cancelled get leaves its message in the
   reservation and the next get of the handle returns it first; close()
-  gives what it holds back to the head of the queue.
+  gives what it holds back to the head of the queue. Each handle has a
+  lease (``pq:{NAME}:rsv.lease``, server time, renewed by a task while its
+  loop runs): a dead handle's reservation goes back to the queue when its
+  lease runs out, reaped by any handle's next step (its last handed-out
+  message is then delivered again: at least once for that one).
 * **WorkQueue get: the delivery is the reservation.** The acquire script
   (_ACQUIRE's text, inside _AACQ) also records the delivery it made,
   (id, delivery count), under ``pq:{NAME}:wq.res:H``; a get cancelled
@@ -298,47 +302,104 @@ class _Handle(_aq._Owner):
 
 # -- Queue ------------------------------------------------------------------
 
-# KEYS: meta, list, space, res, resn, down, rsv; ARGV: messages handed out
-# by this handle so far, the handle id -> {0, message}: the head of the
-# reservation (moved from the queue now, or earlier by a BLMOVE or a
-# take whose reply was lost); {1}: empty and shut down; {2, last id of
-# down}: empty (wait in BLMOVE list res + XREAD down); {-1}: no queue;
-# {-3}: this handle handed messages out and its reservation is no longer
-# listed (close() gave it back: this step ran after the close's; nothing
-# is moved or counted).
+# A handle's lease on its reservation: every _ATAKE sets it to this many
+# seconds from the server's now, and a task of the handle renews it every
+# third of it while the handle is open and its loop runs. Past it, the
+# next _ATAKE of any handle of the queue reaps the reservation: what it
+# holds goes back to the head of the queue (docs/design.md, "asyncio on
+# Redis": the head may be the last message that handle handed out, which
+# is then delivered again). A loop blocked longer than this loses its
+# reservation (the handle then starts a fresh one).
+LEASE_SECONDS = 30.0
+_REAP = 16          # expired leases one step reaps at most (bounded)
+
+
+def _lease_ms() -> int:
+    return max(1, int(LEASE_SECONDS * 1000))
+
+
+# KEYS: meta, list, space, res, resn, down, rsv, rsv.lease; ARGV: messages
+# handed out by this handle so far, the handle id, the most messages to
+# return, the lease ms, the key prefix -> {0, message...}: the head of the
+# reservation, up to ARGV[3] (topped up from the queue now; what a BLMOVE
+# or a take whose reply was lost moved earlier comes first); {1}: empty
+# and shut down; {2, last id of down, ms until the earliest lease of
+# another handle runs out (-1: none)}: empty (wait in BLMOVE list res +
+# XREAD down, cut at that lease); {-1}: no queue; {-3}: this handle
+# handed messages out and its reservation is no longer listed (close()
+# gave it back: this step ran after the close's; or it was reaped: the
+# handle starts over), nothing is moved or counted.
+# First, up to _REAP reservations whose lease ran out (not this handle's:
+# it is alive, this step renews it) go back to the head of the queue, in
+# order, counting nothing.
 _ATAKE = """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown', 'kind')
 if not m[3] then return {-1} end
 local handed = tonumber(ARGV[1])
-if handed > 0 and redis.call('SISMEMBER', KEYS[7], ARGV[2]) == 0 then return {-3} end
+local hid = ARGV[2]
+if handed > 0 and redis.call('SISMEMBER', KEYS[7], hid) == 0 then return {-3} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, %(reap)d)) do
+  if d ~= hid then
+    local rk = ARGV[5] .. 'res:' .. d
+    while redis.call('RPOPLPUSH', rk, KEYS[2]) do end
+    redis.call('DEL', rk, ARGV[5] .. 'resn:' .. d)
+    redis.call('SREM', KEYS[7], d)
+    redis.call('ZREM', KEYS[8], d)
+  end
+end
 local n = tonumber(redis.call('GET', KEYS[5]) or '0')
 if handed > n then
   for i = n + 1, handed do redis.call('LPOP', KEYS[4]) end
   redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
   redis.call('SET', KEYS[5], handed)
 end
-local msg = redis.call('LINDEX', KEYS[4], 0)
-if not msg then msg = redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') end
-if msg then
-  redis.call('SADD', KEYS[7], ARGV[2])
+redis.call('SADD', KEYS[7], hid)
+redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), hid)
+local want = tonumber(ARGV[3])
+local have = redis.call('LLEN', KEYS[4])
+local earlier = have
+local moved = 0
+while have < want and redis.call('LMOVE', KEYS[2], KEYS[4], 'LEFT', 'RIGHT') do
+  have = have + 1
+  moved = moved + 1
+end
+if have > 0 then
+  -- A put waiting for room is told when this step took from a full
+  -- queue, or when the reservation holds what this step did not move: a
+  -- BLMOVE's (it may have taken from a full queue, telling nobody) or a
+  -- lost reply's (told then, or not: telling again is harmless).
   local maxsize = tonumber(m[1] or '0')
-  if maxsize > 0 and redis.call('LLEN', KEYS[2]) + 1 >= maxsize then
+  if maxsize > 0 and (earlier > 0 or
+                      (moved > 0 and redis.call('LLEN', KEYS[2]) + moved >= maxsize)) then
     redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
   end
-  return {0, msg}
+  local out = redis.call('LRANGE', KEYS[4], 0, want - 1)
+  table.insert(out, 1, 0)
+  return out
 end
 if m[2] then return {1} end
+local due = -1
+local first = redis.call('ZRANGE', KEYS[8], 0, 1, 'WITHSCORES')
+for i = 1, #first, 2 do
+  if first[i] ~= hid then
+    due = math.max(0, tonumber(first[i + 1]) - now)
+    break
+  end
+end
 local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
-if #last > 0 then return {2, last[1][1]} end
-return {2, '0-0'}
-"""
+if #last > 0 then return {2, last[1][1], due} end
+return {2, '0-0', due}
+""" % {"reap": _REAP}
 
-# KEYS: meta, list, res, resn, rsv; ARGV: handed, handle id. Counts what
-# was handed out, gives the rest of the reservation back to the head of
-# the queue (in order), removes the reservation. -> messages given back.
-# A reservation no longer listed was given back before (close(), then the
-# give-back of a get that was in flight at the close): what was handed out
-# is counted already, all it holds now goes back.
+# KEYS: meta, list, res, resn, rsv, rsv.lease; ARGV: handed, handle id.
+# Counts what was handed out, gives the rest of the reservation back to
+# the head of the queue (in order), removes the reservation and its lease.
+# -> messages given back. A reservation no longer listed was given back
+# before (close(), then the give-back of a get that was in flight at the
+# close; or it was reaped): what was handed out is counted (or was given
+# back by the reap), all it holds now goes back.
 _GIVE_BACK = """
 local handed = tonumber(ARGV[1])
 if redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0 then handed = 0 end
@@ -355,19 +416,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('SREM', KEYS[5], ARGV[2])
+redis.call('ZREM', KEYS[6], ARGV[2])
 return back
 """
 
-
-# KEYS: the set of handle ids with a reservation; ARGV: the prefixes of
-# their keys (same hash tag). Removes them all.
-_UNLINK_RESERVATIONS = """
-for _, hid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  for i = 1, #ARGV do redis.call('DEL', ARGV[i] .. hid) end
-end
-redis.call('DEL', KEYS[1])
-return 0
+# KEYS: rsv.lease; ARGV: handle id, lease ms -> 1 renewed, 0 not listed
+# (reaped, or given back: not listed again, the handle's next step does)
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
 """
+
+
+async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
+                 key: str, hid: str) -> None:
+    """The lease renewal of one handle (and loop): every third of the
+    lease, until the handle is closed, collected, or the loop ends (then
+    the lease runs out and the reservation is reaped)."""
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        q = ref()
+        if q is None or q._h._closed or q._pid != os.getpid() or q._id != hid:
+            return
+        del q
+        try:
+            await script(b, _RENEW, [key], [hid, _lease_ms()])
+        except (ConnectionLost, _rexc.RedisError):
+            pass        # this renewal is lost; the next one (or a step) renews
 
 
 class RedisQueue(_Handle, _aq.Queue[Any]):
@@ -377,22 +453,43 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
     _used: bool
     _handed: int
     _watch: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
+    _renewer: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
 
     def _init(self) -> None:
         self._pid = None
         self._used = False
         self._watch = None
+        self._renewer = None
 
     def _reset(self) -> None:
         self._handed = 0
         self._used = False
         self._watch = None
+        self._renewer = None
 
     def _rkeys(self) -> List[str]:
         hid = self._hid()
         k = self._h._keys
         p = key_prefix(self._h._name)
-        return [k[0], k[1], k[2], p + "res:" + hid, p + "resn:" + hid, k[5], p + "rsv"]
+        return [k[0], k[1], k[2], p + "res:" + hid, p + "resn:" + hid, k[5], p + "rsv",
+                p + "rsv.lease"]
+
+    def _gkeys(self, keys: Sequence[str]) -> List[str]:
+        """_GIVE_BACK's keys of _rkeys."""
+        return [keys[0], keys[1], keys[3], keys[4], keys[6], keys[7]]
+
+    def _targs(self, want: int) -> List[Any]:
+        return [self._handed, self._id, want, _lease_ms(), key_prefix(self._h._name)]
+
+    def _renewing(self, b: RedisBackend, keys: Sequence[str]) -> None:
+        """Starts this handle's lease renewal on the running loop (once)."""
+        loop = asyncio.get_running_loop()
+        r = self._renewer
+        if r is not None and r[0] is loop and not r[1].done():
+            return
+        task = asyncio.ensure_future(_renew(weakref.ref(self), b, keys[7], self._id))
+        task.add_done_callback(_retrieved)
+        self._renewer = (loop, task)
 
     async def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """As pyqueue.asyncio.Queue.put, waiting for room in XREAD on the
@@ -422,15 +519,12 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                           h._keys[2], r[1])
 
-    async def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        """As pyqueue.asyncio.Queue.get, through this handle's reservation:
-        cancelled at any point, its message is in the queue or in the
-        reservation, and this handle's next get returns it first."""
+    async def _take(self, want: int, block: bool, timeout: Optional[float]) -> List[bytes]:
+        """Up to `want` raw messages (at least one), through this handle's
+        reservation, counted as handed out (from the reply to the return:
+        no await, so no cancellation falls between)."""
         h = self._h
-        h._check_open()
         until = _api.deadline(True, timeout)
-        if h._held:       # what the sync handle holds (a lost connection's)
-            return h.get(False)       # (its get_nowait)
         b = self._backend()
         while True:
             keys = self._rkeys()
@@ -438,20 +532,25 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
                 await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
-                r = await script(b, _ATAKE, keys, [self._handed, self._id])
-                if r[0] == 0 and not h._closed:
-                    # From the reply to the return: no await (no cancellation).
-                    self._handed += 1
+                r = await script(b, _ATAKE, keys, self._targs(want))
+                if not h._closed:
+                    if r[0] == 0:
+                        # From the reply to the return: no await (no cancellation).
+                        self._handed += len(r) - 1
+                    elif r[0] == -3:
+                        # Reaped (this loop stalled past the lease): what
+                        # the reservation held went back to the queue; the
+                        # handle starts a fresh one. (Under the step lock:
+                        # no other step of this handle is in flight.)
+                        self._handed = 0
             if self._is_closed():   # (after an await: not narrowed)
                 await self._closed_under_get(b, keys)
-            if r[0] == -3:
-                raise SegmentNotFound(f"queue {h._name!r} is being removed from {b.url}")
+            self._renewing(b, keys)
             if r[0] == 0:
-                try:
-                    return h._decode(r[1])
-                except Exception:
-                    h._undecodable += 1
-                    raise
+                raws: List[bytes] = r[1:]
+                return raws
+            if r[0] == -3:
+                continue
             if r[0] == 1:
                 raise ShutDown(f"queue {h._name!r} is shut down")
             if r[0] < 0:
@@ -461,15 +560,88 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             left = _api.remaining(until)
             if left == 0.0:
                 raise Empty()
+            if r[2] >= 0:       # another handle's lease runs out then: reap it
+                due = r[2] / 1000.0 + 0.001
+                left = due if left is None else min(left, due)
             await self._wait(b, keys, r[1], left)
+
+    async def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """As pyqueue.asyncio.Queue.get, through this handle's reservation:
+        cancelled at any point, its message is in the queue or in the
+        reservation, and this handle's next get returns it first."""
+        h = self._h
+        h._check_open()
+        if h._held:       # what the sync handle holds (a lost connection's)
+            return h.get(False)       # (its get_nowait)
+        raw = (await self._take(1, block, timeout))[0]
+        try:
+            return h._decode(raw)
+        except Exception:
+            h._undecodable += 1
+            raise
+
+    async def get_many(self, max_messages: int = 1024,
+                       timeout: Optional[float] = None) -> List[Any]:
+        """As pyqueue.asyncio.Queue.get_many: waits for one message, then
+        returns up to max_messages (one round trip), through this handle's
+        reservation (cancelled at any point, they are in the queue or in
+        the reservation, and this handle's next get returns them first).
+        A message that cannot be decoded is reported by its own call."""
+        h = self._h
+        h._check_open()
+        _api.check_max_messages(max_messages)
+        if h._held:
+            return h.get_many(max_messages, block=False)
+        raws = await self._take(max_messages, True, timeout)
+        return self._decode_many(raws)
+
+    def _decode_many(self, raws: List[bytes]) -> List[Any]:
+        """raws decoded; from an undecodable one on, kept by the sync handle
+        (handed out already: its next get returns them, the bad one first,
+        raised as the sync get_many raises it)."""
+        h = self._h
+        h._held.extend(raws)
+        return h.get_many(len(raws), block=False)
+
+    def get_nowait(self) -> Any:
+        """As pyqueue.asyncio.Queue.get_nowait: one synchronous step (it
+        blocks the loop for one round trip), through this handle's
+        reservation when no get of this handle is in the middle of its own
+        step (else a plain take from the queue: a synchronous call is never
+        cancelled half-way)."""
+        h = self._h
+        h._check_open()
+        if h._held or _step_busy(self, True):
+            return h.get(False)
+        b = self._backend()
+        keys = self._rkeys()
+        self._used = True
+        step = b.script("queue_atake", _ATAKE)
+        r = step(keys=keys, args=self._targs(1))
+        if r[0] == -3:          # reaped: start over (see _take)
+            self._handed = 0
+            r = step(keys=keys, args=self._targs(1))
+        if r[0] == 0:
+            self._handed += 1
+        self._renewing(b, keys)
+        if r[0] == 0:
+            try:
+                return h._decode(r[1])
+            except Exception:
+                h._undecodable += 1
+                raise
+        if r[0] == 1:
+            raise ShutDown(f"queue {h._name!r} is shut down")
+        if r[0] < 0:
+            raise SegmentNotFound(f"queue {h._name!r} was removed from {b.url}")
+        raise Empty()
 
     async def _closed_under_get(self, b: RedisBackend, keys: Sequence[str]) -> NoReturn:
         """close() ran while a get was in flight: the get hands nothing out;
         what its step or wait moved into the reservation after close()'s
         give-back (a BLMOVE that completed, a step already sent) goes back
         to the head of the queue, then ValueError (closed)."""
-        await script(b, _GIVE_BACK, [keys[0], keys[1], keys[3], keys[4], keys[6]],
-                     [self._handed, self._id])
+        await script(b, _GIVE_BACK, self._gkeys(keys), [self._handed, self._id])
         self._h._check_open()
         raise AssertionError("unreachable: the handle is closed")  # pragma: no cover
 
@@ -515,44 +687,36 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             if e is not None:
                 raise e
 
-    def get_nowait(self) -> Any:
-        return self._h.get(False) if self._h._held else _sync_only("get_nowait")
-
-    async def get_many(self, max_messages: int = 1024,
-                       timeout: Optional[float] = None) -> List[Any]:
-        _api.check_max_messages(max_messages)
-        return [await self.get(timeout=timeout)]
+    @staticmethod
+    def _stop(task: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]) -> None:
+        if task is not None:
+            try:
+                task[1].cancel()
+            except RuntimeError:    # its loop is closed (without cancelling it)
+                pass
 
     def close(self) -> None:
         """Close this handle: what its reservation holds goes back to the
-        head of the queue (a get cancelled before it returned)."""
+        head of the queue (a get cancelled before it returned), and its
+        lease goes."""
         h = self._h
         # The waits in flight end (their gets raise ValueError, after giving
         # back what their BLMOVE moved, if it completed: _closed_under_get).
         self._cancel_waits()
-        if self._watch is not None:
-            try:
-                self._watch[1].cancel()
-            except RuntimeError:    # its loop is closed (without cancelling it)
-                pass
-            self._watch = None
+        self._stop(self._watch)
+        self._stop(self._renewer)
+        self._watch = self._renewer = None
         if self._used and self._pid == os.getpid() and not h._closed:
             keys = self._rkeys()
             h._bound.script("queue_give_back", _GIVE_BACK)(
-                keys=[keys[0], keys[1], keys[3], keys[4], keys[6]],
-                args=[self._handed, self._id])
+                keys=self._gkeys(keys), args=[self._handed, self._id])
             self._used = False
         h.close()
 
-
     def unlink(self) -> None:
         """Remove the queue, and the reservations of every handle (those of
-        handles whose process died included)."""
-        h = self._h
-        p = key_prefix(h._name)
-        h._bound.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
-            keys=[p + "rsv"], args=[p + "res:", p + "resn:"])
-        h.unlink()
+        handles whose process died included): the sync handle's unlink."""
+        self._h.unlink()
 
 
 class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
@@ -577,6 +741,17 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
             if await command(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                              h._keys[3], r[1]):
                 return True
+
+
+def _step_busy(handle: _Handle, no_loop: bool = False) -> bool:
+    """Whether a step of handle is in flight on the running loop (a plain
+    call must not send the same state): no_loop when no loop runs."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return no_loop
+    lk = getattr(handle, "_lock", None)
+    return lk is not None and lk[0] is loop and lk[1].locked()
 
 
 def _sync_only(what: str) -> NoReturn:
@@ -618,7 +793,10 @@ local r = (function()
 """ + _ACQ_BODY + """
 end)()
 if r[1] == 0 and r[2] == 0 then
-  redis.call('SET', rk, r[3] .. ':' .. r[4])
+  -- kept as long as the delivery can be held without an extend (which
+  -- only a handed-out one gets): a dead handle's record goes by itself
+  redis.call('SET', rk, r[3] .. ':' .. r[4], 'PX',
+             math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
   redis.call('SADD', KEYS[15], ARGV[4])
 end
 return r
@@ -762,8 +940,12 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         self._h._check_open()
         raise AssertionError("unreachable: the handle is closed")  # pragma: no cover
 
-    def get_nowait(self) -> NoReturn:
-        _sync_only("get_nowait")
+    def get_nowait(self) -> RedisDelivery:
+        """As pyqueue.asyncio.WorkQueue.get_nowait: the sync get, one
+        synchronous step (a synchronous call is never cancelled half-way;
+        a delivery this handle's cancelled get reserved stays for its next
+        await get, or close())."""
+        return RedisDelivery(self._h.get(block=False), self)
 
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> NoReturn:
@@ -781,12 +963,9 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         h.close()
 
     def unlink(self) -> None:
-        """Remove the work queue, and the reservation of every handle."""
-        h = self._h
-        p = key_prefix(h._name)
-        h._bound.script("queue_unlink_reservations", _UNLINK_RESERVATIONS)(
-            keys=[p + "wq.rsv"], args=[p + "wq.res:"])
-        h.unlink()
+        """Remove the work queue, and the reservation of every handle: the
+        sync handle's unlink."""
+        self._h.unlink()
 
 
 class RedisDelivery(_aq.Delivery[Any]):
@@ -988,8 +1167,35 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
         raws = await self._read(max_messages, timeout)
         return [_codec.decode(raw, s._topic._serializer) for raw in raws]
 
-    def get_nowait(self) -> NoReturn:
-        _sync_only("get_nowait")
+    def get_nowait(self) -> Any:
+        """As pyqueue.asyncio.Subscription.get_nowait: one synchronous read
+        from this handle's position (it blocks the loop for one round
+        trip). queue.Empty also while a read of this subscription is in the
+        middle of its step on this loop (reading now would hand out the
+        same messages twice)."""
+        s = self._h
+        if s._buf:
+            return _codec.decode(s._buf.pop(0), s._topic._serializer)
+        s._check()
+        if _step_busy(self):
+            raise Empty()
+        t = s._topic
+        b = t._bound
+        if s._pos is None:
+            p = b.client.hget(t._keys[2], s._sid)
+            s._pos = -1 if p is None else int(p)
+        r = b.script("topic_aread", _AREAD)(keys=t._keys,
+                                            args=[s._sid, 1, t._settings["sub_ms"], s._pos])
+        if r[0] == -1 and len(r) == 1:
+            raise SegmentNotFound(f"topic {t._name!r} was removed from {b.url}")
+        s.lost += r[0]
+        s._pos, s._seq = r[1], r[2]
+        if len(r) > 4:
+            b.script("topic_confirm", _CONFIRM)(keys=t._keys, args=[s._sid, s._pos])
+            return _codec.decode(r[4], s._topic._serializer)
+        if r[3] == 1:
+            raise ShutDown(f"topic {t._name!r} is shut down")
+        raise Empty()
 
     def close(self) -> None:
         """Close this subscription: a read waiting raises ValueError."""

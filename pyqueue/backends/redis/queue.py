@@ -17,7 +17,9 @@ cluster slot and its Lua scripts stay legal on Redis Cluster):
                      BLMOVE on list and XREAD on down: aio.py)
     pq:{NAME}:res:H  list: handle H's reservation (pyqueue.asyncio, aio.py);
     pq:{NAME}:resn:H its count of messages handed out; pq:{NAME}:rsv the set
-                     of handles that hold one
+                     of handles that hold one; pq:{NAME}:rsv.lease a sorted
+                     set: handle -> its lease's deadline (server ms), past
+                     which its reservation is reaped (unlink() removes them)
 
 The meta hash's "shutdown" field (absent: in use; 1: shut down; 2: shut
 down with immediate=True) is set by the shutdown script, read by the put
@@ -240,6 +242,9 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
                  "_shared", "_joinable", "_forks_then", "_undecodable", "__weakref__")
     KIND = KIND
     _what = "queue"
+    # pyqueue.asyncio's reservations (aio.py): unlink() removes them too.
+    _aio_sets = ("rsv", "rsv.lease")
+    _aio_keys = ("res:", "resn:")
     _attr = "Queue"
     _want_joinable = False
     _maxsize: int
@@ -545,7 +550,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         if (self._creator_pid == os.getpid() and not self._shared
                 and self._forks_then == _forks):
             self._creator_pid = 0
-            self._bound.client.delete(*self._keys)
+            self._delete_keys()
 
     def unlink(self) -> None:
         """Remove the queue (its messages and counters) from the server."""

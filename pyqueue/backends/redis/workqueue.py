@@ -475,6 +475,9 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     __slots__ = ("_name", "_keys", "_closed", "_dlq", "_settings", "_serializer", "__weakref__")
     KIND = KIND
     _what = "work queue"
+    # pyqueue.asyncio's reserved deliveries (aio.py): unlink() removes them.
+    _aio_sets = ("wq.rsv",)
+    _aio_keys = ("wq.res:",)
     dead_letter_timeout = 1.0
     dead_letter_retry = 1.0
     _dlq: Optional[RedisWorkQueue]
