@@ -151,12 +151,6 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
     def _backend(self) -> Any:
         return self._h._log._bound
 
-    def close(self) -> None:
-        """Leave the group (committing first with auto_commit; the sync
-        Consumer.close); a poll waiting raises ValueError at once."""
-        self._cancel_waits()
-        self._h.close()
-
     async def poll(self, max_records: int = 500, timeout: Optional[float] = 0.0) -> List[Record]:
         """As pyqueue.Consumer.poll, without blocking the loop: heartbeat,
         follow rebalances, read the assigned partitions, and wait (one
