@@ -151,8 +151,11 @@ def soak_reader(path, stop, out):
     try:
         lg = Log.open(path)
         at, last = 0, {}
-        while not stop.is_set():
-            for r in lg.read(0, at, max_records=500, timeout=0.05):
+
+        def follow(timeout):
+            nonlocal at
+            recs = lg.read(0, at, max_records=500, timeout=timeout)
+            for r in recs:
                 if r.offset != at:
                     raise AssertionError(f"offset {r.offset} where {at} was expected")
                 writer, seq = soak_check(r.value)
@@ -160,6 +163,14 @@ def soak_reader(path, stop, out):
                     raise AssertionError(f"writer {writer}: seq {seq} after {last[writer]}")
                 last[writer] = seq
                 at += 1
+            return recs
+
+        while not stop.is_set():
+            follow(0.05)
+        # The writers are gone: read to the end, so that a reader that
+        # started late (spawn on a loaded machine) still checks everything.
+        while follow(0):
+            pass
         lg.close()
         out.put(("ok", at))
     except BaseException as e:  # reported: the test fails on it

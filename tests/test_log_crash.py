@@ -20,6 +20,7 @@ import pytest
 from pyqueue import Log
 from pyqueue import _logdir
 from tests import _log_workers as w
+from tests._support import wait_until
 from tests.test_crash import kill_stopped, needs_faults, start_stopped, wait_stopped
 
 SEG = 16384
@@ -320,6 +321,10 @@ def test_soak_appenders_killed_across_rolls(ctx, procs, tmp_path):
         writers[i] = procs.start(ctx, w.soak_appender, path, i, restarts[i] * 10_000_000,
                                  sizes[i])
         restarts[i] += 1
+    # Under spawn on a loaded machine every writer may have been killed
+    # before its first append (a CI run read nothing): the last ones live
+    # until something is in the log.
+    assert wait_until(lambda: keep.end_offset(0) > 0, timeout=60), "nothing was appended"
     for p in writers:
         os.kill(p.pid, signal.SIGKILL)
         p.join(30)
