@@ -97,3 +97,19 @@ def async_reserve_and_wait(q, lease, then, ready):
 def put_one(q, obj):
     """Put obj (waiting for room as long as it takes)."""
     q.put(obj)
+
+
+def async_blocked_get(q, lease, ready):
+    """In a child: an async Redis Queue handle with a lease of `lease`
+    seconds, alone, gets from an empty queue with no timeout (its wait is
+    a BLMOVE on the server); reports that it starts, then waits."""
+    import asyncio
+
+    from pyqueue.backends.redis import aio
+    aio.LEASE_SECONDS = lease
+
+    async def main():
+        ready.put("waiting")
+        await q.get()
+
+    asyncio.run(main())

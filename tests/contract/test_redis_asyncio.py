@@ -20,6 +20,7 @@ import os
 import queue
 import random
 import signal
+import threading
 import time
 import uuid
 
@@ -640,6 +641,118 @@ def test_a_live_idle_handle_keeps_its_reservation(ab, monkeypatch):
         q1.sync.unlink()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["loop-ends", "dropped"])
+def test_a_live_handle_without_a_loop_gives_its_reservation_back(ab, monkeypatch, how):
+    """A handle that handed a message out, then whose loop ended (reused by
+    a later asyncio.run) or that was dropped without close(), in a process
+    that lives on past its lease: the reservation was given back when its
+    renewal ended, so a reap never delivers that message again (a hostile
+    review: it was delivered twice, a lease later); the message that was
+    still reserved and never handed out reaches the other handle once."""
+    import gc
+
+    from pyqueue.backends.redis import aio
+    monkeypatch.setattr(aio, "LEASE_SECONDS", 1.0)
+    name = _name("q")
+    q1 = ab.Queue(name=name)
+
+    async def first():
+        await q1.put("a")
+        await q1.put("b")
+        if how == "dropped":
+            q = ab.Queue.open(name)
+            got = await q.get()
+            res = f"pq:{{{name}}}:res:{q._id}"
+            assert ab.sync.client.exists(res)
+            del q
+            gc.collect()
+            # its renewal task finds it gone at its next wake (a third of
+            # the lease) and gives its reservation back
+            end = time.monotonic() + 30
+            while ab.sync.client.exists(res):
+                assert time.monotonic() < end, "the dropped handle's reservation stayed"
+                await asyncio.sleep(0.01)
+            return got
+        return await q1.get()
+
+    try:
+        assert asyncio.run(first()) == "a"
+        stop = threading.Event()
+        stop.wait(2 * aio.LEASE_SECONDS)    # no loop runs: no renewal (and a lease is over)
+
+        async def second():
+            q2 = ab.Queue.open(name)
+            try:
+                got = [await q2.get(timeout=5)]
+                with pytest.raises(queue.Empty):
+                    await q2.get(timeout=1.5 * aio.LEASE_SECONDS)   # past any lease: a reap
+                return got
+            finally:
+                q2.close()
+
+        assert asyncio.run(second()) == ["b"]
+        s = ab.sync.Queue.open(name)
+        assert s.stats()["dequeued"] == 2
+        s.close()
+    finally:
+        _closing(q1)
+
+
+def _blocked_clients(client):
+    """Clients blocked in a command (BLMOVE, XREAD BLOCK) on the server (on
+    every node of a cluster)."""
+    if hasattr(client, "get_nodes"):        # a cluster client: ask every node
+        info = client.info("clients", target_nodes=client.ALL_NODES)
+        return sum(int(v["blocked_clients"]) for v in info.values())
+    return int(client.info("clients")["blocked_clients"])
+
+
+def test_a_handle_frozen_in_its_wait_and_reaped_takes_no_message(ab, ctx, procs):
+    """A process frozen (SIGSTOP) while its async get waits on the server
+    with no timeout, reaped when its lease ran out, then killed: a message
+    put after the reap reaches a live handle. The server ends the wait's
+    BLMOVE within the handle's own lease, so a frozen handle's BLMOVE is
+    over before it can be reaped (a hostile review: the BLMOVE, still
+    blocked, moved the message into a reservation nobody listed, lost for
+    good once the process was killed)."""
+    name = _name("frozen")
+    q = ab.Queue(name=name)
+    ready = ab.sync.Queue(name=_name("ready"))
+    lease = 1.0
+    try:
+        before = _blocked_clients(ab.sync.client)
+        p = procs.start(ctx, workers.async_blocked_get, q, lease, ready)
+        assert ready.get(timeout=60) == "waiting"
+        end = time.monotonic() + 30
+        while _blocked_clients(ab.sync.client) <= before:   # its BLMOVE (and watcher) wait
+            assert time.monotonic() < end, "the child's get never waited on the server"
+            threading.Event().wait(0.01)
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            threading.Event().wait(2 * lease)   # frozen past its lease: the point
+            async def reap_then_put():
+                q2 = ab.Queue.open(name)
+                try:
+                    with pytest.raises(queue.Empty):
+                        await q2.get(block=False)   # its step reaps the frozen handle
+                    assert _lease_entries(ab.sync, name) == {q2._id}   # the child's: reaped
+                    q.sync.put("m")
+                    os.kill(p.pid, signal.SIGKILL)
+                    return await q2.get(timeout=10)
+                finally:
+                    q2.close()
+
+            assert asyncio.run(reap_then_put()) == "m"
+            assert [k for k in _leftovers(ab.sync, name) if ":res:" in k] == []
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(30)
+    finally:
+        _closing(q)
+        ready.close()
+        ready.unlink()
 
 
 def test_shutdown_drains_first(ab):

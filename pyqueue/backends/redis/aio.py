@@ -430,20 +430,51 @@ return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
 
 
 async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
-                 key: str, hid: str) -> None:
+                 gkeys: List[str], hid: str, handed: List[int]) -> None:
     """The lease renewal of one handle (and loop): every third of the
-    lease, until the handle is closed, collected, or the loop ends (then
-    the lease runs out and the reservation is reaped)."""
-    while True:
-        await asyncio.sleep(LEASE_SECONDS / 3)
+    lease, until the handle is closed, collected, or the loop ends. When
+    it ends without close() (the loop's end: asyncio.run cancels it; the
+    handle collected), the reservation is given back at once, as close()
+    does: what was handed out is counted and leaves the reservation, so a
+    reap never delivers it again to anyone (a hostile review: a handle
+    reused by a later asyncio.run, or dropped without close(), had the
+    message its last get returned delivered again a lease later). A
+    handle used again afterwards finds its reservation gone and starts
+    over ({-3})."""
+    try:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            q = ref()
+            if q is None:
+                break
+            if q._h._closed or q._pid != os.getpid() or q._id != hid:
+                return
+            del q
+            try:
+                await script(b, _RENEW, [gkeys[5]], [hid, _lease_ms()])
+            except (ConnectionLost, _rexc.RedisError):
+                pass    # this renewal is lost; the next one (or a step) renews
+    except asyncio.CancelledError:
         q = ref()
-        if q is None or q._h._closed or q._pid != os.getpid() or q._id != hid:
-            return
-        del q
-        try:
-            await script(b, _RENEW, [key], [hid, _lease_ms()])
-        except (ConnectionLost, _rexc.RedisError):
-            pass        # this renewal is lost; the next one (or a step) renews
+        if q is None or not (q._h._closed or q._pid != os.getpid() or q._id != hid):
+            del q
+            _give_back_now(b, gkeys, hid, handed[0])
+        raise
+    _give_back_now(b, gkeys, hid, handed[0])
+
+
+def _give_back_now(b: RedisBackend, gkeys: List[str], hid: str, handed: int) -> None:
+    """_GIVE_BACK as one synchronous round trip (where nothing may be
+    awaited: a task being cancelled at the loop's end). Not possible now
+    (the server unreachable): the lease runs out and a reap gives the
+    reservation back instead (the last message handed out then comes
+    again: at least once for it)."""
+    if os.getpid() != int(hid.split("-", 1)[0]):
+        return      # a forked child's copy of its parent's task: not its reservation
+    try:
+        b.script("queue_give_back", _GIVE_BACK)(keys=gkeys, args=[handed, hid])
+    except (ConnectionLost, _rexc.RedisError, OSError):
+        pass
 
 
 class RedisQueue(_Handle, _aq.Queue[Any]):
@@ -451,18 +482,29 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
 
     _h: _rq.RedisQueue
     _used: bool
-    _handed: int
+    _count: List[int]     # [messages handed out]: shared with the renewal task
     _watch: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
     _renewer: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
 
+    @property
+    def _handed(self) -> int:
+        """Messages this handle's gets handed out (the server counts them
+        at the next step: docs/design.md, "asyncio on Redis")."""
+        return self._count[0]
+
+    @_handed.setter
+    def _handed(self, n: int) -> None:
+        self._count[0] = n
+
     def _init(self) -> None:
         self._pid = None
+        self._count = [0]
         self._used = False
         self._watch = None
         self._renewer = None
 
     def _reset(self) -> None:
-        self._handed = 0
+        self._count = [0]   # a new one: a forked child's is not its parent's
         self._used = False
         self._watch = None
         self._renewer = None
@@ -487,7 +529,8 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         r = self._renewer
         if r is not None and r[0] is loop and not r[1].done():
             return
-        task = asyncio.ensure_future(_renew(weakref.ref(self), b, keys[7], self._id))
+        task = asyncio.ensure_future(_renew(weakref.ref(self), b, self._gkeys(keys), self._id,
+                                            self._count))
         task.add_done_callback(_retrieved)
         self._renewer = (loop, task)
 
@@ -563,6 +606,13 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             if r[2] >= 0:       # another handle's lease runs out then: reap it
                 due = r[2] / 1000.0 + 0.001
                 left = due if left is None else min(left, due)
+            # Within this handle's own lease (set by the step just made):
+            # the server ends the BLMOVE before a reap of this handle can
+            # run, so a process frozen in this wait and reaped never has a
+            # message moved into a reservation nobody lists (a hostile
+            # review: lost for good once that process was killed).
+            own = LEASE_SECONDS * 0.8
+            left = own if left is None else min(left, own)
             await self._wait(b, keys, r[1], left)
 
     async def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
