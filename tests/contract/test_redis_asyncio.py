@@ -219,10 +219,11 @@ def test_cancel_storm_queue(ab, ctx, procs):
         _closing(q)
 
 
-def test_cancel_storm_workqueue(ab, ctx, procs):
-    """The storm on a WorkQueue: every message delivered once (a delivery
-    lost to a cancellation would only come back after its visibility
-    timeout, counted twice)."""
+@pytest.mark.parametrize("call", ["get", "get_many"])
+def test_cancel_storm_workqueue(ab, ctx, procs, call):
+    """The storm on a WorkQueue, of get and of get_many (batches of up to
+    7): every message delivered once (a delivery lost to a cancellation
+    would only come back after its visibility timeout, counted twice)."""
     q = ab.WorkQueue(name=_name("wstorm"), visibility_timeout=120.0)
     try:
         n = 400
@@ -233,16 +234,30 @@ def test_cancel_storm_workqueue(ab, ctx, procs):
             return all(p.exitcode is not None for p in ps) and s["depth"] == 0
 
         async def main():
-            deliveries, cancelled = await _storm(q.get, done, random.Random(7), 1000)
-            deliveries += await _drain(q.get)
-            for d in deliveries:
-                await d.ack()
-            return deliveries, cancelled
+            if call == "get":
+                deliveries, cancelled = await _storm(q.get, done, random.Random(7), 1000)
+                deliveries += await _drain(q.get)
+                for d in deliveries:
+                    await d.ack()
+                return [(d.value, d.delivery_count) for d in deliveries], cancelled
+            batches, cancelled = await _storm(lambda: q.get_many(7), done,
+                                              random.Random(8), 1000)
+            while True:     # what the last cancelled call recorded, then nothing
+                try:
+                    batches.append(await q.get_many(7, timeout=0))
+                except queue.Empty:
+                    break
+            got = []
+            for b in batches:
+                assert isinstance(b, aq.Batch) and 1 <= len(b) <= 7
+                got += zip(b.values, b.sync.delivery_counts)
+                await b.ack()
+            return got, cancelled
 
-        deliveries, cancelled = asyncio.run(main())
+        got, cancelled = asyncio.run(main())
         assert cancelled >= 1000
-        assert sorted(d.value for d in deliveries) == list(range(2 * n))
-        assert {d.delivery_count for d in deliveries} == {1}
+        assert sorted(v for v, _ in got) == list(range(2 * n))
+        assert {c for _, c in got} == {1}
         s = q.sync.stats()
         assert (s["in_flight"], s["redelivered"], s["acked"]) == (0, 0, 2 * n)
     finally:
@@ -425,6 +440,139 @@ def test_a_lost_reply_is_found_by_the_next_get_or_given_back(ab):
                 h.close()
             q.sync.unlink()
             w.sync.unlink()
+
+    asyncio.run(main())
+
+
+def test_workqueue_get_many_and_batch_settles(ab, ctx, procs):
+    """await get_many: what is there (up to max_messages) in one step, in
+    order, as an aq.Batch whose ack/nack/reject/extend are awaited, of all
+    the unsettled positions or of chosen ones; a nacked one comes back
+    (counted), a rejected one is dead-lettered; a waiting get_many is
+    woken by another process's put; timeout=, wait_for and
+    asyncio.timeout end a wait with nothing taken."""
+    async def main():
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=120.0)
+        try:
+            for i in range(5):
+                await w.put(i)
+            b = await w.get_many(3)
+            assert isinstance(b, aq.Batch) and len(b) == 3
+            assert b.values == [0, 1, 2] and b.sync.delivery_counts == [1, 1, 1]
+            await b.ack([0, 2])
+            await b.nack([-2])
+            assert b.sync.settled == ["acked", "nacked", "acked"]
+            with pytest.raises(ValueError):
+                await b.ack([1])                # settled already
+            assert w.sync.stats()["in_flight"] == 0
+            b = await w.get_many(10)
+            assert sorted(zip(b.values, b.sync.delivery_counts)) == [(1, 2), (3, 1), (4, 1)]
+            await b.extend(60.0, [0])
+            at = b.values.index(3)
+            await b.reject([at], reason="bad")
+            assert w.sync.stats()["in_flight"] == 2
+            await b.ack()                       # the rest
+            assert b.sync.settled.count("acked") == 2
+            s = w.sync.stats()
+            assert (s["in_flight"], s["acked"], s["redelivered"], s["dead_lettered"]) == \
+                (0, 4, 1, 1)
+            # a position whose visibility ran out is no longer this consumer's
+            await w.put("late")
+            await w.put("other")
+            b = await w.get_many(5)
+            assert b.values == ["late", "other"]
+            await b.extend(0.2, [0])
+            d = await w.get(timeout=30)         # "late" again, once its 0.2 s ran out
+            assert (d.value, d.delivery_count) == ("late", 2)
+            with pytest.raises(pyqueue.DeliveryExpired) as e:
+                await b.ack()
+            assert e.value.indices == [0]
+            assert b.sync.settled == [None, "acked"]
+            await d.ack()
+            with pytest.raises(queue.Empty):
+                await w.get_many(timeout=0.2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(w.get_many(), 0.2)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await w.get_many()
+            assert w.sync.stats()["in_flight"] == 0     # nothing taken by those
+            task = asyncio.ensure_future(w.get_many(10, timeout=60))
+            p = procs.start(ctx, workers.put_range, w.sync, 10, 3)
+            got = []
+            b = await task
+            got += b.values
+            await b.ack()
+            while len(got) < 3:
+                b = await w.get_many(10, timeout=60)
+                got += b.values
+                await b.ack()
+            assert sorted(got) == [10, 11, 12]
+            p.join(30)
+            assert p.exitcode == 0
+            with pytest.raises(ValueError):
+                await w.get_many(0)
+        finally:
+            _closing(w)
+
+    asyncio.run(main())
+
+
+def test_a_lost_get_many_reply_is_found_by_the_next_call_or_given_back(ab):
+    """What a get_many cancelled after the server ran its step leaves (the
+    step run, its reply dropped): the next get_many of the handle returns
+    that same batch (not counted again); a get returns its first delivery
+    and gives the rest back (available at once, uncounted); a closed
+    handle gives the batch back; and a handle that never comes back (its
+    process died) loses the batch to the visibility timeout only, counted
+    as any dead consumer's."""
+    from pyqueue.backends.redis import aio
+
+    async def lose(w, want):
+        await aio.script(w._backend(), aio._AACQ, w._wkeys(),
+                         [w.sync._lease_ms(), want, w._handed, w._id])
+        w._used = True
+
+    async def main():
+        w = ab.WorkQueue(name=_name("w"), visibility_timeout=120.0)
+        w2 = ab.WorkQueue.open(w.name)
+        w3 = ab.WorkQueue(name=_name("w3"), visibility_timeout=0.5)
+        w4 = ab.WorkQueue.open(w3.name)
+        try:
+            for i in range(6):
+                await w.put(i)
+            await lose(w, 3)
+            assert w.sync.stats()["in_flight"] == 3
+            b = await w.get_many(10)            # the same three, not a new batch
+            assert (b.values, b.sync.delivery_counts) == ([0, 1, 2], [1, 1, 1])
+            assert w.sync.stats()["in_flight"] == 3
+            await b.nack([1])
+            await b.ack()
+            await lose(w, 2)                    # 1 (its 2nd delivery) and 3
+            d = await w.get(timeout=5)          # the first; 3 given back
+            assert (d.value, d.delivery_count) == (1, 2)
+            assert w.sync.stats()["in_flight"] == 1
+            await d.ack()
+            await lose(w, 5)                    # 3, 4, 5
+            w.close()                           # gives them back, uncounted
+            b = await w2.get_many(10, timeout=5)
+            assert (b.values, b.sync.delivery_counts) == ([3, 4, 5], [1, 1, 1])
+            await b.nack()
+            s = w2.sync.stats()
+            assert (s["in_flight"], s["redelivered"], s["acked"]) == (0, 1, 3)
+            for i in range(3):
+                await w3.put(i)
+            await lose(w3, 5)                   # w3 "dies" holding 0, 1, 2
+            b = await w4.get_many(10, timeout=30)   # after their 0.5 s visibility
+            assert sorted(zip(b.values, b.sync.delivery_counts)) == [(0, 2), (1, 2), (2, 2)]
+            assert set(b.sync.redelivered_because) == {"visibility timeout"}
+            await b.ack()
+            assert w4.sync.stats()["redelivered"] == 3
+        finally:
+            for h in (w2, w3, w4):
+                h.close()
+            w.sync.unlink()
+            w3.sync.unlink()
 
     asyncio.run(main())
 
@@ -845,7 +993,7 @@ def test_pickled_async_handle_and_forked_reservation(ab, ctx, procs):
 
 @pytest.mark.parametrize("kind,then", [
     (k, t) for k in ("Queue", "WorkQueue", "subscription") for t in ("put", "nothing")
-] + [("Queue", "late-move")])
+] + [("Queue", "late-move"), ("WorkQueue-get_many", "put"), ("WorkQueue-get_many", "nothing")])
 def test_close_under_a_waiting_get(ab, kind, then):
     """A get waiting on the server when its handle is closed raises
     ValueError (closed), as on the shared-memory classes, with nothing put
@@ -856,6 +1004,8 @@ def test_close_under_a_waiting_get(ab, kind, then):
     server serves before it sees the cancelled wait's disconnect does)."""
     from tests.contract.test_redis_shutdown import _blocked
     b = ab.sync
+    many = kind.endswith("-get_many")    # a WorkQueue's get_many waiting
+    kind = kind.removesuffix("-get_many")
 
     async def main():
         if kind == "subscription":
@@ -868,7 +1018,7 @@ def test_close_under_a_waiting_get(ab, kind, then):
             other = live = getattr(ab, kind).open(h.name)
         try:
             base = _blocked(b)
-            task = asyncio.ensure_future(h.get())
+            task = asyncio.ensure_future(h.get_many() if many else h.get())
             while _blocked(b) < base + 1:        # the server has it blocked
                 await asyncio.sleep(0.01)
             h.close()

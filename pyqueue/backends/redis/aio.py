@@ -33,7 +33,9 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   after the script ran leaves it there and the next get of the handle
   returns that same delivery (not counted again) instead of taking a new
   one; close() gives it back (available again, its delivery not counted).
-  It never waits for the visibility timeout.
+  It never waits for the visibility timeout. A get_many's record is the
+  list of the deliveries its step made ("id:n,id:n,..."), returned again
+  the same way (a get returns the first and gives the rest back).
 * **No resend.** On one server each step goes out once on a connection of
   the pool (as the sync backend's _Once): a connection lost after the
   step was sent is ConnectionLost(sent=True), never a silent replay. On a
@@ -52,7 +54,7 @@ import hashlib
 import os
 import secrets
 import weakref
-from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, List, NoReturn, Optional,
+from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, Iterable, List, NoReturn, Optional,
                     Sequence, Set, Tuple, Type, TypeVar, Union)
 
 from pyqueue import _api
@@ -804,10 +806,6 @@ def _step_busy(handle: _Handle, no_loop: bool = False) -> bool:
     return lk is not None and lk[0] is loop and lk[1].locked()
 
 
-def _sync_only(what: str) -> NoReturn:
-    raise NotImplementedError(f"{what} of pyqueue.asyncio on Redis: use await get(block=False)")
-
-
 # -- WorkQueue --------------------------------------------------------------
 
 # _ACQUIRE's text less the head every script of the work queue shares
@@ -816,62 +814,105 @@ if not _rwq._ACQUIRE.startswith(_rwq._LUA_HEAD):  # pragma: no cover - a layout 
     raise ImportError("workqueue._ACQUIRE no longer starts with _LUA_HEAD")
 _ACQ_BODY = _rwq._ACQUIRE[len(_rwq._LUA_HEAD):]
 
-# KEYS: the work queue's 13, then this handle's reservation wq.res:H and
-# the set of handle ids wq.rsv; ARGV: lease ms, 1, the delivery this
-# handle handed out last ("id:n", or ""), the handle id. The reservation
-# names the last delivery this handle's script made; unless it is the one
-# handed out (or no longer this handle's), it is returned again, not
-# counted again; else _ACQUIRE's step (the same text) runs and the
-# delivery it made is recorded.
-_AACQ = _rwq._LUA_HEAD + """
-local rk = KEYS[14]
-local cur = redis.call('GET', rk)
-if cur and cur == ARGV[3] then
-  redis.call('DEL', rk)
-  cur = false
+# The record under wq.res:H is a list, "id:n,id:n,..." (one entry for a
+# get, up to max_messages for a get_many): the deliveries this handle's
+# last step made, in the order of its reply. give_back(id) makes one of
+# them available again at once, its delivery not counted (as if it had
+# never been made): what close() does with a record never handed out,
+# and a step with what a record holds beyond what it may return.
+_GIVE_ONE = """
+local function give_back(rid)
+  redis.call('ZREM', F, rid)
+  local n = redis.call('HINCRBY', C, rid, -1)
+  if n > 0 then redis.call('HINCRBY', M, 'redelivered', -1) end
+  redis.call('ZADD', Q, rid, rid)
 end
-if cur then
-  local sep = string.find(cur, ':', 1, true)
-  local rid, rn = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
-  if redis.call('HGET', KEYS[1], 'shutdown') ~= '2' and held_by(rid, rn) then
-    return {0, 0, rid, rn, redis.call('HGET', P, rid), redis.call('HGET', E, rid),
-            redis.call('HGET', R, rid)}
+"""
+
+# KEYS: the work queue's 13, then this handle's reservation wq.res:H and
+# the set of handle ids wq.rsv; ARGV: lease ms, the most deliveries to
+# return, the record this handle handed out last ("id:n,...", or ""), the
+# handle id. Unless the record is the one handed out, its entries still
+# this handle's (held with that count) are returned again, not counted
+# again (the first ARGV[2] of them; the rest given back); else
+# _ACQUIRE's step (the same text) runs and the deliveries it made are
+# recorded.
+_AACQ = _rwq._LUA_HEAD + _GIVE_ONE + """
+local rk = KEYS[14]
+local want = tonumber(ARGV[2])
+local cur = redis.call('GET', rk)
+if cur then redis.call('DEL', rk) end
+if cur and cur ~= ARGV[3] and redis.call('HGET', KEYS[1], 'shutdown') ~= '2' then
+  local out, keep, back = {0}, {}, 0
+  for rid, rn in string.gmatch(cur, '(%d+):(%d+)') do
+    if held_by(rid, rn) then
+      if #keep < want then
+        keep[#keep + 1] = rid .. ':' .. rn
+        out[#out + 1] = 0
+        out[#out + 1] = rid
+        out[#out + 1] = rn
+        out[#out + 1] = redis.call('HGET', P, rid)
+        out[#out + 1] = redis.call('HGET', E, rid)
+        out[#out + 1] = redis.call('HGET', R, rid)
+      else
+        give_back(rid)
+        back = back + 1
+      end
+    end
   end
-  redis.call('DEL', rk)
+  if back > 0 then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
+  if #keep > 0 then
+    redis.call('SET', rk, table.concat(keep, ','), 'PX',
+               math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
+    return out
+  end
 end
 local r = (function()
 """ + _ACQ_BODY + """
 end)()
-if r[1] == 0 and r[2] == 0 then
-  -- kept as long as the delivery can be held without an extend (which
-  -- only a handed-out one gets): a dead handle's record goes by itself
-  redis.call('SET', rk, r[3] .. ':' .. r[4], 'PX',
-             math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
-  redis.call('SADD', KEYS[15], ARGV[4])
+if r[1] == 0 then
+  local keep = {}
+  for j = 2, #r, 6 do
+    if r[j] == 0 then keep[#keep + 1] = r[j + 1] .. ':' .. r[j + 2] end
+  end
+  if #keep > 0 then
+    -- kept as long as the deliveries can be held without an extend (which
+    -- only handed-out ones get): a dead handle's record goes by itself
+    redis.call('SET', rk, table.concat(keep, ','), 'PX',
+               math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
+    redis.call('SADD', KEYS[15], ARGV[4])
+  end
 end
 return r
 """
 
-# KEYS: the 13, the reservation, wq.rsv; ARGV: the delivery handed out
+# KEYS: the 13, the reservation, wq.rsv; ARGV: the record handed out
 # last, the handle id.
-# Gives the reserved delivery back unless it was handed out: available
-# again at once, its delivery not counted. -> 1 given back, 0 none
-_AGIVE_BACK = _rwq._LUA_HEAD + """
+# Gives the recorded deliveries back unless they were handed out:
+# available again at once, their deliveries not counted. -> how many
+_AGIVE_BACK = _rwq._LUA_HEAD + _GIVE_ONE + """
 local rk = KEYS[14]
 local cur = redis.call('GET', rk)
 redis.call('DEL', rk)
 redis.call('SREM', KEYS[15], ARGV[2])
 if not cur or cur == ARGV[1] then return 0 end
-local sep = string.find(cur, ':', 1, true)
-local rid, rn = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
-if not held_by(rid, rn) then return 0 end
-redis.call('ZREM', F, rid)
-local n = redis.call('HINCRBY', C, rid, -1)
-if n > 0 then redis.call('HINCRBY', M, 'redelivered', -1) end
-redis.call('ZADD', Q, rid, rid)
-redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1)
-return 1
+local back = 0
+for rid, rn in string.gmatch(cur, '(%d+):(%d+)') do
+  if held_by(rid, rn) then
+    give_back(rid)
+    back = back + 1
+  end
+end
+if back > 0 then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
+return back
 """
+
+
+def _record_of(r: Sequence[Any]) -> str:
+    """The record _AACQ left for its reply r (status 0): "id:n" of each
+    delivery in it (kind 0), in order, joined by commas ("" for none)."""
+    return ",".join(f"{int(r[j + 1])}:{int(r[j + 2])}" for j in range(1, len(r), 6)
+                    if r[j] == 0)
 
 
 class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
@@ -926,11 +967,11 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
             # the dedup table full, or anything else: the sync call says it
             return h.put(obj, key=key, delay=delay, block=False)
 
-    async def get(self, timeout: Optional[float] = None,
-                  block: bool = True) -> RedisDelivery:
-        """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
-        once). Cancelled after its step ran, the delivery it made is
-        returned by this handle's next get, not counted again."""
+    async def _acquire(self, want: int, block: bool, timeout: Optional[float]) -> List[Any]:
+        """_AACQ's reply with up to `want` deliveries (one at least), waiting
+        for one up to the deadline; queue.Empty in time. The record of
+        what it returns is this handle's handed-out one from the reply on
+        (no await between them and the caller's return)."""
         h = self._h
         h._check_open()
         until = _api.deadline(True, timeout)
@@ -941,32 +982,14 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
                 await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
-                r = await script(b, _AACQ, keys, [h._lease_ms(), 1, self._handed, self._id])
-                if r[0] == 0 and r[1] == 0 and not h._closed:
+                r = await script(b, _AACQ, keys, [h._lease_ms(), want, self._handed, self._id])
+                if r[0] == 0 and not h._closed:
                     # From the reply to the hand-over: no await.
-                    self._handed = f"{int(r[2])}:{int(r[3])}"
+                    self._handed = _record_of(r)
             if self._is_closed():   # (after an await: not narrowed)
                 await self._closed_under_get(b, keys)
             if r[0] == 0:
-                kind, mid, n, raw, enq, why = r[1:7]
-                mid, n, enq = int(mid), int(n), int(enq)
-                reason = why.decode() if why is not None else None
-                if kind == 1:       # out of deliveries: dead-lettered on the way (sync)
-                    h._move_dead_quietly(mid, n, enq / 1000.0,
-                                         f"delivered {n} times, last: {reason or 'nacked'}"
-                                         if reason != "rejected" else "rejected", None, raw, None)
-                    continue
-                try:
-                    value = h._decode(raw, None)
-                except Exception as e:      # poison, as the sync get (sync)
-                    if h._reject(mid, n) == 0:
-                        h._move_dead_quietly(mid, n, enq / 1000.0,
-                                             f"undecodable: {type(e).__name__}: {e}", repr(e),
-                                             raw, None)
-                    continue
-                # (pyqueue.WorkQueue's Delivery over the Redis handle, as its sync get)
-                d = _SyncDelivery(h, mid, n, value, enq, reason)  # type: ignore[arg-type]
-                return RedisDelivery(d, self)
+                return r    # type: ignore[no-any-return]
             if r[0] == -1:
                 raise SegmentNotFound(f"work queue {h._name!r} was removed from {b.url}")
             if r[0] == -5:
@@ -982,6 +1005,79 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
             await self._wait_for(b, "XREAD", "COUNT", 1, "BLOCK", _block_ms(left), "STREAMS",
                                  h._keys[11], r[1])
 
+    def _dead_on_the_way(self, mid: int, n: int, raw: bytes, enq: int,
+                         reason: Optional[str]) -> None:
+        """A message out of deliveries that a step returned: to the
+        dead-letter queue (the sync code: rare)."""
+        self._h._move_dead_quietly(mid, n, enq / 1000.0,
+                                   f"delivered {n} times, last: {reason or 'nacked'}"
+                                   if reason != "rejected" else "rejected", None, raw, None)
+
+    def _poison(self, mid: int, n: int, raw: bytes, enq: int, e: Exception) -> None:
+        """An undecodable delivery: rejected, as the sync get (sync)."""
+        h = self._h
+        if h._reject(mid, n) == 0:
+            h._move_dead_quietly(mid, n, enq / 1000.0, f"undecodable: {type(e).__name__}: {e}",
+                                 repr(e), raw, None)
+
+    async def get(self, timeout: Optional[float] = None,
+                  block: bool = True) -> RedisDelivery:
+        """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
+        once). Cancelled after its step ran, the delivery it made is
+        returned by this handle's next get (or get_many), not counted
+        again."""
+        h = self._h
+        until = _api.deadline(True, timeout)
+        while True:
+            r = await self._acquire(1, block, _api.remaining(until))
+            # From here to the return: no await (sync calls only).
+            kind, mid, n, raw, enq, why = r[1:7]
+            mid, n, enq = int(mid), int(n), int(enq)
+            reason = why.decode() if why is not None else None
+            if kind == 1:       # out of deliveries: dead-lettered on the way (sync)
+                self._dead_on_the_way(mid, n, raw, enq, reason)
+                continue
+            try:
+                value = h._decode(raw, None)
+            except Exception as e:      # poison, as the sync get (sync)
+                self._poison(mid, n, raw, enq, e)
+                continue
+            # (pyqueue.WorkQueue's Delivery over the Redis handle, as its sync get)
+            d = _SyncDelivery(h, mid, n, value, enq, reason)  # type: ignore[arg-type]
+            return RedisDelivery(d, self)
+
+    async def get_many(self, max_messages: int = 1024,
+                       timeout: Optional[float] = None) -> RedisBatch:
+        """As pyqueue.asyncio.WorkQueue.get_many: waits for one message,
+        then takes what is there (up to max_messages, and max_in_flight)
+        in one step. Cancelled after its step ran, the deliveries it made
+        are returned by this handle's next get_many (a get: the first of
+        them, the rest given back uncounted), not counted again; close()
+        gives them back."""
+        h = self._h
+        h._check_open()
+        want = min(_api.check_max_messages(max_messages), h.max_in_flight)
+        until = _api.deadline(True, timeout)
+        while True:
+            r = await self._acquire(want, True, _api.remaining(until))
+            # From here to the return: no await (sync calls only).
+            batch = _rwq.Batch._new(h)
+            for j in range(1, len(r), 6):
+                kind, mid, n, raw, enq, why = r[j:j + 6]
+                mid, n, enq = int(mid), int(n), int(enq)
+                reason = why.decode() if why is not None else None
+                if kind == 1:
+                    self._dead_on_the_way(mid, n, raw, enq, reason)
+                    continue
+                try:
+                    value = h._decode(raw, None)
+                except Exception as e:
+                    self._poison(mid, n, raw, enq, e)
+                    continue
+                batch._add(value, mid, n, enq, reason)
+            if len(batch):
+                return RedisBatch(batch, self)
+
     async def _closed_under_get(self, b: RedisBackend, keys: Sequence[str]) -> NoReturn:
         """close() ran while a get was in flight: a delivery its step made
         after close()'s give-back is given back too (available again, not
@@ -996,10 +1092,6 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         a delivery this handle's cancelled get reserved stays for its next
         await get, or close())."""
         return RedisDelivery(self._h.get(block=False), self)
-
-    async def get_many(self, max_messages: int = 1024,
-                       timeout: Optional[float] = None) -> NoReturn:
-        _sync_only("get_many")
 
     def close(self) -> None:
         """Close this handle: a delivery its last get reserved and never
@@ -1069,6 +1161,82 @@ class RedisDelivery(_aq.Delivery[Any]):
                 await self.ack()
             else:
                 await self.nack(error=f"{exc_type.__name__}: {exc}")
+
+
+class RedisBatch(_aq.Batch):
+    """pyqueue.asyncio.Batch of a Redis work queue: each settle of the
+    chosen positions (or of all not settled) is one awaited _SETTLE call,
+    fenced per message as the sync Batch's; moves to the dead-letter
+    queue (a nack on a last delivery, a reject) are the sync code's."""
+
+    _b: _rwq.Batch
+    _q: RedisWorkQueue
+
+    def __init__(self, batch: _rwq.Batch, q: RedisWorkQueue) -> None:
+        super().__init__(batch)
+        self._q = q
+
+    async def _apply(self, verb: int, pick: List[int], arg: int) -> Tuple[List[int], List[int]]:
+        """The sync Batch's _apply with its one step awaited: (stale
+        positions, dead ones to move)."""
+        b = self._b
+        stale: List[int] = []
+        to_move: List[int] = []
+        if not pick:
+            return stale, to_move
+        h = b._queue
+        h._check_open()
+        pairs: List[Any] = []
+        for i in pick:
+            pairs.append(b._ids[i])
+            pairs.append(b._dels[i])
+        r = await script(self._q._backend(), _rwq._SETTLE, h._keys,
+                         [_rwq._VERBS[verb], _rwq.ESTALE, arg, h._lease_ms()] + pairs)
+        for i, x in zip(pick, r):
+            if int(x) < 0:
+                stale.append(i)
+                continue
+            if verb != _api.HELD:
+                b._state[i] = verb
+            if int(x) == 1:
+                to_move.append(i)
+        return stale, to_move
+
+    async def ack(self, indices: Optional[Iterable[int]] = None) -> None:
+        """As pyqueue.asyncio.Batch.ack (one awaited step)."""
+        b: Any = self._b     # (BatchAPI is untyped)
+        stale, _ = await self._apply(_api.ACKED, b._pick(indices), 0)
+        if stale:
+            raise _api.batch_expired("ack", b._ids, stale)
+
+    async def nack(self, indices: Optional[Iterable[int]] = None, delay: float = 0.0,
+                   error: Optional[str] = None) -> None:
+        """As pyqueue.asyncio.Batch.nack (one awaited step; those on their
+        last delivery moved to the dead-letter queue by the sync code)."""
+        b: Any = self._b     # (BatchAPI is untyped)
+        arg = b._seconds(delay, "delay")
+        stale, to_move = await self._apply(_api.NACKED, b._pick(indices), arg)
+        b._move(to_move, lambda n: f"delivered {n} times, last: nacked", error)
+        if stale:
+            raise _api.batch_expired("nack", b._ids, stale)
+
+    async def reject(self, indices: Optional[Iterable[int]] = None,
+                     reason: str = "rejected") -> None:
+        """As pyqueue.asyncio.Batch.reject (one awaited step, then the
+        moves to the dead-letter queue by the sync code)."""
+        b: Any = self._b     # (BatchAPI is untyped)
+        stale, to_move = await self._apply(_api.REJECTED, b._pick(indices), 0)
+        b._move(to_move, lambda n: f"rejected: {reason}", reason)
+        if stale:
+            raise _api.batch_expired("reject", b._ids, stale)
+
+    async def extend(self, seconds: float, indices: Optional[Iterable[int]] = None) -> None:
+        """As pyqueue.asyncio.Batch.extend (one awaited step)."""
+        b: Any = self._b     # (BatchAPI is untyped)
+        arg = b._seconds(seconds, "seconds")
+        stale, _ = await self._apply(_api.HELD, b._pick(indices), arg)
+        if stale:
+            raise _api.batch_expired("extend", b._ids, stale)
 
 
 # -- Topic ------------------------------------------------------------------
