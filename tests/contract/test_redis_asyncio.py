@@ -857,6 +857,53 @@ def _blocked_clients(client):
     return int(client.info("clients")["blocked_clients"])
 
 
+def test_the_loop_ending_under_waiting_gets_loses_nothing(ab, monkeypatch):
+    """The loop ends while two gets of one handle wait: one's BLMOVE has
+    moved a message into the handle's reservation (handed to nobody), the
+    other's may still be blocked on the server. The message reaches
+    another handle once the lease runs out: the reservation stays listed
+    when the renewal ends (a second hostile review: a give-back at the
+    loop's end unlisted it, and the BLMOVE still blocked moved the message
+    there for good)."""
+    from pyqueue.backends.redis import aio
+    monkeypatch.setattr(aio, "LEASE_SECONDS", 1.0)
+    name = _name("loopend")
+    q = ab.Queue(name=name)
+    client = ab.sync.client
+    res = f"pq:{{{name}}}:res:"
+
+    async def main():
+        before = _blocked_clients(client)
+        waits = [asyncio.ensure_future(q.get()) for _ in range(2)]
+        end = time.monotonic() + 30
+        while _blocked_clients(client) < before + 3:    # two BLMOVEs and the watcher
+            assert time.monotonic() < end, "the gets never waited on the server"
+            await asyncio.sleep(0.01)
+        q.sync.put("m")
+        # The server moves it into the reservation; the loop does not run
+        # meanwhile, so no get hands it out before the loop ends.
+        while not client.llen(res + q._id):
+            assert time.monotonic() < end, "no BLMOVE moved the message"
+            threading.Event().wait(0.001)
+        return waits
+
+    try:
+        waits = asyncio.run(main())
+        assert all(w.cancelled() for w in waits)
+
+        async def other():
+            q2 = ab.Queue.open(name)
+            try:
+                return await q2.get(timeout=15)
+            finally:
+                q2.close()
+
+        assert asyncio.run(other()) == "m"
+        assert [k for k in _leftovers(ab.sync, name) if ":res:" in k] == []
+    finally:
+        _closing(q)
+
+
 def test_a_handle_frozen_in_its_wait_and_reaped_takes_no_message(ab, ctx, procs):
     """A process frozen (SIGSTOP) while its async get waits on the server
     with no timeout, reaped when its lease ran out, then killed: a message

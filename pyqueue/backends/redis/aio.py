@@ -431,18 +431,43 @@ return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
 """
 
 
+# KEYS: meta, res, resn, rsv; ARGV: handed, handle id -> 1 counted, 0
+# not listed (reaped or given back: nothing to count here). Counts what
+# the handle handed out and drops it from its reservation (the first part
+# of _ATAKE); the reservation stays listed with its lease.
+_SETTLE = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local handed = tonumber(ARGV[1])
+local n = tonumber(redis.call('GET', KEYS[3]) or '0')
+if handed > n then
+  for i = n + 1, handed do redis.call('LPOP', KEYS[2]) end
+  redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
+  redis.call('SET', KEYS[3], handed)
+end
+return 1
+"""
+
+# How long the count at the end of a renewal may take (the loop's end
+# waits for it): a server that does not answer in time leaves it to the
+# reap (the last message handed out then comes again: at least once).
+_SETTLE_WAIT = 1.0
+
+
 async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
                  gkeys: List[str], hid: str, handed: List[int]) -> None:
     """The lease renewal of one handle (and loop): every third of the
     lease, until the handle is closed, collected, or the loop ends. When
     it ends without close() (the loop's end: asyncio.run cancels it; the
-    handle collected), the reservation is given back at once, as close()
-    does: what was handed out is counted and leaves the reservation, so a
-    reap never delivers it again to anyone (a hostile review: a handle
-    reused by a later asyncio.run, or dropped without close(), had the
-    message its last get returned delivered again a lease later). A
-    handle used again afterwards finds its reservation gone and starts
-    over ({-3})."""
+    handle collected) the messages the handle handed out are counted and
+    leave its reservation (_SETTLE), so the reap that follows when the
+    lease runs out gives back only what was never handed out (a hostile
+    review: a handle reused by a later asyncio.run, or dropped without
+    close(), had the message its last get returned delivered again). The
+    reservation stays listed: a BLMOVE of the handle still blocked on the
+    server may yet move a message into it, which the reap then returns
+    (giving it all back here made such a message unreachable: a second
+    review)."""
     try:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
@@ -460,22 +485,22 @@ async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
         q = ref()
         if q is None or not (q._h._closed or q._pid != os.getpid() or q._id != hid):
             del q
-            _give_back_now(b, gkeys, hid, handed[0])
+            await _settle(b, gkeys, hid, handed[0])
         raise
-    _give_back_now(b, gkeys, hid, handed[0])
+    await _settle(b, gkeys, hid, handed[0])
 
 
-def _give_back_now(b: RedisBackend, gkeys: List[str], hid: str, handed: int) -> None:
-    """_GIVE_BACK as one synchronous round trip (where nothing may be
-    awaited: a task being cancelled at the loop's end). Not possible now
-    (the server unreachable): the lease runs out and a reap gives the
-    reservation back instead (the last message handed out then comes
-    again: at least once for it)."""
-    if os.getpid() != int(hid.split("-", 1)[0]):
-        return      # a forked child's copy of its parent's task: not its reservation
+async def _settle(b: RedisBackend, gkeys: List[str], hid: str, handed: int) -> None:
+    """_SETTLE, bounded by _SETTLE_WAIT; never raises (a failure leaves the
+    count to the reap)."""
+    if handed <= 0 or os.getpid() != int(hid.split("-", 1)[0]):
+        return      # nothing handed out; or a forked child's copy of its parent's task
     try:
-        b.script("queue_give_back", _GIVE_BACK)(keys=gkeys, args=[handed, hid])
-    except (ConnectionLost, _rexc.RedisError, OSError):
+        await asyncio.wait_for(
+            script(b, _SETTLE, [gkeys[0], gkeys[2], gkeys[3], gkeys[4]], [handed, hid]),
+            _SETTLE_WAIT)
+    except (ConnectionLost, _rexc.RedisError, OSError, asyncio.TimeoutError,
+            asyncio.CancelledError):
         pass
 
 
@@ -608,12 +633,13 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             if r[2] >= 0:       # another handle's lease runs out then: reap it
                 due = r[2] / 1000.0 + 0.001
                 left = due if left is None else min(left, due)
-            # Within this handle's own lease (set by the step just made):
-            # the server ends the BLMOVE before a reap of this handle can
-            # run, so a process frozen in this wait and reaped never has a
-            # message moved into a reservation nobody lists (a hostile
-            # review: lost for good once that process was killed).
-            own = LEASE_SECONDS * 0.8
+            # Within this handle's own lease (set by the step just made,
+            # renewed every third of it): the server ends the BLMOVE before
+            # a reap of this handle can run, even when the renewals stop
+            # (a frozen process, the loop's end), so it never moves a
+            # message into a reservation nobody lists (a hostile review:
+            # lost for good once a frozen process was killed).
+            own = LEASE_SECONDS * 0.5
             left = own if left is None else min(left, own)
             await self._wait(b, keys, r[1], left)
 
