@@ -904,6 +904,43 @@ def test_the_loop_ending_under_waiting_gets_loses_nothing(ab, monkeypatch):
         _closing(q)
 
 
+def test_what_a_handle_only_reserved_is_back_for_sync_consumers_when_its_loop_ends(ab):
+    """The loop ends while a get waits and its BLMOVE has moved a message
+    into the handle's reservation (handed to nobody): the message is back
+    in the queue at once, for a sync consumer too (`qsize`, `get`,
+    `join`): sync consumers never reap, and a reservation left to the
+    lease hid it from them for good (a third hostile review)."""
+    name = _name("loopsync")
+    q = ab.JoinableQueue(name=name)
+    client = ab.sync.client
+    res = f"pq:{{{name}}}:res:"
+
+    async def main():
+        before = _blocked_clients(client)
+        wait = asyncio.ensure_future(q.get())
+        end = time.monotonic() + 30
+        while _blocked_clients(client) < before + 2:    # its BLMOVE and the watcher
+            assert time.monotonic() < end, "the get never waited on the server"
+            await asyncio.sleep(0.01)
+        q.sync.put("m")
+        while not client.llen(res + q._id):     # moved; the loop does not run meanwhile
+            assert time.monotonic() < end, "the BLMOVE did not move the message"
+            threading.Event().wait(0.001)
+        return wait
+
+    try:
+        assert asyncio.run(main()).cancelled()
+        s = q.sync
+        assert s.qsize() == 1
+        assert s.get(timeout=5) == "m"
+        s.task_done()
+        assert client.hget(f"pq:{{{name}}}:meta", "unfinished") == b"0"
+        s.join()                                # returns: nothing unfinished
+        assert s.stats()["dequeued"] == 1
+    finally:
+        _closing(q)
+
+
 def test_a_handle_frozen_in_its_wait_and_reaped_takes_no_message(ab, ctx, procs):
     """A process frozen (SIGSTOP) while its async get waits on the server
     with no timeout, reaped when its lease ran out, then killed: a message

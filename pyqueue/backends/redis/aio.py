@@ -431,10 +431,13 @@ return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
 """
 
 
-# KEYS: meta, res, resn, rsv; ARGV: handed, handle id -> 1 counted, 0
-# not listed (reaped or given back: nothing to count here). Counts what
-# the handle handed out and drops it from its reservation (the first part
-# of _ATAKE); the reservation stays listed with its lease.
+# KEYS: meta, res, resn, rsv, list; ARGV: handed, handle id -> 1 done, 0
+# not listed (reaped or given back: nothing to do here). Counts what the
+# handle handed out and drops it from its reservation (the first part of
+# _ATAKE), then gives the rest back to the head of the queue, in order,
+# uncounted - but leaves the reservation listed with its lease: a BLMOVE of
+# the handle still blocked on the server may yet move a message into it,
+# and the reap must find that one.
 _SETTLE = """
 if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -445,6 +448,7 @@ if handed > n then
   redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
   redis.call('SET', KEYS[3], handed)
 end
+while redis.call('RPOPLPUSH', KEYS[2], KEYS[5]) do end
 return 1
 """
 
@@ -460,14 +464,15 @@ async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
     lease, until the handle is closed, collected, or the loop ends. When
     it ends without close() (the loop's end: asyncio.run cancels it; the
     handle collected) the messages the handle handed out are counted and
-    leave its reservation (_SETTLE), so the reap that follows when the
-    lease runs out gives back only what was never handed out (a hostile
-    review: a handle reused by a later asyncio.run, or dropped without
-    close(), had the message its last get returned delivered again). The
-    reservation stays listed: a BLMOVE of the handle still blocked on the
-    server may yet move a message into it, which the reap then returns
-    (giving it all back here made such a message unreachable: a second
-    review)."""
+    leave its reservation, and the rest goes back to the queue (_SETTLE):
+    nothing it returned is delivered again (a hostile review: a handle
+    reused by a later asyncio.run, or dropped without close(), had the
+    message its last get returned delivered again by the reap), and what
+    it only reserved is at once there for any consumer, sync ones too (a
+    third review). The reservation stays listed: a BLMOVE of the handle
+    still blocked on the server may yet move a message into it, which the
+    reap then returns (unlisting it here made such a message unreachable:
+    a second review)."""
     try:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
@@ -493,11 +498,12 @@ async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
 async def _settle(b: RedisBackend, gkeys: List[str], hid: str, handed: int) -> None:
     """_SETTLE, bounded by _SETTLE_WAIT; never raises (a failure leaves the
     count to the reap)."""
-    if handed <= 0 or os.getpid() != int(hid.split("-", 1)[0]):
-        return      # nothing handed out; or a forked child's copy of its parent's task
+    if os.getpid() != int(hid.split("-", 1)[0]):
+        return      # a forked child's copy of its parent's task
     try:
         await asyncio.wait_for(
-            script(b, _SETTLE, [gkeys[0], gkeys[2], gkeys[3], gkeys[4]], [handed, hid]),
+            script(b, _SETTLE, [gkeys[0], gkeys[2], gkeys[3], gkeys[4], gkeys[1]],
+                   [handed, hid]),
             _SETTLE_WAIT)
     except (ConnectionLost, _rexc.RedisError, OSError, asyncio.TimeoutError,
             asyncio.CancelledError):
