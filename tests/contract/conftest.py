@@ -93,3 +93,17 @@ def make(backend):
     made = Made(backend)
     yield made
     made.cleanup()
+
+
+@pytest.fixture(params=BACKENDS[1:])
+def redis_url(request):
+    """The URL of one Redis server, then of the cluster (the asyncio Redis
+    tests: they have no shared-memory case)."""
+    return _url(request, request.param)
+
+
+@pytest.fixture
+def ab(redis_url):
+    """pyqueue.asyncio.connect(redis_url)."""
+    import pyqueue.asyncio as aq
+    return aq.connect(redis_url)

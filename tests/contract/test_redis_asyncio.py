@@ -34,18 +34,6 @@ from tests.test_asyncio import _storm
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
-def url(request):
-    server = request.getfixturevalue("redis_server" if request.param == "redis"
-                                     else "redis_cluster")
-    return server.url
-
-
-@pytest.fixture
-def ab(url):
-    return aq.connect(url)
-
-
 def _name(kind):
     return f"ar-{kind}-{uuid.uuid4().hex[:10]}"
 

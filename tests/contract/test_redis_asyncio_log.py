@@ -35,18 +35,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 P = 4   # partitions
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
-def url(request):
-    server = request.getfixturevalue("redis_server" if request.param == "redis"
-                                     else "redis_cluster")
-    return server.url
-
-
-@pytest.fixture
-def ab(url):
-    return aq.connect(url)
-
-
 @pytest.fixture
 def lg(ab):
     lg = ab.Log(name=f"arl-{uuid.uuid4().hex[:10]}", partitions=P)

@@ -55,7 +55,7 @@ import os
 import secrets
 import weakref
 from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, Iterable, List, NoReturn, Optional,
-                    Sequence, Set, Tuple, Type, TypeVar, Union)
+                    Sequence, Set, Tuple, Type, TypeVar, Union, cast)
 
 from pyqueue import _api
 from pyqueue import asyncio as _aq
@@ -1485,9 +1485,15 @@ def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
     else:   # a Log, or a Consumer of one: aio_log.py
         from pyqueue.backends.redis import aio_log
         return aio_log.wrap(cls, h)
+    return make(cls, impl, h)
+
+
+def make(cls: Type[_OT], impl: Type[Any], h: Any) -> Optional[_OT]:
+    """An `impl` (a Redis subclass of pyqueue.asyncio class `cls`) owning
+    sync handle h; None when impl is not a `cls`."""
     if not issubclass(impl, cls):
         return None
-    self = impl.__new__(impl)
-    self._h = h
-    self._init()
-    return self
+    made: Any = impl.__new__(impl)
+    made._h = h
+    made._init()
+    return cast(_OT, made)

@@ -321,9 +321,4 @@ def wrap(cls: Type[_OT], h: Any) -> Optional[_OT]:
         impl = RedisConsumer
     else:
         return None
-    if not issubclass(impl, cls):
-        return None
-    self = impl.__new__(impl)
-    self._h = h
-    self._init()
-    return self
+    return _aio.make(cls, impl, h)
