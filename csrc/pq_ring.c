@@ -357,7 +357,8 @@ static inline int pq_ring_stale_or_corrupt(const pq_ring *r, uint64_t h)
 static int pq_ring_rd_current(pq_ring *r)
 {
     pq_ring_epoch *e = &r->ctl->epochs[r->rd_seen % PQ_RING_EPOCHS];
-    /* relaxed: loaded after tail (acquire), which published the entry. */
+    /* relaxed: loaded after ctl->epoch (acquire), whose release store
+     * published the entry. */
     const uint64_t start = atomic_load_explicit(&e->start, memory_order_relaxed);
     const uint64_t level = atomic_load_explicit(&e->level, memory_order_relaxed);
     if (level >= r->nlevels || (start & (PQ_RECORD_ALIGN - 1)) != 0) {
@@ -419,16 +420,32 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
             /* The epochs of every position below this tail: loaded after
              * it (ordered by its acquire; the claim that published an
              * epoch stored ctl->epoch before its tail). A new epoch ends
-             * the cached one, which may have been open-ended. */
-            uint64_t seen = atomic_load_explicit(&c->epoch, memory_order_relaxed);
+             * the cached one, which may have been open-ended.
+             * acquire: pairs with the release store of ctl->epoch in
+             * pq_ring_grow / pq_ring_trim. The epoch seen may be newer
+             * than this tail (a grow or trim after our tail load), and
+             * then the tail's acquire does not order its entry. */
+            uint64_t seen = atomic_load_explicit(&c->epoch, memory_order_acquire);
             if (__builtin_expect(seen != r->rd_seen, 0)) {
                 r->rd_seen = seen;
                 r->rd_end = r->rd_start; /* look up again */
                 (void)pq_ring_rd_current(r);
             }
-            /* Claims keep the tail within the current epoch's size of
-             * the later of head and the epoch's start. */
-            if (t - pq_pos_max(h, r->rd_cur_start) > r->rd_cur_cap)
+            /* Claims keep the tail within the size of its epoch of the
+             * later of head and the epoch's start. */
+            uint64_t cur_start = r->rd_cur_start, cur_cap = r->rd_cur_cap;
+            if (__builtin_expect(t - cur_start >= PQ_POS_HALF, 0)) {
+                /* The epoch seen starts after t: producers claimed past t
+                 * and one grew (or a trim started over) between our tail
+                 * and epoch loads. Not damage: t lies in an older epoch;
+                 * bound it by that one (a damaged table still fails). */
+                pq_ring_where w;
+                if (pq_ring_epoch_find(r, seen, t, &w) < 0)
+                    return pq_ring_stale_or_corrupt(r, h);
+                cur_start = w.start;
+                cur_cap = w.cap;
+            }
+            if (t - pq_pos_max(h, cur_start) > cur_cap)
                 return pq_ring_stale_or_corrupt(r, h);
         }
         if (b->count == max)
