@@ -850,7 +850,7 @@ def test_the_loop_ending_under_waiting_gets_loses_nothing(ab, monkeypatch):
     moved a message into the handle's reservation (handed to nobody), the
     other's may still be blocked on the server. The message reaches
     another handle once the lease runs out: the reservation stays listed
-    when the renewal ends (a second hostile review: a give-back at the
+    when the renewal ends (a later hostile review: a give-back at the
     loop's end unlisted it, and the BLMOVE still blocked moved the message
     there for good)."""
     from pyqueue.backends.redis import aio
@@ -897,7 +897,7 @@ def test_what_a_handle_only_reserved_is_back_for_sync_consumers_when_its_loop_en
     into the handle's reservation (handed to nobody): the message is back
     in the queue at once, for a sync consumer too (`qsize`, `get`,
     `join`): sync consumers never reap, and a reservation left to the
-    lease hid it from them for good (a third hostile review)."""
+    lease hid it from them for good (a later hostile review)."""
     name = _name("loopsync")
     q = ab.JoinableQueue(name=name)
     client = ab.sync.client

@@ -469,10 +469,10 @@ async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
     reused by a later asyncio.run, or dropped without close(), had the
     message its last get returned delivered again by the reap), and what
     it only reserved is at once there for any consumer, sync ones too (a
-    third review). The reservation stays listed: a BLMOVE of the handle
+    later review). The reservation stays listed: a BLMOVE of the handle
     still blocked on the server may yet move a message into it, which the
     reap then returns (unlisting it here made such a message unreachable:
-    a second review)."""
+    a later review)."""
     try:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
