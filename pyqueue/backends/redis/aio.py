@@ -320,6 +320,20 @@ def _lease_ms() -> int:
     return max(1, int(LEASE_SECONDS * 1000))
 
 
+# Lua, the start of _ATAKE and _SETTLE: the messages a handle's gets
+# returned (handed, its own count) leave the head of its reservation and
+# are counted as dequeued, once (resn: how many the server has counted).
+_COUNT_HANDED = """
+local function count_handed(meta, res, resn, handed)
+  local n = tonumber(redis.call('GET', resn) or '0')
+  if handed > n then
+    for i = n + 1, handed do redis.call('LPOP', res) end
+    redis.call('HINCRBY', meta, 'dequeued', handed - n)
+    redis.call('SET', resn, handed)
+  end
+end
+"""
+
 # KEYS: meta, list, space, res, resn, down, rsv, rsv.lease; ARGV: messages
 # handed out by this handle so far, the handle id, the most messages to
 # return, the lease ms, the key prefix -> {0, message...}: the head of the
@@ -334,7 +348,7 @@ def _lease_ms() -> int:
 # First, up to _REAP reservations whose lease ran out (not this handle's:
 # it is alive, this step renews it) go back to the head of the queue, in
 # order, counting nothing.
-_ATAKE = """
+_ATAKE = _COUNT_HANDED + """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown', 'kind')
 if not m[3] then return {-1} end
 local handed = tonumber(ARGV[1])
@@ -351,12 +365,7 @@ for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0,
     redis.call('ZREM', KEYS[8], d)
   end
 end
-local n = tonumber(redis.call('GET', KEYS[5]) or '0')
-if handed > n then
-  for i = n + 1, handed do redis.call('LPOP', KEYS[4]) end
-  redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
-  redis.call('SET', KEYS[5], handed)
-end
+count_handed(KEYS[1], KEYS[4], KEYS[5], handed)
 redis.call('SADD', KEYS[7], hid)
 redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), hid)
 local want = tonumber(ARGV[3])
@@ -438,16 +447,11 @@ return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
 # uncounted - but leaves the reservation listed with its lease: a BLMOVE of
 # the handle still blocked on the server may yet move a message into it,
 # and the reap must find that one.
-_SETTLE = """
+_SETTLE = _COUNT_HANDED + """
 if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local handed = tonumber(ARGV[1])
-local n = tonumber(redis.call('GET', KEYS[3]) or '0')
-if handed > n then
-  for i = n + 1, handed do redis.call('LPOP', KEYS[2]) end
-  redis.call('HINCRBY', KEYS[1], 'dequeued', handed - n)
-  redis.call('SET', KEYS[3], handed)
-end
+count_handed(KEYS[1], KEYS[2], KEYS[3], handed)
 while redis.call('RPOPLPUSH', KEYS[2], KEYS[5]) do end
 return 1
 """
