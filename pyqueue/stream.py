@@ -198,6 +198,7 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
             if now - t > slowest:
                 slowest = now - t
             t = now
+        sent = True
         try:
             if results and send is not None:
                 if send_many is not None:
@@ -206,15 +207,12 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
                     for r in results:
                         send(r)
         except Exception as e:  # the sink failed: every message comes again
-            b.nack(error=f"{type(e).__name__}: {e}")
+            sent = False
             bad = [(i, False, e) for i in range(n)]
-        else:
-            for i, rejected, err in bad:
-                if rejected:
-                    b.reject([i], f"{type(err).__name__}: {err}")
-                else:
-                    b.nack([i], error=f"{type(err).__name__}: {err}")
-            b.ack()
+        # Counted before the settle: a worker killed while its ack is on the
+        # wire (applied, never answered) has counted what it processed, and
+        # one killed before the ack has its batch delivered again (counted
+        # twice, never not at all: "processed" is at least what was acked).
         # Only this worker writes its slots (a raw shared array: no lock on
         # the hot path); stats() reads them as they are.
         stats[base] += n - len(bad)
@@ -222,6 +220,15 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
         stats[base + 2] += t - start
         if slowest > stats[base + 3]:
             stats[base + 3] = slowest
+        if not sent:
+            b.nack(error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
+        else:
+            for i, rejected, err in bad:
+                if rejected:
+                    b.reject([i], f"{type(err).__name__}: {err}")
+                else:
+                    b.nack([i], error=f"{type(err).__name__}: {err}")
+            b.ack()
         took = t - start
         if took > visibility / 4:
             size = max(1, size // 2)
