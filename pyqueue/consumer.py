@@ -45,6 +45,25 @@ def _lock_deadline(timeout):
     return time.monotonic_ns() + int(timeout * 1e9)
 
 
+def close_consumers(log: Any) -> None:
+    """Close the consumers made from LOG in this process: they leave their
+    groups (committing first with auto_commit) while LOG can still reach
+    them. Each log's close() calls it first, since a consumer cannot leave
+    through a closed log. Every consumer is tried; the first error is
+    raised after the last."""
+    members = log._consumers
+    first = None
+    for c in list(members):
+        try:
+            c.close()
+        except BaseException as e:  # (Ctrl-C included: raised after the rest)
+            if first is None:
+                first = e
+    members.clear()
+    if first is not None:
+        raise first
+
+
 def _leave_quietly(table, g, member_id, pid):
     # A consumer dropped without close(): leave the group from its own
     # process (a forked child's copy must not remove its parent's member).
@@ -126,6 +145,7 @@ class Consumer:
         self._next_reap = 0.0
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         self._join()
+        log._consumers.add(self)  # log.close() closes it (close_consumers)
 
     # ---- membership ---------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Option
                     TypeVar, Union)
 
 from pyqueue import _core, _log, _logdir, _segment
-from pyqueue.consumer import Consumer
+from pyqueue.consumer import Consumer, close_consumers
 from pyqueue.errors import PyQueueError, SegmentNotFound
 from pyqueue.queues import Serializer, _check_serializer
 
@@ -160,8 +160,6 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
                      perm: Optional[int] = 0o600, trust_owner: bool = False,
                      serializer: Optional[Serializer] = None) -> None: ...
 
-        def close(self) -> None: ...
-
         @property
         def name(self) -> str: ...
 
@@ -216,6 +214,22 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
 
     def _setup_common(self) -> None:
         self._groups = None
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+
+    def close(self) -> None:
+        """Close this handle and the consumers made from it in this
+        process (they leave their groups; other handles and processes are
+        unaffected); closing twice does nothing. The handle closes even
+        when a consumer fails to leave.
+
+        Raises:
+            LockTimeout: A consumer's group lock stayed held by a stopped
+                process (that member is removed once it looks silent).
+        """
+        try:
+            close_consumers(self)
+        finally:
+            super().close()  # type: ignore[misc]
 
     def read(self, partition: int, offset: int, max_records: int = 1000,
              timeout: Optional[float] = 0) -> List[Record]:
@@ -921,11 +935,21 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
         return self._path
 
     def close(self) -> None:
-        """Unmap the log and let go of it (its files stay); closing twice
-        does nothing."""
+        """Close the consumers made from this handle in this process (they
+        leave their groups), unmap the log and let go of it (its files
+        stay); closing twice does nothing. The handle closes even when a
+        consumer fails to leave.
+
+        Raises:
+            LockTimeout: A consumer's group lock stayed held by a stopped
+                process (that member is removed once it looks silent).
+        """
         if not self._closed:
-            self._close_control()
-            self._finalizer()
+            try:
+                close_consumers(self)
+            finally:
+                self._close_control()
+                self._finalizer()
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_open_directory, (self._path, self._trust_owner, self._serializer))

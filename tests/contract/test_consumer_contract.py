@@ -305,3 +305,44 @@ def test_a_removed_member_stays_fenced_after_the_group_is_made_again(make):
             stale.commit({0: 5, 1: 5})
         assert [fresh_member.committed(p) for p in range(2)] == [None, None]
     stale.close()
+
+
+def _closing_the_log_closes_its_consumers(log, other):
+    """log.close() with two consumers made from it: both leave (the
+    auto-committing one commits first), and other (a second handle of the
+    same log) sees the group empty and the commit; closing a consumer
+    after its log is closed does nothing."""
+    plain = log.consumer("g")
+    auto = log.consumer("g", auto_commit=True)
+    got = auto.poll(max_records=100, timeout=5)
+    assert got and {r.partition for r in got} <= set(auto.assignment())
+    assert len(other.group_members("g")) == 2
+    log.close()
+    assert other.group_members("g") == []
+    committed = other.group_offsets("g")
+    for p in sorted({r.partition for r in got}):
+        assert committed[p]["committed"] == max(r.offset for r in got if r.partition == p) + 1
+    plain.close()
+    auto.close()                       # closed already: nothing
+    with pytest.raises(ValueError, match="closed"):
+        plain.poll()
+
+
+def test_closing_the_log_closes_the_consumers_made_from_it(make):
+    log = filled(make, 4, 3)
+    other = make("Log", log.name)
+    _closing_the_log_closes_its_consumers(log, other)
+
+
+def test_closing_a_directory_log_closes_the_consumers_made_from_it(tmp_path):
+    log = pyqueue.Log(path=tmp_path / "log", partitions=4)
+    try:
+        for _ in range(4):
+            log.append_many(range(3))
+        other = pyqueue.Log(path=tmp_path / "log")
+        try:
+            _closing_the_log_closes_its_consumers(log, other)
+        finally:
+            other.close()
+    finally:
+        log.close()

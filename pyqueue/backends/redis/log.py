@@ -36,6 +36,7 @@ import math
 import os
 import pickle
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pyqueue import _api, _log
@@ -46,6 +47,7 @@ from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
 from pyqueue.queues import _check_serializer
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
+from pyqueue.consumer import Consumer, close_consumers
 from pyqueue.log import Record
 
 KIND = "log"
@@ -172,8 +174,8 @@ class RedisLog(RedisHandle):
     shared memory: the log's own setting (a flag in its meta hash), every
     value through it both ways, nothing else ever unpickled."""
 
-    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "_serializer",
-                 "raw_values", "__weakref__")
+    __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "_consumers",
+                 "_serializer", "raw_values", "__weakref__")
     KIND = KIND
     _what = "log"
     _settings: Dict[str, Any]
@@ -204,6 +206,7 @@ class RedisLog(RedisHandle):
         self._closed = False
         self._rr_pid = 0
         self._groups = None
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
         self._serializer = None
         self.raw_values = False      # pyqueue tail: pickles left encoded (RawValue)
         r = self._create_meta(_CREATE, "open" if _open_only else "create",
@@ -407,11 +410,26 @@ class RedisLog(RedisHandle):
         return self._groups
 
     consumer = _shm_log.Log.consumer
+
     groups = _shm_log.Log.groups
     group_offsets = _shm_log.Log.group_offsets
     group_members = _shm_log.Log.group_members
     delete_group = _shm_log.Log.delete_group
     _group_index = _shm_log.Log._group_index
+
+    def close(self) -> None:
+        """Close this handle and the consumers made from it in this process
+        (they leave their groups); what it names stays on the server. The
+        handle closes even when a consumer fails to leave.
+
+        Raises:
+            redis.exceptions.RedisError: A consumer could not reach the
+                server to leave (its session lease removes it).
+        """
+        try:
+            close_consumers(self)
+        finally:
+            RedisHandle.close(self)
 
     def _wait_any(self, parts: Sequence[int], offsets: Sequence[int],
                   groups: Optional[RedisGroupTable], g: Any, gen_seen: int,
