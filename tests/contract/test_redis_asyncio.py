@@ -669,6 +669,41 @@ def test_a_workqueue_handles_record_goes_with_its_deliverys_visibility(ab):
     asyncio.run(main())
 
 
+def test_a_dead_workqueue_handle_leaves_no_entry_in_wq_rsv(ab):
+    """wq.rsv lists the handles that have a record (for unlink()), each
+    scored by when the record expires: once a dead handle's record has
+    gone by itself, the next step of any handle removes its entry (a
+    member per dead handle used to stay until unlink())."""
+    from pyqueue.backends.redis import aio
+    from tests._support import wait_until
+
+    async def main():
+        name = _name("w")
+        dead = ab.WorkQueue(name=name, visibility_timeout=0.3)
+        other = ab.WorkQueue.open(name)
+        client = ab.sync.client
+        try:
+            await dead.put("job")
+            # the dead handle: a step whose reply never came, and no close()
+            await aio.script(dead._backend(), aio._AACQ, dead._wkeys(),
+                             [dead.sync._lease_ms(), 1, "", dead._id])
+            record, rsv = dead._wkeys()[13:15]
+            assert client.zscore(rsv, dead._id) is not None
+            assert wait_until(lambda: not client.exists(record), timeout=30)
+            d = await other.get(timeout=30)   # the job, back after its visibility timeout
+            assert d.value == "job" and d.delivery_count == 2
+            assert client.zscore(rsv, dead._id) is None
+            assert client.zscore(rsv, other._id) is not None
+            await d.ack()
+            other.close()
+            assert client.zcard(rsv) == 0
+        finally:
+            _closing(other)
+            _closing(dead)
+
+    asyncio.run(main())
+
+
 def _lease_entries(b, name):
     return {k.decode() for k in b.client.zrange(f"pq:{{{name}}}:rsv.lease", 0, -1)}
 

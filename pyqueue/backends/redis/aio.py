@@ -866,7 +866,8 @@ end
 """
 
 # KEYS: the work queue's 13, then this handle's reservation wq.res:H and
-# the set of handle ids wq.rsv; ARGV: lease ms, the most deliveries to
+# wq.rsv, the handle ids that have one, each scored by when it expires
+# (server ms; unlink() finds the reservations there); ARGV: lease ms, the most deliveries to
 # return, the record this handle handed out last ("id:n,...", or ""), the
 # handle id. Unless the record is the one handed out, its entries still
 # this handle's (held with that count) are returned again, not counted
@@ -876,6 +877,10 @@ end
 _AACQ = _rwq._LUA_HEAD + _GIVE_ONE + """
 local rk = KEYS[14]
 local want = tonumber(ARGV[2])
+-- wq.rsv scores each handle by when its record expires: the members of
+-- records gone by themselves (dead handles) go at the next step of any
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now)
+local vis = math.max(1, tonumber(redis.call('HGET', M, 'vis_ms')))
 local cur = redis.call('GET', rk)
 if cur then redis.call('DEL', rk) end
 if cur and cur ~= ARGV[3] and redis.call('HGET', KEYS[1], 'shutdown') ~= '2' then
@@ -898,8 +903,8 @@ if cur and cur ~= ARGV[3] and redis.call('HGET', KEYS[1], 'shutdown') ~= '2' the
   end
   if back > 0 then redis.call('XADD', W, 'MAXLEN', 1, '*', 'w', 1) end
   if #keep > 0 then
-    redis.call('SET', rk, table.concat(keep, ','), 'PX',
-               math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
+    redis.call('SET', rk, table.concat(keep, ','), 'PX', vis)
+    redis.call('ZADD', KEYS[15], now + vis, ARGV[4])
     return out
   end
 end
@@ -914,9 +919,8 @@ if r[1] == 0 then
   if #keep > 0 then
     -- kept as long as the deliveries can be held without an extend (which
     -- only handed-out ones get): a dead handle's record goes by itself
-    redis.call('SET', rk, table.concat(keep, ','), 'PX',
-               math.max(1, tonumber(redis.call('HGET', M, 'vis_ms'))))
-    redis.call('SADD', KEYS[15], ARGV[4])
+    redis.call('SET', rk, table.concat(keep, ','), 'PX', vis)
+    redis.call('ZADD', KEYS[15], now + vis, ARGV[4])
   end
 end
 return r
@@ -930,7 +934,7 @@ _AGIVE_BACK = _rwq._LUA_HEAD + _GIVE_ONE + """
 local rk = KEYS[14]
 local cur = redis.call('GET', rk)
 redis.call('DEL', rk)
-redis.call('SREM', KEYS[15], ARGV[2])
+redis.call('ZREM', KEYS[15], ARGV[2])
 if not cur or cur == ARGV[1] then return 0 end
 local back = 0
 for rid, rn in string.gmatch(cur, '(%d+):(%d+)') do
