@@ -43,3 +43,121 @@ def test_with_replicas_every_step_is_confirmed(redis_cluster):
         wq.unlink()
     finally:
         b.close()
+
+
+def test_asyncio_on_one_server_steps_wait_for_its_replica(tmp_path):
+    """pyqueue.asyncio on a min_replicas URL of one server with a replica
+    (both real redis-servers): each step is followed by WAIT on its
+    connection, as the sync classes'; with the replica stopped (SIGSTOP)
+    a put is applied but raises NotReplicated."""
+    import asyncio
+    import os
+    import signal
+    import socket
+
+    import pyqueue.asyncio as aq
+    from pyqueue.backends.redis import NotReplicated
+    from tests import redis_support
+    from tests._support import wait_until
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "r").mkdir()
+    master = redis_support.RedisServer(str(tmp_path / "m"), "--port", str(port),
+                                       "--bind", "127.0.0.1")
+    replica = None
+    try:
+        replica = redis_support.RedisServer(str(tmp_path / "r"), "--replicaof", "127.0.0.1",
+                                            str(port))
+        assert wait_until(lambda: "master_link_status:up" in redis_support._cli(
+            "-s", replica.sock, "info", "replication").stdout, timeout=30)
+
+        async def main():
+            b = aq.connect(master.url + "?min_replicas=1&wait_timeout=300")
+            q = b.Queue(name="await-replicated")
+            for i in range(10):
+                await q.put(i)
+            assert [await q.get(timeout=5) for _ in range(10)] == list(range(10))
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(NotReplicated) as e:
+                    await q.put("applied")
+                assert (e.value.replicas, e.value.wanted) == (0, 1)
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            assert await q.get(timeout=5) == "applied"   # it was put all the same
+            q.close()
+
+        asyncio.run(main())
+    finally:
+        if replica is not None:
+            replica.stop()
+        master.stop()
+
+
+def test_asyncio_with_replicas_every_step_is_confirmed(redis_cluster):
+    """On the cluster (a replica per master), every kind's async steps go
+    through with min_replicas=1: each is sent to the node of its slot and
+    confirmed there."""
+    import asyncio
+
+    import os
+    import signal
+
+    import pyqueue.asyncio as aq
+    from pyqueue.backends.redis import NotReplicated
+    from tests import redis_support
+    redis_cluster.wait_replicas_synced()
+
+    async def main():
+        b = aq.connect(redis_cluster.url + "?min_replicas=1&wait_timeout=1000")
+        q = b.Queue(name="await-confirmed")
+        wq = b.WorkQueue(name="await-confirmed-wq")
+        t = b.Topic(name="await-confirmed-t")
+        log = b.Log(name="await-confirmed-log", partitions=3)
+        try:
+            for i in range(20):
+                await q.put(i)
+            assert [await q.get(timeout=5) for _ in range(20)] == list(range(20))
+            await wq.put("job")
+            d = await wq.get(timeout=5)
+            await d.ack()
+            assert wq.sync.stats()["acked"] == 1
+            sub = t.subscribe("earliest")
+            await t.publish("news")
+            assert await sub.get(timeout=5) == "news"
+            sub.close()
+            for i in range(30):
+                log.append(i, key=str(i))   # (a plain call: one round trip)
+            c = log.consumer("g")
+            got = []
+            while len(got) < 30:
+                got += [r.value for r in await c.poll(timeout=5)]
+            assert sorted(got) == list(range(30))
+            c.commit()
+            c.close()
+            # every replica stopped: a step is applied, and not confirmed
+            stopped = [p for port, p in zip(redis_cluster.ports, redis_cluster.procs)
+                       if "role:slave" in redis_support._cli(
+                           "-p", str(port), "info", "replication").stdout]
+            assert stopped
+            for p in stopped:
+                os.kill(p.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(NotReplicated):
+                    await wq.put("applied")
+            finally:
+                for p in stopped:
+                    os.kill(p.pid, signal.SIGCONT)
+            redis_cluster.wait_replicas_synced()
+            d = await wq.get(timeout=5)
+            assert d.value == "applied"
+            await d.ack()
+        finally:
+            for h in (q, wq, t, log):
+                h.close()
+                h.sync.unlink()
+
+    asyncio.run(main())

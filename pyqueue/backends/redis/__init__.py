@@ -221,6 +221,19 @@ class RedisBackend:
         return f"<pyqueue backend {self.url}>"
 
 
+def check_replicated(b: RedisBackend, replicas: Any) -> None:
+    """WAIT's reply after a step of backend b (min_replicas): the error
+    it is, or NotReplicated when fewer replicas than wanted confirmed."""
+    if isinstance(replicas, Exception):
+        raise replicas
+    assert isinstance(replicas, int)
+    if replicas < b.min_replicas:
+        raise NotReplicated(
+            f"the write was applied by the master but confirmed by {replicas} of the "
+            f"{b.min_replicas} replicas wanted within {b.wait_timeout} ms: it may be lost "
+            f"if the master fails", replicas=replicas, wanted=b.min_replicas)
+
+
 class _Step:
     """A registered Lua script, run as one step of a call: sent once,
     never again behind the caller's back (see ConnectionLost), on one
@@ -308,16 +321,7 @@ class _Step:
                         continue
                 raise result
             if b.min_replicas:
-                replicas = replies[-1]
-                if isinstance(replicas, Exception):
-                    raise replicas
-                assert isinstance(replicas, int)
-                if replicas < b.min_replicas:
-                    raise NotReplicated(
-                        f"the write was applied by the master but confirmed by {replicas} of "
-                        f"the {b.min_replicas} replicas wanted within {b.wait_timeout} ms: it "
-                        f"may be lost if the master fails", replicas=replicas,
-                        wanted=b.min_replicas)
+                check_replicated(b, replies[-1])
             return result
 
     def _node(self, keys: Sequence[str], asking: Optional[Tuple[str, int]]) -> _redis.Redis:

@@ -40,7 +40,8 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
   the pool (as the sync backend's _Once): a connection lost after the
   step was sent is ConnectionLost(sent=True), never a silent replay. On a
   cluster the cluster client's own routing and retries are used, as the
-  sync backend does there.
+  sync backend does there (with min_replicas, _aio_conn.replicated: WAIT
+  on the step's own connection).
 * **Waits** are server-side blocking commands (BLMOVE, XREAD BLOCK) on
   redis.asyncio: no thread, no polling. A waiting Queue get holds a
   connection of the pool in BLMOVE and waits for whichever comes first:
@@ -64,6 +65,8 @@ from pyqueue.backends.redis import queue as _rq
 from pyqueue.backends.redis import topic as _rt
 from pyqueue.backends.redis import workqueue as _rwq
 from pyqueue.backends.redis._handle import key_prefix
+from pyqueue.backends.redis._aio_conn import keep as _keep, lost as _lost, put_back as _put_back
+from pyqueue.backends.redis._aio_conn import replicated, retrieved as _retrieved, shielded as _shielded
 from pyqueue.errors import SegmentNotFound, ShutDown
 from pyqueue.workqueue import Delivery as _SyncDelivery
 
@@ -125,9 +128,6 @@ async def client_of(backend: RedisBackend) -> _Client:
     """The redis.asyncio client of `backend` for the running loop."""
     if not _HAVE_REDIS:  # pragma: no cover
         raise ImportError("pyqueue.asyncio on Redis needs redis-py: pip install 'pyqueue[redis]'")
-    if backend.min_replicas:
-        raise NotImplementedError("pyqueue.asyncio on a Redis URL with min_replicas is not "
-                                  "supported yet (use the synchronous classes)")
     loop = asyncio.get_running_loop()
     per_loop = _clients.get(loop)
     if per_loop is None:
@@ -139,15 +139,6 @@ async def client_of(backend: RedisBackend) -> _Client:
         await closer.__anext__()
         entry = per_loop[id(backend)] = (os.getpid(), client, closer, backend)
     return entry[1]
-
-
-def _lost(backend: RedisBackend, e: Exception, sent: bool) -> ConnectionLost:
-    if sent:
-        return ConnectionLost(f"the connection to Redis at {backend.url} was lost during a "
-                              f"call: {e} (the step was sent; it may have been applied)",
-                              sent=True)
-    return ConnectionLost(f"cannot reach Redis at {backend.url}: {e} (nothing of this call's "
-                          f"step was sent)", sent=False)
 
 
 async def command(backend: RedisBackend, *args: Any) -> Any:
@@ -182,39 +173,18 @@ async def command(backend: RedisBackend, *args: Any) -> Any:
         await _shielded(_put_back(pool, conn, broken))
 
 
-# Tasks that must run to their end whatever happens to the coroutine that
-# started them (strong references: the loop keeps only weak ones).
-_background: "set[asyncio.Future[Any]]" = set()
-
-
-def _keep(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    task.add_done_callback(_retrieved)
-    return task
-
-
-async def _shielded(coro: Any) -> None:
-    await asyncio.shield(_keep(asyncio.ensure_future(coro)))
-
-
-async def _put_back(pool: Any, conn: Any, broken: bool) -> None:
-    try:
-        if broken:
-            await conn.disconnect(nowait=True)
-    finally:
-        await pool.release(conn)
-
-
 _shas: Dict[str, str] = {}
 
 
 async def script(backend: RedisBackend, source: str, keys: Sequence[str],
                  args: Sequence[Any]) -> Any:
-    """Runs a Lua script (EVALSHA; EVAL after NOSCRIPT, which ran nothing)."""
+    """Runs a Lua script (EVALSHA; EVAL after NOSCRIPT, which ran nothing);
+    with min_replicas, followed by WAIT on its connection (_aio_conn)."""
     sha = _shas.get(source)
     if sha is None:
         sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()
+    if backend.min_replicas:
+        return await replicated(backend, await client_of(backend), sha, source, keys, args)
     try:
         return await command(backend, "EVALSHA", sha, len(keys), *keys, *args)
     except _rexc.NoScriptError:
@@ -1348,11 +1318,6 @@ if redis.call('HGET', M, 'mode') == 'lossless' then
 end
 return 0
 """
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class RedisSubscription(_Handle, _aq.Subscription[Any]):
