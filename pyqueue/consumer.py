@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, cast, Dict, Iterable, Iterator, List, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, cast, Dict, Iterable, Iterator, List, Mapping, Optional, TypeVar
 
 if TYPE_CHECKING:
     from pyqueue.log import Log, Record
@@ -45,21 +46,47 @@ def _lock_deadline(timeout):
     return time.monotonic_ns() + int(timeout * 1e9)
 
 
-def close_consumers(log: Any) -> None:
-    """Close the consumers made from LOG in this process: they leave their
-    groups (committing first with auto_commit) while LOG can still reach
-    them. Each log's close() calls it first, since a consumer cannot leave
-    through a closed log. Every consumer is tried; the first error is
-    raised after the last."""
+class Members:
+    """The consumers made from one log handle in this process (weakly
+    held), and the lock that orders their joins with the handle's close():
+    a consumer joins and is listed under it, and close() closes the listed
+    ones and then the handle under it, so none joins unseen in between (a
+    review: a consumer made in one thread while another closed the log
+    stayed a member)."""
+
+    __slots__ = ("_lock", "_pid", "consumers")
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self.consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+
+    @property
+    def lock(self) -> threading.Lock:
+        if self._pid != os.getpid():   # a forked child: a fresh lock (another thread may hold ours)
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        return self._lock
+
+
+def close_consumers(log: Any, close_log: Callable[[], None]) -> None:
+    """Close the consumers made from LOG in this process (they leave their
+    groups, committing first with auto_commit) while LOG can still reach
+    them, then close_log(): each log's close() calls it, since a consumer
+    cannot leave through a closed log. Every consumer is tried and the log
+    is closed whatever happens; the first error is raised after."""
     members = log._consumers
     first = None
-    for c in list(members):
+    with members.lock:
         try:
-            c.close()
-        except BaseException as e:  # (Ctrl-C included: raised after the rest)
-            if first is None:
-                first = e
-    members.clear()
+            for c in list(members.consumers):
+                try:
+                    c.close()
+                except BaseException as e:  # (Ctrl-C included: raised after the rest)
+                    if first is None:
+                        first = e
+            members.consumers.clear()
+        finally:
+            close_log()
     if first is not None:
         raise first
 
@@ -144,8 +171,12 @@ class Consumer:
         self._bad = None      # a partition whose bad record the next poll names
         self._next_reap = 0.0
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
-        self._join()
-        log._consumers.add(self)  # log.close() closes it (close_consumers)
+        members = log._consumers
+        with members.lock:           # not while log.close() runs (Members)
+            if log._closed:
+                raise ValueError("the log is closed")
+            self._join()
+            members.consumers.add(self)  # log.close() closes it (close_consumers)
 
     # ---- membership ---------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Option
                     TypeVar, Union)
 
 from pyqueue import _core, _log, _logdir, _segment
-from pyqueue.consumer import Consumer, close_consumers
+from pyqueue.consumer import Consumer, Members, close_consumers
 from pyqueue.errors import PyQueueError, SegmentNotFound
 from pyqueue.queues import Serializer, _check_serializer
 
@@ -214,7 +214,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
 
     def _setup_common(self) -> None:
         self._groups = None
-        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        self._consumers = Members()
 
     def close(self) -> None:
         """Close this handle and the consumers made from it in this
@@ -226,10 +226,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
             LockTimeout: A consumer's group lock stayed held by a stopped
                 process (that member is removed once it looks silent).
         """
-        try:
-            close_consumers(self)
-        finally:
-            super().close()  # type: ignore[misc]
+        close_consumers(self, super().close)  # type: ignore[misc]
 
     def read(self, partition: int, offset: int, max_records: int = 1000,
              timeout: Optional[float] = 0) -> List[Record]:
@@ -945,11 +942,11 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
                 process (that member is removed once it looks silent).
         """
         if not self._closed:
-            try:
-                close_consumers(self)
-            finally:
-                self._close_control()
-                self._finalizer()
+            close_consumers(self, self._close_files)
+
+    def _close_files(self) -> None:
+        self._close_control()
+        self._finalizer()
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_open_directory, (self._path, self._trust_owner, self._serializer))

@@ -121,6 +121,16 @@ def get_until_shutdown(q, out):
             return
 
 
+def take_wake_token_and_die(h):
+    """A Queue get killed between its BLPOP and the script that passes
+    the wake token on: blocks on the queue's token list (as a get does),
+    takes the shutdown's token, and is SIGKILLed there."""
+    import os
+    import signal
+    h._bound.blpop_any([h._keys[4]], None)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def wait_then_report(h, op, out):
     """Blocks in one wait of h with no timeout (op names which), then puts
     what ended it on out: "ShutDown", "ended" (an iteration), or the value."""

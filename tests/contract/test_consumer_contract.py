@@ -346,3 +346,45 @@ def test_closing_a_directory_log_closes_the_consumers_made_from_it(tmp_path):
             other.close()
     finally:
         log.close()
+
+
+def test_a_consumer_made_while_another_thread_closes_the_log_does_not_stay(make):
+    """Threads share a Log handle: one makes a consumer while another
+    closes the handle. Either the consumer is refused (ValueError: the log
+    is closed) or it is made and closed with the log; never a member left
+    in the group (a review: one made between its join and being listed
+    stayed a member until it looked dead)."""
+    import sys
+    import threading
+    first = filled(make, 2, 1)
+    other = make("Log", first.name)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)     # threads switch as often as they can: more interleavings
+    try:
+        _join_while_closing(make, first, other)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _join_while_closing(make, first, other):
+    import threading
+    for _ in range(200):
+        log = make.backend.Log.open(first.name)
+        go = threading.Barrier(2)
+        made = []
+
+        def join():
+            go.wait()
+            try:
+                made.append(log.consumer("g"))
+            except ValueError:
+                pass
+
+        t = threading.Thread(target=join)
+        t.start()
+        go.wait()
+        log.close()
+        t.join(60)
+        assert "g" not in other.groups() or other.group_members("g") == []
+        for c in made:
+            c.close()                 # closed with the log: nothing

@@ -704,6 +704,30 @@ def test_a_dead_workqueue_handle_leaves_no_entry_in_wq_rsv(ab):
     asyncio.run(main())
 
 
+def test_a_removed_workqueue_raises_segment_not_found_on_every_get(ab):
+    """An async WorkQueue removed (by another handle's unlink()) under a
+    handle that has used it: get and get_many raise SegmentNotFound, as
+    the sync ones do (a review: the acquire read the visibility timeout of
+    the missing meta hash first and raised a Lua error)."""
+    from pyqueue.errors import SegmentNotFound
+
+    async def main():
+        wq = ab.WorkQueue(name=_name("removed"))
+        await wq.put("x")
+        d = await wq.get(timeout=5)
+        await d.ack()
+        ab.sync.WorkQueue.open(wq.name).unlink()
+        with pytest.raises(SegmentNotFound):
+            await wq.get(timeout=0.2)
+        with pytest.raises(SegmentNotFound):
+            await wq.get_many(5, timeout=0.2)
+        with pytest.raises(SegmentNotFound):
+            wq.sync.get(timeout=0.2)
+        wq.close()
+
+    asyncio.run(main())
+
+
 def _lease_entries(b, name):
     return {k.decode() for k in b.client.zrange(f"pq:{{{name}}}:rsv.lease", 0, -1)}
 

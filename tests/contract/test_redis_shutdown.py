@@ -98,6 +98,33 @@ def test_queue_gets_wake_when_the_waiting_count_is_low(rb, ctx, procs, low_by):
         q.unlink()
 
 
+def test_queue_gets_wake_when_a_get_dies_with_the_wake_token(rb, ctx, procs):
+    """With the count low (as above) the shutdown pushes one token, and
+    the get that takes it is SIGKILLed before it passes it on (a real
+    process blocked in BLPOP on the token list before the others, so the
+    server hands the token to it): no token is left, and the gets still
+    blocked find the shutdown flag at the end of their wait slice
+    (queue.WAIT_SLICE) instead of waiting for good."""
+    from pyqueue.backends.redis import queue as rq
+    assert rq.WAIT_SLICE < DEADLINE
+    q = rb.Queue(name=_name("q"))
+    try:
+        base = _blocked(rb)
+        thief = procs.start(ctx, _workers.take_wake_token_and_die, q)
+        _wait_blocked(rb, base)
+
+        def shut():
+            rb.client.hset(q._keys[0], "waiting", 0)     # what the replays leave
+            q.shutdown()
+
+        assert _run(rb, q, "get", ctx, procs, shut, n=2) == ["ShutDown"] * 2
+        thief.join(30)
+        assert thief.exitcode == -9            # it took the only token, and died
+        assert rb.client.llen(q._keys[4]) == 0  # the token went with it
+    finally:
+        q.unlink()
+
+
 def test_queue_get_many_and_a_late_handle(rb, ctx, procs):
     q = rb.Queue(name=_name("q"))
     try:

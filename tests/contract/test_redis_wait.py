@@ -1,6 +1,10 @@
 """min_replicas=N in a Redis URL: every script call is followed by WAIT N
 on its connection; fewer confirmations raise NotReplicated, after the
 write was applied (docs/guarantees.md, "Redis backend")."""
+import asyncio
+import os
+import signal
+
 import pytest
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.redis]  # a real redis-server
@@ -45,21 +49,13 @@ def test_with_replicas_every_step_is_confirmed(redis_cluster):
         b.close()
 
 
-def test_asyncio_on_one_server_steps_wait_for_its_replica(tmp_path):
-    """pyqueue.asyncio on a min_replicas URL of one server with a replica
-    (both real redis-servers): each step is followed by WAIT on its
-    connection, as the sync classes'; with the replica stopped (SIGSTOP)
-    a put is applied but raises NotReplicated."""
-    import asyncio
-    import os
-    import signal
+@pytest.fixture
+def replicated(tmp_path):
+    """(master, replica): two real redis-servers, the replica in sync."""
     import socket
 
-    import pyqueue.asyncio as aq
-    from pyqueue.backends.redis import NotReplicated
     from tests import redis_support
     from tests._support import wait_until
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -73,28 +69,78 @@ def test_asyncio_on_one_server_steps_wait_for_its_replica(tmp_path):
                                             str(port))
         assert wait_until(lambda: "master_link_status:up" in redis_support._cli(
             "-s", replica.sock, "info", "replication").stdout, timeout=30)
-
-        async def main():
-            b = aq.connect(master.url + "?min_replicas=1&wait_timeout=300")
-            q = b.Queue(name="await-replicated")
-            for i in range(10):
-                await q.put(i)
-            assert [await q.get(timeout=5) for _ in range(10)] == list(range(10))
-            os.kill(replica.proc.pid, signal.SIGSTOP)
-            try:
-                with pytest.raises(NotReplicated) as e:
-                    await q.put("applied")
-                assert (e.value.replicas, e.value.wanted) == (0, 1)
-            finally:
-                os.kill(replica.proc.pid, signal.SIGCONT)
-            assert await q.get(timeout=5) == "applied"   # it was put all the same
-            q.close()
-
-        asyncio.run(main())
+        yield master, replica
     finally:
         if replica is not None:
+            os.kill(replica.proc.pid, signal.SIGCONT)
             replica.stop()
         master.stop()
+
+
+def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
+    """pyqueue.asyncio on a min_replicas URL of one server with a replica:
+    each step is followed by WAIT on its connection, as the sync classes';
+    with the replica stopped (SIGSTOP) a put is applied but raises
+    NotReplicated."""
+    import pyqueue.asyncio as aq
+    from pyqueue.backends.redis import NotReplicated
+    master, replica = replicated
+
+    async def main():
+        b = aq.connect(master.url + "?min_replicas=1&wait_timeout=300")
+        q = b.Queue(name="await-replicated")
+        for i in range(10):
+            await q.put(i)
+        assert [await q.get(timeout=5) for _ in range(10)] == list(range(10))
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated) as e:
+                await q.put("applied")
+            assert (e.value.replicas, e.value.wanted) == (0, 1)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert await q.get(timeout=5) == "applied"   # it was put all the same
+        q.close()
+
+    asyncio.run(main())
+
+
+def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, monkeypatch):
+    """A Queue handle's lease renewal under min_replicas whose WAIT times
+    out (the replica stopped) was applied: the renewal task goes on (a
+    review: NotReplicated ended it, the lease then ran out and another
+    handle's reap delivered the message this live handle held again).
+    Two renewals applied while the replica is stopped show the task
+    lived through the first one's NotReplicated."""
+    import time
+
+    import pyqueue
+    import pyqueue.asyncio as aq
+    from pyqueue.backends.redis import aio
+    master, replica = replicated
+    monkeypatch.setattr(aio, "LEASE_SECONDS", 1.5)      # a renewal every 0.5 s
+    client = pyqueue.connect(master.url).client
+
+    async def main():
+        b = aq.connect(master.url + "?min_replicas=1&wait_timeout=100")
+        q = b.Queue(name="await-renewed")
+        await q.put("held")
+        assert await q.get(timeout=5) == "held"
+        lease = f"pq:{{{q.name}}}:rsv.lease"
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                before = client.zscore(lease, q._id)
+                end = time.monotonic() + 20
+                while client.zscore(lease, q._id) == before:
+                    assert time.monotonic() < end, "the lease is no longer renewed"
+                    await asyncio.sleep(0.02)   # (the loop runs the renewal meanwhile)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        q.close()
+        q.sync.unlink()
+
+    asyncio.run(main())
 
 
 def test_asyncio_with_replicas_every_step_is_confirmed(redis_cluster):

@@ -73,6 +73,8 @@ class ConnectionLost(PyQueueError, ConnectionError):
 _WAIT_PARAMS = ("min_replicas", "wait_timeout")
 _UNSENT_TRIES = 8         # a step not sent, through a cluster's failover: ~13 s of backoff
 _REDIRECTS = 16           # replies that say a step did not run (MOVED, ASK ...) in one call
+_READ_MARGIN = 5.0        # seconds a blocking command's reply may take past its own timeout
+_SOCKET_DEFAULT = object()  # (_exchange: read with the connection's socket timeout)
 
 
 def split_wait(url: str) -> Tuple[str, int, int]:
@@ -199,13 +201,78 @@ class RedisBackend:
         """(key, head) of the first non-empty list of `keys` (one cluster
         slot), waiting up to `left` seconds (None: forever); None on
         timeout."""
-        return self.client.blpop(keys, timeout=self._block_seconds(left))
+        seconds = self._block_seconds(left)
+        return self.blocking(keys, ("BLPOP", *keys, seconds), seconds)
 
     def wait_stream(self, key: str, last_id: Any, left: Optional[float]) -> bool:
         """Waits (up to `left` seconds; None: forever) for an entry of
         stream `key` after `last_id`; True if one came."""
-        ms = 0 if left is None else max(1, math.ceil(left * 1000))
-        return bool(self.client.xread({key: last_id}, count=1, block=ms))
+        return bool(self.xread_block({key: last_id}, 0 if left is None else
+                                     max(1, math.ceil(left * 1000))))
+
+    def xread_block(self, streams: Dict[str, Any], ms: int) -> Any:
+        """XREAD COUNT 1 BLOCK ms on streams (one cluster slot; ms 0:
+        forever) -> its raw reply (None: nothing came)."""
+        keys = list(streams)
+        return self.blocking(keys, ("XREAD", "COUNT", 1, "BLOCK", ms, "STREAMS", *keys,
+                                    *streams.values()), ms / 1000.0)
+
+    def blocking(self, keys: Sequence[str], command: Tuple[Any, ...], seconds: float) -> Any:
+        """One blocking command (BLPOP, XREAD BLOCK) that waits up to
+        `seconds` (0: for good) on the node of keys' slot -> its raw reply.
+        It is sent once, and its reply is read with a deadline of its own
+        (`seconds` + _READ_MARGIN; none for 0): with the client's socket
+        timeout (redis-py's default is 5 s) a longer wait was cut, and
+        redis-py's retry sent it again, so a get(timeout=12) raised
+        TimeoutError after a minute and a BLPOP whose reply the cut lost
+        had popped a message for nobody. MOVED and ASK (nothing ran) are
+        followed; a connection lost after sending raises
+        ConnectionLost(sent=True)."""
+        read_timeout = None if seconds == 0 else seconds + _READ_MARGIN
+        asking: Optional[Tuple[str, int]] = None
+        unsent = redirects = 0
+        while True:
+            try:
+                node = _node_of(self, keys, asking)
+                pool = node.connection_pool
+                conn = pool.get_connection()
+            except (_redis.ConnectionError, _redis.TimeoutError,
+                    _redis_exceptions.RedisClusterException) as e:
+                if _back_off(self, unsent):
+                    unsent += 1
+                    asking = None
+                    continue
+                raise ConnectionLost(f"cannot reach Redis at {self.url}: {e} (nothing of "
+                                     f"this call's step was sent)", sent=False) from e
+            commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
+            commands.append(command)
+            try:
+                replies = _exchange(node, conn, commands, read_timeout)
+            except (_redis.ConnectionError, _redis.TimeoutError) as e:
+                raise ConnectionLost(f"the connection to Redis at {self.url} was lost during "
+                                     f"a wait: {e} (it was sent; a message it took may be "
+                                     f"lost)", sent=True) from e
+            finally:
+                pool.release(conn)
+            result = replies[-1]
+            asking = None
+            if not isinstance(result, _redis_exceptions.ResponseError):
+                return result
+            redirects += 1
+            if redirects > _REDIRECTS:
+                raise result
+            if isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
+                self.cluster_client.nodes_manager.move_slot(result)
+            elif isinstance(result, _redis_exceptions.AskError):
+                asking = self.cluster_client.nodes_manager.remap_host_port(result.host,
+                                                                           result.port)
+            elif isinstance(result, (_redis_exceptions.TryAgainError,
+                                     _redis_exceptions.ClusterDownError,
+                                     _redis_exceptions.MasterDownError)) and \
+                    _back_off(self, unsent):
+                unsent += 1
+            else:
+                raise result
 
     @property
     def cluster_client(self) -> _redis_cluster.RedisCluster:
@@ -269,12 +336,12 @@ class _Step:
         redirects = 0
         while True:
             try:
-                node = self._node(keys, asking)
+                node = _node_of(b, keys, asking)
                 pool = node.connection_pool
                 conn = pool.get_connection()
             except (_redis.ConnectionError, _redis.TimeoutError,
                     _redis_exceptions.RedisClusterException) as e:
-                if self._back_off(unsent):
+                if _back_off(b, unsent):
                     unsent += 1
                     asking = None
                     continue
@@ -316,7 +383,7 @@ class _Step:
                 if isinstance(result, (_redis_exceptions.TryAgainError,
                                        _redis_exceptions.ClusterDownError,
                                        _redis_exceptions.MasterDownError)):
-                    if self._back_off(unsent):
+                    if _back_off(b, unsent):
                         unsent += 1
                         continue
                 raise result
@@ -324,52 +391,59 @@ class _Step:
                 check_replicated(b, replies[-1])
             return result
 
-    def _node(self, keys: Sequence[str], asking: Optional[Tuple[str, int]]) -> _redis.Redis:
-        """The redis.Redis of the server to send to (a cluster: the node of
-        the first key's slot, or the one an ASK named)."""
-        b = self._b
-        if not isinstance(b.client, _redis_cluster.RedisCluster):
-            return b.client
-        c = b.client
-        if asking:
-            node = c.get_node(host=asking[0], port=asking[1])
-            if node is None:
-                node = _redis_cluster.ClusterNode(asking[0], asking[1])
-                c.nodes_manager.create_redis_connections([node])
-                r: _redis.Redis = node.redis_connection
-                return r
-        elif keys:
-            node = c.get_node_from_key(keys[0])
-        else:
-            node = c.get_default_node()
-        return c.get_redis_connection(node)
 
-    def _back_off(self, tries: int) -> bool:
-        """On a cluster, while tries are left: waits (exponential backoff:
-        a failover takes a few node timeouts) and reads the slot map again;
-        True to try again."""
-        b = self._b
-        if not b.cluster or tries >= _UNSENT_TRIES:
-            return False
-        time.sleep(0.05 * 2 ** tries)     # the cluster fails over meanwhile
-        try:
-            b.cluster_client.nodes_manager.initialize()
-        except (_redis.RedisError, _redis_exceptions.RedisClusterException):
-            pass                          # no node answered yet: the next try reads it again
-        return True
+def _node_of(b: RedisBackend, keys: Sequence[str],
+             asking: Optional[Tuple[str, int]]) -> _redis.Redis:
+    """The redis.Redis of the server to send to (a cluster: the node of
+    the first key's slot, or the one an ASK named)."""
+    if not isinstance(b.client, _redis_cluster.RedisCluster):
+        return b.client
+    c = b.client
+    if asking:
+        node = c.get_node(host=asking[0], port=asking[1])
+        if node is None:
+            node = _redis_cluster.ClusterNode(asking[0], asking[1])
+            c.nodes_manager.create_redis_connections([node])
+            r: _redis.Redis = node.redis_connection
+            return r
+    elif keys:
+        node = c.get_node_from_key(keys[0])
+    else:
+        node = c.get_default_node()
+    return c.get_redis_connection(node)
 
 
-def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]]) -> List[Any]:
+def _back_off(b: RedisBackend, tries: int) -> bool:
+    """On a cluster, while tries are left: waits (exponential backoff: a
+    failover takes a few node timeouts) and reads the slot map again;
+    True to try again."""
+    if not b.cluster or tries >= _UNSENT_TRIES:
+        return False
+    time.sleep(0.05 * 2 ** tries)     # the cluster fails over meanwhile
+    try:
+        b.cluster_client.nodes_manager.initialize()
+    except (_redis.RedisError, _redis_exceptions.RedisClusterException):
+        pass                          # no node answered yet: the next try reads it again
+    return True
+
+
+def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]],
+              read_timeout: Any = _SOCKET_DEFAULT) -> List[Any]:
     """Sends commands in one write on conn and reads a reply for each (an
     error reply as its exception object, so every reply is read and the
-    connection stays in step). A connection or timeout error disconnects
+    connection stays in step), raw, each read with read_timeout (seconds,
+    None: none; default: the connection's socket timeout, and the reply
+    parsed as redis-py does). A connection or timeout error disconnects
     conn and is raised."""
     try:
         conn.send_packed_command(conn.pack_commands(commands), check_health=False)
         replies: List[Any] = []
         for command in commands:
             try:
-                replies.append(node.parse_response(conn, command[0]))
+                if read_timeout is _SOCKET_DEFAULT:
+                    replies.append(node.parse_response(conn, command[0]))
+                else:
+                    replies.append(conn.read_response(timeout=read_timeout))
             except _redis_exceptions.ResponseError as e:
                 replies.append(e)
         return replies

@@ -97,7 +97,7 @@ async def replicated(backend: RedisBackend, client: Any, sha: str, source: str,
                      ("WAIT", backend.min_replicas, backend.wait_timeout)]
         try:
             pool, conn = await _connection(client, cluster, keys, asking)
-        except (_rexc.ConnectionError, _rexc.TimeoutError) as e:
+        except (_rexc.ConnectionError, _rexc.TimeoutError, _rexc.RedisClusterException) as e:
             if cluster and unsent < _UNSENT_TRIES:
                 await _back_off(client, unsent)
                 unsent += 1
@@ -173,5 +173,5 @@ async def _back_off(client: Any, tries: int) -> None:
     await asyncio.sleep(0.05 * 2 ** tries)
     try:
         await client.nodes_manager.initialize()
-    except (_rexc.RedisError, OSError):
+    except (_rexc.RedisError, _rexc.RedisClusterException, OSError):
         pass    # the next try finds out

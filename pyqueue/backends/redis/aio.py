@@ -67,7 +67,7 @@ from pyqueue.backends.redis import workqueue as _rwq
 from pyqueue.backends.redis._handle import key_prefix
 from pyqueue.backends.redis._aio_conn import keep as _keep, lost as _lost, put_back as _put_back
 from pyqueue.backends.redis._aio_conn import replicated, retrieved as _retrieved, shielded as _shielded
-from pyqueue.errors import SegmentNotFound, ShutDown
+from pyqueue.errors import PyQueueError, SegmentNotFound, ShutDown
 from pyqueue.workqueue import Delivery as _SyncDelivery
 
 if TYPE_CHECKING:
@@ -458,8 +458,11 @@ async def _renew(ref: weakref.ReferenceType[RedisQueue], b: RedisBackend,
             del q
             try:
                 await script(b, _RENEW, [gkeys[5]], [hid, _lease_ms()])
-            except (ConnectionLost, _rexc.RedisError):
-                pass    # this renewal is lost; the next one (or a step) renews
+            except (PyQueueError, _rexc.RedisError, _rexc.RedisClusterException, OSError):
+                # this renewal is lost, or applied and not confirmed by the
+                # replicas (NotReplicated, min_replicas): the next one (or a
+                # step) renews; the task must not end (a review)
+                pass
     except asyncio.CancelledError:
         q = ref()
         if q is None or not (q._h._closed or q._pid != os.getpid() or q._id != hid):
@@ -479,9 +482,9 @@ async def _settle(b: RedisBackend, gkeys: List[str], hid: str, handed: int) -> N
             script(b, _SETTLE, [gkeys[0], gkeys[2], gkeys[3], gkeys[4], gkeys[1]],
                    [handed, hid]),
             _SETTLE_WAIT)
-    except (ConnectionLost, _rexc.RedisError, OSError, asyncio.TimeoutError,
-            asyncio.CancelledError):
-        pass
+    except (PyQueueError, _rexc.RedisError, _rexc.RedisClusterException, OSError,
+            asyncio.TimeoutError, TimeoutError, asyncio.CancelledError):
+        pass    # (NotReplicated is a PyQueueError: on 3.9/3.10 not an asyncio.TimeoutError)
 
 
 class RedisQueue(_Handle, _aq.Queue[Any]):
@@ -848,9 +851,11 @@ _AACQ = _rwq._LUA_HEAD + _GIVE_ONE + """
 local rk = KEYS[14]
 local want = tonumber(ARGV[2])
 -- wq.rsv scores each handle by when its record expires: the members of
--- records gone by themselves (dead handles) go at the next step of any
-redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now)
-local vis = math.max(1, tonumber(redis.call('HGET', M, 'vis_ms')))
+-- records gone by themselves (dead handles) go at the next acquire of any
+-- handle (exclusive: a key expires once its time is past)
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', '(' .. now)
+-- (no meta hash: the queue was removed, which _ACQUIRE's step reports)
+local vis = math.max(1, tonumber(redis.call('HGET', M, 'vis_ms') or '1'))
 local cur = redis.call('GET', rk)
 if cur then redis.call('DEL', rk) end
 if cur and cur ~= ARGV[3] and redis.call('HGET', KEYS[1], 'shutdown') ~= '2' then

@@ -133,11 +133,11 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         their groups; a poll waiting raises ValueError at once, not at the
         end of its wait slice); a read waiting raises ValueError."""
         self._cancel_waits()
-        try:
-            for c in list(self._consumers):
-                c.close()       # needs the log open: before the log
-        finally:
-            self._h.close()
+        for c in list(self._consumers):
+            c._cancel_waits()   # every waiting poll ends now, whatever a close below does
+        # The sync log's close() closes the sync consumers first (each one
+        # tried, the first error raised after the log is closed).
+        self._h.close()
 
 
 class RedisConsumer(_aio._Handle, _aq.Consumer):

@@ -36,7 +36,6 @@ import math
 import os
 import pickle
 import time
-import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pyqueue import _api, _log
@@ -47,7 +46,7 @@ from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
 from pyqueue.queues import _check_serializer
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
-from pyqueue.consumer import Consumer, close_consumers
+from pyqueue.consumer import Members, close_consumers
 from pyqueue.log import Record
 
 KIND = "log"
@@ -206,7 +205,7 @@ class RedisLog(RedisHandle):
         self._closed = False
         self._rr_pid = 0
         self._groups = None
-        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        self._consumers = Members()
         self._serializer = None
         self.raw_values = False      # pyqueue tail: pickles left encoded (RawValue)
         r = self._create_meta(_CREATE, "open" if _open_only else "create",
@@ -335,7 +334,7 @@ class RedisLog(RedisHandle):
                 return []
             # A record at offset, or the shutdown's entry, wakes it.
             ms = 0 if left is None else max(1, math.ceil(left * 1000))
-            self._bound.client.xread(self._read_wait(keys, offset), count=1, block=ms)
+            self._bound.xread_block(self._read_wait(keys, offset), ms)
 
     def _read_keys(self, partition: int, max_records: int) -> List[str]:
         """The keys of a read (checked: open, partition, max_records)."""
@@ -426,10 +425,7 @@ class RedisLog(RedisHandle):
             redis.exceptions.RedisError: A consumer could not reach the
                 server to leave (its session lease removes it).
         """
-        try:
-            close_consumers(self)
-        finally:
-            RedisHandle.close(self)
+        close_consumers(self, lambda: RedisHandle.close(self))
 
     def _wait_any(self, parts: Sequence[int], offsets: Sequence[int],
                   groups: Optional[RedisGroupTable], g: Any, gen_seen: int,
@@ -439,7 +435,7 @@ class RedisLog(RedisHandle):
         (_wait_plan's XREAD)."""
         plan = self._wait_plan(parts, offsets, groups, g, gen_seen, timeout)
         if plan is not None:
-            self._bound.client.xread(plan[0], count=1, block=plan[1])
+            self._bound.xread_block(plan[0], plan[1])
 
     def _wait_plan(self, parts: Sequence[int], offsets: Sequence[int],
                    groups: Optional[RedisGroupTable], g: Any, gen_seen: int,

@@ -34,8 +34,10 @@ script sent twice counts its get out twice. So the shutdown pushes at
 least one token, and a get woken by a token pushes it back (in the
 script that counts it out): every get blocked is woken, one after the
 other if need be. The tokens left are as many as pushed, and never read
-once the flag is set (a get reads it before it blocks).
-docs/design.md, "Shutdown".
+once the flag is set (a get reads it before it blocks). A token taken
+by a get killed before it passed it on is lost; so a get waits in
+slices of WAIT_SLICE seconds, each ended by the take script, which
+sees the flag. docs/design.md, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
@@ -61,6 +63,10 @@ from pyqueue.backends.redis._codec import Serializer
 
 KIND = "queue"
 BATCH = 1000          # messages per script call of put_many
+# A get waiting with no timeout (or a long one) looks at the shutdown flag
+# at least this often (seconds): the shutdown's wake tokens are the fast
+# path, and one can be lost with the get that took it (module docstring).
+WAIT_SLICE = 5.0
 NO_ID = b"0-0"
 
 _CREATE = """
@@ -135,7 +141,9 @@ return {accepted}
 # put when the queue was full. -> {0, messages...}; {1}: empty and shut down
 _TAKE = """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
-if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+if ARGV[3] == '-' or ARGV[3] == 't' or ARGV[3] == '~' then
+  redis.call('HINCRBY', KEYS[1], 'waiting', -1)
+end
 if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local len = redis.call('LLEN', KEYS[2])
 local want = tonumber(ARGV[1])
@@ -151,7 +159,7 @@ if taken > 0 then
   end
 elseif m[2] then
   return {1}
-elseif ARGV[3] == '+' then
+elseif ARGV[3] == '+' or ARGV[3] == '~' then
   redis.call('HINCRBY', KEYS[1], 'waiting', 1)
 end
 table.insert(items, 1, 0)
@@ -413,22 +421,32 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         left = _api.remaining(until) if block else 0.0
         waits = left is None or left > 0.0
         keys = self._keys[:3] + self._keys[4:5]    # meta, list, space, shut
-        r: List[Any] = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
-        if len(r) > 1:
-            return r[1:]
-        if r[0] == 1:
-            raise ShutDown(f"queue {self._name!r} is shut down")
-        if not waits:
-            raise Empty()
-        # Counted in "waiting": a shutdown from here on pushes a token.
-        try:
-            popped = b.blpop_any([self._keys[1], self._keys[4]], left)
-        except BaseException:
-            b.client.hincrby(self._keys[0], "waiting", -1)
-            raise
-        if popped is None:
-            b.client.hincrby(self._keys[0], "waiting", -1)
-            raise Empty()
+        mode = "+" if waits else ""
+        while True:
+            r: List[Any] = take(keys=keys, args=[max_messages, 0, mode])
+            if len(r) > 1:
+                return r[1:]
+            if r[0] == 1:
+                raise ShutDown(f"queue {self._name!r} is shut down")
+            if not waits:
+                raise Empty()
+            # Counted in "waiting": a shutdown from here on pushes a token.
+            # The wait is cut in slices: a token can be lost (its get killed
+            # between its BLPOP and the script that passes it on), and the
+            # next slice's take finds the flag instead.
+            left = _api.remaining(until)
+            try:
+                popped = b.blpop_any([self._keys[1], self._keys[4]],
+                                     WAIT_SLICE if left is None else min(left, WAIT_SLICE))
+            except BaseException:
+                b.client.hincrby(self._keys[0], "waiting", -1)
+                raise
+            if popped is not None:
+                break
+            if _api.remaining(until) == 0.0:
+                b.client.hincrby(self._keys[0], "waiting", -1)
+                raise Empty()
+            mode = "~"    # still waiting: counted out and in again by the take
         key, first = popped
         if key == self._keys[4].encode():
             # A shutdown's token: what is left is drained, then ShutDown;

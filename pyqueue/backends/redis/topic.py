@@ -415,8 +415,8 @@ class RedisSubscription:
             # runs out.
             lease = t._settings["sub_ms"] / 2000.0
             left = lease if left is None else min(left, lease)
-            b.client.xread({t._keys[1]: f"0-{self._pos}", t._keys[5]: "0-0"}, count=1,
-                           block=max(1, math.ceil(left * 1000)))
+            b.xread_block({t._keys[1]: f"0-{self._pos}", t._keys[5]: "0-0"},
+                         max(1, math.ceil(left * 1000)))
 
     def _check(self) -> None:
         if self.closed:
