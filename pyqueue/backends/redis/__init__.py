@@ -15,7 +15,7 @@ import hashlib
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 _IMPORT_ERROR: Optional[ImportError] = None
@@ -229,50 +229,8 @@ class RedisBackend:
         followed; a connection lost after sending raises
         ConnectionLost(sent=True)."""
         read_timeout = None if seconds == 0 else seconds + _READ_MARGIN
-        asking: Optional[Tuple[str, int]] = None
-        unsent = redirects = 0
-        while True:
-            try:
-                node = _node_of(self, keys, asking)
-                pool = node.connection_pool
-                conn = pool.get_connection()
-            except (_redis.ConnectionError, _redis.TimeoutError,
-                    _redis_exceptions.RedisClusterException) as e:
-                if _back_off(self, unsent):
-                    unsent += 1
-                    asking = None
-                    continue
-                raise ConnectionLost(f"cannot reach Redis at {self.url}: {e} (nothing of "
-                                     f"this call's step was sent)", sent=False) from e
-            commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
-            commands.append(command)
-            try:
-                replies = _exchange(node, conn, commands, read_timeout)
-            except (_redis.ConnectionError, _redis.TimeoutError) as e:
-                raise ConnectionLost(f"the connection to Redis at {self.url} was lost during "
-                                     f"a wait: {e} (it was sent; a message it took may be "
-                                     f"lost)", sent=True) from e
-            finally:
-                pool.release(conn)
-            result = replies[-1]
-            asking = None
-            if not isinstance(result, _redis_exceptions.ResponseError):
-                return result
-            redirects += 1
-            if redirects > _REDIRECTS:
-                raise result
-            if isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
-                self.cluster_client.nodes_manager.move_slot(result)
-            elif isinstance(result, _redis_exceptions.AskError):
-                asking = self.cluster_client.nodes_manager.remap_host_port(result.host,
-                                                                           result.port)
-            elif isinstance(result, (_redis_exceptions.TryAgainError,
-                                     _redis_exceptions.ClusterDownError,
-                                     _redis_exceptions.MasterDownError)) and \
-                    _back_off(self, unsent):
-                unsent += 1
-            else:
-                raise result
+        return _send_once(self, keys, command, (), read_timeout,
+                          "a wait: {e} (it was sent; a message it took may be lost)")[0]
 
     @property
     def cluster_client(self) -> _redis_cluster.RedisCluster:
@@ -331,65 +289,83 @@ class _Step:
         b = self._b
         keys = list(keys)
         evalsha: Tuple[Any, ...] = ("EVALSHA", self._sha, len(keys), *keys, *args)
-        asking: Optional[Tuple[str, int]] = None   # (host, port) an ASK redirect named
-        unsent = 0           # tries that found no node to send to
-        redirects = 0
-        while True:
-            try:
-                node = _node_of(b, keys, asking)
-                pool = node.connection_pool
-                conn = pool.get_connection()
-            except (_redis.ConnectionError, _redis.TimeoutError,
-                    _redis_exceptions.RedisClusterException) as e:
-                if _back_off(b, unsent):
-                    unsent += 1
-                    asking = None
-                    continue
-                raise ConnectionLost(f"cannot reach Redis at {b.url}: {e} (nothing of this "
-                                     f"call's step was sent)", sent=False) from e
-            commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
-            commands.append(evalsha)
-            if b.min_replicas:
-                commands.append(("WAIT", b.min_replicas, b.wait_timeout))
-            try:
-                replies = _exchange(node, conn, commands)
-            except (_redis.ConnectionError, _redis.TimeoutError) as e:
-                raise ConnectionLost(f"the connection to Redis at {b.url} was lost during a "
-                                     f"call: {e} (the step was sent; it may have been applied)",
-                                     sent=True) from e
-            finally:
-                pool.release(conn)
-            result = replies[1 if asking else 0]
-            asking = None
-            if isinstance(result, _redis_exceptions.ResponseError):
-                redirects += 1
-                if redirects > _REDIRECTS:
-                    raise result
-                if isinstance(result, _redis_exceptions.NoScriptError):
-                    try:
-                        node.script_load(self._source)    # idempotent: may be sent again
-                    except (_redis.ConnectionError, _redis.TimeoutError) as e:
-                        raise ConnectionLost(f"the connection to Redis at {b.url} was lost "
-                                             f"loading a script: {e} (the step did not run)",
-                                             sent=False) from e
-                    continue
-                if isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
-                    b.cluster_client.nodes_manager.move_slot(result)
-                    continue
-                if isinstance(result, _redis_exceptions.AskError):
-                    asking = b.cluster_client.nodes_manager.remap_host_port(result.host,
-                                                                            result.port)
-                    continue
-                if isinstance(result, (_redis_exceptions.TryAgainError,
-                                       _redis_exceptions.ClusterDownError,
-                                       _redis_exceptions.MasterDownError)):
-                    if _back_off(b, unsent):
-                        unsent += 1
-                        continue
-                raise result
-            if b.min_replicas:
-                check_replicated(b, replies[-1])
-            return result
+        wait = [("WAIT", b.min_replicas, b.wait_timeout)] if b.min_replicas else []
+        replies = _send_once(b, keys, evalsha, wait, _SOCKET_DEFAULT,
+                             "a call: {e} (the step was sent; it may have been applied)",
+                             self._load)
+        if b.min_replicas:
+            check_replicated(b, replies[-1])
+        return replies[0]
+
+    def _load(self, node: _redis.Redis) -> None:
+        """After NOSCRIPT (nothing ran): the script, loaded on that node."""
+        try:
+            node.script_load(self._source)    # idempotent: may be sent again
+        except (_redis.ConnectionError, _redis.TimeoutError) as e:
+            raise ConnectionLost(f"the connection to Redis at {self._b.url} was lost "
+                                 f"loading a script: {e} (the step did not run)",
+                                 sent=False) from e
+
+
+def _send_once(b: RedisBackend, keys: Sequence[str], command: Tuple[Any, ...],
+               tail: Sequence[Tuple[Any, ...]], read_timeout: Any, lost: str,
+               load: Optional[Callable[[_redis.Redis], None]] = None) -> List[Any]:
+    """Sends command (and the commands of tail after it, on the same
+    connection) once to the node of keys' slot -> the replies of command
+    and tail. The replies that say command did not run are handled here
+    and it is sent again: MOVED (the slot map patched), ASK (ASKING first),
+    NOSCRIPT (load(node) first), TRYAGAIN, CLUSTERDOWN, MASTERDOWN and a
+    node that cannot be reached before sending (on a cluster, with
+    backoff, _UNSENT_TRIES times; then ConnectionLost(sent=False)). A
+    connection lost once sent raises ConnectionLost(sent=True), `lost`
+    (with {e}) saying what of it may have happened."""
+    asking: Optional[Tuple[str, int]] = None   # (host, port) an ASK redirect named
+    unsent = 0           # tries that found no node to send to
+    redirects = 0
+    while True:
+        try:
+            node = _node_of(b, keys, asking)
+            pool = node.connection_pool
+            conn = pool.get_connection()
+        except (_redis.ConnectionError, _redis.TimeoutError,
+                _redis_exceptions.RedisClusterException) as e:
+            if _back_off(b, unsent):
+                unsent += 1
+                asking = None
+                continue
+            raise ConnectionLost(f"cannot reach Redis at {b.url}: {e} (nothing of this "
+                                 f"call's step was sent)", sent=False) from e
+        commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
+        commands.append(command)
+        commands.extend(tail)
+        try:
+            replies = _exchange(node, conn, commands, read_timeout)
+        except (_redis.ConnectionError, _redis.TimeoutError) as e:
+            raise ConnectionLost(f"the connection to Redis at {b.url} was lost during "
+                                 + lost.format(e=e), sent=True) from e
+        finally:
+            pool.release(conn)
+        if asking:
+            replies = replies[1:]
+        result = replies[0]
+        asking = None
+        if not isinstance(result, _redis_exceptions.ResponseError):
+            return replies
+        redirects += 1
+        if redirects > _REDIRECTS:
+            raise result
+        if isinstance(result, _redis_exceptions.NoScriptError) and load is not None:
+            load(node)
+        elif isinstance(result, _redis_exceptions.MovedError):   # (an AskError too)
+            b.cluster_client.nodes_manager.move_slot(result)
+        elif isinstance(result, _redis_exceptions.AskError):
+            asking = b.cluster_client.nodes_manager.remap_host_port(result.host, result.port)
+        elif isinstance(result, (_redis_exceptions.TryAgainError,
+                                 _redis_exceptions.ClusterDownError,
+                                 _redis_exceptions.MasterDownError)) and _back_off(b, unsent):
+            unsent += 1
+        else:
+            raise result
 
 
 def _node_of(b: RedisBackend, keys: Sequence[str],
