@@ -202,6 +202,8 @@ class Consumer:
         changed) when the group lock is still held at deadline."""
         got = self._table.assignment(self._g, self._member, deadline)
         if got is None:  # removed from the group (looked dead, or silent)
+            if self._closed:  # closed meanwhile by another thread (log.close()): no rejoin
+                raise ValueError("the consumer is closed")
             _logger.warning("consumer group %r of log %r: member %s (pid %d) was removed from "
                             "the group (it looked dead or silent past max_poll_interval=%gs); "
                             "joining again", self._group, self._log.name, self._member,

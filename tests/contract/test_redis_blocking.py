@@ -96,3 +96,65 @@ def test_a_message_that_comes_after_the_socket_timeout_is_delivered_once(short):
     finally:
         q.unlink()
         q.close()
+
+
+def test_a_queue_removed_under_a_waiting_get(short, monkeypatch):
+    """unlink() while a get waits with no timeout: the get raises
+    SegmentNotFound at its slice's end and leaves nothing behind, so the
+    name can be made again (a review: the slice's count update made the
+    meta hash again, for good, and the get waited for ever)."""
+    from pyqueue.backends.redis import queue as rq
+    from pyqueue.errors import SegmentNotFound
+    monkeypatch.setattr(rq, "WAIT_SLICE", 0.5)
+    name = _name("q")
+    q = short.Queue(name=name)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(_raised(q.get)))
+    waiter.start()
+    end = time.monotonic() + 30
+    while int(short.client.hget(q._keys[0], "waiting") or 0) == 0:
+        assert time.monotonic() < end, "the get never waited"
+        time.sleep(0.01)
+    short.Queue.open(name).unlink()
+    waiter.join(30)
+    assert not waiter.is_alive() and isinstance(got[0], SegmentNotFound), got
+    assert [k for k in short.client.scan_iter(f"pq:{{{name}}}:*")] == []
+    again = short.Queue(name=name)        # the name works again
+    again.put("x")
+    assert again.get(timeout=5) == "x"
+    again.unlink()
+    q.close()
+
+
+def _raised(call):
+    try:
+        return call()
+    except BaseException as e:  # (what the waiting call ended with)
+        return e
+
+
+def test_a_server_killed_under_a_waiting_get_raises_connection_lost(tmp_path):
+    """The server SIGKILLed while a get waits: ConnectionLost(sent=True)
+    (the wait was sent), not redis' own error from a clean-up that could
+    not reach it either."""
+    import signal
+
+    from pyqueue.backends.redis import ConnectionLost, RedisBackend
+    from tests import redis_support
+    server = redis_support.RedisServer(str(tmp_path))
+    try:
+        b = RedisBackend(server.url)
+        q = b.Queue(name=_name("q"))
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(_raised(lambda: q.get(timeout=30))))
+        waiter.start()
+        end = time.monotonic() + 30
+        while int(b.client.hget(q._keys[0], "waiting") or 0) == 0:
+            assert time.monotonic() < end, "the get never waited"
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGKILL)
+        waiter.join(60)
+        assert isinstance(got[0], ConnectionLost) and got[0].sent, got
+        b.close()
+    finally:
+        server.stop()

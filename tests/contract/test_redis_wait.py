@@ -105,6 +105,49 @@ def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
     asyncio.run(main())
 
 
+def test_a_waiting_get_writes_nothing_at_its_slices_end(replicated, monkeypatch):
+    """A sync get waiting past its wait slices on a min_replicas URL, the
+    replica stopped: it ends with Empty at its timeout and the count of
+    waiting gets is back to 0 (a review: the slice's count update was a
+    write whose WAIT failed: NotReplicated from a get that took nothing,
+    and the count left one high)."""
+    import queue as _queue
+
+    from pyqueue.backends.redis import RedisBackend
+    from pyqueue.backends.redis import queue as rq
+    master, replica = replicated
+    monkeypatch.setattr(rq, "WAIT_SLICE", 0.3)
+    import threading
+    import time
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    q = b.Queue(name="wait-slices")
+    try:
+        got = []
+
+        def get():
+            try:
+                got.append(q.get(timeout=2.5))
+            except BaseException as e:  # (what it ended with)
+                got.append(e)
+
+        waiter = threading.Thread(target=get)
+        waiter.start()
+        end = time.monotonic() + 30
+        while int(b.client.hget(q._keys[0], "waiting") or 0) == 0:   # past its first take
+            assert time.monotonic() < end, "the get never waited"
+            time.sleep(0.01)
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            waiter.join(30)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert isinstance(got[0], _queue.Empty), got
+        assert int(b.client.hget(q._keys[0], "waiting")) == 0
+        q.unlink()
+    finally:
+        b.close()
+
+
 def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, monkeypatch):
     """A Queue handle's lease renewal under min_replicas whose WAIT times
     out (the replica stopped) was applied: the renewal task goes on (a

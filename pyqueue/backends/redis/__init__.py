@@ -12,6 +12,7 @@ docs/design.md, "Backends", has the key layout and why.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import threading
 import time
@@ -74,6 +75,7 @@ _WAIT_PARAMS = ("min_replicas", "wait_timeout")
 _UNSENT_TRIES = 8         # a step not sent, through a cluster's failover: ~13 s of backoff
 _REDIRECTS = 16           # replies that say a step did not run (MOVED, ASK ...) in one call
 _READ_MARGIN = 5.0        # seconds a blocking command's reply may take past its own timeout
+_FOREVER_WINDOW = 60.0    # seconds of one command of a wait for good (blocking())
 _SOCKET_DEFAULT = object()  # (_exchange: read with the connection's socket timeout)
 
 
@@ -201,8 +203,7 @@ class RedisBackend:
         """(key, head) of the first non-empty list of `keys` (one cluster
         slot), waiting up to `left` seconds (None: forever); None on
         timeout."""
-        seconds = self._block_seconds(left)
-        return self.blocking(keys, ("BLPOP", *keys, seconds), seconds)
+        return self.blocking(keys, lambda s: ("BLPOP", *keys, s), self._block_seconds(left))
 
     def wait_stream(self, key: str, last_id: Any, left: Optional[float]) -> bool:
         """Waits (up to `left` seconds; None: forever) for an entry of
@@ -214,23 +215,39 @@ class RedisBackend:
         """XREAD COUNT 1 BLOCK ms on streams (one cluster slot; ms 0:
         forever) -> its raw reply (None: nothing came)."""
         keys = list(streams)
-        return self.blocking(keys, ("XREAD", "COUNT", 1, "BLOCK", ms, "STREAMS", *keys,
-                                    *streams.values()), ms / 1000.0)
+        return self.blocking(keys, lambda s: ("XREAD", "COUNT", 1, "BLOCK",
+                                              max(1, math.ceil(s * 1000)), "STREAMS", *keys,
+                                              *streams.values()), ms / 1000.0)
 
-    def blocking(self, keys: Sequence[str], command: Tuple[Any, ...], seconds: float) -> Any:
-        """One blocking command (BLPOP, XREAD BLOCK) that waits up to
-        `seconds` (0: for good) on the node of keys' slot -> its raw reply.
-        It is sent once, and its reply is read with a deadline of its own
-        (`seconds` + _READ_MARGIN; none for 0): with the client's socket
-        timeout (redis-py's default is 5 s) a longer wait was cut, and
-        redis-py's retry sent it again, so a get(timeout=12) raised
-        TimeoutError after a minute and a BLPOP whose reply the cut lost
-        had popped a message for nobody. MOVED and ASK (nothing ran) are
-        followed; a connection lost after sending raises
-        ConnectionLost(sent=True)."""
-        read_timeout = None if seconds == 0 else seconds + _READ_MARGIN
-        return _send_once(self, keys, command, (), read_timeout,
-                          "a wait: {e} (it was sent; a message it took may be lost)")[0]
+    def call(self, keys: Sequence[str], *command: Any) -> Any:
+        """One plain command on the node of keys' slot, sent once (no
+        redis-py retry: ConnectionLost as a step) -> its reply."""
+        return _send_once(self, keys, command, (), _SOCKET_DEFAULT,
+                          "a call: {e} (it was sent; it may have been applied)")[0]
+
+    def blocking(self, keys: Sequence[str], build: Callable[[float], Tuple[Any, ...]],
+                 seconds: float) -> Any:
+        """One blocking command (BLPOP, XREAD BLOCK), build(s) for a wait
+        of s seconds, that waits up to `seconds` (0: for good) on the node
+        of keys' slot -> its raw reply (None: nothing came). Each command
+        is sent once and its reply read with a deadline of its own (its
+        wait + _READ_MARGIN): with the client's socket timeout (redis-py's
+        default is 5 s) a longer wait was cut, and redis-py's retry sent it
+        again, so a get(timeout=12) raised TimeoutError after a minute and
+        a BLPOP whose reply the cut lost had popped a message for nobody.
+        A redirect (MOVED, ASK: nothing ran) sends it again for the time
+        left, not the whole wait; a wait for good is made of waits of
+        _FOREVER_WINDOW seconds, so a host gone without a word is found
+        out (ConnectionLost) instead of waited on for ever."""
+        while True:
+            window = _FOREVER_WINDOW if seconds == 0 else seconds
+            until = time.monotonic() + window
+            reply = _send_once(
+                self, keys, lambda: build(max(0.001, until - time.monotonic())), (),
+                window + _READ_MARGIN,
+                "a wait: {e} (it was sent; a message it took may be lost)")[0]
+            if reply is not None or seconds != 0:
+                return reply
 
     @property
     def cluster_client(self) -> _redis_cluster.RedisCluster:
@@ -307,12 +324,13 @@ class _Step:
                                  sent=False) from e
 
 
-def _send_once(b: RedisBackend, keys: Sequence[str], command: Tuple[Any, ...],
+def _send_once(b: RedisBackend, keys: Sequence[str],
+               command: Union[Tuple[Any, ...], Callable[[], Tuple[Any, ...]]],
                tail: Sequence[Tuple[Any, ...]], read_timeout: Any, lost: str,
                load: Optional[Callable[[_redis.Redis], None]] = None) -> List[Any]:
-    """Sends command (and the commands of tail after it, on the same
-    connection) once to the node of keys' slot -> the replies of command
-    and tail. The replies that say command did not run are handled here
+    """Sends command (or what command() makes, at each try) and the
+    commands of tail after it, on the same connection, once to the node of
+    keys' slot -> the replies of command and tail. The replies that say command did not run are handled here
     and it is sent again: MOVED (the slot map patched), ASK (ASKING first),
     NOSCRIPT (load(node) first), TRYAGAIN, CLUSTERDOWN, MASTERDOWN and a
     node that cannot be reached before sending (on a cluster, with
@@ -336,7 +354,7 @@ def _send_once(b: RedisBackend, keys: Sequence[str], command: Tuple[Any, ...],
             raise ConnectionLost(f"cannot reach Redis at {b.url}: {e} (nothing of this "
                                  f"call's step was sent)", sent=False) from e
         commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
-        commands.append(command)
+        commands.append(command() if callable(command) else command)
         commands.extend(tail)
         try:
             replies = _exchange(node, conn, commands, read_timeout)
@@ -403,6 +421,29 @@ def _back_off(b: RedisBackend, tries: int) -> bool:
     return True
 
 
+_TIMEOUT_KW: Dict[type, bool] = {}   # connection class -> read_response takes timeout=
+
+
+def _read_reply(conn: Any, timeout: Optional[float]) -> Any:
+    """conn's next reply, raw, read with a deadline of `timeout` seconds
+    (None: none) instead of the socket's own timeout. redis-py 8 takes it
+    as read_response(timeout=); before (7.x on Python 3.9, 5.x) the socket's
+    timeout is set for this read and put back after."""
+    takes = _TIMEOUT_KW.get(type(conn))
+    if takes is None:
+        takes = _TIMEOUT_KW[type(conn)] = (
+            "timeout" in inspect.signature(conn.read_response).parameters)
+    if takes:
+        return conn.read_response(timeout=timeout)
+    sock = conn._sock
+    sock.settimeout(timeout)
+    try:
+        return conn.read_response()
+    finally:
+        if conn._sock is sock:        # (not disconnected by a failed read)
+            sock.settimeout(conn.socket_timeout)
+
+
 def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]],
               read_timeout: Any = _SOCKET_DEFAULT) -> List[Any]:
     """Sends commands in one write on conn and reads a reply for each (an
@@ -419,7 +460,7 @@ def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]],
                 if read_timeout is _SOCKET_DEFAULT:
                     replies.append(node.parse_response(conn, command[0]))
                 else:
-                    replies.append(conn.read_response(timeout=read_timeout))
+                    replies.append(_read_reply(conn, read_timeout))
             except _redis_exceptions.ResponseError as e:
                 replies.append(e)
         return replies

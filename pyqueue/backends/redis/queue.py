@@ -36,8 +36,8 @@ script that counts it out): every get blocked is woken, one after the
 other if need be. The tokens left are as many as pushed, and never read
 once the flag is set (a get reads it before it blocks). A token taken
 by a get killed before it passed it on is lost; so a get waits in
-slices of WAIT_SLICE seconds, each ended by the take script, which
-sees the flag. docs/design.md, "Shutdown".
+slices of WAIT_SLICE seconds, each ended by a plain read of the flag
+(no write: nothing for min_replicas to confirm, no count to keep). docs/design.md, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
@@ -140,10 +140,9 @@ return {accepted}
 # Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
 # put when the queue was full. -> {0, messages...}; {1}: empty and shut down
 _TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
-if ARGV[3] == '-' or ARGV[3] == 't' or ARGV[3] == '~' then
-  redis.call('HINCRBY', KEYS[1], 'waiting', -1)
-end
+if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
 if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local len = redis.call('LLEN', KEYS[2])
 local want = tonumber(ARGV[1])
@@ -159,7 +158,7 @@ if taken > 0 then
   end
 elseif m[2] then
   return {1}
-elseif ARGV[3] == '+' or ARGV[3] == '~' then
+elseif ARGV[3] == '+' then
   redis.call('HINCRBY', KEYS[1], 'waiting', 1)
 end
 table.insert(items, 1, 0)
@@ -238,6 +237,23 @@ def _count_fork() -> None:
 
 
 os.register_at_fork(after_in_parent=_count_fork)
+
+
+# KEYS: meta. A get that stops waiting counts itself out of "waiting",
+# unless the queue was removed (a HINCRBY would make its meta hash again).
+_COUNT_OUT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+"""
+
+
+def _count_out(b: Any, meta: str) -> None:
+    """_COUNT_OUT, at most once and never raising (a get's own error is
+    what it raises; a count left one high is harmless: the module's
+    docstring)."""
+    try:
+        b.call([meta], "EVAL", _COUNT_OUT, 1, meta)
+    except Exception:  # noqa: BLE001 - a best effort (redis' own errors included)
+        pass
 
 
 class RedisQueue(RedisHandle, _api.QueueAPI):
@@ -421,32 +437,43 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         left = _api.remaining(until) if block else 0.0
         waits = left is None or left > 0.0
         keys = self._keys[:3] + self._keys[4:5]    # meta, list, space, shut
-        mode = "+" if waits else ""
-        while True:
-            r: List[Any] = take(keys=keys, args=[max_messages, 0, mode])
-            if len(r) > 1:
-                return r[1:]
-            if r[0] == 1:
-                raise ShutDown(f"queue {self._name!r} is shut down")
-            if not waits:
-                raise Empty()
-            # Counted in "waiting": a shutdown from here on pushes a token.
-            # The wait is cut in slices: a token can be lost (its get killed
-            # between its BLPOP and the script that passes it on), and the
-            # next slice's take finds the flag instead.
-            left = _api.remaining(until)
-            try:
+        r: List[Any] = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
+        if len(r) > 1:
+            return r[1:]
+        self._check_take(r)
+        if not waits:
+            raise Empty()
+        # Counted in "waiting": a shutdown from here on pushes a token. The
+        # wait is cut in slices: a token can be lost (its get killed between
+        # its BLPOP and the script that passes it on), and a plain read of
+        # the flag at each slice's end finds it instead (no write: nothing
+        # for min_replicas to confirm, no count to keep in step).
+        try:
+            while True:
+                left = _api.remaining(until)
                 popped = b.blpop_any([self._keys[1], self._keys[4]],
                                      WAIT_SLICE if left is None else min(left, WAIT_SLICE))
-            except BaseException:
-                b.client.hincrby(self._keys[0], "waiting", -1)
-                raise
-            if popped is not None:
-                break
-            if _api.remaining(until) == 0.0:
-                b.client.hincrby(self._keys[0], "waiting", -1)
-                raise Empty()
-            mode = "~"    # still waiting: counted out and in again by the take
+                if popped is not None:
+                    break
+                if _api.remaining(until) == 0.0:
+                    raise Empty()
+                kind, shut = b.call([self._keys[0]], "HMGET", self._keys[0], "kind",
+                                    "shutdown")
+                if kind is None:
+                    raise SegmentNotFound(f"queue {self._name!r} was removed from {b.url}")
+                if shut is not None:
+                    break
+        except BaseException:
+            _count_out(b, self._keys[0])
+            raise
+        if popped is None:
+            # Shut down, seen at a slice's end: counted out by the take,
+            # which drains what is left, then ShutDown.
+            r = take(keys=keys, args=[max_messages, 0, "-"])
+            if len(r) > 1:
+                return r[1:]
+            self._check_take(r)
+            raise ShutDown(f"queue {self._name!r} is shut down")
         key, first = popped
         if key == self._keys[4].encode():
             # A shutdown's token: what is left is drained, then ShutDown;
@@ -463,6 +490,14 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             self._held.append(first)     # in hand: the next get returns it
             raise
         return [first] + rest[1:]
+
+    def _check_take(self, r: List[Any]) -> None:
+        """A take's reply without messages: ShutDown (1), SegmentNotFound
+        (2: the queue was removed), or nothing (0)."""
+        if r[0] == 1:
+            raise ShutDown(f"queue {self._name!r} is shut down")
+        if r[0] == 2:
+            raise SegmentNotFound(f"queue {self._name!r} was removed from {self._bound.url}")
 
     def _decode(self, raw: bytes) -> Any:
         return _codec.decode(raw, self._serializer)
