@@ -37,7 +37,8 @@ other if need be. The tokens left are as many as pushed, and never read
 once the flag is set (a get reads it before it blocks). A token taken
 by a get killed before it passed it on is lost; so a get waits in
 slices of WAIT_SLICE seconds, each ended by a plain read of the flag
-(no write: nothing for min_replicas to confirm, no count to keep). docs/design.md, "Shutdown".
+(no write: nothing for min_replicas to confirm, no count to keep).
+docs/design.md, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
@@ -138,7 +139,8 @@ return {accepted}
 # wake token: count it out and push the token back, for the next get
 # blocked) or "".
 # Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
-# put when the queue was full. -> {0, messages...}; {1}: empty and shut down
+# put when the queue was full. -> {0, messages...}; {1}: empty and shut
+# down; {2}: no queue (removed)
 _TAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
@@ -482,6 +484,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             r = take(keys=keys, args=[max_messages, 0, "t"])
             if len(r) > 1:
                 return r[1:]
+            self._check_take(r)
             raise ShutDown(f"queue {self._name!r} is shut down")
         # Counted, and a put waiting for room told, by the same script.
         try:
