@@ -904,6 +904,25 @@ def _blocked_clients(client):
     return int(client.info("clients")["blocked_clients"])
 
 
+async def _gets_waiting_and_one_message_reserved(q, client, n):
+    """Starts n gets of q, waits until the server has them blocked (their
+    BLMOVEs and the handle's watcher), puts one message and waits, without
+    letting the loop run, until a BLMOVE has moved it into the handle's
+    reservation (handed to nobody) -> the gets' futures."""
+    before = _blocked_clients(client)
+    waits = [asyncio.ensure_future(q.get()) for _ in range(n)]
+    end = time.monotonic() + 30
+    while _blocked_clients(client) < before + n + 1:
+        assert time.monotonic() < end, "the gets never waited on the server"
+        await asyncio.sleep(0.01)
+    q.sync.put("m")
+    res = f"pq:{{{q.name}}}:res:{q._id}"
+    while not client.llen(res):          # the loop does not run meanwhile
+        assert time.monotonic() < end, "no BLMOVE moved the message"
+        threading.Event().wait(0.001)
+    return waits
+
+
 def test_the_loop_ending_under_waiting_gets_loses_nothing(ab, monkeypatch):
     """The loop ends while two gets of one handle wait: one's BLMOVE has
     moved a message into the handle's reservation (handed to nobody), the
@@ -916,23 +935,9 @@ def test_the_loop_ending_under_waiting_gets_loses_nothing(ab, monkeypatch):
     monkeypatch.setattr(aio, "LEASE_SECONDS", 1.0)
     name = _name("loopend")
     q = ab.Queue(name=name)
-    client = ab.sync.client
-    res = f"pq:{{{name}}}:res:"
 
     async def main():
-        before = _blocked_clients(client)
-        waits = [asyncio.ensure_future(q.get()) for _ in range(2)]
-        end = time.monotonic() + 30
-        while _blocked_clients(client) < before + 3:    # two BLMOVEs and the watcher
-            assert time.monotonic() < end, "the gets never waited on the server"
-            await asyncio.sleep(0.01)
-        q.sync.put("m")
-        # The server moves it into the reservation; the loop does not run
-        # meanwhile, so no get hands it out before the loop ends.
-        while not client.llen(res + q._id):
-            assert time.monotonic() < end, "no BLMOVE moved the message"
-            threading.Event().wait(0.001)
-        return waits
+        return await _gets_waiting_and_one_message_reserved(q, ab.sync.client, 2)
 
     try:
         waits = asyncio.run(main())
@@ -960,20 +965,9 @@ def test_what_a_handle_only_reserved_is_back_for_sync_consumers_when_its_loop_en
     name = _name("loopsync")
     q = ab.JoinableQueue(name=name)
     client = ab.sync.client
-    res = f"pq:{{{name}}}:res:"
 
     async def main():
-        before = _blocked_clients(client)
-        wait = asyncio.ensure_future(q.get())
-        end = time.monotonic() + 30
-        while _blocked_clients(client) < before + 2:    # its BLMOVE and the watcher
-            assert time.monotonic() < end, "the get never waited on the server"
-            await asyncio.sleep(0.01)
-        q.sync.put("m")
-        while not client.llen(res + q._id):     # moved; the loop does not run meanwhile
-            assert time.monotonic() < end, "the BLMOVE did not move the message"
-            threading.Event().wait(0.001)
-        return wait
+        return (await _gets_waiting_and_one_message_reserved(q, client, 1))[0]
 
     try:
         assert asyncio.run(main()).cancelled()
