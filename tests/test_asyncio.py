@@ -713,3 +713,80 @@ def test_a_failing_waiter_thread_wakes_every_wait(monkeypatch):
         assert [str(e) for e in died] == ["injected"]
     finally:
         _closing(q)
+
+
+def _storms_on_two_loops(get, done, min_cancelled, after=None):
+    """_storm(get) on two event loops at once, one per thread, on the same
+    handle -> (everything both got, calls cancelled by each). after(got):
+    a coroutine run on the same loop once its storm ends."""
+    out = [None, None]
+
+    def loop_thread(k):
+        async def main():
+            got, cancelled = await _storm(get, done, random.Random(40 + k), min_cancelled)
+            if after is not None:
+                await after(got)
+            return got, cancelled
+        try:
+            out[k] = asyncio.run(main())
+        except BaseException as e:      # reported by the assertion below
+            out[k] = e
+
+    ts = [threading.Thread(target=loop_thread, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(180)
+    assert not any(t.is_alive() for t in ts)
+    assert not any(isinstance(o, BaseException) for o in out), out
+    return out[0][0] + out[1][0], (out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("kind", ["queue", "workqueue", "subscription"])
+def test_one_handle_shared_by_two_event_loops_in_two_threads(ctx, procs, kind):
+    """One shared-memory asyncio handle awaited from two event loops at once
+    (two threads, each with its own asyncio.run), gets cancelled at random
+    in both, while two processes put (publish): every message arrives
+    exactly once (docs/api.md, "asyncio": such a handle may be used by any
+    loop)."""
+    n = 1000
+    t = None
+    if kind == "queue":
+        q = aq.Queue(capacity_bytes=1 << 16)
+    elif kind == "workqueue":
+        q = aq.WorkQueue(visibility_timeout=60.0)
+    else:
+        t = aq.Topic(capacity_bytes=1 << 20)
+        q = t.subscribe("earliest")
+    try:
+        if t is not None:
+            ps = [procs.start(ctx, workers.publish_range, t.sync, k * n, n) for k in range(2)]
+        else:
+            ps = [procs.start(ctx, workers.put_range, q.sync, k * n, n) for k in range(2)]
+
+        def done():
+            if t is not None:
+                return all(p.exitcode is not None for p in ps) and q.lag == 0
+            return all(p.exitcode is not None for p in ps) and q.stats()["depth"] == 0
+
+        async def ack_all(got):
+            for d in got:
+                await d.ack()
+
+        got, cancelled = _storms_on_two_loops(
+            q.get, done, 300, after=ack_all if kind == "workqueue" else None)
+        assert [p.exitcode for p in ps] == [0, 0]
+        assert min(cancelled) >= 300
+        if kind == "workqueue":
+            assert {d.delivery_count for d in got} == {1}
+            got = [d.value for d in got]
+            assert q.stats()["in_flight"] == 0
+        assert sorted(got) == list(range(2 * n))
+        if t is not None:
+            assert q.lost == 0
+    finally:
+        if t is not None:
+            q.close()
+            _closing(t)
+        else:
+            _closing(q)

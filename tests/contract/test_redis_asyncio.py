@@ -1386,3 +1386,158 @@ def test_get_nowait_while_a_get_of_the_same_handle_is_in_its_step(ab, kind):
             _closing(h)
 
     asyncio.run(main())
+
+
+def _in_thread(coro_fn):
+    """asyncio.run(coro_fn()) on a thread of its own -> (thread, result box)."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = asyncio.run(coro_fn())
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)   # (a hung one fails its test, not the run)
+    t.start()
+    return t, box
+
+
+@pytest.mark.parametrize("kind", ["Queue", "WorkQueue", "subscription"])
+def test_one_handle_is_used_by_one_open_event_loop_at_a_time(ab, kind):
+    """A Redis asyncio handle whose get waits on one loop (thread A) refuses
+    a get from a second loop (thread B) with RuntimeError, while A's loop is
+    open: its steps' lock, lease renewal and shutdown watch belong to one
+    loop, and two loops sending the handle's state at once would be handed
+    the same message. A close() from B wakes A's waiting get (ValueError,
+    on A's own thread). Once A's asyncio.run has ended, B uses the handle,
+    and what was put is delivered once."""
+    from tests.contract.test_redis_shutdown import _blocked
+    b = ab.sync
+    if kind == "subscription":
+        t = ab.Topic(name=_name("t"))
+        h = t.subscribe("latest")
+        other = t
+    else:
+        t = h = getattr(ab, kind)(name=_name(kind.lower()))
+        other = getattr(ab, kind).open(h.name)
+    waiting = threading.Event()
+    try:
+        base = _blocked(b)
+
+        async def wait_in_a():
+            task = asyncio.ensure_future(h.get(timeout=60))
+            while _blocked(b) < base + 1:     # the server has A's get blocked
+                await asyncio.sleep(0.01)
+            waiting.set()
+            return await task
+
+        ta, boxa = _in_thread(wait_in_a)
+        assert waiting.wait(60)
+
+        async def get_in_b():
+            return await h.get(timeout=1)
+
+        tb, boxb = _in_thread(get_in_b)
+        tb.join(60)
+        assert isinstance(boxb.get("error"), RuntimeError), boxb
+        assert "another event loop" in str(boxb["error"])
+        assert ta.is_alive() and not boxa     # A's get still waits
+
+        # Another thread's put reaches A's get; then A's loop ends.
+        asyncio.run(other.publish("m1") if kind == "subscription" else other.put("m1"))
+        ta.join(60)
+        got = boxa.get("result")
+        if kind == "WorkQueue":
+            assert (got.value, got.delivery_count) == ("m1", 1)
+            got.sync.ack()
+        else:
+            assert got == "m1", boxa
+
+        # A's loop is closed: B may use the handle now, and gets what is put.
+        async def put_and_get_in_b():
+            await (other.publish("m2") if kind == "subscription" else other.put("m2"))
+            return await h.get(timeout=30)
+
+        tb, boxb = _in_thread(put_and_get_in_b)
+        tb.join(60)
+        got = boxb.get("result")
+        if kind == "WorkQueue":
+            assert (got.value, got.delivery_count) == ("m2", 1)
+            got.sync.ack()
+        else:
+            assert got == "m2", boxb
+
+        # A close() from another thread wakes a get waiting on loop A (the
+        # close runs on A's loop, whose thread then raises ValueError).
+        base = _blocked(b)
+        waiting.clear()
+        ta, boxa = _in_thread(wait_in_a)
+        assert waiting.wait(60)
+        closed_on = []
+        real_close = h._close
+
+        def recorded_close():
+            closed_on.append(threading.current_thread())
+            real_close()
+        h._close = recorded_close
+        h.close()
+        # The close ran on A's thread (no coroutine of the handle in the
+        # middle of it), and its get was woken by it, not by A's loop's next
+        # wake-up of its own (the lease renewal's, LEASE_SECONDS / 3 = 10 s).
+        assert closed_on == [ta]
+        ta.join(8)
+        assert not ta.is_alive()
+        assert isinstance(boxa.get("error"), ValueError), boxa
+        if kind == "Queue":
+            assert other.sync.qsize() == 0
+    finally:
+        h.close()
+        other.close()
+        t.sync.unlink()
+
+
+def test_close_from_another_thread_ends_a_waiting_read_at_once(ab):
+    """A Log read waiting with no timeout on a loop in another thread ends
+    with ValueError when the log is closed from this thread, every time: a
+    read woken by the close's cancel before the close is done does not
+    start a new wait (a hostile review: 1 run in 10 waited until the next
+    append, for ever without one; 10 rounds, the close made slow)."""
+    from tests.contract.test_redis_shutdown import _blocked
+    b = ab.sync
+    name = _name("l")
+    ab.sync.Log(name=name, partitions=1).close()
+    try:
+        for _ in range(10):
+            lg = ab.Log.open(name)
+            # Consumers made from it: its close() makes them leave their
+            # groups (round trips) before the log is closed. The window
+            # between the close's cancel and the log's being closed, made
+            # wide (a slow server, a busy machine): the woken read has time
+            # to read again and start a new wait in it.
+            lg.consumer("g")
+            lg.sync.consumer("g2")
+            sync_close = lg.sync.close
+
+            def slow_close(sync_close=sync_close):
+                time.sleep(0.3)
+                sync_close()
+            lg.sync.close = slow_close
+            waiting = threading.Event()
+            base = _blocked(b)
+
+            async def read():
+                task = asyncio.ensure_future(lg.read(0, 0, timeout=None))
+                while _blocked(b) < base + 1:
+                    await asyncio.sleep(0.01)
+                waiting.set()
+                return await task
+
+            ta, box = _in_thread(read)
+            assert waiting.wait(60)
+            lg.close()
+            ta.join(8)
+            assert not ta.is_alive()
+            assert isinstance(box.get("error"), ValueError), box
+    finally:
+        ab.sync.Log.open(name).unlink()

@@ -51,9 +51,11 @@ loop. docs/design.md, "asyncio on Redis", has the why; in short:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import secrets
+import threading
 import weakref
 from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, Iterable, List, NoReturn, Optional,
                     Sequence, Set, Tuple, Type, TypeVar, Union, cast)
@@ -199,9 +201,54 @@ def _block_ms(left: Optional[float]) -> int:
     return 0 if left is None else max(1, int(left * 1000 + 0.999))
 
 
+# Held only to check and set a handle's loop (_Handle._loop): no await, no
+# call out under it.
+_bind_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _bind_lock
+    _bind_lock = threading.Lock()   # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _cancel(fut: asyncio.Future[Any]) -> None:
+    """Cancel fut from any thread: on its loop's thread when that loop runs
+    in another one (a handle closed from another thread)."""
+    loop = fut.get_loop()
+    try:
+        if loop.is_running() and not _runs_here(loop):
+            loop.call_soon_threadsafe(fut.cancel)
+        else:
+            fut.cancel()
+    except RuntimeError:    # its loop is closed (without cancelling it)
+        pass
+
+
+def _running() -> Optional[asyncio.AbstractEventLoop]:
+    """The loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _runs_here(loop: asyncio.AbstractEventLoop) -> bool:
+    return _running() is loop
+
+
+# How long close() from another thread waits for the handle's own loop to
+# run it (a loop that runs no callbacks that long: closed where called).
+_CLOSE_HANDOFF_S = 10.0
+
+
 class _Handle(_aq._Owner):
     """What the Redis async handles share: a handle id per process (a
     forked child gets its own reservation, never its parent's)."""
+
+    _closing = False    # close() has begun (_cancel_waits)
 
     _pid: Optional[int]
     _id: str
@@ -224,13 +271,45 @@ class _Handle(_aq._Owner):
         b: RedisBackend = self._h._bound
         return b
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, which this handle is bound to from now on
+        until that loop is closed. Its steps' lock, its lease renewal and
+        its shutdown watch are tasks and locks of one loop: two loops
+        awaiting gets of one handle at once (two threads) would send the
+        same state and be handed the same message. Used from a second loop
+        while the first is open: RuntimeError, as asyncio.Queue refuses a
+        second loop (a later asyncio.run, or another process, may use it
+        again)."""
+        loop = asyncio.get_running_loop()
+        bound: Optional[Tuple[int, asyncio.AbstractEventLoop]] = getattr(self, "_bound_to", None)
+        if bound is not None and bound[1] is loop:
+            return loop
+        with _bind_lock:        # two loops' first calls at once: one binds
+            if self._bound_elsewhere(loop):
+                raise self._elsewhere()
+            self._bound_to = (os.getpid(), loop)
+        return loop
+
+    def _elsewhere(self) -> RuntimeError:
+        return RuntimeError(
+            f"{self!r} is bound to another event loop, which is still open (not "
+            f"just stopped): a Redis asyncio handle is used by one loop at a time "
+            f"(make one handle per loop and thread; docs/api.md, 'asyncio')")
+
+    def _bound_elsewhere(self, loop: Optional[asyncio.AbstractEventLoop]) -> bool:
+        """Whether this handle is bound to an open loop of this process
+        other than loop."""
+        bound: Optional[Tuple[int, asyncio.AbstractEventLoop]] = getattr(self, "_bound_to", None)
+        return (bound is not None and bound[1] is not loop and bound[0] == os.getpid()
+                and not bound[1].is_closed())
+
     def _step_lock(self) -> asyncio.Lock:
         """The lock of this handle's steps on the running loop. A step and
         the handle's update after its reply (the count or the delivery
         handed out, the position) go together: two gets of one handle in
         flight at once would send the same state and be handed the same
         message. Only the step is under it, never a wait."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         lk = getattr(self, "_lock", None)
         if lk is None or lk[0] is not loop:
             lk = self._lock = (loop, asyncio.Lock())
@@ -244,17 +323,65 @@ class _Handle(_aq._Owner):
         """The waits (blocking commands) of this handle in flight, which
         close() cancels: a coroutine waiting at close() raises ValueError
         (closed), as on the shared-memory classes."""
-        w: Optional[Set[asyncio.Future[Any]]] = getattr(self, "_inflight", None)
-        if w is None:
-            w = self._inflight = set()
+        # (dict.setdefault: one set, also when two threads' loops ask at once)
+        w: Set[asyncio.Future[Any]] = self.__dict__.setdefault("_inflight", set())
         return w
 
     def _cancel_waits(self) -> None:
+        """Mark the handle closing and cancel the waits in flight, on their
+        own loops' threads (close() may be called from any thread; a Log's
+        reads may wait on several loops). A wait that starts after this
+        ends at once (_wait_for): a coroutine woken before the handle is
+        closed does not wait again for its whole timeout."""
+        self._closing = True
         for t in list(self._waits()):
-            try:
-                t.cancel()
-            except RuntimeError:    # its loop is closed (without cancelling it)
-                pass
+            _cancel(t)
+
+    def _check_closing(self) -> None:
+        """ValueError (closed) once close() has begun, from another thread
+        too."""
+        if self._closing:
+            raise ValueError(f"{self!r} is closed")
+
+    def close(self) -> None:
+        """Close this handle. Called from another thread while the loop the
+        handle is bound to runs, the close runs on that loop's thread (and
+        this call waits for it, up to _CLOSE_HANDOFF_S): a close is a
+        synchronous step, so no coroutine of the handle runs in the middle
+        of it there (a get completing while another thread's close gave its
+        message back would hand it out twice)."""
+        bound: Optional[Tuple[int, asyncio.AbstractEventLoop]] = getattr(self, "_bound_to", None)
+        if bound is not None and bound[0] == os.getpid():
+            loop = bound[1]
+            if not loop.is_closed() and loop.is_running() and not _runs_here(loop):
+                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+                def close_there() -> None:
+                    if not done.set_running_or_notify_cancel():
+                        return      # given up on: closed where it was called
+                    try:
+                        self._close()
+                    except BaseException as e:
+                        done.set_exception(e)
+                    else:
+                        done.set_result(None)
+                try:
+                    loop.call_soon_threadsafe(close_there)
+                except RuntimeError:
+                    pass            # closed since: close here
+                else:
+                    try:
+                        done.result(_CLOSE_HANDOFF_S)
+                        return
+                    except concurrent.futures.TimeoutError:
+                        if not done.cancel():   # it runs there now: let it end
+                            done.result(_CLOSE_HANDOFF_S)
+                            return
+                        # that loop ran no callbacks in time: close here
+        self._close()
+
+    def _close(self) -> None:
+        raise NotImplementedError
 
     async def _wait_for(self, b: RedisBackend, *args: Any) -> Any:
         """One blocking command, as a wait close() cancels -> its reply
@@ -262,6 +389,8 @@ class _Handle(_aq._Owner):
         task = asyncio.ensure_future(command(b, *args))
         ws = self._waits()
         ws.add(task)
+        if self._closing:       # close() began in another thread: no new wait
+            task.cancel()
         try:
             await asyncio.wait((task,))
         finally:
@@ -535,7 +664,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
 
     def _renewing(self, b: RedisBackend, keys: Sequence[str]) -> None:
         """Starts this handle's lease renewal on the running loop (once)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         r = self._renewer
         if r is not None and r[0] is loop and not r[1].done():
             return
@@ -714,7 +843,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         waits, and left running between waits (cancelling it would cost
         its connection: a cancelled command's connection is closed), until
         it fires, close(), or the loop's end (asyncio.run cancels it)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         w = self._watch
         if w is not None and w[0] is loop and not w[1].done():
             return w[1]
@@ -735,6 +864,8 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             command(b, "BLMOVE", keys[1], keys[3], "LEFT", "RIGHT", _block_seconds(left)))
         ws = self._waits()
         ws.add(move)        # close() cancels it (and the watcher)
+        if self._closing:   # close() began in another thread: no new wait
+            move.cancel()
         try:
             await asyncio.wait((move, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -751,12 +882,9 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
     @staticmethod
     def _stop(task: Optional[Tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]) -> None:
         if task is not None:
-            try:
-                task[1].cancel()
-            except RuntimeError:    # its loop is closed (without cancelling it)
-                pass
+            _cancel(task[1])
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close this handle: what its reservation holds goes back to the
         head of the queue (a get cancelled before it returned), and its
         lease goes."""
@@ -805,14 +933,16 @@ class RedisJoinableQueue(RedisQueue, _aq.JoinableQueue[Any]):
 
 
 def _step_busy(handle: _Handle, no_loop: bool = False) -> bool:
-    """Whether a step of handle is in flight on the running loop (a plain
-    call must not send the same state): no_loop when no loop runs."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return no_loop
+    """Whether a plain call must not send handle's state: a step of it is
+    in flight (on any loop), or it belongs to another open loop, or (when
+    no_loop) no loop runs here."""
     lk = getattr(handle, "_lock", None)
-    return lk is not None and lk[0] is loop and lk[1].locked()
+    if lk is not None and lk[1].locked():
+        return True
+    loop = _running()
+    if loop is None:
+        return no_loop
+    return handle._bound_elsewhere(loop)
 
 
 # -- WorkQueue --------------------------------------------------------------
@@ -1108,7 +1238,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         await get, or close())."""
         return RedisDelivery(self._h.get(block=False), self)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close this handle: a delivery its last get reserved and never
         handed out (it was cancelled) is given back, uncounted."""
         h = self._h
@@ -1405,6 +1535,10 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
         if s._buf:
             return _codec.decode(s._buf.pop(0), s._topic._serializer)
         s._check()
+        if _running() is not None:
+            self._loop()        # RuntimeError on another open loop than its own
+        elif self._bound_elsewhere(None):
+            raise self._elsewhere()     # (a thread with no loop: it reads the same position)
         if _step_busy(self):
             raise Empty()
         t = s._topic
@@ -1425,7 +1559,7 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
             raise ShutDown(f"topic {t._name!r} is shut down")
         raise Empty()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close this subscription: a read waiting raises ValueError."""
         self._cancel_waits()
         self._h.close()

@@ -106,6 +106,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
             await self._wait_for(b, "XREAD", "COUNT", 1, "BLOCK", _aio._block_ms(left),
                                  "STREAMS", *streams.keys(), *streams.values())
             h._check_open()     # closed under this wait: ValueError
+            self._check_closing()   # (its close() still running in another thread)
 
     def consumer(self, group: str, **kwargs: Any) -> RedisConsumer:
         """Join consumer group `group` (as pyqueue.Log.consumer; the join is
@@ -128,7 +129,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         self._consumers.add(c)
         return c
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close this handle and the consumers made from it (they leave
         their groups; a poll waiting raises ValueError at once, not at the
         end of its wait slice); a read waiting raises ValueError."""
@@ -174,6 +175,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
         """
         c = self._h
         c._check()
+        self._loop()
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records <= 0:
             raise ValueError("max_records must be a positive int")
         deadline = float("inf") if timeout is None else time.monotonic() + float(timeout)
@@ -201,6 +203,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
                 await self._wait_for(b, "XREAD", "COUNT", 1, "BLOCK", plan[1], "STREAMS",
                                      *streams.keys(), *streams.values())
             c._check()              # closed under this wait: ValueError
+            self._check_closing()   # (its close() still running in another thread)
             await self._keep_alive(b)
 
     async def _keep_alive(self, b: Any) -> None:
@@ -301,7 +304,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
             raise error
         return out, shut == len(parts)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Leave the group (committing first with auto_commit; a plain
         call); a poll waiting raises ValueError."""
         self._cancel_waits()
