@@ -25,6 +25,17 @@ Cases:
                 before; get, fn; no acks), multiprocessing.Pool(W)
                 .imap_unordered (chunksize 64). Rate = messages / time
                 until all are done (acked).
+  stream-cpu-2  the stream-W race with a CPU-bound fn (about 1 ms of pure
+                Python per message), 2 workers: StreamProcessor against
+                multiprocessing.Pool(2).imap_unordered (chunksize 8: 16 ms
+                chunks). The plumbing must vanish when work dominates
+                (issue 13: within 5%). Ratios to the Pool.
+  stream-idle   latency of one message through an idle processor: the
+                parent puts one (its CLOCK_MONOTONIC time), waits for the
+                result on the sink, then 5 ms idle, SAMPLES times (the
+                workers park between messages): StreamProcessor (1 worker,
+                sink a Queue) against multiprocessing.Pool(1).apply_async
+                (...).get() in the same run. p50 / p99 in µs.
   pool-map-W    map of a trivial function (x + 1) over range(N) ints (N =
                 1M; --pool-n), W = 2 workers, the pools started before
                 the clock: pyqueue.Pool.map (its default chunksize, as
@@ -143,13 +154,24 @@ def _plain_worker(q, done):
     done.put(time.perf_counter())
 
 
-def stream_run(ctx, kind, n, workers):
+def spin(v):
+    """The stream-cpu step: about 1 ms of pure Python."""
+    t = 0
+    for i in range(CPU_LOOPS):
+        t += i * i
+    return t & 1
+
+
+CPU_LOOPS = 20_000
+
+
+def stream_run(ctx, kind, n, workers, fn=work, chunksize=64):
     import pyqueue
     if kind == "pool":
         with ctx.Pool(workers) as pool:
             items = [PAYLOAD] * n
             t0 = time.perf_counter()
-            for _ in pool.imap_unordered(work, items, chunksize=64):
+            for _ in pool.imap_unordered(fn, items, chunksize=chunksize):
                 pass
             return n / (time.perf_counter() - t0)
     if kind == "queue":
@@ -170,7 +192,7 @@ def stream_run(ctx, kind, n, workers):
     q = pyqueue.WorkQueue(capacity_bytes=64 << 20, max_in_flight=1 << 20)  # holds them all
     # As for the Pool (made before its clock starts): the workers are up
     # first, then the parent feeds the messages while they work.
-    sp = pyqueue.StreamProcessor(q, work, workers=workers, handle_signals=False).start()
+    sp = pyqueue.StreamProcessor(q, fn, workers=workers, handle_signals=False).start()
     time.sleep(1.0)
     chunk = [PAYLOAD] * BATCH
     t0 = time.perf_counter()
@@ -188,6 +210,55 @@ def stream_run(ctx, kind, n, workers):
     q.unlink()
     q.close()
     return n / (t1 - t0)
+
+
+def stream_cpu_run(ctx, kind, n, workers):
+    return stream_run(ctx, kind, n, workers, fn=spin, chunksize=8)
+
+
+# ---- stream-idle -------------------------------------------------------------
+
+SAMPLES = 1000
+IDLE_S = 0.005
+
+
+def stamp(t):
+    """The stream-idle step: the message back as it came (its put time)."""
+    return t
+
+
+def stream_idle_run(ctx, kind, n, workers):
+    """-> (p50, p99) in µs of n put -> result round trips, each after
+    IDLE_S idle (the workers parked)."""
+    import pyqueue
+    lat = []
+    if kind == "pool":
+        with ctx.Pool(1) as pool:
+            pool.apply(stamp, (0.0,))           # up before the clock
+            for _ in range(n):
+                time.sleep(IDLE_S)
+                t0 = time.monotonic()
+                pool.apply_async(stamp, (t0,)).get(30)
+                lat.append(time.monotonic() - t0)
+    else:
+        q = pyqueue.WorkQueue()
+        out = pyqueue.Queue()
+        sp = pyqueue.StreamProcessor(q, stamp, sink=out, workers=1,
+                                     handle_signals=False).start()
+        q.put(0.0)
+        out.get(timeout=30)                     # up before the clock
+        for _ in range(n):
+            time.sleep(IDLE_S)
+            t0 = time.monotonic()
+            q.put(t0)
+            out.get(timeout=30)
+            lat.append(time.monotonic() - t0)
+        sp.stop(30)
+        for h in (q, out):
+            h.unlink()
+            h.close()
+    lat.sort()
+    return lat[len(lat) // 2] * 1e6, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
 
 
 # ---- pool-map-W --------------------------------------------------------------
@@ -288,6 +359,10 @@ def main(argv=None):
     cases += [(f"stream-{wk}", stream_run, wk, 500_000 // scale,
                [("stream", "StreamProcessor (acked)"), ("queue", "processes on pyqueue.Queue"),
                 ("pool", "mp.Pool.imap_unordered")]) for wk in (1, 2, 4)]
+    cases += [("stream-cpu-2", stream_cpu_run, 2, 4_000 // scale,
+               [("stream", "StreamProcessor (acked)"), ("pool", "mp.Pool.imap_unordered")])]
+    cases += [("stream-idle", stream_idle_run, 1, SAMPLES // scale,
+               [("stream", "StreamProcessor, Queue sink"), ("pool", "mp.Pool.apply_async")])]
     cases += [("pool-map-2", pool_map_run, 2, args.pool_n // scale,
                [("pyqueue-pool", "pyqueue.Pool.map"), ("mp-pool", "mp.Pool.map (best chunk)"),
                 ("executor", "ProcessPoolExecutor.map (best)")])]
@@ -296,15 +371,26 @@ def main(argv=None):
         res = {}
         for kind, label in impls:
             rates = [fn(ctx, kind, n, k) for _ in range(repeat)]
+            if cid == "stream-idle":    # (p50, p99) pairs: the median of each
+                med = tuple(statistics.median(r[i] for r in rates) for i in (0, 1))
+                res[kind] = (label, med, rates)
+                print(f"  {cid:12} {label:30} p50 {med[0]:8,.0f} us  p99 {med[1]:8,.0f} us",
+                      file=sys.stderr)
+                continue
             res[kind] = (label, statistics.median(rates), rates)
             print(f"  {cid:12} {label:30} {statistics.median(rates):12,.0f} msg/s",
                   file=sys.stderr)
         rows.append((cid, n, res))
     print(f"machine: {machine_info().get('cpu_model', '?')}, {os.cpu_count()} CPUs; "
           f"medians of {repeat}; (Nx) = ratio to plain pyqueue.Queue (get, or get_many for "
-          f"batch-*; pool-map-*: to multiprocessing.Pool) in this run")
+          f"batch-*; pool-map-*, stream-cpu-*: to multiprocessing.Pool) in this run")
     for cid, n, res in rows:
-        base = res[next(k for k in ("queue-batch", "queue", "mp-pool") if k in res)][1]
+        if cid == "stream-idle":
+            print(f"{cid:12} " + "  ".join(
+                f"{label}: p50 {p50:,.0f} us, p99 {p99:,.0f} us"
+                for label, (p50, p99), _ in res.values()))
+            continue
+        base = res[next(k for k in ("queue-batch", "queue", "mp-pool", "pool") if k in res)][1]
         cells = "  ".join(f"{label}: {fmt_count(rate)} msg/s ({fmt_ratio(rate / base)})"
                           for label, rate, _ in res.values())
         print(f"{cid:12} {cells}")
