@@ -3,11 +3,19 @@ started with spawn or forkserver can import them)."""
 import os
 import signal
 import threading
+import time
 
 _initialized = None
 
 
 def square(x):
+    return x * x
+
+
+def slow_square(x):
+    """square, as a task of 1 ms (a workload: the feeder outruns two
+    workers, so a backlog forms whatever the machine's load)."""
+    time.sleep(0.001)
     return x * x
 
 
@@ -123,9 +131,12 @@ def own_pool(method, report, busy):
     from pyqueue import Pool
     pool = Pool(2, context=method)
     if busy:
-        pool.map_async(square, range(200000), chunksize=1)
+        # 1 ms tasks: two workers take 2000 a second, the feeder puts far
+        # more (with trivial tasks the workers could keep up with it, and
+        # the backlog never formed: CI run 35).
+        pool.map_async(slow_square, range(40000), chunksize=1)
         waiter = threading.Event()
-        for _ in range(6000):  # (deadline 60 s) until a backlog waits in the queue
+        for _ in range(3000):  # (deadline 30 s) until a backlog waits in the queue
             if pool._tasks.qsize() > 1000:
                 break
             waiter.wait(0.01)

@@ -1403,6 +1403,17 @@ def _in_thread(coro_fn):
     return t, box
 
 
+def _got_once(kind, box, value):
+    """box (of _in_thread) holds value, got once (a WorkQueue's delivery:
+    first delivered, then acked)."""
+    got = box.get("result")
+    if kind == "WorkQueue":
+        assert (got.value, got.delivery_count) == (value, 1), box
+        got.sync.ack()
+    else:
+        assert got == value, box
+
+
 @pytest.mark.parametrize("kind", ["Queue", "WorkQueue", "subscription"])
 def test_one_handle_is_used_by_one_open_event_loop_at_a_time(ab, kind):
     """A Redis asyncio handle whose get waits on one loop (thread A) refuses
@@ -1447,12 +1458,7 @@ def test_one_handle_is_used_by_one_open_event_loop_at_a_time(ab, kind):
         # Another thread's put reaches A's get; then A's loop ends.
         asyncio.run(other.publish("m1") if kind == "subscription" else other.put("m1"))
         ta.join(60)
-        got = boxa.get("result")
-        if kind == "WorkQueue":
-            assert (got.value, got.delivery_count) == ("m1", 1)
-            got.sync.ack()
-        else:
-            assert got == "m1", boxa
+        _got_once(kind, boxa, "m1")
 
         # A's loop is closed: B may use the handle now, and gets what is put.
         async def put_and_get_in_b():
@@ -1461,12 +1467,7 @@ def test_one_handle_is_used_by_one_open_event_loop_at_a_time(ab, kind):
 
         tb, boxb = _in_thread(put_and_get_in_b)
         tb.join(60)
-        got = boxb.get("result")
-        if kind == "WorkQueue":
-            assert (got.value, got.delivery_count) == ("m2", 1)
-            got.sync.ack()
-        else:
-            assert got == "m2", boxb
+        _got_once(kind, boxb, "m2")
 
         # A close() from another thread wakes a get waiting on loop A (the
         # close runs on A's loop, whose thread then raises ValueError).
