@@ -1542,3 +1542,40 @@ def test_close_from_another_thread_ends_a_waiting_read_at_once(ab):
             assert isinstance(box.get("error"), ValueError), box
     finally:
         ab.sync.Log.open(name).unlink()
+
+
+def test_close_from_a_coroutine_of_another_loop_does_not_wait_for_the_handles_loop(ab):
+    """close() from a coroutine of loop A, of a handle bound to loop B whose
+    thread is blocked (in a synchronous call), closes at once where it is
+    called: it does not hand the close to B's loop and wait for it (two
+    loops closing each other's handles would each wait for the other, 10 s:
+    a hostile review)."""
+    q = ab.Queue(name=_name("q"))
+    bound, release = threading.Event(), threading.Event()
+
+    async def bind_then_block():
+        with pytest.raises(queue.Empty):
+            await q.get(timeout=0.01)       # binds q to this loop
+        bound.set()
+        release.wait(60)                    # this loop's thread is blocked
+
+    tb, boxb = _in_thread(bind_then_block)
+    try:
+        assert bound.wait(60)
+
+        async def close_from_a():
+            t0 = time.monotonic()
+            q.close()
+            return time.monotonic() - t0
+
+        ta, boxa = _in_thread(close_from_a)
+        ta.join(30)
+        assert not ta.is_alive() and "error" not in boxa, boxa
+        assert boxa["result"] < 5.0         # (the hand-off's wait is 10 s)
+        with pytest.raises(ValueError):
+            q.sync.qsize()                  # closed
+    finally:
+        release.set()
+        tb.join(30)
+        q.close()
+        ab.sync.Queue.open(q.name).unlink()

@@ -56,6 +56,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 import weakref
 from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, Iterable, List, NoReturn, Optional,
                     Sequence, Set, Tuple, Type, TypeVar, Union, cast)
@@ -344,41 +345,66 @@ class _Handle(_aq._Owner):
             raise ValueError(f"{self!r} is closed")
 
     def close(self) -> None:
-        """Close this handle. Called from another thread while the loop the
-        handle is bound to runs, the close runs on that loop's thread (and
-        this call waits for it, up to _CLOSE_HANDOFF_S): a close is a
-        synchronous step, so no coroutine of the handle runs in the middle
-        of it there (a get completing while another thread's close gave its
-        message back would hand it out twice)."""
+        """Close this handle. Called from a thread that runs no loop while
+        the loop the handle is bound to runs in another, the close runs on
+        that loop's thread (and this call waits for it, up to
+        _CLOSE_HANDOFF_S): a close is a synchronous step, so no coroutine
+        of the handle runs in the middle of it there (a get completing
+        while another thread's close gave its message back would hand it
+        out twice). From a coroutine of another loop it closes here (two
+        loops closing each other's handles would wait on each other)."""
         bound: Optional[Tuple[int, asyncio.AbstractEventLoop]] = getattr(self, "_bound_to", None)
-        if bound is not None and bound[0] == os.getpid():
+        if bound is not None and bound[0] == os.getpid() and _running() is None:
             loop = bound[1]
-            if not loop.is_closed() and loop.is_running() and not _runs_here(loop):
-                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            if not loop.is_closed() and loop.is_running():
+                if self._close_on(loop):
+                    return
+        self._close_now()
 
-                def close_there() -> None:
-                    if not done.set_running_or_notify_cancel():
-                        return      # given up on: closed where it was called
-                    try:
-                        self._close()
-                    except BaseException as e:
-                        done.set_exception(e)
-                    else:
-                        done.set_result(None)
-                try:
-                    loop.call_soon_threadsafe(close_there)
-                except RuntimeError:
-                    pass            # closed since: close here
-                else:
-                    try:
-                        done.result(_CLOSE_HANDOFF_S)
-                        return
-                    except concurrent.futures.TimeoutError:
-                        if not done.cancel():   # it runs there now: let it end
-                            done.result(_CLOSE_HANDOFF_S)
-                            return
-                        # that loop ran no callbacks in time: close here
-        self._close()
+    def _close_on(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """_close_now on loop's thread; False when that loop ended or ran no
+        callbacks in time (the caller then closes where it is)."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def close_there() -> None:
+            if not done.set_running_or_notify_cancel():
+                return      # given up on: closed where it was called
+            try:
+                self._close_now()
+            except BaseException as e:
+                done.set_exception(e)
+            else:
+                done.set_result(None)
+        try:
+            loop.call_soon_threadsafe(close_there)
+        except RuntimeError:
+            return False    # closed since
+        end = time.monotonic() + _CLOSE_HANDOFF_S
+        while True:
+            try:
+                # (short slices: a loop that stops or closes meanwhile
+                # drops its callbacks, and is not waited for)
+                done.result(0.05)
+                return True
+            except concurrent.futures.TimeoutError:
+                pass
+            if loop.is_closed() or not loop.is_running() or time.monotonic() >= end:
+                if done.cancel():
+                    return False
+                # it runs there now: let it end
+                done.result(_CLOSE_HANDOFF_S)
+                return True
+
+    def _close_now(self) -> None:
+        """_close; if it fails with the handle still open (a lost connection
+        in its give-back), the handle is no longer closing: its waits wait
+        again (else every later get would spin without waiting)."""
+        try:
+            self._close()
+        except BaseException:
+            if not getattr(self._h, "_closed", True):
+                self._closing = False
+            raise
 
     def _close(self) -> None:
         raise NotImplementedError
@@ -801,6 +827,11 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         cancelled half-way)."""
         h = self._h
         h._check_open()
+        if _running() is not None:
+            try:
+                self._loop()    # bound before its step (its step sends the state)
+            except RuntimeError:
+                return h.get(False)     # another loop's handle: a plain take
         if h._held or _step_busy(self, True):
             return h.get(False)
         b = self._backend()
@@ -937,8 +968,10 @@ def _step_busy(handle: _Handle, no_loop: bool = False) -> bool:
     in flight (on any loop), or it belongs to another open loop, or (when
     no_loop) no loop runs here."""
     lk = getattr(handle, "_lock", None)
-    if lk is not None and lk[1].locked():
-        return True
+    bound: Tuple[Optional[int], Any] = getattr(handle, "_bound_to", (None, None))
+    if lk is not None and lk[1].locked() and not lk[0].is_closed() and \
+            bound[0] == os.getpid():
+        return True     # (a closed loop's, or a forked parent's, lock: stale)
     loop = _running()
     if loop is None:
         return no_loop

@@ -136,6 +136,11 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         self._cancel_waits()
         for c in list(self._consumers):
             c._cancel_waits()   # every waiting poll ends now, whatever a close below does
+        for c in list(self._consumers):
+            try:
+                c.close()       # on its own loop's thread (_Handle.close)
+            except Exception:
+                pass            # the sync log's close below tries it again, and reports it
         # The sync log's close() closes the sync consumers first (each one
         # tried, the first error raised after the log is closed).
         self._h.close()
