@@ -136,14 +136,18 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         self._cancel_waits()
         for c in list(self._consumers):
             c._cancel_waits()   # every waiting poll ends now, whatever a close below does
+        first: Optional[Exception] = None
         for c in list(self._consumers):
             try:
                 c.close()       # on its own loop's thread (_Handle.close)
-            except Exception:
-                pass            # the sync log's close below tries it again, and reports it
-        # The sync log's close() closes the sync consumers first (each one
-        # tried, the first error raised after the log is closed).
+            except Exception as e:
+                first = first or e
+        # The sync log's close() closes the sync consumers left (each one
+        # tried, the first error raised after the log is closed); then the
+        # first error of the async ones, as the sync close does.
         self._h.close()
+        if first is not None:
+            raise first
 
 
 class RedisConsumer(_aio._Handle, _aq.Consumer):
