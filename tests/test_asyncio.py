@@ -715,30 +715,41 @@ def test_a_failing_waiter_thread_wakes_every_wait(monkeypatch):
         _closing(q)
 
 
+def _in_thread(coro_fn):
+    """asyncio.run(coro_fn()) on a thread of its own -> (thread, result box:
+    "result", or "error" with what it raised)."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = asyncio.run(coro_fn())
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)   # (a hung one fails its test, not the run)
+    t.start()
+    return t, box
+
+
 def _storms_on_two_loops(get, done, min_cancelled, after=None):
     """_storm(get) on two event loops at once, one per thread, on the same
     handle -> (everything both got, calls cancelled by each). after(got):
     a coroutine run on the same loop once its storm ends."""
-    out = [None, None]
-
-    def loop_thread(k):
+    def storm(k):
         async def main():
             got, cancelled = await _storm(get, done, random.Random(40 + k), min_cancelled)
             if after is not None:
                 await after(got)
             return got, cancelled
-        try:
-            out[k] = asyncio.run(main())
-        except BaseException as e:      # reported by the assertion below
-            out[k] = e
+        return main
 
-    ts = [threading.Thread(target=loop_thread, args=(k,)) for k in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
+    runs = [_in_thread(storm(k)) for k in range(2)]
+    for t, _ in runs:
         t.join(180)
-    assert not any(t.is_alive() for t in ts)
-    assert not any(isinstance(o, BaseException) for o in out), out
+    assert not any(t.is_alive() for t, _ in runs)
+    boxes = [box for _, box in runs]
+    assert not any("error" in box for box in boxes), boxes
+    out = [box["result"] for box in boxes]
     return out[0][0] + out[1][0], (out[0][1], out[1][1])
 
 

@@ -29,7 +29,7 @@ import pytest
 import pyqueue
 import pyqueue.asyncio as aq
 from tests import _aio_workers as workers
-from tests.test_asyncio import _storm
+from tests.test_asyncio import _in_thread, _storm
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
@@ -1386,21 +1386,6 @@ def test_get_nowait_while_a_get_of_the_same_handle_is_in_its_step(ab, kind):
             _closing(h)
 
     asyncio.run(main())
-
-
-def _in_thread(coro_fn):
-    """asyncio.run(coro_fn()) on a thread of its own -> (thread, result box)."""
-    box = {}
-
-    def run():
-        try:
-            box["result"] = asyncio.run(coro_fn())
-        except BaseException as e:
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)   # (a hung one fails its test, not the run)
-    t.start()
-    return t, box
 
 
 def _got_once(kind, box, value):
