@@ -7,6 +7,10 @@ Cases (64-byte bytes messages; the consumer is a coroutine in this
 process; the producer another process unless said):
 
   pyqueue.asyncio    pyqueue.asyncio.Queue.get, the producer a sync Queue.put
+                     (the loop's io_uring waits where the kernel has them)
+  pyqueue.asyncio thread
+                     the same with PYQUEUE_AIO_WAIT=thread: the waiter
+                     thread, what a kernel before 6.7 gets
   pyqueue sync       the same queue read with the blocking Queue.get (the
                      sync API the asyncio one is held against: within 2x)
   asyncio.Queue      both coroutines in one process (no process boundary)
@@ -149,10 +153,12 @@ def _start(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
     return p
 
 
-def case_pyqueue_async(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
+def case_pyqueue_async(ctx: Any, n_lat: int, n_tput: int, mode: str = "auto") -> Dict[str, Any]:
     import pyqueue
     import pyqueue.asyncio as aq
+    from pyqueue import _aio
     q, acks = aq.Queue(), pyqueue.Queue()
+    saved, _aio.WAIT_MODE = _aio.WAIT_MODE, mode
 
     async def ack() -> None:
         acks.put(None)
@@ -177,9 +183,14 @@ def case_pyqueue_async(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
         p.join()
         return res
     finally:
+        _aio.WAIT_MODE = saved
         for h in (q, acks):
             h.close()
             h.unlink()
+
+
+def case_pyqueue_async_thread(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
+    return case_pyqueue_async(ctx, n_lat, n_tput, "thread")
 
 
 def case_pyqueue_sync(ctx: Any, n_lat: int, n_tput: int) -> Dict[str, Any]:
@@ -399,6 +410,7 @@ def case_redis_sync(ctx: Any, n_lat: int, n_tput: int) -> Optional[Dict[str, Any
 
 CASES = [
     ("pyqueue.asyncio", case_pyqueue_async),
+    ("pyqueue.asyncio thread", case_pyqueue_async_thread),
     ("pyqueue sync", case_pyqueue_sync),
     ("asyncio.Queue (1 process)", case_asyncio_queue),
     ("mp.Queue+run_in_executor", case_mp_executor),

@@ -125,3 +125,89 @@ def _aio_wait(list events, list expected, _AioWakeWord wake, uint32_t wake_seen,
     with nogil:
         rc = pq_wait_words(w, <uint32_t>(n + 1), deadline_ns)
     return rc
+
+
+# ------------------------------------------------------------------
+# A loop's own ring (csrc/pq_uring_futex.h): futex waits whose completion
+# makes the ring's fd readable, so the loop's selector wakes on a
+# producer's futex wake with no thread in between. Every call on a ring is
+# made on the thread of the loop that owns it (the kernel wakes the thread
+# that submitted).
+
+cdef extern from "pq_uring_futex.h" nogil:
+    ctypedef struct pq_uring:
+        int fd
+    ctypedef struct pq_uring_done:
+        uint64_t tag
+        int res
+    int pq_uring_open(pq_uring* u, unsigned cq_entries)
+    void pq_uring_close(pq_uring* u)
+    int pq_uring_cancel(pq_uring* u, uint64_t tag)
+    unsigned pq_uring_reap(pq_uring* u, pq_uring_done* out, unsigned max)
+
+cdef extern from *:
+    """
+    #include "pq_uring_futex.h"
+    /* An event's sequence word by its address (a pq_event's first field). */
+    static inline int pq_aio_ring_wait(pq_uring *u, uintptr_t word, uint32_t expected,
+                                       uint64_t tag)
+    {
+        return pq_uring_wait(u, (_Atomic uint32_t *)word, expected, tag);
+    }
+    """
+    int pq_aio_ring_wait(pq_uring* u, uintptr_t word, uint32_t expected, uint64_t tag) nogil
+
+
+cdef class _AioRing:
+    """An io_uring of futex waits (see above). Raises OSError when the
+    kernel refuses it (no io_uring, a seccomp profile, a kernel before 6.7
+    without futex waits on it)."""
+    cdef pq_uring _u
+    cdef bint _open
+
+    def __cinit__(self, unsigned cq_entries):
+        self._u.fd = -1
+        cdef int rc = pq_uring_open(&self._u, cq_entries)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        self._open = True
+
+    def __dealloc__(self):
+        if self._open:
+            pq_uring_close(&self._u)
+
+    def fileno(self):
+        return self._u.fd
+
+    def close(self):
+        if self._open:
+            self._open = False
+            pq_uring_close(&self._u)
+
+    def wait(self, uintptr_t ev, uint32_t expected, uint64_t tag):
+        """Submit a wait on event ev's sequence word while it holds
+        expected; 0 or -errno (then nothing was submitted)."""
+        if not self._open:
+            return -EINVAL
+        return pq_aio_ring_wait(&self._u, ev, expected, tag)
+
+    def cancel(self, uint64_t tag):
+        """Cancel the wait of tag (its completion comes with -ECANCELED
+        unless it had come already); 0 or -errno."""
+        if not self._open:
+            return -EINVAL
+        return pq_uring_cancel(&self._u, tag)
+
+    def reap(self):
+        """The completions queued now, as a list of (tag, res)."""
+        cdef pq_uring_done d[64]
+        cdef unsigned n, i
+        out = []
+        if not self._open:
+            return out
+        while True:
+            n = pq_uring_reap(&self._u, d, 64)
+            for i in range(n):
+                out.append((d[i].tag, d[i].res))
+            if n < 64:
+                return out

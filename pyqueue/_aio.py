@@ -1,9 +1,14 @@
-"""The waiting machinery of pyqueue.asyncio: one waiter thread per process.
+"""The waiting machinery of pyqueue.asyncio: a loop's ring, else one
+waiter thread per process.
 
 A coroutine that finds nothing to take registers on the pq_event of the
 segment it waits on (the same waiter count and sequence word that blocking
-calls of every process use), re-checks, and awaits a future. The one
-waiter thread of the process parks - GIL released - on the sequence words
+calls of every process use), re-checks, and awaits a future. Where the
+kernel runs futex waits on an io_uring (Linux 6.7+), the future is
+resolved by the loop's own ring (pyqueue/_aio_ring.py: one wake-up, no
+thread). Elsewhere (an older kernel, a seccomp profile that refuses
+io_uring, PYQUEUE_AIO_WAIT=thread) the one waiter thread of the process
+parks - GIL released - on the sequence words
 of every event that coroutines of any event loop wait on, plus a private
 word of its own (a new registration bumps it), with futex_waitv
 (csrc/pq_wait_words.h). When a word moves it resolves the futures of that
@@ -25,7 +30,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from . import _core
+from . import _aio_ring, _core
 from .errors import PyQueueError
 
 SLICE_S = 0.1  # the longest a registration waits before its coroutine re-checks
@@ -33,6 +38,11 @@ SLICE_S = 0.1  # the longest a registration waits before its coroutine re-checks
 SPIN_NS = int(os.environ.get("PYQUEUE_SPIN_NS", "50000"))
 IDLE_EXIT_S = 1.0  # the waiter thread exits after this long with nothing to wait for
 _EVENTS_MAX = _core._AIO_WAIT_WORDS_MAX - 1  # one word is the thread's own
+# "auto": the loop's ring where the kernel allows it, else the thread;
+# "thread": always the thread.
+WAIT_MODE = os.environ.get("PYQUEUE_AIO_WAIT", "auto")
+if WAIT_MODE not in ("auto", "thread"):
+    raise ImportError(f"PYQUEUE_AIO_WAIT must be 'auto' or 'thread', not {WAIT_MODE!r}")
 
 
 def _now_ns() -> int:
@@ -218,6 +228,33 @@ _waiter = _Waiter()
 os.register_at_fork(after_in_child=_waiter.after_fork_in_child)
 
 
+def _register(ev: int, seq: int, deadline: int, keep: Any) -> Any:
+    """Register the running coroutine on event ev: on its loop's ring, or
+    with the waiter thread. Returns (the waiter, the registration), whose
+    .fut resolves when ev moves from seq or at deadline."""
+    if WAIT_MODE == "auto":
+        ring = _aio_ring.ring_for(asyncio.get_running_loop())
+        if ring is not None:
+            reg = ring.register(ev, seq, deadline)
+            if reg is not None:
+                return ring, reg
+    return _waiter, _waiter.register(ev, seq, deadline, keep)
+
+
+def registered() -> List[Any]:
+    """Every registration of this process, on rings or with the thread
+    (the tests)."""
+    with _waiter._lock:
+        regs: List[Any] = list(_waiter._regs)
+    return regs + _aio_ring.registered()
+
+
+def wakeups() -> int:
+    """How many times a wait of this process returned (the tests: no
+    polling)."""
+    return _waiter.wakeups + _aio_ring.wakeups()
+
+
 async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
                      deadline: Optional[int], unmaps_on_close: bool = False) -> Any:
     """Return try_op() once it stops raising again; between tries, wait
@@ -233,7 +270,7 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
     # The spin phase of a blocking call (pq_spin_until), in loop turns: a
     # consumer that keeps up with its producer retries for up to SPIN_NS
     # while the loop runs its other work, and parks only past that (a
-    # wake-up through the waiter thread costs two thread hops).
+    # wake-up costs a thread hop: two through the waiter thread).
     if SPIN_NS:
         end = _now_ns() + SPIN_NS
         if deadline is not None and deadline < end:
@@ -265,11 +302,11 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
             until = now + int(SLICE_S * 1e9)
             if deadline is not None and deadline < until:
                 until = deadline
-            reg = _waiter.register(ev, seq, until, handle)
+            waiter, reg = _register(ev, seq, until, handle)
             try:
                 await reg.fut
             except BaseException:
-                if _waiter.unregister(reg):
+                if waiter.unregister(reg):
                     # Woken, but cancelled before taking anything: another
                     # waiter (of any process) gets the wake-up instead.
                     if unmaps_on_close:

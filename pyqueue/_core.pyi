@@ -53,6 +53,21 @@ class _AioWakeWord:
     def address(self) -> int: ...
 def _aio_wait(events: list[int], expected: list[int], wake: _AioWakeWord, wake_seen: int,
               deadline_ns: int) -> int: ...
+@disjoint_base
+class _AioRing:
+    def __init__(self, cq_entries: int) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    def wait(self, ev: int, expected: int, tag: int) -> int:
+        """Submit a wait on event ev's sequence word while it holds
+        expected; 0 or -errno (then nothing was submitted).
+        """
+    def cancel(self, tag: int) -> int:
+        """Cancel the wait of tag (its completion comes with -ECANCELED
+        unless it had come already); 0 or -errno.
+        """
+    def reap(self) -> list[tuple[int, int]]:
+        """The completions queued now, as a list of (tag, res)."""
 
 @disjoint_base
 class RingQueue(Generic[_T]):

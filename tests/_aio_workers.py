@@ -113,3 +113,54 @@ def async_blocked_get(q, lease, ready):
         await q.get()
 
     asyncio.run(main())
+
+
+def _refuse_io_uring():
+    """Install a seccomp filter on this process that refuses io_uring_setup
+    with EPERM, as container runtimes' default profiles do (the syscall is
+    425 on every architecture)."""
+    import ctypes
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    ld_nr, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|W|ABS of seccomp_data.nr, BPF_JMP|JEQ|K, BPF_RET|K
+    rules = [Filter(ld_nr, 0, 0, 0), Filter(jeq, 0, 1, 425),
+             Filter(ret, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+             Filter(ret, 0, 0, 0x7FFF0000)]      # SECCOMP_RET_ALLOW
+    table = (Filter * len(rules))(*rules)
+    prog = Prog(len(rules), table)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+
+
+def async_get_without_io_uring(q, out):
+    """With io_uring refused, await q.get() (an async handle) woken by the
+    parent's put: reports the value, whether the waiter thread ran, the
+    kinds of registration, and why the ring was refused."""
+    import asyncio
+    import threading
+
+    from pyqueue import _aio, _aio_ring
+
+    _refuse_io_uring()
+    _aio.SLICE_S = 120.0  # a missing wake-up would hang, not be retried
+
+    async def main():
+        task = asyncio.ensure_future(q.get())
+        while not _aio.registered():
+            await asyncio.sleep(0.001)
+        regs = [type(r).__name__ for r in _aio.registered()]
+        thread = any(t.name == "pyqueue-aio-waiter" for t in threading.enumerate())
+        out.put("parked")
+        return await asyncio.wait_for(task, 60), thread, regs
+
+    value, thread, regs = asyncio.run(main())
+    out.put((value, thread, regs, _aio_ring._refused))

@@ -28,11 +28,37 @@ from pyqueue import _aio
 from tests import _aio_workers as workers
 
 
+# Tests of the waiter thread itself; every other test runs twice: with
+# the loops' rings (what this machine's kernel gives) and with the thread
+# (what a kernel without io_uring futex waits gets).
+_THREAD_ONLY = {
+    "test_one_waiter_thread_for_many_waits",
+    "test_waits_on_more_events_than_one_park_takes_are_refused",
+    "test_a_failing_waiter_thread_wakes_every_wait",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "wait_mode" in metafunc.fixturenames:
+        modes = ["thread"] if metafunc.function.__name__ in _THREAD_ONLY else ["ring", "thread"]
+        metafunc.parametrize("wait_mode", modes, indirect=True)
+
+
 @pytest.fixture(autouse=True)
-def _no_waiter_left():
+def wait_mode(request, monkeypatch):
+    """How awaits wait in this test, in this process and in the children
+    it spawns."""
+    mode = "auto" if request.param == "ring" else "thread"
+    monkeypatch.setattr(_aio, "WAIT_MODE", mode)
+    monkeypatch.setenv("PYQUEUE_AIO_WAIT", mode)
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_waiter_left(wait_mode):
     """Every test leaves no registration and no waiter thread behind."""
     yield
-    assert not _aio._waiter._regs
+    assert not _aio.registered()
     assert _aio._waiter.stop()
     assert not [t for t in threading.enumerate() if t.name == "pyqueue-aio-waiter"]
 
@@ -165,7 +191,7 @@ def test_cancel_at_every_turn_after_the_wake(kind):
         got, cancelled = [], 0
         for i in range(200):
             task = asyncio.ensure_future(get())
-            while _aio._waiter._regs == {}:  # until it waits
+            while not _aio.registered():  # until it waits
                 await asyncio.sleep(0)
             put(i)
             while not task.done():
@@ -225,10 +251,10 @@ def test_fast_path_takes_without_waiting():
         async def main():
             return [await q.get() for _ in range(100)]
 
-        before = _aio._waiter.wakeups
+        before = _aio.wakeups()
         assert asyncio.run(main()) == list(range(100))
         assert _aio._waiter._thread is None
-        assert _aio._waiter.wakeups == before
+        assert _aio.wakeups() == before
     finally:
         _closing(q)
 
@@ -266,10 +292,10 @@ def test_an_idle_wait_does_not_poll():
     q = aq.Queue()
     try:
         async def main():
-            before = _aio._waiter.wakeups
+            before = _aio.wakeups()
             with pytest.raises(queue.Empty):
                 await q.get(timeout=1.0)
-            return _aio._waiter.wakeups - before
+            return _aio.wakeups() - before
 
         assert 1 <= asyncio.run(main()) <= 25
     finally:
@@ -306,7 +332,7 @@ def test_waits_on_more_events_than_one_park_takes_are_refused():
     try:
         async def main():
             tasks = [asyncio.ensure_future(q.get(timeout=30)) for q in qs[:127]]
-            while len({r.ev for r in _aio._waiter._regs}) < 127:
+            while len({r.ev for r in _aio.registered()}) < 127:
                 await asyncio.sleep(0.01)
             with pytest.raises(pyqueue.PyQueueError):
                 await qs[127].get(timeout=30)
@@ -556,7 +582,7 @@ def test_closing_a_handle_under_a_waiting_coroutine(tmp_path):
             waits = [asyncio.ensure_future(q.get(timeout=30)),
                      asyncio.ensure_future(log.read(0, 0, timeout=30)),
                      asyncio.ensure_future(other.get(timeout=30))]
-            while len({r.ev for r in _aio._waiter._regs}) < 3:
+            while len({r.ev for r in _aio.registered()}) < 3:
                 await asyncio.sleep(0.01)
             q.close()
             log.close()
@@ -589,7 +615,7 @@ def test_a_directory_log_closed_under_awaits_takes_their_waiter_count_back_once(
 
         async def closed_under_two_awaits():
             waits = [asyncio.ensure_future(log.read(0, 0, timeout=60)) for _ in range(2)]
-            while len(_aio._waiter._regs) < 2:
+            while len(_aio.registered()) < 2:
                 await asyncio.sleep(0.01)
             assert other._aio_waiters() == 2
             log.close()
@@ -607,7 +633,7 @@ def test_a_directory_log_closed_under_awaits_takes_their_waiter_count_back_once(
 
         async def woken_then_closed():
             w = asyncio.ensure_future(log.read(0, 0, timeout=60))
-            while not _aio._waiter._regs:
+            while not _aio.registered():
                 await asyncio.sleep(0.01)
             assert other._aio_waiters() == 1
             other.append(b"x")
@@ -661,7 +687,7 @@ def test_shutdown_from_another_process_wakes_awaiting_calls(ctx, procs, monkeypa
 
     async def main():
         task = asyncio.ensure_future(call())
-        while _aio._waiter is None or not _aio._waiter._regs:  # parked: registered
+        while not _aio.registered():  # parked: registered
             await asyncio.sleep(0)
         p = procs.start(ctx, sw.shut_down, h.sync, False)
         with pytest.raises(pyqueue.ShutDown):

@@ -260,7 +260,7 @@ def test_an_async_put_waiting_for_room_writes_its_segment_once_and_frees_it_unle
     q.put_many([b"fill", b"fill"])  # max_in_flight=2: no room
 
     async def registered():
-        while not _aio._waiter._regs:
+        while not _aio.registered():
             await asyncio.sleep(0.01)
 
     async def main():
@@ -272,8 +272,8 @@ def test_an_async_put_waiting_for_room_writes_its_segment_once_and_frees_it_unle
         await registered()
         seen = oob_segments(q)
         assert len(seen) == 1
-        woken = _aio._waiter.wakeups
-        while _aio._waiter.wakeups < woken + 3:  # three retry slices at least
+        woken = _aio.wakeups()
+        while _aio.wakeups() < woken + 3:  # three retry slices at least
             await asyncio.sleep(0.01)
         assert oob_segments(q) == seen
         t.cancel()

@@ -1,0 +1,142 @@
+"""The loops' io_uring futex waits (pyqueue/_aio_ring.py): that an await
+parks on its loop's ring with no thread on this machine, that a fork does
+not take the parent's waits away, that a kernel refusing io_uring (a
+seccomp profile, as containers have) gets the waiter thread, that rings
+of closed loops do not pile up. The semantics of the awaits themselves
+run in both modes in tests/test_asyncio.py."""
+import asyncio
+import os
+import threading
+
+import pytest
+
+import pyqueue
+import pyqueue.asyncio as aq
+from pyqueue import _aio, _aio_ring
+from tests import _aio_workers as workers
+
+
+@pytest.fixture(autouse=True)
+def _no_waiter_left():
+    yield
+    assert not _aio.registered()
+    assert _aio._waiter.stop()
+
+
+def _closing(*handles):
+    for h in handles:
+        h.close()
+        h.unlink()
+
+
+def _ring_fds():
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
+                fds.append(int(fd))
+        except OSError:
+            pass  # closed meanwhile (listdir's own fd)
+    return fds
+
+
+def test_an_await_parks_on_its_loops_ring_woken_by_another_process(ctx, procs, monkeypatch):
+    """On this machine (Linux 6.7+, io_uring allowed) a waiting get is a
+    ring registration, with no waiter thread: the put of another process
+    wakes it through the ring (with the retry slice far beyond the test's
+    timeouts, a missing wake-up is a timeout). Under fork the child starts
+    while the parent is parked and closes its copy of the ring: the
+    parent's wait is still there for the child's put."""
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
+    q = aq.Queue()
+    try:
+        async def main():
+            task = asyncio.ensure_future(q.get())
+            while not _aio.registered():
+                await asyncio.sleep(0)
+            regs = _aio.registered()
+            assert [type(r) for r in regs] == [_aio_ring.RingReg]
+            assert not [t for t in threading.enumerate() if t.name == "pyqueue-aio-waiter"]
+            p = procs.start(ctx, workers.put_range, q.sync, 7, 1)
+            got = await asyncio.wait_for(task, 30)
+            p.join(30)
+            assert p.exitcode == 0
+            return got
+
+        assert asyncio.run(main()) == 7
+        assert _aio_ring._refused is None
+    finally:
+        _closing(q)
+
+
+def test_a_kernel_that_refuses_io_uring_gets_the_waiter_thread(spawn_ctx, procs):
+    """A child whose seccomp filter refuses io_uring_setup (EPERM) awaits
+    through the waiter thread, woken by the parent's put."""
+    q = aq.Queue()
+    out = pyqueue.Queue()
+    try:
+        p = procs.start(spawn_ctx, workers.async_get_without_io_uring, q, out)
+        assert out.get(timeout=60) == "parked"
+        q.sync.put("woken")
+        value, thread, regs, refused = out.get(timeout=60)
+        p.join(30)
+        assert p.exitcode == 0
+        assert value == "woken"
+        assert thread and regs == ["_Reg"]
+        assert refused is not None and refused.startswith("EPERM")
+    finally:
+        _closing(q, out)
+
+
+def test_rings_of_closed_loops_do_not_pile_up():
+    """asyncio.run after asyncio.run, each with a wait: the ring of a
+    closed loop is closed when the next one opens, so a process holds a
+    ring or two, not one per loop it ever ran."""
+    q = aq.Queue()
+    before = len(_ring_fds())
+    try:
+        async def one_wait():
+            with pytest.raises(Exception):
+                await q.get(timeout=0.01)
+            assert len(_ring_fds()) <= before + 2
+
+        for _ in range(30):
+            asyncio.run(one_wait())
+        assert len(_ring_fds()) <= before + 1
+    finally:
+        _closing(q)
+
+
+def test_loops_in_two_threads_each_wait_on_their_own_ring():
+    """Two threads, each running a loop that waits on the same queue: two
+    rings, each woken by the put for its own coroutine."""
+    q = aq.Queue()
+    try:
+        parked = threading.Barrier(3)
+        results = {}
+
+        def run(name):
+            async def main():
+                task = asyncio.ensure_future(q.get())
+                while not any(r.fut.get_loop() is asyncio.get_running_loop()
+                              for r in _aio.registered()):
+                    await asyncio.sleep(0.001)
+                ring = _aio_ring.ring_for(asyncio.get_running_loop())
+                await asyncio.get_running_loop().run_in_executor(None, parked.wait, 30)
+                return ring, await asyncio.wait_for(task, 30)
+            results[name] = asyncio.run(main())
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
+        for t in threads:
+            t.start()
+        parked.wait(30)
+        q.sync.put(1)
+        q.sync.put(2)
+        for t in threads:
+            t.join(60)
+        (ra, va), (rb, vb) = results["a"], results["b"]
+        assert ra is not None and rb is not None and ra is not rb
+        assert sorted([va, vb]) == [1, 2]
+    finally:
+        _closing(q)
