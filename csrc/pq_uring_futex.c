@@ -18,6 +18,7 @@
 #define __NR_io_uring_enter 426
 #endif
 #define PQ_IORING_OP_FUTEX_WAIT 51 /* Linux 6.7 */
+#define PQ_IORING_SETUP_COOP_TASKRUN (1U << 8) /* Linux 5.19 */
 #ifndef FUTEX2_SIZE_U32
 #define FUTEX2_SIZE_U32 0x02
 #endif
@@ -188,7 +189,12 @@ int pq_uring_open(pq_uring *u, unsigned cq_entries)
     u->fd = -1;
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
-    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+    /* COOP_TASKRUN (5.19, older than the futex op): a completion is run as
+     * task work of the loop's thread; a sleeping thread (epoll_wait) is
+     * still woken at once, but one running Python code is not interrupted
+     * by an IPI for it: the work runs at its next system call, which a loop
+     * makes every turn. */
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | PQ_IORING_SETUP_COOP_TASKRUN;
     p.cq_entries = cq_entries;
     long fd = syscall(__NR_io_uring_setup, PQ_URING_SQ_ENTRIES, &p);
     if (fd < 0)
