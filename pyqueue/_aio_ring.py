@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import _core
 
-WAITS_MAX = 4096  # submitted waits per loop; past it a registration goes to the thread
+WAITS_MAX = 1024  # submitted waits per loop; past it a registration goes to the thread
 CQ_ENTRIES = 2 * WAITS_MAX  # room for every wait's completion and a cancel's
 IDLE_CLOSE_S = 1.0  # a ring with nothing registered closes after this long
 

@@ -140,3 +140,30 @@ def test_loops_in_two_threads_each_wait_on_their_own_ring():
         assert sorted([va, vb]) == [1, 2]
     finally:
         _closing(q)
+
+
+def test_a_full_ring_sends_the_next_registrations_to_the_waiter_thread(monkeypatch):
+    """A loop's ring holds WAITS_MAX submitted waits (set to 2 here):
+    awaits on a third queue register with the waiter thread instead, and
+    every await is woken by its queue's put."""
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
+    monkeypatch.setattr(_aio_ring, "WAITS_MAX", 2)
+    qs = [aq.Queue() for _ in range(3)]
+    try:
+        async def main():
+            tasks = []
+            for q in qs:  # one by one: the first two fill the ring
+                tasks.append(asyncio.ensure_future(q.get()))
+                while len(_aio.registered()) < len(tasks):
+                    await asyncio.sleep(0)
+            kinds = sorted(type(r).__name__ for r in _aio.registered())
+            for i, q in enumerate(qs):
+                q.sync.put(i)
+            return kinds, await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        kinds, got = asyncio.run(main())
+        assert kinds == ["RingReg", "RingReg", "_Reg"]
+        assert got == [0, 1, 2]
+    finally:
+        _closing(*qs)
