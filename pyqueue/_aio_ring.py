@@ -44,12 +44,13 @@ def _resolve(fut: "asyncio.Future[None]") -> None:
 class _Wait:
     """One submitted futex wait: its tag and the registrations on it."""
 
-    __slots__ = ("tag", "key", "regs")
+    __slots__ = ("tag", "key", "regs", "cancelled")
 
     def __init__(self, tag: int, key: Tuple[int, int]) -> None:
         self.tag = tag
         self.key = key
         self.regs: Dict[RingReg, None] = {}
+        self.cancelled = False  # a cancel was submitted for it
 
 
 class RingReg:
@@ -119,6 +120,20 @@ class LoopRing:
         been fired: the wake-up it consumed must be passed on."""
         if reg.fired:
             return True
+        w = reg.wait
+        if len(w.regs) == 1 and w.tag in self._by_tag:
+            # The last coroutine on this wait leaves: cancel the wait
+            # first. The submission is a system call, on whose return the
+            # kernel runs this thread's pending task work, so a wake that
+            # completed the wait before the cancel is in the ring now.
+            # Reaped, it fires reg, and its coroutine passes the wake-up on
+            # (else it was lost to the event's other waiters, in any
+            # process, until their next slice).
+            w.cancelled = True
+            self._ring.cancel(w.tag)
+            self._reap()
+            if reg.fired:
+                return True
         self._drop(reg)
         return False
 
@@ -139,7 +154,9 @@ class LoopRing:
             # Its completion (-ECANCELED, or woken meanwhile) finds no tag
             # and is dropped. A refused cancel leaves the wait queued until
             # its word moves or the ring closes: nothing waits on it.
-            self._ring.cancel(w.tag)
+            if not w.cancelled:
+                w.cancelled = True
+                self._ring.cancel(w.tag)
         self._maybe_idle()
 
     def _fire(self, reg: RingReg) -> None:
@@ -156,6 +173,9 @@ class LoopRing:
 
     def _on_ready(self) -> None:
         _count_wakeup()
+        self._reap()
+
+    def _reap(self) -> None:
         for tag, res in self._ring.reap():
             w = self._by_tag.pop(tag, None)
             if w is None:
@@ -164,6 +184,8 @@ class LoopRing:
             # Woken (0), the word already differed (-EAGAIN), or worse
             # (-EFAULT: its handle was closed before the submission): every
             # coroutine on it retries and meets what there is.
+            if res == -errno.ECANCELED and w.cancelled:
+                continue  # unregister's own cancel: its one coroutine leaves
             for reg in w.regs:
                 if reg.timer is not None:
                     reg.timer.cancel()
