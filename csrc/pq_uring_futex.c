@@ -81,6 +81,7 @@ static int pq_uring_map(pq_uring *u, const struct io_uring_params *p)
     u->sq_tail = (_Atomic unsigned *)(sq + p->sq_off.tail);
     u->sq_mask = *(unsigned *)(sq + p->sq_off.ring_mask);
     u->sq_array = (unsigned *)(sq + p->sq_off.array);
+    u->sq_flags = (_Atomic unsigned *)(sq + p->sq_off.flags);
     u->cq_head = (_Atomic unsigned *)(cq + p->cq_off.head);
     u->cq_tail = (_Atomic unsigned *)(cq + p->cq_off.tail);
     u->cq_mask = *(unsigned *)(cq + p->cq_off.ring_mask);
@@ -145,7 +146,7 @@ int pq_uring_cancel(pq_uring *u, uint64_t tag)
     return pq_uring_submit(u, &sqe);
 }
 
-unsigned pq_uring_reap(pq_uring *u, pq_uring_done *out, unsigned max)
+static unsigned pq_uring_reap_queued(pq_uring *u, pq_uring_done *out, unsigned max)
 {
     /* Relaxed: only this thread moves the head. */
     unsigned head = atomic_load_explicit(u->cq_head, memory_order_relaxed);
@@ -161,6 +162,21 @@ unsigned pq_uring_reap(pq_uring *u, pq_uring_done *out, unsigned max)
     }
     /* Release: the entries are read before the kernel may reuse them. */
     atomic_store_explicit(u->cq_head, head, memory_order_release);
+    return n;
+}
+
+unsigned pq_uring_reap(pq_uring *u, pq_uring_done *out, unsigned max)
+{
+    unsigned n = pq_uring_reap_queued(u, out, max);
+    /* Relaxed: a hint; the enter below and the acquire load of the tail in
+     * the next reap order what it brings in. */
+    if (n < max && (atomic_load_explicit(u->sq_flags, memory_order_relaxed) &
+                    IORING_SQ_CQ_OVERFLOW)) {
+        /* The queue is drained and the kernel holds completions aside: an
+         * enter with GETEVENTS (and no wait: min_complete 0) moves them in. */
+        if (pq_uring_enter(u->fd, 0, 0, IORING_ENTER_GETEVENTS) >= 0)
+            n += pq_uring_reap_queued(u, out + n, max - n);
+    }
     return n;
 }
 

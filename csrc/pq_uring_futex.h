@@ -18,6 +18,7 @@ typedef struct pq_uring {
     int fd; /* the ring; readable (poll/epoll) when a completion is queued */
     unsigned sq_entries, cq_entries;
     _Atomic unsigned *sq_head, *sq_tail, *cq_head, *cq_tail;
+    _Atomic unsigned *sq_flags; /* IORING_SQ_CQ_OVERFLOW: completions wait in the kernel */
     unsigned sq_mask, cq_mask;
     unsigned *sq_array;
     void *sqes;  /* struct io_uring_sqe[sq_entries] */
@@ -65,7 +66,9 @@ int pq_uring_wait(pq_uring *u, _Atomic uint32_t *word, uint32_t expected, uint64
 int pq_uring_cancel(pq_uring *u, uint64_t tag);
 
 /* Move up to max queued completions into out; returns how many (0: none,
- * never waits). */
+ * never waits). Completions the kernel kept aside because the queue was
+ * full (IORING_FEAT_NODROP) are brought into it once it is drained, so
+ * none is lost and the fd does not stay readable with nothing to reap. */
 unsigned pq_uring_reap(pq_uring *u, pq_uring_done *out, unsigned max);
 
 #endif /* PQ_URING_FUTEX_H */

@@ -235,7 +235,7 @@ def _register(ev: int, seq: int, deadline: int, keep: Any) -> Any:
     if WAIT_MODE == "auto":
         ring = _aio_ring.ring_for(asyncio.get_running_loop())
         if ring is not None:
-            reg = ring.register(ev, seq, deadline)
+            reg = ring.register(ev, seq, deadline, keep)
             if reg is not None:
                 return ring, reg
     return _waiter, _waiter.register(ev, seq, deadline, keep)

@@ -30,8 +30,14 @@ from typing import Any, Dict, Optional, Tuple
 from . import _core
 
 WAITS_MAX = 1024  # submitted waits per loop; past it a registration goes to the thread
-CQ_ENTRIES = 2 * WAITS_MAX  # room for every wait's completion and a cancel's
+# The completion queue: every wait reserves room for its own completion and
+# its cancel's until both are reaped (a dropped wait leaves _waits at once,
+# its two completions come later), so it never overflows from waits alone.
+CQ_ENTRIES = 2 * WAITS_MAX
 IDLE_CLOSE_S = 1.0  # a ring with nothing registered closes after this long
+# Errors of the ring's setup that say the kernel will never give one (the
+# process then waits through the thread for good); any other is this once.
+_REFUSALS = (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EOPNOTSUPP)
 
 _log = logging.getLogger("pyqueue.asyncio")
 
@@ -42,13 +48,18 @@ def _resolve(fut: "asyncio.Future[None]") -> None:
 
 
 class _Wait:
-    """One submitted futex wait: its tag and the registrations on it."""
+    """One submitted futex wait: its tag, its key, the registrations on
+    it, and the handle whose segment holds the word (kept referenced, so
+    that its id in the key is not reused by another handle while the wait
+    lives: a segment mapped later at the same address, whose event starts
+    at the same value, is another wait)."""
 
-    __slots__ = ("tag", "key", "regs", "cancelled")
+    __slots__ = ("tag", "key", "regs", "cancelled", "handle")
 
-    def __init__(self, tag: int, key: Tuple[int, int]) -> None:
+    def __init__(self, tag: int, key: Tuple[int, int, int], handle: Any) -> None:
         self.tag = tag
         self.key = key
+        self.handle = handle
         self.regs: Dict[RingReg, None] = {}
         self.cancelled = False  # a cancel was submitted for it
 
@@ -77,9 +88,11 @@ class LoopRing:
         # ring holding its loop would keep its own key alive.
         self._loop_ref = weakref.ref(loop)
         self.thread = threading.get_ident()
-        self._waits: Dict[Tuple[int, int], _Wait] = {}
+        self._waits: Dict[Tuple[int, int, int], _Wait] = {}
         self._by_tag: Dict[int, _Wait] = {}
         self._next_tag = 1  # 0 is a cancel's own completion
+        self._reserved = 0  # completions submitted (or reserved for a cancel), not yet reaped
+        self.cq_room = CQ_ENTRIES  # the most completions it may have reserved at once
         self._idle: Optional[asyncio.TimerHandle] = None
         self.closed = False
         try:
@@ -90,22 +103,26 @@ class LoopRing:
 
     # ------------------------------------------------------------ waiting
 
-    def register(self, ev: int, seq: int, deadline: int) -> Optional[RingReg]:
-        """Register the running coroutine on event ev for as long as its
-        sequence word holds seq (what _core._aio_prepare returned), until
-        deadline (monotonic ns). None when this ring cannot take it (full,
-        or the submission refused): the caller uses the waiter thread."""
-        key = (ev, seq)
+    def register(self, ev: int, seq: int, deadline: int, handle: Any) -> Optional[RingReg]:
+        """Register the running coroutine on event ev of handle for as
+        long as its sequence word holds seq (what _core._aio_prepare
+        returned), until deadline (monotonic ns). None when this ring
+        cannot take it (full, its loop closed, the submission refused):
+        the caller uses the waiter thread."""
+        loop = asyncio.get_running_loop()
+        if self.closed or loop is not self._loop_ref():
+            return None
+        key = (id(handle), ev, seq)
         w = self._waits.get(key)
         if w is None:
-            if len(self._waits) >= WAITS_MAX:
+            if len(self._waits) >= WAITS_MAX or self._reserved + 2 > self.cq_room:
                 return None
             tag = self._next_tag
             self._next_tag += 1
             if self._ring.wait(ev, seq, tag) < 0:
                 return None
-            w = self._waits[key] = self._by_tag[tag] = _Wait(tag, key)
-        loop = asyncio.get_running_loop()
+            self._reserved += 2  # its completion, and its cancel's
+            w = self._waits[key] = self._by_tag[tag] = _Wait(tag, key, handle)
         reg = RingReg(loop.create_future(), w, ev)
         w.regs[reg] = None
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -129,10 +146,8 @@ class LoopRing:
             # Reaped, it fires reg, and its coroutine passes the wake-up on
             # (else it was lost to the event's other waiters, in any
             # process, until their next slice).
-            w.cancelled = True
-            self._ring.cancel(w.tag)
-            self._reap()
-            if reg.fired:
+            self._cancel(w)
+            if reg in self._reap():
                 return True
         self._drop(reg)
         return False
@@ -142,6 +157,15 @@ class LoopRing:
 
     # ----------------------------------------------------------- firing
 
+    def _cancel(self, w: _Wait) -> None:
+        if not w.cancelled:
+            w.cancelled = True
+            if self._ring.cancel(w.tag) < 0:
+                # Refused (the ring closed, or full): the wait stays queued
+                # until its word moves or the ring closes; nobody waits on
+                # it. Its cancel's reserved completion will not come.
+                self._reserved -= 1
+
     def _drop(self, reg: RingReg) -> None:
         """reg leaves its wait; a wait left with nobody is cancelled."""
         if reg.timer is not None:
@@ -150,13 +174,10 @@ class LoopRing:
         w = reg.wait
         w.regs.pop(reg, None)
         if not w.regs and self._by_tag.pop(w.tag, None) is not None:
-            del self._waits[w.key]
             # Its completion (-ECANCELED, or woken meanwhile) finds no tag
-            # and is dropped. A refused cancel leaves the wait queued until
-            # its word moves or the ring closes: nothing waits on it.
-            if not w.cancelled:
-                w.cancelled = True
-                self._ring.cancel(w.tag)
+            # and is dropped.
+            del self._waits[w.key]
+            self._cancel(w)
         self._maybe_idle()
 
     def _fire(self, reg: RingReg) -> None:
@@ -175,30 +196,44 @@ class LoopRing:
         _count_wakeup()
         self._reap()
 
-    def _reap(self) -> None:
+    def _reap(self) -> "list[RingReg]":
+        """Fire the registrations of the completed waits; returns them."""
+        fired: "list[RingReg]" = []
         for tag, res in self._ring.reap():
+            self._reserved -= 1
             w = self._by_tag.pop(tag, None)
             if w is None:
                 continue  # a cancel's completion, or a cancelled wait's
             del self._waits[w.key]
+            if not w.cancelled:
+                self._reserved -= 1  # no cancel will be sent for it
+            if res == -errno.ECANCELED and w.cancelled:
+                continue  # unregister's own cancel: its one coroutine leaves
             # Woken (0), the word already differed (-EAGAIN), or worse
             # (-EFAULT: its handle was closed before the submission): every
             # coroutine on it retries and meets what there is.
-            if res == -errno.ECANCELED and w.cancelled:
-                continue  # unregister's own cancel: its one coroutine leaves
             for reg in w.regs:
                 if reg.timer is not None:
                     reg.timer.cancel()
                     reg.timer = None
                 self._fire(reg)
+                fired.append(reg)
             w.regs.clear()
         self._maybe_idle()
+        return fired
 
     # ---------------------------------------------------------- closing
 
     def _maybe_idle(self) -> None:
+        if self._waits or self._idle is not None or self.closed:
+            return
         loop = self._loop_ref()
-        if not self._waits and self._idle is None and not self.closed and loop is not None:
+        if loop is None or loop.is_closed():
+            # Its loop is gone: its timers never run, so nothing would close
+            # the ring (and its queued waits would take wake-ups meant for
+            # other waiters).
+            self.close()
+        else:
             self._idle = loop.call_later(IDLE_CLOSE_S, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
@@ -207,8 +242,9 @@ class LoopRing:
             self.close()
 
     def close(self) -> None:
-        """Close the ring (its loop's thread, or the loop is closed).
-        Registrations still on it retry at their deadlines."""
+        """Close the ring: its queued waits end with it. Called on its
+        loop's thread, or once the loop is closed (whose coroutines will not
+        run again: their registrations are dropped)."""
         if self.closed:
             return
         self.closed = True
@@ -219,6 +255,21 @@ class LoopRing:
                 loop.remove_reader(self._fd)
             except (ValueError, RuntimeError, OSError):
                 pass
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        open_loop = loop is not None and not loop.is_closed()
+        for w in self._waits.values():
+            for reg in w.regs:
+                if reg.timer is not None:
+                    reg.timer.cancel()
+                    reg.timer = None
+                if open_loop:
+                    self._fire(reg)  # its coroutine retries (and waits on a new ring)
+                else:
+                    reg.fired = True  # its coroutine will not run again
+        self._waits.clear()
+        self._by_tag.clear()
         self._ring.close()
 
     def loop_closed(self) -> bool:
@@ -230,6 +281,8 @@ class LoopRing:
         # epoll is shared with the parent: only this process's copy of the
         # ring goes.
         self.closed = True
+        self._waits.clear()
+        self._by_tag.clear()
         self._ring.close()
 
 
@@ -257,8 +310,8 @@ def ring_for(loop: asyncio.AbstractEventLoop) -> Optional[LoopRing]:
     try:
         r = LoopRing(loop)
     except OSError as e:
-        if e.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
-            return None  # this once: the thread waits instead
+        if e.errno not in _REFUSALS:
+            return None  # this once (no memory, no descriptor): the thread waits instead
         _refused = f"{errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror}"
         _log.info("io_uring futex waits refused here (%s): pyqueue.asyncio waits "
                   "through its waiter thread", _refused)
@@ -288,7 +341,9 @@ def _forget(r: LoopRing) -> None:
 
 
 def registered() -> "list[RingReg]":
-    """Every registration on a ring of this process (the tests)."""
+    """Every registration on a ring of this process whose loop is open
+    (the tests)."""
+    _close_rings_of_closed_loops()
     with _lock:
         rings = list(_rings.values())
     return [reg for r in rings for reg in r.registered()]

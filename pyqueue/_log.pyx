@@ -67,6 +67,19 @@ cdef extern from "pq_wait.h" nogil:
     void pq_event_notify(pq_event* ev, int n)
     uint32_t pq_event_waiters(pq_event* ev)
 
+cdef extern from *:
+    """
+    #include "pq_wait.h"
+    /* Wake every waiter parked on ev's sequence word, of every process,
+     * without moving it: each re-checks, and parks again when nothing
+     * changed. */
+    static inline void pq_log_event_wake_all(pq_event *ev)
+    {
+        pq_futex_wake(&ev->seq, INT32_MAX);
+    }
+    """
+    void pq_log_event_wake_all(pq_event* ev) nogil
+
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT
     ctypedef struct pq_segment_header:

@@ -346,8 +346,13 @@ cdef class DirLogCore(LogCoreBase):
         if self._mapped and not self._closed:
             # Coroutines still registered (waiting under this close): their
             # registrations end here, as the event goes; theirs see
-            # _closed and do nothing.
+            # _closed and do nothing. Their parks are woken while the word
+            # is still mapped, so that they retry now and meet the close (a
+            # loop's io_uring wait outlives the mapping and would otherwise
+            # wait out its slice).
             ev = self._aio_event()
+            if self._aio_prepared:
+                pq_log_event_wake_all(ev)
             while self._aio_prepared:
                 self._aio_prepared -= 1
                 pq_event_finish(ev)

@@ -7,6 +7,7 @@ run in both modes in tests/test_asyncio.py."""
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -21,6 +22,7 @@ def _no_waiter_left():
     yield
     assert not _aio.registered()
     assert _aio._waiter.stop()
+    assert _aio_ring._refused is None  # no test made this process give up its rings
 
 
 def _closing(*handles):
@@ -142,16 +144,21 @@ def test_loops_in_two_threads_each_wait_on_their_own_ring():
         _closing(q)
 
 
-def test_a_full_ring_sends_the_next_registrations_to_the_waiter_thread(monkeypatch):
-    """A loop's ring holds WAITS_MAX submitted waits (set to 2 here):
-    awaits on a third queue register with the waiter thread instead, and
-    every await is woken by its queue's put."""
+@pytest.mark.parametrize("limit", ["waits", "completions"])
+def test_a_full_ring_sends_the_next_registrations_to_the_waiter_thread(monkeypatch, limit):
+    """A loop's ring holds WAITS_MAX submitted waits, and room in its
+    completion queue for each wait's completion and its cancel's (set to
+    two waits here, either way): awaits on a third queue register with the
+    waiter thread instead, and every await is woken by its queue's put."""
     monkeypatch.setattr(_aio, "SLICE_S", 120.0)
     monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
-    monkeypatch.setattr(_aio_ring, "WAITS_MAX", 2)
+    if limit == "waits":
+        monkeypatch.setattr(_aio_ring, "WAITS_MAX", 2)
     qs = [aq.Queue() for _ in range(3)]
     try:
         async def main():
+            if limit == "completions":
+                _aio_ring.ring_for(asyncio.get_running_loop()).cq_room = 4
             tasks = []
             for q in qs:  # one by one: the first two fill the ring
                 tasks.append(asyncio.ensure_future(q.get()))
@@ -203,5 +210,118 @@ def test_a_coroutine_cancelled_after_its_ring_wait_was_woken_passes_the_wake_on(
         ev = asyncio.run(main())
         assert passed_on == [(ev, 1)]
         assert q.get_nowait() == "for another waiter"
+    finally:
+        _closing(q)
+
+
+def test_a_queue_mapped_where_a_closed_one_was_gets_its_own_wait(monkeypatch):
+    """A queue closed under an await unmaps its event while the ring's
+    wait on it stays queued (until the await's slice); a second queue's
+    event is often mapped at the same address and starts at the same
+    sequence value. An await on the second queue is its own ring wait (the
+    key holds the handle), woken by the second queue's put - not joined to
+    the first one's wait, whose futex is the first segment's word."""
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
+
+    async def main():
+        first = aq.Queue()
+        a = asyncio.ensure_future(first.get())
+        while not _aio.registered():
+            await asyncio.sleep(0.001)
+        (ra,) = _aio.registered()
+        first.close()
+        first.unlink()
+        second = aq.Queue()
+        try:
+            b = asyncio.ensure_future(second.get())
+            while len(_aio.registered()) < 2:
+                await asyncio.sleep(0.001)
+            (rb,) = [r for r in _aio.registered() if r is not ra]
+            assert rb.wait is not ra.wait
+            second.sync.put("x")
+            got = await asyncio.wait_for(b, 30)
+            a.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await a
+            return got
+        finally:
+            _closing(second)
+
+    assert asyncio.run(main()) == "x"
+
+
+def test_registrations_share_a_wait_only_on_the_same_handle():
+    """The rule the test above depends on, made deterministic (the kernel
+    does not always map the second segment where the first was): two
+    registrations on the same event address and value share one ring
+    wait only when they come through the same handle."""
+    from pyqueue import _core
+    from pyqueue.asyncio import _READABLE
+    q = aq.Queue()
+    try:
+        async def main():
+            ring = _aio_ring.ring_for(asyncio.get_running_loop())
+            ev = q.sync._event_address(_READABLE)
+            seq = _core._aio_seq(ev)
+            far = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 60 * 10**9
+            one, other = object(), object()
+            regs = [ring.register(ev, seq, far, h) for h in (one, other, one)]
+            waits = [r.wait for r in regs]
+            for r in regs:
+                ring.unregister(r)
+            return waits
+
+        waits = asyncio.run(main())
+        assert waits[0] is waits[2] and waits[0] is not waits[1]
+    finally:
+        _closing(q)
+
+
+def test_a_directory_log_closed_under_an_await_wakes_it_at_once(tmp_path, monkeypatch):
+    """A directory log's close() unmaps its event: it first wakes the
+    parks of this process's coroutines registered on it (a loop's ring
+    wait outlives the mapping), so they meet the close now, not at their
+    slice (set far beyond the test's timeouts here)."""
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+
+    async def main():
+        log = aq.Log(path=str(tmp_path / "dir"), partitions=1)
+        reads = [asyncio.ensure_future(log.read(0, 0, timeout=300)) for _ in range(2)]
+        while len(_aio.registered()) < 2:
+            await asyncio.sleep(0.001)
+        log.close()
+        for r in reads:
+            with pytest.raises(ValueError):
+                await asyncio.wait_for(r, 30)
+
+    asyncio.run(main())
+
+
+def test_a_loop_closed_under_a_waiting_coroutine_leaves_no_wait(monkeypatch):
+    """A loop closed with a coroutine still parked on its ring (no
+    asyncio.run to cancel it): its timers never run again, so the ring is
+    closed when that is seen, its registrations dropped and the shared
+    waiter count given back when the coroutine is collected."""
+    import gc
+    monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
+    q = aq.Queue()
+    try:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(q.get())
+
+        async def until_registered():
+            while not _aio.registered():
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(until_registered())
+        assert q.stats()["waiting_consumers"] == 1
+        ring = _aio_ring.ring_for(loop)
+        loop.close()
+        assert _aio.registered() == []  # sees the closed loop: its ring closed
+        assert ring.closed
+        del task
+        gc.collect()
+        assert q.stats()["waiting_consumers"] == 0
     finally:
         _closing(q)

@@ -2,7 +2,8 @@
  * test_uring_futex.c - pq_uring: a wait on a word that already differs, a
  * wake from another process that makes the ring's fd readable, a cancel,
  * a wait that outlives the mapping it was submitted through, an unmapped
- * word, a close with waits queued, and the reserved tag.
+ * word, more completions than the queue holds, a close with waits queued,
+ * and the reserved tag.
  *
  * io_uring refused here (a kernel before 6.7, a seccomp profile) fails
  * the test: pyqueue.asyncio then runs on its waiter thread, and CI must
@@ -177,6 +178,45 @@ static int test_many_waits(void)
     return 0;
 }
 
+/* More completions than the queue holds (waits on words that already
+ * differ complete at once): the kernel keeps the rest aside, and reaping
+ * brings every one of them in, each once; the fd is not left readable
+ * with nothing to reap. */
+static int test_overflow(void)
+{
+    enum { N = 60 };
+    pq_uring small;
+    CHECK_EQ(pq_uring_open(&small, 16), 0);
+    CHECK(small.cq_entries < N);
+    _Atomic uint32_t w = 1;
+    int submitted = 0;
+    for (int i = 0; i < N; i++) {
+        int rc = pq_uring_wait(&small, &w, 0, 100 + (uint64_t)i);
+        CHECK(rc == 0 || rc == -EBUSY);
+        submitted += rc == 0;
+    }
+    CHECK(submitted > (int)small.cq_entries);
+    int seen[N] = {0};
+    int got = 0;
+    pq_uring_done d[8];
+    unsigned n;
+    while ((n = pq_uring_reap(&small, d, 8)) > 0) {
+        for (unsigned i = 0; i < n; i++) {
+            CHECK(d[i].tag >= 100 && d[i].tag < 100 + N);
+            CHECK_EQ(d[i].res, -EAGAIN);
+            seen[d[i].tag - 100]++;
+        }
+        got += (int)n;
+    }
+    CHECK_EQ(got, submitted);
+    for (int i = 0; i < N; i++)
+        CHECK(seen[i] <= 1);
+    struct pollfd p = {small.fd, POLLIN, 0};
+    CHECK_EQ(poll(&p, 1, 0), 0); /* nothing left: not readable */
+    pq_uring_close(&small);
+    return 0;
+}
+
 static int test_close_with_waits_queued(void)
 {
     pq_uring other;
@@ -208,6 +248,7 @@ int main(void)
     RUN(test_unmapped_word);
     RUN(test_reserved_tag);
     RUN(test_many_waits);
+    RUN(test_overflow);
     RUN(test_close_with_waits_queued);
     pq_uring_close(&ring);
     return 0;
