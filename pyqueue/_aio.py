@@ -306,7 +306,17 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
             try:
                 await reg.fut
             except BaseException:
-                if waiter.unregister(reg):
+                woken = waiter.unregister(reg)
+                if not woken and waiter is _waiter and not unmaps_on_close:
+                    # The thread may be out of its park on this event's wake
+                    # and not yet have taken the registration: its word
+                    # moved since we registered says a notify came, whose
+                    # wake may be the one the thread now drops. Passed on
+                    # (at worst one wake too many). The ring needs no such
+                    # guess (its unregister reaps). Read only where close()
+                    # does not unmap the event.
+                    woken = _core._aio_seq(ev) != seq
+                if woken:
                     # Woken, but cancelled before taking anything: another
                     # waiter (of any process) gets the wake-up instead.
                     if unmaps_on_close:
