@@ -230,15 +230,17 @@ os.register_at_fork(after_in_child=_waiter.after_fork_in_child)
 
 def _register(ev: int, seq: int, deadline: int, keep: Any) -> Any:
     """Register the running coroutine on event ev: on its loop's ring, or
-    with the waiter thread. Returns (the waiter, the registration), whose
-    .fut resolves when ev moves from seq or at deadline."""
+    with the waiter thread. Returns (the waiter, the registration, the
+    future to await), the future resolved when ev moves from seq or at
+    deadline."""
     if WAIT_MODE == "auto":
         ring = _aio_ring.ring_for(asyncio.get_running_loop())
         if ring is not None:
-            reg = ring.register(ev, seq, deadline, keep)
-            if reg is not None:
-                return ring, reg
-    return _waiter, _waiter.register(ev, seq, deadline, keep)
+            got = ring.register(ev, seq, deadline, keep)
+            if got is not None:
+                return ring, got[0], got[1]
+    reg = _waiter.register(ev, seq, deadline, keep)
+    return _waiter, reg, reg.fut
 
 
 def registered() -> List[Any]:
@@ -302,20 +304,21 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
             until = now + int(SLICE_S * 1e9)
             if deadline is not None and deadline < until:
                 until = deadline
-            waiter, reg = _register(ev, seq, until, handle)
+            waiter, reg, fut = _register(ev, seq, until, handle)
             try:
-                await reg.fut
+                await fut
             except BaseException:
                 woken = waiter.unregister(reg)
-                if not woken and waiter is _waiter and not unmaps_on_close:
+                if not woken and waiter is _waiter:
                     # The thread may be out of its park on this event's wake
                     # and not yet have taken the registration: its word
                     # moved since we registered says a notify came, whose
                     # wake may be the one the thread now drops. Passed on
                     # (at worst one wake too many). The ring needs no such
-                    # guess (its unregister reaps). Read only where close()
-                    # does not unmap the event.
-                    woken = _core._aio_seq(ev) != seq
+                    # guess (its unregister reaps). A handle whose close()
+                    # unmaps the event reads it itself (None once closed).
+                    now_seq = handle._aio_seq() if unmaps_on_close else _core._aio_seq(ev)
+                    woken = now_seq is not None and now_seq != seq
                 if woken:
                     # Woken, but cancelled before taking anything: another
                     # waiter (of any process) gets the wake-up instead.

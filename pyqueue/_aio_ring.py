@@ -42,8 +42,10 @@ _REFUSALS = (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EOPNOT
 _log = logging.getLogger("pyqueue.asyncio")
 
 
-def _resolve(fut: "asyncio.Future[None]") -> None:
-    if not fut.done():
+def _resolve(fut: "Optional[asyncio.Future[None]]") -> None:
+    # A future whose coroutine is gone (None), or of a closed loop (whose
+    # call_soon raises): its coroutine will not run again.
+    if fut is not None and not fut.done() and not fut.get_loop().is_closed():
         fut.set_result(None)
 
 
@@ -66,16 +68,27 @@ class _Wait:
 
 class RingReg:
     """One waiting coroutine: its future, its wait, its deadline's timer,
-    and whether it was fired (woken, or at its deadline)."""
+    and whether it was fired (woken, or at its deadline).
 
-    __slots__ = ("fut", "wait", "timer", "fired", "ev")
+    The future is held weakly: its coroutine holds it (awaiting it), and a
+    ring that held it would keep the coroutine's task alive through the
+    future's callbacks - for ever, when its loop was closed with the task
+    parked (no timer runs there any more). Collected instead, the
+    coroutine's unregistration and finish run: the waiter count goes back,
+    and the ring, seeing its loop closed, closes."""
+
+    __slots__ = ("_fut", "wait", "timer", "fired", "ev")
 
     def __init__(self, fut: "asyncio.Future[None]", wait: _Wait, ev: int) -> None:
-        self.fut = fut
+        self._fut = weakref.ref(fut)
         self.wait = wait
         self.timer: Optional[asyncio.TimerHandle] = None
         self.fired = False
         self.ev = ev
+
+    @property
+    def fut(self) -> "Optional[asyncio.Future[None]]":
+        return self._fut()
 
 
 class LoopRing:
@@ -103,10 +116,12 @@ class LoopRing:
 
     # ------------------------------------------------------------ waiting
 
-    def register(self, ev: int, seq: int, deadline: int, handle: Any) -> Optional[RingReg]:
+    def register(self, ev: int, seq: int, deadline: int,
+                 handle: Any) -> "Optional[Tuple[RingReg, asyncio.Future[None]]]":
         """Register the running coroutine on event ev of handle for as
         long as its sequence word holds seq (what _core._aio_prepare
-        returned), until deadline (monotonic ns). None when this ring
+        returned), until deadline (monotonic ns): the registration and
+        the future to await (the caller holds it). None when this ring
         cannot take it (full, its loop closed, the submission refused):
         the caller uses the waiter thread."""
         loop = asyncio.get_running_loop()
@@ -123,14 +138,15 @@ class LoopRing:
                 return None
             self._reserved += 2  # its completion, and its cancel's
             w = self._waits[key] = self._by_tag[tag] = _Wait(tag, key, handle)
-        reg = RingReg(loop.create_future(), w, ev)
+        fut = loop.create_future()
+        reg = RingReg(fut, w, ev)
         w.regs[reg] = None
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         reg.timer = loop.call_later(max(0, deadline - now) / 1e9, self._expire, reg)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        return reg
+        return reg, fut
 
     def unregister(self, reg: RingReg) -> bool:
         """Take reg out (its coroutine stops waiting). True when it had
@@ -258,16 +274,12 @@ class LoopRing:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        open_loop = loop is not None and not loop.is_closed()
         for w in self._waits.values():
             for reg in w.regs:
                 if reg.timer is not None:
                     reg.timer.cancel()
                     reg.timer = None
-                if open_loop:
-                    self._fire(reg)  # its coroutine retries (and waits on a new ring)
-                else:
-                    reg.fired = True  # its coroutine will not run again
+                self._fire(reg)  # its coroutine retries, if its loop is open
         self._waits.clear()
         self._by_tag.clear()
         self._ring.close()

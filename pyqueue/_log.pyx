@@ -77,8 +77,15 @@ cdef extern from *:
     {
         pq_futex_wake(&ev->seq, INT32_MAX);
     }
+    /* ev's sequence value (acquire: pairs with the release bump of a
+     * notify, as the asyncio waiter's own load does). */
+    static inline uint32_t pq_log_event_seq(pq_event *ev)
+    {
+        return atomic_load_explicit(&ev->seq, memory_order_acquire);
+    }
     """
     void pq_log_event_wake_all(pq_event* ev) nogil
+    uint32_t pq_log_event_seq(pq_event* ev) nogil
 
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT

@@ -319,6 +319,13 @@ cdef class DirLogCore(LogCoreBase):
             self._aio_prepared -= 1
             pq_event_finish(ev)
 
+    def _aio_seq(self):
+        """The log's event sequence value now; None once closed (its
+        event unmapped)."""
+        if self._closed or not self._mapped:
+            return None
+        return pq_log_event_seq(self._aio_event())
+
     def _aio_notify(self, int n):
         """Wake up to n waiters of the log's event (a wake-up a cancelled
         coroutine received, passed on); nothing once closed."""

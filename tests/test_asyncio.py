@@ -866,3 +866,33 @@ def test_a_wake_taken_by_a_cancelled_coroutine_is_passed_on(monkeypatch):
         asyncio.run(main())
     finally:
         _closing(q)
+
+
+def test_a_wake_taken_by_a_cancelled_read_of_a_directory_log_is_passed_on(tmp_path, monkeypatch):
+    """The same for a directory log's read (its close() unmaps the event,
+    so the wait reads the event through the handle): an append wakes the
+    parked read, which is cancelled at once; the cancelled read passes the
+    wake on every time - the event's sequence value moves twice, once for
+    the append and once for the wake passed on - and the record is there
+    for the next read."""
+    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
+    log = aq.Log(path=str(tmp_path / "dir"), partitions=1)
+    writer = pyqueue.Log(path=str(tmp_path / "dir"), partitions=1)
+    try:
+        async def main():
+            for i in range(20):
+                task = asyncio.ensure_future(log.read(0, i))
+                while not _aio.registered():
+                    await asyncio.sleep(0)
+                before = log._h._aio_seq()
+                writer.append(i)  # wakes the parked read (ring wait or thread)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert log._h._aio_seq() - before == 2, i
+                assert [r.value for r in await log.read(0, i, timeout=10)] == [i]
+
+        asyncio.run(main())
+    finally:
+        writer.close()
+        log.close()

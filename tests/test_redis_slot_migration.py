@@ -52,10 +52,23 @@ def _wait(what, check, deadline):
         time.sleep(0.01)      # polling the threads' progress with a deadline
 
 
+def _errors(port, name):
+    """How many replies of error `name` (TRYAGAIN, ASK) the server sent."""
+    for line in _cli(port, "info", "errorstats").splitlines():
+        if line.startswith(f"errorstat_{name}:count="):
+            return int(line.split("=", 1)[1].split(",")[0])
+    return 0
+
+
+def _redirects(port):
+    return _errors(port, "TRYAGAIN") + _errors(port, "ASK")
+
+
 def _migrate(cluster, slot, on_split=None):
-    """Move slot from its master to another one, a key at a time; calls
-    on_split() after each key moved while others are left (the keys of
-    the slot split over the two nodes). Returns (source, destination)."""
+    """Move slot from its master to another one, a key at a time; after
+    each key moved while others are left (the keys of the slot split over
+    the two nodes), calls on_split(source). Returns (source,
+    destination)."""
     src = _owner(cluster, slot)
     dst = next(p for p in _masters(cluster) if p != src)
     assert _cli(dst, "cluster", "setslot", str(slot), "importing", _node_id(src)) == "OK"
@@ -67,7 +80,7 @@ def _migrate(cluster, slot, on_split=None):
         assert _cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "10000",
                     "keys", keys[0]) == "OK"
         if len(keys) > 1 and on_split is not None:
-            on_split()
+            on_split(src)
     for p in _masters(cluster):
         assert _cli(p, "cluster", "setslot", str(slot), "node", _node_id(dst)) == "OK"
     assert _owner(cluster, slot) == dst
@@ -116,7 +129,7 @@ class _Flow:
         for t in self.threads:
             t.start()
         try:
-            _wait("a backlog", lambda: len(self.acked) - len(self.got) >= 50,
+            _wait("a backlog", lambda: len(self.acked) - len(self.got) >= 20,
                   time.monotonic() + DEADLINE_S)
             action()
             n = len(self.acked)
@@ -186,10 +199,23 @@ def test_a_slot_migrated_under_traffic_loses_and_repeats_nothing(cluster, kind):
     try:
         flow = _Flow(put, take)
         slot = b.client.keyslot(key)
+        src = _owner(cluster, slot)
+        tryagain = _errors(src, "TRYAGAIN")
         splits = []
-        flow.run_around(lambda: splits.append(_migrate(cluster, slot,
-                                                       on_split=lambda: splits.append(1))))
+
+        def on_split(src):
+            # The traffic meets the split before the next key moves: the
+            # source answers a step whose keys are on both nodes TRYAGAIN
+            # (a step whose keys all left, ASK).
+            seen = _redirects(src)
+            splits.append(src)
+            _wait("a step meeting the split keys", lambda: _redirects(src) > seen,
+                  time.monotonic() + DEADLINE_S)
+
+        flow.run_around(lambda: _migrate(cluster, slot, on_split=on_split))
         assert flow.errors == []
+        assert splits                            # the keys were split over two nodes
+        assert _errors(src, "TRYAGAIN") > tryagain   # and steps met the split
         if kind == "Log":
             values = [v for _, _, v in flow.got]
             for p in (0, 1):
@@ -198,7 +224,6 @@ def test_a_slot_migrated_under_traffic_loses_and_repeats_nothing(cluster, kind):
         else:
             values = flow.got
         assert sorted(values) == flow.acked     # each acknowledged one once, nothing else
-        assert len(splits) >= 2                 # the keys were split over two nodes at least once
     finally:
         obj.close()
         b.close()
