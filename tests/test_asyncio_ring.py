@@ -31,6 +31,14 @@ def _closing(*handles):
         h.unlink()
 
 
+async def _parked(call):
+    """Start call() as a task and return it once it is registered (parked)."""
+    task = asyncio.ensure_future(call())
+    while not _aio.registered():
+        await asyncio.sleep(0)
+    return task
+
+
 def _ring_fds():
     fds = []
     for fd in os.listdir("/proc/self/fd"):
@@ -54,9 +62,7 @@ def test_an_await_parks_on_its_loops_ring_woken_by_another_process(ctx, procs, m
     q = aq.Queue()
     try:
         async def main():
-            task = asyncio.ensure_future(q.get())
-            while not _aio.registered():
-                await asyncio.sleep(0)
+            task = await _parked(q.get)
             regs = _aio.registered()
             assert [type(r) for r in regs] == [_aio_ring.RingReg]
             assert not [t for t in threading.enumerate() if t.name == "pyqueue-aio-waiter"]
@@ -197,9 +203,7 @@ def test_a_coroutine_cancelled_after_its_ring_wait_was_woken_passes_the_wake_on(
     q = aq.Queue()
     try:
         async def main():
-            task = asyncio.ensure_future(q.get())
-            while not _aio.registered():
-                await asyncio.sleep(0)
+            task = await _parked(q.get)
             ev = _aio.registered()[0].ev
             q.sync.put("for another waiter")  # wakes the ring's wait
             task.cancel()  # runs before the loop reaps the completion

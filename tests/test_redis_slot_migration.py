@@ -148,17 +148,21 @@ def _backend(cluster):
     return RedisBackend(cluster.url)
 
 
+def _taking(get):
+    """take() -> [one message], or None when get found none in time."""
+    def take():
+        try:
+            return [get(timeout=0.5)]
+        except queue.Empty:
+            return None
+    return take
+
+
 def _objects(b, kind, name):
     """(object, the key whose slot moves, put(i), take() -> list or None)."""
     if kind == "Queue":
         q = b.Queue(name=name)
-
-        def take():
-            try:
-                return [q.get(timeout=0.5)]
-            except queue.Empty:
-                return None
-        return q, q._keys[0], q.put, take
+        return q, q._keys[0], q.put, _taking(q.get)
     if kind == "WorkQueue":
         q = b.WorkQueue(name=name)
 
@@ -172,14 +176,7 @@ def _objects(b, kind, name):
         return q, q._keys[0], q.put, take
     if kind == "Topic":
         t = b.Topic(name=name)
-        sub = t.subscribe()
-
-        def take():
-            try:
-                return [sub.get(timeout=0.5)]
-            except queue.Empty:
-                return None
-        return t, t._keys[0], t.publish, take
+        return t, t._keys[0], t.publish, _taking(t.subscribe().get)
     log = b.Log(name=name, partitions=2)
     consumer = log.consumer("g")
 
