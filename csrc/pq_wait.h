@@ -84,6 +84,14 @@ int pq_spin_until(int (*ready)(void *arg), void *arg, uint32_t spin_ns, int64_t 
 int pq_event_wait_until(pq_event *ev, int (*ready)(void *arg), void *arg, uint32_t spin_ns,
                         int64_t deadline_ns);
 
+/* The event's sequence value now. Acquire: pairs with the release bump of
+ * pq_event_notify and pq_event_wake_all, so what the notifier wrote before
+ * the bump is visible to a caller that sees the new value. */
+static inline uint32_t pq_event_seq(pq_event *ev)
+{
+    return atomic_load_explicit(&ev->seq, memory_order_acquire);
+}
+
 /* Waiters registered right now (for statistics). */
 static inline uint32_t pq_event_waiters(pq_event *ev)
 {

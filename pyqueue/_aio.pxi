@@ -12,6 +12,7 @@ cdef extern from "pq_wait.h" nogil:
     uint32_t pq_event_prepare(pq_event* ev)
     void pq_event_finish(pq_event* ev)
     void pq_event_notify(pq_event* ev, int n)
+    uint32_t pq_event_seq(pq_event* ev)
     int pq_futex_wake(uint32_t* word, int n)
 
 cdef extern from "pq_wait_words.h" nogil:
@@ -29,12 +30,6 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <unistd.h>
     #include "pq_wait.h"
-    /* The sequence word of a pq_event (its first field), loaded with
-     * acquire: pairs with the release bump in pq_event_notify. */
-    static inline uint32_t pq_aio_event_seq(uintptr_t ev)
-    {
-        return atomic_load_explicit(&((pq_event *)ev)->seq, memory_order_acquire);
-    }
     /* A process-private wake word: bumped (release: the registration
      * made before it is seen by the thread that reads the new value) and
      * woken. */
@@ -48,7 +43,6 @@ cdef extern from *:
         return atomic_load_explicit((_Atomic uint32_t *)w, memory_order_acquire);
     }
     """
-    uint32_t pq_aio_event_seq(uintptr_t ev) nogil
     void pq_aio_word_bump(uint32_t* w) nogil
     uint32_t pq_aio_word_load(uint32_t* w) nogil
 
@@ -74,7 +68,7 @@ def _aio_notify(uintptr_t ev, int n):
 
 def _aio_seq(uintptr_t ev):
     """The event's sequence value now."""
-    return pq_aio_event_seq(ev)
+    return pq_event_seq(<pq_event*>ev)
 
 
 cdef class _AioWakeWord:

@@ -66,26 +66,8 @@ cdef extern from "pq_wait.h" nogil:
     void pq_event_finish(pq_event* ev)
     void pq_event_notify(pq_event* ev, int n)
     uint32_t pq_event_waiters(pq_event* ev)
-
-cdef extern from *:
-    """
-    #include "pq_wait.h"
-    /* Wake every waiter parked on ev's sequence word, of every process,
-     * without moving it: each re-checks, and parks again when nothing
-     * changed. */
-    static inline void pq_log_event_wake_all(pq_event *ev)
-    {
-        pq_futex_wake(&ev->seq, INT32_MAX);
-    }
-    /* ev's sequence value (acquire: pairs with the release bump of a
-     * notify, as the asyncio waiter's own load does). */
-    static inline uint32_t pq_log_event_seq(pq_event *ev)
-    {
-        return atomic_load_explicit(&ev->seq, memory_order_acquire);
-    }
-    """
-    void pq_log_event_wake_all(pq_event* ev) nogil
-    uint32_t pq_log_event_seq(pq_event* ev) nogil
+    uint32_t pq_event_seq(pq_event* ev)
+    void pq_event_wake_all(pq_event* ev)
 
 cdef extern from "pq_segment.h" nogil:
     int PQ_ERR_CORRUPT

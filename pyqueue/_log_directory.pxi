@@ -324,7 +324,7 @@ cdef class DirLogCore(LogCoreBase):
         event unmapped)."""
         if self._closed or not self._mapped:
             return None
-        return pq_log_event_seq(self._aio_event())
+        return pq_event_seq(self._aio_event())
 
     def _aio_notify(self, int n):
         """Wake up to n waiters of the log's event (a wake-up a cancelled
@@ -354,12 +354,13 @@ cdef class DirLogCore(LogCoreBase):
             # Coroutines still registered (waiting under this close): their
             # registrations end here, as the event goes; theirs see
             # _closed and do nothing. Their parks are woken while the word
-            # is still mapped, so that they retry now and meet the close (a
-            # loop's io_uring wait outlives the mapping and would otherwise
-            # wait out its slice).
+            # is still mapped (pq_event_wake_all: every waiter of the log,
+            # of any process, re-checks), so that they retry now and meet
+            # the close (a loop's io_uring wait outlives the mapping and
+            # would otherwise wait out its slice).
             ev = self._aio_event()
             if self._aio_prepared:
-                pq_log_event_wake_all(ev)
+                pq_event_wake_all(ev)
             while self._aio_prepared:
                 self._aio_prepared -= 1
                 pq_event_finish(ev)
