@@ -124,8 +124,8 @@ class LoopRing:
         the future to await (the caller holds it). None when this ring
         cannot take it (full, its loop closed, the submission refused):
         the caller uses the waiter thread."""
-        loop = asyncio.get_running_loop()
-        if self.closed or loop is not self._loop_ref():
+        loop = self._loop_ref()  # the running loop: ring_for chose this ring by it
+        if self.closed or loop is None:
             return None
         key = (id(handle), ev, seq)
         w = self._waits.get(key)
@@ -182,11 +182,15 @@ class LoopRing:
                 # it. Its cancel's reserved completion will not come.
                 self._reserved -= 1
 
-    def _drop(self, reg: RingReg) -> None:
-        """reg leaves its wait; a wait left with nobody is cancelled."""
+    @staticmethod
+    def _stop_timer(reg: RingReg) -> None:
         if reg.timer is not None:
             reg.timer.cancel()
             reg.timer = None
+
+    def _drop(self, reg: RingReg) -> None:
+        """reg leaves its wait; a wait left with nobody is cancelled."""
+        self._stop_timer(reg)
         w = reg.wait
         w.regs.pop(reg, None)
         if not w.regs and self._by_tag.pop(w.tag, None) is not None:
@@ -197,6 +201,7 @@ class LoopRing:
         self._maybe_idle()
 
     def _fire(self, reg: RingReg) -> None:
+        self._stop_timer(reg)
         reg.fired = True
         _resolve(reg.fut)
 
@@ -229,9 +234,6 @@ class LoopRing:
             # (-EFAULT: its handle was closed before the submission): every
             # coroutine on it retries and meets what there is.
             for reg in w.regs:
-                if reg.timer is not None:
-                    reg.timer.cancel()
-                    reg.timer = None
                 self._fire(reg)
                 fired.append(reg)
             w.regs.clear()
@@ -276,9 +278,6 @@ class LoopRing:
             self._idle = None
         for w in self._waits.values():
             for reg in w.regs:
-                if reg.timer is not None:
-                    reg.timer.cancel()
-                    reg.timer = None
                 self._fire(reg)  # its coroutine retries, if its loop is open
         self._waits.clear()
         self._by_tag.clear()
@@ -346,10 +345,10 @@ def _close_rings_of_closed_loops() -> None:
 
 
 def _forget(r: LoopRing) -> None:
+    loop = r._loop_ref()
     with _lock:
-        for loop, mine in list(_rings.items()):
-            if mine is r:
-                del _rings[loop]
+        if loop is not None and _rings.get(loop) is r:
+            del _rings[loop]  # a collected loop's entry went with it
 
 
 def registered() -> "list[RingReg]":

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests import redis_support
-from tests.test_redis_failover import _node_id, _owner
+from tests.test_redis_failover import _node_id, _owner, _wait
 
 pytestmark = [pytest.mark.redis,
               pytest.mark.skipif(not redis_support.available(),
@@ -44,12 +44,6 @@ def _cli(port, *args):
 
 def _masters(cluster):
     return [p for p in cluster.ports if "role:master" in _cli(p, "info", "replication")]
-
-
-def _wait(what, check, deadline):
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within the deadline"
-        time.sleep(0.01)      # polling the threads' progress with a deadline
 
 
 def _errors(port, name):
