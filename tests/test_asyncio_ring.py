@@ -182,42 +182,6 @@ def test_a_full_ring_sends_the_next_registrations_to_the_waiter_thread(monkeypat
         _closing(*qs)
 
 
-def test_a_coroutine_cancelled_after_its_ring_wait_was_woken_passes_the_wake_on(monkeypatch):
-    """A put wakes one futex waiter: here the ring's wait of a coroutine
-    that is cancelled before its loop reaped the completion. Its
-    unregistration cancels the wait, which runs the thread's pending task
-    work, finds the completion and passes the wake-up on to the event's
-    other waiters (_aio_notify), as a fired thread registration does; the
-    message stays for them."""
-    from pyqueue import _core
-    monkeypatch.setattr(_aio, "SLICE_S", 120.0)
-    monkeypatch.setattr(_aio, "WAIT_MODE", "auto")
-    passed_on = []
-    real_notify = _core._aio_notify
-
-    def notify(ev, n):
-        passed_on.append((ev, n))
-        real_notify(ev, n)
-
-    monkeypatch.setattr(_core, "_aio_notify", notify)
-    q = aq.Queue()
-    try:
-        async def main():
-            task = await _parked(q.get)
-            ev = _aio.registered()[0].ev
-            q.sync.put("for another waiter")  # wakes the ring's wait
-            task.cancel()  # runs before the loop reaps the completion
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return ev
-
-        ev = asyncio.run(main())
-        assert passed_on == [(ev, 1)]
-        assert q.get_nowait() == "for another waiter"
-    finally:
-        _closing(q)
-
-
 def test_registrations_share_a_wait_only_on_the_same_handle():
     """Two registrations on the same event address and value share one
     ring wait only when they come through the same handle: a directory log
