@@ -37,7 +37,9 @@ enum pq_fault_point {
     PQ_FAULT_MID_ROLL = 9,      /* directory log: roll half stored (seqlock odd), holding the lock */
     PQ_FAULT_IN_LOCK = 10,      /* any lock of any kind just taken (pq_lock_take) */
     PQ_FAULT_IN_GROW = 11,      /* holding the claim lock, a grown epoch published, before its claim */
-    PQ_FAULT_NPOINTS = 12,
+    PQ_FAULT_MID_HEAD_MOVE = 12, /* topic: holding its lock, head_msgs stored, head not yet */
+    PQ_FAULT_RECLAIM_REPORTED = 13, /* topic: a reclaim's references reported, lock released */
+    PQ_FAULT_NPOINTS = 14,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

@@ -26,11 +26,14 @@ typedef struct pq_ref {
 } pq_ref;
 
 /* items[0..max), count filled so far (the functions append; the caller
- * sets count = 0). */
+ * sets count = 0). reclaim: the topic's (pq_topic.h, "pending reclaim"):
+ * set to 0 before the first call, then left as the core set it; the log
+ * ignores it. */
 typedef struct pq_refs {
     pq_ref *items;
     uint32_t max;
     uint32_t count;
+    uint64_t reclaim;
 } pq_refs;
 
 /* Append a reference of len bytes at p (PQ_REF_MAX of them at most):

@@ -75,7 +75,26 @@ int pq_topic_lock(pq_topic *t)
     pq_topic_pending *pd = pq_topic_pending_words(t);
     const pq_claim_words w = {&t->ctl->tail, &t->ctl->tail_msgs, &pd->claim_tail,
                               &pd->claim_msgs};
-    return pq_claim_lock(&t->ctl->claim_lock, &w);
+    int died;
+    int rc = pq_claim_lock_ex(&t->ctl->claim_lock, &w, &died);
+    if (rc == 0 && died) {
+        /* The holder died moving head (pq_topic_move_head): complete the
+         * move it announced, so that head_msgs matches head. Completing
+         * is what it had decided: the lossless check came before the
+         * announcement, nothing is overwritten before head is stored, and
+         * out-of-band records passed are in a pending reclaim announced
+         * before the move. Relaxed: under the lock (acquired above). */
+        uint64_t to = atomic_load_explicit(&pd->move_head, memory_order_relaxed);
+        if (to != 0) {
+            atomic_store_explicit(&t->ctl->head_msgs,
+                                  atomic_load_explicit(&pd->move_msgs, memory_order_relaxed),
+                                  memory_order_relaxed);
+            /* release: as every head store (a lossy reader's validation). */
+            atomic_store_explicit(&t->ctl->head, to, memory_order_release);
+            atomic_store_explicit(&pd->move_head, 0, memory_order_relaxed);
+        }
+    }
+    return rc;
 }
 
 void pq_topic_unlock(pq_topic *t)
@@ -116,6 +135,8 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
 
     uint64_t tl, h, hm;
     rc = pq_topic_load_ends(t, &tl, &h, &hm);
+    if (rc == 0)
+        rc = pq_topic_reclaim_pending(t, tl, h, refs);
     if (rc < 0) {
         pq_topic_unlock(t);
         return rc;
@@ -159,26 +180,31 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
         }
     }
     if (n_oob > 0 && refs != NULL) {
-        /* Copy the references of the out-of-band records passed (their
-         * segments are the caller's to unlink) before a byte of them is
-         * overwritten. refs full: head moves to the first one not
-         * reported, nothing is claimed, -ENOBUFS (the caller unlinks what
-         * it got and claims again). */
+        /* Out-of-band records among those passed: their segments may only
+         * be unlinked once head is past them, and they must not be
+         * forgotten if this caller dies before it unlinks them. So this
+         * claim claims nothing: it reports their references (as many as
+         * refs holds), moves head past them as a pending reclaim - the
+         * records stay intact, no claim overwrites them until a caller
+         * says it unlinked the segments - and returns -ENOBUFS. The
+         * caller unlinks them and claims again with refs->reclaim, which
+         * ends the reclaim (pq_topic_reclaim_pending). */
+        const uint32_t before = refs->count;
         h = h0;
         hm = hm0;
         rc = pq_topic_pass(t, &h, &hm, p - t->capacity, tl, refs, NULL, NULL, 0);
-        if (rc == -ENOBUFS) {
-            atomic_store_explicit(&c->head_msgs, hm, memory_order_relaxed);
-            /* release: as the head store below (nothing is overwritten
-             * here, but a lossy reader's validation sees the new head). */
-            atomic_store_explicit(&c->head, h, memory_order_release);
-            pq_topic_unlock(t);
-            return -ENOBUFS;
-        }
-        if (rc < 0) {
+        if (rc < 0 && rc != -ENOBUFS) {
             pq_topic_unlock(t);
             return rc;
         }
+        if (refs->count == before) { /* no room for a single one */
+            pq_topic_unlock(t);
+            return -EINVAL;
+        }
+        pq_topic_reclaim_start(t, h0, h, hm, refs, before);
+        pq_topic_unlock(t);
+        PQ_FAULT_POINT(PQ_FAULT_RECLAIM_REPORTED); /* a fault build can stop here (tests) */
+        return -ENOBUFS;
     }
     pq_topic_pending *pd = pq_topic_pending_words(t);
     const uint64_t msgs = atomic_load_explicit(&c->tail_msgs, memory_order_relaxed);
@@ -191,8 +217,8 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
      * below, payloads after the tail store), it also sees the new head
      * and discards the copy (the seqlock pattern; docs/design.md).
      */
-    atomic_store_explicit(&c->head_msgs, hm, memory_order_relaxed);
-    atomic_store_explicit(&c->head, h, memory_order_relaxed);
+    if (h != h0)
+        pq_topic_move_head(t, h, hm);
     atomic_thread_fence(memory_order_release);
 
     uint64_t q = tl;

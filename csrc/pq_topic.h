@@ -127,6 +127,16 @@ typedef struct pq_topic_batch {
  * the references of the records head passes (claim, trim), so that the
  * caller unlinks their segments once no subscriber can still read them.
  * The buffer type is pq_refs.h's, shared with the memory-mode log.
+ *
+ * A pending reclaim: the claim or trim that passes such records moves head
+ * past them and reports them, and they stay intact (no claim overwrites
+ * them) until a caller comes back with refs->reclaim - the value the core
+ * set when it reported them - saying it unlinked their segments. Until
+ * then every claim and trim reports them again (-ENOBUFS / their count),
+ * so that a caller killed before its unlinks (SIGKILL, or an exception
+ * in the binding) leaves no segment behind: the next one unlinks them.
+ * Set refs->reclaim to 0 before the first call; leave it as the core set
+ * it between calls of one caller.
  */
 #define PQ_TOPIC_TYPE_OOB PQ_TYPE_OOB
 #define PQ_TOPIC_REF_MAX PQ_REF_MAX
@@ -157,9 +167,13 @@ int pq_topic_claim(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_
 /*
  * pq_topic_claim that also reports, in refs, the out-of-band records whose
  * space it reclaims (head passes them: every subscriber read them, or a
- * lossy topic overwrites them). -ENOBUFS: refs filled before head got far
- * enough; head has moved past the ones reported and nothing is claimed:
- * unlink them and claim again. refs NULL: as pq_topic_claim.
+ * lossy topic overwrites them). -ENOBUFS: references reported (a pending
+ * reclaim, above: this one's, or one a caller left behind), nothing
+ * claimed: unlink them and claim again with refs->reclaim as the core set
+ * it. A claim that returns 0 reports nothing. -EINVAL also when refs has
+ * no room for a pending reclaim. refs NULL: as pq_topic_claim (records
+ * passed, and a pending reclaim, are not reported: their segments are
+ * left to `pyqueue gc`).
  */
 int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t *pos_out,
                         uint64_t *needed_head, pq_topic_refs *refs);
@@ -216,10 +230,13 @@ int pq_topic_repair(pq_topic *t, const pq_topic_sub *s);
  * (pq_topic_refs.c): head moves to the end of the last committed
  * out-of-band record below min(limit, tail, every held slot's cursor) -
  * never further, so plain records stay retained for "earliest"
- * subscribers - and their references are appended to refs. Returns how
- * many were reported (refs->max of them: there may be more, call again),
- * or the lock's error / PQ_ERR_CORRUPT; -EINVAL when limit is not a record
- * boundary (pass a cursor). limit UINT64_MAX: no limit.
+ * subscribers - and their references are appended to refs, as a pending
+ * reclaim (above; or a pending one is reported again). Returns how many
+ * were reported (unlink them and call again with refs->reclaim as the core
+ * set it: that ends the reclaim, and there may be more), or the lock's
+ * error / PQ_ERR_CORRUPT; -EINVAL when limit is not a record boundary
+ * (pass a cursor) or refs has no room for a pending reclaim. limit
+ * UINT64_MAX: no limit.
  */
 int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs);
 

@@ -5,16 +5,24 @@
 #ifndef PQ_TOPIC_INTERNAL_H
 #define PQ_TOPIC_INTERNAL_H
 
+#include "pq_fault.h"
 #include "pq_record.h"
 #include "pq_topic.h"
 
-/* Where a claim in progress is announced, for a lock holder that dies
- * inside it (see pq_topic_lock). Kept in the segment header's reserved
- * params would be a layout change; they live at the end of the claim
- * lock's line instead (the control block has room). */
+/* What a lock holder announces before it changes the ring, for the next
+ * holder when it dies halfway (pq_topic_lock). Kept in the segment
+ * header's reserved params would be a layout change; they live right
+ * after the control block instead (it has room; a segment made before a
+ * word was added has it zero: nothing pending). All change under the
+ * claim lock only. */
 typedef struct pq_topic_pending {
-    _Atomic uint64_t claim_tail;
+    _Atomic uint64_t claim_tail;   /* a claim in progress (pq_claim_lock.h) */
     _Atomic uint64_t claim_msgs;
+    _Atomic uint64_t move_head;    /* head being moved there (0: no move) ... */
+    _Atomic uint64_t move_msgs;    /* ... and head_msgs to this */
+    _Atomic uint64_t reclaim_from; /* out-of-band records behind head whose */
+    _Atomic uint64_t reclaim_to;   /* segments may not be unlinked yet (0: none) */
+    _Atomic uint64_t reclaim_n;    /* how many references that range holds */
 } pq_topic_pending;
 
 static inline pq_record_header *pq_topic_header_at(const pq_topic *t, uint64_t pos)
@@ -48,6 +56,54 @@ static inline int pq_topic_load_ends(const pq_topic *t, uint64_t *tl, uint64_t *
         return PQ_ERR_CORRUPT;
     return 0;
 }
+
+/*
+ * Under the lock: move head to h and head_msgs (the messages before it)
+ * to hm. The pair is announced first, so that a holder that dies between
+ * the two stores leaves it for the next holder to complete
+ * (pq_topic_lock), instead of retained/lost counts that are off for good.
+ * Release on each store: a process can die between any two of them, so
+ * their program order is what the next holder finds (it reads them after
+ * the robust lock's hand-off); and a lossy reader validating a copy
+ * (acquire fence, then head) sees head_msgs no older than head.
+ */
+static inline void pq_topic_move_head(const pq_topic *t, uint64_t h, uint64_t hm)
+{
+    pq_topic_pending *pd = pq_topic_pending_words(t);
+    atomic_store_explicit(&pd->move_msgs, hm, memory_order_relaxed);
+    atomic_store_explicit(&pd->move_head, h, memory_order_release);
+    atomic_store_explicit(&t->ctl->head_msgs, hm, memory_order_release);
+    PQ_FAULT_POINT(PQ_FAULT_MID_HEAD_MOVE); /* a fault build can stop here (tests) */
+    atomic_store_explicit(&t->ctl->head, h, memory_order_release);
+    atomic_store_explicit(&pd->move_head, 0, memory_order_release);
+}
+
+/*
+ * Under the lock: the out-of-band records of a pending reclaim (an earlier
+ * claim or trim moved head past them and reported their references; no
+ * caller has said it unlinked their segments yet: reclaim_to != 0).
+ *  - refs->reclaim equal to reclaim_to (the caller unlinked them): the
+ *    reclaim ends; 0.
+ *  - else its references again into refs, refs->reclaim set to reclaim_to,
+ *    -ENOBUFS: the caller unlinks them (again: an unlink of a name gone
+ *    is harmless) and calls again with refs->reclaim as it is. The records
+ *    are intact: no claim overwrites them while the reclaim is pending.
+ *    -EINVAL when refs has no room for them.
+ *  - refs NULL (a caller that never reports references): the reclaim is
+ *    dropped, its segments left to `pyqueue gc`; 0.
+ * A range the ring cannot hold (damaged words) is dropped:
+ * PQ_ERR_CORRUPT, once.
+ */
+int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topic_refs *refs);
+
+/*
+ * Under the lock, with refs->count references of records from h0 to h
+ * just reported: announce them as a pending reclaim (its end h goes to
+ * refs->reclaim) and move head to h / hm. The caller unlocks and returns
+ * them; the reclaim ends when a caller comes back with refs->reclaim.
+ */
+void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
+                            pq_topic_refs *refs, uint32_t before);
 
 /*
  * Under the lock: walk *h (and *hm, the messages before it) over whole

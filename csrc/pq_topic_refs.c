@@ -5,6 +5,65 @@
 #define _GNU_SOURCE
 #include "pq_topic_internal.h"
 
+int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topic_refs *refs)
+{
+    pq_topic_pending *pd = pq_topic_pending_words(t);
+    /* relaxed: these words change under the lock only, which we hold. */
+    const uint64_t to = atomic_load_explicit(&pd->reclaim_to, memory_order_relaxed);
+    if (refs != NULL) {
+        const uint64_t done = refs->reclaim;
+        refs->reclaim = 0;
+        if (to == 0)
+            return 0;
+        if (done == to) {
+            atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
+            return 0;
+        }
+    } else if (to == 0) {
+        return 0;
+    }
+    const uint64_t from = atomic_load_explicit(&pd->reclaim_from, memory_order_relaxed);
+    const uint64_t n = atomic_load_explicit(&pd->reclaim_n, memory_order_relaxed);
+    /* A range of the ring, behind head (head only moves on): anything
+     * else is damage, and a walk over it could read what a claim wrote. */
+    if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > t->capacity) {
+        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
+        return PQ_ERR_CORRUPT;
+    }
+    if (refs == NULL) {
+        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
+        return 0;
+    }
+    if (n > refs->max - refs->count)
+        return -EINVAL;
+    uint64_t p = from, m = 0;
+    const uint32_t before = refs->count;
+    int rc = pq_topic_pass(t, &p, &m, to, tl, refs, NULL, NULL, 0);
+    if (rc < 0 || p != to || refs->count - before != n) {
+        /* Not the records that were reported (damage): drop the reclaim,
+         * its segments left to `pyqueue gc`. */
+        refs->count = before;
+        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
+        return rc == -ENOBUFS || rc == 0 ? PQ_ERR_CORRUPT : rc;
+    }
+    refs->reclaim = to;
+    return -ENOBUFS;
+}
+
+void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
+                            pq_topic_refs *refs, uint32_t before)
+{
+    pq_topic_pending *pd = pq_topic_pending_words(t);
+    atomic_store_explicit(&pd->reclaim_from, h0, memory_order_relaxed);
+    atomic_store_explicit(&pd->reclaim_n, refs->count - before, memory_order_relaxed);
+    /* release: the range is announced (its from and n first) before head
+     * moves past it - the next holder after a death here finds it, or
+     * finds head not moved. */
+    atomic_store_explicit(&pd->reclaim_to, h, memory_order_release);
+    pq_topic_move_head(t, h, hm);
+    refs->reclaim = h;
+}
+
 int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
 {
     pq_topic_ctl *c = t->ctl;
@@ -16,9 +75,11 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
         return rc;
     uint64_t tl, h, hm;
     rc = pq_topic_load_ends(t, &tl, &h, &hm);
+    if (rc == 0)
+        rc = pq_topic_reclaim_pending(t, tl, h, refs);
     if (rc < 0) {
         pq_topic_unlock(t);
-        return rc;
+        return rc == -ENOBUFS ? (int)(refs->count - before) : rc;
     }
     uint64_t end = tl;
     if (limit != UINT64_MAX && (int64_t)(limit - end) < 0)
@@ -61,16 +122,21 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
         pq_topic_unlock(t);
         return rc < 0 ? rc : 0;
     }
+    const uint64_t h0 = h;
     rc = pq_topic_pass(t, &h, &hm, last, tl, refs, NULL, NULL, 1);
     if (rc < 0 && rc != -ENOBUFS) {
         pq_topic_unlock(t);
         return rc;
     }
-    atomic_store_explicit(&c->head_msgs, hm, memory_order_relaxed);
-    /* release: nothing is overwritten here; a lossy reader validating a
-     * copy (acquire fence, head) sees either head; no held slot is below
-     * the new head, so none of them is invalidated. */
-    atomic_store_explicit(&c->head, h, memory_order_release);
+    if (refs->count == before) { /* refs full on entry: nothing reported */
+        pq_topic_unlock(t);
+        return 0;
+    }
+    /* Head moves past them as a pending reclaim, as a claim's (see
+     * pq_topic_claim_refs): nothing is overwritten here; a lossy reader
+     * validating a copy sees either head; no held slot is below the new
+     * head, so none of them is invalidated. */
+    pq_topic_reclaim_start(t, h0, h, hm, refs, before);
     pq_topic_unlock(t);
     return (int)(refs->count - before);
 }

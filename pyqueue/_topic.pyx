@@ -111,6 +111,7 @@ cdef extern from "pq_topic.h" nogil:
         pq_topic_ref* items
         uint32_t max
         uint32_t count
+        uint64_t reclaim
     int pq_topic_claim_refs(pq_topic* t, const uint32_t* lens, uint32_t n, uint64_t* pos_out,
                             uint64_t* needed_head, pq_topic_refs* refs)
     int pq_topic_trim(pq_topic* t, uint64_t limit, pq_topic_refs* refs)
@@ -318,6 +319,7 @@ cdef class TopicCore:
         self._check_open()
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         out = set()
         for turns in range(self._t.capacity // 16 // REFS_MAX + 2):
             refs.count = 0
@@ -345,7 +347,11 @@ cdef class TopicCore:
         """Unlink the segments of the out-of-band records head passed (the
         claim or the trim reported them: no subscriber reads them any
         more). A reference that does not name one of this topic's
-        segments is skipped (pyqueue._oob.discard)."""
+        segments is skipped (pyqueue._oob.discard). refs.reclaim is left
+        as the core set it: the next claim or trim with these refs tells
+        the core they are unlinked. Interrupted here (KeyboardInterrupt,
+        SIGKILL), they stay a pending reclaim that the next claim or trim
+        of any process reports again (pq_topic.h)."""
         cdef uint32_t i
         for i in range(refs.count):
             # A padded record: the reference is its first bytes (cut at
@@ -368,6 +374,7 @@ cdef class TopicCore:
         cdef int rc
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         while True:
             refs.count = 0
             lw = LockWait(0, 0)
@@ -377,16 +384,18 @@ cdef class TopicCore:
             if rc == PQ_ERR_LOCK_BUSY:
                 return 0
             _check_rc(rc, "release out-of-band messages")
+            if refs.reclaim == 0:
+                return 0  # nothing reported, nothing pending of ours
             self._discard_refs(&refs)
-            if rc < REFS_MAX:
-                return 0
+            # again: with refs.reclaim, the reclaim ends (and there may be more)
 
     cdef int _claim(self, uint32_t* lens, uint32_t n, uint64_t* pos, int64_t deadline,
                     pq_topic_refs* refs) except -1:
-        """Claim room for n records. refs gets the references of the
-        out-of-band records the claim reclaimed: the caller unlinks them
-        (_discard_refs) after its commit - no Python code between claim
-        and commit."""
+        """Claim room for n records. The out-of-band records the claim
+        passes are reported first (-ENOBUFS, nothing claimed): their
+        segments are unlinked here and the claim made again, which ends
+        that reclaim (pq_topic.h). The caller commits - no Python code
+        between claim and commit."""
         cdef int rc
         cdef uint64_t needed = 0
         cdef LockWait lw = LockWait(0, 0)
@@ -403,7 +412,8 @@ cdef class TopicCore:
             if rc == 0:
                 return 0
             if rc == -ENOBUFS:
-                # refs full before head got far enough: unlink these, claim again.
+                # Out-of-band records passed (or left pending by a caller
+                # that died): unlink them, claim again.
                 self._discard_refs(refs)
                 continue
             if rc == PQ_ERR_LOCK_BUSY:
@@ -457,6 +467,7 @@ cdef class TopicCore:
         cdef pq_topic_refs refs
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         refs.count = 0
         self._check_open()
         cdef int64_t deadline = _deadline(block, timeout)
@@ -488,8 +499,6 @@ cdef class TopicCore:
         memcpy(pq_topic_payload(&self._t, pos), ptr, n)
         pq_topic_commit(&self._t, pos, typ)
         pq_topic_notify_readable(&self._t)
-        if refs.count:
-            self._discard_refs(&refs)
 
     def publish_many(self, objs, block=True, timeout=None):
         """Publish every object of an iterable, in batched claims.
@@ -559,6 +568,7 @@ cdef class TopicCore:
         cdef pq_topic_refs refs
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         refs.count = 0
         self._claim(lens, k, pos, deadline, &refs)
         # No Python code between claim and commit.
@@ -568,8 +578,6 @@ cdef class TopicCore:
         pq_topic_notify_readable(&self._t)
         for i in range(k):
             types[i] = 0  # committed: publish_many's cleanup must not unlink their segments
-        if refs.count:
-            self._discard_refs(&refs)
         return k
 
     def _subscribe(self, int start, cls):

@@ -51,3 +51,10 @@ def make_orphan_and_exit(t):
     record leaves: a segment no record names."""
     from pyqueue import _oob
     _oob.put(t, [b"orphan"], 6)
+
+
+def armed_publish_small(t, spec, n):
+    """Publish n 1 KiB messages, stopping at the fault point spec."""
+    os.environ["PYQUEUE_FAULT"] = spec
+    for i in range(n):
+        t.publish(i.to_bytes(4, "little") * 256, timeout=30)

@@ -113,6 +113,55 @@ def test_lossy_overwrite_frees_it(topics):
     assert all(isinstance(x, bytes) and len(x) == 1024 for x in got)
 
 
+def test_a_publisher_interrupted_before_its_unlink_leaves_the_segment_to_the_next(
+        topics, monkeypatch):
+    """The claim that passes an out-of-band record reports it and its
+    publisher unlinks the segment; a KeyboardInterrupt in that unlink
+    (before it happened) leaves the reclaim pending: the next publish, of
+    this process or another, is given the segment to unlink again."""
+    t = topics(capacity_bytes=CAP, mode="lossy")
+    t.publish(big())
+    [seg] = oob_segments(t)
+    real = _oob.discard
+    calls = []
+
+    def interrupted(topic, ref):
+        calls.append(ref)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_oob, "discard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(2 * CAP // 1024):
+            t.publish(i.to_bytes(4, "little") * 256)
+    assert len(calls) == 1 and oob_segments(t) == [seg]
+    monkeypatch.setattr(_oob, "discard", real)
+    t.publish(b"next")
+    assert oob_segments(t) == []
+
+
+@needs_faults
+@pytest.mark.timeout(120)
+def test_a_publisher_killed_before_its_unlink_leaves_the_segment_to_the_next(ctx, procs,
+                                                                             topics):
+    """A publisher SIGKILLed after its claim reported an out-of-band record
+    it passed, before it unlinked the segment (fault point
+    reclaim_reported): the next publisher unlinks it. Before, the segment
+    stayed until `pyqueue gc` - and gc keeps it while the process that
+    made it (here the test's own) lives."""
+    t = topics(capacity_bytes=CAP, mode="lossy")
+    t.publish(big())
+    [seg] = oob_segments(t)
+    p = procs.start(ctx, w.armed_publish_small, t, "reclaim_reported", 2 * CAP // 1024)
+    assert wait_until(lambda: _state(p.pid) == "T", WAIT), "did not stop at its fault point"
+    assert oob_segments(t) == [seg]          # reported, not unlinked
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(WAIT)
+    t.publish(b"next")
+    assert oob_segments(t) == []
+    plan = cli.plan_gc([t.name], oob_grace=0.0)
+    assert [e for e in plan if e[0] == "oob"] == []
+
+
 def test_a_topic_holds_a_few_segments_not_one_per_reference(topics):
     """A large message's reference record takes max_message_bytes of the
     ring (zero padding), so a topic keeps at most capacity //

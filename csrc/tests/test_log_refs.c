@@ -52,7 +52,7 @@ static int test_size_retention_reports_each_dropped_reference(void)
     pq_log l;
     CHECK(make_log(4096, 0, &l) != NULL);
     pq_ref items[16];
-    pq_refs refs = {items, 16, 0};
+    pq_refs refs = {items, 16, 0, 0};
     long next_reported = 0; /* OOB records are the even n */
     uint64_t off;
     for (uint32_t n = 0; n < 400; n++) {
@@ -73,7 +73,7 @@ static int test_size_retention_reports_each_dropped_reference(void)
     CHECK_EQ(next_reported, (long)((start + 1) / 2 * 2));
     /* Listed: exactly the OOB records retained, in pages of 3. */
     pq_ref page[3];
-    pq_refs scan = {page, 3, 0};
+    pq_refs scan = {page, 3, 0, 0};
     uint64_t from = 0;
     long expect = next_reported;
     for (int turns = 0;; turns++) {
@@ -127,7 +127,7 @@ static int test_full_buffer_stops_at_the_first_not_reported(void)
     /* Restart from a known state: the start is at `start`. A large plain
      * record (900 bytes) must drop about 12 of them. */
     pq_ref items[2];
-    pq_refs refs = {items, 2, 0};
+    pq_refs refs = {items, 2, 0, 0};
     long expect = (long)start;
     int enobufs = 0;
     for (int turns = 0;; turns++) {
@@ -167,7 +167,7 @@ static int test_expiry_reports_and_pages(void)
         CHECK_EQ(append_ref(&l, n, 32, n % 2 ? 1 : OOB, 5000 + n, NULL, &off), 0);
     CHECK_EQ(append_ref(&l, 10, 32, OOB, 6000, NULL, &off), 0);
     pq_ref items[2];
-    pq_refs refs = {items, 2, 0};
+    pq_refs refs = {items, 2, 0, 0};
     /* now 6500: records older than 5500 go (offsets 0..9, 5 of them OOB). */
     long expect = 0;
     int dropped = 0, calls = 0;
@@ -191,7 +191,7 @@ static int test_expiry_reports_and_pages(void)
     CHECK_EQ(expect, 10);
     CHECK_EQ(start, 10);
     /* The one retained is listed. */
-    pq_refs scan = {items, 2, 0};
+    pq_refs scan = {items, 2, 0, 0};
     uint64_t from = 0;
     CHECK_EQ(pq_log_scan_refs(&l, 0, &from, &scan), 0);
     CHECK_EQ(scan.count, 1);
@@ -216,12 +216,12 @@ static int test_damaged_reference_record(void)
     uint32_t bad = 0x7fffffff;
     memcpy(data + PQ_RECORD_HEADER + 16, &bad, sizeof bad);
     pq_ref items[4];
-    pq_refs scan = {items, 4, 0};
+    pq_refs scan = {items, 4, 0, 0};
     uint64_t from = 0;
     CHECK_EQ(pq_log_scan_refs(&l, 0, &from, &scan), 0);
     CHECK_EQ(scan.count, 1);
     CHECK_EQ(ref_number(&items[0]), 1);
-    pq_refs refs = {items, 4, 0};
+    pq_refs refs = {items, 4, 0, 0};
     for (uint32_t n = 2; n < 60; n++)
         CHECK_EQ(append_ref(&l, n, 100, 1, 1, &refs, &off), 0);
     CHECK_EQ(pq_log_bounds(&l, 0, &start, &end), 0);
@@ -236,7 +236,7 @@ static int test_bad_arguments(void)
     pq_log l;
     CHECK(make_log(4096, 1000, &l) != NULL);
     pq_ref items[1];
-    pq_refs refs = {items, 1, 2}; /* count over max */
+    pq_refs refs = {items, 1, 2, 0}; /* count over max */
     uint64_t off, from = 0;
     CHECK_EQ(append_ref(&l, 0, 32, OOB, 1, &refs, &off), -EINVAL);
     CHECK_EQ(pq_log_expire_refs(&l, 0, 5000, &refs), -EINVAL);

@@ -20,12 +20,17 @@ static void *make_topic(int mode, pq_topic *t)
 }
 
 /* Publish a 64-byte record carrying v with type typ (no wait); refs (may
- * be NULL) collects what the claim passed. Returns the claim's code. */
+ * be NULL) collects what the claim passed: a claim that reports a reclaim
+ * (-ENOBUFS) is made again, as the binding does once it unlinked them.
+ * Returns the claim's code. */
 static int put(pq_topic *t, uint64_t v, uint8_t typ, pq_topic_refs *refs, int commit)
 {
     uint32_t len = 64;
     uint64_t pos, needed;
-    int rc = pq_topic_claim_refs(t, &len, 1, &pos, &needed, refs);
+    int rc, turns = 0;
+    while ((rc = pq_topic_claim_refs(t, &len, 1, &pos, &needed, refs)) == -ENOBUFS &&
+           ++turns < 100)
+        ;
     if (rc != 0)
         return rc;
     memset(pq_topic_payload(t, pos), 0, len);
@@ -65,7 +70,7 @@ static int test_claim_reports_passed(void)
     pq_topic t;
     pq_topic_sub s;
     pq_topic_ref items[64];
-    pq_topic_refs refs = {items, 64, 0};
+    pq_topic_refs refs = {items, 64, 0, 0};
     void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
     CHECK(base != NULL);
     CHECK_EQ(pq_topic_subscribe(&t, &s, PQ_TOPIC_START_LATEST), 0);
@@ -102,7 +107,7 @@ static int test_claim_enobufs(void)
     pq_topic t;
     pq_topic_sub s;
     pq_topic_ref items[1];
-    pq_topic_refs refs = {items, 1, 0};
+    pq_topic_refs refs = {items, 1, 0, 0};
     void *base = make_topic(PQ_TOPIC_LOSSY, &t);
     CHECK(base != NULL);
     CHECK_EQ(pq_topic_subscribe(&t, &s, PQ_TOPIC_START_LATEST), 0);
@@ -139,7 +144,7 @@ static int test_trim_after_last_subscriber(void)
     pq_topic t;
     pq_topic_sub fast, slow, late;
     pq_topic_ref items[4];
-    pq_topic_refs refs = {items, 4, 0};
+    pq_topic_refs refs = {items, 4, 0, 0};
     pq_topic_stats st;
     void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
     CHECK(base != NULL);
@@ -197,7 +202,7 @@ static int test_trim_stops_at_a_claimed_record(void)
 {
     pq_topic t;
     pq_topic_ref items[4];
-    pq_topic_refs refs = {items, 4, 0};
+    pq_topic_refs refs = {items, 4, 0, 0};
     void *base = make_topic(PQ_TOPIC_LOSSLESS, &t);
     CHECK(base != NULL);
     CHECK_EQ(put(&t, 1, OOB, NULL, 1), 0);
@@ -224,7 +229,7 @@ static int test_scan(void)
 {
     pq_topic t;
     pq_topic_ref items[2];
-    pq_topic_refs refs = {items, 2, 0};
+    pq_topic_refs refs = {items, 2, 0, 0};
     void *base = make_topic(PQ_TOPIC_LOSSY, &t);
     CHECK(base != NULL);
     CHECK_EQ(put(&t, 1, OOB, NULL, 1), 0);
@@ -252,7 +257,7 @@ static int test_lapped_lossy_subscriber_holds_nothing_back(void)
     pq_topic t;
     pq_topic_sub fast, lapped;
     pq_topic_ref items[4];
-    pq_topic_refs refs = {items, 4, 0};
+    pq_topic_refs refs = {items, 4, 0, 0};
     void *base = make_topic(PQ_TOPIC_LOSSY, &t);
     CHECK(base != NULL);
     CHECK_EQ(pq_topic_subscribe(&t, &lapped, PQ_TOPIC_START_LATEST), 0);
@@ -271,6 +276,92 @@ static int test_lapped_lossy_subscriber_holds_nothing_back(void)
     return 0;
 }
 
+/* A reclaim stays pending until a caller comes back with its token: a
+ * caller that never does (killed before its unlinks) leaves it for the
+ * next claim or trim, which reports the same references again; the
+ * records are not overwritten meanwhile. */
+static int test_pending_reclaim_reported_until_done(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4], items2[4];
+    pq_topic_refs first = {items, 4, 0, 0};
+    pq_topic_refs second = {items2, 4, 0, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    uint64_t v = 0;
+    for (; v < 51; v++)
+        CHECK_EQ(put(&t, v, (v == 0 || v == 1) ? OOB : 1, NULL, 1), 0); /* full */
+    uint32_t len = 64;
+    uint64_t pos, needed;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &first), -ENOBUFS);
+    CHECK_EQ(first.count, 1u);
+    CHECK_EQ(ref_value(&items[0]), 0u);
+    const uint64_t token = first.reclaim;
+    CHECK(token != 0);
+    CHECK_EQ(t.ctl->head, token); /* head is past it */
+    /* "first" never comes back: every other caller gets it again. */
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &second), -ENOBUFS);
+    CHECK_EQ(second.count, 1u);
+    CHECK_EQ(ref_value(&items2[0]), 0u);
+    CHECK_EQ(second.reclaim, token);
+    second.count = 0;
+    second.reclaim = 0; /* (forgot it: reported once more) */
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &second), 1);
+    CHECK_EQ(ref_value(&items2[0]), 0u);
+    CHECK_EQ(second.reclaim, token);
+    /* A refs with no room for it: -EINVAL, nothing changed. */
+    pq_topic_refs tiny = {items2, 1, 1, 0};
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &tiny), -EINVAL);
+    /* Back with the token: the reclaim ends, the claim goes ahead into
+     * the room it freed. */
+    second.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &second), 0);
+    CHECK_EQ(second.count, 0u);
+    CHECK_EQ(second.reclaim, 0u);
+    pq_topic_commit(&t, pos, 1);
+    /* The first caller's stale token ends nothing: the next claim reports
+     * the next out-of-band record (1), once. */
+    first.count = 0;
+    CHECK_EQ(put(&t, 99, 1, &first, 1), 0);
+    CHECK_EQ(first.count, 1u);
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    CHECK_EQ(first.reclaim, 0u);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* A caller that reports nothing (refs NULL) drops a pending reclaim (its
+ * segments are gc's); damaged reclaim words are dropped once, reported as
+ * corruption, and the topic goes on. */
+static int test_pending_reclaim_dropped(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4];
+    pq_topic_refs refs = {items, 4, 0, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    for (uint64_t v = 0; v < 51; v++)
+        CHECK_EQ(put(&t, v, v == 0 ? OOB : 1, NULL, 1), 0);
+    uint32_t len = 64;
+    uint64_t pos, needed;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), -ENOBUFS);
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, NULL), 0);
+    pq_topic_commit(&t, pos, 1);
+    refs.count = 0;
+    refs.reclaim = 0;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0); /* nothing pending any more */
+    /* Damage: a range ahead of head. */
+    uint64_t *pd = (uint64_t *)((uint8_t *)t.ctl + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63));
+    pd[4] = t.ctl->head + 16;  /* reclaim_from */
+    pd[5] = t.ctl->head + 96;  /* reclaim_to */
+    pd[6] = 1;                 /* reclaim_n */
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), PQ_ERR_CORRUPT);
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), 0);
+    pq_topic_commit(&t, pos, 1);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
 int main(void)
 {
     printf("test_topic_refs\n");
@@ -280,5 +371,7 @@ int main(void)
     RUN(test_trim_stops_at_a_claimed_record);
     RUN(test_scan);
     RUN(test_lapped_lossy_subscriber_holds_nothing_back);
+    RUN(test_pending_reclaim_reported_until_done);
+    RUN(test_pending_reclaim_dropped);
     return pq_test_result();
 }
