@@ -31,6 +31,9 @@ unique key on the order id; and the start line).
     python examples/checkout.py worker --queue NAME [--workers 4] [--url URL]
                                        [--start-method spawn]
 
+It imports the installed pyqueue (pip install pyqueue-shm; in a checkout,
+pip install . first): run from the repository root or anywhere else.
+
 Exit status 0 when all three hold (and every worker tree ended well), 1
 otherwise.
 """

@@ -15,6 +15,9 @@ Then:
     python examples/event_log.py [--events 3000] [--members 2] [--partitions 4]
                                  [--path DIR] [--start-method spawn] [--json]
 
+It imports the installed pyqueue (pip install pyqueue-shm; in a checkout,
+pip install . first): run from the repository root or anywhere else.
+
 Without `--path` the log lives in a temporary directory removed at the
 end. Exit status 0 when all three checks hold, 1 otherwise.
 """

@@ -8,6 +8,9 @@ nobody misses anything.
 
     python examples/fanout.py [--ticks 20000] [--start-method spawn] [--json]
 
+It imports the installed pyqueue (pip install pyqueue-shm; in a checkout,
+pip install . first): run from the repository root or anywhere else.
+
 Exit status 0 when every subscriber received every tick in order, 1 otherwise.
 """
 import argparse

@@ -8,6 +8,9 @@ would write with `multiprocessing.Queue`: only the import differs.
     python examples/log_pipeline.py [--lines 20000] [--workers 3] [--batch 500]
                                     [--file ACCESS_LOG] [--start-method spawn] [--json]
 
+It imports the installed pyqueue (pip install pyqueue-shm; in a checkout,
+pip install . first): run from the repository root or anywhere else.
+
 Without `--file` it parses a generated log. It then parses the same lines
 in one process and compares: exit status 0 when the pipeline's totals are
 the same, 1 otherwise.

@@ -15,7 +15,7 @@ word of its own (a new registration bumps it), with futex_waitv
 event with loop.call_soon_threadsafe; the coroutines then retry their
 non-blocking call on their own loop's thread. The thread takes nothing
 from any queue: a message is taken only by that synchronous retry, so a
-cancelled coroutine has taken nothing (docs/design.md, "asyncio").
+cancelled coroutine has taken nothing (the documentation's Design page, "asyncio").
 
 Every registration has a deadline (at most SLICE_S away): at it the
 coroutine retries as a blocking call does after each slice (repairs of

@@ -7,7 +7,7 @@ the loop's selector watches (add_reader): the registration submits an
 IORING_OP_FUTEX_WAIT on the event's sequence word for the value it saw;
 a producer's futex wake completes it and the loop's thread wakes from its
 own epoll_wait - no thread in between, so one wake-up instead of two
-(docs/design.md, "asyncio").
+(the documentation's Design page, "asyncio").
 
 Everything here runs on the loop's thread: the kernel wakes the thread
 that submitted a wait, and the registrations are only touched there, so

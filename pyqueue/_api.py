@@ -1,7 +1,7 @@
 """The backend-independent half of pyqueue's public classes.
 
 One place for the pure-Python behaviour every backend shares
-(docs/design.md, "Backends"):
+(the documentation's Design page, "Backends"):
 
 * argument checks (`check_timeout`, `check_max_messages`, `check_name`,
   `check_workqueue_settings`, and the creation-setting checks re-exported from pyqueue.queues:
@@ -142,11 +142,11 @@ class HandleAPI:
 
     def shutdown(self, immediate=False):
         """The default of a class without shutdown (every shared-memory and
-        Redis class has its own: docs/api.md, "Shutdown"): raises
-        NotImplementedError, and changes nothing."""
+        Redis class has its own: the documentation's "Behaviour in detail"
+        page, "Shutdown"): raises NotImplementedError, and changes nothing."""
         raise NotImplementedError(
-            f"{type(self).__name__}.shutdown() is not supported by this class; "
-            f"docs/api.md, \"Shutdown\"")
+            f"{type(self).__name__}.shutdown() is not supported by this class; see "
+            f"\"Shutdown\" in the documentation's \"Behaviour in detail\" page")
 
     @property
     def is_shutdown(self):

@@ -1,4 +1,4 @@
-"""The events the Cython cores log (docs/operations.md, "Logging"), on
+"""The events the Cython cores log (the documentation's Operations page, "Logging"), on
 their slow paths only: after a wait slice that timed out, or when a
 subscriber slot is wanted. Loggers: pyqueue.queue, pyqueue.topic,
 pyqueue.log (the "pyqueue" logger has a NullHandler: nothing is printed

@@ -4,7 +4,7 @@ the machine (curses, refreshed like htop; q quits), or one table with
 refresh; the rates are the differences of the counters between two
 refreshes, over the time between them.
 
-Columns, per kind (docs/operations.md):
+Columns, per kind (the documentation's Operations page):
   DEPTH   messages waiting: a queue's depth; a topic's retained messages; a
           log's records kept; a work queue's available + delayed + in flight
   IN/s    put / published / appended per second

@@ -70,8 +70,12 @@ def check_sdist(path, tree, version):
         names = {n[len(base) + 1:] for n in tar.getnames() if n.startswith(base + "/")}
         pkg_info = tar.extractfile(f"{base}/PKG-INFO").read().decode()
     check_metadata(pkg_info, version, "sdist PKG-INFO")
+    # What builds and checks it too: the docs site (mkdocs.yml and its
+    # hooks) and the type checks' configuration.
     needed = {"setup.py", "pyproject.toml", "LICENSE", "README.md", "CHANGELOG.md",
-              "MANIFEST.in", "tests/smoke_installed.py"}
+              "MANIFEST.in", "tests/smoke_installed.py", "mkdocs.yml",
+              "docs/_hooks/cli_help.py", "docs/_hooks/griffe_cython.py",
+              "tests/typing/mypy.ini", "tests/typing/pyrightconfig.json"}
     for d, _dirs, files in os.walk(os.path.join(tree, "pyqueue")):
         rel = os.path.relpath(d, tree)
         if "__pycache__" in rel:

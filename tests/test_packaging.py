@@ -214,3 +214,18 @@ def test_the_messages_name_the_distribution_users_install():
     assert name == _platform.DISTRIBUTION == "pyqueue-shm"
     with open(_source_file("README.md")) as f:
         assert f"pip install {name}" in f.read()
+    # Every `pip install pyqueue...` a user may read - in the package's
+    # messages and docstrings, the README, the docs, the examples - names
+    # the distribution: `pyqueue[redis]` installs an unrelated project.
+    wrong = []
+    for top in ("pyqueue", "docs", "examples", "README.md"):
+        path = _source_file(top)
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+            if f.endswith((".py", ".pyx", ".pxi", ".pyi", ".md"))]
+        for fn in files:
+            with open(fn, encoding="utf-8") as f:
+                for m in re.finditer(r"pip install\s+['\"]?(pyqueue[\w.-]*)", f.read()):
+                    if m.group(1) != name:
+                        wrong.append(f"{os.path.relpath(fn, os.path.dirname(path))}: {m.group(0)}")
+    assert wrong == []

@@ -10,7 +10,7 @@
 A backend is an object whose attributes `Queue`, `JoinableQueue`,
 `WorkQueue`, `Topic`, `Log` are the classes of that backend (same
 constructor signatures, `open()` classmethods and methods as pyqueue.Queue
-and the others). docs/design.md, "Backends".
+and the others). The documentation's Design page, "Backends".
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Redis backend: pyqueue's classes over one redis-server or a Redis
-Cluster, through redis-py (`pip install pyqueue[redis]`).
+Cluster, through redis-py (`pip install 'pyqueue-shm[redis]'`).
 
 URLs:
     redis://[user:password@]host:port/db     one server over TCP
@@ -7,7 +7,7 @@ URLs:
     redis+unix:///path/to/redis.sock[?db=N]  one server over a Unix socket
     redis+cluster://host:port[,host:port...] a Redis Cluster (any nodes of it)
 
-docs/design.md, "Backends", has the key layout and why.
+The documentation's Design page, "Backends", has the key layout and why.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ class RedisBackend:
 
     def __init__(self, url: str) -> None:
         if not _HAVE_REDIS:
-            raise ImportError("the Redis backend needs redis-py: pip install 'pyqueue[redis]'"
+            raise ImportError("the Redis backend needs redis-py: pip install 'pyqueue-shm[redis]'"
                               ) from _IMPORT_ERROR
         self.url = url
         plain, self.min_replicas, self.wait_timeout = split_wait(url)

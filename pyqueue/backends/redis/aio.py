@@ -5,7 +5,7 @@ pyqueue.asyncio's Queue, JoinableQueue and WorkQueue wrap a Redis handle
 ``aq.connect(url).Queue(...)``) with the subclasses here: the same public
 classes, whose waiting calls run the sync classes' Lua scripts (the same
 text, the same keys) on a redis.asyncio client instead of blocking the
-loop. docs/design.md, "asyncio on Redis", has the why; in short:
+loop. The documentation's Design page, "asyncio on Redis", has the why; in short:
 
 * **Queue get: a per-handle reservation.** A cancelled coroutine loses the
   reply of a command already sent, and the server may have run it: a
@@ -130,7 +130,7 @@ _clients: weakref.WeakKeyDictionary[
 async def client_of(backend: RedisBackend) -> _Client:
     """The redis.asyncio client of `backend` for the running loop."""
     if not _HAVE_REDIS:  # pragma: no cover
-        raise ImportError("pyqueue.asyncio on Redis needs redis-py: pip install 'pyqueue[redis]'")
+        raise ImportError("pyqueue.asyncio on Redis needs redis-py: pip install 'pyqueue-shm[redis]'")
     loop = asyncio.get_running_loop()
     per_loop = _clients.get(loop)
     if per_loop is None:
@@ -295,7 +295,8 @@ class _Handle(_aq._Owner):
         return RuntimeError(
             f"{self!r} is bound to another event loop, which is still open (not "
             f"just stopped): a Redis asyncio handle is used by one loop at a time "
-            f"(make one handle per loop and thread; docs/api.md, 'asyncio')")
+            f"(make one handle per loop and thread; the documentation's "
+            f"'Behaviour in detail' page, 'asyncio')")
 
     def _bound_elsewhere(self, loop: Optional[asyncio.AbstractEventLoop]) -> bool:
         """Whether this handle is bound to an open loop of this process
@@ -654,7 +655,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
     @property
     def _handed(self) -> int:
         """Messages this handle's gets handed out (the server counts them
-        at the next step: docs/design.md, "asyncio on Redis")."""
+        at the next step: the documentation's Design page, "asyncio on Redis")."""
         return self._count[0]
 
     @_handed.setter

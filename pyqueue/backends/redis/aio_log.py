@@ -11,7 +11,7 @@ fencing, seek, rebalance bookkeeping are the sync code), driven by an
 async poll that runs the group's scripts (groups.py: _HEARTBEAT, _REAP)
 and waits as the sync poll does (RedisLog._wait_plan: one XREAD BLOCK on
 the partitions, their shutdown entries and the group's wake stream).
-docs/design.md, "asyncio on Redis", has the why; in short:
+The documentation's Design page, "asyncio on Redis", has the why; in short:
 
 * **A read has no state**: it reads the records at an offset the caller
   names; cancelled, it handed nothing out and the caller reads the same
@@ -56,7 +56,8 @@ from pyqueue.log import Record
 class RedisLog(_aio._Handle, _aq.Log[Any]):
     """pyqueue.asyncio.Log over a Redis Log handle: ``await read()`` waits
     in XREAD BLOCK; append, end_offset and consumer() are the plain calls
-    of the table in docs/api.md (one round trip each, on the sync client)."""
+    of the table in the documentation's "Behaviour in detail" page (one
+    round trip each, on the sync client)."""
 
     _h: _rl.RedisLog
     _consumers: weakref.WeakSet[RedisConsumer]

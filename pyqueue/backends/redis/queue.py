@@ -38,13 +38,13 @@ once the flag is set (a get reads it before it blocks). A token taken
 by a get killed before it passed it on is lost; so a get waits in
 slices of WAIT_SLICE seconds, each ended by a plain read of the flag
 (no write: nothing for min_replicas to confirm, no count to keep).
-docs/design.md, "Shutdown".
+The documentation's Design page, "Shutdown".
 
 Every step that reads and writes is one Lua script (atomic); a waiting put
 or join reads its stream's last id in the same script that found the queue
 full (or the count non-zero), then blocks in XREAD from that id: an event
 after the check always wakes it, and nothing spins. A get that finds the
-list empty blocks in BLPOP. docs/design.md, "Backends".
+list empty blocks in BLPOP. The documentation's Design page, "Backends".
 """
 from __future__ import annotations
 

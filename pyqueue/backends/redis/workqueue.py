@@ -39,7 +39,7 @@ get_many()'s, put_many()'s and the dead-letter move's logic, are
 pyqueue.workqueue's, run over these primitives; a batch's settles are one
 script for many messages, each fenced as the single verb's, under the
 Python half every backend's Batch shares (pyqueue._api.BatchAPI).
-docs/design.md, "Backends".
+The documentation's Design page, "Backends".
 """
 from __future__ import annotations
 
