@@ -33,8 +33,8 @@ settlements are coroutines all the same, for the Redis backend's sake.
 from __future__ import annotations
 
 import queue as _queue
-from typing import (Any, AsyncIterator, Dict, Generic, Iterable, List, Mapping, Optional,
-                    Tuple, Type, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Dict, Generic, Iterable, List, Mapping,
+                    Optional, Tuple, Type, TypeVar, Union)
 
 from . import _aio
 from .consumer import Consumer as _SyncConsumer
@@ -44,13 +44,18 @@ from .queues import JoinableQueue as _SyncJoinableQueue
 from .queues import Queue as _SyncQueue
 from .topic import Subscription as _SyncSubscription
 from .topic import Topic as _SyncTopic
+from .workqueue import Batch as _SyncBatch
 from .workqueue import Delivery as _SyncDelivery
 from .workqueue import WorkQueue as _SyncWorkQueue
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 __all__ = ["Queue", "JoinableQueue", "Topic", "Subscription", "Log", "Consumer", "WorkQueue",
            "Delivery", "Batch", "AsyncBackend"]
 
 T = TypeVar("T")
+_V = TypeVar("_V")  # the message type of the handle a from_sync wraps
 
 _READABLE = 0
 _WRITABLE = 1
@@ -182,6 +187,13 @@ class Queue(_Handle, Generic[T]):
     """
 
     _sync_class: Any = _SyncQueue
+
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        @classmethod
+        def from_sync(cls, h: _SyncQueue[_V]) -> Queue[_V]: ...
+
+        @property
+        def sync(self) -> _SyncQueue[T]: ...
 
     async def put(self, obj: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Add a message, waiting (without blocking the loop) for room.
@@ -339,6 +351,16 @@ class JoinableQueue(Queue[T]):
 
     _sync_class = _SyncJoinableQueue
 
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        # (narrower than Queue.from_sync's argument, as at run time: it
+        # takes a pyqueue.JoinableQueue, not any pyqueue.Queue)
+        @classmethod
+        def from_sync(  # type: ignore[override]
+                cls, h: _SyncJoinableQueue[_V]) -> JoinableQueue[_V]: ...
+
+        @property
+        def sync(self) -> _SyncJoinableQueue[T]: ...
+
     def task_done(self) -> None:
         """Mark a message taken from the queue done (as queue.Queue).
 
@@ -382,6 +404,13 @@ class Subscription(_Owner, Generic[T]):
     """
 
     _sync_class = _SyncSubscription
+
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        @classmethod
+        def from_sync(cls, h: _SyncSubscription[_V]) -> Subscription[_V]: ...
+
+        @property
+        def sync(self) -> _SyncSubscription[T]: ...
 
     def __init__(self, sub: Any) -> None:
         if not isinstance(sub, _SyncSubscription):
@@ -471,6 +500,13 @@ class Topic(_Handle, Generic[T]):
 
     _sync_class = _SyncTopic
 
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        @classmethod
+        def from_sync(cls, h: _SyncTopic[_V]) -> Topic[_V]: ...
+
+        @property
+        def sync(self) -> _SyncTopic[T]: ...
+
     async def publish(self, obj: T, timeout: Optional[float] = None) -> None:
         """Publish a message; on a lossless topic, wait (without blocking
         the loop) for the slowest subscriber to make room.
@@ -528,9 +564,9 @@ class Delivery(Generic[T]):
         self.delivery_count: int = d.delivery_count
 
     @property
-    def sync(self) -> Any:
+    def sync(self) -> _SyncDelivery[T]:
         """The synchronous pyqueue.Delivery."""
-        return self._d
+        return self._d  # type: ignore[no-any-return]
 
     @property
     def enqueued_at(self) -> float:
@@ -618,9 +654,9 @@ class Batch:
         self._b: Any = batch
 
     @property
-    def sync(self) -> Any:
+    def sync(self) -> _SyncBatch:
         """The synchronous Batch."""
-        return self._b
+        return self._b  # type: ignore[no-any-return]
 
     @property
     def values(self) -> List[Any]:
@@ -705,6 +741,13 @@ class WorkQueue(_Handle, Generic[T]):
     """
 
     _sync_class = _SyncWorkQueue
+
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        @classmethod
+        def from_sync(cls, h: _SyncWorkQueue[_V]) -> WorkQueue[_V]: ...
+
+        @property
+        def sync(self) -> _SyncWorkQueue[T]: ...
 
     async def put(self, obj: T, *, key: Union[bytes, str, None] = None, delay: float = 0.0,
                   timeout: Optional[float] = None) -> int:
@@ -841,6 +884,10 @@ class Consumer(_Owner):
 
     _sync_class = _SyncConsumer
 
+    if TYPE_CHECKING:  # for type checkers only
+        @property
+        def sync(self) -> _SyncConsumer: ...
+
     def __init__(self, consumer: Any) -> None:
         if not isinstance(consumer, _SyncConsumer):
             raise TypeError("a Consumer comes from Log.consumer()")
@@ -920,6 +967,13 @@ class Log(_Handle, Generic[T]):
     """
 
     _sync_class = _SyncLog
+
+    if TYPE_CHECKING:  # for type checkers only: from_sync and sync keep the type parameter
+        @classmethod
+        def from_sync(cls, h: _SyncLog[_V]) -> Log[_V]: ...
+
+        @property
+        def sync(self) -> _SyncLog[T]: ...
 
     def append(self, value: T, key: Any = None, headers: Any = None) -> Tuple[int, int]:
         """Append a record (as pyqueue.Log.append; it never waits).
@@ -1036,7 +1090,7 @@ class AsyncBackend:
 
     def __init__(self, url: Optional[str] = None) -> None:
         from . import backends
-        self.sync: Any = backends.connect(url)
+        self.sync: Backend = backends.connect(url)
         self.Queue = _Maker(Queue, self.sync.Queue)
         self.JoinableQueue = _Maker(JoinableQueue, self.sync.JoinableQueue)
         self.WorkQueue = _Maker(WorkQueue, self.sync.WorkQueue)

@@ -4,13 +4,16 @@
 Type-checked by the typing stage of .ci/run (`mypy --strict` and pyright in
 strict mode, tests/typing/mypy.ini and tests/typing/pyrightconfig.json),
 and run by tests/test_typing_usage.py, so the types it asserts are the ones
-the calls return. Every name of pyqueue.__all__ is used here.
+the calls return. Every name of pyqueue.__all__ and pyqueue.asyncio.__all__,
+pyqueue.metrics' collector and functions, and every public method and
+property of their classes are used here.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+import urllib.request
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import pyqueue
 from pyqueue import (CommitFailed, Consumer, CorruptRecord, DeadLetter, Delivery,
@@ -21,7 +24,9 @@ from pyqueue import (CommitFailed, Consumer, CorruptRecord, DeadLetter, Delivery
                      WorkQueue)
 from pyqueue import Executor, Pool, WorkerLost
 from pyqueue.log import DirectoryLog, MemoryLog
+from pyqueue.metrics import PyQueueCollector, exposition, families, serve
 from pyqueue.stream import DeadRecord
+from pyqueue.workqueue import Batch
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -49,6 +54,8 @@ def use_queue() -> None:
         name: str = q.name
         overflow: str = q.overflow
         assert overflow == "reject"
+        code: int = q.overflow_code  # the C core's code of the policy
+        assert code >= 0
         limit: Optional[int] = q.max_message_bytes
         sizes: Tuple[int, int, int] = (q.capacity_bytes, q.maxsize, q.inline_max)
         assert sizes[1] == 8 and limit is None
@@ -146,6 +153,9 @@ def use_topic() -> None:
         first: Iterator[str] = iter(sub)
         assert next(first) == "it"
         assert_type(topic.mode, str)
+        topic_sizes: Tuple[int, int, int] = (topic.capacity_bytes, topic.max_message_bytes,
+                                             topic.mode_code)
+        assert topic_sizes[0] >= 64 * 1024 and topic_sizes[1] > 0
         assert_type(topic.stats(), Dict[str, int])
         other = Topic[str].open(topic.name)
         assert_type(other, Topic[str])
@@ -180,6 +190,8 @@ def use_log(tmp: str) -> None:
         assert_type(log.end_offset(part), int)
         assert_type(log.partitions, int)
         assert_type(log.max_record_bytes, int)
+        raw: bool = log.raw_values  # True: values come back encoded (RawValue)
+        assert raw is False
         try:
             log.read(part, 1000)
         except OffsetOutOfRange as e:
@@ -202,6 +214,9 @@ def use_log(tmp: str) -> None:
         reopened = Log.open(log.name)
         reopened.close()
         if isinstance(log, MemoryLog):  # what Log() makes without a path
+            kept_ms: Optional[int] = log.retention_ms
+            ring: int = log.capacity_bytes
+            assert kept_ms is None and ring > 0
             log.unlink()
         else:
             raise AssertionError("not a MemoryLog")
@@ -209,6 +224,8 @@ def use_log(tmp: str) -> None:
     disk.append(b"on disk")
     assert disk.path is not None
     assert isinstance(disk, DirectoryLog)
+    segment: int = disk.segment_bytes
+    assert segment > 0 and disk.name == disk.path
     disk.close()
     with Log.open(os.path.join(tmp, "events")) as again:
         assert again.read(0, 0)[0].value == b"on disk"
@@ -275,6 +292,9 @@ def use_workqueue() -> None:
         text: str = letter.reason
         assert text.startswith("rejected") and letter.queue == wq.name
         assert (letter.attempts, letter.raw) == (2, None)
+        last_error: Optional[str] = letter.last_error
+        lettered_at: float = letter.dead_lettered_at
+        assert last_error == "bad input" and lettered_at >= letter.enqueued_at
         assert_type(dlq.requeue(to=wq), int)
         assert_type(wq.qsize(), int)
         assert_type(wq.empty(), bool)
@@ -284,6 +304,8 @@ def use_workqueue() -> None:
             wq.capacity_bytes, wq.max_in_flight, wq.visibility_timeout, wq.max_deliveries,
             wq.dedup_window, wq.dedup_keys, wq.max_message_bytes)
         assert limits[3] == 2
+        dead_waits: Tuple[float, float] = (wq.dead_letter_timeout, wq.dead_letter_retry)
+        assert min(dead_waits) > 0
         same = WorkQueue[str].open(wq.name)
         assert_type(same, WorkQueue[str])
         same.close()
@@ -294,6 +316,35 @@ def use_workqueue() -> None:
             pass
         else:
             raise AssertionError("Empty not raised")
+        wq.unlink()
+        dlq.unlink()
+
+
+def use_workqueue_batch() -> None:
+    dlq: WorkQueue[Any] = WorkQueue()
+    wq: WorkQueue[int] = WorkQueue(dead_letter=dlq)
+    with dlq, wq:
+        ids = wq.put_many([1, 2, 3, 4], keys=["a", "b", None, None], delay=0.0)
+        assert_type(ids, List[int])
+        batch = wq.get_many(max_messages=10, timeout=1.0)
+        assert_type(batch, Batch)
+        values: List[Any] = batch.values
+        assert len(batch) == 4 and values == [1, 2, 3, 4] and batch.ids == ids
+        counts: List[int] = batch.delivery_counts
+        put_at: List[float] = batch.enqueued_at
+        why: List[Optional[str]] = batch.redelivered_because
+        assert counts == [1] * 4 and min(put_at) > 0 and why == [None] * 4
+        batch.extend(10.0, [0])
+        batch.ack([0])
+        batch.nack([1], delay=0.0, error="again")
+        batch.reject([2], reason="bad")
+        batch.ack()
+        settled: List[Optional[str]] = batch.settled
+        assert settled == ["acked", "nacked", "rejected", "acked"]
+        again = wq.get(timeout=1.0)
+        assert (again.value, again.delivery_count) == (2, 2)
+        again.ack()
+        assert [d.reason for d in dlq.dead_letters()] == ["rejected: bad"]
         wq.unlink()
         dlq.unlink()
 
@@ -316,6 +367,23 @@ def use_stream_processor() -> None:
         assert_type(sp.join(timeout=1.0), bool)
         assert_type(sp.stop(timeout=1.0), bool)
         source.unlink()
+    source2: WorkQueue[int] = WorkQueue()
+    sink2: Queue[int] = Queue()
+    with source2, sink2:
+        sp2 = StreamProcessor(source2, _double, sink=sink2, workers=1, processes=False,
+                              handle_signals=False)
+        assert_type(sp2.start(), StreamProcessor)
+        source2.put(1)
+        assert sink2.get(timeout=10.0) == 2
+        sp2.stop_nowait()  # the workers take nothing more
+        assert sp2.join(timeout=10.0)
+        sp3 = StreamProcessor(source2, _double, sink=sink2, workers=1, processes=False,
+                              handle_signals=False).start()
+        source2.put(2)
+        sp3.shutdown(immediate=False)  # shuts source2 down: drained, then stopped
+        assert sp3.join(timeout=10.0) and source2.is_shutdown
+        assert sink2.get(timeout=1.0) == 4
+        source2.unlink()
     rec = DeadRecord(0, 1, None, None, "ValueError: x")
     assert rec.error.startswith("ValueError")
 
@@ -331,10 +399,20 @@ def use_pool() -> None:
         assert sorted(pool.imap_unordered(abs, [-5, -6])) == [5, 6]
         assert pool.starmap(pow, [(2, 3)]) == [8]
         assert pool.map_async(abs, [-7]).get(timeout=30.0) == [7]
+        n: int = pool.apply(len, ("abc",))
+        assert n == 3
+        assert pool.starmap_async(pow, [(3, 2)]).get(timeout=30.0) == [9]
+    closing = Pool(1, context="fork")
+    closing.close()
+    closing.join()
+    stopped = Pool(1, context="fork")
+    stopped.terminate()
+    stopped.join()
     with Executor(1, mp_context="fork") as ex:
         f = ex.submit(abs, -8)
         assert f.result(timeout=30.0) == 8
         assert list(ex.map(abs, [-9], timeout=30.0, chunksize=1)) == [9]
+        ex.shutdown(wait=True, cancel_futures=False)
     err = WorkerLost("worker pid 1 killed by SIGKILL", pid=1, exitcode=-9, attempts=3)
     assert_type(err.attempts, int)
     assert_type(err.pid, Optional[int])
@@ -358,6 +436,31 @@ def use_errors() -> None:
     waited: Optional[float] = LockTimeout("x", waited=0.5).waited
     assert len(errors) == 11 and lost == (1,) and where == (2, 7) and waited == 0.5
     assert isinstance(LockTimeout("x"), TimeoutError)
+
+
+def use_metrics() -> None:
+    q: Queue[bytes] = Queue()
+    with q:
+        q.put(b"m")
+        collector = PyQueueCollector(handles=[q])
+        rows, errors = collector.snapshot()
+        assert_type(rows, List[Dict[str, Any]])
+        assert_type(errors, List[Tuple[str, str]])
+        assert rows[0]["kind"] == "queue" and rows[0]["stats"]["depth"] == 1 and errors == []
+        assert collector.describe() == []
+        collected: List[Any] = list(collector.collect())
+        assert len(families(rows, errors)) == len(collected) > 0
+        text = exposition(collector)
+        assert_type(text, bytes)
+        assert b"pyqueue_queue_depth" in text
+        server, _thread = serve("127.0.0.1", 0, collector)
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+            with urllib.request.urlopen(url, timeout=30.0) as resp:
+                assert b"pyqueue_queue_depth" in resp.read()
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def use_shutdown(tmp: str) -> None:
@@ -401,9 +504,11 @@ def main() -> None:
         use_log(tmp)
         use_shutdown(tmp)
     use_workqueue()
+    use_workqueue_batch()
     use_stream_processor()
     use_pool()
     use_errors()
+    use_metrics()
     with tempfile.TemporaryDirectory() as tmp:
         use_asyncio(tmp)
     assert isinstance(pyqueue.__version__, str)
@@ -472,13 +577,108 @@ def use_asyncio(tmp: str) -> None:
         # redis.asyncio: pyqueue/backends/redis/aio_log.py)
         ab = aq.connect("shm://")
         assert_type(ab, aq.AsyncBackend)
+        assert ab.sync is pyqueue.connect("shm://")
+        assert_type(ab.sync.Queue, Type[Queue[Any]])
         alog = ab.Log(partitions=1)
         with alog:
             alog.append("x")
             assert [r.value for r in await alog.read(0, 0, timeout=0)] == ["x"]
             alog.unlink()
+        await use_asyncio_sync_handles()
 
     asyncio.run(run())
+
+
+async def use_asyncio_sync_handles() -> None:
+    """from_sync and .sync of each pyqueue.asyncio class: the type
+    parameter goes over both ways."""
+    import pyqueue.asyncio as aq
+
+    sq: Queue[bytes] = Queue()
+    q = aq.Queue.from_sync(sq)
+    assert_type(q, aq.Queue[bytes])
+    with q:
+        assert_type(q.sync, Queue[bytes])
+        assert q.sync is sq and q.empty() and not q.full()
+        assert_type(q.stats(), Dict[str, Any])
+        sq.put(b"s")
+        async for m in q:
+            assert_type(m, bytes)
+            assert m == b"s"
+            break
+    sjq: JoinableQueue[int] = JoinableQueue()
+    jq = aq.JoinableQueue.from_sync(sjq)
+    assert_type(jq, aq.JoinableQueue[int])
+    assert_type(jq.sync, JoinableQueue[int])
+    jq.close()
+
+    st: Topic[str] = Topic()
+    t = aq.Topic.from_sync(st)
+    assert_type(t, aq.Topic[str])
+    with t:
+        assert_type(t.sync, Topic[str])
+        sub = aq.Subscription.from_sync(st.subscribe("latest"))
+        assert_type(sub, aq.Subscription[str])
+        with sub:
+            assert_type(sub.sync, Subscription[str])
+            await t.publish("x")
+            st.publish("y")
+            assert_type(sub.get_nowait(), str)
+            assert_type(await sub.get_many(10, timeout=1.0), List[str])
+            counts: Tuple[int, int] = (sub.lag, sub.lost)
+            assert counts == (0, 0)
+        t.unlink()
+
+    swq: WorkQueue[int] = WorkQueue()
+    wq = aq.WorkQueue.from_sync(swq)
+    assert_type(wq, aq.WorkQueue[int])
+    with wq:
+        assert_type(wq.sync, WorkQueue[int])
+        for i in (1, 2, 3):
+            await wq.put(i)
+        d = wq.get_nowait()
+        assert_type(d.sync, Delivery[int])
+        put_at: float = d.enqueued_at
+        why: Optional[str] = d.redelivered_because
+        assert put_at > 0 and why is None
+        await d.extend(10.0)
+        await d.nack(delay=0.0, error="again")
+        assert d.settled == "nacked"
+        await (await wq.get(timeout=1.0)).reject("bad")
+        async with await wq.get(timeout=1.0) as held:  # acked on leaving
+            assert_type(held, aq.Delivery[int])
+        await wq.put(4)
+        batch = await wq.get_many(10, timeout=1.0)
+        assert_type(batch.sync, Batch)
+        ids: List[int] = batch.ids
+        values: List[Any] = batch.values
+        assert len(ids) == len(values) == 2
+        await batch.extend(10.0)
+        await batch.nack([0])
+        await batch.reject()
+        last = await wq.get_many(10, timeout=1.0)
+        await last.ack()
+        assert_type(wq.qsize(), int)
+        assert wq.qsize() == 0
+        assert_type(wq.stats(), Dict[str, Any])
+        wq.unlink()
+
+    slog: Log[str] = Log(partitions=1)
+    log = aq.Log.from_sync(slog)
+    assert_type(log, aq.Log[str])
+    with log:
+        assert_type(log.sync, Log[str])
+        log.append("a")
+        assert_type(log.end_offset(0), int)
+        consumer = aq.Consumer.from_sync(slog.consumer("g"))
+        assert_type(consumer, aq.Consumer)
+        with consumer:
+            assert_type(consumer.sync, Consumer)
+            got = await consumer.poll(timeout=1.0)
+            assert [r.value for r in got] == ["a"]
+            assert_type(consumer.assignment(), List[int])
+            consumer.commit()
+        log.unlink()
 
 
 def use_connect() -> None:
@@ -488,6 +688,10 @@ def use_connect() -> None:
     q.put(b"x")
     assert isinstance(q, Queue)
     q.close()
+    where: Tuple[str, str] = (b.url, b.name)
+    assert where == ("shm://", "shm")
+    assert (b.JoinableQueue, b.WorkQueue, b.Topic, b.Log) == (JoinableQueue, WorkQueue, Topic,
+                                                               Log)
     try:
         pyqueue.connect("nosuch://x")
     except ValueError:
