@@ -20,6 +20,7 @@ static const char *const pq_fault_names[PQ_FAULT_NPOINTS] = {
     [PQ_FAULT_IN_GROW] = "in_grow",
     [PQ_FAULT_MID_HEAD_MOVE] = "mid_head_move",
     [PQ_FAULT_RECLAIM_REPORTED] = "reclaim_reported",
+    [PQ_FAULT_HEAD_MOVE_ANNOUNCED] = "head_move_announced",
     [PQ_FAULT_ROLL_BEGIN] = "roll_begin",
     [PQ_FAULT_MID_ROLL] = "mid_roll",
     [PQ_FAULT_IN_LOCK] = "in_lock",

@@ -38,8 +38,9 @@ enum pq_fault_point {
     PQ_FAULT_IN_LOCK = 10,      /* any lock of any kind just taken (pq_lock_take) */
     PQ_FAULT_IN_GROW = 11,      /* holding the claim lock, a grown epoch published, before its claim */
     PQ_FAULT_MID_HEAD_MOVE = 12, /* topic: holding its lock, head_msgs stored, head not yet */
-    PQ_FAULT_RECLAIM_REPORTED = 13, /* topic: a reclaim's references reported, lock released */
-    PQ_FAULT_NPOINTS = 14,
+    PQ_FAULT_RECLAIM_REPORTED = 13, /* topic, memory log: a reclaim reported, lock released */
+    PQ_FAULT_HEAD_MOVE_ANNOUNCED = 14, /* topic: holding its lock, a head move announced */
+    PQ_FAULT_NPOINTS = 15,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

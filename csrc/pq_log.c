@@ -346,6 +346,11 @@ int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n
         pthread_mutex_unlock(&pt->claim_lock);
         return PQ_ERR_CORRUPT;
     }
+    rc = pq_log_reclaim_pending(l, part, tl, refs);
+    if (rc < 0) {
+        pthread_mutex_unlock(&pt->claim_lock);
+        return rc;
+    }
     uint64_t p = tl;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t kl = e[i].key == NULL ? 0 : e[i].key_len;
@@ -359,16 +364,27 @@ int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n
     /* Retention: drop whole oldest records until the claim fits, and those
      * older than the retention time. */
     const uint32_t refs_before = refs == NULL ? 0 : refs->count;
+    const uint64_t h0 = h;
     rc = pq_log_drop_oldest(l, data, &h, &so, tl, p, pq_log_min_timestamp(l, timestamp_ms),
                             refs, wr);
-    if (rc == -ENOBUFS) {
-        /* The references reported are dropped now (before the unlock, so
-         * that no reader validates a read of them after the caller
-         * unlinks their segments); nothing is claimed: the caller unlinks
-         * them and appends again. h < tl: it stopped at a record. */
+    if ((rc == 0 || rc == -ENOBUFS) && refs != NULL && refs->count > refs_before) {
+        /* Out-of-band records among those dropped: a pending reclaim
+         * (pq_refs.h), announced before the start moves past them (before
+         * the unlock, so that no reader validates a read of them after
+         * the caller unlinks their segments). Nothing is claimed: the
+         * records stay intact until the caller comes back with
+         * refs->reclaim, having unlinked their segments, and appends. */
+        if (h == tl)
+            so = no; /* everything dropped: the start is the end */
+        pq_reclaim_start(&pt->reclaim, h0, h, refs->count - refs_before, refs);
         pq_log_store_start(pt, tl, h, so);
         pthread_mutex_unlock(&pt->claim_lock);
+        PQ_FAULT_POINT(PQ_FAULT_RECLAIM_REPORTED); /* a fault build can stop here (tests) */
         return -ENOBUFS;
+    }
+    if (rc == -ENOBUFS) { /* refs full on entry: not one reported */
+        pthread_mutex_unlock(&pt->claim_lock);
+        return -EINVAL;
     }
     if (rc < 0) {
         if (refs != NULL)
@@ -815,11 +831,19 @@ int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs)
     uint64_t tl = atomic_load_explicit(&pt->tail, memory_order_relaxed);
     uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
     uint64_t so = atomic_load_explicit(&pt->start_offset, memory_order_relaxed);
-    uint64_t so0 = so;
-    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity)
+    const uint64_t so0 = so, h0 = h;
+    if ((tl & (PQ_RECORD_ALIGN - 1)) != 0 || tl - h > l->capacity) {
         rc = PQ_ERR_CORRUPT;
-    else
-        rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts, refs, NULL);
+    } else {
+        rc = pq_log_reclaim_pending(l, part, tl, refs);
+        if (rc == -ENOBUFS) { /* a pending reclaim reported: nothing dropped now */
+            pthread_mutex_unlock(&pt->claim_lock);
+            return 0;
+        }
+        if (rc == 0)
+            rc = pq_log_drop_oldest(l, pq_log_data(l, part), &h, &so, tl, tl, min_ts, refs,
+                                    NULL);
+    }
     if (rc == -ENOBUFS)
         rc = 0; /* what was reported is dropped; refs is full: call again */
     if (rc < 0 && refs != NULL)
@@ -827,6 +851,10 @@ int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs)
     if (rc == 0 && so != so0) {
         if (h == tl)
             so = atomic_load_explicit(&pt->next_offset, memory_order_relaxed);
+        /* Out-of-band records among those dropped: a pending reclaim,
+         * announced before the start moves past them (as in an append). */
+        if (refs != NULL && refs->count > refs_before)
+            pq_reclaim_start(&pt->reclaim, h0, h, refs->count - refs_before, refs);
         pq_log_store_start(pt, tl, h, so);
     }
     pthread_mutex_unlock(&pt->claim_lock);

@@ -100,6 +100,7 @@ typedef struct pq_log_part {
     _Atomic uint64_t next_offset;          /* offset of the next append */
     PQ_ALIGNED_LINE _Atomic uint64_t start_pos; /* oldest record still in the ring */
     _Atomic uint64_t start_offset;              /* its offset */
+    pq_reclaim reclaim; /* out-of-band records behind the start (pq_refs.h) */
     PQ_ALIGNED_LINE pq_event readable;
 } pq_log_part;
 _Static_assert(sizeof(pq_log_part) == 256, "pq_log_part is 256 bytes");
@@ -165,15 +166,20 @@ int pq_log_append(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
  * segment of its own, which lives as long as the record is retained. The
  * functions that drop records (retention by size in an append, by age in
  * an append or an expiry) report, in refs, the references of the
- * committed out-of-band records they drop, copied under the lock before a
- * byte of them may be overwritten: the caller unlinks those segments after
- * the call returns.
+ * committed out-of-band records they drop, as a pending reclaim
+ * (pq_refs.h): the start moves past them, they stay intact until a caller
+ * comes back with refs->reclaim (it unlinked their segments), and every
+ * other call reports them again. Set refs->reclaim to 0 before the first
+ * call; leave it as the core set it between calls of one caller.
  *
- * pq_log_append with refs (NULL: as pq_log_append, nothing reported).
- * -ENOBUFS: refs filled before the start got far enough for the claim;
- * the start has moved past the records reported (and no further) and
- * nothing is appended: unlink them, reset refs->count and append again.
- * On any other error nothing was dropped and refs->count is as it was.
+ * pq_log_append with refs (NULL: as pq_log_append, nothing reported, and
+ * a pending reclaim dropped: its segments are gc's). -ENOBUFS: references
+ * reported (this append's drops, as many as refs holds, or a pending
+ * reclaim) and nothing appended: unlink them and append again (refs->count
+ * reset, refs->reclaim as the core set it). An append that returns 0
+ * reports nothing. -EINVAL also when refs has no room for a pending
+ * reclaim. On any other error nothing was dropped and refs->count is as it
+ * was.
  */
 int pq_log_append_refs(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n,
                        uint64_t timestamp_ms, uint64_t *first_offset, pq_refs *refs);
@@ -189,9 +195,10 @@ int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n
  * (monotonic; < 0: none). 0 worth appending again, -ETIMEDOUT, -EINTR. */
 int pq_log_wait_writer(pq_log *l, uint32_t part, const pq_log_writer *wr, int64_t deadline_ns);
 
-/* pq_log_expire with refs (NULL: as pq_log_expire): the count dropped;
- * when refs->count reached refs->max there may be more: unlink them,
- * reset refs->count and call again. */
+/* pq_log_expire with refs (NULL: as pq_log_expire): the count dropped.
+ * References reported (refs->reclaim set: this call's drops, or a pending
+ * reclaim reported again): unlink them and call again with refs->reclaim
+ * as the core set it - that ends the reclaim, and there may be more. */
 int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs);
 
 /*

@@ -34,4 +34,22 @@ int pq_log_lock(pq_log *l, uint32_t part);
  */
 int pq_log_take_ref(const pq_record_header *rec, uint64_t ctl, pq_refs *refs);
 
+/*
+ * Under the lock: append to refs the references of the committed
+ * out-of-band records from *p to end (a record boundary at or before tl),
+ * moving *p over each record. 0; -ENOBUFS refs is full (*p at the record
+ * that did not fit); PQ_ERR_CORRUPT.
+ */
+int pq_log_walk_refs(const pq_log *l, const uint8_t *data, uint64_t *p, uint64_t end,
+                     uint64_t tl, pq_refs *refs);
+
+/*
+ * Under the lock, first in an append or expiry: a pending reclaim
+ * (pq_refs.h) of this partition that this caller did not end is reported
+ * to it (-ENOBUFS, refs->reclaim set); -EINVAL when refs has no room for
+ * it; 0 nothing pending. Damage (a range that is not the ring's, records
+ * that are not the ones reported) drops it: PQ_ERR_CORRUPT, once.
+ */
+int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs *refs);
+
 #endif /* PQ_LOG_INTERNAL_H */

@@ -22,6 +22,77 @@ int pq_log_take_ref(const pq_record_header *rec, uint64_t ctl, pq_refs *refs)
     return pq_refs_add(refs, pl + at, (uint32_t)(len - at));
 }
 
+int pq_log_walk_refs(const pq_log *l, const uint8_t *data, uint64_t *p, uint64_t end,
+                     uint64_t tl, pq_refs *refs)
+{
+    uint64_t q = *p;
+    int rc = 0;
+    /* Bounded: q only grows, by a whole record, and never passes end
+     * (checked against tl, at most the ring's size ahead). */
+    while ((int64_t)(end - q) > 0) {
+        const pq_record_header *rec = (const pq_record_header *)(data + (q & l->mask));
+        /* acquire: pairs with the commit's release, so a COMMITTED
+         * record's reference is complete when copied. */
+        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
+        uint64_t size = pq_record_size(pq_ctl_len(ctl));
+        if (pq_ctl_tag(ctl) != pq_record_tag(q) || size > l->capacity - (q & l->mask) ||
+            size > tl - q) {
+            rc = PQ_ERR_CORRUPT;
+            break;
+        }
+        /* Only committed records name a live segment: a CLAIMED one's
+         * producer is alive (gc checks that first) or its record is
+         * abandoned, never read. */
+        if (pq_ctl_state(ctl) == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TYPE_OOB)) {
+            rc = pq_log_take_ref(rec, ctl, refs);
+            if (rc < 0)
+                break;
+        }
+        q += size;
+    }
+    *p = q;
+    return rc;
+}
+
+int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs *refs)
+{
+    pq_log_part *pt = pq_log_part_at(l, part);
+    uint64_t from, to, n;
+    if (!pq_reclaim_take(&pt->reclaim, refs, &from, &to, &n))
+        return 0;
+    /* relaxed: under the lock. A range of the ring behind the start (it
+     * only moves on): anything else is damage, and a walk over it could
+     * read what a claim wrote. */
+    uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
+    if (h == from) {
+        /* Announced, and its holder died before the start moved: the
+         * records are retained as before, for a later drop to report. */
+        pq_reclaim_drop(&pt->reclaim);
+        return 0;
+    }
+    if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > l->capacity) {
+        pq_reclaim_drop(&pt->reclaim);
+        return PQ_ERR_CORRUPT;
+    }
+    if (n > refs->max - refs->count)
+        return -EINVAL;
+    uint64_t p = from;
+    const uint32_t before = refs->count;
+    int rc = pq_log_walk_refs(l, pq_log_data(l, part), &p, to, tl, refs);
+    if (rc == PQ_ERR_CORRUPT || (rc == 0 && p != to)) {
+        /* Not the records that were reported (damage): dropped, their
+         * segments left to `pyqueue gc`. */
+        refs->count = before;
+        pq_reclaim_drop(&pt->reclaim);
+        return PQ_ERR_CORRUPT;
+    }
+    /* 0: all of them; -ENOBUFS: more than n (an appender judged dead
+     * committed a record of the range since: nobody reads it now) and
+     * refs holds what fits, the n first at least. */
+    refs->reclaim = to;
+    return -ENOBUFS;
+}
+
 int pq_log_scan_refs(pq_log *l, uint32_t part, uint64_t *from, pq_refs *refs)
 {
     if (part >= l->partitions || refs == NULL || from == NULL || refs->count > refs->max)
@@ -44,28 +115,7 @@ int pq_log_scan_refs(pq_log *l, uint32_t part, uint64_t *from, pq_refs *refs)
     uint64_t p = h;
     if ((int64_t)(*from - h) > 0 && (int64_t)(tl - *from) >= 0)
         p = *from;
-    /* Bounded: p only grows, by a whole record, and never passes tl. */
-    while (p != tl) {
-        pq_record_header *rec = (pq_record_header *)(data + (p & l->mask));
-        /* acquire: pairs with the commit's release, so a COMMITTED
-         * record's reference is complete when copied. */
-        uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-        uint64_t size = pq_record_size(pq_ctl_len(ctl));
-        if (pq_ctl_tag(ctl) != pq_record_tag(p) || size > l->capacity - (p & l->mask) ||
-            size > tl - p) {
-            rc = PQ_ERR_CORRUPT;
-            break;
-        }
-        /* Only committed records name a live segment: a CLAIMED one's
-         * producer is alive (gc checks that first) or its record is
-         * abandoned, never read. */
-        if (pq_ctl_state(ctl) == PQ_REC_COMMITTED && (pq_ctl_type(ctl) & PQ_TYPE_OOB)) {
-            rc = pq_log_take_ref(rec, ctl, refs);
-            if (rc < 0)
-                break;
-        }
-        p += size;
-    }
+    rc = pq_log_walk_refs(l, data, &p, tl, tl, refs);
     pthread_mutex_unlock(&pt->claim_lock);
     *from = p;
     if (rc == -ENOBUFS)

@@ -48,4 +48,71 @@ static inline int pq_refs_add(pq_refs *refs, const uint8_t *p, uint32_t len)
     return 0;
 }
 
+/*
+ * A pending reclaim: out-of-band records that a claim, a trim or an expiry
+ * moved the start (a topic's head, a log partition's start) past and
+ * reported, whose segments no caller has said it unlinked yet. The records
+ * stay intact (no claim overwrites them) until one comes back with
+ * refs->reclaim == to; every other call reports them again. So a caller
+ * killed before its unlinks (SIGKILL, an exception in the binding) leaves
+ * them to the next, not to `pyqueue gc`. In the shared segment, changed
+ * under its owner's lock only (relaxed loads: the lock orders them; a
+ * segment made before the words existed has them zero: none pending).
+ * docs/design.md, "A pending reclaim".
+ */
+typedef struct pq_reclaim {
+    _Atomic uint64_t from; /* the first record's position */
+    _Atomic uint64_t to;   /* the end of the last one; 0: none pending */
+    _Atomic uint64_t n;    /* references it holds */
+} pq_reclaim;
+
+/*
+ * Under the lock, first thing in a call that may report references: 0
+ * nothing pending (none; or refs->reclaim named it: it ends; or refs is
+ * NULL, a caller that reports nothing: it is dropped, its segments left to
+ * gc); 1 pending, *from, *to, *n set: report its references to this caller
+ * too (then pq_reclaim_reported). refs->reclaim is consumed either way.
+ */
+static inline int pq_reclaim_take(pq_reclaim *r, pq_refs *refs, uint64_t *from, uint64_t *to,
+                                  uint64_t *n)
+{
+    const uint64_t pending = atomic_load_explicit(&r->to, memory_order_relaxed);
+    const uint64_t done = refs == NULL ? 0 : refs->reclaim;
+    if (refs != NULL)
+        refs->reclaim = 0;
+    if (pending == 0)
+        return 0;
+    if (refs == NULL || done == pending) {
+        atomic_store_explicit(&r->to, 0, memory_order_relaxed);
+        return 0;
+    }
+    *from = atomic_load_explicit(&r->from, memory_order_relaxed);
+    *to = pending;
+    *n = atomic_load_explicit(&r->n, memory_order_relaxed);
+    return 1;
+}
+
+/* Under the lock: a pending reclaim that cannot be reported (its range is
+ * not the ring's: damage) is dropped. */
+static inline void pq_reclaim_drop(pq_reclaim *r)
+{
+    atomic_store_explicit(&r->to, 0, memory_order_relaxed);
+}
+
+/*
+ * Under the lock, with the n references of the records [from, to) just
+ * appended to refs, before the start moves past them: announce them (from
+ * and n first; release on to: a holder that dies after this store leaves a
+ * complete announcement, and one that dies before it leaves the start
+ * where it was) and give the caller its token.
+ */
+static inline void pq_reclaim_start(pq_reclaim *r, uint64_t from, uint64_t to, uint64_t n,
+                                    pq_refs *refs)
+{
+    atomic_store_explicit(&r->from, from, memory_order_relaxed);
+    atomic_store_explicit(&r->n, n, memory_order_relaxed);
+    atomic_store_explicit(&r->to, to, memory_order_release);
+    refs->reclaim = to;
+}
+
 #endif /* PQ_REFS_H */

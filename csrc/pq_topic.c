@@ -91,7 +91,8 @@ int pq_topic_lock(pq_topic *t)
                                   memory_order_relaxed);
             /* release: as every head store (a lossy reader's validation). */
             atomic_store_explicit(&t->ctl->head, to, memory_order_release);
-            atomic_store_explicit(&pd->move_head, 0, memory_order_relaxed);
+            /* release: after both stores above, should this holder die too. */
+            atomic_store_explicit(&pd->move_head, 0, memory_order_release);
         }
     }
     return rc;

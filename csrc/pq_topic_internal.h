@@ -20,9 +20,7 @@ typedef struct pq_topic_pending {
     _Atomic uint64_t claim_msgs;
     _Atomic uint64_t move_head;    /* head being moved there (0: no move) ... */
     _Atomic uint64_t move_msgs;    /* ... and head_msgs to this */
-    _Atomic uint64_t reclaim_from; /* out-of-band records behind head whose */
-    _Atomic uint64_t reclaim_to;   /* segments may not be unlinked yet (0: none) */
-    _Atomic uint64_t reclaim_n;    /* how many references that range holds */
+    pq_reclaim reclaim;            /* out-of-band records behind head (pq_refs.h) */
 } pq_topic_pending;
 
 static inline pq_record_header *pq_topic_header_at(const pq_topic *t, uint64_t pos)
@@ -72,6 +70,7 @@ static inline void pq_topic_move_head(const pq_topic *t, uint64_t h, uint64_t hm
     pq_topic_pending *pd = pq_topic_pending_words(t);
     atomic_store_explicit(&pd->move_msgs, hm, memory_order_relaxed);
     atomic_store_explicit(&pd->move_head, h, memory_order_release);
+    PQ_FAULT_POINT(PQ_FAULT_HEAD_MOVE_ANNOUNCED); /* a fault build can stop here (tests) */
     atomic_store_explicit(&t->ctl->head_msgs, hm, memory_order_release);
     PQ_FAULT_POINT(PQ_FAULT_MID_HEAD_MOVE); /* a fault build can stop here (tests) */
     atomic_store_explicit(&t->ctl->head, h, memory_order_release);
@@ -79,28 +78,22 @@ static inline void pq_topic_move_head(const pq_topic *t, uint64_t h, uint64_t hm
 }
 
 /*
- * Under the lock: the out-of-band records of a pending reclaim (an earlier
- * claim or trim moved head past them and reported their references; no
- * caller has said it unlinked their segments yet: reclaim_to != 0).
- *  - refs->reclaim equal to reclaim_to (the caller unlinked them): the
- *    reclaim ends; 0.
- *  - else its references again into refs, refs->reclaim set to reclaim_to,
- *    -ENOBUFS: the caller unlinks them (again: an unlink of a name gone
- *    is harmless) and calls again with refs->reclaim as it is. The records
- *    are intact: no claim overwrites them while the reclaim is pending.
- *    -EINVAL when refs has no room for them.
- *  - refs NULL (a caller that never reports references): the reclaim is
- *    dropped, its segments left to `pyqueue gc`; 0.
- * A range the ring cannot hold (damaged words) is dropped:
- * PQ_ERR_CORRUPT, once.
+ * Under the lock, first in a claim or trim: a pending reclaim (pq_refs.h)
+ * that this caller did not end is reported to it: its references appended
+ * to refs, refs->reclaim set, -ENOBUFS (the caller unlinks them - again:
+ * an unlink of a name gone is harmless - and calls again with
+ * refs->reclaim as it is). The records are intact: no claim overwrites
+ * them while the reclaim is pending. -EINVAL when refs has no room for
+ * them. 0: nothing pending. A range the ring cannot hold, or records that
+ * are not the ones reported (damage), are dropped: PQ_ERR_CORRUPT, once.
  */
 int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topic_refs *refs);
 
 /*
- * Under the lock, with refs->count references of records from h0 to h
- * just reported: announce them as a pending reclaim (its end h goes to
- * refs->reclaim) and move head to h / hm. The caller unlocks and returns
- * them; the reclaim ends when a caller comes back with refs->reclaim.
+ * Under the lock, with the references of the records from h0 to h just
+ * appended to refs (from index before on): announce them as a pending
+ * reclaim (its end h goes to refs->reclaim) and move head to h / hm. The
+ * caller unlocks and returns them.
  */
 void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
                             pq_topic_refs *refs, uint32_t before);

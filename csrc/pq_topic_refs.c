@@ -7,45 +7,40 @@
 
 int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topic_refs *refs)
 {
-    pq_topic_pending *pd = pq_topic_pending_words(t);
-    /* relaxed: these words change under the lock only, which we hold. */
-    const uint64_t to = atomic_load_explicit(&pd->reclaim_to, memory_order_relaxed);
-    if (refs != NULL) {
-        const uint64_t done = refs->reclaim;
-        refs->reclaim = 0;
-        if (to == 0)
-            return 0;
-        if (done == to) {
-            atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
-            return 0;
-        }
-    } else if (to == 0) {
+    pq_reclaim *r = &pq_topic_pending_words(t)->reclaim;
+    uint64_t from, to, n;
+    if (!pq_reclaim_take(r, refs, &from, &to, &n))
+        return 0;
+    if (h == from) {
+        /* Announced, and its holder died before head moved (before
+         * pq_topic_move_head announced the move): the records are ahead of
+         * head as before, for a later claim or trim to report. */
+        pq_reclaim_drop(r);
         return 0;
     }
-    const uint64_t from = atomic_load_explicit(&pd->reclaim_from, memory_order_relaxed);
-    const uint64_t n = atomic_load_explicit(&pd->reclaim_n, memory_order_relaxed);
     /* A range of the ring, behind head (head only moves on): anything
      * else is damage, and a walk over it could read what a claim wrote. */
     if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > t->capacity) {
-        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
+        pq_reclaim_drop(r);
         return PQ_ERR_CORRUPT;
-    }
-    if (refs == NULL) {
-        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
-        return 0;
     }
     if (n > refs->max - refs->count)
         return -EINVAL;
     uint64_t p = from, m = 0;
     const uint32_t before = refs->count;
     int rc = pq_topic_pass(t, &p, &m, to, tl, refs, NULL, NULL, 0);
-    if (rc < 0 || p != to || refs->count - before != n) {
-        /* Not the records that were reported (damage): drop the reclaim,
-         * its segments left to `pyqueue gc`. */
+    if (rc == PQ_ERR_CORRUPT || (rc == 0 && p != to)) {
+        /* Not the records that were reported (damage): dropped, their
+         * segments left to `pyqueue gc`. */
         refs->count = before;
-        atomic_store_explicit(&pd->reclaim_to, 0, memory_order_relaxed);
-        return rc == -ENOBUFS || rc == 0 ? PQ_ERR_CORRUPT : rc;
+        pq_reclaim_drop(r);
+        return PQ_ERR_CORRUPT;
     }
+    /* 0: all of them; -ENOBUFS: more than n - a publisher whose record
+     * the reclaim passed CLAIMED committed it out of band since (head is
+     * past it: nobody reads it; its segment is reclaimed too) - and refs
+     * holds what fits: the n first at least; one that does not fit is
+     * gc's once its publisher is gone. */
     refs->reclaim = to;
     return -ENOBUFS;
 }
@@ -53,15 +48,10 @@ int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topi
 void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
                             pq_topic_refs *refs, uint32_t before)
 {
-    pq_topic_pending *pd = pq_topic_pending_words(t);
-    atomic_store_explicit(&pd->reclaim_from, h0, memory_order_relaxed);
-    atomic_store_explicit(&pd->reclaim_n, refs->count - before, memory_order_relaxed);
-    /* release: the range is announced (its from and n first) before head
-     * moves past it - the next holder after a death here finds it, or
-     * finds head not moved. */
-    atomic_store_explicit(&pd->reclaim_to, h, memory_order_release);
+    /* Announced before head moves past the records: the next holder after
+     * a death here finds the reclaim, or finds head not moved. */
+    pq_reclaim_start(&pq_topic_pending_words(t)->reclaim, h0, h, refs->count - before, refs);
     pq_topic_move_head(t, h, hm);
-    refs->reclaim = h;
 }
 
 int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)

@@ -153,6 +153,7 @@ cdef extern from "pq_refs.h" nogil:
         pq_ref* items
         uint32_t max
         uint32_t count
+        uint64_t reclaim
 
 cdef extern from "pq_log.h" nogil:
     ctypedef struct pq_log:

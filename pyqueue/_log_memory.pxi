@@ -165,7 +165,11 @@ cdef class MemoryLogCore(LogCoreBase):
         """Unlink the segments of the out-of-band records an append or an
         expiry dropped (reported by the core, the start already past them:
         no read of them validates any more). A reference that does not
-        name one of this log's segments is skipped (pyqueue._oob.discard)."""
+        name one of this log's segments is skipped (pyqueue._oob.discard).
+        refs.reclaim is left as the core set it: the next append or expiry
+        with these refs tells the core they are unlinked; interrupted here
+        (KeyboardInterrupt, SIGKILL), they stay a pending reclaim that the
+        next append or expiry of any process reports again (pq_refs.h)."""
         cdef uint32_t i, n = refs.count
         refs.count = 0
         for i in range(n):
@@ -187,6 +191,7 @@ cdef class MemoryLogCore(LogCoreBase):
         self._check_open()
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         out = set()
         for part in range(self._nparts):
             frm = 0
@@ -230,15 +235,18 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef int64_t wstart = 0, wuntil = 0, now, until
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         refs.count = 0
         try:
             if is_shut_down(self._l.hdr):
                 raise ShutDown(f"log {getattr(self, 'name', None)!r} is shut down")
             while i < n:
                 j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
-                # -ENOBUFS: the start moved past the records reported and
-                # nothing was appended: unlink them, append again (bounded:
-                # each turn drops REFS_MAX records of the ring).
+                # -ENOBUFS: out-of-band records dropped (or left pending
+                # by a caller that died) were reported, the start moved
+                # past them and nothing was appended: unlink them, append
+                # again - which ends that reclaim (bounded: each turn
+                # drops up to REFS_MAX of them).
                 # PQ_ERR_LOG_WRITER: the space is held by a record a live
                 # appender is still writing (retention never passes it):
                 # nothing changed; wait for its commit, with the GIL
@@ -284,7 +292,6 @@ cdef class MemoryLogCore(LogCoreBase):
                 else:
                     out.extend(range(first, first + j))
                 i += j
-                self._discard_refs(&refs)
                 # A record dropped before its commit (a lap of the ring
                 # while it was copied) was passed unreported: its own
                 # segment goes now (no read of it validates).
@@ -303,7 +310,8 @@ cdef class MemoryLogCore(LogCoreBase):
                         f"(offsets {first}..{first + j - 1}) before its commit (this process "
                         f"was judged dead): the offsets below {s} are not in the log")
         except BaseException:
-            self._discard_refs(&refs)
+            # (References reported and not yet unlinked stay a pending
+            # reclaim: the next append or expiry unlinks them.)
             self._discard_datas(datas, i)
             raise
         return 0
@@ -324,22 +332,24 @@ cdef class MemoryLogCore(LogCoreBase):
         cdef pq_refs refs
         cdef LockWait lw
         cdef int rc
-        cdef bint full
         refs.items = items
         refs.max = REFS_MAX
+        refs.reclaim = 0
         total = 0
-        # Bounded: each turn but the last drops REFS_MAX records.
-        for _ in range(self._l.capacity // 16 // REFS_MAX + 2):
+        # Bounded: each turn that reports references drops up to REFS_MAX
+        # records (or reports a pending reclaim, which the next ends).
+        for _ in range(2 * (self._l.capacity // 16 // REFS_MAX) + 4):
             refs.count = 0
             lw = LockWait(0, 0)
             rc = pq_log_expire_refs(&self._l, partition, now_ms, &refs)
             while lock_again(rc, &lw, LOCK_BOUNDED):
                 rc = pq_log_expire_refs(&self._l, partition, now_ms, &refs)
-            full = refs.count == refs.max
-            self._discard_refs(&refs)
             total += _check_rc(lock_fail(rc, &lw, "expire"), "expire")
-            if not full:
-                break
+            if refs.reclaim == 0:
+                break  # nothing reported: nothing pending of ours
+            # again once unlinked: with refs.reclaim, the reclaim ends
+            # (and there may be more)
+            self._discard_refs(&refs)
         return total
 
     def _read(self, uint32_t partition, uint64_t offset, Py_ssize_t max_records, double timeout,

@@ -57,3 +57,11 @@ def make_orphan_and_exit(log):
     record leaves: a segment no record names."""
     from pyqueue import _oob
     _oob.put(log, [b"orphan"], 6)
+
+
+def armed_append_small(log, spec, n):
+    """Append n 1 KiB records, stopping at the fault point spec."""
+    from tests._crash_workers import arm
+    arm(spec)
+    for i in range(n):
+        log.append(i.to_bytes(4, "little") * 256)

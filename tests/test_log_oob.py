@@ -142,6 +142,54 @@ def test_retention_by_size_unlinks_the_segments_it_drops(logs):
         lg.read(0, 9)
 
 
+def test_an_appender_interrupted_before_its_unlink_leaves_the_segment_to_the_next(
+        logs, monkeypatch):
+    """The append whose retention drops a large record reports it and its
+    appender unlinks the segment; a KeyboardInterrupt in that unlink
+    (before it happened) leaves the drop a pending reclaim: the next append
+    (or expiry), of this process or another, unlinks it."""
+    lg = logs(partitions=1)
+    lg.append(big(n=RING))
+    [seg] = oob_segments(lg)
+    real = _oob.discard
+    calls = []
+
+    def interrupted(log, ref):
+        calls.append(ref)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_oob, "discard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(2 * RING // 1024):
+            lg.append(i.to_bytes(4, "little") * 256)
+    assert len(calls) == 1 and oob_segments(lg) == [seg]
+    assert lg.start_offset(0) == 1           # dropped: no reader maps it any more
+    monkeypatch.setattr(_oob, "discard", real)
+    lg.append(b"next")
+    assert oob_segments(lg) == []
+
+
+@needs_faults
+@pytest.mark.timeout(120)
+def test_an_appender_killed_before_its_unlink_leaves_the_segment_to_the_next(ctx, procs,
+                                                                             logs):
+    """An appender SIGKILLed after its append reported a large record its
+    retention dropped, before it unlinked the segment (fault point
+    reclaim_reported): the next append unlinks it. Before, it stayed until
+    `pyqueue gc` - which keeps it while the process that made it (here
+    the test's own) lives."""
+    lg = logs(partitions=1)
+    lg.append(big(n=RING))
+    [seg] = oob_segments(lg)
+    p = start_stopped(procs, ctx, w.armed_append_small, lg, "reclaim_reported",
+                      2 * RING // 1024)
+    assert oob_segments(lg) == [seg]          # reported, not unlinked
+    kill_stopped(p)
+    lg.append(b"next")
+    assert oob_segments(lg) == []
+    assert [e for e in cli.plan_gc([lg.name], oob_grace=0.0) if e[0] == "oob"] == []
+
+
 def test_retention_by_age_unlinks_the_segments_it_drops(logs):
     lg = logs(partitions=3, retention_ms=60_000)
     now = time.time_ns() // 1_000_000

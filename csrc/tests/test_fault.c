@@ -487,23 +487,24 @@ static int topic_put(pq_topic *t, pq_topic_refs *refs)
     return 0;
 }
 
-/* A publisher killed between the head_msgs and head stores: the next
- * lock holder completes the move, so the retained count still matches
- * what a subscriber from the start reads. */
-static int test_topic_mid_head_move(void)
+/* A publisher killed with a head move announced (head_move_announced),
+ * or between its head_msgs and head stores (mid_head_move): the next lock
+ * holder completes the move, so the retained count still matches what a
+ * subscriber from the start reads. */
+static int topic_head_move_point(const char *spec, uint64_t msgs_at_stop)
 {
     pq_topic t;
     size_t size;
     void *base = topic_full(&t, &size, 0);
     CHECK(base != NULL);
-    pid_t pid = fork_armed("mid_head_move");
+    pid_t pid = fork_armed(spec);
     if (pid == 0) {
         CHILD_CHECK(topic_put(&t, NULL) == 0);
         _exit(0);
     }
     CHECK(pid > 0);
     CHECK_EQ(wait_stopped(pid), 0);
-    CHECK_EQ(t.ctl->head_msgs, 1u); /* stopped between the two stores */
+    CHECK_EQ(t.ctl->head_msgs, msgs_at_stop);
     CHECK_EQ(t.ctl->head, 0u);
     CHECK_EQ(kill_stopped(pid), 0);
     CHECK_EQ(topic_put(&t, NULL), 0); /* EOWNERDEAD: the move completed */
@@ -523,9 +524,13 @@ static int test_topic_mid_head_move(void)
     }
     CHECK_EQ(st.retained, read);
     CHECK_EQ(st.published, 52u); /* the dead claim's count undone */
+    CHECK_EQ(t.ctl->head, 80u);    /* its move completed (this claim had room then) */
     munmap(base, size);
     return 0;
 }
+
+static int test_topic_head_move_announced(void) { return topic_head_move_point("head_move_announced", 0); }
+static int test_topic_mid_head_move(void) { return topic_head_move_point("mid_head_move", 1); }
 
 /* A publisher killed once its claim reported an out-of-band record it
  * passed, before it unlinked the segment: the next publisher is given the
@@ -575,6 +580,7 @@ int main(void)
     RUN(test_parked);
     RUN(test_roller_roll_begin);
     RUN(test_roller_mid_roll);
+    RUN(test_topic_head_move_announced);
     RUN(test_topic_mid_head_move);
     RUN(test_topic_reclaim_reported);
     return pq_test_result();

@@ -352,11 +352,108 @@ static int test_pending_reclaim_dropped(void)
     CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &refs), 0); /* nothing pending any more */
     /* Damage: a range ahead of head. */
     uint64_t *pd = (uint64_t *)((uint8_t *)t.ctl + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63));
-    pd[4] = t.ctl->head + 16;  /* reclaim_from */
-    pd[5] = t.ctl->head + 96;  /* reclaim_to */
-    pd[6] = 1;                 /* reclaim_n */
+    pd[4] = t.ctl->head + 16;  /* reclaim.from */
+    pd[5] = t.ctl->head + 96;  /* reclaim.to */
+    pd[6] = 1;                 /* reclaim.n */
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), PQ_ERR_CORRUPT);
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), 0);
+    pq_topic_commit(&t, pos, 1);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* The pending words a holder leaves when it dies at each point of
+ * reclaim_start, a stale token meeting a later reclaim, a record of the
+ * range committed late, and a trim with no room. */
+static int test_pending_reclaim_edges(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4], items2[4];
+    pq_topic_refs a = {items, 4, 0, 0}, b = {items2, 4, 0, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    uint64_t *pd = (uint64_t *)((uint8_t *)t.ctl + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63));
+    /* 51 records of 80 bytes fill the ring; 0, 1 and 2 out of band. */
+    for (uint64_t v = 0; v < 51; v++)
+        CHECK_EQ(put(&t, v, v <= 2 ? OOB : 1, NULL, 1), 0);
+    uint32_t len = 64;
+    uint64_t pos, needed;
+    /* 1. Announced, died before head moved: dropped quietly, not corrupt;
+     *    the record is reported by the claim that passes it. */
+    pd[4] = t.ctl->head;       /* reclaim.from */
+    pd[6] = 1;                 /* reclaim.n */
+    pd[5] = t.ctl->head + 80;  /* reclaim.to */
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), -ENOBUFS);
+    CHECK_EQ(a.count, 1u);
+    CHECK_EQ(ref_value(&items[0]), 0u);
+    const uint64_t x = a.reclaim;
+    /* 2. b is given X too; a ends X and starts Y (record 1), then never
+     *    comes back: b's stale X must not end Y. */
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), -ENOBUFS);
+    CHECK_EQ(b.reclaim, x);
+    a.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), 0); /* X ends */
+    pq_topic_commit(&t, pos, 1);
+    a.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), -ENOBUFS); /* Y */
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    CHECK(a.reclaim != x);
+    b.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), -ENOBUFS);
+    CHECK_EQ(b.count, 1u);
+    CHECK_EQ(ref_value(&items2[0]), 1u); /* Y, reported to b: not ended by X */
+    /* 3. With Y's token b ends it; a stale token with nothing pending is
+     *    consumed (a trim that finds nothing leaves refs->reclaim 0). */
+    b.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), 0);
+    pq_topic_commit(&t, pos, 1);
+    CHECK_EQ(b.reclaim, 0u);
+    a.count = 0; /* a still holds Y's token: stale now */
+    CHECK_EQ(pq_topic_trim(&t, t.ctl->head, &a), 0);
+    CHECK_EQ(a.reclaim, 0u);
+    /* 4. A trim with refs full on entry reports nothing, moves nothing. */
+    pq_topic_refs full = {items, 1, 1, 0};
+    uint64_t h = t.ctl->head;
+    CHECK_EQ(pq_topic_trim(&t, UINT64_MAX, &full), 0);
+    CHECK_EQ(t.ctl->head, h);
+    /* 5. Damage: a range older than the ring. */
+    pd[4] = t.ctl->head - 2 * CAP;
+    pd[6] = 1;
+    pd[5] = t.ctl->head;
+    a.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), PQ_ERR_CORRUPT);
+    munmap(base, pq_topic_segment_size(CAP));
+    return 0;
+}
+
+/* A record the reclaim passed CLAIMED and that its publisher commits out
+ * of band afterwards is reported with the others, not taken for damage. */
+static int test_pending_reclaim_with_a_late_commit(void)
+{
+    pq_topic t;
+    pq_topic_ref items[4], items2[4];
+    pq_topic_refs a = {items, 4, 0, 0}, b = {items2, 4, 0, 0};
+    void *base = make_topic(PQ_TOPIC_LOSSY, &t);
+    CHECK(base != NULL);
+    uint32_t len = 64;
+    uint64_t slow, pos, needed;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &slow, &needed, NULL), 0); /* in flight */
+    for (uint64_t v = 1; v < 51; v++)
+        CHECK_EQ(put(&t, v, v == 1 ? OOB : 1, NULL, 1), 0);
+    uint32_t lens[2] = {64, 64}; /* two records: passes the slow one and 1 */
+    uint64_t two[2];
+    CHECK_EQ(pq_topic_claim_refs(&t, lens, 2, two, &needed, &a), -ENOBUFS);
+    CHECK_EQ(a.count, 1u);
+    CHECK_EQ(ref_value(&items[0]), 1u);
+    memset(pq_topic_payload(&t, slow), 0, len); /* the slow publisher commits now */
+    pq_topic_payload(&t, slow)[0] = 7;
+    pq_topic_commit(&t, slow, OOB);
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), -ENOBUFS);
+    CHECK_EQ(b.count, 2u);
+    CHECK_EQ(ref_value(&items2[0]), 7u);
+    CHECK_EQ(ref_value(&items2[1]), 1u);
+    b.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), 0);
     pq_topic_commit(&t, pos, 1);
     munmap(base, pq_topic_segment_size(CAP));
     return 0;
@@ -373,5 +470,7 @@ int main(void)
     RUN(test_lapped_lossy_subscriber_holds_nothing_back);
     RUN(test_pending_reclaim_reported_until_done);
     RUN(test_pending_reclaim_dropped);
+    RUN(test_pending_reclaim_edges);
+    RUN(test_pending_reclaim_with_a_late_commit);
     return pq_test_result();
 }
