@@ -152,6 +152,22 @@ def oob_segments(queue_name):
     return queue_segments(queue_name) - {SHM_PREFIX + queue_name}
 
 
+def interrupt_oob_unlinks(monkeypatch):
+    """Make every unlink of an out-of-band segment by a handle
+    (pyqueue._oob.discard) raise KeyboardInterrupt before it happens, as a
+    Ctrl-C landing there would; the references it was given are appended to
+    the list returned. monkeypatch.undo() puts the real one back."""
+    from pyqueue import _oob
+    calls = []
+
+    def interrupted(handle, ref):
+        calls.append(ref)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_oob, "discard", interrupted)
+    return calls
+
+
 def remove_queue_segments(queue_name):
     """Remove a queue's segment and its out-of-band leftovers, if any."""
     for entry in queue_segments(queue_name):

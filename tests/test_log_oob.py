@@ -18,7 +18,7 @@ from pyqueue import _oob, _segment, cli
 from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
 from pyqueue.log import MemoryLog
 from tests import _log_oob_workers as w
-from tests._support import close_handles, wait_until
+from tests._support import close_handles, interrupt_oob_unlinks, wait_until
 from tests.test_crash import kill_stopped, needs_faults, start_stopped
 
 RING = 1 << 16          # each partition's ring: 64 KiB (max_record_bytes about 16 KiB)
@@ -151,20 +151,13 @@ def test_an_appender_interrupted_before_its_unlink_leaves_the_segment_to_the_nex
     lg = logs(partitions=1)
     lg.append(big(n=RING))
     [seg] = oob_segments(lg)
-    real = _oob.discard
-    calls = []
-
-    def interrupted(log, ref):
-        calls.append(ref)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_oob, "discard", interrupted)
+    calls = interrupt_oob_unlinks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         for i in range(2 * RING // 1024):
             lg.append(i.to_bytes(4, "little") * 256)
     assert len(calls) == 1 and oob_segments(lg) == [seg]
     assert lg.start_offset(0) == 1           # dropped: no reader maps it any more
-    monkeypatch.setattr(_oob, "discard", real)
+    monkeypatch.undo()
     lg.append(b"next")
     assert oob_segments(lg) == []
 

@@ -17,7 +17,7 @@ from pyqueue import _oob, _segment, cli
 from pyqueue.errors import UndecodableMessage
 from pyqueue.topic import Topic
 from tests import _topic_oob_workers as w
-from tests._support import wait_until
+from tests._support import interrupt_oob_unlinks, wait_until
 from tests.test_topic import topics  # noqa: F401 (fixture)
 
 try:
@@ -122,19 +122,12 @@ def test_a_publisher_interrupted_before_its_unlink_leaves_the_segment_to_the_nex
     t = topics(capacity_bytes=CAP, mode="lossy")
     t.publish(big())
     [seg] = oob_segments(t)
-    real = _oob.discard
-    calls = []
-
-    def interrupted(topic, ref):
-        calls.append(ref)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_oob, "discard", interrupted)
+    calls = interrupt_oob_unlinks(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         for i in range(2 * CAP // 1024):
             t.publish(i.to_bytes(4, "little") * 256)
     assert len(calls) == 1 and oob_segments(t) == [seg]
-    monkeypatch.setattr(_oob, "discard", real)
+    monkeypatch.undo()
     t.publish(b"next")
     assert oob_segments(t) == []
 
