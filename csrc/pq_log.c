@@ -376,7 +376,7 @@ int pq_log_append_ex(pq_log *l, uint32_t part, const pq_log_entry *e, uint32_t n
          * refs->reclaim, having unlinked their segments, and appends. */
         if (h == tl)
             so = no; /* everything dropped: the start is the end */
-        pq_reclaim_start(&pt->reclaim, h0, h, refs->count - refs_before, refs);
+        pq_reclaim_start(&pt->reclaim, h0, h, refs);
         pq_log_store_start(pt, tl, h, so);
         pthread_mutex_unlock(&pt->claim_lock);
         PQ_FAULT_POINT(PQ_FAULT_RECLAIM_REPORTED); /* a fault build can stop here (tests) */
@@ -854,7 +854,7 @@ int pq_log_expire_refs(pq_log *l, uint32_t part, uint64_t now_ms, pq_refs *refs)
         /* Out-of-band records among those dropped: a pending reclaim,
          * announced before the start moves past them (as in an append). */
         if (refs != NULL && refs->count > refs_before)
-            pq_reclaim_start(&pt->reclaim, h0, h, refs->count - refs_before, refs);
+            pq_reclaim_start(&pt->reclaim, h0, h, refs);
         pq_log_store_start(pt, tl, h, so);
     }
     pthread_mutex_unlock(&pt->claim_lock);

@@ -57,8 +57,8 @@ int pq_log_walk_refs(const pq_log *l, const uint8_t *data, uint64_t *p, uint64_t
 int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs *refs)
 {
     pq_log_part *pt = pq_log_part_at(l, part);
-    uint64_t from, to, n;
-    if (!pq_reclaim_take(&pt->reclaim, refs, &from, &to, &n))
+    uint64_t from, to;
+    if (!pq_reclaim_take(&pt->reclaim, refs, &from, &to))
         return 0;
     /* relaxed: under the lock. A range of the ring behind the start (it
      * only moves on): anything else is damage, and a walk over it could
@@ -74,7 +74,7 @@ int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs 
         pq_reclaim_drop(&pt->reclaim);
         return PQ_ERR_CORRUPT;
     }
-    if (n > refs->max - refs->count)
+    if (refs->count >= refs->max)
         return -EINVAL;
     uint64_t p = from;
     const uint32_t before = refs->count;
@@ -86,10 +86,12 @@ int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs 
         pq_reclaim_drop(&pt->reclaim);
         return PQ_ERR_CORRUPT;
     }
-    /* 0: all of them; -ENOBUFS: more than n (an appender judged dead
-     * committed a record of the range since: nobody reads it now) and
-     * refs holds what fits, the n first at least. */
-    refs->reclaim = to;
+    /* 0: all of them; -ENOBUFS: refs holds the first ones (a caller with
+     * less room than the reporter had, or an appender judged dead
+     * committed a record of the range since: nobody reads it now, its
+     * segment goes with the others): the token is where the report
+     * stopped, and the rest stays pending. */
+    refs->reclaim = rc == 0 ? to : p;
     return -ENOBUFS;
 }
 

@@ -26,9 +26,8 @@ typedef struct pq_ref {
 } pq_ref;
 
 /* items[0..max), count filled so far (the functions append; the caller
- * sets count = 0). reclaim: the topic's (pq_topic.h, "pending reclaim"):
- * set to 0 before the first call, then left as the core set it; the log
- * ignores it. */
+ * sets count = 0). reclaim: a pending reclaim's token (below): set to 0
+ * before the first call, then left as the core set it. */
 typedef struct pq_refs {
     pq_ref *items;
     uint32_t max;
@@ -61,20 +60,27 @@ static inline int pq_refs_add(pq_refs *refs, const uint8_t *p, uint32_t len)
  * docs/design.md, "A pending reclaim".
  */
 typedef struct pq_reclaim {
-    _Atomic uint64_t from; /* the first record's position */
+    _Atomic uint64_t from; /* the first record not yet said unlinked */
     _Atomic uint64_t to;   /* the end of the last one; 0: none pending */
-    _Atomic uint64_t n;    /* references it holds */
 } pq_reclaim;
 
 /*
+ * The token a caller is given with a report is the position its report
+ * reached: `to` when it holds every reference of [from, to), else the
+ * record that did not fit (a re-report that finds more than refs holds).
+ * Coming back with `to` ends the reclaim; with a position inside
+ * (from, to) it moves `from` there (the rest stays pending). Tokens are
+ * positions, and the start only moves on: a stale one (an older reclaim's,
+ * or a part another caller moved past) is at or below `from` and ends
+ * nothing.
+ *
  * Under the lock, first thing in a call that may report references: 0
- * nothing pending (none; or refs->reclaim named it: it ends; or refs is
- * NULL, a caller that reports nothing: it is dropped, its segments left to
- * gc); 1 pending, *from, *to, *n set: report its references to this caller
- * too (then pq_reclaim_reported). refs->reclaim is consumed either way.
+ * nothing pending (none; or refs->reclaim ended it; or refs is NULL, a
+ * caller that reports nothing: it is dropped, its segments left to gc); 1
+ * pending, *from and *to set: report its references to this caller too.
+ * refs->reclaim is consumed either way.
  */
-static inline int pq_reclaim_take(pq_reclaim *r, pq_refs *refs, uint64_t *from, uint64_t *to,
-                                  uint64_t *n)
+static inline int pq_reclaim_take(pq_reclaim *r, pq_refs *refs, uint64_t *from, uint64_t *to)
 {
     const uint64_t pending = atomic_load_explicit(&r->to, memory_order_relaxed);
     const uint64_t done = refs == NULL ? 0 : refs->reclaim;
@@ -86,9 +92,14 @@ static inline int pq_reclaim_take(pq_reclaim *r, pq_refs *refs, uint64_t *from, 
         atomic_store_explicit(&r->to, 0, memory_order_relaxed);
         return 0;
     }
-    *from = atomic_load_explicit(&r->from, memory_order_relaxed);
+    uint64_t f = atomic_load_explicit(&r->from, memory_order_relaxed);
+    if (done != 0 && (int64_t)(done - f) > 0 && (int64_t)(pending - done) > 0) {
+        /* Its caller unlinked the segments of [from, done). */
+        atomic_store_explicit(&r->from, done, memory_order_relaxed);
+        f = done;
+    }
+    *from = f;
     *to = pending;
-    *n = atomic_load_explicit(&r->n, memory_order_relaxed);
     return 1;
 }
 
@@ -100,17 +111,15 @@ static inline void pq_reclaim_drop(pq_reclaim *r)
 }
 
 /*
- * Under the lock, with the n references of the records [from, to) just
- * appended to refs, before the start moves past them: announce them (from
- * and n first; release on to: a holder that dies after this store leaves a
- * complete announcement, and one that dies before it leaves the start
- * where it was) and give the caller its token.
+ * Under the lock, with the references of every out-of-band record of
+ * [from, to) just appended to refs, before the start moves past them:
+ * announce them (from first; release on to: a holder that dies after this
+ * store leaves a complete announcement, and one that dies before it leaves
+ * the start where it was) and give the caller its token.
  */
-static inline void pq_reclaim_start(pq_reclaim *r, uint64_t from, uint64_t to, uint64_t n,
-                                    pq_refs *refs)
+static inline void pq_reclaim_start(pq_reclaim *r, uint64_t from, uint64_t to, pq_refs *refs)
 {
     atomic_store_explicit(&r->from, from, memory_order_relaxed);
-    atomic_store_explicit(&r->n, n, memory_order_relaxed);
     atomic_store_explicit(&r->to, to, memory_order_release);
     refs->reclaim = to;
 }

@@ -202,7 +202,7 @@ int pq_topic_claim_refs(pq_topic *t, const uint32_t *lens, uint32_t n, uint64_t 
             pq_topic_unlock(t);
             return -EINVAL;
         }
-        pq_topic_reclaim_start(t, h0, h, hm, refs, before);
+        pq_topic_reclaim_start(t, h0, h, hm, refs);
         pq_topic_unlock(t);
         PQ_FAULT_POINT(PQ_FAULT_RECLAIM_REPORTED); /* a fault build can stop here (tests) */
         return -ENOBUFS;

@@ -91,12 +91,12 @@ int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topi
 
 /*
  * Under the lock, with the references of the records from h0 to h just
- * appended to refs (from index before on): announce them as a pending
+ * appended to refs: announce them as a pending
  * reclaim (its end h goes to refs->reclaim) and move head to h / hm. The
  * caller unlocks and returns them.
  */
 void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
-                            pq_topic_refs *refs, uint32_t before);
+                            pq_topic_refs *refs);
 
 /*
  * Under the lock: walk *h (and *hm, the messages before it) over whole

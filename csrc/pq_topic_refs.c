@@ -8,8 +8,8 @@
 int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topic_refs *refs)
 {
     pq_reclaim *r = &pq_topic_pending_words(t)->reclaim;
-    uint64_t from, to, n;
-    if (!pq_reclaim_take(r, refs, &from, &to, &n))
+    uint64_t from, to;
+    if (!pq_reclaim_take(r, refs, &from, &to))
         return 0;
     if (h == from) {
         /* Announced, and its holder died before head moved (before
@@ -24,7 +24,7 @@ int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topi
         pq_reclaim_drop(r);
         return PQ_ERR_CORRUPT;
     }
-    if (n > refs->max - refs->count)
+    if (refs->count >= refs->max)
         return -EINVAL;
     uint64_t p = from, m = 0;
     const uint32_t before = refs->count;
@@ -36,21 +36,21 @@ int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topi
         pq_reclaim_drop(r);
         return PQ_ERR_CORRUPT;
     }
-    /* 0: all of them; -ENOBUFS: more than n - a publisher whose record
-     * the reclaim passed CLAIMED committed it out of band since (head is
-     * past it: nobody reads it; its segment is reclaimed too) - and refs
-     * holds what fits: the n first at least; one that does not fit is
-     * gc's once its publisher is gone. */
-    refs->reclaim = to;
+    /* 0: all of them; -ENOBUFS: refs holds the first ones (a caller with
+     * less room than the reporter had, or a publisher whose record the
+     * reclaim passed CLAIMED committed it out of band since: head is past
+     * it, nobody reads it, its segment goes with the others): the token
+     * is where the report stopped, and the rest stays pending. */
+    refs->reclaim = rc == 0 ? to : p;
     return -ENOBUFS;
 }
 
 void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
-                            pq_topic_refs *refs, uint32_t before)
+                            pq_topic_refs *refs)
 {
     /* Announced before head moves past the records: the next holder after
      * a death here finds the reclaim, or finds head not moved. */
-    pq_reclaim_start(&pq_topic_pending_words(t)->reclaim, h0, h, refs->count - before, refs);
+    pq_reclaim_start(&pq_topic_pending_words(t)->reclaim, h0, h, refs);
     pq_topic_move_head(t, h, hm);
 }
 
@@ -126,7 +126,7 @@ int pq_topic_trim(pq_topic *t, uint64_t limit, pq_topic_refs *refs)
      * pq_topic_claim_refs): nothing is overwritten here; a lossy reader
      * validating a copy sees either head; no held slot is below the new
      * head, so none of them is invalidated. */
-    pq_topic_reclaim_start(t, h0, h, hm, refs, before);
+    pq_topic_reclaim_start(t, h0, h, hm, refs);
     pq_topic_unlock(t);
     return (int)(refs->count - before);
 }

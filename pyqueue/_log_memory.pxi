@@ -243,10 +243,13 @@ cdef class MemoryLogCore(LogCoreBase):
             while i < n:
                 j = self._fill_entries(ents, datas, i, kb, hb, self._l.capacity // 2)
                 # -ENOBUFS: out-of-band records dropped (or left pending
-                # by a caller that died) were reported, the start moved
-                # past them and nothing was appended: unlink them, append
-                # again - which ends that reclaim (bounded: each turn
-                # drops up to REFS_MAX of them).
+                # by a caller that died, or still being unlinked by
+                # another) were reported, and nothing was appended: unlink
+                # them, append again with the token, which ends (or moves
+                # on) that reclaim. Each turn of this process moves a
+                # reclaim on; a turn can repeat another appender's report
+                # while that one unlinks (progress for the partition as a
+                # whole, not a bound per call).
                 # PQ_ERR_LOG_WRITER: the space is held by a record a live
                 # appender is still writing (retention never passes it):
                 # nothing changed; wait for its commit, with the GIL

@@ -279,7 +279,6 @@ static int test_pending_reclaim_reported_until_done(void)
      * moved, leaves: dropped quietly (not taken for damage). */
     pq_log_part *pt = (pq_log_part *)l2.parts_base;
     pt->reclaim.from = pt->start_pos;
-    pt->reclaim.n = 1;
     pt->reclaim.to = pt->start_pos + 80;
     CHECK_EQ(pq_log_expire_refs(&l2, 0, 5500, &a), 0);
     CHECK_EQ(a.count, 0u);
@@ -310,6 +309,12 @@ static int test_pending_reclaim_reported_until_done(void)
     CHECK_EQ(b.count, 0u);
     CHECK_EQ(b.reclaim, 0u);
     CHECK_EQ(off, 40u);
+    /* Damage: a range older than the ring is dropped, once, as corruption. */
+    pt->reclaim.from = pt->start_pos - 2 * 4096;
+    pt->reclaim.to = pt->start_pos;
+    b.count = 0;
+    CHECK_EQ(append_ref(&l2, 1002, 24, 1, 5000, &b, &off), PQ_ERR_CORRUPT);
+    CHECK_EQ(append_ref(&l2, 1002, 24, 1, 5000, &b, &off), 0);
     /* a stale token ends nothing (and nothing is pending). */
     CHECK_EQ(append_ref(&l2, 1002, 900, 1, 5000, &a, &off), 0);
     return 0;

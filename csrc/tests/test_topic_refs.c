@@ -354,7 +354,6 @@ static int test_pending_reclaim_dropped(void)
     uint64_t *pd = (uint64_t *)((uint8_t *)t.ctl + ((sizeof(pq_topic_ctl) + 63) & ~(size_t)63));
     pd[4] = t.ctl->head + 16;  /* reclaim.from */
     pd[5] = t.ctl->head + 96;  /* reclaim.to */
-    pd[6] = 1;                 /* reclaim.n */
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), PQ_ERR_CORRUPT);
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &refs), 0);
     pq_topic_commit(&t, pos, 1);
@@ -381,7 +380,6 @@ static int test_pending_reclaim_edges(void)
     /* 1. Announced, died before head moved: dropped quietly, not corrupt;
      *    the record is reported by the claim that passes it. */
     pd[4] = t.ctl->head;       /* reclaim.from */
-    pd[6] = 1;                 /* reclaim.n */
     pd[5] = t.ctl->head + 80;  /* reclaim.to */
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), -ENOBUFS);
     CHECK_EQ(a.count, 1u);
@@ -418,7 +416,6 @@ static int test_pending_reclaim_edges(void)
     CHECK_EQ(t.ctl->head, h);
     /* 5. Damage: a range older than the ring. */
     pd[4] = t.ctl->head - 2 * CAP;
-    pd[6] = 1;
     pd[5] = t.ctl->head;
     a.count = 0;
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &a), PQ_ERR_CORRUPT);
@@ -431,8 +428,8 @@ static int test_pending_reclaim_edges(void)
 static int test_pending_reclaim_with_a_late_commit(void)
 {
     pq_topic t;
-    pq_topic_ref items[4], items2[4];
-    pq_topic_refs a = {items, 4, 0, 0}, b = {items2, 4, 0, 0};
+    pq_topic_ref items[4], items2[1];
+    pq_topic_refs a = {items, 4, 0, 0}, b = {items2, 1, 0, 0}; /* b: room for one */
     void *base = make_topic(PQ_TOPIC_LOSSY, &t);
     CHECK(base != NULL);
     uint32_t len = 64;
@@ -448,10 +445,23 @@ static int test_pending_reclaim_with_a_late_commit(void)
     memset(pq_topic_payload(&t, slow), 0, len); /* the slow publisher commits now */
     pq_topic_payload(&t, slow)[0] = 7;
     pq_topic_commit(&t, slow, OOB);
+    /* Two references now, b holds one at a time: the first, a token where
+     * it stopped; back with it, the second and the end's token; back with
+     * that, the reclaim ends. Nothing is dropped unreported. */
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), -ENOBUFS);
-    CHECK_EQ(b.count, 2u);
+    CHECK_EQ(b.count, 1u);
     CHECK_EQ(ref_value(&items2[0]), 7u);
-    CHECK_EQ(ref_value(&items2[1]), 1u);
+    const uint64_t part = b.reclaim;
+    b.count = 0;
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), -ENOBUFS);
+    CHECK_EQ(b.count, 1u);
+    CHECK_EQ(ref_value(&items2[0]), 1u);
+    CHECK(b.reclaim > part);
+    /* A stale partial token (at or below from now) ends nothing: the
+     * rest is reported again. */
+    pq_topic_refs stale = {items2, 1, 0, part};
+    CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &stale), -ENOBUFS);
+    CHECK_EQ(ref_value(&items2[0]), 1u);
     b.count = 0;
     CHECK_EQ(pq_topic_claim_refs(&t, &len, 1, &pos, &needed, &b), 0);
     pq_topic_commit(&t, pos, 1);
