@@ -60,39 +60,15 @@ int pq_log_reclaim_pending(const pq_log *l, uint32_t part, uint64_t tl, pq_refs 
     uint64_t from, to;
     if (!pq_reclaim_take(&pt->reclaim, refs, &from, &to))
         return 0;
-    /* relaxed: under the lock. A range of the ring behind the start (it
-     * only moves on): anything else is damage, and a walk over it could
-     * read what a claim wrote. */
+    /* relaxed: under the lock. */
     uint64_t h = atomic_load_explicit(&pt->start_pos, memory_order_relaxed);
-    if (h == from) {
-        /* Announced, and its holder died before the start moved: the
-         * records are retained as before, for a later drop to report. */
-        pq_reclaim_drop(&pt->reclaim);
-        return 0;
-    }
-    if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > l->capacity) {
-        pq_reclaim_drop(&pt->reclaim);
-        return PQ_ERR_CORRUPT;
-    }
-    if (refs->count >= refs->max)
-        return -EINVAL;
+    int rc = pq_reclaim_check(&pt->reclaim, refs, from, to, h, tl, l->capacity);
+    if (rc <= 0)
+        return rc;
     uint64_t p = from;
     const uint32_t before = refs->count;
-    int rc = pq_log_walk_refs(l, pq_log_data(l, part), &p, to, tl, refs);
-    if (rc == PQ_ERR_CORRUPT || (rc == 0 && p != to)) {
-        /* Not the records that were reported (damage): dropped, their
-         * segments left to `pyqueue gc`. */
-        refs->count = before;
-        pq_reclaim_drop(&pt->reclaim);
-        return PQ_ERR_CORRUPT;
-    }
-    /* 0: all of them; -ENOBUFS: refs holds the first ones (a caller with
-     * less room than the reporter had, or an appender judged dead
-     * committed a record of the range since: nobody reads it now, its
-     * segment goes with the others): the token is where the report
-     * stopped, and the rest stays pending. */
-    refs->reclaim = rc == 0 ? to : p;
-    return -ENOBUFS;
+    rc = pq_log_walk_refs(l, pq_log_data(l, part), &p, to, tl, refs);
+    return pq_reclaim_reported(&pt->reclaim, refs, rc, p, to, before);
 }
 
 int pq_log_scan_refs(pq_log *l, uint32_t part, uint64_t *from, pq_refs *refs)

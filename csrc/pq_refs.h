@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "pq_common.h"
+#include "pq_segment.h" /* PQ_ERR_CORRUPT */
 
 #define PQ_TYPE_OOB 0x80u
 #define PQ_REF_MAX 320u
@@ -108,6 +109,52 @@ static inline int pq_reclaim_take(pq_reclaim *r, pq_refs *refs, uint64_t *from, 
 static inline void pq_reclaim_drop(pq_reclaim *r)
 {
     atomic_store_explicit(&r->to, 0, memory_order_relaxed);
+}
+
+/*
+ * Under the lock, after pq_reclaim_take gave [from, to), with the ring's
+ * start h (head), tail tl and size: 1 walk it, reporting into refs (then
+ * pq_reclaim_reported); 0 nothing to report - announced by a holder that
+ * died before the start moved (h is from: the records are ahead of the
+ * start as before, for a later drop to report), dropped; PQ_ERR_CORRUPT
+ * not a range of the ring behind the start (the start only moves on:
+ * damage, and a walk over it could read what a claim wrote), dropped;
+ * -EINVAL refs has no room.
+ */
+static inline int pq_reclaim_check(pq_reclaim *r, const pq_refs *refs, uint64_t from,
+                                   uint64_t to, uint64_t h, uint64_t tl, uint64_t capacity)
+{
+    if (h == from) {
+        pq_reclaim_drop(r);
+        return 0;
+    }
+    if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > capacity) {
+        pq_reclaim_drop(r);
+        return PQ_ERR_CORRUPT;
+    }
+    return refs->count >= refs->max ? -EINVAL : 1;
+}
+
+/*
+ * Under the lock, after the walk of [from, to) that appended to refs from
+ * index before on: rc is the walk's code, p where it stopped. -ENOBUFS:
+ * reported, with the token - `to` when refs holds them all (rc 0), else
+ * where the report stopped (rc -ENOBUFS: a caller with less room than the
+ * reporter had, or a record the drop passed CLAIMED whose writer committed
+ * it out of band since - nobody reads it, its segment goes with the
+ * others), the rest staying pending. PQ_ERR_CORRUPT: not the records that
+ * were reported (damage): dropped, their segments left to `pyqueue gc`.
+ */
+static inline int pq_reclaim_reported(pq_reclaim *r, pq_refs *refs, int rc, uint64_t p,
+                                      uint64_t to, uint32_t before)
+{
+    if (rc == PQ_ERR_CORRUPT || (rc == 0 && p != to)) {
+        refs->count = before;
+        pq_reclaim_drop(r);
+        return PQ_ERR_CORRUPT;
+    }
+    refs->reclaim = rc == 0 ? to : p;
+    return -ENOBUFS;
 }
 
 /*

@@ -11,38 +11,13 @@ int pq_topic_reclaim_pending(const pq_topic *t, uint64_t tl, uint64_t h, pq_topi
     uint64_t from, to;
     if (!pq_reclaim_take(r, refs, &from, &to))
         return 0;
-    if (h == from) {
-        /* Announced, and its holder died before head moved (before
-         * pq_topic_move_head announced the move): the records are ahead of
-         * head as before, for a later claim or trim to report. */
-        pq_reclaim_drop(r);
-        return 0;
-    }
-    /* A range of the ring, behind head (head only moves on): anything
-     * else is damage, and a walk over it could read what a claim wrote. */
-    if ((int64_t)(to - from) <= 0 || (int64_t)(h - to) < 0 || tl - from > t->capacity) {
-        pq_reclaim_drop(r);
-        return PQ_ERR_CORRUPT;
-    }
-    if (refs->count >= refs->max)
-        return -EINVAL;
+    int rc = pq_reclaim_check(r, refs, from, to, h, tl, t->capacity);
+    if (rc <= 0)
+        return rc;
     uint64_t p = from, m = 0;
     const uint32_t before = refs->count;
-    int rc = pq_topic_pass(t, &p, &m, to, tl, refs, NULL, NULL, 0);
-    if (rc == PQ_ERR_CORRUPT || (rc == 0 && p != to)) {
-        /* Not the records that were reported (damage): dropped, their
-         * segments left to `pyqueue gc`. */
-        refs->count = before;
-        pq_reclaim_drop(r);
-        return PQ_ERR_CORRUPT;
-    }
-    /* 0: all of them; -ENOBUFS: refs holds the first ones (a caller with
-     * less room than the reporter had, or a publisher whose record the
-     * reclaim passed CLAIMED committed it out of band since: head is past
-     * it, nobody reads it, its segment goes with the others): the token
-     * is where the report stopped, and the rest stays pending. */
-    refs->reclaim = rc == 0 ? to : p;
-    return -ENOBUFS;
+    rc = pq_topic_pass(t, &p, &m, to, tl, refs, NULL, NULL, 0);
+    return pq_reclaim_reported(r, refs, rc, p, to, before);
 }
 
 void pq_topic_reclaim_start(const pq_topic *t, uint64_t h0, uint64_t h, uint64_t hm,
