@@ -556,9 +556,16 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
     /* Emptied in a grown epoch (the one read from, or the current one: a
      * grow whose first chunk could not be backed leaves an empty one): its
      * region can be given back and the ring go back to level 0 (the
-     * binding calls pq_ring_trim). */
-    if (__builtin_expect(r->rd_level != 0 || r->rd_cur_cap != r->capacity, 0) &&
-        b->next == r->tail_cache)
+     * binding calls pq_ring_trim). Emptied with a level still marked as
+     * having pages: a producer populated it while a trim emptied it, and
+     * its own trim found the lock busy (pq_ring_reserve) - in level 0 no
+     * take would ask again, and the pages stayed until the queue grew or
+     * was removed. relaxed: a hint, read only when the queue empties; the
+     * trim reads it again under the lock. */
+    if (b->next == r->tail_cache &&
+        __builtin_expect(r->rd_level != 0 || r->rd_cur_cap != r->capacity ||
+                             (atomic_load_explicit(&c->dirty_levels, memory_order_relaxed) & ~1ull) != 0,
+                         0))
         r->trim_wanted = 1;
     pq_event_notify(&c->writable, INT32_MAX);
     return 0;

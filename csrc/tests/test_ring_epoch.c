@@ -297,6 +297,55 @@ static int test_two_processes_grow_it(void)
     return 0;
 }
 
+/* Pages a producer left in a dead level (it populated the region while a
+ * trim emptied it, and its own trim found the lock busy): the next take
+ * that empties the queue - in level 0 - asks for a trim, which gives them
+ * back. Before, nothing asked once the ring was back at level 0. */
+static int test_pages_left_in_a_dead_level_are_given_back(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p, c;
+    uint32_t got[256], v = 0, next = 0;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
+    while (p.ep_level != 1)
+        CHECK_EQ(put(&p, v++), 0);
+    while (next < v) { /* drain: back to level 0 */
+        int k = get(&c, got, 256);
+        CHECK(k > 0);
+        next += (uint32_t)k;
+    }
+    CHECK_EQ(c.trim_wanted, 1);
+    c.trim_wanted = 0;
+    CHECK_EQ(pq_ring_trim(&c), 1);
+    CHECK_EQ(level_of(&p, epoch_of(&p)), 0u);
+    CHECK_EQ(resident(&p, 1), 0u);
+    /* The reader moves into the level-0 epoch (its first read there asks
+     * for a trim of what it left: done). */
+    CHECK_EQ(put(&p, v++), 0);
+    CHECK_EQ(get(&c, got, 256), 1);
+    if (c.trim_wanted) {
+        c.trim_wanted = 0;
+        CHECK_EQ(pq_ring_trim(&c), 0);
+    }
+    CHECK_EQ(c.rd_level, 0u);
+    /* The late producer: a page of level 1 written, the level marked. */
+    uint8_t *lvl1 = p.data + pq_ring_level_offset(p.capacity, 1);
+    memset(lvl1, 0xab, 16);
+    atomic_fetch_or_explicit(&p.ctl->dirty_levels, 1ull << 1, memory_order_relaxed);
+    CHECK_EQ(resident(&p, 1), 1u);
+    CHECK_EQ(put(&p, v++), 0);
+    CHECK_EQ(get(&c, got, 256), 1);
+    CHECK_EQ(c.trim_wanted, 1); /* emptied, in level 0, a level marked */
+    CHECK_EQ(pq_ring_trim(&c), 1);
+    CHECK_EQ(resident(&p, 1), 0u);
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    munmap(base, SIZE);
+    return 0;
+}
+
 int main(void)
 {
     CHECK_EQ(pq_ring_populate_supported(), 1); /* Linux >= 5.14 */
@@ -305,5 +354,6 @@ int main(void)
     RUN(test_grown_level_backed_lazily);
     RUN(test_damaged_table);
     RUN(test_two_processes_grow_it);
+    RUN(test_pages_left_in_a_dead_level_are_given_back);
     return pq_test_failed;
 }
