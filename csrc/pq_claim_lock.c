@@ -62,5 +62,9 @@ static void pq_claim_recover(pthread_mutex_t *m, const pq_claim_words *w)
                                   memory_order_relaxed);
         atomic_store_explicit(w->claim_tail, 0, memory_order_relaxed);
     }
+    /* relaxed: read under this lock by the next trim (and as a hint by
+     * takes); a mark too many costs one madvise of a hole. */
+    if (w->dirty_levels != NULL)
+        atomic_fetch_or_explicit(w->dirty_levels, w->all_levels, memory_order_relaxed);
     pthread_mutex_consistent(m);
 }

@@ -24,6 +24,12 @@ typedef struct pq_claim_words {
     _Atomic uint64_t *tail_msgs;  /* messages claimed, ever */
     _Atomic uint64_t *claim_tail; /* the tail a claim in progress will publish; 0: none */
     _Atomic uint64_t *claim_msgs; /* tail_msgs before that claim */
+    /* A ring's levels that may have pages (pq_ring_ctl.dirty_levels), and
+     * all of its levels >= 1: a holder that died may have been a trim that
+     * had cleared a level's mark and not yet emptied the region
+     * (pq_ring_trim), so the recovery marks them all. NULL, 0 elsewhere. */
+    _Atomic uint64_t *dirty_levels;
+    uint64_t all_levels;
 } pq_claim_words;
 
 /* Initialize a robust process-shared mutex in zeroed shared memory. */

@@ -40,7 +40,9 @@ enum pq_fault_point {
     PQ_FAULT_MID_HEAD_MOVE = 12, /* topic: holding its lock, head_msgs stored, head not yet */
     PQ_FAULT_RECLAIM_REPORTED = 13, /* topic, memory log: a reclaim reported, lock released */
     PQ_FAULT_HEAD_MOVE_ANNOUNCED = 14, /* topic: holding its lock, a head move announced */
-    PQ_FAULT_NPOINTS = 15,
+    PQ_FAULT_TRIM_CLEARED = 15, /* ring: holding the claim lock, a dead level's mark cleared, region not emptied */
+    PQ_FAULT_TRIM_EMPTIED = 16, /* ring: holding the claim lock, a dead level's region just emptied */
+    PQ_FAULT_NPOINTS = 17,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

@@ -161,7 +161,7 @@ static void pq_log_repair_start(pq_log *l, uint32_t part)
 int pq_log_lock(pq_log *l, uint32_t part)
 {
     pq_log_part *pt = pq_log_part_at(l, part);
-    const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs};
+    const pq_claim_words w = {&pt->tail, &pt->next_offset, &pt->claim_tail, &pt->claim_msgs, NULL, 0};
     int died;
     int rc = pq_claim_lock_ex(&pt->claim_lock, &w, &died);
     if (rc == 0 && died)

@@ -139,7 +139,8 @@ int pq_ring_open(pq_ring *r, void *base, size_t size)
 static int pq_ring_lock(pq_ring *r)
 {
     pq_ring_ctl *c = r->ctl;
-    const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs};
+    const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs,
+                              &c->dirty_levels, pq_ring_grown_levels(r)};
     return pq_claim_lock(&c->claim_lock, &w);
 }
 
@@ -504,6 +505,19 @@ done:
  * pq_ring.h); other code reads either half with plain 64-bit loads
  * (pq_cas_pair: pq_cas.h).
  */
+/* A consumer's CAS on head failed: another consumer moved head past what
+ * we read. If we read in a grown level, that level may be dead by now and
+ * emptied by a trim, and our read of its hole gave it a page (tmpfs has
+ * no shared zero page): mark it, so that a trim gives the page back (see
+ * pq_ring_trim). acq_rel: the mark comes after our read's page exists
+ * (release), as pq_ring_reserve's does. Only on this rare path. */
+__attribute__((noinline, cold)) static int pq_ring_lost_race(pq_ring *r)
+{
+    if (r->rd_level != 0)
+        atomic_fetch_or_explicit(&r->ctl->dirty_levels, 1ull << r->rd_level, memory_order_acq_rel);
+    return -EAGAIN;
+}
+
 static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
 {
     pq_ring_ctl *c = r->ctl;
@@ -529,7 +543,7 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
         if (pq_cas_pair(&c->head, &h, &m, b->next, msgs + passed))
             break;
         if (h != b->head)
-            return -EAGAIN;
+            return pq_ring_lost_race(r);
         msgs = m; /* same head, other count: only a two-step writer (none) */
     }
     PQ_FAULT_POINT(PQ_FAULT_AFTER_CONSUME);
@@ -539,7 +553,7 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
     uint64_t expected = b->head;
     if (!atomic_compare_exchange_strong_explicit(&c->head, &expected, b->next,
                                                  memory_order_acq_rel, memory_order_relaxed))
-        return -EAGAIN;
+        return pq_ring_lost_race(r);
     PQ_FAULT_POINT(PQ_FAULT_AFTER_CONSUME);
     /* head_msgs only feeds maxsize checks and statistics, where a
      * briefly low value errs on the side of "full". */

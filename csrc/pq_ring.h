@@ -308,6 +308,13 @@ static inline uint64_t pq_ring_level_offset(uint64_t capacity, unsigned level)
     return capacity * ((1ull << level) - 1);
 }
 
+/* The bits of a view's levels >= 1 in ctl->dirty_levels (nlevels <=
+ * PQ_RING_LEVELS < 64). */
+static inline uint64_t pq_ring_grown_levels(const pq_ring *r)
+{
+    return ((1ull << r->nlevels) - 1) & ~1ull;
+}
+
 /* Bytes a segment with a ring of `capacity` bytes that never grows needs
  * (one level: a claim that finds it full gets -EAGAIN). */
 static inline uint64_t pq_ring_segment_size(uint64_t capacity)

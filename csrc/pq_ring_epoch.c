@@ -116,7 +116,8 @@ int pq_ring_grow(pq_ring *r, uint64_t t)
 int pq_ring_trim(pq_ring *r)
 {
     pq_ring_ctl *c = r->ctl;
-    const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs};
+    const pq_claim_words w = {&c->tail, &c->tail_msgs, &c->claim_tail, &c->claim_msgs,
+                              &c->dirty_levels, pq_ring_grown_levels(r)};
     /* A short bounded wait: a producer holds the lock for a claim (or a
      * trim) only; one that is stopped inside it costs this trim, not a
      * hang (the next take that wants a trim tries again). */
@@ -176,10 +177,26 @@ int pq_ring_trim(pq_ring *r)
 
     /*
      * Empty the regions of dead levels. Under the claim lock: a region is
-     * only used again by a grow, which takes the lock, so no producer
-     * writes there meanwhile. A consumer with a stale head may still read
-     * there: it reads zeros, and its CAS on head fails. A holder that dies
-     * here leaves the bit set: the next trim empties the region again.
+     * only used again by a grow, which takes the lock, so no new claim
+     * lands there meanwhile. Two kinds of late visitor may still give a
+     * dead region pages: a producer whose populate of its (old) epoch's
+     * chunk is still running (pq_ring_reserve), and a consumer with a
+     * stale head, whose read of a hole allocates a page (tmpfs has no
+     * shared zero page) before its CAS on head fails. Each marks the
+     * level after its pages exist (pq_ring_reserve; pq_ring_consume_cas).
+     * So the bit is cleared BEFORE the region is emptied: a mark that
+     * comes after the clear survives it, for the next trim (a take that
+     * empties the queue asks for one while a level >= 1 is marked); a
+     * mark that came before it belongs to pages that existed before the
+     * madvise, which removes them. (Clearing after the madvise lost a
+     * mark made in between, with the pages populated after the madvise:
+     * up to a chunk stayed backed, found in tests/test_shm_full.py.)
+     * acq_rel: pairs with the marks (acq_rel RMWs on the same word): a
+     * visitor whose mark comes after this clear sees the epoch stored
+     * above and trims; one whose mark comes before has its pages made
+     * before the madvise below. A holder that dies between the clear and
+     * the madvise leaves the lock to a next holder that marks every level
+     * (pq_claim_lock.c: the recovery of a dead holder).
      */
     const uint64_t dirty = atomic_load_explicit(&c->dirty_levels, memory_order_relaxed);
     int emptied = 0;
@@ -187,12 +204,16 @@ int pq_ring_trim(pq_ring *r)
     for (unsigned level = 1; level < r->nlevels; level++) {
         if (!(dirty & (1ull << level)) || (live & (1ull << level)))
             continue;
+        atomic_fetch_and_explicit(&c->dirty_levels, ~(1ull << level), memory_order_acq_rel);
+        PQ_FAULT_POINT(PQ_FAULT_TRIM_CLEARED);
         uint8_t *base = r->data + pq_ring_level_offset(r->capacity, level);
         if (madvise(base, (size_t)(r->capacity << level), MADV_REMOVE) != 0) {
             rc = -errno;
+            /* Not emptied: still marked, for the next trim. */
+            atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_relaxed);
             continue;
         }
-        atomic_fetch_and_explicit(&c->dirty_levels, ~(1ull << level), memory_order_relaxed);
+        PQ_FAULT_POINT(PQ_FAULT_TRIM_EMPTIED);
         emptied++;
     }
     pthread_mutex_unlock(&c->claim_lock);

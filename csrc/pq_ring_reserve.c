@@ -56,15 +56,21 @@ int pq_ring_reserve(pq_ring *r, uint64_t need)
             want = cap;
         /* Levels >= 1: a trim may empty the region while we populate it
          * (the queue drained and went back to level 0 meanwhile). Mark it
-         * as having pages before and after (relaxed: only ever read under
-         * the claim lock, by a trim), and if the epoch moved on, trim
-         * (under the lock: it empties the region only if no live epoch
-         * uses it), so what we populated is not left behind. */
+         * as having pages before and after, and if the epoch moved on,
+         * trim (under the lock: it empties the region only if no live
+         * epoch uses it), so what we populated is not left behind. A trim
+         * clears the mark before it empties the region (pq_ring_trim): the
+         * mark after the populate either comes after that clear and
+         * survives it, or comes before it, and then the pages it marks
+         * existed before the region was emptied. acq_rel on that mark:
+         * release, the pages exist before it; acquire, coming after a
+         * trim's clear (acq_rel) it sees the epoch that trim moved, so we
+         * trim below. The first mark is relaxed: a hint only. */
         if (level != 0)
             atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_relaxed);
         int rc = pq_populate(r->ep_base + from, want - from);
         if (level != 0) {
-            atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_relaxed);
+            atomic_fetch_or_explicit(&c->dirty_levels, 1ull << level, memory_order_acq_rel);
             /* acquire: pairs with the release that published the epoch. */
             if (atomic_load_explicit(&c->epoch, memory_order_acquire) != r->ep_n) {
                 (void)pq_ring_trim(r);

@@ -74,7 +74,7 @@ int pq_topic_lock(pq_topic *t)
 {
     pq_topic_pending *pd = pq_topic_pending_words(t);
     const pq_claim_words w = {&t->ctl->tail, &t->ctl->tail_msgs, &pd->claim_tail,
-                              &pd->claim_msgs};
+                              &pd->claim_msgs, NULL, 0};
     int died;
     int rc = pq_claim_lock_ex(&t->ctl->claim_lock, &w, &died);
     if (rc == 0 && died) {

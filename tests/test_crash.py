@@ -81,7 +81,8 @@ def test_fault_points_exposed():
     assert set(FAULT_POINTS) == {"after_claim", "mid_copy", "before_commit", "after_peek",
                                  "after_consume", "parked", "in_claim_lock", "in_grow", "roll_begin", "mid_roll",
                                  "in_lock", "mid_head_move", "reclaim_reported",
-                                 "head_move_announced"}
+                                 "head_move_announced", "trim_cleared",
+                                 "trim_emptied"}
 
 
 # -- producers -----------------------------------------------------------------

@@ -563,6 +563,131 @@ static int test_topic_reclaim_reported(void)
     return 0;
 }
 
+/* Pages of a ring of two levels (CAP and 2 * CAP), level `level`. */
+static size_t level_resident(const pq_ring *r, unsigned level)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t len = (size_t)(r->capacity << level), n = len / page;
+    unsigned char vec[16];
+    size_t count = 0;
+    if (n > sizeof vec ||
+        mincore(r->data + pq_ring_level_offset(r->capacity, level), len, vec) != 0)
+        return (size_t)-1;
+    for (size_t i = 0; i < n; i++)
+        count += vec[i] & 1;
+    return count;
+}
+
+/* put() for a ring whose grown level is backed on demand (-ENOBUFS). */
+static int put_backing(pq_ring *r, uint8_t byte)
+{
+    for (;;) {
+        int rc = put(r, byte);
+        if (rc != -ENOBUFS)
+            return rc;
+        rc = pq_ring_reserve(r, r->reserve_need);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/*
+ * A trim stopped right after it emptied a dead level's region; then a
+ * late producer, whose populate of its old epoch's chunk in that level
+ * ran on past the emptying, marks the level (pq_ring_reserve). The mark
+ * must survive the trim, and the next take that empties the queue asks
+ * for a trim that gives the pages back. (The trim used to clear the mark
+ * after emptying the region, losing one made in between: the pages stayed
+ * backed - tests/test_shm_full.py saw up to a chunk.)
+ */
+static int test_trim_keeps_a_late_mark(void)
+{
+    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
+    uint8_t *base = pq_test_shared(size);
+    pq_ring p, c;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, size), 0);
+    CHECK_EQ(pq_ring_open(&c, base, size), 0);
+    while (p.ep_level != 1)
+        CHECK_EQ(put_backing(&p, 1), 0);
+    while (pq_ring_depth(&c) > 0)
+        CHECK_EQ(get(&c, NULL), 1);
+    CHECK_EQ(c.trim_wanted, 1);
+    CHECK(level_resident(&p, 1) > 0);
+    pid_t pid = fork_armed("trim_emptied");
+    if (pid == 0) {
+        CHILD_CHECK(pq_ring_trim(&c) == 1);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    CHECK_EQ(level_resident(&p, 1), 0u);
+    /* The late producer's pages, and its mark after them. */
+    memset(p.data + pq_ring_level_offset(p.capacity, 1), 0xab, 16);
+    atomic_fetch_or_explicit(&p.ctl->dirty_levels, 1ull << 1, memory_order_acq_rel);
+    CHECK_EQ(kill(pid, SIGCONT), 0);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK((atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u) != 0);
+    CHECK_EQ(level_resident(&p, 1), 1u);
+    /* Puts and gets in level 0 now: each take that empties the queue
+     * while a level >= 1 is marked asks for a trim. */
+    c.trim_wanted = 0;
+    for (int i = 0; i < 3 && level_resident(&p, 1) != 0; i++) {
+        CHECK_EQ(put_backing(&p, 2), 0);
+        CHECK_EQ(get(&c, NULL), 2);
+        CHECK_EQ(c.trim_wanted, 1);
+        c.trim_wanted = 0;
+        CHECK(pq_ring_trim(&c) >= 0);
+    }
+    CHECK_EQ(level_resident(&p, 1), 0u);
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    munmap(base, size);
+    return 0;
+}
+
+/* A trim killed between clearing a dead level's mark and emptying its
+ * region: the next holder of the claim lock (told the holder died) marks
+ * every level, and the region is emptied by a later trim, not left. */
+static int test_trim_killed_after_clearing(void)
+{
+    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
+    uint8_t *base = pq_test_shared(size);
+    pq_ring p, c;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, size), 0);
+    CHECK_EQ(pq_ring_open(&c, base, size), 0);
+    while (p.ep_level != 1)
+        CHECK_EQ(put_backing(&p, 1), 0);
+    while (pq_ring_depth(&c) > 0)
+        CHECK_EQ(get(&c, NULL), 1);
+    const size_t before = level_resident(&p, 1);
+    CHECK(before > 0);
+    pid_t pid = fork_armed("trim_cleared");
+    if (pid == 0) {
+        pq_ring_trim(&c);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    CHECK_EQ(kill_stopped(pid), 0);
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u, 0u);
+    CHECK_EQ(level_resident(&p, 1), before);
+    c.trim_wanted = 0;
+    for (int i = 0; i < 3 && level_resident(&p, 1) != 0; i++) {
+        CHECK_EQ(put_backing(&p, 2), 0); /* takes the lock: the recovery */
+        CHECK_EQ(get(&c, NULL), 2);
+        CHECK_EQ(c.trim_wanted, 1);
+        c.trim_wanted = 0;
+        CHECK(pq_ring_trim(&c) >= 0);
+    }
+    CHECK_EQ(level_resident(&p, 1), 0u);
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    munmap(base, size);
+    return 0;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -583,5 +708,7 @@ int main(void)
     RUN(test_topic_head_move_announced);
     RUN(test_topic_mid_head_move);
     RUN(test_topic_reclaim_reported);
+    RUN(test_trim_keeps_a_late_mark);
+    RUN(test_trim_killed_after_clearing);
     return pq_test_result();
 }

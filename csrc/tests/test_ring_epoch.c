@@ -346,6 +346,56 @@ static int test_pages_left_in_a_dead_level_are_given_back(void)
     return 0;
 }
 
+/* A consumer with a stale head reads a record of a level that a trim has
+ * emptied meanwhile (another consumer drained the queue): reading the
+ * hole gives the region a page (tmpfs has no shared zero page). Its CAS
+ * fails, and it marks the level, so that the trim asked for by the next
+ * take that empties the queue gives the page back. */
+static int test_a_stale_read_of_a_dead_level_is_given_back(void)
+{
+    uint8_t *base = pq_test_shared(SIZE);
+    pq_ring p, c1, c2;
+    pq_ring_record rec;
+    pq_ring_batch b;
+    uint32_t got[256], v = 0;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
+    CHECK_EQ(pq_ring_open(&c1, base, SIZE), 0);
+    CHECK_EQ(pq_ring_open(&c2, base, SIZE), 0);
+    while (p.ep_level != 1)
+        CHECK_EQ(put(&p, v++), 0);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(put(&p, v++), 0);
+    /* c2 reads level 0's records; c1 then peeks the first of level 1. */
+    for (uint32_t i = 0; i < v - 5; i++)
+        CHECK_EQ(get(&c2, got, 1), 1);
+    CHECK_EQ(pq_ring_peek(&c1, &rec, 1, &b), 1);
+    CHECK_EQ(c1.rd_level, 1u);
+    /* c2 drains, and its trim empties level 1 (back to level 0). */
+    while (get(&c2, got, 256) > 0 && pq_ring_depth(&c2) > 0)
+        ;
+    CHECK_EQ(pq_ring_depth(&c2), 0);
+    CHECK_EQ(c2.trim_wanted, 1);
+    c2.trim_wanted = 0;
+    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(resident(&p, 1), 0u);
+    /* c1 copies its record out now: the hole gets a page. */
+    volatile const uint8_t *payload = rec.payload;
+    CHECK_EQ(payload[0], 0);
+    CHECK_EQ(resident(&p, 1), 1u);
+    CHECK_EQ(pq_ring_consume(&c1, &b), -EAGAIN); /* head moved on */
+    CHECK((atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u) != 0);
+    /* The next take that empties the queue asks for a trim: the page goes. */
+    CHECK_EQ(put(&p, v++), 0);
+    CHECK_EQ(get(&c2, got, 256), 1);
+    CHECK_EQ(c2.trim_wanted, 1);
+    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(resident(&p, 1), 0u);
+    munmap(base, SIZE);
+    return 0;
+}
+
 int main(void)
 {
     CHECK_EQ(pq_ring_populate_supported(), 1); /* Linux >= 5.14 */
@@ -355,5 +405,6 @@ int main(void)
     RUN(test_damaged_table);
     RUN(test_two_processes_grow_it);
     RUN(test_pages_left_in_a_dead_level_are_given_back);
+    RUN(test_a_stale_read_of_a_dead_level_is_given_back);
     return pq_test_failed;
 }
