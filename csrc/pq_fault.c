@@ -23,6 +23,7 @@ static const char *const pq_fault_names[PQ_FAULT_NPOINTS] = {
     [PQ_FAULT_HEAD_MOVE_ANNOUNCED] = "head_move_announced",
     [PQ_FAULT_TRIM_CLEARED] = "trim_cleared",
     [PQ_FAULT_TRIM_EMPTIED] = "trim_emptied",
+    [PQ_FAULT_PEEK_LOADED_HEAD] = "peek_loaded_head",
     [PQ_FAULT_ROLL_BEGIN] = "roll_begin",
     [PQ_FAULT_MID_ROLL] = "mid_roll",
     [PQ_FAULT_IN_LOCK] = "in_lock",

@@ -42,7 +42,8 @@ enum pq_fault_point {
     PQ_FAULT_HEAD_MOVE_ANNOUNCED = 14, /* topic: holding its lock, a head move announced */
     PQ_FAULT_TRIM_CLEARED = 15, /* ring: holding the claim lock, a dead level's mark cleared, region not emptied */
     PQ_FAULT_TRIM_EMPTIED = 16, /* ring: holding the claim lock, a dead level's region just emptied */
-    PQ_FAULT_NPOINTS = 17,
+    PQ_FAULT_PEEK_LOADED_HEAD = 17, /* consumer: head loaded by a peek, nothing read yet */
+    PQ_FAULT_NPOINTS = 18,
 };
 
 /* Name of a point ("after_claim", ...); NULL when id is out of range. */

@@ -342,10 +342,46 @@ void pq_ring_notify_readable(pq_ring *r, uint32_t n)
     pq_event_notify(&r->ctl->readable, n > INT32_MAX ? INT32_MAX : (int)n);
 }
 
-/* Did head move since we read h? Then what we saw may be stale. */
-static inline int pq_ring_stale_or_corrupt(const pq_ring *r, uint64_t h)
+/*
+ * A reader read ring memory at the levels `levels` (bits) and then found
+ * head moved past where it read: if a level >= 1 among them is dead, a
+ * trim may have emptied it meanwhile, and the read of the hole gave it a
+ * page (a shared tmpfs mapping has no zero page). Mark them, so that a
+ * trim gives the page back (see pq_ring_trim, which clears a mark before
+ * it empties the region). release: the mark comes after the read (and its
+ * page). Only when a read turned out stale.
+ */
+static inline void pq_ring_mark_read(pq_ring_ctl *c, uint64_t levels)
 {
-    return atomic_load_explicit(&r->ctl->head, memory_order_acquire) != h ? -ESTALE : PQ_ERR_CORRUPT;
+    levels &= ~1ull;
+    if (levels != 0)
+        atomic_fetch_or_explicit(&c->dirty_levels, levels, memory_order_release);
+}
+
+/* The same for a read of level `level` at head position h, once done:
+ * marks it if head has moved (pq_ring_readable, pq_ring_repair_head). */
+void pq_ring_mark_if_moved(pq_ring_ctl *c, uint64_t h, unsigned level)
+{
+    if (level != 0 && atomic_load_explicit(&c->head, memory_order_acquire) != h)
+        pq_ring_mark_read(c, 1ull << level);
+}
+
+/* The levels a view's peek may have read: those its rd_find passed since
+ * its last consume that won, and the cached one. */
+static inline void pq_ring_mark_view_read(pq_ring *r)
+{
+    pq_ring_mark_read(r->ctl, r->rd_levels | (1ull << r->rd_level));
+    r->rd_levels = 0;
+}
+
+/* Did head move since we read h? Then what we saw may be stale (and a
+ * stale read is marked: pq_ring_mark_read). */
+__attribute__((noinline, cold)) static int pq_ring_stale_or_corrupt(pq_ring *r, uint64_t h)
+{
+    if (atomic_load_explicit(&r->ctl->head, memory_order_acquire) == h)
+        return PQ_ERR_CORRUPT;
+    pq_ring_mark_view_read(r);
+    return -ESTALE;
 }
 
 /*
@@ -380,6 +416,7 @@ __attribute__((noinline, cold)) static int pq_ring_rd_find(pq_ring *r, uint64_t 
         return rc;
     if (r->rd_level != 0 && w.start != r->rd_start)
         r->trim_wanted = 1;
+    r->rd_levels |= (1ull << r->rd_level) | (1ull << w.level);
     r->rd_start = w.start;
     r->rd_end = w.end;
     r->rd_cap = w.cap;
@@ -393,6 +430,7 @@ int pq_ring_peek(pq_ring *r, pq_ring_record *out, uint32_t max, pq_ring_batch *b
     pq_ring_ctl *c = r->ctl;
     /* acquire on head: pairs with the CAS of the consumer that moved it. */
     uint64_t h = atomic_load_explicit(&c->head, memory_order_acquire);
+    PQ_FAULT_POINT(PQ_FAULT_PEEK_LOADED_HEAD);
     /* acquire on tail: pairs with the producer's release store, so every
      * header below tail is the one its producer wrote. A cached tail that
      * is still ahead of head was loaded the same way and covers fewer
@@ -506,15 +544,10 @@ done:
  * (pq_cas_pair: pq_cas.h).
  */
 /* A consumer's CAS on head failed: another consumer moved head past what
- * we read. If we read in a grown level, that level may be dead by now and
- * emptied by a trim, and our read of its hole gave it a page (tmpfs has
- * no shared zero page): mark it, so that a trim gives the page back (see
- * pq_ring_trim). acq_rel: the mark comes after our read's page exists
- * (release), as pq_ring_reserve's does. Only on this rare path. */
+ * we read, which is a stale read (pq_ring_mark_read). */
 __attribute__((noinline, cold)) static int pq_ring_lost_race(pq_ring *r)
 {
-    if (r->rd_level != 0)
-        atomic_fetch_or_explicit(&r->ctl->dirty_levels, 1ull << r->rd_level, memory_order_acq_rel);
+    pq_ring_mark_view_read(r);
     return -EAGAIN;
 }
 
@@ -560,6 +593,7 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
     if (passed != 0)
         atomic_fetch_add_explicit(&c->head_msgs, passed, memory_order_release);
 #endif
+    r->rd_levels = 0; /* what it read was current: nothing to mark */
     /* Abandoned records are counted when head passes them (exactly once:
      * by the consumer whose CAS won), after head_msgs, so that "dequeued"
      * (passed - dropped - abandoned) never goes negative. A consumer
@@ -571,11 +605,12 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
      * grow whose first chunk could not be backed leaves an empty one): its
      * region can be given back and the ring go back to level 0 (the
      * binding calls pq_ring_trim). Emptied with a level still marked as
-     * having pages: a producer populated it while a trim emptied it, and
-     * its own trim found the lock busy (pq_ring_reserve) - in level 0 no
-     * take would ask again, and the pages stayed until the queue grew or
-     * was removed. relaxed: a hint, read only when the queue empties; the
-     * trim reads it again under the lock. */
+     * having pages: a producer populated it, or a stale reader read it,
+     * while a trim emptied it (pq_ring_reserve, pq_ring_mark_read), and
+     * no trim has taken the mark since - in level 0 no take would ask
+     * again, and the pages stayed until the queue grew or was removed.
+     * relaxed: a hint, read only when the queue empties; the trim reads
+     * it again under the lock. */
     if (b->next == r->tail_cache &&
         __builtin_expect(r->rd_level != 0 || r->rd_cur_cap != r->capacity ||
                              (atomic_load_explicit(&c->dirty_levels, memory_order_relaxed) & ~1ull) != 0,
@@ -664,12 +699,16 @@ int pq_ring_repair_head(pq_ring *r)
         return 0;
     pq_record_header *rec = (pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&rec->ctl, memory_order_acquire);
-    if (pq_ctl_tag(ctl) != pq_record_tag(h) || pq_ctl_state(ctl) != PQ_REC_CLAIMED)
+    if (pq_ctl_tag(ctl) != pq_record_tag(h) || pq_ctl_state(ctl) != PQ_REC_CLAIMED) {
+        pq_ring_mark_if_moved(c, h, w.level); /* a stale read of a dead level: marked */
         return 0;
+    }
     pq_proc_unpack(atomic_load_explicit(&rec->owner, memory_order_relaxed), &pid, &start32);
     int alive = pq_proc_alive(pid, start32, 1);
-    if (alive != 0)
+    if (alive != 0) {
+        pq_ring_mark_if_moved(c, h, w.level);
         return alive < 0 ? alive : 0;
+    }
     /*
      * The owner is gone: its message can never be committed. The CAS only
      * succeeds if the header still holds the same ctl word, but the tag
@@ -681,8 +720,10 @@ int pq_ring_repair_head(pq_ring *r)
      * re-check it right before the CAS (that leaves a window of a few
      * instructions instead of the whole liveness check).
      */
-    if (atomic_load_explicit(&c->head, memory_order_acquire) != h)
+    if (atomic_load_explicit(&c->head, memory_order_acquire) != h) {
+        pq_ring_mark_if_moved(c, h, w.level);
         return 0;
+    }
     uint64_t abandoned = pq_record_ctl(h, pq_ctl_len(ctl), 0, PQ_REC_ABANDONED);
     if (!atomic_compare_exchange_strong_explicit(&rec->ctl, &ctl, abandoned,
                                                  memory_order_acq_rel, memory_order_relaxed))

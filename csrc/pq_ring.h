@@ -156,8 +156,12 @@ typedef struct pq_ring_ctl {
      * it; level 0 is never emptied and its tag is not checked).
      */
     _Atomic uint64_t level_reserved[PQ_RING_LEVELS];
-    /* Bit l: level l's region may have pages that a trim should give back
-     * (set by a grow, cleared by pq_ring_trim once emptied). Under claim_lock. */
+    /* Bit l: level l's region may have pages that a trim should give back.
+     * Set by a grow (under claim_lock), and outside it by whatever gave a
+     * dead level pages late: a producer's populate (pq_ring_reserve), a
+     * reader that read there and then found head moved (pq_ring_mark_read);
+     * cleared by pq_ring_trim, under claim_lock, before it empties the
+     * region (a mark after the clear survives: see pq_ring_trim). */
     _Atomic uint64_t dirty_levels;
 } pq_ring_ctl;
 
@@ -238,6 +242,10 @@ typedef struct pq_ring {
     uint64_t rd_cap;
     unsigned rd_level;
     uint8_t *rd_base;
+    /* Levels this view read since its last consume that won (with
+     * rd_level's): the ones to mark when a read turns out stale
+     * (pq_ring_mark_read). */
+    uint64_t rd_levels;
 } pq_ring;
 
 /* Positions are 64-bit counters compared modulo 2^64 (a ring may start
@@ -386,6 +394,12 @@ int pq_ring_claim(pq_ring *r, const uint32_t *lens, uint32_t n, uint64_t *pos_ou
  * Whatever the table holds, the region found lies inside the data area.
  */
 int pq_ring_epoch_find(const pq_ring *r, uint64_t n, uint64_t p, pq_ring_where *w);
+
+/* A read of ring memory at head position h, in level `level`, is done:
+ * if head has moved meanwhile, mark the level (>= 1) as maybe having
+ * pages (a stale read of a hole of a level a trim emptied gives it one).
+ * For the readers outside pq_ring_peek (the wait's check, the repair). */
+void pq_ring_mark_if_moved(pq_ring_ctl *c, uint64_t h, unsigned level);
 
 /* Under the claim lock: point the view's producer epoch (ep_*) and
  * reserved_cache at epoch n, the current one. 0 or PQ_ERR_CORRUPT. */

@@ -180,10 +180,12 @@ int pq_ring_trim(pq_ring *r)
      * only used again by a grow, which takes the lock, so no new claim
      * lands there meanwhile. Two kinds of late visitor may still give a
      * dead region pages: a producer whose populate of its (old) epoch's
-     * chunk is still running (pq_ring_reserve), and a consumer with a
+     * chunk is still running (pq_ring_reserve), and a reader with a
      * stale head, whose read of a hole allocates a page (tmpfs has no
-     * shared zero page) before its CAS on head fails. Each marks the
-     * level after its pages exist (pq_ring_reserve; pq_ring_consume_cas).
+     * shared zero page) before it finds head moved. Each marks the level
+     * after its pages exist (pq_ring_reserve; for readers
+     * pq_ring_mark_read, on every path where a read turns out stale: a
+     * lost CAS, a peek's -ESTALE, the wait's check, the repair).
      * So the bit is cleared BEFORE the region is emptied: a mark that
      * comes after the clear survives it, for the next trim (a take that
      * empties the queue asks for one while a level >= 1 is marked); a

@@ -34,6 +34,7 @@ static int pq_ring_readable(pq_ring *r)
     const pq_record_header *rec =
         (const pq_record_header *)(w.base + ((h - w.start) & (w.cap - 1)));
     uint64_t ctl = atomic_load_explicit(&((pq_record_header *)rec)->ctl, memory_order_acquire);
+    pq_ring_mark_if_moved(r->ctl, h, w.level); /* a stale read of a dead level: marked */
     /* Anything but a CLAIMED head is worth a peek (a stale read included). */
     return ((ctl >> PQ_CTL_STATE_SHIFT) & 0xff) != PQ_REC_CLAIMED;
 }

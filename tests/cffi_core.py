@@ -151,6 +151,7 @@ typedef struct pq_ring {
     uint64_t rd_cap;
     unsigned rd_level;
     uint8_t *rd_base;
+    uint64_t rd_levels;
 } pq_ring;
 
 typedef struct pq_ring_record {

@@ -82,7 +82,7 @@ def test_fault_points_exposed():
                                  "after_consume", "parked", "in_claim_lock", "in_grow", "roll_begin", "mid_roll",
                                  "in_lock", "mid_head_move", "reclaim_reported",
                                  "head_move_announced", "trim_cleared",
-                                 "trim_emptied"}
+                                 "trim_emptied", "peek_loaded_head"}
 
 
 # -- producers -----------------------------------------------------------------

@@ -688,6 +688,53 @@ static int test_trim_killed_after_clearing(void)
     return 0;
 }
 
+/* A peek that loaded head, then stopped while another consumer drained
+ * the queue and a trim emptied level 1: it reads a hole there (a page for
+ * it), finds head moved (-ESTALE), and marks the level; the next take
+ * that empties the queue asks for a trim that gives the page back. */
+static int test_stale_peek_marks_its_level(void)
+{
+    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
+    uint8_t *base = pq_test_shared(size);
+    pq_ring p, c1, c2;
+    CHECK(base != NULL);
+    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
+    CHECK_EQ(pq_ring_open(&p, base, size), 0);
+    CHECK_EQ(pq_ring_open(&c1, base, size), 0);
+    CHECK_EQ(pq_ring_open(&c2, base, size), 0);
+    while (p.ep_level != 1)
+        CHECK_EQ(put_backing(&p, 1), 0);
+    CHECK_EQ(put_backing(&p, 1), 0);
+    while (c2.rd_level != 1) /* read level 0: level 1's records at head */
+        CHECK_EQ(get(&c2, NULL), 1);
+    pid_t pid = fork_armed("peek_loaded_head");
+    if (pid == 0) {
+        pq_ring_record rec;
+        pq_ring_batch b;
+        CHILD_CHECK(pq_ring_peek(&c1, &rec, 1, &b) == -ESTALE);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    CHECK_EQ(wait_stopped(pid), 0);
+    while (pq_ring_depth(&c2) > 0)
+        CHECK_EQ(get(&c2, NULL), 1);
+    CHECK_EQ(c2.trim_wanted, 1);
+    c2.trim_wanted = 0;
+    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(level_resident(&p, 1), 0u);
+    CHECK_EQ(kill(pid, SIGCONT), 0);
+    CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
+    CHECK_EQ(level_resident(&p, 1), 1u); /* the stale read's page */
+    CHECK((atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u) != 0);
+    CHECK_EQ(put_backing(&p, 2), 0);
+    CHECK_EQ(get(&c2, NULL), 2);
+    CHECK_EQ(c2.trim_wanted, 1);
+    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(level_resident(&p, 1), 0u);
+    munmap(base, size);
+    return 0;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -710,5 +757,6 @@ int main(void)
     RUN(test_topic_reclaim_reported);
     RUN(test_trim_keeps_a_late_mark);
     RUN(test_trim_killed_after_clearing);
+    RUN(test_stale_peek_marks_its_level);
     return pq_test_result();
 }

@@ -346,52 +346,59 @@ static int test_pages_left_in_a_dead_level_are_given_back(void)
     return 0;
 }
 
-/* A consumer with a stale head reads a record of a level that a trim has
- * emptied meanwhile (another consumer drained the queue): reading the
- * hole gives the region a page (tmpfs has no shared zero page). Its CAS
- * fails, and it marks the level, so that the trim asked for by the next
- * take that empties the queue gives the page back. */
+/* A consumer with a stale head reads records of levels that a trim has
+ * emptied meanwhile (another consumer drained the queue): reading a hole
+ * gives the region a page (tmpfs has no shared zero page). Its CAS fails,
+ * and it marks every level its batch read (here 1 and 2), so that the
+ * trim asked for by the next take that empties the queue gives the pages
+ * back. */
 static int test_a_stale_read_of_a_dead_level_is_given_back(void)
 {
     uint8_t *base = pq_test_shared(SIZE);
     pq_ring p, c1, c2;
-    pq_ring_record rec;
+    pq_ring_record recs[2];
     pq_ring_batch b;
-    uint32_t got[256], v = 0;
+    uint32_t got[256], v = 0, first2 = 0;
     CHECK(base != NULL);
     CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
     CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
     CHECK_EQ(pq_ring_open(&c1, base, SIZE), 0);
     CHECK_EQ(pq_ring_open(&c2, base, SIZE), 0);
-    while (p.ep_level != 1)
+    while (p.ep_level != 2) {
+        first2 = v;
         CHECK_EQ(put(&p, v++), 0);
+    }
     for (int i = 0; i < 4; i++)
         CHECK_EQ(put(&p, v++), 0);
-    /* c2 reads level 0's records; c1 then peeks the first of level 1. */
-    for (uint32_t i = 0; i < v - 5; i++)
+    /* c2 reads up to level 1's last record; c1 then peeks a batch of it
+     * and level 2's first. */
+    for (uint32_t i = 0; i + 1 < first2; i++)
         CHECK_EQ(get(&c2, got, 1), 1);
-    CHECK_EQ(pq_ring_peek(&c1, &rec, 1, &b), 1);
-    CHECK_EQ(c1.rd_level, 1u);
-    /* c2 drains, and its trim empties level 1 (back to level 0). */
-    while (get(&c2, got, 256) > 0 && pq_ring_depth(&c2) > 0)
-        ;
-    CHECK_EQ(pq_ring_depth(&c2), 0);
+    CHECK_EQ(pq_ring_peek(&c1, recs, 2, &b), 2);
+    CHECK_EQ(c1.rd_level, 2u);
+    /* c2 drains, and its trim empties levels 1 and 2 (back to level 0). */
+    while (pq_ring_depth(&c2) > 0)
+        CHECK(get(&c2, got, 256) > 0);
     CHECK_EQ(c2.trim_wanted, 1);
     c2.trim_wanted = 0;
-    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(pq_ring_trim(&c2), 2);
     CHECK_EQ(resident(&p, 1), 0u);
-    /* c1 copies its record out now: the hole gets a page. */
-    volatile const uint8_t *payload = rec.payload;
-    CHECK_EQ(payload[0], 0);
+    CHECK_EQ(resident(&p, 2), 0u);
+    /* c1 copies its records out now: the holes get a page each. */
+    volatile const uint8_t *p1 = recs[0].payload, *p2 = recs[1].payload;
+    CHECK_EQ(p1[0], 0);
+    CHECK_EQ(p2[0], 0);
     CHECK_EQ(resident(&p, 1), 1u);
+    CHECK_EQ(resident(&p, 2), 1u);
     CHECK_EQ(pq_ring_consume(&c1, &b), -EAGAIN); /* head moved on */
-    CHECK((atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u) != 0);
-    /* The next take that empties the queue asks for a trim: the page goes. */
+    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 6u, 6u);
+    /* The next take that empties the queue asks for a trim: the pages go. */
     CHECK_EQ(put(&p, v++), 0);
     CHECK_EQ(get(&c2, got, 256), 1);
     CHECK_EQ(c2.trim_wanted, 1);
-    CHECK_EQ(pq_ring_trim(&c2), 1);
+    CHECK_EQ(pq_ring_trim(&c2), 2);
     CHECK_EQ(resident(&p, 1), 0u);
+    CHECK_EQ(resident(&p, 2), 0u);
     munmap(base, SIZE);
     return 0;
 }
