@@ -534,6 +534,11 @@ cdef class RingQueue:
                 raise _Full
             if self._overflow == OVERFLOW_DROP_OLDEST:
                 if self._drop_oldest():
+                    # A dropped message is never got: its task is done
+                    # (else join() waited for ever; the Redis backend's
+                    # put script does the same).
+                    if self._joinable:
+                        pq_ring_task_done(&self._r)
                     continue
             if deadline == 0 or not self._park(True, seen, deadline):
                 raise _Full
