@@ -157,6 +157,17 @@ def _objects(b, kind, name):
     if kind == "Queue":
         q = b.Queue(name=name)
         return q, q._keys[0], q.put, _taking(q.get)
+    if kind == "Queue batches":
+        # put_many and get_many of 20 and more: MULTI/EXEC transactions
+        # (RPUSH or LPOP beside a script), redirected as a whole.
+        q = b.Queue(name=name)
+
+        def take_many():
+            try:
+                return [v for v in q.get_many(17, timeout=0.5) if v is not None]
+            except queue.Empty:
+                return None
+        return q, q._keys[0], lambda i: q.put_many([i] + [None] * 19), take_many
     if kind == "WorkQueue":
         q = b.WorkQueue(name=name)
 
@@ -183,10 +194,10 @@ def _objects(b, kind, name):
     return log, log._pkeys(0)[0], lambda i: log.append(i, key=str(i % 2)), take
 
 
-@pytest.mark.parametrize("kind", ["Queue", "WorkQueue", "Topic", "Log"])
+@pytest.mark.parametrize("kind", ["Queue", "Queue batches", "WorkQueue", "Topic", "Log"])
 def test_a_slot_migrated_under_traffic_loses_and_repeats_nothing(cluster, kind):
     b = _backend(cluster)
-    obj, key, put, take = _objects(b, kind, f"migrate-{kind.lower()}")
+    obj, key, put, take = _objects(b, kind, f"migrate-{kind.lower().replace(' ', '-')}")
     try:
         flow = _Flow(put, take)
         slot = b.client.keyslot(key)

@@ -109,6 +109,78 @@ def test_overflow_drop_oldest(make):
     assert q.stats()["dropped"] == 4
 
 
+# A batch of 5 goes through one script on Redis; one of 40 through a
+# transaction: a plain RPUSH, then the script that takes back what does
+# not fit (backends/redis/queue.py, _PUT_PUSHED). (Into a queue that
+# already holds some, shared memory puts a batch in groups of maxsize and
+# Redis what fits: tests/test_redis_queue_batches.py compares the two
+# Redis forms there.)
+@pytest.mark.parametrize("n", [5, 40])
+def test_put_many_past_maxsize_by_overflow(make, n):
+    cap = n // 2 + 1
+    q = make("Queue", cap, name=make.name())
+    with pytest.raises(queue.Full):
+        q.put_many(range(n), timeout=0.05)
+    assert q.stats()["enqueued"] == cap
+    assert q.get_many(1000) == list(range(cap))
+    r = make("Queue", cap, name=make.name(), overflow="reject")
+    with pytest.raises(queue.Full):
+        r.put_many(range(n))
+    assert r.stats()["rejected"] == n - cap
+    assert r.get_many(1000) == list(range(cap))
+    d = make("Queue", cap, name=make.name(), overflow="drop_oldest")
+    assert d.put_many(range(n)) == n
+    assert d.stats()["dropped"] == n - cap
+    assert d.get_many(1000) == list(range(n - cap, n))
+    f = make("Queue", 1, name=make.name())
+    f.put(-1)
+    with pytest.raises(queue.Full):                 # none fits: none put
+        f.put_many(range(n), block=False)
+    assert f.get_many(1000) == [-1]
+    with pytest.raises(queue.Full):                 # empty, and none fits after one
+        f.put_many(range(n), block=False)
+    assert f.get_many(1000) == [0]
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_joinable_batch_with_drops_counts_each_task_once(make, n):
+    jq = make("JoinableQueue", 3, name=make.name(), overflow="drop_oldest")
+    assert jq.put_many(range(n)) == n
+    got = jq.get_many(1000)
+    assert got == list(range(n - 3, n))
+    for _ in got:
+        jq.task_done()
+    jq.join()                                      # the dropped counted as done
+    with pytest.raises(ValueError):
+        jq.task_done()
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_a_batch_into_a_shut_down_or_removed_queue_puts_nothing(make, n):
+    q = make("Queue", name=make.name())
+    q.put_many(["kept"])
+    q.shutdown()
+    with pytest.raises(pyqueue.ShutDown):
+        q.put_many(range(n))
+    assert q.get_many(1000) == ["kept"]
+    with pytest.raises(pyqueue.ShutDown):
+        q.get_many(1000, timeout=0.05)
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_redis_a_batch_into_a_removed_queue_puts_nothing(redis_url, n):
+    # (On shared memory a removed queue's handles keep their mapping.)
+    b = pyqueue.connect(redis_url)
+    q = b.Queue(name="c-removed-" + str(n))
+    again = b.Queue.open(q.name)
+    q.unlink()
+    with pytest.raises(SegmentNotFound):
+        again.put_many(range(n))
+    assert b.client.exists(*q._keys) == 0           # nothing left behind
+    with pytest.raises(SegmentNotFound):
+        again.get_many(1000, block=False)
+
+
 def test_bad_settings(make):
     with pytest.raises(ValueError):
         make("Queue", name=make.name(), overflow="sometimes")

@@ -219,6 +219,23 @@ class RedisBackend:
                                               max(1, math.ceil(s * 1000)), "STREAMS", *keys,
                                               *streams.values()), ms / 1000.0)
 
+    def transaction(self, keys: Sequence[str], *commands: Tuple[Any, ...]) -> List[Any]:
+        """commands as one MULTI/EXEC transaction (atomic) on the node of
+        keys' slot (one slot), sent once like a step (_Step), with WAIT
+        after it under min_replicas -> the replies of commands (an error
+        reply as its exception object). For the batch steps whose messages
+        must not pass through Lua (a plain command moves them; a script
+        beside it decides and counts, with nothing in between): a script
+        in a transaction is sent as EVAL, never EVALSHA, since a NOSCRIPT
+        inside one would let the plain command run without its script."""
+        wait = [("WAIT", self.min_replicas, self.wait_timeout)] if self.min_replicas else []
+        replies = _send_once(self, keys, _Transaction(commands), wait, _SOCKET_DEFAULT,
+                             "a call: {e} (the step was sent; it may have been applied)")
+        if self.min_replicas:
+            check_replicated(self, replies[-1])
+        result: List[Any] = replies[0]
+        return result
+
     def call(self, keys: Sequence[str], *command: Any) -> Any:
         """One plain command on the node of keys' slot, sent once (no
         redis-py retry: ConnectionLost as a step) -> its reply."""
@@ -324,14 +341,22 @@ class _Step:
                                  sent=False) from e
 
 
+class _Transaction(tuple):  # type: ignore[type-arg]
+    """The commands of a MULTI/EXEC transaction, for _send_once."""
+
+
 def _send_once(b: RedisBackend, keys: Sequence[str],
-               command: Union[Tuple[Any, ...], Callable[[], Tuple[Any, ...]]],
+               command: Union[Tuple[Any, ...], Callable[[], Tuple[Any, ...]], _Transaction],
                tail: Sequence[Tuple[Any, ...]], read_timeout: Any, lost: str,
                load: Optional[Callable[[_redis.Redis], None]] = None) -> List[Any]:
     """Sends command (or what command() makes, at each try) and the
     commands of tail after it, on the same connection, once to the node of
-    keys' slot -> the replies of command and tail. The replies that say command did not run are handled here
-    and it is sent again: MOVED (the slot map patched), ASK (ASKING first),
+    keys' slot -> the replies of command and tail. A _Transaction is sent
+    as MULTI, its commands, EXEC: its reply is EXEC's (the list of its
+    commands' replies), and when EXEC was refused (EXECABORT: none ran)
+    the first error among its commands' replies is the one handled. The
+    replies that say command did not run are handled here and it is sent
+    again: MOVED (the slot map patched), ASK (ASKING first),
     NOSCRIPT (load(node) first), TRYAGAIN, CLUSTERDOWN, MASTERDOWN and a
     node that cannot be reached before sending (on a cluster, with
     backoff, _UNSENT_TRIES times; then ConnectionLost(sent=False)). A
@@ -353,8 +378,15 @@ def _send_once(b: RedisBackend, keys: Sequence[str],
                 continue
             raise ConnectionLost(f"cannot reach Redis at {b.url}: {e} (nothing of this "
                                  f"call's step was sent)", sent=False) from e
+        # ASKING before MULTI holds for the whole transaction (Redis keeps
+        # the flag inside MULTI).
         commands: List[Tuple[Any, ...]] = [("ASKING",)] if asking else []
-        commands.append(command() if callable(command) else command)
+        if isinstance(command, _Transaction):
+            commands.append(("MULTI",))
+            commands.extend(command)
+            commands.append(("EXEC",))
+        else:
+            commands.append(command() if callable(command) else command)
         commands.extend(tail)
         try:
             replies = _exchange(node, conn, commands, read_timeout)
@@ -365,7 +397,17 @@ def _send_once(b: RedisBackend, keys: Sequence[str],
             pool.release(conn)
         if asking:
             replies = replies[1:]
-        result = replies[0]
+        if isinstance(command, _Transaction):
+            queued, replies = replies[:len(command) + 2], replies[len(command) + 2:]
+            result = queued[-1]
+            if isinstance(result, _redis_exceptions.ExecAbortError):
+                result = next((r for r in queued if isinstance(r, _redis_exceptions.ResponseError)
+                               and not isinstance(r, _redis_exceptions.ExecAbortError)), result)
+            elif isinstance(queued[0], _redis_exceptions.ResponseError):
+                result = queued[0]          # MULTI refused (nested): EXEC's error says why
+            replies = [result, *replies]
+        else:
+            result = replies[0]
         asking = None
         if not isinstance(result, _redis_exceptions.ResponseError):
             return replies

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pyqueue import _api
 from pyqueue.backends.redis import ConnectionLost, _codec
@@ -84,35 +84,31 @@ local m = redis.call('HMGET', KEYS[1], 'kind', 'joinable', 'maxsize', 'overflow'
 return {0, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]}
 """
 
-# KEYS: meta, list, space, zero; ARGV: the encoded messages.
-# -> {accepted, last id of space (when not all were accepted)}; {-1}: no queue;
-# {-2}: shut down (nothing put)
-_PUT = """
+# The put, in two forms that share its decision (what fits, what is
+# dropped, the counts): _PUT carries the messages in ARGV and pushes them
+# itself; _PUT_PUSHED runs right after a plain RPUSH of them in one
+# MULTI/EXEC (put_many's batches: Lua copies each message in and out,
+# three times the server's cost of the RPUSH) and takes back what does
+# not go in. KEYS: meta, list, space, zero.
+# -> {accepted, last id of space (when not all were accepted)}; {-1}: no
+# queue; {-2}: shut down (nothing put)
+_PUT_HEAD = """
 local m = redis.call('HMGET', KEYS[1], 'maxsize', 'overflow', 'joinable', 'unfinished',
                      'shutdown')
-if not m[1] then return {-1} end
-if m[5] then return {-2} end
+"""
+_PUT_DECIDE = """
 local maxsize = tonumber(m[1])
-local n = #ARGV
-local len = redis.call('LLEN', KEYS[2])
 local from, to, accepted, dropped = 1, n, n, 0
 if maxsize > 0 and len + n > maxsize then
   if m[2] == 'drop_oldest' then
     dropped = len + n - maxsize
-    local old = math.min(dropped, len)
-    if old > 0 then redis.call('LTRIM', KEYS[2], old, -1) end
-    from = 1 + dropped - old
   else
     to = math.max(0, maxsize - len)
     accepted = to
   end
 end
-local i = from
-while i <= to do
-  local j = math.min(i + 999, to)
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
-  i = j + 1
-end
+"""
+_PUT_COUNT = """
 if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'enqueued', accepted) end
 if dropped > 0 then redis.call('HINCRBY', KEYS[1], 'dropped', dropped) end
 if m[3] == '1' then
@@ -132,6 +128,53 @@ if accepted < n then
 end
 return {accepted}
 """
+# ARGV: the encoded messages.
+_PUT = _PUT_HEAD + """
+if not m[1] then return {-1} end
+if m[5] then return {-2} end
+local n = #ARGV
+local len = redis.call('LLEN', KEYS[2])
+""" + _PUT_DECIDE + """
+if dropped > 0 then
+  local old = math.min(dropped, len)
+  if old > 0 then redis.call('LTRIM', KEYS[2], old, -1) end
+  from = 1 + dropped - old
+end
+local i = from
+while i <= to do
+  local j = math.min(i + 999, to)
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
+  i = j + 1
+end
+""" + _PUT_COUNT
+# ARGV: n, the number of messages the RPUSH before it appended (they are
+# the list's last n): what does not go in is trimmed off again (the
+# oldest for drop_oldest, else the last of them), all of them when the
+# queue is gone or shut down - and when the meta hash cannot be read (a
+# key made by hand in its place: checked before anything is written, so
+# that a script error never leaves the batch in the list unchecked).
+_PUT_PUSHED = """
+local n = tonumber(ARGV[1])
+local len = redis.call('LLEN', KEYS[2]) - n
+local ok, m = pcall(redis.call, 'HMGET', KEYS[1], 'maxsize', 'overflow', 'joinable',
+                    'unfinished', 'shutdown')
+local damaged = not ok or (m[1] and (not tonumber(m[1]) or (m[3] == '1' and not tonumber(m[4]))))
+if damaged or not m[1] or m[5] then
+  if len > 0 then redis.call('LTRIM', KEYS[2], 0, len - 1) else redis.call('DEL', KEYS[2]) end
+  if damaged then
+    return redis.error_reply('ERR pyqueue: the meta hash ' .. KEYS[1] .. ' is damaged (nothing put)')
+  end
+  if not m[1] then return {-1} end
+  return {-2}
+end
+""" + _PUT_DECIDE + """
+if dropped > 0 then
+  redis.call('LTRIM', KEYS[2], dropped, -1)
+elseif accepted < n then
+  if len + accepted > 0 then redis.call('LTRIM', KEYS[2], 0, len + accepted - 1)
+  else redis.call('DEL', KEYS[2]) end
+end
+""" + _PUT_COUNT
 
 # KEYS: meta, list, space, shut; ARGV: max messages, messages already taken
 # (by BLPOP), "+" (count this get in "waiting" if it will block), "-" (it
@@ -140,18 +183,25 @@ return {accepted}
 # blocked) or "".
 # Takes up to ARGV[1] messages, counts ARGV[2] + those, and tells a waiting
 # put when the queue was full. -> {0, messages...}; {1}: empty and shut
-# down; {2}: no queue (removed)
-_TAKE = """
+# down; {2}: no queue (removed). Two forms, as the put: _TAKE pops the
+# messages itself; _TAKE_COUNTED only counts the min(ARGV[1], length)
+# that the plain LPOP right after it in one MULTI/EXEC pops
+# (get_many's batches) -> {0, count}, {1}, {2}. (A list whose meta hash
+# was deleted by hand would still be popped by that LPOP: pyqueue's own
+# removal deletes every key in one command.)
+_TAKE_TEMPLATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
-local m = redis.call('HMGET', KEYS[1], 'maxsize', 'shutdown')
+local ok, m = pcall(redis.call, 'HMGET', KEYS[1], 'maxsize', 'shutdown')
+local okl, len = pcall(redis.call, 'LLEN', KEYS[2])
+if not ok or not okl or not tonumber(m[1] or '0') then
+  return redis.error_reply('ERR pyqueue: the keys of ' .. KEYS[1] .. ' are damaged (nothing taken)')
+end
 if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
 if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
-local len = redis.call('LLEN', KEYS[2])
 local want = tonumber(ARGV[1])
 local before = tonumber(ARGV[2])
-local items = {}
-if want > 0 and len > 0 then items = redis.call('LPOP', KEYS[2], want) end
-local taken = #items + before
+%(pop)s
+local taken = got + before
 if taken > 0 then
   local maxsize = tonumber(m[1] or '0')
   redis.call('HINCRBY', KEYS[1], 'dequeued', taken)
@@ -163,9 +213,21 @@ elseif m[2] then
 elseif ARGV[3] == '+' then
   redis.call('HINCRBY', KEYS[1], 'waiting', 1)
 end
-table.insert(items, 1, 0)
-return items
+%(reply)s
 """
+_TAKE = _TAKE_TEMPLATE % {
+    "pop": """local items = {}
+if want > 0 and len > 0 then items = redis.call('LPOP', KEYS[2], want) end
+local got = #items""",
+    "reply": """table.insert(items, 1, 0)
+return items"""}
+_TAKE_COUNTED = _TAKE_TEMPLATE % {
+    "pop": "local got = math.min(want, len)",
+    "reply": "return {0, got}"}
+# Batches from this many messages on go through MULTI/EXEC (_PUT_PUSHED,
+# _TAKE_COUNTED); smaller ones through the one script (a transaction costs
+# more than Lua's copies of a few messages).
+TRANSACTION_FROM = 16
 
 # KEYS: meta, list, space, zero, shut, down; ARGV: 1 (shutdown) or 2 (immediate).
 # -> the state before; -1: no queue. Sets the flag; immediate drops what is
@@ -256,6 +318,12 @@ def _count_out(b: Any, meta: str) -> None:
         b.call([meta], "EVAL", _COUNT_OUT, 1, meta)
     except Exception:  # noqa: BLE001 - a best effort (redis' own errors included)
         pass
+
+
+def _raise_error(reply: Any) -> None:
+    """A reply from a transaction's list: raised when it is an error."""
+    if isinstance(reply, Exception):
+        raise reply
 
 
 class RedisQueue(RedisHandle, _api.QueueAPI):
@@ -389,10 +457,17 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         """Stores items (in order); returns how many before Full."""
         b = self._bound
         put = b.script("queue_put", _PUT)
+        keys = self._keys[:4]
         done = 0
         while done < len(items):
             chunk = items[done:done + BATCH]
-            r = put(keys=self._keys, args=chunk)
+            if len(chunk) < TRANSACTION_FROM:
+                r = put(keys=keys, args=chunk)
+            else:
+                pushed, r = b.transaction(keys, ("RPUSH", keys[1], *chunk),
+                                          ("EVAL", _PUT_PUSHED, 4, *keys, len(chunk)))
+                _raise_error(pushed)
+                _raise_error(r)
             if r[0] == -2:
                 raise ShutDown(f"queue {self._name!r} is shut down")
             if r[0] < 0:
@@ -421,7 +496,13 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         self._check_open()
         until = _api.deadline(block, timeout)
         encode, serializer = _codec.encode, self._serializer
-        items = [encode(o, serializer) for o in objs]     # (_encode's, the check once)
+        if serializer is None:
+            # (_encode's, the check once; bytes, the common case, without
+            # a call: _codec.encode's first case)
+            tb = _codec.T_BYTES
+            items = [tb + o if type(o) is bytes else encode(o, None) for o in objs]
+        else:
+            items = [encode(o, serializer) for o in objs]
         if not items:
             return 0
         if self._max_message is not None and max(map(len, items)) - 1 > self._max_message:
@@ -435,11 +516,10 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         """Raw messages: up to max_messages, at least one (else Empty, or
         ShutDown once shut down and empty)."""
         b = self._bound
-        take = b.script("queue_take", _TAKE)
         left = _api.remaining(until) if block else 0.0
         waits = left is None or left > 0.0
         keys = self._keys[:3] + self._keys[4:5]    # meta, list, space, shut
-        r: List[Any] = take(keys=keys, args=[max_messages, 0, "+" if waits else ""])
+        r: List[Any] = self._take_step(keys, max_messages, 0, "+" if waits else "")
         if len(r) > 1:
             return r[1:]
         self._check_take(r)
@@ -471,7 +551,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         if popped is None:
             # Shut down, seen at a slice's end: counted out by the take,
             # which drains what is left, then ShutDown.
-            r = take(keys=keys, args=[max_messages, 0, "-"])
+            r = self._take_step(keys, max_messages, 0, "-")
             if len(r) > 1:
                 return r[1:]
             self._check_take(r)
@@ -481,18 +561,42 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             # A shutdown's token: what is left is drained, then ShutDown;
             # the token goes back for the next get blocked (the count may
             # be low: see the module's docstring).
-            r = take(keys=keys, args=[max_messages, 0, "t"])
+            r = self._take_step(keys, max_messages, 0, "t")
             if len(r) > 1:
                 return r[1:]
             self._check_take(r)
             raise ShutDown(f"queue {self._name!r} is shut down")
         # Counted, and a put waiting for room told, by the same script.
         try:
-            rest: List[Any] = take(keys=keys, args=[max_messages - 1, 1, "-"])
+            rest: List[Any] = self._take_step(keys, max_messages - 1, 1, "-")
         except ConnectionLost:
             self._held.append(first)     # in hand: the next get returns it
             raise
         return [first] + rest[1:]
+
+    def _take_step(self, keys: Sequence[str], want: int, before: int,
+                   mode: str) -> List[Any]:
+        """One take (_TAKE's reply: {0, messages...}, {1}, {2}); a batch
+        of TRANSACTION_FROM or more as _TAKE_COUNTED + LPOP in one
+        transaction (the messages do not pass through Lua)."""
+        b = self._bound
+        if want < TRANSACTION_FROM:
+            r: List[Any] = b.script("queue_take", _TAKE)(keys=keys, args=[want, before, mode])
+            return r
+        counted, popped = b.transaction(keys, ("EVAL", _TAKE_COUNTED, 4, *keys, want, before,
+                                               mode), ("LPOP", keys[1], want))
+        _raise_error(popped)
+        if isinstance(counted, Exception):
+            # The script refused (a key of another type, made by hand: it
+            # checks before it writes, so nothing was counted), and the
+            # LPOP ran anyway: its messages go back to the head, in order
+            # (a best effort: another get may take later ones meanwhile).
+            if popped:
+                b.call(keys, "LPUSH", keys[1], *reversed(popped))
+            raise counted
+        if counted[0] != 0:
+            return [counted[0]]
+        return [0, *(popped or ())]
 
     def _check_take(self, r: List[Any]) -> None:
         """A take's reply without messages: ShutDown (1), SegmentNotFound
@@ -529,22 +633,29 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             raws = self._take(max_messages, block, until)
         out: List[Any] = []
         append, decode, serializer = out.append, _codec.decode, self._serializer
-        for i, raw in enumerate(raws):
-            try:
-                append(decode(raw, serializer))          # (self._decode)
-            except BaseException as e:
-                if isinstance(e, Exception):
-                    self._undecodable += 1
-                if i == 0:
-                    self._held.extendleft(reversed(raws[1:]))
-                    if not isinstance(e, Exception):
-                        raise
-                    # As pyqueue.Queue.get_many: the bad one alone, wrapped.
-                    raise UndecodableMessage(
-                        f"a message of queue {self._name!r} cannot be decoded: "
-                        f"{type(e).__name__}: {e}", raw=raw, cause=e) from e
-                self._held.extendleft(reversed(raws[i:]))
-                break
+        try:
+            if serializer is None:
+                tb = _codec.T_BYTES
+                for raw in raws:
+                    # (self._decode; bytes, the common case, without a call:
+                    # _codec.decode's first case)
+                    append(raw[1:] if raw[:1] == tb else decode(raw, None))
+            else:
+                for raw in raws:
+                    append(decode(raw, serializer))
+        except BaseException as e:
+            i = len(out)                                  # the one that failed
+            if isinstance(e, Exception):
+                self._undecodable += 1
+            if i == 0:
+                self._held.extendleft(reversed(raws[1:]))
+                if not isinstance(e, Exception):
+                    raise
+                # As pyqueue.Queue.get_many: the bad one alone, wrapped.
+                raise UndecodableMessage(
+                    f"a message of queue {self._name!r} cannot be decoded: "
+                    f"{type(e).__name__}: {e}", raw=raws[0], cause=e) from e
+            self._held.extendleft(reversed(raws[i:]))
         return out
 
     # -- shutdown ---------------------------------------------------------
