@@ -237,7 +237,9 @@ class CuttingProxy:
       `release()` then closes that connection without sending it (kill and
       restart the server in between).
 
-    `done` is set when the cut happened. The proxy connects each new
+    Each counts the commands named `on` (b"EVALSHA", the steps; b"MULTI",
+    the transactions of the Queue's batches). `done` is set when the cut
+    happened. The proxy connects each new
     client connection to `target` (a socket path) afresh, so a restarted
     server at the same path serves the reconnect."""
 
@@ -247,7 +249,7 @@ class CuttingProxy:
         self.sock = os.path.join(directory, "proxy.sock")
         self.url = f"redis+unix://{self.sock}"
         self._lock = threading.Lock()
-        self._mode, self._left = None, 0
+        self._mode, self._left, self._on = None, 0, b"EVALSHA"
         self.done = threading.Event()
         self.held = threading.Event()
         self._release = threading.Event()
@@ -258,21 +260,21 @@ class CuttingProxy:
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def _arm(self, mode, n):
+    def _arm(self, mode, n, on):
         with self._lock:
-            self._mode, self._left = mode, n
+            self._mode, self._left, self._on = mode, n, on
             self.done.clear()
             self.held.clear()
             self._release.clear()
 
-    def cut_reply(self, n=1):
-        self._arm("reply", n)
+    def cut_reply(self, n=1, on=b"EVALSHA"):
+        self._arm("reply", n, on)
 
-    def cut_request(self, n=1):
-        self._arm("request", n)
+    def cut_request(self, n=1, on=b"EVALSHA"):
+        self._arm("request", n, on)
 
-    def hold_request(self, n=1):
-        self._arm("hold", n)
+    def hold_request(self, n=1, on=b"EVALSHA"):
+        self._arm("hold", n, on)
 
     def release(self):
         self._release.set()
@@ -324,7 +326,8 @@ class CuttingProxy:
             return False
 
     def _up(self, client, server, pair):
-        """client -> server: counts the EVALSHAs, cuts or holds the n-th."""
+        """client -> server: counts the commands named `on`, cuts or holds
+        the n-th."""
         while True:
             data = self._recv(client)
             if not data:
@@ -332,7 +335,7 @@ class CuttingProxy:
             act = None
             with self._lock:
                 if self._mode is not None:
-                    self._left -= data.count(b"EVALSHA")
+                    self._left -= data.count(self._on)
                     if self._left <= 0:
                         act, self._mode = self._mode, None
             if act == "request":

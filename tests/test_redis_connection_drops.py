@@ -234,6 +234,36 @@ def test_queue_get_many_cut_after_its_blpop_keeps_the_message(server, proxy):
         direct.close()
 
 
+@pytest.mark.parametrize("cut", ["reply", "request"])
+def test_queue_batches_cut_mid_transaction(server, proxy, cut):
+    """A Queue batch of 40 is one MULTI/EXEC (a plain RPUSH or LPOP beside
+    its script): cut before it reaches the server, nothing happened; cut
+    after (its reply lost), all of it did, counted - never a part, and
+    never the plain command without its script. The handle goes on."""
+    import pyqueue
+    from pyqueue.backends.redis import ConnectionLost
+    b = pyqueue.connect(proxy.url)
+    q = b.Queue(100, name="drops-batches")
+    try:
+        getattr(proxy, f"cut_{cut}")(1, on=b"MULTI")
+        with pytest.raises(ConnectionLost) as info:
+            q.put_many(range(40))
+        assert proxy.done.is_set() and info.value.sent
+        applied = 40 if cut == "reply" else 0
+        assert q.qsize() == applied and q.stats()["enqueued"] == applied
+        assert q.put_many(range(40, 80)) == 40           # the same handle goes on
+        getattr(proxy, f"cut_{cut}")(1, on=b"MULTI")
+        with pytest.raises(ConnectionLost):
+            q.get_many(40)
+        taken = 40 if cut == "reply" else 0                # a lost reply's messages are gone
+        assert q.qsize() == applied + 40 - taken
+        assert q.stats()["dequeued"] == taken
+        assert q.get_many(1000) == list(range(40, 80))     # in order, each once
+    finally:
+        q.unlink()
+        b.close()
+
+
 def test_group_heartbeat_survives_a_dropped_connection(proxy):
     """The heartbeat thread of a Log group member whose session renewal
     loses its connection goes on beating (the member stays), instead of

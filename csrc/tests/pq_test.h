@@ -95,6 +95,20 @@ static inline void *pq_test_shared(size_t size)
 
 /* Wait for a child; its exit status (0..255), 128+signal when killed, or
  * -1 when it is still running after timeout_ms (it is then SIGKILLed). */
+/* Resident pages of [addr, addr + len) (page-aligned addr; mincore):
+ * (size_t)-1 on error or when len spans more than 64 pages. */
+static inline size_t pq_test_resident(const void *addr, size_t len)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), n = len / page;
+    unsigned char vec[64];
+    size_t count = 0;
+    if (n > sizeof vec || mincore((void *)addr, len, vec) != 0)
+        return (size_t)-1;
+    for (size_t i = 0; i < n; i++)
+        count += vec[i] & 1;
+    return count;
+}
+
 static inline int pq_test_wait_child(pid_t pid, int timeout_ms)
 {
     int64_t deadline = pq_test_now_ns() + (int64_t)timeout_ms * 1000000;

@@ -563,19 +563,11 @@ static int test_topic_reclaim_reported(void)
     return 0;
 }
 
-/* Pages of a ring of two levels (CAP and 2 * CAP), level `level`. */
+/* Resident pages of level `level`'s region. */
 static size_t level_resident(const pq_ring *r, unsigned level)
 {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t len = (size_t)(r->capacity << level), n = len / page;
-    unsigned char vec[16];
-    size_t count = 0;
-    if (n > sizeof vec ||
-        mincore(r->data + pq_ring_level_offset(r->capacity, level), len, vec) != 0)
-        return (size_t)-1;
-    for (size_t i = 0; i < n; i++)
-        count += vec[i] & 1;
-    return count;
+    return pq_test_resident(r->data + pq_ring_level_offset(r->capacity, level),
+                            (size_t)(r->capacity << level));
 }
 
 /* put() for a ring whose grown level is backed on demand (-ENOBUFS). */
@@ -591,6 +583,22 @@ static int put_backing(pq_ring *r, uint8_t byte)
     }
 }
 
+#define GROWN_SIZE (PQ_RING_DATA_OFFSET + 3 * CAP) /* levels 0 and 1 */
+
+/* A ring of two levels in fresh shared memory, views p and c open on it,
+ * grown into level 1 by p's puts (of type 1). NULL on failure. */
+static uint8_t *grown_ring(pq_ring *p, pq_ring *c)
+{
+    uint8_t *base = pq_test_shared(GROWN_SIZE);
+    if (base == NULL || pq_ring_create(base, GROWN_SIZE, CAP, 0, NULL, 0) != 0 ||
+        pq_ring_open(p, base, GROWN_SIZE) != 0 || pq_ring_open(c, base, GROWN_SIZE) != 0)
+        return NULL;
+    while (p->ep_level != 1)
+        if (put_backing(p, 1) != 0)
+            return NULL;
+    return base;
+}
+
 /*
  * A trim stopped right after it emptied a dead level's region; then a
  * late producer, whose populate of its old epoch's chunk in that level
@@ -602,15 +610,9 @@ static int put_backing(pq_ring *r, uint8_t byte)
  */
 static int test_trim_keeps_a_late_mark(void)
 {
-    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
-    uint8_t *base = pq_test_shared(size);
     pq_ring p, c;
+    uint8_t *base = grown_ring(&p, &c);
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, size), 0);
-    CHECK_EQ(pq_ring_open(&c, base, size), 0);
-    while (p.ep_level != 1)
-        CHECK_EQ(put_backing(&p, 1), 0);
     while (pq_ring_depth(&c) > 0)
         CHECK_EQ(get(&c, NULL), 1);
     CHECK_EQ(c.trim_wanted, 1);
@@ -642,7 +644,7 @@ static int test_trim_keeps_a_late_mark(void)
     }
     CHECK_EQ(level_resident(&p, 1), 0u);
     CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
-    munmap(base, size);
+    munmap(base, GROWN_SIZE);
     return 0;
 }
 
@@ -651,15 +653,9 @@ static int test_trim_keeps_a_late_mark(void)
  * every level, and the region is emptied by a later trim, not left. */
 static int test_trim_killed_after_clearing(void)
 {
-    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
-    uint8_t *base = pq_test_shared(size);
     pq_ring p, c;
+    uint8_t *base = grown_ring(&p, &c);
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, size), 0);
-    CHECK_EQ(pq_ring_open(&c, base, size), 0);
-    while (p.ep_level != 1)
-        CHECK_EQ(put_backing(&p, 1), 0);
     while (pq_ring_depth(&c) > 0)
         CHECK_EQ(get(&c, NULL), 1);
     const size_t before = level_resident(&p, 1);
@@ -684,7 +680,7 @@ static int test_trim_killed_after_clearing(void)
     }
     CHECK_EQ(level_resident(&p, 1), 0u);
     CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
-    munmap(base, size);
+    munmap(base, GROWN_SIZE);
     return 0;
 }
 
@@ -694,16 +690,10 @@ static int test_trim_killed_after_clearing(void)
  * that empties the queue asks for a trim that gives the page back. */
 static int test_stale_peek_marks_its_level(void)
 {
-    const size_t size = PQ_RING_DATA_OFFSET + 3 * CAP; /* levels 0 and 1 */
-    uint8_t *base = pq_test_shared(size);
     pq_ring p, c1, c2;
+    uint8_t *base = grown_ring(&p, &c1);
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, size, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, size), 0);
-    CHECK_EQ(pq_ring_open(&c1, base, size), 0);
-    CHECK_EQ(pq_ring_open(&c2, base, size), 0);
-    while (p.ep_level != 1)
-        CHECK_EQ(put_backing(&p, 1), 0);
+    CHECK_EQ(pq_ring_open(&c2, base, GROWN_SIZE), 0);
     CHECK_EQ(put_backing(&p, 1), 0);
     while (c2.rd_level != 1) /* read level 0: level 1's records at head */
         CHECK_EQ(get(&c2, NULL), 1);
@@ -731,7 +721,7 @@ static int test_stale_peek_marks_its_level(void)
     CHECK_EQ(c2.trim_wanted, 1);
     CHECK_EQ(pq_ring_trim(&c2), 1);
     CHECK_EQ(level_resident(&p, 1), 0u);
-    munmap(base, size);
+    munmap(base, GROWN_SIZE);
     return 0;
 }
 

@@ -31,16 +31,8 @@ static unsigned level_of(const pq_ring *r, uint64_t n)
 /* Resident pages of level l's region. */
 static size_t resident(const pq_ring *r, unsigned level)
 {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t len = (size_t)(r->capacity << level), n = len / page;
-    unsigned char vec[64];
-    size_t count = 0;
-    if (n > sizeof vec ||
-        mincore(r->data + pq_ring_level_offset(r->capacity, level), len, vec) != 0)
-        return (size_t)-1;
-    for (size_t i = 0; i < n; i++)
-        count += vec[i] & 1;
-    return count;
+    return pq_test_resident(r->data + pq_ring_level_offset(r->capacity, level),
+                            (size_t)(r->capacity << level));
 }
 
 /* Put one LEN-byte record holding v (backing the region when asked). */

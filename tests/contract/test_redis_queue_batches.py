@@ -83,6 +83,15 @@ def test_a_batch_get_counts_and_wakes_a_full_queue_s_put(redis_url):
         q.close()
 
 
+def _wait_blocked(b, q, n):
+    """Until n gets of q are counted blocked in the server (its meta
+    hash's "waiting"), with a deadline."""
+    deadline = time.monotonic() + 30
+    while b.client.hget(q._keys[0], "waiting") != str(n).encode():
+        assert time.monotonic() < deadline, f"{n} gets not blocked in time"
+        time.sleep(0.005)
+
+
 def test_a_batch_get_that_waited_counts_what_it_took(redis_url):
     # get_many(40) finds the queue empty, waits in BLPOP, then takes the
     # rest with the transaction form (one message already taken).
@@ -92,10 +101,7 @@ def test_a_batch_get_that_waited_counts_what_it_took(redis_url):
         box = {}
         t = threading.Thread(target=lambda: box.update(got=q.get_many(40, timeout=30)))
         t.start()
-        deadline = time.monotonic() + 30
-        while b.client.hget(q._keys[0], "waiting") != b"1":   # blocked in the server
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_blocked(b, q, 1)
         q.put_many(range(30))
         t.join(30)
         assert not t.is_alive()
@@ -125,10 +131,7 @@ def test_batch_gets_blocked_are_all_woken_by_a_shutdown(redis_url):
         threads = [threading.Thread(target=get) for _ in range(2)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 30
-        while b.client.hget(q._keys[0], "waiting") != b"2":
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_blocked(b, q, 2)
         q.shutdown()
         for t in threads:
             t.join(30)
