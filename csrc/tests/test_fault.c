@@ -599,6 +599,25 @@ static uint8_t *grown_ring(pq_ring *p, pq_ring *c)
     return base;
 }
 
+/* Puts and gets in level 0 until level 1's pages are given back: each
+ * take that empties the queue while a level >= 1 is marked asks for a
+ * trim (the first put also takes the claim lock: the recovery of a dead
+ * holder). At most three rounds; then no page and no mark is left. */
+static int given_back(pq_ring *p, pq_ring *c)
+{
+    c->trim_wanted = 0;
+    for (int i = 0; i < 3 && level_resident(p, 1) != 0; i++) {
+        CHECK_EQ(put_backing(p, 2), 0);
+        CHECK_EQ(get(c, NULL), 2);
+        CHECK_EQ(c->trim_wanted, 1);
+        c->trim_wanted = 0;
+        CHECK(pq_ring_trim(c) >= 0);
+    }
+    CHECK_EQ(level_resident(p, 1), 0u);
+    CHECK_EQ(atomic_load_explicit(&p->ctl->dirty_levels, memory_order_relaxed), 0u);
+    return 0;
+}
+
 /*
  * A trim stopped right after it emptied a dead level's region; then a
  * late producer, whose populate of its old epoch's chunk in that level
@@ -632,18 +651,7 @@ static int test_trim_keeps_a_late_mark(void)
     CHECK_EQ(pq_test_wait_child(pid, 10000), 0);
     CHECK((atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u) != 0);
     CHECK_EQ(level_resident(&p, 1), 1u);
-    /* Puts and gets in level 0 now: each take that empties the queue
-     * while a level >= 1 is marked asks for a trim. */
-    c.trim_wanted = 0;
-    for (int i = 0; i < 3 && level_resident(&p, 1) != 0; i++) {
-        CHECK_EQ(put_backing(&p, 2), 0);
-        CHECK_EQ(get(&c, NULL), 2);
-        CHECK_EQ(c.trim_wanted, 1);
-        c.trim_wanted = 0;
-        CHECK(pq_ring_trim(&c) >= 0);
-    }
-    CHECK_EQ(level_resident(&p, 1), 0u);
-    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    CHECK_EQ(given_back(&p, &c), 0);
     munmap(base, GROWN_SIZE);
     return 0;
 }
@@ -670,16 +678,7 @@ static int test_trim_killed_after_clearing(void)
     CHECK_EQ(kill_stopped(pid), 0);
     CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed) & 2u, 0u);
     CHECK_EQ(level_resident(&p, 1), before);
-    c.trim_wanted = 0;
-    for (int i = 0; i < 3 && level_resident(&p, 1) != 0; i++) {
-        CHECK_EQ(put_backing(&p, 2), 0); /* takes the lock: the recovery */
-        CHECK_EQ(get(&c, NULL), 2);
-        CHECK_EQ(c.trim_wanted, 1);
-        c.trim_wanted = 0;
-        CHECK(pq_ring_trim(&c) >= 0);
-    }
-    CHECK_EQ(level_resident(&p, 1), 0u);
-    CHECK_EQ(atomic_load_explicit(&p.ctl->dirty_levels, memory_order_relaxed), 0u);
+    CHECK_EQ(given_back(&p, &c), 0);
     munmap(base, GROWN_SIZE);
     return 0;
 }
