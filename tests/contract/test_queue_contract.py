@@ -9,6 +9,7 @@ import pytest
 import pyqueue
 from pyqueue.errors import MessageTooLarge, SegmentMismatch, SegmentNotFound
 from tests._support import wait_until
+from tests import _bindings_workers as bw
 from tests.contract import _workers
 
 pytestmark = pytest.mark.timeout(90)
@@ -179,6 +180,35 @@ def test_redis_a_batch_into_a_removed_queue_puts_nothing(redis_url, n):
     assert b.client.exists(*q._keys) == 0           # nothing left behind
     with pytest.raises(SegmentNotFound):
         again.get_many(1000, block=False)
+
+
+def test_an_interrupt_while_a_batch_is_decoded_keeps_the_batch(make):
+    """A BaseException (a Ctrl-C) while get_many decodes: the interrupt
+    goes on, nothing taken is lost, and the next call returns the whole
+    batch in order."""
+    q = make("Queue", name=make.name())
+    msgs = ["a", bw.InterruptsOnce(1), "b", bw.InterruptsOnce(2)]
+    q.put_many(msgs)
+    bw.arm_interrupts(1)
+    with pytest.raises(bw.Interrupt):
+        q.get_many(10, block=False)
+    assert q.get_many(10, block=False) == msgs
+    bw.arm_interrupts(1)
+    q.put(bw.InterruptsOnce(3))                    # the first of its batch
+    with pytest.raises(bw.Interrupt):
+        q.get_many(10, block=False)
+    assert q.get_many(10, block=False) == [bw.InterruptsOnce(3)]
+
+
+def test_an_interrupt_while_a_get_decodes_keeps_the_message(make):
+    q = make("Queue", name=make.name())
+    q.put(bw.InterruptsOnce(7))
+    q.put("next")
+    bw.arm_interrupts(1)
+    with pytest.raises(bw.Interrupt):
+        q.get(block=False)
+    assert q.get(block=False) == bw.InterruptsOnce(7)
+    assert q.get(block=False) == "next"
 
 
 def test_bad_settings(make):

@@ -10,6 +10,7 @@ import pytest
 import pyqueue
 from pyqueue.errors import MessageTooLarge
 from tests._support import wait_until
+from tests import _bindings_workers as bw
 from tests.contract import _workers
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,6 +41,25 @@ def test_every_subscriber_gets_every_message_in_order(make):
     assert replay.get(timeout=5) == "before"
     for s in (early, late, replay):
         s.close()
+
+
+def test_an_interrupt_while_a_subscription_decodes_keeps_its_messages(make):
+    """A BaseException (a Ctrl-C) while get_many or get decodes: the
+    interrupt goes on, and the next call returns what was taken."""
+    t = make("Topic", name=make.name())
+    s = t.subscribe()
+    msgs = ["a", bw.InterruptsOnce(1), "b"]
+    t.publish_many(msgs)
+    bw.arm_interrupts(1)
+    with pytest.raises(bw.Interrupt):
+        s.get_many(10, timeout=5)
+    assert s.get_many(10, timeout=5) == msgs
+    t.publish(bw.InterruptsOnce(2))
+    bw.arm_interrupts(1)
+    with pytest.raises(bw.Interrupt):
+        s.get(timeout=5)
+    assert s.get(timeout=5) == bw.InterruptsOnce(2)
+    s.close()
 
 
 def test_lag_and_subscription_not_picklable(make):

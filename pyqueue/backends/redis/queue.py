@@ -618,6 +618,11 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         except Exception:
             self._undecodable += 1
             raise
+        except BaseException:
+            # An interrupt (Ctrl-C) while decoding: the message is kept for
+            # the next get, and the interrupt goes on (as pyqueue.Queue).
+            self._held.appendleft(raw)
+            raise
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
@@ -644,13 +649,18 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
                 for raw in raws:
                     append(decode(raw, serializer))
         except BaseException as e:
+            if not isinstance(e, Exception):
+                # An interrupt (Ctrl-C) while decoding: the whole batch is
+                # kept for the next call, in order, and the interrupt goes
+                # on (as pyqueue.Queue; before, the messages decoded were
+                # returned and the interrupt swallowed, or, on the first,
+                # that message lost).
+                self._held.extendleft(reversed(raws))
+                raise
             i = len(out)                                  # the one that failed
-            if isinstance(e, Exception):
-                self._undecodable += 1
+            self._undecodable += 1
             if i == 0:
                 self._held.extendleft(reversed(raws[1:]))
-                if not isinstance(e, Exception):
-                    raise
                 # As pyqueue.Queue.get_many: the bad one alone, wrapped.
                 raise UndecodableMessage(
                     f"a message of queue {self._name!r} cannot be decoded: "

@@ -427,7 +427,16 @@ class RedisSubscription:
         until = _api.deadline(block, timeout)
         if not self._buf:
             self._buf = self._read(1, block, until)
-        return _codec.decode(self._buf.pop(0), self._topic._serializer)
+        raw = self._buf.pop(0)
+        try:
+            return _codec.decode(raw, self._topic._serializer)
+        except Exception:
+            raise
+        except BaseException:
+            # An interrupt (Ctrl-C) while decoding: the message is kept for
+            # the next get, and the interrupt goes on (as pyqueue.Topic).
+            self._buf.insert(0, raw)
+            raise
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
@@ -437,7 +446,15 @@ class RedisSubscription:
         raws, self._buf = self._buf[:max_messages], self._buf[max_messages:]
         if not raws:
             raws = self._read(max_messages, block, until)
-        return [_codec.decode(raw, self._topic._serializer) for raw in raws]
+        try:
+            return [_codec.decode(raw, self._topic._serializer) for raw in raws]
+        except Exception:
+            raise
+        except BaseException:
+            # An interrupt (Ctrl-C) while decoding: the whole batch is kept
+            # for the next call, in order, and the interrupt goes on.
+            self._buf[:0] = raws
+            raise
 
     @property
     def lag(self) -> int:
