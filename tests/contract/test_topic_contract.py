@@ -62,6 +62,26 @@ def test_an_interrupt_while_a_subscription_decodes_keeps_its_messages(make):
     s.close()
 
 
+def test_an_undecodable_message_is_reported_alone(make):
+    """An undecodable message (its unpickling raises) in a batch: the ones
+    before it are returned, it is raised alone as UndecodableMessage by the
+    next call, and the ones after it come after that."""
+    t = make("Topic", name=make.name())
+    s = t.subscribe()
+    t.publish_many(["a", bw.Unloadable("bad"), "b"])
+    assert s.get_many(10, timeout=5) == ["a"]
+    with pytest.raises(pyqueue.UndecodableMessage) as info:
+        s.get_many(10, timeout=5)
+    assert isinstance(info.value.cause, LookupError)
+    assert s.get_many(10, timeout=5) == ["b"]
+    t.publish(bw.Unloadable("bad again"))
+    t.publish("c")
+    with pytest.raises(pyqueue.UndecodableMessage):
+        s.get(timeout=5)
+    assert s.get(timeout=5) == "c"
+    s.close()
+
+
 def test_lag_and_subscription_not_picklable(make):
     t = make("Topic", make.name())
     s = t.subscribe()

@@ -46,7 +46,8 @@ from pyqueue import _api
 from pyqueue.backends.redis import _codec
 from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, check_name, key_prefix
-from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown
+from pyqueue.errors import (MessageTooLarge, PyQueueError, SegmentNotFound, ShutDown,
+                            UndecodableMessage)
 from pyqueue.queues import _check_serializer, _Default, _round_capacity, _take, check_settings
 
 KIND = "topic"
@@ -429,9 +430,9 @@ class RedisSubscription:
             self._buf = self._read(1, block, until)
         raw = self._buf.pop(0)
         try:
-            return _codec.decode(raw, self._topic._serializer)
-        except Exception:
-            raise
+            return self._decode(raw)
+        except Exception as e:
+            raise self._undecodable(raw, e) from e
         except BaseException:
             # An interrupt (Ctrl-C) while decoding: the message is kept for
             # the next get, and the interrupt goes on (as pyqueue.Topic).
@@ -446,15 +447,34 @@ class RedisSubscription:
         raws, self._buf = self._buf[:max_messages], self._buf[max_messages:]
         if not raws:
             raws = self._read(max_messages, block, until)
+        out: List[Any] = []
         try:
-            return [_codec.decode(raw, self._topic._serializer) for raw in raws]
-        except Exception:
-            raise
+            for raw in raws:
+                out.append(self._decode(raw))
+        except Exception as e:
+            # An undecodable message is reported alone (as pyqueue.Topic):
+            # the ones before it are returned now, the ones after it by the
+            # next calls.
+            i = len(out)
+            if i == 0:
+                self._buf[:0] = raws[1:]
+                raise self._undecodable(raws[0], e) from e
+            self._buf[:0] = raws[i:]
         except BaseException:
             # An interrupt (Ctrl-C) while decoding: the whole batch is kept
             # for the next call, in order, and the interrupt goes on.
             self._buf[:0] = raws
             raise
+        return out
+
+    def _decode(self, raw: bytes) -> Any:
+        return _codec.decode(raw, self._topic._serializer)
+
+    def _undecodable(self, raw: bytes, e: Exception) -> UndecodableMessage:
+        """What an undecodable message raises (counted in undecodable)."""
+        self.undecodable += 1
+        return UndecodableMessage(f"a message of topic {self._topic._name!r} cannot be decoded: "
+                                  f"{type(e).__name__}: {e}", raw=raw, cause=e)
 
     @property
     def lag(self) -> int:
