@@ -40,7 +40,9 @@ slices of WAIT_SLICE seconds, each ended by a plain read of the flag
 (no write: nothing for min_replicas to confirm, no count to keep).
 The documentation's Design page, "Shutdown".
 
-Every step that reads and writes is one Lua script (atomic); a waiting put
+Every step that reads and writes is one Lua script (atomic), or for a
+batch of TRANSACTION_FROM messages or more one MULTI/EXEC of a plain RPUSH
+or LPOP beside its script (_PUT_PUSHED, _TAKE_COUNTED); a waiting put
 or join reads its stream's last id in the same script that found the queue
 full (or the count non-zero), then blocks in XREAD from that id: an event
 after the check always wakes it, and nothing spins. A get that finds the
