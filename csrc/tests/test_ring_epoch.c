@@ -79,17 +79,25 @@ static int get(pq_ring *r, uint32_t *out, int max)
     }
 }
 
-static int test_grows_instead_of_full(void)
+/* A fresh ring of LEVELS levels in shared memory, with a producer's and
+ * a consumer's view open on it: its base, NULL on failure. */
+static uint8_t *open_pair(pq_ring *p, pq_ring *c)
 {
     uint8_t *base = pq_test_shared(SIZE);
+    if (base == NULL || pq_ring_create(base, SIZE, CAP, 0, NULL, 0) != 0 ||
+        pq_ring_open(p, base, SIZE) != 0 || pq_ring_open(c, base, SIZE) != 0)
+        return NULL;
+    return base;
+}
+
+static int test_grows_instead_of_full(void)
+{
     pq_ring p, c;
+    uint8_t *base = open_pair(&p, &c);
     const uint32_t total = (CAP / 128) * ((1u << LEVELS) - 1); /* every level full */
     static uint32_t got[4096];
     uint32_t n = 0;
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
-    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
     CHECK_EQ(p.nlevels, LEVELS);
     CHECK_EQ(p.span, (uint64_t)CAP * 15);
     for (uint32_t i = 0; i < total; i++)
@@ -112,13 +120,10 @@ static int test_grows_instead_of_full(void)
 
 static int test_trim(void)
 {
-    uint8_t *base = pq_test_shared(SIZE);
     pq_ring p, c;
+    uint8_t *base = open_pair(&p, &c);
     uint32_t got[256], v = 0, next = 0;
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
-    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
     /* Fill levels 0, 1 and part of 2. */
     while (epoch_of(&p) < 2 || p.ep_level != 2)
         CHECK_EQ(put(&p, v++), 0);
@@ -295,13 +300,10 @@ static int test_two_processes_grow_it(void)
  * back. Before, nothing asked once the ring was back at level 0. */
 static int test_pages_left_in_a_dead_level_are_given_back(void)
 {
-    uint8_t *base = pq_test_shared(SIZE);
     pq_ring p, c;
+    uint8_t *base = open_pair(&p, &c);
     uint32_t got[256], v = 0, next = 0;
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
-    CHECK_EQ(pq_ring_open(&c, base, SIZE), 0);
     while (p.ep_level != 1)
         CHECK_EQ(put(&p, v++), 0);
     while (next < v) { /* drain: back to level 0 */
@@ -346,15 +348,12 @@ static int test_pages_left_in_a_dead_level_are_given_back(void)
  * back. */
 static int test_a_stale_read_of_a_dead_level_is_given_back(void)
 {
-    uint8_t *base = pq_test_shared(SIZE);
     pq_ring p, c1, c2;
+    uint8_t *base = open_pair(&p, &c1);
     pq_ring_record recs[2];
     pq_ring_batch b;
     uint32_t got[256], v = 0, first2 = 0;
     CHECK(base != NULL);
-    CHECK_EQ(pq_ring_create(base, SIZE, CAP, 0, NULL, 0), 0);
-    CHECK_EQ(pq_ring_open(&p, base, SIZE), 0);
-    CHECK_EQ(pq_ring_open(&c1, base, SIZE), 0);
     CHECK_EQ(pq_ring_open(&c2, base, SIZE), 0);
     while (p.ep_level != 2) {
         first2 = v;
