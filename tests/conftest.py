@@ -12,6 +12,7 @@
 import multiprocessing
 import multiprocessing.queues
 import os
+import signal
 import sys
 import time
 
@@ -44,6 +45,20 @@ from tests._support import (  # noqa: E402
 DEFAULT_TIMEOUT = 60
 
 START_METHODS = ["fork", "spawn"]
+
+
+def _allow_sigint():
+    # Tests send SIGINT to their children and expect a KeyboardInterrupt, as
+    # a Ctrl-C in a terminal gives. A run started in the background by a
+    # non-interactive shell (`pytest ... &`: CI's runs side by side, and the
+    # pytest-xdist workers such a run starts) inherits SIGINT ignored, and
+    # so would every child: give this process, and so its children, the
+    # disposition a terminal's program has.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_allow_sigint()
 
 
 def pytest_configure(config):

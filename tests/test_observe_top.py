@@ -104,6 +104,10 @@ def test_live_view_in_a_terminal(ctx, procs, known, tmp_path):
     rc_file = tmp_path / "rc"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TMUX", None)
+    # The screen's size is tmux's window (-x/-y below), not the size a test
+    # runner passed down (pytest-xdist's workers get COLUMNS=80, LINES=24).
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
     cmd = (f"{shlex.quote(sys.executable)} -m pyqueue top --interval 0.2 "
            f"{shlex.quote(tag + '-*')}; echo $? > {shlex.quote(str(rc_file))}")
     stop = ctx.Event()

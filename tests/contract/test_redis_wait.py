@@ -148,6 +148,39 @@ def test_a_waiting_get_writes_nothing_at_its_slices_end(replicated, monkeypatch)
         b.close()
 
 
+@pytest.mark.parametrize("want", [1, 100])   # a script step; a MULTI/EXEC batch
+def test_a_get_that_takes_nothing_has_nothing_to_confirm(replicated, want):
+    """With the replica stopped, a get that finds the queue empty counts
+    itself in "waiting" (a write) but took nothing: Empty at its timeout,
+    not NotReplicated (a CI run under load: the replica stopped just
+    after the get's first take, whose WAIT then failed). A get that takes
+    a message is still confirmed."""
+    import queue as _queue
+
+    from pyqueue.backends.redis import NotReplicated, RedisBackend
+    master, replica = replicated
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    plain = RedisBackend(master.url)
+    q = b.Queue(name="wait-empty-get")
+    try:
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            for block, timeout in ((True, 0.3), (False, None)):
+                with pytest.raises(_queue.Empty):
+                    q.get_many(want, block=block, timeout=timeout)
+            assert int(b.client.hget(q._keys[0], "waiting")) == 0
+            plain.Queue.open("wait-empty-get").put("m")
+            with pytest.raises(NotReplicated):
+                q.get_many(want, timeout=5)
+            assert q.qsize() == 0          # (taken: applied by the master)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        q.unlink()
+    finally:
+        b.close()
+        plain.close()
+
+
 def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, monkeypatch):
     """A Queue handle's lease renewal under min_replicas whose WAIT times
     out (the replica stopped) was applied: the renewal task goes on (a

@@ -219,7 +219,8 @@ class RedisBackend:
                                               max(1, math.ceil(s * 1000)), "STREAMS", *keys,
                                               *streams.values()), ms / 1000.0)
 
-    def transaction(self, keys: Sequence[str], *commands: Tuple[Any, ...]) -> List[Any]:
+    def transaction(self, keys: Sequence[str], *commands: Tuple[Any, ...],
+                    confirm: Optional[Callable[[List[Any]], bool]] = None) -> List[Any]:
         """commands as one MULTI/EXEC transaction (atomic) on the node of
         keys' slot (one slot), sent once like a step (_Step), with WAIT
         after it under min_replicas -> the replies of commands (an error
@@ -227,11 +228,12 @@ class RedisBackend:
         must not pass through Lua (a plain command moves them; a script
         beside it decides and counts, with nothing in between): a script
         in a transaction is sent as EVAL, never EVALSHA, since a NOSCRIPT
-        inside one would let the plain command run without its script."""
+        inside one would let the plain command run without its script.
+        confirm(replies): as a script step's (_Step)."""
         wait = [("WAIT", self.min_replicas, self.wait_timeout)] if self.min_replicas else []
         replies = _send_once(self, keys, _Transaction(commands), wait, _SOCKET_DEFAULT,
                              "a call: {e} (the step was sent; it may have been applied)")
-        if self.min_replicas:
+        if self.min_replicas and (confirm is None or confirm(replies[0])):
             check_replicated(self, replies[-1])
         result: List[Any] = replies[0]
         return result
@@ -319,7 +321,12 @@ class _Step:
         self._source = source.encode()
         self._sha = hashlib.sha1(self._source).hexdigest()
 
-    def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+    def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = (),
+                 confirm: Optional[Callable[[Any], bool]] = None) -> Any:
+        """Runs the script -> its reply. confirm(reply), when given, says
+        whether the step wrote what min_replicas must confirm: a step that
+        only kept a count of the handle's own (a get that took nothing and
+        counts itself in "waiting") raises no NotReplicated."""
         b = self._b
         keys = list(keys)
         evalsha: Tuple[Any, ...] = ("EVALSHA", self._sha, len(keys), *keys, *args)
@@ -327,7 +334,7 @@ class _Step:
         replies = _send_once(b, keys, evalsha, wait, _SOCKET_DEFAULT,
                              "a call: {e} (the step was sent; it may have been applied)",
                              self._load)
-        if b.min_replicas:
+        if b.min_replicas and (confirm is None or confirm(replies[0])):
             check_replicated(b, replies[-1])
         return replies[0]
 

@@ -312,6 +312,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'waiti
 """
 
 
+def _took(reply: Any) -> bool:
+    """Whether a take's reply ({0, messages...}, {1}, {2}) took messages."""
+    return isinstance(reply, list) and len(reply) > 1
+
+
 def _count_out(b: Any, meta: str) -> None:
     """_COUNT_OUT, at most once and never raising (a get's own error is
     what it raises; a count left one high is harmless: the module's
@@ -582,11 +587,16 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         of TRANSACTION_FROM or more as _TAKE_COUNTED + LPOP in one
         transaction (the messages do not pass through Lua)."""
         b = self._bound
+        # With min_replicas, a take that took nothing (it may have counted
+        # the get in "waiting") has nothing to confirm: no NotReplicated
+        # from a get that then waits, or ends Empty.
         if want < TRANSACTION_FROM:
-            r: List[Any] = b.script("queue_take", _TAKE)(keys=keys, args=[want, before, mode])
+            r: List[Any] = b.script("queue_take", _TAKE)(keys=keys, args=[want, before, mode],
+                                                          confirm=_took)
             return r
         counted, popped = b.transaction(keys, ("EVAL", _TAKE_COUNTED, 4, *keys, want, before,
-                                               mode), ("LPOP", keys[1], want))
+                                               mode), ("LPOP", keys[1], want),
+                                        confirm=lambda replies: bool(replies[1]))
         _raise_error(popped)
         if isinstance(counted, Exception):
             # The script refused (a key of another type, made by hand: it
