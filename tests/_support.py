@@ -81,14 +81,19 @@ def _creator_pid(entry):
 # PYQUEUE_SOLE_RUN=1 (a machine where this run is the only pyqueue user),
 # whoever it was.  Without it, another test run or benchmark may be going on
 # beside this one, and its dead children's segments are not ours to blame
-# or remove.
+# or remove.  A pid is reused (pid_max is 32768 here), and a run in
+# pytest-xdist workers has others' processes beside it: the leak check
+# of a test blames only the children started since it began (CHILD_PIDS
+# keeps when each was noted), not a pid a child of an earlier test once
+# had and another worker's process has now (a CI run blamed, and
+# removed, the segment of another worker's test).
 SOLE_RUN = os.environ.get("PYQUEUE_SOLE_RUN", "") not in ("", "0")
-CHILD_PIDS = set()
+CHILD_PIDS = {}   # pid -> time.monotonic() when it was noted
 
 
 def note_child(pid):
     if pid:
-        CHILD_PIDS.add(pid)
+        CHILD_PIDS[pid] = time.monotonic()
 
 
 def segment_belongs_to_this_run(entry, started=None, sole_run=None):
@@ -96,8 +101,9 @@ def segment_belongs_to_this_run(entry, started=None, sole_run=None):
     segments of other programs using pyqueue at the same time (benchmarks,
     another test run).  A segment is taken as ours when the first pid in its
     name is this process, a live descendant of it, or a child of this
-    process that is gone (or, sole_run, default SOLE_RUN: any process that
-    is gone -- someone else's leak is a leak all the same); and, whatever its
+    process that is gone, started at or after `started` (time.monotonic();
+    None: any time) (or, sole_run, default SOLE_RUN: any process that is
+    gone -- someone else's leak is a leak all the same); and, whatever its
     name, when the creator pid in its header is this process or a live
     descendant (a segment a test named without a pid)."""
     sole_run = SOLE_RUN if sole_run is None else sole_run
@@ -106,7 +112,9 @@ def segment_belongs_to_this_run(entry, started=None, sole_run=None):
         pid = int(m.group(1))
         if _is_self_or_descendant(pid):
             return True
-        if (sole_run or pid in CHILD_PIDS) and not os.path.exists("/proc/%d" % pid):
+        noted = CHILD_PIDS.get(pid)
+        child = noted is not None and (started is None or noted >= started)
+        if (sole_run or child) and not os.path.exists("/proc/%d" % pid):
             return True
     creator = _creator_pid(entry)
     return creator is not None and _is_self_or_descendant(creator)

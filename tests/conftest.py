@@ -196,7 +196,7 @@ _note_children()
 @pytest.fixture(autouse=True)
 def _shm_leak_check():
     before = list_pyqueue_segments()
-    started = time.time()
+    started = time.monotonic()
     yield
     after = list_pyqueue_segments()
     leaked = sorted(

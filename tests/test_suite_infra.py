@@ -64,10 +64,15 @@ def test_leak_check_blames_dead_children_not_other_dead_processes():
     p.join()
     sp = subprocess.Popen([sys.executable, "-c", "pass"])
     assert sp.wait(60) == 0
+    later = time.monotonic()
     for pid in (p.pid, sp.pid):
         assert not os.path.exists("/proc/%d" % pid)
         assert segment_belongs_to_this_run(_entry("anon-%d-00112233aabbccdd" % pid),
                                            sole_run=False)
+        # Not for a test that began after the child was started: its pid
+        # may be another process's now (pytest-xdist's workers side by side).
+        assert not segment_belongs_to_this_run(_entry("anon-%d-00112233aabbccdd" % pid),
+                                               started=later, sole_run=False)
     # A dead process that was not ours: a grandchild.
     q = multiprocessing.get_context("fork").SimpleQueue()
     p = multiprocessing.get_context("fork").Process(target=_report_grandchild, args=(q,))
