@@ -27,7 +27,9 @@ def open_segment(name: str, kind: int) -> Any:
     that has no counters (a directory log's control file)."""
     if kind == 1:
         from pyqueue.queues import Queue
-        return Queue.open(name, serializer=_RAW, trust_owner=True)
+        # (not marked shared: an unnamed queue's creator still removes
+        # its name at close)
+        return Queue._open(name, _RAW, True, shared=False)
     if kind == 2:
         from pyqueue.topic import Topic
         return Topic.open(name, serializer=_RAW, trust_owner=True)

@@ -250,15 +250,11 @@ def collect(patterns=()):
 
 
 def _open_counted(name, kind):
-    """A queue or work queue opened to read its counters, or None."""
-    if kind == 1:
-        from pyqueue.queues import Queue
-        # Any serializer will do to read counters (and is required to open a
-        # queue made with a custom one).
-        return Queue.open(name, serializer=(bytes, bytes), trust_owner=True)
-    if kind == 5:
-        from pyqueue.workqueue import WorkQueue
-        return WorkQueue.open(name, trust_owner=True)
+    """A queue or work queue opened to read its counters, or None (as
+    `pyqueue stats` opens it: an unnamed queue's name is not kept alive)."""
+    if kind in (1, 5):
+        from pyqueue import _inspect
+        return _inspect.open_segment(name, kind)
     return None
 
 

@@ -230,6 +230,16 @@ class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
                 given.
             ValueError: The name is not a valid queue name.
         """
+        return cls._open(name, serializer, trust_owner, True)
+
+    @classmethod
+    def _open(cls: Type[_Q], name: str, serializer: Optional[Serializer], trust_owner: bool,
+              shared: bool) -> _Q:
+        """open(); shared false for a handle that only reads the counters
+        and is closed at once (pyqueue stats, top, metrics: pyqueue._inspect):
+        it must not keep an unnamed queue's name alive past its creator's
+        close() (that name would then stay in /dev/shm until the creator
+        exits: a service making unnamed queues while it is watched)."""
         _segment.check_name(name)
         serializer = _check_serializer(serializer)
         mm, mode = _segment.open_existing(name, _KIND_QUEUE, trust_owner)
@@ -237,7 +247,8 @@ class Queue(_core.RingQueue[T], metaclass=abc.ABCMeta):
         self._setup(name, mm, serializer, mode)
         self._trust_owner = trust_owner
         self._creator_pid = 0
-        self._mark_shared()
+        if shared:
+            self._mark_shared()
         return self
 
     def _setup(self, name: str, mm: mmap.mmap, serializer: Optional[Serializer],

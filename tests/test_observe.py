@@ -270,3 +270,39 @@ def test_metrics_of_a_stream_processor(mode):
                         frozenset({("workqueue", q.name)}))] == 21
     finally:
         close_handles([q, out])
+
+
+def test_watching_an_unnamed_queue_keeps_no_name_alive():
+    """`pyqueue ls`, `pyqueue stats` and the snapshot of `pyqueue top` and
+    `pyqueue metrics` open every queue by name to read its counters: that
+    must not count as sharing it. An unnamed queue's creator removes its
+    name at close(), watched or not (a CI run: a test's unnamed queue,
+    watched by another's `pyqueue metrics` meanwhile, stayed in /dev/shm
+    until its process exited, as a service's would)."""
+    from pyqueue import _inspect
+
+    q = Queue()
+    path = os.path.join("/dev/shm", "pyqueue." + q.name)
+    try:
+        q.put(b"x")
+        assert cli("ls", q.name)[0] == 0
+        rc, out, err = cli("stats", "--json", q.name)
+        assert rc == 0 and json.loads(out)["depth"] == 1, err
+        assert [row["name"] for row in _inspect.snapshot([q.name])] == [q.name]
+        r = subprocess.run([sys.executable, "-m", "pyqueue", "stats", "--json", q.name],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert r.returncode == 0 and json.loads(r.stdout)["depth"] == 1, r.stderr
+        assert os.path.exists(path)
+    finally:
+        q.close()
+    assert not os.path.exists(path)
+    # A handle a user opens by name still shares it: the name stays.
+    q = Queue()
+    path = os.path.join("/dev/shm", "pyqueue." + q.name)
+    other = Queue.open(q.name)
+    q.close()
+    try:
+        assert os.path.exists(path)
+    finally:
+        other.close()
+        os.unlink(path)
