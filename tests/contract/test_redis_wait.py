@@ -56,13 +56,21 @@ def replicated(tmp_path):
 
     from tests import redis_support
     from tests._support import wait_until
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / "m").mkdir()
+    for attempt in range(5):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (tmp_path / f"m{attempt}").mkdir()
+        try:
+            master = redis_support.RedisServer(str(tmp_path / f"m{attempt}"), "--port",
+                                               str(port), "--bind", "127.0.0.1")
+            break
+        except RuntimeError:
+            # The port was taken between its choice and the server's bind
+            # (another test, another pytest-xdist worker): another one.
+            if attempt == 4:
+                raise
     (tmp_path / "r").mkdir()
-    master = redis_support.RedisServer(str(tmp_path / "m"), "--port", str(port),
-                                       "--bind", "127.0.0.1")
     replica = None
     try:
         replica = redis_support.RedisServer(str(tmp_path / "r"), "--replicaof", "127.0.0.1",
@@ -75,6 +83,23 @@ def replicated(tmp_path):
             os.kill(replica.proc.pid, signal.SIGCONT)
             replica.stop()
         master.stop()
+
+
+def _caught_up(master, replica):
+    """Waits (30 s at most) until the replica has all the master wrote: a
+    replica resumed after a SIGSTOP catches up, and on a busy machine
+    (CI's workers side by side) the next step's WAIT of a few hundred ms
+    may end before it has."""
+    from tests import redis_support
+    from tests._support import wait_until
+
+    def offset(server, field):
+        out = redis_support._cli("-s", server.sock, "info", "replication").stdout
+        return next((int(line.split(":")[1]) for line in out.splitlines()
+                     if line.startswith(field + ":")), -1)
+
+    assert wait_until(lambda: offset(replica, "slave_repl_offset")
+                      >= offset(master, "master_repl_offset") > 0, 30)
 
 
 def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
@@ -99,6 +124,7 @@ def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
             assert (e.value.replicas, e.value.wanted) == (0, 1)
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
         assert await q.get(timeout=5) == "applied"   # it was put all the same
         q.close()
 
@@ -141,6 +167,7 @@ def test_a_waiting_get_writes_nothing_at_its_slices_end(replicated, monkeypatch)
             waiter.join(30)
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
         assert isinstance(got[0], _queue.Empty), got
         assert int(b.client.hget(q._keys[0], "waiting")) == 0
         q.unlink()
@@ -169,14 +196,61 @@ def test_a_get_that_takes_nothing_has_nothing_to_confirm(replicated, want):
                 with pytest.raises(_queue.Empty):
                     q.get_many(want, block=block, timeout=timeout)
             assert int(b.client.hget(q._keys[0], "waiting")) == 0
-            plain.Queue.open("wait-empty-get").put("m")
+            other = plain.Queue.open("wait-empty-get")
+            other.put("m")
+            other.close()
             with pytest.raises(NotReplicated):
                 q.get_many(want, timeout=5)
             assert q.qsize() == 0          # (taken: applied by the master)
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
         q.unlink()
     finally:
+        b.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("want", [1, 100])   # a script step; a MULTI/EXEC batch
+def test_a_get_woken_by_a_put_is_still_confirmed(replicated, want):
+    """A get that waited (in BLPOP, which popped the message: a write) and
+    then counts the message in a step that takes nothing more: confirmed
+    like any take of a message (a review: only what the step itself
+    popped was looked at, and the message came back unconfirmed)."""
+    import threading
+
+    from pyqueue.backends.redis import NotReplicated, RedisBackend
+    from tests._support import wait_until
+    master, replica = replicated
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    plain = RedisBackend(master.url)
+    q = b.Queue(name="wait-woken-get")
+    got = []
+
+    def get():
+        try:
+            got.append(q.get_many(want, timeout=20))
+        except BaseException as e:  # (what it ended with)
+            got.append(e)
+
+    waiter = threading.Thread(target=get)
+    try:
+        waiter.start()
+        assert wait_until(lambda: int(b.client.hget(q._keys[0], "waiting") or 0) == 1, 30)
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            other = plain.Queue.open("wait-woken-get")
+            other.put("m")
+            other.close()
+            waiter.join(30)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
+        assert len(got) == 1 and isinstance(got[0], NotReplicated), got
+        assert q.qsize() == 0              # (taken: applied by the master)
+        q.unlink()
+    finally:
+        waiter.join(30)
         b.close()
         plain.close()
 
@@ -213,6 +287,7 @@ def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, m
                     await asyncio.sleep(0.02)   # (the loop runs the renewal meanwhile)
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
         q.close()
         q.sync.unlink()
 

@@ -589,14 +589,20 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         b = self._bound
         # With min_replicas, a take that took nothing (it may have counted
         # the get in "waiting") has nothing to confirm: no NotReplicated
-        # from a get that then waits, or ends Empty.
+        # from a get that then waits, or ends Empty. One that counts a
+        # message its BLPOP popped (before) has: that pop is a write.
         if want < TRANSACTION_FROM:
-            r: List[Any] = b.script("queue_take", _TAKE)(keys=keys, args=[want, before, mode],
-                                                          confirm=_took)
+            r: List[Any] = b.script("queue_take", _TAKE)(
+                keys=keys, args=[want, before, mode],
+                confirm=None if before else _took)
             return r
-        counted, popped = b.transaction(keys, ("EVAL", _TAKE_COUNTED, 4, *keys, want, before,
-                                               mode), ("LPOP", keys[1], want),
-                                        confirm=lambda replies: bool(replies[1]))
+        # (A refused script: nothing counted, and the LPOP's messages go
+        # back below, with the script's error; nothing to confirm.)
+        counted, popped = b.transaction(
+            keys, ("EVAL", _TAKE_COUNTED, 4, *keys, want, before, mode),
+            ("LPOP", keys[1], want),
+            confirm=lambda replies: not isinstance(replies[0], Exception) and bool(
+                before or replies[1]))
         _raise_error(popped)
         if isinstance(counted, Exception):
             # The script refused (a key of another type, made by hand: it
