@@ -1,6 +1,8 @@
 """Real Redis servers for the tests: Debian's redis-server, started here.
 
 * `RedisServer(dir)`: one server on a Unix socket in `dir` (no TCP port).
+* `tcp_server(dir)`: one that also listens on a free loopback port (`port`),
+  for a replica to follow.
 * `RedisCluster(dir)`: 3 masters + 3 replicas on loopback ports, made with
   `redis-cli --cluster create ... --cluster-replicas 1` (`replicas=0`: the
   3 masters alone, as bench/redis_compare.py starts it).
@@ -130,6 +132,25 @@ def _free_ports(n):
     finally:
         for s in socks:
             s.close()
+
+
+def tcp_server(directory, attempts=5):
+    """A RedisServer (in a new directory under `directory`) that also
+    listens on a free loopback port, its `port`; tried on other ports, as
+    RedisCluster is, when one is taken between _free_ports and the bind
+    (another test, another pytest-xdist worker)."""
+    for attempt in range(attempts):
+        port = _free_ports(1)[0]
+        d = os.path.join(directory, f"try{attempt}-{port}")
+        os.makedirs(d)
+        try:
+            server = RedisServer(d, "--port", str(port), "--bind", "127.0.0.1")
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            continue
+        server.port = port
+        return server
 
 
 class RedisCluster:

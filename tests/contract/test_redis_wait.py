@@ -52,29 +52,14 @@ def test_with_replicas_every_step_is_confirmed(redis_cluster):
 @pytest.fixture
 def replicated(tmp_path):
     """(master, replica): two real redis-servers, the replica in sync."""
-    import socket
-
     from tests import redis_support
     from tests._support import wait_until
-    for attempt in range(5):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        (tmp_path / f"m{attempt}").mkdir()
-        try:
-            master = redis_support.RedisServer(str(tmp_path / f"m{attempt}"), "--port",
-                                               str(port), "--bind", "127.0.0.1")
-            break
-        except RuntimeError:
-            # The port was taken between its choice and the server's bind
-            # (another test, another pytest-xdist worker): another one.
-            if attempt == 4:
-                raise
+    master = redis_support.tcp_server(str(tmp_path))
     (tmp_path / "r").mkdir()
     replica = None
     try:
         replica = redis_support.RedisServer(str(tmp_path / "r"), "--replicaof", "127.0.0.1",
-                                            str(port))
+                                            str(master.port))
         assert wait_until(lambda: "master_link_status:up" in redis_support._cli(
             "-s", replica.sock, "info", "replication").stdout, timeout=30)
         yield master, replica
