@@ -97,7 +97,7 @@ def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
     master, replica = replicated
 
     async def main():
-        b = aq.connect(master.url + "?min_replicas=1&wait_timeout=300")
+        b = aq.connect(master.url + "?min_replicas=1&wait_timeout=2000")
         q = b.Queue(name="await-replicated")
         for i in range(10):
             await q.put(i)
@@ -130,7 +130,7 @@ def test_a_waiting_get_writes_nothing_at_its_slices_end(replicated, monkeypatch)
     monkeypatch.setattr(rq, "WAIT_SLICE", 0.3)
     import threading
     import time
-    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=2000")
     q = b.Queue(name="wait-slices")
     try:
         got = []
@@ -171,7 +171,7 @@ def test_a_get_that_takes_nothing_has_nothing_to_confirm(replicated, want):
 
     from pyqueue.backends.redis import NotReplicated, RedisBackend
     master, replica = replicated
-    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=2000")
     plain = RedisBackend(master.url)
     q = b.Queue(name="wait-empty-get")
     try:
@@ -207,7 +207,7 @@ def test_a_get_woken_by_a_put_is_still_confirmed(replicated, want):
     from pyqueue.backends.redis import NotReplicated, RedisBackend
     from tests._support import wait_until
     master, replica = replicated
-    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=200")
+    b = RedisBackend(master.url + "?min_replicas=1&wait_timeout=2000")
     plain = RedisBackend(master.url)
     q = b.Queue(name="wait-woken-get")
     got = []
