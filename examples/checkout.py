@@ -116,7 +116,7 @@ def serve(name, workers=4, url=None, start_method=None):
     finally:
         queue.close()
     report = {"tree": os.getpid(), "processed": stats["processed"], "failed": stats["failed"],
-              "crashes": stats["crashes"]}
+              "crashes": stats["crashes"], "last_error": stats["last_error"]}
     print(json.dumps(report), flush=True)
     return report
 
@@ -225,7 +225,8 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
             "redelivered": qs["redelivered"], "deduplicated": qs["deduplicated"],
             "failed_attempts": stats["failed"] + sum(t["failed"] for t in tree_reports if t),
             "trees": [{"tree": os.getpid(), "processed": stats["processed"],
-                       "failed": stats["failed"], "crashes": stats["crashes"]}] + tree_reports,
+                       "failed": stats["failed"], "crashes": stats["crashes"],
+                       "last_error": stats["last_error"]}] + tree_reports,
             "seconds": round(elapsed, 3),
         }
         report["ok"] = (report["charged_exactly_once"] and not report["lost"] and

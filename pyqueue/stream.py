@@ -49,8 +49,9 @@ _SP = TypeVar("_SP", bound="StreamProcessor")
 
 __all__ = ["StreamProcessor", "DeadRecord"]
 
-# per worker: processed, failed, busy seconds, slowest seconds, bad records
-_STATS = 5
+# per worker: processed, failed, busy seconds, slowest seconds, bad records,
+# expired (settles refused: past the visibility timeout)
+_STATS = 6
 ON_ERROR = ("skip", "raise")
 _MAX_REPORT = 16384  # bytes of a crashed worker's traceback kept
 _CRASH_LOOP = 3      # crashes in a row logged as a crash loop
@@ -220,20 +221,44 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
         stats[base + 2] += t - start
         if slowest > stats[base + 3]:
             stats[base + 3] = slowest
+        # A settle refused for messages no longer this worker's (fn took
+        # past the visibility timeout: they were delivered again, another
+        # worker has them) is no crash: the rest of the batch is settled,
+        # and those are counted and logged. (A crash would restart the
+        # worker, after a back-off, only for the next slow batch to crash
+        # it again: the whole tree out of the work under load.)
+        expired: set = set()
         if not sent:
-            b.nack(error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
+            _settle(b.nack, expired, error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
         else:
             for i, rejected, err in bad:
                 if rejected:
-                    b.reject([i], f"{type(err).__name__}: {err}")
+                    _settle(b.reject, expired, [i], f"{type(err).__name__}: {err}")
                 else:
-                    b.nack([i], error=f"{type(err).__name__}: {err}")
-            b.ack()
+                    _settle(b.nack, expired, [i], error=f"{type(err).__name__}: {err}")
+            _settle(b.ack, expired)
         took = t - start
-        if took > visibility / 4:
+        if expired:
+            stats[base + 5] += len(expired)
+            _logger.warning("StreamProcessor worker: %d of a batch of %d message(s) took past "
+                            "the visibility timeout (%gs, this batch %.3gs): they were "
+                            "delivered again and are processed again; a longer "
+                            "visibility_timeout avoids it", len(expired), n, visibility, took)
+        if took > visibility / 4 or expired:
             size = max(1, size // 2)
         elif n == size and size < limit and took < visibility / 8:
             size = min(limit, size * 2)
+
+
+def _settle(call, expired, *args, **kwargs):
+    """A Batch's ack/nack/reject; the positions it refused as no longer
+    this consumer's (DeliveryExpired: its others were settled) join
+    `expired`."""
+    from pyqueue.errors import DeliveryExpired
+    try:
+        call(*args, **kwargs)
+    except DeliveryExpired as e:
+        expired.update(getattr(e, "indices", None) or ("?",))
 
 
 def _commit_owned(consumer):
@@ -775,13 +800,16 @@ class StreamProcessor:
             second since start), mean_latency and max_latency (seconds fn
             and the send took per message), workers, restarts, crashes
             (workers that died), restart_delay (the back-off before the last
-            restart, seconds) and last_error (the last dead worker's
-            traceback, or None).
+            restart, seconds), last_error (the last dead worker's
+            traceback, or None) and expired (WorkQueue messages whose
+            settle was refused because fn took past the visibility
+            timeout: delivered again, so processed more than once).
         """
         vals = list(self._stats[:])
         processed = sum(vals[i * _STATS] for i in range(self._workers))
         failed = sum(vals[i * _STATS + 1] for i in range(self._workers))
         poison = sum(vals[i * _STATS + 4] for i in range(self._workers))
+        expired = sum(vals[i * _STATS + 5] for i in range(self._workers))
         busy = sum(vals[i * _STATS + 2] for i in range(self._workers))
         slowest = max((vals[i * _STATS + 3] for i in range(self._workers)), default=0.0)
         end = self._stopped_at or time.monotonic()
@@ -793,4 +821,4 @@ class StreamProcessor:
                 "rate": processed / elapsed if elapsed > 0 else 0.0,
                 "mean_latency": busy / done if done else 0.0, "max_latency": slowest,
                 "workers": self._workers, "restarts": self._restarts, "crashes": crashes,
-                "restart_delay": delay, "last_error": last}
+                "restart_delay": delay, "last_error": last, "expired": int(expired)}

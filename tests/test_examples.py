@@ -52,9 +52,12 @@ def test_checkout_charges_every_order_once_and_dead_letters_the_poison(which, ct
     # is processed again and charges nothing).
     trees = rep["trees"]
     assert len(trees) == 2 and len({t["tree"] for t in trees}) == 2
-    assert all(t["processed"] > 0 for t in trees), trees
+    assert all(t["processed"] > 0 for t in trees), (trees, r.stderr)
     assert sum(t["processed"] for t in trees) >= 196
-    assert trees[1]["crashes"] == 0  # the killed worker was the first tree's
+    # The killed worker was the first tree's, and no other worker died: a
+    # worker whose fn took past the visibility timeout (its tree waited
+    # at the start line for the other, slow to start under load) goes on.
+    assert trees[0]["crashes"] == 1 and trees[1]["crashes"] == 0, (trees, r.stderr)
 
 
 def run_example(script, *args):

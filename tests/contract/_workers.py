@@ -168,3 +168,24 @@ def wait_then_report(h, op, out):
     except ShutDown:
         r = "ShutDown"
     out.put(r, timeout=30)
+
+
+def slow_first_delivery(v):
+    """The first delivery of a message (v: (its number, a directory)) waits
+    until its next delivery was processed, by another worker after the
+    visibility timeout: fn outlives the timeout on that one, deterministic
+    without a sleep. Every other call returns at once. Returns the number."""
+    import os
+    import time
+    i, where = v
+    first = os.path.join(where, f"{i}.first")
+    try:
+        os.close(os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # a later delivery: fast
+        open(os.path.join(where, f"{i}.again"), "a").close()
+        return i
+    if i == 0:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(where, "0.again")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    return i

@@ -116,3 +116,29 @@ def test_log_source_shutdown_by_the_processor(make):
         assert (st["restarts"], st["crashes"], st["last_error"]) == (0, 0, None)
     finally:
         sp.stop()
+
+
+@pytest.mark.parametrize("mode", ["threads", "spawn"])
+def test_a_message_processed_past_its_visibility_timeout_is_no_crash(make, mode, tmp_path):
+    """fn outlives the visibility timeout on a message: it is delivered
+    again (another worker processes it), and the late worker's settle is
+    refused (DeliveryExpired). That worker goes on: no crash, no restart
+    (a crash restarted it after a back-off, and under load a whole process
+    tree of workers dropped out of the work: CI run 63's checkout example),
+    the refusal counted in stats()["expired"], the rest settled."""
+    q = make("WorkQueue", make.name(), visibility_timeout=0.5)
+    out = make("Queue", name=make.name())
+    q.put((0, str(tmp_path)))
+    how = {"processes": False} if mode == "threads" else {"start_method": mode}
+    with pyqueue.StreamProcessor(q, _workers.slow_first_delivery, sink=out, workers=2,
+                                 **how) as sp:
+        assert out.get(timeout=60) == 0                   # its second delivery
+        assert out.get(timeout=60) == 0                   # the first, late
+        assert wait_until(lambda: sp.stats()["expired"] == 1, timeout=30), sp.stats()
+        for i in range(1, 21):                            # both workers go on
+            q.put((i, str(tmp_path)))
+        assert sorted(out.get(timeout=60) for _ in range(20)) == list(range(1, 21))
+        s = sp.stats()
+    assert s["crashes"] == 0 and s["restarts"] == 0 and s["last_error"] is None, s
+    assert s["expired"] == 1 and s["processed"] == 22
+    assert q.qsize() == 0 and q.stats()["acked"] == 21
