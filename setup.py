@@ -8,7 +8,8 @@ Switches (environment variables):
   PYQUEUE_FAULT_INJECTION=1
                        test-only fault points (csrc/pq_fault.h): the test
                        suite's build; benchmarks and releases build without
-  PYQUEUE_BUILD_JOBS=N extensions compiled at once (default: one per CPU)
+  PYQUEUE_BUILD_JOBS=N extensions compiled at once (default: one per CPU;
+                       the C core is compiled once, before them)
   PYQUEUE_NO_STRIP=1   keep the symbol tables (the extensions are stripped
                        unless a debug, sanitizer or coverage build)
 
@@ -18,8 +19,10 @@ only: anywhere else the build stops here with what is missing
 (pyqueue/_platform.py).
 """
 import glob
+import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 
 
@@ -40,13 +43,14 @@ if _problem is not None:
     raise SystemExit(f"cannot build pyqueue ({_platform.DISTRIBUTION}):\n{_problem}")
 
 from setuptools import Extension, setup  # noqa: E402 (after the check: see above)
+from setuptools.command.build_ext import build_ext as _build_ext  # noqa: E402
 
 
 def _flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
-# -fvisibility=hidden: the C core (compiled into each extension) exports
+# -fvisibility=hidden: the C core (linked into each extension) exports
 # nothing; Python's PyMODINIT_FUNC marks PyInit_* visible. Function and data
 # sections let the linker drop the parts of the core an extension never calls.
 compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
@@ -73,17 +77,53 @@ if not any(_flag(f) for f in ("PYQUEUE_DEBUG", "PYQUEUE_SANITIZE", "PYQUEUE_COVE
                               "PYQUEUE_NO_STRIP")):
     link_args += ["-s"]  # stripped: no symbol table, no debug sections
 
+# The C core (csrc/*.c) is compiled once, into a static library each
+# extension links (build_clib), not once per extension: then the four
+# extensions compile side by side (build_ext's parallel, one per CPU) with
+# no object file in common. Its directory is named after the switches, so
+# a sanitizer, debug or release build never links a core compiled with
+# other ones; a header change rebuilds it (obj_deps), and so every
+# extension (depends).
+_switches = repr((compile_args, define_macros, undef_macros)).encode()
+_clib_dir = os.path.join("build", "pqcore-" + hashlib.sha256(_switches).hexdigest()[:12])
+_headers = sorted(glob.glob("csrc/*.h"))
+_core_lib = ("pqcore", {
+    "sources": sorted(glob.glob("csrc/*.c")),
+    "include_dirs": ["csrc"],
+    "macros": define_macros + [(m,) for m in undef_macros],
+    "cflags": compile_args,
+    "obj_deps": {"": _headers},
+})
+
+
 def _extension(name, pyx):
-    # Every extension shares the C core and the switches above.
+    # Every extension links the C core and shares the switches above.
     return Extension(
         name,
-        sources=[pyx] + sorted(glob.glob("csrc/*.c")),
+        sources=[pyx],
         include_dirs=["csrc"],
+        libraries=["pqcore"],
+        library_dirs=[_clib_dir],
+        depends=_headers + [os.path.join(_clib_dir, "libpqcore.a")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         undef_macros=undef_macros,
         define_macros=define_macros,
     )
+
+
+class build_ext(_build_ext):
+    """build_ext that builds the C core first: `build` runs build_clib
+    before it, but `build_ext --inplace` (and an editable install) alone
+    would not. --force rebuilds the core too."""
+
+    def run(self):
+        clib = self.get_finalized_command("build_clib")
+        clib.force = clib.force or self.force
+        if clib.force:  # (build_clib itself recompiles only what is out of date)
+            shutil.rmtree(clib.build_temp, ignore_errors=True)
+        self.run_command("build_clib")
+        super().run()
 
 
 extensions = [_extension("pyqueue._core", "pyqueue/_core.pyx"),
@@ -96,17 +136,15 @@ try:
 except ImportError as exc:  # pragma: no cover - Cython is a build requirement
     raise SystemExit("building pyqueue needs Cython (pip install Cython)") from exc
 
-# The four extensions compile one after the other. They share the C core's
-# sources, and build_ext writes an object file per source path
-# (build/temp.../csrc/pq_ring.o): extensions built side by side (-j) write
-# and link the same object files at once, and an extension linked against
-# one half-written by another misses symbols (a clean-clone CI run: the
-# ASan _core failed to import, "undefined symbol: pq_ring_full_ctl").
-# PYQUEUE_BUILD_JOBS (or `build_ext -j N`) still asks for it, at that risk.
-jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "1") or 1)
+# PYQUEUE_BUILD_JOBS=N (or `build_ext -j N`): extensions compiled at once.
+jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "0") or 0) or os.cpu_count() or 1
 
 setup(
-    options={"build_ext": {"parallel": jobs}},
+    libraries=[_core_lib],
+    cmdclass={"build_ext": build_ext},
+    options={"build_ext": {"parallel": jobs},
+             "build_clib": {"build_clib": _clib_dir,
+                            "build_temp": os.path.join(_clib_dir, "obj")}},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False,
