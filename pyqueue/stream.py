@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple,
-                    Optional, Tuple, Type, TypeVar, Union)
+                    Optional, Set, Tuple, Type, TypeVar, Union)
 
 from pyqueue.errors import ShutDown
 
@@ -227,7 +227,7 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
         # and those are counted and logged. (A crash would restart the
         # worker, after a back-off, only for the next slow batch to crash
         # it again: the whole tree out of the work under load.)
-        expired: set = set()
+        expired: Set[Any] = set()
         if not sent:
             _settle(b.nack, expired, error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
         else:

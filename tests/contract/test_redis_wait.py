@@ -240,6 +240,46 @@ def test_a_get_woken_by_a_put_is_still_confirmed(replicated, want):
         plain.close()
 
 
+@pytest.mark.parametrize("kind", ["Queue", "WorkQueue"])
+def test_asyncio_get_that_takes_nothing_has_nothing_to_confirm(replicated, kind):
+    """pyqueue.asyncio, with the replica stopped: a get that finds the
+    queue empty wrote only its handle's lease (and reaps): Empty at its
+    timeout, not NotReplicated, as the sync get. A get that takes a
+    message is still confirmed."""
+    import queue as _queue
+
+    import pyqueue
+    import pyqueue.asyncio as aq
+    from pyqueue.backends.redis import NotReplicated
+    master, replica = replicated
+    name = f"await-empty-{kind.lower()}"
+
+    async def main():
+        b = aq.connect(master.url + "?min_replicas=1&wait_timeout=2000")
+        q = getattr(b, kind)(name=name)
+        await q.put("first")                         # (confirmed: the replica runs)
+        got = await q.get(timeout=5)
+        if kind == "WorkQueue":
+            await got.ack()
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            for block, timeout in ((True, 0.3), (False, None)):
+                with pytest.raises(_queue.Empty):
+                    await q.get(block=block, timeout=timeout)
+            other = getattr(pyqueue.connect(master.url), kind).open(name)
+            other.put("m")
+            other.close()
+            with pytest.raises(NotReplicated):
+                await q.get(timeout=5)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        _caught_up(master, replica)
+        q.close()
+        q.sync.unlink()
+
+    asyncio.run(main())
+
+
 def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, monkeypatch):
     """A Queue handle's lease renewal under min_replicas whose WAIT times
     out (the replica stopped) was applied: the renewal task goes on (a

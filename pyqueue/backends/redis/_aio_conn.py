@@ -15,7 +15,7 @@ ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN) are handled here.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from pyqueue.backends.redis import (_REDIRECTS, _UNSENT_TRIES, ConnectionLost,
                                     check_replicated)
@@ -79,11 +79,13 @@ async def put_back(pool: Any, conn: Any, broken: bool) -> None:
 
 
 async def replicated(backend: RedisBackend, client: Any, sha: str, source: str,
-                     keys: Sequence[str], args: Sequence[Any]) -> Any:
+                     keys: Sequence[str], args: Sequence[Any],
+                     confirm: Optional[Callable[[Any], bool]] = None) -> Any:
     """Runs a Lua script, then WAIT backend.min_replicas on the same
     connection -> the script's reply. NotReplicated when fewer replicas
-    confirmed within wait_timeout (the write was applied); ConnectionLost
-    as every step (sent=True: it may have been applied)."""
+    confirmed within wait_timeout (the write was applied) and confirm is
+    None or confirm(reply) is true; ConnectionLost as every step
+    (sent=True: it may have been applied)."""
     cluster = isinstance(client, _aredis_cluster.RedisCluster)
     if cluster:
         await client.initialize()      # (the slot map, once)
@@ -121,7 +123,8 @@ async def replicated(backend: RedisBackend, client: Any, sha: str, source: str,
         result = replies[-2]
         asking = None
         if not isinstance(result, _rexc.ResponseError):
-            check_replicated(backend, replies[-1])
+            if confirm is None or confirm(result):
+                check_replicated(backend, replies[-1])
             return result
         redirects += 1
         if redirects > _REDIRECTS:

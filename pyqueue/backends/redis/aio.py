@@ -58,8 +58,8 @@ import secrets
 import threading
 import time
 import weakref
-from typing import (TYPE_CHECKING, Any, AsyncGenerator, Dict, Iterable, List, NoReturn, Optional,
-                    Sequence, Set, Tuple, Type, TypeVar, Union, cast)
+from typing import (TYPE_CHECKING, Any, AsyncGenerator, Callable, Dict, Iterable, List, NoReturn,
+                    Optional, Sequence, Set, Tuple, Type, TypeVar, Union, cast)
 
 from pyqueue import _api
 from pyqueue import asyncio as _aq
@@ -179,15 +179,24 @@ async def command(backend: RedisBackend, *args: Any) -> Any:
 _shas: Dict[str, str] = {}
 
 
+def _took(reply: Any) -> bool:
+    """A take step's reply: did it take messages (status 0)?"""
+    return bool(reply[0] == 0)
+
+
 async def script(backend: RedisBackend, source: str, keys: Sequence[str],
-                 args: Sequence[Any]) -> Any:
+                 args: Sequence[Any], confirm: Optional[Callable[[Any], bool]] = None) -> Any:
     """Runs a Lua script (EVALSHA; EVAL after NOSCRIPT, which ran nothing);
-    with min_replicas, followed by WAIT on its connection (_aio_conn)."""
+    with min_replicas, followed by WAIT on its connection (_aio_conn).
+    confirm(reply), when given, says whether the step wrote what
+    min_replicas must confirm (as the sync _Step's): a get that took
+    nothing has nothing to confirm."""
     sha = _shas.get(source)
     if sha is None:
         sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()
     if backend.min_replicas:
-        return await replicated(backend, await client_of(backend), sha, source, keys, args)
+        return await replicated(backend, await client_of(backend), sha, source, keys, args,
+                                confirm)
     try:
         return await command(backend, "EVALSHA", sha, len(keys), *keys, *args)
     except _rexc.NoScriptError:
@@ -741,7 +750,11 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
                 await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
-                r = await script(b, _ATAKE, keys, self._targs(want))
+                # (Confirmed only when it took messages: a step that took
+                # none wrote only this handle's lease and reaps, which a
+                # failover loses harmlessly - the next step writes them
+                # again - and must not fail a get that would wait.)
+                r = await script(b, _ATAKE, keys, self._targs(want), _took)
                 if not h._closed:
                     if r[0] == 0:
                         # From the reply to the return: no await (no cancellation).
@@ -1161,7 +1174,8 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
                 await self._closed_under_get(b, keys)
             self._used = True
             async with self._step_lock():
-                r = await script(b, _AACQ, keys, [h._lease_ms(), want, self._handed, self._id])
+                r = await script(b, _AACQ, keys, [h._lease_ms(), want, self._handed, self._id],
+                                 _took)   # (confirmed as the Queue's take: above)
                 if r[0] == 0 and not h._closed:
                     # From the reply to the hand-over: no await.
                     self._handed = _record_of(r)
