@@ -24,6 +24,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
 
 
 def _load_platform():
@@ -80,15 +81,25 @@ if not any(_flag(f) for f in ("PYQUEUE_DEBUG", "PYQUEUE_SANITIZE", "PYQUEUE_COVE
 # The C core (csrc/*.c) is compiled once, into a static library each
 # extension links (build_clib), not once per extension: then the four
 # extensions compile side by side (build_ext's parallel, one per CPU) with
-# no object file in common. Its directory is named after the switches, so
-# a sanitizer, debug or release build never links a core compiled with
-# other ones; a header change rebuilds it (obj_deps), and so every
-# extension (depends).
-_switches = repr((compile_args, define_macros, undef_macros)).encode()
+# no object file in common. Its directory is named after what goes into
+# its objects - the switches, the compiler and its flags, the sources'
+# names, the Python it is for - so a sanitizer, debug or release build, a
+# build with another compiler or Python, never links a core compiled for
+# another (and a renamed source leaves no stale member in an archive
+# `ar` only adds to). A header change rebuilds it (obj_deps), and so every
+# extension (depends); so does a build with other switches than the last
+# one (build/pqcore-last, in depends: back to the earlier switches, the
+# extensions in place are the other build's).
+_sources = sorted(glob.glob("csrc/*.c"))
+_switches = repr((compile_args, define_macros, undef_macros, _sources,
+                  [os.environ.get(v) for v in ("CC", "CFLAGS", "CPPFLAGS")],
+                  [sysconfig.get_config_var(v) for v in ("CC", "CFLAGS", "EXT_SUFFIX")],
+                  sysconfig.get_platform())).encode()
 _clib_dir = os.path.join("build", "pqcore-" + hashlib.sha256(_switches).hexdigest()[:12])
+_last_build = os.path.join("build", "pqcore-last")
 _headers = sorted(glob.glob("csrc/*.h"))
 _core_lib = ("pqcore", {
-    "sources": sorted(glob.glob("csrc/*.c")),
+    "sources": _sources,
     "include_dirs": ["csrc"],
     "macros": define_macros + [(m,) for m in undef_macros],
     "cflags": compile_args,
@@ -104,7 +115,7 @@ def _extension(name, pyx):
         include_dirs=["csrc"],
         libraries=["pqcore"],
         library_dirs=[_clib_dir],
-        depends=_headers + [os.path.join(_clib_dir, "libpqcore.a")],
+        depends=_headers + [os.path.join(_clib_dir, "libpqcore.a"), _last_build],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         undef_macros=undef_macros,
@@ -120,9 +131,19 @@ class build_ext(_build_ext):
     def run(self):
         clib = self.get_finalized_command("build_clib")
         clib.force = clib.force or self.force
-        if clib.force:  # (build_clib itself recompiles only what is out of date)
+        if clib.force and not self.distribution.have_run.get("build_clib"):
+            # (build_clib itself recompiles only what is out of date)
             shutil.rmtree(clib.build_temp, ignore_errors=True)
         self.run_command("build_clib")
+        try:
+            with open(_last_build) as f:
+                last = f.read()
+        except OSError:
+            last = None
+        if last != _clib_dir:  # written only on a change: its time is the change's
+            os.makedirs(os.path.dirname(_last_build), exist_ok=True)
+            with open(_last_build, "w") as f:
+                f.write(_clib_dir)
         super().run()
 
 

@@ -92,6 +92,8 @@ STREAM_METRICS: Sequence[_Spec] = (
     ("poison", "poison", "counter", "Log records passed: undecodable or damaged"),
     ("restarts", "restarts", "counter", "Workers restarted"),
     ("crashes", "crashes", "counter", "Workers that died"),
+    ("expired", "expired", "counter",
+     "WorkQueue messages whose settle came after the visibility timeout"),
     ("workers", "workers", "gauge", "Workers"),
     ("restart_delay", "restart_delay_seconds", "gauge", "The back-off before the last restart"),
     ("mean_latency", "mean_latency_seconds", "gauge", "Mean seconds fn and the send took"),

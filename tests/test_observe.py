@@ -264,6 +264,7 @@ def test_metrics_of_a_stream_processor(mode):
         assert samples[("pyqueue_stream_processed_total", label)] == 20
         assert samples[("pyqueue_stream_failed_total", label)] >= 1
         assert samples[("pyqueue_stream_crashes_total", label)] == 0
+        assert samples[("pyqueue_stream_expired_total", label)] == 0
         assert samples[("pyqueue_stream_workers", label)] == 2
         assert types["pyqueue_stream_max_latency_seconds"] == "gauge"
         assert samples[("pyqueue_workqueue_enqueued_total",

@@ -125,8 +125,10 @@ def test_a_message_processed_past_its_visibility_timeout_is_no_crash(make, mode,
     refused (DeliveryExpired). That worker goes on: no crash, no restart
     (a crash restarted it after a back-off, and under load a whole process
     tree of workers dropped out of the work: CI run 63's checkout example),
-    the refusal counted in stats()["expired"], the rest settled."""
-    q = make("WorkQueue", make.name(), visibility_timeout=0.5)
+    the refusal counted in stats()["expired"], the rest settled. (2 s: a
+    machine stalled longer than that between another message's get and
+    its ack expires that one too; the counts below allow it.)"""
+    q = make("WorkQueue", make.name(), visibility_timeout=2)
     out = make("Queue", name=make.name())
     q.put((0, str(tmp_path)))
     how = {"processes": False} if mode == "threads" else {"start_method": mode}
@@ -134,11 +136,14 @@ def test_a_message_processed_past_its_visibility_timeout_is_no_crash(make, mode,
                                  **how) as sp:
         assert out.get(timeout=60) == 0                   # its second delivery
         assert out.get(timeout=60) == 0                   # the first, late
-        assert wait_until(lambda: sp.stats()["expired"] == 1, timeout=30), sp.stats()
+        assert wait_until(lambda: sp.stats()["expired"] >= 1, timeout=30), sp.stats()
         for i in range(1, 21):                            # both workers go on
             q.put((i, str(tmp_path)))
-        assert sorted(out.get(timeout=60) for _ in range(20)) == list(range(1, 21))
+        got = set()
+        while got != set(range(1, 21)):
+            got.add(out.get(timeout=60))
+        assert wait_until(lambda: q.stats()["acked"] == 21, timeout=30), q.stats()
         s = sp.stats()
     assert s["crashes"] == 0 and s["restarts"] == 0 and s["last_error"] is None, s
-    assert s["expired"] == 1 and s["processed"] == 22
-    assert q.qsize() == 0 and q.stats()["acked"] == 21
+    assert s["expired"] >= 1 and s["processed"] == 21 + s["expired"], s
+    assert q.qsize() == 0

@@ -751,9 +751,11 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
             self._used = True
             async with self._step_lock():
                 # (Confirmed only when it took messages: a step that took
-                # none wrote only this handle's lease and reaps, which a
-                # failover loses harmlessly - the next step writes them
-                # again - and must not fail a get that would wait.)
+                # none wrote only this handle's own bookkeeping - its
+                # lease, the count of what it handed out, dead handles'
+                # reaps - which a failover loses harmlessly, as this
+                # handle's next step writes it again; it must not fail a
+                # get that would wait.)
                 r = await script(b, _ATAKE, keys, self._targs(want), _took)
                 if not h._closed:
                     if r[0] == 0:
