@@ -227,16 +227,7 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
         # and those are counted and logged. (A crash would restart the
         # worker, after a back-off, only for the next slow batch to crash
         # it again: the whole tree out of the work under load.)
-        expired: Set[Any] = set()
-        if not sent:
-            _settle(b.nack, expired, error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
-        else:
-            for i, rejected, err in bad:
-                if rejected:
-                    _settle(b.reject, expired, [i], f"{type(err).__name__}: {err}")
-                else:
-                    _settle(b.nack, expired, [i], error=f"{type(err).__name__}: {err}")
-            _settle(b.ack, expired)
+        expired = _settle_batch(b, bad, sent)
         took = t - start
         if expired:
             stats[base + 5] += len(expired)
@@ -250,15 +241,31 @@ def _work_queue(source, fn, sink, send, batch_size, poll_timeout, reject, stop, 
             size = min(limit, size * 2)
 
 
-def _settle(call, expired, *args, **kwargs):
-    """A Batch's ack/nack/reject; the positions it refused as no longer
-    this consumer's (DeliveryExpired: its others were settled) join
-    `expired`."""
+def _settle_batch(b: Any, bad: List[Tuple[int, bool, BaseException]], sent: bool) -> Set[Any]:
+    """Settles a worker's batch b: all nacked when the send failed (not
+    sent), else those whose fn raised rejected or nacked (bad: position,
+    rejected, error) and the rest acked. Returns the positions refused as
+    no longer this consumer's (DeliveryExpired: the others were
+    settled)."""
     from pyqueue.errors import DeliveryExpired
-    try:
-        call(*args, **kwargs)
-    except DeliveryExpired as e:
-        expired.update(getattr(e, "indices", None) or ("?",))
+    expired: Set[Any] = set()
+
+    def settle(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            call(*args, **kwargs)
+        except DeliveryExpired as e:
+            expired.update(getattr(e, "indices", None) or ("?",))
+
+    if not sent:
+        settle(b.nack, error=f"{type(bad[0][2]).__name__}: {bad[0][2]}")
+        return expired
+    for i, rejected, err in bad:
+        if rejected:
+            settle(b.reject, [i], f"{type(err).__name__}: {err}")
+        else:
+            settle(b.nack, [i], error=f"{type(err).__name__}: {err}")
+    settle(b.ack)
+    return expired
 
 
 def _commit_owned(consumer):
