@@ -2,6 +2,7 @@
 on its connection; fewer confirmations raise NotReplicated, after the
 write was applied (docs/guarantees.md, "Redis backend")."""
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -87,6 +88,18 @@ def _caught_up(master, replica):
                       >= offset(master, "master_repl_offset") > 0, 30)
 
 
+@contextlib.contextmanager
+def _replica_stopped(master, replica):
+    """The replica SIGSTOPped for the block; resumed after it and, when
+    the block ended well, caught up with the master (_caught_up)."""
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    _caught_up(master, replica)
+
+
 def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
     """pyqueue.asyncio on a min_replicas URL of one server with a replica:
     each step is followed by WAIT on its connection, as the sync classes';
@@ -102,14 +115,10 @@ def test_asyncio_on_one_server_steps_wait_for_its_replica(replicated):
         for i in range(10):
             await q.put(i)
         assert [await q.get(timeout=5) for _ in range(10)] == list(range(10))
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             with pytest.raises(NotReplicated) as e:
                 await q.put("applied")
             assert (e.value.replicas, e.value.wanted) == (0, 1)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         assert await q.get(timeout=5) == "applied"   # it was put all the same
         q.close()
 
@@ -147,12 +156,8 @@ def test_a_waiting_get_writes_nothing_at_its_slices_end(replicated, monkeypatch)
         while int(b.client.hget(q._keys[0], "waiting") or 0) == 0:   # past its first take
             assert time.monotonic() < end, "the get never waited"
             time.sleep(0.01)
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             waiter.join(30)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         assert isinstance(got[0], _queue.Empty), got
         assert int(b.client.hget(q._keys[0], "waiting")) == 0
         q.unlink()
@@ -175,8 +180,7 @@ def test_a_get_that_takes_nothing_has_nothing_to_confirm(replicated, want):
     plain = RedisBackend(master.url)
     q = b.Queue(name="wait-empty-get")
     try:
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             for block, timeout in ((True, 0.3), (False, None)):
                 with pytest.raises(_queue.Empty):
                     q.get_many(want, block=block, timeout=timeout)
@@ -187,9 +191,6 @@ def test_a_get_that_takes_nothing_has_nothing_to_confirm(replicated, want):
             with pytest.raises(NotReplicated):
                 q.get_many(want, timeout=5)
             assert q.qsize() == 0          # (taken: applied by the master)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         q.unlink()
     finally:
         b.close()
@@ -222,15 +223,11 @@ def test_a_get_woken_by_a_put_is_still_confirmed(replicated, want):
     try:
         waiter.start()
         assert wait_until(lambda: int(b.client.hget(q._keys[0], "waiting") or 0) == 1, 30)
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             other = plain.Queue.open("wait-woken-get")
             other.put("m")
             other.close()
             waiter.join(30)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         assert len(got) == 1 and isinstance(got[0], NotReplicated), got
         assert q.qsize() == 0              # (taken: applied by the master)
         q.unlink()
@@ -261,8 +258,7 @@ def test_asyncio_get_that_takes_nothing_has_nothing_to_confirm(replicated, kind)
         got = await q.get(timeout=5)
         if kind == "WorkQueue":
             await got.ack()
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             for block, timeout in ((True, 0.3), (False, None)):
                 with pytest.raises(_queue.Empty):
                     await q.get(block=block, timeout=timeout)
@@ -271,9 +267,6 @@ def test_asyncio_get_that_takes_nothing_has_nothing_to_confirm(replicated, kind)
             other.close()
             with pytest.raises(NotReplicated):
                 await q.get(timeout=5)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         q.close()
         q.sync.unlink()
 
@@ -302,17 +295,13 @@ def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, m
         await q.put("held")
         assert await q.get(timeout=5) == "held"
         lease = f"pq:{{{q.name}}}:rsv.lease"
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        try:
+        with _replica_stopped(master, replica):
             for _ in range(2):
                 before = client.zscore(lease, q._id)
                 end = time.monotonic() + 20
                 while client.zscore(lease, q._id) == before:
                     assert time.monotonic() < end, "the lease is no longer renewed"
                     await asyncio.sleep(0.02)   # (the loop runs the renewal meanwhile)
-        finally:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        _caught_up(master, replica)
         q.close()
         q.sync.unlink()
 
