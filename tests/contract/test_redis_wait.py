@@ -254,23 +254,29 @@ def test_asyncio_get_that_takes_nothing_has_nothing_to_confirm(replicated, kind)
     async def main():
         b = aq.connect(master.url + "?min_replicas=1&wait_timeout=2000")
         q = getattr(b, kind)(name=name)
-        await q.put("first")                         # (confirmed: the replica runs)
-        got = await q.get(timeout=5)
-        if kind == "WorkQueue":
-            await got.ack()
-        with _replica_stopped(master, replica):
-            for block, timeout in ((True, 0.3), (False, None)):
-                with pytest.raises(_queue.Empty):
-                    await q.get(block=block, timeout=timeout)
-            other = getattr(pyqueue.connect(master.url), kind).open(name)
-            other.put("m")
-            other.close()
-            with pytest.raises(NotReplicated):
-                await q.get(timeout=5)
-        q.close()
-        q.sync.unlink()
+        try:
+            await q.put("first")                     # (confirmed: the replica runs)
+            got = await q.get(timeout=5)
+            if kind == "WorkQueue":
+                await got.ack()
+            with _replica_stopped(master, replica):
+                for block, timeout in ((True, 0.3), (False, None)):
+                    with pytest.raises(_queue.Empty):
+                        await q.get(block=block, timeout=timeout)
+                other = getattr(plain, kind).open(name)
+                other.put("m")
+                other.close()
+                with pytest.raises(NotReplicated):
+                    await q.get(timeout=5)
+            q.sync.unlink()
+        finally:
+            q.close()
 
-    asyncio.run(main())
+    plain = pyqueue.connect(master.url)
+    try:
+        asyncio.run(main())
+    finally:
+        plain.close()
 
 
 def test_asyncio_lease_renewal_goes_on_when_no_replica_confirms_it(replicated, monkeypatch):
