@@ -263,13 +263,17 @@ def test_signal_stops_intake_and_finishes_the_work_in_hand(made, tmp_path, sig, 
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "started"
-        assert wait_until(lambda: q.stats()["in_flight"] == 2, timeout=20)
+        # (60 s: two spawned workers start in a second or two, but CI run
+        # 69, the packaging's compiles beside the suite, took over 20.)
+        assert wait_until(lambda: q.stats()["in_flight"] == 2, timeout=60)
         p.send_signal(sig)
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+        p.stdout.close()   # (a failure above left them open: a ResourceWarning
+        p.stderr.close()   # in whatever test the garbage collector runs next)
     assert p.returncode == 0, err
     assert out.strip() == "stopped"
     done = len(os.listdir(tmp_path))
