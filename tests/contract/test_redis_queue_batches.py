@@ -165,3 +165,32 @@ def test_a_damaged_meta_hash_refuses_a_batch_and_keeps_the_queue(redis_url):
     finally:
         q.unlink()
         q.close()
+
+
+@pytest.mark.parametrize("maxsize", [0, 10])
+def test_a_damaged_list_refuses_a_get_before_it_counts(redis_url, maxsize):
+    # A key of another type made by hand in place of the list: the one-
+    # message take (_TAKE: an unbounded queue's pops without reading the
+    # length first) refuses before it writes, so neither "waiting" nor
+    # "dequeued" moves; the counted form refuses as well; a list put back
+    # makes the queue usable again.
+    import redis
+    b = pyqueue.connect(redis_url)
+    q = b.Queue(maxsize, name=f"c-forms-damaged-list-{maxsize}")
+    try:
+        q.put(1)
+        b.client.delete(q._keys[1])
+        b.client.set(q._keys[1], "not a list")
+        for take in (lambda: q.get(block=False), lambda: q.get(timeout=0.01),
+                     lambda: q.get_many(3, block=False), lambda: q.get_many(40, block=False)):
+            with pytest.raises(redis.ResponseError, match="damaged"):
+                take()
+        assert b.client.hmget(q._keys[0], "waiting", "dequeued") in (
+            [None, b"0"], [b"0", b"0"])
+        b.client.delete(q._keys[1])
+        q.put(2)
+        assert q.get(block=False) == 2
+        assert q.stats()["dequeued"] == 1
+    finally:
+        q.unlink()
+        q.close()

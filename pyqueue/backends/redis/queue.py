@@ -135,7 +135,10 @@ _PUT = _PUT_HEAD + """
 if not m[1] then return {-1} end
 if m[5] then return {-2} end
 local n = #ARGV
-local len = redis.call('LLEN', KEYS[2])
+-- (the length matters only to a bounded queue: an unbounded one's put is
+-- one command less)
+local len = 0
+if tonumber(m[1]) > 0 then len = redis.call('LLEN', KEYS[2]) end
 """ + _PUT_DECIDE + """
 if dropped > 0 then
   local old = math.min(dropped, len)
@@ -192,20 +195,25 @@ end
 # was deleted by hand would still be popped by that LPOP: pyqueue's own
 # removal deletes every key in one command.)
 _TAKE_TEMPLATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end
-local ok, m = pcall(redis.call, 'HMGET', KEYS[1], 'maxsize', 'shutdown')
-local okl, len = pcall(redis.call, 'LLEN', KEYS[2])
-if not ok or not okl or not tonumber(m[1] or '0') then
+local function damaged()
   return redis.error_reply('ERR pyqueue: the keys of ' .. KEYS[1] .. ' are damaged (nothing taken)')
 end
-if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
-if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
+local ok, m = pcall(redis.call, 'HMGET', KEYS[1], 'maxsize', 'shutdown')
+if ok and not m[1] then return {2} end
+local maxsize = ok and tonumber(m[1])
+if not maxsize then return damaged() end
+-- The length before this take: a bounded queue's (was it full?) and the
+-- counted form's; an unbounded queue's plain take pops without it.
+local len, okl = 0, true
+if maxsize > 0 or %(need_len)s then okl, len = pcall(redis.call, 'LLEN', KEYS[2]) end
+if not okl then return damaged() end
 local want = tonumber(ARGV[1])
 local before = tonumber(ARGV[2])
 %(pop)s
+if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local taken = got + before
 if taken > 0 then
-  local maxsize = tonumber(m[1] or '0')
   redis.call('HINCRBY', KEYS[1], 'dequeued', taken)
   if maxsize > 0 and len + before >= maxsize then
     redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 's', 1)
@@ -218,12 +226,19 @@ end
 %(reply)s
 """
 _TAKE = _TAKE_TEMPLATE % {
+    "need_len": "false",
+    # (a list of another type, made by hand: refused before any write)
     "pop": """local items = {}
-if want > 0 and len > 0 then items = redis.call('LPOP', KEYS[2], want) end
+if want > 0 then
+  local okp, popped = pcall(redis.call, 'LPOP', KEYS[2], want)
+  if not okp then return damaged() end
+  if popped then items = popped end
+end
 local got = #items""",
     "reply": """table.insert(items, 1, 0)
 return items"""}
 _TAKE_COUNTED = _TAKE_TEMPLATE % {
+    "need_len": "true",
     "pop": "local got = math.min(want, len)",
     "reply": "return {0, got}"}
 # Batches from this many messages on go through MULTI/EXEC (_PUT_PUSHED,
@@ -603,15 +618,16 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
             ("LPOP", keys[1], want),
             confirm=lambda replies: not isinstance(replies[0], Exception) and bool(
                 before or replies[1]))
-        _raise_error(popped)
         if isinstance(counted, Exception):
             # The script refused (a key of another type, made by hand: it
-            # checks before it writes, so nothing was counted), and the
-            # LPOP ran anyway: its messages go back to the head, in order
-            # (a best effort: another get may take later ones meanwhile).
-            if popped:
+            # checks before it writes, so nothing was counted; its error
+            # says why, the LPOP's WRONGTYPE does not), and the LPOP ran
+            # anyway: its messages go back to the head, in order (a best
+            # effort: another get may take later ones meanwhile).
+            if popped and not isinstance(popped, Exception):
                 b.call(keys, "LPUSH", keys[1], *reversed(popped))
             raise counted
+        _raise_error(popped)
         if counted[0] != 0:
             return [counted[0]]
         return [0, *(popped or ())]
