@@ -437,3 +437,27 @@ def unapproved_skips(skips, entries, is_root):
     """[(nodeid, reason)] of ``skips`` that no entry allows."""
     return [(nodeid, reason) for nodeid, reason in skips
             if not any(e.matches(nodeid, reason, is_root) for e in entries)]
+
+
+def spawn_twins(nodeids):
+    """The ids among nodeids that run a test under the spawn start method
+    and have a twin run under fork: the same id with the parameter id
+    "spawn" (one "-"-separated token of the brackets) as "fork". CI's
+    ASan run leaves them out (PYQUEUE_SKIP_SPAWN_TWINS=1, tests/conftest.py):
+    a spawned child runs the same C paths as a forked one, and under ASan
+    its fresh interpreter's start costs most of the run; the plain run
+    keeps both."""
+    ids = set(nodeids)
+    twins = set()
+    for nodeid in ids:
+        head, sep, params = nodeid.partition("[")
+        if not sep or not params.endswith("]"):
+            continue
+        tokens = params[:-1].split("-")
+        for i, token in enumerate(tokens):
+            if token == "spawn":
+                fork = head + "[" + "-".join(tokens[:i] + ["fork"] + tokens[i + 1:]) + "]"
+                if fork in ids:
+                    twins.add(nodeid)
+                    break
+    return twins

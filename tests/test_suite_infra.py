@@ -217,3 +217,50 @@ def test_expect_installed_refuses_a_source_tree(tmp_path, pyqueue_mod):
                        text=True, timeout=120)
     assert r.returncode == 4, r.stdout + r.stderr   # pytest's usage error
     assert "PYQUEUE_EXPECT_INSTALLED=1 but pyqueue is imported from" in r.stdout + r.stderr
+
+
+def test_spawn_twins_are_the_spawn_cases_with_a_fork_case_beside():
+    """CI's ASan run leaves out (PYQUEUE_SKIP_SPAWN_TWINS=1) a spawn case
+    only where the same test runs under fork: a test parametrized by
+    spawn alone, a token that merely contains "spawn", and the fork case
+    itself stay."""
+    ids = [
+        "tests/a.py::test_x[fork]", "tests/a.py::test_x[spawn]",
+        "tests/a.py::test_y[redis-spawn-get]", "tests/a.py::test_y[redis-fork-get]",
+        "tests/a.py::test_y[redis-cluster-spawn-get]",        # no fork twin
+        "tests/a.py::test_z[spawn]",                          # spawn only
+        "tests/a.py::test_w[spawned-1]", "tests/a.py::test_w[fork-1]",
+        "tests/a.py::test_v[spawn-spawn]", "tests/a.py::test_v[fork-spawn]",
+        "tests/a.py::test_plain",
+    ]
+    assert _support.spawn_twins(ids) == {
+        "tests/a.py::test_x[spawn]", "tests/a.py::test_y[redis-spawn-get]",
+        "tests/a.py::test_v[spawn-spawn]"}     # (fork-spawn: no fork-fork beside it)
+
+
+def test_a_run_with_spawn_twins_skipped_deselects_them(tmp_path):
+    (tmp_path / "test_probe.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.parametrize("method", ["fork", "spawn"])
+        def test_both(method):
+            pass
+
+        @pytest.mark.parametrize("method", ["spawn"])
+        def test_spawn_only(method):
+            pass
+        '''))
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from tests.conftest import pytest_collection_modifyitems  # noqa: F401
+        '''))
+    env = dict(os.environ, PYQUEUE_SKIP_SPAWN_TWINS="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+                        str(tmp_path)], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test_both[fork] PASSED" in r.stdout
+    assert "test_spawn_only[spawn] PASSED" in r.stdout
+    assert "test_both[spawn]" not in r.stdout
+    assert "1 deselected" in r.stdout
