@@ -44,6 +44,7 @@ if _problem is not None:
     raise SystemExit(f"cannot build pyqueue ({_platform.DISTRIBUTION}):\n{_problem}")
 
 from setuptools import Extension, setup  # noqa: E402 (after the check: see above)
+from setuptools.command.build_clib import build_clib as _build_clib  # noqa: E402
 from setuptools.command.build_ext import build_ext as _build_ext  # noqa: E402
 
 
@@ -123,14 +124,35 @@ def _extension(name, pyx):
     )
 
 
+class build_clib(_build_clib):
+    """build_clib whose --debug (-g) build of the core goes to a
+    directory of its own: the switches named above do not say it."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.debug and not self.build_clib.endswith("-g"):
+            self.build_clib += "-g"
+            self.build_temp = os.path.join(self.build_clib, "obj")
+
+
 class build_ext(_build_ext):
     """build_ext that builds the C core first: `build` runs build_clib
     before it, but `build_ext --inplace` (and an editable install) alone
-    would not. --force rebuilds the core too."""
+    would not. --force rebuilds the core too, and --debug (-g) builds it
+    with -g as well (before, only the extensions got it)."""
 
     def run(self):
+        if self.debug:
+            # (before build_clib's options are finalized: it takes its
+            # --debug from `build`'s, which build_ext --debug does not set)
+            self.distribution.get_command_obj("build_clib").debug = True
         clib = self.get_finalized_command("build_clib")
         clib.force = clib.force or self.force
+        lib = os.path.join(clib.build_clib, "libpqcore.a")
+        for ext in self.extensions:
+            # (the -g core when debug: build_clib's directory, not _clib_dir)
+            ext.library_dirs = [clib.build_clib]
+            ext.depends = [lib if d.endswith("libpqcore.a") else d for d in ext.depends]
         if clib.force and not self.distribution.have_run.get("build_clib"):
             # (build_clib itself recompiles only what is out of date)
             shutil.rmtree(clib.build_temp, ignore_errors=True)
@@ -140,10 +162,10 @@ class build_ext(_build_ext):
                 last = f.read()
         except OSError:
             last = None
-        if last != _clib_dir:  # written only on a change: its time is the change's
+        if last != clib.build_clib:  # written only on a change: its time is the change's
             os.makedirs(os.path.dirname(_last_build), exist_ok=True)
             with open(_last_build, "w") as f:
-                f.write(_clib_dir)
+                f.write(clib.build_clib)
         super().run()
 
 
@@ -162,7 +184,7 @@ jobs = int(os.environ.get("PYQUEUE_BUILD_JOBS", "0") or 0) or os.cpu_count() or 
 
 setup(
     libraries=[_core_lib],
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_clib": build_clib, "build_ext": build_ext},
     options={"build_ext": {"parallel": jobs},
              "build_clib": {"build_clib": _clib_dir,
                             "build_temp": os.path.join(_clib_dir, "obj")}},
