@@ -620,6 +620,16 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
     return 0;
 }
 
+void pq_ring_peek_abandon(pq_ring *r, const pq_ring_batch *b)
+{
+    /* acquire: pairs with the CAS of the consumer that moved head (and so
+     * comes after that consumer's trim could start); head is a counter
+     * that only grows, so equal means nothing of what the peek read was
+     * behind head, and no trim can have emptied it. */
+    if (atomic_load_explicit(&r->ctl->head, memory_order_acquire) != b->head)
+        pq_ring_mark_view_read(r);
+}
+
 int pq_ring_consume(pq_ring *r, const pq_ring_batch *b)
 {
     PQ_FAULT_POINT(PQ_FAULT_AFTER_PEEK);

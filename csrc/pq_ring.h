@@ -488,6 +488,15 @@ int pq_ring_consume(pq_ring *r, const pq_ring_batch *batch);
  */
 int pq_ring_take(pq_ring *r, const pq_ring_batch *batch);
 
+/*
+ * What pq_ring_peek saw will not be taken (copying it out failed: out of
+ * memory). When head has moved since the peek, the read may have been of
+ * a level a trim emptied meanwhile, and given it pages: they are marked
+ * for the next trim (pq_ring_mark_read), as a take that loses its CAS
+ * does. Nothing else changes: the records stay for the next peek.
+ */
+void pq_ring_peek_abandon(pq_ring *r, const pq_ring_batch *batch);
+
 /* The messages taken since the last call have been handed over (or failed
  * to decode, raising): nothing is outstanding any more. */
 void pq_ring_taken_done(pq_ring *r);

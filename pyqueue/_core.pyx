@@ -113,6 +113,7 @@ cdef extern from "pq_ring.h" nogil:
     void pq_ring_notify_readable(pq_ring* r, uint32_t n)
     int pq_ring_peek(pq_ring* r, pq_ring_record* out, uint32_t max, pq_ring_batch* batch)
     int pq_ring_consume(pq_ring* r, const pq_ring_batch* batch)
+    void pq_ring_peek_abandon(pq_ring* r, const pq_ring_batch* batch)
     int pq_ring_take(pq_ring* r, const pq_ring_batch* batch)
     void pq_ring_taken_done(pq_ring* r)
     int pq_ring_reap_dead_consumers(pq_ring* r)
@@ -993,7 +994,13 @@ cdef class RingQueue:
             if rc > 0:
                 typ = rec.type
                 pos = rec.pos
-                obj = self._decode_fast(&rec)
+                try:
+                    obj = self._decode_fast(&rec)
+                except BaseException:
+                    # (MemoryError: the copy out failed; nothing of
+                    # Python's ran) not taken: a stale read is marked
+                    pq_ring_peek_abandon(&self._r, &b)
+                    raise
                 if pq_ring_take(&self._r, &b) == 0:
                     if self._r.trim_wanted:
                         self._trim()
@@ -1127,12 +1134,17 @@ cdef class RingQueue:
                 if rc > 0:
                     raw = PyList_New(0)
                     slow = False
-                    for i in range(rc):
-                        o = self._decode_fast(&recs[i])
-                        raw.append(o)
-                        if recs[i].type != T_BYTES and (recs[i].type != T_STR
-                                                        or type(o) is not str):
-                            slow = True
+                    try:
+                        for i in range(rc):
+                            o = self._decode_fast(&recs[i])
+                            raw.append(o)
+                            if recs[i].type != T_BYTES and (recs[i].type != T_STR
+                                                            or type(o) is not str):
+                                slow = True
+                    except BaseException:
+                        # (as get's: not taken, a stale read marked)
+                        pq_ring_peek_abandon(&self._r, &b)
+                        raise
                     if pq_ring_take(&self._r, &b) != 0:
                         continue
                     if self._r.trim_wanted:

@@ -170,3 +170,26 @@ def get_marked(q, out):
         out.put((type(m).__name__, m.value, m.how))
     except BaseException as e:
         out.put(f"{type(e).__name__}: {e}")
+
+
+def get_with_no_memory_left(q, size, out):
+    """get() and get_many() of a message of `size` bytes in the ring while
+    RLIMIT_AS leaves this process 1 MiB of address space: the copy out of
+    the ring fails (MemoryError); then, the limit put back, get() returns
+    it. Reports (the two errors' type names, the message's length)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    errors = []
+    resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + (1 << 20), hard))
+    try:
+        for take in (lambda: q.get(timeout=10), lambda: q.get_many(10, timeout=10)):
+            try:
+                take()
+                errors.append("returned")
+            except BaseException as e:  # noqa: BLE001 - reported
+                errors.append(type(e).__name__)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    out.put((errors, len(q.get(timeout=10))))

@@ -292,3 +292,22 @@ def test_queue_qsize_counts_what_the_handle_holds(make_queue):
             poison += 1
     assert out == ["a", "b"] and poison == 1
     assert q.qsize() == 0 and q.stats()["held"] == 0
+
+
+def test_a_get_out_of_memory_keeps_the_message(ctx, procs, make_queue):
+    """A get or get_many whose copy of a message out of the ring fails
+    (MemoryError: a child whose RLIMIT_AS leaves it 1 MiB) takes nothing:
+    the message is there for the next get, whole, and the queue counts it
+    once. (The stale read such a get may have made is marked for the next
+    trim: pq_ring_peek_abandon, csrc/tests/test_ring_epoch.c.)"""
+    size = 4 << 20                                   # in the ring: under a quarter
+    q = make_queue.Queue(capacity_bytes=32 << 20)
+    out = make_queue.Queue()
+    q.put(b"x" * size)
+    p = procs.start(ctx, bw.get_with_no_memory_left, q, size, out)
+    errors, got = out.get(timeout=60)
+    p.join(30)
+    assert p.exitcode == 0
+    assert errors == ["MemoryError", "MemoryError"]
+    assert got == size
+    assert q.qsize() == 0 and q.stats()["dequeued"] == 1
