@@ -622,10 +622,14 @@ static inline int pq_ring_consume_cas(pq_ring *r, const pq_ring_batch *b)
 
 void pq_ring_peek_abandon(pq_ring *r, const pq_ring_batch *b)
 {
-    /* acquire: pairs with the CAS of the consumer that moved head (and so
-     * comes after that consumer's trim could start); head is a counter
-     * that only grows, so equal means nothing of what the peek read was
-     * behind head, and no trim can have emptied it. */
+    /* The fence: the caller's plain reads of the payloads (its copies, a
+     * batch's earlier ones done) are ordered before the load of head
+     * below, so a head still equal was read after them; and head is a
+     * counter that only grows: equal means nothing the peek read was
+     * behind head then, so no trim had emptied it. acquire on the load:
+     * pairs with the CAS of the consumer that moved head. A head that
+     * moved: the read may have been stale, and is marked. */
+    atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&r->ctl->head, memory_order_acquire) != b->head)
         pq_ring_mark_view_read(r);
 }

@@ -493,7 +493,12 @@ cdef class RingQueue:
                     return 0
                 _check_rc(rc, "drop_oldest")
             if b.count and (rec.type & T_OOB):
-                ref = PyBytes_FromStringAndSize(<const char*>rec.payload, rec.len)
+                try:
+                    ref = PyBytes_FromStringAndSize(<const char*>rec.payload, rec.len)
+                except BaseException:
+                    # (MemoryError) not dropped: a stale read marked (get's)
+                    pq_ring_peek_abandon(&self._r, &b)
+                    raise
             else:
                 ref = None
             if pq_ring_consume(&self._r, &b) == 0:
@@ -1130,9 +1135,12 @@ cdef class RingQueue:
         try:
             while True:
                 want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
+                # (made before the peek: a container's allocation may run
+                # the garbage collector, and so finalizers, Python code;
+                # the copies below make bytes and str only, which do not)
+                raw = PyList_New(0)
                 rc = pq_ring_peek(&self._r, recs, want, &b)
                 if rc > 0:
-                    raw = PyList_New(0)
                     slow = False
                     try:
                         for i in range(rc):
@@ -1142,8 +1150,13 @@ cdef class RingQueue:
                                                             or type(o) is not str):
                                 slow = True
                     except BaseException:
-                        # (as get's: not taken, a stale read marked)
+                        # (MemoryError: a copy out failed; as get's: this
+                        # batch not taken, a stale read marked) What the
+                        # batches before took is returned; the next call
+                        # meets the failure again, with nothing taken.
                         pq_ring_peek_abandon(&self._r, &b)
+                        if out:
+                            return out
                         raise
                     if pq_ring_take(&self._r, &b) != 0:
                         continue

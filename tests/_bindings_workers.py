@@ -172,24 +172,41 @@ def get_marked(q, out):
         out.put(f"{type(e).__name__}: {e}")
 
 
-def get_with_no_memory_left(q, size, out):
-    """get() and get_many() of a message of `size` bytes in the ring while
-    RLIMIT_AS leaves this process 1 MiB of address space: the copy out of
-    the ring fails (MemoryError); then, the limit put back, get() returns
-    it. Reports (the two errors' type names, the message's length)."""
+def takes_with_no_memory_left(q, size, takes, out):
+    """The calls of takes ("get": get(), "get_many": get_many(300)) while
+    RLIMIT_AS leaves this process 1 MiB of address space, so that a copy
+    of a message of `size` bytes out of the ring fails (MemoryError); then,
+    the limit put back, one get(). Reports (each call's outcome: "got" for
+    a get, the number of messages for a get_many, or the exception's type
+    name; the length of what the last get returned)."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
-    errors = []
+    outcomes = []
     resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + (1 << 20), hard))
+    hold = []
     try:
-        for take in (lambda: q.get(timeout=10), lambda: q.get_many(10, timeout=10)):
+        # A forked child inherits its parent's heap, and free chunks there
+        # of the message's size (glibc keeps large freed blocks in the heap
+        # once its mmap threshold has grown) would serve the copy without
+        # any new address space: blocks of that size are taken until there
+        # is none left.
+        while True:
             try:
-                take()
-                errors.append("returned")
+                hold.append(bytearray(size))
+            except MemoryError:
+                break
+        for take in takes:
+            try:
+                if take == "get":
+                    q.get(timeout=10)
+                    outcomes.append("got")
+                else:
+                    outcomes.append(len(q.get_many(300, timeout=10)))
             except BaseException as e:  # noqa: BLE001 - reported
-                errors.append(type(e).__name__)
+                outcomes.append(type(e).__name__)
     finally:
+        del hold[:]
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    out.put((errors, len(q.get(timeout=10))))
+    out.put((outcomes, len(q.get(timeout=10))))

@@ -444,9 +444,11 @@ def spawn_twins(nodeids):
     and have a twin run under fork: the same id with the parameter id
     "spawn" (one "-"-separated token of the brackets) as "fork". CI's
     ASan run leaves them out (PYQUEUE_SKIP_SPAWN_TWINS=1, tests/conftest.py):
-    a spawned child runs the same C paths as a forked one, and under ASan
-    its fresh interpreter's start costs most of the run; the plain run
-    keeps both."""
+    under ASan a spawned child's fresh interpreter costs most of the run,
+    and what it runs in C is what a forked child runs, but for opening
+    its handles by name when it unpickles them - which the in-process
+    open and pickle tests and the spawn-only and forkserver tests (10)
+    still drive there. The plain run keeps both."""
     ids = set(nodeids)
     twins = set()
     for nodeid in ids:

@@ -155,10 +155,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                               red=True)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYQUEUE_SKIP_SPAWN_TWINS") == "1":
         # CI's ASan run: a spawn case whose fork twin runs is left out
-        # (tests/_support.py spawn_twins; the plain run keeps both).
+        # (tests/_support.py spawn_twins; the plain run keeps both). Last:
+        # after -m and -k, so that the twin counted is one that runs.
         twins = _support.spawn_twins(item.nodeid for item in items)
         if twins:
             config.hook.pytest_deselected(items=[i for i in items if i.nodeid in twins])

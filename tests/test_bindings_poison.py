@@ -294,20 +294,31 @@ def test_queue_qsize_counts_what_the_handle_holds(make_queue):
     assert q.qsize() == 0 and q.stats()["held"] == 0
 
 
-def test_a_get_out_of_memory_keeps_the_message(ctx, procs, make_queue):
+@pytest.mark.malloc_fails
+@pytest.mark.parametrize("small", [0, 256])
+def test_a_get_out_of_memory_keeps_the_message(ctx, procs, make_queue, small):
     """A get or get_many whose copy of a message out of the ring fails
-    (MemoryError: a child whose RLIMIT_AS leaves it 1 MiB) takes nothing:
-    the message is there for the next get, whole, and the queue counts it
-    once. (The stale read such a get may have made is marked for the next
+    (MemoryError: a child whose RLIMIT_AS leaves it 1 MiB) takes nothing
+    of that peek: the message is there for the next get, whole, and
+    counted once. A get_many that took batches before (256 small messages:
+    one peek's worth, BATCH_MAX) returns them, and the next call raises.
+    (The stale read such a call may have made is marked for the next
     trim: pq_ring_peek_abandon, csrc/tests/test_ring_epoch.c.)"""
     size = 4 << 20                                   # in the ring: under a quarter
     q = make_queue.Queue(capacity_bytes=32 << 20)
     out = make_queue.Queue()
+    q.put_many([b"s"] * small)
     q.put(b"x" * size)
-    p = procs.start(ctx, bw.get_with_no_memory_left, q, size, out)
-    errors, got = out.get(timeout=60)
+    # Large blocks freed in this process: a forked child finds free heap
+    # chunks of that size (what an earlier test in the same worker leaves).
+    x = b"y" * (16 << 20)
+    del x
+    takes = ["get", "get_many"] if small == 0 else ["get_many", "get_many"]
+    p = procs.start(ctx, bw.takes_with_no_memory_left, q, size, takes, out)
+    outcomes, got = out.get(timeout=60)
     p.join(30)
     assert p.exitcode == 0
-    assert errors == ["MemoryError", "MemoryError"]
+    assert outcomes == (["MemoryError", "MemoryError"] if small == 0
+                        else [small, "MemoryError"])
     assert got == size
-    assert q.qsize() == 0 and q.stats()["dequeued"] == 1
+    assert q.qsize() == 0 and q.stats()["dequeued"] == small + 1

@@ -171,9 +171,9 @@ def test_a_damaged_meta_hash_refuses_a_batch_and_keeps_the_queue(redis_url):
 def test_a_damaged_list_refuses_a_get_before_it_counts(redis_url, maxsize):
     # A key of another type made by hand in place of the list: the one-
     # message take (_TAKE: an unbounded queue's pops without reading the
-    # length first) refuses before it writes, so neither "waiting" nor
-    # "dequeued" moves; the counted form refuses as well; a list put back
-    # makes the queue usable again.
+    # length first) refuses, so neither "waiting" nor "dequeued" moves; the
+    # counted form refuses as well; a list put back makes the queue usable
+    # again.
     import redis
     b = pyqueue.connect(redis_url)
     q = b.Queue(maxsize, name=f"c-forms-damaged-list-{maxsize}")
@@ -191,6 +191,34 @@ def test_a_damaged_list_refuses_a_get_before_it_counts(redis_url, maxsize):
         q.put(2)
         assert q.get(block=False) == 2
         assert q.stats()["dequeued"] == 1
+    finally:
+        q.unlink()
+        q.close()
+
+
+@pytest.mark.parametrize("mode", ["-", "t"])
+def test_a_take_whose_bookkeeping_fails_takes_nothing(redis_url, mode):
+    # The take after a BLPOP counts its get out of "waiting" (and, woken by
+    # a shutdown's token, pushes it back) before it pops: a key made by
+    # hand that makes one of those writes fail ends the script with the
+    # messages still in the list (Redis does not undo a script's earlier
+    # writes: a pop before them would lose what it popped).
+    import redis
+    b = pyqueue.connect(redis_url)
+    q = b.Queue(name=f"c-forms-damaged-count-{'t' if mode == 't' else 'm'}")
+    try:
+        q.put_many([1, 2])
+        if mode == "-":
+            b.client.hset(q._keys[0], "waiting", "x")
+        else:
+            b.client.set(q._keys[4], "not a list")
+        keys = q._keys[:3] + q._keys[4:5]
+        with pytest.raises(redis.ResponseError):
+            q._take_step(keys, 2, 0, mode)
+        assert b.client.llen(q._keys[1]) == 2
+        b.client.hdel(q._keys[0], "waiting")
+        b.client.delete(q._keys[4])
+        assert q.get_many(10, block=False) == [1, 2]
     finally:
         q.unlink()
         q.close()

@@ -207,11 +207,14 @@ if not maxsize then return damaged() end
 local len, okl = 0, true
 if maxsize > 0 or %(need_len)s then okl, len = pcall(redis.call, 'LLEN', KEYS[2]) end
 if not okl then return damaged() end
+-- (before the pop: one of these that fails - a key made by hand - ends
+-- the script before it took anything; the get that waited is counted
+-- out, and a token passed on, whether the pop then succeeds or not)
+if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
+if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local want = tonumber(ARGV[1])
 local before = tonumber(ARGV[2])
 %(pop)s
-if ARGV[3] == '-' or ARGV[3] == 't' then redis.call('HINCRBY', KEYS[1], 'waiting', -1) end
-if ARGV[3] == 't' then redis.call('RPUSH', KEYS[4], 'w') end
 local taken = got + before
 if taken > 0 then
   redis.call('HINCRBY', KEYS[1], 'dequeued', taken)
@@ -227,7 +230,7 @@ end
 """
 _TAKE = _TAKE_TEMPLATE % {
     "need_len": "false",
-    # (a list of another type, made by hand: refused before any write)
+    # (a list of another type, made by hand: refused, nothing taken)
     "pop": """local items = {}
 if want > 0 then
   local okp, popped = pcall(redis.call, 'LPOP', KEYS[2], want)
