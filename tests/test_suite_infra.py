@@ -249,6 +249,11 @@ def test_a_run_with_spawn_twins_skipped_deselects_them(tmp_path):
         @pytest.mark.parametrize("method", ["spawn"])
         def test_spawn_only(method):
             pass
+
+        @pytest.mark.parametrize("method", [pytest.param("fork", marks=pytest.mark.slow),
+                                            "spawn"])
+        def test_fork_deselected(method):
+            pass
         '''))
     (tmp_path / "conftest.py").write_text(textwrap.dedent(f'''
         import sys
@@ -256,11 +261,13 @@ def test_a_run_with_spawn_twins_skipped_deselects_them(tmp_path):
         from tests.conftest import pytest_collection_modifyitems  # noqa: F401
         '''))
     env = dict(os.environ, PYQUEUE_SKIP_SPAWN_TWINS="1")
+    # (-m runs first: the spawn case whose fork twin it deselects stays)
     r = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
-                        str(tmp_path)], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=120)
+                        "-m", "not slow", str(tmp_path)], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test_both[fork] PASSED" in r.stdout
     assert "test_spawn_only[spawn] PASSED" in r.stdout
+    assert "test_fork_deselected[spawn] PASSED" in r.stdout
     assert "test_both[spawn]" not in r.stdout
-    assert "1 deselected" in r.stdout
+    assert "2 deselected" in r.stdout
