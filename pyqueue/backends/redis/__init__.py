@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     _IMPORT_ERROR = e
 
 from pyqueue import log as _shm_log
+from pyqueue.backends.redis import _pack
 from pyqueue.errors import PyQueueError
 from pyqueue import queues as _shm_queues
 from pyqueue import topic as _shm_topic
@@ -502,7 +503,7 @@ def _exchange(node: _redis.Redis, conn: Any, commands: List[Tuple[Any, ...]],
     parsed as redis-py does). A connection or timeout error disconnects
     conn and is raised."""
     try:
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        conn.send_packed_command(_pack.pack_commands(conn, commands), check_health=False)
         replies: List[Any] = []
         for command in commands:
             try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple
 
-from pyqueue.backends.redis import (_REDIRECTS, _UNSENT_TRIES, ConnectionLost,
+from pyqueue.backends.redis import (_REDIRECTS, _UNSENT_TRIES, ConnectionLost, _pack,
                                     check_replicated)
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ async def replicated(backend: RedisBackend, client: Any, sha: str, source: str,
         replies: List[Any] = []
         broken = True
         try:
-            await conn.send_packed_command(conn.pack_commands(commands))
+            await conn.send_packed_command(_pack.pack_commands(conn, commands))
             for _ in commands:
                 try:
                     replies.append(await conn.read_response())
