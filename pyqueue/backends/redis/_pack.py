@@ -24,8 +24,8 @@ try:
     from redis import connection as _connection
     _hiredis_pack = _hiredis.pack_command
     _HiredisPacker = _connection.HiredisRespSerializer
-except ImportError:  # pragma: no cover - hiredis is in the redis extra
-    pass
+except (ImportError, AttributeError):  # pragma: no cover - no hiredis, or one
+    pass                                 # (or a redis-py) too old to have these
 
 
 def _direct(conn: Any) -> bool:
@@ -42,8 +42,9 @@ def pack_commands(conn: Any, commands: Sequence[Tuple[Any, ...]]) -> List[bytes]
     """What conn.pack_commands(commands) returns, to send with
     conn.send_packed_command: one buffer packed by hiredis when _direct,
     else redis-py's own chunks. (A command name with a space, which
-    redis-py splits, and a bool, which it refuses, never occur in a
-    step; redis-py packs such a command itself.)"""
+    redis-py splits, goes to redis-py's packer. A bool or None, which
+    redis-py refuses with DataError and hiredis with TypeError, never
+    occurs in a step.)"""
     pack = _hiredis_pack
     if (pack is not None and _direct(conn)
             and all(type(c[0]) is str and " " not in c[0] for c in commands)):
