@@ -77,6 +77,8 @@ def pytest_configure(config):
         config._pyqueue_allowed_skips = _support.load_allowed_skips()
     if EXPECT_INSTALLED:
         _check_installed()
+    if os.environ.get("PYQUEUE_SKIP_SPAWN_TWINS") == "1":
+        config.pluginmanager.register(_SkipSpawnTwins(), "pyqueue-skip-spawn-twins")
 
 
 def _under(path, root):
@@ -155,16 +157,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                               red=True)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PYQUEUE_SKIP_SPAWN_TWINS") == "1":
-        # CI's ASan run: a spawn case whose fork twin runs is left out
-        # (tests/_support.py spawn_twins; the plain run keeps both). Last:
-        # after -m and -k, so that the twin counted is one that runs.
+class _SkipSpawnTwins:
+    """PYQUEUE_SKIP_SPAWN_TWINS=1 (CI's ASan run): a spawn case whose fork
+    twin runs is left out (tests/_support.py spawn_twins; the plain run
+    keeps both). A plugin of its own, so that it can run last: after -m
+    and -k, and so after pytest_collection_modifyitems below, whose redis
+    mark -m must see first."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
         twins = _support.spawn_twins(item.nodeid for item in items)
         if twins:
             config.hook.pytest_deselected(items=[i for i in items if i.nodeid in twins])
             items[:] = [i for i in items if i.nodeid not in twins]
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))

@@ -254,20 +254,31 @@ def test_a_run_with_spawn_twins_skipped_deselects_them(tmp_path):
                                             "spawn"])
         def test_fork_deselected(method):
             pass
+
+        def test_redis(redis_server):
+            pass
         '''))
     (tmp_path / "conftest.py").write_text(textwrap.dedent(f'''
         import sys
+        import pytest
         sys.path.insert(0, {ROOT!r})
-        from tests.conftest import pytest_collection_modifyitems  # noqa: F401
+        from tests.conftest import (pytest_collection_modifyitems,  # noqa: F401
+                                    pytest_configure)
+
+        @pytest.fixture
+        def redis_server():
+            pass    # (its name marks the test redis; nothing starts)
         '''))
     env = dict(os.environ, PYQUEUE_SKIP_SPAWN_TWINS="1")
-    # (-m runs first: the spawn case whose fork twin it deselects stays)
+    # (-m runs first: the spawn case whose fork twin it deselects stays;
+    # and -m sees the redis mark a redis fixture gives)
     r = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
-                        "-m", "not slow", str(tmp_path)], cwd=str(tmp_path), env=env,
-                       capture_output=True, text=True, timeout=120)
+                        "-m", "not slow and not redis", str(tmp_path)], cwd=str(tmp_path),
+                       env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test_both[fork] PASSED" in r.stdout
     assert "test_spawn_only[spawn] PASSED" in r.stdout
     assert "test_fork_deselected[spawn] PASSED" in r.stdout
     assert "test_both[spawn]" not in r.stdout
-    assert "2 deselected" in r.stdout
+    assert "test_redis" not in r.stdout
+    assert "3 deselected" in r.stdout
