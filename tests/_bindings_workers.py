@@ -179,14 +179,10 @@ def takes_with_no_memory_left(q, size, takes, out):
     the limit put back, one get(). Reports (each call's outcome: "got" for
     a get, the number of messages for a get_many, or the exception's type
     name; the length of what the last get returned)."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    from tests._support import address_space_left
     outcomes = []
-    resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + (1 << 20), hard))
     hold = []
-    try:
+    with address_space_left(1 << 20):
         # A forked child inherits its parent's heap, and free chunks there
         # of the message's size (glibc keeps large freed blocks in the heap
         # once its mmap threshold has grown) would serve the copy without
@@ -206,7 +202,5 @@ def takes_with_no_memory_left(q, size, takes, out):
                     outcomes.append(len(q.get_many(300, timeout=10)))
             except BaseException as e:  # noqa: BLE001 - reported
                 outcomes.append(type(e).__name__)
-    finally:
         del hold[:]
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     out.put((outcomes, len(q.get(timeout=10))))

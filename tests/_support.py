@@ -1,5 +1,6 @@
 """Helpers shared by the tests and the conftest (no pytest fixtures here)."""
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -463,3 +464,19 @@ def spawn_twins(nodeids):
                     twins.add(nodeid)
                     break
     return twins
+
+
+@contextlib.contextmanager
+def address_space_left(headroom):
+    """RLIMIT_AS set `headroom` bytes above what this process maps now
+    (its VmSize), so that a larger mapping or malloc fails; put back on
+    leaving."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + headroom, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

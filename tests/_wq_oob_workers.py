@@ -37,16 +37,11 @@ def get_with_no_address_space_left(q, out):
     """A get whose out-of-band segment (8 MiB) cannot be mapped here
     (ENOMEM: RLIMIT_AS set 2 MiB above what the process maps now):
     reports the errno of the OSError it raised."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, ((kb << 10) + (2 << 20), hard))
-    try:
-        q.get(timeout=10)
-        got = "a delivery"
-    except OSError as e:
-        got = e.errno
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    from tests._support import address_space_left
+    with address_space_left(2 << 20):
+        try:
+            q.get(timeout=10)
+            got = "a delivery"
+        except OSError as e:
+            got = e.errno
     out.put(got)
