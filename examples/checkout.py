@@ -220,7 +220,10 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
             "lost": sorted(set(range(orders)) - bad - set(charged_ids)),
             "dead_letters": sorted(dl.value["id"] for dl in letters),
             "dead_letter_reasons": sorted({dl.reason for dl in letters}),
-            "dead_letter_errors": sorted({dl.last_error for dl in letters}),
+            # (None: a dead letter moved by a get after its mover died - a
+            # worker SIGKILLed between the reject's steps - keeps no error)
+            "dead_letter_errors": sorted({dl.last_error for dl in letters},
+                                         key=lambda e: (e is not None, e or "")),
             "worker_killed": killed, "restarts": stats["restarts"],
             "redelivered": qs["redelivered"], "deduplicated": qs["deduplicated"],
             "failed_attempts": stats["failed"] + sum(t["failed"] for t in tree_reports if t),
