@@ -232,8 +232,14 @@ def run(orders=300, workers=4, poison=5, fail_rate=0.2, seed=1, work_s=0.002, ur
                        "last_error": stats["last_error"]}] + tree_reports,
             "seconds": round(elapsed, 3),
         }
+        # A worker killed between a move's put and its removal leaves the
+        # message to a get that moves it again (docs/guarantees.md: "at
+        # least once, at most twice"): one kill, at most one such copy.
+        twice = len(report["dead_letters"]) - len(set(report["dead_letters"]))
+        report["dead_lettered_twice"] = twice
         report["ok"] = (report["charged_exactly_once"] and not report["lost"] and
-                        report["dead_letters"] == sorted(bad) and
+                        sorted(set(report["dead_letters"])) == sorted(bad) and
+                        twice <= (1 if killed is not None else 0) and
                         report["deduplicated"] == 10 and report["restarts"] >= 1 and
                         None not in tree_reports)
         return report

@@ -41,9 +41,13 @@ def test_checkout_charges_every_order_once_and_dead_letters_the_poison(which, ct
     assert rep["ok"]
     assert rep["charged"] == rep["good"] == 196 and rep["charged_exactly_once"]
     assert rep["lost"] == []
-    assert len(rep["dead_letters"]) == 4
-    assert all(reason.startswith("rejected: ValueError: invalid amount")
+    # Each poison order once, one of them twice at most (the SIGKILLed
+    # worker may have been between a move's put and its removal); one
+    # moved by a get after its mover died has the reason without its text.
+    assert len(set(rep["dead_letters"])) == 4 and rep["dead_lettered_twice"] <= 1
+    assert all(reason == "rejected" or reason.startswith("rejected: ValueError: invalid amount")
                for reason in rep["dead_letter_reasons"])
+    assert any(reason != "rejected" for reason in rep["dead_letter_reasons"])
     assert rep["worker_killed"] and rep["restarts"] >= 1
     assert rep["redelivered"] > 0  # the gateway failures were retried
     assert rep["deduplicated"] == 10

@@ -61,6 +61,29 @@ def subscribe_report_and_hang(topic, out):
     sub.close()
 
 
+def reject_and_die_in_the_move(wq, where):
+    """Takes the one message and rejects it; the move to the dead-letter
+    queue that the reject starts is SIGKILLed `where`: "before_put" (the
+    message marked dead-pending, nothing put) or "after_put" (the
+    DeadLetter put, the message not yet removed). The dead-letter
+    queue's put is replaced in this process only (a child of its own)."""
+    import os
+    import signal
+    dlq = wq.dead_letter
+    put = type(dlq).put
+
+    def put_then_die(self, *args, **kwargs):
+        if where == "after_put":
+            put(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    type(dlq).put = put_then_die
+    # A short lease for the mover (on Redis it ends the dead mover's hold:
+    # max(visibility timeout, dead_letter_timeout + dead_letter_retry)).
+    type(wq).dead_letter_timeout = type(wq).dead_letter_retry = 0.2
+    wq.get(timeout=30).reject("bad input")
+
+
 def append_all(log, key, items):
     for item in items:
         log.append(item, key=key)
