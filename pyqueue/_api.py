@@ -3,7 +3,8 @@
 One place for the pure-Python behaviour every backend shares
 (the documentation's Design page, "Backends"):
 
-* argument checks (`check_timeout`, `check_max_messages`, `check_name`,
+* argument checks (`check_timeout`, `check_seconds`, `check_max_messages`,
+  `check_max_records`, `check_partition`, `check_name`,
   `check_workqueue_settings`, and the creation-setting checks re-exported from pyqueue.queues:
   `check_serializer`, `check_settings`, `OVERFLOWS`);
 * `QueueAPI` / `WorkQueueAPI`: the methods defined in terms of a backend's
@@ -35,20 +36,68 @@ Empty = _stdqueue.Empty
 Full = _stdqueue.Full
 
 
-def check_timeout(timeout):
+def check_timeout(timeout, block=True):
     """None, or the timeout as a float >= 0 (negative behaves like 0, as
-    in multiprocessing); TypeError for what is not a real number."""
+    in multiprocessing). What the shared-memory classes take (a C double,
+    as multiprocessing's SemLock.acquire converts it): a real number, bool
+    and int included; a str or other object is a TypeError, with or
+    without block; NaN is a ValueError when the call would wait."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    if isinstance(timeout, numbers.Real):
+        t = float(timeout)
+    elif isinstance(timeout, (str, bytes, bytearray)) or not (
+            hasattr(type(timeout), "__float__") or hasattr(type(timeout), "__index__")):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    return max(0.0, float(timeout))
+    else:
+        t = float(timeout)
+    if t != t:
+        if block:
+            raise ValueError("'timeout' must be a number, not NaN")
+        return 0.0
+    return max(0.0, t)
+
+
+def check_seconds(seconds, what):
+    """A delay or duration in seconds as a float: a real number, not a
+    bool (TypeError); NaN or negative is a ValueError; inf stays inf
+    (never). The same check on every backend."""
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
+    s = float(seconds)
+    if s != s or s < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
+    return s
+
+
+def check_partition(partition, partitions):
+    """A partition of a log of `partitions`: an int (a bool is not one:
+    TypeError) in 0..partitions-1 (ValueError); partitions None: the type
+    and the sign only (the backend checks the range after its closed
+    check)."""
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        raise TypeError(f"partition must be an int, not {type(partition).__name__}")
+    if partitions is None:
+        if partition < 0:
+            raise ValueError(f"partition must be 0 or more, not {partition!r}")
+        return partition
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition must be 0..{partitions - 1}, not {partition!r}")
+    return partition
+
+
+def check_max_records(max_records):
+    """A read's or poll's max_records: a positive int (a bool is not one),
+    else ValueError."""
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+        raise ValueError(f"max_records must be a positive int, not {max_records!r}")
+    return max_records
 
 
 def deadline(block, timeout):
     """The monotonic deadline of a call: None (wait forever), or a time
     (now for block=False). The timeout is checked even when not blocking."""
-    timeout = check_timeout(timeout)
+    timeout = check_timeout(timeout, block)
     if not block:
         return time.monotonic()
     if timeout is None:

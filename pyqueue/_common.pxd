@@ -2,6 +2,7 @@
 """Inline helpers shared by the Cython modules (_core, _topic, _log):
 cimported, compiled into each, no module of their own."""
 from libc.stdint cimport int64_t, uint8_t, uint32_t, INT64_MAX
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 import pickle
 
@@ -71,10 +72,30 @@ cdef inline int64_t seconds_ns(double s, str what) except? -1:
     inf and anything past ~9.2e9 s (the cast of such a double to int64 is
     undefined). NaN and negative: ValueError naming `what`."""
     if s != s or s < 0:
-        raise ValueError(f"{what} must be a non-negative number of seconds, not {s!r}")
+        raise ValueError(f"{what} must be a number of seconds >= 0, not {s!r}")
     if s >= 9.2e9:
         return INT64_MAX
     return <int64_t>(s * 1e9)
+
+
+cdef inline Py_ssize_t check_max_messages(object n) except -1:
+    """A get_many's max_messages as every backend checks it
+    (pyqueue._api.check_max_messages): an int, not a bool (TypeError),
+    at least 1 (ValueError); a huge one saturates."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError("max_messages must be an int")
+    if n < 1:
+        raise ValueError("max_messages must be at least 1")
+    return n if n < PY_SSIZE_T_MAX else PY_SSIZE_T_MAX
+
+
+cdef inline double odd_timeout(object timeout) except? -1.0:
+    """A timeout that is not an int or a float, as a C double (what has
+    __float__ or __index__), else the TypeError every backend raises."""
+    try:
+        return timeout
+    except TypeError:
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}") from None
 
 
 cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
@@ -85,8 +106,12 @@ cdef inline int64_t deadline_ns(bint block, object timeout) except? -2:
         return -1 if block else 0
     # A C double conversion, as multiprocessing's SemLock.acquire does: a
     # str (or other non-number) is a TypeError, never parsed, with or
-    # without block.
-    cdef double t = timeout
+    # without block (named as pyqueue._api.check_timeout names it).
+    cdef double t
+    if isinstance(timeout, float) or isinstance(timeout, int):
+        t = timeout
+    else:
+        t = odd_timeout(timeout)
     if not block:
         return 0
     if t != t:

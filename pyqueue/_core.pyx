@@ -210,7 +210,7 @@ cdef int _check_rc(int rc, str what="") except -1:
     raise _from_code(rc, what, "queue")
 
 
-from pyqueue._common cimport deadline_ns as _deadline
+from pyqueue._common cimport deadline_ns as _deadline, check_max_messages
 from pyqueue._common cimport LockWait, lock_again, set_lock_wait, pq_fault_rearm, PQ_ERR_LOCK_BUSY
 from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 
@@ -1086,7 +1086,7 @@ cdef class RingQueue:
                 raise
         return False
 
-    def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
+    def get_many(self, max_messages=1024, block=True, timeout=None):
         """Take up to max_messages messages: waits (unless block is false)
         for at least one, then takes what is there, with one consume per up
         to 256 records.
@@ -1118,11 +1118,10 @@ cdef class RingQueue:
         cdef list out, raw
         cdef bint slow
         self._check_open()
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
+        cdef Py_ssize_t nmax = check_max_messages(max_messages)
         deadline = _deadline(block, timeout)
         if self._held:
-            held = self._take_held(max_messages)
+            held = self._take_held(nmax)
             if held is not None:
                 return held
         if is_shut_down_now(self._r.hdr):
@@ -1134,7 +1133,7 @@ cdef class RingQueue:
         # them all as abandoned.
         try:
             while True:
-                want = <uint32_t>min(max_messages - len(out), BATCH_MAX)
+                want = <uint32_t>min(nmax - len(out), BATCH_MAX)
                 # (made before the peek: a container's allocation may run
                 # the garbage collector, and so finalizers, Python code;
                 # the copies below make bytes and str only, which do not)
@@ -1167,7 +1166,7 @@ cdef class RingQueue:
                             return out
                     else:
                         out.extend(raw)
-                    if len(out) >= max_messages:
+                    if len(out) >= nmax:
                         return out
                     continue
                 if rc == 0:

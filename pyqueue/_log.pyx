@@ -711,9 +711,9 @@ cdef class LogCoreBase:
 
     cdef inline int _check_part(self, partition) except -1:
         if not isinstance(partition, int) or isinstance(partition, bool):
-            raise TypeError("partition must be an int")
+            raise TypeError(f"partition must be an int, not {type(partition).__name__}")
         if not 0 <= partition < self._nparts:
-            raise ValueError(f"partition {partition} out of range 0..{self._nparts - 1}")
+            raise ValueError(f"partition must be 0..{self._nparts - 1}, not {partition!r}")
         return 0
 
     @property

@@ -157,7 +157,7 @@ cdef int _check_rc(int rc, str what="") except -1:
     raise _from_code(rc, what, "topic", _TOPIC_CODES)
 
 
-from pyqueue._common cimport deadline_ns as _deadline
+from pyqueue._common cimport deadline_ns as _deadline, check_max_messages
 from pyqueue._common cimport shutdown_how, is_shut_down, is_shut_down_now
 from pyqueue._common cimport (LockWait, lock_again, lock_timeout, set_lock_wait, pq_fault_rearm,
                               PQ_ERR_LOCK_BUSY, LOCK_BOUNDED)
@@ -989,7 +989,7 @@ cdef class SubscriptionCore:
                 return held[0]
         return self._read(1, deadline)[0]
 
-    def get_many(self, Py_ssize_t max_messages=1024, block=True, timeout=None):
+    def get_many(self, max_messages=1024, block=True, timeout=None):
         """Take up to max_messages messages; waits for at least one.
 
         Args:
@@ -1014,17 +1014,16 @@ cdef class SubscriptionCore:
             PyQueueError: Used in another process.
         """
         self._check()
-        if max_messages <= 0:
-            raise ValueError("max_messages must be positive")
+        cdef Py_ssize_t nmax = check_max_messages(max_messages)
         cdef int64_t deadline = _deadline(block, timeout)
         if self._held:
-            held = self._take_held(max_messages)
+            held = self._take_held(nmax)
             if held is not None:
                 return held
-        cdef list out = self._read(<uint32_t>min(max_messages, BATCH_MAX), deadline)
-        while len(out) < max_messages and not self._held:
+        cdef list out = self._read(<uint32_t>min(nmax, BATCH_MAX), deadline)
+        while len(out) < nmax and not self._held:
             try:
-                out += self._read(<uint32_t>min(max_messages - len(out), BATCH_MAX), 0)
+                out += self._read(<uint32_t>min(nmax - len(out), BATCH_MAX), 0)
             except _queue_mod.Empty:
                 break
             except UndecodableMessage as e:

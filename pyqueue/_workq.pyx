@@ -25,6 +25,7 @@ from pyqueue.errors import MessageTooLarge, PyQueueError, SegmentMismatch
 from pyqueue.errors import ShutDown
 from pyqueue.errors import from_code as _from_code
 from pyqueue import _events, _oob
+from pyqueue._api import check_seconds as _check_seconds
 from pyqueue._common cimport T_BYTES, T_STR, T_PICKLE, T_CUSTOM, T_PICKLE_BUFFERS, T_OOB
 from pyqueue._common cimport encode_plain, deadline_ns as _deadline
 from pyqueue._common cimport seconds_ns

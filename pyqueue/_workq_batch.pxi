@@ -501,7 +501,7 @@ cdef class Batch:
         allowed delivery go to the dead-letter queue instead, with error.
         DeliveryExpired as for ack()."""
         cdef list stale = [], to_move = []
-        cdef int64_t delay_ns = seconds_ns(float(delay), "delay")
+        cdef int64_t delay_ns = seconds_ns(_check_seconds(delay, "delay"), "delay")
         self._settle(self._pick(indices), NACKED, delay_ns, stale, to_move)
         first = None
         for i in to_move:
@@ -540,7 +540,7 @@ cdef class Batch:
         more from now."""
         cdef list stale = []
         cdef Py_ssize_t i
-        cdef double s = float(seconds)
+        cdef double s = _check_seconds(seconds, "seconds")
         pick = self._pick(indices)
         for i in (range(self._n) if pick is None else pick):
             if self._queue._extend(self._ids[i], self._dels[i], s) < 0:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _C = TypeVar("_C", bound="Consumer")
 
+from pyqueue import _api
 from pyqueue._log import LOCK_BOUNDED_DEADLINE as _BOUNDED
 from pyqueue.errors import (CommitFailed, CorruptRecord, LockTimeout, OffsetOutOfRange,
                             PoisonRecord, PyQueueError, ShutDown)
@@ -286,10 +287,8 @@ class Consumer:
             PyQueueError: Used in another process than the one that made it.
         """
         self._check()
-        if not isinstance(max_records, int) or max_records <= 0:
-            raise ValueError("max_records must be a positive int")
-        if timeout is not None:
-            timeout = float(timeout)
+        _api.check_max_records(max_records)
+        timeout = _api.check_timeout(timeout)
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         # The group lock is waited for until the poll's own deadline (a
         # member stopped inside it delays this poll by its timeout, and it
@@ -482,6 +481,7 @@ class Consumer:
             ValueError: The consumer is closed.
         """
         self._check()
+        _api.check_partition(partition, self._log.partitions)
         return self._table.committed(self._g, partition)[0]
 
     def position(self, partition: int) -> int:
@@ -550,6 +550,7 @@ class Consumer:
             self._positions[p] = self._log._bounds(p)[which]
 
     def _require(self, partition):
+        _api.check_partition(partition, self._log.partitions)
         if partition not in self._positions:
             raise ValueError(f"partition {partition!r} is not assigned to this consumer "
                              f"(assignment: {self.assignment()})")

@@ -22,7 +22,7 @@ import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
                     TypeVar, Union)
 
-from pyqueue import _core, _log, _logdir, _segment
+from pyqueue import _api, _core, _log, _logdir, _segment
 from pyqueue.consumer import Consumer, Members, close_consumers
 from pyqueue.errors import PyQueueError, SegmentNotFound
 from pyqueue.queues import Serializer, _check_serializer
@@ -256,10 +256,15 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
             ValueError: offset is not a non-negative int, partition is out
                 of range, or the log is closed.
         """
+        # The arguments as every backend checks them (the partition's
+        # range by the backend, after its closed check).
+        _api.check_partition(partition, None)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
-        timeout = float("inf") if timeout is None else float(timeout)
-        return self._read(partition, offset, max_records, timeout, Record)
+        _api.check_max_records(max_records)
+        t = _api.check_timeout(timeout)
+        return self._read(partition, offset, max_records, float("inf") if t is None else t,
+                          Record)
 
     def shutdown(self, immediate: bool = False) -> None:
         """Shut the log down for every process (as queue.Queue.shutdown

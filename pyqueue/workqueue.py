@@ -176,7 +176,8 @@ class Delivery(Generic[T]):
             DeliveryExpired: The delivery is no longer this consumer's.
             LockTimeout: The queue's lock stayed held by a stopped process.
         """
-        rc = self._verb("nack", self._queue._nack(self.id, self.delivery_count, float(delay)))
+        rc = self._verb("nack", self._queue._nack(self.id, self.delivery_count,
+                                                  _api.check_seconds(delay, "delay")))
         self._settled = "nacked"
         if rc == 1:
             self._queue._move_dead(self.id, self.delivery_count, self.enqueued_at,
@@ -212,7 +213,8 @@ class Delivery(Generic[T]):
             DeliveryExpired: The delivery is no longer this consumer's.
             ValueError: seconds is negative or not a number.
         """
-        self._verb("extend", self._queue._extend(self.id, self.delivery_count, float(seconds)))
+        self._verb("extend", self._queue._extend(self.id, self.delivery_count,
+                                                  _api.check_seconds(seconds, "seconds")))
 
     @property
     def settled(self) -> Optional[str]:
@@ -480,7 +482,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             TypeError: key is not bytes, str or None.
             ValueError: delay or timeout is negative, or the handle is closed.
         """
-        mid, _dup = self._put(obj, key, float(delay), block, timeout)
+        # (the default 0.0 checked by the core; anything else as on every backend)
+        mid, _dup = self._put(obj, key, delay if delay.__class__ is float and delay >= 0.0
+                              else _api.check_seconds(delay, "delay"), block, timeout)
         return mid
 
     def put_nowait(self, obj: T, *, key: Union[bytes, str, None] = None,
@@ -531,7 +535,7 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             ValueError: keys of another length than objs, or the queue is
                 closed.
         """
-        return self._put_many(objs, keys, float(delay), block, timeout)
+        return self._put_many(objs, keys, _api.check_seconds(delay, "delay"), block, timeout)
 
     # ---- consuming ------------------------------------------------------
 
@@ -557,7 +561,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             ValueError: The handle is closed.
             LockTimeout: The queue's lock stayed held by a stopped process.
         """
-        end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
+        timeout = _api.check_timeout(timeout, block)
+        end = None if timeout is None or not block else time.monotonic() + timeout
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())
             kind, mid, n, raw, typ, enq_ms, reason = self._get(block, left)
@@ -625,7 +630,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             queue.Empty: No message came in time.
             ValueError: max_messages not positive, or the queue is closed.
         """
-        end = None if timeout is None or not block else time.monotonic() + max(0.0, timeout)
+        _api.check_max_messages(max_messages)
+        timeout = _api.check_timeout(timeout, block)
+        end = None if timeout is None or not block else time.monotonic() + timeout
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())
             batch, dead, poison = self._get_many(max_messages, block, left)

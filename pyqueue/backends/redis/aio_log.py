@@ -186,9 +186,9 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
         c = self._h
         c._check()
         self._loop()
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records <= 0:
-            raise ValueError("max_records must be a positive int")
-        deadline = float("inf") if timeout is None else time.monotonic() + float(timeout)
+        _api.check_max_records(max_records)
+        t = _api.check_timeout(timeout)
+        deadline = float("inf") if t is None else time.monotonic() + t
         b = self._backend()
         if c._auto_commit and time.monotonic() >= c._next_auto_commit:
             c._commit_quietly()     # before a rebalance can take partitions away (sync)

@@ -252,9 +252,7 @@ class RedisLog(RedisHandle):
         return int(self._settings["capacity"]) // 4 - 24
 
     def _pkeys(self, partition: int) -> List[str]:
-        if (isinstance(partition, bool) or not isinstance(partition, int)
-                or not 0 <= partition < self.partitions):
-            raise ValueError(f"partition must be 0..{self.partitions - 1}, not {partition!r}")
+        _api.check_partition(partition, self.partitions)
         p = key_prefix(f"{self._name}/{partition}")
         return [p + "l.meta", p + "l.stream", p + "l.shut"]
 
@@ -339,8 +337,7 @@ class RedisLog(RedisHandle):
     def _read_keys(self, partition: int, max_records: int) -> List[str]:
         """The keys of a read (checked: open, partition, max_records)."""
         self._check_open()
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ValueError("max_records must be a positive int")
+        _api.check_max_records(max_records)
         return self._pkeys(partition)
 
     @staticmethod

@@ -452,11 +452,7 @@ return out
 def _ms(seconds: object, what: str) -> int:
     """Seconds as whole ms for the scripts: inf saturates (never); NaN or
     negative is a ValueError."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
-    s = float(seconds)
-    if math.isnan(s) or s < 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
+    s = _api.check_seconds(seconds, what)
     return NEVER_MS if s * 1000 >= NEVER_MS else int(math.ceil(s * 1000))
 
 

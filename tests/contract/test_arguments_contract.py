@@ -1,0 +1,171 @@
+"""Bad arguments of the per-call methods: the same exception, naming the
+argument, on every backend (tests/contract/conftest.py), and nothing
+changed - the handle goes on.
+
+The checks live in pyqueue._api (check_timeout, check_seconds,
+check_max_messages, check_max_records, check_partition), and the
+shared-memory cores check the same way (pyqueue/_common.pxd). Timeouts
+take what multiprocessing takes (a C double: an int or a bool is a
+number); delays, max_messages, max_records and partitions do not take a
+bool. Before, a shared-memory Log read partition 1 for partition=1.5 or
+True, a Consumer seeked partition 1 for True, get_many(True) took one
+message there, and a Redis queue waited not at all for timeout=NaN.
+"""
+import math
+import queue
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+NAN = math.nan
+
+TIMEOUT_BAD = [("a", TypeError, "timeout"), (b"1", TypeError, "timeout"),
+               (object(), TypeError, "timeout"), (NAN, ValueError, "timeout")]
+
+
+@pytest.fixture
+def handles(make):
+    q = make("Queue", name=make.name())
+    wq = make("WorkQueue", make.name(), max_deliveries=None)
+    topic = make("Topic", name=make.name())
+    sub = topic.subscribe()
+    log = make("Log", make.name(), partitions=2)
+    return {"q": q, "wq": wq, "topic": topic, "sub": sub, "log": log}
+
+
+def _still_works(h):
+    q, wq, topic, sub, log = h["q"], h["wq"], h["topic"], h["sub"], h["log"]
+    q.put("ok")
+    assert q.get(timeout=5) == "ok"
+    wq.put("ok")
+    d = wq.get(timeout=5)
+    assert d.value == "ok"
+    d.ack()
+    topic.publish("ok")
+    assert sub.get(timeout=5) == "ok"
+    p, off = log.append("ok", key="k")
+    assert [r.value for r in log.read(p, off)] == ["ok"]
+
+
+TIMEOUT_CALLS = {
+    "Queue.put": lambda h, t: h["q"].put("x", timeout=t),
+    "Queue.get": lambda h, t: h["q"].get(timeout=t),
+    "Queue.get_many": lambda h, t: h["q"].get_many(5, timeout=t),
+    "WorkQueue.put": lambda h, t: h["wq"].put("x", timeout=t),
+    "WorkQueue.get": lambda h, t: h["wq"].get(timeout=t),
+    "WorkQueue.get_many": lambda h, t: h["wq"].get_many(5, timeout=t),
+    "Topic.publish": lambda h, t: h["topic"].publish("x", timeout=t),
+    "Subscription.get": lambda h, t: h["sub"].get(timeout=t),
+    "Subscription.get_many": lambda h, t: h["sub"].get_many(5, timeout=t),
+    "Log.read": lambda h, t: h["log"].read(0, 0, timeout=t),
+}
+
+
+def test_a_bad_timeout_is_refused(handles):
+    # (each handle is empty, and a get with a good timeout would wait:
+    # a check that came after the wait would show as queue.Empty)
+    for what, call in TIMEOUT_CALLS.items():
+        for bad, error, word in TIMEOUT_BAD:
+            with pytest.raises(error, match=word):
+                call(handles, bad)
+                pytest.fail(f"{what} took timeout={bad!r}")
+    assert handles["q"].qsize() == handles["wq"].qsize() == 0   # nothing was put
+    _still_works(handles)
+
+
+def test_timeouts_take_what_multiprocessing_takes(handles):
+    # an int, a float, a bool (a number to a C double), a negative one (no wait)
+    for good in (0, 0.05, True, -1):
+        with pytest.raises(queue.Empty):
+            handles["q"].get(timeout=good)
+        with pytest.raises(queue.Empty):
+            handles["wq"].get(timeout=good)
+        with pytest.raises(queue.Empty):
+            handles["sub"].get(timeout=good)
+        assert handles["log"].read(0, 0, timeout=good) == []
+
+
+@pytest.mark.parametrize("call", [
+    lambda h, s: h["wq"].put("x", delay=s),
+    lambda h, s: h["wq"].put_many(["x"], delay=s),
+    lambda h, s: h["d"].nack(delay=s),
+    lambda h, s: h["d"].extend(s),
+    lambda h, s: h["batch"].nack(delay=s),
+    lambda h, s: h["batch"].extend(s),
+], ids=["put", "put_many", "Delivery.nack", "Delivery.extend", "Batch.nack", "Batch.extend"])
+def test_a_bad_delay_or_duration_is_refused(handles, call):
+    wq = handles["wq"]
+    wq.put("held")
+    wq.put("held too")
+    handles["d"] = wq.get(timeout=5)
+    handles["batch"] = wq.get_many(5, timeout=5)
+    for bad, error in [("1", TypeError), (None, TypeError), (True, TypeError),
+                       ([1], TypeError), (-1, ValueError), (-0.5, ValueError),
+                       (NAN, ValueError)]:
+        with pytest.raises(error, match="delay|seconds"):
+            call(handles, bad)
+    # nothing put, nothing settled: both still held, and settle now
+    assert wq.qsize() == 2 and wq.stats()["in_flight"] == 2
+    handles["d"].ack()
+    handles["batch"].ack()
+    assert wq.qsize() == 0
+    _still_works(handles)
+
+
+@pytest.mark.parametrize("which", ["q", "wq", "sub"])
+def test_a_bad_max_messages_is_refused(handles, which):
+    h = handles
+    h["q"].put("first")
+    h["wq"].put("first")
+    h["topic"].publish("first")
+    for bad, error in [(0, ValueError), (-3, ValueError), (True, TypeError), (1.5, TypeError),
+                       ("2", TypeError), (None, TypeError)]:
+        with pytest.raises(error, match="max_messages"):
+            h[which].get_many(bad, timeout=0)
+    # nothing taken
+    got = h[which].get_many(5, timeout=5)
+    if which == "wq":
+        assert got.values == ["first"]
+        got.ack()
+    else:
+        assert got == ["first"]
+
+
+@pytest.mark.parametrize("bad, error", [
+    (True, TypeError), (1.5, TypeError), ("0", TypeError), (None, TypeError),
+    (-1, ValueError), (2, ValueError)])
+def test_a_bad_partition_is_refused(handles, bad, error):
+    log = handles["log"]
+    log.append("x", key="k")
+    for call in (lambda: log.read(bad, 0), lambda: log.start_offset(bad),
+                 lambda: log.end_offset(bad)):
+        with pytest.raises(error, match="partition"):
+            call()
+    with log.consumer(make_group()) as c:
+        c.poll(timeout=0)
+        for call in (lambda: c.seek(bad, 0), lambda: c.position(bad),
+                     lambda: c.committed(bad)):
+            with pytest.raises(error, match="partition"):
+                call()
+        assert sorted(c.assignment()) == [0, 1]
+        assert c.position(0) >= 0 and c.position(1) >= 0
+    _still_works(handles)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "3", None])
+def test_a_bad_max_records_is_refused(handles, bad):
+    log = handles["log"]
+    p, off = log.append("x", key="k")
+    with pytest.raises(ValueError, match="max_records"):
+        log.read(p, off, max_records=bad)
+    with log.consumer(make_group()) as c:
+        with pytest.raises(ValueError, match="max_records"):
+            c.poll(max_records=bad, timeout=0)
+        assert [r.value for r in c.poll(timeout=5)] == ["x"]  # nothing consumed by the refusal
+    _still_works(handles)
+
+
+def make_group():
+    import uuid
+    return "g-" + uuid.uuid4().hex[:8]
