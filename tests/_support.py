@@ -41,6 +41,22 @@ def list_pyqueue_segments():
     return {e for e in entries if e.startswith(SEGMENT_PREFIXES)}
 
 
+def proc_state(pid):
+    """The state letter of /proc/PID/stat ("R", "S", "T", "Z", ...), None
+    when the process is gone (also when it goes while the file is read:
+    the read then fails with ESRCH)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def proc_gone(pid):
+    """Whether the process is gone or a zombie (dead, not yet reaped)."""
+    return proc_state(pid) in (None, "Z", "X")
+
+
 def _parent_pid(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:

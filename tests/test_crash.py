@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests import _crash_workers as W
-from tests._support import drain, wait_until
+from tests._support import drain, proc_state, wait_until
 
 try:
     from pyqueue._core import FAULT_INJECTION, FAULT_POINTS
@@ -36,15 +36,6 @@ needs_faults = pytest.mark.skipif(
 RING = 65536
 WAIT = 30.0
 REPAIR_BOUND = 2.0  # "well before the consumer's timeout (WAIT)", not the 100 ms slice
-
-
-def proc_state(pid):
-    """The state letter of /proc/PID/stat, None when the process is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
 
 
 def wait_stopped(p, timeout=WAIT):

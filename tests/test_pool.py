@@ -17,7 +17,7 @@ import pytest
 import pyqueue
 from pyqueue import Executor, Pool, WorkerLost
 from tests import _pool_workers as w
-from tests._support import segment_exists, wait_until
+from tests._support import proc_gone, segment_exists, wait_until
 
 KILL_METHODS = ["fork", "spawn", "forkserver"]
 DEADLINE = 60  # seconds any one result may take on a loaded machine
@@ -40,15 +40,7 @@ def _read_pid(path):
 
 
 def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:  # reaped between the two looks (a CI run)
-        return False
+    return not proc_gone(pid)  # a zombie is dead too
 
 
 # ---- multiprocessing.Pool's behaviour ---------------------------------------

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests import redis_support
+from tests._support import proc_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,12 +18,7 @@ pytestmark = [pytest.mark.redis,
                                  reason="redis-server is not installed")]
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead
-    except FileNotFoundError:
-        return True
+_gone = proc_gone
 
 
 def test_a_server_dies_with_the_process_that_started_it(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from tests import _crash_workers as CW
 from tests import _shutdown_workers as W
-from tests._support import shm_file, wait_until
+from tests._support import proc_state, shm_file, wait_until
 
 pyqueue = pytest.importorskip("pyqueue")
 ShutDown = pyqueue.ShutDown
@@ -231,11 +231,7 @@ def test_a_put_in_flight_at_the_shutdown(ctx, procs, make_queue, immediate):
 
 
 def _stopped(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
+    return proc_state(pid) == "T"
 
 
 def test_a_damaged_flag_word_is_read_safely(make_queue):

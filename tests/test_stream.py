@@ -16,7 +16,7 @@ from pyqueue import Log, Queue, StreamProcessor, WorkQueue
 from pyqueue.stream import DeadRecord
 from tests import _log_workers as lw
 from tests import _wq_workers as w
-from tests._support import close_handles, unique_name, wait_until
+from tests._support import close_handles, proc_gone, unique_name, wait_until
 
 
 @pytest.fixture
@@ -307,14 +307,7 @@ def test_workers_end_when_their_parent_is_killed(made, ctx):
         p.kill()  # SIGKILL: the parent can tell nobody
         p.wait(30)
 
-        def gone(pid):
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except FileNotFoundError:
-                return True
-
-        assert wait_until(lambda: all(gone(pid) for pid in pids), timeout=10)
+        assert wait_until(lambda: all(proc_gone(pid) for pid in pids), timeout=10)
     finally:
         if p.poll() is None:
             p.kill()

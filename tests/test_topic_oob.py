@@ -17,7 +17,7 @@ from pyqueue import _oob, _segment, cli
 from pyqueue.errors import UndecodableMessage
 from pyqueue.topic import Topic
 from tests import _topic_oob_workers as w
-from tests._support import interrupt_oob_unlinks, wait_until
+from tests._support import interrupt_oob_unlinks, proc_state, wait_until
 from tests.test_topic import topics  # noqa: F401 (fixture)
 
 try:
@@ -344,12 +344,7 @@ def test_a_producer_killed_mid_publish_leaves_no_live_reference_and_gc_removes_i
     assert oob_segments(t) == []
 
 
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+_state = proc_state
 
 
 def test_a_segment_removed_by_hand_is_that_message_s_error_alone(topics):
