@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from . import _aio_ring, _core
+from . import _aio_ring, _api, _core
 from .errors import PyQueueError
 
 SLICE_S = 0.1  # the longest a registration waits before its coroutine re-checks
@@ -339,12 +339,10 @@ async def wait_event(handle: Any, which: Any, try_op: Any, again: Any,
 
 
 def deadline_of(timeout: Optional[float]) -> Optional[int]:
-    """A timeout in seconds as a monotonic deadline in ns (None: none)."""
-    if timeout is None:
+    """A timeout in seconds as a monotonic deadline in ns (None: none),
+    checked as every backend checks it (pyqueue._api.check_timeout: a
+    negative one does not wait, as in multiprocessing)."""
+    t = _api.check_timeout(timeout)
+    if t is None:
         return None
-    t = float(timeout)
-    if t != t:
-        raise ValueError("'timeout' must be a number, not NaN")
-    if t < 0:
-        raise ValueError("'timeout' must be a non-negative number")
     return _now_ns() + int(min(t, 9.2e9) * 1e9)

@@ -22,7 +22,7 @@ registers itself as a virtual subclass of the public class
 (`pyqueue.Queue.register(RedisQueue)`), so that `isinstance(q, pyqueue.Queue)`
 holds for a queue of any backend.
 """
-import numbers
+import operator
 import queue as _stdqueue
 import time
 
@@ -36,6 +36,34 @@ Empty = _stdqueue.Empty
 Full = _stdqueue.Full
 
 
+# The most messages or records one call takes: a larger count saturates
+# (a Redis count is a C long; the shared-memory cores' a Py_ssize_t).
+MAX_COUNT = (1 << 31) - 1
+
+
+def _real(value):
+    """value as a float when it is a number to a C double (what has
+    __float__ or __index__: float, int, bool, Decimal, Fraction, numpy
+    scalars), else None (a str or bytes is not one: never parsed)."""
+    cls = value.__class__
+    if cls is float or cls is int:
+        return float(value)
+    if isinstance(value, (str, bytes, bytearray)) or not (
+            hasattr(cls, "__float__") or hasattr(cls, "__index__")):
+        return None
+    return float(value)
+
+
+def _count(value):
+    """value as an int when it is an integer (what has __index__: int,
+    numpy integers), not a bool; else None."""
+    if value.__class__ is int:
+        return value
+    if isinstance(value, bool) or not hasattr(value.__class__, "__index__"):
+        return None
+    return operator.index(value)
+
+
 def check_timeout(timeout, block=True):
     """None, or the timeout as a float >= 0 (negative behaves like 0, as
     in multiprocessing). What the shared-memory classes take (a C double,
@@ -44,54 +72,52 @@ def check_timeout(timeout, block=True):
     without block; NaN is a ValueError when the call would wait."""
     if timeout is None:
         return None
-    if isinstance(timeout, numbers.Real):
-        t = float(timeout)
-    elif isinstance(timeout, (str, bytes, bytearray)) or not (
-            hasattr(type(timeout), "__float__") or hasattr(type(timeout), "__index__")):
+    t = _real(timeout)
+    if t is None:
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    else:
-        t = float(timeout)
     if t != t:
         if block:
             raise ValueError("'timeout' must be a number, not NaN")
         return 0.0
-    return max(0.0, t)
+    return t if t > 0.0 else 0.0
 
 
 def check_seconds(seconds, what):
-    """A delay or duration in seconds as a float: a real number, not a
-    bool (TypeError); NaN or negative is a ValueError; inf stays inf
-    (never). The same check on every backend."""
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+    """A delay or duration in seconds as a float: a number as check_timeout
+    takes one, but not a bool (TypeError); NaN or negative is a
+    ValueError; inf stays inf (never). The same check on every backend."""
+    s = None if isinstance(seconds, bool) else _real(seconds)
+    if s is None:
         raise TypeError(f"{what} must be a number of seconds, not {type(seconds).__name__}")
-    s = float(seconds)
     if s != s or s < 0:
         raise ValueError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
     return s
 
 
 def check_partition(partition, partitions):
-    """A partition of a log of `partitions`: an int (a bool is not one:
-    TypeError) in 0..partitions-1 (ValueError); partitions None: the type
-    and the sign only (the backend checks the range after its closed
-    check)."""
-    if isinstance(partition, bool) or not isinstance(partition, int):
+    """A partition of a log of `partitions` as an int: an integer (a bool
+    is not one: TypeError) in 0..partitions-1 (ValueError); partitions
+    None (a closed handle's): the type and the sign only, the backend's
+    closed check follows."""
+    p = _count(partition)
+    if p is None:
         raise TypeError(f"partition must be an int, not {type(partition).__name__}")
     if partitions is None:
-        if partition < 0:
+        if not 0 <= p <= 0xFFFFFFFF:
             raise ValueError(f"partition must be 0 or more, not {partition!r}")
-        return partition
-    if not 0 <= partition < partitions:
+        return p
+    if not 0 <= p < partitions:
         raise ValueError(f"partition must be 0..{partitions - 1}, not {partition!r}")
-    return partition
+    return p
 
 
 def check_max_records(max_records):
-    """A read's or poll's max_records: a positive int (a bool is not one),
-    else ValueError."""
-    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+    """A read's or poll's max_records as an int: a positive integer (a
+    bool is not one), else ValueError; past MAX_COUNT it saturates."""
+    n = _count(max_records)
+    if n is None or n < 1:
         raise ValueError(f"max_records must be a positive int, not {max_records!r}")
-    return max_records
+    return n if n < MAX_COUNT else MAX_COUNT
 
 
 def deadline(block, timeout):
@@ -113,11 +139,14 @@ def remaining(until):
 
 
 def check_max_messages(max_messages):
-    if isinstance(max_messages, bool) or not isinstance(max_messages, int):
+    """A get_many's max_messages as an int: an integer (a bool is not one:
+    TypeError), at least 1 (ValueError); past MAX_COUNT it saturates."""
+    n = _count(max_messages)
+    if n is None:
         raise TypeError("max_messages must be an int")
-    if max_messages < 1:
+    if n < 1:
         raise ValueError("max_messages must be at least 1")
-    return max_messages
+    return n if n < MAX_COUNT else MAX_COUNT
 
 
 def check_maxsize(maxsize):
@@ -311,7 +340,7 @@ class BatchAPI:
     _reasons (why each was redelivered, or None), _state (HELD ... per
     position) and _queue (the work queue: _check_open, _move_dead), and
     defines _seconds(value, what) (a time argument as the backend takes
-    it; ValueError when bad) and _settle(verb, positions, arg): settle
+    it; TypeError or ValueError when bad, as check_seconds) and _settle(verb, positions, arg): settle
     the positions (verb ACKED, NACKED with arg = delay, REJECTED, or HELD
     for extend with arg = seconds) in one step, returning per position 0
     (done), 1 (nacked on its last delivery or rejected: dead, for the
@@ -442,6 +471,7 @@ class BatchAPI:
             DeliveryExpired: As ack().
             IndexError: As ack().
             ValueError: delay negative or NaN; as ack().
+            TypeError: delay is not a number.
         """
         arg = self._seconds(delay, "delay")
         stale, to_move = self._apply(NACKED, self._pick(indices), arg)
@@ -478,6 +508,7 @@ class BatchAPI:
             DeliveryExpired: As ack().
             IndexError: As ack().
             ValueError: seconds negative or NaN; as ack().
+            TypeError: seconds is not a number.
         """
         arg = self._seconds(seconds, "seconds")
         stale, _ = self._apply(HELD, self._pick(indices), arg)

@@ -2,7 +2,6 @@
 """Inline helpers shared by the Cython modules (_core, _topic, _log):
 cimported, compiled into each, no module of their own."""
 from libc.stdint cimport int64_t, uint8_t, uint32_t, INT64_MAX
-from cpython.pyport cimport PY_SSIZE_T_MAX
 
 import pickle
 
@@ -80,13 +79,15 @@ cdef inline int64_t seconds_ns(double s, str what) except? -1:
 
 cdef inline Py_ssize_t check_max_messages(object n) except -1:
     """A get_many's max_messages as every backend checks it
-    (pyqueue._api.check_max_messages): an int, not a bool (TypeError),
-    at least 1 (ValueError); a huge one saturates."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError("max_messages must be an int")
+    (pyqueue._api.check_max_messages): an integer, not a bool
+    (TypeError), at least 1 (ValueError); past 2**31 - 1 it saturates."""
+    if type(n) is not int:
+        if isinstance(n, bool) or not hasattr(type(n), "__index__"):
+            raise TypeError("max_messages must be an int")
+        n = type(n).__index__(n)  # (a numpy integer)
     if n < 1:
         raise ValueError("max_messages must be at least 1")
-    return n if n < PY_SSIZE_T_MAX else PY_SSIZE_T_MAX
+    return n if n < 0x7FFFFFFF else 0x7FFFFFFF  # pyqueue._api.MAX_COUNT
 
 
 cdef inline double odd_timeout(object timeout) except? -1.0:

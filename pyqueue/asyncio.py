@@ -36,7 +36,7 @@ import queue as _queue
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Dict, Generic, Iterable, List, Mapping,
                     Optional, Tuple, Type, TypeVar, Union)
 
-from . import _aio
+from . import _aio, _api
 from .consumer import Consumer as _SyncConsumer
 from .log import Log as _SyncLog
 from .log import Record
@@ -206,8 +206,11 @@ class Queue(_Handle, Generic[T]):
         Raises:
             queue.Full: No room in time.
             MessageTooLarge: The encoded message is too large for the queue.
-            ValueError: The handle is closed, or timeout is negative.
+            ValueError: The handle is closed, or timeout is NaN.
+            TypeError: timeout is not a number.
         """
+        if timeout is not None:  # (checked before the fast path acts)
+            _api.check_timeout(timeout, block)
         try:  # the fast path: one C call, no wait
             self._h.put(obj, False)
             return
@@ -243,8 +246,11 @@ class Queue(_Handle, Generic[T]):
         Raises:
             queue.Empty: No message in time.
             UndecodableMessage: The message was taken but cannot be decoded.
-            ValueError: The handle is closed, or timeout is negative.
+            ValueError: The handle is closed, or timeout is NaN.
+            TypeError: timeout is not a number.
         """
+        if timeout is not None:  # (checked before the fast path acts)
+            _api.check_timeout(timeout, block)
         try:  # the fast path: one C call, no wait
             return self._h.get(False)  # type: ignore[no-any-return]
         except _queue.Empty:
@@ -380,7 +386,8 @@ class JoinableQueue(Queue[T]):
             True when all are done; False at the timeout.
 
         Raises:
-            ValueError: The handle is closed, or timeout is negative.
+            ValueError: The handle is closed, or timeout is NaN.
+            TypeError: timeout is not a number.
         """
 
         def done() -> bool:
@@ -432,6 +439,8 @@ class Subscription(_Owner, Generic[T]):
             UndecodableMessage: The next message cannot be decoded.
             ValueError: The subscription or its topic is closed.
         """
+        if timeout is not None:  # (checked before the fast path acts)
+            _api.check_timeout(timeout)
         try:  # the fast path: one C call, no wait
             return self._h.get(False)  # type: ignore[no-any-return]
         except _queue.Empty:
@@ -765,7 +774,9 @@ class WorkQueue(_Handle, Generic[T]):
         Raises:
             queue.Full: No room in time.
             MessageTooLarge: The message is too large.
-            ValueError: delay or timeout is negative, or the handle is closed.
+            ValueError: delay is negative or NaN, timeout is NaN, or the handle is
+                closed.
+            TypeError: delay or timeout is not a number.
         """
         h = self._h
         deadline = _aio.deadline_of(timeout)
@@ -773,7 +784,7 @@ class WorkQueue(_Handle, Generic[T]):
         # once), put again on each retry; the segment goes when the put
         # does not commit it (Full, cancelled, closed, shut down) or is a
         # duplicate.
-        enc = h._encode_put(obj, key, float(delay))
+        enc = h._encode_put(obj, key, _api.check_seconds(delay, "delay"))
         try:
             mid, dup = await _aio.wait_event(
                 h, _WRITABLE, lambda: h._put_prepared(enc, False, None), _queue.Full, deadline)
@@ -799,6 +810,8 @@ class WorkQueue(_Handle, Generic[T]):
             ValueError: The handle is closed.
             LockTimeout: The queue's lock stayed held by a stopped process.
         """
+        if timeout is not None:  # (checked before the fast path acts)
+            _api.check_timeout(timeout)
         try:  # the fast path: no wait
             return Delivery(self._h.get(False))
         except _queue.Empty:

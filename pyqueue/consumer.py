@@ -287,7 +287,7 @@ class Consumer:
             PyQueueError: Used in another process than the one that made it.
         """
         self._check()
-        _api.check_max_records(max_records)
+        max_records = _api.check_max_records(max_records)
         timeout = _api.check_timeout(timeout)
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         # The group lock is waited for until the poll's own deadline (a
@@ -478,10 +478,11 @@ class Consumer:
             The offset, or None when nothing is committed.
 
         Raises:
-            ValueError: The consumer is closed.
+            ValueError: The consumer is closed, or partition is out of range.
+            TypeError: partition is not an int.
         """
         self._check()
-        _api.check_partition(partition, self._log.partitions)
+        partition = _api.check_partition(partition, self._log.partitions)
         return self._table.committed(self._g, partition)[0]
 
     def position(self, partition: int) -> int:
@@ -496,10 +497,10 @@ class Consumer:
         Raises:
             ValueError: The partition is not assigned to this member, or the
                 consumer is closed.
+            TypeError: partition is not an int.
         """
         self._check()
-        self._require(partition)
-        return self._positions[partition]
+        return self._positions[self._require(partition)]
 
     def seek(self, partition: int, offset: int) -> None:
         """Read an assigned partition from offset on.
@@ -512,9 +513,10 @@ class Consumer:
         Raises:
             ValueError: The partition is not assigned to this member, offset
                 is not a non-negative int, or the consumer is closed.
+            TypeError: partition is not an int.
         """
         self._check()
-        self._require(partition)
+        partition = self._require(partition)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
         self._positions[partition] = offset
@@ -546,14 +548,15 @@ class Consumer:
     def _seek_to(self, partitions, which):
         self._check()
         for p in sorted(self._positions) if partitions is None else partitions:
-            self._require(p)
+            p = self._require(p)
             self._positions[p] = self._log._bounds(p)[which]
 
     def _require(self, partition):
-        _api.check_partition(partition, self._log.partitions)
+        partition = _api.check_partition(partition, self._log.partitions)
         if partition not in self._positions:
             raise ValueError(f"partition {partition!r} is not assigned to this consumer "
                              f"(assignment: {self.assignment()})")
+        return partition
 
     def assignment(self) -> List[int]:
         """The partitions this member owns now, sorted.

@@ -480,7 +480,9 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
                 dead-lettered); only when max_message_bytes cannot hold
                 even its reference.
             TypeError: key is not bytes, str or None.
-            ValueError: delay or timeout is negative, or the handle is closed.
+            ValueError: delay is negative or NaN, timeout is NaN, or the handle
+                is closed.
+            TypeError: delay or timeout is not a number.
         """
         # (the default 0.0 checked by the core; anything else as on every backend)
         mid, _dup = self._put(obj, key, delay if delay.__class__ is float and delay >= 0.0
@@ -628,9 +630,11 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
             ShutDown: The work queue was shut down and no message is ready
                 (at once with shutdown(immediate=True)).
             queue.Empty: No message came in time.
-            ValueError: max_messages not positive, or the queue is closed.
+            ValueError: max_messages below 1, timeout NaN, or the queue is
+                closed.
+            TypeError: max_messages is not an int, or timeout not a number.
         """
-        _api.check_max_messages(max_messages)
+        max_messages = _api.check_max_messages(max_messages)
         timeout = _api.check_timeout(timeout, block)
         end = None if timeout is None or not block else time.monotonic() + timeout
         while True:

@@ -61,12 +61,13 @@ def subscribe_report_and_hang(topic, out):
     sub.close()
 
 
-def reject_and_die_in_the_move(wq, where):
-    """Takes the one message and rejects it; the move to the dead-letter
-    queue that the reject starts is SIGKILLed `where`: "before_put" (the
-    message marked dead-pending, nothing put) or "after_put" (the
-    DeadLetter put, the message not yet removed). The dead-letter
-    queue's put is replaced in this process only (a child of its own)."""
+def reject_and_die_in_the_move(wq, where, how="reject"):
+    """Takes the first message and rejects it (how="reject") or nacks its
+    last delivery (how="nack"); the move to the dead-letter queue that
+    this starts is SIGKILLed `where`: "before_put" (the message marked
+    dead-pending, nothing put) or "after_put" (the DeadLetter put, the
+    message not yet removed). The dead-letter queue's put is replaced in
+    this process only (a child of its own)."""
     import os
     import signal
     dlq = wq.dead_letter
@@ -78,10 +79,15 @@ def reject_and_die_in_the_move(wq, where):
         os.kill(os.getpid(), signal.SIGKILL)
 
     type(dlq).put = put_then_die
-    # A short lease for the mover (on Redis it ends the dead mover's hold:
-    # max(visibility timeout, dead_letter_timeout + dead_letter_retry)).
-    type(wq).dead_letter_timeout = type(wq).dead_letter_retry = 0.2
-    wq.get(timeout=30).reject("bad input")
+    # The mover's lease on Redis (how long its hold outlives it): the
+    # longer of the visibility timeout and dead_letter_timeout +
+    # dead_letter_retry, here 3 s.
+    type(wq).dead_letter_timeout = type(wq).dead_letter_retry = 1.5
+    d = wq.get(timeout=30)
+    if how == "reject":
+        d.reject("bad input")
+    else:
+        d.nack(error="bad input")
 
 
 def append_all(log, key, items):

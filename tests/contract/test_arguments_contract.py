@@ -169,3 +169,111 @@ def test_a_bad_max_records_is_refused(handles, bad):
 def make_group():
     import uuid
     return "g-" + uuid.uuid4().hex[:8]
+
+
+class Index:
+    """An integer that is not an int (as a numpy integer is)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __index__(self):
+        return self.n
+
+
+def test_integers_and_numbers_that_are_not_int_or_float_are_taken(handles):
+    from decimal import Decimal
+    from fractions import Fraction
+    h = handles
+    for q in (h["q"], h["wq"]):
+        q.put("a")
+    h["topic"].publish("a")
+    p, off = h["log"].append("a", key="k")
+    assert h["q"].get_many(Index(5), timeout=Fraction(1, 2)) == ["a"]
+    b = h["wq"].get_many(Index(5), timeout=Decimal("0.5"))
+    assert b.values == ["a"]
+    b.nack(delay=Decimal("0"))
+    d = h["wq"].get(timeout=5)
+    d.extend(Fraction(1, 1))
+    d.nack(delay=Fraction(0))
+    h["wq"].get(timeout=5).ack()
+    h["wq"].put("delayed", delay=Decimal("0.01"))
+    h["wq"].get(timeout=5).ack()
+    assert h["sub"].get_many(Index(5), timeout=1) == ["a"]
+    assert [r.value for r in h["log"].read(Index(p), off, max_records=Index(1))] == ["a"]
+    assert h["log"].end_offset(p) == off + 1
+    with h["log"].consumer(make_group(), auto_offset_reset="earliest") as c:
+        c.poll(max_records=Index(10), timeout=5)
+        c.seek(Index(p), off)
+        assert c.position(Index(p)) == off
+        assert c.committed(Index(p)) is None
+
+
+def test_huge_counts_saturate_and_huge_partitions_are_out_of_range(handles):
+    h = handles
+    p, off = h["log"].append("a", key="k")
+    for huge in (2 ** 31, 2 ** 63, 10 ** 20):
+        h["q"].put_many(["a", "b"])
+        assert h["q"].get_many(huge, timeout=5) == ["a", "b"]
+        h["wq"].put_many(["a", "b"])
+        b = h["wq"].get_many(huge, timeout=5)
+        assert b.values == ["a", "b"]
+        b.ack()
+        h["topic"].publish("a")
+        h["topic"].publish("b")
+        assert h["sub"].get_many(huge, timeout=5) == ["a", "b"]
+        assert [r.value for r in h["log"].read(p, off, max_records=huge)] == ["a"]
+    for huge in (2 ** 32, 2 ** 64):
+        with pytest.raises(ValueError, match="partition"):
+            h["log"].read(huge, 0)
+        with pytest.raises(ValueError, match="partition"):
+            h["log"].end_offset(huge)
+    _still_works(h)
+
+
+def test_asyncio_checks_the_same_and_before_it_takes(backend_url):
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    ab = aq.connect(backend_url)
+    q = ab.Queue(name=make_group())
+    wq = ab.WorkQueue(name=make_group())
+    topic = ab.Topic(name=make_group())
+
+    async def main():
+        sub = topic.subscribe()
+        await q.put("kept")
+        await wq.put("kept")
+        await topic.publish("kept")
+        for bad in ("a", b"1", "0.3"):
+            # a message is there: the fast path would have taken it
+            with pytest.raises(TypeError, match="timeout"):
+                await q.get(timeout=bad)
+            with pytest.raises(TypeError, match="timeout"):
+                await wq.get(timeout=bad)
+            with pytest.raises(TypeError, match="timeout"):
+                await sub.get(timeout=bad)
+            with pytest.raises(TypeError, match="timeout"):
+                await q.put("never", timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            await q.get(timeout=NAN)
+        for bad, error in ((True, TypeError), ("0", TypeError), (-1, ValueError)):
+            with pytest.raises(error, match="delay"):
+                await wq.put("never", delay=bad)
+        assert await q.get(timeout=-1) == "kept"            # negative: no wait
+        d = await wq.get(timeout=-1)
+        assert d.value == "kept"
+        await d.ack()
+        assert await sub.get(timeout=-1) == "kept"
+        with pytest.raises(queue.Empty):
+            await q.get(timeout=-1)
+        with pytest.raises(queue.Empty):
+            await wq.get(timeout=0)
+        sub.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for h in (q, wq, topic):
+            h.close()
+            h.sync.unlink()

@@ -821,7 +821,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         A message that cannot be decoded is reported by its own call."""
         h = self._h
         h._check_open()
-        _api.check_max_messages(max_messages)
+        max_messages = _api.check_max_messages(max_messages)
         if h._held:
             return h.get_many(max_messages, block=False)
         raws = await self._take(max_messages, True, timeout)
@@ -1222,7 +1222,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         returned by this handle's next get (or get_many), not counted
         again."""
         h = self._h
-        until = _api.deadline(True, timeout)
+        until = _api.deadline(block, timeout)
         while True:
             r = await self._acquire(1, block, _api.remaining(until))
             # From here to the return: no await (sync calls only).
@@ -1570,7 +1570,7 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> List[Any]:
         """As pyqueue.asyncio.Subscription.get_many."""
-        _api.check_max_messages(max_messages)
+        max_messages = _api.check_max_messages(max_messages)
         s = self._h
         raws = await self._read(max_messages, timeout)
         return [_codec.decode(raw, s._topic._serializer) for raw in raws]

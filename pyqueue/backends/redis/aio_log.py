@@ -91,6 +91,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         h = self._h
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
+        max_records = _api.check_max_records(max_records)
         keys = h._read_keys(partition, max_records)
         until = _api.deadline(True, timeout)
         b = self._backend()
@@ -186,7 +187,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
         c = self._h
         c._check()
         self._loop()
-        _api.check_max_records(max_records)
+        max_records = _api.check_max_records(max_records)
         t = _api.check_timeout(timeout)
         deadline = float("inf") if t is None else time.monotonic() + t
         b = self._backend()

@@ -252,7 +252,7 @@ class RedisLog(RedisHandle):
         return int(self._settings["capacity"]) // 4 - 24
 
     def _pkeys(self, partition: int) -> List[str]:
-        _api.check_partition(partition, self.partitions)
+        partition = _api.check_partition(partition, self.partitions)
         p = key_prefix(f"{self._name}/{partition}")
         return [p + "l.meta", p + "l.stream", p + "l.shut"]
 
@@ -337,7 +337,7 @@ class RedisLog(RedisHandle):
     def _read_keys(self, partition: int, max_records: int) -> List[str]:
         """The keys of a read (checked: open, partition, max_records)."""
         self._check_open()
-        _api.check_max_records(max_records)
+        max_records = _api.check_max_records(max_records)
         return self._pkeys(partition)
 
     @staticmethod

@@ -667,7 +667,7 @@ class RedisQueue(RedisHandle, _api.QueueAPI):
         waiting for the first unless block is false. A message that cannot
         be decoded is reported by its own call (as pyqueue.Queue does)."""
         self._check_open()
-        _api.check_max_messages(max_messages)
+        max_messages = _api.check_max_messages(max_messages)
         until = _api.deadline(block, timeout)
         if self._held:
             raws = [self._held.popleft() for _ in range(min(max_messages, len(self._held)))]

@@ -442,7 +442,7 @@ class RedisSubscription:
     def get_many(self, max_messages: int = 1024, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
         self._check()
-        _api.check_max_messages(max_messages)
+        max_messages = _api.check_max_messages(max_messages)
         until = _api.deadline(block, timeout)
         raws, self._buf = self._buf[:max_messages], self._buf[max_messages:]
         if not raws:
