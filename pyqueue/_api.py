@@ -36,6 +36,10 @@ Empty = _stdqueue.Empty
 Full = _stdqueue.Full
 
 
+# A timeout this long (31 years) or longer is no deadline, as None: a
+# deadline that far would overflow a time_t or a Redis block time.
+FOREVER = 1e9
+
 # The most messages or records one call takes: a larger count saturates
 # (a Redis count is a C long; the shared-memory cores' a Py_ssize_t).
 MAX_COUNT = (1 << 31) - 1
@@ -69,7 +73,8 @@ def check_timeout(timeout, block=True):
     in multiprocessing). What the shared-memory classes take (a C double,
     as multiprocessing's SemLock.acquire converts it): a real number, bool
     and int included; a str or other object is a TypeError, with or
-    without block; NaN is a ValueError when the call would wait."""
+    without block; NaN is a ValueError when the call would wait; inf (and
+    anything from FOREVER on) is None, no deadline."""
     if timeout is None:
         return None
     t = _real(timeout)
@@ -79,6 +84,8 @@ def check_timeout(timeout, block=True):
         if block:
             raise ValueError("'timeout' must be a number, not NaN")
         return 0.0
+    if t >= FOREVER:
+        return None
     return t if t > 0.0 else 0.0
 
 

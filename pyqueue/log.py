@@ -311,7 +311,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         Raises:
             ValueError: partition is out of range, or the log is closed.
         """
-        return self._bounds(partition)[0]
+        return self._bounds(_api.check_partition(partition, self.partitions or None))[0]
 
     def end_offset(self, partition: int) -> int:
         """The offset the next record appended to the partition will get.
@@ -325,7 +325,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         Raises:
             ValueError: partition is out of range, or the log is closed.
         """
-        return self._bounds(partition)[1]
+        return self._bounds(_api.check_partition(partition, self.partitions or None))[1]
 
     # ---- consumer groups ----------------------------------------------
 

@@ -766,8 +766,11 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
 
         Raises:
             SegmentMismatch: The queue's indices are damaged.
-            ValueError: The handle is closed.
+            ValueError: The handle is closed, or max_messages is below 1.
+            TypeError: max_messages is not an int or None.
         """
+        if max_messages is not None:
+            max_messages = _api.check_max_messages(max_messages)
         out: List[DeadLetter] = []
         head, tail = self._bounds()  # SegmentMismatch when more than max_in_flight
         for mid in range(head, tail):
@@ -800,6 +803,8 @@ class WorkQueue(_workq.WorkQueueCore[T], metaclass=abc.ABCMeta):
 
         A full target queue is waited for (its put has no timeout).
         """
+        if max_messages is not None:
+            max_messages = _api.check_max_messages(max_messages)
         moved = 0
         while max_messages is None or moved < max_messages:
             try:

@@ -277,3 +277,94 @@ def test_asyncio_checks_the_same_and_before_it_takes(backend_url):
         for h in (q, wq, topic):
             h.close()
             h.sync.unlink()
+
+
+def test_an_infinite_or_huge_timeout_waits_for_ever(handles):
+    # inf (or 31 years and more) is no deadline, as None: it overflowed a
+    # time_t or a Redis block time where the call had to wait.
+    import threading
+    h = handles
+    p, off = h["log"].append("first", key="k")
+    for huge in (math.inf, 1e10):
+        timers = [threading.Timer(0.2, h["wq"].put, ("w",)),
+                  threading.Timer(0.2, h["q"].put, ("q",)),
+                  threading.Timer(0.2, h["log"].append, ("l",), {"key": "k"})]
+        for t in timers:
+            t.start()
+        try:
+            d = h["wq"].get(timeout=huge)
+            assert d.value == "w"
+            d.ack()
+            assert h["q"].get(timeout=huge) == "q"
+            off += 1
+            assert [r.value for r in h["log"].read(p, off, timeout=huge)] == ["l"]
+        finally:
+            for t in timers:
+                t.join()
+    with h["log"].consumer(make_group()) as c:
+        assert [r.value for r in c.poll(timeout=math.inf)] == ["first", "l", "l"]
+
+
+def test_offsets_and_dead_letter_counts(handles):
+    h = handles
+    p, off = h["log"].append("a", key="k")
+    assert h["log"].start_offset(Index(p)) == 0 and h["log"].end_offset(Index(p)) == off + 1
+    for bad, error in ((True, TypeError), (1.5, TypeError), (0, ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="max_messages"):
+            h["wq"].dead_letters(bad)
+        with pytest.raises(error, match="max_messages"):
+            h["wq"].requeue(bad)
+    assert h["wq"].dead_letters(Index(1)) == []
+
+
+def test_asyncio_subscription_reports_an_undecodable_message_alone(backend_url):
+    # (Redis asyncio's get_many raised the decoder's error and lost the
+    # batch: every message it had read)
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    from pyqueue.errors import UndecodableMessage
+    from tests._bindings_workers import Unloadable
+    ab = aq.connect(backend_url)
+    topic = ab.Topic(name=make_group())
+
+    async def main():
+        sub = topic.subscribe()
+        topic.sync.publish_many(["a", Unloadable("bad"), "c", "d"])
+        assert await sub.get_many(10, timeout=5) == ["a"]
+        with pytest.raises(UndecodableMessage):
+            await sub.get_many(10, timeout=5)
+        assert await sub.get_many(10, timeout=5) == ["c", "d"]
+        topic.sync.publish_many([Unloadable("bad"), "f"])
+        with pytest.raises(UndecodableMessage):
+            await sub.get(timeout=5)
+        with pytest.raises(TypeError, match="timeout"):
+            await sub.get(timeout="x")               # "f" is held: checked first
+        assert await sub.get(timeout=5) == "f"
+        sub.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        topic.close()
+        topic.sync.unlink()
+
+
+def test_asyncio_nan_timeout_without_block_does_not_wait(backend_url):
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    ab = aq.connect(backend_url)
+    q = ab.Queue(name=make_group())
+
+    async def main():
+        await q.put("m", block=False, timeout=NAN)
+        assert await q.get(block=False, timeout=NAN) == "m"
+        with pytest.raises(queue.Empty):
+            await q.get(block=False, timeout=NAN)
+
+    try:
+        asyncio.run(main())
+    finally:
+        q.close()
+        q.sync.unlink()

@@ -715,7 +715,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         way, the message may have been put."""
         h = self._h
         h._check_open()
-        until = _api.deadline(True, timeout)
+        until = _api.deadline(block, timeout)
         data = h._encode(obj)
         b = self._backend()
         while True:
@@ -742,7 +742,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         reservation, counted as handed out (from the reply to the return:
         no await, so no cancellation falls between)."""
         h = self._h
-        until = _api.deadline(True, timeout)
+        until = _api.deadline(block, timeout)
         b = self._backend()
         while True:
             keys = self._rkeys()
@@ -803,6 +803,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         reservation, and this handle's next get returns it first."""
         h = self._h
         h._check_open()
+        _api.check_timeout(timeout, block)  # (before a held message is handed out)
         if h._held:       # what the sync handle holds (a lost connection's)
             return h.get(False)       # (its get_nowait)
         raw = (await self._take(1, block, timeout))[0]
@@ -822,6 +823,7 @@ class RedisQueue(_Handle, _aq.Queue[Any]):
         h = self._h
         h._check_open()
         max_messages = _api.check_max_messages(max_messages)
+        _api.check_timeout(timeout)
         if h._held:
             return h.get_many(max_messages, block=False)
         raws = await self._take(max_messages, True, timeout)
@@ -1168,7 +1170,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         (no await between them and the caller's return)."""
         h = self._h
         h._check_open()
-        until = _api.deadline(True, timeout)
+        until = _api.deadline(block, timeout)
         b = self._backend()
         while True:
             keys = self._wkeys()
@@ -1562,18 +1564,24 @@ class RedisSubscription(_Handle, _aq.Subscription[Any]):
     async def get(self, timeout: Optional[float] = None) -> Any:
         """As pyqueue.asyncio.Subscription.get."""
         s = self._h
-        if s._buf:
-            return _codec.decode(s._buf.pop(0), s._topic._serializer)
-        raws = await self._read(1, timeout)
-        return _codec.decode(raws[0], s._topic._serializer)
+        _api.check_timeout(timeout)     # (before a held message is handed out)
+        if not s._buf:
+            # What was read is the sync handle's to hand out (and to report
+            # as UndecodableMessage, the rest kept), as its own get does.
+            s._buf = await self._read(1, timeout)
+        return s.get(block=False)
 
     async def get_many(self, max_messages: int = 1024,
                        timeout: Optional[float] = None) -> List[Any]:
-        """As pyqueue.asyncio.Subscription.get_many."""
+        """As pyqueue.asyncio.Subscription.get_many: an undecodable message
+        is reported alone, the ones before it returned, the ones after it
+        by the next calls (it lost the whole batch)."""
         max_messages = _api.check_max_messages(max_messages)
+        _api.check_timeout(timeout)
         s = self._h
-        raws = await self._read(max_messages, timeout)
-        return [_codec.decode(raw, s._topic._serializer) for raw in raws]
+        if not s._buf:
+            s._buf = await self._read(max_messages, timeout)
+        return s.get_many(max_messages, block=False)
 
     def get_nowait(self) -> Any:
         """As pyqueue.asyncio.Subscription.get_nowait: one synchronous read

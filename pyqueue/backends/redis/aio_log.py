@@ -92,6 +92,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError("offset must be a non-negative int")
         max_records = _api.check_max_records(max_records)
+        partition = _api.check_partition(partition, h.partitions)
         keys = h._read_keys(partition, max_records)
         until = _api.deadline(True, timeout)
         b = self._backend()

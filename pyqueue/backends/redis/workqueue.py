@@ -845,6 +845,8 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     def dead_letters(self, max_messages: Optional[int] = None) -> List[DeadLetter]:
         """The DeadLetters waiting in this queue (used as a dead-letter
         queue), without taking them."""
+        if max_messages is not None:
+            max_messages = _api.check_max_messages(max_messages)
         r: List[Any] = self._script("wq_list", _LIST,
                                     [-1 if max_messages is None else max_messages])
         out: List[DeadLetter] = []
@@ -857,6 +859,8 @@ class RedisWorkQueue(RedisHandle, _api.WorkQueueAPI):
     def requeue(self, max_messages: Optional[int] = None, to: Any = None) -> int:
         """Take dead letters from this queue and put their values back into
         the queue each came from (or `to`); the count moved."""
+        if max_messages is not None:
+            max_messages = _api.check_max_messages(max_messages)
         moved = 0
         while max_messages is None or moved < max_messages:
             try:
