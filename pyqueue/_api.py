@@ -347,9 +347,10 @@ class BatchAPI:
     _reasons (why each was redelivered, or None), _state (HELD ... per
     position) and _queue (the work queue: _check_open, _move_dead), and
     defines _seconds(value, what) (a time argument as the backend takes
-    it; TypeError or ValueError when bad, as check_seconds) and _settle(verb, positions, arg): settle
-    the positions (verb ACKED, NACKED with arg = delay, REJECTED, or HELD
-    for extend with arg = seconds) in one step, returning per position 0
+    it; TypeError or ValueError when bad, as check_seconds) and
+    _settle(verb, positions, arg): settle the positions (verb ACKED,
+    NACKED with arg = delay, REJECTED, or HELD for extend with arg =
+    seconds) in one step, returning per position 0
     (done), 1 (nacked on its last delivery or rejected: dead, for the
     caller to move to the dead-letter queue) or < 0 (no longer this
     consumer's)."""
