@@ -93,7 +93,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
             raise ValueError("offset must be a non-negative int")
         max_records = _api.check_max_records(max_records)
         partition = _api.check_partition(partition, h.partitions)
-        keys = h._read_keys(partition, max_records)
+        keys = h._read_keys(partition)
         until = _api.deadline(True, timeout)
         b = self._backend()
         while True:
@@ -273,7 +273,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
                 at = moved.get(p, positions[p])
                 n = max_records - len(out)
                 try:
-                    keys = log._read_keys(p, n)
+                    keys = log._read_keys(p)
                     r = await _aio.script(b, _rl._READ, keys[:2], [at, n])
                     recs = log._read_reply(p, at, r, Record) or []
                     break

@@ -319,7 +319,7 @@ class RedisLog(RedisHandle):
 
     def _read(self, partition: int, offset: int, max_records: int, timeout: float,
               record: Callable[..., Any]) -> List[Any]:
-        keys = self._read_keys(partition, max_records)
+        keys = self._read_keys(partition)
         script = self._bound.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
@@ -334,10 +334,10 @@ class RedisLog(RedisHandle):
             ms = 0 if left is None else max(1, math.ceil(left * 1000))
             self._bound.xread_block(self._read_wait(keys, offset), ms)
 
-    def _read_keys(self, partition: int, max_records: int) -> List[str]:
-        """The keys of a read (checked: open, partition, max_records)."""
+    def _read_keys(self, partition: int) -> List[str]:
+        """The keys of a read (checked: open, partition; max_records by the
+        callers: Log.read, Consumer.poll and their asyncio forms)."""
         self._check_open()
-        max_records = _api.check_max_records(max_records)
         return self._pkeys(partition)
 
     @staticmethod
