@@ -4,7 +4,7 @@ One place for the pure-Python behaviour every backend shares
 (the documentation's Design page, "Backends"):
 
 * argument checks (`check_timeout`, `check_seconds`, `check_max_messages`,
-  `check_max_records`, `check_partition`, `check_name`,
+  `check_max_records`, `check_partition`, `check_offset`, `check_name`,
   `check_workqueue_settings`, and the creation-setting checks re-exported from pyqueue.queues:
   `check_serializer`, `check_settings`, `OVERFLOWS`);
 * `QueueAPI` / `WorkQueueAPI`: the methods defined in terms of a backend's
@@ -116,6 +116,27 @@ def check_partition(partition, partitions):
     if not 0 <= p < partitions:
         raise ValueError(f"partition must be 0..{partitions - 1}, not {partition!r}")
     return p
+
+
+# The largest log offset any call takes (a read from, a seek to, a
+# commit of): an int64, which every backend stores exactly (the
+# shared-memory cores' offsets are uint64, Redis keeps a commit as the
+# decimal string it was given).
+MAX_OFFSET = (1 << 63) - 1
+
+
+def check_offset(offset):
+    """A log offset as a plain int: an integer (what has __index__: int,
+    numpy integers, an IntEnum member as the int it is; a bool is not
+    one), 0..MAX_OFFSET; else ValueError (naming the offset). The same
+    check on every backend: before, 2**64 was an OverflowError on shared
+    memory and went through on Redis, and an IntEnum member, taken on
+    shared memory, was a TypeError of Redis's command packer."""
+    off = _count(offset)
+    if off is None or not 0 <= off <= MAX_OFFSET:
+        raise ValueError(f"offset must be a non-negative int of at most 2**63-1, "
+                         f"not {offset!r}")
+    return off
 
 
 def check_max_records(max_records):

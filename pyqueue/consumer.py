@@ -406,7 +406,7 @@ class Consumer:
                 assigned to another member, or this member was removed from
                 the group (.partitions names the ones lost).
             ValueError: Nothing was written: a partition the log does not
-                have, an offset that is not a non-negative int, or the
+                have, an offset that is not an int from 0 to 2**63-1, or the
                 consumer is closed.
             PyQueueError: Used in another process.
             LockTimeout: Nothing was written: another member held the
@@ -424,8 +424,7 @@ class Consumer:
             if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < nparts:
                 raise ValueError(f"partition {p!r} is not a partition of the log "
                                  f"(0..{nparts - 1}); nothing was committed")
-            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
-                raise ValueError("offsets must be non-negative ints")
+            off = _api.check_offset(off)
             if p in self._epochs:
                 items.append((p, off, self._epochs[p]))
             else:
@@ -512,14 +511,12 @@ class Consumer:
 
         Raises:
             ValueError: The partition is not assigned to this member, offset
-                is not a non-negative int, or the consumer is closed.
+                is not an int from 0 to 2**63-1, or the consumer is closed.
             TypeError: partition is not an int.
         """
         self._check()
         partition = self._require(partition)
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError("offset must be a non-negative int")
-        self._positions[partition] = offset
+        self._positions[partition] = _api.check_offset(offset)
 
     def seek_to_beginning(self, partitions: Optional[Iterable[int]] = None) -> None:
         """Read partitions from their oldest record kept.

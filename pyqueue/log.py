@@ -253,7 +253,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
             PoisonRecord: The record at offset cannot be decoded (it has
                 .partition and .offset; read on from offset + 1 to skip it).
             CorruptRecord: The record at offset is damaged.
-            ValueError: offset is not a non-negative int, partition is out
+            ValueError: offset is not an int from 0 to 2**63-1, partition is out
                 of range, max_records is not a positive int, timeout is
                 NaN, or the log is closed.
             TypeError: partition is not an int, or timeout not a number.
@@ -261,8 +261,7 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         # The arguments as every backend checks them (the partition's
         # range by the backend, after its closed check).
         partition = _api.check_partition(partition, self.partitions or None)
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError("offset must be a non-negative int")
+        offset = _api.check_offset(offset)
         max_records = _api.check_max_records(max_records)
         t = _api.check_timeout(timeout)
         return self._read(partition, offset, max_records, float("inf") if t is None else t,

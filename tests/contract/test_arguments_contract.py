@@ -317,6 +317,68 @@ def test_offsets_and_dead_letter_counts(handles):
     assert h["wq"].dead_letters(Index(1)) == []
 
 
+def test_an_offset_is_an_integer_from_0_to_2_63_on_every_backend(handles):
+    # Before: read(p, 2**64) and commit({p: 2**64}) were OverflowError on
+    # shared memory while Redis read OffsetOutOfRange and committed it; an
+    # IntEnum member, taken on shared memory, was a TypeError of the
+    # command packer on Redis; an Index was refused on both.
+    import enum
+
+    from pyqueue import OffsetOutOfRange
+
+    class Pos(enum.IntEnum):
+        ZERO = 0
+        ONE = 1
+
+    log = handles["log"]
+    p, off = log.append("a", key="k")
+    assert off == 0
+    log.append("b", key="k")
+    assert [r.value for r in log.read(p, Pos.ONE)] == ["b"]
+    assert [r.value for r in log.read(p, Index(0))] == ["a", "b"]
+    with pytest.raises(OffsetOutOfRange):
+        log.read(p, 2 ** 63 - 1)            # the largest offset: out of range, not refused
+    bad = [True, 1.5, "1", None, -1, 2 ** 63, 2 ** 64, 10 ** 30]
+    for b in bad:
+        with pytest.raises(ValueError, match="offset"):
+            log.read(p, b)
+    with log.consumer(make_group(), auto_offset_reset="earliest") as c:
+        assert [r.value for r in c.poll(timeout=5)] == ["a", "b"]
+        c.commit({p: Pos.ONE})
+        assert c.committed(p) == 1 and type(c.committed(p)) is int
+        c.seek(p, Index(0))
+        assert c.position(p) == 0 and type(c.position(p)) is int
+        for b in bad:
+            with pytest.raises(ValueError, match="offset"):
+                c.seek(p, b)
+            with pytest.raises(ValueError, match="offset"):
+                c.commit({p: b})
+            assert c.committed(p) == 1 and c.position(p) == 0     # nothing changed
+        c.commit({p: 2 ** 63 - 1})
+        assert c.committed(p) == 2 ** 63 - 1
+    _still_works(handles)
+
+
+def test_asyncio_log_read_checks_the_offset_alike(backend_url):
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    log = aq.connect(backend_url).Log(name=make_group(), partitions=2)
+
+    async def main():
+        p, off = log.append("a", key="k")
+        for bad in (True, 1.5, -1, 2 ** 63, 2 ** 64):
+            with pytest.raises(ValueError, match="offset"):
+                await log.read(p, bad, timeout=0)
+        assert [r.value for r in await log.read(p, Index(off), timeout=5)] == ["a"]
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+        log.sync.unlink()
+
+
 def test_asyncio_subscription_reports_an_undecodable_message_alone(backend_url):
     # (Redis asyncio's get_many raised the decoder's error and lost the
     # batch: every message it had read)

@@ -89,8 +89,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
                 the read waits).
         """
         h = self._h
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError("offset must be a non-negative int")
+        offset = _api.check_offset(offset)
         max_records = _api.check_max_records(max_records)
         partition = _api.check_partition(partition, h.partitions)
         keys = h._read_keys(partition)
