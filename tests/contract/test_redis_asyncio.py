@@ -57,7 +57,7 @@ async def _drain(get):
     out = []
     while True:
         try:
-            out.append(await get(block=False))
+            out.append(await get(timeout=0))
         except queue.Empty:
             return out
 
@@ -1165,7 +1165,7 @@ def test_close_under_a_waiting_get(ab, kind, then):
                 assert (got.value, got.delivery_count) == ("m1", 1)
                 await got.ack()
                 with pytest.raises(queue.Empty):
-                    await live.get(block=False)
+                    await live.get(timeout=0)
                 assert live.sync.stats()["in_flight"] == 0
             else:
                 assert got == "m1"

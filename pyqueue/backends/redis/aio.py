@@ -1163,14 +1163,14 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
             # the dedup table full, or anything else: the sync call says it
             return h.put(obj, key=key, delay=delay, block=False)
 
-    async def _acquire(self, want: int, block: bool, timeout: Optional[float]) -> List[Any]:
+    async def _acquire(self, want: int, timeout: Optional[float]) -> List[Any]:
         """_AACQ's reply with up to `want` deliveries (one at least), waiting
         for one up to the deadline; queue.Empty in time. The record of
         what it returns is this handle's handed-out one from the reply on
         (no await between them and the caller's return)."""
         h = self._h
         h._check_open()
-        until = _api.deadline(block, timeout)
+        until = _api.deadline(True, timeout)
         b = self._backend()
         while True:
             keys = self._wkeys()
@@ -1191,8 +1191,6 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
                 raise SegmentNotFound(f"work queue {h._name!r} was removed from {b.url}")
             if r[0] == -5:
                 raise ShutDown(f"work queue {h._name!r} is shut down")
-            if not block:
-                raise Empty()
             left = _api.remaining(until)
             if left == 0.0:
                 raise Empty()
@@ -1217,16 +1215,15 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
             h._move_dead_quietly(mid, n, enq / 1000.0, f"undecodable: {type(e).__name__}: {e}",
                                  repr(e), raw, None)
 
-    async def get(self, timeout: Optional[float] = None,
-                  block: bool = True) -> RedisDelivery:
-        """As pyqueue.asyncio.WorkQueue.get (block=False: queue.Empty at
+    async def get(self, timeout: Optional[float] = None) -> RedisDelivery:
+        """As pyqueue.asyncio.WorkQueue.get (timeout=0: queue.Empty at
         once). Cancelled after its step ran, the delivery it made is
         returned by this handle's next get (or get_many), not counted
         again."""
         h = self._h
-        until = _api.deadline(block, timeout)
+        until = _api.deadline(True, timeout)
         while True:
-            r = await self._acquire(1, block, _api.remaining(until))
+            r = await self._acquire(1, _api.remaining(until))
             # From here to the return: no await (sync calls only).
             kind, mid, n, raw, enq, why = r[1:7]
             mid, n, enq = int(mid), int(n), int(enq)
@@ -1256,7 +1253,7 @@ class RedisWorkQueue(_Handle, _aq.WorkQueue[Any]):
         want = min(_api.check_max_messages(max_messages), h.max_in_flight)
         until = _api.deadline(True, timeout)
         while True:
-            r = await self._acquire(want, True, _api.remaining(until))
+            r = await self._acquire(want, _api.remaining(until))
             # From here to the return: no await (sync calls only).
             batch = _rwq.Batch._new(h)
             for j in range(1, len(r), 6):
