@@ -63,7 +63,9 @@ def subscribe_report_and_hang(topic, out):
 
 def reject_and_die_in_the_move(wq, where, how="reject"):
     """Takes the first message and rejects it (how="reject") or nacks its
-    last delivery (how="nack"); the move to the dead-letter queue that
+    last delivery (how="nack"), or gets (how="expired") the message whose
+    last delivery another handle holds, which its visibility timeout
+    makes this get move; the move to the dead-letter queue that
     this starts is SIGKILLed `where`: "before_put" (the message marked
     dead-pending, nothing put) or "after_put" (the DeadLetter put, the
     message not yet removed). The dead-letter queue's put is replaced in
@@ -83,10 +85,10 @@ def reject_and_die_in_the_move(wq, where, how="reject"):
     # longer of the visibility timeout and dead_letter_timeout +
     # dead_letter_retry, here 3 s.
     type(wq).dead_letter_timeout = type(wq).dead_letter_retry = 1.5
-    d = wq.get(timeout=30)
+    d = wq.get(timeout=30)      # (how="expired": killed in here)
     if how == "reject":
         d.reject("bad input")
-    else:
+    elif how == "nack":
         d.nack(error="bad input")
 
 

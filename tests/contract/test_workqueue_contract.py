@@ -142,24 +142,34 @@ def test_reject_and_visibility_timeout_dead_letter(make):
 
 
 @pytest.mark.parametrize("how, where", [("reject", "before_put"), ("reject", "after_put"),
-                                        ("nack", "before_put")])
+                                        ("nack", "before_put"), ("expired", "before_put"),
+                                        ("expired", "after_put")])
 def test_a_mover_killed_in_the_move_leaves_the_message_dead_lettered(make, backend_url, ctx,
                                                                        procs, how, where):
     # The move to the dead-letter queue is three steps (mark dead-pending,
     # put the DeadLetter, remove): a mover SIGKILLed between them leaves
     # the message dead-pending, and a get after the mover's death (shared
     # memory) or lease (Redis) moves it: in the dead-letter queue at least
-    # once, at most twice, and gone from this queue.
+    # once, at most twice, and gone from this queue. The mover is a
+    # consumer that rejects, one that nacks the last delivery, or a get
+    # that finds a message whose last delivery's visibility timeout passed
+    # (how="expired": the get moves it on its way).
     dead = make("WorkQueue", make.name(), max_deliveries=None)
     wq = make("WorkQueue", make.name(), max_deliveries=1, visibility_timeout=0.5,
               dead_letter=dead)
     mid = wq.put({"order": "poison"})
-    wq.put("next")
+    if how == "expired":
+        held = wq.get(timeout=5)      # its only delivery, never settled
+        assert held.id == mid
+    else:
+        wq.put("next")
     p = procs.start(ctx, _workers.reject_and_die_in_the_move, wq, where, how)
     p.join(30)
     died = time.monotonic()
     assert p.exitcode == -signal.SIGKILL
     assert wq.stats()["dead_pending"] == 1
+    if how == "expired":
+        wq.put("next")
     d = wq.get(timeout=30)
     assert d.value == "next"
     d.ack()
@@ -186,8 +196,10 @@ def test_a_mover_killed_in_the_move_leaves_the_message_dead_lettered(make, backe
     assert {(dl.id, dl.queue) for dl in letters} == {(mid, wq.name)}
     assert all(dl.value == {"order": "poison"} for dl in letters)
     # the dead mover's put (with its error text), then the second mover's
-    why = "rejected" if how == "reject" else "delivered 1 times, last: nacked"
-    first = ("rejected: bad input" if how == "reject" else why, "bad input")
+    why = {"reject": "rejected", "nack": "delivered 1 times, last: nacked",
+           "expired": "delivered 1 times, last: visibility timeout"}[how]
+    first = {"reject": ("rejected: bad input", "bad input"), "nack": (why, "bad input"),
+             "expired": (why, None)}[how]
     reasons = [(dl.reason, dl.last_error) for dl in letters]
     assert reasons == ([(why, None)] if where == "before_put" else [first, (why, None)])
 
