@@ -287,6 +287,7 @@ class Queue(_Handle, Generic[T]):
             queue.Empty: No message in time.
             ValueError: The handle is closed, or max_messages < 1.
         """
+        max_messages = _api.check_max_messages(max_messages)  # (the arguments in order)
         return await _aio.wait_event(  # type: ignore[no-any-return]
             self._h, _READABLE, lambda: self._h.get_many(max_messages, block=False),
             _queue.Empty, _aio.deadline_of(timeout))
@@ -475,6 +476,7 @@ class Subscription(_Owner, Generic[T]):
             queue.Empty: None in time.
             ValueError: The subscription is closed.
         """
+        max_messages = _api.check_max_messages(max_messages)  # (the arguments in order)
         return await _aio.wait_event(  # type: ignore[no-any-return]
             self._h, None, lambda: self._h.get_many(max_messages, False),
             _queue.Empty, _aio.deadline_of(timeout))
@@ -847,6 +849,7 @@ class WorkQueue(_Handle, Generic[T]):
             queue.Empty: None in time.
             ValueError: The handle is closed.
         """
+        max_messages = _api.check_max_messages(max_messages)  # (the arguments in order)
         b = await _aio.wait_event(self._h, _READABLE,
                                   lambda: self._h.get_many(max_messages, block=False),
                                   _queue.Empty, _aio.deadline_of(timeout))
@@ -1024,6 +1027,12 @@ class Log(_Handle, Generic[T]):
             PoisonRecord: The record at offset cannot be decoded.
             ValueError: A bad argument, or the log is closed.
         """
+
+        # The arguments in order, as the sync read checks them, then the
+        # timeout (before, the timeout was checked first).
+        partition = _api.check_partition(partition, self._h.partitions or None)
+        offset = _api.check_offset(offset)
+        max_records = _api.check_max_records(max_records)
 
         def fetch() -> List[Record]:
             out: List[Record] = self._h.read(partition, offset, max_records, timeout=0)

@@ -379,6 +379,55 @@ def test_asyncio_log_read_checks_the_offset_alike(backend_url):
         log.sync.unlink()
 
 
+# Calls with two bad arguments: the first of them (in the signature's
+# order) is the one reported, sync and asyncio, on every backend. Before,
+# pyqueue.asyncio's shared-memory gets checked the timeout first, its Log
+# read the timeout before the rest, and its Redis Log read the offset
+# before the partition.
+TWO_BAD = [
+    ("Queue.get_many", lambda h: h["q"].get_many(0, timeout="a"), ValueError, "max_messages"),
+    ("WorkQueue.get_many", lambda h: h["wq"].get_many(0, timeout="a"), ValueError,
+     "max_messages"),
+    ("Subscription.get_many", lambda h: h["sub"].get_many(0, timeout="a"), ValueError,
+     "max_messages"),
+    ("Log.read", lambda h: h["log"].read(9, -1), ValueError, "partition"),
+    ("Log.read", lambda h: h["log"].read(True, 0, 1, timeout="a"), TypeError, "partition"),
+    ("Log.read", lambda h: h["log"].read(0, -1, 0, timeout="a"), ValueError, "offset"),
+    ("Log.read", lambda h: h["log"].read(0, 0, 0, timeout="a"), ValueError, "max_records"),
+]
+
+
+def test_the_first_bad_argument_is_the_one_reported(handles):
+    for _, call, error, match in TWO_BAD:
+        with pytest.raises(error, match=match):
+            call(handles)
+    _still_works(handles)
+
+
+def test_asyncio_reports_the_first_bad_argument_too(backend_url):
+    import asyncio
+
+    import pyqueue.asyncio as aq
+    ab = aq.connect(backend_url)
+    topic = ab.Topic(name=make_group())
+    h = {"q": ab.Queue(name=make_group()), "wq": ab.WorkQueue(name=make_group()),
+         "topic": topic, "log": ab.Log(name=make_group(), partitions=2)}
+
+    async def main():
+        h["sub"] = topic.subscribe()
+        for _, call, error, match in TWO_BAD:
+            with pytest.raises(error, match=match):
+                await call(h)
+        h["sub"].close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for k in ("q", "wq", "topic", "log"):
+            h[k].close()
+            h[k].sync.unlink()
+
+
 def test_asyncio_subscription_reports_an_undecodable_message_alone(backend_url):
     # (Redis asyncio's get_many raised the decoder's error and lost the
     # batch: every message it had read)

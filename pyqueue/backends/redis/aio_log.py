@@ -89,9 +89,9 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
                 the read waits).
         """
         h = self._h
+        partition = _api.check_partition(partition, h.partitions)
         offset = _api.check_offset(offset)
         max_records = _api.check_max_records(max_records)
-        partition = _api.check_partition(partition, h.partitions)
         keys = h._read_keys(partition)
         until = _api.deadline(True, timeout)
         b = self._backend()
