@@ -446,6 +446,19 @@ cdef dict _decode_headers(bytes blob):
     return out
 
 
+def encode_headers(headers):
+    """A record's headers ({str: bytes}, or None) in the log's own format
+    (_encode_headers): what the Redis backend stores too, so that a
+    record's headers are never a pickle on any backend."""
+    return _encode_headers(headers)
+
+
+def decode_headers(blob):
+    """The headers of a record stored by encode_headers (SegmentMismatch
+    when the bytes are not that format)."""
+    return _decode_headers(bytes(blob))
+
+
 class RawValue:
     """A record value left encoded: what a handle with raw_values set
     (`pyqueue tail` of a log this user does not own) returns instead of

@@ -203,6 +203,46 @@ def test_serializer_planted_pickle_refused_not_unpickled(make, backend, tmp_path
     assert not marker.exists()
 
 
+def test_redis_record_headers_are_never_unpickled(redis_url, tmp_path, monkeypatch):
+    # A record's headers are stored in the log's own format on every
+    # backend (pyqueue._log.encode_headers). Before, the Redis backend
+    # stored them as a pickle and read them with pickle.loads: a record
+    # planted on the server ran code in every reader (read, a consumer,
+    # `pyqueue tail --url` without --unpickle), even in a log made with a
+    # serializer, which promises nothing is ever unpickled.
+    import uuid
+    marker = tmp_path / "ran"
+    b = pyqueue.connect(redis_url)
+    log = b.Log(name="hdr-" + uuid.uuid4().hex[:8], partitions=1, serializer=JSON)
+    try:
+        log.append({"before": 1}, headers={"a": b"1", "é": "v"})
+        with monkeypatch.context() as m:
+            # another writer's record: its headers field a crafted pickle
+            m.setattr(_log, "encode_headers",
+                      lambda headers: pickle.dumps(_RunsCode("touch '%s'" % marker)))
+            log.append({"planted": 1}, headers={"x": b"y"})
+        log.append({"after": 2})
+        first = log.read(0, 0, 1)[0]
+        assert (first.value, first.headers) == ({"before": 1}, {"a": b"1", "é": b"v"})
+        with pytest.raises(PoisonRecord) as info:
+            log.read(0, 1, 10)
+        assert info.value.offset == 1
+        c = log.consumer("g")
+        try:
+            assert [r.value for r in c.poll(timeout=5)] == [{"before": 1}]
+            with pytest.raises(PoisonRecord):
+                c.poll(timeout=5)
+            c.seek(0, 2)
+            assert [r.value for r in c.poll(timeout=5)] == [{"after": 2}]
+        finally:
+            c.close()
+        assert not marker.exists()
+    finally:
+        log.unlink()
+        log.close()
+        b.close()
+
+
 def test_serializer_errors_leave_the_log_usable(make):
     log = make("Log", make.name(), partitions=1,
                serializer=(json_dumps, lambda b: json.loads(bytes(b))["v"]))

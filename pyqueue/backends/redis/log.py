@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -154,19 +153,6 @@ return out
 """
 
 
-def _encode_headers(headers: Optional[Dict[str, Any]]) -> bytes:
-    if not headers:
-        return b""
-    if not isinstance(headers, dict):
-        raise TypeError("headers must be a dict of str -> bytes")
-    out: Dict[str, bytes] = {}
-    for k, v in headers.items():
-        if not isinstance(k, str):
-            raise TypeError(f"header names must be str, not {type(k).__name__}")
-        out[k] = _codec.as_bytes(v, "header values")
-    return pickle.dumps(out, 5)
-
-
 class RedisLog(RedisHandle):
     """pyqueue.Log (memory mode's semantics) on Redis; made by
     `pyqueue.connect(url).Log(...)`. serializer=(dumps, loads) as on
@@ -274,7 +260,7 @@ class RedisLog(RedisHandle):
                 headers: Optional[Dict[str, Any]]) -> List[Tuple[int, int]]:
         self._check_open()
         kb = b"" if key is None else _codec.as_bytes(key, "key")
-        hb = _encode_headers(headers)
+        hb = _log.encode_headers(headers)
         serializer = self._serializer
         datas = [_codec.encode(v, serializer) for v in values]
         room = self.max_record_bytes - len(kb) - len(hb)
@@ -372,7 +358,9 @@ class RedisLog(RedisHandle):
             f = dict(zip(fields[::2], fields[1::2]))
             try:
                 value = _codec.decode(f[b"v"], self._serializer, self.raw_values)
-                headers = pickle.loads(f[b"h"]) if b"h" in f else {}
+                # (the log's own format, as on shared memory: a record's
+                # headers are never unpickled)
+                headers = _log.decode_headers(f[b"h"]) if b"h" in f else {}
             except Exception as e:
                 if out:
                     break
