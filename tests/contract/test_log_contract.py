@@ -38,6 +38,17 @@ def test_append_read_records(make):
         log.read(p, 4)
 
 
+def test_an_empty_key_is_a_key(make):
+    # Before, the Redis backend stored key="" or b"" as no key (None).
+    log = make("Log", make.name(), partitions=3)
+    p = log.partition_for(b"")
+    assert log.append("a", key="") == (p, 0)
+    assert log.append_many(["b"], key=b"") == [(p, 1)]
+    log.append("c")                                        # no key at all
+    got = [(r.key, r.value) for part in range(3) for r in log.read(part, 0)]
+    assert sorted(got, key=lambda kv: kv[1]) == [(b"", "a"), (b"", "b"), (None, "c")]
+
+
 def test_keyless_records_go_round_robin(make):
     log = make("Log", make.name(), partitions=3)
     placed = [log.append(i)[0] for i in range(6)]

@@ -97,8 +97,9 @@ local function expire(max_bytes, max_age, limit)
 end
 """
 
-# ARGV: retention bytes, retention ms (0: none), key ('' none), headers ('' none),
-# values... -> the first offset; -1: the partition is shut down
+# ARGV: retention bytes, retention ms (0: none), key ('' none, else '=' and
+# the key: an empty key is a key), headers ('' none), values... -> the first
+# offset; -1: the partition is shut down
 _APPEND = _HEAD + """
 if m[4] then return -1 end
 local key, hdr = ARGV[3], ARGV[4]
@@ -107,7 +108,7 @@ local first = nxt
 -- other fields' size (size_of) counted once: the loop is one XADD a record
 local ts = tostring(now)
 local fields = {'v', '', 't', ts}
-if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key end
+if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key:sub(2) end
 if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
 local extra = size_of(fields)
 local call = redis.call
@@ -261,6 +262,8 @@ class RedisLog(RedisHandle):
         self._check_open()
         kb = b"" if key is None else _codec.as_bytes(key, "key")
         hb = _log.encode_headers(headers)
+        # ('' is no key; a key, even an empty one, goes with a mark)
+        karg = b"" if key is None else b"=" + kb
         serializer = self._serializer
         datas = [_codec.encode(v, serializer) for v in values]
         room = self.max_record_bytes - len(kb) - len(hb)
@@ -276,7 +279,7 @@ class RedisLog(RedisHandle):
             chunk = datas[i:i + _BATCH]
             try:
                 first = script(keys=keys[:2], args=[self.capacity_bytes,
-                                                    self.retention_ms or 0, kb, hb, *chunk])
+                                                    self.retention_ms or 0, karg, hb, *chunk])
             except ConnectionLost as e:
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
