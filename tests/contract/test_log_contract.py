@@ -250,8 +250,7 @@ def test_redis_record_headers_are_never_unpickled(redis_url, tmp_path, monkeypat
         assert not marker.exists()
     finally:
         log.unlink()
-        log.close()
-        b.close()
+        log.close()             # (not b.close(): connect() shares the backend per URL)
 
 
 def test_serializer_errors_leave_the_log_usable(make):
