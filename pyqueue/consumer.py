@@ -408,6 +408,8 @@ class Consumer:
             ValueError: Nothing was written: a partition the log does not
                 have, an offset that is not an int from 0 to 2**63-1, or the
                 consumer is closed.
+            TypeError: Nothing was written: a partition that is not an int
+                (a bool included), as seek() and position().
             PyQueueError: Used in another process.
             LockTimeout: Nothing was written: another member held the
                 group's lock for the whole lock wait (stopped inside it).
@@ -421,9 +423,9 @@ class Consumer:
         items, lost = [], []
         nparts = self._log.partitions
         for p, off in offsets.items():
-            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < nparts:
-                raise ValueError(f"partition {p!r} is not a partition of the log "
-                                 f"(0..{nparts - 1}); nothing was committed")
+            # (the same partition check as seek, position and committed:
+            # any integer, a bool refused)
+            p = _api.check_partition(p, nparts)
             off = _api.check_offset(off)
             if p in self._epochs:
                 items.append((p, off, self._epochs[p]))

@@ -185,14 +185,15 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
         return super().__new__(cls)
 
     @classmethod
-    def open(cls, name_or_path: StrPath, **kwargs: Any) -> Log[Any]:
+    def open(cls, name_or_path: StrPath, trust_owner: bool = False, *,
+             serializer: Optional[Serializer] = None) -> Log[Any]:
         """Open an existing log.
 
         Args:
             name_or_path: A memory-mode log's name, or a directory-mode
                 log's directory (a path-like object, or a str with a '/').
-            **kwargs: trust_owner=True opens a log another user owns;
-                serializer=(dumps, loads) the one it was made with.
+            trust_owner: Open a log another user owns.
+            serializer: The (dumps, loads) pair it was made with, if any.
 
         Returns:
             A MemoryLog or a DirectoryLog.
@@ -206,8 +207,9 @@ class Log(_log.LogCoreBase[T], metaclass=abc.ABCMeta):
                 another user or others may write it.
         """
         if _is_path(name_or_path):
-            return DirectoryLog.open(name_or_path, **kwargs)
-        return MemoryLog.open(name_or_path, **kwargs)  # type: ignore[arg-type]
+            return DirectoryLog.open(name_or_path, trust_owner, serializer=serializer)
+        return MemoryLog.open(name_or_path, trust_owner,  # type: ignore[arg-type]
+                              serializer=serializer)
 
     # append(value, key=None, headers=None) and append_many(values, key=None,
     # headers=None) are the cores' (pyqueue/_log.pyx, LogCoreBase).
@@ -765,7 +767,7 @@ class DirectoryLog(Log[T], _log.DirLogCore[T]):
         self._with_lock(p, lambda: self._retention_locked(p, False))
 
     @classmethod
-    def open(cls, path: StrPath,  # type: ignore[override]
+    def open(cls, path: StrPath,
              trust_owner: bool = False, *,
              serializer: Optional[Serializer] = None) -> DirectoryLog[Any]:
         """Open an existing directory-mode log.

@@ -55,12 +55,10 @@ SHM_ONLY = {
     "Topic": {"mode_code"},
 }
 
-# Methods whose signatures differ on purpose, and why.
-DIFFERENT = {
-    # a shared-memory log opens a name or a directory (and takes the
-    # directory mode's settings); a Redis log has only a name
-    ("Log", "open"),
-}
+# Methods whose signatures differ on purpose, and why (none now: before,
+# Log.open took (name_or_path, **kwargs) on shared memory and (name,
+# trust_owner=False, *, serializer=None) on Redis).
+DIFFERENT = set()
 
 
 def _params(f):

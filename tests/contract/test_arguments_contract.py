@@ -354,6 +354,12 @@ def test_an_offset_is_an_integer_from_0_to_2_63_on_every_backend(handles):
             with pytest.raises(ValueError, match="offset"):
                 c.commit({p: b})
             assert c.committed(p) == 1 and c.position(p) == 0     # nothing changed
+        c.commit({Index(p): 5})                 # a partition is any integer too, as for seek
+        assert c.committed(p) == 5
+        for bad, error in ((True, TypeError), ("0", TypeError), (2, ValueError), (-1, ValueError)):
+            with pytest.raises(error, match="partition"):
+                c.commit({bad: 1})
+        assert c.committed(p) == 5
         c.commit({p: 2 ** 63 - 1})
         assert c.committed(p) == 2 ** 63 - 1
     _still_works(handles)

@@ -208,11 +208,12 @@ class RedisLog(RedisHandle):
             _shm_log._same("retention_ms", retention, self.retention_ms, where)
 
     @classmethod
-    def open(cls, name: str, trust_owner: bool = False, *,
+    def open(cls, name_or_path: str, trust_owner: bool = False, *,
              serializer: Serializer = None) -> RedisLog:
         """Open an existing log (SegmentNotFound if missing); serializer:
-        the one it was made with, if any."""
-        return cls(name, serializer=serializer, _open_only=True)
+        the one it was made with, if any. (pyqueue.Log.open's parameters:
+        a Redis log has a name, never a path.)"""
+        return cls(name_or_path, serializer=serializer, _open_only=True)
 
     def _set_serializer(self, serializer: Serializer) -> None:
         self._serializer = serializer
