@@ -43,9 +43,12 @@ Cases:
                 8192 items), multiprocessing.Pool.map with the best of its
                 default chunksize and 10000 and 1000 (each measured, the
                 fastest kept), concurrent.futures.ProcessPoolExecutor.map
-                with the same chunksizes (the best kept); each pool maps
-                three times in the same pool (pyqueue: its default
-                chunksize three times), the fastest kept. Rate = items / time until
+                with the same chunksizes (the best kept); each pool first
+                maps the whole input once untimed, then three timed times
+                (pyqueue: its default chunksize three times), the fastest
+                kept. The input is a range: pyqueue.Pool sends slices of
+                it (a range pickles as its bounds), multiprocessing's
+                pools pickle each item. Rate = items / time until
                 the list is back. Ratios to multiprocessing.Pool. Also the
                 CPU each used per 1M items (this process's threads and the
                 pool's workers, /proc): on a loaded machine the steadier
@@ -301,11 +304,11 @@ def _timed_map(kind, pids, n, call):
 
 
 def pool_map_floor(n, chunk=8192):
-    """CPU seconds per item of the work no pool can skip, in this one
-    process: fn on each item, each chunk's result list pickled (as a
-    worker sends it), unpickled and put in place in the list of all n
-    results (as the pool's process does); the best of 3. On W cores no
-    pool maps faster than W / this."""
+    """CPU seconds per item of the work no pool that pickles its results
+    can skip, in this one process: fn on each item, each chunk's result
+    list pickled (as a worker sends it), unpickled and put in place in
+    the list of all n results (as the pool's process does); the best of
+    3. On W cores no such pool maps faster than W / this."""
     import pickle
     from multiprocessing.reduction import ForkingPickler
     best = float("inf")
@@ -329,13 +332,13 @@ def pool_map_run(ctx, kind, n, workers):
     items = range(n)
     expected_last = n
     if kind == "pyqueue-pool":
-        # As many timed maps as the stdlib pools get (one per chunksize
-        # tried), the best kept: the first map in a fresh pool also pays
-        # for its workers' memory (malloc arenas, page faults), and the
-        # stdlib pools' best is one of their later maps.
+        # Every pool maps the whole input once untimed (the first map in
+        # a fresh pool also pays for its workers' memory: malloc arenas,
+        # page faults), then as many timed maps as the stdlib pools get
+        # (one per chunksize tried), the best kept.
         best, best_cpu = 0.0, 0.0
         with pyqueue.Pool(workers, context=ctx) as pool:
-            pool.map(inc, range(workers * 4))  # the workers are up
+            pool.map(inc, items)  # the workers are up, their memory grown (not timed)
             for _ in POOL_CHUNKS:
                 rate, cpu = _timed_map(kind, [p.pid for p in pool._pool], n,
                                        lambda: pool.map(inc, items))
@@ -346,7 +349,7 @@ def pool_map_run(ctx, kind, n, workers):
     best, best_cpu = 0.0, 0.0
     if kind == "mp-pool":
         with ctx.Pool(workers) as pool:
-            pool.map(inc, range(workers * 4))
+            pool.map(inc, items, 10_000)  # (as above, not timed)
             pids = [p.pid for p in pool._pool]
             for chunksize in POOL_CHUNKS:
                 rate, cpu = _timed_map(kind, pids, n,
@@ -356,7 +359,7 @@ def pool_map_run(ctx, kind, n, workers):
         POOL_CPU.setdefault(kind, []).append(best_cpu)
         return best
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        list(ex.map(inc, range(workers * 4)))
+        list(ex.map(inc, items, chunksize=10_000))  # (as above, not timed)
         pids = list(ex._processes)
         for chunksize in POOL_CHUNKS:
             cs = chunksize or max(1, n // (workers * 4))
@@ -433,11 +436,14 @@ def main(argv=None):
                          if base_cpu and k != "mp-pool" else "")
                       for k, v in POOL_CPU.items() if k in res))
             floor = pool_map_floor(n)
-            cores = len(os.sched_getaffinity(0))
+            # (the workers and the pool's own process: no more cores than
+            # that work at once)
+            cores = min(len(os.sched_getaffinity(0)), int(cid.rsplit("-", 1)[1]) + 1)
             print(f"{'':12} floor (fn on each item, each chunk's result pickled, "
                   f"unpickled and put in the list, in one process): "
                   f"{floor * 1e9:,.0f} ms per 1M items; on "
-                  f"{cores} cores no pool maps faster than {fmt_count(cores / floor)} items/s "
+                  f"{cores} cores no pool that pickles its results maps faster than "
+                  f"{fmt_count(cores / floor)} items/s "
                   f"({fmt_ratio(cores / floor / base)} mp.Pool's rate)")
     return 0
 
