@@ -61,6 +61,19 @@ def subscribe_report_and_hang(topic, out):
     sub.close()
 
 
+def read_inherited_subscription(sub, out):
+    """A forked child with its parent's subscription: what a read raises
+    (its type, and whether it says whose it is), then close() (only this
+    copy)."""
+    try:
+        sub.get(timeout=1)
+        out.put(("read", None))
+    except Exception as e:  # noqa: BLE001 - reported
+        out.put((type(e).__name__, "belongs to the process" if "belongs to the process"
+                 in str(e) else str(e)))
+    sub.close()
+
+
 def reject_and_die_in_the_move(wq, where, how="reject"):
     """Takes the first message and rejects it (how="reject") or nacks its
     last delivery (how="nack"), or gets (how="expired") the message whose

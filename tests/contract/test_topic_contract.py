@@ -94,6 +94,55 @@ def test_lag_and_subscription_not_picklable(make):
     s.close()
 
 
+def test_a_dropped_subscription_gives_its_slot_back(make):
+    # A subscription dropped without close() (garbage) holds nothing back:
+    # a lossless topic's publisher does not wait for it, and subscribing
+    # and dropping again and again never runs out of slots. Before, on
+    # Redis, it held its slot until its lease ended (subscriber_timeout,
+    # 30 s): publishers got queue.Full, and the 65th subscribe failed.
+    import gc
+    t = make("Topic", make.name(), capacity_bytes=64 * KiB, mode="lossless")
+    s = t.subscribe()
+    del s
+    gc.collect()
+    msg = b"x" * 1000
+    for n in range(200):                             # three times the capacity
+        t.publish((n, msg), block=False)
+    for _ in range(100):                             # more than the 64 slots
+        t.subscribe()
+    assert t.stats()["subscribers"] <= 1
+    keep = t.subscribe()
+    t.publish("after", block=False)
+    assert keep.get(timeout=5) == "after"
+    keep.close()
+
+
+def test_a_subscription_belongs_to_its_process(make):
+    # A subscription's cursor is its process's: a forked child's copy
+    # refuses to read (PyQueueError) and its close() leaves the parent's
+    # open. Before, on Redis, the child read from the parent's cursor and
+    # the parent never got what the child took. (fork only: a
+    # subscription cannot be pickled for a spawned child.)
+    import multiprocessing
+    t = make("Topic", make.name())
+    s = t.subscribe()
+    t.publish_many([0, 1, 2])
+    out = multiprocessing.get_context("fork").Queue()
+    p = multiprocessing.get_context("fork").Process(target=_workers.read_inherited_subscription,
+                                                     args=(s, out))
+    p.start()
+    assert out.get(timeout=60) == ("PyQueueError", "belongs to the process")
+    p.join(60)
+    assert p.exitcode == 0
+    assert s.get_many(10, timeout=5) == [0, 1, 2]    # nothing taken, still subscribed
+    t.publish(3)
+    assert s.get(timeout=5) == 3
+    t.close()
+    with pytest.raises(ValueError, match="closed"):  # as its topic's handle is
+        s.get(timeout=0)
+    s.close()
+
+
 def test_lossless_publisher_waits_for_a_slow_subscriber(make):
     t = make("Topic", make.name(), capacity_bytes=64 * KiB, mode="lossless")
     s = t.subscribe()

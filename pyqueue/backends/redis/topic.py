@@ -37,10 +37,12 @@ with immediate=True; nothing is erased).
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import secrets
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import weakref
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
@@ -291,10 +293,35 @@ class RedisTopic(RedisHandle):
                                   f"{self.max_message_bytes} bytes (a quarter of capacity_bytes)")
         return data
 
+    def _give_back_dropped(self) -> None:
+        """Unsubscribe the subscriptions of this topic that this process
+        dropped without close() (_dropped); a forked child's copies of its
+        parent's are forgotten (they are the parent's). A best effort:
+        one that cannot be given back now ends with its lease."""
+        if not _dropped:
+            return
+        pid, keep = os.getpid(), []
+        while True:
+            try:
+                entry = _dropped.popleft()
+            except IndexError:
+                break
+            if entry[0] != pid:
+                continue
+            if entry[1] != self._name:
+                keep.append(entry)
+                continue
+            try:
+                self._script("topic_unsubscribe", _UNSUBSCRIBE, [entry[2]])
+            except Exception:  # noqa: BLE001 - gone, or the connection: its lease ends it
+                pass
+        _dropped.extend(keep)
+
     def _publish_encoded(self, items: List[bytes], block: bool, until: Optional[float]) -> int:
         b = self._bound
         done = 0
         while done < len(items):
+            self._give_back_dropped()
             r: List[Any] = self._script("topic_publish", _PUBLISH, items[done:done + 1000])
             if r[0] == -2:
                 raise ShutDown(f"topic {self._name!r} is shut down")
@@ -351,6 +378,7 @@ class RedisTopic(RedisHandle):
         self._check_open()
         if start not in ("latest", "earliest"):
             raise ValueError(f"start must be 'latest' or 'earliest', not {start!r}")
+        self._give_back_dropped()
         sid = f"{os.getpid()}-{secrets.token_hex(8)}"
         r = self._script("topic_subscribe", _SUBSCRIBE,
                          [sid, start, MAX_SUBSCRIBERS, self._settings["sub_ms"]])
@@ -381,18 +409,36 @@ class RedisTopic(RedisHandle):
         return f"<pyqueue.Topic {self._name!r} {'closed' if self._closed else 'open'}>"
 
 
+# Subscriptions dropped without close(), as (pid, topic name, id): put
+# here by their finalizer (a deque append: no I/O and no lock, safe in
+# whatever thread and call the garbage collector runs it), given back by
+# the next publish or subscribe of that topic in that process. (A
+# subscription's slot holds a lossless topic's oldest message for its
+# readers: on shared memory one dropped gives it back at once; before
+# this, on Redis only its lease's end did, subscriber_timeout later,
+# while publishers waited for room.)
+_dropped: Deque[Tuple[int, str, str]] = collections.deque()
+
+
+def _note_dropped(pid: int, name: str, sid: str) -> None:
+    _dropped.append((pid, name, sid))
+
+
 class RedisSubscription:
     """One cursor on a topic: get, get_many, iteration, close, lag, lost."""
 
     def __init__(self, topic: RedisTopic, sid: str) -> None:
         self._topic = topic
         self._sid = sid
+        self._pid = os.getpid()
         self._pos: Optional[int] = None   # the last message number read, once known
         self._seq = 0             # the topic's last message number at the last read
         self._buf: List[bytes] = []   # messages read and not yet returned
         self.lost = 0
         self.undecodable = 0
         self.closed = False
+        self._dropped = weakref.finalize(self, _note_dropped, self._pid, topic._name, sid)
+        self._dropped.atexit = False    # (the process's end: its lease ends it)
 
     def _read(self, max_messages: int, block: bool, until: Optional[float]) -> List[bytes]:
         t = self._topic
@@ -420,8 +466,14 @@ class RedisSubscription:
                          max(1, math.ceil(left * 1000)))
 
     def _check(self) -> None:
+        # (as pyqueue.Topic's subscriptions)
         if self.closed:
             raise ValueError("subscription is closed")
+        if self._topic._closed:
+            raise ValueError("the topic of this subscription is closed")
+        if self._pid != os.getpid():
+            raise PyQueueError("a subscription belongs to the process that made it; "
+                               "subscribe again in this process")
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         self._check()
@@ -489,8 +541,12 @@ class RedisSubscription:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            t = self._topic
-            t._script("topic_unsubscribe", _UNSUBSCRIBE, [self._sid])
+            self._dropped.detach()
+            # (a forked child's copy only closes here: the subscription is
+            # its parent's)
+            if self._pid == os.getpid():
+                t = self._topic
+                t._script("topic_unsubscribe", _UNSUBSCRIBE, [self._sid])
 
     def __iter__(self) -> RedisSubscription:
         return self
