@@ -37,6 +37,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Dict, Generic, Iterable, 
                     Optional, Tuple, Type, TypeVar, Union)
 
 from . import _aio, _api
+from .errors import ShutDown
 from .consumer import Consumer as _SyncConsumer
 from .log import Log as _SyncLog
 from .log import Record
@@ -341,8 +342,13 @@ class Queue(_Handle, Generic[T]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[T]:
+        # Ends at a shutdown, as the sync `for m in ...` does.
         while True:
-            yield await self.get()
+            try:
+                item = await self.get()
+            except ShutDown:
+                return
+            yield item
 
 class JoinableQueue(Queue[T]):
     """An asyncio handle on a pyqueue.JoinableQueue: task_done() and an
@@ -495,8 +501,13 @@ class Subscription(_Owner, Generic[T]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[T]:
+        # Ends at a shutdown, as the sync `for m in ...` does.
         while True:
-            yield await self.get()
+            try:
+                item = await self.get()
+            except ShutDown:
+                return
+            yield item
 
 class Topic(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.Topic.
@@ -881,8 +892,13 @@ class WorkQueue(_Handle, Generic[T]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery[T]]:
+        # Ends at a shutdown, as the sync `for d in wq` does.
         while True:
-            yield await self.get()
+            try:
+                d = await self.get()
+            except ShutDown:
+                return
+            yield d
 
 def _log_unmaps(log: Any) -> bool:
     # A directory log's close() unmaps its control file (its event).
@@ -965,8 +981,14 @@ class Consumer(_Owner):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Record]:
+        # Ends once every assigned partition is read to the end of a
+        # shut-down log, as the sync `for r in consumer` does.
         while True:
-            for r in await self.poll(timeout=None):
+            try:
+                records = await self.poll(timeout=None)
+            except ShutDown:
+                return
+            for r in records:
                 yield r
 
 class Log(_Handle, Generic[T]):

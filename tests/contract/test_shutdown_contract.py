@@ -187,3 +187,48 @@ def test_log(make):
 
 def test_shutdown_is_a_stdlib_exception():
     assert issubclass(ShutDown, pyqueue.PyQueueError) and issubclass(ShutDown, Exception)
+
+
+def test_asyncio_iteration_ends_at_a_shutdown(backend_url):
+    # `async for` over a Queue, a WorkQueue, a Subscription and a
+    # Consumer drains what is left and ends at a shutdown, as the sync
+    # `for` does. Before, it raised ShutDown out of the loop.
+    import asyncio
+    import uuid
+
+    import pyqueue.asyncio as aq
+    ab = aq.connect(backend_url)
+
+    def name():
+        return "ait-" + uuid.uuid4().hex[:8]
+
+    q, wq, topic = ab.Queue(name=name()), ab.WorkQueue(name=name()), ab.Topic(name=name())
+    log = ab.Log(name=name(), partitions=2)
+
+    async def main():
+        sub = topic.subscribe()
+        c = log.consumer("g", auto_offset_reset="earliest")
+        for i in range(3):
+            await q.put(i)
+            await wq.put(i)
+            await topic.publish(i)
+            log.append(i)
+        for h in (q, wq, topic, log):
+            h.sync.shutdown()
+        got_q = [m async for m in q]
+        got_wq = []
+        async for d in wq:
+            got_wq.append(d.value)
+            await d.ack()
+        got_sub = [m async for m in sub]
+        got_log = sorted([r.value async for r in c])
+        sub.close()
+        c.close()
+        return got_q, got_wq, got_sub, got_log
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 60)) == ([0, 1, 2],) * 4
+    finally:
+        for h in (q, wq, topic, log):
+            h.close()
+            h.sync.unlink()
