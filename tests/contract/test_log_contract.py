@@ -49,6 +49,36 @@ def test_an_empty_key_is_a_key(make):
     assert sorted(got, key=lambda kv: kv[1]) == [(b"", "a"), (b"", "b"), (None, "c")]
 
 
+def test_a_removed_logs_handles_never_make_it_again(make, backend):
+    # unlink() removes the log; a handle still open keeps writing into the
+    # removed one on shared memory (the mapping stays), and raises
+    # SegmentNotFound on Redis (the records are gone with the keys); on
+    # both, a log made again under the name starts empty and without
+    # groups. Before, on Redis, the old handle's append made the partition
+    # again (the new log had its record) and its consumer made the group.
+    from pyqueue.errors import SegmentNotFound
+    log = make("Log", make.name(), partitions=2)
+    p, _ = log.append("a", key="k")
+    backend.Log.open(log.name).unlink()
+    if backend.name == "shm":
+        assert log.append("b", key="k") == (p, 1)
+        log.consumer("g").close()
+    else:
+        with pytest.raises(SegmentNotFound):
+            log.append("b", key="k")
+        with pytest.raises(SegmentNotFound):
+            log.append("c", key="other")           # a partition never appended to
+        with pytest.raises(SegmentNotFound):
+            log.consumer("g")
+    with pytest.raises(SegmentNotFound):
+        backend.Log.open(log.name)
+    again = make("Log", log.name, partitions=2)
+    assert [again.end_offset(q) for q in range(2)] == [0, 0]
+    with pytest.raises(KeyError):
+        again.group_offsets("g")                   # no such group
+    assert again.append("new", key="k") == (p, 0)
+
+
 def test_keyless_records_go_round_robin(make):
     log = make("Log", make.name(), partitions=3)
     placed = [log.append(i)[0] for i in range(6)]

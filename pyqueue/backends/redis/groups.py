@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue.backends.redis import ConnectionLost
 from pyqueue.backends.redis._handle import key_prefix
-from pyqueue.errors import PyQueueError
+from pyqueue.errors import PyQueueError, SegmentNotFound
 
 if TYPE_CHECKING:
     from pyqueue.backends.redis.log import RedisLog
@@ -354,6 +354,11 @@ class RedisGroupTable:
 
     def join(self, g: str, incarnation: Any, timeout: float) -> int:
         session = min(SESSION_TIMEOUT, timeout)
+        # A removed log's handle makes no group again (its keys are in
+        # other slots than the log's meta hash: looked at first).
+        meta = self._log._meta_key
+        if not self._b.call([meta], "EXISTS", meta):
+            raise SegmentNotFound(f"log {self._log.name!r} was removed from {self._b.url}")
         while True:
             # Random 52-bit ids (exact in Lua's doubles), not a counter
             # that restarts: a removed member's id then matches nobody

@@ -4,7 +4,9 @@ Keys of log NAME:
 
     pq:{NAME}:meta        hash: kind, partitions, retention, perm
     pq:{NAME/P}:l.meta    hash of partition P: next (the next offset),
-                          start (the oldest offset kept), bytes (kept)
+                          start (the oldest offset kept), bytes (kept);
+                          made by the partition's first append, once the
+                          log's meta hash was seen (never for a removed log)
     pq:{NAME/P}:l.stream  stream of partition P: the record at offset O has
                           id O-1; fields v (value), t (append time, ms,
                           the server's clock), k (key), h (headers)
@@ -44,7 +46,8 @@ from pyqueue.backends.redis.groups import RedisGroupTable
 from pyqueue.backends.redis._codec import Serializer
 from pyqueue.backends.redis._handle import RedisHandle, key_prefix
 from pyqueue.queues import _check_serializer
-from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, ShutDown
+from pyqueue.errors import (MessageTooLarge, OffsetOutOfRange, PoisonRecord,
+                            SegmentNotFound, ShutDown)
 from pyqueue.consumer import Members, close_consumers
 from pyqueue.log import Record
 
@@ -98,10 +101,15 @@ end
 """
 
 # ARGV: retention bytes, retention ms (0: none), key ('' none, else '=' and
-# the key: an empty key is a key), headers ('' none), values... -> the first
-# offset; -1: the partition is shut down
+# the key: an empty key is a key), headers ('' none), '1' when the
+# partition may be made here (the caller saw the log's meta hash), values...
+# -> the first offset; -1: the partition is shut down; -2: the partition
+# has no hash yet (its first append; or the log was removed: the caller
+# looks at the log's meta hash, in another slot, and sends '1' or raises
+# SegmentNotFound, so that a handle of a removed log never makes it again)
 _APPEND = _HEAD + """
 if m[4] then return -1 end
+if not m[1] and ARGV[5] ~= '1' and redis.call('EXISTS', PM) == 0 then return -2 end
 local key, hdr = ARGV[3], ARGV[4]
 local first = nxt
 -- one field table for the whole call (only the value changes) and the
@@ -112,7 +120,7 @@ if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key:sub(2) en
 if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
 local extra = size_of(fields)
 local call = redis.call
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local v = ARGV[i]
   fields[2] = v
   call('XADD', S, nxt .. '-1', unpack(fields))
@@ -152,6 +160,12 @@ for _, e in ipairs(redis.call('XRANGE', S, off .. '-1', '+', 'COUNT', tonumber(A
 end
 return out
 """
+
+
+def _wrote(first: Any) -> bool:
+    """Whether an append step's reply says it wrote (min_replicas: what to
+    confirm); -2, its partition not made yet, wrote nothing."""
+    return bool(first != -2)
 
 
 class RedisLog(RedisHandle):
@@ -276,11 +290,25 @@ class RedisLog(RedisHandle):
         script = self._bound.script("log_append", _APPEND)
         keys = self._pkeys(partition)
         out: List[Tuple[int, int]] = []
+        made = b"0"
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
             try:
                 first = script(keys=keys[:2], args=[self.capacity_bytes,
-                                                    self.retention_ms or 0, karg, hb, *chunk])
+                                                    self.retention_ms or 0, karg, hb, made,
+                                                    *chunk],
+                               confirm=_wrote)    # (-2 wrote nothing to confirm)
+                if first == -2:
+                    # The partition's first append, or the log was removed
+                    # (unlink deletes its meta hash first): only a log that
+                    # exists gets the partition made.
+                    if not self._bound.call([self._meta_key], "EXISTS", self._meta_key):
+                        raise SegmentNotFound(f"log {self._name!r} was removed from "
+                                              f"{self._bound.url}")
+                    made = b"1"
+                    first = script(keys=keys[:2], args=[self.capacity_bytes,
+                                                        self.retention_ms or 0, karg, hb, made,
+                                                        *chunk])
             except ConnectionLost as e:
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
@@ -487,15 +515,22 @@ class RedisLog(RedisHandle):
                                          "shutdown") is not None
 
     def unlink(self) -> None:
-        """Remove the log (every partition) from the server."""
+        """Remove the log (every partition) from the server. Its meta hash
+        goes first: a handle's append that finds a partition gone then
+        finds the log gone (SegmentNotFound), never makes it again."""
         c = self._bound.client
         groups = RedisGroupTable(self)
         raw: Any
+        c.delete(self._meta_key)
         for raw in c.smembers(key_prefix(self._name) + "groups"):
             c.delete(*groups.keys(raw.decode("utf-8")))
         for p in range(self.partitions):
             c.delete(*self._pkeys(p))
-        c.delete(key_prefix(self._name) + "meta", key_prefix(self._name) + "groups")
+        c.delete(key_prefix(self._name) + "groups")
+
+    @property
+    def _meta_key(self) -> str:
+        return key_prefix(self._name) + "meta"
 
     def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"
