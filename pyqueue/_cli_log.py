@@ -111,6 +111,11 @@ def _open_url_log(args, url, command):
 
 def cmd_tail(args):
     from pyqueue.cli import _backend_url
+    if args.count is not None and args.count < 0:
+        print(f"pyqueue tail: -n/--count must be 0 or more, not {args.count}", file=sys.stderr)
+        return 2
+    if args.count == 0:
+        return 0            # (as tail -n 0: nothing to show)
     url = _backend_url(args)
     if url is None:
         log = open_log(args.name, args.unpickle)

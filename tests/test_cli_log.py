@@ -45,6 +45,12 @@ def test_tail_from_beginning_one_partition_and_json(log):
     assert rc == 1 and "out of range" in err
     rc, out, err = cli("tail", "pqtest-no-such-log", "--no-follow")
     assert rc == 1 and "no log named" in err
+    # -n 0 shows nothing and ends (it waited for ever, or raised from
+    # read(max_records=0)); a negative count is refused
+    rc, out, err = cli("tail", name, "--from-beginning", "-n", "0")
+    assert (rc, out) == (0, "")
+    rc, out, err = cli("tail", name, "-n", "-1")
+    assert rc == 2 and "--count" in err and "Traceback" not in err
 
 
 def test_tail_follows_new_records(log):
