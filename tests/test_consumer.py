@@ -157,14 +157,17 @@ def test_seek_position_and_errors(make_log):
 
 def test_commit_of_a_partition_the_log_lacks_is_a_value_error(make_log):
     """commit({99: 1}) on a 2-partition log is a caller's mistake
-    (ValueError), not a fenced commit (CommitFailed); nothing of such a
-    commit is written and the consumer goes on."""
+    (ValueError; a partition that is not an int, TypeError, as for seek),
+    not a fenced commit (CommitFailed); nothing of such a commit is written
+    and the consumer goes on."""
     lg = make_log(partitions=2)
     fill(lg, 5)
     c = lg.consumer("g")
     assert len(c.poll(max_records=100)) == 10
-    for bad in ({99: 1}, {2: 1}, {-1: 1}, {"0": 1}, {True: 1}, {None: 1}, {0: 3, 99: 1}):
-        with pytest.raises(ValueError) as ei:
+    for bad, error in (({99: 1}, ValueError), ({2: 1}, ValueError), ({-1: 1}, ValueError),
+                       ({"0": 1}, TypeError), ({True: 1}, TypeError), ({None: 1}, TypeError),
+                       ({0: 3, 99: 1}, ValueError)):
+        with pytest.raises(error) as ei:
             c.commit(bad)
         assert not isinstance(ei.value, CommitFailed)
         assert [c.committed(p) for p in range(2)] == [None, None]
