@@ -56,9 +56,12 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
     # both, a log made again under the name starts empty and without
     # groups. Before, on Redis, the old handle's append made the partition
     # again (the new log had its record) and its consumer made the group.
+    # (Not covered, and not kept: an old handle used after a log was made
+    # again under the name writes into the new one: docs/guarantees.md.)
     from pyqueue.errors import SegmentNotFound
     log = make("Log", make.name(), partitions=2)
     p, _ = log.append("a", key="k")
+    other = next(k for k in map(str, range(100)) if log.partition_for(k) != p)
     backend.Log.open(log.name).unlink()
     if backend.name == "shm":
         assert log.append("b", key="k") == (p, 1)
@@ -67,9 +70,10 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
         with pytest.raises(SegmentNotFound):
             log.append("b", key="k")
         with pytest.raises(SegmentNotFound):
-            log.append("c", key="other")           # a partition never appended to
+            log.append("c", key=other)             # a partition never appended to
         with pytest.raises(SegmentNotFound):
             log.consumer("g")
+        assert backend.client.exists(f"pq:{{{log.name}}}:groups") == 0   # no group listed
     with pytest.raises(SegmentNotFound):
         backend.Log.open(log.name)
     again = make("Log", log.name, partitions=2)

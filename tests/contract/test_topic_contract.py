@@ -117,6 +117,30 @@ def test_a_dropped_subscription_gives_its_slot_back(make):
     keep.close()
 
 
+def test_asyncio_publish_gives_a_dropped_subscription_back(backend_url):
+    # The asyncio publish too (on Redis it runs its own steps).
+    import asyncio
+    import gc
+    import uuid
+
+    import pyqueue.asyncio as aq
+    t = aq.connect(backend_url).Topic(name="dropa-" + uuid.uuid4().hex[:8],
+                                      capacity_bytes=64 * KiB, mode="lossless")
+
+    async def main():
+        s = t.subscribe()
+        del s
+        gc.collect()
+        for n in range(200):                         # three times the capacity
+            await t.publish((n, b"x" * 1000), timeout=0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        t.close()
+        t.sync.unlink()
+
+
 def test_a_subscription_belongs_to_its_process(make):
     # A subscription's cursor is its process's: a forked child's copy
     # refuses to read (PyQueueError) and its close() leaves the parent's

@@ -1467,6 +1467,11 @@ class RedisTopic(_aq.Topic[Any]):
         data = h._encode(obj)
         b = h._bound
         while True:
+            for sid in h._take_dropped():   # (as the sync publish: _rt._dropped)
+                try:
+                    await script(b, _rt._UNSUBSCRIBE, h._keys, [sid])
+                except Exception:  # noqa: BLE001 - its lease ends it
+                    pass
             r = await script(b, _rt._PUBLISH, h._keys, [data])
             if r[0] == -2:
                 raise ShutDown(f"topic {h._name!r} is shut down")

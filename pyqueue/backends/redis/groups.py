@@ -325,11 +325,20 @@ class RedisGroupTable:
         check_group(name)
         self._log._check_open()
         if create:
+            self._check_log_exists()
             self._b.client.sadd(self._registry, name)
             return name, 0
         if not self._b.client.exists(self.keys(name)[0]):
             return None
         return name, 0
+
+    def _check_log_exists(self) -> None:
+        """SegmentNotFound when the log was removed: a removed log's handle
+        makes no group again (a group's keys are in other slots than the
+        log's meta hash, so its scripts cannot look)."""
+        meta = self._log._meta_key
+        if not self._b.call([meta], "EXISTS", meta):
+            raise SegmentNotFound(f"log {self._log.name!r} was removed from {self._b.url}")
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
@@ -354,11 +363,7 @@ class RedisGroupTable:
 
     def join(self, g: str, incarnation: Any, timeout: float) -> int:
         session = min(SESSION_TIMEOUT, timeout)
-        # A removed log's handle makes no group again (its keys are in
-        # other slots than the log's meta hash: looked at first).
-        meta = self._log._meta_key
-        if not self._b.call([meta], "EXISTS", meta):
-            raise SegmentNotFound(f"log {self._log.name!r} was removed from {self._b.url}")
+        self._check_log_exists()
         while True:
             # Random 52-bit ids (exact in Lua's doubles), not a counter
             # that restarts: a removed member's id then matches nobody

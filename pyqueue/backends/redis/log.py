@@ -164,8 +164,9 @@ return out
 
 def _wrote(first: Any) -> bool:
     """Whether an append step's reply says it wrote (min_replicas: what to
-    confirm); -2, its partition not made yet, wrote nothing."""
-    return bool(first != -2)
+    confirm): -1 (shut down) and -2 (its partition not made yet) wrote
+    nothing."""
+    return bool(first >= 0)
 
 
 class RedisLog(RedisHandle):
@@ -290,25 +291,23 @@ class RedisLog(RedisHandle):
         script = self._bound.script("log_append", _APPEND)
         keys = self._pkeys(partition)
         out: List[Tuple[int, int]] = []
-        made = b"0"
         for i in range(0, len(datas), _BATCH):
             chunk = datas[i:i + _BATCH]
             try:
                 first = script(keys=keys[:2], args=[self.capacity_bytes,
-                                                    self.retention_ms or 0, karg, hb, made,
+                                                    self.retention_ms or 0, karg, hb, b"0",
                                                     *chunk],
-                               confirm=_wrote)    # (-2 wrote nothing to confirm)
+                               confirm=_wrote)    # (-2 and -1 wrote nothing to confirm)
                 if first == -2:
-                    # The partition's first append, or the log was removed
-                    # (unlink deletes its meta hash first): only a log that
-                    # exists gets the partition made.
+                    # The partition's first append, or the log was removed:
+                    # only a log that exists gets the partition made (this
+                    # chunk only: the next one is checked again).
                     if not self._bound.call([self._meta_key], "EXISTS", self._meta_key):
                         raise SegmentNotFound(f"log {self._name!r} was removed from "
                                               f"{self._bound.url}")
-                    made = b"1"
                     first = script(keys=keys[:2], args=[self.capacity_bytes,
-                                                        self.retention_ms or 0, karg, hb, made,
-                                                        *chunk])
+                                                        self.retention_ms or 0, karg, hb, b"1",
+                                                        *chunk], confirm=_wrote)
             except ConnectionLost as e:
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
@@ -516,17 +515,19 @@ class RedisLog(RedisHandle):
 
     def unlink(self) -> None:
         """Remove the log (every partition) from the server. Its meta hash
-        goes first: a handle's append that finds a partition gone then
-        finds the log gone (SegmentNotFound), never makes it again."""
+        goes last, so that an unlink cut short (a lost connection, a
+        killed process) leaves a log that can be opened and removed
+        again; a handle's append that finds its partition gone afterwards
+        finds the log gone (SegmentNotFound), never makes it again (one
+        that runs while the unlink is under way may)."""
         c = self._bound.client
         groups = RedisGroupTable(self)
         raw: Any
-        c.delete(self._meta_key)
         for raw in c.smembers(key_prefix(self._name) + "groups"):
             c.delete(*groups.keys(raw.decode("utf-8")))
         for p in range(self.partitions):
             c.delete(*self._pkeys(p))
-        c.delete(key_prefix(self._name) + "groups")
+        c.delete(self._meta_key, key_prefix(self._name) + "groups")
 
     @property
     def _meta_key(self) -> str:

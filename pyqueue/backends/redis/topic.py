@@ -37,12 +37,11 @@ with immediate=True; nothing is erased).
 """
 from __future__ import annotations
 
-import collections
 import math
 import os
 import secrets
 import weakref
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue import _api
 from pyqueue.backends.redis import _codec
@@ -293,29 +292,25 @@ class RedisTopic(RedisHandle):
                                   f"{self.max_message_bytes} bytes (a quarter of capacity_bytes)")
         return data
 
-    def _give_back_dropped(self) -> None:
-        """Unsubscribe the subscriptions of this topic that this process
-        dropped without close() (_dropped); a forked child's copies of its
-        parent's are forgotten (they are the parent's). A best effort:
-        one that cannot be given back now ends with its lease."""
+    def _take_dropped(self) -> List[str]:
+        """The ids of this process's subscriptions of this topic dropped
+        without close() (_dropped), taken: the caller unsubscribes them
+        (a forked child's copies of its parent's are forgotten: they are
+        the parent's)."""
         if not _dropped:
-            return
-        pid, keep = os.getpid(), []
-        while True:
+            return []
+        got = _dropped.pop((self._bound.url, self._name), None)
+        pid = os.getpid()
+        return [sid for p, sid in got or () if p == pid]
+
+    def _give_back_dropped(self) -> None:
+        """Unsubscribe what _take_dropped gives (a best effort: one that
+        cannot be given back now ends with its lease)."""
+        for sid in self._take_dropped():
             try:
-                entry = _dropped.popleft()
-            except IndexError:
-                break
-            if entry[0] != pid:
-                continue
-            if entry[1] != self._name:
-                keep.append(entry)
-                continue
-            try:
-                self._script("topic_unsubscribe", _UNSUBSCRIBE, [entry[2]])
+                self._script("topic_unsubscribe", _UNSUBSCRIBE, [sid])
             except Exception:  # noqa: BLE001 - gone, or the connection: its lease ends it
                 pass
-        _dropped.extend(keep)
 
     def _publish_encoded(self, items: List[bytes], block: bool, until: Optional[float]) -> int:
         b = self._bound
@@ -409,19 +404,21 @@ class RedisTopic(RedisHandle):
         return f"<pyqueue.Topic {self._name!r} {'closed' if self._closed else 'open'}>"
 
 
-# Subscriptions dropped without close(), as (pid, topic name, id): put
-# here by their finalizer (a deque append: no I/O and no lock, safe in
-# whatever thread and call the garbage collector runs it), given back by
-# the next publish or subscribe of that topic in that process. (A
-# subscription's slot holds a lossless topic's oldest message for its
-# readers: on shared memory one dropped gives it back at once; before
-# this, on Redis only its lease's end did, subscriber_timeout later,
-# while publishers waited for room.)
-_dropped: Deque[Tuple[int, str, str]] = collections.deque()
+# Subscriptions dropped without close(): (backend URL, topic name) ->
+# [(pid, id)], noted by their finalizer (a dict and list append: no I/O
+# and no lock, safe in whatever thread and call the garbage collector runs
+# it), taken by the next publish or subscribe of that topic in that
+# process, which unsubscribes them. (A subscription's slot holds a
+# lossless topic's oldest message for its readers: on shared memory one
+# dropped gives it back at once; before this, on Redis only its lease's
+# end did, subscriber_timeout later, while publishers waited for room.)
+# An entry lost (taken and not given back: an interrupt, a connection
+# lost) ends with its lease, as a killed subscriber's.
+_dropped: Dict[Tuple[str, str], List[Tuple[int, str]]] = {}
 
 
-def _note_dropped(pid: int, name: str, sid: str) -> None:
-    _dropped.append((pid, name, sid))
+def _note_dropped(where: Tuple[str, str], pid: int, sid: str) -> None:
+    _dropped.setdefault(where, []).append((pid, sid))
 
 
 class RedisSubscription:
@@ -437,7 +434,8 @@ class RedisSubscription:
         self.lost = 0
         self.undecodable = 0
         self.closed = False
-        self._dropped = weakref.finalize(self, _note_dropped, self._pid, topic._name, sid)
+        self._dropped = weakref.finalize(self, _note_dropped, (topic._bound.url, topic._name),
+                                         self._pid, sid)
         self._dropped.atexit = False    # (the process's end: its lease ends it)
 
     def _read(self, max_messages: int, block: bool, until: Optional[float]) -> List[bytes]:
