@@ -226,6 +226,21 @@ def test_serializer_round_trip_across_processes_through_a_group(make, backend, c
         raw.close()
 
 
+def _consume_past_the_planted_record(log):
+    """A consumer of partition 0 ({"before": 1}, the planted record at 1,
+    {"after": 2}): the first, PoisonRecord at the planted one, and after a
+    seek past it the last."""
+    c = log.consumer("g")
+    try:
+        assert [r.value for r in c.poll(timeout=5)] == [{"before": 1}]
+        with pytest.raises(PoisonRecord):
+            c.poll(timeout=5)
+        c.seek(0, 2)
+        assert [r.value for r in c.poll(timeout=5)] == [{"after": 2}]
+    finally:
+        c.close()
+
+
 def test_serializer_planted_pickle_refused_not_unpickled(make, backend, tmp_path):
     marker = tmp_path / "ran"
     log = make("Log", make.name(), partitions=1, serializer=JSON)
@@ -236,15 +251,7 @@ def test_serializer_planted_pickle_refused_not_unpickled(make, backend, tmp_path
     with pytest.raises(PoisonRecord, match="refusing to unpickle") as info:
         log.read(0, 1, 10)
     assert info.value.offset == 1 and b"system" in info.value.raw
-    c = log.consumer("g")
-    try:
-        assert [r.value for r in c.poll(timeout=5)] == [{"before": 1}]
-        with pytest.raises(PoisonRecord):
-            c.poll(timeout=5)
-        c.seek(0, 2)
-        assert [r.value for r in c.poll(timeout=5)] == [{"after": 2}]
-    finally:
-        c.close()
+    _consume_past_the_planted_record(log)
     assert not marker.exists()
 
 
@@ -272,15 +279,7 @@ def test_redis_record_headers_are_never_unpickled(redis_url, tmp_path, monkeypat
         with pytest.raises(PoisonRecord) as info:
             log.read(0, 1, 10)
         assert info.value.offset == 1
-        c = log.consumer("g")
-        try:
-            assert [r.value for r in c.poll(timeout=5)] == [{"before": 1}]
-            with pytest.raises(PoisonRecord):
-                c.poll(timeout=5)
-            c.seek(0, 2)
-            assert [r.value for r in c.poll(timeout=5)] == [{"after": 2}]
-        finally:
-            c.close()
+        _consume_past_the_planted_record(log)
         assert not marker.exists()
     finally:
         log.unlink()
