@@ -54,10 +54,10 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
     # removed one on shared memory (the mapping stays), and raises
     # SegmentNotFound on Redis (the records are gone with the keys); on
     # both, a log made again under the name starts empty and without
-    # groups. Before, on Redis, the old handle's append made the partition
-    # again (the new log had its record) and its consumer made the group.
-    # (Not covered, and not kept: an old handle used after a log was made
-    # again under the name writes into the new one: docs/guarantees.md.)
+    # groups, and the old handle writes nothing into it. Before, on Redis,
+    # the old handle's append made the partition again (the new log had
+    # its record), its consumer made the group, and after the log was made
+    # again the old handle appended into the new one.
     from pyqueue.errors import SegmentNotFound
     log = make("Log", make.name(), partitions=2)
     p, _ = log.append("a", key="k")
@@ -81,6 +81,42 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
     with pytest.raises(KeyError):
         again.group_offsets("g")                   # no such group
     assert again.append("new", key="k") == (p, 0)
+    if backend.name != "shm":
+        # the old handle, with a log of its name there again: not its log
+        with pytest.raises(SegmentNotFound):
+            log.append("b", key="k")               # a partition the new log made
+        with pytest.raises(SegmentNotFound):
+            log.append("c", key=other)             # one it has not made yet
+        with pytest.raises(SegmentNotFound):
+            log.consumer("g")
+    assert [again.end_offset(q) for q in range(2)] == [1 if q == p else 0 for q in range(2)]
+    assert [r.value for r in again.read(p, 0)] == ["new"]
+    with pytest.raises(KeyError):
+        again.group_offsets("g")
+
+
+def test_a_redis_log_made_without_an_incarnation_id_still_works(redis_url):
+    # A log made by a pyqueue before incarnation ids (no "inc" field in its
+    # meta hash nor in its partitions' hashes) is used as before.
+    import uuid
+    b = pyqueue.connect(redis_url)
+    log = b.Log(name="noinc-" + uuid.uuid4().hex[:8], partitions=2)
+    try:
+        p, _ = log.append("a", key="k")
+        q = 1 - p
+        b.client.hdel(f"pq:{{{log.name}}}:meta", "inc")
+        b.client.hdel(f"pq:{{{log.name}/{p}}}:l.meta", "inc")
+        old = b.Log.open(log.name)
+        other = next(k for k in map(str, range(100)) if old.partition_for(k) == q)
+        assert old.append("b", key="k") == (p, 1)
+        assert old.append("c", key=other) == (q, 0)   # its first append there
+        c = old.consumer("g", auto_offset_reset="earliest")
+        assert sorted(r.value for r in c.poll(timeout=5)) == ["a", "b", "c"]
+        c.close()
+        old.close()
+    finally:
+        log.unlink()
+        log.close()
 
 
 def test_keyless_records_go_round_robin(make):

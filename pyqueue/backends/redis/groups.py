@@ -333,12 +333,9 @@ class RedisGroupTable:
         return name, 0
 
     def _check_log_exists(self) -> None:
-        """SegmentNotFound when the log was removed: a removed log's handle
-        makes no group again (a group's keys are in other slots than the
-        log's meta hash, so its scripts cannot look)."""
-        meta = self._log._meta_key
-        if not self._b.call([meta], "EXISTS", meta):
-            raise SegmentNotFound(f"log {self._log.name!r} was removed from {self._b.url}")
+        """SegmentNotFound when the log this handle opened was removed
+        (RedisLog._check_same_log): its handle makes no group again."""
+        self._log._check_same_log()
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""

@@ -2,11 +2,16 @@
 
 Keys of log NAME:
 
-    pq:{NAME}:meta        hash: kind, partitions, retention, perm
+    pq:{NAME}:meta        hash: kind, partitions, retention, perm, inc (the
+                          log's incarnation id: a log made again under the
+                          name has another; a handle checks that its own is
+                          there before it makes a partition or a group)
     pq:{NAME/P}:l.meta    hash of partition P: next (the next offset),
                           start (the oldest offset kept), bytes (kept);
                           made by the partition's first append, once the
-                          log's meta hash was seen (never for a removed log)
+                          log's meta hash was seen (never for a removed log),
+                          with inc: an append of another log's handle (one
+                          removed since) is refused
     pq:{NAME/P}:l.stream  stream of partition P: the record at offset O has
                           id O-1; fields v (value), t (append time, ms,
                           the server's clock), k (key), h (headers)
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -55,24 +61,27 @@ KIND = "log"
 _BATCH = 1000
 _CLUSTER_WAIT_SLICE = 0.05  # a cluster poller's wait on partitions of several slots
 
+# ARGV[8]: a fresh incarnation id ("inc"): which log of that name a handle
+# opened (a log removed and made again under the name has another; a log
+# made by an earlier pyqueue has none: '').
 _CREATE = """
 local M = KEYS[1]
 if redis.call('EXISTS', M) == 0 then
   if ARGV[1] == 'open' then return false end
   redis.call('HSET', M, 'kind', ARGV[2], 'partitions', ARGV[3], 'retention_bytes', ARGV[4],
-             'retention_ms', ARGV[5], 'perm', ARGV[6], 'custom', ARGV[7])
-  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
+             'retention_ms', ARGV[5], 'perm', ARGV[6], 'custom', ARGV[7], 'inc', ARGV[8])
+  return {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]}
 end
 local m = redis.call('HMGET', M, 'kind', 'partitions', 'retention_bytes', 'retention_ms', 'perm',
-                     'custom')
-return {0, m[1], m[2], m[3], m[4], m[5], m[6] or '0'}
+                     'custom', 'inc')
+return {0, m[1], m[2], m[3], m[4], m[5], m[6] or '0', m[7] or ''}
 """
 
 _HEAD = """
 local PM, S = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local m = redis.call('HMGET', PM, 'next', 'start', 'bytes', 'shutdown')
+local m = redis.call('HMGET', PM, 'next', 'start', 'bytes', 'shutdown', 'inc')
 local nxt, start, bytes = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
 local function size_of(fields)
   local n = 0
@@ -102,12 +111,16 @@ end
 
 # ARGV: retention bytes, retention ms (0: none), key ('' none, else '=' and
 # the key: an empty key is a key), headers ('' none), '1' when the
-# partition may be made here (the caller saw the log's meta hash), values...
-# -> the first offset; -1: the partition is shut down; -2: the partition
-# has no hash yet (its first append; or the log was removed: the caller
-# looks at the log's meta hash, in another slot, and sends '1' or raises
-# SegmentNotFound, so that a handle of a removed log never makes it again)
+# partition may be made here (the caller saw the log's meta hash, with its
+# incarnation), the handle's incarnation id, values... -> the first
+# offset; -1: the partition is shut down; -2: the partition has no hash
+# yet (its first append; or the log was removed: the caller looks at the
+# log's meta hash, in another slot, and sends '1' or raises
+# SegmentNotFound, so that a handle of a removed log never makes it
+# again); -3: the partition is another log's of that name (made again
+# since this handle opened its log: SegmentNotFound)
 _APPEND = _HEAD + """
+if m[5] and m[5] ~= ARGV[6] then return -3 end
 if m[4] then return -1 end
 if not m[1] and ARGV[5] ~= '1' and redis.call('EXISTS', PM) == 0 then return -2 end
 local key, hdr = ARGV[3], ARGV[4]
@@ -120,7 +133,7 @@ if key ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = key:sub(2) en
 if hdr ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = hdr end
 local extra = size_of(fields)
 local call = redis.call
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local v = ARGV[i]
   fields[2] = v
   call('XADD', S, nxt .. '-1', unpack(fields))
@@ -128,7 +141,11 @@ for i = 6, #ARGV do
   nxt = nxt + 1
 end
 expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
-redis.call('HSET', PM, 'next', nxt, 'start', start, 'bytes', bytes)
+if m[1] or ARGV[6] == '' then
+  redis.call('HSET', PM, 'next', nxt, 'start', start, 'bytes', bytes)
+else   -- (made here: which log's it is)
+  redis.call('HSET', PM, 'next', nxt, 'start', start, 'bytes', bytes, 'inc', ARGV[6])
+end
 return first
 """
 
@@ -176,7 +193,7 @@ class RedisLog(RedisHandle):
     value through it both ways, nothing else ever unpickled."""
 
     __slots__ = ("_name", "_closed", "_settings", "_rr", "_rr_pid", "_groups", "_consumers",
-                 "_serializer", "raw_values", "__weakref__")
+                 "_serializer", "raw_values", "_inc", "__weakref__")
     KIND = KIND
     _what = "log"
     _settings: Dict[str, Any]
@@ -211,7 +228,9 @@ class RedisLog(RedisHandle):
         self._serializer = None
         self.raw_values = False      # pyqueue tail: pickles left encoded (RawValue)
         r = self._create_meta(_CREATE, "open" if _open_only else "create",
-                              [parts, capacity, retention or 0, perm, int(serializer is not None)])
+                              [parts, capacity, retention or 0, perm, int(serializer is not None),
+                               secrets.token_hex(8)])
+        self._inc = r[7].decode()
         self._settings = {"partitions": int(r[2]), "capacity": int(r[3]),
                           "retention_ms": int(r[4]) or None, "perm": int(r[5])}
         _shm_log._check_log_serializer(self, serializer, r[6] == b"1", f"log {name!r}")
@@ -296,18 +315,19 @@ class RedisLog(RedisHandle):
             try:
                 first = script(keys=keys[:2], args=[self.capacity_bytes,
                                                     self.retention_ms or 0, karg, hb, b"0",
-                                                    *chunk],
-                               confirm=_wrote)    # (-2 and -1 wrote nothing to confirm)
+                                                    self._inc, *chunk],
+                               confirm=_wrote)    # (what failed wrote nothing to confirm)
                 if first == -2:
                     # The partition's first append, or the log was removed:
-                    # only a log that exists gets the partition made (this
-                    # chunk only: the next one is checked again).
-                    if not self._bound.call([self._meta_key], "EXISTS", self._meta_key):
-                        raise SegmentNotFound(f"log {self._name!r} was removed from "
-                                              f"{self._bound.url}")
+                    # only the log this handle opened gets the partition
+                    # made (this chunk only: the next one is checked again).
+                    self._check_same_log()
                     first = script(keys=keys[:2], args=[self.capacity_bytes,
                                                         self.retention_ms or 0, karg, hb, b"1",
-                                                        *chunk], confirm=_wrote)
+                                                        self._inc, *chunk], confirm=_wrote)
+                if first == -3:
+                    raise SegmentNotFound(f"log {self._name!r} was removed from "
+                                          f"{self._bound.url} (and made again since)")
             except ConnectionLost as e:
                 e.ids = out                # committed; this chunk: all or nothing
                 raise
@@ -532,6 +552,17 @@ class RedisLog(RedisHandle):
     @property
     def _meta_key(self) -> str:
         return key_prefix(self._name) + "meta"
+
+    def _check_same_log(self) -> None:
+        """SegmentNotFound unless the log's meta hash is there and of the
+        log this handle opened (its incarnation id): a removed log's handle
+        makes nothing of it again, nor of a log made again under its name
+        (their keys are in other slots than the meta hash, so their
+        scripts cannot look)."""
+        kind, inc = self._bound.call([self._meta_key], "HMGET", self._meta_key, "kind", "inc")
+        if kind is None or (inc or b"").decode() != self._inc:
+            raise SegmentNotFound(f"log {self._name!r} was removed from {self._bound.url}"
+                                  + ("" if kind is None else " (and made again since)"))
 
     def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"
