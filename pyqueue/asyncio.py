@@ -33,8 +33,8 @@ settlements are coroutines all the same, for the Redis backend's sake.
 from __future__ import annotations
 
 import queue as _queue
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Dict, Generic, Iterable, List, Mapping,
-                    Optional, Tuple, Type, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Dict, Generic,
+                    Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union)
 
 from . import _aio, _api
 from .errors import ShutDown
@@ -57,6 +57,7 @@ __all__ = ["Queue", "JoinableQueue", "Topic", "Subscription", "Log", "Consumer",
 
 T = TypeVar("T")
 _V = TypeVar("_V")  # the message type of the handle a from_sync wraps
+_Item = TypeVar("_Item")  # what an `async for` yields
 
 _READABLE = 0
 _WRITABLE = 1
@@ -339,16 +340,20 @@ class Queue(_Handle, Generic[T]):
         return self._h.stats()  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return self._iterate()
+        return _until_shutdown(self.get)
 
-    async def _iterate(self) -> AsyncIterator[T]:
-        # Ends at a shutdown, as the sync `for m in ...` does.
-        while True:
-            try:
-                item = await self.get()
-            except ShutDown:
-                return
-            yield item
+
+async def _until_shutdown(get: Callable[[], Awaitable[_Item]]) -> AsyncIterator[_Item]:
+    """`async for` over a handle: what get() returns until a shutdown,
+    then the end (as the sync `for` over a queue, a work queue or a
+    subscription)."""
+    while True:
+        try:
+            item = await get()
+        except ShutDown:
+            return
+        yield item
+
 
 class JoinableQueue(Queue[T]):
     """An asyncio handle on a pyqueue.JoinableQueue: task_done() and an
@@ -498,16 +503,8 @@ class Subscription(_Owner, Generic[T]):
         return self._h.lost  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return self._iterate()
+        return _until_shutdown(self.get)
 
-    async def _iterate(self) -> AsyncIterator[T]:
-        # Ends at a shutdown, as the sync `for m in ...` does.
-        while True:
-            try:
-                item = await self.get()
-            except ShutDown:
-                return
-            yield item
 
 class Topic(_Handle, Generic[T]):
     """An asyncio handle on a pyqueue.Topic.
@@ -889,16 +886,8 @@ class WorkQueue(_Handle, Generic[T]):
         return self._h.stats()  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[Delivery[T]]:
-        return self._iterate()
+        return _until_shutdown(self.get)
 
-    async def _iterate(self) -> AsyncIterator[Delivery[T]]:
-        # Ends at a shutdown, as the sync `for d in wq` does.
-        while True:
-            try:
-                d = await self.get()
-            except ShutDown:
-                return
-            yield d
 
 def _log_unmaps(log: Any) -> bool:
     # A directory log's close() unmaps its control file (its event).

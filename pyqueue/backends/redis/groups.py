@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue.backends.redis import ConnectionLost
 from pyqueue.backends.redis._handle import key_prefix
-from pyqueue.errors import PyQueueError, SegmentNotFound
+from pyqueue.errors import PyQueueError
 
 if TYPE_CHECKING:
     from pyqueue.backends.redis.log import RedisLog
@@ -325,17 +325,12 @@ class RedisGroupTable:
         check_group(name)
         self._log._check_open()
         if create:
-            self._check_log_exists()
+            self._log._check_same_log()   # (a removed log's handle makes no group)
             self._b.client.sadd(self._registry, name)
             return name, 0
         if not self._b.client.exists(self.keys(name)[0]):
             return None
         return name, 0
-
-    def _check_log_exists(self) -> None:
-        """SegmentNotFound when the log this handle opened was removed
-        (RedisLog._check_same_log): its handle makes no group again."""
-        self._log._check_same_log()
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
@@ -360,7 +355,7 @@ class RedisGroupTable:
 
     def join(self, g: str, incarnation: Any, timeout: float) -> int:
         session = min(SESSION_TIMEOUT, timeout)
-        self._check_log_exists()
+        self._log._check_same_log()
         while True:
             # Random 52-bit ids (exact in Lua's doubles), not a counter
             # that restarts: a removed member's id then matches nobody
