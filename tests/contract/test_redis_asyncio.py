@@ -190,7 +190,7 @@ def test_cancel_storm_queue(ab, ctx, procs):
             return all(p.exitcode is not None for p in ps) and q.sync.qsize() == 0
 
         async def main():
-            got, cancelled = await _storm(q.get, done, random.Random(12), 1500)
+            got, cancelled = await _storm(q.get, done, random.Random(12), 1500, calm=True)
             # what the last cancelled gets reserved comes first now
             return got + await _drain(q.get), cancelled
 
@@ -223,13 +223,13 @@ def test_cancel_storm_workqueue(ab, ctx, procs, call):
 
         async def main():
             if call == "get":
-                deliveries, cancelled = await _storm(q.get, done, random.Random(7), 1000)
+                deliveries, cancelled = await _storm(q.get, done, random.Random(7), 1000, calm=True)
                 deliveries += await _drain(q.get)
                 for d in deliveries:
                     await d.ack()
                 return [(d.value, d.delivery_count) for d in deliveries], cancelled
             batches, cancelled = await _storm(lambda: q.get_many(7), done,
-                                              random.Random(8), 1000)
+                                              random.Random(8), 1000, calm=True)
             while True:     # what the last cancelled call recorded, then nothing
                 try:
                     batches.append(await q.get_many(7, timeout=0))
@@ -265,7 +265,7 @@ def test_cancel_storm_subscription(ab, ctx, procs):
         def done():
             return p.exitcode is not None and sub.lag == 0
 
-        got, cancelled = asyncio.run(_storm(sub.get, done, random.Random(3), 1000))
+        got, cancelled = asyncio.run(_storm(sub.get, done, random.Random(3), 1000, calm=True))
         assert p.exitcode == 0
         assert cancelled >= 1000
         assert got == list(range(n))  # in order, none lost or repeated
@@ -1324,7 +1324,7 @@ def test_cancel_storm_queue_get_many(ab, ctx, procs):
             return all(p.exitcode is not None for p in ps) and q.sync.qsize() == 0
 
         async def main():
-            got, cancelled = await _storm(lambda: q.get_many(7), done, random.Random(5), 500)
+            got, cancelled = await _storm(lambda: q.get_many(7), done, random.Random(5), 500, calm=True)
             return [m for batch in got for m in batch] + await _drain(q.get), cancelled
 
         got, cancelled = asyncio.run(main())

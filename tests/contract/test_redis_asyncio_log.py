@@ -221,7 +221,7 @@ def test_cancel_storm_read(lg, ctx, procs):
     def done():
         return child.exitcode is not None and state["at"] == N
 
-    got, cancelled = asyncio.run(_storm(get, done, random.Random(5), 1000))
+    got, cancelled = asyncio.run(_storm(get, done, random.Random(5), 1000, calm=True))
     assert child.exitcode == 0
     assert cancelled >= 1000
     assert [x for batch in got for x in batch] == [(i, i) for i in range(N)]
@@ -243,7 +243,7 @@ def test_cancel_storm_poll(lg, ctx, procs):
         return child.exitcode is not None and sum(c.sync.lag().values()) == 0
 
     async def main():
-        got, cancelled = await _storm(get, done, random.Random(11), 1000)
+        got, cancelled = await _storm(get, done, random.Random(11), 1000, calm=True)
         c.commit()
         return got, cancelled
 
