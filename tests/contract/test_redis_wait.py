@@ -50,6 +50,18 @@ def test_with_replicas_every_step_is_confirmed(redis_cluster):
         b.close()
 
 
+def _replication(server):
+    """INFO replication of a server (redis-py over its Unix socket: the
+    waits below poll it, and a redis-cli process per poll, every 2 ms,
+    was most of these tests' CPU)."""
+    import redis
+    r = redis.Redis(unix_socket_path=server.sock, socket_timeout=10)
+    try:
+        return r.info("replication")
+    finally:
+        r.close()
+
+
 @pytest.fixture
 def replicated(tmp_path):
     """(master, replica): two real redis-servers, the replica in sync."""
@@ -61,8 +73,8 @@ def replicated(tmp_path):
     try:
         replica = redis_support.RedisServer(str(tmp_path / "r"), "--replicaof", "127.0.0.1",
                                             str(master.port))
-        assert wait_until(lambda: "master_link_status:up" in redis_support._cli(
-            "-s", replica.sock, "info", "replication").stdout, timeout=30)
+        assert wait_until(lambda: _replication(replica).get("master_link_status") == "up",
+                          timeout=30, interval=0.02)
         yield master, replica
     finally:
         if replica is not None:
@@ -76,16 +88,13 @@ def _caught_up(master, replica):
     replica resumed after a SIGSTOP catches up, and on a busy machine
     (CI's workers side by side) the next step's WAIT of a few hundred ms
     may end before it has."""
-    from tests import redis_support
     from tests._support import wait_until
 
     def offset(server, field):
-        out = redis_support._cli("-s", server.sock, "info", "replication").stdout
-        return next((int(line.split(":")[1]) for line in out.splitlines()
-                     if line.startswith(field + ":")), -1)
+        return int(_replication(server).get(field, -1))
 
     assert wait_until(lambda: offset(replica, "slave_repl_offset")
-                      >= offset(master, "master_repl_offset") > 0, 30)
+                      >= offset(master, "master_repl_offset") > 0, 30, interval=0.02)
 
 
 @contextlib.contextmanager
