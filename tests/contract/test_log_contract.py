@@ -89,6 +89,10 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
             log.append("c", key=other)             # one it has not made yet
         with pytest.raises(SegmentNotFound):
             log.consumer("g")
+        with pytest.raises(SegmentNotFound):
+            log.read(p, 0)                         # not the new log's records
+        with pytest.raises(SegmentNotFound):
+            log.end_offset(p)
     assert [again.end_offset(q) for q in range(2)] == [1 if q == p else 0 for q in range(2)]
     assert [r.value for r in again.read(p, 0)] == ["new"]
     with pytest.raises(KeyError):
@@ -116,6 +120,128 @@ def test_a_redis_log_made_without_an_incarnation_id_still_works(redis_url):
         old.close()
     finally:
         log.unlink()
+        log.close()
+
+
+def _log_keys(b, name):
+    """Every key of log `name` on the server (its partitions' slots too)."""
+    pattern = f"pq:{{{name}*"
+    if b.cluster:
+        return sorted(k.decode() for node in b.client.get_primaries()
+                      for k in b.client.keys(pattern, target_nodes=node))
+    return sorted(k.decode() for k in b.client.keys(pattern))
+
+
+def test_an_append_made_beside_an_unlink_leaves_nothing_of_the_removed_log(redis_url,
+                                                                          monkeypatch):
+    # A partition's first append checks that its log is there (in another
+    # slot), then makes the partition. An unlink that ran in between (the
+    # whole of it here) deleted the partitions before the make: the made
+    # partition is deleted again and the append raises SegmentNotFound.
+    # Before, it was kept, with the removed log's incarnation id: the log
+    # made next under the name read its record, and its own appends to
+    # that partition raised SegmentNotFound.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "race-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=1)
+    bound = type(log)
+    real = bound._check_same_log
+    unlinked = []
+
+    def check_then_unlink(self):
+        real(self)
+        if not unlinked:
+            unlinked.append(1)
+            b.Log.open(name).unlink()      # a real unlink, by another handle
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    with pytest.raises(SegmentNotFound):
+        log.append("stale")
+    monkeypatch.undo()
+    assert unlinked and _log_keys(b, name) == []
+    again = b.Log(name=name, partitions=1)
+    try:
+        assert again.append("new") == (0, 0)
+        assert [r.value for r in again.read(0, 0)] == ["new"]
+    finally:
+        again.unlink()
+        again.close()
+        log.close()
+
+
+def test_an_unlink_under_way_lets_no_handle_make_a_partition_or_a_group(redis_url,
+                                                                         monkeypatch):
+    # unlink() marks the log first: an append that comes while it deletes
+    # (here: its partitions deleted, its meta hash not yet) raises
+    # SegmentNotFound, where it made the partition again (left behind
+    # once the meta hash went), and so does a new consumer.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "underway-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=2)
+    log.append("a", key="k")
+    meta = f"pq:{{{name}}}:meta"
+    real_delete = b.client.delete
+    seen = []
+
+    def delete(*keys):
+        if meta in keys and not seen:      # the unlink's last step, not yet run
+            seen.append(1)
+            for key in ("k", "other", "x", "y"):
+                with pytest.raises(SegmentNotFound, match="being removed"):
+                    log.append("late", key=key)
+            with pytest.raises(SegmentNotFound, match="being removed"):
+                log.consumer("g")
+        return real_delete(*keys)
+
+    monkeypatch.setattr(b.client, "delete", delete)
+    b.Log.open(name).unlink()
+    monkeypatch.undo()
+    assert seen and _log_keys(b, name) == []
+    log.close()
+
+
+@pytest.mark.parametrize("first", ["append", "read", "end_offset", "asyncio_read"])
+def test_a_partition_left_by_a_removed_logs_handle_is_not_the_new_logs(redis_url, first):
+    # A partition that a handle of a removed log left behind (made just
+    # before the unlink's end, its handle killed before it could delete it
+    # again; made by hand here: the log's meta hash deleted under it) is
+    # dropped by the first call of the log made again under the name that
+    # meets it (an append, a read, end_offset), not read as its own nor
+    # refused as another log's.
+    import asyncio
+    import uuid
+    import pyqueue.asyncio as aq
+    b = pyqueue.connect(redis_url)
+    name = "left-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=1)
+    log.append("old")
+    b.client.delete(f"pq:{{{name}}}:meta")
+    again = b.Log(name=name, partitions=1)
+    try:
+        if first == "append":
+            assert again.append("new") == (0, 0)
+        elif first == "read":
+            assert again.read(0, 0, timeout=0) == []
+        elif first == "end_offset":
+            assert (again.start_offset(0), again.end_offset(0)) == (0, 0)
+        else:
+            async def read():
+                h = aq.connect(redis_url).Log.open(name)
+                try:
+                    return await h.read(0, 0, timeout=0)
+                finally:
+                    h.close()
+            assert asyncio.run(read()) == []
+        assert again.end_offset(0) == (1 if first == "append" else 0)
+        assert again.append("new2")[1] == again.end_offset(0) - 1
+        assert [r.value for r in again.read(0, 0)] == ["new", "new2"][2 - again.end_offset(0):]
+    finally:
+        again.unlink()
+        again.close()
         log.close()
 
 

@@ -96,7 +96,7 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         until = _api.deadline(True, timeout)
         b = self._backend()
         while True:
-            r = await _aio.script(b, _rl._READ, keys[:2], [offset, max_records])
+            r = await _aio.script(b, _rl._READ, keys[:2], [offset, max_records, h._inc])
             h._check_open()     # closed under it: nothing handed out
             recs = h._read_reply(partition, offset, r, Record)
             if recs is not None:
@@ -273,7 +273,7 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
                 n = max_records - len(out)
                 try:
                     keys = log._read_keys(p)
-                    r = await _aio.script(b, _rl._READ, keys[:2], [at, n])
+                    r = await _aio.script(b, _rl._READ, keys[:2], [at, n, log._inc])
                     recs = log._read_reply(p, at, r, Record) or []
                     break
                 except ShutDown:

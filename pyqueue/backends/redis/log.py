@@ -5,7 +5,9 @@ Keys of log NAME:
     pq:{NAME}:meta        hash: kind, partitions, retention, perm, inc (the
                           log's incarnation id: a log made again under the
                           name has another; a handle checks that its own is
-                          there before it makes a partition or a group)
+                          there before it makes a partition or a group),
+                          removing (set by unlink() before it deletes
+                          anything: no partition or group is made any more)
     pq:{NAME/P}:l.meta    hash of partition P: next (the next offset),
                           start (the oldest offset kept), bytes (kept);
                           made by the partition's first append, once the
@@ -149,6 +151,31 @@ end
 return first
 """
 
+# KEYS: the partition's meta, stream, shut. ARGV: an incarnation id, 'mine' or
+# 'other'. Deletes the partition when its hash has that id ('mine': a
+# partition this handle made while its log was being removed), or when
+# it has an id that is not that one ('other': a partition left by a
+# removed log's handle, found by the log made again under its name,
+# whose id is ARGV[1]) -> 1 if deleted. Never a partition of another log
+# than the one meant: the id decides, in the partition's own slot.
+_DROP_PART = """
+local inc = redis.call('HGET', KEYS[1], 'inc') or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (ARGV[2] == 'mine' and inc == ARGV[1]) or (ARGV[2] == 'other' and inc ~= ARGV[1]) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the log's meta hash. Marks the log as being removed (unlink's
+# first step; a removed log's meta hash is not made again) -> 1 if marked.
+_MARK_REMOVING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'removing', 1)
+return 1
+"""
+
 # KEYS: the partition's meta, stream, shut -> 1
 _SHUTDOWN_PART = """
 if redis.call('HEXISTS', KEYS[1], 'shutdown') == 0 then
@@ -165,8 +192,11 @@ if n > 0 then redis.call('HSET', PM, 'start', start, 'bytes', bytes) end
 return n
 """
 
-# ARGV: offset, max -> {start, next, shut down (0|1), id, fields, id, fields...}
+# ARGV: offset, max, the handle's incarnation id -> {start, next, shut
+# down (0|1), id, fields, id, fields...}; {-3}: the partition is another
+# log's of that name (see _APPEND)
 _READ = _HEAD + """
+if m[5] and ARGV[3] ~= '' and m[5] ~= ARGV[3] then return {-3} end
 local out = {start, nxt, 0}
 if m[4] then out[3] = 1 end
 local off = tonumber(ARGV[1])
@@ -317,6 +347,14 @@ class RedisLog(RedisHandle):
                                                     self.retention_ms or 0, karg, hb, b"0",
                                                     self._inc, *chunk],
                                confirm=_wrote)    # (what failed wrote nothing to confirm)
+                if first == -3:
+                    # The partition is another log's of this name: this
+                    # handle's log was removed (SegmentNotFound), or the
+                    # partition was left by a handle of a log removed
+                    # before this one was made (dropped: it is this log's
+                    # to make).
+                    self._foreign_partition(partition)
+                    first = -2
                 if first == -2:
                     # The partition's first append, or the log was removed:
                     # only the log this handle opened gets the partition
@@ -325,6 +363,17 @@ class RedisLog(RedisHandle):
                     first = script(keys=keys[:2], args=[self.capacity_bytes,
                                                         self.retention_ms or 0, karg, hb, b"1",
                                                         self._inc, *chunk], confirm=_wrote)
+                    if first >= 0:
+                        # Made here: unless the log is still there (and not
+                        # being removed) after it, an unlink ran between the
+                        # check and the make, and may have deleted the
+                        # partitions before: this one is dropped again, not
+                        # left for the log made next under the name.
+                        try:
+                            self._check_same_log()
+                        except SegmentNotFound:
+                            self._drop_partition(partition, "mine")
+                            raise
                 if first == -3:
                     raise SegmentNotFound(f"log {self._name!r} was removed from "
                                           f"{self._bound.url} (and made again since)")
@@ -360,7 +409,7 @@ class RedisLog(RedisHandle):
         script = self._bound.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
-            r: List[Any] = script(keys=keys[:2], args=[offset, max_records])
+            r: List[Any] = script(keys=keys[:2], args=[offset, max_records, self._inc])
             recs = self._read_reply(partition, offset, r, record)
             if recs is not None:
                 return recs
@@ -387,7 +436,12 @@ class RedisLog(RedisHandle):
                     record: Callable[..., Any]) -> Optional[List[Any]]:
         """The records of a _READ reply r for offset (None: none yet).
         OffsetOutOfRange, or ShutDown at the end of a shut-down partition;
-        pyqueue.asyncio's Redis Log (aio_log.py) reads through it too."""
+        pyqueue.asyncio's Redis Log (aio_log.py) reads through it too.
+        A partition of another log of the name (-3): _foreign_partition,
+        then read as the empty partition it now is."""
+        if int(r[0]) == -3:
+            self._foreign_partition(partition)
+            r = [0, 0, 0]
         start, end = int(r[0]), int(r[1])
         if offset < start or offset > end:
             raise OffsetOutOfRange(
@@ -424,7 +478,11 @@ class RedisLog(RedisHandle):
 
     def _bounds(self, partition: int) -> Tuple[int, int]:
         self._check_open()
-        r = self._bound.client.hmget(self._pkeys(partition)[0], "start", "next")
+        r: List[Any] = self._bound.client.hmget(self._pkeys(partition)[0], "start", "next",
+                                                "inc")
+        if r[2] is not None and self._inc and bytes(r[2]).decode() != self._inc:
+            self._foreign_partition(partition)     # (as a read's: _READ's -3)
+            return 0, 0
         return int(r[0] or 0), int(r[1] or 0)
 
     start_offset = _shm_log.Log.start_offset
@@ -534,13 +592,18 @@ class RedisLog(RedisHandle):
                                          "shutdown") is not None
 
     def unlink(self) -> None:
-        """Remove the log (every partition) from the server. Its meta hash
-        goes last, so that an unlink cut short (a lost connection, a
-        killed process) leaves a log that can be opened and removed
-        again; a handle's append that finds its partition gone afterwards
-        finds the log gone (SegmentNotFound), never makes it again (one
-        that runs while the unlink is under way may)."""
+        """Remove the log (every partition) from the server. First its
+        meta hash is marked (removing): from then on no handle makes a
+        partition or a group of it (SegmentNotFound); a partition a handle
+        made just before is deleted below, or by that handle, which checks
+        the mark after making one. The meta hash goes last, so that an
+        unlink cut short (a lost connection, a killed process) leaves a
+        log that can be opened and removed again (until then, its handles
+        make no partition or group). A handle's append that finds its
+        partition gone afterwards finds the log gone (SegmentNotFound),
+        never makes it again."""
         c = self._bound.client
+        self._bound.script("log_mark_removing", _MARK_REMOVING)(keys=[self._meta_key])
         groups = RedisGroupTable(self)
         raw: Any
         for raw in c.smembers(key_prefix(self._name) + "groups"):
@@ -559,10 +622,29 @@ class RedisLog(RedisHandle):
         makes nothing of it again, nor of a log made again under its name
         (their keys are in other slots than the meta hash, so their
         scripts cannot look)."""
-        kind, inc = self._bound.call([self._meta_key], "HMGET", self._meta_key, "kind", "inc")
+        kind, inc, removing = self._bound.call([self._meta_key], "HMGET", self._meta_key,
+                                               "kind", "inc", "removing")
         if kind is None or (inc or b"").decode() != self._inc:
             raise SegmentNotFound(f"log {self._name!r} was removed from {self._bound.url}"
                                   + ("" if kind is None else " (and made again since)"))
+        if removing is not None:
+            raise SegmentNotFound(f"log {self._name!r} is being removed from {self._bound.url} "
+                                  "(by an unlink() under way, or cut short: unlink() again)")
+
+    def _foreign_partition(self, partition: int) -> None:
+        """A partition whose hash has another log's incarnation id:
+        SegmentNotFound when this handle's log was removed (a log made
+        again under the name has it); else it was left by a removed log's
+        handle, and is dropped."""
+        self._check_same_log()
+        self._drop_partition(partition, "other")
+
+    def _drop_partition(self, partition: int, which: str) -> None:
+        """_DROP_PART of one partition: 'mine' (made by this handle's append
+        while the log was being removed) or 'other' (left by a removed
+        log's handle: never this log's)."""
+        self._bound.script("log_drop_part", _DROP_PART)(
+            keys=self._pkeys(partition), args=[self._inc, which])
 
     def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"
