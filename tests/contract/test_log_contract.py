@@ -204,6 +204,74 @@ def test_an_unlink_under_way_lets_no_handle_make_a_partition_or_a_group(redis_ur
     log.close()
 
 
+def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypatch):
+    # A consumer's join checks that its log is there (in another slot),
+    # then joins (its first join makes the group). An unlink that ran in
+    # between deleted the groups before the join: the group made is
+    # deleted again and consumer() raises SegmentNotFound. Before, the
+    # consumer was made, and its group outlived the log.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "grace-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=2)
+    bound = type(log)
+    real = bound._check_same_log
+    calls = []
+
+    def check_then_unlink(self):
+        calls.append(1)
+        real(self)
+        if len(calls) == 2:     # the join's own check (the first: the group's find)
+            b.Log.open(name).unlink()
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    with pytest.raises(SegmentNotFound):
+        log.consumer("g")
+    monkeypatch.undo()
+    assert len(calls) == 3 and _log_keys(b, name) == []
+    again = b.Log(name=name, partitions=2)
+    try:
+        with pytest.raises(KeyError):
+            again.group_offsets("g")
+    finally:
+        again.unlink()
+        again.close()
+        log.close()
+
+
+@pytest.mark.parametrize("first", ["group_offsets", "consumer"])
+def test_a_group_left_by_a_removed_logs_handle_is_not_the_new_logs(redis_url, first):
+    # A group that a removed log's handle left behind (a join beside the
+    # unlink, its process killed before it deleted the group again; made
+    # by hand here: the log's meta hash and group list deleted under it)
+    # is dropped by the log made again under the name, not taken as its
+    # group with the old commits.
+    import uuid
+    b = pyqueue.connect(redis_url)
+    name = "gleft-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=1)
+    log.append_many(["a", "b", "c"])
+    c = log.consumer("g", auto_offset_reset="earliest")
+    c.commit({0: 2})
+    c.close()
+    b.client.delete(f"pq:{{{name}}}:meta", f"pq:{{{name}}}:groups")
+    again = b.Log(name=name, partitions=1)
+    try:
+        again.append_many(["x", "y"])
+        if first == "group_offsets":
+            with pytest.raises(KeyError):
+                again.group_offsets("g")
+        fresh = again.consumer("g", auto_offset_reset="earliest")
+        assert fresh.committed(0) is None
+        assert [r.value for r in fresh.poll(timeout=5)] == ["x", "y"]
+        fresh.close()
+    finally:
+        again.unlink()
+        again.close()
+        log.close()
+
+
 @pytest.mark.parametrize("first", ["append", "read", "end_offset", "asyncio_read"])
 def test_a_partition_left_by_a_removed_logs_handle_is_not_the_new_logs(redis_url, first):
     # A partition that a handle of a removed log left behind (made just

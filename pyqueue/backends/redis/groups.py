@@ -13,7 +13,10 @@ only these keys; records are read from the partitions directly):
     pq:{N//G}:g.state   hash: gen (the generation), o:P / e:P (owner member id and the epoch
                         at which it got partition P), c:P / t:P (the
                         committed offset of P and the server time of that
-                        commit, ms)
+                        commit, ms), inc (the incarnation id of the log
+                        whose handle made the group: a removed log's
+                        group, left by a join beside the unlink, is never
+                        the group of the log made again under the name)
     pq:{N//G}:g.exp     zset: member id -> poll lease expiry (server ms)
     pq:{N//G}:g.sess    zset: member id -> session lease expiry (server ms)
     pq:{N//G}:g.info    hash: member id -> "poll_ms session_ms pid host"
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from pyqueue.backends.redis import ConnectionLost
 from pyqueue.backends.redis._handle import key_prefix
-from pyqueue.errors import PyQueueError
+from pyqueue.errors import PyQueueError, SegmentNotFound
 
 if TYPE_CHECKING:
     from pyqueue.backends.redis.log import RedisLog
@@ -145,6 +148,11 @@ end
 # session lease ms -> the
 # member id, -1 (full) or -2 (a live member has that id: draw another)
 _JOIN = _HEAD + """
+local inc = redis.call('HGET', S, 'inc')
+if inc and ARGV[8] ~= '' and inc ~= ARGV[8] then return -3 end
+if not inc and ARGV[8] ~= '' and redis.call('EXISTS', S) == 0 then
+  redis.call('HSET', S, 'inc', ARGV[8])     -- (made here: which log's it is)
+end
 local P = tonumber(ARGV[1])
 local gone = remove_gone()
 if redis.call('ZCARD', E) >= tonumber(ARGV[5]) then
@@ -157,6 +165,20 @@ redis.call('HSET', I, id, ARGV[2] .. ' ' .. ARGV[7] .. ' ' .. ARGV[3] .. ' ' .. 
 renew(id)
 rebalance(P)
 return id
+"""
+
+# ARGV: an incarnation id, 'mine' or 'other' (as the Log's _DROP_PART):
+# deletes the group when its state has that id ('mine': made by this
+# handle's join while its log was being removed) or another one ('other':
+# left by a removed log's handle) -> 1 if deleted. A group made by an
+# earlier pyqueue, without an id, is never deleted here.
+_DROP = """
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if inc and ((ARGV[2] == 'mine' and inc == ARGV[1]) or (ARGV[2] == 'other' and inc ~= ARGV[1])) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  return 1
+end
+return 0
 """
 
 # ARGV: partitions, member id
@@ -328,9 +350,22 @@ class RedisGroupTable:
             self._log._check_same_log()   # (a removed log's handle makes no group)
             self._b.client.sadd(self._registry, name)
             return name, 0
+        inc: Any = self._b.client.hget(self.keys(name)[0], "inc")
+        if inc is not None and self._log._inc and inc.decode() != self._log._inc:
+            self._foreign(name)
+            return None
         if not self._b.client.exists(self.keys(name)[0]):
             return None
         return name, 0
+
+    def _foreign(self, g: str) -> None:
+        """A group whose state has another log's incarnation id:
+        SegmentNotFound when this handle's log was removed; else it was
+        left by a removed log's handle (a join beside its unlink, that
+        handle's process killed before it could delete it), and is
+        dropped."""
+        self._log._check_same_log()
+        self._run("drop", _DROP, g, [self._log._inc, "other"])
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
@@ -365,11 +400,23 @@ class RedisGroupTable:
             mid = self._run("join", _JOIN, g, [self._parts, max(1, int(timeout * 1000)),
                                               os.getpid(), self._host, MAX_MEMBERS,
                                               random.SystemRandom().randrange(1, 1 << 52),
-                                              max(1, int(session * 1000))])
+                                              max(1, int(session * 1000)), self._log._inc])
+            if mid == -3:       # another log's group of that name
+                self._foreign(g)
+                continue
             if mid != -2:
                 break
         if mid == -1:
             raise PyQueueError(f"the group has {MAX_MEMBERS} live members already")
+        # Joined (the group made, maybe): unless the log is still there (and
+        # not being removed) after it, an unlink ran between the check above
+        # and the join, and may have deleted the groups before: this one is
+        # deleted again (only if of this handle's log), not left behind.
+        try:
+            self._log._check_same_log()
+        except SegmentNotFound:
+            self._run("drop", _DROP, g, [self._log._inc, "mine"])
+            raise
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
         self._leases[g] = min(session, self._leases.get(g, session))
         self._beat_change((g, int(mid)), session)

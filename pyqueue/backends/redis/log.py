@@ -480,7 +480,7 @@ class RedisLog(RedisHandle):
         self._check_open()
         r: List[Any] = self._bound.client.hmget(self._pkeys(partition)[0], "start", "next",
                                                 "inc")
-        if r[2] is not None and self._inc and bytes(r[2]).decode() != self._inc:
+        if r[2] is not None and self._inc and r[2].decode() != self._inc:
             self._foreign_partition(partition)     # (as a read's: _READ's -3)
             return 0, 0
         return int(r[0] or 0), int(r[1] or 0)
