@@ -204,6 +204,139 @@ def test_an_unlink_under_way_lets_no_handle_make_a_partition_or_a_group(redis_ur
     log.close()
 
 
+def test_dropping_a_left_partition_never_deletes_the_next_logs(redis_url, monkeypatch):
+    # A handle that meets a partition left by a removed log (another id)
+    # checks its own log, then drops that partition - only if it still has
+    # the id it saw. Here, between the check and the drop, its own log is
+    # removed and made again, and the new log's append replaces the left
+    # partition with its own: the drop leaves it, and the handle (of a
+    # removed log now) raises SegmentNotFound. Before (a drop of any id
+    # but the handle's own), the new log's acknowledged record was deleted.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "dropr-" + uuid.uuid4().hex[:8]
+    left = b.Log(name=name, partitions=1)
+    left.append("left")
+    b.client.delete(f"pq:{{{name}}}:meta")          # a partition left behind
+    log = b.Log(name=name, partitions=1)
+    bound = type(log)
+    real = bound._check_same_log
+    made = []
+
+    def check_then_make_again(self):
+        real(self)
+        if self is log and not made:
+            made.append(b.Log.open(name))
+            made[0].unlink()
+            made[0] = b.Log(name=name, partitions=1)
+            assert made[0].append("new") == (0, 0)
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_make_again)
+    with pytest.raises(SegmentNotFound):
+        log.end_offset(0)
+    monkeypatch.undo()
+    again = made[0]
+    try:
+        assert [r.value for r in again.read(0, 0)] == ["new"]
+    finally:
+        again.unlink()
+        for h in (again, log, left):
+            h.close()
+
+
+def test_an_append_whose_check_after_the_make_is_lost_says_it_was_appended(redis_url,
+                                                                          monkeypatch):
+    # The check of the log after a partition's first append is a call of
+    # its own (another slot): lost, the append raises ConnectionLost with
+    # sent=True and the records' ids - they are in - where it raised
+    # sent=False (nothing applied: a caller retrying stored them twice).
+    import uuid
+    from pyqueue.backends.redis import ConnectionLost
+    b = pyqueue.connect(redis_url)
+    name = "lostcheck-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=1)
+    bound = type(log)
+    real = bound._check_same_log
+    calls = []
+
+    def lost_second(self):
+        calls.append(1)
+        if len(calls) == 2:     # the check after the make
+            raise ConnectionLost("the meta hash's node cannot be reached", sent=False)
+        real(self)
+
+    monkeypatch.setattr(bound, "_check_same_log", lost_second)
+    try:
+        with pytest.raises(ConnectionLost) as e:
+            log.append_many(["a", "b"])
+        monkeypatch.undo()
+        assert e.value.sent and e.value.ids == [(0, 0), (0, 1)]
+        assert [r.value for r in log.read(0, 0)] == ["a", "b"]
+    finally:
+        monkeypatch.undo()
+        log.unlink()
+        log.close()
+
+
+def test_unlink_is_not_stopped_by_a_lagging_replica(redis_server):
+    # min_replicas: every step waits for its replicas (NotReplicated when
+    # they lag); unlink's deletes never did, and its first step (the mark)
+    # does not either: with no replica, unlink removes the log.
+    import uuid
+    from pyqueue.backends.redis import RedisBackend
+    name = "unlinkwait-" + uuid.uuid4().hex[:8]
+    plain = pyqueue.connect(redis_server.url)
+    plain.Log(name=name, partitions=2).append("a")
+    waited = RedisBackend(redis_server.url + "?min_replicas=1&wait_timeout=50")
+    try:
+        waited.min_replicas = 0         # opened while the replica kept up
+        h = waited.Log.open(name)
+        waited.min_replicas = 1         # and now it lags (none here)
+        h.unlink()
+        assert _log_keys(plain, name) == []
+    finally:
+        waited.close()
+
+
+def test_a_removed_logs_handle_neither_expires_nor_shuts_down_the_next_log(redis_url):
+    # A handle of a removed log, its settings those of the removed log
+    # (here: retention_ms=1), with a log made again under the name: its
+    # enforce_retention() and shutdown() raise SegmentNotFound, where they
+    # dropped the new log's acknowledged records by the old retention and
+    # shut the new log down. (unlink() still removes the log of the name,
+    # as on shared memory, where it removes the name.)
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "stale-" + uuid.uuid4().hex[:8]
+    old = b.Log(name=name, partitions=2, retention_ms=1)
+    b.Log.open(name).unlink()
+    again = b.Log(name=name, partitions=2)
+    try:
+        ids = again.append_many(["keep"] * 3, key="k")
+        p = ids[0][0]
+        ts = again.read(p, 0)[-1].timestamp
+
+        def server_ms():
+            sec, us = (b.client.get_primaries()[0].redis_connection if b.cluster
+                       else b.client).time()
+            return sec * 1000 + us // 1000
+        # (the records older than the old handle's 1 ms, by the server's clock)
+        assert wait_until(lambda: server_ms() > ts + 2, 5)
+        with pytest.raises(SegmentNotFound):
+            old.enforce_retention()
+        with pytest.raises(SegmentNotFound):
+            old.shutdown()
+        assert not again.is_shutdown
+        assert again.append("more", key="k") == (p, 3)
+        assert (again.start_offset(p), again.end_offset(p)) == (0, 4)
+    finally:
+        again.unlink()
+        again.close()
+        old.close()
+
+
 def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypatch):
     # A consumer's join checks that its log is there (in another slot),
     # then joins (its first join makes the group). An unlink that ran in

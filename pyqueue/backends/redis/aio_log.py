@@ -98,6 +98,9 @@ class RedisLog(_aio._Handle, _aq.Log[Any]):
         while True:
             r = await _aio.script(b, _rl._READ, keys[:2], [offset, max_records, h._inc])
             h._check_open()     # closed under it: nothing handed out
+            if int(r[0]) == -3:     # another log's partition (a plain call: rare)
+                h._foreign_partition(partition)
+                continue
             recs = h._read_reply(partition, offset, r, Record)
             if recs is not None:
                 return recs
@@ -274,6 +277,9 @@ class RedisConsumer(_aio._Handle, _aq.Consumer):
                 try:
                     keys = log._read_keys(p)
                     r = await _aio.script(b, _rl._READ, keys[:2], [at, n, log._inc])
+                    if int(r[0]) == -3:     # another log's partition (a plain call: rare)
+                        log._foreign_partition(p)
+                        continue
                     recs = log._read_reply(p, at, r, Record) or []
                     break
                 except ShutDown:

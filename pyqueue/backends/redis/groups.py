@@ -167,14 +167,13 @@ rebalance(P)
 return id
 """
 
-# ARGV: an incarnation id, 'mine' or 'other' (as the Log's _DROP_PART):
-# deletes the group when its state has that id ('mine': made by this
-# handle's join while its log was being removed) or another one ('other':
-# left by a removed log's handle) -> 1 if deleted. A group made by an
+# ARGV: an incarnation id (not ''), as the Log's _DROP_PART: deletes the
+# group when its state has exactly that id -> 1 if deleted (made by this
+# handle's join while its log was being removed: its own id; left by a
+# removed log's handle: the id the caller saw there). A group made by an
 # earlier pyqueue, without an id, is never deleted here.
 _DROP = """
-local inc = redis.call('HGET', KEYS[1], 'inc')
-if inc and ((ARGV[2] == 'mine' and inc == ARGV[1]) or (ARGV[2] == 'other' and inc ~= ARGV[1])) then
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'inc') == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
   return 1
 end
@@ -350,22 +349,26 @@ class RedisGroupTable:
             self._log._check_same_log()   # (a removed log's handle makes no group)
             self._b.client.sadd(self._registry, name)
             return name, 0
-        inc: Any = self._b.client.hget(self.keys(name)[0], "inc")
-        if inc is not None and self._log._inc and inc.decode() != self._log._inc:
-            self._foreign(name)
-            return None
+        while True:
+            inc: Any = self._b.client.hget(self.keys(name)[0], "inc")
+            if inc is None or not self._log._inc or inc.decode() == self._log._inc:
+                break
+            self._foreign(name)     # (then looked at again)
         if not self._b.client.exists(self.keys(name)[0]):
             return None
         return name, 0
 
     def _foreign(self, g: str) -> None:
-        """A group whose state has another log's incarnation id:
-        SegmentNotFound when this handle's log was removed; else it was
-        left by a removed log's handle (a join beside its unlink, that
-        handle's process killed before it could delete it), and is
-        dropped."""
+        """A group whose state had another log's incarnation id (the caller
+        saw it): SegmentNotFound when this handle's log was removed; else
+        it was left by a removed log's handle (a join beside its unlink,
+        that handle's process killed before it could delete it), and is
+        dropped - only if it still has the id read here, first."""
+        seen: Any = self._b.client.hget(self.keys(g)[0], "inc")
+        if seen is None or seen.decode() == self._log._inc:
+            return
         self._log._check_same_log()
-        self._run("drop", _DROP, g, [self._log._inc, "other"])
+        self._run("drop", _DROP, g, [seen.decode()])
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
@@ -415,7 +418,7 @@ class RedisGroupTable:
         try:
             self._log._check_same_log()
         except SegmentNotFound:
-            self._run("drop", _DROP, g, [self._log._inc, "mine"])
+            self._run("drop", _DROP, g, [self._log._inc])
             raise
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
         self._leases[g] = min(session, self._leases.get(g, session))

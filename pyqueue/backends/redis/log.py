@@ -151,17 +151,15 @@ end
 return first
 """
 
-# KEYS: the partition's meta, stream, shut. ARGV: an incarnation id, 'mine' or
-# 'other'. Deletes the partition when its hash has that id ('mine': a
-# partition this handle made while its log was being removed), or when
-# it has an id that is not that one ('other': a partition left by a
-# removed log's handle, found by the log made again under its name,
-# whose id is ARGV[1]) -> 1 if deleted. Never a partition of another log
-# than the one meant: the id decides, in the partition's own slot.
+# KEYS: the partition's meta, stream, shut. ARGV: an incarnation id (not
+# ''). Deletes the partition when its hash has exactly that id -> 1 if
+# deleted: a partition this handle made while its log was being removed
+# (its own id), or one left by a removed log's handle, found by the log
+# made again under the name (the id it saw there: a partition made since
+# by the new log has another, and is never deleted by a call that saw the
+# old one).
 _DROP_PART = """
-local inc = redis.call('HGET', KEYS[1], 'inc') or ''
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if (ARGV[2] == 'mine' and inc == ARGV[1]) or (ARGV[2] == 'other' and inc ~= ARGV[1]) then
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'inc') == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return 1
 end
@@ -170,23 +168,33 @@ return 0
 
 # KEYS: the log's meta hash. Marks the log as being removed (unlink's
 # first step; a removed log's meta hash is not made again) -> 1 if marked.
+# Sent as a plain EVAL (no WAIT under min_replicas: an unlink is not
+# stopped half-way by a lagging replica).
 _MARK_REMOVING = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'removing', 1)
 return 1
 """
 
-# KEYS: the partition's meta, stream, shut -> 1
+# KEYS: the partition's meta, stream, shut; ARGV: the handle's incarnation
+# id -> 1; -3: the partition is another log's of that name (_APPEND)
 _SHUTDOWN_PART = """
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if inc and ARGV[1] ~= '' and inc ~= ARGV[1] then return -3 end
 if redis.call('HEXISTS', KEYS[1], 'shutdown') == 0 then
+  if not inc and ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('HSET', KEYS[1], 'inc', ARGV[1])   -- (made here: which log's it is)
+  end
   redis.call('HSET', KEYS[1], 'shutdown', 1)
   redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 'x', 1)
 end
 return 1
 """
 
-# ARGV: retention bytes, retention ms -> records dropped
+# ARGV: retention bytes, retention ms, the handle's incarnation id ->
+# records dropped; -3: the partition is another log's of that name
 _EXPIRE = _HEAD + """
+if m[5] and ARGV[3] ~= '' and m[5] ~= ARGV[3] then return -3 end
 local n = expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
 if n > 0 then redis.call('HSET', PM, 'start', start, 'bytes', bytes) end
 return n
@@ -372,8 +380,16 @@ class RedisLog(RedisHandle):
                         try:
                             self._check_same_log()
                         except SegmentNotFound:
-                            self._drop_partition(partition, "mine")
+                            self._drop_partition(partition, self._inc)
                             raise
+                        except ConnectionLost as e:
+                            # (the chunk is in: said, with its ids)
+                            out += [(partition, first + j) for j in range(len(chunk))]
+                            raise ConnectionLost(
+                                f"log {self._name!r}: the records were appended (offsets "
+                                f"{first} to {first + len(chunk) - 1} of partition "
+                                f"{partition}); the check of the log after making the "
+                                f"partition was lost: {e}", sent=True, ids=out) from e
                 if first == -3:
                     raise SegmentNotFound(f"log {self._name!r} was removed from "
                                           f"{self._bound.url} (and made again since)")
@@ -410,6 +426,9 @@ class RedisLog(RedisHandle):
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
             r: List[Any] = script(keys=keys[:2], args=[offset, max_records, self._inc])
+            if int(r[0]) == -3:
+                self._foreign_partition(partition)
+                continue        # (read again: the partition is this log's now, or none)
             recs = self._read_reply(partition, offset, r, record)
             if recs is not None:
                 return recs
@@ -437,11 +456,8 @@ class RedisLog(RedisHandle):
         """The records of a _READ reply r for offset (None: none yet).
         OffsetOutOfRange, or ShutDown at the end of a shut-down partition;
         pyqueue.asyncio's Redis Log (aio_log.py) reads through it too.
-        A partition of another log of the name (-3): _foreign_partition,
-        then read as the empty partition it now is."""
-        if int(r[0]) == -3:
-            self._foreign_partition(partition)
-            r = [0, 0, 0]
+        (A -3 reply, a partition of another log of the name, is the
+        caller's: _foreign_partition, then the read again.)"""
         start, end = int(r[0]), int(r[1])
         if offset < start or offset > end:
             raise OffsetOutOfRange(
@@ -478,12 +494,12 @@ class RedisLog(RedisHandle):
 
     def _bounds(self, partition: int) -> Tuple[int, int]:
         self._check_open()
-        r: List[Any] = self._bound.client.hmget(self._pkeys(partition)[0], "start", "next",
-                                                "inc")
-        if r[2] is not None and self._inc and r[2].decode() != self._inc:
+        while True:
+            r: List[Any] = self._bound.client.hmget(self._pkeys(partition)[0], "start",
+                                                    "next", "inc")
+            if r[2] is None or not self._inc or r[2].decode() == self._inc:
+                return int(r[0] or 0), int(r[1] or 0)
             self._foreign_partition(partition)     # (as a read's: _READ's -3)
-            return 0, 0
-        return int(r[0] or 0), int(r[1] or 0)
 
     start_offset = _shm_log.Log.start_offset
     end_offset = _shm_log.Log.end_offset
@@ -491,9 +507,16 @@ class RedisLog(RedisHandle):
     def enforce_retention(self) -> int:
         """Drop the records older than retention_ms now: the count dropped."""
         script = self._bound.script("log_expire", _EXPIRE)
-        return sum(int(script(keys=self._pkeys(p), args=[self.capacity_bytes,
-                                                         self.retention_ms or 0]))
-                   for p in range(self.partitions))
+        n = 0
+        for p in range(self.partitions):
+            while True:
+                r = int(script(keys=self._pkeys(p), args=[self.capacity_bytes,
+                                                          self.retention_ms or 0, self._inc]))
+                if r != -3:
+                    break
+                self._foreign_partition(p)
+            n += r
+        return n
 
     # ---- consumer groups: pyqueue.Log's methods over a RedisGroupTable ----
 
@@ -578,10 +601,12 @@ class RedisLog(RedisHandle):
             raise ValueError("Log.shutdown(immediate=True) is not supported: a log keeps every "
                              "record it committed; shutdown() stops appends and ends reads "
                              "at the end offset")
+        self._check_same_log()      # (a removed log's handle shuts nothing down)
         script = self._bound.script("log_shutdown_part", _SHUTDOWN_PART)
         for p in range(self.partitions):
             k = self._pkeys(p)
-            script(keys=[k[0], k[1], k[2]])
+            while script(keys=[k[0], k[1], k[2]], args=[self._inc]) == -3:
+                self._foreign_partition(p)
         # Last: a process that sees is_shutdown finds every partition refusing.
         self._bound.client.hset(key_prefix(self._name) + "meta", "shutdown", 1)
 
@@ -601,9 +626,13 @@ class RedisLog(RedisHandle):
         log that can be opened and removed again (until then, its handles
         make no partition or group). A handle's append that finds its
         partition gone afterwards finds the log gone (SegmentNotFound),
-        never makes it again."""
+        never makes it again. It removes the log of the name, as on shared
+        memory (where it removes the name): a removed log's handle removes
+        the log made again under the name. The mark is a plain command (no
+        WAIT under min_replicas, as the deletes: a lagging replica does not
+        stop an unlink half-way)."""
         c = self._bound.client
-        self._bound.script("log_mark_removing", _MARK_REMOVING)(keys=[self._meta_key])
+        self._bound.call([self._meta_key], "EVAL", _MARK_REMOVING, 1, self._meta_key)
         groups = RedisGroupTable(self)
         raw: Any
         for raw in c.smembers(key_prefix(self._name) + "groups"):
@@ -632,19 +661,23 @@ class RedisLog(RedisHandle):
                                   "(by an unlink() under way, or cut short: unlink() again)")
 
     def _foreign_partition(self, partition: int) -> None:
-        """A partition whose hash has another log's incarnation id:
-        SegmentNotFound when this handle's log was removed (a log made
-        again under the name has it); else it was left by a removed log's
-        handle, and is dropped."""
+        """A partition whose hash had another log's incarnation id (the
+        caller saw it): SegmentNotFound when this handle's log was removed
+        (a log made again under the name has that id); else it was left by
+        a removed log's handle, and is dropped - only if it still has the
+        id read here, first (one made meanwhile by this log is kept). The
+        caller then looks again."""
+        seen: Any = self._bound.client.hget(self._pkeys(partition)[0], "inc")
+        if seen is None or seen.decode() == self._inc:
+            return          # dropped or made again meanwhile: this log's, or none
         self._check_same_log()
-        self._drop_partition(partition, "other")
+        self._drop_partition(partition, seen.decode())
 
-    def _drop_partition(self, partition: int, which: str) -> None:
-        """_DROP_PART of one partition: 'mine' (made by this handle's append
-        while the log was being removed) or 'other' (left by a removed
-        log's handle: never this log's)."""
+    def _drop_partition(self, partition: int, inc: str) -> None:
+        """_DROP_PART: the partition deleted if its hash has exactly the
+        incarnation id inc."""
         self._bound.script("log_drop_part", _DROP_PART)(
-            keys=self._pkeys(partition), args=[self._inc, which])
+            keys=self._pkeys(partition), args=[inc])
 
     def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"
