@@ -337,6 +337,166 @@ def test_a_removed_logs_handle_neither_expires_nor_shuts_down_the_next_log(redis
         old.close()
 
 
+def test_a_shutdown_beside_an_unlink_leaves_the_name_usable(redis_url, monkeypatch):
+    # shutdown() checks its log, flags each partition, then the meta hash.
+    # An unlink that ran after the check: the flag is not set on a meta
+    # hash made of it alone (no open could read the name any more), the
+    # partitions' flags made after the unlink go again, and shutdown()
+    # raises SegmentNotFound; the log made next under the name is neither
+    # shut down nor refusing appends.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "shutrace-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=2)
+    log.append("a", key="k")
+    bound = type(log)
+    real = bound._check_same_log
+    done = []
+
+    def check_then_unlink(self):
+        real(self)
+        if self is log and not done:
+            done.append(1)
+            b.Log.open(name).unlink()
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    with pytest.raises(SegmentNotFound):
+        log.shutdown()
+    monkeypatch.undo()
+    assert done and _log_keys(b, name) == []
+    again = b.Log(name=name, partitions=2)
+    try:
+        assert not again.is_shutdown
+        assert [again.append(i, key=str(i))[1] for i in range(6)].count(0) == 2   # both
+    finally:
+        again.unlink()
+        again.close()
+        log.close()
+
+
+def test_a_drop_is_not_held_up_by_a_lagging_replica(redis_server):
+    # min_replicas with no replica: an append that meets a left partition
+    # drops it (a plain command), then appends (a step: applied, and
+    # NotReplicated). Before, the drop was a step: NotReplicated came from
+    # it, with nothing appended.
+    import uuid
+    from pyqueue.backends.redis import NotReplicated, RedisBackend
+    name = "dropwait-" + uuid.uuid4().hex[:8]
+    plain = pyqueue.connect(redis_server.url)
+    plain.Log(name=name, partitions=1).append("left")
+    plain.client.delete(f"pq:{{{name}}}:meta")
+    again = plain.Log(name=name, partitions=1)
+    waited = RedisBackend(redis_server.url + "?min_replicas=1&wait_timeout=50")
+    try:
+        waited.min_replicas = 0         # opened while the replica kept up
+        h = waited.Log.open(name)
+        waited.min_replicas = 1         # and now it lags (none here)
+        with pytest.raises(NotReplicated):
+            h.append("new")
+        assert [r.value for r in again.read(0, 0)] == ["new"]
+    finally:
+        again.unlink()
+        again.close()
+        waited.close()
+
+
+@pytest.mark.parametrize("how", ["read", "asyncio_read", "group"])
+def test_a_partition_or_group_made_under_a_drop_is_found(redis_url, monkeypatch, how):
+    # A handle meets a partition (or group) left by a removed log, checks
+    # its log, and while it does another handle of its log drops the left
+    # one and makes its own, with records (commits): the handle looks
+    # again after its drop (which deletes nothing: not the id it saw) and
+    # finds them, where it took the partition for empty (an offset past 0:
+    # OffsetOutOfRange) and the group for none (KeyError).
+    import asyncio
+    import uuid
+    import pyqueue.asyncio as aq
+    b = pyqueue.connect(redis_url)
+    name = "under-" + uuid.uuid4().hex[:8]
+    left = b.Log(name=name, partitions=1)
+    left.append("left")
+    if how == "group":
+        left.consumer("g").close()
+    b.client.delete(f"pq:{{{name}}}:meta")
+    log = b.Log(name=name, partitions=1)
+    other = b.Log.open(name)
+    bound = type(log)
+    real = bound._check_same_log
+    done = []
+
+    def check_then_make(self):
+        real(self)
+        if self is log and not done:
+            done.append(1)
+            other.append_many(["r0", "r1"])
+            if how == "group":
+                c = other.consumer("g", auto_offset_reset="earliest")
+                c.commit({0: 1})
+                c.close()
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_make)
+    try:
+        if how == "read":
+            got = [r.value for r in log.read(0, 1)]
+        elif how == "asyncio_read":
+            async def read():
+                h = aq.Log.from_sync(log)       # (closed with log, below)
+                return [r.value for r in await h.read(0, 1)]
+            got = asyncio.run(read())
+        else:
+            got = [log.group_offsets("g")[0]["committed"]]
+        assert done
+        assert got == ([1] if how == "group" else ["r1"])
+    finally:
+        monkeypatch.undo()
+        log.unlink()
+        for h in (log, other, left):
+            h.close()
+
+
+def test_dropping_a_left_group_never_deletes_the_next_logs(redis_url, monkeypatch):
+    # As test_dropping_a_left_partition_never_deletes_the_next_logs, for a
+    # consumer group: the handle's log removed and made again between its
+    # check and its drop, the new log's group (a live member, a commit)
+    # made meanwhile is kept.
+    import uuid
+    from pyqueue.errors import SegmentNotFound
+    b = pyqueue.connect(redis_url)
+    name = "gdropr-" + uuid.uuid4().hex[:8]
+    left = b.Log(name=name, partitions=1)
+    left.consumer("g").close()
+    b.client.delete(f"pq:{{{name}}}:meta")
+    log = b.Log(name=name, partitions=1)
+    bound = type(log)
+    real = bound._check_same_log
+    made = []
+
+    def check_then_make_again(self):
+        real(self)
+        if self is log and not made:
+            made.append(1)
+            b.Log.open(name).unlink()
+            made[0] = b.Log(name=name, partitions=1)
+            made[0].append("x")
+            made.append(made[0].consumer("g", auto_offset_reset="earliest"))
+            made[1].commit({0: 1})
+
+    monkeypatch.setattr(bound, "_check_same_log", check_then_make_again)
+    with pytest.raises(SegmentNotFound):
+        log.group_offsets("g")
+    monkeypatch.undo()
+    again, member = made
+    try:
+        assert again.group_offsets("g")[0]["committed"] == 1
+        member.commit({0: 1})           # still a member
+    finally:
+        member.close()
+        again.unlink()
+        for h in (again, log, left):
+            h.close()
+
+
 def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypatch):
     # A consumer's join checks that its log is there (in another slot),
     # then joins (its first join makes the group). An unlink that ran in

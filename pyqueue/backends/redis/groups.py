@@ -358,6 +358,13 @@ class RedisGroupTable:
             return None
         return name, 0
 
+    def _drop(self, g: str, inc: str) -> None:
+        """_DROP, as a plain EVAL (no WAIT under min_replicas: as the Log's
+        _drop_partition)."""
+        self._log._check_open()
+        keys = self.keys(g)
+        self._b.call(keys, "EVAL", _DROP, len(keys), *keys, inc)
+
     def _foreign(self, g: str) -> None:
         """A group whose state had another log's incarnation id (the caller
         saw it): SegmentNotFound when this handle's log was removed; else
@@ -368,7 +375,7 @@ class RedisGroupTable:
         if seen is None or seen.decode() == self._log._inc:
             return
         self._log._check_same_log()
-        self._run("drop", _DROP, g, [seen.decode()])
+        self._drop(g, seen.decode())
 
     def names(self) -> List[Tuple[str, str]]:
         """[(name, name)] of the groups that exist."""
@@ -418,7 +425,7 @@ class RedisGroupTable:
         try:
             self._log._check_same_log()
         except SegmentNotFound:
-            self._run("drop", _DROP, g, [self._log._inc])
+            self._drop(g, self._log._inc)
             raise
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
         self._leases[g] = min(session, self._leases.get(g, session))

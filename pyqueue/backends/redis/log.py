@@ -191,6 +191,19 @@ end
 return 1
 """
 
+# KEYS: the log's meta hash; ARGV: the handle's incarnation id. The
+# shutdown's last step: the flag set only on the handle's own log, there
+# and not being removed -> 1; 0: not (a shutdown beside an unlink set it
+# on a meta hash made of that flag alone, which no open could read, or on
+# the log made again under the name). A plain EVAL, as the HSET it
+# replaces (no WAIT).
+_SHUTDOWN_META = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'inc', 'removing')
+if not m[1] or m[3] or (m[2] or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'shutdown', 1)
+return 1
+"""
+
 # ARGV: retention bytes, retention ms, the handle's incarnation id ->
 # records dropped; -3: the partition is another log's of that name
 _EXPIRE = _HEAD + """
@@ -608,7 +621,16 @@ class RedisLog(RedisHandle):
             while script(keys=[k[0], k[1], k[2]], args=[self._inc]) == -3:
                 self._foreign_partition(p)
         # Last: a process that sees is_shutdown finds every partition refusing.
-        self._bound.client.hset(key_prefix(self._name) + "meta", "shutdown", 1)
+        if not self._bound.call([self._meta_key], "EVAL", _SHUTDOWN_META, 1, self._meta_key,
+                                self._inc):
+            # The log was removed (or is being removed) under this call: the
+            # partitions' flags it set, made after the unlink deleted them,
+            # go again (only with this log's id), not left to the next log.
+            if self._inc:
+                for p in range(self.partitions):
+                    self._drop_partition(p, self._inc)
+            raise SegmentNotFound(f"log {self._name!r} was removed from {self._bound.url} "
+                                  "(under its shutdown)")
 
     @property
     def is_shutdown(self) -> bool:
@@ -675,9 +697,12 @@ class RedisLog(RedisHandle):
 
     def _drop_partition(self, partition: int, inc: str) -> None:
         """_DROP_PART: the partition deleted if its hash has exactly the
-        incarnation id inc."""
-        self._bound.script("log_drop_part", _DROP_PART)(
-            keys=self._pkeys(partition), args=[inc])
+        incarnation id inc. A plain EVAL (no WAIT under min_replicas: a
+        lagging replica must not fail the call that drops a left partition
+        before it does its own step - an append would raise NotReplicated
+        with nothing appended)."""
+        keys = self._pkeys(partition)
+        self._bound.call(keys, "EVAL", _DROP_PART, len(keys), *keys, inc)
 
     def __repr__(self) -> str:
         return f"<pyqueue.Log {self._name!r} {'closed' if self._closed else 'open'}>"
