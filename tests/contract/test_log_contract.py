@@ -497,6 +497,38 @@ def test_dropping_a_left_group_never_deletes_the_next_logs(redis_url, monkeypatc
             h.close()
 
 
+def test_a_join_whose_check_after_it_is_lost_leaves_no_member(redis_url, monkeypatch):
+    # The check of the log after a join is a call of its own (another
+    # slot): lost, consumer() raises, and the member it made leaves again,
+    # instead of holding its partitions, heartbeat by nobody, for its
+    # session (10 s).
+    import uuid
+    from pyqueue.backends.redis import ConnectionLost
+    b = pyqueue.connect(redis_url)
+    name = "lostjoin-" + uuid.uuid4().hex[:8]
+    log = b.Log(name=name, partitions=2)
+    bound = type(log)
+    real = bound._check_same_log
+    calls = []
+
+    def lost_third(self):
+        calls.append(1)
+        if len(calls) == 3:     # find's, the join's, then the one after the join
+            raise ConnectionLost("the meta hash's node cannot be reached", sent=False)
+        real(self)
+
+    monkeypatch.setattr(bound, "_check_same_log", lost_third)
+    try:
+        with pytest.raises(ConnectionLost):
+            log.consumer("g")
+        monkeypatch.undo()
+        assert len(calls) == 3 and log.group_members("g") == []
+    finally:
+        monkeypatch.undo()
+        log.unlink()
+        log.close()
+
+
 def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypatch):
     # A consumer's join checks that its log is there (in another slot),
     # then joins (its first join makes the group). An unlink that ran in

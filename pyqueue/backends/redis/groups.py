@@ -427,6 +427,15 @@ class RedisGroupTable:
         except SegmentNotFound:
             self._drop(g, self._log._inc)
             raise
+        except BaseException:
+            # The check lost (its node unreachable, an interrupt): the
+            # member leaves again, best effort, rather than hold its
+            # partitions, heartbeat by nobody, until its session runs out.
+            try:
+                self._run("leave", _LEAVE, g, [self._parts, int(mid)])
+            except Exception:
+                pass        # (then its lease ends it, as a member whose join reply was lost)
+            raise
         self._b.client.sadd(self._registry, g)   # listed (again, after a delete)
         self._leases[g] = min(session, self._leases.get(g, session))
         self._beat_change((g, int(mid)), session)
