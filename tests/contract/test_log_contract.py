@@ -132,6 +132,31 @@ def _log_keys(b, name):
     return sorted(k.decode() for k in b.client.keys(pattern))
 
 
+def _on_check(monkeypatch, handle, at, then=None, fail=None):
+    """Makes `handle`'s at-th check of its log (RedisLog._check_same_log,
+    a call of its own: the log's meta hash is in another slot than its
+    partitions and groups) the real check followed by then() (another
+    handle's real unlink, say: a schedule, not a stand-in), or raise
+    `fail` instead (a lost connection). Other handles' checks run as they
+    are. -> the list of handle's checks, one item each."""
+    bound = type(handle)
+    real = bound._check_same_log
+    calls = []
+
+    def check(self):
+        if self is not handle:
+            return real(self)
+        calls.append(1)
+        if len(calls) == at and fail is not None:
+            raise fail
+        real(self)
+        if len(calls) == at and then is not None:
+            then()
+
+    monkeypatch.setattr(bound, "_check_same_log", check)
+    return calls
+
+
 def test_an_append_made_beside_an_unlink_leaves_nothing_of_the_removed_log(redis_url,
                                                                           monkeypatch):
     # A partition's first append checks that its log is there (in another
@@ -146,21 +171,12 @@ def test_an_append_made_beside_an_unlink_leaves_nothing_of_the_removed_log(redis
     b = pyqueue.connect(redis_url)
     name = "race-" + uuid.uuid4().hex[:8]
     log = b.Log(name=name, partitions=1)
-    bound = type(log)
-    real = bound._check_same_log
-    unlinked = []
-
-    def check_then_unlink(self):
-        real(self)
-        if not unlinked:
-            unlinked.append(1)
-            b.Log.open(name).unlink()      # a real unlink, by another handle
-
-    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    # (a real unlink, by another handle)
+    calls = _on_check(monkeypatch, log, 1, then=lambda: b.Log.open(name).unlink())
     with pytest.raises(SegmentNotFound):
         log.append("stale")
     monkeypatch.undo()
-    assert unlinked and _log_keys(b, name) == []
+    assert len(calls) == 2 and _log_keys(b, name) == []
     again = b.Log(name=name, partitions=1)
     try:
         assert again.append("new") == (0, 0)
@@ -220,19 +236,14 @@ def test_dropping_a_left_partition_never_deletes_the_next_logs(redis_url, monkey
     left.append("left")
     b.client.delete(f"pq:{{{name}}}:meta")          # a partition left behind
     log = b.Log(name=name, partitions=1)
-    bound = type(log)
-    real = bound._check_same_log
     made = []
 
-    def check_then_make_again(self):
-        real(self)
-        if self is log and not made:
-            made.append(b.Log.open(name))
-            made[0].unlink()
-            made[0] = b.Log(name=name, partitions=1)
-            assert made[0].append("new") == (0, 0)
+    def make_again():
+        b.Log.open(name).unlink()
+        made.append(b.Log(name=name, partitions=1))
+        assert made[0].append("new") == (0, 0)
 
-    monkeypatch.setattr(bound, "_check_same_log", check_then_make_again)
+    _on_check(monkeypatch, log, 1, then=make_again)
     with pytest.raises(SegmentNotFound):
         log.end_offset(0)
     monkeypatch.undo()
@@ -256,17 +267,9 @@ def test_an_append_whose_check_after_the_make_is_lost_says_it_was_appended(redis
     b = pyqueue.connect(redis_url)
     name = "lostcheck-" + uuid.uuid4().hex[:8]
     log = b.Log(name=name, partitions=1)
-    bound = type(log)
-    real = bound._check_same_log
-    calls = []
-
-    def lost_second(self):
-        calls.append(1)
-        if len(calls) == 2:     # the check after the make
-            raise ConnectionLost("the meta hash's node cannot be reached", sent=False)
-        real(self)
-
-    monkeypatch.setattr(bound, "_check_same_log", lost_second)
+    # (the second: the check after the make)
+    _on_check(monkeypatch, log, 2,
+              fail=ConnectionLost("the meta hash's node cannot be reached", sent=False))
     try:
         with pytest.raises(ConnectionLost) as e:
             log.append_many(["a", "b"])
@@ -350,21 +353,11 @@ def test_a_shutdown_beside_an_unlink_leaves_the_name_usable(redis_url, monkeypat
     name = "shutrace-" + uuid.uuid4().hex[:8]
     log = b.Log(name=name, partitions=2)
     log.append("a", key="k")
-    bound = type(log)
-    real = bound._check_same_log
-    done = []
-
-    def check_then_unlink(self):
-        real(self)
-        if self is log and not done:
-            done.append(1)
-            b.Log.open(name).unlink()
-
-    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    calls = _on_check(monkeypatch, log, 1, then=lambda: b.Log.open(name).unlink())
     with pytest.raises(SegmentNotFound):
         log.shutdown()
     monkeypatch.undo()
-    assert done and _log_keys(b, name) == []
+    assert calls and _log_keys(b, name) == []
     again = b.Log(name=name, partitions=2)
     try:
         assert not again.is_shutdown
@@ -421,21 +414,15 @@ def test_a_partition_or_group_made_under_a_drop_is_found(redis_url, monkeypatch,
     b.client.delete(f"pq:{{{name}}}:meta")
     log = b.Log(name=name, partitions=1)
     other = b.Log.open(name)
-    bound = type(log)
-    real = bound._check_same_log
-    done = []
 
-    def check_then_make(self):
-        real(self)
-        if self is log and not done:
-            done.append(1)
-            other.append_many(["r0", "r1"])
-            if how == "group":
-                c = other.consumer("g", auto_offset_reset="earliest")
-                c.commit({0: 1})
-                c.close()
+    def make():
+        other.append_many(["r0", "r1"])
+        if how == "group":
+            c = other.consumer("g", auto_offset_reset="earliest")
+            c.commit({0: 1})
+            c.close()
 
-    monkeypatch.setattr(bound, "_check_same_log", check_then_make)
+    done = _on_check(monkeypatch, log, 1, then=make)
     try:
         if how == "read":
             got = [r.value for r in log.read(0, 1)]
@@ -468,21 +455,16 @@ def test_dropping_a_left_group_never_deletes_the_next_logs(redis_url, monkeypatc
     left.consumer("g").close()
     b.client.delete(f"pq:{{{name}}}:meta")
     log = b.Log(name=name, partitions=1)
-    bound = type(log)
-    real = bound._check_same_log
     made = []
 
-    def check_then_make_again(self):
-        real(self)
-        if self is log and not made:
-            made.append(1)
-            b.Log.open(name).unlink()
-            made[0] = b.Log(name=name, partitions=1)
-            made[0].append("x")
-            made.append(made[0].consumer("g", auto_offset_reset="earliest"))
-            made[1].commit({0: 1})
+    def make_again():
+        b.Log.open(name).unlink()
+        made.append(b.Log(name=name, partitions=1))
+        made[0].append("x")
+        made.append(made[0].consumer("g", auto_offset_reset="earliest"))
+        made[1].commit({0: 1})
 
-    monkeypatch.setattr(bound, "_check_same_log", check_then_make_again)
+    _on_check(monkeypatch, log, 1, then=make_again)
     with pytest.raises(SegmentNotFound):
         log.group_offsets("g")
     monkeypatch.undo()
@@ -507,17 +489,9 @@ def test_a_join_whose_check_after_it_is_lost_leaves_no_member(redis_url, monkeyp
     b = pyqueue.connect(redis_url)
     name = "lostjoin-" + uuid.uuid4().hex[:8]
     log = b.Log(name=name, partitions=2)
-    bound = type(log)
-    real = bound._check_same_log
-    calls = []
-
-    def lost_third(self):
-        calls.append(1)
-        if len(calls) == 3:     # find's, the join's, then the one after the join
-            raise ConnectionLost("the meta hash's node cannot be reached", sent=False)
-        real(self)
-
-    monkeypatch.setattr(bound, "_check_same_log", lost_third)
+    # (the third: find's, the join's, then the one after the join)
+    calls = _on_check(monkeypatch, log, 3,
+                      fail=ConnectionLost("the meta hash's node cannot be reached", sent=False))
     try:
         with pytest.raises(ConnectionLost):
             log.consumer("g")
@@ -540,17 +514,8 @@ def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypa
     b = pyqueue.connect(redis_url)
     name = "grace-" + uuid.uuid4().hex[:8]
     log = b.Log(name=name, partitions=2)
-    bound = type(log)
-    real = bound._check_same_log
-    calls = []
-
-    def check_then_unlink(self):
-        calls.append(1)
-        real(self)
-        if len(calls) == 2:     # the join's own check (the first: the group's find)
-            b.Log.open(name).unlink()
-
-    monkeypatch.setattr(bound, "_check_same_log", check_then_unlink)
+    # (the second: the join's own check; the first is the group's find)
+    calls = _on_check(monkeypatch, log, 2, then=lambda: b.Log.open(name).unlink())
     with pytest.raises(SegmentNotFound):
         log.consumer("g")
     monkeypatch.undo()
