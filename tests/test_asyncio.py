@@ -110,7 +110,7 @@ async def _storm(get, done, rng, min_cancelled, deadline_s=120.0, calm=False):
     return got, cancelled
 
 
-@pytest.mark.parametrize("call", ["get", "get_many", "workqueue_get"])
+@pytest.mark.parametrize("call", ["get", "get_many", "workqueue_get", "subscription_get"])
 def test_a_get_is_never_cancelled_after_its_take(call):
     """A get takes a message and returns it with no await in between: a
     task that cancels the get the moment the message leaves the queue
@@ -120,8 +120,22 @@ def test_a_get_is_never_cancelled_after_its_take(call):
     _aio.wait_event failed 3 of their 12 cases, and this test every time).
     Both ways a get takes: at once (the message there before the call)
     and woken (the get parked first, the message put after)."""
-    if call == "workqueue_get":
+    if call == "subscription_get":
+        topic = aq.Topic()
+        q = topic.subscribe()
+        put = topic.sync.publish
+
+        def depth():
+            return q.lag
+
+        def get():
+            return q.get()
+
+        def value(v):
+            return v
+    elif call == "workqueue_get":
         q = aq.WorkQueue(visibility_timeout=60.0)
+        put = q.sync.put
 
         def depth():
             return q.stats()["depth"]
@@ -135,6 +149,7 @@ def test_a_get_is_never_cancelled_after_its_take(call):
             return v
     else:
         q = aq.Queue()
+        put = q.sync.put
         depth = q.qsize
 
         def get():
@@ -145,13 +160,13 @@ def test_a_get_is_never_cancelled_after_its_take(call):
 
     async def trial(v, park):
         if not park:
-            q.sync.put(v)
+            put(v)
         task = asyncio.ensure_future(get())
         if park:
             for _ in range(20):     # (it parks: nothing to take)
                 await asyncio.sleep(0)
             assert not task.done()
-            q.sync.put(v)
+            put(v)
         deadline = time.monotonic() + 30
         while not task.done() and time.monotonic() < deadline:
             if depth() == 0:            # taken, and not returned yet
@@ -164,7 +179,9 @@ def test_a_get_is_never_cancelled_after_its_take(call):
             got = None
         if got is None:         # cancelled before its take: still queued
             assert depth() == 1
-            q.sync.get(timeout=5) if call != "workqueue_get" else q.sync.get(timeout=5).ack()
+            taken = q.sync.get(timeout=5)
+            if call == "workqueue_get":
+                taken.ack()
         else:
             assert got == v and depth() == 0
 
@@ -175,6 +192,9 @@ def test_a_get_is_never_cancelled_after_its_take(call):
     try:
         asyncio.run(main())
     finally:
+        if call == "subscription_get":
+            q.close()
+            q = topic
         _closing(q)
 
 
