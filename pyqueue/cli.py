@@ -578,7 +578,33 @@ def _unlink(entry, st):
     return None
 
 
+def _gc_url(args, url):
+    """pyqueue gc --url: the Log partitions and consumer groups on a Redis
+    backend that no log of their name owns (admin.leftovers)."""
+    from pyqueue.backends import connect
+    from pyqueue.backends.redis import admin
+    b = connect(url)
+    done = []
+    for item in admin.leftovers(b, args.patterns):
+        removed = False if args.dry_run else admin.drop_leftover(b, item)
+        done.append(dict(item, removed=removed))
+    if args.json:
+        print(json.dumps(done, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for d in done:
+        what = f"partition {d['partition']}" if d["kind"] == "partition" else f"group {d['group']!r}"
+        state = verb if args.dry_run or d["removed"] else "kept (made again meanwhile)"
+        print(f"{state} {what} of log {_show(d['log'])}: no log of that name owns it")
+    n = sum(1 for d in done if args.dry_run or d["removed"])
+    print(f"gc: {verb} {n} leftover{'s' if n != 1 else ''} at {url}")
+    return 0
+
+
 def cmd_gc(args):
+    url = _backend_url(args)
+    if url is not None:
+        return _gc_url(args, url)
     if args.oob_grace < 0:
         print("pyqueue gc: --oob-grace must be >= 0", file=sys.stderr)
         return 2
@@ -896,6 +922,9 @@ def main(argv=None):
     gc.add_argument("--anon-only", action="store_true",
                     help="only unnamed queues (anon-PID-...) and their out-of-band segments")
     gc.add_argument("--json", action="store_true", help="print JSON")
+    gc.add_argument("--url", help="a backend URL (redis://...: the Log partitions and "
+                                  "consumer groups no log of their name owns; default "
+                                  "$PYQUEUE_URL or shm://)")
     gc.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     gc.set_defaults(func=cmd_gc)
     mt = sub.add_parser(

@@ -120,3 +120,50 @@ def test_tail_by_url(request, where, capsys, tmp_path):
         assert [ln.split("\t")[-1] for ln in out.splitlines()] == ["new", "new"]
     finally:
         log.unlink()
+
+
+@pytest.mark.parametrize("where", ["redis", "redis-cluster"])
+def test_gc_by_url_removes_what_no_log_owns(request, where, capsys):
+    # Partitions and groups a removed log's handle left behind (made by
+    # hand here: the log's meta hash deleted under them, then a log made
+    # again under the name) are listed by `pyqueue gc --url --dry-run` and
+    # removed by `pyqueue gc --url`; the live log's own partitions and
+    # groups, and another live log, are kept.
+    import uuid
+    import pyqueue
+    server = request.getfixturevalue("redis_server" if where == "redis" else "redis_cluster")
+    b = pyqueue.connect(server.url)
+    tag = uuid.uuid4().hex[:6]
+    gone, live = f"gc-gone-{tag}", f"gc-live-{tag}"
+    old = b.Log(gone, partitions=3)
+    old.append_many(["a", "b"], key="k")             # one partition made
+    p_old = old.partition_for("k")
+    old.consumer("g").close()                        # a group made
+    b.client.delete(f"pq:{{{gone}}}:meta", f"pq:{{{gone}}}:groups")
+    again = b.Log(gone, partitions=3)
+    p_new = next(q for q in range(3) if q != p_old)
+    again.append("new", key=next(k for k in map(str, range(100))
+                                 if again.partition_for(k) == p_new))
+    other = b.Log(live, partitions=2)
+    other.append_many(range(4))
+    other.consumer("readers").close()
+    try:
+        assert cli.main(["gc", "--url", server.url, "--dry-run", "--json", f"gc-*-{tag}"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert sorted((d["kind"], d.get("partition", d.get("group")), d["removed"])
+                      for d in listed) == [("group", "g", False), ("partition", p_old, False)]
+        assert cli.main(["gc", "--url", server.url, f"gc-*-{tag}"]) == 0
+        out = capsys.readouterr().out
+        assert out.count(": no log of that name owns it") == 2
+        assert "gc: removed 2 leftovers" in out
+        assert cli.main(["gc", "--url", server.url, "--json", f"gc-*-{tag}"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert [r.value for r in again.read(p_new, 0)] == ["new"]     # kept
+        assert again.end_offset(p_old) == 0                            # removed
+        assert [other.end_offset(q) for q in range(2)] != [0, 0]
+        assert other.groups() == ["readers"]
+    finally:
+        for h in (again, other):
+            h.unlink()
+            h.close()
+        old.close()

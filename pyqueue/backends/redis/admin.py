@@ -88,3 +88,65 @@ def stats(backend: RedisBackend, name: str) -> Optional[Dict[str, Any]]:
         return dict(obj.stats(), kind=kind)
     finally:
         obj.close()
+
+
+def _log_of(key: bytes) -> Optional[Tuple[str, str, str]]:
+    """(kind, log name, what) of a Log partition's hash (pq:{NAME/P}:l.meta:
+    "partition", NAME, P) or a consumer group's state (pq:{NAME//G}:g.state:
+    "group", NAME, G); None for another key."""
+    k = key.decode("utf-8", "surrogateescape")
+    for suffix, kind in (("}:l.meta", "partition"), ("}:g.state", "group")):
+        if k.startswith("pq:{") and k.endswith(suffix):
+            tag = k[4:-len(suffix)]
+            name, sep, what = tag.partition("//" if kind == "group" else "/")
+            if sep and name and what and "/" not in name:
+                return kind, name, what
+    return None
+
+
+def leftovers(backend: RedisBackend, patterns: Iterable[str] = ()) -> List[Dict[str, Any]]:
+    """The Log partitions and consumer groups that no log of their name
+    owns: its meta hash is gone, or has another incarnation id than the
+    one they were made with (a handle of a removed log made them beside
+    its unlink, and its process died before it deleted them again; the
+    log made next under the name drops them when it meets them). Each:
+    {"kind", "log", "partition" or "group", "key", "inc"}."""
+    patterns = list(patterns)
+    out: List[Dict[str, Any]] = []
+    c = backend.client
+    for match in ("pq:{*/*}:l.meta", "pq:{*//*}:g.state"):
+        for key in c.scan_iter(match=match, count=1000):
+            found = _log_of(key)
+            if found is None:
+                continue
+            kind, name, what = found
+            if kind == "partition" and "/" in what:
+                continue            # (a group's key matched the partitions' pattern)
+            if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                continue
+            inc = c.hget(key, "inc")
+            if inc is None:
+                continue            # (made by an earlier pyqueue: no id, left alone)
+            owner = c.hget(f"pq:{{{name}}}:meta", "inc")
+            if owner is not None and owner == inc:
+                continue            # its log's
+            out.append({"kind": kind, "log": name,
+                        ("partition" if kind == "partition" else "group"):
+                            int(what) if kind == "partition" and what.isdigit() else what,
+                        "key": key.decode("utf-8", "surrogateescape"), "inc": _text(inc)})
+    return sorted(out, key=lambda d: d["key"])
+
+
+def drop_leftover(backend: RedisBackend, item: Dict[str, Any]) -> bool:
+    """Deletes a leftover of leftovers() - only if it still has the id it
+    was listed with (the drop scripts of the Log and its groups: one made
+    meanwhile by a log of the name is kept) -> whether it was deleted."""
+    from pyqueue.backends.redis import groups, log
+    prefix = item["key"].rsplit(":", 1)[0] + ":"
+    if item["kind"] == "partition":
+        keys = [prefix + "l.meta", prefix + "l.stream", prefix + "l.shut"]
+        source = log._DROP_PART
+    else:
+        keys = [prefix + s for s in ("g.state", "g.exp", "g.info", "g.wake", "g.sess")]
+        source = groups._DROP
+    return bool(backend.call(keys, "EVAL", source, len(keys), *keys, item["inc"]))
