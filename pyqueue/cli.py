@@ -583,28 +583,39 @@ def _gc_url(args, url):
     backend that no log of their name owns (admin.leftovers)."""
     from pyqueue.backends import connect
     from pyqueue.backends.redis import admin
+    if args.anon_only or args.oob_grace is not None:
+        print("pyqueue gc: --anon-only and --oob-grace are shared memory's, not --url's",
+              file=sys.stderr)
+        return 2
     b = connect(url)
+    verb = "would remove" if args.dry_run else "removed"
     done = []
     for item in admin.leftovers(b, args.patterns):
         removed = False if args.dry_run else admin.drop_leftover(b, item)
         done.append(dict(item, removed=removed))
+        if not args.json:       # (as it goes: a failure later keeps what was said)
+            d = done[-1]
+            what = (f"partition {d['partition']}" if d["kind"] == "partition"
+                    else f"group {d['group']!r}")
+            state = (verb if args.dry_run or d["removed"]
+                     else "did not remove (gone, or made again, meanwhile)")
+            print(f"{state} {what} of log {_show(d['log'])}: no log of that name owns it",
+                  flush=True)
     if args.json:
         print(json.dumps(done, indent=2))
         return 0
-    verb = "would remove" if args.dry_run else "removed"
-    for d in done:
-        what = f"partition {d['partition']}" if d["kind"] == "partition" else f"group {d['group']!r}"
-        state = verb if args.dry_run or d["removed"] else "kept (made again meanwhile)"
-        print(f"{state} {what} of log {_show(d['log'])}: no log of that name owns it")
     n = sum(1 for d in done if args.dry_run or d["removed"])
     print(f"gc: {verb} {n} leftover{'s' if n != 1 else ''} at {url}")
     return 0
 
 
 def cmd_gc(args):
-    url = _backend_url(args)
-    if url is not None:
-        return _gc_url(args, url)
+    # Only an explicit --url, never $PYQUEUE_URL: a `pyqueue gc` run for
+    # shared memory (from cron, say) does not start deleting on a server.
+    if args.url and _backend_url(args) is not None:
+        return _gc_url(args, args.url)
+    if args.oob_grace is None:
+        args.oob_grace = DEFAULT_OOB_GRACE
     if args.oob_grace < 0:
         print("pyqueue gc: --oob-grace must be >= 0", file=sys.stderr)
         return 2
@@ -916,15 +927,15 @@ def main(argv=None):
                         description="Remove the segments of dead processes.\n\n" + GC_RULE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
-    gc.add_argument("--oob-grace", type=float, default=DEFAULT_OOB_GRACE, metavar="SECONDS",
+    gc.add_argument("--oob-grace", type=float, default=None, metavar="SECONDS",
                     help="age below which an out-of-band segment of a live queue is kept "
-                         "(default %(default)g)")
+                         f"(default {DEFAULT_OOB_GRACE:g})")
     gc.add_argument("--anon-only", action="store_true",
                     help="only unnamed queues (anon-PID-...) and their out-of-band segments")
     gc.add_argument("--json", action="store_true", help="print JSON")
-    gc.add_argument("--url", help="a backend URL (redis://...: the Log partitions and "
-                                  "consumer groups no log of their name owns; default "
-                                  "$PYQUEUE_URL or shm://)")
+    gc.add_argument("--url", help="a Redis URL: the Log partitions and consumer groups "
+                                  "there that no log of their name owns (only when given: "
+                                  "not $PYQUEUE_URL)")
     gc.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob on queue names")
     gc.set_defaults(func=cmd_gc)
     mt = sub.add_parser(

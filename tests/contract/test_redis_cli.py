@@ -167,3 +167,50 @@ def test_gc_by_url_removes_what_no_log_owns(request, where, capsys):
             h.unlink()
             h.close()
         old.close()
+
+
+@pytest.mark.parametrize("where", ["redis", "redis-cluster"])
+def test_gc_by_url_deletes_only_what_it_listed(request, where, monkeypatch, capsys):
+    # A leftover listed, then dropped and made again by the log of its name
+    # (its first append): gc's delete, which names the id it listed, leaves
+    # the log's own partition. Leftovers without an id (an earlier pyqueue)
+    # and of other names than the patterns' are not listed; keys of that
+    # shape that are not a log's (a partition that is no number) neither.
+    # Only an explicit --url goes to the server: $PYQUEUE_URL does not turn
+    # a plain `pyqueue gc` (shared memory's, from cron say) into this one.
+    import uuid
+    import pyqueue
+    from pyqueue.backends.redis import admin
+    server = request.getfixturevalue("redis_server" if where == "redis" else "redis_cluster")
+    b = pyqueue.connect(server.url)
+    tag = uuid.uuid4().hex[:6]
+    name, legacy, elsewhere = f"gco-{tag}", f"gco-old-{tag}", f"other-{tag}"
+    made = []
+    for n in (name, legacy, elsewhere):
+        log = b.Log(n, partitions=1)
+        log.append("left")
+        log.close()
+        b.client.delete(f"pq:{{{n}}}:meta")
+    b.client.hdel(f"pq:{{{legacy}/0}}:l.meta", "inc")
+    b.client.hset(f"pq:{{{name}/x}}:l.meta", mapping={"inc": "abc", "next": 1})
+    try:
+        items = admin.leftovers(b, ["gco-*"])
+        assert [(d["log"], d["partition"]) for d in items] == [(name, 0)]
+        again = b.Log(name, partitions=1)
+        made.append(again)
+        assert again.append("mine") == (0, 0)       # dropped the left one, made its own
+        assert admin.drop_leftover(b, items[0]) is False
+        assert [r.value for r in again.read(0, 0)] == ["mine"]
+        monkeypatch.setenv("PYQUEUE_URL", server.url)
+        assert cli.main(["gc", "--json", "--dry-run", f"*-{tag}"]) == 0
+        assert all(d.get("kind") != "partition" for d in json.loads(capsys.readouterr().out))
+        assert cli.main(["gc", "--url", server.url, "--anon-only", f"*-{tag}"]) == 2
+        assert cli.main(["gc", "--url", server.url, "--json", "--dry-run", f"*-{tag}"]) == 0
+        assert [d["log"] for d in json.loads(capsys.readouterr().out)] == [elsewhere]
+    finally:
+        for h in made:
+            h.unlink()
+            h.close()
+        for key in [f"pq:{{{n}/0}}:l.{k}" for n in (legacy, elsewhere)
+                    for k in ("meta", "stream")] + [f"pq:{{{name}/x}}:l.meta"]:
+            b.client.delete(key)    # (one at a time: the keys of several slots)

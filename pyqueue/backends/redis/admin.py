@@ -94,13 +94,19 @@ def _log_of(key: bytes) -> Optional[Tuple[str, str, str]]:
     """(kind, log name, what) of a Log partition's hash (pq:{NAME/P}:l.meta:
     "partition", NAME, P) or a consumer group's state (pq:{NAME//G}:g.state:
     "group", NAME, G); None for another key."""
-    k = key.decode("utf-8", "surrogateescape")
+    try:
+        k = key.decode("utf-8")     # (pyqueue's names are str: UTF-8)
+    except UnicodeDecodeError:
+        return None
     for suffix, kind in (("}:l.meta", "partition"), ("}:g.state", "group")):
         if k.startswith("pq:{") and k.endswith(suffix):
             tag = k[4:-len(suffix)]
             name, sep, what = tag.partition("//" if kind == "group" else "/")
-            if sep and name and what and "/" not in name:
-                return kind, name, what
+            if not (sep and name and what) or "/" in name or "{" in name or "}" in name:
+                return None
+            if kind == "partition" and not (what.isascii() and what.isdigit()):
+                return None         # (a partition is a number: another key)
+            return kind, name, what
     return None
 
 
@@ -120,8 +126,6 @@ def leftovers(backend: RedisBackend, patterns: Iterable[str] = ()) -> List[Dict[
             if found is None:
                 continue
             kind, name, what = found
-            if kind == "partition" and "/" in what:
-                continue            # (a group's key matched the partitions' pattern)
             if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
                 continue
             inc = c.hget(key, "inc")
@@ -132,8 +136,8 @@ def leftovers(backend: RedisBackend, patterns: Iterable[str] = ()) -> List[Dict[
                 continue            # its log's
             out.append({"kind": kind, "log": name,
                         ("partition" if kind == "partition" else "group"):
-                            int(what) if kind == "partition" and what.isdigit() else what,
-                        "key": key.decode("utf-8", "surrogateescape"), "inc": _text(inc)})
+                            int(what) if kind == "partition" else what,
+                        "key": key.decode("utf-8"), "inc": _text(inc)})
     return sorted(out, key=lambda d: d["key"])
 
 
