@@ -2,12 +2,13 @@
 the same assertions on every backend; tests/contract/conftest.py."""
 import json
 import pickle
+import uuid
 
 import pytest
 
 import pyqueue
 from pyqueue import _log
-from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord
+from pyqueue.errors import MessageTooLarge, OffsetOutOfRange, PoisonRecord, SegmentNotFound
 from tests._wq_workers import json_dumps, json_loads
 from tests.test_log_serializer import _RunsCode
 from tests._support import wait_until
@@ -58,7 +59,6 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
     # the old handle's append made the partition again (the new log had
     # its record), its consumer made the group, and after the log was made
     # again the old handle appended into the new one.
-    from pyqueue.errors import SegmentNotFound
     log = make("Log", make.name(), partitions=2)
     p, _ = log.append("a", key="k")
     other = next(k for k in map(str, range(100)) if log.partition_for(k) != p)
@@ -102,7 +102,6 @@ def test_a_removed_logs_handles_never_make_it_again(make, backend):
 def test_a_redis_log_made_without_an_incarnation_id_still_works(redis_url):
     # A log made by a pyqueue before incarnation ids (no "inc" field in its
     # meta hash nor in its partitions' hashes) is used as before.
-    import uuid
     b = pyqueue.connect(redis_url)
     log = b.Log(name="noinc-" + uuid.uuid4().hex[:8], partitions=2)
     try:
@@ -121,6 +120,11 @@ def test_a_redis_log_made_without_an_incarnation_id_still_works(redis_url):
     finally:
         log.unlink()
         log.close()
+
+
+def _fresh(prefix):
+    """A log name no other test (nor run) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _log_keys(b, name):
@@ -166,10 +170,8 @@ def test_an_append_made_beside_an_unlink_leaves_nothing_of_the_removed_log(redis
     # Before, it was kept, with the removed log's incarnation id: the log
     # made next under the name read its record, and its own appends to
     # that partition raised SegmentNotFound.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "race-" + uuid.uuid4().hex[:8]
+    name = _fresh("race")
     log = b.Log(name=name, partitions=1)
     # (a real unlink, by another handle)
     calls = _on_check(monkeypatch, log, 1, then=lambda: b.Log.open(name).unlink())
@@ -193,10 +195,8 @@ def test_an_unlink_under_way_lets_no_handle_make_a_partition_or_a_group(redis_ur
     # (here: its partitions deleted, its meta hash not yet) raises
     # SegmentNotFound, where it made the partition again (left behind
     # once the meta hash went), and so does a new consumer.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "underway-" + uuid.uuid4().hex[:8]
+    name = _fresh("underway")
     log = b.Log(name=name, partitions=2)
     log.append("a", key="k")
     meta = f"pq:{{{name}}}:meta"
@@ -228,10 +228,8 @@ def test_dropping_a_left_partition_never_deletes_the_next_logs(redis_url, monkey
     # partition with its own: the drop leaves it, and the handle (of a
     # removed log now) raises SegmentNotFound. Before (a drop of any id
     # but the handle's own), the new log's acknowledged record was deleted.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "dropr-" + uuid.uuid4().hex[:8]
+    name = _fresh("dropr")
     left = b.Log(name=name, partitions=1)
     left.append("left")
     b.client.delete(f"pq:{{{name}}}:meta")          # a partition left behind
@@ -262,10 +260,9 @@ def test_an_append_whose_check_after_the_make_is_lost_says_it_was_appended(redis
     # its own (another slot): lost, the append raises ConnectionLost with
     # sent=True and the records' ids - they are in - where it raised
     # sent=False (nothing applied: a caller retrying stored them twice).
-    import uuid
     from pyqueue.backends.redis import ConnectionLost
     b = pyqueue.connect(redis_url)
-    name = "lostcheck-" + uuid.uuid4().hex[:8]
+    name = _fresh("lostcheck")
     log = b.Log(name=name, partitions=1)
     # (the second: the check after the make)
     _on_check(monkeypatch, log, 2,
@@ -286,9 +283,8 @@ def test_unlink_is_not_stopped_by_a_lagging_replica(redis_server):
     # min_replicas: every step waits for its replicas (NotReplicated when
     # they lag); unlink's deletes never did, and its first step (the mark)
     # does not either: with no replica, unlink removes the log.
-    import uuid
     from pyqueue.backends.redis import RedisBackend
-    name = "unlinkwait-" + uuid.uuid4().hex[:8]
+    name = _fresh("unlinkwait")
     plain = pyqueue.connect(redis_server.url)
     plain.Log(name=name, partitions=2).append("a")
     waited = RedisBackend(redis_server.url + "?min_replicas=1&wait_timeout=50")
@@ -309,10 +305,8 @@ def test_a_removed_logs_handle_neither_expires_nor_shuts_down_the_next_log(redis
     # dropped the new log's acknowledged records by the old retention and
     # shut the new log down. (unlink() still removes the log of the name,
     # as on shared memory, where it removes the name.)
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "stale-" + uuid.uuid4().hex[:8]
+    name = _fresh("stale")
     old = b.Log(name=name, partitions=2, retention_ms=1)
     b.Log.open(name).unlink()
     again = b.Log(name=name, partitions=2)
@@ -347,10 +341,8 @@ def test_a_shutdown_beside_an_unlink_leaves_the_name_usable(redis_url, monkeypat
     # partitions' flags made after the unlink go again, and shutdown()
     # raises SegmentNotFound; the log made next under the name is neither
     # shut down nor refusing appends.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "shutrace-" + uuid.uuid4().hex[:8]
+    name = _fresh("shutrace")
     log = b.Log(name=name, partitions=2)
     log.append("a", key="k")
     calls = _on_check(monkeypatch, log, 1, then=lambda: b.Log.open(name).unlink())
@@ -373,9 +365,8 @@ def test_a_drop_is_not_held_up_by_a_lagging_replica(redis_server):
     # drops it (a plain command), then appends (a step: applied, and
     # NotReplicated). Before, the drop was a step: NotReplicated came from
     # it, with nothing appended.
-    import uuid
     from pyqueue.backends.redis import NotReplicated, RedisBackend
-    name = "dropwait-" + uuid.uuid4().hex[:8]
+    name = _fresh("dropwait")
     plain = pyqueue.connect(redis_server.url)
     plain.Log(name=name, partitions=1).append("left")
     plain.client.delete(f"pq:{{{name}}}:meta")
@@ -403,10 +394,9 @@ def test_a_partition_or_group_made_under_a_drop_is_found(redis_url, monkeypatch,
     # finds them, where it took the partition for empty (an offset past 0:
     # OffsetOutOfRange) and the group for none (KeyError).
     import asyncio
-    import uuid
     import pyqueue.asyncio as aq
     b = pyqueue.connect(redis_url)
-    name = "under-" + uuid.uuid4().hex[:8]
+    name = _fresh("under")
     left = b.Log(name=name, partitions=1)
     left.append("left")
     if how == "group":
@@ -447,10 +437,8 @@ def test_dropping_a_left_group_never_deletes_the_next_logs(redis_url, monkeypatc
     # consumer group: the handle's log removed and made again between its
     # check and its drop, the new log's group (a live member, a commit)
     # made meanwhile is kept.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "gdropr-" + uuid.uuid4().hex[:8]
+    name = _fresh("gdropr")
     left = b.Log(name=name, partitions=1)
     left.consumer("g").close()
     b.client.delete(f"pq:{{{name}}}:meta")
@@ -484,10 +472,9 @@ def test_a_join_whose_check_after_it_is_lost_leaves_no_member(redis_url, monkeyp
     # slot): lost, consumer() raises, and the member it made leaves again,
     # instead of holding its partitions, heartbeat by nobody, for its
     # session (10 s).
-    import uuid
     from pyqueue.backends.redis import ConnectionLost
     b = pyqueue.connect(redis_url)
-    name = "lostjoin-" + uuid.uuid4().hex[:8]
+    name = _fresh("lostjoin")
     log = b.Log(name=name, partitions=2)
     opened = b.Log.open(name)
     first = opened.consumer("g")                    # a live member, which stays
@@ -514,10 +501,8 @@ def test_a_consumer_joining_beside_an_unlink_leaves_no_group(redis_url, monkeypa
     # between deleted the groups before the join: the group made is
     # deleted again and consumer() raises SegmentNotFound. Before, the
     # consumer was made, and its group outlived the log.
-    import uuid
-    from pyqueue.errors import SegmentNotFound
     b = pyqueue.connect(redis_url)
-    name = "grace-" + uuid.uuid4().hex[:8]
+    name = _fresh("grace")
     log = b.Log(name=name, partitions=2)
     # (the second: the join's own check; the first is the group's find)
     calls = _on_check(monkeypatch, log, 2, then=lambda: b.Log.open(name).unlink())
@@ -542,9 +527,8 @@ def test_a_group_left_by_a_removed_logs_handle_is_not_the_new_logs(redis_url, fi
     # by hand here: the log's meta hash and group list deleted under it)
     # is dropped by the log made again under the name, not taken as its
     # group with the old commits.
-    import uuid
     b = pyqueue.connect(redis_url)
-    name = "gleft-" + uuid.uuid4().hex[:8]
+    name = _fresh("gleft")
     log = b.Log(name=name, partitions=1)
     log.append_many(["a", "b", "c"])
     c = log.consumer("g", auto_offset_reset="earliest")
@@ -576,10 +560,9 @@ def test_a_partition_left_by_a_removed_logs_handle_is_not_the_new_logs(redis_url
     # meets it (an append, a read, end_offset), not read as its own nor
     # refused as another log's.
     import asyncio
-    import uuid
     import pyqueue.asyncio as aq
     b = pyqueue.connect(redis_url)
-    name = "left-" + uuid.uuid4().hex[:8]
+    name = _fresh("left")
     log = b.Log(name=name, partitions=1)
     log.append("old")
     b.client.delete(f"pq:{{{name}}}:meta")
@@ -787,7 +770,6 @@ def test_redis_record_headers_are_never_unpickled(redis_url, tmp_path, monkeypat
     # planted on the server ran code in every reader (read, a consumer,
     # `pyqueue tail --url` without --unpickle), even in a log made with a
     # serializer, which promises nothing is ever unpickled.
-    import uuid
     marker = tmp_path / "ran"
     b = pyqueue.connect(redis_url)
     log = b.Log(name="hdr-" + uuid.uuid4().hex[:8], partitions=1, serializer=JSON)
