@@ -972,11 +972,7 @@ class Consumer(_Owner):
     async def _iterate(self) -> AsyncIterator[Record]:
         # Ends once every assigned partition is read to the end of a
         # shut-down log, as the sync `for r in consumer` does.
-        while True:
-            try:
-                records = await self.poll(timeout=None)
-            except ShutDown:
-                return
+        async for records in _until_shutdown(lambda: self.poll(timeout=None)):
             for r in records:
                 yield r
 

@@ -85,6 +85,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local m = redis.call('HMGET', PM, 'next', 'start', 'bytes', 'shutdown', 'inc')
 local nxt, start, bytes = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[3] or '0')
+-- whether the partition is another log's of that name than the one of the
+-- handle's incarnation id inc ('': a log made before ids, not fenced)
+local function foreign(inc)
+  return m[5] and inc ~= '' and m[5] ~= inc
+end
 local function size_of(fields)
   local n = 0
   for i = 2, #fields, 2 do n = n + #fields[i] end
@@ -207,7 +212,7 @@ return 1
 # ARGV: retention bytes, retention ms, the handle's incarnation id ->
 # records dropped; -3: the partition is another log's of that name
 _EXPIRE = _HEAD + """
-if m[5] and ARGV[3] ~= '' and m[5] ~= ARGV[3] then return -3 end
+if foreign(ARGV[3]) then return -3 end
 local n = expire(tonumber(ARGV[1]), tonumber(ARGV[2]), 1000000)
 if n > 0 then redis.call('HSET', PM, 'start', start, 'bytes', bytes) end
 return n
@@ -217,7 +222,7 @@ return n
 # down (0|1), id, fields, id, fields...}; {-3}: the partition is another
 # log's of that name (see _APPEND)
 _READ = _HEAD + """
-if m[5] and ARGV[3] ~= '' and m[5] ~= ARGV[3] then return {-3} end
+if foreign(ARGV[3]) then return {-3} end
 local out = {start, nxt, 0}
 if m[4] then out[3] = 1 end
 local off = tonumber(ARGV[1])
@@ -435,13 +440,10 @@ class RedisLog(RedisHandle):
     def _read(self, partition: int, offset: int, max_records: int, timeout: float,
               record: Callable[..., Any]) -> List[Any]:
         keys = self._read_keys(partition)
-        script = self._bound.script("log_read", _READ)
         until = None if timeout == float("inf") else time.monotonic() + max(0.0, timeout)
         while True:
-            r: List[Any] = script(keys=keys[:2], args=[offset, max_records, self._inc])
-            if int(r[0]) == -3:
-                self._foreign_partition(partition)
-                continue        # (read again: the partition is this log's now, or none)
+            r: List[Any] = self._partition_step(partition, "log_read", _READ,
+                                                [offset, max_records, self._inc])
             recs = self._read_reply(partition, offset, r, record)
             if recs is not None:
                 return recs
@@ -519,17 +521,10 @@ class RedisLog(RedisHandle):
 
     def enforce_retention(self) -> int:
         """Drop the records older than retention_ms now: the count dropped."""
-        script = self._bound.script("log_expire", _EXPIRE)
-        n = 0
-        for p in range(self.partitions):
-            while True:
-                r = int(script(keys=self._pkeys(p), args=[self.capacity_bytes,
-                                                          self.retention_ms or 0, self._inc]))
-                if r != -3:
-                    break
-                self._foreign_partition(p)
-            n += r
-        return n
+        return sum(int(self._partition_step(p, "log_expire", _EXPIRE,
+                                            [self.capacity_bytes, self.retention_ms or 0,
+                                             self._inc]))
+                   for p in range(self.partitions))
 
     # ---- consumer groups: pyqueue.Log's methods over a RedisGroupTable ----
 
@@ -615,11 +610,8 @@ class RedisLog(RedisHandle):
                              "record it committed; shutdown() stops appends and ends reads "
                              "at the end offset")
         self._check_same_log()      # (a removed log's handle shuts nothing down)
-        script = self._bound.script("log_shutdown_part", _SHUTDOWN_PART)
         for p in range(self.partitions):
-            k = self._pkeys(p)
-            while script(keys=[k[0], k[1], k[2]], args=[self._inc]) == -3:
-                self._foreign_partition(p)
+            self._partition_step(p, "log_shutdown_part", _SHUTDOWN_PART, [self._inc])
         # Last: a process that sees is_shutdown finds every partition refusing.
         if not self._bound.call([self._meta_key], "EVAL", _SHUTDOWN_META, 1, self._meta_key,
                                 self._inc):
@@ -681,6 +673,20 @@ class RedisLog(RedisHandle):
         if removing is not None:
             raise SegmentNotFound(f"log {self._name!r} is being removed from {self._bound.url} "
                                   "(by an unlink() under way, or cut short: unlink() again)")
+
+    def _partition_step(self, partition: int, name: str, source: str,
+                        args: List[Any]) -> Any:
+        """One script on a partition's keys that refuses a partition of
+        another log of the name (_READ, _EXPIRE, _SHUTDOWN_PART: -3, or
+        {-3}) -> its reply; after such a refusal, _foreign_partition, then
+        the script again."""
+        script = self._bound.script(name, source)
+        keys = self._pkeys(partition)
+        while True:
+            r = script(keys=keys, args=args)
+            if (r[0] if isinstance(r, list) else r) != -3:
+                return r
+            self._foreign_partition(partition)
 
     def _foreign_partition(self, partition: int) -> None:
         """A partition whose hash had another log's incarnation id (the
